@@ -1,0 +1,513 @@
+#include "control/desired_state.h"
+
+#include <algorithm>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <nlohmann/json.hpp>
+
+namespace meshlane {
+
+using json = nlohmann::json;
+
+const char* to_string(l4_protocol protocol) {
+  return protocol == l4_protocol::tcp ? "tcp" : "udp";
+}
+
+const char* to_string(idle_policy policy) {
+  return policy == idle_policy::busy_poll ? "busy_poll" : "adaptive";
+}
+
+bool is_prime(uint32_t value) {
+  if (value < 2) return false;
+  if (value % 2 == 0) return value == 2;
+  for (uint32_t divisor = 3; uint64_t{divisor} * divisor <= value; divisor += 2) {
+    if (value % divisor == 0) return false;
+  }
+  return true;
+}
+
+namespace {
+
+const char* json_type_name(const json& value) {
+  switch (value.type()) {
+    case json::value_t::null: return "null";
+    case json::value_t::boolean: return "a boolean";
+    case json::value_t::string: return "a string";
+    case json::value_t::array: return "an array";
+    case json::value_t::object: return "an object";
+    case json::value_t::number_float: return "a fractional number";
+    default: return "a number";
+  }
+}
+
+std::string shown(std::string_view text) {
+  // Values are echoed back in messages; keep them short and printable.
+  std::string out = "'";
+  for (char c : text.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
+  if (text.size() > 64) out += "...";
+  return out + "'";
+}
+
+using error_list = std::vector<config_error>;
+
+// Reads one JSON object's members, remembering which keys it consumed so that every key
+// it did not consume can be reported as unknown when the reader finishes.
+class object_reader {
+ public:
+  object_reader(const json& value, std::string path, error_list& errors)
+      : value_(value), path_(std::move(path)), errors_(errors) {
+    ok_ = value.is_object();
+    if (!ok_) error(path_, std::string("must be an object, got ") + json_type_name(value));
+  }
+  object_reader(const object_reader&) = delete;
+  ~object_reader() {
+    if (!ok_) return;
+    for (const auto& [key, member] : value_.items()) {
+      if (!consumed_.count(key)) error(path_of(key), "unknown field");
+    }
+  }
+
+  bool ok() const { return ok_; }
+  std::string path_of(std::string_view key) const { return path_ + "." + std::string(key); }
+  void error(std::string path, std::string message) {
+    errors_.push_back({std::move(path), std::move(message)});
+  }
+  error_list& errors() { return errors_; }
+
+  // The member, or nullptr (with an error if it was required).
+  const json* member(std::string_view key, bool required) {
+    if (!ok_) return nullptr;
+    consumed_.insert(std::string(key));
+    auto it = value_.find(key);
+    if (it == value_.end()) {
+      if (required) error(path_of(key), "required field is missing");
+      return nullptr;
+    }
+    return &*it;
+  }
+
+  std::optional<std::string> string(std::string_view key, bool required, bool allow_empty = false) {
+    const json* v = member(key, required);
+    if (!v) return std::nullopt;
+    if (!v->is_string()) return type_error(key, "a string", *v), std::nullopt;
+    auto text = v->get<std::string>();
+    if (text.empty() && !allow_empty) return error(path_of(key), "must not be empty"), std::nullopt;
+    return text;
+  }
+
+  std::optional<int64_t> integer(std::string_view key, bool required, int64_t min, int64_t max) {
+    const json* v = member(key, required);
+    if (!v) return std::nullopt;
+    if (!v->is_number_integer()) return type_error(key, "an integer", *v), std::nullopt;
+    // Unsigned values above INT64_MAX are out of every range we accept.
+    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)) {
+      range_error(key, min, max, v->dump());
+      return std::nullopt;
+    }
+    const int64_t n = v->get<int64_t>();
+    if (n < min || n > max) return range_error(key, min, max, std::to_string(n)), std::nullopt;
+    return n;
+  }
+
+  std::optional<bool> boolean(std::string_view key, bool required) {
+    const json* v = member(key, required);
+    if (!v) return std::nullopt;
+    if (!v->is_boolean()) return type_error(key, "true or false", *v), std::nullopt;
+    return v->get<bool>();
+  }
+
+  std::optional<ip_address> address(std::string_view key, bool required) {
+    auto text = string(key, required);
+    if (!text) return std::nullopt;
+    auto parsed = ip_address::parse(*text);
+    if (!parsed) error(path_of(key), "not an IPv4 or IPv6 address: " + shown(*text));
+    return parsed;
+  }
+
+  std::optional<ip_prefix> prefix(std::string_view key, bool required) {
+    auto text = string(key, required);
+    if (!text) return std::nullopt;
+    std::string why;
+    auto parsed = ip_prefix::parse(*text, &why);
+    if (!parsed) error(path_of(key), "invalid prefix " + shown(*text) + ": " + why);
+    return parsed;
+  }
+
+  // Calls read(element, element_path) for each element of an array member.
+  template <typename Fn>
+  void array(std::string_view key, bool required, Fn read) {
+    const json* v = member(key, required);
+    if (!v) return;
+    if (!v->is_array()) return type_error(key, "an array", *v);
+    for (size_t i = 0; i < v->size(); ++i) {
+      read((*v)[i], path_of(key) + "[" + std::to_string(i) + "]");
+    }
+  }
+
+ private:
+  void type_error(std::string_view key, const char* expected, const json& got) {
+    error(path_of(key), std::string("must be ") + expected + ", got " + json_type_name(got));
+  }
+  void range_error(std::string_view key, int64_t min, int64_t max, const std::string& got) {
+    error(path_of(key),
+          "must be " + std::to_string(min) + ".." + std::to_string(max) + ", got " + got);
+  }
+
+  const json& value_;
+  std::string path_;
+  error_list& errors_;
+  bool ok_ = false;
+  std::set<std::string> consumed_;
+};
+
+constexpr size_t kMaxInterfaceName = 15;  // IFNAMSIZ - 1
+
+bool valid_interface_name(std::string_view name) {
+  if (name.empty() || name.size() > kMaxInterfaceName || name == "." || name == "..") return false;
+  return std::none_of(name.begin(), name.end(),
+                      [](char c) { return c == '/' || c == ':' || c <= ' ' || c == 0x7f; });
+}
+
+bool valid_cgroup_path(std::string_view path) {
+  if (path.empty() || path.front() != '/' || path == "/") return false;
+  return path.find("/../") == std::string_view::npos && !path.ends_with("/..") &&
+         path.find('\0') == std::string_view::npos;
+}
+
+void read_node(object_reader& r, node_spec& node, bool v6_allowed = true) {
+  if (auto v = r.string("name", true)) node.name = *v;
+  if (auto v = r.address("underlay_ip", true)) node.underlay_ip = *v;
+  if (auto v = r.prefix("pod_cidr", true)) {
+    if (!v->is_v4()) r.error(r.path_of("pod_cidr"), "must be an IPv4 prefix (use pod_cidr6 for IPv6)");
+    node.pod_cidr = *v;
+  }
+  if (v6_allowed) {
+    if (auto v = r.prefix("pod_cidr6", false)) {
+      if (v->is_v4()) r.error(r.path_of("pod_cidr6"), "must be an IPv6 prefix");
+      node.pod_cidr6 = *v;
+    }
+  }
+}
+
+void read_local_node(const json& value, const std::string& path, local_node_spec& node,
+                     error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  read_node(r, node);
+  if (auto v = r.string("pod_cgroup", false)) {
+    if (!valid_cgroup_path(*v))
+      r.error(r.path_of("pod_cgroup"),
+              "must be an absolute cgroup v2 directory other than the root, got " + shown(*v));
+    node.pod_cgroup = *v;
+  }
+}
+
+void read_pod(const json& value, const std::string& path, pod_spec& pod, error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  if (auto v = r.string("name", true)) pod.name = *v;
+  if (auto v = r.address("ip", true)) {
+    if (!v->is_v4()) r.error(r.path_of("ip"), "must be an IPv4 address (use ip6 for IPv6)");
+    pod.ip = *v;
+  }
+  if (auto v = r.address("ip6", false)) {
+    if (v->is_v4()) r.error(r.path_of("ip6"), "must be an IPv6 address");
+    pod.ip6 = *v;
+  }
+  if (auto v = r.string("interface", true)) {
+    if (!valid_interface_name(*v))
+      r.error(r.path_of("interface"), "not a valid interface name (1..15 characters, no '/', ':' "
+                                      "or space): " + shown(*v));
+    pod.interface = *v;
+  }
+  if (const json* labels = r.member("labels", false)) {
+    object_reader lr(*labels, r.path_of("labels"), errors);
+    if (lr.ok()) {
+      for (const auto& [key, label] : labels->items()) {
+        if (auto text = lr.string(key, true, /*allow_empty=*/true)) pod.labels[key] = *text;
+      }
+    }
+  }
+  if (auto v = r.string("cgroup", false)) {
+    if (!valid_cgroup_path(*v))
+      r.error(r.path_of("cgroup"), "must be an absolute cgroup v2 directory, got " + shown(*v));
+    pod.cgroup = *v;
+  }
+}
+
+std::optional<l4_protocol> read_protocol(object_reader& r) {
+  auto v = r.string("protocol", false);
+  if (!v) return l4_protocol::tcp;
+  if (*v == "tcp") return l4_protocol::tcp;
+  if (*v == "udp") return l4_protocol::udp;
+  r.error(r.path_of("protocol"), "must be \"tcp\" or \"udp\", got " + shown(*v));
+  return std::nullopt;
+}
+
+void read_service(const json& value, const std::string& path, service_spec& service,
+                  error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  if (auto v = r.string("name", true)) service.name = *v;
+  if (auto v = r.address("vip", true)) service.vip = *v;
+  if (auto v = r.boolean("session_affinity", false)) service.session_affinity = *v;
+  r.array("ports", true, [&](const json& element, const std::string& element_path) {
+    object_reader pr(element, element_path, errors);
+    if (!pr.ok()) return;
+    service_port port;
+    if (auto v = pr.string("name", false)) port.name = *v;
+    if (auto v = pr.integer("port", true, 1, 65535)) port.port = static_cast<uint16_t>(*v);
+    if (auto v = read_protocol(pr)) port.protocol = *v;
+    if (auto v = pr.integer("target_port", false, 1, 65535))
+      port.target_port = static_cast<uint16_t>(*v);
+    service.ports.push_back(port);
+  });
+  if (const json* ports = r.member("ports", false); ports && ports->is_array() && ports->empty())
+    r.error(r.path_of("ports"), "must list at least one port");
+  r.array("backends", false, [&](const json& element, const std::string& element_path) {
+    object_reader br(element, element_path, errors);
+    if (!br.ok()) return;
+    backend_spec backend;
+    if (auto v = br.address("ip", true)) backend.ip = *v;
+    if (auto v = br.integer("port", true, 1, 65535)) backend.port = static_cast<uint16_t>(*v);
+    if (auto v = br.integer("weight", false, 1, 65535)) backend.weight = static_cast<uint16_t>(*v);
+    if (auto v = br.string("node", true)) backend.node = *v;
+    service.backends.push_back(backend);
+  });
+}
+
+void read_tunables(const json& value, const std::string& path, tunables& t, error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  auto power_of_two = [&](std::string_view key, uint16_t& out) {
+    if (auto v = r.integer(key, false, 64, 16384)) {
+      if ((*v & (*v - 1)) != 0)
+        r.error(r.path_of(key), "must be a power of two, got " + std::to_string(*v));
+      out = static_cast<uint16_t>(*v);
+    }
+  };
+  if (auto v = r.integer("burst_size", false, 1, 512)) t.burst_size = static_cast<uint16_t>(*v);
+  power_of_two("rx_ring_size", t.rx_ring_size);
+  power_of_two("tx_ring_size", t.tx_ring_size);
+  if (auto v = r.integer("workers", false, 1, 128)) t.workers = static_cast<uint16_t>(*v);
+  if (auto v = r.string("idle_policy", false)) {
+    if (*v == "busy_poll") t.idle = idle_policy::busy_poll;
+    else if (*v == "adaptive") t.idle = idle_policy::adaptive;
+    else r.error(r.path_of("idle_policy"), "must be \"busy_poll\" or \"adaptive\", got " + shown(*v));
+  }
+  if (auto v = r.integer("maglev_table_size", false, 13, 1048573)) {
+    if (!is_prime(static_cast<uint32_t>(*v)))
+      r.error(r.path_of("maglev_table_size"), "must be a prime number, got " + std::to_string(*v));
+    t.maglev_table_size = static_cast<uint32_t>(*v);
+  }
+  if (auto v = r.integer("flow_table_size", false, 1024, 1 << 24)) {
+    if ((*v & (*v - 1)) != 0)
+      r.error(r.path_of("flow_table_size"), "must be a power of two, got " + std::to_string(*v));
+    t.flow_table_size = static_cast<uint32_t>(*v);
+  }
+  if (auto v = r.integer("tcp_established_timeout_s", false, 1, 7 * 86400))
+    t.tcp_established_timeout_s = static_cast<uint32_t>(*v);
+  if (auto v = r.integer("tcp_transitory_timeout_s", false, 1, 3600))
+    t.tcp_transitory_timeout_s = static_cast<uint32_t>(*v);
+  if (auto v = r.integer("udp_timeout_s", false, 1, 86400)) t.udp_timeout_s = static_cast<uint32_t>(*v);
+}
+
+// Cross-field rules: names unique, address ranges disjoint, every backend on a known node
+// and inside that node's pod range.
+void check_consistency(const desired_state& s, error_list& errors) {
+  auto add = [&](std::string path, std::string message) {
+    errors.push_back({std::move(path), std::move(message)});
+  };
+
+  // Nodes: the local node is index 0, peers follow; paths name where each came from.
+  struct node_ref { const node_spec* node; std::string path; };
+  std::vector<node_ref> nodes{{&s.node, "$.node"}};
+  for (size_t i = 0; i < s.peers.size(); ++i)
+    nodes.push_back({&s.peers[i], "$.nodes[" + std::to_string(i) + "]"});
+
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const node_spec& a = *nodes[i].node;
+    for (size_t j = 0; j < i; ++j) {
+      const node_spec& b = *nodes[j].node;
+      if (a.name == b.name) add(nodes[i].path + ".name", "duplicate node name '" + a.name + "' (also at " + nodes[j].path + ")");
+      if (a.underlay_ip == b.underlay_ip)
+        add(nodes[i].path + ".underlay_ip", "duplicate underlay address " + a.underlay_ip.to_string() + " (also at " + nodes[j].path + ")");
+      if (a.pod_cidr.overlaps(b.pod_cidr))
+        add(nodes[i].path + ".pod_cidr", a.pod_cidr.to_string() + " overlaps " + b.pod_cidr.to_string() + " of " + nodes[j].path);
+      if (a.pod_cidr6 && b.pod_cidr6 && a.pod_cidr6->overlaps(*b.pod_cidr6))
+        add(nodes[i].path + ".pod_cidr6", a.pod_cidr6->to_string() + " overlaps " + b.pod_cidr6->to_string() + " of " + nodes[j].path);
+    }
+    for (const node_ref& other : nodes) {
+      if (other.node->pod_cidr.contains(a.underlay_ip) ||
+          (other.node->pod_cidr6 && other.node->pod_cidr6->contains(a.underlay_ip)))
+        add(nodes[i].path + ".underlay_ip", a.underlay_ip.to_string() + " lies inside the pod range of " + other.path);
+    }
+  }
+  auto find_node = [&](std::string_view name) -> const node_spec* {
+    for (const node_ref& ref : nodes)
+      if (ref.node->name == name) return ref.node;
+    return nullptr;
+  };
+  auto inside_pod_ranges = [&](const ip_address& address) -> const node_ref* {
+    for (const node_ref& ref : nodes) {
+      if (ref.node->pod_cidr.contains(address) ||
+          (ref.node->pod_cidr6 && ref.node->pod_cidr6->contains(address)))
+        return &ref;
+    }
+    return nullptr;
+  };
+
+  std::map<std::string, size_t> pod_names, pod_interfaces;
+  std::map<ip_address, size_t> pod_ips;
+  for (size_t i = 0; i < s.pods.size(); ++i) {
+    const pod_spec& pod = s.pods[i];
+    const std::string path = "$.pods[" + std::to_string(i) + "]";
+    if (auto [it, fresh] = pod_names.emplace(pod.name, i); !fresh)
+      add(path + ".name", "duplicate pod name '" + pod.name + "' (also at $.pods[" + std::to_string(it->second) + "])");
+    if (auto [it, fresh] = pod_interfaces.emplace(pod.interface, i); !fresh)
+      add(path + ".interface", "interface '" + pod.interface + "' already used by $.pods[" + std::to_string(it->second) + "]");
+    if (!s.node.pod_cidr.contains(pod.ip))
+      add(path + ".ip", pod.ip.to_string() + " is outside this node's pod_cidr " + s.node.pod_cidr.to_string());
+    else if (pod.ip == s.node.pod_cidr.base)
+      add(path + ".ip", pod.ip.to_string() + " is the network address of the pod range");
+    if (auto [it, fresh] = pod_ips.emplace(pod.ip, i); !fresh)
+      add(path + ".ip", "duplicate pod address " + pod.ip.to_string() + " (also at $.pods[" + std::to_string(it->second) + "])");
+    if (pod.ip6) {
+      if (!s.node.pod_cidr6 || !s.node.pod_cidr6->contains(*pod.ip6))
+        add(path + ".ip6", pod.ip6->to_string() + " is outside this node's pod_cidr6");
+      if (auto [it, fresh] = pod_ips.emplace(*pod.ip6, i); !fresh)
+        add(path + ".ip6", "duplicate pod address " + pod.ip6->to_string() + " (also at $.pods[" + std::to_string(it->second) + "])");
+    }
+  }
+
+  std::map<std::string, size_t> service_names;
+  std::map<std::tuple<ip_address, uint16_t, l4_protocol>, std::string> frontends;
+  for (size_t i = 0; i < s.services.size(); ++i) {
+    const service_spec& svc = s.services[i];
+    const std::string path = "$.services[" + std::to_string(i) + "]";
+    if (auto [it, fresh] = service_names.emplace(svc.name, i); !fresh)
+      add(path + ".name", "duplicate service name '" + svc.name + "' (also at $.services[" + std::to_string(it->second) + "])");
+    if (const node_ref* owner = inside_pod_ranges(svc.vip))
+      add(path + ".vip", svc.vip.to_string() + " lies inside the pod range of " + owner->path);
+    for (const node_ref& ref : nodes)
+      if (ref.node->underlay_ip == svc.vip)
+        add(path + ".vip", svc.vip.to_string() + " is the underlay address of " + ref.path);
+    for (size_t p = 0; p < svc.ports.size(); ++p) {
+      const service_port& port = svc.ports[p];
+      const std::string port_path = path + ".ports[" + std::to_string(p) + "]";
+      auto key = std::make_tuple(svc.vip, port.port, port.protocol);
+      if (auto [it, fresh] = frontends.emplace(key, port_path); !fresh)
+        add(port_path + ".port", "duplicate " + svc.vip.to_string() + ":" + std::to_string(port.port) + "/" + to_string(port.protocol) + " (also at " + it->second + ")");
+    }
+    if (svc.backends.size() > s.tuning.maglev_table_size)
+      add(path + ".backends", std::to_string(svc.backends.size()) + " backends do not fit a Maglev table of " + std::to_string(s.tuning.maglev_table_size) + " slots");
+    if (svc.backends.size() > 65535)
+      add(path + ".backends", "at most 65535 backends per service");
+    std::set<std::pair<ip_address, uint16_t>> seen;
+    for (size_t b = 0; b < svc.backends.size(); ++b) {
+      const backend_spec& backend = svc.backends[b];
+      const std::string backend_path = path + ".backends[" + std::to_string(b) + "]";
+      if (backend.ip.is_v4() != svc.vip.is_v4())
+        add(backend_path + ".ip", "address family differs from the service VIP " + svc.vip.to_string());
+      if (!seen.emplace(backend.ip, backend.port).second)
+        add(backend_path, "duplicate backend " + backend.ip.to_string() + ":" + std::to_string(backend.port));
+      const node_spec* node = find_node(backend.node);
+      if (!node) {
+        add(backend_path + ".node", "unknown node '" + backend.node + "'");
+      } else if (!node->pod_cidr.contains(backend.ip) &&
+                 !(node->pod_cidr6 && node->pod_cidr6->contains(backend.ip))) {
+        add(backend_path + ".ip", backend.ip.to_string() + " is outside the pod range of node '" + backend.node + "'");
+      }
+    }
+  }
+}
+
+std::string describe_parse_error(std::string_view text, const json::parse_error& e) {
+  // nlohmann reports a byte offset; people think in lines and columns.
+  size_t line = 1, column = 1;
+  const size_t end = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+  for (size_t i = 0; i < end; ++i) {
+    if (text[i] == '\n') ++line, column = 1;
+    else ++column;
+  }
+  std::string what = e.what();
+  // Drop nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 2: " prefix.
+  if (auto colon = what.find(": "); colon != std::string::npos) what = what.substr(colon + 2);
+  return "invalid JSON at line " + std::to_string(line) + ", column " + std::to_string(column) +
+         ": " + what;
+}
+
+}  // namespace
+
+parse_result parse_desired_state(std::string_view json_text) {
+  parse_result result;
+  error_list& errors = result.errors;
+
+  // Duplicate keys are legal JSON that silently keeps the last value; in a config that
+  // hides mistakes, so the parser callback records them and they become errors.
+  std::vector<std::set<std::string>> open_objects;
+  std::vector<std::string> duplicate_keys;
+  auto on_event = [&](int, json::parse_event_t event, json& parsed) {
+    switch (event) {
+      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
+      case json::parse_event_t::object_end: open_objects.pop_back(); break;
+      case json::parse_event_t::key:
+        if (!open_objects.back().insert(parsed.get<std::string>()).second)
+          duplicate_keys.push_back(parsed.get<std::string>());
+        break;
+      default: break;
+    }
+    return true;
+  };
+
+  json document;
+  try {
+    document = json::parse(json_text.begin(), json_text.end(), on_event);
+  } catch (const json::parse_error& e) {
+    errors.push_back({"$", describe_parse_error(json_text, e)});
+    return result;
+  }
+  for (const auto& key : duplicate_keys) errors.push_back({"$", "duplicate key '" + key + "'"});
+
+  desired_state state;
+  {
+    object_reader top(document, "$", errors);
+    if (!top.ok()) return result;
+    top.integer("version", false, 1, 1);  // the document format; only version 1 exists
+    if (const json* node = top.member("node", true)) read_local_node(*node, "$.node", state.node, errors);
+    top.array("nodes", false, [&](const json& element, const std::string& path) {
+      object_reader r(element, path, errors);
+      if (!r.ok()) return;
+      node_spec peer;
+      read_node(r, peer);
+      state.peers.push_back(std::move(peer));
+    });
+    top.array("pods", false, [&](const json& element, const std::string& path) {
+      pod_spec pod;
+      read_pod(element, path, pod, errors);
+      state.pods.push_back(std::move(pod));
+    });
+    top.array("services", false, [&](const json& element, const std::string& path) {
+      service_spec service;
+      read_service(element, path, service, errors);
+      state.services.push_back(std::move(service));
+    });
+    if (const json* t = top.member("tunables", false)) read_tunables(*t, "$.tunables", state.tuning, errors);
+  }
+  // Cross-field checks only make sense on a document whose fields all read cleanly;
+  // otherwise they would report follow-on noise about defaulted values.
+  if (errors.empty()) check_consistency(state, errors);
+  if (errors.empty()) result.state = std::move(state);
+  return result;
+}
+
+parse_result load_desired_state(const std::string& file_path) {
+  std::ifstream file(file_path, std::ios::binary);
+  if (!file) return {std::nullopt, {{"$", "cannot read " + file_path}}};
+  std::ostringstream text;
+  text << file.rdbuf();
+  return parse_desired_state(text.str());
+}
+
+}  // namespace meshlane

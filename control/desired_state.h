@@ -1,0 +1,115 @@
+// The desired state of one node: what the operator (or the Kubernetes glue) asks for.
+//
+// It arrives as one JSON document, is validated whole before anything uses it, and is
+// then compiled into a table snapshot (table_compiler.h). Parsing and validation are one
+// pass so that every error can name the JSON path it was found at, e.g.
+//   services[2].backends[0].weight: must be 1..65535, got 0
+// Later sections (policies, egress rules, keys) are added as new top-level members with
+// their own reader; nothing here assumes the list of sections is closed.
+#pragma once
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "control/net_address.h"
+
+namespace meshlane {
+
+enum class l4_protocol : uint8_t { tcp = 6, udp = 17 };
+const char* to_string(l4_protocol protocol);
+
+struct node_spec {
+  std::string name;
+  ip_address underlay_ip;
+  ip_prefix pod_cidr;                   // IPv4 pod range
+  std::optional<ip_prefix> pod_cidr6;   // optional IPv6 pod range (dual stack)
+};
+
+// This node: a node_spec plus what only the local agent needs.
+struct local_node_spec : node_spec {
+  // cgroup v2 directory whose descendants are this node's pods; the eBPF programs attach
+  // here. Empty: no eBPF attach. Never the cgroup2 root (DESIGN.md, kernel rules).
+  std::string pod_cgroup;
+};
+
+struct pod_spec {
+  std::string name;
+  ip_address ip;                        // inside the node's pod_cidr
+  std::optional<ip_address> ip6;        // inside pod_cidr6
+  std::string interface;                // host-side interface of the pod's veth
+  std::map<std::string, std::string> labels;
+  std::string cgroup;                   // the pod's cgroup v2 path (may be empty)
+};
+
+struct service_port {
+  std::string name;
+  uint16_t port = 0;
+  l4_protocol protocol = l4_protocol::tcp;
+  uint16_t target_port = 0;  // 0: each backend's own port
+};
+
+struct backend_spec {
+  ip_address ip;
+  uint16_t port = 0;
+  uint16_t weight = 1;
+  std::string node;  // name of the node the backend runs on
+};
+
+struct service_spec {
+  std::string name;
+  ip_address vip;
+  std::vector<service_port> ports;
+  std::vector<backend_spec> backends;
+  bool session_affinity = false;  // same client IP -> same backend, for every port
+};
+
+enum class idle_policy : uint8_t { busy_poll, adaptive };
+const char* to_string(idle_policy policy);
+
+struct tunables {
+  uint16_t burst_size = 32;
+  uint16_t rx_ring_size = 1024;
+  uint16_t tx_ring_size = 1024;
+  uint16_t workers = 1;
+  idle_policy idle = idle_policy::adaptive;
+  // Maglev lookup table size per service; must be prime (NSDI 2016, section 3.4).
+  uint32_t maglev_table_size = 65537;
+  uint32_t flow_table_size = 65536;       // entries per worker
+  uint32_t tcp_established_timeout_s = 3600;
+  uint32_t tcp_transitory_timeout_s = 30; // SYN/FIN/RST states
+  uint32_t udp_timeout_s = 60;
+};
+
+struct desired_state {
+  local_node_spec node;
+  std::vector<node_spec> peers;  // the other nodes of the cluster
+  std::vector<pod_spec> pods;    // pods on this node
+  std::vector<service_spec> services;
+  tunables tuning;
+};
+
+struct config_error {
+  std::string path;     // JSON path, "$" for the document itself
+  std::string message;  // what is wrong, with the offending value where it helps
+  std::string to_string() const { return path + ": " + message; }
+};
+
+struct parse_result {
+  std::optional<desired_state> state;  // set exactly when errors is empty
+  std::vector<config_error> errors;
+};
+
+// Parses and validates a whole document. Never throws; every problem found is reported,
+// not only the first.
+parse_result parse_desired_state(std::string_view json_text);
+
+// Reads a file and parses it; an unreadable file is one error at path "$".
+parse_result load_desired_state(const std::string& file_path);
+
+bool is_prime(uint32_t value);
+
+}  // namespace meshlane

@@ -1,0 +1,188 @@
+#include "control/snapshot.h"
+
+#include <openssl/evp.h>
+
+#include <cstring>
+
+namespace meshlane {
+
+namespace {
+
+inline uint64_t mix64(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xff51afd7ed558ccdull;
+  h ^= h >> 33;
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+inline uint64_t hash_bytes16(const ip_address& ip, uint64_t extra) {
+  uint64_t high, low;
+  std::memcpy(&high, ip.bytes.data(), 8);
+  std::memcpy(&low, ip.bytes.data() + 8, 8);
+  return mix64(high ^ mix64(low ^ mix64(extra + 0x9e3779b97f4a7c15ull)));
+}
+
+template <typename Match>
+uint32_t probe(const hash_index& index, uint64_t hash, Match matches) {
+  if (index.slots.empty()) return 0;
+  for (uint32_t slot = static_cast<uint32_t>(hash) & index.mask;; slot = (slot + 1) & index.mask) {
+    const uint32_t entry = index.slots[slot];
+    if (entry == 0 || matches(entry - 1)) return entry;
+  }
+}
+
+// Little-endian writer for the canonical form.
+struct byte_writer {
+  std::vector<uint8_t> out;
+  void u8(uint8_t v) { out.push_back(v); }
+  void u16(uint16_t v) { for (int i = 0; i < 2; ++i) out.push_back(uint8_t(v >> (8 * i))); }
+  void u32(uint32_t v) { for (int i = 0; i < 4; ++i) out.push_back(uint8_t(v >> (8 * i))); }
+  void u64(uint64_t v) { for (int i = 0; i < 8; ++i) out.push_back(uint8_t(v >> (8 * i))); }
+  void text(const std::string& s) {
+    u32(static_cast<uint32_t>(s.size()));
+    out.insert(out.end(), s.begin(), s.end());
+  }
+  void address(const ip_address& a) { out.insert(out.end(), a.bytes.begin(), a.bytes.end()); }
+  void prefix(const ip_prefix& p) { address(p.base); u8(p.length); }
+  void index(const hash_index& h) {
+    u32(static_cast<uint32_t>(h.slots.size()));
+    for (uint32_t s : h.slots) u32(s);
+  }
+};
+
+constexpr char kMagic[16] = "MESHLANE-TABLES";  // 15 characters and the terminator
+constexpr uint32_t kFormatVersion = 1;
+// Magic, format version, reserved word, generation: the part of the form the digest skips.
+constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 8;
+
+}  // namespace
+
+uint64_t hash_frontend_key(const ip_address& vip, uint16_t port, l4_protocol protocol) {
+  return hash_bytes16(vip, (uint64_t{port} << 8) | static_cast<uint8_t>(protocol));
+}
+
+uint64_t hash_address(const ip_address& ip) { return hash_bytes16(ip, 0); }
+
+const table_frontend* snapshot::find_frontend(const ip_address& vip, uint16_t port,
+                                              l4_protocol protocol) const {
+  const uint32_t entry = probe(frontend_index, hash_frontend_key(vip, port, protocol), [&](uint32_t i) {
+    const table_frontend& f = frontends[i];
+    return f.port == port && f.protocol == protocol && f.vip == vip;
+  });
+  return entry ? &frontends[entry - 1] : nullptr;
+}
+
+const table_pod* snapshot::find_pod(const ip_address& ip) const {
+  const uint32_t entry = probe(pod_index, hash_address(ip), [&](uint32_t i) {
+    return pods[i].ip == ip || (pods[i].ip6 && *pods[i].ip6 == ip);
+  });
+  return entry ? &pods[entry - 1] : nullptr;
+}
+
+const table_node* snapshot::route(const ip_address& ip) const {
+  // Pod ranges are few (one or two per node) and sorted longest first; the data plane
+  // builds an LPM structure from `routes` when the node count makes a scan too slow.
+  for (const table_route& r : routes) {
+    if (r.prefix.contains(ip)) return &nodes[r.node_index];
+  }
+  return nullptr;
+}
+
+const table_backend* snapshot::pick_backend(const table_service& service, uint64_t flow_hash) const {
+  if (service.backend_count == 0) return nullptr;
+  const uint32_t slot = static_cast<uint32_t>(flow_hash % tuning.maglev_table_size);
+  return &backends[service.first_backend + maglev_slots[service.maglev_offset + slot]];
+}
+
+std::vector<uint8_t> snapshot::serialize() const {
+  byte_writer w;
+  w.out.insert(w.out.end(), kMagic, kMagic + sizeof kMagic);
+  w.u32(kFormatVersion);
+  w.u32(0);  // reserved
+  w.u64(generation);
+  static_assert(kHeaderBytes == 32);
+
+  w.u16(tuning.burst_size);
+  w.u16(tuning.rx_ring_size);
+  w.u16(tuning.tx_ring_size);
+  w.u16(tuning.workers);
+  w.u8(static_cast<uint8_t>(tuning.idle));
+  w.u32(tuning.maglev_table_size);
+  w.u32(tuning.flow_table_size);
+  w.u32(tuning.tcp_established_timeout_s);
+  w.u32(tuning.tcp_transitory_timeout_s);
+  w.u32(tuning.udp_timeout_s);
+
+  w.u32(static_cast<uint32_t>(nodes.size()));
+  for (const auto& n : nodes) {
+    w.text(n.name);
+    w.address(n.underlay_ip);
+    w.prefix(n.pod_cidr);
+    w.u8(n.pod_cidr6.has_value());
+    if (n.pod_cidr6) w.prefix(*n.pod_cidr6);
+  }
+  w.u32(static_cast<uint32_t>(pods.size()));
+  for (const auto& p : pods) {
+    w.text(p.name);
+    w.address(p.ip);
+    w.u8(p.ip6.has_value());
+    if (p.ip6) w.address(*p.ip6);
+    w.text(p.interface);
+    w.text(p.cgroup);
+    w.u32(static_cast<uint32_t>(p.labels.size()));
+    for (const auto& [k, v] : p.labels) w.text(k), w.text(v);
+  }
+  w.u32(static_cast<uint32_t>(services.size()));
+  for (const auto& s : services) {
+    w.text(s.name);
+    w.address(s.vip);
+    w.u8(s.session_affinity);
+    w.u32(s.first_backend);
+    w.u32(s.backend_count);
+    w.u64(s.maglev_offset);
+  }
+  w.u32(static_cast<uint32_t>(backends.size()));
+  for (const auto& b : backends) {
+    w.address(b.ip);
+    w.u16(b.port);
+    w.u16(b.weight);
+    w.u32(b.node_index);
+  }
+  w.u32(static_cast<uint32_t>(frontends.size()));
+  for (const auto& f : frontends) {
+    w.address(f.vip);
+    w.u16(f.port);
+    w.u8(static_cast<uint8_t>(f.protocol));
+    w.u16(f.target_port);
+    w.u32(f.service_index);
+  }
+  w.u32(static_cast<uint32_t>(routes.size()));
+  for (const auto& r : routes) {
+    w.prefix(r.prefix);
+    w.u32(r.node_index);
+  }
+  w.u64(maglev_slots.size());
+  for (uint16_t slot : maglev_slots) w.u16(slot);
+  w.index(frontend_index);
+  w.index(pod_index);
+  return std::move(w.out);
+}
+
+std::string snapshot::content_digest() const {
+  const std::vector<uint8_t> bytes = serialize();
+  unsigned char digest[EVP_MAX_MD_SIZE];
+  unsigned int length = 0;
+  EVP_Digest(bytes.data() + kHeaderBytes, bytes.size() - kHeaderBytes, digest, &length,
+             EVP_sha256(), nullptr);
+  static constexpr char kHex[] = "0123456789abcdef";
+  std::string hex;
+  for (unsigned i = 0; i < length; ++i) {
+    hex += kHex[digest[i] >> 4];
+    hex += kHex[digest[i] & 15];
+  }
+  return hex;
+}
+
+}  // namespace meshlane

@@ -1,0 +1,109 @@
+// The compiled tables: one immutable, versioned snapshot of everything the data plane
+// reads. The control module builds it (table_compiler.h) and publishes it whole; DPDK
+// workers read it through an RCU-protected pointer and the eBPF map writer copies it into
+// the pinned maps. Nothing in a published snapshot changes, so readers need no locks.
+//
+// Lookups here are allocation-free and bounded (open addressing over a power-of-two
+// slot array, at most half full), so the packet path can call them directly.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "control/desired_state.h"
+#include "control/net_address.h"
+
+namespace meshlane {
+
+inline constexpr uint32_t kLocalNodeIndex = 0;  // nodes[0] is always this node
+
+struct table_node {
+  std::string name;
+  ip_address underlay_ip;
+  ip_prefix pod_cidr;
+  std::optional<ip_prefix> pod_cidr6;
+};
+
+struct table_pod {
+  std::string name;
+  ip_address ip;
+  std::optional<ip_address> ip6;
+  std::string interface;
+  std::string cgroup;
+  std::map<std::string, std::string> labels;
+};
+
+struct table_backend {
+  ip_address ip;
+  uint16_t port = 0;  // the backend's own port; a frontend's target_port overrides it
+  uint16_t weight = 1;
+  uint32_t node_index = 0;  // into snapshot::nodes
+};
+
+struct table_service {
+  std::string name;
+  ip_address vip;
+  bool session_affinity = false;
+  uint32_t first_backend = 0;  // backends [first_backend, first_backend + backend_count)
+  uint32_t backend_count = 0;
+  uint64_t maglev_offset = 0;  // maglev_slots[maglev_offset, + maglev_table_size) when backends exist
+};
+
+// One (VIP, port, protocol) a client can connect to.
+struct table_frontend {
+  ip_address vip;
+  uint16_t port = 0;
+  l4_protocol protocol = l4_protocol::tcp;
+  uint16_t target_port = 0;  // 0: the chosen backend's own port
+  uint32_t service_index = 0;
+};
+
+// Pod range of a node, for routing: the longest matching prefix decides.
+struct table_route {
+  ip_prefix prefix;
+  uint32_t node_index = 0;
+};
+
+// Open-addressing index from a key hash to an element index; built once, read-only.
+struct hash_index {
+  std::vector<uint32_t> slots;  // element index + 1; 0 marks an empty slot
+  uint32_t mask = 0;
+};
+
+struct snapshot {
+  uint64_t generation = 0;
+  tunables tuning;
+  std::vector<table_node> nodes;  // nodes[kLocalNodeIndex] is this node
+  std::vector<table_pod> pods;
+  std::vector<table_service> services;
+  std::vector<table_backend> backends;
+  std::vector<table_frontend> frontends;
+  std::vector<table_route> routes;       // sorted by prefix length, longest first
+  std::vector<uint16_t> maglev_slots;    // per service: index within its backend range
+  hash_index frontend_index;
+  hash_index pod_index;                  // keyed by IPv4 and IPv6 pod addresses
+
+  const table_frontend* find_frontend(const ip_address& vip, uint16_t port,
+                                      l4_protocol protocol) const;
+  const table_pod* find_pod(const ip_address& ip) const;
+  // The node whose pod range holds `ip`, or nullptr when it is no pod address.
+  const table_node* route(const ip_address& ip) const;
+  // Maglev choice for a flow hash; nullptr when the service has no backends.
+  const table_backend* pick_backend(const table_service& service, uint64_t flow_hash) const;
+
+  // Canonical byte form of every table (fixed field order, little-endian). Two compiles of
+  // the same document give the same bytes; the generation is in the 32-byte header only.
+  std::vector<uint8_t> serialize() const;
+  // SHA-256 of the serialized tables excluding the generation: the content identity that
+  // `status` reports, equal on every node fed the same document.
+  std::string content_digest() const;
+};
+
+uint64_t hash_frontend_key(const ip_address& vip, uint16_t port, l4_protocol protocol);
+uint64_t hash_address(const ip_address& ip);
+
+}  // namespace meshlane

@@ -1,0 +1,76 @@
+#include "control/table_publisher.h"
+
+#include <chrono>
+
+#include "control/table_compiler.h"
+
+namespace meshlane {
+
+namespace {
+double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+}  // namespace
+
+std::string table_publisher::add_sink(std::string name, table_sink sink) {
+  std::lock_guard lock(mutex_);
+  if (current_) {
+    if (std::string error = sink(current_); !error.empty()) return name + ": " + error;
+  }
+  sinks_.emplace_back(std::move(name), std::move(sink));
+  return {};
+}
+
+publish_result table_publisher::apply(std::string_view document_json) {
+  const auto start = std::chrono::steady_clock::now();
+  parse_result parsed = parse_desired_state(document_json);
+  if (!parsed.state) {
+    publish_result result;
+    result.errors = std::move(parsed.errors);
+    result.compile_seconds = seconds_since(start);
+    return result;
+  }
+  return apply(*parsed.state);
+}
+
+publish_result table_publisher::apply(const desired_state& state) {
+  std::lock_guard lock(mutex_);
+  publish_result result;
+  auto start = std::chrono::steady_clock::now();
+  auto next = compile_tables(state, last_generation_ + 1);
+  result.compile_seconds = seconds_since(start);
+
+  start = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    if (std::string error = sinks_[i].second(next); !error.empty()) {
+      // Put the sinks that took the new tables back on the old ones, so that every reader
+      // agrees on one generation. A failure there too is reported; it cannot be undone.
+      std::string message = sinks_[i].first + ": " + error;
+      for (size_t j = 0; j < i && current_; ++j) {
+        if (std::string undo = sinks_[j].second(current_); !undo.empty())
+          message += "; rolling back " + sinks_[j].first + " failed too: " + undo;
+      }
+      result.errors.push_back({"$", message});
+      result.publish_seconds = seconds_since(start);
+      return result;
+    }
+  }
+  result.publish_seconds = seconds_since(start);
+  last_generation_ = next->generation;
+  current_ = std::move(next);
+  current_state_ = std::make_shared<const desired_state>(state);
+  result.generation = last_generation_;
+  return result;
+}
+
+std::shared_ptr<const snapshot> table_publisher::current() const {
+  std::lock_guard lock(mutex_);
+  return current_;
+}
+
+std::shared_ptr<const desired_state> table_publisher::current_state() const {
+  std::lock_guard lock(mutex_);
+  return current_state_;
+}
+
+}  // namespace meshlane

@@ -1,0 +1,48 @@
+// Holds the agent's current snapshot and turns a new desired-state document into the next
+// one: validate whole, compile, then hand the snapshot to every table sink (the DPDK
+// workers' RCU slot, the eBPF map writer) and make it current. A document that fails
+// validation changes nothing; the running tables stay.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "control/desired_state.h"
+#include "control/snapshot.h"
+
+namespace meshlane {
+
+// A sink installs a snapshot in the readers it owns. It returns an empty string on success
+// or a message saying why it could not (then the publish stops and reports it).
+using table_sink = std::function<std::string(const std::shared_ptr<const snapshot>&)>;
+
+struct publish_result {
+  uint64_t generation = 0;             // of the published snapshot; 0 when nothing changed
+  std::vector<config_error> errors;    // validation errors, or one sink error at "$"
+  double compile_seconds = 0;
+  double publish_seconds = 0;
+};
+
+class table_publisher {
+ public:
+  // A sink added after a snapshot exists is handed the current one at once.
+  std::string add_sink(std::string name, table_sink sink);
+
+  publish_result apply(std::string_view document_json);
+  publish_result apply(const desired_state& state);
+
+  std::shared_ptr<const snapshot> current() const;
+  std::shared_ptr<const desired_state> current_state() const;
+
+ private:
+  mutable std::mutex mutex_;  // serialises writers; readers copy the shared_ptr under it
+  uint64_t last_generation_ = 0;
+  std::shared_ptr<const snapshot> current_;
+  std::shared_ptr<const desired_state> current_state_;
+  std::vector<std::pair<std::string, table_sink>> sinks_;
+};
+
+}  // namespace meshlane

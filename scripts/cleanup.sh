@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Removes what meshlane's tests and demo may have left behind, by their own prefixes only:
+#   network namespaces and interfaces  mlt*  (tests), mld*  (demo)
+#   cgroups                            <cgroup2>/meshlane-test-*, <cgroup2>/meshlane-demo*
+#   BPF pins                           /sys/fs/bpf/meshlane-test-*, /sys/fs/bpf/meshlane-demo*
+#   processes                          meshlaned started with one of those prefixes
+#   DPDK runtime files                 /var/run/dpdk/meshlane-test-*, meshlane-demo*
+# Production state (/sys/fs/bpf/meshlane/, a running production agent) is never touched.
+set -u
+
+cgroup2=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
+
+pkill -f 'meshlaned .*(meshlane-test-|meshlane-demo|mlt|mld)' 2>/dev/null && sleep 0.5
+pkill -9 -f 'meshlaned .*(meshlane-test-|meshlane-demo|mlt|mld)' 2>/dev/null
+
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^ml[td]'); do
+  ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
+  ip netns delete "$ns" 2>/dev/null && echo "cleanup: removed netns $ns"
+done
+for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^ml[td]'); do
+  ip link delete "$link" 2>/dev/null && echo "cleanup: removed link $link"
+done
+
+if [ -n "$cgroup2" ]; then
+  for cg in "$cgroup2"/meshlane-test-* "$cgroup2"/meshlane-demo*; do
+    [ -d "$cg" ] || continue
+    # Detach every program we may have attached there, then move processes out, then
+    # remove the tree depth-first.
+    if command -v bpftool >/dev/null; then
+      find "$cg" -depth -type d | while read -r dir; do
+        bpftool cgroup show "$dir" 2>/dev/null | awk 'NR>1 && $1 ~ /^[0-9]+$/ {print $1, $2}' |
+          while read -r id type; do bpftool cgroup detach "$dir" "$type" id "$id" 2>/dev/null; done
+      done
+    fi
+    find "$cg" -depth -type d | while read -r dir; do
+      while read -r pid; do echo "$pid" > "$cgroup2/cgroup.procs" 2>/dev/null; done < "$dir/cgroup.procs"
+      rmdir "$dir" 2>/dev/null
+    done
+    [ -d "$cg" ] || echo "cleanup: removed cgroup $cg"
+  done
+fi
+
+for pin in /sys/fs/bpf/meshlane-test-* /sys/fs/bpf/meshlane-demo*; do
+  [ -e "$pin" ] || continue
+  rm -rf "$pin" && echo "cleanup: removed pins $pin"
+done
+for run in /var/run/dpdk/meshlane-test-* /var/run/dpdk/meshlane-demo*; do
+  [ -e "$run" ] && rm -rf "$run"
+done
+find /dev/hugepages -maxdepth 1 -name 'meshlane-*' -delete 2>/dev/null
+exit 0

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# The README's test command: set-up, build, and every test (unit, golden, integration,
+# fuzz corpus replay, a short libFuzzer run per target), then one summary line.
+#   scripts/test.sh                 everything
+#   FUZZ_SECONDS=0 scripts/test.sh  skip the libFuzzer runs (corpus replay still runs)
+# Needs root for the namespace, cgroup and BPF tests; under CI=true a skipped test fails
+# the run, since CI runs as root and must run everything.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=${MESHLANE_BUILD:-build}
+fuzz_build=${MESHLANE_FUZZ_BUILD:-build-fuzz}
+fuzz_seconds=${FUZZ_SECONDS:-20}
+
+bash scripts/setup.sh
+bash scripts/cleanup.sh >/dev/null  # leftovers of an interrupted earlier run, by prefix only
+trap 'bash "$root/scripts/cleanup.sh" >/dev/null' EXIT
+
+if [ -f "$build/build.ninja" ]; then
+  meson setup --reconfigure "$build" >/dev/null
+else
+  meson setup "$build" >/dev/null
+fi
+ninja -C "$build"
+
+status=0
+meson test -C "$build" --print-errorlogs --num-processes "${MESHLANE_TEST_JOBS:-2}" \
+  --timeout-multiplier "${MESHLANE_TIMEOUT_MULTIPLIER:-1}" || status=$?
+
+# libFuzzer: a short run of each target from its seed corpus, in a clang build of its own.
+fuzz_failed=0
+if [ "$fuzz_seconds" -gt 0 ]; then
+  if [ ! -f "$fuzz_build/build.ninja" ]; then
+    CC=clang CXX=clang++ meson setup "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled >/dev/null
+  fi
+  ninja -C "$fuzz_build" $(cd "$fuzz_build" && ninja -t targets all | awk -F: '/^fuzz_[a-z_]+:/ {print $1}')
+  for target in "$fuzz_build"/fuzz_*; do
+    [ -x "$target" ] || continue
+    name=$(basename "$target"); name=${name#fuzz_}
+    corpus=$(mktemp -d)
+    cp -r tests/fuzz/corpus/"$name"/. "$corpus"/
+    echo "fuzz: $name for ${fuzz_seconds}s"
+    if ! "$target" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 \
+         -artifact_prefix="$fuzz_build/crash-$name-" "$corpus" > "$fuzz_build/fuzz-$name.log" 2>&1; then
+      echo "fuzz: $name FAILED, see $fuzz_build/fuzz-$name.log"
+      tail -30 "$fuzz_build/fuzz-$name.log"
+      fuzz_failed=$((fuzz_failed + 1))
+    else
+      grep -E '^#[0-9]+.*DONE' "$fuzz_build/fuzz-$name.log" | tail -1 || true
+    fi
+    rm -rf "$corpus"
+  done
+fi
+
+python3 - "$build/meson-logs/testlog.junit.xml" "$fuzz_failed" "${CI:-}" <<'PY' || status=1
+import sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+tests = failed = skipped = 0
+for suite in root.iter('testsuite'):
+    tests += int(suite.get('tests', 0))
+    failed += int(suite.get('failures', 0)) + int(suite.get('errors', 0))
+    skipped += int(suite.get('skipped', 0)) + int(suite.get('disabled', 0))
+fuzz_failed = int(sys.argv[2])
+failed += fuzz_failed
+passed = tests - failed - skipped + fuzz_failed
+print(f"tests: {passed} passed, {failed} failed, {skipped} skipped")
+ci = sys.argv[3] not in ('', '0', 'false')
+if ci and skipped:
+    print("CI runs every test: a skipped test fails the run", file=sys.stderr)
+    sys.exit(1)
+sys.exit(1 if failed else 0)
+PY
+exit $status

@@ -1,0 +1,109 @@
+// The binaries' contract with scripts: exit codes and where errors go.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+
+#include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "tests/unit/sample_document.h"
+
+namespace {
+
+struct run_result {
+  int exit_code;
+  std::string output;  // stdout and stderr together
+};
+
+// Runs a shell command; captures stdout and stderr unless the command redirects them.
+run_result run(const std::string& command) {
+  run_result result{-1, ""};
+  const bool redirects = command.find("2>&1") != std::string::npos;
+  FILE* pipe = popen((redirects ? command : command + " 2>&1").c_str(), "r");
+  if (!pipe) return result;
+  std::array<char, 4096> buffer;
+  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) result.output.append(buffer.data(), n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  return result;
+}
+
+std::string binary(const char* variable) {
+  const char* path = std::getenv(variable);
+  return path ? path : "";
+}
+
+class Cli : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    meshlaned_ = binary("MESHLANED");
+    meshctl_ = binary("MESHCTL");
+    ASSERT_FALSE(meshlaned_.empty()) << "MESHLANED must name the meshlaned binary";
+    ASSERT_FALSE(meshctl_.empty()) << "MESHCTL must name the meshctl binary";
+    dir_ = ::testing::TempDir();
+    good_ = dir_ + "/cli_good.json";
+    bad_ = dir_ + "/cli_bad.json";
+    std::ofstream(good_) << meshlane::testing::sample_document().dump(2);
+    auto bad = meshlane::testing::sample_document();
+    bad["services"][0]["backends"][0]["weight"] = 0;
+    std::ofstream(bad_) << bad.dump(2);
+  }
+  void TearDown() override {
+    std::remove(good_.c_str());
+    std::remove(bad_.c_str());
+  }
+  std::string meshlaned_, meshctl_, dir_, good_, bad_;
+};
+
+TEST_F(Cli, CheckAcceptsValidDocument) {
+  const auto r = run(meshlaned_ + " --config " + good_ + " --check");
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+}
+
+TEST_F(Cli, CheckRefusesInvalidDocumentWithPathOnStderr) {
+  const auto r = run(meshlaned_ + " --config " + bad_ + " --check 2>&1 >/dev/null");
+  EXPECT_EQ(r.exit_code, 1);
+  EXPECT_NE(r.output.find("$.services[0].backends[0].weight: must be 1..65535, got 0"), std::string::npos)
+      << r.output;
+}
+
+TEST_F(Cli, BadUsageExitsTwo) {
+  EXPECT_EQ(run(meshlaned_ + " --check").exit_code, 2);
+  EXPECT_EQ(run(meshlaned_ + " --bogus").exit_code, 2);
+  EXPECT_EQ(run(meshctl_ + " frobnicate").exit_code, 2);
+  EXPECT_EQ(run(meshctl_ + " validate").exit_code, 2);
+}
+
+TEST_F(Cli, PrintTablesShowsCompiledServices) {
+  const auto r = run(meshlaned_ + " --config " + good_ + " --print-tables");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.output.find("web  198.19.128.10  ports 80/tcp->8080"), std::string::npos) << r.output;
+}
+
+TEST_F(Cli, MeshctlValidateAndCompileSpeakJson) {
+  auto r = run(meshctl_ + " validate -f " + bad_ + " -o json");
+  EXPECT_EQ(r.exit_code, 1);
+  const auto reply = nlohmann::json::parse(r.output);
+  EXPECT_EQ(reply["ok"], false);
+  EXPECT_EQ(reply["errors"][0]["path"], "$.services[0].backends[0].weight");
+  r = run(meshctl_ + " compile -f " + good_ + " -o json");
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  const auto compiled = nlohmann::json::parse(r.output);
+  EXPECT_EQ(compiled["services"], 2);
+  EXPECT_EQ(compiled["content_digest"].get<std::string>().size(), 64u);
+}
+
+TEST_F(Cli, AgentPublishesAndStopsOnSigterm) {
+  const std::string log = dir_ + "/cli_agent.log";
+  const auto r = run("(" + meshlaned_ + " --config " + good_ + " > " + log + " 2>&1 & pid=$!; "
+                     "sleep 0.3; kill -HUP $pid; sleep 0.3; kill -TERM $pid; wait $pid); cat " + log);
+  EXPECT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("published generation 1"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("published generation 2"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("meshlaned: stopped"), std::string::npos) << r.output;
+  std::remove(log.c_str());
+}
+
+}  // namespace

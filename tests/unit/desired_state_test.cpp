@@ -1,0 +1,312 @@
+// Validation of the desired-state document: one test per kind of error, each checking
+// the exact path and message a user would see.
+#include "control/desired_state.h"
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "tests/unit/sample_document.h"
+
+namespace meshlane {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using json = nlohmann::json;
+
+std::vector<std::string> errors_of_text(std::string_view text) {
+  std::vector<std::string> out;
+  for (const auto& e : parse_desired_state(text).errors) out.push_back(e.to_string());
+  return out;
+}
+std::vector<std::string> errors_of(const json& document) { return errors_of_text(document.dump()); }
+
+TEST(DesiredState, SampleDocumentIsValidAndReadWhole) {
+  const auto result = parse_desired_state(testing::sample_document().dump());
+  ASSERT_TRUE(result.errors.empty()) << result.errors[0].to_string();
+  const desired_state& s = *result.state;
+  EXPECT_EQ(s.node.name, "node1");
+  EXPECT_EQ(s.node.pod_cgroup, "/sys/fs/cgroup/unified/meshlane-test");
+  ASSERT_EQ(s.peers.size(), 1u);
+  EXPECT_EQ(s.peers[0].underlay_ip.to_string(), "198.19.0.2");
+  ASSERT_EQ(s.pods.size(), 2u);
+  EXPECT_EQ(s.pods[0].labels.at("app"), "web");
+  EXPECT_EQ(s.pods[0].ip6->to_string(), "fd00:6d6c:1::10");
+  ASSERT_EQ(s.services.size(), 2u);
+  EXPECT_EQ(s.services[0].ports[0].target_port, 8080);
+  EXPECT_EQ(s.services[0].backends[1].weight, 3);
+  EXPECT_EQ(s.services[1].ports[0].protocol, l4_protocol::udp);
+  EXPECT_TRUE(s.services[1].session_affinity);
+  EXPECT_EQ(s.services[1].backends[0].weight, 1);  // default
+  EXPECT_EQ(s.tuning.idle, idle_policy::adaptive);
+}
+
+TEST(DesiredState, MinimalDocumentTakesDefaults) {
+  const auto result = parse_desired_state(
+      R"({"node": {"name": "n", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24"}})");
+  ASSERT_TRUE(result.state);
+  EXPECT_EQ(result.state->tuning.maglev_table_size, 65537u);
+  EXPECT_EQ(result.state->tuning.burst_size, 32);
+}
+
+TEST(DesiredStateErrors, InvalidJsonNamesLineAndColumn) {
+  const auto errors = errors_of_text("{\n  \"node\": {,\n}");
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("$: invalid JSON at line 2, column"));
+}
+
+TEST(DesiredStateErrors, DocumentMustBeAnObject) {
+  EXPECT_THAT(errors_of_text("[1, 2]"), ElementsAre("$: must be an object, got an array"));
+}
+
+TEST(DesiredStateErrors, UnknownFieldsAreRefusedAtEveryLevel) {
+  auto doc = testing::sample_document();
+  doc["colour"] = "blue";
+  doc["services"][1]["backends"][0]["wieght"] = 2;
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[1].backends[0].wieght: unknown field",
+                                          "$.colour: unknown field"));
+}
+
+TEST(DesiredStateErrors, DuplicateKeysAreRefused) {
+  const auto errors = errors_of_text(
+      R"({"node": {"name": "a", "name": "b", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24"}})");
+  EXPECT_THAT(errors, ElementsAre("$: duplicate key 'name'"));
+}
+
+TEST(DesiredStateErrors, RequiredFieldMissing) {
+  auto doc = testing::sample_document();
+  doc["node"].erase("underlay_ip");
+  doc["services"][0].erase("ports");
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.node.underlay_ip: required field is missing",
+                                          "$.services[0].ports: required field is missing"));
+}
+
+TEST(DesiredStateErrors, WrongTypeNamesExpectedAndActual) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["session_affinity"] = "yes";
+  doc["pods"] = json::object();
+  doc["services"][1]["ports"][0]["port"] = 53.5;
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.pods: must be an array, got an object",
+                          "$.services[0].session_affinity: must be true or false, got a string",
+                          "$.services[1].ports[0].port: must be an integer, got a fractional number"));
+}
+
+TEST(DesiredStateErrors, WeightOutOfRange) {
+  auto doc = testing::sample_document();
+  doc["services"][1]["backends"][0]["weight"] = 0;
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[1].backends[0].weight: must be 1..65535, got 0"));
+  doc["services"][1]["backends"][0]["weight"] = 18446744073709551615ull;
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[1].backends[0].weight: must be 1..65535, got "
+                                          "18446744073709551615"));
+}
+
+TEST(DesiredStateErrors, PortOutOfRange) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["ports"][0]["port"] = 70000;
+  doc["services"][0]["backends"][0]["port"] = -1;
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[0].ports[0].port: must be 1..65535, got 70000",
+                                          "$.services[0].backends[0].port: must be 1..65535, got -1"));
+}
+
+TEST(DesiredStateErrors, InvalidAddress) {
+  auto doc = testing::sample_document();
+  doc["pods"][1]["ip"] = "198.18.1.300";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.pods[1].ip: not an IPv4 or IPv6 address: '198.18.1.300'"));
+}
+
+TEST(DesiredStateErrors, InvalidPrefixSaysWhy) {
+  auto doc = testing::sample_document();
+  doc["nodes"][0]["pod_cidr"] = "198.18.2.1/24";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.nodes[0].pod_cidr: invalid prefix '198.18.2.1/24': "
+                                          "host bits are set (did you mean the network address?)"));
+}
+
+TEST(DesiredStateErrors, WrongAddressFamily) {
+  auto doc = testing::sample_document();
+  doc["node"]["pod_cidr6"] = "198.18.9.0/24";
+  doc["pods"][0]["ip"] = "fd00:6d6c:1::11";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.node.pod_cidr6: must be an IPv6 prefix",
+                          "$.pods[0].ip: must be an IPv4 address (use ip6 for IPv6)"));
+}
+
+TEST(DesiredStateErrors, UnknownEnumValue) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["ports"][0]["protocol"] = "sctp";
+  doc["tunables"]["idle_policy"] = "sleepy";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.services[0].ports[0].protocol: must be \"tcp\" or \"udp\", got 'sctp'",
+                          "$.tunables.idle_policy: must be \"busy_poll\" or \"adaptive\", got 'sleepy'"));
+}
+
+TEST(DesiredStateErrors, RingSizeMustBePowerOfTwo) {
+  auto doc = testing::sample_document();
+  doc["tunables"]["rx_ring_size"] = 1000;
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.tunables.rx_ring_size: must be a power of two, got 1000"));
+}
+
+TEST(DesiredStateErrors, MaglevTableSizeMustBePrime) {
+  auto doc = testing::sample_document();
+  doc["tunables"]["maglev_table_size"] = 65536;
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.tunables.maglev_table_size: must be a prime number, got 65536"));
+}
+
+TEST(DesiredStateErrors, InvalidInterfaceName) {
+  auto doc = testing::sample_document();
+  doc["pods"][0]["interface"] = "a-very-long-interface-name";
+  EXPECT_THAT(errors_of(doc)[0], HasSubstr("$.pods[0].interface: not a valid interface name"));
+}
+
+TEST(DesiredStateErrors, CgroupRootIsRefused) {
+  auto doc = testing::sample_document();
+  doc["node"]["pod_cgroup"] = "/";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.node.pod_cgroup: must be an absolute cgroup v2 "
+                                          "directory other than the root, got '/'"));
+  doc["node"]["pod_cgroup"] = "relative/path";
+  EXPECT_EQ(errors_of(doc).size(), 1u);
+}
+
+TEST(DesiredStateErrors, DuplicateNodeName) {
+  auto doc = testing::sample_document();
+  doc["nodes"][0]["name"] = "node1";
+  // Backends that named node2 now name no node; those follow-on errors are reported too.
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.nodes[0].name: duplicate node name 'node1' (also at $.node)",
+                          "$.services[0].backends[1].node: unknown node 'node2'",
+                          "$.services[1].backends[0].node: unknown node 'node2'"));
+}
+
+TEST(DesiredStateErrors, OverlappingPodRanges) {
+  auto doc = testing::sample_document();
+  doc["nodes"][0]["pod_cidr"] = "198.18.0.0/16";
+  EXPECT_THAT(errors_of(doc)[0],
+              "$.nodes[0].pod_cidr: 198.18.0.0/16 overlaps 198.18.1.0/24 of $.node");
+}
+
+TEST(DesiredStateErrors, UnderlayInsidePodRange) {
+  auto doc = testing::sample_document();
+  doc["nodes"][0]["underlay_ip"] = "198.18.1.77";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.nodes[0].underlay_ip: 198.18.1.77 lies inside the pod range of $.node"));
+}
+
+TEST(DesiredStateErrors, DuplicateUnderlayAddress) {
+  auto doc = testing::sample_document();
+  doc["nodes"][0]["underlay_ip"] = "198.19.0.1";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.nodes[0].underlay_ip: duplicate underlay address "
+                                          "198.19.0.1 (also at $.node)"));
+}
+
+TEST(DesiredStateErrors, PodOutsideNodeRange) {
+  auto doc = testing::sample_document();
+  doc["pods"][1]["ip"] = "198.18.2.20";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.pods[1].ip: 198.18.2.20 is outside this node's "
+                                          "pod_cidr 198.18.1.0/24"));
+}
+
+TEST(DesiredStateErrors, DuplicatePodAddressNameAndInterface) {
+  auto doc = testing::sample_document();
+  doc["pods"][1]["ip"] = "198.18.1.10";
+  doc["pods"][1]["name"] = "web-1";
+  doc["pods"][1]["interface"] = "mlp-web1";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.pods[1].name: duplicate pod name 'web-1' (also at $.pods[0])",
+                          "$.pods[1].interface: interface 'mlp-web1' already used by $.pods[0]",
+                          "$.pods[1].ip: duplicate pod address 198.18.1.10 (also at $.pods[0])"));
+}
+
+TEST(DesiredStateErrors, DuplicateServiceName) {
+  auto doc = testing::sample_document();
+  doc["services"][1]["name"] = "web";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.services[1].name: duplicate service name 'web' (also at $.services[0])"));
+}
+
+TEST(DesiredStateErrors, DuplicateVipPortProtocol) {
+  auto doc = testing::sample_document();
+  doc["services"][1]["vip"] = "198.19.128.10";
+  doc["services"][1]["ports"][0] = {{"port", 80}, {"protocol", "tcp"}};
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.services[1].ports[0].port: duplicate 198.19.128.10:80/tcp (also at "
+                          "$.services[0].ports[0])"));
+  // The same VIP and port over UDP is another frontend.
+  doc["services"][1]["ports"][0]["protocol"] = "udp";
+  EXPECT_TRUE(errors_of(doc).empty());
+}
+
+TEST(DesiredStateErrors, VipInsidePodRange) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["vip"] = "198.18.2.200";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.services[0].vip: 198.18.2.200 lies inside the pod range of $.nodes[0]"));
+}
+
+TEST(DesiredStateErrors, BackendOnUnknownNode) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["backends"][1]["node"] = "node9";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[0].backends[1].node: unknown node 'node9'"));
+}
+
+TEST(DesiredStateErrors, BackendOutsideItsNodesPodRange) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["backends"][1]["ip"] = "198.18.1.99";  // node1's range, says node2
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[0].backends[1].ip: 198.18.1.99 is outside "
+                                          "the pod range of node 'node2'"));
+  doc["services"][0]["backends"][1]["ip"] = "203.0.113.5";
+  EXPECT_EQ(errors_of(doc).size(), 1u);
+}
+
+TEST(DesiredStateErrors, DuplicateBackend) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["backends"][1] = doc["services"][0]["backends"][0];
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.services[0].backends[1]: duplicate backend 198.18.1.10:8080"));
+}
+
+TEST(DesiredStateErrors, BackendFamilyDiffersFromVip) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["backends"][0]["ip"] = "fd00:6d6c:1::10";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[0].backends[0].ip: address family differs "
+                                          "from the service VIP 198.19.128.10"));
+}
+
+TEST(DesiredStateErrors, MoreBackendsThanMaglevSlots) {
+  auto doc = testing::sample_document();
+  doc["tunables"]["maglev_table_size"] = 13;
+  for (int i = 0; i < 14; ++i)
+    doc["services"][1]["backends"][i] = {{"ip", "198.18.2." + std::to_string(100 + i)}, {"port", 53}, {"node", "node2"}};
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[1].backends: 14 backends do not fit a Maglev "
+                                          "table of 13 slots"));
+}
+
+TEST(DesiredStateErrors, ServiceNeedsAPort) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["ports"] = json::array();
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[0].ports: must list at least one port"));
+}
+
+TEST(DesiredStateErrors, UnsupportedVersion) {
+  auto doc = testing::sample_document();
+  doc["version"] = 2;
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.version: must be 1..1, got 2"));
+}
+
+TEST(DesiredStateErrors, EveryErrorIsReportedNotOnlyTheFirst) {
+  auto doc = testing::sample_document();
+  doc["node"]["name"] = "";
+  doc["pods"][0]["ip"] = 5;
+  doc["tunables"]["workers"] = 0;
+  EXPECT_EQ(errors_of(doc).size(), 3u);
+}
+
+TEST(DesiredStateErrors, UnreadableFile) {
+  const auto result = load_desired_state("/nonexistent/meshlane.json");
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].to_string(), "$: cannot read /nonexistent/meshlane.json");
+}
+
+}  // namespace
+}  // namespace meshlane

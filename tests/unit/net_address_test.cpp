@@ -1,0 +1,58 @@
+#include "control/net_address.h"
+
+#include <gtest/gtest.h>
+
+namespace meshlane {
+namespace {
+
+TEST(IpAddress, ParsesIpv4AsMappedAndRoundTrips) {
+  auto a = ip_address::parse("198.18.1.10");
+  ASSERT_TRUE(a);
+  EXPECT_TRUE(a->is_v4());
+  EXPECT_EQ(a->v4(), 0xc612010au);
+  EXPECT_EQ(a->to_string(), "198.18.1.10");
+  EXPECT_EQ(*a, ip_address::from_v4(0xc612010a));
+}
+
+TEST(IpAddress, ParsesIpv6AndRefusesGarbage) {
+  auto a = ip_address::parse("fd00:6d6c::1");
+  ASSERT_TRUE(a);
+  EXPECT_FALSE(a->is_v4());
+  EXPECT_EQ(a->to_string(), "fd00:6d6c::1");
+  EXPECT_FALSE(ip_address::parse(""));
+  EXPECT_FALSE(ip_address::parse("198.18.1"));
+  EXPECT_FALSE(ip_address::parse("198.18.1.256"));
+  EXPECT_FALSE(ip_address::parse("::ffff:198.18.1.1"));  // would alias an IPv4 key
+  EXPECT_FALSE(ip_address::parse(std::string(100, '1')));
+}
+
+TEST(IpPrefix, ParsesAndRefusesHostBits) {
+  std::string why;
+  auto p = ip_prefix::parse("198.18.1.0/24", &why);
+  ASSERT_TRUE(p) << why;
+  EXPECT_EQ(p->length, 24);
+  EXPECT_EQ(p->to_string(), "198.18.1.0/24");
+  EXPECT_FALSE(ip_prefix::parse("198.18.1.5/24", &why));
+  EXPECT_NE(why.find("host bits"), std::string::npos);
+  EXPECT_FALSE(ip_prefix::parse("198.18.1.0/33", &why));
+  EXPECT_FALSE(ip_prefix::parse("198.18.1.0", &why));
+  EXPECT_FALSE(ip_prefix::parse("198.18.1.0/x", &why));
+  EXPECT_TRUE(ip_prefix::parse("fd00:6d6c::/48", &why));
+  EXPECT_TRUE(ip_prefix::parse("0.0.0.0/0", &why));
+}
+
+TEST(IpPrefix, ContainsAndOverlapsRespectFamilies) {
+  auto p = *ip_prefix::parse("198.18.1.0/24");
+  EXPECT_TRUE(p.contains(*ip_address::parse("198.18.1.255")));
+  EXPECT_FALSE(p.contains(*ip_address::parse("198.18.2.0")));
+  EXPECT_FALSE(p.contains(*ip_address::parse("fd00::1")));
+  EXPECT_TRUE(p.overlaps(*ip_prefix::parse("198.18.0.0/16")));
+  EXPECT_TRUE(ip_prefix::parse("198.18.0.0/16")->overlaps(p));
+  EXPECT_FALSE(p.overlaps(*ip_prefix::parse("198.18.2.0/24")));
+  auto all_v4 = *ip_prefix::parse("0.0.0.0/0");
+  EXPECT_TRUE(all_v4.contains(*ip_address::parse("203.0.113.7")));
+  EXPECT_FALSE(all_v4.contains(*ip_address::parse("fd00::1")));
+}
+
+}  // namespace
+}  // namespace meshlane

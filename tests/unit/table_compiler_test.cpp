@@ -1,0 +1,179 @@
+#include "control/table_compiler.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <random>
+
+#include "control/table_publisher.h"
+#include "tests/unit/sample_document.h"
+
+namespace meshlane {
+namespace {
+
+using json = nlohmann::json;
+
+desired_state parse_or_die(const json& document) {
+  auto result = parse_desired_state(document.dump());
+  EXPECT_TRUE(result.errors.empty()) << result.errors.at(0).to_string();
+  return *result.state;
+}
+
+ip_address ip(const char* text) { return *ip_address::parse(text); }
+
+TEST(TableCompiler, SameDocumentGivesByteIdenticalTables) {
+  const auto state = parse_or_die(testing::sample_document());
+  EXPECT_EQ(compile_tables(state, 7)->serialize(), compile_tables(state, 7)->serialize());
+}
+
+TEST(TableCompiler, ListOrderDoesNotShowInTables) {
+  auto doc = testing::sample_document();
+  const auto reference = compile_tables(parse_or_die(doc), 1)->serialize();
+  std::mt19937 rng(42);
+  for (int round = 0; round < 5; ++round) {
+    for (auto* list : {&doc["pods"], &doc["services"], &doc["services"][0]["backends"]}) {
+      std::shuffle(list->begin(), list->end(), rng);
+    }
+    EXPECT_EQ(compile_tables(parse_or_die(doc), 1)->serialize(), reference) << "round " << round;
+  }
+}
+
+TEST(TableCompiler, GenerationChangesHeaderButNotContentDigest) {
+  const auto state = parse_or_die(testing::sample_document());
+  const auto a = compile_tables(state, 1), b = compile_tables(state, 2);
+  EXPECT_NE(a->serialize(), b->serialize());
+  EXPECT_EQ(a->content_digest(), b->content_digest());
+  EXPECT_EQ(a->content_digest().size(), 64u);
+  auto other = testing::sample_document();
+  other["services"][0]["backends"][0]["weight"] = 2;
+  EXPECT_NE(compile_tables(parse_or_die(other), 1)->content_digest(), a->content_digest());
+}
+
+TEST(TableCompiler, FrontendsResolveByVipPortAndProtocol) {
+  const auto t = compile_tables(parse_or_die(testing::sample_document()), 1);
+  const table_frontend* web = t->find_frontend(ip("198.19.128.10"), 80, l4_protocol::tcp);
+  ASSERT_NE(web, nullptr);
+  EXPECT_EQ(t->services[web->service_index].name, "web");
+  EXPECT_EQ(web->target_port, 8080);
+  EXPECT_EQ(t->find_frontend(ip("198.19.128.10"), 80, l4_protocol::udp), nullptr);
+  EXPECT_EQ(t->find_frontend(ip("198.19.128.10"), 81, l4_protocol::tcp), nullptr);
+  const table_frontend* dns = t->find_frontend(ip("198.19.128.53"), 53, l4_protocol::udp);
+  ASSERT_NE(dns, nullptr);
+  EXPECT_TRUE(t->services[dns->service_index].session_affinity);
+}
+
+TEST(TableCompiler, PodsResolveByEitherAddress) {
+  const auto t = compile_tables(parse_or_die(testing::sample_document()), 1);
+  ASSERT_NE(t->find_pod(ip("198.18.1.10")), nullptr);
+  EXPECT_EQ(t->find_pod(ip("198.18.1.10"))->interface, "mlp-web1");
+  EXPECT_EQ(t->find_pod(ip("fd00:6d6c:1::10")), t->find_pod(ip("198.18.1.10")));
+  EXPECT_EQ(t->find_pod(ip("198.18.1.11")), nullptr);
+}
+
+TEST(TableCompiler, RoutesPickTheNodeOwningThePodRange) {
+  const auto t = compile_tables(parse_or_die(testing::sample_document()), 1);
+  ASSERT_NE(t->route(ip("198.18.2.77")), nullptr);
+  EXPECT_EQ(t->route(ip("198.18.2.77"))->name, "node2");
+  EXPECT_EQ(t->route(ip("198.18.2.77"))->underlay_ip, ip("198.19.0.2"));
+  EXPECT_EQ(t->route(ip("198.18.1.5")), &t->nodes[kLocalNodeIndex]);
+  EXPECT_EQ(t->route(ip("fd00:6d6c:1::99")), &t->nodes[kLocalNodeIndex]);
+  EXPECT_EQ(t->route(ip("203.0.113.1")), nullptr);
+}
+
+TEST(TableCompiler, BackendsKeepTheirNodeAndMaglevFollowsWeights) {
+  const auto t = compile_tables(parse_or_die(testing::sample_document()), 1);
+  const table_service& web = t->services[t->find_frontend(ip("198.19.128.10"), 80, l4_protocol::tcp)->service_index];
+  ASSERT_EQ(web.backend_count, 2u);
+  std::map<std::string, int> picks;
+  for (uint64_t h = 0; h < 200000; ++h) {
+    const table_backend* b = t->pick_backend(web, h * 0x9e3779b97f4a7c15ull);
+    ASSERT_NE(b, nullptr);
+    picks[t->nodes[b->node_index].name]++;
+  }
+  // Weights 1 (node1) and 3 (node2): a quarter and three quarters.
+  EXPECT_NEAR(picks["node1"] / 200000.0, 0.25, 0.01);
+  EXPECT_NEAR(picks["node2"] / 200000.0, 0.75, 0.01);
+}
+
+TEST(TableCompiler, ServiceWithoutBackendsPicksNothing) {
+  auto doc = testing::sample_document();
+  doc["services"][0].erase("backends");
+  const auto t = compile_tables(parse_or_die(doc), 1);
+  const auto* f = t->find_frontend(ip("198.19.128.10"), 80, l4_protocol::tcp);
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(t->pick_backend(t->services[f->service_index], 12345), nullptr);
+}
+
+TEST(TableCompiler, ManyServicesAllResolve) {
+  auto doc = testing::sample_document();
+  doc["tunables"]["maglev_table_size"] = 251;
+  doc["services"] = json::array();
+  for (int i = 0; i < 1000; ++i) {
+    doc["services"].push_back({{"name", "svc" + std::to_string(i)},
+                               {"vip", "198.19.128." + std::to_string(i % 250 + 1)},
+                               {"ports", {{{"port", 1000 + i}}}},
+                               {"backends", {{{"ip", "198.18.2.10"}, {"port", 80}, {"node", "node2"}}}}});
+  }
+  const auto t = compile_tables(parse_or_die(doc), 1);
+  for (int i = 0; i < 1000; ++i) {
+    const auto* f = t->find_frontend(ip(("198.19.128." + std::to_string(i % 250 + 1)).c_str()),
+                                     static_cast<uint16_t>(1000 + i), l4_protocol::tcp);
+    ASSERT_NE(f, nullptr) << i;
+    EXPECT_EQ(t->services[f->service_index].name, "svc" + std::to_string(i));
+  }
+}
+
+TEST(TablePublisher, InvalidDocumentKeepsRunningTables) {
+  table_publisher publisher;
+  auto good = publisher.apply(testing::sample_document().dump());
+  ASSERT_TRUE(good.errors.empty());
+  EXPECT_EQ(good.generation, 1u);
+  const auto before = publisher.current();
+  auto bad = testing::sample_document();
+  bad["services"][0]["backends"][0]["weight"] = 0;
+  const auto refused = publisher.apply(bad.dump());
+  EXPECT_EQ(refused.generation, 0u);
+  ASSERT_EQ(refused.errors.size(), 1u);
+  EXPECT_EQ(publisher.current(), before);
+  EXPECT_EQ(publisher.apply(testing::sample_document().dump()).generation, 2u);
+}
+
+TEST(TablePublisher, SinkFailureRollsBackEarlierSinks) {
+  table_publisher publisher;
+  std::vector<uint64_t> first_sink_saw;
+  bool fail = false;
+  ASSERT_EQ(publisher.add_sink("first", [&](const auto& t) {
+    first_sink_saw.push_back(t->generation);
+    return std::string();
+  }), "");
+  ASSERT_EQ(publisher.add_sink("second", [&](const auto&) {
+    return fail ? std::string("map write refused") : std::string();
+  }), "");
+  ASSERT_EQ(publisher.apply(testing::sample_document().dump()).generation, 1u);
+  fail = true;
+  const auto result = publisher.apply(testing::sample_document().dump());
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].to_string(), "$: second: map write refused");
+  EXPECT_EQ(first_sink_saw, (std::vector<uint64_t>{1, 2, 1}));  // took 2, then back to 1
+  EXPECT_EQ(publisher.current()->generation, 1u);
+}
+
+TEST(TablePublisher, LateSinkReceivesCurrentTables) {
+  table_publisher publisher;
+  ASSERT_EQ(publisher.apply(testing::sample_document().dump()).generation, 1u);
+  uint64_t seen = 0;
+  EXPECT_EQ(publisher.add_sink("late", [&](const auto& t) { seen = t->generation; return std::string(); }), "");
+  EXPECT_EQ(seen, 1u);
+  EXPECT_EQ(publisher.add_sink("broken", [](const auto&) { return std::string("no"); }), "broken: no");
+}
+
+TEST(TableCompiler, DescribeNamesEveryService) {
+  const auto t = compile_tables(parse_or_die(testing::sample_document()), 3);
+  const std::string text = describe_tables(*t);
+  EXPECT_NE(text.find("snapshot generation 3"), std::string::npos);
+  EXPECT_NE(text.find("web  198.19.128.10  ports 80/tcp->8080"), std::string::npos);
+  EXPECT_NE(text.find("geneve to 198.19.0.2 (node2)"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace meshlane
