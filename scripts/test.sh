@@ -33,8 +33,9 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   if [ ! -f "$fuzz_build/build.ninja" ]; then
     CC=clang CXX=clang++ meson setup "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled >/dev/null
   fi
-  ninja -C "$fuzz_build" $(cd "$fuzz_build" && ninja -t targets all | awk -F: '/^fuzz_[a-z_]+:/ {print $1}')
-  for target in "$fuzz_build"/fuzz_*; do
+  fuzz_targets=$(cd "$fuzz_build" && ninja -t targets all | awk -F: '$1 ~ /(^|\/)fuzz_[a-z0-9_]+$/ {print $1}')
+  [ -z "$fuzz_targets" ] || ninja -C "$fuzz_build" $fuzz_targets
+  for target in $(printf "$fuzz_build/%s\n" $fuzz_targets); do
     [ -x "$target" ] || continue
     name=$(basename "$target"); name=${name#fuzz_}
     corpus=$(mktemp -d)

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <string>
 
-#include "tests/unit/sample_document.h"
+#include "tests/control/sample_document.h"
 
 namespace {
 

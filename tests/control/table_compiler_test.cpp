@@ -6,7 +6,7 @@
 #include <random>
 
 #include "control/table_publisher.h"
-#include "tests/unit/sample_document.h"
+#include "tests/control/sample_document.h"
 
 namespace meshlane {
 namespace {

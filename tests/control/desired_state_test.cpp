@@ -5,7 +5,7 @@
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
-#include "tests/unit/sample_document.h"
+#include "tests/control/sample_document.h"
 
 namespace meshlane {
 namespace {
