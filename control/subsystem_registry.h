@@ -1,0 +1,77 @@
+// Where the agent's subsystems (eBPF fast path, DPDK workers, the control module itself)
+// register what the control surface shows and changes: metric families, status
+// sections, live tunables and queryable tables. The control socket, /metrics and the
+// status page read only through here, so each subsystem keeps its own counters in its
+// own layout and the surfaces never reach into a subsystem's internals.
+//
+// Callbacks run on the control thread, never on a packet path; a collector reads
+// per-worker counters without locks (each counter has one writer) and sums them.
+#pragma once
+
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include <nlohmann/json.hpp>
+
+namespace meshlane {
+
+enum class metric_kind { counter, gauge };
+
+struct metric_sample {
+  std::vector<std::pair<std::string, std::string>> labels;  // in exposition order
+  double value = 0;
+};
+
+// One Prometheus metric family. Names follow Prometheus conventions:
+// meshlane_<subsystem>_<what>_<unit>[_total], base units, variable parts as labels.
+struct metric_family {
+  std::string name;
+  std::string help;
+  metric_kind kind = metric_kind::counter;
+  std::vector<metric_sample> samples;
+};
+
+// A live tunable: validated and applied without restart. `apply` returns an empty string
+// on success or a message saying why the value was refused (then nothing changed).
+struct tunable {
+  std::string description;
+  std::function<nlohmann::json()> get;
+  std::function<std::string(const nlohmann::json& value)> apply;
+};
+
+class subsystem_registry {
+ public:
+  using collector = std::function<void(std::vector<metric_family>& out)>;
+  using status_provider = std::function<nlohmann::json()>;
+  // A table query takes the request's arguments (e.g. {"offset":0,"limit":100}) and
+  // returns JSON rows; used for `get flows` and the like.
+  using table_query = std::function<nlohmann::json(const nlohmann::json& args)>;
+
+  void add_collector(std::string subsystem, collector fn);
+  void add_status(std::string subsystem, status_provider fn);
+  // Tunable names are dotted, "<subsystem>.<name>", e.g. "dataplane.burst_size".
+  void add_tunable(std::string name, tunable t);
+  void add_query(std::string name, table_query fn);
+
+  std::vector<metric_family> collect() const;
+  nlohmann::json status() const;  // {"<subsystem>": {...}, ...}
+  std::vector<std::string> tunable_names() const;
+  // nullptr when no such tunable.
+  const tunable* find_tunable(const std::string& name) const;
+  // Empty json (null) when no such query.
+  nlohmann::json query(const std::string& name, const nlohmann::json& args) const;
+  std::vector<std::string> query_names() const;
+
+ private:
+  mutable std::mutex mutex_;  // registration may race with control-thread reads at start-up
+  std::vector<std::pair<std::string, collector>> collectors_;
+  std::vector<std::pair<std::string, status_provider>> statuses_;
+  std::map<std::string, tunable> tunables_;
+  std::map<std::string, table_query> queries_;
+};
+
+}  // namespace meshlane
