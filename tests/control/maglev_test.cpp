@@ -85,13 +85,13 @@ double moved_fraction_after_removal(size_t n, size_t removed) {
 
 TEST(Maglev, RemovingOneBackendMovesAboutOneNth) {
   // The paper reports disruption close to the minimum; we measured the worst excess over
-  // 1/N across these cases at under 2% of the table, and allow 3%.
+  // 1/N across these cases at 0.45% of the table (N=50), and allow 1.5%.
   for (size_t n : {5u, 10u, 20u, 50u}) {
     for (size_t removed : {size_t{0}, n / 2, n - 1}) {
       const double moved = moved_fraction_after_removal(n, removed);
       const double minimum = 1.0 / n;
       EXPECT_GE(moved, minimum * 0.99) << "n=" << n;
-      EXPECT_LE(moved, minimum + 0.03) << "n=" << n << " removed=" << removed;
+      EXPECT_LE(moved, minimum + 0.015) << "n=" << n << " removed=" << removed;
       RecordProperty("moved_n" + std::to_string(n) + "_r" + std::to_string(removed),
                      std::to_string(moved));
     }
