@@ -161,7 +161,8 @@ class object_reader {
   std::set<std::string> consumed_;
 };
 
-constexpr size_t kMaxInterfaceName = 15;  // IFNAMSIZ - 1
+constexpr size_t kMaxInterfaceName = 15;
+constexpr int kMaxNesting = 32;  // IFNAMSIZ - 1
 
 bool valid_interface_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxInterfaceName || name == "." || name == "..") return false;
@@ -448,7 +449,11 @@ parse_result parse_desired_state(std::string_view json_text) {
   // hides mistakes, so the parser callback records them and they become errors.
   std::vector<std::set<std::string>> open_objects;
   std::vector<std::string> duplicate_keys;
-  auto on_event = [&](int, json::parse_event_t event, json& parsed) {
+  struct too_deep {};
+  auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
+    // The format never nests deeper than a few levels; a bound keeps hostile input from
+    // costing stack or time anywhere downstream.
+    if (depth > kMaxNesting) throw too_deep{};
     switch (event) {
       case json::parse_event_t::object_start: open_objects.emplace_back(); break;
       case json::parse_event_t::object_end: open_objects.pop_back(); break;
@@ -466,6 +471,13 @@ parse_result parse_desired_state(std::string_view json_text) {
     document = json::parse(json_text.begin(), json_text.end(), on_event);
   } catch (const json::parse_error& e) {
     errors.push_back({"$", describe_parse_error(json_text, e)});
+    return result;
+  } catch (const json::exception& e) {
+    // e.g. out_of_range for a number that fits no JSON number type
+    errors.push_back({"$", std::string("invalid JSON: ") + e.what()});
+    return result;
+  } catch (const too_deep&) {
+    errors.push_back({"$", "invalid JSON: nested deeper than " + std::to_string(kMaxNesting) + " levels"});
     return result;
   }
   for (const auto& key : duplicate_keys) errors.push_back({"$", "duplicate key '" + key + "'"});

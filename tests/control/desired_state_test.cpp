@@ -55,6 +55,18 @@ TEST(DesiredStateErrors, InvalidJsonNamesLineAndColumn) {
   EXPECT_THAT(errors[0], HasSubstr("$: invalid JSON at line 2, column"));
 }
 
+TEST(DesiredStateErrors, NumberBeyondEveryJsonTypeIsAnErrorNotACrash) {
+  // Found by the fuzzer: nlohmann throws out_of_range, not parse_error, for this.
+  const auto errors = errors_of_text(R"({"tunables": {"workers": 1e999}})");
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("$: invalid JSON"));
+}
+
+TEST(DesiredStateErrors, NestingIsBounded) {
+  const auto errors = errors_of_text(std::string(100, '[') + std::string(100, ']'));
+  EXPECT_THAT(errors, ElementsAre("$: invalid JSON: nested deeper than 32 levels"));
+}
+
 TEST(DesiredStateErrors, DocumentMustBeAnObject) {
   EXPECT_THAT(errors_of_text("[1, 2]"), ElementsAre("$: must be an object, got an array"));
 }
