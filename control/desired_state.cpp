@@ -345,10 +345,12 @@ void check_consistency(const desired_state& s, error_list& errors) {
         add(nodes[i].path + ".underlay_ip", a.underlay_ip.to_string() + " lies inside the pod range of " + other.path);
     }
   }
+  // Backends name their node; clusters have thousands of nodes and backends, so by map.
+  std::map<std::string_view, const node_spec*> nodes_by_name;
+  for (const node_ref& ref : nodes) nodes_by_name.emplace(ref.node->name, ref.node);
   auto find_node = [&](std::string_view name) -> const node_spec* {
-    for (const node_ref& ref : nodes)
-      if (ref.node->name == name) return ref.node;
-    return nullptr;
+    auto it = nodes_by_name.find(name);
+    return it == nodes_by_name.end() ? nullptr : it->second;
   };
   auto inside_pod_ranges = [&](const ip_address& address) -> const node_ref* {
     for (const node_ref& ref : nodes) {
@@ -424,15 +426,14 @@ void check_consistency(const desired_state& s, error_list& errors) {
   }
 }
 
-std::string describe_parse_error(std::string_view text, const json::parse_error& e) {
+std::string describe_parse_error(std::string_view text, size_t byte, std::string what) {
   // nlohmann reports a byte offset; people think in lines and columns.
   size_t line = 1, column = 1;
-  const size_t end = std::min<size_t>(e.byte == 0 ? 0 : e.byte - 1, text.size());
+  const size_t end = std::min<size_t>(byte == 0 ? 0 : byte - 1, text.size());
   for (size_t i = 0; i < end; ++i) {
     if (text[i] == '\n') ++line, column = 1;
     else ++column;
   }
-  std::string what = e.what();
   // Drop nlohmann's "[json.exception.parse_error.101] parse error at line 1, column 2: " prefix.
   if (auto colon = what.find(": "); colon != std::string::npos) what = what.substr(colon + 2);
   return "invalid JSON at line " + std::to_string(line) + ", column " + std::to_string(column) +
@@ -445,41 +446,72 @@ parse_result parse_desired_state(std::string_view json_text) {
   parse_result result;
   error_list& errors = result.errors;
 
-  // Duplicate keys are legal JSON that silently keeps the last value; in a config that
-  // hides mistakes, so the parser callback records them and they become errors.
-  std::vector<std::set<std::string>> open_objects;
-  std::vector<std::string> duplicate_keys;
-  struct too_deep {};
-  auto on_event = [&](int depth, json::parse_event_t event, json& parsed) {
-    // The format never nests deeper than a few levels; a bound keeps hostile input from
-    // costing stack or time anywhere downstream.
-    if (depth > kMaxNesting) throw too_deep{};
-    switch (event) {
-      case json::parse_event_t::object_start: open_objects.emplace_back(); break;
-      case json::parse_event_t::object_end: open_objects.pop_back(); break;
-      case json::parse_event_t::key:
-        if (!open_objects.back().insert(parsed.get<std::string>()).second)
-          duplicate_keys.push_back(parsed.get<std::string>());
-        break;
-      default: break;
+  // First pass: a SAX walk that finds what the DOM parser would hide (duplicate keys, legal
+  // JSON that silently keeps the last value) and bounds nesting. nlohmann's callback
+  // parser could do this in one pass but is quadratic in array length (its end_object
+  // rescans the parent container), which 100k-service documents make visible.
+  struct structure_check : json::json_sax_t {
+    std::vector<std::set<std::string>> open_objects;
+    std::vector<std::string> duplicate_keys;
+    size_t depth = 0;
+    bool too_deep = false;
+    std::optional<std::string> syntax_error;  // already described for a person
+
+    bool enter() {
+      if (++depth > kMaxNesting) too_deep = true;
+      return !too_deep;
     }
-    return true;
-  };
+    bool null() override { return true; }
+    bool boolean(bool) override { return true; }
+    bool number_integer(number_integer_t) override { return true; }
+    bool number_unsigned(number_unsigned_t) override { return true; }
+    bool number_float(number_float_t, const string_t&) override { return true; }
+    bool string(string_t&) override { return true; }
+    bool binary(binary_t&) override { return true; }
+    bool start_object(std::size_t) override {
+      open_objects.emplace_back();
+      return enter();
+    }
+    bool key(string_t& name) override {
+      if (!open_objects.back().insert(name).second) duplicate_keys.push_back(name);
+      return true;
+    }
+    bool end_object() override {
+      open_objects.pop_back();
+      --depth;
+      return true;
+    }
+    bool start_array(std::size_t) override { return enter(); }
+    bool end_array() override {
+      --depth;
+      return true;
+    }
+    bool parse_error(std::size_t byte, const std::string&, const nlohmann::detail::exception& e) override {
+      syntax_error = describe_parse_error(text, byte, e.what());
+      return false;
+    }
+    explicit structure_check(std::string_view t) : text(t) {}
+    std::string_view text;
+  } check(json_text);
 
   json document;
   try {
-    document = json::parse(json_text.begin(), json_text.end(), on_event);
-  } catch (const json::parse_error& e) {
-    errors.push_back({"$", describe_parse_error(json_text, e)});
-    return result;
+    json::sax_parse(json_text.begin(), json_text.end(), &check);
+    if (check.syntax_error) {
+      errors.push_back({"$", *check.syntax_error});
+      return result;
+    }
+    if (check.too_deep) {
+      errors.push_back({"$", "invalid JSON: nested deeper than " + std::to_string(kMaxNesting) + " levels"});
+      return result;
+    }
+    document = json::parse(json_text.begin(), json_text.end());
   } catch (const json::exception& e) {
     // e.g. out_of_range for a number that fits no JSON number type
     errors.push_back({"$", std::string("invalid JSON: ") + e.what()});
     return result;
-  } catch (const too_deep&) {
-    errors.push_back({"$", "invalid JSON: nested deeper than " + std::to_string(kMaxNesting) + " levels"});
-    return result;
   }
+  const auto& duplicate_keys = check.duplicate_keys;
   for (const auto& key : duplicate_keys) errors.push_back({"$", "duplicate key '" + key + "'"});
 
   desired_state state;
