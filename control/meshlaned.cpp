@@ -3,6 +3,8 @@
 //   meshlaned --config FILE --check         validate a document; exit 0 valid, 1 invalid
 //   meshlaned --config FILE --print-tables  validate, compile and print the tables
 //   meshlaned --config FILE                 run the agent (SIGHUP re-reads FILE)
+//   meshlaned --uninstall                   detach and unpin the eBPF fast path
+//   meshlaned --ebpf-counters               print the pinned fast path's counters (JSON)
 #include <getopt.h>
 #include <signal.h>
 #include <unistd.h>
@@ -18,22 +20,31 @@
 #include "control/desired_state.h"
 #include "control/table_compiler.h"
 #include "control/table_publisher.h"
+#include "control/subsystem_registry.h"
 #include "control/version.h"
+#include "ebpf/fast_path.h"
 
 namespace {
 
 void print_usage(FILE* out) {
   std::fprintf(out,
-               "usage: meshlaned --config FILE [--check | --print-tables]\n"
+               "usage: meshlaned --config FILE [--check | --print-tables] [options]\n"
+               "       meshlaned --uninstall | --ebpf-counters [--bpf-pin-dir DIR]\n"
                "\n"
                "  -c, --config FILE    desired-state document (JSON)\n"
                "      --check          validate FILE and exit: 0 valid, 1 invalid (errors on stderr)\n"
                "      --print-tables   validate and compile FILE, print the tables, exit\n"
+               "      --bpf-pin-dir DIR  where the eBPF fast path is pinned (default /sys/fs/bpf/meshlane)\n"
+               "      --no-ebpf        do not load or attach the eBPF fast path\n"
+               "      --uninstall      detach the eBPF fast path and remove its pins, then exit\n"
+               "      --ebpf-counters  print the pinned fast path's counters as JSON, then exit\n"
                "  -V, --version        print the version and exit\n"
                "  -h, --help           this text\n"
                "\n"
                "Without --check or --print-tables the agent runs until SIGTERM or SIGINT;\n"
-               "SIGHUP re-reads FILE and publishes it if it is valid.\n");
+               "SIGHUP re-reads FILE and publishes it if it is valid. When the document names\n"
+               "node.pod_cgroup, the agent loads (or adopts) the eBPF fast path there; it stays\n"
+               "pinned and attached when the agent exits, so pod-local traffic keeps flowing.\n");
 }
 
 std::atomic<int> g_signal{0};
@@ -73,22 +84,55 @@ int apply_file(meshlane::table_publisher& publisher, const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  enum { kCheck = 1000, kPrintTables };
+  enum { kCheck = 1000, kPrintTables, kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
-      {"print-tables", no_argument, nullptr, kPrintTables}, {"version", no_argument, nullptr, 'V'},
-      {"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
+      {"print-tables", no_argument, nullptr, kPrintTables},
+      {"bpf-pin-dir", required_argument, nullptr, kBpfPinDir},
+      {"no-ebpf", no_argument, nullptr, kNoEbpf}, {"uninstall", no_argument, nullptr, kUninstall},
+      {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
+      {"version", no_argument, nullptr, 'V'}, {"help", no_argument, nullptr, 'h'},
+      {nullptr, 0, nullptr, 0}};
   std::string config_path;
   bool check_only = false, print_tables = false;
+  // eBPF fast path
+  std::string bpf_pin_dir = meshlane::fast_path_options{}.pin_dir;
+  bool no_ebpf = false, uninstall = false, ebpf_counters = false;
   for (int opt; (opt = getopt_long(argc, argv, "c:Vh", options, nullptr)) != -1;) {
     switch (opt) {
       case 'c': config_path = optarg; break;
       case kCheck: check_only = true; break;
       case kPrintTables: print_tables = true; break;
+      case kBpfPinDir: bpf_pin_dir = optarg; break;
+      case kNoEbpf: no_ebpf = true; break;
+      case kUninstall: uninstall = true; break;
+      case kEbpfCounters: ebpf_counters = true; break;
       case 'V': std::printf("meshlaned %s\n", meshlane::kVersion); return 0;
       case 'h': print_usage(stdout); return 0;
       default: print_usage(stderr); return 2;
     }
+  }
+  if (uninstall) {
+    const std::string problems = meshlane::fast_path::uninstall(bpf_pin_dir);
+    if (!problems.empty()) std::fprintf(stderr, "meshlaned: uninstall: %s\n", problems.c_str());
+    else std::fprintf(stderr, "meshlaned: eBPF fast path at %s detached and unpinned\n", bpf_pin_dir.c_str());
+    return problems.empty() ? 0 : 1;
+  }
+  if (ebpf_counters) {
+    meshlane::fast_path_counters c;
+    std::string error;
+    if (!meshlane::fast_path::read_pinned_counters(bpf_pin_dir, c, error)) {
+      std::fprintf(stderr, "meshlaned: %s\n", error.c_str());
+      return 1;
+    }
+    std::printf("{\"redirected_messages\":%llu,\"redirected_bytes\":%llu,\"passed_messages\":%llu,"
+                "\"passed_bytes\":%llu,\"sockets_added\":%llu,\"connect_rewrites\":%llu,"
+                "\"sendmsg_rewrites\":%llu,\"peer_restores\":%llu}\n",
+                (unsigned long long)c.redirected_messages, (unsigned long long)c.redirected_bytes,
+                (unsigned long long)c.passed_messages, (unsigned long long)c.passed_bytes,
+                (unsigned long long)c.sockets_added, (unsigned long long)c.connect_rewrites,
+                (unsigned long long)c.sendmsg_rewrites, (unsigned long long)c.peer_restores);
+    return 0;
   }
   if (optind != argc || config_path.empty()) {
     std::fprintf(stderr, "meshlaned: %s\n", config_path.empty() ? "--config FILE is required"
@@ -113,6 +157,31 @@ int main(int argc, char** argv) {
   }
 
   meshlane::table_publisher publisher;
+  meshlane::subsystem_registry registry;
+
+  // eBPF fast path: attach where the document puts the pods, then follow every snapshot.
+  std::unique_ptr<meshlane::fast_path> ebpf;
+  if (!no_ebpf) {
+    const auto parsed = meshlane::load_desired_state(config_path);
+    if (!parsed.state) {
+      print_errors(config_path, parsed.errors);
+      return 1;
+    }
+    if (!parsed.state->node.pod_cgroup.empty()) {
+      std::string error;
+      ebpf = meshlane::fast_path::open({bpf_pin_dir, parsed.state->node.pod_cgroup}, error);
+      if (!ebpf) {
+        std::fprintf(stderr, "meshlaned: eBPF fast path: %s\n", error.c_str());
+        return 1;
+      }
+      std::fprintf(stderr, "meshlaned: eBPF fast path %s at %s, attached to %s\n",
+                   ebpf->adopted() ? "adopted" : "loaded", bpf_pin_dir.c_str(),
+                   parsed.state->node.pod_cgroup.c_str());
+      publisher.add_sink("ebpf", [&ebpf](const auto& tables) { return ebpf->sync(*tables); });
+      meshlane::register_fast_path_telemetry(registry, *ebpf);
+    }
+  }
+
   if (apply_file(publisher, config_path) != 0) return 1;
 
   struct sigaction action {};

@@ -3,6 +3,7 @@
 #include <fcntl.h>
 #include <gtest/gtest.h>
 #include <sched.h>
+#include <sys/prctl.h>
 #include <signal.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -145,6 +146,8 @@ child_process::child_process(const std::vector<std::string>& argv, const netns* 
                              const test_cgroup* cgroup, const std::string& log_path) {
   pid_ = fork();
   if (pid_ == 0) {
+    // A test killed hard must not leave its children (agents, servers) running.
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
     if (cgroup) std::ofstream(cgroup->path() + "/cgroup.procs") << getpid() << std::endl;
     if (ns && setns(ns->fd(), CLONE_NEWNET) != 0) _exit(126);
     if (!log_path.empty()) {

@@ -1,0 +1,60 @@
+/* The fast path's maps. Written by the control module (ebpf/fast_path.h), read here. */
+#ifndef MESHLANE_FAST_PATH_MAPS_BPF_H
+#define MESHLANE_FAST_PATH_MAPS_BPF_H
+
+#include <linux/bpf.h>
+#include <bpf/bpf_helpers.h>
+
+#include "ebpf/map_layout.h"
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, ML_MAX_LOCAL_PODS);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct ml_addr);
+  __type(value, struct ml_pod_value);
+} ml_local_pods SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_SOCKHASH);
+  __uint(max_entries, ML_MAX_SOCKETS);
+  __type(key, struct ml_sock_key);
+  __type(value, __u64);
+} ml_sock_hash SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, ML_MAX_SERVICES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct ml_service_key);
+  __type(value, struct ml_service_value);
+} ml_services SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, ML_MAX_BACKEND_SLOTS);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct ml_slot_key);
+  __type(value, struct ml_backend);
+} ml_backend_slots SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LRU_HASH);
+  __uint(max_entries, ML_MAX_CONNECT_RECORDS);
+  __type(key, __u64); /* socket cookie */
+  __type(value, struct ml_connect_record);
+} ml_connect_records SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct ml_counters);
+} ml_counters SEC(".maps");
+
+static __always_inline struct ml_counters* counters(void) {
+  __u32 zero = 0;
+  return bpf_map_lookup_elem(&ml_counters, &zero);
+}
+
+#endif
