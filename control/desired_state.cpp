@@ -426,6 +426,13 @@ void check_consistency(const desired_state& s, error_list& errors) {
     }
   }
 
+  // issue 4: the uplink is the node's own interface, never a pod's.
+  if (s.dataplane) {
+    for (size_t i = 0; i < s.pods.size(); ++i)
+      if (s.pods[i].interface == s.dataplane->uplink.interface)
+        add("$.dataplane.uplink.interface", "'" + s.pods[i].interface + "' is also $.pods[" + std::to_string(i) + "].interface");
+  }
+
   std::map<std::string, size_t> service_names;
   std::map<std::tuple<ip_address, uint16_t, l4_protocol>, std::string> frontends;
   for (size_t i = 0; i < s.services.size(); ++i) {
