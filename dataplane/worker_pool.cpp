@@ -314,7 +314,7 @@ int worker_pool::worker_main(uint16_t index) {
 std::string worker_pool::start() {
   if (launched_) return {};
   running_.store(true);
-  unsigned lcore = RTE_MAX_LCORE;
+  unsigned lcore = static_cast<unsigned>(-1);  // rte_get_next_lcore starts after this
   for (uint16_t w = 0; w < workers_.size(); ++w) {
     lcore = rte_get_next_lcore(lcore, /*skip_main=*/1, /*wrap=*/0);
     if (lcore >= RTE_MAX_LCORE) {
