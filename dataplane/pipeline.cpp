@@ -136,7 +136,7 @@ void answer_arp(worker_state& w, uint16_t port, rte_mbuf* m, const mac_address& 
   arp->target_ip = arp->sender_ip;
   arp->sender_mac = our_mac;
   arp->sender_ip = asked;
-  w.arp_replies.add(1);
+  w.neighbour_messages.add(1);
   transmit(w, port, m);
 }
 
@@ -211,7 +211,7 @@ bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, 
   const uint16_t check = checksum_fold(checksum_partial(icmp, kReplyIcmp, sum));
   std::memcpy(icmp + 2, &check, 2);
   rte_pktmbuf_trim(m, rte_pktmbuf_data_len(m) - total);
-  w.arp_replies.add(1);
+  w.neighbour_messages.add(1);
   transmit(w, port, m);
   return true;
 }
@@ -435,6 +435,25 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   return true;
 }
 
+// ARP request from the gateway for a pod's address (RFC 826), in a fresh mbuf.
+void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t port,
+                     rte_mempool* pool, const ip_address& pod_ip) {
+  rte_mbuf* request = rte_pktmbuf_alloc(pool);
+  if (!request) return;
+  auto* frame = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(request, sizeof(ethernet_header) + sizeof(arp_header)));
+  if (!frame) return rte_pktmbuf_free(request);
+  const mac_address& ours = ports.ports[port].mac;
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  eth->destination = kBroadcastMac;
+  eth->source = ours;
+  eth->ether_type = to_net16(kEtherTypeArp);
+  auto* arp = reinterpret_cast<arp_header*>(frame + sizeof(ethernet_header));
+  *arp = arp_header{to_net16(1), to_net16(kEtherTypeIpv4), 6, 4, to_net16(kArpRequest), ours, t.gateway_ip,
+                    mac_address{}, to_net32(pod_ip.v4())};
+  w.neighbour_messages.add(1);
+  transmit(w, port, request);
+}
+
 // Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
 // destination's pod range. `from_overlay`: it arrived by Geneve, so it may only be
 // delivered locally (never sent back into the overlay).
@@ -456,6 +475,10 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     }
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     const uint64_t learned = ports.ports[out].neighbour_mac.load(std::memory_order_relaxed);
+    // A pod that has not spoken yet: ask for its MAC, and send this frame to the
+    // broadcast address meanwhile (UDP takes it; TCP ignores non-unicast frames and
+    // retransmits, by which time the pod has answered the ARP request).
+    if (!learned && p.l3 == l3_kind::ipv4) solicit_pod_mac(w, t, ports, out, m->pool, pod->ip);
     eth->destination = learned ? mac_address::from_u64(learned) : kBroadcastMac;
     eth->source = ports.ports[out].mac;
     return transmit(w, out, m);

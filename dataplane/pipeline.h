@@ -121,7 +121,7 @@ struct worker_state {
   std::array<lb_counters, kMaxServiceSlots> service;
   std::array<lb_counters, kMaxBackendSlots> backend;
   counter bursts, busy_polls, idle_polls;
-  counter geneve_encapsulated, geneve_decapsulated, icmp_generated, arp_replies;
+  counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
 
   std::array<std::array<rte_mbuf*, kMaxBurst>, kMaxPorts> tx_buffer{};
   std::array<uint16_t, kMaxPorts> tx_count{};

@@ -78,7 +78,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       polls.samples.push_back({{{"worker", worker}, {"kind", "idle"}}, double(w->idle_polls.get())});
       encap.samples.push_back({{{"worker", worker}, {"direction", "encap"}}, double(w->geneve_encapsulated.get())});
       encap.samples.push_back({{{"worker", worker}, {"direction", "decap"}}, double(w->geneve_decapsulated.get())});
-      generated.samples.push_back({{{"worker", worker}, {"kind", "neighbour"}}, double(w->arp_replies.get())});
+      generated.samples.push_back({{{"worker", worker}, {"kind", "neighbour"}}, double(w->neighbour_messages.get())});
       generated.samples.push_back({{{"worker", worker}, {"kind", "icmp_error"}}, double(w->icmp_generated.get())});
     }
     auto service_packets = family("meshlane_dataplane_service_packets_total", "Packets load-balanced per service.");

@@ -139,8 +139,16 @@ TEST_F(golden, LocalDeliveryRewritesMacsAndDecrementsTtl) {
   EXPECT_EQ(pending_total(), 0u);
 }
 
-TEST_F(golden, LocalDeliveryBeforeThePodSpokeGoesToBroadcastMac) {
+TEST_F(golden, LocalDeliveryBeforeThePodSpokeAsksForItsMacAndGoesToBroadcast) {
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9)));
+  const bytes request = receive(web);
+  ASSERT_EQ(request.size(), 42u);
+  EXPECT_EQ(mac_at(request, 0), kBroadcastMac);
+  EXPECT_EQ(mac_at(request, 6), kWebPortMac);
+  EXPECT_EQ(u16_at(request, 12), kEtherTypeArp);
+  EXPECT_EQ(u16_at(request, kEth + 6), kArpRequest);
+  EXPECT_EQ(net32_at(request, kEth + 14), ip4("198.18.1.1"));   // from the gateway
+  EXPECT_EQ(net32_at(request, kEth + 24), ip4("198.18.1.20"));  // who has the pod's address
   const bytes out = receive(web);
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(mac_at(out, 0), kBroadcastMac);
