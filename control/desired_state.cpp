@@ -314,6 +314,51 @@ void read_tunables(const json& value, const std::string& path, tunables& t, erro
   if (auto v = r.integer("udp_timeout_s", false, 1, 86400)) t.udp_timeout_s = static_cast<uint32_t>(*v);
 }
 
+// --- dataplane section (issue 4) ---
+bool valid_cpu_list(std::string_view text) {
+  if (text.empty()) return false;
+  return std::all_of(text.begin(), text.end(), [](char c) { return (c >= '0' && c <= '9') || c == ',' || c == '-'; }) &&
+         text.front() != ',' && text.front() != '-' && text.back() != ',' && text.back() != '-';
+}
+
+void read_dataplane_driver(object_reader& r, std::string_view key, std::string& out) {
+  if (auto v = r.string(key, false)) {
+    if (*v != "af_packet" && *v != "af_xdp" && *v != "pcap" && *v != "pci")
+      r.error(r.path_of(key), "must be \"af_packet\", \"af_xdp\", \"pcap\" or \"pci\", got " + shown(*v));
+    out = *v;
+  }
+}
+
+void read_dataplane(const json& value, const std::string& path, dataplane_spec& spec, error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  if (const json* uplink = r.member("uplink", true)) {
+    object_reader ur(*uplink, r.path_of("uplink"), errors);
+    if (ur.ok()) {
+      read_dataplane_driver(ur, "driver", spec.uplink.driver);
+      if (auto v = ur.string("interface", true)) {
+        if (spec.uplink.driver != "pci" && !valid_interface_name(*v))
+          ur.error(ur.path_of("interface"), "not a valid interface name (1..15 characters, no '/', ':' or space): " + shown(*v));
+        spec.uplink.interface = *v;
+      }
+      if (auto v = ur.integer("mtu", false, 1280, 9000)) spec.uplink.mtu = static_cast<uint16_t>(*v);
+    }
+  }
+  read_dataplane_driver(r, "pod_driver", spec.pod_driver);
+  if (spec.pod_driver == "pci") r.error(r.path_of("pod_driver"), "pods are veth interfaces; \"pci\" is for the uplink only");
+  if (auto v = r.string("cpus", false)) {
+    if (!valid_cpu_list(*v)) r.error(r.path_of("cpus"), "must be a CPU list such as \"0-1\" or \"0,2\", got " + shown(*v));
+    spec.cpus = *v;
+  }
+  r.array("eal_args", false, [&](const json& element, const std::string& element_path) {
+    if (!element.is_string() || element.get<std::string>().empty()) {
+      errors.push_back({element_path, std::string("must be a non-empty string, got ") + json_type_name(element)});
+      return;
+    }
+    spec.eal_args.push_back(element.get<std::string>());
+  });
+}
+
 // Cross-field rules: names unique, address ranges disjoint, every backend on a known node
 // and inside that node's pod range.
 void check_consistency(const desired_state& s, error_list& errors) {
@@ -382,6 +427,13 @@ void check_consistency(const desired_state& s, error_list& errors) {
       if (auto [it, fresh] = pod_ips.emplace(*pod.ip6, i); !fresh)
         add(path + ".ip6", "duplicate pod address " + pod.ip6->to_string() + " (also at $.pods[" + std::to_string(it->second) + "])");
     }
+  }
+
+  // issue 4: the uplink is the node's own interface, never a pod's.
+  if (s.dataplane) {
+    for (size_t i = 0; i < s.pods.size(); ++i)
+      if (s.pods[i].interface == s.dataplane->uplink.interface)
+        add("$.dataplane.uplink.interface", "'" + s.pods[i].interface + "' is also $.pods[" + std::to_string(i) + "].interface");
   }
 
   std::map<std::string, size_t> service_names;
@@ -538,6 +590,10 @@ parse_result parse_desired_state(std::string_view json_text) {
       state.services.push_back(std::move(service));
     });
     if (const json* t = top.member("tunables", false)) read_tunables(*t, "$.tunables", state.tuning, errors);
+    if (const json* d = top.member("dataplane", false)) {  // issue 4
+      state.dataplane.emplace();
+      read_dataplane(*d, "$.dataplane", *state.dataplane, errors);
+    }
   }
   // Cross-field checks only make sense on a document whose fields all read cleanly;
   // otherwise they would report follow-on noise about defaulted values.

@@ -84,12 +84,28 @@ struct tunables {
   uint32_t udp_timeout_s = 60;
 };
 
+// --- dataplane section (issue 4): how the DPDK workers reach the network. ---
+// Optional; without it the agent runs no DPDK workers.
+struct dataplane_port_spec {
+  // Kernel interface name for af_packet / af_xdp / pcap; a PCI address for "pci".
+  std::string interface;
+  std::string driver = "af_packet";  // af_packet | af_xdp | pcap | pci
+  uint16_t mtu = 1500;               // IP MTU of the underlay
+};
+struct dataplane_spec {
+  dataplane_port_spec uplink;
+  std::string pod_driver = "af_packet";  // driver for every pods[].interface
+  std::string cpus;                      // CPUs the lcores may run on ("0-1"); empty: all
+  std::vector<std::string> eal_args;     // extra EAL arguments, e.g. ["--no-huge", "-m", "128"]
+};
+
 struct desired_state {
   local_node_spec node;
   std::vector<node_spec> peers;  // the other nodes of the cluster
   std::vector<pod_spec> pods;    // pods on this node
   std::vector<service_spec> services;
   tunables tuning;
+  std::optional<dataplane_spec> dataplane;  // issue 4
 };
 
 struct config_error {

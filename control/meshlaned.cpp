@@ -14,6 +14,8 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <memory>
+#include <vector>
 #include <sstream>
 #include <string>
 
@@ -22,6 +24,7 @@
 #include "control/table_publisher.h"
 #include "control/subsystem_registry.h"
 #include "control/version.h"
+#include "dataplane/dataplane.h"
 #include "ebpf/fast_path.h"
 
 namespace {
@@ -38,13 +41,16 @@ void print_usage(FILE* out) {
                "      --no-ebpf        do not load or attach the eBPF fast path\n"
                "      --uninstall      detach the eBPF fast path and remove its pins, then exit\n"
                "      --ebpf-counters  print the pinned fast path's counters as JSON, then exit\n"
+               "      --stats-interval S  print dataplane counters to stderr every S seconds\n"
                "  -V, --version        print the version and exit\n"
                "  -h, --help           this text\n"
                "\n"
                "Without --check or --print-tables the agent runs until SIGTERM or SIGINT;\n"
                "SIGHUP re-reads FILE and publishes it if it is valid. When the document names\n"
                "node.pod_cgroup, the agent loads (or adopts) the eBPF fast path there; it stays\n"
-               "pinned and attached when the agent exits, so pod-local traffic keeps flowing.\n");
+               "pinned and attached when the agent exits, so pod-local traffic keeps flowing.\n"
+               "With a \"dataplane\" section the agent runs DPDK workers on the configured\n"
+               "interfaces.\n");
 }
 
 std::atomic<int> g_signal{0};
@@ -84,13 +90,14 @@ int apply_file(meshlane::table_publisher& publisher, const std::string& path) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  enum { kCheck = 1000, kPrintTables, kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters };
+  enum { kCheck = 1000, kPrintTables, kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
       {"print-tables", no_argument, nullptr, kPrintTables},
       {"bpf-pin-dir", required_argument, nullptr, kBpfPinDir},
       {"no-ebpf", no_argument, nullptr, kNoEbpf}, {"uninstall", no_argument, nullptr, kUninstall},
       {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
+      {"stats-interval", required_argument, nullptr, kStatsInterval},
       {"version", no_argument, nullptr, 'V'}, {"help", no_argument, nullptr, 'h'},
       {nullptr, 0, nullptr, 0}};
   std::string config_path;
@@ -98,6 +105,7 @@ int main(int argc, char** argv) {
   // eBPF fast path
   std::string bpf_pin_dir = meshlane::fast_path_options{}.pin_dir;
   bool no_ebpf = false, uninstall = false, ebpf_counters = false;
+  unsigned stats_interval_s = 0;  // dataplane counters on stderr
   for (int opt; (opt = getopt_long(argc, argv, "c:Vh", options, nullptr)) != -1;) {
     switch (opt) {
       case 'c': config_path = optarg; break;
@@ -107,6 +115,7 @@ int main(int argc, char** argv) {
       case kNoEbpf: no_ebpf = true; break;
       case kUninstall: uninstall = true; break;
       case kEbpfCounters: ebpf_counters = true; break;
+      case kStatsInterval: stats_interval_s = static_cast<unsigned>(std::strtoul(optarg, nullptr, 10)); break;
       case 'V': std::printf("meshlaned %s\n", meshlane::kVersion); return 0;
       case 'h': print_usage(stdout); return 0;
       default: print_usage(stderr); return 2;
@@ -157,6 +166,7 @@ int main(int argc, char** argv) {
   }
 
   meshlane::table_publisher publisher;
+  // The registry the control surface serves (metrics, status, tunables, queries).
   meshlane::subsystem_registry registry;
 
   // eBPF fast path: attach where the document puts the pods, then follow every snapshot.
@@ -184,18 +194,53 @@ int main(int argc, char** argv) {
 
   if (apply_file(publisher, config_path) != 0) return 1;
 
+  // --- DPDK workers (issue 4): EAL, ports and workers when the document asks for them.
+  std::unique_ptr<meshlane::worker_pool> dataplane;
+  if (const auto state = publisher.current_state(); state && state->dataplane) {
+    const auto& spec = *state->dataplane;
+    if (std::string error = meshlane::init_eal(meshlane::eal_arguments(spec, state->tuning)); !error.empty()) {
+      std::fprintf(stderr, "meshlaned: dataplane: %s\n", error.c_str());
+      return 1;
+    }
+    std::vector<meshlane::pool_port> ports;
+    std::string error = meshlane::probe_ports(spec, state->pods, state->tuning.workers, ports);
+    if (error.empty()) dataplane = meshlane::worker_pool::create(ports, meshlane::options_from(*state), error);
+    if (error.empty()) error = publisher.add_sink("dataplane", [&](const auto& tables) { return dataplane->install(tables); });
+    if (error.empty()) error = dataplane->start();
+    if (!error.empty()) {
+      std::fprintf(stderr, "meshlaned: dataplane: %s\n", error.c_str());
+      dataplane.reset();
+      meshlane::cleanup_eal();
+      return 1;
+    }
+    dataplane->register_with(registry);
+    std::fprintf(stderr, "meshlaned: dataplane running: %zu ports, %u workers\n", ports.size(),
+                 unsigned(dataplane->worker_count()));
+  }
+  // --- end DPDK workers
+
   struct sigaction action {};
   action.sa_handler = on_signal;
   sigemptyset(&action.sa_mask);
   for (int signo : {SIGINT, SIGTERM, SIGHUP}) sigaction(signo, &action, nullptr);
   while (true) {
-    pause();
+    if (dataplane && stats_interval_s) {  // issue 4: live counters for the demo
+      sleep(stats_interval_s);
+      if (g_signal.load() == 0) std::fprintf(stderr, "meshlaned: %s\n", dataplane->stats_line().c_str());
+    } else {
+      pause();
+    }
     const int signo = g_signal.exchange(0);
     if (signo == SIGHUP) {
       apply_file(publisher, config_path);
     } else if (signo == SIGINT || signo == SIGTERM) {
       break;
     }
+  }
+  if (dataplane) {  // issue 4: workers first, then ports, then EAL
+    dataplane->stop();
+    dataplane.reset();
+    meshlane::cleanup_eal();
   }
   std::fprintf(stderr, "meshlaned: stopped\n");
   return 0;

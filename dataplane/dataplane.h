@@ -1,0 +1,129 @@
+// The DPDK half of meshlane: EAL and ports from the configuration, a pool of
+// run-to-completion workers, and the tables they read through an RCU-protected pointer.
+//
+//   init_eal(eal_arguments(spec, state))        once per process
+//   probe_ports(spec, state.pods, ports)        uplink and pod interfaces as DPDK ports
+//   auto pool = worker_pool::create(ports, options_from(state), error)
+//   publisher.add_sink("dataplane", [&](auto s) { return pool->install(s); })
+//   pool->start(); ... pool->stop(); cleanup_eal();
+//
+// The packet path itself is pipeline.h; this header is what the agent and tests use.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "control/desired_state.h"
+#include "control/snapshot.h"
+#include "control/subsystem_registry.h"
+#include "dataplane/pipeline.h"
+
+struct rte_mempool;
+struct rte_rcu_qsbr;
+
+namespace meshlane {
+
+// --- EAL ---
+
+// The EAL command line for an agent: program name, lcores (a control lcore and one per
+// worker, all allowed on `spec.cpus` so that two agents can share a small machine),
+// then the document's own eal_args.
+std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunables& tuning);
+// Initialises EAL once per process; the error says what EAL refused.
+std::string init_eal(const std::vector<std::string>& arguments);
+void cleanup_eal();
+
+// --- ports ---
+
+struct pool_port {
+  uint16_t port_id = 0;
+  port_role role = port_role::pod;
+  std::string interface;
+  // Overrides the port's own MAC (net_ring ports in tests have none of their own).
+  std::optional<wire::mac_address> mac;
+};
+
+// Creates (hot-plugs) the uplink and each pod's interface as DPDK ports with the
+// configured driver and `queues` queue pairs each.
+std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>& pods, uint16_t queues,
+                        std::vector<pool_port>& out);
+
+// --- the worker pool ---
+
+struct worker_pool_options {
+  uint16_t workers = 1;
+  uint16_t rx_ring_size = 1024;
+  uint16_t tx_ring_size = 1024;
+  uint32_t flow_table_size = 65536;  // entries per worker
+  uint16_t uplink_mtu = 1500;
+  // false: no lcores are launched; the caller drives workers with poll_once (golden tests,
+  // benchmarks).
+  bool launch_lcores = true;
+  tunables initial;  // burst size, idle policy, flow timeouts until a snapshot says otherwise
+};
+worker_pool_options options_from(const desired_state& state);
+
+class worker_pool {
+ public:
+  // Configures and starts the ports (RSS where the port has it, one RX queue per worker
+  // up to what the port offers, one TX queue per worker) and the workers' state.
+  static std::unique_ptr<worker_pool> create(const std::vector<pool_port>& ports,
+                                             const worker_pool_options& options, std::string& error);
+  ~worker_pool();
+  worker_pool(const worker_pool&) = delete;
+  worker_pool& operator=(const worker_pool&) = delete;
+
+  // The table sink: builds the forwarding view, swaps it in with one pointer store, and
+  // frees the previous one after every worker has passed a quiescent state.
+  std::string install(const std::shared_ptr<const snapshot>& tables);
+
+  std::string start();  // launches one lcore per worker
+  void stop();          // stops workers, then ports; idempotent
+  // One loop iteration of worker `index` on the calling thread (launch_lcores = false).
+  // Returns the number of packets received.
+  uint32_t poll_once(uint16_t index);
+
+  // Counters, status, live tunables and the `flows` query under "dataplane".
+  void register_with(subsystem_registry& registry);
+  // One line of per-port and per-service counters (meshlaned --stats-interval).
+  std::string stats_line() const;
+
+  // Test and benchmark access.
+  const worker_state& worker(uint16_t index) const { return *workers_[index]; }
+  uint16_t worker_count() const { return static_cast<uint16_t>(workers_.size()); }
+  port_table& ports() { return *ports_; }
+  uint64_t drops(drop_reason reason) const;
+  uint64_t generation() const;
+  live_settings& settings() { return settings_; }
+
+ private:
+  worker_pool() = default;
+  int worker_main(uint16_t index);
+  static int launch_trampoline(void* arg);
+  void apply_tuning(const tunables& tuning);
+
+  struct rx_queue {
+    uint16_t port = 0;
+    uint16_t queue = 0;
+  };
+
+  worker_pool_options options_;
+  std::unique_ptr<port_table> ports_;
+  std::vector<uint16_t> port_ids_;
+  std::vector<std::unique_ptr<worker_state>> workers_;
+  std::vector<std::vector<rx_queue>> rx_queues_;  // per worker
+  std::vector<unsigned> lcores_;                  // per worker when launched
+  rte_mempool* mbufs_ = nullptr;
+  rte_rcu_qsbr* rcu_ = nullptr;
+  std::atomic<forwarding_tables*> current_{nullptr};
+  counter_slot_names slot_names_;
+  live_settings settings_;
+  std::atomic<bool> running_{false};
+  bool launched_ = false;
+  bool stopped_ = false;
+};
+
+}  // namespace meshlane

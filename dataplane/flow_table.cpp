@@ -1,0 +1,91 @@
+#include "dataplane/flow_table.h"
+
+#include <bit>
+
+#include "dataplane/packet_headers.h"
+
+namespace meshlane {
+
+uint64_t hash_flow_key(const flow_key& key) {
+  // Same mixing as the snapshot's hashes: cheap and well spread over 40 bytes.
+  uint64_t words[5];
+  std::memcpy(words, &key, sizeof words);
+  uint64_t h = 0x9e3779b97f4a7c15ull;
+  for (uint64_t w : words) {
+    h ^= w;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 32;
+  }
+  h *= 0xc4ceb9fe1a85ec53ull;
+  h ^= h >> 29;
+  return h;
+}
+
+flow_table::flow_table(uint32_t capacity) {
+  const uint32_t size = std::bit_ceil(std::max(capacity, kWays));
+  entries_.resize(size);
+  bucket_mask_ = size / kWays - 1;
+}
+
+bool flow_table::expired(const flow_entry& entry, uint64_t now, const flow_timeouts& timeouts) const {
+  uint64_t limit = timeouts.udp;
+  if (entry.protocol == wire::kProtoTcp)
+    limit = entry.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
+  return now - entry.last_seen > limit;
+}
+
+namespace {
+void track_tcp_state(flow_entry& entry, uint8_t tcp_flags) {
+  if (entry.protocol != wire::kProtoTcp) return;
+  // A FIN or RST starts the close: the short timeout reclaims the entry soon after the
+  // last packet. A plain ACK (no SYN) means the handshake finished.
+  if (tcp_flags & (wire::kTcpFin | wire::kTcpRst)) entry.state = flow_state::transitory;
+  else if ((tcp_flags & wire::kTcpAck) && !(tcp_flags & wire::kTcpSyn)) entry.state = flow_state::established;
+}
+}  // namespace
+
+flow_entry* flow_table::find(const flow_key& key, uint64_t hash, uint64_t now, uint8_t tcp_flags,
+                             const flow_timeouts& timeouts) {
+  flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
+  for (uint32_t way = 0; way < kWays; ++way) {
+    flow_entry& entry = bucket[way];
+    if (!entry.in_use || !(entry.key == key)) continue;
+    if (expired(entry, now, timeouts)) {
+      entry.in_use = 0;
+      return nullptr;
+    }
+    entry.last_seen = now;
+    track_tcp_state(entry, tcp_flags);
+    return &entry;
+  }
+  return nullptr;
+}
+
+flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now,
+                               const flow_timeouts& timeouts) {
+  flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
+  flow_entry* victim = nullptr;
+  for (uint32_t way = 0; way < kWays; ++way) {
+    flow_entry& entry = bucket[way];
+    if (!entry.in_use || expired(entry, now, timeouts) || entry.key == key) {
+      victim = &entry;
+      break;
+    }
+    if (!victim || entry.last_seen < victim->last_seen) victim = &entry;
+  }
+  if (victim->in_use && !(victim->key == key) && !expired(*victim, now, timeouts)) ++evictions_;
+  *victim = flow_entry{};
+  victim->key = key;
+  victim->in_use = 1;
+  victim->protocol = key.protocol;
+  victim->last_seen = now;
+  return victim;
+}
+
+uint32_t flow_table::live_count(uint64_t now, const flow_timeouts& timeouts) const {
+  uint32_t live = 0;
+  for (const flow_entry& entry : entries_) live += entry.in_use && !expired(entry, now, timeouts);
+  return live;
+}
+
+}  // namespace meshlane

@@ -1,0 +1,82 @@
+// Per-worker connection table for service load balancing: a 5-tuple maps to the backend
+// chosen when the flow began (so a Maglev table change never moves a live connection),
+// and the backend's reply tuple maps back to the VIP for reverse NAT.
+//
+// Fixed size, allocated once: 4-way set-associative buckets; a new flow takes an empty or
+// expired way, else the least recently used way of its bucket (bounded memory, no heap
+// and no locks on the packet path; one worker owns one table). Timeouts follow the TCP
+// state seen (SYN/FIN/RST: transitory; otherwise established) and the UDP timeout.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace meshlane {
+
+struct flow_key {
+  uint8_t source[16];       // IPv4-mapped for IPv4, as ip_address holds it
+  uint8_t destination[16];
+  uint16_t source_port = 0;  // host order
+  uint16_t destination_port = 0;
+  uint8_t protocol = 0;
+  uint8_t padding[3] = {0, 0, 0};
+  bool operator==(const flow_key& other) const { return std::memcmp(this, &other, sizeof *this) == 0; }
+};
+static_assert(sizeof(flow_key) == 40);
+
+uint64_t hash_flow_key(const flow_key& key);
+
+enum class flow_direction : uint8_t { forward = 0, reverse = 1 };
+enum class flow_state : uint8_t { transitory = 0, established = 1 };
+
+// What a hit tells the pipeline: forward entries name the backend to DNAT to; reverse
+// entries name the VIP and port to put back as the source.
+struct flow_entry {
+  flow_key key;
+  uint8_t rewrite_address[16];
+  uint16_t rewrite_port = 0;
+  flow_direction direction = flow_direction::forward;
+  flow_state state = flow_state::transitory;
+  uint8_t in_use = 0;
+  uint8_t protocol = 0;
+  uint32_t service_slot = 0;  // counter slot of the service (stable across snapshots)
+  uint32_t backend_slot = 0;
+  uint64_t last_seen = 0;     // in timer ticks
+};
+
+struct flow_timeouts {
+  uint64_t tcp_established = 0;  // all in timer ticks
+  uint64_t tcp_transitory = 0;
+  uint64_t udp = 0;
+};
+
+class flow_table {
+ public:
+  static constexpr uint32_t kWays = 4;
+
+  // `capacity` is rounded up to a power of two and at least kWays.
+  explicit flow_table(uint32_t capacity);
+
+  // The live entry for `key`, touched (last_seen, TCP state) and returned; nullptr on a
+  // miss or when the entry has expired.
+  flow_entry* find(const flow_key& key, uint64_t hash, uint64_t now, uint8_t tcp_flags,
+                   const flow_timeouts& timeouts);
+  // A slot for a new flow: empty, expired, or the bucket's least recently used (counted
+  // as an eviction). The caller fills it; `key`, `last_seen` and `in_use` are set here.
+  flow_entry* insert(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+
+  uint32_t capacity() const { return static_cast<uint32_t>(entries_.size()); }
+  uint64_t evictions() const { return evictions_; }
+  // Entries in use and not expired; a full scan, for the control thread's status only.
+  uint32_t live_count(uint64_t now, const flow_timeouts& timeouts) const;
+  const flow_entry& at(uint32_t index) const { return entries_[index]; }
+  bool expired(const flow_entry& entry, uint64_t now, const flow_timeouts& timeouts) const;
+
+ private:
+  std::vector<flow_entry> entries_;
+  uint32_t bucket_mask_ = 0;
+  uint64_t evictions_ = 0;
+};
+
+}  // namespace meshlane

@@ -1,0 +1,249 @@
+// Wire layouts of the headers the pipeline reads and writes, and the checksum arithmetic
+// they need. Every multi-byte field is in network order on the wire; accessors convert.
+// Structs are packed and read through memcpy-free pointer casts only after the parser
+// has checked that the bytes exist (packet_parser.h).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+
+namespace meshlane::wire {
+
+inline constexpr uint16_t kEtherTypeIpv4 = 0x0800;
+inline constexpr uint16_t kEtherTypeArp = 0x0806;
+inline constexpr uint16_t kEtherTypeIpv6 = 0x86dd;
+inline constexpr uint16_t kEtherTypeVlan = 0x8100;
+// Geneve protocol type for an Ethernet payload (RFC 8926 section 3.4: "Transparent
+// Ethernet Bridging", 0x6558).
+inline constexpr uint16_t kEtherTypeTransparentBridging = 0x6558;
+inline constexpr uint16_t kGenevePort = 6081;  // RFC 8926 section 3.3
+
+inline constexpr uint8_t kProtoIcmp = 1;
+inline constexpr uint8_t kProtoTcp = 6;
+inline constexpr uint8_t kProtoUdp = 17;
+inline constexpr uint8_t kProtoIcmpv6 = 58;
+
+inline constexpr uint16_t bswap16(uint16_t v) { return static_cast<uint16_t>((v << 8) | (v >> 8)); }
+inline constexpr uint32_t bswap32(uint32_t v) { return __builtin_bswap32(v); }
+inline constexpr uint16_t to_net16(uint16_t v) { return bswap16(v); }
+inline constexpr uint16_t from_net16(uint16_t v) { return bswap16(v); }
+inline constexpr uint32_t to_net32(uint32_t v) { return bswap32(v); }
+inline constexpr uint32_t from_net32(uint32_t v) { return bswap32(v); }
+
+struct mac_address {
+  uint8_t bytes[6];
+  bool operator==(const mac_address&) const = default;
+  bool is_broadcast() const {
+    return bytes[0] == 0xff && bytes[1] == 0xff && bytes[2] == 0xff && bytes[3] == 0xff &&
+           bytes[4] == 0xff && bytes[5] == 0xff;
+  }
+  bool is_multicast() const { return bytes[0] & 1; }
+  uint64_t as_u64() const {
+    uint64_t v = 0;
+    std::memcpy(&v, bytes, 6);
+    return v;
+  }
+  static mac_address from_u64(uint64_t v) {
+    mac_address m;
+    std::memcpy(m.bytes, &v, 6);
+    return m;
+  }
+};
+inline constexpr mac_address kBroadcastMac{{0xff, 0xff, 0xff, 0xff, 0xff, 0xff}};
+
+struct __attribute__((packed)) ethernet_header {
+  mac_address destination;
+  mac_address source;
+  uint16_t ether_type;  // network order
+};
+static_assert(sizeof(ethernet_header) == 14);
+
+// RFC 826, for Ethernet and IPv4 only.
+struct __attribute__((packed)) arp_header {
+  uint16_t hardware_type;   // 1: Ethernet
+  uint16_t protocol_type;   // 0x0800
+  uint8_t hardware_length;  // 6
+  uint8_t protocol_length;  // 4
+  uint16_t operation;       // 1 request, 2 reply
+  mac_address sender_mac;
+  uint32_t sender_ip;
+  mac_address target_mac;
+  uint32_t target_ip;
+};
+static_assert(sizeof(arp_header) == 28);
+inline constexpr uint16_t kArpRequest = 1;
+inline constexpr uint16_t kArpReply = 2;
+
+struct __attribute__((packed)) ipv4_header {
+  uint8_t version_ihl;
+  uint8_t tos;
+  uint16_t total_length;
+  uint16_t identification;
+  uint16_t flags_fragment;  // network order; DF = 0x4000, MF = 0x2000, offset 13 bits
+  uint8_t ttl;
+  uint8_t protocol;
+  uint16_t checksum;
+  uint32_t source;
+  uint32_t destination;
+};
+static_assert(sizeof(ipv4_header) == 20);
+inline constexpr uint16_t kIpv4DontFragment = 0x4000;
+inline constexpr uint16_t kIpv4MoreFragments = 0x2000;
+inline constexpr uint16_t kIpv4FragmentOffsetMask = 0x1fff;
+
+struct __attribute__((packed)) ipv6_header {
+  uint32_t version_class_flow;
+  uint16_t payload_length;
+  uint8_t next_header;
+  uint8_t hop_limit;
+  uint8_t source[16];
+  uint8_t destination[16];
+};
+static_assert(sizeof(ipv6_header) == 40);
+
+struct __attribute__((packed)) tcp_header {
+  uint16_t source_port;
+  uint16_t destination_port;
+  uint32_t sequence;
+  uint32_t acknowledgement;
+  uint8_t data_offset;  // high nibble: header length in 32-bit words
+  uint8_t flags;
+  uint16_t window;
+  uint16_t checksum;
+  uint16_t urgent;
+};
+static_assert(sizeof(tcp_header) == 20);
+inline constexpr uint8_t kTcpFin = 0x01;
+inline constexpr uint8_t kTcpSyn = 0x02;
+inline constexpr uint8_t kTcpRst = 0x04;
+inline constexpr uint8_t kTcpAck = 0x10;
+
+struct __attribute__((packed)) udp_header {
+  uint16_t source_port;
+  uint16_t destination_port;
+  uint16_t length;
+  uint16_t checksum;
+};
+static_assert(sizeof(udp_header) == 8);
+
+// ICMP (RFC 792) and ICMPv6 (RFC 4443) share the first four bytes; `rest` is the
+// identifier/sequence of an echo, or the next-hop MTU of "too big".
+struct __attribute__((packed)) icmp_header {
+  uint8_t type;
+  uint8_t code;
+  uint16_t checksum;
+  uint32_t rest;
+};
+static_assert(sizeof(icmp_header) == 8);
+inline constexpr uint8_t kIcmpEchoReply = 0;
+inline constexpr uint8_t kIcmpDestinationUnreachable = 3;
+inline constexpr uint8_t kIcmpFragmentationNeeded = 4;  // code of type 3 (RFC 1191)
+inline constexpr uint8_t kIcmpEchoRequest = 8;
+inline constexpr uint8_t kIcmpTimeExceeded = 11;
+inline constexpr uint8_t kIcmpv6PacketTooBig = 2;
+inline constexpr uint8_t kIcmpv6TimeExceeded = 3;
+inline constexpr uint8_t kIcmpv6EchoRequest = 128;
+inline constexpr uint8_t kIcmpv6EchoReply = 129;
+inline constexpr uint8_t kIcmpv6NeighborSolicitation = 135;
+inline constexpr uint8_t kIcmpv6NeighborAdvertisement = 136;
+
+// RFC 8926 section 3.4: version 0, option length in 4-byte words, O and C bits, protocol
+// type, 24-bit VNI, reserved byte; options follow.
+struct __attribute__((packed)) geneve_header {
+  uint8_t version_option_length;  // version (2 bits) | option length (6 bits)
+  uint8_t flags;                  // O (0x80) | C (0x40) | reserved
+  uint16_t protocol_type;
+  uint8_t vni[3];
+  uint8_t reserved;
+};
+static_assert(sizeof(geneve_header) == 8);
+
+// Bytes a Geneve/IPv4 encapsulation adds in front of the inner Ethernet frame, and what
+// of it counts against the underlay's IP MTU (everything but the outer Ethernet header).
+inline constexpr uint16_t kGeneveOverhead =
+    sizeof(ethernet_header) + sizeof(ipv4_header) + sizeof(udp_header) + sizeof(geneve_header);
+inline constexpr uint16_t kGeneveMtuOverhead =
+    sizeof(ipv4_header) + sizeof(udp_header) + sizeof(geneve_header) + sizeof(ethernet_header);
+
+// --- Internet checksum (RFC 1071) and its incremental update (RFC 1624). ---
+
+// Sum of 16-bit words in network order, not yet folded.
+inline uint64_t checksum_partial(const void* data, size_t length, uint64_t sum = 0) {
+  const uint8_t* p = static_cast<const uint8_t*>(data);
+  while (length >= 4) {
+    uint32_t word;
+    std::memcpy(&word, p, 4);
+    sum += word;
+    p += 4;
+    length -= 4;
+  }
+  if (length >= 2) {
+    uint16_t half;
+    std::memcpy(&half, p, 2);
+    sum += half;
+    p += 2;
+    length -= 2;
+  }
+  if (length) sum += *p;  // little-endian host: the odd byte is the high byte of its word on the wire
+  return sum;
+}
+
+inline uint16_t checksum_fold(uint64_t sum) {
+  sum = (sum & 0xffffffff) + (sum >> 32);
+  sum = (sum & 0xffffffff) + (sum >> 32);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
+inline uint16_t checksum(const void* data, size_t length) {
+  return checksum_fold(checksum_partial(data, length));
+}
+
+// RFC 1624 eqn. 3: HC' = ~(~HC + ~m + m'), for a 16-bit field changing from m to m'
+// (all values as stored, i.e. network order on a little-endian host works unchanged).
+inline uint16_t checksum_update16(uint16_t check, uint16_t old_value, uint16_t new_value) {
+  uint32_t sum = static_cast<uint16_t>(~check);
+  sum += static_cast<uint16_t>(~old_value);
+  sum += new_value;
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
+inline uint16_t checksum_update32(uint16_t check, uint32_t old_value, uint32_t new_value) {
+  check = checksum_update16(check, static_cast<uint16_t>(old_value), static_cast<uint16_t>(new_value));
+  return checksum_update16(check, static_cast<uint16_t>(old_value >> 16),
+                           static_cast<uint16_t>(new_value >> 16));
+}
+
+inline uint16_t checksum_update128(uint16_t check, const uint8_t* old_value, const uint8_t* new_value) {
+  for (int i = 0; i < 16; i += 2) {
+    uint16_t o, n;
+    std::memcpy(&o, old_value + i, 2);
+    std::memcpy(&n, new_value + i, 2);
+    check = checksum_update16(check, o, n);
+  }
+  return check;
+}
+
+// Pseudo-header sums (RFC 768, RFC 793; RFC 8200 section 8.1 for IPv6), unfolded.
+inline uint64_t pseudo_header_sum_v4(uint32_t source, uint32_t destination, uint8_t protocol,
+                                     uint16_t l4_length) {
+  uint64_t sum = uint64_t{source} + destination;
+  sum += to_net16(protocol);
+  sum += to_net16(l4_length);
+  return sum;
+}
+inline uint64_t pseudo_header_sum_v6(const uint8_t* source, const uint8_t* destination,
+                                     uint8_t next_header, uint32_t l4_length) {
+  uint64_t sum = checksum_partial(source, 16);
+  sum = checksum_partial(destination, 16, sum);
+  sum += to_net32(l4_length);
+  sum += to_net32(next_header);
+  return sum;
+}
+
+}  // namespace meshlane::wire

@@ -1,0 +1,734 @@
+#include "dataplane/pipeline.h"
+
+#include <rte_ethdev.h>
+#include <rte_prefetch.h>
+
+#include <algorithm>
+#include <map>
+
+namespace meshlane {
+
+using namespace wire;
+
+// --- underlay neighbours ---
+
+void underlay_neighbours::learn(uint32_t ip_net, const mac_address& mac) {
+  if (mac.is_multicast()) return;
+  slot& s = slots[(ip_net >> 24) % kSlots];
+  const uint64_t tag = (uint64_t{ip_net} << 1) | 1;
+  if (s.ip_and_valid.load(std::memory_order_relaxed) == tag && s.mac.load(std::memory_order_relaxed) == mac.as_u64())
+    return;
+  // Readers may see the new tag with the old MAC for an instant: the frame then goes to a
+  // stale MAC once; invalidate first so that they see "unknown" (broadcast) instead.
+  s.ip_and_valid.store(0, std::memory_order_release);
+  s.mac.store(mac.as_u64(), std::memory_order_release);
+  s.ip_and_valid.store(tag, std::memory_order_release);
+}
+
+mac_address underlay_neighbours::lookup(uint32_t ip_net) const {
+  const slot& s = slots[(ip_net >> 24) % kSlots];
+  if (s.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{ip_net} << 1) | 1)) return kBroadcastMac;
+  return mac_address::from_u64(s.mac.load(std::memory_order_acquire));
+}
+
+// --- building the forwarding view ---
+
+namespace {
+uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
+
+uint32_t slot_for(std::vector<std::string>& names, const std::string& name) {
+  auto it = std::find(names.begin(), names.end(), name);
+  if (it != names.end()) return static_cast<uint32_t>(it - names.begin());
+  names.push_back(name);
+  return static_cast<uint32_t>(names.size() - 1);
+}
+}  // namespace
+
+std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, const port_table& ports,
+                                    counter_slot_names& slots, forwarding_tables& out) {
+  out = forwarding_tables{};
+  out.tables = tables;
+  const snapshot& s = *tables;
+  if (s.nodes.empty()) return "snapshot has no local node";
+  const table_node& local = s.nodes[kLocalNodeIndex];
+  if (!local.underlay_ip.is_v4()) return "the dataplane needs an IPv4 underlay address for this node";
+  out.underlay_ip = v4_net(local.underlay_ip);
+  out.gateway_ip = to_net32(local.pod_cidr.base.v4() + 1);
+  if (local.pod_cidr6) {
+    out.gateway_ip6 = local.pod_cidr6->base.bytes;
+    out.gateway_ip6[15] |= 1;
+    out.has_gateway_ip6 = true;
+  }
+  std::map<std::string, uint16_t> port_by_interface;
+  for (uint16_t p = 0; p < kMaxPorts; ++p)
+    if (ports.ports[p].role == port_role::pod) port_by_interface[ports.ports[p].interface] = p;
+  for (const table_pod& pod : s.pods) {
+    auto it = port_by_interface.find(pod.interface);
+    out.pod_port.push_back(it == port_by_interface.end() ? UINT16_MAX : it->second);
+  }
+  for (uint32_t i = 0; i < s.nodes.size(); ++i) {
+    const uint32_t ip = s.nodes[i].underlay_ip.is_v4() ? v4_net(s.nodes[i].underlay_ip) : 0;
+    out.node_underlay_ip.push_back(ip);
+    if (ip && i != kLocalNodeIndex) out.node_by_underlay.emplace_back(ip, i);
+  }
+  for (const table_service& service : s.services) {
+    const uint32_t slot = slot_for(slots.services, service.name);
+    if (slot >= kMaxServiceSlots) return "more than " + std::to_string(kMaxServiceSlots) + " distinct services";
+    out.service_slot.push_back(slot);
+  }
+  out.backend_slot.resize(s.backends.size());
+  for (const table_service& service : s.services) {
+    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+      const table_backend& backend = s.backends[b];
+      const uint32_t slot = slot_for(slots.backends, service.name + "/" + backend.ip.to_string() + ":" +
+                                                          std::to_string(backend.port));
+      if (slot >= kMaxBackendSlots) return "more than " + std::to_string(kMaxBackendSlots) + " distinct backends";
+      out.backend_slot[b] = slot;
+    }
+  }
+  return {};
+}
+
+// --- per-packet helpers ---
+
+namespace {
+
+inline void drop(worker_state& w, rte_mbuf* m, drop_reason reason) {
+  w.drops[static_cast<unsigned>(reason)].add(1);
+  rte_pktmbuf_free(m);
+}
+
+inline void transmit(worker_state& w, uint16_t port, rte_mbuf* m) {
+  uint16_t& n = w.tx_count[port];
+  if (n == kMaxBurst) {
+    drop(w, m, drop_reason::tx_full);
+    return;
+  }
+  w.tx_buffer[port][n++] = m;
+  w.tx_pending_ports |= uint64_t{1} << port;
+}
+
+inline ip_address address_v4(uint32_t ip_net) {
+  ip_address a;
+  a.bytes[10] = a.bytes[11] = 0xff;
+  std::memcpy(&a.bytes[12], &ip_net, 4);
+  return a;
+}
+
+inline ip_address address_v6(const uint8_t* bytes) {
+  ip_address a;
+  std::memcpy(a.bytes.data(), bytes, 16);
+  return a;
+}
+
+inline uint8_t* frame_of(rte_mbuf* m) { return rte_pktmbuf_mtod(m, uint8_t*); }
+
+// ARP reply for `target_ip` owned by us with `our_mac`, in place (RFC 826).
+void answer_arp(worker_state& w, uint16_t port, rte_mbuf* m, const mac_address& our_mac) {
+  uint8_t* frame = frame_of(m);
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  auto* arp = reinterpret_cast<arp_header*>(frame + sizeof(ethernet_header));
+  const uint32_t asked = arp->target_ip;
+  eth->destination = arp->sender_mac;
+  eth->source = our_mac;
+  arp->operation = to_net16(kArpReply);
+  arp->target_mac = arp->sender_mac;
+  arp->target_ip = arp->sender_ip;
+  arp->sender_mac = our_mac;
+  arp->sender_ip = asked;
+  w.neighbour_messages.add(1);
+  transmit(w, port, m);
+}
+
+// Swaps addresses and turns an echo request into a reply (RFC 792 / RFC 4443 4.2); the
+// checksum changes only by the type field, the pseudo-header sum is symmetric.
+void answer_echo(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p, const mac_address& our_mac) {
+  uint8_t* frame = frame_of(m);
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  eth->destination = eth->source;
+  eth->source = our_mac;
+  auto* icmp = reinterpret_cast<icmp_header*>(frame + p.l4_offset);
+  const uint8_t reply_type = p.l3 == l3_kind::ipv4 ? kIcmpEchoReply : kIcmpv6EchoReply;
+  icmp->checksum = checksum_update16(icmp->checksum, to_net16(uint16_t(icmp->type) << 8),
+                                     to_net16(uint16_t(reply_type) << 8));
+  icmp->type = reply_type;
+  if (p.l3 == l3_kind::ipv4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(frame + p.l3_offset);
+    const uint32_t source = ip->source;
+    ip->source = ip->destination;
+    ip->destination = source;
+    ip->ttl = 64;
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, (ip->version_ihl & 0xf) * 4u);
+  } else {
+    auto* ip = reinterpret_cast<ipv6_header*>(frame + p.l3_offset);
+    uint8_t tmp[16];
+    std::memcpy(tmp, ip->source, 16);
+    std::memcpy(ip->source, ip->destination, 16);
+    std::memcpy(ip->destination, tmp, 16);
+    ip->hop_limit = 64;
+  }
+  transmit(w, port, m);
+}
+
+// Neighbour advertisement for our gateway address (RFC 4861 section 7.2.4), in place;
+// the solicitation must carry the target and (for unicast replies) a source address.
+bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p,
+                                   const forwarding_tables& t, const mac_address& our_mac) {
+  uint8_t* frame = frame_of(m);
+  auto* ip = reinterpret_cast<ipv6_header*>(frame + p.l3_offset);
+  const uint32_t icmp_length = p.l3_length - sizeof(ipv6_header);
+  if (icmp_length < 24) return false;  // ICMPv6 header + reserved + target
+  const uint8_t* target = frame + p.l4_offset + 8;
+  if (std::memcmp(target, t.gateway_ip6.data(), 16) != 0) return false;
+  static const uint8_t kUnspecified[16] = {};
+  if (std::memcmp(ip->source, kUnspecified, 16) == 0) return false;  // DAD probe: stay silent
+  // Reply: IPv6 header, ICMPv6 NA (8 bytes + target 16) + target link-layer option (8).
+  constexpr uint32_t kReplyIcmp = 8 + 16 + 8;
+  const uint32_t total = sizeof(ethernet_header) + sizeof(ipv6_header) + kReplyIcmp;
+  if (rte_pktmbuf_data_len(m) < total && !rte_pktmbuf_append(m, total - rte_pktmbuf_data_len(m))) return false;
+  frame = frame_of(m);
+  ip = reinterpret_cast<ipv6_header*>(frame + p.l3_offset);
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  eth->destination = eth->source;
+  eth->source = our_mac;
+  std::memcpy(ip->destination, ip->source, 16);
+  std::memcpy(ip->source, t.gateway_ip6.data(), 16);
+  ip->payload_length = to_net16(kReplyIcmp);
+  ip->hop_limit = 255;  // RFC 4861 section 7.1.2
+  ip->next_header = kProtoIcmpv6;
+  uint8_t* icmp = frame + sizeof(ethernet_header) + sizeof(ipv6_header);
+  icmp[0] = kIcmpv6NeighborAdvertisement;
+  icmp[1] = 0;
+  icmp[2] = icmp[3] = 0;
+  icmp[4] = 0x60;  // Solicited | Override
+  icmp[5] = icmp[6] = icmp[7] = 0;
+  std::memcpy(icmp + 8, t.gateway_ip6.data(), 16);
+  icmp[24] = 2;  // option: target link-layer address
+  icmp[25] = 1;  // length in 8-byte units
+  std::memcpy(icmp + 26, our_mac.bytes, 6);
+  const uint64_t sum = pseudo_header_sum_v6(ip->source, ip->destination, kProtoIcmpv6, kReplyIcmp);
+  const uint16_t check = checksum_fold(checksum_partial(icmp, kReplyIcmp, sum));
+  std::memcpy(icmp + 2, &check, 2);
+  rte_pktmbuf_trim(m, rte_pktmbuf_data_len(m) - total);
+  w.neighbour_messages.add(1);
+  transmit(w, port, m);
+  return true;
+}
+
+// ICMP error about the packet in `m` (destination unreachable / fragmentation needed, or
+// time exceeded), sent back to its source from our gateway address, in place. IPv4
+// quotes the header and as much as fits in 576 bytes (RFC 1812 section 4.3.2.3); IPv6
+// as much as fits in the minimum MTU, 1280 (RFC 4443 section 2.4 (c)).
+void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p,
+                       const forwarding_tables& t, const mac_address& our_mac, uint8_t type, uint8_t code,
+                       uint32_t rest_host_order) {
+  uint8_t quote[1280];
+  uint8_t* frame = frame_of(m);
+  const auto* eth_in = reinterpret_cast<const ethernet_header*>(frame);
+  const mac_address back_to = eth_in->source;
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  const uint32_t header = v4 ? sizeof(ipv4_header) : sizeof(ipv6_header);
+  const uint32_t limit = (v4 ? 576u : 1280u) - header - sizeof(icmp_header);
+  const uint32_t quoted = std::min<uint32_t>(p.l3_length, limit);
+  std::memcpy(quote, frame + p.l3_offset, quoted);
+  uint8_t source6[16];
+  uint32_t source4 = 0;
+  if (v4) source4 = reinterpret_cast<const ipv4_header*>(quote)->source;
+  else std::memcpy(source6, reinterpret_cast<const ipv6_header*>(quote)->source, 16);
+
+  const uint32_t total = sizeof(ethernet_header) + header + sizeof(icmp_header) + quoted;
+  if (rte_pktmbuf_data_len(m) > total) rte_pktmbuf_trim(m, rte_pktmbuf_data_len(m) - total);
+  else if (rte_pktmbuf_data_len(m) < total && !rte_pktmbuf_append(m, total - rte_pktmbuf_data_len(m))) {
+    drop(w, m, drop_reason::tx_full);
+    return;
+  }
+  frame = frame_of(m);
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  eth->destination = back_to;
+  eth->source = our_mac;
+  uint8_t* icmp_bytes = frame + sizeof(ethernet_header) + header;
+  auto* icmp = reinterpret_cast<icmp_header*>(icmp_bytes);
+  icmp->type = type;
+  icmp->code = code;
+  icmp->checksum = 0;
+  icmp->rest = to_net32(rest_host_order);
+  std::memcpy(icmp_bytes + sizeof(icmp_header), quote, quoted);
+  const uint32_t icmp_length = sizeof(icmp_header) + quoted;
+  if (v4) {
+    eth->ether_type = to_net16(kEtherTypeIpv4);
+    auto* ip = reinterpret_cast<ipv4_header*>(frame + sizeof(ethernet_header));
+    *ip = ipv4_header{0x45, 0, to_net16(static_cast<uint16_t>(header + icmp_length)), 0, 0, 64, kProtoIcmp, 0,
+                      t.gateway_ip, source4};
+    ip->checksum = checksum(ip, sizeof(ipv4_header));
+    icmp->checksum = checksum(icmp_bytes, icmp_length);
+  } else {
+    eth->ether_type = to_net16(kEtherTypeIpv6);
+    auto* ip = reinterpret_cast<ipv6_header*>(frame + sizeof(ethernet_header));
+    ip->version_class_flow = to_net32(6u << 28);
+    ip->payload_length = to_net16(static_cast<uint16_t>(icmp_length));
+    ip->next_header = kProtoIcmpv6;
+    ip->hop_limit = 64;
+    std::memcpy(ip->source, t.gateway_ip6.data(), 16);
+    std::memcpy(ip->destination, source6, 16);
+    const uint64_t sum = pseudo_header_sum_v6(ip->source, ip->destination, kProtoIcmpv6, icmp_length);
+    icmp->checksum = checksum_fold(checksum_partial(icmp_bytes, icmp_length, sum));
+  }
+  w.icmp_generated.add(1);
+  transmit(w, port, m);
+}
+
+// Rewrites one address (and optionally port) of an IPv4/IPv6 packet with incremental
+// checksum updates (RFC 1624): the IPv4 header checksum and the TCP/UDP checksum, whose
+// pseudo-header covers the addresses.
+inline uint16_t load16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline void store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+void rewrite_endpoint(uint8_t* frame, const parsed_packet& p, bool destination, const uint8_t* new_address16,
+                      uint16_t new_port_host) {
+  // Fields by offset (the headers are packed, so no references into them).
+  uint8_t* l4_check = nullptr;
+  uint8_t* l4_port = nullptr;
+  if (p.l4_offset && p.l4_protocol == kProtoTcp) {
+    l4_check = frame + p.l4_offset + offsetof(tcp_header, checksum);
+    l4_port = frame + p.l4_offset + (destination ? offsetof(tcp_header, destination_port) : offsetof(tcp_header, source_port));
+  } else if (p.l4_offset && p.l4_protocol == kProtoUdp) {
+    // An IPv4 UDP checksum of zero means "none" (RFC 768) and stays zero.
+    uint8_t* check = frame + p.l4_offset + offsetof(udp_header, checksum);
+    if (load16(check) != 0 || p.l3 == l3_kind::ipv6) l4_check = check;
+    l4_port = frame + p.l4_offset + (destination ? offsetof(udp_header, destination_port) : offsetof(udp_header, source_port));
+  }
+  if (p.l3 == l3_kind::ipv4) {
+    uint8_t* ip = frame + p.l3_offset;
+    uint8_t* field = ip + (destination ? offsetof(ipv4_header, destination) : offsetof(ipv4_header, source));
+    uint32_t previous, next;
+    std::memcpy(&previous, field, 4);
+    std::memcpy(&next, new_address16 + 12, 4);
+    uint8_t* ip_check = ip + offsetof(ipv4_header, checksum);
+    store16(ip_check, checksum_update32(load16(ip_check), previous, next));
+    if (l4_check) store16(l4_check, checksum_update32(load16(l4_check), previous, next));
+    std::memcpy(field, &next, 4);
+  } else {
+    uint8_t* ip = frame + p.l3_offset;
+    uint8_t* field = ip + (destination ? offsetof(ipv6_header, destination) : offsetof(ipv6_header, source));
+    if (l4_check) store16(l4_check, checksum_update128(load16(l4_check), field, new_address16));
+    std::memcpy(field, new_address16, 16);
+  }
+  if (l4_port) {
+    const uint16_t next = to_net16(new_port_host);
+    if (l4_check) store16(l4_check, checksum_update16(load16(l4_check), load16(l4_port), next));
+    store16(l4_port, next);
+  }
+  // A UDP checksum that computes to zero is sent as all ones (RFC 768).
+  if (l4_check && p.l4_protocol == kProtoUdp && load16(l4_check) == 0) store16(l4_check, 0xffff);
+}
+
+// Decrements TTL / hop limit; false when the packet must not be forwarded (RFC 1812
+// section 5.3.1, RFC 8200 section 3).
+inline bool decrement_ttl(uint8_t* frame, const parsed_packet& p) {
+  if (p.l3 == l3_kind::ipv4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(frame + p.l3_offset);
+    if (ip->ttl <= 1) return false;
+    // The TTL is the high byte of its 16-bit word with the protocol.
+    ip->checksum = checksum_update16(ip->checksum, to_net16(uint16_t(ip->ttl) << 8),
+                                     to_net16(uint16_t(ip->ttl - 1) << 8));
+    --ip->ttl;
+    return true;
+  }
+  auto* ip = reinterpret_cast<ipv6_header*>(frame + p.l3_offset);
+  if (ip->hop_limit <= 1) return false;
+  --ip->hop_limit;
+  return true;
+}
+
+inline ip_address destination_of(const uint8_t* frame, const parsed_packet& p) {
+  if (p.l3 == l3_kind::ipv4)
+    return address_v4(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination);
+  return address_v6(reinterpret_cast<const ipv6_header*>(frame + p.l3_offset)->destination);
+}
+
+inline bool is_gateway(const uint8_t* frame, const parsed_packet& p, const forwarding_tables& t) {
+  if (p.l3 == l3_kind::ipv4)
+    return reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination == t.gateway_ip;
+  return t.has_gateway_ip6 &&
+         std::memcmp(reinterpret_cast<const ipv6_header*>(frame + p.l3_offset)->destination,
+                     t.gateway_ip6.data(), 16) == 0;
+}
+
+inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
+
+// Service load balancing: reverse NAT for replies of flows we DNATed, DNAT (with a new
+// flow when needed) for packets to a frontend. Returns false when the packet was dropped.
+bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p) {
+  if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
+  const snapshot& s = *t.tables;
+  const flow_key key = make_flow_key(frame, p);
+  const uint64_t hash = hash_flow_key(key);
+  flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts);
+  if (entry) {
+    const uint32_t bytes = rte_pktmbuf_pkt_len(m);
+    w.service[entry->service_slot].packets.add(1);
+    w.service[entry->service_slot].bytes.add(bytes);
+    w.backend[entry->backend_slot].packets.add(1);
+    w.backend[entry->backend_slot].bytes.add(bytes);
+    const bool forward = entry->direction == flow_direction::forward;
+    rewrite_endpoint(frame, p, /*destination=*/forward, entry->rewrite_address, entry->rewrite_port);
+    return true;
+  }
+  const ip_address destination = destination_of(frame, p);
+  const table_frontend* frontend =
+      s.find_frontend(destination, p.destination_port, static_cast<l4_protocol>(p.l4_protocol));
+  if (!frontend) return true;  // not service traffic (or a reply whose flow expired)
+  const table_service& service = s.services[frontend->service_index];
+  const uint32_t service_slot = t.service_slot[frontend->service_index];
+  // Session affinity hashes the client address only, so every connection of a client
+  // lands on one backend.
+  flow_key affinity{};
+  if (service.session_affinity) {
+    std::memcpy(affinity.source, key.source, 16);
+    affinity.protocol = 0;
+  }
+  const uint64_t pick_hash = service.session_affinity ? hash_flow_key(affinity) : hash;
+  const table_backend* backend = s.pick_backend(service, pick_hash);
+  if (!backend) {
+    drop(w, m, drop_reason::no_backend);
+    return false;
+  }
+  const uint32_t backend_index = static_cast<uint32_t>(backend - s.backends.data());
+  const uint32_t backend_slot = t.backend_slot[backend_index];
+  const uint16_t backend_port = frontend->target_port ? frontend->target_port : backend->port;
+
+  flow_entry* forward = w.flows.insert(key, hash, w.now, w.timeouts);
+  std::memcpy(forward->rewrite_address, backend->ip.bytes.data(), 16);
+  forward->rewrite_port = backend_port;
+  forward->direction = flow_direction::forward;
+  forward->service_slot = service_slot;
+  forward->backend_slot = backend_slot;
+  forward->state = flow_state::transitory;
+
+  flow_key reply{};
+  std::memcpy(reply.source, backend->ip.bytes.data(), 16);
+  std::memcpy(reply.destination, key.source, 16);
+  reply.source_port = backend_port;
+  reply.destination_port = key.source_port;
+  reply.protocol = key.protocol;
+  flow_entry* reverse = w.flows.insert(reply, hash_flow_key(reply), w.now, w.timeouts);
+  std::memcpy(reverse->rewrite_address, key.destination, 16);
+  reverse->rewrite_port = key.destination_port;
+  reverse->direction = flow_direction::reverse;
+  reverse->service_slot = service_slot;
+  reverse->backend_slot = backend_slot;
+  reverse->state = flow_state::transitory;
+
+  const uint32_t bytes = rte_pktmbuf_pkt_len(m);
+  w.service[service_slot].new_flows.add(1);
+  w.service[service_slot].packets.add(1);
+  w.service[service_slot].bytes.add(bytes);
+  w.backend[backend_slot].new_flows.add(1);
+  w.backend[backend_slot].packets.add(1);
+  w.backend[backend_slot].bytes.add(bytes);
+  rewrite_endpoint(frame, p, /*destination=*/true, backend->ip.bytes.data(), backend_port);
+  return true;
+}
+
+// ARP request from the gateway for a pod's address (RFC 826), in a fresh mbuf.
+void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t port,
+                     rte_mempool* pool, const ip_address& pod_ip) {
+  rte_mbuf* request = rte_pktmbuf_alloc(pool);
+  if (!request) return;
+  auto* frame = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(request, sizeof(ethernet_header) + sizeof(arp_header)));
+  if (!frame) return rte_pktmbuf_free(request);
+  const mac_address& ours = ports.ports[port].mac;
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  eth->destination = kBroadcastMac;
+  eth->source = ours;
+  eth->ether_type = to_net16(kEtherTypeArp);
+  auto* arp = reinterpret_cast<arp_header*>(frame + sizeof(ethernet_header));
+  *arp = arp_header{to_net16(1), to_net16(kEtherTypeIpv4), 6, 4, to_net16(kArpRequest), ours, t.gateway_ip,
+                    mac_address{}, to_net32(pod_ip.v4())};
+  w.neighbour_messages.add(1);
+  transmit(w, port, request);
+}
+
+// Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
+// destination's pod range. `from_overlay`: it arrived by Geneve, so it may only be
+// delivered locally (never sent back into the overlay).
+void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
+           parsed_packet& p, bool from_overlay) {
+  uint8_t* frame = frame_of(m);
+  const snapshot& s = *t.tables;
+  const ip_address destination = destination_of(frame, p);
+  const mac_address reply_mac = ports.ports[in_port].mac;
+
+  if (const table_pod* pod = s.find_pod(destination)) {
+    const uint16_t out = t.pod_port[static_cast<size_t>(pod - s.pods.data())];
+    if (out == UINT16_MAX) return drop(w, m, drop_reason::no_port);
+    if (!decrement_ttl(frame, p)) {
+      if (from_overlay) return drop(w, m, drop_reason::ttl_expired);
+      w.drops[static_cast<unsigned>(drop_reason::ttl_expired)].add(1);
+      return answer_icmp_error(w, in_port, m, p, t, reply_mac,
+                               p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0);
+    }
+    auto* eth = reinterpret_cast<ethernet_header*>(frame);
+    const uint64_t learned = ports.ports[out].neighbour_mac.load(std::memory_order_relaxed);
+    // A pod that has not spoken yet: ask for its MAC, and send this frame to the
+    // broadcast address meanwhile (UDP takes it; TCP ignores non-unicast frames and
+    // retransmits, by which time the pod has answered the ARP request).
+    if (!learned && p.l3 == l3_kind::ipv4) solicit_pod_mac(w, t, ports, out, m->pool, pod->ip);
+    eth->destination = learned ? mac_address::from_u64(learned) : kBroadcastMac;
+    eth->source = ports.ports[out].mac;
+    return transmit(w, out, m);
+  }
+
+  const table_node* node = s.route(destination);
+  if (!node || from_overlay) return drop(w, m, drop_reason::no_route);
+  const uint32_t node_index = static_cast<uint32_t>(node - s.nodes.data());
+  if (node_index == kLocalNodeIndex) return drop(w, m, drop_reason::no_route);  // our range, no such pod
+  const uint32_t remote = t.node_underlay_ip[node_index];
+  if (!remote || ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
+
+  if (!decrement_ttl(frame, p)) {
+    w.drops[static_cast<unsigned>(drop_reason::ttl_expired)].add(1);
+    return answer_icmp_error(w, in_port, m, p, t, reply_mac,
+                             p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0);
+  }
+  const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead;
+  if (inner_ip_length(p) > inner_mtu) {
+    w.drops[static_cast<unsigned>(drop_reason::too_big)].add(1);
+    if (p.l3 == l3_kind::ipv4) {
+      const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+      // Without DF the sender allows fragmentation, which this pipeline does not do.
+      if (!(from_net16(ip->flags_fragment) & kIpv4DontFragment)) return rte_pktmbuf_free(m);
+      // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the second word.
+      // The TTL was already decremented; the quoted header shows the packet as we held it.
+      return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpDestinationUnreachable,
+                               kIcmpFragmentationNeeded, inner_mtu);
+    }
+    return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, inner_mtu);
+  }
+  const flow_key key = make_flow_key(frame, p);
+  const port_info& uplink = ports.ports[ports.uplink_port];
+  geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, hash_flow_key(key));
+  w.geneve_encapsulated.add(1);
+  transmit(w, ports.uplink_port, m);
+}
+
+// Inbound Geneve addressed to us from a known node: strip the outer headers and return
+// true with `p` describing the inner frame. Drops (and returns false) otherwise.
+bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mbuf* m,
+                        parsed_packet& p) {
+  uint8_t* frame = frame_of(m);
+  const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+  bool known = false;
+  for (const auto& [underlay, node] : t.node_by_underlay) known |= underlay == ip->source;
+  if (!known) {
+    drop(w, m, drop_reason::geneve_unknown_peer);
+    return false;
+  }
+  const uint32_t geneve_offset = p.l4_offset + sizeof(udp_header);
+  const uint32_t end = p.l3_offset + p.l3_length;
+  if (end < geneve_offset + sizeof(geneve_header)) {
+    drop(w, m, drop_reason::bad_geneve);
+    return false;
+  }
+  const auto* geneve = reinterpret_cast<const geneve_header*>(frame + geneve_offset);
+  const uint32_t options = (geneve->version_option_length & 0x3f) * 4u;
+  const uint32_t vni = (uint32_t{geneve->vni[0]} << 16) | (uint32_t{geneve->vni[1]} << 8) | geneve->vni[2];
+  // RFC 8926 section 3.4: version 0 only; C set means critical options we do not
+  // understand, which a receiver must drop (section 3.5.1).
+  if ((geneve->version_option_length >> 6) != 0 || (geneve->flags & 0x40) ||
+      from_net16(geneve->protocol_type) != kEtherTypeTransparentBridging || vni != kOverlayVni ||
+      end < geneve_offset + sizeof(geneve_header) + options) {
+    drop(w, m, drop_reason::bad_geneve);
+    return false;
+  }
+  ports.neighbours.learn(ip->source, reinterpret_cast<const ethernet_header*>(frame)->source);
+  const uint32_t inner = geneve_offset + sizeof(geneve_header) + options;
+  // Trailing Ethernet padding of the outer frame is not part of the inner one.
+  const uint32_t trailing = rte_pktmbuf_pkt_len(m) - end;
+  if (trailing) rte_pktmbuf_trim(m, trailing);
+  rte_pktmbuf_adj(m, static_cast<uint16_t>(inner));
+  w.geneve_decapsulated.add(1);
+  const drop_reason reason = parse_packet(frame_of(m), rte_pktmbuf_data_len(m), p);
+  if (reason != drop_reason::none || p.l3 == l3_kind::arp) {
+    drop(w, m, reason == drop_reason::none ? drop_reason::not_for_us : reason);
+    return false;
+  }
+  return true;
+}
+
+void process_one(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m) {
+  if (m->nb_segs != 1 && rte_pktmbuf_linearize(m) != 0) return drop(w, m, drop_reason::truncated_ethernet);
+  uint8_t* frame = frame_of(m);
+  parsed_packet p;
+  const drop_reason reason = parse_packet(frame, rte_pktmbuf_data_len(m), p);
+  if (reason != drop_reason::none) return drop(w, m, reason);
+  port_info& port = ports.ports[in_port];
+  const auto* eth = reinterpret_cast<const ethernet_header*>(frame);
+
+  if (port.role == port_role::pod) {
+    // A pod port has one neighbour, the pod: learn its MAC from whatever it sends.
+    const uint64_t source = eth->source.as_u64();
+    if (!eth->source.is_multicast() && port.neighbour_mac.load(std::memory_order_relaxed) != source)
+      port.neighbour_mac.store(source, std::memory_order_relaxed);
+    if (p.l3 == l3_kind::arp) {
+      const auto* arp = reinterpret_cast<const arp_header*>(frame + p.l3_offset);
+      if (from_net16(arp->operation) == kArpRequest && arp->target_ip == t.gateway_ip)
+        return answer_arp(w, in_port, m, port.mac);
+      return drop(w, m, drop_reason::not_for_us);
+    }
+    if (is_gateway(frame, p, t)) {
+      if (p.l4_offset && p.l4_protocol == (p.l3 == l3_kind::ipv4 ? kProtoIcmp : kProtoIcmpv6)) {
+        const auto* icmp = reinterpret_cast<const icmp_header*>(frame + p.l4_offset);
+        if (icmp->type == kIcmpEchoRequest || icmp->type == kIcmpv6EchoRequest)
+          return answer_echo(w, in_port, m, p, port.mac);
+        if (icmp->type == kIcmpv6NeighborSolicitation && answer_neighbour_solicitation(w, in_port, m, p, t, port.mac))
+          return;
+      }
+      return drop(w, m, drop_reason::not_for_us);
+    }
+    if (p.l3 == l3_kind::ipv6 && p.l4_protocol == kProtoIcmpv6 && p.l4_offset) {
+      // Solicited-node multicast NS for the gateway arrive with a multicast destination.
+      const auto* icmp = reinterpret_cast<const icmp_header*>(frame + p.l4_offset);
+      if (icmp->type == kIcmpv6NeighborSolicitation) {
+        if (answer_neighbour_solicitation(w, in_port, m, p, t, port.mac)) return;
+        return drop(w, m, drop_reason::not_for_us);
+      }
+    }
+    if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
+    if (!load_balance(w, t, m, frame, p)) return;
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false);
+  }
+
+  if (port.role == port_role::uplink) {
+    if (p.l3 == l3_kind::arp) {
+      const auto* arp = reinterpret_cast<const arp_header*>(frame + p.l3_offset);
+      for (const auto& [underlay, node] : t.node_by_underlay)
+        if (underlay == arp->sender_ip) ports.neighbours.learn(arp->sender_ip, arp->sender_mac);
+      if (from_net16(arp->operation) == kArpRequest && arp->target_ip == t.underlay_ip)
+        return answer_arp(w, in_port, m, port.mac);
+      return drop(w, m, drop_reason::not_for_us);
+    }
+    if (p.l3 == l3_kind::ipv4) {
+      const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+      if (ip->destination == t.underlay_ip) {
+        if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
+          if (!geneve_decapsulate(w, t, ports, m, p)) return;
+          frame = frame_of(m);
+          if (!load_balance(w, t, m, frame, p)) return;
+          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true);
+        }
+        if (p.l4_offset && p.l4_protocol == kProtoIcmp &&
+            reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpEchoRequest)
+          return answer_echo(w, in_port, m, p, port.mac);
+        return drop(w, m, drop_reason::not_for_us);
+      }
+    }
+    // Ingress to a service VIP from outside the cluster.
+    if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
+    if (!load_balance(w, t, m, frame, p)) return;
+    const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
+    if (!pod) return drop(w, m, drop_reason::not_for_us);
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true);
+  }
+  drop(w, m, drop_reason::no_port);
+}
+
+}  // namespace
+
+flow_key make_flow_key(const uint8_t* frame, const parsed_packet& p) {
+  flow_key key{};
+  if (p.l3 == l3_kind::ipv4) {
+    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+    key.source[10] = key.source[11] = 0xff;
+    key.destination[10] = key.destination[11] = 0xff;
+    std::memcpy(&key.source[12], &ip->source, 4);
+    std::memcpy(&key.destination[12], &ip->destination, 4);
+  } else {
+    const auto* ip = reinterpret_cast<const ipv6_header*>(frame + p.l3_offset);
+    std::memcpy(key.source, ip->source, 16);
+    std::memcpy(key.destination, ip->destination, 16);
+  }
+  key.source_port = p.source_port;
+  key.destination_port = p.destination_port;
+  key.protocol = p.l4_protocol;
+  return key;
+}
+
+void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_address& outer_destination,
+                        uint32_t local_underlay_ip, uint32_t remote_underlay_ip, uint64_t flow_hash) {
+  const uint16_t inner_length = static_cast<uint16_t>(rte_pktmbuf_pkt_len(m));
+  uint8_t* outer = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
+  auto* eth = reinterpret_cast<ethernet_header*>(outer);
+  auto* ip = reinterpret_cast<ipv4_header*>(outer + sizeof(ethernet_header));
+  auto* udp = reinterpret_cast<udp_header*>(outer + sizeof(ethernet_header) + sizeof(ipv4_header));
+  auto* geneve = reinterpret_cast<geneve_header*>(reinterpret_cast<uint8_t*>(udp) + sizeof(udp_header));
+  eth->destination = outer_destination;
+  eth->source = outer_source;
+  eth->ether_type = to_net16(kEtherTypeIpv4);
+  const uint16_t udp_length = static_cast<uint16_t>(sizeof(udp_header) + sizeof(geneve_header) + inner_length);
+  *ip = ipv4_header{0x45, 0, to_net16(static_cast<uint16_t>(sizeof(ipv4_header) + udp_length)), 0,
+                    to_net16(kIpv4DontFragment), 64, kProtoUdp, 0, local_underlay_ip, remote_underlay_ip};
+  ip->checksum = checksum(ip, sizeof(ipv4_header));
+  // RFC 8926 section 3.3: the source port from a hash of the inner flow, in the
+  // ephemeral range (49152-65535), so that the underlay's ECMP/RSS spreads flows.
+  udp->source_port = to_net16(static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 32)) & 0x3fff)));
+  udp->destination_port = to_net16(kGenevePort);
+  udp->length = to_net16(udp_length);
+  udp->checksum = 0;
+  *geneve = geneve_header{0, 0, to_net16(kEtherTypeTransparentBridging),
+                          {uint8_t(kOverlayVni >> 16), uint8_t(kOverlayVni >> 8), uint8_t(kOverlayVni)}, 0};
+  // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
+  // that middleboxes and receivers that verify it accept the frame).
+  uint64_t sum = pseudo_header_sum_v4(local_underlay_ip, remote_underlay_ip, kProtoUdp, udp_length);
+  sum = checksum_partial(udp, udp_length, sum);
+  uint16_t check = checksum_fold(sum);
+  udp->checksum = check == 0 ? 0xffff : check;
+}
+
+void process_burst(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port,
+                   rte_mbuf** packets, uint16_t count) {
+  traffic_counters& rx = w.port_rx[in_port];
+  uint64_t bytes = 0;
+  for (uint16_t i = 0; i < count; ++i) bytes += rte_pktmbuf_pkt_len(packets[i]);
+  rx.packets.add(count);
+  rx.bytes.add(bytes);
+  constexpr uint16_t kPrefetchAhead = 4;
+  for (uint16_t i = 0; i < count && i < kPrefetchAhead; ++i) rte_prefetch0(rte_pktmbuf_mtod(packets[i], void*));
+  for (uint16_t i = 0; i < count; ++i) {
+    if (i + kPrefetchAhead < count) rte_prefetch0(rte_pktmbuf_mtod(packets[i + kPrefetchAhead], void*));
+    process_one(w, t, ports, in_port, packets[i]);
+  }
+}
+
+void flush_tx(worker_state& w) {
+  uint64_t pending = w.tx_pending_ports;
+  while (pending) {
+    const uint16_t port = static_cast<uint16_t>(__builtin_ctzll(pending));
+    pending &= pending - 1;
+    const uint16_t n = w.tx_count[port];
+    rte_mbuf** buffer = w.tx_buffer[port].data();
+    uint64_t bytes = 0;
+    for (uint16_t i = 0; i < n; ++i) bytes += rte_pktmbuf_pkt_len(buffer[i]);
+    uint16_t sent = rte_eth_tx_burst(port, w.tx_queue, buffer, n);
+    if (sent < n) {
+      // Give the queue one more chance (a ring may drain in between) before dropping.
+      sent += rte_eth_tx_burst(port, w.tx_queue, buffer + sent, static_cast<uint16_t>(n - sent));
+      for (uint16_t i = sent; i < n; ++i) {
+        bytes -= rte_pktmbuf_pkt_len(buffer[i]);
+        w.drops[static_cast<unsigned>(drop_reason::tx_full)].add(1);
+        rte_pktmbuf_free(buffer[i]);
+      }
+    }
+    w.port_tx[port].packets.add(sent);
+    w.port_tx[port].bytes.add(bytes);
+    w.tx_count[port] = 0;
+  }
+  w.tx_pending_ports = 0;
+}
+
+}  // namespace meshlane

@@ -1,0 +1,157 @@
+// The packet pipeline: plain functions over a burst of mbufs, run to completion by one
+// worker. Stages (each callable alone, for the benchmark and the golden tests):
+//   parse -> gateway (ARP, NS, ICMP echo) -> decap (Geneve from a known node)
+//   -> service LB (flow table, Maglev, DNAT / reverse NAT) -> route -> deliver | encap
+// A packet leaves a stage either queued for transmission on a port or dropped with one
+// reason. No heap, no locks, no system calls and no virtual calls here.
+#pragma once
+
+#include <rte_mbuf.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "control/snapshot.h"
+#include "dataplane/flow_table.h"
+#include "dataplane/packet_headers.h"
+#include "dataplane/packet_parser.h"
+
+namespace meshlane {
+
+inline constexpr uint16_t kMaxPorts = RTE_MAX_ETHPORTS;
+inline constexpr uint16_t kMaxBurst = 512;
+inline constexpr uint32_t kMaxServiceSlots = 1024;  // distinct services ever seen by one agent
+inline constexpr uint32_t kMaxBackendSlots = 8192;
+// VNI of the pod overlay. One overlay per cluster; RFC 8926 section 3.4 leaves the
+// meaning of the VNI to the operator.
+inline constexpr uint32_t kOverlayVni = 1;
+
+// A counter with one writer (its worker) and lock-free readers (the control thread).
+struct counter {
+  std::atomic<uint64_t> value{0};
+  void add(uint64_t n) { value.store(value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  uint64_t get() const { return value.load(std::memory_order_relaxed); }
+};
+
+struct traffic_counters {
+  counter packets, bytes;
+};
+struct lb_counters {
+  counter packets, bytes, new_flows;
+};
+
+enum class port_role : uint8_t { unused = 0, uplink, pod };
+
+// What the pipeline knows about one DPDK port. Set before the workers start; only the
+// learned neighbour MAC changes afterwards (written by workers, read by workers).
+struct port_info {
+  port_role role = port_role::unused;
+  std::string interface;  // kernel interface (or PCI address) the port drives
+  wire::mac_address mac{};
+  // Pod ports: the pod's MAC, learned from what the pod sends (0: not yet known, frames
+  // go to the broadcast address until then).
+  std::atomic<uint64_t> neighbour_mac{0};
+};
+
+// Underlay neighbours' MACs, learned from ARP and Geneve frames of known nodes:
+// direct-mapped by address, so a collision costs a broadcast frame, never a wrong one.
+struct underlay_neighbours {
+  static constexpr uint32_t kSlots = 256;
+  struct slot {
+    std::atomic<uint64_t> ip_and_valid{0};  // (network-order IPv4 << 1) | 1
+    std::atomic<uint64_t> mac{0};
+  };
+  std::array<slot, kSlots> slots;
+  void learn(uint32_t ip_net, const wire::mac_address& mac);
+  // Broadcast when unknown.
+  wire::mac_address lookup(uint32_t ip_net) const;
+};
+
+struct port_table {
+  std::array<port_info, kMaxPorts> ports;
+  uint16_t uplink_port = UINT16_MAX;
+  uint16_t uplink_mtu = 1500;  // IP MTU of the underlay
+  underlay_neighbours neighbours;
+};
+
+// The dataplane-shaped view of one snapshot, built at publish time and read-only after.
+struct forwarding_tables {
+  std::shared_ptr<const snapshot> tables;
+  uint32_t underlay_ip = 0;       // this node's IPv4 underlay address, network order
+  uint32_t gateway_ip = 0;        // first address of the IPv4 pod range, network order
+  std::array<uint8_t, 16> gateway_ip6{};
+  bool has_gateway_ip6 = false;
+  std::vector<uint16_t> pod_port;          // by snapshot pod index; UINT16_MAX: no port
+  std::vector<uint32_t> node_underlay_ip;  // by snapshot node index, network order (0: not IPv4)
+  std::vector<uint32_t> service_slot;      // by snapshot service index -> counter slot
+  std::vector<uint32_t> backend_slot;      // by snapshot backend index -> counter slot
+  // Underlay address -> node index, for accepting Geneve only from known nodes.
+  std::vector<std::pair<uint32_t, uint32_t>> node_by_underlay;
+};
+
+// Live settings a worker re-reads every loop; changed by tunables without restart.
+struct live_settings {
+  std::atomic<uint16_t> burst_size{32};
+  std::atomic<uint8_t> busy_poll{0};
+  std::atomic<uint64_t> tcp_established_ticks{0};
+  std::atomic<uint64_t> tcp_transitory_ticks{0};
+  std::atomic<uint64_t> udp_ticks{0};
+  flow_timeouts timeouts() const {
+    return {tcp_established_ticks.load(std::memory_order_relaxed),
+            tcp_transitory_ticks.load(std::memory_order_relaxed), udp_ticks.load(std::memory_order_relaxed)};
+  }
+};
+
+// Everything one worker owns: its flow-table shard, counters and TX buffers.
+struct worker_state {
+  explicit worker_state(uint32_t flow_capacity) : flows(flow_capacity) {}
+
+  uint16_t index = 0;
+  uint16_t tx_queue = 0;
+  flow_table flows;
+  flow_timeouts timeouts;
+  uint64_t now = 0;  // TSC at the start of the burst
+
+  std::array<traffic_counters, kMaxPorts> port_rx, port_tx;
+  std::array<counter, kDropReasonCount> drops;
+  std::array<lb_counters, kMaxServiceSlots> service;
+  std::array<lb_counters, kMaxBackendSlots> backend;
+  counter bursts, busy_polls, idle_polls;
+  counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
+
+  std::array<std::array<rte_mbuf*, kMaxBurst>, kMaxPorts> tx_buffer{};
+  std::array<uint16_t, kMaxPorts> tx_count{};
+  uint64_t tx_pending_ports = 0;  // bit per port with something buffered
+};
+
+// The whole pipeline over a burst received on `in_port`. Each mbuf ends up in a TX buffer
+// of `worker` or freed with a counted drop reason.
+void process_burst(worker_state& worker, const forwarding_tables& tables, port_table& ports,
+                   uint16_t in_port, rte_mbuf** packets, uint16_t count);
+
+// Sends every buffered packet; what a TX queue does not take is freed and counted.
+void flush_tx(worker_state& worker);
+
+// Single stages, as process_burst uses them; exposed for the benchmark and unit tests.
+// Geneve encapsulation of the frame in `m` to `remote_underlay_ip` (network order).
+void geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
+                        const wire::mac_address& outer_destination, uint32_t local_underlay_ip,
+                        uint32_t remote_underlay_ip, uint64_t flow_hash);
+// Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
+flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
+
+// Builds the forwarding view of a snapshot for the given ports. `service_slots` and
+// `backend_slots` map names to counter slots and grow as new names appear (the caller
+// keeps them across publishes); an error names what did not fit.
+struct counter_slot_names {
+  std::vector<std::string> services;  // slot -> "service name"
+  std::vector<std::string> backends;  // slot -> "service/ip:port"
+};
+std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, const port_table& ports,
+                                    counter_slot_names& slots, forwarding_tables& out);
+
+}  // namespace meshlane

@@ -1,0 +1,233 @@
+// The dataplane's entries in the subsystem registry: metric families, status, live
+// tunables and the `flows` query. Everything here runs on the control thread and reads
+// per-worker counters without locks (each has one writer).
+#include <rte_cycles.h>
+
+#include <rte_ethdev.h>
+
+#include "dataplane/dataplane.h"
+
+namespace meshlane {
+
+namespace {
+
+metric_family family(std::string name, std::string help, metric_kind kind = metric_kind::counter) {
+  metric_family f;
+  f.name = std::move(name);
+  f.help = std::move(help);
+  f.kind = kind;
+  return f;
+}
+
+std::string address_text(const uint8_t* bytes16) {
+  ip_address a;
+  std::memcpy(a.bytes.data(), bytes16, 16);
+  return a.to_string();
+}
+
+std::string mac_text(const wire::mac_address& mac) {
+  char text[18];
+  std::snprintf(text, sizeof text, "%02x:%02x:%02x:%02x:%02x:%02x", mac.bytes[0], mac.bytes[1], mac.bytes[2],
+                mac.bytes[3], mac.bytes[4], mac.bytes[5]);
+  return text;
+}
+
+std::string split_backend(const std::string& slot_name, std::string& service) {
+  const auto slash = slot_name.find('/');
+  service = slot_name.substr(0, slash);
+  return slash == std::string::npos ? "" : slot_name.substr(slash + 1);
+}
+
+}  // namespace
+
+void worker_pool::register_with(subsystem_registry& registry) {
+  registry.add_collector("dataplane", [this](std::vector<metric_family>& out) {
+    auto rx_packets = family("meshlane_dataplane_port_rx_packets_total", "Packets received per port.");
+    auto rx_bytes = family("meshlane_dataplane_port_rx_bytes_total", "Bytes received per port.");
+    auto tx_packets = family("meshlane_dataplane_port_tx_packets_total", "Packets sent per port.");
+    auto tx_bytes = family("meshlane_dataplane_port_tx_bytes_total", "Bytes sent per port.");
+    for (uint16_t p = 0; p < kMaxPorts; ++p) {
+      const port_info& info = ports_->ports[p];
+      if (info.role == port_role::unused) continue;
+      uint64_t sums[4] = {};
+      for (const auto& w : workers_) {
+        sums[0] += w->port_rx[p].packets.get();
+        sums[1] += w->port_rx[p].bytes.get();
+        sums[2] += w->port_tx[p].packets.get();
+        sums[3] += w->port_tx[p].bytes.get();
+      }
+      const std::vector<std::pair<std::string, std::string>> labels{
+          {"port", info.interface}, {"role", info.role == port_role::uplink ? "uplink" : "pod"}};
+      rx_packets.samples.push_back({labels, double(sums[0])});
+      rx_bytes.samples.push_back({labels, double(sums[1])});
+      tx_packets.samples.push_back({labels, double(sums[2])});
+      tx_bytes.samples.push_back({labels, double(sums[3])});
+    }
+    auto drops = family("meshlane_dataplane_drops_total", "Packets dropped, by worker and reason.");
+    auto polls = family("meshlane_dataplane_worker_polls_total",
+                        "Worker loop iterations that received packets (busy) or none (idle).");
+    auto encap = family("meshlane_dataplane_geneve_packets_total", "Geneve encapsulations and decapsulations.");
+    auto generated = family("meshlane_dataplane_replies_total",
+                            "Packets the workers answered themselves (ARP/NDP, ICMP errors).");
+    for (const auto& w : workers_) {
+      const std::string worker = std::to_string(w->index);
+      for (unsigned r = 1; r < kDropReasonCount; ++r)
+        drops.samples.push_back(
+            {{{"worker", worker}, {"reason", to_string(static_cast<drop_reason>(r))}}, double(w->drops[r].get())});
+      polls.samples.push_back({{{"worker", worker}, {"kind", "busy"}}, double(w->busy_polls.get())});
+      polls.samples.push_back({{{"worker", worker}, {"kind", "idle"}}, double(w->idle_polls.get())});
+      encap.samples.push_back({{{"worker", worker}, {"direction", "encap"}}, double(w->geneve_encapsulated.get())});
+      encap.samples.push_back({{{"worker", worker}, {"direction", "decap"}}, double(w->geneve_decapsulated.get())});
+      generated.samples.push_back({{{"worker", worker}, {"kind", "neighbour"}}, double(w->neighbour_messages.get())});
+      generated.samples.push_back({{{"worker", worker}, {"kind", "icmp_error"}}, double(w->icmp_generated.get())});
+    }
+    auto service_packets = family("meshlane_dataplane_service_packets_total", "Packets load-balanced per service.");
+    auto service_bytes = family("meshlane_dataplane_service_bytes_total", "Bytes load-balanced per service.");
+    auto service_flows = family("meshlane_dataplane_service_new_flows_total", "New flows per service.");
+    for (size_t s = 0; s < slot_names_.services.size(); ++s) {
+      uint64_t sums[3] = {};
+      for (const auto& w : workers_) {
+        sums[0] += w->service[s].packets.get();
+        sums[1] += w->service[s].bytes.get();
+        sums[2] += w->service[s].new_flows.get();
+      }
+      const std::vector<std::pair<std::string, std::string>> labels{{"service", slot_names_.services[s]}};
+      service_packets.samples.push_back({labels, double(sums[0])});
+      service_bytes.samples.push_back({labels, double(sums[1])});
+      service_flows.samples.push_back({labels, double(sums[2])});
+    }
+    auto backend_packets = family("meshlane_dataplane_backend_packets_total", "Packets per service backend.");
+    auto backend_bytes = family("meshlane_dataplane_backend_bytes_total", "Bytes per service backend.");
+    auto backend_flows = family("meshlane_dataplane_backend_new_flows_total", "New flows per service backend.");
+    for (size_t b = 0; b < slot_names_.backends.size(); ++b) {
+      uint64_t sums[3] = {};
+      for (const auto& w : workers_) {
+        sums[0] += w->backend[b].packets.get();
+        sums[1] += w->backend[b].bytes.get();
+        sums[2] += w->backend[b].new_flows.get();
+      }
+      std::string service;
+      const std::string backend = split_backend(slot_names_.backends[b], service);
+      const std::vector<std::pair<std::string, std::string>> labels{{"service", service}, {"backend", backend}};
+      backend_packets.samples.push_back({labels, double(sums[0])});
+      backend_bytes.samples.push_back({labels, double(sums[1])});
+      backend_flows.samples.push_back({labels, double(sums[2])});
+    }
+    auto evictions = family("meshlane_dataplane_flow_evictions_total",
+                            "Live flows evicted from a full flow-table bucket, per worker.");
+    for (const auto& w : workers_)
+      evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
+    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &drops, &polls, &encap, &generated,
+                    &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
+                    &backend_flows, &evictions})
+      out.push_back(std::move(*f));
+  });
+
+  registry.add_status("dataplane", [this]() {
+    nlohmann::json ports = nlohmann::json::array();
+    for (uint16_t p = 0; p < kMaxPorts; ++p) {
+      const port_info& info = ports_->ports[p];
+      if (info.role == port_role::unused) continue;
+      rte_eth_link link{};
+      rte_eth_link_get_nowait(p, &link);
+      const uint64_t neighbour = info.neighbour_mac.load(std::memory_order_relaxed);
+      ports.push_back({{"port_id", p},
+                       {"interface", info.interface},
+                       {"role", info.role == port_role::uplink ? "uplink" : "pod"},
+                       {"mac", mac_text(info.mac)},
+                       {"link_up", link.link_status == RTE_ETH_LINK_UP},
+                       {"neighbour_mac", neighbour ? mac_text(wire::mac_address::from_u64(neighbour)) : ""}});
+    }
+    nlohmann::json workers = nlohmann::json::array();
+    const uint64_t now = rte_rdtsc();
+    const flow_timeouts timeouts = settings_.timeouts();
+    for (size_t i = 0; i < workers_.size(); ++i) {
+      const worker_state& w = *workers_[i];
+      const double busy = double(w.busy_polls.get()), idle = double(w.idle_polls.get());
+      nlohmann::json queues = nlohmann::json::array();
+      for (const rx_queue& q : rx_queues_[i]) queues.push_back({{"port", ports_->ports[q.port].interface}, {"queue", q.queue}});
+      workers.push_back({{"worker", w.index},
+                         {"lcore", i < lcores_.size() ? int(lcores_[i]) : -1},
+                         {"rx_queues", queues},
+                         {"busy_poll_fraction", busy + idle > 0 ? busy / (busy + idle) : 0.0},
+                         {"flows_live", w.flows.live_count(now, timeouts)},
+                         {"flow_capacity", w.flows.capacity()}});
+    }
+    return nlohmann::json{{"generation", generation()},
+                          {"running", running_.load()},
+                          {"idle_policy", settings_.busy_poll.load() ? "busy_poll" : "adaptive"},
+                          {"burst_size", settings_.burst_size.load()},
+                          {"ports", ports},
+                          {"workers", workers}};
+  });
+
+  registry.add_tunable("dataplane.burst_size",
+                       {"packets per receive burst (1..512)", [this] { return nlohmann::json(settings_.burst_size.load()); },
+                        [this](const nlohmann::json& v) -> std::string {
+                          if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > kMaxBurst)
+                            return "must be an integer 1..512, got " + v.dump();
+                          settings_.burst_size.store(static_cast<uint16_t>(v.get<int64_t>()));
+                          return {};
+                        }});
+  registry.add_tunable("dataplane.idle_policy",
+                       {"\"busy_poll\" or \"adaptive\" (sleeps with back-off when idle)",
+                        [this] { return nlohmann::json(settings_.busy_poll.load() ? "busy_poll" : "adaptive"); },
+                        [this](const nlohmann::json& v) -> std::string {
+                          if (v == "busy_poll") settings_.busy_poll.store(1);
+                          else if (v == "adaptive") settings_.busy_poll.store(0);
+                          else return "must be \"busy_poll\" or \"adaptive\", got " + v.dump();
+                          return {};
+                        }});
+  auto timeout_tunable = [this](std::atomic<uint64_t>& ticks, const char* what) {
+    return tunable{std::string(what) + " flow timeout in seconds (1..604800)",
+                   [&ticks] { return nlohmann::json(ticks.load() / rte_get_tsc_hz()); },
+                   [&ticks](const nlohmann::json& v) -> std::string {
+                     if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 604800)
+                       return "must be an integer 1..604800 (seconds), got " + v.dump();
+                     ticks.store(uint64_t(v.get<int64_t>()) * rte_get_tsc_hz());
+                     return {};
+                   }};
+  };
+  registry.add_tunable("dataplane.tcp_established_timeout_s", timeout_tunable(settings_.tcp_established_ticks, "established TCP"));
+  registry.add_tunable("dataplane.tcp_transitory_timeout_s", timeout_tunable(settings_.tcp_transitory_ticks, "SYN/FIN/RST TCP"));
+  registry.add_tunable("dataplane.udp_timeout_s", timeout_tunable(settings_.udp_ticks, "UDP"));
+
+  // Flow records of every worker's shard, paged: {"offset": N, "limit": M} (limit <= 1000).
+  registry.add_query("flows", [this](const nlohmann::json& args) {
+    const uint64_t offset = args.is_object() && args.contains("offset") && args["offset"].is_number_unsigned()
+                                ? args["offset"].get<uint64_t>() : 0;
+    uint64_t limit = args.is_object() && args.contains("limit") && args["limit"].is_number_unsigned()
+                         ? args["limit"].get<uint64_t>() : 100;
+    limit = std::min<uint64_t>(limit, 1000);
+    const uint64_t now = rte_rdtsc();
+    const uint64_t hz = rte_get_tsc_hz();
+    const flow_timeouts timeouts = settings_.timeouts();
+    nlohmann::json rows = nlohmann::json::array();
+    uint64_t index = 0;
+    for (const auto& w : workers_) {
+      for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
+        // A copy: the worker may rewrite the entry meanwhile; a torn row is possible
+        // and harmless in a sample.
+        const flow_entry entry = w->flows.at(i);
+        if (!entry.in_use || w->flows.expired(entry, now, timeouts)) continue;
+        if (index++ < offset || rows.size() >= limit) continue;
+        std::string service;
+        const std::string backend = entry.backend_slot < slot_names_.backends.size()
+                                        ? split_backend(slot_names_.backends[entry.backend_slot], service) : "";
+        rows.push_back({{"worker", w->index},
+                        {"direction", entry.direction == flow_direction::forward ? "forward" : "reverse"},
+                        {"protocol", entry.protocol == wire::kProtoTcp ? "tcp" : "udp"},
+                        {"source", address_text(entry.key.source) + ":" + std::to_string(entry.key.source_port)},
+                        {"destination", address_text(entry.key.destination) + ":" + std::to_string(entry.key.destination_port)},
+                        {"rewrite", address_text(entry.rewrite_address) + ":" + std::to_string(entry.rewrite_port)},
+                        {"state", entry.state == flow_state::established ? "established" : "transitory"},
+                        {"service", service},
+                        {"backend", backend},
+                        {"idle_seconds", double(now - entry.last_seen) / double(hz)}});
+      }
+    }
+    return nlohmann::json{{"offset", offset}, {"limit", limit}, {"total", index}, {"flows", rows}};
+  });
+}
+
+}  // namespace meshlane

@@ -1,0 +1,378 @@
+#include <rte_cycles.h>
+#include <rte_dev.h>
+#include <rte_eal.h>
+#include <rte_errno.h>
+#include <rte_ethdev.h>
+#include <rte_launch.h>
+#include <rte_lcore.h>
+#include <rte_malloc.h>
+#include <rte_mempool.h>
+#include <rte_rcu_qsbr.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstring>
+#include <sstream>
+#include <thread>
+
+#include "dataplane/dataplane.h"
+
+namespace meshlane {
+
+// --- EAL ---
+
+std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunables& tuning) {
+  std::string cpus = spec.cpus;
+  if (cpus.empty()) {
+    const long online = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
+    cpus = online == 1 ? "0" : "0-" + std::to_string(online - 1);
+  }
+  // lcore 0 is the control thread (EAL's main lcore), 1..workers the workers; every one
+  // may float over `cpus`, so that several agents share a machine instead of pinning
+  // each other's busy pollers onto the same core.
+  std::string lcores;
+  for (unsigned i = 0; i <= tuning.workers; ++i) {
+    if (i) lcores += ",";
+    lcores += std::to_string(i) + "@(" + cpus + ")";
+  }
+  std::vector<std::string> args{"meshlaned", "--lcores=" + lcores};
+  const bool has_pci_uplink = spec.uplink.driver == "pci";
+  if (!has_pci_uplink) args.push_back("--no-pci");
+  args.insert(args.end(), spec.eal_args.begin(), spec.eal_args.end());
+  return args;
+}
+
+std::string init_eal(const std::vector<std::string>& arguments) {
+  std::vector<std::string> copies = arguments;
+  std::vector<char*> argv;
+  for (auto& a : copies) argv.push_back(a.data());
+  argv.push_back(nullptr);
+  const int parsed = rte_eal_init(static_cast<int>(copies.size()), argv.data());
+  if (parsed < 0) {
+    std::string line;
+    for (const auto& a : arguments) line += " " + a;
+    return std::string("EAL initialisation failed: ") + rte_strerror(rte_errno) + " (arguments:" + line + ")";
+  }
+  return {};
+}
+
+void cleanup_eal() { rte_eal_cleanup(); }
+
+// --- ports ---
+
+std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>& pods, uint16_t queues,
+                        std::vector<pool_port>& out) {
+  unsigned serial = 0;
+  auto probe = [&](const std::string& driver, const std::string& interface, port_role role) -> std::string {
+    pool_port port;
+    port.role = role;
+    port.interface = interface;
+    std::string name;
+    std::string devargs;
+    if (driver == "pci") {
+      name = interface;
+    } else {
+      const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
+      name = vdev + std::to_string(serial++);
+      devargs = name + ",iface=" + interface;
+      if (driver == "af_packet") devargs += ",qpairs=" + std::to_string(queues);
+      if (driver == "af_xdp") devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
+      if (rte_dev_probe(devargs.c_str()) != 0)
+        return "cannot open " + interface + " with " + driver + " (" + devargs + "): does the interface exist "
+               "in this network namespace?";
+    }
+    if (rte_eth_dev_get_port_by_name(name.c_str(), &port.port_id) != 0)
+      return "no DPDK port for " + interface + " (" + name + ")";
+    out.push_back(port);
+    return {};
+  };
+  if (std::string error = probe(spec.uplink.driver, spec.uplink.interface, port_role::uplink); !error.empty())
+    return "$.dataplane.uplink: " + error;
+  for (size_t i = 0; i < pods.size(); ++i) {
+    if (std::string error = probe(spec.pod_driver, pods[i].interface, port_role::pod); !error.empty())
+      return "$.pods[" + std::to_string(i) + "].interface: " + error;
+  }
+  return {};
+}
+
+worker_pool_options options_from(const desired_state& state) {
+  worker_pool_options options;
+  options.workers = state.tuning.workers;
+  options.rx_ring_size = state.tuning.rx_ring_size;
+  options.tx_ring_size = state.tuning.tx_ring_size;
+  options.flow_table_size = state.tuning.flow_table_size;
+  if (state.dataplane) options.uplink_mtu = state.dataplane->uplink.mtu;
+  options.initial = state.tuning;
+  return options;
+}
+
+// --- the worker pool ---
+
+std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& ports,
+                                                 const worker_pool_options& options, std::string& error) {
+  std::unique_ptr<worker_pool> pool(new worker_pool());
+  pool->options_ = options;
+  pool->ports_ = std::make_unique<port_table>();
+  pool->ports_->uplink_mtu = options.uplink_mtu;
+  pool->apply_tuning(options.initial);
+  const uint16_t workers = std::max<uint16_t>(1, options.workers);
+  if (ports.size() > 64) {
+    error = "at most 64 ports";
+    return nullptr;
+  }
+
+  // Enough mbufs for every RX and TX descriptor plus each worker's TX buffers.
+  const uint32_t per_port = static_cast<uint32_t>(options.rx_ring_size + options.tx_ring_size) * workers;
+  const uint32_t mbuf_count =
+      static_cast<uint32_t>(ports.size()) * (per_port + workers * 2u * kMaxBurst) + 2048u;
+  static std::atomic<unsigned> pool_serial{0};
+  const std::string pool_name = "meshlane_mbufs" + std::to_string(pool_serial++);
+  pool->mbufs_ = rte_pktmbuf_pool_create(pool_name.c_str(), mbuf_count, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+                                         static_cast<int>(rte_socket_id()));
+  if (!pool->mbufs_) {
+    error = "cannot allocate " + std::to_string(mbuf_count) + " packet buffers: " + rte_strerror(rte_errno) +
+            " (give EAL more memory, e.g. eal_args [\"-m\", \"256\"], or lower rx_ring_size/tx_ring_size)";
+    return nullptr;
+  }
+
+  for (uint16_t w = 0; w < workers; ++w) {
+    auto state = std::make_unique<worker_state>(options.flow_table_size);
+    state->index = w;
+    state->tx_queue = w;
+    pool->workers_.push_back(std::move(state));
+  }
+  pool->rx_queues_.resize(workers);
+
+  for (const pool_port& p : ports) {
+    if (p.port_id >= kMaxPorts || !rte_eth_dev_is_valid_port(p.port_id)) {
+      error = p.interface + ": not a valid DPDK port";
+      return nullptr;
+    }
+    rte_eth_dev_info info{};
+    if (int rc = rte_eth_dev_info_get(p.port_id, &info); rc != 0) {
+      error = p.interface + ": cannot read device info: " + rte_strerror(-rc);
+      return nullptr;
+    }
+    if (info.max_tx_queues < workers) {
+      error = p.interface + ": the port has " + std::to_string(info.max_tx_queues) + " TX queues, " +
+              std::to_string(workers) + " workers need one each";
+      return nullptr;
+    }
+    const uint16_t rx_queues = std::max<uint16_t>(1, std::min<uint16_t>(workers, info.max_rx_queues));
+    rte_eth_conf conf{};
+    if (rx_queues > 1 && info.flow_type_rss_offloads) {
+      conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+      conf.rx_adv_conf.rss_conf.rss_hf =
+          (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+    }
+    if (int rc = rte_eth_dev_configure(p.port_id, rx_queues, workers, &conf); rc != 0) {
+      error = p.interface + ": cannot configure " + std::to_string(rx_queues) + " RX and " +
+              std::to_string(workers) + " TX queues: " + rte_strerror(-rc);
+      return nullptr;
+    }
+    uint16_t rx_ring = options.rx_ring_size, tx_ring = options.tx_ring_size;
+    rte_eth_dev_adjust_nb_rx_tx_desc(p.port_id, &rx_ring, &tx_ring);
+    const int socket = rte_eth_dev_socket_id(p.port_id);
+    const unsigned socket_id = socket < 0 ? 0 : static_cast<unsigned>(socket);
+    for (uint16_t q = 0; q < rx_queues; ++q) {
+      if (int rc = rte_eth_rx_queue_setup(p.port_id, q, rx_ring, socket_id, nullptr, pool->mbufs_); rc != 0) {
+        error = p.interface + ": RX queue " + std::to_string(q) + ": " + rte_strerror(-rc);
+        return nullptr;
+      }
+      pool->rx_queues_[q % workers].push_back({p.port_id, q});
+    }
+    for (uint16_t q = 0; q < workers; ++q) {
+      if (int rc = rte_eth_tx_queue_setup(p.port_id, q, tx_ring, socket_id, nullptr); rc != 0) {
+        error = p.interface + ": TX queue " + std::to_string(q) + ": " + rte_strerror(-rc);
+        return nullptr;
+      }
+    }
+    if (p.role == port_role::uplink) {
+      rte_eth_dev_set_mtu(p.port_id, options.uplink_mtu);  // best effort; af_packet follows the kernel's
+    }
+    if (int rc = rte_eth_dev_start(p.port_id); rc != 0) {
+      error = p.interface + ": cannot start the port: " + rte_strerror(-rc);
+      return nullptr;
+    }
+    pool->port_ids_.push_back(p.port_id);
+    rte_eth_promiscuous_enable(p.port_id);  // best effort: pods address the port's MAC anyway
+    port_info& info_out = pool->ports_->ports[p.port_id];
+    info_out.role = p.role;
+    info_out.interface = p.interface;
+    rte_ether_addr mac{};
+    rte_eth_macaddr_get(p.port_id, &mac);
+    std::memcpy(info_out.mac.bytes, mac.addr_bytes, 6);
+    if (p.mac) info_out.mac = *p.mac;
+    if (p.role == port_role::uplink) pool->ports_->uplink_port = p.port_id;
+  }
+
+  const size_t rcu_size = rte_rcu_qsbr_get_memsize(workers);
+  pool->rcu_ = static_cast<rte_rcu_qsbr*>(rte_zmalloc("meshlane_rcu", rcu_size, RTE_CACHE_LINE_SIZE));
+  if (!pool->rcu_ || rte_rcu_qsbr_init(pool->rcu_, workers) != 0) {
+    error = "cannot set up RCU for the workers";
+    return nullptr;
+  }
+  for (uint16_t w = 0; w < workers; ++w) rte_rcu_qsbr_thread_register(pool->rcu_, w);
+  return pool;
+}
+
+worker_pool::~worker_pool() {
+  stop();
+  delete current_.exchange(nullptr);
+  if (rcu_) rte_free(rcu_);
+  if (mbufs_) rte_mempool_free(mbufs_);
+}
+
+void worker_pool::apply_tuning(const tunables& tuning) {
+  const uint64_t hz = rte_get_tsc_hz();
+  settings_.burst_size.store(std::min<uint16_t>(tuning.burst_size, kMaxBurst));
+  settings_.busy_poll.store(tuning.idle == idle_policy::busy_poll);
+  settings_.tcp_established_ticks.store(uint64_t{tuning.tcp_established_timeout_s} * hz);
+  settings_.tcp_transitory_ticks.store(uint64_t{tuning.tcp_transitory_timeout_s} * hz);
+  settings_.udp_ticks.store(uint64_t{tuning.udp_timeout_s} * hz);
+}
+
+std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) {
+  auto next = std::make_unique<forwarding_tables>();
+  if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next); !error.empty())
+    return error;
+  apply_tuning(tables->tuning);
+  forwarding_tables* previous = current_.exchange(next.release(), std::memory_order_acq_rel);
+  // Every worker that might still hold `previous` reports a quiescent state after its
+  // current burst (or is offline while idle); only then is it safe to free.
+  rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
+  delete previous;
+  return {};
+}
+
+uint32_t worker_pool::poll_once(uint16_t index) {
+  worker_state& w = *workers_[index];
+  const bool driven = !launched_;
+  if (driven) rte_rcu_qsbr_thread_online(rcu_, index);
+  const forwarding_tables* tables = current_.load(std::memory_order_acquire);
+  const uint16_t burst = std::max<uint16_t>(1, settings_.burst_size.load(std::memory_order_relaxed));
+  w.timeouts = settings_.timeouts();
+  w.now = rte_rdtsc();
+  rte_mbuf* packets[kMaxBurst];
+  uint32_t received = 0;
+  for (const rx_queue& q : rx_queues_[index]) {
+    const uint16_t n = rte_eth_rx_burst(q.port, q.queue, packets, burst);
+    if (!n) continue;
+    received += n;
+    if (tables) {
+      process_burst(w, *tables, *ports_, q.port, packets, n);
+    } else {
+      // No tables yet: nothing can be routed.
+      w.port_rx[q.port].packets.add(n);
+      w.drops[static_cast<unsigned>(drop_reason::no_route)].add(n);
+      rte_pktmbuf_free_bulk(packets, n);
+    }
+  }
+  flush_tx(w);
+  w.bursts.add(1);
+  (received ? w.busy_polls : w.idle_polls).add(1);
+  rte_rcu_qsbr_quiescent(rcu_, index);
+  if (driven) rte_rcu_qsbr_thread_offline(rcu_, index);
+  return received;
+}
+
+int worker_pool::launch_trampoline(void* arg) {
+  auto* pool = static_cast<worker_pool*>(arg);
+  const unsigned lcore = rte_lcore_id();
+  for (uint16_t w = 0; w < pool->lcores_.size(); ++w)
+    if (pool->lcores_[w] == lcore) return pool->worker_main(w);
+  return -1;
+}
+
+int worker_pool::worker_main(uint16_t index) {
+  rte_rcu_qsbr_thread_online(rcu_, index);
+  unsigned empty_polls = 0;
+  unsigned sleep_us = 0;
+  // Adaptive idle: after a run of empty polls, sleep with exponential back-off (offline
+  // for RCU, so a publish never waits for a sleeping worker); any packet resets it.
+  constexpr unsigned kEmptyPollsBeforeSleep = 256;
+  constexpr unsigned kFirstSleepUs = 10;
+  constexpr unsigned kMaxSleepUs = 1000;
+  while (running_.load(std::memory_order_relaxed)) {
+    const uint32_t received = poll_once(index);
+    if (received || settings_.busy_poll.load(std::memory_order_relaxed)) {
+      empty_polls = 0;
+      sleep_us = 0;
+      continue;
+    }
+    if (++empty_polls < kEmptyPollsBeforeSleep) continue;
+    sleep_us = sleep_us ? std::min(sleep_us * 2, kMaxSleepUs) : kFirstSleepUs;
+    rte_rcu_qsbr_thread_offline(rcu_, index);
+    rte_delay_us_sleep(sleep_us);
+    rte_rcu_qsbr_thread_online(rcu_, index);
+  }
+  rte_rcu_qsbr_thread_offline(rcu_, index);
+  return 0;
+}
+
+std::string worker_pool::start() {
+  if (launched_) return {};
+  running_.store(true);
+  unsigned lcore = static_cast<unsigned>(-1);  // rte_get_next_lcore starts after this
+  for (uint16_t w = 0; w < workers_.size(); ++w) {
+    lcore = rte_get_next_lcore(lcore, /*skip_main=*/1, /*wrap=*/0);
+    if (lcore >= RTE_MAX_LCORE) {
+      running_.store(false);
+      return "not enough lcores for " + std::to_string(workers_.size()) +
+             " workers: EAL needs one lcore per worker besides the main one (see --lcores)";
+    }
+    lcores_.push_back(lcore);
+  }
+  launched_ = true;
+  for (unsigned l : lcores_) rte_eal_remote_launch(&worker_pool::launch_trampoline, this, l);
+  return {};
+}
+
+void worker_pool::stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  running_.store(false);
+  if (launched_)
+    for (unsigned l : lcores_) rte_eal_wait_lcore(l);
+  for (uint16_t port : port_ids_) {
+    rte_eth_dev_stop(port);
+    rte_eth_dev_close(port);
+  }
+  port_ids_.clear();
+}
+
+uint64_t worker_pool::drops(drop_reason reason) const {
+  uint64_t total = 0;
+  for (const auto& w : workers_) total += w->drops[static_cast<unsigned>(reason)].get();
+  return total;
+}
+
+uint64_t worker_pool::generation() const {
+  // Read on the control thread only, which is also the only writer of current_.
+  const forwarding_tables* t = current_.load(std::memory_order_acquire);
+  return t ? t->tables->generation : 0;
+}
+
+std::string worker_pool::stats_line() const {
+  std::ostringstream out;
+  out << "gen " << generation();
+  for (uint16_t p = 0; p < kMaxPorts; ++p) {
+    const port_info& info = ports_->ports[p];
+    if (info.role == port_role::unused) continue;
+    uint64_t rx = 0, tx = 0;
+    for (const auto& w : workers_) rx += w->port_rx[p].packets.get(), tx += w->port_tx[p].packets.get();
+    out << " | " << info.interface << " rx " << rx << " tx " << tx;
+  }
+  for (size_t s = 0; s < slot_names_.services.size(); ++s) {
+    uint64_t packets = 0, flows = 0;
+    for (const auto& w : workers_) packets += w->service[s].packets.get(), flows += w->service[s].new_flows.get();
+    out << " | svc " << slot_names_.services[s] << " pkts " << packets << " flows " << flows;
+  }
+  uint64_t dropped = 0;
+  for (unsigned r = 1; r < kDropReasonCount; ++r) dropped += drops(static_cast<drop_reason>(r));
+  out << " | drops " << dropped;
+  return out.str();
+}
+
+}  // namespace meshlane

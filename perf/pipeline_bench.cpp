@@ -1,0 +1,259 @@
+// Cycles per packet of the dataplane pipeline over net_null ports, beside the I/O floor
+// measured in the same process (DESIGN.md, "Performance method"): the floor is the same
+// loop that only receives, writes the 64-byte test frame into each mbuf and transmits.
+// Every benchmark reports `cycles_per_packet` (TSC) and packets per second.
+//
+//   build/perf/bench_pipeline                      all stages and the floor
+//   perf/pipeline_bench.sh                         the same, plus ratios to the floor
+#include <benchmark/benchmark.h>
+#include <rte_cycles.h>
+#include <rte_dev.h>
+#include <rte_eal.h>
+#include <rte_ethdev.h>
+#include <rte_mbuf.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include "control/table_compiler.h"
+#include "dataplane/dataplane.h"
+#include "tests/dataplane/packet_builder.h"
+
+namespace meshlane {
+namespace {
+
+using namespace wire;
+using testing::ip4;
+using testing::mac;
+
+constexpr uint16_t kBurst = 32;
+
+const char* kDocument = R"({
+  "node": {"name": "node1", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24"},
+  "nodes": [{"name": "node2", "underlay_ip": "198.19.0.2", "pod_cidr": "198.18.2.0/24"}],
+  "pods": [{"name": "client", "ip": "198.18.1.10", "interface": "null-client"},
+           {"name": "web", "ip": "198.18.1.20", "interface": "null-web"}],
+  "services": [{"name": "web", "vip": "198.19.128.10",
+    "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}],
+    "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"},
+                 {"ip": "198.18.2.21", "port": 8080, "node": "node2"}]}],
+  "tunables": {"maglev_table_size": 65537}
+})";
+
+struct bench_world {
+  rte_mempool* pool = nullptr;
+  uint16_t uplink = 0, client = 0, web = 0;
+  std::unique_ptr<port_table> ports = std::make_unique<port_table>();
+  forwarding_tables tables;
+  counter_slot_names slots;
+  std::unique_ptr<worker_state> worker;
+  testing::bytes to_service;  // 64-byte TCP ACK from the client pod to the VIP (flow hit, DNAT, Geneve)
+  testing::bytes to_local;    // 64-byte TCP ACK to a local pod
+  std::string prefix;
+
+  std::string start() {
+    prefix = "meshlane-bench-" + std::to_string(getpid());
+    std::string file_prefix = "--file-prefix=" + prefix;
+    const char* argv[] = {"bench", "--no-huge", "-m", "256", "--no-pci", "--lcores=0", "--log-level=error",
+                          "--no-telemetry", file_prefix.c_str(), nullptr};
+    if (std::string e = init_eal(std::vector<std::string>(argv, argv + 9)); !e.empty()) return e;
+    pool = rte_pktmbuf_pool_create("bench", 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, 0);
+    if (!pool) return "mempool";
+    const char* names[] = {"net_null0", "net_null1", "net_null2"};
+    uint16_t* ids[] = {&uplink, &client, &web};
+    for (int i = 0; i < 3; ++i) {
+      // no-rx would give nothing to receive; size=64 makes every received mbuf 64 bytes.
+      if (rte_dev_probe((std::string(names[i]) + ",size=64").c_str()) != 0) return std::string("probe ") + names[i];
+      rte_eth_dev_get_port_by_name(names[i], ids[i]);
+      rte_eth_conf conf{};
+      if (rte_eth_dev_configure(*ids[i], 1, 1, &conf) != 0 ||
+          rte_eth_rx_queue_setup(*ids[i], 0, 1024, 0, nullptr, pool) != 0 ||
+          rte_eth_tx_queue_setup(*ids[i], 0, 1024, 0, nullptr) != 0 || rte_eth_dev_start(*ids[i]) != 0)
+        return std::string("port ") + names[i];
+    }
+    ports->ports[uplink].role = port_role::uplink;
+    ports->ports[uplink].interface = "null-uplink";
+    ports->ports[uplink].mac = mac(1);
+    ports->uplink_port = uplink;
+    ports->ports[client].role = port_role::pod;
+    ports->ports[client].interface = "null-client";
+    ports->ports[client].mac = mac(0x11);
+    ports->ports[client].neighbour_mac = mac(0xa1).as_u64();
+    ports->ports[web].role = port_role::pod;
+    ports->ports[web].interface = "null-web";
+    ports->ports[web].mac = mac(0x12);
+    ports->ports[web].neighbour_mac = mac(0xa2).as_u64();
+    ports->neighbours.learn(ip4("198.19.0.2"), mac(2));
+    auto parsed = parse_desired_state(kDocument);
+    if (!parsed.state) return "document";
+    if (std::string e = build_forwarding_tables(compile_tables(*parsed.state, 1), *ports, slots, tables); !e.empty())
+      return e;
+    worker = std::make_unique<worker_state>(65536);
+    const uint64_t hz = rte_get_tsc_hz();
+    worker->timeouts = {3600 * hz, 30 * hz, 60 * hz};
+    testing::l4_spec ack;
+    ack.protocol = kProtoTcp;
+    ack.source_port = 40000;
+    ack.destination_port = 80;
+    ack.tcp_flags = kTcpAck;
+    ack.payload = testing::bytes(64 - 14 - 20 - 20, 0);  // a 64-byte frame (without FCS)
+    to_service = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.19.128.10"), ack);
+    ack.destination_port = 8080;
+    to_local = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.18.1.20"), ack);
+    return {};
+  }
+
+  void stop() {
+    for (uint16_t p : {uplink, client, web}) {
+      rte_eth_dev_stop(p);
+      rte_eth_dev_close(p);
+    }
+    rte_mempool_free(pool);
+    cleanup_eal();
+    std::error_code ignored;
+    std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
+  }
+};
+
+bench_world* world = nullptr;
+
+// Writes the test frame into each received mbuf (net_null hands out mbufs of the right
+// length but arbitrary content); part of the floor and of every pipeline loop alike.
+inline void fill(rte_mbuf** packets, uint16_t n, const testing::bytes& frame) {
+  for (uint16_t i = 0; i < n; ++i) {
+    rte_mbuf* m = packets[i];
+    m->data_off = RTE_PKTMBUF_HEADROOM;
+    m->data_len = m->pkt_len = static_cast<uint16_t>(frame.size());
+    std::memcpy(rte_pktmbuf_mtod(m, void*), frame.data(), frame.size());
+  }
+}
+
+void report(benchmark::State& state, uint64_t cycles, uint64_t packets) {
+  state.counters["cycles_per_packet"] = packets ? double(cycles) / double(packets) : 0;
+  state.counters["packets_per_second"] = benchmark::Counter(double(packets), benchmark::Counter::kIsRate);
+  state.SetItemsProcessed(static_cast<int64_t>(packets));
+}
+
+void BM_io_floor(benchmark::State& state) {
+  rte_mbuf* packets[kBurst];
+  uint64_t cycles = 0, count = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    const uint16_t n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
+    fill(packets, n, world->to_service);
+    const uint16_t sent = rte_eth_tx_burst(world->uplink, 0, packets, n);
+    if (sent < n) rte_pktmbuf_free_bulk(packets + sent, n - sent);
+    cycles += rte_rdtsc() - start;
+    count += n;
+  }
+  report(state, cycles, count);
+}
+BENCHMARK(BM_io_floor);
+
+template <bool kService>
+void BM_pipeline(benchmark::State& state) {
+  rte_mbuf* packets[kBurst];
+  worker_state& w = *world->worker;
+  const testing::bytes& frame = kService ? world->to_service : world->to_local;
+  uint64_t cycles = 0, count = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    w.now = start;
+    const uint16_t n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
+    fill(packets, n, frame);
+    process_burst(w, world->tables, *world->ports, world->client, packets, n);
+    flush_tx(w);
+    cycles += rte_rdtsc() - start;
+    count += n;
+  }
+  report(state, cycles, count);
+  uint64_t drops = 0;
+  for (const auto& d : w.drops) drops += d.get();
+  if (drops) state.SkipWithError("packets were dropped: the benchmark is not measuring the path it names");
+}
+// Whole pipeline, 64-byte TCP to a service VIP: parse, flow-table hit, DNAT with
+// incremental checksums, route, Geneve encapsulation with outer checksums, TX.
+BENCHMARK(BM_pipeline<true>)->Name("BM_pipeline_service_flow_hit_geneve");
+// Whole pipeline, 64-byte TCP to a pod on this node: parse, route, MAC/TTL rewrite, TX.
+BENCHMARK(BM_pipeline<false>)->Name("BM_pipeline_local_delivery");
+
+void BM_stage_parse(benchmark::State& state) {
+  testing::bytes frame = world->to_service;
+  uint64_t cycles = 0, count = 0;
+  parsed_packet parsed;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    for (int i = 0; i < kBurst; ++i) {
+      benchmark::DoNotOptimize(parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), parsed));
+      benchmark::ClobberMemory();
+    }
+    cycles += rte_rdtsc() - start;
+    count += kBurst;
+  }
+  report(state, cycles, count);
+}
+BENCHMARK(BM_stage_parse);
+
+void BM_stage_flow_lookup_hit(benchmark::State& state) {
+  testing::bytes frame = world->to_service;
+  parsed_packet parsed;
+  parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), parsed);
+  flow_table table(65536);
+  const flow_timeouts timeouts{~0ull / 4, ~0ull / 4, ~0ull / 4};
+  const flow_key inserted = make_flow_key(frame.data(), parsed);
+  table.insert(inserted, hash_flow_key(inserted), 1, timeouts);
+  uint64_t cycles = 0, count = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    for (int i = 0; i < kBurst; ++i) {
+      const flow_key key = make_flow_key(frame.data(), parsed);
+      benchmark::DoNotOptimize(table.find(key, hash_flow_key(key), 2, kTcpAck, timeouts));
+    }
+    cycles += rte_rdtsc() - start;
+    count += kBurst;
+  }
+  report(state, cycles, count);
+}
+BENCHMARK(BM_stage_flow_lookup_hit);
+
+void BM_stage_geneve_encap(benchmark::State& state) {
+  rte_mbuf* m = rte_pktmbuf_alloc(world->pool);
+  std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(world->to_local.size())), world->to_local.data(),
+              world->to_local.size());
+  uint64_t cycles = 0, count = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    for (int i = 0; i < kBurst; ++i) {
+      geneve_encapsulate(m, mac(1), mac(2), ip4("198.19.0.1"), ip4("198.19.0.2"), 0x1234567 + i);
+      benchmark::ClobberMemory();
+      rte_pktmbuf_adj(m, kGeneveOverhead);
+    }
+    cycles += rte_rdtsc() - start;
+    count += kBurst;
+  }
+  rte_pktmbuf_free(m);
+  report(state, cycles, count);
+}
+BENCHMARK(BM_stage_geneve_encap);
+
+}  // namespace
+}  // namespace meshlane
+
+int main(int argc, char** argv) {
+  benchmark::Initialize(&argc, argv);
+  meshlane::bench_world world;
+  if (std::string error = world.start(); !error.empty()) {
+    std::fprintf(stderr, "bench_pipeline: set-up failed: %s\n", error.c_str());
+    return 1;
+  }
+  meshlane::world = &world;
+  std::printf("tsc_hz %llu\n", static_cast<unsigned long long>(rte_get_tsc_hz()));
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  world.stop();
+  return 0;
+}

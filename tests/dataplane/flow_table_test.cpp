@@ -1,0 +1,94 @@
+// Unit tests of the per-worker flow table: hits, timeouts by TCP state and protocol, and
+// bounded size with least-recently-used eviction inside a bucket.
+#include "dataplane/flow_table.h"
+
+#include <gtest/gtest.h>
+
+#include "dataplane/packet_headers.h"
+
+namespace meshlane {
+namespace {
+
+flow_key key_for(uint16_t source_port, uint8_t protocol = wire::kProtoTcp) {
+  flow_key key{};
+  key.source[15] = 10;
+  key.destination[15] = 20;
+  key.source_port = source_port;
+  key.destination_port = 80;
+  key.protocol = protocol;
+  return key;
+}
+
+const flow_timeouts kTimeouts{/*tcp_established=*/1000, /*tcp_transitory=*/10, /*udp=*/100};
+
+TEST(flow_table, InsertedFlowIsFoundUntilItsTimeout) {
+  flow_table table(1024);
+  const flow_key key = key_for(1);
+  const uint64_t hash = hash_flow_key(key);
+  flow_entry* entry = table.insert(key, hash, 0, kTimeouts);
+  entry->rewrite_port = 8080;
+  ASSERT_NE(table.find(key, hash, 5, wire::kTcpSyn, kTimeouts), nullptr);
+  EXPECT_EQ(table.find(key, hash, 10, wire::kTcpSyn, kTimeouts)->rewrite_port, 8080);
+  EXPECT_EQ(table.find(key, hash, 21, wire::kTcpSyn, kTimeouts), nullptr);  // transitory: 10 ticks idle
+}
+
+TEST(flow_table, EstablishedTcpFlowsLiveLongerAndFinShortensThem) {
+  flow_table table(1024);
+  const flow_key key = key_for(2);
+  const uint64_t hash = hash_flow_key(key);
+  table.insert(key, hash, 0, kTimeouts);
+  ASSERT_NE(table.find(key, hash, 1, wire::kTcpAck, kTimeouts), nullptr);  // handshake done
+  EXPECT_EQ(table.find(key, hash, 1, wire::kTcpAck, kTimeouts)->state, flow_state::established);
+  ASSERT_NE(table.find(key, hash, 500, wire::kTcpAck, kTimeouts), nullptr);
+  ASSERT_NE(table.find(key, hash, 501, wire::kTcpFin | wire::kTcpAck, kTimeouts), nullptr);
+  EXPECT_EQ(table.find(key, hash, 520, wire::kTcpAck, kTimeouts), nullptr);
+}
+
+TEST(flow_table, UdpUsesTheUdpTimeout) {
+  flow_table table(1024);
+  const flow_key key = key_for(3, wire::kProtoUdp);
+  const uint64_t hash = hash_flow_key(key);
+  table.insert(key, hash, 0, kTimeouts);
+  EXPECT_NE(table.find(key, hash, 90, 0, kTimeouts), nullptr);
+  EXPECT_EQ(table.find(key, hash, 191, 0, kTimeouts), nullptr);
+}
+
+TEST(flow_table, FullBucketEvictsItsLeastRecentlyUsedFlow) {
+  flow_table table(flow_table::kWays);  // one bucket
+  for (uint16_t i = 0; i < flow_table::kWays; ++i) {
+    const flow_key key = key_for(100 + i);
+    table.insert(key, hash_flow_key(key), i, kTimeouts);
+  }
+  // Touch all but the second one, so it is the least recently used.
+  for (uint16_t i = 0; i < flow_table::kWays; ++i) {
+    if (i == 1) continue;
+    const flow_key key = key_for(100 + i);
+    ASSERT_NE(table.find(key, hash_flow_key(key), 8, wire::kTcpSyn, kTimeouts), nullptr);
+  }
+  const flow_key newcomer = key_for(999);
+  table.insert(newcomer, hash_flow_key(newcomer), 9, kTimeouts);
+  EXPECT_EQ(table.evictions(), 1u);
+  const flow_key evicted = key_for(101);
+  EXPECT_EQ(table.find(evicted, hash_flow_key(evicted), 9, wire::kTcpSyn, kTimeouts), nullptr);
+  EXPECT_NE(table.find(newcomer, hash_flow_key(newcomer), 9, wire::kTcpSyn, kTimeouts), nullptr);
+  EXPECT_EQ(table.live_count(9, kTimeouts), flow_table::kWays);
+}
+
+TEST(flow_table, ExpiredEntriesAreReusedWithoutCountingEvictions) {
+  flow_table table(flow_table::kWays);
+  for (uint16_t i = 0; i < flow_table::kWays; ++i) {
+    const flow_key key = key_for(200 + i);
+    table.insert(key, hash_flow_key(key), 0, kTimeouts);
+  }
+  const flow_key later = key_for(300);
+  table.insert(later, hash_flow_key(later), 50, kTimeouts);  // everything transitory has expired
+  EXPECT_EQ(table.evictions(), 0u);
+}
+
+TEST(flow_table, CapacityIsRoundedToAPowerOfTwo) {
+  EXPECT_EQ(flow_table(1000).capacity(), 1024u);
+  EXPECT_EQ(flow_table(1).capacity(), flow_table::kWays);
+}
+
+}  // namespace
+}  // namespace meshlane

@@ -1,0 +1,554 @@
+// Golden packet tests: crafted frames into net_ring ports, the real worker pipeline, and
+// the frames that come out compared field by field. Each test is named by what it checks.
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/dataplane/dataplane_fixture.h"
+
+namespace meshlane::testing {
+namespace {
+
+using namespace wire;
+
+constexpr size_t kEth = sizeof(ethernet_header);
+constexpr size_t kIp4 = kEth;          // IPv4 header offset in a plain frame
+constexpr size_t kL4 = kEth + 20;      // L4 offset behind a 20-byte IPv4 header
+constexpr size_t kL4v6 = kEth + 40;
+
+uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
+uint32_t net32_at(const bytes& f, size_t at) {
+  uint32_t v;
+  std::memcpy(&v, &f[at], 4);
+  return v;
+}
+mac_address mac_at(const bytes& f, size_t at) {
+  mac_address m;
+  std::memcpy(m.bytes, &f[at], 6);
+  return m;
+}
+std::array<uint8_t, 16> ip6_at(const bytes& f, size_t at) {
+  std::array<uint8_t, 16> a;
+  std::memcpy(a.data(), &f[at], 16);
+  return a;
+}
+
+l4_spec tcp_to(uint16_t port, uint16_t source_port = 40000, uint8_t flags = kTcpSyn) {
+  l4_spec l4;
+  l4.protocol = kProtoTcp;
+  l4.destination_port = port;
+  l4.source_port = source_port;
+  l4.tcp_flags = flags;
+  return l4;
+}
+l4_spec udp_to(uint16_t port, uint16_t source_port = 50000) {
+  l4_spec l4;
+  l4.protocol = kProtoUdp;
+  l4.destination_port = port;
+  l4.source_port = source_port;
+  return l4;
+}
+l4_spec echo_request() {
+  l4_spec l4;
+  l4.protocol = kProtoIcmp;
+  l4.icmp_type = kIcmpEchoRequest;
+  return l4;
+}
+
+// Wraps an inner frame in Geneve from node 2 as a peer would send it.
+bytes geneve_from(uint32_t outer_source, const bytes& inner, uint8_t flags = 0, uint16_t protocol = kEtherTypeTransparentBridging) {
+  bytes out;
+  ethernet_header eth{kUplinkMac, kNode2Mac, htons(kEtherTypeIpv4)};
+  append(out, &eth, sizeof eth);
+  const uint16_t udp_length = static_cast<uint16_t>(8 + 8 + inner.size());
+  ipv4_header ip{0x45, 0, htons(static_cast<uint16_t>(20 + udp_length)), 0, htons(kIpv4DontFragment), 64, kProtoUdp, 0,
+                 outer_source, ip4("198.19.0.1")};
+  ip.checksum = checksum(&ip, sizeof ip);
+  append(out, &ip, sizeof ip);
+  udp_header udp{htons(50123), htons(kGenevePort), htons(udp_length), 0};
+  append(out, &udp, sizeof udp);
+  geneve_header geneve{0, flags, htons(protocol), {0, 0, 1}, 0};
+  append(out, &geneve, sizeof geneve);
+  out.insert(out.end(), inner.begin(), inner.end());
+  return out;
+}
+
+using golden = ring_pool_test;
+
+TEST_F(golden, ArpRequestForGatewayGetsReplyWithPortMac) {
+  send(client, arp_request(kClientMac, ip4("198.18.1.10"), ip4("198.18.1.1")));
+  const bytes reply = receive(client);
+  ASSERT_EQ(reply.size(), 42u);
+  EXPECT_EQ(mac_at(reply, 0), kClientMac);
+  EXPECT_EQ(mac_at(reply, 6), kClientPortMac);
+  EXPECT_EQ(u16_at(reply, 12), kEtherTypeArp);
+  EXPECT_EQ(u16_at(reply, kEth + 6), kArpReply);
+  EXPECT_EQ(mac_at(reply, kEth + 8), kClientPortMac);            // sender MAC: the gateway
+  EXPECT_EQ(net32_at(reply, kEth + 14), ip4("198.18.1.1"));      // sender IP
+  EXPECT_EQ(mac_at(reply, kEth + 18), kClientMac);               // target MAC
+  EXPECT_EQ(net32_at(reply, kEth + 24), ip4("198.18.1.10"));     // target IP
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden, ArpForAnotherAddressIsDroppedAsNotForUs) {
+  send(client, arp_request(kClientMac, ip4("198.18.1.10"), ip4("198.18.1.20")));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::not_for_us), 1u);
+}
+
+TEST_F(golden, ArpForUnderlayAddressOnUplinkGetsReply) {
+  send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));
+  const bytes reply = receive(uplink);
+  ASSERT_EQ(reply.size(), 42u);
+  EXPECT_EQ(mac_at(reply, 0), kNode2Mac);
+  EXPECT_EQ(mac_at(reply, kEth + 8), kUplinkMac);
+  EXPECT_EQ(net32_at(reply, kEth + 14), ip4("198.19.0.1"));
+}
+
+TEST_F(golden, IcmpEchoToGatewayGetsEchoReply) {
+  const bytes request = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.1"), echo_request());
+  send(client, request);
+  const bytes reply = receive(client);
+  ASSERT_EQ(reply.size(), request.size());
+  EXPECT_EQ(mac_at(reply, 0), kClientMac);
+  EXPECT_EQ(mac_at(reply, 6), kClientPortMac);
+  EXPECT_EQ(net32_at(reply, kIp4 + 12), ip4("198.18.1.1"));
+  EXPECT_EQ(net32_at(reply, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(reply[kL4], kIcmpEchoReply);
+  EXPECT_EQ(u16_at(reply, kL4 + 4), 0x1234);  // identifier kept
+  EXPECT_EQ(verify_checksums(reply), "");
+  EXPECT_TRUE(std::equal(request.begin() + kL4 + 8, request.end(), reply.begin() + kL4 + 8));  // payload kept
+}
+
+TEST_F(golden, LocalDeliveryRewritesMacsAndDecrementsTtl) {
+  learn_pod_macs();
+  const bytes in = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080));
+  send(client, in);
+  const bytes out = receive(web);
+  ASSERT_EQ(out.size(), in.size());
+  EXPECT_EQ(mac_at(out, 0), kWebMac);
+  EXPECT_EQ(mac_at(out, 6), kWebPortMac);
+  EXPECT_EQ(out[kIp4 + 8], 63);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.18.1.10"));
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.20"));
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_TRUE(std::equal(in.begin() + kL4, in.end(), out.begin() + kL4));  // transport untouched
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden, LocalDeliveryBeforeThePodSpokeAsksForItsMacAndGoesToBroadcast) {
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9)));
+  const bytes request = receive(web);
+  ASSERT_EQ(request.size(), 42u);
+  EXPECT_EQ(mac_at(request, 0), kBroadcastMac);
+  EXPECT_EQ(mac_at(request, 6), kWebPortMac);
+  EXPECT_EQ(u16_at(request, 12), kEtherTypeArp);
+  EXPECT_EQ(u16_at(request, kEth + 6), kArpRequest);
+  EXPECT_EQ(net32_at(request, kEth + 14), ip4("198.18.1.1"));   // from the gateway
+  EXPECT_EQ(net32_at(request, kEth + 24), ip4("198.18.1.20"));  // who has the pod's address
+  const bytes out = receive(web);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(mac_at(out, 0), kBroadcastMac);
+}
+
+TEST_F(golden, RemotePodIsGeneveEncapsulatedToItsNode) {
+  const bytes in = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080));
+  send(client, in);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), in.size() + kGeneveOverhead);
+  // Outer Ethernet: from the uplink; node 2's MAC is not learned yet, so broadcast.
+  EXPECT_EQ(mac_at(out, 0), kBroadcastMac);
+  EXPECT_EQ(mac_at(out, 6), kUplinkMac);
+  EXPECT_EQ(u16_at(out, 12), kEtherTypeIpv4);
+  // Outer IPv4.
+  EXPECT_EQ(out[kIp4], 0x45);
+  EXPECT_EQ(u16_at(out, kIp4 + 2), out.size() - kEth);
+  EXPECT_EQ(out[kIp4 + 9], kProtoUdp);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));
+  // Outer UDP: RFC 8926 port, ephemeral source port, length.
+  EXPECT_EQ(u16_at(out, kL4 + 2), kGenevePort);
+  EXPECT_GE(u16_at(out, kL4), 49152);
+  EXPECT_EQ(u16_at(out, kL4 + 4), out.size() - kEth - 20);
+  EXPECT_EQ(verify_checksums(out), "");  // outer IPv4 and UDP checksums
+  // Geneve: version 0, no options, Ethernet payload, VNI 1.
+  const size_t geneve = kL4 + 8;
+  EXPECT_EQ(out[geneve], 0);
+  EXPECT_EQ(out[geneve + 1], 0);
+  EXPECT_EQ(u16_at(out, geneve + 2), kEtherTypeTransparentBridging);
+  EXPECT_EQ(out[geneve + 4], 0);
+  EXPECT_EQ(out[geneve + 5], 0);
+  EXPECT_EQ(out[geneve + 6], 1);
+  // Inner frame: the original with the TTL decremented.
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(inner[kIp4 + 8], 63);
+  EXPECT_EQ(verify_checksums(inner), "");
+  EXPECT_TRUE(std::equal(in.begin() + kL4, in.end(), inner.begin() + kL4));
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden, GeneveSourcePortFollowsTheInnerFlow) {
+  auto port_for = [&](uint16_t source_port) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080, source_port)));
+    const bytes out = receive(uplink);
+    return out.empty() ? 0 : u16_at(out, kL4);
+  };
+  EXPECT_EQ(port_for(40000), port_for(40000));
+  std::set<uint16_t> ports;
+  for (uint16_t p = 40000; p < 40016; ++p) ports.insert(port_for(p));
+  EXPECT_GT(ports.size(), 8u);  // different flows spread over source ports
+}
+
+TEST_F(golden, GeneveFromKnownNodeIsDecapsulatedAndDelivered) {
+  learn_pod_macs();
+  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.20"), ip4("198.18.1.10"), tcp_to(40000, 8080, kTcpAck));
+  send(uplink, geneve_from(ip4("198.19.0.2"), inner));
+  const bytes out = receive(client);
+  ASSERT_EQ(out.size(), inner.size());
+  EXPECT_EQ(mac_at(out, 0), kClientMac);
+  EXPECT_EQ(mac_at(out, 6), kClientPortMac);
+  EXPECT_EQ(out[kIp4 + 8], 63);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.18.2.20"));
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_TRUE(std::equal(inner.begin() + kL4, inner.end(), out.begin() + kL4));
+  // The peer's MAC was learned: the next encapsulated frame goes to it, not broadcast.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080)));
+  const bytes encapsulated = receive(uplink);
+  ASSERT_FALSE(encapsulated.empty());
+  EXPECT_EQ(mac_at(encapsulated, 0), kNode2Mac);
+}
+
+TEST_F(golden, GeneveFromUnknownNodeIsDropped) {
+  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.20"), ip4("198.18.1.10"), udp_to(9));
+  send(uplink, geneve_from(ip4("198.19.0.9"), inner));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::geneve_unknown_peer), 1u);
+}
+
+TEST_F(golden, GeneveWithCriticalOptionsOrOtherPayloadIsDropped) {
+  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.20"), ip4("198.18.1.10"), udp_to(9));
+  send(uplink, geneve_from(ip4("198.19.0.2"), inner, /*flags=*/0x40));
+  send(uplink, geneve_from(ip4("198.19.0.2"), inner, 0, /*protocol=*/kEtherTypeIpv4));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::bad_geneve), 2u);
+}
+
+TEST_F(golden, DecapsulatedPacketIsNeverSentBackIntoTheOverlay) {
+  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.1.10"), ip4("198.18.2.20"), udp_to(9));
+  send(uplink, geneve_from(ip4("198.19.0.2"), inner));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_route), 1u);
+}
+
+TEST_F(golden, ServiceVipIsDnatedToLocalBackend) {
+  learn_pod_macs();
+  const bytes in = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80));
+  send(client, in);
+  const bytes out = receive(web);
+  ASSERT_EQ(out.size(), in.size());
+  EXPECT_EQ(mac_at(out, 0), kWebMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.18.1.10"));
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.20"));  // DNAT to the backend
+  EXPECT_EQ(u16_at(out, kL4), 40000);
+  EXPECT_EQ(u16_at(out, kL4 + 2), 8080);                    // target_port
+  EXPECT_EQ(verify_checksums(out), "");                     // incremental updates are right
+}
+
+TEST_F(golden, ReplyFromBackendIsReverseNatedToTheVip) {
+  learn_pod_macs();
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80)));
+  drain(web);
+  const bytes reply = ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
+                                 tcp_to(40000, 8080, kTcpSyn | kTcpAck));
+  send(web, reply);
+  const bytes out = receive(client);
+  ASSERT_EQ(out.size(), reply.size());
+  EXPECT_EQ(mac_at(out, 0), kClientMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));  // source back to the VIP
+  EXPECT_EQ(u16_at(out, kL4), 80);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(u16_at(out, kL4 + 2), 40000);
+  EXPECT_EQ(verify_checksums(out), "");
+}
+
+TEST_F(golden, ReplyFromRemoteBackendArrivingByGeneveIsReverseNated) {
+  learn_pod_macs();
+  // A UDP flow to a service whose only backend is on node 2: DNAT, then encapsulation.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53)));
+  const bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(net32_at(inner, kIp4 + 16), ip4("198.18.2.30"));
+  EXPECT_EQ(u16_at(inner, kL4 + 2), 5353);
+  EXPECT_EQ(verify_checksums(inner), "");
+  // The backend's reply comes back through node 2 un-NATed; node 1 owns the flow.
+  const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.10"), udp_to(50000, 5353));
+  send(uplink, geneve_from(ip4("198.19.0.2"), reply));
+  const bytes delivered = receive(client);
+  ASSERT_FALSE(delivered.empty());
+  EXPECT_EQ(net32_at(delivered, kIp4 + 12), ip4("198.19.128.12"));
+  EXPECT_EQ(u16_at(delivered, kL4), 53);
+  EXPECT_EQ(verify_checksums(delivered), "");
+}
+
+TEST_F(golden, ServiceFlowsStickToTheirBackendAndSpreadOverBackends) {
+  learn_pod_macs();
+  std::map<uint16_t, int> local_by_port;  // source port -> 1 local, 2 remote
+  for (uint16_t sport = 41000; sport < 41064; ++sport) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.10"), tcp_to(80, sport)));
+    local_by_port[sport] = pending(web) ? 1 : pending(uplink) ? 2 : 0;
+    drain(web);
+    drain(uplink);
+  }
+  int local = 0, remote = 0;
+  for (auto& [port, where] : local_by_port) (where == 1 ? local : remote) += where != 0;
+  EXPECT_GT(local, 10);
+  EXPECT_GT(remote, 10);
+  for (uint16_t sport = 41000; sport < 41064; ++sport) {  // again: same choice per flow
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.10"),
+                            tcp_to(80, sport, kTcpAck)));
+    EXPECT_EQ(pending(web) ? 1 : pending(uplink) ? 2 : 0, local_by_port[sport]) << "flow " << sport << " moved";
+    drain(web);
+    drain(uplink);
+  }
+}
+
+TEST_F(golden, ServiceWithoutBackendsDropsWithReason) {
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.13"), tcp_to(80)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_backend), 1u);
+}
+
+TEST_F(golden, TtlExpiryIsAnsweredWithTimeExceeded) {
+  const bytes in = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), udp_to(9), /*ttl=*/1);
+  send(client, in);
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(mac_at(out, 0), kClientMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.18.1.1"));
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(out[kIp4 + 9], kProtoIcmp);
+  EXPECT_EQ(out[kL4], kIcmpTimeExceeded);
+  EXPECT_EQ(out[kL4 + 1], 0);
+  EXPECT_EQ(verify_checksums(out), "");
+  // The quote is the original IP packet (RFC 792: header + at least 8 bytes).
+  EXPECT_TRUE(std::equal(in.begin() + kIp4, in.end(), out.begin() + kL4 + 8));
+  EXPECT_EQ(pending(uplink), 0u);
+  EXPECT_EQ(drops(drop_reason::ttl_expired), 1u);
+}
+
+TEST_F(golden, TooBigIpv4WithDontFragmentIsAnsweredWithFragmentationNeeded) {
+  l4_spec big = udp_to(9);
+  big.payload = bytes(1500 - 20 - 8, 0x5a);  // a full 1500-byte IP packet; the tunnel needs 50 more
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), big));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out[kL4], kIcmpDestinationUnreachable);
+  EXPECT_EQ(out[kL4 + 1], kIcmpFragmentationNeeded);
+  EXPECT_EQ(u16_at(out, kL4 + 6), 1500 - kGeneveMtuOverhead);  // next-hop MTU (RFC 1191)
+  EXPECT_EQ(u16_at(out, kIp4 + 2), 576);                         // quote capped (RFC 1812)
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(pending(uplink), 0u);
+  EXPECT_EQ(drops(drop_reason::too_big), 1u);
+}
+
+TEST_F(golden, LargestPacketThatFitsTheTunnelIsEncapsulated) {
+  l4_spec fits = udp_to(9);
+  fits.payload = bytes(1500 - kGeneveMtuOverhead - 20 - 8, 0x5a);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), fits));
+  const bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out.size() - kEth, 1500u);
+}
+
+TEST_F(golden, TruncatedHeadersAreDroppedWithTheirReason) {
+  const bytes frame = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080));
+  send(client, bytes(frame.begin(), frame.begin() + 10));        // shorter than Ethernet
+  send(client, bytes(frame.begin(), frame.begin() + kEth + 12));  // half an IPv4 header
+  bytes short_tcp(frame.begin(), frame.begin() + kL4 + 10);      // IPv4 length says 10 bytes of TCP
+  short_tcp[kIp4 + 3] = 30;
+  short_tcp[kIp4 + 10] = short_tcp[kIp4 + 11] = 0;
+  const uint16_t check = checksum(&short_tcp[kIp4], 20);
+  std::memcpy(&short_tcp[kIp4 + 10], &check, 2);
+  send(client, short_tcp);
+  bytes lying_length = frame;  // IPv4 total length beyond the frame
+  lying_length[kIp4 + 2] = 0x05;
+  lying_length[kIp4 + 10] = lying_length[kIp4 + 11] = 0;
+  const uint16_t check2 = checksum(&lying_length[kIp4], 20);
+  std::memcpy(&lying_length[kIp4 + 10], &check2, 2);
+  send(client, lying_length);
+  send(client, bytes(frame.begin(), frame.begin() + kEth + 20));  // header only, the rest missing
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::truncated_ethernet), 1u);
+  EXPECT_EQ(drops(drop_reason::truncated_ipv4), 3u);
+  EXPECT_EQ(drops(drop_reason::truncated_l4), 1u);
+}
+
+TEST_F(golden, BadIpv4HeaderChecksumIsDropped) {
+  bytes frame = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080));
+  frame[kIp4 + 10] ^= 0x01;
+  send(client, frame);
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::bad_ipv4_checksum), 1u);
+}
+
+TEST_F(golden, FramesNotAddressedToThePortMacAreDropped) {
+  send(client, ipv4_frame(kClientMac, mac(0x99), ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::not_for_us), 1u);
+}
+
+TEST_F(golden, Ipv6NeighbourSolicitationForGatewayGetsAdvertisement) {
+  send(client, neighbour_solicitation(kClientMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::1")));
+  const bytes out = receive(client);
+  ASSERT_EQ(out.size(), kEth + 40 + 32);
+  EXPECT_EQ(mac_at(out, 0), kClientMac);
+  EXPECT_EQ(mac_at(out, 6), kClientPortMac);
+  EXPECT_EQ(ip6_at(out, kEth + 8), ip6("fd00:6d6c:1::1"));
+  EXPECT_EQ(ip6_at(out, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(out[kEth + 7], 255);                 // hop limit (RFC 4861 section 7.1.2)
+  EXPECT_EQ(out[kL4v6], kIcmpv6NeighborAdvertisement);
+  EXPECT_EQ(out[kL4v6 + 4], 0x60);               // solicited, override
+  EXPECT_EQ(ip6_at(out, kL4v6 + 8), ip6("fd00:6d6c:1::1"));
+  EXPECT_EQ(mac_at(out, kL4v6 + 26), kClientPortMac);  // target link-layer address option
+  EXPECT_EQ(verify_checksums(out), "");
+}
+
+TEST_F(golden, Ipv6EchoToGatewayGetsEchoReply) {
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::1"),
+                          [] { l4_spec l4 = echo_request(); l4.icmp_type = kIcmpv6EchoRequest; return l4; }()));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out[kL4v6], kIcmpv6EchoReply);
+  EXPECT_EQ(ip6_at(out, kEth + 8), ip6("fd00:6d6c:1::1"));
+  EXPECT_EQ(ip6_at(out, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(verify_checksums(out), "");
+}
+
+TEST_F(golden, Ipv6LocalDeliveryDecrementsHopLimit) {
+  learn_pod_macs();
+  const bytes in = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::20"), tcp_to(8080));
+  send(client, in);
+  const bytes out = receive(web);
+  ASSERT_EQ(out.size(), in.size());
+  EXPECT_EQ(mac_at(out, 0), kWebMac);
+  EXPECT_EQ(out[kEth + 7], 63);
+  EXPECT_EQ(verify_checksums(out), "");
+}
+
+TEST_F(golden, Ipv6RemotePodIsGeneveEncapsulated) {
+  const bytes in = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:2::20"), udp_to(9));
+  send(client, in);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), in.size() + kGeneveOverhead);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));
+  EXPECT_EQ(verify_checksums(out), "");
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(u16_at(inner, 12), kEtherTypeIpv6);
+  EXPECT_EQ(inner[kEth + 7], 63);
+  EXPECT_EQ(verify_checksums(inner), "");
+}
+
+TEST_F(golden, Ipv6TooBigIsAnsweredWithPacketTooBig) {
+  l4_spec big = udp_to(9);
+  big.payload = bytes(1500 - 40 - 8, 0x5a);
+  const bytes in = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:2::20"), big);
+  send(client, in);
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out.size(), kEth + 1280u);  // as much as fits the IPv6 minimum MTU (RFC 4443 2.4)
+  EXPECT_EQ(out[kL4v6], kIcmpv6PacketTooBig);
+  EXPECT_EQ(net32_at(out, kL4v6 + 4), htonl(1500 - kGeneveMtuOverhead));
+  EXPECT_EQ(ip6_at(out, kEth + 8), ip6("fd00:6d6c:1::1"));
+  EXPECT_EQ(ip6_at(out, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(pending(uplink), 0u);
+}
+
+TEST_F(golden, Ipv6HopLimitExpiryIsAnsweredWithTimeExceeded) {
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::20"), udp_to(9), 1));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out[kL4v6], kIcmpv6TimeExceeded);
+  EXPECT_EQ(verify_checksums(out), "");
+}
+
+TEST_F(golden, Ipv6ExtensionHeaderIsDroppedWithReason) {
+  bytes frame = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::20"), udp_to(9));
+  frame[kEth + 6] = 0;  // hop-by-hop options
+  send(client, frame);
+  EXPECT_EQ(drops(drop_reason::ipv6_extension_header), 1u);
+}
+
+TEST_F(golden, UnknownDestinationIsDroppedAsNoRoute) {
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.5"), tcp_to(80)));
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.99"), tcp_to(80)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_route), 2u);
+}
+
+TEST_F(golden, NewSnapshotChangesRoutingWithoutRestart) {
+  learn_pod_macs();
+  // web-a leaves: its address no longer routes to its port, and no service uses it.
+  auto document = nlohmann::json::parse(kNode1Document);
+  document["pods"].erase(1);
+  for (auto& service : document["services"]) {
+    if (!service.contains("backends")) continue;
+    auto& backends = service["backends"];
+    for (size_t i = backends.size(); i-- > 0;)
+      if (backends[i]["ip"] == "198.18.1.20") backends.erase(i);
+  }
+  publish(document.dump().c_str(), 2);
+  EXPECT_EQ(pool_->generation(), 2u);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_route), 1u);
+}
+
+TEST_F(golden, CountersCountPortsServicesAndDrops) {
+  learn_pod_macs();
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80)));
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, 40000, kTcpAck)));
+  drain(web);
+  subsystem_registry registry;
+  pool_->register_with(registry);
+  std::map<std::string, double> values;
+  for (const auto& family : registry.collect())
+    for (const auto& sample : family.samples) {
+      std::string key = family.name;
+      for (const auto& [k, v] : sample.labels) key += "," + k + "=" + v;
+      values[key] = sample.value;
+    }
+  EXPECT_EQ(values["meshlane_dataplane_port_rx_packets_total,port=ring-client,role=pod"], 3);  // ARP + 2
+  EXPECT_EQ(values["meshlane_dataplane_port_tx_packets_total,port=ring-weba,role=pod"], 3);  // ARP reply + 2
+  EXPECT_EQ(values["meshlane_dataplane_service_new_flows_total,service=local"], 1);
+  EXPECT_EQ(values["meshlane_dataplane_service_packets_total,service=local"], 2);
+  EXPECT_EQ(values["meshlane_dataplane_backend_new_flows_total,service=local,backend=198.18.1.20:8080"], 1);
+  EXPECT_EQ(values["meshlane_dataplane_drops_total,worker=0,reason=no_route"], 0);
+  const auto flows = registry.query("flows", {{"offset", 0}, {"limit", 10}});
+  EXPECT_EQ(flows["total"], 2);  // forward and reverse entry
+  ASSERT_EQ(flows["flows"].size(), 2u);
+  const auto status = registry.status();
+  EXPECT_EQ(status["dataplane"]["generation"], 1);
+  EXPECT_EQ(status["dataplane"]["ports"].size(), 3u);
+  ASSERT_NE(registry.find_tunable("dataplane.burst_size"), nullptr);
+  EXPECT_NE(registry.find_tunable("dataplane.burst_size")->apply(0), "");
+  EXPECT_EQ(registry.find_tunable("dataplane.burst_size")->apply(8), "");
+  EXPECT_EQ(pool_->settings().burst_size.load(), 8);
+  EXPECT_EQ(registry.find_tunable("dataplane.idle_policy")->apply("busy_poll"), "");
+  EXPECT_NE(registry.find_tunable("dataplane.idle_policy")->apply("sleepy"), "");
+  EXPECT_EQ(registry.find_tunable("dataplane.udp_timeout_s")->apply(5), "");
+  EXPECT_EQ(registry.find_tunable("dataplane.udp_timeout_s")->get(), 5);
+}
+
+}  // namespace
+}  // namespace meshlane::testing
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
+  return RUN_ALL_TESTS();
+}
