@@ -50,7 +50,7 @@ demo_cgroup=$cgroup2/meshlane-demo/node1
 pins=/sys/fs/bpf/meshlane-demo
 work=$(mktemp -d /tmp/meshlane-demo.XXXXXX)
 ebpf_cleanup() {
-  for pid in ${server_pid:-} ${agent_pid:-}; do kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; done
+  for pid in ${server_pid:-} ${agent_pid:-}; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   "$build/meshlaned" --uninstall --bpf-pin-dir "$pins" >/dev/null 2>&1 || true
   rm -rf "$work"
   cleanup

@@ -6,7 +6,8 @@
 #   pods_add NODE_NS POD_NS IP GATEWAY IFNAME a pod namespace with a /32 address, its
 #                                             veth's host end IFNAME in the node, routes both ways
 #   pods_cgroup PATH                          a cgroup v2 directory (created if missing)
-#   pods_run_in NS CGROUP CMD...              run CMD in NS, inside CGROUP ("" for none)
+#   pods_run_in NS CGROUP CMD...              exec CMD in NS, inside CGROUP ("" for none);
+#                                             call it in a subshell or with &
 
 pods_node() {
   ip netns add "$1"
@@ -38,8 +39,8 @@ pods_run_in() {
   if [ -n "$cgroup" ]; then
     # Join the cgroup first: `ip netns exec` remounts /sys, hiding the cgroup2 mount. The
     # pid survives both execs.
-    sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$0" "$@"' "$ns" "$cgroup" "$@"
+    exec sh -c 'echo $$ > "$1/cgroup.procs" && shift && exec ip netns exec "$0" "$@"' "$ns" "$cgroup" "$@"
   else
-    ip netns exec "$ns" "$@"
+    exec ip netns exec "$ns" "$@"
   fi
 }
