@@ -30,7 +30,9 @@ meson test -C "$build" --print-errorlogs --num-processes "${MESHLANE_TEST_JOBS:-
 # libFuzzer: a short run of each target from its seed corpus, in a clang build of its own.
 fuzz_failed=0
 if [ "$fuzz_seconds" -gt 0 ]; then
-  if [ ! -f "$fuzz_build/build.ninja" ]; then
+  if [ -f "$fuzz_build/build.ninja" ]; then
+    meson setup --reconfigure "$fuzz_build" >/dev/null
+  else
     CC=clang CXX=clang++ meson setup "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled >/dev/null
   fi
   fuzz_targets=$(cd "$fuzz_build" && ninja -t targets all | awk -F: '$1 ~ /(^|\/)fuzz_[a-z0-9_]+$/ {print $1}')
