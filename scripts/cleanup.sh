@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Removes what meshlane's tests and demo may have left behind, by their own prefixes only:
-#   network namespaces and interfaces  mlt*  (tests), mld*  (demo)
-#   cgroups                            <cgroup2>/meshlane-test-*, <cgroup2>/meshlane-demo*
-#   BPF pins                           /sys/fs/bpf/meshlane-test-*, /sys/fs/bpf/meshlane-demo*
+#   network namespaces and interfaces  mlt*  (tests), mld*  (demo), mlb* (benchmarks)
+#   cgroups                            <cgroup2>/meshlane-{test-*,demo*,bench*}
+#   BPF pins                           /sys/fs/bpf/meshlane-{test-*,demo*,bench*}
 #   processes                          meshlaned started with one of those prefixes
 #   DPDK runtime files                 /var/run/dpdk/meshlane-test-*, meshlane-demo*
 # Production state (/sys/fs/bpf/meshlane/, a running production agent) is never touched.
@@ -10,19 +10,19 @@ set -u
 
 cgroup2=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
 
-pkill -f 'meshlaned .*(meshlane-test-|meshlane-demo|mlt|mld)' 2>/dev/null && sleep 0.5
+pkill -f 'meshlaned .*(meshlane-test-|meshlane-demo|meshlane-bench|mlt|mld)' 2>/dev/null && sleep 0.5
 pkill -9 -f 'meshlaned .*(meshlane-test-|meshlane-demo|mlt|mld)' 2>/dev/null
 
-for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^ml[td]'); do
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^ml[tdb]'); do
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns delete "$ns" 2>/dev/null && echo "cleanup: removed netns $ns"
 done
-for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^ml[td]'); do
+for link in $(ip -o link show 2>/dev/null | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -E '^ml[tdb]'); do
   ip link delete "$link" 2>/dev/null && echo "cleanup: removed link $link"
 done
 
 if [ -n "$cgroup2" ]; then
-  for cg in "$cgroup2"/meshlane-test-* "$cgroup2"/meshlane-demo*; do
+  for cg in "$cgroup2"/meshlane-test-* "$cgroup2"/meshlane-demo* "$cgroup2"/meshlane-bench*; do
     [ -d "$cg" ] || continue
     # Detach every program we may have attached there, then move processes out, then
     # remove the tree depth-first.
@@ -40,7 +40,7 @@ if [ -n "$cgroup2" ]; then
   done
 fi
 
-for pin in /sys/fs/bpf/meshlane-test-* /sys/fs/bpf/meshlane-demo*; do
+for pin in /sys/fs/bpf/meshlane-test-* /sys/fs/bpf/meshlane-demo* /sys/fs/bpf/meshlane-bench*; do
   [ -e "$pin" ] || continue
   rm -rf "$pin" && echo "cleanup: removed pins $pin"
 done

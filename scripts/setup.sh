@@ -13,6 +13,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # BPF skeletons, fuzzing runtime, kernel tools used by tests and the demo
   bpftool libclang-rt-14-dev iproute2 procps kmod
+  # the sidecar-model baseline of the pod-local benchmark
+  haproxy
   # metrics scrape check in tests
   python3 python3-prometheus-client
 )
