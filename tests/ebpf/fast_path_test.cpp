@@ -69,7 +69,8 @@ class FastPath : public ::testing::Test {
     topology() {
       run_command("mkdir -p " + dir);
       node.exec_or_fail("sysctl -qw net.ipv4.ip_forward=1");
-      ready = add_pod(pa, "pa", "198.18.1.10") && add_pod(pb, "pb", "198.18.1.20") &&
+      ready = add_pod(pa, "pa", "198.18.1.10", "fd00:6d6c:1::10") &&
+              add_pod(pb, "pb", "198.18.1.20", "fd00:6d6c:1::20") &&
               add_pod(pc, "pc", "198.18.1.30") && add_pod(rp, "rp", "198.18.2.10") && write_config() &&
               start_agent();
       if (!ready) return;
@@ -94,22 +95,30 @@ class FastPath : public ::testing::Test {
       run_command("rm -rf " + dir);
     }
 
-    bool add_pod(netns& pod, const std::string& name, const std::string& ip) {
+    bool add_pod(netns& pod, const std::string& name, const std::string& ip, const std::string& ip6 = "") {
       const veth_pair link = make_veth("-" + name, &pod, "-h" + name, &node);
-      return node.exec_or_fail("ip link set " + link.b + " up && ip addr add 198.18.1.1/32 dev " + link.b +
-                               " && ip route add " + ip + "/32 dev " + link.b) &&
-             pod.exec_or_fail("ip link set " + link.a + " up && ip addr add " + ip + "/32 dev " + link.a +
-                              " && ip route add 198.18.1.1 dev " + link.a + " scope link" +
-                              " && ip route add default via 198.18.1.1 dev " + link.a);
+      bool ok = node.exec_or_fail("ip link set " + link.b + " up && ip addr add 198.18.1.1/32 dev " + link.b +
+                                  " && ip route add " + ip + "/32 dev " + link.b) &&
+                pod.exec_or_fail("ip link set " + link.a + " up && ip addr add " + ip + "/32 dev " + link.a +
+                                 " && ip route add 198.18.1.1 dev " + link.a + " scope link" +
+                                 " && ip route add default via 198.18.1.1 dev " + link.a);
+      if (ok && !ip6.empty()) {
+        // The same shape for IPv6: gateway fd00:6d6c:1::1 on the host end, /128 routes.
+        ok = node.exec_or_fail("sysctl -qw net.ipv6.conf.all.forwarding=1 && ip -6 addr add fd00:6d6c:1::1/128 dev " +
+                               link.b + " nodad && ip -6 route add " + ip6 + "/128 dev " + link.b) &&
+             pod.exec_or_fail("ip -6 addr add " + ip6 + "/128 dev " + link.a + " nodad && ip -6 route add fd00:6d6c:1::1 dev " +
+                              link.a + " && ip -6 route add default via fd00:6d6c:1::1 dev " + link.a);
+      }
+      return ok;
     }
 
     bool write_config() {
       const json doc = {
           {"node", {{"name", "node1"}, {"underlay_ip", "198.19.0.1"}, {"pod_cidr", "198.18.1.0/24"},
-                    {"pod_cgroup", pods.path()}}},
+                    {"pod_cidr6", "fd00:6d6c:1::/64"}, {"pod_cgroup", pods.path()}}},
           {"nodes", {{{"name", "node2"}, {"underlay_ip", "198.19.0.2"}, {"pod_cidr", "198.18.2.0/24"}}}},
-          {"pods", {{{"name", "pa"}, {"ip", "198.18.1.10"}, {"interface", test_prefix() + "-hpa"}},
-                    {{"name", "pb"}, {"ip", "198.18.1.20"}, {"interface", test_prefix() + "-hpb"}},
+          {"pods", {{{"name", "pa"}, {"ip", "198.18.1.10"}, {"ip6", "fd00:6d6c:1::10"}, {"interface", test_prefix() + "-hpa"}},
+                    {{"name", "pb"}, {"ip", "198.18.1.20"}, {"ip6", "fd00:6d6c:1::20"}, {"interface", test_prefix() + "-hpb"}},
                     {{"name", "pc"}, {"ip", "198.18.1.30"}, {"interface", test_prefix() + "-hpc"}}}},
           {"services",
            {{{"name", "echo"}, {"vip", "198.19.128.10"}, {"ports", {{{"port", 80}, {"target_port", 7000}}}},
@@ -118,7 +127,9 @@ class FastPath : public ::testing::Test {
              {"backends", {{{"ip", "198.18.1.10"}, {"port", 7100}, {"weight", 1}, {"node", "node1"}},
                            {{"ip", "198.18.1.20"}, {"port", 7100}, {"weight", 3}, {"node", "node1"}}}}},
             {{"name", "udp"}, {"vip", "198.19.128.30"}, {"ports", {{{"port", 53}, {"protocol", "udp"}}}},
-             {"backends", {{{"ip", "198.18.1.20"}, {"port", 7200}, {"node", "node1"}}}}}}}};
+             {"backends", {{{"ip", "198.18.1.20"}, {"port", 7200}, {"node", "node1"}}}}},
+            {{"name", "echo6"}, {"vip", "fd00:6d6c:ff::10"}, {"ports", {{{"port", 80}, {"target_port", 7000}}}},
+             {"backends", {{{"ip", "fd00:6d6c:1::20"}, {"port", 7000}, {"node", "node1"}}}}}}}};
       std::ofstream(config) << doc.dump(2);
       return true;
     }
@@ -218,6 +229,22 @@ TEST_F(FastPath, WeightsAreHonouredOverManyConnections) {
   // Weights 1:3, so b's count is Binomial(400, 0.75): mean 300, sd 8.7; allow 5 sd.
   EXPECT_NEAR(b, 300, 44) << r.dump();
   EXPECT_EQ(peers.value("198.19.128.20:80", 0), kConnections) << r.dump();
+}
+
+TEST_F(FastPath, Ipv6PodsAreRedirectedAndAnIpv6VipResolves) {
+  auto before = counters();
+  json r = run_pod(topology_->pa, true, {"echo-client", "fd00:6d6c:1::20", "7000", "262144", "2"});
+  EXPECT_EQ(r.value("ok", false), true) << r.dump();
+  auto after = counters();
+  EXPECT_GE(after.redirected_bytes - before.redirected_bytes, 2u * 2u * 262144u);
+
+  before = after;
+  r = run_pod(topology_->pa, true, {"echo-client", "fd00:6d6c:ff::10", "80", "65536", "1"});
+  EXPECT_EQ(r.value("ok", false), true) << r.dump();
+  EXPECT_EQ(r.value("peer", ""), "fd00:6d6c:ff::10:80");
+  after = counters();
+  EXPECT_GE(after.connect_rewrites - before.connect_rewrites, 1u);
+  EXPECT_GE(after.redirected_bytes - before.redirected_bytes, 2u * 65536u);
 }
 
 TEST_F(FastPath, UdpToVipIsAnsweredFromTheVip) {
