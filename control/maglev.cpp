@@ -1,5 +1,7 @@
 #include "control/maglev.h"
 
+#include "control/stable_hash.h"
+
 #include <algorithm>
 #include <cassert>
 
@@ -7,21 +9,9 @@ namespace meshlane {
 
 namespace {
 
-// FNV-1a folded through a 64-bit finaliser (MurmurHash3 fmix64): fixed on every platform
-// and release, which keeps tables byte-identical across agent versions and nodes.
-uint64_t identity_hash(const std::string& text, uint64_t seed) {
-  uint64_t h = 0xcbf29ce484222325ull ^ seed;
-  for (unsigned char c : text) {
-    h ^= c;
-    h *= 0x100000001b3ull;
-  }
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
-}
+// FNV-1a folded through a 64-bit finaliser: fixed on every platform and release, which
+// keeps tables byte-identical across agent versions and nodes.
+uint64_t identity_hash(const std::string& text, uint64_t seed) { return mix64(fnv1a64(text, seed)); }
 
 constexpr uint64_t kOffsetSeed = 0x6d61676c65763031ull;  // "maglev01"
 constexpr uint64_t kSkipSeed = 0x736b697070657231ull;    // "skipper1"

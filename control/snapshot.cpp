@@ -4,18 +4,11 @@
 
 #include <cstring>
 
+#include "control/stable_hash.h"
+
 namespace meshlane {
 
 namespace {
-
-inline uint64_t mix64(uint64_t h) {
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
-}
 
 inline uint64_t hash_bytes16(const ip_address& ip, uint64_t extra) {
   uint64_t high, low;

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "control/maglev.h"
+#include "control/stable_hash.h"
 #include "ebpf/map_layout.h"
 #include "fast_path.skel.h"
 
@@ -136,10 +137,8 @@ ml_addr to_ml_addr(const ip_address& ip) {
 }
 
 uint64_t content_hash(const std::vector<ml_backend>& slots) {
-  uint64_t h = 0xcbf29ce484222325ull;
-  const auto* bytes = reinterpret_cast<const unsigned char*>(slots.data());
-  for (size_t i = 0; i < slots.size() * sizeof(ml_backend); ++i) h = (h ^ bytes[i]) * 0x100000001b3ull;
-  return h | 1;  // never 0, so a fresh entry never looks unchanged
+  // never 0, so a fresh entry never looks unchanged
+  return fnv1a64(slots.data(), slots.size() * sizeof(ml_backend)) | 1;
 }
 
 // Attaches `program` to the cgroup through a link pinned at links/<program>, replacing a

@@ -9,26 +9,14 @@
 #include <string>
 
 #include "tests/control/sample_document.h"
+#include "tests/harness/netns.h"
 
 namespace {
 
-struct run_result {
-  int exit_code;
-  std::string output;  // stdout and stderr together
-};
-
-// Runs a shell command; captures stdout and stderr unless the command redirects them.
-run_result run(const std::string& command) {
-  run_result result{-1, ""};
-  const bool redirects = command.find("2>&1") != std::string::npos;
-  FILE* pipe = popen((redirects ? command : command + " 2>&1").c_str(), "r");
-  if (!pipe) return result;
-  std::array<char, 4096> buffer;
-  while (size_t n = fread(buffer.data(), 1, buffer.size(), pipe)) result.output.append(buffer.data(), n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return result;
-}
+// The harness's shell runner: "(command) 2>&1", so a command that sends its own stdout
+// elsewhere ("2>&1 >/dev/null") leaves only its stderr in the output.
+using run_result = meshlane::testing::command_result;
+run_result run(const std::string& command) { return meshlane::testing::run_command(command); }
 
 std::string binary(const char* variable) {
   const char* path = std::getenv(variable);
