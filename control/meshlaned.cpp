@@ -5,7 +5,12 @@
 //   meshlaned --config FILE                 run the agent (SIGHUP re-reads FILE)
 //   meshlaned --uninstall                   detach and unpin the eBPF fast path
 //   meshlaned --ebpf-counters               print the pinned fast path's counters (JSON)
+//
+// The agent serves the control socket (meshctl) and HTTP (/metrics, /healthz, /readyz,
+// the status page at /) until SIGTERM.
 #include <getopt.h>
+#include <grp.h>
+#include <pwd.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -14,15 +19,17 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
-#include <memory>
-#include <vector>
 #include <sstream>
 #include <string>
 
+#include "control/control_requests.h"
+#include "control/control_socket.h"
 #include "control/desired_state.h"
+#include "control/http_server.h"
+#include "control/log_ring.h"
+#include "control/status_page.h"
 #include "control/table_compiler.h"
 #include "control/table_publisher.h"
-#include "control/subsystem_registry.h"
 #include "control/version.h"
 #include "dataplane/dataplane.h"
 #include "ebpf/fast_path.h"
@@ -37,6 +44,11 @@ void print_usage(FILE* out) {
                "  -c, --config FILE    desired-state document (JSON)\n"
                "      --check          validate FILE and exit: 0 valid, 1 invalid (errors on stderr)\n"
                "      --print-tables   validate and compile FILE, print the tables, exit\n"
+               "      --control-socket PATH  control socket (default /run/meshlane/control.sock)\n"
+               "      --control-uid UID      also allow this user (name or number) on the socket\n"
+               "      --control-gid GID      also allow this group (name or number) on the socket\n"
+               "      --metrics-listen ADDR:PORT  HTTP for /metrics, probes and the status page\n"
+               "                           (default 127.0.0.1:9464; 'off' disables it)\n"
                "      --bpf-pin-dir DIR  where the eBPF fast path is pinned (default /sys/fs/bpf/meshlane)\n"
                "      --no-ebpf        do not load or attach the eBPF fast path\n"
                "      --uninstall      detach the eBPF fast path and remove its pins, then exit\n"
@@ -53,9 +65,6 @@ void print_usage(FILE* out) {
                "interfaces.\n");
 }
 
-std::atomic<int> g_signal{0};
-void on_signal(int signo) { g_signal.store(signo); }
-
 bool read_file(const std::string& path, std::string& text) {
   std::ifstream file(path, std::ios::binary);
   if (!file) return false;
@@ -69,39 +78,63 @@ void print_errors(const std::string& path, const std::vector<meshlane::config_er
   for (const auto& e : errors) std::fprintf(stderr, "%s: %s\n", path.c_str(), e.to_string().c_str());
 }
 
-int apply_file(meshlane::table_publisher& publisher, const std::string& path) {
+// Applies through the control module, so that file applies are counted, logged to the
+// log ring and become the document `get config` and live tunables start from.
+int apply_file(meshlane::control_module& control, const std::string& path) {
   std::string text;
   if (!read_file(path, text)) {
-    std::fprintf(stderr, "meshlaned: cannot read %s: %s\n", path.c_str(), std::strerror(errno));
+    control.log().write(meshlane::log_level::error, "cannot read " + path + ": " + std::strerror(errno));
     return 1;
   }
-  const auto result = publisher.apply(text);
+  const auto result = control.apply_document(text, path);
   if (!result.errors.empty()) {
     print_errors(path, result.errors);
-    std::fprintf(stderr, "meshlaned: %s refused, the running tables stay\n", path.c_str());
     return 1;
   }
-  std::fprintf(stderr, "meshlaned: published generation %llu (compile %.3f ms, publish %.3f ms)\n",
-               static_cast<unsigned long long>(result.generation), result.compile_seconds * 1e3,
-               result.publish_seconds * 1e3);
   return 0;
+}
+
+// A user or group given by name or number; false when it names neither.
+bool parse_id(const char* text, bool is_group, unsigned& id) {
+  char* end = nullptr;
+  const unsigned long number = std::strtoul(text, &end, 10);
+  if (*text && !*end) {
+    id = static_cast<unsigned>(number);
+    return true;
+  }
+  if (is_group) {
+    const struct group* g = getgrnam(text);
+    if (g) id = g->gr_gid;
+    return g != nullptr;
+  }
+  const passwd* p = getpwnam(text);
+  if (p) id = p->pw_uid;
+  return p != nullptr;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  enum { kCheck = 1000, kPrintTables, kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval };
+  enum {
+    kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
+    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval
+  };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
-      {"print-tables", no_argument, nullptr, kPrintTables},
+      {"print-tables", no_argument, nullptr, kPrintTables}, {"version", no_argument, nullptr, 'V'},
+      {"control-socket", required_argument, nullptr, kControlSocket},
+      {"control-uid", required_argument, nullptr, kControlUid},
+      {"control-gid", required_argument, nullptr, kControlGid},
+      {"metrics-listen", required_argument, nullptr, kMetricsListen},
       {"bpf-pin-dir", required_argument, nullptr, kBpfPinDir},
       {"no-ebpf", no_argument, nullptr, kNoEbpf}, {"uninstall", no_argument, nullptr, kUninstall},
       {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
       {"stats-interval", required_argument, nullptr, kStatsInterval},
-      {"version", no_argument, nullptr, 'V'}, {"help", no_argument, nullptr, 'h'},
-      {nullptr, 0, nullptr, 0}};
+      {"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
   std::string config_path;
   bool check_only = false, print_tables = false;
+  meshlane::control_socket_options socket_options;
+  std::string metrics_listen = "127.0.0.1:9464";
   // eBPF fast path
   std::string bpf_pin_dir = meshlane::fast_path_options{}.pin_dir;
   bool no_ebpf = false, uninstall = false, ebpf_counters = false;
@@ -111,6 +144,19 @@ int main(int argc, char** argv) {
       case 'c': config_path = optarg; break;
       case kCheck: check_only = true; break;
       case kPrintTables: print_tables = true; break;
+      case kControlSocket: socket_options.path = optarg; break;
+      case kControlUid:
+      case kControlGid: {
+        unsigned id = 0;
+        if (!parse_id(optarg, opt == kControlGid, id)) {
+          std::fprintf(stderr, "meshlaned: no such %s '%s'\n", opt == kControlGid ? "group" : "user", optarg);
+          return 2;
+        }
+        if (opt == kControlUid) socket_options.allowed_uid = id;
+        else socket_options.allowed_gid = id, socket_options.allow_gid = true;
+        break;
+      }
+      case kMetricsListen: metrics_listen = optarg; break;
       case kBpfPinDir: bpf_pin_dir = optarg; break;
       case kNoEbpf: no_ebpf = true; break;
       case kUninstall: uninstall = true; break;
@@ -165,11 +211,20 @@ int main(int argc, char** argv) {
     return 0;
   }
 
-  meshlane::table_publisher publisher;
-  // The registry the control surface serves (metrics, status, tunables, queries).
-  meshlane::subsystem_registry registry;
+  // Signals are taken synchronously by the main thread (sigwait below); blocking them
+  // before any thread starts keeps them from landing on a server thread.
+  sigset_t signals;
+  sigemptyset(&signals);
+  for (int signo : {SIGINT, SIGTERM, SIGHUP}) sigaddset(&signals, signo);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
 
-  // eBPF fast path: attach where the document puts the pods, then follow every snapshot.
+  // --- control surface (issue 5): registry, log ring, control socket, HTTP ---
+  meshlane::table_publisher publisher;
+  meshlane::subsystem_registry registry;
+  meshlane::log_ring log(512);
+  meshlane::control_module control(publisher, registry, log);
+
+  // --- eBPF fast path: attach where the document puts the pods, then follow every snapshot.
   std::unique_ptr<meshlane::fast_path> ebpf;
   if (!no_ebpf) {
     const auto parsed = meshlane::load_desired_state(config_path);
@@ -181,25 +236,24 @@ int main(int argc, char** argv) {
       std::string error;
       ebpf = meshlane::fast_path::open({bpf_pin_dir, parsed.state->node.pod_cgroup}, error);
       if (!ebpf) {
-        std::fprintf(stderr, "meshlaned: eBPF fast path: %s\n", error.c_str());
+        log.write(meshlane::log_level::error, "eBPF fast path: " + error);
         return 1;
       }
-      std::fprintf(stderr, "meshlaned: eBPF fast path %s at %s, attached to %s\n",
-                   ebpf->adopted() ? "adopted" : "loaded", bpf_pin_dir.c_str(),
-                   parsed.state->node.pod_cgroup.c_str());
+      log.write(meshlane::log_level::info, std::string("eBPF fast path ") + (ebpf->adopted() ? "adopted" : "loaded") +
+                                               " at " + bpf_pin_dir + ", attached to " + parsed.state->node.pod_cgroup);
       publisher.add_sink("ebpf", [&ebpf](const auto& tables) { return ebpf->sync(*tables); });
       meshlane::register_fast_path_telemetry(registry, *ebpf);
     }
   }
 
-  if (apply_file(publisher, config_path) != 0) return 1;
+  if (apply_file(control, config_path) != 0) return 1;
 
-  // --- DPDK workers (issue 4): EAL, ports and workers when the document asks for them.
+  // --- DPDK workers: EAL, ports and workers when the document asks for them.
   std::unique_ptr<meshlane::worker_pool> dataplane;
   if (const auto state = publisher.current_state(); state && state->dataplane) {
     const auto& spec = *state->dataplane;
     if (std::string error = meshlane::init_eal(meshlane::eal_arguments(spec, state->tuning)); !error.empty()) {
-      std::fprintf(stderr, "meshlaned: dataplane: %s\n", error.c_str());
+      log.write(meshlane::log_level::error, "dataplane: " + error);
       return 1;
     }
     std::vector<meshlane::pool_port> ports;
@@ -208,36 +262,55 @@ int main(int argc, char** argv) {
     if (error.empty()) error = publisher.add_sink("dataplane", [&](const auto& tables) { return dataplane->install(tables); });
     if (error.empty()) error = dataplane->start();
     if (!error.empty()) {
-      std::fprintf(stderr, "meshlaned: dataplane: %s\n", error.c_str());
+      log.write(meshlane::log_level::error, "dataplane: " + error);
       dataplane.reset();
       meshlane::cleanup_eal();
       return 1;
     }
     dataplane->register_with(registry);
-    std::fprintf(stderr, "meshlaned: dataplane running: %zu ports, %u workers\n", ports.size(),
-                 unsigned(dataplane->worker_count()));
+    log.write(meshlane::log_level::info, "dataplane running: " + std::to_string(ports.size()) + " ports, " +
+                                             std::to_string(dataplane->worker_count()) + " workers");
   }
-  // --- end DPDK workers
-
-  struct sigaction action {};
-  action.sa_handler = on_signal;
-  sigemptyset(&action.sa_mask);
-  for (int signo : {SIGINT, SIGTERM, SIGHUP}) sigaction(signo, &action, nullptr);
-  while (true) {
-    if (dataplane && stats_interval_s) {  // issue 4: live counters for the demo
-      sleep(stats_interval_s);
-      if (g_signal.load() == 0) std::fprintf(stderr, "meshlaned: %s\n", dataplane->stats_line().c_str());
-    } else {
-      pause();
+  meshlane::control_socket_server control_socket(control);
+  if (std::string error = control_socket.start(socket_options); !error.empty()) {
+    log.write(meshlane::log_level::error, "control socket: " + error);
+    return 1;
+  }
+  meshlane::http_server http;
+  if (metrics_listen != "off") {
+    meshlane::add_agent_routes(http, control);
+    if (std::string error = http.start(metrics_listen); !error.empty()) {
+      log.write(meshlane::log_level::error, "metrics: " + error);
+      return 1;
     }
-    const int signo = g_signal.exchange(0);
+    const std::string host = metrics_listen.substr(0, metrics_listen.rfind(':'));
+    const std::string bound = host + ":" + std::to_string(http.port());
+    registry.add_status("http", [bound] { return nlohmann::json{{"listen", bound}}; });
+    log.write(meshlane::log_level::info, "metrics and status page on http://" + bound + "/");
+  }
+  // --- end control surface ---
+
+  while (true) {
+    int signo = 0;
+    if (dataplane && stats_interval_s) {  // live counters for the demo
+      const timespec interval{static_cast<time_t>(stats_interval_s), 0};
+      signo = sigtimedwait(&signals, nullptr, &interval);
+      if (signo < 0) {
+        std::fprintf(stderr, "meshlaned: %s\n", dataplane->stats_line().c_str());
+        continue;
+      }
+    } else if (sigwait(&signals, &signo) != 0) {
+      continue;
+    }
     if (signo == SIGHUP) {
-      apply_file(publisher, config_path);
+      apply_file(control, config_path);
     } else if (signo == SIGINT || signo == SIGTERM) {
       break;
     }
   }
-  if (dataplane) {  // issue 4: workers first, then ports, then EAL
+  http.stop();
+  control_socket.stop();
+  if (dataplane) {  // workers first, then ports, then EAL
     dataplane->stop();
     dataplane.reset();
     meshlane::cleanup_eal();

@@ -67,4 +67,17 @@ std::vector<std::string> subsystem_registry::query_names() const {
   return names;
 }
 
+void subsystem_registry::add_readiness(std::string subsystem, readiness_check fn) {
+  std::lock_guard lock(mutex_);
+  readiness_.emplace_back(std::move(subsystem), std::move(fn));
+}
+
+std::vector<std::string> subsystem_registry::not_ready() const {
+  std::lock_guard lock(mutex_);
+  std::vector<std::string> waiting;
+  for (const auto& [name, fn] : readiness_)
+    if (std::string reason = fn(); !reason.empty()) waiting.push_back(name + ": " + reason);
+  return waiting;
+}
+
 }  // namespace meshlane

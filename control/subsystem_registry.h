@@ -56,6 +56,12 @@ class subsystem_registry {
   // Tunable names are dotted, "<subsystem>.<name>", e.g. "dataplane.burst_size".
   void add_tunable(std::string name, tunable t);
   void add_query(std::string name, table_query fn);
+  // Readiness for /readyz: a check returns an empty string when its subsystem is ready
+  // (e.g. eBPF programs attached, ports started) or what it is still waiting for.
+  using readiness_check = std::function<std::string()>;
+  void add_readiness(std::string subsystem, readiness_check fn);
+  // "<subsystem>: <reason>" for every subsystem not ready yet; empty when all are.
+  std::vector<std::string> not_ready() const;
 
   std::vector<metric_family> collect() const;
   nlohmann::json status() const;  // {"<subsystem>": {...}, ...}
@@ -72,6 +78,7 @@ class subsystem_registry {
   std::vector<std::pair<std::string, status_provider>> statuses_;
   std::map<std::string, tunable> tunables_;
   std::map<std::string, table_query> queries_;
+  std::vector<std::pair<std::string, readiness_check>> readiness_;
 };
 
 }  // namespace meshlane

@@ -44,7 +44,8 @@ cat > "$work/node.json" <<JSON
  "pods": [{"name": "pa", "ip": "198.18.1.10", "interface": "mlb-pa-h"},
           {"name": "pb", "ip": "198.18.1.20", "interface": "mlb-pb-h"}]}
 JSON
-"$root/$build/meshlaned" --config "$work/node.json" --bpf-pin-dir "$pins" 2> "$work/agent.log" &
+"$root/$build/meshlaned" --config "$work/node.json" --bpf-pin-dir "$pins" \
+  --control-socket "$work/control.sock" --metrics-listen off 2> "$work/agent.log" &
 pids+=($!)
 for _ in $(seq 100); do grep -q "published generation 1" "$work/agent.log" && break; sleep 0.1; done
 grep -q "published generation 1" "$work/agent.log" || { cat "$work/agent.log"; exit 1; }

@@ -73,7 +73,8 @@ for s in d["services"]:
     s["backends"] = [b for b in s["backends"] if b["node"] == "node1"]
 print(json.dumps(d))
 PY
-"$build/meshlaned" --config "$work/node1-ebpf.json" --bpf-pin-dir "$pins" 2> "$work/agent.log" &
+"$build/meshlaned" --config "$work/node1-ebpf.json" --bpf-pin-dir "$pins" \
+  --control-socket "$work/control.sock" --metrics-listen off 2> "$work/agent.log" &
 agent_pid=$!
 for _ in $(seq 50); do grep -q "published generation 1" "$work/agent.log" && break; sleep 0.1; done
 cat "$work/agent.log"

@@ -85,7 +85,7 @@ TEST_F(Cli, MeshctlValidateAndCompileSpeakJson) {
 
 TEST_F(Cli, AgentPublishesAndStopsOnSigterm) {
   const std::string log = dir_ + "/cli_agent.log";
-  const auto r = run("(" + meshlaned_ + " --no-ebpf --config " + good_ + " > " + log + " 2>&1 & pid=$!; "
+  const auto r = run("(" + meshlaned_ + " --no-ebpf --control-socket " + dir_ + "/cli.sock --metrics-listen 127.0.0.1:0 --config " + good_ + " > " + log + " 2>&1 & pid=$!; "
                      "sleep 0.3; kill -HUP $pid; sleep 0.3; kill -TERM $pid; wait $pid); cat " + log);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("published generation 1"), std::string::npos) << r.output;

@@ -277,7 +277,9 @@ class two_nodes : public ::testing::Test {
     node& nd = nodes_[n - 1];
     std::ofstream(nd.log_path, std::ios::trunc);
     nd.agent = std::make_unique<child_process>(
-        std::vector<std::string>{meshlaned_, "--config", nd.config_path, "--stats-interval", "1"}, nd.ns.get(), nullptr,
+        std::vector<std::string>{meshlaned_, "--config", nd.config_path, "--stats-interval", "1", "--control-socket",
+                                 nd.config_path + ".sock"},
+        nd.ns.get(), nullptr,
         nd.log_path);
     for (auto deadline = std::chrono::steady_clock::now() + 15s; std::chrono::steady_clock::now() < deadline;) {
       if (read_text(nd.log_path).find("dataplane running") != std::string::npos) return true;

@@ -137,7 +137,8 @@ class FastPath : public ::testing::Test {
     bool start_agent() {
       const std::string log = dir + "/agent" + std::to_string(++agent_starts) + ".log";
       agent = std::make_unique<child_process>(
-          std::vector<std::string>{env("MESHLANED"), "--config", config, "--bpf-pin-dir", pin_dir},
+          std::vector<std::string>{env("MESHLANED"), "--config", config, "--bpf-pin-dir", pin_dir,
+                                   "--control-socket", dir + "/control.sock"},
           &node, nullptr, log);
       for (int i = 0; i < 200; ++i) {
         if (slurp(log).find("published generation 1") != std::string::npos) return true;

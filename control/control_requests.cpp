@@ -1,0 +1,537 @@
+#include "control/control_requests.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "control/table_compiler.h"
+#include "control/version.h"
+
+namespace meshlane {
+
+using nlohmann::json;
+
+namespace {
+
+double seconds_since_epoch() {
+  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+}
+
+// Document tunables that are safe to change while running: each re-publishes the
+// current document with the one value changed, so it is validated exactly like an apply.
+// Ring sizes, worker count and flow-table size need a restart and are not listed.
+constexpr const char* kLiveDocumentTunables[] = {
+    "burst_size", "idle_policy", "maglev_table_size", "tcp_established_timeout_s",
+    "tcp_transitory_timeout_s", "udp_timeout_s"};
+
+json tuning_value(const tunables& t, const std::string& key) {
+  if (key == "burst_size") return t.burst_size;
+  if (key == "idle_policy") return to_string(t.idle);
+  if (key == "maglev_table_size") return t.maglev_table_size;
+  if (key == "tcp_established_timeout_s") return t.tcp_established_timeout_s;
+  if (key == "tcp_transitory_timeout_s") return t.tcp_transitory_timeout_s;
+  if (key == "udp_timeout_s") return t.udp_timeout_s;
+  return nullptr;
+}
+
+// Paging arguments: offset >= 0, 1 <= limit <= kMaxPageRows. Returns an error reply or null.
+json read_paging(const json& request, size_t& offset, size_t& limit) {
+  offset = 0;
+  limit = 100;
+  if (request.contains("offset")) {
+    const json& v = request["offset"];
+    if (!v.is_number_unsigned()) return error_reply(control_error::kInvalidRequest, "offset must be a non-negative integer");
+    offset = v.get<size_t>();
+  }
+  if (request.contains("limit")) {
+    const json& v = request["limit"];
+    if (!v.is_number_unsigned() || v.get<uint64_t>() == 0 || v.get<uint64_t>() > kMaxPageRows)
+      return error_reply(control_error::kInvalidRequest,
+                         "limit must be an integer 1.." + std::to_string(kMaxPageRows));
+    limit = v.get<size_t>();
+  }
+  return nullptr;
+}
+
+json page(const json& all_rows, size_t offset, size_t limit) {
+  json rows = json::array();
+  for (size_t i = offset; i < all_rows.size() && rows.size() < limit; ++i) rows.push_back(all_rows[i]);
+  return {{"ok", true}, {"rows", rows}, {"total", all_rows.size()}, {"offset", offset}, {"limit", limit}};
+}
+
+// Slots each backend of a service owns in its Maglev table: its designed share of flows.
+std::vector<uint32_t> maglev_slot_counts(const snapshot& tables, const table_service& svc) {
+  std::vector<uint32_t> counts(svc.backend_count, 0);
+  if (svc.backend_count == 0) return counts;
+  const uint32_t m = tables.tuning.maglev_table_size;
+  for (uint32_t i = 0; i < m; ++i) {
+    const uint16_t slot = tables.maglev_slots[svc.maglev_offset + i];
+    if (slot < counts.size()) ++counts[slot];
+  }
+  return counts;
+}
+
+std::string frontend_text(const table_frontend& f) {
+  std::string text = std::to_string(f.port) + "/" + to_string(f.protocol);
+  if (f.target_port) text += "->" + std::to_string(f.target_port);
+  return text;
+}
+
+}  // namespace
+
+json error_reply(const char* code, std::string message) {
+  return {{"ok", false}, {"error", code}, {"message", std::move(message)}};
+}
+
+std::optional<control_request> parse_control_request(std::string_view line, json& error_out) {
+  json body = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
+  if (body.is_discarded()) {
+    error_out = error_reply(control_error::kInvalidJson, "the request is not valid JSON; send one JSON object per line");
+    return std::nullopt;
+  }
+  if (!body.is_object()) {
+    error_out = error_reply(control_error::kInvalidRequest, "the request must be a JSON object, e.g. {\"command\":\"status\"}");
+    return std::nullopt;
+  }
+  auto it = body.find("command");
+  if (it == body.end() || !it->is_string()) {
+    error_out = error_reply(control_error::kInvalidRequest, "the request needs a string member \"command\"");
+    return std::nullopt;
+  }
+  control_request request;
+  request.command = it->get<std::string>();
+  request.body = std::move(body);
+  return request;
+}
+
+control_module::control_module(table_publisher& publisher, subsystem_registry& registry, log_ring& log)
+    : publisher_(publisher), registry_(registry), log_(log) {
+  register_own();
+}
+
+double control_module::uptime_seconds() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+}
+
+publish_result control_module::apply_document(std::string_view document_json, const std::string& source) {
+  publish_result result = publisher_.apply(document_json);
+  {
+    std::lock_guard lock(mutex_);
+    if (result.errors.empty()) {
+      ++applies_ok_;
+      document_json_.assign(document_json);
+    } else {
+      ++applies_refused_;
+    }
+    compile_seconds_total_ += result.compile_seconds;
+    publish_seconds_total_ += result.publish_seconds;
+    last_compile_seconds_ = result.compile_seconds;
+    last_publish_seconds_ = result.publish_seconds;
+  }
+  if (result.errors.empty()) {
+    char timing[96];
+    std::snprintf(timing, sizeof timing, " (compile %.3f ms, publish %.3f ms)", result.compile_seconds * 1e3,
+                  result.publish_seconds * 1e3);
+    log_.write(log_level::info, "published generation " + std::to_string(result.generation) + " from " + source + timing);
+  } else {
+    std::string first = result.errors.front().to_string();
+    log_.write(log_level::error, "document from " + source + " refused (" + std::to_string(result.errors.size()) +
+                                     " error(s), first: " + first + "); the running tables stay");
+  }
+  return result;
+}
+
+void control_module::count_request(const std::string& command, const json& reply) {
+  std::lock_guard lock(mutex_);
+  ++requests_by_command_[command.empty() ? "(none)" : command];
+  if (reply.is_object() && reply.value("ok", true) == false && reply.contains("error") && reply["error"].is_string())
+    ++errors_by_code_[reply["error"].get<std::string>()];
+}
+
+json control_module::handle_line(std::string_view line) {
+  json reply;
+  auto request = parse_control_request(line, reply);
+  if (!request) {
+    count_request("(invalid)", reply);
+    return reply;
+  }
+  reply = handle(*request);
+  return reply;
+}
+
+json control_module::handle(const control_request& request) {
+  json reply;
+  const std::string& c = request.command;
+  if (c == "status") reply = status();
+  else if (c == "apply") reply = apply_request(request.body);
+  else if (c == "get") reply = get(request.body);
+  else if (c == "stats") reply = stats();
+  else if (c == "tune") reply = tune(request.body);
+  else if (c == "flows") reply = flows(request.body);
+  else reply = error_reply(control_error::kUnknownCommand,
+                           "unknown command '" + c + "'; commands: status, apply, get, stats, tune, flows");
+  const bool known = c == "status" || c == "apply" || c == "get" || c == "stats" || c == "tune" || c == "flows";
+  count_request(known ? c : "(unknown)", reply);
+  return reply;
+}
+
+json control_module::status() {
+  json out = {{"ok", true}, {"version", kVersion}, {"uptime_seconds", uptime_seconds()}};
+  if (auto tables = publisher_.current()) {
+    out["generation"] = tables->generation;
+    out["content_digest"] = tables->content_digest();
+    out["tables"] = {{"services", tables->services.size()}, {"backends", tables->backends.size()},
+                     {"frontends", tables->frontends.size()}, {"pods", tables->pods.size()},
+                     {"routes", tables->routes.size()}, {"nodes", tables->nodes.size()}};
+  } else {
+    out["generation"] = 0;
+  }
+  const auto waiting = registry_.not_ready();
+  out["ready"] = publisher_.current() != nullptr && waiting.empty();
+  out["not_ready"] = waiting;
+  // Ports, workers and eBPF attach state come from the subsystems that own them.
+  out["subsystems"] = registry_.status();
+  json errors = json::array();
+  for (const auto& line : log_.recent(10, log_level::warn))
+    errors.push_back({{"time", line.unix_seconds}, {"level", to_string(line.level)}, {"message", line.message}});
+  out["recent_errors"] = errors;
+  return out;
+}
+
+json control_module::apply_request(const json& request) {
+  auto it = request.find("document");
+  if (it == request.end() || !it->is_object())
+    return error_reply(control_error::kInvalidRequest, "apply needs a member \"document\" holding the desired-state object");
+  const publish_result result = apply_document(it->dump(), "control socket");
+  if (result.errors.empty()) {
+    return {{"ok", true}, {"generation", result.generation}, {"compile_seconds", result.compile_seconds},
+            {"publish_seconds", result.publish_seconds}};
+  }
+  // Only a sink failure gets as far as publishing; validation failures stop before it.
+  const bool validation = result.publish_seconds == 0;
+  json reply = error_reply(validation ? control_error::kInvalidDocument : control_error::kPublishFailed,
+                           std::to_string(result.errors.size()) +
+                               " error(s); nothing was changed, the running tables stay");
+  json errors = json::array();
+  for (const auto& e : result.errors) errors.push_back({{"path", e.path}, {"message", e.message}});
+  reply["errors"] = errors;
+  return reply;
+}
+
+json control_module::get(const json& request) {
+  auto it = request.find("what");
+  if (it == request.end() || !it->is_string())
+    return error_reply(control_error::kInvalidRequest,
+                       "get needs \"what\": config, tables, services, backends, routes, maglev or flows");
+  const std::string what = it->get<std::string>();
+  if (what == "flows") return flows(request);
+  if (what == "config") {
+    std::lock_guard lock(mutex_);
+    if (document_json_.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
+    return {{"ok", true}, {"document", json::parse(document_json_)}};
+  }
+  const auto tables = publisher_.current();
+  if (what != "tables" && what != "services" && what != "backends" && what != "routes" && what != "maglev")
+    return error_reply(control_error::kUnknownTable, "unknown table '" + what +
+                                                         "'; tables: config, tables, services, backends, routes, maglev, flows");
+  if (!tables) return error_reply(control_error::kUnavailable, "no snapshot has been published yet");
+  if (what == "tables") {
+    return {{"ok", true}, {"generation", tables->generation}, {"content_digest", tables->content_digest()},
+            {"services", tables->services.size()}, {"backends", tables->backends.size()},
+            {"frontends", tables->frontends.size()}, {"routes", tables->routes.size()},
+            {"pods", tables->pods.size()}, {"nodes", tables->nodes.size()},
+            {"maglev_table_size", tables->tuning.maglev_table_size}};
+  }
+  size_t offset, limit;
+  if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
+  json rows = json::array();
+  if (what == "services") {
+    for (size_t s = 0; s < tables->services.size(); ++s) {
+      const auto& svc = tables->services[s];
+      json ports = json::array();
+      for (const auto& f : tables->frontends)
+        if (f.service_index == s) ports.push_back(frontend_text(f));
+      rows.push_back({{"name", svc.name}, {"vip", svc.vip.to_string()}, {"ports", ports},
+                      {"backends", svc.backend_count}, {"session_affinity", svc.session_affinity}});
+    }
+  } else if (what == "backends" || what == "maglev") {
+    for (const auto& svc : tables->services) {
+      const auto counts = maglev_slot_counts(*tables, svc);
+      const double m = tables->tuning.maglev_table_size;
+      if (what == "maglev") {
+        json shares = json::array();
+        for (uint32_t b = 0; b < svc.backend_count; ++b) {
+          const auto& be = tables->backends[svc.first_backend + b];
+          shares.push_back({{"backend", be.ip.to_string() + ":" + std::to_string(be.port)}, {"weight", be.weight},
+                            {"slots", counts[b]}, {"share", counts[b] / m}});
+        }
+        rows.push_back({{"service", svc.name}, {"table_size", tables->tuning.maglev_table_size},
+                        {"backends", shares}});
+        continue;
+      }
+      for (uint32_t b = 0; b < svc.backend_count; ++b) {
+        const auto& be = tables->backends[svc.first_backend + b];
+        rows.push_back({{"service", svc.name}, {"ip", be.ip.to_string()}, {"port", be.port},
+                        {"weight", be.weight}, {"node", tables->nodes.at(be.node_index).name},
+                        {"maglev_share", counts[b] / m}});
+      }
+    }
+  } else {  // routes
+    for (const auto& r : tables->routes)
+      rows.push_back({{"prefix", r.prefix.to_string()}, {"node", tables->nodes.at(r.node_index).name},
+                      {"underlay_ip", tables->nodes.at(r.node_index).underlay_ip.to_string()},
+                      {"local", r.node_index == kLocalNodeIndex}});
+  }
+  json reply = page(rows, offset, limit);
+  reply["generation"] = tables->generation;
+  return reply;
+}
+
+json control_module::flows(const json& request) {
+  size_t offset, limit;
+  if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
+  const auto names = registry_.query_names();
+  if (std::find(names.begin(), names.end(), "flows") == names.end())
+    return error_reply(control_error::kUnavailable,
+                       "no subsystem provides flow records in this agent (the data planes register the 'flows' query)");
+  json result = registry_.query("flows", {{"offset", offset}, {"limit", limit}});
+  // A provider returns either rows, or {"rows":[...],"total":N}.
+  json rows = result.is_object() && result.contains("rows") ? result["rows"] : result;
+  if (!rows.is_array()) return error_reply(control_error::kUnavailable, "the flows provider returned no rows");
+  if (rows.size() > limit) rows.erase(rows.begin() + static_cast<std::ptrdiff_t>(limit), rows.end());
+  json reply = {{"ok", true}, {"rows", rows}, {"offset", offset}, {"limit", limit}};
+  reply["total"] = result.is_object() && result.contains("total") ? result["total"] : json(rows.size());
+  return reply;
+}
+
+json control_module::stats() {
+  json families = json::array();
+  for (const auto& family : registry_.collect()) {
+    json samples = json::array();
+    for (const auto& sample : family.samples) {
+      json labels = json::object();
+      for (const auto& [k, v] : sample.labels) labels[k] = v;
+      samples.push_back({{"labels", labels}, {"value", std::isfinite(sample.value) ? json(sample.value) : json(nullptr)}});
+    }
+    families.push_back({{"name", family.name}, {"help", family.help},
+                        {"kind", family.kind == metric_kind::counter ? "counter" : "gauge"}, {"samples", samples}});
+  }
+  return {{"ok", true}, {"metrics", families}};
+}
+
+json control_module::tune(const json& request) {
+  auto it = request.find("settings");
+  if (it == request.end() || (it->is_object() && it->empty())) {
+    json list = json::object();
+    for (const auto& name : registry_.tunable_names()) {
+      const tunable* t = registry_.find_tunable(name);
+      list[name] = {{"value", t->get ? t->get() : json(nullptr)}, {"description", t->description}};
+    }
+    return {{"ok", true}, {"tunables", list}};
+  }
+  if (!it->is_object())
+    return error_reply(control_error::kInvalidRequest, "tune needs \"settings\": an object of name -> value");
+  // Check every name before changing anything.
+  std::vector<std::string> unknown;
+  for (const auto& [name, value] : it->items())
+    if (!registry_.find_tunable(name)) unknown.push_back(name);
+  if (!unknown.empty()) {
+    std::string names;
+    for (const auto& n : unknown) names += (names.empty() ? "" : ", ") + n;
+    std::string known;
+    for (const auto& n : registry_.tunable_names()) known += (known.empty() ? "" : ", ") + n;
+    json reply = error_reply(control_error::kUnknownTunable, "unknown tunable(s): " + names + "; known: " + known);
+    reply["unknown"] = unknown;
+    return reply;
+  }
+  // Apply in order; when one is refused, put the earlier ones back so that a tune request
+  // changes all of its settings or none.
+  std::vector<std::pair<const tunable*, json>> applied;
+  json results = json::object();
+  for (const auto& [name, value] : it->items()) {
+    const tunable* t = registry_.find_tunable(name);
+    json before = t->get ? t->get() : json(nullptr);
+    if (std::string refused = t->apply(value); !refused.empty()) {
+      for (auto r = applied.rbegin(); r != applied.rend(); ++r) r->first->apply(r->second);
+      log_.write(log_level::warn, "tune " + name + "=" + value.dump() + " refused: " + refused);
+      json reply = error_reply(control_error::kInvalidValue, name + ": " + refused + " (nothing was changed)");
+      reply["tunable"] = name;
+      return reply;
+    }
+    applied.emplace_back(t, before);
+    results[name] = t->get ? t->get() : value;
+    log_.write(log_level::info, "tuned " + name + " from " + before.dump() + " to " + results[name].dump());
+  }
+  return {{"ok", true}, {"applied", results}};
+}
+
+std::string control_module::set_document_tunable(const std::string& key, const json& value) {
+  std::string text;
+  {
+    std::lock_guard lock(mutex_);
+    text = document_json_;
+  }
+  if (text.empty()) return "no document has been published yet";
+  json document = json::parse(text, nullptr, false);
+  if (document.is_discarded() || !document.is_object()) return "the current document cannot be re-read";
+  document["tunables"][key] = value;
+  const publish_result result = apply_document(document.dump(), "tune " + key);
+  if (result.errors.empty()) return {};
+  std::string message;
+  for (const auto& e : result.errors) message += (message.empty() ? "" : "; ") + e.to_string();
+  return message;
+}
+
+void control_module::register_own() {
+  registry_.add_collector("control", [this](std::vector<metric_family>& out) {
+    const auto tables = publisher_.current();
+    std::lock_guard lock(mutex_);
+    out.push_back({"meshlane_control_snapshot_generation", "Generation of the published table snapshot (0: none yet).",
+                   metric_kind::gauge, {{{}, tables ? static_cast<double>(tables->generation) : 0.0}}});
+    out.push_back({"meshlane_control_applies_total", "Desired-state documents applied, by result.", metric_kind::counter,
+                   {{{{"result", "published"}}, static_cast<double>(applies_ok_)},
+                    {{{"result", "refused"}}, static_cast<double>(applies_refused_)}}});
+    out.push_back({"meshlane_control_apply_duration_seconds_total",
+                   "Time spent applying documents, by phase (compile includes validation).", metric_kind::counter,
+                   {{{{"phase", "compile"}}, compile_seconds_total_}, {{{"phase", "publish"}}, publish_seconds_total_}}});
+    out.push_back({"meshlane_control_last_apply_duration_seconds", "Duration of the last apply, by phase.",
+                   metric_kind::gauge,
+                   {{{{"phase", "compile"}}, last_compile_seconds_}, {{{"phase", "publish"}}, last_publish_seconds_}}});
+    out.push_back({"meshlane_control_uptime_seconds", "Seconds since the agent started.", metric_kind::gauge,
+                   {{{}, uptime_seconds()}}});
+    metric_family lines{"meshlane_control_log_lines_total", "Log lines written, by level.", metric_kind::counter, {}};
+    for (auto level : {log_level::debug, log_level::info, log_level::warn, log_level::error})
+      lines.samples.push_back({{{"level", to_string(level)}}, static_cast<double>(log_.written(level))});
+    out.push_back(std::move(lines));
+    metric_family requests{"meshlane_control_requests_total", "Control requests handled, by command.",
+                           metric_kind::counter, {}};
+    for (const auto& [command, n] : requests_by_command_)
+      requests.samples.push_back({{{"command", command}}, static_cast<double>(n)});
+    out.push_back(std::move(requests));
+    metric_family errors{"meshlane_control_request_errors_total", "Control requests answered with an error, by code.",
+                         metric_kind::counter, {}};
+    for (const auto& [code, n] : errors_by_code_)
+      errors.samples.push_back({{{"error", code}}, static_cast<double>(n)});
+    out.push_back(std::move(errors));
+    out.push_back({"meshlane_control_clients", "Control socket clients connected now.", metric_kind::gauge,
+                   {{{}, static_cast<double>(connected_clients.load())}}});
+    out.push_back({"meshlane_http_requests_total", "HTTP requests served (metrics, probes, status page).",
+                   metric_kind::counter, {{{}, static_cast<double>(http_requests.load())}}});
+    if (tables) {
+      out.push_back({"meshlane_control_table_entries", "Entries in the published tables, by table.", metric_kind::gauge,
+                     {{{{"table", "services"}}, static_cast<double>(tables->services.size())},
+                      {{{"table", "backends"}}, static_cast<double>(tables->backends.size())},
+                      {{{"table", "frontends"}}, static_cast<double>(tables->frontends.size())},
+                      {{{"table", "routes"}}, static_cast<double>(tables->routes.size())},
+                      {{{"table", "pods"}}, static_cast<double>(tables->pods.size())}}});
+    }
+  });
+
+  registry_.add_status("control", [this] {
+    const auto tables = publisher_.current();
+    std::lock_guard lock(mutex_);
+    return json{{"generation", tables ? tables->generation : 0},
+                {"applies", {{"published", applies_ok_}, {"refused", applies_refused_}}},
+                {"last_apply_seconds", {{"compile", last_compile_seconds_}, {"publish", last_publish_seconds_}}},
+                {"log_level", to_string(log_.threshold())},
+                {"clients", connected_clients.load()}};
+  });
+
+  registry_.add_readiness("control", [this]() -> std::string {
+    return publisher_.current() ? "" : "no snapshot published yet";
+  });
+
+  registry_.add_tunable("control.log_level",
+                        {"lowest level kept in the log ring and written to stderr: debug, info, warn, error",
+                         [this] { return json(to_string(log_.threshold())); },
+                         [this](const json& value) -> std::string {
+                           if (!value.is_string()) return "must be a string: debug, info, warn or error";
+                           auto level = parse_log_level(value.get<std::string>());
+                           if (!level) return "must be debug, info, warn or error, got " + value.dump();
+                           log_.set_threshold(*level);
+                           return {};
+                         }});
+  for (const char* key : kLiveDocumentTunables) {
+    const std::string name = key;
+    registry_.add_tunable("tables." + name,
+                          {"the document's tunables." + name + "; changing it re-publishes the tables",
+                           [this, name] {
+                             auto state = publisher_.current_state();
+                             return state ? tuning_value(state->tuning, name) : json(nullptr);
+                           },
+                           [this, name](const json& value) { return set_document_tunable(name, value); }});
+  }
+}
+
+json control_module::status_page_model() {
+  json model = {{"version", kVersion}, {"uptime_seconds", uptime_seconds()}, {"time", seconds_since_epoch()}};
+  const auto tables = publisher_.current();
+  model["generation"] = tables ? tables->generation : 0;
+  const auto waiting = registry_.not_ready();
+  model["ready"] = tables != nullptr && waiting.empty();
+  model["not_ready"] = waiting;
+
+  // Every counter and gauge, one row per sample; and per-backend traffic when a subsystem
+  // reports it (meshlane_backend_packets_total{service,backend="ip:port"}).
+  json counters = json::array();
+  std::map<std::string, double> backend_packets;
+  for (const auto& family : registry_.collect()) {
+    for (const auto& sample : family.samples) {
+      std::string labels;
+      std::string service, backend;
+      for (const auto& [k, v] : sample.labels) {
+        labels += (labels.empty() ? "" : ",") + k + "=" + v;
+        if (k == "service") service = v;
+        if (k == "backend") backend = v;
+      }
+      counters.push_back({{"name", family.name}, {"labels", labels},
+                          {"kind", family.kind == metric_kind::counter ? "counter" : "gauge"},
+                          {"value", std::isfinite(sample.value) ? json(sample.value) : json(nullptr)}});
+      if (family.name == "meshlane_backend_packets_total" && !service.empty() && !backend.empty())
+        backend_packets[service + "|" + backend] += sample.value;
+    }
+  }
+  model["counters"] = counters;
+
+  json services = json::array();
+  if (tables) {
+    for (size_t s = 0; s < tables->services.size(); ++s) {
+      const auto& svc = tables->services[s];
+      const auto counts = maglev_slot_counts(*tables, svc);
+      double service_packets = 0;
+      for (uint32_t b = 0; b < svc.backend_count; ++b) {
+        const auto& be = tables->backends[svc.first_backend + b];
+        auto it = backend_packets.find(svc.name + "|" + be.ip.to_string() + ":" + std::to_string(be.port));
+        if (it != backend_packets.end()) service_packets += it->second;
+      }
+      json backends = json::array();
+      for (uint32_t b = 0; b < svc.backend_count; ++b) {
+        const auto& be = tables->backends[svc.first_backend + b];
+        const std::string address = be.ip.to_string() + ":" + std::to_string(be.port);
+        auto it = backend_packets.find(svc.name + "|" + address);
+        const double packets = it == backend_packets.end() ? 0 : it->second;
+        backends.push_back({{"address", address}, {"node", tables->nodes.at(be.node_index).name},
+                            {"weight", be.weight},
+                            {"maglev_share", counts[b] / static_cast<double>(tables->tuning.maglev_table_size)},
+                            {"packets", packets},
+                            {"traffic_share", service_packets > 0 ? json(packets / service_packets) : json(nullptr)}});
+      }
+      json ports = json::array();
+      for (const auto& f : tables->frontends)
+        if (f.service_index == s) ports.push_back(frontend_text(f));
+      services.push_back({{"name", svc.name}, {"vip", svc.vip.to_string()}, {"ports", ports},
+                          {"packets", service_packets}, {"backends", backends}});
+    }
+  }
+  model["services"] = services;
+
+  json lines = json::array(), errors = json::array();
+  for (const auto& line : log_.recent(50))
+    lines.push_back({{"time", line.unix_seconds}, {"level", to_string(line.level)}, {"message", line.message}});
+  for (const auto& line : log_.recent(20, log_level::warn))
+    errors.push_back({{"time", line.unix_seconds}, {"level", to_string(line.level)}, {"message", line.message}});
+  model["log"] = lines;
+  model["errors"] = errors;
+  return model;
+}
+
+}  // namespace meshlane

@@ -1,0 +1,117 @@
+// The control module's request handling: one JSON request in, one JSON reply out. The
+// control socket, meshctl and the status page all go through here, and everything shown
+// or changed comes from the table publisher and the subsystem registry.
+//
+// Requests (one JSON object per line):
+//   {"command":"status"}
+//   {"command":"apply","document":{...desired state...}}
+//   {"command":"get","what":"config"}
+//   {"command":"get","what":"tables"}                      summary: table sizes, digest
+//   {"command":"get","what":"services|backends|routes|maglev|flows","offset":0,"limit":100}
+//   {"command":"stats"}
+//   {"command":"tune","settings":{"control.log_level":"debug","tables.burst_size":64}}
+//   {"command":"tune"}                                       lists tunables and values
+//   {"command":"flows","limit":100,"follow":true}            follow: the socket streams
+// Replies: {"ok":true,...} or {"ok":false,"error":"<code>","message":"<human text>"};
+// apply adds "errors":[{"path":"$...","message":...}] with every validation error.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+
+#include "control/log_ring.h"
+#include "control/subsystem_registry.h"
+#include "control/table_publisher.h"
+
+namespace meshlane {
+
+// Machine-readable error codes a client can switch on.
+namespace control_error {
+inline constexpr const char* kInvalidJson = "invalid_json";
+inline constexpr const char* kInvalidRequest = "invalid_request";
+inline constexpr const char* kUnknownCommand = "unknown_command";
+inline constexpr const char* kInvalidDocument = "invalid_document";
+inline constexpr const char* kPublishFailed = "publish_failed";
+inline constexpr const char* kUnknownTunable = "unknown_tunable";
+inline constexpr const char* kInvalidValue = "invalid_value";
+inline constexpr const char* kUnknownTable = "unknown_table";
+inline constexpr const char* kUnavailable = "unavailable";
+inline constexpr const char* kLineTooLong = "line_too_long";
+inline constexpr const char* kPermissionDenied = "permission_denied";
+inline constexpr const char* kTooManyClients = "too_many_clients";
+inline constexpr const char* kBusy = "busy";
+}  // namespace control_error
+
+inline constexpr size_t kMaxPageRows = 1000;
+
+struct control_request {
+  std::string command;
+  nlohmann::json body;  // the whole request object
+};
+
+// Parses one request line. On failure returns nullopt and fills `error_reply`.
+std::optional<control_request> parse_control_request(std::string_view line, nlohmann::json& error_reply);
+
+nlohmann::json error_reply(const char* code, std::string message);
+
+// The control module: owns the apply path (counting applies and their durations), the
+// log ring, and registers its own metrics, status, tunables and readiness.
+class control_module {
+ public:
+  control_module(table_publisher& publisher, subsystem_registry& registry, log_ring& log);
+
+  // Validates, compiles and publishes a document; logs and counts the result.
+  publish_result apply_document(std::string_view document_json, const std::string& source);
+
+  // Handles one request line (what the socket receives) and returns the reply.
+  nlohmann::json handle_line(std::string_view line);
+  nlohmann::json handle(const control_request& request);
+
+  // Rows for one `flows` poll (also what a follow stream sends each interval).
+  nlohmann::json flows(const nlohmann::json& args);
+
+  // For the status page: counters, services and backends with their shares, log lines.
+  nlohmann::json status_page_model();
+
+  // Counted by the servers: requests per command, errors per code, connected clients.
+  void count_request(const std::string& command, const nlohmann::json& reply);
+  std::atomic<int> connected_clients{0};
+  std::atomic<uint64_t> http_requests{0};
+
+  table_publisher& publisher() { return publisher_; }
+  subsystem_registry& registry() { return registry_; }
+  log_ring& log() { return log_; }
+  double uptime_seconds() const;
+
+ private:
+  nlohmann::json status();
+  nlohmann::json get(const nlohmann::json& request);
+  nlohmann::json stats();
+  nlohmann::json tune(const nlohmann::json& request);
+  nlohmann::json apply_request(const nlohmann::json& request);
+  void register_own();
+  std::string set_document_tunable(const std::string& key, const nlohmann::json& value);
+
+  table_publisher& publisher_;
+  subsystem_registry& registry_;
+  log_ring& log_;
+  const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+
+  mutable std::mutex mutex_;  // guards what follows
+  std::string document_json_;  // the last published document, for `get config` and tunables
+  uint64_t applies_ok_ = 0, applies_refused_ = 0;
+  double compile_seconds_total_ = 0, publish_seconds_total_ = 0;
+  double last_compile_seconds_ = 0, last_publish_seconds_ = 0;
+  std::map<std::string, uint64_t> requests_by_command_;
+  std::map<std::string, uint64_t> errors_by_code_;
+};
+
+}  // namespace meshlane

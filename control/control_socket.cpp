@@ -1,0 +1,365 @@
+#include "control/control_socket.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <filesystem>
+#include <list>
+
+namespace meshlane {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now().time_since_epoch()).count();
+}
+
+bool fill_address(const std::string& path, sockaddr_un& address) {
+  std::memset(&address, 0, sizeof address);
+  address.sun_family = AF_UNIX;
+  if (path.empty() || path.size() >= sizeof address.sun_path) return false;
+  std::memcpy(address.sun_path, path.data(), path.size());
+  return true;
+}
+
+struct client {
+  int fd = -1;
+  std::string input;
+  std::string output;
+  size_t output_sent = 0;
+  int64_t last_activity_ms = 0;
+  bool closing = false;     // close once output is flushed
+  bool following = false;   // `flows` follow stream
+  nlohmann::json follow_args;
+  int64_t next_follow_ms = 0;
+};
+
+}  // namespace
+
+std::string control_socket_server::start(const control_socket_options& options) {
+  options_ = options;
+  sockaddr_un address;
+  if (!fill_address(options_.path, address))
+    return "control socket path '" + options_.path + "' is empty or longer than " +
+           std::to_string(sizeof address.sun_path - 1) + " bytes";
+
+  const std::filesystem::path dir = std::filesystem::path(options_.path).parent_path();
+  std::error_code ec;
+  if (!dir.empty() && !std::filesystem::exists(dir, ec)) {
+    std::filesystem::create_directories(dir, ec);
+    if (ec) return "cannot create " + dir.string() + ": " + ec.message();
+    ::chmod(dir.c_str(), 0755);
+  }
+
+  // A socket file left by an agent that died is replaced; one that answers is a running
+  // agent and is left alone.
+  struct stat st;
+  if (::lstat(options_.path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode)) return options_.path + " exists and is not a socket; refusing to replace it";
+    const int probe = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const bool alive = probe >= 0 && ::connect(probe, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0;
+    if (probe >= 0) ::close(probe);
+    if (alive) return "another agent is listening on " + options_.path + "; stop it or choose --control-socket";
+    ::unlink(options_.path.c_str());
+  }
+
+  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd_ < 0) return std::string("socket(AF_UNIX): ") + std::strerror(errno);
+  // The file is created by bind with the umask applied: 0177 makes it 0600 from its first
+  // moment, so no other user can connect in between.
+  const mode_t old_umask = ::umask(0177);
+  const int bound = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  const int bind_errno = errno;
+  ::umask(old_umask);
+  if (bound != 0 || ::listen(listen_fd_, 64) != 0) {
+    std::string message = "cannot listen on " + options_.path + ": " + std::strerror(bound != 0 ? bind_errno : errno);
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    return message;
+  }
+  ::chmod(options_.path.c_str(), 0600);
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  stopping_ = false;
+  thread_ = std::thread([this] { serve(); });
+  control_.log().write(log_level::info, "control socket listening on " + options_.path);
+  return {};
+}
+
+void control_socket_server::stop() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
+  thread_.join();
+  ::close(listen_fd_);
+  ::close(wake_fd_);
+  listen_fd_ = wake_fd_ = -1;
+  ::unlink(options_.path.c_str());
+}
+
+void control_socket_server::serve() {
+  std::list<client> clients;
+  auto send_reply = [&](client& c, const nlohmann::json& reply) {
+    // Invalid UTF-8 from a client may be echoed in a message; replace, never throw.
+    c.output += reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+    c.output += '\n';
+    if (c.output.size() - c.output_sent > options_.max_queued_reply_bytes) {
+      control_.log().write(log_level::warn, "control client dropped: it does not read its replies");
+      c.closing = true;
+      c.output.clear();
+      c.output_sent = 0;
+      c.following = false;
+      ::shutdown(c.fd, SHUT_RDWR);
+    }
+  };
+
+  while (!stopping_) {
+    std::vector<pollfd> fds;
+    fds.push_back({wake_fd_, POLLIN, 0});
+    fds.push_back({listen_fd_, POLLIN, 0});
+    int64_t now = now_ms();
+    int timeout = 1000;
+    for (auto& c : clients) {
+      short events = c.closing ? 0 : POLLIN;
+      if (c.output.size() > c.output_sent) events |= POLLOUT;
+      fds.push_back({c.fd, events, 0});
+      if (c.following) timeout = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout, c.next_follow_ms - now)));
+    }
+    if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) break;
+    if (stopping_) break;
+    now = now_ms();
+
+    if (fds[1].revents & POLLIN) {
+      while (true) {
+        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) break;
+        ucred peer{};
+        socklen_t len = sizeof peer;
+        std::string refusal;
+        const char* code = control_error::kPermissionDenied;
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) {
+          refusal = "cannot read the peer's credentials";
+        } else if (!(peer.uid == 0 || (options_.allowed_uid != 0 && peer.uid == options_.allowed_uid) ||
+                     (options_.allow_gid && peer.gid == options_.allowed_gid))) {
+          refusal = "uid " + std::to_string(peer.uid) + " may not use the control socket (root or --control-uid/--control-gid)";
+        } else if (clients.size() >= options_.max_clients) {
+          code = control_error::kTooManyClients;
+          refusal = "too many control clients (" + std::to_string(options_.max_clients) + "); try again later";
+        }
+        if (!refusal.empty()) {
+          // Best effort: the refusal fits the socket buffer of a fresh connection.
+          const std::string line = error_reply(code, refusal).dump() + "\n";
+          [[maybe_unused]] ssize_t n = ::send(fd, line.data(), line.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+          ::close(fd);
+          control_.count_request("(refused)", error_reply(code, ""));
+          control_.log().write(log_level::warn, "control connection refused: " + refusal);
+          continue;
+        }
+        clients.push_back({fd, {}, {}, 0, now, false, false, nullptr, 0});
+      }
+    }
+
+    size_t index = 2;
+    for (auto& c : clients) {
+      const short revents = index < fds.size() && fds[index].fd == c.fd ? fds[index].revents : 0;
+      ++index;
+      if (revents & (POLLERR | POLLNVAL)) {
+        c.closing = true;
+        c.output.clear();
+        c.output_sent = 0;
+        continue;
+      }
+      if ((revents & (POLLIN | POLLHUP)) && !c.closing) {
+        char buffer[65536];
+        // Bounded per wake-up so one fast writer cannot starve the others.
+        for (int rounds = 0; rounds < 16; ++rounds) {
+          const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
+          if (n > 0) {
+            c.input.append(buffer, static_cast<size_t>(n));
+            c.last_activity_ms = now;
+            size_t start = 0;
+            for (size_t eol; !c.closing && (eol = c.input.find('\n', start)) != std::string::npos; start = eol + 1) {
+              std::string_view line(c.input.data() + start, eol - start);
+              if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+              if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
+              if (line.size() > options_.max_line_bytes) {
+                send_reply(c, error_reply(control_error::kLineTooLong, "request line longer than " + std::to_string(options_.max_line_bytes) + " bytes"));
+                c.closing = true;
+                break;
+              }
+              nlohmann::json parse_error;
+              auto request = parse_control_request(line, parse_error);
+              if (!request) {
+                control_.count_request("(invalid)", parse_error);
+                send_reply(c, parse_error);
+                continue;
+              }
+              nlohmann::json reply = control_.handle(*request);
+              if (request->command == "flows" && reply.value("ok", false) && request->body.value("follow", false) == true) {
+                c.following = true;
+                c.follow_args = request->body;
+                c.next_follow_ms = now + options_.follow_interval_ms;
+                reply["follow"] = true;
+              }
+              send_reply(c, reply);
+            }
+            c.input.erase(0, start);
+            if (c.input.size() > options_.max_line_bytes && !c.closing) {
+              send_reply(c, error_reply(control_error::kLineTooLong,
+                                        "request line longer than " + std::to_string(options_.max_line_bytes) +
+                                            " bytes; the connection is closed"));
+              c.closing = true;
+              c.input.clear();
+            }
+            if (c.closing) break;
+          } else if (n == 0) {
+            c.closing = true;  // the client is gone: answer nothing more
+            c.output.clear();
+            c.output_sent = 0;
+            break;
+          } else {
+            if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+              c.closing = true;
+              c.output.clear();
+              c.output_sent = 0;
+            }
+            break;
+          }
+        }
+      }
+      if (c.following && !c.closing && now >= c.next_follow_ms) {
+        c.next_follow_ms = now + options_.follow_interval_ms;
+        nlohmann::json update = control_.flows(c.follow_args);
+        update["follow"] = true;
+        send_reply(c, update);
+      }
+      while (c.output.size() > c.output_sent) {
+        const ssize_t n = ::send(c.fd, c.output.data() + c.output_sent, c.output.size() - c.output_sent,
+                                 MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) {
+          c.output_sent += static_cast<size_t>(n);
+          c.last_activity_ms = now;
+        } else {
+          if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
+            c.output.clear();
+            c.output_sent = 0;
+            c.closing = true;
+          }
+          break;
+        }
+      }
+      if (c.output_sent == c.output.size()) {
+        c.output.clear();
+        c.output_sent = 0;
+      }
+      // Followers are waiting for us, not idle; everyone else must say something.
+      if (!c.following && now - c.last_activity_ms > options_.idle_timeout_ms) {
+        c.closing = true;
+        c.output.clear();
+        c.output_sent = 0;
+      }
+    }
+    for (auto it = clients.begin(); it != clients.end();) {
+      if (it->closing && it->output.empty()) {
+        ::close(it->fd);
+        it = clients.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    control_.connected_clients = static_cast<int>(clients.size());
+  }
+  for (auto& c : clients) ::close(c.fd);
+  control_.connected_clients = 0;
+}
+
+control_client::~control_client() { close(); }
+
+void control_client::close() {
+  if (fd_ >= 0) ::close(fd_);
+  fd_ = -1;
+  buffer_.clear();
+}
+
+std::string control_client::connect(const std::string& socket_path, int timeout_ms) {
+  close();
+  sockaddr_un address;
+  if (!fill_address(socket_path, address)) return "socket path '" + socket_path + "' is empty or too long";
+  fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd_ < 0) return std::string("socket: ") + std::strerror(errno);
+  timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+  ::setsockopt(fd_, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+  if (::connect(fd_, reinterpret_cast<sockaddr*>(&address), sizeof address) != 0) {
+    std::string message = "cannot connect to " + socket_path + ": " + std::strerror(errno);
+    if (errno == ENOENT || errno == ECONNREFUSED) message += " (is meshlaned running? --socket PATH)";
+    if (errno == EACCES) message += " (the control socket is for root or the configured uid)";
+    close();
+    return message;
+  }
+  return {};
+}
+
+bool control_client::send_line(const std::string& line) {
+  std::string data = line;
+  if (data.empty() || data.back() != '\n') data += '\n';
+  size_t sent = 0;
+  while (sent < data.size()) {
+    const ssize_t n = ::send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      return false;
+    }
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
+bool control_client::read_line(std::string& line, int timeout_ms, std::string* error) {
+  const int64_t deadline = now_ms() + timeout_ms;
+  while (true) {
+    const size_t eol = buffer_.find('\n');
+    if (eol != std::string::npos) {
+      line = buffer_.substr(0, eol);
+      buffer_.erase(0, eol + 1);
+      return true;
+    }
+    const int64_t left = deadline - now_ms();
+    if (left <= 0) {
+      if (error) *error = "timed out waiting for the agent's reply";
+      return false;
+    }
+    pollfd pfd{fd_, POLLIN, 0};
+    const int ready = ::poll(&pfd, 1, static_cast<int>(left));
+    if (ready < 0 && errno == EINTR) continue;
+    if (ready <= 0) continue;
+    char chunk[65536];
+    const ssize_t n = ::recv(fd_, chunk, sizeof chunk, 0);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      if (error) *error = n == 0 ? "the agent closed the connection" : std::string("recv: ") + std::strerror(errno);
+      return false;
+    }
+    buffer_.append(chunk, static_cast<size_t>(n));
+  }
+}
+
+nlohmann::json control_client::request(const nlohmann::json& body, int timeout_ms) {
+  if (!send_line(body.dump())) return error_reply("transport", std::string("cannot send the request: ") + std::strerror(errno));
+  std::string line, error;
+  if (!read_line(line, timeout_ms, &error)) return error_reply("transport", error);
+  nlohmann::json reply = nlohmann::json::parse(line, nullptr, false);
+  if (reply.is_discarded() || !reply.is_object()) return error_reply("transport", "the agent's reply is not a JSON object");
+  return reply;
+}
+
+}  // namespace meshlane

@@ -1,0 +1,77 @@
+// The control socket: a Unix stream socket speaking one JSON object per line each way
+// (DESIGN.md, wire formats). One server thread multiplexes every client with poll(), so
+// a slow or stuck client never holds up another, and every resource a client can use is
+// bounded: line length, queued reply bytes, idle time, number of clients.
+//
+// Access: the socket file is mode 0600 and each peer's credentials (SO_PEERCRED) are
+// checked at accept: root, or the configured uid, or a member of the configured gid.
+#pragma once
+
+#include <sys/types.h>
+
+#include <atomic>
+#include <string>
+#include <thread>
+
+#include "control/control_requests.h"
+
+namespace meshlane {
+
+struct control_socket_options {
+  std::string path = "/run/meshlane/control.sock";
+  uid_t allowed_uid = 0;       // besides root; 0 means root only
+  gid_t allowed_gid = 0;       // a peer whose primary gid is this is allowed; 0: none
+  bool allow_gid = false;
+  size_t max_clients = 64;
+  size_t max_line_bytes = 8 << 20;        // a whole desired-state document fits
+  size_t max_queued_reply_bytes = 16 << 20;  // a client not reading its replies is dropped
+  int idle_timeout_ms = 60'000;           // a client that sends nothing is dropped
+  int follow_interval_ms = 1000;          // how often a `flows --follow` stream sends
+};
+
+class control_socket_server {
+ public:
+  explicit control_socket_server(control_module& control) : control_(control) {}
+  ~control_socket_server() { stop(); }
+  control_socket_server(const control_socket_server&) = delete;
+  control_socket_server& operator=(const control_socket_server&) = delete;
+
+  // Creates the socket (and its directory) and starts the server thread; an empty string
+  // on success, otherwise why not. Refuses to replace a socket another agent listens on.
+  std::string start(const control_socket_options& options);
+  // Stops the thread, closes every client and removes the socket file.
+  void stop();
+  const std::string& path() const { return options_.path; }
+
+ private:
+  void serve();
+
+  control_module& control_;
+  control_socket_options options_;
+  int listen_fd_ = -1;
+  int wake_fd_ = -1;  // eventfd: stop() wakes the poll loop
+  std::atomic<bool> stopping_{false};
+  std::thread thread_;
+};
+
+// A minimal blocking client (meshctl and tests): connect, send one request line, read
+// reply lines.
+class control_client {
+ public:
+  ~control_client();
+  // Empty string on success, otherwise why the connection failed.
+  std::string connect(const std::string& socket_path, int timeout_ms = 5000);
+  bool send_line(const std::string& line);
+  // Reads one reply line; false on EOF, error or timeout (`error` says which).
+  bool read_line(std::string& line, int timeout_ms, std::string* error = nullptr);
+  // send + read + parse; on failure a reply {"ok":false,"error":"transport",...}.
+  nlohmann::json request(const nlohmann::json& body, int timeout_ms = 30000);
+  int fd() const { return fd_; }
+  void close();
+
+ private:
+  int fd_ = -1;
+  std::string buffer_;
+};
+
+}  // namespace meshlane

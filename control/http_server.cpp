@@ -1,0 +1,200 @@
+#include "control/http_server.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <list>
+
+namespace meshlane {
+
+namespace {
+
+constexpr size_t kMaxHeaderBytes = 16384;
+
+int64_t now_ms() {
+  return std::chrono::duration_cast<std::chrono::milliseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+const char* reason(int status) {
+  switch (status) {
+    case 200: return "OK";
+    case 400: return "Bad Request";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 431: return "Request Header Fields Too Large";
+    case 503: return "Service Unavailable";
+    default: return "Error";
+  }
+}
+
+std::string serialize(const http_response& r, bool head) {
+  std::string out = "HTTP/1.1 " + std::to_string(r.status) + " " + reason(r.status) + "\r\n";
+  out += "Content-Type: " + r.content_type + "\r\n";
+  out += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
+  out += "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
+  if (!head) out += r.body;
+  return out;
+}
+
+struct connection {
+  int fd;
+  std::string input, output;
+  size_t sent = 0;
+  int64_t deadline_ms;
+  bool responded = false;
+};
+
+}  // namespace
+
+std::string http_server::start(const std::string& listen, size_t max_connections, int timeout_ms) {
+  max_connections_ = max_connections;
+  timeout_ms_ = timeout_ms;
+  const size_t colon = listen.rfind(':');
+  if (colon == std::string::npos) return "listen address '" + listen + "' must be ADDR:PORT";
+  std::string host = listen.substr(0, colon);
+  const std::string port_text = listen.substr(colon + 1);
+  char* end = nullptr;
+  const long port = std::strtol(port_text.c_str(), &end, 10);
+  if (port_text.empty() || *end || port < 0 || port > 65535) return "port in '" + listen + "' must be 0..65535";
+  sockaddr_storage storage{};
+  socklen_t length;
+  if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+    auto* a6 = reinterpret_cast<sockaddr_in6*>(&storage);
+    a6->sin6_family = AF_INET6;
+    a6->sin6_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET6, host.substr(1, host.size() - 2).c_str(), &a6->sin6_addr) != 1)
+      return "'" + host + "' is not an IPv6 address";
+    length = sizeof *a6;
+  } else {
+    auto* a4 = reinterpret_cast<sockaddr_in*>(&storage);
+    a4->sin_family = AF_INET;
+    a4->sin_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET, host.c_str(), &a4->sin_addr) != 1)
+      return "'" + host + "' is not an IPv4 address (use [v6addr]:port for IPv6)";
+    length = sizeof *a4;
+  }
+  listen_fd_ = ::socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (listen_fd_ < 0) return std::string("socket: ") + std::strerror(errno);
+  const int one = 1;
+  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&storage), length) != 0 || ::listen(listen_fd_, 64) != 0) {
+    std::string message = "cannot listen on " + listen + ": " + std::strerror(errno);
+    ::close(listen_fd_);
+    listen_fd_ = -1;
+    return message;
+  }
+  sockaddr_storage bound{};
+  socklen_t bound_length = sizeof bound;
+  ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &bound_length);
+  port_ = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
+                                            : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
+  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  stopping_ = false;
+  thread_ = std::thread([this] { serve(); });
+  return {};
+}
+
+void http_server::stop() {
+  if (!thread_.joinable()) return;
+  stopping_ = true;
+  const uint64_t one = 1;
+  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
+  thread_.join();
+  ::close(listen_fd_);
+  ::close(wake_fd_);
+  listen_fd_ = wake_fd_ = -1;
+}
+
+void http_server::serve() {
+  std::list<connection> connections;
+  while (!stopping_) {
+    std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+    for (auto& c : connections) fds.push_back({c.fd, static_cast<short>(c.responded ? POLLOUT : POLLIN), 0});
+    if (::poll(fds.data(), fds.size(), 500) < 0 && errno != EINTR) break;
+    if (stopping_) break;
+    const int64_t now = now_ms();
+    if (fds[1].revents & POLLIN) {
+      while (true) {
+        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (fd < 0) break;
+        if (connections.size() >= max_connections_) {
+          const std::string busy = serialize({503, "text/plain; charset=utf-8", "too many connections\n"}, false);
+          [[maybe_unused]] ssize_t n = ::send(fd, busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
+          ::close(fd);
+          continue;
+        }
+        connections.push_back({fd, {}, {}, 0, now + timeout_ms_, false});
+      }
+    }
+    size_t index = 2;
+    for (auto& c : connections) {
+      const short revents = fds.size() > index && fds[index].fd == c.fd ? fds[index].revents : 0;
+      ++index;
+      bool drop = (revents & (POLLERR | POLLNVAL)) != 0;
+      if (!drop && !c.responded && (revents & (POLLIN | POLLHUP))) {
+        char buffer[8192];
+        const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
+        if (n <= 0) {
+          drop = !(n < 0 && (errno == EAGAIN || errno == EINTR));
+        } else {
+          c.input.append(buffer, static_cast<size_t>(n));
+          http_response response;
+          bool head = false;
+          const size_t header_end = c.input.find("\r\n\r\n");
+          if (header_end == std::string::npos && c.input.find("\n\n") == std::string::npos) {
+            if (c.input.size() > kMaxHeaderBytes) {
+              response = {431, "text/plain; charset=utf-8", "request headers too large\n"};
+              c.responded = true;
+            }
+          } else {
+            c.responded = true;
+            const std::string first = c.input.substr(0, c.input.find_first_of("\r\n"));
+            const size_t sp1 = first.find(' '), sp2 = first.find(' ', sp1 == std::string::npos ? 0 : sp1 + 1);
+            if (sp1 == std::string::npos || sp2 == std::string::npos || first.compare(sp2 + 1, 5, "HTTP/") != 0) {
+              response = {400, "text/plain; charset=utf-8", "malformed request line\n"};
+            } else {
+              http_request request;
+              request.method = first.substr(0, sp1);
+              const std::string target = first.substr(sp1 + 1, sp2 - sp1 - 1);
+              const size_t q = target.find('?');
+              request.path = target.substr(0, q);
+              if (q != std::string::npos) request.query = target.substr(q + 1);
+              head = request.method == "HEAD";
+              auto route = routes_.find(request.path);
+              if (request.method != "GET" && !head) {
+                response = {405, "text/plain; charset=utf-8", "only GET and HEAD\n"};
+              } else if (route == routes_.end()) {
+                response = {404, "text/plain; charset=utf-8", "not found: " + request.path + "\n"};
+              } else {
+                response = route->second(request);
+              }
+            }
+          }
+          if (c.responded) c.output = serialize(response, head);
+        }
+      }
+      if (!drop && c.responded && c.sent < c.output.size()) {
+        const ssize_t n = ::send(c.fd, c.output.data() + c.sent, c.output.size() - c.sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (n > 0) c.sent += static_cast<size_t>(n);
+        else if (n < 0 && errno != EAGAIN && errno != EINTR) drop = true;
+      }
+      if (drop || (c.responded && c.sent >= c.output.size()) || now > c.deadline_ms) {
+        ::close(c.fd);
+        c.fd = -1;
+      }
+    }
+    connections.remove_if([](const connection& c) { return c.fd < 0; });
+  }
+  for (auto& c : connections) ::close(c.fd);
+}
+
+}  // namespace meshlane

@@ -1,0 +1,128 @@
+#include "control/status_page.h"
+
+#include "control/prometheus_text.h"
+
+namespace meshlane {
+
+const std::string& status_page_html() {
+  static const std::string html = R"HTML(<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>meshlane agent</title>
+<style>
+ body{font:14px system-ui,sans-serif;margin:1.5em;color:#222;background:#fafafa}
+ h1{font-size:1.4em;margin:0 0 .3em} h2{font-size:1.1em;margin:1.2em 0 .4em}
+ table{border-collapse:collapse;background:#fff} td,th{border:1px solid #ddd;padding:2px 8px;text-align:left}
+ td.n{text-align:right;font-variant-numeric:tabular-nums} .bar{background:#4a90d9;height:10px;display:inline-block}
+ .ok{color:#080} .bad{color:#b00} .lvl-error{color:#b00} .lvl-warn{color:#a60} #summary span{margin-right:1.5em}
+ .cols{display:flex;gap:2em;flex-wrap:wrap}
+</style></head><body>
+<h1>meshlane agent</h1>
+<div id="summary"><span>version <b id="version">?</b></span><span>generation <b id="generation">?</b></span>
+<span>uptime <b id="uptime">?</b> s</span><span>state <b id="ready">?</b></span>
+<span>refreshes <b id="refreshes">0</b></span><span id="fetch-error" class="bad"></span></div>
+<div class="cols">
+<div><h2>Services and backends</h2>
+<table id="services"><thead><tr><th>service</th><th>backend</th><th>node</th><th>weight</th>
+<th>Maglev share</th><th>packets</th><th>traffic share</th></tr></thead><tbody></tbody></table></div>
+<div><h2>Recent errors</h2><table id="errors"><thead><tr><th>time</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table>
+<h2>Log</h2><table id="log"><thead><tr><th>time</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table></div>
+</div>
+<h2>Live counters</h2>
+<table id="counters"><thead><tr><th>metric</th><th>labels</th><th>value</th><th>per second</th></tr></thead><tbody></tbody></table>
+<script>
+"use strict";
+let refreshes = 0, previous = null;
+function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; return td; }
+function pct(x) { return x === null || x === undefined ? "-" : (100 * x).toFixed(1) + " %"; }
+function fmt(x) { return x === null ? "-" : (Number.isInteger(x) ? String(x) : x.toFixed(3)); }
+function time(t) { return new Date(t * 1000).toISOString().substring(11, 19); }
+function fill(id, rows, render) {
+  const body = document.querySelector("#" + id + " tbody");
+  const fresh = document.createElement("tbody");
+  for (const r of rows) render(fresh.insertRow(), r);
+  body.replaceWith(fresh);
+}
+function lines(id, rows) {
+  fill(id, rows.slice().reverse(), (row, l) => { cell(row, time(l.time)); cell(row, l.level, "lvl-" + l.level); cell(row, l.message); });
+}
+async function refresh() {
+  try {
+    const response = await fetch("/status.json", {cache: "no-store"});
+    const m = await response.json();
+    document.getElementById("version").textContent = m.version;
+    document.getElementById("generation").textContent = m.generation;
+    document.getElementById("uptime").textContent = m.uptime_seconds.toFixed(0);
+    const ready = document.getElementById("ready");
+    ready.textContent = m.ready ? "ready" : "not ready: " + m.not_ready.join("; ");
+    ready.className = m.ready ? "ok" : "bad";
+    const rows = [];
+    for (const s of m.services) {
+      if (s.backends.length === 0) rows.push({s, b: null});
+      for (const b of s.backends) rows.push({s, b});
+    }
+    fill("services", rows, (row, {s, b}) => {
+      cell(row, s.name + " " + s.vip + " " + s.ports.join(","));
+      if (!b) { cell(row, "(no backends)"); return; }
+      cell(row, b.address); cell(row, b.node); cell(row, b.weight, "n");
+      const share = cell(row, "", "n");
+      const bar = document.createElement("span"); bar.className = "bar"; bar.style.width = (60 * b.maglev_share) + "px";
+      share.append(bar, " " + pct(b.maglev_share));
+      cell(row, fmt(b.packets), "n"); cell(row, pct(b.traffic_share), "n");
+    });
+    const dt = previous ? m.time - previous.time : 0;
+    const before = new Map();
+    if (previous) for (const c of previous.counters) before.set(c.name + "{" + c.labels + "}", c.value);
+    fill("counters", m.counters, (row, c) => {
+      cell(row, c.name); cell(row, c.labels); cell(row, fmt(c.value), "n value");
+      const old = before.get(c.name + "{" + c.labels + "}");
+      const rate = c.kind === "counter" && dt > 0 && old !== undefined && c.value !== null ? (c.value - old) / dt : null;
+      cell(row, rate === null ? "" : rate.toFixed(2), "n rate");
+    });
+    lines("errors", m.errors);
+    lines("log", m.log);
+    previous = m;
+    document.getElementById("refreshes").textContent = ++refreshes;
+    document.getElementById("fetch-error").textContent = "";
+  } catch (e) {
+    document.getElementById("fetch-error").textContent = "agent unreachable: " + e;
+  }
+  setTimeout(refresh, 1000);
+}
+refresh();
+</script></body></html>
+)HTML";
+  return html;
+}
+
+void add_agent_routes(http_server& server, control_module& control) {
+  server.route("/metrics", [&control](const http_request&) {
+    ++control.http_requests;
+    std::vector<std::string> problems;
+    http_response response{200, kPrometheusContentType,
+                           format_prometheus_text(control.registry().collect(), &problems)};
+    for (const auto& p : problems) control.log().write(log_level::error, "metrics: " + p);
+    return response;
+  });
+  server.route("/healthz", [&control](const http_request&) {
+    ++control.http_requests;
+    return http_response{200, "text/plain; charset=utf-8", "ok\n"};
+  });
+  server.route("/readyz", [&control](const http_request&) {
+    ++control.http_requests;
+    std::vector<std::string> waiting = control.registry().not_ready();
+    if (waiting.empty()) return http_response{200, "text/plain; charset=utf-8", "ready\n"};
+    std::string body = "not ready:\n";
+    for (const auto& w : waiting) body += "  " + w + "\n";
+    return http_response{503, "text/plain; charset=utf-8", body};
+  });
+  server.route("/status.json", [&control](const http_request&) {
+    ++control.http_requests;
+    return http_response{200, "application/json",
+                         control.status_page_model().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+  });
+  server.route("/", [&control](const http_request&) {
+    ++control.http_requests;
+    return http_response{200, "text/html; charset=utf-8", status_page_html()};
+  });
+}
+
+}  // namespace meshlane
