@@ -35,6 +35,15 @@ mac_address underlay_neighbours::lookup(uint32_t ip_net) const {
 
 namespace {
 uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
+inline uint32_t v4_pod_hash(uint32_t ip_host) { return (ip_host * 0x9e3779b1u) >> 7; }
+inline uint64_t gate_hash(uint64_t key) { return (key * 0x9e3779b97f4a7c15ull) >> 29; }
+template <typename Key>
+inline bool gate_contains(const std::vector<Key>& slots, uint32_t mask, Key key) {
+  for (uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;; slot = (slot + 1) & mask) {
+    if (slots[slot] == key) return true;
+    if (!slots[slot]) return false;
+  }
+}
 
 uint32_t slot_for(std::vector<std::string>& names, const std::string& name) {
   auto it = std::find(names.begin(), names.end(), name);
@@ -65,6 +74,51 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   for (const table_pod& pod : s.pods) {
     auto it = port_by_interface.find(pod.interface);
     out.pod_port.push_back(it == port_by_interface.end() ? UINT16_MAX : it->second);
+  }
+  size_t v4_slots = 16;
+  while (v4_slots < s.pods.size() * 2) v4_slots *= 2;
+  out.v4_pods.assign(v4_slots, {});
+  out.v4_pod_mask = static_cast<uint32_t>(v4_slots - 1);
+  for (uint32_t i = 0; i < s.pods.size(); ++i) {
+    if (!s.pods[i].ip.is_v4()) continue;
+    const uint32_t ip = s.pods[i].ip.v4();
+    uint32_t slot = v4_pod_hash(ip) & out.v4_pod_mask;
+    while (out.v4_pods[slot].pod_plus_one) slot = (slot + 1) & out.v4_pod_mask;
+    out.v4_pods[slot] = {ip, i + 1};
+  }
+  {
+    std::vector<uint32_t> vips;
+    std::vector<uint64_t> backends;
+    for (const table_frontend& f : s.frontends) {
+      if (!f.vip.is_v4()) {
+        out.has_v6_services = true;
+        continue;
+      }
+      vips.push_back(f.vip.v4());
+      const table_service& service = s.services[f.service_index];
+      for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+        const uint16_t port = f.target_port ? f.target_port : s.backends[b].port;
+        backends.push_back(uint64_t{s.backends[b].ip.v4()} << 16 | port);
+      }
+    }
+    auto fill = [](auto& slots, uint32_t& mask, const auto& keys) {
+      size_t size = 16;
+      while (size < keys.size() * 2) size *= 2;
+      slots.assign(size, 0);
+      mask = static_cast<uint32_t>(size - 1);
+      for (auto key : keys) {
+        uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;
+        while (slots[slot] && slots[slot] != key) slot = (slot + 1) & mask;
+        slots[slot] = key;
+      }
+    };
+    fill(out.v4_vips, out.v4_vip_mask, vips);
+    fill(out.v4_backends, out.v4_backend_mask, backends);
+  }
+  for (const table_route& r : s.routes) {  // already longest first
+    if (!r.prefix.is_v4()) continue;
+    const uint32_t mask = r.prefix.length == 0 ? 0 : ~uint32_t{0} << (32 - r.prefix.length);
+    out.v4_routes.push_back({r.prefix.base.v4() & mask, mask, r.node_index});
   }
   for (uint32_t i = 0; i < s.nodes.size(); ++i) {
     const uint32_t ip = s.nodes[i].underlay_ip.is_v4() ? v4_net(s.nodes[i].underlay_ip) : 0;
@@ -363,11 +417,23 @@ inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
 
 // Service load balancing: reverse NAT for replies of flows we DNATed, DNAT (with a new
 // flow when needed) for packets to a frontend. Returns false when the packet was dropped.
-bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p) {
+bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p,
+                  uint64_t& flow_hash) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
+  if (p.l3 == l3_kind::ipv4) {
+    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+    if (!gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(ip->destination)) &&
+        !gate_contains(t.v4_backends, t.v4_backend_mask,
+                       uint64_t{from_net32(ip->source)} << 16 | p.source_port))
+      return true;  // neither to a VIP nor from a backend: no flow state involved
+  } else if (!t.has_v6_services) {
+    return true;
+  }
   const snapshot& s = *t.tables;
   const flow_key key = make_flow_key(frame, p);
   const uint64_t hash = hash_flow_key(key);
+  // The client-side tuple's hash also picks the Geneve source port: stable per flow.
+  flow_hash = hash;
   flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts);
   if (entry) {
     const uint32_t bytes = rte_pktmbuf_pkt_len(m);
@@ -458,13 +524,37 @@ void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& po
 // destination's pod range. `from_overlay`: it arrived by Geneve, so it may only be
 // delivered locally (never sent back into the overlay).
 void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
-           parsed_packet& p, bool from_overlay) {
+           parsed_packet& p, bool from_overlay, uint64_t flow_hash) {
   uint8_t* frame = frame_of(m);
   const snapshot& s = *t.tables;
-  const ip_address destination = destination_of(frame, p);
   const mac_address reply_mac = ports.ports[in_port].mac;
+  const table_pod* pod = nullptr;
+  const table_node* node = nullptr;
+  if (p.l3 == l3_kind::ipv4) {
+    const uint32_t ip = from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination);
+    for (uint32_t slot = v4_pod_hash(ip) & t.v4_pod_mask;; slot = (slot + 1) & t.v4_pod_mask) {
+      const forwarding_tables::v4_pod_slot& entry = t.v4_pods[slot];
+      if (!entry.pod_plus_one) break;
+      if (entry.ip == ip) {
+        pod = &s.pods[entry.pod_plus_one - 1];
+        break;
+      }
+    }
+    if (!pod) {
+      for (const forwarding_tables::v4_route& r : t.v4_routes) {
+        if ((ip & r.mask) == r.base) {
+          node = &s.nodes[r.node_index];
+          break;
+        }
+      }
+    }
+  } else {
+    const ip_address destination = destination_of(frame, p);
+    pod = s.find_pod(destination);
+    if (!pod) node = s.route(destination);
+  }
 
-  if (const table_pod* pod = s.find_pod(destination)) {
+  if (pod) {
     const uint16_t out = t.pod_port[static_cast<size_t>(pod - s.pods.data())];
     if (out == UINT16_MAX) return drop(w, m, drop_reason::no_port);
     if (!decrement_ttl(frame, p)) {
@@ -484,7 +574,6 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     return transmit(w, out, m);
   }
 
-  const table_node* node = s.route(destination);
   if (!node || from_overlay) return drop(w, m, drop_reason::no_route);
   const uint32_t node_index = static_cast<uint32_t>(node - s.nodes.data());
   if (node_index == kLocalNodeIndex) return drop(w, m, drop_reason::no_route);  // our range, no such pod
@@ -510,9 +599,9 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     }
     return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, inner_mtu);
   }
-  const flow_key key = make_flow_key(frame, p);
+  if (!flow_hash) flow_hash = hash_flow_key(make_flow_key(frame, p));
   const port_info& uplink = ports.ports[ports.uplink_port];
-  geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, hash_flow_key(key));
+  geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, flow_hash);
   w.geneve_encapsulated.add(1);
   transmit(w, ports.uplink_port, m);
 }
@@ -600,8 +689,9 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       }
     }
     if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
-    if (!load_balance(w, t, m, frame, p)) return;
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false);
+    uint64_t flow_hash = 0;
+    if (!load_balance(w, t, m, frame, p, flow_hash)) return;
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, flow_hash);
   }
 
   if (port.role == port_role::uplink) {
@@ -619,8 +709,9 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
           if (!geneve_decapsulate(w, t, ports, m, p)) return;
           frame = frame_of(m);
-          if (!load_balance(w, t, m, frame, p)) return;
-          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true);
+          uint64_t flow_hash = 0;
+          if (!load_balance(w, t, m, frame, p, flow_hash)) return;
+          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, flow_hash);
         }
         if (p.l4_offset && p.l4_protocol == kProtoIcmp &&
             reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpEchoRequest)
@@ -630,10 +721,11 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
     }
     // Ingress to a service VIP from outside the cluster.
     if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
-    if (!load_balance(w, t, m, frame, p)) return;
+    uint64_t flow_hash = 0;
+    if (!load_balance(w, t, m, frame, p, flow_hash)) return;
     const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
     if (!pod) return drop(w, m, drop_reason::not_for_us);
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true);
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, flow_hash);
   }
   drop(w, m, drop_reason::no_port);
 }
@@ -659,9 +751,24 @@ flow_key make_flow_key(const uint8_t* frame, const parsed_packet& p) {
   return key;
 }
 
+namespace {
+// Folds a ones' complement sum to 16 bits without inverting it.
+inline uint32_t fold16(uint64_t sum) {
+  sum = (sum & 0xffffffff) + (sum >> 32);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint32_t>((sum & 0xffff) + (sum >> 16));
+}
+inline uint32_t halves(uint32_t v) { return (v >> 16) + (v & 0xffff); }
+}  // namespace
+
 void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_address& outer_destination,
                         uint32_t local_underlay_ip, uint32_t remote_underlay_ip, uint64_t flow_hash) {
   const uint16_t inner_length = static_cast<uint16_t>(rte_pktmbuf_pkt_len(m));
+  // The inner frame's sum first, while nothing has been written in front of it; the
+  // outer headers' sums come from the values in registers, not from re-reading memory
+  // just written (which would stall on store forwarding).
+  const uint32_t inner_sum = wire::bswap16(static_cast<uint16_t>(fold16(checksum_partial(rte_pktmbuf_mtod(m, void*), inner_length))));
   uint8_t* outer = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
   auto* eth = reinterpret_cast<ethernet_header*>(outer);
   auto* ip = reinterpret_cast<ipv4_header*>(outer + sizeof(ethernet_header));
@@ -671,23 +778,27 @@ void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_
   eth->source = outer_source;
   eth->ether_type = to_net16(kEtherTypeIpv4);
   const uint16_t udp_length = static_cast<uint16_t>(sizeof(udp_header) + sizeof(geneve_header) + inner_length);
-  *ip = ipv4_header{0x45, 0, to_net16(static_cast<uint16_t>(sizeof(ipv4_header) + udp_length)), 0,
-                    to_net16(kIpv4DontFragment), 64, kProtoUdp, 0, local_underlay_ip, remote_underlay_ip};
-  ip->checksum = checksum(ip, sizeof(ipv4_header));
+  const uint16_t total_length = static_cast<uint16_t>(sizeof(ipv4_header) + udp_length);
+  const uint32_t source_host = from_net32(local_underlay_ip), destination_host = from_net32(remote_underlay_ip);
+  const uint32_t addresses = halves(source_host) + halves(destination_host);
+  const uint16_t ip_check = static_cast<uint16_t>(
+      ~fold16(0x4500u + total_length + kIpv4DontFragment + ((64u << 8) | kProtoUdp) + addresses));
+  *ip = ipv4_header{0x45, 0, to_net16(total_length), 0, to_net16(kIpv4DontFragment), 64, kProtoUdp,
+                    to_net16(ip_check), local_underlay_ip, remote_underlay_ip};
   // RFC 8926 section 3.3: the source port from a hash of the inner flow, in the
   // ephemeral range (49152-65535), so that the underlay's ECMP/RSS spreads flows.
-  udp->source_port = to_net16(static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 32)) & 0x3fff)));
-  udp->destination_port = to_net16(kGenevePort);
-  udp->length = to_net16(udp_length);
-  udp->checksum = 0;
+  const uint16_t source_port = static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 32)) & 0x3fff));
+  // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
+  // that receivers and middleboxes that verify it accept the frame): pseudo-header, UDP
+  // header, Geneve header, inner frame.
+  const uint32_t vni_high = (kOverlayVni >> 8) & 0xffff, vni_low = (kOverlayVni & 0xff) << 8;
+  uint16_t udp_check = static_cast<uint16_t>(
+      ~fold16(uint64_t{addresses} + kProtoUdp + udp_length + source_port + kGenevePort + udp_length +
+              kEtherTypeTransparentBridging + vni_high + vni_low + inner_sum));
+  if (udp_check == 0) udp_check = 0xffff;  // RFC 768: zero means "no checksum"
+  *udp = udp_header{to_net16(source_port), to_net16(kGenevePort), to_net16(udp_length), to_net16(udp_check)};
   *geneve = geneve_header{0, 0, to_net16(kEtherTypeTransparentBridging),
                           {uint8_t(kOverlayVni >> 16), uint8_t(kOverlayVni >> 8), uint8_t(kOverlayVni)}, 0};
-  // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
-  // that middleboxes and receivers that verify it accept the frame).
-  uint64_t sum = pseudo_header_sum_v4(local_underlay_ip, remote_underlay_ip, kProtoUdp, udp_length);
-  sum = checksum_partial(udp, udp_length, sum);
-  uint16_t check = checksum_fold(sum);
-  udp->checksum = check == 0 ? 0xffff : check;
 }
 
 void process_burst(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port,

@@ -89,6 +89,27 @@ struct forwarding_tables {
   std::vector<uint32_t> node_underlay_ip;  // by snapshot node index, network order (0: not IPv4)
   std::vector<uint32_t> service_slot;      // by snapshot service index -> counter slot
   std::vector<uint32_t> backend_slot;      // by snapshot backend index -> counter slot
+  // IPv4 fast paths of the snapshot's lookups (the snapshot's own are family-generic):
+  // pod address -> pod index (open addressing, at most half full), pod ranges longest
+  // first.
+  struct v4_pod_slot {
+    uint32_t ip = 0;         // host order
+    uint32_t pod_plus_one = 0;
+  };
+  std::vector<v4_pod_slot> v4_pods;
+  uint32_t v4_pod_mask = 0;
+  struct v4_route {
+    uint32_t base = 0, mask = 0;  // host order
+    uint32_t node_index = 0;
+  };
+  std::vector<v4_route> v4_routes;
+  // Which IPv4 packets can concern the flow table at all: those to a VIP, and those
+  // from a backend's (address, port). Everything else skips it. Open addressing; 0 is
+  // the empty slot (neither 0.0.0.0 nor port 0 can be configured).
+  std::vector<uint32_t> v4_vips;       // host-order VIP addresses
+  std::vector<uint64_t> v4_backends;   // (host-order address << 16) | port
+  uint32_t v4_vip_mask = 0, v4_backend_mask = 0;
+  bool has_v6_services = false;
   // Underlay address -> node index, for accepting Geneve only from known nodes.
   std::vector<std::pair<uint32_t, uint32_t>> node_by_underlay;
 };
