@@ -75,6 +75,9 @@ struct port_table {
   std::array<port_info, kMaxPorts> ports;
   uint16_t uplink_port = UINT16_MAX;
   uint16_t uplink_mtu = 1500;  // IP MTU of the underlay
+  // Outer UDP checksum of Geneve frames: computed (default), or zero, which RFC 768 and
+  // RFC 8926 section 3.3 allow over IPv4 and which saves a pass over the packet.
+  std::atomic<uint8_t> geneve_udp_checksum{1};
   underlay_neighbours neighbours;
 };
 
@@ -161,7 +164,7 @@ void flush_tx(worker_state& worker);
 // Geneve encapsulation of the frame in `m` to `remote_underlay_ip` (network order).
 void geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
                         const wire::mac_address& outer_destination, uint32_t local_underlay_ip,
-                        uint32_t remote_underlay_ip, uint64_t flow_hash);
+                        uint32_t remote_underlay_ip, uint64_t flow_hash, bool udp_checksum = true);
 // Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 
