@@ -667,8 +667,12 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       port.neighbour_mac.store(source, std::memory_order_relaxed);
     if (p.l3 == l3_kind::arp) {
       const auto* arp = reinterpret_cast<const arp_header*>(frame + p.l3_offset);
-      if (from_net16(arp->operation) == kArpRequest && arp->target_ip == t.gateway_ip)
-        return answer_arp(w, in_port, m, port.mac);
+      if (arp->target_ip == t.gateway_ip) {
+        if (from_net16(arp->operation) == kArpRequest) return answer_arp(w, in_port, m, port.mac);
+        // The pod's answer to our own request: its MAC is learned above; consumed.
+        w.neighbour_messages.add(1);
+        return rte_pktmbuf_free(m);
+      }
       return drop(w, m, drop_reason::not_for_us);
     }
     if (is_gateway(frame, p, t)) {
@@ -700,8 +704,11 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       const auto* arp = reinterpret_cast<const arp_header*>(frame + p.l3_offset);
       for (const auto& [underlay, node] : t.node_by_underlay)
         if (underlay == arp->sender_ip) ports.neighbours.learn(arp->sender_ip, arp->sender_mac);
-      if (from_net16(arp->operation) == kArpRequest && arp->target_ip == t.underlay_ip)
-        return answer_arp(w, in_port, m, port.mac);
+      if (arp->target_ip == t.underlay_ip) {
+        if (from_net16(arp->operation) == kArpRequest) return answer_arp(w, in_port, m, port.mac);
+        w.neighbour_messages.add(1);  // a reply to us: learned above; consumed
+        return rte_pktmbuf_free(m);
+      }
       return drop(w, m, drop_reason::not_for_us);
     }
     if (p.l3 == l3_kind::ipv4) {

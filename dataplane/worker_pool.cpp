@@ -370,8 +370,14 @@ std::string worker_pool::stats_line() const {
     out << " | svc " << slot_names_.services[s] << " pkts " << packets << " flows " << flows;
   }
   uint64_t dropped = 0;
-  for (unsigned r = 1; r < kDropReasonCount; ++r) dropped += drops(static_cast<drop_reason>(r));
-  out << " | drops " << dropped;
+  std::string reasons;
+  for (unsigned r = 1; r < kDropReasonCount; ++r) {
+    const uint64_t n = drops(static_cast<drop_reason>(r));
+    if (!n) continue;
+    dropped += n;
+    reasons += std::string(reasons.empty() ? " (" : ", ") + to_string(static_cast<drop_reason>(r)) + " " + std::to_string(n);
+  }
+  out << " | drops " << dropped << (reasons.empty() ? "" : reasons + ")");
   return out.str();
 }
 

@@ -93,6 +93,18 @@ TEST_F(golden, ArpRequestForGatewayGetsReplyWithPortMac) {
   EXPECT_EQ(pending_total(), 0u);
 }
 
+TEST_F(golden, PodAnswerToOurArpRequestIsConsumedAndTeachesItsMac) {
+  bytes reply = arp_request(kWebMac, ip4("198.18.1.20"), ip4("198.18.1.1"));
+  reply[kEth + 7] = kArpReply;
+  send(web, reply);
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::not_for_us), 0u);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9)));
+  const bytes out = receive(web);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(mac_at(out, 0), kWebMac);
+}
+
 TEST_F(golden, ArpForAnotherAddressIsDroppedAsNotForUs) {
   send(client, arp_request(kClientMac, ip4("198.18.1.10"), ip4("198.18.1.20")));
   EXPECT_EQ(pending_total(), 0u);
