@@ -186,7 +186,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           ports_->geneve_udp_checksum.store(v.get<bool>() ? 1 : 0);
                           return {};
                         }});
-  auto timeout_tunable = [this](std::atomic<uint64_t>& ticks, const char* what) {
+  auto timeout_tunable = [](std::atomic<uint64_t>& ticks, const char* what) {
     return tunable{std::string(what) + " flow timeout in seconds (1..604800)",
                    [&ticks] { return nlohmann::json(ticks.load() / rte_get_tsc_hz()); },
                    [&ticks](const nlohmann::json& v) -> std::string {
