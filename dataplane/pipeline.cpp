@@ -429,21 +429,32 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   } else if (!t.has_v6_services) {
     return true;
   }
+  const auto count_and_rewrite = [&](const flow_entry& e) {
+    const uint32_t bytes = rte_pktmbuf_pkt_len(m);
+    w.service[e.service_slot].packets.add(1);
+    w.service[e.service_slot].bytes.add(bytes);
+    w.backend[e.backend_slot].packets.add(1);
+    w.backend[e.backend_slot].bytes.add(bytes);
+    rewrite_endpoint(frame, p, /*destination=*/e.direction == flow_direction::forward, e.rewrite_address,
+                     e.rewrite_port);
+  };
   const snapshot& s = *t.tables;
   const flow_key key = make_flow_key(frame, p);
   const uint64_t hash = hash_flow_key(key);
   // The client-side tuple's hash also picks the Geneve source port: stable per flow.
   flow_hash = hash;
-  flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts);
-  if (entry) {
-    const uint32_t bytes = rte_pktmbuf_pkt_len(m);
-    w.service[entry->service_slot].packets.add(1);
-    w.service[entry->service_slot].bytes.add(bytes);
-    w.backend[entry->backend_slot].packets.add(1);
-    w.backend[entry->backend_slot].bytes.add(bytes);
-    const bool forward = entry->direction == flow_direction::forward;
-    rewrite_endpoint(frame, p, /*destination=*/forward, entry->rewrite_address, entry->rewrite_port);
+  if (const flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts)) {
+    count_and_rewrite(*entry);
     return true;
+  }
+  // A flow another worker owns (its packets in this direction arrive here): read its
+  // entry consistently and apply it; the owner keeps it alive.
+  for (const flow_table* peer : w.peer_flows) {
+    flow_entry shared;
+    if (peer->find_shared(key, hash, w.now, w.timeouts, shared)) {
+      count_and_rewrite(shared);
+      return true;
+    }
   }
   const ip_address destination = destination_of(frame, p);
   const table_frontend* frontend =
@@ -468,27 +479,29 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   const uint32_t backend_slot = t.backend_slot[backend_index];
   const uint16_t backend_port = frontend->target_port ? frontend->target_port : backend->port;
 
-  flow_entry* forward = w.flows.insert(key, hash, w.now, w.timeouts);
-  std::memcpy(forward->rewrite_address, backend->ip.bytes.data(), 16);
-  forward->rewrite_port = backend_port;
-  forward->direction = flow_direction::forward;
-  forward->service_slot = service_slot;
-  forward->backend_slot = backend_slot;
-  forward->state = flow_state::transitory;
+  flow_entry forward{};
+  forward.key = key;
+  std::memcpy(forward.rewrite_address, backend->ip.bytes.data(), 16);
+  forward.rewrite_port = backend_port;
+  forward.direction = flow_direction::forward;
+  forward.service_slot = service_slot;
+  forward.backend_slot = backend_slot;
+  forward.state = flow_state::transitory;
+  w.flows.insert(forward, hash, w.now, w.timeouts);
 
-  flow_key reply{};
-  std::memcpy(reply.source, backend->ip.bytes.data(), 16);
-  std::memcpy(reply.destination, key.source, 16);
-  reply.source_port = backend_port;
-  reply.destination_port = key.source_port;
-  reply.protocol = key.protocol;
-  flow_entry* reverse = w.flows.insert(reply, hash_flow_key(reply), w.now, w.timeouts);
-  std::memcpy(reverse->rewrite_address, key.destination, 16);
-  reverse->rewrite_port = key.destination_port;
-  reverse->direction = flow_direction::reverse;
-  reverse->service_slot = service_slot;
-  reverse->backend_slot = backend_slot;
-  reverse->state = flow_state::transitory;
+  flow_entry reverse{};
+  std::memcpy(reverse.key.source, backend->ip.bytes.data(), 16);
+  std::memcpy(reverse.key.destination, key.source, 16);
+  reverse.key.source_port = backend_port;
+  reverse.key.destination_port = key.source_port;
+  reverse.key.protocol = key.protocol;
+  std::memcpy(reverse.rewrite_address, key.destination, 16);
+  reverse.rewrite_port = key.destination_port;
+  reverse.direction = flow_direction::reverse;
+  reverse.service_slot = service_slot;
+  reverse.backend_slot = backend_slot;
+  reverse.state = flow_state::transitory;
+  w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 
   const uint32_t bytes = rte_pktmbuf_pkt_len(m);
   w.service[service_slot].new_flows.add(1);

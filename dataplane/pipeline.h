@@ -137,6 +137,9 @@ struct worker_state {
   uint16_t index = 0;
   uint16_t tx_queue = 0;
   flow_table flows;
+  // The other workers' shards, read through flow_table::find_shared when a packet of a
+  // flow arrives at a worker that does not own it.
+  std::vector<const flow_table*> peer_flows;
   flow_timeouts timeouts;
   uint64_t now = 0;  // TSC at the start of the burst
 

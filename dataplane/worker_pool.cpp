@@ -142,6 +142,9 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     state->tx_queue = w;
     pool->workers_.push_back(std::move(state));
   }
+  for (auto& w : pool->workers_)
+    for (auto& other : pool->workers_)
+      if (other != w) w->peer_flows.push_back(&other->flows);
   pool->rx_queues_.resize(workers);
 
   for (const pool_port& p : ports) {

@@ -379,5 +379,16 @@ TEST_F(two_nodes_two_workers, TwoWorkersForwardTcpAndUdpAcrossNodes) {
     EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9400 + round, "two workers"), "");
 }
 
+// Service flows with two workers: a connection's requests (from the pod port) and its
+// replies (Geneve on the uplink) are spread over the queues independently, so replies
+// often reach the worker that does not own the flow; reverse NAT must work anyway.
+TEST_F(two_nodes_two_workers, ServiceRepliesFindTheirFlowOnEitherWorker) {
+  for (int connection = 0; connection < 8; ++connection) {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_TRUE(server.ok());
+    EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.19.128.10", 80, 64 << 10), "") << "connection " << connection;
+  }
+}
+
 }  // namespace
 }  // namespace meshlane::testing
