@@ -1,5 +1,7 @@
 #include "dataplane/flow_table.h"
 
+#include <rte_hash_crc.h>
+
 #include <bit>
 
 #include "dataplane/packet_headers.h"
@@ -7,18 +9,10 @@
 namespace meshlane {
 
 uint64_t hash_flow_key(const flow_key& key) {
-  // Same mixing as the snapshot's hashes: cheap and well spread over 40 bytes.
-  uint64_t words[5];
-  std::memcpy(words, &key, sizeof words);
-  uint64_t h = 0x9e3779b97f4a7c15ull;
-  for (uint64_t w : words) {
-    h ^= w;
-    h *= 0xff51afd7ed558ccdull;
-    h ^= h >> 32;
-  }
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 29;
-  return h;
+  // CRC32-C in hardware (SSE4.2) over the 40 key bytes, spread to 64 bits by one
+  // multiplication: the bucket index uses the low bits, Maglev the whole value.
+  const uint32_t crc = rte_hash_crc(&key, sizeof key, 0x6d6c616e);
+  return (uint64_t{crc} << 32 | crc) * 0x9e3779b97f4a7c15ull ^ crc;
 }
 
 flow_table::flow_table(uint32_t capacity) {
@@ -35,6 +29,14 @@ bool flow_table::expired(const flow_entry& entry, uint64_t now, const flow_timeo
 }
 
 namespace {
+// Seqlock writer side: odd while writing. On x86 the release fence is a compiler
+// barrier; the counter itself is one store.
+inline void begin_write(flow_entry& entry) {
+  __atomic_store_n(&entry.version, entry.version + 1, __ATOMIC_RELAXED);
+  __atomic_thread_fence(__ATOMIC_RELEASE);
+}
+inline void end_write(flow_entry& entry) { __atomic_store_n(&entry.version, entry.version + 1, __ATOMIC_RELEASE); }
+
 void track_tcp_state(flow_entry& entry, uint8_t tcp_flags) {
   if (entry.protocol != wire::kProtoTcp) return;
   // A FIN or RST starts the close: the short timeout reclaims the entry soon after the
@@ -50,19 +52,21 @@ flow_entry* flow_table::find(const flow_key& key, uint64_t hash, uint64_t now, u
   for (uint32_t way = 0; way < kWays; ++way) {
     flow_entry& entry = bucket[way];
     if (!entry.in_use || !(entry.key == key)) continue;
+    begin_write(entry);
     if (expired(entry, now, timeouts)) {
       entry.in_use = 0;
+      end_write(entry);
       return nullptr;
     }
     entry.last_seen = now;
     track_tcp_state(entry, tcp_flags);
+    end_write(entry);
     return &entry;
   }
   return nullptr;
 }
 
-flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now,
-                               const flow_timeouts& timeouts) {
+flow_entry* flow_table::victim_for(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) {
   flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
   flow_entry* victim = nullptr;
   for (uint32_t way = 0; way < kWays; ++way) {
@@ -74,12 +78,48 @@ flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now,
     if (!victim || entry.last_seen < victim->last_seen) victim = &entry;
   }
   if (victim->in_use && !(victim->key == key) && !expired(*victim, now, timeouts)) ++evictions_;
-  *victim = flow_entry{};
-  victim->key = key;
-  victim->in_use = 1;
-  victim->protocol = key.protocol;
-  victim->last_seen = now;
   return victim;
+}
+
+void flow_table::insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) {
+  flow_entry* victim = victim_for(value.key, hash, now, timeouts);
+  const uint32_t writing = victim->version + 1;
+  begin_write(*victim);
+  flow_entry copy = value;
+  copy.in_use = 1;
+  copy.protocol = value.key.protocol;
+  copy.last_seen = now;
+  copy.version = writing;  // the counter stays odd throughout the copy
+  *victim = copy;
+  end_write(*victim);
+}
+
+flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) {
+  flow_entry value{};
+  value.key = key;
+  insert(value, hash, now, timeouts);
+  flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
+  for (uint32_t way = 0; way < kWays; ++way)
+    if (bucket[way].in_use && bucket[way].key == key) return &bucket[way];
+  return nullptr;  // unreachable: the entry was just written
+}
+
+bool flow_table::find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
+                             flow_entry& out) const {
+  const flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
+  for (uint32_t way = 0; way < kWays; ++way) {
+    const flow_entry& entry = bucket[way];
+    for (int attempt = 0; attempt < 8; ++attempt) {
+      const uint32_t before = __atomic_load_n(&entry.version, __ATOMIC_ACQUIRE);
+      if (before & 1) continue;  // the owner is writing it right now
+      std::memcpy(static_cast<void*>(&out), &entry, sizeof out);
+      __atomic_thread_fence(__ATOMIC_ACQUIRE);
+      if (__atomic_load_n(&entry.version, __ATOMIC_RELAXED) != before) continue;
+      if (out.in_use && out.key == key && !expired(out, now, timeouts)) return true;
+      break;
+    }
+  }
+  return false;
 }
 
 uint32_t flow_table::live_count(uint64_t now, const flow_timeouts& timeouts) const {

@@ -6,6 +6,12 @@
 // expired way, else the least recently used way of its bucket (bounded memory, no heap
 // and no locks on the packet path; one worker owns one table). Timeouts follow the TCP
 // state seen (SYN/FIN/RST: transitory; otherwise established) and the UDP timeout.
+//
+// With several workers a reply may reach another worker than the one that created the
+// flow (RSS hashes each direction and each port on its own). Other workers may then read
+// an entry through find_shared: every write by the owner is bracketed by a sequence
+// counter (a seqlock), so a reader sees either a whole entry or retries, never a torn
+// one. Only the owner writes.
 #pragma once
 
 #include <cstdint>
@@ -43,6 +49,7 @@ struct flow_entry {
   uint32_t service_slot = 0;  // counter slot of the service (stable across snapshots)
   uint32_t backend_slot = 0;
   uint64_t last_seen = 0;     // in timer ticks
+  uint32_t version = 0;       // seqlock: odd while the owner writes the entry
 };
 
 struct flow_timeouts {
@@ -65,6 +72,13 @@ class flow_table {
   // A slot for a new flow: empty, expired, or the bucket's least recently used (counted
   // as an eviction). The caller fills it; `key`, `last_seen` and `in_use` are set here.
   flow_entry* insert(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+  // Inserts a whole entry (key, rewrite, direction, slots) in one seqlocked write; the
+  // form the pipeline uses, so that other workers never see it half filled.
+  void insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+  // For other workers: a consistent copy of the live entry for `key`; false on a miss.
+  // Never writes (the owner keeps last_seen and the TCP state).
+  bool find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
+                   flow_entry& out) const;
 
   uint32_t capacity() const { return static_cast<uint32_t>(entries_.size()); }
   uint64_t evictions() const { return evictions_; }
@@ -74,6 +88,8 @@ class flow_table {
   bool expired(const flow_entry& entry, uint64_t now, const flow_timeouts& timeouts) const;
 
  private:
+  flow_entry* victim_for(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+
   std::vector<flow_entry> entries_;
   uint32_t bucket_mask_ = 0;
   uint64_t evictions_ = 0;

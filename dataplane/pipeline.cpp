@@ -35,6 +35,15 @@ mac_address underlay_neighbours::lookup(uint32_t ip_net) const {
 
 namespace {
 uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
+inline uint32_t v4_pod_hash(uint32_t ip_host) { return (ip_host * 0x9e3779b1u) >> 7; }
+inline uint64_t gate_hash(uint64_t key) { return (key * 0x9e3779b97f4a7c15ull) >> 29; }
+template <typename Key>
+inline bool gate_contains(const std::vector<Key>& slots, uint32_t mask, Key key) {
+  for (uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;; slot = (slot + 1) & mask) {
+    if (slots[slot] == key) return true;
+    if (!slots[slot]) return false;
+  }
+}
 
 uint32_t slot_for(std::vector<std::string>& names, const std::string& name) {
   auto it = std::find(names.begin(), names.end(), name);
@@ -65,6 +74,51 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   for (const table_pod& pod : s.pods) {
     auto it = port_by_interface.find(pod.interface);
     out.pod_port.push_back(it == port_by_interface.end() ? UINT16_MAX : it->second);
+  }
+  size_t v4_slots = 16;
+  while (v4_slots < s.pods.size() * 2) v4_slots *= 2;
+  out.v4_pods.assign(v4_slots, {});
+  out.v4_pod_mask = static_cast<uint32_t>(v4_slots - 1);
+  for (uint32_t i = 0; i < s.pods.size(); ++i) {
+    if (!s.pods[i].ip.is_v4()) continue;
+    const uint32_t ip = s.pods[i].ip.v4();
+    uint32_t slot = v4_pod_hash(ip) & out.v4_pod_mask;
+    while (out.v4_pods[slot].pod_plus_one) slot = (slot + 1) & out.v4_pod_mask;
+    out.v4_pods[slot] = {ip, i + 1};
+  }
+  {
+    std::vector<uint32_t> vips;
+    std::vector<uint64_t> backends;
+    for (const table_frontend& f : s.frontends) {
+      if (!f.vip.is_v4()) {
+        out.has_v6_services = true;
+        continue;
+      }
+      vips.push_back(f.vip.v4());
+      const table_service& service = s.services[f.service_index];
+      for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+        const uint16_t port = f.target_port ? f.target_port : s.backends[b].port;
+        backends.push_back(uint64_t{s.backends[b].ip.v4()} << 16 | port);
+      }
+    }
+    auto fill = [](auto& slots, uint32_t& mask, const auto& keys) {
+      size_t size = 16;
+      while (size < keys.size() * 2) size *= 2;
+      slots.assign(size, 0);
+      mask = static_cast<uint32_t>(size - 1);
+      for (auto key : keys) {
+        uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;
+        while (slots[slot] && slots[slot] != key) slot = (slot + 1) & mask;
+        slots[slot] = key;
+      }
+    };
+    fill(out.v4_vips, out.v4_vip_mask, vips);
+    fill(out.v4_backends, out.v4_backend_mask, backends);
+  }
+  for (const table_route& r : s.routes) {  // already longest first
+    if (!r.prefix.is_v4()) continue;
+    const uint32_t mask = r.prefix.length == 0 ? 0 : ~uint32_t{0} << (32 - r.prefix.length);
+    out.v4_routes.push_back({r.prefix.base.v4() & mask, mask, r.node_index});
   }
   for (uint32_t i = 0; i < s.nodes.size(); ++i) {
     const uint32_t ip = s.nodes[i].underlay_ip.is_v4() ? v4_net(s.nodes[i].underlay_ip) : 0;
@@ -363,21 +417,44 @@ inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
 
 // Service load balancing: reverse NAT for replies of flows we DNATed, DNAT (with a new
 // flow when needed) for packets to a frontend. Returns false when the packet was dropped.
-bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p) {
+bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p,
+                  uint64_t& flow_hash) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
+  if (p.l3 == l3_kind::ipv4) {
+    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+    if (!gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(ip->destination)) &&
+        !gate_contains(t.v4_backends, t.v4_backend_mask,
+                       uint64_t{from_net32(ip->source)} << 16 | p.source_port))
+      return true;  // neither to a VIP nor from a backend: no flow state involved
+  } else if (!t.has_v6_services) {
+    return true;
+  }
+  const auto count_and_rewrite = [&](const flow_entry& e) {
+    const uint32_t bytes = rte_pktmbuf_pkt_len(m);
+    w.service[e.service_slot].packets.add(1);
+    w.service[e.service_slot].bytes.add(bytes);
+    w.backend[e.backend_slot].packets.add(1);
+    w.backend[e.backend_slot].bytes.add(bytes);
+    rewrite_endpoint(frame, p, /*destination=*/e.direction == flow_direction::forward, e.rewrite_address,
+                     e.rewrite_port);
+  };
   const snapshot& s = *t.tables;
   const flow_key key = make_flow_key(frame, p);
   const uint64_t hash = hash_flow_key(key);
-  flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts);
-  if (entry) {
-    const uint32_t bytes = rte_pktmbuf_pkt_len(m);
-    w.service[entry->service_slot].packets.add(1);
-    w.service[entry->service_slot].bytes.add(bytes);
-    w.backend[entry->backend_slot].packets.add(1);
-    w.backend[entry->backend_slot].bytes.add(bytes);
-    const bool forward = entry->direction == flow_direction::forward;
-    rewrite_endpoint(frame, p, /*destination=*/forward, entry->rewrite_address, entry->rewrite_port);
+  // The client-side tuple's hash also picks the Geneve source port: stable per flow.
+  flow_hash = hash;
+  if (const flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts)) {
+    count_and_rewrite(*entry);
     return true;
+  }
+  // A flow another worker owns (its packets in this direction arrive here): read its
+  // entry consistently and apply it; the owner keeps it alive.
+  for (const flow_table* peer : w.peer_flows) {
+    flow_entry shared;
+    if (peer->find_shared(key, hash, w.now, w.timeouts, shared)) {
+      count_and_rewrite(shared);
+      return true;
+    }
   }
   const ip_address destination = destination_of(frame, p);
   const table_frontend* frontend =
@@ -402,27 +479,29 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   const uint32_t backend_slot = t.backend_slot[backend_index];
   const uint16_t backend_port = frontend->target_port ? frontend->target_port : backend->port;
 
-  flow_entry* forward = w.flows.insert(key, hash, w.now, w.timeouts);
-  std::memcpy(forward->rewrite_address, backend->ip.bytes.data(), 16);
-  forward->rewrite_port = backend_port;
-  forward->direction = flow_direction::forward;
-  forward->service_slot = service_slot;
-  forward->backend_slot = backend_slot;
-  forward->state = flow_state::transitory;
+  flow_entry forward{};
+  forward.key = key;
+  std::memcpy(forward.rewrite_address, backend->ip.bytes.data(), 16);
+  forward.rewrite_port = backend_port;
+  forward.direction = flow_direction::forward;
+  forward.service_slot = service_slot;
+  forward.backend_slot = backend_slot;
+  forward.state = flow_state::transitory;
+  w.flows.insert(forward, hash, w.now, w.timeouts);
 
-  flow_key reply{};
-  std::memcpy(reply.source, backend->ip.bytes.data(), 16);
-  std::memcpy(reply.destination, key.source, 16);
-  reply.source_port = backend_port;
-  reply.destination_port = key.source_port;
-  reply.protocol = key.protocol;
-  flow_entry* reverse = w.flows.insert(reply, hash_flow_key(reply), w.now, w.timeouts);
-  std::memcpy(reverse->rewrite_address, key.destination, 16);
-  reverse->rewrite_port = key.destination_port;
-  reverse->direction = flow_direction::reverse;
-  reverse->service_slot = service_slot;
-  reverse->backend_slot = backend_slot;
-  reverse->state = flow_state::transitory;
+  flow_entry reverse{};
+  std::memcpy(reverse.key.source, backend->ip.bytes.data(), 16);
+  std::memcpy(reverse.key.destination, key.source, 16);
+  reverse.key.source_port = backend_port;
+  reverse.key.destination_port = key.source_port;
+  reverse.key.protocol = key.protocol;
+  std::memcpy(reverse.rewrite_address, key.destination, 16);
+  reverse.rewrite_port = key.destination_port;
+  reverse.direction = flow_direction::reverse;
+  reverse.service_slot = service_slot;
+  reverse.backend_slot = backend_slot;
+  reverse.state = flow_state::transitory;
+  w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 
   const uint32_t bytes = rte_pktmbuf_pkt_len(m);
   w.service[service_slot].new_flows.add(1);
@@ -458,13 +537,37 @@ void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& po
 // destination's pod range. `from_overlay`: it arrived by Geneve, so it may only be
 // delivered locally (never sent back into the overlay).
 void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
-           parsed_packet& p, bool from_overlay) {
+           parsed_packet& p, bool from_overlay, uint64_t flow_hash) {
   uint8_t* frame = frame_of(m);
   const snapshot& s = *t.tables;
-  const ip_address destination = destination_of(frame, p);
   const mac_address reply_mac = ports.ports[in_port].mac;
+  const table_pod* pod = nullptr;
+  const table_node* node = nullptr;
+  if (p.l3 == l3_kind::ipv4) {
+    const uint32_t ip = from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination);
+    for (uint32_t slot = v4_pod_hash(ip) & t.v4_pod_mask;; slot = (slot + 1) & t.v4_pod_mask) {
+      const forwarding_tables::v4_pod_slot& entry = t.v4_pods[slot];
+      if (!entry.pod_plus_one) break;
+      if (entry.ip == ip) {
+        pod = &s.pods[entry.pod_plus_one - 1];
+        break;
+      }
+    }
+    if (!pod) {
+      for (const forwarding_tables::v4_route& r : t.v4_routes) {
+        if ((ip & r.mask) == r.base) {
+          node = &s.nodes[r.node_index];
+          break;
+        }
+      }
+    }
+  } else {
+    const ip_address destination = destination_of(frame, p);
+    pod = s.find_pod(destination);
+    if (!pod) node = s.route(destination);
+  }
 
-  if (const table_pod* pod = s.find_pod(destination)) {
+  if (pod) {
     const uint16_t out = t.pod_port[static_cast<size_t>(pod - s.pods.data())];
     if (out == UINT16_MAX) return drop(w, m, drop_reason::no_port);
     if (!decrement_ttl(frame, p)) {
@@ -484,7 +587,6 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     return transmit(w, out, m);
   }
 
-  const table_node* node = s.route(destination);
   if (!node || from_overlay) return drop(w, m, drop_reason::no_route);
   const uint32_t node_index = static_cast<uint32_t>(node - s.nodes.data());
   if (node_index == kLocalNodeIndex) return drop(w, m, drop_reason::no_route);  // our range, no such pod
@@ -510,9 +612,10 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     }
     return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, inner_mtu);
   }
-  const flow_key key = make_flow_key(frame, p);
+  if (!flow_hash) flow_hash = hash_flow_key(make_flow_key(frame, p));
   const port_info& uplink = ports.ports[ports.uplink_port];
-  geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, hash_flow_key(key));
+  geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, flow_hash,
+                     ports.geneve_udp_checksum.load(std::memory_order_relaxed));
   w.geneve_encapsulated.add(1);
   transmit(w, ports.uplink_port, m);
 }
@@ -577,8 +680,12 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       port.neighbour_mac.store(source, std::memory_order_relaxed);
     if (p.l3 == l3_kind::arp) {
       const auto* arp = reinterpret_cast<const arp_header*>(frame + p.l3_offset);
-      if (from_net16(arp->operation) == kArpRequest && arp->target_ip == t.gateway_ip)
-        return answer_arp(w, in_port, m, port.mac);
+      if (arp->target_ip == t.gateway_ip) {
+        if (from_net16(arp->operation) == kArpRequest) return answer_arp(w, in_port, m, port.mac);
+        // The pod's answer to our own request: its MAC is learned above; consumed.
+        w.neighbour_messages.add(1);
+        return rte_pktmbuf_free(m);
+      }
       return drop(w, m, drop_reason::not_for_us);
     }
     if (is_gateway(frame, p, t)) {
@@ -600,8 +707,9 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       }
     }
     if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
-    if (!load_balance(w, t, m, frame, p)) return;
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false);
+    uint64_t flow_hash = 0;
+    if (!load_balance(w, t, m, frame, p, flow_hash)) return;
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, flow_hash);
   }
 
   if (port.role == port_role::uplink) {
@@ -609,8 +717,11 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       const auto* arp = reinterpret_cast<const arp_header*>(frame + p.l3_offset);
       for (const auto& [underlay, node] : t.node_by_underlay)
         if (underlay == arp->sender_ip) ports.neighbours.learn(arp->sender_ip, arp->sender_mac);
-      if (from_net16(arp->operation) == kArpRequest && arp->target_ip == t.underlay_ip)
-        return answer_arp(w, in_port, m, port.mac);
+      if (arp->target_ip == t.underlay_ip) {
+        if (from_net16(arp->operation) == kArpRequest) return answer_arp(w, in_port, m, port.mac);
+        w.neighbour_messages.add(1);  // a reply to us: learned above; consumed
+        return rte_pktmbuf_free(m);
+      }
       return drop(w, m, drop_reason::not_for_us);
     }
     if (p.l3 == l3_kind::ipv4) {
@@ -619,8 +730,9 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
           if (!geneve_decapsulate(w, t, ports, m, p)) return;
           frame = frame_of(m);
-          if (!load_balance(w, t, m, frame, p)) return;
-          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true);
+          uint64_t flow_hash = 0;
+          if (!load_balance(w, t, m, frame, p, flow_hash)) return;
+          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, flow_hash);
         }
         if (p.l4_offset && p.l4_protocol == kProtoIcmp &&
             reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpEchoRequest)
@@ -630,10 +742,11 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
     }
     // Ingress to a service VIP from outside the cluster.
     if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
-    if (!load_balance(w, t, m, frame, p)) return;
+    uint64_t flow_hash = 0;
+    if (!load_balance(w, t, m, frame, p, flow_hash)) return;
     const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
     if (!pod) return drop(w, m, drop_reason::not_for_us);
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true);
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, flow_hash);
   }
   drop(w, m, drop_reason::no_port);
 }
@@ -641,27 +754,48 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
 }  // namespace
 
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& p) {
-  flow_key key{};
+  // Written as whole 8-byte words: the hash reads the key back in 8-byte words right
+  // away, and a load that spans several smaller stores cannot be forwarded (a stall of
+  // a dozen cycles per word).
+  uint64_t words[5];
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-    key.source[10] = key.source[11] = 0xff;
-    key.destination[10] = key.destination[11] = 0xff;
-    std::memcpy(&key.source[12], &ip->source, 4);
-    std::memcpy(&key.destination[12], &ip->destination, 4);
+    // IPv4-mapped (::ffff:a.b.c.d): bytes 10-11 are 0xff, the address in bytes 12-15.
+    words[0] = 0;
+    words[1] = uint64_t{ip->source} << 32 | 0xffff0000u;
+    words[2] = 0;
+    words[3] = uint64_t{ip->destination} << 32 | 0xffff0000u;
   } else {
-    const auto* ip = reinterpret_cast<const ipv6_header*>(frame + p.l3_offset);
-    std::memcpy(key.source, ip->source, 16);
-    std::memcpy(key.destination, ip->destination, 16);
+    std::memcpy(words, frame + p.l3_offset + offsetof(ipv6_header, source), 32);
   }
-  key.source_port = p.source_port;
-  key.destination_port = p.destination_port;
-  key.protocol = p.l4_protocol;
+  words[4] = uint64_t{p.source_port} | uint64_t{p.destination_port} << 16 | uint64_t{p.l4_protocol} << 32;
+  flow_key key;
+  static_assert(sizeof key == sizeof words);
+  std::memcpy(&key, words, sizeof key);
   return key;
 }
 
+namespace {
+// Folds a ones' complement sum to 16 bits without inverting it.
+inline uint32_t fold16(uint64_t sum) {
+  sum = (sum & 0xffffffff) + (sum >> 32);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint32_t>((sum & 0xffff) + (sum >> 16));
+}
+inline uint32_t halves(uint32_t v) { return (v >> 16) + (v & 0xffff); }
+}  // namespace
+
 void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_address& outer_destination,
-                        uint32_t local_underlay_ip, uint32_t remote_underlay_ip, uint64_t flow_hash) {
+                        uint32_t local_underlay_ip, uint32_t remote_underlay_ip, uint64_t flow_hash,
+                        bool udp_checksum) {
   const uint16_t inner_length = static_cast<uint16_t>(rte_pktmbuf_pkt_len(m));
+  // The inner frame's sum first, while nothing has been written in front of it; the
+  // outer headers' sums come from the values in registers, not from re-reading memory
+  // just written (which would stall on store forwarding).
+  const uint32_t inner_sum =
+      udp_checksum ? wire::bswap16(static_cast<uint16_t>(fold16(checksum_partial(rte_pktmbuf_mtod(m, void*), inner_length))))
+                   : 0;
   uint8_t* outer = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
   auto* eth = reinterpret_cast<ethernet_header*>(outer);
   auto* ip = reinterpret_cast<ipv4_header*>(outer + sizeof(ethernet_header));
@@ -671,23 +805,28 @@ void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_
   eth->source = outer_source;
   eth->ether_type = to_net16(kEtherTypeIpv4);
   const uint16_t udp_length = static_cast<uint16_t>(sizeof(udp_header) + sizeof(geneve_header) + inner_length);
-  *ip = ipv4_header{0x45, 0, to_net16(static_cast<uint16_t>(sizeof(ipv4_header) + udp_length)), 0,
-                    to_net16(kIpv4DontFragment), 64, kProtoUdp, 0, local_underlay_ip, remote_underlay_ip};
-  ip->checksum = checksum(ip, sizeof(ipv4_header));
+  const uint16_t total_length = static_cast<uint16_t>(sizeof(ipv4_header) + udp_length);
+  const uint32_t source_host = from_net32(local_underlay_ip), destination_host = from_net32(remote_underlay_ip);
+  const uint32_t addresses = halves(source_host) + halves(destination_host);
+  const uint16_t ip_check = static_cast<uint16_t>(
+      ~fold16(0x4500u + total_length + kIpv4DontFragment + ((64u << 8) | kProtoUdp) + addresses));
+  *ip = ipv4_header{0x45, 0, to_net16(total_length), 0, to_net16(kIpv4DontFragment), 64, kProtoUdp,
+                    to_net16(ip_check), local_underlay_ip, remote_underlay_ip};
   // RFC 8926 section 3.3: the source port from a hash of the inner flow, in the
   // ephemeral range (49152-65535), so that the underlay's ECMP/RSS spreads flows.
-  udp->source_port = to_net16(static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 32)) & 0x3fff)));
-  udp->destination_port = to_net16(kGenevePort);
-  udp->length = to_net16(udp_length);
-  udp->checksum = 0;
+  const uint16_t source_port = static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 32)) & 0x3fff));
+  // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
+  // that receivers and middleboxes that verify it accept the frame): pseudo-header, UDP
+  // header, Geneve header, inner frame.
+  const uint32_t vni_high = (kOverlayVni >> 8) & 0xffff, vni_low = (kOverlayVni & 0xff) << 8;
+  uint16_t udp_check = static_cast<uint16_t>(
+      ~fold16(uint64_t{addresses} + kProtoUdp + udp_length + source_port + kGenevePort + udp_length +
+              kEtherTypeTransparentBridging + vni_high + vni_low + inner_sum));
+  if (udp_check == 0) udp_check = 0xffff;  // RFC 768: zero means "no checksum"
+  if (!udp_checksum) udp_check = 0;
+  *udp = udp_header{to_net16(source_port), to_net16(kGenevePort), to_net16(udp_length), to_net16(udp_check)};
   *geneve = geneve_header{0, 0, to_net16(kEtherTypeTransparentBridging),
                           {uint8_t(kOverlayVni >> 16), uint8_t(kOverlayVni >> 8), uint8_t(kOverlayVni)}, 0};
-  // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
-  // that middleboxes and receivers that verify it accept the frame).
-  uint64_t sum = pseudo_header_sum_v4(local_underlay_ip, remote_underlay_ip, kProtoUdp, udp_length);
-  sum = checksum_partial(udp, udp_length, sum);
-  uint16_t check = checksum_fold(sum);
-  udp->checksum = check == 0 ? 0xffff : check;
 }
 
 void process_burst(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port,

@@ -75,6 +75,9 @@ struct port_table {
   std::array<port_info, kMaxPorts> ports;
   uint16_t uplink_port = UINT16_MAX;
   uint16_t uplink_mtu = 1500;  // IP MTU of the underlay
+  // Outer UDP checksum of Geneve frames: computed (default), or zero, which RFC 768 and
+  // RFC 8926 section 3.3 allow over IPv4 and which saves a pass over the packet.
+  std::atomic<uint8_t> geneve_udp_checksum{1};
   underlay_neighbours neighbours;
 };
 
@@ -89,6 +92,27 @@ struct forwarding_tables {
   std::vector<uint32_t> node_underlay_ip;  // by snapshot node index, network order (0: not IPv4)
   std::vector<uint32_t> service_slot;      // by snapshot service index -> counter slot
   std::vector<uint32_t> backend_slot;      // by snapshot backend index -> counter slot
+  // IPv4 fast paths of the snapshot's lookups (the snapshot's own are family-generic):
+  // pod address -> pod index (open addressing, at most half full), pod ranges longest
+  // first.
+  struct v4_pod_slot {
+    uint32_t ip = 0;         // host order
+    uint32_t pod_plus_one = 0;
+  };
+  std::vector<v4_pod_slot> v4_pods;
+  uint32_t v4_pod_mask = 0;
+  struct v4_route {
+    uint32_t base = 0, mask = 0;  // host order
+    uint32_t node_index = 0;
+  };
+  std::vector<v4_route> v4_routes;
+  // Which IPv4 packets can concern the flow table at all: those to a VIP, and those
+  // from a backend's (address, port). Everything else skips it. Open addressing; 0 is
+  // the empty slot (neither 0.0.0.0 nor port 0 can be configured).
+  std::vector<uint32_t> v4_vips;       // host-order VIP addresses
+  std::vector<uint64_t> v4_backends;   // (host-order address << 16) | port
+  uint32_t v4_vip_mask = 0, v4_backend_mask = 0;
+  bool has_v6_services = false;
   // Underlay address -> node index, for accepting Geneve only from known nodes.
   std::vector<std::pair<uint32_t, uint32_t>> node_by_underlay;
 };
@@ -113,6 +137,9 @@ struct worker_state {
   uint16_t index = 0;
   uint16_t tx_queue = 0;
   flow_table flows;
+  // The other workers' shards, read through flow_table::find_shared when a packet of a
+  // flow arrives at a worker that does not own it.
+  std::vector<const flow_table*> peer_flows;
   flow_timeouts timeouts;
   uint64_t now = 0;  // TSC at the start of the burst
 
@@ -140,7 +167,7 @@ void flush_tx(worker_state& worker);
 // Geneve encapsulation of the frame in `m` to `remote_underlay_ip` (network order).
 void geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
                         const wire::mac_address& outer_destination, uint32_t local_underlay_ip,
-                        uint32_t remote_underlay_ip, uint64_t flow_hash);
+                        uint32_t remote_underlay_ip, uint64_t flow_hash, bool udp_checksum = true);
 // Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 

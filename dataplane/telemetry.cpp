@@ -178,7 +178,15 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           else return "must be \"busy_poll\" or \"adaptive\", got " + v.dump();
                           return {};
                         }});
-  auto timeout_tunable = [this](std::atomic<uint64_t>& ticks, const char* what) {
+  registry.add_tunable("dataplane.geneve_udp_checksum",
+                       {"true: compute the outer UDP checksum of Geneve frames; false: send zero (allowed over IPv4)",
+                        [this] { return nlohmann::json(ports_->geneve_udp_checksum.load() != 0); },
+                        [this](const nlohmann::json& v) -> std::string {
+                          if (!v.is_boolean()) return "must be true or false, got " + v.dump();
+                          ports_->geneve_udp_checksum.store(v.get<bool>() ? 1 : 0);
+                          return {};
+                        }});
+  auto timeout_tunable = [](std::atomic<uint64_t>& ticks, const char* what) {
     return tunable{std::string(what) + " flow timeout in seconds (1..604800)",
                    [&ticks] { return nlohmann::json(ticks.load() / rte_get_tsc_hz()); },
                    [&ticks](const nlohmann::json& v) -> std::string {

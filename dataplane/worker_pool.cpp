@@ -142,6 +142,9 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     state->tx_queue = w;
     pool->workers_.push_back(std::move(state));
   }
+  for (auto& w : pool->workers_)
+    for (auto& other : pool->workers_)
+      if (other != w) w->peer_flows.push_back(&other->flows);
   pool->rx_queues_.resize(workers);
 
   for (const pool_port& p : ports) {
@@ -370,8 +373,14 @@ std::string worker_pool::stats_line() const {
     out << " | svc " << slot_names_.services[s] << " pkts " << packets << " flows " << flows;
   }
   uint64_t dropped = 0;
-  for (unsigned r = 1; r < kDropReasonCount; ++r) dropped += drops(static_cast<drop_reason>(r));
-  out << " | drops " << dropped;
+  std::string reasons;
+  for (unsigned r = 1; r < kDropReasonCount; ++r) {
+    const uint64_t n = drops(static_cast<drop_reason>(r));
+    if (!n) continue;
+    dropped += n;
+    reasons += std::string(reasons.empty() ? " (" : ", ") + to_string(static_cast<drop_reason>(r)) + " " + std::to_string(n);
+  }
+  out << " | drops " << dropped << (reasons.empty() ? "" : reasons + ")");
   return out.str();
 }
 

@@ -154,8 +154,9 @@ void BM_io_floor(benchmark::State& state) {
 }
 BENCHMARK(BM_io_floor);
 
-template <bool kService>
+template <bool kService, bool kUdpChecksum = true>
 void BM_pipeline(benchmark::State& state) {
+  world->ports->geneve_udp_checksum.store(kUdpChecksum);
   rte_mbuf* packets[kBurst];
   worker_state& w = *world->worker;
   const testing::bytes& frame = kService ? world->to_service : world->to_local;
@@ -178,6 +179,8 @@ void BM_pipeline(benchmark::State& state) {
 // Whole pipeline, 64-byte TCP to a service VIP: parse, flow-table hit, DNAT with
 // incremental checksums, route, Geneve encapsulation with outer checksums, TX.
 BENCHMARK(BM_pipeline<true>)->Name("BM_pipeline_service_flow_hit_geneve");
+// The same with a zero outer UDP checksum (tunable dataplane.geneve_udp_checksum=false).
+BENCHMARK(BM_pipeline<true, false>)->Name("BM_pipeline_service_flow_hit_geneve_no_udp_checksum");
 // Whole pipeline, 64-byte TCP to a pod on this node: parse, route, MAC/TTL rewrite, TX.
 BENCHMARK(BM_pipeline<false>)->Name("BM_pipeline_local_delivery");
 
@@ -224,11 +227,13 @@ void BM_stage_geneve_encap(benchmark::State& state) {
   rte_mbuf* m = rte_pktmbuf_alloc(world->pool);
   std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(world->to_local.size())), world->to_local.data(),
               world->to_local.size());
+  const uint32_t local = ip4("198.19.0.1"), remote = ip4("198.19.0.2");
+  const mac_address source = mac(1), destination = mac(2);
   uint64_t cycles = 0, count = 0;
   for (auto _ : state) {
     const uint64_t start = rte_rdtsc();
     for (int i = 0; i < kBurst; ++i) {
-      geneve_encapsulate(m, mac(1), mac(2), ip4("198.19.0.1"), ip4("198.19.0.2"), 0x1234567 + i);
+      geneve_encapsulate(m, source, destination, local, remote, 0x1234567 + i);
       benchmark::ClobberMemory();
       rte_pktmbuf_adj(m, kGeneveOverhead);
     }

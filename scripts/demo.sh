@@ -49,13 +49,16 @@ cgroup2=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
 demo_cgroup=$cgroup2/meshlane-demo/node1
 pins=/sys/fs/bpf/meshlane-demo
 work=$(mktemp -d /tmp/meshlane-demo.XXXXXX)
-ebpf_cleanup() {
+# Torn down at the end of this part (the DPDK part reuses the pod names), or on exit.
+ebpf_teardown() {
   for pid in ${server_pid:-} ${agent_pid:-}; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  server_pid= agent_pid=
   "$build/meshlaned" --uninstall --bpf-pin-dir "$pins" >/dev/null 2>&1 || true
+  for ns in mld-client mld-weba mld-node1; do ip netns delete "$ns" 2>/dev/null || true; done
+  rmdir "$demo_cgroup" "$cgroup2/meshlane-demo" 2>/dev/null || true
   rm -rf "$work"
-  cleanup
 }
-trap ebpf_cleanup EXIT
+trap 'ebpf_teardown; cleanup' EXIT
 
 pods_node mld-node1
 pods_add mld-node1 mld-client 198.18.1.10 198.18.1.1 mld1-client
@@ -91,3 +94,88 @@ for round in 1 2 3 4 5; do
     "$(echo "$counters" | python3 -c 'import json,sys; c=json.load(sys.stdin); print("redirected %d msgs / %.1f MiB, connects rewritten %d" % (c["redirected_messages"], c["redirected_bytes"]/1048576, c["connect_rewrites"]))')"
 done
 echo "(the client dialled the VIP; getpeername showed it the VIP; the bytes never crossed TCP/IP or the veths)"
+ebpf_teardown
+
+# ---------------------------------------------------------------------------------------
+# DPDK workers (issue 4): both nodes' agents forward real pod traffic.
+# Per node a namespace mld-nodeN holding the agent, an underlay veth between them, each
+# pod a namespace whose veth's host end (pods[].interface) the agent owns via af_packet.
+# The agents run the documents above plus a "dataplane" section (written to a temporary
+# directory); their --stats-interval lines show live per-port and per-service counters.
+echo
+echo "=== DPDK workers: two agents forwarding pod traffic across nodes"
+demo_dir=$(mktemp -d /tmp/meshlane-demo-XXXX)
+agent_pids=()
+dataplane_cleanup() {
+  for pid in "${agent_pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${agent_pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^mld-'); do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null || true
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  rm -rf "$demo_dir" /var/run/dpdk/meshlane-demo-node1 /var/run/dpdk/meshlane-demo-node2
+  cleanup
+}
+trap dataplane_cleanup EXIT
+traffic="python3 $root/scripts/demo/pod_traffic.py"
+for n in 1 2; do
+  ip netns add mld-node$n
+  ip -n mld-node$n link set lo up
+  ip netns exec mld-node$n sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+done
+ip link add mld1-uplink netns mld-node1 type veth peer name mld2-uplink netns mld-node2
+ip -n mld-node1 link set mld1-uplink up
+ip -n mld-node2 link set mld2-uplink up
+# pods: name, node, address, host-side interface (from the documents)
+python3 - scripts/demo/node1.json scripts/demo/node2.json > "$demo_dir/pods" <<'PY'
+import json, sys
+for n, path in enumerate(sys.argv[1:], 1):
+    for pod in json.load(open(path))["pods"]:
+        print(pod["name"], n, pod["ip"], pod["interface"])
+PY
+while read -r name n ip interface; do
+  ns=mld-$name
+  ip netns add "$ns"
+  ip -n "$ns" link set lo up
+  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+  ip link add "$interface" netns mld-node$n type veth peer name eth0 netns "$ns"
+  ip -n mld-node$n link set "$interface" up
+  # The pod's only neighbour is its gateway 198.18.n.1, answered by the node's worker.
+  ip -n "$ns" link set eth0 mtu 1450 up
+  ip -n "$ns" addr add "$ip/32" dev eth0
+  ip -n "$ns" route add "198.18.$n.1" dev eth0
+  ip -n "$ns" route add default via "198.18.$n.1" dev eth0
+  ip netns exec "$ns" ethtool -K eth0 tx off >/dev/null  # real checksums on the wire
+  echo "  pod $name ($ip) on node$n via $interface"
+done < "$demo_dir/pods"
+for n in 1 2; do
+  python3 - "scripts/demo/node$n.json" "$n" > "$demo_dir/node$n.json" <<'PY'
+import json, sys
+doc, n = json.load(open(sys.argv[1])), sys.argv[2]
+doc["tunables"].update({"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 16384})
+doc["dataplane"] = {"uplink": {"interface": f"mld{n}-uplink", "driver": "af_packet", "mtu": 1500},
+                    "eal_args": ["--no-huge", "-m", "128", f"--file-prefix=meshlane-demo-node{n}",
+                                 "--log-level=error", "--no-telemetry"]}
+print(json.dumps(doc, indent=1))
+PY
+  ip netns exec mld-node$n "$build/meshlaned" --config "$demo_dir/node$n.json" --stats-interval 3 \
+    --control-socket "$demo_dir/node$n.sock" --no-ebpf \
+    > >(sed -u "s/^/  [node$n agent] /") 2>&1 &
+  agent_pids+=($!)
+done
+sleep 2
+# Servers: every web pod answers on 8080 with its name; the echo pods on 7007.
+ip netns exec mld-web-a $traffic tcp-server web-a 8080 & ip netns exec mld-web-a $traffic udp-server web-a 7007 &
+ip netns exec mld-web-b $traffic tcp-server web-b 8080 &
+ip netns exec mld-echo $traffic tcp-server echo 7007 & ip netns exec mld-echo $traffic udp-server echo 7007 &
+sleep 1
+echo "--- client (node1) -> web-b (node2) directly, Geneve between the nodes:"
+ip netns exec mld-client $traffic bulk 198.18.2.20 8080 1048576
+echo "--- client (node1) -> service web 198.19.128.10:80 (backends web-a on node1, web-b on node2):"
+ip netns exec mld-client $traffic tcp-hello 198.19.128.10 80 20
+echo "--- client (node1) -> service echo 198.19.128.20:7/udp (echo on node2 weight 3, web-a on node1 weight 1):"
+ip netns exec mld-client $traffic udp-hello 198.19.128.20 7 20
+echo "--- counters (each agent prints them every 3 s):"
+sleep 4
+echo "=== DPDK workers: done; stopping the agents"
+# ---------------------------------------------------------------------------------------

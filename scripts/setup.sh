@@ -12,7 +12,7 @@ packages=(
   libdpdk-dev dpdk-dev libbpf-dev libelf-dev zlib1g-dev libssl-dev nlohmann-json3-dev libpcap-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # BPF skeletons, fuzzing runtime, kernel tools used by tests and the demo
-  bpftool libclang-rt-14-dev iproute2 procps kmod
+  bpftool libclang-rt-14-dev iproute2 procps kmod ethtool
   # the sidecar-model baseline of the pod-local benchmark
   haproxy
   # metrics scrape check in tests

@@ -2,7 +2,10 @@
 // the frames that come out compared field by field. Each test is named by what it checks.
 #include <gtest/gtest.h>
 
+#include <atomic>
+#include <chrono>
 #include <map>
+#include <thread>
 #include <set>
 
 #include <nlohmann/json.hpp>
@@ -13,6 +16,7 @@ namespace meshlane::testing {
 namespace {
 
 using namespace wire;
+using namespace std::chrono_literals;
 
 constexpr size_t kEth = sizeof(ethernet_header);
 constexpr size_t kIp4 = kEth;          // IPv4 header offset in a plain frame
@@ -91,6 +95,18 @@ TEST_F(golden, ArpRequestForGatewayGetsReplyWithPortMac) {
   EXPECT_EQ(mac_at(reply, kEth + 18), kClientMac);               // target MAC
   EXPECT_EQ(net32_at(reply, kEth + 24), ip4("198.18.1.10"));     // target IP
   EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden, PodAnswerToOurArpRequestIsConsumedAndTeachesItsMac) {
+  bytes reply = arp_request(kWebMac, ip4("198.18.1.20"), ip4("198.18.1.1"));
+  reply[kEth + 7] = kArpReply;
+  send(web, reply);
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::not_for_us), 0u);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9)));
+  const bytes out = receive(web);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(mac_at(out, 0), kWebMac);
 }
 
 TEST_F(golden, ArpForAnotherAddressIsDroppedAsNotForUs) {
@@ -506,6 +522,61 @@ TEST_F(golden, NewSnapshotChangesRoutingWithoutRestart) {
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080)));
   EXPECT_EQ(pending_total(), 0u);
   EXPECT_EQ(drops(drop_reason::no_route), 1u);
+}
+
+// RCU: a worker thread polls continuously while the control thread publishes snapshots
+// that add and remove the destination pod. Every packet is either delivered intact (old
+// or new table) or dropped as "no route"; none is lost, corrupted or misrouted, and
+// every publish returns (the worker's quiescent states let the old table go).
+TEST_F(golden, TableSwapsUnderTrafficNeverLoseOrCorruptPackets) {
+  learn_pod_macs();
+  auto without_web = nlohmann::json::parse(kNode1Document);
+  without_web["pods"].erase(1);
+  for (auto& service : without_web["services"]) {
+    if (!service.contains("backends")) continue;
+    auto& backends = service["backends"];
+    for (size_t i = backends.size(); i-- > 0;)
+      if (backends[i]["ip"] == "198.18.1.20") backends.erase(i);
+  }
+  const std::string documents[2] = {kNode1Document, without_web.dump()};
+  std::atomic<bool> running{true};
+  std::thread worker([&] {
+    while (running.load()) pool_->poll_once(0);
+  });
+  const bytes frame = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9));
+  constexpr int kPackets = 3000;
+  int sent = 0, delivered = 0;
+  for (int generation = 2; sent < kPackets; ++generation) {
+    auto parsed = parse_desired_state(documents[generation % 2]);
+    ASSERT_TRUE(parsed.state);
+    ASSERT_EQ(pool_->install(compile_tables(*parsed.state, generation)), "");
+    for (int i = 0; i < 30 && sent < kPackets; ++i, ++sent) {
+      rte_mbuf* m = rte_pktmbuf_alloc(eal_environment::test_mbufs);
+      ASSERT_NE(m, nullptr);
+      std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(frame.size())), frame.data(), frame.size());
+      while (rte_ring_enqueue(rx_[client], m) != 0) std::this_thread::yield();
+    }
+    for (bytes out; !(out = receive(web)).empty();) {
+      ++delivered;
+      ASSERT_EQ(out.size(), frame.size());
+      EXPECT_EQ(mac_at(out, 0), kWebMac);
+      EXPECT_EQ(out[kIp4 + 8], 63);
+      EXPECT_EQ(verify_checksums(out), "");
+    }
+  }
+  // Let the worker drain what is queued, then stop it.
+  for (int spin = 0; spin < 1000 && rte_ring_count(rx_[client]) > 0; ++spin) std::this_thread::sleep_for(1ms);
+  std::this_thread::sleep_for(10ms);
+  running.store(false);
+  worker.join();
+  for (bytes out; !(out = receive(web)).empty();) ++delivered;
+  EXPECT_EQ(delivered + drops(drop_reason::no_route), static_cast<uint64_t>(kPackets));
+  EXPECT_GT(delivered, 0);
+  EXPECT_GT(drops(drop_reason::no_route), 0u);
+  uint64_t other_drops = 0;
+  for (unsigned r = 1; r < kDropReasonCount; ++r)
+    if (static_cast<drop_reason>(r) != drop_reason::no_route) other_drops += drops(static_cast<drop_reason>(r));
+  EXPECT_EQ(other_drops, 0u);
 }
 
 TEST_F(golden, CountersCountPortsServicesAndDrops) {

@@ -266,7 +266,7 @@ class two_nodes : public ::testing::Test {
         "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}],
         "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
       "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 4096, "maglev_table_size": 251,
-                   "idle_policy": "adaptive"},
+                   "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
       "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": "af_packet", "mtu": 1500},
                     "eal_args": ["--no-huge", "-m", "128", "--file-prefix=)" + file_prefix(n) + R"(",
                                  "--log-level=error", "--no-telemetry"]}
@@ -291,6 +291,14 @@ class two_nodes : public ::testing::Test {
 
   std::string meshlaned_, work_dir_;
   node nodes_[2];
+  uint16_t node1_workers_ = 1;
+};
+
+// Node 1 with two workers: two queue pairs per port (af_packet fans flows out over
+// them), one lcore each.
+class two_nodes_two_workers : public two_nodes {
+ protected:
+  two_nodes_two_workers() { node1_workers_ = 2; }
 };
 
 TEST_F(two_nodes, PodsReachTheirGatewayLocalPodsAndPodsOnTheOtherNode) {
@@ -338,6 +346,50 @@ TEST_F(two_nodes, NodeOneKeepsForwardingWhileNodeTwoRestarts) {
   tcp_echo_server server(*nodes_[1].web, 8080);
   ASSERT_TRUE(server.ok());
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 256 << 10), "");
+}
+
+// An agent whose uplink does not exist says which field names it and exits 1, leaving
+// nothing behind.
+TEST(dataplane_agent, MissingUplinkInterfaceIsReportedWithItsPath) {
+  MESHLANE_REQUIRE_ROOT();
+  const char* binary = std::getenv("MESHLANED");
+  ASSERT_NE(binary, nullptr);
+  netns ns("bad");
+  const std::string dir = "/tmp/" + test_long_prefix() + "-bad";
+  std::filesystem::create_directories(dir);
+  const std::string prefix = test_long_prefix() + "-bad";
+  std::ofstream(dir + "/node.json") << R"({
+    "node": {"name": "node1", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24"},
+    "tunables": {"rx_ring_size": 256, "tx_ring_size": 256},
+    "dataplane": {"uplink": {"interface": "nosuchif0"},
+                  "eal_args": ["--no-huge", "-m", "64", "--file-prefix=)" + prefix + R"(", "--log-level=error"]}})";
+  const auto result = ns.exec(std::string(binary) + " --config " + dir + "/node.json");
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("$.dataplane.uplink: cannot open nosuchif0 with af_packet"), std::string::npos)
+      << result.output;
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+  std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
+}
+
+TEST_F(two_nodes_two_workers, TwoWorkersForwardTcpAndUdpAcrossNodes) {
+  EXPECT_NE(read_text(nodes_[0].log_path).find("2 workers"), std::string::npos) << read_text(nodes_[0].log_path);
+  tcp_echo_server server(*nodes_[1].web, 8080);
+  ASSERT_TRUE(server.ok());
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 1 << 20), "");
+  for (int round = 0; round < 8; ++round)
+    EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9400 + round, "two workers"), "");
+}
+
+// Service flows with two workers: a connection's requests (from the pod port) and its
+// replies (Geneve on the uplink) are spread over the queues independently, so replies
+// often reach the worker that does not own the flow; reverse NAT must work anyway.
+TEST_F(two_nodes_two_workers, ServiceRepliesFindTheirFlowOnEitherWorker) {
+  for (int connection = 0; connection < 8; ++connection) {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_TRUE(server.ok());
+    EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.19.128.10", 80, 64 << 10), "") << "connection " << connection;
+  }
 }
 
 }  // namespace
