@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The benchmark suite in one command: builds, runs every comparison that is measured
+# against its baseline in the same run (DESIGN.md, "Performance method"), writes
+# perf/results/<date>.json (machine, kernel, CPU, every figure with its repetitions) and
+# PNG plots beside it, and prints a short table of ratios. Root; cleans up after itself.
+#   scripts/bench.sh            about 4 minutes on 2 cores
+#   QUICK=1 scripts/bench.sh    fewer repetitions
+# perf/README.md says what each figure means and holds the latest ones.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=${MESHLANE_BUILD:-build}
+quick=${QUICK:-0}
+
+bash scripts/setup.sh
+# Plots only: matplotlib for Debian's own python3 (the one its packages install into).
+if ! /usr/bin/python3 -c "import matplotlib" 2>/dev/null; then
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-matplotlib >/dev/null
+fi
+if [ -f "$build/build.ninja" ]; then meson setup --reconfigure "$build" >/dev/null; else meson setup "$build" >/dev/null; fi
+ninja -C "$build" >/dev/null
+
+stamp=$(date -u +%Y-%m-%dT%H%M%SZ)
+work=$(mktemp -d /tmp/meshlane-bench.XXXXXX)
+trap 'rm -rf "$work"; bash "$root/scripts/cleanup.sh" >/dev/null 2>&1 || true' EXIT
+mkdir -p perf/results
+
+if [ "$quick" = 1 ]; then podlocal_args=(2 2); pipeline_args=(--benchmark_min_time=0.2); else podlocal_args=(4 3); pipeline_args=(); fi
+
+echo "== 1. pod-local: eBPF redirect vs kernel veth vs two HAProxy hops" >&2
+bash perf/podlocal_bench.sh "${podlocal_args[@]}" > "$work/podlocal.txt"
+cat "$work/podlocal.txt" >&2
+podlocal_json=$(ls -t perf/results/podlocal-*.json | head -1)
+
+echo "== 2. pipeline: cycles per packet per stage and whole, against the I/O floor (net_null)" >&2
+OUT=$work/pipeline.json bash perf/pipeline_bench.sh "${pipeline_args[@]}" >&2
+
+echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 backends each)" >&2
+"$build/perf/control_publish_bench" 1000 10000 100000 > "$work/control.jsonl"
+
+echo "== 4. memory: flow-table bytes per entry, resident memory at 1M flows" >&2
+"$build/perf/flow_memory_bench" > "$work/flow_memory.json"
+
+/usr/bin/python3 - "$stamp" "$podlocal_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" <<'PY'
+import json, os, platform, sys
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+stamp, podlocal_path, pipeline_path, control_path, memory_path = sys.argv[1:]
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+podlocal = json.load(open(podlocal_path))
+pipeline_runs = json.load(open(pipeline_path))["benchmarks"]
+control = [json.loads(l) for l in open(control_path)]
+memory = json.load(open(memory_path))
+
+median = {r["run_name"]: r for r in pipeline_runs if r.get("aggregate_name") == "median"}
+floor = median["BM_io_floor"]["cycles_per_packet"]
+pipeline = {name: {"cycles_per_packet": r["cycles_per_packet"], "x_floor": r["cycles_per_packet"] / floor,
+                   "mpps_per_core": r["packets_per_second"] / 1e6,
+                   "repetitions": [x["cycles_per_packet"] for x in pipeline_runs
+                                   if x["run_name"] == name and x.get("run_type") == "iteration"]}
+            for name, r in median.items()}
+
+report = {"date": stamp, "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
+          "podlocal": podlocal, "pipeline": pipeline, "control": control, "flow_memory": memory,
+          "not_measured": {
+              "crossnode_vs_kernel": "not yet in the suite: needs the two-node topology driven against VXLAN + nftables DNAT (this kernel has no GENEVE and no IPVS)",
+              "ovs_dpdk": "not yet attempted"}}
+out = f"perf/results/{stamp}.json"
+json.dump(report, open(out, "w"), indent=1)
+
+# Plots: one PNG each, beside the JSON.
+fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+paths = ["redirect", "kernel", "sidecar"]
+labels = ["meshlane eBPF", "kernel veth", "2x HAProxy"]
+f = podlocal["figures"]
+axes[0].bar(labels, [f[p]["rr_p50_us"] for p in paths], label="p50")
+axes[0].bar(labels, [f[p]["rr_p99_us"] - f[p]["rr_p50_us"] for p in paths],
+            bottom=[f[p]["rr_p50_us"] for p in paths], alpha=0.5, label="p99")
+axes[0].set_ylabel("64 B request/response, µs"); axes[0].legend(); axes[0].set_title("pod-local latency")
+axes[1].bar(labels, [f[p]["bulk_gbit_per_s"] for p in paths])
+axes[1].set_ylabel("Gbit/s, one connection"); axes[1].set_title("pod-local throughput")
+fig.tight_layout(); fig.savefig(f"perf/results/{stamp}-podlocal.png", dpi=100)
+
+fig, ax = plt.subplots(figsize=(10, 4))
+names = sorted(pipeline, key=lambda n: pipeline[n]["cycles_per_packet"])
+ax.barh([n.replace("BM_", "") for n in names], [pipeline[n]["cycles_per_packet"] for n in names])
+ax.axvline(floor * 4, color="red", linestyle="--", label="4x the I/O floor (target)")
+ax.set_xlabel("cycles per packet (net_null, 64 B)"); ax.legend(); ax.set_title("pipeline cost against the I/O floor")
+fig.tight_layout(); fig.savefig(f"perf/results/{stamp}-pipeline.png", dpi=100)
+
+fig, ax = plt.subplots(figsize=(6, 4))
+services = [c["services"] for c in control]
+for key, label in (("baseline_json_parse_s", "JSON parse (baseline)"), ("validate_s", "validate"), ("compile_s", "compile")):
+    ax.loglog(services, [c[key] for c in control], marker="o", label=label)
+ax.set_xlabel("services (16 backends each)"); ax.set_ylabel("seconds"); ax.legend(); ax.set_title("control plane")
+fig.tight_layout(); fig.savefig(f"perf/results/{stamp}-control.png", dpi=100)
+
+r = podlocal["ratios"]
+print()
+print(f"meshlane benchmarks, {stamp}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}")
+print(f"  pod-local   redirect vs kernel: p50 {r['redirect_vs_kernel_p50']:.2f}x, p99 {r['redirect_vs_kernel_p99']:.2f}x, throughput {r['redirect_vs_kernel_throughput']:.2f}x")
+print(f"              redirect vs sidecar: p50 {r['redirect_vs_sidecar_p50']:.2f}x, throughput {r['redirect_vs_sidecar_throughput']:.2f}x")
+for n in names:
+    p = pipeline[n]
+    print(f"  pipeline    {n.replace('BM_', ''):50} {p['cycles_per_packet']:7.1f} cycles  {p['x_floor']:5.2f}x floor  {p['mpps_per_core']:6.1f} Mpps/core")
+for c in control:
+    print(f"  control     {c['services']:>7} services: validate {c['validate_s']*1e3:8.1f} ms ({c['validate_over_json_parse']:.1f}x JSON parse), compile {c['compile_s']*1e3:8.1f} ms ({c['compile_over_json_parse']:.1f}x)")
+print(f"  memory      flow entry {memory['entry_bytes']} B; {memory['rss_bytes_per_live_flow']:.0f} B resident per live flow at 1M flows")
+print(f"  written     {out} and {stamp}-{{podlocal,pipeline,control}}.png")
+PY
