@@ -3,7 +3,7 @@
 # against its baseline in the same run (DESIGN.md, "Performance method"), writes
 # perf/results/<date>.json (machine, kernel, CPU, every figure with its repetitions) and
 # PNG plots beside it, and prints a short table of ratios. Root; cleans up after itself.
-#   scripts/bench.sh            about 4 minutes on 2 cores
+#   scripts/bench.sh            about 5 minutes on 2 cores
 #   QUICK=1 scripts/bench.sh    fewer repetitions
 # perf/README.md says what each figure means and holds the latest ones.
 set -euo pipefail
@@ -32,7 +32,12 @@ bash perf/podlocal_bench.sh "${podlocal_args[@]}" > "$work/podlocal.txt"
 cat "$work/podlocal.txt" >&2
 podlocal_json=$(ls -t perf/results/podlocal-*.json | head -1)
 
-echo "== 2. pipeline: cycles per packet per stage and whole, against the I/O floor (net_null)" >&2
+echo "== 2. cross-node: meshlane's DPDK workers vs kernel VXLAN + nftables DNAT" >&2
+bash perf/crossnode_bench.sh "${podlocal_args[@]}" > "$work/crossnode.txt"
+cat "$work/crossnode.txt" >&2
+crossnode_json=$(ls -t perf/results/crossnode-*.json | head -1)
+
+echo "== 2b. pipeline: cycles per packet per stage and whole, against the I/O floor (net_null)" >&2
 OUT=$work/pipeline.json bash perf/pipeline_bench.sh "${pipeline_args[@]}" >&2
 
 echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 backends each)" >&2
@@ -41,15 +46,16 @@ echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 bac
 echo "== 4. memory: flow-table bytes per entry, resident memory at 1M flows" >&2
 "$build/perf/flow_memory_bench" > "$work/flow_memory.json"
 
-/usr/bin/python3 - "$stamp" "$podlocal_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" <<'PY'
+/usr/bin/python3 - "$stamp" "$podlocal_json" "$crossnode_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" <<'PY'
 import json, os, platform, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-stamp, podlocal_path, pipeline_path, control_path, memory_path = sys.argv[1:]
+stamp, podlocal_path, crossnode_path, pipeline_path, control_path, memory_path = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 podlocal = json.load(open(podlocal_path))
+crossnode = json.load(open(crossnode_path))
 pipeline_runs = json.load(open(pipeline_path))["benchmarks"]
 control = [json.loads(l) for l in open(control_path)]
 memory = json.load(open(memory_path))
@@ -63,9 +69,8 @@ pipeline = {name: {"cycles_per_packet": r["cycles_per_packet"], "x_floor": r["cy
             for name, r in median.items()}
 
 report = {"date": stamp, "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
-          "podlocal": podlocal, "pipeline": pipeline, "control": control, "flow_memory": memory,
+          "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "flow_memory": memory,
           "not_measured": {
-              "crossnode_vs_kernel": "not yet in the suite: needs the two-node topology driven against VXLAN + nftables DNAT (this kernel has no GENEVE and no IPVS)",
               "ovs_dpdk": "not yet attempted"}}
 out = f"perf/results/{stamp}.json"
 json.dump(report, open(out, "w"), indent=1)
@@ -102,6 +107,9 @@ print()
 print(f"meshlane benchmarks, {stamp}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}")
 print(f"  pod-local   redirect vs kernel: p50 {r['redirect_vs_kernel_p50']:.2f}x, p99 {r['redirect_vs_kernel_p99']:.2f}x, throughput {r['redirect_vs_kernel_throughput']:.2f}x")
 print(f"              redirect vs sidecar: p50 {r['redirect_vs_sidecar_p50']:.2f}x, throughput {r['redirect_vs_sidecar_throughput']:.2f}x")
+c = crossnode["meshlane_over_kernel"]
+print(f"  cross-node  meshlane vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
+      f"via VIP (vs nftables DNAT) p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
 for n in names:
     p = pipeline[n]
     print(f"  pipeline    {n.replace('BM_', ''):50} {p['cycles_per_packet']:7.1f} cycles  {p['x_floor']:5.2f}x floor  {p['mpps_per_core']:6.1f} Mpps/core")

@@ -1,0 +1,172 @@
+#!/usr/bin/env bash
+# Cross-node pod-to-pod, the same pods and underlay in one run (DESIGN.md, "Performance
+# method"), two ways:
+#   kernel    the kernel's own answer: a VXLAN device per node over the underlay veth,
+#             kernel routing, and an nftables DNAT rule for the service VIP (the
+#             kube-proxy model; this kernel has neither GENEVE nor IPVS)
+#   meshlane  one meshlaned per node, DPDK workers owning the pod veths and the uplink
+#             through af_packet, Geneve between the nodes, Maglev + flow table for the VIP
+# For each: 64-byte request/response (p50, p99) and bulk throughput on one connection,
+# pod to pod and through the service VIP. REPS rounds of each, medians reported.
+# Two agents share this machine's cores with the load, so the workers use the adaptive
+# idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
+#   perf/crossnode_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
+# Writes perf/results/crossnode-<date>.json and prints ratios. Root; cleans up.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+build=${MESHLANE_BUILD:-build}
+seconds=${1:-4}
+reps=${2:-2}
+idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
+
+[ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
+ninja -C "$build" meshlaned perf/podlocal_load >/dev/null
+load=$root/$build/perf/podlocal_load
+work=$(mktemp -d /tmp/meshlane-bench.XXXXXX)
+pids=()
+
+finish() {
+  for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  for ns in mlb-client mlb-server mlb-node1 mlb-node2; do
+    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
+    ip netns delete "$ns" 2>/dev/null || true
+  done
+  rm -rf "$work" /var/run/dpdk/meshlane-bench-node1 /var/run/dpdk/meshlane-bench-node2
+}
+trap finish EXIT
+trap 'exit 130' INT TERM
+
+# --- topology: two nodes, an underlay veth, a client pod on node 1, a server pod on node 2
+for n in 1 2; do
+  ip netns add mlb-node$n
+  ip -n mlb-node$n link set lo up
+  ip netns exec mlb-node$n sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+done
+ip link add mlb1-uplink netns mlb-node1 type veth peer name mlb2-uplink netns mlb-node2
+add_pod() {  # NS NODE IP HOST_IF
+  ip netns add "$1"
+  ip -n "$1" link set lo up
+  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+  ip link add "$4" netns "mlb-node$2" type veth peer name eth0 netns "$1"
+  ip -n "mlb-node$2" link set "$4" up
+  ip -n "$1" link set eth0 mtu 1450 up   # room for either overlay's 50 bytes
+  ip -n "$1" addr add "$3/32" dev eth0
+  ip -n "$1" route add "198.18.$2.1" dev eth0
+  ip -n "$1" route add default via "198.18.$2.1" dev eth0
+  # Real checksums on the wire: a veth leaves them to offload, which af_packet would carry
+  # across unfinished. Both ways run with it, so they pay the same.
+  ip netns exec "$1" ethtool -K eth0 tx off >/dev/null
+}
+add_pod mlb-client 1 198.18.1.10 mlb1-client
+add_pod mlb-server 2 198.18.2.20 mlb2-server
+for n in 1 2; do ip -n mlb-node$n link set mlb$n-uplink up; done
+
+# Servers in the server pod: request/response and sink, the same for both ways.
+(ip netns exec mlb-server "$load" rr-server 8080) & pids+=($!)
+(ip netns exec mlb-server "$load" sink-server 8081) & pids+=($!)
+
+results=$work/results.jsonl
+measure() {  # WAY
+  for rep in $(seq "$reps"); do
+    for target in "pod 198.18.2.20 8080 8081" "vip 198.19.128.10 80 81"; do
+      set -- $target
+      local kind=$1 ip=$2 rr_port=$3 bulk_port=$4
+      rr=$(ip netns exec mlb-client "$load" rr-client "$ip" "$rr_port" "$seconds")
+      bulk=$(ip netns exec mlb-client "$load" bulk-client "$ip" "$bulk_port" "$seconds")
+      echo "{\"way\":\"$WAY\",\"target\":\"$kind\",\"rr\":$rr,\"bulk\":$bulk}" >> "$results"
+    done
+    echo "  $WAY round $rep done" >&2
+  done
+}
+
+# --- the kernel's way -----------------------------------------------------------------
+for n in 1 2; do
+  peer=$((3 - n))
+  ip -n mlb-node$n addr add 198.19.0.$n/24 dev mlb$n-uplink
+  ip netns exec mlb-node$n sysctl -qw net.ipv4.ip_forward=1
+  ip -n mlb-node$n link add vxlan0 type vxlan id 1 local 198.19.0.$n remote 198.19.0.$peer dstport 4789 dev mlb$n-uplink
+  ip -n mlb-node$n link set vxlan0 up
+  # Each node's pod gateway sits on its pod veths and on its VXLAN end, so the other node
+  # reaches the gateway (and through it the pods) with plain ARP over the tunnel.
+  ip -n mlb-node$n addr add 198.18.$n.1/32 dev vxlan0
+  ip -n mlb-node$n route add 198.18.$peer.0/24 via 198.18.$peer.1 dev vxlan0 onlink
+done
+ip -n mlb-node1 addr add 198.18.1.1/32 dev mlb1-client
+ip -n mlb-node1 route add 198.18.1.10/32 dev mlb1-client
+ip -n mlb-node2 addr add 198.18.2.1/32 dev mlb2-server
+ip -n mlb-node2 route add 198.18.2.20/32 dev mlb2-server
+# The service VIP, kube-proxy style: DNAT on the client's node.
+ip netns exec mlb-node1 nft -f - <<'NFT'
+table ip meshlane_bench {
+  chain prerouting {
+    type nat hook prerouting priority dstnat;
+    ip daddr 198.19.128.10 tcp dport 80 dnat to 198.18.2.20:8080
+    ip daddr 198.19.128.10 tcp dport 81 dnat to 198.18.2.20:8081
+  }
+}
+NFT
+WAY=kernel measure
+# Back to bare interfaces for the DPDK workers.
+ip netns exec mlb-node1 nft delete table ip meshlane_bench
+for n in 1 2; do
+  ip -n mlb-node$n link delete vxlan0
+  ip netns exec mlb-node$n sysctl -qw net.ipv4.ip_forward=0
+  for dev in $(ip -n mlb-node$n -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v '^lo$'); do
+    ip -n mlb-node$n addr flush dev "$dev"
+  done
+done
+
+# --- meshlane's way --------------------------------------------------------------------
+for n in 1 2; do
+  /usr/bin/python3 - "$n" "$idle" > "$work/node$n.json" <<'PY'
+import json, sys
+n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]
+pods = {1: [{"name": "client", "ip": "198.18.1.10", "interface": "mlb1-client"}],
+        2: [{"name": "server", "ip": "198.18.2.20", "interface": "mlb2-server"}]}
+print(json.dumps({
+  "node": {"name": f"node{n}", "underlay_ip": f"198.19.0.{n}", "pod_cidr": f"198.18.{n}.0/24"},
+  "nodes": [{"name": f"node{peer}", "underlay_ip": f"198.19.0.{peer}", "pod_cidr": f"198.18.{peer}.0/24"}],
+  "pods": pods[n],
+  "services": [{"name": "bench", "vip": "198.19.128.10",
+                "ports": [{"port": 80, "target_port": 8080}, {"name": "bulk", "port": 81, "target_port": 8081}],
+                "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
+  "tunables": {"rx_ring_size": 512, "tx_ring_size": 512, "flow_table_size": 16384, "idle_policy": idle},
+  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": "af_packet", "mtu": 1500},
+                "eal_args": ["--no-huge", "-m", "128", f"--file-prefix=meshlane-bench-node{n}",
+                             "--log-level=error", "--no-telemetry"]}}))
+PY
+  (ip netns exec mlb-node$n "$root/$build/meshlaned" --config "$work/node$n.json" --no-ebpf \
+     --control-socket "$work/node$n.sock" 2> "$work/agent$n.log") & pids+=($!)
+done
+for n in 1 2; do
+  for _ in $(seq 100); do grep -q "dataplane running" "$work/agent$n.log" && break; sleep 0.1; done
+  grep -q "dataplane running" "$work/agent$n.log" || { cat "$work/agent$n.log" >&2; exit 1; }
+done
+WAY=meshlane measure
+
+mkdir -p perf/results
+out=perf/results/crossnode-$(date -u +%Y-%m-%dT%H%M%SZ).json
+/usr/bin/python3 - "$results" "$out" "$seconds" "$reps" <<'PY'
+import json, os, platform, statistics, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+def med(way, target, test, key):
+    return statistics.median(r[test][key] for r in rows if r["way"] == way and r["target"] == target)
+fig = {w: {t: {"rr_p50_us": med(w, t, "rr", "p50_us"), "rr_p99_us": med(w, t, "rr", "p99_us"),
+               "bulk_gbit_per_s": med(w, t, "bulk", "gbit_per_s")} for t in ("pod", "vip")}
+       for w in ("kernel", "meshlane")}
+ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
+          for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+json.dump({"benchmark": "crossnode", "idle_policy": os.environ.get("IDLE", "adaptive"), "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
+           "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
+           "meshlane_over_kernel": ratios, "runs": rows}, open(sys.argv[2], "w"), indent=1)
+print(f"{'way':9} {'target':6} {'p50 µs':>8} {'p99 µs':>8} {'Gbit/s':>7}")
+for w in fig:
+    for t in fig[w]:
+        f = fig[w][t]
+        print(f"{w:9} {t:6} {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f} {f['bulk_gbit_per_s']:7.2f}")
+for k, v in ratios.items():
+    print(f"meshlane / kernel  {k:22} {v:6.2f}x")
+print("written", sys.argv[2])
+PY
