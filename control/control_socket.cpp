@@ -205,7 +205,8 @@ void control_socket_server::serve() {
                 continue;
               }
               nlohmann::json reply = control_.handle(*request);
-              if (request->command == "flows" && reply.value("ok", false) && request->body.value("follow", false) == true) {
+              if (request->command == "flows" && reply["ok"] == true && request->body.contains("follow") &&
+                  request->body["follow"] == true) {
                 c.following = true;
                 c.follow_args = request->body;
                 c.next_follow_ms = now + options_.follow_interval_ms;

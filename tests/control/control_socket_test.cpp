@@ -314,6 +314,7 @@ TEST_F(ControlSocket, MalformedRequestsGetErrorsAndTheConnectionStays) {
   EXPECT_EQ(unknown["error"], "unknown_command");
   EXPECT_FALSE(unknown["message"].get<std::string>().empty());
   EXPECT_EQ(raw(std::string("{\"command\": \"\xff\xfe\"}"))["error"], "invalid_json");
+  EXPECT_EQ(raw("{\"command\":\"flows\",\"follow\":\"yes\"}")["error"], "invalid_request");
   // Still usable, and two requests in one write get two replies in order.
   EXPECT_TRUE(client.send_line("{\"command\":\"status\"}\n{\"command\":\"stats\"}"));
   std::string a, b;
@@ -511,6 +512,15 @@ TEST_F(ControlSocket, ConfiguredUidAndGidAreAllowed) {
   ASSERT_EQ(::chmod(options_.path.c_str(), 0666), 0);
   EXPECT_EQ(ask_as(65533, 65534, options_.path), "ok");
   EXPECT_EQ(ask_as(65533, 65533, options_.path), "permission_denied");
+}
+
+TEST_F(ControlSocket, ASubsystemThatThrowsGetsAnInternalErrorNotADeadServer) {
+  registry_.add_query("flows", [](const json&) -> json { throw std::runtime_error("flow table shard 3 unreadable"); });
+  start();
+  json reply = ask({{"command", "flows"}});
+  EXPECT_EQ(reply["error"], "internal_error");
+  EXPECT_NE(reply["message"].get<std::string>().find("shard 3"), std::string::npos);
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);
 }
 
 TEST_F(ControlSocket, RequestsAndErrorsAreCounted) {
