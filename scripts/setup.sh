@@ -15,6 +15,8 @@ packages=(
   bpftool libclang-rt-14-dev iproute2 procps kmod
   # metrics scrape check in tests
   python3 python3-prometheus-client
+  # control surface tests: status page in headless Chromium, HTTP probes
+  chromium curl
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
