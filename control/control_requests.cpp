@@ -161,6 +161,22 @@ json control_module::handle_line(std::string_view line) {
 json control_module::handle(const control_request& request) {
   json reply;
   const std::string& c = request.command;
+  // Subsystem callbacks (collectors, tunables, queries) are other modules' code; whatever
+  // they throw becomes an error reply, never a dead control thread.
+  try {
+    reply = dispatch(request);
+  } catch (const std::exception& e) {
+    reply = error_reply(control_error::kInternal, std::string("the agent failed to handle '") + c + "': " + e.what());
+    log_.write(log_level::error, reply["message"].get<std::string>());
+  }
+  const bool known = c == "status" || c == "apply" || c == "get" || c == "stats" || c == "tune" || c == "flows";
+  count_request(known ? c : "(unknown)", reply);
+  return reply;
+}
+
+json control_module::dispatch(const control_request& request) {
+  json reply;
+  const std::string& c = request.command;
   if (c == "status") reply = status();
   else if (c == "apply") reply = apply_request(request.body);
   else if (c == "get") reply = get(request.body);
@@ -169,8 +185,6 @@ json control_module::handle(const control_request& request) {
   else if (c == "flows") reply = flows(request.body);
   else reply = error_reply(control_error::kUnknownCommand,
                            "unknown command '" + c + "'; commands: status, apply, get, stats, tune, flows");
-  const bool known = c == "status" || c == "apply" || c == "get" || c == "stats" || c == "tune" || c == "flows";
-  count_request(known ? c : "(unknown)", reply);
   return reply;
 }
 
@@ -287,6 +301,8 @@ json control_module::get(const json& request) {
 }
 
 json control_module::flows(const json& request) {
+  if (request.contains("follow") && !request["follow"].is_boolean())
+    return error_reply(control_error::kInvalidRequest, "follow must be true or false");
   size_t offset, limit;
   if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
   const auto names = registry_.query_names();

@@ -47,7 +47,7 @@ inline constexpr const char* kUnavailable = "unavailable";
 inline constexpr const char* kLineTooLong = "line_too_long";
 inline constexpr const char* kPermissionDenied = "permission_denied";
 inline constexpr const char* kTooManyClients = "too_many_clients";
-inline constexpr const char* kBusy = "busy";
+inline constexpr const char* kInternal = "internal_error";
 }  // namespace control_error
 
 inline constexpr size_t kMaxPageRows = 1000;
@@ -92,6 +92,7 @@ class control_module {
   double uptime_seconds() const;
 
  private:
+  nlohmann::json dispatch(const control_request& request);
   nlohmann::json status();
   nlohmann::json get(const nlohmann::json& request);
   nlohmann::json stats();

@@ -205,7 +205,8 @@ void control_socket_server::serve() {
                 continue;
               }
               nlohmann::json reply = control_.handle(*request);
-              if (request->command == "flows" && reply.value("ok", false) && request->body.value("follow", false) == true) {
+              if (request->command == "flows" && reply["ok"] == true && request->body.contains("follow") &&
+                  request->body["follow"] == true) {
                 c.following = true;
                 c.follow_args = request->body;
                 c.next_follow_ms = now + options_.follow_interval_ms;
@@ -354,9 +355,12 @@ bool control_client::read_line(std::string& line, int timeout_ms, std::string* e
 }
 
 nlohmann::json control_client::request(const nlohmann::json& body, int timeout_ms) {
-  if (!send_line(body.dump())) return error_reply("transport", std::string("cannot send the request: ") + std::strerror(errno));
+  const bool sent = send_line(body.dump());
+  const int send_errno = errno;
+  // Even when the send failed, the agent may have said why it closed (a refusal line).
   std::string line, error;
-  if (!read_line(line, timeout_ms, &error)) return error_reply("transport", error);
+  if (!read_line(line, sent ? timeout_ms : 1000, &error))
+    return error_reply("transport", sent ? error : std::string("cannot send the request: ") + std::strerror(send_errno));
   nlohmann::json reply = nlohmann::json::parse(line, nullptr, false);
   if (reply.is_discarded() || !reply.is_object()) return error_reply("transport", "the agent's reply is not a JSON object");
   return reply;

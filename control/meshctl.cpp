@@ -4,6 +4,9 @@
 //   meshctl validate -f FILE     validate; exit 0 valid, 1 invalid
 //   meshctl compile -f FILE      validate, compile and print the tables (-o json: digest
 //                                and sizes as JSON)
+// Online subcommands talk to a running agent over its control socket (--socket PATH):
+//   status, apply -f FILE, get TABLE, stats, tune KEY=VALUE..., flows [--follow]
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <string>
@@ -11,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/control_socket.h"
 #include "control/desired_state.h"
 #include "control/table_compiler.h"
 #include "control/version.h"
@@ -26,7 +30,20 @@ void print_usage(FILE* out) {
                "  compile -f FILE [-o json] compile a document and print its tables\n"
                "  version                   print the version\n"
                "\n"
-               "exit codes: 0 success, 1 the document is invalid, 2 bad usage\n");
+               "commands that talk to the agent (options: --socket PATH, -o json):\n"
+               "  status                    version, uptime, generation, subsystems, readiness\n"
+               "  apply -f FILE             validate, compile and publish a document atomically\n"
+               "  get TABLE                 TABLE: services, backends, routes, maglev, flows,\n"
+               "                            tables (summary) or config; --offset N --limit N\n"
+               "  stats                     every metric the agent exports\n"
+               "  tune                      list live tunables and their values\n"
+               "  tune KEY=VALUE...         change tunables live (all or none)\n"
+               "  flows [--follow]          sampled flow records; --follow keeps streaming\n"
+               "\n"
+               "  --socket PATH             control socket (default /run/meshlane/control.sock)\n"
+               "\n"
+               "exit codes: 0 success, 1 refused (invalid document or request; the reply says\n"
+               "why), 2 bad usage, 3 the agent cannot be reached\n");
 }
 
 struct options {
@@ -83,6 +100,240 @@ int report_errors(const options& opts, const std::vector<meshlane::config_error>
   return 1;
 }
 
+
+// --- online commands: thin clients of the control socket ---
+
+constexpr int kExitRefused = 1, kExitUsage = 2, kExitUnreachable = 3;
+
+struct online_options {
+  std::string socket = "/run/meshlane/control.sock";
+  std::string output = "text";
+  std::string file;
+  bool follow = false;
+  nlohmann::json paging = nlohmann::json::object();
+  std::vector<std::string> positional;
+};
+
+std::string cell_text(const nlohmann::json& v) {
+  if (v.is_string()) return v.get<std::string>();
+  if (v.is_array()) {
+    std::string out;
+    for (const auto& e : v) out += (out.empty() ? "" : ",") + cell_text(e);
+    return out;
+  }
+  if (v.is_number_float()) {
+    char buffer[32];
+    std::snprintf(buffer, sizeof buffer, "%.4g", v.get<double>());
+    return buffer;
+  }
+  return v.dump();
+}
+
+// Rows of objects as an aligned table, columns in the first row's order.
+void print_table(const nlohmann::json& rows) {
+  if (!rows.is_array() || rows.empty()) {
+    std::printf("(none)\n");
+    return;
+  }
+  std::vector<std::string> columns;
+  for (const auto& [k, v] : rows[0].items()) columns.push_back(k);
+  std::vector<std::vector<std::string>> cells;
+  std::vector<size_t> width;
+  for (const auto& c : columns) width.push_back(c.size());
+  for (const auto& row : rows) {
+    std::vector<std::string> line;
+    for (size_t i = 0; i < columns.size(); ++i) {
+      line.push_back(row.contains(columns[i]) ? cell_text(row[columns[i]]) : "");
+      width[i] = std::max(width[i], line.back().size());
+    }
+    cells.push_back(std::move(line));
+  }
+  auto print_line = [&](const std::vector<std::string>& line) {
+    for (size_t i = 0; i < line.size(); ++i)
+      std::printf("%-*s%s", static_cast<int>(width[i]), line[i].c_str(), i + 1 < line.size() ? "  " : "\n");
+  };
+  std::vector<std::string> header;
+  for (const auto& c : columns) {
+    std::string upper = c;
+    for (auto& ch : upper) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    header.push_back(upper);
+  }
+  print_line(header);
+  for (const auto& line : cells) print_line(line);
+}
+
+void print_object(const nlohmann::json& object, const std::string& indent = "") {
+  for (const auto& [k, v] : object.items()) {
+    if (k == "ok") continue;
+    if (v.is_object() && !v.empty()) {
+      std::printf("%s%s:\n", indent.c_str(), k.c_str());
+      print_object(v, indent + "  ");
+    } else {
+      std::printf("%s%s: %s\n", indent.c_str(), k.c_str(), cell_text(v).c_str());
+    }
+  }
+}
+
+// Prints an error reply; returns the exit code it stands for.
+int report_refusal(const online_options& opts, const nlohmann::json& reply) {
+  const std::string code = reply.value("error", "unknown");
+  if (opts.output == "json") {
+    std::printf("%s\n", reply.dump().c_str());
+  } else {
+    std::fprintf(stderr, "meshctl: %s (%s)\n", reply.value("message", "").c_str(), code.c_str());
+    if (reply.contains("errors"))
+      for (const auto& e : reply["errors"])
+        std::fprintf(stderr, "  %s: %s\n", e.value("path", "$").c_str(), e.value("message", "").c_str());
+  }
+  return code == "transport" ? kExitUnreachable : kExitRefused;
+}
+
+nlohmann::json parse_value(const std::string& text) {
+  nlohmann::json value = nlohmann::json::parse(text, nullptr, false);
+  return value.is_discarded() ? nlohmann::json(text) : value;
+}
+
+int run_online(const std::string& command, int argc, char** argv) {
+  online_options opts;
+  for (int i = 2; i < argc; ++i) {
+    const std::string arg = argv[i];
+    auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
+    if (arg == "-h" || arg == "--help") {
+      print_usage(stdout);
+      std::exit(0);
+    } else if (arg == "--socket" || arg == "-f" || arg == "--file" || arg == "-o" || arg == "--output" ||
+               arg == "--offset" || arg == "--limit") {
+      const char* v = value();
+      if (!v) {
+        std::fprintf(stderr, "meshctl: %s needs a value\n", arg.c_str());
+        return kExitUsage;
+      }
+      if (arg == "--socket") opts.socket = v;
+      else if (arg == "-f" || arg == "--file") opts.file = v;
+      else if (arg == "-o" || arg == "--output") {
+        opts.output = v;
+        if (opts.output != "text" && opts.output != "json") {
+          std::fprintf(stderr, "meshctl: -o takes text or json, got '%s'\n", v);
+          return kExitUsage;
+        }
+      } else {
+        char* end = nullptr;
+        const unsigned long n = std::strtoul(v, &end, 10);
+        if (!*v || *end) {
+          std::fprintf(stderr, "meshctl: %s takes a number, got '%s'\n", arg.c_str(), v);
+          return kExitUsage;
+        }
+        opts.paging[arg.substr(2)] = n;
+      }
+    } else if (arg == "--follow" || arg == "-F") {
+      opts.follow = true;
+    } else if (!arg.empty() && arg[0] == '-') {
+      std::fprintf(stderr, "meshctl: unknown option '%s'\n", arg.c_str());
+      return kExitUsage;
+    } else {
+      opts.positional.push_back(arg);
+    }
+  }
+
+  nlohmann::json request = {{"command", command}};
+  if (command == "status" || command == "stats") {
+    if (!opts.positional.empty()) {
+      std::fprintf(stderr, "meshctl: %s takes no arguments\n", command.c_str());
+      return kExitUsage;
+    }
+  } else if (command == "apply") {
+    if (opts.file.empty() || !opts.positional.empty()) {
+      std::fprintf(stderr, "meshctl: apply needs -f FILE (a desired-state document)\n");
+      return kExitUsage;
+    }
+    std::FILE* file = std::fopen(opts.file.c_str(), "rb");
+    if (!file) {
+      std::fprintf(stderr, "meshctl: cannot read %s: %s\n", opts.file.c_str(), std::strerror(errno));
+      return kExitRefused;
+    }
+    std::string text;
+    char chunk[65536];
+    while (size_t n = std::fread(chunk, 1, sizeof chunk, file)) text.append(chunk, n);
+    std::fclose(file);
+    nlohmann::json document = nlohmann::json::parse(text, nullptr, false);
+    if (document.is_discarded() || !document.is_object()) {
+      // Let the agent's validator explain; it names the position of a syntax error.
+      const auto parsed = meshlane::parse_desired_state(text);
+      nlohmann::json reply = {{"ok", false}, {"error", "invalid_document"},
+                              {"message", opts.file + " is not a JSON object; nothing was sent"}};
+      reply["errors"] = nlohmann::json::array();
+      for (const auto& e : parsed.errors) reply["errors"].push_back({{"path", e.path}, {"message", e.message}});
+      return report_refusal(opts, reply);
+    }
+    request["document"] = document;
+  } else if (command == "get") {
+    if (opts.positional.size() != 1) {
+      std::fprintf(stderr, "meshctl: get needs one TABLE: services, backends, routes, maglev, flows, tables, config\n");
+      return kExitUsage;
+    }
+    request["what"] = opts.positional[0];
+    request.update(opts.paging);
+  } else if (command == "tune") {
+    nlohmann::json settings = nlohmann::json::object();
+    for (const auto& kv : opts.positional) {
+      const size_t eq = kv.find('=');
+      if (eq == std::string::npos || eq == 0) {
+        std::fprintf(stderr, "meshctl: tune takes KEY=VALUE, got '%s'\n", kv.c_str());
+        return kExitUsage;
+      }
+      settings[kv.substr(0, eq)] = parse_value(kv.substr(eq + 1));
+    }
+    if (!settings.empty()) request["settings"] = settings;
+  } else if (command == "flows") {
+    request.update(opts.paging);
+    if (opts.follow) request["follow"] = true;
+  }
+
+  meshlane::control_client client;
+  if (std::string error = client.connect(opts.socket); !error.empty())
+    return report_refusal(opts, {{"ok", false}, {"error", "transport"}, {"message", error}});
+  nlohmann::json reply = client.request(request);
+  if (!reply.value("ok", false)) return report_refusal(opts, reply);
+
+  auto show = [&](const nlohmann::json& r) {
+    if (opts.output == "json") {
+      std::printf("%s\n", r.dump().c_str());
+    } else if (r.contains("rows")) {
+      print_table(r["rows"]);
+    } else if (command == "stats") {
+      for (const auto& family : r["metrics"])
+        for (const auto& sample : family["samples"]) {
+          std::string labels;
+          for (const auto& [k, v] : sample["labels"].items()) labels += (labels.empty() ? "" : ",") + k + "=" + cell_text(v);
+          std::printf("%-50s %-40s %s\n", family.value("name", "").c_str(), labels.c_str(), cell_text(sample["value"]).c_str());
+        }
+    } else if (command == "tune" && r.contains("tunables")) {
+      nlohmann::json rows = nlohmann::json::array();
+      for (const auto& [name, t] : r["tunables"].items())
+        rows.push_back({{"name", name}, {"value", t["value"]}, {"description", t["description"]}});
+      print_table(rows);
+    } else if (command == "get" && r.contains("document")) {
+      std::printf("%s\n", r["document"].dump(2).c_str());
+    } else {
+      print_object(r);
+    }
+    std::fflush(stdout);
+  };
+  show(reply);
+  if (command == "flows" && opts.follow) {
+    // Streams until the agent goes away or the user interrupts.
+    std::string line, error;
+    while (client.read_line(line, 24 * 3600 * 1000, &error)) {
+      nlohmann::json update = nlohmann::json::parse(line, nullptr, false);
+      if (update.is_discarded()) continue;
+      if (!update.value("ok", false)) return report_refusal(opts, update);
+      show(update);
+    }
+    return report_refusal(opts, {{"ok", false}, {"error", "transport"}, {"message", error}});
+  }
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -99,6 +350,9 @@ int main(int argc, char** argv) {
     std::printf("meshctl %s\n", meshlane::kVersion);
     return 0;
   }
+  if (command == "status" || command == "apply" || command == "get" || command == "stats" || command == "tune" ||
+      command == "flows")
+    return run_online(command, argc, argv);
   if (command != "validate" && command != "compile") {
     std::fprintf(stderr, "meshctl: unknown command '%s'\n", command.c_str());
     print_usage(stderr);

@@ -96,6 +96,29 @@ done
 echo "(the client dialled the VIP; getpeername showed it the VIP; the bytes never crossed TCP/IP or the veths)"
 ebpf_teardown
 
+# --- control surface (issue 5): node1's agent with its control socket and HTTP endpoint ---
+echo
+echo "=== control surface: meshlaned on node1 with a control socket, meshctl and /metrics"
+ctl_dir=$(mktemp -d /tmp/meshlane-demo-ctl.XXXXXX)
+"$build/meshlaned" --config scripts/demo/node1.json --no-ebpf --control-socket "$ctl_dir/control.sock" \
+  --metrics-listen 127.0.0.1:0 2> "$ctl_dir/agent.log" &
+ctl_agent=$!
+stop_ctl_agent() { kill "$ctl_agent" 2>/dev/null || true; wait "$ctl_agent" 2>/dev/null || true; rm -rf "$ctl_dir"; }
+trap 'stop_ctl_agent; cleanup' EXIT
+for _ in $(seq 50); do [ -S "$ctl_dir/control.sock" ] && break; sleep 0.1; done
+ctl() { "$build/meshctl" "$@" --socket "$ctl_dir/control.sock"; }
+ctl get services
+ctl get backends
+ctl tune tables.burst_size=64 control.log_level=debug
+ctl tune tables.maglev_table_size=1000 || echo "(exit code $?: refused, nothing changed)"
+listen=$(ctl status -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)["subsystems"]["http"]["listen"])')
+echo "--- http://$listen/metrics (first lines); the status page is http://$listen/"
+curl -s "http://$listen/metrics" | grep -E '^meshlane_control_(snapshot_generation|applies_total)'
+curl -s "http://$listen/readyz"
+stop_ctl_agent
+trap cleanup EXIT
+# --- end control surface ---
+
 # ---------------------------------------------------------------------------------------
 # DPDK workers (issue 4): both nodes' agents forward real pod traffic.
 # Per node a namespace mld-nodeN holding the agent, an underlay veth between them, each

@@ -17,6 +17,8 @@ packages=(
   haproxy
   # metrics scrape check in tests
   python3 python3-prometheus-client
+  # control surface tests: status page in headless Chromium, HTTP probes
+  chromium curl
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }

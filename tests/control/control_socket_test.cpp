@@ -1,0 +1,545 @@
+// The control socket protocol against a real server on a temporary socket: every command,
+// every error path, and the limits that keep bad clients from hurting the agent.
+#include <gtest/gtest.h>
+#include <grp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <thread>
+
+#include "control/control_socket.h"
+#include "tests/control/sample_document.h"
+#include "tests/harness/netns.h"
+
+namespace meshlane {
+namespace {
+
+using nlohmann::json;
+
+class ControlSocket : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = std::filesystem::temp_directory_path() / ("mlctl-" + std::to_string(getpid()) + "-" +
+                                                     ::testing::UnitTest::GetInstance()->current_test_info()->name());
+    std::filesystem::create_directories(dir_);
+    options_.path = (dir_ / "control.sock").string();
+    options_.follow_interval_ms = 100;
+    // What a data plane would register: a counter the test moves, a tunable, flow rows.
+    registry_.add_collector("test", [this](std::vector<metric_family>& out) {
+      out.push_back({"meshlane_test_packets_total", "test packets", metric_kind::counter,
+                     {{{{"port", "0"}}, static_cast<double>(packets_.load())}}});
+    });
+    registry_.add_tunable("test.burst", {"a test value 1..64", [this] { return json(burst_.load()); },
+                                         [this](const json& v) -> std::string {
+                                           if (!v.is_number_integer() || v.get<int>() < 1 || v.get<int>() > 64)
+                                             return "must be an integer 1..64";
+                                           burst_ = v.get<int>();
+                                           return {};
+                                         }});
+    registry_.add_query("flows", [this](const json& args) {
+      json rows = json::array();
+      const size_t offset = args.value("offset", 0), limit = args.value("limit", 100);
+      for (size_t i = offset; i < 250 && rows.size() < limit; ++i)
+        rows.push_back({{"id", i}, {"packets", packets_.load() + i}});
+      return json{{"rows", rows}, {"total", 250}};
+    });
+    registry_.add_status("test", [] { return json{{"workers", 2}}; });
+  }
+  void TearDown() override {
+    server_.stop();
+    std::filesystem::remove_all(dir_);
+  }
+  void start() { ASSERT_EQ(server_.start(options_), ""); }
+  json ask(const json& request) {
+    control_client client;
+    EXPECT_EQ(client.connect(options_.path), "");
+    return client.request(request, 10000);
+  }
+  json apply_sample(json document = testing::sample_document()) {
+    return ask({{"command", "apply"}, {"document", document}});
+  }
+
+  std::filesystem::path dir_;
+  table_publisher publisher_;
+  subsystem_registry registry_;
+  log_ring log_{64, false};
+  control_module control_{publisher_, registry_, log_};
+  control_socket_server server_{control_};
+  control_socket_options options_;
+  std::atomic<uint64_t> packets_{0};
+  std::atomic<int> burst_{32};
+};
+
+TEST_F(ControlSocket, SocketFileIsOwnerOnlyAndRemovedOnStop) {
+  start();
+  struct stat st;
+  ASSERT_EQ(::stat(options_.path.c_str(), &st), 0);
+  EXPECT_TRUE(S_ISSOCK(st.st_mode));
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
+  server_.stop();
+  EXPECT_FALSE(std::filesystem::exists(options_.path));
+}
+
+TEST_F(ControlSocket, StatusBeforeAndAfterTheFirstApply) {
+  start();
+  json reply = ask({{"command", "status"}});
+  ASSERT_TRUE(reply["ok"]) << reply;
+  EXPECT_EQ(reply["generation"], 0);
+  EXPECT_FALSE(reply["ready"]);
+  EXPECT_EQ(reply["version"], MESHLANE_VERSION);
+  EXPECT_EQ(reply["subsystems"]["test"]["workers"], 2);
+  ASSERT_TRUE(apply_sample()["ok"]);
+  reply = ask({{"command", "status"}});
+  EXPECT_EQ(reply["generation"], 1);
+  EXPECT_TRUE(reply["ready"]) << reply;
+  EXPECT_EQ(reply["tables"]["services"], 2);
+  EXPECT_EQ(reply["content_digest"].get<std::string>().size(), 64u);
+}
+
+TEST_F(ControlSocket, ApplyPublishesAndRefusesWithEveryErrorPath) {
+  start();
+  json reply = apply_sample();
+  ASSERT_TRUE(reply["ok"]) << reply;
+  EXPECT_EQ(reply["generation"], 1);
+  const std::string digest = publisher_.current()->content_digest();
+
+  json bad = testing::sample_document();
+  bad["services"][0]["backends"][0]["weight"] = 0;
+  bad["services"][1]["ports"][0]["protocol"] = "sctp";
+  reply = apply_sample(bad);
+  EXPECT_FALSE(reply["ok"]);
+  EXPECT_EQ(reply["error"], "invalid_document");
+  ASSERT_TRUE(reply["errors"].is_array());
+  std::set<std::string> paths;
+  for (const auto& e : reply["errors"]) paths.insert(e["path"].get<std::string>());
+  EXPECT_TRUE(paths.count("$.services[0].backends[0].weight")) << reply;
+  EXPECT_TRUE(paths.count("$.services[1].ports[0].protocol")) << reply;
+  // Nothing changed.
+  EXPECT_EQ(publisher_.current()->generation, 1u);
+  EXPECT_EQ(publisher_.current()->content_digest(), digest);
+
+  reply = ask({{"command", "apply"}});
+  EXPECT_EQ(reply["error"], "invalid_request");
+  reply = ask({{"command", "apply"}, {"document", "not an object"}});
+  EXPECT_EQ(reply["error"], "invalid_request");
+}
+
+TEST_F(ControlSocket, ApplyReportsASinkFailureAndKeepsTheTables) {
+  start();
+  ASSERT_TRUE(apply_sample()["ok"]);
+  std::atomic<bool> refuse{true};
+  publisher_.add_sink("test-sink", [&](const std::shared_ptr<const snapshot>&) -> std::string {
+    return refuse ? "map full" : "";
+  });
+  // add_sink hands the current snapshot at once; it refused, so the sink was not added.
+  refuse = false;
+  ASSERT_EQ(publisher_.add_sink("test-sink", [&](const std::shared_ptr<const snapshot>&) -> std::string {
+    return refuse ? "map full" : "";
+  }), "");
+  refuse = true;
+  json reply = apply_sample();
+  EXPECT_EQ(reply["error"], "publish_failed") << reply;
+  EXPECT_NE(reply["errors"][0]["message"].get<std::string>().find("map full"), std::string::npos);
+  EXPECT_EQ(publisher_.current()->generation, 1u);
+}
+
+TEST_F(ControlSocket, GetConfigAndEveryTableWithPaging) {
+  start();
+  EXPECT_EQ(ask({{"command", "get"}, {"what", "config"}})["error"], "unavailable");
+  EXPECT_EQ(ask({{"command", "get"}, {"what", "services"}})["error"], "unavailable");
+  ASSERT_TRUE(apply_sample()["ok"]);
+
+  json reply = ask({{"command", "get"}, {"what", "config"}});
+  ASSERT_TRUE(reply["ok"]);
+  EXPECT_EQ(reply["document"], testing::sample_document());
+
+  reply = ask({{"command", "get"}, {"what", "tables"}});
+  EXPECT_EQ(reply["services"], 2);
+  EXPECT_EQ(reply["backends"], 3);
+
+  reply = ask({{"command", "get"}, {"what", "services"}});
+  ASSERT_EQ(reply["rows"].size(), 2u) << reply;
+  EXPECT_EQ(reply["total"], 2);
+
+  reply = ask({{"command", "get"}, {"what", "backends"}});
+  ASSERT_EQ(reply["rows"].size(), 3u);
+  double web_share = 0;
+  for (const auto& row : reply["rows"])
+    if (row["service"] == "web") web_share += row["maglev_share"].get<double>();
+  EXPECT_NEAR(web_share, 1.0, 1e-9);  // a service's backends own its whole Maglev table
+
+  reply = ask({{"command", "get"}, {"what", "backends"}, {"offset", 1}, {"limit", 1}});
+  ASSERT_EQ(reply["rows"].size(), 1u);
+  EXPECT_EQ(reply["total"], 3);
+  EXPECT_EQ(reply["offset"], 1);
+
+  reply = ask({{"command", "get"}, {"what", "maglev"}});
+  ASSERT_EQ(reply["rows"].size(), 2u);
+  for (const auto& row : reply["rows"])
+    if (row["service"] == "web") {
+      // weights 1 and 3: about a quarter and three quarters of the slots
+      EXPECT_NEAR(row["backends"][0]["share"].get<double>() + row["backends"][1]["share"].get<double>(), 1.0, 1e-9);
+    }
+
+  reply = ask({{"command", "get"}, {"what", "routes"}});
+  EXPECT_EQ(reply["rows"].size(), 3u) << reply;  // node1 IPv4 and IPv6, node2 IPv4
+
+  reply = ask({{"command", "get"}, {"what", "flows"}, {"offset", 240}, {"limit", 20}});
+  EXPECT_EQ(reply["rows"].size(), 10u);
+  EXPECT_EQ(reply["total"], 250);
+
+  EXPECT_EQ(ask({{"command", "get"}, {"what", "nonsense"}})["error"], "unknown_table");
+  EXPECT_EQ(ask({{"command", "get"}})["error"], "invalid_request");
+  EXPECT_EQ(ask({{"command", "get"}, {"what", "backends"}, {"limit", 0}})["error"], "invalid_request");
+  EXPECT_EQ(ask({{"command", "get"}, {"what", "backends"}, {"limit", 100000}})["error"], "invalid_request");
+  EXPECT_EQ(ask({{"command", "get"}, {"what", "backends"}, {"offset", -1}})["error"], "invalid_request");
+}
+
+TEST_F(ControlSocket, StatsShowRegisteredCountersMoving) {
+  start();
+  auto packets = [&] {
+    const json reply = ask({{"command", "stats"}});
+    for (const auto& family : reply["metrics"])
+      if (family["name"] == "meshlane_test_packets_total") return family["samples"][0]["value"].get<double>();
+    return -1.0;
+  };
+  EXPECT_EQ(packets(), 0);
+  packets_ += 42;
+  EXPECT_EQ(packets(), 42);
+}
+
+TEST_F(ControlSocket, TuneListsAppliesValidatesAndRollsBack) {
+  start();
+  ASSERT_TRUE(apply_sample()["ok"]);
+  json reply = ask({{"command", "tune"}});
+  ASSERT_TRUE(reply["ok"]);
+  EXPECT_EQ(reply["tunables"]["test.burst"]["value"], 32);
+  EXPECT_EQ(reply["tunables"]["control.log_level"]["value"], "info");
+  EXPECT_EQ(reply["tunables"]["tables.burst_size"]["value"], 32);
+
+  reply = ask({{"command", "tune"}, {"settings", {{"test.burst", 16}, {"control.log_level", "debug"}}}});
+  ASSERT_TRUE(reply["ok"]) << reply;
+  EXPECT_EQ(reply["applied"]["test.burst"], 16);
+  EXPECT_EQ(burst_, 16);
+  EXPECT_EQ(log_.threshold(), log_level::debug);
+
+  // The document tunables re-publish the tables, validated like an apply.
+  reply = ask({{"command", "tune"}, {"settings", {{"tables.idle_policy", "busy_poll"}}}});
+  ASSERT_TRUE(reply["ok"]) << reply;
+  EXPECT_EQ(publisher_.current()->tuning.idle, idle_policy::busy_poll);
+  EXPECT_EQ(publisher_.current()->generation, 2u);
+
+  // One refused value: nothing changes, the earlier ones are put back.
+  reply = ask({{"command", "tune"}, {"settings", {{"control.log_level", "warn"}, {"test.burst", 1000}}}});
+  EXPECT_EQ(reply["error"], "invalid_value") << reply;
+  EXPECT_EQ(reply["tunable"], "test.burst");
+  EXPECT_EQ(burst_, 16);
+  EXPECT_EQ(log_.threshold(), log_level::debug);
+
+  reply = ask({{"command", "tune"}, {"settings", {{"tables.maglev_table_size", 1000}}}});
+  EXPECT_EQ(reply["error"], "invalid_value");
+  EXPECT_NE(reply["message"].get<std::string>().find("$.tunables.maglev_table_size: must be a prime"), std::string::npos)
+      << reply;
+  EXPECT_EQ(publisher_.current()->generation, 2u);
+
+  reply = ask({{"command", "tune"}, {"settings", {{"no.such", 1}, {"test.burst", 8}}}});
+  EXPECT_EQ(reply["error"], "unknown_tunable");
+  EXPECT_EQ(reply["unknown"], json::array({"no.such"}));
+  EXPECT_EQ(burst_, 16);
+  EXPECT_EQ(ask({{"command", "tune"}, {"settings", 5}})["error"], "invalid_request");
+  EXPECT_EQ(ask({{"command", "tune"}, {"settings", {{"control.log_level", 3}}}})["error"], "invalid_value");
+}
+
+TEST_F(ControlSocket, FlowsPageAndFollowStream) {
+  start();
+  json reply = ask({{"command", "flows"}, {"limit", 5}});
+  ASSERT_TRUE(reply["ok"]) << reply;
+  EXPECT_EQ(reply["rows"].size(), 5u);
+
+  control_client client;
+  ASSERT_EQ(client.connect(options_.path), "");
+  reply = client.request({{"command", "flows"}, {"limit", 2}, {"follow", true}});
+  ASSERT_TRUE(reply["ok"]);
+  EXPECT_TRUE(reply["follow"]);
+  std::vector<double> first_packets;
+  for (int i = 0; i < 3; ++i) {
+    packets_ += 10;
+    std::string line;
+    ASSERT_TRUE(client.read_line(line, 5000)) << "no follow update " << i;
+    json update = json::parse(line);
+    ASSERT_TRUE(update["ok"]);
+    EXPECT_TRUE(update["follow"]);
+    ASSERT_EQ(update["rows"].size(), 2u);
+    first_packets.push_back(update["rows"][0]["packets"].get<double>());
+  }
+  EXPECT_LT(first_packets.front(), first_packets.back());
+}
+
+TEST_F(ControlSocket, FlowsWithoutAProviderIsUnavailable) {
+  subsystem_registry empty_registry;
+  control_module control(publisher_, empty_registry, log_);
+  control_socket_server server(control);
+  control_socket_options options = options_;
+  options.path = (dir_ / "other.sock").string();
+  ASSERT_EQ(server.start(options), "");
+  control_client client;
+  ASSERT_EQ(client.connect(options.path), "");
+  EXPECT_EQ(client.request({{"command", "flows"}})["error"], "unavailable");
+}
+
+TEST_F(ControlSocket, MalformedRequestsGetErrorsAndTheConnectionStays) {
+  start();
+  control_client client;
+  ASSERT_EQ(client.connect(options_.path), "");
+  auto raw = [&](const std::string& line) {
+    EXPECT_TRUE(client.send_line(line));
+    std::string reply;
+    EXPECT_TRUE(client.read_line(reply, 5000));
+    return json::parse(reply);
+  };
+  EXPECT_EQ(raw("this is not json")["error"], "invalid_json");
+  EXPECT_EQ(raw("{\"command\": ")["error"], "invalid_json");
+  EXPECT_EQ(raw("[1,2,3]")["error"], "invalid_request");
+  EXPECT_EQ(raw("{}")["error"], "invalid_request");
+  EXPECT_EQ(raw("{\"command\": 7}")["error"], "invalid_request");
+  json unknown = raw("{\"command\": \"reboot\"}");
+  EXPECT_EQ(unknown["error"], "unknown_command");
+  EXPECT_FALSE(unknown["message"].get<std::string>().empty());
+  EXPECT_EQ(raw(std::string("{\"command\": \"\xff\xfe\"}"))["error"], "invalid_json");
+  EXPECT_EQ(raw("{\"command\":\"flows\",\"follow\":\"yes\"}")["error"], "invalid_request");
+  // Still usable, and two requests in one write get two replies in order.
+  EXPECT_TRUE(client.send_line("{\"command\":\"status\"}\n{\"command\":\"stats\"}"));
+  std::string a, b;
+  ASSERT_TRUE(client.read_line(a, 5000));
+  ASSERT_TRUE(client.read_line(b, 5000));
+  EXPECT_TRUE(json::parse(a).contains("uptime_seconds"));
+  EXPECT_TRUE(json::parse(b).contains("metrics"));
+}
+
+TEST_F(ControlSocket, OversizedLineIsRefusedAndTheConnectionClosed) {
+  options_.max_line_bytes = 4096;
+  start();
+  control_client client;
+  ASSERT_EQ(client.connect(options_.path), "");
+  // Without a newline: the server must not keep buffering.
+  const std::string huge(64 * 1024, 'x');
+  client.send_line("{\"command\":\"status\",\"pad\":\"" + huge);
+  std::string line, error;
+  ASSERT_TRUE(client.read_line(line, 5000, &error)) << error;
+  EXPECT_EQ(json::parse(line)["error"], "line_too_long");
+  // Closed (a reset, since the rest of the line was never read).
+  EXPECT_FALSE(client.read_line(line, 5000, &error));
+  EXPECT_NE(error, "timed out waiting for the agent's reply");
+  // Others are served.
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);
+}
+
+TEST_F(ControlSocket, VanishedAndHalfWrittenClientsDoNotDisturbOthers) {
+  start();
+  for (int i = 0; i < 20; ++i) {
+    control_client gone;
+    ASSERT_EQ(gone.connect(options_.path), "");
+    gone.send_line("{\"command\":\"stats\"}");  // and goes away without reading
+    control_client half;
+    ASSERT_EQ(half.connect(options_.path), "");
+    ::send(half.fd(), "{\"command\":\"sta", 15, MSG_NOSIGNAL);
+  }
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);
+}
+
+TEST_F(ControlSocket, AClientThatDoesNotReadIsDropped) {
+  options_.max_queued_reply_bytes = 256 * 1024;
+  start();
+  ASSERT_TRUE(apply_sample()["ok"]);
+  control_client slow;
+  ASSERT_EQ(slow.connect(options_.path), "");
+  int rcvbuf = 4096;
+  ::setsockopt(slow.fd(), SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+  // Many requests whose replies are large; never read them.
+  std::string batch;
+  for (int i = 0; i < 200; ++i) batch += "{\"command\":\"get\",\"what\":\"config\"}\n";
+  bool send_failed = false;
+  for (int round = 0; round < 20 && !send_failed; ++round) send_failed = !slow.send_line(batch);
+  // The server stays responsive for everyone else meanwhile and drops the slow one.
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);
+  bool dropped = false;
+  for (int i = 0; i < 50 && !dropped; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    dropped = control_.connected_clients.load() == 0;
+  }
+  EXPECT_TRUE(dropped) << "the non-reading client is still connected";
+}
+
+TEST_F(ControlSocket, IdleClientsAreDisconnected) {
+  options_.idle_timeout_ms = 300;
+  start();
+  control_client idle;
+  ASSERT_EQ(idle.connect(options_.path), "");
+  std::string line, error;
+  EXPECT_FALSE(idle.read_line(line, 5000, &error));
+  EXPECT_EQ(error, "the agent closed the connection");
+}
+
+TEST_F(ControlSocket, ManyClientsAtOnceUpToTheLimit) {
+  options_.max_clients = 8;
+  start();
+  std::vector<std::unique_ptr<control_client>> held;
+  for (int i = 0; i < 8; ++i) {
+    held.push_back(std::make_unique<control_client>());
+    ASSERT_EQ(held.back()->connect(options_.path), "");
+    ASSERT_TRUE(held.back()->request({{"command", "status"}})["ok"]);  // accepted and registered
+  }
+  control_client extra;
+  ASSERT_EQ(extra.connect(options_.path), "");
+  std::string line;
+  ASSERT_TRUE(extra.read_line(line, 5000));
+  EXPECT_EQ(json::parse(line)["error"], "too_many_clients");
+  held.pop_back();
+  bool served = false;
+  for (int i = 0; i < 50 && !served; ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    control_client again;
+    served = again.connect(options_.path).empty() && again.request({{"command", "status"}}, 2000)["ok"] == true;
+  }
+  EXPECT_TRUE(served);
+
+  // And many concurrent requesters within the limit all get answers.
+  held.clear();
+  for (int i = 0; i < 100 && control_.connected_clients.load() > 0; ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  std::atomic<int> ok{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 6; ++t)
+    threads.emplace_back([&] {
+      control_client c;
+      if (!c.connect(options_.path).empty()) return;
+      for (int i = 0; i < 50; ++i) ok += c.request({{"command", "stats"}})["ok"] == true;
+    });
+  for (auto& t : threads) t.join();
+  EXPECT_EQ(ok, 300);
+}
+
+TEST_F(ControlSocket, StaleSocketIsReplacedButALiveOneIsNot) {
+  {
+    // A socket file nobody listens on, as a crashed agent leaves it.
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    std::strncpy(address.sun_path, options_.path.c_str(), sizeof address.sun_path - 1);
+    ASSERT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+    ::close(fd);
+  }
+  start();
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);
+  control_socket_server second(control_);
+  const std::string error = second.start(options_);
+  EXPECT_NE(error.find("another agent is listening"), std::string::npos) << error;
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);
+
+  control_socket_options not_a_socket = options_;
+  not_a_socket.path = (dir_ / "plain-file").string();
+  std::ofstream(not_a_socket.path) << "x";
+  EXPECT_NE(second.start(not_a_socket).find("not a socket"), std::string::npos);
+}
+
+// A child that drops to `uid` and asks for status; returns what it saw ("EACCES", the
+// error code, or "ok").
+std::string ask_as(uid_t uid, gid_t gid, const std::string& path) {
+  int pipe_fds[2];
+  if (::pipe(pipe_fds) != 0) return "pipe failed";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(pipe_fds[0]);
+    std::string result;
+    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) {
+      result = "setuid failed";
+    } else {
+      control_client client;
+      const std::string error = client.connect(path, 3000);
+      if (!error.empty()) {
+        result = error.find("Permission denied") != std::string::npos ? "EACCES" : error;
+      } else {
+        json reply = client.request({{"command", "status"}}, 3000);
+        result = reply.value("ok", false) ? "ok" : reply.value("error", "?");
+      }
+    }
+    [[maybe_unused]] ssize_t n = ::write(pipe_fds[1], result.data(), result.size());
+    ::_exit(0);
+  }
+  ::close(pipe_fds[1]);
+  std::string result;
+  char buffer[256];
+  for (ssize_t n; (n = ::read(pipe_fds[0], buffer, sizeof buffer)) > 0;) result.append(buffer, static_cast<size_t>(n));
+  ::close(pipe_fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return result;
+}
+
+TEST_F(ControlSocket, NonRootUidIsRefused) {
+  MESHLANE_REQUIRE_ROOT();
+  start();
+  ::chmod(dir_.c_str(), 0755);
+  // The file mode alone keeps nobody out...
+  EXPECT_EQ(ask_as(65534, 65534, options_.path), "EACCES");
+  // ...and with the mode opened up, the peer-credential check still does.
+  ASSERT_EQ(::chmod(options_.path.c_str(), 0666), 0);
+  EXPECT_EQ(ask_as(65534, 65534, options_.path), "permission_denied");
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);  // root is served
+}
+
+TEST_F(ControlSocket, ConfiguredUidAndGidAreAllowed) {
+  MESHLANE_REQUIRE_ROOT();
+  options_.allowed_uid = 65534;
+  start();
+  ::chmod(dir_.c_str(), 0755);
+  ASSERT_EQ(::chmod(options_.path.c_str(), 0666), 0);
+  EXPECT_EQ(ask_as(65534, 65534, options_.path), "ok");
+  EXPECT_EQ(ask_as(65533, 65534, options_.path), "permission_denied");
+  server_.stop();
+  options_.allowed_uid = 0;
+  options_.allowed_gid = 65534;
+  options_.allow_gid = true;
+  start();
+  ASSERT_EQ(::chmod(options_.path.c_str(), 0666), 0);
+  EXPECT_EQ(ask_as(65533, 65534, options_.path), "ok");
+  EXPECT_EQ(ask_as(65533, 65533, options_.path), "permission_denied");
+}
+
+TEST_F(ControlSocket, ASubsystemThatThrowsGetsAnInternalErrorNotADeadServer) {
+  registry_.add_query("flows", [](const json&) -> json { throw std::runtime_error("flow table shard 3 unreadable"); });
+  start();
+  json reply = ask({{"command", "flows"}});
+  EXPECT_EQ(reply["error"], "internal_error");
+  EXPECT_NE(reply["message"].get<std::string>().find("shard 3"), std::string::npos);
+  EXPECT_TRUE(ask({{"command", "status"}})["ok"]);
+}
+
+TEST_F(ControlSocket, RequestsAndErrorsAreCounted) {
+  start();
+  ask({{"command", "status"}});
+  ask({{"command", "reboot"}});
+  double status_requests = 0, unknown_errors = 0;
+  const json stats = ask({{"command", "stats"}});
+  for (const auto& family : stats["metrics"]) {
+    for (const auto& s : family["samples"]) {
+      if (family["name"] == "meshlane_control_requests_total" && s["labels"]["command"] == "status")
+        status_requests = s["value"];
+      if (family["name"] == "meshlane_control_request_errors_total" && s["labels"]["error"] == "unknown_command")
+        unknown_errors = s["value"];
+    }
+  }
+  EXPECT_EQ(status_requests, 1);
+  EXPECT_EQ(unknown_errors, 1);
+}
+
+}  // namespace
+}  // namespace meshlane
