@@ -63,7 +63,10 @@ inline const char* kNode1Document = R"({
     {"name": "remote-dns", "vip": "198.19.128.12",
      "ports": [{"port": 53, "protocol": "udp", "target_port": 5353}],
      "backends": [{"ip": "198.18.2.30", "port": 5353, "node": "node2"}]},
-    {"name": "empty", "vip": "198.19.128.13", "ports": [{"port": 80}]}
+    {"name": "empty", "vip": "198.19.128.13", "ports": [{"port": 80}]},
+    {"name": "web6", "vip": "fd00:6d6c:ffff::10",
+     "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}],
+     "backends": [{"ip": "fd00:6d6c:1::20", "port": 8080, "node": "node1"}]}
   ],
   "tunables": {"maglev_table_size": 251, "flow_table_size": 1024}
 })";

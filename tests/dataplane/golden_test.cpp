@@ -492,6 +492,26 @@ TEST_F(golden, Ipv6HopLimitExpiryIsAnsweredWithTimeExceeded) {
   EXPECT_EQ(verify_checksums(out), "");
 }
 
+TEST_F(golden, Ipv6ServiceVipIsDnatedAndTheReplyReverseNated) {
+  learn_pod_macs();
+  const bytes in = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:ffff::10"), tcp_to(80));
+  send(client, in);
+  const bytes out = receive(web);
+  ASSERT_EQ(out.size(), in.size());
+  EXPECT_EQ(ip6_at(out, kEth + 24), ip6("fd00:6d6c:1::20"));
+  EXPECT_EQ(u16_at(out, kL4v6 + 2), 8080);
+  EXPECT_EQ(out[kEth + 7], 63);
+  EXPECT_EQ(verify_checksums(out), "");
+  const bytes reply = ipv6_frame(kWebMac, kWebPortMac, ip6("fd00:6d6c:1::20"), ip6("fd00:6d6c:1::10"),
+                                 tcp_to(40000, 8080, kTcpSyn | kTcpAck));
+  send(web, reply);
+  const bytes back = receive(client);
+  ASSERT_EQ(back.size(), reply.size());
+  EXPECT_EQ(ip6_at(back, kEth + 8), ip6("fd00:6d6c:ffff::10"));
+  EXPECT_EQ(u16_at(back, kL4v6), 80);
+  EXPECT_EQ(verify_checksums(back), "");
+}
+
 TEST_F(golden, Ipv6ExtensionHeaderIsDroppedWithReason) {
   bytes frame = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::20"), udp_to(9));
   frame[kEth + 6] = 0;  // hop-by-hop options
