@@ -366,6 +366,32 @@ TEST_F(two_nodes, NodeOneKeepsForwardingWhileNodeTwoRestarts) {
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 256 << 10), "");
 }
 
+// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+double cpu_seconds(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const auto close = text.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {  // fields 14 and 15: utime, stime
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
+}
+
+// The adaptive idle policy: an agent with no traffic sleeps instead of spinning, so two
+// agents and the tests fit on two cores.
+TEST_F(two_nodes, IdleAgentsSleepInsteadOfSpinning) {
+  const pid_t pid = nodes_[0].agent->pid();
+  const double before = cpu_seconds(pid);
+  std::this_thread::sleep_for(3s);
+  const double used = cpu_seconds(pid) - before;
+  EXPECT_LT(used, 0.9) << "an idle agent used " << used << " CPU seconds in 3 s (a busy poller uses 3)";
+}
+
 // An agent whose uplink does not exist says which field names it and exits 1, leaving
 // nothing behind.
 TEST(dataplane_agent, MissingUplinkInterfaceIsReportedWithItsPath) {
