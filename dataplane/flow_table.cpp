@@ -107,6 +107,18 @@ flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now,
   return nullptr;  // unreachable: the entry was just written
 }
 
+bool flow_table::read(uint32_t index, flow_entry& out) const {
+  const flow_entry& entry = entries_[index];
+  for (int attempt = 0; attempt < 8; ++attempt) {
+    const uint32_t before = __atomic_load_n(&entry.version, __ATOMIC_ACQUIRE);
+    if (before & 1) continue;
+    std::memcpy(static_cast<void*>(&out), &entry, sizeof out);
+    __atomic_thread_fence(__ATOMIC_ACQUIRE);
+    if (__atomic_load_n(&entry.version, __ATOMIC_RELAXED) == before) return true;
+  }
+  return false;
+}
+
 bool flow_table::find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
                              flow_entry& out) const {
   const flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
@@ -127,7 +139,9 @@ bool flow_table::find_shared(const flow_key& key, uint64_t hash, uint64_t now, c
 
 uint32_t flow_table::live_count(uint64_t now, const flow_timeouts& timeouts) const {
   uint32_t live = 0;
-  for (const flow_entry& entry : entries_) live += entry.in_use && !expired(entry, now, timeouts);
+  flow_entry entry;
+  for (uint32_t i = 0; i < entries_.size(); ++i)
+    live += read(i, entry) && entry.in_use && !expired(entry, now, timeouts);
   return live;
 }
 

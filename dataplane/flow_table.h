@@ -84,7 +84,9 @@ class flow_table {
   uint64_t evictions() const { return evictions_; }
   // Entries in use and not expired; a full scan, for the control thread's status only.
   uint32_t live_count(uint64_t now, const flow_timeouts& timeouts) const;
-  const flow_entry& at(uint32_t index) const { return entries_[index]; }
+  // A consistent copy of slot `index` for readers on other threads (seqlock); false
+  // when the owner kept rewriting it.
+  bool read(uint32_t index, flow_entry& out) const;
   bool expired(const flow_entry& entry, uint64_t now, const flow_timeouts& timeouts) const;
 
  private:

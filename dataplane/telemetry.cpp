@@ -214,10 +214,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
     uint64_t index = 0;
     for (const auto& w : workers_) {
       for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
-        // A copy: the worker may rewrite the entry meanwhile; a torn row is possible
-        // and harmless in a sample.
-        const flow_entry entry = w->flows.at(i);
-        if (!entry.in_use || w->flows.expired(entry, now, timeouts)) continue;
+        // A consistent copy (the worker keeps writing its shard); skipped if it is busy.
+        flow_entry entry;
+        if (!w->flows.read(i, entry) || !entry.in_use || w->flows.expired(entry, now, timeouts)) continue;
         if (index++ < offset || rows.size() >= limit) continue;
         std::string service;
         const std::string backend = entry.backend_slot < slot_names_.backends.size()

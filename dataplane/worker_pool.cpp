@@ -36,7 +36,9 @@ std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunable
     if (i) lcores += ",";
     lcores += std::to_string(i) + "@(" + cpus + ")";
   }
-  std::vector<std::string> args{"meshlaned", "--lcores=" + lcores};
+  // The agent is always its node's primary process: no auto-detection that would turn
+  // it into a secondary of a stale process with the same file prefix.
+  std::vector<std::string> args{"meshlaned", "--lcores=" + lcores, "--proc-type=primary"};
   const bool has_pci_uplink = spec.uplink.driver == "pci";
   if (!has_pci_uplink) args.push_back("--no-pci");
   args.insert(args.end(), spec.eal_args.begin(), spec.eal_args.end());

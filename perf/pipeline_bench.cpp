@@ -59,8 +59,8 @@ struct bench_world {
     prefix = "meshlane-bench-" + std::to_string(getpid());
     std::string file_prefix = "--file-prefix=" + prefix;
     const char* argv[] = {"bench", "--no-huge", "-m", "256", "--no-pci", "--lcores=0", "--log-level=error",
-                          "--no-telemetry", file_prefix.c_str(), nullptr};
-    if (std::string e = init_eal(std::vector<std::string>(argv, argv + 9)); !e.empty()) return e;
+                          "--no-telemetry", "--proc-type=primary", file_prefix.c_str(), nullptr};
+    if (std::string e = init_eal(std::vector<std::string>(argv, argv + 10)); !e.empty()) return e;
     pool = rte_pktmbuf_pool_create("bench", 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, 0);
     if (!pool) return "mempool";
     const char* names[] = {"net_null0", "net_null1", "net_null2"};

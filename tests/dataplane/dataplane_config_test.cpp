@@ -93,7 +93,8 @@ TEST(dataplane_config, EalArgumentsFloatEveryLcoreOverTheAllowedCpus) {
   tunables tuning;
   tuning.workers = 2;
   const auto args = eal_arguments(spec, tuning);
-  EXPECT_EQ(args, (std::vector<std::string>{"meshlaned", "--lcores=0@(0-1),1@(0-1),2@(0-1)", "--no-pci", "--no-huge"}));
+  EXPECT_EQ(args, (std::vector<std::string>{"meshlaned", "--lcores=0@(0-1),1@(0-1),2@(0-1)", "--proc-type=primary", "--no-pci",
+                                      "--no-huge"}));
 }
 
 }  // namespace

@@ -27,7 +27,7 @@ class eal_environment : public ::testing::Environment {
   void SetUp() override {
     // --no-huge cannot be combined with --in-memory; a file prefix of the test's own
     // (removed in TearDown, and by scripts/cleanup.sh after a crash) keeps runs apart.
-    const std::string error = init_eal({"dataplane-test", "--no-huge", "-m", "256", "--file-prefix=" + test_long_prefix(),
+    const std::string error = init_eal({"dataplane-test", "--no-huge", "-m", "256", "--file-prefix=" + test_long_prefix() + "-golden", "--proc-type=primary",
                                         "--no-pci", "--lcores=0", "--log-level=error", "--no-telemetry"});
     ASSERT_EQ(error, "");
     test_mbufs = rte_pktmbuf_pool_create("test_mbufs", 4095, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
@@ -36,7 +36,7 @@ class eal_environment : public ::testing::Environment {
   void TearDown() override {
     cleanup_eal();
     std::error_code ignored;
-    std::filesystem::remove_all("/var/run/dpdk/" + test_long_prefix(), ignored);
+    std::filesystem::remove_all("/var/run/dpdk/" + test_long_prefix() + "-golden", ignored);
   }
   static inline rte_mempool* test_mbufs = nullptr;
 };
@@ -63,7 +63,10 @@ inline const char* kNode1Document = R"({
     {"name": "remote-dns", "vip": "198.19.128.12",
      "ports": [{"port": 53, "protocol": "udp", "target_port": 5353}],
      "backends": [{"ip": "198.18.2.30", "port": 5353, "node": "node2"}]},
-    {"name": "empty", "vip": "198.19.128.13", "ports": [{"port": 80}]}
+    {"name": "empty", "vip": "198.19.128.13", "ports": [{"port": 80}]},
+    {"name": "web6", "vip": "fd00:6d6c:ffff::10",
+     "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}],
+     "backends": [{"ip": "fd00:6d6c:1::20", "port": 8080, "node": "node1"}]}
   ],
   "tunables": {"maglev_table_size": 251, "flow_table_size": 1024}
 })";

@@ -12,6 +12,7 @@
 
 #include <gtest/gtest.h>
 
+#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstring>
@@ -331,6 +332,22 @@ TEST_F(two_nodes, ServiceVipReachesItsBackendOnTheOtherNode) {
 }
 
 TEST_F(two_nodes, NodeOneKeepsForwardingWhileNodeTwoRestarts) {
+  // Pod-to-pod traffic on node 1 runs the whole time node 2's agent stops and starts.
+  std::atomic<bool> restarting{true};
+  std::atomic<int> answered{0}, failed{0};
+  std::thread local_traffic([&] {
+    for (uint16_t port = 9500; restarting.load(); ++port)
+      (udp_round_trip(*nodes_[0].client, *nodes_[0].web, "198.18.1.20", port, "during restart") == "" ? answered
+                                                                                                         : failed)++;
+  });
+  struct join_on_exit {
+    std::atomic<bool>& flag;
+    std::thread& thread;
+    ~join_on_exit() {
+      flag.store(false);
+      if (thread.joinable()) thread.join();
+    }
+  } joiner{restarting, local_traffic};
   ASSERT_EQ(nodes_[1].agent->stop(SIGTERM, 5000), 0) << read_text(nodes_[1].log_path);
   nodes_[1].agent.reset();
   // Node 2 is down: node 1's own pods still talk, through node 1's workers.
@@ -341,11 +358,40 @@ TEST_F(two_nodes, NodeOneKeepsForwardingWhileNodeTwoRestarts) {
   std::error_code ignored;
   std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(2), ignored);
   ASSERT_TRUE(start_agent(2)) << read_text(nodes_[1].log_path);
-  EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[0].web, "198.18.1.20", 9300, "during"), "");
+  restarting.store(false);
+  local_traffic.join();
+  EXPECT_GT(answered.load(), 5);
+  EXPECT_EQ(failed.load(), 0) << "node 1's local traffic suffered while node 2 restarted";
   EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9301, "node 2 is back"), "");
   tcp_echo_server server(*nodes_[1].web, 8080);
   ASSERT_TRUE(server.ok());
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 256 << 10), "");
+}
+
+// CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
+double cpu_seconds(pid_t pid) {
+  std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
+  const auto close = text.rfind(')');
+  if (close == std::string::npos) return -1;
+  std::istringstream fields(text.substr(close + 2));
+  std::string field;
+  unsigned long long utime = 0, stime = 0;
+  for (int i = 3; i <= 15 && fields >> field; ++i) {  // fields 14 and 15: utime, stime
+    if (i == 14) utime = std::stoull(field);
+    if (i == 15) stime = std::stoull(field);
+  }
+  return double(utime + stime) / double(sysconf(_SC_CLK_TCK));
+}
+
+// The adaptive idle policy: an agent with no traffic sleeps instead of spinning, so two
+// agents and the tests fit on two cores.
+TEST_F(two_nodes, IdleAgentsSleepInsteadOfSpinning) {
+  const pid_t pid = nodes_[0].agent->pid();
+  const double before = cpu_seconds(pid);
+  std::this_thread::sleep_for(3s);
+  const double used = cpu_seconds(pid) - before;
+  EXPECT_LT(used, 0.9) << "an idle agent used " << used << " CPU seconds in 3 s (a busy poller uses 3)";
 }
 
 // An agent whose uplink does not exist says which field names it and exits 1, leaving
