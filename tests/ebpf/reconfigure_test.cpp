@@ -93,11 +93,12 @@ class Reconfigure : public ::testing::Test {
   }
 
   static json service(const std::string& name, const std::string& vip, int port,
-                      const std::vector<std::pair<std::string, int>>& backends) {
+                      const std::vector<std::pair<std::string, int>>& backends, bool affinity = false) {
     json list = json::array();
     for (const auto& [ip, backend_port] : backends)
       list.push_back({{"ip", ip}, {"port", backend_port}, {"node", "node1"}});
-    return {{"name", name}, {"vip", vip}, {"ports", {{{"port", port}}}}, {"backends", list}};
+    return {{"name", name}, {"vip", vip}, {"ports", {{{"port", port}}}}, {"backends", list},
+            {"session_affinity", affinity}};
   }
 
   void start_agent() {
@@ -179,6 +180,30 @@ TEST_F(Reconfigure, SighupMovesNewConnectionsToTheNewBackendsAndDropsRemovedServ
   EXPECT_EQ(r["names"].value("b", 0) + r["names"].value("c", 0), 200) << r.dump();
   std::tie(code, r) = run_pa({"echo-client", "198.19.128.50", "80", "4096", "1"});
   EXPECT_EQ(code, 0) << r.dump();
+}
+
+TEST_F(Reconfigure, SessionAffinityKeepsEveryConnectionOfAPodOnOneBackend) {
+  const std::vector<std::pair<std::string, int>> both = {{"198.18.1.20", 7100}, {"198.18.1.30", 7100}};
+  write_config(json::array({service("spread", "198.19.128.70", 80, both),
+                            service("sticky", "198.19.128.80", 80, both, true)}));
+  start_agent();
+  // Without affinity 40 connections spread over both (all on one: p = 2^-39)...
+  auto [code, r] = run_pa({"name-client", "198.19.128.70", "80", "40"});
+  EXPECT_EQ(code, 0) << r.dump();
+  EXPECT_EQ(r["names"].size(), 2u) << r.dump();
+  // ...with it, every connection of the pod meets the same backend.
+  std::tie(code, r) = run_pa({"name-client", "198.19.128.80", "80", "40"});
+  EXPECT_EQ(code, 0) << r.dump();
+  EXPECT_EQ(r["names"].size(), 1u) << r.dump();
+  EXPECT_EQ(r["peers"].value("198.19.128.80:80", 0), 40) << r.dump();
+
+  // Turning affinity on for "spread" alone (same backends) rewrites its entry.
+  write_config(json::array({service("spread", "198.19.128.70", 80, both, true),
+                            service("sticky", "198.19.128.80", 80, both, true)}));
+  reload("2");
+  std::tie(code, r) = run_pa({"name-client", "198.19.128.70", "80", "40"});
+  EXPECT_EQ(code, 0) << r.dump();
+  EXPECT_EQ(r["names"].size(), 1u) << r.dump();
 }
 
 TEST_F(Reconfigure, AnEstablishedConnectionKeepsItsBackendAcrossABackendChange) {
