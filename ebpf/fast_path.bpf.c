@@ -125,7 +125,8 @@ int meshlane_sk_msg(struct sk_msg_md* msg) {
 
 /* ---- connect-time service load balancing ------------------------------------------ */
 
-static __always_inline struct ml_backend* choose_backend(const struct ml_service_key* key,
+static __always_inline struct ml_backend* choose_backend(struct bpf_sock_addr* ctx,
+                                                        const struct ml_service_key* key,
                                                         __u64 cookie) {
   struct ml_service_value* svc = bpf_map_lookup_elem(&ml_services, key);
   if (!svc) return 0;
@@ -134,8 +135,10 @@ static __always_inline struct ml_backend* choose_backend(const struct ml_service
     if (c) c->services_without_backends += 1;
     return 0;
   }
-  /* Consistent per socket: the same cookie always lands on the same slot. */
-  __u64 h = cookie * 0x9e3779b97f4a7c15ULL;
+  /* Consistent per socket: the same cookie always lands on the same slot; with session
+   * affinity, per client pod (its network namespace). */
+  const __u64 chooser = (svc->flags & ML_SERVICE_AFFINITY) ? bpf_get_netns_cookie(ctx) : cookie;
+  __u64 h = chooser * 0x9e3779b97f4a7c15ULL;
   struct ml_slot_key slot = {.table_id = svc->table_id,
                              .slot = (__u32)(h >> 32) % svc->slot_count};
   return bpf_map_lookup_elem(&ml_backend_slots, &slot);
@@ -149,7 +152,7 @@ static __always_inline int rewrite(struct bpf_sock_addr* ctx, const struct ml_ad
   key.port = bpf_ntohs((__u16)ctx->user_port);
   key.protocol = (__u8)ctx->protocol;
   const __u64 cookie = bpf_get_socket_cookie(ctx);
-  struct ml_backend* backend = choose_backend(&key, cookie);
+  struct ml_backend* backend = choose_backend(ctx, &key, cookie);
   if (!backend) return 1;
 
   struct ml_connect_record record = {};

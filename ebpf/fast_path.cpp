@@ -308,6 +308,7 @@ std::string fast_path::sync(const snapshot& tables) {
 
   // Desired slot tables per frontend.
   std::map<ml_service_key, std::vector<ml_backend>, bytes_less> desired;
+  std::map<ml_service_key, uint32_t, bytes_less> desired_flags;
   for (const table_frontend& f : tables.frontends) {
     const table_service& svc = tables.services[f.service_index];
     ml_service_key key{};
@@ -315,6 +316,7 @@ std::string fast_path::sync(const snapshot& tables) {
     key.port = f.port;
     key.protocol = static_cast<uint8_t>(f.protocol);
     std::vector<ml_backend>& slots = desired[key];
+    desired_flags[key] = svc.session_affinity ? ML_SERVICE_AFFINITY : 0;
     if (svc.backend_count == 0) continue;
     std::vector<maglev_backend> input;
     for (uint32_t b = 0; b < svc.backend_count; ++b) {
@@ -349,9 +351,10 @@ std::string fast_path::sync(const snapshot& tables) {
     ml_service_value value{};
     value.slot_count = static_cast<uint32_t>(slots.size());
     value.content_hash = slots.empty() ? 0 : content_hash(slots);
+    value.flags = desired_flags[key];
     auto old = existing.find(key);
     if (old != existing.end() && old->second.content_hash == value.content_hash &&
-        old->second.slot_count == value.slot_count)
+        old->second.slot_count == value.slot_count && old->second.flags == value.flags)
       continue;  // unchanged
     if (!slots.empty()) {
       // A fresh table, written whole, before the service entry points at it.

@@ -62,10 +62,18 @@ struct ml_service_key {
 /* Which slot table is live for a frontend. The writer fills a fresh table id, then flips
  * this entry to it, then deletes the old table: readers see the old or the new table,
  * never a half-written one, and never a service without backends. */
+/* Session affinity: pick the slot by the client's network-namespace cookie (one per pod,
+ * so one per client pod address) instead of the socket cookie, so every connection of a
+ * pod meets the same backend, on every port of the service (its frontends share the
+ * Maglev slot order). */
+#define ML_SERVICE_AFFINITY 1u
+
 struct ml_service_value {
   ml_u32 table_id;
   ml_u32 slot_count;  /* 0: no backends, leave the connection alone */
   ml_u64 content_hash; /* of the slot contents, so an unchanged service is not rewritten */
+  ml_u32 flags;        /* ML_SERVICE_* */
+  ml_u32 pad;
 };
 
 struct ml_slot_key {
