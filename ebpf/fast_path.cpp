@@ -257,6 +257,28 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
     if (fds[i]) *fds[i] = fd;
     else close(fd);
   }
+  // Pins made by an agent with another map layout cannot be read with this one's structs.
+  struct {
+    int fd;
+    const char* name;
+    uint32_t key_size, value_size;
+  } const layouts[] = {
+      {path->local_pods_fd_, "ml_local_pods", sizeof(ml_addr), sizeof(ml_pod_value)},
+      {path->services_fd_, "ml_services", sizeof(ml_service_key), sizeof(ml_service_value)},
+      {path->backend_slots_fd_, "ml_backend_slots", sizeof(ml_slot_key), sizeof(ml_backend)},
+      {path->sock_hash_fd_, "ml_sock_hash", sizeof(ml_sock_key), 0},
+  };
+  for (const auto& layout : layouts) {
+    bpf_map_info info{};
+    uint32_t length = sizeof info;
+    if (bpf_obj_get_info_by_fd(layout.fd, &info, &length) != 0 || info.key_size != layout.key_size ||
+        (layout.value_size && info.value_size != layout.value_size)) {
+      error = std::string("the pinned map ") + layout.name + " at " + pins +
+              " has another layout than this agent's (pinned by another version?); remove the pins "
+              "with meshlaned --uninstall --bpf-pin-dir " + pins + " and start again";
+      return nullptr;
+    }
+  }
 
   fd_guard cgroup_fd(::open(cgroup.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
   struct stat st;

@@ -125,6 +125,25 @@ TEST_F(MapWriter, SyncWritesWhatChangedKeepsWhatDidNotAndRemovesWhatLeft) {
   EXPECT_EQ(path->map_stats().backend_slots, 3u * ML_SERVICE_SLOTS);
 }
 
+TEST_F(MapWriter, PinsOfAnotherLayoutAreRefusedWithTheWayOut) {
+  // Pin a map named like ours but with a smaller value, as an older agent would have.
+  ASSERT_EQ(run_command("mkdir -p " + pins_ + "/maps " + pins_ + "/progs " + pins_ + "/links").exit_code, 0);
+  std::string error;
+  {
+    auto path = fast_path::open({pins_, cgroup_->path()}, error);
+    ASSERT_TRUE(path) << error;
+  }
+  const std::string services = pins_ + "/maps/ml_services";
+  ASSERT_EQ(unlink(services.c_str()), 0);
+  const int old_layout = bpf_map_create(BPF_MAP_TYPE_HASH, "ml_services", sizeof(ml_service_key), 16, 16, nullptr);
+  ASSERT_GE(old_layout, 0);
+  ASSERT_EQ(bpf_obj_pin(old_layout, services.c_str()), 0);
+  close(old_layout);
+  EXPECT_FALSE(fast_path::open({pins_, cgroup_->path()}, error));
+  EXPECT_NE(error.find("has another layout"), std::string::npos) << error;
+  EXPECT_NE(error.find("--uninstall"), std::string::npos) << error;
+}
+
 TEST_F(MapWriter, RefusesTheCgroupRootAndPinsNothing) {
   const std::string root = cgroup2_mount();
   ASSERT_FALSE(root.empty());
