@@ -285,7 +285,8 @@ TEST_F(FastPath, AgentRestartKeepsConnectionsFlowingAndAdoptsThePins) {
   // Kill the agent hard: nothing it could do on exit may matter.
   EXPECT_EQ(topology_->agent->stop(SIGKILL), 128 + SIGKILL);
   const auto with_agent_gone = counters();
-  const size_t lines_before = std::count(slurp(progress).begin(), slurp(progress).end(), '\n');
+  const std::string before_text = slurp(progress);
+  const size_t lines_before = std::count(before_text.begin(), before_text.end(), '\n');
   usleep(2000000);
   const std::string during = slurp(progress);
   EXPECT_GT(static_cast<size_t>(std::count(during.begin(), during.end(), '\n')), lines_before)
