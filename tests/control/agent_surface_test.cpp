@@ -66,7 +66,8 @@ class Agent : public ::testing::Test {
     meshctl_ = std::getenv("MESHCTL") ? std::getenv("MESHCTL") : "";
     ASSERT_FALSE(meshlaned_.empty());
     ASSERT_FALSE(meshctl_.empty());
-    dir_ = std::filesystem::temp_directory_path() / ("mlagent-" + std::to_string(::getpid()));
+    // The harness prefix lets scripts/cleanup.sh find an agent a killed test left behind.
+    dir_ = std::filesystem::temp_directory_path() / testing::test_long_prefix();
     std::filesystem::create_directories(dir_);
     doc_a_ = (dir_ / "a.json").string();
     doc_b_ = (dir_ / "b.json").string();

@@ -27,7 +27,7 @@ using nlohmann::json;
 class ControlSocket : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("mlctl-" + std::to_string(getpid()) + "-" +
+    dir_ = std::filesystem::temp_directory_path() / (testing::test_long_prefix() + "-" +
                                                      ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::create_directories(dir_);
     options_.path = (dir_ / "control.sock").string();
