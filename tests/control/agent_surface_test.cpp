@@ -126,6 +126,10 @@ TEST_F(Agent, MeshctlEverySubcommandWithExitCodes) {
   EXPECT_EQ(json::parse(r.out)["rows"].size(), 2u);
   EXPECT_EQ(meshctl("get routes").exit_code, 0);
   EXPECT_EQ(meshctl("get maglev -o json").exit_code, 0);
+  r = meshctl("get maglev");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("SLOTS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("198.18.2.10:8080"), std::string::npos) << r.out;
   EXPECT_EQ(meshctl("get config -o json").exit_code, 0);
   r = meshctl("get flows");
   EXPECT_EQ(r.exit_code, 1);  // no data plane provides flows in this build yet
