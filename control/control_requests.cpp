@@ -487,10 +487,15 @@ json control_module::status_page_model() {
   model["not_ready"] = waiting;
 
   // Every counter and gauge, one row per sample; and per-backend traffic when a subsystem
-  // reports it (meshlane_backend_packets_total{service,backend="ip:port"}).
+  // reports it (meshlane_<subsystem>_backend_packets_total{service,backend="ip:port"}).
   json counters = json::array();
   std::map<std::string, double> backend_packets;
   for (const auto& family : registry_.collect()) {
+    // Any subsystem's per-backend packet family counts, e.g. the DPDK workers'
+    // meshlane_dataplane_backend_packets_total{service,backend="ip:port"}.
+    const std::string_view suffix = "_backend_packets_total";
+    const bool is_backend_packets = family.name.size() > suffix.size() &&
+                                    family.name.compare(family.name.size() - suffix.size(), suffix.size(), suffix) == 0;
     for (const auto& sample : family.samples) {
       std::string labels;
       std::string service, backend;
@@ -502,7 +507,7 @@ json control_module::status_page_model() {
       counters.push_back({{"name", family.name}, {"labels", labels},
                           {"kind", family.kind == metric_kind::counter ? "counter" : "gauge"},
                           {"value", std::isfinite(sample.value) ? json(sample.value) : json(nullptr)}});
-      if (family.name == "meshlane_backend_packets_total" && !service.empty() && !backend.empty())
+      if (is_backend_packets && !service.empty() && !backend.empty())
         backend_packets[service + "|" + backend] += sample.value;
     }
   }

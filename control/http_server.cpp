@@ -31,6 +31,7 @@ const char* reason(int status) {
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
     case 503: return "Service Unavailable";
     default: return "Error";
   }
@@ -175,7 +176,12 @@ void http_server::serve() {
               } else if (route == routes_.end()) {
                 response = {404, "text/plain; charset=utf-8", "not found: " + request.path + "\n"};
               } else {
-                response = route->second(request);
+                // A handler runs subsystem callbacks; what they throw is a 500, not a dead server.
+                try {
+                  response = route->second(request);
+                } catch (const std::exception& e) {
+                  response = {500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n"};
+                }
               }
             }
           }

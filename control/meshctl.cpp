@@ -298,6 +298,15 @@ int run_online(const std::string& command, int argc, char** argv) {
   auto show = [&](const nlohmann::json& r) {
     if (opts.output == "json") {
       std::printf("%s\n", r.dump().c_str());
+    } else if (r.contains("rows") && command == "get" && opts.positional[0] == "maglev") {
+      // One line per backend rather than a nested list per service.
+      nlohmann::json flat = nlohmann::json::array();
+      for (const auto& service : r["rows"])
+        for (const auto& b : service["backends"])
+          flat.push_back({{"service", service["service"]},
+                          {"backend", b["backend"]}, {"weight", b["weight"]}, {"slots", b["slots"]},
+                          {"share", b["share"]}, {"table_size", service["table_size"]}});
+      print_table(flat);
     } else if (r.contains("rows")) {
       print_table(r["rows"]);
     } else if (command == "stats") {

@@ -66,7 +66,8 @@ class Agent : public ::testing::Test {
     meshctl_ = std::getenv("MESHCTL") ? std::getenv("MESHCTL") : "";
     ASSERT_FALSE(meshlaned_.empty());
     ASSERT_FALSE(meshctl_.empty());
-    dir_ = std::filesystem::temp_directory_path() / ("mlagent-" + std::to_string(::getpid()));
+    // The harness prefix lets scripts/cleanup.sh find an agent a killed test left behind.
+    dir_ = std::filesystem::temp_directory_path() / testing::test_long_prefix();
     std::filesystem::create_directories(dir_);
     doc_a_ = (dir_ / "a.json").string();
     doc_b_ = (dir_ / "b.json").string();
@@ -125,6 +126,10 @@ TEST_F(Agent, MeshctlEverySubcommandWithExitCodes) {
   EXPECT_EQ(json::parse(r.out)["rows"].size(), 2u);
   EXPECT_EQ(meshctl("get routes").exit_code, 0);
   EXPECT_EQ(meshctl("get maglev -o json").exit_code, 0);
+  r = meshctl("get maglev");
+  EXPECT_EQ(r.exit_code, 0);
+  EXPECT_NE(r.out.find("SLOTS"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("198.18.2.10:8080"), std::string::npos) << r.out;
   EXPECT_EQ(meshctl("get config -o json").exit_code, 0);
   r = meshctl("get flows");
   EXPECT_EQ(r.exit_code, 1);  // no data plane provides flows in this build yet

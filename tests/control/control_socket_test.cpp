@@ -27,7 +27,7 @@ using nlohmann::json;
 class ControlSocket : public ::testing::Test {
  protected:
   void SetUp() override {
-    dir_ = std::filesystem::temp_directory_path() / ("mlctl-" + std::to_string(getpid()) + "-" +
+    dir_ = std::filesystem::temp_directory_path() / (testing::test_long_prefix() + "-" +
                                                      ::testing::UnitTest::GetInstance()->current_test_info()->name());
     std::filesystem::create_directories(dir_);
     options_.path = (dir_ / "control.sock").string();
@@ -281,6 +281,36 @@ TEST_F(ControlSocket, FlowsPageAndFollowStream) {
     first_packets.push_back(update["rows"][0]["packets"].get<double>());
   }
   EXPECT_LT(first_packets.front(), first_packets.back());
+}
+
+TEST_F(ControlSocket, MeshctlFlowsFollowStreamsUntilInterrupted) {
+  const char* meshctl = std::getenv("MESHCTL");
+  ASSERT_NE(meshctl, nullptr);
+  start();
+  std::atomic<bool> stop{false};
+  std::thread traffic([&] {
+    while (!stop) {
+      packets_ += 1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+  });
+  // `timeout` interrupts the stream after a second; follow updates come every 100 ms here.
+  const std::string command = "timeout -s INT 1.5 " + std::string(meshctl) + " flows --follow --limit 1 -o json --socket " +
+                              options_.path + " 2>&1";
+  FILE* pipe = ::popen(command.c_str(), "r");
+  std::vector<json> lines;
+  char buffer[4096];
+  while (std::fgets(buffer, sizeof buffer, pipe)) lines.push_back(json::parse(buffer, nullptr, false));
+  ::pclose(pipe);
+  stop = true;
+  traffic.join();
+  ASSERT_GE(lines.size(), 5u);
+  for (const auto& line : lines) {
+    ASSERT_TRUE(line.is_object());
+    EXPECT_TRUE(line["ok"]);
+    ASSERT_EQ(line["rows"].size(), 1u);
+  }
+  EXPECT_LT(lines.front()["rows"][0]["packets"].get<double>(), lines.back()["rows"][0]["packets"].get<double>());
 }
 
 TEST_F(ControlSocket, FlowsWithoutAProviderIsUnavailable) {

@@ -196,6 +196,18 @@ TEST_F(HttpSurface, StatusJsonHasServicesSharesAndLog) {
   EXPECT_NE(page.find("/status.json"), std::string::npos);
 }
 
+TEST_F(HttpSurface, ACollectorThatThrowsIsA500AndTheServerLives) {
+  std::atomic<bool> fail{true};
+  registry_.add_collector("broken", [&](std::vector<metric_family>&) {
+    if (fail) throw std::runtime_error("counter page unmapped");
+  });
+  const std::string response = get(port_, "/metrics");
+  EXPECT_NE(response.find("HTTP/1.1 500"), std::string::npos) << response;
+  EXPECT_NE(response.find("counter page unmapped"), std::string::npos);
+  fail = false;
+  EXPECT_NE(get(port_, "/metrics").find("HTTP/1.1 200"), std::string::npos);
+}
+
 TEST_F(HttpSurface, BadRequestsGetClearStatuses) {
   EXPECT_NE(get(port_, "/nope").find("HTTP/1.1 404"), std::string::npos);
   EXPECT_NE(http_exchange(port_, "POST /metrics HTTP/1.1\r\n\r\n").find("HTTP/1.1 405"), std::string::npos);

@@ -40,7 +40,7 @@ class StatusPage : public ::testing::Test {
     std::filesystem::create_directories(profile_);
     registry_.add_collector("test", [this](std::vector<metric_family>& out) {
       const double n = static_cast<double>(packets_.load());
-      out.push_back({"meshlane_backend_packets_total", "Packets sent to each backend.", metric_kind::counter,
+      out.push_back({"meshlane_dataplane_backend_packets_total", "Packets sent to each backend.", metric_kind::counter,
                      {{{{"service", "web"}, {"backend", "198.18.1.10:8080"}}, n},
                       {{{"service", "web"}, {"backend", "198.18.2.10:8080"}}, 3 * n}}});
     });
@@ -97,7 +97,7 @@ TEST_F(StatusPage, LiveNumbersChangeInPlace) {
 
   // The counter row: value and a positive per-second rate computed from two refreshes.
   const std::regex row(
-      "<td>meshlane_backend_packets_total</td><td>service=web,backend=198\\.18\\.2\\.10:8080</td>"
+      "<td>meshlane_dataplane_backend_packets_total</td><td>service=web,backend=198\\.18\\.2\\.10:8080</td>"
       "<td class=\"n value\">([0-9.]+)</td><td class=\"n rate\">([0-9.]+)</td>");
   ASSERT_TRUE(std::regex_search(dom, m, row)) << "counter row missing";
   EXPECT_GT(std::stod(m[1]), 0);
