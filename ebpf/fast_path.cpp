@@ -443,6 +443,13 @@ fast_path_counters fast_path::counters() const {
   return out;
 }
 
+std::string fast_path::attachment_problem() const {
+  for (const auto& a : kCgroupAttachments) {
+    if (!exists(options_.pin_dir + "/links/" + a.program)) return std::string(a.program) + " is not attached";
+  }
+  return "";
+}
+
 fast_path_map_stats fast_path::map_stats() const {
   fast_path_map_stats stats;
   for_each_key<ml_addr>(local_pods_fd_, [&](const ml_addr&) { ++stats.local_pods; });
@@ -517,10 +524,11 @@ void register_fast_path_telemetry(subsystem_registry& registry, const fast_path&
     out.push_back({"meshlane_ebpf_sockets", "Sockets currently in the sockhash.", metric_kind::gauge,
                    {{{}, static_cast<double>(stats.sockets)}}});
   });
+  registry.add_readiness("ebpf", [&path]() { return path.attachment_problem(); });
   registry.add_status("ebpf", [&path]() {
     const fast_path_counters c = path.counters();
     const fast_path_map_stats stats = path.map_stats();
-    return nlohmann::json{{"attached", true},
+    return nlohmann::json{{"attached", path.attachment_problem().empty()},
                           {"adopted_pins", path.adopted()},
                           {"pin_dir", path.options().pin_dir},
                           {"cgroup", path.options().cgroup_path},

@@ -59,6 +59,9 @@ class fast_path {
   std::string sync(const snapshot& tables);
 
   fast_path_counters counters() const;
+  // "" when every program is still attached through its pinned link, else what is missing
+  // (someone removed a pin or detached a program behind the agent's back).
+  std::string attachment_problem() const;
   fast_path_map_stats map_stats() const;
   bool adopted() const { return adopted_; }
   const fast_path_options& options() const { return options_; }

@@ -81,6 +81,7 @@ TEST_F(MapWriter, SyncWritesWhatChangedKeepsWhatDidNotAndRemovesWhatLeft) {
   auto path = fast_path::open({pins_, cgroup_->path()}, error);
   ASSERT_TRUE(path) << error;
   EXPECT_FALSE(path->adopted());
+  EXPECT_EQ(path->attachment_problem(), "");
 
   ASSERT_EQ(path->sync(*compile_tables(document(cgroup_->path(), 1), 1)), "");
   auto stats = path->map_stats();
