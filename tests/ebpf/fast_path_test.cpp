@@ -25,18 +25,6 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
 class FastPath : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
@@ -50,8 +38,8 @@ class FastPath : public ::testing::Test {
 
   void SetUp() override {
     MESHLANE_REQUIRE_ROOT();
-    ASSERT_FALSE(env("MESHLANED").empty());
-    ASSERT_FALSE(env("POD_TOOL").empty());
+    ASSERT_FALSE(env_value("MESHLANED").empty());
+    ASSERT_FALSE(env_value("POD_TOOL").empty());
     ASSERT_TRUE(topology_ && topology_->ready) << "topology set-up failed";
   }
 
@@ -76,7 +64,7 @@ class FastPath : public ::testing::Test {
       if (!ready) return;
       // Servers: echo in pb (cgroup), names in pa and pb (cgroup), UDP echo in pb, a server
       // that cuts connections in pb, an echo server in the remote pod (no cgroup).
-      const std::string tool = env("POD_TOOL");
+      const std::string tool = env_value("POD_TOOL");
       servers.push_back(std::make_unique<child_process>(std::vector<std::string>{tool, "echo-server", "7000"}, &pb, &pods));
       servers.push_back(std::make_unique<child_process>(std::vector<std::string>{tool, "name-server", "7100", "a"}, &pa, &pods));
       servers.push_back(std::make_unique<child_process>(std::vector<std::string>{tool, "name-server", "7100", "b"}, &pb, &pods));
@@ -90,7 +78,7 @@ class FastPath : public ::testing::Test {
       servers.clear();
       if (agent) agent->stop();
       // The agent leaves its programs attached by design; the test removes them.
-      const auto r = run_command(env("MESHLANED") + " --uninstall --bpf-pin-dir " + pin_dir);
+      const auto r = run_command(env_value("MESHLANED") + " --uninstall --bpf-pin-dir " + pin_dir);
       if (r.exit_code != 0) ADD_FAILURE() << "uninstall: " << r.output;
       run_command("rm -rf " + dir);
     }
@@ -137,26 +125,26 @@ class FastPath : public ::testing::Test {
     bool start_agent() {
       const std::string log = dir + "/agent" + std::to_string(++agent_starts) + ".log";
       agent = std::make_unique<child_process>(
-          std::vector<std::string>{env("MESHLANED"), "--config", config, "--bpf-pin-dir", pin_dir,
+          std::vector<std::string>{env_value("MESHLANED"), "--config", config, "--bpf-pin-dir", pin_dir,
                                    "--control-socket", dir + "/control.sock"},
           &node, nullptr, log);
       for (int i = 0; i < 200; ++i) {
-        if (slurp(log).find("published generation 1") != std::string::npos) return true;
+        if (read_text_file(log).find("published generation 1") != std::string::npos) return true;
         if (!agent->running()) break;
         usleep(20000);
       }
-      ADD_FAILURE() << "agent did not publish:\n" << slurp(log);
+      ADD_FAILURE() << "agent did not publish:\n" << read_text_file(log);
       return false;
     }
   };
 
   // Runs pod_tool in a pod (inside the test cgroup or not) and returns its JSON line.
   json run_pod(netns& pod, bool in_cgroup, std::vector<std::string> args, int timeout_ms = 30000) {
-    args.insert(args.begin(), env("POD_TOOL"));
+    args.insert(args.begin(), env_value("POD_TOOL"));
     const std::string log = topology_->dir + "/client.log";
     child_process client(args, &pod, in_cgroup ? &topology_->pods : nullptr, log);
     const int code = client.wait(timeout_ms);
-    const std::string output = slurp(log);
+    const std::string output = read_text_file(log);
     EXPECT_EQ(code, 0) << "pod_tool failed: " << output;
     try {
       return json::parse(output.substr(0, output.find('\n')));
@@ -279,25 +267,25 @@ TEST_F(FastPath, AgentRestartKeepsConnectionsFlowingAndAdoptsThePins) {
   const std::string progress = topology_->dir + "/steady.progress";
   std::remove(progress.c_str());
   const std::string log = topology_->dir + "/steady.log";
-  child_process client({env("POD_TOOL"), "steady-client", "198.18.1.20", "7000", "6", progress},
+  child_process client({env_value("POD_TOOL"), "steady-client", "198.18.1.20", "7000", "6", progress},
                        &topology_->pa, &topology_->pods, log);
   usleep(1500000);
   // Kill the agent hard: nothing it could do on exit may matter.
   EXPECT_EQ(topology_->agent->stop(SIGKILL), 128 + SIGKILL);
   const auto with_agent_gone = counters();
-  const std::string before_text = slurp(progress);
+  const std::string before_text = read_text_file(progress);
   const size_t lines_before = std::count(before_text.begin(), before_text.end(), '\n');
   usleep(2000000);
-  const std::string during = slurp(progress);
+  const std::string during = read_text_file(progress);
   EXPECT_GT(static_cast<size_t>(std::count(during.begin(), during.end(), '\n')), lines_before)
       << "no exchanges while the agent was down";
   EXPECT_GT(counters().redirected_messages, with_agent_gone.redirected_messages);
 
   ASSERT_TRUE(topology_->start_agent());
-  const std::string agent_log = slurp(topology_->dir + "/agent" + std::to_string(topology_->agent_starts) + ".log");
+  const std::string agent_log = read_text_file(topology_->dir + "/agent" + std::to_string(topology_->agent_starts) + ".log");
   EXPECT_NE(agent_log.find("eBPF fast path adopted"), std::string::npos) << agent_log;
-  EXPECT_EQ(client.wait(15000), 0) << slurp(log);
-  EXPECT_NE(slurp(log).find("\"ok\":true"), std::string::npos) << slurp(log);
+  EXPECT_EQ(client.wait(15000), 0) << read_text_file(log);
+  EXPECT_NE(read_text_file(log).find("\"ok\":true"), std::string::npos) << read_text_file(log);
   // The adopted maps still serve new connections.
   const json r = run_pod(topology_->pa, true, {"echo-client", "198.19.128.10", "80", "65536", "1"});
   EXPECT_EQ(r.value("ok", false), true) << r.dump();

@@ -25,21 +25,9 @@ namespace {
 
 using json = nlohmann::json;
 
-std::string env(const char* name) {
-  const char* v = std::getenv(name);
-  return v ? v : "";
-}
-
-std::string slurp(const std::string& path) {
-  std::ifstream file(path);
-  std::stringstream text;
-  text << file.rdbuf();
-  return text.str();
-}
-
 bool wait_for(const std::string& path, const std::string& needle, int timeout_ms = 5000) {
   for (int waited = 0; waited < timeout_ms; waited += 20) {
-    if (slurp(path).find(needle) != std::string::npos) return true;
+    if (read_text_file(path).find(needle) != std::string::npos) return true;
     usleep(20000);
   }
   return false;
@@ -49,13 +37,13 @@ class Reconfigure : public ::testing::Test {
  protected:
   void SetUp() override {
     MESHLANE_REQUIRE_ROOT();
-    ASSERT_FALSE(env("MESHLANED").empty());
-    ASSERT_FALSE(env("POD_TOOL").empty());
+    ASSERT_FALSE(env_value("MESHLANED").empty());
+    ASSERT_FALSE(env_value("POD_TOOL").empty());
     run_command("mkdir -p " + dir_);
     node_.exec_or_fail("sysctl -qw net.ipv4.ip_forward=1");
     ASSERT_TRUE(add_pod(pa_, "pa", "198.18.1.10") && add_pod(pb_, "pb", "198.18.1.20") &&
                 add_pod(pc_, "pc", "198.18.1.30"));
-    const std::string tool = env("POD_TOOL");
+    const std::string tool = env_value("POD_TOOL");
     servers_.push_back(std::make_unique<child_process>(std::vector<std::string>{tool, "name-server", "7100", "b"}, &pb_, &pods_));
     servers_.push_back(std::make_unique<child_process>(std::vector<std::string>{tool, "name-server", "7100", "c"}, &pc_, &pods_));
     servers_.push_back(std::make_unique<child_process>(std::vector<std::string>{tool, "echo-server", "7000"}, &pb_, &pods_));
@@ -67,7 +55,7 @@ class Reconfigure : public ::testing::Test {
     servers_.clear();
     if (agent_) agent_->stop();
     // The agent leaves its programs attached by design; the test removes them.
-    const auto r = run_command(env("MESHLANED") + " --uninstall --bpf-pin-dir " + pin_dir_);
+    const auto r = run_command(env_value("MESHLANED") + " --uninstall --bpf-pin-dir " + pin_dir_);
     if (r.exit_code != 0) ADD_FAILURE() << "uninstall: " << r.output;
     run_command("rm -rf " + dir_);
   }
@@ -103,24 +91,24 @@ class Reconfigure : public ::testing::Test {
 
   void start_agent() {
     agent_ = std::make_unique<child_process>(
-        std::vector<std::string>{env("MESHLANED"), "--config", config_, "--bpf-pin-dir", pin_dir_,
+        std::vector<std::string>{env_value("MESHLANED"), "--config", config_, "--bpf-pin-dir", pin_dir_,
                                  "--control-socket", dir_ + "/control.sock"},
         &node_, nullptr, agent_log_);
-    ASSERT_TRUE(wait_for(agent_log_, "published generation 1")) << slurp(agent_log_);
+    ASSERT_TRUE(wait_for(agent_log_, "published generation 1")) << read_text_file(agent_log_);
   }
 
   void reload(const std::string& generation) {
     ASSERT_EQ(kill(agent_->pid(), SIGHUP), 0);
-    ASSERT_TRUE(wait_for(agent_log_, "published generation " + generation)) << slurp(agent_log_);
+    ASSERT_TRUE(wait_for(agent_log_, "published generation " + generation)) << read_text_file(agent_log_);
   }
 
   // Runs pod_tool in pod pa (in the cgroup); its exit code and first JSON line.
   std::pair<int, json> run_pa(std::vector<std::string> args) {
-    args.insert(args.begin(), env("POD_TOOL"));
+    args.insert(args.begin(), env_value("POD_TOOL"));
     const std::string log = dir_ + "/client.log";
     child_process client(args, &pa_, &pods_, log);
     const int code = client.wait(30000);
-    const std::string output = slurp(log);
+    const std::string output = read_text_file(log);
     json line = json::parse(output.substr(0, output.find('\n')), nullptr, false);
     return {code, line.is_discarded() ? json::object() : line};
   }
@@ -211,14 +199,14 @@ TEST_F(Reconfigure, AnEstablishedConnectionKeepsItsBackendAcrossABackendChange) 
   start_agent();
   const std::string progress = dir_ + "/steady.progress";
   const std::string log = dir_ + "/steady.log";
-  child_process steady({env("POD_TOOL"), "steady-client", "198.19.128.60", "80", "4", progress},
+  child_process steady({env_value("POD_TOOL"), "steady-client", "198.19.128.60", "80", "4", progress},
                        &pa_, &pods_, log);
   usleep(1000000);
   const auto before = counters();
   write_config(json::array({service("echo", "198.19.128.60", 80, {{"198.18.1.30", 7000}})}));
   reload("2");
-  EXPECT_EQ(steady.wait(15000), 0) << slurp(log);
-  EXPECT_NE(slurp(log).find("\"ok\":true"), std::string::npos) << slurp(log);
+  EXPECT_EQ(steady.wait(15000), 0) << read_text_file(log);
+  EXPECT_NE(read_text_file(log).find("\"ok\":true"), std::string::npos) << read_text_file(log);
   // It stayed on the redirected path after the change.
   EXPECT_GT(counters().redirected_messages, before.redirected_messages);
 }

@@ -37,6 +37,18 @@ const std::string& test_long_prefix() {
 
 bool running_as_root() { return geteuid() == 0; }
 
+std::string env_value(const char* name) {
+  const char* value = std::getenv(name);
+  return value ? value : "";
+}
+
+std::string read_text_file(const std::string& path) {
+  std::ifstream file(path);
+  std::stringstream text;
+  text << file.rdbuf();
+  return text.str();
+}
+
 command_result run_command(const std::string& command_line) {
   command_result result;
   FILE* pipe = popen(("(" + command_line + ") 2>&1").c_str(), "r");

@@ -22,6 +22,11 @@ const std::string& test_long_prefix();
 
 bool running_as_root();
 
+// The value of an environment variable ("" when unset): tests learn binary paths this way.
+std::string env_value(const char* name);
+// A whole file as text ("" when unreadable): agent logs, progress files.
+std::string read_text_file(const std::string& path);
+
 struct command_result {
   int exit_code = -1;
   std::string output;  // stdout and stderr
