@@ -23,6 +23,9 @@
 #include <sstream>
 #include <thread>
 
+#include <nlohmann/json.hpp>
+
+#include "control/control_socket.h"
 #include "tests/harness/netns.h"
 
 namespace meshlane::testing {
@@ -366,6 +369,80 @@ TEST_F(two_nodes, NodeOneKeepsForwardingWhileNodeTwoRestarts) {
   tcp_echo_server server(*nodes_[1].web, 8080);
   ASSERT_TRUE(server.ok());
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 256 << 10), "");
+}
+
+// `apply` under traffic (issue: "loses no packets and no established flows"): node 1's
+// agent takes 100 applies over its control socket, alternating two documents that change
+// the service's Maglev table, while an established TCP connection through the service VIP
+// (flow table, DNAT, Geneve) exchanges messages and UDP round trips cross the nodes.
+TEST_F(two_nodes, HundredAppliesUnderCrossNodeTrafficLoseNoPacketsAndNoFlows) {
+  tcp_echo_server server(*nodes_[1].web, 8080);
+  ASSERT_TRUE(server.ok());
+  fd_guard connection(socket_in(*nodes_[0].client, SOCK_STREAM));
+  set_timeout(connection.fd, 5);
+  const sockaddr_in vip = address_of("198.19.128.10", 80);
+  ASSERT_EQ(connect(connection.fd, reinterpret_cast<const sockaddr*>(&vip), sizeof vip), 0) << std::strerror(errno);
+
+  std::atomic<bool> applying{true};
+  std::atomic<int> exchanges{0}, tcp_failures{0}, udp_answered{0}, udp_failed{0};
+  std::thread tcp_traffic([&] {
+    char message[64], reply[64];
+    while (applying.load()) {
+      std::memset(message, 'a' + exchanges.load() % 26, sizeof message);
+      size_t got = 0;
+      if (send(connection.fd, message, sizeof message, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof message)) {
+        for (ssize_t n; got < sizeof reply && (n = recv(connection.fd, reply + got, sizeof reply - got, 0)) > 0;)
+          got += static_cast<size_t>(n);
+      }
+      if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
+        ++tcp_failures;
+        return;
+      }
+      ++exchanges;
+    }
+  });
+  std::thread udp_traffic([&] {
+    for (uint16_t port = 9600; applying.load(); ++port)
+      (udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", port, "under apply") == "" ? udp_answered
+                                                                                                     : udp_failed)++;
+  });
+  struct stop_on_exit {
+    std::atomic<bool>& flag;
+    std::thread &a, &b;
+    ~stop_on_exit() {
+      flag.store(false);
+      if (a.joinable()) a.join();
+      if (b.joinable()) b.join();
+    }
+  } stopper{applying, tcp_traffic, udp_traffic};
+
+  // Document B gives the service a second backend, so its Maglev table changes with every
+  // apply; the established connection must keep the backend its flow chose.
+  const nlohmann::json a = nlohmann::json::parse(document(1));
+  nlohmann::json b = a;
+  b["services"][0]["backends"].push_back({{"ip", "198.18.1.20"}, {"port", 8080}, {"node", "node1"}});
+  control_client client;
+  ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+  std::this_thread::sleep_for(200ms);
+  const int exchanges_before = exchanges.load();
+  int published = 0;
+  for (int i = 0; i < 100; ++i) {
+    const nlohmann::json reply = client.request({{"command", "apply"}, {"document", i % 2 ? a : b}});
+    if (reply.value("ok", false)) ++published;
+    else ADD_FAILURE() << "apply " << i << ": " << reply.dump();
+  }
+  const int exchanges_during = exchanges.load() - exchanges_before;
+  std::this_thread::sleep_for(200ms);
+  applying.store(false);
+  tcp_traffic.join();
+  udp_traffic.join();
+
+  EXPECT_EQ(published, 100);
+  EXPECT_EQ(tcp_failures.load(), 0) << "the established connection broke during the applies";
+  EXPECT_GT(exchanges_during, 0) << "no TCP exchange completed while the applies ran";
+  EXPECT_EQ(udp_failed.load(), 0) << "UDP round trips were lost during the applies";
+  EXPECT_GT(udp_answered.load(), 5);
+  RecordProperty("tcp_exchanges_during_applies", exchanges_during);
 }
 
 // CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
