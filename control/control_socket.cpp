@@ -73,37 +73,30 @@ std::string control_socket_server::start(const control_socket_options& options) 
     ::unlink(options_.path.c_str());
   }
 
-  listen_fd_ = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (listen_fd_ < 0) return std::string("socket(AF_UNIX): ") + std::strerror(errno);
+  loop_.listen_fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (loop_.listen_fd < 0) return std::string("socket(AF_UNIX): ") + std::strerror(errno);
   // The file is created by bind with the umask applied: 0177 makes it 0600 from its first
   // moment, so no other user can connect in between.
   const mode_t old_umask = ::umask(0177);
-  const int bound = ::bind(listen_fd_, reinterpret_cast<sockaddr*>(&address), sizeof address);
+  const int bound = ::bind(loop_.listen_fd, reinterpret_cast<sockaddr*>(&address), sizeof address);
   const int bind_errno = errno;
   ::umask(old_umask);
-  if (bound != 0 || ::listen(listen_fd_, 64) != 0) {
+  if (bound != 0 || ::listen(loop_.listen_fd, 64) != 0) {
     std::string message = "cannot listen on " + options_.path + ": " + std::strerror(bound != 0 ? bind_errno : errno);
-    ::close(listen_fd_);
-    listen_fd_ = -1;
+    ::close(loop_.listen_fd);
+    loop_.listen_fd = -1;
     return message;
   }
   ::chmod(options_.path.c_str(), 0600);
-  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  stopping_ = false;
-  thread_ = std::thread([this] { serve(); });
+  loop_.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  loop_.stopping = false;
+  loop_.thread = std::thread([this] { serve(); });
   control_.log().write(log_level::info, "control socket listening on " + options_.path);
   return {};
 }
 
 void control_socket_server::stop() {
-  if (!thread_.joinable()) return;
-  stopping_ = true;
-  const uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
-  thread_.join();
-  ::close(listen_fd_);
-  ::close(wake_fd_);
-  listen_fd_ = wake_fd_ = -1;
+  if (!loop_.stop()) return;
   ::unlink(options_.path.c_str());
 }
 
@@ -123,10 +116,10 @@ void control_socket_server::serve() {
     }
   };
 
-  while (!stopping_) {
+  while (!loop_.stopping) {
     std::vector<pollfd> fds;
-    fds.push_back({wake_fd_, POLLIN, 0});
-    fds.push_back({listen_fd_, POLLIN, 0});
+    fds.push_back({loop_.wake_fd, POLLIN, 0});
+    fds.push_back({loop_.listen_fd, POLLIN, 0});
     int64_t now = now_ms();
     int timeout = 1000;
     for (auto& c : clients) {
@@ -136,12 +129,12 @@ void control_socket_server::serve() {
       if (c.following) timeout = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout, c.next_follow_ms - now)));
     }
     if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) break;
-    if (stopping_) break;
+    if (loop_.stopping) break;
     now = now_ms();
 
     if (fds[1].revents & POLLIN) {
       while (true) {
-        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        const int fd = ::accept4(loop_.listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) break;
         ucred peer{};
         socklen_t len = sizeof peer;

@@ -13,6 +13,7 @@
 #include <string>
 #include <thread>
 
+#include "control/poll_thread.h"
 #include "control/control_requests.h"
 
 namespace meshlane {
@@ -48,10 +49,7 @@ class control_socket_server {
 
   control_module& control_;
   control_socket_options options_;
-  int listen_fd_ = -1;
-  int wake_fd_ = -1;  // eventfd: stop() wakes the poll loop
-  std::atomic<bool> stopping_{false};
-  std::thread thread_;
+  poll_thread loop_;
 };
 
 // A minimal blocking client (meshctl and tests): connect, send one request line, read

@@ -83,49 +83,40 @@ std::string http_server::start(const std::string& listen, size_t max_connections
       return "'" + host + "' is not an IPv4 address (use [v6addr]:port for IPv6)";
     length = sizeof *a4;
   }
-  listen_fd_ = ::socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-  if (listen_fd_ < 0) return std::string("socket: ") + std::strerror(errno);
+  loop_.listen_fd = ::socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (loop_.listen_fd < 0) return std::string("socket: ") + std::strerror(errno);
   const int one = 1;
-  ::setsockopt(listen_fd_, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  if (::bind(listen_fd_, reinterpret_cast<sockaddr*>(&storage), length) != 0 || ::listen(listen_fd_, 64) != 0) {
+  ::setsockopt(loop_.listen_fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  if (::bind(loop_.listen_fd, reinterpret_cast<sockaddr*>(&storage), length) != 0 || ::listen(loop_.listen_fd, 64) != 0) {
     std::string message = "cannot listen on " + listen + ": " + std::strerror(errno);
-    ::close(listen_fd_);
-    listen_fd_ = -1;
+    ::close(loop_.listen_fd);
+    loop_.listen_fd = -1;
     return message;
   }
   sockaddr_storage bound{};
   socklen_t bound_length = sizeof bound;
-  ::getsockname(listen_fd_, reinterpret_cast<sockaddr*>(&bound), &bound_length);
+  ::getsockname(loop_.listen_fd, reinterpret_cast<sockaddr*>(&bound), &bound_length);
   port_ = ntohs(bound.ss_family == AF_INET6 ? reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port
                                             : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
-  wake_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-  stopping_ = false;
-  thread_ = std::thread([this] { serve(); });
+  loop_.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  loop_.stopping = false;
+  loop_.thread = std::thread([this] { serve(); });
   return {};
 }
 
-void http_server::stop() {
-  if (!thread_.joinable()) return;
-  stopping_ = true;
-  const uint64_t one = 1;
-  [[maybe_unused]] ssize_t n = ::write(wake_fd_, &one, sizeof one);
-  thread_.join();
-  ::close(listen_fd_);
-  ::close(wake_fd_);
-  listen_fd_ = wake_fd_ = -1;
-}
+void http_server::stop() { loop_.stop(); }
 
 void http_server::serve() {
   std::list<connection> connections;
-  while (!stopping_) {
-    std::vector<pollfd> fds{{wake_fd_, POLLIN, 0}, {listen_fd_, POLLIN, 0}};
+  while (!loop_.stopping) {
+    std::vector<pollfd> fds{{loop_.wake_fd, POLLIN, 0}, {loop_.listen_fd, POLLIN, 0}};
     for (auto& c : connections) fds.push_back({c.fd, static_cast<short>(c.responded ? POLLOUT : POLLIN), 0});
     if (::poll(fds.data(), fds.size(), 500) < 0 && errno != EINTR) break;
-    if (stopping_) break;
+    if (loop_.stopping) break;
     const int64_t now = now_ms();
     if (fds[1].revents & POLLIN) {
       while (true) {
-        const int fd = ::accept4(listen_fd_, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        const int fd = ::accept4(loop_.listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) break;
         if (connections.size() >= max_connections_) {
           const std::string busy = serialize({503, "text/plain; charset=utf-8", "too many connections\n"}, false);

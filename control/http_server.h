@@ -10,6 +10,8 @@
 #include <string>
 #include <thread>
 
+#include "control/poll_thread.h"
+
 namespace meshlane {
 
 struct http_request {
@@ -43,9 +45,8 @@ class http_server {
   std::map<std::string, http_handler> routes_;
   size_t max_connections_ = 64;
   int timeout_ms_ = 5000;
-  int listen_fd_ = -1, wake_fd_ = -1, port_ = 0;
-  std::atomic<bool> stopping_{false};
-  std::thread thread_;
+  poll_thread loop_;
+  int port_ = 0;
 };
 
 }  // namespace meshlane
