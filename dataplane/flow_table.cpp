@@ -3,6 +3,7 @@
 #include <rte_hash_crc.h>
 
 #include <bit>
+#include <cstring>
 
 #include "control/stable_hash.h"
 #include "dataplane/packet_headers.h"
@@ -14,7 +15,28 @@ uint64_t hash_flow_key(const flow_key& key) {
   // avalanche mix: the bucket index uses the low bits, Maglev the whole value. (An
   // earlier "crc * golden ^ crc" zeroed bit 0 and folded others: 100k flows landed in a
   // third of the buckets and evicted each other; perf/flow_memory_bench checks this.)
-  const uint32_t crc = rte_hash_crc(&key, sizeof key, 0x6d6c616e);
+  //
+  // IPv4 flows (both addresses IPv4-mapped, the common case) hash only the 13 bytes that
+  // vary: two 8-byte CRC steps instead of five.
+  constexpr uint32_t kSeed = 0x6d6c616e;
+  uint64_t source_high, destination_high;
+  std::memcpy(&source_high, key.source, 8);
+  std::memcpy(&destination_high, key.destination, 8);
+  uint32_t source_mid, destination_mid;
+  std::memcpy(&source_mid, key.source + 8, 4);
+  std::memcpy(&destination_mid, key.destination + 8, 4);
+  constexpr uint32_t kMapped = 0xffff0000u;  // bytes 8..11 of ::ffff:a.b.c.d, little-endian load
+  uint32_t crc;
+  if ((source_high | destination_high) == 0 && source_mid == kMapped && destination_mid == kMapped) {
+    uint32_t source_v4, destination_v4;
+    std::memcpy(&source_v4, key.source + 12, 4);
+    std::memcpy(&destination_v4, key.destination + 12, 4);
+    const uint64_t addresses = uint64_t{source_v4} << 32 | destination_v4;
+    const uint64_t ports = uint64_t{key.source_port} << 24 | uint64_t{key.destination_port} << 8 | key.protocol;
+    crc = rte_hash_crc_8byte(ports, rte_hash_crc_8byte(addresses, kSeed));
+  } else {
+    crc = rte_hash_crc(&key, sizeof key, kSeed);
+  }
   return mix64(uint64_t{crc} << 32 | crc);
 }
 
