@@ -7,7 +7,8 @@
 #   meshlane  one meshlaned per node, DPDK workers owning the pod veths and the uplink
 #             through af_packet, Geneve between the nodes, Maglev + flow table for the VIP
 # For each: 64-byte request/response (p50, p99) and bulk throughput on one connection,
-# pod to pod and through the service VIP. REPS rounds of each, medians reported.
+# pod to pod and through the service VIP. REPS rounds of each, medians reported. Then
+# datagrams lost while node 1 publishes 100 snapshots, against the same stream alone.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
 #   perf/crossnode_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
@@ -21,7 +22,7 @@ reps=${2:-2}
 idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
-ninja -C "$build" meshlaned perf/podlocal_load >/dev/null
+ninja -C "$build" meshlaned meshctl perf/podlocal_load >/dev/null
 load=$root/$build/perf/podlocal_load
 work=$(mktemp -d /tmp/meshlane-bench.XXXXXX)
 pids=()
@@ -145,11 +146,47 @@ for n in 1 2; do
 done
 WAY=meshlane measure
 
+# Publishing under load (issue: packets lost while 100 snapshots are published, expected
+# zero): a paced UDP stream from the client pod to the server pod across the nodes, once
+# alone (the baseline, same run) and once while node 1's agent takes 100 applies over its
+# control socket, alternating its document and one with an extra service.
+/usr/bin/python3 - "$work/node1.json" > "$work/node1-b.json" <<'PY'
+import json, sys
+d = json.load(open(sys.argv[1]))
+d["services"].append({"name": "extra", "vip": "198.19.128.11", "ports": [{"port": 80, "target_port": 8080}],
+                      "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]})
+print(json.dumps(d))
+PY
+pps=${PUBLISH_PPS:-5000}
+stream_seconds=4
+publish_phase() {  # NAME APPLY(0|1)
+  (ip netns exec mlb-server "$load" udp-sink 9000 $((stream_seconds + 2)) > "$work/sink-$1.json") &
+  local sink=$!
+  sleep 0.5
+  (ip netns exec mlb-client "$load" udp-paced 198.18.2.20 9000 "$pps" "$stream_seconds" > "$work/source-$1.json") &
+  local source=$!
+  local applied=0 start end
+  start=$(date +%s.%N)
+  if [ "$2" = 1 ]; then
+    for i in $(seq 100); do
+      doc=$work/node1.json; [ $((i % 2)) = 1 ] && doc=$work/node1-b.json
+      "$root/$build/meshctl" apply -f "$doc" --socket "$work/node1.sock" >/dev/null && applied=$((applied + 1))
+    done
+  fi
+  end=$(date +%s.%N)
+  wait "$source"; wait "$sink"
+  /usr/bin/python3 -c "import json,sys; s=json.load(open(sys.argv[1])); r=json.load(open(sys.argv[2])); print(json.dumps({'phase': sys.argv[3], 'applies': int(sys.argv[4]), 'apply_seconds': float(sys.argv[6]) - float(sys.argv[5]), 'sent': s['sent'], 'received': r['received'], 'lost': s['sent'] - r['received']}))" \
+    "$work/source-$1.json" "$work/sink-$1.json" "$1" "$applied" "$start" "$end" >> "$work/publish.jsonl"
+}
+publish_phase steady 0
+publish_phase publishing 1
+
 mkdir -p perf/results
 out=perf/results/crossnode-$(date -u +%Y-%m-%dT%H%M%SZ).json
-/usr/bin/python3 - "$results" "$out" "$seconds" "$reps" <<'PY'
+/usr/bin/python3 - "$results" "$out" "$seconds" "$reps" "$work/publish.jsonl" <<'PY'
 import json, os, platform, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+publish = {p["phase"]: p for p in (json.loads(l) for l in open(sys.argv[5]))}
 def med(way, target, test, key):
     return statistics.median(r[test][key] for r in rows if r["way"] == way and r["target"] == target)
 fig = {w: {t: {"rr_p50_us": med(w, t, "rr", "p50_us"), "rr_p99_us": med(w, t, "rr", "p99_us"),
@@ -160,7 +197,8 @@ ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"benchmark": "crossnode", "idle_policy": os.environ.get("IDLE", "adaptive"), "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
-           "meshlane_over_kernel": ratios, "runs": rows}, open(sys.argv[2], "w"), indent=1)
+           "meshlane_over_kernel": ratios, "publish_under_load": publish, "runs": rows},
+          open(sys.argv[2], "w"), indent=1)
 print(f"{'way':9} {'target':6} {'p50 µs':>8} {'p99 µs':>8} {'Gbit/s':>7}")
 for w in fig:
     for t in fig[w]:
@@ -168,5 +206,8 @@ for w in fig:
         print(f"{w:9} {t:6} {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f} {f['bulk_gbit_per_s']:7.2f}")
 for k, v in ratios.items():
     print(f"meshlane / kernel  {k:22} {v:6.2f}x")
+for name, p in publish.items():
+    print(f"publish under load, {name:10}: {p['applies']:3} applies in {p['apply_seconds']:.2f} s, "
+          f"{p['sent']} datagrams sent, {p['lost']} lost")
 print("written", sys.argv[2])
 PY

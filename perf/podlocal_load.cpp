@@ -6,6 +6,8 @@
 //   podlocal_load rr-client IP PORT SECONDS one connection, back-to-back 64-byte
 //                                           request/response; prints JSON with p50/p99 in µs
 //   podlocal_load bulk-client IP PORT SECONDS  one connection, 64 KiB writes; prints Gbit/s
+//   podlocal_load udp-sink PORT SECONDS     count datagrams for SECONDS; prints JSON
+//   podlocal_load udp-paced IP PORT PPS SECONDS  send 64-byte datagrams at PPS; prints JSON
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -141,6 +143,48 @@ int bulk_client(const char* ip, int port, int seconds) {
   return 0;
 }
 
+int udp_sink(int port, int seconds) {
+  const int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) die("bind");
+  timeval tick{0, 100000};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tick, sizeof tick);
+  int size = 4 << 20;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof size);
+  uint64_t received = 0;
+  char buffer[2048];
+  const auto end = steady::now() + std::chrono::seconds(seconds);
+  while (steady::now() < end) {
+    if (recv(fd, buffer, sizeof buffer, 0) > 0) ++received;
+  }
+  std::printf("{\"received\":%llu}\n", static_cast<unsigned long long>(received));
+  return 0;
+}
+
+int udp_paced(const char* ip, int port, int pps, int seconds) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  if (inet_pton(AF_INET, ip, &a.sin_addr) != 1) die("address");
+  const int fd = socket(AF_INET, SOCK_DGRAM, 0);
+  char message[64] = {};
+  uint64_t sent = 0;
+  const auto start = steady::now();
+  const auto total = static_cast<uint64_t>(pps) * static_cast<uint64_t>(seconds);
+  while (sent < total) {
+    // Paced by the clock: datagram k leaves at start + k / pps.
+    const auto due = start + std::chrono::nanoseconds(sent * 1000000000ull / static_cast<uint64_t>(pps));
+    while (steady::now() < due) {
+    }
+    std::memcpy(message, &sent, sizeof sent);
+    if (sendto(fd, message, sizeof message, 0, reinterpret_cast<sockaddr*>(&a), sizeof a) == sizeof message) ++sent;
+  }
+  std::printf("{\"sent\":%llu}\n", static_cast<unsigned long long>(sent));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -149,6 +193,11 @@ int main(int argc, char** argv) {
   if (mode == "sink-server" && argc == 3) serve(std::atoi(argv[2]), false);
   if (mode == "rr-client" && argc == 5) return rr_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   if (mode == "bulk-client" && argc == 5) return bulk_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
-  std::fprintf(stderr, "usage: podlocal_load rr-server|sink-server PORT | rr-client|bulk-client IP PORT SECONDS\n");
+  if (mode == "udp-sink" && argc == 4) return udp_sink(std::atoi(argv[2]), std::atoi(argv[3]));
+  if (mode == "udp-paced" && argc == 6)
+    return udp_paced(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
+  std::fprintf(stderr,
+               "usage: podlocal_load rr-server|sink-server PORT | rr-client|bulk-client IP PORT SECONDS\n"
+               "       podlocal_load udp-sink PORT SECONDS | udp-paced IP PORT PPS SECONDS\n");
   return 2;
 }

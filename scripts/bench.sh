@@ -70,8 +70,7 @@ pipeline = {name: {"cycles_per_packet": r["cycles_per_packet"], "x_floor": r["cy
 
 report = {"date": stamp, "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
           "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "flow_memory": memory,
-          "not_measured": {
-              "ovs_dpdk": "not yet attempted"}}
+          "not_measured": {"ovs_dpdk": "not yet attempted"}}
 out = f"perf/results/{stamp}.json"
 json.dump(report, open(out, "w"), indent=1)
 
@@ -110,6 +109,8 @@ print(f"              redirect vs sidecar: p50 {r['redirect_vs_sidecar_p50']:.2f
 c = crossnode["meshlane_over_kernel"]
 print(f"  cross-node  meshlane vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
       f"via VIP (vs nftables DNAT) p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
+for name, p in crossnode["publish_under_load"].items():
+    print(f"  publishing  {name:10} {p['applies']:3} applies in {p['apply_seconds']:.2f} s under a {p['sent']}-datagram stream: {p['lost']} lost")
 for n in names:
     p = pipeline[n]
     print(f"  pipeline    {n.replace('BM_', ''):50} {p['cycles_per_packet']:7.1f} cycles  {p['x_floor']:5.2f}x floor  {p['mpps_per_core']:6.1f} Mpps/core")
