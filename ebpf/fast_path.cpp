@@ -383,8 +383,15 @@ std::string fast_path::sync(const snapshot& tables) {
       value.table_id = next_table_id_++;
       for (uint32_t i = 0; i < slots.size(); ++i) {
         const ml_slot_key slot{value.table_id, i};
-        if (bpf_map_update_elem(backend_slots_fd_, &slot, &slots[i], BPF_ANY) != 0)
-          return kernel_error("writing", "ml_backend_slots");
+        if (bpf_map_update_elem(backend_slots_fd_, &slot, &slots[i], BPF_ANY) != 0) {
+          // Nothing points at the half-written table yet; take it back out so a refused
+          // publish leaves no orphan slots behind.
+          const std::string error = kernel_error("writing", "ml_backend_slots");
+          ml_service_value partial = value;
+          partial.slot_count = i;
+          delete_slots(partial);
+          return error;
+        }
       }
     }
     if (bpf_map_update_elem(services_fd_, &key, &value, BPF_ANY) != 0)
