@@ -126,6 +126,31 @@ TEST_F(MapWriter, SyncWritesWhatChangedKeepsWhatDidNotAndRemovesWhatLeft) {
   EXPECT_EQ(path->map_stats().backend_slots, 3u * ML_SERVICE_SLOTS);
 }
 
+TEST_F(MapWriter, AFullSlotMapRefusesThePublishAndLeavesNoHalfWrittenTable) {
+  // More services than the slot map holds (ML_MAX_BACKEND_SLOTS / ML_SERVICE_SLOTS = 1027):
+  // the kernel refuses a slot write part-way through one service's table.
+  std::string error;
+  auto path = fast_path::open({pins_, cgroup_->path()}, error);
+  ASSERT_TRUE(path) << error;
+  desired_state state = document(cgroup_->path(), 1);
+  state.tuning.maglev_table_size = 251;
+  state.services.clear();
+  for (uint32_t i = 0; i < 1030; ++i) {
+    service_spec svc;
+    svc.name = "svc" + std::to_string(i);
+    svc.vip = ip_address::from_v4(0xc6138000u + i);  // 198.19.128.0 + i
+    svc.ports.push_back({"", 80, l4_protocol::tcp, 0});
+    svc.backends.push_back({*ip_address::parse("198.18.1.10"), 8080, 1, "node1"});
+    state.services.push_back(std::move(svc));
+  }
+  error = path->sync(*compile_tables(state, 1));
+  EXPECT_NE(error.find("writing ml_backend_slots"), std::string::npos) << error;
+  const auto stats = path->map_stats();
+  // Every service entry that exists points at a whole table, and no other slots remain.
+  EXPECT_EQ(stats.backend_slots, stats.services * ML_SERVICE_SLOTS);
+  EXPECT_LT(stats.services, 1030u);
+}
+
 TEST_F(MapWriter, PinsOfAnotherLayoutAreRefusedWithTheWayOut) {
   // Pin a map named like ours but with a smaller value, as an older agent would have.
   ASSERT_EQ(run_command("mkdir -p " + pins_ + "/maps " + pins_ + "/progs " + pins_ + "/links").exit_code, 0);
