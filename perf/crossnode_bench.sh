@@ -39,29 +39,13 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 
 # --- topology: two nodes, an underlay veth, a client pod on node 1, a server pod on node 2
-for n in 1 2; do
-  ip netns add mlb-node$n
-  ip -n mlb-node$n link set lo up
-  ip netns exec mlb-node$n sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-done
-ip link add mlb1-uplink netns mlb-node1 type veth peer name mlb2-uplink netns mlb-node2
-add_pod() {  # NS NODE IP HOST_IF
-  ip netns add "$1"
-  ip -n "$1" link set lo up
-  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-  ip link add "$4" netns "mlb-node$2" type veth peer name eth0 netns "$1"
-  ip -n "mlb-node$2" link set "$4" up
-  ip -n "$1" link set eth0 mtu 1450 up   # room for either overlay's 50 bytes
-  ip -n "$1" addr add "$3/32" dev eth0
-  ip -n "$1" route add "198.18.$2.1" dev eth0
-  ip -n "$1" route add default via "198.18.$2.1" dev eth0
-  # Real checksums on the wire: a veth leaves them to offload, which af_packet would carry
-  # across unfinished. Both ways run with it, so they pay the same.
-  ip netns exec "$1" ethtool -K eth0 tx off >/dev/null
-}
-add_pod mlb-client 1 198.18.1.10 mlb1-client
-add_pod mlb-server 2 198.18.2.20 mlb2-server
-for n in 1 2; do ip -n mlb-node$n link set mlb$n-uplink up; done
+. scripts/lib/pods.sh
+for n in 1 2; do pods_dpdk_node mlb-node$n; done
+pods_underlay mlb-node1 mlb1-uplink mlb-node2 mlb2-uplink
+# Both ways run with the pods' checksums finished in the pod (pods_add_dpdk), so they pay
+# the same; the kernel way adds the gateway and routes below.
+pods_add_dpdk mlb-node1 mlb-client 198.18.1.10 198.18.1.1 mlb1-client
+pods_add_dpdk mlb-node2 mlb-server 198.18.2.20 198.18.2.1 mlb2-server
 
 # Servers in the server pod: request/response and sink, the same for both ways.
 (ip netns exec mlb-server "$load" rr-server 8080) & pids+=($!)

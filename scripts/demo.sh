@@ -141,14 +141,8 @@ dataplane_cleanup() {
 }
 trap dataplane_cleanup EXIT
 traffic="python3 $root/scripts/demo/pod_traffic.py"
-for n in 1 2; do
-  ip netns add mld-node$n
-  ip -n mld-node$n link set lo up
-  ip netns exec mld-node$n sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-done
-ip link add mld1-uplink netns mld-node1 type veth peer name mld2-uplink netns mld-node2
-ip -n mld-node1 link set mld1-uplink up
-ip -n mld-node2 link set mld2-uplink up
+for n in 1 2; do pods_dpdk_node mld-node$n; done
+pods_underlay mld-node1 mld1-uplink mld-node2 mld2-uplink
 # pods: name, node, address, host-side interface (from the documents)
 python3 - scripts/demo/node1.json scripts/demo/node2.json > "$demo_dir/pods" <<'PY'
 import json, sys
@@ -157,18 +151,7 @@ for n, path in enumerate(sys.argv[1:], 1):
         print(pod["name"], n, pod["ip"], pod["interface"])
 PY
 while read -r name n ip interface; do
-  ns=mld-$name
-  ip netns add "$ns"
-  ip -n "$ns" link set lo up
-  ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
-  ip link add "$interface" netns mld-node$n type veth peer name eth0 netns "$ns"
-  ip -n mld-node$n link set "$interface" up
-  # The pod's only neighbour is its gateway 198.18.n.1, answered by the node's worker.
-  ip -n "$ns" link set eth0 mtu 1450 up
-  ip -n "$ns" addr add "$ip/32" dev eth0
-  ip -n "$ns" route add "198.18.$n.1" dev eth0
-  ip -n "$ns" route add default via "198.18.$n.1" dev eth0
-  ip netns exec "$ns" ethtool -K eth0 tx off >/dev/null  # real checksums on the wire
+  pods_add_dpdk mld-node$n "mld-$name" "$ip" "198.18.$n.1" "$interface"
   echo "  pod $name ($ip) on node$n via $interface"
 done < "$demo_dir/pods"
 for n in 1 2; do

@@ -5,6 +5,13 @@
 #   pods_node NODE_NS                         a node namespace, forwarding on
 #   pods_add NODE_NS POD_NS IP GATEWAY IFNAME a pod namespace with a /32 address, its
 #                                             veth's host end IFNAME in the node, routes both ways
+#   pods_dpdk_node NODE_NS                    a node namespace for a DPDK agent: no IPv6 chatter,
+#                                             no forwarding (the workers forward)
+#   pods_underlay NS1 IF1 NS2 IF2             the underlay veth between two node namespaces
+#   pods_add_dpdk NODE_NS POD_NS IP GATEWAY HOST_IF
+#                                             a pod whose host end the node's agent owns through
+#                                             af_packet: no address on the host end, MTU for the
+#                                             overlay, checksums finished in the pod
 #   pods_cgroup PATH                          a cgroup v2 directory (created if missing)
 #   pods_run_in NS CGROUP CMD...              exec CMD in NS, inside CGROUP ("" for none);
 #                                             call it in a subshell or with &
@@ -27,6 +34,33 @@ pods_add() {
   ip -n "$pod" addr add "$ip/32" dev eth0
   ip -n "$pod" route add "$gateway" dev eth0 scope link
   ip -n "$pod" route add default via "$gateway" dev eth0
+}
+
+pods_dpdk_node() {
+  ip netns add "$1"
+  ip -n "$1" link set lo up
+  ip netns exec "$1" sysctl -qw net.ipv6.conf.all.disable_ipv6=1
+}
+
+pods_underlay() {
+  ip link add "$2" netns "$1" type veth peer name "$4" netns "$3"
+  ip -n "$1" link set "$2" up
+  ip -n "$3" link set "$4" up
+}
+
+pods_add_dpdk() {
+  local node=$1 pod=$2 ip=$3 gateway=$4 ifname=$5
+  pods_dpdk_node "$pod"
+  ip link add "$ifname" netns "$node" type veth peer name eth0 netns "$pod"
+  ip -n "$node" link set "$ifname" up
+  # The pod's only neighbour is its gateway, answered by the node's worker; 50 bytes of
+  # MTU are left for the overlay.
+  ip -n "$pod" link set eth0 mtu 1450 up
+  ip -n "$pod" addr add "$ip/32" dev eth0
+  ip -n "$pod" route add "$gateway" dev eth0
+  ip -n "$pod" route add default via "$gateway" dev eth0
+  # A veth leaves checksums to offload, which af_packet would carry across unfinished.
+  ip netns exec "$pod" ethtool -K eth0 tx off >/dev/null
 }
 
 pods_cgroup() {
