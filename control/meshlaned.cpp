@@ -180,13 +180,13 @@ int main(int argc, char** argv) {
       std::fprintf(stderr, "meshlaned: %s\n", error.c_str());
       return 1;
     }
-    std::printf("{\"redirected_messages\":%llu,\"redirected_bytes\":%llu,\"passed_messages\":%llu,"
-                "\"passed_bytes\":%llu,\"sockets_added\":%llu,\"connect_rewrites\":%llu,"
-                "\"sendmsg_rewrites\":%llu,\"peer_restores\":%llu}\n",
-                (unsigned long long)c.redirected_messages, (unsigned long long)c.redirected_bytes,
-                (unsigned long long)c.passed_messages, (unsigned long long)c.passed_bytes,
-                (unsigned long long)c.sockets_added, (unsigned long long)c.connect_rewrites,
-                (unsigned long long)c.sendmsg_rewrites, (unsigned long long)c.peer_restores);
+    const nlohmann::json counters = {{"redirected_messages", c.redirected_messages}, {"redirected_bytes", c.redirected_bytes},
+                                     {"passed_messages", c.passed_messages},         {"passed_bytes", c.passed_bytes},
+                                     {"sockets_added", c.sockets_added},             {"socket_add_failures", c.socket_add_failures},
+                                     {"connect_rewrites", c.connect_rewrites},       {"sendmsg_rewrites", c.sendmsg_rewrites},
+                                     {"peer_restores", c.peer_restores},
+                                     {"connects_without_backends", c.services_without_backends}};
+    std::printf("%s\n", counters.dump().c_str());
     return 0;
   }
   if (optind != argc || config_path.empty()) {
@@ -241,7 +241,13 @@ int main(int argc, char** argv) {
       }
       log.write(meshlane::log_level::info, std::string("eBPF fast path ") + (ebpf->adopted() ? "adopted" : "loaded") +
                                                " at " + bpf_pin_dir + ", attached to " + parsed.state->node.pod_cgroup);
-      publisher.add_sink("ebpf", [&ebpf](const auto& tables) { return ebpf->sync(*tables); });
+      // Added before the first publish, so generation 1 is already in the maps when the
+      // agent says it published it.
+      if (std::string sink_error = publisher.add_sink("ebpf", [&ebpf](const auto& tables) { return ebpf->sync(*tables); });
+          !sink_error.empty()) {
+        log.write(meshlane::log_level::error, "eBPF fast path: " + sink_error);
+        return 1;
+      }
       meshlane::register_fast_path_telemetry(registry, *ebpf);
     }
   }
