@@ -147,6 +147,15 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
 
 namespace {
 
+// Folds a ones' complement sum to 16 bits without inverting it.
+inline uint32_t fold16(uint64_t sum) {
+  sum = (sum & 0xffffffff) + (sum >> 32);
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint32_t>((sum & 0xffff) + (sum >> 16));
+}
+inline uint32_t halves(uint32_t v) { return (v >> 16) + (v & 0xffff); }
+
 inline void drop(worker_state& w, rte_mbuf* m, drop_reason reason) {
   w.drops[static_cast<unsigned>(reason)].add(1);
   rte_pktmbuf_free(m);
@@ -332,9 +341,6 @@ void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed
   transmit(w, port, m);
 }
 
-// Rewrites one address (and optionally port) of an IPv4/IPv6 packet with incremental
-// checksum updates (RFC 1624): the IPv4 header checksum and the TCP/UDP checksum, whose
-// pseudo-header covers the addresses.
 inline uint16_t load16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
@@ -342,43 +348,60 @@ inline uint16_t load16(const uint8_t* p) {
 }
 inline void store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
-void rewrite_endpoint(uint8_t* frame, const parsed_packet& p, bool destination, const uint8_t* new_address16,
-                      uint16_t new_port_host) {
-  // Fields by offset (the headers are packed, so no references into them).
-  uint8_t* l4_check = nullptr;
-  uint8_t* l4_port = nullptr;
-  if (p.l4_offset && p.l4_protocol == kProtoTcp) {
-    l4_check = frame + p.l4_offset + offsetof(tcp_header, checksum);
-    l4_port = frame + p.l4_offset + (destination ? offsetof(tcp_header, destination_port) : offsetof(tcp_header, source_port));
-  } else if (p.l4_offset && p.l4_protocol == kProtoUdp) {
-    // An IPv4 UDP checksum of zero means "none" (RFC 768) and stays zero.
-    uint8_t* check = frame + p.l4_offset + offsetof(udp_header, checksum);
-    if (load16(check) != 0 || p.l3 == l3_kind::ipv6) l4_check = check;
-    l4_port = frame + p.l4_offset + (destination ? offsetof(udp_header, destination_port) : offsetof(udp_header, source_port));
-  }
+// RFC 1624 eqn. 3 with the sum of ~m + m' over the changed words precomputed: what a
+// flow's rewrite does to a checksum, computed once when the flow is created.
+inline uint32_t rewrite_delta(const uint8_t* old_value, const uint8_t* new_value, size_t length) {
+  uint64_t sum = 0;
+  for (size_t i = 0; i < length; i += 2) sum += static_cast<uint16_t>(~load16(old_value + i)) + load16(new_value + i);
+  return fold16(sum);
+}
+inline uint16_t apply_delta(uint16_t check, uint32_t delta) {
+  uint32_t sum = static_cast<uint16_t>(~check) + delta;
+  sum = (sum & 0xffff) + (sum >> 16);
+  sum = (sum & 0xffff) + (sum >> 16);
+  return static_cast<uint16_t>(~sum);
+}
+
+// Fills the entry's checksum deltas for replacing `old_address` (16 bytes, IPv4-mapped
+// for IPv4) and `old_port` (host order) by its rewrite address and port.
+void set_checksum_deltas(flow_entry& e, bool v4, const uint8_t* old_address, uint16_t old_port) {
+  const uint32_t address = v4 ? rewrite_delta(old_address + 12, e.rewrite_address + 12, 4)
+                              : rewrite_delta(old_address, e.rewrite_address, 16);
+  const uint16_t old_net = to_net16(old_port), new_net = to_net16(e.rewrite_port);
+  e.l3_checksum_delta = v4 ? static_cast<uint16_t>(address) : 0;  // IPv6 has no header checksum
+  e.l4_checksum_delta = static_cast<uint16_t>(
+      fold16(uint64_t{address} + static_cast<uint16_t>(~old_net) + new_net));
+}
+
+// Applies a flow's rewrite to a TCP/UDP packet of it: the destination (forward: VIP ->
+// backend) or the source (reverse: backend -> VIP), address and port, with the
+// checksums updated by the entry's deltas. The packet's old values are the key's, which
+// the lookup matched.
+inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
+  const bool destination = e.direction == flow_direction::forward;
+  uint8_t* ip = frame + p.l3_offset;
+  uint8_t* l4 = frame + p.l4_offset;
+  const bool tcp = p.l4_protocol == kProtoTcp;
+  uint8_t* l4_check = l4 + (tcp ? offsetof(tcp_header, checksum) : offsetof(udp_header, checksum));
+  // TCP and UDP keep their ports at the same offsets.
+  store16(l4 + (destination ? offsetof(tcp_header, destination_port) : offsetof(tcp_header, source_port)),
+          to_net16(e.rewrite_port));
+  const uint16_t l4_before = load16(l4_check);
   if (p.l3 == l3_kind::ipv4) {
-    uint8_t* ip = frame + p.l3_offset;
-    uint8_t* field = ip + (destination ? offsetof(ipv4_header, destination) : offsetof(ipv4_header, source));
-    uint32_t previous, next;
-    std::memcpy(&previous, field, 4);
-    std::memcpy(&next, new_address16 + 12, 4);
+    std::memcpy(ip + (destination ? offsetof(ipv4_header, destination) : offsetof(ipv4_header, source)),
+                e.rewrite_address + 12, 4);
     uint8_t* ip_check = ip + offsetof(ipv4_header, checksum);
-    store16(ip_check, checksum_update32(load16(ip_check), previous, next));
-    if (l4_check) store16(l4_check, checksum_update32(load16(l4_check), previous, next));
-    std::memcpy(field, &next, 4);
+    store16(ip_check, apply_delta(load16(ip_check), e.l3_checksum_delta));
+    // An IPv4 UDP checksum of zero means "none" (RFC 768) and stays zero.
+    if (!tcp && l4_before == 0) return;
   } else {
-    uint8_t* ip = frame + p.l3_offset;
-    uint8_t* field = ip + (destination ? offsetof(ipv6_header, destination) : offsetof(ipv6_header, source));
-    if (l4_check) store16(l4_check, checksum_update128(load16(l4_check), field, new_address16));
-    std::memcpy(field, new_address16, 16);
+    std::memcpy(ip + (destination ? offsetof(ipv6_header, destination) : offsetof(ipv6_header, source)),
+                e.rewrite_address, 16);
   }
-  if (l4_port) {
-    const uint16_t next = to_net16(new_port_host);
-    if (l4_check) store16(l4_check, checksum_update16(load16(l4_check), load16(l4_port), next));
-    store16(l4_port, next);
-  }
+  uint16_t l4_after = apply_delta(l4_before, e.l4_checksum_delta);
   // A UDP checksum that computes to zero is sent as all ones (RFC 768).
-  if (l4_check && p.l4_protocol == kProtoUdp && load16(l4_check) == 0) store16(l4_check, 0xffff);
+  if (!tcp && l4_after == 0) l4_after = 0xffff;
+  store16(l4_check, l4_after);
 }
 
 // Decrements TTL / hop limit; false when the packet must not be forwarded (RFC 1812
@@ -435,8 +458,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
     w.service[e.service_slot].bytes.add(bytes);
     w.backend[e.backend_slot].packets.add(1);
     w.backend[e.backend_slot].bytes.add(bytes);
-    rewrite_endpoint(frame, p, /*destination=*/e.direction == flow_direction::forward, e.rewrite_address,
-                     e.rewrite_port);
+    rewrite_flow(frame, p, e);
   };
   const snapshot& s = *t.tables;
   const flow_key key = make_flow_key(frame, p);
@@ -487,6 +509,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   forward.service_slot = service_slot;
   forward.backend_slot = backend_slot;
   forward.state = flow_state::transitory;
+  set_checksum_deltas(forward, p.l3 == l3_kind::ipv4, key.destination, key.destination_port);
   w.flows.insert(forward, hash, w.now, w.timeouts);
 
   flow_entry reverse{};
@@ -501,6 +524,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   reverse.service_slot = service_slot;
   reverse.backend_slot = backend_slot;
   reverse.state = flow_state::transitory;
+  set_checksum_deltas(reverse, p.l3 == l3_kind::ipv4, reverse.key.source, reverse.key.source_port);
   w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 
   const uint32_t bytes = rte_pktmbuf_pkt_len(m);
@@ -510,7 +534,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   w.backend[backend_slot].new_flows.add(1);
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
-  rewrite_endpoint(frame, p, /*destination=*/true, backend->ip.bytes.data(), backend_port);
+  rewrite_flow(frame, p, forward);
   return true;
 }
 
@@ -613,9 +637,12 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, inner_mtu);
   }
   if (!flow_hash) flow_hash = hash_flow_key(make_flow_key(frame, p));
+  // Ethernet padding of a short frame is not carried through the tunnel.
+  const uint32_t frame_length = p.l3_offset + p.l3_length;
+  if (rte_pktmbuf_pkt_len(m) > frame_length) rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
   const port_info& uplink = ports.ports[ports.uplink_port];
   geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, flow_hash,
-                     ports.geneve_udp_checksum.load(std::memory_order_relaxed));
+                     ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p);
   w.geneve_encapsulated.add(1);
   transmit(w, ports.uplink_port, m);
 }
@@ -776,26 +803,60 @@ flow_key make_flow_key(const uint8_t* frame, const parsed_packet& p) {
 }
 
 namespace {
-// Folds a ones' complement sum to 16 bits without inverting it.
-inline uint32_t fold16(uint64_t sum) {
-  sum = (sum & 0xffffffff) + (sum >> 32);
-  sum = (sum & 0xffff) + (sum >> 16);
-  sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint32_t>((sum & 0xffff) + (sum >> 16));
+// The ones' complement sum of a whole inner frame (as stored, folded, not inverted) from
+// the checksums it already carries, without reading its payload: the trick Linux calls
+// local checksum offload (Documentation/networking/checksum-offloads.rst). A valid IPv4
+// header sums to zero (ones' complement), and a valid TCP/UDP/ICMPv6 segment sums to the
+// negated pseudo-header; ICMPv4 has no pseudo-header and sums to zero. What is left to
+// add is the Ethernet header (and IPv6's first 8 header bytes, which no checksum
+// covers). False when the frame's checksums cannot vouch for it (a UDP datagram without
+// a checksum, a protocol without one): the caller sums the bytes.
+//
+// The outer checksum is then exactly as right as the inner ones: a pod's packet with a
+// wrong TCP checksum gets a wrong outer UDP checksum too, and a receiver that verifies
+// it drops the packet one hop before its destination would have.
+inline bool inner_frame_sum(const uint8_t* frame, const parsed_packet& p, uint32_t& sum) {
+  if (!p.l4_offset) return false;
+  const uint8_t* l4 = frame + p.l4_offset;
+  uint64_t total = checksum_partial(frame, sizeof(ethernet_header));
+  const uint32_t l4_length = p.l3_offset + p.l3_length - p.l4_offset;
+  if (p.l3 == l3_kind::ipv4) {
+    if (p.l4_protocol == kProtoIcmp) {
+      sum = fold16(total);
+      return true;
+    }
+    if (p.l4_protocol == kProtoUdp && load16(l4 + offsetof(udp_header, checksum)) == 0) return false;
+    if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) return false;
+    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+    const uint64_t pseudo = pseudo_header_sum_v4(ip->source, ip->destination, p.l4_protocol,
+                                                 static_cast<uint16_t>(l4_length));
+    sum = fold16(total + static_cast<uint16_t>(~fold16(pseudo)));
+    return true;
+  }
+  if (p.l3 != l3_kind::ipv6 || p.l4_offset != p.l3_offset + sizeof(ipv6_header)) return false;
+  if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp && p.l4_protocol != kProtoIcmpv6) return false;
+  // Header: its first 8 bytes plus the addresses; the segment: minus (addresses, length,
+  // next header). The addresses cancel.
+  total = checksum_partial(frame + p.l3_offset, 8, total);
+  const uint64_t rest = uint64_t{to_net32(l4_length)} + to_net32(p.l4_protocol);
+  sum = fold16(total + static_cast<uint16_t>(~fold16(rest)));
+  return true;
 }
-inline uint32_t halves(uint32_t v) { return (v >> 16) + (v & 0xffff); }
 }  // namespace
 
 void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_address& outer_destination,
                         uint32_t local_underlay_ip, uint32_t remote_underlay_ip, uint64_t flow_hash,
-                        bool udp_checksum) {
+                        bool udp_checksum, const parsed_packet* inner) {
   const uint16_t inner_length = static_cast<uint16_t>(rte_pktmbuf_pkt_len(m));
   // The inner frame's sum first, while nothing has been written in front of it; the
   // outer headers' sums come from the values in registers, not from re-reading memory
   // just written (which would stall on store forwarding).
-  const uint32_t inner_sum =
-      udp_checksum ? wire::bswap16(static_cast<uint16_t>(fold16(checksum_partial(rte_pktmbuf_mtod(m, void*), inner_length))))
-                   : 0;
+  uint32_t inner_sum = 0;
+  if (udp_checksum) {
+    const uint8_t* frame = rte_pktmbuf_mtod(m, const uint8_t*);
+    if (!inner || !inner_frame_sum(frame, *inner, inner_sum)) inner_sum = fold16(checksum_partial(frame, inner_length));
+    inner_sum = wire::bswap16(static_cast<uint16_t>(inner_sum));
+  }
   uint8_t* outer = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
   auto* eth = reinterpret_cast<ethernet_header*>(outer);
   auto* ip = reinterpret_cast<ipv4_header*>(outer + sizeof(ethernet_header));

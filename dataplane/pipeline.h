@@ -165,9 +165,13 @@ void flush_tx(worker_state& worker);
 
 // Single stages, as process_burst uses them; exposed for the benchmark and unit tests.
 // Geneve encapsulation of the frame in `m` to `remote_underlay_ip` (network order).
+// With `inner` (the parse of the frame in `m`, which must end where its IP packet ends),
+// the outer UDP checksum takes the inner frame's sum from the inner checksums instead of
+// reading the whole frame (see inner_frame_sum in pipeline.cpp).
 void geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
                         const wire::mac_address& outer_destination, uint32_t local_underlay_ip,
-                        uint32_t remote_underlay_ip, uint64_t flow_hash, bool udp_checksum = true);
+                        uint32_t remote_underlay_ip, uint64_t flow_hash, bool udp_checksum = true,
+                        const parsed_packet* inner = nullptr);
 // Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 

@@ -189,6 +189,7 @@ TEST_F(golden, RemotePodIsGeneveEncapsulatedToItsNode) {
   EXPECT_EQ(u16_at(out, kL4 + 2), kGenevePort);
   EXPECT_GE(u16_at(out, kL4), 49152);
   EXPECT_EQ(u16_at(out, kL4 + 4), out.size() - kEth - 20);
+  EXPECT_NE(u16_at(out, kL4 + 6), 0);    // the outer UDP checksum is computed, not left out
   EXPECT_EQ(verify_checksums(out), "");  // outer IPv4 and UDP checksums
   // Geneve: version 0, no options, Ethernet payload, VNI 1.
   const size_t geneve = kL4 + 8;
@@ -203,6 +204,64 @@ TEST_F(golden, RemotePodIsGeneveEncapsulatedToItsNode) {
   EXPECT_EQ(inner[kIp4 + 8], 63);
   EXPECT_EQ(verify_checksums(inner), "");
   EXPECT_TRUE(std::equal(in.begin() + kL4, in.end(), inner.begin() + kL4));
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+// The outer UDP checksum takes the inner frame's sum from the inner checksums where
+// they vouch for it (TCP, UDP with a checksum, ICMP, ICMPv6) and sums the bytes where
+// they do not (UDP without a checksum); both must give a checksum a receiver accepts,
+// for odd lengths, after DNAT and TTL rewrites, and for padded short frames (whose
+// padding does not enter the tunnel).
+TEST_F(golden, GeneveOuterUdpChecksumIsRightForEveryKindOfInnerPacket) {
+  struct inner_case {
+    std::string name;
+    bytes frame;
+    size_t inner_size;  // what must come out after the outer headers
+  };
+  std::vector<inner_case> cases;
+  auto v4 = [&](std::string name, l4_spec l4, uint32_t destination = ip4("198.18.2.20")) {
+    bytes f = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), destination, l4);
+    cases.push_back({std::move(name), f, f.size()});
+  };
+  auto v6 = [&](std::string name, l4_spec l4) {
+    bytes f = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:2::20"), l4);
+    cases.push_back({std::move(name), f, f.size()});
+  };
+  l4_spec odd = tcp_to(8080, 40001, kTcpAck);
+  odd.payload = bytes(17, 0xc3);
+  v4("tcp", tcp_to(8080, 40000, kTcpAck));
+  v4("tcp odd length", odd);
+  l4_spec udp_odd = udp_to(9);
+  udp_odd.payload = bytes(33, 0x3c);
+  v4("udp", udp_odd);
+  v4("udp to a service (DNAT)", udp_to(53), ip4("198.19.128.12"));
+  v4("icmp echo", echo_request());
+  v6("ipv6 tcp", tcp_to(8080, 40000, kTcpAck));
+  v6("ipv6 udp odd length", udp_odd);
+  v6("ipv6 icmpv6 echo", echo_request());
+  {
+    bytes f = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), udp_to(9));
+    f[kL4 + 6] = f[kL4 + 7] = 0;  // UDP without a checksum: the bytes are summed
+    cases.push_back({"udp without checksum", f, f.size()});
+  }
+  {
+    l4_spec tiny = udp_to(9);
+    tiny.payload = bytes(2, 0x11);
+    bytes f = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tiny);
+    const size_t unpadded = f.size();
+    f.resize(60, 0xee);  // Ethernet minimum: padding behind the IP packet
+    cases.push_back({"padded short frame", f, unpadded});
+  }
+  for (const inner_case& c : cases) {
+    SCOPED_TRACE(c.name);
+    send(client, c.frame);
+    const bytes out = receive(uplink);
+    ASSERT_EQ(out.size(), c.inner_size + kGeneveOverhead);
+    EXPECT_NE(u16_at(out, kL4 + 6), 0) << "outer UDP checksum must be computed";
+    EXPECT_EQ(verify_checksums(out), "");
+    const bytes inner(out.begin() + kGeneveOverhead, out.end());
+    EXPECT_EQ(verify_checksums(inner), "");
+  }
   EXPECT_EQ(pending_total(), 0u);
 }
 
