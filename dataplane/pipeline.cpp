@@ -462,7 +462,13 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   };
   const snapshot& s = *t.tables;
   const flow_key key = make_flow_key(frame, p);
-  const uint64_t hash = hash_flow_key(key);
+  uint64_t hash;
+  if (p.l3 == l3_kind::ipv4) {
+    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+    hash = hash_flow_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
+  } else {
+    hash = hash_flow_key(key);
+  }
   // The client-side tuple's hash also picks the Geneve source port: stable per flow.
   flow_hash = hash;
   if (const flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts)) {
