@@ -39,10 +39,14 @@ struct mac_address {
            bytes[4] == 0xff && bytes[5] == 0xff;
   }
   bool is_multicast() const { return bytes[0] & 1; }
+  // Assembled in registers: copying 6 bytes into a zeroed 8-byte variable and reading it
+  // back makes an 8-byte load over three stores, which cannot be forwarded (a stall).
   uint64_t as_u64() const {
-    uint64_t v = 0;
-    std::memcpy(&v, bytes, 6);
-    return v;
+    uint32_t low;
+    uint16_t high;
+    std::memcpy(&low, bytes, 4);
+    std::memcpy(&high, bytes + 4, 2);
+    return uint64_t{low} | uint64_t{high} << 32;
   }
   static mac_address from_u64(uint64_t v) {
     mac_address m;

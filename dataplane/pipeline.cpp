@@ -765,7 +765,7 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
         return drop(w, m, drop_reason::not_for_us);
       }
     }
-    if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
+    if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     uint64_t flow_hash = 0;
     if (!load_balance(w, t, m, frame, p, flow_hash)) return;
     return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, flow_hash);
@@ -800,7 +800,7 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       }
     }
     // Ingress to a service VIP from outside the cluster.
-    if (eth->destination != port.mac) return drop(w, m, drop_reason::not_for_us);
+    if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     uint64_t flow_hash = 0;
     if (!load_balance(w, t, m, frame, p, flow_hash)) return;
     const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
