@@ -68,7 +68,7 @@ inline drop_reason parse_packet(const uint8_t* frame, uint32_t length, parsed_pa
 
 namespace parser_detail {
 
-inline drop_reason parse_l4(const uint8_t* frame, uint32_t l4_offset, uint32_t l3_end, uint8_t protocol,
+[[gnu::always_inline]] inline drop_reason parse_l4(const uint8_t* frame, uint32_t l4_offset, uint32_t l3_end, uint8_t protocol,
                      parsed_packet& out) {
   using namespace wire;
   const uint32_t available = l3_end - l4_offset;
@@ -116,7 +116,7 @@ inline drop_reason parse_l4(const uint8_t* frame, uint32_t l4_offset, uint32_t l
 
 }  // namespace parser_detail
 
-inline drop_reason parse_packet(const uint8_t* frame, uint32_t length, parsed_packet& out) {
+[[gnu::always_inline]] inline drop_reason parse_packet(const uint8_t* frame, uint32_t length, parsed_packet& out) {
   using namespace wire;
   out = parsed_packet{};
   if (length < sizeof(ethernet_header)) return drop_reason::truncated_ethernet;

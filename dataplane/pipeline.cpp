@@ -25,11 +25,6 @@ void underlay_neighbours::learn(uint32_t ip_net, const mac_address& mac) {
   s.ip_and_valid.store(tag, std::memory_order_release);
 }
 
-mac_address underlay_neighbours::lookup(uint32_t ip_net) const {
-  const slot& s = slots[(ip_net >> 24) % kSlots];
-  if (s.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{ip_net} << 1) | 1)) return kBroadcastMac;
-  return mac_address::from_u64(s.mac.load(std::memory_order_acquire));
-}
 
 // --- building the forwarding view ---
 

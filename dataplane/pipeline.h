@@ -67,8 +67,12 @@ struct underlay_neighbours {
   };
   std::array<slot, kSlots> slots;
   void learn(uint32_t ip_net, const wire::mac_address& mac);
-  // Broadcast when unknown.
-  wire::mac_address lookup(uint32_t ip_net) const;
+  // Broadcast when unknown. Inline: every encapsulated packet asks.
+  wire::mac_address lookup(uint32_t ip_net) const {
+    const slot& s = slots[(ip_net >> 24) % kSlots];
+    if (s.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{ip_net} << 1) | 1)) return wire::kBroadcastMac;
+    return wire::mac_address::from_u64(s.mac.load(std::memory_order_acquire));
+  }
 };
 
 struct port_table {
