@@ -62,29 +62,44 @@ inline uint64_t hash_flow_v4(uint32_t source, uint32_t destination, uint16_t sou
 enum class flow_direction : uint8_t { forward = 0, reverse = 1 };
 enum class flow_state : uint8_t { transitory = 0, established = 1 };
 
+// Bits of flow_entry::flags.
+inline constexpr uint8_t kFlowSecondRewrite = 1;  // also rewrite the other end (IPv4 only)
+inline constexpr uint8_t kFlowToLastHop = 2;      // send out of the uplink to last_hop_mac
+
 // What a hit tells the pipeline: forward entries name the backend to DNAT to; reverse
 // entries name the VIP and port to put back as the source.
+//
+// Ingress from outside the cluster to a backend on another node is also source-NATed to
+// this node's pod gateway address, so that the backend's replies come back here through
+// the overlay: the forward entry then rewrites the source too, the reverse entry the
+// destination too (back to the client), and sends the reply out of the uplink to the
+// neighbour the request came from ("last hop"), as the reverse entry of every ingress
+// flow does.
 struct flow_entry {
   flow_key key;
-  uint8_t rewrite_address[16];
+  uint8_t rewrite_address[16];  // forward: new destination; reverse: new source
   uint16_t rewrite_port = 0;
+  uint16_t second_port = 0;     // with kFlowSecondRewrite: forward: new source port; reverse: new destination port
+  uint32_t second_address = 0;  // with kFlowSecondRewrite: the other end's new IPv4 address, as stored
+  uint8_t last_hop_mac[6] = {};  // with kFlowToLastHop
   flow_direction direction = flow_direction::forward;
   flow_state state = flow_state::transitory;
   uint8_t in_use = 0;
   uint8_t protocol = 0;
-  // The rewrite's checksum change, precomputed when the flow is created (RFC 1624: the
+  uint8_t flags = 0;
+  // The rewrites' checksum change, precomputed when the flow is created (RFC 1624: the
   // ones' complement sum of ~old + new over the changed 16-bit words, as stored): for
-  // the IPv4 header checksum (the address) and for the TCP/UDP checksum (address, whose
-  // pseudo-header covers it, and port). A hit then costs two folds, not a word-by-word
-  // update. They fill what was padding: the entry stays 88 bytes.
+  // the IPv4 header checksum (the addresses) and for the TCP/UDP checksum (addresses,
+  // which its pseudo-header covers, and ports). A hit then costs two folds, not a
+  // word-by-word update.
   uint16_t l3_checksum_delta = 0;
   uint16_t l4_checksum_delta = 0;
-  uint32_t service_slot = 0;  // counter slot of the service (stable across snapshots)
-  uint32_t backend_slot = 0;
+  uint16_t service_slot = 0;  // counter slot of the service (stable across snapshots)
+  uint16_t backend_slot = 0;
   uint32_t version = 0;       // seqlock: odd while the owner writes the entry
   uint64_t last_seen = 0;     // in timer ticks
 };
-static_assert(sizeof(flow_entry) == 88, "perf/flow_memory_bench and perf/README quote 88 bytes per entry");
+static_assert(sizeof(flow_entry) == 96, "perf/flow_memory_bench and perf/README quote 96 bytes per entry");
 
 struct flow_timeouts {
   uint64_t tcp_established = 0;  // all in timer ticks

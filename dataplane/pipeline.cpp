@@ -383,21 +383,31 @@ inline uint16_t apply_delta(uint16_t check, uint32_t delta) {
   return static_cast<uint16_t>(~sum);
 }
 
-// Fills the entry's checksum deltas for replacing `old_address` (16 bytes, IPv4-mapped
-// for IPv4) and `old_port` (host order) by its rewrite address and port.
-void set_checksum_deltas(flow_entry& e, bool v4, const uint8_t* old_address, uint16_t old_port) {
-  const uint32_t address = v4 ? rewrite_delta(old_address + 12, e.rewrite_address + 12, 4)
-                              : rewrite_delta(old_address, e.rewrite_address, 16);
-  const uint16_t old_net = to_net16(old_port), new_net = to_net16(e.rewrite_port);
-  e.l3_checksum_delta = v4 ? static_cast<uint16_t>(address) : 0;  // IPv6 has no header checksum
-  e.l4_checksum_delta = static_cast<uint16_t>(
-      fold16(uint64_t{address} + static_cast<uint16_t>(~old_net) + new_net));
-}
+// The checksum change of a flow's rewrites, accumulated change by change and stored
+// folded in the entry.
+struct checksum_deltas {
+  bool v4;
+  uint64_t l3 = 0, l4 = 0;
+  // An address (16 bytes, IPv4-mapped for IPv4) replaced by another.
+  void address(const uint8_t* old_address, const uint8_t* new_address) {
+    const uint32_t d = v4 ? rewrite_delta(old_address + 12, new_address + 12, 4)
+                          : rewrite_delta(old_address, new_address, 16);
+    if (v4) l3 += d;  // IPv6 has no header checksum
+    l4 += d;          // the pseudo-header covers the addresses
+  }
+  void port(uint16_t old_port, uint16_t new_port) {  // host order
+    l4 += static_cast<uint16_t>(~to_net16(old_port)) + uint32_t{to_net16(new_port)};
+  }
+  void store(flow_entry& e) const {
+    e.l3_checksum_delta = static_cast<uint16_t>(fold16(l3));
+    e.l4_checksum_delta = static_cast<uint16_t>(fold16(l4));
+  }
+};
 
 // Applies a flow's rewrite to a TCP/UDP packet of it: the destination (forward: VIP ->
-// backend) or the source (reverse: backend -> VIP), address and port, with the
-// checksums updated by the entry's deltas. The packet's old values are the key's, which
-// the lookup matched.
+// backend) or the source (reverse: backend -> VIP), address and port, and with
+// kFlowSecondRewrite the other end too, with the checksums updated by the entry's
+// deltas. The packet's old values are the key's, which the lookup matched.
 inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
   const bool destination = e.direction == flow_direction::forward;
   uint8_t* ip = frame + p.l3_offset;
@@ -411,6 +421,12 @@ inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entr
   if (p.l3 == l3_kind::ipv4) {
     std::memcpy(ip + (destination ? offsetof(ipv4_header, destination) : offsetof(ipv4_header, source)),
                 e.rewrite_address + 12, 4);
+    if (e.flags & kFlowSecondRewrite) {  // the other end as well (ingress to another node)
+      std::memcpy(ip + (destination ? offsetof(ipv4_header, source) : offsetof(ipv4_header, destination)),
+                  &e.second_address, 4);
+      store16(l4 + (destination ? offsetof(tcp_header, source_port) : offsetof(tcp_header, destination_port)),
+              to_net16(e.second_port));
+    }
     uint8_t* ip_check = ip + offsetof(ipv4_header, checksum);
     store16(ip_check, apply_delta(load16(ip_check), e.l3_checksum_delta));
     // An IPv4 UDP checksum of zero means "none" (RFC 768) and stays zero.
@@ -459,10 +475,24 @@ inline bool is_gateway(const uint8_t* frame, const parsed_packet& p, const forwa
 
 inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
 
+// What load balancing decided about a packet, for routing it.
+struct lb_outcome {
+  uint64_t flow_hash = 0;     // hash of the packet's tuple when a flow lookup computed it
+  uint64_t last_hop_mac = 0;  // nonzero: a reply of an ingress flow, out of the uplink to this MAC
+  bool service_flow = false;  // a service flow's rewrite was applied
+};
+
+// Source ports this node's gateway address lends to ingress flows towards other nodes:
+// each worker takes every workers-th port of the range, so workers never collide.
+inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
+inline constexpr int kIngressPortTries = 16;
+
 // Service load balancing: reverse NAT for replies of flows we DNATed, DNAT (with a new
-// flow when needed) for packets to a frontend. Returns false when the packet was dropped.
+// flow when needed) for packets to a frontend. `ingress`: the packet came from outside
+// the cluster through the uplink, from the neighbour `ingress_mac`. Returns false when
+// the packet was dropped.
 bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p,
-                  uint64_t& flow_hash) {
+                  lb_outcome& outcome, bool ingress = false, uint64_t ingress_mac = 0) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
@@ -480,6 +510,12 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
     w.backend[e.backend_slot].packets.add(1);
     w.backend[e.backend_slot].bytes.add(bytes);
     rewrite_flow(frame, p, e);
+    outcome.service_flow = true;
+    if (e.flags & kFlowToLastHop) {
+      uint64_t mac = 0;
+      std::memcpy(&mac, e.last_hop_mac, 6);
+      outcome.last_hop_mac = mac;
+    }
   };
   const snapshot& s = *t.tables;
   const flow_key key = flow_key_of(frame, p);
@@ -491,7 +527,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
     hash = hash_flow_key(key);
   }
   // The client-side tuple's hash also picks the Geneve source port: stable per flow.
-  flow_hash = hash;
+  outcome.flow_hash = hash;
   if (const flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts)) {
     count_and_rewrite(*entry);
     return true;
@@ -510,7 +546,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
       s.find_frontend(destination, p.destination_port, static_cast<l4_protocol>(p.l4_protocol));
   if (!frontend) return true;  // not service traffic (or a reply whose flow expired)
   const table_service& service = s.services[frontend->service_index];
-  const uint32_t service_slot = t.service_slot[frontend->service_index];
+  const uint16_t service_slot = static_cast<uint16_t>(t.service_slot[frontend->service_index]);
   // Session affinity hashes the client address only, so every connection of a client
   // lands on one backend.
   flow_key affinity{};
@@ -525,8 +561,9 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
     return false;
   }
   const uint32_t backend_index = static_cast<uint32_t>(backend - s.backends.data());
-  const uint32_t backend_slot = t.backend_slot[backend_index];
+  const uint16_t backend_slot = static_cast<uint16_t>(t.backend_slot[backend_index]);
   const uint16_t backend_port = frontend->target_port ? frontend->target_port : backend->port;
+  const bool v4 = p.l3 == l3_kind::ipv4;
 
   flow_entry forward{};
   forward.key = key;
@@ -536,8 +573,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   forward.service_slot = service_slot;
   forward.backend_slot = backend_slot;
   forward.state = flow_state::transitory;
-  set_checksum_deltas(forward, p.l3 == l3_kind::ipv4, key.destination, key.destination_port);
-  w.flows.insert(forward, hash, w.now, w.timeouts);
 
   flow_entry reverse{};
   std::memcpy(reverse.key.source, backend->ip.bytes.data(), 16);
@@ -551,7 +586,54 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   reverse.service_slot = service_slot;
   reverse.backend_slot = backend_slot;
   reverse.state = flow_state::transitory;
-  set_checksum_deltas(reverse, p.l3 == l3_kind::ipv4, reverse.key.source, reverse.key.source_port);
+
+  checksum_deltas forward_deltas{v4}, reverse_deltas{v4};
+  forward_deltas.address(key.destination, forward.rewrite_address);
+  forward_deltas.port(key.destination_port, forward.rewrite_port);
+  if (ingress) {
+    // Replies leave by the uplink, to the neighbour this request came from.
+    reverse.flags |= kFlowToLastHop;
+    std::memcpy(reverse.last_hop_mac, &ingress_mac, 6);
+    if (backend->node_index != kLocalNodeIndex) {
+      // The backend's node would send its replies to the client by its own way, past our
+      // reverse NAT: borrow a source port of our gateway address so they come back here.
+      if (!v4) {
+        drop(w, m, drop_reason::no_route);  // the overlay's gateway address is IPv4
+        return false;
+      }
+      const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+      const uint32_t per_worker = kIngressPortCount / workers;
+      const ip_address gateway = address_v4(t.gateway_ip);
+      uint16_t port = 0;
+      for (int attempt = 0; attempt < kIngressPortTries && !port; ++attempt) {
+        const uint16_t candidate = static_cast<uint16_t>(
+            kIngressPortFirst + w.index + workers * (((hash >> 20) + attempt) % per_worker));
+        std::memcpy(reverse.key.destination, gateway.bytes.data(), 16);
+        reverse.key.destination_port = candidate;
+        flow_entry live;
+        if (!w.flows.find_shared(reverse.key, hash_flow_key(reverse.key), w.now, w.timeouts, live)) port = candidate;
+      }
+      if (!port) {
+        drop(w, m, drop_reason::flow_table_full);  // every port tried is lent to a live flow
+        return false;
+      }
+      forward.flags |= kFlowSecondRewrite;
+      forward.second_address = t.gateway_ip;
+      forward.second_port = port;
+      forward_deltas.address(key.source, gateway.bytes.data());
+      forward_deltas.port(key.source_port, port);
+      reverse.flags |= kFlowSecondRewrite;
+      std::memcpy(&reverse.second_address, key.source + 12, 4);
+      reverse.second_port = key.source_port;
+      reverse_deltas.address(gateway.bytes.data(), key.source);
+      reverse_deltas.port(port, key.source_port);
+    }
+  }
+  reverse_deltas.address(reverse.key.source, reverse.rewrite_address);
+  reverse_deltas.port(reverse.key.source_port, reverse.rewrite_port);
+  forward_deltas.store(forward);
+  reverse_deltas.store(reverse);
+  w.flows.insert(forward, hash, w.now, w.timeouts);
   w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 
   const uint32_t bytes = rte_pktmbuf_pkt_len(m);
@@ -562,6 +644,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
   rewrite_flow(frame, p, forward);
+  outcome.service_flow = true;
   return true;
 }
 
@@ -584,14 +667,45 @@ void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& po
   transmit(w, port, request);
 }
 
+// A packet too big for the next hop: counted, and answered with ICMP "fragmentation
+// needed" / ICMPv6 "packet too big" naming `mtu` (RFC 1191, RFC 8201) unless it came out
+// of the overlay (the answer would go to a tunnel peer, not the sender) or IPv4 allows
+// fragmentation, which this pipeline does not do.
+void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_port, rte_mbuf* m, const parsed_packet& p,
+                    const mac_address& reply_mac, bool from_overlay, uint32_t mtu) {
+  w.drops[static_cast<unsigned>(drop_reason::too_big)].add(1);
+  if (from_overlay) return rte_pktmbuf_free(m);
+  if (p.l3 == l3_kind::ipv4) {
+    const auto* ip = reinterpret_cast<const ipv4_header*>(frame_of(m) + p.l3_offset);
+    if (!(from_net16(ip->flags_fragment) & kIpv4DontFragment)) return rte_pktmbuf_free(m);
+    // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the second word.
+    // The TTL was already decremented; the quoted header shows the packet as we held it.
+    return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpDestinationUnreachable, kIcmpFragmentationNeeded,
+                             mtu);
+  }
+  answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, mtu);
+}
+
 // Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
 // destination's pod range. `from_overlay`: it arrived by Geneve, so it may only be
 // delivered locally (never sent back into the overlay).
 void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
-           parsed_packet& p, bool from_overlay, uint64_t flow_hash) {
+           parsed_packet& p, bool from_overlay, const lb_outcome& lb) {
   uint8_t* frame = frame_of(m);
   const snapshot& s = *t.tables;
   const mac_address reply_mac = ports.ports[in_port].mac;
+  uint64_t flow_hash = lb.flow_hash;
+  if (lb.last_hop_mac) {
+    // A reply of an ingress flow, already reverse-NATed: back out of the uplink to the
+    // neighbour the flow's first packet came from.
+    if (ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
+    if (!decrement_ttl(frame, p)) return drop(w, m, drop_reason::ttl_expired);
+    if (p.l3_length > ports.uplink_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, from_overlay, ports.uplink_mtu);
+    auto* eth = reinterpret_cast<ethernet_header*>(frame);
+    eth->destination = mac_address::from_u64(lb.last_hop_mac);
+    eth->source = ports.ports[ports.uplink_port].mac;
+    return transmit(w, ports.uplink_port, m);
+  }
   const table_pod* pod = nullptr;
   const table_node* node = nullptr;
   if (p.l3 == l3_kind::ipv4) {
@@ -650,19 +764,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
                              p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0);
   }
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead;
-  if (inner_ip_length(p) > inner_mtu) {
-    w.drops[static_cast<unsigned>(drop_reason::too_big)].add(1);
-    if (p.l3 == l3_kind::ipv4) {
-      const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-      // Without DF the sender allows fragmentation, which this pipeline does not do.
-      if (!(from_net16(ip->flags_fragment) & kIpv4DontFragment)) return rte_pktmbuf_free(m);
-      // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the second word.
-      // The TTL was already decremented; the quoted header shows the packet as we held it.
-      return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpDestinationUnreachable,
-                               kIcmpFragmentationNeeded, inner_mtu);
-    }
-    return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, inner_mtu);
-  }
+  if (inner_ip_length(p) > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, false, inner_mtu);
   if (!flow_hash) flow_hash = hash_flow_key(flow_key_of(frame, p));
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
@@ -761,9 +863,9 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
       }
     }
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
-    uint64_t flow_hash = 0;
-    if (!load_balance(w, t, m, frame, p, flow_hash)) return;
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, flow_hash);
+    lb_outcome lb;
+    if (!load_balance(w, t, m, frame, p, lb)) return;
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, lb);
   }
 
   if (port.role == port_role::uplink) {
@@ -784,9 +886,9 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
           if (!geneve_decapsulate(w, t, ports, m, p)) return;
           frame = frame_of(m);
-          uint64_t flow_hash = 0;
-          if (!load_balance(w, t, m, frame, p, flow_hash)) return;
-          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, flow_hash);
+          lb_outcome lb;
+          if (!load_balance(w, t, m, frame, p, lb)) return;
+          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, lb);
         }
         if (p.l4_offset && p.l4_protocol == kProtoIcmp &&
             reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpEchoRequest)
@@ -794,13 +896,15 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
         return drop(w, m, drop_reason::not_for_us);
       }
     }
-    // Ingress to a service VIP from outside the cluster.
+    // Ingress from outside the cluster: to a service VIP (DNAT to a backend here or on
+    // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
-    uint64_t flow_hash = 0;
-    if (!load_balance(w, t, m, frame, p, flow_hash)) return;
+    lb_outcome lb;
+    if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/true, eth->source.as_u64())) return;
+    if (lb.service_flow) return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, lb);
     const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
     if (!pod) return drop(w, m, drop_reason::not_for_us);
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, flow_hash);
+    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, lb);
   }
   drop(w, m, drop_reason::no_port);
 }

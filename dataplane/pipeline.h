@@ -26,6 +26,7 @@ inline constexpr uint16_t kMaxPorts = RTE_MAX_ETHPORTS;
 inline constexpr uint16_t kMaxBurst = 512;
 inline constexpr uint32_t kMaxServiceSlots = 1024;  // distinct services ever seen by one agent
 inline constexpr uint32_t kMaxBackendSlots = 8192;
+static_assert(kMaxServiceSlots <= 65536 && kMaxBackendSlots <= 65536, "flow entries hold counter slots in 16 bits");
 // VNI of the pod overlay. One overlay per cluster; RFC 8926 section 3.4 leaves the
 // meaning of the VNI to the operator.
 inline constexpr uint32_t kOverlayVni = 1;

@@ -391,6 +391,86 @@ TEST_F(golden, ServiceFlowsStickToTheirBackendAndSpreadOverBackends) {
   }
 }
 
+// Ingress from outside the cluster (DESIGN.md: 203.0.113.0/24) through a router on the
+// underlay (its MAC is the last hop).
+const mac_address kRouterMac = mac(0x99);
+constexpr const char* kOutsideClient = "203.0.113.5";
+
+TEST_F(golden, IngressToVipWithLocalBackendIsDnatedAndItsReplyLeavesByTheUplinkToTheLastHop) {
+  learn_pod_macs();
+  const bytes request = ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.11"), tcp_to(80, 40000));
+  send(uplink, request);
+  const bytes in = receive(web);
+  ASSERT_EQ(in.size(), request.size());
+  EXPECT_EQ(mac_at(in, 0), kWebMac);
+  EXPECT_EQ(net32_at(in, kIp4 + 12), ip4(kOutsideClient));  // the client address is kept
+  EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.20"));
+  EXPECT_EQ(u16_at(in, kL4 + 2), 8080);
+  EXPECT_EQ(verify_checksums(in), "");
+
+  const bytes reply = ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4(kOutsideClient),
+                                 tcp_to(40000, 8080, kTcpSyn | kTcpAck));
+  send(web, reply);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), reply.size());  // plain IP, not tunnelled
+  EXPECT_EQ(mac_at(out, 0), kRouterMac);
+  EXPECT_EQ(mac_at(out, 6), kUplinkMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));  // reverse NAT to the VIP
+  EXPECT_EQ(u16_at(out, kL4), 80);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4(kOutsideClient));
+  EXPECT_EQ(u16_at(out, kL4 + 2), 40000);
+  EXPECT_EQ(out[kIp4 + 8], 63);
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBackHere) {
+  learn_pod_macs();
+  // remote-dns: UDP 53 -> 198.18.2.30:5353, a backend on node 2.
+  const bytes request = ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50000));
+  send(uplink, request);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), request.size() + kGeneveOverhead);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the backend's node
+  EXPECT_EQ(verify_checksums(out), "");
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(net32_at(inner, kIp4 + 12), ip4("198.18.1.1"));  // SNAT to our pod gateway address
+  const uint16_t lent_port = u16_at(inner, kL4);
+  EXPECT_GE(lent_port, 32768);
+  EXPECT_LT(lent_port, 61440);
+  EXPECT_EQ(net32_at(inner, kIp4 + 16), ip4("198.18.2.30"));
+  EXPECT_EQ(u16_at(inner, kL4 + 2), 5353);
+  EXPECT_EQ(inner[kIp4 + 8], 63);
+  EXPECT_EQ(verify_checksums(inner), "");
+
+  // The backend answers the gateway address; node 2 tunnels that to us.
+  const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.1"), udp_to(lent_port, 5353));
+  send(uplink, geneve_from(ip4("198.19.0.2"), reply));
+  const bytes back = receive(uplink);
+  ASSERT_EQ(back.size(), reply.size());
+  EXPECT_EQ(mac_at(back, 0), kRouterMac);
+  EXPECT_EQ(mac_at(back, 6), kUplinkMac);
+  EXPECT_EQ(net32_at(back, kIp4 + 12), ip4("198.19.128.12"));
+  EXPECT_EQ(u16_at(back, kL4), 53);
+  EXPECT_EQ(net32_at(back, kIp4 + 16), ip4(kOutsideClient));
+  EXPECT_EQ(u16_at(back, kL4 + 2), 50000);
+  EXPECT_EQ(verify_checksums(back), "");
+
+  // A second client flow borrows another port.
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50001)));
+  const bytes second = receive(uplink);
+  ASSERT_FALSE(second.empty());
+  const bytes second_inner(second.begin() + kGeneveOverhead, second.end());
+  EXPECT_NE(u16_at(second_inner, kL4), lent_port);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden, IngressToAPodOfAnotherNodeIsNotRelayedIntoTheOverlay) {
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.18.2.20"), tcp_to(8080)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::not_for_us), 1u);
+}
+
 TEST_F(golden, ServiceWithoutBackendsDropsWithReason) {
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.13"), tcp_to(80)));
   EXPECT_EQ(pending_total(), 0u);
