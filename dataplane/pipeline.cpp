@@ -207,6 +207,17 @@ inline ip_address address_v6(const uint8_t* bytes) {
 
 inline uint8_t* frame_of(rte_mbuf* m) { return rte_pktmbuf_mtod(m, uint8_t*); }
 
+// What load balancing decided about a packet, for routing it.
+struct lb_outcome {
+  uint64_t flow_hash = 0;     // hash of the packet's tuple when a flow lookup computed it
+  uint64_t last_hop_mac = 0;  // nonzero: a reply of an ingress flow, out of the uplink to this MAC
+  bool service_flow = false;  // a service flow's rewrite was applied
+  // IPv4 service flows: the addresses and ports as the packet arrived (as stored), so
+  // that an ICMP error about it quotes what its sender sent and reaches the sender.
+  uint64_t original_addresses = 0;
+  uint32_t original_ports = 0;
+};
+
 // ARP reply for `target_ip` owned by us with `our_mac`, in place (RFC 826).
 void answer_arp(worker_state& w, uint16_t port, rte_mbuf* m, const mac_address& our_mac) {
   uint8_t* frame = frame_of(m);
@@ -306,7 +317,7 @@ bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, 
 // as much as fits in the minimum MTU, 1280 (RFC 4443 section 2.4 (c)).
 void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p,
                        const forwarding_tables& t, const mac_address& our_mac, uint8_t type, uint8_t code,
-                       uint32_t rest_host_order) {
+                       uint32_t rest_host_order, const lb_outcome* lb = nullptr) {
   uint8_t quote[1280];
   uint8_t* frame = frame_of(m);
   const auto* eth_in = reinterpret_cast<const ethernet_header*>(frame);
@@ -316,6 +327,13 @@ void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed
   const uint32_t limit = (v4 ? 576u : 1280u) - header - sizeof(icmp_header);
   const uint32_t quoted = std::min<uint32_t>(p.l3_length, limit);
   std::memcpy(quote, frame + p.l3_offset, quoted);
+  if (lb && lb->service_flow && p.l3 == l3_kind::ipv4 && p.l4_offset) {
+    // Undo the flow's NAT in the quote (as conntrack does): the sender matches the error
+    // to its socket by the tuple it sent, and the error goes to that sender.
+    std::memcpy(quote + offsetof(ipv4_header, source), &lb->original_addresses, 8);
+    const uint32_t l4 = p.l4_offset - p.l3_offset;
+    if (l4 + 4 <= quoted) std::memcpy(quote + l4, &lb->original_ports, 4);
+  }
   uint8_t source6[16];
   uint32_t source4 = 0;
   if (v4) source4 = reinterpret_cast<const ipv4_header*>(quote)->source;
@@ -475,13 +493,6 @@ inline bool is_gateway(const uint8_t* frame, const parsed_packet& p, const forwa
 
 inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
 
-// What load balancing decided about a packet, for routing it.
-struct lb_outcome {
-  uint64_t flow_hash = 0;     // hash of the packet's tuple when a flow lookup computed it
-  uint64_t last_hop_mac = 0;  // nonzero: a reply of an ingress flow, out of the uplink to this MAC
-  bool service_flow = false;  // a service flow's rewrite was applied
-};
-
 // Source ports this node's gateway address lends to ingress flows towards other nodes:
 // each worker takes every workers-th port of the range, so workers never collide.
 inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
@@ -503,8 +514,14 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   } else if (!t.has_v6_services) {
     return true;
   }
+  const auto remember_original = [&] {
+    if (p.l3 != l3_kind::ipv4) return;
+    std::memcpy(&outcome.original_addresses, frame + p.l3_offset + offsetof(ipv4_header, source), 8);
+    std::memcpy(&outcome.original_ports, frame + p.l4_offset, 4);
+  };
   const auto count_and_rewrite = [&](const flow_entry& e) {
     const uint32_t bytes = rte_pktmbuf_pkt_len(m);
+    remember_original();
     w.service[e.service_slot].packets.add(1);
     w.service[e.service_slot].bytes.add(bytes);
     w.backend[e.backend_slot].packets.add(1);
@@ -643,6 +660,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   w.backend[backend_slot].new_flows.add(1);
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
+  remember_original();
   rewrite_flow(frame, p, forward);
   outcome.service_flow = true;
   return true;
@@ -672,7 +690,7 @@ void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& po
 // of the overlay (the answer would go to a tunnel peer, not the sender) or IPv4 allows
 // fragmentation, which this pipeline does not do.
 void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_port, rte_mbuf* m, const parsed_packet& p,
-                    const mac_address& reply_mac, bool from_overlay, uint32_t mtu) {
+                    const mac_address& reply_mac, bool from_overlay, uint32_t mtu, const lb_outcome& lb) {
   w.drops[static_cast<unsigned>(drop_reason::too_big)].add(1);
   if (from_overlay) return rte_pktmbuf_free(m);
   if (p.l3 == l3_kind::ipv4) {
@@ -681,9 +699,9 @@ void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_por
     // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the second word.
     // The TTL was already decremented; the quoted header shows the packet as we held it.
     return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpDestinationUnreachable, kIcmpFragmentationNeeded,
-                             mtu);
+                             mtu, &lb);
   }
-  answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, mtu);
+  answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, mtu, &lb);
 }
 
 // Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
@@ -700,7 +718,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     // neighbour the flow's first packet came from.
     if (ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
     if (!decrement_ttl(frame, p)) return drop(w, m, drop_reason::ttl_expired);
-    if (p.l3_length > ports.uplink_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, from_overlay, ports.uplink_mtu);
+    if (p.l3_length > ports.uplink_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, from_overlay, ports.uplink_mtu, lb);
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     eth->destination = mac_address::from_u64(lb.last_hop_mac);
     eth->source = ports.ports[ports.uplink_port].mac;
@@ -764,7 +782,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
                              p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0);
   }
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead;
-  if (inner_ip_length(p) > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, false, inner_mtu);
+  if (inner_ip_length(p) > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, false, inner_mtu, lb);
   if (!flow_hash) flow_hash = hash_flow_key(flow_key_of(frame, p));
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;

@@ -465,6 +465,43 @@ TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBac
   EXPECT_EQ(pending_total(), 0u);
 }
 
+// Path MTU discovery through the service NAT: the "too big" answer quotes the packet as
+// its sender sent it (VIP, its own ports), or the sender could not match it to a socket.
+TEST_F(golden, TooBigToAServiceQuotesThePacketAsTheSenderSentIt) {
+  l4_spec big = udp_to(53, 50000);
+  big.payload = bytes(1500 - 20 - 8, 0x5a);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), big));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out[kL4], kIcmpDestinationUnreachable);
+  EXPECT_EQ(out[kL4 + 1], kIcmpFragmentationNeeded);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.10"));
+  const size_t quote = kL4 + 8;
+  EXPECT_EQ(net32_at(out, quote + 12), ip4("198.18.1.10"));
+  EXPECT_EQ(net32_at(out, quote + 16), ip4("198.19.128.12"));  // the VIP, not the backend
+  EXPECT_EQ(u16_at(out, quote + 20), 50000);
+  EXPECT_EQ(u16_at(out, quote + 22), 53);
+  EXPECT_EQ(verify_checksums(out), "");
+}
+
+TEST_F(golden, TooBigIngressIsAnsweredToTheOutsideClientThroughTheLastHop) {
+  l4_spec big = udp_to(53, 50000);
+  big.payload = bytes(1500 - 20 - 8, 0x5a);
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), big));
+  const bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(mac_at(out, 0), kRouterMac);
+  EXPECT_EQ(out[kIp4 + 9], kProtoIcmp);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4(kOutsideClient));  // not the gateway address it was SNATed to
+  const size_t quote = kL4 + 8;
+  EXPECT_EQ(net32_at(out, quote + 12), ip4(kOutsideClient));
+  EXPECT_EQ(net32_at(out, quote + 16), ip4("198.19.128.12"));
+  EXPECT_EQ(u16_at(out, quote + 20), 50000);
+  EXPECT_EQ(u16_at(out, quote + 22), 53);
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(drops(drop_reason::too_big), 1u);
+}
+
 TEST_F(golden, IngressToAPodOfAnotherNodeIsNotRelayedIntoTheOverlay) {
   send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.18.2.20"), tcp_to(8080)));
   EXPECT_EQ(pending_total(), 0u);
