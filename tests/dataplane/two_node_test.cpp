@@ -2,7 +2,8 @@
 // each, one meshlaned per node owning its uplink and pod veths through af_packet. Real
 // kernel TCP/UDP/ICMP from the pods goes through both agents' DPDK workers: gateway
 // ARP and echo, Geneve between nodes, a service VIP whose backend is on the other node,
-// and node 1 forwarding on while node 2's agent restarts.
+// node 1 forwarding on while node 2's agent restarts, and ingress from a host outside
+// the cluster on the underlay to VIPs with backends on either node.
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/ip_icmp.h>
@@ -138,10 +139,11 @@ std::string tcp_echo_round_trip(const netns& ns, const std::string& ip, uint16_t
 }
 
 // One UDP request/response: a server socket in `server_ns` answers one datagram.
+// `server_port`: where the server listens when it is not `port` (behind a VIP's target port).
 std::string udp_round_trip(const netns& client_ns, const netns& server_ns, const std::string& server_ip,
-                           uint16_t port, const std::string& message) {
+                           uint16_t port, const std::string& message, uint16_t server_port = 0) {
   fd_guard server(socket_in(server_ns, SOCK_DGRAM));
-  const sockaddr_in any = address_of("0.0.0.0", port);
+  const sockaddr_in any = address_of("0.0.0.0", server_port ? server_port : port);
   if (bind(server.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
   set_timeout(server.fd, 3);
   std::thread responder([&] {
@@ -226,9 +228,32 @@ class two_nodes : public ::testing::Test {
                           i + ".1 dev " + pair.b + " && ethtool -K " + pair.b + " tx off >/dev/null");
       }
     }
-    const veth_pair underlay = make_veth("u1", nodes_[0].ns.get(), "u2", nodes_[1].ns.get());
-    nodes_[0].uplink = underlay.a;
-    nodes_[1].uplink = underlay.b;
+    if (with_outside_) {
+      // The underlay as a switch (a bridge in its own namespace) that also holds a host
+      // outside the cluster (DESIGN.md: 203.0.113.0/24), which reaches the VIPs through
+      // node 1 as through a router.
+      switch_ = std::make_unique<netns>("sw");
+      outside_ = std::make_unique<netns>("out");
+      for (const netns* ns : {switch_.get(), outside_.get()}) {
+        ns->exec_or_fail("ip link set lo up");
+        ns->exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+      }
+      switch_->exec_or_fail("ip link add br0 type bridge && ip link set br0 up");
+      const veth_pair u1 = make_veth("u1", nodes_[0].ns.get(), "u1s", switch_.get());
+      const veth_pair u2 = make_veth("u2", nodes_[1].ns.get(), "u2s", switch_.get());
+      const veth_pair o = make_veth("o", outside_.get(), "os", switch_.get());
+      for (const std::string& port : {u1.b, u2.b, o.b}) switch_->exec_or_fail("ip link set " + port + " master br0 up");
+      nodes_[0].uplink = u1.a;
+      nodes_[1].uplink = u2.a;
+      // Checksums finished in the host (af_packet would hand the agent partial ones).
+      outside_->exec_or_fail("ip link set " + o.a + " up && ip addr add 203.0.113.5/24 dev " + o.a +
+                             " && ip route add 198.19.128.0/24 via 198.19.0.1 dev " + o.a +
+                             " onlink && ethtool -K " + o.a + " tx off >/dev/null");
+    } else {
+      const veth_pair underlay = make_veth("u1", nodes_[0].ns.get(), "u2", nodes_[1].ns.get());
+      nodes_[0].uplink = underlay.a;
+      nodes_[1].uplink = underlay.b;
+    }
     for (int n = 1; n <= 2; ++n) {
       node& nd = nodes_[n - 1];
       nd.ns->exec_or_fail("ip link set " + nd.uplink + " up");
@@ -251,6 +276,8 @@ class two_nodes : public ::testing::Test {
       std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(n), ignored);
     }
     for (node& nd : nodes_) nd.client.reset(), nd.web.reset(), nd.ns.reset();
+    outside_.reset();
+    switch_.reset();
     std::error_code ignored;
     std::filesystem::remove_all(work_dir_, ignored);
   }
@@ -268,7 +295,10 @@ class two_nodes : public ::testing::Test {
         {"name": "web", "ip": "198.18.)" + i + R"(.20", "interface": ")" + nd.web_port + R"("}],
       "services": [{"name": "web-remote", "vip": "198.19.128.10",
         "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}],
-        "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
+        "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]},
+                   {"name": "web-local", "vip": "198.19.128.11",
+        "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}, {"port": 53, "protocol": "udp", "target_port": 9053}],
+        "backends": [{"ip": "198.18.1.20", "port": 8080, "node": "node1"}]}],
       "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 4096, "maglev_table_size": 251,
                    "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
       "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": "af_packet", "mtu": 1500},
@@ -296,6 +326,21 @@ class two_nodes : public ::testing::Test {
   std::string meshlaned_, work_dir_;
   node nodes_[2];
   uint16_t node1_workers_ = 1;
+  bool with_outside_ = false;
+  std::unique_ptr<netns> switch_, outside_;
+};
+
+// The underlay as a switch with a host outside the cluster on it.
+class two_nodes_and_outside : public two_nodes {
+ protected:
+  two_nodes_and_outside() { with_outside_ = true; }
+  void outside_host_reaches_vips_with_backends_on_either_node();
+};
+// The same with two workers on node 1: ingress flows and the replies to them land on
+// either worker, and each worker lends its own gateway ports.
+class two_nodes_two_workers_and_outside : public two_nodes_and_outside {
+ protected:
+  two_nodes_two_workers_and_outside() { node1_workers_ = 2; }
 };
 
 // Node 1 with two workers: two queue pairs per port (af_packet fans flows out over
@@ -513,6 +558,30 @@ TEST_F(two_nodes_two_workers, ServiceRepliesFindTheirFlowOnEitherWorker) {
     ASSERT_TRUE(server.ok());
     EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.19.128.10", 80, 64 << 10), "") << "connection " << connection;
   }
+}
+
+
+// Ingress (DESIGN.md: "uplink -> flow table + Maglev -> DNAT -> local pod or tunnel"): a
+// host outside the cluster reaches a VIP whose backend is on node 1 itself (DNAT, replies
+// reverse-NATed out of the uplink) and one whose backend is on node 2 (DNAT and SNAT to
+// node 1's gateway, tunnelled; replies come back through node 1).
+void two_nodes_and_outside::outside_host_reaches_vips_with_backends_on_either_node() {
+  tcp_echo_server local_backend(*nodes_[0].web, 8080);
+  tcp_echo_server remote_backend(*nodes_[1].web, 8080);
+  ASSERT_TRUE(local_backend.ok() && remote_backend.ok());
+  EXPECT_EQ(tcp_echo_round_trip(*outside_, "198.19.128.11", 80, 1 << 20), "") << "backend on node 1";
+  // The outside host's segments fill a 1500-byte path; the tunnel needs 50 bytes more, so
+  // this also needs path MTU discovery through both NATs to work.
+  EXPECT_EQ(tcp_echo_round_trip(*outside_, "198.19.128.10", 80, 1 << 20), "") << "backend on node 2";
+  EXPECT_EQ(udp_round_trip(*outside_, *nodes_[0].web, "198.19.128.11", 53, "ingress udp", 9053), "");
+}
+
+TEST_F(two_nodes_and_outside, OutsideHostReachesVipsWithBackendsOnEitherNode) {
+  outside_host_reaches_vips_with_backends_on_either_node();
+}
+
+TEST_F(two_nodes_two_workers_and_outside, OutsideHostReachesVipsWithBackendsOnEitherNode) {
+  outside_host_reaches_vips_with_backends_on_either_node();
 }
 
 }  // namespace
