@@ -1,9 +1,12 @@
 // The dataplane's entries in the subsystem registry: metric families, status, live
 // tunables and the `flows` query. Everything here runs on the control thread and reads
 // per-worker counters without locks (each has one writer).
+#include <arpa/inet.h>
 #include <rte_cycles.h>
-
 #include <rte_ethdev.h>
+
+#include <cstdio>
+#include <cstring>
 
 #include "dataplane/dataplane.h"
 
@@ -231,6 +234,23 @@ void worker_pool::register_with(subsystem_registry& registry) {
                         {"service", service},
                         {"backend", backend},
                         {"idle_seconds", double(now - entry.last_seen) / double(hz)}});
+        nlohmann::json& row = rows.back();
+        if (entry.flags & kFlowSecondRewrite) {
+          // Ingress towards another node: the other end's rewrite (the lent gateway port
+          // on the way in, the client on the way back).
+          char text[INET_ADDRSTRLEN] = "";
+          inet_ntop(AF_INET, &entry.second_address, text, sizeof text);
+          row[entry.direction == flow_direction::forward ? "source_rewrite" : "destination_rewrite"] =
+              std::string(text) + ":" + std::to_string(entry.second_port);
+        }
+        if (entry.flags & kFlowToLastHop) {
+          wire::mac_address mac;
+          std::memcpy(mac.bytes, entry.last_hop_mac, 6);
+          char text[18];
+          std::snprintf(text, sizeof text, "%02x:%02x:%02x:%02x:%02x:%02x", mac.bytes[0], mac.bytes[1], mac.bytes[2],
+                        mac.bytes[3], mac.bytes[4], mac.bytes[5]);
+          row["last_hop"] = text;  // replies leave by the uplink to this neighbour
+        }
       }
     }
     return nlohmann::json{{"offset", offset}, {"limit", limit}, {"total", index}, {"flows", rows}};

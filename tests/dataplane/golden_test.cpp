@@ -456,6 +456,20 @@ TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBac
   EXPECT_EQ(u16_at(back, kL4 + 2), 50000);
   EXPECT_EQ(verify_checksums(back), "");
 
+  // The flows query shows both rewrites and where replies go.
+  subsystem_registry registry;
+  pool_->register_with(registry);
+  const auto flows = registry.query("flows", {{"offset", 0}, {"limit", 10}});
+  ASSERT_EQ(flows["flows"].size(), 2u);
+  for (const auto& flow : flows["flows"]) {
+    if (flow["direction"] == "forward") {
+      EXPECT_EQ(flow["source_rewrite"], "198.18.1.1:" + std::to_string(lent_port));
+    } else {
+      EXPECT_EQ(flow["destination_rewrite"], std::string(kOutsideClient) + ":50000");
+      EXPECT_EQ(flow["last_hop"], "02:00:00:00:00:99");
+    }
+  }
+
   // A second client flow borrows another port.
   send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50001)));
   const bytes second = receive(uplink);
