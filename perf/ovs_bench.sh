@@ -236,6 +236,8 @@ for rep in $(seq "$reps"); do
     done
     # The PMDs' own account of the round (busy and idle cycles, sleep time), kept per way.
     for n in 1 2; do appctl $n dpif-netdev/pmd-stats-show > "$work/pmd-stats-$way-node$n.txt" 2>&1 || true; done
+    # What the datapath did (tnl_push/tnl_pop, ct(nat), set fields), as evidence of the work.
+    for n in 1 2; do appctl $n dpctl/dump-flows > "$work/dp-flows-node$n.txt" 2>&1 || true; done
   done
   echo "  ovs_dpdk round $rep done" >&2
 done
@@ -265,6 +267,7 @@ report = {"benchmark": "ovs_dpdk", "machine": {"cpu": cpu, "cores": os.cpu_count
                     "pmd_maxsleep_us": {w: next(r["pmd_maxsleep_us"] for r in rows if r["way"] == w) for w in ways},
                     "dpdk_extra": eal.replace("nodeN", "node<n>")},
           "pmd_stats_last_round": {w: {n: read(f"{work}/pmd-stats-{w}-{n}.txt") for n in ("node1", "node2")} for w in ways},
+          "datapath_flows_last_round": {n: read(f"{work}/dp-flows-{n}.txt").splitlines() for n in ("node1", "node2")},
           "runs": rows}
 ratios = {}
 if crossnode:
