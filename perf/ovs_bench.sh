@@ -58,7 +58,6 @@ finish() {
     ip netns delete "$ns" 2>/dev/null
   done
   rm -rf /var/run/dpdk/mlb-ovs-node1 /var/run/dpdk/mlb-ovs-node2
-  rmdir /var/run/dpdk 2>/dev/null
   [ -n "$work" ] && rm -rf "$work"
   [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   exit "$rc"

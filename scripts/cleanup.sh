@@ -52,7 +52,6 @@ done
 for run in /var/run/dpdk/meshlane-test-* /var/run/dpdk/meshlane-demo* /var/run/dpdk/mlb-ovs-*; do
   [ -e "$run" ] && rm -rf "$run"
 done
-rmdir /var/run/dpdk 2>/dev/null  # only when nothing else is in it
 for dir in /tmp/meshlane-ovs.*; do
   [ -d "$dir" ] && rm -rf "$dir" && echo "cleanup: removed $dir"
 done
