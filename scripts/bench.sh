@@ -3,7 +3,7 @@
 # against its baseline in the same run (DESIGN.md, "Performance method"), writes
 # perf/results/<date>.json (machine, kernel, CPU, every figure with its repetitions) and
 # PNG plots beside it, and prints a short table of ratios. Root; cleans up after itself.
-#   scripts/bench.sh            about 5 minutes on 2 cores
+#   scripts/bench.sh            about 7 minutes on 2 cores
 #   QUICK=1 scripts/bench.sh    fewer repetitions
 # perf/README.md says what each figure means and holds the latest ones.
 set -euo pipefail
@@ -25,7 +25,7 @@ work=$(mktemp -d /tmp/meshlane-bench.XXXXXX)
 trap 'rm -rf "$work"; bash "$root/scripts/cleanup.sh" >/dev/null 2>&1 || true' EXIT
 mkdir -p perf/results
 
-if [ "$quick" = 1 ]; then podlocal_args=(2 2); pipeline_args=(--benchmark_min_time=0.2); else podlocal_args=(4 3); pipeline_args=(); fi
+if [ "$quick" = 1 ]; then podlocal_args=(2 2); ovs_args=(2 1); pipeline_args=(--benchmark_min_time=0.2); else podlocal_args=(4 3); ovs_args=(4 2); pipeline_args=(); fi
 
 echo "== 1. pod-local: eBPF redirect vs kernel veth vs two HAProxy hops" >&2
 bash perf/podlocal_bench.sh "${podlocal_args[@]}" > "$work/podlocal.txt"
@@ -37,6 +37,18 @@ bash perf/crossnode_bench.sh "${podlocal_args[@]}" > "$work/crossnode.txt"
 cat "$work/crossnode.txt" >&2
 crossnode_json=$(ls -t perf/results/crossnode-*.json | head -1)
 
+echo "== 2a. cross-node through Open vSwitch with DPDK: the same pods and ports, OpenFlow doing the same work" >&2
+# Not fatal: the rest of the suite stands without it, and the report says why it is missing.
+if CROSSNODE_JSON=$crossnode_json bash perf/ovs_bench.sh "${ovs_args[@]}" > "$work/ovs.txt" 2> "$work/ovs.err"; then
+  cat "$work/ovs.txt" >&2
+  ovs_json=$(ls -t perf/results/ovs-*.json | head -1)
+else
+  ovs_rc=$?
+  tail -20 "$work/ovs.err" >&2
+  echo "perf/ovs_bench.sh failed (exit $ovs_rc): $(tail -1 "$work/ovs.err")" > "$work/ovs.failed"
+  ovs_json=$work/ovs.failed
+fi
+
 echo "== 2b. pipeline: cycles per packet per stage and whole, against the I/O floor (net_null)" >&2
 OUT=$work/pipeline.json bash perf/pipeline_bench.sh "${pipeline_args[@]}" >&2
 
@@ -46,16 +58,17 @@ echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 bac
 echo "== 4. memory: flow-table bytes per entry, resident memory at 1M flows" >&2
 "$build/perf/flow_memory_bench" > "$work/flow_memory.json"
 
-/usr/bin/python3 - "$stamp" "$podlocal_json" "$crossnode_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" <<'PY'
+/usr/bin/python3 - "$stamp" "$podlocal_json" "$crossnode_json" "$ovs_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" <<'PY'
 import json, os, platform, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-stamp, podlocal_path, crossnode_path, pipeline_path, control_path, memory_path = sys.argv[1:]
+stamp, podlocal_path, crossnode_path, ovs_path, pipeline_path, control_path, memory_path = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 podlocal = json.load(open(podlocal_path))
 crossnode = json.load(open(crossnode_path))
+ovs = json.load(open(ovs_path)) if ovs_path.endswith(".json") else None
 pipeline_runs = json.load(open(pipeline_path))["benchmarks"]
 control = [json.loads(l) for l in open(control_path)]
 memory = json.load(open(memory_path))
@@ -70,7 +83,7 @@ pipeline = {name: {"cycles_per_packet": r["cycles_per_packet"], "x_floor": r["cy
 
 report = {"date": stamp, "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
           "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "flow_memory": memory,
-          "not_measured": {"ovs_dpdk": "not yet attempted"}}
+          **({"ovs_dpdk": ovs} if ovs else {"not_measured": {"ovs_dpdk": open(ovs_path).read().strip()}})}
 out = f"perf/results/{stamp}.json"
 json.dump(report, open(out, "w"), indent=1)
 
@@ -109,6 +122,16 @@ print(f"              redirect vs sidecar: p50 {r['redirect_vs_sidecar_p50']:.2f
 c = crossnode["meshlane_over_kernel"]
 print(f"  cross-node  meshlane vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
       f"via VIP (vs nftables DNAT) p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
+if ovs:
+    for way, o in ovs["figures"].items():
+        label = f"{way} (pmd-maxsleep {ovs['setup']['pmd_maxsleep_us'][way]} µs, {ovs['setup']['tunnel']})"
+        for who in ("meshlane", "kernel"):
+            x = crossnode["figures"][who]
+            print(f"              {who} vs {label}: pod p50 {x['pod']['rr_p50_us'] / o['pod']['rr_p50_us']:.2f}x, "
+                  f"throughput {x['pod']['bulk_gbit_per_s'] / o['pod']['bulk_gbit_per_s']:.2f}x; via VIP p50 "
+                  f"{x['vip']['rr_p50_us'] / o['vip']['rr_p50_us']:.2f}x, throughput {x['vip']['bulk_gbit_per_s'] / o['vip']['bulk_gbit_per_s']:.2f}x")
+else:
+    print(f"  cross-node  OVS-DPDK not measured: {open(ovs_path).read().strip()}")
 for name, p in crossnode["publish_under_load"].items():
     print(f"  publishing  {name:10} {p['applies']:3} applies in {p['apply_seconds']:.2f} s under a {p['sent']}-datagram stream: {p['lost']} lost")
 for n in names:

@@ -4,7 +4,10 @@
 #   cgroups                            <cgroup2>/meshlane-{test-*,demo*,bench*}
 #   BPF pins                           /sys/fs/bpf/meshlane-{test-*,demo*,bench*}
 #   processes                          meshlaned started with one of those prefixes
-#   DPDK runtime files                 /var/run/dpdk/meshlane-test-*, meshlane-demo*
+#   DPDK runtime files                 /var/run/dpdk/meshlane-test-*, meshlane-demo*, mlb-ovs-*
+#   perf/ovs_bench.sh's Open vSwitch   its ovsdb-server and ovs-vswitchd-dpdk (private directories
+#                                      /tmp/meshlane-ovs.*, never the system's), those directories,
+#                                      and a policy-rc.d it wrote while installing
 # Production state (/sys/fs/bpf/meshlane/, a running production agent) is never touched.
 set -u
 
@@ -12,6 +15,8 @@ cgroup2=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)
 
 pkill -f 'meshlaned .*(meshlane-test-|meshlane-demo|meshlane-bench|mlt|mld)' 2>/dev/null && sleep 0.5
 pkill -9 -f 'meshlaned .*(meshlane-test-|meshlane-demo|mlt|mld)' 2>/dev/null
+# Only the benchmark's own OVS daemons: their command lines name its private directory.
+pkill -9 -f '^(ovsdb-server|/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk) .*/tmp/meshlane-ovs\.' 2>/dev/null
 
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^ml[tdb]'); do
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
@@ -44,8 +49,14 @@ for pin in /sys/fs/bpf/meshlane-test-* /sys/fs/bpf/meshlane-demo* /sys/fs/bpf/me
   [ -e "$pin" ] || continue
   rm -rf "$pin" && echo "cleanup: removed pins $pin"
 done
-for run in /var/run/dpdk/meshlane-test-* /var/run/dpdk/meshlane-demo*; do
+for run in /var/run/dpdk/meshlane-test-* /var/run/dpdk/meshlane-demo* /var/run/dpdk/mlb-ovs-*; do
   [ -e "$run" ] && rm -rf "$run"
 done
+for dir in /tmp/meshlane-ovs.*; do
+  [ -d "$dir" ] && rm -rf "$dir" && echo "cleanup: removed $dir"
+done
+if grep -qs 'meshlane perf/ovs_bench.sh' /usr/sbin/policy-rc.d; then
+  rm -f /usr/sbin/policy-rc.d && echo "cleanup: removed the policy-rc.d left by perf/ovs_bench.sh"
+fi
 find /dev/hugepages -maxdepth 1 -name 'meshlane-*' -delete 2>/dev/null
 exit 0

@@ -13,6 +13,8 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   # BPF skeletons, fuzzing runtime, kernel tools used by tests and the demo
   bpftool libclang-rt-14-dev iproute2 procps kmod ethtool
+  # the kernel baseline of the cross-node benchmark (its VIP is an nftables DNAT rule)
+  nftables
   # the sidecar-model baseline of the pod-local benchmark
   haproxy
   # metrics scrape check in tests
