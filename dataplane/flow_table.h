@@ -129,14 +129,6 @@ class flow_table {
   bool find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
                    flow_entry& out) const;
 
-  // Starts fetching the bucket `hash` maps to (every line of its ways), ahead of find.
-  void prefetch(uint64_t hash) const {
-    const char* bucket = reinterpret_cast<const char*>(&entries_[(hash & bucket_mask_) * kWays]);
-    constexpr size_t kBytes = kWays * sizeof(flow_entry);
-    for (size_t offset = 0; offset < kBytes; offset += 64) __builtin_prefetch(bucket + offset);
-    __builtin_prefetch(bucket + kBytes - 1);
-  }
-
   uint32_t capacity() const { return static_cast<uint32_t>(entries_.size()); }
   uint64_t evictions() const { return evictions_; }
   // Entries in use and not expired; a full scan, for the control thread's status only.

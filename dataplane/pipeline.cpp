@@ -503,11 +503,9 @@ inline constexpr int kIngressPortTries = 16;
 // the cluster through the uplink, from the neighbour `ingress_mac`. Returns false when
 // the packet was dropped.
 bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p,
-                  lb_outcome& outcome, bool ingress = false, uint64_t ingress_mac = 0, uint64_t peeked_hash = 0) {
+                  lb_outcome& outcome, bool ingress = false, uint64_t ingress_mac = 0) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
-  if (peeked_hash && p.l3 == l3_kind::ipv4) {
-    // peek_flow_hash passed the same gate on the same fields.
-  } else if (p.l3 == l3_kind::ipv4) {
+  if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
     if (!gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(ip->destination)) &&
         !gate_contains(t.v4_backends, t.v4_backend_mask,
@@ -541,8 +539,7 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   uint64_t hash;
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-    hash = peeked_hash ? peeked_hash
-                       : hash_flow_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
+    hash = hash_flow_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
   } else {
     hash = hash_flow_key(key);
   }
@@ -841,31 +838,7 @@ bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table&
   return true;
 }
 
-// For a burst from a pod port: the flow hash of an IPv4 TCP/UDP packet that load
-// balancing will look up (to a VIP, or from a backend), from a quick look at its
-// headers, so that its flow-table bucket can be fetched while earlier packets are
-// processed. 0 for everything else. Reads nothing beyond the first 38 bytes it checked;
-// parse_packet still validates the packet before anything uses this.
-inline uint64_t peek_flow_hash(const forwarding_tables& t, const rte_mbuf* m) {
-  constexpr uint32_t kL3 = sizeof(ethernet_header), kL4 = kL3 + sizeof(ipv4_header);
-  if (rte_pktmbuf_data_len(m) < kL4 + 4) return 0;
-  const uint8_t* f = rte_pktmbuf_mtod(m, const uint8_t*);
-  const uint8_t protocol = f[kL3 + offsetof(ipv4_header, protocol)];
-  if (load16(f + offsetof(ethernet_header, ether_type)) != to_net16(kEtherTypeIpv4) || f[kL3] != 0x45 ||
-      (protocol != kProtoTcp && protocol != kProtoUdp))
-    return 0;
-  uint32_t source, destination;
-  std::memcpy(&source, f + kL3 + offsetof(ipv4_header, source), 4);
-  std::memcpy(&destination, f + kL3 + offsetof(ipv4_header, destination), 4);
-  const uint16_t source_port = from_net16(load16(f + kL4)), destination_port = from_net16(load16(f + kL4 + 2));
-  if (!gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(destination)) &&
-      !gate_contains(t.v4_backends, t.v4_backend_mask, uint64_t{from_net32(source)} << 16 | source_port))
-    return 0;
-  return hash_flow_v4(source, destination, source_port, destination_port, protocol);
-}
-
-void process_one(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
-                 uint64_t peeked_hash) {
+void process_one(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m) {
   if (m->nb_segs != 1 && rte_pktmbuf_linearize(m) != 0) return drop(w, m, drop_reason::truncated_ethernet);
   uint8_t* frame = frame_of(m);
   parsed_packet p;
@@ -909,7 +882,7 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
     }
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     lb_outcome lb;
-    if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/false, 0, peeked_hash)) return;
+    if (!load_balance(w, t, m, frame, p, lb)) return;
     return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, lb);
   }
 
@@ -1053,22 +1026,11 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
   for (uint16_t i = 0; i < count; ++i) bytes += rte_pktmbuf_pkt_len(packets[i]);
   rx.packets.add(count);
   rx.bytes.add(bytes);
-  // From a pod port, service packets' flow-table buckets are fetched for the whole burst
-  // first: with many flows they are in L3 or memory, and the misses then overlap instead
-  // of stalling each packet in turn (perf/pipeline_results.md, the 8k-flows figure).
-  uint64_t peeked[kMaxBurst];
-  const bool from_pod = ports.ports[in_port].role == port_role::pod;
-  if (from_pod) {
-    for (uint16_t i = 0; i < count; ++i) {
-      peeked[i] = peek_flow_hash(t, packets[i]);
-      if (peeked[i]) w.flows.prefetch(peeked[i]);
-    }
-  }
   constexpr uint16_t kPrefetchAhead = 4;
   for (uint16_t i = 0; i < count && i < kPrefetchAhead; ++i) rte_prefetch0(rte_pktmbuf_mtod(packets[i], void*));
   for (uint16_t i = 0; i < count; ++i) {
     if (i + kPrefetchAhead < count) rte_prefetch0(rte_pktmbuf_mtod(packets[i + kPrefetchAhead], void*));
-    process_one(w, t, ports, in_port, packets[i], from_pod ? peeked[i] : 0);
+    process_one(w, t, ports, in_port, packets[i]);
   }
 }
 
