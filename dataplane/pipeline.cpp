@@ -150,16 +150,22 @@ inline uint32_t fold16(uint64_t sum) {
   return static_cast<uint32_t>((sum & 0xffff) + (sum >> 16));
 }
 inline uint32_t halves(uint32_t v) { return (v >> 16) + (v & 0xffff); }
+inline uint16_t load16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+inline void store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
-// The flow key of a parsed IPv4/IPv6 packet (make_flow_key, inline for the packet path).
-inline flow_key flow_key_of(const uint8_t* frame, const parsed_packet& p) {
+// The flow key of a parsed IPv4/IPv6 packet, written into `key` (make_flow_key, inline
+// for the packet path).
+inline void flow_key_into(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
   // Written as whole 8-byte words: the hash reads the key back in 8-byte words right
   // away, and a load that spans several smaller stores cannot be forwarded (a stall of
   // a dozen cycles per word).
   // Each word goes straight into the key with one store: copying a word array into the
   // key let the compiler use 16-byte loads over two 8-byte stores, which cannot be
   // forwarded either (measured: two stalls of ~15 cycles per packet).
-  flow_key key;
   static_assert(sizeof key == 5 * sizeof(uint64_t));
   auto* out = reinterpret_cast<uint8_t*>(&key);
   const auto put = [out](size_t word, uint64_t value) { std::memcpy(out + 8 * word, &value, 8); };
@@ -174,6 +180,10 @@ inline flow_key flow_key_of(const uint8_t* frame, const parsed_packet& p) {
     std::memcpy(out, frame + p.l3_offset + offsetof(ipv6_header, source), 32);
   }
   put(4, uint64_t{p.source_port} | uint64_t{p.destination_port} << 16 | uint64_t{p.l4_protocol} << 32);
+}
+inline flow_key flow_key_of(const uint8_t* frame, const parsed_packet& p) {
+  flow_key key;
+  flow_key_into(key, frame, p);
   return key;
 }
 
@@ -212,10 +222,10 @@ struct lb_outcome {
   uint64_t flow_hash = 0;     // hash of the packet's tuple when a flow lookup computed it
   uint64_t last_hop_mac = 0;  // nonzero: a reply of an ingress flow, out of the uplink to this MAC
   bool service_flow = false;  // a service flow's rewrite was applied
-  // IPv4 service flows: the addresses and ports as the packet arrived (as stored), so
-  // that an ICMP error about it quotes what its sender sent and reaches the sender.
-  uint64_t original_addresses = 0;
-  uint32_t original_ports = 0;
+  // The packet's tuple as it arrived, before any rewrite (valid with service_flow): an
+  // ICMP error about it quotes what its sender sent and goes to that sender. Written in
+  // place by the lookup, which needs it anyway.
+  flow_key key;
 };
 
 // ARP reply for `target_ip` owned by us with `our_mac`, in place (RFC 826).
@@ -330,9 +340,13 @@ void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed
   if (lb && lb->service_flow && p.l3 == l3_kind::ipv4 && p.l4_offset) {
     // Undo the flow's NAT in the quote (as conntrack does): the sender matches the error
     // to its socket by the tuple it sent, and the error goes to that sender.
-    std::memcpy(quote + offsetof(ipv4_header, source), &lb->original_addresses, 8);
+    std::memcpy(quote + offsetof(ipv4_header, source), lb->key.source + 12, 4);
+    std::memcpy(quote + offsetof(ipv4_header, destination), lb->key.destination + 12, 4);
     const uint32_t l4 = p.l4_offset - p.l3_offset;
-    if (l4 + 4 <= quoted) std::memcpy(quote + l4, &lb->original_ports, 4);
+    if (l4 + 4 <= quoted) {
+      store16(quote + l4, to_net16(lb->key.source_port));
+      store16(quote + l4 + 2, to_net16(lb->key.destination_port));
+    }
   }
   uint8_t source6[16];
   uint32_t source4 = 0;
@@ -380,12 +394,6 @@ void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed
   transmit(w, port, m);
 }
 
-inline uint16_t load16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return v;
-}
-inline void store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 
 // RFC 1624 eqn. 3 with the sum of ~m + m' over the changed words precomputed: what a
 // flow's rewrite does to a checksum, computed once when the flow is created.
@@ -514,14 +522,8 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   } else if (!t.has_v6_services) {
     return true;
   }
-  const auto remember_original = [&] {
-    if (p.l3 != l3_kind::ipv4) return;
-    std::memcpy(&outcome.original_addresses, frame + p.l3_offset + offsetof(ipv4_header, source), 8);
-    std::memcpy(&outcome.original_ports, frame + p.l4_offset, 4);
-  };
   const auto count_and_rewrite = [&](const flow_entry& e) {
     const uint32_t bytes = rte_pktmbuf_pkt_len(m);
-    remember_original();
     w.service[e.service_slot].packets.add(1);
     w.service[e.service_slot].bytes.add(bytes);
     w.backend[e.backend_slot].packets.add(1);
@@ -535,7 +537,8 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
     }
   };
   const snapshot& s = *t.tables;
-  const flow_key key = flow_key_of(frame, p);
+  flow_key& key = outcome.key;
+  flow_key_into(key, frame, p);
   uint64_t hash;
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
@@ -660,7 +663,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   w.backend[backend_slot].new_flows.add(1);
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
-  remember_original();
   rewrite_flow(frame, p, forward);
   outcome.service_flow = true;
   return true;
