@@ -107,6 +107,7 @@ std::vector<uint8_t> snapshot::serialize() const {
   w.u32(tuning.tcp_established_timeout_s);
   w.u32(tuning.tcp_transitory_timeout_s);
   w.u32(tuning.udp_timeout_s);
+  w.u32(tuning.idle_sleep_max_us);
 
   w.u32(static_cast<uint32_t>(nodes.size()));
   for (const auto& n : nodes) {

@@ -126,6 +126,7 @@ struct forwarding_tables {
 struct live_settings {
   std::atomic<uint16_t> burst_size{32};
   std::atomic<uint8_t> busy_poll{0};
+  std::atomic<uint32_t> idle_sleep_max_us{50};
   std::atomic<uint64_t> tcp_established_ticks{0};
   std::atomic<uint64_t> tcp_transitory_ticks{0};
   std::atomic<uint64_t> udp_ticks{0};

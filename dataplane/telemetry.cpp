@@ -160,6 +160,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"running", running_.load()},
                           {"idle_policy", settings_.busy_poll.load() ? "busy_poll" : "adaptive"},
                           {"burst_size", settings_.burst_size.load()},
+                          {"idle_sleep_max_us", settings_.idle_sleep_max_us.load()},
                           {"ports", ports},
                           {"workers", workers}};
   });
@@ -179,6 +180,15 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           if (v == "busy_poll") settings_.busy_poll.store(1);
                           else if (v == "adaptive") settings_.busy_poll.store(0);
                           else return "must be \"busy_poll\" or \"adaptive\", got " + v.dump();
+                          return {};
+                        }});
+  registry.add_tunable("dataplane.idle_sleep_max_us",
+                       {"adaptive idle: longest sleep between polls while traffic is recent (a quiet worker, 20 ms without a packet, sleeps up to 1 ms), microseconds (10..100000)",
+                        [this] { return nlohmann::json(settings_.idle_sleep_max_us.load()); },
+                        [this](const nlohmann::json& v) -> std::string {
+                          if (!v.is_number_integer() || v.get<int64_t>() < 10 || v.get<int64_t>() > 100000)
+                            return "must be an integer 10..100000 (microseconds), got " + v.dump();
+                          settings_.idle_sleep_max_us.store(static_cast<uint32_t>(v.get<int64_t>()));
                           return {};
                         }});
   registry.add_tunable("dataplane.geneve_udp_checksum",

@@ -20,6 +20,7 @@ build=${MESHLANE_BUILD:-build}
 seconds=${1:-4}
 reps=${2:-2}
 idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
+idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty: the agent's default
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
 ninja -C "$build" meshlaned meshctl perf/podlocal_load >/dev/null
@@ -104,9 +105,9 @@ done
 
 # --- meshlane's way --------------------------------------------------------------------
 for n in 1 2; do
-  /usr/bin/python3 - "$n" "$idle" > "$work/node$n.json" <<'PY'
+  /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" > "$work/node$n.json" <<'PY'
 import json, sys
-n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]
+n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]
 pods = {1: [{"name": "client", "ip": "198.18.1.10", "interface": "mlb1-client"}],
         2: [{"name": "server", "ip": "198.18.2.20", "interface": "mlb2-server"}]}
 print(json.dumps({
@@ -116,7 +117,8 @@ print(json.dumps({
   "services": [{"name": "bench", "vip": "198.19.128.10",
                 "ports": [{"port": 80, "target_port": 8080}, {"name": "bulk", "port": 81, "target_port": 8081}],
                 "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
-  "tunables": {"rx_ring_size": 512, "tx_ring_size": 512, "flow_table_size": 16384, "idle_policy": idle},
+  "tunables": {"rx_ring_size": 512, "tx_ring_size": 512, "flow_table_size": 16384, "idle_policy": idle,
+               **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": "af_packet", "mtu": 1500},
                 "eal_args": ["--no-huge", "-m", "128", f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
@@ -179,7 +181,8 @@ fig = {w: {t: {"rr_p50_us": med(w, t, "rr", "p50_us"), "rr_p99_us": med(w, t, "r
 ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
           for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "idle_policy": os.environ.get("IDLE", "adaptive"), "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
+json.dump({"benchmark": "crossnode", "idle_policy": os.environ.get("IDLE", "adaptive"),
+           "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, "publish_under_load": publish, "runs": rows},
           open(sys.argv[2], "w"), indent=1)

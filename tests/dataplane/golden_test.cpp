@@ -849,6 +849,9 @@ TEST_F(golden, CountersCountPortsServicesAndDrops) {
   EXPECT_NE(registry.find_tunable("dataplane.idle_policy")->apply("sleepy"), "");
   EXPECT_EQ(registry.find_tunable("dataplane.udp_timeout_s")->apply(5), "");
   EXPECT_EQ(registry.find_tunable("dataplane.udp_timeout_s")->get(), 5);
+  EXPECT_EQ(registry.find_tunable("dataplane.idle_sleep_max_us")->apply(50), "");
+  EXPECT_EQ(pool_->settings().idle_sleep_max_us.load(), 50u);
+  EXPECT_NE(registry.find_tunable("dataplane.idle_sleep_max_us")->apply(5), "");
 }
 
 }  // namespace
