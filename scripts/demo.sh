@@ -142,7 +142,10 @@ dataplane_cleanup() {
 trap dataplane_cleanup EXIT
 traffic="python3 $root/scripts/demo/pod_traffic.py"
 for n in 1 2; do pods_dpdk_node mld-node$n; done
-pods_underlay mld-node1 mld1-uplink mld-node2 mld2-uplink
+# The underlay is a switch with a host outside the cluster on it, which reaches the VIPs
+# through node 1 as through a router.
+pods_underlay_switch mld-underlay mld-node1 mld1-uplink mld-node2 mld2-uplink
+pods_outside mld-underlay mld-outside 203.0.113.5 198.19.0.1 198.19.128.0/24
 # pods: name, node, address, host-side interface (from the documents)
 python3 - scripts/demo/node1.json scripts/demo/node2.json > "$demo_dir/pods" <<'PY'
 import json, sys
@@ -181,6 +184,9 @@ echo "--- client (node1) -> service web 198.19.128.10:80 (backends web-a on node
 ip netns exec mld-client $traffic tcp-hello 198.19.128.10 80 20
 echo "--- client (node1) -> service echo 198.19.128.20:7/udp (echo on node2 weight 3, web-a on node1 weight 1):"
 ip netns exec mld-client $traffic udp-hello 198.19.128.20 7 20
+echo "--- outside host 203.0.113.5 -> service web 198.19.128.10:80 through node1 (ingress; web-b's"
+echo "    share is source-NATed to node1's gateway so that its replies come back through node1):"
+ip netns exec mld-outside $traffic tcp-hello 198.19.128.10 80 20
 echo "--- counters (each agent prints them every 3 s):"
 sleep 4
 echo "=== DPDK workers: done; stopping the agents"

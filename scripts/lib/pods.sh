@@ -8,6 +8,12 @@
 #   pods_dpdk_node NODE_NS                    a node namespace for a DPDK agent: no IPv6 chatter,
 #                                             no forwarding (the workers forward)
 #   pods_underlay NS1 IF1 NS2 IF2             the underlay veth between two node namespaces
+#   pods_underlay_switch SWITCH_NS NS1 IF1 NS2 IF2 ...
+#                                             the underlay as a bridge in its own namespace,
+#                                             each node namespace's IF a port of it
+#   pods_outside SWITCH_NS NS IP VIA PREFIX   a host outside the cluster (DESIGN.md:
+#                                             203.0.113.0/24) on that switch, reaching PREFIX
+#                                             through the node address VIA
 #   pods_add_dpdk NODE_NS POD_NS IP GATEWAY HOST_IF
 #                                             a pod whose host end the node's agent owns through
 #                                             af_packet: no address on the host end, MTU for the
@@ -46,6 +52,36 @@ pods_underlay() {
   ip link add "$2" netns "$1" type veth peer name "$4" netns "$3"
   ip -n "$1" link set "$2" up
   ip -n "$3" link set "$4" up
+}
+
+pods_underlay_switch() {
+  local switch=$1
+  shift
+  ip netns add "$switch"
+  ip -n "$switch" link set lo up
+  ip netns exec "$switch" sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+  ip -n "$switch" link add br0 type bridge
+  ip -n "$switch" link set br0 up
+  local port=0
+  while [ $# -ge 2 ]; do
+    ip link add "$2" netns "$1" type veth peer name "p$port" netns "$switch"
+    ip -n "$1" link set "$2" up
+    ip -n "$switch" link set "p$port" master br0 up
+    port=$((port + 1))
+    shift 2
+  done
+}
+
+pods_outside() {
+  local switch=$1 ns=$2 ip=$3 via=$4 prefix=$5
+  pods_dpdk_node "$ns"
+  ip link add eth0 netns "$ns" type veth peer name "o-$ns" netns "$switch"
+  ip -n "$switch" link set "o-$ns" master br0 up
+  ip -n "$ns" addr add "$ip/24" dev eth0
+  ip -n "$ns" link set eth0 up
+  ip -n "$ns" route add "$prefix" via "$via" dev eth0 onlink
+  # Checksums finished here: the node's agent reads this traffic through af_packet.
+  ip netns exec "$ns" ethtool -K eth0 tx off >/dev/null
 }
 
 pods_add_dpdk() {
