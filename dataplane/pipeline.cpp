@@ -25,7 +25,6 @@ void underlay_neighbours::learn(uint32_t ip_net, const mac_address& mac) {
   s.ip_and_valid.store(tag, std::memory_order_release);
 }
 
-
 // --- building the forwarding view ---
 
 namespace {
@@ -160,12 +159,10 @@ inline void store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
 // The flow key of a parsed IPv4/IPv6 packet, written into `key` (make_flow_key, inline
 // for the packet path).
 inline void flow_key_into(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
-  // Written as whole 8-byte words: the hash reads the key back in 8-byte words right
-  // away, and a load that spans several smaller stores cannot be forwarded (a stall of
-  // a dozen cycles per word).
-  // Each word goes straight into the key with one store: copying a word array into the
-  // key let the compiler use 16-byte loads over two 8-byte stores, which cannot be
-  // forwarded either (measured: two stalls of ~15 cycles per packet).
+  // Written as whole 8-byte words, each straight into the key with one store: the lookup
+  // reads the key back in 8-byte words right away, and a load that spans several
+  // smaller stores cannot be forwarded (copying a word array into the key once made
+  // 16-byte loads over two 8-byte stores: two stalls of ~15 cycles per packet).
   static_assert(sizeof key == 5 * sizeof(uint64_t));
   auto* out = reinterpret_cast<uint8_t*>(&key);
   const auto put = [out](size_t word, uint64_t value) { std::memcpy(out + 8 * word, &value, 8); };
@@ -393,7 +390,6 @@ void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed
   w.icmp_generated.add(1);
   transmit(w, port, m);
 }
-
 
 // RFC 1624 eqn. 3 with the sum of ~m + m' over the changed words precomputed: what a
 // flow's rewrite does to a checksum, computed once when the flow is created.
@@ -698,8 +694,10 @@ void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_por
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame_of(m) + p.l3_offset);
     if (!(from_net16(ip->flags_fragment) & kIpv4DontFragment)) return rte_pktmbuf_free(m);
-    // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the second word.
-    // The TTL was already decremented; the quoted header shows the packet as we held it.
+    // RFC 1191 section 4: the next-hop MTU in the low 16 bits of the second word. The
+    // quote shows the packet as we held it (TTL decremented), with a NATed flow's
+    // addresses and ports put back (its checksums are then stale; receivers match the
+    // quote by tuple and do not check them).
     return answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpDestinationUnreachable, kIcmpFragmentationNeeded,
                              mtu, &lb);
   }
@@ -720,7 +718,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     // neighbour the flow's first packet came from.
     if (ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
     if (!decrement_ttl(frame, p)) return drop(w, m, drop_reason::ttl_expired);
-    if (p.l3_length > ports.uplink_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, from_overlay, ports.uplink_mtu, lb);
+    if (p.l3_length > ports.uplink_mtu)
+      return refuse_too_big(w, t, in_port, m, p, reply_mac, from_overlay, ports.uplink_mtu, lb);
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     eth->destination = mac_address::from_u64(lb.last_hop_mac);
     eth->source = ports.ports[ports.uplink_port].mac;
@@ -788,7 +787,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   if (!flow_hash) flow_hash = hash_flow_key(flow_key_of(frame, p));
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
-  if (rte_pktmbuf_pkt_len(m) > frame_length) rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
+  if (rte_pktmbuf_pkt_len(m) > frame_length)
+    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
   const port_info& uplink = ports.ports[ports.uplink_port];
   geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, flow_hash,
                      ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p);

@@ -183,7 +183,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           return {};
                         }});
   registry.add_tunable("dataplane.idle_sleep_max_us",
-                       {"adaptive idle: longest sleep between polls while traffic is recent (a quiet worker, 20 ms without a packet, sleeps up to 1 ms), microseconds (10..100000)",
+                       {"adaptive idle: longest sleep between polls while traffic is recent, microseconds "
+                        "(10..100000); a worker 20 ms without a packet sleeps up to 1 ms",
                         [this] { return nlohmann::json(settings_.idle_sleep_max_us.load()); },
                         [this](const nlohmann::json& v) -> std::string {
                           if (!v.is_number_integer() || v.get<int64_t>() < 10 || v.get<int64_t>() > 100000)
