@@ -94,8 +94,7 @@ struct flow_entry {
   // word-by-word update.
   uint16_t l3_checksum_delta = 0;
   uint16_t l4_checksum_delta = 0;
-  uint16_t service_slot = 0;  // counter slot of the service (stable across snapshots)
-  uint16_t backend_slot = 0;
+  uint16_t backend_slot = 0;  // counter slot of the backend (stable across snapshots)
   uint32_t version = 0;       // seqlock: odd while the owner writes the entry
   uint64_t last_seen = 0;     // in timer ticks
 };

@@ -56,6 +56,8 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   const table_node& local = s.nodes[kLocalNodeIndex];
   if (!local.underlay_ip.is_v4()) return "the dataplane needs an IPv4 underlay address for this node";
   out.underlay_ip = v4_net(local.underlay_ip);
+  out.local_v4_mask = local.pod_cidr.length == 0 ? 0 : ~uint32_t{0} << (32 - local.pod_cidr.length);
+  out.local_v4_base = local.pod_cidr.base.v4() & out.local_v4_mask;
   out.gateway_ip = to_net32(local.pod_cidr.base.v4() + 1);
   if (local.pod_cidr6) {
     out.gateway_ip6 = local.pod_cidr6->base.bytes;
@@ -132,9 +134,25 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
                                                           std::to_string(backend.port));
       if (slot >= kMaxBackendSlots) return "more than " + std::to_string(kMaxBackendSlots) + " distinct backends";
       out.backend_slot[b] = slot;
+      slots.backend_service.resize(slots.backends.size());
+      slots.backend_service[slot] = out.service_slot[static_cast<size_t>(&service - s.services.data())];
     }
   }
   return {};
+}
+
+lb_counters_sum service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
+                                 const counter_slot_names& slots, uint32_t service_slot) {
+  lb_counters_sum sum;
+  for (size_t b = 0; b < slots.backend_service.size(); ++b) {
+    if (slots.backend_service[b] != service_slot) continue;
+    for (const auto& w : workers) {
+      sum.packets += w->backend[b].packets.get();
+      sum.bytes += w->backend[b].bytes.get();
+      sum.new_flows += w->backend[b].new_flows.get();
+    }
+  }
+  return sum;
 }
 
 // --- per-packet helpers ---
@@ -520,8 +538,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   }
   const auto count_and_rewrite = [&](const flow_entry& e) {
     const uint32_t bytes = rte_pktmbuf_pkt_len(m);
-    w.service[e.service_slot].packets.add(1);
-    w.service[e.service_slot].bytes.add(bytes);
     w.backend[e.backend_slot].packets.add(1);
     w.backend[e.backend_slot].bytes.add(bytes);
     rewrite_flow(frame, p, e);
@@ -562,7 +578,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
       s.find_frontend(destination, p.destination_port, static_cast<l4_protocol>(p.l4_protocol));
   if (!frontend) return true;  // not service traffic (or a reply whose flow expired)
   const table_service& service = s.services[frontend->service_index];
-  const uint16_t service_slot = static_cast<uint16_t>(t.service_slot[frontend->service_index]);
   // Session affinity hashes the client address only, so every connection of a client
   // lands on one backend.
   flow_key affinity{};
@@ -586,7 +601,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   std::memcpy(forward.rewrite_address, backend->ip.bytes.data(), 16);
   forward.rewrite_port = backend_port;
   forward.direction = flow_direction::forward;
-  forward.service_slot = service_slot;
   forward.backend_slot = backend_slot;
   forward.state = flow_state::transitory;
 
@@ -599,7 +613,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   std::memcpy(reverse.rewrite_address, key.destination, 16);
   reverse.rewrite_port = key.destination_port;
   reverse.direction = flow_direction::reverse;
-  reverse.service_slot = service_slot;
   reverse.backend_slot = backend_slot;
   reverse.state = flow_state::transitory;
 
@@ -653,9 +666,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 
   const uint32_t bytes = rte_pktmbuf_pkt_len(m);
-  w.service[service_slot].new_flows.add(1);
-  w.service[service_slot].packets.add(1);
-  w.service[service_slot].bytes.add(bytes);
   w.backend[backend_slot].new_flows.add(1);
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
@@ -729,12 +739,14 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   const table_node* node = nullptr;
   if (p.l3 == l3_kind::ipv4) {
     const uint32_t ip = from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination);
-    for (uint32_t slot = v4_pod_hash(ip) & t.v4_pod_mask;; slot = (slot + 1) & t.v4_pod_mask) {
-      const forwarding_tables::v4_pod_slot& entry = t.v4_pods[slot];
-      if (!entry.pod_plus_one) break;
-      if (entry.ip == ip) {
-        pod = &s.pods[entry.pod_plus_one - 1];
-        break;
+    if ((ip & t.local_v4_mask) == t.local_v4_base) {
+      for (uint32_t slot = v4_pod_hash(ip) & t.v4_pod_mask;; slot = (slot + 1) & t.v4_pod_mask) {
+        const forwarding_tables::v4_pod_slot& entry = t.v4_pods[slot];
+        if (!entry.pod_plus_one) break;
+        if (entry.ip == ip) {
+          pod = &s.pods[entry.pod_plus_one - 1];
+          break;
+        }
       }
     }
     if (!pod) {

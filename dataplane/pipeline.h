@@ -44,6 +44,9 @@ struct traffic_counters {
 struct lb_counters {
   counter packets, bytes, new_flows;
 };
+struct lb_counters_sum {
+  uint64_t packets = 0, bytes = 0, new_flows = 0;
+};
 
 enum class port_role : uint8_t { unused = 0, uplink, pod };
 
@@ -111,6 +114,9 @@ struct forwarding_tables {
     uint32_t node_index = 0;
   };
   std::vector<v4_route> v4_routes;
+  // This node's IPv4 pod range (host order): every pod of this node is inside it (the
+  // document is refused otherwise), so only addresses in it need the pod table.
+  uint32_t local_v4_base = 0, local_v4_mask = 0;
   // Which IPv4 packets can concern the flow table at all: those to a VIP, and those
   // from a backend's (address, port). Everything else skips it. Open addressing; 0 is
   // the empty slot (neither 0.0.0.0 nor port 0 can be configured).
@@ -151,8 +157,7 @@ struct worker_state {
 
   std::array<traffic_counters, kMaxPorts> port_rx, port_tx;
   std::array<counter, kDropReasonCount> drops;
-  std::array<lb_counters, kMaxServiceSlots> service;
-  std::array<lb_counters, kMaxBackendSlots> backend;
+  std::array<lb_counters, kMaxBackendSlots> backend;  // services: see service_counters
   counter bursts, busy_polls, idle_polls;
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
 
@@ -187,7 +192,13 @@ flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 struct counter_slot_names {
   std::vector<std::string> services;  // slot -> "service name"
   std::vector<std::string> backends;  // slot -> "service/ip:port"
+  std::vector<uint32_t> backend_service;  // backend slot -> its service's slot
 };
+
+// A service's counters are the sums of its backends' (every packet and flow of a service
+// goes to exactly one backend): the workers count backends only, readers add them up.
+lb_counters_sum service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
+                                 const counter_slot_names& slots, uint32_t service_slot);
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, const port_table& ports,
                                     counter_slot_names& slots, forwarding_tables& out);
 

@@ -88,16 +88,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto service_bytes = family("meshlane_dataplane_service_bytes_total", "Bytes load-balanced per service.");
     auto service_flows = family("meshlane_dataplane_service_new_flows_total", "New flows per service.");
     for (size_t s = 0; s < slot_names_.services.size(); ++s) {
-      uint64_t sums[3] = {};
-      for (const auto& w : workers_) {
-        sums[0] += w->service[s].packets.get();
-        sums[1] += w->service[s].bytes.get();
-        sums[2] += w->service[s].new_flows.get();
-      }
+      const lb_counters_sum sum = service_counters(workers_, slot_names_, static_cast<uint32_t>(s));
       const std::vector<std::pair<std::string, std::string>> labels{{"service", slot_names_.services[s]}};
-      service_packets.samples.push_back({labels, double(sums[0])});
-      service_bytes.samples.push_back({labels, double(sums[1])});
-      service_flows.samples.push_back({labels, double(sums[2])});
+      service_packets.samples.push_back({labels, double(sum.packets)});
+      service_bytes.samples.push_back({labels, double(sum.bytes)});
+      service_flows.samples.push_back({labels, double(sum.new_flows)});
     }
     auto backend_packets = family("meshlane_dataplane_backend_packets_total", "Packets per service backend.");
     auto backend_bytes = family("meshlane_dataplane_backend_bytes_total", "Bytes per service backend.");

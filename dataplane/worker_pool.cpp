@@ -386,9 +386,8 @@ std::string worker_pool::stats_line() const {
     out << " | " << info.interface << " rx " << rx << " tx " << tx;
   }
   for (size_t s = 0; s < slot_names_.services.size(); ++s) {
-    uint64_t packets = 0, flows = 0;
-    for (const auto& w : workers_) packets += w->service[s].packets.get(), flows += w->service[s].new_flows.get();
-    out << " | svc " << slot_names_.services[s] << " pkts " << packets << " flows " << flows;
+    const lb_counters_sum sum = service_counters(workers_, slot_names_, static_cast<uint32_t>(s));
+    out << " | svc " << slot_names_.services[s] << " pkts " << sum.packets << " flows " << sum.new_flows;
   }
   uint64_t dropped = 0;
   std::string reasons;
