@@ -18,6 +18,7 @@
 #include <cstring>
 #include <vector>
 
+#include "control/stable_hash.h"
 #include "dataplane/packet_headers.h"
 
 namespace meshlane {
@@ -50,13 +51,7 @@ inline uint64_t hash_flow_v4(uint32_t source, uint32_t destination, uint16_t sou
   const uint64_t ports = uint64_t{source_port} << 24 | uint64_t{destination_port} << 8 | protocol;
   const uint32_t crc = static_cast<uint32_t>(
       __builtin_ia32_crc32di(__builtin_ia32_crc32di(kSeed, addresses), ports));
-  uint64_t h = uint64_t{crc} << 32 | crc;
-  h ^= h >> 33;
-  h *= 0xff51afd7ed558ccdull;
-  h ^= h >> 33;
-  h *= 0xc4ceb9fe1a85ec53ull;
-  h ^= h >> 33;
-  return h;
+  return mix64(uint64_t{crc} << 32 | crc);
 }
 
 enum class flow_direction : uint8_t { forward = 0, reverse = 1 };

@@ -40,17 +40,10 @@ trap finish EXIT
 trap 'exit 130' INT TERM
 
 # --- topology: two nodes, an underlay veth, a client pod on node 1, a server pod on node 2
+# with the request/response and sink servers, the same for both ways; the kernel way adds
+# the gateway and routes below.
 . scripts/lib/pods.sh
-for n in 1 2; do pods_dpdk_node mlb-node$n; done
-pods_underlay mlb-node1 mlb1-uplink mlb-node2 mlb2-uplink
-# Both ways run with the pods' checksums finished in the pod (pods_add_dpdk), so they pay
-# the same; the kernel way adds the gateway and routes below.
-pods_add_dpdk mlb-node1 mlb-client 198.18.1.10 198.18.1.1 mlb1-client
-pods_add_dpdk mlb-node2 mlb-server 198.18.2.20 198.18.2.1 mlb2-server
-
-# Servers in the server pod: request/response and sink, the same for both ways.
-(ip netns exec mlb-server "$load" rr-server 8080) & pids+=($!)
-(ip netns exec mlb-server "$load" sink-server 8081) & pids+=($!)
+pods_bench_topology "$load"
 
 results=$work/results.jsonl
 measure() {  # WAY

@@ -111,12 +111,7 @@ work=$(mktemp -d /tmp/meshlane-ovs.XXXXXX)
 
 # --- topology: as perf/crossnode_bench.sh ---------------------------------------------
 . scripts/lib/pods.sh
-for n in 1 2; do pods_dpdk_node mlb-node$n; done
-pods_underlay mlb-node1 mlb1-uplink mlb-node2 mlb2-uplink
-pods_add_dpdk mlb-node1 mlb-client 198.18.1.10 198.18.1.1 mlb1-client
-pods_add_dpdk mlb-node2 mlb-server 198.18.2.20 198.18.2.1 mlb2-server
-(ip netns exec mlb-server "$load" rr-server 8080) & pids+=($!)
-(ip netns exec mlb-server "$load" sink-server 8081) & pids+=($!)
+pods_bench_topology "$load"
 
 # --- one OVS per node ------------------------------------------------------------------
 # Private database, run, log and configuration directories under $work: the system's

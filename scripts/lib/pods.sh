@@ -18,6 +18,11 @@
 #                                             a pod whose host end the node's agent owns through
 #                                             af_packet: no address on the host end, MTU for the
 #                                             overlay, checksums finished in the pod
+#   pods_bench_topology LOAD                  the cross-node benchmarks' topology (perf/crossnode_bench.sh,
+#                                             perf/ovs_bench.sh): nodes mlb-node1/2 on an underlay veth,
+#                                             a client pod on node 1, a server pod on node 2 running the
+#                                             load tool LOAD's rr-server 8080 and sink-server 8081 (their
+#                                             PIDs appended to the caller's array pids)
 #   pods_cgroup PATH                          a cgroup v2 directory (created if missing)
 #   pods_run_in NS CGROUP CMD...              exec CMD in NS, inside CGROUP ("" for none);
 #                                             call it in a subshell or with &
@@ -113,4 +118,16 @@ pods_run_in() {
   else
     exec ip netns exec "$ns" "$@"
   fi
+}
+
+pods_bench_topology() {
+  local load=$1 n
+  for n in 1 2; do pods_dpdk_node mlb-node$n; done
+  pods_underlay mlb-node1 mlb1-uplink mlb-node2 mlb2-uplink
+  # Both ways of each benchmark use these pods with their checksums finished in the pod
+  # (pods_add_dpdk), so they pay the same.
+  pods_add_dpdk mlb-node1 mlb-client 198.18.1.10 198.18.1.1 mlb1-client
+  pods_add_dpdk mlb-node2 mlb-server 198.18.2.20 198.18.2.1 mlb2-server
+  (ip netns exec mlb-server "$load" rr-server 8080) & pids+=($!)
+  (ip netns exec mlb-server "$load" sink-server 8081) & pids+=($!)
 }
