@@ -114,6 +114,26 @@ for key, label in (("baseline_json_parse_s", "JSON parse (baseline)"), ("validat
 ax.set_xlabel("services (16 backends each)"); ax.set_ylabel("seconds"); ax.legend(); ax.set_title("control plane")
 fig.tight_layout(); fig.savefig(f"perf/results/{stamp}-control.png", dpi=100)
 
+# Cross-node: every way measured in this run, pod to pod and through the VIP.
+ways = {"kernel VXLAN": crossnode["figures"]["kernel"], "meshlane (adaptive idle)": crossnode["figures"]["meshlane"]}
+if ovs:
+    for way, figures in ovs["figures"].items():
+        ways["OVS-DPDK" + (" (pmd-maxsleep 50)" if "maxsleep" in way else " (busy poll)")] = figures
+fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+names = list(ways)
+for i, target in enumerate(("pod", "vip")):
+    offset = (i - 0.5) * 0.4
+    xs = [n + offset for n in range(len(names))]
+    axes[0].bar(xs, [ways[w][target]["rr_p50_us"] for w in names], width=0.4, label=f"to the {target}")
+    axes[1].bar(xs, [ways[w][target]["bulk_gbit_per_s"] for w in names], width=0.4, label=f"to the {target}")
+for ax, label in ((axes[0], "64 B request/response p50, µs"), (axes[1], "bulk, Gbit/s, one connection")):
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=15, fontsize=8)
+    ax.set_ylabel(label)
+    ax.legend()
+axes[0].set_title("cross-node latency"); axes[1].set_title("cross-node throughput")
+fig.tight_layout(); fig.savefig(f"perf/results/{stamp}-crossnode.png", dpi=100)
+
 r = podlocal["ratios"]
 print()
 print(f"meshlane benchmarks, {stamp}, {cpu}, {os.cpu_count()} cores, kernel {platform.release()}")
@@ -140,5 +160,5 @@ for n in names:
 for c in control:
     print(f"  control     {c['services']:>7} services: validate {c['validate_s']*1e3:8.1f} ms ({c['validate_over_json_parse']:.1f}x JSON parse), compile {c['compile_s']*1e3:8.1f} ms ({c['compile_over_json_parse']:.1f}x)")
 print(f"  memory      flow entry {memory['entry_bytes']} B; {memory['rss_bytes_per_live_flow']:.0f} B resident per live flow at 1M flows")
-print(f"  written     {out} and {stamp}-{{podlocal,pipeline,control}}.png")
+print(f"  written     {out} and {stamp}-{{podlocal,crossnode,pipeline,control}}.png")
 PY
