@@ -120,15 +120,15 @@ if ovs:
     for way, figures in ovs["figures"].items():
         ways["OVS-DPDK" + (" (pmd-maxsleep 50)" if "maxsleep" in way else " (busy poll)")] = figures
 fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-names = list(ways)
+way_names = list(ways)
 for i, target in enumerate(("pod", "vip")):
     offset = (i - 0.5) * 0.4
-    xs = [n + offset for n in range(len(names))]
-    axes[0].bar(xs, [ways[w][target]["rr_p50_us"] for w in names], width=0.4, label=f"to the {target}")
-    axes[1].bar(xs, [ways[w][target]["bulk_gbit_per_s"] for w in names], width=0.4, label=f"to the {target}")
+    xs = [n + offset for n in range(len(way_names))]
+    axes[0].bar(xs, [ways[w][target]["rr_p50_us"] for w in way_names], width=0.4, label=f"to the {target}")
+    axes[1].bar(xs, [ways[w][target]["bulk_gbit_per_s"] for w in way_names], width=0.4, label=f"to the {target}")
 for ax, label in ((axes[0], "64 B request/response p50, µs"), (axes[1], "bulk, Gbit/s, one connection")):
-    ax.set_xticks(range(len(names)))
-    ax.set_xticklabels(names, rotation=15, fontsize=8)
+    ax.set_xticks(range(len(way_names)))
+    ax.set_xticklabels(way_names, rotation=15, fontsize=8)
     ax.set_ylabel(label)
     ax.legend()
 axes[0].set_title("cross-node latency"); axes[1].set_title("cross-node throughput")
