@@ -76,6 +76,25 @@ flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now,
   return nullptr;  // unreachable: the entry was just written
 }
 
+bool flow_table::touch(const flow_key& key, uint64_t hash, uint64_t now, flow_state state,
+                       const flow_timeouts& timeouts) {
+  flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
+  for (uint32_t way = 0; way < kWays; ++way) {
+    flow_entry& entry = bucket[way];
+    if (!entry.in_use || !(entry.key == key) || expired(entry, now, timeouts)) continue;
+    flow_detail::begin_write(entry);
+    entry.last_seen = now;
+    // The pair shares one TCP state: a close seen on either side closes both, the
+    // handshake finished on either side establishes both.
+    if (state == flow_state::closing) entry.state = flow_state::closing;
+    else if (state == flow_state::established && entry.state == flow_state::transitory)
+      entry.state = flow_state::established;
+    flow_detail::end_write(entry);
+    return true;
+  }
+  return false;
+}
+
 bool flow_table::read(uint32_t index, flow_entry& out) const {
   const flow_entry& entry = entries_[index];
   for (int attempt = 0; attempt < 8; ++attempt) {

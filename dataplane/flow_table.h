@@ -55,7 +55,10 @@ inline uint64_t hash_flow_v4(uint32_t source, uint32_t destination, uint16_t sou
 }
 
 enum class flow_direction : uint8_t { forward = 0, reverse = 1 };
-enum class flow_state : uint8_t { transitory = 0, established = 1 };
+// TCP: transitory until the handshake's ACK, established after it, closing from the first
+// FIN or RST on (for good: the ACKs that end a close do not re-establish it). Transitory
+// and closing entries expire after the short timeout.
+enum class flow_state : uint8_t { transitory = 0, established = 1, closing = 2 };
 
 // Bits of flow_entry::flags.
 inline constexpr uint8_t kFlowSecondRewrite = 1;  // also rewrite the other end (IPv4 only)
@@ -110,8 +113,16 @@ class flow_table {
 
   // The live entry for `key`, touched (last_seen, TCP state) and returned; nullptr on a
   // miss or when the entry has expired.
+  // `new_epoch` (optional) is set when this hit is the entry's first in a new period of
+  // 2^kEpochShift ticks (about 0.8 s at 2.6 GHz): the caller then refreshes the flow's
+  // entry for the other direction (touch), so the pair ages together at the cost of one
+  // compare per hit.
   flow_entry* find(const flow_key& key, uint64_t hash, uint64_t now, uint8_t tcp_flags,
-                   const flow_timeouts& timeouts);
+                   const flow_timeouts& timeouts, bool* new_epoch = nullptr);
+  static constexpr unsigned kEpochShift = 31;
+  // Keeps the live entry for `key` alive at `now` and merges its partner's TCP state
+  // `state` into its own (closing wins, then established); false when there is none.
+  bool touch(const flow_key& key, uint64_t hash, uint64_t now, flow_state state, const flow_timeouts& timeouts);
   // A slot for a new flow: empty, expired, or the bucket's least recently used (counted
   // as an eviction). The caller fills it; `key`, `last_seen` and `in_use` are set here.
   flow_entry* insert(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
@@ -161,13 +172,14 @@ inline void track_tcp_state(flow_entry& entry, uint8_t tcp_flags) {
   if (entry.protocol != wire::kProtoTcp) return;
   // A FIN or RST starts the close: the short timeout reclaims the entry soon after the
   // last packet. A plain ACK (no SYN) means the handshake finished.
-  if (tcp_flags & (wire::kTcpFin | wire::kTcpRst)) entry.state = flow_state::transitory;
-  else if ((tcp_flags & wire::kTcpAck) && !(tcp_flags & wire::kTcpSyn)) entry.state = flow_state::established;
+  if (tcp_flags & (wire::kTcpFin | wire::kTcpRst)) entry.state = flow_state::closing;
+  else if ((tcp_flags & wire::kTcpAck) && !(tcp_flags & wire::kTcpSyn) && entry.state == flow_state::transitory)
+    entry.state = flow_state::established;
 }
 }  // namespace flow_detail
 
 inline flow_entry* flow_table::find(const flow_key& key, uint64_t hash, uint64_t now, uint8_t tcp_flags,
-                                    const flow_timeouts& timeouts) {
+                                    const flow_timeouts& timeouts, bool* new_epoch) {
   flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
   for (uint32_t way = 0; way < kWays; ++way) {
     flow_entry& entry = bucket[way];
@@ -178,6 +190,7 @@ inline flow_entry* flow_table::find(const flow_key& key, uint64_t hash, uint64_t
       flow_detail::end_write(entry);
       return nullptr;
     }
+    if (new_epoch) *new_epoch = ((now ^ entry.last_seen) >> kEpochShift) != 0;
     entry.last_seen = now;
     flow_detail::track_tcp_state(entry, tcp_flags);
     flow_detail::end_write(entry);

@@ -515,6 +515,26 @@ inline bool is_gateway(const uint8_t* frame, const parsed_packet& p, const forwa
 
 inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
 
+// The key of the entry for the other direction of `e`'s flow (see flow_entry).
+flow_key partner_key(const flow_entry& e) {
+  flow_key partner{};
+  const bool second = e.flags & kFlowSecondRewrite;
+  const ip_address second_address = address_v4(e.second_address);
+  partner.protocol = e.key.protocol;
+  if (e.direction == flow_direction::forward) {  // client -> VIP; partner: backend -> client (or gateway)
+    std::memcpy(partner.source, e.rewrite_address, 16);
+    partner.source_port = e.rewrite_port;
+    std::memcpy(partner.destination, second ? second_address.bytes.data() : e.key.source, 16);
+    partner.destination_port = second ? e.second_port : e.key.source_port;
+  } else {  // backend -> client (or gateway); partner: client -> VIP
+    std::memcpy(partner.source, second ? second_address.bytes.data() : e.key.destination, 16);
+    partner.source_port = second ? e.second_port : e.key.destination_port;
+    std::memcpy(partner.destination, e.rewrite_address, 16);
+    partner.destination_port = e.rewrite_port;
+  }
+  return partner;
+}
+
 // Source ports this node's gateway address lends to ingress flows towards other nodes:
 // each worker takes every workers-th port of the range, so workers never collide.
 inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
@@ -560,7 +580,15 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   }
   // The client-side tuple's hash also picks the Geneve source port: stable per flow.
   outcome.flow_hash = hash;
-  if (const flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts)) {
+  bool new_epoch = false;
+  if (const flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts, &new_epoch)) {
+    if (new_epoch) [[unlikely]] {
+      // Once a period, keep the entry of the other direction alive with this one and
+      // give it this one's TCP state: replies of a one-way stream, a lent gateway port,
+      // and a backend's SYN|ACK-only entry must not expire under a live flow.
+      const flow_key partner = partner_key(*entry);
+      w.flows.touch(partner, hash_flow_key(partner), w.now, entry->state, w.timeouts);
+    }
     count_and_rewrite(*entry);
     return true;
   }

@@ -236,7 +236,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
                         {"source", address_text(entry.key.source) + ":" + std::to_string(entry.key.source_port)},
                         {"destination", address_text(entry.key.destination) + ":" + std::to_string(entry.key.destination_port)},
                         {"rewrite", address_text(entry.rewrite_address) + ":" + std::to_string(entry.rewrite_port)},
-                        {"state", entry.state == flow_state::established ? "established" : "transitory"},
+                        {"state", entry.state == flow_state::established ? "established"
+                                  : entry.state == flow_state::closing   ? "closing"
+                                                                          : "transitory"},
                         {"service", service},
                         {"backend", backend},
                         {"idle_seconds", double(now - entry.last_seen) / double(hz)}});

@@ -44,6 +44,44 @@ TEST(flow_table, EstablishedTcpFlowsLiveLongerAndFinShortensThem) {
   EXPECT_EQ(table.find(key, hash, 520, wire::kTcpAck, kTimeouts), nullptr);
 }
 
+TEST(flow_table, TheAcksThatEndACloseDoNotReestablishIt) {
+  flow_table table(1024);
+  const flow_key key = key_for(4);
+  const uint64_t hash = hash_flow_key(key);
+  table.insert(key, hash, 0, kTimeouts);
+  ASSERT_NE(table.find(key, hash, 1, wire::kTcpAck, kTimeouts), nullptr);
+  ASSERT_NE(table.find(key, hash, 2, wire::kTcpFin | wire::kTcpAck, kTimeouts), nullptr);
+  EXPECT_EQ(table.find(key, hash, 3, wire::kTcpAck, kTimeouts)->state, flow_state::closing);  // the last ACK
+  EXPECT_EQ(table.find(key, hash, 14, wire::kTcpAck, kTimeouts), nullptr);  // short timeout from the last packet
+}
+
+TEST(flow_table, TouchKeepsAPartnerAliveAndSharesItsState) {
+  flow_table table(1024);
+  const flow_key forward = key_for(5), reverse = key_for(6);
+  {
+    // Hits report the first of each 2^31-tick period (long timeouts to get there).
+    flow_table epochs(1024);
+    const flow_timeouts long_timeouts{uint64_t{1} << 40, uint64_t{1} << 40, uint64_t{1} << 40};
+    epochs.insert(forward, hash_flow_key(forward), 0, long_timeouts);
+    bool new_epoch = true;
+    ASSERT_NE(epochs.find(forward, hash_flow_key(forward), 1, wire::kTcpAck, long_timeouts, &new_epoch), nullptr);
+    EXPECT_FALSE(new_epoch);
+    ASSERT_NE(epochs.find(forward, hash_flow_key(forward), uint64_t{1} << flow_table::kEpochShift, wire::kTcpAck,
+                          long_timeouts, &new_epoch),
+              nullptr);
+    EXPECT_TRUE(new_epoch);
+  }
+  table.insert(forward, hash_flow_key(forward), 0, kTimeouts);
+  table.insert(reverse, hash_flow_key(reverse), 0, kTimeouts);
+  // The reverse entry saw only the SYN|ACK (transitory, 10 ticks); its partner's touch
+  // keeps it alive and established.
+  EXPECT_TRUE(table.touch(reverse, hash_flow_key(reverse), 8, flow_state::established, kTimeouts));
+  EXPECT_NE(table.find(reverse, hash_flow_key(reverse), 500, 0, kTimeouts), nullptr);
+  EXPECT_TRUE(table.touch(reverse, hash_flow_key(reverse), 501, flow_state::closing, kTimeouts));
+  EXPECT_EQ(table.find(reverse, hash_flow_key(reverse), 600, 0, kTimeouts), nullptr);
+  EXPECT_FALSE(table.touch(key_for(7), hash_flow_key(key_for(7)), 600, flow_state::established, kTimeouts));
+}
+
 TEST(flow_table, UdpUsesTheUdpTimeout) {
   flow_table table(1024);
   const flow_key key = key_for(3, wire::kProtoUdp);

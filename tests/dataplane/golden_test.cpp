@@ -369,6 +369,28 @@ TEST_F(golden, ReplyFromRemoteBackendArrivingByGeneveIsReverseNated) {
   EXPECT_EQ(verify_checksums(delivered), "");
 }
 
+// The two entries of a flow age together: a backend that only answered the handshake
+// (its entry transitory, short timeout) and then stays silent while the client keeps
+// sending must still be reverse-NATed when it speaks again.
+TEST_F(golden, ReplyEntryOfALiveFlowDoesNotExpireWhileTheClientKeepsSending) {
+  learn_pod_macs();
+  pool_->settings().tcp_transitory_ticks.store(rte_get_tsc_hz());  // 1 s
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, 40000, kTcpSyn)));
+  drain(web);
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(40000, 8080, kTcpSyn | kTcpAck)));
+  drain(client);
+  for (int i = 0; i < 7; ++i) {  // 2.8 s of client ACKs, the backend silent
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, 40000, kTcpAck)));
+    ASSERT_FALSE(receive(web).empty());
+    std::this_thread::sleep_for(400ms);
+  }
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(40000, 8080, kTcpAck)));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));  // still reverse-NATed to the VIP
+  EXPECT_EQ(u16_at(out, kL4), 80);
+}
+
 TEST_F(golden, ServiceFlowsStickToTheirBackendAndSpreadOverBackends) {
   learn_pod_macs();
   std::map<uint16_t, int> local_by_port;  // source port -> 1 local, 2 remote
