@@ -78,7 +78,7 @@ struct tunables {
   idle_policy idle = idle_policy::adaptive;
   // Adaptive idle: the longest a worker sleeps between polls while traffic is recent.
   // Longer saves CPU; shorter answers a lone packet sooner. (A worker 20 ms without a
-  // packet sleeps up to 1 ms regardless.)
+  // packet sleeps up to 1 ms, or this if longer.) 10..10000.
   uint32_t idle_sleep_max_us = 50;
   // Maglev lookup table size per service; must be prime (NSDI 2016, section 3.4).
   uint32_t maglev_table_size = 65537;

@@ -39,6 +39,7 @@ enum class drop_reason : uint8_t {
   no_backend,
   too_big,  // answered with ICMP "too big" when possible; counted here either way
   not_for_us,
+  spoofed_source,  // from outside the cluster with a source inside its pod ranges
   flow_table_full,
   tx_full,
   count_,

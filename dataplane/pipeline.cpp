@@ -352,18 +352,23 @@ void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed
   const uint32_t limit = (v4 ? 576u : 1280u) - header - sizeof(icmp_header);
   const uint32_t quoted = std::min<uint32_t>(p.l3_length, limit);
   std::memcpy(quote, frame + p.l3_offset, quoted);
-  if (lb && lb->service_flow && p.l3 == l3_kind::ipv4 && p.l4_offset) {
+  if (lb && lb->service_flow && p.l4_offset) {
     // Undo the flow's NAT in the quote (as conntrack does): the sender matches the error
     // to its socket by the tuple it sent, and the error goes to that sender.
-    std::memcpy(quote + offsetof(ipv4_header, source), lb->key.source + 12, 4);
-    std::memcpy(quote + offsetof(ipv4_header, destination), lb->key.destination + 12, 4);
+    if (v4) {
+      std::memcpy(quote + offsetof(ipv4_header, source), lb->key.source + 12, 4);
+      std::memcpy(quote + offsetof(ipv4_header, destination), lb->key.destination + 12, 4);
+    } else {
+      std::memcpy(quote + offsetof(ipv6_header, source), lb->key.source, 16);
+      std::memcpy(quote + offsetof(ipv6_header, destination), lb->key.destination, 16);
+    }
     const uint32_t l4 = p.l4_offset - p.l3_offset;
     if (l4 + 4 <= quoted) {
       store16(quote + l4, to_net16(lb->key.source_port));
       store16(quote + l4 + 2, to_net16(lb->key.destination_port));
     }
   }
-  uint8_t source6[16];
+  uint8_t source6[16] = {};
   uint32_t source4 = 0;
   if (v4) source4 = reinterpret_cast<const ipv4_header*>(quote)->source;
   else std::memcpy(source6, reinterpret_cast<const ipv6_header*>(quote)->source, 16);
@@ -798,7 +803,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       if (from_overlay) return drop(w, m, drop_reason::ttl_expired);
       w.drops[static_cast<unsigned>(drop_reason::ttl_expired)].add(1);
       return answer_icmp_error(w, in_port, m, p, t, reply_mac,
-                               p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0);
+                               p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0, &lb);
     }
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     const uint64_t learned = ports.ports[out].neighbour_mac.load(std::memory_order_relaxed);
@@ -820,7 +825,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   if (!decrement_ttl(frame, p)) {
     w.drops[static_cast<unsigned>(drop_reason::ttl_expired)].add(1);
     return answer_icmp_error(w, in_port, m, p, t, reply_mac,
-                             p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0);
+                             p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0, &lb);
   }
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead;
   if (inner_ip_length(p) > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, false, inner_mtu, lb);
@@ -959,6 +964,15 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
     // Ingress from outside the cluster: to a service VIP (DNAT to a backend here or on
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
+    // A source inside the cluster's pod ranges cannot come from outside: such a packet
+    // would match (and be forwarded as) a pod's own service flow.
+    if (p.l3 == l3_kind::ipv4) {
+      const uint32_t source = from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->source);
+      for (const forwarding_tables::v4_route& r : t.v4_routes)
+        if ((source & r.mask) == r.base) return drop(w, m, drop_reason::spoofed_source);
+    } else if (t.tables->route(address_v6(reinterpret_cast<const ipv6_header*>(frame + p.l3_offset)->source))) {
+      return drop(w, m, drop_reason::spoofed_source);
+    }
     lb_outcome lb;
     if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/true, eth->source.as_u64())) return;
     if (lb.service_flow) return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, lb);
@@ -996,7 +1010,11 @@ inline bool inner_frame_sum(const uint8_t* frame, const parsed_packet& p, uint32
       sum = fold16(total);
       return true;
     }
-    if (p.l4_protocol == kProtoUdp && load16(l4 + offsetof(udp_header, checksum)) == 0) return false;
+    // A UDP checksum covers the UDP length, which may be shorter than the IP payload:
+    // then the trailing bytes are not vouched for. Zero means no checksum at all.
+    if (p.l4_protocol == kProtoUdp && (load16(l4 + offsetof(udp_header, checksum)) == 0 ||
+                                       from_net16(load16(l4 + offsetof(udp_header, length))) != l4_length))
+      return false;
     if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) return false;
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
     const uint64_t pseudo = pseudo_header_sum_v4(ip->source, ip->destination, p.l4_protocol,
@@ -1006,6 +1024,9 @@ inline bool inner_frame_sum(const uint8_t* frame, const parsed_packet& p, uint32
   }
   if (p.l3 != l3_kind::ipv6 || p.l4_offset != p.l3_offset + sizeof(ipv6_header)) return false;
   if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp && p.l4_protocol != kProtoIcmpv6) return false;
+  if (p.l4_protocol == kProtoUdp && (load16(l4 + offsetof(udp_header, checksum)) == 0 ||  // RFC 6935 tunnels
+                                     from_net16(load16(l4 + offsetof(udp_header, length))) != l4_length))
+    return false;
   // Header: its first 8 bytes plus the addresses; the segment: minus (addresses, length,
   // next header). The addresses cancel.
   total = checksum_partial(frame + p.l3_offset, 8, total);

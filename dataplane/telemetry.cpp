@@ -179,11 +179,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
                         }});
   registry.add_tunable("dataplane.idle_sleep_max_us",
                        {"adaptive idle: longest sleep between polls while traffic is recent, microseconds "
-                        "(10..100000); a worker 20 ms without a packet sleeps up to 1 ms",
+                        "(10..10000); a worker 20 ms without a packet sleeps up to 1 ms (or this, if longer)",
                         [this] { return nlohmann::json(settings_.idle_sleep_max_us.load()); },
                         [this](const nlohmann::json& v) -> std::string {
-                          if (!v.is_number_integer() || v.get<int64_t>() < 10 || v.get<int64_t>() > 100000)
-                            return "must be an integer 10..100000 (microseconds), got " + v.dump();
+                          if (!v.is_number_integer() || v.get<int64_t>() < 10 || v.get<int64_t>() > 10000)
+                            return "must be an integer 10..10000 (microseconds), got " + v.dump();
                           settings_.idle_sleep_max_us.store(static_cast<uint32_t>(v.get<int64_t>()));
                           return {};
                         }});

@@ -304,8 +304,8 @@ int worker_pool::worker_main(uint16_t index) {
   // for RCU, so a publish never waits for a sleeping worker); any packet resets it.
   // While traffic is recent the sleeps stay short (idle_sleep_max_us: a request/response
   // flow leaves gaps of a few hundred microseconds, and every sleep delays its next
-  // packet); after kQuietAfterUs without a packet they grow to kQuietSleepUs, so that an
-  // idle node costs about 1% of a core instead of a quarter.
+  // packet); after kQuietAfterUs without a packet they grow to kQuietSleepUs (or the
+  // tunable, if longer), so that an idle node costs about 1% of a core, not a quarter.
   constexpr unsigned kEmptyPollsBeforeSleep = 256;
   constexpr unsigned kFirstSleepUs = 10;
   constexpr uint64_t kQuietAfterUs = 20000;

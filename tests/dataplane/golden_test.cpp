@@ -245,6 +245,25 @@ TEST_F(golden, GeneveOuterUdpChecksumIsRightForEveryKindOfInnerPacket) {
     cases.push_back({"udp without checksum", f, f.size()});
   }
   {
+    // A UDP length shorter than the IP payload: the checksum does not cover the tail,
+    // so the outer sum must read the bytes.
+    l4_spec short_udp = udp_to(9);
+    short_udp.payload = bytes(10, 0x42);
+    bytes f = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), short_udp);
+    f.insert(f.end(), {0x01, 0x02, 0x03, 0x04, 0x05, 0x06});  // inside the IP packet, past the UDP length
+    const uint16_t total = static_cast<uint16_t>(f.size() - kEth);
+    f[kIp4 + 2] = static_cast<uint8_t>(total >> 8);
+    f[kIp4 + 3] = static_cast<uint8_t>(total);
+    f[kIp4 + 10] = f[kIp4 + 11] = 0;
+    const uint16_t check = checksum(&f[kIp4], 20);
+    std::memcpy(&f[kIp4 + 10], &check, 2);
+    send(client, f);
+    const bytes out = receive(uplink);
+    ASSERT_EQ(out.size(), f.size() + kGeneveOverhead);
+    EXPECT_NE(u16_at(out, kL4 + 6), 0);
+    EXPECT_EQ(verify_checksums(out), "") << "udp length shorter than the IP payload";
+  }
+  {
     l4_spec tiny = udp_to(9);
     tiny.payload = bytes(2, 0x11);
     bytes f = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tiny);
@@ -538,6 +557,18 @@ TEST_F(golden, TooBigIngressIsAnsweredToTheOutsideClientThroughTheLastHop) {
   EXPECT_EQ(drops(drop_reason::too_big), 1u);
 }
 
+// A pod's address as the source of a frame from outside is a spoof: it would match the
+// pod's own service flow and be forwarded as that flow.
+TEST_F(golden, OutsideFrameWithAPodSourceIsDroppedAsSpoofed) {
+  learn_pod_macs();
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53, 50000)));
+  ASSERT_FALSE(receive(uplink).empty());  // the pod's flow to the remote backend exists
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53, 50000)));
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4("198.18.2.77"), ip4("198.19.128.12"), udp_to(53, 50000)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::spoofed_source), 2u);
+}
+
 TEST_F(golden, IngressToAPodOfAnotherNodeIsNotRelayedIntoTheOverlay) {
   send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.18.2.20"), tcp_to(8080)));
   EXPECT_EQ(pending_total(), 0u);
@@ -701,6 +732,18 @@ TEST_F(golden, Ipv6HopLimitExpiryIsAnsweredWithTimeExceeded) {
   const bytes out = receive(client);
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(out[kL4v6], kIcmpv6TimeExceeded);
+  EXPECT_EQ(verify_checksums(out), "");
+}
+
+TEST_F(golden, Ipv6HopLimitExpiryOfAServicePacketQuotesTheVip) {
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:ffff::10"),
+                          tcp_to(80, 40000), 1));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out[kL4v6], kIcmpv6TimeExceeded);
+  const size_t quote = kL4v6 + 8;
+  EXPECT_EQ(ip6_at(out, quote + 24), ip6("fd00:6d6c:ffff::10"));  // the VIP, not the backend
+  EXPECT_EQ(u16_at(out, quote + 40 + 2), 80);
   EXPECT_EQ(verify_checksums(out), "");
 }
 
@@ -871,8 +914,8 @@ TEST_F(golden, CountersCountPortsServicesAndDrops) {
   EXPECT_NE(registry.find_tunable("dataplane.idle_policy")->apply("sleepy"), "");
   EXPECT_EQ(registry.find_tunable("dataplane.udp_timeout_s")->apply(5), "");
   EXPECT_EQ(registry.find_tunable("dataplane.udp_timeout_s")->get(), 5);
-  EXPECT_EQ(registry.find_tunable("dataplane.idle_sleep_max_us")->apply(50), "");
-  EXPECT_EQ(pool_->settings().idle_sleep_max_us.load(), 50u);
+  EXPECT_EQ(registry.find_tunable("dataplane.idle_sleep_max_us")->apply(70), "");
+  EXPECT_EQ(pool_->settings().idle_sleep_max_us.load(), 70u);
   EXPECT_NE(registry.find_tunable("dataplane.idle_sleep_max_us")->apply(5), "");
 }
 
