@@ -230,22 +230,6 @@ inline uint16_t checksum_update16(uint16_t check, uint16_t old_value, uint16_t n
   return static_cast<uint16_t>(~sum);
 }
 
-inline uint16_t checksum_update32(uint16_t check, uint32_t old_value, uint32_t new_value) {
-  check = checksum_update16(check, static_cast<uint16_t>(old_value), static_cast<uint16_t>(new_value));
-  return checksum_update16(check, static_cast<uint16_t>(old_value >> 16),
-                           static_cast<uint16_t>(new_value >> 16));
-}
-
-inline uint16_t checksum_update128(uint16_t check, const uint8_t* old_value, const uint8_t* new_value) {
-  for (int i = 0; i < 16; i += 2) {
-    uint16_t o, n;
-    std::memcpy(&o, old_value + i, 2);
-    std::memcpy(&n, new_value + i, 2);
-    check = checksum_update16(check, o, n);
-  }
-  return check;
-}
-
 // Pseudo-header sums (RFC 768, RFC 793; RFC 8200 section 8.1 for IPv6), unfolded.
 inline uint64_t pseudo_header_sum_v4(uint32_t source, uint32_t destination, uint8_t protocol,
                                      uint16_t l4_length) {
