@@ -880,6 +880,45 @@ TEST_F(golden, TableSwapsUnderTrafficNeverLoseOrCorruptPackets) {
   EXPECT_EQ(other_drops, "");
 }
 
+// Workers count backends only; a service's counters are its backends' sums, across a
+// re-published snapshot too (counter slots are kept by name).
+TEST_F(golden, ServiceCountersAreTheSumsOfTheirBackendsAcrossPublishes) {
+  learn_pod_macs();
+  auto collect = [&] {
+    subsystem_registry registry;
+    pool_->register_with(registry);
+    std::map<std::string, double> values;
+    for (const auto& family : registry.collect())
+      for (const auto& sample : family.samples) {
+        std::string key = family.name;
+        for (const auto& [k, v] : sample.labels) key += "," + k + "=" + v;
+        values[key] = sample.value;
+      }
+    return values;
+  };
+  auto send_flows = [&](uint16_t first_port, int n) {
+    for (int i = 0; i < n; ++i)
+      send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.10"),
+                              tcp_to(80, static_cast<uint16_t>(first_port + i))));
+    drain(web);
+    drain(uplink);
+  };
+  send_flows(41000, 32);  // service web: one backend here, one on node 2
+  auto values = collect();
+  const std::string local = "meshlane_dataplane_backend_packets_total,service=web,backend=198.18.1.20:8080";
+  const std::string remote = "meshlane_dataplane_backend_packets_total,service=web,backend=198.18.2.20:8080";
+  EXPECT_GT(values[local], 0);
+  EXPECT_GT(values[remote], 0);
+  EXPECT_EQ(values["meshlane_dataplane_service_packets_total,service=web"], 32);
+  EXPECT_EQ(values["meshlane_dataplane_service_new_flows_total,service=web"], 32);
+  EXPECT_EQ(values[local] + values[remote], 32);
+  publish(kNode1Document, 2);  // the same document again: a new generation, the same slots
+  send_flows(42000, 8);
+  values = collect();
+  EXPECT_EQ(values["meshlane_dataplane_service_packets_total,service=web"], 40);
+  EXPECT_EQ(values[local] + values[remote], 40);
+}
+
 TEST_F(golden, CountersCountPortsServicesAndDrops) {
   learn_pod_macs();
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80)));
