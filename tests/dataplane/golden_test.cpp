@@ -82,6 +82,20 @@ bytes geneve_from(uint32_t outer_source, const bytes& inner, uint8_t flags = 0, 
 
 using golden = ring_pool_test;
 
+// Every metric sample of the pool, keyed "family,label=value,...".
+std::map<std::string, double> metric_values(worker_pool& pool) {
+  subsystem_registry registry;
+  pool.register_with(registry);
+  std::map<std::string, double> values;
+  for (const auto& family : registry.collect())
+    for (const auto& sample : family.samples) {
+      std::string key = family.name;
+      for (const auto& [k, v] : sample.labels) key += "," + k + "=" + v;
+      values[key] = sample.value;
+    }
+  return values;
+}
+
 TEST_F(golden, ArpRequestForGatewayGetsReplyWithPortMac) {
   send(client, arp_request(kClientMac, ip4("198.18.1.10"), ip4("198.18.1.1")));
   const bytes reply = receive(client);
@@ -884,18 +898,7 @@ TEST_F(golden, TableSwapsUnderTrafficNeverLoseOrCorruptPackets) {
 // re-published snapshot too (counter slots are kept by name).
 TEST_F(golden, ServiceCountersAreTheSumsOfTheirBackendsAcrossPublishes) {
   learn_pod_macs();
-  auto collect = [&] {
-    subsystem_registry registry;
-    pool_->register_with(registry);
-    std::map<std::string, double> values;
-    for (const auto& family : registry.collect())
-      for (const auto& sample : family.samples) {
-        std::string key = family.name;
-        for (const auto& [k, v] : sample.labels) key += "," + k + "=" + v;
-        values[key] = sample.value;
-      }
-    return values;
-  };
+  auto collect = [&] { return metric_values(*pool_); };
   auto send_flows = [&](uint16_t first_port, int n) {
     for (int i = 0; i < n; ++i)
       send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.10"),
@@ -926,13 +929,7 @@ TEST_F(golden, CountersCountPortsServicesAndDrops) {
   drain(web);
   subsystem_registry registry;
   pool_->register_with(registry);
-  std::map<std::string, double> values;
-  for (const auto& family : registry.collect())
-    for (const auto& sample : family.samples) {
-      std::string key = family.name;
-      for (const auto& [k, v] : sample.labels) key += "," + k + "=" + v;
-      values[key] = sample.value;
-    }
+  std::map<std::string, double> values = metric_values(*pool_);
   EXPECT_EQ(values["meshlane_dataplane_port_rx_packets_total,port=ring-client,role=pod"], 3);  // ARP + 2
   EXPECT_EQ(values["meshlane_dataplane_port_tx_packets_total,port=ring-weba,role=pod"], 3);  // ARP reply + 2
   EXPECT_EQ(values["meshlane_dataplane_service_new_flows_total,service=local"], 1);
