@@ -141,18 +141,18 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   return {};
 }
 
-lb_counters_sum service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
-                                 const counter_slot_names& slots, uint32_t service_slot) {
-  lb_counters_sum sum;
+std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
+                                              const counter_slot_names& slots) {
+  std::vector<lb_counters_sum> sums(slots.services.size());
   for (size_t b = 0; b < slots.backend_service.size(); ++b) {
-    if (slots.backend_service[b] != service_slot) continue;
+    lb_counters_sum& sum = sums[slots.backend_service[b]];
     for (const auto& w : workers) {
       sum.packets += w->backend[b].packets.get();
       sum.bytes += w->backend[b].bytes.get();
       sum.new_flows += w->backend[b].new_flows.get();
     }
   }
-  return sum;
+  return sums;
 }
 
 // --- per-packet helpers ---
@@ -195,11 +195,6 @@ inline void flow_key_into(flow_key& key, const uint8_t* frame, const parsed_pack
     std::memcpy(out, frame + p.l3_offset + offsetof(ipv6_header, source), 32);
   }
   put(4, uint64_t{p.source_port} | uint64_t{p.destination_port} << 16 | uint64_t{p.l4_protocol} << 32);
-}
-inline flow_key flow_key_of(const uint8_t* frame, const parsed_packet& p) {
-  flow_key key;
-  flow_key_into(key, frame, p);
-  return key;
 }
 
 inline void drop(worker_state& w, rte_mbuf* m, drop_reason reason) {
@@ -829,7 +824,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   }
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead;
   if (inner_ip_length(p) > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, false, inner_mtu, lb);
-  if (!flow_hash) flow_hash = hash_flow_key(flow_key_of(frame, p));
+  if (!flow_hash) flow_hash = hash_flow_key(make_flow_key(frame, p));
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
   if (rte_pktmbuf_pkt_len(m) > frame_length)
@@ -985,7 +980,11 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
 
 }  // namespace
 
-flow_key make_flow_key(const uint8_t* frame, const parsed_packet& p) { return flow_key_of(frame, p); }
+flow_key make_flow_key(const uint8_t* frame, const parsed_packet& p) {
+  flow_key key;
+  flow_key_into(key, frame, p);
+  return key;
+}
 
 namespace {
 // The ones' complement sum of a whole inner frame (as stored, folded, not inverted) from

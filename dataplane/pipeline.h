@@ -197,8 +197,9 @@ struct counter_slot_names {
 
 // A service's counters are the sums of its backends' (every packet and flow of a service
 // goes to exactly one backend): the workers count backends only, readers add them up.
-lb_counters_sum service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
-                                 const counter_slot_names& slots, uint32_t service_slot);
+// One pass over the backend slots; the result is indexed by service slot.
+std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
+                                              const counter_slot_names& slots);
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, const port_table& ports,
                                     counter_slot_names& slots, forwarding_tables& out);
 

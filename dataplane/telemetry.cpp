@@ -1,12 +1,8 @@
 // The dataplane's entries in the subsystem registry: metric families, status, live
 // tunables and the `flows` query. Everything here runs on the control thread and reads
 // per-worker counters without locks (each has one writer).
-#include <arpa/inet.h>
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
-
-#include <cstdio>
-#include <cstring>
 
 #include "dataplane/dataplane.h"
 
@@ -87,8 +83,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto service_packets = family("meshlane_dataplane_service_packets_total", "Packets load-balanced per service.");
     auto service_bytes = family("meshlane_dataplane_service_bytes_total", "Bytes load-balanced per service.");
     auto service_flows = family("meshlane_dataplane_service_new_flows_total", "New flows per service.");
+    const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
     for (size_t s = 0; s < slot_names_.services.size(); ++s) {
-      const lb_counters_sum sum = service_counters(workers_, slot_names_, static_cast<uint32_t>(s));
+      const lb_counters_sum& sum = service_sums[s];
       const std::vector<std::pair<std::string, std::string>> labels{{"service", slot_names_.services[s]}};
       service_packets.samples.push_back({labels, double(sum.packets)});
       service_bytes.samples.push_back({labels, double(sum.bytes)});
@@ -246,18 +243,14 @@ void worker_pool::register_with(subsystem_registry& registry) {
         if (entry.flags & kFlowSecondRewrite) {
           // Ingress towards another node: the other end's rewrite (the lent gateway port
           // on the way in, the client on the way back).
-          char text[INET_ADDRSTRLEN] = "";
-          inet_ntop(AF_INET, &entry.second_address, text, sizeof text);
           row[entry.direction == flow_direction::forward ? "source_rewrite" : "destination_rewrite"] =
-              std::string(text) + ":" + std::to_string(entry.second_port);
+              ip_address::from_v4(wire::from_net32(entry.second_address)).to_string() + ":" +
+              std::to_string(entry.second_port);
         }
         if (entry.flags & kFlowToLastHop) {
           wire::mac_address mac;
           std::memcpy(mac.bytes, entry.last_hop_mac, 6);
-          char text[18];
-          std::snprintf(text, sizeof text, "%02x:%02x:%02x:%02x:%02x:%02x", mac.bytes[0], mac.bytes[1], mac.bytes[2],
-                        mac.bytes[3], mac.bytes[4], mac.bytes[5]);
-          row["last_hop"] = text;  // replies leave by the uplink to this neighbour
+          row["last_hop"] = mac_text(mac);  // replies leave by the uplink to this neighbour
         }
       }
     }

@@ -385,8 +385,9 @@ std::string worker_pool::stats_line() const {
     for (const auto& w : workers_) rx += w->port_rx[p].packets.get(), tx += w->port_tx[p].packets.get();
     out << " | " << info.interface << " rx " << rx << " tx " << tx;
   }
+  const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
   for (size_t s = 0; s < slot_names_.services.size(); ++s) {
-    const lb_counters_sum sum = service_counters(workers_, slot_names_, static_cast<uint32_t>(s));
+    const lb_counters_sum& sum = service_sums[s];
     out << " | svc " << slot_names_.services[s] << " pkts " << sum.packets << " flows " << sum.new_flows;
   }
   uint64_t dropped = 0;

@@ -583,6 +583,34 @@ TEST_F(golden, OutsideFrameWithAPodSourceIsDroppedAsSpoofed) {
   EXPECT_EQ(drops(drop_reason::spoofed_source), 2u);
 }
 
+// Two outside flows whose hashes pick the same first gateway port: the second must be
+// lent another (the allocator probes for a live flow on the candidate).
+TEST_F(golden, IngressFlowsWhoseFirstChoiceOfGatewayPortCollidesGetDifferentPorts) {
+  // One worker: candidate = 32768 + (hash >> 20) % 28672, as the pipeline computes it.
+  auto first_choice = [](uint16_t source_port) {
+    const uint64_t hash = hash_flow_v4(ip4(kOutsideClient), ip4("198.19.128.12"), source_port, 53, kProtoUdp);
+    return 32768 + (hash >> 20) % 28672;
+  };
+  std::map<uint64_t, uint16_t> seen;
+  uint16_t a = 0, b = 0;
+  for (uint16_t port = 1024; port < 60000 && !b; ++port) {
+    const auto [it, fresh] = seen.emplace(first_choice(port), port);
+    if (!fresh) a = it->second, b = port;
+  }
+  ASSERT_NE(b, 0) << "no two source ports share a first choice";
+  auto lent_port = [&](uint16_t source_port) -> uint16_t {
+    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, source_port)));
+    const bytes out = receive(uplink);
+    if (out.size() < kGeneveOverhead + kL4 + 2) return 0;
+    const bytes inner(out.begin() + kGeneveOverhead, out.end());
+    return u16_at(inner, kL4);
+  };
+  const uint16_t first = lent_port(a), second = lent_port(b);
+  EXPECT_EQ(first, first_choice(a));
+  EXPECT_NE(second, 0);
+  EXPECT_NE(second, first);
+}
+
 TEST_F(golden, IngressToAPodOfAnotherNodeIsNotRelayedIntoTheOverlay) {
   send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.18.2.20"), tcp_to(8080)));
   EXPECT_EQ(pending_total(), 0u);
