@@ -27,8 +27,7 @@ uint64_t hash_flow_key(const flow_key& key) {
     return hash_flow_v4(source_v4, destination_v4, key.source_port, key.destination_port, key.protocol);
   }
   constexpr uint32_t kSeed = 0x6d6c616e;
-  const uint32_t crc = rte_hash_crc(&key, sizeof key, kSeed);
-  return mix64(uint64_t{crc} << 32 | crc);
+  return flow_hash_from_crc(rte_hash_crc(&key, sizeof key, kSeed));
 }
 
 flow_table::flow_table(uint32_t capacity) {
