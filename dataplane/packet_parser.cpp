@@ -34,6 +34,7 @@ const char* to_string(drop_reason reason) {
     case drop_reason::not_for_us: return "not_for_us";
     case drop_reason::spoofed_source: return "spoofed_source";
     case drop_reason::flow_table_full: return "flow_table_full";
+    case drop_reason::no_headroom: return "no_headroom";
     case drop_reason::tx_full: return "tx_full";
     case drop_reason::count_: break;
   }

@@ -43,6 +43,7 @@ enum class drop_reason : uint8_t {
   not_for_us,
   spoofed_source,  // from outside the cluster with a source inside its pod ranges
   flow_table_full,
+  no_headroom,  // no room in front of the frame for the Geneve headers
   tx_full,
   count_,
 };

@@ -830,8 +830,9 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   if (rte_pktmbuf_pkt_len(m) > frame_length)
     rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
   const port_info& uplink = ports.ports[ports.uplink_port];
-  geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, flow_hash,
-                     ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p);
+  if (!geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, flow_hash,
+                          ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
+    return drop(w, m, drop_reason::no_headroom);
   w.geneve_encapsulated.add(1);
   transmit(w, ports.uplink_port, m);
 }
@@ -1035,7 +1036,7 @@ inline bool inner_frame_sum(const uint8_t* frame, const parsed_packet& p, uint32
 }
 }  // namespace
 
-void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_address& outer_destination,
+bool geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_address& outer_destination,
                         uint32_t local_underlay_ip, uint32_t remote_underlay_ip, uint64_t flow_hash,
                         bool udp_checksum, const parsed_packet* inner) {
   const uint16_t inner_length = static_cast<uint16_t>(rte_pktmbuf_pkt_len(m));
@@ -1049,6 +1050,7 @@ void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_
     inner_sum = wire::bswap16(static_cast<uint16_t>(inner_sum));
   }
   uint8_t* outer = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
+  if (!outer) [[unlikely]] return false;
   auto* eth = reinterpret_cast<ethernet_header*>(outer);
   auto* ip = reinterpret_cast<ipv4_header*>(outer + sizeof(ethernet_header));
   auto* udp = reinterpret_cast<udp_header*>(outer + sizeof(ethernet_header) + sizeof(ipv4_header));
@@ -1079,6 +1081,7 @@ void geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_
   *udp = udp_header{to_net16(source_port), to_net16(kGenevePort), to_net16(udp_length), to_net16(udp_check)};
   *geneve = geneve_header{0, 0, to_net16(kEtherTypeTransparentBridging),
                           {uint8_t(kOverlayVni >> 16), uint8_t(kOverlayVni >> 8), uint8_t(kOverlayVni)}, 0};
+  return true;
 }
 
 void process_burst(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port,

@@ -179,7 +179,8 @@ void flush_tx(worker_state& worker);
 // With `inner` (the parse of the frame in `m`, which must end where its IP packet ends),
 // the outer UDP checksum takes the inner frame's sum from the inner checksums instead of
 // reading the whole frame (see inner_frame_sum in pipeline.cpp).
-void geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
+// False (nothing written) when the mbuf has no room for the outer headers in front.
+bool geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
                         const wire::mac_address& outer_destination, uint32_t local_underlay_ip,
                         uint32_t remote_underlay_ip, uint64_t flow_hash, bool udp_checksum = true,
                         const parsed_packet* inner = nullptr);

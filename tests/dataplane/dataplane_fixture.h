@@ -123,10 +123,12 @@ class ring_pool_test : public ::testing::Test {
     ASSERT_EQ(pool_->install(compile_tables(*parsed.state, generation)), "");
   }
 
-  // Puts `frame` on port `p`'s wire and runs one worker iteration.
-  void send(int p, const bytes& frame) {
+  // Puts `frame` on port `p`'s wire and runs one worker iteration. `headroom`: bytes in
+  // front of the frame in its mbuf (a driver's choice; DPDK's default is 128).
+  void send(int p, const bytes& frame, uint16_t headroom = RTE_PKTMBUF_HEADROOM) {
     rte_mbuf* m = rte_pktmbuf_alloc(eal_environment::test_mbufs);
     ASSERT_NE(m, nullptr);
+    m->data_off = headroom;
     char* data = rte_pktmbuf_append(m, static_cast<uint16_t>(frame.size()));
     ASSERT_NE(data, nullptr);
     std::memcpy(data, frame.data(), frame.size());

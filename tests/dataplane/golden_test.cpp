@@ -298,6 +298,18 @@ TEST_F(golden, GeneveOuterUdpChecksumIsRightForEveryKindOfInnerPacket) {
   EXPECT_EQ(pending_total(), 0u);
 }
 
+TEST_F(golden, FrameWithoutRoomForTheOuterHeadersIsDroppedNotWrittenOverItsBuffer) {
+  // A driver may leave less headroom than the 50 bytes of outer headers: the frame is
+  // counted and dropped (writing in front of the buffer would corrupt the mbuf).
+  const bytes in = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080));
+  send(client, in, /*headroom=*/kGeneveOverhead - 1);
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_headroom), 1u);
+  send(client, in, /*headroom=*/kGeneveOverhead);  // exactly enough
+  EXPECT_EQ(receive(uplink).size(), in.size() + kGeneveOverhead);
+  EXPECT_EQ(drops(drop_reason::no_headroom), 1u);
+}
+
 TEST_F(golden, GeneveSourcePortFollowsTheInnerFlow) {
   auto port_for = [&](uint16_t source_port) {
     send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080, source_port)));
