@@ -206,14 +206,19 @@ inline uint64_t checksum_partial(const void* data, size_t length, uint64_t sum =
   return sum;
 }
 
-inline uint16_t checksum_fold(uint64_t sum) {
-  sum = (sum & 0xffffffff) + (sum >> 32);
-  sum = (sum & 0xffffffff) + (sum >> 32);
-  sum = (sum & 0xffff) + (sum >> 16);
-  sum = (sum & 0xffff) + (sum >> 16);
-  sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint16_t>(~sum);
+// A ones' complement sum folded to 16 bits, not inverted: 64 -> 32 bits with the
+// end-around carry (2^32 = 1 modulo 0xffff), then 32 -> 16 as Linux's csum_fold does:
+// the high half of x + rotr(x, 16) is hi + lo plus the carry out of the low half. Five
+// instructions where halving step by step took a dozen (it runs four times per
+// encapsulated packet). Zero only for a zero sum, as with the step-by-step fold.
+inline uint32_t ones_complement_fold(uint64_t sum) {
+  const uint32_t low = static_cast<uint32_t>(sum), high = static_cast<uint32_t>(sum >> 32);
+  uint32_t x = low + high;
+  x += x < high;  // the end-around carry
+  return (x + ((x >> 16) | (x << 16))) >> 16;
 }
+
+inline uint16_t checksum_fold(uint64_t sum) { return static_cast<uint16_t>(~ones_complement_fold(sum)); }
 
 inline uint16_t checksum(const void* data, size_t length) {
   return checksum_fold(checksum_partial(data, length));

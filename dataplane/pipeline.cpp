@@ -160,12 +160,7 @@ std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<
 namespace {
 
 // Folds a ones' complement sum to 16 bits without inverting it.
-inline uint32_t fold16(uint64_t sum) {
-  sum = (sum & 0xffffffff) + (sum >> 32);
-  sum = (sum & 0xffff) + (sum >> 16);
-  sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint32_t>((sum & 0xffff) + (sum >> 16));
-}
+inline uint32_t fold16(uint64_t sum) { return ones_complement_fold(sum); }
 inline uint32_t halves(uint32_t v) { return (v >> 16) + (v & 0xffff); }
 inline uint16_t load16(const uint8_t* p) {
   uint16_t v;
@@ -417,10 +412,7 @@ inline uint32_t rewrite_delta(const uint8_t* old_value, const uint8_t* new_value
   return fold16(sum);
 }
 inline uint16_t apply_delta(uint16_t check, uint32_t delta) {
-  uint32_t sum = static_cast<uint16_t>(~check) + delta;
-  sum = (sum & 0xffff) + (sum >> 16);
-  sum = (sum & 0xffff) + (sum >> 16);
-  return static_cast<uint16_t>(~sum);
+  return static_cast<uint16_t>(~ones_complement_fold(uint32_t{static_cast<uint16_t>(~check)} + delta));
 }
 
 // The checksum change of a flow's rewrites, accumulated change by change and stored
