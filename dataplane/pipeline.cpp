@@ -536,8 +536,32 @@ inline constexpr int kIngressPortTries = 16;
 // flow when needed) for packets to a frontend. `ingress`: the packet came from outside
 // the cluster through the uplink, from the neighbour `ingress_mac`. Returns false when
 // the packet was dropped.
-bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p,
-                  lb_outcome& outcome, bool ingress = false, uint64_t ingress_mac = 0) {
+// A service flow's packet: counted for its backend and rewritten by its entry.
+inline void count_and_rewrite(worker_state& w, rte_mbuf* m, uint8_t* frame, const parsed_packet& p,
+                              lb_outcome& outcome, const flow_entry& e) {
+  w.backend[e.backend_slot].packets.add(1);
+  w.backend[e.backend_slot].bytes.add(rte_pktmbuf_pkt_len(m));
+  rewrite_flow(frame, p, e);
+  outcome.service_flow = true;
+  if (e.flags & kFlowToLastHop) {
+    // Assembled in registers (a 6-byte copy into a zeroed word read back as 8 bytes
+    // would stall on store forwarding).
+    uint32_t low;
+    uint16_t high;
+    std::memcpy(&low, e.last_hop_mac, 4);
+    std::memcpy(&high, e.last_hop_mac + 4, 2);
+    outcome.last_hop_mac = uint64_t{low} | uint64_t{high} << 32;
+  }
+}
+
+bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p,
+                       lb_outcome& outcome, bool ingress, uint64_t ingress_mac, uint64_t hash);
+
+// The flow-table hit, inline in the packet path; everything else (another worker's flow,
+// a new flow) in load_balance_miss, out of line.
+[[gnu::always_inline]] inline bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
+                                                uint8_t* frame, parsed_packet& p, lb_outcome& outcome,
+                                                bool ingress = false, uint64_t ingress_mac = 0) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
@@ -548,19 +572,6 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
   } else if (!t.has_v6_services) {
     return true;
   }
-  const auto count_and_rewrite = [&](const flow_entry& e) {
-    const uint32_t bytes = rte_pktmbuf_pkt_len(m);
-    w.backend[e.backend_slot].packets.add(1);
-    w.backend[e.backend_slot].bytes.add(bytes);
-    rewrite_flow(frame, p, e);
-    outcome.service_flow = true;
-    if (e.flags & kFlowToLastHop) {
-      uint64_t mac = 0;
-      std::memcpy(&mac, e.last_hop_mac, 6);
-      outcome.last_hop_mac = mac;
-    }
-  };
-  const snapshot& s = *t.tables;
   flow_key& key = outcome.key;
   flow_key_into(key, frame, p);
   uint64_t hash;
@@ -581,15 +592,25 @@ bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint
       const flow_key partner = partner_key(*entry);
       w.flows.touch(partner, hash_flow_key(partner), w.now, entry->state, w.timeouts);
     }
-    count_and_rewrite(*entry);
+    count_and_rewrite(w, m, frame, p, outcome, *entry);
     return true;
   }
+  return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, hash);
+}
+
+// load_balance without a hit in this worker's table. `outcome.key` holds the packet's
+// flow key and `hash` its hash.
+[[gnu::noinline]] bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
+                                         parsed_packet& p, lb_outcome& outcome, bool ingress, uint64_t ingress_mac,
+                                         uint64_t hash) {
+  const snapshot& s = *t.tables;
+  const flow_key& key = outcome.key;
   // A flow another worker owns (its packets in this direction arrive here): read its
   // entry consistently and apply it; the owner keeps it alive.
   for (const flow_table* peer : w.peer_flows) {
     flow_entry shared;
     if (peer->find_shared(key, hash, w.now, w.timeouts, shared)) {
-      count_and_rewrite(shared);
+      count_and_rewrite(w, m, frame, p, outcome, shared);
       return true;
     }
   }
