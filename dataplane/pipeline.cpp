@@ -532,10 +532,6 @@ flow_key partner_key(const flow_entry& e) {
 inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
 inline constexpr int kIngressPortTries = 16;
 
-// Service load balancing: reverse NAT for replies of flows we DNATed, DNAT (with a new
-// flow when needed) for packets to a frontend. `ingress`: the packet came from outside
-// the cluster through the uplink, from the neighbour `ingress_mac`. Returns false when
-// the packet was dropped.
 // A service flow's packet: counted for its backend and rewritten by its entry.
 inline void count_and_rewrite(worker_state& w, rte_mbuf* m, uint8_t* frame, const parsed_packet& p,
                               lb_outcome& outcome, const flow_entry& e) {
@@ -557,6 +553,10 @@ inline void count_and_rewrite(worker_state& w, rte_mbuf* m, uint8_t* frame, cons
 bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, parsed_packet& p,
                        lb_outcome& outcome, bool ingress, uint64_t ingress_mac, uint64_t hash);
 
+// Service load balancing: reverse NAT for replies of flows we DNATed, DNAT (with a new
+// flow when needed) for packets to a frontend. `ingress`: the packet came from outside
+// the cluster through the uplink, from the neighbour `ingress_mac`. Returns false when
+// the packet was dropped.
 // The flow-table hit, inline in the packet path; everything else (another worker's flow,
 // a new flow) in load_balance_miss, out of line.
 [[gnu::always_inline]] inline bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
