@@ -76,7 +76,7 @@ flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now,
 }
 
 bool flow_table::touch(const flow_key& key, uint64_t hash, uint64_t now, flow_state state,
-                       const flow_timeouts& timeouts) {
+                       const flow_timeouts& timeouts, uint64_t last_hop_mac) {
   flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
   for (uint32_t way = 0; way < kWays; ++way) {
     flow_entry& entry = bucket[way];
@@ -88,6 +88,7 @@ bool flow_table::touch(const flow_key& key, uint64_t hash, uint64_t now, flow_st
     if (state == flow_state::closing) entry.state = flow_state::closing;
     else if (state == flow_state::established && entry.state == flow_state::transitory)
       entry.state = flow_state::established;
+    if (last_hop_mac && (entry.flags & kFlowToLastHop)) std::memcpy(entry.last_hop_mac, &last_hop_mac, 6);
     flow_detail::end_write(entry);
     return true;
   }

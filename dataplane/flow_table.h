@@ -132,7 +132,11 @@ class flow_table {
   static constexpr unsigned kEpochShift = 31;
   // Keeps the live entry for `key` alive at `now` and merges its partner's TCP state
   // `state` into its own (closing wins, then established); false when there is none.
-  bool touch(const flow_key& key, uint64_t hash, uint64_t now, flow_state state, const flow_timeouts& timeouts);
+  // `last_hop_mac` (nonzero, with kFlowToLastHop set on the entry): the neighbour the
+  // partner's packets now arrive from, which the entry's replies then go to (a router
+  // failover or an ECMP change on the way in is followed within one period).
+  bool touch(const flow_key& key, uint64_t hash, uint64_t now, flow_state state, const flow_timeouts& timeouts,
+             uint64_t last_hop_mac = 0);
   // A slot for a new flow: empty, expired, or the bucket's least recently used (counted
   // as an eviction). The caller fills it; `key`, `last_seen` and `in_use` are set here.
   flow_entry* insert(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);

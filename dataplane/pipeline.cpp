@@ -589,8 +589,10 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
       // Once a period, keep the entry of the other direction alive with this one and
       // give it this one's TCP state: replies of a one-way stream, a lent gateway port,
       // and a backend's SYN|ACK-only entry must not expire under a live flow.
+      // An ingress flow's request also names the neighbour it now arrives from: the
+      // replies follow it.
       const flow_key partner = partner_key(*entry);
-      w.flows.touch(partner, hash_flow_key(partner), w.now, entry->state, w.timeouts);
+      w.flows.touch(partner, hash_flow_key(partner), w.now, entry->state, w.timeouts, ingress ? ingress_mac : 0);
     }
     count_and_rewrite(w, m, frame, p, outcome, *entry);
     return true;

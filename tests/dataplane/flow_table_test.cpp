@@ -4,6 +4,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+
 #include "dataplane/packet_headers.h"
 
 namespace meshlane {
@@ -80,6 +82,31 @@ TEST(flow_table, TouchKeepsAPartnerAliveAndSharesItsState) {
   EXPECT_TRUE(table.touch(reverse, hash_flow_key(reverse), 501, flow_state::closing, kTimeouts));
   EXPECT_EQ(table.find(reverse, hash_flow_key(reverse), 600, 0, kTimeouts), nullptr);
   EXPECT_FALSE(table.touch(key_for(7), hash_flow_key(key_for(7)), 600, flow_state::established, kTimeouts));
+}
+
+TEST(flow_table, TouchMovesTheLastHopOfEntriesThatHaveOne) {
+  flow_table table(1024);
+  const flow_key with_hop = key_for(8), without = key_for(9);
+  flow_entry entry{};
+  entry.key = with_hop;
+  entry.flags = kFlowToLastHop;
+  const uint64_t first = 0x0000aa0000000002ull, second = 0x0000bb0000000002ull;
+  std::memcpy(entry.last_hop_mac, &first, 6);
+  table.insert(entry, hash_flow_key(with_hop), 0, kTimeouts);
+  table.insert(without, hash_flow_key(without), 0, kTimeouts);
+  uint64_t now = 0;  // every call one tick later
+  const auto last_hop = [&](const flow_key& key) {
+    const flow_entry* e = table.find(key, hash_flow_key(key), ++now, wire::kTcpAck, kTimeouts);
+    uint64_t mac = 0;
+    if (e) std::memcpy(&mac, e->last_hop_mac, 6);
+    return mac;
+  };
+  EXPECT_TRUE(table.touch(with_hop, hash_flow_key(with_hop), ++now, flow_state::established, kTimeouts, 0));
+  EXPECT_EQ(last_hop(with_hop), first);  // no neighbour given: unchanged
+  EXPECT_TRUE(table.touch(with_hop, hash_flow_key(with_hop), ++now, flow_state::established, kTimeouts, second));
+  EXPECT_EQ(last_hop(with_hop), second);
+  EXPECT_TRUE(table.touch(without, hash_flow_key(without), ++now, flow_state::established, kTimeouts, second));
+  EXPECT_EQ(last_hop(without), 0u);  // not an entry that sends to a last hop
 }
 
 TEST(flow_table, UdpUsesTheUdpTimeout) {

@@ -491,6 +491,33 @@ TEST_F(golden, IngressToVipWithLocalBackendIsDnatedAndItsReplyLeavesByTheUplinkT
   EXPECT_EQ(pending_total(), 0u);
 }
 
+TEST_F(golden, IngressRepliesFollowTheLastHopWhenTheRequestsMoveToAnotherRouter) {
+  // A router failover (or an ECMP change) on the way in: the flow's requests now arrive
+  // from another neighbour, and within one period of the flow's ageing its replies go
+  // there too (the first router may be gone).
+  learn_pod_macs();
+  const mac_address kSecondRouterMac = mac(0x98);
+  const auto request = [&](const mac_address& router, uint8_t flags) {
+    return ipv4_frame(router, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.11"), tcp_to(80, 40000, flags));
+  };
+  const bytes reply = ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4(kOutsideClient),
+                                 tcp_to(40000, 8080, kTcpAck));
+  send(uplink, request(kRouterMac, kTcpSyn));
+  drain(web);
+  send(web, reply);
+  EXPECT_EQ(mac_at(receive(uplink), 0), kRouterMac);
+  // Past one period of 2^kEpochShift TSC ticks, so that the next request starts a new one.
+  std::this_thread::sleep_for(std::chrono::duration<double>(
+      1.2 * double(uint64_t{1} << flow_table::kEpochShift) / double(rte_get_tsc_hz())));
+  send(uplink, request(kSecondRouterMac, kTcpAck));
+  ASSERT_FALSE(receive(web).empty());
+  send(web, reply);
+  const bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(mac_at(out, 0), kSecondRouterMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));
+}
+
 TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBackHere) {
   learn_pod_macs();
   // remote-dns: UDP 53 -> 198.18.2.30:5353, a backend on node 2.
