@@ -114,6 +114,8 @@ class worker_pool {
   std::unique_ptr<port_table> ports_;
   std::vector<uint16_t> port_ids_;
   std::vector<std::unique_ptr<worker_state>> workers_;
+  std::unique_ptr<lent_port_clients> lent_clients_ = std::make_unique<lent_port_clients>();
+  std::array<uint8_t, 16> gateway_ip6_{};  // of the installed tables, for the flows query
   std::vector<std::vector<rx_queue>> rx_queues_;  // per worker
   std::vector<unsigned> lcores_;                  // per worker when launched
   rte_mempool* mbufs_ = nullptr;

@@ -440,7 +440,9 @@ struct checksum_deltas {
 // backend) or the source (reverse: backend -> VIP), address and port, and with
 // kFlowSecondRewrite the other end too, with the checksums updated by the entry's
 // deltas. The packet's old values are the key's, which the lookup matched.
-inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
+// `second6`: with kFlowSecondRewrite on IPv6, the other end's new address (see
+// second_rewrite_address).
+inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e, const uint8_t* second6 = nullptr) {
   const bool destination = e.direction == flow_direction::forward;
   uint8_t* ip = frame + p.l3_offset;
   uint8_t* l4 = frame + p.l4_offset;
@@ -466,6 +468,11 @@ inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entr
   } else {
     std::memcpy(ip + (destination ? offsetof(ipv6_header, destination) : offsetof(ipv6_header, source)),
                 e.rewrite_address, 16);
+    if (e.flags & kFlowSecondRewrite) {
+      std::memcpy(ip + (destination ? offsetof(ipv6_header, source) : offsetof(ipv6_header, destination)), second6, 16);
+      store16(l4 + (destination ? offsetof(tcp_header, source_port) : offsetof(tcp_header, destination_port)),
+              to_net16(e.second_port));
+    }
   }
   uint16_t l4_after = apply_delta(l4_before, e.l4_checksum_delta);
   // A UDP checksum that computes to zero is sent as all ones (RFC 768).
@@ -507,11 +514,28 @@ inline bool is_gateway(const uint8_t* frame, const parsed_packet& p, const forwa
 
 inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
 
+inline bool is_v4_mapped(const uint8_t* address) {
+  static constexpr uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  return std::memcmp(address, kPrefix, 12) == 0;
+}
+}  // namespace
+
+ip_address second_rewrite_address(const flow_entry& e, const uint8_t* gateway6, const lent_port_clients* clients) {
+  if (is_v4_mapped(e.key.source)) return address_v4(e.second_address);
+  if (e.direction == flow_direction::forward) return address_v6(gateway6);
+  // A reverse entry's key ends at the lent port: (backend -> gateway:port).
+  const uint32_t slot = uint32_t{e.key.destination_port} - kIngressPortFirst;
+  if (!clients || slot >= kIngressPortCount) return ip_address{};
+  return address_v6(clients->v6[slot].data());
+}
+
+namespace {
 // The key of the entry for the other direction of `e`'s flow (see flow_entry).
-flow_key partner_key(const flow_entry& e) {
+flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const worker_state& w) {
   flow_key partner{};
   const bool second = e.flags & kFlowSecondRewrite;
-  const ip_address second_address = address_v4(e.second_address);
+  const ip_address second_address =
+      second ? second_rewrite_address(e, t.gateway_ip6.data(), w.lent_clients) : ip_address{};
   partner.protocol = e.key.protocol;
   if (e.direction == flow_direction::forward) {  // client -> VIP; partner: backend -> client (or gateway)
     std::memcpy(partner.source, e.rewrite_address, 16);
@@ -527,17 +551,20 @@ flow_key partner_key(const flow_entry& e) {
   return partner;
 }
 
-// Source ports this node's gateway address lends to ingress flows towards other nodes:
-// each worker takes every workers-th port of the range, so workers never collide.
-inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
+// Gateway ports are lent (kIngressPortFirst...) in load_balance_miss.
 inline constexpr int kIngressPortTries = 16;
 
 // A service flow's packet: counted for its backend and rewritten by its entry.
-inline void count_and_rewrite(worker_state& w, rte_mbuf* m, uint8_t* frame, const parsed_packet& p,
-                              lb_outcome& outcome, const flow_entry& e) {
+inline void count_and_rewrite(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
+                              const parsed_packet& p, lb_outcome& outcome, const flow_entry& e) {
   w.backend[e.backend_slot].packets.add(1);
   w.backend[e.backend_slot].bytes.add(rte_pktmbuf_pkt_len(m));
-  rewrite_flow(frame, p, e);
+  if (p.l3 == l3_kind::ipv6 && (e.flags & kFlowSecondRewrite)) [[unlikely]] {
+    const ip_address second = second_rewrite_address(e, t.gateway_ip6.data(), w.lent_clients);
+    rewrite_flow(frame, p, e, second.bytes.data());
+  } else {
+    rewrite_flow(frame, p, e);
+  }
   outcome.service_flow = true;
   if (e.flags & kFlowToLastHop) {
     // Assembled in registers (a 6-byte copy into a zeroed word read back as 8 bytes
@@ -591,10 +618,10 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
       // and a backend's SYN|ACK-only entry must not expire under a live flow.
       // An ingress flow's request also names the neighbour it now arrives from: the
       // replies follow it.
-      const flow_key partner = partner_key(*entry);
+      const flow_key partner = partner_key(*entry, t, w);
       w.flows.touch(partner, hash_flow_key(partner), w.now, entry->state, w.timeouts, ingress ? ingress_mac : 0);
     }
-    count_and_rewrite(w, m, frame, p, outcome, *entry);
+    count_and_rewrite(w, t, m, frame, p, outcome, *entry);
     return true;
   }
   return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, hash);
@@ -612,7 +639,7 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   for (const flow_table* peer : w.peer_flows) {
     flow_entry shared;
     if (peer->find_shared(key, hash, w.now, w.timeouts, shared)) {
-      count_and_rewrite(w, m, frame, p, outcome, shared);
+      count_and_rewrite(w, t, m, frame, p, outcome, shared);
       return true;
     }
   }
@@ -669,13 +696,13 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
     if (backend->node_index != kLocalNodeIndex) {
       // The backend's node would send its replies to the client by its own way, past our
       // reverse NAT: borrow a source port of our gateway address so they come back here.
-      if (!v4) {
-        drop(w, m, drop_reason::no_route);  // the overlay's gateway address is IPv4
+      if (!v4 && (!t.has_gateway_ip6 || !w.lent_clients)) {
+        drop(w, m, drop_reason::no_route);  // no IPv6 gateway address to lend ports of
         return false;
       }
       const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
       const uint32_t per_worker = kIngressPortCount / workers;
-      const ip_address gateway = address_v4(t.gateway_ip);
+      const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
       uint16_t port = 0;
       for (int attempt = 0; attempt < kIngressPortTries && !port; ++attempt) {
         const uint16_t candidate = static_cast<uint16_t>(
@@ -690,12 +717,13 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
         return false;
       }
       forward.flags |= kFlowSecondRewrite;
-      forward.second_address = t.gateway_ip;
+      forward.second_address = v4 ? t.gateway_ip : 0;
       forward.second_port = port;
       forward_deltas.address(key.source, gateway.bytes.data());
       forward_deltas.port(key.source_port, port);
       reverse.flags |= kFlowSecondRewrite;
-      std::memcpy(&reverse.second_address, key.source + 12, 4);
+      if (v4) std::memcpy(&reverse.second_address, key.source + 12, 4);
+      else std::memcpy(w.lent_clients->v6[port - kIngressPortFirst].data(), key.source, 16);  // before the insert
       reverse.second_port = key.source_port;
       reverse_deltas.address(gateway.bytes.data(), key.source);
       reverse_deltas.port(port, key.source_port);
@@ -712,7 +740,7 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   w.backend[backend_slot].new_flows.add(1);
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
-  rewrite_flow(frame, p, forward);
+  rewrite_flow(frame, p, forward, v4 ? nullptr : t.gateway_ip6.data());
   outcome.service_flow = true;
   return true;
 }

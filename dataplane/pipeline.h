@@ -142,6 +142,22 @@ struct live_settings {
   }
 };
 
+// Source ports this node's gateway address lends to ingress flows towards backends on
+// other nodes (SNAT): each worker takes every workers-th port of the range, so workers
+// never collide.
+inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
+
+// The IPv6 clients of such flows, by lent port (index: port - kIngressPortFirst). A
+// reverse entry's second rewrite (back to the client) needs the client's address, and an
+// IPv6 one does not fit in flow_entry (IPv4 ones do: flow_entry::second_address). Each
+// worker writes the slots of the ports it lends before it inserts their entries; shared
+// by the pool's workers so that a reply reaching another worker finds its client too
+// (its entry read through the seqlock, whose acquire orders this slot's read after the
+// write).
+struct lent_port_clients {
+  std::array<std::array<uint8_t, 16>, kIngressPortCount> v6{};
+};
+
 // Everything one worker owns: its flow-table shard, counters and TX buffers.
 struct worker_state {
   explicit worker_state(uint32_t flow_capacity) : flows(flow_capacity) {}
@@ -152,6 +168,9 @@ struct worker_state {
   // The other workers' shards, read through flow_table::find_shared when a packet of a
   // flow arrives at a worker that does not own it.
   std::vector<const flow_table*> peer_flows;
+  // Shared by the pool's workers; null: IPv6 ingress to a backend on another node is
+  // refused (no_route).
+  lent_port_clients* lent_clients = nullptr;
   flow_timeouts timeouts;
   uint64_t now = 0;  // TSC at the start of the burst
 
@@ -184,6 +203,10 @@ bool geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
                         const wire::mac_address& outer_destination, uint32_t local_underlay_ip,
                         uint32_t remote_underlay_ip, uint64_t flow_hash, bool udp_checksum = true,
                         const parsed_packet* inner = nullptr);
+// The other end's new address of an entry with kFlowSecondRewrite, 16 bytes (IPv4-mapped
+// for IPv4): forward entries rewrite the source to this node's gateway (`gateway6` for
+// IPv6), reverse entries the destination back to the client (in `clients` for IPv6).
+ip_address second_rewrite_address(const flow_entry& entry, const uint8_t* gateway6, const lent_port_clients* clients);
 // Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 

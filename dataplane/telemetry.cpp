@@ -243,9 +243,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
         if (entry.flags & kFlowSecondRewrite) {
           // Ingress towards another node: the other end's rewrite (the lent gateway port
           // on the way in, the client on the way back).
+          const ip_address second = second_rewrite_address(entry, gateway_ip6_.data(), lent_clients_.get());
           row[entry.direction == flow_direction::forward ? "source_rewrite" : "destination_rewrite"] =
-              ip_address::from_v4(wire::from_net32(entry.second_address)).to_string() + ":" +
-              std::to_string(entry.second_port);
+              address_text(second.bytes.data()) + ":" + std::to_string(entry.second_port);
         }
         if (entry.flags & kFlowToLastHop) {
           wire::mac_address mac;

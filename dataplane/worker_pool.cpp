@@ -143,6 +143,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     auto state = std::make_unique<worker_state>(options.flow_table_size);
     state->index = w;
     state->tx_queue = w;
+    state->lent_clients = pool->lent_clients_.get();
     pool->workers_.push_back(std::move(state));
   }
   for (auto& w : pool->workers_)
@@ -245,6 +246,7 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
   if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next); !error.empty())
     return error;
   apply_tuning(tables->tuning);
+  gateway_ip6_ = next->gateway_ip6;
   forwarding_tables* previous = current_.exchange(next.release(), std::memory_order_acq_rel);
   // Every worker that might still hold `previous` reports a quiescent state after its
   // current burst (or is offline while idle); only then is it safe to free.

@@ -573,6 +573,60 @@ TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBac
   EXPECT_EQ(pending_total(), 0u);
 }
 
+TEST_F(golden, Ipv6IngressToVipWithRemoteBackendIsSourceNatedToTheIpv6Gateway) {
+  // The IPv6 form of the test above: the lent port belongs to this node's IPv6 gateway
+  // address, and the client's address (which a flow entry has no room for) comes back
+  // from the worker pool's table of lent ports.
+  learn_pod_macs();
+  auto document = nlohmann::json::parse(kNode1Document);
+  document["services"].push_back(
+      {{"name", "remote6"}, {"vip", "fd00:6d6c:ffff::12"},
+       {"ports", {{{"port", 53}, {"protocol", "udp"}, {"target_port", 5353}}}},
+       {"backends", {{{"ip", "fd00:6d6c:2::30"}, {"port", 5353}, {"node", "node2"}}}}});
+  publish(document.dump().c_str(), 2);
+  const auto client6 = ip6("2001:db8:7::5"), vip6 = ip6("fd00:6d6c:ffff::12"), backend6 = ip6("fd00:6d6c:2::30"),
+             gateway6 = ip6("fd00:6d6c:1::1");
+  const bytes request = ipv6_frame(kRouterMac, kUplinkMac, client6, vip6, udp_to(53, 50000));
+  send(uplink, request);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), request.size() + kGeneveOverhead);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the backend's node
+  EXPECT_EQ(verify_checksums(out), "");
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(ip6_at(inner, kIp4 + 8), gateway6);  // SNAT to our IPv6 pod gateway address
+  const uint16_t lent_port = u16_at(inner, kL4v6);
+  EXPECT_GE(lent_port, 32768);
+  EXPECT_LT(lent_port, 61440);
+  EXPECT_EQ(ip6_at(inner, kIp4 + 24), backend6);
+  EXPECT_EQ(u16_at(inner, kL4v6 + 2), 5353);
+  EXPECT_EQ(inner[kIp4 + 7], 63);  // hop limit
+  EXPECT_EQ(verify_checksums(inner), "");
+
+  const bytes reply = ipv6_frame(mac(0x77), mac(0x78), backend6, gateway6, udp_to(lent_port, 5353));
+  send(uplink, geneve_from(ip4("198.19.0.2"), reply));
+  const bytes back = receive(uplink);
+  ASSERT_EQ(back.size(), reply.size());
+  EXPECT_EQ(mac_at(back, 0), kRouterMac);
+  EXPECT_EQ(ip6_at(back, kIp4 + 8), vip6);
+  EXPECT_EQ(u16_at(back, kL4v6), 53);
+  EXPECT_EQ(ip6_at(back, kIp4 + 24), client6);
+  EXPECT_EQ(u16_at(back, kL4v6 + 2), 50000);
+  EXPECT_EQ(verify_checksums(back), "");
+
+  subsystem_registry registry;
+  pool_->register_with(registry);
+  const auto flows = registry.query("flows", {{"offset", 0}, {"limit", 10}});
+  ASSERT_EQ(flows["flows"].size(), 2u);
+  for (const auto& flow : flows["flows"]) {
+    if (flow["direction"] == "forward")
+      EXPECT_EQ(flow["source_rewrite"], "fd00:6d6c:1::1:" + std::to_string(lent_port));
+    else
+      EXPECT_EQ(flow["destination_rewrite"], "2001:db8:7::5:50000");
+  }
+  EXPECT_EQ(drops(drop_reason::no_route), 0u);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
 // Path MTU discovery through the service NAT: the "too big" answer quotes the packet as
 // its sender sent it (VIP, its own ports), or the sender could not match it to a socket.
 TEST_F(golden, TooBigToAServiceQuotesThePacketAsTheSenderSentIt) {
