@@ -44,6 +44,8 @@ struct pool_port {
   std::string interface;
   // Overrides the port's own MAC (net_ring ports in tests have none of their own).
   std::optional<wire::mac_address> mac;
+  // Buffers the driver keeps per RX queue beyond its RX ring (af_xdp: its fill queue).
+  uint32_t rx_buffers_held = 0;
 };
 
 // Creates (hot-plugs) the uplink and each pod's interface as DPDK ports with the

@@ -80,7 +80,14 @@ std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>&
       name = vdev + std::to_string(serial++);
       devargs = name + ",iface=" + interface;
       if (driver == "af_packet") devargs += ",qpairs=" + std::to_string(queues);
-      if (driver == "af_xdp") devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
+      if (driver == "af_xdp") {
+        devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
+        // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers
+        // (ETH_AF_XDP_DFLT_NUM_DESCS) at setup, whatever the RX ring size. A pool sized
+        // by the rings alone ran dry on the third such port of a node with 256-entry
+        // rings: that port then never received a frame, and nothing said so.
+        port.rx_buffers_held = 2048;
+      }
       if (rte_dev_probe(devargs.c_str()) != 0)
         return "cannot open " + interface + " with " + driver + " (" + devargs + "): does the interface exist "
                "in this network namespace?";
@@ -125,10 +132,11 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     return nullptr;
   }
 
-  // Enough mbufs for every RX and TX descriptor plus each worker's TX buffers.
-  const uint32_t per_port = static_cast<uint32_t>(options.rx_ring_size + options.tx_ring_size) * workers;
-  const uint32_t mbuf_count =
-      static_cast<uint32_t>(ports.size()) * (per_port + workers * 2u * kMaxBurst) + 2048u;
+  // Enough mbufs for every RX and TX descriptor, what drivers hold beyond their rings,
+  // and each worker's TX buffers.
+  uint32_t mbuf_count = 2048u;
+  for (const pool_port& p : ports)
+    mbuf_count += (uint32_t{options.rx_ring_size} + options.tx_ring_size + p.rx_buffers_held + 2u * kMaxBurst) * workers;
   static std::atomic<unsigned> pool_serial{0};
   const std::string pool_name = "meshlane_mbufs" + std::to_string(pool_serial++);
   pool->mbufs_ = rte_pktmbuf_pool_create(pool_name.c_str(), mbuf_count, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,

@@ -301,7 +301,8 @@ class two_nodes : public ::testing::Test {
         "backends": [{"ip": "198.18.1.20", "port": 8080, "node": "node1"}]}],
       "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 4096, "maglev_table_size": 251,
                    "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
-      "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": "af_packet", "mtu": 1500},
+      "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": 1500},
+                    "pod_driver": ")" + driver_ + R"(",
                     "eal_args": ["--no-huge", "-m", "128", "--file-prefix=)" + file_prefix(n) + R"(",
                                  "--log-level=error", "--no-telemetry"]}
     })";
@@ -327,6 +328,7 @@ class two_nodes : public ::testing::Test {
   node nodes_[2];
   uint16_t node1_workers_ = 1;
   bool with_outside_ = false;
+  std::string driver_ = "af_packet";  // of every port
   std::unique_ptr<netns> switch_, outside_;
 };
 
@@ -583,6 +585,32 @@ TEST_F(two_nodes_and_outside, OutsideHostReachesVipsWithBackendsOnEitherNode) {
 }
 
 TEST_F(two_nodes_two_workers_and_outside, OutsideHostReachesVipsWithBackendsOnEitherNode) {
+  outside_host_reaches_vips_with_backends_on_either_node();
+}
+
+// Every port on af_xdp instead: XDP sockets on the veths (DPDK's net_af_xdp; a veth offers
+// copy mode only), one worker (a veth has one queue unless created with more). The
+// traffic of the tests above in one go: gateway, local and cross-node pods, 1 MiB of TCP
+// to a pod and to a VIP on the other node, and the outside host to both VIPs.
+class two_nodes_af_xdp : public two_nodes_and_outside {
+ protected:
+  two_nodes_af_xdp() { driver_ = "af_xdp"; }
+};
+
+TEST_F(two_nodes_af_xdp, PodsServicesAndTheOutsideHostAllCrossTheNodes) {
+  EXPECT_TRUE(icmp_echo(*nodes_[0].client, "198.18.1.1")) << "gateway echo on node 1";
+  EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[0].web, "198.18.1.20", 9000, "local"), "");
+  EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9001, "cross-node udp"), "");
+  {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_TRUE(server.ok());
+    EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 1 << 20), "") << "pod on node 2";
+  }
+  {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_TRUE(server.ok());
+    EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.19.128.10", 80, 1 << 20), "") << "VIP, backend on node 2";
+  }
   outside_host_reaches_vips_with_backends_on_either_node();
 }
 
