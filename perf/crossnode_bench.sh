@@ -11,6 +11,7 @@
 # datagrams lost while node 1 publishes 100 snapshots, against the same stream alone.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
+# DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet.
 #   perf/crossnode_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
 # Writes perf/results/crossnode-<date>.json and prints ratios. Root; cleans up.
 set -euo pipefail
@@ -21,6 +22,7 @@ seconds=${1:-4}
 reps=${2:-2}
 idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
 idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty: the agent's default
+driver=${DRIVER:-af_packet}  # the workers' ports: af_packet or af_xdp
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
 ninja -C "$build" meshlaned meshctl perf/podlocal_load >/dev/null
@@ -98,9 +100,9 @@ done
 
 # --- meshlane's way --------------------------------------------------------------------
 for n in 1 2; do
-  /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" > "$work/node$n.json" <<'PY'
+  /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" > "$work/node$n.json" <<'PY'
 import json, sys
-n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]
+n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
 pods = {1: [{"name": "client", "ip": "198.18.1.10", "interface": "mlb1-client"}],
         2: [{"name": "server", "ip": "198.18.2.20", "interface": "mlb2-server"}]}
 print(json.dumps({
@@ -112,7 +114,7 @@ print(json.dumps({
                 "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
   "tunables": {"rx_ring_size": 512, "tx_ring_size": 512, "flow_table_size": 16384, "idle_policy": idle,
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
-  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": "af_packet", "mtu": 1500},
+  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": 1500}, "pod_driver": driver,
                 "eal_args": ["--no-huge", "-m", "128", f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
 PY
@@ -174,7 +176,7 @@ fig = {w: {t: {"rr_p50_us": med(w, t, "rr", "p50_us"), "rr_p99_us": med(w, t, "r
 ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
           for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "idle_policy": os.environ.get("IDLE", "adaptive"),
+json.dump({"benchmark": "crossnode", "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"),
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, "publish_under_load": publish, "runs": rows},

@@ -49,7 +49,18 @@ else
   ovs_json=$work/ovs.failed
 fi
 
-echo "== 2b. pipeline: cycles per packet per stage and whole, against the I/O floor (net_null)" >&2
+echo "== 2b. cross-node again with the workers' ports on af_xdp (XDP sockets) instead of af_packet" >&2
+# Not fatal either: the af_packet run above is the one OVS is compared with.
+if DRIVER=af_xdp bash perf/crossnode_bench.sh "${podlocal_args[@]}" > "$work/crossnode_xdp.txt" 2> "$work/crossnode_xdp.err"; then
+  cat "$work/crossnode_xdp.txt" >&2
+  crossnode_xdp_json=$(ls -t perf/results/crossnode-*.json | head -1)
+else
+  tail -20 "$work/crossnode_xdp.err" >&2
+  echo "perf/crossnode_bench.sh with DRIVER=af_xdp failed: $(tail -1 "$work/crossnode_xdp.err")" > "$work/crossnode_xdp.failed"
+  crossnode_xdp_json=$work/crossnode_xdp.failed
+fi
+
+echo "== 2c. pipeline: cycles per packet per stage and whole, against the I/O floor (net_null)" >&2
 OUT=$work/pipeline.json bash perf/pipeline_bench.sh "${pipeline_args[@]}" >&2
 
 echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 backends each)" >&2
@@ -58,17 +69,18 @@ echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 bac
 echo "== 4. memory: flow-table bytes per entry, resident memory at 1M flows" >&2
 "$build/perf/flow_memory_bench" > "$work/flow_memory.json"
 
-/usr/bin/python3 - "$stamp" "$podlocal_json" "$crossnode_json" "$ovs_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" <<'PY'
+/usr/bin/python3 - "$stamp" "$podlocal_json" "$crossnode_json" "$ovs_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" "$crossnode_xdp_json" <<'PY'
 import json, os, platform, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-stamp, podlocal_path, crossnode_path, ovs_path, pipeline_path, control_path, memory_path = sys.argv[1:]
+stamp, podlocal_path, crossnode_path, ovs_path, pipeline_path, control_path, memory_path, crossnode_xdp_path = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 podlocal = json.load(open(podlocal_path))
 crossnode = json.load(open(crossnode_path))
 ovs = json.load(open(ovs_path)) if ovs_path.endswith(".json") else None
+crossnode_xdp = json.load(open(crossnode_xdp_path)) if crossnode_xdp_path.endswith(".json") else None
 pipeline_runs = json.load(open(pipeline_path))["benchmarks"]
 control = [json.loads(l) for l in open(control_path)]
 memory = json.load(open(memory_path))
@@ -83,7 +95,9 @@ pipeline = {name: {"cycles_per_packet": r["cycles_per_packet"], "x_floor": r["cy
 
 report = {"date": stamp, "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
           "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "flow_memory": memory,
-          **({"ovs_dpdk": ovs} if ovs else {"not_measured": {"ovs_dpdk": open(ovs_path).read().strip()}})}
+          **({"ovs_dpdk": ovs} if ovs else {"not_measured": {"ovs_dpdk": open(ovs_path).read().strip()}}),
+          **({"crossnode_af_xdp": crossnode_xdp} if crossnode_xdp else
+             {"not_measured_af_xdp": open(crossnode_xdp_path).read().strip()})}
 out = f"perf/results/{stamp}.json"
 json.dump(report, open(out, "w"), indent=1)
 
@@ -115,7 +129,9 @@ ax.set_xlabel("services (16 backends each)"); ax.set_ylabel("seconds"); ax.legen
 fig.tight_layout(); fig.savefig(f"perf/results/{stamp}-control.png", dpi=100)
 
 # Cross-node: every way measured in this run, pod to pod and through the VIP.
-ways = {"kernel VXLAN": crossnode["figures"]["kernel"], "meshlane (adaptive idle)": crossnode["figures"]["meshlane"]}
+ways = {"kernel VXLAN": crossnode["figures"]["kernel"], "meshlane af_packet": crossnode["figures"]["meshlane"]}
+if crossnode_xdp:
+    ways["meshlane af_xdp"] = crossnode_xdp["figures"]["meshlane"]
 if ovs:
     for way, figures in ovs["figures"].items():
         ways["OVS-DPDK" + (" (pmd-maxsleep 50)" if "maxsleep" in way else " (busy poll)")] = figures
@@ -142,6 +158,12 @@ print(f"              redirect vs sidecar: p50 {r['redirect_vs_sidecar_p50']:.2f
 c = crossnode["meshlane_over_kernel"]
 print(f"  cross-node  meshlane vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
       f"via VIP (vs nftables DNAT) p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
+if crossnode_xdp:
+    c = crossnode_xdp["meshlane_over_kernel"]
+    print(f"              meshlane on af_xdp vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
+          f"via VIP p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
+else:
+    print(f"  cross-node  af_xdp not measured: {open(crossnode_xdp_path).read().strip()}")
 if ovs:
     for way, o in ovs["figures"].items():
         label = f"{way} (pmd-maxsleep {ovs['setup']['pmd_maxsleep_us'][way]} µs, {ovs['setup']['tunnel']})"
