@@ -9,6 +9,7 @@
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -46,7 +47,18 @@ std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunable
   return args;
 }
 
+// libxdp (under DPDK's af_xdp ports) makes this directory in the BPF filesystem for its
+// dispatcher and leaves it behind, empty, when the programs are detached. The agent
+// removes it on the way out if it was not there before: it leaves the machine as it
+// found it. rmdir refuses a directory something else still uses.
+namespace {
+constexpr const char* kLibxdpDirectory = "/sys/fs/bpf/xdp";
+bool libxdp_directory_existed = false;
+}  // namespace
+
 std::string init_eal(const std::vector<std::string>& arguments) {
+  struct stat info{};
+  libxdp_directory_existed = stat(kLibxdpDirectory, &info) == 0;
   std::vector<std::string> copies = arguments;
   std::vector<char*> argv;
   for (auto& a : copies) argv.push_back(a.data());
@@ -60,7 +72,10 @@ std::string init_eal(const std::vector<std::string>& arguments) {
   return {};
 }
 
-void cleanup_eal() { rte_eal_cleanup(); }
+void cleanup_eal() {
+  rte_eal_cleanup();
+  if (!libxdp_directory_existed) rmdir(kLibxdpDirectory);
+}
 
 // --- ports ---
 

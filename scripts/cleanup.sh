@@ -5,6 +5,8 @@
 #   BPF pins                           /sys/fs/bpf/meshlane-{test-*,demo*,bench*}
 #   processes                          meshlaned started with one of those prefixes
 #   DPDK runtime files                 /var/run/dpdk/meshlane-test-*, meshlane-demo*, mlb-ovs-*
+#   libxdp's directory                 /sys/fs/bpf/xdp when empty (af_xdp ports make it; an
+#                                      agent that exits normally removes it itself)
 #   perf/ovs_bench.sh's Open vSwitch   its ovsdb-server and ovs-vswitchd-dpdk (private directories
 #                                      /tmp/meshlane-ovs.*, never the system's), those directories,
 #                                      and a policy-rc.d it wrote while installing
@@ -49,6 +51,7 @@ for pin in /sys/fs/bpf/meshlane-test-* /sys/fs/bpf/meshlane-demo* /sys/fs/bpf/me
   [ -e "$pin" ] || continue
   rm -rf "$pin" && echo "cleanup: removed pins $pin"
 done
+rmdir /sys/fs/bpf/xdp 2>/dev/null && echo "cleanup: removed the empty /sys/fs/bpf/xdp libxdp left"
 for run in /var/run/dpdk/meshlane-test-* /var/run/dpdk/meshlane-demo* /var/run/dpdk/mlb-ovs-*; do
   [ -e "$run" ] && rm -rf "$run"
 done

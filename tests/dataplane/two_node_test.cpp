@@ -595,6 +595,14 @@ TEST_F(two_nodes_two_workers_and_outside, OutsideHostReachesVipsWithBackendsOnEi
 class two_nodes_af_xdp : public two_nodes_and_outside {
  protected:
   two_nodes_af_xdp() { driver_ = "af_xdp"; }
+  void TearDown() override {
+    two_nodes_and_outside::TearDown();
+    // The agents remove the directory libxdp made for its dispatcher (if it was not there).
+    if (!libxdp_directory_existed_) {
+      EXPECT_FALSE(std::filesystem::exists("/sys/fs/bpf/xdp"));
+    }
+  }
+  const bool libxdp_directory_existed_ = std::filesystem::exists("/sys/fs/bpf/xdp");
 };
 
 TEST_F(two_nodes_af_xdp, PodsServicesAndTheOutsideHostAllCrossTheNodes) {
