@@ -103,9 +103,15 @@ std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>&
         // rings: that port then never received a frame, and nothing said so.
         port.rx_buffers_held = 2048;
       }
-      if (rte_dev_probe(devargs.c_str()) != 0)
-        return "cannot open " + interface + " with " + driver + " (" + devargs + "): does the interface exist "
-               "in this network namespace?";
+      if (rte_dev_probe(devargs.c_str()) != 0) {
+        std::string error = "cannot open " + interface + " with " + driver + " (" + devargs + "): does the interface "
+                            "exist in this network namespace?";
+        if (driver == "af_xdp" && queues > 1)
+          error += " af_xdp also needs a queue per worker (" + std::to_string(queues) + "), and DPDK's af_xdp "
+                   "counts an interface without combined channels, such as a veth, as one queue: set "
+                   "tunables.workers to 1 or use af_packet";
+        return error;
+      }
     }
     if (rte_eth_dev_get_port_by_name(name.c_str(), &port.port_id) != 0)
       return "no DPDK port for " + interface + " (" + name + ")";

@@ -520,6 +520,31 @@ TEST_F(two_nodes, IdleAgentsSleepInsteadOfSpinning) {
   EXPECT_LT(used, 0.3) << "an idle agent used " << used << " CPU seconds in 3 s (a busy poller uses 3)";
 }
 
+// af_xdp with more workers than the interface has queues (a veth counts as one): the
+// agent says why instead of starting with workers that would never receive.
+TEST(dataplane_agent, AfXdpWithMoreWorkersThanQueuesIsRefusedWithTheReason) {
+  MESHLANE_REQUIRE_ROOT();
+  const char* binary = std::getenv("MESHLANED");
+  ASSERT_NE(binary, nullptr);
+  netns ns("xq");
+  const veth_pair link = make_veth("xq0", &ns, "xq1", &ns);
+  ns.exec("ip link set " + link.a + " up && ip link set " + link.b + " up");
+  const std::string dir = "/tmp/" + test_long_prefix() + "-xq";
+  std::filesystem::create_directories(dir);
+  const std::string prefix = test_long_prefix() + "-xq";
+  std::ofstream(dir + "/node.json") << R"({
+    "node": {"name": "node1", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24"},
+    "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "workers": 2},
+    "dataplane": {"uplink": {"interface": ")" + link.a + R"(", "driver": "af_xdp"},
+                  "eal_args": ["--no-huge", "-m", "128", "--file-prefix=)" + prefix + R"(", "--log-level=error"]}})";
+  const auto result = ns.exec(std::string(binary) + " --config " + dir + "/node.json");
+  EXPECT_EQ(result.exit_code, 1) << result.output;
+  EXPECT_NE(result.output.find("af_xdp also needs a queue per worker (2)"), std::string::npos) << result.output;
+  std::error_code ignored;
+  std::filesystem::remove_all(dir, ignored);
+  std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
+}
+
 // An agent whose uplink does not exist says which field names it and exits 1, leaving
 // nothing behind.
 TEST(dataplane_agent, MissingUplinkInterfaceIsReportedWithItsPath) {
