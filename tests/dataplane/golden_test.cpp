@@ -96,6 +96,13 @@ std::map<std::string, double> metric_values(worker_pool& pool) {
   return values;
 }
 
+// The first `limit` records of the pool's flows query.
+nlohmann::json flow_records(worker_pool& pool, int limit = 10) {
+  subsystem_registry registry;
+  pool.register_with(registry);
+  return registry.query("flows", {{"offset", 0}, {"limit", limit}});
+}
+
 TEST_F(golden, ArpRequestForGatewayGetsReplyWithPortMac) {
   send(client, arp_request(kClientMac, ip4("198.18.1.10"), ip4("198.18.1.1")));
   const bytes reply = receive(client);
@@ -551,9 +558,7 @@ TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBac
   EXPECT_EQ(verify_checksums(back), "");
 
   // The flows query shows both rewrites and where replies go.
-  subsystem_registry registry;
-  pool_->register_with(registry);
-  const auto flows = registry.query("flows", {{"offset", 0}, {"limit", 10}});
+  const auto flows = flow_records(*pool_);
   ASSERT_EQ(flows["flows"].size(), 2u);
   for (const auto& flow : flows["flows"]) {
     if (flow["direction"] == "forward") {
@@ -613,9 +618,7 @@ TEST_F(golden, Ipv6IngressToVipWithRemoteBackendIsSourceNatedToTheIpv6Gateway) {
   EXPECT_EQ(u16_at(back, kL4v6 + 2), 50000);
   EXPECT_EQ(verify_checksums(back), "");
 
-  subsystem_registry registry;
-  pool_->register_with(registry);
-  const auto flows = registry.query("flows", {{"offset", 0}, {"limit", 10}});
+  const auto flows = flow_records(*pool_);
   ASSERT_EQ(flows["flows"].size(), 2u);
   for (const auto& flow : flows["flows"]) {
     if (flow["direction"] == "forward")
