@@ -514,14 +514,10 @@ inline bool is_gateway(const uint8_t* frame, const parsed_packet& p, const forwa
 
 inline uint16_t inner_ip_length(const parsed_packet& p) { return p.l3_length; }
 
-inline bool is_v4_mapped(const uint8_t* address) {
-  static constexpr uint8_t kPrefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  return std::memcmp(address, kPrefix, 12) == 0;
-}
 }  // namespace
 
 ip_address second_rewrite_address(const flow_entry& e, const uint8_t* gateway6, const lent_port_clients* clients) {
-  if (is_v4_mapped(e.key.source)) return address_v4(e.second_address);
+  if (address_v6(e.key.source).is_v4()) return address_v4(e.second_address);
   if (e.direction == flow_direction::forward) return address_v6(gateway6);
   // A reverse entry's key ends at the lent port: (backend -> gateway:port).
   const uint32_t slot = uint32_t{e.key.destination_port} - kIngressPortFirst;
