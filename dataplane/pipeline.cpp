@@ -116,9 +116,11 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     const uint32_t mask = r.prefix.length == 0 ? 0 : ~uint32_t{0} << (32 - r.prefix.length);
     out.v4_routes.push_back({r.prefix.base.v4() & mask, mask, r.node_index});
   }
+  const mac_address uplink_mac = ports.uplink_port == UINT16_MAX ? mac_address{} : ports.ports[ports.uplink_port].mac;
   for (uint32_t i = 0; i < s.nodes.size(); ++i) {
     const uint32_t ip = s.nodes[i].underlay_ip.is_v4() ? v4_net(s.nodes[i].underlay_ip) : 0;
     out.node_underlay_ip.push_back(ip);
+    out.node_geneve.push_back(ip ? make_geneve_template(uplink_mac, out.underlay_ip, ip) : geneve_template{});
     if (ip && i != kLocalNodeIndex) out.node_by_underlay.emplace_back(ip, i);
   }
   for (const table_service& service : s.services) {
@@ -868,8 +870,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   const uint32_t frame_length = p.l3_offset + p.l3_length;
   if (rte_pktmbuf_pkt_len(m) > frame_length)
     rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
-  const port_info& uplink = ports.ports[ports.uplink_port];
-  if (!geneve_encapsulate(m, uplink.mac, ports.neighbours.lookup(remote), t.underlay_ip, remote, flow_hash,
+  if (!geneve_encapsulate(m, t.node_geneve[node_index], ports.neighbours.lookup_u64(remote), flow_hash,
                           ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
     return drop(w, m, drop_reason::no_headroom);
   w.geneve_encapsulated.add(1);
@@ -1075,51 +1076,67 @@ inline bool inner_frame_sum(const uint8_t* frame, const parsed_packet& p, uint32
 }
 }  // namespace
 
-bool geneve_encapsulate(rte_mbuf* m, const mac_address& outer_source, const mac_address& outer_destination,
-                        uint32_t local_underlay_ip, uint32_t remote_underlay_ip, uint64_t flow_hash,
+geneve_template make_geneve_template(const mac_address& outer_source, uint32_t local_underlay_ip,
+                                     uint32_t remote_underlay_ip) {
+  geneve_template outer;
+  uint8_t* headers = outer.headers.data();
+  auto* eth = reinterpret_cast<ethernet_header*>(headers);
+  auto* ip = reinterpret_cast<ipv4_header*>(headers + sizeof(ethernet_header));
+  auto* udp = reinterpret_cast<udp_header*>(headers + sizeof(ethernet_header) + sizeof(ipv4_header));
+  auto* geneve = reinterpret_cast<geneve_header*>(reinterpret_cast<uint8_t*>(udp) + sizeof(udp_header));
+  eth->source = outer_source;
+  eth->ether_type = to_net16(kEtherTypeIpv4);
+  *ip = ipv4_header{0x45, 0, 0, 0, to_net16(kIpv4DontFragment), 64, kProtoUdp, 0, local_underlay_ip, remote_underlay_ip};
+  *udp = udp_header{0, to_net16(kGenevePort), 0, 0};
+  *geneve = geneve_header{0, 0, to_net16(kEtherTypeTransparentBridging),
+                          {uint8_t(kOverlayVni >> 16), uint8_t(kOverlayVni >> 8), uint8_t(kOverlayVni)}, 0};
+  const uint32_t addresses = halves(from_net32(local_underlay_ip)) + halves(from_net32(remote_underlay_ip));
+  outer.ip_sum = 0x4500u + kIpv4DontFragment + ((64u << 8) | kProtoUdp) + addresses;
+  // The UDP checksum (RFC 768) covers the pseudo-header, the UDP header and the Geneve
+  // header before the inner frame; the lengths and the source port are added per packet.
+  outer.udp_sum = addresses + kProtoUdp + kGenevePort + kEtherTypeTransparentBridging + ((kOverlayVni >> 8) & 0xffff) +
+                  ((kOverlayVni & 0xff) << 8);
+  return outer;
+}
+
+bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t outer_destination, uint64_t flow_hash,
                         bool udp_checksum, const parsed_packet* inner) {
   const uint16_t inner_length = static_cast<uint16_t>(rte_pktmbuf_pkt_len(m));
   // The inner frame's sum first, while nothing has been written in front of it; the
-  // outer headers' sums come from the values in registers, not from re-reading memory
-  // just written (which would stall on store forwarding).
+  // outer headers' sums come from the template's and the values in registers, not from
+  // re-reading memory just written (which would stall on store forwarding).
   uint32_t inner_sum = 0;
   if (udp_checksum) {
     const uint8_t* frame = rte_pktmbuf_mtod(m, const uint8_t*);
     if (!inner || !inner_frame_sum(frame, *inner, inner_sum)) inner_sum = fold16(checksum_partial(frame, inner_length));
     inner_sum = wire::bswap16(static_cast<uint16_t>(inner_sum));
   }
-  uint8_t* outer = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
-  if (!outer) [[unlikely]] return false;
-  auto* eth = reinterpret_cast<ethernet_header*>(outer);
-  auto* ip = reinterpret_cast<ipv4_header*>(outer + sizeof(ethernet_header));
-  auto* udp = reinterpret_cast<udp_header*>(outer + sizeof(ethernet_header) + sizeof(ipv4_header));
-  auto* geneve = reinterpret_cast<geneve_header*>(reinterpret_cast<uint8_t*>(udp) + sizeof(udp_header));
-  eth->destination = outer_destination;
-  eth->source = outer_source;
-  eth->ether_type = to_net16(kEtherTypeIpv4);
+  uint8_t* headers = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
+  if (!headers) [[unlikely]] return false;
+  std::memcpy(headers, outer.headers.data(), kGeneveOverhead);
+  const uint32_t destination_low = static_cast<uint32_t>(outer_destination);
+  const uint16_t destination_high = static_cast<uint16_t>(outer_destination >> 32);
+  std::memcpy(headers, &destination_low, 4);
+  std::memcpy(headers + 4, &destination_high, 2);
   const uint16_t udp_length = static_cast<uint16_t>(sizeof(udp_header) + sizeof(geneve_header) + inner_length);
   const uint16_t total_length = static_cast<uint16_t>(sizeof(ipv4_header) + udp_length);
-  const uint32_t source_host = from_net32(local_underlay_ip), destination_host = from_net32(remote_underlay_ip);
-  const uint32_t addresses = halves(source_host) + halves(destination_host);
-  const uint16_t ip_check = static_cast<uint16_t>(
-      ~fold16(0x4500u + total_length + kIpv4DontFragment + ((64u << 8) | kProtoUdp) + addresses));
-  *ip = ipv4_header{0x45, 0, to_net16(total_length), 0, to_net16(kIpv4DontFragment), 64, kProtoUdp,
-                    to_net16(ip_check), local_underlay_ip, remote_underlay_ip};
+  uint8_t* ip = headers + sizeof(ethernet_header);
+  store16(ip + offsetof(ipv4_header, total_length), to_net16(total_length));
+  store16(ip + offsetof(ipv4_header, checksum), to_net16(static_cast<uint16_t>(~fold16(outer.ip_sum + total_length))));
   // RFC 8926 section 3.3: the source port from a hash of the inner flow, in the
   // ephemeral range (49152-65535), so that the underlay's ECMP/RSS spreads flows.
   const uint16_t source_port = static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 32)) & 0x3fff));
   // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
-  // that receivers and middleboxes that verify it accept the frame): pseudo-header, UDP
-  // header, Geneve header, inner frame.
-  const uint32_t vni_high = (kOverlayVni >> 8) & 0xffff, vni_low = (kOverlayVni & 0xff) << 8;
-  uint16_t udp_check = static_cast<uint16_t>(
-      ~fold16(uint64_t{addresses} + kProtoUdp + udp_length + source_port + kGenevePort + udp_length +
-              kEtherTypeTransparentBridging + vni_high + vni_low + inner_sum));
+  // that receivers and middleboxes that verify it accept the frame).
+  uint16_t udp_check =
+      static_cast<uint16_t>(~fold16(uint64_t{outer.udp_sum} + 2u * udp_length + source_port + inner_sum));
   if (udp_check == 0) udp_check = 0xffff;  // RFC 768: zero means "no checksum"
   if (!udp_checksum) udp_check = 0;
-  *udp = udp_header{to_net16(source_port), to_net16(kGenevePort), to_net16(udp_length), to_net16(udp_check)};
-  *geneve = geneve_header{0, 0, to_net16(kEtherTypeTransparentBridging),
-                          {uint8_t(kOverlayVni >> 16), uint8_t(kOverlayVni >> 8), uint8_t(kOverlayVni)}, 0};
+  // The UDP header in one store: source port, destination port (the template's), length,
+  // checksum.
+  const uint64_t udp = uint64_t{to_net16(source_port)} | uint64_t{to_net16(kGenevePort)} << 16 |
+                       uint64_t{to_net16(udp_length)} << 32 | uint64_t{to_net16(udp_check)} << 48;
+  std::memcpy(ip + sizeof(ipv4_header), &udp, 8);
   return true;
 }
 

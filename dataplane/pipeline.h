@@ -72,12 +72,29 @@ struct underlay_neighbours {
   std::array<slot, kSlots> slots;
   void learn(uint32_t ip_net, const wire::mac_address& mac);
   // Broadcast when unknown. Inline: every encapsulated packet asks.
-  wire::mac_address lookup(uint32_t ip_net) const {
+  wire::mac_address lookup(uint32_t ip_net) const { return wire::mac_address::from_u64(lookup_u64(ip_net)); }
+  // The same as mac_address::as_u64 gives it.
+  uint64_t lookup_u64(uint32_t ip_net) const {
     const slot& s = slots[(ip_net >> 24) % kSlots];
-    if (s.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{ip_net} << 1) | 1)) return wire::kBroadcastMac;
-    return wire::mac_address::from_u64(s.mac.load(std::memory_order_acquire));
+    if (s.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{ip_net} << 1) | 1))
+      return wire::kBroadcastMac.as_u64();
+    return s.mac.load(std::memory_order_acquire);
   }
 };
+
+// The outer headers of Geneve frames from this node to one other node, built when a
+// snapshot is published: every field but those that vary per packet (the outer
+// destination MAC, learned at run time; the IPv4 total length and checksum; the UDP
+// source port, length and checksum), with the ones' complement sums of the constant
+// words, so that encapsulating a packet is one 50-byte copy and a few patched fields.
+struct geneve_template {
+  std::array<uint8_t, wire::kGeneveOverhead> headers{};
+  uint32_t ip_sum = 0;   // the IPv4 header's words but total length and checksum (host order, unfolded)
+  uint32_t udp_sum = 0;  // pseudo-header addresses and protocol, destination port, Geneve header
+};
+// `local_underlay_ip` and `remote_underlay_ip` in network order.
+geneve_template make_geneve_template(const wire::mac_address& outer_source, uint32_t local_underlay_ip,
+                                     uint32_t remote_underlay_ip);
 
 struct port_table {
   std::array<port_info, kMaxPorts> ports;
@@ -98,6 +115,7 @@ struct forwarding_tables {
   bool has_gateway_ip6 = false;
   std::vector<uint16_t> pod_port;          // by snapshot pod index; UINT16_MAX: no port
   std::vector<uint32_t> node_underlay_ip;  // by snapshot node index, network order (0: not IPv4)
+  std::vector<geneve_template> node_geneve;  // by snapshot node index (from the uplink; empty without one)
   std::vector<uint32_t> service_slot;      // by snapshot service index -> counter slot
   std::vector<uint32_t> backend_slot;      // by snapshot backend index -> counter slot
   // IPv4 fast paths of the snapshot's lookups (the snapshot's own are family-generic):
@@ -194,15 +212,14 @@ void process_burst(worker_state& worker, const forwarding_tables& tables, port_t
 void flush_tx(worker_state& worker);
 
 // Single stages, as process_burst uses them; exposed for the benchmark and unit tests.
-// Geneve encapsulation of the frame in `m` to `remote_underlay_ip` (network order).
+// Geneve encapsulation of the frame in `m` with the headers of `outer`, to the neighbour
+// `outer_destination` (a MAC as mac_address::as_u64 gives it).
 // With `inner` (the parse of the frame in `m`, which must end where its IP packet ends),
 // the outer UDP checksum takes the inner frame's sum from the inner checksums instead of
 // reading the whole frame (see inner_frame_sum in pipeline.cpp).
 // False (nothing written) when the mbuf has no room for the outer headers in front.
-bool geneve_encapsulate(rte_mbuf* m, const wire::mac_address& outer_source,
-                        const wire::mac_address& outer_destination, uint32_t local_underlay_ip,
-                        uint32_t remote_underlay_ip, uint64_t flow_hash, bool udp_checksum = true,
-                        const parsed_packet* inner = nullptr);
+bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t outer_destination, uint64_t flow_hash,
+                        bool udp_checksum = true, const parsed_packet* inner = nullptr);
 // The other end's new address of an entry with kFlowSecondRewrite, 16 bytes (IPv4-mapped
 // for IPv4): forward entries rewrite the source to this node's gateway (`gateway6` for
 // IPv6), reverse entries the destination back to the client (in `clients` for IPv6).
