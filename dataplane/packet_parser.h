@@ -68,7 +68,7 @@ static_assert(sizeof(parsed_packet) == 16 && offsetof(parsed_packet, l3_length) 
               "parse_packet stores the fields as two 8-byte words (parser_detail::store)");
 
 // Parses a frame of `length` bytes. Returns drop_reason::none and fills `out` when the
-// frame is usable; otherwise the reason. Ethernet padding beyond the IP length is allowed.
+// frame is usable; otherwise the reason, and `out` is left as it was. Ethernet padding beyond the IP length is allowed.
 // Inline, and the result is built in registers and stored as two whole 8-byte words:
 // the pipeline reads it back right away, often two adjacent fields in one load (GCC
 // merges `p.l3 == ... && p.l4_protocol == ...` into one 16-bit compare), and a load that
@@ -150,7 +150,6 @@ namespace parser_detail {
 
 [[gnu::always_inline]] inline drop_reason parse_packet(const uint8_t* frame, uint32_t length, parsed_packet& result) {
   using namespace wire;
-  result = parsed_packet{};
   parsed_packet out;  // in registers; stored into `result` on success
   if (length < sizeof(ethernet_header)) return drop_reason::truncated_ethernet;
   if (length > 0xffff) return drop_reason::bad_ipv4_total_length;  // offsets are 16-bit

@@ -32,7 +32,7 @@ uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
 inline uint32_t v4_pod_hash(uint32_t ip_host) { return (ip_host * 0x9e3779b1u) >> 7; }
 inline uint64_t gate_hash(uint64_t key) { return (key * 0x9e3779b97f4a7c15ull) >> 29; }
 template <typename Key>
-inline bool gate_contains(const std::vector<Key>& slots, uint32_t mask, Key key) {
+[[gnu::always_inline]] inline bool gate_contains(const std::vector<Key>& slots, uint32_t mask, Key key) {
   for (uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;; slot = (slot + 1) & mask) {
     if (slots[slot] == key) return true;
     if (!slots[slot]) return false;
@@ -226,7 +226,9 @@ inline uint8_t* frame_of(rte_mbuf* m) { return rte_pktmbuf_mtod(m, uint8_t*); }
 
 // What load balancing decided about a packet, for routing it.
 struct lb_outcome {
-  uint64_t flow_hash = 0;     // hash of the packet's tuple when a flow lookup computed it
+  // The low half of the hash of the packet's tuple (flow_hash_from_crc) when a flow
+  // lookup computed it, for the Geneve source port; 0: not computed.
+  uint64_t flow_hash = 0;
   uint64_t last_hop_mac = 0;  // nonzero: a reply of an ingress flow, out of the uplink to this MAC
   bool service_flow = false;  // a service flow's rewrite was applied
   // The packet's tuple as it arrived, before any rewrite (valid with service_flow): an
@@ -444,7 +446,7 @@ struct checksum_deltas {
 // deltas. The packet's old values are the key's, which the lookup matched.
 // `second6`: with kFlowSecondRewrite on IPv6, the other end's new address (see
 // second_rewrite_address).
-inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e, const uint8_t* second6 = nullptr) {
+[[gnu::always_inline]] inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e, const uint8_t* second6 = nullptr) {
   const bool destination = e.direction == flow_direction::forward;
   uint8_t* ip = frame + p.l3_offset;
   uint8_t* l4 = frame + p.l4_offset;
@@ -488,9 +490,12 @@ inline bool decrement_ttl(uint8_t* frame, const parsed_packet& p) {
   if (p.l3 == l3_kind::ipv4) {
     auto* ip = reinterpret_cast<ipv4_header*>(frame + p.l3_offset);
     if (ip->ttl <= 1) return false;
-    // The TTL is the high byte of its 16-bit word with the protocol.
-    ip->checksum = checksum_update16(ip->checksum, to_net16(uint16_t(ip->ttl) << 8),
-                                     to_net16(uint16_t(ip->ttl - 1) << 8));
+    // RFC 1624 eqn. 3 for the word (TTL, protocol) going down by 0x0100: ~m + m' is
+    // 0xfeff whatever the TTL, so HC' = ~(~HC + 0xfeff). Computed on the checksum as
+    // stored (byte-swapped on this little-endian host), where the constant reads 0xfffe;
+    // one fold keeps the sum in 16 bits (at most 0xffff + 0xfffe).
+    const uint32_t sum = uint32_t{static_cast<uint16_t>(~ip->checksum)} + 0xfffeu;
+    ip->checksum = static_cast<uint16_t>(~((sum & 0xffff) + (sum >> 16)));
     --ip->ttl;
     return true;
   }
@@ -553,7 +558,7 @@ flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const work
 inline constexpr int kIngressPortTries = 16;
 
 // A service flow's packet: counted for its backend and rewritten by its entry.
-inline void count_and_rewrite(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
+[[gnu::always_inline]] inline void count_and_rewrite(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
                               const parsed_packet& p, lb_outcome& outcome, const flow_entry& e) {
   w.backend[e.backend_slot].packets.add(1);
   w.backend[e.backend_slot].bytes.add(rte_pktmbuf_pkt_len(m));
@@ -599,17 +604,18 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   }
   flow_key& key = outcome.key;
   flow_key_into(key, frame, p);
-  uint64_t hash;
+  // The hash's low half: all that a hit needs (the bucket); a miss completes it.
+  uint32_t crc;
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-    hash = hash_flow_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
+    crc = flow_crc_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
   } else {
-    hash = hash_flow_key(key);
+    crc = static_cast<uint32_t>(hash_flow_key(key));
   }
   // The client-side tuple's hash also picks the Geneve source port: stable per flow.
-  outcome.flow_hash = hash;
+  outcome.flow_hash = crc;
   bool new_epoch = false;
-  if (const flow_entry* entry = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts, &new_epoch)) {
+  if (const flow_entry* entry = w.flows.find(key, crc, w.now, p.tcp_flags, w.timeouts, &new_epoch)) {
     if (new_epoch) [[unlikely]] {
       // Once a period, keep the entry of the other direction alive with this one and
       // give it this one's TCP state: replies of a one-way stream, a lent gateway port,
@@ -622,7 +628,7 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
     count_and_rewrite(w, t, m, frame, p, outcome, *entry);
     return true;
   }
-  return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, hash);
+  return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, flow_hash_from_crc(crc));
 }
 
 // load_balance without a hit in this worker's table. `outcome.key` holds the packet's
@@ -784,28 +790,32 @@ void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_por
 }
 
 // Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
-// destination's pod range. `from_overlay`: it arrived by Geneve, so it may only be
-// delivered locally (never sent back into the overlay).
+// destination's pod range. `kFromOverlay`: it arrived by Geneve, so it may only be
+// delivered locally (never sent back into the overlay). A template parameter: every
+// caller knows it, and an eighth argument would travel on the stack.
+inline constexpr uint32_t kNoNode = UINT32_MAX;
+
+template <bool kFromOverlay>
 void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
-           parsed_packet& p, bool from_overlay, const lb_outcome& lb) {
+           parsed_packet& p, const lb_outcome& lb) {
   uint8_t* frame = frame_of(m);
   const snapshot& s = *t.tables;
-  const mac_address reply_mac = ports.ports[in_port].mac;
-  uint64_t flow_hash = lb.flow_hash;
+  // The MAC that ICMP answers leave from (only the error paths need it).
+  const auto reply_mac = [&ports, in_port]() -> const mac_address& { return ports.ports[in_port].mac; };
   if (lb.last_hop_mac) {
     // A reply of an ingress flow, already reverse-NATed: back out of the uplink to the
     // neighbour the flow's first packet came from.
     if (ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
     if (!decrement_ttl(frame, p)) return drop(w, m, drop_reason::ttl_expired);
     if (p.l3_length > ports.uplink_mtu)
-      return refuse_too_big(w, t, in_port, m, p, reply_mac, from_overlay, ports.uplink_mtu, lb);
+      return refuse_too_big(w, t, in_port, m, p, reply_mac(), kFromOverlay, ports.uplink_mtu, lb);
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     eth->destination = mac_address::from_u64(lb.last_hop_mac);
     eth->source = ports.ports[ports.uplink_port].mac;
     return transmit(w, ports.uplink_port, m);
   }
   const table_pod* pod = nullptr;
-  const table_node* node = nullptr;
+  uint32_t node_index = kNoNode;
   if (p.l3 == l3_kind::ipv4) {
     const uint32_t ip = from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination);
     if ((ip & t.local_v4_mask) == t.local_v4_base) {
@@ -821,7 +831,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     if (!pod) {
       for (const forwarding_tables::v4_route& r : t.v4_routes) {
         if ((ip & r.mask) == r.base) {
-          node = &s.nodes[r.node_index];
+          node_index = r.node_index;
           break;
         }
       }
@@ -829,16 +839,18 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   } else {
     const ip_address destination = destination_of(frame, p);
     pod = s.find_pod(destination);
-    if (!pod) node = s.route(destination);
+    if (!pod) {
+      if (const table_node* node = s.route(destination)) node_index = static_cast<uint32_t>(node - s.nodes.data());
+    }
   }
 
   if (pod) {
     const uint16_t out = t.pod_port[static_cast<size_t>(pod - s.pods.data())];
     if (out == UINT16_MAX) return drop(w, m, drop_reason::no_port);
     if (!decrement_ttl(frame, p)) {
-      if (from_overlay) return drop(w, m, drop_reason::ttl_expired);
+      if (kFromOverlay) return drop(w, m, drop_reason::ttl_expired);
       w.drops[static_cast<unsigned>(drop_reason::ttl_expired)].add(1);
-      return answer_icmp_error(w, in_port, m, p, t, reply_mac,
+      return answer_icmp_error(w, in_port, m, p, t, reply_mac(),
                                p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0, &lb);
     }
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
@@ -852,20 +864,20 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     return transmit(w, out, m);
   }
 
-  if (!node || from_overlay) return drop(w, m, drop_reason::no_route);
-  const uint32_t node_index = static_cast<uint32_t>(node - s.nodes.data());
-  if (node_index == kLocalNodeIndex) return drop(w, m, drop_reason::no_route);  // our range, no such pod
+  // No node, our own range without such a pod, a node without an IPv4 underlay address,
+  // no uplink: nowhere to send it.
+  if (kFromOverlay || node_index == kNoNode || node_index == kLocalNodeIndex) return drop(w, m, drop_reason::no_route);
   const uint32_t remote = t.node_underlay_ip[node_index];
   if (!remote || ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
 
   if (!decrement_ttl(frame, p)) {
     w.drops[static_cast<unsigned>(drop_reason::ttl_expired)].add(1);
-    return answer_icmp_error(w, in_port, m, p, t, reply_mac,
+    return answer_icmp_error(w, in_port, m, p, t, reply_mac(),
                              p.l3 == l3_kind::ipv4 ? kIcmpTimeExceeded : kIcmpv6TimeExceeded, 0, 0, &lb);
   }
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead;
-  if (inner_ip_length(p) > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac, false, inner_mtu, lb);
-  if (!flow_hash) flow_hash = hash_flow_key(make_flow_key(frame, p));
+  if (inner_ip_length(p) > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
+  const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
   if (rte_pktmbuf_pkt_len(m) > frame_length)
@@ -966,7 +978,7 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     lb_outcome lb;
     if (!load_balance(w, t, m, frame, p, lb)) return;
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, lb);
+    return route<false>(w, t, ports, in_port, m, p, lb);
   }
 
   if (port.role == port_role::uplink) {
@@ -989,7 +1001,7 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
           frame = frame_of(m);
           lb_outcome lb;
           if (!load_balance(w, t, m, frame, p, lb)) return;
-          return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, lb);
+          return route<true>(w, t, ports, in_port, m, p, lb);
         }
         if (p.l4_offset && p.l4_protocol == kProtoIcmp &&
             reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpEchoRequest)
@@ -1011,10 +1023,10 @@ void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
     }
     lb_outcome lb;
     if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/true, eth->source.as_u64())) return;
-    if (lb.service_flow) return route(w, t, ports, in_port, m, p, /*from_overlay=*/false, lb);
+    if (lb.service_flow) return route<false>(w, t, ports, in_port, m, p, lb);
     const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
     if (!pod) return drop(w, m, drop_reason::not_for_us);
-    return route(w, t, ports, in_port, m, p, /*from_overlay=*/true, lb);
+    return route<true>(w, t, ports, in_port, m, p, lb);
   }
   drop(w, m, drop_reason::no_port);
 }
@@ -1125,7 +1137,9 @@ bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t oute
   store16(ip + offsetof(ipv4_header, checksum), to_net16(static_cast<uint16_t>(~fold16(outer.ip_sum + total_length))));
   // RFC 8926 section 3.3: the source port from a hash of the inner flow, in the
   // ephemeral range (49152-65535), so that the underlay's ECMP/RSS spreads flows.
-  const uint16_t source_port = static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 32)) & 0x3fff));
+  // From the hash's low half (the CRC, see flow_hash_from_crc), which is all that a
+  // flow-table hit computes.
+  const uint16_t source_port = static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 16)) & 0x3fff));
   // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
   // that receivers and middleboxes that verify it accept the frame).
   uint16_t udp_check =

@@ -34,7 +34,11 @@ inline constexpr uint32_t kOverlayVni = 1;
 // A counter with one writer (its worker) and lock-free readers (the control thread).
 struct counter {
   std::atomic<uint64_t> value{0};
-  void add(uint64_t n) { value.store(value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  // Always inline: GCC stops inlining into the large packet functions once they have
+  // grown enough, and a call here costs more than the add.
+  [[gnu::always_inline]] void add(uint64_t n) {
+    value.store(value.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   uint64_t get() const { return value.load(std::memory_order_relaxed); }
 };
 
@@ -213,7 +217,8 @@ void flush_tx(worker_state& worker);
 
 // Single stages, as process_burst uses them; exposed for the benchmark and unit tests.
 // Geneve encapsulation of the frame in `m` with the headers of `outer`, to the neighbour
-// `outer_destination` (a MAC as mac_address::as_u64 gives it).
+// `outer_destination` (a MAC as mac_address::as_u64 gives it); the outer UDP source port
+// comes from the low 32 bits of `flow_hash` (see flow_hash_from_crc).
 // With `inner` (the parse of the frame in `m`, which must end where its IP packet ends),
 // the outer UDP checksum takes the inner frame's sum from the inner checksums instead of
 // reading the whole frame (see inner_frame_sum in pipeline.cpp).
