@@ -78,6 +78,9 @@ enum class flow_state : uint8_t { transitory = 0, established = 1, closing = 2 }
 // Bits of flow_entry::flags.
 inline constexpr uint8_t kFlowSecondRewrite = 1;  // also rewrite the other end (IPv4 only)
 inline constexpr uint8_t kFlowToLastHop = 2;      // send out of the uplink to last_hop_mac
+// A forward entry of a flow from outside the cluster: last_hop_mac holds the neighbour
+// its first packet came from, for rebuilding an evicted reverse entry (which needs it).
+inline constexpr uint8_t kFlowIngress = 4;
 
 // What a hit tells the pipeline: forward entries name the backend to DNAT to; reverse
 // entries name the VIP and port to put back as the source.

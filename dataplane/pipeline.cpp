@@ -111,6 +111,15 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     fill(out.v4_vips, out.v4_vip_mask, vips);
     fill(out.v4_backends, out.v4_backend_mask, backends);
   }
+  for (uint32_t i = 0; i < s.frontends.size(); ++i) {
+    const table_frontend& f = s.frontends[i];
+    const table_service& service = s.services[f.service_index];
+    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+      const uint16_t port = f.target_port ? f.target_port : s.backends[b].port;
+      out.frontends_by_backend.push_back({s.backends[b].ip.bytes, port, static_cast<uint8_t>(f.protocol), i});
+    }
+  }
+  std::sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());
   for (const table_route& r : s.routes) {  // already longest first
     if (!r.prefix.is_v4()) continue;
     const uint32_t mask = r.prefix.length == 0 ? 0 : ~uint32_t{0} << (32 - r.prefix.length);
@@ -631,6 +640,80 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, flow_hash_from_crc(crc));
 }
 
+// The reverse entry of a new forward entry (client -> frontend, DNATed to a backend):
+// backend -> client, rewritten back to the frontend. Without checksum deltas.
+flow_entry reverse_entry_for(const flow_entry& forward) {
+  flow_entry reverse{};
+  std::memcpy(reverse.key.source, forward.rewrite_address, 16);
+  std::memcpy(reverse.key.destination, forward.key.source, 16);
+  reverse.key.source_port = forward.rewrite_port;
+  reverse.key.destination_port = forward.key.source_port;
+  reverse.key.protocol = forward.key.protocol;
+  std::memcpy(reverse.rewrite_address, forward.key.destination, 16);
+  reverse.rewrite_port = forward.key.destination_port;
+  reverse.direction = flow_direction::reverse;
+  reverse.backend_slot = forward.backend_slot;
+  reverse.state = flow_state::transitory;
+  return reverse;
+}
+
+// Frontends tried for one reply without an entry (a backend behind more frontends than
+// this many is rarely restored; the bound keeps a backend's stray packets cheap).
+inline constexpr int kRestoreCandidates = 8;
+
+// A backend's packet that no reverse entry matches, to a client whose flow's forward
+// entry (client -> frontend, DNATed to this backend) still lives, in this worker's table
+// or another's: its reverse entry was evicted (the least recently used way of a full
+// bucket, while the client kept the forward one fresh), so the backend's replies would
+// leave un-NATed and the connection would hang. Rebuilds the entry from the forward one,
+// applies it and returns true; false when the packet belongs to no such flow. Flows
+// source-NATed to a lent gateway port are not rebuilt: their replies name the port, not
+// the client. `hash`: the packet's flow hash.
+bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
+                           const parsed_packet& p, lb_outcome& outcome, uint64_t hash) {
+  const flow_key& key = outcome.key;  // backend -> client
+  forwarding_tables::backend_frontend probe;
+  std::memcpy(probe.ip.data(), key.source, 16);
+  probe.port = key.source_port;
+  probe.protocol = key.protocol;
+  const auto [first, last] =
+      std::equal_range(t.frontends_by_backend.begin(), t.frontends_by_backend.end(), probe);
+  const snapshot& s = *t.tables;
+  int tried = 0;
+  for (auto it = first; it != last && tried < kRestoreCandidates; ++it, ++tried) {
+    const table_frontend& frontend = s.frontends[it->frontend];
+    flow_key forward_key{};
+    std::memcpy(forward_key.source, key.destination, 16);
+    forward_key.source_port = key.destination_port;
+    std::memcpy(forward_key.destination, frontend.vip.bytes.data(), 16);
+    forward_key.destination_port = frontend.port;
+    forward_key.protocol = key.protocol;
+    const uint64_t forward_hash = hash_flow_key(forward_key);
+    flow_entry forward;
+    bool found = w.flows.find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
+    for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
+      found = w.peer_flows[i]->find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
+    if (!found || forward.direction != flow_direction::forward || (forward.flags & kFlowSecondRewrite) ||
+        std::memcmp(forward.rewrite_address, key.source, 16) != 0 || forward.rewrite_port != key.source_port)
+      continue;
+    flow_entry reverse = reverse_entry_for(forward);
+    reverse.state = forward.state;
+    if (forward.flags & kFlowIngress) {
+      reverse.flags |= kFlowToLastHop;
+      std::memcpy(reverse.last_hop_mac, forward.last_hop_mac, 6);
+    }
+    checksum_deltas deltas{p.l3 == l3_kind::ipv4};
+    deltas.address(reverse.key.source, reverse.rewrite_address);
+    deltas.port(reverse.key.source_port, reverse.rewrite_port);
+    deltas.store(reverse);
+    w.flows.insert(reverse, hash, w.now, w.timeouts);
+    w.reverse_entries_restored.add(1);
+    count_and_rewrite(w, t, m, frame, p, outcome, reverse);
+    return true;
+  }
+  return false;
+}
+
 // load_balance without a hit in this worker's table. `outcome.key` holds the packet's
 // flow key and `hash` its hash.
 [[gnu::noinline]] bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
@@ -650,7 +733,12 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   const ip_address destination = destination_of(frame, p);
   const table_frontend* frontend =
       s.find_frontend(destination, p.destination_port, static_cast<l4_protocol>(p.l4_protocol));
-  if (!frontend) return true;  // not service traffic (or a reply whose flow expired)
+  if (!frontend) {
+    // A backend's reply whose reverse entry is gone while its flow lives on is NATed
+    // again; anything else is not service traffic (or a reply whose flow expired).
+    restore_reverse_entry(w, t, m, frame, p, outcome, hash);
+    return true;
+  }
   const table_service& service = s.services[frontend->service_index];
   // Session affinity hashes the client address only, so every connection of a client
   // lands on one backend.
@@ -678,25 +766,18 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   forward.backend_slot = backend_slot;
   forward.state = flow_state::transitory;
 
-  flow_entry reverse{};
-  std::memcpy(reverse.key.source, backend->ip.bytes.data(), 16);
-  std::memcpy(reverse.key.destination, key.source, 16);
-  reverse.key.source_port = backend_port;
-  reverse.key.destination_port = key.source_port;
-  reverse.key.protocol = key.protocol;
-  std::memcpy(reverse.rewrite_address, key.destination, 16);
-  reverse.rewrite_port = key.destination_port;
-  reverse.direction = flow_direction::reverse;
-  reverse.backend_slot = backend_slot;
-  reverse.state = flow_state::transitory;
+  flow_entry reverse = reverse_entry_for(forward);
 
   checksum_deltas forward_deltas{v4}, reverse_deltas{v4};
   forward_deltas.address(key.destination, forward.rewrite_address);
   forward_deltas.port(key.destination_port, forward.rewrite_port);
   if (ingress) {
-    // Replies leave by the uplink, to the neighbour this request came from.
+    // Replies leave by the uplink, to the neighbour this request came from. The forward
+    // entry keeps it too, in case its reverse entry has to be rebuilt.
     reverse.flags |= kFlowToLastHop;
     std::memcpy(reverse.last_hop_mac, &ingress_mac, 6);
+    forward.flags |= kFlowIngress;
+    std::memcpy(forward.last_hop_mac, &ingress_mac, 6);
     if (backend->node_index != kLocalNodeIndex) {
       // The backend's node would send its replies to the client by its own way, past our
       // reverse NAT: borrow a source port of our gateway address so they come back here.

@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "control/snapshot.h"
@@ -148,6 +149,19 @@ struct forwarding_tables {
   bool has_v6_services = false;
   // Underlay address -> node index, for accepting Geneve only from known nodes.
   std::vector<std::pair<uint32_t, uint32_t>> node_by_underlay;
+  // The frontends that DNAT to a backend (its address, the port flows reach it on, and
+  // the protocol), sorted: what a backend's reply without a reverse entry may belong to
+  // (see restore_reverse_entry in pipeline.cpp).
+  struct backend_frontend {
+    std::array<uint8_t, 16> ip{};
+    uint16_t port = 0;
+    uint8_t protocol = 0;
+    uint32_t frontend = 0;  // snapshot frontend index
+    bool operator<(const backend_frontend& other) const {
+      return std::tie(ip, port, protocol) < std::tie(other.ip, other.port, other.protocol);
+    }
+  };
+  std::vector<backend_frontend> frontends_by_backend;
 };
 
 // Live settings a worker re-reads every loop; changed by tunables without restart.
@@ -201,6 +215,7 @@ struct worker_state {
   std::array<lb_counters, kMaxBackendSlots> backend;  // services: see service_counters
   counter bursts, busy_polls, idle_polls;
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
+  counter reverse_entries_restored;  // see restore_reverse_entry in pipeline.cpp
 
   std::array<std::array<rte_mbuf*, kMaxBurst>, kMaxPorts> tx_buffer{};
   std::array<uint16_t, kMaxPorts> tx_count{};

@@ -110,11 +110,15 @@ void worker_pool::register_with(subsystem_registry& registry) {
     }
     auto evictions = family("meshlane_dataplane_flow_evictions_total",
                             "Live flows evicted from a full flow-table bucket, per worker.");
-    for (const auto& w : workers_)
+    auto restored = family("meshlane_dataplane_flow_entries_restored_total",
+                           "Reverse entries rebuilt from their live forward entry after an eviction, per worker.");
+    for (const auto& w : workers_) {
       evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
+      restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
+    }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &drops, &polls, &encap, &generated,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
-                    &backend_flows, &evictions})
+                    &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));
   });
 

@@ -632,6 +632,104 @@ TEST_F(golden, Ipv6IngressToVipWithRemoteBackendIsSourceNatedToTheIpv6Gateway) {
 
 // Path MTU discovery through the service NAT: the "too big" answer quotes the packet as
 // its sender sent it (VIP, its own ports), or the sender could not match it to a socket.
+// The IPv4-mapped flow key of a tuple, as the pipeline builds it, and the flow-table
+// bucket it falls into in the fixture's 1024-entry table.
+flow_key v4_key(const char* source, uint16_t source_port, const char* destination, uint16_t destination_port) {
+  flow_key key{};
+  const auto put = [](uint8_t* out, const char* ip) {
+    out[10] = out[11] = 0xff;
+    const uint32_t address = ip4(ip);
+    std::memcpy(out + 12, &address, 4);
+  };
+  put(key.source, source);
+  put(key.destination, destination);
+  key.source_port = source_port;
+  key.destination_port = destination_port;
+  key.protocol = kProtoTcp;
+  return key;
+}
+uint64_t bucket_of(const flow_key& key) { return hash_flow_key(key) & (1024 / flow_table::kWays - 1); }
+
+// Golden tests of a flow whose reverse entry was evicted.
+class golden_eviction : public ring_pool_test {
+ protected:
+  // Starts a TCP flow from `client_ip` (on `in_port`, from `from_mac` to `to_mac`) to
+  // the local service, then pushes its reverse entry (web-a:8080 -> client) out of the
+  // flow table: four newer flows whose forward entries fall into that entry's bucket
+  // take its ways, the oldest first, while the first flow's forward entry, in another
+  // bucket, lives on. Returns the first flow's client port.
+  uint16_t start_flow_and_evict_its_reverse_entry(port_name in_port, const mac_address& from_mac,
+                                                  const mac_address& to_mac, const char* client_ip) {
+    uint16_t client_port = 40000;
+    while (bucket_of(v4_key(client_ip, client_port, "198.19.128.11", 80)) ==
+           bucket_of(v4_key("198.18.1.20", 8080, client_ip, client_port)))
+      ++client_port;
+    send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.11"), tcp_to(80, client_port)));
+    drain(web);
+    const uint64_t reverse_bucket = bucket_of(v4_key("198.18.1.20", 8080, client_ip, client_port));
+    int pushed = 0;
+    for (uint16_t port = 1024; pushed < 4; ++port) {
+      if (port == client_port || bucket_of(v4_key(client_ip, port, "198.19.128.11", 80)) != reverse_bucket) continue;
+      send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.11"), tcp_to(80, port)));
+      drain(web);
+      ++pushed;
+    }
+    return client_port;
+  }
+};
+
+TEST_F(golden_eviction, ReplyWhoseReverseEntryWasEvictedIsStillReverseNatedToTheVip) {
+  learn_pod_macs();
+  const uint16_t client_port = start_flow_and_evict_its_reverse_entry(client, kClientMac, kClientPortMac, "198.18.1.10");
+  auto metrics = metric_values(*pool_);
+  EXPECT_GE(metrics.at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 0);
+
+  // The backend answers: without its entry this would leave as 198.18.1.20:8080, which
+  // the client's TCP does not know, and the connection would hang.
+  for (int reply = 0; reply < 2; ++reply) {
+    send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
+                         tcp_to(client_port, 8080, kTcpAck)));
+    const bytes out = receive(client);
+    ASSERT_FALSE(out.empty());
+    EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));
+    EXPECT_EQ(u16_at(out, kL4), 80);
+    EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.10"));
+    EXPECT_EQ(u16_at(out, kL4 + 2), client_port);
+    EXPECT_EQ(verify_checksums(out), "");
+  }
+  // Rebuilt once; the second reply used the rebuilt entry.
+  metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 1);
+}
+
+TEST_F(golden_eviction, IngressReplyWhoseReverseEntryWasEvictedStillLeavesByTheUplinkToTheLastHop) {
+  learn_pod_macs();
+  const uint16_t client_port = start_flow_and_evict_its_reverse_entry(uplink, kRouterMac, kUplinkMac, kOutsideClient);
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4(kOutsideClient),
+                       tcp_to(client_port, 8080, kTcpAck)));
+  const bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(mac_at(out, 0), kRouterMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));
+  EXPECT_EQ(u16_at(out, kL4), 80);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4(kOutsideClient));
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 1);
+}
+
+// A backend's packet to a client it has no flow with is not rewritten (nothing to
+// restore it from).
+TEST_F(golden, BackendPacketWithoutAnyFlowIsNotRewritten) {
+  learn_pod_macs();
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(40000, 8080, kTcpAck)));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.18.1.20"));
+  EXPECT_EQ(u16_at(out, kL4), 8080);
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 0);
+}
+
 TEST_F(golden, TooBigToAServiceQuotesThePacketAsTheSenderSentIt) {
   l4_spec big = udp_to(53, 50000);
   big.payload = bytes(1500 - 20 - 8, 0x5a);
