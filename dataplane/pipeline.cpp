@@ -668,7 +668,10 @@ inline constexpr int kRestoreCandidates = 8;
 // leave un-NATed and the connection would hang. Rebuilds the entry from the forward one,
 // applies it and returns true; false when the packet belongs to no such flow. Flows
 // source-NATed to a lent gateway port are not rebuilt: their replies name the port, not
-// the client. `hash`: the packet's flow hash.
+// the client. `hash`: the packet's flow hash. The price: a backend's packets that belong
+// to no service flow (a client that connected to the pod's address directly) each pay
+// one more flow-table probe per frontend of that backend, on the miss path they already
+// took.
 bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
                            const parsed_packet& p, lb_outcome& outcome, uint64_t hash) {
   const flow_key& key = outcome.key;  // backend -> client
