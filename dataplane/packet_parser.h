@@ -68,7 +68,8 @@ static_assert(sizeof(parsed_packet) == 16 && offsetof(parsed_packet, l3_length) 
               "parse_packet stores the fields as two 8-byte words (parser_detail::store)");
 
 // Parses a frame of `length` bytes. Returns drop_reason::none and fills `out` when the
-// frame is usable; otherwise the reason, and `out` is left as it was. Ethernet padding beyond the IP length is allowed.
+// frame is usable; otherwise the reason, and `out` is left as it was. Ethernet padding
+// beyond the IP length is allowed.
 // Inline, and the result is built in registers and stored as two whole 8-byte words:
 // the pipeline reads it back right away, often two adjacent fields in one load (GCC
 // merges `p.l3 == ... && p.l4_protocol == ...` into one 16-bit compare), and a load that

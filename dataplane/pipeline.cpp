@@ -119,7 +119,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       out.frontends_by_backend.push_back({s.backends[b].ip.bytes, port, static_cast<uint8_t>(f.protocol), i});
     }
   }
-  std::sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());
+  std::stable_sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());  // frontends in index order
   for (const table_route& r : s.routes) {  // already longest first
     if (!r.prefix.is_v4()) continue;
     const uint32_t mask = r.prefix.length == 0 ? 0 : ~uint32_t{0} << (32 - r.prefix.length);
@@ -455,7 +455,8 @@ struct checksum_deltas {
 // deltas. The packet's old values are the key's, which the lookup matched.
 // `second6`: with kFlowSecondRewrite on IPv6, the other end's new address (see
 // second_rewrite_address).
-[[gnu::always_inline]] inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e, const uint8_t* second6 = nullptr) {
+[[gnu::always_inline]] inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e,
+                                                const uint8_t* second6 = nullptr) {
   const bool destination = e.direction == flow_direction::forward;
   uint8_t* ip = frame + p.l3_offset;
   uint8_t* l4 = frame + p.l4_offset;
@@ -567,8 +568,9 @@ flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const work
 inline constexpr int kIngressPortTries = 16;
 
 // A service flow's packet: counted for its backend and rewritten by its entry.
-[[gnu::always_inline]] inline void count_and_rewrite(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
-                              const parsed_packet& p, lb_outcome& outcome, const flow_entry& e) {
+[[gnu::always_inline]] inline void count_and_rewrite(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
+                                                     uint8_t* frame, const parsed_packet& p, lb_outcome& outcome,
+                                                     const flow_entry& e) {
   w.backend[e.backend_slot].packets.add(1);
   w.backend[e.backend_slot].bytes.add(rte_pktmbuf_pkt_len(m));
   if (p.l3 == l3_kind::ipv6 && (e.flags & kFlowSecondRewrite)) [[unlikely]] {
@@ -657,8 +659,9 @@ flow_entry reverse_entry_for(const flow_entry& forward) {
   return reverse;
 }
 
-// Frontends tried for one reply without an entry (a backend behind more frontends than
-// this many is rarely restored; the bound keeps a backend's stray packets cheap).
+// Frontends tried for one reply without an entry: of a backend behind more frontends
+// than this, only the first this many (by frontend index) are tried; the bound keeps a
+// backend's stray packets cheap.
 inline constexpr int kRestoreCandidates = 8;
 
 // A backend's packet that no reverse entry matches, to a client whose flow's forward
@@ -873,12 +876,12 @@ void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_por
   answer_icmp_error(w, in_port, m, p, t, reply_mac, kIcmpv6PacketTooBig, 0, mtu, &lb);
 }
 
+inline constexpr uint32_t kNoNode = UINT32_MAX;
+
 // Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
 // destination's pod range. `kFromOverlay`: it arrived by Geneve, so it may only be
 // delivered locally (never sent back into the overlay). A template parameter: every
 // caller knows it, and an eighth argument would travel on the stack.
-inline constexpr uint32_t kNoNode = UINT32_MAX;
-
 template <bool kFromOverlay>
 void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
            parsed_packet& p, const lb_outcome& lb) {
@@ -950,7 +953,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
 
   // No node, our own range without such a pod, a node without an IPv4 underlay address,
   // no uplink: nowhere to send it.
-  if (kFromOverlay || node_index == kNoNode || node_index == kLocalNodeIndex) return drop(w, m, drop_reason::no_route);
+  if (kFromOverlay || node_index == kNoNode || node_index == kLocalNodeIndex)
+    return drop(w, m, drop_reason::no_route);
   const uint32_t remote = t.node_underlay_ip[node_index];
   if (!remote || ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
 

@@ -76,9 +76,8 @@ struct underlay_neighbours {
   };
   std::array<slot, kSlots> slots;
   void learn(uint32_t ip_net, const wire::mac_address& mac);
-  // Broadcast when unknown. Inline: every encapsulated packet asks.
-  wire::mac_address lookup(uint32_t ip_net) const { return wire::mac_address::from_u64(lookup_u64(ip_net)); }
-  // The same as mac_address::as_u64 gives it.
+  // The neighbour's MAC as mac_address::as_u64 gives it; broadcast when unknown. Inline:
+  // every encapsulated packet asks.
   uint64_t lookup_u64(uint32_t ip_net) const {
     const slot& s = slots[(ip_net >> 24) % kSlots];
     if (s.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{ip_net} << 1) | 1))
