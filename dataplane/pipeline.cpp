@@ -537,9 +537,10 @@ ip_address second_rewrite_address(const flow_entry& e, const uint8_t* gateway6, 
   if (address_v6(e.key.source).is_v4()) return address_v4(e.second_address);
   if (e.direction == flow_direction::forward) return address_v6(gateway6);
   // A reverse entry's key ends at the lent port: (backend -> gateway:port).
-  const uint32_t slot = uint32_t{e.key.destination_port} - kIngressPortFirst;
-  if (!clients || slot >= kIngressPortCount) return ip_address{};
-  return address_v6(clients->v6[slot].data());
+  ip_address client{};
+  uint16_t port;
+  if (!clients || !clients->client_of(e.key.destination_port, client.bytes.data(), port)) return ip_address{};
+  return client;
 }
 
 namespace {
@@ -659,6 +660,23 @@ flow_entry reverse_entry_for(const flow_entry& forward) {
   return reverse;
 }
 
+// Makes `reverse` (from reverse_entry_for) the reverse entry of an ingress flow whose
+// forward entry source-NATs the client to `gateway` (16 bytes):`lent_port`: its key ends
+// at the lent port instead of the client, and it rewrites the destination back to the
+// client too. `deltas` takes the second rewrite's checksum change.
+void lent_port_reverse(flow_entry& reverse, const uint8_t* gateway, uint16_t lent_port, checksum_deltas& deltas) {
+  uint8_t client[16];  // where reverse_entry_for put it
+  std::memcpy(client, reverse.key.destination, 16);
+  const uint16_t client_port = reverse.key.destination_port;
+  std::memcpy(reverse.key.destination, gateway, 16);
+  reverse.key.destination_port = lent_port;
+  reverse.flags |= kFlowSecondRewrite;
+  if (deltas.v4) std::memcpy(&reverse.second_address, client + 12, 4);
+  reverse.second_port = client_port;
+  deltas.address(gateway, client);
+  deltas.port(lent_port, client_port);
+}
+
 // Frontends tried for one reply without an entry: of a backend behind more frontends
 // than this, only the first this many (by frontend index) are tried; the bound keeps a
 // backend's stray packets cheap.
@@ -669,9 +687,10 @@ inline constexpr int kRestoreCandidates = 8;
 // or another's: its reverse entry was evicted (the least recently used way of a full
 // bucket, while the client kept the forward one fresh), so the backend's replies would
 // leave un-NATed and the connection would hang. Rebuilds the entry from the forward one,
-// applies it and returns true; false when the packet belongs to no such flow. Flows
-// source-NATed to a lent gateway port are not rebuilt: their replies name the port, not
-// the client. `hash`: the packet's flow hash. The price: a backend's packets that belong
+// applies it and returns true; false when the packet belongs to no such flow. A reply to
+// a port this node's gateway lent (ingress to a backend on another node) names the port,
+// not the client: the client comes from the pool's lent-port record. `hash`: the
+// packet's flow hash. The price: a backend's packets that belong
 // to no service flow (a client that connected to the pod's address directly) each pay
 // one more flow-table probe per frontend of that backend, on the miss path they already
 // took.
@@ -684,13 +703,23 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
   probe.protocol = key.protocol;
   const auto [first, last] =
       std::equal_range(t.frontends_by_backend.begin(), t.frontends_by_backend.end(), probe);
+  if (first == last) return false;
+  // The client: where the reply goes, or the one the gateway's port was lent for.
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
+  const bool to_lent_port = (v4 || t.has_gateway_ip6) && std::memcmp(key.destination, gateway.bytes.data(), 16) == 0;
+  uint8_t client[16];
+  uint16_t client_port = key.destination_port;
+  std::memcpy(client, key.destination, 16);
+  if (to_lent_port && (!w.lent_clients || !w.lent_clients->client_of(key.destination_port, client, client_port)))
+    return false;
   const snapshot& s = *t.tables;
   int tried = 0;
   for (auto it = first; it != last && tried < kRestoreCandidates; ++it, ++tried) {
     const table_frontend& frontend = s.frontends[it->frontend];
     flow_key forward_key{};
-    std::memcpy(forward_key.source, key.destination, 16);
-    forward_key.source_port = key.destination_port;
+    std::memcpy(forward_key.source, client, 16);
+    forward_key.source_port = client_port;
     std::memcpy(forward_key.destination, frontend.vip.bytes.data(), 16);
     forward_key.destination_port = frontend.port;
     forward_key.protocol = key.protocol;
@@ -699,7 +728,9 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
     bool found = w.flows.find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
     for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
       found = w.peer_flows[i]->find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
-    if (!found || forward.direction != flow_direction::forward || (forward.flags & kFlowSecondRewrite) ||
+    const bool lent = forward.flags & kFlowSecondRewrite;
+    if (!found || forward.direction != flow_direction::forward || lent != to_lent_port ||
+        (lent && forward.second_port != key.destination_port) ||
         std::memcmp(forward.rewrite_address, key.source, 16) != 0 || forward.rewrite_port != key.source_port)
       continue;
     flow_entry reverse = reverse_entry_for(forward);
@@ -708,7 +739,8 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
       reverse.flags |= kFlowToLastHop;
       std::memcpy(reverse.last_hop_mac, forward.last_hop_mac, 6);
     }
-    checksum_deltas deltas{p.l3 == l3_kind::ipv4};
+    checksum_deltas deltas{v4};
+    if (lent) lent_port_reverse(reverse, gateway.bytes.data(), key.destination_port, deltas);
     deltas.address(reverse.key.source, reverse.rewrite_address);
     deltas.port(reverse.key.source_port, reverse.rewrite_port);
     deltas.store(reverse);
@@ -795,13 +827,14 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
       const uint32_t per_worker = kIngressPortCount / workers;
       const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
       uint16_t port = 0;
+      flow_key probe = reverse.key;  // (backend -> gateway:candidate)
+      std::memcpy(probe.destination, gateway.bytes.data(), 16);
       for (int attempt = 0; attempt < kIngressPortTries && !port; ++attempt) {
         const uint16_t candidate = static_cast<uint16_t>(
             kIngressPortFirst + w.index + workers * (((hash >> 20) + attempt) % per_worker));
-        std::memcpy(reverse.key.destination, gateway.bytes.data(), 16);
-        reverse.key.destination_port = candidate;
+        probe.destination_port = candidate;
         flow_entry live;
-        if (!w.flows.find_shared(reverse.key, hash_flow_key(reverse.key), w.now, w.timeouts, live)) port = candidate;
+        if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) port = candidate;
       }
       if (!port) {
         drop(w, m, drop_reason::flow_table_full);  // every port tried is lent to a live flow
@@ -812,12 +845,8 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
       forward.second_port = port;
       forward_deltas.address(key.source, gateway.bytes.data());
       forward_deltas.port(key.source_port, port);
-      reverse.flags |= kFlowSecondRewrite;
-      if (v4) std::memcpy(&reverse.second_address, key.source + 12, 4);
-      else std::memcpy(w.lent_clients->v6[port - kIngressPortFirst].data(), key.source, 16);  // before the insert
-      reverse.second_port = key.source_port;
-      reverse_deltas.address(gateway.bytes.data(), key.source);
-      reverse_deltas.port(port, key.source_port);
+      if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
+      lent_port_reverse(reverse, gateway.bytes.data(), port, reverse_deltas);
     }
   }
   reverse_deltas.address(reverse.key.source, reverse.rewrite_address);

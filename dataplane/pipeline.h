@@ -11,6 +11,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -182,15 +183,44 @@ struct live_settings {
 // never collide.
 inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
 
-// The IPv6 clients of such flows, by lent port (index: port - kIngressPortFirst). A
+// The clients of such flows, by lent port: address (IPv4-mapped for IPv4) and port. A
 // reverse entry's second rewrite (back to the client) needs the client's address, and an
-// IPv6 one does not fit in flow_entry (IPv4 ones do: flow_entry::second_address). Each
-// worker writes the slots of the ports it lends before it inserts their entries; shared
-// by the pool's workers so that a reply reaching another worker finds its client too
-// (its entry read through the seqlock, whose acquire orders this slot's read after the
-// write).
+// IPv6 one does not fit in flow_entry (IPv4 ones do: flow_entry::second_address); a
+// reverse entry rebuilt after an eviction (restore_reverse_entry in pipeline.cpp) needs
+// both, as its reply names only the lent port. Each worker writes the slots of the ports
+// it lends before it inserts their entries; shared by the pool's workers so that a reply
+// reaching another worker finds its client too (its entry read through the seqlock, whose
+// acquire orders this slot's read after the write). Atomic words, relaxed: a reader that
+// races a re-lend reads a mix, which the entry it then looks up does not match.
 struct lent_port_clients {
-  std::array<std::array<uint8_t, 16>, kIngressPortCount> v6{};
+  struct client {
+    std::array<std::atomic<uint64_t>, 2> address{};  // the 16 bytes as stored
+    std::atomic<uint16_t> port{0};                    // host order
+  };
+  std::array<client, kIngressPortCount> slots{};
+
+  // `lent_port` must be in [kIngressPortFirst, kIngressPortFirst + kIngressPortCount).
+  void lend(uint16_t lent_port, const uint8_t* address, uint16_t port) {
+    client& c = slots[lent_port - kIngressPortFirst];
+    for (int i = 0; i < 2; ++i) {
+      uint64_t word;
+      std::memcpy(&word, address + 8 * i, 8);
+      c.address[i].store(word, std::memory_order_relaxed);
+    }
+    c.port.store(port, std::memory_order_relaxed);
+  }
+  // False when `lent_port` is outside the range.
+  bool client_of(uint16_t lent_port, uint8_t* address, uint16_t& port) const {
+    const uint32_t slot = uint32_t{lent_port} - kIngressPortFirst;
+    if (slot >= kIngressPortCount) return false;
+    const client& c = slots[slot];
+    for (int i = 0; i < 2; ++i) {
+      const uint64_t word = c.address[i].load(std::memory_order_relaxed);
+      std::memcpy(address + 8 * i, &word, 8);
+    }
+    port = c.port.load(std::memory_order_relaxed);
+    return true;
+  }
 };
 
 // Everything one worker owns: its flow-table shard, counters and TX buffers.
@@ -204,7 +234,8 @@ struct worker_state {
   // flow arrives at a worker that does not own it.
   std::vector<const flow_table*> peer_flows;
   // Shared by the pool's workers; null: IPv6 ingress to a backend on another node is
-  // refused (no_route).
+  // refused (no_route), and the reverse entries of IPv4 ones are not rebuilt after an
+  // eviction.
   lent_port_clients* lent_clients = nullptr;
   flow_timeouts timeouts;
   uint64_t now = 0;  // TSC at the start of the burst

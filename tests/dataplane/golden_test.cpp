@@ -634,7 +634,8 @@ TEST_F(golden, Ipv6IngressToVipWithRemoteBackendIsSourceNatedToTheIpv6Gateway) {
 // its sender sent it (VIP, its own ports), or the sender could not match it to a socket.
 // The IPv4-mapped flow key of a tuple, as the pipeline builds it, and the flow-table
 // bucket it falls into in the fixture's 1024-entry table.
-flow_key v4_key(const char* source, uint16_t source_port, const char* destination, uint16_t destination_port) {
+flow_key v4_key(const char* source, uint16_t source_port, const char* destination, uint16_t destination_port,
+                uint8_t protocol = kProtoTcp) {
   flow_key key{};
   const auto put = [](uint8_t* out, const char* ip) {
     out[10] = out[11] = 0xff;
@@ -645,7 +646,7 @@ flow_key v4_key(const char* source, uint16_t source_port, const char* destinatio
   put(key.destination, destination);
   key.source_port = source_port;
   key.destination_port = destination_port;
-  key.protocol = kProtoTcp;
+  key.protocol = protocol;
   return key;
 }
 uint64_t bucket_of(const flow_key& key) { return hash_flow_key(key) & (1024 / flow_table::kWays - 1); }
@@ -715,6 +716,45 @@ TEST_F(golden_eviction, IngressReplyWhoseReverseEntryWasEvictedStillLeavesByTheU
   EXPECT_EQ(u16_at(out, kL4), 80);
   EXPECT_EQ(net32_at(out, kIp4 + 16), ip4(kOutsideClient));
   EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 1);
+}
+
+// Ingress to a backend on another node: the reply names only the port the gateway lent,
+// and the client comes from the pool's lent-port record.
+TEST_F(golden_eviction, SourceNatedIngressReplyWhoseReverseEntryWasEvictedStillReachesTheClient) {
+  learn_pod_macs();
+  // remote-dns: UDP 53 -> 198.18.2.30:5353 on node 2. A client port whose forward entry
+  // and reverse entry (backend -> gateway:lent port) fall into different buckets.
+  uint16_t client_port = 50000, lent_port = 0;
+  for (;; ++client_port) {
+    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, client_port)));
+    const bytes out = receive(uplink);
+    ASSERT_GT(out.size(), kGeneveOverhead);
+    lent_port = u16_at(bytes(out.begin() + kGeneveOverhead, out.end()), kL4);
+    if (bucket_of(v4_key(kOutsideClient, client_port, "198.19.128.12", 53, kProtoUdp)) !=
+        bucket_of(v4_key("198.18.2.30", 5353, "198.18.1.1", lent_port, kProtoUdp)))
+      break;
+  }
+  const uint64_t reverse_bucket = bucket_of(v4_key("198.18.2.30", 5353, "198.18.1.1", lent_port, kProtoUdp));
+  int pushed = 0;
+  for (uint16_t port = 1024; pushed < 4; ++port) {
+    if (bucket_of(v4_key(kOutsideClient, port, "198.19.128.12", 53, kProtoUdp)) != reverse_bucket) continue;
+    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, port)));
+    drain(uplink);
+    ++pushed;
+  }
+  EXPECT_GE(metric_values(*pool_).at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);
+
+  const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.1"), udp_to(lent_port, 5353));
+  send(uplink, geneve_from(ip4("198.19.0.2"), reply));
+  const bytes back = receive(uplink);
+  ASSERT_EQ(back.size(), reply.size());
+  EXPECT_EQ(mac_at(back, 0), kRouterMac);
+  EXPECT_EQ(net32_at(back, kIp4 + 12), ip4("198.19.128.12"));
+  EXPECT_EQ(u16_at(back, kL4), 53);
+  EXPECT_EQ(net32_at(back, kIp4 + 16), ip4(kOutsideClient));
+  EXPECT_EQ(u16_at(back, kL4 + 2), client_port);
+  EXPECT_EQ(verify_checksums(back), "");
   EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 1);
 }
 
