@@ -677,6 +677,22 @@ void lent_port_reverse(flow_entry& reverse, const uint8_t* gateway, uint16_t len
   deltas.port(lent_port, client_port);
 }
 
+// Whether `live`, the live entry at a lent port, is the reverse entry of the very flow
+// `key` (client -> frontend) whose forward entry was evicted: then its port is lent to
+// that client already, and the flow keeps it (a new port would be a new connection to
+// the backend, which would answer the client's next segment with a reset).
+bool is_reverse_of_client(const flow_entry& live, const flow_key& key, const lent_port_clients* clients) {
+  if (live.direction != flow_direction::reverse || !(live.flags & kFlowSecondRewrite) ||
+      live.second_port != key.source_port || live.rewrite_port != key.destination_port ||
+      std::memcmp(live.rewrite_address, key.destination, 16) != 0)
+    return false;
+  if (address_v6(key.source).is_v4()) return std::memcmp(&live.second_address, key.source + 12, 4) == 0;
+  uint8_t client[16];
+  uint16_t client_port;
+  return clients && clients->client_of(live.key.destination_port, client, client_port) &&
+         std::memcmp(client, key.source, 16) == 0 && client_port == key.source_port;
+}
+
 // Frontends tried for one reply without an entry: of a backend behind more frontends
 // than this, only the first this many (by frontend index) are tried; the bound keeps a
 // backend's stray packets cheap.
@@ -834,7 +850,9 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
             kIngressPortFirst + w.index + workers * (((hash >> 20) + attempt) % per_worker));
         probe.destination_port = candidate;
         flow_entry live;
-        if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) port = candidate;
+        if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live) ||
+            is_reverse_of_client(live, key, w.lent_clients))
+          port = candidate;
       }
       if (!port) {
         drop(w, m, drop_reason::flow_table_full);  // every port tried is lent to a live flow

@@ -758,6 +758,37 @@ TEST_F(golden_eviction, SourceNatedIngressReplyWhoseReverseEntryWasEvictedStillR
   EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 1);
 }
 
+// The other half: the forward entry of a source-NATed ingress flow is evicted while its
+// reverse entry lives. The flow's next packet must borrow the same port again: a new one
+// would be a new connection to the backend.
+TEST_F(golden_eviction, SourceNatedIngressFlowWhoseForwardEntryWasEvictedKeepsItsLentPort) {
+  learn_pod_macs();
+  const auto lent_port_of = [this](uint16_t client_port) -> uint16_t {
+    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, client_port)));
+    const bytes out = receive(uplink);
+    if (out.size() <= kGeneveOverhead) return 0;
+    return u16_at(bytes(out.begin() + kGeneveOverhead, out.end()), kL4);
+  };
+  uint16_t client_port = 50000, lent_port = 0;
+  for (;; ++client_port) {
+    lent_port = lent_port_of(client_port);
+    ASSERT_NE(lent_port, 0);
+    if (bucket_of(v4_key(kOutsideClient, client_port, "198.19.128.12", 53, kProtoUdp)) !=
+        bucket_of(v4_key("198.18.2.30", 5353, "198.18.1.1", lent_port, kProtoUdp)))
+      break;
+  }
+  const uint64_t forward_bucket = bucket_of(v4_key(kOutsideClient, client_port, "198.19.128.12", 53, kProtoUdp));
+  int pushed = 0;
+  for (uint16_t port = 1024; pushed < 4; ++port) {
+    if (port == client_port || bucket_of(v4_key(kOutsideClient, port, "198.19.128.12", 53, kProtoUdp)) != forward_bucket)
+      continue;
+    ASSERT_NE(lent_port_of(port), 0);
+    ++pushed;
+  }
+  EXPECT_GE(metric_values(*pool_).at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);
+  EXPECT_EQ(lent_port_of(client_port), lent_port);
+}
+
 // A backend's packet to a client it has no flow with is not rewritten (nothing to
 // restore it from).
 TEST_F(golden, BackendPacketWithoutAnyFlowIsNotRewritten) {
