@@ -501,11 +501,9 @@ inline bool decrement_ttl(uint8_t* frame, const parsed_packet& p) {
     auto* ip = reinterpret_cast<ipv4_header*>(frame + p.l3_offset);
     if (ip->ttl <= 1) return false;
     // RFC 1624 eqn. 3 for the word (TTL, protocol) going down by 0x0100: ~m + m' is
-    // 0xfeff whatever the TTL, so HC' = ~(~HC + 0xfeff). Computed on the checksum as
-    // stored (byte-swapped on this little-endian host), where the constant reads 0xfffe;
-    // one fold keeps the sum in 16 bits (at most 0xffff + 0xfffe).
-    const uint32_t sum = uint32_t{static_cast<uint16_t>(~ip->checksum)} + 0xfffeu;
-    ip->checksum = static_cast<uint16_t>(~((sum & 0xffff) + (sum >> 16)));
+    // 0xfeff whatever the TTL, a constant delta like a flow's rewrite. On the checksum as
+    // stored (byte-swapped on this little-endian host) it reads 0xfffe.
+    ip->checksum = apply_delta(ip->checksum, 0xfffe);
     --ip->ttl;
     return true;
   }
@@ -643,9 +641,13 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, flow_hash_from_crc(crc));
 }
 
-// The reverse entry of a new forward entry (client -> frontend, DNATed to a backend):
-// backend -> client, rewritten back to the frontend. Without checksum deltas.
-flow_entry reverse_entry_for(const flow_entry& forward) {
+// The reverse entry of a forward entry (client -> frontend, DNATed to a backend), with its
+// checksum deltas: backend -> client, rewritten back to the frontend. Everything it holds
+// follows from the forward entry, so a new flow and a flow whose reverse entry was evicted
+// build it the same way: an ingress flow's replies go to the last hop the forward entry
+// names; a flow source-NATed to this node's `gateway` (16 bytes) and a lent port is keyed
+// at that port and rewrites the destination back to the client too.
+flow_entry reverse_entry_for(const flow_entry& forward, bool v4, const uint8_t* gateway) {
   flow_entry reverse{};
   std::memcpy(reverse.key.source, forward.rewrite_address, 16);
   std::memcpy(reverse.key.destination, forward.key.source, 16);
@@ -657,24 +659,24 @@ flow_entry reverse_entry_for(const flow_entry& forward) {
   reverse.direction = flow_direction::reverse;
   reverse.backend_slot = forward.backend_slot;
   reverse.state = flow_state::transitory;
+  if (forward.flags & kFlowIngress) {
+    reverse.flags |= kFlowToLastHop;
+    std::memcpy(reverse.last_hop_mac, forward.last_hop_mac, 6);
+  }
+  checksum_deltas deltas{v4};
+  if (forward.flags & kFlowSecondRewrite) {
+    std::memcpy(reverse.key.destination, gateway, 16);
+    reverse.key.destination_port = forward.second_port;
+    reverse.flags |= kFlowSecondRewrite;
+    if (v4) std::memcpy(&reverse.second_address, forward.key.source + 12, 4);
+    reverse.second_port = forward.key.source_port;
+    deltas.address(gateway, forward.key.source);
+    deltas.port(forward.second_port, forward.key.source_port);
+  }
+  deltas.address(reverse.key.source, reverse.rewrite_address);
+  deltas.port(reverse.key.source_port, reverse.rewrite_port);
+  deltas.store(reverse);
   return reverse;
-}
-
-// Makes `reverse` (from reverse_entry_for) the reverse entry of an ingress flow whose
-// forward entry source-NATs the client to `gateway` (16 bytes):`lent_port`: its key ends
-// at the lent port instead of the client, and it rewrites the destination back to the
-// client too. `deltas` takes the second rewrite's checksum change.
-void lent_port_reverse(flow_entry& reverse, const uint8_t* gateway, uint16_t lent_port, checksum_deltas& deltas) {
-  uint8_t client[16];  // where reverse_entry_for put it
-  std::memcpy(client, reverse.key.destination, 16);
-  const uint16_t client_port = reverse.key.destination_port;
-  std::memcpy(reverse.key.destination, gateway, 16);
-  reverse.key.destination_port = lent_port;
-  reverse.flags |= kFlowSecondRewrite;
-  if (deltas.v4) std::memcpy(&reverse.second_address, client + 12, 4);
-  reverse.second_port = client_port;
-  deltas.address(gateway, client);
-  deltas.port(lent_port, client_port);
 }
 
 // Whether `live`, the live entry at a lent port, is the reverse entry of the very flow
@@ -706,10 +708,9 @@ inline constexpr int kRestoreCandidates = 8;
 // applies it and returns true; false when the packet belongs to no such flow. A reply to
 // a port this node's gateway lent (ingress to a backend on another node) names the port,
 // not the client: the client comes from the pool's lent-port record. `hash`: the
-// packet's flow hash. The price: a backend's packets that belong
-// to no service flow (a client that connected to the pod's address directly) each pay
-// one more flow-table probe per frontend of that backend, on the miss path they already
-// took.
+// packet's flow hash. The price: a backend's packets that belong to no service flow (a
+// client that connected to the pod's address directly) each pay one more flow-table
+// probe per frontend of that backend, on the miss path they already took.
 bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
                            const parsed_packet& p, lb_outcome& outcome, uint64_t hash) {
   const flow_key& key = outcome.key;  // backend -> client
@@ -749,17 +750,8 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
         (lent && forward.second_port != key.destination_port) ||
         std::memcmp(forward.rewrite_address, key.source, 16) != 0 || forward.rewrite_port != key.source_port)
       continue;
-    flow_entry reverse = reverse_entry_for(forward);
+    flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());
     reverse.state = forward.state;
-    if (forward.flags & kFlowIngress) {
-      reverse.flags |= kFlowToLastHop;
-      std::memcpy(reverse.last_hop_mac, forward.last_hop_mac, 6);
-    }
-    checksum_deltas deltas{v4};
-    if (lent) lent_port_reverse(reverse, gateway.bytes.data(), key.destination_port, deltas);
-    deltas.address(reverse.key.source, reverse.rewrite_address);
-    deltas.port(reverse.key.source_port, reverse.rewrite_port);
-    deltas.store(reverse);
     w.flows.insert(reverse, hash, w.now, w.timeouts);
     w.reverse_entries_restored.add(1);
     count_and_rewrite(w, t, m, frame, p, outcome, reverse);
@@ -820,16 +812,13 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
   forward.backend_slot = backend_slot;
   forward.state = flow_state::transitory;
 
-  flow_entry reverse = reverse_entry_for(forward);
-
-  checksum_deltas forward_deltas{v4}, reverse_deltas{v4};
+  const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
+  checksum_deltas forward_deltas{v4};
   forward_deltas.address(key.destination, forward.rewrite_address);
   forward_deltas.port(key.destination_port, forward.rewrite_port);
   if (ingress) {
-    // Replies leave by the uplink, to the neighbour this request came from. The forward
-    // entry keeps it too, in case its reverse entry has to be rebuilt.
-    reverse.flags |= kFlowToLastHop;
-    std::memcpy(reverse.last_hop_mac, &ingress_mac, 6);
+    // Replies leave by the uplink, to the neighbour this request came from (kept in the
+    // forward entry, from which reverse_entry_for takes it).
     forward.flags |= kFlowIngress;
     std::memcpy(forward.last_hop_mac, &ingress_mac, 6);
     if (backend->node_index != kLocalNodeIndex) {
@@ -841,10 +830,12 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
       }
       const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
       const uint32_t per_worker = kIngressPortCount / workers;
-      const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
       uint16_t port = 0;
-      flow_key probe = reverse.key;  // (backend -> gateway:candidate)
+      flow_key probe{};  // the reverse entry's key with a candidate port: (backend -> gateway:candidate)
+      std::memcpy(probe.source, forward.rewrite_address, 16);
+      probe.source_port = forward.rewrite_port;
       std::memcpy(probe.destination, gateway.bytes.data(), 16);
+      probe.protocol = key.protocol;
       for (int attempt = 0; attempt < kIngressPortTries && !port; ++attempt) {
         const uint16_t candidate = static_cast<uint16_t>(
             kIngressPortFirst + w.index + workers * (((hash >> 20) + attempt) % per_worker));
@@ -864,13 +855,10 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
       forward_deltas.address(key.source, gateway.bytes.data());
       forward_deltas.port(key.source_port, port);
       if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
-      lent_port_reverse(reverse, gateway.bytes.data(), port, reverse_deltas);
     }
   }
-  reverse_deltas.address(reverse.key.source, reverse.rewrite_address);
-  reverse_deltas.port(reverse.key.source_port, reverse.rewrite_port);
   forward_deltas.store(forward);
-  reverse_deltas.store(reverse);
+  const flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());
   w.flows.insert(forward, hash, w.now, w.timeouts);
   w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 
