@@ -80,7 +80,21 @@ bytes geneve_from(uint32_t outer_source, const bytes& inner, uint8_t flags = 0, 
   return out;
 }
 
-using golden = ring_pool_test;
+class golden : public ring_pool_test {
+ protected:
+  // Sends `request` in by the uplink and returns the inner frame of what left by the
+  // uplink, checked to be Geneve to node 2 of `request`'s size plus the tunnel headers,
+  // with right outer checksums; empty when nothing (or something too short) left.
+  bytes tunnelled_to_node2(const bytes& request) {
+    send(uplink, request);
+    const bytes out = receive(uplink);
+    EXPECT_EQ(out.size(), request.size() + kGeneveOverhead);
+    if (out.size() <= kGeneveOverhead) return {};
+    EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the backend's node
+    EXPECT_EQ(verify_checksums(out), "");
+    return bytes(out.begin() + kGeneveOverhead, out.end());
+  }
+};
 
 // Every metric sample of the pool, keyed "family,label=value,...".
 std::map<std::string, double> metric_values(worker_pool& pool) {
@@ -528,13 +542,9 @@ TEST_F(golden, IngressRepliesFollowTheLastHopWhenTheRequestsMoveToAnotherRouter)
 TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBackHere) {
   learn_pod_macs();
   // remote-dns: UDP 53 -> 198.18.2.30:5353, a backend on node 2.
-  const bytes request = ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50000));
-  send(uplink, request);
-  const bytes out = receive(uplink);
-  ASSERT_EQ(out.size(), request.size() + kGeneveOverhead);
-  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the backend's node
-  EXPECT_EQ(verify_checksums(out), "");
-  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  const bytes inner = tunnelled_to_node2(
+      ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50000)));
+  ASSERT_FALSE(inner.empty());
   EXPECT_EQ(net32_at(inner, kIp4 + 12), ip4("198.18.1.1"));  // SNAT to our pod gateway address
   const uint16_t lent_port = u16_at(inner, kL4);
   EXPECT_GE(lent_port, 32768);
@@ -570,10 +580,9 @@ TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBac
   }
 
   // A second client flow borrows another port.
-  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50001)));
-  const bytes second = receive(uplink);
-  ASSERT_FALSE(second.empty());
-  const bytes second_inner(second.begin() + kGeneveOverhead, second.end());
+  const bytes second_inner = tunnelled_to_node2(
+      ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50001)));
+  ASSERT_FALSE(second_inner.empty());
   EXPECT_NE(u16_at(second_inner, kL4), lent_port);
   EXPECT_EQ(pending_total(), 0u);
 }
@@ -591,13 +600,8 @@ TEST_F(golden, Ipv6IngressToVipWithRemoteBackendIsSourceNatedToTheIpv6Gateway) {
   publish(document.dump().c_str(), 2);
   const auto client6 = ip6("2001:db8:7::5"), vip6 = ip6("fd00:6d6c:ffff::12"), backend6 = ip6("fd00:6d6c:2::30"),
              gateway6 = ip6("fd00:6d6c:1::1");
-  const bytes request = ipv6_frame(kRouterMac, kUplinkMac, client6, vip6, udp_to(53, 50000));
-  send(uplink, request);
-  const bytes out = receive(uplink);
-  ASSERT_EQ(out.size(), request.size() + kGeneveOverhead);
-  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the backend's node
-  EXPECT_EQ(verify_checksums(out), "");
-  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  const bytes inner = tunnelled_to_node2(ipv6_frame(kRouterMac, kUplinkMac, client6, vip6, udp_to(53, 50000)));
+  ASSERT_FALSE(inner.empty());
   EXPECT_EQ(ip6_at(inner, kIp4 + 8), gateway6);  // SNAT to our IPv6 pod gateway address
   const uint16_t lent_port = u16_at(inner, kL4v6);
   EXPECT_GE(lent_port, 32768);
@@ -651,14 +655,30 @@ flow_key v4_key(const char* source, uint16_t source_port, const char* destinatio
 }
 uint64_t bucket_of(const flow_key& key) { return hash_flow_key(key) & (1024 / flow_table::kWays - 1); }
 
-// Golden tests of a flow whose reverse entry was evicted.
-class golden_eviction : public ring_pool_test {
+// Golden tests of a flow that lost one of its entries to eviction.
+class golden_eviction : public golden {
  protected:
-  // Starts a TCP flow from `client_ip` (on `in_port`, from `from_mac` to `to_mac`) to
-  // the local service, then pushes its reverse entry (web-a:8080 -> client) out of the
-  // flow table: four newer flows whose forward entries fall into that entry's bucket
-  // take its ways, the oldest first, while the first flow's forward entry, in another
-  // bucket, lives on. Returns the first flow's client port.
+  // Fills the flow-table bucket `bucket` with four newer entries, pushing out the
+  // oldest: starts a flow from `client_ip` (on `in_port`, from `from_mac` to `to_mac`)
+  // to `vip`:`vip_port` from each client port (other than `spare_port`) whose forward
+  // entry falls into that bucket, checks that each was forwarded, and drops what it sent.
+  void fill_bucket(uint64_t bucket, port_name in_port, const mac_address& from_mac, const mac_address& to_mac,
+                   const char* client_ip, const char* vip, uint16_t vip_port, uint8_t protocol, uint16_t spare_port) {
+    int pushed = 0;
+    for (uint16_t port = 1024; pushed < 4; ++port) {
+      if (port == spare_port || bucket_of(v4_key(client_ip, port, vip, vip_port, protocol)) != bucket) continue;
+      const l4_spec l4 = protocol == kProtoTcp ? tcp_to(vip_port, port) : udp_to(vip_port, port);
+      send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4(vip), l4));
+      EXPECT_EQ(pending_total(), 1u) << "the flow from port " << port << " was not forwarded";
+      for (int p = 0; p < 3; ++p) drain(p);
+      ++pushed;
+    }
+    EXPECT_GE(metric_values(*pool_).at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);
+  }
+
+  // Starts a TCP flow from `client_ip` to the local service, then pushes its reverse
+  // entry (web-a:8080 -> client) out of the flow table while its forward entry, in
+  // another bucket, lives on. Returns the flow's client port.
   uint16_t start_flow_and_evict_its_reverse_entry(port_name in_port, const mac_address& from_mac,
                                                   const mac_address& to_mac, const char* client_ip) {
     uint16_t client_port = 40000;
@@ -667,15 +687,33 @@ class golden_eviction : public ring_pool_test {
       ++client_port;
     send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.11"), tcp_to(80, client_port)));
     drain(web);
-    const uint64_t reverse_bucket = bucket_of(v4_key("198.18.1.20", 8080, client_ip, client_port));
-    int pushed = 0;
-    for (uint16_t port = 1024; pushed < 4; ++port) {
-      if (port == client_port || bucket_of(v4_key(client_ip, port, "198.19.128.11", 80)) != reverse_bucket) continue;
-      send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.11"), tcp_to(80, port)));
-      drain(web);
-      ++pushed;
-    }
+    fill_bucket(bucket_of(v4_key("198.18.1.20", 8080, client_ip, client_port)), in_port, from_mac, to_mac,
+                client_ip, "198.19.128.11", 80, kProtoTcp, client_port);
     return client_port;
+  }
+
+  // remote-dns (UDP 53 -> 198.18.2.30:5353 on node 2) from the outside client's
+  // `client_port`: the gateway port lent to the flow, 0 when nothing was tunnelled.
+  uint16_t dns_lent_port(uint16_t client_port) {
+    const bytes inner = tunnelled_to_node2(
+        ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, client_port)));
+    return inner.empty() ? 0 : u16_at(inner, kL4);
+  }
+  flow_key dns_forward_key(uint16_t client_port) const {
+    return v4_key(kOutsideClient, client_port, "198.19.128.12", 53, kProtoUdp);
+  }
+  flow_key dns_reverse_key(uint16_t lent_port) const {
+    return v4_key("198.18.2.30", 5353, "198.18.1.1", lent_port, kProtoUdp);
+  }
+  // Starts source-NATed dns flows until one's forward and reverse entries fall into
+  // different buckets; returns its client port and lent port.
+  std::pair<uint16_t, uint16_t> start_dns_flow_in_two_buckets() {
+    for (uint16_t client_port = 50000;; ++client_port) {
+      const uint16_t lent_port = dns_lent_port(client_port);
+      if (!lent_port) return {0, 0};
+      if (bucket_of(dns_forward_key(client_port)) != bucket_of(dns_reverse_key(lent_port)))
+        return {client_port, lent_port};
+    }
   }
 };
 
@@ -683,7 +721,6 @@ TEST_F(golden_eviction, ReplyWhoseReverseEntryWasEvictedIsStillReverseNatedToThe
   learn_pod_macs();
   const uint16_t client_port = start_flow_and_evict_its_reverse_entry(client, kClientMac, kClientPortMac, "198.18.1.10");
   auto metrics = metric_values(*pool_);
-  EXPECT_GE(metrics.at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);
   EXPECT_EQ(metrics.at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 0);
 
   // The backend answers: without its entry this would leave as 198.18.1.20:8080, which
@@ -723,27 +760,10 @@ TEST_F(golden_eviction, IngressReplyWhoseReverseEntryWasEvictedStillLeavesByTheU
 // and the client comes from the pool's lent-port record.
 TEST_F(golden_eviction, SourceNatedIngressReplyWhoseReverseEntryWasEvictedStillReachesTheClient) {
   learn_pod_macs();
-  // remote-dns: UDP 53 -> 198.18.2.30:5353 on node 2. A client port whose forward entry
-  // and reverse entry (backend -> gateway:lent port) fall into different buckets.
-  uint16_t client_port = 50000, lent_port = 0;
-  for (;; ++client_port) {
-    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, client_port)));
-    const bytes out = receive(uplink);
-    ASSERT_GT(out.size(), kGeneveOverhead);
-    lent_port = u16_at(bytes(out.begin() + kGeneveOverhead, out.end()), kL4);
-    if (bucket_of(v4_key(kOutsideClient, client_port, "198.19.128.12", 53, kProtoUdp)) !=
-        bucket_of(v4_key("198.18.2.30", 5353, "198.18.1.1", lent_port, kProtoUdp)))
-      break;
-  }
-  const uint64_t reverse_bucket = bucket_of(v4_key("198.18.2.30", 5353, "198.18.1.1", lent_port, kProtoUdp));
-  int pushed = 0;
-  for (uint16_t port = 1024; pushed < 4; ++port) {
-    if (bucket_of(v4_key(kOutsideClient, port, "198.19.128.12", 53, kProtoUdp)) != reverse_bucket) continue;
-    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, port)));
-    drain(uplink);
-    ++pushed;
-  }
-  EXPECT_GE(metric_values(*pool_).at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);
+  const auto [client_port, lent_port] = start_dns_flow_in_two_buckets();
+  ASSERT_NE(lent_port, 0);
+  fill_bucket(bucket_of(dns_reverse_key(lent_port)), uplink, kRouterMac, kUplinkMac, kOutsideClient,
+              "198.19.128.12", 53, kProtoUdp, client_port);
 
   const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.1"), udp_to(lent_port, 5353));
   send(uplink, geneve_from(ip4("198.19.0.2"), reply));
@@ -763,30 +783,11 @@ TEST_F(golden_eviction, SourceNatedIngressReplyWhoseReverseEntryWasEvictedStillR
 // would be a new connection to the backend.
 TEST_F(golden_eviction, SourceNatedIngressFlowWhoseForwardEntryWasEvictedKeepsItsLentPort) {
   learn_pod_macs();
-  const auto lent_port_of = [this](uint16_t client_port) -> uint16_t {
-    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, client_port)));
-    const bytes out = receive(uplink);
-    if (out.size() <= kGeneveOverhead) return 0;
-    return u16_at(bytes(out.begin() + kGeneveOverhead, out.end()), kL4);
-  };
-  uint16_t client_port = 50000, lent_port = 0;
-  for (;; ++client_port) {
-    lent_port = lent_port_of(client_port);
-    ASSERT_NE(lent_port, 0);
-    if (bucket_of(v4_key(kOutsideClient, client_port, "198.19.128.12", 53, kProtoUdp)) !=
-        bucket_of(v4_key("198.18.2.30", 5353, "198.18.1.1", lent_port, kProtoUdp)))
-      break;
-  }
-  const uint64_t forward_bucket = bucket_of(v4_key(kOutsideClient, client_port, "198.19.128.12", 53, kProtoUdp));
-  int pushed = 0;
-  for (uint16_t port = 1024; pushed < 4; ++port) {
-    if (port == client_port || bucket_of(v4_key(kOutsideClient, port, "198.19.128.12", 53, kProtoUdp)) != forward_bucket)
-      continue;
-    ASSERT_NE(lent_port_of(port), 0);
-    ++pushed;
-  }
-  EXPECT_GE(metric_values(*pool_).at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);
-  EXPECT_EQ(lent_port_of(client_port), lent_port);
+  const auto [client_port, lent_port] = start_dns_flow_in_two_buckets();
+  ASSERT_NE(lent_port, 0);
+  fill_bucket(bucket_of(dns_forward_key(client_port)), uplink, kRouterMac, kUplinkMac, kOutsideClient,
+              "198.19.128.12", 53, kProtoUdp, client_port);
+  EXPECT_EQ(dns_lent_port(client_port), lent_port);
 }
 
 // A backend's packet to a client it has no flow with is not rewritten (nothing to
