@@ -382,6 +382,11 @@ json control_module::tune(const json& request) {
 }
 
 std::string control_module::set_document_tunable(const std::string& key, const json& value) {
+  return set_document_field("tunables", key, value);
+}
+
+std::string control_module::set_document_field(const std::string& section, const std::string& key,
+                                               const json& value) {
   std::string text;
   {
     std::lock_guard lock(mutex_);
@@ -390,8 +395,8 @@ std::string control_module::set_document_tunable(const std::string& key, const j
   if (text.empty()) return "no document has been published yet";
   json document = json::parse(text, nullptr, false);
   if (document.is_discarded() || !document.is_object()) return "the current document cannot be re-read";
-  document["tunables"][key] = value;
-  const publish_result result = apply_document(document.dump(), "tune " + key);
+  document[section][key] = value;
+  const publish_result result = apply_document(document.dump(), "tune " + section + "." + key);
   if (result.errors.empty()) return {};
   std::string message;
   for (const auto& e : result.errors) message += (message.empty() ? "" : "; ") + e.to_string();
@@ -467,6 +472,14 @@ void control_module::register_own() {
                            log_.set_threshold(*level);
                            return {};
                          }});
+  registry_.add_tunable("ebpf.redirect",
+                        {"the document's ebpf.redirect: which pod pairs the eBPF fast path redirects "
+                         "(auto, all, opt_in, off); applies to connections opened after the change",
+                         [this] {
+                           auto state = publisher_.current_state();
+                           return state ? json(to_string(state->ebpf.redirect)) : json(nullptr);
+                         },
+                         [this](const json& value) { return set_document_field("ebpf", "redirect", value); }});
   for (const char* key : kLiveDocumentTunables) {
     const std::string name = key;
     registry_.add_tunable("tables." + name,
@@ -513,6 +526,8 @@ json control_module::status_page_model() {
     }
   }
   model["counters"] = counters;
+  // The fast path's redirect mode and what the kernel check found, when it runs.
+  if (const json subsystems = registry_.status(); subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
 
   json services = json::array();
   if (tables) {

@@ -100,6 +100,9 @@ class control_module {
   nlohmann::json apply_request(const nlohmann::json& request);
   void register_own();
   std::string set_document_tunable(const std::string& key, const nlohmann::json& value);
+  // Re-publishes the current document with document[section][key] = value.
+  std::string set_document_field(const std::string& section, const std::string& key,
+                                 const nlohmann::json& value);
 
   table_publisher& publisher_;
   subsystem_registry& registry_;

@@ -6,6 +6,8 @@
 #include <sstream>
 #include <nlohmann/json.hpp>
 
+#include "control/connect_lb_limits.h"
+
 namespace meshlane {
 
 using json = nlohmann::json;
@@ -16,6 +18,22 @@ const char* to_string(l4_protocol protocol) {
 
 const char* to_string(idle_policy policy) {
   return policy == idle_policy::busy_poll ? "busy_poll" : "adaptive";
+}
+
+const char* to_string(redirect_mode mode) {
+  switch (mode) {
+    case redirect_mode::automatic: return "auto";
+    case redirect_mode::all: return "all";
+    case redirect_mode::opt_in: return "opt_in";
+    case redirect_mode::off: return "off";
+  }
+  return "?";
+}
+
+std::optional<redirect_mode> parse_redirect_mode(std::string_view text) {
+  for (redirect_mode m : {redirect_mode::automatic, redirect_mode::all, redirect_mode::opt_in, redirect_mode::off})
+    if (text == to_string(m)) return m;
+  return std::nullopt;
 }
 
 bool is_prime(uint32_t value) {
@@ -226,7 +244,11 @@ void read_pod(const json& value, const std::string& path, pod_spec& pod, error_l
     object_reader lr(*labels, r.path_of("labels"), errors);
     if (lr.ok()) {
       for (const auto& [key, label] : labels->items()) {
-        if (auto text = lr.string(key, true, /*allow_empty=*/true)) pod.labels[key] = *text;
+        if (auto text = lr.string(key, true, /*allow_empty=*/true)) {
+          if (key == kRedirectLabel && *text != "true" && *text != "false")
+            lr.error(lr.path_of(key), "must be \"true\" or \"false\", got " + shown(*text));
+          pod.labels[key] = *text;
+        }
       }
     }
   }
@@ -439,6 +461,11 @@ void check_consistency(const desired_state& s, error_list& errors) {
 
   std::map<std::string, size_t> service_names;
   std::map<std::tuple<ip_address, uint16_t, l4_protocol>, std::string> frontends;
+  // What the eBPF connect-time load balancer must hold (connect_lb_limits.h): each
+  // frontend has its own backend list and, with affinity, its own slot table. The first
+  // frontend past a limit is named.
+  uint64_t lb_frontends = 0, lb_backends = 0, lb_slots = 0;
+  bool lb_reported = false;
   for (size_t i = 0; i < s.services.size(); ++i) {
     const service_spec& svc = s.services[i];
     const std::string path = "$.services[" + std::to_string(i) + "]";
@@ -455,6 +482,20 @@ void check_consistency(const desired_state& s, error_list& errors) {
       auto key = std::make_tuple(svc.vip, port.port, port.protocol);
       if (auto [it, fresh] = frontends.emplace(key, port_path); !fresh)
         add(port_path + ".port", "duplicate " + svc.vip.to_string() + ":" + std::to_string(port.port) + "/" + to_string(port.protocol) + " (also at " + it->second + ")");
+      lb_frontends += 1;
+      lb_backends += svc.backends.size();
+      if (svc.session_affinity)
+        lb_slots += connect_lb::chunk_aligned(connect_lb::affinity_slot_count(static_cast<uint32_t>(svc.backends.size())));
+      if (!lb_reported && (lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries ||
+                           lb_slots > connect_lb::kMaxSlots)) {
+        lb_reported = true;
+        add(port_path, "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
+                           " service ports, " + std::to_string(connect_lb::kMaxBackendEntries) +
+                           " backends summed over them and " + std::to_string(connect_lb::kMaxSlots) +
+                           " affinity slots; this document needs " + std::to_string(lb_frontends) + " ports, " +
+                           std::to_string(lb_backends) + " backends and " + std::to_string(lb_slots) +
+                           " slots up to here");
+      }
     }
     if (svc.backends.size() > s.tuning.maglev_table_size)
       add(path + ".backends", std::to_string(svc.backends.size()) + " backends do not fit a Maglev table of " + std::to_string(s.tuning.maglev_table_size) + " slots");
@@ -591,6 +632,15 @@ parse_result parse_desired_state(std::string_view json_text) {
       state.services.push_back(std::move(service));
     });
     if (const json* t = top.member("tunables", false)) read_tunables(*t, "$.tunables", state.tuning, errors);
+    if (const json* e = top.member("ebpf", false)) {  // issue 12
+      object_reader er(*e, "$.ebpf", errors);
+      if (er.ok()) {
+        if (auto v = er.string("redirect", false)) {
+          if (auto mode = parse_redirect_mode(*v)) state.ebpf.redirect = *mode;
+          else er.error(er.path_of("redirect"), "must be \"auto\", \"all\", \"opt_in\" or \"off\", got " + shown(*v));
+        }
+      }
+    }
     if (const json* d = top.member("dataplane", false)) {  // issue 4
       state.dataplane.emplace();
       read_dataplane(*d, "$.dataplane", *state.dataplane, errors);

@@ -103,6 +103,25 @@ struct dataplane_spec {
   std::vector<std::string> eal_args;     // extra EAL arguments, e.g. ["--no-huge", "-m", "128"]
 };
 
+// --- ebpf section (issue 12): the pod-local fast path. ---
+// Which pod pairs have their TCP connections moved socket to socket. A redirected
+// connection reads through the kernel's psock queue, and some kernels make that visible
+// to applications (splice(), FIONREAD, blocking recv()); the agent checks its kernel at
+// start (ebpf/kernel_check.h).
+//   auto    every pod pair when the kernel passed every check, else only pods that opt in
+//   all     every pod pair, except pods labelled meshlane.io/redirect: "false"
+//   opt_in  only pairs of pods labelled meshlane.io/redirect: "true"
+//   off     none (connect-time service load balancing still runs for every pod)
+enum class redirect_mode : uint8_t { automatic, all, opt_in, off };
+const char* to_string(redirect_mode mode);
+std::optional<redirect_mode> parse_redirect_mode(std::string_view text);
+// The pod label that opts a pod in ("true") or out ("false").
+inline constexpr const char* kRedirectLabel = "meshlane.io/redirect";
+
+struct ebpf_spec {
+  redirect_mode redirect = redirect_mode::automatic;
+};
+
 struct desired_state {
   local_node_spec node;
   std::vector<node_spec> peers;  // the other nodes of the cluster
@@ -110,6 +129,7 @@ struct desired_state {
   std::vector<service_spec> services;
   tunables tuning;
   std::optional<dataplane_spec> dataplane;  // issue 4
+  ebpf_spec ebpf;                           // issue 12
 };
 
 struct config_error {

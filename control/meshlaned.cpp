@@ -50,6 +50,8 @@ void print_usage(FILE* out) {
                "      --metrics-listen ADDR:PORT  HTTP for /metrics, probes and the status page\n"
                "                           (default 127.0.0.1:9464; 'off' disables it)\n"
                "      --bpf-pin-dir DIR  where the eBPF fast path is pinned (default /sys/fs/bpf/meshlane)\n"
+               "      --bpf-object FILE  run the BPF programs of FILE instead of the built-in ones\n"
+               "                           (pinned programs of another build are replaced in place)\n"
                "      --no-ebpf        do not load or attach the eBPF fast path\n"
                "      --uninstall      detach the eBPF fast path and remove its pins, then exit\n"
                "      --ebpf-counters  print the pinned fast path's counters as JSON, then exit\n"
@@ -117,7 +119,7 @@ bool parse_id(const char* text, bool is_group, unsigned& id) {
 int main(int argc, char** argv) {
   enum {
     kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
-    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval
+    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject
   };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
@@ -127,6 +129,7 @@ int main(int argc, char** argv) {
       {"control-gid", required_argument, nullptr, kControlGid},
       {"metrics-listen", required_argument, nullptr, kMetricsListen},
       {"bpf-pin-dir", required_argument, nullptr, kBpfPinDir},
+      {"bpf-object", required_argument, nullptr, kBpfObject},
       {"no-ebpf", no_argument, nullptr, kNoEbpf}, {"uninstall", no_argument, nullptr, kUninstall},
       {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
       {"stats-interval", required_argument, nullptr, kStatsInterval},
@@ -137,6 +140,7 @@ int main(int argc, char** argv) {
   std::string metrics_listen = "127.0.0.1:9464";
   // eBPF fast path
   std::string bpf_pin_dir = meshlane::fast_path_options{}.pin_dir;
+  std::string bpf_object;
   bool no_ebpf = false, uninstall = false, ebpf_counters = false;
   unsigned stats_interval_s = 0;  // dataplane counters on stderr
   for (int opt; (opt = getopt_long(argc, argv, "c:Vh", options, nullptr)) != -1;) {
@@ -158,6 +162,7 @@ int main(int argc, char** argv) {
       }
       case kMetricsListen: metrics_listen = optarg; break;
       case kBpfPinDir: bpf_pin_dir = optarg; break;
+      case kBpfObject: bpf_object = optarg; break;
       case kNoEbpf: no_ebpf = true; break;
       case kUninstall: uninstall = true; break;
       case kEbpfCounters: ebpf_counters = true; break;
@@ -185,7 +190,11 @@ int main(int argc, char** argv) {
                                      {"sockets_added", c.sockets_added},             {"socket_add_failures", c.socket_add_failures},
                                      {"connect_rewrites", c.connect_rewrites},       {"sendmsg_rewrites", c.sendmsg_rewrites},
                                      {"peer_restores", c.peer_restores},
-                                     {"connects_without_backends", c.services_without_backends}};
+                                     {"connects_without_backends", c.services_without_backends},
+                                     {"socket_collisions", c.socket_collisions},
+                                     {"sockets_not_redirected", c.sockets_not_redirected},
+                                     {"sockets_early_payload", c.sockets_early_payload},
+                                     {"directions_to_tcp", c.directions_to_tcp}};
     std::printf("%s\n", counters.dump().c_str());
     return 0;
   }
@@ -234,13 +243,30 @@ int main(int argc, char** argv) {
     }
     if (!parsed.state->node.pod_cgroup.empty()) {
       std::string error;
-      ebpf = meshlane::fast_path::open({bpf_pin_dir, parsed.state->node.pod_cgroup}, error);
+      meshlane::fast_path_options fast_path_options;
+      fast_path_options.pin_dir = bpf_pin_dir;
+      fast_path_options.cgroup_path = parsed.state->node.pod_cgroup;
+      fast_path_options.object_file = bpf_object;
+      ebpf = meshlane::fast_path::open(fast_path_options, error);
       if (!ebpf) {
         log.write(meshlane::log_level::error, "eBPF fast path: " + error);
         return 1;
       }
-      log.write(meshlane::log_level::info, std::string("eBPF fast path ") + (ebpf->adopted() ? "adopted" : "loaded") +
-                                               " at " + bpf_pin_dir + ", attached to " + parsed.state->node.pod_cgroup);
+      const char* origin = ebpf->origin() == meshlane::fast_path_origin::adopted    ? "adopted"
+                           : ebpf->origin() == meshlane::fast_path_origin::upgraded ? "upgraded (programs replaced)"
+                                                                                    : "loaded";
+      log.write(meshlane::log_level::info, std::string("eBPF fast path ") + origin + " at " + bpf_pin_dir +
+                                               ", attached to " + parsed.state->node.pod_cgroup);
+      const auto& check = ebpf->kernel_check();
+      if (!check.ran) {
+        log.write(meshlane::log_level::warn, "eBPF kernel check did not run: " + check.error +
+                                                 "; redirect mode auto redirects only pods that opt in");
+      } else {
+        for (const auto& c : check.checks)
+          log.write(c.passed ? meshlane::log_level::info : meshlane::log_level::warn,
+                    std::string("eBPF kernel check ") + c.name + ": " + (c.passed ? "as a kernel socket" : "DIFFERS") +
+                        " (" + c.detail + ")");
+      }
       // Added before the first publish, so generation 1 is already in the maps when the
       // agent says it published it.
       if (std::string sink_error = publisher.add_sink("ebpf", [&ebpf](const auto& tables) { return ebpf->sync(*tables); });

@@ -46,7 +46,7 @@ struct byte_writer {
 };
 
 constexpr char kMagic[16] = "MESHLANE-TABLES";  // 15 characters and the terminator
-constexpr uint32_t kFormatVersion = 1;
+constexpr uint32_t kFormatVersion = 2;  // 2: ebpf settings after the tunables
 // Magic, format version, reserved word, generation: the part of the form the digest skips.
 constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 8;
 
@@ -108,6 +108,7 @@ std::vector<uint8_t> snapshot::serialize() const {
   w.u32(tuning.tcp_transitory_timeout_s);
   w.u32(tuning.udp_timeout_s);
   w.u32(tuning.idle_sleep_max_us);
+  w.u8(static_cast<uint8_t>(ebpf.redirect));
 
   w.u32(static_cast<uint32_t>(nodes.size()));
   for (const auto& n : nodes) {

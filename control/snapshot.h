@@ -77,6 +77,7 @@ struct hash_index {
 struct snapshot {
   uint64_t generation = 0;
   tunables tuning;
+  ebpf_spec ebpf;                 // the pod-local fast path's settings
   std::vector<table_node> nodes;  // nodes[kLocalNodeIndex] is this node
   std::vector<table_pod> pods;
   std::vector<table_service> services;

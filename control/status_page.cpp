@@ -26,6 +26,9 @@ const std::string& status_page_html() {
 <div><h2>Recent errors</h2><table id="errors"><thead><tr><th>time</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table>
 <h2>Log</h2><table id="log"><thead><tr><th>time</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table></div>
 </div>
+<div id="ebpf" hidden><h2>eBPF fast path</h2>
+<p>redirect mode <b id="redirect-mode">?</b>, in effect <b id="redirect-effective">?</b> <span id="redirect-reason"></span></p>
+<table id="kernel-checks"><thead><tr><th>kernel check</th><th>result</th><th>what was seen</th></tr></thead><tbody></tbody></table></div>
 <h2>Live counters</h2>
 <table id="counters"><thead><tr><th>metric</th><th>labels</th><th>value</th><th>per second</th></tr></thead><tbody></tbody></table>
 <script>
@@ -68,6 +71,17 @@ async function refresh() {
       share.append(bar, " " + pct(b.maglev_share));
       cell(row, fmt(b.packets), "n"); cell(row, pct(b.traffic_share), "n");
     });
+    if (m.ebpf) {
+      document.getElementById("ebpf").hidden = false;
+      document.getElementById("redirect-mode").textContent = m.ebpf.redirect.mode;
+      document.getElementById("redirect-effective").textContent = m.ebpf.redirect.effective + " (" + m.ebpf.redirect.pods + " pods)";
+      document.getElementById("redirect-reason").textContent = m.ebpf.redirect.reason ? "(" + m.ebpf.redirect.reason + ")" : "";
+      const checks = Object.entries(m.ebpf.kernel_check.checks || {});
+      if (!m.ebpf.kernel_check.ran) checks.push(["(not run)", {passed: false, detail: m.ebpf.kernel_check.error}]);
+      fill("kernel-checks", checks, (row, [name, c]) => {
+        cell(row, name); cell(row, c.passed ? "as a kernel socket" : "differs", c.passed ? "ok" : "bad"); cell(row, c.detail);
+      });
+    }
     const dt = previous ? m.time - previous.time : 0;
     const before = new Map();
     if (previous) for (const c of previous.counters) before.set(c.name + "{" + c.labels + "}", c.value);

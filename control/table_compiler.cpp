@@ -33,6 +33,7 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   auto tables = std::make_shared<snapshot>();
   tables->generation = generation;
   tables->tuning = state.tuning;
+  tables->ebpf = state.ebpf;
 
   // Canonical order everywhere, so that list order in the document never shows in tables.
   std::vector<const node_spec*> peers;

@@ -25,6 +25,11 @@
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
+#ifdef ML_BUILD_VARIANT
+/* A second build of the same programs (the upgrade test runs it): only this differs. */
+const volatile __u32 ml_build_variant = ML_BUILD_VARIANT;
+#endif
+
 
 static __always_inline void addr_from_v4(struct ml_addr* a, __u32 ip4_be) {
   a->words[0] = 0;
@@ -51,11 +56,25 @@ static __always_inline void addr_from_ctx6(struct ml_addr* a, __u32* ip6) {
   a->words[3] = CTX_U32(ip6[3]);
 }
 
-static __always_inline int is_local_pod(const struct ml_addr* a) {
-  return bpf_map_lookup_elem(&ml_local_pods, a) != 0;
-}
-
-/* ---- socket-to-socket redirection ------------------------------------------------ */
+/* ---- socket-to-socket redirection ------------------------------------------------
+ *
+ * The rule that keeps a stream in order. A receiving socket in the sockhash reads its
+ * psock queue (redirected messages) before its TCP receive queue (tcp_bpf_recvmsg), so
+ * a byte redirected after another byte took TCP would overtake it. That happens when a
+ * client sends before the server socket is established: its handshake ACK was lost (a
+ * full accept queue, a drop), the server is established only by the client's first data
+ * segment, and that segment travels TCP while the next message finds the server in the
+ * sockhash. So:
+ *  1. a direction is redirected only from its first byte: sockops adds a socket only if
+ *     no payload has moved yet (TCP Fast Open carries some in the SYN);
+ *  2. the first time a direction's peer is not in the sockhash, the direction takes TCP
+ *     and is never redirected again (ML_SOCK_ON_TCP in socket local storage);
+ *  3. keys carry both ends' initial sequence numbers, so a message is only ever
+ *     redirected into the socket at the other end of its own connection, never into a
+ *     stale socket that once had the same addresses and ports.
+ * A direction therefore carries all its bytes through the psock queue or all of those
+ * after its first TCP byte through TCP; the receiver drains the first before the second,
+ * which is stream order. */
 
 static __always_inline int sock_key_of(struct bpf_sock_ops* ops, struct ml_sock_key* key) {
   if (ops->family == AF_INET) {
@@ -69,24 +88,60 @@ static __always_inline int sock_key_of(struct bpf_sock_ops* ops, struct ml_sock_
   }
   key->local_port = ops->local_port;
   key->remote_port = remote_port_host(ops->remote_port);
+  /* At establishment, before any payload: local ISN + 1 and remote ISN + 1. */
+  key->local_seq = ops->snd_una;
+  key->remote_seq = ops->rcv_nxt;
   return 1;
+}
+
+static __always_inline void peer_key_of(const struct ml_sock_key* key, struct ml_sock_key* peer) {
+  peer->local = key->remote;
+  peer->remote = key->local;
+  peer->local_port = key->remote_port;
+  peer->remote_port = key->local_port;
+  peer->local_seq = key->remote_seq;
+  peer->remote_seq = key->local_seq;
 }
 
 SEC("sockops")
 int meshlane_sockops(struct bpf_sock_ops* ops) {
-  struct ml_sock_key key = {};
   if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
     return 1;
+  struct ml_sock_key key = {};
   if (!sock_key_of(ops, &key)) return 1;
   /* Only connections whose both ends are pods of this node; anything else (a remote
-   * peer, the node itself) keeps the normal path. */
-  if (!is_local_pod(&key.local) || !is_local_pod(&key.remote)) return 1;
-
+   * peer, the node itself, loopback) keeps the normal path and never enters the map. */
+  struct ml_pod_value* local = bpf_map_lookup_elem(&ml_local_pods, &key.local);
+  if (!local) return 1;
+  struct ml_pod_value* remote = bpf_map_lookup_elem(&ml_local_pods, &key.remote);
+  if (!remote) return 1;
   struct ml_counters* c = counters();
-  /* The kernel removes a socket from every sockmap/sockhash when it closes. */
-  long err = bpf_sock_hash_update(ops, &ml_sock_hash, &key, BPF_ANY);
-  if (c) {
-    if (err == 0) __sync_fetch_and_add(&c->sockets_added, 1);
+  /* Both ends must allow the redirect (mode and labels, written by the agent): a socket
+   * in the map reads through its psock, so one whose peer never redirects stays out. */
+  if (!(local->flags & remote->flags & ML_POD_REDIRECT)) {
+    if (c) __sync_fetch_and_add(&c->sockets_not_redirected, 1);
+    return 1;
+  }
+  if (ops->data_segs_in || ops->data_segs_out) { /* rule 1 */
+    if (c) __sync_fetch_and_add(&c->sockets_early_payload, 1);
+    return 1;
+  }
+  struct bpf_sock* sk = ops->sk;
+  if (!sk) return 1;
+  struct ml_sock_state* state = bpf_sk_storage_get(&ml_sock_state, sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+  if (!state) {
+    if (c) __sync_fetch_and_add(&c->socket_add_failures, 1);
+    return 1;
+  }
+  peer_key_of(&key, &state->peer);
+  /* The kernel removes a socket from every sockmap/sockhash when it closes. An insert
+   * never replaces another socket's entry (rule 3 makes a collision a bug, so count it). */
+  long err = bpf_sock_hash_update(ops, &ml_sock_hash, &key, BPF_NOEXIST);
+  if (err == 0) {
+    state->flags = ML_SOCK_IN_MAP;
+    if (c) __sync_fetch_and_add(&c->sockets_added, 1);
+  } else if (c) {
+    if (err == -17 /* EEXIST */) __sync_fetch_and_add(&c->socket_collisions, 1);
     else __sync_fetch_and_add(&c->socket_add_failures, 1);
   }
   return 1;
@@ -94,29 +149,26 @@ int meshlane_sockops(struct bpf_sock_ops* ops) {
 
 SEC("sk_msg")
 int meshlane_sk_msg(struct sk_msg_md* msg) {
-  /* The peer socket is keyed from its own side: our remote is its local. */
-  struct ml_sock_key peer = {};
-  if (msg->family == AF_INET) {
-    addr_from_v4(&peer.local, msg->remote_ip4);
-    addr_from_v4(&peer.remote, msg->local_ip4);
-  } else if (msg->family == AF_INET6) {
-    addr_from_ctx6(&peer.local, msg->remote_ip6);
-    addr_from_ctx6(&peer.remote, msg->local_ip6);
-  } else {
-    return SK_PASS;
-  }
-  peer.local_port = remote_port_host(msg->remote_port);
-  peer.remote_port = msg->local_port;
-
   const __u64 size = msg->size;
   struct ml_counters* c = counters();
-  if (bpf_msg_redirect_hash(msg, &ml_sock_hash, &peer, BPF_F_INGRESS) == SK_PASS) {
-    if (c) {
-      c->redirected_messages += 1; /* per-CPU entry: no other writer */
-      c->redirected_bytes += size;
+  struct bpf_sock* sk = msg->sk;
+  struct ml_sock_state* state = sk ? bpf_sk_storage_get(&ml_sock_state, sk, 0, 0) : 0;
+  /* sk_msg runs under the sending socket's lock: one writer of its state. */
+  if (state && !(state->flags & ML_SOCK_ON_TCP)) {
+    if (bpf_msg_redirect_hash(msg, &ml_sock_hash, &state->peer, BPF_F_INGRESS) == SK_PASS) {
+      state->flags |= ML_SOCK_REDIRECTED;
+      if (c) {
+        c->redirected_messages += 1; /* per-CPU entry: no other writer */
+        c->redirected_bytes += size;
+      }
+      return SK_PASS;
     }
-  } else if (c) {
-    /* Peer not in the sockhash (outside the cgroup, or already closed): normal path. */
+    /* Rule 2: the peer is not in the sockhash (not established yet, outside the cgroup,
+     * or closed). From here on this direction takes TCP. */
+    state->flags |= ML_SOCK_ON_TCP;
+    if (c) c->directions_to_tcp += 1;
+  }
+  if (c) {
     c->passed_messages += 1;
     c->passed_bytes += size;
   }
@@ -125,23 +177,47 @@ int meshlane_sk_msg(struct sk_msg_md* msg) {
 
 /* ---- connect-time service load balancing ------------------------------------------ */
 
+/* The backend for a frontend: with session affinity a Maglev slot picked by the client
+ * pod's network-namespace cookie, else the backend whose cumulative weight range holds
+ * hash(socket cookie) % total weight. */
 static __always_inline struct ml_backend* choose_backend(struct bpf_sock_addr* ctx,
                                                         const struct ml_service_key* key,
                                                         __u64 cookie) {
   struct ml_service_value* svc = bpf_map_lookup_elem(&ml_services, key);
   if (!svc) return 0;
-  if (svc->slot_count == 0) {
+  const __u32 count = svc->backend_count;
+  if (count == 0 || svc->total_weight == 0) {
     struct ml_counters* c = counters();
     if (c) c->services_without_backends += 1;
     return 0;
   }
-  /* Consistent per socket: the same cookie always lands on the same slot; with session
-   * affinity, per client pod (its network namespace). */
   const __u64 chooser = (svc->flags & ML_SERVICE_AFFINITY) ? bpf_get_netns_cookie(ctx) : cookie;
-  __u64 h = chooser * 0x9e3779b97f4a7c15ULL;
-  struct ml_slot_key slot = {.table_id = svc->table_id,
-                             .slot = (__u32)(h >> 32) % svc->slot_count};
-  return bpf_map_lookup_elem(&ml_backend_slots, &slot);
+  const __u32 h = (__u32)((chooser * 0x9e3779b97f4a7c15ULL) >> 32);
+  __u32 index;
+  if (svc->flags & ML_SERVICE_AFFINITY) {
+    if (svc->slot_count == 0) return 0;
+    const __u32 position = svc->slot_base + h % svc->slot_count;
+    const __u32 chunk_key = position / ML_SLOTS_PER_CHUNK;
+    struct ml_slot_chunk* chunk = bpf_map_lookup_elem(&ml_slots, &chunk_key);
+    if (!chunk) return 0;
+    index = chunk->backend[position & (ML_SLOTS_PER_CHUNK - 1)];
+  } else {
+    const __u32 target = h % svc->total_weight;
+    __u32 low = 0, high = count - 1;
+    /* 17 halvings cover the 65,535 backends a frontend may have. */
+    for (int i = 0; i < 17 && low < high; ++i) {
+      const __u32 middle = low + (high - low) / 2;
+      const __u32 backend_key = svc->backend_base + middle;
+      struct ml_backend* b = bpf_map_lookup_elem(&ml_backends, &backend_key);
+      if (!b) return 0;
+      if (b->cumulative_weight > target) high = middle;
+      else low = middle + 1;
+    }
+    index = low;
+  }
+  if (index >= count) return 0;
+  const __u32 backend_key = svc->backend_base + index;
+  return bpf_map_lookup_elem(&ml_backends, &backend_key);
 }
 
 static __always_inline int rewrite(struct bpf_sock_addr* ctx, const struct ml_addr* vip, int v6,
@@ -155,12 +231,14 @@ static __always_inline int rewrite(struct bpf_sock_addr* ctx, const struct ml_ad
   struct ml_backend* backend = choose_backend(ctx, &key, cookie);
   if (!backend) return 1;
 
+  struct ml_connect_key record_key = {};
+  record_key.cookie = cookie;
+  record_key.backend = backend->ip;
+  record_key.backend_port = backend->port;
   struct ml_connect_record record = {};
   record.vip = key.vip;
   record.vip_port = key.port;
-  record.backend = backend->ip;
-  record.backend_port = backend->port;
-  bpf_map_update_elem(&ml_connect_records, &cookie, &record, BPF_ANY);
+  bpf_map_update_elem(&ml_connect_records, &record_key, &record, BPF_ANY);
 
   if (v6) {
     ctx->user_ip6[0] = backend->ip.words[0];
@@ -179,22 +257,19 @@ static __always_inline int rewrite(struct bpf_sock_addr* ctx, const struct ml_ad
   return 1;
 }
 
-/* getpeername and recvmsg see the backend; put the VIP back where the rewrite put the
- * backend, so the application sees the address it dialled. */
+/* getpeername and recvmsg see the backend; put back the VIP this socket sent to that
+ * backend through, so the application sees the address it dialled. */
 static __always_inline int restore(struct bpf_sock_addr* ctx, int v6) {
-  const __u64 cookie = bpf_get_socket_cookie(ctx);
-  struct ml_connect_record* record = bpf_map_lookup_elem(&ml_connect_records, &cookie);
-  if (!record) return 1;
-  struct ml_addr seen = {};
+  struct ml_connect_key record_key = {};
+  record_key.cookie = bpf_get_socket_cookie(ctx);
   if (v6) {
-    addr_from_ctx6(&seen, ctx->user_ip6);
+    addr_from_ctx6(&record_key.backend, ctx->user_ip6);
   } else {
-    addr_from_v4(&seen, ctx->user_ip4);
+    addr_from_v4(&record_key.backend, ctx->user_ip4);
   }
-  if (seen.words[0] != record->backend.words[0] || seen.words[1] != record->backend.words[1] ||
-      seen.words[2] != record->backend.words[2] || seen.words[3] != record->backend.words[3] ||
-      bpf_ntohs((__u16)ctx->user_port) != record->backend_port)
-    return 1;
+  record_key.backend_port = bpf_ntohs((__u16)ctx->user_port);
+  struct ml_connect_record* record = bpf_map_lookup_elem(&ml_connect_records, &record_key);
+  if (!record) return 1;
   if (v6) {
     ctx->user_ip6[0] = record->vip.words[0];
     ctx->user_ip6[1] = record->vip.words[1];

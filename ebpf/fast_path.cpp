@@ -4,6 +4,7 @@
 #include <bpf/libbpf.h>
 #include <dirent.h>
 #include <fcntl.h>
+#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -13,8 +14,10 @@
 #include <fstream>
 #include <map>
 #include <set>
+#include <sstream>
 #include <vector>
 
+#include "control/connect_lb_limits.h"
 #include "control/maglev.h"
 #include "control/stable_hash.h"
 #include "ebpf/map_layout.h"
@@ -22,10 +25,13 @@
 
 namespace meshlane {
 
-namespace {
+// The validator's limits leave room for a publish that replaces every table.
+static_assert(ML_MAX_SERVICES >= connect_lb::kMaxFrontends);
+static_assert(ML_MAX_BACKENDS >= 2 * connect_lb::kMaxBackendEntries);
+static_assert(ML_MAX_SLOTS >= 2 * connect_lb::kMaxSlots);
+static_assert(ML_SLOTS_PER_CHUNK == connect_lb::kSlotsPerChunk);
 
-constexpr const char* kMapNames[] = {"ml_local_pods",    "ml_sock_hash", "ml_services",
-                                     "ml_backend_slots", "ml_counters",  "ml_connect_records"};
+namespace {
 
 struct cgroup_attachment {
   const char* program;
@@ -60,6 +66,11 @@ struct fd_guard {
   }
   fd_guard(const fd_guard&) = delete;
   fd_guard& operator=(const fd_guard&) = delete;
+};
+
+struct object_guard {
+  bpf_object* object = nullptr;
+  ~object_guard() { bpf_object__close(object); }
 };
 
 std::string cgroup2_mount() {
@@ -103,7 +114,9 @@ std::string probe_kernel_features() {
     bpf_map_type type;
     const char* name;
   } const maps[] = {{BPF_MAP_TYPE_SOCKHASH, "sockhash maps"},
+                    {BPF_MAP_TYPE_SK_STORAGE, "socket local storage"},
                     {BPF_MAP_TYPE_LRU_HASH, "LRU hash maps"},
+                    {BPF_MAP_TYPE_ARRAY_OF_MAPS, "array-of-maps maps"},
                     {BPF_MAP_TYPE_PERCPU_ARRAY, "per-CPU array maps"}};
   for (const auto& m : maps) {
     if (libbpf_probe_bpf_map_type(m.type, nullptr) != 1) return "the kernel lacks " + std::string(m.name);
@@ -113,6 +126,7 @@ std::string probe_kernel_features() {
     bpf_func_id helper;
     const char* name;
   } const helpers[] = {{BPF_PROG_TYPE_SK_MSG, BPF_FUNC_msg_redirect_hash, "bpf_msg_redirect_hash"},
+                       {BPF_PROG_TYPE_SK_MSG, BPF_FUNC_sk_storage_get, "bpf_sk_storage_get (sk_msg)"},
                        {BPF_PROG_TYPE_SOCK_OPS, BPF_FUNC_sock_hash_update, "bpf_sock_hash_update"},
                        {BPF_PROG_TYPE_CGROUP_SOCK_ADDR, BPF_FUNC_get_socket_cookie, "bpf_get_socket_cookie"}};
   for (const auto& h : helpers) {
@@ -136,28 +150,130 @@ ml_addr to_ml_addr(const ip_address& ip) {
   return a;
 }
 
-uint64_t content_hash(const std::vector<ml_backend>& slots) {
-  // never 0, so a fresh entry never looks unchanged
-  return fnv1a64(slots.data(), slots.size() * sizeof(ml_backend)) | 1;
+// The BPF object's bytes: the build's own (embedded by the skeleton) or a file's.
+bool object_bytes(const fast_path_options& options, std::string& bytes, std::string& error) {
+  if (options.object_file.empty()) {
+    size_t size = 0;
+    const void* data = fast_path_bpf__elf_bytes(&size);
+    bytes.assign(static_cast<const char*>(data), size);
+    return true;
+  }
+  std::ifstream file(options.object_file, std::ios::binary);
+  if (!file) {
+    error = "cannot read the BPF object " + options.object_file;
+    return false;
+  }
+  std::ostringstream text;
+  text << file.rdbuf();
+  bytes = text.str();
+  return true;
 }
 
-// Attaches `program` to the cgroup through a link pinned at links/<program>, replacing a
-// pinned link that points at another cgroup.
+void sha256(const std::string& bytes, uint8_t out[32]) {
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), out, &length, EVP_sha256(), nullptr);
+}
+
+std::string hex(const uint8_t* data, size_t size) {
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  for (size_t i = 0; i < size; ++i) out += digits[data[i] >> 4], out += digits[data[i] & 15];
+  return out;
+}
+
+// Opens (does not load) the object. `bytes` must outlive it.
+bpf_object* open_object(const std::string& bytes, std::string& error) {
+  LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "meshlane_fast_path");
+  bpf_object* object = bpf_object__open_mem(bytes.data(), bytes.size(), &opts);
+  if (!object) error = "opening the BPF object: " + errno_text(errno);
+  return object;
+}
+
+std::string load_object(bpf_object* object) {
+  if (int err = bpf_object__load(object); err != 0)
+    return "loading the BPF programs: " + errno_text(err) +
+           " (the verifier refused a program, or the kernel lacks a helper it uses)";
+  return "";
+}
+
+// A pinned map can serve a newly built object when it has the very same shape.
+bool same_shape(int fd, const bpf_map* map) {
+  bpf_map_info info{};
+  uint32_t length = sizeof info;
+  return bpf_obj_get_info_by_fd(fd, &info, &length) == 0 && info.type == bpf_map__type(map) &&
+         info.key_size == bpf_map__key_size(map) && info.value_size == bpf_map__value_size(map) &&
+         info.max_entries == bpf_map__max_entries(map) && info.map_flags == bpf_map__map_flags(map);
+}
+
+// Loads `object` with every pinned map of the same shape reused (so live sockets, services
+// and counters carry over) and pins what is new: maps in their place, programs replacing
+// the old pins. Returns "" or what failed.
+std::string load_and_pin(bpf_object* object, const std::string& pins) {
+  std::set<std::string> reused;
+  bpf_map* map;
+  bpf_object__for_each_map(map, object) {
+    if (bpf_map__is_internal(map)) continue;  // .rodata and the like belong to their programs
+    const std::string pin = pins + "/maps/" + bpf_map__name(map);
+    fd_guard pinned(exists(pin) ? bpf_obj_get(pin.c_str()) : -1);
+    if (pinned.fd >= 0 && same_shape(pinned.fd, map)) {
+      if (int err = bpf_map__reuse_fd(map, pinned.fd); err != 0) return "reusing " + pin + ": " + errno_text(err);
+      reused.insert(bpf_map__name(map));
+    }
+  }
+  if (std::string error = load_object(object); !error.empty()) return error;
+  std::set<std::string> in_object;
+  bpf_object__for_each_map(map, object) {
+    if (bpf_map__is_internal(map)) continue;
+    in_object.insert(bpf_map__name(map));
+    if (reused.count(bpf_map__name(map))) continue;
+    const std::string pin = pins + "/maps/" + bpf_map__name(map);
+    unlink(pin.c_str());  // another shape: programs that still hold it keep it alive
+    if (int err = bpf_map__pin(map, pin.c_str()); err != 0) return "pinning " + pin + ": " + errno_text(err);
+  }
+  // Maps an older object had and this one has not.
+  if (DIR* d = opendir((pins + "/maps").c_str())) {
+    while (dirent* entry = readdir(d))
+      if (entry->d_name[0] != '.' && !in_object.count(entry->d_name)) unlink((pins + "/maps/" + entry->d_name).c_str());
+    closedir(d);
+  }
+  bpf_program* program;
+  bpf_object__for_each_program(program, object) {
+    const std::string pin = pins + "/progs/" + bpf_program__name(program);
+    unlink(pin.c_str());
+    if (int err = bpf_program__pin(program, pin.c_str()); err != 0) return "pinning " + pin + ": " + errno_text(err);
+  }
+  // The sk_msg verdict program belongs to the sockhash; attaching replaces the one there
+  // (sockets already in the map keep the program they were added under).
+  bpf_map* sock_hash = bpf_object__find_map_by_name(object, "ml_sock_hash");
+  bpf_program* sk_msg = bpf_object__find_program_by_name(object, kSkMsgProgram);
+  if (!sock_hash || !sk_msg) return "the BPF object lacks ml_sock_hash or " + std::string(kSkMsgProgram);
+  if (bpf_prog_attach(bpf_program__fd(sk_msg), bpf_map__fd(sock_hash), BPF_SK_MSG_VERDICT, 0) != 0)
+    return "attaching sk_msg to the sockhash: " + errno_text(errno);
+  return "";
+}
+
+// Attaches `program` to the cgroup through a link pinned at links/<program>. A pinned link
+// on this cgroup is kept, and pointed at the pinned program when `replace` (an upgrade:
+// bpf_link_update swaps the program atomically, nothing is detached in between); one on
+// another cgroup is replaced.
 std::string attach_to_cgroup(const std::string& pin_dir, const cgroup_attachment& a, int cgroup_fd,
-                             uint64_t cgroup_id) {
+                             uint64_t cgroup_id, bool replace) {
   const std::string link_pin = pin_dir + "/links/" + a.program;
+  fd_guard prog(bpf_obj_get((pin_dir + "/progs/" + a.program).c_str()));
+  if (prog.fd < 0) return std::string("program ") + a.program + " is not pinned: " + errno_text(errno);
   if (exists(link_pin)) {
     fd_guard link(bpf_obj_get(link_pin.c_str()));
     bpf_link_info info{};
     uint32_t length = sizeof info;
-    if (link.fd >= 0 && bpf_obj_get_info_by_fd(link.fd, &info, &length) == 0 &&
-        info.cgroup.cgroup_id == cgroup_id)
-      return "";  // adopted as it is
+    if (link.fd >= 0 && bpf_obj_get_info_by_fd(link.fd, &info, &length) == 0 && info.cgroup.cgroup_id == cgroup_id) {
+      if (!replace) return "";  // adopted as it is
+      if (bpf_link_update(link.fd, prog.fd, nullptr) != 0)
+        return std::string("replacing ") + a.program + " on its link: " + errno_text(errno);
+      return "";
+    }
     if (link.fd >= 0) bpf_link_detach(link.fd);
     unlink(link_pin.c_str());
   }
-  fd_guard prog(bpf_obj_get((pin_dir + "/progs/" + a.program).c_str()));
-  if (prog.fd < 0) return std::string("program ") + a.program + " is not pinned: " + errno_text(errno);
   fd_guard link(bpf_link_create(prog.fd, cgroup_fd, a.type, nullptr));
   if (link.fd < 0) return std::string("attaching ") + a.program + " to the cgroup: " + errno_text(errno);
   if (bpf_obj_pin(link.fd, link_pin.c_str()) != 0) {
@@ -185,97 +301,111 @@ struct bytes_less {
   bool operator()(const T& a, const T& b) const { return std::memcmp(&a, &b, sizeof a) < 0; }
 };
 
+// Runs the kernel check on a private instance of the object.
+kernel_check_report check_kernel_with(const std::string& bytes, const std::string& cgroup, bool redirected) {
+  kernel_check_report report;
+  std::string error;
+  object_guard instance{open_object(bytes, error)};
+  if (!instance.object) {
+    report.error = error;
+    return report;
+  }
+  if (error = load_object(instance.object); !error.empty()) {
+    report.error = error;
+    return report;
+  }
+  return run_kernel_check(instance.object, cgroup, redirected);
+}
+
 }  // namespace
+
+// The writer's mirror of ml_services and ml_local_pods, so that a sync compares with
+// memory instead of reading the maps back.
+struct fast_path_mirror {
+  std::map<ml_service_key, ml_service_value, bytes_less> services;
+  std::map<ml_addr, uint32_t, bytes_less> pods;  // address -> ML_POD_* flags
+};
+
+fast_path::fast_path()
+    : mirror_(std::make_unique<fast_path_mirror>()), backend_regions_(ML_MAX_BACKENDS), slot_regions_(ML_MAX_SLOTS) {}
 
 std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std::string& error) {
   std::string cgroup;
   if (error = check_cgroup(options.cgroup_path, cgroup); !error.empty()) return nullptr;
+  std::string bytes;
+  if (!object_bytes(options, bytes, error)) return nullptr;
+  ml_meta meta{};
+  sha256(bytes, meta.object_sha256);
+  meta.layout_version = ML_LAYOUT_VERSION;
 
   std::unique_ptr<fast_path> path(new fast_path());
   path->options_ = options;
+  path->object_digest_ = hex(meta.object_sha256, sizeof meta.object_sha256);
   const std::string& pins = options.pin_dir;
-  path->adopted_ = exists(pins + "/maps/ml_counters");
+  const bool pinned = exists(pins + "/maps/ml_counters");
+  bool same_object = false;
+  if (pinned) {
+    fd_guard meta_fd(bpf_obj_get((pins + "/maps/ml_meta").c_str()));
+    ml_meta pinned_meta{};
+    const uint32_t zero = 0;
+    same_object = meta_fd.fd >= 0 && bpf_map_lookup_elem(meta_fd.fd, &zero, &pinned_meta) == 0 &&
+                  std::memcmp(&pinned_meta, &meta, sizeof meta) == 0;
+  }
+  path->origin_ = !pinned ? fast_path_origin::loaded : same_object ? fast_path_origin::adopted : fast_path_origin::upgraded;
 
-  if (!path->adopted_) {
+  if (path->origin_ != fast_path_origin::adopted) {
     if (error = probe_kernel_features(); !error.empty()) return nullptr;
+  }
+  // Before anything is attached (or replaced): what does this kernel do with redirected
+  // sockets? The answer decides the redirect mode "auto" (sync()).
+  if (options.kernel_check) path->kernel_check_ = check_kernel_with(bytes, cgroup, true);
+  else path->kernel_check_.error = "not run (disabled)";
+
+  if (path->origin_ != fast_path_origin::adopted) {
     if (error = make_dirs(pins); !error.empty()) return nullptr;
     libbpf_set_print(nullptr);  // the verifier log is reported through the error below
-    fast_path_bpf* skeleton = fast_path_bpf__open();
-    if (!skeleton) {
-      error = "opening the embedded BPF object: " + errno_text(errno);
-      return nullptr;
-    }
-    struct skeleton_guard {
-      fast_path_bpf* s;
-      ~skeleton_guard() { fast_path_bpf__destroy(s); }
-    } guard{skeleton};
-    if (int err = fast_path_bpf__load(skeleton); err != 0) {
-      error = "loading the BPF programs: " + errno_text(err) +
-              " (the verifier refused a program, or the kernel lacks a helper it uses)";
-      uninstall(pins);
-      return nullptr;
-    }
-    bpf_map* map;
-    bpf_object__for_each_map(map, skeleton->obj) {
-      const std::string pin = pins + "/maps/" + bpf_map__name(map);
-      if (int err = bpf_map__pin(map, pin.c_str()); err != 0) {
-        error = "pinning " + pin + ": " + errno_text(err);
-        uninstall(pins);
-        return nullptr;
-      }
-    }
-    bpf_program* program;
-    bpf_object__for_each_program(program, skeleton->obj) {
-      const std::string pin = pins + "/progs/" + bpf_program__name(program);
-      if (int err = bpf_program__pin(program, pin.c_str()); err != 0) {
-        error = "pinning " + pin + ": " + errno_text(err);
-        uninstall(pins);
-        return nullptr;
-      }
-    }
-    // The sk_msg verdict program belongs to the sockhash: it lives as long as the map.
-    if (bpf_prog_attach(bpf_program__fd(skeleton->progs.meshlane_sk_msg),
-                        bpf_map__fd(skeleton->maps.ml_sock_hash), BPF_SK_MSG_VERDICT, 0) != 0) {
-      error = "attaching sk_msg to the sockhash: " + errno_text(errno);
-      uninstall(pins);
+    object_guard object{open_object(bytes, error)};
+    if (!object.object) return nullptr;
+    if (error = load_and_pin(object.object, pins); !error.empty()) {
+      if (path->origin_ == fast_path_origin::loaded) uninstall(pins);
       return nullptr;
     }
   }
 
-  // From here on loaded and adopted objects are handled alike: through their pins.
-  int* fds[] = {&path->local_pods_fd_, &path->sock_hash_fd_, &path->services_fd_,
-                &path->backend_slots_fd_, &path->counters_fd_, nullptr};
-  static_assert(std::size(fds) == std::size(kMapNames));
-  for (size_t i = 0; i < std::size(kMapNames); ++i) {
-    const std::string pin = pins + "/maps/" + kMapNames[i];
-    const int fd = bpf_obj_get(pin.c_str());
-    if (fd < 0) {
-      error = "incomplete pins: " + pin + ": " + errno_text(errno) +
-              "; remove them with meshlaned --uninstall --bpf-pin-dir " + pins;
-      return nullptr;
-    }
-    if (fds[i]) *fds[i] = fd;
-    else close(fd);
-  }
-  // Pins made by an agent with another map layout cannot be read with this one's structs.
+  // From here on loaded, adopted and upgraded objects are handled alike: through pins.
   struct {
-    int fd;
     const char* name;
+    int* fd;
     uint32_t key_size, value_size;
-  } const layouts[] = {
-      {path->local_pods_fd_, "ml_local_pods", sizeof(ml_addr), sizeof(ml_pod_value)},
-      {path->services_fd_, "ml_services", sizeof(ml_service_key), sizeof(ml_service_value)},
-      {path->backend_slots_fd_, "ml_backend_slots", sizeof(ml_slot_key), sizeof(ml_backend)},
-      {path->sock_hash_fd_, "ml_sock_hash", sizeof(ml_sock_key), 0},
+  } const maps[] = {
+      {"ml_local_pods", &path->local_pods_fd_, sizeof(ml_addr), sizeof(ml_pod_value)},
+      {"ml_sock_hash", &path->sock_hash_fd_, sizeof(ml_sock_key), 0},
+      {"ml_services", &path->services_fd_, sizeof(ml_service_key), sizeof(ml_service_value)},
+      {"ml_backends", &path->backends_fd_, sizeof(uint32_t), sizeof(ml_backend)},
+      {"ml_slots", &path->slots_fd_, sizeof(uint32_t), sizeof(ml_slot_chunk)},
+      {"ml_counters", &path->counters_fd_, sizeof(uint32_t), sizeof(ml_counters)},
   };
-  for (const auto& layout : layouts) {
+  for (const auto& m : maps) {
+    const std::string pin = pins + "/maps/" + m.name;
+    *m.fd = bpf_obj_get(pin.c_str());
     bpf_map_info info{};
     uint32_t length = sizeof info;
-    if (bpf_obj_get_info_by_fd(layout.fd, &info, &length) != 0 || info.key_size != layout.key_size ||
-        (layout.value_size && info.value_size != layout.value_size)) {
-      error = std::string("the pinned map ") + layout.name + " at " + pins +
-              " has another layout than this agent's (pinned by another version?); remove the pins "
-              "with meshlaned --uninstall --bpf-pin-dir " + pins + " and start again";
+    if (*m.fd < 0) {
+      error = "incomplete pins: " + pin + ": " + errno_text(errno) + "; remove them with meshlaned --uninstall --bpf-pin-dir " + pins;
+      return nullptr;
+    }
+    if (bpf_obj_get_info_by_fd(*m.fd, &info, &length) != 0 || info.key_size != m.key_size ||
+        (m.value_size && info.value_size != m.value_size)) {
+      error = std::string("the pinned map ") + m.name + " at " + pins +
+              " has another layout than this agent's; remove the pins with meshlaned --uninstall --bpf-pin-dir " + pins;
+      return nullptr;
+    }
+  }
+  if (path->origin_ != fast_path_origin::adopted) {
+    fd_guard meta_fd(bpf_obj_get((pins + "/maps/ml_meta").c_str()));
+    const uint32_t zero = 0;
+    if (meta_fd.fd < 0 || bpf_map_update_elem(meta_fd.fd, &zero, &meta, BPF_ANY) != 0) {
+      error = "writing ml_meta: " + errno_text(errno);
       return nullptr;
     }
   }
@@ -288,136 +418,318 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
   }
   for (const auto& attachment : kCgroupAttachments) {
     // On cgroup v2 a directory's inode number is the cgroup id the kernel reports.
-    if (error = attach_to_cgroup(pins, attachment, cgroup_fd.fd, st.st_ino); !error.empty()) {
-      if (!path->adopted_) uninstall(pins);
+    if (error = attach_to_cgroup(pins, attachment, cgroup_fd.fd, st.st_ino,
+                                 path->origin_ == fast_path_origin::upgraded);
+        !error.empty()) {
+      if (path->origin_ == fast_path_origin::loaded) uninstall(pins);
       return nullptr;
     }
   }
 
-  // Table ids continue after the highest one in use, so an adopted map is never
-  // overwritten in place.
-  for_each_key<ml_service_key>(path->services_fd_, [&](const ml_service_key& key) {
-    ml_service_value value{};
-    if (bpf_map_lookup_elem(path->services_fd_, &key, &value) == 0 && value.table_id >= path->next_table_id_)
-      path->next_table_id_ = value.table_id + 1;
-  });
+  // A map-in-map update returns only after every running BPF program has finished (the
+  // kernel waits for an RCU grace period): the writer's barrier before reusing regions.
+  path->grace_inner_fd_ = bpf_map_create(BPF_MAP_TYPE_ARRAY, "ml_grace_inner", 4, 4, 1, nullptr);
+  LIBBPF_OPTS(bpf_map_create_opts, grace_opts, .inner_map_fd = static_cast<__u32>(path->grace_inner_fd_));
+  path->grace_fd_ = path->grace_inner_fd_ >= 0
+                        ? bpf_map_create(BPF_MAP_TYPE_ARRAY_OF_MAPS, "ml_grace", 4, 4, 1, &grace_opts)
+                        : -1;
+  if (path->grace_fd_ < 0) {
+    error = "creating the grace-period map: " + errno_text(errno);
+    return nullptr;
+  }
+  if (error = path->adopt_regions(); !error.empty()) return nullptr;
   return path;
 }
 
+kernel_check_report fast_path::check_kernel(const fast_path_options& options, bool redirected) {
+  kernel_check_report report;
+  std::string cgroup, bytes;
+  if (report.error = check_cgroup(options.cgroup_path, cgroup); !report.error.empty()) return report;
+  if (!object_bytes(options, bytes, report.error)) return report;
+  return check_kernel_with(bytes, cgroup, redirected);
+}
+
+// Reads what an earlier agent left in the maps into the mirror and the allocators.
+std::string fast_path::adopt_regions() {
+  fast_path_mirror& mirror = *mirror_;
+  for_each_key<ml_service_key>(services_fd_, [&](const ml_service_key& key) {
+    ml_service_value value{};
+    if (bpf_map_lookup_elem(services_fd_, &key, &value) == 0) mirror.services[key] = value;
+  });
+  for (const auto& [key, value] : mirror.services) {
+    if (!backend_regions_.claim(value.backend_base, value.backend_count) ||
+        !slot_regions_.claim(value.slot_base, connect_lb::chunk_aligned(value.slot_count)))
+      return "the pinned ml_services entries overlap; remove the pins with meshlaned --uninstall --bpf-pin-dir " +
+             options_.pin_dir;
+  }
+  for_each_key<ml_addr>(local_pods_fd_, [&](const ml_addr& pod) {
+    ml_pod_value value{};
+    if (bpf_map_lookup_elem(local_pods_fd_, &pod, &value) == 0) mirror.pods[pod] = value.flags;
+  });
+  return "";
+}
+
 fast_path::~fast_path() {
-  for (int fd : {local_pods_fd_, sock_hash_fd_, services_fd_, backend_slots_fd_, counters_fd_})
+  for (int fd : {local_pods_fd_, sock_hash_fd_, services_fd_, backends_fd_, slots_fd_, counters_fd_, grace_fd_,
+                 grace_inner_fd_})
     if (fd >= 0) close(fd);
 }
 
+std::string fast_path::grace_period() {
+  const uint32_t zero = 0;
+  if (bpf_map_update_elem(grace_fd_, &zero, &grace_inner_fd_, BPF_ANY) != 0)
+    return "waiting for running programs (ml_grace): " + errno_text(errno);
+  return "";
+}
+
+namespace {
+
+// One frontend's tables as the maps should hold them.
+struct frontend_tables {
+  std::vector<ml_backend> backends;
+  std::vector<uint16_t> slots;  // affinity only
+  uint32_t flags = 0;
+  uint32_t total_weight = 0;
+  uint64_t hash = 0;
+};
+
+frontend_tables tables_for(const snapshot& tables, const table_frontend& f) {
+  frontend_tables out;
+  const table_service& svc = tables.services[f.service_index];
+  out.flags = svc.session_affinity ? ML_SERVICE_AFFINITY : 0;
+  std::vector<maglev_backend> identities;
+  for (uint32_t b = 0; b < svc.backend_count; ++b) {
+    const table_backend& backend = tables.backends[svc.first_backend + b];
+    ml_backend entry{};
+    entry.ip = to_ml_addr(backend.ip);
+    entry.port = f.target_port ? f.target_port : backend.port;
+    out.total_weight += backend.weight;
+    entry.cumulative_weight = out.total_weight;
+    out.backends.push_back(entry);
+    if (svc.session_affinity) identities.push_back({backend.ip.to_string() + ":" + std::to_string(backend.port), backend.weight});
+  }
+  if (svc.session_affinity && !identities.empty())
+    out.slots = build_maglev_table(identities, connect_lb::affinity_slot_count(svc.backend_count));
+  uint64_t h = fnv1a64(out.backends.data(), out.backends.size() * sizeof(ml_backend));
+  h = fnv1a64(out.slots.data(), out.slots.size() * sizeof(uint16_t), h);
+  out.hash = (h ^ out.flags) | 1;  // never 0, so a fresh entry never looks unchanged
+  return out;
+}
+
+}  // namespace
+
 std::string fast_path::sync(const snapshot& tables) {
+  std::lock_guard state_lock(state_mutex_);
+  fast_path_mirror& mirror = *mirror_;
   auto kernel_error = [](const char* what, const char* map) {
     return std::string(what) + " " + map + ": " + errno_text(errno);
   };
 
-  // Pods first: a pod being added must be known before a service can send to it.
-  std::set<ml_addr, bytes_less> pods;
-  for (const auto& pod : tables.pods) {
-    pods.insert(to_ml_addr(pod.ip));
-    if (pod.ip6) pods.insert(to_ml_addr(*pod.ip6));
+  // --- Pods, with the redirect flag the mode, the labels and the kernel check give.
+  redirect_state redirect;
+  redirect.mode = to_string(tables.ebpf.redirect);
+  redirect_mode effective = tables.ebpf.redirect;
+  if (effective == redirect_mode::automatic) {
+    if (kernel_check_.all_passed()) {
+      effective = redirect_mode::all;
+      redirect.reason = "the kernel passed every check";
+    } else {
+      effective = redirect_mode::opt_in;
+      std::string failed;
+      for (const auto& name : kernel_check_.failed()) failed += (failed.empty() ? "" : ", ") + name;
+      redirect.reason = kernel_check_.ran ? "the kernel failed: " + failed
+                                          : "the kernel check did not run: " + kernel_check_.error;
+    }
   }
-  const ml_pod_value pod_value{};
-  for (const ml_addr& pod : pods) {
-    ml_pod_value current;
-    if (bpf_map_lookup_elem(local_pods_fd_, &pod, &current) == 0) continue;
-    if (bpf_map_update_elem(local_pods_fd_, &pod, &pod_value, BPF_ANY) != 0)
-      return kernel_error("writing", "ml_local_pods");
+  redirect.effective = to_string(effective);
+  std::map<ml_addr, uint32_t, bytes_less> pods;
+  size_t redirected = 0;
+  for (const auto& pod : tables.pods) {
+    auto label = pod.labels.find(kRedirectLabel);
+    const std::string value = label == pod.labels.end() ? "" : label->second;
+    const bool on = (effective == redirect_mode::all && value != "false") ||
+                    (effective == redirect_mode::opt_in && value == "true");
+    redirected += on;
+    const uint32_t flags = on ? ML_POD_REDIRECT : 0;
+    pods[to_ml_addr(pod.ip)] = flags;
+    if (pod.ip6) pods[to_ml_addr(*pod.ip6)] = flags;
+  }
+  // Pods first: a pod being added must be known before a service can send to it.
+  for (const auto& [pod, flags] : pods) {
+    auto it = mirror.pods.find(pod);
+    if (it != mirror.pods.end() && it->second == flags) continue;
+    const ml_pod_value value{flags, 0};
+    if (bpf_map_update_elem(local_pods_fd_, &pod, &value, BPF_ANY) != 0) return kernel_error("writing", "ml_local_pods");
+    mirror.pods[pod] = flags;
   }
 
-  // Desired slot tables per frontend.
-  std::map<ml_service_key, std::vector<ml_backend>, bytes_less> desired;
-  std::map<ml_service_key, uint32_t, bytes_less> desired_flags;
+  // --- Service frontends.
+  std::map<ml_service_key, frontend_tables, bytes_less> desired;
   for (const table_frontend& f : tables.frontends) {
-    const table_service& svc = tables.services[f.service_index];
     ml_service_key key{};
     key.vip = to_ml_addr(f.vip);
     key.port = f.port;
     key.protocol = static_cast<uint8_t>(f.protocol);
-    std::vector<ml_backend>& slots = desired[key];
-    desired_flags[key] = svc.session_affinity ? ML_SERVICE_AFFINITY : 0;
-    if (svc.backend_count == 0) continue;
-    std::vector<maglev_backend> input;
-    for (uint32_t b = 0; b < svc.backend_count; ++b) {
-      const table_backend& backend = tables.backends[svc.first_backend + b];
-      input.push_back({backend.ip.to_string() + ":" + std::to_string(backend.port), backend.weight});
-    }
-    for (uint16_t index : build_maglev_table(input, ML_SERVICE_SLOTS)) {
-      const table_backend& backend = tables.backends[svc.first_backend + index];
-      ml_backend entry{};
-      entry.ip = to_ml_addr(backend.ip);
-      entry.port = f.target_port ? f.target_port : backend.port;
-      slots.push_back(entry);
+    desired[key] = tables_for(tables, f);
+  }
+
+  struct region {
+    uint32_t backend_base, backend_count, slot_base, slot_length;
+  };
+  std::vector<region> to_release;  // after the grace period
+  auto region_of = [](const ml_service_value& v) {
+    return region{v.backend_base, v.backend_count, v.slot_base, connect_lb::chunk_aligned(v.slot_count)};
+  };
+
+  // Removed frontends: the entries go first (in one batch), their regions after the
+  // grace period.
+  {
+    std::vector<ml_service_key> gone;
+    for (const auto& [key, value] : mirror.services)
+      if (!desired.count(key)) gone.push_back(key);
+    if (!gone.empty()) {
+      uint32_t count = static_cast<uint32_t>(gone.size());
+      if (bpf_map_delete_batch(services_fd_, gone.data(), &count, nullptr) != 0 && errno != ENOENT)
+        return kernel_error("deleting from", "ml_services");
+      for (const auto& key : gone) {
+        to_release.push_back(region_of(mirror.services[key]));
+        mirror.services.erase(key);
+      }
     }
   }
 
-  std::map<ml_service_key, ml_service_value, bytes_less> existing;
-  for_each_key<ml_service_key>(services_fd_, [&](const ml_service_key& key) {
-    ml_service_value value{};
-    if (bpf_map_lookup_elem(services_fd_, &key, &value) == 0) existing[key] = value;
-  });
+  // Changed and new frontends: fresh regions written whole, then the entries flipped, in
+  // batches. A full array (fragmentation) flushes what is staged and reuses the regions
+  // it frees before going on.
+  std::vector<uint32_t> backend_keys, chunk_keys;
+  std::vector<ml_backend> backend_values;
+  std::vector<ml_slot_chunk> chunk_values;
+  std::vector<ml_service_key> service_keys;
+  std::vector<ml_service_value> service_values;
+  std::vector<region> staged;  // allocated for the staged entries, not yet flipped
 
-  auto delete_slots = [&](const ml_service_value& value) -> std::string {
-    for (uint32_t i = 0; i < value.slot_count; ++i) {
-      const ml_slot_key slot{value.table_id, i};
-      if (bpf_map_delete_elem(backend_slots_fd_, &slot) != 0 && errno != ENOENT)
-        return kernel_error("deleting from", "ml_backend_slots");
+  auto flush = [&]() -> std::string {
+    if (!backend_keys.empty()) {
+      uint32_t count = static_cast<uint32_t>(backend_keys.size());
+      if (bpf_map_update_batch(backends_fd_, backend_keys.data(), backend_values.data(), &count, nullptr) != 0)
+        return kernel_error("writing", "ml_backends");
     }
+    if (!chunk_keys.empty()) {
+      uint32_t count = static_cast<uint32_t>(chunk_keys.size());
+      if (bpf_map_update_batch(slots_fd_, chunk_keys.data(), chunk_values.data(), &count, nullptr) != 0)
+        return kernel_error("writing", "ml_slots");
+    }
+    if (!service_keys.empty()) {
+      uint32_t count = static_cast<uint32_t>(service_keys.size());
+      if (bpf_map_update_batch(services_fd_, service_keys.data(), service_values.data(), &count, nullptr) != 0)
+        return kernel_error("writing", "ml_services");
+    }
+    for (size_t i = 0; i < service_keys.size(); ++i) {
+      auto old = mirror.services.find(service_keys[i]);
+      if (old != mirror.services.end()) to_release.push_back(region_of(old->second));
+      mirror.services[service_keys[i]] = service_values[i];
+    }
+    backend_keys.clear(), backend_values.clear(), chunk_keys.clear(), chunk_values.clear();
+    service_keys.clear(), service_values.clear(), staged.clear();
     return "";
   };
+  auto release_all = [&]() -> std::string {
+    if (to_release.empty()) return "";
+    if (std::string e = grace_period(); !e.empty()) return e;
+    for (const region& r : to_release) {
+      backend_regions_.release(r.backend_base, r.backend_count);
+      slot_regions_.release(r.slot_base, r.slot_length);
+    }
+    to_release.clear();
+    return "";
+  };
+  auto unstage = [&] {  // a refused write: the staged regions were never pointed at
+    for (const region& r : staged) {
+      backend_regions_.release(r.backend_base, r.backend_count);
+      slot_regions_.release(r.slot_base, r.slot_length);
+    }
+    staged.clear();
+  };
 
-  for (const auto& [key, slots] : desired) {
+  for (const auto& [key, want] : desired) {
     ml_service_value value{};
-    value.slot_count = static_cast<uint32_t>(slots.size());
-    value.content_hash = slots.empty() ? 0 : content_hash(slots);
-    value.flags = desired_flags[key];
-    auto old = existing.find(key);
-    if (old != existing.end() && old->second.content_hash == value.content_hash &&
-        old->second.slot_count == value.slot_count && old->second.flags == value.flags)
+    value.backend_count = static_cast<uint32_t>(want.backends.size());
+    value.total_weight = want.total_weight;
+    value.slot_count = static_cast<uint32_t>(want.slots.size());
+    value.flags = want.flags;
+    value.content_hash = want.backends.empty() ? 0 : want.hash;
+    auto old = mirror.services.find(key);
+    if (old != mirror.services.end() && old->second.content_hash == value.content_hash &&
+        old->second.backend_count == value.backend_count && old->second.flags == value.flags)
       continue;  // unchanged
-    if (!slots.empty()) {
-      // A fresh table, written whole, before the service entry points at it.
-      value.table_id = next_table_id_++;
-      for (uint32_t i = 0; i < slots.size(); ++i) {
-        const ml_slot_key slot{value.table_id, i};
-        if (bpf_map_update_elem(backend_slots_fd_, &slot, &slots[i], BPF_ANY) != 0) {
-          // Nothing points at the half-written table yet; take it back out so a refused
-          // publish leaves no orphan slots behind.
-          const std::string error = kernel_error("writing", "ml_backend_slots");
-          ml_service_value partial = value;
-          partial.slot_count = i;
-          delete_slots(partial);
-          return error;
+    const uint32_t slot_length = connect_lb::chunk_aligned(value.slot_count);
+    uint32_t backend_base = 0, slot_base = 0;
+    bool placed = false;
+    for (int attempt = 0; attempt < 2 && !placed; ++attempt) {
+      if (auto b = backend_regions_.allocate(value.backend_count)) {
+        if (auto s = slot_regions_.allocate(slot_length, ML_SLOTS_PER_CHUNK)) {
+          backend_base = *b, slot_base = *s, placed = true;
+          break;
+        }
+        backend_regions_.release(*b, value.backend_count);
+      }
+      if (attempt == 0) {
+        std::string e = flush();
+        if (e.empty()) e = release_all();
+        if (!e.empty()) {
+          unstage();
+          return e;
         }
       }
     }
-    if (bpf_map_update_elem(services_fd_, &key, &value, BPF_ANY) != 0)
-      return kernel_error("writing", "ml_services");
-    if (old != existing.end()) {
-      if (std::string e = delete_slots(old->second); !e.empty()) return e;
+    if (!placed) {
+      unstage();
+      return "the eBPF load balancer's arrays are full (" + std::to_string(backend_regions_.used()) + " backends, " +
+             std::to_string(slot_regions_.used()) + " slots in use)";
     }
+    value.backend_base = backend_base;
+    value.slot_base = slot_base;
+    staged.push_back({value.backend_base, value.backend_count, value.slot_base, slot_length});
+    for (uint32_t i = 0; i < value.backend_count; ++i) {
+      backend_keys.push_back(value.backend_base + i);
+      backend_values.push_back(want.backends[i]);
+    }
+    for (uint32_t chunk = 0; chunk < slot_length / ML_SLOTS_PER_CHUNK; ++chunk) {
+      ml_slot_chunk values{};
+      for (uint32_t lane = 0; lane < ML_SLOTS_PER_CHUNK; ++lane) {
+        const uint32_t slot = chunk * ML_SLOTS_PER_CHUNK + lane;
+        values.backend[lane] = slot < want.slots.size() ? want.slots[slot] : 0;
+      }
+      chunk_keys.push_back(value.slot_base / ML_SLOTS_PER_CHUNK + chunk);
+      chunk_values.push_back(values);
+    }
+    service_keys.push_back(key);
+    service_values.push_back(value);
   }
-  // Removed services: the entry goes first, then its slots.
-  for (const auto& [key, value] : existing) {
-    if (desired.count(key)) continue;
-    if (bpf_map_delete_elem(services_fd_, &key) != 0 && errno != ENOENT)
-      return kernel_error("deleting from", "ml_services");
-    if (std::string e = delete_slots(value); !e.empty()) return e;
+  if (std::string e = flush(); !e.empty()) {
+    unstage();
+    return e;
   }
+  if (std::string e = release_all(); !e.empty()) return e;
 
   // Pods last on the way out: services no longer name them.
-  std::vector<ml_addr> stale_pods;
-  for_each_key<ml_addr>(local_pods_fd_, [&](const ml_addr& pod) {
-    if (!pods.count(pod)) stale_pods.push_back(pod);
-  });
-  for (const ml_addr& pod : stale_pods) {
-    if (bpf_map_delete_elem(local_pods_fd_, &pod) != 0 && errno != ENOENT)
+  for (auto it = mirror.pods.begin(); it != mirror.pods.end();) {
+    if (pods.count(it->first)) {
+      ++it;
+      continue;
+    }
+    if (bpf_map_delete_elem(local_pods_fd_, &it->first) != 0 && errno != ENOENT)
       return kernel_error("deleting from", "ml_local_pods");
+    it = mirror.pods.erase(it);
   }
+  redirect_ = redirect;
+  redirected_pods_ = redirected;
   return "";
+}
+
+fast_path::redirect_state fast_path::redirect() const {
+  std::lock_guard lock(state_mutex_);
+  return redirect_;
 }
 
 namespace {
@@ -439,6 +751,10 @@ bool sum_counters(int fd, fast_path_counters& out) {
     out.sendmsg_rewrites += c.sendmsg_rewrites;
     out.peer_restores += c.peer_restores;
     out.services_without_backends += c.services_without_backends;
+    out.socket_collisions += c.socket_collisions;
+    out.sockets_not_redirected += c.sockets_not_redirected;
+    out.sockets_early_payload += c.sockets_early_payload;
+    out.directions_to_tcp += c.directions_to_tcp;
   }
   return true;
 }
@@ -459,9 +775,15 @@ std::string fast_path::attachment_problem() const {
 
 fast_path_map_stats fast_path::map_stats() const {
   fast_path_map_stats stats;
-  for_each_key<ml_addr>(local_pods_fd_, [&](const ml_addr&) { ++stats.local_pods; });
-  for_each_key<ml_service_key>(services_fd_, [&](const ml_service_key&) { ++stats.services; });
-  for_each_key<ml_slot_key>(backend_slots_fd_, [&](const ml_slot_key&) { ++stats.backend_slots; });
+  {
+    std::lock_guard lock(state_mutex_);
+    const fast_path_mirror& mirror = *mirror_;
+    stats.local_pods = mirror.pods.size();
+    stats.services = mirror.services.size();
+    stats.backends = backend_regions_.used();
+    stats.slots = slot_regions_.used();
+    stats.redirected_pods = redirected_pods_;
+  }
   for_each_key<ml_sock_key>(sock_hash_fd_, [&](const ml_sock_key&) { ++stats.sockets; });
   return stats;
 }
@@ -511,6 +833,28 @@ std::string fast_path::uninstall(const std::string& pin_dir) {
   return problems;
 }
 
+namespace {
+
+const char* to_string(fast_path_origin origin) {
+  switch (origin) {
+    case fast_path_origin::loaded: return "loaded";
+    case fast_path_origin::adopted: return "adopted";
+    case fast_path_origin::upgraded: return "upgraded";
+  }
+  return "?";
+}
+
+nlohmann::json kernel_check_json(const kernel_check_report& report) {
+  nlohmann::json checks = nlohmann::json::object();
+  for (const auto& c : report.checks) checks[c.name] = {{"passed", c.passed}, {"detail", c.detail}};
+  nlohmann::json out = {{"ran", report.ran}, {"passed", report.all_passed()}, {"seconds", report.seconds},
+                        {"checks", checks}};
+  if (!report.ran) out["error"] = report.error;
+  return out;
+}
+
+}  // namespace
+
 void register_fast_path_telemetry(subsystem_registry& registry, const fast_path& path) {
   registry.add_collector("ebpf", [&path](std::vector<metric_family>& out) {
     const fast_path_counters c = path.counters();
@@ -519,10 +863,14 @@ void register_fast_path_telemetry(subsystem_registry& registry, const fast_path&
     };
     counter("meshlane_ebpf_redirected_messages_total", "Messages moved socket to socket by sk_msg.", c.redirected_messages);
     counter("meshlane_ebpf_redirected_bytes_total", "Bytes moved socket to socket by sk_msg.", c.redirected_bytes);
-    counter("meshlane_ebpf_passed_messages_total", "Messages on tracked sockets whose peer was not tracked (normal path).", c.passed_messages);
-    counter("meshlane_ebpf_passed_bytes_total", "Bytes on tracked sockets whose peer was not tracked.", c.passed_bytes);
+    counter("meshlane_ebpf_passed_messages_total", "Messages on tracked sockets that took TCP (peer not tracked, or the direction started on TCP).", c.passed_messages);
+    counter("meshlane_ebpf_passed_bytes_total", "Bytes on tracked sockets that took TCP.", c.passed_bytes);
     counter("meshlane_ebpf_sockets_added_total", "Sockets put in the sockhash at establishment.", c.sockets_added);
     counter("meshlane_ebpf_socket_add_failures_total", "Sockets the kernel refused to put in the sockhash.", c.socket_add_failures);
+    counter("meshlane_ebpf_socket_collisions_total", "Sockets not added because another held their key (never overwritten).", c.socket_collisions);
+    counter("meshlane_ebpf_sockets_not_redirected_total", "Pod-pair sockets left on TCP by the redirect mode or a pod's label.", c.sockets_not_redirected);
+    counter("meshlane_ebpf_sockets_early_payload_total", "Sockets left on TCP because payload moved before establishment (TCP Fast Open).", c.sockets_early_payload);
+    counter("meshlane_ebpf_directions_to_tcp_total", "Connection directions whose peer was not in the sockhash at a message: TCP from then on, to keep order.", c.directions_to_tcp);
     counter("meshlane_ebpf_connect_rewrites_total", "Connects to a service VIP rewritten to a backend.", c.connect_rewrites);
     counter("meshlane_ebpf_sendmsg_rewrites_total", "UDP datagrams to a service VIP rewritten to a backend.", c.sendmsg_rewrites);
     counter("meshlane_ebpf_peer_restores_total", "getpeername/recvmsg answers given the VIP back.", c.peer_restores);
@@ -530,20 +878,50 @@ void register_fast_path_telemetry(subsystem_registry& registry, const fast_path&
     const fast_path_map_stats stats = path.map_stats();
     out.push_back({"meshlane_ebpf_sockets", "Sockets currently in the sockhash.", metric_kind::gauge,
                    {{{}, static_cast<double>(stats.sockets)}}});
+    out.push_back({"meshlane_ebpf_map_entries", "Entries in use in the fast path's maps, by map.", metric_kind::gauge,
+                   {{{{"map", "local_pods"}}, static_cast<double>(stats.local_pods)},
+                    {{{"map", "services"}}, static_cast<double>(stats.services)},
+                    {{{"map", "backends"}}, static_cast<double>(stats.backends)},
+                    {{{"map", "slots"}}, static_cast<double>(stats.slots)}}});
+    const kernel_check_report& report = path.kernel_check();
+    metric_family checks{"meshlane_ebpf_kernel_check",
+                         "What the kernel check at start found, per socket behaviour: 1 as a kernel socket does, 0 not (or not checked).",
+                         metric_kind::gauge, {}};
+    for (const auto& name : kernel_check_names()) {
+      double value = 0;
+      for (const auto& check : report.checks)
+        if (check.name == name) value = check.passed ? 1 : 0;
+      checks.samples.push_back({{{"check", name}}, value});
+    }
+    out.push_back(std::move(checks));
+    const auto redirect = path.redirect();
+    out.push_back({"meshlane_ebpf_redirect_mode", "The redirect mode asked for and the one in effect.", metric_kind::gauge,
+                   {{{{"mode", redirect.mode}, {"effective", redirect.effective}}, 1.0}}});
+    out.push_back({"meshlane_ebpf_redirected_pods", "Pods whose connections to each other may be redirected now.",
+                   metric_kind::gauge, {{{}, static_cast<double>(stats.redirected_pods)}}});
   });
   registry.add_readiness("ebpf", [&path]() { return path.attachment_problem(); });
   registry.add_status("ebpf", [&path]() {
     const fast_path_counters c = path.counters();
     const fast_path_map_stats stats = path.map_stats();
+    const auto redirect = path.redirect();
     return nlohmann::json{{"attached", path.attachment_problem().empty()},
+                          {"origin", to_string(path.origin())},
                           {"adopted_pins", path.adopted()},
+                          {"object_sha256", path.object_digest()},
                           {"pin_dir", path.options().pin_dir},
                           {"cgroup", path.options().cgroup_path},
+                          {"redirect", {{"mode", redirect.mode}, {"effective", redirect.effective}, {"reason", redirect.reason},
+                                        {"pods", stats.redirected_pods}}},
+                          {"kernel_check", kernel_check_json(path.kernel_check())},
                           {"local_pods", stats.local_pods},
                           {"services", stats.services},
+                          {"backends", stats.backends},
                           {"sockets", stats.sockets},
                           {"redirected_messages", c.redirected_messages},
                           {"redirected_bytes", c.redirected_bytes},
+                          {"directions_to_tcp", c.directions_to_tcp},
+                          {"socket_collisions", c.socket_collisions},
                           {"connect_rewrites", c.connect_rewrites}};
   });
 }

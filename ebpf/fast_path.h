@@ -1,25 +1,35 @@
-// The eBPF pod-local fast path, seen from the agent: load (or adopt) the programs and maps
-// pinned under a directory of bpffs, attach them to the pods' cgroup, and keep the maps
-// in step with the published snapshot.
+// The eBPF pod-local fast path, seen from the agent: load (or adopt, or upgrade) the
+// programs and maps pinned under a directory of bpffs, attach them to the pods' cgroup,
+// and keep the maps in step with the published snapshot.
 //
 // Lifecycle: programs, maps and cgroup links are pinned, so they outlive the agent:
 // pod-local connections keep flowing while the agent restarts, and the next agent adopts
-// the pins. Only `uninstall` (meshlaned --uninstall, or a test's teardown) detaches and
-// unpins.
+// the pins. A pinned program built from another object (an older agent's) is replaced in
+// place (bpf_link_update) with the maps kept where their layout allows. Only `uninstall`
+// (meshlaned --uninstall, or a test's teardown) detaches and unpins.
 #pragma once
 
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <vector>
 
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
+#include "ebpf/kernel_check.h"
+#include "ebpf/region_allocator.h"
 
 namespace meshlane {
 
 struct fast_path_options {
   std::string pin_dir = "/sys/fs/bpf/meshlane";
   std::string cgroup_path;  // cgroup v2 directory of the pods; never the cgroup2 root
+  // The BPF object to run; empty: the one built into the agent. (An upgrade test runs a
+  // second build of it.)
+  std::string object_file;
+  // Check the kernel's redirected-socket behaviour before attaching (kernel_check.h).
+  bool kernel_check = true;
 };
 
 struct fast_path_counters {
@@ -33,29 +43,41 @@ struct fast_path_counters {
   uint64_t sendmsg_rewrites = 0;
   uint64_t peer_restores = 0;
   uint64_t services_without_backends = 0;
+  uint64_t socket_collisions = 0;
+  uint64_t sockets_not_redirected = 0;
+  uint64_t sockets_early_payload = 0;
+  uint64_t directions_to_tcp = 0;
 };
 
 struct fast_path_map_stats {
   size_t local_pods = 0;
-  size_t services = 0;
-  size_t backend_slots = 0;
+  size_t redirected_pods = 0;  // pods whose connections may be redirected now
+  size_t services = 0;         // frontends
+  size_t backends = 0;         // backend entries in use
+  size_t slots = 0;            // affinity slots in use (whole chunks)
   size_t sockets = 0;
 };
 
+struct fast_path_mirror;  // what the writer last wrote (fast_path.cpp)
+
+// How the agent came by the pinned programs.
+enum class fast_path_origin { loaded, adopted, upgraded };
+
 class fast_path {
  public:
-  // Loads and attaches, or adopts what is pinned at options.pin_dir. On failure returns
-  // nullptr and sets `error` to a message naming what is missing or refused (a kernel
-  // feature, a permission, the cgroup).
+  // Loads and attaches, adopts what is pinned at options.pin_dir, or upgrades it. On
+  // failure returns nullptr and sets `error` to a message naming what is missing or
+  // refused (a kernel feature, a permission, the cgroup).
   static std::unique_ptr<fast_path> open(const fast_path_options& options, std::string& error);
   ~fast_path();  // closes descriptors only: what is pinned stays attached
   fast_path(const fast_path&) = delete;
   fast_path& operator=(const fast_path&) = delete;
 
-  // Brings the maps in line with `tables`: pods, services and their backend slots. Only
-  // what differs is written; a service's new slot table is written whole before the
-  // service entry points to it, and a removed service's entry goes before its slots, so
-  // no reader sees a service without backends. Returns "" or what the kernel refused.
+  // Brings the maps in line with `tables`: pods (with their redirect flag from the mode,
+  // labels and kernel check), service frontends and their backends. Only what differs is
+  // written, in batches; a frontend's new backends are written whole before its entry
+  // flips to them, and a removed frontend's entry goes before its backends, so no reader
+  // sees a service without backends. Returns "" or what the kernel refused.
   std::string sync(const snapshot& tables);
 
   fast_path_counters counters() const;
@@ -63,8 +85,21 @@ class fast_path {
   // (someone removed a pin or detached a program behind the agent's back).
   std::string attachment_problem() const;
   fast_path_map_stats map_stats() const;
-  bool adopted() const { return adopted_; }
+  bool adopted() const { return origin_ == fast_path_origin::adopted; }
+  fast_path_origin origin() const { return origin_; }
   const fast_path_options& options() const { return options_; }
+  const kernel_check_report& kernel_check() const { return kernel_check_; }
+  // The redirect mode the last sync applied ("auto" resolved to "all" or "opt_in") and why.
+  struct redirect_state {
+    std::string mode = "auto", effective = "opt_in", reason;
+  };
+  redirect_state redirect() const;
+  // SHA-256 (hex) of the BPF object running now.
+  const std::string& object_digest() const { return object_digest_; }
+
+  // Runs the kernel check alone with the object and cgroup `options` name (what open()
+  // does first); `redirected` false runs it on plain sockets (kernel_check.h).
+  static kernel_check_report check_kernel(const fast_path_options& options, bool redirected = true);
 
   // Reads the counters of whatever is pinned at pin_dir, without loading anything.
   static bool read_pinned_counters(const std::string& pin_dir, fast_path_counters& out,
@@ -73,12 +108,23 @@ class fast_path {
   static std::string uninstall(const std::string& pin_dir);
 
  private:
-  fast_path() = default;
+  fast_path();
+  std::string adopt_regions();
+  std::string grace_period();
+
   fast_path_options options_;
-  bool adopted_ = false;
-  int local_pods_fd_ = -1, sock_hash_fd_ = -1, services_fd_ = -1, backend_slots_fd_ = -1,
-      counters_fd_ = -1;
-  uint32_t next_table_id_ = 1;
+  fast_path_origin origin_ = fast_path_origin::loaded;
+  std::string object_digest_;
+  kernel_check_report kernel_check_;
+  int local_pods_fd_ = -1, sock_hash_fd_ = -1, services_fd_ = -1, backends_fd_ = -1, slots_fd_ = -1,
+      counters_fd_ = -1, grace_fd_ = -1, grace_inner_fd_ = -1;
+  // sync() writes these; status readers take the lock for a consistent copy.
+  mutable std::mutex state_mutex_;
+  std::unique_ptr<fast_path_mirror> mirror_;
+  region_allocator backend_regions_;
+  region_allocator slot_regions_;
+  redirect_state redirect_;
+  size_t redirected_pods_ = 0;
 };
 
 // Registers the fast path's metrics (meshlane_ebpf_*) and status section.

@@ -23,6 +23,13 @@ struct {
 } ml_sock_hash SEC(".maps");
 
 struct {
+  __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, int);
+  __type(value, struct ml_sock_state);
+} ml_sock_state SEC(".maps");
+
+struct {
   __uint(type, BPF_MAP_TYPE_HASH);
   __uint(max_entries, ML_MAX_SERVICES);
   __uint(map_flags, BPF_F_NO_PREALLOC);
@@ -31,19 +38,32 @@ struct {
 } ml_services SEC(".maps");
 
 struct {
-  __uint(type, BPF_MAP_TYPE_HASH);
-  __uint(max_entries, ML_MAX_BACKEND_SLOTS);
-  __uint(map_flags, BPF_F_NO_PREALLOC);
-  __type(key, struct ml_slot_key);
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, ML_MAX_BACKENDS);
+  __type(key, __u32);
   __type(value, struct ml_backend);
-} ml_backend_slots SEC(".maps");
+} ml_backends SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, ML_MAX_SLOT_CHUNKS);
+  __type(key, __u32);
+  __type(value, struct ml_slot_chunk);
+} ml_slots SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_LRU_HASH);
   __uint(max_entries, ML_MAX_CONNECT_RECORDS);
-  __type(key, __u64); /* socket cookie */
+  __type(key, struct ml_connect_key);
   __type(value, struct ml_connect_record);
 } ml_connect_records SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, struct ml_meta);
+} ml_meta SEC(".maps");
 
 struct {
   __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);

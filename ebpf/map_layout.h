@@ -23,12 +23,23 @@ typedef uint32_t ml_u32;
 typedef uint64_t ml_u64;
 #endif
 
+/* Bump when a struct below changes shape: pins of another layout version are replaced
+ * (fresh maps), never read with the wrong structs. */
+#define ML_LAYOUT_VERSION 2
+
 #define ML_MAX_LOCAL_PODS 65536
+/* Service frontends (VIP, port, protocol); control/connect_lb_limits.h validates a
+ * document against these, so a publish never finds a map full. */
 #define ML_MAX_SERVICES 65536
-/* Connect-time choice: each service frontend has a weighted Maglev slice of this many
- * slots (prime, NSDI 2016 section 3.4); enough for weight ratios up to ~1:1000. */
-#define ML_SERVICE_SLOTS 1021
-#define ML_MAX_BACKEND_SLOTS (1 << 20)
+/* Backend entries: every frontend's backends in one array, a region per frontend. A
+ * changed frontend gets a fresh region before its entry flips to it, so the array holds
+ * twice what the validator lets a document use. */
+#define ML_MAX_BACKENDS (1 << 20)
+/* Maglev slots of session-affinity frontends, ML_SLOTS_PER_CHUNK to an array element,
+ * also twice what a document may use. */
+#define ML_SLOTS_PER_CHUNK 32
+#define ML_MAX_SLOTS (1 << 22)
+#define ML_MAX_SLOT_CHUNKS (ML_MAX_SLOTS / ML_SLOTS_PER_CHUNK)
 #define ML_MAX_SOCKETS 131072
 #define ML_MAX_CONNECT_RECORDS 131072
 
@@ -36,17 +47,35 @@ struct ml_addr {
   ml_u32 words[4]; /* network order; IPv4 in words[3] with words[2] == htonl(0xffff) */
 };
 
-/* sockhash key: one TCP connection end, seen from its own socket. */
+/* sockhash key: one TCP connection end, seen from its own socket. The sequence numbers
+ * are each side's first unsent and first unreceived byte when the connection was
+ * established (snd_una, rcv_nxt): both ends compute the same pair, and a stale socket
+ * that once had the same addresses and ports never has the same pair, so a message can
+ * only be redirected into the very socket at the other end of its own connection. */
 struct ml_sock_key {
   struct ml_addr local;
   struct ml_addr remote;
   ml_u32 local_port;  /* host order */
   ml_u32 remote_port; /* host order */
+  ml_u32 local_seq;
+  ml_u32 remote_seq;
 };
 
-/* Local pods: a pod address of this node -> flags (reserved for policy). */
+/* Per-socket state (socket local storage), written by sockops at establishment, read and
+ * advanced by sk_msg under the socket lock. */
+#define ML_SOCK_IN_MAP 1u      /* this socket is in ml_sock_hash */
+#define ML_SOCK_ON_TCP 2u      /* its messages take TCP for good: never redirected again */
+#define ML_SOCK_REDIRECTED 4u  /* at least one message went straight to the peer */
+struct ml_sock_state {
+  ml_u32 flags; /* ML_SOCK_* */
+  ml_u32 pad;
+  struct ml_sock_key peer; /* the key of the socket at the other end */
+};
+
+/* Local pods: a pod address of this node -> flags. */
+#define ML_POD_REDIRECT 1u /* its TCP connections to other such pods are redirected */
 struct ml_pod_value {
-  ml_u32 flags;
+  ml_u32 flags; /* ML_POD_* */
   ml_u32 pad;
 };
 
@@ -59,41 +88,62 @@ struct ml_service_key {
   ml_u32 pad2;
 };
 
-/* Which slot table is live for a frontend. The writer fills a fresh table id, then flips
- * this entry to it, then deletes the old table: readers see the old or the new table,
- * never a half-written one, and never a service without backends. */
-/* Session affinity: pick the slot by the client's network-namespace cookie (one per pod,
- * so one per client pod address) instead of the socket cookie, so every connection of a
- * pod meets the same backend, on every port of the service (its frontends share the
- * Maglev slot order). */
+/* Session affinity: pick the backend by the client's network-namespace cookie (one per
+ * pod) through a Maglev slot table, so every connection of a pod meets the same backend
+ * and a backend change moves few pods. */
 #define ML_SERVICE_AFFINITY 1u
 
+/* A frontend's live tables: its backends are ml_backends[backend_base, + backend_count);
+ * with affinity its Maglev slots are ml_slots positions [slot_base, + slot_count), each
+ * an index into those backends. The writer fills fresh regions, then flips this entry to
+ * them, waits for running programs (a map-in-map update is an RCU grace period) and only
+ * then reuses the old regions: readers see the old or the new table, never a half-written
+ * one, and never a service without backends. */
 struct ml_service_value {
-  ml_u32 table_id;
-  ml_u32 slot_count;  /* 0: no backends, leave the connection alone */
-  ml_u64 content_hash; /* of the slot contents, so an unchanged service is not rewritten */
-  ml_u32 flags;        /* ML_SERVICE_* */
-  ml_u32 pad;
+  ml_u32 backend_base;
+  ml_u32 backend_count; /* 0: no backends, leave the connection alone */
+  ml_u32 total_weight;  /* the last backend's cumulative weight */
+  ml_u32 slot_base;     /* a multiple of ML_SLOTS_PER_CHUNK */
+  ml_u32 slot_count;    /* 0 without affinity */
+  ml_u32 flags;         /* ML_SERVICE_* */
+  ml_u64 content_hash;  /* of the backends and slots, so an unchanged one is not rewritten */
 };
 
-struct ml_slot_key {
-  ml_u32 table_id;
-  ml_u32 slot;
-};
-
+/* Without affinity the backend is the first whose cumulative weight exceeds
+ * hash % total_weight (a binary search): each socket lands by weight exactly. */
 struct ml_backend {
   struct ml_addr ip;
   ml_u16 port; /* host order */
   ml_u16 pad;
+  ml_u32 cumulative_weight;
+};
+
+struct ml_slot_chunk {
+  ml_u16 backend[ML_SLOTS_PER_CHUNK]; /* index into the frontend's backends */
+};
+
+/* What connect/sendmsg rewrote for a socket, per backend it was sent to, so
+ * getpeername/recvmsg can show the VIP that backend stands for (a UDP socket may talk to
+ * several VIPs). */
+struct ml_connect_key {
+  ml_u64 cookie; /* socket cookie */
+  struct ml_addr backend;
+  ml_u16 backend_port;
+  ml_u16 pad;
+  ml_u32 pad2;
+};
+struct ml_connect_record {
+  struct ml_addr vip;
+  ml_u16 vip_port;
+  ml_u16 pad;
   ml_u32 pad2;
 };
 
-/* What connect/sendmsg rewrote for a socket, so getpeername/recvmsg can show the VIP. */
-struct ml_connect_record {
-  struct ml_addr vip;
-  struct ml_addr backend;
-  ml_u16 vip_port;
-  ml_u16 backend_port;
+/* Which build of the programs is pinned: the SHA-256 of the BPF object. A newer agent
+ * replaces programs whose digest differs (bpf_link_update), keeping the maps. */
+struct ml_meta {
+  ml_u8 object_sha256[32];
+  ml_u32 layout_version;
   ml_u32 pad;
 };
 
@@ -101,7 +151,7 @@ struct ml_connect_record {
 struct ml_counters {
   ml_u64 redirected_messages;
   ml_u64 redirected_bytes;
-  ml_u64 passed_messages; /* sk_msg on a tracked socket whose peer was not found */
+  ml_u64 passed_messages; /* sk_msg on a tracked socket that took TCP */
   ml_u64 passed_bytes;
   ml_u64 sockets_added;
   ml_u64 socket_add_failures;
@@ -109,6 +159,10 @@ struct ml_counters {
   ml_u64 sendmsg_rewrites;
   ml_u64 peer_restores; /* getpeername/recvmsg answered with the VIP */
   ml_u64 services_without_backends; /* connects to a VIP that had no backend */
+  ml_u64 socket_collisions;   /* an insert found its key taken (BPF_NOEXIST) */
+  ml_u64 sockets_not_redirected; /* pod pairs whose redirect is off (mode, label) */
+  ml_u64 sockets_early_payload;  /* payload moved before establishment (TCP Fast Open) */
+  ml_u64 directions_to_tcp; /* a direction whose peer was not there: TCP for good */
 };
 
 #endif /* MESHLANE_EBPF_MAP_LAYOUT_H */

@@ -41,6 +41,7 @@ pods_cgroup "$cgroup"
 
 cat > "$work/node.json" <<JSON
 {"node": {"name": "node1", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24", "pod_cgroup": "$cgroup"},
+ "ebpf": {"redirect": "all"},
  "pods": [{"name": "pa", "ip": "198.18.1.10", "interface": "mlb-pa-h"},
           {"name": "pb", "ip": "198.18.1.20", "interface": "mlb-pb-h"}]}
 JSON

@@ -81,6 +81,9 @@ PY
 agent_pid=$!
 for _ in $(seq 50); do grep -q "published generation 1" "$work/agent.log" && break; sleep 0.1; done
 cat "$work/agent.log"
+echo "(before attaching, the agent checked what this kernel does with redirected sockets; with the"
+echo " default redirect mode \"auto\" a kernel that differs anywhere gets the redirect only for pods"
+echo " labelled meshlane.io/redirect: \"true\", as the demo's client and web-a are)"
 
 pod_tool=$build/tests/ebpf/pod_tool
 pods_run_in mld-weba "$demo_cgroup" "$pod_tool" echo-server 8080 &

@@ -294,6 +294,53 @@ TEST(DesiredStateErrors, MoreBackendsThanMaglevSlots) {
                                           "table of 13 slots"));
 }
 
+TEST(DesiredState, RedirectModeAndLabelsAreRead) {
+  auto doc = testing::sample_document();
+  EXPECT_EQ(parse_desired_state(doc.dump()).state->ebpf.redirect, redirect_mode::automatic);  // default
+  doc["ebpf"] = {{"redirect", "opt_in"}};
+  doc["pods"][0]["labels"][kRedirectLabel] = "true";
+  const auto result = parse_desired_state(doc.dump());
+  ASSERT_TRUE(result.state) << result.errors[0].to_string();
+  EXPECT_EQ(result.state->ebpf.redirect, redirect_mode::opt_in);
+  EXPECT_EQ(result.state->pods[0].labels.at(kRedirectLabel), "true");
+}
+
+TEST(DesiredStateErrors, RedirectModeAndLabelValuesAreChecked) {
+  auto doc = testing::sample_document();
+  doc["ebpf"] = {{"redirect", "sometimes"}, {"sockmap", true}};
+  doc["pods"][1]["labels"][kRedirectLabel] = "yes";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.pods[1].labels.meshlane.io/redirect: must be \"true\" or \"false\", got 'yes'",
+                          "$.ebpf.redirect: must be \"auto\", \"all\", \"opt_in\" or \"off\", got 'sometimes'",
+                          "$.ebpf.sockmap: unknown field"));
+}
+
+TEST(DesiredStateErrors, MoreServicePortsThanTheEbpfLoadBalancerHoldsNamesTheFirstThatDoesNotFit) {
+  // 40,000 ports of 16 backends: 640,000 backends summed, past the 524,288 the eBPF
+  // arrays hold beside a full replacement; the port where it overflows is named.
+  auto doc = testing::sample_document();
+  doc["tunables"]["maglev_table_size"] = 17;
+  json backends = json::array();
+  for (int b = 0; b < 16; ++b) backends.push_back({{"ip", "198.18.1." + std::to_string(100 + b)}, {"port", 80}, {"node", "node1"}});
+  json services = json::array();
+  for (int i = 0; i < 4000; ++i) {
+    json ports = json::array();
+    for (int p = 0; p < 10; ++p) ports.push_back({{"port", 1000 + p}});
+    services.push_back({{"name", "s" + std::to_string(i)}, {"vip", "198.19." + std::to_string(128 + i / 256) + "." + std::to_string(i % 256)},
+                        {"ports", ports}, {"backends", backends}});
+  }
+  doc["services"] = services;
+  const auto errors = errors_of(doc);
+  ASSERT_EQ(errors.size(), 1u);
+  // 524,288 / 16 = 32,768 ports fit: the 32,769th is services[3276].ports[8].
+  EXPECT_THAT(errors[0], HasSubstr("$.services[3276].ports[8]: the eBPF load balancer is full here"));
+  EXPECT_THAT(errors[0], HasSubstr("524288 backends summed"));
+  // 20,000 such ports fit.
+  services.erase(services.begin() + 2000, services.end());
+  doc["services"] = services;
+  EXPECT_THAT(errors_of(doc), ElementsAre());
+}
+
 TEST(DesiredStateErrors, ServiceNeedsAPort) {
   auto doc = testing::sample_document();
   doc["services"][0]["ports"] = json::array();

@@ -105,6 +105,8 @@ class FastPath : public ::testing::Test {
           {"node", {{"name", "node1"}, {"underlay_ip", "198.19.0.1"}, {"pod_cidr", "198.18.1.0/24"},
                     {"pod_cidr6", "fd00:6d6c:1::/64"}, {"pod_cgroup", pods.path()}}},
           {"nodes", {{{"name", "node2"}, {"underlay_ip", "198.19.0.2"}, {"pod_cidr", "198.18.2.0/24"}}}},
+          // Every pod pair, whatever this kernel's check found (redirect_test covers "auto").
+          {"ebpf", {{"redirect", "all"}}},
           {"pods", {{{"name", "pa"}, {"ip", "198.18.1.10"}, {"ip6", "fd00:6d6c:1::10"}, {"interface", test_prefix() + "-hpa"}},
                     {{"name", "pb"}, {"ip", "198.18.1.20"}, {"ip6", "fd00:6d6c:1::20"}, {"interface", test_prefix() + "-hpb"}},
                     {{"name", "pc"}, {"ip", "198.18.1.30"}, {"interface", test_prefix() + "-hpc"}}}},

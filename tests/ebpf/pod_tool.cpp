@@ -17,9 +17,25 @@
 //   pod_tool steady-client IP PORT SECONDS FILE
 //        one connection, a 64-byte request/response every 20 ms for SECONDS; appends a
 //        line per second to FILE and prints {"ok":..,"exchanges":..} at the end
+//   pod_tool splice-server PORT            reads each connection with splice(2) into a pipe
+//        (as Go's io.Copy between TCP connections does) and echoes what it moved
+//   pod_tool udp-two-vips IP1 PORT1 IP2 PORT2
+//        one UDP socket sends a datagram to each address and reports where each reply
+//        said it came from: {"ok":..,"from":["ip:port","ip:port"],"bodies":[..]}
+//   POD_TOOL_BIND=IP:PORT                  clients bind their socket to it before connecting
+//   pod_tool order-server PORT
+//        per connection: sends its own stream (before or after reading, by a coin flip),
+//        reads the client's stream to EOF checking every byte, then one verdict byte
+//        ('K' in order, 'X' not) and a half-close
+//   pod_tool order-client IP PORT CONNS PARALLEL
+//        CONNS short connections, PARALLEL at a time; each sends right after connect
+//        (1-4 writes of a self-describing stream), half-closes, and checks the server's
+//        stream byte by byte and its verdict; prints {"ok":..,"connections":..,
+//        "failures":..,"first_failure":".."}
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -32,6 +48,7 @@
 #include <cstring>
 #include <fstream>
 #include <map>
+#include <mutex>
 #include <random>
 #include <string>
 #include <thread>
@@ -98,6 +115,15 @@ int connect_to(const char* ip, int port) {
   const sockaddr_storage address = make_address(ip, port, length);
   const int fd = socket(address.ss_family, SOCK_STREAM, 0);
   if (fd < 0) die("socket");
+  if (const char* bind_to = std::getenv("POD_TOOL_BIND")) {
+    const std::string text = bind_to;
+    const size_t colon = text.rfind(':');
+    socklen_t local_length;
+    const sockaddr_storage local = make_address(text.substr(0, colon).c_str(), std::atoi(text.c_str() + colon + 1), local_length);
+    const int on = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    if (bind(fd, reinterpret_cast<const sockaddr*>(&local), local_length) != 0) die("bind");
+  }
   if (connect(fd, reinterpret_cast<const sockaddr*>(&address), length) != 0) die("connect");
   return fd;
 }
@@ -330,6 +356,165 @@ int steady_client(const char* ip, int port, int seconds, const char* progress_fi
   return ok ? 0 : 1;
 }
 
+void splice_echo(int fd, const char*) {
+  int pipe_fds[2];
+  if (pipe(pipe_fds) != 0) return;
+  while (true) {
+    const ssize_t n = splice(fd, nullptr, pipe_fds[1], nullptr, 65536, SPLICE_F_MOVE);
+    if (n <= 0) break;
+    ssize_t left = n;
+    char buffer[65536];
+    while (left > 0) {
+      const ssize_t r = read(pipe_fds[0], buffer, std::min<size_t>(sizeof buffer, static_cast<size_t>(left)));
+      if (r <= 0 || !write_all(fd, buffer, static_cast<size_t>(r))) break;
+      left -= r;
+    }
+  }
+  close(pipe_fds[0]);
+  close(pipe_fds[1]);
+  shutdown(fd, SHUT_WR);
+}
+
+int udp_two_vips(const char* ip1, int port1, const char* ip2, int port2) {
+  socklen_t length1, length2;
+  const sockaddr_storage to1 = make_address(ip1, port1, length1), to2 = make_address(ip2, port2, length2);
+  const int fd = socket(to1.ss_family, SOCK_DGRAM, 0);
+  timeval timeout{2, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  sendto(fd, "first", 5, 0, reinterpret_cast<const sockaddr*>(&to1), length1);
+  sendto(fd, "second", 6, 0, reinterpret_cast<const sockaddr*>(&to2), length2);
+  std::string from[2], bodies[2];
+  bool ok = true;
+  for (int i = 0; i < 2; ++i) {
+    char buffer[64];
+    sockaddr_storage source{};
+    socklen_t source_length = sizeof source;
+    const ssize_t n = recvfrom(fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&source), &source_length);
+    if (n <= 0) {
+      ok = false;
+      break;
+    }
+    from[i] = to_text(source);
+    bodies[i].assign(buffer, static_cast<size_t>(n));
+  }
+  std::printf("{\"ok\":%s,\"from\":[\"%s\",\"%s\"],\"bodies\":[\"%s\",\"%s\"]}\n", ok ? "true" : "false",
+              from[0].c_str(), from[1].c_str(), bodies[0].c_str(), bodies[1].c_str());
+  return ok ? 0 : 1;
+}
+
+// Ordering stress: each direction of a connection carries a self-describing stream, an
+// 8-byte seed and a 4-byte length, then bytes that are a function of (seed, offset). A
+// reordered, duplicated, lost or foreign chunk shows up as a wrong byte at a known offset.
+uint8_t stream_byte(uint64_t seed, uint64_t offset) {
+  uint64_t x = (seed ^ (offset >> 3)) * 0x9e3779b97f4a7c15ULL;
+  x ^= x >> 29;
+  x *= 0xbf58476d1ce4e5b9ULL;
+  x ^= x >> 32;
+  return static_cast<uint8_t>(x >> (8 * (offset & 7)));
+}
+
+std::string make_stream(uint64_t seed, uint32_t length) {
+  std::string out(12 + length, '\0');
+  std::memcpy(out.data(), &seed, 8);
+  std::memcpy(out.data() + 8, &length, 4);
+  for (uint32_t i = 0; i < length; ++i) out[12 + i] = static_cast<char>(stream_byte(seed, i));
+  return out;
+}
+
+// Checks a received stream; "" when every byte is where it belongs.
+std::string check_stream(const std::string& got) {
+  if (got.size() < 12) return "stream of " + std::to_string(got.size()) + " bytes, shorter than its header";
+  uint64_t seed;
+  uint32_t length;
+  std::memcpy(&seed, got.data(), 8);
+  std::memcpy(&length, got.data() + 8, 4);
+  if (got.size() != 12u + length)
+    return "stream says " + std::to_string(length) + " bytes, carried " + std::to_string(got.size() - 12);
+  for (uint32_t i = 0; i < length; ++i)
+    if (static_cast<uint8_t>(got[12 + i]) != stream_byte(seed, i))
+      return "wrong byte at offset " + std::to_string(12 + i) + " of " + std::to_string(got.size());
+  return "";
+}
+
+// Sends a stream in 1-4 writes of random sizes, without waiting in between.
+bool write_in_pieces(int fd, const std::string& data, std::mt19937_64& rng) {
+  const int pieces = 1 + static_cast<int>(rng() % 4);
+  size_t sent = 0;
+  for (int p = 0; p < pieces && sent < data.size(); ++p) {
+    const size_t left = data.size() - sent;
+    const size_t chunk = p == pieces - 1 ? left : std::min(left, 1 + rng() % (left + 1));
+    if (!write_all(fd, data.data() + sent, chunk)) return false;
+    sent += chunk;
+  }
+  return sent == data.size() || write_all(fd, data.data() + sent, data.size() - sent);
+}
+
+std::string read_to_eof(int fd, int timeout_ms = 10000) {
+  std::string got;
+  char buffer[16384];
+  ssize_t n;
+  while ((n = receive(fd, buffer, sizeof buffer, timeout_ms)) > 0) got.append(buffer, static_cast<size_t>(n));
+  if (n < 0) got += "\x01read error: " + std::string(std::strerror(errno));
+  return got;
+}
+
+void order_serve(int fd, const char*) {
+  static std::atomic<uint64_t> counter{1};
+  std::mt19937_64 rng(counter.fetch_add(1) * 0x2545F4914F6CDD1DULL);
+  const std::string mine = make_stream(rng(), static_cast<uint32_t>(rng() % 40000));
+  const bool send_first = rng() & 1;
+  if (send_first && !write_in_pieces(fd, mine, rng)) return;
+  const std::string got = read_to_eof(fd);
+  if (!send_first && !write_in_pieces(fd, mine, rng)) return;
+  const char verdict = check_stream(got).empty() ? 'K' : 'X';
+  if (verdict != 'K' && std::getenv("POD_TOOL_DEBUG"))
+    std::fprintf(stderr, "order-server: %s\n", check_stream(got).c_str());
+  write_all(fd, &verdict, 1);
+  shutdown(fd, SHUT_WR);
+  char sink[64];
+  while (receive(fd, sink, sizeof sink, 2000) > 0) {
+  }
+}
+
+int order_client(const char* ip, int port, int connections, int parallel) {
+  signal(SIGPIPE, SIG_IGN);
+  std::atomic<int> next{0}, failures{0};
+  std::string first_failure;
+  std::mutex failure_mutex;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < parallel; ++t) {
+    threads.emplace_back([&, t] {
+      std::mt19937_64 rng(static_cast<uint64_t>(t) * 104729 + static_cast<uint64_t>(getpid()));
+      for (int c; (c = next.fetch_add(1)) < connections;) {
+        const std::string mine = make_stream(rng(), static_cast<uint32_t>(rng() % 40000));
+        const int fd = connect_to(ip, port);
+        std::string problem;
+        if (!write_in_pieces(fd, mine, rng)) problem = std::string("write: ") + std::strerror(errno);
+        shutdown(fd, SHUT_WR);
+        std::string got = read_to_eof(fd);
+        close(fd);
+        if (problem.empty()) {
+          if (got.empty() || got.back() != 'K') {
+            problem = got.empty() ? "no answer" : std::string("server verdict '") + got.back() + "'";
+          } else {
+            got.pop_back();
+            problem = check_stream(got);
+          }
+        }
+        if (!problem.empty()) {
+          ++failures;
+          std::lock_guard<std::mutex> lock(failure_mutex);
+          if (first_failure.empty()) first_failure = "connection " + std::to_string(c) + ": " + problem;
+        }
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  std::printf("{\"ok\":%s,\"connections\":%d,\"failures\":%d,\"first_failure\":\"%s\"}\n",
+              failures == 0 ? "true" : "false", connections, failures.load(), first_failure.c_str());
+  return failures == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -350,6 +535,10 @@ int main(int argc, char** argv) {
   if (mode == "name-client") return name_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)));
   if (mode == "cut-client") return cut_client(arg(2), std::atoi(arg(3)));
   if (mode == "udp-client") return udp_client(arg(2), std::atoi(arg(3)));
+  if (mode == "splice-server") serve_forever(listen_on(std::atoi(arg(2))), splice_echo, nullptr);
+  if (mode == "udp-two-vips") return udp_two_vips(arg(2), std::atoi(arg(3)), arg(4), std::atoi(arg(5)));
+  if (mode == "order-server") serve_forever(listen_on(std::atoi(arg(2))), order_serve, nullptr);
+  if (mode == "order-client") return order_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)), std::atoi(arg(5)));
   if (mode == "steady-client") return steady_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)), arg(5));
   std::fprintf(stderr, "pod_tool: unknown mode '%s'\n", mode.c_str());
   return 2;

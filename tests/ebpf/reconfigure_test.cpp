@@ -73,6 +73,7 @@ class Reconfigure : public ::testing::Test {
     const json doc = {
         {"node", {{"name", "node1"}, {"underlay_ip", "198.19.0.1"}, {"pod_cidr", "198.18.1.0/24"},
                   {"pod_cgroup", pods_.path()}}},
+        {"ebpf", {{"redirect", "all"}}},
         {"pods", {{{"name", "pa"}, {"ip", "198.18.1.10"}, {"interface", test_prefix() + "-hpa"}},
                   {{"name", "pb"}, {"ip", "198.18.1.20"}, {"interface", test_prefix() + "-hpb"}},
                   {{"name", "pc"}, {"ip", "198.18.1.30"}, {"interface", test_prefix() + "-hpc"}}}},

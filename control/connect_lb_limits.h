@@ -1,0 +1,28 @@
+// What the eBPF connect-time load balancer holds (ebpf/map_layout.h sizes its maps at
+// twice these, so that a publish replacing every table still fits beside the live one).
+// A document is validated against them (desired_state.cpp), so a publish never finds a
+// map full half-way.
+#pragma once
+
+#include <cstdint>
+
+namespace meshlane::connect_lb {
+
+inline constexpr uint32_t kMaxFrontends = 65536;          // VIP:port/protocol entries
+inline constexpr uint32_t kMaxBackendEntries = 1u << 19;  // backends summed over frontends
+inline constexpr uint32_t kMaxSlots = 1u << 21;           // Maglev slots of affinity frontends
+inline constexpr uint32_t kSlotsPerChunk = 32;            // a slot table starts on a chunk
+inline constexpr uint32_t kMaxAffinitySlots = 1021;       // per frontend, unless more backends
+
+// Maglev slots of a session-affinity frontend with `backends` backends: the smallest
+// prime of at least 16 per backend (each backend's share within about 1/16 of its due),
+// at most 1021 unless there are more backends than that (a Maglev table needs a slot per
+// backend).
+uint32_t affinity_slot_count(uint32_t backends);
+
+// What a slot table takes in the slot array: whole chunks.
+inline uint32_t chunk_aligned(uint32_t slots) {
+  return (slots + kSlotsPerChunk - 1) / kSlotsPerChunk * kSlotsPerChunk;
+}
+
+}  // namespace meshlane::connect_lb
