@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <cstring>
 
+#include "control/connect_lb_limits.h"
 #include "control/table_compiler.h"
 #include "ebpf/fast_path.h"
 #include "ebpf/map_layout.h"
@@ -213,27 +214,29 @@ TEST_F(MapWriter, AffinityServicesGetAMaglevSlotTableInWholeChunks) {
   EXPECT_NEAR(per_backend[1], 18, 1);
 }
 
-TEST_F(MapWriter, TwentyThousandServicePortsWithSixteenBackendsPublishAndRepublish) {
+TEST_F(MapWriter, ServicePortsUpToTheValidatorsLimitPublishAndAllChangeAtOnce) {
+  // 32,768 ports of 16 backends: the 524,288 backends connect_lb_limits.h allows.
   std::string error;
   auto path = open_path(error);
   ASSERT_TRUE(path) << error;
-  desired_state state = many_services(cgroup_->path(), 20000, 16, 0);
+  constexpr uint32_t kPorts = connect_lb::kMaxBackendEntries / 16;
+  desired_state state = many_services(cgroup_->path(), kPorts, 16, 0);
   const auto first = compile_tables(state, 1);
   auto start = std::chrono::steady_clock::now();
   ASSERT_EQ(path->sync(*first), "");
   const double publish_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   auto stats = path->map_stats();
-  EXPECT_EQ(stats.services, 20000u);
-  EXPECT_EQ(stats.backends, 320000u);
+  EXPECT_EQ(stats.services, kPorts);
+  EXPECT_EQ(stats.backends, connect_lb::kMaxBackendEntries);
   // Every frontend changes (another backend port): the new tables fit beside the old.
-  state = many_services(cgroup_->path(), 20000, 16, 1);
+  state = many_services(cgroup_->path(), kPorts, 16, 1);
   const auto second = compile_tables(state, 2);
   start = std::chrono::steady_clock::now();
   ASSERT_EQ(path->sync(*second), "");
   const double republish_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   stats = path->map_stats();
-  EXPECT_EQ(stats.services, 20000u);
-  EXPECT_EQ(stats.backends, 320000u);
+  EXPECT_EQ(stats.services, kPorts);
+  EXPECT_EQ(stats.backends, connect_lb::kMaxBackendEntries);
   ml_service_value value;
   ASSERT_TRUE(service_entry("198.19.170.31", value));  // 198.19.128.0 + 10783
   const auto backends = backends_of(value);
@@ -241,7 +244,7 @@ TEST_F(MapWriter, TwentyThousandServicePortsWithSixteenBackendsPublishAndRepubli
   EXPECT_EQ(backends[15].port, 8081);
   EXPECT_EQ(backends[15].cumulative_weight, 16u);
   // Timing is reported, not asserted (perf/ measures it); it is printed for the log.
-  std::printf("20000 frontends x 16 backends: publish %.3f s, full re-publish %.3f s\n", publish_s, republish_s);
+  std::printf("%u frontends x 16 backends: publish %.3f s, full re-publish %.3f s\n", kPorts, publish_s, republish_s);
 }
 
 TEST_F(MapWriter, PinsOfAnotherBuildAreReplacedInPlaceKeepingWhatStillFits) {

@@ -22,6 +22,10 @@
 //   pod_tool udp-two-vips IP1 PORT1 IP2 PORT2
 //        one UDP socket sends a datagram to each address and reports where each reply
 //        said it came from: {"ok":..,"from":["ip:port","ip:port"],"bodies":[..]}
+//   pod_tool repair-socket LIP LPORT RIP RPORT SEND_SEQ RECV_SEQ HOLD_MS
+//        a TCP socket established without a handshake in repair mode (TCP_REPAIR, as CRIU
+//        restores connections), with the given addresses and sequence numbers, held open
+//        for HOLD_MS; no packet is sent. {"ok":..}
 //   POD_TOOL_BIND=IP:PORT                  clients bind their socket to it before connecting
 //   pod_tool order-server PORT
 //        per connection: sends its own stream (before or after reading, by a coin flip),
@@ -402,6 +406,27 @@ int udp_two_vips(const char* ip1, int port1, const char* ip2, int port2) {
   return ok ? 0 : 1;
 }
 
+int repair_socket(const char* local_ip, int local_port, const char* remote_ip, int remote_port, uint32_t send_seq,
+                  uint32_t recv_seq, int hold_ms) {
+  socklen_t local_length, remote_length;
+  const sockaddr_storage local = make_address(local_ip, local_port, local_length);
+  const sockaddr_storage remote = make_address(remote_ip, remote_port, remote_length);
+  const int fd = socket(local.ss_family, SOCK_STREAM, 0);
+  const int on = 1;
+  int queue = TCP_SEND_QUEUE;
+  bool ok = setsockopt(fd, IPPROTO_TCP, TCP_REPAIR, &on, sizeof on) == 0 &&
+            setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &queue, sizeof queue) == 0 &&
+            setsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &send_seq, sizeof send_seq) == 0;
+  queue = TCP_RECV_QUEUE;
+  ok = ok && setsockopt(fd, IPPROTO_TCP, TCP_REPAIR_QUEUE, &queue, sizeof queue) == 0 &&
+       setsockopt(fd, IPPROTO_TCP, TCP_QUEUE_SEQ, &recv_seq, sizeof recv_seq) == 0 &&
+       bind(fd, reinterpret_cast<const sockaddr*>(&local), local_length) == 0 &&
+       connect(fd, reinterpret_cast<const sockaddr*>(&remote), remote_length) == 0;
+  std::printf("{\"ok\":%s,\"error\":\"%s\"}\n", ok ? "true" : "false", ok ? "" : std::strerror(errno));
+  std::this_thread::sleep_for(std::chrono::milliseconds(hold_ms));
+  return ok ? 0 : 1;
+}
+
 // Ordering stress: each direction of a connection carries a self-describing stream, an
 // 8-byte seed and a 4-byte length, then bytes that are a function of (seed, offset). A
 // reordered, duplicated, lost or foreign chunk shows up as a wrong byte at a known offset.
@@ -537,6 +562,10 @@ int main(int argc, char** argv) {
   if (mode == "udp-client") return udp_client(arg(2), std::atoi(arg(3)));
   if (mode == "splice-server") serve_forever(listen_on(std::atoi(arg(2))), splice_echo, nullptr);
   if (mode == "udp-two-vips") return udp_two_vips(arg(2), std::atoi(arg(3)), arg(4), std::atoi(arg(5)));
+  if (mode == "repair-socket")
+    return repair_socket(arg(2), std::atoi(arg(3)), arg(4), std::atoi(arg(5)),
+                         static_cast<uint32_t>(std::strtoul(arg(6), nullptr, 10)),
+                         static_cast<uint32_t>(std::strtoul(arg(7), nullptr, 10)), std::atoi(arg(8)));
   if (mode == "order-server") serve_forever(listen_on(std::atoi(arg(2))), order_serve, nullptr);
   if (mode == "order-client") return order_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)), std::atoi(arg(5)));
   if (mode == "steady-client") return steady_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)), arg(5));

@@ -257,6 +257,35 @@ TEST_F(Redirect, TwoPodsUsingTheSameLoopbackFourTupleStayApartAndOutOfTheMap) {
   EXPECT_EQ(after.socket_collisions, before.socket_collisions);
 }
 
+TEST_F(Redirect, ASocketWhoseKeyIsTakenIsCountedAndNeverReplacesTheOther) {
+  // Two sockets claiming one connection identity (addresses, ports and both sequence
+  // numbers), as a pod address reused while the old pod's namespace lingers could make
+  // them: established in repair mode (TCP_REPAIR, no handshake), each in its own
+  // namespace with the pod address pa has.
+  two_pods("all");
+  ASSERT_TRUE(node_->start_agent());
+  netns twin("twin");
+  ASSERT_TRUE(twin.exec_or_fail("ip link set lo up && ip addr add 198.18.1.10/32 dev lo && ip route add 198.18.1.20/32 dev lo"));
+  const std::vector<std::string> repair = {"repair-socket", "198.18.1.10", "40000", "198.18.1.20", "7000",
+                                           "1000", "2000", "3000"};
+  const auto before = node_->counters();
+  std::vector<std::string> argv = repair;
+  argv.insert(argv.begin(), env_value("POD_TOOL"));
+  const std::string first_log = node_->dir + "/repair1.log", second_log = node_->dir + "/repair2.log";
+  child_process first(argv, pa_, &node_->cgroup, first_log);
+  usleep(500000);
+  child_process second(argv, &twin, &node_->cgroup, second_log);
+  usleep(500000);
+  EXPECT_NE(read_text_file(first_log).find("\"ok\":true"), std::string::npos) << read_text_file(first_log);
+  EXPECT_NE(read_text_file(second_log).find("\"ok\":true"), std::string::npos) << read_text_file(second_log);
+  const auto after = node_->counters();
+  EXPECT_EQ(after.sockets_added - before.sockets_added, 1u);
+  EXPECT_EQ(after.socket_collisions - before.socket_collisions, 1u);
+  // The map still holds the first socket: its key maps to its owner, not the newcomer.
+  EXPECT_EQ(node_->meshctl("status").value("subsystems", json::object()).value("ebpf", json::object()).value("sockets", 0), 1)
+      << "the sockhash does not hold exactly the first socket";
+}
+
 // The cgroup links' program ids, by program name.
 std::map<std::string, uint32_t> linked_programs(const std::string& pins) {
   std::map<std::string, uint32_t> ids;
