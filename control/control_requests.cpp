@@ -114,7 +114,28 @@ double control_module::uptime_seconds() const {
 }
 
 publish_result control_module::apply_document(std::string_view document_json, const std::string& source) {
-  publish_result result = publisher_.apply(document_json);
+  std::lock_guard apply_lock(apply_mutex_);
+  return publish_locked(document_json, source);
+}
+
+publish_result control_module::publish_locked(std::string_view document_json, const std::string& source) {
+  publish_result result;
+  if (pods_ && pods_->size() > 0) {
+    // The live pods join the document's own; a document that is no JSON object is left
+    // for the publisher to refuse with its usual message.
+    json merged = json::parse(document_json, nullptr, false);
+    if (merged.is_object()) {
+      json& list = merged["pods"];
+      if (list.is_null()) list = json::array();
+      if (list.is_array())
+        for (const live_pod& pod : pods_->pods()) list.push_back(pod.document_entry());
+      result = publisher_.apply(merged.dump());
+    } else {
+      result = publisher_.apply(document_json);
+    }
+  } else {
+    result = publisher_.apply(document_json);
+  }
   {
     std::lock_guard lock(mutex_);
     if (result.errors.empty()) {
@@ -170,7 +191,8 @@ json control_module::handle(const control_request& request) {
     reply = error_reply(control_error::kInternal, std::string("the agent failed to handle '") + c + "': " + e.what());
     log_.write(log_level::error, reply["message"].get<std::string>());
   }
-  const bool known = c == "status" || c == "apply" || c == "get" || c == "stats" || c == "tune" || c == "flows";
+  const bool known = c == "status" || c == "apply" || c == "get" || c == "stats" || c == "tune" || c == "flows" ||
+                     c == "pod";
   count_request(known ? c : "(unknown)", reply);
   return reply;
 }
@@ -184,8 +206,9 @@ json control_module::dispatch(const control_request& request) {
   else if (c == "stats") reply = stats();
   else if (c == "tune") reply = tune(request.body);
   else if (c == "flows") reply = flows(request.body);
+  else if (c == "pod") reply = pod_request_reply(request.body);
   else reply = error_reply(control_error::kUnknownCommand,
-                           "unknown command '" + c + "'; commands: status, apply, get, stats, tune, flows");
+                           "unknown command '" + c + "'; commands: status, apply, get, stats, tune, flows, pod");
   return reply;
 }
 
@@ -387,6 +410,8 @@ std::string control_module::set_document_tunable(const std::string& key, const j
 
 std::string control_module::set_document_field(const std::string& section, const std::string& key,
                                                const json& value) {
+  // Read and re-publish under the apply lock, so that an apply in between is not undone.
+  std::lock_guard apply_lock(apply_mutex_);
   std::string text;
   {
     std::lock_guard lock(mutex_);
@@ -396,7 +421,7 @@ std::string control_module::set_document_field(const std::string& section, const
   json document = json::parse(text, nullptr, false);
   if (document.is_discarded() || !document.is_object()) return "the current document cannot be re-read";
   document[section][key] = value;
-  const publish_result result = apply_document(document.dump(), "tune " + section + "." + key);
+  const publish_result result = publish_locked(document.dump(), "tune " + section + "." + key);
   if (result.errors.empty()) return {};
   std::string message;
   for (const auto& e : result.errors) message += (message.empty() ? "" : "; ") + e.to_string();

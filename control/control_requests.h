@@ -12,6 +12,10 @@
 //   {"command":"tune","settings":{"control.log_level":"debug","tables.burst_size":64}}
 //   {"command":"tune"}                                       lists tunables and values
 //   {"command":"flows","limit":100,"follow":true}            follow: the socket streams
+//   {"command":"pod","action":"add","pod":{"container_id":..,"name":..,"namespace":..,
+//    "labels":{..},"host_interface":..,"netns":..,"interface":..,"cgroup":..}}
+//                                                            a live pod (the CNI plugin's ADD)
+//   {"command":"pod","action":"delete|get","container_id":..}, {"command":"pod","action":"list"}
 // Replies: {"ok":true,...} or {"ok":false,"error":"<code>","message":"<human text>"};
 // apply adds "errors":[{"path":"$...","message":...}] with every validation error.
 #pragma once
@@ -28,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/log_ring.h"
+#include "control/pod_registry.h"
 #include "control/subsystem_registry.h"
 #include "control/table_publisher.h"
 
@@ -68,8 +73,12 @@ class control_module {
  public:
   control_module(table_publisher& publisher, subsystem_registry& registry, log_ring& log);
 
-  // Validates, compiles and publishes a document; logs and counts the result.
+  // Validates, compiles and publishes a document, with the live pods of the pod registry
+  // (when there is one) added to its pods; logs and counts the result.
   publish_result apply_document(std::string_view document_json, const std::string& source);
+
+  // Live pods (pod_requests.cpp): the registry outlives the module.
+  void set_pod_registry(pod_registry* registry) { pods_ = registry; }
 
   // Handles one request line (what the socket receives) and returns the reply.
   nlohmann::json handle_line(std::string_view line);
@@ -98,6 +107,12 @@ class control_module {
   nlohmann::json stats();
   nlohmann::json tune(const nlohmann::json& request);
   nlohmann::json apply_request(const nlohmann::json& request);
+  nlohmann::json pod_request_reply(const nlohmann::json& request);  // pod_requests.cpp
+  nlohmann::json pod_add(const nlohmann::json& request);
+  nlohmann::json pod_delete(const std::string& container_id);
+  nlohmann::json pod_json(const live_pod& pod);
+  // Publishes `document_json` plus the live pods; apply_mutex_ must be held.
+  publish_result publish_locked(std::string_view document_json, const std::string& source);
   void register_own();
   std::string set_document_tunable(const std::string& key, const nlohmann::json& value);
   // Re-publishes the current document with document[section][key] = value.
@@ -107,6 +122,10 @@ class control_module {
   table_publisher& publisher_;
   subsystem_registry& registry_;
   log_ring& log_;
+  pod_registry* pods_ = nullptr;
+  // Serialises publishes: a pod add re-publishes the current document and must not
+  // interleave with an apply (the merge reads the document the other replaces).
+  std::mutex apply_mutex_;
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   mutable std::mutex mutex_;  // guards what follows

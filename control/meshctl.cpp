@@ -39,6 +39,11 @@ void print_usage(FILE* out) {
                "  tune                      list live tunables and their values\n"
                "  tune KEY=VALUE...         change tunables live (all or none)\n"
                "  flows [--follow]          sampled flow records; --follow keeps streaming\n"
+               "  pod list | get ID | delete ID\n"
+               "                            live pods (what the CNI plugin added), by container id\n"
+               "  pod add ID NAMESPACE/NAME HOST_INTERFACE [LABEL=VALUE...]\n"
+               "                            add a live pod whose veth host end exists; prints\n"
+               "                            its addresses (the CNI plugin does this on ADD)\n"
                "\n"
                "  --socket PATH             control socket (default /run/meshlane/control.sock)\n"
                "\n"
@@ -287,6 +292,30 @@ int run_online(const std::string& command, int argc, char** argv) {
   } else if (command == "flows") {
     request.update(opts.paging);
     if (opts.follow) request["follow"] = true;
+  } else if (command == "pod") {
+    const auto& p = opts.positional;
+    const std::string action = p.empty() ? "" : p[0];
+    request["action"] = action;
+    if (action == "list" && p.size() == 1) {
+    } else if ((action == "get" || action == "delete") && p.size() == 2) {
+      request["container_id"] = p[1];
+    } else if (action == "add" && p.size() >= 4 && p[2].find('/') != std::string::npos) {
+      nlohmann::json pod = {{"container_id", p[1]}, {"namespace", p[2].substr(0, p[2].find('/'))},
+                            {"name", p[2].substr(p[2].find('/') + 1)}, {"host_interface", p[3]},
+                            {"labels", nlohmann::json::object()}};
+      for (size_t i = 4; i < p.size(); ++i) {
+        const size_t eq = p[i].find('=');
+        if (eq == std::string::npos || eq == 0) {
+          std::fprintf(stderr, "meshctl: pod labels are LABEL=VALUE, got '%s'\n", p[i].c_str());
+          return kExitUsage;
+        }
+        pod["labels"][p[i].substr(0, eq)] = p[i].substr(eq + 1);
+      }
+      request["pod"] = pod;
+    } else {
+      std::fprintf(stderr, "meshctl: pod list | get ID | delete ID | add ID NAMESPACE/NAME HOST_INTERFACE [LABEL=VALUE...]\n");
+      return kExitUsage;
+    }
   }
 
   meshlane::control_client client;
@@ -360,7 +389,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "status" || command == "apply" || command == "get" || command == "stats" || command == "tune" ||
-      command == "flows")
+      command == "flows" || command == "pod")
     return run_online(command, argc, argv);
   if (command != "validate" && command != "compile") {
     std::fprintf(stderr, "meshctl: unknown command '%s'\n", command.c_str());

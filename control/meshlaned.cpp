@@ -50,6 +50,8 @@ void print_usage(FILE* out) {
                "      --metrics-listen ADDR:PORT  HTTP for /metrics, probes and the status page\n"
                "                           (default 127.0.0.1:9464; 'off' disables it)\n"
                "      --bpf-pin-dir DIR  where the eBPF fast path is pinned (default /sys/fs/bpf/meshlane)\n"
+               "      --state-dir DIR  keep live pods (added by meshlane-cni) and their addresses in\n"
+               "                           DIR/pods.json; without it the agent takes no live pods\n"
                "      --bpf-object FILE  run the BPF programs of FILE instead of the built-in ones\n"
                "                           (pinned programs of another build are replaced in place)\n"
                "      --no-ebpf        do not load or attach the eBPF fast path\n"
@@ -119,7 +121,7 @@ bool parse_id(const char* text, bool is_group, unsigned& id) {
 int main(int argc, char** argv) {
   enum {
     kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
-    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject
+    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir
   };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
@@ -130,6 +132,7 @@ int main(int argc, char** argv) {
       {"metrics-listen", required_argument, nullptr, kMetricsListen},
       {"bpf-pin-dir", required_argument, nullptr, kBpfPinDir},
       {"bpf-object", required_argument, nullptr, kBpfObject},
+      {"state-dir", required_argument, nullptr, kStateDir},
       {"no-ebpf", no_argument, nullptr, kNoEbpf}, {"uninstall", no_argument, nullptr, kUninstall},
       {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
       {"stats-interval", required_argument, nullptr, kStatsInterval},
@@ -141,6 +144,7 @@ int main(int argc, char** argv) {
   // eBPF fast path
   std::string bpf_pin_dir = meshlane::fast_path_options{}.pin_dir;
   std::string bpf_object;
+  std::string state_dir;
   bool no_ebpf = false, uninstall = false, ebpf_counters = false;
   unsigned stats_interval_s = 0;  // dataplane counters on stderr
   for (int opt; (opt = getopt_long(argc, argv, "c:Vh", options, nullptr)) != -1;) {
@@ -163,6 +167,7 @@ int main(int argc, char** argv) {
       case kMetricsListen: metrics_listen = optarg; break;
       case kBpfPinDir: bpf_pin_dir = optarg; break;
       case kBpfObject: bpf_object = optarg; break;
+      case kStateDir: state_dir = optarg; break;
       case kNoEbpf: no_ebpf = true; break;
       case kUninstall: uninstall = true; break;
       case kEbpfCounters: ebpf_counters = true; break;
@@ -232,6 +237,19 @@ int main(int argc, char** argv) {
   meshlane::subsystem_registry registry;
   meshlane::log_ring log(512);
   meshlane::control_module control(publisher, registry, log);
+  // Live pods: read before the first publish, so the agent's first snapshot already holds
+  // every pod it added before a restart (and never hands their addresses out again).
+  std::unique_ptr<meshlane::pod_registry> live_pods;
+  if (!state_dir.empty()) {
+    std::string error;
+    live_pods = meshlane::pod_registry::open(state_dir, error);
+    if (!live_pods) {
+      log.write(meshlane::log_level::error, "live pods: " + error);
+      return 1;
+    }
+    control.set_pod_registry(live_pods.get());
+    log.write(meshlane::log_level::info, "live pods: " + std::to_string(live_pods->size()) + " in " + live_pods->state_file());
+  }
 
   // --- eBPF fast path: attach where the document puts the pods, then follow every snapshot.
   std::unique_ptr<meshlane::fast_path> ebpf;
@@ -290,7 +308,9 @@ int main(int argc, char** argv) {
     }
     std::vector<meshlane::pool_port> ports;
     std::string error = meshlane::probe_ports(spec, state->pods, state->tuning.workers, ports);
-    if (error.empty()) dataplane = meshlane::worker_pool::create(ports, meshlane::options_from(*state), error);
+    meshlane::worker_pool_options pool_options = meshlane::options_from(*state);
+    pool_options.hotplug = true;  // pods that come and go get their ports plugged and unplugged
+    if (error.empty()) dataplane = meshlane::worker_pool::create(ports, pool_options, error);
     if (error.empty()) error = publisher.add_sink("dataplane", [&](const auto& tables) { return dataplane->install(tables); });
     if (error.empty()) error = dataplane->start();
     if (!error.empty()) {

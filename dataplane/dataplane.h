@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
@@ -64,6 +65,11 @@ struct worker_pool_options {
   // false: no lcores are launched; the caller drives workers with poll_once (golden tests,
   // benchmarks).
   bool launch_lcores = true;
+  // Pods added or removed by a later snapshot get their port hot-plugged (rte_dev_probe of
+  // a `pod_driver` vdev) or unplugged; false: a pod without a port is unreachable (the
+  // golden tests drive fixed ports).
+  bool hotplug = false;
+  std::string pod_driver = "af_packet";
   tunables initial;  // burst size, idle policy, flow timeouts until a snapshot says otherwise
 };
 worker_pool_options options_from(const desired_state& state);
@@ -78,8 +84,10 @@ class worker_pool {
   worker_pool(const worker_pool&) = delete;
   worker_pool& operator=(const worker_pool&) = delete;
 
-  // The table sink: builds the forwarding view, swaps it in with one pointer store, and
-  // frees the previous one after every worker has passed a quiescent state.
+  // The table sink: hot-plugs the ports of pods that are new (options.hotplug), builds the
+  // forwarding view, swaps it in with one pointer store, frees the previous one after
+  // every worker has passed a quiescent state, then unplugs the ports of pods that left
+  // (no table names them any more). Other pods' ports and queues are untouched.
   std::string install(const std::shared_ptr<const snapshot>& tables);
 
   std::string start();  // launches one lcore per worker
@@ -111,14 +119,36 @@ class worker_pool {
     uint16_t port = 0;
     uint16_t queue = 0;
   };
+  // Which queues each worker polls; replaced whole (RCU) when ports come and go.
+  struct rx_plan {
+    std::vector<std::vector<rx_queue>> per_worker;
+  };
+  // A port the pool started.
+  struct port_record {
+    uint16_t port_id = 0;
+    port_role role = port_role::pod;
+    std::string interface;
+    bool hotplugged = false;          // removed with rte_dev_remove when its pod leaves
+    rte_mempool* own_mbufs = nullptr;  // a hot-plugged port's buffers
+  };
+
+  std::string setup_port(const pool_port& p, rte_mempool* mbufs, rx_plan& plan);
+  std::string plug_pod_port(const std::string& interface);
+  void unplug_port(uint16_t port_id);
+  void swap_rx_plan(std::unique_ptr<rx_plan> next);
+  void free_retired_pools();
 
   worker_pool_options options_;
   std::unique_ptr<port_table> ports_;
-  std::vector<uint16_t> port_ids_;
+  // Guards port names and records against the control thread's readers (status,
+  // metrics) while install() plugs and unplugs; workers never take it.
+  mutable std::mutex ports_mutex_;
+  std::vector<port_record> port_records_;
+  std::vector<rte_mempool*> retired_pools_;  // freed once every buffer is back
+  std::atomic<rx_plan*> rx_plan_{nullptr};
   std::vector<std::unique_ptr<worker_state>> workers_;
   std::unique_ptr<lent_port_clients> lent_clients_ = std::make_unique<lent_port_clients>();
   std::array<uint8_t, 16> gateway_ip6_{};  // of the installed tables, for the flows query
-  std::vector<std::vector<rx_queue>> rx_queues_;  // per worker
   std::vector<unsigned> lcores_;                  // per worker when launched
   rte_mempool* mbufs_ = nullptr;
   rte_rcu_qsbr* rcu_ = nullptr;

@@ -45,6 +45,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto rx_bytes = family("meshlane_dataplane_port_rx_bytes_total", "Bytes received per port.");
     auto tx_packets = family("meshlane_dataplane_port_tx_packets_total", "Packets sent per port.");
     auto tx_bytes = family("meshlane_dataplane_port_tx_bytes_total", "Bytes sent per port.");
+    std::unique_lock ports_lock(ports_mutex_);  // hot-plug renames and retires ports
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
       if (info.role == port_role::unused) continue;
@@ -62,6 +63,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       tx_packets.samples.push_back({labels, double(sums[2])});
       tx_bytes.samples.push_back({labels, double(sums[3])});
     }
+    ports_lock.unlock();
     auto drops = family("meshlane_dataplane_drops_total", "Packets dropped, by worker and reason.");
     auto polls = family("meshlane_dataplane_worker_polls_total",
                         "Worker loop iterations that received packets (busy) or none (idle).");
@@ -123,6 +125,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
   });
 
   registry.add_status("dataplane", [this]() {
+    std::lock_guard ports_lock(ports_mutex_);  // hot-plug renames and retires ports and queues
     nlohmann::json ports = nlohmann::json::array();
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
@@ -144,7 +147,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
       const worker_state& w = *workers_[i];
       const double busy = double(w.busy_polls.get()), idle = double(w.idle_polls.get());
       nlohmann::json queues = nlohmann::json::array();
-      for (const rx_queue& q : rx_queues_[i]) queues.push_back({{"port", ports_->ports[q.port].interface}, {"queue", q.queue}});
+      for (const rx_queue& q : rx_plan_.load(std::memory_order_acquire)->per_worker[i])
+        queues.push_back({{"port", ports_->ports[q.port].interface}, {"queue", q.queue}});
       workers.push_back({{"worker", w.index},
                          {"lcore", i < lcores_.size() ? int(lcores_[i]) : -1},
                          {"rx_queues", queues},

@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <set>
 #include <cstdio>
 #include <cstring>
 #include <sstream>
@@ -79,50 +80,59 @@ void cleanup_eal() {
 
 // --- ports ---
 
+namespace {
+
+// Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs.
+std::string probe_port(const std::string& driver, const std::string& interface, port_role role, uint16_t queues,
+                       pool_port& port) {
+  static std::atomic<unsigned> serial{0};
+  port.role = role;
+  port.interface = interface;
+  std::string name;
+  if (driver == "pci") {
+    name = interface;
+  } else {
+    const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
+    name = vdev + std::to_string(serial++);
+    std::string devargs = name + ",iface=" + interface;
+    if (driver == "af_packet") devargs += ",qpairs=" + std::to_string(queues);
+    if (driver == "af_xdp") {
+      devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
+      // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers
+      // (ETH_AF_XDP_DFLT_NUM_DESCS) at setup, whatever the RX ring size. A pool sized
+      // by the rings alone ran dry on the third such port of a node with 256-entry
+      // rings: that port then never received a frame, and nothing said so.
+      port.rx_buffers_held = 2048;
+    }
+    if (rte_dev_probe(devargs.c_str()) != 0) {
+      std::string error = "cannot open " + interface + " with " + driver + " (" + devargs + "): does the interface "
+                          "exist in this network namespace?";
+      if (driver == "af_xdp" && queues > 1)
+        error += " af_xdp also needs a queue per worker (" + std::to_string(queues) + "), and DPDK's af_xdp "
+                 "counts an interface without combined channels, such as a veth, as one queue: set "
+                 "tunables.workers to 1 or use af_packet";
+      return error;
+    }
+  }
+  if (rte_eth_dev_get_port_by_name(name.c_str(), &port.port_id) != 0)
+    return "no DPDK port for " + interface + " (" + name + ")";
+  return {};
+}
+
+}  // namespace
+
 std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>& pods, uint16_t queues,
                         std::vector<pool_port>& out) {
-  unsigned serial = 0;
-  auto probe = [&](const std::string& driver, const std::string& interface, port_role role) -> std::string {
-    pool_port port;
-    port.role = role;
-    port.interface = interface;
-    std::string name;
-    std::string devargs;
-    if (driver == "pci") {
-      name = interface;
-    } else {
-      const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
-      name = vdev + std::to_string(serial++);
-      devargs = name + ",iface=" + interface;
-      if (driver == "af_packet") devargs += ",qpairs=" + std::to_string(queues);
-      if (driver == "af_xdp") {
-        devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
-        // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers
-        // (ETH_AF_XDP_DFLT_NUM_DESCS) at setup, whatever the RX ring size. A pool sized
-        // by the rings alone ran dry on the third such port of a node with 256-entry
-        // rings: that port then never received a frame, and nothing said so.
-        port.rx_buffers_held = 2048;
-      }
-      if (rte_dev_probe(devargs.c_str()) != 0) {
-        std::string error = "cannot open " + interface + " with " + driver + " (" + devargs + "): does the interface "
-                            "exist in this network namespace?";
-        if (driver == "af_xdp" && queues > 1)
-          error += " af_xdp also needs a queue per worker (" + std::to_string(queues) + "), and DPDK's af_xdp "
-                   "counts an interface without combined channels, such as a veth, as one queue: set "
-                   "tunables.workers to 1 or use af_packet";
-        return error;
-      }
-    }
-    if (rte_eth_dev_get_port_by_name(name.c_str(), &port.port_id) != 0)
-      return "no DPDK port for " + interface + " (" + name + ")";
-    out.push_back(port);
-    return {};
-  };
-  if (std::string error = probe(spec.uplink.driver, spec.uplink.interface, port_role::uplink); !error.empty())
+  pool_port uplink;
+  if (std::string error = probe_port(spec.uplink.driver, spec.uplink.interface, port_role::uplink, queues, uplink);
+      !error.empty())
     return "$.dataplane.uplink: " + error;
+  out.push_back(uplink);
   for (size_t i = 0; i < pods.size(); ++i) {
-    if (std::string error = probe(spec.pod_driver, pods[i].interface, port_role::pod); !error.empty())
+    pool_port pod;
+    if (std::string error = probe_port(spec.pod_driver, pods[i].interface, port_role::pod, queues, pod); !error.empty())
       return "$.pods[" + std::to_string(i) + "].interface: " + error;
+    out.push_back(pod);
   }
   return {};
 }
@@ -133,7 +143,10 @@ worker_pool_options options_from(const desired_state& state) {
   options.rx_ring_size = state.tuning.rx_ring_size;
   options.tx_ring_size = state.tuning.tx_ring_size;
   options.flow_table_size = state.tuning.flow_table_size;
-  if (state.dataplane) options.uplink_mtu = state.dataplane->uplink.mtu;
+  if (state.dataplane) {
+    options.uplink_mtu = state.dataplane->uplink.mtu;
+    options.pod_driver = state.dataplane->pod_driver;
+  }
   options.initial = state.tuning;
   return options;
 }
@@ -178,70 +191,15 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   for (auto& w : pool->workers_)
     for (auto& other : pool->workers_)
       if (other != w) w->peer_flows.push_back(&other->flows);
-  pool->rx_queues_.resize(workers);
-
+  auto plan = std::make_unique<rx_plan>();
+  plan->per_worker.resize(workers);
   for (const pool_port& p : ports) {
-    if (p.port_id >= kMaxPorts || !rte_eth_dev_is_valid_port(p.port_id)) {
-      error = p.interface + ": not a valid DPDK port";
+    if (std::string e = pool->setup_port(p, pool->mbufs_, *plan); !e.empty()) {
+      error = e;
       return nullptr;
     }
-    rte_eth_dev_info info{};
-    if (int rc = rte_eth_dev_info_get(p.port_id, &info); rc != 0) {
-      error = p.interface + ": cannot read device info: " + rte_strerror(-rc);
-      return nullptr;
-    }
-    if (info.max_tx_queues < workers) {
-      error = p.interface + ": the port has " + std::to_string(info.max_tx_queues) + " TX queues, " +
-              std::to_string(workers) + " workers need one each";
-      return nullptr;
-    }
-    const uint16_t rx_queues = std::max<uint16_t>(1, std::min<uint16_t>(workers, info.max_rx_queues));
-    rte_eth_conf conf{};
-    if (rx_queues > 1 && info.flow_type_rss_offloads) {
-      conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
-      conf.rx_adv_conf.rss_conf.rss_hf =
-          (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
-    }
-    if (int rc = rte_eth_dev_configure(p.port_id, rx_queues, workers, &conf); rc != 0) {
-      error = p.interface + ": cannot configure " + std::to_string(rx_queues) + " RX and " +
-              std::to_string(workers) + " TX queues: " + rte_strerror(-rc);
-      return nullptr;
-    }
-    uint16_t rx_ring = options.rx_ring_size, tx_ring = options.tx_ring_size;
-    rte_eth_dev_adjust_nb_rx_tx_desc(p.port_id, &rx_ring, &tx_ring);
-    const int socket = rte_eth_dev_socket_id(p.port_id);
-    const unsigned socket_id = socket < 0 ? 0 : static_cast<unsigned>(socket);
-    for (uint16_t q = 0; q < rx_queues; ++q) {
-      if (int rc = rte_eth_rx_queue_setup(p.port_id, q, rx_ring, socket_id, nullptr, pool->mbufs_); rc != 0) {
-        error = p.interface + ": RX queue " + std::to_string(q) + ": " + rte_strerror(-rc);
-        return nullptr;
-      }
-      pool->rx_queues_[q % workers].push_back({p.port_id, q});
-    }
-    for (uint16_t q = 0; q < workers; ++q) {
-      if (int rc = rte_eth_tx_queue_setup(p.port_id, q, tx_ring, socket_id, nullptr); rc != 0) {
-        error = p.interface + ": TX queue " + std::to_string(q) + ": " + rte_strerror(-rc);
-        return nullptr;
-      }
-    }
-    if (p.role == port_role::uplink) {
-      rte_eth_dev_set_mtu(p.port_id, options.uplink_mtu);  // best effort; af_packet follows the kernel's
-    }
-    if (int rc = rte_eth_dev_start(p.port_id); rc != 0) {
-      error = p.interface + ": cannot start the port: " + rte_strerror(-rc);
-      return nullptr;
-    }
-    pool->port_ids_.push_back(p.port_id);
-    rte_eth_promiscuous_enable(p.port_id);  // best effort: pods address the port's MAC anyway
-    port_info& info_out = pool->ports_->ports[p.port_id];
-    info_out.role = p.role;
-    info_out.interface = p.interface;
-    rte_ether_addr mac{};
-    rte_eth_macaddr_get(p.port_id, &mac);
-    std::memcpy(info_out.mac.bytes, mac.addr_bytes, 6);
-    if (p.mac) info_out.mac = *p.mac;
-    if (p.role == port_role::uplink) pool->ports_->uplink_port = p.port_id;
   }
+  pool->rx_plan_.store(plan.release(), std::memory_order_release);
 
   const size_t rcu_size = rte_rcu_qsbr_get_memsize(workers);
   pool->rcu_ = static_cast<rte_rcu_qsbr*>(rte_zmalloc("meshlane_rcu", rcu_size, RTE_CACHE_LINE_SIZE));
@@ -253,9 +211,156 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   return pool;
 }
 
+// Configures and starts one port (RSS where the port has it, one RX queue per worker up
+// to what the port offers, one TX queue per worker) and adds its RX queues to `plan`.
+std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_plan& plan) {
+  const uint16_t workers = static_cast<uint16_t>(workers_.size());
+  if (p.port_id >= kMaxPorts || p.port_id >= 64 || !rte_eth_dev_is_valid_port(p.port_id))
+    return p.interface + ": not a valid DPDK port (at most 64 ports, and this DPDK build has " +
+           std::to_string(kMaxPorts) + ")";
+  rte_eth_dev_info info{};
+  if (int rc = rte_eth_dev_info_get(p.port_id, &info); rc != 0)
+    return p.interface + ": cannot read device info: " + rte_strerror(-rc);
+  if (info.max_tx_queues < workers)
+    return p.interface + ": the port has " + std::to_string(info.max_tx_queues) + " TX queues, " +
+           std::to_string(workers) + " workers need one each";
+  const uint16_t rx_queues = std::max<uint16_t>(1, std::min<uint16_t>(workers, info.max_rx_queues));
+  rte_eth_conf conf{};
+  if (rx_queues > 1 && info.flow_type_rss_offloads) {
+    conf.rxmode.mq_mode = RTE_ETH_MQ_RX_RSS;
+    conf.rx_adv_conf.rss_conf.rss_hf = (RTE_ETH_RSS_IP | RTE_ETH_RSS_TCP | RTE_ETH_RSS_UDP) & info.flow_type_rss_offloads;
+  }
+  if (int rc = rte_eth_dev_configure(p.port_id, rx_queues, workers, &conf); rc != 0)
+    return p.interface + ": cannot configure " + std::to_string(rx_queues) + " RX and " + std::to_string(workers) +
+           " TX queues: " + rte_strerror(-rc);
+  uint16_t rx_ring = options_.rx_ring_size, tx_ring = options_.tx_ring_size;
+  rte_eth_dev_adjust_nb_rx_tx_desc(p.port_id, &rx_ring, &tx_ring);
+  const int socket = rte_eth_dev_socket_id(p.port_id);
+  const unsigned socket_id = socket < 0 ? 0 : static_cast<unsigned>(socket);
+  for (uint16_t q = 0; q < rx_queues; ++q) {
+    if (int rc = rte_eth_rx_queue_setup(p.port_id, q, rx_ring, socket_id, nullptr, mbufs); rc != 0)
+      return p.interface + ": RX queue " + std::to_string(q) + ": " + rte_strerror(-rc);
+  }
+  for (uint16_t q = 0; q < workers; ++q) {
+    if (int rc = rte_eth_tx_queue_setup(p.port_id, q, tx_ring, socket_id, nullptr); rc != 0)
+      return p.interface + ": TX queue " + std::to_string(q) + ": " + rte_strerror(-rc);
+  }
+  if (p.role == port_role::uplink) rte_eth_dev_set_mtu(p.port_id, options_.uplink_mtu);  // best effort
+  if (int rc = rte_eth_dev_start(p.port_id); rc != 0) return p.interface + ": cannot start the port: " + rte_strerror(-rc);
+  rte_eth_promiscuous_enable(p.port_id);  // best effort: pods address the port's MAC anyway
+  {
+    std::lock_guard lock(ports_mutex_);
+    port_info& info_out = ports_->ports[p.port_id];
+    info_out.interface = p.interface;
+    rte_ether_addr mac{};
+    rte_eth_macaddr_get(p.port_id, &mac);
+    std::memcpy(info_out.mac.bytes, mac.addr_bytes, 6);
+    if (p.mac) info_out.mac = *p.mac;
+    info_out.neighbour_mac.store(0, std::memory_order_relaxed);
+    // The role last: a worker that sees it (through a plan or tables published after
+    // this) sees the rest.
+    info_out.role = p.role;
+    if (p.role == port_role::uplink) ports_->uplink_port = p.port_id;
+    port_records_.push_back({p.port_id, p.role, p.interface, false, nullptr});
+  }
+  for (uint16_t q = 0; q < rx_queues; ++q) plan.per_worker[q % workers].push_back({p.port_id, q});
+  return {};
+}
+
+void worker_pool::swap_rx_plan(std::unique_ptr<rx_plan> next) {
+  // Workers read the plan under RCU; the status page reads it under ports_mutex_.
+  std::lock_guard lock(ports_mutex_);
+  rx_plan* previous = rx_plan_.exchange(next.release(), std::memory_order_acq_rel);
+  rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
+  delete previous;
+}
+
+std::string worker_pool::plug_pod_port(const std::string& interface) {
+  const uint16_t workers = static_cast<uint16_t>(workers_.size());
+  pool_port port;
+  if (std::string error = probe_port(options_.pod_driver, interface, port_role::pod, workers, port); !error.empty())
+    return error;
+  // Its own buffers: the shared pool was sized for the ports of the start, and a port's
+  // pool can be let go once every buffer it lent is back.
+  static std::atomic<unsigned> pool_serial{0};
+  const std::string pool_name = "meshlane_pod" + std::to_string(pool_serial++);
+  const uint32_t count = (uint32_t{options_.rx_ring_size} + options_.tx_ring_size + port.rx_buffers_held + 2u * kMaxBurst) *
+                             workers + 512u;
+  rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), count, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+                                               static_cast<int>(rte_socket_id()));
+  auto remove_device = [&] {
+    rte_eth_dev_info info{};
+    if (rte_eth_dev_info_get(port.port_id, &info) == 0 && info.device) rte_dev_remove(info.device);
+  };
+  if (!mbufs) {
+    remove_device();
+    return interface + ": cannot allocate " + std::to_string(count) + " packet buffers: " + rte_strerror(rte_errno);
+  }
+  auto next = std::make_unique<rx_plan>(*rx_plan_.load(std::memory_order_acquire));
+  if (std::string error = setup_port(port, mbufs, *next); !error.empty()) {
+    {
+      std::lock_guard lock(ports_mutex_);
+      ports_->ports[port.port_id].role = port_role::unused;
+      std::erase_if(port_records_, [&](const port_record& r) { return r.port_id == port.port_id; });
+    }
+    rte_eth_dev_stop(port.port_id);
+    remove_device();
+    rte_mempool_free(mbufs);
+    return error;
+  }
+  {
+    std::lock_guard lock(ports_mutex_);
+    for (port_record& r : port_records_)
+      if (r.port_id == port.port_id) r.hotplugged = true, r.own_mbufs = mbufs;
+  }
+  swap_rx_plan(std::move(next));
+  return {};
+}
+
+// The port's pod has left every published table already: no worker sends to it. Once no
+// worker polls it either, it stops and goes.
+void worker_pool::unplug_port(uint16_t port_id) {
+  auto next = std::make_unique<rx_plan>(*rx_plan_.load(std::memory_order_acquire));
+  for (auto& queues : next->per_worker)
+    std::erase_if(queues, [&](const rx_queue& q) { return q.port == port_id; });
+  swap_rx_plan(std::move(next));
+  port_record record;
+  {
+    std::lock_guard lock(ports_mutex_);
+    for (const port_record& r : port_records_)
+      if (r.port_id == port_id) record = r;
+    std::erase_if(port_records_, [&](const port_record& r) { return r.port_id == port_id; });
+    port_info& info = ports_->ports[port_id];
+    info.role = port_role::unused;
+    info.interface.clear();
+    info.neighbour_mac.store(0, std::memory_order_relaxed);
+  }
+  rte_eth_dev_stop(port_id);
+  rte_eth_dev_info info{};
+  if (record.hotplugged && rte_eth_dev_info_get(port_id, &info) == 0 && info.device) rte_dev_remove(info.device);
+  else rte_eth_dev_close(port_id);
+  // A port id is reused by the next port: its counters start again from zero (no worker
+  // writes them now).
+  for (auto& w : workers_) {
+    w->port_rx[port_id].packets.value.store(0), w->port_rx[port_id].bytes.value.store(0);
+    w->port_tx[port_id].packets.value.store(0), w->port_tx[port_id].bytes.value.store(0);
+  }
+  if (record.own_mbufs) retired_pools_.push_back(record.own_mbufs);
+}
+
+void worker_pool::free_retired_pools() {
+  std::erase_if(retired_pools_, [](rte_mempool* pool) {
+    if (rte_mempool_in_use_count(pool) != 0) return false;  // buffers still in some TX ring
+    rte_mempool_free(pool);
+    return true;
+  });
+}
+
 worker_pool::~worker_pool() {
   stop();
   delete current_.exchange(nullptr);
+  delete rx_plan_.exchange(nullptr);
+  for (rte_mempool* pool : retired_pools_) rte_mempool_free(pool);
   if (rcu_) rte_free(rcu_);
   if (mbufs_) rte_mempool_free(mbufs_);
 }
@@ -271,6 +376,37 @@ void worker_pool::apply_tuning(const tunables& tuning) {
 }
 
 std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) {
+  std::vector<uint16_t> leaving;
+  if (options_.hotplug) {
+    std::set<std::string> wanted, present;
+    for (const table_pod& pod : tables->pods) wanted.insert(pod.interface);
+    {
+      std::lock_guard lock(ports_mutex_);
+      for (const port_record& r : port_records_) {
+        if (r.role != port_role::pod) continue;
+        present.insert(r.interface);
+        if (!wanted.count(r.interface)) leaving.push_back(r.port_id);
+      }
+    }
+    std::vector<std::string> plugged;
+    for (const std::string& interface : wanted) {
+      if (present.count(interface)) continue;
+      if (std::string error = plug_pod_port(interface); !error.empty()) {
+        // Nothing names the ports plugged so far in this call: take them out again.
+        for (const std::string& done : plugged) {
+          std::optional<uint16_t> id;
+          {
+            std::lock_guard lock(ports_mutex_);
+            for (const port_record& r : port_records_)
+              if (r.interface == done) id = r.port_id;
+          }
+          if (id) unplug_port(*id);
+        }
+        return "pod interface " + error;
+      }
+      plugged.push_back(interface);
+    }
+  }
   auto next = std::make_unique<forwarding_tables>();
   if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next); !error.empty())
     return error;
@@ -281,6 +417,9 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
   // current burst (or is offline while idle); only then is it safe to free.
   rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
   delete previous;
+  // Ports whose pods left: no published table names them any more.
+  for (uint16_t port_id : leaving) unplug_port(port_id);
+  free_retired_pools();
   return {};
 }
 
@@ -294,7 +433,8 @@ uint32_t worker_pool::poll_once(uint16_t index) {
   w.now = rte_rdtsc();
   rte_mbuf* packets[kMaxBurst];
   uint32_t received = 0;
-  for (const rx_queue& q : rx_queues_[index]) {
+  const rx_plan* plan = rx_plan_.load(std::memory_order_acquire);
+  for (const rx_queue& q : plan->per_worker[index]) {
     const uint16_t n = rte_eth_rx_burst(q.port, q.queue, packets, burst);
     if (!n) continue;
     received += n;
@@ -387,11 +527,12 @@ void worker_pool::stop() {
   running_.store(false);
   if (launched_)
     for (unsigned l : lcores_) rte_eal_wait_lcore(l);
-  for (uint16_t port : port_ids_) {
-    rte_eth_dev_stop(port);
-    rte_eth_dev_close(port);
+  std::lock_guard lock(ports_mutex_);
+  for (const port_record& r : port_records_) {
+    rte_eth_dev_stop(r.port_id);
+    rte_eth_dev_close(r.port_id);
   }
-  port_ids_.clear();
+  port_records_.clear();
 }
 
 uint64_t worker_pool::drops(drop_reason reason) const {
@@ -407,6 +548,7 @@ uint64_t worker_pool::generation() const {
 }
 
 std::string worker_pool::stats_line() const {
+  std::lock_guard ports_lock(ports_mutex_);
   std::ostringstream out;
   out << "gen " << generation();
   for (uint16_t p = 0; p < kMaxPorts; ++p) {

@@ -21,6 +21,7 @@
 #include <fstream>
 #include <memory>
 #include <random>
+#include <set>
 #include <sstream>
 #include <thread>
 
@@ -313,7 +314,7 @@ class two_nodes : public ::testing::Test {
     std::ofstream(nd.log_path, std::ios::trunc);
     nd.agent = std::make_unique<child_process>(
         std::vector<std::string>{meshlaned_, "--config", nd.config_path, "--stats-interval", "1", "--control-socket",
-                                 nd.config_path + ".sock"},
+                                 nd.config_path + ".sock", "--state-dir", work_dir_ + "/state" + std::to_string(n)},
         nd.ns.get(), nullptr,
         nd.log_path);
     for (auto deadline = std::chrono::steady_clock::now() + 15s; std::chrono::steady_clock::now() < deadline;) {
@@ -490,6 +491,113 @@ TEST_F(two_nodes, HundredAppliesUnderCrossNodeTrafficLoseNoPacketsAndNoFlows) {
   EXPECT_EQ(udp_failed.load(), 0) << "UDP round trips were lost during the applies";
   EXPECT_GT(udp_answered.load(), 5);
   RecordProperty("tcp_exchanges_during_applies", exchanges_during);
+}
+
+// The data plane's metric series now, per family.
+std::map<std::string, size_t> metric_series(control_client& client) {
+  const nlohmann::json reply = client.request({{"command", "stats"}});
+  std::map<std::string, size_t> series;
+  for (const auto& family : reply.value("metrics", nlohmann::json::array())) {
+    const std::string name = family.value("name", "");
+    // The data plane's: control request counters gain a label per command used.
+    if (name.rfind("meshlane_dataplane_", 0) == 0) series[name] = family.value("samples", nlohmann::json::array()).size();
+  }
+  return series;
+}
+
+TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing) {
+  // A long-lived connection and request/response UDP between node 1's client and node 2's
+  // web pod run while pods come and go on node 1: each new pod gets a hot-plugged port,
+  // answers from its gateway and reaches node 2; each deleted one leaves no port, no
+  // metric series and no address behind.
+  tcp_echo_server server(*nodes_[1].web, 8080);
+  ASSERT_TRUE(server.ok());
+  fd_guard connection(socket_in(*nodes_[0].client, SOCK_STREAM));
+  set_timeout(connection.fd, 5);
+  const sockaddr_in web2 = address_of("198.18.2.20", 8080);
+  ASSERT_EQ(connect(connection.fd, reinterpret_cast<const sockaddr*>(&web2), sizeof web2), 0) << std::strerror(errno);
+  control_client client;
+  ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+  const std::map<std::string, size_t> series_before = metric_series(client);
+  const size_t ports_before = client.request({{"command", "status"}})["subsystems"]["dataplane"]["ports"].size();
+
+  std::atomic<bool> churning{true};
+  std::atomic<int> exchanges{0}, tcp_failures{0}, udp_answered{0}, udp_failed{0};
+  std::thread tcp_traffic([&] {
+    char message[64], reply[64];
+    while (churning.load()) {
+      std::memset(message, 'a' + exchanges.load() % 26, sizeof message);
+      size_t got = 0;
+      if (send(connection.fd, message, sizeof message, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof message)) {
+        for (ssize_t n; got < sizeof reply && (n = recv(connection.fd, reply + got, sizeof reply - got, 0)) > 0;)
+          got += static_cast<size_t>(n);
+      }
+      if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
+        ++tcp_failures;
+        return;
+      }
+      ++exchanges;
+      std::this_thread::sleep_for(5ms);
+    }
+  });
+  std::thread udp_traffic([&] {
+    for (uint16_t port = 9700; churning.load(); ++port)
+      (udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", port, "during churn") == "" ? udp_answered
+                                                                                                      : udp_failed)++;
+  });
+  struct stop_on_exit {
+    std::atomic<bool>& flag;
+    std::thread &a, &b;
+    ~stop_on_exit() {
+      flag.store(false);
+      if (a.joinable()) a.join();
+      if (b.joinable()) b.join();
+    }
+  } stopper{churning, tcp_traffic, udp_traffic};
+
+  constexpr int kPods = 12;
+  std::set<std::string> addresses;
+  for (int k = 0; k < kPods; ++k) {
+    SCOPED_TRACE("pod " + std::to_string(k));
+    const std::string suffix = "l" + std::to_string(k);
+    netns pod("p" + suffix);
+    pod.exec_or_fail("ip link set lo up && sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+    const veth_pair pair = make_veth(suffix, nodes_[0].ns.get(), suffix + "p", &pod);
+    nodes_[0].ns->exec_or_fail("ip link set " + pair.a + " up");
+    const std::string id = "container-" + std::to_string(k);
+    nlohmann::json reply = client.request(
+        {{"command", "pod"}, {"action", "add"},
+         {"pod", {{"container_id", id}, {"name", "live" + std::to_string(k)}, {"namespace", "churn"},
+                  {"host_interface", pair.a}, {"interface", pair.b}}}});
+    ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
+    const std::string ip = reply["pod"]["ip"];
+    EXPECT_EQ(reply["pod"]["gateway"], "198.18.1.1");
+    EXPECT_EQ(reply["pod"]["mtu"], 1450);
+    addresses.insert(ip);
+    pod.exec_or_fail("ip link set " + pair.b + " mtu 1450 up && ip addr add " + ip + "/32 dev " + pair.b +
+                     " && ip route add 198.18.1.1 dev " + pair.b + " && ip route add default via 198.18.1.1 dev " +
+                     pair.b + " && ethtool -K " + pair.b + " tx off >/dev/null");
+    EXPECT_TRUE(icmp_echo(pod, "198.18.1.1")) << "the new pod's gateway does not answer";
+    EXPECT_EQ(udp_round_trip(pod, *nodes_[1].web, "198.18.2.20", static_cast<uint16_t>(9900 + k), "new pod"), "");
+    reply = client.request({{"command", "pod"}, {"action", "delete"}, {"container_id", id}});
+    EXPECT_TRUE(reply.value("ok", false) && reply.value("deleted", false)) << reply.dump();
+    reply = client.request({{"command", "pod"}, {"action", "delete"}, {"container_id", id}});
+    EXPECT_TRUE(reply.value("ok", false) && !reply.value("deleted", true)) << "a second delete: " << reply.dump();
+  }
+  std::this_thread::sleep_for(200ms);
+  churning.store(false);
+  tcp_traffic.join();
+  udp_traffic.join();
+  EXPECT_EQ(tcp_failures.load(), 0) << "the long-lived connection broke while pods came and went";
+  EXPECT_GT(exchanges.load(), 10);
+  EXPECT_EQ(udp_failed.load(), 0) << "UDP round trips were lost while pods came and went";
+  EXPECT_GT(udp_answered.load(), 5);
+  // Addresses are reused (the lowest free one), ports and series are gone again.
+  EXPECT_LE(addresses.size(), 2u) << "addresses were not handed out again after their pods left";
+  const nlohmann::json status = client.request({{"command", "status"}});
+  EXPECT_EQ(status["subsystems"]["dataplane"]["ports"].size(), ports_before) << status["subsystems"]["dataplane"].dump();
+  EXPECT_EQ(metric_series(client), series_before);
+  EXPECT_EQ(client.request({{"command", "pod"}, {"action", "list"}})["pods"].size(), 0u);
 }
 
 // CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.

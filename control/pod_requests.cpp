@@ -1,0 +1,140 @@
+// The control module's `pod` command: pods that come and go while the agent runs (the
+// CNI plugin's ADD, DEL and CHECK). A pod add allocates the pod's addresses in the pod
+// registry, then re-publishes the current document with the pod in it, so the eBPF maps
+// and the DPDK workers (a port hot-plugged for its interface) follow in one snapshot; a
+// publish that fails takes the pod back out, so nothing is left half-added.
+#include "control/control_requests.h"
+
+namespace meshlane {
+
+using json = nlohmann::json;
+
+namespace {
+
+// The first host address of a range: the pods' gateway.
+ip_address gateway_of(const ip_prefix& range) {
+  ip_address gateway = range.base;
+  gateway.bytes[15] = static_cast<uint8_t>(gateway.bytes[15] | 1);
+  return gateway;
+}
+
+std::optional<std::string> string_member(const json& object, const char* key) {
+  auto it = object.find(key);
+  if (it == object.end() || !it->is_string()) return std::nullopt;
+  return it->get<std::string>();
+}
+
+}  // namespace
+
+json control_module::pod_json(const live_pod& pod) {
+  json out = pod.to_json();
+  const auto state = publisher_.current_state();
+  if (state) {
+    out["gateway"] = gateway_of(state->node.pod_cidr).to_string();
+    if (state->node.pod_cidr6) out["gateway6"] = gateway_of(*state->node.pod_cidr6).to_string();
+    // The overlay's 50 bytes (Geneve over IPv4, RFC 8926) come off the underlay MTU.
+    out["mtu"] = (state->dataplane ? state->dataplane->uplink.mtu : 1500) - 50;
+  }
+  return out;
+}
+
+json control_module::pod_request_reply(const json& request) {
+  if (!pods_) return error_reply(control_error::kUnavailable, "this agent keeps no live pods (it runs without --state-dir)");
+  const std::string action = request.value("action", "");
+  if (action == "add") return pod_add(request);
+  if (action == "list") {
+    json rows = json::array();
+    for (const live_pod& pod : pods_->pods()) rows.push_back(pod_json(pod));
+    return {{"ok", true}, {"pods", rows}};
+  }
+  if (action != "delete" && action != "get")
+    return error_reply(control_error::kInvalidRequest, "pod needs \"action\": add, delete, get or list");
+  const auto container_id = string_member(request, "container_id");
+  if (!container_id || container_id->empty())
+    return error_reply(control_error::kInvalidRequest, "pod " + action + " needs a string \"container_id\"");
+  if (action == "delete") return pod_delete(*container_id);
+  const auto pod = pods_->find(*container_id);
+  if (!pod) return error_reply("not_found", "no live pod has container id " + *container_id);
+  return {{"ok", true}, {"pod", pod_json(*pod)}};
+}
+
+json control_module::pod_add(const json& request) {
+  auto it = request.find("pod");
+  if (it == request.end() || !it->is_object())
+    return error_reply(control_error::kInvalidRequest, "pod add needs a \"pod\" object");
+  const json& in = *it;
+  pod_request wanted;
+  wanted.container_id = in.value("container_id", "");
+  wanted.name = in.value("name", "");
+  wanted.pod_namespace = in.value("namespace", "default");
+  wanted.host_interface = in.value("host_interface", "");
+  wanted.netns = in.value("netns", "");
+  wanted.interface = in.value("interface", "");
+  wanted.cgroup = in.value("cgroup", "");
+  if (in.contains("labels")) {
+    if (!in["labels"].is_object()) return error_reply(control_error::kInvalidRequest, "pod.labels must be an object of strings");
+    for (const auto& [key, value] : in["labels"].items()) {
+      if (!value.is_string()) return error_reply(control_error::kInvalidRequest, "pod.labels." + key + " must be a string");
+      wanted.labels[key] = value.get<std::string>();
+    }
+  }
+  if (std::string problem = validate_pod_request(wanted); !problem.empty())
+    return error_reply(control_error::kInvalidRequest, problem);
+
+  std::lock_guard apply_lock(apply_mutex_);
+  if (auto existing = pods_->find(wanted.container_id)) return {{"ok", true}, {"pod", pod_json(*existing)}};
+  const auto state = publisher_.current_state();
+  std::string document;
+  {
+    std::lock_guard lock(mutex_);
+    document = document_json_;
+  }
+  if (!state || document.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
+  std::set<ip_address> taken;
+  for (const pod_spec& pod : state->pods) {
+    taken.insert(pod.ip);
+    if (pod.ip6) taken.insert(*pod.ip6);
+  }
+  std::string error;
+  const auto pod = pods_->add(wanted, state->node, taken, error);
+  if (!pod) return error_reply(control_error::kUnavailable, error);
+  const publish_result result = publish_locked(document, "pod add " + pod->name);
+  if (!result.errors.empty()) {
+    std::string undo_error;
+    pods_->remove(pod->container_id, undo_error);
+    std::string message = "pod " + pod->name + " was not added: " + result.errors.front().to_string();
+    if (!undo_error.empty()) message += "; and taking it back out failed: " + undo_error;
+    json reply = error_reply(control_error::kPublishFailed, message);
+    json errors = json::array();
+    for (const auto& e : result.errors) errors.push_back({{"path", e.path}, {"message", e.message}});
+    reply["errors"] = errors;
+    return reply;
+  }
+  return {{"ok", true}, {"pod", pod_json(*pod)}, {"generation", result.generation}};
+}
+
+json control_module::pod_delete(const std::string& container_id) {
+  std::lock_guard apply_lock(apply_mutex_);
+  const auto pod = pods_->find(container_id);
+  if (!pod) return {{"ok", true}, {"deleted", false}};  // a DEL for what never was, or again
+  std::string error;
+  if (!pods_->remove(container_id, error)) return error_reply(control_error::kInternal, error);
+  std::string document;
+  {
+    std::lock_guard lock(mutex_);
+    document = document_json_;
+  }
+  if (document.empty()) return {{"ok", true}, {"deleted", true}};
+  const publish_result result = publish_locked(document, "pod delete " + pod->name);
+  if (!result.errors.empty()) {
+    // The pod is gone from the registry (its address is free again); the running tables
+    // still name it until the next publish succeeds.
+    log_.write(log_level::error, "pod " + pod->name + " deleted, but publishing without it failed: " +
+                                     result.errors.front().to_string());
+    return error_reply(control_error::kPublishFailed, "pod " + pod->name + " was removed from the registry but the "
+                       "tables could not be published without it: " + result.errors.front().to_string());
+  }
+  return {{"ok", true}, {"deleted", true}, {"generation", result.generation}};
+}
+
+}  // namespace meshlane
