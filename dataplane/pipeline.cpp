@@ -39,11 +39,25 @@ template <typename Key>
   }
 }
 
-uint32_t slot_for(std::vector<std::string>& names, const std::string& name) {
-  auto it = std::find(names.begin(), names.end(), name);
-  if (it != names.end()) return static_cast<uint32_t>(it - names.begin());
-  names.push_back(name);
-  return static_cast<uint32_t>(names.size() - 1);
+// The slot of `name`: its own, a freed one, or a new one at the end.
+uint32_t slot_for(std::vector<std::string>& names, std::unordered_map<std::string, uint32_t>& index,
+                  std::vector<uint32_t>& free_slots, std::vector<uint8_t>& in_tables, const std::string& name) {
+  uint32_t slot;
+  if (auto it = index.find(name); it != index.end()) {
+    slot = it->second;
+  } else if (!free_slots.empty()) {
+    slot = free_slots.back();
+    free_slots.pop_back();
+    names[slot] = name;
+    index.emplace(name, slot);
+  } else {
+    slot = static_cast<uint32_t>(names.size());
+    names.push_back(name);
+    index.emplace(name, slot);
+  }
+  if (in_tables.size() < names.size()) in_tables.resize(names.size(), 0);
+  in_tables[slot] = 1;
+  return slot;
 }
 }  // namespace
 
@@ -132,24 +146,73 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     out.node_geneve.push_back(ip ? make_geneve_template(uplink_mac, out.underlay_ip, ip) : geneve_template{});
     if (ip && i != kLocalNodeIndex) out.node_by_underlay.emplace_back(ip, i);
   }
+  std::fill(slots.service_in_tables.begin(), slots.service_in_tables.end(), 0);
+  std::fill(slots.backend_in_tables.begin(), slots.backend_in_tables.end(), 0);
   for (const table_service& service : s.services) {
-    const uint32_t slot = slot_for(slots.services, service.name);
-    if (slot >= kMaxServiceSlots) return "more than " + std::to_string(kMaxServiceSlots) + " distinct services";
+    const uint32_t slot =
+        slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, service.name);
+    if (slot >= kMaxServiceSlots)
+      return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
     out.service_slot.push_back(slot);
   }
   out.backend_slot.resize(s.backends.size());
   for (const table_service& service : s.services) {
     for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
       const table_backend& backend = s.backends[b];
-      const uint32_t slot = slot_for(slots.backends, service.name + "/" + backend.ip.to_string() + ":" +
-                                                          std::to_string(backend.port));
-      if (slot >= kMaxBackendSlots) return "more than " + std::to_string(kMaxBackendSlots) + " distinct backends";
+      const uint32_t slot = slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables,
+                                     service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port));
+      if (slot >= kMaxBackendSlots)
+        return "more than " + std::to_string(kMaxBackendSlots) + " backends at once (published or with live flows)";
       out.backend_slot[b] = slot;
       slots.backend_service.resize(slots.backends.size());
       slots.backend_service[slot] = out.service_slot[static_cast<size_t>(&service - s.services.data())];
     }
   }
   return {};
+}
+
+void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::unique_ptr<worker_state>>& workers,
+                           uint64_t now, const flow_timeouts& timeouts) {
+  std::vector<uint8_t> referenced(slots.backends.size(), 0);
+  for (const auto& w : workers) {
+    for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
+      flow_entry entry;
+      // An entry the owner kept rewriting while we looked counts as live: keep its slot.
+      if (!w->flows.read(i, entry)) {
+        std::fill(referenced.begin(), referenced.end(), 1);
+        return;
+      }
+      if (entry.in_use && !w->flows.expired(entry, now, timeouts) && entry.backend_slot < referenced.size())
+        referenced[entry.backend_slot] = 1;
+    }
+  }
+  std::vector<uint8_t> service_used(slots.services.size(), 0);
+  for (uint32_t b = 0; b < slots.backends.size(); ++b) {
+    if (slots.backends[b].empty()) continue;
+    if (b < slots.backend_in_tables.size() && slots.backend_in_tables[b]) {
+      service_used[slots.backend_service[b]] = 1;
+      continue;
+    }
+    if (referenced[b]) {  // a flow to a backend that left drains on, counted
+      service_used[slots.backend_service[b]] = 1;
+      continue;
+    }
+    for (const auto& w : workers) {  // no worker writes this slot any more
+      w->backend[b].packets.value.store(0, std::memory_order_relaxed);
+      w->backend[b].bytes.value.store(0, std::memory_order_relaxed);
+      w->backend[b].new_flows.value.store(0, std::memory_order_relaxed);
+    }
+    slots.backend_index.erase(slots.backends[b]);
+    slots.backends[b].clear();
+    slots.free_backends.push_back(b);
+  }
+  for (uint32_t s = 0; s < slots.services.size(); ++s) {
+    if (slots.services[s].empty() || service_used[s] || (s < slots.service_in_tables.size() && slots.service_in_tables[s]))
+      continue;
+    slots.service_index.erase(slots.services[s]);
+    slots.services[s].clear();
+    slots.free_services.push_back(s);
+  }
 }
 
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,

@@ -15,6 +15,7 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <unordered_map>
 #include <vector>
 
 #include "control/snapshot.h"
@@ -277,15 +278,25 @@ ip_address second_rewrite_address(const flow_entry& entry, const uint8_t* gatewa
 // Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 
-// Builds the forwarding view of a snapshot for the given ports. `service_slots` and
-// `backend_slots` map names to counter slots and grow as new names appear (the caller
-// keeps them across publishes); an error names what did not fit.
+// Counter slots of services and backends: a name keeps its slot across snapshots (so a
+// flow's counters stay with its backend), and a slot no published table names and no
+// live flow refers to any more is freed for the next name (reclaim_counter_slots), so
+// pods and backends that come and go do not grow the counters without bound. Read by
+// the control thread under the worker pool's lock; written only at publish.
 struct counter_slot_names {
-  std::vector<std::string> services;  // slot -> "service name"
-  std::vector<std::string> backends;  // slot -> "service/ip:port"
+  std::vector<std::string> services;  // slot -> "service name"; "" when free
+  std::vector<std::string> backends;  // slot -> "service/ip:port"; "" when free
   std::vector<uint32_t> backend_service;  // backend slot -> its service's slot
+  // Whether the last tables built name the slot (build_forwarding_tables sets these).
+  std::vector<uint8_t> service_in_tables, backend_in_tables;
+  std::vector<uint32_t> free_services, free_backends;
+  std::unordered_map<std::string, uint32_t> service_index, backend_index;  // name -> slot
+  size_t live_backends() const { return backend_index.size(); }
+  size_t live_services() const { return service_index.size(); }
 };
 
+// Builds the forwarding view of a snapshot for the given ports, giving every service
+// and backend its counter slot (see counter_slot_names); an error names what did not fit.
 // A service's counters are the sums of its backends' (every packet and flow of a service
 // goes to exactly one backend): the workers count backends only, readers add them up.
 // One pass over the backend slots; the result is indexed by service slot.
@@ -293,5 +304,11 @@ std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<
                                               const counter_slot_names& slots);
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, const port_table& ports,
                                     counter_slot_names& slots, forwarding_tables& out);
+// Frees the slots the last built tables do not name and no live flow entry of any worker
+// refers to (their counters zeroed, their names gone from the metrics). Call after the
+// tables that stopped naming them are published and every worker has passed a
+// quiescent state: no worker can then pick such a slot for a new flow.
+void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::unique_ptr<worker_state>>& workers,
+                           uint64_t now, const flow_timeouts& timeouts);
 
 }  // namespace meshlane

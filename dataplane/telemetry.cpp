@@ -63,7 +63,6 @@ void worker_pool::register_with(subsystem_registry& registry) {
       tx_packets.samples.push_back({labels, double(sums[2])});
       tx_bytes.samples.push_back({labels, double(sums[3])});
     }
-    ports_lock.unlock();
     auto drops = family("meshlane_dataplane_drops_total", "Packets dropped, by worker and reason.");
     auto polls = family("meshlane_dataplane_worker_polls_total",
                         "Worker loop iterations that received packets (busy) or none (idle).");
@@ -87,6 +86,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto service_flows = family("meshlane_dataplane_service_new_flows_total", "New flows per service.");
     const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
     for (size_t s = 0; s < slot_names_.services.size(); ++s) {
+      if (slot_names_.services[s].empty()) continue;  // a freed slot
       const lb_counters_sum& sum = service_sums[s];
       const std::vector<std::pair<std::string, std::string>> labels{{"service", slot_names_.services[s]}};
       service_packets.samples.push_back({labels, double(sum.packets)});
@@ -97,6 +97,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto backend_bytes = family("meshlane_dataplane_backend_bytes_total", "Bytes per service backend.");
     auto backend_flows = family("meshlane_dataplane_backend_new_flows_total", "New flows per service backend.");
     for (size_t b = 0; b < slot_names_.backends.size(); ++b) {
+      if (slot_names_.backends[b].empty()) continue;  // a freed slot
       uint64_t sums[3] = {};
       for (const auto& w : workers_) {
         sums[0] += w->backend[b].packets.get();
@@ -226,6 +227,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
     const flow_timeouts timeouts = settings_.timeouts();
     nlohmann::json rows = nlohmann::json::array();
     uint64_t index = 0;
+    std::lock_guard names_lock(ports_mutex_);  // backend names live in slot_names_
     for (const auto& w : workers_) {
       for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
         // A consistent copy (the worker keeps writing its shard); skipped if it is busy.

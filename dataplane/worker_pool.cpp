@@ -408,8 +408,11 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
     }
   }
   auto next = std::make_unique<forwarding_tables>();
-  if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next); !error.empty())
-    return error;
+  {
+    std::lock_guard lock(ports_mutex_);  // slot names are read by the metrics and the flows query
+    if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next); !error.empty())
+      return error;
+  }
   apply_tuning(tables->tuning);
   gateway_ip6_ = next->gateway_ip6;
   forwarding_tables* previous = current_.exchange(next.release(), std::memory_order_acq_rel);
@@ -420,6 +423,10 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
   // Ports whose pods left: no published table names them any more.
   for (uint16_t port_id : leaving) unplug_port(port_id);
   free_retired_pools();
+  {
+    std::lock_guard lock(ports_mutex_);
+    reclaim_counter_slots(slot_names_, workers_, rte_rdtsc(), settings_.timeouts());
+  }
   return {};
 }
 
@@ -560,6 +567,7 @@ std::string worker_pool::stats_line() const {
   }
   const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
   for (size_t s = 0; s < slot_names_.services.size(); ++s) {
+    if (slot_names_.services[s].empty()) continue;
     const lb_counters_sum& sum = service_sums[s];
     out << " | svc " << slot_names_.services[s] << " pkts " << sum.packets << " flows " << sum.new_flows;
   }

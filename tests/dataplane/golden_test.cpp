@@ -1257,3 +1257,62 @@ int main(int argc, char** argv) {
   ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
   return RUN_ALL_TESTS();
 }
+
+namespace meshlane::testing {
+namespace {
+
+// A document of node 1 whose service "churn" has the `count` backends starting at
+// `first` (each a distinct address and port on node 2).
+std::string churn_document(uint32_t first, uint32_t count) {
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  nlohmann::json backends = nlohmann::json::array();
+  for (uint32_t i = first; i < first + count; ++i)
+    backends.push_back({{"ip", "198.18.2." + std::to_string(2 + i % 250)}, {"port", 1000 + i / 250}, {"node", "node2"}});
+  doc["services"].push_back({{"name", "churn"}, {"vip", "198.19.128.50"}, {"ports", {{{"port", 80}}}}, {"backends", backends}});
+  return doc.dump();
+}
+
+size_t series_of(worker_pool& pool, const std::string& family) {
+  size_t n = 0;
+  for (const auto& [key, value] : metric_values(pool))
+    if (key.rfind(family + ",", 0) == 0) ++n;
+  return n;
+}
+
+TEST_F(golden, HundredThousandBackendsOverAThousandPublishesAreAllAcceptedAndCountersStayBounded) {
+  // 100 new backends a publish, the previous 100 gone: 100,000 distinct backends over the
+  // agent's life, far past the 8,192 counter slots, and every publish is accepted.
+  for (uint32_t k = 0; k < 1000; ++k) {
+    const std::string document = churn_document(k * 100, 100);
+    auto parsed = parse_desired_state(document);
+    ASSERT_TRUE(parsed.state) << parsed.errors[0].to_string();
+    ASSERT_EQ(pool_->install(compile_tables(*parsed.state, k + 2)), "") << "publish " << k;
+  }
+  // Only the live backends have series: the 100 of "churn" and the 5 of the others.
+  EXPECT_EQ(series_of(*pool_, "meshlane_dataplane_backend_packets_total"), 100u + 5u);
+}
+
+TEST_F(golden, ABackendThatLeavesKeepsItsCountersWhileItsFlowsLiveThenItsSeriesGo) {
+  learn_pod_macs();
+  // A UDP flow to remote-dns (backend 198.18.2.30:5353 on node 2).
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53)));
+  ASSERT_FALSE(receive(uplink).empty());
+  const std::string series = "meshlane_dataplane_backend_packets_total,service=remote-dns,backend=198.18.2.30:5353";
+  ASSERT_EQ(metric_values(*pool_).at(series), 1);
+  // The service loses its backend (and a timeout of one second is published with it).
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["services"][2]["backends"] = nlohmann::json::array();
+  doc["tunables"]["udp_timeout_s"] = 1;
+  publish(doc.dump().c_str(), 2);
+  // The flow lives on (a draining backend), so do its counters.
+  EXPECT_EQ(metric_values(*pool_).count(series), 1u) << "the counters of a backend with a live flow went";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  publish(doc.dump().c_str(), 3);
+  EXPECT_EQ(metric_values(*pool_).count(series), 0u) << "the series of a backend without flows stayed";
+  // And the backend coming back starts from zero.
+  publish(kNode1Document, 4);
+  EXPECT_EQ(metric_values(*pool_).at(series), 0);
+}
+
+}  // namespace
+}  // namespace meshlane::testing
