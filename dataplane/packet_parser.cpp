@@ -36,6 +36,7 @@ const char* to_string(drop_reason reason) {
     case drop_reason::flow_table_full: return "flow_table_full";
     case drop_reason::no_headroom: return "no_headroom";
     case drop_reason::tx_full: return "tx_full";
+    case drop_reason::neighbour_unresolved: return "neighbour_unresolved";
     case drop_reason::count_: break;
   }
   return "unknown";

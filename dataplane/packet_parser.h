@@ -41,10 +41,11 @@ enum class drop_reason : uint8_t {
   no_backend,
   too_big,  // answered with ICMP "too big" when possible; counted here either way
   not_for_us,
-  spoofed_source,  // from outside the cluster with a source inside its pod ranges
+  spoofed_source,  // a source the frame's port or tunnel may not use (see pipeline.cpp)
   flow_table_full,
   no_headroom,  // no room in front of the frame for the Geneve headers
   tx_full,
+  neighbour_unresolved,  // held for a pod that never answered for its MAC, or past the hold's room
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

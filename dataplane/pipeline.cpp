@@ -84,6 +84,13 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   for (const table_pod& pod : s.pods) {
     auto it = port_by_interface.find(pod.interface);
     out.pod_port.push_back(it == port_by_interface.end() ? UINT16_MAX : it->second);
+    if (it == port_by_interface.end()) continue;
+    if (pod.ip.is_v4()) out.port_source_v4[it->second] = to_net32(pod.ip.v4());
+    if (pod.ip6) out.port_source_v6[it->second] = pod.ip6->bytes;
+  }
+  for (const table_node& node : s.nodes) {
+    const uint32_t mask = node.pod_cidr.length == 0 ? 0 : ~uint32_t{0} << (32 - node.pod_cidr.length);
+    out.node_v4_range.emplace_back(node.pod_cidr.base.v4() & mask, mask);
   }
   size_t v4_slots = 16;
   while (v4_slots < s.pods.size() * 2) v4_slots *= 2;
@@ -953,6 +960,23 @@ void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& po
   transmit(w, port, request);
 }
 
+// A frame for a pod that has not spoken yet: the first one held asks the pod for its
+// MAC (an ARP request from the gateway; every pod has an IPv4 address), the frames wait
+// for the answer (release_held). A TCP SYN sent to the broadcast address instead would
+// be ignored by the pod and retransmitted a second later.
+[[gnu::noinline]] void hold_for_pod(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t out,
+                                    rte_mbuf* m, const table_pod& pod) {
+  worker_state::neighbour_hold& hold = w.held[out];
+  if (hold.count == worker_state::neighbour_hold::kFrames) return drop(w, m, drop_reason::neighbour_unresolved);
+  if (hold.count == 0) {
+    hold.since = w.now;
+    hold.incarnation = ports.ports[out].incarnation.load(std::memory_order_relaxed);
+    if (pod.ip.is_v4()) solicit_pod_mac(w, t, ports, out, m->pool, pod.ip);
+  }
+  hold.frames[hold.count++] = m;
+  w.held_ports |= uint64_t{1} << out;
+}
+
 // A packet too big for the next hop: counted, and answered with ICMP "fragmentation
 // needed" / ICMPv6 "packet too big" naming `mtu` (RFC 1191, RFC 8201) unless it came out
 // of the overlay (the answer would go to a tunnel peer, not the sender) or IPv4 allows
@@ -1040,12 +1064,9 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     }
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     const uint64_t learned = ports.ports[out].neighbour_mac.load(std::memory_order_relaxed);
-    // A pod that has not spoken yet: ask for its MAC, and send this frame to the
-    // broadcast address meanwhile (UDP takes it; TCP ignores non-unicast frames and
-    // retransmits, by which time the pod has answered the ARP request).
-    if (!learned && p.l3 == l3_kind::ipv4) solicit_pod_mac(w, t, ports, out, m->pool, pod->ip);
-    eth->destination = learned ? mac_address::from_u64(learned) : kBroadcastMac;
     eth->source = ports.ports[out].mac;
+    if (__builtin_expect(!learned, 0)) return hold_for_pod(w, t, ports, out, m, *pod);
+    eth->destination = mac_address::from_u64(learned);
     return transmit(w, out, m);
   }
 
@@ -1081,9 +1102,10 @@ bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table&
                         parsed_packet& p) {
   uint8_t* frame = frame_of(m);
   const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-  bool known = false;
-  for (const auto& [underlay, node] : t.node_by_underlay) known |= underlay == ip->source;
-  if (!known) {
+  uint32_t sender = kNoNode;
+  for (const auto& [underlay, node] : t.node_by_underlay)
+    if (underlay == ip->source) sender = node;
+  if (sender == kNoNode) {
     drop(w, m, drop_reason::geneve_unknown_peer);
     return false;
   }
@@ -1114,6 +1136,24 @@ bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table&
   const drop_reason reason = parse_packet(frame_of(m), rte_pktmbuf_data_len(m), p);
   if (reason != drop_reason::none || p.l3 == l3_kind::arp) {
     drop(w, m, reason == drop_reason::none ? drop_reason::not_for_us : reason);
+    return false;
+  }
+  // A node tunnels only what its own pods (and its gateway, for ingress it source-NATs)
+  // send: any other inner source is one a node, or whoever reaches the underlay, forged.
+  const uint8_t* inner_frame = frame_of(m);
+  bool allowed;
+  if (p.l3 == l3_kind::ipv4) {
+    const uint32_t source = from_net32(reinterpret_cast<const ipv4_header*>(inner_frame + p.l3_offset)->source);
+    const auto& [base, mask] = t.node_v4_range[sender];
+    allowed = (source & mask) == base;
+  } else {
+    const auto& range = t.tables->nodes[sender].pod_cidr6;
+    ip_address source;
+    std::memcpy(source.bytes.data(), inner_frame + p.l3_offset + 8, 16);
+    allowed = range && range->contains(source);
+  }
+  if (__builtin_expect(!allowed, 0)) {
+    drop(w, m, drop_reason::spoofed_source);
     return false;
   }
   return true;
@@ -1165,6 +1205,13 @@ bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table&
       }
     }
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
+    // A pod sends as itself: any other source address is spoofed (IPv4: one compare).
+    if (p.l3 == l3_kind::ipv4) {
+      if (__builtin_expect(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->source != t.port_source_v4[in_port], 0))
+        return drop(w, m, drop_reason::spoofed_source);
+    } else if (std::memcmp(frame + p.l3_offset + 8, t.port_source_v6[in_port].data(), 16) != 0) {
+      return drop(w, m, drop_reason::spoofed_source);
+    }
     lb_outcome lb;
     if (!load_balance(w, t, m, frame, p, lb)) return;
     return route<false>(w, t, ports, in_port, m, p, lb);
@@ -1382,6 +1429,30 @@ void flush_tx(worker_state& w) {
     w.tx_count[port] = 0;
   }
   w.tx_pending_ports = 0;
+}
+
+void release_held(worker_state& w, port_table& ports, uint64_t now, uint64_t tsc_hz) {
+  uint64_t pending = w.held_ports;
+  while (pending) {
+    const uint16_t port = static_cast<uint16_t>(__builtin_ctzll(pending));
+    pending &= pending - 1;
+    worker_state::neighbour_hold& hold = w.held[port];
+    const port_info& info = ports.ports[port];
+    const uint64_t learned = info.neighbour_mac.load(std::memory_order_relaxed);
+    const bool same_pod = info.incarnation.load(std::memory_order_relaxed) == hold.incarnation;
+    if (learned && same_pod) {
+      for (uint32_t i = 0; i < hold.count; ++i) {
+        reinterpret_cast<ethernet_header*>(frame_of(hold.frames[i]))->destination = mac_address::from_u64(learned);
+        transmit(w, port, hold.frames[i]);
+      }
+    } else if (!same_pod || now - hold.since > tsc_hz) {
+      for (uint32_t i = 0; i < hold.count; ++i) drop(w, hold.frames[i], drop_reason::neighbour_unresolved);
+    } else {
+      continue;  // still waiting
+    }
+    hold.count = 0;
+    w.held_ports &= ~(uint64_t{1} << port);
+  }
 }
 
 }  // namespace meshlane

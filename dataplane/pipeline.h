@@ -64,8 +64,11 @@ struct port_info {
   std::string interface;  // kernel interface (or PCI address) the port drives
   wire::mac_address mac{};
   // Pod ports: the pod's MAC, learned from what the pod sends (0: not yet known, frames
-  // go to the broadcast address until then).
+  // wait in the workers' holds until then).
   std::atomic<uint64_t> neighbour_mac{0};
+  // Bumped when the port is unplugged, so frames held for its old pod never reach a new
+  // pod that gets the same port id.
+  std::atomic<uint32_t> incarnation{0};
 };
 
 // Underlay neighbours' MACs, learned from ARP and Geneve frames of known nodes:
@@ -120,6 +123,13 @@ struct forwarding_tables {
   std::array<uint8_t, 16> gateway_ip6{};
   bool has_gateway_ip6 = false;
   std::vector<uint16_t> pod_port;          // by snapshot pod index; UINT16_MAX: no port
+  // By port: the addresses its pod may send from (network order; 0 / all-zero: none, so
+  // every routed frame of the port is a spoofed one).
+  std::array<uint32_t, kMaxPorts> port_source_v4{};
+  std::array<std::array<uint8_t, 16>, kMaxPorts> port_source_v6{};
+  // By snapshot node index: its IPv4 pod range (host order), for the source of frames
+  // decapsulated from it.
+  std::vector<std::pair<uint32_t, uint32_t>> node_v4_range;  // base, mask
   std::vector<uint32_t> node_underlay_ip;  // by snapshot node index, network order (0: not IPv4)
   std::vector<geneve_template> node_geneve;  // by snapshot node index (from the uplink; empty without one)
   std::vector<uint32_t> service_slot;      // by snapshot service index -> counter slot
@@ -248,6 +258,19 @@ struct worker_state {
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
   counter reverse_entries_restored;  // see restore_reverse_entry in pipeline.cpp
 
+  // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen does) until
+  // the pod answers the gateway's ARP request or says anything, then sent; dropped as
+  // neighbour_unresolved after a second or when the hold is full.
+  struct neighbour_hold {
+    static constexpr uint32_t kFrames = 4;
+    std::array<rte_mbuf*, kFrames> frames{};
+    uint32_t count = 0;
+    uint32_t incarnation = 0;  // of the port when the first frame was held
+    uint64_t since = 0;        // TSC of the first frame
+  };
+  std::array<neighbour_hold, kMaxPorts> held{};
+  uint64_t held_ports = 0;  // bit per port with frames held
+
   std::array<std::array<rte_mbuf*, kMaxBurst>, kMaxPorts> tx_buffer{};
   std::array<uint16_t, kMaxPorts> tx_count{};
   uint64_t tx_pending_ports = 0;  // bit per port with something buffered
@@ -260,6 +283,8 @@ void process_burst(worker_state& worker, const forwarding_tables& tables, port_t
 
 // Sends every buffered packet; what a TX queue does not take is freed and counted.
 void flush_tx(worker_state& worker);
+// Sends what is held for pods whose MAC is now known, drops what waited too long.
+void release_held(worker_state& worker, port_table& ports, uint64_t now, uint64_t tsc_hz);
 
 // Single stages, as process_burst uses them; exposed for the benchmark and unit tests.
 // Geneve encapsulation of the frame in `m` with the headers of `outer`, to the neighbour

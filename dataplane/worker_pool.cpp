@@ -334,6 +334,7 @@ void worker_pool::unplug_port(uint16_t port_id) {
     info.role = port_role::unused;
     info.interface.clear();
     info.neighbour_mac.store(0, std::memory_order_relaxed);
+    info.incarnation.fetch_add(1, std::memory_order_relaxed);
   }
   rte_eth_dev_stop(port_id);
   rte_eth_dev_info info{};
@@ -454,6 +455,7 @@ uint32_t worker_pool::poll_once(uint16_t index) {
       rte_pktmbuf_free_bulk(packets, n);
     }
   }
+  if (__builtin_expect(w.held_ports != 0, 0)) release_held(w, *ports_, rte_rdtsc(), rte_get_tsc_hz());
   flush_tx(w);
   w.bursts.add(1);
   (received ? w.busy_polls : w.idle_polls).add(1);

@@ -190,8 +190,12 @@ TEST_F(golden, LocalDeliveryRewritesMacsAndDecrementsTtl) {
   EXPECT_EQ(pending_total(), 0u);
 }
 
-TEST_F(golden, LocalDeliveryBeforeThePodSpokeAsksForItsMacAndGoesToBroadcast) {
-  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9)));
+TEST_F(golden, TheFirstFrameToAPodThatHasNotSpokenWaitsForItsMacAndIsDelivered) {
+  // A TCP SYN to a pod the node has not heard from yet: the gateway asks for the pod's
+  // MAC, and the SYN waits for the answer (sent to the broadcast address instead, it was
+  // ignored by the pod's TCP and retransmitted a second later).
+  const bytes syn = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080, 40000, kTcpSyn));
+  send(client, syn);
   const bytes request = receive(web);
   ASSERT_EQ(request.size(), 42u);
   EXPECT_EQ(mac_at(request, 0), kBroadcastMac);
@@ -200,9 +204,55 @@ TEST_F(golden, LocalDeliveryBeforeThePodSpokeAsksForItsMacAndGoesToBroadcast) {
   EXPECT_EQ(u16_at(request, kEth + 6), kArpRequest);
   EXPECT_EQ(net32_at(request, kEth + 14), ip4("198.18.1.1"));   // from the gateway
   EXPECT_EQ(net32_at(request, kEth + 24), ip4("198.18.1.20"));  // who has the pod's address
+  EXPECT_TRUE(receive(web).empty()) << "the SYN left before the pod's MAC was known";
+  // The pod answers; the SYN goes out to its MAC.
+  send(web, arp_reply(kWebMac, ip4("198.18.1.20"), kWebPortMac, ip4("198.18.1.1")));
   const bytes out = receive(web);
-  ASSERT_FALSE(out.empty());
-  EXPECT_EQ(mac_at(out, 0), kBroadcastMac);
+  ASSERT_EQ(out.size(), syn.size());
+  EXPECT_EQ(mac_at(out, 0), kWebMac);
+  EXPECT_EQ(mac_at(out, 6), kWebPortMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.20"));
+  EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 0u);
+}
+
+TEST_F(golden, FramesForAPodThatNeverAnswersAreHeldFourAtATimeThenDropped) {
+  for (int i = 0; i < 6; ++i)
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9)));
+  drain(web);  // the ARP request
+  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 2u) << "the hold keeps four frames";
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));
+  pool_->poll_once(0);
+  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 6u) << "held frames outlived their second";
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden, APodSendingFromAnAddressNotItsOwnIsDroppedAsSpoofed) {
+  learn_pod_macs();
+  // The client pod pretends to be web-a, another cluster address, and an outside host.
+  for (const char* source : {"198.18.1.20", "198.18.2.20", "203.0.113.5"})
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4(source), ip4("198.18.2.20"), udp_to(9)));
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::20"), ip6("fd00:6d6c:2::20"), udp_to(9)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::spoofed_source), 4u);
+  // As itself it passes, in both families.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), udp_to(9)));
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:2::20"), udp_to(9)));
+  EXPECT_EQ(pending(uplink), 2u);
+}
+
+TEST_F(golden, ATunnelledFrameWhoseSourceIsNotOfTheSendingNodesPodsIsDropped) {
+  learn_pod_macs();
+  // From node 2, claiming a node-1 pod's address and an outside one, in both families.
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.1.99"), ip4("198.18.1.10"), udp_to(9))));
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv4_frame(mac(0x77), mac(0x78), ip4("203.0.113.5"), ip4("198.18.1.10"), udp_to(9))));
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv6_frame(mac(0x77), mac(0x78), ip6("fd00:6d6c:1::99"), ip6("fd00:6d6c:1::10"), udp_to(9))));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::spoofed_source), 3u);
+  // Node 2's own pods' frames are delivered.
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.20"), ip4("198.18.1.10"), udp_to(9))));
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv6_frame(mac(0x77), mac(0x78), ip6("fd00:6d6c:2::20"), ip6("fd00:6d6c:1::10"), udp_to(9))));
+  EXPECT_EQ(pending(client), 2u);
 }
 
 TEST_F(golden, RemotePodIsGeneveEncapsulatedToItsNode) {
@@ -378,7 +428,7 @@ TEST_F(golden, GeneveWithCriticalOptionsOrOtherPayloadIsDropped) {
 }
 
 TEST_F(golden, DecapsulatedPacketIsNeverSentBackIntoTheOverlay) {
-  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.1.10"), ip4("198.18.2.20"), udp_to(9));
+  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.2.20"), udp_to(9));
   send(uplink, geneve_from(ip4("198.19.0.2"), inner));
   EXPECT_EQ(pending_total(), 0u);
   EXPECT_EQ(drops(drop_reason::no_route), 1u);

@@ -135,6 +135,18 @@ inline bytes arp_request(const wire::mac_address& sender_mac, uint32_t sender_ip
   return out;
 }
 
+// An ARP reply from `sender` to `target` (the answer to the gateway's request).
+inline bytes arp_reply(const wire::mac_address& sender_mac, uint32_t sender_ip, const wire::mac_address& target_mac,
+                       uint32_t target_ip) {
+  using namespace wire;
+  bytes out;
+  ethernet_header eth{target_mac, sender_mac, htons(kEtherTypeArp)};
+  append(out, &eth, sizeof eth);
+  arp_header arp{htons(1), htons(kEtherTypeIpv4), 6, 4, htons(kArpReply), sender_mac, sender_ip, target_mac, target_ip};
+  append(out, &arp, sizeof arp);
+  return out;
+}
+
 // Neighbour solicitation (RFC 4861 section 4.3) for `target` from `src`.
 inline bytes neighbour_solicitation(const wire::mac_address& src_mac, const std::array<uint8_t, 16>& src,
                                     const std::array<uint8_t, 16>& target) {

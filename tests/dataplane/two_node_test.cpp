@@ -366,8 +366,11 @@ TEST_F(two_nodes, OneMebibyteOfTcpCrossesNodesByteIdentical) {
   tcp_echo_server server(*nodes_[1].web, 8080);
   ASSERT_TRUE(server.ok());
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 1 << 20), "");
-  const std::string log = read_text(nodes_[0].log_path);
-  EXPECT_NE(log.find("rx "), std::string::npos);
+  // The agent's per-port counters (printed every second) saw it.
+  for (auto deadline = std::chrono::steady_clock::now() + 3s;
+       read_text(nodes_[0].log_path).find("rx ") == std::string::npos && std::chrono::steady_clock::now() < deadline;)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_NE(read_text(nodes_[0].log_path).find("rx "), std::string::npos);
 }
 
 TEST_F(two_nodes, ServiceVipReachesItsBackendOnTheOtherNode) {
