@@ -23,6 +23,7 @@
 #include <string>
 
 #include "control/control_requests.h"
+#include "control/config_watch.h"
 #include "control/control_socket.h"
 #include "control/desired_state.h"
 #include "control/http_server.h"
@@ -52,6 +53,8 @@ void print_usage(FILE* out) {
                "      --bpf-pin-dir DIR  where the eBPF fast path is pinned (default /sys/fs/bpf/meshlane)\n"
                "      --state-dir DIR  keep live pods (added by meshlane-cni) and their addresses in\n"
                "                           DIR/pods.json; without it the agent takes no live pods\n"
+               "      --no-watch       do not watch FILE (by default a changed FILE is applied, as a\n"
+               "                           ConfigMap update or a rename over it)\n"
                "      --bpf-object FILE  run the BPF programs of FILE instead of the built-in ones\n"
                "                           (pinned programs of another build are replaced in place)\n"
                "      --no-ebpf        do not load or attach the eBPF fast path\n"
@@ -121,7 +124,7 @@ bool parse_id(const char* text, bool is_group, unsigned& id) {
 int main(int argc, char** argv) {
   enum {
     kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
-    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir
+    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir, kNoWatch
   };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
@@ -133,6 +136,7 @@ int main(int argc, char** argv) {
       {"bpf-pin-dir", required_argument, nullptr, kBpfPinDir},
       {"bpf-object", required_argument, nullptr, kBpfObject},
       {"state-dir", required_argument, nullptr, kStateDir},
+      {"no-watch", no_argument, nullptr, kNoWatch},
       {"no-ebpf", no_argument, nullptr, kNoEbpf}, {"uninstall", no_argument, nullptr, kUninstall},
       {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
       {"stats-interval", required_argument, nullptr, kStatsInterval},
@@ -145,6 +149,7 @@ int main(int argc, char** argv) {
   std::string bpf_pin_dir = meshlane::fast_path_options{}.pin_dir;
   std::string bpf_object;
   std::string state_dir;
+  bool watch_config = true;
   bool no_ebpf = false, uninstall = false, ebpf_counters = false;
   unsigned stats_interval_s = 0;  // dataplane counters on stderr
   for (int opt; (opt = getopt_long(argc, argv, "c:Vh", options, nullptr)) != -1;) {
@@ -168,6 +173,7 @@ int main(int argc, char** argv) {
       case kBpfPinDir: bpf_pin_dir = optarg; break;
       case kBpfObject: bpf_object = optarg; break;
       case kStateDir: state_dir = optarg; break;
+      case kNoWatch: watch_config = false; break;
       case kNoEbpf: no_ebpf = true; break;
       case kUninstall: uninstall = true; break;
       case kEbpfCounters: ebpf_counters = true; break;
@@ -342,6 +348,18 @@ int main(int argc, char** argv) {
   }
   // --- end control surface ---
 
+  // A replaced document is applied like `meshctl apply`: a refused one is logged and
+  // counted (meshlane_control_applies_total{result="refused"}) and the tables stay.
+  meshlane::config_file_watcher watcher;
+  if (watch_config) {
+    if (std::string error = watcher.start(config_path, [&control](const std::string& path) {
+          control.log().write(meshlane::log_level::info, path + " changed; applying it");
+          apply_file(control, path);
+        });
+        !error.empty())
+      log.write(meshlane::log_level::warn, "not watching " + config_path + ": " + error + " (SIGHUP re-reads it)");
+  }
+
   while (true) {
     int signo = 0;
     if (dataplane && stats_interval_s) {  // live counters for the demo
@@ -360,6 +378,7 @@ int main(int argc, char** argv) {
       break;
     }
   }
+  watcher.stop();
   http.stop();
   control_socket.stop();
   if (dataplane) {  // workers first, then ports, then EAL

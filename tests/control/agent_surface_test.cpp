@@ -348,3 +348,71 @@ TEST_F(Agent, HundredAppliesUnderTrafficLoseNothing) {
 
 }  // namespace
 }  // namespace meshlane
+
+namespace meshlane {
+namespace {
+
+// A directory laid out as a Kubernetes ConfigMap volume: the file is a symlink through
+// "..data", which the kubelet swaps atomically to a new timestamped directory.
+struct configmap_dir {
+  std::filesystem::path root;
+  int version = 0;
+  void publish(const std::string& content) {
+    const std::string name = "..2026_11_30_" + std::to_string(++version);
+    std::filesystem::create_directories(root / name);
+    std::ofstream(root / name / "node.json") << content;
+    std::filesystem::create_directory_symlink(name, root / "..data_tmp");
+    std::filesystem::rename(root / "..data_tmp", root / "..data");  // one rename(2): atomic
+    if (!std::filesystem::is_symlink(root / "node.json"))
+      std::filesystem::create_symlink("..data/node.json", root / "node.json");
+  }
+};
+
+TEST_F(Agent, AConfigMapUpdateIsAppliedAndABadOneIsRefusedCountedAndKeepsTheTables) {
+  configmap_dir cm{dir_ / "configmap"};
+  std::filesystem::create_directories(cm.root);
+  cm.publish(testing::sample_document().dump());
+  const std::string socket = (dir_ / "watched.sock").string();
+  testing::child_process watched({meshlaned_, "--no-ebpf", "--config", (cm.root / "node.json").string(), "--control-socket",
+                                  socket, "--metrics-listen", "off"},
+                                 nullptr, nullptr, (dir_ / "watched.log").string());
+  auto ask_watched = [&](const json& request) {
+    control_client client;
+    return client.connect(socket).empty() ? client.request(request) : json::object();
+  };
+  auto wait_for = [&](auto predicate) {
+    for (auto deadline = std::chrono::steady_clock::now() + 5s; std::chrono::steady_clock::now() < deadline;) {
+      if (predicate()) return true;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  };
+  auto generation = [&] { return ask_watched({{"command", "status"}}).value("generation", 0); };
+  auto refused = [&] {
+    for (const auto& family : ask_watched({{"command", "stats"}}).value("metrics", json::array()))
+      if (family["name"] == "meshlane_control_applies_total")
+        for (const auto& sample : family["samples"])
+          if (sample["labels"].value("result", "") == "refused") return sample["value"].get<double>();
+    return -1.0;
+  };
+  ASSERT_TRUE(wait_for([&] { return generation() == 1; })) << testing::read_text_file((dir_ / "watched.log").string());
+
+  cm.publish(document_b().dump());
+  EXPECT_TRUE(wait_for([&] { return generation() == 2; })) << "the swapped ConfigMap was not applied";
+  EXPECT_EQ(ask_watched({{"command", "get"}, {"what", "services"}})["total"], 3);
+
+  json bad = testing::sample_document();
+  bad["services"][0]["vip"] = "not-an-ip";
+  cm.publish(bad.dump());
+  EXPECT_TRUE(wait_for([&] { return refused() == 1; })) << "a bad document was not refused and counted";
+  EXPECT_EQ(generation(), 2) << "a refused document changed the tables";
+  const std::string log = testing::read_text_file((dir_ / "watched.log").string());
+  EXPECT_NE(log.find("$.services[0].vip"), std::string::npos) << log;
+
+  cm.publish(testing::sample_document().dump());
+  EXPECT_TRUE(wait_for([&] { return generation() == 3; }));
+  EXPECT_EQ(watched.stop(), 0);
+}
+
+}  // namespace
+}  // namespace meshlane
