@@ -93,6 +93,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
       service_bytes.samples.push_back({labels, double(sum.bytes)});
       service_flows.samples.push_back({labels, double(sum.new_flows)});
     }
+    out.push_back({"meshlane_dataplane_counter_slots", "Counter slots in use, by kind (a backend's lives while a table names it or a flow uses it).",
+                   metric_kind::gauge,
+                   {{{{"kind", "service"}}, double(slot_names_.live_services())},
+                    {{{"kind", "backend"}}, double(slot_names_.live_backends())}}});
     auto backend_packets = family("meshlane_dataplane_backend_packets_total", "Packets per service backend.");
     auto backend_bytes = family("meshlane_dataplane_backend_bytes_total", "Bytes per service backend.");
     auto backend_flows = family("meshlane_dataplane_backend_new_flows_total", "New flows per service backend.");

@@ -603,6 +603,168 @@ TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing)
   EXPECT_EQ(client.request({{"command", "pod"}, {"action", "list"}})["pods"].size(), 0u);
 }
 
+// Resident memory of a process in KiB, from /proc/<pid>/status.
+long resident_kib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+double metric_value(control_client& client, const std::string& name, const std::string& label, const std::string& value) {
+  for (const auto& family : client.request({{"command", "stats"}}).value("metrics", nlohmann::json::array()))
+    if (family.value("name", "") == name)
+      for (const auto& sample : family["samples"])
+        if (sample["labels"].value(label, "") == value) return sample["value"].get<double>();
+  return -1;
+}
+
+// Sends numbered datagrams at a steady rate from `from` to ip:port and counts the ones a
+// receiver in `to` gets, until stopped: what a paced stream loses.
+class paced_udp_stream {
+ public:
+  paced_udp_stream(const netns& from, const netns& to, const std::string& ip, uint16_t port, int per_second)
+      : sender_(socket_in(from, SOCK_DGRAM)), receiver_(socket_in(to, SOCK_DGRAM)) {
+    const sockaddr_in any = address_of("0.0.0.0", port);
+    bind(receiver_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any);
+    set_timeout(receiver_.fd, 1);
+    receiving_ = std::thread([this] {
+      char buffer[64];
+      while (!stop_receiving_.load()) {
+        if (recv(receiver_.fd, buffer, sizeof buffer, 0) > 0) ++received_;
+      }
+    });
+    const sockaddr_in to_address = address_of(ip, port);
+    sending_ = std::thread([this, to_address, per_second] {
+      const auto gap = std::chrono::microseconds(1000000 / per_second);
+      auto next = std::chrono::steady_clock::now();
+      while (!stop_sending_.load()) {
+        const uint64_t n = sent_;
+        if (sendto(sender_.fd, &n, sizeof n, 0, reinterpret_cast<const sockaddr*>(&to_address), sizeof to_address) > 0)
+          ++sent_;
+        next += gap;
+        std::this_thread::sleep_until(next);
+      }
+    });
+  }
+  // Stops sending, waits for stragglers, returns {sent, received}.
+  std::pair<uint64_t, uint64_t> finish() {
+    stop_sending_.store(true);
+    if (sending_.joinable()) sending_.join();
+    std::this_thread::sleep_for(500ms);
+    stop_receiving_.store(true);
+    if (receiving_.joinable()) receiving_.join();
+    return {sent_.load(), received_.load()};
+  }
+  ~paced_udp_stream() { finish(); }
+
+ private:
+  fd_guard sender_, receiver_;
+  std::atomic<bool> stop_sending_{false}, stop_receiving_{false};
+  std::atomic<uint64_t> sent_{0}, received_{0};
+  std::thread sending_, receiving_;
+};
+
+TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAsTheyWere) {
+  // Issue 13's churn test: pods created and deleted through the real meshlane-cni, one
+  // after the other, while a long-lived cross-node connection and a paced UDP stream run
+  // between node 1's client and node 2's web pod.
+  const std::string plugin = env_value("MESHLANE_CNI");
+  ASSERT_FALSE(plugin.empty());
+  const std::string conf = work_dir_ + "/churn.conf";
+  std::ofstream(conf) << nlohmann::json{{"cniVersion", "1.0.0"}, {"name", "churn"}, {"type", "meshlane-cni"},
+                                        {"agentSocket", nodes_[0].config_path + ".sock"}}.dump();
+  auto cni = [&](const std::string& command, const std::string& id, const netns& pod) {
+    return run_command("ip netns exec " + nodes_[0].ns->name() + " env CNI_COMMAND=" + command + " CNI_CONTAINERID=" + id +
+                       " CNI_NETNS=/run/netns/" + pod.name() + " CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin " + plugin +
+                       " < " + conf);
+  };
+  tcp_echo_server server(*nodes_[1].web, 8080);
+  ASSERT_TRUE(server.ok());
+  fd_guard connection(socket_in(*nodes_[0].client, SOCK_STREAM));
+  set_timeout(connection.fd, 5);
+  const sockaddr_in web2 = address_of("198.18.2.20", 8080);
+  ASSERT_EQ(connect(connection.fd, reinterpret_cast<const sockaddr*>(&web2), sizeof web2), 0) << std::strerror(errno);
+  control_client client;
+  ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+
+  std::atomic<bool> churning{true};
+  std::atomic<int> exchanges{0}, tcp_failures{0};
+  std::thread tcp_traffic([&] {
+    char message[64], reply[64];
+    while (churning.load()) {
+      for (size_t i = 0; i < sizeof message; ++i) message[i] = static_cast<char>('a' + (exchanges.load() + i) % 26);
+      size_t got = 0;
+      if (send(connection.fd, message, sizeof message, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof message)) {
+        for (ssize_t n; got < sizeof reply && (n = recv(connection.fd, reply + got, sizeof reply - got, 0)) > 0;)
+          got += static_cast<size_t>(n);
+      }
+      if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
+        ++tcp_failures;
+        return;
+      }
+      ++exchanges;
+      std::this_thread::sleep_for(10ms);
+    }
+  });
+  struct stop_on_exit {
+    std::atomic<bool>& flag;
+    std::thread& thread;
+    ~stop_on_exit() {
+      flag.store(false);
+      if (thread.joinable()) thread.join();
+    }
+  } stopper{churning, tcp_traffic};
+  paced_udp_stream stream(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9800, 200);
+
+  constexpr int kPods = 500, kWarmUp = 10;
+  std::map<std::string, size_t> series_start;
+  long rss_start = 0;
+  double backend_slots_start = 0;
+  int reached = 0;
+  for (int k = 0; k < kPods; ++k) {
+    if (k == kWarmUp) {  // the first pods touch the agent's memory pools for the first time
+      series_start = metric_series(client);
+      rss_start = resident_kib(nodes_[0].agent->pid());
+      backend_slots_start = metric_value(client, "meshlane_dataplane_counter_slots", "kind", "backend");
+    }
+    netns pod("q" + std::to_string(k % 100));
+    const std::string id = "churn-" + std::to_string(k);
+    const auto added = cni("ADD", id, pod);
+    ASSERT_EQ(added.exit_code, 0) << "ADD of pod " << k << ": " << added.output;
+    if (k % 50 == 0) {  // now and then, the new pod talks across the nodes
+      pod.exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+      EXPECT_EQ(udp_round_trip(pod, *nodes_[1].web, "198.18.2.20", static_cast<uint16_t>(10000 + k), "churned pod"), "")
+          << "pod " << k;
+      ++reached;
+    }
+    const auto deleted = cni("DEL", id, pod);
+    ASSERT_EQ(deleted.exit_code, 0) << "DEL of pod " << k << ": " << deleted.output;
+  }
+  std::this_thread::sleep_for(300ms);
+  churning.store(false);
+  tcp_traffic.join();
+  const auto [sent, received] = stream.finish();
+
+  EXPECT_EQ(tcp_failures.load(), 0) << "the long-lived connection broke while pods came and went";
+  EXPECT_GT(exchanges.load(), 100);
+  EXPECT_GT(sent, 1000u);
+  EXPECT_EQ(received, sent) << "datagrams of the paced stream were lost during the churn";
+  EXPECT_EQ(reached, kPods / 50);
+  // A fresh connection: the agent drops control clients idle for a minute.
+  client.close();
+  ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+  EXPECT_EQ(client.request({{"command", "pod"}, {"action", "list"}})["pods"].size(), 0u);
+  EXPECT_EQ(metric_series(client), series_start);
+  EXPECT_EQ(metric_value(client, "meshlane_dataplane_counter_slots", "kind", "backend"), backend_slots_start);
+  const long rss_end = resident_kib(nodes_[0].agent->pid());
+  EXPECT_LE(rss_end, rss_start * 105 / 100) << "the agent's memory grew from " << rss_start << " KiB to " << rss_end;
+  RecordProperty("rss_start_kib", static_cast<int>(rss_start));
+  RecordProperty("rss_end_kib", static_cast<int>(rss_end));
+  std::printf("churn: %d pods, %d TCP exchanges, %llu/%llu datagrams, RSS %ld -> %ld KiB\n", kPods, exchanges.load(),
+              static_cast<unsigned long long>(received), static_cast<unsigned long long>(sent), rss_start, rss_end);
+}
+
 // CPU seconds (user + system) a process has used so far, from /proc/<pid>/stat.
 double cpu_seconds(pid_t pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
