@@ -8,7 +8,10 @@
 #include <rte_malloc.h>
 #include <rte_mempool.h>
 #include <rte_rcu_qsbr.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -81,6 +84,22 @@ void cleanup_eal() {
 // --- ports ---
 
 namespace {
+
+std::string bring_interface_up(const std::string& interface) {
+  const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return interface + ": " + std::strerror(errno);
+  ifreq request{};
+  std::strncpy(request.ifr_name, interface.c_str(), IFNAMSIZ - 1);
+  std::string error;
+  if (ioctl(fd, SIOCGIFFLAGS, &request) != 0) {
+    error = "no interface " + interface + " in the agent's network namespace";
+  } else if (!(request.ifr_flags & IFF_UP)) {
+    request.ifr_flags |= IFF_UP;
+    if (ioctl(fd, SIOCSIFFLAGS, &request) != 0) error = "cannot bring " + interface + " up: " + std::strerror(errno);
+  }
+  close(fd);
+  return error;
+}
 
 // Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs.
 std::string probe_port(const std::string& driver, const std::string& interface, port_role role, uint16_t queues,
@@ -277,6 +296,11 @@ void worker_pool::swap_rx_plan(std::unique_ptr<rx_plan> next) {
 
 std::string worker_pool::plug_pod_port(const std::string& interface) {
   const uint16_t workers = static_cast<uint16_t>(workers_.size());
+  // The interface up before its packet socket binds: a socket bound to a down interface
+  // carries ENETDOWN, which the first transmission after the link comes up returns, and
+  // that first frame (the answer to the new pod's first ARP request) was lost, which cost
+  // the pod a second (its ARP retry).
+  if (std::string error = bring_interface_up(interface); !error.empty()) return error;
   pool_port port;
   if (std::string error = probe_port(options_.pod_driver, interface, port_role::pod, workers, port); !error.empty())
     return error;
