@@ -53,23 +53,6 @@ json read_paging(const json& request, size_t& offset, size_t& limit) {
   return nullptr;
 }
 
-json page(const json& all_rows, size_t offset, size_t limit) {
-  json rows = json::array();
-  for (size_t i = offset; i < all_rows.size() && rows.size() < limit; ++i) rows.push_back(all_rows[i]);
-  return {{"ok", true}, {"rows", rows}, {"total", all_rows.size()}, {"offset", offset}, {"limit", limit}};
-}
-
-// Slots each backend of a service owns in its Maglev table: its designed share of flows.
-std::vector<uint32_t> maglev_slot_counts(const snapshot& tables, const table_service& svc) {
-  std::vector<uint32_t> counts(svc.backend_count, 0);
-  if (svc.backend_count == 0) return counts;
-  const uint32_t m = tables.tuning.maglev_table_size;
-  for (uint32_t i = 0; i < m; ++i) {
-    const uint16_t slot = tables.maglev_slots[svc.maglev_offset + i];
-    if (slot < counts.size()) ++counts[slot];
-  }
-  return counts;
-}
 
 std::string frontend_text(const table_frontend& f) {
   std::string text = std::to_string(f.port) + "/" + to_string(f.protocol);
@@ -281,47 +264,58 @@ json control_module::get(const json& request) {
   }
   size_t offset, limit;
   if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
+  // Only the page is built: views read what the compiler counted (each backend's Maglev
+  // slots, each service's frontends), never scan the tables, so a page of a 100k-service
+  // snapshot costs what a page of a small one does.
   json rows = json::array();
-  if (what == "services") {
-    for (size_t s = 0; s < tables->services.size(); ++s) {
+  size_t total = 0;
+  const double m = tables->tuning.maglev_table_size;
+  auto ports_of = [&](const table_service& svc) {
+    json ports = json::array();
+    for (uint32_t i = 0; i < svc.frontend_count; ++i)
+      ports.push_back(frontend_text(tables->frontends[tables->service_frontends[svc.first_frontend + i]]));
+    return ports;
+  };
+  if (what == "services" || what == "maglev") {
+    total = tables->services.size();
+    for (size_t s = offset; s < total && rows.size() < limit; ++s) {
       const auto& svc = tables->services[s];
-      json ports = json::array();
-      for (const auto& f : tables->frontends)
-        if (f.service_index == s) ports.push_back(frontend_text(f));
-      rows.push_back({{"name", svc.name}, {"vip", svc.vip.to_string()}, {"ports", ports},
-                      {"backends", svc.backend_count}, {"session_affinity", svc.session_affinity}});
-    }
-  } else if (what == "backends" || what == "maglev") {
-    for (const auto& svc : tables->services) {
-      const auto counts = maglev_slot_counts(*tables, svc);
-      const double m = tables->tuning.maglev_table_size;
-      if (what == "maglev") {
-        json shares = json::array();
-        for (uint32_t b = 0; b < svc.backend_count; ++b) {
-          const auto& be = tables->backends[svc.first_backend + b];
-          shares.push_back({{"backend", be.ip.to_string() + ":" + std::to_string(be.port)}, {"weight", be.weight},
-                            {"slots", counts[b]}, {"share", counts[b] / m}});
-        }
-        rows.push_back({{"service", svc.name}, {"table_size", tables->tuning.maglev_table_size},
-                        {"backends", shares}});
+      if (what == "services") {
+        rows.push_back({{"name", svc.name}, {"vip", svc.vip.to_string()}, {"ports", ports_of(svc)},
+                        {"backends", svc.backend_count}, {"session_affinity", svc.session_affinity}});
         continue;
       }
+      json shares = json::array();
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
         const auto& be = tables->backends[svc.first_backend + b];
-        rows.push_back({{"service", svc.name}, {"ip", be.ip.to_string()}, {"port", be.port},
-                        {"weight", be.weight}, {"node", tables->nodes.at(be.node_index).name},
-                        {"maglev_share", counts[b] / m}});
+        shares.push_back({{"backend", be.ip.to_string() + ":" + std::to_string(be.port)}, {"weight", be.weight},
+                          {"slots", be.maglev_slots}, {"share", be.maglev_slots / m}});
       }
+      rows.push_back({{"service", svc.name}, {"table_size", tables->tuning.maglev_table_size}, {"backends", shares}});
+    }
+  } else if (what == "backends") {
+    // Backends are stored service by service: the page starts at index `offset`.
+    total = tables->backends.size();
+    size_t service = 0;
+    for (size_t b = offset; b < total && rows.size() < limit; ++b) {
+      while (tables->services[service].first_backend + tables->services[service].backend_count <= b) ++service;
+      const auto& svc = tables->services[service];
+      const auto& be = tables->backends[b];
+      rows.push_back({{"service", svc.name}, {"ip", be.ip.to_string()}, {"port", be.port},
+                      {"weight", be.weight}, {"node", tables->nodes.at(be.node_index).name},
+                      {"maglev_share", be.maglev_slots / m}});
     }
   } else {  // routes
-    for (const auto& r : tables->routes)
+    total = tables->routes.size();
+    for (size_t i = offset; i < total && rows.size() < limit; ++i) {
+      const auto& r = tables->routes[i];
       rows.push_back({{"prefix", r.prefix.to_string()}, {"node", tables->nodes.at(r.node_index).name},
                       {"underlay_ip", tables->nodes.at(r.node_index).underlay_ip.to_string()},
                       {"local", r.node_index == kLocalNodeIndex}});
+    }
   }
-  json reply = page(rows, offset, limit);
-  reply["generation"] = tables->generation;
-  return reply;
+  return {{"ok", true}, {"rows", rows}, {"total", total}, {"offset", offset}, {"limit", limit},
+          {"generation", tables->generation}};
 }
 
 json control_module::flows(const json& request) {
@@ -517,7 +511,7 @@ void control_module::register_own() {
   }
 }
 
-json control_module::status_page_model() {
+json control_module::status_page_model(const status_page_view& view) {
   json model = {{"version", kVersion}, {"uptime_seconds", uptime_seconds()}, {"time", seconds_since_epoch()}};
   const auto tables = publisher_.current();
   model["generation"] = tables ? tables->generation : 0;
@@ -554,11 +548,18 @@ json control_module::status_page_model() {
   // The fast path's redirect mode and what the kernel check found, when it runs.
   if (const json subsystems = registry_.status(); subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
 
+  // Services a page at a time (the page refreshes every second; a 100k-service node
+  // must not send them all), optionally those whose name or VIP contains `search`.
   json services = json::array();
+  size_t matching = 0;
   if (tables) {
+    const double m = tables->tuning.maglev_table_size;
     for (size_t s = 0; s < tables->services.size(); ++s) {
       const auto& svc = tables->services[s];
-      const auto counts = maglev_slot_counts(*tables, svc);
+      const std::string vip = svc.vip.to_string();
+      if (!view.search.empty() && svc.name.find(view.search) == std::string::npos && vip.find(view.search) == std::string::npos)
+        continue;
+      if (matching++ < view.offset || services.size() >= view.limit) continue;
       double service_packets = 0;
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
         const auto& be = tables->backends[svc.first_backend + b];
@@ -572,18 +573,21 @@ json control_module::status_page_model() {
         auto it = backend_packets.find(svc.name + "|" + address);
         const double packets = it == backend_packets.end() ? 0 : it->second;
         backends.push_back({{"address", address}, {"node", tables->nodes.at(be.node_index).name},
-                            {"weight", be.weight},
-                            {"maglev_share", counts[b] / static_cast<double>(tables->tuning.maglev_table_size)},
+                            {"weight", be.weight}, {"maglev_share", be.maglev_slots / m},
                             {"packets", packets},
                             {"traffic_share", service_packets > 0 ? json(packets / service_packets) : json(nullptr)}});
       }
       json ports = json::array();
-      for (const auto& f : tables->frontends)
-        if (f.service_index == s) ports.push_back(frontend_text(f));
-      services.push_back({{"name", svc.name}, {"vip", svc.vip.to_string()}, {"ports", ports},
+      for (uint32_t i = 0; i < svc.frontend_count; ++i)
+        ports.push_back(frontend_text(tables->frontends[tables->service_frontends[svc.first_frontend + i]]));
+      services.push_back({{"name", svc.name}, {"vip", vip}, {"ports", ports},
                           {"packets", service_packets}, {"backends", backends}});
     }
   }
+  model["services_total"] = tables ? tables->services.size() : 0;
+  model["services_matching"] = matching;
+  model["services_offset"] = view.offset;
+  model["services_limit"] = view.limit;
   model["services"] = services;
 
   json lines = json::array(), errors = json::array();

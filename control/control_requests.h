@@ -67,6 +67,12 @@ std::optional<control_request> parse_control_request(std::string_view line, nloh
 
 nlohmann::json error_reply(const char* code, std::string message);
 
+// Which services the status page shows: a page of them, optionally filtered.
+struct status_page_view {
+  size_t offset = 0, limit = 50;
+  std::string search;  // a substring of the name or the VIP
+};
+
 // The control module: owns the apply path (counting applies and their durations), the
 // log ring, and registers its own metrics, status, tunables and readiness.
 class control_module {
@@ -87,8 +93,10 @@ class control_module {
   // Rows for one `flows` poll (also what a follow stream sends each interval).
   nlohmann::json flows(const nlohmann::json& args);
 
-  // For the status page: counters, services and backends with their shares, log lines.
-  nlohmann::json status_page_model();
+  // For the status page: counters, a page of services and backends with their shares
+  // (those whose name or VIP contains `search`), log lines.
+  nlohmann::json status_page_model(const status_page_view& view);
+  nlohmann::json status_page_model() { return status_page_model(status_page_view{}); }
 
   // Counted by the servers: requests per command, errors per code, connected clients.
   void count_request(const std::string& command, const nlohmann::json& reply);

@@ -42,6 +42,9 @@ struct table_backend {
   uint16_t port = 0;  // the backend's own port; a frontend's target_port overrides it
   uint16_t weight = 1;
   uint32_t node_index = 0;  // into snapshot::nodes
+  // Slots this backend owns in its service's Maglev table (its designed share), counted
+  // once at compile time so that views never scan the tables.
+  uint32_t maglev_slots = 0;
 };
 
 struct table_service {
@@ -51,6 +54,9 @@ struct table_service {
   uint32_t first_backend = 0;  // backends [first_backend, first_backend + backend_count)
   uint32_t backend_count = 0;
   uint64_t maglev_offset = 0;  // maglev_slots[maglev_offset, + maglev_table_size) when backends exist
+  // Its frontends: frontends[service_frontends[first_frontend, + frontend_count)].
+  uint32_t first_frontend = 0;
+  uint32_t frontend_count = 0;
 };
 
 // One (VIP, port, protocol) a client can connect to.
@@ -85,6 +91,7 @@ struct snapshot {
   std::vector<table_frontend> frontends;
   std::vector<table_route> routes;       // sorted by prefix length, longest first
   std::vector<uint16_t> maglev_slots;    // per service: index within its backend range
+  std::vector<uint32_t> service_frontends;  // frontend indices grouped by service (table_service)
   hash_index frontend_index;
   hash_index pod_index;                  // keyed by IPv4 and IPv6 pod addresses
 

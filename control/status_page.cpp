@@ -2,6 +2,10 @@
 
 #include "control/prometheus_text.h"
 
+#include <algorithm>
+#include <cctype>
+#include <cstdlib>
+
 namespace meshlane {
 
 const std::string& status_page_html() {
@@ -21,6 +25,8 @@ const std::string& status_page_html() {
 <span>refreshes <b id="refreshes">0</b></span><span id="fetch-error" class="bad"></span></div>
 <div class="cols">
 <div><h2>Services and backends</h2>
+<p><input id="search" placeholder="name or VIP contains..." size="28"> <button id="previous">&lt;</button>
+<span id="service-page">?</span> <button id="next">&gt;</button></p>
 <table id="services"><thead><tr><th>service</th><th>backend</th><th>node</th><th>weight</th>
 <th>Maglev share</th><th>packets</th><th>traffic share</th></tr></thead><tbody></tbody></table></div>
 <div><h2>Recent errors</h2><table id="errors"><thead><tr><th>time</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table>
@@ -33,7 +39,11 @@ const std::string& status_page_html() {
 <table id="counters"><thead><tr><th>metric</th><th>labels</th><th>value</th><th>per second</th></tr></thead><tbody></tbody></table>
 <script>
 "use strict";
-let refreshes = 0, previous = null;
+let refreshes = 0, previous = null, offset = 0, search = "";
+const pageSize = 50;
+document.getElementById("search").addEventListener("input", e => { search = e.target.value; offset = 0; });
+document.getElementById("previous").addEventListener("click", () => { offset = Math.max(0, offset - pageSize); });
+document.getElementById("next").addEventListener("click", () => { offset += pageSize; });
 function cell(row, text, cls) { const td = row.insertCell(); td.textContent = text; if (cls) td.className = cls; return td; }
 function pct(x) { return x === null || x === undefined ? "-" : (100 * x).toFixed(1) + " %"; }
 function fmt(x) { return x === null ? "-" : (Number.isInteger(x) ? String(x) : x.toFixed(3)); }
@@ -49,8 +59,13 @@ function lines(id, rows) {
 }
 async function refresh() {
   try {
-    const response = await fetch("/status.json", {cache: "no-store"});
+    const query = "?offset=" + offset + "&limit=" + pageSize + "&search=" + encodeURIComponent(search);
+    const response = await fetch("/status.json" + query, {cache: "no-store"});
     const m = await response.json();
+    if (offset >= m.services_matching && offset > 0) offset = Math.max(0, m.services_matching - pageSize);
+    document.getElementById("service-page").textContent = m.services_matching === 0 ? "no services" :
+      (m.services_offset + 1) + "-" + Math.min(m.services_offset + pageSize, m.services_matching) + " of " + m.services_matching +
+      (search ? " matching (" + m.services_total + " in all)" : "");
     document.getElementById("version").textContent = m.version;
     document.getElementById("generation").textContent = m.generation;
     document.getElementById("uptime").textContent = m.uptime_seconds.toFixed(0);
@@ -107,6 +122,47 @@ refresh();
   return html;
 }
 
+namespace {
+
+std::string url_decoded(std::string_view text) {
+  std::string out;
+  for (size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '+') {
+      out += ' ';
+    } else if (text[i] == '%' && i + 2 < text.size() && std::isxdigit(static_cast<unsigned char>(text[i + 1])) &&
+               std::isxdigit(static_cast<unsigned char>(text[i + 2]))) {
+      out += static_cast<char>(std::stoi(std::string(text.substr(i + 1, 2)), nullptr, 16));
+      i += 2;
+    } else {
+      out += text[i];
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+// offset=N&limit=N&search=TEXT; what does not parse keeps its default, limit is 1..500.
+status_page_view status_view_from_query(std::string_view query) {
+  status_page_view view;
+  while (!query.empty()) {
+    const size_t amp = query.find('&');
+    const std::string_view pair = query.substr(0, amp);
+    query = amp == std::string_view::npos ? std::string_view{} : query.substr(amp + 1);
+    const size_t eq = pair.find('=');
+    if (eq == std::string_view::npos) continue;
+    const std::string_view key = pair.substr(0, eq);
+    const std::string value = url_decoded(pair.substr(eq + 1));
+    char* end = nullptr;
+    const unsigned long number = std::strtoul(value.c_str(), &end, 10);
+    const bool numeric = !value.empty() && *end == '\0';
+    if (key == "offset" && numeric) view.offset = number;
+    if (key == "limit" && numeric) view.limit = std::clamp<unsigned long>(number, 1, 500);
+    if (key == "search") view.search = value.substr(0, 256);
+  }
+  return view;
+}
+
 void add_agent_routes(http_server& server, control_module& control) {
   server.route("/metrics", [&control](const http_request&) {
     ++control.http_requests;
@@ -128,10 +184,11 @@ void add_agent_routes(http_server& server, control_module& control) {
     for (const auto& w : waiting) body += "  " + w + "\n";
     return http_response{503, "text/plain; charset=utf-8", body};
   });
-  server.route("/status.json", [&control](const http_request&) {
+  server.route("/status.json", [&control](const http_request& request) {
     ++control.http_requests;
     return http_response{200, "application/json",
-                         control.status_page_model().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
+                         control.status_page_model(status_view_from_query(request.query))
+                             .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
   });
   server.route("/", [&control](const http_request&) {
     ++control.http_requests;

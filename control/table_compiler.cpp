@@ -88,6 +88,7 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
       compiled.maglev_offset = tables->maglev_slots.size();
       const auto slots = build_maglev_table(maglev_input, table_size);
       tables->maglev_slots.insert(tables->maglev_slots.end(), slots.begin(), slots.end());
+      for (uint16_t slot : slots) ++tables->backends[compiled.first_backend + slot].maglev_slots;
     }
     tables->services.push_back(std::move(compiled));
 
@@ -97,6 +98,22 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   std::sort(tables->frontends.begin(), tables->frontends.end(), [](const auto& a, const auto& b) {
     return std::tie(a.vip, a.port, a.protocol) < std::tie(b.vip, b.port, b.protocol);
   });
+
+  // Each service's frontends, in port order, for the views.
+  std::vector<uint32_t> counts(tables->services.size(), 0);
+  for (const auto& f : tables->frontends) ++counts[f.service_index];
+  uint32_t running = 0;
+  for (size_t s = 0; s < tables->services.size(); ++s) {
+    tables->services[s].first_frontend = running;
+    running += counts[s];
+  }
+  tables->service_frontends.assign(tables->frontends.size(), 0);
+  std::vector<uint32_t> filled(tables->services.size(), 0);
+  for (uint32_t i = 0; i < tables->frontends.size(); ++i) {
+    table_service& svc = tables->services[tables->frontends[i].service_index];
+    tables->service_frontends[svc.first_frontend + filled[tables->frontends[i].service_index]++] = i;
+    svc.frontend_count = filled[tables->frontends[i].service_index];
+  }
 
   tables->frontend_index = empty_index(tables->frontends.size());
   for (uint32_t i = 0; i < tables->frontends.size(); ++i) {

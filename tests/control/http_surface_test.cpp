@@ -196,6 +196,25 @@ TEST_F(HttpSurface, StatusJsonHasServicesSharesAndLog) {
   EXPECT_NE(page.find("/status.json"), std::string::npos);
 }
 
+TEST_F(HttpSurface, StatusJsonSendsAPageOfServicesAndSearchesThem) {
+  json doc = testing::sample_document();
+  for (int i = 0; i < 300; ++i)
+    doc["services"].push_back({{"name", "svc-" + std::to_string(i)}, {"vip", "198.19.129." + std::to_string(i % 250)},
+                               {"ports", {{{"port", 1000 + i}}}}});
+  ASSERT_TRUE(control_.apply_document(doc.dump(), "test").errors.empty());
+  json model = json::parse(body_of(get(port_, "/status.json")));
+  EXPECT_EQ(model["services_total"], 302);
+  EXPECT_EQ(model["services"].size(), 50u) << "the page sent every service";
+  model = json::parse(body_of(get(port_, "/status.json?offset=290&limit=20")));
+  EXPECT_EQ(model["services"].size(), 12u);
+  EXPECT_EQ(model["services_offset"], 290);
+  model = json::parse(body_of(get(port_, "/status.json?search=svc-29")));  // svc-29, svc-290..299
+  EXPECT_EQ(model["services_matching"], 11);
+  EXPECT_EQ(model["services"][0]["name"], "svc-29");
+  model = json::parse(body_of(get(port_, "/status.json?search=198.19.129.7%20")));  // nothing: a space
+  EXPECT_EQ(model["services_matching"], 0);
+}
+
 TEST_F(HttpSurface, ACollectorThatThrowsIsA500AndTheServerLives) {
   std::atomic<bool> fail{true};
   registry_.add_collector("broken", [&](std::vector<metric_family>&) {

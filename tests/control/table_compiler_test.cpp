@@ -21,6 +21,27 @@ desired_state parse_or_die(const json& document) {
 
 ip_address ip(const char* text) { return *ip_address::parse(text); }
 
+TEST(TableCompiler, ViewsCountEachBackendsMaglevSlotsAndGroupEachServicesFrontends) {
+  const auto tables = compile_tables(parse_or_die(testing::sample_document()), 1);
+  for (const table_service& svc : tables->services) {
+    uint32_t slots = 0;
+    for (uint32_t b = 0; b < svc.backend_count; ++b) slots += tables->backends[svc.first_backend + b].maglev_slots;
+    EXPECT_EQ(slots, svc.backend_count ? tables->tuning.maglev_table_size : 0u) << svc.name;
+    std::vector<uint32_t> counted(svc.backend_count, 0);
+    for (uint32_t i = 0; i < tables->tuning.maglev_table_size && svc.backend_count; ++i)
+      ++counted[tables->maglev_slots[svc.maglev_offset + i]];
+    for (uint32_t b = 0; b < svc.backend_count; ++b)
+      EXPECT_EQ(counted[b], tables->backends[svc.first_backend + b].maglev_slots);
+    for (uint32_t i = 0; i < svc.frontend_count; ++i) {
+      const table_frontend& f = tables->frontends[tables->service_frontends[svc.first_frontend + i]];
+      EXPECT_EQ(&tables->services[f.service_index], &svc);
+    }
+  }
+  size_t frontends = 0;
+  for (const table_service& svc : tables->services) frontends += svc.frontend_count;
+  EXPECT_EQ(frontends, tables->frontends.size());
+}
+
 TEST(TableCompiler, SameDocumentGivesByteIdenticalTables) {
   const auto state = parse_or_die(testing::sample_document());
   EXPECT_EQ(compile_tables(state, 7)->serialize(), compile_tables(state, 7)->serialize());
