@@ -12,6 +12,8 @@
 #include <chrono>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <list>
 
 namespace meshlane {
@@ -87,12 +89,38 @@ std::string control_socket_server::start(const control_socket_options& options) 
     loop_.listen_fd = -1;
     return message;
   }
-  ::chmod(options_.path.c_str(), 0600);
+  // The file lets in whom the options allow (the kernel checks it before the peer
+  // credentials are): owned by --control-uid, group --control-gid with mode 0660.
+  const uid_t owner = options_.allowed_uid != 0 ? options_.allowed_uid : static_cast<uid_t>(-1);
+  const gid_t group = options_.allow_gid ? options_.allowed_gid : static_cast<gid_t>(-1);
+  if ((owner != static_cast<uid_t>(-1) || group != static_cast<gid_t>(-1)) &&
+      ::chown(options_.path.c_str(), owner, group) != 0) {
+    const std::string message = "cannot hand " + options_.path + " to the allowed user/group: " + std::strerror(errno);
+    ::close(loop_.listen_fd);
+    loop_.listen_fd = -1;
+    ::unlink(options_.path.c_str());
+    return message;
+  }
+  ::chmod(options_.path.c_str(), options_.allow_gid ? 0660 : 0600);
   loop_.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   loop_.stopping = false;
   loop_.thread = std::thread([this] { serve(); });
   control_.log().write(log_level::info, "control socket listening on " + options_.path);
   return {};
+}
+
+// Whether process `pid` has `gid` among its supplementary groups (/proc/<pid>/status,
+// "Groups:"); SO_PEERCRED carries the primary group only.
+static bool in_supplementary_groups(pid_t pid, gid_t gid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);) {
+    if (line.rfind("Groups:", 0) != 0) continue;
+    std::istringstream groups(line.substr(7));
+    for (unsigned long g; groups >> g;)
+      if (g == gid) return true;
+    return false;
+  }
+  return false;
 }
 
 void control_socket_server::stop() {
@@ -143,7 +171,8 @@ void control_socket_server::serve() {
         if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &peer, &len) != 0) {
           refusal = "cannot read the peer's credentials";
         } else if (!(peer.uid == 0 || (options_.allowed_uid != 0 && peer.uid == options_.allowed_uid) ||
-                     (options_.allow_gid && peer.gid == options_.allowed_gid))) {
+                     (options_.allow_gid && (peer.gid == options_.allowed_gid ||
+                                             in_supplementary_groups(peer.pid, options_.allowed_gid))))) {
           refusal = "uid " + std::to_string(peer.uid) + " may not use the control socket (root or --control-uid/--control-gid)";
         } else if (clients.size() >= options_.max_clients) {
           code = control_error::kTooManyClients;

@@ -14,6 +14,7 @@
 #include <fstream>
 #include <set>
 #include <thread>
+#include <vector>
 
 #include "control/control_socket.h"
 #include "tests/control/sample_document.h"
@@ -482,14 +483,14 @@ TEST_F(ControlSocket, StaleSocketIsReplacedButALiveOneIsNot) {
 
 // A child that drops to `uid` and asks for status; returns what it saw ("EACCES", the
 // error code, or "ok").
-std::string ask_as(uid_t uid, gid_t gid, const std::string& path) {
+std::string ask_as(uid_t uid, gid_t gid, const std::string& path, std::vector<gid_t> supplementary = {}) {
   int pipe_fds[2];
   if (::pipe(pipe_fds) != 0) return "pipe failed";
   const pid_t pid = ::fork();
   if (pid == 0) {
     ::close(pipe_fds[0]);
     std::string result;
-    if (::setgroups(0, nullptr) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) {
+    if (::setgroups(supplementary.size(), supplementary.data()) != 0 || ::setgid(gid) != 0 || ::setuid(uid) != 0) {
       result = "setuid failed";
     } else {
       control_client client;
@@ -518,30 +519,38 @@ TEST_F(ControlSocket, NonRootUidIsRefused) {
   MESHLANE_REQUIRE_ROOT();
   start();
   ::chmod(dir_.c_str(), 0755);
-  // The file mode alone keeps nobody out...
+  struct stat st;
+  ASSERT_EQ(::stat(options_.path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
   EXPECT_EQ(ask_as(65534, 65534, options_.path), "EACCES");
-  // ...and with the mode opened up, the peer-credential check still does.
-  ASSERT_EQ(::chmod(options_.path.c_str(), 0666), 0);
-  EXPECT_EQ(ask_as(65534, 65534, options_.path), "permission_denied");
   EXPECT_TRUE(ask({{"command", "status"}})["ok"]);  // root is served
 }
 
-TEST_F(ControlSocket, ConfiguredUidAndGidAreAllowed) {
+TEST_F(ControlSocket, ConfiguredUidAndGidOwnTheSocketAndAreServed) {
   MESHLANE_REQUIRE_ROOT();
   options_.allowed_uid = 65534;
   start();
   ::chmod(dir_.c_str(), 0755);
-  ASSERT_EQ(::chmod(options_.path.c_str(), 0666), 0);
+  struct stat st;
+  ASSERT_EQ(::stat(options_.path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_uid, 65534u) << "the socket was not handed to --control-uid";
+  EXPECT_EQ(st.st_mode & 0777, 0600u);
   EXPECT_EQ(ask_as(65534, 65534, options_.path), "ok");
-  EXPECT_EQ(ask_as(65533, 65534, options_.path), "permission_denied");
+  EXPECT_EQ(ask_as(65533, 65534, options_.path), "EACCES");
   server_.stop();
+
+  // A group: mode 0660 with that group; a member by primary or supplementary group is
+  // served, anyone else is kept out by the file mode already.
   options_.allowed_uid = 0;
-  options_.allowed_gid = 65534;
+  options_.allowed_gid = 65532;
   options_.allow_gid = true;
   start();
-  ASSERT_EQ(::chmod(options_.path.c_str(), 0666), 0);
-  EXPECT_EQ(ask_as(65533, 65534, options_.path), "ok");
-  EXPECT_EQ(ask_as(65533, 65533, options_.path), "permission_denied");
+  ASSERT_EQ(::stat(options_.path.c_str(), &st), 0);
+  EXPECT_EQ(st.st_gid, 65532u);
+  EXPECT_EQ(st.st_mode & 0777, 0660u);
+  EXPECT_EQ(ask_as(65533, 65532, options_.path), "ok") << "primary group";
+  EXPECT_EQ(ask_as(65533, 65533, options_.path, {65532}), "ok") << "supplementary group";
+  EXPECT_EQ(ask_as(65533, 65533, options_.path), "EACCES") << "outside the group";
 }
 
 TEST_F(ControlSocket, ASubsystemThatThrowsGetsAnInternalErrorNotADeadServer) {
