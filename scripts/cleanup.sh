@@ -10,6 +10,14 @@
 #   perf/ovs_bench.sh's Open vSwitch   its ovsdb-server and ovs-vswitchd-dpdk (private directories
 #                                      /tmp/meshlane-ovs.*, never the system's), those directories,
 #                                      and a policy-rc.d it wrote while installing
+#   podman of the tests and the demo   its private directories /tmp/meshlane-test-*-podman and
+#                                      /tmp/meshlane-demo-podman* (containers.conf, storage, state):
+#                                      their containers (podman rm -f, its CNI DEL run in a scratch
+#                                      namespace of ours), processes left in those containers'
+#                                      cgroups, the containers' /dev/shm mounts, the directories;
+#                                      libcni's records of our networks /var/lib/cni/results/ml[td]*
+#                                      and that directory when it is left empty; the cgroup v1
+#                                      copies of <hierarchy>/meshlane-{test-*,demo*} runc makes
 # Production state (/sys/fs/bpf/meshlane/, a running production agent) is never touched.
 set -u
 
@@ -19,6 +27,31 @@ pkill -f 'meshlaned .*(meshlane-test-|meshlane-demo|meshlane-bench|mlt|mld)' 2>/
 pkill -9 -f 'meshlaned .*(meshlane-test-|meshlane-demo|mlt|mld)' 2>/dev/null
 # Only the benchmark's own OVS daemons: their command lines name its private directory.
 pkill -9 -f '^(ovsdb-server|/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk) .*/tmp/meshlane-ovs\.' 2>/dev/null
+
+for dir in /tmp/meshlane-test-*-podman /tmp/meshlane-demo-podman*; do
+  [ -f "$dir/containers.conf" ] || continue
+  if command -v podman >/dev/null && [ -d "$dir/storage" ]; then
+    podman_env=(env "CONTAINERS_CONF=$dir/containers.conf" "CONTAINERS_STORAGE_CONF=$dir/storage.conf" "TMPDIR=$dir/tmp")
+    # Never in the machine's own namespace: meshlane-cni's DEL deletes interfaces where it runs.
+    scratch=mltclean$$
+    if ip netns add "$scratch" 2>/dev/null; then
+      ids=$("${podman_env[@]}" timeout 60 nsenter --net=/run/netns/$scratch podman ps -aq 2>/dev/null)
+      # shellcheck disable=SC2086
+      [ -n "$ids" ] && "${podman_env[@]}" timeout 60 nsenter --net=/run/netns/$scratch podman rm -f -t 0 $ids >/dev/null 2>&1 &&
+        echo "cleanup: removed podman containers" $ids
+      ip netns delete "$scratch"
+    fi
+  fi
+  for mount in $(awk '$3 == "cgroup" || $3 == "cgroup2" {print $2}' /proc/mounts); do
+    for cg in "$mount"/meshlane-test-*/libpod-* "$mount"/meshlane-test-*/conmon "$mount"/meshlane-demo*/libpod-* "$mount"/meshlane-demo*/conmon; do
+      [ -f "$cg/cgroup.procs" ] && xargs -r kill -9 < "$cg/cgroup.procs" 2>/dev/null
+    done
+  done
+  awk -v d="$dir/" 'index($5, d) == 1 {print $5}' /proc/self/mountinfo | sort -r | xargs -r -n1 umount -l 2>/dev/null
+  rm -rf "$dir" && echo "cleanup: removed $dir"
+done
+rm -f /var/lib/cni/results/ml[td]*-* 2>/dev/null
+rmdir /var/lib/cni/results /var/lib/cni 2>/dev/null
 
 for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep -E '^ml[tdb]'); do
   ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
@@ -46,6 +79,18 @@ if [ -n "$cgroup2" ]; then
     [ -d "$cg" ] || echo "cleanup: removed cgroup $cg"
   done
 fi
+
+# runc puts a container's cgroup (and podman its monitors' "conmon") in every v1 hierarchy too.
+for mount in $(awk '$3 == "cgroup" {print $2}' /proc/mounts); do
+  for cg in "$mount"/meshlane-test-* "$mount"/meshlane-demo* "$mount"/meshlane-bench*; do
+    [ -d "$cg" ] || continue
+    find "$cg" -depth -type d | while read -r dir; do
+      while read -r pid; do echo "$pid" > "$mount/cgroup.procs" 2>/dev/null; done < "$dir/cgroup.procs"
+      rmdir "$dir" 2>/dev/null
+    done
+    [ -d "$cg" ] || echo "cleanup: removed cgroup $cg"
+  done
+done
 
 for pin in /sys/fs/bpf/meshlane-test-* /sys/fs/bpf/meshlane-demo* /sys/fs/bpf/meshlane-bench*; do
   [ -e "$pin" ] || continue

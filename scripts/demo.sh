@@ -194,3 +194,133 @@ echo "--- counters (each agent prints them every 3 s):"
 sleep 4
 echo "=== DPDK workers: done; stopping the agents"
 # ---------------------------------------------------------------------------------------
+
+# ---- podman on meshlane's CNI network ---------------------------------------------------
+# A real container runtime: Debian's podman (CNI backend, runc) runs two busybox containers
+# on a network whose one plugin is meshlane-cni, inside a node namespace mld-pnode whose
+# agent gives them their addresses, hot-plugs their veths into its DPDK worker and, with the
+# eBPF fast path on their cgroup, carries a request through a service VIP socket to socket.
+# podman's configuration and state live in a directory of the demo's own, never in /etc or
+# /var/lib/containers (tests/integration/podman_runtime.h says why each setting is there).
+# podman runs by nsenter, not `ip netns exec`, which would remount /sys and hide the cgroups.
+echo
+echo "=== podman: two busybox containers on meshlane's CNI network, a request through a VIP"
+dataplane_cleanup  # the DPDK part's agents and namespaces first
+ninja -C "$build" meshlane-cni >/dev/null
+pm_dir=$(mktemp -d /tmp/meshlane-demo-podman.XXXXXX)
+pm_cgroup_name=meshlane-demo-podman
+pm_pins=/sys/fs/bpf/meshlane-demo-podman
+pm_image=localhost/meshlane-demo-busybox:1
+pm_agent=
+pm() {
+  env CONTAINERS_CONF="$pm_dir/containers.conf" CONTAINERS_STORAGE_CONF="$pm_dir/storage.conf" \
+    TMPDIR="$pm_dir/tmp" timeout 60 nsenter --net=/run/netns/mld-pnode podman "$@"
+}
+pm_ctl() { "$build/meshctl" "$@" --socket "$pm_dir/agent.sock"; }
+podman_cleanup() {
+  # Containers first, while the agent answers their CNI DEL; cleanup.sh removes the rest
+  # (podman's directory and mounts, cgroups, namespaces, pins) by the demo's prefixes.
+  if [ -d /run/netns/mld-pnode ]; then pm rm -f -t 0 mld-web mld-client >/dev/null 2>&1 || true; fi
+  if [ -n "$pm_agent" ]; then
+    kill "$pm_agent" 2>/dev/null || true
+    wait "$pm_agent" 2>/dev/null || true
+    pm_agent=
+  fi
+  "$build/meshlaned" --uninstall --bpf-pin-dir "$pm_pins" >/dev/null 2>&1 || true
+  cleanup
+}
+trap podman_cleanup EXIT
+
+mkdir -p "$pm_dir"/{cni,tmp,run,storage,runc,rootfs/bin,rootfs/tmp,rootfs/etc,rootfs/www} "$cgroup2/$pm_cgroup_name"
+cat > "$pm_dir/containers.conf" <<EOF
+[containers]
+default_ulimits = []
+[engine]
+cgroup_manager = "cgroupfs"
+events_logger = "file"
+events_logfile_path = "$pm_dir/events.log"
+runtime = "runc"
+tmp_dir = "$pm_dir/tmp"
+image_copy_tmp_dir = "$pm_dir/tmp"
+lock_type = "file"
+static_dir = "$pm_dir/storage/libpod"
+volume_path = "$pm_dir/storage/volumes"
+[engine.runtimes]
+runc = ["$pm_dir/runc-wrapper"]
+[network]
+network_backend = "cni"
+network_config_dir = "$pm_dir/cni"
+cni_plugin_dirs = ["$root/$build"]
+EOF
+printf '[storage]\ndriver = "vfs"\ngraphroot = "%s/storage"\nrunroot = "%s/run"\n' "$pm_dir" "$pm_dir" > "$pm_dir/storage.conf"
+printf '#!/bin/sh\nexec /usr/bin/runc --root %s/runc "$@"\n' "$pm_dir" > "$pm_dir/runc-wrapper"
+chmod +x "$pm_dir/runc-wrapper"
+printf '{"cniVersion":"1.0.0","name":"mld-net","plugins":[{"type":"meshlane-cni","agentSocket":"%s/agent.sock"}]}\n' \
+  "$pm_dir" > "$pm_dir/cni/meshlane.conflist"
+
+# The node: its uplink a veth to an empty neighbour, the agent on node 1's addresses with
+# no pods (they come from CNI), the data plane on af_packet and the fast path for all pods.
+pods_dpdk_node mld-pnode
+ip netns add mld-pwire
+pods_underlay mld-pnode mldp-uplink mld-pwire mldp-wire
+pm_doc() {  # $1: the services list
+  cat <<EOF
+{"node": {"name": "node1", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24",
+          "pod_cgroup": "$cgroup2/$pm_cgroup_name"},
+ "ebpf": {"redirect": "all"}, "services": $1,
+ "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 4096, "workers": 1},
+ "dataplane": {"uplink": {"interface": "mldp-uplink", "driver": "af_packet", "mtu": 1500},
+               "pod_driver": "af_packet",
+               "eal_args": ["--no-huge", "-m", "128", "--file-prefix=meshlane-demo-podman",
+                            "--log-level=error", "--no-telemetry"]}}
+EOF
+}
+pm_doc '[]' > "$pm_dir/node.json"
+nsenter --net=/run/netns/mld-pnode "$build/meshlaned" --config "$pm_dir/node.json" --state-dir "$pm_dir/state" \
+  --control-socket "$pm_dir/agent.sock" --bpf-pin-dir "$pm_pins" --metrics-listen off >/dev/null 2> "$pm_dir/agent.log" &
+pm_agent=$!
+for _ in $(seq 100); do grep -q "control socket listening" "$pm_dir/agent.log" && break; sleep 0.1; done
+grep -q "control socket listening" "$pm_dir/agent.log" || { cat "$pm_dir/agent.log"; exit 1; }
+grep -E "dataplane running|eBPF fast path" "$pm_dir/agent.log" | sed 's/^/  [agent] /'
+
+# The image: Debian's static busybox, imported (podman import writes a cache in
+# /var/lib/containers whatever its graph root, so /var/lib is a private tmpfs for it).
+cp /bin/busybox "$pm_dir/rootfs/bin/"
+for applet in $("$pm_dir/rootfs/bin/busybox" --list); do [ "$applet" = busybox ] || ln -s busybox "$pm_dir/rootfs/bin/$applet"; done
+tar -C "$pm_dir/rootfs" -c . | env CONTAINERS_CONF="$pm_dir/containers.conf" CONTAINERS_STORAGE_CONF="$pm_dir/storage.conf" \
+  TMPDIR="$pm_dir/tmp" unshare --mount --propagation private \
+  sh -c "mount -t tmpfs -o size=16m,mode=0755 meshlane-demo /var/lib && exec podman import -q - $pm_image" >/dev/null
+
+echo "--- podman run (CNI ADD): web serves its name and address on 8080, client idles"
+pm run -d --pull=never --name mld-web --hostname web --network mld-net --cgroup-parent="/$pm_cgroup_name" "$pm_image" \
+  sh -c 'echo "hello from $(hostname), $(ip -4 -o addr show eth0 | awk "{print \$4}")" > /www/index.html; exec httpd -f -p 8080 -h /www' >/dev/null
+pm run -d --pull=never --name mld-client --hostname client --network mld-net --cgroup-parent="/$pm_cgroup_name" "$pm_image" \
+  sleep 600 >/dev/null
+pm ps --format '  {{.Names}}  {{.Status}}  {{.Command}}'
+echo "--- the agent's live pods (their addresses are the agent's to give):"
+pm_ctl pod list -o json | python3 -c '
+import json, sys
+for p in json.load(sys.stdin)["pods"]:
+    print("  %-22s %-12s host end %s  netns %s" % (p["name"], p["ip"], p["host_interface"], p["netns"]))'
+web_ip=$(pm_ctl pod list -o json | python3 -c '
+import json, sys
+print([p["ip"] for p in json.load(sys.stdin)["pods"] if p["name"].endswith("/mld-web")][0])')
+echo "--- meshctl apply: service web 198.19.128.10:80 -> $web_ip:8080 (the live pods stay)"
+pm_doc '[{"name": "web", "vip": "198.19.128.10", "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}],
+          "backends": [{"ip": "'"$web_ip"'", "port": 8080, "node": "node1"}]}]' > "$pm_dir/node-web.json"
+pm_ctl apply -f "$pm_dir/node-web.json" | sed 's/^/  /'
+echo "--- client: GET http://198.19.128.10/ (busybox nc; the status line and the body)"
+pm exec mld-client sh -c 'printf "GET / HTTP/1.0\r\n\r\n" | timeout 10 nc 198.19.128.10 80' | sed -n '1p;$p' | sed 's/^/  /'
+"$build/meshlaned" --ebpf-counters --bpf-pin-dir "$pm_pins" | python3 -c '
+import json, sys
+c = json.load(sys.stdin)
+print("  eBPF: connects rewritten %d, sockets in the map %d, redirected %d msgs / %d bytes" %
+      (c["connect_rewrites"], c["sockets_added"], c["redirected_messages"], c["redirected_bytes"]))'
+echo "--- podman rm -f (CNI DEL): pods, veths and the DPDK ports go"
+pm rm -f -t 0 mld-web mld-client >/dev/null
+echo "  live pods: $(pm_ctl pod list -o json | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["pods"]))')," \
+  "data plane ports: $(pm_ctl status -o json | python3 -c 'import json,sys; print(" ".join(p["role"] + ":" + p["interface"] for p in json.load(sys.stdin)["subsystems"]["dataplane"]["ports"]))')"
+podman_cleanup
+trap cleanup EXIT
+echo "=== podman: done"
+# ---- end podman ---------------------------------------------------------------------------

@@ -22,6 +22,11 @@ packages=(
   python3 python3-prometheus-client
   # control surface tests: status page in headless Chromium, HTTP probes
   chromium curl
+  # a real container runtime on meshlane-cni (tests/integration/podman_test.cpp, the demo):
+  # podman 4.3 brings conmon; runc named so that apt does not choose crun, which refuses
+  # this machine class's hybrid cgroup layout; containernetworking-plugins is podman's CNI
+  # network stack (its own plugins are not used); a static busybox is the containers' image
+  podman runc containernetworking-plugins busybox-static
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
