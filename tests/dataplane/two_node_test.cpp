@@ -64,6 +64,24 @@ void set_timeout(int fd, int seconds) {
   setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
 }
 
+// recv and send that take EINTR for what it is: a blocking call with a timeout
+// (SO_RCVTIMEO/SO_SNDTIMEO) is not restarted after a signal handler ran, and glibc
+// broadcasts a signal of its own (SIGSETXID) to every thread of the process when one
+// changes credentials. The churn test saw an echo server's recv fail that way and close
+// a healthy connection.
+ssize_t recv_retrying(int fd, void* buffer, size_t size) {
+  ssize_t n;
+  while ((n = recv(fd, buffer, size, 0)) < 0 && errno == EINTR) {
+  }
+  return n;
+}
+ssize_t send_retrying(int fd, const void* buffer, size_t size) {
+  ssize_t n;
+  while ((n = send(fd, buffer, size, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  }
+  return n;
+}
+
 // A socket opened inside `ns` stays in that namespace for its whole life.
 int socket_in(const netns& ns, int type, int protocol = 0) {
   netns_scope scope(ns);
@@ -84,9 +102,9 @@ class tcp_echo_server {
       fd_guard connection(accept(listener_.fd, nullptr, nullptr));
       set_timeout(connection.fd, 20);
       char buffer[65536];
-      for (ssize_t n; (n = recv(connection.fd, buffer, sizeof buffer, 0)) > 0;) {
+      for (ssize_t n; (n = recv_retrying(connection.fd, buffer, sizeof buffer)) > 0;) {
         for (ssize_t sent = 0; sent < n;) {
-          const ssize_t m = send(connection.fd, buffer + sent, n - sent, MSG_NOSIGNAL);
+          const ssize_t m = send_retrying(connection.fd, buffer + sent, n - sent);
           if (m <= 0) return;
           sent += m;
         }
@@ -121,14 +139,14 @@ std::string tcp_echo_round_trip(const netns& ns, const std::string& ip, uint16_t
   std::thread reader([&] {
     uint8_t buffer[65536];
     while (received.size() < size) {
-      const ssize_t n = recv(fd.fd, buffer, sizeof buffer, 0);
+      const ssize_t n = recv_retrying(fd.fd, buffer, sizeof buffer);
       if (n <= 0) break;
       received.insert(received.end(), buffer, buffer + n);
     }
   });
   size_t sent = 0;
   while (sent < size) {
-    const ssize_t n = send(fd.fd, data.data() + sent, size - sent, MSG_NOSIGNAL);
+    const ssize_t n = send_retrying(fd.fd, data.data() + sent, size - sent);
     if (n <= 0) break;
     sent += static_cast<size_t>(n);
   }
@@ -159,7 +177,7 @@ std::string udp_round_trip(const netns& client_ns, const netns& server_ns, const
   const sockaddr_in to = address_of(server_ip, port);
   sendto(client.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
   char buffer[2048];
-  const ssize_t n = recv(client.fd, buffer, sizeof buffer, 0);
+  const ssize_t n = recv_retrying(client.fd, buffer, sizeof buffer);
   responder.join();
   if (n < 0) return std::string("no answer: ") + std::strerror(errno);
   if (std::string(buffer, static_cast<size_t>(n)) != message) return "answer differs";
@@ -180,7 +198,7 @@ bool icmp_echo(const netns& ns, const std::string& ip) {
   sendto(fd.fd, packet, sizeof packet, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
   uint8_t reply[256];
   for (int attempt = 0; attempt < 4; ++attempt) {
-    const ssize_t n = recv(fd.fd, reply, sizeof reply, 0);
+    const ssize_t n = recv_retrying(fd.fd, reply, sizeof reply);
     if (n < 28) return false;
     const size_t header = (reply[0] & 0xf) * 4u;
     if (reply[header] == ICMP_ECHOREPLY && reply[header + 4] == 0x12 && reply[header + 5] == 0x34) return true;
@@ -441,8 +459,8 @@ TEST_F(two_nodes, HundredAppliesUnderCrossNodeTrafficLoseNoPacketsAndNoFlows) {
     while (applying.load()) {
       std::memset(message, 'a' + exchanges.load() % 26, sizeof message);
       size_t got = 0;
-      if (send(connection.fd, message, sizeof message, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof message)) {
-        for (ssize_t n; got < sizeof reply && (n = recv(connection.fd, reply + got, sizeof reply - got, 0)) > 0;)
+      if (send_retrying(connection.fd, message, sizeof message) == static_cast<ssize_t>(sizeof message)) {
+        for (ssize_t n; got < sizeof reply && (n = recv_retrying(connection.fd, reply + got, sizeof reply - got)) > 0;)
           got += static_cast<size_t>(n);
       }
       if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
@@ -531,8 +549,8 @@ TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing)
     while (churning.load()) {
       std::memset(message, 'a' + exchanges.load() % 26, sizeof message);
       size_t got = 0;
-      if (send(connection.fd, message, sizeof message, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof message)) {
-        for (ssize_t n; got < sizeof reply && (n = recv(connection.fd, reply + got, sizeof reply - got, 0)) > 0;)
+      if (send_retrying(connection.fd, message, sizeof message) == static_cast<ssize_t>(sizeof message)) {
+        for (ssize_t n; got < sizeof reply && (n = recv_retrying(connection.fd, reply + got, sizeof reply - got)) > 0;)
           got += static_cast<size_t>(n);
       }
       if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
@@ -695,8 +713,8 @@ TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAs
     while (churning.load()) {
       for (size_t i = 0; i < sizeof message; ++i) message[i] = static_cast<char>('a' + (exchanges.load() + i) % 26);
       size_t got = 0;
-      if (send(connection.fd, message, sizeof message, MSG_NOSIGNAL) == static_cast<ssize_t>(sizeof message)) {
-        for (ssize_t n; got < sizeof reply && (n = recv(connection.fd, reply + got, sizeof reply - got, 0)) > 0;)
+      if (send_retrying(connection.fd, message, sizeof message) == static_cast<ssize_t>(sizeof message)) {
+        for (ssize_t n; got < sizeof reply && (n = recv_retrying(connection.fd, reply + got, sizeof reply - got)) > 0;)
           got += static_cast<size_t>(n);
       }
       if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
