@@ -36,6 +36,15 @@ std::optional<redirect_mode> parse_redirect_mode(std::string_view text) {
   return std::nullopt;
 }
 
+const char* to_string(encryption_mode mode) {
+  switch (mode) {
+    case encryption_mode::off: return "off";
+    case encryption_mode::always: return "always";
+    case encryption_mode::per_route: return "per_route";
+  }
+  return "?";
+}
+
 bool is_prime(uint32_t value) {
   if (value < 2) return false;
   if (value % 2 == 0) return value == 2;
@@ -207,6 +216,7 @@ void read_node(object_reader& r, node_spec& node, bool v6_allowed = true) {
       node.pod_cidr6 = *v;
     }
   }
+  if (auto v = r.boolean("encrypt", false)) node.encrypt = *v;
 }
 
 void read_local_node(const json& value, const std::string& path, local_node_spec& node,
@@ -275,6 +285,10 @@ void read_service(const json& value, const std::string& path, service_spec& serv
   if (auto v = r.string("name", true)) service.name = *v;
   if (auto v = r.address("vip", true)) service.vip = *v;
   if (auto v = r.boolean("session_affinity", false)) service.session_affinity = *v;
+  if (auto v = r.string("encrypt", false)) {
+    if (*v == "required") service.encrypt = service_encryption::required;
+    else r.error(r.path_of("encrypt"), "must be \"required\" (or absent), got " + shown(*v));
+  }
   r.array("ports", true, [&](const json& element, const std::string& element_path) {
     object_reader pr(element, element_path, errors);
     if (!pr.ok()) return;
@@ -502,6 +516,19 @@ void check_consistency(const desired_state& s, error_list& errors) {
     if (svc.backends.size() > 65535)
       add(path + ".backends", "at most 65535 backends per service");
     std::set<std::pair<ip_address, uint16_t>> seen;
+    if (svc.encrypt == service_encryption::required) {
+      for (size_t b = 0; b < svc.backends.size(); ++b) {
+        const node_spec* node = find_node(svc.backends[b].node);
+        if (!node || node == &s.node) continue;  // pod-local traffic never leaves the node
+        const bool encrypted = s.encryption.mode == encryption_mode::always ||
+                               (s.encryption.mode == encryption_mode::per_route && node->encrypt.value_or(false));
+        if (!encrypted)
+          add(path + ".backends[" + std::to_string(b) + "].node",
+              "service '" + svc.name + "' requires encryption, but the route to node '" + node->name +
+                  "' is direct (encryption.mode " + to_string(s.encryption.mode) +
+                  (s.encryption.mode == encryption_mode::per_route ? ", the node lacks \"encrypt\": true" : "") + ")");
+      }
+    }
     for (size_t b = 0; b < svc.backends.size(); ++b) {
       const backend_spec& backend = svc.backends[b];
       const std::string backend_path = path + ".backends[" + std::to_string(b) + "]";
@@ -639,6 +666,29 @@ parse_result parse_desired_state(std::string_view json_text) {
           if (auto mode = parse_redirect_mode(*v)) state.ebpf.redirect = *mode;
           else er.error(er.path_of("redirect"), "must be \"auto\", \"all\", \"opt_in\" or \"off\", got " + shown(*v));
         }
+      }
+    }
+    if (const json* e = top.member("encryption", false)) {  // issue 15
+      object_reader er(*e, "$.encryption", errors);
+      if (er.ok()) {
+        encryption_spec& spec = state.encryption;
+        if (auto v = er.string("mode", false)) {
+          if (*v == "off") spec.mode = encryption_mode::off;
+          else if (*v == "always") spec.mode = encryption_mode::always;
+          else if (*v == "per_route") spec.mode = encryption_mode::per_route;
+          else er.error(er.path_of("mode"), "must be \"off\", \"always\" or \"per_route\", got " + shown(*v));
+        }
+        if (auto v = er.string("key_file", false)) spec.key_file = *v;
+        if (auto v = er.integer("rotation_grace_s", false, 0, 86400)) spec.rotation_grace_s = static_cast<uint32_t>(*v);
+        if (auto v = er.integer("rotation_duration_s", false, 1, 7 * 86400))
+          spec.rotation_duration_s = static_cast<uint32_t>(*v);
+        if (auto v = er.integer("replay_window", false, 64, 4096)) spec.replay_window = static_cast<uint32_t>(*v);
+        if (spec.mode != encryption_mode::off && spec.key_file.empty())
+          er.error(er.path_of("key_file"), "required when mode is \"" + std::string(to_string(spec.mode)) + "\"");
+        if (spec.rotation_duration_s <= spec.rotation_grace_s)
+          er.error(er.path_of("rotation_duration_s"), "must be longer than rotation_grace_s (" +
+                                                          std::to_string(spec.rotation_grace_s) +
+                                                          "): senders switch before the old key goes");
       }
     }
     if (const json* d = top.member("dataplane", false)) {  // issue 4

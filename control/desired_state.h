@@ -27,6 +27,9 @@ struct node_spec {
   ip_address underlay_ip;
   ip_prefix pod_cidr;                   // IPv4 pod range
   std::optional<ip_prefix> pod_cidr6;   // optional IPv6 pod range (dual stack)
+  // encryption.mode "per_route": whether traffic to this node's pods is encrypted
+  // (unset: not). Ignored by the other modes.
+  std::optional<bool> encrypt;
 };
 
 // This node: a node_spec plus what only the local agent needs.
@@ -59,12 +62,17 @@ struct backend_spec {
   std::string node;  // name of the node the backend runs on
 };
 
+// Whether a service's traffic must be encrypted between nodes: "required" is refused at
+// validation when a backend sits on a node whose route is not encrypted.
+enum class service_encryption : uint8_t { unspecified, required };
+
 struct service_spec {
   std::string name;
   ip_address vip;
   std::vector<service_port> ports;
   std::vector<backend_spec> backends;
   bool session_affinity = false;  // same client IP -> same backend, for every port
+  service_encryption encrypt = service_encryption::unspecified;
 };
 
 enum class idle_policy : uint8_t { busy_poll, adaptive };
@@ -122,6 +130,23 @@ struct ebpf_spec {
   redirect_mode redirect = redirect_mode::automatic;
 };
 
+// --- encryption section (issue 15): ESP between nodes. ---
+//   off        every route direct (default)
+//   always     every route to another node encrypted
+//   per_route  nodes say "encrypt": true|false (default false)
+enum class encryption_mode : uint8_t { off, always, per_route };
+const char* to_string(encryption_mode mode);
+
+struct encryption_spec {
+  encryption_mode mode = encryption_mode::off;
+  // The operator's keys (a Kubernetes Secret mount), Cilium's line format (see
+  // control/esp_keys.h). Required unless mode is off.
+  std::string key_file;
+  uint32_t rotation_grace_s = 30;      // senders switch to a new key this long after it appears
+  uint32_t rotation_duration_s = 300;  // the old key is accepted this long after it appears
+  uint32_t replay_window = 1024;       // packets; RFC 4303 section 3.4.3
+};
+
 struct desired_state {
   local_node_spec node;
   std::vector<node_spec> peers;  // the other nodes of the cluster
@@ -130,6 +155,7 @@ struct desired_state {
   tunables tuning;
   std::optional<dataplane_spec> dataplane;  // issue 4
   ebpf_spec ebpf;                           // issue 12
+  encryption_spec encryption;               // issue 15
 };
 
 struct config_error {

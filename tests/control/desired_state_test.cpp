@@ -341,6 +341,49 @@ TEST(DesiredStateErrors, MoreServicePortsThanTheEbpfLoadBalancerHoldsNamesTheFir
   EXPECT_THAT(errors_of(doc), ElementsAre());
 }
 
+TEST(DesiredState, EncryptionSectionIsRead) {
+  auto doc = testing::sample_document();
+  doc["encryption"] = {{"mode", "per_route"}, {"key_file", "/etc/meshlane/keys"}, {"rotation_grace_s", 10},
+                       {"rotation_duration_s", 60}, {"replay_window", 2048}};
+  doc["nodes"][0]["encrypt"] = true;
+  doc["services"][0]["encrypt"] = "required";
+  const auto result = parse_desired_state(doc.dump());
+  ASSERT_TRUE(result.state) << result.errors[0].to_string();
+  EXPECT_EQ(result.state->encryption.mode, encryption_mode::per_route);
+  EXPECT_EQ(result.state->encryption.key_file, "/etc/meshlane/keys");
+  EXPECT_EQ(result.state->encryption.replay_window, 2048u);
+  EXPECT_EQ(result.state->peers[0].encrypt, true);
+  EXPECT_EQ(result.state->services[0].encrypt, service_encryption::required);
+}
+
+TEST(DesiredStateErrors, EncryptionSettingsAreChecked) {
+  auto doc = testing::sample_document();
+  doc["encryption"] = {{"mode", "sometimes"}};
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.encryption.mode: must be \"off\", \"always\" or \"per_route\", got 'sometimes'"));
+  doc["encryption"] = {{"mode", "always"}, {"rotation_grace_s", 60}, {"rotation_duration_s", 30}};
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.encryption.key_file: required when mode is \"always\"",
+                          "$.encryption.rotation_duration_s: must be longer than rotation_grace_s (60): senders "
+                          "switch before the old key goes"));
+}
+
+TEST(DesiredStateErrors, AServiceThatRequiresEncryptionIsRefusedOnADirectRoute) {
+  auto doc = testing::sample_document();
+  doc["services"][0]["encrypt"] = "required";  // web: a backend on node2
+  doc["encryption"] = {{"mode", "per_route"}, {"key_file", "/k"}};
+  const auto errors = errors_of(doc);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("$.services[0].backends[1].node: service 'web' requires encryption, but the route "
+                                   "to node 'node2' is direct (encryption.mode per_route"));
+  doc["nodes"][0]["encrypt"] = true;
+  EXPECT_THAT(errors_of(doc), ElementsAre());
+  doc["encryption"]["mode"] = "always";
+  doc["nodes"][0].erase("encrypt");
+  EXPECT_THAT(errors_of(doc), ElementsAre());
+  doc["services"][0]["encrypt"] = "yes";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.services[0].encrypt: must be \"required\" (or absent), got 'yes'"));
+}
+
 TEST(DesiredStateErrors, ServiceNeedsAPort) {
   auto doc = testing::sample_document();
   doc["services"][0]["ports"] = json::array();
