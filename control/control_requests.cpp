@@ -145,6 +145,18 @@ publish_result control_module::publish_locked(std::string_view document_json, co
   return result;
 }
 
+std::string control_module::republish(const std::string& source) {
+  std::lock_guard apply_lock(apply_mutex_);
+  std::string document;
+  {
+    std::lock_guard lock(mutex_);
+    document = document_json_;
+  }
+  if (document.empty()) return "no document has been published yet";
+  const publish_result result = publish_locked(document, source);
+  return result.errors.empty() ? "" : result.errors.front().to_string();
+}
+
 void control_module::count_request(const std::string& command, const json& reply) {
   std::lock_guard lock(mutex_);
   ++requests_by_command_[command.empty() ? "(none)" : command];

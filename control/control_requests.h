@@ -83,6 +83,9 @@ class control_module {
   // (when there is one) added to its pods; logs and counts the result.
   publish_result apply_document(std::string_view document_json, const std::string& source);
 
+  // Publishes the current document again (new keys, a rotation step); "" or why not.
+  std::string republish(const std::string& source);
+
   // Live pods (pod_requests.cpp): the registry outlives the module.
   void set_pod_registry(pod_registry* registry) { pods_ = registry; }
 

@@ -47,4 +47,20 @@ std::optional<esp_keyring::clock::time_point> esp_keyring::next_change(clock::ti
   return next;
 }
 
+std::optional<esp_key_set> esp_key_manager::keys_for(const encryption_spec& spec, std::string& error) {
+  const auto file = load_esp_key_file(spec.key_file, error);
+  if (!file) return std::nullopt;
+  std::lock_guard lock(mutex_);
+  grace_ = std::chrono::seconds(spec.rotation_grace_s);
+  duration_ = std::chrono::seconds(spec.rotation_duration_s);
+  const auto now = esp_keyring::clock::now();
+  ring_.update(*file, now);
+  return ring_.current(now, grace_, duration_);
+}
+
+std::optional<esp_keyring::clock::time_point> esp_key_manager::next_change() const {
+  std::lock_guard lock(mutex_);
+  return ring_.next_change(esp_keyring::clock::now(), grace_, duration_);
+}
+
 }  // namespace meshlane

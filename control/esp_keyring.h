@@ -9,10 +9,12 @@
 #pragma once
 
 #include <chrono>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include "control/desired_state.h"
 #include "control/esp_keys.h"
 
 namespace meshlane {
@@ -43,6 +45,22 @@ class esp_keyring {
     clock::time_point first_seen;
   };
   std::vector<seen_key> keys_;  // file order: the last is the newest
+};
+
+// The agent's keys: reads the key file a document names at each publish, keeps the
+// rotation schedule, and answers what a publish uses (table_publisher's key source).
+class esp_key_manager {
+ public:
+  // The key set to publish now under `spec`; nullopt and `error` when the key file cannot
+  // be read or parsed (then nothing changes).
+  std::optional<esp_key_set> keys_for(const encryption_spec& spec, std::string& error);
+  // When the published keys next need to change by themselves (rotation), if ever.
+  std::optional<esp_keyring::clock::time_point> next_change() const;
+
+ private:
+  mutable std::mutex mutex_;
+  esp_keyring ring_;
+  std::chrono::seconds grace_{30}, duration_{300};
 };
 
 }  // namespace meshlane

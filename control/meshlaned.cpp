@@ -21,6 +21,7 @@
 #include <iostream>
 #include <sstream>
 #include <string>
+#include <thread>
 
 #include "control/control_requests.h"
 #include "control/config_watch.h"
@@ -302,7 +303,39 @@ int main(int argc, char** argv) {
     }
   }
 
+  // ESP keys (issue 15): each publish with encryption on reads the key file the document
+  // names; the rotation schedule lives here.
+  meshlane::esp_key_manager esp_keys;
+  publisher.set_key_source([&esp_keys](const meshlane::desired_state& state, std::string& error) {
+    return esp_keys.keys_for(state.encryption, error);
+  });
+
   if (apply_file(control, config_path) != 0) return 1;
+
+  // A changed key file is published at once (receivers accept a new key id right away),
+  // and each rotation step (senders switching, an old key going) when it falls due.
+  meshlane::config_file_watcher key_watcher;
+  std::atomic<bool> rotating{true};
+  std::thread rotation;
+  if (const auto state = publisher.current_state(); state && state->encryption.mode != meshlane::encryption_mode::off) {
+    if (std::string error = key_watcher.start(state->encryption.key_file, [&control](const std::string& path) {
+          control.log().write(meshlane::log_level::info, "key file " + path + " changed; publishing its keys");
+          if (std::string e = control.republish("key file " + path); !e.empty())
+            control.log().write(meshlane::log_level::error, "key file " + path + " refused, the running keys stay: " + e);
+        });
+        !error.empty())
+      log.write(meshlane::log_level::warn, "not watching the key file: " + error);
+    rotation = std::thread([&] {
+      while (rotating.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        const auto due = esp_keys.next_change();
+        if (due && *due <= meshlane::esp_keyring::clock::now()) {
+          if (std::string e = control.republish("key rotation"); !e.empty())
+            control.log().write(meshlane::log_level::error, "key rotation step not published: " + e);
+        }
+      }
+    });
+  }
 
   // --- DPDK workers: EAL, ports and workers when the document asks for them.
   std::unique_ptr<meshlane::worker_pool> dataplane;
@@ -379,6 +412,9 @@ int main(int argc, char** argv) {
     }
   }
   watcher.stop();
+  key_watcher.stop();
+  rotating.store(false);
+  if (rotation.joinable()) rotation.join();
   http.stop();
   control_socket.stop();
   if (dataplane) {  // workers first, then ports, then EAL

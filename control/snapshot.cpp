@@ -160,6 +160,16 @@ std::vector<uint8_t> snapshot::serialize() const {
   }
   w.u64(maglev_slots.size());
   for (uint16_t slot : maglev_slots) w.u16(slot);
+  // Encryption: which routes are encrypted and under which key ids; never key material
+  // (the content digest is shown to anyone who asks for status). A key changes with its id.
+  w.u8(static_cast<uint8_t>(encryption));
+  w.u32(replay_window);
+  for (const table_node_encryption& e : node_encryption) {
+    w.u8(e.encrypt);
+    w.u8(e.tx.key_id);
+    w.u32(static_cast<uint32_t>(e.rx.size()));
+    for (const table_esp_sa& sa : e.rx) w.u8(sa.key_id);
+  }
   w.index(frontend_index);
   w.index(pod_index);
   return std::move(w.out);

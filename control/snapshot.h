@@ -68,6 +68,22 @@ struct table_frontend {
   uint32_t service_index = 0;
 };
 
+// One ESP security association's keys (derived for one node pair and direction).
+struct table_esp_sa {
+  uint8_t key_id = 0;
+  uint32_t spi = 0;
+  std::vector<uint8_t> key;  // 16 or 32 bytes (AES-128/256-GCM)
+  std::array<uint8_t, 4> salt{};
+};
+
+// Encryption towards and from one other node (issue 15). Empty SAs when its route is
+// direct.
+struct table_node_encryption {
+  bool encrypt = false;
+  table_esp_sa tx;               // what this node sends to it under
+  std::vector<table_esp_sa> rx;  // what it may send here under (rotation: up to a few)
+};
+
 // Pod range of a node, for routing: the longest matching prefix decides.
 struct table_route {
   ip_prefix prefix;
@@ -92,6 +108,9 @@ struct snapshot {
   std::vector<table_route> routes;       // sorted by prefix length, longest first
   std::vector<uint16_t> maglev_slots;    // per service: index within its backend range
   std::vector<uint32_t> service_frontends;  // frontend indices grouped by service (table_service)
+  encryption_mode encryption = encryption_mode::off;
+  uint32_t replay_window = 1024;
+  std::vector<table_node_encryption> node_encryption;  // by node index; [kLocalNodeIndex] unused
   hash_index frontend_index;
   hash_index pod_index;                  // keyed by IPv4 and IPv6 pod addresses
 

@@ -1,5 +1,7 @@
 #include "control/table_compiler.h"
 
+#include <map>
+
 #include <algorithm>
 #include <bit>
 #include <sstream>
@@ -29,7 +31,8 @@ std::string backend_identity(const backend_spec& b) {
 
 }  // namespace
 
-std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint64_t generation) {
+std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint64_t generation,
+                                               const esp_key_set* keys) {
   auto tables = std::make_shared<snapshot>();
   tables->generation = generation;
   tables->tuning = state.tuning;
@@ -113,6 +116,30 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
     table_service& svc = tables->services[tables->frontends[i].service_index];
     tables->service_frontends[svc.first_frontend + filled[tables->frontends[i].service_index]++] = i;
     svc.frontend_count = filled[tables->frontends[i].service_index];
+  }
+
+  // Encryption: per other node, whether its route is encrypted and the keys this node
+  // sends to it and accepts from it under, derived for the pair and direction.
+  tables->encryption = state.encryption.mode;
+  tables->replay_window = state.encryption.replay_window;
+  tables->node_encryption.resize(tables->nodes.size());
+  if (state.encryption.mode != encryption_mode::off && keys && keys->tx) {
+    std::map<std::string, const node_spec*> specs;
+    for (const auto& peer : state.peers) specs[peer.name] = &peer;
+    auto sa = [](const esp_key& derived) {
+      return table_esp_sa{derived.id, esp_spi(derived.id), derived.key, derived.salt};
+    };
+    const std::string& self = tables->nodes[kLocalNodeIndex].name;
+    for (uint32_t i = 0; i < tables->nodes.size(); ++i) {
+      if (i == kLocalNodeIndex) continue;
+      const std::string& peer = tables->nodes[i].name;
+      const node_spec* spec = specs[peer];
+      table_node_encryption& e = tables->node_encryption[i];
+      e.encrypt = state.encryption.mode == encryption_mode::always || (spec && spec->encrypt.value_or(false));
+      if (!e.encrypt) continue;
+      e.tx = sa(derive_pair_key(*keys->tx, self, peer));
+      for (const esp_key& master : keys->rx) e.rx.push_back(sa(derive_pair_key(master, peer, self)));
+    }
   }
 
   tables->frontend_index = empty_index(tables->frontends.size());

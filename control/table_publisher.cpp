@@ -33,11 +33,26 @@ publish_result table_publisher::apply(std::string_view document_json) {
   return apply(*parsed.state);
 }
 
+void table_publisher::set_key_source(esp_key_source source) {
+  std::lock_guard lock(mutex_);
+  key_source_ = std::move(source);
+}
+
 publish_result table_publisher::apply(const desired_state& state) {
   std::lock_guard lock(mutex_);
   publish_result result;
   auto start = std::chrono::steady_clock::now();
-  auto next = compile_tables(state, last_generation_ + 1);
+  std::optional<esp_key_set> keys;
+  if (state.encryption.mode != encryption_mode::off) {
+    std::string error = "this agent has no source of ESP keys";
+    if (key_source_) keys = key_source_(state, error);
+    if (!keys || !keys->tx) {
+      result.errors.push_back({"$.encryption.key_file", keys ? "the key file holds no key" : error});
+      result.compile_seconds = seconds_since(start);
+      return result;
+    }
+  }
+  auto next = compile_tables(state, last_generation_ + 1, keys ? &*keys : nullptr);
   result.compile_seconds = seconds_since(start);
 
   start = std::chrono::steady_clock::now();

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "control/desired_state.h"
+#include "control/esp_keyring.h"
 #include "control/snapshot.h"
 
 namespace meshlane {
@@ -26,8 +27,14 @@ struct publish_result {
   double publish_seconds = 0;
 };
 
+// Where a publish with encryption on gets its ESP keys: the master keys to use now, or
+// nullopt and an error (an unreadable or invalid key file refuses the publish; the
+// running tables and keys stay).
+using esp_key_source = std::function<std::optional<esp_key_set>(const desired_state& state, std::string& error)>;
+
 class table_publisher {
  public:
+  void set_key_source(esp_key_source source);
   // A sink added after a snapshot exists is handed the current one at once.
   std::string add_sink(std::string name, table_sink sink);
 
@@ -43,6 +50,7 @@ class table_publisher {
   std::shared_ptr<const snapshot> current_;
   std::shared_ptr<const desired_state> current_state_;
   std::vector<std::pair<std::string, table_sink>> sinks_;
+  esp_key_source key_source_;
 };
 
 }  // namespace meshlane

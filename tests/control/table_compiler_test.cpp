@@ -42,6 +42,56 @@ TEST(TableCompiler, ViewsCountEachBackendsMaglevSlotsAndGroupEachServicesFronten
   EXPECT_EQ(frontends, tables->frontends.size());
 }
 
+TEST(TableCompiler, EncryptedRoutesGetKeysDerivedForTheirPairAndDirection) {
+  json doc = testing::sample_document();
+  doc["encryption"] = {{"mode", "per_route"}, {"key_file", "/unused"}};
+  doc["nodes"][0]["encrypt"] = true;
+  doc["nodes"].push_back({{"name", "node3"}, {"underlay_ip", "198.19.0.3"}, {"pod_cidr", "198.18.3.0/24"}});
+  esp_key master;
+  master.id = 5;
+  master.key.assign(16, 0x11);
+  esp_key_set keys;
+  keys.tx = master;
+  keys.rx = {master};
+  const auto tables = compile_tables(parse_or_die(doc), 1, &keys);
+  ASSERT_EQ(tables->node_encryption.size(), 3u);
+  const table_node_encryption& to2 = tables->node_encryption[1];  // node2 (peers sorted by name)
+  const table_node_encryption& to3 = tables->node_encryption[2];
+  ASSERT_EQ(tables->nodes[1].name, "node2");
+  EXPECT_TRUE(to2.encrypt);
+  EXPECT_FALSE(to3.encrypt) << "node3 did not ask for encryption";
+  EXPECT_TRUE(to3.tx.key.empty());
+  EXPECT_EQ(to2.tx.key_id, 5);
+  EXPECT_EQ(to2.tx.spi, esp_spi(5));
+  EXPECT_EQ(to2.tx.key, derive_pair_key(master, "node1", "node2").key);
+  ASSERT_EQ(to2.rx.size(), 1u);
+  EXPECT_EQ(to2.rx[0].key, derive_pair_key(master, "node2", "node1").key);
+  EXPECT_NE(to2.tx.key, to2.rx[0].key);
+  // "always" encrypts every route; the keys never show in the tables' description.
+  doc["encryption"]["mode"] = "always";
+  const auto all = compile_tables(parse_or_die(doc), 2, &keys);
+  EXPECT_TRUE(all->node_encryption[2].encrypt);
+  const std::string text = describe_tables(*all);
+  EXPECT_EQ(text.find("1111"), std::string::npos);
+}
+
+TEST(TablePublisher, AnUnreadableKeyFileRefusesThePublishAndTheTablesStay) {
+  table_publisher publisher;
+  ASSERT_TRUE(publisher.apply(testing::sample_document().dump()).errors.empty());
+  json doc = testing::sample_document();
+  doc["encryption"] = {{"mode", "always"}, {"key_file", "/nonexistent/keys"}};
+  publisher.set_key_source([](const desired_state& state, std::string& error) -> std::optional<esp_key_set> {
+    const auto file = load_esp_key_file(state.encryption.key_file, error);
+    if (!file) return std::nullopt;
+    return esp_key_set{*file->newest(), file->keys};
+  });
+  const auto result = publisher.apply(doc.dump());
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].path, "$.encryption.key_file");
+  EXPECT_NE(result.errors[0].message.find("cannot read the key file /nonexistent/keys"), std::string::npos);
+  EXPECT_EQ(publisher.current()->generation, 1u);
+}
+
 TEST(TableCompiler, SameDocumentGivesByteIdenticalTables) {
   const auto state = parse_or_die(testing::sample_document());
   EXPECT_EQ(compile_tables(state, 7)->serialize(), compile_tables(state, 7)->serialize());
