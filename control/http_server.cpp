@@ -52,7 +52,25 @@ struct connection {
   size_t sent = 0;
   int64_t deadline_ms;
   bool responded = false;
+  std::string peer;        // the client's address, for the per-peer limit
+  int64_t accepted_ms = 0;
 };
+
+// A request's headers must arrive within this of the connection: a client that trickles
+// them (slowloris) is dropped long before the whole timeout.
+constexpr int64_t kHeaderTimeoutMs = 2000;
+// At most this many connections from one address; a peer past it loses its oldest
+// connection that has not sent a whole request yet.
+constexpr size_t kMaxConnectionsPerPeer = 16;
+
+std::string peer_of(const sockaddr_storage& address) {
+  char text[INET6_ADDRSTRLEN] = "?";
+  if (address.ss_family == AF_INET)
+    inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in*>(&address)->sin_addr, text, sizeof text);
+  else if (address.ss_family == AF_INET6)
+    inet_ntop(AF_INET6, &reinterpret_cast<const sockaddr_in6*>(&address)->sin6_addr, text, sizeof text);
+  return text;
+}
 
 }  // namespace
 
@@ -115,20 +133,52 @@ void http_server::serve() {
     if (loop_.stopping) break;
     const int64_t now = now_ms();
     if (fds[1].revents & POLLIN) {
+      // Probes must keep answering while the port is abused (a liveness probe that fails
+      // restarts the agent): a new connection takes the place of the oldest one that has
+      // not sent a whole request yet, its peer's own when the peer is at its limit, so a
+      // flood of idle or trickling connections cannot crowd out a client that asks at once.
+      auto evict_oldest_incomplete = [&](const std::string* peer) {
+        connection* oldest = nullptr;
+        for (auto& c : connections)
+          if (c.fd >= 0 && !c.responded && (!peer || c.peer == *peer) && (!oldest || c.accepted_ms < oldest->accepted_ms))
+            oldest = &c;
+        if (!oldest) return false;
+        ::close(oldest->fd);
+        oldest->fd = -1;
+        ++evicted_;
+        return true;
+      };
       while (true) {
-        const int fd = ::accept4(loop_.listen_fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        sockaddr_storage address{};
+        socklen_t address_length = sizeof address;
+        const int fd = ::accept4(loop_.listen_fd, reinterpret_cast<sockaddr*>(&address), &address_length,
+                                 SOCK_CLOEXEC | SOCK_NONBLOCK);
         if (fd < 0) break;
-        if (connections.size() >= max_connections_) {
+        const std::string peer = peer_of(address);
+        size_t from_peer = 0, open = 0;
+        for (const auto& c : connections) {
+          if (c.fd < 0) continue;
+          ++open;
+          from_peer += c.peer == peer;
+        }
+        bool room = true;
+        if (from_peer >= kMaxConnectionsPerPeer) room = evict_oldest_incomplete(&peer);
+        else if (open >= max_connections_) room = evict_oldest_incomplete(nullptr);
+        if (!room) {
           const std::string busy = serialize({503, "text/plain; charset=utf-8", "too many connections\n"}, false);
           [[maybe_unused]] ssize_t n = ::send(fd, busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
           ::close(fd);
           continue;
         }
-        connections.push_back({fd, {}, {}, 0, now + timeout_ms_, false});
+        connections.push_back({fd, {}, {}, 0, now + timeout_ms_, false, peer, now});
       }
     }
     size_t index = 2;
     for (auto& c : connections) {
+      if (c.fd < 0) {  // evicted above, after its poll entry was made
+        ++index;
+        continue;
+      }
       const short revents = fds.size() > index && fds[index].fd == c.fd ? fds[index].revents : 0;
       ++index;
       bool drop = (revents & (POLLERR | POLLNVAL)) != 0;
@@ -184,7 +234,8 @@ void http_server::serve() {
         if (n > 0) c.sent += static_cast<size_t>(n);
         else if (n < 0 && errno != EAGAIN && errno != EINTR) drop = true;
       }
-      if (drop || (c.responded && c.sent >= c.output.size()) || now > c.deadline_ms) {
+      const bool headers_late = !c.responded && now - c.accepted_ms > kHeaderTimeoutMs;
+      if (drop || (c.responded && c.sent >= c.output.size()) || now > c.deadline_ms || headers_late) {
         ::close(c.fd);
         c.fd = -1;
       }

@@ -38,6 +38,8 @@ class http_server {
   std::string start(const std::string& listen, size_t max_connections = 64, int timeout_ms = 5000);
   void stop();
   int port() const { return port_; }
+  // Connections closed to make room for new ones (see serve()).
+  uint64_t evicted() const { return evicted_.load(); }
 
  private:
   void serve();
@@ -47,6 +49,7 @@ class http_server {
   int timeout_ms_ = 5000;
   poll_thread loop_;
   int port_ = 0;
+  std::atomic<uint64_t> evicted_{0};
 };
 
 }  // namespace meshlane

@@ -215,6 +215,31 @@ TEST_F(HttpSurface, StatusJsonSendsAPageOfServicesAndSearchesThem) {
   EXPECT_EQ(model["services_matching"], 0);
 }
 
+TEST_F(HttpSurface, ProbesAnswerWhileHundredsOfConnectionsHoldPartialRequests) {
+  // A slow-client flood (each connection sends half a request and waits): on a node where
+  // the admin port is reachable, anyone could otherwise fail the liveness probe and have
+  // the agent restarted.
+  std::vector<int> held;
+  for (int i = 0; i < 300; ++i) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in address{};
+    address.sin_family = AF_INET;
+    address.sin_port = htons(static_cast<uint16_t>(port_));
+    inet_pton(AF_INET, "127.0.0.1", &address.sin_addr);
+    if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+      const char partial[] = "GET /metrics HTTP/1.1\r\nHost: x\r\n";
+      [[maybe_unused]] ssize_t n = ::send(fd, partial, sizeof partial - 1, MSG_NOSIGNAL);
+    }
+    held.push_back(fd);
+  }
+  for (int probe = 0; probe < 10; ++probe) {
+    EXPECT_NE(get(port_, "/healthz").find("HTTP/1.1 200"), std::string::npos) << "probe " << probe;
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  }
+  EXPECT_GT(server_.evicted(), 200u) << "the flood was not what made room";
+  for (int fd : held) ::close(fd);
+}
+
 TEST_F(HttpSurface, ACollectorThatThrowsIsA500AndTheServerLives) {
   std::atomic<bool> fail{true};
   registry_.add_collector("broken", [&](std::vector<metric_family>&) {
