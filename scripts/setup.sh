@@ -20,6 +20,8 @@ packages=(
   haproxy
   # metrics scrape check in tests
   python3 python3-prometheus-client
+  # ESP interop tests: scapy's ESP as the independent peer (tests/dataplane/esp)
+  python3-scapy python3-cryptography
   # control surface tests: status page in headless Chromium, HTTP probes
   chromium curl
   # a real container runtime on meshlane-cni (tests/integration/podman_test.cpp, the demo):
@@ -27,6 +29,11 @@ packages=(
   # this machine class's hybrid cgroup layout; containernetworking-plugins is podman's CNI
   # network stack (its own plugins are not used); a static busybox is the containers' image
   podman runc containernetworking-plugins busybox-static
+  # the image (scripts/image.sh builds it with podman above) and the manifests' test
+  # (tests/deploy): kubectl with its built-in kustomize (Debian's kubernetes-client, unless
+  # a kubectl is installed already: another package's /usr/bin/kubectl, such as Google
+  # Cloud's `kubectl`, conflicts with it), the Kubernetes Python client's models
+  $(command -v kubectl >/dev/null || echo kubernetes-client) python3-kubernetes python3-yaml
 )
 
 log() { printf 'setup: %s\n' "$*" >&2; }
