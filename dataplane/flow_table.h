@@ -14,12 +14,22 @@
 // one. Only the owner writes.
 #pragma once
 
+#include <rte_hash_crc.h>
+
 #include <cstdint>
 #include <cstring>
 #include <vector>
 
 #include "control/stable_hash.h"
 #include "dataplane/packet_headers.h"
+
+// DPDK's CRC32-C of one word (the SSE4.2 instruction, or a software fallback chosen
+// once at start) is a static inline function, which GCC stops inlining into the packet
+// loop once that has grown: it was a call per use, two per packet. Declared again here,
+// always inline.
+extern "C" {
+static inline uint32_t rte_hash_crc_8byte(uint64_t data, uint32_t init_val) __attribute__((always_inline));
+}
 
 namespace meshlane {
 
@@ -35,6 +45,7 @@ struct flow_key {
 static_assert(sizeof(flow_key) == 40);
 
 uint64_t hash_flow_key(const flow_key& key);
+inline constexpr uint32_t kFlowHashSeed = 0x6d6c616e;
 
 // A flow's 64-bit hash from the CRC32-C of its tuple: the CRC itself in the low half,
 // which indexes the flow table's buckets and picks the Geneve source port (CRC32-C
@@ -54,14 +65,13 @@ uint64_t hash_flow_key(const flow_key& key);
 // be written.
 [[gnu::always_inline]] inline uint32_t flow_crc_v4(uint32_t source, uint32_t destination, uint16_t source_port,
                                                    uint16_t destination_port, uint8_t protocol) {
-  // CRC32-C (SSE4.2, which the build's -march includes) over the 13 bytes that vary; see
-  // flow_hash_from_crc. (An earlier "crc * golden ^ crc" zeroed bit 0 and folded others:
-  // 100k flows landed in a third of the buckets and evicted each other; a flow_table test
-  // checks the spread.)
-  constexpr uint32_t kSeed = 0x6d6c616e;
+  // CRC32-C over the 13 bytes that vary, by DPDK's rte_hash_crc (the SSE4.2 instruction,
+  // which the build's -march includes, chosen once at start); see flow_hash_from_crc.
+  // (An earlier "crc * golden ^ crc" zeroed bit 0 and folded others: 100k flows landed in
+  // a third of the buckets and evicted each other; a flow_table test checks the spread.)
   const uint64_t addresses = uint64_t{source} << 32 | destination;
   const uint64_t ports = uint64_t{source_port} << 24 | uint64_t{destination_port} << 8 | protocol;
-  return static_cast<uint32_t>(__builtin_ia32_crc32di(__builtin_ia32_crc32di(kSeed, addresses), ports));
+  return rte_hash_crc_8byte(ports, rte_hash_crc_8byte(addresses, kFlowHashSeed));
 }
 // The whole hash of the same.
 inline uint64_t hash_flow_v4(uint32_t source, uint32_t destination, uint16_t source_port, uint16_t destination_port,
@@ -110,7 +120,7 @@ struct flow_entry {
   // word-by-word update.
   uint16_t l3_checksum_delta = 0;
   uint16_t l4_checksum_delta = 0;
-  uint16_t backend_slot = 0;  // counter slot of the backend (stable across snapshots)
+  uint32_t backend_slot = 0;  // counter slot of the backend (stable across snapshots)
   uint32_t version = 0;       // seqlock: odd while the owner writes the entry
   uint64_t last_seen = 0;     // in timer ticks
 };

@@ -4,11 +4,18 @@
 // has checked that the bytes exist (packet_parser.h).
 #pragma once
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 
 namespace meshlane::wire {
+
+// to_net16 and friends swap unconditionally, loads of stored header words are read as
+// little-endian values (checksum folds, the flow key's IPv4-mapped words, the outer UDP
+// header assembled in one store): the data plane is for little-endian hosts (x86-64,
+// and arm64 as Linux runs it).
+static_assert(std::endian::native == std::endian::little, "the data plane assumes a little-endian host");
 
 inline constexpr uint16_t kEtherTypeIpv4 = 0x0800;
 inline constexpr uint16_t kEtherTypeArp = 0x0806;
@@ -211,7 +218,7 @@ inline uint64_t checksum_partial(const void* data, size_t length, uint64_t sum =
 // the high half of x + rotr(x, 16) is hi + lo plus the carry out of the low half. Five
 // instructions where halving step by step took a dozen (it runs four times per
 // encapsulated packet). Zero only for a zero sum, as with the step-by-step fold.
-inline uint32_t ones_complement_fold(uint64_t sum) {
+[[gnu::always_inline]] inline uint32_t ones_complement_fold(uint64_t sum) {
   const uint32_t low = static_cast<uint32_t>(sum), high = static_cast<uint32_t>(sum >> 32);
   uint32_t x = low + high;
   x += x < high;  // the end-around carry

@@ -4,6 +4,11 @@
 //   -> service LB (flow table, Maglev, DNAT / reverse NAT) -> route -> deliver | encap
 // A packet leaves a stage either queued for transmission on a port or dropped with one
 // reason. No heap, no locks, no system calls and no virtual calls here.
+//
+// This header is the pipeline's face. Behind it, one file per concern: pipeline.cpp (the
+// loop and routing), forwarding_tables.cpp (building the tables below, with the lookups
+// of node_lookup.h), gateway, nat, service_lb and geneve (.h: what is inline in the
+// packet path; .cpp: the rest), sharing pipeline_internal.h.
 #pragma once
 
 #include <rte_mbuf.h>
@@ -20,6 +25,7 @@
 
 #include "control/snapshot.h"
 #include "dataplane/flow_table.h"
+#include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
 #include "dataplane/packet_parser.h"
 
@@ -27,9 +33,11 @@ namespace meshlane {
 
 inline constexpr uint16_t kMaxPorts = RTE_MAX_ETHPORTS;
 inline constexpr uint16_t kMaxBurst = 512;
-inline constexpr uint32_t kMaxServiceSlots = 1024;  // distinct services ever seen by one agent
-inline constexpr uint32_t kMaxBackendSlots = 8192;
-static_assert(kMaxServiceSlots <= 65536 && kMaxBackendSlots <= 65536, "flow entries hold counter slots in 16 bits");
+// Counter slots (see counter_slot_names): services at once, and backends summed over
+// services (a backend of two services has two). Each worker holds 24 bytes of counters
+// per backend slot (3 MiB); a service's counters are its backends' sums.
+inline constexpr uint32_t kMaxServiceSlots = 1u << 17;
+inline constexpr uint32_t kMaxBackendSlots = 1u << 17;
 // VNI of the pod overlay. One overlay per cluster; RFC 8926 section 3.4 leaves the
 // meaning of the VNI to the operator.
 inline constexpr uint32_t kOverlayVni = 1;
@@ -71,24 +79,34 @@ struct port_info {
   std::atomic<uint32_t> incarnation{0};
 };
 
-// Underlay neighbours' MACs, learned from ARP and Geneve frames of known nodes:
-// direct-mapped by address, so a collision costs a broadcast frame, never a wrong one.
+// Underlay neighbours' MACs (other nodes' uplinks), learned from ARP and Geneve frames of
+// known nodes, read for every encapsulated packet. One slot per node underlay address
+// the published tables name (forwarding_tables gives each node's slot), kept across
+// publishes so that a publish forgets nothing; a slot the tables stop naming is freed
+// only once every worker has passed a quiescent state (reclaim_neighbour_slots), so no
+// worker still holding older tables writes it for its old address. Readers check the
+// address too: a slot not learned yet gives the broadcast address, never another MAC.
 struct underlay_neighbours {
-  static constexpr uint32_t kSlots = 256;
+  static constexpr uint32_t kSlots = 65536;  // node underlay addresses at once (1 MiB)
   struct slot {
     std::atomic<uint64_t> ip_and_valid{0};  // (network-order IPv4 << 1) | 1
     std::atomic<uint64_t> mac{0};
   };
   std::array<slot, kSlots> slots;
-  void learn(uint32_t ip_net, const wire::mac_address& mac);
-  // The neighbour's MAC as mac_address::as_u64 gives it; broadcast when unknown. Inline:
-  // every encapsulated packet asks.
-  uint64_t lookup_u64(uint32_t ip_net) const {
-    const slot& s = slots[(ip_net >> 24) % kSlots];
+  void learn(uint32_t slot, uint32_t ip_net, const wire::mac_address& mac);
+  // The MAC of the neighbour in `slot` with address `ip_net`, as mac_address::as_u64
+  // gives it; broadcast when unknown. Inline: every encapsulated packet asks.
+  uint64_t lookup_u64(uint32_t slot, uint32_t ip_net) const {
+    const struct slot& s = slots[slot];
     if (s.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{ip_net} << 1) | 1))
       return wire::kBroadcastMac.as_u64();
     return s.mac.load(std::memory_order_acquire);
   }
+  // The control thread's record of which address holds which slot (build_forwarding_tables,
+  // reclaim_neighbour_slots); workers never read it.
+  std::unordered_map<uint32_t, uint32_t> slot_by_ip;
+  std::vector<uint32_t> free_slots;
+  uint32_t slots_used = 0;  // slots [0, slots_used) have been handed out at least once
 };
 
 // The outer headers of Geneve frames from this node to one other node, built when a
@@ -100,6 +118,12 @@ struct geneve_template {
   std::array<uint8_t, wire::kGeneveOverhead> headers{};
   uint32_t ip_sum = 0;   // the IPv4 header's words but total length and checksum (host order, unfolded)
   uint32_t udp_sum = 0;  // pseudo-header addresses and protocol, destination port, Geneve header
+  // The outer destination, network order (0: an empty template).
+  uint32_t remote_ip() const {
+    uint32_t ip;
+    std::memcpy(&ip, headers.data() + sizeof(wire::ethernet_header) + offsetof(wire::ipv4_header, destination), 4);
+    return ip;
+  }
 };
 // `local_underlay_ip` and `remote_underlay_ip` in network order.
 geneve_template make_geneve_template(const wire::mac_address& outer_source, uint32_t local_underlay_ip,
@@ -127,27 +151,42 @@ struct forwarding_tables {
   // every routed frame of the port is a spoofed one).
   std::array<uint32_t, kMaxPorts> port_source_v4{};
   std::array<std::array<uint8_t, 16>, kMaxPorts> port_source_v6{};
-  // By snapshot node index: its IPv4 pod range (host order), for the source of frames
-  // decapsulated from it.
-  std::vector<std::pair<uint32_t, uint32_t>> node_v4_range;  // base, mask
-  std::vector<uint32_t> node_underlay_ip;  // by snapshot node index, network order (0: not IPv4)
-  std::vector<geneve_template> node_geneve;  // by snapshot node index (from the uplink; empty without one)
+  // By snapshot node index: how to reach it through the tunnel (one cache line per node),
+  // the outer headers from the uplink and its slot in port_table::neighbours. An empty
+  // template (remote_ip 0) for this node and for nodes without an IPv4 underlay address.
+  struct alignas(64) node_tunnel {
+    geneve_template outer;
+    uint32_t neighbour = 0;
+  };
+  static_assert(sizeof(node_tunnel) == 64);
+  std::vector<node_tunnel> node_tunnels;
   std::vector<uint32_t> service_slot;      // by snapshot service index -> counter slot
   std::vector<uint32_t> backend_slot;      // by snapshot backend index -> counter slot
-  // IPv4 fast paths of the snapshot's lookups (the snapshot's own are family-generic):
-  // pod address -> pod index (open addressing, at most half full), pod ranges longest
-  // first.
+  // IPv4 fast path of the snapshot's pod lookup (the snapshot's own is family-generic):
+  // pod address -> pod index (open addressing, at most half full).
   struct v4_pod_slot {
     uint32_t ip = 0;         // host order
     uint32_t pod_plus_one = 0;
   };
   std::vector<v4_pod_slot> v4_pods;
   uint32_t v4_pod_mask = 0;
-  struct v4_route {
-    uint32_t base = 0, mask = 0;  // host order
-    uint32_t node_index = 0;
-  };
-  std::vector<v4_route> v4_routes;
+  // Every node's pod ranges (this node's too) -> node index, longest match (node_lookup.h).
+  pod_ranges_v4 routes_v4;
+  pod_ranges_v6 routes_v6;
+  // The node whose pod range holds the IPv6 address at `ip` (16 bytes), or kNoNode. An
+  // IPv4-mapped address (::ffff:a.b.c.d) is looked up among the IPv4 ranges, as the
+  // snapshot's family-generic lookups do.
+  uint32_t node_of_v6(const uint8_t* ip) const {
+    uint64_t high;
+    uint32_t mid, v4;
+    std::memcpy(&high, ip, 8);
+    std::memcpy(&mid, ip + 8, 4);
+    if (high == 0 && mid == 0xffff0000u) {  // bytes 8..11 = 00 00 ff ff, little-endian load
+      std::memcpy(&v4, ip + 12, 4);
+      return routes_v4.find(__builtin_bswap32(v4));
+    }
+    return routes_v6.find(ip);
+  }
   // This node's IPv4 pod range (host order): every pod of this node is inside it (the
   // document is refused otherwise), so only addresses in it need the pod table.
   uint32_t local_v4_base = 0, local_v4_mask = 0;
@@ -158,11 +197,12 @@ struct forwarding_tables {
   std::vector<uint64_t> v4_backends;   // (host-order address << 16) | port
   uint32_t v4_vip_mask = 0, v4_backend_mask = 0;
   bool has_v6_services = false;
-  // Underlay address -> node index, for accepting Geneve only from known nodes.
-  std::vector<std::pair<uint32_t, uint32_t>> node_by_underlay;
+  // The other nodes by underlay address: Geneve is accepted only from them, with inner
+  // sources of their pod ranges, and only their MACs are learned.
+  underlay_peer_table underlay_peers;
   // The frontends that DNAT to a backend (its address, the port flows reach it on, and
   // the protocol), sorted: what a backend's reply without a reverse entry may belong to
-  // (see restore_reverse_entry in pipeline.cpp).
+  // (see restore_reverse_entry in service_lb.cpp).
   struct backend_frontend {
     std::array<uint8_t, 16> ip{};
     uint16_t port = 0;
@@ -197,7 +237,7 @@ inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672; 
 // The clients of such flows, by lent port: address (IPv4-mapped for IPv4) and port. A
 // reverse entry's second rewrite (back to the client) needs the client's address, and an
 // IPv6 one does not fit in flow_entry (IPv4 ones do: flow_entry::second_address); a
-// reverse entry rebuilt after an eviction (restore_reverse_entry in pipeline.cpp) needs
+// reverse entry rebuilt after an eviction (restore_reverse_entry in service_lb.cpp) needs
 // both, as its reply names only the lent port. Each worker writes the slots of the ports
 // it lends before it inserts their entries; shared by the pool's workers so that a reply
 // reaching another worker finds its client too (its entry read through the seqlock, whose
@@ -256,7 +296,7 @@ struct worker_state {
   std::array<lb_counters, kMaxBackendSlots> backend;  // services: see service_counters
   counter bursts, busy_polls, idle_polls;
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
-  counter reverse_entries_restored;  // see restore_reverse_entry in pipeline.cpp
+  counter reverse_entries_restored;  // see restore_reverse_entry in service_lb.cpp
 
   // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen does) until
   // the pod answers the gateway's ARP request or says anything, then sent; dropped as
@@ -292,7 +332,7 @@ void release_held(worker_state& worker, port_table& ports, uint64_t now, uint64_
 // comes from the low 32 bits of `flow_hash` (see flow_hash_from_crc).
 // With `inner` (the parse of the frame in `m`, which must end where its IP packet ends),
 // the outer UDP checksum takes the inner frame's sum from the inner checksums instead of
-// reading the whole frame (see inner_frame_sum in pipeline.cpp).
+// reading the whole frame (see inner_frame_sum in geneve.cpp).
 // False (nothing written) when the mbuf has no room for the outer headers in front.
 bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t outer_destination, uint64_t flow_hash,
                         bool udp_checksum = true, const parsed_packet* inner = nullptr);
@@ -327,8 +367,13 @@ struct counter_slot_names {
 // One pass over the backend slots; the result is indexed by service slot.
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
                                               const counter_slot_names& slots);
-std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, const port_table& ports,
+// Gives every other node's underlay address its slot in `ports.neighbours`.
+std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
                                     counter_slot_names& slots, forwarding_tables& out);
+// Frees the neighbour slots of underlay addresses `installed` does not name (their MACs
+// forgotten). Call after `installed` is published and every worker has passed a
+// quiescent state, as reclaim_counter_slots.
+void reclaim_neighbour_slots(port_table& ports, const forwarding_tables& installed);
 // Frees the slots the last built tables do not name and no live flow entry of any worker
 // refers to (their counters zeroed, their names gone from the metrics). Call after the
 // tables that stopped naming them are published and every worker has passed a

@@ -440,6 +440,7 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
   }
   apply_tuning(tables->tuning);
   gateway_ip6_ = next->gateway_ip6;
+  const forwarding_tables* installed = next.get();
   forwarding_tables* previous = current_.exchange(next.release(), std::memory_order_acq_rel);
   // Every worker that might still hold `previous` reports a quiescent state after its
   // current burst (or is offline while idle); only then is it safe to free.
@@ -451,6 +452,7 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
   {
     std::lock_guard lock(ports_mutex_);
     reclaim_counter_slots(slot_names_, workers_, rte_rdtsc(), settings_.timeouts());
+    reclaim_neighbour_slots(*ports_, *installed);
   }
   return {};
 }

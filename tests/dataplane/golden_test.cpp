@@ -1366,3 +1366,133 @@ TEST_F(golden, ABackendThatLeavesKeepsItsCountersWhileItsFlowsLiveThenItsSeriesG
 
 }  // namespace
 }  // namespace meshlane::testing
+
+// --- Lookups that do not grow with the cluster (issue 14) ---
+
+namespace meshlane::testing {
+namespace {
+
+// The outer destination of a Geneve frame that left by the uplink; 0: none left.
+uint32_t tunnelled_to(const bytes& out) { return out.size() > kGeneveOverhead ? net32_at(out, kIp4 + 16) : 0; }
+
+// Pod ranges of two nodes may not overlap in a document, but routing is a longest-prefix
+// match and must stay one: a range nested in another (set into the compiled tables by
+// hand) takes the addresses it holds, the outer range keeps the rest, in both families;
+// the source check of traffic from outside sees the nested range too.
+TEST_F(golden, RoutesTakeTheLongestOfNestedPodRanges) {
+  auto document = nlohmann::json::parse(kNode1Document);
+  document["nodes"].push_back({{"name", "node3"}, {"underlay_ip", "198.19.0.3"}, {"pod_cidr", "198.18.3.0/24"},
+                               {"pod_cidr6", "fd00:6d6c:3::/64"}});
+  auto parsed = parse_desired_state(document.dump());
+  ASSERT_TRUE(parsed.state);
+  auto tables = std::make_shared<snapshot>(*compile_tables(*parsed.state, 2));
+  const ip_prefix inner4 = *ip_prefix::parse("198.18.2.128/25"), inner6 = *ip_prefix::parse("fd00:6d6c:2:0:8000::/65");
+  for (uint32_t i = 0; i < tables->nodes.size(); ++i) {
+    if (tables->nodes[i].name != "node3") continue;
+    tables->nodes[i].pod_cidr = inner4;
+    tables->nodes[i].pod_cidr6 = inner6;
+    for (table_route& r : tables->routes)
+      if (r.node_index == i) r.prefix = r.prefix.is_v4() ? inner4 : inner6;
+  }
+  std::stable_sort(tables->routes.begin(), tables->routes.end(), [](const auto& a, const auto& b) {
+    return std::tie(b.prefix.length, a.prefix) < std::tie(a.prefix.length, b.prefix);
+  });
+  ASSERT_EQ(pool_->install(tables), "");
+  learn_pod_macs();
+
+  const std::pair<const char*, const char*> v4[] = {
+      {"198.18.2.200", "198.19.0.3"}, {"198.18.2.128", "198.19.0.3"},
+      {"198.18.2.127", "198.19.0.2"}, {"198.18.2.20", "198.19.0.2"}};
+  for (const auto& [destination, node] : v4) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(destination), udp_to(9)));
+    EXPECT_EQ(tunnelled_to(receive(uplink)), ip4(node)) << destination;
+  }
+  const std::pair<const char*, const char*> v6[] = {{"fd00:6d6c:2:0:8000::5", "198.19.0.3"},
+                                                    {"fd00:6d6c:2:0:ffff:ffff:ffff:ffff", "198.19.0.3"},
+                                                    {"fd00:6d6c:2:0:7fff:ffff:ffff:ffff", "198.19.0.2"},
+                                                    {"fd00:6d6c:2::20", "198.19.0.2"}};
+  for (const auto& [destination, node] : v6) {
+    send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6(destination), udp_to(9)));
+    EXPECT_EQ(tunnelled_to(receive(uplink)), ip4(node)) << destination;
+  }
+  // Nothing routes to node3's original ranges any more.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.3.20"), udp_to(9)));
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:3::20"), udp_to(9)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_route), 2u);
+  // From outside, a source in the nested ranges is a pod's.
+  send(uplink, ipv4_frame(mac(0x99), kUplinkMac, ip4("198.18.2.200"), ip4("198.19.128.12"), udp_to(53, 50000)));
+  send(uplink, ipv6_frame(mac(0x99), kUplinkMac, ip6("fd00:6d6c:2:0:8000::5"), ip6("fd00:6d6c:ffff::10"), tcp_to(80)));
+  EXPECT_EQ(drops(drop_reason::spoofed_source), 2u);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+// A cluster of 254 nodes (DESIGN.md's address plan, full): Geneve is accepted from each
+// node's underlay address with its own pods' sources only, and from nothing else, our
+// own address included (underlay addresses are a hash lookup now, not a scan).
+TEST_F(golden, GeneveIsAcceptedFromEveryNodeOfALargeClusterAndFromNothingElse) {
+  auto document = nlohmann::json::parse(kNode1Document);
+  for (int n = 3; n <= 254; ++n)
+    document["nodes"].push_back({{"name", "node" + std::to_string(n)},
+                                 {"underlay_ip", "198.19.0." + std::to_string(n)},
+                                 {"pod_cidr", "198.18." + std::to_string(n) + ".0/24"}});
+  publish(document.dump().c_str(), 2);
+  learn_pod_macs();
+  auto from_node = [](int n, int pods_of) {
+    const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4(("198.18." + std::to_string(pods_of) + ".20").c_str()),
+                                   ip4("198.18.1.10"), udp_to(9));
+    return geneve_from(ip4(("198.19.0." + std::to_string(n)).c_str()), inner);
+  };
+  for (int n = 2; n <= 254; ++n) {
+    send(uplink, from_node(n, n));
+    ASSERT_FALSE(receive(client).empty()) << "from node " << n;
+  }
+  send(uplink, from_node(200, 201));  // another node's pods
+  EXPECT_EQ(drops(drop_reason::spoofed_source), 1u);
+  send(uplink, from_node(255, 255));  // no such node
+  send(uplink, from_node(1, 1));      // ourselves
+  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.20"), ip4("198.18.1.10"), udp_to(9));
+  send(uplink, geneve_from(ip4("198.19.1.2"), inner));  // not node2's address, though its last byte
+  EXPECT_EQ(drops(drop_reason::geneve_unknown_peer), 3u);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+// Each node's uplink MAC is its own, whatever its underlay address (the table was once
+// direct-mapped by the address's last byte: 198.19.0.2 and 198.19.1.2 took turns in one
+// slot, and the other node's frames went to the broadcast address); a publish forgets
+// none of them, and a node that leaves the tables is forgotten.
+TEST_F(golden, EveryNodeKeepsItsOwnUnderlayMacAcrossPublishesUntilItLeaves) {
+  auto document = nlohmann::json::parse(kNode1Document);
+  document["nodes"].push_back({{"name", "node3"}, {"underlay_ip", "198.19.1.2"}, {"pod_cidr", "198.18.3.0/24"}});
+  const std::string with_node3 = document.dump();
+  publish(with_node3.c_str(), 2);
+  learn_pod_macs();
+  const mac_address node3_mac = mac(0x03);
+  send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));
+  send(uplink, arp_request(node3_mac, ip4("198.19.1.2"), ip4("198.19.0.1")));
+  drain(uplink);
+  auto outer_mac_to = [&](const char* pod) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(pod), udp_to(9)));
+    const bytes out = receive(uplink);
+    return out.size() > kGeneveOverhead ? mac_at(out, 0) : mac_address{};
+  };
+  EXPECT_EQ(outer_mac_to("198.18.2.20"), kNode2Mac);
+  EXPECT_EQ(outer_mac_to("198.18.3.20"), node3_mac);
+  publish(with_node3.c_str(), 3);
+  EXPECT_EQ(outer_mac_to("198.18.2.20"), kNode2Mac);
+  EXPECT_EQ(outer_mac_to("198.18.3.20"), node3_mac);
+  // node3 leaves and comes back: its MAC is learned anew.
+  publish(kNode1Document, 4);
+  publish(with_node3.c_str(), 5);
+  EXPECT_EQ(outer_mac_to("198.18.3.20"), kBroadcastMac);
+  EXPECT_EQ(outer_mac_to("198.18.2.20"), kNode2Mac);
+  // And its ARP teaches nothing while it is no node.
+  publish(kNode1Document, 6);
+  send(uplink, arp_request(node3_mac, ip4("198.19.1.2"), ip4("198.19.0.1")));
+  drain(uplink);
+  publish(with_node3.c_str(), 7);
+  EXPECT_EQ(outer_mac_to("198.18.3.20"), kBroadcastMac);
+}
+
+}  // namespace
+}  // namespace meshlane::testing

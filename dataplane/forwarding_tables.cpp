@@ -1,0 +1,379 @@
+// The dataplane-shaped view of a snapshot (forwarding_tables, pipeline.h), built when it
+// is published: the lookups of node_lookup.h, the IPv4 gates and pod table, per-node
+// tunnel templates, counter slots and underlay neighbour slots, and their reclaiming.
+#include <algorithm>
+#include <bit>
+#include <map>
+#include <unordered_set>
+
+#include "dataplane/pipeline_internal.h"
+#include "dataplane/service_lb.h"
+
+namespace meshlane {
+
+using namespace wire;
+using namespace detail;
+
+// --- the lookups of node_lookup.h ---
+
+namespace {
+// A power-of-two slot count at least twice `entries` (and at least 16): open addressing
+// at most half full.
+size_t table_size(size_t entries) {
+  size_t size = 16;
+  while (size < entries * 2) size *= 2;
+  return size;
+}
+uint32_t v4_mask(uint32_t length) { return length == 0 ? 0 : ~uint32_t{0} << (32 - length); }
+}  // namespace
+
+// The group `table[at]` points to, made from it when it is none yet: every entry of a
+// new group holds what the entry held (the shorter range covering them all).
+uint32_t pod_ranges_v4::group_for(std::vector<uint32_t>& table, size_t at) {
+  if (table[at] & kGroup) return table[at] & kIndex;
+  const uint32_t covering = table[at];
+  const auto group = static_cast<uint32_t>(groups_.size() / 256);
+  groups_.resize(groups_.size() + 256, covering);
+  table[at] = kGroup | group;
+  return group;
+}
+
+std::string pod_ranges_v4::build(const std::vector<range>& ranges) {
+  *this = pod_ranges_v4{};
+  top_.assign(1u << 16, 0);
+  // Shortest first, so that each range overwrites the shorter ones it lies in; of two
+  // equal ranges the first is written last.
+  std::vector<range> order(ranges.rbegin(), ranges.rend());
+  std::stable_sort(order.begin(), order.end(), [](const range& a, const range& b) { return a.length < b.length; });
+  for (const range& r : order) {
+    if (r.length > 32) return "IPv4 prefix length " + std::to_string(r.length);
+    if (r.node >= kIndex) return "more than " + std::to_string(kIndex) + " nodes";
+    const uint32_t base = r.base & v4_mask(r.length), value = r.node + 1;
+    if (r.length <= 16) {
+      const uint32_t first = base >> 16, count = 1u << (16 - r.length);
+      // Nothing longer is written yet: no entry in this span is a group.
+      std::fill(top_.begin() + first, top_.begin() + first + count, value);
+      continue;
+    }
+    if (groups_.size() / 256 + 2 > kIndex) return "too many pod ranges";
+    const uint32_t second = group_for(top_, base >> 16);
+    if (r.length <= 24) {
+      const uint32_t first = second << 8 | (base >> 8 & 0xff), count = 1u << (24 - r.length);
+      std::fill(groups_.begin() + first, groups_.begin() + first + count, value);
+      continue;
+    }
+    const uint32_t third = group_for(groups_, second << 8 | (base >> 8 & 0xff));
+    const uint32_t first = third << 8 | (base & 0xff), count = 1u << (32 - r.length);
+    std::fill(groups_.begin() + first, groups_.begin() + first + count, value);
+  }
+  return {};
+}
+
+std::string pod_ranges_v6::build(const std::vector<range>& ranges) {
+  *this = pod_ranges_v6{};
+  const size_t size = table_size(ranges.size());
+  slots_.assign(size, slot{});
+  slot_mask_ = static_cast<uint32_t>(size - 1);
+  shift_ = 64 - static_cast<uint32_t>(std::countr_zero(size));
+  std::array<bool, 129> present{};
+  for (const range& r : ranges) {
+    if (r.length > 128) return "IPv6 prefix length " + std::to_string(r.length);
+    if (r.node >= UINT32_MAX - 1) return "too many nodes";
+    uint64_t high, low;
+    std::memcpy(&high, r.base.data(), 8);
+    std::memcpy(&low, r.base.data() + 8, 8);
+    high = __builtin_bswap64(high) & mask_high(r.length);
+    low = __builtin_bswap64(low) & mask_low(r.length);
+    uint32_t s = slot_of(high, low, r.length);
+    while (slots_[s].node_plus_one && !(slots_[s].high == high && slots_[s].low == low && slots_[s].length == r.length))
+      s = (s + 1) & slot_mask_;
+    if (slots_[s].node_plus_one) continue;  // the first of two equal ranges wins
+    slots_[s] = slot{high, low, r.length, r.node + 1};
+    present[r.length] = true;
+  }
+  for (int length = 128; length >= 0; --length)
+    if (present[length]) lengths_[length_count_++] = static_cast<uint8_t>(length);
+  return {};
+}
+
+void underlay_peer_table::build(const std::vector<underlay_peer>& peers) {
+  *this = underlay_peer_table{};
+  const size_t size = table_size(peers.size());
+  slots_.assign(size, underlay_peer{});
+  slot_mask_ = static_cast<uint32_t>(size - 1);
+  shift_ = 64 - static_cast<uint32_t>(std::countr_zero(size));
+  for (const underlay_peer& peer : peers) {
+    if (!peer.ip) continue;
+    uint32_t s = slot_of(peer.ip);
+    while (slots_[s].ip && slots_[s].ip != peer.ip) s = (s + 1) & slot_mask_;
+    if (!slots_[s].ip) slots_[s] = peer;
+  }
+}
+
+// --- underlay neighbours ---
+
+void underlay_neighbours::learn(uint32_t slot, uint32_t ip_net, const mac_address& mac) {
+  if (mac.is_multicast()) return;
+  struct slot& s = slots[slot];
+  const uint64_t tag = (uint64_t{ip_net} << 1) | 1;
+  if (s.ip_and_valid.load(std::memory_order_relaxed) == tag && s.mac.load(std::memory_order_relaxed) == mac.as_u64())
+    return;
+  // Readers may see the new tag with the old MAC for an instant: the frame then goes to a
+  // stale MAC once; invalidate first so that they see "unknown" (broadcast) instead.
+  s.ip_and_valid.store(0, std::memory_order_release);
+  s.mac.store(mac.as_u64(), std::memory_order_release);
+  s.ip_and_valid.store(tag, std::memory_order_release);
+}
+
+namespace {
+// The neighbour slot of underlay address `ip`: its own, a freed one, or a new one;
+// UINT32_MAX when every slot is taken.
+uint32_t neighbour_slot_for(underlay_neighbours& n, uint32_t ip) {
+  if (auto it = n.slot_by_ip.find(ip); it != n.slot_by_ip.end()) return it->second;
+  uint32_t slot;
+  if (!n.free_slots.empty()) {
+    slot = n.free_slots.back();
+    n.free_slots.pop_back();
+  } else if (n.slots_used < underlay_neighbours::kSlots) {
+    slot = n.slots_used++;
+  } else {
+    return UINT32_MAX;
+  }
+  n.slot_by_ip.emplace(ip, slot);
+  return slot;
+}
+}  // namespace
+
+void reclaim_neighbour_slots(port_table& ports, const forwarding_tables& installed) {
+  std::unordered_set<uint32_t> named;
+  for (size_t i = 0; i < installed.node_tunnels.size(); ++i)
+    if (i != kLocalNodeIndex && installed.node_tunnels[i].outer.remote_ip())
+      named.insert(installed.node_tunnels[i].outer.remote_ip());
+  underlay_neighbours& n = ports.neighbours;
+  for (auto it = n.slot_by_ip.begin(); it != n.slot_by_ip.end();) {
+    if (named.count(it->first)) {
+      ++it;
+      continue;
+    }
+    n.slots[it->second].ip_and_valid.store(0, std::memory_order_relaxed);
+    n.slots[it->second].mac.store(0, std::memory_order_relaxed);
+    n.free_slots.push_back(it->second);
+    it = n.slot_by_ip.erase(it);
+  }
+}
+
+// --- building the forwarding view ---
+
+namespace {
+uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
+
+// The slot of `name`: its own, a freed one, or a new one at the end.
+uint32_t slot_for(std::vector<std::string>& names, std::unordered_map<std::string, uint32_t>& index,
+                  std::vector<uint32_t>& free_slots, std::vector<uint8_t>& in_tables, const std::string& name) {
+  uint32_t slot;
+  if (auto it = index.find(name); it != index.end()) {
+    slot = it->second;
+  } else if (!free_slots.empty()) {
+    slot = free_slots.back();
+    free_slots.pop_back();
+    names[slot] = name;
+    index.emplace(name, slot);
+  } else {
+    slot = static_cast<uint32_t>(names.size());
+    names.push_back(name);
+    index.emplace(name, slot);
+  }
+  if (in_tables.size() < names.size()) in_tables.resize(names.size(), 0);
+  in_tables[slot] = 1;
+  return slot;
+}
+}  // namespace
+
+std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
+                                    counter_slot_names& slots, forwarding_tables& out) {
+  out = forwarding_tables{};
+  out.tables = tables;
+  const snapshot& s = *tables;
+  if (s.nodes.empty()) return "snapshot has no local node";
+  const table_node& local = s.nodes[kLocalNodeIndex];
+  if (!local.underlay_ip.is_v4()) return "the dataplane needs an IPv4 underlay address for this node";
+  out.underlay_ip = v4_net(local.underlay_ip);
+  out.local_v4_mask = v4_mask(local.pod_cidr.length);
+  out.local_v4_base = local.pod_cidr.base.v4() & out.local_v4_mask;
+  out.gateway_ip = to_net32(local.pod_cidr.base.v4() + 1);
+  if (local.pod_cidr6) {
+    out.gateway_ip6 = local.pod_cidr6->base.bytes;
+    out.gateway_ip6[15] |= 1;
+    out.has_gateway_ip6 = true;
+  }
+  std::map<std::string, uint16_t> port_by_interface;
+  for (uint16_t p = 0; p < kMaxPorts; ++p)
+    if (ports.ports[p].role == port_role::pod) port_by_interface[ports.ports[p].interface] = p;
+  for (const table_pod& pod : s.pods) {
+    auto it = port_by_interface.find(pod.interface);
+    out.pod_port.push_back(it == port_by_interface.end() ? UINT16_MAX : it->second);
+    if (it == port_by_interface.end()) continue;
+    if (pod.ip.is_v4()) out.port_source_v4[it->second] = to_net32(pod.ip.v4());
+    if (pod.ip6) out.port_source_v6[it->second] = pod.ip6->bytes;
+  }
+  const size_t v4_slots = table_size(s.pods.size());
+  out.v4_pods.assign(v4_slots, {});
+  out.v4_pod_mask = static_cast<uint32_t>(v4_slots - 1);
+  for (uint32_t i = 0; i < s.pods.size(); ++i) {
+    if (!s.pods[i].ip.is_v4()) continue;
+    const uint32_t ip = s.pods[i].ip.v4();
+    uint32_t slot = v4_pod_hash(ip) & out.v4_pod_mask;
+    while (out.v4_pods[slot].pod_plus_one) slot = (slot + 1) & out.v4_pod_mask;
+    out.v4_pods[slot] = {ip, i + 1};
+  }
+  {
+    std::vector<uint32_t> vips;
+    std::vector<uint64_t> backends;
+    for (const table_frontend& f : s.frontends) {
+      if (!f.vip.is_v4()) {
+        out.has_v6_services = true;
+        continue;
+      }
+      vips.push_back(f.vip.v4());
+      const table_service& service = s.services[f.service_index];
+      for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+        const uint16_t port = f.target_port ? f.target_port : s.backends[b].port;
+        backends.push_back(uint64_t{s.backends[b].ip.v4()} << 16 | port);
+      }
+    }
+    auto fill = [](auto& slots, uint32_t& mask, const auto& keys) {
+      const size_t size = table_size(keys.size());
+      slots.assign(size, 0);
+      mask = static_cast<uint32_t>(size - 1);
+      for (auto key : keys) {
+        uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;
+        while (slots[slot] && slots[slot] != key) slot = (slot + 1) & mask;
+        slots[slot] = key;
+      }
+    };
+    fill(out.v4_vips, out.v4_vip_mask, vips);
+    fill(out.v4_backends, out.v4_backend_mask, backends);
+  }
+  for (uint32_t i = 0; i < s.frontends.size(); ++i) {
+    const table_frontend& f = s.frontends[i];
+    const table_service& service = s.services[f.service_index];
+    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+      const uint16_t port = f.target_port ? f.target_port : s.backends[b].port;
+      out.frontends_by_backend.push_back({s.backends[b].ip.bytes, port, static_cast<uint8_t>(f.protocol), i});
+    }
+  }
+  std::stable_sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());  // frontends in index order
+  {
+    std::vector<pod_ranges_v4::range> v4;
+    std::vector<pod_ranges_v6::range> v6;
+    for (const table_route& r : s.routes) {  // longest first; equal ranges cannot pass validation
+      if (r.prefix.is_v4()) v4.push_back({r.prefix.base.v4(), r.prefix.length, r.node_index});
+      else v6.push_back({r.prefix.base.bytes, r.prefix.length, r.node_index});
+    }
+    if (std::string error = out.routes_v4.build(v4); !error.empty()) return "routes: " + error;
+    if (std::string error = out.routes_v6.build(v6); !error.empty()) return "routes: " + error;
+  }
+  const mac_address uplink_mac = ports.uplink_port == UINT16_MAX ? mac_address{} : ports.ports[ports.uplink_port].mac;
+  std::vector<underlay_peer> peers;
+  out.node_tunnels.resize(s.nodes.size());
+  for (uint32_t i = 0; i < s.nodes.size(); ++i) {
+    const table_node& node = s.nodes[i];
+    const uint32_t ip = node.underlay_ip.is_v4() ? v4_net(node.underlay_ip) : 0;
+    if (!ip) continue;
+    forwarding_tables::node_tunnel& tunnel = out.node_tunnels[i];
+    tunnel.outer = make_geneve_template(uplink_mac, out.underlay_ip, ip);
+    if (i == kLocalNodeIndex) continue;
+    tunnel.neighbour = neighbour_slot_for(ports.neighbours, ip);
+    if (tunnel.neighbour == UINT32_MAX)
+      return "more than " + std::to_string(underlay_neighbours::kSlots) +
+             " node underlay addresses at once (published, or left with the tables before)";
+    const uint32_t mask = v4_mask(node.pod_cidr.length);
+    peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask});
+  }
+  out.underlay_peers.build(peers);
+  std::fill(slots.service_in_tables.begin(), slots.service_in_tables.end(), 0);
+  std::fill(slots.backend_in_tables.begin(), slots.backend_in_tables.end(), 0);
+  for (const table_service& service : s.services) {
+    const uint32_t slot =
+        slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, service.name);
+    if (slot >= kMaxServiceSlots)
+      return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
+    out.service_slot.push_back(slot);
+  }
+  out.backend_slot.resize(s.backends.size());
+  for (const table_service& service : s.services) {
+    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+      const table_backend& backend = s.backends[b];
+      const uint32_t slot = slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables,
+                                     service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port));
+      if (slot >= kMaxBackendSlots)
+        return "more than " + std::to_string(kMaxBackendSlots) + " backends at once (published or with live flows)";
+      out.backend_slot[b] = slot;
+      slots.backend_service.resize(slots.backends.size());
+      slots.backend_service[slot] = out.service_slot[static_cast<size_t>(&service - s.services.data())];
+    }
+  }
+  return {};
+}
+
+// --- counter slots ---
+
+void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::unique_ptr<worker_state>>& workers,
+                           uint64_t now, const flow_timeouts& timeouts) {
+  std::vector<uint8_t> referenced(slots.backends.size(), 0);
+  for (const auto& w : workers) {
+    for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
+      flow_entry entry;
+      // An entry the owner kept rewriting while we looked counts as live: keep its slot.
+      if (!w->flows.read(i, entry)) {
+        std::fill(referenced.begin(), referenced.end(), 1);
+        return;
+      }
+      if (entry.in_use && !w->flows.expired(entry, now, timeouts) && entry.backend_slot < referenced.size())
+        referenced[entry.backend_slot] = 1;
+    }
+  }
+  std::vector<uint8_t> service_used(slots.services.size(), 0);
+  for (uint32_t b = 0; b < slots.backends.size(); ++b) {
+    if (slots.backends[b].empty()) continue;
+    if (b < slots.backend_in_tables.size() && slots.backend_in_tables[b]) {
+      service_used[slots.backend_service[b]] = 1;
+      continue;
+    }
+    if (referenced[b]) {  // a flow to a backend that left drains on, counted
+      service_used[slots.backend_service[b]] = 1;
+      continue;
+    }
+    for (const auto& w : workers) {  // no worker writes this slot any more
+      w->backend[b].packets.value.store(0, std::memory_order_relaxed);
+      w->backend[b].bytes.value.store(0, std::memory_order_relaxed);
+      w->backend[b].new_flows.value.store(0, std::memory_order_relaxed);
+    }
+    slots.backend_index.erase(slots.backends[b]);
+    slots.backends[b].clear();
+    slots.free_backends.push_back(b);
+  }
+  for (uint32_t s = 0; s < slots.services.size(); ++s) {
+    if (slots.services[s].empty() || service_used[s] || (s < slots.service_in_tables.size() && slots.service_in_tables[s]))
+      continue;
+    slots.service_index.erase(slots.services[s]);
+    slots.services[s].clear();
+    slots.free_services.push_back(s);
+  }
+}
+
+std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
+                                              const counter_slot_names& slots) {
+  std::vector<lb_counters_sum> sums(slots.services.size());
+  for (size_t b = 0; b < slots.backend_service.size(); ++b) {
+    lb_counters_sum& sum = sums[slots.backend_service[b]];
+    for (const auto& w : workers) {
+      sum.packets += w->backend[b].packets.get();
+      sum.bytes += w->backend[b].bytes.get();
+      sum.new_flows += w->backend[b].new_flows.get();
+    }
+  }
+  return sums;
+}
+
+}  // namespace meshlane

@@ -1,0 +1,70 @@
+// The pod overlay's tunnel, Geneve over IPv4 (RFC 8926): encapsulation from a per-node
+// template (geneve_encapsulate, pipeline.h; geneve.cpp) and decapsulation of frames from
+// known nodes, inline here: every packet that arrives through the tunnel takes it.
+#pragma once
+
+#include "dataplane/pipeline_internal.h"
+
+namespace meshlane::detail {
+
+// Inbound Geneve addressed to us from a known node: strip the outer headers and return
+// true with `p` describing the inner frame. Drops (and returns false) otherwise.
+[[gnu::always_inline]] inline bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table& ports,
+                                                      rte_mbuf* m, parsed_packet& p) {
+  uint8_t* frame = frame_of(m);
+  const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+  const underlay_peer* sender = t.underlay_peers.find(ip->source);
+  if (!sender) {
+    drop(w, m, drop_reason::geneve_unknown_peer);
+    return false;
+  }
+  const uint32_t geneve_offset = p.l4_offset + sizeof(udp_header);
+  const uint32_t end = p.l3_offset + p.l3_length;
+  if (end < geneve_offset + sizeof(geneve_header)) {
+    drop(w, m, drop_reason::bad_geneve);
+    return false;
+  }
+  const auto* geneve = reinterpret_cast<const geneve_header*>(frame + geneve_offset);
+  const uint32_t options = (geneve->version_option_length & 0x3f) * 4u;
+  const uint32_t vni = (uint32_t{geneve->vni[0]} << 16) | (uint32_t{geneve->vni[1]} << 8) | geneve->vni[2];
+  // RFC 8926 section 3.4: version 0 only; C set means critical options we do not
+  // understand, which a receiver must drop (section 3.5.1).
+  if ((geneve->version_option_length >> 6) != 0 || (geneve->flags & 0x40) ||
+      from_net16(geneve->protocol_type) != kEtherTypeTransparentBridging || vni != kOverlayVni ||
+      end < geneve_offset + sizeof(geneve_header) + options) {
+    drop(w, m, drop_reason::bad_geneve);
+    return false;
+  }
+  ports.neighbours.learn(sender->neighbour, ip->source, reinterpret_cast<const ethernet_header*>(frame)->source);
+  const uint32_t inner = geneve_offset + sizeof(geneve_header) + options;
+  // Trailing Ethernet padding of the outer frame is not part of the inner one.
+  const uint32_t trailing = rte_pktmbuf_pkt_len(m) - end;
+  if (trailing) rte_pktmbuf_trim(m, trailing);
+  rte_pktmbuf_adj(m, static_cast<uint16_t>(inner));
+  w.geneve_decapsulated.add(1);
+  const drop_reason reason = parse_packet(frame_of(m), rte_pktmbuf_data_len(m), p);
+  if (reason != drop_reason::none || p.l3 == l3_kind::arp) {
+    drop(w, m, reason == drop_reason::none ? drop_reason::not_for_us : reason);
+    return false;
+  }
+  // A node tunnels only what its own pods (and its gateway, for ingress it source-NATs)
+  // send: any other inner source is one a node, or whoever reaches the underlay, forged.
+  const uint8_t* inner_frame = frame_of(m);
+  bool allowed;
+  if (p.l3 == l3_kind::ipv4) {
+    const uint32_t source = from_net32(reinterpret_cast<const ipv4_header*>(inner_frame + p.l3_offset)->source);
+    allowed = (source & sender->v4_mask) == sender->v4_base;
+  } else {
+    const auto& range = t.tables->nodes[sender->node].pod_cidr6;
+    ip_address source;
+    std::memcpy(source.bytes.data(), inner_frame + p.l3_offset + 8, 16);
+    allowed = range && range->contains(source);
+  }
+  if (__builtin_expect(!allowed, 0)) {
+    drop(w, m, drop_reason::spoofed_source);
+    return false;
+  }
+  return true;
+}
+
+}  // namespace meshlane::detail

@@ -1,0 +1,102 @@
+// What the pipeline's own files share (pipeline.cpp, gateway, nat, service_lb, geneve,
+// forwarding_tables): small inline helpers on frames, addresses and checksums, the
+// outcome of load balancing, and the drop and transmit steps. Not for users of the
+// data plane: pipeline.h is its face.
+#pragma once
+
+#include <rte_mbuf.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "dataplane/flow_table.h"
+#include "dataplane/packet_headers.h"
+#include "dataplane/packet_parser.h"
+#include "dataplane/pipeline.h"
+
+namespace meshlane::detail {
+
+using namespace wire;
+
+// The helpers below are small and on every packet's path: always inline, as they were
+// when they were file-local (GCC no longer inlines plain `inline` functions into
+// process_burst once it has grown, and a call costs more than these bodies).
+
+// Folds a ones' complement sum to 16 bits without inverting it.
+[[gnu::always_inline]] inline uint32_t fold16(uint64_t sum) { return ones_complement_fold(sum); }
+[[gnu::always_inline]] inline uint32_t halves(uint32_t v) { return (v >> 16) + (v & 0xffff); }
+[[gnu::always_inline]] inline uint16_t load16(const uint8_t* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return v;
+}
+[[gnu::always_inline]] inline void store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+
+// RFC 1624 eqn. 3 with the sum of ~m + m' over the changed words precomputed (a flow's
+// rewrite, a TTL step): HC' = ~(~HC + delta).
+[[gnu::always_inline]] inline uint16_t apply_delta(uint16_t check, uint32_t delta) {
+  return static_cast<uint16_t>(~ones_complement_fold(uint32_t{static_cast<uint16_t>(~check)} + delta));
+}
+
+[[gnu::always_inline]] inline uint8_t* frame_of(rte_mbuf* m) { return rte_pktmbuf_mtod(m, uint8_t*); }
+
+[[gnu::always_inline]] inline void drop(worker_state& w, rte_mbuf* m, drop_reason reason) {
+  w.drops[static_cast<unsigned>(reason)].add(1);
+  rte_pktmbuf_free(m);
+}
+
+[[gnu::always_inline]] inline void transmit(worker_state& w, uint16_t port, rte_mbuf* m) {
+  uint16_t& n = w.tx_count[port];
+  if (n == kMaxBurst) {
+    drop(w, m, drop_reason::tx_full);
+    return;
+  }
+  w.tx_buffer[port][n++] = m;
+  w.tx_pending_ports |= uint64_t{1} << port;
+}
+
+[[gnu::always_inline]] inline ip_address address_v4(uint32_t ip_net) {
+  ip_address a;
+  a.bytes[10] = a.bytes[11] = 0xff;
+  std::memcpy(&a.bytes[12], &ip_net, 4);
+  return a;
+}
+
+[[gnu::always_inline]] inline ip_address address_v6(const uint8_t* bytes) {
+  ip_address a;
+  std::memcpy(a.bytes.data(), bytes, 16);
+  return a;
+}
+
+[[gnu::always_inline]] inline ip_address destination_of(const uint8_t* frame, const parsed_packet& p) {
+  if (p.l3 == l3_kind::ipv4)
+    return address_v4(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination);
+  return address_v6(reinterpret_cast<const ipv6_header*>(frame + p.l3_offset)->destination);
+}
+
+[[gnu::always_inline]] inline bool is_gateway(const uint8_t* frame, const parsed_packet& p,
+                                              const forwarding_tables& t) {
+  if (p.l3 == l3_kind::ipv4)
+    return reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination == t.gateway_ip;
+  return t.has_gateway_ip6 &&
+         std::memcmp(reinterpret_cast<const ipv6_header*>(frame + p.l3_offset)->destination,
+                     t.gateway_ip6.data(), 16) == 0;
+}
+
+// forwarding_tables::v4_pods: pod address (host order) -> slot.
+[[gnu::always_inline]] inline uint32_t v4_pod_hash(uint32_t ip_host) { return (ip_host * 0x9e3779b1u) >> 7; }
+
+// What load balancing decided about a packet, for routing it.
+struct lb_outcome {
+  // The low half of the hash of the packet's tuple (flow_hash_from_crc) when a flow
+  // lookup computed it, for the Geneve source port; 0: not computed.
+  uint64_t flow_hash = 0;
+  uint64_t last_hop_mac = 0;  // nonzero: a reply of an ingress flow, out of the uplink to this MAC
+  bool service_flow = false;  // a service flow's rewrite was applied
+  // The packet's tuple as it arrived, before any rewrite (valid with service_flow): an
+  // ICMP error about it quotes what its sender sent and goes to that sender. Written in
+  // place by the lookup, which needs it anyway.
+  flow_key key;
+};
+
+}  // namespace meshlane::detail

@@ -1,0 +1,221 @@
+// Service flows beyond the flow-table hit (which is inline, service_lb.h): a flow another
+// worker owns, a new flow (frontend, Maglev choice, source NAT for ingress to another
+// node's backend, both entries), and a backend's reply whose reverse entry was evicted.
+#include "dataplane/service_lb.h"
+
+#include <algorithm>
+
+namespace meshlane {
+
+using namespace wire;
+using namespace detail;
+
+namespace {
+
+// Gateway ports are lent (kIngressPortFirst...) in load_balance_miss.
+inline constexpr int kIngressPortTries = 16;
+
+// Whether `live`, the live entry at a lent port, is the reverse entry of the very flow
+// `key` (client -> frontend) whose forward entry was evicted: then its port is lent to
+// that client already, and the flow keeps it (a new port would be a new connection to
+// the backend, which would answer the client's next segment with a reset).
+bool is_reverse_of_client(const flow_entry& live, const flow_key& key, const lent_port_clients* clients) {
+  if (live.direction != flow_direction::reverse || !(live.flags & kFlowSecondRewrite) ||
+      live.second_port != key.source_port || live.rewrite_port != key.destination_port ||
+      std::memcmp(live.rewrite_address, key.destination, 16) != 0)
+    return false;
+  if (address_v6(key.source).is_v4()) return std::memcmp(&live.second_address, key.source + 12, 4) == 0;
+  uint8_t client[16];
+  uint16_t client_port;
+  return clients && clients->client_of(live.key.destination_port, client, client_port) &&
+         std::memcmp(client, key.source, 16) == 0 && client_port == key.source_port;
+}
+
+// Frontends tried for one reply without an entry: of a backend behind more frontends
+// than this, only the first this many (by frontend index) are tried; the bound keeps a
+// backend's stray packets cheap.
+inline constexpr int kRestoreCandidates = 8;
+
+// A backend's packet that no reverse entry matches, to a client whose flow's forward
+// entry (client -> frontend, DNATed to this backend) still lives, in this worker's table
+// or another's: its reverse entry was evicted (the least recently used way of a full
+// bucket, while the client kept the forward one fresh), so the backend's replies would
+// leave un-NATed and the connection would hang. Rebuilds the entry from the forward one,
+// applies it and returns true; false when the packet belongs to no such flow. A reply to
+// a port this node's gateway lent (ingress to a backend on another node) names the port,
+// not the client: the client comes from the pool's lent-port record. `hash`: the
+// packet's flow hash. The price: a backend's packets that belong to no service flow (a
+// client that connected to the pod's address directly) each pay one more flow-table
+// probe per frontend of that backend, on the miss path they already took.
+bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
+                           const parsed_packet& p, lb_outcome& outcome, uint64_t hash) {
+  const flow_key& key = outcome.key;  // backend -> client
+  forwarding_tables::backend_frontend probe;
+  std::memcpy(probe.ip.data(), key.source, 16);
+  probe.port = key.source_port;
+  probe.protocol = key.protocol;
+  const auto [first, last] =
+      std::equal_range(t.frontends_by_backend.begin(), t.frontends_by_backend.end(), probe);
+  if (first == last) return false;
+  // The client: where the reply goes, or the one the gateway's port was lent for.
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
+  const bool to_lent_port = (v4 || t.has_gateway_ip6) && std::memcmp(key.destination, gateway.bytes.data(), 16) == 0;
+  uint8_t client[16];
+  uint16_t client_port = key.destination_port;
+  std::memcpy(client, key.destination, 16);
+  if (to_lent_port && (!w.lent_clients || !w.lent_clients->client_of(key.destination_port, client, client_port)))
+    return false;
+  const snapshot& s = *t.tables;
+  int tried = 0;
+  for (auto it = first; it != last && tried < kRestoreCandidates; ++it, ++tried) {
+    const table_frontend& frontend = s.frontends[it->frontend];
+    flow_key forward_key{};
+    std::memcpy(forward_key.source, client, 16);
+    forward_key.source_port = client_port;
+    std::memcpy(forward_key.destination, frontend.vip.bytes.data(), 16);
+    forward_key.destination_port = frontend.port;
+    forward_key.protocol = key.protocol;
+    const uint64_t forward_hash = hash_flow_key(forward_key);
+    flow_entry forward;
+    bool found = w.flows.find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
+    for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
+      found = w.peer_flows[i]->find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
+    const bool lent = forward.flags & kFlowSecondRewrite;
+    if (!found || forward.direction != flow_direction::forward || lent != to_lent_port ||
+        (lent && forward.second_port != key.destination_port) ||
+        std::memcmp(forward.rewrite_address, key.source, 16) != 0 || forward.rewrite_port != key.source_port)
+      continue;
+    flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());
+    reverse.state = forward.state;
+    w.flows.insert(reverse, hash, w.now, w.timeouts);
+    w.reverse_entries_restored.add(1);
+    count_and_rewrite(w, t, m, frame, p, outcome, reverse);
+    return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+namespace detail {
+
+// Never inlined into the hit path (see service_lb.h).
+[[gnu::noinline]] bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
+                                         parsed_packet& p, lb_outcome& outcome, bool ingress, uint64_t ingress_mac,
+                                         uint64_t hash) {
+  const snapshot& s = *t.tables;
+  const flow_key& key = outcome.key;
+  // A flow another worker owns (its packets in this direction arrive here): read its
+  // entry consistently and apply it; the owner keeps it alive.
+  for (const flow_table* peer : w.peer_flows) {
+    flow_entry shared;
+    if (peer->find_shared(key, hash, w.now, w.timeouts, shared)) {
+      count_and_rewrite(w, t, m, frame, p, outcome, shared);
+      return true;
+    }
+  }
+  const ip_address destination = destination_of(frame, p);
+  const table_frontend* frontend =
+      s.find_frontend(destination, p.destination_port, static_cast<l4_protocol>(p.l4_protocol));
+  if (!frontend) {
+    // A backend's reply whose reverse entry is gone while its flow lives on is NATed
+    // again; anything else is not service traffic (or a reply whose flow expired).
+    restore_reverse_entry(w, t, m, frame, p, outcome, hash);
+    return true;
+  }
+  const table_service& service = s.services[frontend->service_index];
+  // Session affinity hashes the client address only, so every connection of a client
+  // lands on one backend.
+  flow_key affinity{};
+  if (service.session_affinity) {
+    std::memcpy(affinity.source, key.source, 16);
+    affinity.protocol = 0;
+  }
+  const uint64_t pick_hash = service.session_affinity ? hash_flow_key(affinity) : hash;
+  const table_backend* backend = s.pick_backend(service, pick_hash);
+  if (!backend) {
+    drop(w, m, drop_reason::no_backend);
+    return false;
+  }
+  const uint32_t backend_index = static_cast<uint32_t>(backend - s.backends.data());
+  const uint32_t backend_slot = t.backend_slot[backend_index];
+  const uint16_t backend_port = frontend->target_port ? frontend->target_port : backend->port;
+  const bool v4 = p.l3 == l3_kind::ipv4;
+
+  flow_entry forward{};
+  forward.key = key;
+  std::memcpy(forward.rewrite_address, backend->ip.bytes.data(), 16);
+  forward.rewrite_port = backend_port;
+  forward.direction = flow_direction::forward;
+  forward.backend_slot = backend_slot;
+  forward.state = flow_state::transitory;
+
+  const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
+  checksum_deltas forward_deltas{v4};
+  forward_deltas.address(key.destination, forward.rewrite_address);
+  forward_deltas.port(key.destination_port, forward.rewrite_port);
+  if (ingress) {
+    // Replies leave by the uplink, to the neighbour this request came from (kept in the
+    // forward entry, from which reverse_entry_for takes it).
+    forward.flags |= kFlowIngress;
+    std::memcpy(forward.last_hop_mac, &ingress_mac, 6);
+    if (backend->node_index != kLocalNodeIndex) {
+      // The backend's node would send its replies to the client by its own way, past our
+      // reverse NAT: borrow a source port of our gateway address so they come back here.
+      if (!v4 && (!t.has_gateway_ip6 || !w.lent_clients)) {
+        drop(w, m, drop_reason::no_route);  // no IPv6 gateway address to lend ports of
+        return false;
+      }
+      const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+      const uint32_t per_worker = kIngressPortCount / workers;
+      uint16_t port = 0;
+      flow_key probe{};  // the reverse entry's key with a candidate port: (backend -> gateway:candidate)
+      std::memcpy(probe.source, forward.rewrite_address, 16);
+      probe.source_port = forward.rewrite_port;
+      std::memcpy(probe.destination, gateway.bytes.data(), 16);
+      probe.protocol = key.protocol;
+      for (int attempt = 0; attempt < kIngressPortTries && !port; ++attempt) {
+        const uint16_t candidate = static_cast<uint16_t>(
+            kIngressPortFirst + w.index + workers * (((hash >> 20) + attempt) % per_worker));
+        probe.destination_port = candidate;
+        flow_entry live;
+        if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live) ||
+            is_reverse_of_client(live, key, w.lent_clients))
+          port = candidate;
+      }
+      if (!port) {
+        drop(w, m, drop_reason::flow_table_full);  // every port tried is lent to a live flow
+        return false;
+      }
+      forward.flags |= kFlowSecondRewrite;
+      forward.second_address = v4 ? t.gateway_ip : 0;
+      forward.second_port = port;
+      forward_deltas.address(key.source, gateway.bytes.data());
+      forward_deltas.port(key.source_port, port);
+      if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
+    }
+  }
+  forward_deltas.store(forward);
+  const flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());
+  w.flows.insert(forward, hash, w.now, w.timeouts);
+  w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+
+  const uint32_t bytes = rte_pktmbuf_pkt_len(m);
+  w.backend[backend_slot].new_flows.add(1);
+  w.backend[backend_slot].packets.add(1);
+  w.backend[backend_slot].bytes.add(bytes);
+  rewrite_flow(frame, p, forward, v4 ? nullptr : t.gateway_ip6.data());
+  outcome.service_flow = true;
+  return true;
+}
+
+}  // namespace detail
+
+flow_key make_flow_key(const uint8_t* frame, const parsed_packet& p) {
+  flow_key key;
+  flow_key_into(key, frame, p);
+  return key;
+}
+
+}  // namespace meshlane

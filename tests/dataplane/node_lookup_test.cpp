@@ -1,0 +1,126 @@
+// The lookups of dataplane/node_lookup.h against the obvious scan they replace (the
+// longest range holding the address, the first of equal ones), over random nested ranges
+// of every length and the addresses at their edges.
+#include "dataplane/node_lookup.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace meshlane {
+namespace {
+
+uint32_t mask_v4(uint32_t length) { return length ? ~uint32_t{0} << (32 - length) : 0; }
+
+uint32_t scan_v4(const std::vector<pod_ranges_v4::range>& ranges, uint32_t ip) {
+  uint32_t best = kNoNode;
+  int best_length = -1;
+  for (const auto& r : ranges)
+    if ((ip & mask_v4(r.length)) == r.base && r.length > best_length) best = r.node, best_length = r.length;
+  return best;
+}
+
+TEST(node_lookup, Ipv4LongestMatchAgreesWithAScanOverNestedRangesOfEveryLength) {
+  std::mt19937 engine(14);
+  auto random = [&engine] { return static_cast<uint32_t>(engine()); };
+  for (int round = 0; round < 20; ++round) {
+    std::vector<pod_ranges_v4::range> ranges;
+    // Ranges around a few centres, so that they nest: every length from 0 to 32.
+    const uint32_t centres[] = {random(), random(), random() & 0xffff0000u, 0, 0xffffffffu};
+    for (uint32_t i = 0; i < 300; ++i) {
+      const uint32_t length = random() % 33;
+      const uint32_t near = centres[random() % 5] ^ (random() & (random() % 2 ? 0xffu : 0xffffu));
+      ranges.push_back({near & mask_v4(length), static_cast<uint8_t>(length), i});
+    }
+    ranges.push_back(ranges[7]);  // an equal range: the first keeps it
+    ranges.back().node = 999;
+    pod_ranges_v4 table;
+    ASSERT_EQ(table.build(ranges), "");
+    std::vector<uint32_t> probes;
+    for (const auto& r : ranges) {
+      probes.push_back(r.base);
+      probes.push_back(r.base | ~mask_v4(r.length));
+      probes.push_back(r.base - 1);
+      probes.push_back((r.base | ~mask_v4(r.length)) + 1);
+    }
+    for (int i = 0; i < 2000; ++i) probes.push_back(random());
+    for (uint32_t ip : probes) ASSERT_EQ(table.find(ip), scan_v4(ranges, ip)) << "round " << round << " ip " << ip;
+  }
+}
+
+TEST(node_lookup, Ipv4WithoutRangesFindsNothing) {
+  pod_ranges_v4 table;
+  ASSERT_EQ(table.build({}), "");
+  EXPECT_EQ(table.find(0), kNoNode);
+  EXPECT_EQ(table.find(0xc6120114u), kNoNode);
+}
+
+using v6 = std::array<uint8_t, 16>;
+bool contains_v6(const v6& base, uint32_t length, const v6& ip) {
+  for (uint32_t bit = 0; bit < length; ++bit)
+    if (((base[bit / 8] ^ ip[bit / 8]) >> (7 - bit % 8)) & 1) return false;
+  return true;
+}
+v6 masked_v6(v6 ip, uint32_t length) {
+  for (uint32_t bit = length; bit < 128; ++bit) ip[bit / 8] &= static_cast<uint8_t>(~(1u << (7 - bit % 8)));
+  return ip;
+}
+
+TEST(node_lookup, Ipv6LongestMatchAgreesWithAScanOverNestedRangesOfEveryLength) {
+  std::mt19937 engine(6);
+  auto random = [&engine] { return static_cast<uint32_t>(engine()); };
+  auto random_v6 = [&] {
+    v6 ip;
+    for (auto& b : ip) b = static_cast<uint8_t>(random());
+    return ip;
+  };
+  for (int round = 0; round < 10; ++round) {
+    std::vector<pod_ranges_v6::range> ranges;
+    const v6 centres[] = {random_v6(), random_v6(), v6{}, masked_v6(random_v6(), 64)};
+    for (uint32_t i = 0; i < 300; ++i) {
+      const uint32_t length = random() % 129;
+      v6 near = centres[random() % 4];
+      near[15 - random() % 16] ^= static_cast<uint8_t>(random());
+      ranges.push_back({masked_v6(near, length), static_cast<uint8_t>(length), i});
+    }
+    pod_ranges_v6 table;
+    ASSERT_EQ(table.build(ranges), "");
+    std::vector<v6> probes;
+    for (const auto& r : ranges) {
+      probes.push_back(r.base);
+      v6 last = r.base;
+      for (uint32_t bit = r.length; bit < 128; ++bit) last[bit / 8] |= static_cast<uint8_t>(1u << (7 - bit % 8));
+      probes.push_back(last);
+    }
+    for (int i = 0; i < 1000; ++i) probes.push_back(random_v6());
+    for (const v6& ip : probes) {
+      uint32_t best = kNoNode;
+      int best_length = -1;
+      for (const auto& r : ranges)
+        if (contains_v6(r.base, r.length, ip) && r.length > best_length) best = r.node, best_length = r.length;
+      ASSERT_EQ(table.find(ip.data()), best) << "round " << round;
+    }
+  }
+}
+
+TEST(node_lookup, UnderlayPeersAreFoundByAddressAndNothingElseIs) {
+  std::vector<underlay_peer> peers;
+  for (uint32_t n = 1; n <= 5000; ++n) peers.push_back({__builtin_bswap32(0x0a000000u + n), n, n + 7, 0, 0});
+  underlay_peer_table table;
+  table.build(peers);
+  for (const underlay_peer& peer : peers) {
+    const underlay_peer* found = table.find(peer.ip);
+    ASSERT_NE(found, nullptr);
+    EXPECT_EQ(found->node, peer.node);
+    EXPECT_EQ(found->neighbour, peer.neighbour);
+  }
+  EXPECT_EQ(table.find(__builtin_bswap32(0x0a000000u + 5001)), nullptr);
+  EXPECT_EQ(table.find(__builtin_bswap32(0x0b000001u)), nullptr);
+  EXPECT_EQ(table.find(0), nullptr);
+  underlay_peer_table empty;
+  empty.build({});
+  EXPECT_EQ(empty.find(__builtin_bswap32(0x0a000001u)), nullptr);
+}
+
+}  // namespace
+}  // namespace meshlane
