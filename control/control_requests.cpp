@@ -340,9 +340,10 @@ json control_module::flows(const json& request) {
     return error_reply(control_error::kUnavailable,
                        "no subsystem provides flow records in this agent (the data planes register the 'flows' query)");
   json result = registry_.query("flows", {{"offset", offset}, {"limit", limit}});
-  // A provider returns either rows, or {"rows":[...],"total":N}.
-  json rows = result.is_object() && result.contains("rows") ? result["rows"] : result;
-  if (!rows.is_array()) return error_reply(control_error::kUnavailable, "the flows provider returned no rows");
+  // One shape for every provider: {"rows":[...],"total":N}.
+  if (!result.is_object() || !result.contains("rows") || !result["rows"].is_array())
+    return error_reply(control_error::kUnavailable, "the flows provider returned no rows");
+  json rows = result["rows"];
   if (rows.size() > limit) rows.erase(rows.begin() + static_cast<std::ptrdiff_t>(limit), rows.end());
   json reply = {{"ok", true}, {"rows", rows}, {"offset", offset}, {"limit", limit}};
   reply["total"] = result.is_object() && result.contains("total") ? result["total"] : json(rows.size());

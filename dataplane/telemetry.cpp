@@ -268,7 +268,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
         }
       }
     }
-    return nlohmann::json{{"offset", offset}, {"limit", limit}, {"total", index}, {"flows", rows}};
+    return nlohmann::json{{"offset", offset}, {"limit", limit}, {"total", index}, {"rows", rows}};
   });
 }
 
