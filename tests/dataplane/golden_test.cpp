@@ -619,8 +619,8 @@ TEST_F(golden, IngressToVipWithRemoteBackendIsSourceNatedSoThatItsRepliesComeBac
 
   // The flows query shows both rewrites and where replies go.
   const auto flows = flow_records(*pool_);
-  ASSERT_EQ(flows["flows"].size(), 2u);
-  for (const auto& flow : flows["flows"]) {
+  ASSERT_EQ(flows["rows"].size(), 2u);
+  for (const auto& flow : flows["rows"]) {
     if (flow["direction"] == "forward") {
       EXPECT_EQ(flow["source_rewrite"], "198.18.1.1:" + std::to_string(lent_port));
     } else {
@@ -673,8 +673,8 @@ TEST_F(golden, Ipv6IngressToVipWithRemoteBackendIsSourceNatedToTheIpv6Gateway) {
   EXPECT_EQ(verify_checksums(back), "");
 
   const auto flows = flow_records(*pool_);
-  ASSERT_EQ(flows["flows"].size(), 2u);
-  for (const auto& flow : flows["flows"]) {
+  ASSERT_EQ(flows["rows"].size(), 2u);
+  for (const auto& flow : flows["rows"]) {
     if (flow["direction"] == "forward")
       EXPECT_EQ(flow["source_rewrite"], "fd00:6d6c:1::1:" + std::to_string(lent_port));
     else
@@ -1282,7 +1282,7 @@ TEST_F(golden, CountersCountPortsServicesAndDrops) {
   EXPECT_EQ(values["meshlane_dataplane_drops_total,worker=0,reason=no_route"], 0);
   const auto flows = registry.query("flows", {{"offset", 0}, {"limit", 10}});
   EXPECT_EQ(flows["total"], 2);  // forward and reverse entry
-  ASSERT_EQ(flows["flows"].size(), 2u);
+  ASSERT_EQ(flows["rows"].size(), 2u);
   const auto status = registry.status();
   EXPECT_EQ(status["dataplane"]["generation"], 1);
   EXPECT_EQ(status["dataplane"]["ports"].size(), 3u);
