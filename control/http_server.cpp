@@ -4,6 +4,8 @@
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -11,6 +13,12 @@
 #include <chrono>
 #include <cstring>
 #include <list>
+#include <map>
+#include <string_view>
+#include <vector>
+
+#include "control/http_auth.h"
+#include "control/http_tls.h"
 
 namespace meshlane {
 
@@ -28,6 +36,7 @@ const char* reason(int status) {
   switch (status) {
     case 200: return "OK";
     case 400: return "Bad Request";
+    case 401: return "Unauthorized";
     case 404: return "Not Found";
     case 405: return "Method Not Allowed";
     case 431: return "Request Header Fields Too Large";
@@ -37,24 +46,15 @@ const char* reason(int status) {
   }
 }
 
-std::string serialize(const http_response& r, bool head) {
+std::string serialize(const http_response& r, bool head, const std::vector<std::string>& extra_headers = {}) {
   std::string out = "HTTP/1.1 " + std::to_string(r.status) + " " + reason(r.status) + "\r\n";
   out += "Content-Type: " + r.content_type + "\r\n";
+  for (const auto& line : extra_headers) out += line + "\r\n";
   out += "Content-Length: " + std::to_string(r.body.size()) + "\r\n";
   out += "Cache-Control: no-store\r\nConnection: close\r\n\r\n";
   if (!head) out += r.body;
   return out;
 }
-
-struct connection {
-  int fd;
-  std::string input, output;
-  size_t sent = 0;
-  int64_t deadline_ms;
-  bool responded = false;
-  std::string peer;        // the client's address, for the per-peer limit
-  int64_t accepted_ms = 0;
-};
 
 // A request's headers must arrive within this of the connection: a client that trickles
 // them (slowloris) is dropped long before the whole timeout.
@@ -72,11 +72,31 @@ std::string peer_of(const sockaddr_storage& address) {
   return text;
 }
 
-}  // namespace
+// The value of the request's first header called `name` (lower case), "" when absent.
+std::string header_value(const std::string& input, std::string_view name) {
+  size_t line = input.find('\n');
+  while (line != std::string::npos && line + 1 < input.size()) {
+    const size_t begin = line + 1, end = input.find('\n', begin);
+    const std::string_view text(input.data() + begin, (end == std::string::npos ? input.size() : end) - begin);
+    if (text.empty() || text == "\r") break;  // the blank line that ends the headers
+    if (text.size() > name.size() && text[name.size()] == ':') {
+      bool same = true;
+      for (size_t i = 0; i < name.size() && same; ++i)
+        same = std::tolower(static_cast<unsigned char>(text[i])) == name[i];
+      if (same) {
+        std::string_view value = text.substr(name.size() + 1);
+        while (!value.empty() && (value.front() == ' ' || value.front() == '\t')) value.remove_prefix(1);
+        while (!value.empty() && (value.back() == '\r' || value.back() == ' ')) value.remove_suffix(1);
+        return std::string(value);
+      }
+    }
+    line = end;
+  }
+  return "";
+}
 
-std::string http_server::start(const std::string& listen, size_t max_connections, int timeout_ms) {
-  max_connections_ = max_connections;
-  timeout_ms_ = timeout_ms;
+// "ADDR:PORT" as a socket address; "" or what is wrong with it.
+std::string parse_listen(const std::string& listen, sockaddr_storage& storage, socklen_t& length) {
   const size_t colon = listen.rfind(':');
   if (colon == std::string::npos) return "listen address '" + listen + "' must be ADDR:PORT";
   std::string host = listen.substr(0, colon);
@@ -84,8 +104,7 @@ std::string http_server::start(const std::string& listen, size_t max_connections
   char* end = nullptr;
   const long port = std::strtol(port_text.c_str(), &end, 10);
   if (port_text.empty() || *end || port < 0 || port > 65535) return "port in '" + listen + "' must be 0..65535";
-  sockaddr_storage storage{};
-  socklen_t length;
+  storage = {};
   if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
     auto* a6 = reinterpret_cast<sockaddr_in6*>(&storage);
     a6->sin6_family = AF_INET6;
@@ -101,6 +120,68 @@ std::string http_server::start(const std::string& listen, size_t max_connections
       return "'" + host + "' is not an IPv4 address (use [v6addr]:port for IPv6)";
     length = sizeof *a4;
   }
+  return "";
+}
+
+}  // namespace
+
+bool is_loopback_listen(const std::string& listen) {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  if (!parse_listen(listen, storage, length).empty()) return false;
+  if (storage.ss_family == AF_INET)
+    return (ntohl(reinterpret_cast<const sockaddr_in*>(&storage)->sin_addr.s_addr) >> 24) == 127;
+  const in6_addr& a6 = reinterpret_cast<const sockaddr_in6*>(&storage)->sin6_addr;
+  return IN6_IS_ADDR_LOOPBACK(&a6) || (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+}
+
+// A connection moves through these phases in order; HTTPS ones start at `sniff`, plain
+// ones at `request`. Until `response` it has not sent a whole request: it may be evicted
+// for a newcomer and must finish within the header timeout (the TLS handshake included,
+// so a client that stalls mid-handshake cannot hold a slot longer than one that stalls
+// mid-request).
+struct http_server::connection {
+  enum class phase { sniff, handshake, request, response };
+  int fd = -1;
+  std::unique_ptr<tls_session> tls;
+  phase at = phase::request;
+  std::string input, output;
+  size_t sent = 0;
+  int64_t deadline_ms = 0;
+  std::string peer;  // the client's address, for the per-peer limit
+  int64_t accepted_ms = 0;
+
+  bool has_request() const { return at == phase::response; }
+  short events() const {
+    if (tls && at != phase::sniff) return tls->wants();
+    return at == phase::response ? POLLOUT : POLLIN;
+  }
+  void close() {
+    tls.reset();
+    ::close(fd);
+    fd = -1;
+  }
+};
+
+http_server::http_server() = default;
+http_server::~http_server() { stop(); }
+
+void http_server::serve_tls(std::unique_ptr<http_tls_context> tls) { tls_ = std::move(tls); }
+
+void http_server::require_credentials(std::unique_ptr<http_credentials> credentials, std::set<std::string> open_paths) {
+  credentials_ = std::move(credentials);
+  open_paths_ = std::move(open_paths);
+}
+
+std::string http_server::start(const std::string& listen, size_t max_connections, int timeout_ms) {
+  max_connections_ = max_connections;
+  timeout_ms_ = timeout_ms;
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  if (std::string error = parse_listen(listen, storage, length); !error.empty()) return error;
+  if (!is_loopback_listen(listen) && (!tls_ || !credentials_))
+    return listen + " is not a loopback address: off loopback the HTTP surface is served only over HTTPS and "
+                    "with credentials (a certificate and key, and a password or token file)";
   loop_.listen_fd = ::socket(storage.ss_family, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (loop_.listen_fd < 0) return std::string("socket: ") + std::strerror(errno);
   const int one = 1;
@@ -124,27 +205,146 @@ std::string http_server::start(const std::string& listen, size_t max_connections
 
 void http_server::stop() { loop_.stop(); }
 
+std::string http_server::respond(const std::string& input) {
+  const std::string first = input.substr(0, input.find_first_of("\r\n"));
+  const size_t sp1 = first.find(' '), sp2 = first.find(' ', sp1 == std::string::npos ? 0 : sp1 + 1);
+  if (sp1 == std::string::npos || sp2 == std::string::npos || first.compare(sp2 + 1, 5, "HTTP/") != 0)
+    return serialize({400, "text/plain; charset=utf-8", "malformed request line\n"}, false);
+  http_request request;
+  request.method = first.substr(0, sp1);
+  const std::string target = first.substr(sp1 + 1, sp2 - sp1 - 1);
+  const size_t q = target.find('?');
+  request.path = target.substr(0, q);
+  if (q != std::string::npos) request.query = target.substr(q + 1);
+  const bool head = request.method == "HEAD";
+  if (request.method != "GET" && !head)
+    return serialize({405, "text/plain; charset=utf-8", "only GET and HEAD\n"}, false);
+  // Before the route lookup: someone without credentials learns nothing, not even which
+  // paths exist.
+  if (credentials_ && !open_paths_.contains(request.path) &&
+      !credentials_->admits(header_value(input, "authorization"))) {
+    ++unauthorized_;
+    std::vector<std::string> challenges;
+    for (const auto& c : credentials_->challenges()) challenges.push_back("WWW-Authenticate: " + c);
+    return serialize({401, "text/plain; charset=utf-8", "authentication required\n"}, head, challenges);
+  }
+  auto route = routes_.find(request.path);
+  if (route == routes_.end())
+    return serialize({404, "text/plain; charset=utf-8", "not found: " + request.path + "\n"}, head);
+  // A handler runs subsystem callbacks; what they throw is a 500, not a dead server.
+  try {
+    return serialize(route->second(request), head);
+  } catch (const std::exception& e) {
+    return serialize({500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n"}, head);
+  }
+}
+
+bool http_server::advance(connection& c, short revents) {
+  using phase = connection::phase;
+  if (revents & (POLLERR | POLLNVAL)) return false;
+  if (!revents) return true;
+  if (c.at == phase::sniff) {
+    // A TLS client's first byte is a handshake record's content type (22, RFC 8446 section
+    // 5.1). Anything else is plain HTTP sent to the HTTPS port: it is told so in plain
+    // HTTP, after what it sent is read (closing with unread data would reset the
+    // connection before the client reads the answer), and never served.
+    unsigned char first = 0;
+    const ssize_t n = ::recv(c.fd, &first, 1, MSG_PEEK);
+    if (n == 0) return false;
+    if (n < 0) return errno == EAGAIN || errno == EINTR;
+    if (first == 22) {
+      c.at = phase::handshake;
+    } else {
+      ++tls_failures_;
+      c.tls.reset();
+      char discard[4096];
+      for (size_t total = 0; total < kMaxHeaderBytes;) {
+        const ssize_t got = ::recv(c.fd, discard, sizeof discard, 0);
+        if (got <= 0) break;
+        total += static_cast<size_t>(got);
+      }
+      c.output = serialize({400, "text/plain; charset=utf-8", "this port speaks HTTPS only\n"}, false);
+      c.at = phase::response;
+    }
+  }
+  if (c.at == phase::handshake) {
+    switch (c.tls->handshake()) {
+      case tls_session::result::again: return true;
+      case tls_session::result::done: c.at = phase::request; break;
+      default: ++tls_failures_; return false;
+    }
+  }
+  if (c.at == phase::request) {
+    if (c.tls) {
+      const auto r = c.tls->read(c.input, kMaxHeaderBytes + 1);
+      if (r == tls_session::result::again) return true;
+      if (r != tls_session::result::done) return false;
+    } else {
+      char buffer[8192];
+      const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
+      if (n < 0) return errno == EAGAIN || errno == EINTR;
+      if (n == 0) return false;
+      c.input.append(buffer, static_cast<size_t>(n));
+    }
+    const bool whole = c.input.find("\r\n\r\n") != std::string::npos || c.input.find("\n\n") != std::string::npos;
+    if (!whole && c.input.size() <= kMaxHeaderBytes) return true;
+    c.output = whole ? respond(c.input)
+                     : serialize({431, "text/plain; charset=utf-8", "request headers too large\n"}, false);
+    c.at = phase::response;
+  }
+  if (c.tls) {
+    const auto r = c.tls->write(c.output, c.sent);
+    if (r == tls_session::result::again) return true;
+    if (r == tls_session::result::done) c.tls->close_notify();
+    return false;
+  }
+  const ssize_t n = ::send(c.fd, c.output.data() + c.sent, c.output.size() - c.sent, MSG_NOSIGNAL | MSG_DONTWAIT);
+  if (n > 0) c.sent += static_cast<size_t>(n);
+  else if (n < 0 && errno != EAGAIN && errno != EINTR) return false;
+  return c.sent < c.output.size();
+}
+
 void http_server::serve() {
+  // OpenSSL writes to the socket with write(), which raises SIGPIPE when the peer has gone;
+  // blocked on this thread, the signal stays pending here and write() just fails (EPIPE),
+  // without changing how the rest of the process handles SIGPIPE.
+  sigset_t pipe_signal;
+  sigemptyset(&pipe_signal);
+  sigaddset(&pipe_signal, SIGPIPE);
+  pthread_sigmask(SIG_BLOCK, &pipe_signal, nullptr);
+
   std::list<connection> connections;
   while (!loop_.stopping) {
     std::vector<pollfd> fds{{loop_.wake_fd, POLLIN, 0}, {loop_.listen_fd, POLLIN, 0}};
-    for (auto& c : connections) fds.push_back({c.fd, static_cast<short>(c.responded ? POLLOUT : POLLIN), 0});
+    for (auto& c : connections) fds.push_back({c.fd, c.events(), 0});
     if (::poll(fds.data(), fds.size(), 500) < 0 && errno != EINTR) break;
     if (loop_.stopping) break;
     const int64_t now = now_ms();
     if (fds[1].revents & POLLIN) {
       // Probes must keep answering while the port is abused (a liveness probe that fails
-      // restarts the agent): a new connection takes the place of the oldest one that has
-      // not sent a whole request yet, its peer's own when the peer is at its limit, so a
-      // flood of idle or trickling connections cannot crowd out a client that asks at once.
-      auto evict_oldest_incomplete = [&](const std::string* peer) {
-        connection* oldest = nullptr;
-        for (auto& c : connections)
-          if (c.fd >= 0 && !c.responded && (!peer || c.peer == *peer) && (!oldest || c.accepted_ms < oldest->accepted_ms))
-            oldest = &c;
-        if (!oldest) return false;
-        ::close(oldest->fd);
-        oldest->fd = -1;
+      // restarts the agent): a new connection takes the place of one that has not sent a
+      // whole request yet, so a flood of idle or trickling connections (or half-finished
+      // TLS handshakes) cannot crowd out a client that asks at once. A peer at its own
+      // limit gives up its oldest; otherwise the peer holding the most such connections
+      // does, so that a probe still in its handshake (several round trips with TLS) from
+      // an address with one connection outlasts a flood spread over a few addresses.
+      // A flood from more addresses than the server has slots is beyond this.
+      auto evict_incomplete = [&](const std::string* peer) {
+        std::map<std::string_view, size_t> held;  // connections without a whole request, by peer
+        for (const auto& c : connections)
+          if (c.fd >= 0 && !c.has_request()) ++held[c.peer];
+        connection* victim = nullptr;
+        size_t victim_held = 0;
+        for (auto& c : connections) {
+          if (c.fd < 0 || c.has_request() || (peer && c.peer != *peer)) continue;
+          const size_t from_same = held[c.peer];
+          if (!victim || from_same > victim_held || (from_same == victim_held && c.accepted_ms < victim->accepted_ms)) {
+            victim = &c;
+            victim_held = from_same;
+          }
+        }
+        if (!victim) return false;
+        victim->close();
         ++evicted_;
         return true;
       };
@@ -162,15 +362,26 @@ void http_server::serve() {
           from_peer += c.peer == peer;
         }
         bool room = true;
-        if (from_peer >= kMaxConnectionsPerPeer) room = evict_oldest_incomplete(&peer);
-        else if (open >= max_connections_) room = evict_oldest_incomplete(nullptr);
+        if (from_peer >= kMaxConnectionsPerPeer) room = evict_incomplete(&peer);
+        else if (open >= max_connections_) room = evict_incomplete(nullptr);
         if (!room) {
+          // Said in plain text on an HTTPS port too: there is no session to say it in.
           const std::string busy = serialize({503, "text/plain; charset=utf-8", "too many connections\n"}, false);
           [[maybe_unused]] ssize_t n = ::send(fd, busy.data(), busy.size(), MSG_NOSIGNAL | MSG_DONTWAIT);
           ::close(fd);
           continue;
         }
-        connections.push_back({fd, {}, {}, 0, now + timeout_ms_, false, peer, now});
+        connection& c = connections.emplace_back();
+        c.fd = fd;
+        c.deadline_ms = now + timeout_ms_;
+        c.peer = peer;
+        c.accepted_ms = now;
+        if (tls_) {
+          // context() re-reads a replaced certificate first: each new connection gets the
+          // files as they are now (looked at, at most once a second).
+          c.tls = std::make_unique<tls_session>(tls_->context(), fd);
+          c.at = connection::phase::sniff;
+        }
       }
     }
     size_t index = 2;
@@ -181,68 +392,13 @@ void http_server::serve() {
       }
       const short revents = fds.size() > index && fds[index].fd == c.fd ? fds[index].revents : 0;
       ++index;
-      bool drop = (revents & (POLLERR | POLLNVAL)) != 0;
-      if (!drop && !c.responded && (revents & (POLLIN | POLLHUP))) {
-        char buffer[8192];
-        const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
-        if (n <= 0) {
-          drop = !(n < 0 && (errno == EAGAIN || errno == EINTR));
-        } else {
-          c.input.append(buffer, static_cast<size_t>(n));
-          http_response response;
-          bool head = false;
-          const size_t header_end = c.input.find("\r\n\r\n");
-          if (header_end == std::string::npos && c.input.find("\n\n") == std::string::npos) {
-            if (c.input.size() > kMaxHeaderBytes) {
-              response = {431, "text/plain; charset=utf-8", "request headers too large\n"};
-              c.responded = true;
-            }
-          } else {
-            c.responded = true;
-            const std::string first = c.input.substr(0, c.input.find_first_of("\r\n"));
-            const size_t sp1 = first.find(' '), sp2 = first.find(' ', sp1 == std::string::npos ? 0 : sp1 + 1);
-            if (sp1 == std::string::npos || sp2 == std::string::npos || first.compare(sp2 + 1, 5, "HTTP/") != 0) {
-              response = {400, "text/plain; charset=utf-8", "malformed request line\n"};
-            } else {
-              http_request request;
-              request.method = first.substr(0, sp1);
-              const std::string target = first.substr(sp1 + 1, sp2 - sp1 - 1);
-              const size_t q = target.find('?');
-              request.path = target.substr(0, q);
-              if (q != std::string::npos) request.query = target.substr(q + 1);
-              head = request.method == "HEAD";
-              auto route = routes_.find(request.path);
-              if (request.method != "GET" && !head) {
-                response = {405, "text/plain; charset=utf-8", "only GET and HEAD\n"};
-              } else if (route == routes_.end()) {
-                response = {404, "text/plain; charset=utf-8", "not found: " + request.path + "\n"};
-              } else {
-                // A handler runs subsystem callbacks; what they throw is a 500, not a dead server.
-                try {
-                  response = route->second(request);
-                } catch (const std::exception& e) {
-                  response = {500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n"};
-                }
-              }
-            }
-          }
-          if (c.responded) c.output = serialize(response, head);
-        }
-      }
-      if (!drop && c.responded && c.sent < c.output.size()) {
-        const ssize_t n = ::send(c.fd, c.output.data() + c.sent, c.output.size() - c.sent, MSG_NOSIGNAL | MSG_DONTWAIT);
-        if (n > 0) c.sent += static_cast<size_t>(n);
-        else if (n < 0 && errno != EAGAIN && errno != EINTR) drop = true;
-      }
-      const bool headers_late = !c.responded && now - c.accepted_ms > kHeaderTimeoutMs;
-      if (drop || (c.responded && c.sent >= c.output.size()) || now > c.deadline_ms || headers_late) {
-        ::close(c.fd);
-        c.fd = -1;
-      }
+      const bool alive = advance(c, revents);
+      const bool headers_late = !c.has_request() && now - c.accepted_ms > kHeaderTimeoutMs;
+      if (!alive || now > c.deadline_ms || headers_late) c.close();
     }
     connections.remove_if([](const connection& c) { return c.fd < 0; });
   }
-  for (auto& c : connections) ::close(c.fd);
+  for (auto& c : connections) c.close();
 }
 
 }  // namespace meshlane

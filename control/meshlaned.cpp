@@ -7,7 +7,7 @@
 //   meshlaned --ebpf-counters               print the pinned fast path's counters (JSON)
 //
 // The agent serves the control socket (meshctl) and HTTP (/metrics, /healthz, /readyz,
-// the status page at /) until SIGTERM.
+// the status page at /) until SIGTERM; HTTPS with credentials when that is bound off loopback.
 #include <getopt.h>
 #include <grp.h>
 #include <pwd.h>
@@ -19,6 +19,7 @@
 #include <cstring>
 #include <fstream>
 #include <iostream>
+#include <set>
 #include <sstream>
 #include <string>
 #include <thread>
@@ -27,7 +28,9 @@
 #include "control/config_watch.h"
 #include "control/control_socket.h"
 #include "control/desired_state.h"
+#include "control/http_auth.h"
 #include "control/http_server.h"
+#include "control/http_tls.h"
 #include "control/log_ring.h"
 #include "control/status_page.h"
 #include "control/table_compiler.h"
@@ -50,7 +53,17 @@ void print_usage(FILE* out) {
                "      --control-uid UID      also allow this user (name or number) on the socket\n"
                "      --control-gid GID      also allow this group (name or number) on the socket\n"
                "      --metrics-listen ADDR:PORT  HTTP for /metrics, probes and the status page\n"
-               "                           (default 127.0.0.1:9464; 'off' disables it)\n"
+               "                           (default 127.0.0.1:9464; 'off' disables it). Off loopback\n"
+               "                           (127.0.0.0/8, ::1) it is HTTPS only and needs credentials:\n"
+               "                           the agent refuses to start without the files below\n"
+               "      --http-tls-cert FILE  PEM certificate (with its chain) for HTTPS, e.g. a TLS\n"
+               "                           Secret's tls.crt; re-read when it changes\n"
+               "      --http-tls-key FILE   its PEM private key (unencrypted), e.g. tls.key\n"
+               "      --http-password-file FILE  'user:password' lines for HTTP Basic; re-read when\n"
+               "                           it changes\n"
+               "      --http-token-file FILE  bearer tokens, one a line; re-read when it changes\n"
+               "      --http-open-probes   with credentials, still answer /healthz, /readyz and\n"
+               "                           /metrics without them (default: every path needs them)\n"
                "      --bpf-pin-dir DIR  where the eBPF fast path is pinned (default /sys/fs/bpf/meshlane)\n"
                "      --state-dir DIR  keep live pods (added by meshlane-cni) and their addresses in\n"
                "                           DIR/pods.json; without it the agent takes no live pods\n"
@@ -125,7 +138,8 @@ bool parse_id(const char* text, bool is_group, unsigned& id) {
 int main(int argc, char** argv) {
   enum {
     kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
-    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir, kNoWatch
+    kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir, kNoWatch,
+    kHttpTlsCert, kHttpTlsKey, kHttpPasswordFile, kHttpTokenFile, kHttpOpenProbes
   };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
@@ -134,6 +148,11 @@ int main(int argc, char** argv) {
       {"control-uid", required_argument, nullptr, kControlUid},
       {"control-gid", required_argument, nullptr, kControlGid},
       {"metrics-listen", required_argument, nullptr, kMetricsListen},
+      {"http-tls-cert", required_argument, nullptr, kHttpTlsCert},
+      {"http-tls-key", required_argument, nullptr, kHttpTlsKey},
+      {"http-password-file", required_argument, nullptr, kHttpPasswordFile},
+      {"http-token-file", required_argument, nullptr, kHttpTokenFile},
+      {"http-open-probes", no_argument, nullptr, kHttpOpenProbes},
       {"bpf-pin-dir", required_argument, nullptr, kBpfPinDir},
       {"bpf-object", required_argument, nullptr, kBpfObject},
       {"state-dir", required_argument, nullptr, kStateDir},
@@ -146,6 +165,9 @@ int main(int argc, char** argv) {
   bool check_only = false, print_tables = false;
   meshlane::control_socket_options socket_options;
   std::string metrics_listen = "127.0.0.1:9464";
+  std::string http_tls_cert, http_tls_key;
+  meshlane::http_credential_files http_credential_files;
+  bool http_open_probes = false;
   // eBPF fast path
   std::string bpf_pin_dir = meshlane::fast_path_options{}.pin_dir;
   std::string bpf_object;
@@ -171,6 +193,11 @@ int main(int argc, char** argv) {
         break;
       }
       case kMetricsListen: metrics_listen = optarg; break;
+      case kHttpTlsCert: http_tls_cert = optarg; break;
+      case kHttpTlsKey: http_tls_key = optarg; break;
+      case kHttpPasswordFile: http_credential_files.password_file = optarg; break;
+      case kHttpTokenFile: http_credential_files.token_file = optarg; break;
+      case kHttpOpenProbes: http_open_probes = true; break;
       case kBpfPinDir: bpf_pin_dir = optarg; break;
       case kBpfObject: bpf_object = optarg; break;
       case kStateDir: state_dir = optarg; break;
@@ -214,6 +241,29 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "meshlaned: %s\n", config_path.empty() ? "--config FILE is required"
                                                                 : "unexpected argument");
     print_usage(stderr);
+    return 2;
+  }
+
+  // Said before anything is loaded or attached: an admin surface reachable from the network
+  // is HTTPS with credentials or nothing (there is no switch to serve it in the clear).
+  const bool http_credentials_given =
+      !http_credential_files.password_file.empty() || !http_credential_files.token_file.empty();
+  if (http_tls_cert.empty() != http_tls_key.empty()) {
+    std::fprintf(stderr, "meshlaned: --http-tls-cert and --http-tls-key go together\n");
+    return 2;
+  }
+  if (metrics_listen != "off" && !meshlane::is_loopback_listen(metrics_listen) &&
+      (http_tls_cert.empty() || !http_credentials_given)) {
+    std::fprintf(stderr,
+                 "meshlaned: --metrics-listen %s is not a loopback address (127.0.0.0/8, ::1): off loopback the\n"
+                 "  HTTP surface is served only over HTTPS and with credentials; give --http-tls-cert FILE and\n"
+                 "  --http-tls-key FILE, and --http-password-file FILE or --http-token-file FILE%s\n",
+                 metrics_listen.c_str(), http_tls_cert.empty() ? "" : " (the credentials are missing)");
+    return 2;
+  }
+  if (http_open_probes && !http_credentials_given) {
+    std::fprintf(stderr, "meshlaned: --http-open-probes needs --http-password-file or --http-token-file "
+                         "(without credentials every path is open already)\n");
     return 2;
   }
 
@@ -370,14 +420,52 @@ int main(int argc, char** argv) {
   meshlane::http_server http;
   if (metrics_listen != "off") {
     meshlane::add_agent_routes(http, control);
+    nlohmann::json http_status{{"tls", !http_tls_cert.empty()}, {"authentication", http_credentials_given}};
+    if (!http_tls_cert.empty()) {
+      std::string error;
+      auto tls = meshlane::http_tls_context::load(http_tls_cert, http_tls_key, &log, error);
+      if (!tls) {
+        log.write(meshlane::log_level::error, "https: " + error);
+        return 1;
+      }
+      log.write(meshlane::log_level::info, "https: certificate " + tls->subject() + ", sha256 " + tls->fingerprint());
+      http.serve_tls(std::move(tls));
+    }
+    if (http_credentials_given) {
+      std::string error;
+      auto credentials = meshlane::http_credentials::load(http_credential_files, &log, error);
+      if (!credentials) {
+        log.write(meshlane::log_level::error, "http credentials: " + error);
+        return 1;
+      }
+      std::set<std::string> open_paths;
+      if (http_open_probes) open_paths = {"/healthz", "/readyz", "/metrics"};
+      http_status["open_paths"] = open_paths;
+      http.require_credentials(std::move(credentials), std::move(open_paths));
+    }
     if (std::string error = http.start(metrics_listen); !error.empty()) {
       log.write(meshlane::log_level::error, "metrics: " + error);
       return 1;
     }
     const std::string host = metrics_listen.substr(0, metrics_listen.rfind(':'));
     const std::string bound = host + ":" + std::to_string(http.port());
-    registry.add_status("http", [bound] { return nlohmann::json{{"listen", bound}}; });
-    log.write(meshlane::log_level::info, "metrics and status page on http://" + bound + "/");
+    http_status["listen"] = bound;
+    registry.add_status("http", [http_status] { return http_status; });
+    registry.add_collector("http", [&http](std::vector<meshlane::metric_family>& out) {
+      out.push_back({"meshlane_http_connections_evicted_total",
+                     "HTTP connections without a whole request closed to make room for new ones.",
+                     meshlane::metric_kind::counter, {{{}, static_cast<double>(http.evicted())}}});
+      out.push_back({"meshlane_http_unauthorized_total", "HTTP requests refused for missing or wrong credentials (401).",
+                     meshlane::metric_kind::counter, {{{}, static_cast<double>(http.unauthorized())}}});
+      out.push_back({"meshlane_http_tls_handshake_failures_total",
+                     "HTTPS connections that did not complete a TLS handshake (plain HTTP among them).",
+                     meshlane::metric_kind::counter, {{{}, static_cast<double>(http.tls_failures())}}});
+    });
+    const char* access = !http_credentials_given ? ""
+                         : http_open_probes      ? " (credentials required but for /healthz, /readyz, /metrics)"
+                                                 : " (credentials required)";
+    log.write(meshlane::log_level::info, std::string("metrics and status page on ") +
+                                             (http.tls() ? "https://" : "http://") + bound + "/" + access);
   }
   // --- end control surface ---
 
