@@ -125,6 +125,12 @@ std::string parse_listen(const std::string& listen, sockaddr_storage& storage, s
 
 }  // namespace
 
+std::string listen_address_error(const std::string& listen) {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  return parse_listen(listen, storage, length);
+}
+
 bool is_loopback_listen(const std::string& listen) {
   sockaddr_storage storage{};
   socklen_t length = 0;

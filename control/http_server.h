@@ -38,8 +38,10 @@ struct http_response {
 
 using http_handler = std::function<http_response(const http_request&)>;
 
+// What is wrong with "ADDR:PORT" as an address start() can listen on; "" when nothing.
+std::string listen_address_error(const std::string& listen);
 // Whether "ADDR:PORT" names a loopback address (127.0.0.0/8, ::1, ::ffff:127.0.0.0/104);
-// false for anything else, also for text that is no address (start() says what is wrong).
+// false for anything else, also for text that is no address (listen_address_error says why).
 bool is_loopback_listen(const std::string& listen);
 
 class http_server {

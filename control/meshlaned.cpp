@@ -252,6 +252,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "meshlaned: --http-tls-cert and --http-tls-key go together\n");
     return 2;
   }
+  // A malformed address is said as such, not as "not loopback".
+  if (metrics_listen != "off") {
+    if (std::string error = meshlane::listen_address_error(metrics_listen); !error.empty()) {
+      std::fprintf(stderr, "meshlaned: --metrics-listen: %s\n", error.c_str());
+      return 2;
+    }
+  }
   if (metrics_listen != "off" && !meshlane::is_loopback_listen(metrics_listen) &&
       (http_tls_cert.empty() || !http_credentials_given)) {
     std::fprintf(stderr,

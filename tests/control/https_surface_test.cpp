@@ -713,6 +713,10 @@ TEST_F(HttpsAgent, RefusesToStartOffLoopbackWithoutHttpsAndCredentials) {
   std::tie(code, said) = refused(
       {"--metrics-listen", "198.19.0.1:9464", "--http-password-file", secret_->path("users")});
   EXPECT_EQ(code, 2) << said;
+  // Not an address at all: said as such, before any loopback policy.
+  std::tie(code, said) = refused({"--metrics-listen", "localhost:9464"});
+  EXPECT_EQ(code, 2) << said;
+  EXPECT_NE(said.find("--metrics-listen: 'localhost' is not an IPv4 address"), std::string::npos) << said;
   std::tie(code, said) = refused({"--http-tls-cert", cert});
   EXPECT_EQ(code, 2) << said;
   EXPECT_NE(said.find("--http-tls-cert and --http-tls-key go together"), std::string::npos) << said;
