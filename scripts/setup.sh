@@ -22,8 +22,9 @@ packages=(
   python3 python3-prometheus-client
   # ESP interop tests: scapy's ESP as the independent peer (tests/dataplane/esp)
   python3-scapy python3-cryptography
-  # control surface tests: status page in headless Chromium, HTTP probes
-  chromium curl
+  # control surface tests: status page in headless Chromium, HTTP probes; HTTPS tests make
+  # their certificates with the openssl tool and talk TLS with curl and openssl s_client
+  chromium curl openssl
   # a real container runtime on meshlane-cni (tests/integration/podman_test.cpp, the demo):
   # podman 4.3 brings conmon; runc named so that apt does not choose crun, which refuses
   # this machine class's hybrid cgroup layout; containernetworking-plugins is podman's CNI
