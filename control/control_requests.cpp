@@ -254,9 +254,10 @@ json control_module::get(const json& request) {
   auto it = request.find("what");
   if (it == request.end() || !it->is_string())
     return error_reply(control_error::kInvalidRequest,
-                       "get needs \"what\": config, tables, services, backends, routes, maglev or flows");
+                       "get needs \"what\": config, tables, services, backends, routes, maglev, flows or sas");
   const std::string what = it->get<std::string>();
   if (what == "flows") return flows(request);
+  if (what == "sas") return provided_rows(request, "sas", "ESP security associations");
   if (what == "config") {
     std::lock_guard lock(mutex_);
     if (document_json_.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
@@ -265,7 +266,7 @@ json control_module::get(const json& request) {
   const auto tables = publisher_.current();
   if (what != "tables" && what != "services" && what != "backends" && what != "routes" && what != "maglev")
     return error_reply(control_error::kUnknownTable, "unknown table '" + what +
-                                                         "'; tables: config, tables, services, backends, routes, maglev, flows");
+                                                         "'; tables: config, tables, services, backends, routes, maglev, flows, sas");
   if (!tables) return error_reply(control_error::kUnavailable, "no snapshot has been published yet");
   if (what == "tables") {
     return {{"ok", true}, {"generation", tables->generation}, {"content_digest", tables->content_digest()},
@@ -333,21 +334,27 @@ json control_module::get(const json& request) {
 json control_module::flows(const json& request) {
   if (request.contains("follow") && !request["follow"].is_boolean())
     return error_reply(control_error::kInvalidRequest, "follow must be true or false");
+  return provided_rows(request, "flows", "flow records");
+}
+
+// Rows a subsystem owns (flow records, ESP SAs): every provider is asked for one page
+// ({"offset","limit"}) and answers one shape, {"rows":[...],"total":N}.
+json control_module::provided_rows(const json& request, const std::string& query, const std::string& what) {
   size_t offset, limit;
   if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
   const auto names = registry_.query_names();
-  if (std::find(names.begin(), names.end(), "flows") == names.end())
-    return error_reply(control_error::kUnavailable,
-                       "no subsystem provides flow records in this agent (the data planes register the 'flows' query)");
-  json result = registry_.query("flows", {{"offset", offset}, {"limit", limit}});
-  // One shape for every provider: {"rows":[...],"total":N}.
+  if (std::find(names.begin(), names.end(), query) == names.end())
+    return error_reply(control_error::kUnavailable, "no subsystem provides " + what +
+                                                        " in this agent (the data planes register the '" + query +
+                                                        "' query)");
+  json result = registry_.query(query, {{"offset", offset}, {"limit", limit}});
   if (!result.is_object() || !result.contains("rows") || !result["rows"].is_array())
-    return error_reply(control_error::kUnavailable, "the flows provider returned no rows");
+    return error_reply(control_error::kUnavailable, "the " + query + " provider returned no rows");
   json rows = result["rows"];
+  const json total = result.contains("total") && result["total"].is_number_integer() && result["total"] >= 0
+                         ? result["total"] : json(rows.size());
   if (rows.size() > limit) rows.erase(rows.begin() + static_cast<std::ptrdiff_t>(limit), rows.end());
-  json reply = {{"ok", true}, {"rows", rows}, {"offset", offset}, {"limit", limit}};
-  reply["total"] = result.is_object() && result.contains("total") ? result["total"] : json(rows.size());
-  return reply;
+  return {{"ok", true}, {"rows", rows}, {"offset", offset}, {"limit", limit}, {"total", total}};
 }
 
 json control_module::stats() {

@@ -95,6 +95,7 @@ class control_module {
 
   // Rows for one `flows` poll (also what a follow stream sends each interval).
   nlohmann::json flows(const nlohmann::json& args);
+  nlohmann::json provided_rows(const nlohmann::json& request, const std::string& query, const std::string& what);
 
   // For the status page: counters, a page of services and backends with their shares
   // (those whose name or VIP contains `search`), log lines.

@@ -34,7 +34,8 @@ void print_usage(FILE* out) {
                "  status                    version, uptime, generation, subsystems, readiness\n"
                "  apply -f FILE             validate, compile and publish a document atomically\n"
                "  get TABLE                 TABLE: services, backends, routes, maglev, flows,\n"
-               "                            tables (summary) or config; --offset N --limit N\n"
+               "                            sas (ESP SAs of encrypted routes), tables (summary)\n"
+               "                            or config; --offset N --limit N\n"
                "  stats                     every metric the agent exports\n"
                "  tune                      list live tunables and their values\n"
                "  tune KEY=VALUE...         change tunables live (all or none)\n"
@@ -273,7 +274,7 @@ int run_online(const std::string& command, int argc, char** argv) {
     request["document"] = document;
   } else if (command == "get") {
     if (opts.positional.size() != 1) {
-      std::fprintf(stderr, "meshctl: get needs one TABLE: services, backends, routes, maglev, flows, tables, config\n");
+      std::fprintf(stderr, "meshctl: get needs one TABLE: services, backends, routes, maglev, flows, sas, tables, config\n");
       return kExitUsage;
     }
     request["what"] = opts.positional[0];

@@ -164,6 +164,7 @@ std::vector<uint8_t> snapshot::serialize() const {
   // (the content digest is shown to anyone who asks for status). A key changes with its id.
   w.u8(static_cast<uint8_t>(encryption));
   w.u32(replay_window);
+  w.u32(rotation_grace_s);
   for (const table_node_encryption& e : node_encryption) {
     w.u8(e.encrypt);
     w.u8(e.tx.key_id);

@@ -110,6 +110,9 @@ struct snapshot {
   std::vector<uint32_t> service_frontends;  // frontend indices grouped by service (table_service)
   encryption_mode encryption = encryption_mode::off;
   uint32_t replay_window = 1024;
+  // How long a change of keys or of a route's encryption takes to reach every node: a
+  // node starts to send under a change this long after it sees it (accepting it at once).
+  uint32_t rotation_grace_s = 30;
   std::vector<table_node_encryption> node_encryption;  // by node index; [kLocalNodeIndex] unused
   hash_index frontend_index;
   hash_index pod_index;                  // keyed by IPv4 and IPv6 pod addresses

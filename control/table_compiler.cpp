@@ -122,6 +122,7 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   // sends to it and accepts from it under, derived for the pair and direction.
   tables->encryption = state.encryption.mode;
   tables->replay_window = state.encryption.replay_window;
+  tables->rotation_grace_s = state.encryption.rotation_grace_s;
   tables->node_encryption.resize(tables->nodes.size());
   if (state.encryption.mode != encryption_mode::off && keys && keys->tx) {
     std::map<std::string, const node_spec*> specs;

@@ -1,6 +1,8 @@
 // The dataplane-shaped view of a snapshot (forwarding_tables, pipeline.h), built when it
 // is published: the lookups of node_lookup.h, the IPv4 gates and pod table, per-node
 // tunnel templates, counter slots and underlay neighbour slots, and their reclaiming.
+#include <rte_cycles.h>
+
 #include <algorithm>
 #include <bit>
 #include <map>
@@ -190,7 +192,7 @@ uint32_t slot_for(std::vector<std::string>& names, std::unordered_map<std::strin
 }  // namespace
 
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
-                                    counter_slot_names& slots, forwarding_tables& out) {
+                                    counter_slot_names& slots, forwarding_tables& out, esp_sa_registry* esp) {
   out = forwarding_tables{};
   out.tables = tables;
   const snapshot& s = *tables;
@@ -291,6 +293,17 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask});
   }
   out.underlay_peers.build(peers);
+  {
+    std::vector<uint32_t> node_ips(s.nodes.size(), 0);
+    for (uint32_t i = 0; i < s.nodes.size(); ++i) node_ips[i] = out.node_tunnels[i].outer.remote_ip();
+    if (esp) {
+      if (std::string error = esp->build(s, node_ips, rte_rdtsc(), rte_get_tsc_hz(), out.esp_routes, out.esp_keep);
+          !error.empty())
+        return error;
+    } else if (std::any_of(s.node_encryption.begin(), s.node_encryption.end(), [](auto& e) { return e.encrypt; })) {
+      return "encrypted routes need the worker pool's ESP SAs (esp_sa_registry)";
+    }
+  }
   std::fill(slots.service_in_tables.begin(), slots.service_in_tables.end(), 0);
   std::fill(slots.backend_in_tables.begin(), slots.backend_in_tables.end(), 0);
   for (const table_service& service : s.services) {

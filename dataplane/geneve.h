@@ -9,6 +9,9 @@ namespace meshlane::detail {
 
 // Inbound Geneve addressed to us from a known node: strip the outer headers and return
 // true with `p` describing the inner frame. Drops (and returns false) otherwise.
+// `kDecrypted`: it came out of ESP (esp_path.h); clear Geneve from a node whose route is
+// encrypted is refused (esp_required).
+template <bool kDecrypted = false>
 [[gnu::always_inline]] inline bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table& ports,
                                                       rte_mbuf* m, parsed_packet& p) {
   uint8_t* frame = frame_of(m);
@@ -16,6 +19,10 @@ namespace meshlane::detail {
   const underlay_peer* sender = t.underlay_peers.find(ip->source);
   if (!sender) {
     drop(w, m, drop_reason::geneve_unknown_peer);
+    return false;
+  }
+  if (!kDecrypted && !t.esp_routes.empty() && __builtin_expect(w.now >= t.esp_routes[sender->node].clear_refused_from, 0)) {
+    drop(w, m, drop_reason::esp_required);
     return false;
   }
   const uint32_t geneve_offset = p.l4_offset + sizeof(udp_header);

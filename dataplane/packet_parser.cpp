@@ -37,6 +37,12 @@ const char* to_string(drop_reason reason) {
     case drop_reason::no_headroom: return "no_headroom";
     case drop_reason::tx_full: return "tx_full";
     case drop_reason::neighbour_unresolved: return "neighbour_unresolved";
+    case drop_reason::esp_auth_failed: return "esp_auth_failed";
+    case drop_reason::esp_replay: return "esp_replay";
+    case drop_reason::esp_no_sa: return "esp_no_sa";
+    case drop_reason::esp_malformed: return "esp_malformed";
+    case drop_reason::esp_required: return "esp_required";
+    case drop_reason::esp_encap_failed: return "esp_encap_failed";
     case drop_reason::count_: break;
   }
   return "unknown";

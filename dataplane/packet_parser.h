@@ -46,6 +46,13 @@ enum class drop_reason : uint8_t {
   no_headroom,  // no room in front of the frame for the Geneve headers
   tx_full,
   neighbour_unresolved,  // held for a pod that never answered for its MAC, or past the hold's room
+  // ESP between nodes (dataplane/esp_routes.h): what esp_result says of an inbound frame,
+  esp_auth_failed,  // the ICV did not verify
+  esp_replay,       // seen before, or older than the replay window
+  esp_no_sa,        // no SA for the sender and SPI (or an unknown sender)
+  esp_malformed,    // truncated, bad lengths, padding or next header, not Geneve inside
+  esp_required,     // clear Geneve from a node whose route is encrypted
+  esp_encap_failed, // an outbound frame ESP could not take (no room, sequence numbers spent)
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

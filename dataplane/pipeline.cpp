@@ -6,6 +6,7 @@
 #include <rte_ethdev.h>
 #include <rte_prefetch.h>
 
+#include "dataplane/esp_path.h"
 #include "dataplane/gateway.h"
 #include "dataplane/geneve.h"
 #include "dataplane/pipeline_internal.h"
@@ -108,17 +109,26 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   const uint32_t remote = tunnel.outer.remote_ip();
   if (!remote || ports.uplink_port == UINT16_MAX) return drop(w, m, drop_reason::no_route);
   if (!decrement_ttl(frame, p)) return time_exceeded();
-  const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead;
+  // An encrypted route (esp_routes.h) leaves kEspMaxOverhead less room.
+  esp_tx_sa* const esp = t.esp_routes.empty() ? nullptr : t.esp_routes[node_index].sender(w.now);
+  const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0);
   if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
   const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
   if (rte_pktmbuf_pkt_len(m) > frame_length)
     rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
+  // Inside ESP the Geneve UDP checksum is left zero (RFC 8926 section 3.3 allows it over
+  // IPv4): the ICV covers every byte it would.
   if (!geneve_encapsulate(m, tunnel.outer, ports.neighbours.lookup_u64(tunnel.neighbour, remote), flow_hash,
-                          ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
+                          !esp && ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
     return drop(w, m, drop_reason::no_headroom);
   w.geneve_encapsulated.add(1);
+  if (esp) {
+    if (__builtin_expect(esp->encapsulate(w.index, m) != esp_encap_result::ok, 0))
+      return drop(w, m, drop_reason::esp_encap_failed);
+    w.esp_encapsulated.add(1);
+  }
   transmit(w, ports.uplink_port, m);
 }
 
@@ -160,6 +170,13 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       if (ip->destination == t.underlay_ip) {
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
           if (!geneve_decapsulate(w, t, ports, m, p)) return;
+          frame = frame_of(m);
+          lb_outcome lb;
+          if (!load_balance(w, t, m, frame, p, lb)) return;
+          return route<true>(w, t, ports, in_port, m, p, lb);
+        }
+        if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kEspUdpPort) {
+          if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p)) return;
           frame = frame_of(m);
           lb_outcome lb;
           if (!load_balance(w, t, m, frame, p, lb)) return;

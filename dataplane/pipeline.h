@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "control/snapshot.h"
+#include "dataplane/esp_routes.h"
 #include "dataplane/flow_table.h"
 #include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
@@ -213,6 +214,11 @@ struct forwarding_tables {
     }
   };
   std::vector<backend_frontend> frontends_by_backend;
+  // Encrypted routes by snapshot node index (esp_routes.h); empty when no route is
+  // encrypted, so that direct-only tables cost one test per tunnelled packet. `esp_keep`
+  // holds the SAs they point to for as long as these tables live.
+  std::vector<esp_node_route> esp_routes;
+  std::vector<std::shared_ptr<const void>> esp_keep;
 };
 
 // Live settings a worker re-reads every loop; changed by tunables without restart.
@@ -296,6 +302,7 @@ struct worker_state {
   std::array<lb_counters, kMaxBackendSlots> backend;  // services: see service_counters
   counter bursts, busy_polls, idle_polls;
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
+  counter esp_encapsulated, esp_decapsulated;
   counter reverse_entries_restored;  // see restore_reverse_entry in service_lb.cpp
 
   // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen does) until
@@ -367,9 +374,11 @@ struct counter_slot_names {
 // One pass over the backend slots; the result is indexed by service slot.
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
                                               const counter_slot_names& slots);
-// Gives every other node's underlay address its slot in `ports.neighbours`.
+// Gives every other node's underlay address its slot in `ports.neighbours`, and encrypted
+// routes their SAs from `esp` (which must then be given).
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
-                                    counter_slot_names& slots, forwarding_tables& out);
+                                    counter_slot_names& slots, forwarding_tables& out,
+                                    esp_sa_registry* esp = nullptr);
 // Frees the neighbour slots of underlay addresses `installed` does not name (their MACs
 // forgotten). Call after `installed` is published and every worker has passed a
 // quiescent state, as reclaim_counter_slots.

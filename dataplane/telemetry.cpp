@@ -67,6 +67,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto polls = family("meshlane_dataplane_worker_polls_total",
                         "Worker loop iterations that received packets (busy) or none (idle).");
     auto encap = family("meshlane_dataplane_geneve_packets_total", "Geneve encapsulations and decapsulations.");
+    auto esp = family("meshlane_dataplane_esp_packets_total",
+                      "ESP encapsulations and verified decapsulations of encrypted routes.");
     auto generated = family("meshlane_dataplane_replies_total",
                             "Packets the workers answered themselves (ARP/NDP, ICMP errors).");
     for (const auto& w : workers_) {
@@ -78,6 +80,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
       polls.samples.push_back({{{"worker", worker}, {"kind", "idle"}}, double(w->idle_polls.get())});
       encap.samples.push_back({{{"worker", worker}, {"direction", "encap"}}, double(w->geneve_encapsulated.get())});
       encap.samples.push_back({{{"worker", worker}, {"direction", "decap"}}, double(w->geneve_decapsulated.get())});
+      esp.samples.push_back({{{"worker", worker}, {"direction", "encap"}}, double(w->esp_encapsulated.get())});
+      esp.samples.push_back({{{"worker", worker}, {"direction", "decap"}}, double(w->esp_decapsulated.get())});
       generated.samples.push_back({{{"worker", worker}, {"kind", "neighbour"}}, double(w->neighbour_messages.get())});
       generated.samples.push_back({{{"worker", worker}, {"kind", "icmp_error"}}, double(w->icmp_generated.get())});
     }
@@ -123,10 +127,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
       evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
     }
-    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &drops, &polls, &encap, &generated,
+    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &drops, &polls, &encap, &esp, &generated,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));
+    esp_->collect(out);
   });
 
   registry.add_status("dataplane", [this]() {
@@ -167,7 +172,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"burst_size", settings_.burst_size.load()},
                           {"idle_sleep_max_us", settings_.idle_sleep_max_us.load()},
                           {"ports", ports},
-                          {"workers", workers}};
+                          {"workers", workers},
+                          {"encryption", esp_->status()}};
   });
 
   registry.add_tunable("dataplane.burst_size",
@@ -269,6 +275,18 @@ void worker_pool::register_with(subsystem_registry& registry) {
       }
     }
     return nlohmann::json{{"offset", offset}, {"limit", limit}, {"total", index}, {"rows", rows}};
+  });
+
+  // The ESP SAs of encrypted routes (no key material), paged like flows.
+  registry.add_query("sas", [this](const nlohmann::json& args) {
+    const uint64_t offset = args.is_object() && args.contains("offset") && args["offset"].is_number_unsigned()
+                                ? args["offset"].get<uint64_t>() : 0;
+    const uint64_t limit = args.is_object() && args.contains("limit") && args["limit"].is_number_unsigned()
+                               ? args["limit"].get<uint64_t>() : 100;
+    const nlohmann::json all = esp_->rows();
+    nlohmann::json rows = nlohmann::json::array();
+    for (uint64_t i = offset; i < all.size() && rows.size() < limit; ++i) rows.push_back(all[i]);
+    return nlohmann::json{{"offset", offset}, {"limit", limit}, {"total", all.size()}, {"rows", rows}};
   });
 }
 

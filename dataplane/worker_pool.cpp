@@ -207,6 +207,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     state->lent_clients = pool->lent_clients_.get();
     pool->workers_.push_back(std::move(state));
   }
+  pool->esp_ = std::make_unique<esp_sa_registry>(workers);
   for (auto& w : pool->workers_)
     for (auto& other : pool->workers_)
       if (other != w) w->peer_flows.push_back(&other->flows);
@@ -435,7 +436,7 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
   auto next = std::make_unique<forwarding_tables>();
   {
     std::lock_guard lock(ports_mutex_);  // slot names are read by the metrics and the flows query
-    if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next); !error.empty())
+    if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next, esp_.get()); !error.empty())
       return error;
   }
   apply_tuning(tables->tuning);
@@ -446,6 +447,8 @@ std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) 
   // current burst (or is offline while idle); only then is it safe to free.
   rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
   delete previous;
+  // SAs that only the previous tables named (a key retired, a node gone).
+  esp_->prune();
   // Ports whose pods left: no published table names them any more.
   for (uint16_t port_id : leaving) unplug_port(port_id);
   free_retired_pools();

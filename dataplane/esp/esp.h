@@ -35,8 +35,12 @@
 //       +--------------------------------------------------+
 //
 // ESP adds 42 to 45 bytes to the IP packet (kEspMaxOverhead): the tunnel's MTU leaves that
-// room. The high 32 bits of the sequence number are never sent; they are in the AAD and
-// the receiver reconstructs them (replay_window.h). The outer UDP checksum is sent as
+// room. The high 32 bits of the sequence number are not in the ESP header; they are in
+// the AAD and, as the IV is the whole 64-bit number, in the IV: a receiver takes the
+// number from the IV when its low half is the header's (a forged IV fails the ICV), and
+// so never guesses wrong after a jump of more than 2^32 (a restarted sender starts high,
+// see esp_routes.h); with other IVs it reconstructs the high half (replay_window.h).
+// The outer UDP checksum is sent as
 // zero, as RFC 3948 section 2.1 says for IPv4 (the ICV covers everything after it), and
 // not checked on receipt (the same section: receivers must not depend on it). The inner
 // Geneve UDP checksum is left as it was: it covers the same outer addresses, as there is
@@ -45,9 +49,10 @@
 // ESP (RFC 3948 sections 2.2, 2.3): esp_result::not_esp, for the caller to drop.
 //
 // Keys: every SA needs its own key (and each direction its own SA): the IV is the
-// sequence number, which starts at 1 for every SA, so two senders, or one sender after
-// a restart, using the same key and salt would reuse nonces, which breaks GCM outright.
-// Whoever keys SAs must make a key fresh whenever its sender's sequence restarts.
+// sequence number, so two senders using the same key and salt, or one sender whose
+// counter goes back, would reuse nonces, which breaks GCM outright. Whoever keys SAs
+// must never restart a counter under a key it used before (esp_routes.h starts each new
+// SA at the wall clock's nanoseconds, above anything a previous run sent).
 //
 // The packet path is plain functions over single-segment mbufs (the pipeline linearises):
 // no heap, no locks, no system calls, no virtual calls. The AES-GCM is done by one of two
@@ -209,6 +214,7 @@ struct inbound_sa {
   uint64_t installed = 0;  // install order: a third SA for a peer replaces the older
   esp_replay_window window;
   esp_counter packets, bytes, auth_failures, replays;
+  esp_counter highest;  // window.highest() for other threads (the window is the worker's)
   esp_cipher_context cipher;
 };
 
@@ -320,6 +326,13 @@ esp_encap_result esp_encapsulate(outbound_sa& sa, rte_mbuf* m);
 // A multi-segment mbuf is malformed.
 esp_result esp_decapsulate(inbound_sa_table& table, rte_mbuf* m, parsed_packet& outer);
 
+// The same with the SA found by the caller (by the sender's address and esp_spi_of):
+// no_sa when the frame's SPI is not `sa`'s.
+esp_result esp_decapsulate(inbound_sa& sa, rte_mbuf* m, parsed_packet& outer);
+// The SPI (host order) of an ESP frame whose parse is `outer`, for finding its SA: ok and
+// `spi`, or what the frame is instead (malformed, not_esp: a keepalive or marker).
+esp_result esp_spi_of(const rte_mbuf* m, const parsed_packet& outer, uint32_t& spi);
+
 // Bursts: results[i] for frames[i]; the number of ok results.
 uint16_t esp_encapsulate_burst(outbound_sa& sa, rte_mbuf** frames, uint16_t count,
                                esp_encap_result* results);
@@ -337,5 +350,7 @@ struct esp_frame {
 };
 esp_encap_result esp_encapsulate_frame(outbound_sa& sa, esp_frame& frame);
 esp_result esp_decapsulate_frame(inbound_sa_table& table, esp_frame& frame, parsed_packet& outer);
+esp_result esp_decapsulate_frame(inbound_sa& sa, esp_frame& frame, parsed_packet& outer);
+esp_result esp_spi_of(const esp_frame& frame, const parsed_packet& outer, uint32_t& spi);
 
 }  // namespace meshlane

@@ -189,32 +189,73 @@ esp_encap_result esp_encapsulate_frame(outbound_sa& sa, esp_frame& f) {
   return esp_encap_result::ok;
 }
 
-esp_result esp_decapsulate_frame(inbound_sa_table& table, esp_frame& f, parsed_packet& outer) {
+namespace {
+// The checks before the SA lookup: IPv4 / UDP, the lengths, not a keepalive or marker.
+// Sets `esp_length`.
+inline esp_result check_esp_frame(const esp_frame& f, const parsed_packet& outer, uint32_t& esp_length) {
   if (outer.l3 != l3_kind::ipv4 || outer.l4_protocol != kProtoUdp || outer.l4_offset == 0)
     return esp_result::malformed;
   const uint32_t l3 = outer.l3_offset, l4 = outer.l4_offset, end = l3 + outer.l3_length;
   if (l4 < l3 + sizeof(ipv4_header) || end > f.length || end < l4 + sizeof(udp_header))
     return esp_result::malformed;
-  uint8_t* frame = f.data;
+  const uint8_t* frame = f.data;
   const uint32_t udp_length = load_be16(frame + l4 + offsetof(udp_header, length));
   if (udp_length != end - l4) return esp_result::malformed;
   const uint8_t* esp = frame + l4 + sizeof(udp_header);
-  const uint32_t esp_length = udp_length - sizeof(udp_header);
+  esp_length = udp_length - sizeof(udp_header);
   // RFC 3948 section 2.3: a NAT-keepalive is one 0xff byte; section 2.2: IKE on this port
   // starts with four zero bytes where ESP has its SPI (0 is never an SPI).
   if ((esp_length == 1 && esp[0] == 0xff) || (esp_length >= 4 && load_be32(esp) == 0))
     return esp_result::not_esp;
   if (esp_length < kEspHeaderSize + kEspIvSize + kMinEncrypted + kEspIcvSize)
     return esp_result::malformed;
-  const uint32_t encrypted = esp_length - kEspHeaderSize - kEspIvSize - kEspIcvSize;
-  if (encrypted % 4) return esp_result::malformed;  // RFC 4303 section 2.4
+  if ((esp_length - kEspHeaderSize - kEspIvSize - kEspIcvSize) % 4)
+    return esp_result::malformed;  // RFC 4303 section 2.4
+  return esp_result::ok;
+}
+}  // namespace
 
+esp_result esp_spi_of(const esp_frame& f, const parsed_packet& outer, uint32_t& spi) {
+  uint32_t esp_length;
+  if (const esp_result bad = check_esp_frame(f, outer, esp_length); bad != esp_result::ok) return bad;
+  spi = load_be32(f.data + outer.l4_offset + sizeof(udp_header));
+  return esp_result::ok;
+}
+
+esp_result esp_decapsulate_frame(inbound_sa_table& table, esp_frame& f, parsed_packet& outer) {
+  uint32_t esp_length;
+  if (const esp_result bad = check_esp_frame(f, outer, esp_length); bad != esp_result::ok) return bad;
   // RFC 4303 section 3.4.2: the SA by SPI (and, here, the sender's address).
-  const uint32_t spi = load_be32(esp);
-  inbound_sa* sa = table.find(reinterpret_cast<const ipv4_header*>(frame + l3)->source, spi);
+  const uint8_t* frame = f.data;
+  const uint32_t spi = load_be32(frame + outer.l4_offset + sizeof(udp_header));
+  inbound_sa* sa = table.find(reinterpret_cast<const ipv4_header*>(frame + outer.l3_offset)->source, spi);
   if (!sa) return esp_result::no_sa;
+  return esp_decapsulate_frame(*sa, f, outer);
+}
+
+esp_result esp_decapsulate_frame(inbound_sa& sa_ref, esp_frame& f, parsed_packet& outer) {
+  uint32_t esp_length;
+  if (const esp_result bad = check_esp_frame(f, outer, esp_length); bad != esp_result::ok) return bad;
+  inbound_sa* sa = &sa_ref;
+  const uint32_t l3 = outer.l3_offset, l4 = outer.l4_offset;
+  uint8_t* frame = f.data;
+  const uint8_t* esp = frame + l4 + sizeof(udp_header);
+  const uint32_t encrypted = esp_length - kEspHeaderSize - kEspIvSize - kEspIcvSize;
+  const uint32_t spi = load_be32(esp);
+  if (spi != sa->spi) return esp_result::no_sa;
   // Section 3.4.3: the replay check before the ICV; the window moves only after it.
-  const uint64_t sequence = sa->window.check(load_be32(esp + 4));
+  // The 64-bit sequence number: the IV, when its low half is the header's (what every
+  // meshlane sender sends, esp.h): a receiver then needs no guess at the high half, so
+  // a sender that restarted with a much higher number, or a receiver that restarted
+  // with a fresh window, still agree. A forged IV changes the nonce, and the ICV fails.
+  // Otherwise (a sender with other IVs) the high half is reconstructed (RFC 4303
+  // appendix A2.2).
+  const uint32_t low = load_be32(esp + 4);
+  uint64_t iv;
+  std::memcpy(&iv, esp + kEspHeaderSize, 8);
+  iv = __builtin_bswap64(iv);
+  const bool iv_is_sequence = iv != 0 && static_cast<uint32_t>(iv) == low;
+  const uint64_t sequence = iv_is_sequence ? sa->window.check_sequence(iv) : sa->window.check(low);
   if (sequence == 0) {
     sa->replays.add(1);
     return esp_result::replay;
@@ -226,7 +267,7 @@ esp_result esp_decapsulate_frame(inbound_sa_table& table, esp_frame& f, parsed_p
                        payload + encrypted)) {
     // Below the window, tried as the next 2^32 block and failed there: an old packet
     // (or a forgery that looks like one), as Linux and DPDK would drop it after the ICV.
-    if (sa->window.read_as_next_block(sequence)) {
+    if (!iv_is_sequence && sa->window.read_as_next_block(sequence)) {
       sa->replays.add(1);
       return esp_result::replay;
     }
@@ -236,6 +277,7 @@ esp_result esp_decapsulate_frame(inbound_sa_table& table, esp_frame& f, parsed_p
   // The sequence number is the sender's (the ICV says so) even if what follows is
   // malformed: it is spent.
   sa->window.accept(sequence);
+  sa->highest.value.store(sa->window.highest(), std::memory_order_relaxed);
 
   const uint32_t padding = payload[encrypted - 2];
   // Transport mode here carries exactly one UDP datagram (Geneve); anything else,

@@ -39,6 +39,20 @@ esp_result esp_decapsulate(inbound_sa_table& table, rte_mbuf* m, parsed_packet& 
   return result;
 }
 
+esp_result esp_decapsulate(inbound_sa& sa, rte_mbuf* m, parsed_packet& outer) {
+  if (m->nb_segs != 1) return esp_result::malformed;
+  esp_frame f = frame_of(m);
+  const esp_result result = esp_decapsulate_frame(sa, f, outer);
+  if (result == esp_result::ok) set_frame(m, f);
+  return result;
+}
+
+esp_result esp_spi_of(const rte_mbuf* m, const parsed_packet& outer, uint32_t& spi) {
+  if (m->nb_segs != 1) return esp_result::malformed;
+  const esp_frame f{rte_pktmbuf_mtod(m, uint8_t*), rte_pktmbuf_data_len(m), 0, 0};
+  return esp_spi_of(f, outer, spi);
+}
+
 uint16_t esp_encapsulate_burst(outbound_sa& sa, rte_mbuf** frames, uint16_t count,
                                esp_encap_result* results) {
   uint16_t done = 0;

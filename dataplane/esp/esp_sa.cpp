@@ -265,6 +265,7 @@ std::string inbound_sa_table::install(const esp_sa_params& params, uint32_t repl
     return error;
   }
   target->window = esp_replay_window(replay_window, highest_received);
+  target->highest.value.store(highest_received, std::memory_order_relaxed);
   for (esp_counter* c :
        {&target->packets, &target->bytes, &target->auth_failures, &target->replays})
     c->value.store(0, std::memory_order_relaxed);

@@ -47,7 +47,16 @@ class esp_replay_window {
     return (bits_[word_of(sequence)] >> (sequence & 63)) & 1 ? 0 : sequence;
   }
 
-  // Marks `sequence` (a value check() gave) received, sliding the window when it is the
+  // The same for a packet whose full 64-bit number is known (esp_codec.cpp: the IV of a
+  // meshlane sender): `sequence`, or 0 when it must be dropped as a replay.
+  uint64_t check_sequence(uint64_t sequence) const {
+    if (sequence == 0) return 0;
+    if (sequence > top_) return sequence;
+    if (top_ - sequence >= size_) return 0;
+    return (bits_[word_of(sequence)] >> (sequence & 63)) & 1 ? 0 : sequence;
+  }
+
+  // Marks `sequence` (a value check() or check_sequence() gave) received, sliding the window when it is the
   // new highest. Only after the packet's ICV verified (RFC 4303 section 3.4.3).
   void accept(uint64_t sequence) {
     if (sequence > top_) {

@@ -105,7 +105,7 @@ class ring_pool_test : public ::testing::Test {
     std::string error;
     pool_ = worker_pool::create(ports, options, error);
     ASSERT_TRUE(pool_) << error;
-    publish(kNode1Document);
+    if (publish_at_setup_) publish(kNode1Document);
   }
 
   void TearDown() override {
@@ -167,6 +167,8 @@ class ring_pool_test : public ::testing::Test {
 
   uint64_t drops(drop_reason reason) const { return pool_->drops(reason); }
 
+  // False: the test publishes the first table itself (SetUp publishes kNode1Document).
+  bool publish_at_setup_ = true;
   std::unique_ptr<worker_pool> pool_;
   rte_ring* rx_[3] = {};
   rte_ring* tx_[3] = {};

@@ -298,13 +298,37 @@ TEST_P(esp_pair, the_receiver_reconstructs_high_bits_it_never_saw_change) {
   EXPECT_EQ(sa_in().window.highest(), 3 * k32 + 50);
 }
 
-TEST_P(esp_pair, the_high_bits_are_authenticated) {
+TEST_P(esp_pair, the_sequence_number_is_read_from_the_iv_across_any_jump) {
   constexpr uint64_t k32 = uint64_t{1} << 32;
   install(16, 1024, 1000);
-  // Low half 2000 is ahead of 1000 in block 0 for the receiver; the sender meant block 2.
+  // Low half 2000 would be ahead of 1000 in block 0 for a receiver that reconstructs;
+  // the IV says block 2, as a sender restarted at a higher number sends it.
   const bytes esp = seal_at(geneve_frame(inner_frame(64)), 2 * k32 + 2000);
-  EXPECT_EQ(open(esp), esp_result::auth_failed);
+  EXPECT_EQ(open(esp), esp_result::ok);
+  EXPECT_EQ(sa_in().window.highest(), 2 * k32 + 2000);
+  EXPECT_EQ(open(esp), esp_result::replay);
+  // Older than the window now: a replay, known before any decryption.
+  EXPECT_EQ(open(seal_at(geneve_frame(inner_frame(64)), 1001)), esp_result::replay);
+}
+
+TEST_P(esp_pair, the_high_bits_are_authenticated) {
+  install(16, 1024, 1000);
+  // The IV's high half forged to move the packet to block 2: the nonce changed, and with
+  // it the ICV's verdict; the window does not move.
+  bytes esp = seal_at(geneve_frame(inner_frame(64)), 1005);
+  bytes forged = esp;
+  constexpr size_t kIv = sizeof(wire::ethernet_header) + sizeof(wire::ipv4_header) + sizeof(wire::udp_header) + 8;
+  forged[kIv + 3] ^= 0x02;  // 2 * 2^32 + 1005
+  EXPECT_EQ(open(forged), esp_result::auth_failed);
   EXPECT_EQ(sa_in().window.highest(), 1000u);
+  // An IV that is not the sequence number: the receiver reconstructs the high half
+  // (block 0), and the nonce the sender did not use fails the ICV too.
+  forged = esp;
+  forged[kIv + 7] ^= 0x01;
+  EXPECT_EQ(open(forged), esp_result::auth_failed);
+  EXPECT_EQ(sa_in().window.highest(), 1000u);
+  EXPECT_EQ(open(esp), esp_result::ok);
+  EXPECT_EQ(sa_in().window.highest(), 1005u);
 }
 
 TEST_P(esp_pair, truncated_frames_are_malformed_or_fail_the_icv_never_accepted) {
