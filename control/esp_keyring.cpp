@@ -55,12 +55,15 @@ std::optional<esp_key_set> esp_key_manager::keys_for(const encryption_spec& spec
   duration_ = std::chrono::seconds(spec.rotation_duration_s);
   const auto now = esp_keyring::clock::now();
   ring_.update(*file, now);
+  published_ = now;
   return ring_.current(now, grace_, duration_);
 }
 
 std::optional<esp_keyring::clock::time_point> esp_key_manager::next_change() const {
   std::lock_guard lock(mutex_);
-  return ring_.next_change(esp_keyring::clock::now(), grace_, duration_);
+  // After the last publish, not after now: once that moment has passed it stays the
+  // answer (in the past) until a publish takes the change.
+  return ring_.next_change(published_, grace_, duration_);
 }
 
 }  // namespace meshlane

@@ -54,13 +54,15 @@ class esp_key_manager {
   // The key set to publish now under `spec`; nullopt and `error` when the key file cannot
   // be read or parsed (then nothing changes).
   std::optional<esp_key_set> keys_for(const encryption_spec& spec, std::string& error);
-  // When the published keys next need to change by themselves (rotation), if ever.
+  // When the keys of the last publish next need to change by themselves (rotation), if
+  // ever; a time in the past means a publish is due now.
   std::optional<esp_keyring::clock::time_point> next_change() const;
 
  private:
   mutable std::mutex mutex_;
   esp_keyring ring_;
   std::chrono::seconds grace_{30}, duration_{300};
+  esp_keyring::clock::time_point published_{};  // of the last keys_for
 };
 
 }  // namespace meshlane

@@ -3,6 +3,11 @@
 #include "control/esp_keyring.h"
 
 #include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <thread>
 
 namespace meshlane {
 namespace {
@@ -71,6 +76,45 @@ TEST(EspKeyring, TwoRotationsInARowKeepEveryKeyASenderMayStillUse) {
   EXPECT_EQ(ids(set.rx), (std::vector<uint8_t>{1, 2, 3}));
   set = ring.current(t0 + 325s, 30s, 300s);
   EXPECT_EQ(ids(set.rx), std::vector<uint8_t>{3});
+}
+
+// The agent's rotation loop publishes when next_change() is no longer in the future: the
+// manager must keep answering the change its last publish is waiting for, even once that
+// moment has passed (it once answered the next change after "now", always in the future,
+// and senders never switched keys in the two-node rotation test).
+TEST(EspKeyManager, ADueRotationStepStaysDueUntilAPublishTakesIt) {
+  char path[] = "/tmp/meshlane-keys-XXXXXX";
+  const int fd = mkstemp(path);
+  ASSERT_GE(fd, 0);
+  close(fd);
+  auto write = [&](const std::string& text) { std::ofstream(path, std::ios::trunc) << text; };
+  const std::string key1 = "1+ rfc4106(gcm(aes)) 0101010101010101010101010101010101010101 128\n";
+  const std::string key2 = "2+ rfc4106(gcm(aes)) 0202020202020202020202020202020202020202 128\n";
+  encryption_spec spec;
+  spec.mode = encryption_mode::always;
+  spec.key_file = path;
+  spec.rotation_grace_s = 1;
+  spec.rotation_duration_s = 2;
+  esp_key_manager manager;
+  std::string error;
+  write(key1);
+  ASSERT_TRUE(manager.keys_for(spec, error)) << error;
+  EXPECT_FALSE(manager.next_change()) << "one key: nothing changes by itself";
+  write(key1 + key2);
+  auto keys = manager.keys_for(spec, error);
+  ASSERT_TRUE(keys) << error;
+  EXPECT_EQ(keys->tx->id, 1);
+  const auto due = manager.next_change();
+  ASSERT_TRUE(due);
+  std::this_thread::sleep_until(*due + 50ms);
+  ASSERT_TRUE(manager.next_change());
+  EXPECT_LE(*manager.next_change(), esp_keyring::clock::now()) << "the sender switch is due and must stay due";
+  keys = manager.keys_for(spec, error);  // the rotation loop's publish
+  ASSERT_TRUE(keys) << error;
+  EXPECT_EQ(keys->tx->id, 2);
+  ASSERT_TRUE(manager.next_change());
+  EXPECT_GT(*manager.next_change(), esp_keyring::clock::now()) << "next: key 1 goes after the duration";
+  std::remove(path);
 }
 
 }  // namespace

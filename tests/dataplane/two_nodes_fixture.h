@@ -1,0 +1,451 @@
+// The two-node namespace cluster of the dataplane integration tests (two_node_test.cpp,
+// two_node_esp_test.cpp): two "nodes" as network namespaces joined by an underlay veth (or
+// a switch with an outside host), two pods each, one meshlaned per node owning its uplink
+// and pod veths through af_packet; and the traffic helpers the tests drive through them.
+#pragma once
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/ip_icmp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <csignal>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <random>
+#include <set>
+#include <sstream>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "control/control_socket.h"
+#include "tests/harness/netns.h"
+
+namespace meshlane::testing {
+
+using namespace std::chrono_literals;
+
+
+inline std::string read_text(const std::string& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+struct fd_guard {
+  int fd = -1;
+  explicit fd_guard(int f = -1) : fd(f) {}
+  ~fd_guard() { if (fd >= 0) close(fd); }
+  fd_guard(const fd_guard&) = delete;
+  fd_guard& operator=(const fd_guard&) = delete;
+};
+
+inline sockaddr_in address_of(const std::string& ip, uint16_t port) {
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  inet_pton(AF_INET, ip.c_str(), &a.sin_addr);
+  return a;
+}
+
+inline void set_timeout(int fd, int seconds) {
+  timeval tv{seconds, 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+// recv and send that take EINTR for what it is: a blocking call with a timeout
+// (SO_RCVTIMEO/SO_SNDTIMEO) is not restarted after a signal handler ran, and glibc
+// broadcasts a signal of its own (SIGSETXID) to every thread of the process when one
+// changes credentials. The churn test saw an echo server's recv fail that way and close
+// a healthy connection.
+inline ssize_t recv_retrying(int fd, void* buffer, size_t size) {
+  ssize_t n;
+  while ((n = recv(fd, buffer, size, 0)) < 0 && errno == EINTR) {
+  }
+  return n;
+}
+inline ssize_t send_retrying(int fd, const void* buffer, size_t size) {
+  ssize_t n;
+  while ((n = send(fd, buffer, size, MSG_NOSIGNAL)) < 0 && errno == EINTR) {
+  }
+  return n;
+}
+
+// A socket opened inside `ns` stays in that namespace for its whole life.
+inline int socket_in(const netns& ns, int type, int protocol = 0) {
+  netns_scope scope(ns);
+  return socket(AF_INET, type, protocol);
+}
+
+// TCP echo server on `port` in `ns`, serving one connection on its own thread.
+class tcp_echo_server {
+ public:
+  tcp_echo_server(const netns& ns, uint16_t port) : listener_(socket_in(ns, SOCK_STREAM)) {
+    const int on = 1;
+    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    const sockaddr_in any = address_of("0.0.0.0", port);
+    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 && listen(listener_.fd, 4) == 0;
+    thread_ = std::thread([this] {
+      pollfd p{listener_.fd, POLLIN, 0};
+      if (poll(&p, 1, 20000) != 1) return;
+      fd_guard connection(accept(listener_.fd, nullptr, nullptr));
+      set_timeout(connection.fd, 20);
+      char buffer[65536];
+      for (ssize_t n; (n = recv_retrying(connection.fd, buffer, sizeof buffer)) > 0;) {
+        for (ssize_t sent = 0; sent < n;) {
+          const ssize_t m = send_retrying(connection.fd, buffer + sent, n - sent);
+          if (m <= 0) return;
+          sent += m;
+        }
+      }
+    });
+  }
+  ~tcp_echo_server() {
+    shutdown(listener_.fd, SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  fd_guard listener_;
+  bool ok_ = false;
+  std::thread thread_;
+};
+
+// Sends `size` random bytes to ip:port from `ns` over TCP and reads the echo back;
+// "" when it came back byte-identical, else what went wrong.
+inline std::string tcp_echo_round_trip_of(const netns& ns, const std::string& ip, uint16_t port,
+                                   const std::vector<uint8_t>& data);
+inline std::string tcp_echo_round_trip(const netns& ns, const std::string& ip, uint16_t port, size_t size) {
+  std::vector<uint8_t> data(size);
+  std::mt19937_64 random(std::random_device{}());
+  for (auto& b : data) b = static_cast<uint8_t>(random());
+  return tcp_echo_round_trip_of(ns, ip, port, data);
+}
+// The same with the bytes given.
+inline std::string tcp_echo_round_trip_of(const netns& ns, const std::string& ip, uint16_t port,
+                                   const std::vector<uint8_t>& data) {
+  const size_t size = data.size();
+  fd_guard fd(socket_in(ns, SOCK_STREAM));
+  set_timeout(fd.fd, 20);
+  const sockaddr_in to = address_of(ip, port);
+  if (connect(fd.fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) != 0)
+    return std::string("connect: ") + std::strerror(errno);
+  std::vector<uint8_t> received;
+  received.reserve(size);
+  std::thread reader([&] {
+    uint8_t buffer[65536];
+    while (received.size() < size) {
+      const ssize_t n = recv_retrying(fd.fd, buffer, sizeof buffer);
+      if (n <= 0) break;
+      received.insert(received.end(), buffer, buffer + n);
+    }
+  });
+  size_t sent = 0;
+  while (sent < size) {
+    const ssize_t n = send_retrying(fd.fd, data.data() + sent, size - sent);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  reader.join();
+  if (sent != size) return "sent only " + std::to_string(sent) + " bytes";
+  if (received.size() != size) return "received " + std::to_string(received.size()) + " of " + std::to_string(size) + " bytes";
+  if (received != data) return "echo differs from what was sent";
+  return "";
+}
+
+// One UDP request/response: a server socket in `server_ns` answers one datagram.
+// `server_port`: where the server listens when it is not `port` (behind a VIP's target port).
+inline std::string udp_round_trip(const netns& client_ns, const netns& server_ns, const std::string& server_ip,
+                           uint16_t port, const std::string& message, uint16_t server_port = 0) {
+  fd_guard server(socket_in(server_ns, SOCK_DGRAM));
+  const sockaddr_in any = address_of("0.0.0.0", server_port ? server_port : port);
+  if (bind(server.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
+  set_timeout(server.fd, 3);
+  std::thread responder([&] {
+    char buffer[2048];
+    sockaddr_in peer{};
+    socklen_t length = sizeof peer;
+    const ssize_t n = recvfrom(server.fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&peer), &length);
+    if (n > 0) sendto(server.fd, buffer, n, 0, reinterpret_cast<sockaddr*>(&peer), length);
+  });
+  fd_guard client(socket_in(client_ns, SOCK_DGRAM));
+  set_timeout(client.fd, 3);
+  const sockaddr_in to = address_of(server_ip, port);
+  sendto(client.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+  char buffer[2048];
+  const ssize_t n = recv_retrying(client.fd, buffer, sizeof buffer);
+  responder.join();
+  if (n < 0) return std::string("no answer: ") + std::strerror(errno);
+  if (std::string(buffer, static_cast<size_t>(n)) != message) return "answer differs";
+  return "";
+}
+
+// ICMP echo from `ns` to `ip` over a raw socket (root); true when the reply came.
+inline bool icmp_echo(const netns& ns, const std::string& ip) {
+  fd_guard fd(socket_in(ns, SOCK_RAW, IPPROTO_ICMP));
+  set_timeout(fd.fd, 2);
+  uint8_t packet[16] = {ICMP_ECHO, 0, 0, 0, 0x12, 0x34, 0, 1, 'm', 'e', 's', 'h', 'l', 'a', 'n', 'e'};
+  uint32_t sum = 0;
+  for (int i = 0; i < 16; i += 2) sum += (packet[i] << 8) | packet[i + 1];
+  while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
+  const uint16_t check = htons(static_cast<uint16_t>(~sum));
+  std::memcpy(packet + 2, &check, 2);
+  const sockaddr_in to = address_of(ip, 0);
+  sendto(fd.fd, packet, sizeof packet, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+  uint8_t reply[256];
+  for (int attempt = 0; attempt < 4; ++attempt) {
+    const ssize_t n = recv_retrying(fd.fd, reply, sizeof reply);
+    if (n < 28) return false;
+    const size_t header = (reply[0] & 0xf) * 4u;
+    if (reply[header] == ICMP_ECHOREPLY && reply[header + 4] == 0x12 && reply[header + 5] == 0x34) return true;
+  }
+  return false;
+}
+
+class two_nodes : public ::testing::Test {
+ protected:
+  struct node {
+    std::unique_ptr<netns> ns;
+    std::unique_ptr<netns> client, web;
+    std::string uplink, client_port, web_port;
+    std::string config_path, log_path;
+    std::unique_ptr<child_process> agent;
+  };
+
+  void SetUp() override {
+    if (!running_as_root()) GTEST_SKIP() << "needs root (network namespaces, af_packet)";
+    const char* binary = std::getenv("MESHLANED");
+    ASSERT_NE(binary, nullptr) << "MESHLANED must name the meshlaned binary";
+    meshlaned_ = binary;
+    work_dir_ = "/tmp/" + test_long_prefix();
+    std::filesystem::create_directories(work_dir_);
+    for (int n = 1; n <= 2; ++n) {
+      node& nd = nodes_[n - 1];
+      const std::string i = std::to_string(n);
+      nd.ns = std::make_unique<netns>("n" + i);
+      nd.client = std::make_unique<netns>("c" + i);
+      nd.web = std::make_unique<netns>("w" + i);
+      for (const netns* ns : {nd.ns.get(), nd.client.get(), nd.web.get()}) {
+        ns->exec_or_fail("ip link set lo up");
+        // Only IPv4 here (IPv6 is covered by the golden tests); no kernel chatter.
+        ns->exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+      }
+      for (auto [pod, last, suffix] : {std::tuple{nd.client.get(), "10", "c"}, std::tuple{nd.web.get(), "20", "w"}}) {
+        const veth_pair pair = make_veth(i + suffix, nd.ns.get(), i + suffix + "p", pod);
+        (std::string(suffix) == "c" ? nd.client_port : nd.web_port) = pair.a;
+        nd.ns->exec_or_fail("ip link set " + pair.a + " up");
+        const std::string ip = "198.18." + i + "." + last;
+        // The pod's whole world is its gateway (a /32 plus an on-link route), as CNIs do;
+        // an MTU that leaves room for Geneve; checksums computed in the pod because
+        // af_packet hands the agent what the veth carries, partial checksums included.
+        pod->exec_or_fail("ip link set " + pair.b + " mtu " + std::to_string(pod_mtu_) + " up && ip addr add " + ip + "/32 dev " + pair.b +
+                          " && ip route add 198.18." + i + ".1 dev " + pair.b + " && ip route add default via 198.18." +
+                          i + ".1 dev " + pair.b + " && ethtool -K " + pair.b + " tx off >/dev/null");
+      }
+    }
+    if (with_outside_) {
+      // The underlay as a switch (a bridge in its own namespace) that also holds a host
+      // outside the cluster (DESIGN.md: 203.0.113.0/24), which reaches the VIPs through
+      // node 1 as through a router.
+      switch_ = std::make_unique<netns>("sw");
+      outside_ = std::make_unique<netns>("out");
+      for (const netns* ns : {switch_.get(), outside_.get()}) {
+        ns->exec_or_fail("ip link set lo up");
+        ns->exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+      }
+      switch_->exec_or_fail("ip link add br0 type bridge && ip link set br0 up");
+      const veth_pair u1 = make_veth("u1", nodes_[0].ns.get(), "u1s", switch_.get());
+      const veth_pair u2 = make_veth("u2", nodes_[1].ns.get(), "u2s", switch_.get());
+      const veth_pair o = make_veth("o", outside_.get(), "os", switch_.get());
+      for (const std::string& port : {u1.b, u2.b, o.b}) switch_->exec_or_fail("ip link set " + port + " master br0 up");
+      nodes_[0].uplink = u1.a;
+      nodes_[1].uplink = u2.a;
+      // Checksums finished in the host (af_packet would hand the agent partial ones).
+      outside_->exec_or_fail("ip link set " + o.a + " up && ip addr add 203.0.113.5/24 dev " + o.a +
+                             " && ip route add 198.19.128.0/24 via 198.19.0.1 dev " + o.a +
+                             " onlink && ethtool -K " + o.a + " tx off >/dev/null");
+    } else {
+      const veth_pair underlay = make_veth("u1", nodes_[0].ns.get(), "u2", nodes_[1].ns.get());
+      nodes_[0].uplink = underlay.a;
+      nodes_[1].uplink = underlay.b;
+    }
+    for (int n = 1; n <= 2; ++n) {
+      node& nd = nodes_[n - 1];
+      nd.ns->exec_or_fail("ip link set " + nd.uplink + " up");
+      nd.config_path = work_dir_ + "/node" + std::to_string(n) + ".json";
+      nd.log_path = work_dir_ + "/node" + std::to_string(n) + ".log";
+      if (!encryption_.empty()) std::ofstream(key_file()) << key_lines_;
+      std::ofstream(nd.config_path) << document(n);
+    }
+    for (int n = 1; n <= 2; ++n) ASSERT_TRUE(start_agent(n)) << read_text(nodes_[n - 1].log_path);
+  }
+
+  void TearDown() override {
+    for (node& nd : nodes_) {
+      if (nd.agent) {
+        EXPECT_EQ(nd.agent->stop(SIGTERM, 5000), 0) << "agent did not stop cleanly:\n" << read_text(nd.log_path);
+        nd.agent.reset();
+      }
+    }
+    for (int n = 1; n <= 2; ++n) {
+      std::error_code ignored;
+      std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(n), ignored);
+    }
+    for (node& nd : nodes_) nd.client.reset(), nd.web.reset(), nd.ns.reset();
+    outside_.reset();
+    switch_.reset();
+    std::error_code ignored;
+    std::filesystem::remove_all(work_dir_, ignored);
+  }
+
+  std::string file_prefix(int n) const { return test_long_prefix() + "-n" + std::to_string(n); }
+  // Both nodes' ESP keys (the Secret both agents mount).
+  std::string key_file() const { return work_dir_ + "/esp-keys"; }
+
+  std::string document(int n) const {
+    const node& nd = nodes_[n - 1];
+    const std::string i = std::to_string(n), other = std::to_string(3 - n);
+    return R"({
+      "node": {"name": "node)" + i + R"(", "underlay_ip": "198.19.0.)" + i + R"(", "pod_cidr": "198.18.)" + i + R"(.0/24"},
+      "nodes": [{"name": "node)" + other + R"(", "underlay_ip": "198.19.0.)" + other + R"(", "pod_cidr": "198.18.)" + other + R"(.0/24"}],
+      "pods": [
+        {"name": "client", "ip": "198.18.)" + i + R"(.10", "interface": ")" + nd.client_port + R"("},
+        {"name": "web", "ip": "198.18.)" + i + R"(.20", "interface": ")" + nd.web_port + R"("}],
+      "services": [{"name": "web-remote", "vip": "198.19.128.10",
+        "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}],
+        "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]},
+                   {"name": "web-local", "vip": "198.19.128.11",
+        "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}, {"port": 53, "protocol": "udp", "target_port": 9053}],
+        "backends": [{"ip": "198.18.1.20", "port": 8080, "node": "node1"}]}],
+      "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 4096, "maglev_table_size": 251,
+                   "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
+      "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": 1500},
+                    "pod_driver": ")" + driver_ + R"(",
+                    "eal_args": ["--no-huge", "-m", "128", "--file-prefix=)" + file_prefix(n) + R"(",
+                                 "--log-level=error", "--no-telemetry"]})" +
+           (encryption_.empty() ? std::string() : ",\n      \"encryption\": " + encryption_) + R"(
+    })";
+  }
+
+  bool start_agent(int n) {
+    node& nd = nodes_[n - 1];
+    std::ofstream(nd.log_path, std::ios::trunc);
+    nd.agent = std::make_unique<child_process>(
+        std::vector<std::string>{meshlaned_, "--config", nd.config_path, "--stats-interval", "1", "--control-socket",
+                                 nd.config_path + ".sock", "--state-dir", work_dir_ + "/state" + std::to_string(n)},
+        nd.ns.get(), nullptr,
+        nd.log_path);
+    for (auto deadline = std::chrono::steady_clock::now() + 15s; std::chrono::steady_clock::now() < deadline;) {
+      if (read_text(nd.log_path).find("dataplane running") != std::string::npos) return true;
+      if (!nd.agent->running()) return false;
+      std::this_thread::sleep_for(50ms);
+    }
+    return false;
+  }
+
+  std::string meshlaned_, work_dir_;
+  node nodes_[2];
+  uint16_t node1_workers_ = 1;
+  bool with_outside_ = false;
+  std::string driver_ = "af_packet";  // of every port
+  uint16_t pod_mtu_ = 1450;           // the underlay's 1500 less Geneve's 50
+  // The document's "encryption" object ("" for none) and the key file's text.
+  std::string encryption_, key_lines_;
+  std::unique_ptr<netns> switch_, outside_;
+};
+
+// The underlay as a switch with a host outside the cluster on it.
+class two_nodes_and_outside : public two_nodes {
+ protected:
+  two_nodes_and_outside() { with_outside_ = true; }
+  void outside_host_reaches_vips_with_backends_on_either_node();
+};
+// The same with two workers on node 1: ingress flows and the replies to them land on
+// either worker, and each worker lends its own gateway ports.
+class two_nodes_two_workers_and_outside : public two_nodes_and_outside {
+ protected:
+  two_nodes_two_workers_and_outside() { node1_workers_ = 2; }
+};
+
+// Node 1 with two workers: two queue pairs per port (af_packet fans flows out over
+// them), one lcore each.
+class two_nodes_two_workers : public two_nodes {
+ protected:
+  two_nodes_two_workers() { node1_workers_ = 2; }
+};
+
+// Resident memory of a process in KiB, from /proc/<pid>/status.
+inline long resident_kib(pid_t pid) {
+  std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+  for (std::string line; std::getline(status, line);)
+    if (line.rfind("VmRSS:", 0) == 0) return std::stol(line.substr(6));
+  return -1;
+}
+
+inline double metric_value(control_client& client, const std::string& name, const std::string& label, const std::string& value) {
+  for (const auto& family : client.request({{"command", "stats"}}).value("metrics", nlohmann::json::array()))
+    if (family.value("name", "") == name)
+      for (const auto& sample : family["samples"])
+        if (sample["labels"].value(label, "") == value) return sample["value"].get<double>();
+  return -1;
+}
+
+// Sends numbered datagrams at a steady rate from `from` to ip:port and counts the ones a
+// receiver in `to` gets, until stopped: what a paced stream loses.
+class paced_udp_stream {
+ public:
+  paced_udp_stream(const netns& from, const netns& to, const std::string& ip, uint16_t port, int per_second)
+      : sender_(socket_in(from, SOCK_DGRAM)), receiver_(socket_in(to, SOCK_DGRAM)) {
+    const sockaddr_in any = address_of("0.0.0.0", port);
+    bind(receiver_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any);
+    set_timeout(receiver_.fd, 1);
+    receiving_ = std::thread([this] {
+      char buffer[64];
+      while (!stop_receiving_.load()) {
+        if (recv(receiver_.fd, buffer, sizeof buffer, 0) > 0) ++received_;
+      }
+    });
+    const sockaddr_in to_address = address_of(ip, port);
+    sending_ = std::thread([this, to_address, per_second] {
+      const auto gap = std::chrono::microseconds(1000000 / per_second);
+      auto next = std::chrono::steady_clock::now();
+      while (!stop_sending_.load()) {
+        const uint64_t n = sent_;
+        if (sendto(sender_.fd, &n, sizeof n, 0, reinterpret_cast<const sockaddr*>(&to_address), sizeof to_address) > 0)
+          ++sent_;
+        next += gap;
+        std::this_thread::sleep_until(next);
+      }
+    });
+  }
+  // Stops sending, waits for stragglers, returns {sent, received}.
+  std::pair<uint64_t, uint64_t> finish() {
+    stop_sending_.store(true);
+    if (sending_.joinable()) sending_.join();
+    std::this_thread::sleep_for(500ms);
+    stop_receiving_.store(true);
+    if (receiving_.joinable()) receiving_.join();
+    return {sent_.load(), received_.load()};
+  }
+  ~paced_udp_stream() { finish(); }
+
+ private:
+  fd_guard sender_, receiver_;
+  std::atomic<bool> stop_sending_{false}, stop_receiving_{false};
+  std::atomic<uint64_t> sent_{0}, received_{0};
+  std::thread sending_, receiving_;
+};
+
+}  // namespace meshlane::testing
