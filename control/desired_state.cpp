@@ -8,6 +8,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/connect_lb_limits.h"
+#include "control/policy_compiler.h"
 #include "control/policy_limits.h"
 #include "control/workload_identity.h"
 
@@ -548,6 +549,9 @@ void check_policies(const desired_state& s, error_list& errors) {
   const identity_catalog catalog = identity_catalog::of(s, &errors);
   if (!errors.empty()) return;
   for (config_error& e : policy_capacity_errors(s, catalog)) errors.push_back(std::move(e));
+  if (!errors.empty()) return;
+  // The compiled tables' sizes are known only by compiling them.
+  for (config_error& e : compile_policy_tables(s).errors) errors.push_back(std::move(e));
 }
 
 void read_pod(const json& value, const std::string& path, pod_spec& pod, error_list& errors) {
@@ -1033,7 +1037,20 @@ parse_result parse_desired_state(std::string_view json_text) {
   // Cross-field checks only make sense on a document whose fields all read cleanly;
   // otherwise they would report follow-on noise about defaulted values.
   if (errors.empty()) check_consistency(state, errors);
-  if (errors.empty()) check_policies(state, errors);  // issue 16
+  if (errors.empty()) {  // issue 16
+    // Pods the CNI plugin announces carry no service account: the namespace entry names it.
+    for (pod_spec& pod : state.pods) {
+      for (const namespace_spec& ns : state.namespaces) {
+        if (ns.name != pod.pod_namespace || pod.service_account != kDefaultServiceAccount) continue;
+        // A live pod's name is "<namespace>/<pod>"; the entry names it either way.
+        const std::string bare = pod.name.substr(pod.name.find('/') + 1);
+        auto it = ns.pod_service_accounts.find(pod.name);
+        if (it == ns.pod_service_accounts.end()) it = ns.pod_service_accounts.find(bare);
+        if (it != ns.pod_service_accounts.end()) pod.service_account = it->second;
+      }
+    }
+    check_policies(state, errors);
+  }
   if (errors.empty()) result.state = std::move(state);
   return result;
 }

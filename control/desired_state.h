@@ -51,7 +51,7 @@ struct pod_spec {
   // (a path such as /run/netns/NAME or /proc/PID/ns/net), or else by its cgroup.
   std::string pod_namespace = "default";
   std::string service_account = "default";
-  std::string netns;
+  std::string netns{};  // default initialiser: positional pod_spec{...} in tests stays warning-free
 };
 
 struct service_port {
