@@ -133,7 +133,7 @@ json policy_check(const snapshot& tables, const desired_state& state, const json
                               " (policy is enforced at the destination's node)"}});
         }
       }
-    } else if (const table_pod* p = tables.find_pod(*address)) {
+    } else if (const table_pod* p = tables.find_pod(*address); p && pod_named(state, p->name)) {
       add_pod(*pod_named(state, p->name), port);
     } else {
       return error_reply(control_error::kInvalidRequest,
