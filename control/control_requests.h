@@ -16,6 +16,8 @@
 //    "labels":{..},"host_interface":..,"netns":..,"interface":..,"cgroup":..}}
 //                                                            a live pod (the CNI plugin's ADD)
 //   {"command":"pod","action":"delete|get","container_id":..}, {"command":"pod","action":"list"}
+//   {"command":"policy","action":"check","from":POD|ADDRESS,"to":POD|VIP,"port":N,"proto":"tcp|udp"}
+//                                                            what policy would decide (policy_check.h)
 // Replies: {"ok":true,...} or {"ok":false,"error":"<code>","message":"<human text>"};
 // apply adds "errors":[{"path":"$...","message":...}] with every validation error.
 #pragma once
@@ -32,6 +34,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/log_ring.h"
+#include "control/policy_metrics.h"
 #include "control/pod_registry.h"
 #include "control/subsystem_registry.h"
 #include "control/table_publisher.h"
@@ -107,6 +110,8 @@ class control_module {
   std::atomic<int> connected_clients{0};
   std::atomic<uint64_t> http_requests{0};
 
+  // meshlane_policy_denied_total: the enforcement points add their counters here.
+  policy_deny_counters& policy_denials() { return policy_denials_; }
   table_publisher& publisher() { return publisher_; }
   subsystem_registry& registry() { return registry_; }
   log_ring& log() { return log_; }
@@ -120,6 +125,7 @@ class control_module {
   nlohmann::json tune(const nlohmann::json& request);
   nlohmann::json apply_request(const nlohmann::json& request);
   nlohmann::json pod_request_reply(const nlohmann::json& request);  // pod_requests.cpp
+  nlohmann::json policy_request(const nlohmann::json& request);     // policy_check.h
   nlohmann::json pod_add(const nlohmann::json& request);
   nlohmann::json pod_delete(const std::string& container_id);
   nlohmann::json pod_json(const live_pod& pod);
@@ -135,6 +141,7 @@ class control_module {
   subsystem_registry& registry_;
   log_ring& log_;
   pod_registry* pods_ = nullptr;
+  policy_deny_counters policy_denials_{registry_};
   // Serialises publishes: a pod add re-publishes the current document and must not
   // interleave with an apply (the merge reads the document the other replaces).
   std::mutex apply_mutex_;

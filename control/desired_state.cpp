@@ -2,11 +2,15 @@
 
 #include <algorithm>
 #include <fstream>
+#include <functional>
 #include <set>
 #include <sstream>
 #include <nlohmann/json.hpp>
 
 #include "control/connect_lb_limits.h"
+#include "control/policy_compiler.h"
+#include "control/policy_limits.h"
+#include "control/workload_identity.h"
 
 namespace meshlane {
 
@@ -44,6 +48,8 @@ const char* to_string(encryption_mode mode) {
   }
   return "?";
 }
+
+const char* to_string(policy_action action) { return action == policy_action::allow ? "ALLOW" : "DENY"; }
 
 bool is_prime(uint32_t value) {
   if (value < 2) return false;
@@ -232,6 +238,322 @@ void read_local_node(const json& value, const std::string& path, local_node_spec
   }
 }
 
+// --- identity and L4 authorization policy (issue 16) ---
+
+// RFC 1123 label: what Kubernetes requires of a namespace name.
+bool valid_dns_label(std::string_view text) {
+  if (text.empty() || text.size() > 63 || text.front() == '-' || text.back() == '-') return false;
+  return std::all_of(text.begin(), text.end(),
+                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
+}
+
+// RFC 1123 subdomain: service account and policy names.
+bool valid_dns_subdomain(std::string_view text) {
+  if (text.empty() || text.size() > 253) return false;
+  size_t start = 0;
+  while (true) {
+    const size_t dot = text.find('.', start);
+    if (!valid_dns_label(text.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start)))
+      return false;
+    if (dot == std::string_view::npos) return true;
+    start = dot + 1;
+  }
+}
+
+// A SPIFFE trust domain: lowercase letters, digits, '.', '-' and '_' (SPIFFE-ID, 2.1).
+bool valid_trust_domain(std::string_view text) {
+  return !text.empty() && text.size() <= 255 && std::all_of(text.begin(), text.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' || c == '-' || c == '_';
+  });
+}
+
+// Kubernetes label syntax: a name part of 1..63 alphanumerics, '-', '_', '.', starting and
+// ending alphanumeric; a key may carry a DNS-subdomain prefix and '/'.
+bool valid_label_name(std::string_view text) {
+  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
+  if (text.empty() || text.size() > 63 || !alnum(text.front()) || !alnum(text.back())) return false;
+  return std::all_of(text.begin(), text.end(), [&](char c) { return alnum(c) || c == '-' || c == '_' || c == '.'; });
+}
+std::string label_key_problem(std::string_view key) {
+  const size_t slash = key.find('/');
+  if (slash != std::string_view::npos) {
+    if (!valid_dns_subdomain(key.substr(0, slash))) return "its prefix must be a DNS subdomain (e.g. example.com/)";
+    key = key.substr(slash + 1);
+  }
+  if (!valid_label_name(key))
+    return "a label name is 1..63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
+  return "";
+}
+
+void read_pod_identity(object_reader& r, pod_spec& pod) {
+  if (auto v = r.string("namespace", false)) {
+    if (!valid_dns_label(*v))
+      r.error(r.path_of("namespace"), "must be a namespace name (1..63 lowercase letters, digits or '-'), got " + shown(*v));
+    pod.pod_namespace = *v;
+  }
+  if (auto v = r.string("service_account", false)) {
+    if (!valid_dns_subdomain(*v))
+      r.error(r.path_of("service_account"),
+              "must be a service account name (lowercase letters, digits, '-' and '.'), got " + shown(*v));
+    pod.service_account = *v;
+  }
+  if (auto v = r.string("netns", false)) {
+    if (v->front() != '/') r.error(r.path_of("netns"), "must be an absolute path to a network namespace, got " + shown(*v));
+    pod.netns = *v;
+  }
+}
+
+void read_namespace(const json& value, const std::string& path, namespace_spec& ns, error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  if (auto v = r.string("name", true)) {
+    if (!valid_dns_label(*v))
+      r.error(r.path_of("name"), "must be a namespace name (1..63 lowercase letters, digits or '-'), got " + shown(*v));
+    ns.name = *v;
+  }
+  r.array("service_accounts", false, [&](const json& element, const std::string& element_path) {
+    if (!element.is_string() || !valid_dns_subdomain(element.get<std::string>())) {
+      errors.push_back({element_path, "must be a service account name (lowercase letters, digits, '-' and '.'), got " +
+                                          (element.is_string() ? shown(element.get<std::string>()) : std::string(json_type_name(element)))});
+      return;
+    }
+    ns.service_accounts.push_back(element.get<std::string>());
+  });
+  if (const json* pods = r.member("pod_service_accounts", false)) {
+    object_reader pr(*pods, r.path_of("pod_service_accounts"), errors);
+    if (pr.ok()) {
+      for (const auto& [pod, account] : pods->items()) {
+        if (auto text = pr.string(pod, true)) {
+          if (!valid_dns_subdomain(*text))
+            pr.error(pr.path_of(pod), "must be a service account name, got " + shown(*text));
+          ns.pod_service_accounts[pod] = *text;
+        }
+      }
+    }
+  }
+}
+
+// Fields of Istio's AuthorizationPolicy that need a proxy that reads requests (HTTP,
+// JWT): meshlane enforces L4 only, so each is refused with where it is and why.
+constexpr struct {
+  const char* field;
+  const char* why;
+} kPolicyL7Fields[] = {
+    {"target_ref", "a policy attached to a Gateway or Service (target_ref) is enforced by a waypoint"},
+    {"target_refs", "a policy attached to a Gateway or Service (target_refs) is enforced by a waypoint"},
+    {"provider", "a CUSTOM provider is an external authorizer that needs a waypoint"},
+};
+constexpr struct {
+  const char* field;
+  const char* why;
+} kSourceL7Fields[] = {
+    {"request_principals", "request principals come from a JWT (L7)"},
+    {"not_request_principals", "request principals come from a JWT (L7)"},
+    {"remote_ip_blocks", "remote IPs come from X-Forwarded-For (L7); use ip_blocks for the peer address"},
+    {"not_remote_ip_blocks", "remote IPs come from X-Forwarded-For (L7); use not_ip_blocks for the peer address"},
+};
+constexpr const char* kOperationL7Fields[] = {"hosts", "not_hosts", "methods", "not_methods", "paths", "not_paths"};
+
+std::string needs_waypoint(std::string_view why) {
+  return std::string(why) + ": meshlane enforces L4 authorization only, so this needs a waypoint (an L7 proxy)";
+}
+
+// A principal or namespace value: exact, "prefix*", "*suffix" or "*" (Istio's forms).
+bool valid_wildcard(std::string_view text) {
+  const size_t star = text.find('*');
+  if (star == std::string_view::npos) return true;
+  if (text.find('*', star + 1) != std::string_view::npos) return false;
+  return star == 0 || star == text.size() - 1;
+}
+
+void read_string_list(object_reader& r, std::string_view key, std::vector<std::string>& out,
+                      const std::function<std::optional<std::string>(const std::string&, std::string&)>& check) {
+  r.array(key, false, [&](const json& element, const std::string& element_path) {
+    if (!element.is_string() || element.get<std::string>().empty()) {
+      r.error(element_path, std::string("must be a non-empty string, got ") +
+                                (element.is_string() ? "an empty one" : json_type_name(element)));
+      return;
+    }
+    std::string why;
+    if (auto value = check(element.get<std::string>(), why)) out.push_back(*value);
+    else r.error(element_path, why);
+  });
+}
+
+std::optional<std::string> principal_value(const std::string& text, std::string& why) {
+  if (!valid_wildcard(text)) {
+    why = "'*' may only begin or end a principal (\"prefix*\", \"*suffix\" or \"*\"), got " + shown(text);
+    return std::nullopt;
+  }
+  if (text == "*" || text.front() == '*' || text.rfind("spiffe://", 0) == 0) return text;
+  return "spiffe://" + text;  // Istio writes principals without the scheme
+}
+
+std::optional<std::string> namespace_value(const std::string& text, std::string& why) {
+  std::string bare = text;
+  bare.erase(std::remove(bare.begin(), bare.end(), '*'), bare.end());
+  const bool ok = valid_wildcard(text) && std::all_of(bare.begin(), bare.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-';
+  }) && (text.find('*') != std::string::npos || valid_dns_label(text));
+  if (!ok) {
+    why = "must be a namespace name, \"prefix*\", \"*suffix\" or \"*\", got " + shown(text);
+    return std::nullopt;
+  }
+  return text;
+}
+
+void read_prefix_list(object_reader& r, std::string_view key, std::vector<ip_prefix>& out) {
+  r.array(key, false, [&](const json& element, const std::string& element_path) {
+    if (!element.is_string()) {
+      r.error(element_path, std::string("must be an address or CIDR string, got ") + json_type_name(element));
+      return;
+    }
+    const std::string text = element.get<std::string>();
+    std::string why;
+    std::optional<ip_prefix> prefix;
+    if (text.find('/') == std::string::npos) {  // Istio accepts a single address
+      if (auto address = ip_address::parse(text)) prefix = ip_prefix{*address, static_cast<uint8_t>(address->family_bits())};
+      else why = "not an IPv4 or IPv6 address";
+    } else {
+      prefix = ip_prefix::parse(text, &why);
+    }
+    if (prefix) out.push_back(*prefix);
+    else r.error(element_path, "invalid CIDR " + shown(text) + ": " + why);
+  });
+}
+
+void read_port_list(object_reader& r, std::string_view key, std::vector<uint16_t>& out) {
+  r.array(key, false, [&](const json& element, const std::string& element_path) {
+    // Istio writes ports as strings ("8080"); numbers are taken too.
+    int64_t port = -1;
+    if (element.is_number_integer() && !(element.is_number_unsigned() && element.get<uint64_t>() > 65535)) {
+      port = element.get<int64_t>();
+    } else if (element.is_string()) {
+      const std::string text = element.get<std::string>();
+      if (!text.empty() && text.size() <= 5 && std::all_of(text.begin(), text.end(), [](char c) { return c >= '0' && c <= '9'; }))
+        port = std::stoll(text);
+    }
+    if (port < 1 || port > 65535) {
+      r.error(element_path, "must be a port 1..65535 (a number or a string of digits; Istio has no port ranges), got " +
+                                (element.is_string() ? shown(element.get<std::string>()) : element.dump()));
+      return;
+    }
+    out.push_back(static_cast<uint16_t>(port));
+  });
+}
+
+void read_policy_rule(const json& value, const std::string& path, policy_rule& rule, error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  if (r.member("when", false))
+    r.error(r.path_of("when"), needs_waypoint("conditions (when) are request attributes"));
+  r.array("from", false, [&](const json& element, const std::string& from_path) {
+    object_reader fr(element, from_path, errors);
+    if (!fr.ok()) return;
+    policy_source source;
+    if (const json* s = fr.member("source", true)) {
+      object_reader sr(*s, fr.path_of("source"), errors);
+      if (!sr.ok()) return;
+      for (const auto& l7 : kSourceL7Fields)
+        if (sr.member(l7.field, false)) sr.error(sr.path_of(l7.field), needs_waypoint(l7.why));
+      read_string_list(sr, "principals", source.principals, principal_value);
+      read_string_list(sr, "not_principals", source.not_principals, principal_value);
+      read_string_list(sr, "namespaces", source.namespaces, namespace_value);
+      read_string_list(sr, "not_namespaces", source.not_namespaces, namespace_value);
+      read_prefix_list(sr, "ip_blocks", source.ip_blocks);
+      read_prefix_list(sr, "not_ip_blocks", source.not_ip_blocks);
+    }
+    rule.from.push_back(std::move(source));
+  });
+  r.array("to", false, [&](const json& element, const std::string& to_path) {
+    object_reader tr(element, to_path, errors);
+    if (!tr.ok()) return;
+    policy_operation operation;
+    if (const json* o = tr.member("operation", true)) {
+      object_reader orr(*o, tr.path_of("operation"), errors);
+      if (!orr.ok()) return;
+      for (const char* l7 : kOperationL7Fields)
+        if (orr.member(l7, false)) orr.error(orr.path_of(l7), needs_waypoint(std::string("HTTP ") + l7 + " are L7 attributes"));
+      read_port_list(orr, "ports", operation.ports);
+      read_port_list(orr, "not_ports", operation.not_ports);
+    }
+    rule.to.push_back(std::move(operation));
+  });
+}
+
+void read_policy(const json& value, const std::string& path, policy_spec& policy, error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  if (auto v = r.string("name", true)) {
+    if (!valid_dns_subdomain(*v))
+      r.error(r.path_of("name"), "must be a DNS subdomain name (lowercase letters, digits, '-' and '.'), got " + shown(*v));
+    policy.name = *v;
+  }
+  if (auto v = r.string("namespace", true)) {
+    if (!valid_dns_label(*v))
+      r.error(r.path_of("namespace"), "must be a namespace name (1..63 lowercase letters, digits or '-'), got " + shown(*v));
+    policy.policy_namespace = *v;
+  }
+  for (const auto& l7 : kPolicyL7Fields)
+    if (r.member(l7.field, false)) r.error(r.path_of(l7.field), needs_waypoint(l7.why));
+  if (const json* selector = r.member("selector", false)) {
+    object_reader sr(*selector, r.path_of("selector"), errors);
+    if (sr.ok()) {
+      if (const json* labels = sr.member("match_labels", false)) {
+        object_reader lr(*labels, sr.path_of("match_labels"), errors);
+        if (lr.ok()) {
+          for (const auto& [key, label] : labels->items()) {
+            auto text = lr.string(key, true, /*allow_empty=*/true);
+            if (!text) continue;
+            if (std::string problem = label_key_problem(key); !problem.empty())
+              lr.error(lr.path_of(key), "invalid label key " + shown(key) + ": " + problem);
+            else if (!text->empty() && !valid_label_name(*text))
+              lr.error(lr.path_of(key), "invalid label value " + shown(*text) +
+                                            ": 0..63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit");
+            policy.selector[key] = *text;
+          }
+        }
+      }
+    }
+  }
+  if (auto v = r.string("action", false)) {
+    if (*v == "ALLOW") policy.action = policy_action::allow;
+    else if (*v == "DENY") policy.action = policy_action::deny;
+    else if (*v == "CUSTOM") r.error(r.path_of("action"), needs_waypoint("CUSTOM delegates to an external authorizer"));
+    else if (*v == "AUDIT") r.error(r.path_of("action"), "AUDIT is not supported: it only marks requests for an L7 audit log");
+    else r.error(r.path_of("action"), "must be \"ALLOW\" or \"DENY\", got " + shown(*v));
+  }
+  r.array("rules", false, [&](const json& element, const std::string& rule_path) {
+    policy_rule rule;
+    read_policy_rule(element, rule_path, rule, errors);
+    policy.rules.push_back(std::move(rule));
+  });
+}
+
+// Names unique, identities distinct (workload_identity.h), and the compiled policy tables
+// within what the enforcement points' maps hold (policy_limits.h).
+void check_policies(const desired_state& s, error_list& errors) {
+  std::map<std::string, size_t> namespaces;
+  for (size_t i = 0; i < s.namespaces.size(); ++i)
+    if (auto [it, fresh] = namespaces.emplace(s.namespaces[i].name, i); !fresh)
+      errors.push_back({"$.namespaces[" + std::to_string(i) + "].name", "duplicate namespace '" + s.namespaces[i].name +
+                                                                           "' (also at $.namespaces[" + std::to_string(it->second) + "])"});
+  std::map<std::pair<std::string, std::string>, size_t> policies;
+  for (size_t i = 0; i < s.policies.size(); ++i) {
+    const policy_spec& p = s.policies[i];
+    if (auto [it, fresh] = policies.emplace(std::make_pair(p.policy_namespace, p.name), i); !fresh)
+      errors.push_back({"$.policies[" + std::to_string(i) + "].name",
+                        "duplicate policy '" + p.policy_namespace + "/" + p.name + "' (also at $.policies[" +
+                            std::to_string(it->second) + "])"});
+  }
+  const identity_catalog catalog = identity_catalog::of(s, &errors);
+  if (!errors.empty()) return;
+  for (config_error& e : policy_capacity_errors(s, catalog)) errors.push_back(std::move(e));
+  if (!errors.empty()) return;
+  // The compiled tables' sizes are known only by compiling them.
+  for (config_error& e : compile_policy_tables(s).errors) errors.push_back(std::move(e));
+}
+
 void read_pod(const json& value, const std::string& path, pod_spec& pod, error_list& errors) {
   object_reader r(value, path, errors);
   if (!r.ok()) return;
@@ -267,6 +589,7 @@ void read_pod(const json& value, const std::string& path, pod_spec& pod, error_l
       r.error(r.path_of("cgroup"), "must be an absolute cgroup v2 directory, got " + shown(*v));
     pod.cgroup = *v;
   }
+  read_pod_identity(r, pod);  // issue 16
 }
 
 std::optional<l4_protocol> read_protocol(object_reader& r) {
@@ -691,6 +1014,21 @@ parse_result parse_desired_state(std::string_view json_text) {
                                                           "): senders switch before the old key goes");
       }
     }
+    if (auto v = top.string("trust_domain", false)) {  // issue 16
+      if (!valid_trust_domain(*v))
+        top.error(top.path_of("trust_domain"), "must be a SPIFFE trust domain (lowercase letters, digits, '.', '-', '_'), got " + shown(*v));
+      state.trust_domain = *v;
+    }
+    top.array("namespaces", false, [&](const json& element, const std::string& path) {
+      namespace_spec ns;
+      read_namespace(element, path, ns, errors);
+      state.namespaces.push_back(std::move(ns));
+    });
+    top.array("policies", false, [&](const json& element, const std::string& path) {
+      policy_spec policy;
+      read_policy(element, path, policy, errors);
+      state.policies.push_back(std::move(policy));
+    });
     if (const json* d = top.member("dataplane", false)) {  // issue 4
       state.dataplane.emplace();
       read_dataplane(*d, "$.dataplane", *state.dataplane, errors);
@@ -699,6 +1037,20 @@ parse_result parse_desired_state(std::string_view json_text) {
   // Cross-field checks only make sense on a document whose fields all read cleanly;
   // otherwise they would report follow-on noise about defaulted values.
   if (errors.empty()) check_consistency(state, errors);
+  if (errors.empty()) {  // issue 16
+    // Pods the CNI plugin announces carry no service account: the namespace entry names it.
+    for (pod_spec& pod : state.pods) {
+      for (const namespace_spec& ns : state.namespaces) {
+        if (ns.name != pod.pod_namespace || pod.service_account != kDefaultServiceAccount) continue;
+        // A live pod's name is "<namespace>/<pod>"; the entry names it either way.
+        const std::string bare = pod.name.substr(pod.name.find('/') + 1);
+        auto it = ns.pod_service_accounts.find(pod.name);
+        if (it == ns.pod_service_accounts.end()) it = ns.pod_service_accounts.find(bare);
+        if (it != ns.pod_service_accounts.end()) pod.service_account = it->second;
+      }
+    }
+    check_policies(state, errors);
+  }
   if (errors.empty()) result.state = std::move(state);
   return result;
 }

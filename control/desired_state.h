@@ -46,6 +46,12 @@ struct pod_spec {
   std::string interface;                // host-side interface of the pod's veth
   std::map<std::string, std::string> labels;
   std::string cgroup;                   // the pod's cgroup v2 path (may be empty)
+  // Issue 16: who the pod is (its principal, workload_identity.h), and where its sockets
+  // live: the eBPF fast path knows a connecting socket's pod by its network namespace
+  // (a path such as /run/netns/NAME or /proc/PID/ns/net), or else by its cgroup.
+  std::string pod_namespace = "default";
+  std::string service_account = "default";
+  std::string netns{};  // default initialiser: positional pod_spec{...} in tests stays warning-free
 };
 
 struct service_port {
@@ -147,6 +153,51 @@ struct encryption_spec {
   uint32_t replay_window = 1024;       // packets; RFC 4303 section 3.4.3
 };
 
+// --- identity and L4 authorization policy (issue 16) ---
+// The cluster's namespaces and their service accounts ("default" is implied): the
+// catalog every node matches remote identities against (workload_identity.h).
+// `pod_service_accounts` names the account of pods that only the CNI plugin announces
+// (by pod name), which a CNI ADD does not carry.
+struct namespace_spec {
+  std::string name;
+  std::vector<std::string> service_accounts;
+  std::map<std::string, std::string> pod_service_accounts;
+};
+
+// Istio's AuthorizationPolicy, its L4 subset, with Istio's semantics
+// (control/policy_evaluator.h). Lists that are empty are unset, as in Istio's protobuf.
+enum class policy_action : uint8_t { allow, deny };
+const char* to_string(policy_action action);
+
+// The namespace whose policies apply to every namespace's workloads (Istio's root
+// namespace).
+inline constexpr const char* kPolicyRootNamespace = "meshlane-system";
+
+struct policy_source {
+  // Principals as matched: "spiffe://td/ns/X/sa/Y", "spiffe://td/ns/X/*" (prefix),
+  // "*/sa/Y" (suffix) or "*" (any authenticated source); Istio's form without
+  // "spiffe://" is accepted and normalised.
+  std::vector<std::string> principals, not_principals;
+  std::vector<std::string> namespaces, not_namespaces;  // exact, prefix*, *suffix or *
+  std::vector<ip_prefix> ip_blocks, not_ip_blocks;
+};
+struct policy_operation {
+  std::vector<uint16_t> ports, not_ports;  // destination ports, TCP and UDP alike
+};
+struct policy_rule {
+  std::vector<policy_source> from;     // any of them (empty: any source)
+  std::vector<policy_operation> to;    // any of them (empty: any port)
+};
+struct policy_spec {
+  std::string name;
+  std::string policy_namespace;
+  // selector.match_labels; empty: every workload of the namespace (of the cluster, in
+  // the root namespace).
+  std::map<std::string, std::string> selector;
+  policy_action action = policy_action::allow;
+  std::vector<policy_rule> rules;  // empty: matches nothing (an ALLOW then allows nothing)
+};
+
 struct desired_state {
   local_node_spec node;
   std::vector<node_spec> peers;  // the other nodes of the cluster
@@ -156,6 +207,9 @@ struct desired_state {
   std::optional<dataplane_spec> dataplane;  // issue 4
   ebpf_spec ebpf;                           // issue 12
   encryption_spec encryption;               // issue 15
+  std::string trust_domain = "cluster.local";  // issue 16
+  std::vector<namespace_spec> namespaces;      // issue 16
+  std::vector<policy_spec> policies;           // issue 16
 };
 
 struct config_error {

@@ -5,7 +5,8 @@
 //   meshctl compile -f FILE      validate, compile and print the tables (-o json: digest
 //                                and sizes as JSON)
 // Online subcommands talk to a running agent over its control socket (--socket PATH):
-//   status, apply -f FILE, get TABLE, stats, tune KEY=VALUE..., flows [--follow]
+//   status, apply -f FILE, get TABLE, stats, tune KEY=VALUE..., flows [--follow],
+//   policy check --from POD --to POD|VIP --port N [--proto tcp|udp]
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -40,6 +41,9 @@ void print_usage(FILE* out) {
                "  tune                      list live tunables and their values\n"
                "  tune KEY=VALUE...         change tunables live (all or none)\n"
                "  flows [--follow]          sampled flow records; --follow keeps streaming\n"
+               "  policy check --from POD|ADDRESS --to POD|VIP --port N [--proto tcp|udp]\n"
+               "                            what L4 authorization policy would decide for a new\n"
+               "                            flow, the deciding policy and rule; sends no packet\n"
                "  pod list | get ID | delete ID\n"
                "                            live pods (what the CNI plugin added), by container id\n"
                "  pod add ID NAMESPACE/NAME HOST_INTERFACE [LABEL=VALUE...]\n"
@@ -117,6 +121,7 @@ struct online_options {
   std::string file;
   bool follow = false;
   nlohmann::json paging = nlohmann::json::object();
+  nlohmann::json flow = nlohmann::json::object();  // policy check: from, to, port, proto
   std::vector<std::string> positional;
 };
 
@@ -180,6 +185,22 @@ void print_object(const nlohmann::json& object, const std::string& indent = "") 
   }
 }
 
+// One line for the flow's verdict, then one per destination (a VIP has one per backend).
+void print_policy_check(const nlohmann::json& r) {
+  const auto& s = r["source"];
+  std::printf("verdict: %s\n", cell_text(r["verdict"]).c_str());
+  std::printf("source:  %s %s %s\n", s.value("pod", "-").c_str(), cell_text(s["ip"]).c_str(),
+              s.contains("principal") && s["principal"].is_string() ? s["principal"].get<std::string>().c_str()
+                                                                     : ("identity " + s.value("identity_name", "?")).c_str());
+  if (r.contains("service")) std::printf("service: %s\n", cell_text(r["service"]).c_str());
+  nlohmann::json rows = nlohmann::json::array();
+  for (const auto& d : r["destinations"])
+    rows.push_back({{"destination", d.value("pod", cell_text(d["ip"]))}, {"port", d["port"]}, {"verdict", d["verdict"]},
+                    {"reason", d["reason"]}, {"policy", d.value("policy", nlohmann::json(nullptr))},
+                    {"rule", d.value("rule", nlohmann::json(nullptr))}});
+  print_table(rows);
+}
+
 // Prints an error reply; returns the exit code it stands for.
 int report_refusal(const online_options& opts, const nlohmann::json& reply) {
   const std::string code = reply.value("error", "unknown");
@@ -208,7 +229,8 @@ int run_online(const std::string& command, int argc, char** argv) {
       print_usage(stdout);
       std::exit(0);
     } else if (arg == "--socket" || arg == "-f" || arg == "--file" || arg == "-o" || arg == "--output" ||
-               arg == "--offset" || arg == "--limit") {
+               arg == "--offset" || arg == "--limit" || arg == "--from" || arg == "--to" || arg == "--port" ||
+               arg == "--proto") {
       const char* v = value();
       if (!v) {
         std::fprintf(stderr, "meshctl: %s needs a value\n", arg.c_str());
@@ -222,6 +244,8 @@ int run_online(const std::string& command, int argc, char** argv) {
           std::fprintf(stderr, "meshctl: -o takes text or json, got '%s'\n", v);
           return kExitUsage;
         }
+      } else if (arg == "--from" || arg == "--to" || arg == "--proto") {
+        opts.flow[arg.substr(2)] = v;
       } else {
         char* end = nullptr;
         const unsigned long n = std::strtoul(v, &end, 10);
@@ -229,7 +253,7 @@ int run_online(const std::string& command, int argc, char** argv) {
           std::fprintf(stderr, "meshctl: %s takes a number, got '%s'\n", arg.c_str(), v);
           return kExitUsage;
         }
-        opts.paging[arg.substr(2)] = n;
+        (arg == "--port" ? opts.flow : opts.paging)[arg.substr(2)] = n;
       }
     } else if (arg == "--follow" || arg == "-F") {
       opts.follow = true;
@@ -293,6 +317,16 @@ int run_online(const std::string& command, int argc, char** argv) {
   } else if (command == "flows") {
     request.update(opts.paging);
     if (opts.follow) request["follow"] = true;
+  } else if (command == "policy") {
+    const auto& f = opts.flow;
+    const bool proto_ok = !f.contains("proto") || f["proto"] == "tcp" || f["proto"] == "udp";
+    if (opts.positional != std::vector<std::string>{"check"} || !f.contains("from") || !f.contains("to") ||
+        !f.contains("port") || f["port"] < 1 || f["port"] > 65535 || !proto_ok) {
+      std::fprintf(stderr, "meshctl: policy check --from POD|ADDRESS --to POD|VIP --port 1..65535 [--proto tcp|udp]\n");
+      return kExitUsage;
+    }
+    request["action"] = "check";
+    request.update(f);
   } else if (command == "pod") {
     const auto& p = opts.positional;
     const std::string action = p.empty() ? "" : p[0];
@@ -351,6 +385,8 @@ int run_online(const std::string& command, int argc, char** argv) {
       for (const auto& [name, t] : r["tunables"].items())
         rows.push_back({{"name", name}, {"value", t["value"]}, {"description", t["description"]}});
       print_table(rows);
+    } else if (command == "policy") {
+      print_policy_check(r);
     } else if (command == "get" && r.contains("document")) {
       std::printf("%s\n", r["document"].dump(2).c_str());
     } else {
@@ -390,7 +426,7 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (command == "status" || command == "apply" || command == "get" || command == "stats" || command == "tune" ||
-      command == "flows" || command == "pod")
+      command == "flows" || command == "pod" || command == "policy")
     return run_online(command, argc, argv);
   if (command != "validate" && command != "compile") {
     std::fprintf(stderr, "meshctl: unknown command '%s'\n", command.c_str());

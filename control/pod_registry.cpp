@@ -57,6 +57,11 @@ json live_pod::to_json() const {
             {"labels", labels}, {"ip", ip.to_string()}};
   if (ip6) j["ip6"] = ip6->to_string();
   if (!cgroup.empty()) j["cgroup"] = cgroup;
+  // Issue 16: the pod's namespace decides which policies apply to it; a name Kubernetes
+  // would not give a namespace (an RFC 1123 label) is left out rather than refused.
+  if (!pod_namespace.empty() && pod_namespace.size() <= 63 && pod_namespace.front() != '-' && pod_namespace.back() != '-' &&
+      pod_namespace.find_first_not_of("abcdefghijklmnopqrstuvwxyz0123456789-") == std::string::npos)
+    j["namespace"] = pod_namespace;
   return j;
 }
 

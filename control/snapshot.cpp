@@ -46,7 +46,7 @@ struct byte_writer {
 };
 
 constexpr char kMagic[16] = "MESHLANE-TABLES";  // 15 characters and the terminator
-constexpr uint32_t kFormatVersion = 2;  // 2: ebpf settings after the tunables
+constexpr uint32_t kFormatVersion = 3;  // 2: ebpf settings after the tunables; 3: policy tables
 // Magic, format version, reserved word, generation: the part of the form the digest skips.
 constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 8;
 
@@ -128,6 +128,10 @@ std::vector<uint8_t> snapshot::serialize() const {
     w.text(p.cgroup);
     w.u32(static_cast<uint32_t>(p.labels.size()));
     for (const auto& [k, v] : p.labels) w.text(k), w.text(v);
+    w.text(p.pod_namespace);
+    w.text(p.service_account);
+    w.u32(p.identity);
+    w.u16(p.policy_class);
   }
   w.u32(static_cast<uint32_t>(services.size()));
   for (const auto& s : services) {
@@ -173,6 +177,27 @@ std::vector<uint8_t> snapshot::serialize() const {
   }
   w.index(frontend_index);
   w.index(pod_index);
+  // Policy tables: the lookup maps are functions of the entries, so the entries suffice.
+  w.u32(static_cast<uint32_t>(policy.policy_names.size()));
+  for (const auto& name : policy.policy_names) w.text(name);
+  w.u32(static_cast<uint32_t>(policy.classes.size()));
+  for (const auto& c : policy.classes) {
+    w.u32(c.first_verdict);
+    w.u16(c.port_groups), w.u16(c.identity_groups), w.u16(c.address_groups);
+    w.u16(c.none_identity_group), w.u16(c.unknown_identity_group);
+    w.u32(c.first_length), w.u8(c.v4_lengths), w.u8(c.v6_lengths);
+  }
+  for (const auto* map : {&policy.port_groups, &policy.identity_groups}) {
+    w.u32(static_cast<uint32_t>(map->keys.size()));
+    for (size_t i = 0; i < map->keys.size(); ++i) w.u64(map->keys[i]), w.u32(map->values[i]);
+  }
+  w.u32(static_cast<uint32_t>(policy.addresses.size()));
+  for (const auto& a : policy.addresses) w.u16(a.policy_class), w.u8(a.length), w.address(a.base), w.u16(a.address_group);
+  w.u32(static_cast<uint32_t>(policy.address_lengths.size()));
+  for (uint8_t l : policy.address_lengths) w.u8(l);
+  w.u32(static_cast<uint32_t>(policy.verdicts.size()));
+  for (const auto& v : policy.verdicts)
+    w.u8(v.allowed), w.u8(static_cast<uint8_t>(v.reason)), w.u16(v.rule), w.u32(v.policy);
   return std::move(w.out);
 }
 

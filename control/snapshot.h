@@ -16,6 +16,7 @@
 
 #include "control/desired_state.h"
 #include "control/net_address.h"
+#include "control/policy_tables.h"
 
 namespace meshlane {
 
@@ -35,6 +36,11 @@ struct table_pod {
   std::string interface;
   std::string cgroup;
   std::map<std::string, std::string> labels;
+  // Issue 16: who the pod is (workload_identity.h) and the policy class that decides
+  // flows to it (policy_tables.h; 0: no policy applies).
+  std::string pod_namespace{}, service_account{};
+  uint32_t identity = 0;
+  uint16_t policy_class = 0;
 };
 
 struct table_backend {
@@ -116,6 +122,10 @@ struct snapshot {
   std::vector<table_node_encryption> node_encryption;  // by node index; [kLocalNodeIndex] unused
   hash_index frontend_index;
   hash_index pod_index;                  // keyed by IPv4 and IPv6 pod addresses
+  policy_tables policy;                  // issue 16: L4 authorization
+  // What the policies name that nobody has (policy_notices.h), shown in `status`; not
+  // part of the tables' content.
+  std::vector<std::string> policy_notices;
 
   const table_frontend* find_frontend(const ip_address& vip, uint16_t port,
                                       l4_protocol protocol) const;

@@ -7,6 +7,9 @@
 #include <sstream>
 
 #include "control/maglev.h"
+#include "control/policy_compiler.h"
+#include "control/policy_notices.h"
+#include "control/workload_identity.h"
 
 namespace meshlane {
 
@@ -61,8 +64,16 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
     return std::tie(b.prefix.length, a.prefix) < std::tie(a.prefix.length, b.prefix);
   });
 
-  for (const auto& pod : state.pods)
-    tables->pods.push_back({pod.name, pod.ip, pod.ip6, pod.interface, pod.cgroup, pod.labels});
+  compiled_policy policy = compile_policy_tables(state);  // a validated document fits its limits
+  for (const auto& pod : state.pods) {
+    auto policy_class = policy.class_of_pod.find(pod.name);
+    tables->pods.push_back({pod.name, pod.ip, pod.ip6, pod.interface, pod.cgroup, pod.labels, pod.pod_namespace,
+                            pod.service_account,
+                            identity_number(spiffe_principal(state.trust_domain, pod.pod_namespace, pod.service_account)),
+                            policy_class == policy.class_of_pod.end() ? uint16_t{0} : policy_class->second});
+  }
+  tables->policy = std::move(policy.tables);
+  for (const auto& notice : policy_notices(state, identity_catalog::of(state))) tables->policy_notices.push_back(notice.to_string());
   std::sort(tables->pods.begin(), tables->pods.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });
 

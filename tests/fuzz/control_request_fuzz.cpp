@@ -33,7 +33,11 @@ meshlane::control_module& module() {
   static bool published = [] {
     control.apply_document(R"({"version":1,"node":{"name":"n1","underlay_ip":"198.19.0.1","pod_cidr":"198.18.1.0/24"},
       "services":[{"name":"s","vip":"198.19.128.1","ports":[{"port":80,"protocol":"tcp"}],
-      "backends":[{"ip":"198.18.1.5","port":80,"node":"n1"}]}],"tunables":{"maglev_table_size":13}})", "fuzz");
+      "backends":[{"ip":"198.18.1.5","port":80,"node":"n1"}]}],"tunables":{"maglev_table_size":13},
+      "pods":[{"name":"p","ip":"198.18.1.5","interface":"mlp-p","namespace":"foo","labels":{"app":"p"}},
+              {"name":"q","ip":"198.18.1.6","interface":"mlp-q","namespace":"bar"}],
+      "policies":[{"name":"x","namespace":"foo","rules":[{"from":[{"source":{"namespaces":["foo"],
+                   "ip_blocks":["198.18.1.0/25"]}}],"to":[{"operation":{"ports":["80"]}}]}]}]})", "fuzz");
     return true;
   }();
   (void)published;
