@@ -584,7 +584,17 @@ json control_module::status_page_model(const status_page_view& view) {
   }
   model["counters"] = counters;
   // The fast path's redirect mode and what the kernel check found, when it runs.
-  if (const json subsystems = registry_.status(); subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
+  const json subsystems = registry_.status();
+  if (subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
+  // Encrypted routes (issue 15): the mode, engine and SAs, never a key.
+  if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("encryption")) {
+    model["encryption"] = subsystems["dataplane"]["encryption"];
+    const auto names = registry_.query_names();
+    if (std::find(names.begin(), names.end(), "sas") != names.end()) {
+      const json sas = registry_.query("sas", {{"offset", 0}, {"limit", 64}});
+      if (sas.is_object() && sas.contains("rows")) model["encryption"]["sas"] = sas["rows"];
+    }
+  }
 
   // Services a page at a time (the page refreshes every second; a 100k-service node
   // must not send them all), optionally those whose name or VIP contains `search`.

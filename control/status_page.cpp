@@ -35,6 +35,11 @@ const std::string& status_page_html() {
 <div id="ebpf" hidden><h2>eBPF fast path</h2>
 <p>redirect mode <b id="redirect-mode">?</b>, in effect <b id="redirect-effective">?</b> <span id="redirect-reason"></span></p>
 <table id="kernel-checks"><thead><tr><th>kernel check</th><th>result</th><th>what was seen</th></tr></thead><tbody></tbody></table></div>
+<div id="encryption" hidden><h2>Encrypted routes (ESP)</h2>
+<p>mode <b id="esp-mode">?</b>, engine <b id="esp-engine">?</b>, <b id="esp-peers">?</b> encrypted peers,
+replay window <b id="esp-window">?</b></p>
+<table id="sas"><thead><tr><th>peer</th><th>direction</th><th>key id</th><th>SPI</th><th>sequence</th>
+<th>packets</th><th>bytes</th><th>auth failures</th><th>replays</th></tr></thead><tbody></tbody></table></div>
 <h2>Live counters</h2>
 <table id="counters"><thead><tr><th>metric</th><th>labels</th><th>value</th><th>per second</th></tr></thead><tbody></tbody></table>
 <script>
@@ -95,6 +100,20 @@ async function refresh() {
       if (!m.ebpf.kernel_check.ran) checks.push(["(not run)", {passed: false, detail: m.ebpf.kernel_check.error}]);
       fill("kernel-checks", checks, (row, [name, c]) => {
         cell(row, name); cell(row, c.passed ? "as a kernel socket" : "differs", c.passed ? "ok" : "bad"); cell(row, c.detail);
+      });
+    }
+    if (m.encryption) {
+      const e = m.encryption;
+      document.getElementById("encryption").hidden = false;
+      document.getElementById("esp-mode").textContent = e.mode;
+      document.getElementById("esp-engine").textContent = e.engine;
+      document.getElementById("esp-peers").textContent = e.encrypted_peers;
+      document.getElementById("esp-window").textContent = e.replay_window;
+      fill("sas", e.sas || [], (row, sa) => {
+        cell(row, sa.peer + " " + sa.peer_ip); cell(row, sa.direction); cell(row, sa.key_id, "n"); cell(row, sa.spi);
+        cell(row, String(sa.sequence), "n"); cell(row, fmt(sa.packets), "n"); cell(row, fmt(sa.bytes), "n");
+        cell(row, sa.auth_failures === null ? "-" : fmt(sa.auth_failures), "n");
+        cell(row, sa.replays === null ? "-" : fmt(sa.replays), "n");
       });
     }
     const dt = previous ? m.time - previous.time : 0;

@@ -105,6 +105,21 @@ bool inject(const netns& ns, const std::string& interface, const std::vector<uin
          static_cast<ssize_t>(frame.size());
 }
 
+// GET `path` from the agent's HTTP surface in `ns` (its default, 127.0.0.1:9464): the raw
+// response.
+std::string http_get(const netns& ns, const std::string& path) {
+  fd_guard fd(socket_in(ns, SOCK_STREAM));
+  set_timeout(fd.fd, 5);
+  const sockaddr_in to = address_of("127.0.0.1", 9464);
+  if (connect(fd.fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) != 0) return "";
+  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  send_retrying(fd.fd, request.data(), request.size());
+  std::string response;
+  char buffer[65536];
+  for (ssize_t n; (n = recv_retrying(fd.fd, buffer, sizeof buffer)) > 0;) response.append(buffer, static_cast<size_t>(n));
+  return response;
+}
+
 void fix_ipv4_checksum(std::vector<uint8_t>& frame) {
   frame[14 + 10] = frame[14 + 11] = 0;
   uint32_t sum = 0;
@@ -284,6 +299,13 @@ TEST_F(two_nodes_encrypted, PodAndVipTrafficCrossesByteIdenticalAndTheUnderlayCa
   const nlohmann::json status = control(1).request({{"command", "status"}});
   EXPECT_EQ(status["subsystems"]["dataplane"]["encryption"]["mode"], "always") << status.dump();
   EXPECT_EQ(status["subsystems"]["dataplane"]["encryption"]["encrypted_peers"], 1);
+  // The status page's model carries the SAs (and no key).
+  const std::string page = http_get(*nodes_[0].ns, "/status.json");
+  const nlohmann::json model = nlohmann::json::parse(page.substr(std::min(page.size(), page.find("\r\n\r\n") + 4)), nullptr, false);
+  ASSERT_FALSE(model.is_discarded()) << page.substr(0, 300);
+  ASSERT_TRUE(model.contains("encryption")) << page.substr(0, 300);
+  EXPECT_EQ(model["encryption"]["sas"].size(), 2u);
+  EXPECT_EQ(page.find("\"key\""), std::string::npos);
 
   // What an attacker on the underlay can do is refused, each with its reason, at node 1.
   ASSERT_FALSE(at_node1.last_esp.empty());

@@ -1,10 +1,13 @@
 // Fuzz target: the packet parser on arbitrary frames. It must never read past the end
-// (ASan catches that), and what it accepts must have consistent offsets.
+// (ASan catches that), and what it accepts must have consistent offsets. Frames to UDP
+// 4500 then go where the pipeline sends them first: the ESP header read that finds their
+// SA (esp_spi_of); decapsulation itself is the esp_decap target's.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
 
+#include "dataplane/esp/esp.h"
 #include "dataplane/packet_parser.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -15,6 +18,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (reason == meshlane::drop_reason::none) {
     if (parsed.l3_offset + parsed.l3_length > size) std::abort();
     if (parsed.l4_offset && parsed.l4_offset >= parsed.l3_offset + parsed.l3_length) std::abort();
+    if (parsed.l4_offset && parsed.l4_protocol == meshlane::wire::kProtoUdp &&
+        parsed.destination_port == meshlane::kEspUdpPort) {
+      meshlane::esp_frame esp{frame.data(), static_cast<uint32_t>(frame.size()), 0, 0};
+      uint32_t spi = 0;
+      const meshlane::esp_result result = meshlane::esp_spi_of(esp, parsed, spi);
+      // SPI 0 is never ESP (RFC 3948 section 2.2: IKE's marker); an accepted frame holds
+      // at least the ESP header, IV, one block and the ICV.
+      if (result == meshlane::esp_result::ok &&
+          (spi == 0 || parsed.l3_offset + parsed.l3_length < parsed.l4_offset + 8 + meshlane::kEspHeaderSize +
+                                                                 meshlane::kEspIvSize + meshlane::kEspIcvSize))
+        std::abort();
+    }
   }
   return 0;
 }
