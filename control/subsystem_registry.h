@@ -53,7 +53,7 @@ class subsystem_registry {
 
   void add_collector(std::string subsystem, collector fn);
   void add_status(std::string subsystem, status_provider fn);
-  // Tunable names are dotted, "<subsystem>.<name>", e.g. "dataplane.burst_size".
+  // Tunable names are dotted, "<subsystem>.<name>", e.g. "tables.burst_size".
   void add_tunable(std::string name, tunable t);
   void add_query(std::string name, table_query fn);
   // Readiness for /readyz: a check returns an empty string when its subsystem is ready

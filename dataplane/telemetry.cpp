@@ -176,33 +176,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"encryption", esp_->status()}};
   });
 
-  registry.add_tunable("dataplane.burst_size",
-                       {"packets per receive burst (1..512)", [this] { return nlohmann::json(settings_.burst_size.load()); },
-                        [this](const nlohmann::json& v) -> std::string {
-                          if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > kMaxBurst)
-                            return "must be an integer 1..512, got " + v.dump();
-                          settings_.burst_size.store(static_cast<uint16_t>(v.get<int64_t>()));
-                          return {};
-                        }});
-  registry.add_tunable("dataplane.idle_policy",
-                       {"\"busy_poll\" or \"adaptive\" (sleeps with back-off when idle)",
-                        [this] { return nlohmann::json(settings_.busy_poll.load() ? "busy_poll" : "adaptive"); },
-                        [this](const nlohmann::json& v) -> std::string {
-                          if (v == "busy_poll") settings_.busy_poll.store(1);
-                          else if (v == "adaptive") settings_.busy_poll.store(0);
-                          else return "must be \"busy_poll\" or \"adaptive\", got " + v.dump();
-                          return {};
-                        }});
-  registry.add_tunable("dataplane.idle_sleep_max_us",
-                       {"adaptive idle: longest sleep between polls while traffic is recent, microseconds "
-                        "(10..10000); a worker 20 ms without a packet sleeps up to 1 ms (or this, if longer)",
-                        [this] { return nlohmann::json(settings_.idle_sleep_max_us.load()); },
-                        [this](const nlohmann::json& v) -> std::string {
-                          if (!v.is_number_integer() || v.get<int64_t>() < 10 || v.get<int64_t>() > 10000)
-                            return "must be an integer 10..10000 (microseconds), got " + v.dump();
-                          settings_.idle_sleep_max_us.store(static_cast<uint32_t>(v.get<int64_t>()));
-                          return {};
-                        }});
+  // One name per live tunable: burst size, idle policy, idle sleep and flow timeouts are
+  // the document's (`tables.*`, control_requests.cpp), which every publish applies here
+  // (apply_tuning); a second, data-plane-only name for them was overwritten by the next
+  // publish. What the document does not hold is tuned here.
   registry.add_tunable("dataplane.geneve_udp_checksum",
                        {"true: compute the outer UDP checksum of Geneve frames; false: send zero (allowed over IPv4)",
                         [this] { return nlohmann::json(ports_->geneve_udp_checksum.load() != 0); },
@@ -211,19 +188,6 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           ports_->geneve_udp_checksum.store(v.get<bool>() ? 1 : 0);
                           return {};
                         }});
-  auto timeout_tunable = [](std::atomic<uint64_t>& ticks, const char* what) {
-    return tunable{std::string(what) + " flow timeout in seconds (1..604800)",
-                   [&ticks] { return nlohmann::json(ticks.load() / rte_get_tsc_hz()); },
-                   [&ticks](const nlohmann::json& v) -> std::string {
-                     if (!v.is_number_integer() || v.get<int64_t>() < 1 || v.get<int64_t>() > 604800)
-                       return "must be an integer 1..604800 (seconds), got " + v.dump();
-                     ticks.store(uint64_t(v.get<int64_t>()) * rte_get_tsc_hz());
-                     return {};
-                   }};
-  };
-  registry.add_tunable("dataplane.tcp_established_timeout_s", timeout_tunable(settings_.tcp_established_ticks, "established TCP"));
-  registry.add_tunable("dataplane.tcp_transitory_timeout_s", timeout_tunable(settings_.tcp_transitory_ticks, "SYN/FIN/RST TCP"));
-  registry.add_tunable("dataplane.udp_timeout_s", timeout_tunable(settings_.udp_ticks, "UDP"));
 
   // Flow records of every worker's shard, paged: {"offset": N, "limit": M} (limit <= 1000).
   registry.add_query("flows", [this](const nlohmann::json& args) {
