@@ -584,7 +584,11 @@ json control_module::status_page_model(const status_page_view& view) {
   }
   model["counters"] = counters;
   // The fast path's redirect mode and what the kernel check found, when it runs.
-  if (const json subsystems = registry_.status(); subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
+  const json subsystems = registry_.status();
+  if (subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
+  // The DPDK ports with what their drivers lost (RX ring overruns, errors, no mbuf).
+  if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("ports"))
+    model["dataplane"] = {{"ports", subsystems["dataplane"]["ports"]}};
 
   // Services a page at a time (the page refreshes every second; a 100k-service node
   // must not send them all), optionally those whose name or VIP contains `search`.
