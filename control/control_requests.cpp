@@ -595,6 +595,9 @@ json control_module::status_page_model(const status_page_view& view) {
       if (sas.is_object() && sas.contains("rows")) model["encryption"]["sas"] = sas["rows"];
     }
   }
+  // The DPDK ports with what their drivers lost (RX ring overruns, errors, no mbuf).
+  if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("ports"))
+    model["dataplane"] = {{"ports", subsystems["dataplane"]["ports"]}};
 
   // Services a page at a time (the page refreshes every second; a 100k-service node
   // must not send them all), optionally those whose name or VIP contains `search`.

@@ -32,6 +32,10 @@ const std::string& status_page_html() {
 <div><h2>Recent errors</h2><table id="errors"><thead><tr><th>time</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table>
 <h2>Log</h2><table id="log"><thead><tr><th>time</th><th>level</th><th>message</th></tr></thead><tbody></tbody></table></div>
 </div>
+<div id="dataplane" hidden><h2>Ports</h2>
+<table id="ports"><thead><tr><th>port</th><th>role</th><th>link</th><th>received</th><th>sent</th>
+<th>RX missed (ring full)</th><th>RX errors</th><th>TX errors</th><th>RX no mbuf</th></tr></thead><tbody></tbody></table>
+<p>frames a full TX queue did not take (dropped, counted as tx_full): <b id="tx-full">?</b></p></div>
 <div id="ebpf" hidden><h2>eBPF fast path</h2>
 <p>redirect mode <b id="redirect-mode">?</b>, in effect <b id="redirect-effective">?</b> <span id="redirect-reason"></span></p>
 <table id="kernel-checks"><thead><tr><th>kernel check</th><th>result</th><th>what was seen</th></tr></thead><tbody></tbody></table></div>
@@ -91,6 +95,19 @@ async function refresh() {
       share.append(bar, " " + pct(b.maglev_share));
       cell(row, fmt(b.packets), "n"); cell(row, pct(b.traffic_share), "n");
     });
+    if (m.dataplane) {
+      document.getElementById("dataplane").hidden = false;
+      fill("ports", m.dataplane.ports, (row, p) => {
+        cell(row, p.interface); cell(row, p.role); cell(row, p.link_up ? "up" : "down", p.link_up ? "ok" : "bad");
+        cell(row, fmt(p.rx_packets), "n"); cell(row, fmt(p.tx_packets), "n");
+        for (const k of ["rx_missed", "rx_errors", "tx_errors", "rx_nombuf"]) cell(row, fmt(p[k]), p[k] > 0 ? "n bad" : "n");
+      });
+      let txFull = 0;
+      for (const c of m.counters)
+        if (c.name === "meshlane_dataplane_drops_total" && c.labels.includes("reason=tx_full")) txFull += c.value;
+      const full = document.getElementById("tx-full");
+      full.textContent = fmt(txFull); full.className = txFull > 0 ? "bad" : "";
+    }
     if (m.ebpf) {
       document.getElementById("ebpf").hidden = false;
       document.getElementById("redirect-mode").textContent = m.ebpf.redirect.mode;

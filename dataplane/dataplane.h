@@ -144,6 +144,9 @@ class worker_pool {
   // metrics) while install() plugs and unplugs; workers never take it.
   mutable std::mutex ports_mutex_;
   std::vector<port_record> port_records_;
+  // af_packet ports: kernel ring drops read (and so cleared) from their sockets so far,
+  // per port id; see telemetry.cpp. Under ports_mutex_.
+  std::array<uint64_t, kMaxPorts> af_packet_ring_drops_{};
   std::vector<rte_mempool*> retired_pools_;  // freed once every buffer is back
   std::atomic<rx_plan*> rx_plan_{nullptr};
   std::vector<std::unique_ptr<worker_state>> workers_;

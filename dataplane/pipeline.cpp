@@ -235,9 +235,12 @@ void flush_tx(worker_state& w) {
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; ++i) bytes += rte_pktmbuf_pkt_len(buffer[i]);
     uint16_t sent = rte_eth_tx_burst(port, w.tx_queue, buffer, n);
-    if (sent < n) {
-      // Give the queue one more chance (a ring may drain in between) before dropping.
-      sent += rte_eth_tx_burst(port, w.tx_queue, buffer + sent, static_cast<uint16_t>(n - sent));
+    if (sent < n) [[unlikely]] {
+      // A full queue may drain between calls (af_packet's kick hands frames to the kernel,
+      // a NIC completes descriptors); a bounded number of retries keeps the burst's time
+      // budget, and what still does not fit is counted, never dropped silently.
+      for (unsigned retry = 0; retry < kTxRetries && sent < n; ++retry)
+        sent += rte_eth_tx_burst(port, w.tx_queue, buffer + sent, static_cast<uint16_t>(n - sent));
       for (uint16_t i = sent; i < n; ++i) {
         bytes -= rte_pktmbuf_pkt_len(buffer[i]);
         w.drops[static_cast<unsigned>(drop_reason::tx_full)].add(1);

@@ -328,7 +328,9 @@ struct worker_state {
 void process_burst(worker_state& worker, const forwarding_tables& tables, port_table& ports,
                    uint16_t in_port, rte_mbuf** packets, uint16_t count);
 
-// Sends every buffered packet; what a TX queue does not take is freed and counted.
+// Sends every buffered packet; what a TX queue does not take after kTxRetries more
+// rte_eth_tx_burst calls is freed and counted (drop_reason::tx_full).
+inline constexpr unsigned kTxRetries = 4;
 void flush_tx(worker_state& worker);
 // Sends what is held for pods whose MAC is now known, drops what waited too long.
 void release_held(worker_state& worker, port_table& ports, uint64_t now, uint64_t tsc_hz);

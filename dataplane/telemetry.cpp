@@ -1,8 +1,14 @@
 // The dataplane's entries in the subsystem registry: metric families, status, live
 // tunables and the `flows` query. Everything here runs on the control thread and reads
 // per-worker counters without locks (each has one writer).
+#include <dirent.h>
+#include <linux/if_packet.h>
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
+#include <sys/socket.h>
+
+#include <cstdlib>
+#include <cstring>
 
 #include "dataplane/dataplane.h"
 
@@ -37,6 +43,77 @@ std::string split_backend(const std::string& slot_name, std::string& service) {
   return slash == std::string::npos ? "" : slot_name.substr(slash + 1);
 }
 
+const char* role_text(port_role role) { return role == port_role::uplink ? "uplink" : "pod"; }
+
+// What the port's driver saw lost, read on the control thread at scrape time:
+// rte_eth_stats_get and the xstats of the PMDs we use (af_packet, af_xdp, ring, memif)
+// read per-queue counters the workers write and kernel socket statistics, and take no
+// lock a worker holds. Callers hold ports_mutex_: the kernel's af_packet drops are read
+// and cleared here and added to `af_packet_drops`, which two readers at once could lose.
+// Zeros (and no xstats) when the driver does not answer.
+struct port_loss {
+  uint64_t rx_missed = 0, rx_errors = 0, tx_errors = 0, rx_nombuf = 0;
+  std::vector<std::pair<std::string, uint64_t>> xstats;
+};
+
+// Frames the kernel dropped because the RX ring of an AF_PACKET socket of this process
+// bound to `ifindex` was full (PACKET_STATISTICS tp_drops; reading clears them).
+// DPDK 22.11's af_packet PMD opens such a socket per queue pair but does not report
+// these drops (its imissed stays 0; later releases add them), and it does not give its
+// sockets away: they are found among the process's descriptors by family and the
+// interface they are bound to.
+uint64_t af_packet_ring_drops(int ifindex) {
+  uint64_t drops = 0;
+  DIR* fds = opendir("/proc/self/fd");
+  if (!fds) return 0;
+  while (const dirent* entry = readdir(fds)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == dirfd(fds)) continue;
+    int domain = 0;
+    socklen_t length = sizeof domain;
+    if (getsockopt(int(fd), SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0 || domain != AF_PACKET) continue;
+    sockaddr_ll bound{};
+    length = sizeof bound;
+    if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&bound), &length) != 0 || bound.sll_ifindex != ifindex) continue;
+    tpacket_stats_v3 stats{};
+    length = sizeof stats;
+    if (getsockopt(int(fd), SOL_PACKET, PACKET_STATISTICS, &stats, &length) == 0) drops += stats.tp_drops;
+  }
+  closedir(fds);
+  return drops;
+}
+
+port_loss read_port_loss(uint16_t port, bool with_xstats, uint64_t& af_packet_drops) {
+  port_loss loss;
+  rte_eth_dev_info info{};
+  if (rte_eth_dev_info_get(port, &info) == 0 && info.driver_name &&
+      std::strcmp(info.driver_name, "net_af_packet") == 0 && info.if_index > 0)
+    af_packet_drops += af_packet_ring_drops(int(info.if_index));
+  loss.rx_missed = af_packet_drops;
+  rte_eth_stats stats{};
+  if (rte_eth_stats_get(port, &stats) == 0) {
+    // Both read and clear the kernel's count: a PMD that reports it too adds its share.
+    loss.rx_missed += stats.imissed;
+    loss.rx_errors = stats.ierrors;
+    loss.tx_errors = stats.oerrors;
+    loss.rx_nombuf = stats.rx_nombuf;
+  }
+  if (!with_xstats) return loss;
+  const int count = rte_eth_xstats_get_names(port, nullptr, 0);
+  if (count <= 0) return loss;
+  std::vector<rte_eth_xstat_name> names(static_cast<size_t>(count));
+  std::vector<rte_eth_xstat> values(static_cast<size_t>(count));
+  if (rte_eth_xstats_get_names(port, names.data(), static_cast<unsigned>(count)) != count) return loss;
+  const int got = rte_eth_xstats_get(port, values.data(), static_cast<unsigned>(count));
+  if (got <= 0 || got > count) return loss;
+  for (int i = 0; i < got; ++i) {
+    if (values[i].id >= static_cast<uint64_t>(count)) continue;
+    loss.xstats.emplace_back(names[values[i].id].name, values[i].value);
+  }
+  return loss;
+}
+
 }  // namespace
 
 void worker_pool::register_with(subsystem_registry& registry) {
@@ -45,6 +122,16 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto rx_bytes = family("meshlane_dataplane_port_rx_bytes_total", "Bytes received per port.");
     auto tx_packets = family("meshlane_dataplane_port_tx_packets_total", "Packets sent per port.");
     auto tx_bytes = family("meshlane_dataplane_port_tx_bytes_total", "Bytes sent per port.");
+    auto rx_missed = family("meshlane_dataplane_port_rx_missed_total",
+                            "Packets the port's driver lost before a worker received them (RX ring full: rte_eth_stats imissed).");
+    auto rx_errors = family("meshlane_dataplane_port_rx_errors_total",
+                            "Erroneous packets the port's driver refused on receive (rte_eth_stats ierrors).");
+    auto tx_errors = family("meshlane_dataplane_port_tx_errors_total",
+                            "Packets the port's driver failed to send (rte_eth_stats oerrors).");
+    auto rx_nombuf = family("meshlane_dataplane_port_rx_nombuf_total",
+                            "Receives that found no free mbuf (rte_eth_stats rx_nombuf).");
+    auto xstats = family("meshlane_dataplane_port_xstats_total",
+                         "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
     std::unique_lock ports_lock(ports_mutex_);  // hot-plug renames and retires ports
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
@@ -57,11 +144,21 @@ void worker_pool::register_with(subsystem_registry& registry) {
         sums[3] += w->port_tx[p].bytes.get();
       }
       const std::vector<std::pair<std::string, std::string>> labels{
-          {"port", info.interface}, {"role", info.role == port_role::uplink ? "uplink" : "pod"}};
+          {"port", info.interface}, {"role", role_text(info.role)}};
       rx_packets.samples.push_back({labels, double(sums[0])});
       rx_bytes.samples.push_back({labels, double(sums[1])});
       tx_packets.samples.push_back({labels, double(sums[2])});
       tx_bytes.samples.push_back({labels, double(sums[3])});
+      const port_loss loss = read_port_loss(p, true, af_packet_ring_drops_[p]);
+      rx_missed.samples.push_back({labels, double(loss.rx_missed)});
+      rx_errors.samples.push_back({labels, double(loss.rx_errors)});
+      tx_errors.samples.push_back({labels, double(loss.tx_errors)});
+      rx_nombuf.samples.push_back({labels, double(loss.rx_nombuf)});
+      for (const auto& [name, value] : loss.xstats) {
+        auto with_name = labels;
+        with_name.emplace_back("name", name);
+        xstats.samples.push_back({std::move(with_name), double(value)});
+      }
     }
     auto drops = family("meshlane_dataplane_drops_total", "Packets dropped, by worker and reason.");
     auto polls = family("meshlane_dataplane_worker_polls_total",
@@ -127,7 +224,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
       evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
     }
-    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &drops, &polls, &encap, &esp, &generated,
+    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
+                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));
@@ -143,12 +241,24 @@ void worker_pool::register_with(subsystem_registry& registry) {
       rte_eth_link link{};
       rte_eth_link_get_nowait(p, &link);
       const uint64_t neighbour = info.neighbour_mac.load(std::memory_order_relaxed);
+      uint64_t rx = 0, tx = 0;
+      for (const auto& w : workers_) {
+        rx += w->port_rx[p].packets.get();
+        tx += w->port_tx[p].packets.get();
+      }
+      const port_loss loss = read_port_loss(p, false, af_packet_ring_drops_[p]);
       ports.push_back({{"port_id", p},
                        {"interface", info.interface},
-                       {"role", info.role == port_role::uplink ? "uplink" : "pod"},
+                       {"role", role_text(info.role)},
                        {"mac", mac_text(info.mac)},
                        {"link_up", link.link_status == RTE_ETH_LINK_UP},
-                       {"neighbour_mac", neighbour ? mac_text(wire::mac_address::from_u64(neighbour)) : ""}});
+                       {"neighbour_mac", neighbour ? mac_text(wire::mac_address::from_u64(neighbour)) : ""},
+                       {"rx_packets", rx},
+                       {"tx_packets", tx},
+                       {"rx_missed", loss.rx_missed},
+                       {"rx_errors", loss.rx_errors},
+                       {"tx_errors", loss.tx_errors},
+                       {"rx_nombuf", loss.rx_nombuf}});
     }
     nlohmann::json workers = nlohmann::json::array();
     const uint64_t now = rte_rdtsc();

@@ -360,6 +360,7 @@ void worker_pool::unplug_port(uint16_t port_id) {
     info.interface.clear();
     info.neighbour_mac.store(0, std::memory_order_relaxed);
     info.incarnation.fetch_add(1, std::memory_order_relaxed);
+    af_packet_ring_drops_[port_id] = 0;
   }
   rte_eth_dev_stop(port_id);
   rte_eth_dev_info info{};

@@ -1302,6 +1302,91 @@ TEST_F(golden, CountersCountPortsServicesAndDrops) {
   EXPECT_EQ(pool_->settings().udp_ticks.load() / rte_get_tsc_hz(), 5u);
 }
 
+// Puts `count` copies of `frame` on the wire of the port that reads `rx` at once, so that one worker iteration takes them as one
+// burst, and runs that iteration.
+void send_burst(rte_ring* rx, worker_pool& pool, const bytes& frame, unsigned count) {
+  for (unsigned i = 0; i < count; ++i) {
+    rte_mbuf* m = rte_pktmbuf_alloc(eal_environment::test_mbufs);
+    ASSERT_NE(m, nullptr);
+    std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(frame.size())), frame.data(), frame.size());
+    ASSERT_EQ(rte_ring_enqueue(rx, m), 0);
+  }
+  pool.poll_once(0);
+}
+
+// Fills a port's TX ring (as a wire side that stopped taking frames) up to `room` free
+// slots; returns how many filler mbufs it put there.
+unsigned fill_tx_ring(rte_ring* tx, unsigned room) {
+  unsigned filled = 0;
+  while (rte_ring_free_count(tx) > room) {
+    rte_mbuf* m = rte_pktmbuf_alloc(eal_environment::test_mbufs);
+    if (!m || rte_ring_enqueue(tx, m) != 0) {
+      if (m) rte_pktmbuf_free(m);
+      break;
+    }
+    ++filled;
+  }
+  return filled;
+}
+
+TEST_F(golden, FramesAFullTxQueueStillRefusesAfterTheRetriesAreCountedAsTxFull) {
+  learn_pod_macs();
+  fill_tx_ring(tx_[web], 2);
+  const bytes frame = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080));
+  const auto before = metric_values(*pool_);
+  send_burst(rx_[client], *pool_, frame, 5);
+  EXPECT_EQ(rte_ring_free_count(tx_[web]), 0u) << "the two free slots took two frames";
+  EXPECT_EQ(drops(drop_reason::tx_full), 3u) << "every frame the queue refused is a counted drop";
+  auto after = metric_values(*pool_);
+  EXPECT_EQ(after["meshlane_dataplane_port_tx_packets_total,port=ring-weba,role=pod"] -
+                before.at("meshlane_dataplane_port_tx_packets_total,port=ring-weba,role=pod"),
+            2);
+  EXPECT_EQ(after["meshlane_dataplane_drops_total,worker=0,reason=tx_full"], 3);
+  // net_ring keeps no count of what its ring refused (its oerrors stay 0): the tx_full
+  // drops above are the only record of these three frames, which is why they are counted.
+  EXPECT_EQ(after["meshlane_dataplane_port_tx_errors_total,port=ring-weba,role=pod"], 0);
+  EXPECT_EQ(after["meshlane_dataplane_port_rx_missed_total,port=ring-weba,role=pod"], 0);
+  // The driver's extended statistics are exported under its own names.
+  EXPECT_EQ(after["meshlane_dataplane_port_xstats_total,port=ring-weba,role=pod,name=tx_good_packets"], 3)
+      << "the ARP reply and the two frames the ring took";
+  EXPECT_EQ(after.count("meshlane_dataplane_port_xstats_total,port=ring-weba,role=pod,name=rx_missed_errors"), 1u);
+  subsystem_registry registry;
+  pool_->register_with(registry);
+  const auto status = registry.status();
+  bool found = false;
+  for (const auto& port : status["dataplane"]["ports"]) {
+    if (port["interface"] != "ring-weba") continue;
+    found = true;
+    EXPECT_EQ(port["tx_packets"], 3);
+    for (const char* loss : {"rx_missed", "rx_errors", "tx_errors", "rx_nombuf"}) EXPECT_EQ(port[loss], 0) << loss;
+  }
+  EXPECT_TRUE(found);
+}
+
+// A TX callback that takes one frame off the wire side of the ring before each
+// rte_eth_tx_burst: a queue that drains while the worker retries.
+uint16_t drain_one_before_tx(uint16_t, uint16_t, rte_mbuf**, uint16_t count, void* ring) {
+  void* object = nullptr;
+  if (rte_ring_dequeue(static_cast<rte_ring*>(ring), &object) == 0) rte_pktmbuf_free(static_cast<rte_mbuf*>(object));
+  return count;
+}
+
+TEST_F(golden, AFullTxQueueThatDrainsIsRetriedABoundedNumberOfTimesBeforeFramesAreCountedAsTxFull) {
+  learn_pod_macs();
+  fill_tx_ring(tx_[web], 0);
+  const rte_eth_rxtx_callback* callback =
+      rte_eth_add_tx_callback(port_id_[web], 0, drain_one_before_tx, tx_[web]);
+  ASSERT_NE(callback, nullptr) << "DPDK built without RTE_ETHDEV_RXTX_CALLBACKS";
+  const bytes frame = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080));
+  // One slot frees before each call: the first call and kTxRetries retries place one frame
+  // each; the rest of the burst is counted.
+  const unsigned burst = kTxRetries + 3;
+  send_burst(rx_[client], *pool_, frame, burst);
+  EXPECT_EQ(drops(drop_reason::tx_full), burst - (1 + kTxRetries));
+  EXPECT_EQ(pool_->worker(0).port_tx[port_id_[web]].packets.get(), 1u + kTxRetries + 1u /* ARP reply */);
+  ASSERT_EQ(rte_eth_remove_tx_callback(port_id_[web], 0, callback), 0);
+}
+
 }  // namespace
 }  // namespace meshlane::testing
 
