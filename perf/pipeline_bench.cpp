@@ -485,10 +485,7 @@ void BM_stage_geneve_encap(benchmark::State& state) {
 }
 BENCHMARK(BM_stage_geneve_encap);
 
-
 // --- ESP (issue 15): the encrypted pipeline beside the clear one and the raw cipher ---
-
-constexpr int64_t kFrameSizes[] = {64, 512, 1400};
 
 // A TCP ACK of `size` bytes (Ethernet, without FCS) from the client pod to the VIP.
 testing::bytes to_service_of(size_t size) {
