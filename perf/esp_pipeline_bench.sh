@@ -8,6 +8,7 @@
 #                                       when built in and the CPU has AES-NI)
 #   64-byte encrypted cycles against 806, the OVS-DPDK userspace-ESP series' OpenSSL figure
 #   receive: ESP from node 2 verified + Geneve decap + delivery, against clear Geneve.
+#   the I/O floor (receive + transmit only, 64 B) of each run, for scale.
 # Writes each run's Google Benchmark JSON to $OUT_DIR (default build/perf/esp_pipeline-N.json).
 #   perf/esp_pipeline_bench.sh [extra benchmark flags]
 set -euo pipefail
@@ -19,7 +20,7 @@ ninja -C "$build" perf/bench_pipeline >/dev/null
 files=()
 for i in $(seq 1 "$runs"); do
   out=$out_dir/esp_pipeline-$i.json
-  "$build/perf/bench_pipeline" --benchmark_filter='BM_esp_size_' --benchmark_min_time=0.3 \
+  "$build/perf/bench_pipeline" --benchmark_filter='BM_io_floor|BM_esp_size_' --benchmark_min_time=0.3 \
     --benchmark_out="$out" --benchmark_out_format=json "$@" > "$out_dir/esp_pipeline-$i.txt"
   files+=("$out")
 done
@@ -34,6 +35,9 @@ for path in paths:
     for r in json.load(open(path))["benchmarks"]:
         if r.get("error_occurred"):
             sys.exit(f"{path}: {r['name']}: {r.get('error_message')}")
+        if r["name"] == "BM_io_floor":
+            rows.setdefault((64, "I/O floor"), []).append(r["cycles_per_packet"])
+            continue
         name, size = r["name"].rsplit("/bytes:", 1)
         c[(name.removeprefix("BM_esp_size_"), int(size))] = r["cycles_per_packet"]
     for size in (64, 512, 1400):
@@ -53,6 +57,6 @@ for path in paths:
                 rows.setdefault((size, k), []).append(v)
 print(f"{'bytes':>5} {'figure (cycles/packet or ratio)':32} {'min':>9} {'max':>9}   runs")
 for (size, k), v in rows.items():
-    fmt = (lambda x: f"{x:9.3f}") if "/" in k else (lambda x: f"{x:9.1f}")
+    fmt = (lambda x: f"{x:9.3f}") if " / " in k else (lambda x: f"{x:9.1f}")
     print(f"{size:5} {k:32} {fmt(min(v))} {fmt(max(v))}   " + " ".join(fmt(x).strip() for x in v))
 PY
