@@ -160,6 +160,10 @@ print(f"              redirect vs sidecar: p50 {r['redirect_vs_sidecar_p50']:.2f
 c = crossnode["meshlane_over_kernel"]
 print(f"  cross-node  meshlane vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
       f"via VIP (vs nftables DNAT) p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
+if "encrypted_over_direct" in crossnode:
+    c = crossnode["encrypted_over_direct"]
+    print(f"              meshlane encrypted (ESP) vs direct: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
+          f"via VIP p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
 if crossnode_xdp:
     c = crossnode_xdp["meshlane_over_kernel"]
     print(f"              meshlane on af_xdp vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
