@@ -6,9 +6,12 @@
 #             kube-proxy model; this kernel has neither GENEVE nor IPVS)
 #   meshlane  one meshlaned per node, DPDK workers owning the pod veths and the uplink
 #             through af_packet, Geneve between the nodes, Maglev + flow table for the VIP
+#   meshlane_esp  the same agents restarted with encryption always (ESP, AES-256-GCM from
+#             a Cilium key line; issue 15) and the pods' MTU at 1405 (1450 less ESP's 45)
 # For each: 64-byte request/response (p50, p99) and bulk throughput on one connection,
 # pod to pod and through the service VIP. REPS rounds of each, medians reported. Then
 # datagrams lost while node 1 publishes 100 snapshots, against the same stream alone.
+# ESP=0 leaves the encrypted way out.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet.
@@ -23,6 +26,7 @@ reps=${2:-2}
 idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
 idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty: the agent's default
 driver=${DRIVER:-af_packet}  # the workers' ports: af_packet or af_xdp
+esp=${ESP:-1}  # 1: measure the encrypted way too
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
 ninja -C "$build" meshlaned meshctl perf/podlocal_load >/dev/null
@@ -99,10 +103,16 @@ for n in 1 2; do
 done
 
 # --- meshlane's way --------------------------------------------------------------------
-for n in 1 2; do
-  /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" > "$work/node$n.json" <<'PY'
+# The key file of the encrypted way (Cilium's line format; a bench-only key).
+echo "1+ rfc4106(gcm(aes)) 5c9b6a4a9e0f3d1d2c7b8a695847362514131211100f0e0d0c0b0a0908070605deadbeef 128" > "$work/esp-keys"
+chmod 600 "$work/esp-keys"
+agent_pids=()
+start_agents() {  # ENCRYPT(0|1)
+  for n in 1 2; do
+    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" > "$work/node$n.json" <<'PY'
 import json, sys
 n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
+encrypt = sys.argv[5] == "1"
 pods = {1: [{"name": "client", "ip": "198.18.1.10", "interface": "mlb1-client"}],
         2: [{"name": "server", "ip": "198.18.2.20", "interface": "mlb2-server"}]}
 print(json.dumps({
@@ -114,17 +124,24 @@ print(json.dumps({
                 "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
   "tunables": {"rx_ring_size": 512, "tx_ring_size": 512, "flow_table_size": 16384, "idle_policy": idle,
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
+  **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
   "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": 1500}, "pod_driver": driver,
                 "eal_args": ["--no-huge", "-m", "128", f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
 PY
-  (ip netns exec mlb-node$n "$root/$build/meshlaned" --config "$work/node$n.json" --no-ebpf \
-     --control-socket "$work/node$n.sock" 2> "$work/agent$n.log") & pids+=($!)
-done
-for n in 1 2; do
-  for _ in $(seq 100); do grep -q "dataplane running" "$work/agent$n.log" && break; sleep 0.1; done
-  grep -q "dataplane running" "$work/agent$n.log" || { cat "$work/agent$n.log" >&2; exit 1; }
-done
+    (ip netns exec mlb-node$n "$root/$build/meshlaned" --config "$work/node$n.json" --no-ebpf \
+       --control-socket "$work/node$n.sock" 2> "$work/agent$n.log") & pids+=($!); agent_pids+=($!)
+  done
+  for n in 1 2; do
+    for _ in $(seq 100); do grep -q "dataplane running" "$work/agent$n.log" && break; sleep 0.1; done
+    grep -q "dataplane running" "$work/agent$n.log" || { cat "$work/agent$n.log" >&2; exit 1; }
+  done
+}
+stop_agents() {
+  for pid in "${agent_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  agent_pids=()
+}
+start_agents 0
 WAY=meshlane measure
 
 # Publishing under load (issue: packets lost while 100 snapshots are published, expected
@@ -162,32 +179,59 @@ publish_phase() {  # NAME APPLY(0|1)
 publish_phase steady 0
 publish_phase publishing 1
 
+# --- meshlane's way, encrypted: the same agents restarted with encryption always --------
+ways=kernel,meshlane
+if [ "$esp" = 1 ]; then
+  stop_agents
+  ip -n mlb-client link set eth0 mtu 1405
+  ip -n mlb-server link set eth0 mtu 1405
+  start_agents 1
+  WAY=meshlane_esp measure
+  # Node 1's SAs after the encrypted rounds (packets and bytes each way: the proof that
+  # the way measured was encrypted), into the results.
+  "$root/$build/meshctl" get sas --socket "$work/node1.sock" > "$work/sas.txt" || true
+  ways=kernel,meshlane,meshlane_esp
+  stop_agents
+fi
+
 mkdir -p perf/results
 out=perf/results/crossnode-$(date -u +%Y-%m-%dT%H%M%SZ).json
-/usr/bin/python3 - "$results" "$out" "$seconds" "$reps" "$work/publish.jsonl" <<'PY'
+/usr/bin/python3 - "$results" "$out" "$seconds" "$reps" "$work/publish.jsonl" "$ways" "$work/sas.txt" <<'PY'
 import json, os, platform, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
+ways = sys.argv[6].split(",")
+sas = open(sys.argv[7]).read() if os.path.exists(sys.argv[7]) else None
 publish = {p["phase"]: p for p in (json.loads(l) for l in open(sys.argv[5]))}
 def med(way, target, test, key):
     return statistics.median(r[test][key] for r in rows if r["way"] == way and r["target"] == target)
 fig = {w: {t: {"rr_p50_us": med(w, t, "rr", "p50_us"), "rr_p99_us": med(w, t, "rr", "p99_us"),
                "bulk_gbit_per_s": med(w, t, "bulk", "gbit_per_s")} for t in ("pod", "vip")}
-       for w in ("kernel", "meshlane")}
+       for w in ways}
 ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
           for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+# Encrypted over direct, same agents and pods, same run (issue 15).
+esp_ratios = ({f"{t}_{k}": fig["meshlane_esp"][t][k] / fig["meshlane"][t][k]
+               for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+              if "meshlane_esp" in fig else None)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"benchmark": "crossnode", "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"),
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
-           "meshlane_over_kernel": ratios, "publish_under_load": publish, "runs": rows},
+           "meshlane_over_kernel": ratios, **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
+           **({"esp_sas_node1": sas} if sas else {}),
+           "publish_under_load": publish, "runs": rows},
           open(sys.argv[2], "w"), indent=1)
-print(f"{'way':9} {'target':6} {'p50 µs':>8} {'p99 µs':>8} {'Gbit/s':>7}")
+print(f"{'way':12} {'target':6} {'p50 µs':>8} {'p99 µs':>8} {'Gbit/s':>7}")
 for w in fig:
     for t in fig[w]:
         f = fig[w][t]
-        print(f"{w:9} {t:6} {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f} {f['bulk_gbit_per_s']:7.2f}")
+        print(f"{w:12} {t:6} {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f} {f['bulk_gbit_per_s']:7.2f}")
 for k, v in ratios.items():
     print(f"meshlane / kernel  {k:22} {v:6.2f}x")
+for k, v in (esp_ratios or {}).items():
+    print(f"encrypted / direct {k:22} {v:6.2f}x")
+if sas:
+    print("node 1's ESP SAs after the encrypted way:\n" + sas.rstrip())
 for name, p in publish.items():
     print(f"publish under load, {name:10}: {p['applies']:3} applies in {p['apply_seconds']:.2f} s, "
           f"{p['sent']} datagrams sent, {p['lost']} lost")

@@ -6,6 +6,14 @@
 // BM_pipeline_scale runs the service + flow hit + Geneve path over generated clusters of
 // 1 to 5,000 other nodes and 100 to 100,000 services (issue 14): what a packet costs must
 // not grow with the cluster.
+// The ESP section (issue 15) runs the same pipeline with the route to node 2 encrypted
+// (encryption.mode always, AES-256-GCM from a Cilium key line, the engine the pool picks)
+// at 64, 512 and 1400-byte frames, beside the same pipeline in clear and the raw AES-GCM
+// seal of the same bytes (OpenSSL EVP, and intel-ipsec-mb's direct API when built in);
+// and the receive side: ESP frames from node 2 (sealed with the codec, as node 2's
+// pipeline would, outside the timed part), verified, decrypted, Geneve-decapsulated and
+// delivered to a pod, beside the same clear Geneve frames. perf/esp_pipeline_bench.sh
+// prints the ratios.
 //
 //   build/perf/bench_pipeline                      all stages and the floor
 //   perf/pipeline_bench.sh                         the same, plus ratios to the floor
@@ -17,6 +25,11 @@
 #include <rte_mbuf.h>
 #include <unistd.h>
 #include <emmintrin.h>
+#include <openssl/evp.h>
+
+#ifdef MESHLANE_HAVE_IPSEC_MB
+#include <intel-ipsec-mb.h>
+#endif
 
 #include <cstdio>
 #include <cstring>
@@ -27,6 +40,7 @@
 #include <utility>
 #include <vector>
 
+#include "control/esp_keys.h"
 #include "control/table_compiler.h"
 #include "dataplane/dataplane.h"
 #include "tests/dataplane/packet_builder.h"
@@ -59,6 +73,12 @@ struct bench_world {
   forwarding_tables tables;
   counter_slot_names slots;
   std::unique_ptr<worker_state> worker;
+  // The same node with its route to node 2 encrypted: the SAs, tables and a worker of their own.
+  std::unique_ptr<esp_sa_registry> esp = std::make_unique<esp_sa_registry>(1);
+  counter_slot_names esp_slots;
+  forwarding_tables esp_tables;
+  std::unique_ptr<worker_state> esp_worker;
+  esp_key master;  // the operator's key (the key file's line)
   testing::bytes to_service;  // 64-byte TCP ACK from the client pod to the VIP (flow hit, DNAT, Geneve)
   testing::bytes to_local;    // 64-byte TCP ACK to a local pod
   std::string prefix;
@@ -101,6 +121,7 @@ struct bench_world {
       return e;
     worker = new_worker();
     if (std::string e = teach_neighbour(*worker, tables, ip4("198.19.0.2"), mac(2)); !e.empty()) return e;
+    if (std::string e = start_encrypted(); !e.empty()) return "encrypted tables: " + e;
     testing::l4_spec ack;
     ack.protocol = kProtoTcp;
     ack.source_port = 40000;
@@ -111,6 +132,27 @@ struct bench_world {
     ack.destination_port = 8080;
     to_local = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.18.1.20"), ack);
     return {};
+  }
+
+  // The document with `"encryption": {"mode": "always", ...}` and the key the agent's key
+  // manager would have read from its key file, compiled and built as the pool does.
+  std::string start_encrypted() {
+    std::string error;
+    auto file = parse_esp_key_file(
+        "1+ rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f01020304 128\n", error);
+    if (!file) return error;
+    master = *file->newest();
+    std::string document = kDocument;
+    document.insert(document.rfind('}'), R"(, "encryption": {"mode": "always", "key_file": "/run/meshlane/bench-keys"})");
+    auto parsed = parse_desired_state(document);
+    if (!parsed.state) return parsed.errors.empty() ? "document" : parsed.errors[0].to_string();
+    const esp_key_set keys{master, {master}};
+    if (std::string e = build_forwarding_tables(compile_tables(*parsed.state, 1, &keys), *ports, esp_slots, esp_tables,
+                                                esp.get());
+        !e.empty())
+      return e;
+    esp_worker = new_worker();
+    return teach_neighbour(*esp_worker, esp_tables, ip4("198.19.0.2"), mac(2));
   }
 
   std::unique_ptr<worker_state> new_worker() const {
@@ -443,6 +485,196 @@ void BM_stage_geneve_encap(benchmark::State& state) {
 }
 BENCHMARK(BM_stage_geneve_encap);
 
+// --- ESP (issue 15): the encrypted pipeline beside the clear one and the raw cipher ---
+
+// A TCP ACK of `size` bytes (Ethernet, without FCS) from the client pod to the VIP.
+testing::bytes to_service_of(size_t size) {
+  testing::l4_spec ack;
+  ack.protocol = kProtoTcp;
+  ack.source_port = 40000;
+  ack.destination_port = 80;
+  ack.tcp_flags = kTcpAck;
+  ack.payload = testing::bytes(size - 14 - 20 - 20, 0x5a);
+  return testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.19.128.10"), ack);
+}
+
+// What ESP encrypts around a Geneve frame of an inner `size`-byte frame (esp.h): the
+// Geneve datagram (UDP 8, Geneve 8, the frame), padding to 4, pad length, next header.
+uint32_t esp_encrypted_length(size_t size) {
+  const size_t datagram = 16 + size;
+  return static_cast<uint32_t>(datagram + (4 - (datagram + 2) % 4) % 4 + 2);
+}
+
+// Pod -> VIP -> backend on node 2: service + flow hit + Geneve (+ ESP), frames of range(0) bytes.
+template <bool kEncrypted>
+void BM_pipeline_sized(benchmark::State& state) {
+  world->ports->geneve_udp_checksum.store(true);
+  worker_state& w = kEncrypted ? *world->esp_worker : *world->worker;
+  const uint64_t before = w.esp_encapsulated.get();
+  run_pipeline(state, w, kEncrypted ? world->esp_tables : world->tables, to_service_of(state.range(0)));
+  if (kEncrypted && w.esp_encapsulated.get() == before)
+    state.SkipWithError("nothing was encrypted: the benchmark is not measuring the path it names");
+}
+BENCHMARK(BM_pipeline_sized<false>)->Name("BM_esp_size_pipeline_clear")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
+BENCHMARK(BM_pipeline_sized<true>)->Name("BM_esp_size_pipeline_encrypted")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
+
+// The AAD and a burst of buffers to seal in place (the tag after each).
+struct seal_buffers {
+  uint8_t aad[12] = {0x4d, 0x4c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1};
+  uint8_t iv[12] = {1, 2, 3, 4};  // salt | 64-bit explicit IV
+  std::vector<std::vector<uint8_t>> data;
+  uint32_t length;
+  explicit seal_buffers(size_t size) : length(esp_encrypted_length(size)) {
+    for (int i = 0; i < kBurst; ++i) data.emplace_back(length + 16, uint8_t(i));
+  }
+  void next_iv(uint64_t n) { std::memcpy(iv + 4, &n, 8); }
+};
+
+// Raw OpenSSL EVP AES-256-GCM seal of what the codec encrypts for a range(0)-byte frame:
+// the cheapest honest sequence on a context keyed once (EVP_EncryptInit_ex with only the
+// IV, the 12-byte AAD, the data, final, get tag), 32 buffers a burst.
+void BM_raw_evp_seal(benchmark::State& state) {
+  seal_buffers b(state.range(0));
+  EVP_CIPHER* cipher = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+  EVP_CIPHER_CTX* context = EVP_CIPHER_CTX_new();
+  bool ok = cipher && context && EVP_EncryptInit_ex(context, cipher, nullptr, world->master.key.data(), nullptr) == 1;
+  uint64_t cycles = 0, count = 0, sequence = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    for (auto& data : b.data) {
+      b.next_iv(++sequence);
+      int n = 0, last = 0;
+      ok &= EVP_EncryptInit_ex(context, nullptr, nullptr, nullptr, b.iv) == 1 &&
+            EVP_EncryptUpdate(context, nullptr, &n, b.aad, sizeof b.aad) == 1 &&
+            EVP_EncryptUpdate(context, data.data(), &n, data.data(), static_cast<int>(b.length)) == 1 &&
+            EVP_EncryptFinal_ex(context, data.data() + n, &last) == 1 &&
+            EVP_CIPHER_CTX_ctrl(context, EVP_CTRL_AEAD_GET_TAG, 16, data.data() + b.length) == 1;
+    }
+    cycles += rte_rdtsc() - start;
+    count += kBurst;
+  }
+  EVP_CIPHER_CTX_free(context);
+  EVP_CIPHER_free(cipher);
+  report(state, cycles, count);
+  state.counters["encrypted_bytes"] = b.length;
+  if (!ok) state.SkipWithError("EVP failed");
+}
+BENCHMARK(BM_raw_evp_seal)->Name("BM_esp_size_raw_evp_seal")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
+
+#ifdef MESHLANE_HAVE_IPSEC_MB
+// The same through intel-ipsec-mb's direct AES-256-GCM API, key expanded once: the engine
+// esp_ciphers::fetch picks when the CPU has AES-NI.
+void BM_raw_ipsec_mb_seal(benchmark::State& state) {
+  seal_buffers b(state.range(0));
+  IMB_MGR* manager = alloc_mb_mgr(0);
+  IMB_ARCH arch;
+  init_mb_mgr_auto(manager, &arch);
+  gcm_key_data key_data;
+  gcm_context_data context;
+  IMB_AES256_GCM_PRE(manager, world->master.key.data(), &key_data);
+  uint64_t cycles = 0, count = 0, sequence = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    for (auto& data : b.data) {
+      b.next_iv(++sequence);
+      IMB_AES256_GCM_ENC(manager, &key_data, &context, data.data(), data.data(), b.length, b.iv, b.aad, sizeof b.aad,
+                         data.data() + b.length, 16);
+    }
+    cycles += rte_rdtsc() - start;
+    count += kBurst;
+  }
+  free_mb_mgr(manager);
+  report(state, cycles, count);
+  state.counters["encrypted_bytes"] = b.length;
+}
+BENCHMARK(BM_raw_ipsec_mb_seal)->Name("BM_esp_size_raw_ipsec_mb_seal")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
+#endif
+
+// Node 2's Geneve frame to node 1 around a UDP frame of `size` bytes from a pod on node 2
+// to the web pod here.
+testing::bytes geneve_from_node2(size_t size) {
+  testing::l4_spec udp;
+  udp.protocol = kProtoUdp;
+  udp.source_port = 50000;
+  udp.destination_port = 9;
+  udp.payload = testing::bytes(size - 14 - 20 - 8, 0x5a);
+  const testing::bytes inner =
+      testing::ipv4_frame(mac(0xb1), mac(0xb2), ip4("198.18.2.20"), ip4("198.18.1.20"), udp);
+  testing::bytes out(kGeneveOverhead);
+  ethernet_header eth{mac(1), mac(2), to_net16(kEtherTypeIpv4)};
+  const uint16_t udp_length = static_cast<uint16_t>(16 + inner.size());
+  ipv4_header ip{0x45, 0, to_net16(static_cast<uint16_t>(20 + udp_length)), 0, to_net16(kIpv4DontFragment), 64,
+                 kProtoUdp, 0, ip4("198.19.0.2"), ip4("198.19.0.1")};
+  ip.checksum = checksum(&ip, sizeof ip);
+  udp_header u{to_net16(50123), to_net16(kGenevePort), to_net16(udp_length), 0};
+  geneve_header geneve{0, 0, to_net16(kEtherTypeTransparentBridging), {0, 0, 1}, 0};
+  std::memcpy(out.data(), &eth, 14);
+  std::memcpy(out.data() + 14, &ip, 20);
+  std::memcpy(out.data() + 34, &u, 8);
+  std::memcpy(out.data() + 42, &geneve, 8);
+  out.insert(out.end(), inner.begin(), inner.end());
+  return out;
+}
+
+// Node 2 -> pod here: ESP verified and stripped, Geneve decapsulated, delivered (or the
+// same clear Geneve frames on the clear tables). Node 2's frames are written into the
+// received mbufs outside the timed part, and when encrypted sealed there too with the
+// codec under node 2's SA (the key node 2 derives for sending to node 1), each with the
+// next sequence number, as node 2's pipeline would send them.
+template <bool kEncrypted>
+void BM_receive_sized(benchmark::State& state) {
+  const testing::bytes frame = geneve_from_node2(state.range(0));
+  worker_state& w = kEncrypted ? *world->esp_worker : *world->worker;
+  const forwarding_tables& tables = kEncrypted ? world->esp_tables : world->tables;
+  std::string error;
+  std::unique_ptr<esp_ciphers> ciphers = esp_ciphers::fetch(error);
+  if (!ciphers) return state.SkipWithError(error.c_str());
+  const esp_key node2_key = derive_pair_key(world->master, "node2", "node1");
+  outbound_sa node2;
+  error = node2.install(*ciphers, {esp_spi(world->master.id), ip4("198.19.0.1"), node2_key.key, node2_key.salt});
+  if (!error.empty()) return state.SkipWithError(error.c_str());
+  // Google Benchmark calls this more than once (to size the runs); node 2's numbers go on
+  // from where the last call left them, or node 1 would drop the frames as replays.
+  static uint64_t node2_next_sequence = 1;
+  node2.next_sequence = node2_next_sequence;
+  bool sealed = true;
+  rte_mbuf* packets[kBurst];
+  uint64_t cycles = 0, count = 0, drops_before = 0;
+  for (const auto& d : w.drops) drops_before += d.get();
+  const uint64_t decrypted_before = w.esp_decapsulated.get();
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    w.now = start;
+    const uint16_t n = rte_eth_rx_burst(world->uplink, 0, packets, kBurst);
+    uint64_t untimed = fill(packets, n, frame);
+    if (kEncrypted) {
+      const uint64_t seal_start = rte_rdtsc();
+      for (uint16_t i = 0; i < n; ++i) sealed &= esp_encapsulate(node2, packets[i]) == esp_encap_result::ok;
+      _mm_mfence();
+      untimed += rte_rdtsc() - seal_start;
+    }
+    process_burst(w, tables, *world->ports, world->uplink, packets, n);
+    flush_tx(w);
+    cycles += rte_rdtsc() - start - untimed;
+    count += n;
+  }
+  node2_next_sequence = node2.next_sequence;
+  report(state, cycles, count);
+  uint64_t drops = 0;
+  std::string reasons;
+  for (size_t r = 0; r < w.drops.size(); ++r) {
+    drops += w.drops[r].get();
+    if (w.drops[r].get() && !drops_before) reasons += std::string(" ") + to_string(static_cast<drop_reason>(r));
+  }
+  const std::string dropped = "packets were dropped (" + reasons + " ): the benchmark is not measuring the path it names";
+  if (!sealed) state.SkipWithError("node 2's frames could not be sealed");
+  else if (drops != drops_before) state.SkipWithError(dropped.c_str());
+  else if (kEncrypted && w.esp_decapsulated.get() == decrypted_before)
+    state.SkipWithError("nothing was decrypted: the benchmark is not measuring the path it names");
+}
+BENCHMARK(BM_receive_sized<false>)->Name("BM_esp_size_receive_clear")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
+BENCHMARK(BM_receive_sized<true>)->Name("BM_esp_size_receive_encrypted")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
+
 }  // namespace
 }  // namespace meshlane
 
@@ -455,6 +687,7 @@ int main(int argc, char** argv) {
   }
   meshlane::world = &world;
   std::printf("tsc_hz %llu\n", static_cast<unsigned long long>(rte_get_tsc_hz()));
+  std::printf("esp_engine %s\n", world.esp->engine());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   world.stop();

@@ -51,7 +51,7 @@ fi
 
 echo "== 2b. cross-node again with the workers' ports on af_xdp (XDP sockets) instead of af_packet" >&2
 # Not fatal either: the af_packet run above is the one OVS is compared with.
-if DRIVER=af_xdp bash perf/crossnode_bench.sh "${podlocal_args[@]}" > "$work/crossnode_xdp.txt" 2> "$work/crossnode_xdp.err"; then
+if ESP=0 DRIVER=af_xdp bash perf/crossnode_bench.sh "${podlocal_args[@]}" > "$work/crossnode_xdp.txt" 2> "$work/crossnode_xdp.err"; then
   cat "$work/crossnode_xdp.txt" >&2
   crossnode_xdp_json=$(ls -t perf/results/crossnode-*.json | head -1)
 else
@@ -130,6 +130,8 @@ fig.tight_layout(); fig.savefig(f"perf/results/{stamp}-control.png", dpi=100)
 
 # Cross-node: every way measured in this run, pod to pod and through the VIP.
 ways = {"kernel VXLAN": crossnode["figures"]["kernel"], "meshlane af_packet": crossnode["figures"]["meshlane"]}
+if "meshlane_esp" in crossnode["figures"]:
+    ways["meshlane af_packet ESP"] = crossnode["figures"]["meshlane_esp"]
 if crossnode_xdp:
     ways["meshlane af_xdp"] = crossnode_xdp["figures"]["meshlane"]
 if ovs:
@@ -158,6 +160,10 @@ print(f"              redirect vs sidecar: p50 {r['redirect_vs_sidecar_p50']:.2f
 c = crossnode["meshlane_over_kernel"]
 print(f"  cross-node  meshlane vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
       f"via VIP (vs nftables DNAT) p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
+if "encrypted_over_direct" in crossnode:
+    c = crossnode["encrypted_over_direct"]
+    print(f"              meshlane encrypted (ESP) vs direct: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
+          f"via VIP p50 {c['vip_rr_p50_us']:.2f}x, throughput {c['vip_bulk_gbit_per_s']:.2f}x")
 if crossnode_xdp:
     c = crossnode_xdp["meshlane_over_kernel"]
     print(f"              meshlane on af_xdp vs kernel VXLAN: pod p50 {c['pod_rr_p50_us']:.2f}x, throughput {c['pod_bulk_gbit_per_s']:.2f}x; "
