@@ -374,8 +374,10 @@ TEST_F(two_nodes_encrypted, TwoKeyRotationsUnderTrafficLoseNothing) {
   for (auto deadline = std::chrono::steady_clock::now() + 10s; !only_key_3 && std::chrono::steady_clock::now() < deadline;) {
     std::this_thread::sleep_for(250ms);
     only_key_3 = true;
-    for (int n : {1, 2})
-      for (const auto& row : sas(n)["rows"]) only_key_3 &= row["key_id"] == 3;
+    for (int n : {1, 2}) {
+      const nlohmann::json reply = sas(n);  // the rows live as long as the reply
+      for (const auto& row : reply.value("rows", nlohmann::json::array())) only_key_3 &= row["key_id"] == 3;
+    }
   }
   EXPECT_TRUE(only_key_3) << sas(1).dump(1);
   std::this_thread::sleep_for(1s);
