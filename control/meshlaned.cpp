@@ -357,6 +357,8 @@ int main(int argc, char** argv) {
         return 1;
       }
       meshlane::register_fast_path_telemetry(registry, *ebpf);
+      control.policy_denials().add_source(
+          [path = ebpf.get()](std::vector<meshlane::policy_deny_count>& out) { path->policy_denials(out); });
     }
   }
 

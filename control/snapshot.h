@@ -41,6 +41,7 @@ struct table_pod {
   std::string pod_namespace{}, service_account{};
   uint32_t identity = 0;
   uint16_t policy_class = 0;
+  std::string netns{};  // the pod's network namespace path, if the document names it
 };
 
 struct table_backend {

@@ -70,7 +70,7 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
     tables->pods.push_back({pod.name, pod.ip, pod.ip6, pod.interface, pod.cgroup, pod.labels, pod.pod_namespace,
                             pod.service_account,
                             identity_number(spiffe_principal(state.trust_domain, pod.pod_namespace, pod.service_account)),
-                            policy_class == policy.class_of_pod.end() ? uint16_t{0} : policy_class->second});
+                            policy_class == policy.class_of_pod.end() ? uint16_t{0} : policy_class->second, pod.netns});
   }
   tables->policy = std::move(policy.tables);
   for (const auto& notice : policy_notices(state, identity_catalog::of(state))) tables->policy_notices.push_back(notice.to_string());

@@ -473,6 +473,8 @@ fast_path::~fast_path() {
   for (int fd : {local_pods_fd_, sock_hash_fd_, services_fd_, backends_fd_, slots_fd_, counters_fd_, grace_fd_,
                  grace_inner_fd_})
     if (fd >= 0) close(fd);
+  for (int fd : policy_fds_)
+    if (fd >= 0) close(fd);
 }
 
 std::string fast_path::grace_period() {
@@ -724,7 +726,8 @@ std::string fast_path::sync(const snapshot& tables) {
   }
   redirect_ = redirect;
   redirected_pods_ = redirected;
-  return "";
+  // Policy after pods and services: its tables name pod addresses, never services.
+  return sync_policy(tables);
 }
 
 fast_path::redirect_state fast_path::redirect() const {
@@ -755,6 +758,8 @@ bool sum_counters(int fd, fast_path_counters& out) {
     out.sockets_not_redirected += c.sockets_not_redirected;
     out.sockets_early_payload += c.sockets_early_payload;
     out.directions_to_tcp += c.directions_to_tcp;
+    out.policy_denied_connects += c.policy_denied_connects;
+    out.policy_denied_datagrams += c.policy_denied_datagrams;
   }
   return true;
 }

@@ -10,11 +10,13 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <vector>
 
+#include "control/policy_metrics.h"
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
 #include "ebpf/kernel_check.h"
@@ -47,6 +49,8 @@ struct fast_path_counters {
   uint64_t sockets_not_redirected = 0;
   uint64_t sockets_early_payload = 0;
   uint64_t directions_to_tcp = 0;
+  uint64_t policy_denied_connects = 0;
+  uint64_t policy_denied_datagrams = 0;
 };
 
 struct fast_path_map_stats {
@@ -81,6 +85,9 @@ class fast_path {
   std::string sync(const snapshot& tables);
 
   fast_path_counters counters() const;
+  // Pod-local denials by policy name and reason since this agent opened the maps
+  // (direction local), for meshlane_policy_denied_total (policy_metrics.h).
+  void policy_denials(std::vector<policy_deny_count>& out) const;
   // "" when every program is still attached through its pinned link, else what is missing
   // (someone removed a pin or detached a program behind the agent's back).
   std::string attachment_problem() const;
@@ -111,6 +118,9 @@ class fast_path {
   fast_path();
   std::string adopt_regions();
   std::string grace_period();
+  // The L4 authorization tables and pods' identities into the inactive set, then the flip
+  // (fast_path_policy.cpp). Called by sync() with state_mutex_ held.
+  std::string sync_policy(const snapshot& tables);
 
   fast_path_options options_;
   fast_path_origin origin_ = fast_path_origin::loaded;
@@ -125,6 +135,11 @@ class fast_path {
   region_allocator slot_regions_;
   redirect_state redirect_;
   size_t redirected_pods_ = 0;
+  // Policy maps (map_layout.h), indexed as kPolicyMaps in fast_path_policy.cpp.
+  int policy_fds_[9] = {-1, -1, -1, -1, -1, -1, -1, -1, -1};
+  uint64_t policy_input_hash_ = 0;  // of what the live set was written from (0: unknown)
+  std::vector<std::string> policy_names_[2];  // per set: its verdicts' policy indexes
+  std::map<std::pair<std::string, std::string>, uint64_t> retired_denials_;  // counts of cleared sets
 };
 
 // Registers the fast path's metrics (meshlane_ebpf_*) and status section.

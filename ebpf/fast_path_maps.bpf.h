@@ -72,6 +72,75 @@ struct {
   __type(value, struct ml_counters);
 } ml_counters SEC(".maps");
 
+/* ---- L4 authorization (map_layout.h): two sets, ml_policy_active names the live one. */
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, 1);
+  __type(key, __u32);
+  __type(value, __u32);
+} ml_policy_active SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, ML_POLICY_SETS * ML_MAX_POLICY_NETNS);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct ml_policy_netns_key);
+  __type(value, struct ml_policy_source);
+} ml_policy_netns SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, ML_POLICY_SETS * ML_MAX_POLICY_PODS);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct ml_policy_pod_key);
+  __type(value, __u32);
+} ml_policy_pods SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, ML_POLICY_SETS * ML_MAX_POLICY_CLASSES);
+  __type(key, __u32);
+  __type(value, struct ml_policy_class);
+} ml_policy_classes SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, ML_POLICY_SETS * ML_MAX_POLICY_PORTS);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, __u64);
+  __type(value, __u32);
+} ml_policy_ports SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_HASH);
+  __uint(max_entries, ML_POLICY_SETS * ML_MAX_POLICY_IDENTITIES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct ml_policy_identity_key);
+  __type(value, __u32);
+} ml_policy_identities SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_LPM_TRIE);
+  __uint(max_entries, ML_POLICY_SETS * ML_MAX_POLICY_ADDRESSES);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, struct ml_policy_address_key);
+  __type(value, __u32);
+} ml_policy_addresses SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_ARRAY);
+  __uint(max_entries, ML_POLICY_SETS * ML_MAX_POLICY_VERDICTS);
+  __type(key, __u32);
+  __type(value, struct ml_policy_verdict);
+} ml_policy_verdicts SEC(".maps");
+
+struct {
+  __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+  __uint(max_entries, ML_POLICY_SETS * ML_POLICY_DENY_SLOTS);
+  __type(key, __u32);
+  __type(value, __u64);
+} ml_policy_denials SEC(".maps");
+
 static __always_inline struct ml_counters* counters(void) {
   __u32 zero = 0;
   return bpf_map_lookup_elem(&ml_counters, &zero);

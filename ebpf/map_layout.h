@@ -25,7 +25,7 @@ typedef uint64_t ml_u64;
 
 /* Bump when a struct below changes shape: pins of another layout version are replaced
  * (fresh maps), never read with the wrong structs. */
-#define ML_LAYOUT_VERSION 2
+#define ML_LAYOUT_VERSION 3
 
 #define ML_MAX_LOCAL_PODS 65536
 /* Service frontends (VIP, port, protocol); control/connect_lb_limits.h validates a
@@ -147,6 +147,85 @@ struct ml_meta {
   ml_u32 pad;
 };
 
+/* ---- L4 authorization of pod-local traffic (issue 16) ------------------------------
+ *
+ * The compiled policy tables (control/policy_tables.h) as maps, twice: every key carries
+ * the set (0 or 1) it belongs to, and ml_policy_active names the set programs read. The
+ * writer fills the inactive set whole, flips ml_policy_active, waits for running programs
+ * (a grace period) and only then clears the old set, so no program ever reads a
+ * half-written table. The limits are control/policy_limits.h's. */
+#define ML_POLICY_SETS 2
+#define ML_MAX_POLICY_NETNS 65536      /* pods with a network namespace, per set */
+#define ML_MAX_POLICY_PODS 131072      /* pod addresses with a policy class, per set */
+#define ML_MAX_POLICY_CLASSES 65536    /* class ids are 16-bit */
+#define ML_MAX_POLICY_PORTS (1 << 18)
+#define ML_MAX_POLICY_IDENTITIES (1 << 20)
+#define ML_MAX_POLICY_ADDRESSES (1 << 16)
+#define ML_MAX_POLICY_VERDICTS (1 << 20)
+#define ML_MAX_POLICIES 16384
+/* Denial counter slots per set: two reasons per policy, and a last pair for denials no
+ * policy names. */
+#define ML_POLICY_DENY_SLOTS (2 * (ML_MAX_POLICIES + 1))
+#define ML_NO_POLICY_INDEX 0xffffffffu
+#define ML_REASON_DENY_RULE 3     /* policy_reason::deny_rule */
+#define ML_REASON_NO_ALLOW_MATCH 4 /* policy_reason::no_allow_match */
+
+/* The source: a pod's network namespace (bpf_get_netns_cookie) -> who it is. */
+struct ml_policy_netns_key {
+  ml_u64 cookie;
+  ml_u32 set;
+  ml_u32 pad;
+};
+struct ml_policy_source {
+  ml_u32 identity;
+  ml_u32 has_ip6;
+  struct ml_addr ip;  /* IPv4-mapped */
+  struct ml_addr ip6;
+};
+
+/* The destination: a pod address of this node -> its policy class (absent: class 0,
+ * every flow allowed). */
+struct ml_policy_pod_key {
+  struct ml_addr ip;
+  ml_u32 set;
+  ml_u32 pad;
+};
+
+/* ml_policy_classes[set * ML_MAX_POLICY_CLASSES + class]; control/policy_tables.h's
+ * policy_class without the address-length list (the LPM trie replaces it). */
+struct ml_policy_class {
+  ml_u32 first_verdict;
+  ml_u16 port_groups;
+  ml_u16 identity_groups;
+  ml_u16 address_groups;
+  ml_u16 none_identity_group;
+  ml_u16 unknown_identity_group;
+  ml_u16 pad;
+};
+
+/* ml_policy_ports key: set << 32 | class << 16 | port; value: the port group (u32). */
+struct ml_policy_identity_key {
+  ml_u32 set_class; /* set << 16 | class */
+  ml_u32 identity;
+};
+
+/* The source-address LPM trie: prefixlen counts the 32 scope bits, then the address bits
+ * (IPv4 in addr[0..3], IPv6 in all 16). scope = set << 24 | family << 16 | class, family 4
+ * or 6, so a class's IPv4 and IPv6 blocks never match each other's addresses. */
+struct ml_policy_address_key {
+  ml_u32 prefixlen;
+  ml_u32 scope;
+  ml_u8 addr[16];
+};
+
+/* ml_policy_verdicts[set * ML_MAX_POLICY_VERDICTS + index]: policy_verdict's 8 bytes. */
+struct ml_policy_verdict {
+  ml_u8 allowed;
+  ml_u8 reason; /* policy_reason */
+  ml_u16 rule;
+  ml_u32 policy; /* index into the set's policy names, or ML_NO_POLICY_INDEX */
+};
+
 /* Per-CPU counters; the loader sums them across CPUs. */
 struct ml_counters {
   ml_u64 redirected_messages;
@@ -163,6 +242,8 @@ struct ml_counters {
   ml_u64 sockets_not_redirected; /* pod pairs whose redirect is off (mode, label) */
   ml_u64 sockets_early_payload;  /* payload moved before establishment (TCP Fast Open) */
   ml_u64 directions_to_tcp; /* a direction whose peer was not there: TCP for good */
+  ml_u64 policy_denied_connects;  /* connect4/6 refused by policy (EPERM) */
+  ml_u64 policy_denied_datagrams; /* sendmsg4/6 refused by policy (EPERM) */
 };
 
 #endif /* MESHLANE_EBPF_MAP_LAYOUT_H */

@@ -26,6 +26,9 @@
 //        a TCP socket established without a handshake in repair mode (TCP_REPAIR, as CRIU
 //        restores connections), with the given addresses and sequence numbers, held open
 //        for HOLD_MS; no packet is sent. {"ok":..}
+//   pod_tool probe IP PORT                 one TCP connect and one UDP datagram (sendto), each
+//        answered by its errno: {"tcp":"ok"|"EPERM"|"Connection refused"|..,"udp":"ok"|"EPERM"|..}
+//        (policy tests: EPERM is the policy's refusal; no server needs to listen)
 //   POD_TOOL_BIND=IP:PORT                  clients bind their socket to it before connecting
 //   pod_tool order-server PORT
 //        per connection: sends its own stream (before or after reading, by a coin flip),
@@ -46,6 +49,7 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -328,6 +332,27 @@ int udp_client(const char* ip, int port) {
   return ok ? 0 : 1;
 }
 
+// Exits 0 whatever the answers: the caller judges them.
+int probe(const char* ip, int port) {
+  socklen_t length;
+  const sockaddr_storage to = make_address(ip, port, length);
+  auto answer = [](int err) { return err == 0 ? std::string("ok") : err == EPERM ? std::string("EPERM") : std::string(std::strerror(err)); };
+  std::string tcp, udp;
+  {
+    const int fd = socket(to.ss_family, SOCK_STREAM, 0);
+    tcp = answer(connect(fd, reinterpret_cast<const sockaddr*>(&to), length) == 0 ? 0 : errno);
+    close(fd);
+  }
+  {
+    const int fd = socket(to.ss_family, SOCK_DGRAM, 0);
+    const char message[] = "meshlane-probe";
+    udp = answer(sendto(fd, message, sizeof message, 0, reinterpret_cast<const sockaddr*>(&to), length) < 0 ? errno : 0);
+    close(fd);
+  }
+  std::printf("{\"tcp\":\"%s\",\"udp\":\"%s\"}\n", tcp.c_str(), udp.c_str());
+  return 0;
+}
+
 int steady_client(const char* ip, int port, int seconds, const char* progress_file) {
   const int fd = connect_to(ip, port);
   const int on = 1;
@@ -559,6 +584,7 @@ int main(int argc, char** argv) {
   if (mode == "echo-client") return echo_client(arg(2), std::atoi(arg(3)), std::strtoull(arg(4), nullptr, 10), std::atoi(arg(5)));
   if (mode == "name-client") return name_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)));
   if (mode == "cut-client") return cut_client(arg(2), std::atoi(arg(3)));
+  if (mode == "probe") return probe(arg(2), std::atoi(arg(3)));
   if (mode == "udp-client") return udp_client(arg(2), std::atoi(arg(3)));
   if (mode == "splice-server") serve_forever(listen_on(std::atoi(arg(2))), splice_echo, nullptr);
   if (mode == "udp-two-vips") return udp_two_vips(arg(2), std::atoi(arg(3)), arg(4), std::atoi(arg(5)));
