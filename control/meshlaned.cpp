@@ -16,6 +16,7 @@
 
 #include <atomic>
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <iostream>
@@ -405,7 +406,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     std::vector<meshlane::pool_port> ports;
-    std::string error = meshlane::probe_ports(spec, state->pods, state->tuning.workers, ports);
+    std::string error = meshlane::probe_ports(spec, state->pods, state->tuning.workers,
+                                              std::max(state->tuning.rx_ring_size, state->tuning.tx_ring_size), ports);
     meshlane::worker_pool_options pool_options = meshlane::options_from(*state);
     pool_options.hotplug = true;  // pods that come and go get their ports plugged and unplugged
     if (error.empty()) dataplane = meshlane::worker_pool::create(ports, pool_options, error);

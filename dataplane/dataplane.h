@@ -50,9 +50,11 @@ struct pool_port {
 };
 
 // Creates (hot-plugs) the uplink and each pod's interface as DPDK ports with the
-// configured driver and `queues` queue pairs each.
+// configured driver and `queues` queue pairs each; `ring_size` (the larger of
+// tunables.rx_ring_size and tx_ring_size) sizes af_packet's rings, which that driver fixes
+// at probe time.
 std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>& pods, uint16_t queues,
-                        std::vector<pool_port>& out);
+                        uint32_t ring_size, std::vector<pool_port>& out);
 
 // --- the worker pool ---
 

@@ -101,9 +101,17 @@ std::string bring_interface_up(const std::string& interface) {
   return error;
 }
 
-// Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs.
+// The frames of each af_packet ring for a ring size of `ring_size` descriptors. DPDK's
+// af_packet PMD ignores the queue set-up's descriptor count (its rings are sized by the
+// framecnt device argument, 512 by default), so tunables.rx_ring_size/tx_ring_size once
+// had no effect on af_packet ports; they size its rings now, never below the PMD's 512
+// (two 2048-byte frames per 4096-byte block: an even count).
+uint32_t af_packet_ring_frames(uint32_t ring_size) { return std::max<uint32_t>(512, (ring_size + 1) & ~1u); }
+
+// Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs
+// and rings of `ring_size` descriptors where the driver takes that at probe time.
 std::string probe_port(const std::string& driver, const std::string& interface, port_role role, uint16_t queues,
-                       pool_port& port) {
+                       uint32_t ring_size, pool_port& port) {
   static std::atomic<unsigned> serial{0};
   port.role = role;
   port.interface = interface;
@@ -114,7 +122,9 @@ std::string probe_port(const std::string& driver, const std::string& interface, 
     const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
     name = vdev + std::to_string(serial++);
     std::string devargs = name + ",iface=" + interface;
-    if (driver == "af_packet") devargs += ",qpairs=" + std::to_string(queues);
+    if (driver == "af_packet")
+      devargs += ",qpairs=" + std::to_string(queues) + ",blocksz=4096,framesz=2048,framecnt=" +
+                 std::to_string(af_packet_ring_frames(ring_size));
     if (driver == "af_xdp") {
       devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
       // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers
@@ -141,15 +151,17 @@ std::string probe_port(const std::string& driver, const std::string& interface, 
 }  // namespace
 
 std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>& pods, uint16_t queues,
-                        std::vector<pool_port>& out) {
+                        uint32_t ring_size, std::vector<pool_port>& out) {
   pool_port uplink;
-  if (std::string error = probe_port(spec.uplink.driver, spec.uplink.interface, port_role::uplink, queues, uplink);
+  if (std::string error =
+          probe_port(spec.uplink.driver, spec.uplink.interface, port_role::uplink, queues, ring_size, uplink);
       !error.empty())
     return "$.dataplane.uplink: " + error;
   out.push_back(uplink);
   for (size_t i = 0; i < pods.size(); ++i) {
     pool_port pod;
-    if (std::string error = probe_port(spec.pod_driver, pods[i].interface, port_role::pod, queues, pod); !error.empty())
+    if (std::string error = probe_port(spec.pod_driver, pods[i].interface, port_role::pod, queues, ring_size, pod);
+        !error.empty())
       return "$.pods[" + std::to_string(i) + "].interface: " + error;
     out.push_back(pod);
   }
@@ -303,7 +315,9 @@ std::string worker_pool::plug_pod_port(const std::string& interface) {
   // the pod a second (its ARP retry).
   if (std::string error = bring_interface_up(interface); !error.empty()) return error;
   pool_port port;
-  if (std::string error = probe_port(options_.pod_driver, interface, port_role::pod, workers, port); !error.empty())
+  if (std::string error = probe_port(options_.pod_driver, interface, port_role::pod, workers,
+                                     std::max(options_.rx_ring_size, options_.tx_ring_size), port);
+      !error.empty())
     return error;
   // Its own buffers: the shared pool was sized for the ports of the start, and a port's
   // pool can be let go once every buffer it lent is back.

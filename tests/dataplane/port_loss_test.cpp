@@ -15,6 +15,7 @@
 
 #include <chrono>
 #include <filesystem>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -139,6 +140,47 @@ TEST(port_loss, AnOverrunAfPacketRxRingShowsEveryLostFrameAsMissedInMetricsAndSt
   const auto status = registry.status();
   ASSERT_EQ(status["dataplane"]["ports"].size(), 1u);
   EXPECT_EQ(status["dataplane"]["ports"][0]["rx_missed"].get<double>(), missed);
+}
+
+
+// The size of the largest packet-socket ring this process has mapped (af_packet's rings:
+// framecnt frames of 2 KiB, RX and TX together), from /proc/self/maps.
+uint64_t largest_packet_ring_bytes() {
+  std::ifstream maps("/proc/self/maps");
+  uint64_t largest = 0;
+  for (std::string line; std::getline(maps, line);) {
+    if (line.find("socket:[") == std::string::npos) continue;
+    const size_t dash = line.find('-'), space = line.find(' ');
+    const uint64_t from = std::stoull(line.substr(0, dash), nullptr, 16);
+    const uint64_t to = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
+    largest = std::max(largest, to - from);
+  }
+  return largest;
+}
+
+// tunables.rx_ring_size once did nothing on af_packet ports (the PMD sizes its rings by a
+// device argument and ignores the queue set-up's count): the agent's probe now passes it,
+// never below the PMD's 512 frames.
+TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
+  if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, af_packet)";
+  netns ns("ring");
+  ASSERT_GE(ns.fd(), 0);
+  const veth_pair veth = make_veth("rd", &ns, "rp", &ns);
+  ASSERT_TRUE(ns.exec_or_fail("ip link set " + veth.a + " up && ip link set " + veth.b + " up"));
+  netns_scope inside(ns);
+  dataplane_spec spec;
+  spec.uplink.interface = veth.a;
+  spec.uplink.driver = "af_packet";
+  for (const auto& [ring_size, frames] : {std::pair<uint32_t, uint64_t>{4096, 4096}, {256, 512}, {1000, 1000}}) {
+    std::vector<pool_port> ports;
+    ASSERT_EQ(probe_ports(spec, {}, 1, ring_size, ports), "");
+    ASSERT_EQ(ports.size(), 1u);
+    EXPECT_EQ(largest_packet_ring_bytes(), 2 * frames * 2048) << "rings for ring size " << ring_size;
+    rte_eth_dev_info info{};
+    ASSERT_EQ(rte_eth_dev_info_get(ports[0].port_id, &info), 0);
+    rte_eth_dev_close(ports[0].port_id);
+    ASSERT_EQ(rte_dev_remove(info.device), 0);
+  }
 }
 
 }  // namespace
