@@ -49,22 +49,7 @@ bool contains(const bytes& haystack, const bytes& needle) {
 }
 
 // Node 2's Geneve frame to node 1 around `inner`.
-bytes geneve_from_node2(const bytes& inner, uint32_t outer_source = ip4("198.19.0.2")) {
-  bytes out;
-  ethernet_header eth{kUplinkMac, kNode2Mac, htons(kEtherTypeIpv4)};
-  append(out, &eth, sizeof eth);
-  const uint16_t udp_length = static_cast<uint16_t>(8 + 8 + inner.size());
-  ipv4_header ip{0x45, 0, htons(static_cast<uint16_t>(20 + udp_length)), 0, htons(kIpv4DontFragment), 64, kProtoUdp, 0,
-                 outer_source, ip4("198.19.0.1")};
-  ip.checksum = checksum(&ip, sizeof ip);
-  append(out, &ip, sizeof ip);
-  udp_header udp{htons(50123), htons(kGenevePort), htons(udp_length), 0};
-  append(out, &udp, sizeof udp);
-  geneve_header geneve{0, 0, htons(kEtherTypeTransparentBridging), {0, 0, 1}, 0};
-  append(out, &geneve, sizeof geneve);
-  out.insert(out.end(), inner.begin(), inner.end());
-  return out;
-}
+bytes geneve_from_node2(const bytes& inner) { return geneve_from(ip4("198.19.0.2"), inner); }
 
 // The operator's keys: a 256-bit key 1 and a 128-bit key 2 (Cilium's key-file lines).
 esp_key master_key(uint8_t id) {

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/pool_metrics.h"
 
 namespace meshlane::testing {
 namespace {
@@ -62,23 +63,6 @@ l4_spec echo_request() {
   return l4;
 }
 
-// Wraps an inner frame in Geneve from node 2 as a peer would send it.
-bytes geneve_from(uint32_t outer_source, const bytes& inner, uint8_t flags = 0, uint16_t protocol = kEtherTypeTransparentBridging) {
-  bytes out;
-  ethernet_header eth{kUplinkMac, kNode2Mac, htons(kEtherTypeIpv4)};
-  append(out, &eth, sizeof eth);
-  const uint16_t udp_length = static_cast<uint16_t>(8 + 8 + inner.size());
-  ipv4_header ip{0x45, 0, htons(static_cast<uint16_t>(20 + udp_length)), 0, htons(kIpv4DontFragment), 64, kProtoUdp, 0,
-                 outer_source, ip4("198.19.0.1")};
-  ip.checksum = checksum(&ip, sizeof ip);
-  append(out, &ip, sizeof ip);
-  udp_header udp{htons(50123), htons(kGenevePort), htons(udp_length), 0};
-  append(out, &udp, sizeof udp);
-  geneve_header geneve{0, flags, htons(protocol), {0, 0, 1}, 0};
-  append(out, &geneve, sizeof geneve);
-  out.insert(out.end(), inner.begin(), inner.end());
-  return out;
-}
 
 class golden : public ring_pool_test {
  protected:
@@ -96,19 +80,6 @@ class golden : public ring_pool_test {
   }
 };
 
-// Every metric sample of the pool, keyed "family,label=value,...".
-std::map<std::string, double> metric_values(worker_pool& pool) {
-  subsystem_registry registry;
-  pool.register_with(registry);
-  std::map<std::string, double> values;
-  for (const auto& family : registry.collect())
-    for (const auto& sample : family.samples) {
-      std::string key = family.name;
-      for (const auto& [k, v] : sample.labels) key += "," + k + "=" + v;
-      values[key] = sample.value;
-    }
-  return values;
-}
 
 // The first `limit` records of the pool's flows query.
 nlohmann::json flow_records(worker_pool& pool, int limit = 10) {

@@ -21,6 +21,7 @@
 
 #include "control/subsystem_registry.h"
 #include "dataplane/dataplane.h"
+#include "tests/dataplane/pool_metrics.h"
 #include "tests/harness/netns.h"
 
 namespace meshlane::testing {
@@ -43,18 +44,6 @@ class eal_environment : public ::testing::Environment {
   }
 };
 
-std::map<std::string, double> metric_values(worker_pool& pool) {
-  subsystem_registry registry;
-  pool.register_with(registry);
-  std::map<std::string, double> values;
-  for (const auto& family : registry.collect())
-    for (const auto& sample : family.samples) {
-      std::string key = family.name;
-      for (const auto& [k, v] : sample.labels) key += "," + k + "=" + v;
-      values[key] = sample.value;
-    }
-  return values;
-}
 
 TEST(port_loss, AnOverrunAfPacketRxRingShowsEveryLostFrameAsMissedInMetricsAndStatus) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
