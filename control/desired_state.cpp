@@ -1006,6 +1006,14 @@ parse_result parse_desired_state(std::string_view json_text) {
         if (auto v = er.integer("rotation_duration_s", false, 1, 7 * 86400))
           spec.rotation_duration_s = static_cast<uint32_t>(*v);
         if (auto v = er.integer("replay_window", false, 64, 4096)) spec.replay_window = static_cast<uint32_t>(*v);
+        // At least as many packets as a replay window holds (an epoch shorter than the
+        // window would leave receivers nothing to tell it by); at most 2^62.
+        if (auto v = er.integer("rekey_after_packets", false, 0, int64_t{1} << 62)) {
+          spec.rekey_after_packets = static_cast<uint64_t>(*v);
+          if (spec.rekey_after_packets != 0 && spec.rekey_after_packets < 4096)
+            er.error(er.path_of("rekey_after_packets"), "must be 0 (only at sequence exhaustion) or at least 4096, got " +
+                                                           std::to_string(spec.rekey_after_packets));
+        }
         if (spec.mode != encryption_mode::off && spec.key_file.empty())
           er.error(er.path_of("key_file"), "required when mode is \"" + std::string(to_string(spec.mode)) + "\"");
         if (spec.rotation_duration_s <= spec.rotation_grace_s)

@@ -151,6 +151,10 @@ struct encryption_spec {
   uint32_t rotation_grace_s = 30;      // senders switch to a new key this long after it appears
   uint32_t rotation_duration_s = 300;  // the old key is accepted this long after it appears
   uint32_t replay_window = 1024;       // packets; RFC 4303 section 3.4.3
+  // A sender moves an SA to its next key epoch (control/esp_keys.h) after this many
+  // packets under one key, as strongSwan's life_packets does; 0: only when its 64-bit
+  // sequence numbers near exhaustion.
+  uint64_t rekey_after_packets = 0;
 };
 
 // --- identity and L4 authorization policy (issue 16) ---

@@ -1,6 +1,7 @@
 #include "control/esp_keys.h"
 
 #include <openssl/core_names.h>
+#include <openssl/crypto.h>
 #include <openssl/kdf.h>
 #include <openssl/params.h>
 
@@ -110,29 +111,52 @@ std::optional<esp_key_file> load_esp_key_file(const std::string& path, std::stri
   return file;
 }
 
-esp_key derive_pair_key(const esp_key& master, std::string_view from_node, std::string_view to_node) {
-  std::vector<uint8_t> secret(master.key);
-  secret.insert(secret.end(), master.salt.begin(), master.salt.end());
-  static constexpr char kSalt[] = "meshlane-esp-v1";
-  const std::string info = std::to_string(master.id) + "|" + std::string(from_node) + "|" + std::string(to_node);
-  std::vector<uint8_t> out(master.key.size() + 4);
+namespace {
+
+// HKDF-SHA256 (RFC 5869) of `secret` into a key of `key_length` bytes and a 4-byte salt;
+// an empty key when OpenSSL fails (the caller treats it as a failure).
+esp_key hkdf_key(uint8_t id, std::vector<uint8_t> secret, size_t key_length, std::string_view salt,
+                 std::string_view info) {
+  std::vector<uint8_t> out(key_length + 4);
   EVP_KDF* kdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
   EVP_KDF_CTX* ctx = kdf ? EVP_KDF_CTX_new(kdf) : nullptr;
   OSSL_PARAM params[] = {
       OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, secret.data(), secret.size()),
-      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<char*>(kSalt), sizeof kSalt - 1),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, const_cast<char*>(salt.data()), salt.size()),
       OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, const_cast<char*>(info.data()), info.size()),
       OSSL_PARAM_construct_end()};
   const bool ok = ctx && EVP_KDF_derive(ctx, out.data(), out.size(), params) == 1;
   EVP_KDF_CTX_free(ctx);
   EVP_KDF_free(kdf);
+  OPENSSL_cleanse(secret.data(), secret.size());
   esp_key derived;
-  derived.id = master.id;
-  if (!ok) return derived;  // empty key: the caller treats it as a failure
-  derived.key.assign(out.begin(), out.end() - 4);
-  std::copy(out.end() - 4, out.end(), derived.salt.begin());
+  derived.id = id;
+  if (ok) {
+    derived.key.assign(out.begin(), out.end() - 4);
+    std::copy(out.end() - 4, out.end(), derived.salt.begin());
+  }
+  OPENSSL_cleanse(out.data(), out.size());
   return derived;
+}
+
+std::vector<uint8_t> key_and_salt(const esp_key& key) {
+  std::vector<uint8_t> secret(key.key);
+  secret.insert(secret.end(), key.salt.begin(), key.salt.end());
+  return secret;
+}
+
+}  // namespace
+
+esp_key derive_pair_key(const esp_key& master, std::string_view from_node, std::string_view to_node) {
+  const std::string info = std::to_string(master.id) + "|" + std::string(from_node) + "|" + std::string(to_node);
+  return hkdf_key(master.id, key_and_salt(master), master.key.size(), "meshlane-esp-v1", info);
+}
+
+esp_key derive_epoch_key(const esp_key& pair, uint16_t epoch) {
+  if (epoch == 0) return pair;
+  const char info[4] = {0, 0, static_cast<char>(epoch >> 8), static_cast<char>(epoch & 0xff)};
+  return hkdf_key(pair.id, key_and_salt(pair), pair.key.size(), "meshlane-esp-epoch-v1", std::string_view(info, 4));
 }
 
 }  // namespace meshlane

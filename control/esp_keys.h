@@ -45,10 +45,24 @@ std::optional<esp_key_file> load_esp_key_file(const std::string& path, std::stri
 // `to` under `master`: HKDF-SHA256, salt "meshlane-esp-v1", info "<id>|<from>|<to>".
 esp_key derive_pair_key(const esp_key& master, std::string_view from_node, std::string_view to_node);
 
-// The SPI of key `id`: "ML" in its upper half (RFC 4303 reserves 1..255), the key id in
-// its low bits, so a receiver finds the key from the SPI and the sender's address.
-inline uint32_t esp_spi(uint8_t key_id) { return 0x4d4c0000u | key_id; }
+// Key epochs: an SA's sequence numbers must never cycle under its key (RFC 4303 section
+// 3.3.3), so a sender whose SA nears exhaustion (or has sent
+// `encryption.rekey_after_packets`) moves to the next epoch of the same pair key: a
+// fresh key derived from it, under its own SPI, with no operator involved. Epoch 0 is
+// the pair key itself; epoch e > 0 is HKDF-SHA256 of the pair key and salt, salt
+// "meshlane-esp-epoch-v1", info the epoch as 4 big-endian bytes. Receivers derive the
+// same keys from the SPI (dataplane/esp_routes.h says which epochs they accept).
+inline constexpr uint16_t kEspEpochs = 4096;  // 12 bits of the SPI; the count wraps
+esp_key derive_epoch_key(const esp_key& pair, uint16_t epoch);
+
+// The SPI of key `id` in epoch `epoch`: "ML" in its upper half (RFC 4303 reserves
+// 1..255), the epoch in bits 4..15 and the key id in the low 4 bits, so a receiver finds
+// the key from the SPI and the sender's address.
+inline uint32_t esp_spi(uint8_t key_id, uint16_t epoch = 0) {
+  return 0x4d4c0000u | uint32_t(epoch % kEspEpochs) << 4 | (key_id & 0x0fu);
+}
 inline uint8_t esp_key_id_of(uint32_t spi) { return static_cast<uint8_t>(spi & 0x0f); }
-inline bool is_meshlane_spi(uint32_t spi) { return (spi & 0xfffffff0u) == 0x4d4c0000u && (spi & 0x0f) != 0; }
+inline uint16_t esp_epoch_of(uint32_t spi) { return static_cast<uint16_t>((spi >> 4) & 0x0fff); }
+inline bool is_meshlane_spi(uint32_t spi) { return (spi & 0xffff0000u) == 0x4d4c0000u && (spi & 0x0f) != 0; }
 
 }  // namespace meshlane

@@ -399,6 +399,17 @@ int main(int argc, char** argv) {
 
   // --- DPDK workers: EAL, ports and workers when the document asks for them.
   std::unique_ptr<meshlane::worker_pool> dataplane;
+  std::atomic<bool> esp_epochs_running{true};
+  std::thread esp_epochs;
+  // Stopped and joined on every way out (an early error return too), before the workers go.
+  struct thread_stopper {
+    std::atomic<bool>& running;
+    std::thread& thread;
+    ~thread_stopper() {
+      running.store(false);
+      if (thread.joinable()) thread.join();
+    }
+  } stop_esp_epochs{esp_epochs_running, esp_epochs}, stop_rotation{rotating, rotation};
   if (const auto state = publisher.current_state(); state && state->dataplane) {
     const auto& spec = *state->dataplane;
     if (std::string error = meshlane::init_eal(meshlane::eal_arguments(spec, state->tuning)); !error.empty()) {
@@ -420,6 +431,15 @@ int main(int argc, char** argv) {
       return 1;
     }
     dataplane->register_with(registry);
+    // Key epochs of encrypted routes (dataplane/esp_routes.h): a sender whose SA ran out
+    // of sequence numbers, a peer that moved on.
+    esp_epochs = std::thread([&] {
+      while (esp_epochs_running.load()) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        if (std::string e = dataplane->maintain_esp(); !e.empty())
+          control.log().write(meshlane::log_level::error, "ESP key epoch not installed: " + e);
+      }
+    });
     log.write(meshlane::log_level::info, "dataplane running: " + std::to_string(ports.size()) + " ports, " +
                                              std::to_string(dataplane->worker_count()) + " workers");
   }
@@ -514,6 +534,8 @@ int main(int argc, char** argv) {
   key_watcher.stop();
   rotating.store(false);
   if (rotation.joinable()) rotation.join();
+  esp_epochs_running.store(false);
+  if (esp_epochs.joinable()) esp_epochs.join();
   http.stop();
   control_socket.stop();
   if (dataplane) {  // workers first, then ports, then EAL

@@ -169,6 +169,7 @@ std::vector<uint8_t> snapshot::serialize() const {
   w.u8(static_cast<uint8_t>(encryption));
   w.u32(replay_window);
   w.u32(rotation_grace_s);
+  w.u64(rekey_after_packets);
   for (const table_node_encryption& e : node_encryption) {
     w.u8(e.encrypt);
     w.u8(e.tx.key_id);

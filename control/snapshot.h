@@ -120,6 +120,7 @@ struct snapshot {
   // How long a change of keys or of a route's encryption takes to reach every node: a
   // node starts to send under a change this long after it sees it (accepting it at once).
   uint32_t rotation_grace_s = 30;
+  uint64_t rekey_after_packets = 0;  // encryption_spec's: when a sender moves to the next key epoch
   std::vector<table_node_encryption> node_encryption;  // by node index; [kLocalNodeIndex] unused
   hash_index frontend_index;
   hash_index pod_index;                  // keyed by IPv4 and IPv6 pod addresses

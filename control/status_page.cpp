@@ -42,7 +42,7 @@ const std::string& status_page_html() {
 <div id="encryption" hidden><h2>Encrypted routes (ESP)</h2>
 <p>mode <b id="esp-mode">?</b>, engine <b id="esp-engine">?</b>, <b id="esp-peers">?</b> encrypted peers,
 replay window <b id="esp-window">?</b></p>
-<table id="sas"><thead><tr><th>peer</th><th>direction</th><th>key id</th><th>SPI</th><th>sequence</th>
+<table id="sas"><thead><tr><th>peer</th><th>direction</th><th>key id</th><th>epoch</th><th>SPI</th><th>sequence</th>
 <th>packets</th><th>bytes</th><th>auth failures</th><th>replays</th></tr></thead><tbody></tbody></table></div>
 <h2>Live counters</h2>
 <table id="counters"><thead><tr><th>metric</th><th>labels</th><th>value</th><th>per second</th></tr></thead><tbody></tbody></table>
@@ -127,7 +127,7 @@ async function refresh() {
       document.getElementById("esp-peers").textContent = e.encrypted_peers;
       document.getElementById("esp-window").textContent = e.replay_window;
       fill("sas", e.sas || [], (row, sa) => {
-        cell(row, sa.peer + " " + sa.peer_ip); cell(row, sa.direction); cell(row, sa.key_id, "n"); cell(row, sa.spi);
+        cell(row, sa.peer + " " + sa.peer_ip); cell(row, sa.direction); cell(row, sa.key_id, "n"); cell(row, sa.epoch, "n"); cell(row, sa.spi);
         cell(row, String(sa.sequence), "n"); cell(row, fmt(sa.packets), "n"); cell(row, fmt(sa.bytes), "n");
         cell(row, sa.auth_failures === null ? "-" : fmt(sa.auth_failures), "n");
         cell(row, sa.replays === null ? "-" : fmt(sa.replays), "n");

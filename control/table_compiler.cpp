@@ -134,6 +134,7 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   tables->encryption = state.encryption.mode;
   tables->replay_window = state.encryption.replay_window;
   tables->rotation_grace_s = state.encryption.rotation_grace_s;
+  tables->rekey_after_packets = state.encryption.rekey_after_packets;
   tables->node_encryption.resize(tables->nodes.size());
   if (state.encryption.mode != encryption_mode::off && keys && keys->tx) {
     std::map<std::string, const node_spec*> specs;

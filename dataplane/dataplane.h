@@ -91,6 +91,10 @@ class worker_pool {
   // every worker has passed a quiescent state, then unplugs the ports of pods that left
   // (no table names them any more). Other pods' ports and queues are untouched.
   std::string install(const std::shared_ptr<const snapshot>& tables);
+  // Key epochs of encrypted routes (esp_routes.h): when a sender's SA ran out of sequence
+  // numbers or a peer moved to another epoch, rebuilds the installed tables with the SAs
+  // of the new epochs. The agent calls it a few times a second. "" or why not.
+  std::string maintain_esp();
 
   std::string start();  // launches one lcore per worker
   void stop();          // stops workers, then ports; idempotent
@@ -139,6 +143,7 @@ class worker_pool {
   void unplug_port(uint16_t port_id);
   void swap_rx_plan(std::unique_ptr<rx_plan> next);
   void free_retired_pools();
+  std::string install_locked(const std::shared_ptr<const snapshot>& tables);
 
   worker_pool_options options_;
   std::unique_ptr<port_table> ports_;
@@ -149,6 +154,9 @@ class worker_pool {
   // af_packet ports: kernel ring drops read (and so cleared) from their sockets so far,
   // per port id; see telemetry.cpp. Under ports_mutex_.
   std::array<uint64_t, kMaxPorts> af_packet_ring_drops_{};
+  // install() (the publisher's thread) against maintain_esp() (the agent's timer).
+  std::mutex install_mutex_;
+  std::shared_ptr<const snapshot> installed_;  // the tables of the last install
   std::vector<rte_mempool*> retired_pools_;  // freed once every buffer is back
   std::atomic<rx_plan*> rx_plan_{nullptr};
   std::vector<std::unique_ptr<worker_state>> workers_;

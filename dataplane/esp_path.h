@@ -4,6 +4,7 @@
 // esp_tx_sa::encapsulate. The SAs are dataplane/esp_routes.h, the codec dataplane/esp.
 #pragma once
 
+#include "control/esp_keys.h"
 #include "dataplane/esp/esp.h"
 #include "dataplane/pipeline_internal.h"
 
@@ -33,8 +34,15 @@ namespace meshlane::detail {
   uint32_t spi = 0;
   esp_result result = esp_spi_of(m, p, spi);
   if (result == esp_result::ok) {
-    esp_rx_sa* sa = t.esp_routes[sender->node].receiver(spi);
-    result = sa ? esp_decapsulate(sa->per_worker[w.index], m, p) : esp_result::no_sa;
+    const esp_node_route& route = t.esp_routes[sender->node];
+    esp_rx_sa* sa = route.receiver(spi);
+    if (sa) {
+      result = esp_decapsulate(sa->per_worker[w.index], m, p);
+    } else {
+      // Another key epoch of this node (esp_routes.h): noted for the registry to learn.
+      if (route.unknown_spi && is_meshlane_spi(spi)) route.unknown_spi->store(spi, std::memory_order_relaxed);
+      result = esp_result::no_sa;
+    }
   }
   if (__builtin_expect(result != esp_result::ok, 0)) {
     drop(w, m, drop_reason_of(result));

@@ -3,6 +3,8 @@
 
 #include <openssl/crypto.h>
 
+#include "control/esp_keys.h"
+
 #include <algorithm>
 #include <cstdio>
 #include <ctime>
@@ -58,6 +60,11 @@ uint64_t esp_tx_sa::bytes() const {
   for (uint16_t w = 0; w < workers; ++w) sum += per_worker[w].bytes.get();
   return sum;
 }
+uint64_t esp_rx_sa::packets() const {
+  uint64_t sum = 0;
+  for (uint16_t w = 0; w < workers; ++w) sum += per_worker[w].packets.get();
+  return sum;
+}
 bool esp_tx_sa::exhausted() const {
   for (uint16_t w = 0; w < workers; ++w)
     if (per_worker[w].exhausted.load(std::memory_order_relaxed)) return true;
@@ -66,40 +73,81 @@ bool esp_tx_sa::exhausted() const {
 
 uint64_t esp_sa_registry::first_sequence() { return std::max(wall_clock_ns(), sequence_floor_ + 1); }
 
-std::shared_ptr<esp_tx_sa> esp_sa_registry::tx_for(const table_esp_sa& sa, uint32_t peer_ip, const std::string& peer,
-                                                   std::string& error) {
+table_esp_sa esp_sa_registry::in_epoch(const table_esp_sa& base, uint16_t epoch) {
+  if (epoch == 0) return base;
+  esp_key pair;
+  pair.id = base.key_id;
+  pair.key = base.key;
+  pair.salt = base.salt;
+  esp_key derived = derive_epoch_key(pair, epoch);
+  OPENSSL_cleanse(pair.key.data(), pair.key.size());
+  table_esp_sa sa{base.key_id, esp_spi(base.key_id, epoch), std::move(derived.key), derived.salt};
+  return sa;
+}
+
+std::shared_ptr<esp_tx_sa> esp_sa_registry::tx_for(const table_esp_sa& base, uint16_t epoch,
+                                                   uint64_t rekey_after_packets, uint32_t peer_ip,
+                                                   const std::string& peer, std::string& error) {
+  table_esp_sa sa = in_epoch(base, epoch);
   std::vector<uint8_t> key = key_and_salt_of(sa);
+  if (epoch) OPENSSL_cleanse(sa.key.data(), sa.key.size());  // a copy of ours
+  if (key.size() <= kEspSaltSize) {
+    error = "ESP SA to " + peer + ": no key for epoch " + std::to_string(epoch);
+    return nullptr;
+  }
   auto& slot = tx_[{peer_ip, sa.spi}];
-  if (slot && same_key(slot->key_and_salt, key)) return slot;
+  if (slot && same_key(slot->key_and_salt, key) && slot->rekey_after_packets == rekey_after_packets) {
+    OPENSSL_cleanse(key.data(), key.size());
+    return slot;
+  }
   auto fresh = std::make_shared<esp_tx_sa>(workers_);
   fresh->spi = sa.spi;
   fresh->key_id = sa.key_id;
+  fresh->epoch = epoch;
+  fresh->rekey_after_packets = rekey_after_packets;
   fresh->peer_ip = peer_ip;
   fresh->peer = peer;
-  const esp_sa_params params{sa.spi, peer_ip, sa.key, sa.salt};
+  // A re-key under the same SPI: the old SA's numbers count towards the floor.
+  if (slot) sequence_floor_ = std::max(sequence_floor_, slot->next_sequence.load(std::memory_order_relaxed));
+  const uint64_t first = first_sequence();
+  // Past this the SA counts as exhausted and maintain() moves the peer to the next epoch.
+  const uint64_t rotate_after =
+      rekey_after_packets && rekey_after_packets < kEspDefaultRotateAfter - first ? first + rekey_after_packets
+                                                                                 : kEspDefaultRotateAfter;
+  const std::span<const uint8_t> key_bytes(key.data(), key.size() - kEspSaltSize);
+  const esp_sa_params params{sa.spi, peer_ip, key_bytes, sa.salt};
   for (uint16_t w = 0; w < workers_; ++w) {
-    if (std::string e = fresh->per_worker[w].install(*ciphers_, params); !e.empty()) {
+    if (std::string e = fresh->per_worker[w].install(*ciphers_, params, rotate_after); !e.empty()) {
       error = "ESP SA to " + peer + " (SPI " + spi_text(sa.spi) + "): " + e;
       OPENSSL_cleanse(key.data(), key.size());
       return nullptr;
     }
   }
   fresh->key_and_salt = std::move(key);
-  // A re-key under the same SPI: the old SA's numbers count towards the floor.
-  if (slot) sequence_floor_ = std::max(sequence_floor_, slot->next_sequence.load(std::memory_order_relaxed));
-  fresh->next_sequence.store(first_sequence(), std::memory_order_relaxed);
+  fresh->next_sequence.store(first, std::memory_order_relaxed);
   slot = fresh;
   return fresh;
 }
 
-std::shared_ptr<esp_rx_sa> esp_sa_registry::rx_for(const table_esp_sa& sa, uint32_t peer_ip, const std::string& peer,
-                                                   uint32_t replay_window, std::string& error) {
+std::shared_ptr<esp_rx_sa> esp_sa_registry::rx_for(const table_esp_sa& base, uint16_t epoch, uint32_t peer_ip,
+                                                   const std::string& peer, uint32_t replay_window,
+                                                   std::string& error) {
+  table_esp_sa sa = in_epoch(base, epoch);
   std::vector<uint8_t> key = key_and_salt_of(sa);
+  if (key.size() <= kEspSaltSize) {
+    error = "ESP SA from " + peer + ": no key for epoch " + std::to_string(epoch);
+    return nullptr;
+  }
   auto& slot = rx_[{peer_ip, sa.spi}];
-  if (slot && same_key(slot->key_and_salt, key) && slot->per_worker[0].window.size() == replay_window) return slot;
+  if (slot && same_key(slot->key_and_salt, key) && slot->per_worker[0].window.size() == replay_window) {
+    if (epoch) OPENSSL_cleanse(sa.key.data(), sa.key.size());
+    OPENSSL_cleanse(key.data(), key.size());
+    return slot;
+  }
   auto fresh = std::make_shared<esp_rx_sa>(workers_);
   fresh->spi = sa.spi;
   fresh->key_id = sa.key_id;
+  fresh->epoch = epoch;
   fresh->peer_ip = peer_ip;
   fresh->peer = peer;
   for (uint16_t w = 0; w < workers_; ++w) {
@@ -107,15 +155,82 @@ std::shared_ptr<esp_rx_sa> esp_sa_registry::rx_for(const table_esp_sa& sa, uint3
     if (std::string e = in.cipher.key(*ciphers_, sa.key, sa.salt, false); !e.empty()) {
       error = "ESP SA from " + peer + " (SPI " + spi_text(sa.spi) + "): " + e;
       OPENSSL_cleanse(key.data(), key.size());
+      if (epoch) OPENSSL_cleanse(sa.key.data(), sa.key.size());
       return nullptr;
     }
     in.spi = sa.spi;
     in.peer_ip = peer_ip;
     in.window = esp_replay_window(replay_window);
   }
+  if (epoch) OPENSSL_cleanse(sa.key.data(), sa.key.size());
   fresh->key_and_salt = std::move(key);
   slot = fresh;
   return fresh;
+}
+
+uint64_t esp_sa_registry::rx_packets(uint32_t peer_ip, uint32_t spi) const {
+  auto it = rx_.find({peer_ip, spi});
+  return it == rx_.end() ? 0 : it->second->packets();
+}
+
+bool esp_sa_registry::maintain(uint64_t now, uint64_t tsc_hz) {
+  std::lock_guard lock(mutex_);
+  bool changed = false;
+  const uint64_t min_interval = static_cast<uint64_t>(kEpochMinIntervalS * double(tsc_hz));
+  const uint64_t linger = static_cast<uint64_t>(kEpochLingerS * double(tsc_hz));
+  for (auto& [ip, state] : peers_) {
+    if (!state.encrypt) continue;
+    // The sender: its SA has reached rotate_after.
+    if (state.last_tx && state.last_tx->exhausted() &&
+        (state.tx_epoch_since == 0 || now >= state.tx_epoch_since + min_interval)) {
+      state.tx_epoch = static_cast<uint16_t>((state.tx_epoch + 1) % kEspEpochs);
+      state.tx_epoch_since = now;
+      ++epoch_moves_;
+      changed = true;
+    }
+    // The receiver: the peer moved to the next epoch, restarted (epoch 0), or sends under
+    // an epoch a worker noted.
+    if (const uint32_t spi = state.unknown_spi->exchange(0, std::memory_order_relaxed);
+        spi && is_meshlane_spi(spi) && spi != state.learning_spi && state.rx_by_key.count(esp_key_id_of(spi))) {
+      state.learning_spi = spi;
+      changed = true;
+    }
+    for (auto& [key_id, epochs] : state.rx_by_key) {
+      auto move_to = [&](uint16_t epoch) {
+        epochs.previous = epochs.current;
+        epochs.previous_until = now + linger;
+        epochs.current = epoch;
+        changed = true;
+      };
+      const uint16_t next = static_cast<uint16_t>((epochs.current + 1) % kEspEpochs);
+      const uint64_t zero = rx_packets(ip, esp_spi(key_id, 0));
+      // One move per call; epoch 0's count is taken only when it was looked at, so a
+      // restart right after a move is still seen at the next call.
+      if (rx_packets(ip, esp_spi(key_id, next)) > 0) {
+        move_to(next);
+      } else if (state.learning_spi && esp_key_id_of(state.learning_spi) == key_id &&
+                 rx_packets(ip, state.learning_spi) > 0) {
+        move_to(esp_epoch_of(state.learning_spi));
+        state.learning_spi = 0;
+      } else {
+        if (epochs.current != 0 && zero > epochs.zero_packets && !(epochs.previous == 0 && now < epochs.previous_until))
+          move_to(0);  // a restarted sender
+        epochs.zero_packets = zero;
+      }
+      if (epochs.previous && now >= epochs.previous_until) {
+        epochs.previous.reset();
+        changed = true;
+      }
+      // An epoch being learnt that the usual ones now cover needs no slot of its own.
+      if (state.learning_spi && esp_key_id_of(state.learning_spi) == key_id) {
+        const uint16_t learnt = esp_epoch_of(state.learning_spi);
+        if (learnt == 0 || learnt == epochs.current || learnt == (epochs.current + 1) % kEspEpochs ||
+            epochs.previous == learnt)
+          state.learning_spi = 0;
+      }
+    }
+  }
+  return changed;
 }
 
 std::string esp_sa_registry::build(const snapshot& s, const std::vector<uint32_t>& node_ips, uint64_t now,
@@ -174,20 +289,42 @@ std::string esp_sa_registry::build(const snapshot& s, const std::vector<uint32_t
     };
     if (state.encrypt) {
       const table_node_encryption& e = s.node_encryption[i];
-      auto tx = tx_for(e.tx, ip, name, error);
+      if (state.tx_key_id != e.tx.key_id) {
+        // A new key starts at epoch 0, and may move to 1 at once: every receiver of a key
+        // accepts its epochs 0 and 1 from the start.
+        state.tx_key_id = e.tx.key_id;
+        state.tx_epoch = 0;
+        state.tx_epoch_since = 0;
+      }
+      auto tx = tx_for(e.tx, state.tx_epoch, s.rekey_after_packets, ip, name, error);
       if (!tx) return error;
       route.tx = tx.get();
+      route.unknown_spi = state.unknown_spi.get();
       keep.push_back(tx);
       // Switched on while known: clear for one grace, clear accepted for two.
       route.tx_from = state.changed ? state.changed + grace : 0;
       route.clear_refused_from = state.changed ? state.changed + 2 * grace : 0;
       state.last_tx = tx;
       state.last_rx.clear();
+      // Each key id in the epochs its sender may use (see esp_routes.h); key ids the
+      // tables no longer give are forgotten.
+      std::erase_if(state.rx_by_key, [&](const auto& entry) {
+        return std::none_of(e.rx.begin(), e.rx.end(), [&](const table_esp_sa& sa) { return sa.key_id == entry.first; });
+      });
       for (const table_esp_sa& sa : e.rx) {
-        auto rx = rx_for(sa, ip, name, s.replay_window, error);
-        if (!rx) return error;
-        add_rx(rx);
-        state.last_rx.push_back(rx);
+        rx_epochs& epochs = state.rx_by_key[sa.key_id];
+        std::vector<uint16_t> wanted = {epochs.current, static_cast<uint16_t>((epochs.current + 1) % kEspEpochs), 0};
+        if (epochs.previous) wanted.push_back(*epochs.previous);
+        if (state.learning_spi && esp_key_id_of(state.learning_spi) == sa.key_id)
+          wanted.push_back(esp_epoch_of(state.learning_spi));
+        for (uint16_t epoch : wanted) {
+          auto rx = rx_for(sa, epoch, ip, name, s.replay_window, error);
+          if (!rx) return error;
+          if (std::none_of(state.last_rx.begin(), state.last_rx.end(), [&](const auto& r) { return r == rx; })) {
+            add_rx(rx);
+            state.last_rx.push_back(rx);
+          }
+        }
       }
     } else {
       // Switched off not long ago: keep encrypting for one grace and accepting ESP for two.
@@ -226,6 +363,7 @@ nlohmann::json esp_sa_registry::rows() const {
                     {"peer_ip", ip_text(sa->peer_ip)},
                     {"direction", "out"},
                     {"key_id", sa->key_id},
+                    {"epoch", sa->epoch},
                     {"spi", spi_text(sa->spi)},
                     {"sequence", next - 1},
                     {"replay_window", nullptr},
@@ -249,6 +387,7 @@ nlohmann::json esp_sa_registry::rows() const {
                     {"peer_ip", ip_text(sa->peer_ip)},
                     {"direction", "in"},
                     {"key_id", sa->key_id},
+                    {"epoch", sa->epoch},
                     {"spi", spi_text(sa->spi)},
                     {"sequence", highest},
                     {"replay_window", sa->per_worker[0].window.size()},
@@ -297,7 +436,8 @@ nlohmann::json esp_sa_registry::status() const {
           {"encrypted_peers", encrypted},
           {"sas_out", tx_.size()},
           {"sas_in", rx_.size()},
-          {"replay_window", replay_window_}};
+          {"replay_window", replay_window_},
+          {"epoch_moves", epoch_moves_}};
 }
 
 }  // namespace meshlane

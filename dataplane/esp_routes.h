@@ -25,6 +25,21 @@
 // (esp.h), so the jump costs nothing. Within one process, a new SA also starts above
 // every number an SA this process dropped had reached (the clock may step back).
 //
+// Key epochs (control/esp_keys.h): a sender whose SA has sent `rekey_after_packets`, or
+// nears the end of its sequence numbers (outbound_sa::rotate_after), moves to the next
+// epoch of the same key, a key derived from it under its own SPI, at most once every
+// kEpochMinInterval; its numbers can never cycle under a key. No operator step and no
+// message between the nodes: a receiver accepts, for each key id the tables give it,
+// epoch 0 (where a restarted sender starts), the epoch it last saw packets under, the next
+// one (so that a sender's move loses nothing), and the one before for kEpochLinger after
+// it moved on (packets in flight). maintain() notices, a few times a second, that a
+// sender's SA is exhausted or that packets arrived under the next epoch (or under epoch 0,
+// a restarted sender) and moves the peer's epochs on; the caller then rebuilds the
+// tables. A restarted receiver knows no epoch but 0 and 1: a frame under a meshlane SPI
+// of a known key id and another epoch is dropped (esp_no_sa), and the worker notes its SPI
+// for maintain(), which installs that epoch too; once a frame verifies under it, it is
+// the peer's epoch. A forged SPI costs one derived SA and never displaces the others.
+//
 // Switching a route's encryption on or off reaches the two nodes at different times
 // (rotation_grace_s is how long the operator lets that take, as for keys): a node that
 // turns a route on accepts ESP from it at once, keeps sending in clear for
@@ -42,6 +57,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -67,9 +83,20 @@ struct esp_tx_sa {
   alignas(64) std::unique_ptr<outbound_sa[]> per_worker;
   uint16_t workers = 0;
 
+  uint16_t epoch = 0;
+  uint64_t rekey_after_packets = 0;  // the document's when it was keyed (0: at exhaustion)
+
+  // Past this the shared counter is not advanced (it would wrap to numbers used before);
+  // far beyond rotate_after, so an SA is replaced long before.
+  static constexpr uint64_t kRefuseFrom = ~uint64_t{0} - (uint64_t{1} << 20);
+
   // The packet path: ESP around a Geneve frame to the peer, by worker `worker`.
   [[gnu::always_inline]] esp_encap_result encapsulate(uint16_t worker, rte_mbuf* m) {
     outbound_sa& sa = per_worker[worker];
+    // A load before the add: at most one add per worker passes the check after the
+    // counter reached kRefuseFrom, so it can never wrap.
+    if (__builtin_expect(next_sequence.load(std::memory_order_relaxed) >= kRefuseFrom, 0))
+      return esp_encap_result::sequence_exhausted;
     sa.next_sequence = next_sequence.fetch_add(1, std::memory_order_relaxed);
     return esp_encapsulate(sa, m);
   }
@@ -82,8 +109,10 @@ struct esp_tx_sa {
 struct esp_rx_sa {
   explicit esp_rx_sa(uint16_t workers) : per_worker(std::make_unique<inbound_sa[]>(workers)), workers(workers) {}
   ~esp_rx_sa();
+  uint64_t packets() const;
   uint32_t spi = 0;
   uint8_t key_id = 0;
+  uint16_t epoch = 0;
   uint32_t peer_ip = 0;
   std::string peer;
   std::vector<uint8_t> key_and_salt;
@@ -94,12 +123,17 @@ struct esp_rx_sa {
 // What the packet path reads about one node (forwarding_tables::esp_routes, by node
 // index): one cache line.
 struct alignas(64) esp_node_route {
-  static constexpr uint32_t kMaxRx = 4;  // the compiler's rx SAs (rotation) and a lingering one
+  // Two key ids during a key rotation, each in up to four epochs (0, the previous, the
+  // current, the next; see above), and one epoch being learnt.
+  static constexpr uint32_t kMaxRx = 9;
   esp_tx_sa* tx = nullptr;  // null: the route is direct
   // `tx` is used for frames sent in [tx_from, tx_until) (TSC).
   uint64_t tx_from = 0, tx_until = UINT64_MAX;
   // Clear Geneve from the node is dropped (esp_required) from this TSC on.
   uint64_t clear_refused_from = UINT64_MAX;
+  // Where a worker notes a meshlane SPI of this node that no slot holds (see above);
+  // owned by the registry, null on a direct route.
+  std::atomic<uint32_t>* unknown_spi = nullptr;
   std::array<uint32_t, kMaxRx> rx_spi{};  // 0: an empty slot
   std::array<esp_rx_sa*, kMaxRx> rx{};
 
@@ -112,7 +146,7 @@ struct alignas(64) esp_node_route {
     return nullptr;
   }
 };
-static_assert(sizeof(esp_node_route) == 128);  // two lines: one for sending, one for receiving
+static_assert(sizeof(esp_node_route) == 192);  // three cache lines; a sender reads the first
 
 // The SAs of the pool, by peer and SPI, kept across publishes. The control thread's: the
 // workers see SAs only through the forwarding tables built here.
@@ -125,6 +159,10 @@ class esp_sa_registry {
   // order, 0: none). "" or why not (no AES-GCM engine, an SA that cannot be keyed).
   std::string build(const snapshot& s, const std::vector<uint32_t>& node_ips, uint64_t now_tsc, uint64_t tsc_hz,
                     std::vector<esp_node_route>& routes, std::vector<std::shared_ptr<const void>>& keep);
+  // Moves senders whose SA is exhausted, and receivers whose peer moved, to their next
+  // key epoch (see above). True when the tables must be rebuilt for it (build() then
+  // gives the new SAs). The agent calls it a few times a second.
+  bool maintain(uint64_t now_tsc, uint64_t tsc_hz);
   // Forgets the SAs no installed table names any more. Call after the tables that stopped
   // naming them are freed (every worker past a quiescent state).
   void prune();
@@ -136,16 +174,33 @@ class esp_sa_registry {
   const char* engine() const;
 
  private:
+  // The epochs a peer's packets arrive under, for one key id.
+  struct rx_epochs {
+    uint16_t current = 0;
+    std::optional<uint16_t> previous;  // accepted until previous_until (TSC)
+    uint64_t previous_until = 0;
+    uint64_t zero_packets = 0;  // epoch 0's count at the last maintain (a restarted sender)
+  };
   struct peer_state {
     bool encrypt = false;
     uint64_t changed = 0;  // TSC of the last switch (0: encrypted from the first table)
     std::shared_ptr<esp_tx_sa> last_tx;                 // what it sent under before turning off
     std::vector<std::shared_ptr<esp_rx_sa>> last_rx;    // kept while lingering
+    // Key epochs: the sender's, and the receiver's per key id.
+    uint8_t tx_key_id = 0;
+    uint16_t tx_epoch = 0;
+    uint64_t tx_epoch_since = 0;  // TSC
+    std::map<uint8_t, rx_epochs> rx_by_key;
+    std::unique_ptr<std::atomic<uint32_t>> unknown_spi = std::make_unique<std::atomic<uint32_t>>(0);
+    uint32_t learning_spi = 0;  // an SPI a worker saw, installed to learn its epoch
   };
-  std::shared_ptr<esp_tx_sa> tx_for(const table_esp_sa& sa, uint32_t peer_ip, const std::string& peer,
-                                    std::string& error);
-  std::shared_ptr<esp_rx_sa> rx_for(const table_esp_sa& sa, uint32_t peer_ip, const std::string& peer,
-                                    uint32_t replay_window, std::string& error);
+  // The SA of `base` (an epoch 0 SA from the tables) in `epoch`.
+  static table_esp_sa in_epoch(const table_esp_sa& base, uint16_t epoch);
+  std::shared_ptr<esp_tx_sa> tx_for(const table_esp_sa& sa, uint16_t epoch, uint64_t rekey_after_packets,
+                                    uint32_t peer_ip, const std::string& peer, std::string& error);
+  std::shared_ptr<esp_rx_sa> rx_for(const table_esp_sa& sa, uint16_t epoch, uint32_t peer_ip,
+                                    const std::string& peer, uint32_t replay_window, std::string& error);
+  uint64_t rx_packets(uint32_t peer_ip, uint32_t spi) const;
   uint64_t first_sequence();
 
   uint16_t workers_;
@@ -158,6 +213,14 @@ class esp_sa_registry {
   // For the status: the mode and window of the last build.
   encryption_mode mode_ = encryption_mode::off;
   uint32_t replay_window_ = 0;
+  uint64_t epoch_moves_ = 0;  // senders moved on (status)
+
+ public:
+  // The least time between two epochs of a sender: receivers see the new one, and install
+  // the one after it, within a few maintain() calls.
+  static constexpr double kEpochMinIntervalS = 2.0;
+  // How long a receiver still accepts the epoch before the one it moved to.
+  static constexpr double kEpochLingerS = 4.0;
 };
 
 }  // namespace meshlane

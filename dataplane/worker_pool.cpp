@@ -417,6 +417,19 @@ void worker_pool::apply_tuning(const tunables& tuning) {
 }
 
 std::string worker_pool::install(const std::shared_ptr<const snapshot>& tables) {
+  std::lock_guard lock(install_mutex_);
+  std::string error = install_locked(tables);
+  if (error.empty()) installed_ = tables;
+  return error;
+}
+
+std::string worker_pool::maintain_esp() {
+  std::lock_guard lock(install_mutex_);
+  if (!installed_ || !esp_->maintain(rte_rdtsc(), rte_get_tsc_hz())) return {};
+  return install_locked(installed_);
+}
+
+std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& tables) {
   std::vector<uint16_t> leaving;
   if (options_.hotplug) {
     std::set<std::string> wanted, present;

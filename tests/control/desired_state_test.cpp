@@ -344,7 +344,7 @@ TEST(DesiredStateErrors, MoreServicePortsThanTheEbpfLoadBalancerHoldsNamesTheFir
 TEST(DesiredState, EncryptionSectionIsRead) {
   auto doc = testing::sample_document();
   doc["encryption"] = {{"mode", "per_route"}, {"key_file", "/etc/meshlane/keys"}, {"rotation_grace_s", 10},
-                       {"rotation_duration_s", 60}, {"replay_window", 2048}};
+                       {"rotation_duration_s", 60}, {"replay_window", 2048}, {"rekey_after_packets", 1 << 20}};
   doc["nodes"][0]["encrypt"] = true;
   doc["services"][0]["encrypt"] = "required";
   const auto result = parse_desired_state(doc.dump());
@@ -352,6 +352,7 @@ TEST(DesiredState, EncryptionSectionIsRead) {
   EXPECT_EQ(result.state->encryption.mode, encryption_mode::per_route);
   EXPECT_EQ(result.state->encryption.key_file, "/etc/meshlane/keys");
   EXPECT_EQ(result.state->encryption.replay_window, 2048u);
+  EXPECT_EQ(result.state->encryption.rekey_after_packets, uint64_t{1} << 20);
   EXPECT_EQ(result.state->peers[0].encrypt, true);
   EXPECT_EQ(result.state->services[0].encrypt, service_encryption::required);
 }
@@ -365,6 +366,11 @@ TEST(DesiredStateErrors, EncryptionSettingsAreChecked) {
               ElementsAre("$.encryption.key_file: required when mode is \"always\"",
                           "$.encryption.rotation_duration_s: must be longer than rotation_grace_s (60): senders "
                           "switch before the old key goes"));
+  doc["encryption"] = {{"mode", "always"}, {"key_file", "/k"}, {"rekey_after_packets", 100}};
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.encryption.rekey_after_packets: must be 0 (only at sequence exhaustion) "
+                                          "or at least 4096, got 100"));
+  doc["encryption"]["rekey_after_packets"] = -1;
+  EXPECT_THAT(errors_of(doc), ElementsAre(HasSubstr("$.encryption.rekey_after_packets")));
 }
 
 TEST(DesiredStateErrors, AServiceThatRequiresEncryptionIsRefusedOnADirectRoute) {

@@ -84,5 +84,27 @@ TEST(EspKeys, TheSpiCarriesTheKeyId) {
   EXPECT_FALSE(is_meshlane_spi(0x12345603u));
 }
 
+TEST(EspKeys, TheSpiCarriesTheKeyEpochAndEachEpochHasItsOwnKey) {
+  EXPECT_EQ(esp_spi(3, 0), esp_spi(3));
+  EXPECT_EQ(esp_spi(3, 0x2a), 0x4d4c02a3u);
+  EXPECT_EQ(esp_epoch_of(esp_spi(3, 4095)), 4095);
+  EXPECT_EQ(esp_key_id_of(esp_spi(3, 4095)), 3);
+  EXPECT_EQ(esp_spi(3, 4096), esp_spi(3, 0)) << "the epoch count wraps in its 12 bits";
+  EXPECT_TRUE(is_meshlane_spi(esp_spi(1, 77)));
+  std::string error;
+  auto file = parse_esp_key_file("3 rfc4106(gcm(aes)) 000102030405060708090a0b0c0d0e0f10111213 128\n", error);
+  ASSERT_TRUE(file) << error;
+  const esp_key pair = derive_pair_key(*file->newest(), "node1", "node2");
+  EXPECT_EQ(derive_epoch_key(pair, 0), pair) << "epoch 0 is the pair key";
+  const esp_key one = derive_epoch_key(pair, 1), two = derive_epoch_key(pair, 2);
+  EXPECT_EQ(one.key.size(), pair.key.size());
+  EXPECT_EQ(one.id, pair.id);
+  EXPECT_EQ(derive_epoch_key(pair, 1), one) << "every node derives the same epoch key";
+  EXPECT_NE(one.key, pair.key);
+  EXPECT_NE(one.key, two.key);
+  EXPECT_NE(one.salt, two.salt);
+  EXPECT_NE(derive_epoch_key(derive_pair_key(*file->newest(), "node2", "node1"), 1).key, one.key);
+}
+
 }  // namespace
 }  // namespace meshlane

@@ -10,6 +10,7 @@
 
 #include "control/esp_keys.h"
 #include "dataplane/esp/esp.h"
+#include "dataplane/esp_routes.h"
 #include "tests/dataplane/dataplane_fixture.h"
 
 namespace meshlane::testing {
@@ -64,15 +65,16 @@ esp_key master_key(uint8_t id) {
 // Node 2's side of the pair: what it sends node 1 under, what it reads node 1's under.
 class node2_sas {
  public:
-  explicit node2_sas(const esp_key& master) {
+  // In key epoch `epoch` (control/esp_keys.h) both ways.
+  explicit node2_sas(const esp_key& master, uint16_t epoch = 0) {
     std::string error;
     ciphers_ = esp_ciphers::fetch(error);
     EXPECT_TRUE(ciphers_) << error;
-    to_node1_key_ = derive_pair_key(master, "node2", "node1");
-    from_node1_key_ = derive_pair_key(master, "node1", "node2");
-    EXPECT_EQ(out_.install(*ciphers_, {esp_spi(master.id), ip4("198.19.0.1"), to_node1_key_.key, to_node1_key_.salt}), "");
+    to_node1_key_ = derive_epoch_key(derive_pair_key(master, "node2", "node1"), epoch);
+    from_node1_key_ = derive_epoch_key(derive_pair_key(master, "node1", "node2"), epoch);
+    EXPECT_EQ(out_.install(*ciphers_, {esp_spi(master.id, epoch), ip4("198.19.0.1"), to_node1_key_.key, to_node1_key_.salt}), "");
     EXPECT_EQ(in_.cipher.key(*ciphers_, from_node1_key_.key, from_node1_key_.salt, false), "");
-    in_.spi = esp_spi(master.id);
+    in_.spi = esp_spi(master.id, epoch);
     in_.peer_ip = ip4("198.19.0.1");
     out_.next_sequence = 1000;
   }
@@ -100,6 +102,7 @@ class node2_sas {
     return bytes(frame.data, frame.data + frame.length);
   }
   uint64_t next_sequence() const { return out_.next_sequence; }
+  void start_at(uint64_t sequence) { out_.next_sequence = sequence; }
 
  private:
   std::unique_ptr<esp_ciphers> ciphers_;
@@ -108,12 +111,13 @@ class node2_sas {
   inbound_sa in_;
 };
 
-std::string encrypted_document(uint32_t grace_s = 30, const char* mode = "always") {
+std::string encrypted_document(uint32_t grace_s = 30, const char* mode = "always", uint64_t rekey_after_packets = 0) {
   nlohmann::json document = nlohmann::json::parse(kNode1Document);
   document["encryption"] = {{"mode", mode},
                             {"key_file", "/run/meshlane/golden-test-keys"},  // keys are given directly below
                             {"rotation_grace_s", grace_s},
-                            {"rotation_duration_s", grace_s + 60}};
+                            {"rotation_duration_s", grace_s + 60},
+                            {"rekey_after_packets", rekey_after_packets}};
   return document.dump();
 }
 
@@ -204,9 +208,10 @@ TEST_F(golden_esp, EspFromTheNodeIsVerifiedStrippedAndDelivered) {
   EXPECT_EQ(verify_checksums(out), "");
   // The SA's counters: one packet in, and the answer of `meshctl get sas` has no key.
   const nlohmann::json table = sas();
-  ASSERT_EQ(table["total"], 2);  // one out, one in
+  ASSERT_EQ(table["total"], 3);  // one out, in: key epochs 0 and 1 (esp_routes.h)
   for (const auto& row : table["rows"]) {
     EXPECT_EQ(row["peer"], "node2");
+    if (row["epoch"] != 0) continue;
     EXPECT_EQ(row["spi"], "0x4d4c0001");
     EXPECT_FALSE(row.contains("key"));
     if (row["direction"] == "in") {
@@ -262,7 +267,7 @@ TEST_F(golden_esp, TamperedReplayedUnknownSpiAndStrangerEspAreDroppedWithTheirRe
   // Each refusal is counted on the SA too.
   const nlohmann::json after = sas();
   for (const auto& row : after["rows"])
-    if (row["direction"] == "in") {
+    if (row["direction"] == "in" && row["epoch"] == 0) {
       EXPECT_EQ(row["auth_failures"], 3);
       EXPECT_EQ(row["replays"], 1);
     }
@@ -338,10 +343,131 @@ TEST_F(golden_esp, KeyRotationAcceptsTheNewKeyAtOnceSendsUnderItWhenToldAndForge
   EXPECT_EQ(drops(drop_reason::esp_no_sa), 1u);
   send(uplink, new_key.seal(geneve_from_node2(inner)));
   EXPECT_EQ(pending(client), 1u);
-  // Only key 2's SAs are left.
+  // Only key 2's SAs are left: one out, in for its epochs 0 and 1 (esp_routes.h).
   const nlohmann::json left = sas();
-  ASSERT_EQ(left["total"], 2);
+  ASSERT_EQ(left["total"], 3);
   for (const auto& row : left["rows"]) EXPECT_EQ(row["key_id"], 2);
+}
+
+// The (SPI, sequence number) of one of node 1's ESP frames.
+std::pair<uint32_t, uint64_t> spi_and_sequence(const bytes& out) {
+  return {host32_at(out, kL4 + 8), uint64_t{host32_at(out, kL4 + 16)} << 32 | host32_at(out, kL4 + 20)};
+}
+
+TEST_F(golden_esp, ASenderWhoseSaIsUsedUpMovesToTheNextKeyEpochWithoutTheOperator) {
+  publish_keys(encrypted_document(30, "always", 4096), keys_, 1);
+  learn_pod_macs();
+  send(client, client_to_node2_pod(kMarker));
+  bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  const auto [spi, first] = spi_and_sequence(out);
+  EXPECT_EQ(spi, esp_spi(1, 0));
+  // Nothing is due while the SA has numbers left.
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  send(client, client_to_node2_pod(kMarker));
+  out = receive(uplink);
+  EXPECT_EQ(spi_and_sequence(out).first, esp_spi(1, 0));
+  // 4096 packets under the key: the SA is used up; the next maintain moves to epoch 1,
+  // which node 2 opens with the key it derives from the same pair key.
+  for (int i = 0; i < 4095; ++i) send(client, client_to_node2_pod(kMarker));
+  drain(uplink);
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  send(client, client_to_node2_pod(kMarker));
+  out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(spi_and_sequence(out).first, esp_spi(1, 1));
+  EXPECT_GT(spi_and_sequence(out).second, first + 4096) << "a new key's numbers still start above the old ones";
+  node2_sas epoch1(master_key(1), 1);
+  const bytes geneve = epoch1.open(out);
+  ASSERT_FALSE(geneve.empty());
+  EXPECT_FALSE(contains(out, kMarker));
+  EXPECT_TRUE(contains(geneve, kMarker));
+  // The used-up SA is gone; `get sas` shows the epoch.
+  bool out_in_epoch1 = false;
+  const nlohmann::json rows = sas();
+  for (const auto& row : rows["rows"]) {
+    if (row["direction"] != "out") continue;
+    EXPECT_EQ(row["epoch"], 1) << rows.dump(1);
+    out_in_epoch1 = row["epoch"] == 1;
+  }
+  EXPECT_TRUE(out_in_epoch1);
+  // The next move waits for receivers to have seen epoch 1 (kEpochMinIntervalS).
+  for (int i = 0; i < 4096; ++i) send(client, client_to_node2_pod(kMarker));
+  drain(uplink);
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  send(client, client_to_node2_pod(kMarker));
+  EXPECT_EQ(spi_and_sequence(receive(uplink)).first, esp_spi(1, 1));
+  EXPECT_EQ(drops(drop_reason::esp_encap_failed), 0u);
+}
+
+TEST_F(golden_esp, AReceiverFollowsItsPeerThroughKeyEpochsLearnsAnUnknownOneAndARestartedSender) {
+  start_encrypted();
+  learn_pod_macs();
+  const bytes inner = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.20"), ip4("198.18.1.10"), udp_with(kMarker));
+  node2_sas epoch0(master_key(1), 0), epoch1(master_key(1), 1), epoch2(master_key(1), 2), epoch7(master_key(1), 7);
+  // Epochs 0 and 1 are accepted from the start: a sender moving on loses nothing.
+  send(uplink, epoch1.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(pending(client), 1u);
+  drain(client);
+  send(uplink, epoch2.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(drops(drop_reason::esp_no_sa), 1u) << "epoch 2 before node 1 saw epoch 1";
+  // Node 1 saw epoch 1: it now also accepts 2, and 0 still (where a restarted sender starts).
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  send(uplink, epoch2.seal(geneve_from_node2(inner)));
+  send(uplink, epoch1.seal(geneve_from_node2(inner)));
+  send(uplink, epoch0.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(pending(client), 3u);
+  drain(client);
+  // Node 1 saw epoch 2: epoch 1 lingers (frames in flight), 3 is ready.
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  node2_sas epoch3(master_key(1), 3);
+  send(uplink, epoch1.seal(geneve_from_node2(inner)));
+  send(uplink, epoch3.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(pending(client), 2u);
+  drain(client);
+  // An epoch node 1 cannot know (it restarted while node 2 moved on): dropped, noted,
+  // installed at the next maintain, then followed.
+  send(uplink, epoch7.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(drops(drop_reason::esp_no_sa), 2u);
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  send(uplink, epoch7.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(pending(client), 1u);
+  drain(client);
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  node2_sas epoch8(master_key(1), 8);
+  send(uplink, epoch8.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(pending(client), 1u);
+  drain(client);
+  // A restarted node 2 sends under epoch 0 again (its numbers start at the clock, above
+  // its previous run's): accepted at once, and followed.
+  node2_sas restarted(master_key(1), 0);
+  restarted.start_at(1'000'000);
+  send(uplink, restarted.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(pending(client), 1u);
+  drain(client);
+  // One move per maintain: the first follows node 2 to epoch 8, the next to its restart.
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  EXPECT_EQ(pool_->maintain_esp(), "");
+  node2_sas restarted_epoch1(master_key(1), 1);
+  restarted_epoch1.start_at(2'000'000);
+  send(uplink, restarted_epoch1.seal(geneve_from_node2(inner)));
+  EXPECT_EQ(pending(client), 1u) << "epoch 1 after the restarted sender's 0";
+  drain(client);
+  EXPECT_EQ(drops(drop_reason::esp_no_sa), 2u);
+  EXPECT_EQ(drops(drop_reason::esp_auth_failed), 0u);
+}
+
+TEST(esp_tx_sa_limits, AnSaPastItsLastNumbersRefusesWithoutEverWrapping) {
+  std::string error;
+  auto ciphers = esp_ciphers::fetch(error);
+  ASSERT_TRUE(ciphers) << error;
+  esp_tx_sa sa(1);
+  const esp_key key = derive_pair_key(master_key(1), "node1", "node2");
+  ASSERT_EQ(sa.per_worker[0].install(*ciphers, {esp_spi(1), ip4("198.19.0.2"), key.key, key.salt}), "");
+  sa.next_sequence.store(esp_tx_sa::kRefuseFrom);
+  rte_mbuf* m = nullptr;  // never touched: refused before the frame is read
+  EXPECT_EQ(sa.encapsulate(0, m), esp_encap_result::sequence_exhausted);
+  EXPECT_EQ(sa.next_sequence.load(), esp_tx_sa::kRefuseFrom) << "the counter moved past the limit";
 }
 
 TEST_F(golden_esp, SwitchingARouteOnSendsClearForTheGraceAndAcceptsClearForTwice) {

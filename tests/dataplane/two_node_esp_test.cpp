@@ -282,9 +282,15 @@ TEST_F(two_nodes_encrypted, PodAndVipTrafficCrossesByteIdenticalAndTheUnderlayCa
   for (int n : {1, 2}) {
     const nlohmann::json reply = sas(n);
     ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
-    ASSERT_EQ(reply["total"], 2) << reply.dump(1);
+    // One out; in, key 1's epochs 0 and 1 (the next one, ready: dataplane/esp_routes.h).
+    ASSERT_EQ(reply["total"], 3) << reply.dump(1);
     for (const auto& row : reply["rows"]) {
       EXPECT_EQ(row["key_id"], 1);
+      if (row["epoch"] != 0) {
+        EXPECT_EQ(row["spi"], "0x4d4c0011");
+        EXPECT_EQ(row["packets"], 0);
+        continue;
+      }
       EXPECT_EQ(row["spi"], "0x4d4c0001");
       EXPECT_GT(row["packets"].get<uint64_t>(), 1000u) << row.dump();
       if (row["direction"] == "in") {
@@ -304,7 +310,7 @@ TEST_F(two_nodes_encrypted, PodAndVipTrafficCrossesByteIdenticalAndTheUnderlayCa
   const nlohmann::json model = nlohmann::json::parse(page.substr(std::min(page.size(), page.find("\r\n\r\n") + 4)), nullptr, false);
   ASSERT_FALSE(model.is_discarded()) << page.substr(0, 300);
   ASSERT_TRUE(model.contains("encryption")) << page.substr(0, 300);
-  EXPECT_EQ(model["encryption"]["sas"].size(), 2u);
+  EXPECT_EQ(model["encryption"]["sas"].size(), 3u);
   EXPECT_EQ(page.find("\"key\""), std::string::npos);
 
   // What an attacker on the underlay can do is refused, each with its reason, at node 1.
@@ -391,6 +397,55 @@ TEST_F(two_nodes_encrypted, TwoKeyRotationsUnderTrafficLoseNothing) {
   for (int n : {1, 2})
     for (const char* reason : {"esp_auth_failed", "esp_replay", "esp_no_sa", "esp_required"})
       EXPECT_EQ(drops(n, reason), 0) << "node " << n << ": " << reason;
+}
+
+// Key epochs (dataplane/esp_routes.h): SAs used up after 4096 packets move to the next
+// epoch by themselves, on both nodes, under a TCP stream and a paced UDP stream.
+class two_nodes_rekeying : public two_nodes_encrypted {
+ protected:
+  two_nodes_rekeying() {
+    encryption_ = R"({"mode": "always", "key_file": "KEYS", "rotation_grace_s": 2, "rotation_duration_s": 4,
+                      "rekey_after_packets": 4096})";
+  }
+  // The highest key epoch node n sends under with packets.
+  int out_epoch(int n) {
+    int epoch = -1;
+    const nlohmann::json reply = sas(n);
+    for (const auto& row : reply.value("rows", nlohmann::json::array()))
+      if (row["direction"] == "out" && row["packets"].get<uint64_t>() > 0) epoch = std::max(epoch, row["epoch"].get<int>());
+    return epoch;
+  }
+};
+
+TEST_F(two_nodes_rekeying, SasUsedUpMoveToNewKeyEpochsUnderTrafficAndLoseNothing) {
+  tcp_echo_server pod_server(*nodes_[1].web, 8080);
+  ASSERT_TRUE(pod_server.ok());
+  tcp_stream_under_test stream(*nodes_[0].client, "198.19.128.10", 80);  // through the VIP to node 2
+  paced_udp_stream datagrams(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9100, 200);
+  // Three epochs each way: at least 3 x 4096 packets, epochs at least 2 s apart.
+  bool moved = false;
+  for (auto deadline = std::chrono::steady_clock::now() + 40s; !moved && std::chrono::steady_clock::now() < deadline;) {
+    std::this_thread::sleep_for(500ms);
+    moved = out_epoch(1) >= 3 && out_epoch(2) >= 3;
+  }
+  EXPECT_TRUE(moved) << sas(1).dump(1) << sas(2).dump(1);
+  std::this_thread::sleep_for(1s);
+  const size_t streamed = stream.received();
+  EXPECT_EQ(stream.finish(), "");
+  EXPECT_GT(streamed, size_t{1} << 20) << "the TCP stream hardly moved";
+  const auto [sent, received] = datagrams.finish();
+  EXPECT_GT(sent, 1000u);
+  EXPECT_EQ(received, sent) << "datagrams lost across the key epochs";
+  for (int n : {1, 2})
+    for (const char* reason : {"esp_auth_failed", "esp_replay", "esp_no_sa", "esp_required", "esp_encap_failed"})
+      EXPECT_EQ(drops(n, reason), 0) << "node " << n << ": " << reason;
+  // Used-up SAs are gone: each node sends under one SA.
+  for (int n : {1, 2}) {
+    int out_rows = 0;
+    const nlohmann::json reply = sas(n);
+    for (const auto& row : reply.value("rows", nlohmann::json::array())) out_rows += row["direction"] == "out";
+    EXPECT_EQ(out_rows, 1) << reply.dump(1);
+  }
 }
 
 }  // namespace
