@@ -22,6 +22,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "ebpf/fast_path_maps.bpf.h"
+#include "ebpf/policy_decide.bpf.h"
 
 char LICENSE[] SEC("license") = "Dual BSD/GPL";
 
@@ -301,71 +302,25 @@ static __always_inline void vip_v6(struct bpf_sock_addr* ctx, struct ml_addr* a)
  * port group, identity group, address group (an LPM trie), one verdict. A denied connect
  * or datagram fails with EPERM (the program returns 0) and is counted by policy and
  * reason. The verdict is taken once per connect (TCP, connected UDP) or per datagram
- * (unconnected UDP sendmsg); connections keep their connect-time verdict until they
- * close (README, "Policy"). */
-static __always_inline __u32 policy_group(void* map, const void* key, __u32 absent) {
-  __u32* group = bpf_map_lookup_elem(map, key);
-  return group ? *group : absent;
-}
-
-/* 1: allowed, 0: denied (counted). */
+ * (unconnected UDP sendmsg); after a policy change the agent runs the reaper
+ * (policy_reaper.bpf.c), which closes the connections the new policy denies (README,
+ * "Policy"). */
+/* 1: allowed, 0: denied (counted). A connect (TCP, or UDP connect) from the pods is
+ * marked in ml_policy_initiators, allowed or not, so that the reaper re-checks the
+ * connections this side opened after a policy change (and never an accepted one). */
 static __always_inline int authorize(struct bpf_sock_addr* ctx, int v6, int is_sendmsg) {
   if (ctx->protocol != IPPROTO_TCP && ctx->protocol != IPPROTO_UDP) return 1;
-  __u32 zero = 0;
-  __u32* active = bpf_map_lookup_elem(&ml_policy_active, &zero);
-  if (!active) return 1;
-  const __u32 set = *active & 1;
-  struct ml_policy_pod_key pod = {};
-  if (v6) addr_from_ctx6(&pod.ip, ctx->user_ip6);
-  else addr_from_v4(&pod.ip, ctx->user_ip4);
-  pod.set = set;
-  __u32* class_id = bpf_map_lookup_elem(&ml_policy_pods, &pod);
-  if (!class_id || *class_id == 0 || *class_id >= ML_MAX_POLICY_CLASSES) return 1;
-  const __u32 class_key = set * ML_MAX_POLICY_CLASSES + *class_id;
-  struct ml_policy_class* c = bpf_map_lookup_elem(&ml_policy_classes, &class_key);
-  if (!c) return 1;
+  if (!is_sendmsg && ctx->sk) bpf_sk_storage_get(&ml_policy_initiators, ctx->sk, 0, BPF_SK_STORAGE_GET_F_CREATE);
+  const int live = policy_live_set();
+  if (live < 0) return 1;
+  const __u32 set = (__u32)live;
+  struct ml_addr dest;
+  if (v6) addr_from_ctx6(&dest, ctx->user_ip6);
+  else addr_from_v4(&dest, ctx->user_ip4);
   const __u16 port = bpf_ntohs((__u16)ctx->user_port);
-
-  const __u64 port_key = (__u64)set << 32 | (__u64)*class_id << 16 | port;
-  const __u32 port_group = policy_group(&ml_policy_ports, &port_key, 0);
-
-  struct ml_policy_netns_key netns = {};
-  netns.cookie = bpf_get_netns_cookie(ctx);
-  netns.set = set;
-  struct ml_policy_source* source = bpf_map_lookup_elem(&ml_policy_netns, &netns);
-  /* A process of the pods' cgroup in no known pod's namespace has no identity. */
-  const __u32 identity = source ? source->identity : 0;
-  __u32 identity_group;
-  if (identity < 256) { /* the reserved range (control/workload_identity.h) */
-    identity_group = c->none_identity_group;
-  } else {
-    struct ml_policy_identity_key identity_key = {};
-    identity_key.set_class = set << 16 | *class_id;
-    identity_key.identity = identity;
-    identity_group = policy_group(&ml_policy_identities, &identity_key, c->unknown_identity_group);
-  }
-
-  __u32 address_group = 0;
-  if (c->address_groups > 1 && source && (!v6 || source->has_ip6)) {
-    struct ml_policy_address_key address_key = {};
-    address_key.prefixlen = 32 + 128;
-    address_key.scope = set << 24 | (v6 ? 6u : 4u) << 16 | *class_id;
-    if (v6) __builtin_memcpy(address_key.addr, &source->ip6, 16);
-    else __builtin_memcpy(address_key.addr, &source->ip.words[3], 4);
-    address_group = policy_group(&ml_policy_addresses, &address_key, 0);
-  }
-
-  const __u32 index = c->first_verdict +
-                      (port_group * c->identity_groups + identity_group) * c->address_groups + address_group;
-  if (index >= ML_MAX_POLICY_VERDICTS) return 1;
-  const __u32 verdict_key = set * ML_MAX_POLICY_VERDICTS + index;
-  struct ml_policy_verdict* verdict = bpf_map_lookup_elem(&ml_policy_verdicts, &verdict_key);
+  struct ml_policy_verdict* verdict = policy_decide(set, &dest, port, bpf_get_netns_cookie(ctx), v6);
   if (!verdict || verdict->allowed) return 1;
-
-  const __u32 policy = verdict->policy < ML_MAX_POLICIES ? verdict->policy : ML_MAX_POLICIES;
-  const __u32 slot = set * ML_POLICY_DENY_SLOTS + 2 * policy + (verdict->reason == ML_REASON_NO_ALLOW_MATCH);
-  __u64* denials = bpf_map_lookup_elem(&ml_policy_denials, &slot);
-  if (denials) *denials += 1; /* per-CPU entry: no other writer */
+  policy_count_denial(set, verdict);
   struct ml_counters* counts = counters();
   if (counts) {
     if (is_sendmsg) counts->policy_denied_datagrams += 1;

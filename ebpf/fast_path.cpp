@@ -904,6 +904,12 @@ void register_fast_path_telemetry(subsystem_registry& registry, const fast_path&
                    {{{{"mode", redirect.mode}, {"effective", redirect.effective}}, 1.0}}});
     out.push_back({"meshlane_ebpf_redirected_pods", "Pods whose connections to each other may be redirected now.",
                    metric_kind::gauge, {{{}, static_cast<double>(stats.redirected_pods)}}});
+    const fast_path::reaper_state reaper = path.reaper();
+    out.push_back({"meshlane_policy_connections_closed_total",
+                   "Pod-local connections closed because a policy change denied them (also counted as denials).",
+                   metric_kind::counter,
+                   {{{{"protocol", "tcp"}}, static_cast<double>(reaper.closed_tcp)},
+                    {{{"protocol", "udp"}}, static_cast<double>(reaper.closed_udp)}}});
   });
   registry.add_readiness("ebpf", [&path]() { return path.attachment_problem(); });
   registry.add_status("ebpf", [&path]() {
@@ -927,7 +933,13 @@ void register_fast_path_telemetry(subsystem_registry& registry, const fast_path&
                           {"redirected_bytes", c.redirected_bytes},
                           {"directions_to_tcp", c.directions_to_tcp},
                           {"socket_collisions", c.socket_collisions},
-                          {"connect_rewrites", c.connect_rewrites}};
+                          {"connect_rewrites", c.connect_rewrites},
+                          {"policy_reaper", [&path] {
+                             const fast_path::reaper_state r = path.reaper();
+                             return nlohmann::json{{"available", r.available}, {"problem", r.problem},
+                                                   {"runs", r.runs}, {"closed_tcp", r.closed_tcp},
+                                                   {"closed_udp", r.closed_udp}, {"last_errors", r.last_errors}};
+                           }()}};
   });
 }
 

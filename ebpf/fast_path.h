@@ -20,6 +20,7 @@
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
 #include "ebpf/kernel_check.h"
+#include "ebpf/policy_reaper.h"
 #include "ebpf/region_allocator.h"
 
 namespace meshlane {
@@ -101,6 +102,15 @@ class fast_path {
     std::string mode = "auto", effective = "opt_in", reason;
   };
   redirect_state redirect() const;
+  // Connections closed because a policy change denied them (policy_reaper.h), and why
+  // none can be ("" when the reaper runs here).
+  struct reaper_state {
+    bool available = false;
+    std::string problem;
+    uint64_t closed_tcp = 0, closed_udp = 0, runs = 0;
+    std::vector<std::string> last_errors;
+  };
+  reaper_state reaper() const;
   // SHA-256 (hex) of the BPF object running now.
   const std::string& object_digest() const { return object_digest_; }
 
@@ -121,6 +131,8 @@ class fast_path {
   // The L4 authorization tables and pods' identities into the inactive set, then the flip
   // (fast_path_policy.cpp). Called by sync() with state_mutex_ held.
   std::string sync_policy(const snapshot& tables);
+  // After a flip to a new policy set: closes the pods' connections it denies.
+  void reap_denied(const snapshot& tables);
 
   fast_path_options options_;
   fast_path_origin origin_ = fast_path_origin::loaded;
@@ -140,6 +152,9 @@ class fast_path {
   uint64_t policy_input_hash_ = 0;  // of what the live set was written from (0: unknown)
   std::vector<std::string> policy_names_[2];  // per set: its verdicts' policy indexes
   std::map<std::pair<std::string, std::string>, uint64_t> retired_denials_;  // counts of cleared sets
+  std::unique_ptr<policy_reaper> reaper_;  // loaded at the first policy change
+  bool reaper_tried_ = false;
+  reaper_state reaper_state_;
 };
 
 // Registers the fast path's metrics (meshlane_ebpf_*) and status section.

@@ -141,6 +141,15 @@ struct {
   __type(value, __u64);
 } ml_policy_denials SEC(".maps");
 
+/* Sockets of the pods that connected (TCP, or UDP connect), marked at connect: the ones
+ * the policy reaper re-checks after a policy change (an accepted socket is never one). */
+struct {
+  __uint(type, BPF_MAP_TYPE_SK_STORAGE);
+  __uint(map_flags, BPF_F_NO_PREALLOC);
+  __type(key, int);
+  __type(value, __u32);
+} ml_policy_initiators SEC(".maps");
+
 static __always_inline struct ml_counters* counters(void) {
   __u32 zero = 0;
   return bpf_map_lookup_elem(&ml_counters, &zero);

@@ -238,7 +238,36 @@ std::string fast_path::sync_policy(const snapshot& tables) {
       bpf_map_update_elem(fds[denials], &slot, zeros.data(), BPF_ANY);
     }
   }
-  return clear(live);
+  if (std::string e = clear(live); !e.empty()) return e;
+  // (6) Connections the new set denies are closed, as a new connect of them would fail.
+  reap_denied(tables);
+  return "";
+}
+
+void fast_path::reap_denied(const snapshot& tables) {
+  std::vector<std::string> namespaces;
+  for (const auto& pod : tables.pods)
+    if (!pod.netns.empty()) namespaces.push_back(pod.netns);
+  if (namespaces.empty()) return;
+  if (!reaper_tried_) {
+    reaper_tried_ = true;
+    std::string error;
+    reaper_ = policy_reaper::load(options_.pin_dir, error);
+    reaper_state_.available = reaper_ != nullptr;
+    reaper_state_.problem = error;
+  }
+  if (!reaper_) return;
+  reap_result result = reaper_->reap(namespaces);
+  reaper_state_.closed_tcp += result.tcp;
+  reaper_state_.closed_udp += result.udp;
+  reaper_state_.runs += 1;
+  // A pod that left between the publish and now has no namespace to visit: not news.
+  reaper_state_.last_errors = std::move(result.errors);
+}
+
+fast_path::reaper_state fast_path::reaper() const {
+  std::lock_guard lock(state_mutex_);
+  return reaper_state_;
 }
 
 void fast_path::policy_denials(std::vector<policy_deny_count>& out) const {

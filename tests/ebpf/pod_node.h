@@ -77,7 +77,11 @@ class pod_node {
     return doc;
   }
 
-  void write_config(const json& doc) { std::ofstream(config) << doc.dump(2); }
+  // Whole or not at all (a new file renamed over the old), as the agent watches it.
+  void write_config(const json& doc) {
+    std::ofstream(config + ".next") << doc.dump(2);
+    std::rename((config + ".next").c_str(), config.c_str());
+  }
 
   // Starts meshlaned on `config` (extra arguments appended) and waits for generation 1.
   bool start_agent(const std::vector<std::string>& extra = {}) {

@@ -16,7 +16,9 @@
 //   pod_tool udp-client IP PORT            one datagram, print the reply's source
 //   pod_tool steady-client IP PORT SECONDS FILE
 //        one connection, a 64-byte request/response every 20 ms for SECONDS; appends a
-//        line per second to FILE and prints {"ok":..,"exchanges":..} at the end
+//        line per second to FILE and prints {"ok":..,"exchanges":..,"error":strerror|""} at the end
+//   pod_tool udp-steady-client IP PORT SECONDS FILE
+//        the same over a connected UDP socket (against udp-echo-server)
 //   pod_tool splice-server PORT            reads each connection with splice(2) into a pipe
 //        (as Go's io.Copy between TCP connections does) and echoes what it moved
 //   pod_tool udp-two-vips IP1 PORT1 IP2 PORT2
@@ -26,8 +28,9 @@
 //        a TCP socket established without a handshake in repair mode (TCP_REPAIR, as CRIU
 //        restores connections), with the given addresses and sequence numbers, held open
 //        for HOLD_MS; no packet is sent. {"ok":..}
-//   pod_tool probe IP PORT                 one TCP connect and one UDP datagram (sendto), each
-//        answered by its errno: {"tcp":"ok"|"EPERM"|"Connection refused"|..,"udp":"ok"|"EPERM"|..}
+//   pod_tool probe IP PORT                 one TCP connect, one UDP datagram (sendto) and one UDP
+//        connect, each answered by its errno: {"tcp":"ok"|"EPERM"|"Connection refused"|..,
+//        "udp":"ok"|"EPERM"|..,"udp_connect":"ok"|"EPERM"|..}
 //        (policy tests: EPERM is the policy's refusal; no server needs to listen)
 //   POD_TOOL_BIND=IP:PORT                  clients bind their socket to it before connecting
 //   pod_tool order-server PORT
@@ -337,7 +340,7 @@ int probe(const char* ip, int port) {
   socklen_t length;
   const sockaddr_storage to = make_address(ip, port, length);
   auto answer = [](int err) { return err == 0 ? std::string("ok") : err == EPERM ? std::string("EPERM") : std::string(std::strerror(err)); };
-  std::string tcp, udp;
+  std::string tcp, udp, udp_connect;
   {
     const int fd = socket(to.ss_family, SOCK_STREAM, 0);
     tcp = answer(connect(fd, reinterpret_cast<const sockaddr*>(&to), length) == 0 ? 0 : errno);
@@ -349,26 +352,41 @@ int probe(const char* ip, int port) {
     udp = answer(sendto(fd, message, sizeof message, 0, reinterpret_cast<const sockaddr*>(&to), length) < 0 ? errno : 0);
     close(fd);
   }
-  std::printf("{\"tcp\":\"%s\",\"udp\":\"%s\"}\n", tcp.c_str(), udp.c_str());
+  {
+    const int fd = socket(to.ss_family, SOCK_DGRAM, 0);
+    udp_connect = answer(connect(fd, reinterpret_cast<const sockaddr*>(&to), length) == 0 ? 0 : errno);
+    close(fd);
+  }
+  std::printf("{\"tcp\":\"%s\",\"udp\":\"%s\",\"udp_connect\":\"%s\"}\n", tcp.c_str(), udp.c_str(),
+              udp_connect.c_str());
   return 0;
 }
 
-int steady_client(const char* ip, int port, int seconds, const char* progress_file) {
-  const int fd = connect_to(ip, port);
-  const int on = 1;
-  setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+int steady_client(const char* ip, int port, int seconds, const char* progress_file, bool udp = false) {
+  int fd;
+  if (udp) {  // a connected UDP socket: one datagram each way per exchange
+    socklen_t length;
+    const sockaddr_storage to = make_address(ip, port, length);
+    fd = socket(to.ss_family, SOCK_DGRAM, 0);
+    if (connect(fd, reinterpret_cast<const sockaddr*>(&to), length) != 0) die("connect");
+  } else {
+    fd = connect_to(ip, port);
+    const int on = 1;
+    setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &on, sizeof on);
+  }
   char request[64], reply[64];
   long exchanges = 0;
   bool ok = true;
+  int failure = 0;  // errno of the failing call (0: EOF or a wrong echo)
   const auto start = std::chrono::steady_clock::now();
   int reported = 0;
   while (std::chrono::steady_clock::now() - start < std::chrono::seconds(seconds)) {
     std::memset(request, static_cast<int>('a' + exchanges % 26), sizeof request);
-    if (!write_all(fd, request, sizeof request)) { ok = false; break; }
+    if (!write_all(fd, request, sizeof request)) { ok = false; failure = errno; break; }
     size_t got = 0;
     while (got < sizeof reply) {
       const ssize_t n = receive(fd, reply + got, sizeof reply - got, 2000);
-      if (n <= 0) { ok = false; break; }
+      if (n <= 0) { ok = false; failure = n < 0 ? errno : 0; break; }
       got += static_cast<size_t>(n);
     }
     if (!ok || std::memcmp(request, reply, sizeof reply) != 0) { ok = false; break; }
@@ -381,7 +399,8 @@ int steady_client(const char* ip, int port, int seconds, const char* progress_fi
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }
-  std::printf("{\"ok\":%s,\"exchanges\":%ld}\n", ok ? "true" : "false", exchanges);
+  std::printf("{\"ok\":%s,\"exchanges\":%ld,\"error\":\"%s\"}\n", ok ? "true" : "false", exchanges,
+              failure ? std::strerror(failure) : "");
   return ok ? 0 : 1;
 }
 
@@ -595,6 +614,7 @@ int main(int argc, char** argv) {
   if (mode == "order-server") serve_forever(listen_on(std::atoi(arg(2))), order_serve, nullptr);
   if (mode == "order-client") return order_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)), std::atoi(arg(5)));
   if (mode == "steady-client") return steady_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)), arg(5));
+  if (mode == "udp-steady-client") return steady_client(arg(2), std::atoi(arg(3)), std::atoi(arg(4)), arg(5), true);
   std::fprintf(stderr, "pod_tool: unknown mode '%s'\n", mode.c_str());
   return 2;
 }
