@@ -28,12 +28,13 @@ struct pod_def {
   const char* name;
   const char* suffix;
   const char* ip;
+  const char* ip6;
   const char* principal;  // "ns/sa"
 };
-constexpr pod_def kPods[] = {{"foo-httpbin", "fh", "198.18.1.10", "foo/httpbin"},
-                             {"foo-sleep", "fs", "198.18.1.11", "foo/sleep"},
-                             {"bar-sleep", "bs", "198.18.1.12", "bar/sleep"},
-                             {"bar-httpbin", "bh", "198.18.1.13", "bar/httpbin"}};
+constexpr pod_def kPods[] = {{"foo-httpbin", "fh", "198.18.1.10", "fd00:6d6c:1::10", "foo/httpbin"},
+                             {"foo-sleep", "fs", "198.18.1.11", "fd00:6d6c:1::11", "foo/sleep"},
+                             {"bar-sleep", "bs", "198.18.1.12", "fd00:6d6c:1::12", "bar/sleep"},
+                             {"bar-httpbin", "bh", "198.18.1.13", "fd00:6d6c:1::13", "bar/httpbin"}};
 
 class PodPolicy : public ::testing::Test {
  protected:
@@ -42,7 +43,7 @@ class PodPolicy : public ::testing::Test {
     ASSERT_FALSE(env_value("MESHLANED").empty());
     ASSERT_FALSE(env_value("POD_TOOL").empty());
     node_ = std::make_unique<pod_node>("policy");
-    for (const auto& p : kPods) pods_[p.name] = &node_->add_pod(p.suffix, p.ip);
+    for (const auto& p : kPods) pods_[p.name] = &node_->add_pod(p.suffix, p.ip, p.ip6);
   }
   void TearDown() override { node_.reset(); }
 
@@ -52,6 +53,7 @@ class PodPolicy : public ::testing::Test {
       for (const auto& p : kPods)
         if (pod["name"] == p.name) {
           pod["interface"] = test_prefix() + "-h" + p.suffix;
+          pod["ip6"] = p.ip6;
           pod["netns"] = "/var/run/netns/" + pods_.at(p.name)->name();
         }
     }
@@ -122,32 +124,45 @@ std::string ip_of(const std::string& pod) {
     if (pod == p.name) return p.ip;
   return "";
 }
+std::string ip6_of(const std::string& pod) {
+  for (const auto& p : kPods)
+    if (pod == p.name) return p.ip6;
+  return "";
+}
 
 // Every row of the table whose source is one of the pods at its own address, through the
 // real programs, for TCP and UDP. (Rows from no identity or from other addresses cannot
 // come from a pod of this node: the cross-node and ingress paths enforce those.)
-TEST_F(PodPolicy, VerdictsAreTheSemanticsTablesForTcpAndUdp) {
-  size_t checked = 0;
+// The same rows over IPv6 (each pod's ip6), except in cases whose rules name IPv4
+// ip_blocks: an IPv6 source is not in them, which changes the row's verdict.
+TEST_F(PodPolicy, VerdictsAreTheSemanticsTablesForTcpAndUdpInBothFamilies) {
+  size_t checked = 0, checked6 = 0;
   for (const auto& c : policy_semantics_cases()) {
     SCOPED_TRACE(c.name);
     publish(json::parse(c.policies));
     if (HasFatalFailure()) return;
+    const bool family_neutral = std::string(c.policies).find("ip_blocks") == std::string::npos;
     for (const auto& flow : c.flows) {
       const char* from = pod_of(flow.from);
       if (!from || ip_of(from) != flow.from_ip) continue;
       const bool allowed = allows(flow.reason);
-      const json got = probe(from, ip_of(flow.to_pod), flow.port);
-      const std::string what = flow.from + " -> " + flow.to_pod + ":" + std::to_string(flow.port);
-      EXPECT_EQ(got.value("tcp", "") == "EPERM", !allowed) << what << ": " << got.dump();
-      EXPECT_EQ(got.value("udp", "") == "EPERM", !allowed) << what << ": " << got.dump();
-      EXPECT_EQ(got.value("udp_connect", "") == "EPERM", !allowed) << what << ": " << got.dump();
-      if (allowed) {
-        EXPECT_EQ(got.value("udp", ""), "ok") << what;
+      for (const std::string& to : {ip_of(flow.to_pod), family_neutral ? ip6_of(flow.to_pod) : std::string()}) {
+        if (to.empty()) continue;
+        const json got = probe(from, to, flow.port);
+        const std::string what = flow.from + " -> " + flow.to_pod + " " + to + " port " + std::to_string(flow.port);
+        EXPECT_EQ(got.value("tcp", "") == "EPERM", !allowed) << what << ": " << got.dump();
+        EXPECT_EQ(got.value("udp", "") == "EPERM", !allowed) << what << ": " << got.dump();
+        EXPECT_EQ(got.value("udp_connect", "") == "EPERM", !allowed) << what << ": " << got.dump();
+        if (allowed) {
+          EXPECT_EQ(got.value("udp", ""), "ok") << what;
+          EXPECT_EQ(got.value("tcp", ""), "Connection refused") << what << " (nothing listens: the kernel's answer)";
+        }
+        ++(to.find(':') != std::string::npos ? checked6 : checked);
       }
-      ++checked;
     }
   }
   EXPECT_GE(checked, 10u);
+  EXPECT_GE(checked6, 8u);
 }
 
 TEST_F(PodPolicy, AllowNothingDeniesConnectAndDatagramsAndCountsThemByPolicy) {
