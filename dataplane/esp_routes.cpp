@@ -195,7 +195,9 @@ bool esp_sa_registry::maintain(uint64_t now, uint64_t tsc_hz) {
       state.learning_spi = spi;
       changed = true;
     }
-    for (auto& [key_id, epochs] : state.rx_by_key) {
+    for (auto& entry : state.rx_by_key) {
+      const uint8_t key_id = entry.first;
+      rx_epochs& epochs = entry.second;
       auto move_to = [&](uint16_t epoch) {
         epochs.previous = epochs.current;
         epochs.previous_until = now + linger;
