@@ -44,7 +44,9 @@ handover_state worker_pool::export_handover() const {
       if (!table.read(i, e) || !e.in_use || table.expired(e, now, timeouts)) continue;
       handover_flow f;
       f.worker = w;
-      const uint64_t left = lifetime_of(e, timeouts) - (now - e.last_seen);
+      // A worker may have touched it after `now` was read: then it is fresh.
+      const uint64_t age = e.last_seen > now ? 0 : now - e.last_seen;
+      const uint64_t left = lifetime_of(e, timeouts) - age;
       f.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>(left / (hz / 1000), UINT32_MAX));
       f.entry = e;
       f.entry.version = 0, f.entry.last_seen = 0, f.entry.backend_slot = 0;

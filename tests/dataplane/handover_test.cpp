@@ -230,7 +230,9 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
     // The upgrade: SIGTERM (the old agent writes the hand-over while its workers still
     // forward, then stops), and the new agent as soon as the old one is gone (the DPDK
     // file prefix, control socket and ports are one agent's at a time).
+    const auto signalled = std::chrono::steady_clock::now();
     ASSERT_EQ(nodes_[0].agent->stop(SIGTERM, 10000), 0) << read_text(nodes_[0].log_path);
+    const auto exited = std::chrono::steady_clock::now();
     nodes_[0].agent.reset();
     const std::string old_log = read_text(nodes_[0].log_path);
     const long long written = number_in(old_log, R"(handover: (\d+) flow entries, \d+ lent ports)");
@@ -239,6 +241,7 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
     std::error_code ignored;
     std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(1), ignored);
     ASSERT_TRUE(start_agent(1)) << read_text(nodes_[0].log_path);
+    const auto started = std::chrono::steady_clock::now();
     const std::string new_log = read_text(nodes_[0].log_path);
     const long long adopted = number_in(new_log, R"(handover: adopted (\d+) of)");
     EXPECT_EQ(adopted, written) << new_log;
@@ -257,11 +260,14 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
     double stall_ms = 0;
     for (const auto& c : connections) stall_ms = std::max(stall_ms, c->longest_stall_ms());
     std::printf("restart %d: forwarding gap %.1f ms (longest UDP silence), %llu of %llu datagrams lost; "
-                "agent: workers forwarding again %lld ms after the old agent's last burst; %lld flow entries adopted; "
-                "longest TCP round-trip stall so far %.0f ms\n",
+                "agent: workers forwarding again %lld ms after the old agent's hand-over; %lld flow entries adopted; "
+                "longest TCP round-trip stall so far %.0f ms; the old agent exited %.0f ms after SIGTERM, "
+                "the new one said \"dataplane running\" within %.0f ms of its start\n",
                 restart, gap_ms, static_cast<unsigned long long>(lost),
                 static_cast<unsigned long long>(udp_last - udp_first),
-                number_in(new_log, R"(workers forwarding again (\d+) ms)"), adopted, stall_ms);
+                number_in(new_log, R"(workers forwarding again (\d+) ms)"), adopted, stall_ms,
+                std::chrono::duration<double, std::milli>(exited - signalled).count(),
+                std::chrono::duration<double, std::milli>(started - exited).count());
     std::fflush(stdout);
   }
   // Every connection still alive at the end, none reset, all bytes echoed identical.
