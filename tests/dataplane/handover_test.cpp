@@ -248,6 +248,17 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
     EXPECT_EQ(new_log.find("dropped:"), std::string::npos) << new_log;
     EXPECT_GE(number_in(new_log, R"(flow entries, (\d+) lent ports)"), 15) << new_log;
     EXPECT_FALSE(std::filesystem::exists(handover_path(1))) << "adopted once, then removed";
+    {  // the same account in the status and the metrics of the control socket
+      control_client client;
+      ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+      const nlohmann::json status = client.request({{"command", "status"}});
+      const nlohmann::json handover_status = status["subsystems"]["handover"];
+      EXPECT_EQ(handover_status.value("state", ""), "adopted") << status.dump();
+      EXPECT_EQ(handover_status.value("flows_adopted", -1LL), adopted);
+      EXPECT_TRUE(handover_status.value("same_document", false));
+      EXPECT_EQ(handover_status["dropped"], nlohmann::json::object());
+      EXPECT_EQ(metric_value(client, "meshlane_handover_flows_adopted", "unlabelled", ""), static_cast<double>(adopted));
+    }
     // Traffic after the restart, then every connection must have moved on.
     std::this_thread::sleep_for(2s);
     const uint64_t udp_last = udp.sent();
