@@ -256,7 +256,7 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
       EXPECT_EQ(handover_status.value("state", ""), "adopted") << status.dump();
       EXPECT_EQ(handover_status.value("flows_adopted", -1LL), adopted);
       EXPECT_TRUE(handover_status.value("same_document", false));
-      EXPECT_EQ(handover_status["dropped"], nlohmann::json::object());
+      EXPECT_EQ(handover_status.value("dropped", nlohmann::json()), nlohmann::json::object());
       EXPECT_EQ(metric_value(client, "meshlane_handover_flows_adopted", "unlabelled", ""), static_cast<double>(adopted));
     }
     // Traffic after the restart, then every connection must have moved on.
