@@ -161,11 +161,16 @@ bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
   }
   reader header{data + sizeof kMagic, kHeaderBytes - sizeof kMagic};
   const uint32_t version = header.u32();
-  header.u32();
+  const uint32_t reserved = header.u32();
   const uint64_t body_length = header.u64();
   if (version != kHandoverFormatVersion) {
     error = "format version " + std::to_string(version) + ", this agent reads version " +
             std::to_string(kHandoverFormatVersion);
+    return false;
+  }
+  // Outside the checksum: a version 1 file has zero there, anything else is damage.
+  if (reserved != 0) {
+    error = "damaged header (reserved field " + std::to_string(reserved) + ", not 0)";
     return false;
   }
   if (body_length != size - kHeaderBytes) {

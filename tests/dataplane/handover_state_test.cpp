@@ -130,6 +130,10 @@ TEST(handover_state, TruncatedPaddedAndForeignFilesAreRefused) {
   padded.push_back(0);
   EXPECT_FALSE(parse_handover_state(padded.data(), padded.size(), back, error));
   EXPECT_NE(error.find("truncated or padded"), std::string::npos) << error;
+  std::vector<uint8_t> reserved = good;  // outside the checksum: found by the fuzzer
+  reserved[12] = 0xf4;
+  EXPECT_FALSE(parse_handover_state(reserved.data(), reserved.size(), back, error));
+  EXPECT_NE(error.find("damaged header"), std::string::npos) << error;
   const std::string text = "{\"flows\": []}";
   EXPECT_FALSE(parse_handover_state(reinterpret_cast<const uint8_t*>(text.data()), text.size(), back, error));
   EXPECT_NE(error.find("not a meshlane hand-over file"), std::string::npos) << error;
