@@ -34,7 +34,8 @@ handover_state worker_pool::export_handover() const {
   out.written_unix_ms = unix_ms_now();
   out.workers = worker_count();
   // The tables' digest: no install runs now (the caller's precondition), so they stay.
-  if (const forwarding_tables* t = current_.load(std::memory_order_acquire)) out.document_digest = t->tables->content_digest();
+  if (const forwarding_tables* t = current_.load(std::memory_order_acquire))
+    out.document_digest = t->tables->content_digest();
   std::lock_guard lock(ports_mutex_);  // slot names and neighbour slots change at install
   std::set<uint16_t> lent;
   for (uint16_t w = 0; w < workers_.size(); ++w) {
@@ -50,7 +51,8 @@ handover_state worker_pool::export_handover() const {
       f.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>(left / (hz / 1000), UINT32_MAX));
       f.entry = e;
       f.entry.version = 0, f.entry.last_seen = 0, f.entry.backend_slot = 0;
-      if (e.backend_slot < slot_names_.backends.size()) f.backend = slot_names_.backends[e.backend_slot];
+      if (e.backend_slot < slot_names_.backends.size())
+        f.backend = slot_names_.backends[e.backend_slot];
       if (e.flags & kFlowSecondRewrite) lent.insert(lent_port_of(e));
       out.flows.push_back(std::move(f));
     }
@@ -114,17 +116,21 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     const uint16_t vip_port = forward ? e.key.destination_port : e.rewrite_port;
     const ip_address backend_ip = address_v6(forward ? e.rewrite_address : e.key.source);
     const uint16_t backend_port = forward ? e.rewrite_port : e.key.source_port;
-    const table_frontend* frontend = s.find_frontend(vip, vip_port, static_cast<l4_protocol>(e.key.protocol));
+    const table_frontend* frontend =
+        s.find_frontend(vip, vip_port, static_cast<l4_protocol>(e.key.protocol));
     if (!frontend) {
       ++report.dropped["no_service"];
       continue;
     }
     const table_service& service = s.services[frontend->service_index];
     int64_t backend_index = -1;
-    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
+    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count;
+         ++b) {
       const table_backend& backend = s.backends[b];
-      if (backend.ip == backend_ip && (frontend->target_port ? frontend->target_port : backend.port) == backend_port &&
-          service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port) == f.backend)
+      if (backend.ip == backend_ip &&
+          (frontend->target_port ? frontend->target_port : backend.port) == backend_port &&
+          service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port) ==
+              f.backend)
         backend_index = b;
     }
     if (backend_index < 0) {
@@ -139,9 +145,11 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       const bool v4 = backend_ip.is_v4();
       const ip_address gateway = v4 ? address_v4(t->gateway_ip) : address_v6(t->gateway_ip6.data());
       const uint16_t port = lent_port_of(e);
-      const bool same_gateway = forward ? (v4 ? e.second_address == t->gateway_ip : t->has_gateway_ip6)
-                                        : std::memcmp(e.key.destination, gateway.bytes.data(), 16) == 0;
-      if (!same_gateway || port < kIngressPortFirst || port - kIngressPortFirst >= kIngressPortCount) {
+      const bool same_gateway = forward
+                                    ? (v4 ? e.second_address == t->gateway_ip : t->has_gateway_ip6)
+                                    : std::memcmp(e.key.destination, gateway.bytes.data(), 16) == 0;
+      if (!same_gateway || port < kIngressPortFirst ||
+          port - kIngressPortFirst >= kIngressPortCount) {
         ++report.dropped["address_changed"];
         continue;
       }
@@ -168,7 +176,8 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
   }
   uint64_t evictions_after = 0;
   for (const auto& w : workers_) evictions_after += w->flows.evictions();
-  if (evictions_after > evictions_before) report.dropped["table_full"] = evictions_after - evictions_before;
+  if (evictions_after > evictions_before)
+    report.dropped["table_full"] = evictions_after - evictions_before;
 
   for (const handover_lent_port& l : state.lent_ports) {
     if (!lent_in_use.count(l.port)) continue;  // no adopted flow holds it: free again
@@ -195,8 +204,10 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       ports_->ports[r.port_id].neighbour_mac.store(mac.as_u64(), std::memory_order_relaxed);
       found = true;
     }
-    if (found) ++report.neighbours_adopted;
-    else ++report.dropped["neighbour_unknown"];
+    if (found)
+      ++report.neighbours_adopted;
+    else
+      ++report.dropped["neighbour_unknown"];
   }
   return report;
 }

@@ -19,7 +19,8 @@ constexpr char kMagic[8] = {'M', 'L', 'H', 'A', 'N', 'D', 'O', 'V'};
 constexpr size_t kDigestBytes = 32;
 constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 8 + kDigestBytes;
 // The smallest record of each kind, for bounding counts by the bytes left.
-constexpr size_t kFlowMinBytes = 2 + 4 + 16 + 16 + 2 + 2 + 1 + 16 + 2 + 2 + 4 + 6 + 1 + 1 + 1 + 2 + 2 + 2;
+constexpr size_t kFlowMinBytes =
+    2 + 4 + 16 + 16 + 2 + 2 + 1 + 16 + 2 + 2 + 4 + 6 + 1 + 1 + 1 + 2 + 2 + 2;
 constexpr size_t kLentBytes = 2 + 16 + 2;
 constexpr size_t kUnderlayBytes = 4 + 6;
 constexpr size_t kPodMinBytes = 2 + 6;
@@ -95,8 +96,9 @@ struct reader {
 }  // namespace
 
 uint64_t unix_ms_now() {
-  return static_cast<uint64_t>(
-      std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch()).count());
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                   std::chrono::system_clock::now().time_since_epoch())
+                                   .count());
 }
 
 std::vector<uint8_t> serialize_handover_state(const handover_state& state) {
@@ -153,7 +155,8 @@ std::vector<uint8_t> serialize_handover_state(const handover_state& state) {
   return std::move(file.out);
 }
 
-bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out, std::string& error) {
+bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
+                          std::string& error) {
   out = handover_state{};
   if (size < kHeaderBytes || std::memcmp(data, kMagic, sizeof kMagic) != 0) {
     error = "not a meshlane hand-over file (no MLHANDOV header)";
@@ -174,8 +177,8 @@ bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
     return false;
   }
   if (body_length != size - kHeaderBytes) {
-    error = "truncated or padded: the header gives " + std::to_string(body_length) + " bytes of body, the file holds " +
-            std::to_string(size - kHeaderBytes);
+    error = "truncated or padded: the header gives " + std::to_string(body_length) +
+            " bytes of body, the file holds " + std::to_string(size - kHeaderBytes);
     return false;
   }
   const uint8_t* body = data + kHeaderBytes;
@@ -316,7 +319,8 @@ handover_read read_handover_file(const std::string& path, handover_state& out, s
     bytes.insert(bytes.end(), buffer, buffer + n);
   }
   close(fd);
-  return parse_handover_state(bytes.data(), bytes.size(), out, error) ? handover_read::ok : handover_read::invalid;
+  return parse_handover_state(bytes.data(), bytes.size(), out, error) ? handover_read::ok
+                                                                      : handover_read::invalid;
 }
 
 }  // namespace meshlane

@@ -40,8 +40,8 @@ inline constexpr uint32_t kHandoverFormatVersion = 1;
 inline constexpr char kHandoverDefaultPath[] = "/run/meshlane/handover.state";
 
 struct handover_flow {
-  uint16_t worker = 0;         // the worker whose table held it
-  uint32_t remaining_ms = 0;   // lifetime left under the writer's timeouts
+  uint16_t worker = 0;        // the worker whose table held it
+  uint32_t remaining_ms = 0;  // lifetime left under the writer's timeouts
   // The entry as the worker held it; version, last_seen, in_use and backend_slot (a
   // process-local counter slot) are not carried: `backend` names the backend instead.
   flow_entry entry{};
@@ -77,7 +77,8 @@ struct handover_state {
 std::vector<uint8_t> serialize_handover_state(const handover_state& state);
 // False with `error` saying what is wrong (format version, checksum, a truncated or
 // malformed record); `out` is then unspecified.
-bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out, std::string& error);
+bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
+                          std::string& error);
 
 // Writes `state` to `path` atomically: a temporary file beside it, flushed, then renamed
 // over it (a reader sees the old file or the whole new one). Makes the directory.

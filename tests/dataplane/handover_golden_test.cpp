@@ -20,7 +20,9 @@ constexpr size_t kL4 = kEth + 20;
 const mac_address kRouterMac = mac(0x99);
 constexpr const char* kOutsideClient = "203.0.113.5";
 
-uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
+uint16_t u16_at(const bytes& f, size_t at) {
+  return static_cast<uint16_t>((f[at] << 8) | f[at + 1]);
+}
 uint32_t net32_at(const bytes& f, size_t at) {
   uint32_t v;
   std::memcpy(&v, &f[at], 4);
@@ -57,7 +59,8 @@ class handover_golden : public ring_pool_test {
     learn_pod_macs();
     send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));
     drain(uplink);
-    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50000)));
+    send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"),
+                            udp_to(53, 50000)));
     const bytes out = receive(uplink);
     EXPECT_EQ(out.size() > kGeneveOverhead ? mac_at(out, 0) : mac_address{}, kNode2Mac);
     if (out.size() <= kGeneveOverhead + kL4 + 2) return 0;
@@ -118,14 +121,16 @@ TEST_F(handover_golden, AdoptedFlowsAndNeighboursForwardAsBeforeTheRestart) {
   EXPECT_EQ(u16_at(to_client, kL4), 80);
   EXPECT_EQ(verify_checksums(to_client), "");
   // A pod's frame to node 2: tunnelled to node 2's adopted MAC, not broadcast.
-  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.2.20"), udp_to(9, 4000)));
+  send(web,
+       ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.2.20"), udp_to(9, 4000)));
   const bytes tunnelled = receive(uplink);
   ASSERT_GT(tunnelled.size(), kGeneveOverhead);
   EXPECT_EQ(mac_at(tunnelled, 0), kNode2Mac);
   // The backend's reply, tunnelled from node 2 to the lent port, before the client sends
   // again: reverse NAT to the VIP and back to the client (the adopted lent port's client),
   // out of the uplink to the router the request came from.
-  const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.1"), udp_to(lent_port, 5353));
+  const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.1"),
+                                 udp_to(lent_port, 5353));
   send(uplink, geneve_from(ip4("198.19.0.2"), reply));
   const bytes back = receive(uplink);
   ASSERT_EQ(back.size(), reply.size());
@@ -137,7 +142,8 @@ TEST_F(handover_golden, AdoptedFlowsAndNeighboursForwardAsBeforeTheRestart) {
   EXPECT_EQ(verify_checksums(back), "");
   EXPECT_EQ(pool_->worker(0).reverse_entries_restored.get(), 0u);  // adopted, not rebuilt
   // The client's next datagram keeps its lent port.
-  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, 50000)));
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"),
+                          udp_to(53, 50000)));
   const bytes again = receive(uplink);
   ASSERT_GT(again.size(), kGeneveOverhead + kL4 + 2);
   EXPECT_EQ(u16_at(bytes(again.begin() + kGeneveOverhead, again.end()), kL4), lent_port);
@@ -159,7 +165,8 @@ TEST_F(handover_golden, EntriesWhoseServiceOrBackendIsGoneAreDroppedAndCounted) 
   EXPECT_EQ(report.flows_adopted, 0u);
   EXPECT_EQ(report.lent_ports_adopted, 0u);  // no adopted flow holds it: free for new flows
   EXPECT_FALSE(report.same_document);
-  EXPECT_EQ(report.dropped, (std::map<std::string, uint64_t>{{"no_backend", 2}, {"no_service", 2}}));
+  EXPECT_EQ(report.dropped,
+            (std::map<std::string, uint64_t>{{"no_backend", 2}, {"no_service", 2}}));
   EXPECT_EQ(report.neighbours_adopted, 3u);
 }
 

@@ -135,7 +135,8 @@ TEST(handover_state, TruncatedPaddedAndForeignFilesAreRefused) {
   EXPECT_FALSE(parse_handover_state(reserved.data(), reserved.size(), back, error));
   EXPECT_NE(error.find("damaged header"), std::string::npos) << error;
   const std::string text = "{\"flows\": []}";
-  EXPECT_FALSE(parse_handover_state(reinterpret_cast<const uint8_t*>(text.data()), text.size(), back, error));
+  EXPECT_FALSE(parse_handover_state(reinterpret_cast<const uint8_t*>(text.data()), text.size(),
+                                    back, error));
   EXPECT_NE(error.find("not a meshlane hand-over file"), std::string::npos) << error;
 }
 
@@ -150,7 +151,8 @@ TEST(handover_state, WrittenAtomicallyAndReadBack) {
   EXPECT_EQ(back.flows.size(), 2u);
   // Only the file itself: the temporary it was written through is renamed away.
   size_t files = 0;
-  for (const auto& entry : std::filesystem::directory_iterator(dir + "/sub")) files += entry.is_regular_file();
+  for (const auto& entry : std::filesystem::directory_iterator(dir + "/sub"))
+    files += entry.is_regular_file();
   EXPECT_EQ(files, 1u);
   EXPECT_EQ(std::filesystem::status(path).permissions() & std::filesystem::perms::others_read,
             std::filesystem::perms::none);

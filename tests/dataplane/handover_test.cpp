@@ -27,7 +27,8 @@ class echo_listener {
     const int on = 1;
     setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
     const sockaddr_in any = address_of("0.0.0.0", port);
-    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 && listen(listener_.fd, 128) == 0;
+    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 &&
+          listen(listener_.fd, 128) == 0;
     accepting_ = std::thread([this] {
       while (true) {
         const int fd = accept(listener_.fd, nullptr, nullptr);
@@ -115,7 +116,8 @@ class echo_connection {
       }
       if (in != out) return fail("echo differs from what was sent");
       const auto now = std::chrono::steady_clock::now();
-      const uint64_t stall = std::chrono::duration_cast<std::chrono::microseconds>(now - last).count();
+      const uint64_t stall =
+          std::chrono::duration_cast<std::chrono::microseconds>(now - last).count();
       if (stall > longest_stall_us_.load()) longest_stall_us_.store(stall);
       last = now;
       ++rounds_;
@@ -140,7 +142,8 @@ class echo_connection {
 // window's longest silence and its losses can be read out.
 class numbered_udp_stream {
  public:
-  numbered_udp_stream(const netns& from, const netns& to, const std::string& ip, uint16_t port, int per_second)
+  numbered_udp_stream(const netns& from, const netns& to, const std::string& ip, uint16_t port,
+                      int per_second)
       : sender_(socket_in(from, SOCK_DGRAM)), receiver_(socket_in(to, SOCK_DGRAM)) {
     const sockaddr_in any = address_of("0.0.0.0", port);
     bind(receiver_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any);
@@ -158,7 +161,8 @@ class numbered_udp_stream {
       const auto gap = std::chrono::microseconds(1000000 / per_second);
       auto next = std::chrono::steady_clock::now();
       for (uint64_t n = 0; !stop_.load(); ++n) {
-        sendto(sender_.fd, &n, sizeof n, 0, reinterpret_cast<const sockaddr*>(&to_address), sizeof to_address);
+        sendto(sender_.fd, &n, sizeof n, 0, reinterpret_cast<const sockaddr*>(&to_address),
+               sizeof to_address);
         sent_.store(n + 1);
         next += gap;
         std::this_thread::sleep_until(next);
@@ -181,7 +185,9 @@ class numbered_udp_stream {
     for (const auto& [n, at] : arrivals_) {
       if (n < first || n >= last) continue;
       seen.insert(n);
-      if (previous) gap_ms = std::max(gap_ms, std::chrono::duration<double, std::milli>(at - *previous).count());
+      if (previous)
+        gap_ms =
+            std::max(gap_ms, std::chrono::duration<double, std::milli>(at - *previous).count());
       previous = at;
     }
     return {(last - first) - seen.size(), gap_ms};
@@ -211,11 +217,14 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
   std::vector<std::unique_ptr<echo_connection>> connections;
   uint32_t seed = 1;
   for (int i = 0; i < 20; ++i)
-    connections.push_back(std::make_unique<echo_connection>(*nodes_[0].client, "198.18.2.20", 8080, "pod", seed++));
+    connections.push_back(
+        std::make_unique<echo_connection>(*nodes_[0].client, "198.18.2.20", 8080, "pod", seed++));
   for (int i = 0; i < 15; ++i)
-    connections.push_back(std::make_unique<echo_connection>(*nodes_[0].client, "198.19.128.10", 80, "vip", seed++));
+    connections.push_back(
+        std::make_unique<echo_connection>(*nodes_[0].client, "198.19.128.10", 80, "vip", seed++));
   for (int i = 0; i < 15; ++i)
-    connections.push_back(std::make_unique<echo_connection>(*outside_, "198.19.128.10", 80, "ingress", seed++));
+    connections.push_back(
+        std::make_unique<echo_connection>(*outside_, "198.19.128.10", 80, "ingress", seed++));
   for (const auto& c : connections) ASSERT_EQ(c->error(), "") << c->kind();
   numbered_udp_stream udp(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9000, 1000);
   std::this_thread::sleep_for(1s);
@@ -257,7 +266,8 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
       EXPECT_EQ(handover_status.value("flows_adopted", -1LL), adopted);
       EXPECT_TRUE(handover_status.value("same_document", false));
       EXPECT_EQ(handover_status.value("dropped", nlohmann::json()), nlohmann::json::object());
-      EXPECT_EQ(metric_value(client, "meshlane_handover_flows_adopted", "unlabelled", ""), static_cast<double>(adopted));
+      EXPECT_EQ(metric_value(client, "meshlane_handover_flows_adopted", "unlabelled", ""),
+                static_cast<double>(adopted));
     }
     // Traffic after the restart, then every connection must have moved on.
     std::this_thread::sleep_for(2s);
@@ -265,20 +275,23 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
     std::this_thread::sleep_for(300ms);  // the window's last datagrams in flight
     for (size_t i = 0; i < connections.size(); ++i) {
       ASSERT_EQ(connections[i]->error(), "") << connections[i]->kind() << " connection " << i;
-      EXPECT_GT(connections[i]->rounds(), rounds_before[i] + 5) << connections[i]->kind() << " connection " << i;
+      EXPECT_GT(connections[i]->rounds(), rounds_before[i] + 5)
+          << connections[i]->kind() << " connection " << i;
     }
     const auto [lost, gap_ms] = udp.window(udp_first, udp_last);
     double stall_ms = 0;
     for (const auto& c : connections) stall_ms = std::max(stall_ms, c->longest_stall_ms());
-    std::printf("restart %d: forwarding gap %.1f ms (longest UDP silence), %llu of %llu datagrams lost; "
-                "agent: workers forwarding again %lld ms after the old agent's hand-over; %lld flow entries adopted; "
-                "longest TCP round-trip stall so far %.0f ms; the old agent exited %.0f ms after SIGTERM, "
-                "the new one said \"dataplane running\" within %.0f ms of its start\n",
-                restart, gap_ms, static_cast<unsigned long long>(lost),
-                static_cast<unsigned long long>(udp_last - udp_first),
-                number_in(new_log, R"(workers forwarding again (\d+) ms)"), adopted, stall_ms,
-                std::chrono::duration<double, std::milli>(exited - signalled).count(),
-                std::chrono::duration<double, std::milli>(started - exited).count());
+    std::printf(
+        "restart %d: forwarding gap %.1f ms (longest UDP silence), %llu of %llu datagrams lost; "
+        "agent: workers forwarding again %lld ms after the old agent's hand-over; %lld flow "
+        "entries adopted; "
+        "longest TCP round-trip stall so far %.0f ms; the old agent exited %.0f ms after SIGTERM, "
+        "the new one said \"dataplane running\" within %.0f ms of its start\n",
+        restart, gap_ms, static_cast<unsigned long long>(lost),
+        static_cast<unsigned long long>(udp_last - udp_first),
+        number_in(new_log, R"(workers forwarding again (\d+) ms)"), adopted, stall_ms,
+        std::chrono::duration<double, std::milli>(exited - signalled).count(),
+        std::chrono::duration<double, std::milli>(started - exited).count());
     std::fflush(stdout);
   }
   // Every connection still alive at the end, none reset, all bytes echoed identical.
@@ -307,7 +320,8 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
   ASSERT_TRUE(start_agent(1)) << read_text(nodes_[0].log_path);
   const std::string log = read_text(nodes_[0].log_path);
   EXPECT_NE(log.find("handover: ignoring " + handover_path(1) +
-                     ": checksum mismatch (the SHA-256 of the body is not the one written); starting with empty "
+                     ": checksum mismatch (the SHA-256 of the body is not the one written); "
+                     "starting with empty "
                      "flow tables"),
             std::string::npos)
       << log;
@@ -316,8 +330,11 @@ TEST_F(handover, FiftyConnectionsAndAPacedUdpStreamSurviveFiveAgentRestarts) {
   control_client client;
   ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
   const nlohmann::json status = client.request({{"command", "status"}});
-  EXPECT_EQ(status["subsystems"].value("handover", nlohmann::json()).value("state", ""), "ignored") << status.dump();
-  EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9400, "after a damaged hand-over"), "");
+  EXPECT_EQ(status["subsystems"].value("handover", nlohmann::json()).value("state", ""), "ignored")
+      << status.dump();
+  EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9400,
+                           "after a damaged hand-over"),
+            "");
 }
 
 }  // namespace
