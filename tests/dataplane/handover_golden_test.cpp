@@ -4,7 +4,9 @@
 // the frames it then forwards are compared field by field. A new document that no longer
 // has an entry's service or backend drops the entry, counted; so does an expired one.
 #include <gtest/gtest.h>
+#include <rte_cycles.h>
 
+#include <array>
 #include <string>
 
 #include "tests/dataplane/dataplane_fixture.h"
@@ -147,6 +149,41 @@ TEST_F(handover_golden, AdoptedFlowsAndNeighboursForwardAsBeforeTheRestart) {
   const bytes again = receive(uplink);
   ASSERT_GT(again.size(), kGeneveOverhead + kL4 + 2);
   EXPECT_EQ(u16_at(bytes(again.begin() + kGeneveOverhead, again.end()), kL4), lent_port);
+}
+
+TEST_F(handover_golden, ASuccessorWithMoreWorkersKeepsEachFlowsEntriesTogether) {
+  const uint16_t lent_port = make_flows();
+  ASSERT_GE(lent_port, kIngressPortFirst);
+  const handover_state state = exported();
+  workers_ = 2;
+  restart(kNode1Document);
+  const handover_report report = pool_->adopt_handover(state);
+  EXPECT_EQ(report.flows_adopted, 4u);
+  EXPECT_TRUE(report.dropped.empty());
+  // The source-NATed flow's two entries live with the worker that lends its port (each
+  // worker lends every workers-th port); the other flow's two entries live together.
+  const uint16_t lender = static_cast<uint16_t>((lent_port - kIngressPortFirst) % 2);
+  std::array<uint32_t, 2> live{};
+  for (uint16_t w = 0; w < 2; ++w) {
+    live[w] = pool_->worker(w).flows.live_count(rte_rdtsc(), pool_->settings().timeouts());
+  }
+  EXPECT_EQ(live[0] + live[1], 4u);
+  EXPECT_GE(live[lender], 2u);
+  EXPECT_EQ(live[0] % 2, 0u);
+  // Worker 0 polls every port here: replies of flows worker 1 owns are NATed all the same.
+  const bytes reply =
+      ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.1"), udp_to(lent_port, 5353));
+  send(uplink, geneve_from(ip4("198.19.0.2"), reply));
+  const bytes back = receive(uplink);
+  ASSERT_EQ(back.size(), reply.size());
+  EXPECT_EQ(net32_at(back, kIp4 + 12), ip4("198.19.128.12"));
+  EXPECT_EQ(net32_at(back, kIp4 + 16), ip4(kOutsideClient));
+  EXPECT_EQ(u16_at(back, kL4 + 2), 50000);
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
+                       tcp_to(40000, 8080, kTcpSyn | kTcpAck)));
+  const bytes to_client = receive(client);
+  ASSERT_GT(to_client.size(), kL4 + 4);
+  EXPECT_EQ(net32_at(to_client, kIp4 + 12), ip4("198.19.128.11"));
 }
 
 TEST_F(handover_golden, EntriesWhoseServiceOrBackendIsGoneAreDroppedAndCounted) {
