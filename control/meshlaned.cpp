@@ -142,6 +142,8 @@ bool parse_id(const char* text, bool is_group, unsigned& id) {
 
 }  // namespace
 
+namespace {
+
 // The upgrade's hand-over (issue 19): the state a stopping agent leaves for its successor.
 // Call with every publisher stopped (control socket, file and key watchers).
 void write_handover(const meshlane::worker_pool& pool, const std::string& path, meshlane::log_ring& log) {
@@ -213,6 +215,8 @@ std::optional<uint64_t> adopt_handover(meshlane::worker_pool& pool, const std::s
                 (dropped_text.empty() ? "" : "; dropped:" + dropped_text));
   return state.written_unix_ms;
 }
+
+}  // namespace
 
 int main(int argc, char** argv) {
   enum {
