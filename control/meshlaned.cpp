@@ -15,6 +15,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <optional>
 #include <cstdio>
 #include <algorithm>
 #include <cstring>
@@ -76,6 +78,10 @@ void print_usage(FILE* out) {
                "      --uninstall      detach the eBPF fast path and remove its pins, then exit\n"
                "      --ebpf-counters  print the pinned fast path's counters as JSON, then exit\n"
                "      --stats-interval S  print dataplane counters to stderr every S seconds\n"
+               "      --handover-state FILE  upgrades: on SIGTERM write the flows, lent ports and\n"
+               "                       neighbours here; at start adopt (and remove) what a\n"
+               "                       predecessor wrote (default /run/meshlane/handover.state;\n"
+               "                       'off': neither)\n"
                "  -V, --version        print the version and exit\n"
                "  -h, --help           this text\n"
                "\n"
@@ -136,11 +142,87 @@ bool parse_id(const char* text, bool is_group, unsigned& id) {
 
 }  // namespace
 
+namespace {
+
+// The upgrade's hand-over (issue 19): the state a stopping agent leaves for its successor.
+// Call with every publisher stopped (control socket, file and key watchers).
+void write_handover(const meshlane::worker_pool& pool, const std::string& path, meshlane::log_ring& log) {
+  const auto start = std::chrono::steady_clock::now();
+  const meshlane::handover_state state = pool.export_handover();
+  const std::string error = meshlane::write_handover_file(path, state);
+  const auto took = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - start);
+  if (!error.empty()) {
+    log.write(meshlane::log_level::error, "handover: state not written: " + error);
+    return;
+  }
+  log.write(meshlane::log_level::info,
+            "handover: " + std::to_string(state.flows.size()) + " flow entries, " +
+                std::to_string(state.lent_ports.size()) + " lent ports, " +
+                std::to_string(state.underlay_neighbours.size() + state.pod_neighbours.size()) +
+                " neighbours written to " + path + " in " + std::to_string(took.count()) + " us");
+}
+
+// Adopts (and removes) the state a predecessor left at `path`; the time it was written,
+// when there was one to adopt. A damaged or foreign file is ignored, said, and removed.
+std::optional<uint64_t> adopt_handover(meshlane::worker_pool& pool, const std::string& path,
+                                       meshlane::log_ring& log, meshlane::subsystem_registry& registry) {
+  auto report = std::make_shared<meshlane::handover_report>();
+  auto status = std::make_shared<nlohmann::json>(nlohmann::json{{"path", path}, {"state", "none"}});
+  registry.add_status("handover", [status] { return *status; });
+  registry.add_collector("handover", [report](std::vector<meshlane::metric_family>& out) {
+    out.push_back({"meshlane_handover_flows_adopted", "Flow entries adopted from the predecessor at start (upgrade).",
+                   meshlane::metric_kind::gauge, {{{}, static_cast<double>(report->flows_adopted)}}});
+    out.push_back({"meshlane_handover_lent_ports_adopted", "Lent gateway ports adopted from the predecessor at start.",
+                   meshlane::metric_kind::gauge, {{{}, static_cast<double>(report->lent_ports_adopted)}}});
+    out.push_back({"meshlane_handover_neighbours_adopted", "Neighbour MACs adopted from the predecessor at start.",
+                   meshlane::metric_kind::gauge, {{{}, static_cast<double>(report->neighbours_adopted)}}});
+    meshlane::metric_family dropped{"meshlane_handover_dropped",
+                                    "Hand-over entries not adopted at start, by reason.", meshlane::metric_kind::gauge, {}};
+    for (const auto& [reason, n] : report->dropped) dropped.samples.push_back({{{"reason", reason}}, static_cast<double>(n)});
+    out.push_back(std::move(dropped));
+  });
+  meshlane::handover_state state;
+  std::string error;
+  const meshlane::handover_read read = meshlane::read_handover_file(path, state, error);
+  if (read == meshlane::handover_read::absent) return std::nullopt;
+  std::remove(path.c_str());  // adopted once: a later restart must not adopt it again
+  if (read == meshlane::handover_read::invalid) {
+    log.write(meshlane::log_level::warn, "handover: ignoring " + path + ": " + error + "; starting with empty flow tables");
+    *status = {{"path", path}, {"state", "ignored"}, {"reason", error}};
+    return std::nullopt;
+  }
+  *report = pool.adopt_handover(state);
+  nlohmann::json dropped = nlohmann::json::object();
+  std::string dropped_text;
+  for (const auto& [reason, n] : report->dropped) {
+    dropped[reason] = n;
+    dropped_text += " " + reason + " " + std::to_string(n);
+  }
+  *status = {{"path", path},
+             {"state", "adopted"},
+             {"flows_adopted", report->flows_adopted},
+             {"lent_ports_adopted", report->lent_ports_adopted},
+             {"neighbours_adopted", report->neighbours_adopted},
+             {"dropped", dropped},
+             {"same_document", report->same_document},
+             {"written_ms_before_adoption", report->handover_ms}};
+  log.write(meshlane::log_level::info,
+            "handover: adopted " + std::to_string(report->flows_adopted) + " of " + std::to_string(state.flows.size()) +
+                " flow entries, " + std::to_string(report->lent_ports_adopted) + " lent ports, " +
+                std::to_string(report->neighbours_adopted) + " neighbours from " + path + " (written " +
+                std::to_string(report->handover_ms) + " ms ago" +
+                (report->same_document ? ", same document" : ", under another document") + ")" +
+                (dropped_text.empty() ? "" : "; dropped:" + dropped_text));
+  return state.written_unix_ms;
+}
+
+}  // namespace
+
 int main(int argc, char** argv) {
   enum {
     kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
     kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir, kNoWatch,
-    kHttpTlsCert, kHttpTlsKey, kHttpPasswordFile, kHttpTokenFile, kHttpOpenProbes
+    kHttpTlsCert, kHttpTlsKey, kHttpPasswordFile, kHttpTokenFile, kHttpOpenProbes, kHandoverState
   };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
@@ -161,6 +243,7 @@ int main(int argc, char** argv) {
       {"no-ebpf", no_argument, nullptr, kNoEbpf}, {"uninstall", no_argument, nullptr, kUninstall},
       {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
       {"stats-interval", required_argument, nullptr, kStatsInterval},
+      {"handover-state", required_argument, nullptr, kHandoverState},
       {"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
   std::string config_path;
   bool check_only = false, print_tables = false;
@@ -176,6 +259,7 @@ int main(int argc, char** argv) {
   bool watch_config = true;
   bool no_ebpf = false, uninstall = false, ebpf_counters = false;
   unsigned stats_interval_s = 0;  // dataplane counters on stderr
+  std::string handover_path = meshlane::kHandoverDefaultPath;  // "off": no hand-over
   for (int opt; (opt = getopt_long(argc, argv, "c:Vh", options, nullptr)) != -1;) {
     switch (opt) {
       case 'c': config_path = optarg; break;
@@ -206,6 +290,7 @@ int main(int argc, char** argv) {
       case kNoEbpf: no_ebpf = true; break;
       case kUninstall: uninstall = true; break;
       case kEbpfCounters: ebpf_counters = true; break;
+      case kHandoverState: handover_path = optarg; break;
       case kStatsInterval: stats_interval_s = static_cast<unsigned>(std::strtoul(optarg, nullptr, 10)); break;
       case 'V': std::printf("meshlaned %s\n", meshlane::kVersion); return 0;
       case 'h': print_usage(stdout); return 0;
@@ -423,7 +508,17 @@ int main(int argc, char** argv) {
     pool_options.hotplug = true;  // pods that come and go get their ports plugged and unplugged
     if (error.empty()) dataplane = meshlane::worker_pool::create(ports, pool_options, error);
     if (error.empty()) error = publisher.add_sink("dataplane", [&](const auto& tables) { return dataplane->install(tables); });
+    // The predecessor's flows and neighbours, in the workers' tables before any port
+    // forwards a packet (the first publish above installed the tables they are checked against).
+    std::optional<uint64_t> handover_written;
+    if (error.empty() && handover_path != "off")
+      handover_written = adopt_handover(*dataplane, handover_path, log, registry);
     if (error.empty()) error = dataplane->start();
+    if (error.empty() && handover_written)
+      log.write(meshlane::log_level::info,
+                "handover: workers forwarding again " +
+                    std::to_string(meshlane::unix_ms_now() - std::min(*handover_written, meshlane::unix_ms_now())) +
+                    " ms after the predecessor wrote its hand-over (its workers stop right after)");
     if (!error.empty()) {
       log.write(meshlane::log_level::error, "dataplane: " + error);
       dataplane.reset();
@@ -537,8 +632,11 @@ int main(int argc, char** argv) {
   esp_epochs_running.store(false);
   if (esp_epochs.joinable()) esp_epochs.join();
   http.stop();
-  control_socket.stop();
+  control_socket.stop();  // no publish from here on
   if (dataplane) {  // workers first, then ports, then EAL
+    // The upgrade's hand-over: written while the workers still forward, so the gap in
+    // forwarding starts only once the state is on disk.
+    if (handover_path != "off") write_handover(*dataplane, handover_path, log);
     dataplane->stop();
     dataplane.reset();
     meshlane::cleanup_eal();

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -20,6 +21,7 @@
 #include "control/desired_state.h"
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
+#include "dataplane/handover_state.h"
 #include "dataplane/pipeline.h"
 
 struct rte_mempool;
@@ -76,6 +78,16 @@ struct worker_pool_options {
 };
 worker_pool_options options_from(const desired_state& state);
 
+// What a successor made of its predecessor's hand-over state (flow_handover.cpp).
+struct handover_report {
+  uint64_t flows_adopted = 0, lent_ports_adopted = 0, neighbours_adopted = 0;
+  // Entries left out, by why: "expired", "no_service", "no_backend", "address_changed",
+  // "neighbour_unknown", "table_full" (evicted while adopting).
+  std::map<std::string, uint64_t> dropped;
+  bool same_document = false;  // the writer's tables had this agent's content digest
+  uint64_t handover_ms = 0;    // from the state's writing to its adoption
+};
+
 class worker_pool {
  public:
   // Configures and starts the ports (RSS where the port has it, one RX queue per worker
@@ -101,6 +113,14 @@ class worker_pool {
   // One loop iteration of worker `index` on the calling thread (launch_lcores = false).
   // Returns the number of packets received.
   uint32_t poll_once(uint16_t index);
+
+  // The hand-over of an upgrade: every worker's live flows (remaining lifetimes), the
+  // lent ports' clients and the learnt neighbours, read while the workers run
+  // (seqlocked); not while an install runs (the agent stops every publisher first). And
+  // their adoption by a successor: after the first install, before start(); entries the
+  // installed tables no longer support are dropped and counted.
+  handover_state export_handover() const;
+  handover_report adopt_handover(const handover_state& state);
 
   // Counters, status, live tunables and the `flows` query under "dataplane".
   void register_with(subsystem_registry& registry);

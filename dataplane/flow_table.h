@@ -191,7 +191,9 @@ inline bool flow_table::expired(const flow_entry& entry, uint64_t now, const flo
   uint64_t limit = timeouts.udp;
   if (entry.protocol == wire::kProtoTcp)
     limit = entry.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
-  return now - entry.last_seen > limit;
+  // Signed: a reader on another thread (find_shared, read) may hold a `now` older than
+  // the owner's latest touch; that entry is fresh, not 2^64 ticks old.
+  return static_cast<int64_t>(now - entry.last_seen) > static_cast<int64_t>(limit);
 }
 
 namespace flow_detail {

@@ -41,7 +41,8 @@ cat > "$work/node.json" <<JSON
 JSON
 echo '{"cniVersion": "1.0.0", "name": "bench", "type": "meshlane-cni", "agentSocket": "'"$work"'/control.sock"}' > "$work/cni.conf"
 ip netns exec mlb-node1 "$root/$build/meshlaned" --config "$work/node.json" --state-dir "$work/state" \
-  --control-socket "$work/control.sock" --metrics-listen off --no-watch 2> "$work/agent.log" &
+  --control-socket "$work/control.sock" --metrics-listen off --no-watch --handover-state "$work/handover" \
+  2> "$work/agent.log" &
 pids+=($!)
 for _ in $(seq 150); do grep -q "dataplane running" "$work/agent.log" && break; sleep 0.1; done
 grep -q "dataplane running" "$work/agent.log" || { cat "$work/agent.log"; exit 1; }

@@ -130,7 +130,8 @@ print(json.dumps({
                              "--log-level=error", "--no-telemetry"]}}))
 PY
     (ip netns exec mlb-node$n "$root/$build/meshlaned" --config "$work/node$n.json" --no-ebpf \
-       --control-socket "$work/node$n.sock" 2> "$work/agent$n.log") & pids+=($!); agent_pids+=($!)
+       --control-socket "$work/node$n.sock" --handover-state "$work/node$n.handover" \
+       2> "$work/agent$n.log") & pids+=($!); agent_pids+=($!)
   done
   for n in 1 2; do
     for _ in $(seq 100); do grep -q "dataplane running" "$work/agent$n.log" && break; sleep 0.1; done

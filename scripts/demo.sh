@@ -171,7 +171,7 @@ doc["dataplane"] = {"uplink": {"interface": f"mld{n}-uplink", "driver": "af_pack
 print(json.dumps(doc, indent=1))
 PY
   ip netns exec mld-node$n "$build/meshlaned" --config "$demo_dir/node$n.json" --stats-interval 3 \
-    --control-socket "$demo_dir/node$n.sock" --no-ebpf \
+    --control-socket "$demo_dir/node$n.sock" --handover-state "$demo_dir/node$n.handover" --no-ebpf \
     > >(sed -u "s/^/  [node$n agent] /") 2>&1 &
   agent_pids+=($!)
 done

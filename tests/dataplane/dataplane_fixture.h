@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "control/table_compiler.h"
 #include "dataplane/dataplane.h"
@@ -108,14 +109,16 @@ class ring_pool_test : public ::testing::Test {
       rx_[i] = rte_ring_create((base + "rx").c_str(), 1024, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
       tx_[i] = rte_ring_create((base + "tx").c_str(), 1024, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
       ASSERT_TRUE(rx_[i] && tx_[i]);
-      const int port = rte_eth_from_rings(("net_ring_" + base).c_str(), &rx_[i], 1, &tx_[i], 1, 0);
+      // One TX queue per worker, all on the port's one ring (workers run one at a time here).
+      std::vector<rte_ring*> tx_queues(workers_, tx_[i]);
+      const int port = rte_eth_from_rings(("net_ring_" + base).c_str(), &rx_[i], 1, tx_queues.data(), workers_, 0);
       ASSERT_GE(port, 0);
       port_id_[i] = static_cast<uint16_t>(port);
       ports.push_back({port_id_[i], i == 0 ? port_role::uplink : port_role::pod, interfaces[i], macs[i]});
     }
     ++serial;
     worker_pool_options options;
-    options.workers = 1;
+    options.workers = workers_;
     options.rx_ring_size = 64;
     options.tx_ring_size = 64;
     options.flow_table_size = 1024;
@@ -188,6 +191,9 @@ class ring_pool_test : public ::testing::Test {
 
   // False: the test publishes the first table itself (SetUp publishes kNode1Document).
   bool publish_at_setup_ = true;
+  // Workers of the pool SetUp makes (the ring ports have one queue: workers past the
+  // first poll nothing, but own flow tables that the first reads through find_shared).
+  uint16_t workers_ = 1;
   std::unique_ptr<worker_pool> pool_;
   rte_ring* rx_[3] = {};
   rte_ring* tx_[3] = {};

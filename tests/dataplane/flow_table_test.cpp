@@ -34,6 +34,20 @@ TEST(flow_table, InsertedFlowIsFoundUntilItsTimeout) {
   EXPECT_EQ(table.find(key, hash, 21, wire::kTcpSyn, kTimeouts), nullptr);  // transitory: 10 ticks idle
 }
 
+// Another worker reads with the TSC of its burst's start, which may be older than the
+// owner's latest touch: the entry is fresh for it, not expired (it once was: the reader
+// took a live flow for a new one, and the hand-over export skipped live entries).
+TEST(flow_table, AReaderWhoseClockIsBehindTheOwnersTouchSeesTheEntryLive) {
+  flow_table table(1024);
+  const flow_key key = key_for(7);
+  const uint64_t hash = hash_flow_key(key);
+  table.insert(key, hash, 1000, kTimeouts);
+  flow_entry copy;
+  EXPECT_TRUE(table.find_shared(key, hash, 990, kTimeouts, copy));
+  EXPECT_FALSE(table.expired(copy, 990, kTimeouts));
+  EXPECT_TRUE(table.expired(copy, 1011, kTimeouts));
+}
+
 TEST(flow_table, EstablishedTcpFlowsLiveLongerAndFinShortensThem) {
   flow_table table(1024);
   const flow_key key = key_for(2);

@@ -310,6 +310,7 @@ class two_nodes : public ::testing::Test {
     std::filesystem::remove_all(work_dir_, ignored);
   }
 
+  std::string handover_path(int n) const { return work_dir_ + "/handover" + std::to_string(n) + ".state"; }
   std::string file_prefix(int n) const { return test_long_prefix() + "-n" + std::to_string(n); }
   // Both nodes' ESP keys (the Secret both agents mount).
   std::string key_file() const { return work_dir_ + "/esp-keys"; }
@@ -344,7 +345,10 @@ class two_nodes : public ::testing::Test {
     std::ofstream(nd.log_path, std::ios::trunc);
     nd.agent = std::make_unique<child_process>(
         std::vector<std::string>{meshlaned_, "--config", nd.config_path, "--stats-interval", "1", "--control-socket",
-                                 nd.config_path + ".sock", "--state-dir", work_dir_ + "/state" + std::to_string(n)},
+                                 nd.config_path + ".sock", "--state-dir", work_dir_ + "/state" + std::to_string(n),
+                                 // The upgrade hand-over (issue 19) in the test's own directory: never the
+                                 // node default, which other tests' agents on this machine would share.
+                                 "--handover-state", handover_path(n)},
         nd.ns.get(), nullptr,
         nd.log_path);
     for (auto deadline = std::chrono::steady_clock::now() + 15s; std::chrono::steady_clock::now() < deadline;) {

@@ -49,7 +49,8 @@ CAPS = {
     "minimal": EBPF_CAPS,
 }
 AGENT_ARGS = ["--config", "/etc/meshlane/$(NODE_NAME).json", "--state-dir", "/var/lib/meshlane",
-              "--control-socket", CONTROL_SOCKET, "--metrics-listen", METRICS]
+              "--control-socket", CONTROL_SOCKET, "--metrics-listen", METRICS,
+              "--handover-state", "/run/meshlane/handover.state"]
 # mountPath -> (volume kind, source) for the agent, per profile on top of these.
 AGENT_MOUNTS = {
     "/etc/meshlane": ("configMap", CONFIGMAP),

@@ -191,7 +191,10 @@ class podman_on_meshlane : public ::testing::Test {
                                   "--control-socket",
                                   nd.socket,
                                   "--metrics-listen",
-                                  "off"};
+                                  "off",
+                                  // the test's own, never the node default other tests' agents share
+                                  "--handover-state",
+                                  work_dir_ + "/handover" + std::to_string(n)};
     if (n == 1) {
       argv.insert(argv.end(), {"--bpf-pin-dir", pin_dir_});
     } else {

@@ -1,0 +1,215 @@
+// The worker pool's side of an upgrade's hand-over (handover_state.h): what a stopping
+// agent reads out of its workers, and how its successor puts it back before its ports
+// forward anything.
+#include <rte_cycles.h>
+
+#include <set>
+
+#include "dataplane/dataplane.h"
+#include "dataplane/pipeline_internal.h"
+
+namespace meshlane {
+
+using namespace detail;
+
+namespace {
+
+uint64_t lifetime_of(const flow_entry& e, const flow_timeouts& timeouts) {
+  if (e.key.protocol != wire::kProtoTcp) return timeouts.udp;
+  return e.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
+}
+
+// The gateway port an ingress flow source-NATed to this node borrowed.
+uint16_t lent_port_of(const flow_entry& e) {
+  return e.direction == flow_direction::forward ? e.second_port : e.key.destination_port;
+}
+
+}  // namespace
+
+handover_state worker_pool::export_handover() const {
+  handover_state out;
+  const uint64_t now = rte_rdtsc();
+  const uint64_t hz = rte_get_tsc_hz();
+  const flow_timeouts timeouts = settings_.timeouts();
+  out.written_unix_ms = unix_ms_now();
+  out.workers = worker_count();
+  // The tables' digest: no install runs now (the caller's precondition), so they stay.
+  if (const forwarding_tables* t = current_.load(std::memory_order_acquire))
+    out.document_digest = t->tables->content_digest();
+  std::lock_guard lock(ports_mutex_);  // slot names and neighbour slots change at install
+  std::set<uint16_t> lent;
+  for (uint16_t w = 0; w < workers_.size(); ++w) {
+    const flow_table& table = workers_[w]->flows;
+    flow_entry e;
+    for (uint32_t i = 0; i < table.capacity(); ++i) {
+      if (!table.read(i, e) || !e.in_use || table.expired(e, now, timeouts)) continue;
+      handover_flow f;
+      f.worker = w;
+      // A worker may have touched it after `now` was read: then it is fresh.
+      const uint64_t age = e.last_seen > now ? 0 : now - e.last_seen;
+      const uint64_t left = lifetime_of(e, timeouts) - age;
+      f.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>(left / (hz / 1000), UINT32_MAX));
+      f.entry = e;
+      f.entry.version = 0, f.entry.last_seen = 0, f.entry.backend_slot = 0;
+      if (e.backend_slot < slot_names_.backends.size())
+        f.backend = slot_names_.backends[e.backend_slot];
+      if (e.flags & kFlowSecondRewrite) lent.insert(lent_port_of(e));
+      out.flows.push_back(std::move(f));
+    }
+  }
+  for (uint16_t port : lent) {
+    handover_lent_port l;
+    l.port = port;
+    if (lent_clients_->client_of(port, l.client.data(), l.client_port)) out.lent_ports.push_back(l);
+  }
+  for (const auto& [ip, slot] : ports_->neighbours.slot_by_ip) {
+    const uint64_t mac = ports_->neighbours.lookup_u64(slot, ip);
+    if (mac == kBroadcastMac.as_u64()) continue;  // not learnt yet
+    handover_underlay_neighbour n;
+    n.ip = ip;
+    std::memcpy(n.mac.data(), mac_address::from_u64(mac).bytes, 6);
+    out.underlay_neighbours.push_back(n);
+  }
+  for (const port_record& r : port_records_) {
+    const port_info& info = ports_->ports[r.port_id];
+    const uint64_t mac = info.neighbour_mac.load(std::memory_order_relaxed);
+    if (r.role != port_role::pod || !mac) continue;
+    handover_pod_neighbour n;
+    n.interface = r.interface;
+    std::memcpy(n.mac.data(), mac_address::from_u64(mac).bytes, 6);
+    out.pod_neighbours.push_back(n);
+  }
+  return out;
+}
+
+handover_report worker_pool::adopt_handover(const handover_state& state) {
+  handover_report report;
+  const forwarding_tables* t = current_.load(std::memory_order_acquire);
+  if (!t || launched_) {
+    // Workers own their tables once they run; nothing to validate against before tables.
+    report.dropped[launched_ ? "workers_running" : "no_tables"] = state.flows.size();
+    return report;
+  }
+  const snapshot& s = *t->tables;
+  report.same_document = state.document_digest == s.content_digest();
+  const uint64_t now_ms = unix_ms_now();
+  report.handover_ms = now_ms > state.written_unix_ms ? now_ms - state.written_unix_ms : 0;
+  const uint64_t now = rte_rdtsc();
+  const uint64_t hz = rte_get_tsc_hz();
+  const flow_timeouts timeouts = settings_.timeouts();
+  const uint16_t workers = worker_count();
+  std::lock_guard lock(ports_mutex_);
+  uint64_t evictions_before = 0;
+  for (const auto& w : workers_) evictions_before += w->flows.evictions();
+  std::set<uint16_t> lent_in_use;
+
+  for (const handover_flow& f : state.flows) {
+    flow_entry e = f.entry;
+    if (f.remaining_ms <= report.handover_ms) {
+      ++report.dropped["expired"];
+      continue;
+    }
+    // The service and backend the entry names must still be in the tables, the backend
+    // still behind that frontend.
+    const bool forward = e.direction == flow_direction::forward;
+    const ip_address vip = address_v6(forward ? e.key.destination : e.rewrite_address);
+    const uint16_t vip_port = forward ? e.key.destination_port : e.rewrite_port;
+    const ip_address backend_ip = address_v6(forward ? e.rewrite_address : e.key.source);
+    const uint16_t backend_port = forward ? e.rewrite_port : e.key.source_port;
+    const table_frontend* frontend =
+        s.find_frontend(vip, vip_port, static_cast<l4_protocol>(e.key.protocol));
+    if (!frontend) {
+      ++report.dropped["no_service"];
+      continue;
+    }
+    const table_service& service = s.services[frontend->service_index];
+    int64_t backend_index = -1;
+    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count;
+         ++b) {
+      const table_backend& backend = s.backends[b];
+      if (backend.ip == backend_ip &&
+          (frontend->target_port ? frontend->target_port : backend.port) == backend_port &&
+          service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port) ==
+              f.backend)
+        backend_index = b;
+    }
+    if (backend_index < 0) {
+      ++report.dropped["no_backend"];
+      continue;
+    }
+    e.backend_slot = t->backend_slot[static_cast<size_t>(backend_index)];
+    // Source NAT to this node's gateway: the gateway address must be the same, and the
+    // flow goes to the worker that lends its port (each worker lends its own share).
+    uint16_t owner;
+    if (e.flags & kFlowSecondRewrite) {
+      const bool v4 = backend_ip.is_v4();
+      const ip_address gateway = v4 ? address_v4(t->gateway_ip) : address_v6(t->gateway_ip6.data());
+      const uint16_t port = lent_port_of(e);
+      const bool same_gateway = forward
+                                    ? (v4 ? e.second_address == t->gateway_ip : t->has_gateway_ip6)
+                                    : std::memcmp(e.key.destination, gateway.bytes.data(), 16) == 0;
+      if (!same_gateway || port < kIngressPortFirst ||
+          port - kIngressPortFirst >= kIngressPortCount) {
+        ++report.dropped["address_changed"];
+        continue;
+      }
+      owner = static_cast<uint16_t>((port - kIngressPortFirst) % workers);
+      lent_in_use.insert(port);
+    } else if (state.workers == workers) {
+      owner = f.worker;  // the same ports and queues: RSS gives the flow the same worker
+    } else {
+      // Another worker count: both entries of a flow go to one worker, by its client's tuple.
+      flow_key client_side = e.key;
+      if (!forward) {
+        std::memcpy(client_side.source, e.key.destination, 16);
+        client_side.source_port = e.key.destination_port;
+        std::memcpy(client_side.destination, e.rewrite_address, 16);
+        client_side.destination_port = e.rewrite_port;
+      }
+      owner = static_cast<uint16_t>(hash_flow_key(client_side) % workers);
+    }
+    // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
+    const uint64_t lifetime = lifetime_of(e, timeouts);
+    const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
+    workers_[owner]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
+    ++report.flows_adopted;
+  }
+  uint64_t evictions_after = 0;
+  for (const auto& w : workers_) evictions_after += w->flows.evictions();
+  if (evictions_after > evictions_before)
+    report.dropped["table_full"] = evictions_after - evictions_before;
+
+  for (const handover_lent_port& l : state.lent_ports) {
+    if (!lent_in_use.count(l.port)) continue;  // no adopted flow holds it: free again
+    lent_clients_->lend(l.port, l.client.data(), l.client_port);
+    ++report.lent_ports_adopted;
+  }
+  for (const handover_underlay_neighbour& n : state.underlay_neighbours) {
+    const underlay_peer* peer = t->underlay_peers.find(n.ip);
+    if (!peer) {
+      ++report.dropped["neighbour_unknown"];
+      continue;
+    }
+    mac_address mac;
+    std::memcpy(mac.bytes, n.mac.data(), 6);
+    ports_->neighbours.learn(peer->neighbour, n.ip, mac);
+    ++report.neighbours_adopted;
+  }
+  for (const handover_pod_neighbour& n : state.pod_neighbours) {
+    bool found = false;
+    for (const port_record& r : port_records_) {
+      if (r.role != port_role::pod || r.interface != n.interface) continue;
+      mac_address mac;
+      std::memcpy(mac.bytes, n.mac.data(), 6);
+      ports_->ports[r.port_id].neighbour_mac.store(mac.as_u64(), std::memory_order_relaxed);
+      found = true;
+    }
+    if (found)
+      ++report.neighbours_adopted;
+    else
+      ++report.dropped["neighbour_unknown"];
+  }
+  return report;
+}
+
+}  // namespace meshlane
