@@ -420,6 +420,8 @@ int main(int argc, char** argv) {
       return 1;
     }
     dataplane->register_with(registry);
+    control.policy_denials().add_source(
+        [pool = dataplane.get()](std::vector<meshlane::policy_deny_count>& out) { pool->policy_denials(out); });
     log.write(meshlane::log_level::info, "dataplane running: " + std::to_string(ports.size()) + " ports, " +
                                              std::to_string(dataplane->worker_count()) + " workers");
   }

@@ -17,7 +17,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "control/desired_state.h"
+#include "control/policy_metrics.h"
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
 #include "dataplane/pipeline.h"
@@ -102,6 +105,16 @@ class worker_pool {
   void register_with(subsystem_registry& registry);
   // One line of per-port and per-service counters (meshlaned --stats-interval).
   std::string stats_line() const;
+
+  // L4 authorization (issue 16, policy_telemetry.cpp): denials by policy name, reason
+  // and direction since the pool started (a source of meshlane_policy_denied_total), and
+  // the sampled deny log: the events the workers logged since `cursor` (one count per
+  // worker, advanced here), oldest first, as JSON objects (source and destination
+  // address, port and identity, protocol, direction, deciding policy, rule and reason).
+  // `lost`: events overwritten before they were read, added to.
+  void policy_denials(std::vector<policy_deny_count>& out) const;
+  std::vector<nlohmann::json> take_deny_events(std::vector<uint64_t>& cursor, uint64_t& lost) const;
+  uint64_t deny_log_suppressed() const;  // denials the log's token buckets left out
 
   // Test and benchmark access.
   const worker_state& worker(uint16_t index) const { return *workers_[index]; }

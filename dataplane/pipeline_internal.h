@@ -97,6 +97,13 @@ struct lb_outcome {
   // ICMP error about it quotes what its sender sent and goes to that sender. Written in
   // place by the lookup, which needs it anyway.
   flow_key key;
+  // L4 authorization (policy_path.h): who sent the packet (a pod's identity, the one the
+  // Geneve option vouched for, or world), and where policy is enforced on it: 0 (not
+  // here: a pod of this node sent it), else policy_direction remote or ingress.
+  uint32_t source_identity = 0;
+  uint8_t enforce = 0;
 };
+// lb_outcome::enforce: policy_direction's numbers (control/policy_metrics.h).
+inline constexpr uint8_t kEnforceRemote = 1, kEnforceIngress = 2;
 
 }  // namespace meshlane::detail

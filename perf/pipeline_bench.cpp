@@ -473,7 +473,7 @@ void BM_stage_geneve_encap(benchmark::State& state) {
   for (auto _ : state) {
     const uint64_t start = rte_rdtsc();
     for (int i = 0; i < kBurst; ++i) {
-      geneve_encapsulate(m, outer, destination, 0x1234567 + i);
+      geneve_encapsulate(m, outer, destination, 0x1234567 + i, 0x1234);
       benchmark::ClobberMemory();
       rte_pktmbuf_adj(m, kGeneveOverhead);
     }

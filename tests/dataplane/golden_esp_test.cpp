@@ -279,7 +279,7 @@ TEST_F(golden_esp, ClearGeneveFromANodeWhoseRouteIsEncryptedIsRefused) {
 
 TEST_F(golden_esp, TheTunnelMtuLeavesRoomForEsp) {
   start_encrypted();
-  const uint32_t room = 1500 - kGeneveMtuOverhead - kEspMaxOverhead;  // 1405
+  const uint32_t room = 1500 - kGeneveMtuOverhead - kEspMaxOverhead;  // 1397
   send(client, client_to_node2_pod(bytes(room - 28, 0x5a)));
   const bytes fits = receive(uplink);
   ASSERT_FALSE(fits.empty());

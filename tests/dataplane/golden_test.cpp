@@ -247,14 +247,21 @@ TEST_F(golden, RemotePodIsGeneveEncapsulatedToItsNode) {
   EXPECT_EQ(u16_at(out, kL4 + 4), out.size() - kEth - 20);
   EXPECT_NE(u16_at(out, kL4 + 6), 0);    // the outer UDP checksum is computed, not left out
   EXPECT_EQ(verify_checksums(out), "");  // outer IPv4 and UDP checksums
-  // Geneve: version 0, no options, Ethernet payload, VNI 1.
+  // Geneve: version 0, 2 words of options, Ethernet payload, VNI 1.
   const size_t geneve = kL4 + 8;
-  EXPECT_EQ(out[geneve], 0);
+  EXPECT_EQ(out[geneve], 2);
   EXPECT_EQ(out[geneve + 1], 0);
   EXPECT_EQ(u16_at(out, geneve + 2), kEtherTypeTransparentBridging);
   EXPECT_EQ(out[geneve + 4], 0);
   EXPECT_EQ(out[geneve + 5], 0);
   EXPECT_EQ(out[geneve + 6], 1);
+  // The identity option (README "Wire formats"): class 0xFF6D, type 0x01 (not critical),
+  // length 1 word, the client pod's identity (default/default) in network order.
+  EXPECT_EQ(u16_at(out, geneve + 8), 0xff6d);
+  EXPECT_EQ(out[geneve + 10], 0x01);
+  EXPECT_EQ(out[geneve + 11], 0x01);
+  EXPECT_EQ(net32_at(out, geneve + 12),
+            htonl(identity_number(spiffe_principal(kDefaultTrustDomain, "default", "default"))));
   // Inner frame: the original with the TTL decremented.
   const bytes inner(out.begin() + kGeneveOverhead, out.end());
   EXPECT_EQ(inner[kIp4 + 8], 63);
