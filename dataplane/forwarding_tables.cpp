@@ -218,6 +218,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     if (pod.ip.is_v4()) out.port_source_v4[it->second] = to_net32(pod.ip.v4());
     if (pod.ip6) out.port_source_v6[it->second] = pod.ip6->bytes;
     out.port_identity[it->second] = pod.identity;
+    out.port_has_policy[it->second] = pod.policy_class != 0;
   }
   // L4 authorization (policy_path.h): deny counter slots by policy name.
   out.policy_active = s.policy.classes.size() > 1;

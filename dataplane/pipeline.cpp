@@ -120,7 +120,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0);
   if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
   const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
-  if (t.policy_active && !lb.enforce && !lb.service_flow) policy_note_outbound(w, frame, p);
+  if (t.policy_active && !lb.enforce && !lb.service_flow && t.port_has_policy[in_port])
+    policy_note_outbound(w, frame, p);
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
   if (rte_pktmbuf_pkt_len(m) > frame_length)

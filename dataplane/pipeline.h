@@ -226,6 +226,10 @@ struct forwarding_tables {
   // L4 authorization (issue 16; policy_path.h). By port: the identity of the pod it
   // serves (table_pod::identity), which frames it sends carry in the Geneve option.
   std::array<uint32_t, kMaxPorts> port_identity{};
+  // By port: whether any policy applies to its pod (its policy class is not 0). Only such
+  // pods' outbound flows are recorded (policy_path.h): replies into a pod without policy
+  // need no recognising.
+  std::array<uint8_t, kMaxPorts> port_has_policy{};
   // Whether any policy applies to any workload: when not, the pipeline neither evaluates
   // nor tracks flows for policy (one test per tunnelled packet).
   bool policy_active = false;

@@ -24,8 +24,21 @@ flow_key reversed(const flow_key& key) {
 
 // Whether a live entry for `key` in this worker's table or another's has `flags` set in
 // `direction`. Read-only: the owner keeps it alive.
+// The low half of a key's hash, as policy_flow_key gives it: the CRC of the IPv4 fields
+// for an IPv4 key (equal to hash_flow_key's low half, flow_table.h), a cheaper path.
+uint32_t key_crc(const flow_key& key) {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(key.source, kMapped, 12) == 0 && std::memcmp(key.destination, kMapped, 12) == 0) {
+    uint32_t source, destination;
+    std::memcpy(&source, key.source + 12, 4);
+    std::memcpy(&destination, key.destination + 12, 4);
+    return flow_crc_v4(source, destination, key.source_port, key.destination_port, key.protocol);
+  }
+  return static_cast<uint32_t>(hash_flow_key(key));
+}
+
 bool recorded(const worker_state& w, const flow_key& key, flow_direction direction, uint8_t flags, uint8_t absent) {
-  const uint64_t hash = static_cast<uint32_t>(hash_flow_key(key));
+  const uint64_t hash = key_crc(key);
   flow_entry entry;
   if (w.policy_flows.find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
       (entry.flags & flags) == flags && !(entry.flags & absent))
@@ -79,7 +92,7 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
 
 [[gnu::noinline]] bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
                                          const table_pod& pod, const lb_outcome& lb,
-                                         const flow_key& key, uint32_t crc, flow_entry* cached) {
+                                         const flow_key& key, uint32_t crc, uint8_t tcp_flags, flow_entry* cached) {
   flow_policy policy{};
   policy.generation = t.policy_generation;
   policy.source_identity = lb.source_identity;
@@ -89,6 +102,7 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
       cached->policy.source_identity == lb.source_identity) {
     verdict = cached->policy.verdict();  // a denial decided under these tables
   } else if (lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
+             (tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn &&  // a TCP SYN starts a flow: never a reply
              recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
     flags = kPolicyReply;  // a reply of a flow our pod started: the other node decided it
   } else {

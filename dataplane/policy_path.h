@@ -25,7 +25,8 @@
 namespace meshlane::detail {
 
 // Out of line (policy_path.cpp): everything but a valid cached verdict that allows.
-bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const table_pod& pod, const lb_outcome& lb, const flow_key& key, uint32_t crc,
+bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const table_pod& pod,
+                       const lb_outcome& lb, const flow_key& key, uint32_t crc, uint8_t tcp_flags,
                        flow_entry* cached);
 void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc);
 
@@ -60,7 +61,7 @@ void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t cr
   // No policy for the pod: nothing to keep (a later publish that gives it one is seen at
   // the next packet, which then takes the miss path).
   if (pod.policy_class == 0 && !e) return true;
-  return policy_admit_miss(w, t, m, pod, lb, key, crc, e);
+  return policy_admit_miss(w, t, m, pod, lb, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0, e);
 }
 
 // A frame a pod of this node sends to another node, outside any service flow: its flow
