@@ -349,6 +349,12 @@ json control_module::get(const json& request) {
           {"generation", tables->generation}};
 }
 
+json control_module::policy_denials_after(uint64_t after) {
+  const auto names = registry_.query_names();
+  if (std::find(names.begin(), names.end(), "policy_denials") == names.end()) return nullptr;
+  return registry_.query("policy_denials", {{"after", after}});
+}
+
 json control_module::flows(const json& request) {
   if (request.contains("follow") && !request["follow"].is_boolean())
     return error_reply(control_error::kInvalidRequest, "follow must be true or false");

@@ -88,6 +88,19 @@ std::vector<nlohmann::json> worker_pool::take_deny_events(std::vector<uint64_t>&
   return out;
 }
 
+nlohmann::json worker_pool::policy_denials_after(uint64_t after) {
+  std::lock_guard lock(deny_feed_mutex_);
+  for (nlohmann::json& event : take_deny_events(deny_cursor_, deny_lost_)) {
+    event["seq"] = ++deny_feed_next_;
+    deny_feed_.push_back(std::move(event));
+    if (deny_feed_.size() > kDenyFeedSize) deny_feed_.pop_front();
+  }
+  nlohmann::json rows = nlohmann::json::array();
+  for (const nlohmann::json& event : deny_feed_)
+    if (event["seq"].get<uint64_t>() > after) rows.push_back(event);
+  return {{"rows", rows}, {"next", deny_feed_next_}, {"suppressed", deny_log_suppressed()}, {"lost", deny_lost_}};
+}
+
 uint64_t worker_pool::deny_log_suppressed() const {
   uint64_t sum = 0;
   for (const auto& w : workers_) sum += w->deny_log.suppressed.get();

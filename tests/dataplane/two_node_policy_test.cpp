@@ -290,6 +290,44 @@ TEST_F(two_nodes_policy, CrossNodeTcpAndUdpToPodAndVipAreAllowedAndRefusedAsTheP
   EXPECT_LE(drops(1, "policy_denied"), 0);
 }
 
+// Every denial is counted; a sample of them streams on `flows --follow` and goes to the
+// agent's log, with both identities, the deciding policy, rule and reason.
+TEST_F(two_nodes_policy, DenialsStreamOnFlowsFollowAndReachTheLog) {
+  apply(1, kWebAllow);
+  apply(2, kWebAllow);
+  if (HasFatalFailure()) return;
+  control_client follower;
+  ASSERT_EQ(follower.connect(nodes_[1].config_path + ".sock"), "");
+  ASSERT_TRUE(follower.send_line(R"({"command": "flows", "follow": true})"));
+  std::string line;
+  ASSERT_TRUE(follower.read_line(line, 5000));
+  EXPECT_NE(udp_round_trip(*nodes_[0].web, *nodes_[1].web, "198.18.2.20", 9100, "refused"), "");
+  json denial;
+  for (auto deadline = std::chrono::steady_clock::now() + 10s;
+       denial.is_null() && std::chrono::steady_clock::now() < deadline && follower.read_line(line, 5000);) {
+    const json update = json::parse(line, nullptr, false);
+    if (update.is_discarded()) continue;
+    for (const auto& d : update.value("denials", json::array()))
+      if (d.value("destination_port", 0) == 9100) denial = d;
+  }
+  ASSERT_FALSE(denial.is_null()) << "no denial on the follow stream";
+  EXPECT_EQ(denial["policy"], "foo/web-allow");
+  EXPECT_EQ(denial["reason"], "no_allow_match");
+  EXPECT_EQ(denial["rule"], -1);
+  EXPECT_EQ(denial["direction"], "remote");
+  EXPECT_EQ(denial["protocol"], "udp");
+  EXPECT_EQ(denial["source"], "198.18.1.20");
+  EXPECT_EQ(denial["destination"], "198.18.2.20");
+  EXPECT_EQ(denial["source_identity"], std::to_string(identity_of("bar", "web")));
+  EXPECT_EQ(denial["destination_identity"], std::to_string(identity_of("foo", "web")));
+  bool logged = false;
+  for (auto deadline = std::chrono::steady_clock::now() + 5s; !logged && std::chrono::steady_clock::now() < deadline;) {
+    logged = read_text(nodes_[1].log_path).find("policy denied (remote): udp 198.18.1.20:") != std::string::npos;
+    if (!logged) std::this_thread::sleep_for(200ms);
+  }
+  EXPECT_TRUE(logged) << read_text(nodes_[1].log_path);
+}
+
 // Without encryption the option is taken as is (the documented trust model): a forged
 // frame on the underlay claiming foo/sleep is delivered, one claiming bar/web is refused.
 TEST_F(two_nodes_policy, WithoutEncryptionAForgedIdentityOptionIsTakenAsIs) {
