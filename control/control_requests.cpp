@@ -601,6 +601,12 @@ json control_module::status_page_model(const status_page_view& view) {
       if (sas.is_object() && sas.contains("rows")) model["encryption"]["sas"] = sas["rows"];
     }
   }
+  // The pipeline's sampled policy denials (issue 16), newest last.
+  if (const json denials = policy_denials_after(0); denials.is_object()) {
+    json rows = denials.value("rows", json::array());
+    if (rows.size() > 20) rows.erase(rows.begin(), rows.end() - 20);
+    model["policy_denials"] = {{"rows", rows}, {"not_logged", denials.value("suppressed", 0)}};
+  }
   // The DPDK ports with what their drivers lost (RX ring overruns, errors, no mbuf).
   if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("ports"))
     model["dataplane"] = {{"ports", subsystems["dataplane"]["ports"]}};

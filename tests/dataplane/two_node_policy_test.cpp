@@ -194,6 +194,21 @@ std::vector<uint8_t> forged_geneve(const std::vector<uint8_t>& to_mac, const std
   return frame;
 }
 
+// GET `path` from the agent's HTTP surface in `ns` (127.0.0.1:9464): the response body.
+std::string http_get_body(const netns& ns, const std::string& path) {
+  fd_guard fd(socket_in(ns, SOCK_STREAM));
+  set_timeout(fd.fd, 5);
+  const sockaddr_in to = address_of("127.0.0.1", 9464);
+  if (connect(fd.fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) != 0) return "";
+  const std::string request = "GET " + path + " HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n";
+  send_retrying(fd.fd, request.data(), request.size());
+  std::string response;
+  char buffer[65536];
+  for (ssize_t n; (n = recv_retrying(fd.fd, buffer, sizeof buffer)) > 0;) response.append(buffer, static_cast<size_t>(n));
+  const size_t body = response.find("\r\n\r\n");
+  return body == std::string::npos ? "" : response.substr(body + 4);
+}
+
 uint32_t identity_of(const char* ns, const char* sa) {
   return identity_number(spiffe_principal(kDefaultTrustDomain, ns, sa));
 }
@@ -326,6 +341,14 @@ TEST_F(two_nodes_policy, DenialsStreamOnFlowsFollowAndReachTheLog) {
     if (!logged) std::this_thread::sleep_for(200ms);
   }
   EXPECT_TRUE(logged) << read_text(nodes_[1].log_path);
+  // And on the status page's model.
+  const json model = json::parse(http_get_body(*nodes_[1].ns, "/status.json"), nullptr, false);
+  ASSERT_TRUE(model.is_object() && model.contains("policy_denials")) << model.dump().substr(0, 300);
+  bool shown = false;
+  for (const auto& row : model["policy_denials"]["rows"])
+    shown |= row.value("destination_port", 0) == 9100 && row.value("policy", "") == "foo/web-allow" &&
+             row.value("source_identity", "") == std::to_string(identity_of("bar", "web"));
+  EXPECT_TRUE(shown) << model["policy_denials"].dump();
 }
 
 // Without encryption the option is taken as is (the documented trust model): a forged
