@@ -11,6 +11,26 @@ using namespace wire;
 
 namespace detail {
 
+uint32_t policy_hash(const flow_key& key) {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(key.source, kMapped, 12) == 0 && std::memcmp(key.destination, kMapped, 12) == 0) {
+    uint32_t source, destination;
+    std::memcpy(&source, key.source + 12, 4);
+    std::memcpy(&destination, key.destination + 12, 4);
+    return policy_hash_v4(source, destination, key.source_port, key.destination_port, key.protocol);
+  }
+  // IPv6: the key with its ends in a canonical order, hashed whole.
+  flow_key ordered = key;
+  const int order = std::memcmp(key.source, key.destination, 16);
+  if (order > 0 || (order == 0 && key.source_port > key.destination_port)) {
+    std::memcpy(ordered.source, key.destination, 16);
+    std::memcpy(ordered.destination, key.source, 16);
+    ordered.source_port = key.destination_port;
+    ordered.destination_port = key.source_port;
+  }
+  return static_cast<uint32_t>(hash_flow_key(ordered));
+}
+
 namespace {
 
 flow_key reversed(const flow_key& key) {
@@ -24,21 +44,8 @@ flow_key reversed(const flow_key& key) {
 
 // Whether a live entry for `key` in this worker's table or another's has `flags` set in
 // `direction`. Read-only: the owner keeps it alive.
-// The low half of a key's hash, as policy_flow_key gives it: the CRC of the IPv4 fields
-// for an IPv4 key (equal to hash_flow_key's low half, flow_table.h), a cheaper path.
-uint32_t key_crc(const flow_key& key) {
-  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  if (std::memcmp(key.source, kMapped, 12) == 0 && std::memcmp(key.destination, kMapped, 12) == 0) {
-    uint32_t source, destination;
-    std::memcpy(&source, key.source + 12, 4);
-    std::memcpy(&destination, key.destination + 12, 4);
-    return flow_crc_v4(source, destination, key.source_port, key.destination_port, key.protocol);
-  }
-  return static_cast<uint32_t>(hash_flow_key(key));
-}
-
 bool recorded(const worker_state& w, const flow_key& key, flow_direction direction, uint8_t flags, uint8_t absent) {
-  const uint64_t hash = key_crc(key);
+  const uint64_t hash = policy_hash(key);
   flow_entry entry;
   if (w.policy_flows.find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
       (entry.flags & flags) == flags && !(entry.flags & absent))

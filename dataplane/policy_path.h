@@ -30,9 +30,21 @@ bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
                        flow_entry* cached);
 void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc);
 
+// The bucket hash of policy_flows: the same for both directions of a flow, so that the
+// miss path's look at the other direction (is this a reply? policy_path.cpp) reads the
+// bucket it has just read, not a second random one. IPv4 from the values as stored
+// (addresses network order, ports host order); IPv6 (and the key form of IPv4, which
+// gives the same) in policy_path.cpp.
+[[gnu::always_inline]] inline uint32_t policy_hash_v4(uint32_t source, uint32_t destination, uint16_t source_port,
+                                                      uint16_t destination_port, uint8_t protocol) {
+  const uint64_t a = uint64_t{source} << 16 | source_port, b = uint64_t{destination} << 16 | destination_port;
+  const uint64_t low = a < b ? a : b, high = (a < b ? b : a) | uint64_t{protocol} << 56;
+  return rte_hash_crc_8byte(high, rte_hash_crc_8byte(low, kFlowHashSeed));
+}
+uint32_t policy_hash(const flow_key& key);
+
 // The packet's flow key into `key` as the frame now is (after any NAT: a service flow's
-// DNAT leaves `p`'s ports as they arrived), and the low half of its hash (the flow
-// table's bucket).
+// DNAT leaves `p`'s ports as they arrived), and its policy_flows hash.
 [[gnu::always_inline]] inline uint32_t policy_flow_key(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
   parsed_packet now = p;
   now.source_port = from_net16(load16(frame + p.l4_offset));
@@ -40,9 +52,9 @@ void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t cr
   flow_key_into(key, frame, now);
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-    return flow_crc_v4(ip->source, ip->destination, now.source_port, now.destination_port, p.l4_protocol);
+    return policy_hash_v4(ip->source, ip->destination, now.source_port, now.destination_port, p.l4_protocol);
   }
-  return static_cast<uint32_t>(hash_flow_key(key));
+  return policy_hash(key);
 }
 
 // A frame for `pod` (a pod of this node) that `lb.enforce` says policy decides: true when
