@@ -6,9 +6,10 @@
 // through a VIP, allowed and refused, counted by policy; a frame injected onto the
 // underlay with a forged identity option (taken as is without encryption, refused as
 // esp_required when encryption is required); a policy change under traffic reaches new
-// flows and established ones within one publish and leaves allowed connections alone.
-// IPv6 through the pipeline is covered by the golden tests (golden_policy_test.cpp):
-// this cluster is IPv4 only (two_nodes_fixture.h).
+// flows and established ones within one publish and leaves allowed connections alone;
+// IPv6 (the pods get their IPv6 addresses here; the fixture leaves IPv6 off) to the pod
+// address and through an IPv6 VIP; denials on `flows --follow`, the log and the status
+// page.
 #include <linux/if_packet.h>
 #include <net/ethernet.h>
 #include <net/if.h>
@@ -107,6 +108,101 @@ class multi_echo_server {
   std::atomic<bool> stop_{false};
   std::thread thread_;
   std::vector<std::thread> connections_;
+};
+
+// IPv6 from `ns` (the fixture's helpers are IPv4).
+sockaddr_in6 address6_of(const std::string& ip, uint16_t port) {
+  sockaddr_in6 a{};
+  a.sin6_family = AF_INET6;
+  a.sin6_port = htons(port);
+  inet_pton(AF_INET6, ip.c_str(), &a.sin6_addr);
+  return a;
+}
+int socket6_in(const netns& ns, int type) {
+  netns_scope scope(ns);
+  return socket(AF_INET6, type, 0);
+}
+// "" when a TCP connection to [ip]:port from `ns` opened and echoed `message` within
+// `seconds`, else why not.
+std::string tcp6_echo(const netns& ns, const std::string& ip, uint16_t port, const std::string& message, int seconds) {
+  fd_guard fd(socket6_in(ns, SOCK_STREAM | SOCK_NONBLOCK));
+  const sockaddr_in6 to = address6_of(ip, port);
+  if (connect(fd.fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) != 0 && errno != EINPROGRESS)
+    return std::string("connect: ") + std::strerror(errno);
+  pollfd p{fd.fd, POLLOUT, 0};
+  if (poll(&p, 1, seconds * 1000) != 1) return "no answer";
+  int error = 0;
+  socklen_t length = sizeof error;
+  getsockopt(fd.fd, SOL_SOCKET, SO_ERROR, &error, &length);
+  if (error) return std::string("connect: ") + std::strerror(error);
+  const int flags = fcntl(fd.fd, F_GETFL);
+  fcntl(fd.fd, F_SETFL, flags & ~O_NONBLOCK);
+  set_timeout(fd.fd, seconds);
+  if (send_retrying(fd.fd, message.data(), message.size()) != static_cast<ssize_t>(message.size())) return "send failed";
+  std::string got;
+  char buffer[256];
+  while (got.size() < message.size()) {
+    const ssize_t n = recv_retrying(fd.fd, buffer, sizeof buffer);
+    if (n <= 0) return "no echo";
+    got.append(buffer, static_cast<size_t>(n));
+  }
+  return got == message ? "" : "echo differs";
+}
+// One UDP datagram from `client` to [ip]:port answered by a server in `server`.
+std::string udp6_round_trip(const netns& client, const netns& server, const std::string& ip, uint16_t port,
+                            const std::string& message) {
+  fd_guard listener(socket6_in(server, SOCK_DGRAM));
+  const sockaddr_in6 any = address6_of("::", port);
+  if (bind(listener.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
+  set_timeout(listener.fd, 3);
+  std::thread responder([&] {
+    char buffer[2048];
+    sockaddr_in6 peer{};
+    socklen_t length = sizeof peer;
+    const ssize_t n = recvfrom(listener.fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&peer), &length);
+    if (n > 0) sendto(listener.fd, buffer, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&peer), length);
+  });
+  fd_guard fd(socket6_in(client, SOCK_DGRAM));
+  set_timeout(fd.fd, 3);
+  const sockaddr_in6 to = address6_of(ip, port);
+  sendto(fd.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+  char buffer[2048];
+  const ssize_t n = recv_retrying(fd.fd, buffer, sizeof buffer);
+  responder.join();
+  if (n < 0) return std::string("no answer: ") + std::strerror(errno);
+  return std::string(buffer, static_cast<size_t>(n)) == message ? "" : "answer differs";
+}
+// A TCP echo server on [::]:port in `ns`, serving connections until destroyed.
+class echo6_server {
+ public:
+  echo6_server(const netns& ns, uint16_t port) : listener_(socket6_in(ns, SOCK_STREAM)) {
+    const int on = 1;
+    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    const sockaddr_in6 any = address6_of("::", port);
+    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 && listen(listener_.fd, 8) == 0;
+    thread_ = std::thread([this] {
+      while (!stop_.load()) {
+        pollfd p{listener_.fd, POLLIN, 0};
+        if (poll(&p, 1, 100) != 1) continue;
+        fd_guard connection(accept(listener_.fd, nullptr, nullptr));
+        set_timeout(connection.fd, 2);
+        char buffer[4096];
+        const ssize_t n = recv_retrying(connection.fd, buffer, sizeof buffer);
+        if (n > 0) send_retrying(connection.fd, buffer, static_cast<size_t>(n));
+      }
+    });
+  }
+  ~echo6_server() {
+    stop_.store(true);
+    if (thread_.joinable()) thread_.join();
+  }
+  bool ok() const { return ok_; }
+
+ private:
+  fd_guard listener_;
+  bool ok_ = false;
+  std::atomic<bool> stop_{false};
+  std::thread thread_;
 };
 
 bool inject(const netns& ns, const std::string& interface, const std::vector<uint8_t>& frame) {
@@ -228,6 +324,17 @@ class with_policy : public Base {
   // `policies`; applied to node n.
   void apply(int n, const char* policies) {
     json document = json::parse(this->document(n));
+    if (ipv6_) {
+      // The IPv6 plan of DESIGN.md: fd00:6d6c:<node>::/64, pods ::10 and ::20.
+      const std::string i = std::to_string(n), other = std::to_string(3 - n);
+      document["node"]["pod_cidr6"] = "fd00:6d6c:" + i + "::/64";
+      document["nodes"][0]["pod_cidr6"] = "fd00:6d6c:" + other + "::/64";
+      document["pods"][0]["ip6"] = "fd00:6d6c:" + i + "::10";
+      document["pods"][1]["ip6"] = "fd00:6d6c:" + i + "::20";
+      document["services"].push_back(json::parse(R"({"name": "web6-remote", "vip": "fd00:6d6c:ffff::10",
+        "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}, {"port": 53, "protocol": "udp", "target_port": 9100}],
+        "backends": [{"ip": "fd00:6d6c:2::20", "port": 8080, "node": "node2"}]})"));
+    }
     document["namespaces"] = json::parse(R"([{"name": "foo", "service_accounts": ["sleep", "web", "client"]},
                                              {"name": "bar", "service_accounts": ["web"]}])");
     if (n == 1) {
@@ -273,6 +380,22 @@ class with_policy : public Base {
     for (auto& client : clients_) client.reset();
     Base::TearDown();
   }
+  // IPv6 in the pods (the fixture leaves it off): addresses of apply()'s plan, routes
+  // through the gateway fd00:6d6c:<node>::1, which the node's worker answers.
+  void enable_ipv6() {
+    ipv6_ = true;
+    for (int n = 1; n <= 2; ++n) {
+      const auto& nd = this->nodes_[n - 1];
+      const std::string i = std::to_string(n);
+      for (auto [pod, port, last] : {std::tuple{nd.client.get(), nd.client_port, "10"}, std::tuple{nd.web.get(), nd.web_port, "20"}}) {
+        const std::string interface = port + "p";
+        pod->exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf." + interface + ".disable_ipv6=0");
+        pod->exec_or_fail("ip -6 addr add fd00:6d6c:" + i + "::" + last + "/128 dev " + interface + " nodad && ip -6 route add fd00:6d6c:" +
+                          i + "::1 dev " + interface + " && ip -6 route add default via fd00:6d6c:" + i + "::1 dev " + interface);
+      }
+    }
+  }
+  bool ipv6_ = false;
   std::unique_ptr<control_client> clients_[2];
 };
 
@@ -303,6 +426,26 @@ TEST_F(two_nodes_policy, CrossNodeTcpAndUdpToPodAndVipAreAllowedAndRefusedAsTheP
   EXPECT_GE(denied(2, "foo/web-allow"), 5);
   EXPECT_GE(drops(2, "policy_denied"), 5);
   EXPECT_LE(drops(1, "policy_denied"), 0);
+}
+
+// The same over IPv6: node 2's pipeline decides by the identity in the option whatever
+// the inner family.
+TEST_F(two_nodes_policy, CrossNodeIpv6TcpAndUdpAreAllowedAndRefusedAsThePolicySays) {
+  enable_ipv6();
+  apply(1, kWebAllow);
+  apply(2, kWebAllow);
+  if (HasFatalFailure()) return;
+  const netns &sleep = *nodes_[0].client, &bar_web = *nodes_[0].web, &web = *nodes_[1].web;
+  echo6_server server(web, 8080);
+  ASSERT_TRUE(server.ok());
+  EXPECT_EQ(tcp6_echo(sleep, "fd00:6d6c:2::20", 8080, "allowed over IPv6", 5), "");
+  EXPECT_EQ(tcp6_echo(bar_web, "fd00:6d6c:2::20", 8080, "refused over IPv6", 2), "no answer");
+  EXPECT_EQ(udp6_round_trip(sleep, web, "fd00:6d6c:2::20", 9100, "allowed over IPv6"), "");
+  EXPECT_NE(udp6_round_trip(bar_web, web, "fd00:6d6c:2::20", 9100, "refused over IPv6"), "");
+  // Through an IPv6 VIP (fd00:6d6c:ffff::10, its backend node 2's web pod).
+  EXPECT_EQ(tcp6_echo(sleep, "fd00:6d6c:ffff::10", 80, "allowed via an IPv6 VIP", 5), "");
+  EXPECT_EQ(tcp6_echo(bar_web, "fd00:6d6c:ffff::10", 80, "refused via an IPv6 VIP", 2), "no answer");
+  EXPECT_GE(denied(2, "foo/web-allow"), 2);
 }
 
 // Every denial is counted; a sample of them streams on `flows --follow` and goes to the
