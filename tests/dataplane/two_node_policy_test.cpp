@@ -492,6 +492,19 @@ TEST_F(two_nodes_policy, DenialsStreamOnFlowsFollowAndReachTheLog) {
     shown |= row.value("destination_port", 0) == 9100 && row.value("policy", "") == "foo/web-allow" &&
              row.value("source_identity", "") == std::to_string(identity_of("bar", "web"));
   EXPECT_TRUE(shown) << model["policy_denials"].dump();
+  // `meshctl flows --follow` prints them under the flow rows.
+  const char* meshctl = std::getenv("MESHCTL");
+  ASSERT_NE(meshctl, nullptr) << "MESHCTL must name the meshctl binary";
+  command_result printed;
+  std::thread watch([&] {
+    printed = nodes_[1].ns->exec(std::string("timeout 5 ") + meshctl + " flows --follow --socket " +
+                                 nodes_[1].config_path + ".sock");
+  });
+  std::this_thread::sleep_for(1500ms);
+  EXPECT_NE(udp_round_trip(*nodes_[0].web, *nodes_[1].web, "198.18.2.20", 9100, "refused again"), "");
+  watch.join();
+  EXPECT_NE(printed.output.find("policy denials:"), std::string::npos) << printed.output;
+  EXPECT_NE(printed.output.find("foo/web-allow"), std::string::npos) << printed.output;
 }
 
 // Without encryption the option is taken as is (the documented trust model): a forged
