@@ -129,4 +129,25 @@ bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t oute
   return true;
 }
 
+bool geneve_add_original_source(rte_mbuf* m, const uint8_t* address) {
+  constexpr uint16_t kExtra = kGeneveOriginalSourceOptionSize;
+  uint8_t* headers = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kExtra));
+  if (!headers) return false;
+  std::memmove(headers, headers + kExtra, kGeneveOverhead);
+  uint8_t* option = headers + kGeneveOverhead;
+  const geneve_option_header header{to_net16(kGeneveOptionClassMeshlane), kGeneveOptionOriginalSource, 4};
+  std::memcpy(option, &header, sizeof header);
+  std::memcpy(option + sizeof header, address, 16);
+  uint8_t* ip = headers + sizeof(ethernet_header);
+  uint8_t* udp = ip + sizeof(ipv4_header);
+  uint8_t* geneve = udp + sizeof(udp_header);
+  geneve[0] = static_cast<uint8_t>(geneve[0] + kExtra / 4);
+  store16(udp + offsetof(udp_header, length), to_net16(static_cast<uint16_t>(from_net16(load16(udp + 4)) + kExtra)));
+  store16(udp + offsetof(udp_header, checksum), 0);
+  store16(ip + offsetof(ipv4_header, total_length), to_net16(static_cast<uint16_t>(from_net16(load16(ip + 2)) + kExtra)));
+  store16(ip + offsetof(ipv4_header, checksum), 0);
+  store16(ip + offsetof(ipv4_header, checksum), checksum(ip, sizeof(ipv4_header)));
+  return true;
+}
+
 }  // namespace meshlane

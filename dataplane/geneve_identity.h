@@ -35,4 +35,25 @@ namespace meshlane {
   return 0;
 }
 
+// The original source address option (packet_headers.h) in the same options, into
+// `address` (16 bytes); false when there is none well-formed.
+inline bool geneve_original_source(const uint8_t* options, uint32_t length, uint8_t* address) {
+  using namespace wire;
+  constexpr uint32_t kExpected = uint32_t{to_net16(kGeneveOptionClassMeshlane)} |
+                                 uint32_t{kGeneveOptionOriginalSource} << 16 | uint32_t{4} << 24;
+  uint32_t offset = 0;
+  while (offset + sizeof(geneve_option_header) <= length) {
+    uint32_t word;
+    std::memcpy(&word, options + offset, 4);
+    const uint32_t data = (options[offset + 3] & 0x1f) * 4u;
+    if (offset + sizeof(geneve_option_header) + data > length) return false;
+    if ((word & 0x1fffffffu) == kExpected) {
+      std::memcpy(address, options + offset + 4, 16);
+      return true;
+    }
+    offset += sizeof(geneve_option_header) + data;
+  }
+  return false;
+}
+
 }  // namespace meshlane

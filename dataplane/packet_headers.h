@@ -188,6 +188,12 @@ static_assert(sizeof(geneve_option_header) == 4);
 inline constexpr uint16_t kGeneveOptionClassMeshlane = 0xff6d;
 inline constexpr uint8_t kGeneveOptionSourceIdentity = 0x01;
 inline constexpr uint16_t kGeneveIdentityOptionSize = sizeof(geneve_option_header) + 4;
+// Type 0x02 of the same class: the original source address (16 bytes, IPv4-mapped for
+// IPv4) of an ingress flow that the sending node source-NATed to its gateway on its way
+// to a backend here, so that policy's ip_blocks see the client (README, "L4
+// authorization policy"). Only on such frames, after the identity option (world).
+inline constexpr uint8_t kGeneveOptionOriginalSource = 0x02;
+inline constexpr uint16_t kGeneveOriginalSourceOptionSize = sizeof(geneve_option_header) + 16;
 
 // Bytes a Geneve/IPv4 encapsulation adds in front of the inner Ethernet frame (with the
 // identity option), and what of it counts against the underlay's IP MTU (everything but

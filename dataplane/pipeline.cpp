@@ -117,7 +117,10 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   if (!decrement_ttl(frame, p)) return time_exceeded();
   // An encrypted route (esp_routes.h) leaves kEspMaxOverhead less room.
   esp_tx_sa* const esp = t.esp_routes.empty() ? nullptr : t.esp_routes[node_index].sender(w.now);
-  const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0);
+  // An ingress flow source-NATed to a backend there carries its client's address too.
+  const bool with_client = lb.enforce == kEnforceIngress && lb.service_flow;
+  const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0) -
+                             (with_client ? kGeneveOriginalSourceOptionSize : 0);
   if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
   const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
   if (t.policy_active && !lb.enforce && !lb.service_flow && t.port_has_policy[in_port])
@@ -130,6 +133,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   // IPv4): the ICV covers every byte it would.
   if (!geneve_encapsulate(m, tunnel.outer, ports.neighbours.lookup_u64(tunnel.neighbour, remote), flow_hash,
                           lb.source_identity, !esp && ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
+    return drop(w, m, drop_reason::no_headroom);
+  if (__builtin_expect(with_client, 0) && !geneve_add_original_source(m, lb.key.source))
     return drop(w, m, drop_reason::no_headroom);
   w.geneve_encapsulated.add(1);
   if (esp) {
@@ -180,7 +185,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
           lb_outcome lb;
           lb.enforce = kEnforceRemote;
-          if (!geneve_decapsulate(w, t, ports, m, p, lb.source_identity)) return;
+          if (!geneve_decapsulate(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
@@ -188,7 +193,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kEspUdpPort) {
           lb_outcome lb;
           lb.enforce = kEnforceRemote;
-          if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p, lb.source_identity)) return;
+          if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);

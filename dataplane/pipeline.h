@@ -368,6 +368,7 @@ struct worker_state {
   std::unique_ptr<policy_deny_counter_block> policy_denied = std::make_unique<policy_deny_counter_block>();
   policy_deny_log deny_log;
   counter policy_evaluations;  // new flows (and flows re-evaluated after a publish) decided
+  ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 
   // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen does) until
@@ -412,6 +413,11 @@ void release_held(worker_state& worker, port_table& ports, uint64_t now, uint64_
 // carried in meshlane's Geneve option (packet_headers.h).
 bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t outer_destination, uint64_t flow_hash,
                         uint32_t source_identity, bool udp_checksum = true, const parsed_packet* inner = nullptr);
+// Adds meshlane's original-source option (packet_headers.h; `address`: 16 bytes) to a
+// frame geneve_encapsulate just built, behind the identity option; the outer UDP
+// checksum becomes 0 (RFC 8926 section 3.3 allows it over IPv4). False when the mbuf has
+// no room in front. Out of line: only ingress flows source-NATed to another node take it.
+bool geneve_add_original_source(rte_mbuf* m, const uint8_t* address);
 // The other end's new address of an entry with kFlowSecondRewrite, 16 bytes (IPv4-mapped
 // for IPv4): forward entries rewrite the source to this node's gateway (`gateway6` for
 // IPv6), reverse entries the destination back to the client (in `clients` for IPv6).

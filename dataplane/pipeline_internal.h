@@ -102,6 +102,9 @@ struct lb_outcome {
   // here: a pod of this node sent it), else policy_direction remote or ingress.
   uint32_t source_identity = 0;
   uint8_t enforce = 0;
+  // From another node: the frame named the original source of an ingress flow it
+  // source-NATed (geneve_original_source); the address is in worker_state::original_source.
+  bool has_original_source = false;
 };
 // lb_outcome::enforce: policy_direction's numbers (control/policy_metrics.h).
 inline constexpr uint8_t kEnforceRemote = 1, kEnforceIngress = 2;

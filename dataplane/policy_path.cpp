@@ -82,7 +82,8 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
   const uint64_t n = log.written.load(std::memory_order_relaxed);
   policy_deny_event& e = log.events[n % policy_deny_log::kSize];
   e.tsc = w.now;
-  std::memcpy(e.source.bytes.data(), key.source, 16);
+  if (lb.has_original_source) e.source = w.original_source;
+  else std::memcpy(e.source.bytes.data(), key.source, 16);
   std::memcpy(e.destination.bytes.data(), key.destination, 16);
   e.source_port = key.source_port;
   e.destination_port = key.destination_port;
@@ -113,8 +114,9 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
              recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
     flags = kPolicyReply;  // a reply of a flow our pod started: the other node decided it
   } else {
-    ip_address source;
-    std::memcpy(source.bytes.data(), key.source, 16);
+    // An ingress flow another node source-NATed is decided on its client's address.
+    ip_address source = w.original_source;
+    if (!lb.has_original_source) std::memcpy(source.bytes.data(), key.source, 16);
     verdict = t.tables->policy.decide(pod.policy_class, lb.source_identity, source, key.destination_port);
     w.policy_evaluations.add(1);
   }

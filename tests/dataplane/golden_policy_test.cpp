@@ -360,6 +360,65 @@ TEST_F(golden_policy, IngressIsMatchedOnIpBlocksOnly) {
   EXPECT_EQ(v->rule, 0);
 }
 
+// Ingress to a VIP whose backend is on another node is source-NATed to this node's
+// gateway; the frame carries the client's address in meshlane's original-source option
+// (type 0x02, 16 bytes, IPv4-mapped) behind the identity option (world).
+TEST_F(golden_policy, IngressSourceNatedToAnotherNodeCarriesTheClientsAddress) {
+  publish_json(node1_with(json::array()));
+  if (HasFatalFailure()) return;
+  // remote-dns: 198.19.128.12:53/udp -> node 2's 198.18.2.30:5353.
+  const bytes in = ipv4_frame(mac(0x55), kUplinkMac, ip4("203.0.113.5"), ip4("198.19.128.12"), udp_to(53, 45100));
+  send(uplink, in);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), in.size() + kGeneveOverhead + kGeneveOriginalSourceOptionSize);
+  const size_t geneve = 14 + 20 + 8;
+  EXPECT_EQ(out[geneve], (kGeneveIdentityOptionSize + kGeneveOriginalSourceOptionSize) / 4);
+  EXPECT_EQ(geneve_source_identity(&out[geneve + 8], 28), kIdentityWorld);
+  uint8_t client[16];
+  ASSERT_TRUE(geneve_original_source(&out[geneve + 8], 28, client));
+  const uint8_t expected[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 203, 0, 113, 5};
+  EXPECT_EQ(std::memcmp(client, expected, 16), 0);
+  EXPECT_EQ(verify_checksums(out), "");  // outer IPv4 checksum (UDP checksum 0: none)
+  // The inner frame: source-NATed to the gateway, to the backend.
+  const bytes inner(out.begin() + kGeneveOverhead + kGeneveOriginalSourceOptionSize, out.end());
+  uint32_t source, destination;
+  std::memcpy(&source, &inner[14 + 12], 4);
+  std::memcpy(&destination, &inner[14 + 16], 4);
+  EXPECT_EQ(source, ip4("198.18.1.1"));
+  EXPECT_EQ(destination, ip4("198.18.2.30"));
+}
+
+// The receiving side: such a flow is decided on the client's address, not the sending
+// node's gateway it arrives from.
+TEST_F(golden_policy, ASourceNatedIngressFlowIsDecidedOnItsClientsAddress) {
+  publish_json(node1_with(json::parse(R"([{"name": "partners", "namespace": "foo", "action": "ALLOW",
+    "rules": [{"from": [{"source": {"ip_blocks": ["203.0.113.0/28"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  const auto from_ingress_of_node2 = [&](const char* client, uint16_t port) {
+    bytes options = identity_option(kIdentityWorld);
+    const bytes original = {0x03, 0x02, 0x01, 0x04};  // another option, walked over
+    options.insert(options.end(), original.begin(), original.end());
+    options.insert(options.end(), {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+    const bytes client_option = {0xff, 0x6d, 0x02, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    options.insert(options.end(), client_option.begin(), client_option.end());
+    const uint32_t address = ip4(client);
+    options.insert(options.end(), reinterpret_cast<const uint8_t*>(&address), reinterpret_cast<const uint8_t*>(&address) + 4);
+    send(uplink, geneve_from(ip4("198.19.0.2"),
+                             ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.1"), ip4("198.18.1.10"), udp_to(53, port)), 0,
+                             kEtherTypeTransparentBridging, options));
+  };
+  from_ingress_of_node2("203.0.113.5", 33000);
+  from_ingress_of_node2("203.0.113.99", 33001);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  EXPECT_EQ(denied("foo/partners", "no_allow_match", policy_direction::remote), 1u);
+  std::vector<uint64_t> cursor;
+  uint64_t lost = 0;
+  const std::vector<json> events = pool_->take_deny_events(cursor, lost);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0]["source"], "203.0.113.99");
+  EXPECT_EQ(events[0]["source_identity"], "world");
+}
+
 // Every denial is counted; the deny log takes at most its bucket's worth (10 a second)
 // and counts the rest as suppressed, so a flood of denied flows cannot flood the log.
 TEST_F(golden_policy, DenialsAreCountedAndTheDenyLogIsSampled) {

@@ -581,6 +581,29 @@ TEST_F(two_nodes_policy, APolicyChangeUnderTrafficTakesEffectWithinOnePublishAnd
   EXPECT_GT(denied(2, "foo/web-allow"), denied_before);
 }
 
+// From outside the cluster: a host reaches a VIP through node 1, whose backend is node
+// 2's web pod; node 1 source-NATs the flow to its gateway and tells node 2 the client's
+// address, so node 2's ip_blocks decide on the client, not on node 1's gateway.
+using two_nodes_and_outside_policy = with_policy<two_nodes_and_outside>;
+
+TEST_F(two_nodes_and_outside_policy, IngressToABackendOnAnotherNodeIsDecidedOnTheClientsAddress) {
+  constexpr const char* kPartners = R"([{"name": "web-partners", "namespace": "foo", "action": "ALLOW",
+    "selector": {"match_labels": {"app": "web"}},
+    "rules": [{"from": [{"source": {"ip_blocks": ["203.0.113.0/28"]}}]}]}])";
+  apply(1, kPartners);
+  apply(2, kPartners);
+  if (HasFatalFailure()) return;
+  multi_echo_server server(*nodes_[1].web, 8080);
+  ASSERT_TRUE(server.ok());
+  EXPECT_EQ(tcp_echo_round_trip(*outside_, "198.19.128.10", 80, 20000), "");
+  // The same host outside the block: refused at node 2.
+  apply(2, R"([{"name": "web-partners", "namespace": "foo", "action": "ALLOW",
+    "selector": {"match_labels": {"app": "web"}},
+    "rules": [{"from": [{"source": {"ip_blocks": ["203.0.113.128/25"]}}]}]}])");
+  EXPECT_EQ(tcp_connect_within(*outside_, "198.19.128.10", 80, 2), "no answer");
+  EXPECT_GE(denied(2, "foo/web-partners"), 1);
+}
+
 // With encryption required, identity comes only out of ESP: a clear Geneve frame with a
 // forged option is refused (esp_required) before its option is read, while the pods'
 // own traffic, through ESP, is decided by the identities node 1 wrote.

@@ -41,7 +41,11 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       const uint32_t end = parsed.l3_offset + parsed.l3_length;
       if (end >= geneve + 8u) {
         const uint32_t options = (frame[geneve] & 0x3f) * 4u;
-        if (end >= geneve + 8u + options) meshlane::geneve_source_identity(frame.data() + geneve + 8, options);
+        if (end >= geneve + 8u + options) {
+          meshlane::geneve_source_identity(frame.data() + geneve + 8, options);
+          uint8_t original[16];
+          meshlane::geneve_original_source(frame.data() + geneve + 8, options, original);
+        }
       }
     }
   }
