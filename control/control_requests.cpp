@@ -349,6 +349,12 @@ json control_module::get(const json& request) {
           {"generation", tables->generation}};
 }
 
+json control_module::policy_denials_after(uint64_t after) {
+  const auto names = registry_.query_names();
+  if (std::find(names.begin(), names.end(), "policy_denials") == names.end()) return nullptr;
+  return registry_.query("policy_denials", {{"after", after}});
+}
+
 json control_module::flows(const json& request) {
   if (request.contains("follow") && !request["follow"].is_boolean())
     return error_reply(control_error::kInvalidRequest, "follow must be true or false");
@@ -594,6 +600,12 @@ json control_module::status_page_model(const status_page_view& view) {
       const json sas = registry_.query("sas", {{"offset", 0}, {"limit", 64}});
       if (sas.is_object() && sas.contains("rows")) model["encryption"]["sas"] = sas["rows"];
     }
+  }
+  // The pipeline's sampled policy denials (issue 16), newest last.
+  if (const json denials = policy_denials_after(0); denials.is_object()) {
+    json rows = denials.value("rows", json::array());
+    if (rows.size() > 20) rows.erase(rows.begin(), rows.end() - 20);
+    model["policy_denials"] = {{"rows", rows}, {"not_logged", denials.value("suppressed", 0)}};
   }
   // The DPDK ports with what their drivers lost (RX ring overruns, errors, no mbuf).
   if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("ports"))

@@ -98,6 +98,9 @@ class control_module {
 
   // Rows for one `flows` poll (also what a follow stream sends each interval).
   nlohmann::json flows(const nlohmann::json& args);
+  // The data plane's sampled policy denials numbered after `after` (the registry query
+  // "policy_denials"; null when no data plane provides it): {"rows", "next", ...}.
+  nlohmann::json policy_denials_after(uint64_t after);
   nlohmann::json provided_rows(const nlohmann::json& request, const std::string& query, const std::string& what);
 
   // For the status page: counters, a page of services and backends with their shares

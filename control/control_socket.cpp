@@ -44,6 +44,7 @@ struct client {
   bool following = false;   // `flows` follow stream
   nlohmann::json follow_args;
   int64_t next_follow_ms = 0;
+  uint64_t denials_after = 0;  // the last policy denial the stream has shown
 };
 
 }  // namespace
@@ -231,6 +232,9 @@ void control_socket_server::serve() {
                   request->body["follow"] == true) {
                 c.following = true;
                 c.follow_args = request->body;
+                // Denials from now on (issue 16): each update carries the new ones.
+                const nlohmann::json denials = control_.policy_denials_after(UINT64_MAX);
+                c.denials_after = denials.is_object() ? denials.value("next", uint64_t{0}) : 0;
                 c.next_follow_ms = now + options_.follow_interval_ms;
                 reply["follow"] = true;
               }
@@ -264,6 +268,12 @@ void control_socket_server::serve() {
         c.next_follow_ms = now + options_.follow_interval_ms;
         nlohmann::json update = control_.flows(c.follow_args);
         update["follow"] = true;
+        // The sampled policy denials since the last update (source and destination
+        // identity, deciding policy, rule, reason; issue 16).
+        if (const nlohmann::json denials = control_.policy_denials_after(c.denials_after); denials.is_object()) {
+          update["denials"] = denials.value("rows", nlohmann::json::array());
+          c.denials_after = denials.value("next", c.denials_after);
+        }
         send_reply(c, update);
       }
       while (c.output.size() > c.output_sent) {

@@ -535,6 +535,8 @@ int main(int argc, char** argv) {
           control.log().write(meshlane::log_level::error, "ESP key epoch not installed: " + e);
       }
     });
+    control.policy_denials().add_source(
+        [pool = dataplane.get()](std::vector<meshlane::policy_deny_count>& out) { pool->policy_denials(out); });
     log.write(meshlane::log_level::info, "dataplane running: " + std::to_string(ports.size()) + " ports, " +
                                              std::to_string(dataplane->worker_count()) + " workers");
   }
@@ -607,13 +609,36 @@ int main(int argc, char** argv) {
       log.write(meshlane::log_level::warn, "not watching " + config_path + ": " + error + " (SIGHUP re-reads it)");
   }
 
+  // The pipeline's sampled policy denials (issue 16) go to the log, at most what the
+  // workers' token buckets let through, with how many they left out since the last line.
+  uint64_t denials_logged = 0, suppressed_logged = 0;
+  const auto log_denials = [&] {
+    const nlohmann::json feed = dataplane->policy_denials_after(denials_logged);
+    for (const auto& e : feed["rows"])
+      log.write(meshlane::log_level::info,
+                "policy denied (" + e["direction"].get<std::string>() + "): " + e["protocol"].get<std::string>() + " " +
+                    e["source"].get<std::string>() + ":" + std::to_string(e["source_port"].get<int>()) + " (identity " +
+                    e["source_identity"].get<std::string>() + ") -> " + e["destination"].get<std::string>() + ":" +
+                    std::to_string(e["destination_port"].get<int>()) + " (identity " +
+                    e["destination_identity"].get<std::string>() + ") by " +
+                    (e["policy"].get<std::string>().empty() ? "no policy" : e["policy"].get<std::string>()) + " rule " +
+                    std::to_string(e["rule"].get<int>()) + ", " + e["reason"].get<std::string>());
+    denials_logged = feed["next"].get<uint64_t>();
+    const uint64_t suppressed = feed["suppressed"].get<uint64_t>();
+    if (suppressed > suppressed_logged)
+      log.write(meshlane::log_level::info, "policy denied: " + std::to_string(suppressed - suppressed_logged) +
+                                               " more not logged (at most 10 a second per worker)");
+    suppressed_logged = suppressed;
+  };
   while (true) {
     int signo = 0;
-    if (dataplane && stats_interval_s) {  // live counters for the demo
-      const timespec interval{static_cast<time_t>(stats_interval_s), 0};
+    if (dataplane) {
+      // Live counters for the demo every stats interval; the deny log every second.
+      const timespec interval{static_cast<time_t>(stats_interval_s ? stats_interval_s : 1), 0};
       signo = sigtimedwait(&signals, nullptr, &interval);
       if (signo < 0) {
-        std::fprintf(stderr, "meshlaned: %s\n", dataplane->stats_line().c_str());
+        if (stats_interval_s) std::fprintf(stderr, "meshlaned: %s\n", dataplane->stats_line().c_str());
+        log_denials();
         continue;
       }
     } else if (sigwait(&signals, &signo) != 0) {

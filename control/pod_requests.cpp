@@ -32,12 +32,13 @@ json control_module::pod_json(const live_pod& pod) {
   if (state) {
     out["gateway"] = gateway_of(state->node.pod_cidr).to_string();
     if (state->node.pod_cidr6) out["gateway6"] = gateway_of(*state->node.pod_cidr6).to_string();
-    // The overlay's 50 bytes (Geneve over IPv4, RFC 8926) come off the underlay MTU, and
+    // The overlay's 58 bytes (Geneve over IPv4, RFC 8926, with meshlane's 8-byte identity
+    // option, dataplane/packet_headers.h) come off the underlay MTU, and
     // ESP's 45 at most (dataplane/esp/esp.h kEspMaxOverhead: UDP 8, SPI and sequence 8,
     // IV 8, padding 3, trailer 2, ICV 16) when any route may be encrypted: a pod's MTU
     // cannot depend on which node it talks to.
     const uint32_t esp = state->encryption.mode != encryption_mode::off ? 45 : 0;
-    out["mtu"] = (state->dataplane ? state->dataplane->uplink.mtu : 1500) - 50 - esp;
+    out["mtu"] = (state->dataplane ? state->dataplane->uplink.mtu : 1500) - 58 - esp;
   }
   return out;
 }

@@ -44,6 +44,10 @@ const std::string& status_page_html() {
 replay window <b id="esp-window">?</b></p>
 <table id="sas"><thead><tr><th>peer</th><th>direction</th><th>key id</th><th>epoch</th><th>SPI</th><th>sequence</th>
 <th>packets</th><th>bytes</th><th>auth failures</th><th>replays</th></tr></thead><tbody></tbody></table></div>
+<div id="denials" hidden><h2>Policy denials (sampled)</h2>
+<p>denials not in this sample (at most 10 a second per worker are kept): <b id="denials-not-logged">?</b></p>
+<table id="denial-rows"><thead><tr><th>time</th><th>direction</th><th>source</th><th>source identity</th>
+<th>destination</th><th>destination identity</th><th>policy</th><th>rule</th><th>reason</th></tr></thead><tbody></tbody></table></div>
 <h2>Live counters</h2>
 <table id="counters"><thead><tr><th>metric</th><th>labels</th><th>value</th><th>per second</th></tr></thead><tbody></tbody></table>
 <script>
@@ -131,6 +135,16 @@ async function refresh() {
         cell(row, String(sa.sequence), "n"); cell(row, fmt(sa.packets), "n"); cell(row, fmt(sa.bytes), "n");
         cell(row, sa.auth_failures === null ? "-" : fmt(sa.auth_failures), "n");
         cell(row, sa.replays === null ? "-" : fmt(sa.replays), "n");
+      });
+    }
+    if (m.policy_denials) {
+      document.getElementById("denials").hidden = false;
+      document.getElementById("denials-not-logged").textContent = m.policy_denials.not_logged;
+      fill("denial-rows", m.policy_denials.rows.slice().reverse(), (row, d) => {
+        cell(row, new Date(d.time_ms).toISOString().substring(11, 23)); cell(row, d.direction);
+        cell(row, d.protocol + " " + d.source + ":" + d.source_port); cell(row, d.source_identity);
+        cell(row, d.destination + ":" + d.destination_port); cell(row, d.destination_identity);
+        cell(row, d.policy); cell(row, d.rule, "n"); cell(row, d.reason);
       });
     }
     const dt = previous ? m.time - previous.time : 0;

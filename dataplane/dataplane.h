@@ -11,6 +11,7 @@
 #pragma once
 
 #include <atomic>
+#include <deque>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -18,7 +19,10 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "control/desired_state.h"
+#include "control/policy_metrics.h"
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
 #include "dataplane/handover_state.h"
@@ -127,6 +131,22 @@ class worker_pool {
   // One line of per-port and per-service counters (meshlaned --stats-interval).
   std::string stats_line() const;
 
+  // L4 authorization (issue 16, policy_telemetry.cpp): denials by policy name, reason
+  // and direction since the pool started (a source of meshlane_policy_denied_total), and
+  // the sampled deny log: the events the workers logged since `cursor` (one count per
+  // worker, advanced here), oldest first, as JSON objects (source and destination
+  // address, port and identity, protocol, direction, deciding policy, rule and reason).
+  // `lost`: events overwritten before they were read, added to.
+  void policy_denials(std::vector<policy_deny_count>& out) const;
+  std::vector<nlohmann::json> take_deny_events(std::vector<uint64_t>& cursor, uint64_t& lost) const;
+  uint64_t deny_log_suppressed() const;  // denials the log's token buckets left out
+  // The deny log as a feed several readers follow (`flows --follow`, the agent's log):
+  // the workers' new events are taken into the last kDenyFeedSize, numbered; answers
+  // {"rows": events numbered after `after`, each with "seq", "next": the last number,
+  // "suppressed", "lost"}. Also the registry query "policy_denials" ({"after": N}).
+  static constexpr size_t kDenyFeedSize = 256;
+  nlohmann::json policy_denials_after(uint64_t after);
+
   // Test and benchmark access.
   const worker_state& worker(uint16_t index) const { return *workers_[index]; }
   uint16_t worker_count() const { return static_cast<uint16_t>(workers_.size()); }
@@ -189,6 +209,11 @@ class worker_pool {
   rte_rcu_qsbr* rcu_ = nullptr;
   std::atomic<forwarding_tables*> current_{nullptr};
   counter_slot_names slot_names_;
+  std::mutex deny_feed_mutex_;  // the feed below and the cursors into the workers' logs
+  std::deque<nlohmann::json> deny_feed_;
+  uint64_t deny_feed_next_ = 0;  // number of the newest event (0: none yet)
+  std::vector<uint64_t> deny_cursor_;
+  uint64_t deny_lost_ = 0;
   live_settings settings_;
   std::atomic<bool> running_{false};
   bool launched_ = false;

@@ -217,6 +217,23 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     if (it == port_by_interface.end()) continue;
     if (pod.ip.is_v4()) out.port_source_v4[it->second] = to_net32(pod.ip.v4());
     if (pod.ip6) out.port_source_v6[it->second] = pod.ip6->bytes;
+    out.port_identity[it->second] = pod.identity;
+    out.port_has_policy[it->second] = pod.policy_class != 0;
+  }
+  // L4 authorization (policy_path.h): deny counter slots by policy name.
+  out.policy_active = s.policy.classes.size() > 1;
+  out.policy_generation = static_cast<uint32_t>(s.generation);
+  out.policy_slot.assign(s.policy.policy_names.size(), 0);
+  for (size_t i = 0; i < s.policy.policy_names.size(); ++i) {
+    const std::string& name = s.policy.policy_names[i];
+    auto [it, added] = slots.policies.index.try_emplace(name, 0);
+    if (added) {
+      if (slots.policies.names.size() < kMaxPolicySlots) {
+        it->second = static_cast<uint32_t>(slots.policies.names.size());
+        slots.policies.names.push_back(name);
+      }
+    }
+    out.policy_slot[i] = it->second;
   }
   const size_t v4_slots = table_size(s.pods.size());
   out.v4_pods.assign(v4_slots, {});

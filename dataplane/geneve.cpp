@@ -67,19 +67,22 @@ geneve_template make_geneve_template(const mac_address& outer_source, uint32_t l
   eth->ether_type = to_net16(kEtherTypeIpv4);
   *ip = ipv4_header{0x45, 0, 0, 0, to_net16(kIpv4DontFragment), 64, kProtoUdp, 0, local_underlay_ip, remote_underlay_ip};
   *udp = udp_header{0, to_net16(kGenevePort), 0, 0};
-  *geneve = geneve_header{0, 0, to_net16(kEtherTypeTransparentBridging),
+  // One option (packet_headers.h): 2 words of options.
+  *geneve = geneve_header{kGeneveIdentityOptionSize / 4, 0, to_net16(kEtherTypeTransparentBridging),
                           {uint8_t(kOverlayVni >> 16), uint8_t(kOverlayVni >> 8), uint8_t(kOverlayVni)}, 0};
   const uint32_t addresses = halves(from_net32(local_underlay_ip)) + halves(from_net32(remote_underlay_ip));
   outer.ip_sum = 0x4500u + kIpv4DontFragment + ((64u << 8) | kProtoUdp) + addresses;
   // The UDP checksum (RFC 768) covers the pseudo-header, the UDP header and the Geneve
-  // header before the inner frame; the lengths and the source port are added per packet.
-  outer.udp_sum = addresses + kProtoUdp + kGenevePort + kEtherTypeTransparentBridging + ((kOverlayVni >> 8) & 0xffff) +
-                  ((kOverlayVni & 0xff) << 8);
+  // header and the option header before the inner frame; the lengths, the source port
+  // and the identity are added per packet.
+  outer.udp_sum = addresses + kProtoUdp + kGenevePort + ((kGeneveIdentityOptionSize / 4) << 8) +
+                  kEtherTypeTransparentBridging + ((kOverlayVni >> 8) & 0xffff) + ((kOverlayVni & 0xff) << 8) +
+                  kGeneveOptionClassMeshlane + ((kGeneveOptionSourceIdentity << 8) | 1u);
   return outer;
 }
 
 bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t outer_destination, uint64_t flow_hash,
-                        bool udp_checksum, const parsed_packet* inner) {
+                        uint32_t source_identity, bool udp_checksum, const parsed_packet* inner) {
   const uint16_t inner_length = static_cast<uint16_t>(rte_pktmbuf_pkt_len(m));
   // The inner frame's sum first, while nothing has been written in front of it; the
   // outer headers' sums come from the template's and the values in registers, not from
@@ -92,12 +95,17 @@ bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t oute
   }
   uint8_t* headers = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kGeneveOverhead));
   if (!headers) [[unlikely]] return false;
-  std::memcpy(headers, outer.headers.data(), kGeneveOverhead);
+  std::memcpy(headers, outer.headers.data(), geneve_template::kSize);
+  // The identity option in one store: class, type, length 1, the identity (network order).
+  const uint64_t option = uint64_t{to_net16(kGeneveOptionClassMeshlane)} | uint64_t{kGeneveOptionSourceIdentity} << 16 |
+                          uint64_t{1} << 24 | uint64_t{to_net32(source_identity)} << 32;
+  std::memcpy(headers + geneve_template::kSize, &option, 8);
   const uint32_t destination_low = static_cast<uint32_t>(outer_destination);
   const uint16_t destination_high = static_cast<uint16_t>(outer_destination >> 32);
   std::memcpy(headers, &destination_low, 4);
   std::memcpy(headers + 4, &destination_high, 2);
-  const uint16_t udp_length = static_cast<uint16_t>(sizeof(udp_header) + sizeof(geneve_header) + inner_length);
+  const uint16_t udp_length =
+      static_cast<uint16_t>(sizeof(udp_header) + sizeof(geneve_header) + kGeneveIdentityOptionSize + inner_length);
   const uint16_t total_length = static_cast<uint16_t>(sizeof(ipv4_header) + udp_length);
   uint8_t* ip = headers + sizeof(ethernet_header);
   store16(ip + offsetof(ipv4_header, total_length), to_net16(total_length));
@@ -109,8 +117,8 @@ bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t oute
   const uint16_t source_port = static_cast<uint16_t>(49152 | ((flow_hash ^ (flow_hash >> 16)) & 0x3fff));
   // A full UDP checksum (RFC 8926 section 3.3 allows zero over IPv4; we compute it so
   // that receivers and middleboxes that verify it accept the frame).
-  uint16_t udp_check =
-      static_cast<uint16_t>(~fold16(uint64_t{outer.udp_sum} + 2u * udp_length + source_port + inner_sum));
+  uint16_t udp_check = static_cast<uint16_t>(~fold16(uint64_t{outer.udp_sum} + 2u * udp_length + source_port +
+                                                     inner_sum + (source_identity >> 16) + (source_identity & 0xffff)));
   if (udp_check == 0) udp_check = 0xffff;  // RFC 768: zero means "no checksum"
   if (!udp_checksum) udp_check = 0;
   // The UDP header in one store: source port, destination port (the template's), length,
@@ -118,6 +126,27 @@ bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t oute
   const uint64_t udp = uint64_t{to_net16(source_port)} | uint64_t{to_net16(kGenevePort)} << 16 |
                        uint64_t{to_net16(udp_length)} << 32 | uint64_t{to_net16(udp_check)} << 48;
   std::memcpy(ip + sizeof(ipv4_header), &udp, 8);
+  return true;
+}
+
+bool geneve_add_original_source(rte_mbuf* m, const uint8_t* address) {
+  constexpr uint16_t kExtra = kGeneveOriginalSourceOptionSize;
+  uint8_t* headers = reinterpret_cast<uint8_t*>(rte_pktmbuf_prepend(m, kExtra));
+  if (!headers) return false;
+  std::memmove(headers, headers + kExtra, kGeneveOverhead);
+  uint8_t* option = headers + kGeneveOverhead;
+  const geneve_option_header header{to_net16(kGeneveOptionClassMeshlane), kGeneveOptionOriginalSource, 4};
+  std::memcpy(option, &header, sizeof header);
+  std::memcpy(option + sizeof header, address, 16);
+  uint8_t* ip = headers + sizeof(ethernet_header);
+  uint8_t* udp = ip + sizeof(ipv4_header);
+  uint8_t* geneve = udp + sizeof(udp_header);
+  geneve[0] = static_cast<uint8_t>(geneve[0] + kExtra / 4);
+  store16(udp + offsetof(udp_header, length), to_net16(static_cast<uint16_t>(from_net16(load16(udp + 4)) + kExtra)));
+  store16(udp + offsetof(udp_header, checksum), 0);
+  store16(ip + offsetof(ipv4_header, total_length), to_net16(static_cast<uint16_t>(from_net16(load16(ip + 2)) + kExtra)));
+  store16(ip + offsetof(ipv4_header, checksum), 0);
+  store16(ip + offsetof(ipv4_header, checksum), checksum(ip, sizeof(ipv4_header)));
   return true;
 }
 

@@ -3,17 +3,28 @@
 // known nodes, inline here: every packet that arrives through the tunnel takes it.
 #pragma once
 
+#include "dataplane/geneve_identity.h"
 #include "dataplane/pipeline_internal.h"
 
 namespace meshlane::detail {
 
 // Inbound Geneve addressed to us from a known node: strip the outer headers and return
-// true with `p` describing the inner frame. Drops (and returns false) otherwise.
+// true with `p` describing the inner frame, `lb.source_identity` the sending pod's
+// identity from meshlane's option (geneve_identity.h) and, for an ingress flow the sender
+// source-NATed, its client's address (lb.has_original_source, w.original_source). Drops (and returns false) otherwise.
 // `kDecrypted`: it came out of ESP (esp_path.h); clear Geneve from a node whose route is
 // encrypted is refused (esp_required).
+//
+// The identity's trust model (README "Authorization policy"): the option is believed
+// when the frame came out of ESP (the peer's key vouches for it), or when the peer's
+// route is direct (no encryption configured for it: then anyone on the underlay who can
+// send as the peer's address could claim any identity, which is what an operator who
+// leaves encryption off accepts). Clear Geneve from a peer whose route is encrypted is
+// refused after the switch-on grace (esp_required); during the grace it is delivered,
+// but its option is not believed: the source counts as identity 0 (none).
 template <bool kDecrypted = false>
 [[gnu::always_inline]] inline bool geneve_decapsulate(worker_state& w, const forwarding_tables& t, port_table& ports,
-                                                      rte_mbuf* m, parsed_packet& p) {
+                                                      rte_mbuf* m, parsed_packet& p, lb_outcome& lb) {
   uint8_t* frame = frame_of(m);
   const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
   const underlay_peer* sender = t.underlay_peers.find(ip->source);
@@ -43,6 +54,15 @@ template <bool kDecrypted = false>
     return false;
   }
   ports.neighbours.learn(sender->neighbour, ip->source, reinterpret_cast<const ethernet_header*>(frame)->source);
+  const uint8_t* option_bytes = frame + geneve_offset + sizeof(geneve_header);
+  lb.source_identity = geneve_source_identity(option_bytes, options);
+  // An ingress flow the sender source-NATed carries its client's address (world only).
+  if (__builtin_expect(lb.source_identity == kIdentityWorld, 0))
+    lb.has_original_source = geneve_original_source(option_bytes, options, w.original_source.bytes.data());
+  if (!kDecrypted && !t.esp_routes.empty() && t.esp_routes[sender->node].clear_refused_from != UINT64_MAX) {
+    lb.source_identity = 0;
+    lb.has_original_source = false;
+  }
   const uint32_t inner = geneve_offset + sizeof(geneve_header) + options;
   // Trailing Ethernet padding of the outer frame is not part of the inner one.
   const uint32_t trailing = rte_pktmbuf_pkt_len(m) - end;

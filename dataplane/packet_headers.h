@@ -170,12 +170,38 @@ struct __attribute__((packed)) geneve_header {
 };
 static_assert(sizeof(geneve_header) == 8);
 
-// Bytes a Geneve/IPv4 encapsulation adds in front of the inner Ethernet frame, and what
-// of it counts against the underlay's IP MTU (everything but the outer Ethernet header).
-inline constexpr uint16_t kGeneveOverhead =
-    sizeof(ethernet_header) + sizeof(ipv4_header) + sizeof(udp_header) + sizeof(geneve_header);
-inline constexpr uint16_t kGeneveMtuOverhead =
-    sizeof(ipv4_header) + sizeof(udp_header) + sizeof(geneve_header) + sizeof(ethernet_header);
+// RFC 8926 section 3.5: an option is class (16 bits), type (8; its high bit is C,
+// critical), 3 reserved bits and the data's length in 4-byte words (5 bits), then data.
+struct __attribute__((packed)) geneve_option_header {
+  uint16_t option_class;
+  uint8_t type;
+  uint8_t length;  // reserved (3 bits) | length in 4-byte words (5 bits)
+};
+static_assert(sizeof(geneve_option_header) == 4);
+
+// meshlane's option (issue 16; README "Wire formats"): the source workload's identity
+// (workload_identity.h), 32 bits in network order, which the destination's node
+// enforces policy with. Class 0xFF6D: in IANA's "Experimental Use" range of Geneve
+// option classes (0xFF00-0xFFFF, RFC 8926 section 7.1), 0x6D being 'm'. Type 0x01 with C
+// clear: a receiver that does not know it may ignore it. Every frame a node sends carries
+// it, first among the options (a receiver also finds it further down).
+inline constexpr uint16_t kGeneveOptionClassMeshlane = 0xff6d;
+inline constexpr uint8_t kGeneveOptionSourceIdentity = 0x01;
+inline constexpr uint16_t kGeneveIdentityOptionSize = sizeof(geneve_option_header) + 4;
+// Type 0x02 of the same class: the original source address (16 bytes, IPv4-mapped for
+// IPv4) of an ingress flow that the sending node source-NATed to its gateway on its way
+// to a backend here, so that policy's ip_blocks see the client (README, "L4
+// authorization policy"). Only on such frames, after the identity option (world).
+inline constexpr uint8_t kGeneveOptionOriginalSource = 0x02;
+inline constexpr uint16_t kGeneveOriginalSourceOptionSize = sizeof(geneve_option_header) + 16;
+
+// Bytes a Geneve/IPv4 encapsulation adds in front of the inner Ethernet frame (with the
+// identity option), and what of it counts against the underlay's IP MTU (everything but
+// the outer Ethernet header): 58 and 58 (the inner Ethernet header counts, the outer not).
+inline constexpr uint16_t kGeneveOverhead = sizeof(ethernet_header) + sizeof(ipv4_header) + sizeof(udp_header) +
+                                            sizeof(geneve_header) + kGeneveIdentityOptionSize;
+inline constexpr uint16_t kGeneveMtuOverhead = sizeof(ipv4_header) + sizeof(udp_header) + sizeof(geneve_header) +
+                                               kGeneveIdentityOptionSize + sizeof(ethernet_header);
 
 // --- Internet checksum (RFC 1071) and its incremental update (RFC 1624). ---
 

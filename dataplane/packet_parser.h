@@ -53,6 +53,7 @@ enum class drop_reason : uint8_t {
   esp_malformed,    // truncated, bad lengths, padding or next header, not Geneve inside
   esp_required,     // clear Geneve from a node whose route is encrypted
   esp_encap_failed, // an outbound frame ESP could not take (no room, sequence numbers spent)
+  policy_denied,    // L4 authorization refused the flow (issue 16; policy_path.h)
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

@@ -10,6 +10,7 @@
 #include "dataplane/gateway.h"
 #include "dataplane/geneve.h"
 #include "dataplane/pipeline_internal.h"
+#include "dataplane/policy_path.h"
 #include "dataplane/service_lb.h"
 
 namespace meshlane {
@@ -87,6 +88,11 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   }
 
   if (pod) {
+    // L4 authorization at the destination's node (policy_path.h); a reply of a service
+    // flow from another node (reverse-NATed above) belongs to a flow our pod started.
+    if (lb.enforce && t.policy_active && !(lb.service_flow && lb.enforce == kEnforceRemote) &&
+        !policy_admits(w, t, m, frame, p, *pod, lb))
+      return;
     const uint16_t out = t.pod_port[static_cast<size_t>(pod - s.pods.data())];
     if (out == UINT16_MAX) return drop(w, m, drop_reason::no_port);
     if (!decrement_ttl(frame, p)) {
@@ -111,9 +117,14 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   if (!decrement_ttl(frame, p)) return time_exceeded();
   // An encrypted route (esp_routes.h) leaves kEspMaxOverhead less room.
   esp_tx_sa* const esp = t.esp_routes.empty() ? nullptr : t.esp_routes[node_index].sender(w.now);
-  const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0);
+  // An ingress flow source-NATed to a backend there carries its client's address too.
+  const bool with_client = lb.enforce == kEnforceIngress && lb.service_flow;
+  const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0) -
+                             (with_client ? kGeneveOriginalSourceOptionSize : 0);
   if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
   const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
+  if (t.policy_active && !lb.enforce && !lb.service_flow && t.port_has_policy[in_port])
+    policy_note_outbound(w, frame, p);
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
   if (rte_pktmbuf_pkt_len(m) > frame_length)
@@ -121,7 +132,9 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   // Inside ESP the Geneve UDP checksum is left zero (RFC 8926 section 3.3 allows it over
   // IPv4): the ICV covers every byte it would.
   if (!geneve_encapsulate(m, tunnel.outer, ports.neighbours.lookup_u64(tunnel.neighbour, remote), flow_hash,
-                          !esp && ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
+                          lb.source_identity, !esp && ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
+    return drop(w, m, drop_reason::no_headroom);
+  if (__builtin_expect(with_client, 0) && !geneve_add_original_source(m, lb.key.source))
     return drop(w, m, drop_reason::no_headroom);
   w.geneve_encapsulated.add(1);
   if (esp) {
@@ -159,6 +172,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       return drop(w, m, drop_reason::spoofed_source);
     }
     lb_outcome lb;
+    lb.source_identity = t.port_identity[in_port];
     if (!load_balance(w, t, m, frame, p, lb)) return;
     return route<false>(w, t, ports, in_port, m, p, lb);
   }
@@ -169,16 +183,18 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
       if (ip->destination == t.underlay_ip) {
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
-          if (!geneve_decapsulate(w, t, ports, m, p)) return;
-          frame = frame_of(m);
           lb_outcome lb;
+          lb.enforce = kEnforceRemote;
+          if (!geneve_decapsulate(w, t, ports, m, p, lb)) return;
+          frame = frame_of(m);
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
         }
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kEspUdpPort) {
-          if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p)) return;
-          frame = frame_of(m);
           lb_outcome lb;
+          lb.enforce = kEnforceRemote;
+          if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p, lb)) return;
+          frame = frame_of(m);
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
         }
@@ -199,6 +215,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
             : t.node_of_v6(frame + p.l3_offset + offsetof(ipv6_header, source));
     if (source_node != kNoNode) return drop(w, m, drop_reason::spoofed_source);
     lb_outcome lb;
+    lb.source_identity = kIdentityWorld;  // policy matches it on ip_blocks only
+    lb.enforce = kEnforceIngress;
     if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/true, eth->source.as_u64())) return;
     if (lb.service_flow) return route<false>(w, t, ports, in_port, m, p, lb);
     const table_pod* pod = t.tables->find_pod(destination_of(frame, p));

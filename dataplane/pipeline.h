@@ -13,6 +13,7 @@
 
 #include <rte_mbuf.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <cstdint>
@@ -114,9 +115,12 @@ struct underlay_neighbours {
 // snapshot is published: every field but those that vary per packet (the outer
 // destination MAC, learned at run time; the IPv4 total length and checksum; the UDP
 // source port, length and checksum), with the ones' complement sums of the constant
-// words, so that encapsulating a packet is one 50-byte copy and a few patched fields.
+// words, so that encapsulating a packet is one 50-byte copy, one 8-byte store of the
+// identity option (which varies per packet, so it is not in the template: the template
+// then keeps node_tunnel in one cache line) and a few patched fields.
 struct geneve_template {
-  std::array<uint8_t, wire::kGeneveOverhead> headers{};
+  static constexpr uint16_t kSize = wire::kGeneveOverhead - wire::kGeneveIdentityOptionSize;
+  std::array<uint8_t, kSize> headers{};
   uint32_t ip_sum = 0;   // the IPv4 header's words but total length and checksum (host order, unfolded)
   uint32_t udp_sum = 0;  // pseudo-header addresses and protocol, destination port, Geneve header
   // The outer destination, network order (0: an empty template).
@@ -219,6 +223,18 @@ struct forwarding_tables {
   // holds the SAs they point to for as long as these tables live.
   std::vector<esp_node_route> esp_routes;
   std::vector<std::shared_ptr<const void>> esp_keep;
+  // L4 authorization (issue 16; policy_path.h). By port: the identity of the pod it
+  // serves (table_pod::identity), which frames it sends carry in the Geneve option.
+  std::array<uint32_t, kMaxPorts> port_identity{};
+  // By port: whether any policy applies to its pod (its policy class is not 0). Only such
+  // pods' outbound flows are recorded (policy_path.h): replies into a pod without policy
+  // need no recognising.
+  std::array<uint8_t, kMaxPorts> port_has_policy{};
+  // Whether any policy applies to any workload: when not, the pipeline neither evaluates
+  // nor tracks flows for policy (one test per tunnelled packet).
+  bool policy_active = false;
+  uint32_t policy_generation = 0;  // the snapshot's, low half: cached verdicts older than it are re-evaluated
+  std::vector<uint32_t> policy_slot;  // by compiled policy index -> deny counter slot (policy_slot_names)
 };
 
 // Live settings a worker re-reads every loop; changed by tunables without restart.
@@ -280,9 +296,48 @@ struct lent_port_clients {
   }
 };
 
+// Policy deny counters (issue 16): a slot per policy name, kept across publishes (so a
+// policy's count follows its name, whatever index the next compile gives it); slot 0 is
+// the denial no policy names (and any name past the slots).
+inline constexpr uint32_t kMaxPolicySlots = 32768;
+struct policy_slot_names {
+  std::vector<std::string> names{""};  // slot -> "namespace/name"
+  std::unordered_map<std::string, uint32_t> index;
+};
+// By slot, reason (deny_rule, no_allow_match) and direction (remote, ingress).
+struct policy_deny_counter_block {
+  std::array<std::array<counter, 2>, 2> by[kMaxPolicySlots];
+};
+
+// A denial the sampled deny log reports (policy_path.cpp): what the worker knew.
+struct policy_deny_event {
+  uint64_t tsc = 0;
+  ip_address source, destination;
+  uint16_t source_port = 0, destination_port = 0;
+  uint8_t protocol = 0;
+  uint8_t direction = 0;  // policy_direction
+  policy_verdict verdict;
+  uint32_t source_identity = 0, destination_identity = 0;
+  uint32_t policy_slot = 0;
+};
+// One worker's deny log: the worker writes events at most `kPerSecond` a second (a token
+// bucket with a burst of as many), counts the rest as suppressed, and the control thread
+// reads what is new by the published count (single writer, lock-free readers; a reader
+// that falls kSize behind counts what it missed as lost).
+struct policy_deny_log {
+  static constexpr uint32_t kSize = 64;
+  static constexpr uint32_t kPerSecond = 10;
+  std::array<policy_deny_event, kSize> events{};
+  std::atomic<uint64_t> written{0};
+  counter suppressed;
+  uint64_t tokens_at = 0;  // worker's: TSC the bucket was last refilled
+  uint32_t tokens = kPerSecond;
+};
+
 // Everything one worker owns: its flow-table shard, counters and TX buffers.
 struct worker_state {
-  explicit worker_state(uint32_t flow_capacity) : flows(flow_capacity) {}
+  explicit worker_state(uint32_t flow_capacity)
+      : flows(flow_capacity), policy_flows(std::max<uint32_t>(flow_capacity / 2, 1024)) {}
 
   uint16_t index = 0;
   uint16_t tx_queue = 0;
@@ -304,6 +359,17 @@ struct worker_state {
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
   counter esp_encapsulated, esp_decapsulated;
   counter reverse_entries_restored;  // see restore_reverse_entry in service_lb.cpp
+
+  // L4 authorization (policy_path.h): verdicts of flows into this node's pods and the
+  // flows its pods started, with the other workers' (read through find_shared, as
+  // peer_flows); deny counters and the sampled deny log.
+  flow_table policy_flows;
+  std::vector<const flow_table*> peer_policy_flows;
+  std::unique_ptr<policy_deny_counter_block> policy_denied = std::make_unique<policy_deny_counter_block>();
+  policy_deny_log deny_log;
+  counter policy_evaluations;  // new flows (and flows re-evaluated after a publish) decided
+  ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
+  uint64_t tsc_hz = 0;         // for the deny log's bucket
 
   // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen does) until
   // the pod answers the gateway's ARP request or says anything, then sent; dropped as
@@ -343,8 +409,15 @@ void release_held(worker_state& worker, port_table& ports, uint64_t now, uint64_
 // the outer UDP checksum takes the inner frame's sum from the inner checksums instead of
 // reading the whole frame (see inner_frame_sum in geneve.cpp).
 // False (nothing written) when the mbuf has no room for the outer headers in front.
+// `source_identity`: the sending pod's workload identity (table_pod::identity; 0: none),
+// carried in meshlane's Geneve option (packet_headers.h).
 bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t outer_destination, uint64_t flow_hash,
-                        bool udp_checksum = true, const parsed_packet* inner = nullptr);
+                        uint32_t source_identity, bool udp_checksum = true, const parsed_packet* inner = nullptr);
+// Adds meshlane's original-source option (packet_headers.h; `address`: 16 bytes) to a
+// frame geneve_encapsulate just built, behind the identity option; the outer UDP
+// checksum becomes 0 (RFC 8926 section 3.3 allows it over IPv4). False when the mbuf has
+// no room in front. Out of line: only ingress flows source-NATed to another node take it.
+bool geneve_add_original_source(rte_mbuf* m, const uint8_t* address);
 // The other end's new address of an entry with kFlowSecondRewrite, 16 bytes (IPv4-mapped
 // for IPv4): forward entries rewrite the source to this node's gateway (`gateway6` for
 // IPv6), reverse entries the destination back to the client (in `clients` for IPv6).
@@ -365,6 +438,7 @@ struct counter_slot_names {
   std::vector<uint8_t> service_in_tables, backend_in_tables;
   std::vector<uint32_t> free_services, free_backends;
   std::unordered_map<std::string, uint32_t> service_index, backend_index;  // name -> slot
+  policy_slot_names policies;  // deny counters' slots (issue 16); never freed, at most kMaxPolicySlots
   size_t live_backends() const { return backend_index.size(); }
   size_t live_services() const { return service_index.size(); }
 };

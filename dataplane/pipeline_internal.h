@@ -97,6 +97,16 @@ struct lb_outcome {
   // ICMP error about it quotes what its sender sent and goes to that sender. Written in
   // place by the lookup, which needs it anyway.
   flow_key key;
+  // L4 authorization (policy_path.h): who sent the packet (a pod's identity, the one the
+  // Geneve option vouched for, or world), and where policy is enforced on it: 0 (not
+  // here: a pod of this node sent it), else policy_direction remote or ingress.
+  uint32_t source_identity = 0;
+  uint8_t enforce = 0;
+  // From another node: the frame named the original source of an ingress flow it
+  // source-NATed (geneve_original_source); the address is in worker_state::original_source.
+  bool has_original_source = false;
 };
+// lb_outcome::enforce: policy_direction's numbers (control/policy_metrics.h).
+inline constexpr uint8_t kEnforceRemote = 1, kEnforceIngress = 2;
 
 }  // namespace meshlane::detail

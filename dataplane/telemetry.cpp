@@ -352,6 +352,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
   });
 
   // The ESP SAs of encrypted routes (no key material), paged like flows.
+  // L4 authorization's sampled denials (policy_telemetry.cpp), for `flows --follow`.
+  registry.add_query("policy_denials", [this](const nlohmann::json& args) {
+    const uint64_t after = args.contains("after") && args["after"].is_number_unsigned() ? args["after"].get<uint64_t>() : 0;
+    return policy_denials_after(after);
+  });
   registry.add_query("sas", [this](const nlohmann::json& args) {
     const uint64_t offset = args.is_object() && args.contains("offset") && args["offset"].is_number_unsigned()
                                 ? args["offset"].get<uint64_t>() : 0;

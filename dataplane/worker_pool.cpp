@@ -222,7 +222,11 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   pool->esp_ = std::make_unique<esp_sa_registry>(workers);
   for (auto& w : pool->workers_)
     for (auto& other : pool->workers_)
-      if (other != w) w->peer_flows.push_back(&other->flows);
+      if (other != w) {
+        w->peer_flows.push_back(&other->flows);
+        w->peer_policy_flows.push_back(&other->policy_flows);
+      }
+  for (auto& w : pool->workers_) w->tsc_hz = rte_get_tsc_hz();
   auto plan = std::make_unique<rx_plan>();
   plan->per_worker.resize(workers);
   for (const pool_port& p : ports) {

@@ -42,6 +42,7 @@
 
 #include "control/esp_keys.h"
 #include "control/table_compiler.h"
+#include "control/workload_identity.h"
 #include "dataplane/dataplane.h"
 #include "tests/dataplane/packet_builder.h"
 
@@ -51,6 +52,8 @@ namespace {
 using namespace wire;
 using testing::ip4;
 using testing::mac;
+
+using json = nlohmann::json;
 
 constexpr uint16_t kBurst = 32;
 
@@ -473,7 +476,7 @@ void BM_stage_geneve_encap(benchmark::State& state) {
   for (auto _ : state) {
     const uint64_t start = rte_rdtsc();
     for (int i = 0; i < kBurst; ++i) {
-      geneve_encapsulate(m, outer, destination, 0x1234567 + i);
+      geneve_encapsulate(m, outer, destination, 0x1234567 + i, 0x1234);
       benchmark::ClobberMemory();
       rte_pktmbuf_adj(m, kGeneveOverhead);
     }
@@ -590,28 +593,31 @@ void BM_raw_ipsec_mb_seal(benchmark::State& state) {
 BENCHMARK(BM_raw_ipsec_mb_seal)->Name("BM_esp_size_raw_ipsec_mb_seal")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
 #endif
 
-// Node 2's Geneve frame to node 1 around a UDP frame of `size` bytes from a pod on node 2
-// to the web pod here.
-testing::bytes geneve_from_node2(size_t size) {
+// Node 2's Geneve frame to node 1 (with the identity option, as every node sends it)
+// around a UDP frame of `size` bytes from a pod on node 2 to the web pod here.
+testing::bytes geneve_from_node2(size_t size, uint32_t identity = 0x12345678, uint16_t destination_port = 9) {
   testing::l4_spec udp;
   udp.protocol = kProtoUdp;
   udp.source_port = 50000;
-  udp.destination_port = 9;
+  udp.destination_port = destination_port;
   udp.payload = testing::bytes(size - 14 - 20 - 8, 0x5a);
   const testing::bytes inner =
       testing::ipv4_frame(mac(0xb1), mac(0xb2), ip4("198.18.2.20"), ip4("198.18.1.20"), udp);
   testing::bytes out(kGeneveOverhead);
   ethernet_header eth{mac(1), mac(2), to_net16(kEtherTypeIpv4)};
-  const uint16_t udp_length = static_cast<uint16_t>(16 + inner.size());
+  const uint16_t udp_length = static_cast<uint16_t>(8 + 8 + kGeneveIdentityOptionSize + inner.size());
   ipv4_header ip{0x45, 0, to_net16(static_cast<uint16_t>(20 + udp_length)), 0, to_net16(kIpv4DontFragment), 64,
                  kProtoUdp, 0, ip4("198.19.0.2"), ip4("198.19.0.1")};
   ip.checksum = checksum(&ip, sizeof ip);
   udp_header u{to_net16(50123), to_net16(kGenevePort), to_net16(udp_length), 0};
-  geneve_header geneve{0, 0, to_net16(kEtherTypeTransparentBridging), {0, 0, 1}, 0};
+  geneve_header geneve{kGeneveIdentityOptionSize / 4, 0, to_net16(kEtherTypeTransparentBridging), {0, 0, 1}, 0};
+  const uint8_t option[8] = {0xff, 0x6d, 0x01, 0x01, uint8_t(identity >> 24), uint8_t(identity >> 16),
+                             uint8_t(identity >> 8), uint8_t(identity)};
   std::memcpy(out.data(), &eth, 14);
   std::memcpy(out.data() + 14, &ip, 20);
   std::memcpy(out.data() + 34, &u, 8);
   std::memcpy(out.data() + 42, &geneve, 8);
+  std::memcpy(out.data() + 50, option, 8);
   out.insert(out.end(), inner.begin(), inner.end());
   return out;
 }
@@ -674,6 +680,137 @@ void BM_receive_sized(benchmark::State& state) {
 }
 BENCHMARK(BM_receive_sized<false>)->Name("BM_esp_size_receive_clear")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
 BENCHMARK(BM_receive_sized<true>)->Name("BM_esp_size_receive_encrypted")->ArgName("bytes")->Arg(64)->Arg(512)->Arg(1400);
+
+// --- L4 authorization (issue 16): what policy costs the pipeline ---
+//
+// The same node with 0, 100 or 10,000 policies in its document (the shape of
+// perf/policy_bench.cpp: each with a selector, an exact principal, an ip_block and a port,
+// spread over 50 namespaces and 20 app labels; the web pod is ns0/app=a0, which 1% of
+// them select, plus one that allows node 2's pod ns1/sa1 on 8080 so that the flows
+// measured are delivered; the client pod is selected too, so its flows out are recorded).
+// 0 means no policy at all: the pipeline does no policy work, the no-policy figure the
+// others are read against.
+//   receive: node 2's Geneve frames (identity option ns1/sa1) to the web pod here, where
+//            the flow is decided (new flow: decided and kept; established: one probe)
+//   send:    the client pod's frames to a pod on node 2 (new flow: recorded so that its
+//            replies are known; established: one probe)
+// "new flow" gives every packet its own source port (written outside the timed part);
+// "established" repeats one flow.
+json policy_document(int policies) {
+  json doc = json::parse(kDocument);
+  for (int n = 0; n < 50; ++n) {
+    json accounts = json::array();
+    for (int a = 0; a < 7; ++a) accounts.push_back("sa" + std::to_string(a));
+    doc["namespaces"].push_back({{"name", "ns" + std::to_string(n)}, {"service_accounts", accounts}});
+  }
+  doc["pods"][0]["namespace"] = "ns0", doc["pods"][0]["service_account"] = "sa2";
+  doc["pods"][0]["labels"] = {{"app", "a0"}};
+  doc["pods"][1]["namespace"] = "ns0", doc["pods"][1]["service_account"] = "sa0";
+  doc["pods"][1]["labels"] = {{"app", "a0"}};
+  doc["policies"] = json::array();
+  if (policies == 0) return doc;
+  doc["policies"].push_back({{"name", "allow-bench"}, {"namespace", "ns0"}, {"action", "ALLOW"},
+                             {"selector", {{"match_labels", {{"app", "a0"}}}}},
+                             {"rules", {{{"from", {{{"source", {{"principals", {"cluster.local/ns/ns1/sa/sa1"}}}}}}},
+                                         {"to", {{{"operation", {{"ports", {"8080"}}}}}}}}}}});
+  for (int i = 0; i < policies; ++i) {
+    const std::string principal = "cluster.local/ns/ns" + std::to_string(i * 7 % 50) + "/sa/sa" + std::to_string(i % 7);
+    doc["policies"].push_back(
+        {{"name", "pol" + std::to_string(i)},
+         {"namespace", "ns" + std::to_string(i % 50)},
+         {"action", i % 3 == 0 ? "DENY" : "ALLOW"},
+         {"selector", {{"match_labels", {{"app", "a" + std::to_string(i % 20)}}}}},
+         {"rules",
+          {{{"from", {{{"source", {{"principals", {principal}}, {"ip_blocks", {"10." + std::to_string(i % 256) + ".0.0/16"}}}}}}},
+            {"to", {{{"operation", {{"ports", {std::to_string(1000 + i % 100)}}}}}}}}}}});
+  }
+  return doc;
+}
+
+struct policy_world {
+  counter_slot_names slots;
+  forwarding_tables tables;
+};
+std::map<int, std::unique_ptr<policy_world>> policy_worlds;
+
+const forwarding_tables* policy_tables_for(int policies, std::string& error) {
+  auto& slot = policy_worlds[policies];
+  if (!slot) {
+    auto pw = std::make_unique<policy_world>();
+    auto parsed = parse_desired_state(policy_document(policies).dump());
+    if (!parsed.state) {
+      error = parsed.errors.empty() ? "document" : parsed.errors[0].to_string();
+      return nullptr;
+    }
+    error = build_forwarding_tables(compile_tables(*parsed.state, 1), *world->ports, pw->slots, pw->tables);
+    if (!error.empty()) return nullptr;
+    if (policies && !pw->tables.policy_active) {
+      error = "the policies reached no table";
+      return nullptr;
+    }
+    slot = std::move(pw);
+  }
+  return &slot->tables;
+}
+
+template <bool kReceive, bool kNewFlows>
+void BM_policy(benchmark::State& state) {
+  std::string error;
+  const forwarding_tables* tables = policy_tables_for(static_cast<int>(state.range(0)), error);
+  if (!tables) return state.SkipWithError(error.c_str());
+  std::unique_ptr<worker_state> w = world->new_worker();
+  if (std::string e = world->teach_neighbour(*w, *tables, ip4("198.19.0.2"), mac(2)); !e.empty())
+    return state.SkipWithError(e.c_str());
+  testing::bytes frame;
+  size_t udp_at;  // the inner UDP header, whose source port new flows vary
+  if (kReceive) {
+    frame = geneve_from_node2(64, identity_number(spiffe_principal(kDefaultTrustDomain, "ns1", "sa1")), 8080);
+    udp_at = kGeneveOverhead + 14 + 20;
+  } else {
+    testing::l4_spec udp;
+    udp.protocol = kProtoUdp;
+    udp.source_port = 40000;
+    udp.destination_port = 8080;
+    udp.payload = testing::bytes(64 - 14 - 20 - 8, 0);
+    frame = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
+    udp_at = 14 + 20;
+  }
+  frame[udp_at + 6] = frame[udp_at + 7] = 0;  // no UDP checksum (IPv4 allows it): ports may change
+  const uint16_t in_port = kReceive ? world->uplink : world->client;
+  rte_mbuf* packets[kBurst];
+  uint64_t cycles = 0, count = 0;
+  static uint16_t next_port = 1024;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    w->now = start;
+    const uint16_t n = rte_eth_rx_burst(in_port, 0, packets, kBurst);
+    uint64_t untimed = fill(packets, n, frame);
+    if (kNewFlows) {
+      const uint64_t patch_start = rte_rdtsc();
+      for (uint16_t i = 0; i < n; ++i) {
+        const uint16_t port = to_net16(next_port = next_port == 65535 ? 1024 : next_port + 1);
+        std::memcpy(rte_pktmbuf_mtod(packets[i], uint8_t*) + udp_at, &port, 2);
+      }
+      _mm_mfence();
+      untimed += rte_rdtsc() - patch_start;
+    }
+    process_burst(*w, *tables, *world->ports, in_port, packets, n);
+    flush_tx(*w);
+    cycles += rte_rdtsc() - start - untimed;
+    count += n;
+  }
+  report(state, cycles, count);
+  state.counters["evaluations"] = double(w->policy_evaluations.get());
+  uint64_t drops = 0;
+  for (const auto& d : w->drops) drops += d.get();
+  if (drops) state.SkipWithError("packets were dropped: the benchmark is not measuring the path it names");
+  else if (state.range(0) && kReceive && !w->policy_evaluations.get())
+    state.SkipWithError("nothing was evaluated: the benchmark is not measuring the path it names");
+}
+BENCHMARK(BM_policy<true, false>)->Name("BM_policy_receive_established")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<true, true>)->Name("BM_policy_receive_new_flow")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<false, false>)->Name("BM_policy_send_established")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<false, true>)->Name("BM_policy_send_new_flow")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 
 }  // namespace
 }  // namespace meshlane

@@ -94,9 +94,9 @@ pods_add_dpdk() {
   pods_dpdk_node "$pod"
   ip link add "$ifname" netns "$node" type veth peer name eth0 netns "$pod"
   ip -n "$node" link set "$ifname" up
-  # The pod's only neighbour is its gateway, answered by the node's worker; 50 bytes of
-  # MTU are left for the overlay.
-  ip -n "$pod" link set eth0 mtu 1450 up
+  # The pod's only neighbour is its gateway, answered by the node's worker; 58 bytes of
+  # MTU are left for the overlay (Geneve with meshlane's identity option).
+  ip -n "$pod" link set eth0 mtu 1442 up
   ip -n "$pod" addr add "$ip/32" dev eth0
   ip -n "$pod" route add "$gateway" dev eth0
   ip -n "$pod" route add default via "$gateway" dev eth0

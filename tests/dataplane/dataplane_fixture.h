@@ -78,21 +78,30 @@ inline const wire::mac_address kClientMac = mac(0xa1), kWebMac = mac(0xa2);
 
 // Wraps an inner frame in Geneve to node 1 from `outer_source` (node 2's address, or a
 // stranger's) as a peer would send it.
-inline bytes geneve_from(uint32_t outer_source, const bytes& inner, uint8_t flags = 0, uint16_t protocol = wire::kEtherTypeTransparentBridging) {
+// `options`: Geneve options (a multiple of 4 bytes), e.g. identity_option().
+inline bytes geneve_from(uint32_t outer_source, const bytes& inner, uint8_t flags = 0, uint16_t protocol = wire::kEtherTypeTransparentBridging,
+                         const bytes& options = {}) {
   bytes out;
   wire::ethernet_header eth{kUplinkMac, kNode2Mac, htons(wire::kEtherTypeIpv4)};
   append(out, &eth, sizeof eth);
-  const uint16_t udp_length = static_cast<uint16_t>(8 + 8 + inner.size());
+  const uint16_t udp_length = static_cast<uint16_t>(8 + 8 + options.size() + inner.size());
   wire::ipv4_header ip{0x45, 0, htons(static_cast<uint16_t>(20 + udp_length)), 0, htons(wire::kIpv4DontFragment), 64, wire::kProtoUdp, 0,
                  outer_source, ip4("198.19.0.1")};
   ip.checksum = checksum(&ip, sizeof ip);
   append(out, &ip, sizeof ip);
   wire::udp_header udp{htons(50123), htons(wire::kGenevePort), htons(udp_length), 0};
   append(out, &udp, sizeof udp);
-  wire::geneve_header geneve{0, flags, htons(protocol), {0, 0, 1}, 0};
+  wire::geneve_header geneve{static_cast<uint8_t>(options.size() / 4), flags, htons(protocol), {0, 0, 1}, 0};
   append(out, &geneve, sizeof geneve);
+  out.insert(out.end(), options.begin(), options.end());
   out.insert(out.end(), inner.begin(), inner.end());
   return out;
+}
+
+// meshlane's identity option (dataplane/packet_headers.h) carrying `identity`.
+inline bytes identity_option(uint32_t identity) {
+  return {0xff, 0x6d, 0x01, 0x01, uint8_t(identity >> 24), uint8_t(identity >> 16), uint8_t(identity >> 8),
+          uint8_t(identity)};
 }
 
 class ring_pool_test : public ::testing::Test {

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/esp_keys.h"
+#include "control/workload_identity.h"
 #include "dataplane/esp/esp.h"
 #include "dataplane/esp_routes.h"
 #include "tests/dataplane/dataplane_fixture.h"
@@ -284,7 +285,7 @@ TEST_F(golden_esp, ClearGeneveFromANodeWhoseRouteIsEncryptedIsRefused) {
 
 TEST_F(golden_esp, TheTunnelMtuLeavesRoomForEsp) {
   start_encrypted();
-  const uint32_t room = 1500 - kGeneveMtuOverhead - kEspMaxOverhead;  // 1405
+  const uint32_t room = 1500 - kGeneveMtuOverhead - kEspMaxOverhead;  // 1397
   send(client, client_to_node2_pod(bytes(room - 28, 0x5a)));
   const bytes fits = receive(uplink);
   ASSERT_FALSE(fits.empty());
@@ -519,6 +520,43 @@ TEST_F(golden_esp, SwitchingARouteOnSendsClearForTheGraceAndAcceptsClearForTwice
   EXPECT_EQ(u16_at(out, kL4 + 2), kGenevePort);
   send(uplink, node2.seal(geneve_from_node2(inner)));
   EXPECT_EQ(pending(client), 1u) << "ESP is still accepted within twice the grace";
+}
+
+// The identity option's trust (issue 16; README "L4 authorization policy"): with the
+// route in clear it is taken as is; once the route is switched on, clear Geneve that the
+// grace still delivers carries no believed identity (none), while the same option out of
+// ESP decides the flow.
+TEST_F(golden_esp, IdentityIsBelievedInClearRoutesAndOutOfEspButNotFromClearFramesOfAnEncryptedRoute) {
+  const auto with_policy = [](std::string document_text) {
+    nlohmann::json document = nlohmann::json::parse(document_text);
+    document["namespaces"] = nlohmann::json::parse(R"([{"name": "bar", "service_accounts": ["sleep"]}])");
+    document["policies"] = nlohmann::json::parse(R"([{"name": "from-bar-sleep", "namespace": "default",
+      "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/bar/sa/sleep"]}}]}]}])");
+    return document.dump();
+  };
+  publish(with_policy(kNode1Document).c_str());
+  learn_pod_macs();
+  const uint32_t bar_sleep = identity_number(spiffe_principal(kDefaultTrustDomain, "bar", "sleep"));
+  const auto from_bar_sleep = [&](uint16_t source_port) {
+    l4_spec udp = udp_with(kMarker, 9);
+    udp.source_port = source_port;
+    return geneve_from(ip4("198.19.0.2"), ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.20"), ip4("198.18.1.10"), udp),
+                       0, kEtherTypeTransparentBridging, identity_option(bar_sleep));
+  };
+  // Clear route: taken as is.
+  send(uplink, from_bar_sleep(51000));
+  EXPECT_EQ(pending(client), 1u);
+  drain(client);
+  // Switched on (grace 30 s): clear is still delivered, but its identity is not believed.
+  publish_keys(with_policy(encrypted_document(30)), keys_, 2);
+  node2_sas node2(master_key(1));
+  send(uplink, from_bar_sleep(51001));
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  // The same frame out of ESP: believed.
+  send(uplink, node2.seal(from_bar_sleep(51001)));
+  EXPECT_EQ(pending(client), 1u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
 }
 
 }  // namespace

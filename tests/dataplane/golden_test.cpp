@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dataplane/geneve_identity.h"
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/pool_metrics.h"
 
@@ -66,17 +67,29 @@ l4_spec echo_request() {
 
 class golden : public ring_pool_test {
  protected:
-  // Sends `request` in by the uplink and returns the inner frame of what left by the
-  // uplink, checked to be Geneve to node 2 of `request`'s size plus the tunnel headers,
-  // with right outer checksums; empty when nothing (or something too short) left.
+  // Sends `request` (from outside the cluster) in by the uplink and returns the inner
+  // frame of what left by the uplink, checked to be Geneve to node 2 of `request`'s size
+  // plus the tunnel headers and the client's original-source option (issue 16: the
+  // request's source, IPv4-mapped for IPv4), with right outer checksums; empty when
+  // nothing (or something too short) left.
   bytes tunnelled_to_node2(const bytes& request) {
     send(uplink, request);
     const bytes out = receive(uplink);
-    EXPECT_EQ(out.size(), request.size() + kGeneveOverhead);
-    if (out.size() <= kGeneveOverhead) return {};
+    constexpr size_t kHeaders = kGeneveOverhead + kGeneveOriginalSourceOptionSize;
+    EXPECT_EQ(out.size(), request.size() + kHeaders);
+    if (out.size() <= kHeaders) return {};
     EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the backend's node
     EXPECT_EQ(verify_checksums(out), "");
-    return bytes(out.begin() + kGeneveOverhead, out.end());
+    uint8_t client[16] = {}, expected[16] = {};
+    EXPECT_TRUE(geneve_original_source(&out[kL4 + 16], kHeaders - kL4 - 16, client));
+    if (u16_at(request, 12) == kEtherTypeIpv4) {
+      expected[10] = expected[11] = 0xff;
+      std::memcpy(expected + 12, &request[kIp4 + 12], 4);
+    } else {
+      std::memcpy(expected, &request[kIp4 + 8], 16);
+    }
+    EXPECT_EQ(std::memcmp(client, expected, 16), 0);
+    return bytes(out.begin() + kHeaders, out.end());
   }
 };
 
@@ -247,14 +260,21 @@ TEST_F(golden, RemotePodIsGeneveEncapsulatedToItsNode) {
   EXPECT_EQ(u16_at(out, kL4 + 4), out.size() - kEth - 20);
   EXPECT_NE(u16_at(out, kL4 + 6), 0);    // the outer UDP checksum is computed, not left out
   EXPECT_EQ(verify_checksums(out), "");  // outer IPv4 and UDP checksums
-  // Geneve: version 0, no options, Ethernet payload, VNI 1.
+  // Geneve: version 0, 2 words of options, Ethernet payload, VNI 1.
   const size_t geneve = kL4 + 8;
-  EXPECT_EQ(out[geneve], 0);
+  EXPECT_EQ(out[geneve], 2);
   EXPECT_EQ(out[geneve + 1], 0);
   EXPECT_EQ(u16_at(out, geneve + 2), kEtherTypeTransparentBridging);
   EXPECT_EQ(out[geneve + 4], 0);
   EXPECT_EQ(out[geneve + 5], 0);
   EXPECT_EQ(out[geneve + 6], 1);
+  // The identity option (README "Wire formats"): class 0xFF6D, type 0x01 (not critical),
+  // length 1 word, the client pod's identity (default/default) in network order.
+  EXPECT_EQ(u16_at(out, geneve + 8), 0xff6d);
+  EXPECT_EQ(out[geneve + 10], 0x01);
+  EXPECT_EQ(out[geneve + 11], 0x01);
+  EXPECT_EQ(net32_at(out, geneve + 12),
+            htonl(identity_number(spiffe_principal(kDefaultTrustDomain, "default", "default"))));
   // Inner frame: the original with the TTL decremented.
   const bytes inner(out.begin() + kGeneveOverhead, out.end());
   EXPECT_EQ(inner[kIp4 + 8], 63);
@@ -888,8 +908,9 @@ TEST_F(golden, IngressFlowsWhoseFirstChoiceOfGatewayPortCollidesGetDifferentPort
   auto lent_port = [&](uint16_t source_port) -> uint16_t {
     send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.12"), udp_to(53, source_port)));
     const bytes out = receive(uplink);
-    if (out.size() < kGeneveOverhead + kL4 + 2) return 0;
-    const bytes inner(out.begin() + kGeneveOverhead, out.end());
+    constexpr size_t kHeaders = kGeneveOverhead + kGeneveOriginalSourceOptionSize;  // with the client's address
+    if (out.size() < kHeaders + kL4 + 2) return 0;
+    const bytes inner(out.begin() + kHeaders, out.end());
     return u16_at(inner, kL4);
   };
   const uint16_t first = lent_port(a), second = lent_port(b);

@@ -210,7 +210,7 @@ class two_nodes_encrypted : public two_nodes {
     // Grace and duration short enough to rotate twice within the test.
     encryption_ = R"({"mode": "always", "key_file": "KEYS", "rotation_grace_s": 2, "rotation_duration_s": 4})";
     key_lines_ = key_line(1);
-    pod_mtu_ = 1500 - 50 - 45;  // Geneve and the most ESP adds (README, "Encryption")
+    pod_mtu_ = 1500 - 58 - 45;  // Geneve (with the identity option) and the most ESP adds (README, "Encryption")
   }
   void SetUp() override {
     // The key file lives in the test's work directory, known once SetUp has begun.

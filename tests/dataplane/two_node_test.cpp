@@ -268,9 +268,9 @@ TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing)
     ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
     const std::string ip = reply["pod"]["ip"];
     EXPECT_EQ(reply["pod"]["gateway"], "198.18.1.1");
-    EXPECT_EQ(reply["pod"]["mtu"], 1450);
+    EXPECT_EQ(reply["pod"]["mtu"], 1442);
     addresses.insert(ip);
-    pod.exec_or_fail("ip link set " + pair.b + " mtu 1450 up && ip addr add " + ip + "/32 dev " + pair.b +
+    pod.exec_or_fail("ip link set " + pair.b + " mtu 1442 up && ip addr add " + ip + "/32 dev " + pair.b +
                      " && ip route add 198.18.1.1 dev " + pair.b + " && ip route add default via 198.18.1.1 dev " +
                      pair.b + " && ethtool -K " + pair.b + " tx off >/dev/null");
     EXPECT_TRUE(icmp_echo(pod, "198.18.1.1")) << "the new pod's gateway does not answer";

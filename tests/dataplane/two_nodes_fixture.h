@@ -364,7 +364,7 @@ class two_nodes : public ::testing::Test {
   uint16_t node1_workers_ = 1;
   bool with_outside_ = false;
   std::string driver_ = "af_packet";  // of every port
-  uint16_t pod_mtu_ = 1450;           // the underlay's 1500 less Geneve's 50
+  uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)
   // The document's "encryption" object ("" for none) and the key file's text.
   std::string encryption_, key_lines_;
   std::unique_ptr<netns> switch_, outside_;

@@ -1,13 +1,15 @@
 // Fuzz target: the packet parser on arbitrary frames. It must never read past the end
 // (ASan catches that), and what it accepts must have consistent offsets. Frames to UDP
 // 4500 then go where the pipeline sends them first: the ESP header read that finds their
-// SA (esp_spi_of); decapsulation itself is the esp_decap target's.
+// SA (esp_spi_of); decapsulation itself is the esp_decap target's. Geneve frames (UDP
+// 6081) have their options walked for meshlane's identity option.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <vector>
 
 #include "dataplane/esp/esp.h"
+#include "dataplane/geneve_identity.h"
 #include "dataplane/packet_parser.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -29,6 +31,22 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           (spi == 0 || parsed.l3_offset + parsed.l3_length < parsed.l4_offset + 8 + meshlane::kEspHeaderSize +
                                                                  meshlane::kEspIvSize + meshlane::kEspIcvSize))
         std::abort();
+    }
+    // Geneve (UDP 6081): the options walk that finds meshlane's identity option
+    // (geneve_identity.h), over the option length the header claims, bounded as the
+    // pipeline bounds it (geneve.h: the options must lie inside the datagram).
+    if (parsed.l4_offset && parsed.l4_protocol == meshlane::wire::kProtoUdp &&
+        parsed.destination_port == meshlane::wire::kGenevePort) {
+      const uint32_t geneve = parsed.l4_offset + 8u;
+      const uint32_t end = parsed.l3_offset + parsed.l3_length;
+      if (end >= geneve + 8u) {
+        const uint32_t options = (frame[geneve] & 0x3f) * 4u;
+        if (end >= geneve + 8u + options) {
+          meshlane::geneve_source_identity(frame.data() + geneve + 8, options);
+          uint8_t original[16];
+          meshlane::geneve_original_source(frame.data() + geneve + 8, options, original);
+        }
+      }
     }
   }
   return 0;

@@ -1,0 +1,162 @@
+// L4 authorization beyond a cached verdict that allows (policy_path.h): deciding a new
+// flow (or one whose verdict is older than the tables), recognising replies of flows our
+// pods started, counting and sampling denials.
+#include "dataplane/policy_path.h"
+
+#include "control/policy_metrics.h"
+
+namespace meshlane {
+
+using namespace wire;
+
+namespace detail {
+
+uint32_t policy_hash(const flow_key& key) {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  if (std::memcmp(key.source, kMapped, 12) == 0 && std::memcmp(key.destination, kMapped, 12) == 0) {
+    uint32_t source, destination;
+    std::memcpy(&source, key.source + 12, 4);
+    std::memcpy(&destination, key.destination + 12, 4);
+    return policy_hash_v4(source, destination, key.source_port, key.destination_port, key.protocol);
+  }
+  // IPv6: the key with its ends in a canonical order, hashed whole.
+  flow_key ordered = key;
+  const int order = std::memcmp(key.source, key.destination, 16);
+  if (order > 0 || (order == 0 && key.source_port > key.destination_port)) {
+    std::memcpy(ordered.source, key.destination, 16);
+    std::memcpy(ordered.destination, key.source, 16);
+    ordered.source_port = key.destination_port;
+    ordered.destination_port = key.source_port;
+  }
+  return static_cast<uint32_t>(hash_flow_key(ordered));
+}
+
+namespace {
+
+flow_key reversed(const flow_key& key) {
+  flow_key out = key;
+  std::memcpy(out.source, key.destination, 16);
+  std::memcpy(out.destination, key.source, 16);
+  out.source_port = key.destination_port;
+  out.destination_port = key.source_port;
+  return out;
+}
+
+// Whether a live entry for `key` in this worker's table or another's has `flags` set in
+// `direction`. Read-only: the owner keeps it alive.
+bool recorded(const worker_state& w, const flow_key& key, flow_direction direction, uint8_t flags, uint8_t absent) {
+  const uint64_t hash = policy_hash(key);
+  flow_entry entry;
+  if (w.policy_flows.find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
+      (entry.flags & flags) == flags && !(entry.flags & absent))
+    return true;
+  for (const flow_table* peer : w.peer_policy_flows)
+    if (peer->find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
+        (entry.flags & flags) == flags && !(entry.flags & absent))
+      return true;
+  return false;
+}
+
+// Writes the policy part of `entry` (live, owned by this worker) under its seqlock.
+void update(flow_entry& entry, const flow_policy& policy, uint8_t flags) {
+  flow_detail::begin_write(entry);
+  entry.policy = policy;
+  entry.flags = flags;
+  flow_detail::end_write(entry);
+}
+
+void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, const lb_outcome& lb,
+                const policy_verdict& verdict, uint32_t slot) {
+  policy_deny_log& log = w.deny_log;
+  // Token bucket: kPerSecond tokens a second, at most kPerSecond saved up.
+  if (w.tsc_hz && w.now - log.tokens_at >= w.tsc_hz / policy_deny_log::kPerSecond) {
+    const uint64_t earned = (w.now - log.tokens_at) / (w.tsc_hz / policy_deny_log::kPerSecond);
+    log.tokens = static_cast<uint32_t>(std::min<uint64_t>(policy_deny_log::kPerSecond, log.tokens + earned));
+    log.tokens_at = w.now;
+  }
+  if (log.tokens == 0) {
+    log.suppressed.add(1);
+    return;
+  }
+  --log.tokens;
+  const uint64_t n = log.written.load(std::memory_order_relaxed);
+  policy_deny_event& e = log.events[n % policy_deny_log::kSize];
+  e.tsc = w.now;
+  if (lb.has_original_source) e.source = w.original_source;
+  else std::memcpy(e.source.bytes.data(), key.source, 16);
+  std::memcpy(e.destination.bytes.data(), key.destination, 16);
+  e.source_port = key.source_port;
+  e.destination_port = key.destination_port;
+  e.protocol = key.protocol;
+  e.direction = lb.enforce;
+  e.verdict = verdict;
+  e.source_identity = lb.source_identity;
+  e.destination_identity = pod.identity;
+  e.policy_slot = slot;
+  log.written.store(n + 1, std::memory_order_release);
+}
+
+}  // namespace
+
+[[gnu::noinline]] bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
+                                         const table_pod& pod, const lb_outcome& lb,
+                                         const flow_key& key, uint32_t crc, uint8_t tcp_flags, flow_entry* cached) {
+  flow_policy policy{};
+  policy.generation = t.policy_generation;
+  policy.source_identity = lb.source_identity;
+  policy_verdict verdict;
+  uint8_t flags = 0;
+  if (cached && cached->direction == flow_direction::forward && cached->policy.generation == t.policy_generation &&
+      cached->policy.source_identity == lb.source_identity) {
+    verdict = cached->policy.verdict();  // a denial decided under these tables
+  } else if (lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
+             (tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn &&  // a TCP SYN starts a flow: never a reply
+             recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
+    flags = kPolicyReply;  // a reply of a flow our pod started: the other node decided it
+  } else {
+    // An ingress flow another node source-NATed is decided on its client's address.
+    ip_address source = w.original_source;
+    if (!lb.has_original_source) std::memcpy(source.bytes.data(), key.source, 16);
+    verdict = t.tables->policy.decide(pod.policy_class, lb.source_identity, source, key.destination_port);
+    w.policy_evaluations.add(1);
+  }
+  policy.allowed = verdict.allowed;
+  policy.reason = static_cast<uint8_t>(verdict.reason);
+  policy.rule = verdict.rule;
+  policy.policy = verdict.policy;
+  if (cached && cached->direction == flow_direction::forward) {
+    update(*cached, policy, flags);
+  } else {
+    flow_entry entry{};
+    entry.key = key;
+    entry.policy = policy;
+    entry.direction = flow_direction::forward;
+    entry.flags = flags;
+    w.policy_flows.insert(entry, crc, w.now, w.timeouts);
+  }
+  if (verdict.allowed) return true;
+  const uint32_t slot = verdict.policy < t.policy_slot.size() ? t.policy_slot[verdict.policy] : 0;
+  const unsigned reason = verdict.reason == policy_reason::deny_rule ? 0 : 1;
+  const unsigned direction = lb.enforce == static_cast<uint8_t>(policy_direction::ingress) ? 1 : 0;
+  w.policy_denied->by[slot][reason][direction].add(1);
+  log_denial(w, key, pod, lb, verdict, slot);
+  drop(w, m, drop_reason::policy_denied);
+  return false;
+}
+
+[[gnu::noinline]] void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc) {
+  // Our pod's packet on a flow another node's pod started (its inbound entry is here, or
+  // at another worker) is a reply: recorded without kPolicyStartedHere, so that the
+  // flow's inbound packets are never taken for replies of ours.
+  const bool reply = recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply);
+  flow_entry entry{};
+  entry.key = key;
+  entry.policy = flow_policy{};
+  entry.direction = flow_direction::reverse;
+  entry.flags = reply ? 0 : kPolicyStartedHere;
+  w.policy_flows.insert(entry, crc, w.now, w.timeouts);
+}
+
+}  // namespace detail
+
+}  // namespace meshlane

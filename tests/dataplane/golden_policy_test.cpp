@@ -1,0 +1,476 @@
+// Golden tests of L4 authorization in the pipeline (issue 16): crafted Geneve frames with
+// meshlane's identity option (and frames from outside the cluster) into node 1's real
+// worker, the verdict read from what leaves, what is dropped, the deny counters and the
+// verdict the worker keeps for the flow. The semantics table's rows hold here too, with
+// the same expected verdicts as for the compiler and the eBPF hooks.
+#include <gtest/gtest.h>
+
+#include <optional>
+
+#include <nlohmann/json.hpp>
+
+#include "control/workload_identity.h"
+#include "dataplane/geneve_identity.h"
+#include "tests/control/policy_semantics_table.h"
+#include "tests/dataplane/dataplane_fixture.h"
+
+namespace meshlane::testing {
+namespace {
+
+using namespace wire;
+using json = nlohmann::json;
+
+l4_spec tcp_to(uint16_t port, uint16_t source_port, uint8_t flags = kTcpSyn) {
+  l4_spec l4;
+  l4.protocol = kProtoTcp;
+  l4.destination_port = port;
+  l4.source_port = source_port;
+  l4.tcp_flags = flags;
+  return l4;
+}
+l4_spec udp_to(uint16_t port, uint16_t source_port) {
+  l4_spec l4;
+  l4.protocol = kProtoUdp;
+  l4.destination_port = port;
+  l4.source_port = source_port;
+  return l4;
+}
+
+uint32_t identity_of(const std::string& from) {
+  if (from == "none") return kIdentityNone;
+  if (from == "unknown") return identity_number(kUnknownPrincipal);
+  const size_t slash = from.find('/');
+  return identity_number(spiffe_principal(kDefaultTrustDomain, from.substr(0, slash), from.substr(slash + 1)));
+}
+
+// --- the option reader alone ---
+
+TEST(GeneveIdentity, FoundFirstOrAfterOtherOptionsAndNoneWhenAbsentOrMalformed) {
+  const bytes ours = identity_option(0x01020304);
+  EXPECT_EQ(geneve_source_identity(ours.data(), 8), 0x01020304u);
+  // Another implementation's option (class 0x0102, 2 words of data) first.
+  bytes two = {0x01, 0x02, 0x03, 0x02, 1, 2, 3, 4, 5, 6, 7, 8};
+  two.insert(two.end(), ours.begin(), ours.end());
+  EXPECT_EQ(geneve_source_identity(two.data(), static_cast<uint32_t>(two.size())), 0x01020304u);
+  // The reserved bits are ignored on receipt (RFC 8926 section 3.5).
+  bytes reserved = ours;
+  reserved[3] |= 0xe0;
+  EXPECT_EQ(geneve_source_identity(reserved.data(), 8), 0x01020304u);
+  // Absent, cut short, or of another length: no identity.
+  EXPECT_EQ(geneve_source_identity(ours.data(), 0), 0u);
+  EXPECT_EQ(geneve_source_identity(ours.data(), 4), 0u);
+  bytes longer = {0xff, 0x6d, 0x01, 0x02, 1, 2, 3, 4, 5, 6, 7, 8};
+  EXPECT_EQ(geneve_source_identity(longer.data(), 12), 0u);
+  // An option that claims more data than the options hold ends the walk.
+  bytes overrun = {0x01, 0x02, 0x03, 0x1f};
+  overrun.insert(overrun.end(), ours.begin(), ours.end());
+  EXPECT_EQ(geneve_source_identity(overrun.data(), static_cast<uint32_t>(overrun.size())), 0u);
+  // Another type of our class is not the identity.
+  bytes other_type = ours;
+  other_type[2] = 0x02;
+  EXPECT_EQ(geneve_source_identity(other_type.data(), 8), 0u);
+}
+
+class golden_policy : public ring_pool_test {
+ protected:
+  golden_policy() { publish_at_setup_ = false; }
+
+  void publish_json(const json& document) {
+    auto parsed = parse_desired_state(document.dump());
+    ASSERT_TRUE(parsed.state) << (parsed.errors.empty() ? "" : parsed.errors[0].to_string());
+    tables_ = compile_tables(*parsed.state, ++generation_);
+    ASSERT_EQ(pool_->install(tables_), "");
+  }
+
+  // Node 1's document (dataplane_fixture.h) with identities: client is foo/sleep,
+  // web-a is foo/httpbin (app=web); node 2's pods are of namespaces foo and bar.
+  json node1_with(const json& policies) const {
+    json document = json::parse(kNode1Document);
+    document["namespaces"] = json::parse(R"([{"name": "foo", "service_accounts": ["httpbin", "sleep"]},
+                                             {"name": "bar", "service_accounts": ["sleep"]}])");
+    document["pods"][0]["namespace"] = "foo";
+    document["pods"][0]["service_account"] = "sleep";
+    document["pods"][1]["namespace"] = "foo";
+    document["pods"][1]["service_account"] = "httpbin";
+    document["pods"][1]["labels"] = {{"app", "web"}};
+    document["policies"] = policies;
+    return document;
+  }
+
+  // A frame from node 2's pod `source` carrying `identity` (nullopt: no option).
+  void from_node2(const bytes& inner, std::optional<uint32_t> identity, uint32_t underlay = ip4("198.19.0.2")) {
+    send(uplink, geneve_from(underlay, inner, 0, kEtherTypeTransparentBridging,
+                             identity ? identity_option(*identity) : bytes{}));
+  }
+
+  // The verdict the worker keeps for the flow (source, port) -> (destination, port).
+  std::optional<policy_verdict> kept(uint32_t source, uint16_t source_port, uint32_t destination,
+                                     uint16_t destination_port, uint8_t protocol) const {
+    const flow_table& table = pool_->worker(0).policy_flows;
+    for (uint32_t i = 0; i < table.capacity(); ++i) {
+      flow_entry e;
+      if (!table.read(i, e) || !e.in_use || e.direction != flow_direction::forward) continue;
+      if (std::memcmp(e.key.source + 12, &source, 4) != 0 || std::memcmp(e.key.destination + 12, &destination, 4) != 0 ||
+          e.key.source_port != source_port || e.key.destination_port != destination_port || e.key.protocol != protocol)
+        continue;
+      return e.policy.verdict();
+    }
+    return std::nullopt;
+  }
+
+  std::string dump_kept() const {
+    std::string out;
+    const flow_table& table = pool_->worker(0).policy_flows;
+    for (uint32_t i = 0; i < table.capacity(); ++i) {
+      flow_entry e;
+      if (!table.read(i, e) || !e.in_use) continue;
+      uint32_t s, d;
+      std::memcpy(&s, e.key.source + 12, 4);
+      std::memcpy(&d, e.key.destination + 12, 4);
+      out += ip4_text(s) + ":" + std::to_string(e.key.source_port) + " -> " + ip4_text(d) + ":" +
+             std::to_string(e.key.destination_port) + " dir " + std::to_string(int(e.direction)) + "\n";
+    }
+    return out;
+  }
+
+  uint64_t denied(const std::string& policy, const std::string& reason, policy_direction direction) const {
+    std::vector<policy_deny_count> counts;
+    pool_->policy_denials(counts);
+    uint64_t sum = 0;
+    for (const auto& c : counts)
+      if (c.policy == policy && c.reason == reason && c.direction == direction) sum += c.count;
+    return sum;
+  }
+
+  std::shared_ptr<const snapshot> tables_;
+  uint64_t generation_ = 0;
+};
+
+// Every row of the semantics table through node 1's pipeline, for TCP and UDP: sources
+// inside a pod range come through the tunnel from the node that owns the range (their
+// identity in the option; "none" without one), sources outside the cluster come in from
+// the uplink as ingress (identity world, which like "none" matches only address fields).
+// The destination pods move to node 1's range 198.18.9.0/24; the sources keep the
+// table's addresses, in the ranges of node 2 (198.18.1.0/24) and node 3 (198.18.2.0/24).
+TEST_F(golden_policy, VerdictsAreTheSemanticsTablesForTcpAndUdp) {
+  size_t checked = 0, ingress = 0, denials = 0;
+  uint16_t source_port = 20000;
+  for (const auto& c : policy_semantics_cases()) {
+    SCOPED_TRACE(c.name);
+    json document = policy_base_document();
+    document["node"] = {{"name", "node1"}, {"underlay_ip", "198.19.0.1"}, {"pod_cidr", "198.18.9.0/24"}};
+    document["nodes"] = json::parse(R"([{"name": "node2", "underlay_ip": "198.19.0.2", "pod_cidr": "198.18.1.0/24"},
+                                        {"name": "node3", "underlay_ip": "198.19.0.3", "pod_cidr": "198.18.2.0/24"}])");
+    std::map<std::string, uint32_t> pod_ip;
+    for (auto& pod : document["pods"]) {
+      std::string ip = pod["ip"];
+      ip.replace(0, std::string("198.18.1.").size(), "198.18.9.");
+      pod["ip"] = ip;
+      pod_ip[pod["name"]] = ip4(ip.c_str());
+    }
+    document["pods"][0]["interface"] = "ring-client";
+    document["pods"][1]["interface"] = "ring-weba";
+    document["policies"] = json::parse(c.policies);
+    publish_json(document);
+    if (HasFatalFailure()) return;
+    for (const auto& flow : c.flows) {
+      for (const uint8_t protocol : {kProtoTcp, kProtoUdp}) {
+        const std::string what = flow.from + "@" + flow.from_ip + " -> " + flow.to_pod + ":" +
+                                 std::to_string(flow.port) + (protocol == kProtoTcp ? "/tcp" : "/udp");
+        SCOPED_TRACE(what);
+        const uint32_t source = ip4(flow.from_ip.c_str());
+        const uint32_t destination = pod_ip.at(flow.to_pod);
+        ++source_port;
+        const l4_spec l4 = protocol == kProtoTcp ? tcp_to(flow.port, source_port) : udp_to(flow.port, source_port);
+        const uint64_t before = drops(drop_reason::policy_denied);
+        const bool outside = flow.from_ip.rfind("203.0.113.", 0) == 0;
+        if (outside) {
+          ASSERT_EQ(flow.from, "none");
+          send(uplink, ipv4_frame(mac(0x55), kUplinkMac, source, destination, l4));
+          ++ingress;
+        } else {
+          const uint32_t underlay = flow.from_ip.rfind("198.18.1.", 0) == 0 ? ip4("198.19.0.2") : ip4("198.19.0.3");
+          const bytes inner = ipv4_frame(mac(0x77), mac(0x78), source, destination, l4);
+          from_node2(inner, flow.from == "none" ? std::nullopt : std::optional<uint32_t>(identity_of(flow.from)),
+                     underlay);
+        }
+        const bool allowed = allows(flow.reason);
+        EXPECT_EQ(drops(drop_reason::policy_denied) - before, allowed ? 0u : 1u);
+        denials += allowed ? 0 : 1;
+        const std::optional<policy_verdict> v = kept(source, source_port, destination, flow.port, protocol);
+        if (flow.reason == policy_reason::no_policy) {
+          // Nothing applies to the pod: nothing is kept for its flows.
+          EXPECT_FALSE(v.has_value());
+        } else {
+          ASSERT_TRUE(v.has_value());
+          EXPECT_EQ(to_string(v->reason), std::string(to_string(flow.reason)));
+          EXPECT_EQ(v->policy == kNoPolicyIndex ? ""
+                                                : tables_->policy.policy_names[v->policy].substr(
+                                                      tables_->policy.policy_names[v->policy].find('/') + 1),
+                    flow.policy);
+          EXPECT_EQ(v->rule == kNoRuleIndex ? -1 : int{v->rule}, flow.rule);
+        }
+        ++checked;
+      }
+    }
+    drain(uplink);
+    drain(client);
+    drain(web);
+  }
+  EXPECT_GE(checked, 80u);
+  EXPECT_GE(ingress, 10u);
+  EXPECT_GE(denials, 20u);
+}
+
+// Istio: DENY is evaluated first; a flow an ALLOW rule matches is still denied by a DENY
+// rule that matches it, and counted under the DENY policy.
+TEST_F(golden_policy, DenyOverAllowForATunnelledFlow) {
+  publish_json(node1_with(json::parse(R"([
+    {"name": "allow-foo", "namespace": "foo", "action": "ALLOW",
+     "rules": [{"from": [{"source": {"namespaces": ["foo"]}}]}]},
+    {"name": "deny-8000", "namespace": "foo", "action": "DENY",
+     "rules": [{"to": [{"operation": {"ports": ["8000"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  const uint32_t foo_sleep = identity_of("foo/sleep");
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.7"), ip4("198.18.1.20"), tcp_to(8000, 41000)), foo_sleep);
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.7"), ip4("198.18.1.20"), tcp_to(9000, 41000)), foo_sleep);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  EXPECT_EQ(denied("foo/deny-8000", "deny_rule", policy_direction::remote), 1u);
+  // The same identity over IPv6.
+  from_node2(ipv6_frame(mac(0x77), mac(0x78), ip6("fd00:6d6c:2::7"), ip6("fd00:6d6c:1::20"), tcp_to(8000, 41001)),
+             foo_sleep);
+  EXPECT_EQ(denied("foo/deny-8000", "deny_rule", policy_direction::remote), 2u);
+  // bar is not allowed at all.
+  from_node2(ipv6_frame(mac(0x77), mac(0x78), ip6("fd00:6d6c:2::8"), ip6("fd00:6d6c:1::20"), udp_to(9000, 41002)),
+             identity_of("bar/sleep"));
+  EXPECT_EQ(denied("foo/allow-foo", "no_allow_match", policy_direction::remote), 1u);
+}
+
+// An established flow keeps its verdict (one probe, no evaluation) until a publish; then
+// its next packet is decided again under the new tables: a flow the new policy denies
+// loses that packet, a flow it still allows passes untouched.
+TEST_F(golden_policy, APublishReEvaluatesEstablishedFlowsAndLeavesAllowedOnesFlowing) {
+  publish_json(node1_with(json::parse(R"([{"name": "web-from-foo-and-bar", "namespace": "foo", "action": "ALLOW",
+    "selector": {"match_labels": {"app": "web"}},
+    "rules": [{"from": [{"source": {"namespaces": ["foo", "bar"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t foo_sleep = identity_of("foo/sleep"), bar_sleep = identity_of("bar/sleep");
+  const auto packet = [&](uint32_t source, uint16_t port, uint8_t flags) {
+    return ipv4_frame(mac(0x77), mac(0x78), source, ip4("198.18.1.20"), tcp_to(8080, port, flags));
+  };
+  const uint32_t foo_pod = ip4("198.18.2.7"), bar_pod = ip4("198.18.2.8");
+  from_node2(packet(foo_pod, 42000, kTcpSyn), foo_sleep);
+  from_node2(packet(bar_pod, 42001, kTcpSyn), bar_sleep);
+  from_node2(packet(foo_pod, 42000, kTcpAck), foo_sleep);
+  from_node2(packet(bar_pod, 42001, kTcpAck), bar_sleep);
+  EXPECT_EQ(pending(web), 4u);
+  drain(web);
+  const uint64_t evaluations = pool_->worker(0).policy_evaluations.get();
+  EXPECT_EQ(evaluations, 2u);  // one per flow: the ACKs used the kept verdicts
+  for (int i = 0; i < 10; ++i) from_node2(packet(foo_pod, 42000, kTcpAck), foo_sleep);
+  EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), evaluations);
+  EXPECT_EQ(pending(web), 10u);
+  drain(web);
+
+  // bar is dropped from the policy: its flow's next packet is refused, foo's passes.
+  publish_json(node1_with(json::parse(R"([{"name": "web-from-foo-and-bar", "namespace": "foo", "action": "ALLOW",
+    "selector": {"match_labels": {"app": "web"}},
+    "rules": [{"from": [{"source": {"namespaces": ["foo"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  from_node2(packet(foo_pod, 42000, kTcpAck), foo_sleep);
+  from_node2(packet(bar_pod, 42001, kTcpAck), bar_sleep);
+  EXPECT_EQ(pending(web), 1u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  EXPECT_EQ(denied("foo/web-from-foo-and-bar", "no_allow_match", policy_direction::remote), 1u);
+  EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), evaluations + 2);
+  // And stays refused (the denial is kept), while foo's keeps flowing without evaluation.
+  from_node2(packet(bar_pod, 42001, kTcpAck), bar_sleep);
+  from_node2(packet(foo_pod, 42000, kTcpAck), foo_sleep);
+  EXPECT_EQ(pending(web), 2u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+  EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), evaluations + 2);
+  // A flow that claims another identity than it was decided for is decided again.
+  from_node2(packet(foo_pod, 42000, kTcpAck), bar_sleep);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+}
+
+// A flow a pod of this node started towards another node: what comes back on it is a
+// reply and passes a policy that allows nothing into the pod; the same remote pod
+// starting its own flow is refused.
+TEST_F(golden_policy, RepliesOfAFlowOurPodStartedPassAndTheRemotesOwnFlowsAreDecided) {
+  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
+  // client -> remote:8080, TCP and UDP.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, tcp_to(8080, 43000)));
+  send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, 43001)));
+  EXPECT_EQ(pending(uplink), 2u);
+  drain(uplink);
+  const uint32_t bar_sleep = identity_of("bar/sleep");
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, tcp_to(43000, 8080, kTcpSyn | kTcpAck)), bar_sleep);
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43001, 53)), bar_sleep);
+  EXPECT_EQ(pending(client), 2u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
+  // The remote pod's own flows into the client are decided: allow-nothing refuses them.
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, tcp_to(8080, 43002)), bar_sleep);
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43001, 54)), bar_sleep);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+  EXPECT_EQ(denied("foo/allow-nothing", "no_allow_match", policy_direction::remote), 2u);
+  // A flow the remote started (allowed) that the client answers: the client's answers do
+  // not make the remote's packets replies, so a policy that then refuses the flow refuses
+  // its next packet.
+  publish_json(node1_with(json::parse(R"([{"name": "allow-7000", "namespace": "foo", "action": "ALLOW",
+    "rules": [{"to": [{"operation": {"ports": ["7000"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44000)), bar_sleep);
+  EXPECT_EQ(pending(client), 3u);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(44000, 7000)));
+  EXPECT_EQ(pending(uplink), 1u);
+  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  if (HasFatalFailure()) return;
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44000)), bar_sleep);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+  EXPECT_EQ(pending(client), 3u);
+}
+
+// From outside the cluster only address fields can match (identity world): an ALLOW on
+// ip_blocks lets the block in, to the pod's address and through a VIP whose backend is
+// here (decided on the backend's port), and nothing else.
+TEST_F(golden_policy, IngressIsMatchedOnIpBlocksOnly) {
+  publish_json(node1_with(json::parse(R"([{"name": "web-from-partners", "namespace": "foo", "action": "ALLOW",
+    "selector": {"match_labels": {"app": "web"}},
+    "rules": [{"from": [{"source": {"ip_blocks": ["203.0.113.0/28"]}}]},
+              {"from": [{"source": {"principals": ["*"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t web_a = ip4("198.18.1.20"), vip = ip4("198.19.128.11");
+  send(uplink, ipv4_frame(mac(0x55), kUplinkMac, ip4("203.0.113.5"), web_a, tcp_to(8080, 45000)));
+  send(uplink, ipv4_frame(mac(0x55), kUplinkMac, ip4("203.0.113.5"), vip, tcp_to(80, 45001)));
+  EXPECT_EQ(pending(web), 2u);
+  // Outside the block: `principals: ["*"]` does not match a source without identity.
+  send(uplink, ipv4_frame(mac(0x55), kUplinkMac, ip4("203.0.113.99"), web_a, tcp_to(8080, 45002)));
+  send(uplink, ipv4_frame(mac(0x55), kUplinkMac, ip4("203.0.113.99"), vip, tcp_to(80, 45003)));
+  EXPECT_EQ(pending(web), 2u);
+  EXPECT_EQ(denied("foo/web-from-partners", "no_allow_match", policy_direction::ingress), 2u);
+  const std::optional<policy_verdict> v = kept(ip4("203.0.113.5"), 45001, web_a, 8080, kProtoTcp);
+  ASSERT_TRUE(v.has_value()) << dump_kept();
+  EXPECT_EQ(v->reason, policy_reason::allow_rule);
+  EXPECT_EQ(v->rule, 0);
+}
+
+// Ingress to a VIP whose backend is on another node is source-NATed to this node's
+// gateway; the frame carries the client's address in meshlane's original-source option
+// (type 0x02, 16 bytes, IPv4-mapped) behind the identity option (world).
+TEST_F(golden_policy, IngressSourceNatedToAnotherNodeCarriesTheClientsAddress) {
+  publish_json(node1_with(json::array()));
+  if (HasFatalFailure()) return;
+  // remote-dns: 198.19.128.12:53/udp -> node 2's 198.18.2.30:5353.
+  const bytes in = ipv4_frame(mac(0x55), kUplinkMac, ip4("203.0.113.5"), ip4("198.19.128.12"), udp_to(53, 45100));
+  send(uplink, in);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), in.size() + kGeneveOverhead + kGeneveOriginalSourceOptionSize);
+  const size_t geneve = 14 + 20 + 8;
+  EXPECT_EQ(out[geneve], (kGeneveIdentityOptionSize + kGeneveOriginalSourceOptionSize) / 4);
+  EXPECT_EQ(geneve_source_identity(&out[geneve + 8], 28), kIdentityWorld);
+  uint8_t client[16];
+  ASSERT_TRUE(geneve_original_source(&out[geneve + 8], 28, client));
+  const uint8_t expected[16] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 203, 0, 113, 5};
+  EXPECT_EQ(std::memcmp(client, expected, 16), 0);
+  EXPECT_EQ(verify_checksums(out), "");  // outer IPv4 checksum (UDP checksum 0: none)
+  // The inner frame: source-NATed to the gateway, to the backend.
+  const bytes inner(out.begin() + kGeneveOverhead + kGeneveOriginalSourceOptionSize, out.end());
+  uint32_t source, destination;
+  std::memcpy(&source, &inner[14 + 12], 4);
+  std::memcpy(&destination, &inner[14 + 16], 4);
+  EXPECT_EQ(source, ip4("198.18.1.1"));
+  EXPECT_EQ(destination, ip4("198.18.2.30"));
+}
+
+// The receiving side: such a flow is decided on the client's address, not the sending
+// node's gateway it arrives from.
+TEST_F(golden_policy, ASourceNatedIngressFlowIsDecidedOnItsClientsAddress) {
+  publish_json(node1_with(json::parse(R"([{"name": "partners", "namespace": "foo", "action": "ALLOW",
+    "rules": [{"from": [{"source": {"ip_blocks": ["203.0.113.0/28"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  const auto from_ingress_of_node2 = [&](const char* client, uint16_t port) {
+    bytes options = identity_option(kIdentityWorld);
+    const bytes original = {0x03, 0x02, 0x01, 0x04};  // another option, walked over
+    options.insert(options.end(), original.begin(), original.end());
+    options.insert(options.end(), {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0});
+    const bytes client_option = {0xff, 0x6d, 0x02, 0x04, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+    options.insert(options.end(), client_option.begin(), client_option.end());
+    const uint32_t address = ip4(client);
+    options.insert(options.end(), reinterpret_cast<const uint8_t*>(&address), reinterpret_cast<const uint8_t*>(&address) + 4);
+    send(uplink, geneve_from(ip4("198.19.0.2"),
+                             ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.1"), ip4("198.18.1.10"), udp_to(53, port)), 0,
+                             kEtherTypeTransparentBridging, options));
+  };
+  from_ingress_of_node2("203.0.113.5", 33000);
+  from_ingress_of_node2("203.0.113.99", 33001);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  EXPECT_EQ(denied("foo/partners", "no_allow_match", policy_direction::remote), 1u);
+  std::vector<uint64_t> cursor;
+  uint64_t lost = 0;
+  const std::vector<json> events = pool_->take_deny_events(cursor, lost);
+  ASSERT_EQ(events.size(), 1u);
+  EXPECT_EQ(events[0]["source"], "203.0.113.99");
+  EXPECT_EQ(events[0]["source_identity"], "world");
+}
+
+// Every denial is counted; the deny log takes at most its bucket's worth (10 a second)
+// and counts the rest as suppressed, so a flood of denied flows cannot flood the log.
+TEST_F(golden_policy, DenialsAreCountedAndTheDenyLogIsSampled) {
+  publish_json(node1_with(json::parse(R"([{"name": "deny-bar", "namespace": "foo", "action": "DENY",
+    "rules": [{"from": [{"source": {"namespaces": ["bar"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  const uint32_t bar_sleep = identity_of("bar/sleep");
+  for (uint16_t i = 0; i < 200; ++i)
+    from_node2(ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.8"), ip4("198.18.1.10"), udp_to(53, 46000 + i)), bar_sleep);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 200u);
+  EXPECT_EQ(denied("foo/deny-bar", "deny_rule", policy_direction::remote), 200u);
+  std::vector<uint64_t> cursor;
+  uint64_t lost = 0;
+  const std::vector<json> events = pool_->take_deny_events(cursor, lost);
+  EXPECT_GE(events.size(), 1u);
+  EXPECT_LE(events.size(), 20u);  // the bucket's 10, and what it earned while the test ran
+  EXPECT_EQ(events.size() + pool_->deny_log_suppressed() + lost, 200u);
+  ASSERT_FALSE(events.empty());
+  const json& e = events.front();
+  EXPECT_EQ(e["policy"], "foo/deny-bar");
+  EXPECT_EQ(e["reason"], "deny_rule");
+  EXPECT_EQ(e["rule"], 0);
+  EXPECT_EQ(e["direction"], "remote");
+  EXPECT_EQ(e["source"], "198.18.2.8");
+  EXPECT_EQ(e["destination"], "198.18.1.10");
+  EXPECT_EQ(e["destination_port"], 53);
+  EXPECT_EQ(e["protocol"], "udp");
+  EXPECT_EQ(e["source_identity"], std::to_string(bar_sleep));
+  EXPECT_EQ(e["destination_identity"], std::to_string(identity_of("foo/sleep")));
+  // Read once: the next read has nothing new.
+  EXPECT_TRUE(pool_->take_deny_events(cursor, lost).empty());
+}
+
+// Without any policy the pipeline keeps nothing for policy: no evaluation, no entries.
+TEST_F(golden_policy, WithoutPoliciesNothingIsEvaluatedOrKept) {
+  publish_json(node1_with(json::array()));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.8"), ip4("198.18.1.10"), udp_to(53, 47000)),
+             identity_of("bar/sleep"));
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080, 47001)));
+  EXPECT_EQ(pending(client), 1u);
+  EXPECT_EQ(pending(uplink), 1u);
+  EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 0u);
+  EXPECT_EQ(pool_->worker(0).policy_flows.live_count(rte_rdtsc(), pool_->worker(0).timeouts), 0u);
+}
+
+}  // namespace
+}  // namespace meshlane::testing
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
+  return RUN_ALL_TESTS();
+}
