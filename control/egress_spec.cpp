@@ -149,6 +149,10 @@ void read_egress(const json& value, const std::string& path, egress_spec& out, e
     else if (*v == "registry_only") out.mode = egress_mode::registry_only;
     else r.error(r.path_of("mode"), "must be \"allow_any\" or \"registry_only\", got " + shown(*v));
   }
+  if (auto v = r.address("router", false)) {
+    if (!v->is_v4()) r.error(r.path_of("router"), "must be an IPv4 address (its MAC, learned by ARP, serves IPv6 too)");
+    out.router = *v;
+  }
   if (auto v = r.address("snat_ip", false)) {
     if (!v->is_v4()) r.error(r.path_of("snat_ip"), "must be an IPv4 address (use snat_ip6 for IPv6)");
     out.snat_ip = *v;
@@ -253,6 +257,10 @@ void check(const desired_state& s, error_list& errors) {
   }
 
   const egress_spec& e = s.egress;
+  if (e.router) {
+    if (std::string inside = cluster_overlap(ip_prefix{*e.router, 32}); !inside.empty())
+      add("$.egress.router", e.router->to_string() + " is inside the cluster: it is " + inside);
+  }
   if (e.snat_ip && !owns(s.node, *e.snat_ip))
     add("$.egress.snat_ip", e.snat_ip->to_string() + " is not this node's: it must be $.node.underlay_ip or listed in $.node.egress_ips");
   if (e.snat_ip6 && !owns(s.node, *e.snat_ip6))

@@ -5,6 +5,7 @@
 //   "external_services": [{"name": "mirror", "addresses": ["203.0.113.10"],
 //                          "cidrs": ["203.0.113.64/26"], "ports": [80, 443], "protocol": "tcp"}],
 //   "egress": {"mode": "allow_any",                      // or "registry_only"
+//              "router": "198.19.0.254",                 // next hop on the underlay
 //              "snat_ip": "198.19.0.1", "snat_ip6": "fd00:6d6c:ff::1",
 //              "snat_ports": {"first": 32768, "last": 60999},
 //              "gateways": [{"name": "gw", "node": "node2", "egress_ip": "198.19.0.102"}],
@@ -79,6 +80,9 @@ struct egress_port_range {
 
 struct egress_spec {
   egress_mode mode = egress_mode::allow_any;
+  // The next hop on the underlay for every outside destination (IPv4; its MAC is learned
+  // by ARP and serves IPv6 too). Unset: this node sends nothing outside the cluster.
+  std::optional<ip_address> router;
   std::optional<ip_address> snat_ip;   // unset: the node's underlay_ip
   std::optional<ip_address> snat_ip6;  // unset: IPv6 egress has no source and is dropped
   egress_port_range snat_ports;

@@ -203,6 +203,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   out.local_v4_mask = v4_mask(local.pod_cidr.length);
   out.local_v4_base = local.pod_cidr.base.v4() & out.local_v4_mask;
   out.gateway_ip = to_net32(local.pod_cidr.base.v4() + 1);
+  out.egress = build_egress_forwarding(s);  // issue 18
   if (local.pod_cidr6) {
     out.gateway_ip6 = local.pod_cidr6->base.bytes;
     out.gateway_ip6[15] |= 1;

@@ -53,6 +53,9 @@ enum class drop_reason : uint8_t {
   esp_malformed,    // truncated, bad lengths, padding or next header, not Geneve inside
   esp_required,     // clear Geneve from a node whose route is encrypted
   esp_encap_failed, // an outbound frame ESP could not take (no room, sequence numbers spent)
+  // Egress (dataplane/egress_snat.h): a new outbound flow found no free source port of its
+  // worker's range for its destination.
+  snat_ports_exhausted,
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

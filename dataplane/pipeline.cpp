@@ -6,6 +6,7 @@
 #include <rte_ethdev.h>
 #include <rte_prefetch.h>
 
+#include "dataplane/egress_snat.h"
 #include "dataplane/esp_path.h"
 #include "dataplane/gateway.h"
 #include "dataplane/geneve.h"
@@ -101,6 +102,13 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     return transmit(w, out, m);
   }
 
+  // Outside every pod range: egress, source-NATed out of the uplink (egress_snat.h).
+  if (!kFromOverlay && node_index == kNoNode && t.egress.enabled()) {
+    if (!decrement_ttl(frame, p)) return time_exceeded();
+    if (p.l3_length > ports.uplink_mtu)
+      return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, ports.uplink_mtu, lb);
+    return egress_outbound(w, t, ports, m, frame, p);
+  }
   // No node, our own range without such a pod, a node without an IPv4 underlay address,
   // no uplink: nowhere to send it.
   if (kFromOverlay || node_index == kNoNode || node_index == kLocalNodeIndex)
@@ -185,12 +193,20 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
         if (p.l4_offset && p.l4_protocol == kProtoIcmp &&
             reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpEchoRequest)
           return answer_echo(w, in_port, m, p, port.mac);
-        return drop(w, m, drop_reason::not_for_us);
       }
+      if (is_egress_address(t, ip->destination)) {  // replies of egress flows (issue 18)
+        if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
+        return route<true>(w, t, ports, in_port, m, p, lb_outcome{});
+      }
+      if (ip->destination == t.underlay_ip) return drop(w, m, drop_reason::not_for_us);
     }
     // Ingress from outside the cluster: to a service VIP (DNAT to a backend here or on
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
+    if (p.l3 == l3_kind::ipv6 && is_egress_address6(t, frame + p.l3_offset + offsetof(ipv6_header, destination))) {
+      if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
+      return route<true>(w, t, ports, in_port, m, p, lb_outcome{});
+    }
     // A source inside the cluster's pod ranges cannot come from outside: such a packet
     // would match (and be forwarded as) a pod's own service flow.
     const uint32_t source_node =

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "control/snapshot.h"
+#include "dataplane/egress_state.h"
 #include "dataplane/esp_routes.h"
 #include "dataplane/flow_table.h"
 #include "dataplane/node_lookup.h"
@@ -138,6 +139,8 @@ struct port_table {
   // RFC 8926 section 3.3 allow over IPv4 and which saves a pass over the packet.
   std::atomic<uint8_t> geneve_udp_checksum{1};
   underlay_neighbours neighbours;
+  // Egress (issue 18): the underlay router's MAC, learned from its ARP frames.
+  underlay_neighbours::slot egress_router;
 };
 
 // The dataplane-shaped view of one snapshot, built at publish time and read-only after.
@@ -219,6 +222,7 @@ struct forwarding_tables {
   // holds the SAs they point to for as long as these tables live.
   std::vector<esp_node_route> esp_routes;
   std::vector<std::shared_ptr<const void>> esp_keep;
+  egress_forwarding egress;  // issue 18 (egress_state.h)
 };
 
 // Live settings a worker re-reads every loop; changed by tunables without restart.
@@ -304,6 +308,11 @@ struct worker_state {
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
   counter esp_encapsulated, esp_decapsulated;
   counter reverse_entries_restored;  // see restore_reverse_entry in service_lb.cpp
+  // Egress (egress_snat.h): flows made, packets out and replies in; the next port of this
+  // worker's slice to try, and when the router was last asked for its MAC (TSC).
+  counter egress_flows, egress_packets_out, egress_packets_in;
+  uint32_t egress_port_cursor = 0;
+  uint64_t egress_router_solicited = 0;
 
   // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen does) until
   // the pod answers the gateway's ARP request or says anything, then sent; dropped as

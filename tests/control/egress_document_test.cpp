@@ -30,7 +30,7 @@ json egress_document() {
      "ports": [80, 443]},
     {"name": "ntp", "cidrs": ["203.0.113.123"], "ports": [123], "protocol": "udp"}])");
   doc["egress"] = json::parse(R"({
-    "mode": "registry_only", "snat_ip6": "fd00:6d6c:ff::1", "snat_ports": {"first": 40000, "last": 40999},
+    "mode": "registry_only", "router": "198.19.0.254", "snat_ip6": "fd00:6d6c:ff::1", "snat_ports": {"first": 40000, "last": 40999},
     "gateways": [{"name": "gw", "node": "node2", "egress_ip": "198.19.0.102"},
                  {"name": "gw-underlay", "node": "node1", "egress_ip": "198.19.0.1"}],
     "policies": [{"name": "cart-out", "selector": {"namespace": "shop", "match_labels": {"app": "cart"}},
@@ -56,6 +56,7 @@ TEST(EgressDocument, ValidDocumentIsReadWhole) {
   EXPECT_EQ(s.external_services[1].protocol, egress_protocol::udp);
   EXPECT_EQ(s.egress.mode, egress_mode::registry_only);
   EXPECT_FALSE(s.egress.snat_ip);
+  EXPECT_EQ(s.egress.router->to_string(), "198.19.0.254");
   EXPECT_EQ(s.egress.snat_ip6->to_string(), "fd00:6d6c:ff::1");
   EXPECT_EQ(s.egress.snat_ports.first, 40000);
   EXPECT_EQ(s.egress.snat_ports.count(), 1000u);
@@ -92,10 +93,12 @@ TEST(EgressDocumentErrors, FieldsAreCheckedWithTheirPaths) {
   doc["external_services"][1]["protocol"] = "sctp";
   doc["egress"]["gateways"][0]["egress_ip"] = "not-an-ip";
   doc["egress"]["snat_ip"] = "fd00::1";
+  doc["egress"]["router"] = "fd00::1";
   EXPECT_THAT(errors_of(doc),
               ElementsAre("$.external_services[0].ports[1]: must be a port 1..65535, got 70000",
                           "$.external_services[1].protocol: must be \"tcp\" or \"udp\", got 'sctp'",
                           "$.egress.mode: must be \"allow_any\" or \"registry_only\", got 'deny_all'",
+                          "$.egress.router: must be an IPv4 address (its MAC, learned by ARP, serves IPv6 too)",
                           "$.egress.snat_ip: must be an IPv4 address (use snat_ip6 for IPv6)",
                           "$.egress.gateways[0].egress_ip: not an IPv4 or IPv6 address: 'not-an-ip'",
                           "$.egress.policies[0].fallback: must be \"drop\" or \"local\", got 'kernel'"));
@@ -131,6 +134,13 @@ TEST(EgressDocumentErrors, CidrsOverlappingClusterRangesAreRefused) {
                           "the pod range fd00:6d6c:1::/64 of $.node",
                           "$.egress.policies[1].destinations.cidrs[0]: 198.19.0.0/24 is inside the cluster: it overlaps "
                           "the underlay address 198.19.0.1 of $.node"));
+}
+
+TEST(EgressDocumentErrors, RouterOutsideTheCluster) {
+  json doc = egress_document();
+  doc["egress"]["router"] = "198.19.0.2";
+  EXPECT_THAT(errors_of(doc), ElementsAre("$.egress.router: 198.19.0.2 is inside the cluster: it is the underlay "
+                                          "address 198.19.0.2 of $.nodes[0]"));
 }
 
 TEST(EgressDocumentErrors, EgressIpMustBeTheGatewayNodes) {

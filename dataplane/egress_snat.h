@@ -1,0 +1,53 @@
+// Outbound source NAT at the pod's node (issue 18): a pod's packet to an address outside
+// every cluster range leaves the uplink with this node's SNAT address (egress.snat_ip,
+// default its underlay address; egress.snat_ip6 for IPv6) and a port lent from the
+// worker's slice; replies to that address and port are NATed back to the pod.
+//
+// Flows live in the workers' flow tables like service flows (TCP-state-aware timeouts,
+// the same tunables), with kFlowEgress set and a mark in the key's padding so that an
+// egress key never equals a service flow's key. TCP and UDP lend a port, ICMP echo an
+// identifier (RFC 5508 section 3.1); ICMP errors about an egress flow that reach the
+// SNAT address are NATed back to the pod with the quoted header restored (RFC 5508
+// section 4.2), so path MTU discovery works through the NAT.
+//
+// Ports: the range is cut into one equal slice per worker; a worker lends only ports of
+// its own slice, and only a port that no live reverse entry of its own table holds for
+// the same remote address and port (a port may serve several destinations at once, as
+// Linux's masquerade does). A new flow tries up to kEgressPortTries ports of its slice,
+// from where the last search stopped; none free: drop, `snat_ports_exhausted`.
+// Replies: a reply's destination port names the slice and so the worker that owns its
+// flow; a reply that reaches another worker (RSS hashes each direction on its own) reads
+// that worker's entry through the seqlock (flow_table::find_shared), never writes it.
+#pragma once
+
+#include "dataplane/pipeline_internal.h"
+
+namespace meshlane::detail {
+
+inline constexpr uint32_t kEgressPortTries = 1024;
+
+// A pod's packet to an outside address (not in any pod range), its TTL already
+// decremented and within the uplink's MTU: NATed and sent out of the uplink to the
+// router, or dropped with a reason (no_route: not TCP, UDP or an echo request, IPv6
+// without snat_ip6, a VIP on a port it does not serve; neighbour_unresolved: the router's
+// MAC is not known yet, asked for; snat_ports_exhausted).
+void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mbuf* m, uint8_t* frame,
+                     const parsed_packet& p);
+
+// A packet from the uplink to the SNAT address: true when it belongs to an egress flow
+// and was rewritten for its pod (the caller routes it); false, the packet untouched,
+// otherwise.
+bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, const parsed_packet& p);
+
+// Whether `destination` (network order) is this node's IPv4 SNAT address.
+[[gnu::always_inline]] inline bool is_egress_address(const forwarding_tables& t, uint32_t destination) {
+  return t.egress.snat_ip == destination && t.egress.enabled();
+}
+[[gnu::always_inline]] inline bool is_egress_address6(const forwarding_tables& t, const uint8_t* destination) {
+  return t.egress.has_snat_ip6 && t.egress.enabled() && std::memcmp(destination, t.egress.snat_ip6.data(), 16) == 0;
+}
+
+// The router's ARP frame (request or reply): its MAC learned.
+void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t sender_ip, const mac_address& mac);
+
+}  // namespace meshlane::detail
