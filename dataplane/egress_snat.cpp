@@ -26,7 +26,26 @@ egress_forwarding build_egress_forwarding(const snapshot& s) {
   }
   out.port_first = e.snat_ports.first;
   out.port_count = e.snat_ports.count();
+  out.registry_only = e.mode == egress_mode::registry_only;
+  for (const external_service_spec& service : s.external_services) {
+    for (const ip_prefix& destination : service.destinations) {
+      egress_registered entry;
+      entry.base = destination.base.bytes;
+      entry.length = static_cast<uint8_t>(destination.base.family_bit_offset() + destination.length);
+      entry.protocol = static_cast<uint8_t>(service.protocol);
+      entry.ports = service.ports;
+      std::sort(entry.ports.begin(), entry.ports.end());
+      out.registry.push_back(std::move(entry));
+    }
+  }
   return out;
+}
+
+bool egress_registered::matches(const uint8_t* address, uint16_t port, uint8_t l4_protocol) const {
+  if (l4_protocol != protocol || !std::binary_search(ports.begin(), ports.end(), port)) return false;
+  const unsigned whole = length / 8, rest = length % 8;
+  if (std::memcmp(address, base.data(), whole) != 0) return false;
+  return rest == 0 || ((address[whole] ^ base[whole]) & static_cast<uint8_t>(0xff << (8 - rest))) == 0;
 }
 
 namespace detail {
@@ -181,6 +200,12 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
   return false;
 }
 
+bool registered(const egress_forwarding& e, const flow_key& key) {
+  for (const egress_registered& entry : e.registry)
+    if (entry.matches(key.destination, key.destination_port, key.protocol)) return true;
+  return false;
+}
+
 void solicit_router(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mempool* pool) {
   if (w.egress_router_solicited && w.now - w.egress_router_solicited < rte_get_tsc_hz() / kSolicitEveryHz) return;
   w.egress_router_solicited = w.now;
@@ -304,8 +329,8 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   slot.ip_and_valid.store(valid, std::memory_order_release);
 }
 
-[[gnu::noinline]] void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mbuf* m,
-                                       uint8_t* frame, const parsed_packet& p) {
+[[gnu::noinline]] void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports,
+                                       uint16_t in_port, rte_mbuf* m, uint8_t* frame, const parsed_packet& p) {
   const egress_forwarding& e = t.egress;
   const bool v4 = p.l3 == l3_kind::ipv4;
   if (!e.enabled() || ports.uplink_port == UINT16_MAX || (!v4 && !e.has_snat_ip6)) return drop(w, m, drop_reason::no_route);
@@ -340,7 +365,15 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     bool shared = false;
     for (size_t i = 0; !shared && i < w.peer_flows.size(); ++i)
       shared = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, found);
-    if (!shared && !new_flow(w, t, key, hash, v4, found)) return drop(w, m, drop_reason::snat_ports_exhausted);
+    if (!shared) {
+      // A new flow: registry_only asks the external services first (new flows only; a
+      // flow made before a change of mode or registry keeps going until it ends).
+      if (e.registry_only && !registered(e, key)) {
+        w.egress_not_registered[in_port].add(1);
+        return drop(w, m, drop_reason::egress_not_registered);
+      }
+      if (!new_flow(w, t, key, hash, v4, found)) return drop(w, m, drop_reason::snat_ports_exhausted);
+    }
   }
   apply(frame, p, found);
   auto* eth = reinterpret_cast<ethernet_header*>(frame);

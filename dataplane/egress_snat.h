@@ -31,8 +31,10 @@ inline constexpr uint32_t kEgressPortTries = 1024;
 // router, or dropped with a reason (no_route: not TCP, UDP or an echo request, IPv6
 // without snat_ip6, a VIP on a port it does not serve; neighbour_unresolved: the router's
 // MAC is not known yet, asked for; snat_ports_exhausted).
-void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mbuf* m, uint8_t* frame,
-                     const parsed_packet& p);
+// egress_not_registered: registry_only and no external service has the destination,
+// counted for the pod's port `in_port` too.
+void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
+                     uint8_t* frame, const parsed_packet& p);
 
 // A packet from the uplink to the SNAT address: true when it belongs to an egress flow
 // and was rewritten for its pod (the caller routes it); false, the packet untouched,

@@ -5,10 +5,22 @@
 
 #include <array>
 #include <cstdint>
+#include <vector>
 
 namespace meshlane {
 
 struct snapshot;
+
+// One destination of an external service (egress.mode "registry_only"): an address
+// range (16 bytes, IPv4-mapped for IPv4, and a length in those 128 bits), its ports and
+// protocol.
+struct egress_registered {
+  std::array<uint8_t, 16> base{};
+  uint8_t length = 0;
+  uint8_t protocol = 0;
+  std::vector<uint16_t> ports;  // sorted
+  bool matches(const uint8_t* address, uint16_t port, uint8_t l4_protocol) const;
+};
 
 struct egress_forwarding {
   uint32_t router_ip = 0;  // network order; 0: no next hop, nothing leaves the cluster
@@ -19,6 +31,10 @@ struct egress_forwarding {
   // (egress_snat.h), so that a reply's worker follows from its destination port.
   uint16_t port_first = 0;
   uint32_t port_count = 0;
+  // registry_only: only the external services' destinations are reachable; a new flow
+  // to anything else is dropped as egress_not_registered (counted by pod port).
+  bool registry_only = false;
+  std::vector<egress_registered> registry;
   bool enabled() const { return router_ip != 0 && snat_ip != 0; }
 };
 

@@ -56,6 +56,7 @@ enum class drop_reason : uint8_t {
   // Egress (dataplane/egress_snat.h): a new outbound flow found no free source port of its
   // worker's range for its destination.
   snat_ports_exhausted,
+  egress_not_registered,  // egress.mode registry_only: no external service has the destination
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

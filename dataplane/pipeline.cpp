@@ -107,7 +107,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     if (!decrement_ttl(frame, p)) return time_exceeded();
     if (p.l3_length > ports.uplink_mtu)
       return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, ports.uplink_mtu, lb);
-    return egress_outbound(w, t, ports, m, frame, p);
+    return egress_outbound(w, t, ports, in_port, m, frame, p);
   }
   // No node, our own range without such a pod, a node without an IPv4 underlay address,
   // no uplink: nowhere to send it.

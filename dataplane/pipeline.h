@@ -311,6 +311,7 @@ struct worker_state {
   // Egress (egress_snat.h): flows made, packets out and replies in; the next port of this
   // worker's slice to try, and when the router was last asked for its MAC (TSC).
   counter egress_flows, egress_packets_out, egress_packets_in;
+  std::array<counter, kMaxPorts> egress_not_registered;  // by the pod's port
   uint32_t egress_port_cursor = 0;
   uint64_t egress_router_solicited = 0;
 

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/pool_metrics.h"
 
 namespace meshlane::testing {
 namespace {
@@ -365,6 +366,30 @@ TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
   // Another destination port is another tuple: the ports serve it too.
   EXPECT_FALSE(out_of_uplink(pod4(tcp(51100, 443))).empty());
   EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+}
+
+TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedByPod) {
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["egress"] = {{"router", kRouter}, {"mode", "registry_only"}};
+  doc["external_services"] = nlohmann::json::parse(R"([
+    {"name": "mirror", "addresses": ["203.0.113.5"], "ports": [80]},
+    {"name": "ntp", "cidrs": ["203.0.113.128/25"], "ports": [123], "protocol": "udp"}])");
+  publish(doc.dump().c_str(), 2);
+  router_answers();
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // listed
+  EXPECT_FALSE(out_of_uplink(ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.200"),
+                                        udp(5000, 123)))
+                   .empty());  // inside a listed CIDR
+  send(client, pod4(tcp(51000, 443)));  // the address is listed, the port is not
+  send(client, pod4(udp(5000, 80)));    // nor the protocol
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.6"), tcp(51000, 80)));
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("203.0.113.7"), tcp(51000, 80)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::egress_not_registered), 4u);
+  const auto metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-client"), 3);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-weba"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 2);
 }
 
 TEST_F(golden_egress, WithoutARouterNothingLeavesTheCluster) {
