@@ -14,7 +14,56 @@ namespace meshlane {
 using namespace wire;
 using namespace detail;
 
-egress_forwarding build_egress_forwarding(const snapshot& s) {
+bool hosts_egress_gateway(const snapshot& s, uint32_t node_index) {
+  if (node_index >= s.nodes.size()) return false;
+  for (const egress_policy_spec& policy : s.egress.policies)
+    for (const egress_gateway_spec& gateway : s.egress.gateways)
+      if (gateway.name == policy.gateway && gateway.node == s.nodes[node_index].name) return true;
+  return false;
+}
+
+namespace {
+// An egress policy's rules, one per destination CIDR of the gateway's family (a gateway
+// has one egress address, so it carries that family only): what its traffic does here.
+void policy_rules(const snapshot& s, const egress_policy_spec& policy, std::vector<egress_gateway_rule>& out) {
+  const egress_gateway_spec* gateway = nullptr;
+  for (const egress_gateway_spec& g : s.egress.gateways)
+    if (g.name == policy.gateway) gateway = &g;
+  if (!gateway) return;  // validation refuses this
+  uint32_t node = UINT32_MAX;
+  for (uint32_t i = 0; i < s.nodes.size(); ++i)
+    if (s.nodes[i].name == gateway->node) node = i;
+  std::vector<uint16_t> ports = policy.destination_ports;
+  std::sort(ports.begin(), ports.end());
+  for (const ip_prefix& cidr : policy.destination_cidrs) {
+    if (cidr.is_v4() != gateway->egress_ip.is_v4()) continue;
+    egress_gateway_rule rule;
+    rule.destination.base = cidr.base.bytes;
+    rule.destination.length = static_cast<uint8_t>(cidr.base.family_bit_offset() + cidr.length);
+    rule.destination.ports = ports;
+    rule.node_index = node;
+    rule.egress_ip = gateway->egress_ip.bytes;
+    if (node == UINT32_MAX || !s.nodes[node].underlay_ip.is_v4())
+      rule.action = policy.fallback == egress_fallback::local ? egress_gateway_action::local : egress_gateway_action::drop;
+    else if (node == kLocalNodeIndex)
+      rule.action = egress_gateway_action::snat_here;
+    else
+      rule.action = egress_gateway_action::tunnel;
+    out.push_back(std::move(rule));
+  }
+}
+
+bool selects(const egress_policy_spec& policy, const table_pod& pod) {
+  if (!policy.pod_namespace.empty() && policy.pod_namespace != pod.pod_namespace) return false;
+  for (const auto& [key, value] : policy.match_labels) {
+    auto it = pod.labels.find(key);
+    if (it == pod.labels.end() || it->second != value) return false;
+  }
+  return true;
+}
+}  // namespace
+
+egress_forwarding build_egress_forwarding(const snapshot& s, const std::vector<uint16_t>& pod_port) {
   egress_forwarding out;
   const egress_spec& e = s.egress;
   if (!e.router || !e.router->is_v4() || !e.snat_ip || !e.snat_ip->is_v4()) return out;
@@ -38,11 +87,39 @@ egress_forwarding build_egress_forwarding(const snapshot& s) {
       out.registry.push_back(std::move(entry));
     }
   }
+  // Gateway policies: the rules of each pod port, in document order.
+  for (size_t i = 0; i < s.pods.size() && i < pod_port.size(); ++i) {
+    const uint16_t port = pod_port[i];
+    if (port == UINT16_MAX) continue;
+    if (out.port_rules.size() <= port) out.port_rules.resize(port + 1u, {0, 0});
+    const uint32_t begin = static_cast<uint32_t>(out.rules.size());
+    for (const egress_policy_spec& policy : e.policies)
+      if (selects(policy, s.pods[i])) policy_rules(s, policy, out.rules);
+    out.port_rules[port] = {begin, static_cast<uint32_t>(out.rules.size())};
+  }
+  // Gateways on this node: what other nodes tunnel here leaves with their egress address.
+  for (const egress_policy_spec& policy : e.policies) {
+    std::vector<egress_gateway_rule> rules;
+    policy_rules(s, policy, rules);
+    for (egress_gateway_rule& rule : rules) {
+      if (rule.action != egress_gateway_action::snat_here) continue;
+      const ip_address address = address_v6(rule.egress_ip.data());
+      if (address.is_v4()) {
+        const uint32_t ip = to_net32(address.v4());
+        if (ip != out.snat_ip && std::find(out.addresses.begin(), out.addresses.end(), ip) == out.addresses.end())
+          out.addresses.push_back(ip);
+      } else if (std::find(out.addresses6.begin(), out.addresses6.end(), rule.egress_ip) == out.addresses6.end()) {
+        out.addresses6.push_back(rule.egress_ip);
+      }
+      out.hosted.push_back(std::move(rule));
+    }
+  }
   return out;
 }
 
 bool egress_registered::matches(const uint8_t* address, uint16_t port, uint8_t l4_protocol) const {
-  if (l4_protocol != protocol || !std::binary_search(ports.begin(), ports.end(), port)) return false;
+  if (protocol && l4_protocol != protocol) return false;
+  if (!ports.empty() && !std::binary_search(ports.begin(), ports.end(), port)) return false;
   const unsigned whole = length / 8, rest = length % 8;
   if (std::memcmp(address, base.data(), whole) != 0) return false;
   return rest == 0 || ((address[whole] ^ base[whole]) & static_cast<uint8_t>(0xff << (8 - rest))) == 0;
@@ -166,13 +243,13 @@ void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
 // A new flow's entries, with a port of this worker's slice that no live reply entry holds
 // for the same outside address and port. False: none free among those tried.
 bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-              flow_entry& forward) {
+              const uint8_t* source, flow_entry& forward) {
   const egress_forwarding& e = t.egress;
   const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
   const uint32_t per_worker = e.port_count / workers;
   if (per_worker == 0) return false;
   const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
-  const ip_address snat = v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
+  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
   const bool echo = is_icmp(key.protocol);
   forward = flow_entry{};
   forward.key = key;
@@ -244,12 +321,12 @@ bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* fr
     if (inner + sizeof(ipv4_header) > frame + end) return false;
     const auto* ip = reinterpret_cast<const ipv4_header*>(inner);
     inner_l4 = (ip->version_ihl & 0x0f) * 4u;
-    if (inner_l4 < sizeof(ipv4_header) || ip->source != t.egress.snat_ip) return false;
+    if (inner_l4 < sizeof(ipv4_header) || !is_egress_address(t, ip->source)) return false;
     protocol = ip->protocol;
   } else {
     if (inner + sizeof(ipv6_header) > frame + end) return false;
     const auto* ip = reinterpret_cast<const ipv6_header*>(inner);
-    if (std::memcmp(ip->source, t.egress.snat_ip6.data(), 16) != 0) return false;
+    if (!is_egress_address6(t, ip->source)) return false;
     inner_l4 = sizeof(ipv6_header);
     protocol = ip->next_header;
     inner_destination = ip->destination;
@@ -262,7 +339,8 @@ bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* fr
   if (echo && l4[0] != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return false;
   const uint16_t quoted_source_port = from_net16(load16(l4 + (echo ? 4 : 0)));
   const uint16_t quoted_destination_port = echo ? quoted_source_port : from_net16(load16(l4 + 2));
-  const ip_address snat = v4 ? address_v4(t.egress.snat_ip) : address_v6(t.egress.snat_ip6.data());
+  const ip_address snat = v4 ? address_v4(reinterpret_cast<const ipv4_header*>(inner)->source)
+                             : address_v6(reinterpret_cast<const ipv6_header*>(inner)->source);
   const ip_address outside =
       v4 ? address_v4(reinterpret_cast<const ipv4_header*>(inner)->destination) : address_v6(inner_destination);
   // The flow's reply key: outside -> SNAT address.
@@ -330,10 +408,12 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
 }
 
 [[gnu::noinline]] void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports,
-                                       uint16_t in_port, rte_mbuf* m, uint8_t* frame, const parsed_packet& p) {
+                                       uint16_t in_port, rte_mbuf* m, uint8_t* frame, const parsed_packet& p,
+                                       const uint8_t* source) {
   const egress_forwarding& e = t.egress;
   const bool v4 = p.l3 == l3_kind::ipv4;
-  if (!e.enabled() || ports.uplink_port == UINT16_MAX || (!v4 && !e.has_snat_ip6)) return drop(w, m, drop_reason::no_route);
+  if (!e.enabled() || ports.uplink_port == UINT16_MAX || (!v4 && !e.has_snat_ip6 && !source))
+    return drop(w, m, drop_reason::no_route);
   if (!p.l4_offset) return drop(w, m, drop_reason::no_route);
   if (is_icmp(p.l4_protocol)) {
     // Echo requests only; other ICMP from a pod to the outside has no flow to belong to.
@@ -372,7 +452,7 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
         w.egress_not_registered[in_port].add(1);
         return drop(w, m, drop_reason::egress_not_registered);
       }
-      if (!new_flow(w, t, key, hash, v4, found)) return drop(w, m, drop_reason::snat_ports_exhausted);
+      if (!new_flow(w, t, key, hash, v4, source, found)) return drop(w, m, drop_reason::snat_ports_exhausted);
     }
   }
   apply(frame, p, found);
@@ -381,6 +461,25 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   eth->source = ports.ports[ports.uplink_port].mac;
   w.egress_packets_out.add(1);
   transmit(w, ports.uplink_port, m);
+}
+
+const egress_gateway_rule* egress_rule_of(const forwarding_tables& t, uint16_t in_port, const uint8_t* frame,
+                                          const parsed_packet& p) {
+  const egress_forwarding& e = t.egress;
+  if (in_port >= e.port_rules.size()) return nullptr;
+  const auto [begin, end] = e.port_rules[in_port];
+  if (begin == end) return nullptr;
+  const ip_address destination = destination_of(frame, p);
+  for (uint32_t i = begin; i < end; ++i)
+    if (e.rules[i].destination.matches(destination.bytes.data(), p.destination_port, p.l4_protocol)) return &e.rules[i];
+  return nullptr;
+}
+
+const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const uint8_t* frame, const parsed_packet& p) {
+  const ip_address destination = destination_of(frame, p);
+  for (const egress_gateway_rule& rule : t.egress.hosted)
+    if (rule.destination.matches(destination.bytes.data(), p.destination_port, p.l4_protocol)) return &rule;
+  return nullptr;
 }
 
 [[gnu::noinline]] bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf*, uint8_t* frame,

@@ -33,20 +33,38 @@ inline constexpr uint32_t kEgressPortTries = 1024;
 // MAC is not known yet, asked for; snat_ports_exhausted).
 // egress_not_registered: registry_only and no external service has the destination,
 // counted for the pod's port `in_port` too.
+// `source`: the address to NAT to (16 bytes, IPv4-mapped for IPv4; a gateway's egress
+// address), or null for this node's snat_ip / snat_ip6.
 void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
-                     uint8_t* frame, const parsed_packet& p);
+                     uint8_t* frame, const parsed_packet& p, const uint8_t* source = nullptr);
+
+// Egress gateway policies: the first rule of pod port `in_port` whose destination the
+// packet has, or null (then this node's own SNAT); for traffic another node tunnelled
+// here, the rule of a gateway on this node, or null (nothing to do with it: no_route).
+const egress_gateway_rule* egress_rule_of(const forwarding_tables& t, uint16_t in_port, const uint8_t* frame,
+                                          const parsed_packet& p);
+const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const uint8_t* frame, const parsed_packet& p);
 
 // A packet from the uplink to the SNAT address: true when it belongs to an egress flow
 // and was rewritten for its pod (the caller routes it); false, the packet untouched,
 // otherwise.
 bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, const parsed_packet& p);
 
-// Whether `destination` (network order) is this node's IPv4 SNAT address.
+// Whether `destination` (network order) is one of this node's IPv4 egress addresses:
+// its SNAT address or a gateway's egress address here.
 [[gnu::always_inline]] inline bool is_egress_address(const forwarding_tables& t, uint32_t destination) {
-  return t.egress.snat_ip == destination && t.egress.enabled();
+  if (!t.egress.enabled()) return false;
+  if (t.egress.snat_ip == destination) return true;
+  for (uint32_t address : t.egress.addresses)
+    if (address == destination) return true;
+  return false;
 }
 [[gnu::always_inline]] inline bool is_egress_address6(const forwarding_tables& t, const uint8_t* destination) {
-  return t.egress.has_snat_ip6 && t.egress.enabled() && std::memcmp(destination, t.egress.snat_ip6.data(), 16) == 0;
+  if (!t.egress.enabled()) return false;
+  if (t.egress.has_snat_ip6 && std::memcmp(destination, t.egress.snat_ip6.data(), 16) == 0) return true;
+  for (const auto& address : t.egress.addresses6)
+    if (std::memcmp(destination, address.data(), 16) == 0) return true;
+  return false;
 }
 
 // The router's ARP frame (request or reply): its MAC learned.

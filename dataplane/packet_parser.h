@@ -57,6 +57,7 @@ enum class drop_reason : uint8_t {
   // worker's range for its destination.
   snat_ports_exhausted,
   egress_not_registered,  // egress.mode registry_only: no external service has the destination
+  egress_gateway_unavailable,  // an egress policy's gateway node is not in the document (fallback "drop")
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

@@ -102,12 +102,29 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     return transmit(w, out, m);
   }
 
-  // Outside every pod range: egress, source-NATed out of the uplink (egress_snat.h).
-  if (!kFromOverlay && node_index == kNoNode && t.egress.enabled()) {
-    if (!decrement_ttl(frame, p)) return time_exceeded();
-    if (p.l3_length > ports.uplink_mtu)
-      return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, ports.uplink_mtu, lb);
-    return egress_outbound(w, t, ports, in_port, m, frame, p);
+  // Outside every pod range: egress (egress_snat.h). A pod's packet may belong to a
+  // gateway policy (tunnelled to its gateway node, or NATed here to the gateway's
+  // address); a tunnelled one must be for a gateway here. The rest leaves with this
+  // node's own SNAT address.
+  if (node_index == kNoNode && t.egress.enabled()) {
+    const uint8_t* source = nullptr;
+    const egress_gateway_rule* rule =
+        kFromOverlay ? egress_hosted_rule(t, frame, p) : egress_rule_of(t, in_port, frame, p);
+    if (kFromOverlay && !rule) return drop(w, m, drop_reason::no_route);
+    if (rule) {
+      if (rule->action == egress_gateway_action::drop) return drop(w, m, drop_reason::egress_gateway_unavailable);
+      if (rule->action == egress_gateway_action::tunnel) node_index = rule->node_index;
+      if (rule->action == egress_gateway_action::snat_here) source = rule->egress_ip.data();
+    }
+    if (node_index == kNoNode) {
+      if (!decrement_ttl(frame, p)) {
+        if (kFromOverlay) return drop(w, m, drop_reason::ttl_expired);
+        return time_exceeded();
+      }
+      if (p.l3_length > ports.uplink_mtu)
+        return refuse_too_big(w, t, in_port, m, p, reply_mac(), kFromOverlay, ports.uplink_mtu, lb);
+      return egress_outbound(w, t, ports, in_port, m, frame, p, source);
+    }
   }
   // No node, our own range without such a pod, a node without an IPv4 underlay address,
   // no uplink: nowhere to send it.
@@ -196,7 +213,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       }
       if (is_egress_address(t, ip->destination)) {  // replies of egress flows (issue 18)
         if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
-        return route<true>(w, t, ports, in_port, m, p, lb_outcome{});
+        // To the pod here, or through the tunnel to its node when this node is its gateway.
+        return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
       }
       if (ip->destination == t.underlay_ip) return drop(w, m, drop_reason::not_for_us);
     }
@@ -205,7 +223,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     if (p.l3 == l3_kind::ipv6 && is_egress_address6(t, frame + p.l3_offset + offsetof(ipv6_header, destination))) {
       if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
-      return route<true>(w, t, ports, in_port, m, p, lb_outcome{});
+      return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
     }
     // A source inside the cluster's pod ranges cannot come from outside: such a packet
     // would match (and be forwarded as) a pod's own service flow.

@@ -392,6 +392,114 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 2);
 }
 
+// Egress gateways: the document with a gateway policy for the pods of namespace
+// "default" (every pod here) to 203.0.113.0/25 port 443, through gateway "gw" on `node`
+// with `egress_ip`.
+std::string gateway_document(const std::string& node, const std::string& egress_ip, const std::string& fallback) {
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  if (node == "node1") doc["node"]["egress_ips"] = {egress_ip};
+  if (node == "node2") doc["nodes"][0]["egress_ips"] = {egress_ip};
+  doc["egress"] = {{"router", kRouter},
+                   {"gateways", {{{"name", "gw"}, {"node", node}, {"egress_ip", egress_ip}}}},
+                   {"policies",
+                    {{{"name", "out"},
+                      {"selector", {{"namespace", "default"}}},
+                      {"destinations", {{"cidrs", {"203.0.113.0/25"}}, {"ports", {443}}}},
+                      {"gateway", "gw"},
+                      {"fallback", fallback}}}}};
+  return doc.dump();
+}
+
+TEST_F(golden_egress, APolicysTrafficIsTunnelledToItsGatewayNodeAndTheRestLeavesHere) {
+  publish(gateway_document("node2", "198.19.0.102", "drop").c_str(), 2);
+  router_answers();
+  send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));  // node 2's MAC
+  drain(uplink);
+  const bytes request = pod4(tcp(51000, 443));
+  send(client, request);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), request.size() + kGeneveOverhead);
+  EXPECT_EQ(mac_at(out, 0), kNode2Mac);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the gateway node
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(net32_at(inner, kIp4 + 12), ip4("198.18.1.10"));  // not NATed here
+  EXPECT_EQ(net32_at(inner, kIp4 + 16), ip4(kOutside));
+  EXPECT_EQ(u16_at(inner, kL4 + 2), 443);
+  EXPECT_EQ(verify_checksums(inner), "");
+  // Another port, or an address outside the policy's CIDR: this node's own SNAT.
+  const bytes other_port = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(other_port.empty());
+  EXPECT_EQ(net32_at(other_port, kIp4 + 12), ip4("198.19.0.1"));
+  const bytes other_address = out_of_uplink(
+      ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.200"), tcp(51000, 443)));
+  ASSERT_FALSE(other_address.empty());
+  EXPECT_EQ(net32_at(other_address, kIp4 + 12), ip4("198.19.0.1"));
+  // The gateway's replies come back through the tunnel with the outside source.
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv4_frame(kNode2Mac, kUplinkMac, ip4(kOutside), ip4("198.18.1.10"),
+                                                            tcp(443, 51000, kTcpSyn | kTcpAck))));
+  const bytes reply = receive(client);
+  ASSERT_FALSE(reply.empty());
+  EXPECT_EQ(net32_at(reply, kIp4 + 12), ip4(kOutside));
+  EXPECT_EQ(verify_checksums(reply), "");
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden_egress, AGatewayNodeGoneDropsThePolicysTrafficUnlessItFallsBackToLocal) {
+  publish(gateway_document("node3", "198.19.0.103", "drop").c_str(), 2);
+  router_answers();
+  send(client, pod4(tcp(51000, 443)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::egress_gateway_unavailable), 1u);
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // not the policy's: local SNAT
+
+  publish(gateway_document("node3", "198.19.0.103", "local").c_str(), 3);
+  const bytes out = out_of_uplink(pod4(tcp(51001, 443)));
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
+  EXPECT_EQ(drops(drop_reason::egress_gateway_unavailable), 1u);
+}
+
+TEST_F(golden_egress, AsTheGatewayNodeItNatsOtherNodesPodsToTheEgressAddressAndTunnelsTheRepliesBack) {
+  publish(gateway_document("node1", "198.19.0.101", "drop").c_str(), 2);
+  router_answers();
+  send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));
+  drain(uplink);
+  // The router asks for the egress address: answered with the uplink's MAC.
+  send(uplink, arp_request(kRouterMac, ip4(kRouter), ip4("198.19.0.101")));
+  const bytes arp = receive(uplink);
+  ASSERT_EQ(arp.size(), kEth + sizeof(arp_header));
+  EXPECT_EQ(mac_at(arp, kEth + 8), kUplinkMac);
+  // A pod of node 2 through its node's tunnel.
+  const bytes from_node2 = ipv4_frame(kNode2Mac, kUplinkMac, ip4("198.18.2.30"), ip4(kOutside), tcp(52000, 443));
+  send(uplink, geneve_from(ip4("198.19.0.2"), from_node2));
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), from_node2.size());
+  EXPECT_EQ(mac_at(out, 0), kRouterMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.101"));  // the gateway's egress address
+  const uint16_t port = u16_at(out, kL4);
+  EXPECT_GE(port, 32768);  // this document's range: the default
+  EXPECT_EQ(verify_checksums(out), "");
+  // The reply goes back through the tunnel to the pod's node.
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutside), ip4("198.19.0.101"), tcp(443, port, kTcpSyn | kTcpAck)));
+  const bytes back = receive(uplink);
+  ASSERT_GT(back.size(), kGeneveOverhead);
+  EXPECT_EQ(net32_at(back, kIp4 + 16), ip4("198.19.0.2"));
+  const bytes inner(back.begin() + kGeneveOverhead, back.end());
+  EXPECT_EQ(net32_at(inner, kIp4 + 12), ip4(kOutside));
+  EXPECT_EQ(net32_at(inner, kIp4 + 16), ip4("198.18.2.30"));
+  EXPECT_EQ(u16_at(inner, kL4 + 2), 52000);
+  EXPECT_EQ(verify_checksums(inner), "");
+  // This node's own pod, selected by the same policy, leaves with the egress address too.
+  const bytes own = out_of_uplink(pod4(tcp(51000, 443)));
+  ASSERT_FALSE(own.empty());
+  EXPECT_EQ(net32_at(own, kIp4 + 12), ip4("198.19.0.101"));
+  // Tunnelled traffic no gateway here serves is not forwarded.
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv4_frame(kNode2Mac, kUplinkMac, ip4("198.18.2.30"), ip4(kOutside),
+                                                            tcp(52000, 80))));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_route), 1u);
+}
+
 TEST_F(golden_egress, WithoutARouterNothingLeavesTheCluster) {
   publish(kNode1Document, 2);
   send(client, pod4(tcp(51000, 80)));

@@ -222,5 +222,55 @@ TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRange
   EXPECT_TRUE(nodes_[0].agent->running());
 }
 
+// Egress gateway: node 2 hosts gateway "gw" with its own egress address; pods of every
+// node to the outside host's port 8443 leave through it. Then the gateway's node leaves
+// node 1's document: the policy's traffic is dropped, or with fallback "local" leaves
+// through node 1 itself.
+TEST_F(two_nodes_egress, APolicysTrafficLeavesThroughTheGatewayNodesEgressAddressAndFallsBackAsConfigured) {
+  const auto apply = [&](int n, const std::string& gateway_node, const std::string& fallback) {
+    nlohmann::json doc = nlohmann::json::parse(document(n));
+    nlohmann::json& node2 = n == 2 ? doc["node"] : doc["nodes"][0];
+    node2["egress_ips"] = {"198.19.0.102"};
+    doc["egress"] = nlohmann::json::parse(egress_[n - 1]);
+    doc["egress"]["gateways"] = {{{"name", "gw"}, {"node", gateway_node},
+                                  {"egress_ip", gateway_node == "node2" ? "198.19.0.102" : "198.19.0.103"}}};
+    doc["egress"]["policies"] = {{{"name", "via-gw"},
+                                  {"selector", {{"namespace", "default"}}},
+                                  {"destinations", {{"cidrs", {kOutside}}, {"ports", {8443}}}},
+                                  {"gateway", "gw"},
+                                  {"fallback", fallback}}};
+    control_client client;
+    if (std::string e = client.connect(nodes_[n - 1].config_path + ".sock"); !e.empty()) return e;
+    const nlohmann::json reply = client.request({{"command", "apply"}, {"document", doc}});
+    return reply.value("ok", false) ? std::string() : reply.dump();
+  };
+  ASSERT_EQ(apply(2, "node2", "drop"), "");
+  ASSERT_EQ(apply(1, "node2", "drop"), "");
+  recording_tcp_server server(*outside_, 8443);
+  ASSERT_TRUE(server.ok());
+  // Not the policy's port: the pod's own node (this also has node 1 learn the router's MAC).
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[0].client, *outside_, 5353), "198.19.0.1");
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[1].client, *outside_, 5353), "198.19.0.2");
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 8443, 1 << 20), "") << "node 1 through the gateway";
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[1].client, kOutside, 8443, 1 << 20), "") << "node 2, the gateway itself";
+  auto peers = server.peers();
+  ASSERT_EQ(peers.size(), 2u);
+  EXPECT_EQ(peers[0].first, "198.19.0.102");  // the gateway's egress address, for both
+  EXPECT_EQ(peers[1].first, "198.19.0.102");
+
+  // The gateway's node is gone from node 1's view: the policy's traffic is dropped...
+  ASSERT_EQ(apply(1, "node3", "drop"), "");
+  const double before = drops(1, "egress_gateway_unavailable");
+  EXPECT_LT(connect_within(*nodes_[0].client, kOutside, 8443, 1500ms), 0);
+  EXPECT_GT(drops(1, "egress_gateway_unavailable"), before);
+  EXPECT_EQ(server.peers().size(), 2u);
+  // ...or, with fallback "local", leaves through the pod's own node.
+  ASSERT_EQ(apply(1, "node3", "local"), "");
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 8443, 64 << 10), "");
+  peers = server.peers();
+  ASSERT_EQ(peers.size(), 3u);
+  EXPECT_EQ(peers[2].first, "198.19.0.1");
+}
+
 }  // namespace
 }  // namespace meshlane::testing
