@@ -130,6 +130,9 @@ namespace {
 
 // flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
 inline constexpr uint8_t kEgressKeyMark = 1;
+// Egress entries count no service backend: a slot no table has (the flows view shows no
+// backend, slot reclaiming skips it).
+inline constexpr uint32_t kNoCounterSlot = UINT32_MAX;
 // How often a worker may ask for the router's MAC while it is unknown.
 inline constexpr uint64_t kSolicitEveryHz = 10;
 
@@ -185,6 +188,7 @@ flow_entry reverse_of(const flow_entry& forward, bool v4) {
   reverse.direction = flow_direction::reverse;
   reverse.flags = kFlowEgress;
   reverse.protocol = forward.key.protocol;
+  reverse.backend_slot = kNoCounterSlot;
   store_deltas(reverse, v4, reverse.key.destination, reverse.rewrite_address, reverse.key.destination_port,
                reverse.rewrite_port);
   return reverse;
@@ -257,6 +261,7 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
   forward.direction = flow_direction::forward;
   forward.flags = kFlowEgress;
   forward.protocol = key.protocol;
+  forward.backend_slot = kNoCounterSlot;
   const uint32_t tries = std::min(per_worker, kEgressPortTries);
   for (uint32_t i = 0; i < tries; ++i) {
     const uint32_t offset = (w.egress_port_cursor + i) % per_worker;

@@ -332,14 +332,16 @@ void worker_pool::register_with(subsystem_registry& registry) {
                                         ? split_backend(slot_names_.backends[entry.backend_slot], service) : "";
         rows.push_back({{"worker", w->index},
                         {"direction", entry.direction == flow_direction::forward ? "forward" : "reverse"},
-                        {"protocol", entry.protocol == wire::kProtoTcp ? "tcp" : "udp"},
+                        {"protocol", entry.protocol == wire::kProtoTcp   ? "tcp"
+                                     : entry.protocol == wire::kProtoUdp ? "udp"
+                                                                         : "icmp"},
                         {"source", address_text(entry.key.source) + ":" + std::to_string(entry.key.source_port)},
                         {"destination", address_text(entry.key.destination) + ":" + std::to_string(entry.key.destination_port)},
                         {"rewrite", address_text(entry.rewrite_address) + ":" + std::to_string(entry.rewrite_port)},
                         {"state", entry.state == flow_state::established ? "established"
                                   : entry.state == flow_state::closing   ? "closing"
                                                                           : "transitory"},
-                        {"service", service},
+                        {"service", entry.flags & kFlowEgress ? std::string("(egress)") : service},
                         {"backend", backend},
                         {"idle_seconds", double(now - entry.last_seen) / double(hz)}});
         nlohmann::json& row = rows.back();
