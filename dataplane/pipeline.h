@@ -24,7 +24,7 @@
 #include <vector>
 
 #include "control/snapshot.h"
-#include "dataplane/egress_state.h"
+#include "dataplane/egress_tables.h"
 #include "dataplane/esp_routes.h"
 #include "dataplane/flow_table.h"
 #include "dataplane/node_lookup.h"
@@ -222,7 +222,7 @@ struct forwarding_tables {
   // holds the SAs they point to for as long as these tables live.
   std::vector<esp_node_route> esp_routes;
   std::vector<std::shared_ptr<const void>> esp_keep;
-  egress_forwarding egress;  // issue 18 (egress_state.h)
+  egress_forwarding egress;  // issue 18 (egress_tables.h)
 };
 
 // Live settings a worker re-reads every loop; changed by tunables without restart.

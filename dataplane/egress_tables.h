@@ -1,6 +1,6 @@
 // Egress (issue 18): what the workers read of a snapshot's egress section, built when it
-// is published (build_egress_forwarding, egress_snat.cpp) and read-only after. The
-// packet path is in egress_snat.h.
+// is published (egress_tables.cpp) and read-only after. The packet path is in
+// egress_snat.h.
 #pragma once
 
 #include <array>
