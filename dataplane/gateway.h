@@ -20,8 +20,10 @@ void answer_echo(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packe
 // Neighbour advertisement for our gateway address (RFC 4861 section 7.2.4), in place;
 // the solicitation must carry the target and (for unicast replies) a source address.
 // False (nothing sent, `m` still the caller's) when it is no such solicitation.
+// `address`: the address answered for (16 bytes); null: the pod gateway's.
 bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p,
-                                   const forwarding_tables& t, const mac_address& our_mac);
+                                   const forwarding_tables& t, const mac_address& our_mac,
+                                   const uint8_t* address = nullptr);
 
 // ICMP error about the packet in `m` (destination unreachable / fragmentation needed, or
 // time exceeded), sent back to its source from our gateway address, in place. IPv4

@@ -218,6 +218,15 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       }
       if (ip->destination == t.underlay_ip) return drop(w, m, drop_reason::not_for_us);
     }
+    // The router's neighbour solicitation for an IPv6 egress address (issue 18).
+    if (p.l3 == l3_kind::ipv6 && p.l4_offset && p.l4_protocol == kProtoIcmpv6 &&
+        reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpv6NeighborSolicitation &&
+        p.l3_length >= sizeof(ipv6_header) + 24 && is_egress_address6(t, frame + p.l4_offset + 8)) {
+      uint8_t target[16];
+      std::memcpy(target, frame + p.l4_offset + 8, 16);
+      if (!answer_neighbour_solicitation(w, in_port, m, p, t, port.mac, target)) drop(w, m, drop_reason::not_for_us);
+      return;
+    }
     // Ingress from outside the cluster: to a service VIP (DNAT to a backend here or on
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);

@@ -246,6 +246,21 @@ TEST_F(golden_egress, OutboundTcpOverIpv6IsSourceNatedToSnatIp6) {
   EXPECT_EQ(verify_checksums(in), "");
 }
 
+TEST_F(golden_egress, TheRoutersNeighbourSolicitationForSnatIp6IsAnsweredWithTheUplinksMac) {
+  send(uplink, neighbour_solicitation(kRouterMac, ip6("fe80::99"), ip6(kSnat6)));
+  const bytes advert = receive(uplink);
+  ASSERT_EQ(advert.size(), kEth + 40 + 32);
+  EXPECT_EQ(mac_at(advert, 0), kRouterMac);
+  EXPECT_EQ(mac_at(advert, 6), kUplinkMac);
+  EXPECT_EQ(advert[kL4v6], kIcmpv6NeighborAdvertisement);
+  EXPECT_EQ(ip6_at(advert, kL4v6 + 8), ip6(kSnat6));             // the target
+  EXPECT_EQ(mac_at(advert, kL4v6 + 26), kUplinkMac);              // its link-layer address
+  EXPECT_EQ(verify_checksums(advert), "");
+  // Another address of nobody here: not answered.
+  send(uplink, neighbour_solicitation(kRouterMac, ip6("fe80::99"), ip6("fd00:6d6c:ff::2")));
+  EXPECT_EQ(pending_total(), 0u);
+}
+
 TEST_F(golden_egress, IcmpEchoLendsAnIdentifierInBothFamilies) {
   router_answers();
   const bytes out = out_of_uplink(pod4(echo(kIcmpEchoRequest, 0x1234)));
