@@ -309,11 +309,27 @@ json control_module::get(const json& request) {
   };
   if (what == "services" || what == "maglev") {
     total = tables->services.size();
+    // Issue 18: external services follow the internal ones in `services`, their
+    // destinations in the vip column.
+    const size_t internal = total;
+    if (what == "services") total += tables->external_services.size();
     for (size_t s = offset; s < total && rows.size() < limit; ++s) {
+      if (s >= internal) {
+        const external_service_spec& external = tables->external_services[s - internal];
+        std::string destinations;
+        for (const ip_prefix& d : external.destinations) destinations += (destinations.empty() ? "" : ",") + d.to_string();
+        json ports = json::array();
+        for (uint16_t port : external.ports)
+          ports.push_back(std::to_string(port) + (external.protocol == egress_protocol::tcp ? "/tcp" : "/udp"));
+        rows.push_back({{"name", external.name}, {"vip", destinations}, {"ports", ports}, {"backends", 0},
+                        {"session_affinity", false}, {"kind", "external"}});
+        continue;
+      }
       const auto& svc = tables->services[s];
       if (what == "services") {
         rows.push_back({{"name", svc.name}, {"vip", svc.vip.to_string()}, {"ports", ports_of(svc)},
-                        {"backends", svc.backend_count}, {"session_affinity", svc.session_affinity}});
+                        {"backends", svc.backend_count}, {"session_affinity", svc.session_affinity},
+                        {"kind", "internal"}});
         continue;
       }
       json shares = json::array();
@@ -507,7 +523,8 @@ void control_module::register_own() {
                       {{{"table", "backends"}}, static_cast<double>(tables->backends.size())},
                       {{{"table", "frontends"}}, static_cast<double>(tables->frontends.size())},
                       {{{"table", "routes"}}, static_cast<double>(tables->routes.size())},
-                      {{{"table", "pods"}}, static_cast<double>(tables->pods.size())}}});
+                      {{{"table", "pods"}}, static_cast<double>(tables->pods.size())},
+                      {{{"table", "external_services"}}, static_cast<double>(tables->external_services.size())}}});
     }
   });
 

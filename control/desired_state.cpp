@@ -8,6 +8,8 @@
 #include <nlohmann/json.hpp>
 
 #include "control/connect_lb_limits.h"
+#include "control/document_reader.h"
+#include "control/egress_spec.h"
 #include "control/policy_compiler.h"
 #include "control/policy_limits.h"
 #include "control/workload_identity.h"
@@ -62,137 +64,7 @@ bool is_prime(uint32_t value) {
 
 namespace {
 
-const char* json_type_name(const json& value) {
-  switch (value.type()) {
-    case json::value_t::null: return "null";
-    case json::value_t::boolean: return "a boolean";
-    case json::value_t::string: return "a string";
-    case json::value_t::array: return "an array";
-    case json::value_t::object: return "an object";
-    case json::value_t::number_float: return "a fractional number";
-    default: return "a number";
-  }
-}
-
-std::string shown(std::string_view text) {
-  // Values are echoed back in messages; keep them short and printable.
-  std::string out = "'";
-  for (char c : text.substr(0, 64)) out += (c >= 0x20 && c < 0x7f) ? c : '?';
-  if (text.size() > 64) out += "...";
-  return out + "'";
-}
-
-using error_list = std::vector<config_error>;
-
-// Reads one JSON object's members, remembering which keys it consumed so that every key
-// it did not consume can be reported as unknown when the reader finishes.
-class object_reader {
- public:
-  object_reader(const json& value, std::string path, error_list& errors)
-      : value_(value), path_(std::move(path)), errors_(errors) {
-    ok_ = value.is_object();
-    if (!ok_) error(path_, std::string("must be an object, got ") + json_type_name(value));
-  }
-  object_reader(const object_reader&) = delete;
-  ~object_reader() {
-    if (!ok_) return;
-    for (const auto& [key, member] : value_.items()) {
-      if (!consumed_.count(key)) error(path_of(key), "unknown field");
-    }
-  }
-
-  bool ok() const { return ok_; }
-  std::string path_of(std::string_view key) const { return path_ + "." + std::string(key); }
-  void error(std::string path, std::string message) {
-    errors_.push_back({std::move(path), std::move(message)});
-  }
-  error_list& errors() { return errors_; }
-
-  // The member, or nullptr (with an error if it was required).
-  const json* member(std::string_view key, bool required) {
-    if (!ok_) return nullptr;
-    consumed_.insert(std::string(key));
-    auto it = value_.find(key);
-    if (it == value_.end()) {
-      if (required) error(path_of(key), "required field is missing");
-      return nullptr;
-    }
-    return &*it;
-  }
-
-  std::optional<std::string> string(std::string_view key, bool required, bool allow_empty = false) {
-    const json* v = member(key, required);
-    if (!v) return std::nullopt;
-    if (!v->is_string()) return type_error(key, "a string", *v), std::nullopt;
-    auto text = v->get<std::string>();
-    if (text.empty() && !allow_empty) return error(path_of(key), "must not be empty"), std::nullopt;
-    return text;
-  }
-
-  std::optional<int64_t> integer(std::string_view key, bool required, int64_t min, int64_t max) {
-    const json* v = member(key, required);
-    if (!v) return std::nullopt;
-    if (!v->is_number_integer()) return type_error(key, "an integer", *v), std::nullopt;
-    // Unsigned values above INT64_MAX are out of every range we accept.
-    if (v->is_number_unsigned() && v->get<uint64_t>() > uint64_t(INT64_MAX)) {
-      range_error(key, min, max, v->dump());
-      return std::nullopt;
-    }
-    const int64_t n = v->get<int64_t>();
-    if (n < min || n > max) return range_error(key, min, max, std::to_string(n)), std::nullopt;
-    return n;
-  }
-
-  std::optional<bool> boolean(std::string_view key, bool required) {
-    const json* v = member(key, required);
-    if (!v) return std::nullopt;
-    if (!v->is_boolean()) return type_error(key, "true or false", *v), std::nullopt;
-    return v->get<bool>();
-  }
-
-  std::optional<ip_address> address(std::string_view key, bool required) {
-    auto text = string(key, required);
-    if (!text) return std::nullopt;
-    auto parsed = ip_address::parse(*text);
-    if (!parsed) error(path_of(key), "not an IPv4 or IPv6 address: " + shown(*text));
-    return parsed;
-  }
-
-  std::optional<ip_prefix> prefix(std::string_view key, bool required) {
-    auto text = string(key, required);
-    if (!text) return std::nullopt;
-    std::string why;
-    auto parsed = ip_prefix::parse(*text, &why);
-    if (!parsed) error(path_of(key), "invalid prefix " + shown(*text) + ": " + why);
-    return parsed;
-  }
-
-  // Calls read(element, element_path) for each element of an array member.
-  template <typename Fn>
-  void array(std::string_view key, bool required, Fn read) {
-    const json* v = member(key, required);
-    if (!v) return;
-    if (!v->is_array()) return type_error(key, "an array", *v);
-    for (size_t i = 0; i < v->size(); ++i) {
-      read((*v)[i], path_of(key) + "[" + std::to_string(i) + "]");
-    }
-  }
-
- private:
-  void type_error(std::string_view key, const char* expected, const json& got) {
-    error(path_of(key), std::string("must be ") + expected + ", got " + json_type_name(got));
-  }
-  void range_error(std::string_view key, int64_t min, int64_t max, const std::string& got) {
-    error(path_of(key),
-          "must be " + std::to_string(min) + ".." + std::to_string(max) + ", got " + got);
-  }
-
-  const json& value_;
-  std::string path_;
-  error_list& errors_;
-  bool ok_ = false;
-  std::set<std::string> consumed_;
-};
+using namespace document_reader;
 
 constexpr size_t kMaxInterfaceName = 15;
 constexpr int kMaxNesting = 32;  // IFNAMSIZ - 1
@@ -223,6 +95,11 @@ void read_node(object_reader& r, node_spec& node, bool v6_allowed = true) {
     }
   }
   if (auto v = r.boolean("encrypt", false)) node.encrypt = *v;
+  r.array("egress_ips", false, [&](const json& element, const std::string& element_path) {  // issue 18
+    auto address = element.is_string() ? ip_address::parse(element.get<std::string>()) : std::nullopt;
+    if (!address) return r.error(element_path, "must be an IPv4 or IPv6 address string, got " + element.dump());
+    node.egress_ips.push_back(*address);
+  });
 }
 
 void read_local_node(const json& value, const std::string& path, local_node_spec& node,
@@ -240,25 +117,6 @@ void read_local_node(const json& value, const std::string& path, local_node_spec
 
 // --- identity and L4 authorization policy (issue 16) ---
 
-// RFC 1123 label: what Kubernetes requires of a namespace name.
-bool valid_dns_label(std::string_view text) {
-  if (text.empty() || text.size() > 63 || text.front() == '-' || text.back() == '-') return false;
-  return std::all_of(text.begin(), text.end(),
-                     [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-'; });
-}
-
-// RFC 1123 subdomain: service account and policy names.
-bool valid_dns_subdomain(std::string_view text) {
-  if (text.empty() || text.size() > 253) return false;
-  size_t start = 0;
-  while (true) {
-    const size_t dot = text.find('.', start);
-    if (!valid_dns_label(text.substr(start, dot == std::string_view::npos ? std::string_view::npos : dot - start)))
-      return false;
-    if (dot == std::string_view::npos) return true;
-    start = dot + 1;
-  }
-}
 
 // A SPIFFE trust domain: lowercase letters, digits, '.', '-' and '_' (SPIFFE-ID, 2.1).
 bool valid_trust_domain(std::string_view text) {
@@ -267,23 +125,6 @@ bool valid_trust_domain(std::string_view text) {
   });
 }
 
-// Kubernetes label syntax: a name part of 1..63 alphanumerics, '-', '_', '.', starting and
-// ending alphanumeric; a key may carry a DNS-subdomain prefix and '/'.
-bool valid_label_name(std::string_view text) {
-  auto alnum = [](char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9'); };
-  if (text.empty() || text.size() > 63 || !alnum(text.front()) || !alnum(text.back())) return false;
-  return std::all_of(text.begin(), text.end(), [&](char c) { return alnum(c) || c == '-' || c == '_' || c == '.'; });
-}
-std::string label_key_problem(std::string_view key) {
-  const size_t slash = key.find('/');
-  if (slash != std::string_view::npos) {
-    if (!valid_dns_subdomain(key.substr(0, slash))) return "its prefix must be a DNS subdomain (e.g. example.com/)";
-    key = key.substr(slash + 1);
-  }
-  if (!valid_label_name(key))
-    return "a label name is 1..63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
-  return "";
-}
 
 void read_pod_identity(object_reader& r, pod_spec& pod) {
   if (auto v = r.string("namespace", false)) {
@@ -402,25 +243,6 @@ std::optional<std::string> namespace_value(const std::string& text, std::string&
   return text;
 }
 
-void read_prefix_list(object_reader& r, std::string_view key, std::vector<ip_prefix>& out) {
-  r.array(key, false, [&](const json& element, const std::string& element_path) {
-    if (!element.is_string()) {
-      r.error(element_path, std::string("must be an address or CIDR string, got ") + json_type_name(element));
-      return;
-    }
-    const std::string text = element.get<std::string>();
-    std::string why;
-    std::optional<ip_prefix> prefix;
-    if (text.find('/') == std::string::npos) {  // Istio accepts a single address
-      if (auto address = ip_address::parse(text)) prefix = ip_prefix{*address, static_cast<uint8_t>(address->family_bits())};
-      else why = "not an IPv4 or IPv6 address";
-    } else {
-      prefix = ip_prefix::parse(text, &why);
-    }
-    if (prefix) out.push_back(*prefix);
-    else r.error(element_path, "invalid CIDR " + shown(text) + ": " + why);
-  });
-}
 
 void read_port_list(object_reader& r, std::string_view key, std::vector<uint16_t>& out) {
   r.array(key, false, [&](const json& element, const std::string& element_path) {
@@ -1037,6 +859,9 @@ parse_result parse_desired_state(std::string_view json_text) {
       read_policy(element, path, policy, errors);
       state.policies.push_back(std::move(policy));
     });
+    if (const json* e = top.member("external_services", false))  // issue 18
+      egress_document::read_external_services(*e, "$.external_services", state.external_services, errors);
+    if (const json* e = top.member("egress", false)) egress_document::read_egress(*e, "$.egress", state.egress, errors);
     if (const json* d = top.member("dataplane", false)) {  // issue 4
       state.dataplane.emplace();
       read_dataplane(*d, "$.dataplane", *state.dataplane, errors);
@@ -1045,6 +870,7 @@ parse_result parse_desired_state(std::string_view json_text) {
   // Cross-field checks only make sense on a document whose fields all read cleanly;
   // otherwise they would report follow-on noise about defaulted values.
   if (errors.empty()) check_consistency(state, errors);
+  if (errors.empty()) egress_document::check(state, errors);  // issue 18
   if (errors.empty()) {  // issue 16
     // Pods the CNI plugin announces carry no service account: the namespace entry names it.
     for (pod_spec& pod : state.pods) {

@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "control/egress_spec.h"
 #include "control/net_address.h"
 
 namespace meshlane {
@@ -30,6 +31,9 @@ struct node_spec {
   // encryption.mode "per_route": whether traffic to this node's pods is encrypted
   // (unset: not). Ignored by the other modes.
   std::optional<bool> encrypt;
+  // Issue 18: further addresses this node's uplink owns for egress (an egress gateway's
+  // egress_ip, this node's egress.snat_ip6), besides underlay_ip.
+  std::vector<ip_address> egress_ips;
 };
 
 // This node: a node_spec plus what only the local agent needs.
@@ -214,6 +218,8 @@ struct desired_state {
   std::string trust_domain = "cluster.local";  // issue 16
   std::vector<namespace_spec> namespaces;      // issue 16
   std::vector<policy_spec> policies;           // issue 16
+  std::vector<external_service_spec> external_services;  // issue 18 (egress_spec.h)
+  egress_spec egress;                                    // issue 18
 };
 
 struct config_error {

@@ -128,6 +128,10 @@ struct snapshot {
   // What the policies name that nobody has (policy_notices.h), shown in `status`; not
   // part of the tables' content.
   std::vector<std::string> policy_notices;
+  // Issue 18: egress as the document gives it, with snat_ip resolved (this node's
+  // underlay address unless the document names another), and the external services.
+  egress_spec egress;
+  std::vector<external_service_spec> external_services;
 
   const table_frontend* find_frontend(const ip_address& vip, uint16_t port,
                                       l4_protocol protocol) const;

@@ -39,6 +39,9 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   auto tables = std::make_shared<snapshot>();
   tables->generation = generation;
   tables->tuning = state.tuning;
+  tables->egress = state.egress;  // issue 18
+  if (!tables->egress.snat_ip && state.node.underlay_ip.is_v4()) tables->egress.snat_ip = state.node.underlay_ip;
+  tables->external_services = state.external_services;
   tables->ebpf = state.ebpf;
 
   // Canonical order everywhere, so that list order in the document never shows in tables.

@@ -95,6 +95,9 @@ inline constexpr uint8_t kFlowToLastHop = 2;      // send out of the uplink to l
 // A forward entry of a flow from outside the cluster: last_hop_mac holds the neighbour
 // its first packet came from, for rebuilding an evicted reverse entry (which needs it).
 inline constexpr uint8_t kFlowIngress = 4;
+// An egress flow (dataplane/egress_snat.h): its forward entry rewrites the source (pod ->
+// this node's SNAT address and port), its reverse entry the destination (back to the pod).
+inline constexpr uint8_t kFlowEgress = 8;
 
 // What a hit tells the pipeline: forward entries name the backend to DNAT to; reverse
 // entries name the VIP and port to put back as the source.

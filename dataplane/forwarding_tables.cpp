@@ -307,7 +307,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       return "more than " + std::to_string(underlay_neighbours::kSlots) +
              " node underlay addresses at once (published, or left with the tables before)";
     const uint32_t mask = v4_mask(node.pod_cidr.length);
-    peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask});
+    peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask, hosts_egress_gateway(s, i)});
   }
   out.underlay_peers.build(peers);
   {
@@ -343,6 +343,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       slots.backend_service[slot] = out.service_slot[static_cast<size_t>(&service - s.services.data())];
     }
   }
+  out.egress = build_egress_forwarding(s, out.pod_port);  // issue 18
   return {};
 }
 

@@ -56,13 +56,14 @@ void answer_echo(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packe
 }
 
 bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p,
-                                   const forwarding_tables& t, const mac_address& our_mac) {
+                                   const forwarding_tables& t, const mac_address& our_mac, const uint8_t* address) {
+  if (!address) address = t.gateway_ip6.data();
   uint8_t* frame = frame_of(m);
   auto* ip = reinterpret_cast<ipv6_header*>(frame + p.l3_offset);
   const uint32_t icmp_length = p.l3_length - sizeof(ipv6_header);
   if (icmp_length < 24) return false;  // ICMPv6 header + reserved + target
   const uint8_t* target = frame + p.l4_offset + 8;
-  if (std::memcmp(target, t.gateway_ip6.data(), 16) != 0) return false;
+  if (std::memcmp(target, address, 16) != 0) return false;
   static const uint8_t kUnspecified[16] = {};
   if (std::memcmp(ip->source, kUnspecified, 16) == 0) return false;  // DAD probe: stay silent
   // Reply: IPv6 header, ICMPv6 NA (8 bytes + target 16) + target link-layer option (8).
@@ -75,7 +76,7 @@ bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, 
   eth->destination = eth->source;
   eth->source = our_mac;
   std::memcpy(ip->destination, ip->source, 16);
-  std::memcpy(ip->source, t.gateway_ip6.data(), 16);
+  std::memcpy(ip->source, address, 16);
   ip->payload_length = to_net16(kReplyIcmp);
   ip->hop_limit = 255;  // RFC 4861 section 7.1.2
   ip->next_header = kProtoIcmpv6;
@@ -85,7 +86,7 @@ bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, 
   icmp[2] = icmp[3] = 0;
   icmp[4] = 0x60;  // Solicited | Override
   icmp[5] = icmp[6] = icmp[7] = 0;
-  std::memcpy(icmp + 8, t.gateway_ip6.data(), 16);
+  std::memcpy(icmp + 8, address, 16);
   icmp[24] = 2;  // option: target link-layer address
   icmp[25] = 1;  // length in 8-byte units
   std::memcpy(icmp + 26, our_mac.bytes, 6);

@@ -5,6 +5,7 @@
 // path of forwarded traffic, whose packets only branch here.
 #pragma once
 
+#include "dataplane/egress_snat.h"
 #include "dataplane/pipeline_internal.h"
 
 namespace meshlane::detail {
@@ -19,8 +20,10 @@ void answer_echo(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packe
 // Neighbour advertisement for our gateway address (RFC 4861 section 7.2.4), in place;
 // the solicitation must carry the target and (for unicast replies) a source address.
 // False (nothing sent, `m` still the caller's) when it is no such solicitation.
+// `address`: the address answered for (16 bytes); null: the pod gateway's.
 bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p,
-                                   const forwarding_tables& t, const mac_address& our_mac);
+                                   const forwarding_tables& t, const mac_address& our_mac,
+                                   const uint8_t* address = nullptr);
 
 // ICMP error about the packet in `m` (destination unreachable / fragmentation needed, or
 // time exceeded), sent back to its source from our gateway address, in place. IPv4
@@ -98,7 +101,11 @@ void hold_for_pod(worker_state& w, const forwarding_tables& t, port_table& ports
   const auto* arp = reinterpret_cast<const arp_header*>(frame + p.l3_offset);
   if (const underlay_peer* peer = t.underlay_peers.find(arp->sender_ip))
     ports.neighbours.learn(peer->neighbour, arp->sender_ip, arp->sender_mac);
-  if (arp->target_ip != t.underlay_ip) return drop(w, m, drop_reason::not_for_us);
+  else if (arp->sender_ip == t.egress.router_ip && t.egress.router_ip)  // issue 18
+    learn_egress_router(t, ports, arp->sender_ip, arp->sender_mac);
+  // The underlay address, and the egress SNAT address when it is another of ours.
+  if (arp->target_ip != t.underlay_ip && !is_egress_address(t, arp->target_ip))
+    return drop(w, m, drop_reason::not_for_us);
   if (from_net16(arp->operation) == kArpRequest) return answer_arp(w, in_port, m, port.mac);
   w.neighbour_messages.add(1);  // a reply to us: learned above; consumed
   rte_pktmbuf_free(m);

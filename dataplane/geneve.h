@@ -87,6 +87,14 @@ template <bool kDecrypted = false>
     std::memcpy(source.bytes.data(), inner_frame + p.l3_offset + 8, 16);
     allowed = range && range->contains(source);
   }
+  if (__builtin_expect(!allowed, 0) && sender->egress_gateway) {
+    // An egress gateway node's replies come from outside the cluster (never from a pod
+    // range: those sources belong to their own nodes).
+    allowed = p.l3 == l3_kind::ipv4
+                  ? t.routes_v4.find(from_net32(reinterpret_cast<const ipv4_header*>(inner_frame + p.l3_offset)->source)) ==
+                        kNoNode
+                  : t.node_of_v6(inner_frame + p.l3_offset + 8) == kNoNode;
+  }
   if (__builtin_expect(!allowed, 0)) {
     drop(w, m, drop_reason::spoofed_source);
     return false;

@@ -35,7 +35,8 @@ flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const work
 // second_rewrite_address).
 [[gnu::always_inline]] inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e,
                                                 const uint8_t* second6 = nullptr) {
-  const bool destination = e.direction == flow_direction::forward;
+  // Egress flows rewrite the other end (source NAT, see kFlowEgress).
+  const bool destination = (e.direction == flow_direction::forward) != ((e.flags & kFlowEgress) != 0);
   uint8_t* ip = frame + p.l3_offset;
   uint8_t* l4 = frame + p.l4_offset;
   const bool tcp = p.l4_protocol == kProtoTcp;

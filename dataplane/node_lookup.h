@@ -123,6 +123,9 @@ struct underlay_peer {
   uint32_t neighbour = 0;  // its slot in port_table::neighbours
   // Its IPv4 pod range (host order): the only inner sources it may tunnel.
   uint32_t v4_base = 0, v4_mask = 0;
+  // It hosts an egress gateway (issue 18): it may also tunnel outside sources, the replies
+  // of flows it source-NATs for this node's pods.
+  bool egress_gateway = false;
 };
 
 // Underlay address -> peer, open addressing at most half full.

@@ -44,6 +44,9 @@ const char* to_string(drop_reason reason) {
     case drop_reason::esp_required: return "esp_required";
     case drop_reason::esp_encap_failed: return "esp_encap_failed";
     case drop_reason::policy_denied: return "policy_denied";
+    case drop_reason::snat_ports_exhausted: return "snat_ports_exhausted";
+    case drop_reason::egress_not_registered: return "egress_not_registered";
+    case drop_reason::egress_gateway_unavailable: return "egress_gateway_unavailable";
     case drop_reason::count_: break;
   }
   return "unknown";

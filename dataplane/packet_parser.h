@@ -54,6 +54,11 @@ enum class drop_reason : uint8_t {
   esp_required,     // clear Geneve from a node whose route is encrypted
   esp_encap_failed, // an outbound frame ESP could not take (no room, sequence numbers spent)
   policy_denied,    // L4 authorization refused the flow (issue 16; policy_path.h)
+  // Egress (dataplane/egress_snat.h): a new outbound flow found no free source port of its
+  // worker's range for its destination.
+  snat_ports_exhausted,
+  egress_not_registered,  // egress.mode registry_only: no external service has the destination
+  egress_gateway_unavailable,  // an egress policy's gateway node is not in the document (fallback "drop")
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

@@ -6,6 +6,7 @@
 #include <rte_ethdev.h>
 #include <rte_prefetch.h>
 
+#include "dataplane/egress_snat.h"
 #include "dataplane/esp_path.h"
 #include "dataplane/gateway.h"
 #include "dataplane/geneve.h"
@@ -107,6 +108,30 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     return transmit(w, out, m);
   }
 
+  // Outside every pod range: egress (egress_snat.h). A pod's packet may belong to a
+  // gateway policy (tunnelled to its gateway node, or NATed here to the gateway's
+  // address); a tunnelled one must be for a gateway here. The rest leaves with this
+  // node's own SNAT address.
+  if (node_index == kNoNode && t.egress.enabled()) {
+    const uint8_t* source = nullptr;
+    const egress_gateway_rule* rule =
+        kFromOverlay ? egress_hosted_rule(t, frame, p) : egress_rule_of(t, in_port, frame, p);
+    if (kFromOverlay && !rule) return drop(w, m, drop_reason::no_route);
+    if (rule) {
+      if (rule->action == egress_gateway_action::drop) return drop(w, m, drop_reason::egress_gateway_unavailable);
+      if (rule->action == egress_gateway_action::tunnel) node_index = rule->node_index;
+      if (rule->action == egress_gateway_action::snat_here) source = rule->egress_ip.data();
+    }
+    if (node_index == kNoNode) {
+      if (!decrement_ttl(frame, p)) {
+        if (kFromOverlay) return drop(w, m, drop_reason::ttl_expired);
+        return time_exceeded();
+      }
+      if (p.l3_length > ports.uplink_mtu)
+        return refuse_too_big(w, t, in_port, m, p, reply_mac(), kFromOverlay, ports.uplink_mtu, lb);
+      return egress_outbound(w, t, ports, in_port, m, frame, p, source);
+    }
+  }
   // No node, our own range without such a pod, a node without an IPv4 underlay address,
   // no uplink: nowhere to send it.
   if (kFromOverlay || node_index == kNoNode || node_index == kLocalNodeIndex)
@@ -201,12 +226,30 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
         if (p.l4_offset && p.l4_protocol == kProtoIcmp &&
             reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpEchoRequest)
           return answer_echo(w, in_port, m, p, port.mac);
-        return drop(w, m, drop_reason::not_for_us);
       }
+      if (is_egress_address(t, ip->destination)) {  // replies of egress flows (issue 18)
+        if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
+        // To the pod here, or through the tunnel to its node when this node is its gateway.
+        return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
+      }
+      if (ip->destination == t.underlay_ip) return drop(w, m, drop_reason::not_for_us);
+    }
+    // The router's neighbour solicitation for an IPv6 egress address (issue 18).
+    if (p.l3 == l3_kind::ipv6 && p.l4_offset && p.l4_protocol == kProtoIcmpv6 &&
+        reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpv6NeighborSolicitation &&
+        p.l3_length >= sizeof(ipv6_header) + 24 && is_egress_address6(t, frame + p.l4_offset + 8)) {
+      uint8_t target[16];
+      std::memcpy(target, frame + p.l4_offset + 8, 16);
+      if (!answer_neighbour_solicitation(w, in_port, m, p, t, port.mac, target)) drop(w, m, drop_reason::not_for_us);
+      return;
     }
     // Ingress from outside the cluster: to a service VIP (DNAT to a backend here or on
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
+    if (p.l3 == l3_kind::ipv6 && is_egress_address6(t, frame + p.l3_offset + offsetof(ipv6_header, destination))) {
+      if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
+      return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
+    }
     // A source inside the cluster's pod ranges cannot come from outside: such a packet
     // would match (and be forwarded as) a pod's own service flow.
     const uint32_t source_node =

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "control/snapshot.h"
+#include "dataplane/egress_tables.h"
 #include "dataplane/esp_routes.h"
 #include "dataplane/flow_table.h"
 #include "dataplane/node_lookup.h"
@@ -142,6 +143,8 @@ struct port_table {
   // RFC 8926 section 3.3 allow over IPv4 and which saves a pass over the packet.
   std::atomic<uint8_t> geneve_udp_checksum{1};
   underlay_neighbours neighbours;
+  // Egress (issue 18): the underlay router's MAC, learned from its ARP frames.
+  underlay_neighbours::slot egress_router;
 };
 
 // The dataplane-shaped view of one snapshot, built at publish time and read-only after.
@@ -235,6 +238,7 @@ struct forwarding_tables {
   bool policy_active = false;
   uint32_t policy_generation = 0;  // the snapshot's, low half: cached verdicts older than it are re-evaluated
   std::vector<uint32_t> policy_slot;  // by compiled policy index -> deny counter slot (policy_slot_names)
+  egress_forwarding egress;  // issue 18 (egress_tables.h)
 };
 
 // Live settings a worker re-reads every loop; changed by tunables without restart.
@@ -359,6 +363,12 @@ struct worker_state {
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
   counter esp_encapsulated, esp_decapsulated;
   counter reverse_entries_restored;  // see restore_reverse_entry in service_lb.cpp
+  // Egress (egress_snat.h): flows made, packets out and replies in; the next port of this
+  // worker's slice to try, and when the router was last asked for its MAC (TSC).
+  counter egress_flows, egress_packets_out, egress_packets_in;
+  std::array<counter, kMaxPorts> egress_not_registered;  // by the pod's port
+  uint32_t egress_port_cursor = 0;
+  uint64_t egress_router_solicited = 0;
 
   // L4 authorization (policy_path.h): verdicts of flows into this node's pods and the
   // flows its pods started, with the other workers' (read through find_shared, as

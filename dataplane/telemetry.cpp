@@ -132,11 +132,15 @@ void worker_pool::register_with(subsystem_registry& registry) {
                             "Receives that found no free mbuf (rte_eth_stats rx_nombuf).");
     auto xstats = family("meshlane_dataplane_port_xstats_total",
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
+    auto not_registered = family("meshlane_dataplane_egress_not_registered_total",
+                                 "New outbound flows refused under egress.mode registry_only, by pod port.");
     std::unique_lock ports_lock(ports_mutex_);  // hot-plug renames and retires ports
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
       if (info.role == port_role::unused) continue;
-      uint64_t sums[4] = {};
+      uint64_t sums[4] = {}, refused = 0;
+      for (const auto& w : workers_) refused += w->egress_not_registered[p].get();
+      if (info.role == port_role::pod) not_registered.samples.push_back({{{"port", info.interface}}, double(refused)});
       for (const auto& w : workers_) {
         sums[0] += w->port_rx[p].packets.get();
         sums[1] += w->port_rx[p].bytes.get();
@@ -168,6 +172,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                       "ESP encapsulations and verified decapsulations of encrypted routes.");
     auto generated = family("meshlane_dataplane_replies_total",
                             "Packets the workers answered themselves (ARP/NDP, ICMP errors).");
+    auto egress = family("meshlane_dataplane_egress_total",
+                         "Egress (source NAT to outside the cluster): flows made, packets out, replies in.");
     for (const auto& w : workers_) {
       const std::string worker = std::to_string(w->index);
       for (unsigned r = 1; r < kDropReasonCount; ++r)
@@ -181,6 +187,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
       esp.samples.push_back({{{"worker", worker}, {"direction", "decap"}}, double(w->esp_decapsulated.get())});
       generated.samples.push_back({{{"worker", worker}, {"kind", "neighbour"}}, double(w->neighbour_messages.get())});
       generated.samples.push_back({{{"worker", worker}, {"kind", "icmp_error"}}, double(w->icmp_generated.get())});
+      egress.samples.push_back({{{"worker", worker}, {"kind", "flows"}}, double(w->egress_flows.get())});
+      egress.samples.push_back({{{"worker", worker}, {"kind", "packets_out"}}, double(w->egress_packets_out.get())});
+      egress.samples.push_back({{{"worker", worker}, {"kind", "packets_in"}}, double(w->egress_packets_in.get())});
     }
     auto service_packets = family("meshlane_dataplane_service_packets_total", "Packets load-balanced per service.");
     auto service_bytes = family("meshlane_dataplane_service_bytes_total", "Bytes load-balanced per service.");
@@ -225,7 +234,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
-                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated,
+                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &egress, &not_registered,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));
@@ -323,14 +332,16 @@ void worker_pool::register_with(subsystem_registry& registry) {
                                         ? split_backend(slot_names_.backends[entry.backend_slot], service) : "";
         rows.push_back({{"worker", w->index},
                         {"direction", entry.direction == flow_direction::forward ? "forward" : "reverse"},
-                        {"protocol", entry.protocol == wire::kProtoTcp ? "tcp" : "udp"},
+                        {"protocol", entry.protocol == wire::kProtoTcp   ? "tcp"
+                                     : entry.protocol == wire::kProtoUdp ? "udp"
+                                                                         : "icmp"},
                         {"source", address_text(entry.key.source) + ":" + std::to_string(entry.key.source_port)},
                         {"destination", address_text(entry.key.destination) + ":" + std::to_string(entry.key.destination_port)},
                         {"rewrite", address_text(entry.rewrite_address) + ":" + std::to_string(entry.rewrite_port)},
                         {"state", entry.state == flow_state::established ? "established"
                                   : entry.state == flow_state::closing   ? "closing"
                                                                           : "transitory"},
-                        {"service", service},
+                        {"service", entry.flags & kFlowEgress ? std::string("(egress)") : service},
                         {"backend", backend},
                         {"idle_seconds", double(now - entry.last_seen) / double(hz)}});
         nlohmann::json& row = rows.back();

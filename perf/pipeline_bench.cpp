@@ -40,6 +40,8 @@
 #include <utility>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "control/esp_keys.h"
 #include "control/table_compiler.h"
 #include "control/workload_identity.h"
@@ -327,6 +329,94 @@ void BM_pipeline_many_flows(benchmark::State& state) {
 BENCHMARK(BM_pipeline_many_flows)->Name("BM_pipeline_service_8k_flows_geneve");
 // Whole pipeline, 64-byte TCP to a pod on this node: parse, route, MAC/TTL rewrite, TX.
 BENCHMARK(BM_pipeline<false>)->Name("BM_pipeline_local_delivery");
+
+// --- egress (issue 18): outbound SNAT at the pod's node, beside the service path ---
+
+// The bench document with a router on the underlay, its own tables and workers: one that
+// keeps its flows (established), one whose UDP flows expire at the next burst, so that
+// every packet makes a new flow (a port lent, both entries written).
+struct egress_world {
+  forwarding_tables tables;
+  counter_slot_names slots;
+  std::unique_ptr<worker_state> established, fresh;
+  testing::bytes to_outside;              // 64-byte TCP ACK, client pod -> 203.0.113.5:443
+  std::vector<testing::bytes> new_flows;  // 64-byte UDP, client pod -> 8192 outside tuples
+};
+egress_world* egress = nullptr;
+
+std::string start_egress(egress_world& e) {
+  nlohmann::json doc = nlohmann::json::parse(kDocument);
+  doc["egress"] = {{"router", "198.19.0.254"}};
+  auto parsed = parse_desired_state(doc.dump());
+  if (!parsed.state) return "egress document: " + parsed.errors[0].to_string();
+  if (std::string error = build_forwarding_tables(compile_tables(*parsed.state, 1), *world->ports, e.slots, e.tables);
+      !error.empty())
+    return error;
+  e.established = world->new_worker();
+  e.fresh = world->new_worker();
+  e.fresh->timeouts.udp = 0;
+  // The router's MAC, learned as a worker learns it: from its ARP reply on the uplink.
+  const testing::bytes reply = testing::arp_reply(mac(0x99), ip4("198.19.0.254"), mac(1), ip4("198.19.0.1"));
+  rte_mbuf* m = rte_pktmbuf_alloc(world->pool);
+  if (!m) return "mbuf for an ARP reply";
+  std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(reply.size())), reply.data(), reply.size());
+  e.established->now = rte_rdtsc();
+  process_burst(*e.established, e.tables, *world->ports, world->uplink, &m, 1);
+  flush_tx(*e.established);
+  if (!world->ports->egress_router.ip_and_valid.load()) return "the router's MAC was not learned";
+  testing::l4_spec l4;
+  l4.protocol = kProtoTcp;
+  l4.source_port = 40000;
+  l4.destination_port = 443;
+  l4.tcp_flags = kTcpAck;
+  l4.payload = testing::bytes(64 - 14 - 20 - 20, 0);
+  e.to_outside = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("203.0.113.5"), l4);
+  l4.protocol = kProtoUdp;
+  l4.payload = testing::bytes(64 - 14 - 20 - 8, 0);
+  for (uint32_t i = 0; i < kManyFlows; ++i) {
+    l4.destination_port = static_cast<uint16_t>(1000 + i / 256);
+    const std::string outside = "203.0.113." + std::to_string(i % 256);
+    e.new_flows.push_back(testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4(outside.c_str()), l4));
+  }
+  return {};
+}
+
+// Whole pipeline, 64-byte TCP from a pod to an outside address: parse, route, egress
+// flow-table hit, SNAT with incremental checksums, TX to the router.
+void BM_pipeline_egress_snat_established(benchmark::State& state) {
+  run_pipeline(state, *egress->established, egress->tables, egress->to_outside);
+}
+BENCHMARK(BM_pipeline_egress_snat_established);
+
+// The same path where every packet starts a new flow (a new outside tuple each, the
+// previous burst's flows expired): the miss, a port search, two entries written.
+void BM_pipeline_egress_snat_new_flow(benchmark::State& state) {
+  worker_state& w = *egress->fresh;
+  rte_mbuf* packets[kBurst];
+  uint32_t next = 0;
+  const uint64_t flows_before = w.egress_flows.get();
+  uint64_t cycles = 0, count = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    w.now = start;
+    const uint16_t n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
+    uint64_t untimed = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+      untimed += fill(packets + i, 1, egress->new_flows[next]);
+      next = (next + 1) % kManyFlows;
+    }
+    process_burst(w, egress->tables, *world->ports, world->client, packets, n);
+    flush_tx(w);
+    cycles += rte_rdtsc() - start - untimed;
+    count += n;
+  }
+  report(state, cycles, count);
+  state.counters["new_flows_per_packet"] = count ? double(w.egress_flows.get() - flows_before) / double(count) : 0;
+  uint64_t drops = 0;
+  for (const auto& d : w.drops) drops += d.get();
+  if (drops) state.SkipWithError("packets were dropped: the benchmark is not measuring the path it names");
+}
+BENCHMARK(BM_pipeline_egress_snat_new_flow);
 
 // --- scale: the service + flow hit + Geneve path in large clusters ---
 
@@ -823,6 +913,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   meshlane::world = &world;
+  meshlane::egress_world egress;
+  if (std::string error = meshlane::start_egress(egress); !error.empty()) {
+    std::fprintf(stderr, "bench_pipeline: egress set-up failed: %s\n", error.c_str());
+    return 1;
+  }
+  meshlane::egress = &egress;
   std::printf("tsc_hz %llu\n", static_cast<unsigned long long>(rte_get_tsc_hz()));
   std::printf("esp_engine %s\n", world.esp->engine());
   benchmark::RunSpecifiedBenchmarks();

@@ -149,6 +149,8 @@ for n in 1 2; do pods_dpdk_node mld-node$n; done
 # through node 1 as through a router.
 pods_underlay_switch mld-underlay mld-node1 mld1-uplink mld-node2 mld2-uplink
 pods_outside mld-underlay mld-outside 203.0.113.5 198.19.0.1 198.19.128.0/24
+# ...and is the underlay's router for egress: it reaches the nodes' own addresses directly.
+ip -n mld-outside route add 198.19.0.0/24 dev eth0
 # pods: name, node, address, host-side interface (from the documents)
 python3 - scripts/demo/node1.json scripts/demo/node2.json > "$demo_dir/pods" <<'PY'
 import json, sys
@@ -165,6 +167,13 @@ for n in 1 2; do
 import json, sys
 doc, n = json.load(open(sys.argv[1])), sys.argv[2]
 doc["tunables"].update({"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 16384})
+# Egress (issue 18): the outside host is the underlay's router; node2 hosts gateway "gw"
+# with egress address 198.19.0.102, which the client pod's traffic to 203.0.113.5:8443 takes.
+(doc["node"] if n == "2" else doc["nodes"][0])["egress_ips"] = ["198.19.0.102"]
+doc["egress"] = {"router": "203.0.113.5",
+                 "gateways": [{"name": "gw", "node": "node2", "egress_ip": "198.19.0.102"}],
+                 "policies": [{"name": "client-via-gw", "selector": {"match_labels": {"app": "client"}},
+                               "destinations": {"cidrs": ["203.0.113.5"], "ports": [8443]}, "gateway": "gw"}]}
 doc["dataplane"] = {"uplink": {"interface": f"mld{n}-uplink", "driver": "af_packet", "mtu": 1500},
                     "eal_args": ["--no-huge", "-m", "128", f"--file-prefix=meshlane-demo-node{n}",
                                  "--log-level=error", "--no-telemetry"]}
@@ -180,6 +189,7 @@ sleep 2
 ip netns exec mld-web-a $traffic tcp-server web-a 8080 & ip netns exec mld-web-a $traffic udp-server web-a 7007 &
 ip netns exec mld-web-b $traffic tcp-server web-b 8080 &
 ip netns exec mld-echo $traffic tcp-server echo 7007 & ip netns exec mld-echo $traffic udp-server echo 7007 &
+ip netns exec mld-outside $traffic whoami-server 8080 & ip netns exec mld-outside $traffic whoami-server 8443 &
 sleep 1
 echo "--- client (node1) -> web-b (node2) directly, Geneve between the nodes:"
 ip netns exec mld-client $traffic bulk 198.18.2.20 8080 1048576
@@ -190,6 +200,11 @@ ip netns exec mld-client $traffic udp-hello 198.19.128.20 7 20
 echo "--- outside host 203.0.113.5 -> service web 198.19.128.10:80 through node1 (ingress; web-b's"
 echo "    share is source-NATed to node1's gateway so that its replies come back through node1):"
 ip netns exec mld-outside $traffic tcp-hello 198.19.128.10 80 20
+echo "--- egress: client (node1) -> outside host 203.0.113.5:8080, source-NATed to node1's own address:"
+ip netns exec mld-client $traffic tcp-hello 203.0.113.5 8080 3
+echo "--- egress gateway: client (node1) -> 203.0.113.5:8443 (policy client-via-gw): tunnelled to node2,"
+echo "    which source-NATs it to its egress address 198.19.0.102:"
+ip netns exec mld-client $traffic tcp-hello 203.0.113.5 8443 3
 echo "--- counters (each agent prints them every 3 s):"
 sleep 4
 echo "=== DPDK workers: done; stopping the agents"

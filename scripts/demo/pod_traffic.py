@@ -6,6 +6,7 @@
   pod_traffic.py tcp-hello ADDR PORT N     N connections; print who answered each
   pod_traffic.py udp-hello ADDR PORT N     N datagrams from N source ports; print who answered
   pod_traffic.py bulk ADDR PORT BYTES      send BYTES random bytes, check the echo is identical
+  pod_traffic.py whoami-server PORT        answer each connection with the address it came from
 """
 import os, socket, sys, threading, time
 from collections import Counter
@@ -29,6 +30,17 @@ def tcp_server(name, port):
     while True:
         conn, _ = listener.accept()
         threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+
+def whoami_server(port):
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("0.0.0.0", port))
+    listener.listen(64)
+    while True:
+        conn, peer = listener.accept()
+        with conn:
+            conn.sendall(f"outside host saw {peer[0]}\n".encode())
 
 
 def udp_server(name, port):
@@ -93,4 +105,5 @@ if __name__ == "__main__":
     elif mode == "tcp-hello": tcp_hello(args[0], int(args[1]), int(args[2]))
     elif mode == "udp-hello": udp_hello(args[0], int(args[1]), int(args[2]))
     elif mode == "bulk": bulk(args[0], int(args[1]), int(args[2]))
+    elif mode == "whoami-server": whoami_server(int(args[0]))
     else: sys.exit(__doc__)

@@ -204,6 +204,33 @@ TEST_F(ControlSocket, GetConfigAndEveryTableWithPaging) {
   EXPECT_EQ(ask({{"command", "get"}, {"what", "backends"}, {"offset", -1}})["error"], "invalid_request");
 }
 
+TEST_F(ControlSocket, ExternalServicesFollowTheInternalOnesInGetServicesAndMetrics) {
+  start();
+  json document = testing::sample_document();
+  document["external_services"] = json::parse(R"([{"name": "mirror", "addresses": ["203.0.113.10"],
+                                                   "cidrs": ["203.0.113.64/26"], "ports": [80, 443]}])");
+  ASSERT_TRUE(apply_sample(document)["ok"]);
+  json reply = ask({{"command", "get"}, {"what", "services"}});
+  ASSERT_EQ(reply["rows"].size(), 3u) << reply;
+  EXPECT_EQ(reply["total"], 3);
+  EXPECT_EQ(reply["rows"][0]["kind"], "internal");
+  const json& external = reply["rows"][2];
+  EXPECT_EQ(external["name"], "mirror");
+  EXPECT_EQ(external["kind"], "external");
+  EXPECT_EQ(external["vip"], "203.0.113.10/32,203.0.113.64/26");
+  EXPECT_EQ(external["ports"], json::parse(R"(["80/tcp", "443/tcp"])"));
+  reply = ask({{"command", "get"}, {"what", "services"}, {"offset", 2}, {"limit", 5}});
+  ASSERT_EQ(reply["rows"].size(), 1u);
+  EXPECT_EQ(reply["rows"][0]["name"], "mirror");
+  double entries = -1;
+  const json stats = ask({{"command", "stats"}});  // kept: a range-for over a temporary's member dangles
+  for (const auto& family : stats["metrics"])
+    if (family["name"] == "meshlane_control_table_entries")
+      for (const auto& sample : family["samples"])
+        if (sample["labels"].value("table", "") == "external_services") entries = sample["value"].get<double>();
+  EXPECT_EQ(entries, 1);
+}
+
 TEST_F(ControlSocket, StatsShowRegisteredCountersMoving) {
   start();
   auto packets = [&] {

@@ -275,7 +275,8 @@ class two_nodes : public ::testing::Test {
       // Checksums finished in the host (af_packet would hand the agent partial ones).
       outside_->exec_or_fail("ip link set " + o.a + " up && ip addr add 203.0.113.5/24 dev " + o.a +
                              " && ip route add 198.19.128.0/24 via 198.19.0.1 dev " + o.a +
-                             " onlink && ethtool -K " + o.a + " tx off >/dev/null");
+                             " onlink && ip route add 198.19.0.0/24 dev " + o.a +  // the nodes' SNAT addresses (egress)
+                             " && ethtool -K " + o.a + " tx off >/dev/null");
     } else {
       const veth_pair underlay = make_veth("u1", nodes_[0].ns.get(), "u2", nodes_[1].ns.get());
       nodes_[0].uplink = underlay.a;
@@ -336,7 +337,8 @@ class two_nodes : public ::testing::Test {
                     "pod_driver": ")" + driver_ + R"(",
                     "eal_args": ["--no-huge", "-m", "128", "--file-prefix=)" + file_prefix(n) + R"(",
                                  "--log-level=error", "--no-telemetry"]})" +
-           (encryption_.empty() ? std::string() : ",\n      \"encryption\": " + encryption_) + R"(
+           (encryption_.empty() ? std::string() : ",\n      \"encryption\": " + encryption_) +
+           (egress_[n - 1].empty() ? std::string() : ",\n      \"egress\": " + egress_[n - 1]) + R"(
     })";
   }
 
@@ -367,6 +369,8 @@ class two_nodes : public ::testing::Test {
   uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)
   // The document's "encryption" object ("" for none) and the key file's text.
   std::string encryption_, key_lines_;
+  // Each node's "egress" object ("" for none; issue 18).
+  std::string egress_[2];
   std::unique_ptr<netns> switch_, outside_;
 };
 

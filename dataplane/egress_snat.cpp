@@ -1,0 +1,411 @@
+// Outbound source NAT (egress_snat.h): new flows with a lent port, hits, replies, ICMP
+// errors about egress flows, gateway rules, and the router's MAC. The tables it reads are
+// built in egress_tables.cpp.
+#include "dataplane/egress_snat.h"
+
+#include <rte_cycles.h>
+
+#include <algorithm>
+
+#include "dataplane/service_lb.h"
+
+namespace meshlane {
+
+using namespace wire;
+using namespace detail;
+
+namespace detail {
+namespace {
+
+// flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
+inline constexpr uint8_t kEgressKeyMark = 1;
+// Egress entries count no service backend: a slot no table has (the flows view shows no
+// backend, slot reclaiming skips it).
+inline constexpr uint32_t kNoCounterSlot = UINT32_MAX;
+// How often a worker may ask for the router's MAC while it is unknown.
+inline constexpr uint64_t kSolicitEveryHz = 10;
+
+bool is_icmp(uint8_t protocol) { return protocol == kProtoIcmp || protocol == kProtoIcmpv6; }
+
+uint8_t icmp_type(const uint8_t* frame, const parsed_packet& p) {
+  return reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type;
+}
+
+flow_key egress_key(const uint8_t* source, const uint8_t* destination, uint16_t source_port,
+                    uint16_t destination_port, uint8_t protocol) {
+  flow_key key{};
+  std::memcpy(key.source, source, 16);
+  std::memcpy(key.destination, destination, 16);
+  key.source_port = source_port;
+  key.destination_port = destination_port;
+  key.protocol = protocol;
+  key.padding[0] = kEgressKeyMark;
+  return key;
+}
+
+// The flow's key in the other direction. Echoes carry their identifier as both "ports".
+flow_key partner_of(const flow_entry& e) {
+  const bool echo = is_icmp(e.key.protocol);
+  if (e.direction == flow_direction::forward)  // pod -> outside; partner: outside -> SNAT address
+    return egress_key(e.key.destination, e.rewrite_address, echo ? e.rewrite_port : e.key.destination_port,
+                      e.rewrite_port, e.key.protocol);
+  return egress_key(e.rewrite_address, e.key.source, e.rewrite_port, echo ? e.rewrite_port : e.key.source_port,
+                    e.key.protocol);
+}
+
+// The checksum change of rewriting one address and one port (or echo identifier).
+// ICMPv4's checksum has no pseudo-header: the address change is the IPv4 header's only.
+void store_deltas(flow_entry& e, bool v4, const uint8_t* old_address, const uint8_t* new_address, uint16_t old_port,
+                  uint16_t new_port) {
+  checksum_deltas deltas{v4};
+  deltas.address(old_address, new_address);
+  deltas.port(old_port, new_port);
+  if (v4 && e.key.protocol == kProtoIcmp) {
+    checksum_deltas identifier{v4};
+    identifier.port(old_port, new_port);
+    deltas.l4 = identifier.l4;
+  }
+  deltas.store(e);
+}
+
+// Both entries of a flow from its forward entry (pod -> outside, NATed to `snat`:`port`).
+flow_entry reverse_of(const flow_entry& forward, bool v4) {
+  flow_entry reverse{};
+  reverse.key = partner_of(forward);
+  std::memcpy(reverse.rewrite_address, forward.key.source, 16);
+  reverse.rewrite_port = forward.key.source_port;
+  reverse.direction = flow_direction::reverse;
+  reverse.flags = kFlowEgress;
+  reverse.protocol = forward.key.protocol;
+  reverse.backend_slot = kNoCounterSlot;
+  store_deltas(reverse, v4, reverse.key.destination, reverse.rewrite_address, reverse.key.destination_port,
+               reverse.rewrite_port);
+  return reverse;
+}
+
+// An echo's rewrite: the identifier and the source (forward) or destination (reverse).
+void rewrite_echo(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
+  const bool source = e.direction == flow_direction::forward;
+  uint8_t* ip = frame + p.l3_offset;
+  uint8_t* icmp = frame + p.l4_offset;
+  store16(icmp + 4, to_net16(e.rewrite_port));
+  if (p.l3 == l3_kind::ipv4) {
+    std::memcpy(ip + (source ? offsetof(ipv4_header, source) : offsetof(ipv4_header, destination)),
+                e.rewrite_address + 12, 4);
+    uint8_t* ip_check = ip + offsetof(ipv4_header, checksum);
+    store16(ip_check, apply_delta(load16(ip_check), e.l3_checksum_delta));
+  } else {
+    std::memcpy(ip + (source ? offsetof(ipv6_header, source) : offsetof(ipv6_header, destination)),
+                e.rewrite_address, 16);
+  }
+  uint8_t* check = icmp + offsetof(icmp_header, checksum);
+  store16(check, apply_delta(load16(check), e.l4_checksum_delta));
+}
+
+void apply(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
+  if (is_icmp(p.l4_protocol)) rewrite_echo(frame, p, e);
+  else rewrite_flow(frame, p, e);
+}
+
+// The worker that owns `port`'s slice, or UINT32_MAX when the port is outside the range.
+uint32_t slice_owner(const egress_forwarding& e, uint32_t workers, uint16_t port) {
+  const uint32_t per_worker = e.port_count / workers;
+  const uint32_t offset = uint32_t{port} - e.port_first;
+  if (per_worker == 0 || port < e.port_first || offset >= per_worker * workers) return UINT32_MAX;
+  return offset / per_worker;
+}
+
+// Another worker's table, by that worker's index.
+const flow_table* peer_table(const worker_state& w, uint32_t owner) {
+  const uint32_t at = owner < w.index ? owner : owner - 1;
+  return at < w.peer_flows.size() ? w.peer_flows[at] : nullptr;
+}
+
+// Keeps the other direction's entry alive with a hit's (see load_balance); the reply
+// entry of a forward hit that lost it to eviction is made again (its port stays lent:
+// the forward entry names it).
+void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
+  const flow_key partner = partner_of(hit);
+  if (w.flows.touch(partner, hash_flow_key(partner), w.now, hit.state, w.timeouts)) return;
+  if (hit.direction != flow_direction::forward) return;
+  flow_entry reverse = reverse_of(hit, v4);
+  reverse.state = hit.state;
+  w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+}
+
+// A new flow's entries, with a port of this worker's slice that no live reply entry holds
+// for the same outside address and port. False: none free among those tried.
+bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+              const uint8_t* source, flow_entry& forward) {
+  const egress_forwarding& e = t.egress;
+  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+  const uint32_t per_worker = e.port_count / workers;
+  if (per_worker == 0) return false;
+  const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
+  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
+  const bool echo = is_icmp(key.protocol);
+  forward = flow_entry{};
+  forward.key = key;
+  std::memcpy(forward.rewrite_address, snat.bytes.data(), 16);
+  forward.direction = flow_direction::forward;
+  forward.flags = kFlowEgress;
+  forward.protocol = key.protocol;
+  forward.backend_slot = kNoCounterSlot;
+  const uint32_t tries = std::min(per_worker, kEgressPortTries);
+  for (uint32_t i = 0; i < tries; ++i) {
+    const uint32_t offset = (w.egress_port_cursor + i) % per_worker;
+    const uint16_t candidate = static_cast<uint16_t>(first + offset);
+    const flow_key probe =
+        egress_key(key.destination, snat.bytes.data(), echo ? candidate : key.destination_port, candidate, key.protocol);
+    flow_entry live;
+    if (w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) continue;
+    w.egress_port_cursor = (offset + 1) % per_worker;
+    forward.rewrite_port = candidate;
+    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, candidate);
+    const flow_entry reverse = reverse_of(forward, v4);
+    w.flows.insert(forward, hash, w.now, w.timeouts);
+    w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+    w.egress_flows.add(1);
+    return true;
+  }
+  return false;
+}
+
+bool registered(const egress_forwarding& e, const flow_key& key) {
+  for (const egress_registered& entry : e.registry)
+    if (entry.matches(key.destination, key.destination_port, key.protocol)) return true;
+  return false;
+}
+
+void solicit_router(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mempool* pool) {
+  if (w.egress_router_solicited && w.now - w.egress_router_solicited < rte_get_tsc_hz() / kSolicitEveryHz) return;
+  w.egress_router_solicited = w.now;
+  rte_mbuf* request = rte_pktmbuf_alloc(pool);
+  if (!request) return;
+  auto* frame = reinterpret_cast<uint8_t*>(rte_pktmbuf_append(request, sizeof(ethernet_header) + sizeof(arp_header)));
+  if (!frame) return rte_pktmbuf_free(request);
+  const mac_address& ours = ports.ports[ports.uplink_port].mac;
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  eth->destination = kBroadcastMac;
+  eth->source = ours;
+  eth->ether_type = to_net16(kEtherTypeArp);
+  auto* arp = reinterpret_cast<arp_header*>(frame + sizeof(ethernet_header));
+  *arp = arp_header{to_net16(1), to_net16(kEtherTypeIpv4), 6, 4, to_net16(kArpRequest), ours, t.underlay_ip,
+                    mac_address{}, t.egress.router_ip};
+  w.neighbour_messages.add(1);
+  transmit(w, ports.uplink_port, request);
+}
+
+// An ICMP error to the SNAT address quoting a packet of an egress flow as it left
+// (SNAT address:port -> outside): the outer destination and the quoted source put back
+// to the pod's (RFC 5508 section 4.2; RFC 5382 section 7.2 for TCP), the quoted
+// header's checksums adjusted, the ICMP checksum computed again. False: no such flow.
+bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* frame, const parsed_packet& p) {
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  const uint8_t type = icmp_type(frame, p);
+  const bool error = v4 ? (type == kIcmpDestinationUnreachable || type == kIcmpTimeExceeded)
+                        : (type == 1 || type == kIcmpv6PacketTooBig || type == kIcmpv6TimeExceeded);
+  if (!error) return false;
+  const uint32_t end = p.l3_offset + p.l3_length;
+  uint8_t* inner = frame + p.l4_offset + sizeof(icmp_header);
+  uint32_t inner_l4;
+  uint8_t protocol;
+  const uint8_t* inner_destination = nullptr;  // IPv6
+  if (v4) {
+    if (inner + sizeof(ipv4_header) > frame + end) return false;
+    const auto* ip = reinterpret_cast<const ipv4_header*>(inner);
+    inner_l4 = (ip->version_ihl & 0x0f) * 4u;
+    if (inner_l4 < sizeof(ipv4_header) || !is_egress_address(t, ip->source)) return false;
+    protocol = ip->protocol;
+  } else {
+    if (inner + sizeof(ipv6_header) > frame + end) return false;
+    const auto* ip = reinterpret_cast<const ipv6_header*>(inner);
+    if (!is_egress_address6(t, ip->source)) return false;
+    inner_l4 = sizeof(ipv6_header);
+    protocol = ip->next_header;
+    inner_destination = ip->destination;
+  }
+  // The quote must hold the ports (or the echo identifier): its first 8 bytes.
+  if (inner + inner_l4 + 8 > frame + end) return false;
+  uint8_t* l4 = inner + inner_l4;
+  const bool echo = protocol == (v4 ? kProtoIcmp : kProtoIcmpv6);
+  if (protocol != kProtoTcp && protocol != kProtoUdp && !echo) return false;
+  if (echo && l4[0] != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return false;
+  const uint16_t quoted_source_port = from_net16(load16(l4 + (echo ? 4 : 0)));
+  const uint16_t quoted_destination_port = echo ? quoted_source_port : from_net16(load16(l4 + 2));
+  const ip_address snat = v4 ? address_v4(reinterpret_cast<const ipv4_header*>(inner)->source)
+                             : address_v6(reinterpret_cast<const ipv6_header*>(inner)->source);
+  const ip_address outside =
+      v4 ? address_v4(reinterpret_cast<const ipv4_header*>(inner)->destination) : address_v6(inner_destination);
+  // The flow's reply key: outside -> SNAT address.
+  const flow_key key =
+      egress_key(outside.bytes.data(), snat.bytes.data(), quoted_destination_port, quoted_source_port, protocol);
+  const uint64_t hash = hash_flow_key(key);
+  flow_entry reverse;
+  bool found = w.flows.find_shared(key, hash, w.now, w.timeouts, reverse);
+  for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
+    found = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, reverse);
+  if (!found || reverse.direction != flow_direction::reverse) return false;
+
+  // The quoted packet: source back to the pod's address and port (identifier).
+  if (v4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(inner);
+    std::memcpy(&ip->source, reverse.rewrite_address + 12, 4);
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, inner_l4);
+  } else {
+    std::memcpy(reinterpret_cast<ipv6_header*>(inner)->source, reverse.rewrite_address, 16);
+  }
+  store16(l4 + (echo ? 4 : 0), to_net16(reverse.rewrite_port));
+  // Its transport checksum, when quoted, changes as the reply entry's rewrite does (the
+  // same address and port, the same sum).
+  const size_t check_at = protocol == kProtoTcp ? offsetof(tcp_header, checksum)
+                          : protocol == kProtoUdp ? offsetof(udp_header, checksum)
+                                                  : offsetof(icmp_header, checksum);
+  if (l4 + check_at + 2 <= frame + end) {
+    const uint16_t before = load16(l4 + check_at);
+    if (!(protocol == kProtoUdp && v4 && before == 0)) store16(l4 + check_at, apply_delta(before, reverse.l4_checksum_delta));
+  }
+  // The outer destination: the pod.
+  uint8_t* outer = frame + p.l3_offset;
+  const uint32_t icmp_length = end - p.l4_offset;
+  auto* icmp = reinterpret_cast<icmp_header*>(frame + p.l4_offset);
+  icmp->checksum = 0;
+  if (v4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(outer);
+    std::memcpy(&ip->destination, reverse.rewrite_address + 12, 4);
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, p.l4_offset - p.l3_offset);
+    icmp->checksum = checksum(icmp, icmp_length);
+  } else {
+    auto* ip = reinterpret_cast<ipv6_header*>(outer);
+    std::memcpy(ip->destination, reverse.rewrite_address, 16);
+    icmp->checksum = checksum_fold(
+        checksum_partial(icmp, icmp_length, pseudo_header_sum_v6(ip->source, ip->destination, kProtoIcmpv6, icmp_length)));
+  }
+  w.egress_packets_in.add(1);
+  return true;
+}
+
+}  // namespace
+
+void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t sender_ip, const mac_address& mac) {
+  if (!t.egress.router_ip || sender_ip != t.egress.router_ip) return;
+  underlay_neighbours::slot& slot = ports.egress_router;
+  const uint64_t valid = (uint64_t{sender_ip} << 1) | 1;
+  if (slot.mac.load(std::memory_order_relaxed) == mac.as_u64() &&
+      slot.ip_and_valid.load(std::memory_order_relaxed) == valid)
+    return;
+  slot.ip_and_valid.store(0, std::memory_order_release);  // readers see broadcast, never a torn pair
+  slot.mac.store(mac.as_u64(), std::memory_order_release);
+  slot.ip_and_valid.store(valid, std::memory_order_release);
+}
+
+[[gnu::noinline]] void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports,
+                                       uint16_t in_port, rte_mbuf* m, uint8_t* frame, const parsed_packet& p,
+                                       const uint8_t* source) {
+  const egress_forwarding& e = t.egress;
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  if (!e.enabled() || ports.uplink_port == UINT16_MAX || (!v4 && !e.has_snat_ip6 && !source))
+    return drop(w, m, drop_reason::no_route);
+  if (!p.l4_offset) return drop(w, m, drop_reason::no_route);
+  if (is_icmp(p.l4_protocol)) {
+    // Echo requests only; other ICMP from a pod to the outside has no flow to belong to.
+    if (icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return drop(w, m, drop_reason::no_route);
+  } else if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) {
+    return drop(w, m, drop_reason::no_route);
+  }
+  // A VIP on a port it does not serve is no outside address.
+  if (v4 && gate_contains(t.v4_vips, t.v4_vip_mask,
+                          from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination)))
+    return drop(w, m, drop_reason::no_route);
+  const underlay_neighbours::slot& router = ports.egress_router;
+  if (router.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{e.router_ip} << 1) | 1)) {
+    solicit_router(w, t, ports, m->pool);
+    return drop(w, m, drop_reason::neighbour_unresolved);
+  }
+  const uint64_t router_mac = router.mac.load(std::memory_order_acquire);
+
+  flow_key key;
+  flow_key_into(key, frame, p);
+  key.padding[0] = kEgressKeyMark;
+  const uint64_t hash = hash_flow_key(key);
+  bool new_epoch = false;
+  flow_entry found;
+  if (const flow_entry* hit = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts, &new_epoch)) {
+    found = *hit;
+    if (new_epoch) [[unlikely]] keep_partner(w, found, v4);
+  } else {
+    bool shared = false;
+    for (size_t i = 0; !shared && i < w.peer_flows.size(); ++i)
+      shared = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, found);
+    if (!shared) {
+      // A new flow: registry_only asks the external services first (new flows only; a
+      // flow made before a change of mode or registry keeps going until it ends).
+      if (e.registry_only && !registered(e, key)) {
+        w.egress_not_registered[in_port].add(1);
+        return drop(w, m, drop_reason::egress_not_registered);
+      }
+      if (!new_flow(w, t, key, hash, v4, source, found)) return drop(w, m, drop_reason::snat_ports_exhausted);
+    }
+  }
+  apply(frame, p, found);
+  auto* eth = reinterpret_cast<ethernet_header*>(frame);
+  eth->destination = mac_address::from_u64(router_mac);
+  eth->source = ports.ports[ports.uplink_port].mac;
+  w.egress_packets_out.add(1);
+  transmit(w, ports.uplink_port, m);
+}
+
+const egress_gateway_rule* egress_rule_of(const forwarding_tables& t, uint16_t in_port, const uint8_t* frame,
+                                          const parsed_packet& p) {
+  const egress_forwarding& e = t.egress;
+  if (in_port >= e.port_rules.size()) return nullptr;
+  const auto [begin, end] = e.port_rules[in_port];
+  if (begin == end) return nullptr;
+  const ip_address destination = destination_of(frame, p);
+  for (uint32_t i = begin; i < end; ++i)
+    if (e.rules[i].destination.matches(destination.bytes.data(), p.destination_port, p.l4_protocol)) return &e.rules[i];
+  return nullptr;
+}
+
+const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const uint8_t* frame, const parsed_packet& p) {
+  const ip_address destination = destination_of(frame, p);
+  for (const egress_gateway_rule& rule : t.egress.hosted)
+    if (rule.destination.matches(destination.bytes.data(), p.destination_port, p.l4_protocol)) return &rule;
+  return nullptr;
+}
+
+[[gnu::noinline]] bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf*, uint8_t* frame,
+                                      const parsed_packet& p) {
+  if (!p.l4_offset) return false;
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  if (is_icmp(p.l4_protocol)) {
+    if (icmp_type(frame, p) != (v4 ? kIcmpEchoReply : kIcmpv6EchoReply)) return icmp_error_inbound(w, t, frame, p);
+  } else if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) {
+    return false;
+  }
+  flow_key key;
+  flow_key_into(key, frame, p);
+  key.padding[0] = kEgressKeyMark;
+  const uint64_t hash = hash_flow_key(key);
+  bool new_epoch = false;
+  flow_entry found;
+  if (const flow_entry* hit = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts, &new_epoch)) {
+    found = *hit;
+    if (new_epoch) [[unlikely]] keep_partner(w, found, v4);
+  } else {
+    // The port names the worker whose table holds the flow.
+    const uint32_t owner =
+        slice_owner(t.egress, static_cast<uint32_t>(w.peer_flows.size()) + 1, p.destination_port);
+    const flow_table* table = owner == UINT32_MAX || owner == w.index ? nullptr : peer_table(w, owner);
+    if (!table || !table->find_shared(key, hash, w.now, w.timeouts, found)) return false;
+  }
+  if (found.direction != flow_direction::reverse) return false;
+  apply(frame, p, found);
+  w.egress_packets_in.add(1);
+  return true;
+}
+
+}  // namespace detail
+}  // namespace meshlane

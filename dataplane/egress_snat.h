@@ -1,0 +1,73 @@
+// Outbound source NAT at the pod's node (issue 18): a pod's packet to an address outside
+// every cluster range leaves the uplink with this node's SNAT address (egress.snat_ip,
+// default its underlay address; egress.snat_ip6 for IPv6) and a port lent from the
+// worker's slice; replies to that address and port are NATed back to the pod.
+//
+// Flows live in the workers' flow tables like service flows (TCP-state-aware timeouts,
+// the same tunables), with kFlowEgress set and a mark in the key's padding so that an
+// egress key never equals a service flow's key. TCP and UDP lend a port, ICMP echo an
+// identifier (RFC 5508 section 3.1); ICMP errors about an egress flow that reach the
+// SNAT address are NATed back to the pod with the quoted header restored (RFC 5508
+// section 4.2), so path MTU discovery works through the NAT.
+//
+// Ports: the range is cut into one equal slice per worker; a worker lends only ports of
+// its own slice, and only a port that no live reverse entry of its own table holds for
+// the same remote address and port (a port may serve several destinations at once, as
+// Linux's masquerade does). A new flow tries up to kEgressPortTries ports of its slice,
+// from where the last search stopped; none free: drop, `snat_ports_exhausted`.
+// Replies: a reply's destination port names the slice and so the worker that owns its
+// flow; a reply that reaches another worker (RSS hashes each direction on its own) reads
+// that worker's entry through the seqlock (flow_table::find_shared), never writes it.
+#pragma once
+
+#include "dataplane/pipeline_internal.h"
+
+namespace meshlane::detail {
+
+inline constexpr uint32_t kEgressPortTries = 1024;
+
+// A pod's packet to an outside address (not in any pod range), its TTL already
+// decremented and within the uplink's MTU: NATed and sent out of the uplink to the
+// router, or dropped with a reason (no_route: not TCP, UDP or an echo request, IPv6
+// without snat_ip6, a VIP on a port it does not serve; neighbour_unresolved: the router's
+// MAC is not known yet, asked for; snat_ports_exhausted).
+// egress_not_registered: registry_only and no external service has the destination,
+// counted for the pod's port `in_port` too.
+// `source`: the address to NAT to (16 bytes, IPv4-mapped for IPv4; a gateway's egress
+// address), or null for this node's snat_ip / snat_ip6.
+void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
+                     uint8_t* frame, const parsed_packet& p, const uint8_t* source = nullptr);
+
+// Egress gateway policies: the first rule of pod port `in_port` whose destination the
+// packet has, or null (then this node's own SNAT); for traffic another node tunnelled
+// here, the rule of a gateway on this node, or null (nothing to do with it: no_route).
+const egress_gateway_rule* egress_rule_of(const forwarding_tables& t, uint16_t in_port, const uint8_t* frame,
+                                          const parsed_packet& p);
+const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const uint8_t* frame, const parsed_packet& p);
+
+// A packet from the uplink to the SNAT address: true when it belongs to an egress flow
+// and was rewritten for its pod (the caller routes it); false, the packet untouched,
+// otherwise.
+bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, const parsed_packet& p);
+
+// Whether `destination` (network order) is one of this node's IPv4 egress addresses:
+// its SNAT address or a gateway's egress address here.
+[[gnu::always_inline]] inline bool is_egress_address(const forwarding_tables& t, uint32_t destination) {
+  if (!t.egress.enabled()) return false;
+  if (t.egress.snat_ip == destination) return true;
+  for (uint32_t address : t.egress.addresses)
+    if (address == destination) return true;
+  return false;
+}
+[[gnu::always_inline]] inline bool is_egress_address6(const forwarding_tables& t, const uint8_t* destination) {
+  if (!t.egress.enabled()) return false;
+  if (t.egress.has_snat_ip6 && std::memcmp(destination, t.egress.snat_ip6.data(), 16) == 0) return true;
+  for (const auto& address : t.egress.addresses6)
+    if (std::memcmp(destination, address.data(), 16) == 0) return true;
+  return false;
+}
+
+// The router's ARP frame (request or reply): its MAC learned.
+void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t sender_ip, const mac_address& mac);
+
+}  // namespace meshlane::detail

@@ -1,0 +1,532 @@
+// Golden packet tests of egress (issue 18): a pod's packets to an address outside the
+// cluster through the real pipeline, source-NATed out of the uplink to the underlay's
+// router; the replies, echo replies and ICMP errors NATed back to the pod; the port
+// range's exhaustion. Each test is named by what it checks.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include <nlohmann/json.hpp>
+
+#include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/pool_metrics.h"
+
+namespace meshlane::testing {
+namespace {
+
+using namespace wire;
+
+constexpr size_t kEth = sizeof(ethernet_header);
+constexpr size_t kIp4 = kEth;
+constexpr size_t kL4 = kEth + 20;
+constexpr size_t kL4v6 = kEth + 40;
+
+const mac_address kRouterMac = mac(0x99);
+constexpr const char* kRouter = "198.19.0.254";
+constexpr const char* kOutside = "203.0.113.5";
+constexpr const char* kOutside6 = "2001:db8::5";
+constexpr const char* kSnat6 = "fd00:6d6c:ff::1";
+constexpr uint16_t kFirstPort = 40000;
+constexpr uint16_t kPorts = 4;  // small, so that exhaustion takes four flows
+
+uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
+uint32_t net32_at(const bytes& f, size_t at) {
+  uint32_t v;
+  std::memcpy(&v, &f[at], 4);
+  return v;
+}
+mac_address mac_at(const bytes& f, size_t at) {
+  mac_address m;
+  std::memcpy(m.bytes, &f[at], 6);
+  return m;
+}
+std::array<uint8_t, 16> ip6_at(const bytes& f, size_t at) {
+  std::array<uint8_t, 16> a;
+  std::memcpy(a.data(), &f[at], 16);
+  return a;
+}
+
+l4_spec tcp(uint16_t source_port, uint16_t destination_port, uint8_t flags = kTcpSyn) {
+  l4_spec l4;
+  l4.protocol = kProtoTcp;
+  l4.source_port = source_port;
+  l4.destination_port = destination_port;
+  l4.tcp_flags = flags;
+  return l4;
+}
+l4_spec udp(uint16_t source_port, uint16_t destination_port) {
+  l4_spec l4 = tcp(source_port, destination_port);
+  l4.protocol = kProtoUdp;
+  return l4;
+}
+l4_spec echo(uint8_t type, uint16_t id) {
+  l4_spec l4;
+  l4.protocol = kProtoIcmp;  // ipv6_frame makes it ICMPv6
+  l4.icmp_type = type;
+  l4.icmp_id = id;
+  return l4;
+}
+
+// An ICMP error from `source` to `destination` quoting `quoted` (an IP packet, from its
+// first header byte), with a right checksum.
+bytes icmp_error_v4(uint32_t source, uint32_t destination, uint8_t type, uint8_t code, uint32_t rest_net,
+                    const bytes& quoted) {
+  bytes icmp(8, 0);
+  icmp[0] = type;
+  icmp[1] = code;
+  std::memcpy(&icmp[4], &rest_net, 4);
+  icmp.insert(icmp.end(), quoted.begin(), quoted.end());
+  const uint16_t check = checksum(icmp.data(), icmp.size());
+  std::memcpy(&icmp[2], &check, 2);
+  bytes out;
+  ethernet_header eth{kUplinkMac, kRouterMac, htons(kEtherTypeIpv4)};
+  append(out, &eth, sizeof eth);
+  ipv4_header ip{0x45, 0, htons(static_cast<uint16_t>(20 + icmp.size())), 0, 0, 64, kProtoIcmp, 0, source, destination};
+  ip.checksum = checksum(&ip, sizeof ip);
+  append(out, &ip, sizeof ip);
+  out.insert(out.end(), icmp.begin(), icmp.end());
+  return out;
+}
+bytes icmp_error_v6(const std::array<uint8_t, 16>& source, const std::array<uint8_t, 16>& destination, uint8_t type,
+                    uint32_t rest_net, const bytes& quoted) {
+  bytes icmp(8, 0);
+  icmp[0] = type;
+  std::memcpy(&icmp[4], &rest_net, 4);
+  icmp.insert(icmp.end(), quoted.begin(), quoted.end());
+  const uint16_t check = checksum_fold(checksum_partial(
+      icmp.data(), icmp.size(), pseudo_header_sum_v6(source.data(), destination.data(), kProtoIcmpv6, icmp.size())));
+  std::memcpy(&icmp[2], &check, 2);
+  bytes out;
+  ethernet_header eth{kUplinkMac, kRouterMac, htons(kEtherTypeIpv6)};
+  append(out, &eth, sizeof eth);
+  ipv6_header ip{};
+  ip.version_class_flow = htonl(6u << 28);
+  ip.payload_length = htons(static_cast<uint16_t>(icmp.size()));
+  ip.next_header = kProtoIcmpv6;
+  ip.hop_limit = 64;
+  std::memcpy(ip.source, source.data(), 16);
+  std::memcpy(ip.destination, destination.data(), 16);
+  append(out, &ip, sizeof ip);
+  out.insert(out.end(), icmp.begin(), icmp.end());
+  return out;
+}
+
+// An IP packet inside a frame as a frame of its own (for verify_checksums).
+bytes as_frame(const bytes& ip_packet, uint16_t ether_type) {
+  bytes out;
+  ethernet_header eth{kUplinkMac, kRouterMac, htons(ether_type)};
+  append(out, &eth, sizeof eth);
+  out.insert(out.end(), ip_packet.begin(), ip_packet.end());
+  return out;
+}
+
+class golden_egress : public ring_pool_test {
+ protected:
+  golden_egress() { publish_at_setup_ = false; }
+
+  void SetUp() override {
+    ring_pool_test::SetUp();
+    nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+    doc["node"]["egress_ips"] = {kSnat6};
+    doc["egress"] = {{"router", kRouter},
+                     {"snat_ip6", kSnat6},
+                     {"snat_ports", {{"first", kFirstPort}, {"last", kFirstPort + kPorts - 1}}}};
+    publish(doc.dump().c_str());
+    learn_pod_macs();
+  }
+
+  // The router answers the uplink's ARP request for it.
+  void router_answers() {
+    send(uplink, arp_reply(kRouterMac, ip4(kRouter), kUplinkMac, ip4("198.19.0.1")));
+    EXPECT_EQ(pending_total(), 0u);
+  }
+
+  // What the client pod's `frame` became on the uplink (checked to be plain IP to the
+  // router with right checksums), or empty.
+  bytes out_of_uplink(const bytes& frame) {
+    send(client, frame);
+    const bytes out = receive(uplink);
+    if (out.empty()) return out;
+    EXPECT_EQ(out.size(), frame.size());
+    EXPECT_EQ(mac_at(out, 0), kRouterMac);
+    EXPECT_EQ(mac_at(out, 6), kUplinkMac);
+    EXPECT_EQ(verify_checksums(out), "");
+    return out;
+  }
+  bytes pod4(const l4_spec& l4) { return ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(kOutside), l4); }
+  bytes pod6(const l4_spec& l4) {
+    return ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6(kOutside6), l4);
+  }
+  bytes outside4(const l4_spec& l4) { return ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutside), ip4("198.19.0.1"), l4); }
+  bytes outside6(const l4_spec& l4) { return ipv6_frame(kRouterMac, kUplinkMac, ip6(kOutside6), ip6(kSnat6), l4); }
+};
+
+TEST_F(golden_egress, TheFirstPacketAsksForTheRoutersMacAndIsDroppedUntilItAnswers) {
+  send(client, pod4(tcp(51000, 80)));
+  const bytes request = receive(uplink);
+  ASSERT_EQ(request.size(), kEth + sizeof(arp_header));
+  EXPECT_EQ(mac_at(request, 0), kBroadcastMac);
+  EXPECT_EQ(u16_at(request, 12), kEtherTypeArp);
+  EXPECT_EQ(net32_at(request, kEth + 14), ip4("198.19.0.1"));  // sender: our underlay address
+  EXPECT_EQ(net32_at(request, kEth + 24), ip4(kRouter));       // target: the router
+  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 1u);
+  router_answers();
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());
+}
+
+TEST_F(golden_egress, OutboundTcpIsSourceNatedToTheUnderlayAddressAndTheReplyGoesBackToThePod) {
+  router_answers();
+  const bytes out = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
+  EXPECT_EQ(u16_at(out, kL4), kFirstPort);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4(kOutside));
+  EXPECT_EQ(u16_at(out, kL4 + 2), 80);
+  EXPECT_EQ(out[kIp4 + 8], 63);  // TTL
+
+  const bytes reply = outside4(tcp(80, kFirstPort, kTcpSyn | kTcpAck));
+  send(uplink, reply);
+  const bytes in = receive(client);
+  ASSERT_EQ(in.size(), reply.size());
+  EXPECT_EQ(mac_at(in, 0), kClientMac);
+  EXPECT_EQ(net32_at(in, kIp4 + 12), ip4(kOutside));
+  EXPECT_EQ(u16_at(in, kL4), 80);
+  EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(u16_at(in, kL4 + 2), 51000);
+  EXPECT_EQ(verify_checksums(in), "");
+
+  // The next segment of the same flow keeps its port.
+  const bytes again = out_of_uplink(pod4(tcp(51000, 80, kTcpAck)));
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(u16_at(again, kL4), kFirstPort);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden_egress, OutboundUdpIsSourceNatedInBothFamilies) {
+  router_answers();
+  const bytes out = out_of_uplink(pod4(udp(5300, 53)));
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
+  EXPECT_EQ(u16_at(out, kL4), kFirstPort);
+  send(uplink, outside4(udp(53, kFirstPort)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(u16_at(in, kL4 + 2), 5300);
+  EXPECT_EQ(verify_checksums(in), "");
+
+  const bytes out6 = out_of_uplink(pod6(udp(5300, 53)));
+  ASSERT_FALSE(out6.empty());
+  EXPECT_EQ(ip6_at(out6, kEth + 8), ip6(kSnat6));
+  EXPECT_EQ(ip6_at(out6, kEth + 24), ip6(kOutside6));
+  EXPECT_EQ(out6[kEth + 7], 63);  // hop limit
+  const uint16_t port6 = u16_at(out6, kL4v6);
+  EXPECT_GE(port6, kFirstPort);
+  EXPECT_LT(port6, kFirstPort + kPorts);
+  send(uplink, outside6(udp(53, port6)));
+  const bytes in6 = receive(client);
+  ASSERT_FALSE(in6.empty());
+  EXPECT_EQ(ip6_at(in6, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(u16_at(in6, kL4v6 + 2), 5300);
+  EXPECT_EQ(verify_checksums(in6), "");
+}
+
+TEST_F(golden_egress, OutboundTcpOverIpv6IsSourceNatedToSnatIp6) {
+  router_answers();
+  const bytes out = out_of_uplink(pod6(tcp(51000, 443)));
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(ip6_at(out, kEth + 8), ip6(kSnat6));
+  const uint16_t port = u16_at(out, kL4v6);
+  send(uplink, outside6(tcp(443, port, kTcpSyn | kTcpAck)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(ip6_at(in, kEth + 8), ip6(kOutside6));
+  EXPECT_EQ(ip6_at(in, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(u16_at(in, kL4v6 + 2), 51000);
+  EXPECT_EQ(verify_checksums(in), "");
+}
+
+TEST_F(golden_egress, TheRoutersNeighbourSolicitationForSnatIp6IsAnsweredWithTheUplinksMac) {
+  send(uplink, neighbour_solicitation(kRouterMac, ip6("fe80::99"), ip6(kSnat6)));
+  const bytes advert = receive(uplink);
+  ASSERT_EQ(advert.size(), kEth + 40 + 32);
+  EXPECT_EQ(mac_at(advert, 0), kRouterMac);
+  EXPECT_EQ(mac_at(advert, 6), kUplinkMac);
+  EXPECT_EQ(advert[kL4v6], kIcmpv6NeighborAdvertisement);
+  EXPECT_EQ(ip6_at(advert, kL4v6 + 8), ip6(kSnat6));             // the target
+  EXPECT_EQ(mac_at(advert, kL4v6 + 26), kUplinkMac);              // its link-layer address
+  EXPECT_EQ(verify_checksums(advert), "");
+  // Another address of nobody here: not answered.
+  send(uplink, neighbour_solicitation(kRouterMac, ip6("fe80::99"), ip6("fd00:6d6c:ff::2")));
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden_egress, IcmpEchoLendsAnIdentifierInBothFamilies) {
+  router_answers();
+  const bytes out = out_of_uplink(pod4(echo(kIcmpEchoRequest, 0x1234)));
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
+  const uint16_t id = u16_at(out, kL4 + 4);
+  EXPECT_EQ(id, kFirstPort);
+  send(uplink, outside4(echo(kIcmpEchoReply, id)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(in[kL4], kIcmpEchoReply);
+  EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(u16_at(in, kL4 + 4), 0x1234);
+  EXPECT_EQ(verify_checksums(in), "");
+
+  const bytes out6 = out_of_uplink(pod6(echo(kIcmpv6EchoRequest, 0x4321)));
+  ASSERT_FALSE(out6.empty());
+  EXPECT_EQ(out6[kL4v6], kIcmpv6EchoRequest);
+  EXPECT_EQ(ip6_at(out6, kEth + 8), ip6(kSnat6));
+  const uint16_t id6 = u16_at(out6, kL4v6 + 4);
+  EXPECT_NE(id6, 0x4321);
+  send(uplink, outside6(echo(kIcmpv6EchoReply, id6)));
+  const bytes in6 = receive(client);
+  ASSERT_FALSE(in6.empty());
+  EXPECT_EQ(ip6_at(in6, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(u16_at(in6, kL4v6 + 4), 0x4321);
+  EXPECT_EQ(verify_checksums(in6), "");
+}
+
+TEST_F(golden_egress, FragmentationNeededAboutAnOutboundFlowReachesThePodWithItsOwnTupleQuoted) {
+  router_answers();
+  const bytes sent = pod4(tcp(51000, 80, kTcpAck));
+  const bytes out = out_of_uplink(sent);
+  ASSERT_FALSE(out.empty());
+  // A router on the way says the packet is too big, quoting it whole as it left.
+  const bytes quoted(out.begin() + kIp4, out.end());
+  const bytes error =
+      icmp_error_v4(ip4(kRouter), ip4("198.19.0.1"), kIcmpDestinationUnreachable, kIcmpFragmentationNeeded,
+                    htonl(1400), quoted);
+  send(uplink, error);
+  const bytes in = receive(client);
+  ASSERT_EQ(in.size(), error.size());
+  EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(in[kL4], kIcmpDestinationUnreachable);
+  EXPECT_EQ(u16_at(in, kL4 + 6), 1400);  // the MTU is kept
+  EXPECT_EQ(verify_checksums(in), "");
+  // The quote is the packet as the pod sent it (but for the TTL the hop took).
+  const size_t inner = kL4 + 8;
+  EXPECT_EQ(net32_at(in, inner + 12), ip4("198.18.1.10"));
+  EXPECT_EQ(u16_at(in, inner + 20), 51000);
+  EXPECT_EQ(net32_at(in, inner + 16), ip4(kOutside));
+  EXPECT_EQ(verify_checksums(as_frame(bytes(in.begin() + inner, in.end()), kEtherTypeIpv4)), "");
+}
+
+TEST_F(golden_egress, PacketTooBigOverIpv6AndTimeExceededAboutAnEchoReachThePod) {
+  router_answers();
+  const bytes out = out_of_uplink(pod6(udp(5300, 53)));
+  ASSERT_FALSE(out.empty());
+  const bytes error = icmp_error_v6(ip6("2001:db8::1"), ip6(kSnat6), kIcmpv6PacketTooBig, htonl(1280),
+                                    bytes(out.begin() + kEth, out.end()));
+  send(uplink, error);
+  const bytes in = receive(client);
+  ASSERT_EQ(in.size(), error.size());
+  EXPECT_EQ(ip6_at(in, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(verify_checksums(in), "");
+  const size_t inner = kL4v6 + 8;
+  EXPECT_EQ(ip6_at(in, inner + 8), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(u16_at(in, inner + 40), 5300);
+  EXPECT_EQ(verify_checksums(as_frame(bytes(in.begin() + inner, in.end()), kEtherTypeIpv6)), "");
+
+  const bytes ping = out_of_uplink(pod4(echo(kIcmpEchoRequest, 0x1234)));
+  ASSERT_FALSE(ping.empty());
+  const bytes expired = icmp_error_v4(ip4(kRouter), ip4("198.19.0.1"), kIcmpTimeExceeded, 0, 0,
+                                      bytes(ping.begin() + kIp4, ping.end()));
+  send(uplink, expired);
+  const bytes back = receive(client);
+  ASSERT_FALSE(back.empty());
+  EXPECT_EQ(verify_checksums(back), "");
+  EXPECT_EQ(u16_at(back, kL4 + 8 + 20 + 4), 0x1234);  // the quoted echo's own identifier
+  EXPECT_EQ(verify_checksums(as_frame(bytes(back.begin() + kL4 + 8, back.end()), kEtherTypeIpv4)), "");
+}
+
+TEST_F(golden_egress, AnIcmpErrorAboutNoEgressFlowIsDropped) {
+  router_answers();
+  const bytes stranger = ipv4_frame(kUplinkMac, kRouterMac, ip4("198.19.0.1"), ip4(kOutside), tcp(kFirstPort + 2, 80));
+  send(uplink, icmp_error_v4(ip4(kRouter), ip4("198.19.0.1"), kIcmpDestinationUnreachable, 1, 0,
+                             bytes(stranger.begin() + kIp4, stranger.end())));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::not_for_us), 1u);
+}
+
+TEST_F(golden_egress, ARepliesToAPortNoFlowLentIsDropped) {
+  router_answers();
+  send(uplink, outside4(tcp(80, kFirstPort + 1, kTcpSyn | kTcpAck)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::not_for_us), 1u);
+}
+
+TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
+  router_answers();
+  std::set<uint16_t> lent;
+  for (uint16_t i = 0; i < kPorts; ++i) {
+    const bytes out = out_of_uplink(pod4(tcp(static_cast<uint16_t>(51000 + i), 80)));
+    ASSERT_FALSE(out.empty());
+    lent.insert(u16_at(out, kL4));
+  }
+  EXPECT_EQ(lent.size(), kPorts);  // every flow its own port
+  EXPECT_EQ(*lent.begin(), kFirstPort);
+  EXPECT_EQ(*lent.rbegin(), kFirstPort + kPorts - 1);
+  // A fifth flow to the same destination and port finds none free.
+  send(client, pod4(tcp(51100, 80)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+  // The live flows keep theirs.
+  const bytes again = out_of_uplink(pod4(tcp(51002, 80, kTcpAck)));
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(u16_at(again, kL4), kFirstPort + 2);
+  // Another destination port is another tuple: the ports serve it too.
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51100, 443))).empty());
+  EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+}
+
+TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedByPod) {
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["egress"] = {{"router", kRouter}, {"mode", "registry_only"}};
+  doc["external_services"] = nlohmann::json::parse(R"([
+    {"name": "mirror", "addresses": ["203.0.113.5"], "ports": [80]},
+    {"name": "ntp", "cidrs": ["203.0.113.128/25"], "ports": [123], "protocol": "udp"}])");
+  publish(doc.dump().c_str(), 2);
+  router_answers();
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // listed
+  EXPECT_FALSE(out_of_uplink(ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.200"),
+                                        udp(5000, 123)))
+                   .empty());  // inside a listed CIDR
+  send(client, pod4(tcp(51000, 443)));  // the address is listed, the port is not
+  send(client, pod4(udp(5000, 80)));    // nor the protocol
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.6"), tcp(51000, 80)));
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("203.0.113.7"), tcp(51000, 80)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::egress_not_registered), 4u);
+  const auto metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-client"), 3);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-weba"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 2);
+}
+
+// Egress gateways: the document with a gateway policy for the pods of namespace
+// "default" (every pod here) to 203.0.113.0/25 port 443, through gateway "gw" on `node`
+// with `egress_ip`.
+std::string gateway_document(const std::string& node, const std::string& egress_ip, const std::string& fallback) {
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  if (node == "node1") doc["node"]["egress_ips"] = {egress_ip};
+  if (node == "node2") doc["nodes"][0]["egress_ips"] = {egress_ip};
+  doc["egress"] = {{"router", kRouter},
+                   {"gateways", {{{"name", "gw"}, {"node", node}, {"egress_ip", egress_ip}}}},
+                   {"policies",
+                    {{{"name", "out"},
+                      {"selector", {{"namespace", "default"}}},
+                      {"destinations", {{"cidrs", {"203.0.113.0/25"}}, {"ports", {443}}}},
+                      {"gateway", "gw"},
+                      {"fallback", fallback}}}}};
+  return doc.dump();
+}
+
+TEST_F(golden_egress, APolicysTrafficIsTunnelledToItsGatewayNodeAndTheRestLeavesHere) {
+  publish(gateway_document("node2", "198.19.0.102", "drop").c_str(), 2);
+  router_answers();
+  send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));  // node 2's MAC
+  drain(uplink);
+  const bytes request = pod4(tcp(51000, 443));
+  send(client, request);
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), request.size() + kGeneveOverhead);
+  EXPECT_EQ(mac_at(out, 0), kNode2Mac);
+  EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.19.0.2"));  // to the gateway node
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(net32_at(inner, kIp4 + 12), ip4("198.18.1.10"));  // not NATed here
+  EXPECT_EQ(net32_at(inner, kIp4 + 16), ip4(kOutside));
+  EXPECT_EQ(u16_at(inner, kL4 + 2), 443);
+  EXPECT_EQ(verify_checksums(inner), "");
+  // Another port, or an address outside the policy's CIDR: this node's own SNAT.
+  const bytes other_port = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(other_port.empty());
+  EXPECT_EQ(net32_at(other_port, kIp4 + 12), ip4("198.19.0.1"));
+  const bytes other_address = out_of_uplink(
+      ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.200"), tcp(51000, 443)));
+  ASSERT_FALSE(other_address.empty());
+  EXPECT_EQ(net32_at(other_address, kIp4 + 12), ip4("198.19.0.1"));
+  // The gateway's replies come back through the tunnel with the outside source.
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv4_frame(kNode2Mac, kUplinkMac, ip4(kOutside), ip4("198.18.1.10"),
+                                                            tcp(443, 51000, kTcpSyn | kTcpAck))));
+  const bytes reply = receive(client);
+  ASSERT_FALSE(reply.empty());
+  EXPECT_EQ(net32_at(reply, kIp4 + 12), ip4(kOutside));
+  EXPECT_EQ(verify_checksums(reply), "");
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+TEST_F(golden_egress, AGatewayNodeGoneDropsThePolicysTrafficUnlessItFallsBackToLocal) {
+  publish(gateway_document("node3", "198.19.0.103", "drop").c_str(), 2);
+  router_answers();
+  send(client, pod4(tcp(51000, 443)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::egress_gateway_unavailable), 1u);
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // not the policy's: local SNAT
+
+  publish(gateway_document("node3", "198.19.0.103", "local").c_str(), 3);
+  const bytes out = out_of_uplink(pod4(tcp(51001, 443)));
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
+  EXPECT_EQ(drops(drop_reason::egress_gateway_unavailable), 1u);
+}
+
+TEST_F(golden_egress, AsTheGatewayNodeItNatsOtherNodesPodsToTheEgressAddressAndTunnelsTheRepliesBack) {
+  publish(gateway_document("node1", "198.19.0.101", "drop").c_str(), 2);
+  router_answers();
+  send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));
+  drain(uplink);
+  // The router asks for the egress address: answered with the uplink's MAC.
+  send(uplink, arp_request(kRouterMac, ip4(kRouter), ip4("198.19.0.101")));
+  const bytes arp = receive(uplink);
+  ASSERT_EQ(arp.size(), kEth + sizeof(arp_header));
+  EXPECT_EQ(mac_at(arp, kEth + 8), kUplinkMac);
+  // A pod of node 2 through its node's tunnel.
+  const bytes from_node2 = ipv4_frame(kNode2Mac, kUplinkMac, ip4("198.18.2.30"), ip4(kOutside), tcp(52000, 443));
+  send(uplink, geneve_from(ip4("198.19.0.2"), from_node2));
+  const bytes out = receive(uplink);
+  ASSERT_EQ(out.size(), from_node2.size());
+  EXPECT_EQ(mac_at(out, 0), kRouterMac);
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.101"));  // the gateway's egress address
+  const uint16_t port = u16_at(out, kL4);
+  EXPECT_GE(port, 32768);  // this document's range: the default
+  EXPECT_EQ(verify_checksums(out), "");
+  // The reply goes back through the tunnel to the pod's node.
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutside), ip4("198.19.0.101"), tcp(443, port, kTcpSyn | kTcpAck)));
+  const bytes back = receive(uplink);
+  ASSERT_GT(back.size(), kGeneveOverhead);
+  EXPECT_EQ(net32_at(back, kIp4 + 16), ip4("198.19.0.2"));
+  const bytes inner(back.begin() + kGeneveOverhead, back.end());
+  EXPECT_EQ(net32_at(inner, kIp4 + 12), ip4(kOutside));
+  EXPECT_EQ(net32_at(inner, kIp4 + 16), ip4("198.18.2.30"));
+  EXPECT_EQ(u16_at(inner, kL4 + 2), 52000);
+  EXPECT_EQ(verify_checksums(inner), "");
+  // This node's own pod, selected by the same policy, leaves with the egress address too.
+  const bytes own = out_of_uplink(pod4(tcp(51000, 443)));
+  ASSERT_FALSE(own.empty());
+  EXPECT_EQ(net32_at(own, kIp4 + 12), ip4("198.19.0.101"));
+  // Tunnelled traffic no gateway here serves is not forwarded.
+  send(uplink, geneve_from(ip4("198.19.0.2"), ipv4_frame(kNode2Mac, kUplinkMac, ip4("198.18.2.30"), ip4(kOutside),
+                                                            tcp(52000, 80))));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_route), 1u);
+}
+
+TEST_F(golden_egress, WithoutARouterNothingLeavesTheCluster) {
+  publish(kNode1Document, 2);
+  send(client, pod4(tcp(51000, 80)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::no_route), 1u);
+}
+
+}  // namespace
+}  // namespace meshlane::testing
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
+  return RUN_ALL_TESTS();
+}

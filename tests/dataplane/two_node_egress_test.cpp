@@ -1,0 +1,276 @@
+// Egress across the two-node namespace cluster (issue 18): the real agents, af_packet
+// ports, and a host outside the cluster on the underlay switch (203.0.113.5), which is
+// also the underlay's router for both nodes. Pods on both nodes reach TCP and UDP servers
+// on it through their own node's SNAT; many concurrent connections of one pod to one
+// destination then exhaust a deliberately small port range, counted, without harm to
+// the live ones.
+#include <mutex>
+#include <set>
+
+#include "tests/dataplane/two_nodes_fixture.h"
+
+namespace meshlane::testing {
+namespace {
+
+constexpr const char* kOutside = "203.0.113.5";
+constexpr uint16_t kFirstPort = 40000;
+constexpr uint16_t kNode1Ports = 200;  // node 1's range: small enough to exhaust in seconds
+
+std::string text_of(const sockaddr_in& a) {
+  char text[INET_ADDRSTRLEN];
+  inet_ntop(AF_INET, &a.sin_addr, text, sizeof text);
+  return text;
+}
+
+// A TCP server on the outside host: echoes every connection's bytes back and records each
+// peer's address and port as it saw them. Connections stay open until it stops.
+class recording_tcp_server {
+ public:
+  recording_tcp_server(const netns& ns, uint16_t port) : listener_(socket_in(ns, SOCK_STREAM)) {
+    const int on = 1;
+    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+    const sockaddr_in any = address_of("0.0.0.0", port);
+    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 && listen(listener_.fd, 512) == 0;
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~recording_tcp_server() {
+    stop_.store(true);
+    shutdown(listener_.fd, SHUT_RDWR);
+    if (thread_.joinable()) thread_.join();
+    for (int fd : connections_) close(fd);
+  }
+  bool ok() const { return ok_; }
+  std::vector<std::pair<std::string, uint16_t>> peers() {
+    std::lock_guard lock(mutex_);
+    return peers_;
+  }
+
+ private:
+  void serve() {
+    std::vector<pollfd> fds{{listener_.fd, POLLIN, 0}};
+    char buffer[65536];
+    while (!stop_.load()) {
+      if (poll(fds.data(), fds.size(), 100) <= 0) continue;
+      for (size_t i = 1; i < fds.size(); ++i) {
+        if (!(fds[i].revents & (POLLIN | POLLHUP | POLLERR))) continue;
+        const ssize_t n = recv(fds[i].fd, buffer, sizeof buffer, MSG_DONTWAIT);
+        if (n <= 0) {
+          if (n < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+          fds[i].fd = -fds[i].fd - 1;  // finished: poll ignores negative descriptors
+          continue;
+        }
+        for (ssize_t sent = 0; sent < n;) {
+          const ssize_t m = send_retrying(fds[i].fd, buffer + sent, static_cast<size_t>(n - sent));
+          if (m <= 0) break;
+          sent += m;
+        }
+      }
+      if (fds[0].revents & POLLIN) {
+        sockaddr_in peer{};
+        socklen_t length = sizeof peer;
+        const int fd = accept(listener_.fd, reinterpret_cast<sockaddr*>(&peer), &length);
+        if (fd < 0) continue;
+        connections_.push_back(fd);
+        fds.push_back({fd, POLLIN, 0});
+        std::lock_guard lock(mutex_);
+        peers_.emplace_back(text_of(peer), ntohs(peer.sin_port));
+      }
+    }
+  }
+
+  fd_guard listener_;
+  bool ok_ = false;
+  std::atomic<bool> stop_{false};
+  std::vector<int> connections_;
+  std::mutex mutex_;
+  std::vector<std::pair<std::string, uint16_t>> peers_;
+  std::thread thread_;
+};
+
+// One UDP exchange from `client_ns` with a responder on the outside host; returns the
+// address the responder saw ("" when no answer came back).
+std::string udp_exchange_seen_from(const netns& client_ns, const netns& outside, uint16_t port) {
+  fd_guard server(socket_in(outside, SOCK_DGRAM));
+  const sockaddr_in any = address_of("0.0.0.0", port);
+  if (bind(server.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
+  set_timeout(server.fd, 3);
+  std::string seen;
+  std::thread responder([&] {
+    char buffer[2048];
+    sockaddr_in peer{};
+    socklen_t length = sizeof peer;
+    const ssize_t n = recvfrom(server.fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&peer), &length);
+    if (n <= 0) return;
+    seen = text_of(peer);
+    sendto(server.fd, buffer, static_cast<size_t>(n), 0, reinterpret_cast<sockaddr*>(&peer), length);
+  });
+  fd_guard client(socket_in(client_ns, SOCK_DGRAM));
+  set_timeout(client.fd, 3);
+  const sockaddr_in to = address_of(kOutside, port);
+  const std::string message = "egress datagram";
+  char buffer[2048];
+  ssize_t n = -1;
+  // The first datagram may find the router's MAC unknown (asked for, then dropped).
+  for (int attempt = 0; attempt < 3 && n < 0; ++attempt) {
+    sendto(client.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+    timeval tv{1, 0};
+    setsockopt(client.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    n = recv_retrying(client.fd, buffer, sizeof buffer);
+  }
+  responder.join();
+  if (n <= 0 || std::string(buffer, static_cast<size_t>(n)) != message) return "";
+  return seen;
+}
+
+// A non-blocking connect from `ns` that either completes within `wait` or not.
+int connect_within(const netns& ns, const std::string& ip, uint16_t port, std::chrono::milliseconds wait) {
+  const int fd = socket_in(ns, SOCK_STREAM);
+  fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+  const sockaddr_in to = address_of(ip, port);
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) != 0 && errno != EINPROGRESS) {
+    close(fd);
+    return -1;
+  }
+  pollfd p{fd, POLLOUT, 0};
+  int error = 0;
+  socklen_t length = sizeof error;
+  if (poll(&p, 1, static_cast<int>(wait.count())) != 1 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0 ||
+      error != 0) {
+    close(fd);
+    return -1;
+  }
+  return fd;
+}
+
+class two_nodes_egress : public two_nodes_and_outside {
+ protected:
+  two_nodes_egress() {
+    egress_[0] = R"({"router": ")" + std::string(kOutside) + R"(", "snat_ports": {"first": )" +
+                 std::to_string(kFirstPort) + R"(, "last": )" + std::to_string(kFirstPort + kNode1Ports - 1) + "}}";
+    egress_[1] = R"({"router": ")" + std::string(kOutside) + R"("})";
+  }
+  double drops(int node, const std::string& reason) {
+    control_client client;
+    if (!client.connect(nodes_[node - 1].config_path + ".sock").empty()) return -1;
+    return metric_value(client, "meshlane_dataplane_drops_total", "reason", reason);
+  }
+};
+
+TEST_F(two_nodes_egress, PodsOnBothNodesReachAnOutsideServerThroughTheirNodesAddress) {
+  recording_tcp_server server(*outside_, 8443);
+  ASSERT_TRUE(server.ok());
+  // The first SYN of each node may meet an unknown router MAC (asked for, dropped, sent
+  // again by TCP a second later); a UDP exchange first warms both.
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[0].client, *outside_, 5353), "198.19.0.1");
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[1].client, *outside_, 5353), "198.19.0.2");
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 8443, 1 << 20), "") << "pod on node 1";
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[1].web, kOutside, 8443, 1 << 20), "") << "pod on node 2";
+  const auto peers = server.peers();
+  ASSERT_EQ(peers.size(), 2u);
+  EXPECT_EQ(peers[0].first, "198.19.0.1");  // the node's underlay address, not the pod's
+  EXPECT_GE(peers[0].second, kFirstPort);
+  EXPECT_LT(peers[0].second, kFirstPort + kNode1Ports);
+  EXPECT_EQ(peers[1].first, "198.19.0.2");
+  EXPECT_GE(peers[1].second, 32768);  // node 2's default range, 32768-60999
+  EXPECT_LE(peers[1].second, 60999);
+  // Echo through the NAT too.
+  EXPECT_TRUE(icmp_echo(*nodes_[0].client, kOutside));
+}
+
+TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRangeRunsOut) {
+  recording_tcp_server server(*outside_, 8443);
+  ASSERT_TRUE(server.ok());
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[0].client, *outside_, 5353), "198.19.0.1");  // router MAC known
+  // Every port of node 1's range, each held by a live connection.
+  std::vector<std::unique_ptr<fd_guard>> open;
+  for (int i = 0; i < kNode1Ports; ++i) {
+    const int fd = connect_within(*nodes_[0].client, kOutside, 8443, 3000ms);
+    ASSERT_GE(fd, 0) << "connection " << i << " of " << kNode1Ports;
+    open.push_back(std::make_unique<fd_guard>(fd));
+  }
+  for (auto deadline = std::chrono::steady_clock::now() + 5s;
+       server.peers().size() < kNode1Ports && std::chrono::steady_clock::now() < deadline;)
+    std::this_thread::sleep_for(20ms);
+  std::set<uint16_t> ports;
+  for (const auto& [address, port] : server.peers()) {
+    EXPECT_EQ(address, "198.19.0.1");
+    ports.insert(port);
+  }
+  EXPECT_EQ(ports.size(), size_t{kNode1Ports});  // each its own port: none lent twice
+  EXPECT_EQ(*ports.begin(), kFirstPort);
+  EXPECT_EQ(*ports.rbegin(), kFirstPort + kNode1Ports - 1);
+
+  // One more to the same destination and port: no port left, its SYNs dropped and counted.
+  const double before = drops(1, "snat_ports_exhausted");
+  EXPECT_LT(connect_within(*nodes_[0].client, kOutside, 8443, 1500ms), 0);
+  EXPECT_GT(drops(1, "snat_ports_exhausted"), before);
+  EXPECT_EQ(server.peers().size(), size_t{kNode1Ports});
+
+  // The live connections still carry data, and another destination port still works.
+  for (size_t i = 0; i < open.size(); i += 50) {
+    const char ping[] = "still here";
+    ASSERT_EQ(send_retrying(open[i]->fd, ping, sizeof ping), ssize_t(sizeof ping));
+    char back[sizeof ping];
+    pollfd p{open[i]->fd, POLLIN, 0};
+    ASSERT_EQ(poll(&p, 1, 3000), 1);
+    EXPECT_EQ(recv(open[i]->fd, back, sizeof back, 0), ssize_t(sizeof ping));
+  }
+  recording_tcp_server other(*outside_, 9443);
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 9443, 64 << 10), "");
+  // The agent lived through it all.
+  EXPECT_TRUE(nodes_[0].agent->running());
+}
+
+// Egress gateway: node 2 hosts gateway "gw" with its own egress address; pods of every
+// node to the outside host's port 8443 leave through it. Then the gateway's node leaves
+// node 1's document: the policy's traffic is dropped, or with fallback "local" leaves
+// through node 1 itself.
+TEST_F(two_nodes_egress, APolicysTrafficLeavesThroughTheGatewayNodesEgressAddressAndFallsBackAsConfigured) {
+  const auto apply = [&](int n, const std::string& gateway_node, const std::string& fallback) {
+    nlohmann::json doc = nlohmann::json::parse(document(n));
+    nlohmann::json& node2 = n == 2 ? doc["node"] : doc["nodes"][0];
+    node2["egress_ips"] = {"198.19.0.102"};
+    doc["egress"] = nlohmann::json::parse(egress_[n - 1]);
+    doc["egress"]["gateways"] = {{{"name", "gw"}, {"node", gateway_node},
+                                  {"egress_ip", gateway_node == "node2" ? "198.19.0.102" : "198.19.0.103"}}};
+    doc["egress"]["policies"] = {{{"name", "via-gw"},
+                                  {"selector", {{"namespace", "default"}}},
+                                  {"destinations", {{"cidrs", {kOutside}}, {"ports", {8443}}}},
+                                  {"gateway", "gw"},
+                                  {"fallback", fallback}}};
+    control_client client;
+    if (std::string e = client.connect(nodes_[n - 1].config_path + ".sock"); !e.empty()) return e;
+    const nlohmann::json reply = client.request({{"command", "apply"}, {"document", doc}});
+    return reply.value("ok", false) ? std::string() : reply.dump();
+  };
+  ASSERT_EQ(apply(2, "node2", "drop"), "");
+  ASSERT_EQ(apply(1, "node2", "drop"), "");
+  recording_tcp_server server(*outside_, 8443);
+  ASSERT_TRUE(server.ok());
+  // Not the policy's port: the pod's own node (this also has node 1 learn the router's MAC).
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[0].client, *outside_, 5353), "198.19.0.1");
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[1].client, *outside_, 5353), "198.19.0.2");
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 8443, 1 << 20), "") << "node 1 through the gateway";
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[1].client, kOutside, 8443, 1 << 20), "") << "node 2, the gateway itself";
+  auto peers = server.peers();
+  ASSERT_EQ(peers.size(), 2u);
+  EXPECT_EQ(peers[0].first, "198.19.0.102");  // the gateway's egress address, for both
+  EXPECT_EQ(peers[1].first, "198.19.0.102");
+
+  // The gateway's node is gone from node 1's view: the policy's traffic is dropped...
+  ASSERT_EQ(apply(1, "node3", "drop"), "");
+  const double before = drops(1, "egress_gateway_unavailable");
+  EXPECT_LT(connect_within(*nodes_[0].client, kOutside, 8443, 1500ms), 0);
+  EXPECT_GT(drops(1, "egress_gateway_unavailable"), before);
+  EXPECT_EQ(server.peers().size(), 2u);
+  // ...or, with fallback "local", leaves through the pod's own node.
+  ASSERT_EQ(apply(1, "node3", "local"), "");
+  EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 8443, 64 << 10), "");
+  peers = server.peers();
+  ASSERT_EQ(peers.size(), 3u);
+  EXPECT_EQ(peers[2].first, "198.19.0.1");
+}
+
+}  // namespace
+}  // namespace meshlane::testing
