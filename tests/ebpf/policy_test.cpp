@@ -58,11 +58,16 @@ class PodPolicy : public ::testing::Test {
         }
     }
     json services = json::array();
-    for (const char* protocol : {"tcp", "udp"})
+    for (const char* protocol : {"tcp", "udp"}) {
       services.push_back({{"name", std::string("httpbin-") + protocol},
                           {"vip", "198.19.128.50"},
                           {"ports", {{{"port", 80}, {"protocol", protocol}, {"target_port", 8000}}}},
                           {"backends", {{{"ip", "198.18.1.10"}, {"port", 8000}, {"node", "node1"}}}}});
+      services.push_back({{"name", std::string("httpbin6-") + protocol},
+                          {"vip", "fd00:6d6c:ff::50"},
+                          {"ports", {{{"port", 80}, {"protocol", protocol}, {"target_port", 8000}}}},
+                          {"backends", {{{"ip", "fd00:6d6c:1::10"}, {"port", 8000}, {"node", "node1"}}}}});
+    }
     json doc = node_->document(base["pods"], services,
                                {{"namespaces", base["namespaces"]}, {"policies", policies}});
     return doc;
@@ -208,14 +213,20 @@ TEST_F(PodPolicy, AVipWhoseBackendIsDeniedIsDeniedAfterTheLoadBalancerChoseIt) {
     "selector": {"match_labels": {"app": "httpbin"}},
     "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"ports": ["8000"]}}]}]}])"));
   if (HasFatalFailure()) return;
-  const json denied_probe = probe("foo-sleep", "198.19.128.50", 80);
-  EXPECT_EQ(denied_probe.value("tcp", ""), "EPERM");
-  EXPECT_EQ(denied_probe.value("udp", ""), "EPERM");
-  // The rule names the backend's port (8000), not the VIP's: the verdict is the backend's.
-  const json allowed_probe = probe("bar-sleep", "198.19.128.50", 80);
-  EXPECT_EQ(allowed_probe.value("tcp", ""), "Connection refused");
-  EXPECT_EQ(allowed_probe.value("udp", ""), "ok");
-  EXPECT_EQ(denied("foo/httpbin-from-bar", "no_allow_match"), 3);
+  // An IPv4 and an IPv6 VIP, each with foo/httpbin as its only backend.
+  for (const char* vip : {"198.19.128.50", "fd00:6d6c:ff::50"}) {
+    SCOPED_TRACE(vip);
+    const json denied_probe = probe("foo-sleep", vip, 80);
+    EXPECT_EQ(denied_probe.value("tcp", ""), "EPERM");
+    EXPECT_EQ(denied_probe.value("udp", ""), "EPERM");
+    EXPECT_EQ(denied_probe.value("udp_connect", ""), "EPERM");
+    // The rule names the backend's port (8000), not the VIP's: the verdict is the backend's.
+    const json allowed_probe = probe("bar-sleep", vip, 80);
+    EXPECT_EQ(allowed_probe.value("tcp", ""), "Connection refused");
+    EXPECT_EQ(allowed_probe.value("udp", ""), "ok");
+    EXPECT_EQ(allowed_probe.value("udp_connect", ""), "ok");
+  }
+  EXPECT_EQ(denied("foo/httpbin-from-bar", "no_allow_match"), 6);
 }
 
 TEST_F(PodPolicy, APolicyChangeTakesEffectForNewConnectionsAtOnceAndCountsSurviveIt) {
