@@ -92,18 +92,6 @@ class underlay_capture {
   std::thread reader_;
 };
 
-// Puts `frame` on the wire of `interface` in `ns` (the other agent receives it).
-bool inject(const netns& ns, const std::string& interface, const std::vector<uint8_t>& frame) {
-  netns_scope scope(ns);
-  fd_guard fd(socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)));
-  sockaddr_ll address{};
-  address.sll_family = AF_PACKET;
-  address.sll_ifindex = static_cast<int>(if_nametoindex(interface.c_str()));
-  address.sll_halen = 6;
-  std::memcpy(address.sll_addr, frame.data(), 6);
-  return sendto(fd.fd, frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&address), sizeof address) ==
-         static_cast<ssize_t>(frame.size());
-}
 
 // GET `path` from the agent's HTTP surface in `ns` (its default, 127.0.0.1:9464): the raw
 // response.

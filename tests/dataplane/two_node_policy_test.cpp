@@ -205,17 +205,6 @@ class echo6_server {
   std::thread thread_;
 };
 
-bool inject(const netns& ns, const std::string& interface, const std::vector<uint8_t>& frame) {
-  netns_scope scope(ns);
-  fd_guard fd(socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)));
-  sockaddr_ll address{};
-  address.sll_family = AF_PACKET;
-  address.sll_ifindex = static_cast<int>(if_nametoindex(interface.c_str()));
-  address.sll_halen = 6;
-  std::memcpy(address.sll_addr, frame.data(), 6);
-  return sendto(fd.fd, frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&address), sizeof address) ==
-         static_cast<ssize_t>(frame.size());
-}
 
 std::vector<uint8_t> mac_of(const netns& ns, const std::string& interface) {
   const command_result r = ns.exec("cat /sys/class/net/" + interface + "/address");

@@ -5,6 +5,9 @@
 #pragma once
 
 #include <arpa/inet.h>
+#include <linux/if_packet.h>
+#include <net/ethernet.h>
+#include <net/if.h>
 #include <fcntl.h>
 #include <netinet/ip_icmp.h>
 #include <poll.h>
@@ -408,6 +411,20 @@ inline double metric_value(control_client& client, const std::string& name, cons
       for (const auto& sample : family["samples"])
         if (sample["labels"].value(label, "") == value) return sample["value"].get<double>();
   return -1;
+}
+
+// Puts `frame` on the wire of `interface` in `ns` (the other end's agent receives it),
+// as an attacker on the underlay would.
+inline bool inject(const netns& ns, const std::string& interface, const std::vector<uint8_t>& frame) {
+  netns_scope scope(ns);
+  fd_guard fd(socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)));
+  sockaddr_ll address{};
+  address.sll_family = AF_PACKET;
+  address.sll_ifindex = static_cast<int>(if_nametoindex(interface.c_str()));
+  address.sll_halen = 6;
+  std::memcpy(address.sll_addr, frame.data(), 6);
+  return sendto(fd.fd, frame.data(), frame.size(), 0, reinterpret_cast<const sockaddr*>(&address), sizeof address) ==
+         static_cast<ssize_t>(frame.size());
 }
 
 // Sends numbered datagrams at a steady rate from `from` to ip:port and counts the ones a
