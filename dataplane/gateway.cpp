@@ -102,6 +102,17 @@ bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, 
 void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed_packet& p,
                        const forwarding_tables& t, const mac_address& our_mac, uint8_t type, uint8_t code,
                        uint32_t rest_host_order, const lb_outcome* lb) {
+  // Never an error about an error (RFC 1812 section 4.3.2.7, RFC 4443 section 2.4 (e)),
+  // and no more than the worker's budget (RFC 1812 section 4.3.2.8): a flood of expiring
+  // or oversized packets must not become a flood of answers. The packet's own drop was
+  // counted by the caller.
+  const bool about_an_error = p.l4_offset && (p.l4_protocol == kProtoIcmp || p.l4_protocol == kProtoIcmpv6) &&
+                              is_icmp_error(p.l3 == l3_kind::ipv4, frame_of(m)[p.l4_offset]);
+  if (about_an_error) return rte_pktmbuf_free(m);
+  if (!w.icmp_error_budget.take(w.now, w.tsc_hz)) {
+    w.icmp_rate_limited.add(1);
+    return rte_pktmbuf_free(m);
+  }
   uint8_t quote[1280];
   uint8_t* frame = frame_of(m);
   const auto* eth_in = reinterpret_cast<const ethernet_header*>(frame);

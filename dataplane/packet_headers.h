@@ -152,8 +152,18 @@ inline constexpr uint8_t kIcmpDestinationUnreachable = 3;
 inline constexpr uint8_t kIcmpFragmentationNeeded = 4;  // code of type 3 (RFC 1191)
 inline constexpr uint8_t kIcmpEchoRequest = 8;
 inline constexpr uint8_t kIcmpTimeExceeded = 11;
+inline constexpr uint8_t kIcmpParameterProblem = 12;
+inline constexpr uint8_t kIcmpv6DestinationUnreachable = 1;
 inline constexpr uint8_t kIcmpv6PacketTooBig = 2;
 inline constexpr uint8_t kIcmpv6TimeExceeded = 3;
+inline constexpr uint8_t kIcmpv6ParameterProblem = 4;
+// The ICMP error messages, which quote the packet they are about (RFC 792, RFC 4443
+// section 2.1: types below 128); an ICMP error is never sent about one of them (RFC 1812
+// section 4.3.2.7, RFC 4443 section 2.4 (e)).
+inline constexpr bool is_icmp_error(bool v4, uint8_t type) {
+  return v4 ? (type == kIcmpDestinationUnreachable || type == kIcmpTimeExceeded || type == kIcmpParameterProblem)
+            : (type >= kIcmpv6DestinationUnreachable && type <= kIcmpv6ParameterProblem);
+}
 inline constexpr uint8_t kIcmpv6EchoRequest = 128;
 inline constexpr uint8_t kIcmpv6EchoReply = 129;
 inline constexpr uint8_t kIcmpv6NeighborSolicitation = 135;

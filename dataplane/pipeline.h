@@ -31,6 +31,7 @@
 #include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
 #include "dataplane/packet_parser.h"
+#include "dataplane/token_bucket.h"
 
 namespace meshlane {
 
@@ -363,6 +364,12 @@ struct worker_state {
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
   counter esp_encapsulated, esp_decapsulated;
   counter reverse_entries_restored;  // see restore_reverse_entry in service_lb.cpp
+  // The ICMP errors this worker sends are rate-limited (RFC 1812 section 4.3.2.8), as
+  // Linux's icmp_ratelimit does them: 1,000 a second, 50 at once; what the limit held
+  // back is counted. ICMP errors about service flows translated on their way (NAT of
+  // the quoted packet, icmp_error_nat.h) are counted too.
+  token_bucket<1000, 50> icmp_error_budget;
+  counter icmp_rate_limited, icmp_errors_translated;
   // Egress (egress_snat.h): flows made, packets out and replies in; the next port of this
   // worker's slice to try, and when the router was last asked for its MAC (TSC).
   counter egress_flows, egress_packets_out, egress_packets_in;

@@ -7,6 +7,7 @@
 
 #include <vector>
 
+#include "dataplane/icmp_error_nat.h"
 #include "dataplane/nat.h"
 #include "dataplane/pipeline_internal.h"
 
@@ -80,7 +81,12 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
 [[gnu::always_inline]] inline bool load_balance(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
                                                 uint8_t* frame, parsed_packet& p, lb_outcome& outcome,
                                                 bool ingress = false, uint64_t ingress_mac = 0) {
-  if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
+  if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) [[unlikely]] {
+    // An ICMP error about a service flow follows the flow (icmp_error_nat.h).
+    if (p.l4_offset && (p.l4_protocol == kProtoIcmp || p.l4_protocol == kProtoIcmpv6))
+      translate_icmp_error(w, t, frame, p, outcome);
+    return true;
+  }
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
     if (!gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(ip->destination)) &&

@@ -172,6 +172,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
                       "ESP encapsulations and verified decapsulations of encrypted routes.");
     auto generated = family("meshlane_dataplane_replies_total",
                             "Packets the workers answered themselves (ARP/NDP, ICMP errors).");
+    auto icmp_errors = family("meshlane_dataplane_icmp_errors_total",
+                              "ICMP errors about service flows translated (NAT of the quoted packet), and ICMP "
+                              "errors the workers did not send for their rate limit.");
     auto egress = family("meshlane_dataplane_egress_total",
                          "Egress (source NAT to outside the cluster): flows made, packets out, replies in.");
     for (const auto& w : workers_) {
@@ -187,6 +190,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
       esp.samples.push_back({{{"worker", worker}, {"direction", "decap"}}, double(w->esp_decapsulated.get())});
       generated.samples.push_back({{{"worker", worker}, {"kind", "neighbour"}}, double(w->neighbour_messages.get())});
       generated.samples.push_back({{{"worker", worker}, {"kind", "icmp_error"}}, double(w->icmp_generated.get())});
+      icmp_errors.samples.push_back({{{"worker", worker}, {"kind", "translated"}}, double(w->icmp_errors_translated.get())});
+      icmp_errors.samples.push_back({{{"worker", worker}, {"kind", "rate_limited"}}, double(w->icmp_rate_limited.get())});
       egress.samples.push_back({{{"worker", worker}, {"kind", "flows"}}, double(w->egress_flows.get())});
       egress.samples.push_back({{{"worker", worker}, {"kind", "packets_out"}}, double(w->egress_packets_out.get())});
       egress.samples.push_back({{{"worker", worker}, {"kind", "packets_in"}}, double(w->egress_packets_in.get())});
@@ -234,7 +239,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
-                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &egress, &not_registered,
+                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress, &not_registered,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));

@@ -1,0 +1,84 @@
+// Reading fields out of frames the pipeline sent, and building ICMP errors as routers and
+// hosts send them: what the golden tests check frames with.
+#pragma once
+
+#include <array>
+#include <cstring>
+
+#include "tests/dataplane/packet_builder.h"
+
+namespace meshlane::testing::frames {
+
+inline uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
+inline uint32_t net32_at(const bytes& f, size_t at) {
+  uint32_t v;
+  std::memcpy(&v, &f[at], 4);
+  return v;
+}
+inline wire::mac_address mac_at(const bytes& f, size_t at) {
+  wire::mac_address m;
+  std::memcpy(m.bytes, &f[at], 6);
+  return m;
+}
+inline std::array<uint8_t, 16> ip6_at(const bytes& f, size_t at) {
+  std::array<uint8_t, 16> a;
+  std::memcpy(a.data(), &f[at], 16);
+  return a;
+}
+
+// The IP packet of a frame (from its first IP header byte): what an ICMP error quotes.
+inline bytes ip_packet_of(const bytes& frame) {
+  return bytes(frame.begin() + sizeof(wire::ethernet_header), frame.end());
+}
+
+// An ICMPv4 error from `source` to `destination` quoting `quoted` (an IP packet from its
+// first header byte; cut to `quote_length` bytes when given), with right checksums.
+inline bytes icmp_error_frame_v4(const wire::mac_address& src_mac, const wire::mac_address& dst_mac, uint32_t source,
+                                 uint32_t destination, uint8_t type, uint8_t code, uint32_t rest_net,
+                                 const bytes& quoted, size_t quote_length = SIZE_MAX, uint8_t ttl = 64) {
+  using namespace wire;
+  bytes icmp(8, 0);
+  icmp[0] = type;
+  icmp[1] = code;
+  std::memcpy(&icmp[4], &rest_net, 4);
+  icmp.insert(icmp.end(), quoted.begin(), quoted.begin() + std::min(quote_length, quoted.size()));
+  const uint16_t check = checksum(icmp.data(), icmp.size());
+  std::memcpy(&icmp[2], &check, 2);
+  bytes out;
+  ethernet_header eth{dst_mac, src_mac, htons(kEtherTypeIpv4)};
+  append(out, &eth, sizeof eth);
+  ipv4_header ip{0x45, 0, htons(static_cast<uint16_t>(20 + icmp.size())), 0, 0, ttl, kProtoIcmp, 0, source, destination};
+  ip.checksum = checksum(&ip, sizeof ip);
+  append(out, &ip, sizeof ip);
+  out.insert(out.end(), icmp.begin(), icmp.end());
+  return out;
+}
+
+// The same in ICMPv6 (the checksum over the pseudo-header).
+inline bytes icmp_error_frame_v6(const wire::mac_address& src_mac, const wire::mac_address& dst_mac,
+                                 const std::array<uint8_t, 16>& source, const std::array<uint8_t, 16>& destination,
+                                 uint8_t type, uint32_t rest_net, const bytes& quoted) {
+  using namespace wire;
+  bytes icmp(8, 0);
+  icmp[0] = type;
+  std::memcpy(&icmp[4], &rest_net, 4);
+  icmp.insert(icmp.end(), quoted.begin(), quoted.end());
+  const uint16_t check = checksum_fold(checksum_partial(
+      icmp.data(), icmp.size(), pseudo_header_sum_v6(source.data(), destination.data(), kProtoIcmpv6, icmp.size())));
+  std::memcpy(&icmp[2], &check, 2);
+  bytes out;
+  ethernet_header eth{dst_mac, src_mac, htons(kEtherTypeIpv6)};
+  append(out, &eth, sizeof eth);
+  ipv6_header ip{};
+  ip.version_class_flow = htonl(6u << 28);
+  ip.payload_length = htons(static_cast<uint16_t>(icmp.size()));
+  ip.next_header = kProtoIcmpv6;
+  ip.hop_limit = 64;
+  std::memcpy(ip.source, source.data(), 16);
+  std::memcpy(ip.destination, destination.data(), 16);
+  append(out, &ip, sizeof ip);
+  out.insert(out.end(), icmp.begin(), icmp.end());
+  return out;
+}
+
+}  // namespace meshlane::testing::frames
