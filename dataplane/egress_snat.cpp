@@ -17,8 +17,6 @@ using namespace detail;
 namespace detail {
 namespace {
 
-// flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
-inline constexpr uint8_t kEgressKeyMark = 1;
 // Egress entries count no service backend: a slot no table has (the flows view shows no
 // backend, slot reclaiming skips it).
 inline constexpr uint32_t kNoCounterSlot = UINT32_MAX;
@@ -166,6 +164,44 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
     w.flows.insert(forward, hash, w.now, w.timeouts);
     w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
     w.egress_flows.add(1);
+    return true;
+  }
+  return false;
+}
+
+// The forward entry of a TCP flow past its handshake that missed: made again from the
+// live reply entry of this worker's slice that sends replies to the pod's address and
+// port (egress_snat.h, kEgressForwardSearchesHz). False: none, or no search allowed now.
+bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+                     const uint8_t* source, flow_entry& forward) {
+  if (w.egress_forward_searched && w.now - w.egress_forward_searched < rte_get_tsc_hz() / kEgressForwardSearchesHz)
+    return false;
+  w.egress_forward_searched = w.now;
+  const egress_forwarding& e = t.egress;
+  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+  const uint32_t per_worker = e.port_count / workers;
+  const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
+  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
+  for (uint32_t offset = 0; offset < per_worker; ++offset) {
+    const uint16_t port = static_cast<uint16_t>(first + offset);
+    const flow_key probe = egress_key(key.destination, snat.bytes.data(), key.destination_port, port, key.protocol);
+    flow_entry reverse;
+    if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, reverse)) continue;
+    if (reverse.direction != flow_direction::reverse || reverse.rewrite_port != key.source_port ||
+        std::memcmp(reverse.rewrite_address, key.source, 16) != 0)
+      continue;
+    forward = flow_entry{};
+    forward.key = key;
+    std::memcpy(forward.rewrite_address, snat.bytes.data(), 16);
+    forward.rewrite_port = port;
+    forward.direction = flow_direction::forward;
+    forward.flags = kFlowEgress;
+    forward.protocol = key.protocol;
+    forward.backend_slot = kNoCounterSlot;
+    forward.state = reverse.state;
+    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, port);
+    w.flows.insert(forward, hash, w.now, w.timeouts);
+    w.egress_forward_restored.add(1);
     return true;
   }
   return false;
@@ -339,6 +375,10 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     bool shared = false;
     for (size_t i = 0; !shared && i < w.peer_flows.size(); ++i)
       shared = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, found);
+    // A TCP segment past the handshake may belong to a flow whose forward entry was
+    // evicted: it keeps its port (restore_forward).
+    if (!shared && p.l4_protocol == kProtoTcp && !(p.tcp_flags & kTcpSyn))
+      shared = restore_forward(w, t, key, hash, v4, source, found);
     if (!shared) {
       // A new flow: registry_only asks the external services first (new flows only; a
       // flow made before a change of mode or registry keeps going until it ends).

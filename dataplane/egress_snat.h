@@ -25,6 +25,16 @@
 namespace meshlane::detail {
 
 inline constexpr uint32_t kEgressPortTries = 1024;
+// A TCP segment past the handshake whose forward entry is gone (evicted by a colliding
+// flow: the table is LRU per bucket) while its reply entry lives: the worker searches
+// its slice for the reply entry that names the pod's address and port and makes the
+// forward entry again with that port, so that the connection survives. The search
+// probes every port of the slice, so a worker makes at most this many a second; a
+// segment that may not search gets a new port (the connection breaks, as before).
+inline constexpr uint64_t kEgressForwardSearchesHz = 100;
+
+// flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
+inline constexpr uint8_t kEgressKeyMark = 1;
 
 // A pod's packet to an outside address (not in any pod range), its TTL already
 // decremented and within the uplink's MTU: NATed and sent out of the uplink to the

@@ -366,6 +366,10 @@ struct worker_state {
   // Egress (egress_snat.h): flows made, packets out and replies in; the next port of this
   // worker's slice to try, and when the router was last asked for its MAC (TSC).
   counter egress_flows, egress_packets_out, egress_packets_in;
+  // Forward entries made again from their live reply entry after an eviction (the flow
+  // keeps its port), and when this worker last searched its slice for one (TSC).
+  counter egress_forward_restored;
+  uint64_t egress_forward_searched = 0;
   std::array<counter, kMaxPorts> egress_not_registered;  // by the pod's port
   uint32_t egress_port_cursor = 0;
   uint64_t egress_router_solicited = 0;

@@ -190,6 +190,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
       egress.samples.push_back({{{"worker", worker}, {"kind", "flows"}}, double(w->egress_flows.get())});
       egress.samples.push_back({{{"worker", worker}, {"kind", "packets_out"}}, double(w->egress_packets_out.get())});
       egress.samples.push_back({{{"worker", worker}, {"kind", "packets_in"}}, double(w->egress_packets_in.get())});
+      egress.samples.push_back(
+          {{{"worker", worker}, {"kind", "forward_restored"}}, double(w->egress_forward_restored.get())});
     }
     auto service_packets = family("meshlane_dataplane_service_packets_total", "Packets load-balanced per service.");
     auto service_bytes = family("meshlane_dataplane_service_bytes_total", "Bytes load-balanced per service.");

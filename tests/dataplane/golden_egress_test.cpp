@@ -8,6 +8,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dataplane/egress_snat.h"
+#include "dataplane/flow_table.h"
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/pool_metrics.h"
 
@@ -381,6 +383,57 @@ TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
   // Another destination port is another tuple: the ports serve it too.
   EXPECT_FALSE(out_of_uplink(pod4(tcp(51100, 443))).empty());
   EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+}
+
+// The flow table is LRU per 4-way bucket: four newer flows whose forward keys share a
+// bucket with an established flow's push its forward entry out. Its next segment finds
+// the reply entry, which still holds the port, and keeps that port (a new one would
+// break the connection: the outside host knows it by the old one).
+TEST_F(golden_egress, AFlowWhoseForwardEntryWasEvictedKeepsItsPort) {
+  router_answers();
+  const bytes out = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(out.empty());
+  const uint16_t lent = u16_at(out, kL4);
+  send(uplink, outside4(tcp(80, lent, kTcpSyn | kTcpAck)));
+  ASSERT_FALSE(receive(client).empty());
+
+  // The forward key as the pipeline makes it (IPv4-mapped addresses, the egress mark).
+  const auto key_of = [](uint16_t source_port, uint16_t destination_port) {
+    flow_key key{};
+    key.source[10] = key.source[11] = key.destination[10] = key.destination[11] = 0xff;
+    const uint32_t source = ip4("198.18.1.10"), destination = ip4(kOutside);
+    std::memcpy(&key.source[12], &source, 4);
+    std::memcpy(&key.destination[12], &destination, 4);
+    key.source_port = source_port;
+    key.destination_port = destination_port;
+    key.protocol = kProtoTcp;
+    key.padding[0] = detail::kEgressKeyMark;
+    return key;
+  };
+  const uint64_t buckets = 1024 / flow_table::kWays;  // kNode1Document's flow_table_size
+  const uint64_t bucket = hash_flow_key(key_of(51000, 80)) % buckets;
+  int pushed = 0;
+  for (uint16_t port = 52000; pushed < 4 && port < 65000; ++port) {
+    if (hash_flow_key(key_of(port, 443)) % buckets != bucket) continue;
+    ASSERT_FALSE(out_of_uplink(pod4(tcp(port, 443))).empty());
+    ++pushed;
+  }
+  ASSERT_EQ(pushed, 4);
+  auto metrics = metric_values(*pool_);
+  ASSERT_EQ(metrics.at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);  // the premise
+
+  const bytes again = out_of_uplink(pod4(tcp(51000, 80, kTcpAck)));
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(u16_at(again, kL4), lent);
+  metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=forward_restored"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 5);  // no sixth
+  // And the replies still reach the pod.
+  send(uplink, outside4(tcp(80, lent, kTcpAck)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(u16_at(in, kL4 + 2), 51000);
+  EXPECT_EQ(pending_total(), 0u);
 }
 
 TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedByPod) {
