@@ -337,6 +337,27 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   slot.ip_and_valid.store(valid, std::memory_order_release);
 }
 
+[[gnu::noinline]] void egress_refuse(worker_state& w, uint16_t in_port, rte_mbuf* m, const uint8_t* frame,
+                                     const parsed_packet& p, drop_reason reason) {
+  if (in_port < kMaxPorts) {
+    if (reason == drop_reason::egress_not_registered) w.egress_not_registered[in_port].add(1);
+    else if (reason == drop_reason::snat_ports_exhausted) w.egress_ports_exhausted[in_port].add(1);
+    else w.egress_gateway_unavailable[in_port].add(1);
+  }
+  if (policy_deny_event* e = w.deny_log.claim(w.now, w.tsc_hz)) {
+    flow_key key;
+    flow_key_into(key, frame, p);
+    std::memcpy(e->source.bytes.data(), key.source, 16);
+    std::memcpy(e->destination.bytes.data(), key.destination, 16);
+    e->source_port = key.source_port;
+    e->destination_port = key.destination_port;
+    e->protocol = key.protocol;
+    e->egress_refused = static_cast<uint8_t>(reason);
+    w.deny_log.publish();
+  }
+  drop(w, m, reason);
+}
+
 [[gnu::noinline]] void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports,
                                        uint16_t in_port, rte_mbuf* m, uint8_t* frame, const parsed_packet& p,
                                        const uint8_t* source) {
@@ -382,11 +403,10 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     if (!shared) {
       // A new flow: registry_only asks the external services first (new flows only; a
       // flow made before a change of mode or registry keeps going until it ends).
-      if (e.registry_only && !registered(e, key)) {
-        w.egress_not_registered[in_port].add(1);
-        return drop(w, m, drop_reason::egress_not_registered);
-      }
-      if (!new_flow(w, t, key, hash, v4, source, found)) return drop(w, m, drop_reason::snat_ports_exhausted);
+      if (e.registry_only && !registered(e, key))
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
+      if (!new_flow(w, t, key, hash, v4, source, found))
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::snat_ports_exhausted);
     }
   }
   apply(frame, p, found);

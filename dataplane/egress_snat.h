@@ -48,6 +48,13 @@ inline constexpr uint8_t kEgressKeyMark = 1;
 void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
                      uint8_t* frame, const parsed_packet& p, const uint8_t* source = nullptr);
 
+// A new outbound flow refused (snat_ports_exhausted, egress_not_registered,
+// egress_gateway_unavailable): counted by the pod's port `in_port` and reason, put on
+// the worker's sampled deny log (which `meshctl flows --follow` shows beside policy
+// denials), and dropped.
+void egress_refuse(worker_state& w, uint16_t in_port, rte_mbuf* m, const uint8_t* frame, const parsed_packet& p,
+                   drop_reason reason);
+
 // Egress gateway policies: the first rule of pod port `in_port` whose destination the
 // packet has, or null (then this node's own SNAT); for traffic another node tunnelled
 // here, the rule of a gateway on this node, or null (nothing to do with it: no_route).

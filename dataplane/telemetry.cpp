@@ -134,13 +134,28 @@ void worker_pool::register_with(subsystem_registry& registry) {
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
     auto not_registered = family("meshlane_dataplane_egress_not_registered_total",
                                  "New outbound flows refused under egress.mode registry_only, by pod port.");
+    auto refused_flows = family("meshlane_dataplane_egress_refused_total",
+                                "New outbound flows refused, by pod port and reason (the drop reason).");
     std::unique_lock ports_lock(ports_mutex_);  // hot-plug renames and retires ports
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
       if (info.role == port_role::unused) continue;
       uint64_t sums[4] = {}, refused = 0;
       for (const auto& w : workers_) refused += w->egress_not_registered[p].get();
-      if (info.role == port_role::pod) not_registered.samples.push_back({{{"port", info.interface}}, double(refused)});
+      if (info.role == port_role::pod) {
+        not_registered.samples.push_back({{{"port", info.interface}}, double(refused)});
+        uint64_t exhausted = 0, unavailable = 0;
+        for (const auto& w : workers_) {
+          exhausted += w->egress_ports_exhausted[p].get();
+          unavailable += w->egress_gateway_unavailable[p].get();
+        }
+        refused_flows.samples.push_back(
+            {{{"port", info.interface}, {"reason", "egress_not_registered"}}, double(refused)});
+        refused_flows.samples.push_back(
+            {{{"port", info.interface}, {"reason", "snat_ports_exhausted"}}, double(exhausted)});
+        refused_flows.samples.push_back(
+            {{{"port", info.interface}, {"reason", "egress_gateway_unavailable"}}, double(unavailable)});
+      }
       for (const auto& w : workers_) {
         sums[0] += w->port_rx[p].packets.get();
         sums[1] += w->port_rx[p].bytes.get();
@@ -236,7 +251,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
-                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &egress, &not_registered,
+                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &egress, &not_registered, &refused_flows,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));

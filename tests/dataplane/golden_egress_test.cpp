@@ -161,6 +161,19 @@ class golden_egress : public ring_pool_test {
   }
   bytes outside4(const l4_spec& l4) { return ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutside), ip4("198.19.0.1"), l4); }
   bytes outside6(const l4_spec& l4) { return ipv6_frame(kRouterMac, kUplinkMac, ip6(kOutside6), ip6(kSnat6), l4); }
+
+  // The refused outbound flows on the deny log (what `meshctl flows --follow` shows), as
+  // "source:port -> destination:port reason" lines.
+  std::vector<std::string> refused_on_deny_log() {
+    std::vector<std::string> lines;
+    const nlohmann::json feed = pool_->policy_denials_after(0);
+    for (const auto& row : feed["rows"])
+      if (row["direction"] == "egress")
+        lines.push_back(row["source"].get<std::string>() + ":" + std::to_string(row["source_port"].get<int>()) +
+                        " -> " + row["destination"].get<std::string>() + ":" +
+                        std::to_string(row["destination_port"].get<int>()) + " " + row["reason"].get<std::string>());
+    return lines;
+  }
 };
 
 TEST_F(golden_egress, TheFirstPacketAsksForTheRoutersMacAndIsDroppedUntilItAnswers) {
@@ -376,6 +389,12 @@ TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
   send(client, pod4(tcp(51100, 80)));
   EXPECT_EQ(pending_total(), 0u);
   EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+  // Counted for the pod and shown on the deny log.
+  EXPECT_EQ(metric_values(*pool_).at(
+                "meshlane_dataplane_egress_refused_total,port=ring-client,reason=snat_ports_exhausted"),
+            1);
+  EXPECT_EQ(refused_on_deny_log(),
+            std::vector<std::string>{"198.18.1.10:51100 -> 203.0.113.5:80 snat_ports_exhausted"});
   // The live flows keep theirs.
   const bytes again = out_of_uplink(pod4(tcp(51002, 80, kTcpAck)));
   ASSERT_FALSE(again.empty());
@@ -457,6 +476,9 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
   const auto metrics = metric_values(*pool_);
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-client"), 3);
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-weba"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_refused_total,port=ring-client,reason=egress_not_registered"), 3);
+  EXPECT_EQ(refused_on_deny_log().size(), 4u);
+  EXPECT_EQ(refused_on_deny_log().back(), "198.18.1.20:51000 -> 203.0.113.7:80 egress_not_registered");
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 2);
 }
 
@@ -518,6 +540,11 @@ TEST_F(golden_egress, AGatewayNodeGoneDropsThePolicysTrafficUnlessItFallsBackToL
   send(client, pod4(tcp(51000, 443)));
   EXPECT_EQ(pending_total(), 0u);
   EXPECT_EQ(drops(drop_reason::egress_gateway_unavailable), 1u);
+  EXPECT_EQ(metric_values(*pool_).at(
+                "meshlane_dataplane_egress_refused_total,port=ring-client,reason=egress_gateway_unavailable"),
+            1);
+  EXPECT_EQ(refused_on_deny_log(),
+            std::vector<std::string>{"198.18.1.10:51000 -> 203.0.113.5:443 egress_gateway_unavailable"});
   EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // not the policy's: local SNAT
 
   publish(gateway_document("node3", "198.19.0.103", "local").c_str(), 3);

@@ -254,10 +254,23 @@ TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRange
   EXPECT_EQ(*ports.begin(), kFirstPort);
   EXPECT_EQ(*ports.rbegin(), kFirstPort + kNode1Ports - 1);
 
-  // One more to the same destination and port: no port left, its SYNs dropped and counted.
+  // One more to the same destination and port: no port left, its SYNs dropped and counted,
+  // and shown on `meshctl flows --follow` and in the agent's log.
+  const char* meshctl = std::getenv("MESHCTL");
+  ASSERT_NE(meshctl, nullptr) << "MESHCTL must name the meshctl binary";
+  command_result printed;
+  std::thread watch([&] {
+    printed = nodes_[0].ns->exec(std::string("timeout 4 ") + meshctl + " flows --follow --socket " +
+                                 nodes_[0].config_path + ".sock");
+  });
+  std::this_thread::sleep_for(500ms);
   const double before = drops(1, "snat_ports_exhausted");
   EXPECT_LT(connect_within(*nodes_[0].client, kOutside, 8443, 1500ms), 0);
   EXPECT_GT(drops(1, "snat_ports_exhausted"), before);
+  watch.join();
+  EXPECT_NE(printed.output.find("snat_ports_exhausted"), std::string::npos) << printed.output.substr(0, 2000);
+  EXPECT_NE(printed.output.find("egress"), std::string::npos);
+  EXPECT_NE(read_text(nodes_[0].log_path).find("egress refused: tcp 198.18.1.10:"), std::string::npos);
   EXPECT_EQ(server.peers().size(), size_t{kNode1Ports});
   // The premise of the unique ports above: no live entry was evicted to make room.
   {
