@@ -325,6 +325,91 @@ bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* fr
 
 }  // namespace
 
+// RFC 5508 section 4.2 in the pod-to-outside direction (egress_snat.h).
+bool egress_icmp_error_outbound(worker_state& w, uint8_t* frame, const parsed_packet& p) {
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  const uint8_t type = icmp_type(frame, p);
+  const bool error = v4 ? (type == kIcmpDestinationUnreachable || type == kIcmpTimeExceeded)
+                        : (type == 1 || type == kIcmpv6PacketTooBig || type == kIcmpv6TimeExceeded);
+  if (!error) return false;
+  const uint32_t end = p.l3_offset + p.l3_length;
+  uint8_t* inner = frame + p.l4_offset + sizeof(icmp_header);
+  uint32_t inner_l4;
+  uint8_t protocol;
+  ip_address outside, pod;
+  if (v4) {
+    if (inner + sizeof(ipv4_header) > frame + end) return false;
+    const auto* ip = reinterpret_cast<const ipv4_header*>(inner);
+    inner_l4 = (ip->version_ihl & 0x0f) * 4u;
+    if (inner_l4 < sizeof(ipv4_header)) return false;
+    protocol = ip->protocol;
+    outside = address_v4(ip->source);
+    pod = address_v4(ip->destination);
+  } else {
+    if (inner + sizeof(ipv6_header) > frame + end) return false;
+    const auto* ip = reinterpret_cast<const ipv6_header*>(inner);
+    inner_l4 = sizeof(ipv6_header);
+    protocol = ip->next_header;
+    outside = address_v6(ip->source);
+    pod = address_v6(ip->destination);
+  }
+  // The quote must hold the ports (or the echo reply's identifier): its first 8 bytes.
+  if (inner + inner_l4 + 8 > frame + end) return false;
+  uint8_t* l4 = inner + inner_l4;
+  const bool echo = protocol == (v4 ? kProtoIcmp : kProtoIcmpv6);
+  if (protocol != kProtoTcp && protocol != kProtoUdp && !echo) return false;
+  if (echo && l4[0] != (v4 ? kIcmpEchoReply : kIcmpv6EchoReply)) return false;
+  const uint16_t quoted_destination_port = from_net16(load16(l4 + (echo ? 4 : 2)));
+  const uint16_t quoted_source_port = echo ? quoted_destination_port : from_net16(load16(l4));
+  // The flow's forward key: pod -> outside.
+  const flow_key key =
+      egress_key(pod.bytes.data(), outside.bytes.data(), quoted_destination_port, quoted_source_port, protocol);
+  const uint64_t hash = hash_flow_key(key);
+  flow_entry forward;
+  bool found = w.flows.find_shared(key, hash, w.now, w.timeouts, forward);
+  for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
+    found = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, forward);
+  if (!found || forward.direction != flow_direction::forward) return false;
+
+  // The quoted packet: destination to the SNAT address and port (identifier).
+  if (v4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(inner);
+    std::memcpy(&ip->destination, forward.rewrite_address + 12, 4);
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, inner_l4);
+  } else {
+    std::memcpy(reinterpret_cast<ipv6_header*>(inner)->destination, forward.rewrite_address, 16);
+  }
+  store16(l4 + (echo ? 4 : 2), to_net16(forward.rewrite_port));
+  // Its transport checksum, when quoted, changes as the forward entry's rewrite does (the
+  // same address and port, the same sum, wherever in the header they sit).
+  const size_t check_at = protocol == kProtoTcp ? offsetof(tcp_header, checksum)
+                          : protocol == kProtoUdp ? offsetof(udp_header, checksum)
+                                                  : offsetof(icmp_header, checksum);
+  if (l4 + check_at + 2 <= frame + end) {
+    const uint16_t before = load16(l4 + check_at);
+    if (!(protocol == kProtoUdp && v4 && before == 0)) store16(l4 + check_at, apply_delta(before, forward.l4_checksum_delta));
+  }
+  // The outer source: the SNAT address.
+  uint8_t* outer = frame + p.l3_offset;
+  const uint32_t icmp_length = end - p.l4_offset;
+  auto* icmp = reinterpret_cast<icmp_header*>(frame + p.l4_offset);
+  icmp->checksum = 0;
+  if (v4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(outer);
+    std::memcpy(&ip->source, forward.rewrite_address + 12, 4);
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, p.l4_offset - p.l3_offset);
+    icmp->checksum = checksum(icmp, icmp_length);
+  } else {
+    auto* ip = reinterpret_cast<ipv6_header*>(outer);
+    std::memcpy(ip->source, forward.rewrite_address, 16);
+    icmp->checksum = checksum_fold(
+        checksum_partial(icmp, icmp_length, pseudo_header_sum_v6(ip->source, ip->destination, kProtoIcmpv6, icmp_length)));
+  }
+  return true;
+}
+
 void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t sender_ip, const mac_address& mac) {
   if (!t.egress.router_ip || sender_ip != t.egress.router_ip) return;
   underlay_neighbours::slot& slot = ports.egress_router;
@@ -366,12 +451,11 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   if (!e.enabled() || ports.uplink_port == UINT16_MAX || (!v4 && !e.has_snat_ip6 && !source))
     return drop(w, m, drop_reason::no_route);
   if (!p.l4_offset) return drop(w, m, drop_reason::no_route);
-  if (is_icmp(p.l4_protocol)) {
-    // Echo requests only; other ICMP from a pod to the outside has no flow to belong to.
-    if (icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return drop(w, m, drop_reason::no_route);
-  } else if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) {
+  // Echo requests start flows; other ICMP from a pod to the outside must be an error
+  // about an egress flow (egress_icmp_error_outbound), or it has no flow to belong to.
+  const bool icmp_other = is_icmp(p.l4_protocol) && icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest);
+  if (!is_icmp(p.l4_protocol) && p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)
     return drop(w, m, drop_reason::no_route);
-  }
   // A VIP on a port it does not serve is no outside address.
   if (v4 && gate_contains(t.v4_vips, t.v4_vip_mask,
                           from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination)))
@@ -382,6 +466,17 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     return drop(w, m, drop_reason::neighbour_unresolved);
   }
   const uint64_t router_mac = router.mac.load(std::memory_order_acquire);
+  const auto send_to_router = [&] {
+    auto* eth = reinterpret_cast<ethernet_header*>(frame);
+    eth->destination = mac_address::from_u64(router_mac);
+    eth->source = ports.ports[ports.uplink_port].mac;
+    w.egress_packets_out.add(1);
+    transmit(w, ports.uplink_port, m);
+  };
+  if (icmp_other) [[unlikely]] {
+    if (!egress_icmp_error_outbound(w, frame, p)) return drop(w, m, drop_reason::no_route);
+    return send_to_router();
+  }
 
   flow_key key;
   flow_key_into(key, frame, p);
@@ -410,11 +505,7 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     }
   }
   apply(frame, p, found);
-  auto* eth = reinterpret_cast<ethernet_header*>(frame);
-  eth->destination = mac_address::from_u64(router_mac);
-  eth->source = ports.ports[ports.uplink_port].mac;
-  w.egress_packets_out.add(1);
-  transmit(w, ports.uplink_port, m);
+  send_to_router();
 }
 
 const egress_gateway_rule* egress_rule_of(const forwarding_tables& t, uint16_t in_port, const uint8_t* frame,

@@ -8,7 +8,9 @@
 // egress key never equals a service flow's key. TCP and UDP lend a port, ICMP echo an
 // identifier (RFC 5508 section 3.1); ICMP errors about an egress flow that reach the
 // SNAT address are NATed back to the pod with the quoted header restored (RFC 5508
-// section 4.2), so path MTU discovery works through the NAT.
+// section 4.2), so path MTU discovery works through the NAT; ICMP errors a pod sends
+// about a packet of an egress flow that reached it leave with the SNAT address as their
+// source and in the quoted packet.
 //
 // Ports: the range is cut into one equal slice per worker; a worker lends only ports of
 // its own slice, and only a port that no live reverse entry of its own table holds for
@@ -38,7 +40,8 @@ inline constexpr uint8_t kEgressKeyMark = 1;
 
 // A pod's packet to an outside address (not in any pod range), its TTL already
 // decremented and within the uplink's MTU: NATed and sent out of the uplink to the
-// router, or dropped with a reason (no_route: not TCP, UDP or an echo request, IPv6
+// router, or dropped with a reason (no_route: not TCP, UDP, an echo request or an ICMP
+// error about an egress flow, IPv6
 // without snat_ip6, a VIP on a port it does not serve; neighbour_unresolved: the router's
 // MAC is not known yet, asked for; snat_ports_exhausted).
 // egress_not_registered: registry_only and no external service has the destination,
@@ -66,6 +69,14 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
 // and was rewritten for its pod (the caller routes it); false, the packet untouched,
 // otherwise.
 bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, const parsed_packet& p);
+
+// An ICMP error a pod sends about a packet of an egress flow that reached it from
+// outside (outside -> pod, after reverse NAT): the outer source becomes the SNAT address
+// and the quoted destination the SNAT address and lent port (RFC 5508 section 4.2 in
+// this direction; RFC 5382 section 7.2), so that the outside host matches it to the flow
+// it knows; the quote's checksums adjusted, the ICMP checksum computed again. False: not
+// an error about an egress flow (the frame untouched). egress_outbound calls it.
+bool egress_icmp_error_outbound(worker_state& w, uint8_t* frame, const parsed_packet& p);
 
 // Whether `destination` (network order) is one of this node's IPv4 egress addresses:
 // its SNAT address or a gateway's egress address here.

@@ -330,6 +330,67 @@ TEST_F(golden_egress, FragmentationNeededAboutAnOutboundFlowReachesThePodWithIts
   EXPECT_EQ(verify_checksums(as_frame(bytes(in.begin() + inner, in.end()), kEtherTypeIpv4)), "");
 }
 
+// The pod's own ICMP error about a reply that reached it through the NAT (here: port
+// unreachable, the socket gone) leaves with the SNAT address as its source and in the
+// quote, so that the outside host can match it to the flow it knows (RFC 5508 4.2).
+TEST_F(golden_egress, APodsIcmpErrorAboutAReplyLeavesWithTheSnatAddressOutsideAndQuotedInBothFamilies) {
+  router_answers();
+  const auto from_client = [](bytes frame) {  // a frame the icmp_error_* builders made, as the pod sends it
+    std::memcpy(&frame[0], kClientPortMac.bytes, 6);
+    std::memcpy(&frame[6], kClientMac.bytes, 6);
+    return frame;
+  };
+  // IPv4: the pod's datagram out, the answer in, the pod's port unreachable about it.
+  const bytes out = out_of_uplink(pod4(udp(5300, 53)));
+  ASSERT_FALSE(out.empty());
+  const uint16_t lent = u16_at(out, kL4);
+  send(uplink, outside4(udp(53, lent)));
+  const bytes answer = receive(client);
+  ASSERT_FALSE(answer.empty());
+  const bytes error = from_client(icmp_error_v4(ip4("198.18.1.10"), ip4(kOutside), kIcmpDestinationUnreachable, 3, 0,
+                                                bytes(answer.begin() + kIp4, answer.end())));
+  const bytes left = out_of_uplink(error);
+  ASSERT_FALSE(left.empty());
+  EXPECT_EQ(net32_at(left, kIp4 + 12), ip4("198.19.0.1"));  // outer source: the SNAT address
+  EXPECT_EQ(net32_at(left, kIp4 + 16), ip4(kOutside));
+  EXPECT_EQ(left[kL4], kIcmpDestinationUnreachable);
+  const size_t inner = kL4 + 8;
+  EXPECT_EQ(net32_at(left, inner + 12), ip4(kOutside));  // the quote: outside:53 -> SNAT:lent
+  EXPECT_EQ(u16_at(left, inner + 20), 53);
+  EXPECT_EQ(net32_at(left, inner + 16), ip4("198.19.0.1"));
+  EXPECT_EQ(u16_at(left, inner + 22), lent);
+  EXPECT_EQ(verify_checksums(as_frame(bytes(left.begin() + inner, left.end()), kEtherTypeIpv4)), "");
+
+  // IPv6: the same with ICMPv6 destination unreachable (port unreachable, code 4).
+  const bytes out6 = out_of_uplink(pod6(udp(5301, 53)));
+  ASSERT_FALSE(out6.empty());
+  const uint16_t lent6 = u16_at(out6, kL4v6);
+  send(uplink, outside6(udp(53, lent6)));
+  const bytes answer6 = receive(client);
+  ASSERT_FALSE(answer6.empty());
+  const bytes error6 = from_client(icmp_error_v6(ip6("fd00:6d6c:1::10"), ip6(kOutside6), 1, 0,
+                                           bytes(answer6.begin() + kEth, answer6.end())));
+  const bytes left6 = out_of_uplink(error6);
+  ASSERT_FALSE(left6.empty());
+  EXPECT_EQ(ip6_at(left6, kEth + 8), ip6(kSnat6));
+  EXPECT_EQ(ip6_at(left6, kEth + 24), ip6(kOutside6));
+  const size_t inner6 = kL4v6 + 8;
+  EXPECT_EQ(ip6_at(left6, inner6 + 8), ip6(kOutside6));
+  EXPECT_EQ(ip6_at(left6, inner6 + 24), ip6(kSnat6));
+  EXPECT_EQ(u16_at(left6, inner6 + 40), 53);
+  EXPECT_EQ(u16_at(left6, inner6 + 42), lent6);
+  EXPECT_EQ(verify_checksums(as_frame(bytes(left6.begin() + inner6, left6.end()), kEtherTypeIpv6)), "");
+
+  // An error about a packet of no egress flow has nothing to be NATed to: dropped.
+  const uint64_t before = drops(drop_reason::no_route);
+  bytes stray = answer;
+  stray[kL4] = 0x99;  // another outside port: no flow
+  send(client, from_client(icmp_error_v4(ip4("198.18.1.10"), ip4(kOutside), kIcmpDestinationUnreachable, 3, 0,
+                                         bytes(stray.begin() + kIp4, stray.end()))));
+  EXPECT_EQ(drops(drop_reason::no_route), before + 1);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
 TEST_F(golden_egress, PacketTooBigOverIpv6AndTimeExceededAboutAnEchoReachThePod) {
   router_answers();
   const bytes out = out_of_uplink(pod6(udp(5300, 53)));
