@@ -207,10 +207,11 @@ bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key
   return false;
 }
 
-bool registered(const egress_forwarding& e, const flow_key& key) {
+// The external service entry that lists the flow's destination, or null.
+const egress_registered* registered(const egress_forwarding& e, const flow_key& key) {
   for (const egress_registered& entry : e.registry)
-    if (entry.matches(key.destination, key.destination_port, key.protocol)) return true;
-  return false;
+    if (entry.matches(key.destination, key.destination_port, key.protocol)) return &entry;
+  return nullptr;
 }
 
 void solicit_router(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mempool* pool) {
@@ -498,10 +499,12 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     if (!shared) {
       // A new flow: registry_only asks the external services first (new flows only; a
       // flow made before a change of mode or registry keeps going until it ends).
-      if (e.registry_only && !registered(e, key))
+      const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
+      if (e.registry_only && !service)
         return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
       if (!new_flow(w, t, key, hash, v4, source, found))
         return egress_refuse(w, in_port, m, frame, p, drop_reason::snat_ports_exhausted);
+      if (service) (*w.external_service_flows)[service->slot].add(1);
     }
   }
   apply(frame, p, found);

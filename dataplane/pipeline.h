@@ -308,6 +308,9 @@ struct policy_slot_names {
   std::vector<std::string> names{""};  // slot -> "namespace/name"
   std::unordered_map<std::string, uint32_t> index;
 };
+// External services' counter slots (issue 18), by name, never freed; past
+// kMaxExternalServiceSlots names share slot 0 (counted, unnamed).
+inline constexpr uint32_t kMaxExternalServiceSlots = 1024;
 // By slot, reason (deny_rule, no_allow_match) and direction (remote, ingress).
 struct policy_deny_counter_block {
   std::array<std::array<counter, 2>, 2> by[kMaxPolicySlots];
@@ -399,6 +402,10 @@ struct worker_state {
   // Refused outbound flows by the pod's port (egress_refuse): snat_ports_exhausted and
   // egress_gateway_unavailable (egress_not_registered has its own, above).
   std::array<counter, kMaxPorts> egress_ports_exhausted, egress_gateway_unavailable;
+  // New outbound flows to each external service's destinations, by its slot
+  // (counter_slot_names::external_services).
+  std::unique_ptr<std::array<counter, kMaxExternalServiceSlots>> external_service_flows =
+      std::make_unique<std::array<counter, kMaxExternalServiceSlots>>();
   uint32_t egress_port_cursor = 0;
   uint64_t egress_router_solicited = 0;
 
@@ -481,6 +488,7 @@ struct counter_slot_names {
   std::vector<uint32_t> free_services, free_backends;
   std::unordered_map<std::string, uint32_t> service_index, backend_index;  // name -> slot
   policy_slot_names policies;  // deny counters' slots (issue 16); never freed, at most kMaxPolicySlots
+  policy_slot_names external_services;  // issue 18: new-flow counters' slots, never freed
   size_t live_backends() const { return backend_index.size(); }
   size_t live_services() const { return service_index.size(); }
 };

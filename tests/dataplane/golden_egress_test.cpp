@@ -541,6 +541,19 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
   EXPECT_EQ(refused_on_deny_log().size(), 4u);
   EXPECT_EQ(refused_on_deny_log().back(), "198.18.1.20:51000 -> 203.0.113.7:80 egress_not_registered");
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 2);
+  // Each listed flow counted for its external service.
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_new_flows_total,service=mirror"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_new_flows_total,service=ntp"), 1);
+
+  // Under allow_any too, and the counts follow the names across a publish that reorders them.
+  doc["egress"]["mode"] = "allow_any";
+  std::swap(doc["external_services"][0], doc["external_services"][1]);
+  publish(doc.dump().c_str(), 3);
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51001, 80))).empty());
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51001, 443))).empty());  // no external service's: not counted
+  const auto later = metric_values(*pool_);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_new_flows_total,service=mirror"), 2);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_new_flows_total,service=ntp"), 1);
 }
 
 // Egress gateways: the document with a gateway policy for the pods of namespace
