@@ -105,14 +105,6 @@ void apply(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
   else rewrite_flow(frame, p, e);
 }
 
-// The worker that owns `port`'s slice, or UINT32_MAX when the port is outside the range.
-uint32_t slice_owner(const egress_forwarding& e, uint32_t workers, uint16_t port) {
-  const uint32_t per_worker = e.port_count / workers;
-  const uint32_t offset = uint32_t{port} - e.port_first;
-  if (per_worker == 0 || port < e.port_first || offset >= per_worker * workers) return UINT32_MAX;
-  return offset / per_worker;
-}
-
 // Another worker's table, by that worker's index.
 const flow_table* peer_table(const worker_state& w, uint32_t owner) {
   const uint32_t at = owner < w.index ? owner : owner - 1;
@@ -551,7 +543,7 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
   } else {
     // The port names the worker whose table holds the flow.
     const uint32_t owner =
-        slice_owner(t.egress, static_cast<uint32_t>(w.peer_flows.size()) + 1, p.destination_port);
+        egress_port_owner(t.egress, static_cast<uint32_t>(w.peer_flows.size()) + 1, p.destination_port);
     const flow_table* table = owner == UINT32_MAX || owner == w.index ? nullptr : peer_table(w, owner);
     if (!table || !table->find_shared(key, hash, w.now, w.timeouts, found)) return false;
   }

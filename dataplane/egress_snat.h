@@ -78,6 +78,16 @@ bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, ui
 // an error about an egress flow (the frame untouched). egress_outbound calls it.
 bool egress_icmp_error_outbound(worker_state& w, uint8_t* frame, const parsed_packet& p);
 
+// The worker of `workers` whose slice of the port range holds `port` (a lent port or echo
+// identifier), or UINT32_MAX when the port is outside the range.
+[[gnu::always_inline]] inline uint32_t egress_port_owner(const egress_forwarding& e, uint32_t workers,
+                                                         uint16_t port) {
+  const uint32_t per_worker = e.port_count / workers;
+  const uint32_t offset = uint32_t{port} - e.port_first;
+  if (per_worker == 0 || port < e.port_first || offset >= per_worker * workers) return UINT32_MAX;
+  return offset / per_worker;
+}
+
 // Whether `destination` (network order) is one of this node's IPv4 egress addresses:
 // its SNAT address or a gateway's egress address here.
 [[gnu::always_inline]] inline bool is_egress_address(const forwarding_tables& t, uint32_t destination) {

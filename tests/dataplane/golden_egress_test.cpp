@@ -10,6 +10,7 @@
 
 #include "dataplane/egress_snat.h"
 #include "dataplane/flow_table.h"
+#include "dataplane/handover_state.h"
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/pool_metrics.h"
 
@@ -514,6 +515,55 @@ TEST_F(golden_egress, AFlowWhoseForwardEntryWasEvictedKeepsItsPort) {
   ASSERT_FALSE(in.empty());
   EXPECT_EQ(u16_at(in, kL4 + 2), 51000);
   EXPECT_EQ(pending_total(), 0u);
+}
+
+// The upgrade hand-over (issue 19) carries egress flows: a successor with the same SNAT
+// address and port range adopts both entries on the worker whose slice holds the port,
+// so the connection keeps its port and its replies reach the pod; one whose SNAT address
+// changed drops them (the outside host knows the flow by the old address).
+TEST_F(golden_egress, TheHandOverCarriesEgressFlowsWhileTheirAddressAndPortStayThisNodes) {
+  router_answers();
+  const bytes out = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(out.empty());
+  const uint16_t lent = u16_at(out, kL4);
+  const auto exported = [&] {
+    const std::vector<uint8_t> file = serialize_handover_state(pool_->export_handover());
+    handover_state state;
+    std::string error;
+    EXPECT_TRUE(parse_handover_state(file.data(), file.size(), state, error)) << error;
+    return state;
+  };
+  const handover_state state = exported();
+  ASSERT_EQ(state.flows.size(), 2u);
+
+  TearDown();
+  SetUp();  // the successor: the same document, new ports with the same names
+  handover_report report = pool_->adopt_handover(state);
+  EXPECT_EQ(report.flows_adopted, 2u);
+  EXPECT_TRUE(report.dropped.empty());
+  router_answers();
+  send(uplink, outside4(tcp(80, lent, kTcpSyn | kTcpAck)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(u16_at(in, kL4 + 2), 51000);
+  const bytes again = out_of_uplink(pod4(tcp(51000, 80, kTcpAck)));
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(u16_at(again, kL4), lent);
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 0);  // none made anew
+
+  // A successor whose SNAT address changed (node 1's underlay address stays; the document
+  // names another snat_ip among its egress_ips) drops them.
+  TearDown();
+  publish_at_setup_ = false;
+  ring_pool_test::SetUp();
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["node"]["egress_ips"] = {kSnat6, "198.19.0.9"};
+  doc["egress"] = {{"router", kRouter}, {"snat_ip", "198.19.0.9"}, {"snat_ip6", kSnat6},
+                   {"snat_ports", {{"first", kFirstPort}, {"last", kFirstPort + kPorts - 1}}}};
+  publish(doc.dump().c_str());
+  report = pool_->adopt_handover(state);
+  EXPECT_EQ(report.flows_adopted, 0u);
+  EXPECT_EQ(report.dropped, (std::map<std::string, uint64_t>{{"address_changed", 2}}));
 }
 
 TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedByPod) {
