@@ -4,6 +4,7 @@
 // on it through their own node's SNAT; 5,000 concurrent connections of one pod to one
 // destination then hold every port of node 1's range (5,000 ports), and the next one is
 // dropped as snat_ports_exhausted, counted, without harm to the live ones.
+#include <filesystem>
 #include <mutex>
 #include <set>
 
@@ -293,6 +294,41 @@ TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRange
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 9443, 64 << 10), "");
   // The agent lived through it all.
   EXPECT_TRUE(nodes_[0].agent->running());
+}
+
+// An upgrade of node 1's agent (issue 19) under a live outbound connection: the old agent
+// hands its egress flows over, the new one adopts them, and the connection carries on with
+// the same port (the outside server sees no second connection).
+TEST_F(two_nodes_egress, AnOutboundConnectionLivesThroughAnUpgradeOfItsNodesAgent) {
+  recording_tcp_server server(*outside_, 8443);
+  ASSERT_TRUE(server.ok());
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[0].client, *outside_, 5353), "198.19.0.1");  // router MAC known
+  fd_guard connection(connect_within(*nodes_[0].client, kOutside, 8443, 3000ms));
+  ASSERT_GE(connection.fd, 0);
+  const auto round_trip = [&](const char* text) {
+    const size_t n = std::strlen(text) + 1;
+    if (send_retrying(connection.fd, text, n) != ssize_t(n)) return std::string("send failed");
+    char back[64] = {};
+    pollfd p{connection.fd, POLLIN, 0};
+    if (poll(&p, 1, 5000) != 1) return std::string("no answer");
+    const ssize_t got = recv(connection.fd, back, sizeof back, 0);
+    return got == ssize_t(n) ? std::string(back) : std::string("short answer");
+  };
+  ASSERT_EQ(round_trip("before"), "before");
+
+  ASSERT_EQ(nodes_[0].agent->stop(SIGTERM, 10000), 0) << read_text(nodes_[0].log_path);
+  nodes_[0].agent.reset();
+  std::error_code ignored;
+  std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(1), ignored);
+  ASSERT_TRUE(start_agent(1)) << read_text(nodes_[0].log_path);
+  const std::string log = read_text(nodes_[0].log_path);
+  EXPECT_NE(log.find("handover: adopted"), std::string::npos) << log;
+  EXPECT_EQ(log.find("dropped:"), std::string::npos) << log;
+
+  // The first segment may meet the router's MAC unknown to the new agent (asked for,
+  // dropped, sent again by TCP).
+  EXPECT_EQ(round_trip("after"), "after");
+  EXPECT_EQ(server.peers().size(), 1u);
 }
 
 // Egress gateway: node 2 hosts gateway "gw" with its own egress address; pods of every
