@@ -76,6 +76,7 @@ flow_entry reverse_of(const flow_entry& forward, bool v4) {
   reverse.flags = kFlowEgress;
   reverse.protocol = forward.key.protocol;
   reverse.backend_slot = kNoCounterSlot;
+  reverse.second_address = forward.second_address;  // the external service's slot
   store_deltas(reverse, v4, reverse.key.destination, reverse.rewrite_address, reverse.key.destination_port,
                reverse.rewrite_port);
   return reverse;
@@ -105,6 +106,15 @@ void apply(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
   else rewrite_flow(frame, p, e);
 }
 
+// A packet of a flow to an external service's destination, counted for the service. (A
+// reply read from another worker's entry is counted by the worker that handles it.)
+[[gnu::always_inline]] inline void count_external(worker_state& w, const flow_entry& e, const rte_mbuf* m) {
+  if (!e.second_address || e.second_address >= kMaxExternalServiceSlots) return;
+  lb_counters& c = (*w.external_service)[e.second_address];
+  c.packets.add(1);
+  if (m) c.bytes.add(rte_pktmbuf_pkt_len(m));
+}
+
 // Another worker's table, by that worker's index.
 const flow_table* peer_table(const worker_state& w, uint32_t owner) {
   const uint32_t at = owner < w.index ? owner : owner - 1;
@@ -126,7 +136,7 @@ void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
 // A new flow's entries, with a port of this worker's slice that no live reply entry holds
 // for the same outside address and port. False: none free among those tried.
 bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-              const uint8_t* source, flow_entry& forward) {
+              const uint8_t* source, uint32_t service_slot, flow_entry& forward) {
   const egress_forwarding& e = t.egress;
   const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
   const uint32_t per_worker = e.port_count / workers;
@@ -141,6 +151,7 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
   forward.flags = kFlowEgress;
   forward.protocol = key.protocol;
   forward.backend_slot = kNoCounterSlot;
+  forward.second_address = service_slot;
   const uint32_t tries = std::min(per_worker, kEgressPortTries);
   for (uint32_t i = 0; i < tries; ++i) {
     const uint32_t offset = (w.egress_port_cursor + i) % per_worker;
@@ -191,6 +202,7 @@ bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key
     forward.protocol = key.protocol;
     forward.backend_slot = kNoCounterSlot;
     forward.state = reverse.state;
+    forward.second_address = reverse.second_address;
     store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, port);
     w.flows.insert(forward, hash, w.now, w.timeouts);
     w.egress_forward_restored.add(1);
@@ -494,12 +506,13 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
       const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
       if (e.registry_only && !service)
         return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
-      if (!new_flow(w, t, key, hash, v4, source, found))
+      if (!new_flow(w, t, key, hash, v4, source, service ? service->slot : 0, found))
         return egress_refuse(w, in_port, m, frame, p, drop_reason::snat_ports_exhausted);
-      if (service) (*w.external_service_flows)[service->slot].add(1);
+      if (found.second_address) (*w.external_service)[found.second_address].new_flows.add(1);
     }
   }
   apply(frame, p, found);
+  count_external(w, found, m);
   send_to_router();
 }
 
@@ -522,7 +535,7 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
   return nullptr;
 }
 
-[[gnu::noinline]] bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf*, uint8_t* frame,
+[[gnu::noinline]] bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
                                       const parsed_packet& p) {
   if (!p.l4_offset) return false;
   const bool v4 = p.l3 == l3_kind::ipv4;
@@ -549,6 +562,7 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
   }
   if (found.direction != flow_direction::reverse) return false;
   apply(frame, p, found);
+  count_external(w, found, m);
   w.egress_packets_in.add(1);
   return true;
 }

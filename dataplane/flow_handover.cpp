@@ -128,6 +128,15 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       }
       e.backend_slot = UINT32_MAX;  // egress entries count no backend (egress_snat.cpp)
       e.key.padding[0] = detail::kEgressKeyMark;  // not in the file: the flag implies it
+      // The external service's counter slot is the predecessor's: matched again here.
+      e.second_address = 0;
+      const uint8_t* outside = out ? e.key.destination : e.key.source;
+      const uint16_t outside_port = out ? e.key.destination_port : e.key.source_port;
+      for (const egress_registered& entry : t->egress.registry)
+        if (entry.matches(outside, outside_port, e.key.protocol)) {
+          e.second_address = entry.slot;
+          break;
+        }
       const uint64_t lifetime = lifetime_of(e, timeouts);
       const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
       workers_[port_owner]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);

@@ -402,10 +402,10 @@ struct worker_state {
   // Refused outbound flows by the pod's port (egress_refuse): snat_ports_exhausted and
   // egress_gateway_unavailable (egress_not_registered has its own, above).
   std::array<counter, kMaxPorts> egress_ports_exhausted, egress_gateway_unavailable;
-  // New outbound flows to each external service's destinations, by its slot
-  // (counter_slot_names::external_services).
-  std::unique_ptr<std::array<counter, kMaxExternalServiceSlots>> external_service_flows =
-      std::make_unique<std::array<counter, kMaxExternalServiceSlots>>();
+  // Traffic of each external service's flows (new flows; packets and frame bytes both
+  // ways), by its slot (counter_slot_names::external_services; slot 0: none).
+  std::unique_ptr<std::array<lb_counters, kMaxExternalServiceSlots>> external_service =
+      std::make_unique<std::array<lb_counters, kMaxExternalServiceSlots>>();
   uint32_t egress_port_cursor = 0;
   uint64_t egress_router_solicited = 0;
 

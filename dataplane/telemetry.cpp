@@ -213,10 +213,21 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto service_flows = family("meshlane_dataplane_service_new_flows_total", "New flows per service.");
     auto external_flows = family("meshlane_dataplane_external_service_new_flows_total",
                                  "New outbound flows per external service (issue 18), whatever egress.mode.");
+    auto external_packets = family("meshlane_dataplane_external_service_packets_total",
+                                   "Packets of external services' flows, both ways (issue 18).");
+    auto external_bytes = family("meshlane_dataplane_external_service_bytes_total",
+                                 "Frame bytes of external services' flows, both ways (issue 18).");
     for (size_t slot = 1; slot < slot_names_.external_services.names.size(); ++slot) {
-      uint64_t sum = 0;
-      for (const auto& w : workers_) sum += (*w->external_service_flows)[slot].get();
-      external_flows.samples.push_back({{{"service", slot_names_.external_services.names[slot]}}, double(sum)});
+      lb_counters_sum sum;
+      for (const auto& w : workers_) {
+        const lb_counters& c = (*w->external_service)[slot];
+        sum.new_flows += c.new_flows.get(), sum.packets += c.packets.get(), sum.bytes += c.bytes.get();
+      }
+      const std::vector<std::pair<std::string, std::string>> labels{
+          {"service", slot_names_.external_services.names[slot]}};
+      external_flows.samples.push_back({labels, double(sum.new_flows)});
+      external_packets.samples.push_back({labels, double(sum.packets)});
+      external_bytes.samples.push_back({labels, double(sum.bytes)});
     }
     const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
     for (size_t s = 0; s < slot_names_.services.size(); ++s) {
@@ -258,7 +269,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
-                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &egress, &not_registered, &refused_flows, &external_flows,
+                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &egress, &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));

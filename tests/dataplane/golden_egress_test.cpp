@@ -574,7 +574,8 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
     {"name": "ntp", "cidrs": ["203.0.113.128/25"], "ports": [123], "protocol": "udp"}])");
   publish(doc.dump().c_str(), 2);
   router_answers();
-  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // listed
+  const bytes listed = out_of_uplink(pod4(tcp(51000, 80)));  // listed
+  ASSERT_FALSE(listed.empty());
   EXPECT_FALSE(out_of_uplink(ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.200"),
                                         udp(5000, 123)))
                    .empty());  // inside a listed CIDR
@@ -594,6 +595,13 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
   // Each listed flow counted for its external service.
   EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_new_flows_total,service=mirror"), 1);
   EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_new_flows_total,service=ntp"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_packets_total,service=mirror"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_bytes_total,service=mirror"),
+            double(pod4(tcp(51000, 80)).size()));
+  // A reply counts for its service too.
+  send(uplink, outside4(tcp(80, u16_at(listed, kL4), kTcpSyn | kTcpAck)));
+  EXPECT_FALSE(receive(client).empty());
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_external_service_packets_total,service=mirror"), 2);
 
   // Under allow_any too, and the counts follow the names across a publish that reorders them.
   doc["egress"]["mode"] = "allow_any";
@@ -604,6 +612,8 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
   const auto later = metric_values(*pool_);
   EXPECT_EQ(later.at("meshlane_dataplane_external_service_new_flows_total,service=mirror"), 2);
   EXPECT_EQ(later.at("meshlane_dataplane_external_service_new_flows_total,service=ntp"), 1);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_packets_total,service=mirror"), 3);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_packets_total,service=ntp"), 1);
 }
 
 // Egress gateways: the document with a gateway policy for the pods of namespace
