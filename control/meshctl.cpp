@@ -373,7 +373,8 @@ int run_online(const std::string& command, int argc, char** argv) {
       print_table(flat);
     } else if (r.contains("rows")) {
       print_table(r["rows"]);
-      // `flows --follow` updates carry the data plane's sampled policy denials (issue 16).
+      // `flows --follow` updates carry the data plane's sampled policy denials (issue 16)
+      // and refused outbound flows (direction "egress", issue 18).
       if (r.contains("denials") && r["denials"].is_array() && !r["denials"].empty()) {
         std::printf("policy denials:\n");
         print_table(r["denials"]);

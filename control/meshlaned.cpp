@@ -614,7 +614,14 @@ int main(int argc, char** argv) {
   uint64_t denials_logged = 0, suppressed_logged = 0;
   const auto log_denials = [&] {
     const nlohmann::json feed = dataplane->policy_denials_after(denials_logged);
-    for (const auto& e : feed["rows"])
+    for (const auto& e : feed["rows"]) {
+      if (e["direction"] == "egress") {  // a refused outbound flow (issue 18)
+        log.write(meshlane::log_level::info,
+                  "egress refused: " + e["protocol"].get<std::string>() + " " + e["source"].get<std::string>() + ":" +
+                      std::to_string(e["source_port"].get<int>()) + " -> " + e["destination"].get<std::string>() +
+                      ":" + std::to_string(e["destination_port"].get<int>()) + ", " + e["reason"].get<std::string>());
+        continue;
+      }
       log.write(meshlane::log_level::info,
                 "policy denied (" + e["direction"].get<std::string>() + "): " + e["protocol"].get<std::string>() + " " +
                     e["source"].get<std::string>() + ":" + std::to_string(e["source_port"].get<int>()) + " (identity " +
@@ -623,6 +630,7 @@ int main(int argc, char** argv) {
                     e["destination_identity"].get<std::string>() + ") by " +
                     (e["policy"].get<std::string>().empty() ? "no policy" : e["policy"].get<std::string>()) + " rule " +
                     std::to_string(e["rule"].get<int>()) + ", " + e["reason"].get<std::string>());
+    }
     denials_logged = feed["next"].get<uint64_t>();
     const uint64_t suppressed = feed["suppressed"].get<uint64_t>();
     if (suppressed > suppressed_logged)

@@ -39,6 +39,14 @@ struct byte_writer {
   }
   void address(const ip_address& a) { out.insert(out.end(), a.bytes.begin(), a.bytes.end()); }
   void prefix(const ip_prefix& p) { address(p.base); u8(p.length); }
+  void optional_address(const std::optional<ip_address>& a) {
+    u8(a.has_value());
+    if (a) address(*a);
+  }
+  void ports(const std::vector<uint16_t>& list) {
+    u32(static_cast<uint32_t>(list.size()));
+    for (uint16_t p : list) u16(p);
+  }
   void index(const hash_index& h) {
     u32(static_cast<uint32_t>(h.slots.size()));
     for (uint32_t s : h.slots) u32(s);
@@ -46,7 +54,8 @@ struct byte_writer {
 };
 
 constexpr char kMagic[16] = "MESHLANE-TABLES";  // 15 characters and the terminator
-constexpr uint32_t kFormatVersion = 3;  // 2: ebpf settings after the tunables; 3: policy tables
+// 2: ebpf settings after the tunables; 3: policy tables; 4: egress and external services
+constexpr uint32_t kFormatVersion = 4;
 // Magic, format version, reserved word, generation: the part of the form the digest skips.
 constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 8;
 
@@ -199,6 +208,37 @@ std::vector<uint8_t> snapshot::serialize() const {
   w.u32(static_cast<uint32_t>(policy.verdicts.size()));
   for (const auto& v : policy.verdicts)
     w.u8(v.allowed), w.u8(static_cast<uint8_t>(v.reason)), w.u16(v.rule), w.u32(v.policy);
+  // Egress (issue 18), as the document gives it: the workers' egress tables are built
+  // from this and the pods above. Policies and external services in document order
+  // (policies: the first match wins).
+  w.u8(static_cast<uint8_t>(egress.mode));
+  w.optional_address(egress.router);
+  w.optional_address(egress.snat_ip);
+  w.optional_address(egress.snat_ip6);
+  w.u16(egress.snat_ports.first);
+  w.u16(egress.snat_ports.last);
+  w.u32(static_cast<uint32_t>(egress.gateways.size()));
+  for (const auto& g : egress.gateways) w.text(g.name), w.text(g.node), w.address(g.egress_ip);
+  w.u32(static_cast<uint32_t>(egress.policies.size()));
+  for (const auto& p : egress.policies) {
+    w.text(p.name);
+    w.text(p.pod_namespace);
+    w.u32(static_cast<uint32_t>(p.match_labels.size()));
+    for (const auto& [k, v] : p.match_labels) w.text(k), w.text(v);
+    w.u32(static_cast<uint32_t>(p.destination_cidrs.size()));
+    for (const auto& c : p.destination_cidrs) w.prefix(c);
+    w.ports(p.destination_ports);
+    w.text(p.gateway);
+    w.u8(static_cast<uint8_t>(p.fallback));
+  }
+  w.u32(static_cast<uint32_t>(external_services.size()));
+  for (const auto& e : external_services) {
+    w.text(e.name);
+    w.u32(static_cast<uint32_t>(e.destinations.size()));
+    for (const auto& d : e.destinations) w.prefix(d);
+    w.ports(e.ports);
+    w.u8(static_cast<uint8_t>(e.protocol));
+  }
   return std::move(w.out);
 }
 

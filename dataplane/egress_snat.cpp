@@ -17,8 +17,6 @@ using namespace detail;
 namespace detail {
 namespace {
 
-// flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
-inline constexpr uint8_t kEgressKeyMark = 1;
 // Egress entries count no service backend: a slot no table has (the flows view shows no
 // backend, slot reclaiming skips it).
 inline constexpr uint32_t kNoCounterSlot = UINT32_MAX;
@@ -78,6 +76,7 @@ flow_entry reverse_of(const flow_entry& forward, bool v4) {
   reverse.flags = kFlowEgress;
   reverse.protocol = forward.key.protocol;
   reverse.backend_slot = kNoCounterSlot;
+  reverse.second_address = forward.second_address;  // the external service's slot
   store_deltas(reverse, v4, reverse.key.destination, reverse.rewrite_address, reverse.key.destination_port,
                reverse.rewrite_port);
   return reverse;
@@ -107,12 +106,13 @@ void apply(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
   else rewrite_flow(frame, p, e);
 }
 
-// The worker that owns `port`'s slice, or UINT32_MAX when the port is outside the range.
-uint32_t slice_owner(const egress_forwarding& e, uint32_t workers, uint16_t port) {
-  const uint32_t per_worker = e.port_count / workers;
-  const uint32_t offset = uint32_t{port} - e.port_first;
-  if (per_worker == 0 || port < e.port_first || offset >= per_worker * workers) return UINT32_MAX;
-  return offset / per_worker;
+// A packet of a flow to an external service's destination, counted for the service. (A
+// reply read from another worker's entry is counted by the worker that handles it.)
+[[gnu::always_inline]] inline void count_external(worker_state& w, const flow_entry& e, const rte_mbuf* m) {
+  if (!e.second_address || e.second_address >= kMaxExternalServiceSlots) return;
+  lb_counters& c = (*w.external_service)[e.second_address];
+  c.packets.add(1);
+  if (m) c.bytes.add(rte_pktmbuf_pkt_len(m));
 }
 
 // Another worker's table, by that worker's index.
@@ -136,7 +136,7 @@ void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
 // A new flow's entries, with a port of this worker's slice that no live reply entry holds
 // for the same outside address and port. False: none free among those tried.
 bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-              const uint8_t* source, flow_entry& forward) {
+              const uint8_t* source, uint32_t service_slot, flow_entry& forward) {
   const egress_forwarding& e = t.egress;
   const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
   const uint32_t per_worker = e.port_count / workers;
@@ -151,6 +151,7 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
   forward.flags = kFlowEgress;
   forward.protocol = key.protocol;
   forward.backend_slot = kNoCounterSlot;
+  forward.second_address = service_slot;
   const uint32_t tries = std::min(per_worker, kEgressPortTries);
   for (uint32_t i = 0; i < tries; ++i) {
     const uint32_t offset = (w.egress_port_cursor + i) % per_worker;
@@ -171,10 +172,50 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
   return false;
 }
 
-bool registered(const egress_forwarding& e, const flow_key& key) {
-  for (const egress_registered& entry : e.registry)
-    if (entry.matches(key.destination, key.destination_port, key.protocol)) return true;
+// The forward entry of a TCP flow past its handshake that missed: made again from the
+// live reply entry of this worker's slice that sends replies to the pod's address and
+// port (egress_snat.h, kEgressForwardSearchesHz). False: none, or no search allowed now.
+bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+                     const uint8_t* source, flow_entry& forward) {
+  if (w.egress_forward_searched && w.now - w.egress_forward_searched < rte_get_tsc_hz() / kEgressForwardSearchesHz)
+    return false;
+  w.egress_forward_searched = w.now;
+  const egress_forwarding& e = t.egress;
+  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+  const uint32_t per_worker = e.port_count / workers;
+  const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
+  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
+  for (uint32_t offset = 0; offset < per_worker; ++offset) {
+    const uint16_t port = static_cast<uint16_t>(first + offset);
+    const flow_key probe = egress_key(key.destination, snat.bytes.data(), key.destination_port, port, key.protocol);
+    flow_entry reverse;
+    if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, reverse)) continue;
+    if (reverse.direction != flow_direction::reverse || reverse.rewrite_port != key.source_port ||
+        std::memcmp(reverse.rewrite_address, key.source, 16) != 0)
+      continue;
+    forward = flow_entry{};
+    forward.key = key;
+    std::memcpy(forward.rewrite_address, snat.bytes.data(), 16);
+    forward.rewrite_port = port;
+    forward.direction = flow_direction::forward;
+    forward.flags = kFlowEgress;
+    forward.protocol = key.protocol;
+    forward.backend_slot = kNoCounterSlot;
+    forward.state = reverse.state;
+    forward.second_address = reverse.second_address;
+    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, port);
+    w.flows.insert(forward, hash, w.now, w.timeouts);
+    w.egress_forward_restored.add(1);
+    return true;
+  }
   return false;
+}
+
+// The external service entry that lists the flow's destination, or null.
+const egress_registered* registered(const egress_forwarding& e, const flow_key& key) {
+  for (const egress_registered& entry : e.registry)
+    if (entry.matches(key.destination, key.destination_port, key.protocol)) return &entry;
+  return nullptr;
 }
 
 void solicit_router(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mempool* pool) {
@@ -289,6 +330,91 @@ bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* fr
 
 }  // namespace
 
+// RFC 5508 section 4.2 in the pod-to-outside direction (egress_snat.h).
+bool egress_icmp_error_outbound(worker_state& w, uint8_t* frame, const parsed_packet& p) {
+  const bool v4 = p.l3 == l3_kind::ipv4;
+  const uint8_t type = icmp_type(frame, p);
+  const bool error = v4 ? (type == kIcmpDestinationUnreachable || type == kIcmpTimeExceeded)
+                        : (type == 1 || type == kIcmpv6PacketTooBig || type == kIcmpv6TimeExceeded);
+  if (!error) return false;
+  const uint32_t end = p.l3_offset + p.l3_length;
+  uint8_t* inner = frame + p.l4_offset + sizeof(icmp_header);
+  uint32_t inner_l4;
+  uint8_t protocol;
+  ip_address outside, pod;
+  if (v4) {
+    if (inner + sizeof(ipv4_header) > frame + end) return false;
+    const auto* ip = reinterpret_cast<const ipv4_header*>(inner);
+    inner_l4 = (ip->version_ihl & 0x0f) * 4u;
+    if (inner_l4 < sizeof(ipv4_header)) return false;
+    protocol = ip->protocol;
+    outside = address_v4(ip->source);
+    pod = address_v4(ip->destination);
+  } else {
+    if (inner + sizeof(ipv6_header) > frame + end) return false;
+    const auto* ip = reinterpret_cast<const ipv6_header*>(inner);
+    inner_l4 = sizeof(ipv6_header);
+    protocol = ip->next_header;
+    outside = address_v6(ip->source);
+    pod = address_v6(ip->destination);
+  }
+  // The quote must hold the ports (or the echo reply's identifier): its first 8 bytes.
+  if (inner + inner_l4 + 8 > frame + end) return false;
+  uint8_t* l4 = inner + inner_l4;
+  const bool echo = protocol == (v4 ? kProtoIcmp : kProtoIcmpv6);
+  if (protocol != kProtoTcp && protocol != kProtoUdp && !echo) return false;
+  if (echo && l4[0] != (v4 ? kIcmpEchoReply : kIcmpv6EchoReply)) return false;
+  const uint16_t quoted_destination_port = from_net16(load16(l4 + (echo ? 4 : 2)));
+  const uint16_t quoted_source_port = echo ? quoted_destination_port : from_net16(load16(l4));
+  // The flow's forward key: pod -> outside.
+  const flow_key key =
+      egress_key(pod.bytes.data(), outside.bytes.data(), quoted_destination_port, quoted_source_port, protocol);
+  const uint64_t hash = hash_flow_key(key);
+  flow_entry forward;
+  bool found = w.flows.find_shared(key, hash, w.now, w.timeouts, forward);
+  for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
+    found = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, forward);
+  if (!found || forward.direction != flow_direction::forward) return false;
+
+  // The quoted packet: destination to the SNAT address and port (identifier).
+  if (v4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(inner);
+    std::memcpy(&ip->destination, forward.rewrite_address + 12, 4);
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, inner_l4);
+  } else {
+    std::memcpy(reinterpret_cast<ipv6_header*>(inner)->destination, forward.rewrite_address, 16);
+  }
+  store16(l4 + (echo ? 4 : 2), to_net16(forward.rewrite_port));
+  // Its transport checksum, when quoted, changes as the forward entry's rewrite does (the
+  // same address and port, the same sum, wherever in the header they sit).
+  const size_t check_at = protocol == kProtoTcp ? offsetof(tcp_header, checksum)
+                          : protocol == kProtoUdp ? offsetof(udp_header, checksum)
+                                                  : offsetof(icmp_header, checksum);
+  if (l4 + check_at + 2 <= frame + end) {
+    const uint16_t before = load16(l4 + check_at);
+    if (!(protocol == kProtoUdp && v4 && before == 0)) store16(l4 + check_at, apply_delta(before, forward.l4_checksum_delta));
+  }
+  // The outer source: the SNAT address.
+  uint8_t* outer = frame + p.l3_offset;
+  const uint32_t icmp_length = end - p.l4_offset;
+  auto* icmp = reinterpret_cast<icmp_header*>(frame + p.l4_offset);
+  icmp->checksum = 0;
+  if (v4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(outer);
+    std::memcpy(&ip->source, forward.rewrite_address + 12, 4);
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, p.l4_offset - p.l3_offset);
+    icmp->checksum = checksum(icmp, icmp_length);
+  } else {
+    auto* ip = reinterpret_cast<ipv6_header*>(outer);
+    std::memcpy(ip->source, forward.rewrite_address, 16);
+    icmp->checksum = checksum_fold(
+        checksum_partial(icmp, icmp_length, pseudo_header_sum_v6(ip->source, ip->destination, kProtoIcmpv6, icmp_length)));
+  }
+  return true;
+}
+
 void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t sender_ip, const mac_address& mac) {
   if (!t.egress.router_ip || sender_ip != t.egress.router_ip) return;
   underlay_neighbours::slot& slot = ports.egress_router;
@@ -301,6 +427,27 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   slot.ip_and_valid.store(valid, std::memory_order_release);
 }
 
+[[gnu::noinline]] void egress_refuse(worker_state& w, uint16_t in_port, rte_mbuf* m, const uint8_t* frame,
+                                     const parsed_packet& p, drop_reason reason) {
+  if (in_port < kMaxPorts) {
+    if (reason == drop_reason::egress_not_registered) w.egress_not_registered[in_port].add(1);
+    else if (reason == drop_reason::snat_ports_exhausted) w.egress_ports_exhausted[in_port].add(1);
+    else w.egress_gateway_unavailable[in_port].add(1);
+  }
+  if (policy_deny_event* e = w.deny_log.claim(w.now, w.tsc_hz)) {
+    flow_key key;
+    flow_key_into(key, frame, p);
+    std::memcpy(e->source.bytes.data(), key.source, 16);
+    std::memcpy(e->destination.bytes.data(), key.destination, 16);
+    e->source_port = key.source_port;
+    e->destination_port = key.destination_port;
+    e->protocol = key.protocol;
+    e->egress_refused = static_cast<uint8_t>(reason);
+    w.deny_log.publish();
+  }
+  drop(w, m, reason);
+}
+
 [[gnu::noinline]] void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports,
                                        uint16_t in_port, rte_mbuf* m, uint8_t* frame, const parsed_packet& p,
                                        const uint8_t* source) {
@@ -309,12 +456,11 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   if (!e.enabled() || ports.uplink_port == UINT16_MAX || (!v4 && !e.has_snat_ip6 && !source))
     return drop(w, m, drop_reason::no_route);
   if (!p.l4_offset) return drop(w, m, drop_reason::no_route);
-  if (is_icmp(p.l4_protocol)) {
-    // Echo requests only; other ICMP from a pod to the outside has no flow to belong to.
-    if (icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return drop(w, m, drop_reason::no_route);
-  } else if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) {
+  // Echo requests start flows; other ICMP from a pod to the outside must be an error
+  // about an egress flow (egress_icmp_error_outbound), or it has no flow to belong to.
+  const bool icmp_other = is_icmp(p.l4_protocol) && icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest);
+  if (!is_icmp(p.l4_protocol) && p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)
     return drop(w, m, drop_reason::no_route);
-  }
   // A VIP on a port it does not serve is no outside address.
   if (v4 && gate_contains(t.v4_vips, t.v4_vip_mask,
                           from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination)))
@@ -325,6 +471,17 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     return drop(w, m, drop_reason::neighbour_unresolved);
   }
   const uint64_t router_mac = router.mac.load(std::memory_order_acquire);
+  const auto send_to_router = [&] {
+    auto* eth = reinterpret_cast<ethernet_header*>(frame);
+    eth->destination = mac_address::from_u64(router_mac);
+    eth->source = ports.ports[ports.uplink_port].mac;
+    w.egress_packets_out.add(1);
+    transmit(w, ports.uplink_port, m);
+  };
+  if (icmp_other) [[unlikely]] {
+    if (!egress_icmp_error_outbound(w, frame, p)) return drop(w, m, drop_reason::no_route);
+    return send_to_router();
+  }
 
   flow_key key;
   flow_key_into(key, frame, p);
@@ -339,22 +496,24 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     bool shared = false;
     for (size_t i = 0; !shared && i < w.peer_flows.size(); ++i)
       shared = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, found);
+    // A TCP segment past the handshake may belong to a flow whose forward entry was
+    // evicted: it keeps its port (restore_forward).
+    if (!shared && p.l4_protocol == kProtoTcp && !(p.tcp_flags & kTcpSyn))
+      shared = restore_forward(w, t, key, hash, v4, source, found);
     if (!shared) {
       // A new flow: registry_only asks the external services first (new flows only; a
       // flow made before a change of mode or registry keeps going until it ends).
-      if (e.registry_only && !registered(e, key)) {
-        w.egress_not_registered[in_port].add(1);
-        return drop(w, m, drop_reason::egress_not_registered);
-      }
-      if (!new_flow(w, t, key, hash, v4, source, found)) return drop(w, m, drop_reason::snat_ports_exhausted);
+      const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
+      if (e.registry_only && !service)
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
+      if (!new_flow(w, t, key, hash, v4, source, service ? service->slot : 0, found))
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::snat_ports_exhausted);
+      if (found.second_address) (*w.external_service)[found.second_address].new_flows.add(1);
     }
   }
   apply(frame, p, found);
-  auto* eth = reinterpret_cast<ethernet_header*>(frame);
-  eth->destination = mac_address::from_u64(router_mac);
-  eth->source = ports.ports[ports.uplink_port].mac;
-  w.egress_packets_out.add(1);
-  transmit(w, ports.uplink_port, m);
+  count_external(w, found, m);
+  send_to_router();
 }
 
 const egress_gateway_rule* egress_rule_of(const forwarding_tables& t, uint16_t in_port, const uint8_t* frame,
@@ -376,7 +535,7 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
   return nullptr;
 }
 
-[[gnu::noinline]] bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf*, uint8_t* frame,
+[[gnu::noinline]] bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
                                       const parsed_packet& p) {
   if (!p.l4_offset) return false;
   const bool v4 = p.l3 == l3_kind::ipv4;
@@ -397,12 +556,13 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
   } else {
     // The port names the worker whose table holds the flow.
     const uint32_t owner =
-        slice_owner(t.egress, static_cast<uint32_t>(w.peer_flows.size()) + 1, p.destination_port);
+        egress_port_owner(t.egress, static_cast<uint32_t>(w.peer_flows.size()) + 1, p.destination_port);
     const flow_table* table = owner == UINT32_MAX || owner == w.index ? nullptr : peer_table(w, owner);
     if (!table || !table->find_shared(key, hash, w.now, w.timeouts, found)) return false;
   }
   if (found.direction != flow_direction::reverse) return false;
   apply(frame, p, found);
+  count_external(w, found, m);
   w.egress_packets_in.add(1);
   return true;
 }

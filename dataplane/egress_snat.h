@@ -8,7 +8,9 @@
 // egress key never equals a service flow's key. TCP and UDP lend a port, ICMP echo an
 // identifier (RFC 5508 section 3.1); ICMP errors about an egress flow that reach the
 // SNAT address are NATed back to the pod with the quoted header restored (RFC 5508
-// section 4.2), so path MTU discovery works through the NAT.
+// section 4.2), so path MTU discovery works through the NAT; ICMP errors a pod sends
+// about a packet of an egress flow that reached it leave with the SNAT address as their
+// source and in the quoted packet.
 //
 // Ports: the range is cut into one equal slice per worker; a worker lends only ports of
 // its own slice, and only a port that no live reverse entry of its own table holds for
@@ -25,10 +27,21 @@
 namespace meshlane::detail {
 
 inline constexpr uint32_t kEgressPortTries = 1024;
+// A TCP segment past the handshake whose forward entry is gone (evicted by a colliding
+// flow: the table is LRU per bucket) while its reply entry lives: the worker searches
+// its slice for the reply entry that names the pod's address and port and makes the
+// forward entry again with that port, so that the connection survives. The search
+// probes every port of the slice, so a worker makes at most this many a second; a
+// segment that may not search gets a new port (the connection breaks, as before).
+inline constexpr uint64_t kEgressForwardSearchesHz = 100;
+
+// flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
+inline constexpr uint8_t kEgressKeyMark = 1;
 
 // A pod's packet to an outside address (not in any pod range), its TTL already
 // decremented and within the uplink's MTU: NATed and sent out of the uplink to the
-// router, or dropped with a reason (no_route: not TCP, UDP or an echo request, IPv6
+// router, or dropped with a reason (no_route: not TCP, UDP, an echo request or an ICMP
+// error about an egress flow, IPv6
 // without snat_ip6, a VIP on a port it does not serve; neighbour_unresolved: the router's
 // MAC is not known yet, asked for; snat_ports_exhausted).
 // egress_not_registered: registry_only and no external service has the destination,
@@ -37,6 +50,13 @@ inline constexpr uint32_t kEgressPortTries = 1024;
 // address), or null for this node's snat_ip / snat_ip6.
 void egress_outbound(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port, rte_mbuf* m,
                      uint8_t* frame, const parsed_packet& p, const uint8_t* source = nullptr);
+
+// A new outbound flow refused (snat_ports_exhausted, egress_not_registered,
+// egress_gateway_unavailable): counted by the pod's port `in_port` and reason, put on
+// the worker's sampled deny log (which `meshctl flows --follow` shows beside policy
+// denials), and dropped.
+void egress_refuse(worker_state& w, uint16_t in_port, rte_mbuf* m, const uint8_t* frame, const parsed_packet& p,
+                   drop_reason reason);
 
 // Egress gateway policies: the first rule of pod port `in_port` whose destination the
 // packet has, or null (then this node's own SNAT); for traffic another node tunnelled
@@ -49,6 +69,24 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
 // and was rewritten for its pod (the caller routes it); false, the packet untouched,
 // otherwise.
 bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame, const parsed_packet& p);
+
+// An ICMP error a pod sends about a packet of an egress flow that reached it from
+// outside (outside -> pod, after reverse NAT): the outer source becomes the SNAT address
+// and the quoted destination the SNAT address and lent port (RFC 5508 section 4.2 in
+// this direction; RFC 5382 section 7.2), so that the outside host matches it to the flow
+// it knows; the quote's checksums adjusted, the ICMP checksum computed again. False: not
+// an error about an egress flow (the frame untouched). egress_outbound calls it.
+bool egress_icmp_error_outbound(worker_state& w, uint8_t* frame, const parsed_packet& p);
+
+// The worker of `workers` whose slice of the port range holds `port` (a lent port or echo
+// identifier), or UINT32_MAX when the port is outside the range.
+[[gnu::always_inline]] inline uint32_t egress_port_owner(const egress_forwarding& e, uint32_t workers,
+                                                         uint16_t port) {
+  const uint32_t per_worker = e.port_count / workers;
+  const uint32_t offset = uint32_t{port} - e.port_first;
+  if (per_worker == 0 || port < e.port_first || offset >= per_worker * workers) return UINT32_MAX;
+  return offset / per_worker;
+}
 
 // Whether `destination` (network order) is one of this node's IPv4 egress addresses:
 // its SNAT address or a gateway's egress address here.

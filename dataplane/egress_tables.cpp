@@ -84,6 +84,7 @@ egress_forwarding build_egress_forwarding(const snapshot& s, const std::vector<u
       entry.ports = service.ports;
       std::sort(entry.ports.begin(), entry.ports.end());
       out.registry.push_back(std::move(entry));
+      out.registry_service.push_back(service.name);
     }
   }
   // Gateway policies: the rules of each pod port, in document order.

@@ -5,6 +5,7 @@
 
 #include <array>
 #include <cstdint>
+#include <string>
 #include <vector>
 
 namespace meshlane {
@@ -19,6 +20,9 @@ struct egress_registered {
   uint8_t length = 0;
   uint8_t protocol = 0;
   std::vector<uint16_t> ports;  // sorted
+  // In the registry: the external service's counter slot (stable by name across
+  // publishes; forwarding_tables.cpp assigns it), which its new flows are counted under.
+  uint32_t slot = 0;
   bool matches(const uint8_t* address, uint16_t port, uint8_t l4_protocol) const;
 };
 
@@ -51,6 +55,7 @@ struct egress_forwarding {
   // to anything else is dropped as egress_not_registered (counted by pod port).
   bool registry_only = false;
   std::vector<egress_registered> registry;
+  std::vector<std::string> registry_service;  // by registry entry: the external service's name
   // Gateway policies: by pod port, the [begin, end) of its rules in `rules` (first match
   // wins, in document order); `hosted`: the rules of gateways on this node, for traffic
   // other nodes tunnel here; `addresses`: this node's gateway egress IPv4 addresses

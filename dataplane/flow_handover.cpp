@@ -6,6 +6,7 @@
 #include <set>
 
 #include "dataplane/dataplane.h"
+#include "dataplane/egress_snat.h"
 #include "dataplane/pipeline_internal.h"
 
 namespace meshlane {
@@ -107,6 +108,39 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     flow_entry e = f.entry;
     if (f.remaining_ms <= report.handover_ms) {
       ++report.dropped["expired"];
+      continue;
+    }
+    // Egress (issue 18): no service; the flow keeps its SNAT address and lent port when
+    // this node still has both, on the worker whose slice holds the port (a reply's
+    // worker follows from its port, egress_snat.h).
+    if (e.flags & kFlowEgress) {
+      const bool out = e.direction == flow_direction::forward;
+      const uint8_t* snat = out ? e.rewrite_address : e.key.destination;
+      const uint16_t lent = out ? e.rewrite_port : e.key.destination_port;
+      uint32_t snat_v4;
+      std::memcpy(&snat_v4, snat + 12, 4);
+      const bool ours = address_v6(snat).is_v4() ? detail::is_egress_address(*t, snat_v4)
+                                                 : detail::is_egress_address6(*t, snat);
+      const uint32_t port_owner = detail::egress_port_owner(t->egress, workers, lent);
+      if (!ours || port_owner == UINT32_MAX) {
+        ++report.dropped["address_changed"];
+        continue;
+      }
+      e.backend_slot = UINT32_MAX;  // egress entries count no backend (egress_snat.cpp)
+      e.key.padding[0] = detail::kEgressKeyMark;  // not in the file: the flag implies it
+      // The external service's counter slot is the predecessor's: matched again here.
+      e.second_address = 0;
+      const uint8_t* outside = out ? e.key.destination : e.key.source;
+      const uint16_t outside_port = out ? e.key.destination_port : e.key.source_port;
+      for (const egress_registered& entry : t->egress.registry)
+        if (entry.matches(outside, outside_port, e.key.protocol)) {
+          e.second_address = entry.slot;
+          break;
+        }
+      const uint64_t lifetime = lifetime_of(e, timeouts);
+      const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
+      workers_[port_owner]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
+      ++report.flows_adopted;
       continue;
     }
     // The service and backend the entry names must still be in the tables, the backend

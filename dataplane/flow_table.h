@@ -136,7 +136,8 @@ struct flow_entry {
   };
   uint16_t rewrite_port = 0;
   uint16_t second_port = 0;     // with kFlowSecondRewrite: forward: new source port; reverse: new destination port
-  uint32_t second_address = 0;  // with kFlowSecondRewrite: the other end's new IPv4 address, as stored
+  uint32_t second_address = 0;  // with kFlowSecondRewrite: the other end's new IPv4 address, as stored;
+                                // with kFlowEgress: the external service's counter slot (0: none)
   uint8_t last_hop_mac[6] = {};  // with kFlowToLastHop
   flow_direction direction = flow_direction::forward;
   flow_state state = flow_state::transitory;

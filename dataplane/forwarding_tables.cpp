@@ -344,6 +344,15 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     }
   }
   out.egress = build_egress_forwarding(s, out.pod_port);  // issue 18
+  for (size_t i = 0; i < out.egress.registry.size(); ++i) {
+    const std::string& name = out.egress.registry_service[i];
+    auto [it, added] = slots.external_services.index.try_emplace(name, 0);
+    if (added && slots.external_services.names.size() < kMaxExternalServiceSlots) {
+      it->second = static_cast<uint32_t>(slots.external_services.names.size());
+      slots.external_services.names.push_back(name);
+    }
+    out.egress.registry[i].slot = it->second;
+  }
   return {};
 }
 

@@ -225,9 +225,13 @@ bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
     e.l4_checksum_delta = r.u16();
     f.backend = r.str();
     if (!r.ok) break;
+    // Egress flows (issue 18) may be ICMP echoes; their key's mark (egress_snat.h) is
+    // implied by the flag and put back by the adopter.
+    const bool echo = e.key.protocol == wire::kProtoIcmp || e.key.protocol == wire::kProtoIcmpv6;
     if (f.worker >= out.workers || direction > 1 || state > 2 ||
-        (e.key.protocol != wire::kProtoTcp && e.key.protocol != wire::kProtoUdp) ||
-        (e.flags & ~(kFlowSecondRewrite | kFlowToLastHop | kFlowIngress))) {
+        (e.key.protocol != wire::kProtoTcp && e.key.protocol != wire::kProtoUdp &&
+         !(echo && (e.flags & kFlowEgress))) ||
+        (e.flags & ~(kFlowSecondRewrite | kFlowToLastHop | kFlowIngress | kFlowEgress))) {
       error = "flow record " + std::to_string(&f - out.flows.data()) +
               " is malformed (worker, direction, state, protocol or flags out of range)";
       return false;

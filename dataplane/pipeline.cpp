@@ -118,7 +118,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
         kFromOverlay ? egress_hosted_rule(t, frame, p) : egress_rule_of(t, in_port, frame, p);
     if (kFromOverlay && !rule) return drop(w, m, drop_reason::no_route);
     if (rule) {
-      if (rule->action == egress_gateway_action::drop) return drop(w, m, drop_reason::egress_gateway_unavailable);
+      if (rule->action == egress_gateway_action::drop)
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_gateway_unavailable);
       if (rule->action == egress_gateway_action::tunnel) node_index = rule->node_index;
       if (rule->action == egress_gateway_action::snat_here) source = rule->egress_ip.data();
     }

@@ -309,6 +309,9 @@ struct policy_slot_names {
   std::vector<std::string> names{""};  // slot -> "namespace/name"
   std::unordered_map<std::string, uint32_t> index;
 };
+// External services' counter slots (issue 18), by name, never freed; past
+// kMaxExternalServiceSlots names share slot 0 (counted, unnamed).
+inline constexpr uint32_t kMaxExternalServiceSlots = 1024;
 // By slot, reason (deny_rule, no_allow_match) and direction (remote, ingress).
 struct policy_deny_counter_block {
   std::array<std::array<counter, 2>, 2> by[kMaxPolicySlots];
@@ -324,6 +327,10 @@ struct policy_deny_event {
   policy_verdict verdict;
   uint32_t source_identity = 0, destination_identity = 0;
   uint32_t policy_slot = 0;
+  // Egress (issue 18): a refused outbound flow (egress_snat.h egress_refuse) carries its
+  // drop reason here (snat_ports_exhausted, egress_not_registered,
+  // egress_gateway_unavailable) and no verdict; 0 for a policy denial.
+  uint8_t egress_refused = 0;
 };
 // One worker's deny log: the worker writes events at most `kPerSecond` a second (a token
 // bucket with a burst of as many), counts the rest as suppressed, and the control thread
@@ -337,6 +344,27 @@ struct policy_deny_log {
   counter suppressed;
   uint64_t tokens_at = 0;  // worker's: TSC the bucket was last refilled
   uint32_t tokens = kPerSecond;
+
+  // The writer's side: the slot for the next event when the bucket has a token (the
+  // caller fills it, then publish()), or null (counted as suppressed).
+  policy_deny_event* claim(uint64_t now, uint64_t tsc_hz) {
+    // Token bucket: kPerSecond tokens a second, at most kPerSecond saved up.
+    if (tsc_hz && now - tokens_at >= tsc_hz / kPerSecond) {
+      const uint64_t earned = (now - tokens_at) / (tsc_hz / kPerSecond);
+      tokens = static_cast<uint32_t>(std::min<uint64_t>(kPerSecond, tokens + earned));
+      tokens_at = now;
+    }
+    if (tokens == 0) {
+      suppressed.add(1);
+      return nullptr;
+    }
+    --tokens;
+    policy_deny_event& e = events[written.load(std::memory_order_relaxed) % kSize];
+    e = policy_deny_event{};
+    e.tsc = now;
+    return &e;
+  }
+  void publish() { written.store(written.load(std::memory_order_relaxed) + 1, std::memory_order_release); }
 };
 
 // Everything one worker owns: its flow-table shard, counters and TX buffers.
@@ -373,7 +401,18 @@ struct worker_state {
   // Egress (egress_snat.h): flows made, packets out and replies in; the next port of this
   // worker's slice to try, and when the router was last asked for its MAC (TSC).
   counter egress_flows, egress_packets_out, egress_packets_in;
+  // Forward entries made again from their live reply entry after an eviction (the flow
+  // keeps its port), and when this worker last searched its slice for one (TSC).
+  counter egress_forward_restored;
+  uint64_t egress_forward_searched = 0;
   std::array<counter, kMaxPorts> egress_not_registered;  // by the pod's port
+  // Refused outbound flows by the pod's port (egress_refuse): snat_ports_exhausted and
+  // egress_gateway_unavailable (egress_not_registered has its own, above).
+  std::array<counter, kMaxPorts> egress_ports_exhausted, egress_gateway_unavailable;
+  // Traffic of each external service's flows (new flows; packets and frame bytes both
+  // ways), by its slot (counter_slot_names::external_services; slot 0: none).
+  std::unique_ptr<std::array<lb_counters, kMaxExternalServiceSlots>> external_service =
+      std::make_unique<std::array<lb_counters, kMaxExternalServiceSlots>>();
   uint32_t egress_port_cursor = 0;
   uint64_t egress_router_solicited = 0;
 
@@ -456,6 +495,7 @@ struct counter_slot_names {
   std::vector<uint32_t> free_services, free_backends;
   std::unordered_map<std::string, uint32_t> service_index, backend_index;  // name -> slot
   policy_slot_names policies;  // deny counters' slots (issue 16); never freed, at most kMaxPolicySlots
+  policy_slot_names external_services;  // issue 18: new-flow counters' slots, never freed
   size_t live_backends() const { return backend_index.size(); }
   size_t live_services() const { return service_index.size(); }
 };

@@ -67,21 +67,9 @@ void update(flow_entry& entry, const flow_policy& policy, uint8_t flags) {
 
 void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, const lb_outcome& lb,
                 const policy_verdict& verdict, uint32_t slot) {
-  policy_deny_log& log = w.deny_log;
-  // Token bucket: kPerSecond tokens a second, at most kPerSecond saved up.
-  if (w.tsc_hz && w.now - log.tokens_at >= w.tsc_hz / policy_deny_log::kPerSecond) {
-    const uint64_t earned = (w.now - log.tokens_at) / (w.tsc_hz / policy_deny_log::kPerSecond);
-    log.tokens = static_cast<uint32_t>(std::min<uint64_t>(policy_deny_log::kPerSecond, log.tokens + earned));
-    log.tokens_at = w.now;
-  }
-  if (log.tokens == 0) {
-    log.suppressed.add(1);
-    return;
-  }
-  --log.tokens;
-  const uint64_t n = log.written.load(std::memory_order_relaxed);
-  policy_deny_event& e = log.events[n % policy_deny_log::kSize];
-  e.tsc = w.now;
+  policy_deny_event* slot_of_event = w.deny_log.claim(w.now, w.tsc_hz);
+  if (!slot_of_event) return;
+  policy_deny_event& e = *slot_of_event;
   if (lb.has_original_source) e.source = w.original_source;
   else std::memcpy(e.source.bytes.data(), key.source, 16);
   std::memcpy(e.destination.bytes.data(), key.destination, 16);
@@ -93,7 +81,7 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
   e.source_identity = lb.source_identity;
   e.destination_identity = pod.identity;
   e.policy_slot = slot;
-  log.written.store(n + 1, std::memory_order_release);
+  w.deny_log.publish();
 }
 
 }  // namespace

@@ -63,11 +63,32 @@ std::vector<nlohmann::json> worker_pool::take_deny_events(std::vector<uint64_t>&
         ++lost;
         continue;
       }
+      const char* protocol = e.protocol == 6 ? "tcp" : e.protocol == 17 ? "udp" : "icmp";
+      const int64_t time_ms = wall_ms - static_cast<int64_t>(hz ? (now - e.tsc) * 1000 / hz : 0);
+      if (e.egress_refused) {
+        // A refused outbound flow (egress_snat.h egress_refuse): no policy, no verdict.
+        events.emplace_back(e.tsc, nlohmann::json{
+                                       {"time_ms", time_ms},
+                                       {"worker", i},
+                                       {"direction", "egress"},
+                                       {"protocol", protocol},
+                                       {"source", e.source.to_string()},
+                                       {"source_port", e.source_port},
+                                       {"destination", e.destination.to_string()},
+                                       {"destination_port", e.destination_port},
+                                       {"source_identity", ""},  // same columns as a policy row's
+                                       {"destination_identity", ""},
+                                       {"policy", ""},
+                                       {"rule", -1},
+                                       {"reason", to_string(static_cast<drop_reason>(e.egress_refused))},
+                                   });
+        continue;
+      }
       nlohmann::json row = {
-          {"time_ms", wall_ms - static_cast<int64_t>(hz ? (now - e.tsc) * 1000 / hz : 0)},
+          {"time_ms", time_ms},
           {"worker", i},
           {"direction", to_string(static_cast<policy_direction>(e.direction))},
-          {"protocol", e.protocol == 6 ? "tcp" : "udp"},
+          {"protocol", protocol},
           {"source", e.source.to_string()},
           {"source_port", e.source_port},
           {"destination", e.destination.to_string()},

@@ -134,13 +134,28 @@ void worker_pool::register_with(subsystem_registry& registry) {
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
     auto not_registered = family("meshlane_dataplane_egress_not_registered_total",
                                  "New outbound flows refused under egress.mode registry_only, by pod port.");
+    auto refused_flows = family("meshlane_dataplane_egress_refused_total",
+                                "New outbound flows refused, by pod port and reason (the drop reason).");
     std::unique_lock ports_lock(ports_mutex_);  // hot-plug renames and retires ports
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
       if (info.role == port_role::unused) continue;
       uint64_t sums[4] = {}, refused = 0;
       for (const auto& w : workers_) refused += w->egress_not_registered[p].get();
-      if (info.role == port_role::pod) not_registered.samples.push_back({{{"port", info.interface}}, double(refused)});
+      if (info.role == port_role::pod) {
+        not_registered.samples.push_back({{{"port", info.interface}}, double(refused)});
+        uint64_t exhausted = 0, unavailable = 0;
+        for (const auto& w : workers_) {
+          exhausted += w->egress_ports_exhausted[p].get();
+          unavailable += w->egress_gateway_unavailable[p].get();
+        }
+        refused_flows.samples.push_back(
+            {{{"port", info.interface}, {"reason", "egress_not_registered"}}, double(refused)});
+        refused_flows.samples.push_back(
+            {{{"port", info.interface}, {"reason", "snat_ports_exhausted"}}, double(exhausted)});
+        refused_flows.samples.push_back(
+            {{{"port", info.interface}, {"reason", "egress_gateway_unavailable"}}, double(unavailable)});
+      }
       for (const auto& w : workers_) {
         sums[0] += w->port_rx[p].packets.get();
         sums[1] += w->port_rx[p].bytes.get();
@@ -195,10 +210,30 @@ void worker_pool::register_with(subsystem_registry& registry) {
       egress.samples.push_back({{{"worker", worker}, {"kind", "flows"}}, double(w->egress_flows.get())});
       egress.samples.push_back({{{"worker", worker}, {"kind", "packets_out"}}, double(w->egress_packets_out.get())});
       egress.samples.push_back({{{"worker", worker}, {"kind", "packets_in"}}, double(w->egress_packets_in.get())});
+      egress.samples.push_back(
+          {{{"worker", worker}, {"kind", "forward_restored"}}, double(w->egress_forward_restored.get())});
     }
     auto service_packets = family("meshlane_dataplane_service_packets_total", "Packets load-balanced per service.");
     auto service_bytes = family("meshlane_dataplane_service_bytes_total", "Bytes load-balanced per service.");
     auto service_flows = family("meshlane_dataplane_service_new_flows_total", "New flows per service.");
+    auto external_flows = family("meshlane_dataplane_external_service_new_flows_total",
+                                 "New outbound flows per external service (issue 18), whatever egress.mode.");
+    auto external_packets = family("meshlane_dataplane_external_service_packets_total",
+                                   "Packets of external services' flows, both ways (issue 18).");
+    auto external_bytes = family("meshlane_dataplane_external_service_bytes_total",
+                                 "Frame bytes of external services' flows, both ways (issue 18).");
+    for (size_t slot = 1; slot < slot_names_.external_services.names.size(); ++slot) {
+      lb_counters_sum sum;
+      for (const auto& w : workers_) {
+        const lb_counters& c = (*w->external_service)[slot];
+        sum.new_flows += c.new_flows.get(), sum.packets += c.packets.get(), sum.bytes += c.bytes.get();
+      }
+      const std::vector<std::pair<std::string, std::string>> labels{
+          {"service", slot_names_.external_services.names[slot]}};
+      external_flows.samples.push_back({labels, double(sum.new_flows)});
+      external_packets.samples.push_back({labels, double(sum.packets)});
+      external_bytes.samples.push_back({labels, double(sum.bytes)});
+    }
     const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
     for (size_t s = 0; s < slot_names_.services.size(); ++s) {
       if (slot_names_.services[s].empty()) continue;  // a freed slot
@@ -239,7 +274,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
-                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress, &not_registered,
+                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
+                    &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored})
       out.push_back(std::move(*f));

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <random>
+#include <set>
 
 #include "control/table_publisher.h"
 #include "tests/control/sample_document.h"
@@ -118,6 +119,30 @@ TEST(TableCompiler, GenerationChangesHeaderButNotContentDigest) {
   auto other = testing::sample_document();
   other["services"][0]["backends"][0]["weight"] = 2;
   EXPECT_NE(compile_tables(parse_or_die(other), 1)->content_digest(), a->content_digest());
+}
+
+// Issue 18: two nodes fed documents that differ only in egress must not report the same
+// content; each part of the egress sections changes the digest.
+TEST(TableCompiler, TheContentDigestCoversEgressAndExternalServices) {
+  auto doc = testing::sample_document();
+  doc["egress"] = {{"router", "198.19.0.254"}};
+  const std::string reference = compile_tables(parse_or_die(doc), 1)->content_digest();
+  EXPECT_EQ(compile_tables(parse_or_die(doc), 2)->content_digest(), reference);
+  const auto digest_with = [&](const char* key, const nlohmann::json& value) {
+    auto changed = doc;
+    if (std::string(key) == "external_services") changed[key] = value;
+    else changed["egress"][key] = value;
+    return compile_tables(parse_or_die(changed), 1)->content_digest();
+  };
+  std::set<std::string> digests{reference};
+  digests.insert(digest_with("mode", "registry_only"));
+  digests.insert(digest_with("router", "198.19.0.253"));
+  digests.insert(digest_with("snat_ports", {{"first", 40000}, {"last", 40999}}));
+  digests.insert(digest_with("external_services", nlohmann::json::parse(
+      R"([{"name": "mirror", "addresses": ["203.0.113.10"], "ports": [80]}])")));
+  digests.insert(digest_with("external_services", nlohmann::json::parse(
+      R"([{"name": "mirror", "addresses": ["203.0.113.10"], "ports": [443]}])")));
+  EXPECT_EQ(digests.size(), 6u);
 }
 
 TEST(TableCompiler, FrontendsResolveByVipPortAndProtocol) {

@@ -8,6 +8,9 @@
 
 #include <nlohmann/json.hpp>
 
+#include "dataplane/egress_snat.h"
+#include "dataplane/flow_table.h"
+#include "dataplane/handover_state.h"
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/pool_metrics.h"
 
@@ -159,6 +162,19 @@ class golden_egress : public ring_pool_test {
   }
   bytes outside4(const l4_spec& l4) { return ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutside), ip4("198.19.0.1"), l4); }
   bytes outside6(const l4_spec& l4) { return ipv6_frame(kRouterMac, kUplinkMac, ip6(kOutside6), ip6(kSnat6), l4); }
+
+  // The refused outbound flows on the deny log (what `meshctl flows --follow` shows), as
+  // "source:port -> destination:port reason" lines.
+  std::vector<std::string> refused_on_deny_log() {
+    std::vector<std::string> lines;
+    const nlohmann::json feed = pool_->policy_denials_after(0);
+    for (const auto& row : feed["rows"])
+      if (row["direction"] == "egress")
+        lines.push_back(row["source"].get<std::string>() + ":" + std::to_string(row["source_port"].get<int>()) +
+                        " -> " + row["destination"].get<std::string>() + ":" +
+                        std::to_string(row["destination_port"].get<int>()) + " " + row["reason"].get<std::string>());
+    return lines;
+  }
 };
 
 TEST_F(golden_egress, TheFirstPacketAsksForTheRoutersMacAndIsDroppedUntilItAnswers) {
@@ -315,6 +331,67 @@ TEST_F(golden_egress, FragmentationNeededAboutAnOutboundFlowReachesThePodWithIts
   EXPECT_EQ(verify_checksums(as_frame(bytes(in.begin() + inner, in.end()), kEtherTypeIpv4)), "");
 }
 
+// The pod's own ICMP error about a reply that reached it through the NAT (here: port
+// unreachable, the socket gone) leaves with the SNAT address as its source and in the
+// quote, so that the outside host can match it to the flow it knows (RFC 5508 4.2).
+TEST_F(golden_egress, APodsIcmpErrorAboutAReplyLeavesWithTheSnatAddressOutsideAndQuotedInBothFamilies) {
+  router_answers();
+  const auto from_client = [](bytes frame) {  // a frame the icmp_error_* builders made, as the pod sends it
+    std::memcpy(&frame[0], kClientPortMac.bytes, 6);
+    std::memcpy(&frame[6], kClientMac.bytes, 6);
+    return frame;
+  };
+  // IPv4: the pod's datagram out, the answer in, the pod's port unreachable about it.
+  const bytes out = out_of_uplink(pod4(udp(5300, 53)));
+  ASSERT_FALSE(out.empty());
+  const uint16_t lent = u16_at(out, kL4);
+  send(uplink, outside4(udp(53, lent)));
+  const bytes answer = receive(client);
+  ASSERT_FALSE(answer.empty());
+  const bytes error = from_client(icmp_error_v4(ip4("198.18.1.10"), ip4(kOutside), kIcmpDestinationUnreachable, 3, 0,
+                                                bytes(answer.begin() + kIp4, answer.end())));
+  const bytes left = out_of_uplink(error);
+  ASSERT_FALSE(left.empty());
+  EXPECT_EQ(net32_at(left, kIp4 + 12), ip4("198.19.0.1"));  // outer source: the SNAT address
+  EXPECT_EQ(net32_at(left, kIp4 + 16), ip4(kOutside));
+  EXPECT_EQ(left[kL4], kIcmpDestinationUnreachable);
+  const size_t inner = kL4 + 8;
+  EXPECT_EQ(net32_at(left, inner + 12), ip4(kOutside));  // the quote: outside:53 -> SNAT:lent
+  EXPECT_EQ(u16_at(left, inner + 20), 53);
+  EXPECT_EQ(net32_at(left, inner + 16), ip4("198.19.0.1"));
+  EXPECT_EQ(u16_at(left, inner + 22), lent);
+  EXPECT_EQ(verify_checksums(as_frame(bytes(left.begin() + inner, left.end()), kEtherTypeIpv4)), "");
+
+  // IPv6: the same with ICMPv6 destination unreachable (port unreachable, code 4).
+  const bytes out6 = out_of_uplink(pod6(udp(5301, 53)));
+  ASSERT_FALSE(out6.empty());
+  const uint16_t lent6 = u16_at(out6, kL4v6);
+  send(uplink, outside6(udp(53, lent6)));
+  const bytes answer6 = receive(client);
+  ASSERT_FALSE(answer6.empty());
+  const bytes error6 = from_client(icmp_error_v6(ip6("fd00:6d6c:1::10"), ip6(kOutside6), 1, 0,
+                                           bytes(answer6.begin() + kEth, answer6.end())));
+  const bytes left6 = out_of_uplink(error6);
+  ASSERT_FALSE(left6.empty());
+  EXPECT_EQ(ip6_at(left6, kEth + 8), ip6(kSnat6));
+  EXPECT_EQ(ip6_at(left6, kEth + 24), ip6(kOutside6));
+  const size_t inner6 = kL4v6 + 8;
+  EXPECT_EQ(ip6_at(left6, inner6 + 8), ip6(kOutside6));
+  EXPECT_EQ(ip6_at(left6, inner6 + 24), ip6(kSnat6));
+  EXPECT_EQ(u16_at(left6, inner6 + 40), 53);
+  EXPECT_EQ(u16_at(left6, inner6 + 42), lent6);
+  EXPECT_EQ(verify_checksums(as_frame(bytes(left6.begin() + inner6, left6.end()), kEtherTypeIpv6)), "");
+
+  // An error about a packet of no egress flow has nothing to be NATed to: dropped.
+  const uint64_t before = drops(drop_reason::no_route);
+  bytes stray = answer;
+  stray[kL4] = 0x99;  // another outside port: no flow
+  send(client, from_client(icmp_error_v4(ip4("198.18.1.10"), ip4(kOutside), kIcmpDestinationUnreachable, 3, 0,
+                                         bytes(stray.begin() + kIp4, stray.end()))));
+  EXPECT_EQ(drops(drop_reason::no_route), before + 1);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
 TEST_F(golden_egress, PacketTooBigOverIpv6AndTimeExceededAboutAnEchoReachThePod) {
   router_answers();
   const bytes out = out_of_uplink(pod6(udp(5300, 53)));
@@ -374,6 +451,12 @@ TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
   send(client, pod4(tcp(51100, 80)));
   EXPECT_EQ(pending_total(), 0u);
   EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+  // Counted for the pod and shown on the deny log.
+  EXPECT_EQ(metric_values(*pool_).at(
+                "meshlane_dataplane_egress_refused_total,port=ring-client,reason=snat_ports_exhausted"),
+            1);
+  EXPECT_EQ(refused_on_deny_log(),
+            std::vector<std::string>{"198.18.1.10:51100 -> 203.0.113.5:80 snat_ports_exhausted"});
   // The live flows keep theirs.
   const bytes again = out_of_uplink(pod4(tcp(51002, 80, kTcpAck)));
   ASSERT_FALSE(again.empty());
@@ -381,6 +464,106 @@ TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
   // Another destination port is another tuple: the ports serve it too.
   EXPECT_FALSE(out_of_uplink(pod4(tcp(51100, 443))).empty());
   EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+}
+
+// The flow table is LRU per 4-way bucket: four newer flows whose forward keys share a
+// bucket with an established flow's push its forward entry out. Its next segment finds
+// the reply entry, which still holds the port, and keeps that port (a new one would
+// break the connection: the outside host knows it by the old one).
+TEST_F(golden_egress, AFlowWhoseForwardEntryWasEvictedKeepsItsPort) {
+  router_answers();
+  const bytes out = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(out.empty());
+  const uint16_t lent = u16_at(out, kL4);
+  send(uplink, outside4(tcp(80, lent, kTcpSyn | kTcpAck)));
+  ASSERT_FALSE(receive(client).empty());
+
+  // The forward key as the pipeline makes it (IPv4-mapped addresses, the egress mark).
+  const auto key_of = [](uint16_t source_port, uint16_t destination_port) {
+    flow_key key{};
+    key.source[10] = key.source[11] = key.destination[10] = key.destination[11] = 0xff;
+    const uint32_t source = ip4("198.18.1.10"), destination = ip4(kOutside);
+    std::memcpy(&key.source[12], &source, 4);
+    std::memcpy(&key.destination[12], &destination, 4);
+    key.source_port = source_port;
+    key.destination_port = destination_port;
+    key.protocol = kProtoTcp;
+    key.padding[0] = detail::kEgressKeyMark;
+    return key;
+  };
+  const uint64_t buckets = 1024 / flow_table::kWays;  // kNode1Document's flow_table_size
+  const uint64_t bucket = hash_flow_key(key_of(51000, 80)) % buckets;
+  int pushed = 0;
+  for (uint16_t port = 52000; pushed < 4 && port < 65000; ++port) {
+    if (hash_flow_key(key_of(port, 443)) % buckets != bucket) continue;
+    ASSERT_FALSE(out_of_uplink(pod4(tcp(port, 443))).empty());
+    ++pushed;
+  }
+  ASSERT_EQ(pushed, 4);
+  auto metrics = metric_values(*pool_);
+  ASSERT_EQ(metrics.at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);  // the premise
+
+  const bytes again = out_of_uplink(pod4(tcp(51000, 80, kTcpAck)));
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(u16_at(again, kL4), lent);
+  metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=forward_restored"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 5);  // no sixth
+  // And the replies still reach the pod.
+  send(uplink, outside4(tcp(80, lent, kTcpAck)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(u16_at(in, kL4 + 2), 51000);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+// The upgrade hand-over (issue 19) carries egress flows: a successor with the same SNAT
+// address and port range adopts both entries on the worker whose slice holds the port,
+// so the connection keeps its port and its replies reach the pod; one whose SNAT address
+// changed drops them (the outside host knows the flow by the old address).
+TEST_F(golden_egress, TheHandOverCarriesEgressFlowsWhileTheirAddressAndPortStayThisNodes) {
+  router_answers();
+  const bytes out = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(out.empty());
+  const uint16_t lent = u16_at(out, kL4);
+  const auto exported = [&] {
+    const std::vector<uint8_t> file = serialize_handover_state(pool_->export_handover());
+    handover_state state;
+    std::string error;
+    EXPECT_TRUE(parse_handover_state(file.data(), file.size(), state, error)) << error;
+    return state;
+  };
+  const handover_state state = exported();
+  ASSERT_EQ(state.flows.size(), 2u);
+
+  TearDown();
+  SetUp();  // the successor: the same document, new ports with the same names
+  handover_report report = pool_->adopt_handover(state);
+  EXPECT_EQ(report.flows_adopted, 2u);
+  EXPECT_TRUE(report.dropped.empty());
+  router_answers();
+  send(uplink, outside4(tcp(80, lent, kTcpSyn | kTcpAck)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(u16_at(in, kL4 + 2), 51000);
+  const bytes again = out_of_uplink(pod4(tcp(51000, 80, kTcpAck)));
+  ASSERT_FALSE(again.empty());
+  EXPECT_EQ(u16_at(again, kL4), lent);
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 0);  // none made anew
+
+  // A successor whose SNAT address changed (node 1's underlay address stays; the document
+  // names another snat_ip among its egress_ips) drops them.
+  TearDown();
+  publish_at_setup_ = false;
+  ring_pool_test::SetUp();
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["node"]["egress_ips"] = {kSnat6, "198.19.0.9"};
+  doc["egress"] = {{"router", kRouter}, {"snat_ip", "198.19.0.9"}, {"snat_ip6", kSnat6},
+                   {"snat_ports", {{"first", kFirstPort}, {"last", kFirstPort + kPorts - 1}}}};
+  publish(doc.dump().c_str());
+  report = pool_->adopt_handover(state);
+  EXPECT_EQ(report.flows_adopted, 0u);
+  EXPECT_EQ(report.dropped, (std::map<std::string, uint64_t>{{"address_changed", 2}}));
 }
 
 TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedByPod) {
@@ -391,7 +574,8 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
     {"name": "ntp", "cidrs": ["203.0.113.128/25"], "ports": [123], "protocol": "udp"}])");
   publish(doc.dump().c_str(), 2);
   router_answers();
-  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // listed
+  const bytes listed = out_of_uplink(pod4(tcp(51000, 80)));  // listed
+  ASSERT_FALSE(listed.empty());
   EXPECT_FALSE(out_of_uplink(ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("203.0.113.200"),
                                         udp(5000, 123)))
                    .empty());  // inside a listed CIDR
@@ -404,7 +588,32 @@ TEST_F(golden_egress, RegistryOnlyReachesExternalServicesAndDropsTheRestCountedB
   const auto metrics = metric_values(*pool_);
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-client"), 3);
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_not_registered_total,port=ring-weba"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_egress_refused_total,port=ring-client,reason=egress_not_registered"), 3);
+  EXPECT_EQ(refused_on_deny_log().size(), 4u);
+  EXPECT_EQ(refused_on_deny_log().back(), "198.18.1.20:51000 -> 203.0.113.7:80 egress_not_registered");
   EXPECT_EQ(metrics.at("meshlane_dataplane_egress_total,worker=0,kind=flows"), 2);
+  // Each listed flow counted for its external service.
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_new_flows_total,service=mirror"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_new_flows_total,service=ntp"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_packets_total,service=mirror"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_external_service_bytes_total,service=mirror"),
+            double(pod4(tcp(51000, 80)).size()));
+  // A reply counts for its service too.
+  send(uplink, outside4(tcp(80, u16_at(listed, kL4), kTcpSyn | kTcpAck)));
+  EXPECT_FALSE(receive(client).empty());
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_external_service_packets_total,service=mirror"), 2);
+
+  // Under allow_any too, and the counts follow the names across a publish that reorders them.
+  doc["egress"]["mode"] = "allow_any";
+  std::swap(doc["external_services"][0], doc["external_services"][1]);
+  publish(doc.dump().c_str(), 3);
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51001, 80))).empty());
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51001, 443))).empty());  // no external service's: not counted
+  const auto later = metric_values(*pool_);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_new_flows_total,service=mirror"), 2);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_new_flows_total,service=ntp"), 1);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_packets_total,service=mirror"), 3);
+  EXPECT_EQ(later.at("meshlane_dataplane_external_service_packets_total,service=ntp"), 1);
 }
 
 // Egress gateways: the document with a gateway policy for the pods of namespace
@@ -465,6 +674,11 @@ TEST_F(golden_egress, AGatewayNodeGoneDropsThePolicysTrafficUnlessItFallsBackToL
   send(client, pod4(tcp(51000, 443)));
   EXPECT_EQ(pending_total(), 0u);
   EXPECT_EQ(drops(drop_reason::egress_gateway_unavailable), 1u);
+  EXPECT_EQ(metric_values(*pool_).at(
+                "meshlane_dataplane_egress_refused_total,port=ring-client,reason=egress_gateway_unavailable"),
+            1);
+  EXPECT_EQ(refused_on_deny_log(),
+            std::vector<std::string>{"198.18.1.10:51000 -> 203.0.113.5:443 egress_gateway_unavailable"});
   EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 80))).empty());  // not the policy's: local SNAT
 
   publish(gateway_document("node3", "198.19.0.103", "local").c_str(), 3);

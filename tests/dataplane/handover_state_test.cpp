@@ -97,6 +97,28 @@ TEST(handover_state, EveryFieldSurvivesARoundTrip) {
   EXPECT_EQ(serialize_handover_state(back), bytes);
 }
 
+// Egress flows (issue 18) are records too, ICMP echoes among them; an ICMP record that is
+// not an egress flow's is still refused.
+TEST(handover_state, EgressFlowsIncludingEchoesRoundTripAndOtherIcmpIsRefused) {
+  handover_state s = sample_state();
+  for (handover_flow& f : s.flows) {
+    f.entry.flags = kFlowEgress;
+    f.backend.clear();
+  }
+  s.flows[1].entry.key.protocol = s.flows[1].entry.protocol = wire::kProtoIcmp;
+  std::vector<uint8_t> bytes = serialize_handover_state(s);
+  handover_state back;
+  std::string error;
+  ASSERT_TRUE(parse_handover_state(bytes.data(), bytes.size(), back, error)) << error;
+  ASSERT_EQ(back.flows.size(), 2u);
+  EXPECT_EQ(back.flows[0].entry.flags, kFlowEgress);
+  EXPECT_EQ(back.flows[1].entry.key.protocol, wire::kProtoIcmp);
+  s.flows[1].entry.flags = 0;
+  bytes = serialize_handover_state(s);
+  EXPECT_FALSE(parse_handover_state(bytes.data(), bytes.size(), back, error));
+  EXPECT_NE(error.find("flow record 1 is malformed"), std::string::npos) << error;
+}
+
 TEST(handover_state, AnotherFormatVersionIsRefusedByName) {
   std::vector<uint8_t> bytes = serialize_handover_state(sample_state());
   bytes[8] = 2;  // the u32 after the magic

@@ -1,9 +1,10 @@
 // Egress across the two-node namespace cluster (issue 18): the real agents, af_packet
 // ports, and a host outside the cluster on the underlay switch (203.0.113.5), which is
 // also the underlay's router for both nodes. Pods on both nodes reach TCP and UDP servers
-// on it through their own node's SNAT; many concurrent connections of one pod to one
-// destination then exhaust a deliberately small port range, counted, without harm to
-// the live ones.
+// on it through their own node's SNAT; 5,000 concurrent connections of one pod to one
+// destination then hold every port of node 1's range (5,000 ports), and the next one is
+// dropped as snat_ports_exhausted, counted, without harm to the live ones.
+#include <filesystem>
 #include <mutex>
 #include <set>
 
@@ -14,7 +15,9 @@ namespace {
 
 constexpr const char* kOutside = "203.0.113.5";
 constexpr uint16_t kFirstPort = 40000;
-constexpr uint16_t kNode1Ports = 200;  // node 1's range: small enough to exhaust in seconds
+// Node 1's range: the issue's 5,000 concurrent connections of one pod to one destination
+// hold all of it, so that the next one meets exhaustion (seconds, not minutes).
+constexpr uint16_t kNode1Ports = 5000;
 
 std::string text_of(const sockaddr_in& a) {
   char text[INET_ADDRSTRLEN];
@@ -30,7 +33,10 @@ class recording_tcp_server {
     const int on = 1;
     setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
     const sockaddr_in any = address_of("0.0.0.0", port);
-    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 && listen(listener_.fd, 512) == 0;
+    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 &&
+          listen(listener_.fd, 4096) == 0;
+    // Non-blocking: each wake accepts every connection queued, not one.
+    fcntl(listener_.fd, F_SETFL, fcntl(listener_.fd, F_GETFL) | O_NONBLOCK);
     thread_ = std::thread([this] { serve(); });
   }
   ~recording_tcp_server() {
@@ -66,14 +72,16 @@ class recording_tcp_server {
         }
       }
       if (fds[0].revents & POLLIN) {
-        sockaddr_in peer{};
-        socklen_t length = sizeof peer;
-        const int fd = accept(listener_.fd, reinterpret_cast<sockaddr*>(&peer), &length);
-        if (fd < 0) continue;
-        connections_.push_back(fd);
-        fds.push_back({fd, POLLIN, 0});
-        std::lock_guard lock(mutex_);
-        peers_.emplace_back(text_of(peer), ntohs(peer.sin_port));
+        for (;;) {
+          sockaddr_in peer{};
+          socklen_t length = sizeof peer;
+          const int fd = accept(listener_.fd, reinterpret_cast<sockaddr*>(&peer), &length);
+          if (fd < 0) break;
+          connections_.push_back(fd);
+          fds.push_back({fd, POLLIN, 0});
+          std::lock_guard lock(mutex_);
+          peers_.emplace_back(text_of(peer), ntohs(peer.sin_port));
+        }
       }
     }
   }
@@ -142,9 +150,54 @@ int connect_within(const netns& ns, const std::string& ip, uint16_t port, std::c
   return fd;
 }
 
+// `count` connections from `ns`, started `wave` at a time (non-blocking connects, then
+// one poll over the wave), all to `ip`:`port`; the established ones' descriptors. A
+// connection not established within `wait` of its wave's start is closed and left out.
+std::vector<int> connect_many(const netns& ns, const std::string& ip, uint16_t port, int count, int wave,
+                              std::chrono::milliseconds wait) {
+  std::vector<int> established;
+  const sockaddr_in to = address_of(ip, port);
+  for (int started = 0; started < count; started += wave) {
+    std::vector<pollfd> pending;
+    for (int i = started; i < std::min(count, started + wave); ++i) {
+      const int fd = socket_in(ns, SOCK_STREAM);
+      if (fd < 0) continue;
+      fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+      if (connect(fd, reinterpret_cast<const sockaddr*>(&to), sizeof to) != 0 && errno != EINPROGRESS) {
+        close(fd);
+        continue;
+      }
+      pending.push_back({fd, POLLOUT, 0});
+    }
+    const auto deadline = std::chrono::steady_clock::now() + wait;
+    size_t left = pending.size();
+    while (left > 0 && std::chrono::steady_clock::now() < deadline) {
+      const auto remaining =
+          std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+      if (poll(pending.data(), pending.size(), static_cast<int>(std::max<int64_t>(1, remaining.count()))) <= 0)
+        continue;
+      for (pollfd& p : pending) {
+        if (p.fd < 0 || !p.revents) continue;
+        int error = 0;
+        socklen_t length = sizeof error;
+        if (getsockopt(p.fd, SOL_SOCKET, SO_ERROR, &error, &length) == 0 && error == 0) established.push_back(p.fd);
+        else close(p.fd);
+        p.fd = -p.fd - 1;  // done: poll ignores negative descriptors
+        --left;
+      }
+    }
+    for (pollfd& p : pending)
+      if (p.fd >= 0) close(p.fd);
+  }
+  return established;
+}
+
 class two_nodes_egress : public two_nodes_and_outside {
  protected:
   two_nodes_egress() {
+    // Node 1 keeps 10,000 entries (two per flow) of the 5,000-connection test with its
+    // 4-way buckets far from full: no entry of a live flow is evicted.
+    node1_flow_table_size_ = 1 << 18;
     egress_[0] = R"({"router": ")" + std::string(kOutside) + R"(", "snat_ports": {"first": )" +
                  std::to_string(kFirstPort) + R"(, "last": )" + std::to_string(kFirstPort + kNode1Ports - 1) + "}}";
     egress_[1] = R"({"router": ")" + std::string(kOutside) + R"("})";
@@ -181,14 +234,16 @@ TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRange
   recording_tcp_server server(*outside_, 8443);
   ASSERT_TRUE(server.ok());
   EXPECT_EQ(udp_exchange_seen_from(*nodes_[0].client, *outside_, 5353), "198.19.0.1");  // router MAC known
-  // Every port of node 1's range, each held by a live connection.
+  // 5,000 concurrent connections, every port of node 1's range each held by one.
+  const auto started = std::chrono::steady_clock::now();
   std::vector<std::unique_ptr<fd_guard>> open;
-  for (int i = 0; i < kNode1Ports; ++i) {
-    const int fd = connect_within(*nodes_[0].client, kOutside, 8443, 3000ms);
-    ASSERT_GE(fd, 0) << "connection " << i << " of " << kNode1Ports;
+  for (int fd : connect_many(*nodes_[0].client, kOutside, 8443, kNode1Ports, 250, 5000ms))
     open.push_back(std::make_unique<fd_guard>(fd));
-  }
-  for (auto deadline = std::chrono::steady_clock::now() + 5s;
+  ASSERT_EQ(open.size(), size_t{kNode1Ports});
+  std::cout << "[ info ] " << kNode1Ports << " connections established in "
+            << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count()
+            << " ms\n";
+  for (auto deadline = std::chrono::steady_clock::now() + 10s;
        server.peers().size() < kNode1Ports && std::chrono::steady_clock::now() < deadline;)
     std::this_thread::sleep_for(20ms);
   std::set<uint16_t> ports;
@@ -200,14 +255,33 @@ TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRange
   EXPECT_EQ(*ports.begin(), kFirstPort);
   EXPECT_EQ(*ports.rbegin(), kFirstPort + kNode1Ports - 1);
 
-  // One more to the same destination and port: no port left, its SYNs dropped and counted.
+  // One more to the same destination and port: no port left, its SYNs dropped and counted,
+  // and shown on `meshctl flows --follow` and in the agent's log.
+  const char* meshctl = std::getenv("MESHCTL");
+  ASSERT_NE(meshctl, nullptr) << "MESHCTL must name the meshctl binary";
+  command_result printed;
+  std::thread watch([&] {
+    printed = nodes_[0].ns->exec(std::string("timeout 4 ") + meshctl + " flows --follow --socket " +
+                                 nodes_[0].config_path + ".sock");
+  });
+  std::this_thread::sleep_for(500ms);
   const double before = drops(1, "snat_ports_exhausted");
   EXPECT_LT(connect_within(*nodes_[0].client, kOutside, 8443, 1500ms), 0);
   EXPECT_GT(drops(1, "snat_ports_exhausted"), before);
+  watch.join();
+  EXPECT_NE(printed.output.find("snat_ports_exhausted"), std::string::npos) << printed.output.substr(0, 2000);
+  EXPECT_NE(printed.output.find("egress"), std::string::npos);
+  EXPECT_NE(read_text(nodes_[0].log_path).find("egress refused: tcp 198.18.1.10:"), std::string::npos);
   EXPECT_EQ(server.peers().size(), size_t{kNode1Ports});
+  // The premise of the unique ports above: no live entry was evicted to make room.
+  {
+    control_client client;
+    ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+    EXPECT_EQ(metric_value(client, "meshlane_dataplane_flow_evictions_total", "worker", "0"), 0);
+  }
 
   // The live connections still carry data, and another destination port still works.
-  for (size_t i = 0; i < open.size(); i += 50) {
+  for (size_t i = 0; i < open.size(); i += 250) {
     const char ping[] = "still here";
     ASSERT_EQ(send_retrying(open[i]->fd, ping, sizeof ping), ssize_t(sizeof ping));
     char back[sizeof ping];
@@ -220,6 +294,41 @@ TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRange
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, kOutside, 9443, 64 << 10), "");
   // The agent lived through it all.
   EXPECT_TRUE(nodes_[0].agent->running());
+}
+
+// An upgrade of node 1's agent (issue 19) under a live outbound connection: the old agent
+// hands its egress flows over, the new one adopts them, and the connection carries on with
+// the same port (the outside server sees no second connection).
+TEST_F(two_nodes_egress, AnOutboundConnectionLivesThroughAnUpgradeOfItsNodesAgent) {
+  recording_tcp_server server(*outside_, 8443);
+  ASSERT_TRUE(server.ok());
+  EXPECT_EQ(udp_exchange_seen_from(*nodes_[0].client, *outside_, 5353), "198.19.0.1");  // router MAC known
+  fd_guard connection(connect_within(*nodes_[0].client, kOutside, 8443, 3000ms));
+  ASSERT_GE(connection.fd, 0);
+  const auto round_trip = [&](const char* text) {
+    const size_t n = std::strlen(text) + 1;
+    if (send_retrying(connection.fd, text, n) != ssize_t(n)) return std::string("send failed");
+    char back[64] = {};
+    pollfd p{connection.fd, POLLIN, 0};
+    if (poll(&p, 1, 5000) != 1) return std::string("no answer");
+    const ssize_t got = recv(connection.fd, back, sizeof back, 0);
+    return got == ssize_t(n) ? std::string(back) : std::string("short answer");
+  };
+  ASSERT_EQ(round_trip("before"), "before");
+
+  ASSERT_EQ(nodes_[0].agent->stop(SIGTERM, 10000), 0) << read_text(nodes_[0].log_path);
+  nodes_[0].agent.reset();
+  std::error_code ignored;
+  std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(1), ignored);
+  ASSERT_TRUE(start_agent(1)) << read_text(nodes_[0].log_path);
+  const std::string log = read_text(nodes_[0].log_path);
+  EXPECT_NE(log.find("handover: adopted"), std::string::npos) << log;
+  EXPECT_EQ(log.find("dropped:"), std::string::npos) << log;
+
+  // The first segment may meet the router's MAC unknown to the new agent (asked for,
+  // dropped, sent again by TCP).
+  EXPECT_EQ(round_trip("after"), "after");
+  EXPECT_EQ(server.peers().size(), 1u);
 }
 
 // Egress gateway: node 2 hosts gateway "gw" with its own egress address; pods of every

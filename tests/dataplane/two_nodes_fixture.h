@@ -334,7 +334,7 @@ class two_nodes : public ::testing::Test {
                    {"name": "web-local", "vip": "198.19.128.11",
         "ports": [{"port": 80, "protocol": "tcp", "target_port": 8080}, {"port": 53, "protocol": "udp", "target_port": 9053}],
         "backends": [{"ip": "198.18.1.20", "port": 8080, "node": "node1"}]}],
-      "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": 4096, "maglev_table_size": 251,
+      "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": )" + std::to_string(n == 1 ? node1_flow_table_size_ : 4096) + R"(, "maglev_table_size": 251,
                    "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
       "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": 1500},
                     "pod_driver": ")" + driver_ + R"(",
@@ -367,6 +367,7 @@ class two_nodes : public ::testing::Test {
   std::string meshlaned_, work_dir_;
   node nodes_[2];
   uint16_t node1_workers_ = 1;
+  uint32_t node1_flow_table_size_ = 4096;  // entries per worker (tunables.flow_table_size)
   bool with_outside_ = false;
   std::string driver_ = "af_packet";  // of every port
   uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)

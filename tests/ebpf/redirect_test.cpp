@@ -257,6 +257,46 @@ TEST_F(Redirect, TwoPodsUsingTheSameLoopbackFourTupleStayApartAndOutOfTheMap) {
   EXPECT_EQ(after.socket_collisions, before.socket_collisions);
 }
 
+// Egress (issue 18): a pod's socket talking to an address outside the cluster, in either
+// direction, never enters the sockhash, even with redirect "all" and the address listed as
+// an external service; the same pod's connection to another pod is redirected (so the
+// counters below can move). The outside host is a namespace routed from the node.
+TEST_F(Redirect, APodsSocketsTalkingToAnOutsideAddressAreNeverRedirected) {
+  pa_ = &node_->add_pod("pa", "198.18.1.10");
+  pb_ = &node_->add_pod("pb", "198.18.1.20");
+  netns outside("out");
+  const veth_pair wire = make_veth("-nx", &node_->node, "-ox", &outside);
+  ASSERT_TRUE(node_->node.exec_or_fail("ip link set " + wire.a + " up && ip addr add 203.0.113.1/24 dev " + wire.a));
+  ASSERT_TRUE(outside.exec_or_fail("ip link set lo up && ip link set " + wire.b + " up && ip addr add 203.0.113.5/24 dev " +
+                                   wire.b + " && ip route add 198.18.1.0/24 via 203.0.113.1"));
+  node_->write_config(node_->document(
+      {pod_node::pod_entry("pa", "pa", "198.18.1.10"), pod_node::pod_entry("pb", "pb", "198.18.1.20")}, json::array(),
+      {{"ebpf", {{"redirect", "all"}}},
+       {"external_services", {{{"name", "outside"}, {"addresses", {"203.0.113.5"}}, {"ports", {7700}}}}}}));
+  ASSERT_TRUE(node_->start_agent());
+  node_->serve(outside, {"echo-server", "7700"}, false);
+  node_->serve(*pa_, {"echo-server", "7701"});
+  node_->serve(*pb_, {"echo-server", "7700"});
+  usleep(300000);
+
+  auto before = node_->counters();
+  json r = node_->run_pod(*pa_, true, {"echo-client", "203.0.113.5", "7700", "1000000", "4"});
+  EXPECT_TRUE(r.value("ok", false)) << r.dump();
+  r = node_->run_pod(outside, false, {"echo-client", "198.18.1.10", "7701", "1000000", "4"});
+  EXPECT_TRUE(r.value("ok", false)) << r.dump();
+  auto after = node_->counters();
+  EXPECT_EQ(after.sockets_added, before.sockets_added) << "a socket with an outside peer entered the sockhash";
+  EXPECT_EQ(after.redirected_bytes, before.redirected_bytes);
+
+  // The control: pod to pod in the same run is redirected.
+  before = after;
+  r = node_->run_pod(*pa_, true, {"echo-client", "198.18.1.20", "7700", "1000000", "1"});
+  EXPECT_TRUE(r.value("ok", false)) << r.dump();
+  after = node_->counters();
+  EXPECT_GT(after.sockets_added, before.sockets_added);
+  EXPECT_GE(after.redirected_bytes - before.redirected_bytes, 1000000u);
+}
+
 TEST_F(Redirect, ASocketWhoseKeyIsTakenIsCountedAndNeverReplacesTheOther) {
   // Two sockets claiming one connection identity (addresses, ports and both sequence
   // numbers), as a pod address reused while the old pod's namespace lingers could make

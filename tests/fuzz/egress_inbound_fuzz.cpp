@@ -1,8 +1,10 @@
 // Fuzz target: what reaches a node's egress SNAT address from outside the cluster
 // (dataplane/egress_snat.h): replies and ICMP errors whose quoted packet the pipeline
-// reads and rewrites. Arbitrary frames go through the parser as the pipeline's do, then
-// egress_inbound, against tables with live egress flows (TCP, UDP and an echo, both
-// families), so that both the misses and the rewrites of a hit are reached. It must
+// reads and rewrites; and the ICMP errors pods send out about such replies, whose quote
+// is NATed the other way. Arbitrary frames go through the parser as the pipeline's do,
+// then egress_inbound (and, when it does not take them, egress_icmp_error_outbound),
+// against tables with live egress flows (TCP, UDP and an echo, both families, both
+// entries of each), so that both the misses and the rewrites of a hit are reached. It must
 // never read or write past the frame (ASan), and a rewritten frame must still parse to
 // the same shape.
 #include <cstddef>
@@ -49,6 +51,25 @@ struct world {
     deltas.port(lent, pod_port);
     deltas.store(e);
     worker->flows.insert(e, hash_flow_key(e.key), worker->now, worker->timeouts);
+    // Its forward entry: pod -> outside, rewritten to the SNAT address and lent port.
+    flow_entry f{};
+    std::memcpy(f.key.source, pod.bytes.data(), 16);
+    std::memcpy(f.key.destination, outside.bytes.data(), 16);
+    const bool echo = protocol == kProtoIcmp || protocol == kProtoIcmpv6;
+    f.key.source_port = pod_port;
+    f.key.destination_port = echo ? pod_port : outside_port;
+    f.key.protocol = protocol;
+    f.key.padding[0] = 1;
+    std::memcpy(f.rewrite_address, snat.bytes.data(), 16);
+    f.rewrite_port = lent;
+    f.direction = flow_direction::forward;
+    f.flags = kFlowEgress;
+    f.protocol = protocol;
+    detail::checksum_deltas forward_deltas{outside.is_v4()};
+    forward_deltas.address(pod.bytes.data(), snat.bytes.data());
+    forward_deltas.port(pod_port, lent);
+    forward_deltas.store(f);
+    worker->flows.insert(f, hash_flow_key(f.key), worker->now, worker->timeouts);
   }
 
   world() {
@@ -82,7 +103,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   parsed_packet p;
   if (parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), p) != drop_reason::none) return 0;
   if (p.l3 != l3_kind::ipv4 && p.l3 != l3_kind::ipv6) return 0;
-  if (!detail::egress_inbound(*w->worker, w->tables, nullptr, frame.data(), p)) return 0;
+  if (!detail::egress_inbound(*w->worker, w->tables, nullptr, frame.data(), p) &&
+      !detail::egress_icmp_error_outbound(*w->worker, frame.data(), p))
+    return 0;
   // A rewritten frame keeps its length and stays a frame the parser takes.
   parsed_packet after;
   if (parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), after) != drop_reason::none ||
