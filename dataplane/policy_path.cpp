@@ -149,16 +149,23 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
   return false;
 }
 
-[[gnu::noinline]] void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc) {
-  // Our pod's packet on a flow another node's pod started (its inbound entry is here, or
-  // at another worker) is a reply: recorded without kPolicyStartedHere, so that the
-  // flow's inbound packets are never taken for replies of ours.
-  const bool reply = recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply);
+[[gnu::noinline]] void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc,
+                                                uint8_t tcp_flags) {
+  // Our pod's packet on a flow another node's pod started (a SYN-ACK; its inbound entry is
+  // here, or at another worker) is a reply: recorded without kPolicyStartedHere, so that
+  // the flow's inbound packets are never taken for replies of ours. A SYN is ours.
+  const uint8_t handshake = tcp_flags & (kTcpSyn | kTcpAck);
+  const bool reply = handshake != kTcpSyn &&
+                     (handshake == (kTcpSyn | kTcpAck) ||
+                      recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply));
   flow_entry entry{};
   entry.key = key;
   entry.policy = flow_policy{};
   entry.direction = flow_direction::reverse;
   entry.flags = reply ? 0 : kPolicyStartedHere;
+  // A SYN's record lives as long as an established connection's: for a pod without a
+  // policy it is the only packet of the connection the table sees (nothing refreshes it).
+  if (handshake == kTcpSyn) entry.state = flow_state::established;
   w.policy_flows.insert(entry, crc, w.now, w.timeouts);
 }
 

@@ -11,10 +11,15 @@
 //
 // Replies. A flow a pod of this node started towards another node is recorded when its
 // packets leave (policy_note_outbound); packets coming back on it are replies, allowed
-// without evaluation (the other node's policy decided the flow). Replies of service flows
-// are recognised by their reverse-NAT entry instead. The record may sit in another
-// worker's table (RSS hashes each direction on its own): the miss path reads the other
-// workers' tables through find_shared.
+// when the tables would deny them (the other node's policy decided the flow). Replies of
+// service flows are recognised by their reverse-NAT entry instead. The record may sit in
+// another worker's table (RSS hashes each direction on its own): the denial path reads
+// the other workers' tables through find_shared. Who started a flow: a TCP SYN without
+// ACK says it, and every pod's SYNs are recorded, with or without a policy, so that a
+// pod's open connections keep their replies when it gets its first policy (a TCP flow
+// seen first mid-stream, or a UDP flow, of a pod with a policy is ours unless the other
+// side's packets were seen first; a pod's UDP flows from before its first policy are not
+// known: their replies are decided as new flows into it).
 //
 // TCP and UDP only: Istio's L4 policy is about ports; ICMP and other protocols pass.
 #pragma once
@@ -28,7 +33,7 @@ namespace meshlane::detail {
 bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const table_pod& pod,
                        const lb_outcome& lb, const flow_key& key, uint32_t crc, uint8_t tcp_flags,
                        flow_entry* cached);
-void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc);
+void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc, uint8_t tcp_flags);
 
 // The bucket hash of policy_flows: the same for both directions of a flow, so that the
 // miss path's look at the other direction (is this a reply? policy_path.cpp) reads the
@@ -83,7 +88,7 @@ uint32_t policy_hash(const flow_key& key);
   flow_key key;
   const uint32_t crc = policy_flow_key(key, frame, p);
   if (w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts)) return;
-  policy_note_outbound_miss(w, key, crc);
+  policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);
 }
 
 }  // namespace meshlane::detail
