@@ -285,8 +285,19 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
   rx.bytes.add(bytes);
   constexpr uint16_t kPrefetchAhead = 4;
   for (uint16_t i = 0; i < count && i < kPrefetchAhead; ++i) rte_prefetch0(rte_pktmbuf_mtod(packets[i], void*));
+  // With policies, the policy flow-table bucket of the packet kPolicyAhead on: its frame
+  // was prefetched kPrefetchAhead - kPolicyAhead packets ago (detail::policy_prefetch).
+  constexpr uint16_t kPolicyAhead = 2;
+  const bool policy_prefetch = t.policy_active && (in_port == ports.uplink_port || t.port_has_policy[in_port]);
+  if (policy_prefetch)
+    for (uint16_t i = 0; i < count && i < kPolicyAhead; ++i)
+      detail::policy_prefetch(w, rte_pktmbuf_mtod(packets[i], const uint8_t*), rte_pktmbuf_data_len(packets[i]),
+                              in_port == ports.uplink_port);
   for (uint16_t i = 0; i < count; ++i) {
     if (i + kPrefetchAhead < count) rte_prefetch0(rte_pktmbuf_mtod(packets[i + kPrefetchAhead], void*));
+    if (policy_prefetch && i + kPolicyAhead < count)
+      detail::policy_prefetch(w, rte_pktmbuf_mtod(packets[i + kPolicyAhead], const uint8_t*),
+                              rte_pktmbuf_data_len(packets[i + kPolicyAhead]), in_port == ports.uplink_port);
     process_one(w, t, ports, in_port, packets[i]);
   }
 }
