@@ -68,7 +68,8 @@ handover_state worker_pool::export_handover() const {
       handover_policy_record p;
       p.worker = w;
       const uint64_t age = e.last_seen > now ? 0 : now - e.last_seen;
-      p.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>((lifetime_of(e, timeouts) - age) / (hz / 1000), UINT32_MAX));
+      p.remaining_ms = static_cast<uint32_t>(
+          std::min<uint64_t>((lifetime_of(e, timeouts) - age) / (hz / 1000), UINT32_MAX));
       p.key = e.key;
       p.state = e.state;
       out.policy_records.push_back(p);
@@ -210,8 +211,8 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     e.state = p.state;
     const uint64_t lifetime = lifetime_of(e, timeouts);
     const uint64_t left = std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000));
-    workers_[p.worker < workers ? p.worker : 0]->policy_flows.insert(e, policy_hash(e.key), now - (lifetime - left),
-                                                                      timeouts);
+    workers_[p.worker < workers ? p.worker : 0]->policy_flows.insert(
+        e, policy_hash(e.key), now - (lifetime - left), timeouts);
   }
 
   for (const handover_lent_port& l : state.lent_ports) {
