@@ -145,7 +145,9 @@ std::vector<uint8_t> serialize_handover_state(const handover_state& state) {
     body.str(n.interface);
     body.bytes(n.mac.data(), 6);
   }
-  body.u32(static_cast<uint32_t>(state.policy_records.size()));
+  // Only when there are records: one form for each state (the reader refuses an empty
+  // section), and a file without records is what an earlier writer wrote.
+  if (!state.policy_records.empty()) body.u32(static_cast<uint32_t>(state.policy_records.size()));
   for (const handover_policy_record& p : state.policy_records) {
     body.u16(p.worker);
     body.u32(p.remaining_ms);
@@ -279,6 +281,10 @@ bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
   if (r.ok && r.left > 0) {
     if (!r.count(n, kPolicyRecordBytes) && r.ok) {
       error = "policy record count beyond the file";
+      return false;
+    }
+    if (r.ok && n == 0) {
+      error = "an empty policy record section (a writer leaves it out)";
       return false;
     }
     if (r.ok) out.policy_records.resize(n);

@@ -13,7 +13,8 @@
 //   body    str document digest | u64 written (Unix ms) | u16 workers
 //           u32 n, n x flow      | u32 n, n x lent port | u32 n, n x underlay neighbour
 //           u32 n, n x pod neighbour
-//           [u32 n, n x policy record]  (absent in files of writers before it: none)
+//           [u32 n >= 1, n x policy record]  (absent when there are none, as in files
+//           of writers before it)
 //   flow    u16 worker | u32 remaining lifetime (ms) | key: 16 source, 16 destination,
 //           u16 source port, u16 destination port, u8 protocol | 16 rewrite address |
 //           u16 rewrite port | u16 second port | 4 second address (as stored) |
