@@ -8,6 +8,7 @@
 #include "dataplane/dataplane.h"
 #include "dataplane/egress_snat.h"
 #include "dataplane/pipeline_internal.h"
+#include "dataplane/policy_path.h"
 
 namespace meshlane {
 
@@ -56,6 +57,23 @@ handover_state worker_pool::export_handover() const {
         f.backend = slot_names_.backends[e.backend_slot];
       if (e.flags & kFlowSecondRewrite) lent.insert(lent_port_of(e));
       out.flows.push_back(std::move(f));
+    }
+  }
+  for (uint16_t w = 0; w < workers_.size(); ++w) {
+    const flow_table& table = workers_[w]->policy_flows;
+    flow_entry e;
+    for (uint32_t i = 0; i < table.capacity(); ++i) {
+      if (!table.read(i, e) || !e.in_use || table.expired(e, now, timeouts) ||
+          e.direction != flow_direction::reverse || !(e.flags & kPolicyStartedHere))
+        continue;
+      handover_policy_record p;
+      p.worker = w;
+      const uint64_t age = e.last_seen > now ? 0 : now - e.last_seen;
+      p.remaining_ms = static_cast<uint32_t>(
+          std::min<uint64_t>((lifetime_of(e, timeouts) - age) / (hz / 1000), UINT32_MAX));
+      p.key = e.key;
+      p.state = e.state;
+      out.policy_records.push_back(p);
     }
   }
   for (uint16_t port : lent) {
@@ -212,6 +230,24 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
   for (const auto& w : workers_) evictions_after += w->flows.evictions();
   if (evictions_after > evictions_before)
     report.dropped["table_full"] = evictions_after - evictions_before;
+
+  // The records of flows our pods started: any worker's record serves (the reply check
+  // reads every worker's), so the writer's worker is kept where it still exists.
+  for (const handover_policy_record& p : state.policy_records) {
+    if (p.remaining_ms <= report.handover_ms) {
+      ++report.dropped["expired"];
+      continue;
+    }
+    flow_entry e{};
+    e.key = p.key;
+    e.direction = flow_direction::reverse;
+    e.flags = kPolicyStartedHere;
+    e.state = p.state;
+    const uint64_t lifetime = lifetime_of(e, timeouts);
+    const uint64_t left = std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000));
+    workers_[p.worker < workers ? p.worker : 0]->policy_flows.insert(
+        e, policy_hash(e.key), now - (lifetime - left), timeouts);
+  }
 
   for (const handover_lent_port& l : state.lent_ports) {
     if (!lent_in_use.count(l.port)) continue;  // no adopted flow holds it: free again

@@ -24,6 +24,7 @@ constexpr size_t kFlowMinBytes =
 constexpr size_t kLentBytes = 2 + 16 + 2;
 constexpr size_t kUnderlayBytes = 4 + 6;
 constexpr size_t kPodMinBytes = 2 + 6;
+constexpr size_t kPolicyRecordBytes = 2 + 4 + 16 + 16 + 2 + 2 + 1 + 1;
 
 std::array<uint8_t, kDigestBytes> sha256(const uint8_t* data, size_t size) {
   std::array<uint8_t, kDigestBytes> digest{};
@@ -143,6 +144,19 @@ std::vector<uint8_t> serialize_handover_state(const handover_state& state) {
   for (const handover_pod_neighbour& n : state.pod_neighbours) {
     body.str(n.interface);
     body.bytes(n.mac.data(), 6);
+  }
+  // Only when there are records: one form for each state (the reader refuses an empty
+  // section), and a file without records is what an earlier writer wrote.
+  if (!state.policy_records.empty()) body.u32(static_cast<uint32_t>(state.policy_records.size()));
+  for (const handover_policy_record& p : state.policy_records) {
+    body.u16(p.worker);
+    body.u32(p.remaining_ms);
+    body.bytes(p.key.source, 16);
+    body.bytes(p.key.destination, 16);
+    body.u16(p.key.source_port);
+    body.u16(p.key.destination_port);
+    body.u8(p.key.protocol);
+    body.u8(static_cast<uint8_t>(p.state));
   }
   writer file;
   file.bytes(kMagic, sizeof kMagic);
@@ -266,6 +280,33 @@ bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
   for (handover_pod_neighbour& p : out.pod_neighbours) {
     p.interface = r.str();
     r.take(p.mac.data(), 6);
+  }
+  // The policy records came later: a file that ends before them has none.
+  if (r.ok && r.left > 0) {
+    if (!r.count(n, kPolicyRecordBytes) && r.ok) {
+      error = "policy record count beyond the file";
+      return false;
+    }
+    if (r.ok && n == 0) {
+      error = "an empty policy record section (a writer leaves it out)";
+      return false;
+    }
+    if (r.ok) out.policy_records.resize(n);
+    for (handover_policy_record& p : out.policy_records) {
+      p.worker = r.u16();
+      p.remaining_ms = r.u32();
+      r.take(p.key.source, 16);
+      r.take(p.key.destination, 16);
+      p.key.source_port = r.u16();
+      p.key.destination_port = r.u16();
+      p.key.protocol = r.u8();
+      const uint8_t tcp_state = r.u8();
+      if (tcp_state > static_cast<uint8_t>(flow_state::closing)) {
+        error = "policy record with TCP state " + std::to_string(tcp_state);
+        return false;
+      }
+      p.state = static_cast<flow_state>(tcp_state);
+    }
   }
   if (!r.ok) {
     error = "truncated record";

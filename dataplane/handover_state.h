@@ -13,6 +13,8 @@
 //   body    str document digest | u64 written (Unix ms) | u16 workers
 //           u32 n, n x flow      | u32 n, n x lent port | u32 n, n x underlay neighbour
 //           u32 n, n x pod neighbour
+//           [u32 n >= 1, n x policy record]  (absent when there are none, as in files
+//           of writers before it)
 //   flow    u16 worker | u32 remaining lifetime (ms) | key: 16 source, 16 destination,
 //           u16 source port, u16 destination port, u8 protocol | 16 rewrite address |
 //           u16 rewrite port | u16 second port | 4 second address (as stored) |
@@ -21,6 +23,7 @@
 //   lent    u16 port | 16 client address | u16 client port
 //   underlay 4 IPv4 address (network order) | 6 MAC
 //   pod     str interface | 6 MAC
+//   policy record  u16 worker | u32 remaining lifetime (ms) | key (as in flow) | u8 TCP state
 //   str     u16 length | bytes
 //
 // Expiry is kept as each entry's remaining lifetime (TSC values mean nothing to another
@@ -64,6 +67,17 @@ struct handover_pod_neighbour {
   std::array<uint8_t, 6> mac{};
 };
 
+// A flow a pod of this node started towards another node (the policy flow table's record,
+// dataplane/policy_path.h), so that the successor still passes its replies when the
+// pod's policy would deny them; inbound verdicts are not carried (decided again at the
+// next packet: the same tables give the same verdict, at one decision per flow).
+struct handover_policy_record {
+  uint16_t worker = 0;
+  uint32_t remaining_ms = 0;
+  flow_key key{};
+  flow_state state = flow_state::transitory;
+};
+
 struct handover_state {
   std::string document_digest;  // snapshot::content_digest() of the writer's tables
   uint64_t written_unix_ms = 0;
@@ -72,6 +86,7 @@ struct handover_state {
   std::vector<handover_lent_port> lent_ports;
   std::vector<handover_underlay_neighbour> underlay_neighbours;
   std::vector<handover_pod_neighbour> pod_neighbours;
+  std::vector<handover_policy_record> policy_records;
 };
 
 std::vector<uint8_t> serialize_handover_state(const handover_state& state);

@@ -149,7 +149,12 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
                              (with_client ? kGeneveOriginalSourceOptionSize : 0);
   if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
   const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
-  if (t.policy_active && !lb.enforce && !lb.service_flow && t.port_has_policy[in_port])
+  // Flows our pods start are recorded so that their replies are known (policy_path.h):
+  // every flow of a pod with a policy, and every pod's TCP SYN, so that a pod's connections
+  // still pass their replies after it gets its first policy (one record per connection).
+  if (!lb.enforce && !lb.service_flow &&
+      (t.port_has_policy[in_port] ||
+       (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn)))
     policy_note_outbound(w, frame, p);
   // Ethernet padding of a short frame is not carried through the tunnel.
   const uint32_t frame_length = p.l3_offset + p.l3_length;
@@ -281,8 +286,19 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
   rx.bytes.add(bytes);
   constexpr uint16_t kPrefetchAhead = 4;
   for (uint16_t i = 0; i < count && i < kPrefetchAhead; ++i) rte_prefetch0(rte_pktmbuf_mtod(packets[i], void*));
+  // With policies, the policy flow-table bucket of the packet kPolicyAhead on: its frame
+  // was prefetched kPrefetchAhead - kPolicyAhead packets ago (detail::policy_prefetch).
+  constexpr uint16_t kPolicyAhead = 2;
+  const bool policy_prefetch = t.policy_active && (in_port == ports.uplink_port || t.port_has_policy[in_port]);
+  if (policy_prefetch)
+    for (uint16_t i = 0; i < count && i < kPolicyAhead; ++i)
+      detail::policy_prefetch(w, rte_pktmbuf_mtod(packets[i], const uint8_t*), rte_pktmbuf_data_len(packets[i]),
+                              in_port == ports.uplink_port);
   for (uint16_t i = 0; i < count; ++i) {
     if (i + kPrefetchAhead < count) rte_prefetch0(rte_pktmbuf_mtod(packets[i + kPrefetchAhead], void*));
+    if (policy_prefetch && i + kPolicyAhead < count)
+      detail::policy_prefetch(w, rte_pktmbuf_mtod(packets[i + kPolicyAhead], const uint8_t*),
+                              rte_pktmbuf_data_len(packets[i + kPolicyAhead]), in_port == ports.uplink_port);
     process_one(w, t, ports, in_port, packets[i]);
   }
 }

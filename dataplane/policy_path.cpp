@@ -97,16 +97,21 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
   if (cached && cached->direction == flow_direction::forward && cached->policy.generation == t.policy_generation &&
       cached->policy.source_identity == lb.source_identity) {
     verdict = cached->policy.verdict();  // a denial decided under these tables
-  } else if (lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
-             (tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn &&  // a TCP SYN starts a flow: never a reply
-             recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
-    flags = kPolicyReply;  // a reply of a flow our pod started: the other node decided it
   } else {
     // An ingress flow another node source-NATed is decided on its client's address.
     ip_address source = w.original_source;
     if (!lb.has_original_source) std::memcpy(source.bytes.data(), key.source, 16);
     verdict = t.tables->policy.decide(pod.policy_class, lb.source_identity, source, key.destination_port);
     w.policy_evaluations.add(1);
+    // Only a denial asks whether the flow is a reply of one our pod started (the other
+    // node's policy decided it): the look at the recorded flows, which may be another
+    // worker's, stays off the path of flows the tables allow.
+    if (!verdict.allowed && lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
+        (tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn &&  // a TCP SYN starts a flow: never a reply
+        recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
+      flags = kPolicyReply;
+      verdict = policy_verdict{};
+    }
   }
   policy.allowed = verdict.allowed;
   policy.reason = static_cast<uint8_t>(verdict.reason);
@@ -132,16 +137,23 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
   return false;
 }
 
-[[gnu::noinline]] void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc) {
-  // Our pod's packet on a flow another node's pod started (its inbound entry is here, or
-  // at another worker) is a reply: recorded without kPolicyStartedHere, so that the
-  // flow's inbound packets are never taken for replies of ours.
-  const bool reply = recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply);
+[[gnu::noinline]] void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc,
+                                                uint8_t tcp_flags) {
+  // Our pod's packet on a flow another node's pod started (a SYN-ACK; its inbound entry is
+  // here, or at another worker) is a reply: recorded without kPolicyStartedHere, so that
+  // the flow's inbound packets are never taken for replies of ours. A SYN is ours.
+  const uint8_t handshake = tcp_flags & (kTcpSyn | kTcpAck);
+  const bool reply = handshake != kTcpSyn &&
+                     (handshake == (kTcpSyn | kTcpAck) ||
+                      recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply));
   flow_entry entry{};
   entry.key = key;
   entry.policy = flow_policy{};
   entry.direction = flow_direction::reverse;
   entry.flags = reply ? 0 : kPolicyStartedHere;
+  // A SYN's record lives as long as an established connection's: for a pod without a
+  // policy it is the only packet of the connection the table sees (nothing refreshes it).
+  if (handshake == kTcpSyn) entry.state = flow_state::established;
   w.policy_flows.insert(entry, crc, w.now, w.timeouts);
 }
 

@@ -11,10 +11,15 @@
 //
 // Replies. A flow a pod of this node started towards another node is recorded when its
 // packets leave (policy_note_outbound); packets coming back on it are replies, allowed
-// without evaluation (the other node's policy decided the flow). Replies of service flows
-// are recognised by their reverse-NAT entry instead. The record may sit in another
-// worker's table (RSS hashes each direction on its own): the miss path reads the other
-// workers' tables through find_shared.
+// when the tables would deny them (the other node's policy decided the flow). Replies of
+// service flows are recognised by their reverse-NAT entry instead. The record may sit in
+// another worker's table (RSS hashes each direction on its own): the denial path reads
+// the other workers' tables through find_shared. Who started a flow: a TCP SYN without
+// ACK says it, and every pod's SYNs are recorded, with or without a policy, so that a
+// pod's open connections keep their replies when it gets its first policy (a TCP flow
+// seen first mid-stream, or a UDP flow, of a pod with a policy is ours unless the other
+// side's packets were seen first; a pod's UDP flows from before its first policy are not
+// known: their replies are decided as new flows into it).
 //
 // TCP and UDP only: Istio's L4 policy is about ports; ICMP and other protocols pass.
 #pragma once
@@ -28,7 +33,7 @@ namespace meshlane::detail {
 bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const table_pod& pod,
                        const lb_outcome& lb, const flow_key& key, uint32_t crc, uint8_t tcp_flags,
                        flow_entry* cached);
-void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc);
+void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc, uint8_t tcp_flags);
 
 // The bucket hash of policy_flows: the same for both directions of a flow, so that the
 // miss path's look at the other direction (is this a reply? policy_path.cpp) reads the
@@ -57,6 +62,34 @@ uint32_t policy_hash(const flow_key& key);
   return policy_hash(key);
 }
 
+// The policy_flows bucket of the flow in `frame` (a received frame, not yet parsed),
+// fetched a few packets ahead of its probe (process_burst), as l3fwd prefetches: a new
+// flow's bucket is a random one, and its cache miss was most of what deciding and
+// keeping a new flow cost. A guess from the raw bytes: IPv4 over Ethernet as a pod sends
+// it, or inside Geneve from the uplink (no ESP, no VLAN); anything else, or a wrong
+// guess, costs one useless prefetch at most.
+[[gnu::always_inline]] inline void policy_prefetch(const worker_state& w, const uint8_t* frame, uint32_t length,
+                                                   bool from_uplink) {
+  uint32_t at = 0;
+  if (from_uplink) {
+    // Outer Ethernet, IPv4 (its header length), UDP to 6081, Geneve with its options.
+    if (length < 14 + 20 + 8 + 8 + 14 + 20 + 4 || load16(frame + 12) != to_net16(kEtherTypeIpv4)) return;
+    const uint32_t udp = 14 + (frame[14] & 0x0f) * 4u;
+    if (frame[14 + 9] != kProtoUdp || load16(frame + udp + 2) != to_net16(kGenevePort)) return;
+    at = udp + 8 + 8 + (frame[udp + 8] & 0x3f) * 4u;
+  }
+  if (at + 14 + 20 + 4 > length || load16(frame + at + 12) != to_net16(kEtherTypeIpv4)) return;
+  const uint8_t* ip = frame + at + 14;
+  const uint8_t protocol = ip[9];
+  const uint32_t l4 = (ip[0] & 0x0f) * 4u;
+  if ((protocol != kProtoTcp && protocol != kProtoUdp) || at + 14 + l4 + 4 > length) return;
+  uint32_t source, destination;
+  std::memcpy(&source, ip + 12, 4);
+  std::memcpy(&destination, ip + 16, 4);
+  w.policy_flows.prefetch(policy_hash_v4(source, destination, from_net16(load16(ip + l4)),
+                                         from_net16(load16(ip + l4 + 2)), protocol));
+}
+
 // A frame for `pod` (a pod of this node) that `lb.enforce` says policy decides: true when
 // it may pass; else it was dropped (policy_denied) and counted.
 [[gnu::always_inline]] inline bool policy_admits(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
@@ -83,7 +116,7 @@ uint32_t policy_hash(const flow_key& key);
   flow_key key;
   const uint32_t crc = policy_flow_key(key, frame, p);
   if (w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts)) return;
-  policy_note_outbound_miss(w, key, crc);
+  policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);
 }
 
 }  // namespace meshlane::detail

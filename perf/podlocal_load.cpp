@@ -6,6 +6,9 @@
 //   podlocal_load rr-client IP PORT SECONDS one connection, back-to-back 64-byte
 //                                           request/response; prints JSON with p50/p99 in µs
 //   podlocal_load bulk-client IP PORT SECONDS  one connection, 64 KiB writes; prints Gbit/s
+//   podlocal_load connect-client IP PORT SECONDS  new connections back to back, each one
+//                                           64-byte exchange with an rr-server, then closed;
+//                                           prints connections per second
 //   podlocal_load udp-sink PORT SECONDS     count datagrams for SECONDS; prints JSON
 //   podlocal_load udp-paced IP PORT PPS SECONDS  send 64-byte datagrams at PPS; prints JSON
 #include <arpa/inet.h>
@@ -129,6 +132,29 @@ int rr_client(const char* ip, int port, int seconds) {
   return 0;
 }
 
+int connect_client(const char* ip, int port, int seconds) {
+  char message[64] = {};
+  uint64_t connections = 0;
+  const auto start = std::chrono::steady_clock::now();
+  const auto end = start + std::chrono::seconds(seconds);
+  auto now = start;
+  while (now < end) {
+    const int fd = dial(ip, port);
+    // SO_LINGER 0: the client's end closes with a RST, so TIME_WAIT does not run the
+    // client out of ports in a few seconds of back-to-back connections.
+    const linger abort{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_LINGER, &abort, sizeof abort);
+    if (!write_exact(fd, message, 64) || !read_exact(fd, message, 64)) die("exchange");
+    close(fd);
+    ++connections;
+    now = std::chrono::steady_clock::now();
+  }
+  const double elapsed = std::chrono::duration<double>(now - start).count();
+  std::printf("{\"connections\":%llu,\"connects_per_s\":%.0f}\n", static_cast<unsigned long long>(connections),
+              connections / elapsed);
+  return 0;
+}
+
 int bulk_client(const char* ip, int port, int seconds) {
   const int fd = dial(ip, port);
   std::vector<char> chunk(65536, 'x');
@@ -195,6 +221,8 @@ int main(int argc, char** argv) {
   if (mode == "rr-server" && argc == 3) serve(std::atoi(argv[2]), true);
   if (mode == "sink-server" && argc == 3) serve(std::atoi(argv[2]), false);
   if (mode == "rr-client" && argc == 5) return rr_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  if (mode == "connect-client" && argc == 5)
+    return connect_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   if (mode == "bulk-client" && argc == 5) return bulk_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   if (mode == "udp-sink" && argc == 4) return udp_sink(std::atoi(argv[2]), std::atoi(argv[3]));
   if (mode == "udp-paced" && argc == 6)

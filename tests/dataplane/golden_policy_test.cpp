@@ -459,11 +459,63 @@ TEST_F(golden_policy, WithoutPoliciesNothingIsEvaluatedOrKept) {
   learn_pod_macs();
   from_node2(ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.8"), ip4("198.18.1.10"), udp_to(53, 47000)),
              identity_of("bar/sleep"));
-  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080, 47001)));
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"),
+                          tcp_to(8080, 47001, kTcpAck)));
   EXPECT_EQ(pending(client), 1u);
   EXPECT_EQ(pending(uplink), 1u);
   EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 0u);
   EXPECT_EQ(pool_->worker(0).policy_flows.live_count(rte_rdtsc(), pool_->worker(0).timeouts), 0u);
+  // Only a SYN our pod sends is recorded (one record per connection), so that the
+  // connection keeps its replies if the pod gets a policy later (next test).
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080, 47002)));
+  EXPECT_EQ(pending(uplink), 2u);
+  EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 0u);
+  EXPECT_EQ(pool_->worker(0).policy_flows.live_count(rte_rdtsc(), pool_->worker(0).timeouts), 1u);
+}
+
+// A pod's connections to another node opened while no policy existed keep their replies
+// when the pod gets its first policy (and the node its first policy at all), while a
+// connection the remote pod opened into it is decided at its next packet.
+TEST_F(golden_policy, OpenConnectionsKeepTheirRepliesWhenThePodGetsItsFirstPolicy) {
+  publish_json(node1_with(json::array()));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
+  const uint32_t bar_sleep = identity_of("bar/sleep");
+  const auto to_remote = [&](uint16_t port, uint16_t source_port, uint8_t flags) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, tcp_to(port, source_port, flags)));
+  };
+  const auto from_remote = [&](uint16_t port, uint16_t source_port, uint8_t flags) {
+    from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, tcp_to(port, source_port, flags)), bar_sleep);
+  };
+  // The client's connection to remote:8080, and the remote's to client:9000.
+  to_remote(8080, 45000, kTcpSyn);
+  from_remote(45000, 8080, kTcpSyn | kTcpAck);
+  to_remote(8080, 45000, kTcpAck);
+  from_remote(9000, 45001, kTcpSyn);
+  to_remote(45001, 9000, kTcpSyn | kTcpAck);
+  from_remote(9000, 45001, kTcpAck);
+  EXPECT_EQ(pending(client), 3u);
+  EXPECT_EQ(pending(uplink), 3u);
+  drain(client);
+  EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 0u);
+
+  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  if (HasFatalFailure()) return;
+  // The server's data on the client's connection arrives before the client sends again:
+  // a reply, delivered; and stays one after the client's next packets.
+  from_remote(45000, 8080, kTcpAck);
+  to_remote(8080, 45000, kTcpAck);
+  from_remote(45000, 8080, kTcpAck | kTcpFin);
+  EXPECT_EQ(pending(client), 2u);
+  // The remote's own connection is refused at its next packet, also after the client
+  // answered on it.
+  from_remote(9000, 45001, kTcpAck);
+  to_remote(45001, 9000, kTcpAck);
+  from_remote(9000, 45001, kTcpAck);
+  EXPECT_EQ(pending(client), 2u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+  EXPECT_EQ(denied("foo/allow-nothing", "no_allow_match", policy_direction::remote), 2u);
 }
 
 }  // namespace

@@ -9,6 +9,10 @@
 #include <array>
 #include <string>
 
+#include <nlohmann/json.hpp>
+
+#include "control/workload_identity.h"
+#include "dataplane/geneve_identity.h"
 #include "tests/dataplane/dataplane_fixture.h"
 
 namespace meshlane::testing {
@@ -239,6 +243,51 @@ TEST_F(handover_golden, LifetimeSpentDuringTheHandOverCountsAndExpiredEntriesAre
     EXPECT_LE(f.remaining_ms, 20000u);
     EXPECT_GT(f.remaining_ms, 10000u);
   }
+}
+
+// Issue 16: the record of a flow a pod started towards another node crosses the
+// hand-over, so the successor still passes its replies when the pod's policy
+// (allow-nothing here) would deny them; the remote pod's own flow into it is decided and
+// refused as before the restart.
+TEST_F(handover_golden, RepliesOfAFlowOurPodStartedStillPassAfterTheRestart) {
+  nlohmann::json document = nlohmann::json::parse(kNode1Document);
+  document["namespaces"] = nlohmann::json::parse(R"([{"name": "foo", "service_accounts": ["httpbin", "sleep"]},
+                                                     {"name": "bar", "service_accounts": ["sleep"]}])");
+  document["pods"][0]["namespace"] = "foo";
+  document["pods"][0]["service_account"] = "sleep";
+  document["policies"] = nlohmann::json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])");
+  const std::string text = document.dump();
+  TearDown();
+  publish_at_setup_ = false;
+  SetUp();
+  publish(text.c_str());
+  learn_pod_macs();
+  send(uplink, arp_request(kNode2Mac, ip4("198.19.0.2"), ip4("198.19.0.1")));
+  drain(uplink);
+  const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
+  send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, tcp_to(8080, 41000, kTcpSyn)));
+  EXPECT_EQ(pending(uplink), 1u);
+  const handover_state state = exported();
+  ASSERT_EQ(state.policy_records.size(), 1u);
+  EXPECT_EQ(state.policy_records[0].key.source_port, 41000);
+  EXPECT_EQ(state.policy_records[0].key.destination_port, 8080);
+
+  restart(text);
+  pool_->adopt_handover(state);
+  learn_pod_macs();
+  const uint32_t bar_sleep = identity_number(spiffe_principal(kDefaultTrustDomain, "bar", "sleep"));
+  const auto from_remote = [&](uint16_t port, uint16_t source_port, uint8_t flags) {
+    send(uplink, geneve_from(ip4("198.19.0.2"),
+                             ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, tcp_to(port, source_port, flags)), 0,
+                             kEtherTypeTransparentBridging, identity_option(bar_sleep)));
+  };
+  from_remote(41000, 8080, kTcpSyn | kTcpAck);
+  from_remote(41000, 8080, kTcpAck);
+  EXPECT_EQ(pending(client), 2u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
+  from_remote(9000, 41001, kTcpSyn);
+  EXPECT_EQ(pending(client), 2u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
 }
 
 }  // namespace

@@ -53,6 +53,16 @@ handover_state sample_state() {
   s.lent_ports.push_back(l);
   s.underlay_neighbours.push_back({0x020013c6, {2, 0, 0, 0, 0, 2}});
   s.pod_neighbours.push_back({"veth-client", {2, 0, 0, 0, 0, 0xa1}});
+  handover_policy_record p;
+  p.worker = 1;
+  p.remaining_ms = 7200000;
+  p.key.source[15] = 10;
+  p.key.destination[15] = 20;
+  p.key.source_port = 41000;
+  p.key.destination_port = 8080;
+  p.key.protocol = 6;
+  p.state = flow_state::established;
+  s.policy_records.push_back(p);
   return s;
 }
 
@@ -94,6 +104,11 @@ TEST(handover_state, EveryFieldSurvivesARoundTrip) {
   ASSERT_EQ(back.pod_neighbours.size(), 1u);
   EXPECT_EQ(back.pod_neighbours[0].interface, "veth-client");
   EXPECT_EQ(back.pod_neighbours[0].mac, s.pod_neighbours[0].mac);
+  ASSERT_EQ(back.policy_records.size(), 1u);
+  EXPECT_EQ(back.policy_records[0].worker, 1);
+  EXPECT_EQ(back.policy_records[0].remaining_ms, 7200000u);
+  EXPECT_TRUE(back.policy_records[0].key == s.policy_records[0].key);
+  EXPECT_EQ(back.policy_records[0].state, flow_state::established);
   EXPECT_EQ(serialize_handover_state(back), bytes);
 }
 
