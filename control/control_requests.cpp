@@ -121,11 +121,18 @@ publish_result control_module::publish_locked(std::string_view document_json, co
   } else {
     result = publisher_.apply(document_json);
   }
+  account(result, source, &document_json, nullptr);
+  return result;
+}
+
+void control_module::account(const publish_result& result, const std::string& source,
+                             const std::string_view* full_document, const json* delta) {
   {
     std::lock_guard lock(mutex_);
     if (result.errors.empty()) {
       ++applies_ok_;
-      document_json_.assign(document_json);
+      if (full_document) document_.replace(json::parse(*full_document, nullptr, false));
+      else document_.patch(*delta);
     } else {
       ++applies_refused_;
     }
@@ -141,9 +148,15 @@ publish_result control_module::publish_locked(std::string_view document_json, co
     log_.write(log_level::info, "published generation " + std::to_string(result.generation) + " from " + source + timing);
   } else {
     std::string first = result.errors.front().to_string();
-    log_.write(log_level::error, "document from " + source + " refused (" + std::to_string(result.errors.size()) +
+    log_.write(log_level::error, (delta ? "delta from " : "document from ") + source + " refused (" + std::to_string(result.errors.size()) +
                                      " error(s), first: " + first + "); the running tables stay");
   }
+}
+
+publish_result control_module::apply_delta(const json& delta, const std::string& source) {
+  std::lock_guard apply_lock(apply_mutex_);
+  const publish_result result = publisher_.apply_delta(delta.dump());
+  account(result, source, nullptr, &delta);
   return result;
 }
 
@@ -152,7 +165,7 @@ std::string control_module::republish(const std::string& source) {
   std::string document;
   {
     std::lock_guard lock(mutex_);
-    document = document_json_;
+    document = document_.text();
   }
   if (document.empty()) return "no document has been published yet";
   const publish_result result = publish_locked(document, source);
@@ -250,9 +263,14 @@ json control_module::status() {
 
 json control_module::apply_request(const json& request) {
   auto it = request.find("document");
-  if (it == request.end() || !it->is_object())
-    return error_reply(control_error::kInvalidRequest, "apply needs a member \"document\" holding the desired-state object");
-  const publish_result result = apply_document(it->dump(), "control socket");
+  auto delta = request.find("delta");
+  if ((it == request.end()) == (delta == request.end()) || (it != request.end() && !it->is_object()) ||
+      (delta != request.end() && !delta->is_object()))
+    return error_reply(control_error::kInvalidRequest,
+                       "apply needs a member \"document\" holding the desired-state object, or \"delta\" holding "
+                       "a delta of it ({\"changes\": [...]})");
+  const publish_result result =
+      it != request.end() ? apply_document(it->dump(), "control socket") : apply_delta(*delta, "control socket (delta)");
   if (result.errors.empty()) {
     return {{"ok", true}, {"generation", result.generation}, {"compile_seconds", result.compile_seconds},
             {"publish_seconds", result.publish_seconds}};
@@ -278,8 +296,8 @@ json control_module::get(const json& request) {
   if (what == "sas") return provided_rows(request, "sas", "ESP security associations");
   if (what == "config") {
     std::lock_guard lock(mutex_);
-    if (document_json_.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
-    return {{"ok", true}, {"document", json::parse(document_json_)}};
+    if (document_.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
+    return {{"ok", true}, {"document", document_.content()}};
   }
   const auto tables = publisher_.current();
   if (what != "tables" && what != "services" && what != "backends" && what != "routes" && what != "maglev")
@@ -469,7 +487,7 @@ std::string control_module::set_document_field(const std::string& section, const
   std::string text;
   {
     std::lock_guard lock(mutex_);
-    text = document_json_;
+    text = document_.text();
   }
   if (text.empty()) return "no document has been published yet";
   json document = json::parse(text, nullptr, false);

@@ -9,6 +9,7 @@
 
 #include "control/connect_lb_limits.h"
 #include "control/document_reader.h"
+#include "control/document_sections.h"
 #include "control/egress_spec.h"
 #include "control/policy_compiler.h"
 #include "control/policy_limits.h"
@@ -423,6 +424,15 @@ std::optional<l4_protocol> read_protocol(object_reader& r) {
   return std::nullopt;
 }
 
+void read_backend(const json& value, const std::string& path, backend_spec& backend, error_list& errors) {
+  object_reader br(value, path, errors);
+  if (!br.ok()) return;
+  if (auto v = br.address("ip", true)) backend.ip = *v;
+  if (auto v = br.integer("port", true, 1, 65535)) backend.port = static_cast<uint16_t>(*v);
+  if (auto v = br.integer("weight", false, 1, 65535)) backend.weight = static_cast<uint16_t>(*v);
+  if (auto v = br.string("node", true)) backend.node = *v;
+}
+
 void read_service(const json& value, const std::string& path, service_spec& service,
                   error_list& errors) {
   object_reader r(value, path, errors);
@@ -448,13 +458,8 @@ void read_service(const json& value, const std::string& path, service_spec& serv
   if (const json* ports = r.member("ports", false); ports && ports->is_array() && ports->empty())
     r.error(r.path_of("ports"), "must list at least one port");
   r.array("backends", false, [&](const json& element, const std::string& element_path) {
-    object_reader br(element, element_path, errors);
-    if (!br.ok()) return;
     backend_spec backend;
-    if (auto v = br.address("ip", true)) backend.ip = *v;
-    if (auto v = br.integer("port", true, 1, 65535)) backend.port = static_cast<uint16_t>(*v);
-    if (auto v = br.integer("weight", false, 1, 65535)) backend.weight = static_cast<uint16_t>(*v);
-    if (auto v = br.string("node", true)) backend.node = *v;
+    read_backend(element, element_path, backend, errors);
     service.backends.push_back(backend);
   });
 }
@@ -708,10 +713,24 @@ std::string describe_parse_error(std::string_view text, size_t byte, std::string
 
 }  // namespace
 
-parse_result parse_desired_state(std::string_view json_text) {
-  parse_result result;
-  error_list& errors = result.errors;
+// --- the sections' readers and the document's checks, for the delta reader (state_delta.h) ---
+namespace document_sections {
 
+void read_service(const json& value, const std::string& path, service_spec& service, std::vector<config_error>& errors) {
+  meshlane::read_service(value, path, service, errors);
+}
+void read_pod(const json& value, const std::string& path, pod_spec& pod, std::vector<config_error>& errors) {
+  meshlane::read_pod(value, path, pod, errors);
+}
+void read_peer(const json& value, const std::string& path, node_spec& node, std::vector<config_error>& errors) {
+  object_reader r(value, path, errors);
+  if (r.ok()) meshlane::read_node(r, node);
+}
+void read_backend(const json& value, const std::string& path, backend_spec& backend, std::vector<config_error>& errors) {
+  meshlane::read_backend(value, path, backend, errors);
+}
+
+bool read_checked_json(std::string_view json_text, nlohmann::json& document, std::vector<config_error>& errors) {
   // First pass: a SAX walk that finds what the DOM parser would hide (duplicate keys, legal
   // JSON that silently keeps the last value) and bounds nesting. nlohmann's callback
   // parser could do this in one pass but is quadratic in array length (its end_object
@@ -760,25 +779,58 @@ parse_result parse_desired_state(std::string_view json_text) {
     std::string_view text;
   } check(json_text);
 
-  json document;
   try {
     json::sax_parse(json_text.begin(), json_text.end(), &check);
     if (check.syntax_error) {
       errors.push_back({"$", *check.syntax_error});
-      return result;
+      return false;
     }
     if (check.too_deep) {
       errors.push_back({"$", "invalid JSON: nested deeper than " + std::to_string(kMaxNesting) + " levels"});
-      return result;
+      return false;
     }
     document = json::parse(json_text.begin(), json_text.end());
   } catch (const json::exception& e) {
     // e.g. out_of_range for a number that fits no JSON number type
     errors.push_back({"$", std::string("invalid JSON: ") + e.what()});
-    return result;
+    return false;
   }
   const auto& duplicate_keys = check.duplicate_keys;
+  // Duplicate keys are reported, and reading goes on so that the rest is reported too.
   for (const auto& key : duplicate_keys) errors.push_back({"$", "duplicate key '" + key + "'"});
+  return true;
+}
+
+void resolve_service_account(const desired_state& state, pod_spec& pod) {
+  for (const namespace_spec& ns : state.namespaces) {
+    if (ns.name != pod.pod_namespace || pod.service_account != kDefaultServiceAccount) continue;
+    // A live pod's name is "<namespace>/<pod>"; the entry names it either way.
+    const std::string bare = pod.name.substr(pod.name.find('/') + 1);
+    auto it = ns.pod_service_accounts.find(pod.name);
+    if (it == ns.pod_service_accounts.end()) it = ns.pod_service_accounts.find(bare);
+    if (it != ns.pod_service_accounts.end()) pod.service_account = it->second;
+  }
+}
+
+void check_document(desired_state& state, std::vector<config_error>& errors) {
+  // Cross-field checks only make sense on a document whose fields all read cleanly;
+  // otherwise they would report follow-on noise about defaulted values.
+  if (errors.empty()) check_consistency(state, errors);
+  if (errors.empty()) egress_document::check(state, errors);  // issue 18
+  if (errors.empty()) {  // issue 16
+    // Pods the CNI plugin announces carry no service account: the namespace entry names it.
+    for (pod_spec& pod : state.pods) resolve_service_account(state, pod);
+    check_policies(state, errors);
+  }
+}
+
+}  // namespace document_sections
+
+parse_result parse_desired_state(std::string_view json_text) {
+  parse_result result;
+  error_list& errors = result.errors;
+  json document;
+  if (!document_sections::read_checked_json(json_text, document, errors)) return result;
 
   desired_state state;
   {
@@ -867,24 +919,7 @@ parse_result parse_desired_state(std::string_view json_text) {
       read_dataplane(*d, "$.dataplane", *state.dataplane, errors);
     }
   }
-  // Cross-field checks only make sense on a document whose fields all read cleanly;
-  // otherwise they would report follow-on noise about defaulted values.
-  if (errors.empty()) check_consistency(state, errors);
-  if (errors.empty()) egress_document::check(state, errors);  // issue 18
-  if (errors.empty()) {  // issue 16
-    // Pods the CNI plugin announces carry no service account: the namespace entry names it.
-    for (pod_spec& pod : state.pods) {
-      for (const namespace_spec& ns : state.namespaces) {
-        if (ns.name != pod.pod_namespace || pod.service_account != kDefaultServiceAccount) continue;
-        // A live pod's name is "<namespace>/<pod>"; the entry names it either way.
-        const std::string bare = pod.name.substr(pod.name.find('/') + 1);
-        auto it = ns.pod_service_accounts.find(pod.name);
-        if (it == ns.pod_service_accounts.end()) it = ns.pod_service_accounts.find(bare);
-        if (it != ns.pod_service_accounts.end()) pod.service_account = it->second;
-      }
-    }
-    check_policies(state, errors);
-  }
+  document_sections::check_document(state, errors);
   if (errors.empty()) result.state = std::move(state);
   return result;
 }

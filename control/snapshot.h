@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -140,6 +141,10 @@ struct snapshot {
   const table_node* route(const ip_address& ip) const;
   // Maglev choice for a flow hash; nullptr when the service has no backends.
   const table_backend* pick_backend(const table_service& service, uint64_t flow_hash) const;
+  // A service's backends, in (ip, port) order.
+  std::span<const table_backend> backends_of(const table_service& service) const {
+    return {backends.data() + service.first_backend, service.backend_count};
+  }
 
   // Canonical byte form of every table (fixed field order, little-endian). Two compiles of
   // the same document give the same bytes; the generation is in the 32-byte header only.

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "control/document_sections.h"
 #include "control/table_compiler.h"
 
 namespace meshlane {
@@ -40,6 +41,40 @@ void table_publisher::set_key_source(esp_key_source source) {
 
 publish_result table_publisher::apply(const desired_state& state) {
   std::lock_guard lock(mutex_);
+  return publish_locked(state);
+}
+
+publish_result table_publisher::apply_delta(std::string_view delta_json) {
+  const auto start = std::chrono::steady_clock::now();
+  delta_parse_result parsed = parse_state_delta(delta_json);
+  if (!parsed.delta) {
+    publish_result result;
+    result.errors = std::move(parsed.errors);
+    result.compile_seconds = seconds_since(start);
+    return result;
+  }
+  return apply_delta(*parsed.delta);
+}
+
+publish_result table_publisher::apply_delta(const state_delta& delta) {
+  std::lock_guard lock(mutex_);
+  const auto start = std::chrono::steady_clock::now();
+  publish_result result;
+  if (!current_state_) {
+    result.errors.push_back({"$", "no document has been published yet; a delta needs one to change"});
+    return result;
+  }
+  desired_state next = *current_state_;
+  result.errors = apply_state_delta(next, delta);
+  if (result.errors.empty()) document_sections::check_document(next, result.errors);
+  if (!result.errors.empty()) {
+    result.compile_seconds = seconds_since(start);
+    return result;
+  }
+  return publish_locked(next);
+}
+
+publish_result table_publisher::publish_locked(const desired_state& state) {
   publish_result result;
   auto start = std::chrono::steady_clock::now();
   std::optional<esp_key_set> keys;

@@ -13,6 +13,7 @@
 #include "control/desired_state.h"
 #include "control/esp_keyring.h"
 #include "control/snapshot.h"
+#include "control/state_delta.h"
 
 namespace meshlane {
 
@@ -40,6 +41,10 @@ class table_publisher {
 
   publish_result apply(std::string_view document_json);
   publish_result apply(const desired_state& state);
+  // A delta of the current state (state_delta.h): all or nothing, as apply is. Refused
+  // when nothing has been published yet.
+  publish_result apply_delta(std::string_view delta_json);
+  publish_result apply_delta(const state_delta& delta);
 
   std::shared_ptr<const snapshot> current() const;
   std::shared_ptr<const desired_state> current_state() const;
@@ -51,6 +56,8 @@ class table_publisher {
   std::shared_ptr<const desired_state> current_state_;
   std::vector<std::pair<std::string, table_sink>> sinks_;
   esp_key_source key_source_;
+
+  publish_result publish_locked(const desired_state& state);
 };
 
 }  // namespace meshlane
