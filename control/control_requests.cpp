@@ -238,7 +238,7 @@ json control_module::status() {
   if (auto tables = publisher_.current()) {
     out["generation"] = tables->generation;
     out["content_digest"] = tables->content_digest();
-    out["tables"] = {{"services", tables->services.size()}, {"backends", tables->backends.size()},
+    out["tables"] = {{"services", tables->services.size()}, {"backends", tables->backend_total},
                      {"frontends", tables->frontends.size()}, {"pods", tables->pods.size()},
                      {"routes", tables->routes.size()}, {"nodes", tables->nodes.size()},
                      {"policies", tables->policy.policy_names.size()},
@@ -306,7 +306,7 @@ json control_module::get(const json& request) {
   if (!tables) return error_reply(control_error::kUnavailable, "no snapshot has been published yet");
   if (what == "tables") {
     return {{"ok", true}, {"generation", tables->generation}, {"content_digest", tables->content_digest()},
-            {"services", tables->services.size()}, {"backends", tables->backends.size()},
+            {"services", tables->services.size()}, {"backends", tables->backend_total},
             {"frontends", tables->frontends.size()}, {"routes", tables->routes.size()},
             {"pods", tables->pods.size()}, {"nodes", tables->nodes.size()},
             {"maglev_table_size", tables->tuning.maglev_table_size}};
@@ -352,7 +352,7 @@ json control_module::get(const json& request) {
       }
       json shares = json::array();
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = tables->backends[svc.first_backend + b];
+        const auto& be = svc.compiled->backends[b];
         shares.push_back({{"backend", be.ip.to_string() + ":" + std::to_string(be.port)}, {"weight", be.weight},
                           {"slots", be.maglev_slots}, {"share", be.maglev_slots / m}});
       }
@@ -360,12 +360,12 @@ json control_module::get(const json& request) {
     }
   } else if (what == "backends") {
     // Backends are stored service by service: the page starts at index `offset`.
-    total = tables->backends.size();
+    total = tables->backend_total;
     size_t service = 0;
     for (size_t b = offset; b < total && rows.size() < limit; ++b) {
       while (tables->services[service].first_backend + tables->services[service].backend_count <= b) ++service;
       const auto& svc = tables->services[service];
-      const auto& be = tables->backends[b];
+      const auto& be = svc.compiled->backends[b - svc.first_backend];
       rows.push_back({{"service", svc.name}, {"ip", be.ip.to_string()}, {"port", be.port},
                       {"weight", be.weight}, {"node", tables->nodes.at(be.node_index).name},
                       {"maglev_share", be.maglev_slots / m}});
@@ -538,7 +538,7 @@ void control_module::register_own() {
     if (tables) {
       out.push_back({"meshlane_control_table_entries", "Entries in the published tables, by table.", metric_kind::gauge,
                      {{{{"table", "services"}}, static_cast<double>(tables->services.size())},
-                      {{{"table", "backends"}}, static_cast<double>(tables->backends.size())},
+                      {{{"table", "backends"}}, static_cast<double>(tables->backend_total)},
                       {{{"table", "frontends"}}, static_cast<double>(tables->frontends.size())},
                       {{{"table", "routes"}}, static_cast<double>(tables->routes.size())},
                       {{{"table", "pods"}}, static_cast<double>(tables->pods.size())},
@@ -660,13 +660,13 @@ json control_module::status_page_model(const status_page_view& view) {
       if (matching++ < view.offset || services.size() >= view.limit) continue;
       double service_packets = 0;
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = tables->backends[svc.first_backend + b];
+        const auto& be = svc.compiled->backends[b];
         auto it = backend_packets.find(svc.name + "|" + be.ip.to_string() + ":" + std::to_string(be.port));
         if (it != backend_packets.end()) service_packets += it->second;
       }
       json backends = json::array();
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = tables->backends[svc.first_backend + b];
+        const auto& be = svc.compiled->backends[b];
         const std::string address = be.ip.to_string() + ":" + std::to_string(be.port);
         auto it = backend_packets.find(svc.name + "|" + address);
         const double packets = it == backend_packets.end() ? 0 : it->second;

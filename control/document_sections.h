@@ -29,6 +29,14 @@ bool read_checked_json(std::string_view json_text, nlohmann::json& document, std
 // A pod without a service account gets the one its namespace entry names for it.
 void resolve_service_account(const desired_state& state, pod_spec& pod);
 
+// The checks of each service (at its path) that need no other service: VIP outside pod
+// ranges and underlay, backends on known nodes inside their ranges, unique in the service,
+// of the VIP's family, within the Maglev table, encrypted when required. With names and
+// frontends unique and the eBPF load balancer's totals (the caller's), this is what
+// check_document checks of services.
+void check_services_alone(const desired_state& state, const std::vector<std::pair<const service_spec*, std::string>>& services,
+                          std::vector<config_error>& errors);
+
 // The cross-field checks of a document whose sections all read cleanly (nothing is checked
 // when `errors` is not empty): names unique, ranges disjoint, backends on known nodes,
 // egress, identities and policies. Resolves pods' service accounts.

@@ -464,7 +464,7 @@ int main(int argc, char** argv) {
                             {"pods", tables->pods.size()},
                             {"services", tables->services.size()},
                             {"frontends", tables->frontends.size()},
-                            {"backends", tables->backends.size()},
+                            {"backends", tables->backend_total},
                             {"maglev_table_size", tables->tuning.maglev_table_size},
                             {"bytes", tables->serialize().size()}};
     std::printf("%s\n", reply.dump().c_str());

@@ -154,10 +154,16 @@ TEST_F(StateDelta, TheResultMustPassTheDocumentsCrossChecksAndNothingChangesWhen
                                         {"value", {{"ip", "198.18.9.10"}, {"port", 8080}, {"node", "node9"}}}}}));
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_NE(errors[0].message.find("unknown node 'node9'"), std::string::npos);
+  EXPECT_EQ(errors[0].path, "$.changes[1].value.node");
   // Two services on one VIP and port.
   errors = apply_refused(changes({{{"op", "add"}, {"kind", "service"},
                                    {"value", {{"name", "web2"}, {"vip", "198.19.128.10"}, {"ports", {{{"port", 80}}}}}}}}));
   EXPECT_NE(errors[0].message.find("duplicate 198.19.128.10:80/tcp"), std::string::npos) << errors[0].message;
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.ports[0].port");
+  // A VIP given up by one service may be taken by another in the same delta.
+  apply_ok(changes({{{"op", "remove"}, {"kind", "service"}, {"name", "web"}},
+                    {{"op", "add"}, {"kind", "service"},
+                     {"value", {{"name", "web2"}, {"vip", "198.19.128.10"}, {"ports", {{{"port", 80}}}}}}}}));
   // Removing a node that backends still name.
   errors = apply_refused(changes({{{"op", "remove"}, {"kind", "node"}, {"name", "node2"}}}));
   EXPECT_NE(errors[0].message.find("unknown node 'node2'"), std::string::npos) << errors[0].message;
@@ -165,6 +171,47 @@ TEST_F(StateDelta, TheResultMustPassTheDocumentsCrossChecksAndNothingChangesWhen
   errors = apply_refused(changes({{{"op", "add"}, {"kind", "pod"},
                                    {"value", {{"name", "far"}, {"ip", "198.18.2.40"}, {"interface", "mlp-far"}}}}}));
   EXPECT_NE(errors[0].message.find("outside this node's pod_cidr"), std::string::npos) << errors[0].message;
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.ip");
+  // A backend of a service added in the same delta, on a node that does not exist.
+  errors = apply_refused(changes({{{"op", "add"}, {"kind", "service"},
+                                   {"value", {{"name", "api"}, {"vip", "198.19.128.20"}, {"ports", {{{"port", 443}}}},
+                                              {"backends", {{{"ip", "198.18.2.20"}, {"port", 1}, {"node", "node2"}},
+                                                            {{"ip", "198.18.2.21"}, {"port", 1}, {"node", "node7"}}}}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.backends[1].node");
+}
+
+TEST_F(StateDelta, UnchangedServicesShareTheirCompiledTablesWithThePreviousGeneration) {
+  const auto before = publisher_.current();
+  apply_ok(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                     {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 2}, {"node", "node2"}}}}}));
+  const auto after = publisher_.current();
+  ASSERT_EQ(after->services.size(), before->services.size());
+  for (size_t i = 0; i < after->services.size(); ++i) {
+    if (after->services[i].name == "web")
+      EXPECT_NE(after->services[i].compiled, before->services[i].compiled) << "the changed service was not compiled";
+    else
+      EXPECT_EQ(after->services[i].compiled, before->services[i].compiled) << after->services[i].name << " was copied";
+  }
+  // Adding a service shares every other one's tables too.
+  apply_ok(changes({{{"op", "add"}, {"kind", "service"},
+                     {"value", {{"name", "aaa"}, {"vip", "198.19.128.30"}, {"ports", {{{"port", 1}}}}}}}}));
+  const auto added = publisher_.current();
+  for (const table_service& svc : added->services)
+    for (const table_service& old : after->services) {
+      if (svc.name == old.name) {
+        EXPECT_EQ(svc.compiled, old.compiled) << svc.name;
+      }
+    }
+}
+
+TEST_F(StateDelta, TheStateAfterADeltaIsWhatAFullApplyOfItWouldPublish) {
+  apply_ok(changes({{{"op", "remove"}, {"kind", "backend"}, {"service", "dns"}, {"ip", "198.18.2.53"}, {"port", 5353}},
+                    {{"op", "add"}, {"kind", "pod"}, {"value", {{"name", "db"}, {"ip", "198.18.1.30"}, {"interface", "mlp-db"}}}}}));
+  const auto state = publisher_.current_state();
+  ASSERT_TRUE(state);
+  EXPECT_EQ(compile_tables(*state, 1)->content_digest(), publisher_.current()->content_digest());
+  EXPECT_EQ(state->pods.size(), 3u);
 }
 
 TEST_F(StateDelta, ADeltaNeedsAPublishedDocument) {
