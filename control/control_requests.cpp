@@ -121,11 +121,18 @@ publish_result control_module::publish_locked(std::string_view document_json, co
   } else {
     result = publisher_.apply(document_json);
   }
+  account(result, source, &document_json, nullptr);
+  return result;
+}
+
+void control_module::account(const publish_result& result, const std::string& source,
+                             const std::string_view* full_document, const json* delta) {
   {
     std::lock_guard lock(mutex_);
     if (result.errors.empty()) {
       ++applies_ok_;
-      document_json_.assign(document_json);
+      if (full_document) document_.replace(json::parse(*full_document, nullptr, false));
+      else document_.patch(*delta);
     } else {
       ++applies_refused_;
     }
@@ -141,9 +148,15 @@ publish_result control_module::publish_locked(std::string_view document_json, co
     log_.write(log_level::info, "published generation " + std::to_string(result.generation) + " from " + source + timing);
   } else {
     std::string first = result.errors.front().to_string();
-    log_.write(log_level::error, "document from " + source + " refused (" + std::to_string(result.errors.size()) +
+    log_.write(log_level::error, (delta ? "delta from " : "document from ") + source + " refused (" + std::to_string(result.errors.size()) +
                                      " error(s), first: " + first + "); the running tables stay");
   }
+}
+
+publish_result control_module::apply_delta(const json& delta, const std::string& source) {
+  std::lock_guard apply_lock(apply_mutex_);
+  const publish_result result = publisher_.apply_delta(delta.dump());
+  account(result, source, nullptr, &delta);
   return result;
 }
 
@@ -152,7 +165,7 @@ std::string control_module::republish(const std::string& source) {
   std::string document;
   {
     std::lock_guard lock(mutex_);
-    document = document_json_;
+    document = document_.text();
   }
   if (document.empty()) return "no document has been published yet";
   const publish_result result = publish_locked(document, source);
@@ -225,7 +238,7 @@ json control_module::status() {
   if (auto tables = publisher_.current()) {
     out["generation"] = tables->generation;
     out["content_digest"] = tables->content_digest();
-    out["tables"] = {{"services", tables->services.size()}, {"backends", tables->backends.size()},
+    out["tables"] = {{"services", tables->services.size()}, {"backends", tables->backend_total},
                      {"frontends", tables->frontends.size()}, {"pods", tables->pods.size()},
                      {"routes", tables->routes.size()}, {"nodes", tables->nodes.size()},
                      {"policies", tables->policy.policy_names.size()},
@@ -250,9 +263,14 @@ json control_module::status() {
 
 json control_module::apply_request(const json& request) {
   auto it = request.find("document");
-  if (it == request.end() || !it->is_object())
-    return error_reply(control_error::kInvalidRequest, "apply needs a member \"document\" holding the desired-state object");
-  const publish_result result = apply_document(it->dump(), "control socket");
+  auto delta = request.find("delta");
+  if ((it == request.end()) == (delta == request.end()) || (it != request.end() && !it->is_object()) ||
+      (delta != request.end() && !delta->is_object()))
+    return error_reply(control_error::kInvalidRequest,
+                       "apply needs a member \"document\" holding the desired-state object, or \"delta\" holding "
+                       "a delta of it ({\"changes\": [...]})");
+  const publish_result result =
+      it != request.end() ? apply_document(it->dump(), "control socket") : apply_delta(*delta, "control socket (delta)");
   if (result.errors.empty()) {
     return {{"ok", true}, {"generation", result.generation}, {"compile_seconds", result.compile_seconds},
             {"publish_seconds", result.publish_seconds}};
@@ -278,8 +296,8 @@ json control_module::get(const json& request) {
   if (what == "sas") return provided_rows(request, "sas", "ESP security associations");
   if (what == "config") {
     std::lock_guard lock(mutex_);
-    if (document_json_.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
-    return {{"ok", true}, {"document", json::parse(document_json_)}};
+    if (document_.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
+    return {{"ok", true}, {"document", document_.content()}};
   }
   const auto tables = publisher_.current();
   if (what != "tables" && what != "services" && what != "backends" && what != "routes" && what != "maglev")
@@ -288,7 +306,7 @@ json control_module::get(const json& request) {
   if (!tables) return error_reply(control_error::kUnavailable, "no snapshot has been published yet");
   if (what == "tables") {
     return {{"ok", true}, {"generation", tables->generation}, {"content_digest", tables->content_digest()},
-            {"services", tables->services.size()}, {"backends", tables->backends.size()},
+            {"services", tables->services.size()}, {"backends", tables->backend_total},
             {"frontends", tables->frontends.size()}, {"routes", tables->routes.size()},
             {"pods", tables->pods.size()}, {"nodes", tables->nodes.size()},
             {"maglev_table_size", tables->tuning.maglev_table_size}};
@@ -334,7 +352,7 @@ json control_module::get(const json& request) {
       }
       json shares = json::array();
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = tables->backends[svc.first_backend + b];
+        const auto& be = svc.compiled->backends[b];
         shares.push_back({{"backend", be.ip.to_string() + ":" + std::to_string(be.port)}, {"weight", be.weight},
                           {"slots", be.maglev_slots}, {"share", be.maglev_slots / m}});
       }
@@ -342,12 +360,12 @@ json control_module::get(const json& request) {
     }
   } else if (what == "backends") {
     // Backends are stored service by service: the page starts at index `offset`.
-    total = tables->backends.size();
+    total = tables->backend_total;
     size_t service = 0;
     for (size_t b = offset; b < total && rows.size() < limit; ++b) {
       while (tables->services[service].first_backend + tables->services[service].backend_count <= b) ++service;
       const auto& svc = tables->services[service];
-      const auto& be = tables->backends[b];
+      const auto& be = svc.compiled->backends[b - svc.first_backend];
       rows.push_back({{"service", svc.name}, {"ip", be.ip.to_string()}, {"port", be.port},
                       {"weight", be.weight}, {"node", tables->nodes.at(be.node_index).name},
                       {"maglev_share", be.maglev_slots / m}});
@@ -469,7 +487,7 @@ std::string control_module::set_document_field(const std::string& section, const
   std::string text;
   {
     std::lock_guard lock(mutex_);
-    text = document_json_;
+    text = document_.text();
   }
   if (text.empty()) return "no document has been published yet";
   json document = json::parse(text, nullptr, false);
@@ -520,7 +538,7 @@ void control_module::register_own() {
     if (tables) {
       out.push_back({"meshlane_control_table_entries", "Entries in the published tables, by table.", metric_kind::gauge,
                      {{{{"table", "services"}}, static_cast<double>(tables->services.size())},
-                      {{{"table", "backends"}}, static_cast<double>(tables->backends.size())},
+                      {{{"table", "backends"}}, static_cast<double>(tables->backend_total)},
                       {{{"table", "frontends"}}, static_cast<double>(tables->frontends.size())},
                       {{{"table", "routes"}}, static_cast<double>(tables->routes.size())},
                       {{{"table", "pods"}}, static_cast<double>(tables->pods.size())},
@@ -642,13 +660,13 @@ json control_module::status_page_model(const status_page_view& view) {
       if (matching++ < view.offset || services.size() >= view.limit) continue;
       double service_packets = 0;
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = tables->backends[svc.first_backend + b];
+        const auto& be = svc.compiled->backends[b];
         auto it = backend_packets.find(svc.name + "|" + be.ip.to_string() + ":" + std::to_string(be.port));
         if (it != backend_packets.end()) service_packets += it->second;
       }
       json backends = json::array();
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = tables->backends[svc.first_backend + b];
+        const auto& be = svc.compiled->backends[b];
         const std::string address = be.ip.to_string() + ":" + std::to_string(be.port);
         auto it = backend_packets.find(svc.name + "|" + address);
         const double packets = it == backend_packets.end() ? 0 : it->second;

@@ -5,6 +5,7 @@
 // Requests (one JSON object per line):
 //   {"command":"status"}
 //   {"command":"apply","document":{...desired state...}}
+//   {"command":"apply","delta":{"changes":[...]}}          a delta of it (state_delta.h)
 //   {"command":"get","what":"config"}
 //   {"command":"get","what":"tables"}                      summary: table sizes, digest
 //   {"command":"get","what":"services|backends|routes|maglev|flows","offset":0,"limit":100}
@@ -36,6 +37,7 @@
 #include "control/log_ring.h"
 #include "control/policy_metrics.h"
 #include "control/pod_registry.h"
+#include "control/published_document.h"
 #include "control/subsystem_registry.h"
 #include "control/table_publisher.h"
 
@@ -86,6 +88,9 @@ class control_module {
   // (when there is one) added to its pods; logs and counts the result.
   publish_result apply_document(std::string_view document_json, const std::string& source);
 
+  // Validates and publishes a delta of the current state (state_delta.h), all or nothing.
+  publish_result apply_delta(const nlohmann::json& delta, const std::string& source);
+
   // Publishes the current document again (new keys, a rotation step); "" or why not.
   std::string republish(const std::string& source);
 
@@ -134,6 +139,10 @@ class control_module {
   nlohmann::json pod_json(const live_pod& pod);
   // Publishes `document_json` plus the live pods; apply_mutex_ must be held.
   publish_result publish_locked(std::string_view document_json, const std::string& source);
+  // Counts and logs a publish's outcome; keeps the document (a full one, or patched by a
+  // delta) when it was published.
+  void account(const publish_result& result, const std::string& source, const std::string_view* full_document,
+               const nlohmann::json* delta);
   void register_own();
   std::string set_document_tunable(const std::string& key, const nlohmann::json& value);
   // Re-publishes the current document with document[section][key] = value.
@@ -151,7 +160,7 @@ class control_module {
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   mutable std::mutex mutex_;  // guards what follows
-  std::string document_json_;  // the last published document, for `get config` and tunables
+  published_document document_;  // the last published document, for `get config` and tunables
   uint64_t applies_ok_ = 0, applies_refused_ = 0;
   double compile_seconds_total_ = 0, publish_seconds_total_ = 0;
   double last_compile_seconds_ = 0, last_publish_seconds_ = 0;

@@ -9,6 +9,7 @@
 
 #include "control/connect_lb_limits.h"
 #include "control/document_reader.h"
+#include "control/document_sections.h"
 #include "control/egress_spec.h"
 #include "control/policy_compiler.h"
 #include "control/policy_limits.h"
@@ -423,6 +424,15 @@ std::optional<l4_protocol> read_protocol(object_reader& r) {
   return std::nullopt;
 }
 
+void read_backend(const json& value, const std::string& path, backend_spec& backend, error_list& errors) {
+  object_reader br(value, path, errors);
+  if (!br.ok()) return;
+  if (auto v = br.address("ip", true)) backend.ip = *v;
+  if (auto v = br.integer("port", true, 1, 65535)) backend.port = static_cast<uint16_t>(*v);
+  if (auto v = br.integer("weight", false, 1, 65535)) backend.weight = static_cast<uint16_t>(*v);
+  if (auto v = br.string("node", true)) backend.node = *v;
+}
+
 void read_service(const json& value, const std::string& path, service_spec& service,
                   error_list& errors) {
   object_reader r(value, path, errors);
@@ -448,13 +458,8 @@ void read_service(const json& value, const std::string& path, service_spec& serv
   if (const json* ports = r.member("ports", false); ports && ports->is_array() && ports->empty())
     r.error(r.path_of("ports"), "must list at least one port");
   r.array("backends", false, [&](const json& element, const std::string& element_path) {
-    object_reader br(element, element_path, errors);
-    if (!br.ok()) return;
     backend_spec backend;
-    if (auto v = br.address("ip", true)) backend.ip = *v;
-    if (auto v = br.integer("port", true, 1, 65535)) backend.port = static_cast<uint16_t>(*v);
-    if (auto v = br.integer("weight", false, 1, 65535)) backend.weight = static_cast<uint16_t>(*v);
-    if (auto v = br.string("node", true)) backend.node = *v;
+    read_backend(element, element_path, backend, errors);
     service.backends.push_back(backend);
   });
 }
@@ -541,121 +546,44 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
   });
 }
 
-// Cross-field rules: names unique, address ranges disjoint, every backend on a known node
-// and inside that node's pod range.
-void check_consistency(const desired_state& s, error_list& errors) {
-  auto add = [&](std::string path, std::string message) {
-    errors.push_back({std::move(path), std::move(message)});
-  };
-
-  // Nodes: the local node is index 0, peers follow; paths name where each came from.
+// The nodes of a document, looked up by name and range, for the checks of one service.
+struct node_lookup {
   struct node_ref { const node_spec* node; std::string path; };
-  std::vector<node_ref> nodes{{&s.node, "$.node"}};
-  for (size_t i = 0; i < s.peers.size(); ++i)
-    nodes.push_back({&s.peers[i], "$.nodes[" + std::to_string(i) + "]"});
-
-  for (size_t i = 0; i < nodes.size(); ++i) {
-    const node_spec& a = *nodes[i].node;
-    for (size_t j = 0; j < i; ++j) {
-      const node_spec& b = *nodes[j].node;
-      if (a.name == b.name) add(nodes[i].path + ".name", "duplicate node name '" + a.name + "' (also at " + nodes[j].path + ")");
-      if (a.underlay_ip == b.underlay_ip)
-        add(nodes[i].path + ".underlay_ip", "duplicate underlay address " + a.underlay_ip.to_string() + " (also at " + nodes[j].path + ")");
-      if (a.pod_cidr.overlaps(b.pod_cidr))
-        add(nodes[i].path + ".pod_cidr", a.pod_cidr.to_string() + " overlaps " + b.pod_cidr.to_string() + " of " + nodes[j].path);
-      if (a.pod_cidr6 && b.pod_cidr6 && a.pod_cidr6->overlaps(*b.pod_cidr6))
-        add(nodes[i].path + ".pod_cidr6", a.pod_cidr6->to_string() + " overlaps " + b.pod_cidr6->to_string() + " of " + nodes[j].path);
-    }
-    for (const node_ref& other : nodes) {
-      if (other.node->pod_cidr.contains(a.underlay_ip) ||
-          (other.node->pod_cidr6 && other.node->pod_cidr6->contains(a.underlay_ip)))
-        add(nodes[i].path + ".underlay_ip", a.underlay_ip.to_string() + " lies inside the pod range of " + other.path);
-    }
+  std::vector<node_ref> nodes;
+  std::map<std::string_view, const node_spec*> by_name;
+  explicit node_lookup(const desired_state& s) {
+    nodes.push_back({&s.node, "$.node"});
+    for (size_t i = 0; i < s.peers.size(); ++i) nodes.push_back({&s.peers[i], "$.nodes[" + std::to_string(i) + "]"});
+    for (const node_ref& ref : nodes) by_name.emplace(ref.node->name, ref.node);
   }
-  // Backends name their node; clusters have thousands of nodes and backends, so by map.
-  std::map<std::string_view, const node_spec*> nodes_by_name;
-  for (const node_ref& ref : nodes) nodes_by_name.emplace(ref.node->name, ref.node);
-  auto find_node = [&](std::string_view name) -> const node_spec* {
-    auto it = nodes_by_name.find(name);
-    return it == nodes_by_name.end() ? nullptr : it->second;
-  };
-  auto inside_pod_ranges = [&](const ip_address& address) -> const node_ref* {
+  const node_spec* find(std::string_view name) const {
+    auto it = by_name.find(name);
+    return it == by_name.end() ? nullptr : it->second;
+  }
+  const node_ref* inside_pod_ranges(const ip_address& address) const {
     for (const node_ref& ref : nodes) {
-      if (ref.node->pod_cidr.contains(address) ||
-          (ref.node->pod_cidr6 && ref.node->pod_cidr6->contains(address)))
+      if (ref.node->pod_cidr.contains(address) || (ref.node->pod_cidr6 && ref.node->pod_cidr6->contains(address)))
         return &ref;
     }
     return nullptr;
-  };
-
-  std::map<std::string, size_t> pod_names, pod_interfaces;
-  std::map<ip_address, size_t> pod_ips;
-  for (size_t i = 0; i < s.pods.size(); ++i) {
-    const pod_spec& pod = s.pods[i];
-    const std::string path = "$.pods[" + std::to_string(i) + "]";
-    if (auto [it, fresh] = pod_names.emplace(pod.name, i); !fresh)
-      add(path + ".name", "duplicate pod name '" + pod.name + "' (also at $.pods[" + std::to_string(it->second) + "])");
-    if (auto [it, fresh] = pod_interfaces.emplace(pod.interface, i); !fresh)
-      add(path + ".interface", "interface '" + pod.interface + "' already used by $.pods[" + std::to_string(it->second) + "]");
-    if (!s.node.pod_cidr.contains(pod.ip))
-      add(path + ".ip", pod.ip.to_string() + " is outside this node's pod_cidr " + s.node.pod_cidr.to_string());
-    else if (pod.ip == s.node.pod_cidr.base)
-      add(path + ".ip", pod.ip.to_string() + " is the network address of the pod range");
-    if (auto [it, fresh] = pod_ips.emplace(pod.ip, i); !fresh)
-      add(path + ".ip", "duplicate pod address " + pod.ip.to_string() + " (also at $.pods[" + std::to_string(it->second) + "])");
-    if (pod.ip6) {
-      if (!s.node.pod_cidr6 || !s.node.pod_cidr6->contains(*pod.ip6))
-        add(path + ".ip6", pod.ip6->to_string() + " is outside this node's pod_cidr6");
-      if (auto [it, fresh] = pod_ips.emplace(*pod.ip6, i); !fresh)
-        add(path + ".ip6", "duplicate pod address " + pod.ip6->to_string() + " (also at $.pods[" + std::to_string(it->second) + "])");
-    }
   }
+};
 
-  // issue 4: the uplink is the node's own interface, never a pod's.
-  if (s.dataplane) {
-    for (size_t i = 0; i < s.pods.size(); ++i)
-      if (s.pods[i].interface == s.dataplane->uplink.interface)
-        add("$.dataplane.uplink.interface", "'" + s.pods[i].interface + "' is also $.pods[" + std::to_string(i) + "].interface");
-  }
-
-  std::map<std::string, size_t> service_names;
-  std::map<std::tuple<ip_address, uint16_t, l4_protocol>, std::string> frontends;
-  // What the eBPF connect-time load balancer must hold (connect_lb_limits.h): each
-  // frontend has its own backend list and, with affinity, its own slot table. The first
-  // frontend past a limit is named.
-  uint64_t lb_frontends = 0, lb_backends = 0, lb_slots = 0;
-  bool lb_reported = false;
-  for (size_t i = 0; i < s.services.size(); ++i) {
-    const service_spec& svc = s.services[i];
-    const std::string path = "$.services[" + std::to_string(i) + "]";
-    if (auto [it, fresh] = service_names.emplace(svc.name, i); !fresh)
-      add(path + ".name", "duplicate service name '" + svc.name + "' (also at $.services[" + std::to_string(it->second) + "])");
+// The checks of one service that need the nodes and settings but no other service: its
+// VIP, its backends' nodes and ranges, its size, its encryption. (Names and frontends
+// unique across services, and the eBPF load balancer's totals, are the caller's.)
+void check_service_alone(const desired_state& s, const node_lookup& lookup, const service_spec& svc,
+                         const std::string& path, error_list& errors) {
+  auto add = [&](std::string at, std::string message) { errors.push_back({std::move(at), std::move(message)}); };
+  const auto& nodes = lookup.nodes;
+  auto find_node = [&](std::string_view name) { return lookup.find(name); };
+  using node_ref = node_lookup::node_ref;
+  auto inside_pod_ranges = [&](const ip_address& address) { return lookup.inside_pod_ranges(address); };
     if (const node_ref* owner = inside_pod_ranges(svc.vip))
       add(path + ".vip", svc.vip.to_string() + " lies inside the pod range of " + owner->path);
     for (const node_ref& ref : nodes)
       if (ref.node->underlay_ip == svc.vip)
         add(path + ".vip", svc.vip.to_string() + " is the underlay address of " + ref.path);
-    for (size_t p = 0; p < svc.ports.size(); ++p) {
-      const service_port& port = svc.ports[p];
-      const std::string port_path = path + ".ports[" + std::to_string(p) + "]";
-      auto key = std::make_tuple(svc.vip, port.port, port.protocol);
-      if (auto [it, fresh] = frontends.emplace(key, port_path); !fresh)
-        add(port_path + ".port", "duplicate " + svc.vip.to_string() + ":" + std::to_string(port.port) + "/" + to_string(port.protocol) + " (also at " + it->second + ")");
-      lb_frontends += 1;
-      lb_backends += svc.backends.size();
-      if (svc.session_affinity)
-        lb_slots += connect_lb::chunk_aligned(connect_lb::affinity_slot_count(static_cast<uint32_t>(svc.backends.size())));
-      if (!lb_reported && (lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries ||
-                           lb_slots > connect_lb::kMaxSlots)) {
-        lb_reported = true;
-        add(port_path, "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
-                           " service ports, " + std::to_string(connect_lb::kMaxBackendEntries) +
-                           " backends summed over them and " + std::to_string(connect_lb::kMaxSlots) +
-                           " affinity slots; this document needs " + std::to_string(lb_frontends) + " ports, " +
-                           std::to_string(lb_backends) + " backends and " + std::to_string(lb_slots) +
-                           " slots up to here");
-      }
-    }
     if (svc.backends.size() > s.tuning.maglev_table_size)
       add(path + ".backends", std::to_string(svc.backends.size()) + " backends do not fit a Maglev table of " + std::to_string(s.tuning.maglev_table_size) + " slots");
     if (svc.backends.size() > 65535)
@@ -689,6 +617,105 @@ void check_consistency(const desired_state& s, error_list& errors) {
         add(backend_path + ".ip", backend.ip.to_string() + " is outside the pod range of node '" + backend.node + "'");
       }
     }
+}
+
+// Cross-field rules: names unique, address ranges disjoint, every backend on a known node
+// and inside that node's pod range.
+void check_consistency(const desired_state& s, error_list& errors) {
+  auto add = [&](std::string path, std::string message) {
+    errors.push_back({std::move(path), std::move(message)});
+  };
+
+  // Nodes: the local node is index 0, peers follow; paths name where each came from.
+  struct node_ref { const node_spec* node; std::string path; };
+  std::vector<node_ref> nodes{{&s.node, "$.node"}};
+  for (size_t i = 0; i < s.peers.size(); ++i)
+    nodes.push_back({&s.peers[i], "$.nodes[" + std::to_string(i) + "]"});
+
+  for (size_t i = 0; i < nodes.size(); ++i) {
+    const node_spec& a = *nodes[i].node;
+    for (size_t j = 0; j < i; ++j) {
+      const node_spec& b = *nodes[j].node;
+      if (a.name == b.name) add(nodes[i].path + ".name", "duplicate node name '" + a.name + "' (also at " + nodes[j].path + ")");
+      if (a.underlay_ip == b.underlay_ip)
+        add(nodes[i].path + ".underlay_ip", "duplicate underlay address " + a.underlay_ip.to_string() + " (also at " + nodes[j].path + ")");
+      if (a.pod_cidr.overlaps(b.pod_cidr))
+        add(nodes[i].path + ".pod_cidr", a.pod_cidr.to_string() + " overlaps " + b.pod_cidr.to_string() + " of " + nodes[j].path);
+      if (a.pod_cidr6 && b.pod_cidr6 && a.pod_cidr6->overlaps(*b.pod_cidr6))
+        add(nodes[i].path + ".pod_cidr6", a.pod_cidr6->to_string() + " overlaps " + b.pod_cidr6->to_string() + " of " + nodes[j].path);
+    }
+    for (const node_ref& other : nodes) {
+      if (other.node->pod_cidr.contains(a.underlay_ip) ||
+          (other.node->pod_cidr6 && other.node->pod_cidr6->contains(a.underlay_ip)))
+        add(nodes[i].path + ".underlay_ip", a.underlay_ip.to_string() + " lies inside the pod range of " + other.path);
+    }
+  }
+
+  std::map<std::string, size_t> pod_names, pod_interfaces;
+  std::map<ip_address, size_t> pod_ips;
+  for (size_t i = 0; i < s.pods.size(); ++i) {
+    const pod_spec& pod = s.pods[i];
+    const std::string path = "$.pods[" + std::to_string(i) + "]";
+    if (auto [it, fresh] = pod_names.emplace(pod.name, i); !fresh)
+      add(path + ".name", "duplicate pod name '" + pod.name + "' (also at $.pods[" + std::to_string(it->second) + "])");
+    if (auto [it, fresh] = pod_interfaces.emplace(pod.interface, i); !fresh)
+      add(path + ".interface", "interface '" + pod.interface + "' already used by $.pods[" + std::to_string(it->second) + "]");
+    if (!s.node.pod_cidr.contains(pod.ip))
+      add(path + ".ip", pod.ip.to_string() + " is outside this node's pod_cidr " + s.node.pod_cidr.to_string());
+    else if (pod.ip == s.node.pod_cidr.base)
+      add(path + ".ip", pod.ip.to_string() + " is the network address of the pod range");
+    if (auto [it, fresh] = pod_ips.emplace(pod.ip, i); !fresh)
+      add(path + ".ip", "duplicate pod address " + pod.ip.to_string() + " (also at $.pods[" + std::to_string(it->second) + "])");
+    if (pod.ip6) {
+      if (!s.node.pod_cidr6 || !s.node.pod_cidr6->contains(*pod.ip6))
+        add(path + ".ip6", pod.ip6->to_string() + " is outside this node's pod_cidr6");
+      if (auto [it, fresh] = pod_ips.emplace(*pod.ip6, i); !fresh)
+        add(path + ".ip6", "duplicate pod address " + pod.ip6->to_string() + " (also at $.pods[" + std::to_string(it->second) + "])");
+    }
+  }
+
+  // issue 4: the uplink is the node's own interface, never a pod's.
+  if (s.dataplane) {
+    for (size_t i = 0; i < s.pods.size(); ++i)
+      if (s.pods[i].interface == s.dataplane->uplink.interface)
+        add("$.dataplane.uplink.interface", "'" + s.pods[i].interface + "' is also $.pods[" + std::to_string(i) + "].interface");
+  }
+
+  const node_lookup lookup(s);
+  std::map<std::string, size_t> service_names;
+  std::map<std::tuple<ip_address, uint16_t, l4_protocol>, std::string> frontends;
+  // What the eBPF connect-time load balancer must hold (connect_lb_limits.h): each
+  // frontend has its own backend list and, with affinity, its own slot table. The first
+  // frontend past a limit is named.
+  uint64_t lb_frontends = 0, lb_backends = 0, lb_slots = 0;
+  bool lb_reported = false;
+  for (size_t i = 0; i < s.services.size(); ++i) {
+    const service_spec& svc = s.services[i];
+    const std::string path = "$.services[" + std::to_string(i) + "]";
+    if (auto [it, fresh] = service_names.emplace(svc.name, i); !fresh)
+      add(path + ".name", "duplicate service name '" + svc.name + "' (also at $.services[" + std::to_string(it->second) + "])");
+    for (size_t p = 0; p < svc.ports.size(); ++p) {
+      const service_port& port = svc.ports[p];
+      const std::string port_path = path + ".ports[" + std::to_string(p) + "]";
+      auto key = std::make_tuple(svc.vip, port.port, port.protocol);
+      if (auto [it, fresh] = frontends.emplace(key, port_path); !fresh)
+        add(port_path + ".port", "duplicate " + svc.vip.to_string() + ":" + std::to_string(port.port) + "/" + to_string(port.protocol) + " (also at " + it->second + ")");
+      lb_frontends += 1;
+      lb_backends += svc.backends.size();
+      if (svc.session_affinity)
+        lb_slots += connect_lb::chunk_aligned(connect_lb::affinity_slot_count(static_cast<uint32_t>(svc.backends.size())));
+      if (!lb_reported && (lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries ||
+                           lb_slots > connect_lb::kMaxSlots)) {
+        lb_reported = true;
+        add(port_path, "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
+                           " service ports, " + std::to_string(connect_lb::kMaxBackendEntries) +
+                           " backends summed over them and " + std::to_string(connect_lb::kMaxSlots) +
+                           " affinity slots; this document needs " + std::to_string(lb_frontends) + " ports, " +
+                           std::to_string(lb_backends) + " backends and " + std::to_string(lb_slots) +
+                           " slots up to here");
+      }
+    }
+    check_service_alone(s, lookup, svc, path, errors);
   }
 }
 
@@ -708,10 +735,24 @@ std::string describe_parse_error(std::string_view text, size_t byte, std::string
 
 }  // namespace
 
-parse_result parse_desired_state(std::string_view json_text) {
-  parse_result result;
-  error_list& errors = result.errors;
+// --- the sections' readers and the document's checks, for the delta reader (state_delta.h) ---
+namespace document_sections {
 
+void read_service(const json& value, const std::string& path, service_spec& service, std::vector<config_error>& errors) {
+  meshlane::read_service(value, path, service, errors);
+}
+void read_pod(const json& value, const std::string& path, pod_spec& pod, std::vector<config_error>& errors) {
+  meshlane::read_pod(value, path, pod, errors);
+}
+void read_peer(const json& value, const std::string& path, node_spec& node, std::vector<config_error>& errors) {
+  object_reader r(value, path, errors);
+  if (r.ok()) meshlane::read_node(r, node);
+}
+void read_backend(const json& value, const std::string& path, backend_spec& backend, std::vector<config_error>& errors) {
+  meshlane::read_backend(value, path, backend, errors);
+}
+
+bool read_checked_json(std::string_view json_text, nlohmann::json& document, std::vector<config_error>& errors) {
   // First pass: a SAX walk that finds what the DOM parser would hide (duplicate keys, legal
   // JSON that silently keeps the last value) and bounds nesting. nlohmann's callback
   // parser could do this in one pass but is quadratic in array length (its end_object
@@ -760,25 +801,64 @@ parse_result parse_desired_state(std::string_view json_text) {
     std::string_view text;
   } check(json_text);
 
-  json document;
   try {
     json::sax_parse(json_text.begin(), json_text.end(), &check);
     if (check.syntax_error) {
       errors.push_back({"$", *check.syntax_error});
-      return result;
+      return false;
     }
     if (check.too_deep) {
       errors.push_back({"$", "invalid JSON: nested deeper than " + std::to_string(kMaxNesting) + " levels"});
-      return result;
+      return false;
     }
     document = json::parse(json_text.begin(), json_text.end());
   } catch (const json::exception& e) {
     // e.g. out_of_range for a number that fits no JSON number type
     errors.push_back({"$", std::string("invalid JSON: ") + e.what()});
-    return result;
+    return false;
   }
   const auto& duplicate_keys = check.duplicate_keys;
+  // Duplicate keys are reported, and reading goes on so that the rest is reported too.
   for (const auto& key : duplicate_keys) errors.push_back({"$", "duplicate key '" + key + "'"});
+  return true;
+}
+
+void resolve_service_account(const desired_state& state, pod_spec& pod) {
+  for (const namespace_spec& ns : state.namespaces) {
+    if (ns.name != pod.pod_namespace || pod.service_account != kDefaultServiceAccount) continue;
+    // A live pod's name is "<namespace>/<pod>"; the entry names it either way.
+    const std::string bare = pod.name.substr(pod.name.find('/') + 1);
+    auto it = ns.pod_service_accounts.find(pod.name);
+    if (it == ns.pod_service_accounts.end()) it = ns.pod_service_accounts.find(bare);
+    if (it != ns.pod_service_accounts.end()) pod.service_account = it->second;
+  }
+}
+
+void check_services_alone(const desired_state& state, const std::vector<std::pair<const service_spec*, std::string>>& services,
+                          std::vector<config_error>& errors) {
+  const node_lookup lookup(state);
+  for (const auto& [service, path] : services) meshlane::check_service_alone(state, lookup, *service, path, errors);
+}
+
+void check_document(desired_state& state, std::vector<config_error>& errors) {
+  // Cross-field checks only make sense on a document whose fields all read cleanly;
+  // otherwise they would report follow-on noise about defaulted values.
+  if (errors.empty()) check_consistency(state, errors);
+  if (errors.empty()) egress_document::check(state, errors);  // issue 18
+  if (errors.empty()) {  // issue 16
+    // Pods the CNI plugin announces carry no service account: the namespace entry names it.
+    for (pod_spec& pod : state.pods) resolve_service_account(state, pod);
+    check_policies(state, errors);
+  }
+}
+
+}  // namespace document_sections
+
+parse_result parse_desired_state(std::string_view json_text) {
+  parse_result result;
+  error_list& errors = result.errors;
+  json document;
+  if (!document_sections::read_checked_json(json_text, document, errors)) return result;
 
   desired_state state;
   {
@@ -867,24 +947,7 @@ parse_result parse_desired_state(std::string_view json_text) {
       read_dataplane(*d, "$.dataplane", *state.dataplane, errors);
     }
   }
-  // Cross-field checks only make sense on a document whose fields all read cleanly;
-  // otherwise they would report follow-on noise about defaulted values.
-  if (errors.empty()) check_consistency(state, errors);
-  if (errors.empty()) egress_document::check(state, errors);  // issue 18
-  if (errors.empty()) {  // issue 16
-    // Pods the CNI plugin announces carry no service account: the namespace entry names it.
-    for (pod_spec& pod : state.pods) {
-      for (const namespace_spec& ns : state.namespaces) {
-        if (ns.name != pod.pod_namespace || pod.service_account != kDefaultServiceAccount) continue;
-        // A live pod's name is "<namespace>/<pod>"; the entry names it either way.
-        const std::string bare = pod.name.substr(pod.name.find('/') + 1);
-        auto it = ns.pod_service_accounts.find(pod.name);
-        if (it == ns.pod_service_accounts.end()) it = ns.pod_service_accounts.find(bare);
-        if (it != ns.pod_service_accounts.end()) pod.service_account = it->second;
-      }
-    }
-    check_policies(state, errors);
-  }
+  document_sections::check_document(state, errors);
   if (errors.empty()) result.state = std::move(state);
   return result;
 }

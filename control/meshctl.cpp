@@ -17,6 +17,7 @@
 
 #include "control/control_socket.h"
 #include "control/desired_state.h"
+#include "control/state_delta.h"
 #include "control/table_compiler.h"
 #include "control/version.h"
 
@@ -34,6 +35,8 @@ void print_usage(FILE* out) {
                "commands that talk to the agent (options: --socket PATH, -o json):\n"
                "  status                    version, uptime, generation, subsystems, readiness\n"
                "  apply -f FILE             validate, compile and publish a document atomically\n"
+               "  apply --delta FILE        add, replace or remove services, backends, pods, nodes\n"
+               "                            by name ({\"changes\": [...]}, see README), all or nothing\n"
                "  get TABLE                 TABLE: services, backends, routes, maglev, flows,\n"
                "                            sas (ESP SAs of encrypted routes), tables (summary)\n"
                "                            or config; --offset N --limit N\n"
@@ -120,6 +123,7 @@ struct online_options {
   std::string output = "text";
   std::string file;
   bool follow = false;
+  bool delta = false;  // apply --delta FILE
   nlohmann::json paging = nlohmann::json::object();
   nlohmann::json flow = nlohmann::json::object();  // policy check: from, to, port, proto
   std::vector<std::string> positional;
@@ -228,7 +232,7 @@ int run_online(const std::string& command, int argc, char** argv) {
     if (arg == "-h" || arg == "--help") {
       print_usage(stdout);
       std::exit(0);
-    } else if (arg == "--socket" || arg == "-f" || arg == "--file" || arg == "-o" || arg == "--output" ||
+    } else if (arg == "--socket" || arg == "-f" || arg == "--file" || arg == "--delta" || arg == "-o" || arg == "--output" ||
                arg == "--offset" || arg == "--limit" || arg == "--from" || arg == "--to" || arg == "--port" ||
                arg == "--proto") {
       const char* v = value();
@@ -238,7 +242,10 @@ int run_online(const std::string& command, int argc, char** argv) {
       }
       if (arg == "--socket") opts.socket = v;
       else if (arg == "-f" || arg == "--file") opts.file = v;
-      else if (arg == "-o" || arg == "--output") {
+      else if (arg == "--delta") {
+        opts.file = v;
+        opts.delta = true;
+      } else if (arg == "-o" || arg == "--output") {
         opts.output = v;
         if (opts.output != "text" && opts.output != "json") {
           std::fprintf(stderr, "meshctl: -o takes text or json, got '%s'\n", v);
@@ -273,7 +280,7 @@ int run_online(const std::string& command, int argc, char** argv) {
     }
   } else if (command == "apply") {
     if (opts.file.empty() || !opts.positional.empty()) {
-      std::fprintf(stderr, "meshctl: apply needs -f FILE (a desired-state document)\n");
+      std::fprintf(stderr, "meshctl: apply needs -f FILE (a desired-state document) or --delta FILE (a delta of it)\n");
       return kExitUsage;
     }
     std::FILE* file = std::fopen(opts.file.c_str(), "rb");
@@ -288,14 +295,15 @@ int run_online(const std::string& command, int argc, char** argv) {
     nlohmann::json document = nlohmann::json::parse(text, nullptr, false);
     if (document.is_discarded() || !document.is_object()) {
       // Let the agent's validator explain; it names the position of a syntax error.
-      const auto parsed = meshlane::parse_desired_state(text);
+      const auto parsed = opts.delta ? meshlane::parse_result{std::nullopt, meshlane::parse_state_delta(text).errors}
+                                     : meshlane::parse_desired_state(text);
       nlohmann::json reply = {{"ok", false}, {"error", "invalid_document"},
                               {"message", opts.file + " is not a JSON object; nothing was sent"}};
       reply["errors"] = nlohmann::json::array();
       for (const auto& e : parsed.errors) reply["errors"].push_back({{"path", e.path}, {"message", e.message}});
       return report_refusal(opts, reply);
     }
-    request["document"] = document;
+    request[opts.delta ? "delta" : "document"] = document;
   } else if (command == "get") {
     if (opts.positional.size() != 1) {
       std::fprintf(stderr, "meshctl: get needs one TABLE: services, backends, routes, maglev, flows, sas, tables, config\n");
@@ -457,7 +465,7 @@ int main(int argc, char** argv) {
                             {"pods", tables->pods.size()},
                             {"services", tables->services.size()},
                             {"frontends", tables->frontends.size()},
-                            {"backends", tables->backends.size()},
+                            {"backends", tables->backend_total},
                             {"maglev_table_size", tables->tuning.maglev_table_size},
                             {"bytes", tables->serialize().size()}};
     std::printf("%s\n", reply.dump().c_str());

@@ -92,7 +92,7 @@ json control_module::pod_add(const json& request) {
   std::string document;
   {
     std::lock_guard lock(mutex_);
-    document = document_json_;
+    document = document_.text();
   }
   if (!state || document.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
   std::set<ip_address> taken;
@@ -127,7 +127,7 @@ json control_module::pod_delete(const std::string& container_id) {
   std::string document;
   {
     std::lock_guard lock(mutex_);
-    document = document_json_;
+    document = document_.text();
   }
   if (document.empty()) return {{"ok", true}, {"deleted", true}};
   const publish_result result = publish_locked(document, "pod delete " + pod->name);

@@ -116,7 +116,7 @@ json policy_check(const snapshot& tables, const desired_state& state, const json
       const table_service& svc = tables.services[f->service_index];
       reply["service"] = svc.name;
       for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const table_backend& be = tables.backends[svc.first_backend + b];
+        const table_backend& be = svc.compiled->backends[b];
         const uint16_t backend_port = f->target_port ? f->target_port : be.port;
         const table_pod* local =
             be.node_index == kLocalNodeIndex ? tables.find_pod(be.ip) : nullptr;

@@ -95,11 +95,13 @@ const table_node* snapshot::route(const ip_address& ip) const {
 const table_backend* snapshot::pick_backend(const table_service& service, uint64_t flow_hash) const {
   if (service.backend_count == 0) return nullptr;
   const uint32_t slot = static_cast<uint32_t>(flow_hash % tuning.maglev_table_size);
-  return &backends[service.first_backend + maglev_slots[service.maglev_offset + slot]];
+  const service_backends& compiled = *service.compiled;
+  return &compiled.backends[compiled.maglev[slot]];
 }
 
 std::vector<uint8_t> snapshot::serialize() const {
   byte_writer w;
+  uint64_t maglev_offset = 0;
   w.out.insert(w.out.end(), kMagic, kMagic + sizeof kMagic);
   w.u32(kFormatVersion);
   w.u32(0);  // reserved
@@ -149,14 +151,19 @@ std::vector<uint8_t> snapshot::serialize() const {
     w.u8(s.session_affinity);
     w.u32(s.first_backend);
     w.u32(s.backend_count);
-    w.u64(s.maglev_offset);
+    // Where the service's Maglev table would start were the tables laid end to end (the
+    // form's layout before tables were shared per service; digests stay comparable).
+    w.u64(s.backend_count ? maglev_offset : 0);
+    if (s.backend_count) maglev_offset += tuning.maglev_table_size;
   }
-  w.u32(static_cast<uint32_t>(backends.size()));
-  for (const auto& b : backends) {
-    w.address(b.ip);
-    w.u16(b.port);
-    w.u16(b.weight);
-    w.u32(b.node_index);
+  w.u32(backend_total);
+  for (const auto& s : services) {
+    for (const auto& b : backends_of(s)) {
+      w.address(b.ip);
+      w.u16(b.port);
+      w.u16(b.weight);
+      w.u32(b.node_index);
+    }
   }
   w.u32(static_cast<uint32_t>(frontends.size()));
   for (const auto& f : frontends) {
@@ -171,8 +178,10 @@ std::vector<uint8_t> snapshot::serialize() const {
     w.prefix(r.prefix);
     w.u32(r.node_index);
   }
-  w.u64(maglev_slots.size());
-  for (uint16_t slot : maglev_slots) w.u16(slot);
+  w.u64(maglev_offset);
+  for (const auto& s : services)
+    if (s.backend_count)
+      for (uint16_t slot : s.compiled->maglev) w.u16(slot);
   // Encryption: which routes are encrypted and under which key ids; never key material
   // (the content digest is shown to anyone who asks for status). A key changes with its id.
   w.u8(static_cast<uint8_t>(encryption));

@@ -10,7 +10,9 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -54,13 +56,24 @@ struct table_backend {
   uint32_t maglev_slots = 0;
 };
 
+// One service's backends and Maglev table, compiled when they change and shared (never
+// copied) by every later snapshot in which they stay the same: a delta that changes one
+// service's backends compiles that service's block only (structural sharing).
+struct service_backends {
+  std::vector<table_backend> backends;  // in (ip, port) order
+  std::vector<uint16_t> maglev;         // tuning.maglev_table_size entries, each an index into backends; empty without backends
+};
+
 struct table_service {
   std::string name;
   ip_address vip;
   bool session_affinity = false;
-  uint32_t first_backend = 0;  // backends [first_backend, first_backend + backend_count)
+  // The snapshot numbers backends service by service, in service order: this service's are
+  // [first_backend, first_backend + backend_count); per-backend arrays of the readers (the
+  // data plane's counter slots) are indexed by that number.
+  uint32_t first_backend = 0;
   uint32_t backend_count = 0;
-  uint64_t maglev_offset = 0;  // maglev_slots[maglev_offset, + maglev_table_size) when backends exist
+  std::shared_ptr<const service_backends> compiled;  // never null in a compiled snapshot
   // Its frontends: frontends[service_frontends[first_frontend, + frontend_count)].
   uint32_t first_frontend = 0;
   uint32_t frontend_count = 0;
@@ -110,10 +123,9 @@ struct snapshot {
   std::vector<table_node> nodes;  // nodes[kLocalNodeIndex] is this node
   std::vector<table_pod> pods;
   std::vector<table_service> services;
-  std::vector<table_backend> backends;
+  uint32_t backend_total = 0;  // backends summed over services
   std::vector<table_frontend> frontends;
   std::vector<table_route> routes;       // sorted by prefix length, longest first
-  std::vector<uint16_t> maglev_slots;    // per service: index within its backend range
   std::vector<uint32_t> service_frontends;  // frontend indices grouped by service (table_service)
   encryption_mode encryption = encryption_mode::off;
   uint32_t replay_window = 1024;
@@ -140,6 +152,14 @@ struct snapshot {
   const table_node* route(const ip_address& ip) const;
   // Maglev choice for a flow hash; nullptr when the service has no backends.
   const table_backend* pick_backend(const table_service& service, uint64_t flow_hash) const;
+  // A service's backends, in (ip, port) order.
+  static std::span<const table_backend> backends_of(const table_service& service) {
+    return service.compiled ? std::span<const table_backend>(service.compiled->backends) : std::span<const table_backend>();
+  }
+  // The snapshot-wide number (table_service::first_backend) of one of a service's backends.
+  static uint32_t backend_number(const table_service& service, const table_backend* backend) {
+    return service.first_backend + static_cast<uint32_t>(backend - service.compiled->backends.data());
+  }
 
   // Canonical byte form of every table (fixed field order, little-endian). Two compiles of
   // the same document give the same bytes; the generation is in the 32-byte header only.

@@ -1,9 +1,11 @@
 #include "control/table_compiler.h"
 
 #include <map>
+#include <unordered_map>
 
 #include <algorithm>
 #include <bit>
+#include <iterator>
 #include <sstream>
 
 #include "control/maglev.h"
@@ -32,6 +34,119 @@ std::string backend_identity(const backend_spec& b) {
   return b.ip.to_string() + ":" + std::to_string(b.port);
 }
 
+// Node indices by name, for backends (a cluster has thousands of nodes).
+struct node_names {
+  std::unordered_map<std::string_view, uint32_t> index;
+  explicit node_names(const snapshot& tables) {
+    index.reserve(tables.nodes.size());
+    for (uint32_t i = 0; i < tables.nodes.size(); ++i) index.emplace(tables.nodes[i].name, i);
+  }
+  uint32_t operator()(const std::string& name) const {
+    auto it = index.find(name);
+    return it == index.end() ? kLocalNodeIndex : it->second;  // unreachable for a validated document
+  }
+};
+
+// One service's backends in canonical order and its Maglev table: the unit that is
+// compiled again when, and only when, that service changes.
+std::shared_ptr<const service_backends> compile_service_backends(const service_spec& svc, const node_names& names,
+                                                                 uint32_t table_size) {
+  auto out = std::make_shared<service_backends>();
+  std::vector<const backend_spec*> backends;
+  for (const auto& b : svc.backends) backends.push_back(&b);
+  std::sort(backends.begin(), backends.end(), [](auto* a, auto* b) {
+    return std::tie(a->ip, a->port) < std::tie(b->ip, b->port);
+  });
+  std::vector<maglev_backend> maglev_input;
+  for (const backend_spec* b : backends) {
+    out->backends.push_back({b->ip, b->port, b->weight, names(b->node)});
+    maglev_input.push_back({backend_identity(*b), b->weight});
+  }
+  if (!backends.empty()) {
+    out->maglev = build_maglev_table(maglev_input, table_size);
+    for (uint16_t slot : out->maglev) ++out->backends[slot].maglev_slots;
+  }
+  return out;
+}
+
+// Backends are numbered service by service, in service order.
+void number_backends(snapshot& tables) {
+  uint32_t next = 0;
+  for (table_service& svc : tables.services) {
+    svc.first_backend = next;
+    next += svc.backend_count;
+  }
+  tables.backend_total = next;
+}
+
+bool frontend_order(const table_frontend& a, const table_frontend& b) {
+  return std::tie(a.vip, a.port, a.protocol) < std::tie(b.vip, b.port, b.protocol);
+}
+void index_frontends(snapshot& tables);
+
+// Frontends of every service, their per-service grouping and their hash index, from the
+// services (in snapshot order) and the spec of each (its ports).
+template <typename SpecOf>
+void build_frontends(snapshot& tables, SpecOf spec_of) {
+  tables.frontends.clear();
+  for (uint32_t s = 0; s < tables.services.size(); ++s) {
+    const service_spec& svc = spec_of(s);
+    for (const auto& port : svc.ports)
+      tables.frontends.push_back({svc.vip, port.port, port.protocol, port.target_port, s});
+  }
+  std::sort(tables.frontends.begin(), tables.frontends.end(), frontend_order);
+  index_frontends(tables);
+}
+
+// Groups the (sorted) frontends by service and indexes them by key.
+void index_frontends(snapshot& tables) {
+  // Each service's frontends, in port order, for the views.
+  std::vector<uint32_t> counts(tables.services.size(), 0);
+  for (const auto& f : tables.frontends) ++counts[f.service_index];
+  uint32_t running = 0;
+  for (size_t s = 0; s < tables.services.size(); ++s) {
+    tables.services[s].first_frontend = running;
+    tables.services[s].frontend_count = 0;
+    running += counts[s];
+  }
+  tables.service_frontends.assign(tables.frontends.size(), 0);
+  for (uint32_t i = 0; i < tables.frontends.size(); ++i) {
+    table_service& svc = tables.services[tables.frontends[i].service_index];
+    tables.service_frontends[svc.first_frontend + svc.frontend_count++] = i;
+  }
+  tables.frontend_index = empty_index(tables.frontends.size());
+  for (uint32_t i = 0; i < tables.frontends.size(); ++i) {
+    const auto& f = tables.frontends[i];
+    index_insert(tables.frontend_index, hash_frontend_key(f.vip, f.port, f.protocol), i);
+  }
+}
+
+// Pods, their identities and policy classes, and the policy tables (from pods, namespaces
+// and policies only: a delta of services leaves them as they are).
+void compile_pods(snapshot& t, const desired_state& state) {
+  auto* tables = &t;
+  tables->pods.clear();
+  compiled_policy policy = compile_policy_tables(state);  // a validated document fits its limits
+  for (const auto& pod : state.pods) {
+    auto policy_class = policy.class_of_pod.find(pod.name);
+    tables->pods.push_back({pod.name, pod.ip, pod.ip6, pod.interface, pod.cgroup, pod.labels, pod.pod_namespace,
+                            pod.service_account,
+                            identity_number(spiffe_principal(state.trust_domain, pod.pod_namespace, pod.service_account)),
+                            policy_class == policy.class_of_pod.end() ? uint16_t{0} : policy_class->second, pod.netns});
+  }
+  tables->policy = std::move(policy.tables);
+  for (const auto& notice : policy_notices(state, identity_catalog::of(state))) tables->policy_notices.push_back(notice.to_string());
+  std::sort(tables->pods.begin(), tables->pods.end(),
+            [](const auto& a, const auto& b) { return a.name < b.name; });
+
+  // A pod may carry an IPv4 and an IPv6 address; each is a key of its own.
+  tables->pod_index = empty_index(tables->pods.size() * 2);
+  for (uint32_t i = 0; i < tables->pods.size(); ++i) {
+    index_insert(tables->pod_index, hash_address(tables->pods[i].ip), i);
+    if (tables->pods[i].ip6) index_insert(tables->pod_index, hash_address(*tables->pods[i].ip6), i);
+  }
+}
+
 }  // namespace
 
 std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint64_t generation,
@@ -53,11 +168,6 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   };
   add_node(state.node);
   for (const auto* peer : peers) add_node(*peer);
-  auto node_index = [&](const std::string& name) {
-    for (uint32_t i = 0; i < tables->nodes.size(); ++i)
-      if (tables->nodes[i].name == name) return i;
-    return kLocalNodeIndex;  // unreachable for a validated document
-  };
 
   for (uint32_t i = 0; i < tables->nodes.size(); ++i) {
     tables->routes.push_back({tables->nodes[i].pod_cidr, i});
@@ -67,70 +177,21 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
     return std::tie(b.prefix.length, a.prefix) < std::tie(a.prefix.length, b.prefix);
   });
 
-  compiled_policy policy = compile_policy_tables(state);  // a validated document fits its limits
-  for (const auto& pod : state.pods) {
-    auto policy_class = policy.class_of_pod.find(pod.name);
-    tables->pods.push_back({pod.name, pod.ip, pod.ip6, pod.interface, pod.cgroup, pod.labels, pod.pod_namespace,
-                            pod.service_account,
-                            identity_number(spiffe_principal(state.trust_domain, pod.pod_namespace, pod.service_account)),
-                            policy_class == policy.class_of_pod.end() ? uint16_t{0} : policy_class->second, pod.netns});
-  }
-  tables->policy = std::move(policy.tables);
-  for (const auto& notice : policy_notices(state, identity_catalog::of(state))) tables->policy_notices.push_back(notice.to_string());
-  std::sort(tables->pods.begin(), tables->pods.end(),
-            [](const auto& a, const auto& b) { return a.name < b.name; });
+  compile_pods(*tables, state);
 
   std::vector<const service_spec*> services;
   for (const auto& svc : state.services) services.push_back(&svc);
   std::sort(services.begin(), services.end(), [](auto* a, auto* b) { return a->name < b->name; });
 
-  const uint32_t table_size = state.tuning.maglev_table_size;
+  const node_names names(*tables);
+  tables->services.reserve(services.size());
   for (const service_spec* svc : services) {
-    const uint32_t service_index = static_cast<uint32_t>(tables->services.size());
-    table_service compiled{svc->name, svc->vip, svc->session_affinity,
-                           static_cast<uint32_t>(tables->backends.size()),
-                           static_cast<uint32_t>(svc->backends.size()), 0};
-
-    std::vector<const backend_spec*> backends;
-    for (const auto& b : svc->backends) backends.push_back(&b);
-    std::sort(backends.begin(), backends.end(), [](auto* a, auto* b) {
-      return std::tie(a->ip, a->port) < std::tie(b->ip, b->port);
-    });
-    std::vector<maglev_backend> maglev_input;
-    for (const backend_spec* b : backends) {
-      tables->backends.push_back({b->ip, b->port, b->weight, node_index(b->node)});
-      maglev_input.push_back({backend_identity(*b), b->weight});
-    }
-    if (!backends.empty()) {
-      compiled.maglev_offset = tables->maglev_slots.size();
-      const auto slots = build_maglev_table(maglev_input, table_size);
-      tables->maglev_slots.insert(tables->maglev_slots.end(), slots.begin(), slots.end());
-      for (uint16_t slot : slots) ++tables->backends[compiled.first_backend + slot].maglev_slots;
-    }
-    tables->services.push_back(std::move(compiled));
-
-    for (const auto& port : svc->ports)
-      tables->frontends.push_back({svc->vip, port.port, port.protocol, port.target_port, service_index});
+    tables->services.push_back({svc->name, svc->vip, svc->session_affinity, 0,
+                                static_cast<uint32_t>(svc->backends.size()),
+                                compile_service_backends(*svc, names, state.tuning.maglev_table_size)});
   }
-  std::sort(tables->frontends.begin(), tables->frontends.end(), [](const auto& a, const auto& b) {
-    return std::tie(a.vip, a.port, a.protocol) < std::tie(b.vip, b.port, b.protocol);
-  });
-
-  // Each service's frontends, in port order, for the views.
-  std::vector<uint32_t> counts(tables->services.size(), 0);
-  for (const auto& f : tables->frontends) ++counts[f.service_index];
-  uint32_t running = 0;
-  for (size_t s = 0; s < tables->services.size(); ++s) {
-    tables->services[s].first_frontend = running;
-    running += counts[s];
-  }
-  tables->service_frontends.assign(tables->frontends.size(), 0);
-  std::vector<uint32_t> filled(tables->services.size(), 0);
-  for (uint32_t i = 0; i < tables->frontends.size(); ++i) {
-    table_service& svc = tables->services[tables->frontends[i].service_index];
-    tables->service_frontends[svc.first_frontend + filled[tables->frontends[i].service_index]++] = i;
-    svc.frontend_count = filled[tables->frontends[i].service_index];
-  }
+  number_backends(*tables);
+  build_frontends(*tables, [&](uint32_t i) -> const service_spec& { return *services[i]; });
 
   // Encryption: per other node, whether its route is encrypted and the keys this node
   // sends to it and accepts from it under, derived for the pair and direction.
@@ -158,17 +219,108 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
     }
   }
 
-  tables->frontend_index = empty_index(tables->frontends.size());
-  for (uint32_t i = 0; i < tables->frontends.size(); ++i) {
-    const auto& f = tables->frontends[i];
-    index_insert(tables->frontend_index, hash_frontend_key(f.vip, f.port, f.protocol), i);
+  return tables;
+}
+
+namespace {
+// A service's ports as its frontends in a snapshot hold them, in a comparable order.
+std::vector<std::tuple<uint16_t, l4_protocol, uint16_t>> ports_of(const snapshot& t, const table_service& svc) {
+  std::vector<std::tuple<uint16_t, l4_protocol, uint16_t>> out;
+  for (uint32_t i = 0; i < svc.frontend_count; ++i) {
+    const table_frontend& f = t.frontends[t.service_frontends[svc.first_frontend + i]];
+    out.emplace_back(f.port, f.protocol, f.target_port);
   }
-  // A pod may carry an IPv4 and an IPv6 address; each is a key of its own.
-  tables->pod_index = empty_index(tables->pods.size() * 2);
-  for (uint32_t i = 0; i < tables->pods.size(); ++i) {
-    index_insert(tables->pod_index, hash_address(tables->pods[i].ip), i);
-    if (tables->pods[i].ip6) index_insert(tables->pod_index, hash_address(*tables->pods[i].ip6), i);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+std::vector<std::tuple<uint16_t, l4_protocol, uint16_t>> ports_of(const service_spec& svc) {
+  std::vector<std::tuple<uint16_t, l4_protocol, uint16_t>> out;
+  for (const auto& p : svc.ports) out.emplace_back(p.port, p.protocol, p.target_port);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+}  // namespace
+
+std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const desired_state& state,
+                                              const std::vector<service_change>& changes, bool pods_changed,
+                                              uint64_t generation) {
+  // Everything not named here is shared or copied from the previous generation: each
+  // unchanged service's compiled block by pointer, the flat tables by value.
+  auto tables = std::make_shared<snapshot>(previous);
+  tables->generation = generation;
+  if (pods_changed) compile_pods(*tables, state);
+
+  const uint32_t table_size = tables->tuning.maglev_table_size;
+  const node_names names(*tables);
+  auto position = [&](const std::string& name) {
+    auto it = std::lower_bound(tables->services.begin(), tables->services.end(), name,
+                               [](const table_service& s, const std::string& n) { return s.name < n; });
+    return it != tables->services.end() && it->name == name ? it : tables->services.end();
+  };
+  // A change that keeps a service's name, VIP, ports and affinity leaves the frontend
+  // tables as they are: only its block is compiled (the common case: endpoints moving).
+  bool structural = false;
+  for (const service_change& c : changes) {
+    auto it = position(c.name);
+    if (!c.spec || it == tables->services.end() || it->vip != c.spec->vip ||
+        it->session_affinity != c.spec->session_affinity || ports_of(*tables, *it) != ports_of(*c.spec)) {
+      structural = true;
+      break;
+    }
   }
+  if (!structural) {
+    for (const service_change& c : changes) {
+      auto it = position(c.name);
+      it->compiled = compile_service_backends(*c.spec, names, table_size);
+      it->backend_count = static_cast<uint32_t>(c.spec->backends.size());
+    }
+    number_backends(*tables);
+    return tables;
+  }
+
+  // Services added, removed or with other frontends: merge the changed ones into the sorted
+  // services, carry the other services' frontends over (renumbered) and add theirs.
+  std::map<std::string_view, const service_change*> changed;
+  for (const service_change& c : changes) changed[c.name] = &c;
+  std::vector<table_service> merged;
+  merged.reserve(previous.services.size() + changes.size());
+  std::vector<uint32_t> renumbered(previous.services.size(), UINT32_MAX);
+  std::vector<std::pair<uint32_t, const service_spec*>> fresh;  // new index, spec
+  auto next_changed = changed.begin();
+  auto add_changed = [&](const service_change& c) {
+    if (!c.spec) return;
+    fresh.emplace_back(static_cast<uint32_t>(merged.size()), c.spec);
+    merged.push_back({c.spec->name, c.spec->vip, c.spec->session_affinity, 0,
+                      static_cast<uint32_t>(c.spec->backends.size()), compile_service_backends(*c.spec, names, table_size)});
+  };
+  for (uint32_t i = 0; i < previous.services.size(); ++i) {
+    const table_service& old = previous.services[i];
+    while (next_changed != changed.end() && next_changed->first < old.name) add_changed(*next_changed++->second);
+    if (next_changed != changed.end() && next_changed->first == old.name) {
+      add_changed(*next_changed++->second);
+      continue;
+    }
+    renumbered[i] = static_cast<uint32_t>(merged.size());
+    merged.push_back(old);
+  }
+  while (next_changed != changed.end()) add_changed(*next_changed++->second);
+  tables->services = std::move(merged);
+  number_backends(*tables);
+
+  std::vector<table_frontend> kept, added;
+  kept.reserve(previous.frontends.size());
+  for (table_frontend f : previous.frontends) {
+    if (renumbered[f.service_index] == UINT32_MAX) continue;
+    f.service_index = renumbered[f.service_index];
+    kept.push_back(f);
+  }
+  for (const auto& [index, spec] : fresh)
+    for (const auto& port : spec->ports) added.push_back({spec->vip, port.port, port.protocol, port.target_port, index});
+  std::sort(added.begin(), added.end(), frontend_order);
+  tables->frontends.clear();
+  tables->frontends.reserve(kept.size() + added.size());
+  std::merge(kept.begin(), kept.end(), added.begin(), added.end(), std::back_inserter(tables->frontends), frontend_order);
+  index_frontends(*tables);
   return tables;
 }
 
@@ -212,13 +364,12 @@ std::string describe_tables(const snapshot& t) {
     out << "\n";
     std::vector<uint32_t> share(svc.backend_count, 0);
     if (svc.backend_count) {
-      for (uint32_t i = 0; i < t.tuning.maglev_table_size; ++i)
-        ++share[t.maglev_slots[svc.maglev_offset + i]];
+      for (uint16_t slot : svc.compiled->maglev) ++share[slot];
     } else {
       out << "    (no backends: connections are refused)\n";
     }
     for (uint32_t b = 0; b < svc.backend_count; ++b) {
-      const auto& backend = t.backends[svc.first_backend + b];
+      const auto& backend = svc.compiled->backends[b];
       char percent[16];
       std::snprintf(percent, sizeof percent, "%5.1f%%", 100.0 * share[b] / t.tuning.maglev_table_size);
       out << "    " << backend.ip.to_string() << ":" << backend.port << "  weight " << backend.weight

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "control/desired_state.h"
 #include "control/esp_keyring.h"
@@ -15,6 +17,23 @@ namespace meshlane {
 // derived from them (esp_keys.h). Without keys every route is direct.
 std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint64_t generation,
                                                const esp_key_set* keys = nullptr);
+
+// What a delta changed in the services: each named service compiled again from its spec
+// after the delta, or removed (spec null).
+struct service_change {
+  std::string name;
+  const service_spec* spec = nullptr;
+};
+
+// The next generation after a delta (state_delta.h), at a cost proportional to the delta:
+// the changed services' backends and Maglev tables are compiled, every other service's
+// block is shared with `previous`; frontends are rebuilt only when a service is added or
+// removed or changes VIP, ports or affinity (then in one linear merge, no Maglev); pods and
+// policy (from `state`, whose services are not read) only when `pods_changed`. Node
+// changes need compile_tables. Gives the tables compile_tables gives for the same state.
+std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const desired_state& state,
+                                              const std::vector<service_change>& services, bool pods_changed,
+                                              uint64_t generation);
 
 // Human-readable dump of a snapshot's tables (for `meshlaned --print-tables` and the demo).
 std::string describe_tables(const snapshot& tables);

@@ -2,6 +2,7 @@
 
 #include <chrono>
 
+#include "control/document_sections.h"
 #include "control/table_compiler.h"
 
 namespace meshlane {
@@ -40,6 +41,82 @@ void table_publisher::set_key_source(esp_key_source source) {
 
 publish_result table_publisher::apply(const desired_state& state) {
   std::lock_guard lock(mutex_);
+  return publish_locked(state);
+}
+
+publish_result table_publisher::apply_delta(std::string_view delta_json) {
+  const auto start = std::chrono::steady_clock::now();
+  delta_parse_result parsed = parse_state_delta(delta_json);
+  if (!parsed.delta) {
+    publish_result result;
+    result.errors = std::move(parsed.errors);
+    result.compile_seconds = seconds_since(start);
+    return result;
+  }
+  return apply_delta(*parsed.delta);
+}
+
+publish_result table_publisher::apply_delta(const state_delta& delta) {
+  std::lock_guard lock(mutex_);
+  auto start = std::chrono::steady_clock::now();
+  publish_result result;
+  if (index_.empty() || !current_) {
+    result.errors.push_back({"$", "no document has been published yet; a delta needs one to change"});
+    return result;
+  }
+  std::optional<delta_plan> plan = index_.check(delta, result.errors);
+  if (!plan) {
+    result.compile_seconds = seconds_since(start);
+    return result;
+  }
+  if (plan->whole) return publish_locked(*plan->whole);  // nodes changed: checked whole, compiled whole
+
+  std::vector<service_change> changes;
+  for (const auto& [name, spec] : plan->services) changes.push_back({name, spec ? &*spec : nullptr});
+  desired_state pods_state;  // what compile_pods reads: everything but the services
+  if (plan->pods) {
+    const desired_state& s = index_.state();
+    pods_state.node = s.node;
+    pods_state.pods = *plan->pods;
+    pods_state.trust_domain = s.trust_domain;
+    pods_state.namespaces = s.namespaces;
+    pods_state.policies = s.policies;
+    pods_state.external_services = s.external_services;
+    pods_state.egress = s.egress;
+  }
+  auto next = compile_delta(*current_, pods_state, changes, plan->pods.has_value(), last_generation_ + 1);
+  result.compile_seconds = seconds_since(start);
+  if (!install_locked(next, result)) return result;
+  std::vector<service_change> committed;
+  index_.commit(std::move(*plan), committed);
+  last_generation_ = next->generation;
+  current_ = std::move(next);
+  current_state_.reset();
+  result.generation = last_generation_;
+  return result;
+}
+
+bool table_publisher::install_locked(const std::shared_ptr<const snapshot>& next, publish_result& result) {
+  const auto start = std::chrono::steady_clock::now();
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    if (std::string error = sinks_[i].second(next); !error.empty()) {
+      // Put the sinks that took the new tables back on the old ones, so that every reader
+      // agrees on one generation. A failure there too is reported; it cannot be undone.
+      std::string message = sinks_[i].first + ": " + error;
+      for (size_t j = 0; j < i && current_; ++j) {
+        if (std::string undo = sinks_[j].second(current_); !undo.empty())
+          message += "; rolling back " + sinks_[j].first + " failed too: " + undo;
+      }
+      result.errors.push_back({"$", message});
+      result.publish_seconds = seconds_since(start);
+      return false;
+    }
+  }
+  result.publish_seconds = seconds_since(start);
+  return true;
+}
+
+publish_result table_publisher::publish_locked(const desired_state& state) {
   publish_result result;
   auto start = std::chrono::steady_clock::now();
   std::optional<esp_key_set> keys;
@@ -54,26 +131,11 @@ publish_result table_publisher::apply(const desired_state& state) {
   }
   auto next = compile_tables(state, last_generation_ + 1, keys ? &*keys : nullptr);
   result.compile_seconds = seconds_since(start);
-
-  start = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < sinks_.size(); ++i) {
-    if (std::string error = sinks_[i].second(next); !error.empty()) {
-      // Put the sinks that took the new tables back on the old ones, so that every reader
-      // agrees on one generation. A failure there too is reported; it cannot be undone.
-      std::string message = sinks_[i].first + ": " + error;
-      for (size_t j = 0; j < i && current_; ++j) {
-        if (std::string undo = sinks_[j].second(current_); !undo.empty())
-          message += "; rolling back " + sinks_[j].first + " failed too: " + undo;
-      }
-      result.errors.push_back({"$", message});
-      result.publish_seconds = seconds_since(start);
-      return result;
-    }
-  }
-  result.publish_seconds = seconds_since(start);
+  if (!install_locked(next, result)) return result;
   last_generation_ = next->generation;
   current_ = std::move(next);
-  current_state_ = std::make_shared<const desired_state>(state);
+  index_.reset(state);
+  current_state_.reset();
   result.generation = last_generation_;
   return result;
 }
@@ -85,6 +147,7 @@ std::shared_ptr<const snapshot> table_publisher::current() const {
 
 std::shared_ptr<const desired_state> table_publisher::current_state() const {
   std::lock_guard lock(mutex_);
+  if (!current_state_ && !index_.empty()) current_state_ = std::make_shared<const desired_state>(index_.state());
   return current_state_;
 }
 

@@ -13,6 +13,8 @@
 #include "control/desired_state.h"
 #include "control/esp_keyring.h"
 #include "control/snapshot.h"
+#include "control/state_delta.h"
+#include "control/state_index.h"
 
 namespace meshlane {
 
@@ -40,17 +42,30 @@ class table_publisher {
 
   publish_result apply(std::string_view document_json);
   publish_result apply(const desired_state& state);
+  // A delta of the current state (state_delta.h): all or nothing, as apply is, at a cost
+  // proportional to the delta (state_index.h checks it, compile_delta compiles it; a delta
+  // that changes nodes is checked and compiled whole). Refused when nothing has been
+  // published yet.
+  publish_result apply_delta(std::string_view delta_json);
+  publish_result apply_delta(const state_delta& delta);
 
   std::shared_ptr<const snapshot> current() const;
+  // The state of the current tables. After a delta it is copied from the working state on
+  // first use (linear in the state's size, once per generation asked for).
   std::shared_ptr<const desired_state> current_state() const;
 
  private:
   mutable std::mutex mutex_;  // serialises writers; readers copy the shared_ptr under it
   uint64_t last_generation_ = 0;
   std::shared_ptr<const snapshot> current_;
-  std::shared_ptr<const desired_state> current_state_;
+  mutable std::shared_ptr<const desired_state> current_state_;  // null: not copied yet
+  state_index index_;  // the working state, with what a delta is checked against
   std::vector<std::pair<std::string, table_sink>> sinks_;
   esp_key_source key_source_;
+
+  publish_result publish_locked(const desired_state& state);
+  // Hands `next` to every sink (rolling back on a failure); false and an error if one refused.
+  bool install_locked(const std::shared_ptr<const snapshot>& next, publish_result& result);
 };
 
 }  // namespace meshlane

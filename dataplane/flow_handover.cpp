@@ -178,7 +178,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     int64_t backend_index = -1;
     for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count;
          ++b) {
-      const table_backend& backend = s.backends[b];
+      const table_backend& backend = service.compiled->backends[b - service.first_backend];
       if (backend.ip == backend_ip &&
           (frontend->target_port ? frontend->target_port : backend.port) == backend_port &&
           service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port) ==

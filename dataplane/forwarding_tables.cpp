@@ -255,9 +255,9 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       }
       vips.push_back(f.vip.v4());
       const table_service& service = s.services[f.service_index];
-      for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
-        const uint16_t port = f.target_port ? f.target_port : s.backends[b].port;
-        backends.push_back(uint64_t{s.backends[b].ip.v4()} << 16 | port);
+      for (const table_backend& backend : snapshot::backends_of(service)) {
+        const uint16_t port = f.target_port ? f.target_port : backend.port;
+        backends.push_back(uint64_t{backend.ip.v4()} << 16 | port);
       }
     }
     auto fill = [](auto& slots, uint32_t& mask, const auto& keys) {
@@ -276,9 +276,9 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   for (uint32_t i = 0; i < s.frontends.size(); ++i) {
     const table_frontend& f = s.frontends[i];
     const table_service& service = s.services[f.service_index];
-    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
-      const uint16_t port = f.target_port ? f.target_port : s.backends[b].port;
-      out.frontends_by_backend.push_back({s.backends[b].ip.bytes, port, static_cast<uint8_t>(f.protocol), i});
+    for (const table_backend& backend : snapshot::backends_of(service)) {
+      const uint16_t port = f.target_port ? f.target_port : backend.port;
+      out.frontends_by_backend.push_back({backend.ip.bytes, port, static_cast<uint8_t>(f.protocol), i});
     }
   }
   std::stable_sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());  // frontends in index order
@@ -330,10 +330,10 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
     out.service_slot.push_back(slot);
   }
-  out.backend_slot.resize(s.backends.size());
+  out.backend_slot.resize(s.backend_total);
   for (const table_service& service : s.services) {
     for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
-      const table_backend& backend = s.backends[b];
+      const table_backend& backend = service.compiled->backends[b - service.first_backend];
       const uint32_t slot = slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables,
                                      service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port));
       if (slot >= kMaxBackendSlots)

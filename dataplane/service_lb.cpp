@@ -138,7 +138,7 @@ namespace detail {
     drop(w, m, drop_reason::no_backend);
     return false;
   }
-  const uint32_t backend_index = static_cast<uint32_t>(backend - s.backends.data());
+  const uint32_t backend_index = snapshot::backend_number(service, backend);
   const uint32_t backend_slot = t.backend_slot[backend_index];
   const uint16_t backend_port = frontend->target_port ? frontend->target_port : backend->port;
   const bool v4 = p.l3 == l3_kind::ipv4;

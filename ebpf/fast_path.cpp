@@ -501,7 +501,7 @@ frontend_tables tables_for(const snapshot& tables, const table_frontend& f) {
   out.flags = svc.session_affinity ? ML_SERVICE_AFFINITY : 0;
   std::vector<maglev_backend> identities;
   for (uint32_t b = 0; b < svc.backend_count; ++b) {
-    const table_backend& backend = tables.backends[svc.first_backend + b];
+    const table_backend& backend = svc.compiled->backends[b];
     ml_backend entry{};
     entry.ip = to_ml_addr(backend.ip);
     entry.port = f.target_port ? f.target_port : backend.port;

@@ -26,13 +26,13 @@ TEST(TableCompiler, ViewsCountEachBackendsMaglevSlotsAndGroupEachServicesFronten
   const auto tables = compile_tables(parse_or_die(testing::sample_document()), 1);
   for (const table_service& svc : tables->services) {
     uint32_t slots = 0;
-    for (uint32_t b = 0; b < svc.backend_count; ++b) slots += tables->backends[svc.first_backend + b].maglev_slots;
+    for (uint32_t b = 0; b < svc.backend_count; ++b) slots += svc.compiled->backends[b].maglev_slots;
     EXPECT_EQ(slots, svc.backend_count ? tables->tuning.maglev_table_size : 0u) << svc.name;
     std::vector<uint32_t> counted(svc.backend_count, 0);
     for (uint32_t i = 0; i < tables->tuning.maglev_table_size && svc.backend_count; ++i)
-      ++counted[tables->maglev_slots[svc.maglev_offset + i]];
+      ++counted[svc.compiled->maglev[i]];
     for (uint32_t b = 0; b < svc.backend_count; ++b)
-      EXPECT_EQ(counted[b], tables->backends[svc.first_backend + b].maglev_slots);
+      EXPECT_EQ(counted[b], svc.compiled->backends[b].maglev_slots);
     for (uint32_t i = 0; i < svc.frontend_count; ++i) {
       const table_frontend& f = tables->frontends[tables->service_frontends[svc.first_frontend + i]];
       EXPECT_EQ(&tables->services[f.service_index], &svc);

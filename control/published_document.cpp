@@ -1,0 +1,97 @@
+#include "control/published_document.h"
+
+namespace meshlane {
+
+using nlohmann::json;
+
+void published_document::replace(json document) {
+  document_ = std::move(document);
+  services_.clear();
+  pods_.clear();
+  nodes_.clear();
+  indexed_ = false;
+}
+
+json& published_document::section(const char* key, name_index& index) {
+  json& list = document_[key];
+  if (list.is_null()) list = json::array();
+  if (!indexed_) {
+    // One pass over every section on the first delta after a full apply.
+    indexed_ = true;
+    for (auto [k, i] : {std::pair<const char*, name_index*>{"services", &services_}, {"pods", &pods_}, {"nodes", &nodes_}}) {
+      const json& entries = document_[k];
+      if (!entries.is_array()) continue;
+      for (size_t n = 0; n < entries.size(); ++n)
+        if (entries[n].is_object() && entries[n].contains("name") && entries[n]["name"].is_string())
+          i->emplace(entries[n]["name"].get<std::string>(), n);
+    }
+  }
+  (void)index;
+  return list;
+}
+
+void published_document::put(const char* key, name_index& index, const json& value) {
+  json& list = section(key, index);
+  const std::string name = value.at("name").get<std::string>();
+  if (auto it = index.find(name); it != index.end()) {
+    list[it->second] = value;
+  } else {
+    index.emplace(name, list.size());
+    list.push_back(value);
+  }
+}
+
+void published_document::erase(const char* key, name_index& index, const std::string& name) {
+  json& list = section(key, index);
+  auto it = index.find(name);
+  if (it == index.end()) return;
+  // Order in the document carries no meaning (tables are in canonical order), so the last
+  // entry takes the removed one's place and nothing else moves.
+  const size_t at = it->second;
+  index.erase(it);
+  if (at + 1 != list.size()) {
+    list[at] = std::move(list.back());
+    index[list[at]["name"].get<std::string>()] = at;
+  }
+  list.erase(list.size() - 1);
+}
+
+void published_document::patch(const json& delta) {
+  if (document_.is_null()) return;
+  for (const json& change : delta.at("changes")) {
+    const std::string op = change.at("op").get<std::string>();
+    const std::string kind = change.at("kind").get<std::string>();
+    if (kind == "backend") {
+      json& services = section("services", services_);
+      auto it = services_.find(change.at("service").get<std::string>());
+      if (it == services_.end()) continue;
+      json& backends = services[it->second]["backends"];
+      if (backends.is_null()) backends = json::array();
+      const json& key = op == "remove" ? change : change.at("value");
+      const std::string ip = key.at("ip").get<std::string>();
+      const int port = key.at("port").get<int>();
+      // Backends are few per service; the address text compares as the reader parsed it.
+      const auto same = [&](const json& b) {
+        auto a = ip_address::parse(b.at("ip").get<std::string>());
+        auto k = ip_address::parse(ip);
+        return a && k && *a == *k && b.at("port").get<int>() == port;
+      };
+      size_t at = 0;
+      while (at < backends.size() && !same(backends[at])) ++at;
+      if (op == "remove") {
+        if (at < backends.size()) backends.erase(at);
+      } else if (at < backends.size()) {
+        backends[at] = change.at("value");
+      } else {
+        backends.push_back(change.at("value"));
+      }
+      continue;
+    }
+    const char* key = kind == "service" ? "services" : kind == "pod" ? "pods" : "nodes";
+    name_index& index = kind == "service" ? services_ : kind == "pod" ? pods_ : nodes_;
+    if (op == "remove") erase(key, index, change.at("name").get<std::string>());
+    else put(key, index, change.at("value"));
+  }
+}
+
+}  // namespace meshlane

@@ -1,0 +1,225 @@
+// Deltas of the desired state (state_delta.h) through the real publisher: each change
+// kind, the by-name rules, all-or-nothing validation with the change's JSON path, and the
+// property that matters most: the tables a delta publishes are byte for byte those a full
+// apply of the same resulting document publishes.
+#include <gtest/gtest.h>
+
+#include <nlohmann/json.hpp>
+
+#include "control/published_document.h"
+#include "control/state_delta.h"
+#include "control/table_compiler.h"
+#include "control/table_publisher.h"
+#include "tests/control/sample_document.h"
+
+namespace meshlane {
+namespace {
+
+using nlohmann::json;
+
+json changes(json list) { return {{"changes", std::move(list)}}; }
+
+// The tables a full apply of `document` gives (the delta's oracle).
+std::string full_digest(const json& document) {
+  auto parsed = parse_desired_state(document.dump());
+  EXPECT_TRUE(parsed.state) << (parsed.errors.empty() ? "" : parsed.errors[0].to_string());
+  return parsed.state ? compile_tables(*parsed.state, 1)->content_digest() : "";
+}
+
+class StateDelta : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    document_ = testing::sample_document();
+    ASSERT_TRUE(publisher_.apply(document_.dump()).errors.empty());
+    published_.replace(document_);
+  }
+  // Applies a delta to the publisher and the same to the JSON document (as the control
+  // module does); expects success and tables equal to a full apply of the patched document.
+  void apply_ok(const json& delta) {
+    const auto before = publisher_.current();
+    const std::string before_digest = before->content_digest();
+    const auto result = publisher_.apply_delta(delta.dump());
+    ASSERT_TRUE(result.errors.empty()) << result.errors[0].to_string();
+    published_.patch(delta);
+    EXPECT_EQ(publisher_.current()->generation, before->generation + 1);
+    EXPECT_EQ(publisher_.current()->content_digest(), full_digest(published_.content()));
+    EXPECT_EQ(before->content_digest(), before_digest) << "a published snapshot changed";
+  }
+  std::vector<config_error> apply_refused(const json& delta) {
+    const auto before = publisher_.current();
+    const auto result = publisher_.apply_delta(delta.dump());
+    EXPECT_FALSE(result.errors.empty());
+    EXPECT_EQ(result.generation, 0u);
+    EXPECT_EQ(publisher_.current(), before) << "a refused delta changed the tables";
+    return result.errors;
+  }
+  table_publisher publisher_;
+  json document_;
+  published_document published_;
+};
+
+TEST_F(StateDelta, ReplacingOneBackendMovesItsTrafficAndMatchesAFullApply) {
+  apply_ok(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                     {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 7}, {"node", "node2"}}}}}));
+  const auto& t = *publisher_.current();
+  const table_frontend* f = t.find_frontend(*ip_address::parse("198.19.128.10"), 80, l4_protocol::tcp);
+  ASSERT_NE(f, nullptr);
+  EXPECT_EQ(t.backends_of(t.services[f->service_index])[1].weight, 7);
+}
+
+TEST_F(StateDelta, AddingAndRemovingBackendsMatchesAFullApply) {
+  apply_ok(changes({{{"op", "add"}, {"kind", "backend"}, {"service", "web"},
+                     {"value", {{"ip", "198.18.2.11"}, {"port", 8080}, {"node", "node2"}}}},
+                    {{"op", "remove"}, {"kind", "backend"}, {"service", "web"}, {"ip", "198.18.1.10"}, {"port", 8080}}}));
+  const auto& t = *publisher_.current();
+  const table_frontend* f = t.find_frontend(*ip_address::parse("198.19.128.10"), 80, l4_protocol::tcp);
+  ASSERT_NE(f, nullptr);
+  const table_service& web = t.services[f->service_index];
+  ASSERT_EQ(web.backend_count, 2u);
+  for (uint64_t h = 0; h < 1000; ++h) EXPECT_EQ(t.pick_backend(web, h)->ip.to_string().rfind("198.18.2.", 0), 0u);
+}
+
+TEST_F(StateDelta, ServicesAreAddedReplacedAndRemovedByName) {
+  apply_ok(changes({{{"op", "add"}, {"kind", "service"},
+                     {"value", {{"name", "api"}, {"vip", "198.19.128.20"}, {"ports", {{{"port", 443}}}},
+                                {"backends", {{{"ip", "198.18.2.20"}, {"port", 8443}, {"node", "node2"}}}}}}}}));
+  EXPECT_NE(publisher_.current()->find_frontend(*ip_address::parse("198.19.128.20"), 443, l4_protocol::tcp), nullptr);
+  apply_ok(changes({{{"op", "replace"}, {"kind", "service"},
+                     {"value", {{"name", "api"}, {"vip", "198.19.128.21"}, {"ports", {{{"port", 443}}}}}}}}));
+  EXPECT_EQ(publisher_.current()->find_frontend(*ip_address::parse("198.19.128.20"), 443, l4_protocol::tcp), nullptr);
+  EXPECT_NE(publisher_.current()->find_frontend(*ip_address::parse("198.19.128.21"), 443, l4_protocol::tcp), nullptr);
+  apply_ok(changes({{{"op", "remove"}, {"kind", "service"}, {"name", "dns"}}}));
+  EXPECT_EQ(publisher_.current()->find_frontend(*ip_address::parse("198.19.128.53"), 53, l4_protocol::udp), nullptr);
+  EXPECT_EQ(publisher_.current()->services.size(), 2u);
+}
+
+TEST_F(StateDelta, PodsAndNodesAreAddedAndRemovedByName) {
+  apply_ok(changes({{{"op", "add"}, {"kind", "node"},
+                     {"value", {{"name", "node3"}, {"underlay_ip", "198.19.0.3"}, {"pod_cidr", "198.18.3.0/24"}}}},
+                    {{"op", "add"}, {"kind", "backend"}, {"service", "dns"},
+                     {"value", {{"ip", "198.18.3.53"}, {"port", 5353}, {"node", "node3"}}}},
+                    {{"op", "add"}, {"kind", "pod"},
+                     {"value", {{"name", "db"}, {"ip", "198.18.1.30"}, {"interface", "mlp-db"}}}},
+                    {{"op", "remove"}, {"kind", "pod"}, {"name", "client"}}}));
+  const auto& t = *publisher_.current();
+  EXPECT_NE(t.find_pod(*ip_address::parse("198.18.1.30")), nullptr);
+  EXPECT_EQ(t.find_pod(*ip_address::parse("198.18.1.20")), nullptr);
+  ASSERT_NE(t.route(*ip_address::parse("198.18.3.9")), nullptr);
+  EXPECT_EQ(t.route(*ip_address::parse("198.18.3.9"))->name, "node3");
+}
+
+TEST_F(StateDelta, ChangesApplyInOrder) {
+  apply_ok(changes({{{"op", "remove"}, {"kind", "service"}, {"name", "dns"}},
+                    {{"op", "add"}, {"kind", "service"},
+                     {"value", {{"name", "dns"}, {"vip", "198.19.128.54"}, {"ports", {{{"port", 53}, {"protocol", "udp"}}}}}}}}));
+  EXPECT_NE(publisher_.current()->find_frontend(*ip_address::parse("198.19.128.54"), 53, l4_protocol::udp), nullptr);
+}
+
+TEST_F(StateDelta, AddOfAnExistingNameAndReplaceOrRemoveOfAMissingOneAreRefused) {
+  auto errors = apply_refused(changes({{{"op", "add"}, {"kind", "service"},
+                                        {"value", {{"name", "web"}, {"vip", "198.19.128.30"}, {"ports", {{{"port", 1}}}}}}}}));
+  EXPECT_EQ(errors[0].path, "$.changes[0]");
+  errors = apply_refused(changes({{{"op", "add"}, {"kind", "pod"}, {"value", {{"name", "x"}, {"ip", "198.18.1.40"}, {"interface", "mlp-x"}}}},
+                                  {{"op", "remove"}, {"kind", "pod"}, {"name", "nobody"}}}));
+  EXPECT_EQ(errors[0].path, "$.changes[1]");
+  errors = apply_refused(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                                   {"value", {{"ip", "198.18.2.99"}, {"port", 8080}, {"node", "node2"}}}}}));
+  EXPECT_EQ(errors[0].path, "$.changes[0]");
+  errors = apply_refused(changes({{{"op", "remove"}, {"kind", "backend"}, {"service", "nope"}, {"ip", "198.18.2.10"}, {"port", 8080}}}));
+  EXPECT_EQ(errors[0].path, "$.changes[0].service");
+  errors = apply_refused(changes({{{"op", "remove"}, {"kind", "node"}, {"name", "node1"}}}));
+  EXPECT_NE(errors[0].message.find("this node"), std::string::npos);
+}
+
+TEST_F(StateDelta, AnEntryIsReadAsInADocumentWithItsPathInTheDelta) {
+  auto errors = apply_refused(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                                        {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 0}, {"node", "node2"}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.weight");
+  errors = apply_refused(changes({{{"op", "upsert"}, {"kind", "service"}}, {{"op", "add"}, {"kind", "gateway"}}}));
+  EXPECT_EQ(errors[0].path, "$.changes[0].op");
+  EXPECT_EQ(errors[1].path, "$.changes[1].kind");
+  errors = apply_refused(json{{"change", json::array()}});
+  EXPECT_EQ(errors[0].path, "$.changes");
+  errors = apply_refused(changes({{{"op", "add"}, {"kind", "service"}, {"value", {{"name", "s"}, {"vip", "198.19.128.40"},
+                                   {"ports", {{{"port", 1}}}}, {"colour", "red"}}}}}));
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.colour");
+}
+
+TEST_F(StateDelta, TheResultMustPassTheDocumentsCrossChecksAndNothingChangesWhenItDoesNot) {
+  // A backend on a node that does not exist, after a valid change: neither is published.
+  auto errors = apply_refused(changes({{{"op", "add"}, {"kind", "backend"}, {"service", "dns"},
+                                        {"value", {{"ip", "198.18.2.54"}, {"port", 5353}, {"node", "node2"}}}},
+                                       {{"op", "add"}, {"kind", "backend"}, {"service", "web"},
+                                        {"value", {{"ip", "198.18.9.10"}, {"port", 8080}, {"node", "node9"}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].message.find("unknown node 'node9'"), std::string::npos);
+  EXPECT_EQ(errors[0].path, "$.changes[1].value.node");
+  // Two services on one VIP and port.
+  errors = apply_refused(changes({{{"op", "add"}, {"kind", "service"},
+                                   {"value", {{"name", "web2"}, {"vip", "198.19.128.10"}, {"ports", {{{"port", 80}}}}}}}}));
+  EXPECT_NE(errors[0].message.find("duplicate 198.19.128.10:80/tcp"), std::string::npos) << errors[0].message;
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.ports[0].port");
+  // A VIP given up by one service may be taken by another in the same delta.
+  apply_ok(changes({{{"op", "remove"}, {"kind", "service"}, {"name", "web"}},
+                    {{"op", "add"}, {"kind", "service"},
+                     {"value", {{"name", "web2"}, {"vip", "198.19.128.10"}, {"ports", {{{"port", 80}}}}}}}}));
+  // Removing a node that backends still name.
+  errors = apply_refused(changes({{{"op", "remove"}, {"kind", "node"}, {"name", "node2"}}}));
+  EXPECT_NE(errors[0].message.find("unknown node 'node2'"), std::string::npos) << errors[0].message;
+  // A pod outside the node's range.
+  errors = apply_refused(changes({{{"op", "add"}, {"kind", "pod"},
+                                   {"value", {{"name", "far"}, {"ip", "198.18.2.40"}, {"interface", "mlp-far"}}}}}));
+  EXPECT_NE(errors[0].message.find("outside this node's pod_cidr"), std::string::npos) << errors[0].message;
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.ip");
+  // A backend of a service added in the same delta, on a node that does not exist.
+  errors = apply_refused(changes({{{"op", "add"}, {"kind", "service"},
+                                   {"value", {{"name", "api"}, {"vip", "198.19.128.20"}, {"ports", {{{"port", 443}}}},
+                                              {"backends", {{{"ip", "198.18.2.20"}, {"port", 1}, {"node", "node2"}},
+                                                            {{"ip", "198.18.2.21"}, {"port", 1}, {"node", "node7"}}}}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.backends[1].node");
+}
+
+TEST_F(StateDelta, UnchangedServicesShareTheirCompiledTablesWithThePreviousGeneration) {
+  const auto before = publisher_.current();
+  apply_ok(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                     {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 2}, {"node", "node2"}}}}}));
+  const auto after = publisher_.current();
+  ASSERT_EQ(after->services.size(), before->services.size());
+  for (size_t i = 0; i < after->services.size(); ++i) {
+    if (after->services[i].name == "web")
+      EXPECT_NE(after->services[i].compiled, before->services[i].compiled) << "the changed service was not compiled";
+    else
+      EXPECT_EQ(after->services[i].compiled, before->services[i].compiled) << after->services[i].name << " was copied";
+  }
+  // Adding a service shares every other one's tables too.
+  apply_ok(changes({{{"op", "add"}, {"kind", "service"},
+                     {"value", {{"name", "aaa"}, {"vip", "198.19.128.30"}, {"ports", {{{"port", 1}}}}}}}}));
+  const auto added = publisher_.current();
+  for (const table_service& svc : added->services)
+    for (const table_service& old : after->services) {
+      if (svc.name == old.name) {
+        EXPECT_EQ(svc.compiled, old.compiled) << svc.name;
+      }
+    }
+}
+
+TEST_F(StateDelta, TheStateAfterADeltaIsWhatAFullApplyOfItWouldPublish) {
+  apply_ok(changes({{{"op", "remove"}, {"kind", "backend"}, {"service", "dns"}, {"ip", "198.18.2.53"}, {"port", 5353}},
+                    {{"op", "add"}, {"kind", "pod"}, {"value", {{"name", "db"}, {"ip", "198.18.1.30"}, {"interface", "mlp-db"}}}}}));
+  const auto state = publisher_.current_state();
+  ASSERT_TRUE(state);
+  EXPECT_EQ(compile_tables(*state, 1)->content_digest(), publisher_.current()->content_digest());
+  EXPECT_EQ(state->pods.size(), 3u);
+}
+
+TEST_F(StateDelta, ADeltaNeedsAPublishedDocument) {
+  table_publisher empty;
+  const auto result = empty.apply_delta(changes(json::array()).dump());
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_NE(result.errors[0].message.find("no document"), std::string::npos);
+}
+
+}  // namespace
+}  // namespace meshlane

@@ -1,0 +1,76 @@
+// Integration: `meshctl apply --delta` (state_delta.h) against node 1's real agent and its
+// real DPDK data plane, in the two-node namespace cluster (two_nodes_fixture.h). The
+// service web-remote (VIP 198.19.128.10:80) starts with its one backend on node 2; a delta
+// moves it to node 1's web pod, and real TCP through the VIP must follow. A refused delta
+// changes nothing, and a later full re-publish (a tunable changed) keeps what the delta did.
+#include "tests/dataplane/two_nodes_fixture.h"
+
+namespace meshlane::testing {
+namespace {
+
+class two_nodes_delta : public two_nodes {
+ protected:
+  // Writes `delta` to a file of the test's directory and runs `meshctl apply --delta` on it.
+  command_result apply_delta(const nlohmann::json& delta) {
+    const char* meshctl = std::getenv("MESHCTL");
+    if (!meshctl) return {-1, "MESHCTL must name the meshctl binary"};
+    const std::string path = work_dir_ + "/delta.json";
+    std::ofstream(path, std::ios::trunc) << delta.dump();
+    return run_command(std::string(meshctl) + " apply --delta " + path + " -o json --socket " + nodes_[0].config_path +
+                       ".sock 2>&1");
+  }
+  // A TCP round trip through the VIP with an echo server (one connection each) listening on
+  // port 8080 in `server` only.
+  std::string round_trip_served_by(const netns& server, size_t bytes) {
+    tcp_echo_server echo(server, 8080);
+    if (!echo.ok()) return "cannot listen on 8080";
+    return tcp_echo_round_trip(*nodes_[0].client, "198.19.128.10", 80, bytes);
+  }
+};
+
+TEST_F(two_nodes_delta, TrafficThroughAVipFollowsABackendMovedByADelta) {
+  // Only node 1's web pod serves port 8080: through the VIP that fails while the backend
+  // is node 2's pod, and succeeds only once the delta has moved it.
+  EXPECT_NE(round_trip_served_by(*nodes_[0].web, 1024), "")
+      << "the VIP answered before the delta moved its backend: this test could not fail";
+
+  const nlohmann::json move = {{"changes", {
+      {{"op", "remove"}, {"kind", "backend"}, {"service", "web-remote"}, {"ip", "198.18.2.20"}, {"port", 8080}},
+      {{"op", "add"}, {"kind", "backend"}, {"service", "web-remote"},
+       {"value", {{"ip", "198.18.1.20"}, {"port", 8080}, {"node", "node1"}}}}}}};
+  command_result r = apply_delta(move);
+  ASSERT_EQ(r.exit_code, 0) << r.output << "\n" << read_text(nodes_[0].log_path);
+  EXPECT_EQ(round_trip_served_by(*nodes_[0].web, 256 << 10), "");
+
+  // A refused delta (a backend on a node nobody knows) changes nothing and says where.
+  const nlohmann::json bad = {{"changes", {
+      {{"op", "replace"}, {"kind", "backend"}, {"service", "web-remote"},
+       {"value", {{"ip", "198.18.1.20"}, {"port", 8080}, {"node", "node9"}}}}}}};
+  r = apply_delta(bad);
+  EXPECT_NE(r.exit_code, 0) << r.output;
+  EXPECT_NE(r.output.find("$.changes[0].value.node"), std::string::npos) << r.output;
+  EXPECT_EQ(round_trip_served_by(*nodes_[0].web, 64 << 10), "");
+
+  // A full re-publish of the agent's document (a tunable changed) starts from the document
+  // the delta patched, not from the file the agent was started with.
+  control_client client;
+  ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+  const nlohmann::json tuned = client.request({{"command", "tune"}, {"settings", {{"tables.burst_size", 16}}}});
+  ASSERT_TRUE(tuned.value("ok", false)) << tuned.dump();
+  EXPECT_EQ(round_trip_served_by(*nodes_[0].web, 64 << 10), "");
+  const nlohmann::json config = client.request({{"command", "get"}, {"what", "config"}});
+  ASSERT_TRUE(config.value("ok", false)) << config.dump();
+  EXPECT_NE(config["document"].dump().find("\"198.18.1.20\""), std::string::npos);
+
+  // And back: the VIP reaches node 2's pod again once a delta returns the backend there.
+  r = apply_delta({{"changes", {{{"op", "replace"}, {"kind", "service"},
+                                 {"value", {{"name", "web-remote"}, {"vip", "198.19.128.10"},
+                                            {"ports", {{{"port", 80}, {"protocol", "tcp"}, {"target_port", 8080}}}},
+                                            {"backends", {{{"ip", "198.18.2.20"}, {"port", 8080}, {"node", "node2"}}}}}}}}}});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(round_trip_served_by(*nodes_[1].web, 64 << 10), "");
+  EXPECT_NE(round_trip_served_by(*nodes_[0].web, 1024), "") << "node 1's pod still answers for the VIP";
+}
+
+}  // namespace
+}  // namespace meshlane::testing
