@@ -528,7 +528,13 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
           ur.error(ur.path_of("interface"), "not a valid interface name (1..15 characters, no '/', ':' or space): " + shown(*v));
         spec.uplink.interface = *v;
       }
-      if (auto v = ur.integer("mtu", false, 1280, 9000)) spec.uplink.mtu = static_cast<uint16_t>(*v);
+      if (auto v = ur.integer("mtu", false, 1280, 65535)) {
+        if (*v > kMaxUplinkMtu)
+          ur.error(ur.path_of("mtu"), "must be at most " + std::to_string(kMaxUplinkMtu) +
+                                          ": a frame of MTU + 14 bytes must fit one packet buffer (2048 bytes); "
+                                          "jumbo frames are not carried, got " + std::to_string(*v));
+        spec.uplink.mtu = static_cast<uint16_t>(*v);
+      }
     }
   }
   read_dataplane_driver(r, "pod_driver", spec.pod_driver);

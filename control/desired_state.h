@@ -108,6 +108,12 @@ struct tunables {
 
 // --- dataplane section (issue 4): how the DPDK workers reach the network. ---
 // Optional; without it the agent runs no DPDK workers.
+// The largest uplink MTU the workers carry: a frame (MTU + the 14-byte Ethernet header)
+// must fit the data room of one packet buffer, DPDK's default 2048 bytes
+// (RTE_MBUF_DEFAULT_DATAROOM; dataplane/worker_pool.cpp asserts the two agree). A larger
+// frame would arrive in several segments or cut short, and be dropped as
+// truncated_ethernet, so validation refuses such an MTU; jumbo frames are not carried.
+inline constexpr uint16_t kMaxUplinkMtu = 2048 - 14;
 struct dataplane_port_spec {
   // Kernel interface name for af_packet / af_xdp / pcap; a PCI address for "pci".
   std::string interface;

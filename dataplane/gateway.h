@@ -71,11 +71,14 @@ void hold_for_pod(worker_state& w, const forwarding_tables& t, port_table& ports
   if (is_gateway(frame, p, t)) {
     if (p.l4_offset && p.l4_protocol == (p.l3 == l3_kind::ipv4 ? kProtoIcmp : kProtoIcmpv6)) {
       const auto* icmp = reinterpret_cast<const icmp_header*>(frame + p.l4_offset);
-      if (icmp->type == kIcmpEchoRequest || icmp->type == kIcmpv6EchoRequest) {
+      // The echo request of the packet's own family: ICMPv4 type 128 or ICMPv6 type 8 is
+      // no echo (both unassigned) and must not be answered as one.
+      if (icmp->type == (p.l3 == l3_kind::ipv4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) {
         answer_echo(w, in_port, m, p, port.mac);
         return true;
       }
-      if (icmp->type == kIcmpv6NeighborSolicitation && answer_neighbour_solicitation(w, in_port, m, p, t, port.mac))
+      if (p.l3 == l3_kind::ipv6 && icmp->type == kIcmpv6NeighborSolicitation &&
+          answer_neighbour_solicitation(w, in_port, m, p, t, port.mac))
         return true;
     }
     drop(w, m, drop_reason::not_for_us);

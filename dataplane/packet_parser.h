@@ -145,8 +145,10 @@ namespace parser_detail {
       if (available < sizeof(icmp_header)) return drop_reason::truncated_l4;
       const auto* icmp = reinterpret_cast<const icmp_header*>(frame + l4_offset);
       // Echoes form flows by identifier, as conntrack does; other messages have no ports.
-      const bool echo = icmp->type == kIcmpEchoRequest || icmp->type == kIcmpEchoReply ||
-                        icmp->type == kIcmpv6EchoRequest || icmp->type == kIcmpv6EchoReply;
+      // The types of the message's own protocol only (ICMPv4 8/0, ICMPv6 128/129).
+      const bool echo = protocol == kProtoIcmp
+                            ? icmp->type == kIcmpEchoRequest || icmp->type == kIcmpEchoReply
+                            : icmp->type == kIcmpv6EchoRequest || icmp->type == kIcmpv6EchoReply;
       if (echo) out.source_port = out.destination_port = from_net16(static_cast<uint16_t>(icmp->rest));
       break;
     }

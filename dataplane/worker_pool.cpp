@@ -26,6 +26,9 @@
 
 namespace meshlane {
 
+// Validation refuses an uplink MTU whose frames would not fit one buffer of the pools below.
+static_assert(RTE_MBUF_DEFAULT_DATAROOM >= kMaxUplinkMtu + 14, "control/desired_state.h: kMaxUplinkMtu");
+
 // --- EAL ---
 
 std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunables& tuning) {

@@ -3,6 +3,8 @@
 # fuzz corpus replay, a short libFuzzer run per target), then one summary line.
 #   scripts/test.sh                 everything
 #   FUZZ_SECONDS=0 scripts/test.sh  skip the libFuzzer runs (corpus replay still runs)
+#   MESHLANE_SANITIZE=1 scripts/test.sh  also the sanitizer pass (ASan+LSan+UBSan build,
+#                                        build-asan); always on under CI=true, =0 turns it off
 # Needs root for the namespace, cgroup and BPF tests; under CI=true a skipped test fails
 # the run, since CI runs as root and must run everything.
 set -euo pipefail
@@ -26,6 +28,32 @@ ninja -C "$build"
 status=0
 meson test -C "$build" --print-errorlogs --num-processes "${MESHLANE_TEST_JOBS:-2}" \
   --timeout-multiplier "${MESHLANE_TIMEOUT_MULTIPLIER:-1}" || status=$?
+
+# The sanitizer pass: the whole suite again in a build with AddressSanitizer (leaks
+# included) and UndefinedBehaviorSanitizer, under meson's 'sanitize' test setup (errors
+# stop the process, LSan suppressions of third-party leaks, timeouts x3; meson.build).
+# Always under CI; elsewhere with MESHLANE_SANITIZE=1 (it doubles the run's time).
+# The fuzz build below has its own sanitizers; this pass replays the corpora only.
+ci_run=0
+case "${CI:-}" in ''|0|false) ;; *) ci_run=1 ;; esac
+sanitize=${MESHLANE_SANITIZE:-$ci_run}
+asan_build=${MESHLANE_ASAN_BUILD:-build-asan}
+asan_junit=""
+if [ "$sanitize" = 1 ]; then
+  started=$(date +%s)
+  if [ -f "$asan_build/build.ninja" ]; then
+    meson setup --reconfigure "$asan_build" >/dev/null
+  else
+    meson setup "$asan_build" -Db_sanitize=address,undefined -Dtests=enabled -Dperf=disabled >/dev/null
+  fi
+  ninja -C "$asan_build"
+  built=$(date +%s)
+  rm -f "$asan_build"/meson-logs/testlog*.junit.xml
+  meson test -C "$asan_build" --setup sanitize --print-errorlogs --num-processes "${MESHLANE_TEST_JOBS:-2}" || status=$?
+  finished=$(date +%s)
+  asan_junit=$(ls "$asan_build"/meson-logs/testlog*.junit.xml 2>/dev/null | head -1)
+  echo "sanitizer pass: build $((built - started)) s, tests $((finished - built)) s"
+fi
 
 # libFuzzer: a short run of each target from its seed corpus, in a clang build of its own.
 fuzz_failed=0
@@ -55,19 +83,33 @@ if [ "$fuzz_seconds" -gt 0 ]; then
   done
 fi
 
-python3 - "$build/meson-logs/testlog.junit.xml" "$fuzz_failed" "${CI:-}" <<'PY' || status=1
+# One line for the whole run: the plain build's tests, the sanitizer pass's (when it ran,
+# counted apart in the line before) and the fuzz runs that failed.
+python3 - "$fuzz_failed" "${CI:-}" "$build/meson-logs/testlog.junit.xml" "$sanitize" "$asan_junit" <<'PY' || status=1
 import sys, xml.etree.ElementTree as ET
-root = ET.parse(sys.argv[1]).getroot()
-tests = failed = skipped = 0
-for suite in root.iter('testsuite'):
-    tests += int(suite.get('tests', 0))
-    failed += int(suite.get('failures', 0)) + int(suite.get('errors', 0))
-    skipped += int(suite.get('skipped', 0)) + int(suite.get('disabled', 0))
-fuzz_failed = int(sys.argv[2])
+
+def count(path):
+    tests = failed = skipped = 0
+    for suite in ET.parse(path).getroot().iter('testsuite'):
+        tests += int(suite.get('tests', 0))
+        failed += int(suite.get('failures', 0)) + int(suite.get('errors', 0))
+        skipped += int(suite.get('skipped', 0)) + int(suite.get('disabled', 0))
+    return tests, failed, skipped
+
+tests, failed, skipped = count(sys.argv[3])
+if sys.argv[4] == '1':
+    if not sys.argv[5]:
+        print("sanitizer pass: no test log (the pass did not run its tests)")
+        tests, failed = tests + 1, failed + 1
+    else:
+        a_tests, a_failed, a_skipped = count(sys.argv[5])
+        print(f"sanitizer pass: {a_tests - a_failed - a_skipped} passed, {a_failed} failed, {a_skipped} skipped")
+        tests, failed, skipped = tests + a_tests, failed + a_failed, skipped + a_skipped
+fuzz_failed = int(sys.argv[1])
 failed += fuzz_failed
 passed = tests - failed - skipped + fuzz_failed
 print(f"tests: {passed} passed, {failed} failed, {skipped} skipped")
-ci = sys.argv[3] not in ('', '0', 'false')
+ci = sys.argv[2] not in ('', '0', 'false')
 if ci and skipped:
     print("CI runs every test: a skipped test fails the run", file=sys.stderr)
     sys.exit(1)

@@ -24,14 +24,14 @@ std::string errors_of(const parse_result& result) {
 
 TEST(dataplane_config, FullSectionIsRead) {
   const auto result = parse_desired_state(document_with(R"({
-      "uplink": {"interface": "eth0", "driver": "af_xdp", "mtu": 9000},
+      "uplink": {"interface": "eth0", "driver": "af_xdp", "mtu": 2034},
       "pod_driver": "af_packet", "cpus": "0-1", "eal_args": ["--no-huge", "-m", "128"]})"));
   ASSERT_TRUE(result.state) << errors_of(result);
   ASSERT_TRUE(result.state->dataplane);
   const dataplane_spec& spec = *result.state->dataplane;
   EXPECT_EQ(spec.uplink.interface, "eth0");
   EXPECT_EQ(spec.uplink.driver, "af_xdp");
-  EXPECT_EQ(spec.uplink.mtu, 9000);
+  EXPECT_EQ(spec.uplink.mtu, 2034);
   EXPECT_EQ(spec.pod_driver, "af_packet");
   EXPECT_EQ(spec.cpus, "0-1");
   EXPECT_EQ(spec.eal_args, (std::vector<std::string>{"--no-huge", "-m", "128"}));
@@ -56,13 +56,29 @@ TEST(dataplane_config, EveryErrorNamesItsPath) {
   const std::string errors = errors_of(result);
   EXPECT_NE(errors.find("$.dataplane.uplink.interface: not a valid interface name"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.uplink.driver: must be \"af_packet\""), std::string::npos) << errors;
-  EXPECT_NE(errors.find("$.dataplane.uplink.mtu: must be 1280..9000, got 100"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("$.dataplane.uplink.mtu: must be 1280..65535, got 100"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.uplink.speed: unknown field"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.pod_driver: pods are veth interfaces"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.cpus: must be a CPU list"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.eal_args[0]: must be a non-empty string"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.eal_args[1]: must be a non-empty string, got a number"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.extra: unknown field"), std::string::npos) << errors;
+}
+
+// An MTU whose frames a packet buffer cannot hold is refused where it is written, not
+// found later as every large frame dropped as truncated_ethernet.
+TEST(dataplane_config, AnMtuThePacketBuffersCannotCarryIsRefusedWithItsPath) {
+  const auto jumbo = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9000}})"));
+  ASSERT_FALSE(jumbo.state);
+  const std::string errors = errors_of(jumbo);
+  EXPECT_NE(errors.find("$.dataplane.uplink.mtu: must be at most 2034: a frame of MTU + 14 bytes must fit one "
+                        "packet buffer (2048 bytes); jumbo frames are not carried, got 9000"),
+            std::string::npos)
+      << errors;
+  EXPECT_FALSE(parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 2035}})")).state);
+  const auto largest = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 2034}})"));
+  ASSERT_TRUE(largest.state) << errors_of(largest);
+  EXPECT_EQ(largest.state->dataplane->uplink.mtu, 2034);
 }
 
 TEST(dataplane_config, MissingUplinkIsAnError) {

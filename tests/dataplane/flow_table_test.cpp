@@ -3,6 +3,7 @@
 #include "dataplane/flow_table.h"
 
 #include <gtest/gtest.h>
+#include <rte_hash_crc.h>
 
 #include <cstring>
 
@@ -187,6 +188,41 @@ TEST(flow_table, ClientsOfOneSubnetSpreadOverTheBuckets) {
 TEST(flow_table, CapacityIsRoundedToAPowerOfTwo) {
   EXPECT_EQ(flow_table(1000).capacity(), 1024u);
   EXPECT_EQ(flow_table(1).capacity(), flow_table::kWays);
+}
+
+// The flow hash is DPDK's rte_hash_crc (CRC32-C) of the key, not a raw CRC builtin of
+// our own: an IPv6 key hashes to the CRC of its 40 bytes, wherever the key sits in memory
+// (a flow_key is only 2-byte aligned, and hash_flow_key must not read it with 8-byte
+// loads through a cast: UBSan's misaligned load in the sanitizer build), and an
+// IPv4-mapped key to the CRC of the 13 bytes hash_flow_v4 reads from the packet.
+TEST(flow_table, TheFlowHashIsRteHashCrcOfTheKeyWhereverTheKeySits) {
+  flow_key v6{};
+  for (int i = 0; i < 16; ++i) v6.source[i] = static_cast<uint8_t>(0xfd + i), v6.destination[i] = static_cast<uint8_t>(i * 7);
+  v6.source_port = 40000;
+  v6.destination_port = 443;
+  v6.protocol = wire::kProtoTcp;
+  alignas(8) flow_key aligned = v6;
+  const uint32_t crc = rte_hash_crc(&aligned, sizeof aligned, kFlowHashSeed);
+  EXPECT_EQ(hash_flow_key(v6), flow_hash_from_crc(crc));
+  alignas(8) uint8_t storage[sizeof(flow_key) + 2];
+  auto* misaligned = new (storage + 2) flow_key(v6);  // 2-byte aligned, as in a packet-built key
+  EXPECT_EQ(hash_flow_key(*misaligned), flow_hash_from_crc(crc));
+
+  flow_key v4{};
+  v4.source[10] = v4.source[11] = v4.destination[10] = v4.destination[11] = 0xff;
+  const uint8_t source[4] = {198, 18, 1, 10}, destination[4] = {198, 18, 2, 20};
+  std::memcpy(v4.source + 12, source, 4);
+  std::memcpy(v4.destination + 12, destination, 4);
+  v4.source_port = 40000;
+  v4.destination_port = 53;
+  v4.protocol = wire::kProtoUdp;
+  uint32_t source_stored, destination_stored;
+  std::memcpy(&source_stored, source, 4);
+  std::memcpy(&destination_stored, destination, 4);
+  const uint64_t addresses = uint64_t{source_stored} << 32 | destination_stored;
+  const uint64_t ports = uint64_t{40000} << 24 | uint64_t{53} << 8 | wire::kProtoUdp;
+  EXPECT_EQ(hash_flow_key(v4), flow_hash_from_crc(rte_hash_crc_8byte(ports, rte_hash_crc_8byte(addresses, kFlowHashSeed))));
+  EXPECT_EQ(hash_flow_key(v4), hash_flow_v4(source_stored, destination_stored, 40000, 53, wire::kProtoUdp));
 }
 
 }  // namespace

@@ -1037,6 +1037,19 @@ TEST_F(golden, Ipv6EchoToGatewayGetsEchoReply) {
   EXPECT_EQ(verify_checksums(out), "");
 }
 
+// Each family's echo request has its own type (ICMPv4 8, ICMPv6 128); the other
+// family's number is an unassigned type there, not an echo, and is not answered.
+TEST_F(golden, AnEchoRequestTypeOfTheOtherFamilyIsNotAnsweredAsAnEcho) {
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.1"),
+                          [] { l4_spec l4 = echo_request(); l4.icmp_type = kIcmpv6EchoRequest; return l4; }()));
+  EXPECT_EQ(pending_total(), 0u) << "ICMPv4 type 128 answered as an echo";
+  EXPECT_EQ(drops(drop_reason::not_for_us), 1u);
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::1"),
+                          echo_request()));  // type 8 in ICMPv6
+  EXPECT_EQ(pending_total(), 0u) << "ICMPv6 type 8 answered as an echo";
+  EXPECT_EQ(drops(drop_reason::not_for_us), 2u);
+}
+
 TEST_F(golden, Ipv6LocalDeliveryDecrementsHopLimit) {
   learn_pod_macs();
   const bytes in = ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::20"), tcp_to(8080));
