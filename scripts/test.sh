@@ -4,7 +4,7 @@
 #   scripts/test.sh                 everything
 #   FUZZ_SECONDS=0 scripts/test.sh  skip the libFuzzer runs (corpus replay still runs)
 #   MESHLANE_SANITIZE=1 scripts/test.sh  also the sanitizer pass (ASan+LSan+UBSan build,
-#                                        build-asan); always on under CI=true, =0 turns it off
+#                                        build-asan); not yet on under CI (see below)
 # Needs root for the namespace, cgroup and BPF tests; under CI=true a skipped test fails
 # the run, since CI runs as root and must run everything.
 set -euo pipefail
@@ -32,11 +32,11 @@ meson test -C "$build" --print-errorlogs --num-processes "${MESHLANE_TEST_JOBS:-
 # The sanitizer pass: the whole suite again in a build with AddressSanitizer (leaks
 # included) and UndefinedBehaviorSanitizer, under meson's 'sanitize' test setup (errors
 # stop the process, LSan suppressions of third-party leaks, timeouts x3; meson.build).
-# Always under CI; elsewhere with MESHLANE_SANITIZE=1 (it doubles the run's time).
+# With MESHLANE_SANITIZE=1 (it doubles the run's time). Not yet on by default under CI:
+# the whole suite has not yet passed in this build from a fresh clone, nor been timed
+# against CI's 90 minutes on 2 cores (README, "Sanitizers").
 # The fuzz build below has its own sanitizers; this pass replays the corpora only.
-ci_run=0
-case "${CI:-}" in ''|0|false) ;; *) ci_run=1 ;; esac
-sanitize=${MESHLANE_SANITIZE:-$ci_run}
+sanitize=${MESHLANE_SANITIZE:-0}
 asan_build=${MESHLANE_ASAN_BUILD:-build-asan}
 asan_junit=""
 if [ "$sanitize" = 1 ]; then

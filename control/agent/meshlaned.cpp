@@ -1,4 +1,7 @@
-// meshlaned: the meshlane node agent.
+// meshlaned: the meshlane node agent, and the composition root of the project: the one
+// file that includes the control module, the eBPF fast path and the DPDK data plane
+// together. It lives apart (control/agent/) so that the rest of control/ visibly depends
+// on neither half of the data path, as Envoy keeps source/exe apart.
 //
 //   meshlaned --config FILE --check         validate a document; exit 0 valid, 1 invalid
 //   meshlaned --config FILE --print-tables  validate, compile and print the tables
