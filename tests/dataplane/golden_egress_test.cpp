@@ -12,12 +12,14 @@
 #include "dataplane/flow_table.h"
 #include "dataplane/handover_state.h"
 #include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/frame_readers.h"
 #include "tests/dataplane/pool_metrics.h"
 
 namespace meshlane::testing {
 namespace {
 
 using namespace wire;
+using namespace frames;
 
 constexpr size_t kEth = sizeof(ethernet_header);
 constexpr size_t kIp4 = kEth;
@@ -32,22 +34,6 @@ constexpr const char* kSnat6 = "fd00:6d6c:ff::1";
 constexpr uint16_t kFirstPort = 40000;
 constexpr uint16_t kPorts = 4;  // small, so that exhaustion takes four flows
 
-uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
-uint32_t net32_at(const bytes& f, size_t at) {
-  uint32_t v;
-  std::memcpy(&v, &f[at], 4);
-  return v;
-}
-mac_address mac_at(const bytes& f, size_t at) {
-  mac_address m;
-  std::memcpy(m.bytes, &f[at], 6);
-  return m;
-}
-std::array<uint8_t, 16> ip6_at(const bytes& f, size_t at) {
-  std::array<uint8_t, 16> a;
-  std::memcpy(a.data(), &f[at], 16);
-  return a;
-}
 
 l4_spec tcp(uint16_t source_port, uint16_t destination_port, uint8_t flags = kTcpSyn) {
   l4_spec l4;
@@ -74,44 +60,11 @@ l4_spec echo(uint8_t type, uint16_t id) {
 // first header byte), with a right checksum.
 bytes icmp_error_v4(uint32_t source, uint32_t destination, uint8_t type, uint8_t code, uint32_t rest_net,
                     const bytes& quoted) {
-  bytes icmp(8, 0);
-  icmp[0] = type;
-  icmp[1] = code;
-  std::memcpy(&icmp[4], &rest_net, 4);
-  icmp.insert(icmp.end(), quoted.begin(), quoted.end());
-  const uint16_t check = checksum(icmp.data(), icmp.size());
-  std::memcpy(&icmp[2], &check, 2);
-  bytes out;
-  ethernet_header eth{kUplinkMac, kRouterMac, htons(kEtherTypeIpv4)};
-  append(out, &eth, sizeof eth);
-  ipv4_header ip{0x45, 0, htons(static_cast<uint16_t>(20 + icmp.size())), 0, 0, 64, kProtoIcmp, 0, source, destination};
-  ip.checksum = checksum(&ip, sizeof ip);
-  append(out, &ip, sizeof ip);
-  out.insert(out.end(), icmp.begin(), icmp.end());
-  return out;
+  return icmp_error_frame_v4(kRouterMac, kUplinkMac, source, destination, type, code, rest_net, quoted);
 }
 bytes icmp_error_v6(const std::array<uint8_t, 16>& source, const std::array<uint8_t, 16>& destination, uint8_t type,
                     uint32_t rest_net, const bytes& quoted) {
-  bytes icmp(8, 0);
-  icmp[0] = type;
-  std::memcpy(&icmp[4], &rest_net, 4);
-  icmp.insert(icmp.end(), quoted.begin(), quoted.end());
-  const uint16_t check = checksum_fold(checksum_partial(
-      icmp.data(), icmp.size(), pseudo_header_sum_v6(source.data(), destination.data(), kProtoIcmpv6, icmp.size())));
-  std::memcpy(&icmp[2], &check, 2);
-  bytes out;
-  ethernet_header eth{kUplinkMac, kRouterMac, htons(kEtherTypeIpv6)};
-  append(out, &eth, sizeof eth);
-  ipv6_header ip{};
-  ip.version_class_flow = htonl(6u << 28);
-  ip.payload_length = htons(static_cast<uint16_t>(icmp.size()));
-  ip.next_header = kProtoIcmpv6;
-  ip.hop_limit = 64;
-  std::memcpy(ip.source, source.data(), 16);
-  std::memcpy(ip.destination, destination.data(), 16);
-  append(out, &ip, sizeof ip);
-  out.insert(out.end(), icmp.begin(), icmp.end());
-  return out;
+  return icmp_error_frame_v6(kRouterMac, kUplinkMac, source, destination, type, rest_net, quoted);
 }
 
 // An IP packet inside a frame as a frame of its own (for verify_checksums).

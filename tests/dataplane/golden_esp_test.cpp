@@ -13,23 +13,19 @@
 #include "dataplane/esp/esp.h"
 #include "dataplane/esp_routes.h"
 #include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/frame_readers.h"
 
 namespace meshlane::testing {
 namespace {
 
 using namespace wire;
+using namespace frames;
 using namespace std::chrono_literals;
 
 constexpr size_t kEth = sizeof(ethernet_header);
 constexpr size_t kIp4 = kEth;
 constexpr size_t kL4 = kEth + 20;
 
-uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
-uint32_t net32_at(const bytes& f, size_t at) {
-  uint32_t v;
-  std::memcpy(&v, &f[at], 4);
-  return v;
-}
 uint32_t host32_at(const bytes& f, size_t at) { return ntohl(net32_at(f, at)); }
 
 l4_spec udp_with(bytes payload, uint16_t port = 9) {

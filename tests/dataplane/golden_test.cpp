@@ -12,12 +12,14 @@
 
 #include "dataplane/geneve_identity.h"
 #include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/frame_readers.h"
 #include "tests/dataplane/pool_metrics.h"
 
 namespace meshlane::testing {
 namespace {
 
 using namespace wire;
+using namespace frames;
 using namespace std::chrono_literals;
 
 constexpr size_t kEth = sizeof(ethernet_header);
@@ -25,22 +27,6 @@ constexpr size_t kIp4 = kEth;          // IPv4 header offset in a plain frame
 constexpr size_t kL4 = kEth + 20;      // L4 offset behind a 20-byte IPv4 header
 constexpr size_t kL4v6 = kEth + 40;
 
-uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
-uint32_t net32_at(const bytes& f, size_t at) {
-  uint32_t v;
-  std::memcpy(&v, &f[at], 4);
-  return v;
-}
-mac_address mac_at(const bytes& f, size_t at) {
-  mac_address m;
-  std::memcpy(m.bytes, &f[at], 6);
-  return m;
-}
-std::array<uint8_t, 16> ip6_at(const bytes& f, size_t at) {
-  std::array<uint8_t, 16> a;
-  std::memcpy(a.data(), &f[at], 16);
-  return a;
-}
 
 l4_spec tcp_to(uint16_t port, uint16_t source_port = 40000, uint8_t flags = kTcpSyn) {
   l4_spec l4;

@@ -14,11 +14,13 @@
 #include "control/workload_identity.h"
 #include "dataplane/geneve_identity.h"
 #include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/frame_readers.h"
 
 namespace meshlane::testing {
 namespace {
 
 using namespace wire;
+using namespace frames;
 
 constexpr size_t kEth = sizeof(ethernet_header);
 constexpr size_t kIp4 = kEth;
@@ -26,19 +28,6 @@ constexpr size_t kL4 = kEth + 20;
 const mac_address kRouterMac = mac(0x99);
 constexpr const char* kOutsideClient = "203.0.113.5";
 
-uint16_t u16_at(const bytes& f, size_t at) {
-  return static_cast<uint16_t>((f[at] << 8) | f[at + 1]);
-}
-uint32_t net32_at(const bytes& f, size_t at) {
-  uint32_t v;
-  std::memcpy(&v, &f[at], 4);
-  return v;
-}
-mac_address mac_at(const bytes& f, size_t at) {
-  mac_address m;
-  std::memcpy(m.bytes, &f[at], 6);
-  return m;
-}
 l4_spec tcp_to(uint16_t port, uint16_t source_port, uint8_t flags) {
   l4_spec l4;
   l4.protocol = kProtoTcp;
