@@ -1,5 +1,5 @@
-// Reading fields out of frames the pipeline sent, and building ICMP errors as routers and
-// hosts send them: what the golden tests check frames with.
+// Reading fields out of frames the pipeline sent, the transports the golden tests send,
+// and ICMP errors as routers and hosts send them: what the golden tests check frames with.
 #pragma once
 
 #include <array>
@@ -24,6 +24,23 @@ inline std::array<uint8_t, 16> ip6_at(const bytes& f, size_t at) {
   std::array<uint8_t, 16> a;
   std::memcpy(a.data(), &f[at], 16);
   return a;
+}
+
+// TCP (a SYN unless told) and UDP from `source_port` to `port`, for the frame builders.
+inline l4_spec tcp_to(uint16_t port, uint16_t source_port = 40000, uint8_t flags = wire::kTcpSyn) {
+  l4_spec l4;
+  l4.protocol = wire::kProtoTcp;
+  l4.destination_port = port;
+  l4.source_port = source_port;
+  l4.tcp_flags = flags;
+  return l4;
+}
+inline l4_spec udp_to(uint16_t port, uint16_t source_port = 50000) {
+  l4_spec l4;
+  l4.protocol = wire::kProtoUdp;
+  l4.destination_port = port;
+  l4.source_port = source_port;
+  return l4;
 }
 
 // The IP packet of a frame (from its first IP header byte): what an ICMP error quotes.

@@ -27,21 +27,6 @@ const mac_address kRouterMac = mac(0x99);
 constexpr const char* kOutsideClient = "203.0.113.5";
 constexpr const char* kOutsideRouter = "203.0.113.1";
 
-l4_spec tcp_to(uint16_t port, uint16_t source_port, uint8_t flags = kTcpSyn) {
-  l4_spec l4;
-  l4.protocol = kProtoTcp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  l4.tcp_flags = flags;
-  return l4;
-}
-l4_spec udp_to(uint16_t port, uint16_t source_port) {
-  l4_spec l4;
-  l4.protocol = kProtoUdp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  return l4;
-}
 // The transport bytes of the frame's IP packet (behind a 20-byte IPv4 or 40-byte IPv6
 // header), and those of a quote starting at `quote`, up to the frame's end.
 bytes transport_of(const bytes& frame, size_t l4) { return bytes(frame.begin() + l4, frame.end()); }

@@ -13,28 +13,15 @@
 #include "dataplane/geneve_identity.h"
 #include "tests/control/policy_semantics_table.h"
 #include "tests/dataplane/dataplane_fixture.h"
+#include "tests/dataplane/frame_readers.h"
 
 namespace meshlane::testing {
 namespace {
 
 using namespace wire;
+using namespace frames;
 using json = nlohmann::json;
 
-l4_spec tcp_to(uint16_t port, uint16_t source_port, uint8_t flags = kTcpSyn) {
-  l4_spec l4;
-  l4.protocol = kProtoTcp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  l4.tcp_flags = flags;
-  return l4;
-}
-l4_spec udp_to(uint16_t port, uint16_t source_port) {
-  l4_spec l4;
-  l4.protocol = kProtoUdp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  return l4;
-}
 
 uint32_t identity_of(const std::string& from) {
   if (from == "none") return kIdentityNone;

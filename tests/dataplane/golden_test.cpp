@@ -28,21 +28,6 @@ constexpr size_t kL4 = kEth + 20;      // L4 offset behind a 20-byte IPv4 header
 constexpr size_t kL4v6 = kEth + 40;
 
 
-l4_spec tcp_to(uint16_t port, uint16_t source_port = 40000, uint8_t flags = kTcpSyn) {
-  l4_spec l4;
-  l4.protocol = kProtoTcp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  l4.tcp_flags = flags;
-  return l4;
-}
-l4_spec udp_to(uint16_t port, uint16_t source_port = 50000) {
-  l4_spec l4;
-  l4.protocol = kProtoUdp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  return l4;
-}
 l4_spec echo_request() {
   l4_spec l4;
   l4.protocol = kProtoIcmp;

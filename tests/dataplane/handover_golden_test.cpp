@@ -28,21 +28,6 @@ constexpr size_t kL4 = kEth + 20;
 const mac_address kRouterMac = mac(0x99);
 constexpr const char* kOutsideClient = "203.0.113.5";
 
-l4_spec tcp_to(uint16_t port, uint16_t source_port, uint8_t flags) {
-  l4_spec l4;
-  l4.protocol = kProtoTcp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  l4.tcp_flags = flags;
-  return l4;
-}
-l4_spec udp_to(uint16_t port, uint16_t source_port) {
-  l4_spec l4;
-  l4.protocol = kProtoUdp;
-  l4.destination_port = port;
-  l4.source_port = source_port;
-  return l4;
-}
 
 class handover_golden : public ring_pool_test {
  protected:
