@@ -19,6 +19,7 @@
 # Writes perf/results/crossnode-<date>.json and prints ratios. Root; cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench_nodes.sh
 root=$(pwd)
 build=${MESHLANE_BUILD:-build}
 seconds=${1:-4}
@@ -36,10 +37,7 @@ pids=()
 
 finish() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  for ns in mlb-client mlb-server mlb-node1 mlb-node2; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns delete "$ns" 2>/dev/null || true
-  done
+  bench_delete_namespaces mlb-client mlb-server mlb-node1 mlb-node2
   rm -rf "$work" /var/run/dpdk/meshlane-bench-node1 /var/run/dpdk/meshlane-bench-node2
 }
 trap finish EXIT
@@ -66,17 +64,7 @@ measure() {  # WAY
 }
 
 # --- the kernel's way -----------------------------------------------------------------
-for n in 1 2; do
-  peer=$((3 - n))
-  ip -n mlb-node$n addr add 198.19.0.$n/24 dev mlb$n-uplink
-  ip netns exec mlb-node$n sysctl -qw net.ipv4.ip_forward=1
-  ip -n mlb-node$n link add vxlan0 type vxlan id 1 local 198.19.0.$n remote 198.19.0.$peer dstport 4789 dev mlb$n-uplink
-  ip -n mlb-node$n link set vxlan0 up
-  # Each node's pod gateway sits on its pod veths and on its VXLAN end, so the other node
-  # reaches the gateway (and through it the pods) with plain ARP over the tunnel.
-  ip -n mlb-node$n addr add 198.18.$n.1/32 dev vxlan0
-  ip -n mlb-node$n route add 198.18.$peer.0/24 via 198.18.$peer.1 dev vxlan0 onlink
-done
+bench_kernel_overlay mlb
 ip -n mlb-node1 addr add 198.18.1.1/32 dev mlb1-client
 ip -n mlb-node1 route add 198.18.1.10/32 dev mlb1-client
 ip -n mlb-node2 addr add 198.18.2.1/32 dev mlb2-server
@@ -94,13 +82,7 @@ NFT
 WAY=kernel measure
 # Back to bare interfaces for the DPDK workers.
 ip netns exec mlb-node1 nft delete table ip meshlane_bench
-for n in 1 2; do
-  ip -n mlb-node$n link delete vxlan0
-  ip netns exec mlb-node$n sysctl -qw net.ipv4.ip_forward=0
-  for dev in $(ip -n mlb-node$n -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v '^lo$'); do
-    ip -n mlb-node$n addr flush dev "$dev"
-  done
-done
+bench_bare_nodes mlb
 
 # --- meshlane's way --------------------------------------------------------------------
 # The key file of the encrypted way (Cilium's line format; a bench-only key).
@@ -133,10 +115,7 @@ PY
        --control-socket "$work/node$n.sock" --handover-state "$work/node$n.handover" \
        2> "$work/agent$n.log") & pids+=($!); agent_pids+=($!)
   done
-  for n in 1 2; do
-    for _ in $(seq 100); do grep -q "dataplane running" "$work/agent$n.log" && break; sleep 0.1; done
-    grep -q "dataplane running" "$work/agent$n.log" || { cat "$work/agent$n.log" >&2; exit 1; }
-  done
+  bench_wait_agents "$work" || exit 1
 }
 stop_agents() {
   for pid in "${agent_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done

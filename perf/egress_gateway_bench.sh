@@ -19,6 +19,7 @@
 # Writes perf/results/egress-gateway-<date>.json and prints ratios. Root; cleans up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench_nodes.sh
 root=$(pwd)
 build=${MESHLANE_BUILD:-build}
 seconds=${1:-4}
@@ -35,10 +36,7 @@ namespaces="mle-client mle-outside mle-node1 mle-node2 mle-underlay"
 
 finish() {
   for pid in "${agent_pids[@]}" "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
-  for ns in $namespaces; do
-    ip netns pids "$ns" 2>/dev/null | xargs -r kill -9 2>/dev/null || true
-    ip netns delete "$ns" 2>/dev/null || true
-  done
+  bench_delete_namespaces $namespaces
   rm -rf "$work" /var/run/dpdk/meshlane-egress-bench-node1 /var/run/dpdk/meshlane-egress-bench-node2
 }
 trap finish EXIT
@@ -79,15 +77,7 @@ measure() {  # WAY
 }
 
 # --- the kernel's way -------------------------------------------------------------------
-for n in 1 2; do
-  peer=$((3 - n))
-  ip -n mle-node$n addr add 198.19.0.$n/24 dev mle$n-uplink
-  ip netns exec mle-node$n sysctl -qw net.ipv4.ip_forward=1
-  ip -n mle-node$n link add vxlan0 type vxlan id 1 local 198.19.0.$n remote 198.19.0.$peer dstport 4789 dev mle$n-uplink
-  ip -n mle-node$n link set vxlan0 up
-  ip -n mle-node$n addr add 198.18.$n.1/32 dev vxlan0
-  ip -n mle-node$n route add 198.18.$peer.0/24 via 198.18.$peer.1 dev vxlan0 onlink
-done
+bench_kernel_overlay mle
 ip -n mle-node1 addr add 198.18.1.1/32 dev mle1-client
 ip -n mle-node1 route add 198.18.1.10/32 dev mle1-client
 # The gateway policy: node 1 sends the pod's traffic for the outside host to node 2...
@@ -106,13 +96,7 @@ NFT
 WAY=kernel measure
 # Back to bare interfaces for the DPDK workers.
 ip netns exec mle-node2 nft delete table ip meshlane_egress_bench
-for n in 1 2; do
-  ip -n mle-node$n link delete vxlan0
-  ip netns exec mle-node$n sysctl -qw net.ipv4.ip_forward=0
-  for dev in $(ip -n mle-node$n -o link show | awk -F': ' '{print $2}' | cut -d@ -f1 | grep -v '^lo$'); do
-    ip -n mle-node$n addr flush dev "$dev"
-  done
-done
+bench_bare_nodes mle
 
 # --- meshlane's way ---------------------------------------------------------------------
 for n in 1 2; do
@@ -138,10 +122,7 @@ PY
      --control-socket "$work/node$n.sock" --handover-state "$work/node$n.handover" \
      2> "$work/agent$n.log") & agent_pids+=($!)
 done
-for n in 1 2; do
-  for _ in $(seq 100); do grep -q "dataplane running" "$work/agent$n.log" && break; sleep 0.1; done
-  grep -q "dataplane running" "$work/agent$n.log" || { cat "$work/agent$n.log" >&2; exit 1; }
-done
+bench_wait_agents "$work" || exit 1
 # The first packets find the router's MAC unknown (asked for, dropped): warm both nodes.
 ip netns exec mle-client "$load" rr-client 203.0.113.5 8080 1 > /dev/null || true
 WAY=meshlane measure
