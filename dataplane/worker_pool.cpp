@@ -109,7 +109,21 @@ std::string bring_interface_up(const std::string& interface) {
 // framecnt device argument, 512 by default), so tunables.rx_ring_size/tx_ring_size once
 // had no effect on af_packet ports; they size its rings now, never below the PMD's 512
 // (two 2048-byte frames per 4096-byte block: an even count).
-uint32_t af_packet_ring_frames(uint32_t ring_size) { return std::max<uint32_t>(512, (ring_size + 1) & ~1u); }
+//
+// An uplink's rings hold at least 4,096 frames (8 MiB each way per queue): the uplink
+// carries every pod's cross-node traffic, and its RX ring is all that holds frames while
+// the worker is off its CPU (the adaptive idle policy's sleep, or a 2-vCPU node's pods
+// taking the core for a scheduler slice of a few ms). With 512 frames an iperf3 stream
+// between two nodes on this machine class lost 5-8% of its frames on node 2's uplink
+// ring (counted as rx_missed) and paid 8,000-15,000 TCP retransmissions in 3 s, where
+// the kernel's VXLAN path paid 7-73 (perf/crossnode_bench.sh, issue 17); with 4,096 the
+// uplinks lost none in the same runs (perf/README.md). Pod ports carry one pod's traffic each and keep the ring size's
+// frames: a node has many of them, and the kernel memory is pinned per ring.
+constexpr uint32_t kUplinkAfPacketFrames = 4096;
+uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
+  const uint32_t floor = role == port_role::uplink ? kUplinkAfPacketFrames : 512;
+  return std::max<uint32_t>(floor, (ring_size + 1) & ~1u);
+}
 
 // Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs
 // and rings of `ring_size` descriptors where the driver takes that at probe time.
@@ -127,7 +141,7 @@ std::string probe_port(const std::string& driver, const std::string& interface, 
     std::string devargs = name + ",iface=" + interface;
     if (driver == "af_packet")
       devargs += ",qpairs=" + std::to_string(queues) + ",blocksz=4096,framesz=2048,framecnt=" +
-                 std::to_string(af_packet_ring_frames(ring_size));
+                 std::to_string(af_packet_ring_frames(ring_size, role));
     if (driver == "af_xdp") {
       devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
       // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers

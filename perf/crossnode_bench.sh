@@ -28,6 +28,7 @@ idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated 
 idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty: the agent's default
 driver=${DRIVER:-af_packet}  # the workers' ports: af_packet or af_xdp
 esp=${ESP:-1}  # 1: measure the encrypted way too
+ring_size=${RING_SIZE:-1024}  # the workers' RX and TX ring descriptors (af_packet: frames); the agent's default
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
 ninja -C "$build" meshlaned meshctl perf/podlocal_load >/dev/null
@@ -50,8 +51,72 @@ trap 'exit 130' INT TERM
 pods_bench_topology "$load"
 
 results=$work/results.jsonl
+# A real TCP client beside ours: iperf3 (Debian's) from the client pod to the server pod,
+# one stream, its throughput and TCP retransmissions; on meshlane's way also the frames
+# each node's uplink sent and the other received, and what the agents counted as lost
+# (the receiver's rx_missed, which includes af_packet ring drops, and rx_errors, the
+# sender's tx_errors), so that the run shows whether any frame went missing uncounted.
+(ip netns exec mlb-server iperf3 -s -p 5201 > /dev/null 2>&1) & pids+=($!)
+uplink_counters() {  # the agents' uplink metrics as one JSON object, {} without agents
+  if [ ! -S "$work/node1.sock" ]; then echo '{}'; return; fi
+  for n in 1 2; do "$root/$build/meshctl" stats -o json --socket "$work/node$n.sock"; echo; done |
+    /usr/bin/python3 -c '
+import json, sys
+out = {}
+for n, line in enumerate(l for l in sys.stdin if l.strip()):
+    for family in json.loads(line)["metrics"]:
+        key = family["name"].replace("meshlane_dataplane_port_", "").replace("_total", "")
+        if key not in ("rx_packets", "tx_packets", "rx_missed", "rx_errors", "tx_errors"): continue
+        for sample in family["samples"]:
+            role = sample["labels"].get("role")
+            name = f"node{n + 1}_{key}" if role == "uplink" else f"node{n + 1}_pod_{key}"
+            out[name] = out.get(name, 0) + int(sample["value"] or 0)
+print(json.dumps(out))'
+}
+kernel_uplink_drops() {  # what the uplink interfaces' own kernel counters dropped
+  for n in 1 2; do ip -n mlb-node$n -s -j link show mlb$n-uplink; echo; done |
+    /usr/bin/python3 -c '
+import json, sys
+out = {}
+for n, line in enumerate(l for l in sys.stdin if l.strip()):
+    s = json.loads(line)[0]["stats64"]
+    out[f"node{n + 1}_rx_dropped"], out[f"node{n + 1}_tx_dropped"] = s["rx"]["dropped"], s["tx"]["dropped"]
+print(json.dumps(out))'
+}
+iperf3_run() {  # WAY
+  local before after
+  local kernel_before kernel_after
+  before=$(uplink_counters); kernel_before=$(kernel_uplink_drops)
+  ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -t "$seconds" -J > "$work/iperf3.json"
+  after=$(uplink_counters); kernel_after=$(kernel_uplink_drops)
+  /usr/bin/python3 - "$1" "$work/iperf3.json" "$before" "$after" "$kernel_before" "$kernel_after" >> "$results" <<'PY'
+import json, sys
+run = json.load(open(sys.argv[2]))["end"]
+before, after = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+d = {k: after[k] - before.get(k, 0) for k in after}
+kb, ka = json.loads(sys.argv[5]), json.loads(sys.argv[6])
+kd = {k: ka[k] - kb[k] for k in ka}
+row = {"way": sys.argv[1], "target": "iperf3",
+       "iperf3": {"gbit_per_s": run["sum_received"]["bits_per_second"] / 1e9,
+                  "retransmits": run["sum_sent"]["retransmits"]}}
+if d:  # per direction: sent by one uplink, received by the other, counted lost
+    row["uplink_loss"] = {
+        f"node{a}_to_node{b}": {
+            "sent": d[f"node{a}_tx_packets"], "received": d[f"node{b}_rx_packets"],
+            "counted_lost": d[f"node{b}_rx_missed"] + d[f"node{b}_rx_errors"] + d[f"node{a}_tx_errors"],
+            "kernel_dropped": kd[f"node{a}_tx_dropped"] + kd[f"node{b}_rx_dropped"],
+            "uncounted": d[f"node{a}_tx_packets"] - d[f"node{b}_rx_packets"]
+                         - d[f"node{b}_rx_missed"] - d[f"node{b}_rx_errors"]}
+        for a, b in ((1, 2), (2, 1))}
+if d:  # frames the pod ports' rings lost (the client's stream into node 1, the server's into node 2)
+    row["pod_ports_lost"] = {f"node{n}": d[f"node{n}_pod_rx_missed"] + d[f"node{n}_pod_rx_errors"] + d[f"node{n}_pod_tx_errors"]
+                             for n in (1, 2)}
+print(json.dumps(row))
+PY
+}
 measure() {  # WAY
   for rep in $(seq "$reps"); do
+    iperf3_run "$WAY"
     for target in "pod 198.18.2.20 8080 8081" "vip 198.19.128.10 80 81"; do
       set -- $target
       local kind=$1 ip=$2 rr_port=$3 bulk_port=$4
@@ -91,9 +156,10 @@ chmod 600 "$work/esp-keys"
 agent_pids=()
 start_agents() {  # ENCRYPT(0|1)
   for n in 1 2; do
-    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" > "$work/node$n.json" <<'PY'
+    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" > "$work/node$n.json" <<'PY'
 import json, sys
 n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
+ring = int(sys.argv[7])
 encrypt = sys.argv[5] == "1"
 pods = {1: [{"name": "client", "ip": "198.18.1.10", "interface": "mlb1-client"}],
         2: [{"name": "server", "ip": "198.18.2.20", "interface": "mlb2-server"}]}
@@ -104,7 +170,7 @@ print(json.dumps({
   "services": [{"name": "bench", "vip": "198.19.128.10",
                 "ports": [{"port": 80, "target_port": 8080}, {"name": "bulk", "port": 81, "target_port": 8081}],
                 "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
-  "tunables": {"rx_ring_size": 512, "tx_ring_size": 512, "flow_table_size": 16384, "idle_policy": idle,
+  "tunables": {"rx_ring_size": ring, "tx_ring_size": ring, "flow_table_size": 16384, "idle_policy": idle,
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
   "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": 1500}, "pod_driver": driver,
@@ -193,8 +259,17 @@ ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
 esp_ratios = ({f"{t}_{k}": fig["meshlane_esp"][t][k] / fig["meshlane"][t][k]
                for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
               if "meshlane_esp" in fig else None)
+def iperf3_of(w):
+    runs = [r for r in rows if r["way"] == w and r["target"] == "iperf3"]
+    losses = [v for r in runs for v in r.get("uplink_loss", {}).values()]
+    return {"gbit_per_s": statistics.median(r["iperf3"]["gbit_per_s"] for r in runs),
+            "retransmits": statistics.median(r["iperf3"]["retransmits"] for r in runs),
+            "retransmits_range": [min(r["iperf3"]["retransmits"] for r in runs), max(r["iperf3"]["retransmits"] for r in runs)],
+            "counted_lost_frames": sum(v["counted_lost"] for v in losses),
+            "uncounted_frames": sum(v["uncounted"] for v in losses)}
+iperf3 = {w: iperf3_of(w) for w in ways}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"),
+json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"),
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
@@ -206,6 +281,10 @@ for w in fig:
     for t in fig[w]:
         f = fig[w][t]
         print(f"{w:12} {t:6} {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f} {f['bulk_gbit_per_s']:7.2f}")
+for w, f in iperf3.items():
+    lost = "" if w == "kernel" else f"; frames lost between the uplinks: {f['counted_lost_frames']} counted, {f['uncounted_frames']} uncounted"
+    print(f"iperf3 {w:12} {f['gbit_per_s']:6.2f} Gbit/s, {f['retransmits']:.0f} retransmissions "
+          f"(runs {f['retransmits_range'][0]}-{f['retransmits_range'][1]}){lost}")
 for k, v in ratios.items():
     print(f"meshlane / kernel  {k:22} {v:6.2f}x")
 for k, v in (esp_ratios or {}).items():

@@ -180,6 +180,9 @@ if ovs:
                   f"{x['vip']['rr_p50_us'] / o['vip']['rr_p50_us']:.2f}x, throughput {x['vip']['bulk_gbit_per_s'] / o['vip']['bulk_gbit_per_s']:.2f}x")
 else:
     print(f"  cross-node  OVS-DPDK not measured: {open(ovs_path).read().strip()}")
+for way, f in crossnode.get("iperf3", {}).items():
+    lost = "" if way == "kernel" else f", frames lost {f['counted_lost_frames']} counted / {f['uncounted_frames']} uncounted"
+    print(f"  iperf3      {way:14} {f['gbit_per_s']:5.2f} Gbit/s, {f['retransmits']:.0f} retransmissions{lost}")
 for name, p in crossnode["publish_under_load"].items():
     print(f"  publishing  {name:10} {p['applies']:3} applies in {p['apply_seconds']:.2f} s under a {p['sent']}-datagram stream: {p['lost']} lost")
 for n in names:

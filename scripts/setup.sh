@@ -16,6 +16,8 @@ packages=(
   bpftool libclang-rt-14-dev iproute2 procps kmod ethtool
   # the kernel baseline of the cross-node benchmark (its VIP is an nftables DNAT rule)
   nftables
+  # a real TCP client beside the benchmarks' own (perf/crossnode_bench.sh: retransmissions)
+  iperf3
   # the sidecar-model baseline of the pod-local benchmark
   haproxy
   # metrics scrape check in tests
