@@ -85,25 +85,27 @@ reap_result policy_reaper::reap(const std::vector<std::string>& netns_paths) {
   reap_result result;
   skeleton_->bss->reaped_tcp = 0;
   skeleton_->bss->reaped_udp = 0;
-  for (const std::string& path : netns_paths) {
-    const int ns = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (ns < 0) {
-      result.errors.push_back(path + ": " + std::strerror(errno));
-      continue;
-    }
-    std::string error;
-    // An iterator walks the sockets of the namespace its creator is in.
-    std::thread([&] {
+  // An iterator walks the sockets of the namespace its creator is in: one thread of its
+  // own enters each namespace in turn (no agent thread changes namespace) and ends with
+  // the visit, so a node's hundred pods cost one thread, not one each.
+  std::thread([&] {
+    for (const std::string& path : netns_paths) {
+      const int ns = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      if (ns < 0) {
+        result.errors.push_back(path + ": " + std::strerror(errno));
+        continue;
+      }
+      std::string error;
       if (setns(ns, CLONE_NEWNET) != 0) {
         error = std::string("entering: ") + std::strerror(errno);
-        return;
+      } else {
+        error = drain(tcp_);
+        if (error.empty()) error = drain(udp_);
       }
-      error = drain(tcp_);
-      if (error.empty()) error = drain(udp_);
-    }).join();
-    close(ns);
-    if (!error.empty()) result.errors.push_back(path + ": " + error);
-  }
+      close(ns);
+      if (!error.empty()) result.errors.push_back(path + ": " + error);
+    }
+  }).join();
   result.tcp = skeleton_->bss->reaped_tcp;
   result.udp = skeleton_->bss->reaped_udp;
   return result;

@@ -33,8 +33,9 @@ class policy_reaper {
   policy_reaper(const policy_reaper&) = delete;
   policy_reaper& operator=(const policy_reaper&) = delete;
 
-  // Visits the network namespaces at `netns_paths` (each on a thread of its own, so no
-  // agent thread changes namespace) and destroys the sockets the live policy set denies.
+  // Visits the network namespaces at `netns_paths` (in turn, on one thread of its own that
+  // ends with the visit, so no agent thread changes namespace) and destroys the sockets
+  // the live policy set denies.
   reap_result reap(const std::vector<std::string>& netns_paths);
 
  private:
