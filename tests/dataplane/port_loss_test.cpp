@@ -131,25 +131,26 @@ TEST(port_loss, AnOverrunAfPacketRxRingShowsEveryLostFrameAsMissedInMetricsAndSt
   EXPECT_EQ(status["dataplane"]["ports"][0]["rx_missed"].get<double>(), missed);
 }
 
-
-// The size of the largest packet-socket ring this process has mapped (af_packet's rings:
-// framecnt frames of 2 KiB, RX and TX together), from /proc/self/maps.
-uint64_t largest_packet_ring_bytes() {
+// The bytes of every packet-socket ring this process has mapped (af_packet's rings: per
+// socket one mapping of framecnt frames of 2 KiB, RX and TX together), from /proc/self/maps.
+uint64_t packet_ring_bytes() {
   std::ifstream maps("/proc/self/maps");
-  uint64_t largest = 0;
+  uint64_t total = 0;
   for (std::string line; std::getline(maps, line);) {
     if (line.find("socket:[") == std::string::npos) continue;
     const size_t dash = line.find('-'), space = line.find(' ');
     const uint64_t from = std::stoull(line.substr(0, dash), nullptr, 16);
     const uint64_t to = std::stoull(line.substr(dash + 1, space - dash - 1), nullptr, 16);
-    largest = std::max(largest, to - from);
+    total += to - from;
   }
-  return largest;
+  return total;
 }
 
 // tunables.rx_ring_size once did nothing on af_packet ports (the PMD sizes its rings by a
 // device argument and ignores the queue set-up's count): the agent's probe now passes it,
-// never below the PMD's 512 frames.
+// never below the PMD's 512 frames for a pod's port and never below 4,096 for the uplink
+// (worker_pool.cpp: the uplink's ring is all that holds frames while its worker is off
+// the CPU). Each port has an RX and a TX ring of that many 2,048-byte frames.
 TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, af_packet)";
   netns ns("ring");
@@ -160,15 +161,29 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   dataplane_spec spec;
   spec.uplink.interface = veth.a;
   spec.uplink.driver = "af_packet";
-  for (const auto& [ring_size, frames] : {std::pair<uint32_t, uint64_t>{4096, 4096}, {256, 512}, {1000, 1000}}) {
+  spec.pod_driver = "af_packet";
+  pod_spec pod;
+  pod.name = "p";
+  pod.interface = veth.b;
+  struct expectation {
+    uint32_t ring_size;
+    bool with_pod;
+    uint64_t uplink_frames, pod_frames;
+  };
+  for (const expectation& e : {expectation{8192, false, 8192, 0}, expectation{256, false, 4096, 0},
+                               expectation{1000, false, 4096, 0}, expectation{256, true, 4096, 512},
+                               expectation{1000, true, 4096, 1000}, expectation{6000, true, 6000, 6000}}) {
     std::vector<pool_port> ports;
-    ASSERT_EQ(probe_ports(spec, {}, 1, ring_size, ports), "");
-    ASSERT_EQ(ports.size(), 1u);
-    EXPECT_EQ(largest_packet_ring_bytes(), 2 * frames * 2048) << "rings for ring size " << ring_size;
-    rte_eth_dev_info info{};
-    ASSERT_EQ(rte_eth_dev_info_get(ports[0].port_id, &info), 0);
-    rte_eth_dev_close(ports[0].port_id);
-    ASSERT_EQ(rte_dev_remove(info.device), 0);
+    ASSERT_EQ(probe_ports(spec, e.with_pod ? std::vector<pod_spec>{pod} : std::vector<pod_spec>{}, 1, e.ring_size, ports), "");
+    ASSERT_EQ(ports.size(), e.with_pod ? 2u : 1u);
+    EXPECT_EQ(packet_ring_bytes(), 2 * (e.uplink_frames + e.pod_frames) * 2048)
+        << "rings for ring size " << e.ring_size << (e.with_pod ? " with a pod" : "");
+    for (const pool_port& port : ports) {
+      rte_eth_dev_info info{};
+      ASSERT_EQ(rte_eth_dev_info_get(port.port_id, &info), 0);
+      rte_eth_dev_close(port.port_id);
+      ASSERT_EQ(rte_dev_remove(info.device), 0);
+    }
   }
 }
 
