@@ -32,6 +32,8 @@
 #   GENEVE_UDP_CHECKSUM=0  meshlane's outer UDP checksum (0: none, as OVS sends Geneve)
 #   MEMIF_RING_LOG2=14     memif ring size (log2) of every memif port
 #   KEEP_WORK=1            keep the logs and documents (its temporary directory)
+#   HUGEPAGES=1            EAL from hugepages (reserved and mounted beforehand) instead of
+#                          --no-huge: what NIC ports want (perf/README.md)
 #   NO_BUILD=1             use the binaries in $MESHLANE_BUILD (default build) as they are
 #   PRIORITY=1             run the measurement in its own session whose scheduler
 #                          autogroup has nice -20 (see below); 0: as started
@@ -133,8 +135,10 @@ results=$work/results.jsonl
 : > "$results"
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 
-# EAL without hugepages (as the other benches): --no-huge and -m; a file prefix per process.
-eal_common() { echo "--no-huge -m $1 --file-prefix=$prefix-$2 --no-telemetry --log-level=error"; }
+# EAL without hugepages (as the other benches): --no-huge and -m; with HUGEPAGES=1 (a NIC
+# machine) from the hugepages mounted and reserved. A file prefix per process.
+no_huge="--no-huge"; [ "${HUGEPAGES:-0}" = 1 ] && no_huge=""
+eal_common() { echo "$no_huge -m $1 --file-prefix=$prefix-$2 --no-telemetry --log-level=error"; }
 # memif: the client (always the generator here) makes the shared rings of both
 # directions, so every device under test gets the same: 2^MEMIF_RING_LOG2 descriptors.
 # 16,384 (the most memif takes) hold ~4 ms at 4 Mpps: on a shared machine a poller still
@@ -207,9 +211,9 @@ dut_meshlane() {
   mkdir -p "$work/pods"
   local uplink_driver=memif uplink_interface=uplink
   [ -n "$uplink_pci" ] && { uplink_driver=pci; uplink_interface=$uplink_pci; }
-  /usr/bin/python3 - "$work" "$prefix" "$dut_cpu" "$uplink_driver" "$uplink_interface" > "$work/node1.json" <<'PY'
+  /usr/bin/python3 - "$work" "$prefix" "$dut_cpu" "$uplink_driver" "$uplink_interface" "$no_huge" > "$work/node1.json" <<'PY'
 import json, sys
-work, prefix, cpu, driver, interface = sys.argv[1:6]
+work, prefix, cpu, driver, interface, no_huge = sys.argv[1:7]
 uplink = {"interface": interface, "driver": driver, "mtu": 2000}
 if driver == "memif":
     uplink["memif"] = {"socket": f"{work}/meshlane-uplink.sock", "role": "server"}
@@ -228,19 +232,21 @@ print(json.dumps({
   "dataplane": {"uplink": uplink, "pod_driver": "memif",
                 "pod_memif": {"socket_dir": f"{work}/pods", "role": "server"},
                 "cpus": cpu,
-                "eal_args": ["--no-huge", "-m", "256", f"--file-prefix={prefix}-meshlane",
-                             "--log-level=error", "--no-telemetry"]}}))
+                # With a NIC uplink, only that NIC: the generator's is cabled to it.
+                "eal_args": ([no_huge] if no_huge else []) + ["-m", "256", f"--file-prefix={prefix}-meshlane",
+                             "--log-level=error", "--no-telemetry"] + (["-a", interface] if driver == "pci" else [])}}))
 PY
   local log=$work/meshlaned.log
   "$root/$build/meshlaned" --config "$work/node1.json" --no-ebpf --control-socket "$work/agent.sock" \
-    --handover-state "$work/agent.handover" 2> "$log" & pids+=($!)
+    --handover-state "$work/agent.handover" --metrics-listen off 2> "$log" & pids+=($!)
   wait_socket "$work/pods/client.sock" meshlaned "$log"
   for _ in $(seq 100); do grep -q "dataplane running" "$log" && break; sleep 0.1; done
   grep -q "dataplane running" "$log" || { cat "$log" >&2; return 1; }
   local checksum=false; [ "$geneve_checksum" = 1 ] && checksum=true
-  "$root/$build/meshctl" --socket "$work/agent.sock" tune "dataplane.geneve_udp_checksum=$checksum" >/dev/null
-  run_generator meshlane "$work/pods/client.sock" "$work/meshlane-uplink.sock" "${frame_options[@]}" --rx-queues 1
-  "$root/$build/meshctl" --socket "$work/agent.sock" stats -o json > "$work/meshlane-stats.json" 2>/dev/null || true
+  "$root/$build/meshctl" tune "dataplane.geneve_udp_checksum=$checksum" --socket "$work/agent.sock" >/dev/null
+  run_generator meshlane "$work/pods/client.sock" "$work/meshlane-uplink.sock" "${frame_options[@]}" --rx-queues 1 \
+    --gateway 198.18.1.1  # the pod's gateway, which the worker answers: frames to its MAC
+  "$root/$build/meshctl" stats -o json --socket "$work/agent.sock" > "$work/meshlane-stats.json" 2>/dev/null || true
   stop_pids
 }
 
@@ -284,7 +290,7 @@ dut_ovs() {
   # --no-huge refuses); PCI only when the uplink is a NIC.
   local pci_arg=--no-pci; [ -n "$uplink_pci" ] && pci_arg="-a $uplink_pci"
   vsctl --no-wait set Open_vSwitch . other_config:dpdk-init=true \
-    "other_config:dpdk-extra=--no-huge --legacy-mem -m 1024 $pci_arg --file-prefix=$prefix-ovs --no-telemetry" \
+    "other_config:dpdk-extra=${no_huge:+--no-huge --legacy-mem }-m 1024 $pci_arg --file-prefix=$prefix-ovs --no-telemetry" \
     other_config:pmd-cpu-mask=0x$(printf '%x' $((1 << dut_cpu))) other_config:pmd-maxsleep=0
   (export OVS_RUNDIR=$d/run OVS_LOGDIR=$d/log OVS_DBDIR=$d/db OVS_SYSCONFDIR=$d/etc
    exec ip netns exec "$ovs_ns" "$vswitchd" "unix:$d/run/db.sock" --unixctl="$d/run/ovs-vswitchd.ctl" \
@@ -338,9 +344,11 @@ mkdir -p perf/results
 out=perf/results/nic-$started.json
 ovs_version=$([ -x "$vswitchd" ] && "$vswitchd" --version | head -1 || echo "")
 /usr/bin/python3 - "$results" "$out" "$started" "$trial_s" "$latency_s" "$loss_ratio" "$ovs_version" \
-  "${uplink_pci:-memif}" "$geneve_checksum" "$work" <<'PY'
+  "${uplink_pci:-memif}" "$geneve_checksum" "$work" "$priority" "$memif_ring_log2" "$gen_cpus" "$dut_cpu" \
+  "${HUGEPAGES:-0}" <<'PY'
 import json, os, platform, subprocess, sys
-results, out, started, trial_s, latency_s, loss_ratio, ovs_version, uplink, checksum, work = sys.argv[1:11]
+(results, out, started, trial_s, latency_s, loss_ratio, ovs_version, uplink, checksum, work, priority, ring_log2,
+ gen_cpus, dut_cpu, hugepages) = sys.argv[1:16]
 rows = [json.loads(l) for l in open(results) if l.strip()]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
 def read(path):
@@ -353,6 +361,8 @@ doc = {
               "ovs": ovs_version},
   "settings": {"trial_s": float(trial_s), "latency_s": float(latency_s), "loss_ratio": float(loss_ratio),
                "uplink": uplink, "pod_side": "memif", "meshlane_geneve_udp_checksum": checksum == "1",
+               "memif_ring": 1 << int(ring_log2), "generator_cpus": gen_cpus, "dut_cpu": int(dut_cpu),
+               "autogroup_nice": -20 if priority == "1" else 0, "hugepages": hugepages == "1",
                "ovs_openflow": read("ovs/flows.txt")},
   "results": rows,
   "ovs_datapath_flows": read("ovs-datapath-flows.txt"),

@@ -30,6 +30,8 @@
 //     --drain-ms M                how long to listen after a trial's last frame (200)
 //     --label TEXT                copied into each JSON line
 //     --rx-queues N               RX queues polled on the receiving port (2)
+//     --gateway IP                ask for IP's MAC by ARP on the sending port, as a pod
+//                                 asks for its gateway's, and send to it
 // Prints one JSON line per frame size on stdout, progress on stderr. With two lcores the
 // receiver runs on the second one; with one, the sender polls it between bursts.
 #include <rte_cycles.h>
@@ -72,6 +74,7 @@ struct options {
   uint16_t sport = 1024, dport = 80;
   uint32_t flows = 1;
   uint16_t rx_queues = 2;
+  uint32_t gateway = 0;  // resolve the destination MAC by ARP for this address (0: --dst-mac)
   std::string label;
 };
 
@@ -144,6 +147,7 @@ options parse_options(int argc, char** argv) {
     else if (a == "--dport") o.dport = static_cast<uint16_t>(number(value(), "--dport"));
     else if (a == "--flows") o.flows = std::max(1u, static_cast<uint32_t>(number(value(), "--flows")));
     else if (a == "--label") o.label = value();
+    else if (a == "--gateway") ip(o.gateway);
     else if (a == "--rx-queues") o.rx_queues = static_cast<uint16_t>(std::clamp(number(value(), "--rx-queues"), 1.0, 16.0));
     else usage("unknown option " + a);
   }
@@ -416,6 +420,50 @@ std::string setup_port(uint16_t port, uint16_t rx_queues, rte_mempool* rx_pool) 
   return {};
 }
 
+// ARP for the gateway from the sending port (the pod's address and MAC), every 100 ms
+// for up to 5 s; the reply's sender MAC becomes the frames' destination.
+bool resolve_gateway(generator& g) {
+  rte_mbuf* request = nullptr;
+  const uint64_t end = rte_rdtsc() + 5 * g.hz;
+  uint64_t next = 0;
+  while (rte_rdtsc() < end && !stopping) {
+    if (rte_rdtsc() >= next) {
+      request = rte_pktmbuf_alloc(g.tx_pool);
+      if (!request) return false;
+      uint8_t* f = rte_pktmbuf_mtod(request, uint8_t*);
+      std::memset(f, 0, 60);
+      std::memset(f, 0xff, 6);
+      std::memcpy(f + 6, g.o.src_mac, 6);
+      f[12] = 0x08, f[13] = 0x06;
+      const uint8_t arp[8] = {0, 1, 8, 0, 6, 4, 0, 1};  // Ethernet, IPv4, request
+      std::memcpy(f + 14, arp, 8);
+      std::memcpy(f + 22, g.o.src_mac, 6);
+      const uint32_t spa = htonl(g.o.src_ip), tpa = htonl(g.o.gateway);
+      std::memcpy(f + 28, &spa, 4);
+      std::memcpy(f + 38, &tpa, 4);
+      request->data_len = request->pkt_len = 60;
+      if (rte_eth_tx_burst(g.o.tx_port, 0, &request, 1) != 1) rte_pktmbuf_free(request);
+      next = rte_rdtsc() + g.hz / 10;
+    }
+    rte_mbuf* in[kBurstMax];
+    const uint16_t n = rte_eth_rx_burst(g.o.tx_port, 0, in, kBurstMax);
+    bool found = false;
+    for (uint16_t i = 0; i < n; ++i) {
+      const uint8_t* f = rte_pktmbuf_mtod(in[i], const uint8_t*);
+      uint32_t spa = 0;
+      if (rte_pktmbuf_data_len(in[i]) >= 42) std::memcpy(&spa, f + 28, 4);
+      if (!found && rte_pktmbuf_data_len(in[i]) >= 42 && f[12] == 0x08 && f[13] == 0x06 && f[20] == 0 && f[21] == 2 &&
+          ntohl(spa) == g.o.gateway) {
+        std::memcpy(g.o.dst_mac, f + 22, 6);
+        found = true;
+      }
+    }
+    if (n) rte_pktmbuf_free_bulk(in, n);
+    if (found) return true;
+  }
+  return false;
+}
+
 bool link_up(uint16_t port) {
   rte_eth_link link{};
   return rte_eth_link_get_nowait(port, &link) == 0 && link.link_status == RTE_ETH_LINK_UP;
@@ -481,6 +529,15 @@ int main(int argc, char** argv) {
   }
   std::fprintf(stderr, "nic_gen: links up, receiver %s\n",
                g.rx_lcore == RTE_MAX_LCORE ? "polled by the sender" : "on its own lcore");
+
+  if (g.o.gateway != 0) {
+    if (!resolve_gateway(g)) {
+      std::fprintf(stderr, "nic_gen: no ARP reply for the gateway on port %u in 5 s\n", g.o.tx_port);
+      return 1;
+    }
+    const uint8_t* m = g.o.dst_mac;
+    std::fprintf(stderr, "nic_gen: gateway at %02x:%02x:%02x:%02x:%02x:%02x\n", m[0], m[1], m[2], m[3], m[4], m[5]);
+  }
 
   uint32_t trial = 1;
   int status = 0;

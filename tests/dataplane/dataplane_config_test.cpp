@@ -134,7 +134,7 @@ TEST(dataplane_config, MemifMistakesAreNamedByTheirPaths) {
   const std::string errors = errors_of(result);
   EXPECT_NE(errors.find("$.dataplane.uplink.memif.socket: must be at most 107 bytes (a Unix socket's path is at most "
                         "107), got 108"), std::string::npos) << errors;
-  EXPECT_NE(errors.find("$.dataplane.uplink.memif.role: must be \"server\" or \"client\", got \"master\""),
+  EXPECT_NE(errors.find("$.dataplane.uplink.memif.role: must be \"server\" or \"client\", got 'master'"),
             std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.uplink.memif.id: unknown field"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.pod_memif.socket_dir: must be at most 86 bytes"), std::string::npos) << errors;
@@ -144,7 +144,7 @@ TEST(dataplane_config, MemifMistakesAreNamedByTheirPaths) {
       "pod_driver": "memif", "pod_memif": "/run/nic"})"));
   ASSERT_FALSE(relative.state);
   const std::string relative_errors = errors_of(relative);
-  EXPECT_NE(relative_errors.find("$.dataplane.uplink.memif.socket: must be an absolute path, got \"uplink.sock\""),
+  EXPECT_NE(relative_errors.find("$.dataplane.uplink.memif.socket: must be an absolute path, got 'uplink.sock'"),
             std::string::npos) << relative_errors;
   EXPECT_NE(relative_errors.find("$.dataplane.pod_memif: must be an object, got a string"), std::string::npos)
       << relative_errors;
@@ -169,7 +169,7 @@ TEST(dataplane_config, MemifMistakesAreNamedByTheirPaths) {
   ASSERT_FALSE(stray.state);
   const std::string stray_errors = errors_of(stray);
   EXPECT_NE(stray_errors.find("$.dataplane.uplink.memif: only with $.dataplane.uplink.driver \"memif\" (it is "
-                              "\"af_packet\")"), std::string::npos) << stray_errors;
+                              "'af_packet')"), std::string::npos) << stray_errors;
   EXPECT_NE(stray_errors.find("$.dataplane.pod_memif: only with $.dataplane.pod_driver \"memif\""),
             std::string::npos) << stray_errors;
 }
