@@ -170,15 +170,23 @@ run_generator() {  # DUT POD_SOCKET UPLINK_SOCKET [nic_gen options...]
   local extra=()
   [ -n "$link_gbps" ] && extra+=(--link-gbps "$link_gbps")
   local before; before=$(loadavg)
+  # In the background and waited for, so that a signal reaches the trap (which stops
+  # it) at once rather than after its last trial.
   # shellcheck disable=SC2046
-  if ! "$gen" $(eal_common 256 "gen-$dut") --lcores="$(lcores_of "$gen_cpus")" "${ports[@]}" -- \
+  "$gen" $(eal_common 256 "gen-$dut") --lcores="$(lcores_of "$gen_cpus")" "${ports[@]}" -- \
     --tx-port 0 --rx-port 1 --sizes "$(echo "$sizes" | tr ' ' ',')" --trial-s "$trial_s" --latency-s "$latency_s" \
     --max-pps "$max_pps" --loss-ratio "$loss_ratio" --label "$dut" "${extra[@]}" "$@" \
-    2> >(tee -a "$work/gen-$dut.log" >&2) |
-    while read -r line; do echo "{\"dut\":\"$dut\",\"load_before\":\"$before\",\"load_after\":\"$(loadavg)\",\"result\":$line}"; done \
-    >> "$results"; then
+    > "$work/gen-$dut.jsonl" 2> >(tee -a "$work/gen-$dut.log" >&2) & pids+=($!)
+  local rc=0
+  wait "${pids[-1]}" || rc=$?
+  unset 'pids[-1]'
+  local line
+  while read -r line; do
+    echo "{\"dut\":\"$dut\",\"load_before\":\"$before\",\"load_after\":\"$(loadavg)\",\"result\":$line}"
+  done < "$work/gen-$dut.jsonl" >> "$results"
+  if [ "$rc" != 0 ]; then
     # The other devices are still measured; the table says which sizes have no figure.
-    echo "nic_bench: the generator failed for $dut (its log: above)" >&2
+    echo "nic_bench: the generator failed for $dut (exit $rc, its log: above)" >&2
     failed+=("$dut")
   fi
 }
@@ -379,11 +387,13 @@ for r in rows:
         continue
     lat = {round(x["fraction"] * 100): f"{x['p50_us']:.1f}/{x['p99_us']:.1f}" for x in res["latency"]}
     mpps = res["throughput_pps"] / 1e6
+    mark = "*" if res.get("generator_limited") else " "
     if r["dut"] == "floor": floor[res["size"]] = mpps
     ratio = f" ({mpps / floor[res['size']]:.2f}x floor)" if r["dut"] != "floor" and floor.get(res["size"]) else ""
-    print(f"{r['dut']:9} {res['size']:>5} {mpps:8.3f} {res['throughput_gbps']:7.2f} {res['overload_forwarding_pps'] / 1e6:9.3f}"
+    print(f"{r['dut']:9} {res['size']:>5} {mpps:8.3f}{mark}{res['throughput_gbps']:7.2f} {res['overload_forwarding_pps'] / 1e6:9.3f}"
           f"  {lat.get(10, '-'):>18} {lat.get(50, '-'):>14} {lat.get(90, '-'):>14}  {r['load_before']}{ratio}")
-print(f"(Mpps: zero-loss throughput; Gbit/s: at the frame size with FCS; overload: Mpps received at the highest rate)")
+print(f"(Mpps: zero-loss throughput, * where the generator could not offer more; Gbit/s: at the frame size with FCS;"
+      f" overload: Mpps received at the highest rate)")
 print(f"wrote {out}")
 PY
 [ ${#failed[@]} -eq 0 ] || { echo "nic_bench: no complete result for: ${failed[*]}" >&2; exit 1; }
