@@ -174,7 +174,7 @@ run_generator() {  # DUT POD_SOCKET UPLINK_SOCKET [nic_gen options...]
   # it) at once rather than after its last trial.
   # shellcheck disable=SC2046
   "$gen" $(eal_common 256 "gen-$dut") --lcores="$(lcores_of "$gen_cpus")" "${ports[@]}" -- \
-    --tx-port 0 --rx-port 1 --sizes "$(echo "$sizes" | tr ' ' ',')" --trial-s "$trial_s" --latency-s "$latency_s" \
+    --tx-port net_memif0 --rx-port "${gen_pci:-net_memif1}" --sizes "$(echo "$sizes" | tr ' ' ',')" --trial-s "$trial_s" --latency-s "$latency_s" \
     --max-pps "$max_pps" --loss-ratio "$loss_ratio" --label "$dut" "${extra[@]}" "$@" \
     > "$work/gen-$dut.jsonl" 2> >(tee -a "$work/gen-$dut.log" >&2) & pids+=($!)
   local rc=0

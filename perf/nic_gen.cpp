@@ -18,7 +18,8 @@
 // would), and on a NIC it means the rate was beyond the link.
 //
 //   nic_gen <EAL arguments> -- [options]
-//     --tx-port N --rx-port N     DPDK port ids (default 0 and 1; equal for one port)
+//     --tx-port P --rx-port P     DPDK port ids or device names (net_memif0, a PCI
+//                                 address); default 0 and 1; the same for one port
 //     --sizes 64,1518,imix        frame sizes with the FCS (RFC 2544), imix = 7:4:1 of
 //                                 64, 594 and 1518 bytes
 //     --trial-s S --latency-s S   trial lengths (default 2 and 2)
@@ -66,6 +67,7 @@ void on_signal(int) { stopping = 1; }
 
 struct options {
   uint16_t tx_port = 0, rx_port = 1;
+  std::string tx_name, rx_name;  // by device name (memif vdev, PCI address) instead of id
   std::vector<std::string> sizes{"64", "1518"};
   double trial_s = 2, latency_s = 2, max_pps = 14880952, link_gbps = 0, precision = 0.02, loss_ratio = 0;
   double drain_ms = 200;
@@ -116,8 +118,15 @@ options parse_options(int argc, char** argv) {
       if (inet_pton(AF_INET, v, &addr) != 1) usage(a + ": not an IPv4 address: " + v);
       out = ntohl(addr.s_addr);
     };
-    if (a == "--tx-port") o.tx_port = static_cast<uint16_t>(number(value(), "--tx-port"));
-    else if (a == "--rx-port") o.rx_port = static_cast<uint16_t>(number(value(), "--rx-port"));
+    auto port = [&](uint16_t& id, std::string& name) {
+      const std::string v = value();
+      if (!v.empty() && v.find_first_not_of("0123456789") == std::string::npos)
+        id = static_cast<uint16_t>(std::stoul(v));
+      else
+        name = v;
+    };
+    if (a == "--tx-port") port(o.tx_port, o.tx_name);
+    else if (a == "--rx-port") port(o.rx_port, o.rx_name);
     else if (a == "--sizes") {
       o.sizes.clear();
       std::string list = value();
@@ -484,6 +493,11 @@ int main(int argc, char** argv) {
   argc -= eal + 1, argv += eal + 1;
   generator g;
   g.o = parse_options(argc, argv);
+  for (auto [name, id] : {std::pair{&g.o.tx_name, &g.o.tx_port}, std::pair{&g.o.rx_name, &g.o.rx_port}})
+    if (!name->empty() && rte_eth_dev_get_port_by_name(name->c_str(), id) != 0) {
+      std::fprintf(stderr, "nic_gen: no DPDK port named %s\n", name->c_str());
+      return 1;
+    }
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   g.hz = rte_get_tsc_hz();
