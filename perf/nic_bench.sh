@@ -299,7 +299,7 @@ dut_ovs() {
   local pci_arg=--no-pci; [ -n "$uplink_pci" ] && pci_arg="-a $uplink_pci"
   vsctl --no-wait set Open_vSwitch . other_config:dpdk-init=true \
     "other_config:dpdk-extra=${no_huge:+--no-huge --legacy-mem }-m 1024 $pci_arg --file-prefix=$prefix-ovs --no-telemetry" \
-    other_config:pmd-cpu-mask=0x$(printf '%x' $((1 << dut_cpu))) other_config:pmd-maxsleep=0
+    "other_config:pmd-cpu-mask=0x$(printf '%x' $((1 << dut_cpu)))" other_config:pmd-maxsleep=0
   (export OVS_RUNDIR=$d/run OVS_LOGDIR=$d/log OVS_DBDIR=$d/db OVS_SYSCONFDIR=$d/etc
    exec ip netns exec "$ovs_ns" "$vswitchd" "unix:$d/run/db.sock" --unixctl="$d/run/ovs-vswitchd.ctl" \
      --pidfile="$d/run/ovs-vswitchd.pid" --log-file="$d/log/ovs-vswitchd.log" --no-chdir \
