@@ -181,6 +181,13 @@ TEST(port_loss, MemifPortsOpenTheSocketsOfTheDocumentAndCarryFrames) {
   const std::filesystem::path dir = "/tmp/" + test_prefix() + "-memif";
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir / "pods");
+  struct remove_dir {
+    std::filesystem::path dir;
+    ~remove_dir() {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  } dir_guard{dir};
   dataplane_spec spec;
   spec.uplink.driver = "memif";
   spec.uplink.interface = "uplink";
@@ -214,7 +221,6 @@ TEST(port_loss, MemifPortsOpenTheSocketsOfTheDocumentAndCarryFrames) {
   struct cleanup {
     std::vector<uint16_t> ports;
     rte_mempool* pool;
-    std::filesystem::path dir;
     ~cleanup() {
       for (uint16_t port : ports) {
         rte_eth_dev_stop(port);
@@ -224,10 +230,8 @@ TEST(port_loss, MemifPortsOpenTheSocketsOfTheDocumentAndCarryFrames) {
         if (known && info.device) rte_dev_remove(info.device);
       }
       rte_mempool_free(pool);
-      std::error_code ignored;
-      std::filesystem::remove_all(dir, ignored);
     }
-  } guard{{peers[0], peers[1], ports[0].port_id, ports[1].port_id}, pool, dir};
+  } guard{{peers[0], peers[1], ports[0].port_id, ports[1].port_id}, pool};
   for (const pool_port& p : ports) ASSERT_TRUE(start(p.port_id)) << p.interface;
   for (uint16_t peer : peers) ASSERT_TRUE(start(peer));
   auto up = [](uint16_t port) {
