@@ -510,10 +510,46 @@ bool valid_cpu_list(std::string_view text) {
 
 void read_dataplane_driver(object_reader& r, std::string_view key, std::string& out) {
   if (auto v = r.string(key, false)) {
-    if (*v != "af_packet" && *v != "af_xdp" && *v != "pcap" && *v != "pci")
-      r.error(r.path_of(key), "must be \"af_packet\", \"af_xdp\", \"pcap\" or \"pci\", got " + shown(*v));
+    if (*v != "af_packet" && *v != "af_xdp" && *v != "pcap" && *v != "pci" && *v != "memif")
+      r.error(r.path_of(key), "must be \"af_packet\", \"af_xdp\", \"pcap\", \"pci\" or \"memif\", got " + shown(*v));
     out = *v;
   }
+}
+
+// A memif port's socket ("socket" for the uplink, "socket_dir" for the pods) and role.
+// The object is required with driver "memif" and refused with any other driver: a socket
+// that no port uses would be a silent mistake. `longest` is the most the path may take:
+// a Unix socket's path is at most 107 bytes, and a pod's socket adds "/", its interface
+// name (up to 15) and ".sock" to the directory.
+void read_memif(object_reader& r, std::string_view key, const std::string& driver, std::string_view driver_key,
+                std::string_view socket_key, size_t longest, std::optional<memif_spec>& out) {
+  const json* value = r.member(key, false);
+  if (driver != "memif") {
+    if (value)
+      r.error(r.path_of(key), "only with " + std::string(driver_key) + " \"memif\" (it is " + shown(driver) + ")");
+    return;
+  }
+  if (!value) {
+    r.error(r.path_of(key), "required with " + std::string(driver_key) + " \"memif\"");
+    return;
+  }
+  object_reader m(*value, r.path_of(key), r.errors());
+  if (!m.ok()) return;
+  memif_spec spec;
+  if (auto v = m.string(socket_key, true)) {
+    if (v->front() != '/' || v->find('\0') != std::string::npos)
+      m.error(m.path_of(socket_key), "must be an absolute path, got " + shown(*v));
+    else if (v->size() > longest)
+      m.error(m.path_of(socket_key), "must be at most " + std::to_string(longest) + " bytes (a Unix socket's path "
+              "is at most 107), got " + std::to_string(v->size()));
+    spec.socket = *v;
+  }
+  if (auto v = m.string("role", false)) {
+    if (*v != "server" && *v != "client")
+      m.error(m.path_of("role"), "must be \"server\" or \"client\", got " + shown(*v));
+    spec.server = *v == "server";
+  }
+  out = spec;
 }
 
 void read_dataplane(const json& value, const std::string& path, dataplane_spec& spec, error_list& errors) {
@@ -535,10 +571,12 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
                                           "jumbo frames are not carried, got " + std::to_string(*v));
         spec.uplink.mtu = static_cast<uint16_t>(*v);
       }
+      read_memif(ur, "memif", spec.uplink.driver, "$.dataplane.uplink.driver", "socket", 107, spec.uplink.memif);
     }
   }
   read_dataplane_driver(r, "pod_driver", spec.pod_driver);
   if (spec.pod_driver == "pci") r.error(r.path_of("pod_driver"), "pods are veth interfaces; \"pci\" is for the uplink only");
+  read_memif(r, "pod_memif", spec.pod_driver, "$.dataplane.pod_driver", "socket_dir", 107 - 1 - 15 - 5, spec.pod_memif);
   if (auto v = r.string("cpus", false)) {
     if (!valid_cpu_list(*v)) r.error(r.path_of("cpus"), "must be a CPU list such as \"0-1\" or \"0,2\", got " + shown(*v));
     spec.cpus = *v;

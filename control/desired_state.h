@@ -114,15 +114,27 @@ struct tunables {
 // frame would arrive in several segments or cut short, and be dropped as
 // truncated_ethernet, so validation refuses such an MTU; jumbo frames are not carried.
 inline constexpr uint16_t kMaxUplinkMtu = 2048 - 14;
+// A memif port (DPDK's net_memif: shared-memory packet rings with another DPDK process,
+// met over a Unix socket file). The benchmark over memif (perf/nic_bench.sh) plugs a
+// traffic generator into the agent's uplink and pod ports this way, as a cable would.
+struct memif_spec {
+  // The uplink: the socket file. Pods: the directory holding <pods[].interface>.sock.
+  // Absolute; a socket file's path is at most 107 bytes (sun_path).
+  std::string socket;
+  bool server = false;  // role "server" (makes the socket file) or "client" (connects to it)
+};
 struct dataplane_port_spec {
-  // Kernel interface name for af_packet / af_xdp / pcap; a PCI address for "pci".
+  // Kernel interface name for af_packet / af_xdp / pcap; a PCI address for "pci"; for
+  // "memif" a name for the port (metrics, status page).
   std::string interface;
-  std::string driver = "af_packet";  // af_packet | af_xdp | pcap | pci
+  std::string driver = "af_packet";  // af_packet | af_xdp | pcap | pci | memif
   uint16_t mtu = 1500;               // IP MTU of the underlay
+  std::optional<memif_spec> memif;   // set exactly when driver is "memif"
 };
 struct dataplane_spec {
   dataplane_port_spec uplink;
   std::string pod_driver = "af_packet";  // driver for every pods[].interface
+  std::optional<memif_spec> pod_memif;   // set exactly when pod_driver is "memif"
   std::string cpus;                      // CPUs the lcores may run on ("0-1"); empty: all
   std::vector<std::string> eal_args;     // extra EAL arguments, e.g. ["--no-huge", "-m", "128"]
 };

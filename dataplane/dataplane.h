@@ -78,6 +78,7 @@ struct worker_pool_options {
   // golden tests drive fixed ports).
   bool hotplug = false;
   std::string pod_driver = "af_packet";
+  std::optional<memif_spec> pod_memif;  // with pod_driver "memif": where pods' sockets are
   tunables initial;  // burst size, idle policy, flow timeouts until a snapshot says otherwise
 };
 worker_pool_options options_from(const desired_state& state);

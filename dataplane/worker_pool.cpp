@@ -125,16 +125,42 @@ uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
   return std::max<uint32_t>(floor, (ring_size + 1) & ~1u);
 }
 
+// The socket file of a memif port: the uplink's own, a pod's <socket_dir>/<interface>.sock.
+std::string memif_socket(const memif_spec& memif, port_role role, const std::string& interface) {
+  return role == port_role::uplink ? memif.socket : memif.socket + "/" + interface + ".sock";
+}
+
+// memif rings hold 2^rsize descriptors (DPDK's net_memif: rsize 1..14); the smallest
+// power of two at least `ring_size`.
+unsigned memif_ring_log2(uint32_t ring_size) {
+  unsigned log2 = 1;
+  while (log2 < 14 && (1u << log2) < ring_size) ++log2;
+  return log2;
+}
+
 // Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs
 // and rings of `ring_size` descriptors where the driver takes that at probe time.
-std::string probe_port(const std::string& driver, const std::string& interface, port_role role, uint16_t queues,
-                       uint32_t ring_size, pool_port& port) {
+std::string probe_port(const std::string& driver, const std::optional<memif_spec>& memif,
+                       const std::string& interface, port_role role, uint16_t queues, uint32_t ring_size,
+                       pool_port& port) {
   static std::atomic<unsigned> serial{0};
   port.role = role;
   port.interface = interface;
   std::string name;
   if (driver == "pci") {
     name = interface;
+  } else if (driver == "memif") {
+    // Validation made `memif` present with this driver. The peer (a generator, another
+    // data plane) may come and go: the port is up while it is connected. socket-abstract=no:
+    // a socket file the peer finds by path, removed by the PMD when the port closes.
+    if (!memif) return "driver memif without its memif section";
+    name = "net_memif" + std::to_string(serial++);
+    const std::string socket = memif_socket(*memif, role, interface);
+    const std::string devargs = name + ",id=0,role=" + (memif->server ? "server" : "client") + ",socket=" + socket +
+                                ",socket-abstract=no,rsize=" + std::to_string(memif_ring_log2(ring_size));
+    if (rte_dev_probe(devargs.c_str()) != 0)
+      return "cannot open memif port " + interface + " (" + devargs + "): is the socket's directory there, and " +
+             (memif->server ? "no other server on it?" : "a server listening on it?");
   } else {
     const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
     name = vdev + std::to_string(serial++);
@@ -171,13 +197,14 @@ std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>&
                         uint32_t ring_size, std::vector<pool_port>& out) {
   pool_port uplink;
   if (std::string error =
-          probe_port(spec.uplink.driver, spec.uplink.interface, port_role::uplink, queues, ring_size, uplink);
+          probe_port(spec.uplink.driver, spec.uplink.memif, spec.uplink.interface, port_role::uplink, queues,
+                     ring_size, uplink);
       !error.empty())
     return "$.dataplane.uplink: " + error;
   out.push_back(uplink);
   for (size_t i = 0; i < pods.size(); ++i) {
     pool_port pod;
-    if (std::string error = probe_port(spec.pod_driver, pods[i].interface, port_role::pod, queues, ring_size, pod);
+    if (std::string error = probe_port(spec.pod_driver, spec.pod_memif, pods[i].interface, port_role::pod, queues, ring_size, pod);
         !error.empty())
       return "$.pods[" + std::to_string(i) + "].interface: " + error;
     out.push_back(pod);
@@ -194,6 +221,7 @@ worker_pool_options options_from(const desired_state& state) {
   if (state.dataplane) {
     options.uplink_mtu = state.dataplane->uplink.mtu;
     options.pod_driver = state.dataplane->pod_driver;
+    options.pod_memif = state.dataplane->pod_memif;
   }
   options.initial = state.tuning;
   return options;
@@ -334,9 +362,10 @@ std::string worker_pool::plug_pod_port(const std::string& interface) {
   // carries ENETDOWN, which the first transmission after the link comes up returns, and
   // that first frame (the answer to the new pod's first ARP request) was lost, which cost
   // the pod a second (its ARP retry).
-  if (std::string error = bring_interface_up(interface); !error.empty()) return error;
+  if (options_.pod_driver != "memif")
+    if (std::string error = bring_interface_up(interface); !error.empty()) return error;
   pool_port port;
-  if (std::string error = probe_port(options_.pod_driver, interface, port_role::pod, workers,
+  if (std::string error = probe_port(options_.pod_driver, options_.pod_memif, interface, port_role::pod, workers,
                                      std::max(options_.rx_ring_size, options_.tx_ring_size), port);
       !error.empty())
     return error;

@@ -55,7 +55,7 @@ TEST(dataplane_config, EveryErrorNamesItsPath) {
   ASSERT_FALSE(result.state);
   const std::string errors = errors_of(result);
   EXPECT_NE(errors.find("$.dataplane.uplink.interface: not a valid interface name"), std::string::npos) << errors;
-  EXPECT_NE(errors.find("$.dataplane.uplink.driver: must be \"af_packet\""), std::string::npos) << errors;
+  EXPECT_NE(errors.find("$.dataplane.uplink.driver: must be \"af_packet\", \"af_xdp\", \"pcap\", \"pci\" or \"memif\""), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.uplink.mtu: must be 1280..65535, got 100"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.uplink.speed: unknown field"), std::string::npos) << errors;
   EXPECT_NE(errors.find("$.dataplane.pod_driver: pods are veth interfaces"), std::string::npos) << errors;
@@ -100,6 +100,78 @@ TEST(dataplane_config, PciUplinkTakesAPciAddress) {
   tunables tuning;
   const auto args = eal_arguments(*result.state->dataplane, tuning);
   EXPECT_EQ(std::find(args.begin(), args.end(), "--no-pci"), args.end());
+}
+
+// memif ports (perf/nic_bench.sh): the uplink's socket file and the pods' socket
+// directory are read with their roles, and every mistake is named by its path.
+TEST(dataplane_config, MemifPortsAreReadWithTheirSockets) {
+  const auto result = parse_desired_state(document_with(R"({
+      "uplink": {"interface": "up0", "driver": "memif", "memif": {"socket": "/run/nic/uplink.sock", "role": "server"}},
+      "pod_driver": "memif", "pod_memif": {"socket_dir": "/run/nic"}})"));
+  ASSERT_TRUE(result.state) << errors_of(result);
+  const dataplane_spec& spec = *result.state->dataplane;
+  EXPECT_EQ(spec.uplink.driver, "memif");
+  ASSERT_TRUE(spec.uplink.memif);
+  EXPECT_EQ(spec.uplink.memif->socket, "/run/nic/uplink.sock");
+  EXPECT_TRUE(spec.uplink.memif->server);
+  EXPECT_EQ(spec.pod_driver, "memif");
+  ASSERT_TRUE(spec.pod_memif);
+  EXPECT_EQ(spec.pod_memif->socket, "/run/nic");
+  EXPECT_FALSE(spec.pod_memif->server);  // "client" is the default role
+  const auto other = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0"}})"));
+  ASSERT_TRUE(other.state) << errors_of(other);
+  EXPECT_FALSE(other.state->dataplane->uplink.memif);
+  EXPECT_FALSE(other.state->dataplane->pod_memif);
+}
+
+TEST(dataplane_config, MemifMistakesAreNamedByTheirPaths) {
+  const std::string long_socket = "/" + std::string(107, 's');
+  const std::string long_dir = "/" + std::string(86, 'd');  // 87 bytes: 87 + 1 + 15 + 5 > 107
+  const auto result = parse_desired_state(document_with(R"({
+      "uplink": {"interface": "up0", "driver": "memif", "memif": {"socket": ")" + long_socket + R"(", "role": "master", "id": 3}},
+      "pod_driver": "memif", "pod_memif": {"socket_dir": ")" + long_dir + R"("}})"));
+  ASSERT_FALSE(result.state);
+  const std::string errors = errors_of(result);
+  EXPECT_NE(errors.find("$.dataplane.uplink.memif.socket: must be at most 107 bytes (a Unix socket's path is at most "
+                        "107), got 108"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("$.dataplane.uplink.memif.role: must be \"server\" or \"client\", got 'master'"),
+            std::string::npos) << errors;
+  EXPECT_NE(errors.find("$.dataplane.uplink.memif.id: unknown field"), std::string::npos) << errors;
+  EXPECT_NE(errors.find("$.dataplane.pod_memif.socket_dir: must be at most 86 bytes"), std::string::npos) << errors;
+
+  const auto relative = parse_desired_state(document_with(R"({
+      "uplink": {"interface": "up0", "driver": "memif", "memif": {"socket": "uplink.sock"}},
+      "pod_driver": "memif", "pod_memif": "/run/nic"})"));
+  ASSERT_FALSE(relative.state);
+  const std::string relative_errors = errors_of(relative);
+  EXPECT_NE(relative_errors.find("$.dataplane.uplink.memif.socket: must be an absolute path, got 'uplink.sock'"),
+            std::string::npos) << relative_errors;
+  EXPECT_NE(relative_errors.find("$.dataplane.pod_memif: must be an object, got a string"), std::string::npos)
+      << relative_errors;
+
+  const auto missing = parse_desired_state(document_with(R"({
+      "uplink": {"interface": "up0", "driver": "memif", "memif": {}}, "pod_driver": "memif"})"));
+  ASSERT_FALSE(missing.state);
+  const std::string missing_errors = errors_of(missing);
+  EXPECT_NE(missing_errors.find("$.dataplane.uplink.memif.socket: required field is missing"), std::string::npos)
+      << missing_errors;
+  EXPECT_NE(missing_errors.find("$.dataplane.pod_memif: required with $.dataplane.pod_driver \"memif\""),
+            std::string::npos) << missing_errors;
+  const auto no_section = parse_desired_state(document_with(R"({"uplink": {"interface": "up0", "driver": "memif"}})"));
+  ASSERT_FALSE(no_section.state);
+  EXPECT_NE(errors_of(no_section).find("$.dataplane.uplink.memif: required with $.dataplane.uplink.driver \"memif\""),
+            std::string::npos) << errors_of(no_section);
+
+  // A memif section beside another driver would be ignored: refused instead.
+  const auto stray = parse_desired_state(document_with(R"({
+      "uplink": {"interface": "eth0", "memif": {"socket": "/run/nic/uplink.sock"}},
+      "pod_memif": {"socket_dir": "/run/nic"}})"));
+  ASSERT_FALSE(stray.state);
+  const std::string stray_errors = errors_of(stray);
+  EXPECT_NE(stray_errors.find("$.dataplane.uplink.memif: only with $.dataplane.uplink.driver \"memif\" (it is "
+                              "'af_packet')"), std::string::npos) << stray_errors;
+  EXPECT_NE(stray_errors.find("$.dataplane.pod_memif: only with $.dataplane.pod_driver \"memif\""),
+            std::string::npos) << stray_errors;
 }
 
 TEST(dataplane_config, EalArgumentsFloatEveryLcoreOverTheAllowedCpus) {

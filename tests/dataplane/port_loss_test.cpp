@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -183,6 +184,102 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
       ASSERT_EQ(rte_eth_dev_info_get(port.port_id, &info), 0);
       rte_eth_dev_close(port.port_id);
       ASSERT_EQ(rte_dev_remove(info.device), 0);
+    }
+  }
+}
+
+// The memif driver (perf/nic_bench.sh): the probe opens the uplink's socket and each
+// pod's <socket_dir>/<interface>.sock as the document says, and the ports carry frames to
+// a peer process's ports; here the peers are client ports in this process.
+TEST(port_loss, MemifPortsOpenTheSocketsOfTheDocumentAndCarryFrames) {
+  if (!running_as_root()) GTEST_SKIP() << "needs root: EAL";
+  const std::filesystem::path dir = "/tmp/" + test_prefix() + "-memif";
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir / "pods");
+  struct remove_dir {
+    std::filesystem::path dir;
+    ~remove_dir() {
+      std::error_code ignored;
+      std::filesystem::remove_all(dir, ignored);
+    }
+  } dir_guard{dir};
+  dataplane_spec spec;
+  spec.uplink.driver = "memif";
+  spec.uplink.interface = "uplink";
+  spec.uplink.memif = memif_spec{(dir / "uplink.sock").string(), true};
+  spec.pod_driver = "memif";
+  spec.pod_memif = memif_spec{(dir / "pods").string(), true};
+  std::vector<pod_spec> pods(1);
+  pods[0].interface = "client";
+  std::vector<pool_port> ports;
+  ASSERT_EQ(probe_ports(spec, pods, 1, 512, ports), "");
+  ASSERT_EQ(ports.size(), 2u);
+  EXPECT_TRUE(std::filesystem::is_socket(dir / "uplink.sock"));
+  EXPECT_TRUE(std::filesystem::is_socket(dir / "pods" / "client.sock"));
+
+  rte_mempool* pool = rte_pktmbuf_pool_create(("memif_" + test_prefix()).c_str(), 1023, 0, 0,
+                                              RTE_MBUF_DEFAULT_BUF_SIZE, 0);
+  ASSERT_NE(pool, nullptr);
+  auto start = [&](uint16_t port) {
+    rte_eth_conf conf{};
+    return rte_eth_dev_configure(port, 1, 1, &conf) == 0 && rte_eth_rx_queue_setup(port, 0, 256, 0, nullptr, pool) == 0 &&
+           rte_eth_tx_queue_setup(port, 0, 256, 0, nullptr) == 0 && rte_eth_dev_start(port) == 0;
+  };
+  std::vector<uint16_t> peers;
+  for (const auto& socket : {dir / "uplink.sock", dir / "pods" / "client.sock"}) {
+    const std::string name = "net_memif_peer" + std::to_string(peers.size()) + "_" + test_prefix();
+    ASSERT_EQ(rte_dev_probe((name + ",id=0,role=client,socket=" + socket.string() + ",socket-abstract=no").c_str()), 0);
+    uint16_t id = 0;
+    ASSERT_EQ(rte_eth_dev_get_port_by_name(name.c_str(), &id), 0);
+    peers.push_back(id);
+  }
+  struct cleanup {
+    std::vector<uint16_t> ports;
+    rte_mempool* pool;
+    ~cleanup() {
+      for (uint16_t port : ports) {
+        rte_eth_dev_stop(port);
+        rte_eth_dev_info info{};
+        const bool known = rte_eth_dev_info_get(port, &info) == 0;
+        rte_eth_dev_close(port);
+        if (known && info.device) rte_dev_remove(info.device);
+      }
+      rte_mempool_free(pool);
+    }
+  } guard{{peers[0], peers[1], ports[0].port_id, ports[1].port_id}, pool};
+  for (const pool_port& p : ports) ASSERT_TRUE(start(p.port_id)) << p.interface;
+  for (uint16_t peer : peers) ASSERT_TRUE(start(peer));
+  auto up = [](uint16_t port) {
+    rte_eth_link link{};
+    return rte_eth_link_get_nowait(port, &link) == 0 && link.link_status == RTE_ETH_LINK_UP;
+  };
+  for (int i = 0; i < 100 && !(up(ports[0].port_id) && up(ports[1].port_id) && up(peers[0]) && up(peers[1])); ++i)
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  for (size_t i = 0; i < 2; ++i) {
+    ASSERT_TRUE(up(ports[i].port_id)) << ports[i].interface;
+    // A frame from the peer arrives on the agent's port, and one back.
+    for (const auto& [from, to] : {std::pair{peers[i], ports[i].port_id}, std::pair{ports[i].port_id, peers[i]}}) {
+      rte_mbuf* m = rte_pktmbuf_alloc(pool);
+      ASSERT_NE(m, nullptr);
+      char* data = rte_pktmbuf_append(m, 60);
+      std::memset(data, 0x5a, 60);
+      // The link is up a moment before both sides have mapped the rings, and a memif
+      // server sends into buffers its client hands back as it receives: the receiver
+      // polls (as any peer does) until the frame is taken.
+      bool sent = false;
+      for (int tries = 0; tries < 200 && !(sent = rte_eth_tx_burst(from, 0, &m, 1) == 1); ++tries) {
+        rte_mbuf* stray[8];
+        rte_pktmbuf_free_bulk(stray, rte_eth_rx_burst(to, 0, stray, 8));
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      }
+      if (!sent) rte_pktmbuf_free(m);
+      ASSERT_TRUE(sent) << "port " << from << " refused the frame";
+      rte_mbuf* got = nullptr;
+      for (int tries = 0; tries < 200 && rte_eth_rx_burst(to, 0, &got, 1) == 0; ++tries)
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+      ASSERT_NE(got, nullptr) << "no frame from port " << from << " on port " << to;
+      EXPECT_EQ(rte_pktmbuf_pkt_len(got), 60u);
+      rte_pktmbuf_free(got);
     }
   }
 }
