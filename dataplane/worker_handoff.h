@@ -67,10 +67,24 @@ inline handoff_context& context_of(rte_mbuf* m) {
   return *RTE_MBUF_DYNFIELD(m, handoff_context_offset, handoff_context*);
 }
 
-// CRC32-C of one endpoint (16-byte address, IPv4-mapped for IPv4; port; protocol),
-// chained from `seed`.
-[[gnu::always_inline]] inline uint32_t endpoint_crc(const uint8_t* address, uint16_t port, uint8_t protocol,
-                                                    uint32_t seed) {
+// A flow's two endpoints as the owner rules read them: IPv4 addresses as stored
+// (network order), IPv6 ones as 16 bytes; ports in host order (echo identifiers for
+// echoes).
+struct owner_tuple {
+  bool v4 = true;
+  uint8_t protocol = 0;
+  uint16_t source_port = 0, destination_port = 0;
+  uint32_t source4 = 0, destination4 = 0;
+  const uint8_t* source6 = nullptr;
+  const uint8_t* destination6 = nullptr;
+};
+
+// CRC32-C of one endpoint, chained from `seed`: one instruction for IPv4.
+[[gnu::always_inline]] inline uint32_t endpoint_crc4(uint32_t address, uint16_t port, uint8_t protocol,
+                                                     uint32_t seed) {
+  return rte_hash_crc_8byte(uint64_t{address} << 32 | uint64_t{port} << 8 | protocol, seed);
+}
+inline uint32_t endpoint_crc6(const uint8_t* address, uint16_t port, uint8_t protocol, uint32_t seed) {
   uint64_t high, low;
   std::memcpy(&high, address, 8);
   std::memcpy(&low, address + 8, 8);
@@ -89,76 +103,116 @@ inline bool is_backend_v6(const forwarding_tables& t, const uint8_t* address, ui
   return std::binary_search(t.frontends_by_backend.begin(), t.frontends_by_backend.end(), probe);
 }
 
-// The owner (0..workers-1) of the flow of a packet with this key (its tuple as it
-// arrives, IPv4-mapped for IPv4; padding ignored), or kAnyWorker. See the rules above.
-// `workers` > 1.
-inline uint32_t flow_owner(const forwarding_tables& t, const flow_key& key, uint32_t workers) {
-  const uint8_t protocol = key.protocol;
-  const bool v4 = address_v6(key.source).is_v4();
-  uint32_t source4, destination4;  // network order
-  std::memcpy(&source4, key.source + 12, 4);
-  std::memcpy(&destination4, key.destination + 12, 4);
+// The owner (0..workers-1) of the flow of a packet with these endpoints, or kAnyWorker.
+// See the rules above. `workers` > 1.
+[[gnu::always_inline]] inline uint32_t flow_owner(const forwarding_tables& t, const owner_tuple& k, uint32_t workers) {
+  const uint8_t protocol = k.protocol;
   const bool ports = protocol == kProtoTcp || protocol == kProtoUdp;
-  const auto by_source = [&] { return pick_worker(endpoint_crc(key.source, key.source_port, protocol, kFlowHashSeed), workers); };
+  const auto by_source = [&] {
+    return pick_worker(k.v4 ? endpoint_crc4(k.source4, k.source_port, protocol, kFlowHashSeed)
+                            : endpoint_crc6(k.source6, k.source_port, protocol, kFlowHashSeed),
+                       workers);
+  };
   const auto by_destination = [&] {
-    return pick_worker(endpoint_crc(key.destination, key.destination_port, protocol, kFlowHashSeed), workers);
+    return pick_worker(k.v4 ? endpoint_crc4(k.destination4, k.destination_port, protocol, kFlowHashSeed)
+                            : endpoint_crc6(k.destination6, k.destination_port, protocol, kFlowHashSeed),
+                       workers);
   };
   if (ports) {
     // 1. To a VIP.
-    if (v4 ? gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(destination4))
-           : t.has_v6_services && t.tables->find_frontend(address_v6(key.destination), key.destination_port,
-                                                         static_cast<l4_protocol>(protocol)))
+    if (k.v4 ? gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(k.destination4))
+             : t.has_v6_services && t.tables->find_frontend(address_v6(k.destination6), k.destination_port,
+                                                           static_cast<l4_protocol>(protocol)))
       return by_source();
     // 2. To a port the gateway lent.
-    const bool to_gateway = v4 ? destination4 == t.gateway_ip
-                               : t.has_gateway_ip6 && std::memcmp(key.destination, t.gateway_ip6.data(), 16) == 0;
-    if (to_gateway && key.destination_port >= kIngressPortFirst &&
-        key.destination_port - kIngressPortFirst < kIngressPortCount)
-      return (key.destination_port - kIngressPortFirst) % workers;
+    const bool to_gateway = k.v4 ? k.destination4 == t.gateway_ip
+                                 : t.has_gateway_ip6 && std::memcmp(k.destination6, t.gateway_ip6.data(), 16) == 0;
+    if (to_gateway && k.destination_port >= kIngressPortFirst &&
+        k.destination_port - kIngressPortFirst < kIngressPortCount)
+      return (k.destination_port - kIngressPortFirst) % workers;
   }
   // 3. To an egress address (TCP, UDP, echo identifiers).
-  if (t.egress.enabled() &&
-      (v4 ? is_egress_address(t, destination4) : is_egress_address6(t, key.destination))) {
-    const uint32_t owner = egress_port_owner(t.egress, workers, key.destination_port);
+  if (t.egress.enabled() && (k.v4 ? is_egress_address(t, k.destination4) : is_egress_address6(t, k.destination6))) {
+    const uint32_t owner = egress_port_owner(t.egress, workers, k.destination_port);
     if (owner != UINT32_MAX) return owner;
   }
   if (ports) {
     // 4. From or to a backend.
     const bool from_backend =
-        v4 ? gate_contains(t.v4_backends, t.v4_backend_mask, uint64_t{from_net32(source4)} << 16 | key.source_port)
-           : t.has_v6_services && is_backend_v6(t, key.source, key.source_port, protocol);
+        k.v4 ? gate_contains(t.v4_backends, t.v4_backend_mask, uint64_t{from_net32(k.source4)} << 16 | k.source_port)
+             : t.has_v6_services && is_backend_v6(t, k.source6, k.source_port, protocol);
     if (from_backend) return by_destination();
     const bool to_backend =
-        v4 ? gate_contains(t.v4_backends, t.v4_backend_mask, uint64_t{from_net32(destination4)} << 16 | key.destination_port)
-           : t.has_v6_services && is_backend_v6(t, key.destination, key.destination_port, protocol);
+        k.v4 ? gate_contains(t.v4_backends, t.v4_backend_mask,
+                             uint64_t{from_net32(k.destination4)} << 16 | k.destination_port)
+             : t.has_v6_services && is_backend_v6(t, k.destination6, k.destination_port, protocol);
     if (to_backend) return by_source();
   }
   // 5. Both endpoints, sorted; stateless traffic stays where it is.
   if (protocol != kProtoTcp && !t.policy_active && !t.egress.enabled()) return kAnyWorker;
-  int order = std::memcmp(key.source, key.destination, 16);
-  if (order == 0) order = int{key.source_port} - int{key.destination_port};
-  const uint8_t* first = order <= 0 ? key.source : key.destination;
-  const uint8_t* second = order <= 0 ? key.destination : key.source;
-  const uint16_t first_port = order <= 0 ? key.source_port : key.destination_port;
-  const uint16_t second_port = order <= 0 ? key.destination_port : key.source_port;
-  return pick_worker(endpoint_crc(second, second_port, protocol, endpoint_crc(first, first_port, protocol, kFlowHashSeed)),
-                     workers);
+  if (k.v4) {
+    const uint64_t a = uint64_t{k.source4} << 16 | k.source_port, b = uint64_t{k.destination4} << 16 | k.destination_port;
+    const uint64_t first = a < b ? a : b, second = a < b ? b : a;
+    return pick_worker(rte_hash_crc_8byte(second << 8 | protocol, rte_hash_crc_8byte(first << 8 | protocol, kFlowHashSeed)),
+                       workers);
+  }
+  int order = std::memcmp(k.source6, k.destination6, 16);
+  if (order == 0) order = int{k.source_port} - int{k.destination_port};
+  const bool source_first = order <= 0;
+  return pick_worker(
+      endpoint_crc6(source_first ? k.destination6 : k.source6, source_first ? k.destination_port : k.source_port,
+                    protocol,
+                    endpoint_crc6(source_first ? k.source6 : k.destination6,
+                                  source_first ? k.source_port : k.destination_port, protocol, kFlowHashSeed)),
+      workers);
+}
+
+// The same for a flow key (its tuple as a packet of it arrives; IPv4-mapped for IPv4;
+// padding ignored): where the upgrade hand-over puts an adopted entry.
+inline uint32_t flow_owner(const forwarding_tables& t, const flow_key& key, uint32_t workers) {
+  owner_tuple k;
+  k.v4 = address_v6(key.source).is_v4();
+  k.protocol = key.protocol;
+  k.source_port = key.source_port;
+  k.destination_port = key.destination_port;
+  std::memcpy(&k.source4, key.source + 12, 4);
+  std::memcpy(&k.destination4, key.destination + 12, 4);
+  k.source6 = key.source;
+  k.destination6 = key.destination;
+  return flow_owner(t, k, workers);
 }
 
 // The owner of a parsed packet's flow (kAnyWorker: any worker may process it).
 [[gnu::always_inline]] inline uint32_t packet_owner(const forwarding_tables& t, const uint8_t* frame,
                                                     const parsed_packet& p, uint32_t workers) {
   if (!p.l4_offset) return kAnyWorker;
-  if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) {
+  if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) [[unlikely]] {
     if (p.l4_protocol != kProtoIcmp && p.l4_protocol != kProtoIcmpv6) return kAnyWorker;
     const uint8_t type = frame[p.l4_offset];
     const bool echo = p.l4_protocol == kProtoIcmp ? (type == kIcmpEchoRequest || type == kIcmpEchoReply)
                                                   : (type == kIcmpv6EchoRequest || type == kIcmpv6EchoReply);
     if (!echo) return kAnyWorker;
   }
-  flow_key key;
-  flow_key_into(key, frame, p);
-  return flow_owner(t, key, workers);
+  owner_tuple k;
+  k.protocol = p.l4_protocol;
+  k.source_port = p.source_port;
+  k.destination_port = p.destination_port;
+  if (p.l3 == l3_kind::ipv4) {
+    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+    k.source4 = ip->source;
+    k.destination4 = ip->destination;
+  } else {
+    k.v4 = false;
+    k.source6 = frame + p.l3_offset + offsetof(ipv6_header, source);
+    k.destination6 = frame + p.l3_offset + offsetof(ipv6_header, destination);
+    // An IPv4-mapped IPv6 packet is hashed as its key is (address_v6(...).is_v4()).
+    if (address_v6(k.source6).is_v4()) {
+      k.v4 = true;
+      std::memcpy(&k.source4, k.source6 + 12, 4);
+      std::memcpy(&k.destination4, k.destination6 + 12, 4);
+    }
+  }
+  return flow_owner(t, k, workers);
 }
 
 // Stages `m` for worker `owner`'s inbox (flushed when the stage is full and at the end

@@ -336,6 +336,7 @@ BENCHMARK(BM_pipeline_many_flows)->Name("BM_pipeline_service_8k_flows_geneve");
 // thread (one core: the figures are CPU cycles per packet summed over both workers, the
 // cost a packet adds to a pool, not a wall-clock rate of two cores). The same service +
 // flow hit + Geneve path as BM_pipeline_service_flow_hit_geneve, with worker 0 receiving:
+//   one_worker_alone: the same loop, worker 0 alone in its pool (the 1-worker figure);
 //   local:      a flow worker 0 owns (what a pool adds: the owner check);
 //   handed_off: a flow worker 1 owns: worker 0 parses it and puts it on worker 1's
 //               inbox (rte_ring, bursts of 32), worker 1 takes and processes it;
@@ -388,10 +389,12 @@ two_worker_world* two_workers = nullptr;
 
 void BM_pipeline_two_workers(benchmark::State& state, int kind) {
   const std::vector<testing::bytes>* frames =
-      kind == 0 ? &two_workers->local : kind == 1 ? &two_workers->handed_off : &two_workers->mixed;
+      kind == 1 ? &two_workers->handed_off : kind == 2 ? &two_workers->mixed : &two_workers->local;
   world->ports->geneve_udp_checksum.store(true);
   worker_state& w0 = *two_workers->w[0];
   worker_state& w1 = *two_workers->w[1];
+  // kind 3: the same loop with worker 0 alone in its pool (the 1-worker figure beside).
+  w0.workers = kind == 3 ? 1 : 2;
   rte_mbuf* packets[kBurst];
   uint64_t cycles = 0, count = 0;
   size_t next = 0;
@@ -400,9 +403,13 @@ void BM_pipeline_two_workers(benchmark::State& state, int kind) {
     w0.now = w1.now = start;
     const uint16_t n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
     uint64_t untimed = 0;
-    for (uint16_t i = 0; i < n; ++i) {
-      untimed += fill(packets + i, 1, (*frames)[next]);
-      next = (next + 1) % frames->size();
+    if (frames->size() == 1) {
+      untimed = fill(packets, n, frames->front());
+    } else {
+      for (uint16_t i = 0; i < n; ++i) {
+        untimed += fill(packets + i, 1, (*frames)[next]);
+        next = (next + 1) % frames->size();
+      }
     }
     // One poll of each worker, as poll_once runs them.
     process_burst(w0, world->tables, *world->ports, world->client, packets, n);
@@ -422,7 +429,9 @@ void BM_pipeline_two_workers(benchmark::State& state, int kind) {
     for (const auto& d : w->drops) drops += d.get();
   if (drops) state.SkipWithError("packets were dropped: the benchmark is not measuring the path it names");
   w0.handed_off.value.store(0);
+  w0.workers = 2;
 }
+BENCHMARK_CAPTURE(BM_pipeline_two_workers, one_worker, 3)->Name("BM_pipeline_two_workers_one_worker_alone");
 BENCHMARK_CAPTURE(BM_pipeline_two_workers, local, 0)->Name("BM_pipeline_two_workers_local");
 BENCHMARK_CAPTURE(BM_pipeline_two_workers, handed_off, 1)->Name("BM_pipeline_two_workers_handed_off");
 BENCHMARK_CAPTURE(BM_pipeline_two_workers, mixed, 2)->Name("BM_pipeline_two_workers_mixed");
@@ -653,6 +662,26 @@ void BM_stage_flow_lookup_hit(benchmark::State& state) {
   report(state, cycles, count);
 }
 BENCHMARK(BM_stage_flow_lookup_hit);
+
+// The owner of a packet's flow among two workers (dataplane/worker_handoff.h): what a
+// pool of several workers adds to every TCP/UDP packet before its flow lookup.
+void BM_stage_flow_owner(benchmark::State& state) {
+  testing::bytes frame = world->to_service;
+  parsed_packet parsed;
+  parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), parsed);
+  uint64_t cycles = 0, count = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    for (int i = 0; i < kBurst; ++i) {
+      benchmark::DoNotOptimize(frame.data());
+      benchmark::DoNotOptimize(detail::packet_owner(world->tables, frame.data(), parsed, 2));
+    }
+    cycles += rte_rdtsc() - start;
+    count += kBurst;
+  }
+  report(state, cycles, count);
+}
+BENCHMARK(BM_stage_flow_owner);
 
 void BM_stage_geneve_encap(benchmark::State& state) {
   rte_mbuf* m = rte_pktmbuf_alloc(world->pool);
