@@ -106,8 +106,8 @@ void apply(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
   else rewrite_flow(frame, p, e);
 }
 
-// A packet of a flow to an external service's destination, counted for the service. (A
-// reply read from another worker's entry is counted by the worker that handles it.)
+// A packet of a flow to an external service's destination, counted for the service (by
+// the flow's owner, which processes every packet of it: worker_handoff.h).
 [[gnu::always_inline]] inline void count_external(worker_state& w, const flow_entry& e, const rte_mbuf* m) {
   if (!e.second_address || e.second_address >= kMaxExternalServiceSlots) return;
   lb_counters& c = (*w.external_service)[e.second_address];

@@ -267,9 +267,10 @@ inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672; 
 // IPv6 one does not fit in flow_entry (IPv4 ones do: flow_entry::second_address); a
 // reverse entry rebuilt after an eviction (restore_reverse_entry in service_lb.cpp) needs
 // both, as its reply names only the lent port. Each worker writes the slots of the ports
-// it lends before it inserts their entries; shared by the pool's workers so that a reply
-// reaching another worker finds its client too (its entry read through the seqlock, whose
-// acquire orders this slot's read after the write). Atomic words, relaxed: a reader that
+// it lends before it inserts their entries. Shared by the pool's workers (replies reach
+// the lender, worker_handoff.h, but an ICMP error about the flow is translated where it
+// arrives, reading the entry through the seqlock, whose acquire orders this slot's read
+// after the write) and read by the hand-over export. Atomic words, relaxed: a reader that
 // races a re-lend reads a mix, which the entry it then looks up does not match.
 struct lent_port_clients {
   struct client {
