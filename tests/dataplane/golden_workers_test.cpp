@@ -101,6 +101,27 @@ TEST_F(golden_two_workers, ServiceRepliesOnTheOtherWorkerAreReverseNatedByTheOwn
   EXPECT_EQ(pending_total(), 0u);
 }
 
+TEST_F(golden_two_workers, Ipv6ServiceRepliesOnTheOtherWorkerAreReverseNatedByTheOwner) {
+  learn_pod_macs();
+  short_timeouts();
+  // client -> web6 [fd00:6d6c:ffff::10]:80 (backend [fd00:6d6c:1::20]:8080 here).
+  send_via(client, 1, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:ffff::10"),
+                                 tcp_to(80, 40002, kTcpSyn)));
+  const bytes in = receive(web);
+  ASSERT_FALSE(in.empty());
+  const uint16_t o = owner();
+  const bytes reply = ipv6_frame(kWebMac, kWebPortMac, ip6("fd00:6d6c:1::20"), ip6("fd00:6d6c:1::10"),
+                                 tcp_to(40002, 8080, kTcpAck));
+  const auto vip = ip6("fd00:6d6c:ffff::10");
+  replies_for_a_while(web, static_cast<uint16_t>(1 - o), reply, client, [&](const bytes& out, int n) {
+    ASSERT_GT(out.size(), kEth + 40u + 4) << "reply " << n;
+    EXPECT_EQ(std::memcmp(&out[kEth + 8], vip.data(), 16), 0) << "reply " << n;  // reverse NAT to the VIP
+    EXPECT_EQ(u16_at(out, kEth + 40), 80) << "reply " << n;
+    EXPECT_EQ(verify_checksums(out), "") << "reply " << n;
+  });
+  EXPECT_EQ(live(static_cast<uint16_t>(1 - o)), 0u);
+}
+
 TEST_F(golden_two_workers, IngressRepliesOnTheOtherWorkerLeaveByTheLastHopReverseNated) {
   learn_pod_macs();
   short_timeouts();
