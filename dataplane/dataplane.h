@@ -69,6 +69,9 @@ struct worker_pool_options {
   uint16_t rx_ring_size = 1024;
   uint16_t tx_ring_size = 1024;
   uint32_t flow_table_size = 65536;  // entries per worker
+  // Slots of each worker's inbox of packets handed over by the other workers (flows it
+  // owns, worker_handoff.h); a full inbox drops (handoff_ring_full). With one worker: none.
+  uint32_t handoff_ring_size = 4096;
   uint16_t uplink_mtu = 1500;
   // false: no lcores are launched; the caller drives workers with poll_once (golden tests,
   // benchmarks).

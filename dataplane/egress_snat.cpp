@@ -106,19 +106,13 @@ void apply(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
   else rewrite_flow(frame, p, e);
 }
 
-// A packet of a flow to an external service's destination, counted for the service. (A
-// reply read from another worker's entry is counted by the worker that handles it.)
+// A packet of a flow to an external service's destination, counted for the service (by
+// the flow's owner, which processes every packet of it: worker_handoff.h).
 [[gnu::always_inline]] inline void count_external(worker_state& w, const flow_entry& e, const rte_mbuf* m) {
   if (!e.second_address || e.second_address >= kMaxExternalServiceSlots) return;
   lb_counters& c = (*w.external_service)[e.second_address];
   c.packets.add(1);
   if (m) c.bytes.add(rte_pktmbuf_pkt_len(m));
-}
-
-// Another worker's table, by that worker's index.
-const flow_table* peer_table(const worker_state& w, uint32_t owner) {
-  const uint32_t at = owner < w.index ? owner : owner - 1;
-  return at < w.peer_flows.size() ? w.peer_flows[at] : nullptr;
 }
 
 // Keeps the other direction's entry alive with a hit's (see load_balance); the reply
@@ -138,7 +132,7 @@ void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
 bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
               const uint8_t* source, uint32_t service_slot, flow_entry& forward) {
   const egress_forwarding& e = t.egress;
-  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+  const uint32_t workers = w.workers;
   const uint32_t per_worker = e.port_count / workers;
   if (per_worker == 0) return false;
   const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
@@ -181,7 +175,7 @@ bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key
     return false;
   w.egress_forward_searched = w.now;
   const egress_forwarding& e = t.egress;
-  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+  const uint32_t workers = w.workers;
   const uint32_t per_worker = e.port_count / workers;
   const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
   const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
@@ -493,9 +487,8 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     found = *hit;
     if (new_epoch) [[unlikely]] keep_partner(w, found, v4);
   } else {
+    // This worker owns the flow (worker_handoff.h): no other table has it.
     bool shared = false;
-    for (size_t i = 0; !shared && i < w.peer_flows.size(); ++i)
-      shared = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, found);
     // A TCP segment past the handshake may belong to a flow whose forward entry was
     // evicted: it keeps its port (restore_forward).
     if (!shared && p.l4_protocol == kProtoTcp && !(p.tcp_flags & kTcpSyn))
@@ -554,11 +547,9 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
     found = *hit;
     if (new_epoch) [[unlikely]] keep_partner(w, found, v4);
   } else {
-    // The port names the worker whose table holds the flow.
-    const uint32_t owner =
-        egress_port_owner(t.egress, static_cast<uint32_t>(w.peer_flows.size()) + 1, p.destination_port);
-    const flow_table* table = owner == UINT32_MAX || owner == w.index ? nullptr : peer_table(w, owner);
-    if (!table || !table->find_shared(key, hash, w.now, w.timeouts, found)) return false;
+    // The port names the worker whose table holds the flow, and that is this one (the
+    // reply was handed to it, worker_handoff.h).
+    return false;
   }
   if (found.direction != flow_direction::reverse) return false;
   apply(frame, p, found);

@@ -18,8 +18,8 @@
 // Linux's masquerade does). A new flow tries up to kEgressPortTries ports of its slice,
 // from where the last search stopped; none free: drop, `snat_ports_exhausted`.
 // Replies: a reply's destination port names the slice and so the worker that owns its
-// flow; a reply that reaches another worker (RSS hashes each direction on its own) reads
-// that worker's entry through the seqlock (flow_table::find_shared), never writes it.
+// flow; a reply that reaches another worker is handed to the owner (worker_handoff.h).
+// Only ICMP errors about a flow read another worker's entry (find_shared, never a write).
 #pragma once
 
 #include "dataplane/pipeline_internal.h"

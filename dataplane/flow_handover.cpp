@@ -6,6 +6,7 @@
 #include <set>
 
 #include "dataplane/dataplane.h"
+#include "dataplane/worker_handoff.h"
 #include "dataplane/egress_snat.h"
 #include "dataplane/pipeline_internal.h"
 #include "dataplane/policy_path.h"
@@ -121,6 +122,12 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
   uint64_t evictions_before = 0;
   for (const auto& w : workers_) evictions_before += w->flows.evictions();
   std::set<uint16_t> lent_in_use;
+  // The worker whose flow `key` is (worker_handoff.h), or `otherwise` when any may hold it.
+  const auto owner_of = [&](const flow_key& key, uint32_t otherwise) -> uint32_t {
+    if (workers < 2) return 0;
+    const uint32_t owner = detail::flow_owner(*t, key, workers);
+    return owner == detail::kAnyWorker ? otherwise : owner;
+  };
 
   for (const handover_flow& f : state.flows) {
     flow_entry e = f.entry;
@@ -157,7 +164,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
         }
       const uint64_t lifetime = lifetime_of(e, timeouts);
       const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
-      workers_[port_owner]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
+      workers_[owner_of(e.key, port_owner)]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
       ++report.flows_adopted;
       continue;
     }
@@ -207,19 +214,14 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       }
       owner = static_cast<uint16_t>((port - kIngressPortFirst) % workers);
       lent_in_use.insert(port);
-    } else if (state.workers == workers) {
-      owner = f.worker;  // the same ports and queues: RSS gives the flow the same worker
     } else {
-      // Another worker count: both entries of a flow go to one worker, by its client's tuple.
-      flow_key client_side = e.key;
-      if (!forward) {
-        std::memcpy(client_side.source, e.key.destination, 16);
-        client_side.source_port = e.key.destination_port;
-        std::memcpy(client_side.destination, e.rewrite_address, 16);
-        client_side.destination_port = e.rewrite_port;
-      }
-      owner = static_cast<uint16_t>(hash_flow_key(client_side) % workers);
+      owner = f.worker < workers ? f.worker : 0;
     }
+    // Each entry goes to the worker its packets reach (worker_handoff.h): with as many
+    // workers as the predecessor had, the worker that made it, which lent the port if any.
+    // With another count, a source-NATed flow's two entries may part (the client's packets
+    // own the forward one, the lent port the reverse): both still NAT their direction.
+    owner = static_cast<uint16_t>(owner_of(e.key, owner));
     // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
     const uint64_t lifetime = lifetime_of(e, timeouts);
     const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
@@ -231,8 +233,8 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
   if (evictions_after > evictions_before)
     report.dropped["table_full"] = evictions_after - evictions_before;
 
-  // The records of flows our pods started: any worker's record serves (the reply check
-  // reads every worker's), so the writer's worker is kept where it still exists.
+  // The records of flows our pods started: with their flow's owner (a reply is checked
+  // there only), or the writer's worker where any may hold it.
   for (const handover_policy_record& p : state.policy_records) {
     if (p.remaining_ms <= report.handover_ms) {
       ++report.dropped["expired"];
@@ -245,7 +247,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     e.state = p.state;
     const uint64_t lifetime = lifetime_of(e, timeouts);
     const uint64_t left = std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000));
-    workers_[p.worker < workers ? p.worker : 0]->policy_flows.insert(
+    workers_[owner_of(e.key, p.worker < workers ? p.worker : 0)]->policy_flows.insert(
         e, policy_hash(e.key), now - (lifetime - left), timeouts);
   }
 

@@ -7,11 +7,12 @@
 // and no locks on the packet path; one worker owns one table). Timeouts follow the TCP
 // state seen (SYN/FIN/RST: transitory; otherwise established) and the UDP timeout.
 //
-// With several workers a reply may reach another worker than the one that created the
-// flow (RSS hashes each direction and each port on its own). Other workers may then read
-// an entry through find_shared: every write by the owner is bracketed by a sequence
-// counter (a seqlock), so a reader sees either a whole entry or retries, never a torn
-// one. Only the owner writes.
+// With several workers every packet of a flow is processed by the worker that owns it
+// (dataplane/worker_handoff.h). Other threads still read entries through find_shared and
+// read (the control thread's status, flows query and hand-over export; a worker
+// translating an ICMP error about another worker's flow): every write by the owner is
+// bracketed by a sequence counter (a seqlock), so a reader sees either a whole entry or
+// retries, never a torn one. Only the owner writes.
 #pragma once
 
 #include <rte_hash_crc.h>

@@ -59,6 +59,8 @@ enum class drop_reason : uint8_t {
   snat_ports_exhausted,
   egress_not_registered,  // egress.mode registry_only: no external service has the destination
   egress_gateway_unavailable,  // an egress policy's gateway node is not in the document (fallback "drop")
+  // Flow ownership (dataplane/worker_handoff.h): the owner worker's inbox was full.
+  handoff_ring_full,
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

@@ -13,6 +13,7 @@
 #include "dataplane/pipeline_internal.h"
 #include "dataplane/policy_path.h"
 #include "dataplane/service_lb.h"
+#include "dataplane/worker_handoff.h"
 
 namespace meshlane {
 
@@ -176,6 +177,18 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   transmit(w, ports.uplink_port, m);
 }
 
+// From outside the cluster through the uplink, not for this node itself: to a service VIP
+// (DNAT to a backend here or on another node), or straight to a pod of this node.
+inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t in_port,
+                         rte_mbuf* m, uint8_t* frame, parsed_packet& p, lb_outcome& lb) {
+  const auto* eth = reinterpret_cast<const ethernet_header*>(frame);
+  if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/true, eth->source.as_u64())) return;
+  if (lb.service_flow) return route<false>(w, t, ports, in_port, m, p, lb);
+  const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
+  if (!pod) return drop(w, m, drop_reason::not_for_us);
+  return route<true>(w, t, ports, in_port, m, p, lb);
+}
+
 // One packet, start to end. Inline in process_burst: a call per packet (six saved
 // registers, a 200-byte frame) cost 4 cycles per packet, measured.
 [[gnu::always_inline]] inline void process_one(worker_state& w, const forwarding_tables& t, port_table& ports,
@@ -204,6 +217,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     }
     lb_outcome lb;
     lb.source_identity = t.port_identity[in_port];
+    if (hand_off(w, t, m, frame, p, handoff_entry::pod, in_port, lb)) return;
     if (!load_balance(w, t, m, frame, p, lb)) return;
     return route<false>(w, t, ports, in_port, m, p, lb);
   }
@@ -218,6 +232,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
           lb.enforce = kEnforceRemote;
           if (!geneve_decapsulate(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
+          if (hand_off(w, t, m, frame, p, handoff_entry::overlay, in_port, lb)) return;
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
         }
@@ -226,6 +241,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
           lb.enforce = kEnforceRemote;
           if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
+          if (hand_off(w, t, m, frame, p, handoff_entry::overlay, in_port, lb)) return;
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
         }
@@ -234,6 +250,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
           return answer_echo(w, in_port, m, p, port.mac);
       }
       if (is_egress_address(t, ip->destination)) {  // replies of egress flows (issue 18)
+        if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
         if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
         // To the pod here, or through the tunnel to its node when this node is its gateway.
         return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
@@ -253,6 +270,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     if (p.l3 == l3_kind::ipv6 && is_egress_address6(t, frame + p.l3_offset + offsetof(ipv6_header, destination))) {
+      if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
       if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
       return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
     }
@@ -266,13 +284,41 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     lb_outcome lb;
     lb.source_identity = kIdentityWorld;  // policy matches it on ip_blocks only
     lb.enforce = kEnforceIngress;
-    if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/true, eth->source.as_u64())) return;
-    if (lb.service_flow) return route<false>(w, t, ports, in_port, m, p, lb);
-    const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
-    if (!pod) return drop(w, m, drop_reason::not_for_us);
-    return route<true>(w, t, ports, in_port, m, p, lb);
+    if (hand_off(w, t, m, frame, p, handoff_entry::ingress, in_port, lb)) return;
+    return ingress_flow(w, t, ports, in_port, m, frame, p, lb);
   }
   drop(w, m, drop_reason::no_port);
+}
+
+// A packet another worker received and handed to this one, its flow's owner
+// (worker_handoff.h): continued where the receiver stopped, as if received here.
+void process_handed(worker_state& w, const forwarding_tables& t, port_table& ports, rte_mbuf* m) {
+  const handoff_context& c = context_of(m);
+  uint8_t* frame = frame_of(m);
+  parsed_packet p;
+  // The receiver parsed these very bytes (after any decapsulation): this cannot fail.
+  if (const drop_reason reason = parse_packet(frame, rte_pktmbuf_data_len(m), p); reason != drop_reason::none)
+    return drop(w, m, reason);
+  const uint16_t in_port = c.in_port;
+  lb_outcome lb;
+  lb.source_identity = c.source_identity;
+  lb.enforce = c.enforce;
+  lb.has_original_source = c.has_original_source;
+  if (c.has_original_source) std::memcpy(w.original_source.bytes.data(), c.original_source, 16);
+  switch (c.entry) {
+    case handoff_entry::pod:
+      if (!load_balance(w, t, m, frame, p, lb)) return;
+      return route<false>(w, t, ports, in_port, m, p, lb);
+    case handoff_entry::overlay:
+      if (!load_balance(w, t, m, frame, p, lb)) return;
+      return route<true>(w, t, ports, in_port, m, p, lb);
+    case handoff_entry::ingress:
+      return ingress_flow(w, t, ports, in_port, m, frame, p, lb);
+    case handoff_entry::egress_inbound:
+      if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
+      return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
+  }
+  drop(w, m, drop_reason::not_for_us);
 }
 
 }  // namespace
@@ -302,6 +348,49 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
     process_one(w, t, ports, in_port, packets[i]);
   }
 }
+
+void flush_handoffs(worker_state& w) {
+  for (uint16_t owner : w.outbox_pending) {
+    detail::flush_handoff(w, owner);
+    w.outbox[owner].pending = false;
+  }
+  w.outbox_pending.clear();
+}
+
+uint32_t process_handoffs(worker_state& w, const forwarding_tables& t, port_table& ports) {
+  // A bounded number of bursts a poll, so that a flood from the other workers cannot
+  // starve this worker's own RX queues.
+  constexpr unsigned kHandoffDrain = 4;
+  rte_mbuf* packets[worker_state::kHandoffBurst];
+  uint32_t taken = 0;
+  for (unsigned burst = 0; burst < kHandoffDrain; ++burst) {
+    const unsigned n = rte_ring_dequeue_burst(w.inbox, reinterpret_cast<void**>(packets), worker_state::kHandoffBurst, nullptr);
+    taken += n;
+    for (unsigned i = 0; i < n && i < 4; ++i) rte_prefetch0(rte_pktmbuf_mtod(packets[i], void*));
+    for (unsigned i = 0; i < n; ++i) {
+      if (i + 4 < n) rte_prefetch0(rte_pktmbuf_mtod(packets[i + 4], void*));
+      process_handed(w, t, ports, packets[i]);
+    }
+    if (n < worker_state::kHandoffBurst) break;
+  }
+  w.handoffs_received.add(taken);
+  return taken;
+}
+
+namespace detail {
+void flush_handoff(worker_state& w, uint32_t owner) {
+  worker_state::handoff_stage& stage = w.outbox[owner];
+  if (!stage.count) return;
+  const unsigned sent =
+      rte_ring_enqueue_burst(w.inboxes[owner], reinterpret_cast<void* const*>(stage.frames.data()), stage.count, nullptr);
+  w.handed_off.add(sent);
+  for (unsigned i = sent; i < stage.count; ++i) {
+    w.drops[static_cast<unsigned>(drop_reason::handoff_ring_full)].add(1);
+    rte_pktmbuf_free(stage.frames[i]);
+  }
+  stage.count = 0;
+}
+}  // namespace detail
 
 void flush_tx(worker_state& w) {
   uint64_t pending = w.tx_pending_ports;

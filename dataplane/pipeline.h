@@ -12,6 +12,7 @@
 #pragma once
 
 #include <rte_mbuf.h>
+#include <rte_ring.h>
 
 #include <algorithm>
 #include <array>
@@ -266,9 +267,10 @@ inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672; 
 // IPv6 one does not fit in flow_entry (IPv4 ones do: flow_entry::second_address); a
 // reverse entry rebuilt after an eviction (restore_reverse_entry in service_lb.cpp) needs
 // both, as its reply names only the lent port. Each worker writes the slots of the ports
-// it lends before it inserts their entries; shared by the pool's workers so that a reply
-// reaching another worker finds its client too (its entry read through the seqlock, whose
-// acquire orders this slot's read after the write). Atomic words, relaxed: a reader that
+// it lends before it inserts their entries. Shared by the pool's workers (replies reach
+// the lender, worker_handoff.h, but an ICMP error about the flow is translated where it
+// arrives, reading the entry through the seqlock, whose acquire orders this slot's read
+// after the write) and read by the hand-over export. Atomic words, relaxed: a reader that
 // races a re-lend reads a mix, which the entry it then looks up does not match.
 struct lent_port_clients {
   struct client {
@@ -374,10 +376,27 @@ struct worker_state {
 
   uint16_t index = 0;
   uint16_t tx_queue = 0;
+  uint16_t workers = 1;  // in the pool
   flow_table flows;
-  // The other workers' shards, read through flow_table::find_shared when a packet of a
-  // flow arrives at a worker that does not own it.
+  // The other workers' shards, read (flow_table::find_shared, never written) only to
+  // translate an ICMP error about a flow another worker owns (icmp_error_nat.h,
+  // egress_snat.cpp): every other packet of a flow is processed by its owner
+  // (worker_handoff.h).
   std::vector<const flow_table*> peer_flows;
+  // Flow ownership (worker_handoff.h): this worker's inbox (many producers, one
+  // consumer: this worker), every worker's inbox by index, and the packets staged for
+  // each other worker in this poll (with the owners that have some, in staging order).
+  static constexpr uint16_t kHandoffBurst = 32;
+  struct handoff_stage {
+    std::array<rte_mbuf*, kHandoffBurst> frames{};
+    uint16_t count = 0;
+    bool pending = false;  // listed in outbox_pending
+  };
+  rte_ring* inbox = nullptr;
+  std::vector<rte_ring*> inboxes;
+  std::vector<handoff_stage> outbox;
+  std::vector<uint16_t> outbox_pending;  // reserved for every worker: no allocation when staging
+  counter handed_off, handoffs_received;  // packets given to their owners, taken from others
   // Shared by the pool's workers; null: IPv6 ingress to a backend on another node is
   // refused (no_route), and the reverse entries of IPv4 ones are not rebuilt after an
   // eviction.
@@ -417,10 +436,9 @@ struct worker_state {
   uint64_t egress_router_solicited = 0;
 
   // L4 authorization (policy_path.h): verdicts of flows into this node's pods and the
-  // flows its pods started, with the other workers' (read through find_shared, as
-  // peer_flows); deny counters and the sampled deny log.
+  // flows its pods started (both directions of a flow reach its owner, worker_handoff.h);
+  // deny counters and the sampled deny log.
   flow_table policy_flows;
-  std::vector<const flow_table*> peer_policy_flows;
   std::unique_ptr<policy_deny_counter_block> policy_denied = std::make_unique<policy_deny_counter_block>();
   policy_deny_log deny_log;
   counter policy_evaluations;  // new flows (and flows re-evaluated after a publish) decided

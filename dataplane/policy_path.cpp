@@ -42,19 +42,14 @@ flow_key reversed(const flow_key& key) {
   return out;
 }
 
-// Whether a live entry for `key` in this worker's table or another's has `flags` set in
-// `direction`. Read-only: the owner keeps it alive.
+// Whether a live entry for `key` in this worker's table has `flags` set in `direction`.
+// Read-only. Both directions of a flow reach the same worker (worker_handoff.h), so the
+// other direction's record is in this table if anywhere.
 bool recorded(const worker_state& w, const flow_key& key, flow_direction direction, uint8_t flags, uint8_t absent) {
   const uint64_t hash = policy_hash(key);
   flow_entry entry;
-  if (w.policy_flows.find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
-      (entry.flags & flags) == flags && !(entry.flags & absent))
-    return true;
-  for (const flow_table* peer : w.peer_policy_flows)
-    if (peer->find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
-        (entry.flags & flags) == flags && !(entry.flags & absent))
-      return true;
-  return false;
+  return w.policy_flows.find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
+         (entry.flags & flags) == flags && !(entry.flags & absent);
 }
 
 // Writes the policy part of `entry` (live, owned by this worker) under its seqlock.

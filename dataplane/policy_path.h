@@ -12,9 +12,9 @@
 // Replies. A flow a pod of this node started towards another node is recorded when its
 // packets leave (policy_note_outbound); packets coming back on it are replies, allowed
 // when the tables would deny them (the other node's policy decided the flow). Replies of
-// service flows are recognised by their reverse-NAT entry instead. The record may sit in
-// another worker's table (RSS hashes each direction on its own): the denial path reads
-// the other workers' tables through find_shared. Who started a flow: a TCP SYN without
+// service flows are recognised by their reverse-NAT entry instead. Both directions of a
+// flow are processed by its owner (worker_handoff.h), so the record is in the worker's
+// own table. Who started a flow: a TCP SYN without
 // ACK says it, and every pod's SYNs are recorded, with or without a policy, so that a
 // pod's open connections keep their replies when it gets its first policy (a TCP flow
 // seen first mid-stream, or a UDP flow, of a pod with a policy is ours unless the other

@@ -1,5 +1,4 @@
-// Service flows beyond the flow-table hit (which is inline, service_lb.h): a flow another
-// worker owns, a new flow (frontend, Maglev choice, source NAT for ingress to another
+// Service flows beyond the flow-table hit (which is inline, service_lb.h): a new flow (frontend, Maglev choice, source NAT for ingress to another
 // node's backend, both entries), and a backend's reply whose reverse entry was evicted.
 #include "dataplane/service_lb.h"
 
@@ -37,8 +36,8 @@ bool is_reverse_of_client(const flow_entry& live, const flow_key& key, const len
 inline constexpr int kRestoreCandidates = 8;
 
 // A backend's packet that no reverse entry matches, to a client whose flow's forward
-// entry (client -> frontend, DNATed to this backend) still lives, in this worker's table
-// or another's: its reverse entry was evicted (the least recently used way of a full
+// entry (client -> frontend, DNATed to this backend) still lives in this worker's table
+// (its owner's): its reverse entry was evicted (the least recently used way of a full
 // bucket, while the client kept the forward one fresh), so the backend's replies would
 // leave un-NATed and the connection would hang. Rebuilds the entry from the forward one,
 // applies it and returns true; false when the packet belongs to no such flow. A reply to
@@ -78,9 +77,9 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
     forward_key.protocol = key.protocol;
     const uint64_t forward_hash = hash_flow_key(forward_key);
     flow_entry forward;
-    bool found = w.flows.find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
-    for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
-      found = w.peer_flows[i]->find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
+    // The forward entry's owner is this worker (the same client endpoint, or the lent
+    // port's worker: worker_handoff.h).
+    const bool found = w.flows.find_shared(forward_key, forward_hash, w.now, w.timeouts, forward);
     const bool lent = forward.flags & kFlowSecondRewrite;
     if (!found || forward.direction != flow_direction::forward || lent != to_lent_port ||
         (lent && forward.second_port != key.destination_port) ||
@@ -106,15 +105,8 @@ namespace detail {
                                          uint64_t hash) {
   const snapshot& s = *t.tables;
   const flow_key& key = outcome.key;
-  // A flow another worker owns (its packets in this direction arrive here): read its
-  // entry consistently and apply it; the owner keeps it alive.
-  for (const flow_table* peer : w.peer_flows) {
-    flow_entry shared;
-    if (peer->find_shared(key, hash, w.now, w.timeouts, shared)) {
-      count_and_rewrite(w, t, m, frame, p, outcome, shared);
-      return true;
-    }
-  }
+  // No other worker has this flow: its packets in both directions reach this worker, its
+  // owner (worker_handoff.h).
   const ip_address destination = destination_of(frame, p);
   const table_frontend* frontend =
       s.find_frontend(destination, p.destination_port, static_cast<l4_protocol>(p.l4_protocol));
@@ -167,7 +159,7 @@ namespace detail {
         drop(w, m, drop_reason::no_route);  // no IPv6 gateway address to lend ports of
         return false;
       }
-      const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+      const uint32_t workers = w.workers;
       const uint32_t per_worker = kIngressPortCount / workers;
       uint16_t port = 0;
       flow_key probe{};  // the reverse entry's key with a candidate port: (backend -> gateway:candidate)

@@ -1,7 +1,6 @@
 // Service load balancing: reverse NAT for replies of flows we DNATed, DNAT (with a new
 // flow when needed) for packets to a frontend. The flow-table hit is inline here, in the
-// packet path; everything else (another worker's flow, a new flow with its Maglev
-// choice, mending a flow that lost an entry to eviction) is in service_lb.cpp, out of
+// packet path; everything else (a new flow with its Maglev choice, mending a flow that lost an entry to eviction) is in service_lb.cpp, out of
 // line: the hit once paid the creation path's 568-byte stack frame on every packet.
 #pragma once
 

@@ -269,15 +269,21 @@ void worker_pool::register_with(subsystem_registry& registry) {
                             "Live flows evicted from a full flow-table bucket, per worker.");
     auto restored = family("meshlane_dataplane_flow_entries_restored_total",
                            "Reverse entries rebuilt from their live forward entry after an eviction, per worker.");
+    auto handoffs = family("meshlane_dataplane_handoffs_total",
+                           "Packets a worker handed to the worker that owns their flow (sent), and took from "
+                           "the others (received); a full inbox is meshlane_dataplane_drops_total{reason=\"handoff_ring_full\"}.");
     for (const auto& w : workers_) {
       evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
+      handoffs.samples.push_back({{{"worker", std::to_string(w->index)}, {"direction", "sent"}}, double(w->handed_off.get())});
+      handoffs.samples.push_back(
+          {{{"worker", std::to_string(w->index)}, {"direction", "received"}}, double(w->handoffs_received.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
                     &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
-                    &backend_flows, &evictions, &restored})
+                    &backend_flows, &evictions, &restored, &handoffs})
       out.push_back(std::move(*f));
     esp_->collect(out);
   });

@@ -7,6 +7,7 @@
 #include <rte_lcore.h>
 #include <rte_malloc.h>
 #include <rte_mempool.h>
+#include <rte_mbuf_dyn.h>
 #include <rte_rcu_qsbr.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
@@ -23,6 +24,7 @@
 #include <thread>
 
 #include "dataplane/dataplane.h"
+#include "dataplane/worker_handoff.h"
 
 namespace meshlane {
 
@@ -247,6 +249,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   uint32_t mbuf_count = 2048u;
   for (const pool_port& p : ports)
     mbuf_count += (uint32_t{options.rx_ring_size} + options.tx_ring_size + p.rx_buffers_held + 2u * kMaxBurst) * workers;
+  if (workers > 1) mbuf_count += options.handoff_ring_size * workers;  // full inboxes
   static std::atomic<unsigned> pool_serial{0};
   const std::string pool_name = "meshlane_mbufs" + std::to_string(pool_serial++);
   pool->mbufs_ = rte_pktmbuf_pool_create(pool_name.c_str(), mbuf_count, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
@@ -267,10 +270,36 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   pool->esp_ = std::make_unique<esp_sa_registry>(workers);
   for (auto& w : pool->workers_)
     for (auto& other : pool->workers_)
-      if (other != w) {
-        w->peer_flows.push_back(&other->flows);
-        w->peer_policy_flows.push_back(&other->policy_flows);
+      if (other != w) w->peer_flows.push_back(&other->flows);
+  // Flow ownership (worker_handoff.h): one inbox per worker, many producers and one
+  // consumer, and the mbuf field that carries what the receiver knew.
+  if (workers > 1) {
+    static const rte_mbuf_dynfield context_field = {"meshlane_handoff_context", sizeof(detail::handoff_context),
+                                                    alignof(detail::handoff_context), 0};
+    detail::handoff_context_offset = rte_mbuf_dynfield_register(&context_field);
+    if (detail::handoff_context_offset < 0) {
+      error = std::string("cannot register the mbuf field of worker hand-offs: ") + rte_strerror(rte_errno);
+      return nullptr;
+    }
+    static std::atomic<unsigned> ring_serial{0};
+    const unsigned serial = ring_serial++;
+    for (auto& w : pool->workers_) {
+      const std::string name = "ml_handoff" + std::to_string(serial) + "_" + std::to_string(w->index);
+      w->inbox = rte_ring_create(name.c_str(), options.handoff_ring_size, static_cast<int>(rte_socket_id()),
+                                 RING_F_SC_DEQ | RING_F_EXACT_SZ);
+      if (!w->inbox) {
+        error = "cannot create the hand-off ring of worker " + std::to_string(w->index) + " (" +
+                std::to_string(options.handoff_ring_size) + " slots): " + rte_strerror(rte_errno);
+        return nullptr;
       }
+    }
+    for (auto& w : pool->workers_) {
+      w->workers = workers;
+      for (auto& other : pool->workers_) w->inboxes.push_back(other->inbox);
+      w->outbox.resize(workers);
+      w->outbox_pending.reserve(workers);
+    }
+  }
   for (auto& w : pool->workers_) w->tsc_hz = rte_get_tsc_hz();
   auto plan = std::make_unique<rx_plan>();
   plan->per_worker.resize(workers);
@@ -449,6 +478,14 @@ void worker_pool::free_retired_pools() {
 
 worker_pool::~worker_pool() {
   stop();
+  // Packets still in the hand-off rings (the workers have stopped).
+  for (auto& w : workers_) {
+    if (!w->inbox) continue;
+    void* object;
+    while (rte_ring_dequeue(w->inbox, &object) == 0) rte_pktmbuf_free(static_cast<rte_mbuf*>(object));
+    rte_ring_free(w->inbox);
+    w->inbox = nullptr;
+  }
   delete current_.exchange(nullptr);
   delete rx_plan_.exchange(nullptr);
   for (rte_mempool* pool : retired_pools_) rte_mempool_free(pool);
@@ -560,6 +597,19 @@ uint32_t worker_pool::poll_once(uint16_t index) {
       w.port_rx[q.port].packets.add(n);
       w.drops[static_cast<unsigned>(drop_reason::no_route)].add(n);
       rte_pktmbuf_free_bulk(packets, n);
+    }
+  }
+  if (w.workers > 1) {
+    // Packets of other workers' flows to their owners; then what they handed to this one.
+    flush_handoffs(w);
+    if (tables) {
+      received += process_handoffs(w, *tables, *ports_);
+    } else {
+      rte_mbuf* handed[worker_state::kHandoffBurst];
+      const unsigned n = rte_ring_dequeue_burst(w.inbox, reinterpret_cast<void**>(handed), worker_state::kHandoffBurst, nullptr);
+      w.drops[static_cast<unsigned>(drop_reason::no_route)].add(n);
+      rte_pktmbuf_free_bulk(handed, n);
+      received += n;
     }
   }
   if (__builtin_expect(w.held_ports != 0, 0)) release_held(w, *ports_, rte_rdtsc(), rte_get_tsc_hz());

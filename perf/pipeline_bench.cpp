@@ -23,6 +23,8 @@
 #include <rte_eal.h>
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
+#include <rte_mbuf_dyn.h>
+#include <rte_ring.h>
 #include <unistd.h>
 #include <emmintrin.h>
 #include <openssl/evp.h>
@@ -32,6 +34,7 @@
 #endif
 
 #include <cstdio>
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -46,6 +49,7 @@
 #include "control/table_compiler.h"
 #include "control/workload_identity.h"
 #include "dataplane/dataplane.h"
+#include "dataplane/worker_handoff.h"
 #include "tests/dataplane/packet_builder.h"
 
 namespace meshlane {
@@ -327,6 +331,113 @@ void BM_pipeline_many_flows(benchmark::State& state) {
   state.counters["new_flows_while_timed"] = double(new_flows() - created);
 }
 BENCHMARK(BM_pipeline_many_flows)->Name("BM_pipeline_service_8k_flows_geneve");
+
+// Two workers of one pool (issue 14, dataplane/worker_handoff.h), driven in turn on this
+// thread (one core: the figures are CPU cycles per packet summed over both workers, the
+// cost a packet adds to a pool, not a wall-clock rate of two cores). The same service +
+// flow hit + Geneve path as BM_pipeline_service_flow_hit_geneve, with worker 0 receiving:
+//   one_worker_alone: the same loop, worker 0 alone in its pool (the 1-worker figure);
+//   local:      a flow worker 0 owns (what a pool adds: the owner check);
+//   handed_off: a flow worker 1 owns: worker 0 parses it and puts it on worker 1's
+//               inbox (rte_ring, bursts of 32), worker 1 takes and processes it;
+//   mixed:      16 flows, as many of each owner (what a port that hashes each direction
+//               on its own gives two workers: half the packets change worker).
+struct two_worker_world {
+  std::unique_ptr<worker_state> w[2];
+  std::vector<testing::bytes> local, handed_off, mixed;
+  std::string start() {
+    static const rte_mbuf_dynfield field = {"meshlane_handoff_context", sizeof(detail::handoff_context),
+                                            alignof(detail::handoff_context), 0};
+    detail::handoff_context_offset = rte_mbuf_dynfield_register(&field);
+    if (detail::handoff_context_offset < 0) return "mbuf field";
+    for (uint16_t i = 0; i < 2; ++i) {
+      w[i] = world->new_worker();
+      w[i]->index = i;
+      w[i]->workers = 2;
+      w[i]->inbox = rte_ring_create(("bench_inbox" + std::to_string(i)).c_str(), 4096, 0, RING_F_SC_DEQ | RING_F_EXACT_SZ);
+      if (!w[i]->inbox) return "ring";
+      w[i]->outbox.resize(2);
+      w[i]->outbox_pending.reserve(2);
+    }
+    for (uint16_t i = 0; i < 2; ++i) w[i]->inboxes = {w[0]->inbox, w[1]->inbox};
+    w[0]->peer_flows = {&w[1]->flows};
+    w[1]->peer_flows = {&w[0]->flows};
+    testing::l4_spec ack;
+    ack.protocol = kProtoTcp;
+    ack.destination_port = 80;
+    ack.tcp_flags = kTcpAck;
+    ack.payload = testing::bytes(64 - 14 - 20 - 20, 0);
+    for (uint16_t port = 40000; mixed.size() < 16 || local.empty() || handed_off.empty(); ++port) {
+      ack.source_port = port;
+      testing::bytes frame = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.19.128.10"), ack);
+      parsed_packet p;
+      if (parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), p) != drop_reason::none) return "frame";
+      const uint32_t owner = detail::packet_owner(world->tables, frame.data(), p, 2);
+      if (owner == 0 && local.empty()) local.push_back(frame);
+      if (owner == 1 && handed_off.empty()) handed_off.push_back(frame);
+      const size_t of_owner = std::count_if(mixed.begin(), mixed.end(), [&](const testing::bytes& f) {
+        parsed_packet q;
+        parse_packet(f.data(), static_cast<uint32_t>(f.size()), q);
+        return detail::packet_owner(world->tables, f.data(), q, 2) == owner;
+      });
+      if (of_owner < 8) mixed.push_back(frame);
+    }
+    return {};
+  }
+};
+two_worker_world* two_workers = nullptr;
+
+void BM_pipeline_two_workers(benchmark::State& state, int kind) {
+  const std::vector<testing::bytes>* frames =
+      kind == 1 ? &two_workers->handed_off : kind == 2 ? &two_workers->mixed : &two_workers->local;
+  world->ports->geneve_udp_checksum.store(true);
+  worker_state& w0 = *two_workers->w[0];
+  worker_state& w1 = *two_workers->w[1];
+  // kind 3: the same loop with worker 0 alone in its pool (the 1-worker figure beside).
+  w0.workers = kind == 3 ? 1 : 2;
+  rte_mbuf* packets[kBurst];
+  uint64_t cycles = 0, count = 0;
+  size_t next = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    w0.now = w1.now = start;
+    const uint16_t n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
+    // As fill(), each mbuf with the next frame in turn, one fence for the burst.
+    const uint64_t fill_start = rte_rdtsc();
+    for (uint16_t i = 0; i < n; ++i) {
+      const testing::bytes& frame = (*frames)[next];
+      next = next + 1 == frames->size() ? 0 : next + 1;
+      rte_mbuf* m = packets[i];
+      m->data_off = RTE_PKTMBUF_HEADROOM;
+      m->data_len = m->pkt_len = static_cast<uint16_t>(frame.size());
+      std::memcpy(rte_pktmbuf_mtod(m, void*), frame.data(), frame.size());
+    }
+    _mm_mfence();
+    const uint64_t untimed = rte_rdtsc() - fill_start;
+    // One poll of each worker, as poll_once runs them.
+    process_burst(w0, world->tables, *world->ports, world->client, packets, n);
+    flush_handoffs(w0);
+    process_handoffs(w0, world->tables, *world->ports);
+    flush_tx(w0);
+    flush_handoffs(w1);
+    process_handoffs(w1, world->tables, *world->ports);
+    flush_tx(w1);
+    cycles += rte_rdtsc() - start - untimed;
+    count += n;
+  }
+  report(state, cycles, count);
+  state.counters["handed_off_share"] = count ? double(w0.handed_off.get()) / double(count) : 0;
+  uint64_t drops = 0;
+  for (const worker_state* w : {&w0, &w1})
+    for (const auto& d : w->drops) drops += d.get();
+  if (drops) state.SkipWithError("packets were dropped: the benchmark is not measuring the path it names");
+  w0.handed_off.value.store(0);
+  w0.workers = 2;
+}
+BENCHMARK_CAPTURE(BM_pipeline_two_workers, one_worker, 3)->Name("BM_pipeline_two_workers_one_worker_alone");
+BENCHMARK_CAPTURE(BM_pipeline_two_workers, local, 0)->Name("BM_pipeline_two_workers_local");
+BENCHMARK_CAPTURE(BM_pipeline_two_workers, handed_off, 1)->Name("BM_pipeline_two_workers_handed_off");
+BENCHMARK_CAPTURE(BM_pipeline_two_workers, mixed, 2)->Name("BM_pipeline_two_workers_mixed");
 // Whole pipeline, 64-byte TCP to a pod on this node: parse, route, MAC/TTL rewrite, TX.
 BENCHMARK(BM_pipeline<false>)->Name("BM_pipeline_local_delivery");
 
@@ -554,6 +665,26 @@ void BM_stage_flow_lookup_hit(benchmark::State& state) {
   report(state, cycles, count);
 }
 BENCHMARK(BM_stage_flow_lookup_hit);
+
+// The owner of a packet's flow among two workers (dataplane/worker_handoff.h): what a
+// pool of several workers adds to every TCP/UDP packet before its flow lookup.
+void BM_stage_flow_owner(benchmark::State& state) {
+  testing::bytes frame = world->to_service;
+  parsed_packet parsed;
+  parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), parsed);
+  uint64_t cycles = 0, count = 0;
+  for (auto _ : state) {
+    const uint64_t start = rte_rdtsc();
+    for (int i = 0; i < kBurst; ++i) {
+      benchmark::DoNotOptimize(frame.data());
+      benchmark::DoNotOptimize(detail::packet_owner(world->tables, frame.data(), parsed, 2));
+    }
+    cycles += rte_rdtsc() - start;
+    count += kBurst;
+  }
+  report(state, cycles, count);
+}
+BENCHMARK(BM_stage_flow_owner);
 
 void BM_stage_geneve_encap(benchmark::State& state) {
   rte_mbuf* m = rte_pktmbuf_alloc(world->pool);
@@ -919,6 +1050,12 @@ int main(int argc, char** argv) {
     return 1;
   }
   meshlane::egress = &egress;
+  meshlane::two_worker_world two;
+  meshlane::two_workers = &two;
+  if (std::string error = two.start(); !error.empty()) {
+    std::fprintf(stderr, "bench_pipeline: two-worker set-up failed: %s\n", error.c_str());
+    return 1;
+  }
   std::printf("tsc_hz %llu\n", static_cast<unsigned long long>(rte_get_tsc_hz()));
   std::printf("esp_engine %s\n", world.esp->engine());
   benchmark::RunSpecifiedBenchmarks();

@@ -4,8 +4,9 @@
 # (DESIGN.md, "Performance method"), plus Mpps per core; then the service + flow hit +
 # Geneve path by cluster size (other nodes x services), as a ratio to the same path with
 # one other node and 100 services, measured in the same run (issue 14: the goal is
-# 5,000 nodes and 100,000 services within 10% of it). Writes the raw Google Benchmark
-# JSON to $OUT (default build/perf/pipeline_bench.json).
+# 5,000 nodes and 100,000 services within 10% of it); then two workers beside one (a
+# packet of the receiver's own flow, one handed to its owner, half of each). Writes the
+# raw Google Benchmark JSON to $OUT (default build/perf/pipeline_bench.json).
 #   perf/pipeline_bench.sh [extra benchmark flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -39,4 +40,13 @@ if scale:
         cycles = r["cycles_per_packet"]
         against = f"{cycles / base['cycles_per_packet']:9.3f}" if base else f"{'-':>9}"
         print(f"{nodes:6} {services:9} {cycles:10.1f} {against} {cycles / floor:8.2f} {r['packets_per_second'] / 1e6:10.2f}")
+alone = median.get("BM_pipeline_two_workers_one_worker_alone")
+if alone:
+    print()
+    print("two workers (service + flow hit + Geneve; cycles summed over both workers; x 1 worker: the same loop, one worker)")
+    for kind in ("local", "handed_off", "mixed"):
+        r = median.get(f"BM_pipeline_two_workers_{kind}")
+        if r:
+            print(f"{kind:11} {r['cycles_per_packet']:10.1f} {r['cycles_per_packet'] / alone['cycles_per_packet']:8.2f}x 1 worker"
+                  f"  ({alone['cycles_per_packet']:.1f})")
 PY

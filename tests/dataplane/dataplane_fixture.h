@@ -115,12 +115,21 @@ class ring_pool_test : public ::testing::Test {
     std::vector<pool_port> ports;
     for (int i = 0; i < 3; ++i) {
       const std::string base = "t" + std::to_string(serial) + "p" + std::to_string(i);
-      rx_[i] = rte_ring_create((base + "rx").c_str(), 1024, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
+      ASSERT_LE(workers_, kMaxTestWorkers);
+      for (uint16_t q = 0; q < workers_; ++q) {
+        rx_queue_[i][q] = rte_ring_create((base + "rx" + std::to_string(q)).c_str(), 1024, SOCKET_ID_ANY,
+                                          RING_F_SP_ENQ | RING_F_SC_DEQ);
+        ASSERT_TRUE(rx_queue_[i][q]);
+      }
+      rx_[i] = rx_queue_[i][0];
       tx_[i] = rte_ring_create((base + "tx").c_str(), 1024, SOCKET_ID_ANY, RING_F_SP_ENQ | RING_F_SC_DEQ);
       ASSERT_TRUE(rx_[i] && tx_[i]);
-      // One TX queue per worker, all on the port's one ring (workers run one at a time here).
+      // One TX queue per worker, all on the port's one ring (workers run one at a time
+      // here); one RX queue per worker, which the pool gives worker q (queue q), so that
+      // a test chooses the worker that receives a frame (send_via).
       std::vector<rte_ring*> tx_queues(workers_, tx_[i]);
-      const int port = rte_eth_from_rings(("net_ring_" + base).c_str(), &rx_[i], 1, tx_queues.data(), workers_, 0);
+      const int port = rte_eth_from_rings(("net_ring_" + base).c_str(), rx_queue_[i], workers_, tx_queues.data(),
+                                          workers_, 0);
       ASSERT_GE(port, 0);
       port_id_[i] = static_cast<uint16_t>(port);
       ports.push_back({port_id_[i], i == 0 ? port_role::uplink : port_role::pod, interfaces[i], macs[i]});
@@ -131,6 +140,7 @@ class ring_pool_test : public ::testing::Test {
     options.rx_ring_size = 64;
     options.tx_ring_size = 64;
     options.flow_table_size = 1024;
+    options.handoff_ring_size = handoff_ring_size_;
     options.uplink_mtu = 1500;
     options.launch_lcores = false;
     std::string error;
@@ -143,7 +153,12 @@ class ring_pool_test : public ::testing::Test {
     pool_.reset();
     for (int i = 0; i < 3; ++i) {
       drain(i);
-      rte_ring_free(rx_[i]);
+      for (rte_ring*& rx : rx_queue_[i]) {
+        void* object;
+        while (rx && rte_ring_dequeue(rx, &object) == 0) rte_pktmbuf_free(static_cast<rte_mbuf*>(object));
+        rte_ring_free(rx);
+        rx = nullptr;
+      }
       rte_ring_free(tx_[i]);
     }
   }
@@ -156,15 +171,32 @@ class ring_pool_test : public ::testing::Test {
 
   // Puts `frame` on port `p`'s wire and runs one worker iteration. `headroom`: bytes in
   // front of the frame in its mbuf (a driver's choice; DPDK's default is 128).
+  // With several workers, worker 0 receives it (queue 0) and then every other worker
+  // runs one iteration too, so that a frame handed to its flow's owner is processed.
   void send(int p, const bytes& frame, uint16_t headroom = RTE_PKTMBUF_HEADROOM) {
+    put_on_queue(p, 0, frame, headroom);
+    poll_all_from(0);
+  }
+  // The same, received by worker `worker` (on the port's queue of that number).
+  void send_via(int p, uint16_t worker, const bytes& frame) {
+    put_on_queue(p, worker, frame);
+    poll_all_from(worker);
+  }
+  // Puts `frame` on queue `queue` of port `p` only (no worker runs).
+  void put_on_queue(int p, uint16_t queue, const bytes& frame, uint16_t headroom = RTE_PKTMBUF_HEADROOM) {
     rte_mbuf* m = rte_pktmbuf_alloc(eal_environment::test_mbufs);
     ASSERT_NE(m, nullptr);
     m->data_off = headroom;
     char* data = rte_pktmbuf_append(m, static_cast<uint16_t>(frame.size()));
     ASSERT_NE(data, nullptr);
     std::memcpy(data, frame.data(), frame.size());
-    ASSERT_EQ(rte_ring_enqueue(rx_[p], m), 0);
-    pool_->poll_once(0);
+    ASSERT_EQ(rte_ring_enqueue(rx_queue_[p][queue], m), 0);
+  }
+  // One iteration of worker `first`, then of each other worker.
+  void poll_all_from(uint16_t first) {
+    pool_->poll_once(first);
+    for (uint16_t w = 0; w < workers_; ++w)
+      if (w != first) pool_->poll_once(w);
   }
 
   // The next frame port `p` transmitted, or an empty vector.
@@ -200,11 +232,13 @@ class ring_pool_test : public ::testing::Test {
 
   // False: the test publishes the first table itself (SetUp publishes kNode1Document).
   bool publish_at_setup_ = true;
-  // Workers of the pool SetUp makes (the ring ports have one queue: workers past the
-  // first poll nothing, but own flow tables that the first reads through find_shared).
+  // Workers of the pool SetUp makes (each ring port has a queue per worker).
+  static constexpr uint16_t kMaxTestWorkers = 2;
   uint16_t workers_ = 1;
+  uint32_t handoff_ring_size_ = 4096;  // worker_pool_options::handoff_ring_size
   std::unique_ptr<worker_pool> pool_;
-  rte_ring* rx_[3] = {};
+  rte_ring* rx_queue_[3][kMaxTestWorkers] = {};
+  rte_ring* rx_[3] = {};  // queue 0's
   rte_ring* tx_[3] = {};
   uint16_t port_id_[3] = {};
 };
