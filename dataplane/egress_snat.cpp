@@ -41,15 +41,9 @@ flow_key egress_key(const uint8_t* source, const uint8_t* destination, uint16_t 
   return key;
 }
 
-// The flow's key in the other direction. Echoes carry their identifier as both "ports".
-flow_key partner_of(const flow_entry& e) {
-  const bool echo = is_icmp(e.key.protocol);
-  if (e.direction == flow_direction::forward)  // pod -> outside; partner: outside -> SNAT address
-    return egress_key(e.key.destination, e.rewrite_address, echo ? e.rewrite_port : e.key.destination_port,
-                      e.rewrite_port, e.key.protocol);
-  return egress_key(e.rewrite_address, e.key.source, e.rewrite_port, echo ? e.rewrite_port : e.key.source_port,
-                    e.key.protocol);
-}
+// The flow's key in the other direction (flow_table.h: the table evicts a forward entry
+// with its reply entry by the same rule).
+flow_key partner_of(const flow_entry& e) { return egress_partner_key(e); }
 
 // The checksum change of rewriting one address and one port (or echo identifier).
 // ICMPv4's checksum has no pseudo-header: the address change is the IPv4 header's only.
@@ -133,82 +127,80 @@ void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
   w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 }
 
-// A new flow's entries, with a port of this worker's slice that no live reply entry holds
-// for the same outside address and port. False: none free among those tried.
-bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-              const uint8_t* source, uint32_t service_slot, flow_entry& forward) {
+// A flow whose forward entry missed (egress_snat.h, how a port is chosen): its candidate
+// ports walked from where its hash points. A live reply entry for the same outside
+// address and port that sends replies to the pod's address and port is the flow's own
+// (its forward entry was evicted, or a TCP connection reuses the tuple): the forward
+// entry is made again with that port (`ours`). Another flow's reply entry: the next
+// candidate. No live reply entry: the port is free for this destination (`free`, in
+// `port`; the caller decides whether the flow may start, lend_port). `none`: no port
+// free among those tried.
+enum class port_search { ours, free, none };
+port_search find_port(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+                      const uint8_t* snat, uint8_t tcp_flags, uint16_t& port, flow_entry& forward) {
   const egress_forwarding& e = t.egress;
   const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
   const uint32_t per_worker = e.port_count / workers;
-  if (per_worker == 0) return false;
+  if (per_worker == 0) return port_search::none;
   const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
-  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
   const bool echo = is_icmp(key.protocol);
+  const uint32_t tries = std::min(per_worker, kEgressPortTries);
+  // The hash's high half: its low half picked the flow table's bucket.
+  uint32_t offset = static_cast<uint32_t>(hash >> 32) % per_worker;
+  for (uint32_t i = 0; i < tries; ++i, offset = offset + 1 == per_worker ? 0 : offset + 1) {
+    const uint16_t candidate = static_cast<uint16_t>(first + offset);
+    const flow_key probe =
+        egress_key(key.destination, snat, echo ? candidate : key.destination_port, candidate, key.protocol);
+    flow_entry live;
+    if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) {
+      port = candidate;
+      return port_search::free;
+    }
+    if (live.direction != flow_direction::reverse || live.rewrite_port != key.source_port ||
+        std::memcmp(live.rewrite_address, key.source, 16) != 0)
+      continue;
+    forward = flow_entry{};
+    forward.key = key;
+    std::memcpy(forward.rewrite_address, snat, 16);
+    forward.rewrite_port = candidate;
+    forward.direction = flow_direction::forward;
+    forward.flags = kFlowEgress;
+    forward.protocol = key.protocol;
+    forward.backend_slot = kNoCounterSlot;
+    // A SYN reusing the tuple of a connection whose reply entry still lives (closing):
+    // a new connection, both entries from the handshake's state.
+    const bool reopened = key.protocol == kProtoTcp && (tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn;
+    forward.state = reopened ? flow_state::transitory : live.state;
+    forward.second_address = live.second_address;
+    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, candidate);
+    w.flows.insert(forward, hash, w.now, w.timeouts);
+    if (reopened) {
+      const flow_entry reverse = reverse_of(forward, v4);
+      w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+    }
+    w.egress_forward_restored.add(1);
+    return port_search::ours;
+  }
+  return port_search::none;
+}
+
+// A new flow's entries, NATed to `snat`:`port` (a port find_port found free).
+void lend_port(worker_state& w, const flow_key& key, uint64_t hash, bool v4, const uint8_t* snat, uint16_t port,
+               uint32_t service_slot, flow_entry& forward) {
   forward = flow_entry{};
   forward.key = key;
-  std::memcpy(forward.rewrite_address, snat.bytes.data(), 16);
+  std::memcpy(forward.rewrite_address, snat, 16);
+  forward.rewrite_port = port;
   forward.direction = flow_direction::forward;
   forward.flags = kFlowEgress;
   forward.protocol = key.protocol;
   forward.backend_slot = kNoCounterSlot;
   forward.second_address = service_slot;
-  const uint32_t tries = std::min(per_worker, kEgressPortTries);
-  for (uint32_t i = 0; i < tries; ++i) {
-    const uint32_t offset = (w.egress_port_cursor + i) % per_worker;
-    const uint16_t candidate = static_cast<uint16_t>(first + offset);
-    const flow_key probe =
-        egress_key(key.destination, snat.bytes.data(), echo ? candidate : key.destination_port, candidate, key.protocol);
-    flow_entry live;
-    if (w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) continue;
-    w.egress_port_cursor = (offset + 1) % per_worker;
-    forward.rewrite_port = candidate;
-    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, candidate);
-    const flow_entry reverse = reverse_of(forward, v4);
-    w.flows.insert(forward, hash, w.now, w.timeouts);
-    w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
-    w.egress_flows.add(1);
-    return true;
-  }
-  return false;
-}
-
-// The forward entry of a TCP flow past its handshake that missed: made again from the
-// live reply entry of this worker's slice that sends replies to the pod's address and
-// port (egress_snat.h, kEgressForwardSearchesHz). False: none, or no search allowed now.
-bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-                     const uint8_t* source, flow_entry& forward) {
-  if (w.egress_forward_searched && w.now - w.egress_forward_searched < rte_get_tsc_hz() / kEgressForwardSearchesHz)
-    return false;
-  w.egress_forward_searched = w.now;
-  const egress_forwarding& e = t.egress;
-  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
-  const uint32_t per_worker = e.port_count / workers;
-  const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
-  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
-  for (uint32_t offset = 0; offset < per_worker; ++offset) {
-    const uint16_t port = static_cast<uint16_t>(first + offset);
-    const flow_key probe = egress_key(key.destination, snat.bytes.data(), key.destination_port, port, key.protocol);
-    flow_entry reverse;
-    if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, reverse)) continue;
-    if (reverse.direction != flow_direction::reverse || reverse.rewrite_port != key.source_port ||
-        std::memcmp(reverse.rewrite_address, key.source, 16) != 0)
-      continue;
-    forward = flow_entry{};
-    forward.key = key;
-    std::memcpy(forward.rewrite_address, snat.bytes.data(), 16);
-    forward.rewrite_port = port;
-    forward.direction = flow_direction::forward;
-    forward.flags = kFlowEgress;
-    forward.protocol = key.protocol;
-    forward.backend_slot = kNoCounterSlot;
-    forward.state = reverse.state;
-    forward.second_address = reverse.second_address;
-    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, port);
-    w.flows.insert(forward, hash, w.now, w.timeouts);
-    w.egress_forward_restored.add(1);
-    return true;
-  }
-  return false;
+  store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, port);
+  const flow_entry reverse = reverse_of(forward, v4);
+  w.flows.insert(forward, hash, w.now, w.timeouts);
+  w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+  w.egress_flows.add(1);
 }
 
 // The external service entry that lists the flow's destination, or null.
@@ -496,19 +488,24 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     bool shared = false;
     for (size_t i = 0; !shared && i < w.peer_flows.size(); ++i)
       shared = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, found);
-    // A TCP segment past the handshake may belong to a flow whose forward entry was
-    // evicted: it keeps its port (restore_forward).
-    if (!shared && p.l4_protocol == kProtoTcp && !(p.tcp_flags & kTcpSyn))
-      shared = restore_forward(w, t, key, hash, v4, source, found);
     if (!shared) {
-      // A new flow: registry_only asks the external services first (new flows only; a
-      // flow made before a change of mode or registry keeps going until it ends).
-      const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
-      if (e.registry_only && !service)
-        return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
-      if (!new_flow(w, t, key, hash, v4, source, service ? service->slot : 0, found))
+      // A flow whose forward entry was evicted finds its reply entry and keeps its port
+      // (any protocol: the outside host knows the flow by it); otherwise a new flow.
+      const ip_address snat =
+          source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
+      uint16_t port = 0;
+      const port_search search = find_port(w, t, key, hash, v4, snat.bytes.data(), p.tcp_flags, port, found);
+      if (search == port_search::none)
         return egress_refuse(w, in_port, m, frame, p, drop_reason::snat_ports_exhausted);
-      if (found.second_address) (*w.external_service)[found.second_address].new_flows.add(1);
+      if (search == port_search::free) {
+        // registry_only asks the external services first (new flows only; a flow made
+        // before a change of mode or registry keeps going until it ends).
+        const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
+        if (e.registry_only && !service)
+          return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
+        lend_port(w, key, hash, v4, snat.bytes.data(), port, service ? service->slot : 0, found);
+        if (found.second_address) (*w.external_service)[found.second_address].new_flows.add(1);
+      }
     }
   }
   apply(frame, p, found);

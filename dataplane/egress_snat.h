@@ -13,10 +13,22 @@
 // source and in the quoted packet.
 //
 // Ports: the range is cut into one equal slice per worker; a worker lends only ports of
-// its own slice, and only a port that no live reverse entry of its own table holds for
-// the same remote address and port (a port may serve several destinations at once, as
-// Linux's masquerade does). A new flow tries up to kEgressPortTries ports of its slice,
-// from where the last search stopped; none free: drop, `snat_ports_exhausted`.
+// its own slice, and only a port that no live reverse (reply) entry of its own table
+// holds for the same remote address and port (a port may serve several destinations at
+// once, as Linux's masquerade does). The reply entry is the port's lease, so the flow
+// table never lets a flow's forward entry outlive it: evicting an egress reply entry
+// drops its forward entry too, and a reply entry expires one refresh period after its
+// forward entry would (flow_table.h). A port is thus never lent while any entry of its
+// flow lives.
+// How a port is chosen: a flow whose forward entry misses walks its own sequence of
+// candidates, from the slot its hash names, up to kEgressPortTries: a live reply entry
+// that sends replies to the pod's address and port is its own (the forward entry was
+// evicted: made again with that port, whatever the protocol, so the outside host keeps
+// seeing one peer), one of another flow is skipped, and the first candidate with none is
+// lent to it as a new flow; none free: drop, `snat_ports_exhausted`. The same flow
+// (5-tuple) thus finds the same port again while it is free. (A flow that took a later
+// candidate because an earlier one was taken, and misses after that earlier one came
+// free, gets the earlier one: a new port. Rare; no search over the whole slice.)
 // Replies: a reply's destination port names the slice and so the worker that owns its
 // flow; a reply that reaches another worker (RSS hashes each direction on its own) reads
 // that worker's entry through the seqlock (flow_table::find_shared), never writes it.
@@ -27,16 +39,9 @@
 namespace meshlane::detail {
 
 inline constexpr uint32_t kEgressPortTries = 1024;
-// A TCP segment past the handshake whose forward entry is gone (evicted by a colliding
-// flow: the table is LRU per bucket) while its reply entry lives: the worker searches
-// its slice for the reply entry that names the pod's address and port and makes the
-// forward entry again with that port, so that the connection survives. The search
-// probes every port of the slice, so a worker makes at most this many a second; a
-// segment that may not search gets a new port (the connection breaks, as before).
-inline constexpr uint64_t kEgressForwardSearchesHz = 100;
 
 // flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
-inline constexpr uint8_t kEgressKeyMark = 1;
+inline constexpr uint8_t kEgressKeyMark = kFlowEgressKeyMark;
 
 // A pod's packet to an outside address (not in any pod range), its TTL already
 // decremented and within the uplink's MTU: NATed and sent out of the uplink to the

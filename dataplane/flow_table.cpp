@@ -58,8 +58,38 @@ flow_entry* flow_table::victim_for(const flow_key& key, uint64_t hash, uint64_t 
     }
     if (!victim || entry.last_seen < victim->last_seen) victim = &entry;
   }
-  if (victim->in_use && !(victim->key == key) && !expired(*victim, now, timeouts)) ++evictions_;
+  if (victim->in_use && !(victim->key == key) && !expired(*victim, now, timeouts)) {
+    ++evictions_;
+    // An egress flow's reply entry is the lease of its SNAT port (egress_snat.h): once it
+    // is gone, a new flow to the same outside address and port may be lent that port.
+    // Its forward entry must not outlive it, or the flow would go on leaving with a port
+    // that another flow now has (two flows, one outside 5-tuple). The flow's next packet
+    // from the pod then finds no forward entry and takes a port as a new flow would: the
+    // same one whenever it is still free (egress_snat.h, how a port is chosen).
+    if ((victim->flags & kFlowEgress) && victim->direction == flow_direction::reverse &&
+        victim->key.padding[0] == kFlowEgressKeyMark)
+      evict_egress_forward(*victim, now, timeouts);
+  }
   return victim;
+}
+
+void flow_table::evict_egress_forward(const flow_entry& reverse, uint64_t now, const flow_timeouts& timeouts) {
+  const flow_key forward = egress_partner_key(reverse);
+  flow_entry* bucket = &entries_[(hash_flow_key(forward) & bucket_mask_) * kWays];
+  for (uint32_t way = 0; way < kWays; ++way) {
+    flow_entry& entry = bucket[way];
+    if (!entry.in_use || !(entry.key == forward) || entry.direction != flow_direction::forward) continue;
+    // Only the entry that names this lease: the pod's flow NATed to the reply entry's
+    // address and port.
+    if (entry.rewrite_port != reverse.key.destination_port ||
+        std::memcmp(entry.rewrite_address, reverse.key.destination, 16) != 0)
+      continue;
+    if (!expired(entry, now, timeouts)) ++evictions_;
+    flow_detail::begin_write(entry);
+    entry.in_use = 0;
+    flow_detail::end_write(entry);
+    return;
+  }
 }
 
 void flow_table::insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) {
