@@ -127,80 +127,122 @@ void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
   w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
 }
 
-// A flow whose forward entry missed (egress_snat.h, how a port is chosen): its candidate
-// ports walked from where its hash points. A live reply entry for the same outside
-// address and port that sends replies to the pod's address and port is the flow's own
-// (its forward entry was evicted, or a TCP connection reuses the tuple): the forward
-// entry is made again with that port (`ours`). Another flow's reply entry: the next
-// candidate. No live reply entry: the port is free for this destination (`free`, in
-// `port`; the caller decides whether the flow may start, lend_port). `none`: no port
-// free among those tried.
-enum class port_search { ours, free, none };
-port_search find_port(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-                      const uint8_t* snat, uint8_t tcp_flags, uint16_t& port, flow_entry& forward) {
+// A new flow's entries, with a port of this worker's slice that no live reply entry holds
+// for the same outside address and port. False: none free among those tried.
+bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+              const uint8_t* snat, uint32_t service_slot, flow_entry& forward) {
   const egress_forwarding& e = t.egress;
   const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
   const uint32_t per_worker = e.port_count / workers;
-  if (per_worker == 0) return port_search::none;
+  if (per_worker == 0) return false;
   const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
   const bool echo = is_icmp(key.protocol);
-  const uint32_t tries = std::min(per_worker, kEgressPortTries);
-  // The hash's high half: its low half picked the flow table's bucket.
-  uint32_t offset = static_cast<uint32_t>(hash >> 32) % per_worker;
-  for (uint32_t i = 0; i < tries; ++i, offset = offset + 1 == per_worker ? 0 : offset + 1) {
-    const uint16_t candidate = static_cast<uint16_t>(first + offset);
-    const flow_key probe =
-        egress_key(key.destination, snat, echo ? candidate : key.destination_port, candidate, key.protocol);
-    flow_entry live;
-    if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) {
-      port = candidate;
-      return port_search::free;
-    }
-    if (live.direction != flow_direction::reverse || live.rewrite_port != key.source_port ||
-        std::memcmp(live.rewrite_address, key.source, 16) != 0)
-      continue;
-    forward = flow_entry{};
-    forward.key = key;
-    std::memcpy(forward.rewrite_address, snat, 16);
-    forward.rewrite_port = candidate;
-    forward.direction = flow_direction::forward;
-    forward.flags = kFlowEgress;
-    forward.protocol = key.protocol;
-    forward.backend_slot = kNoCounterSlot;
-    // A SYN reusing the tuple of a connection whose reply entry still lives (closing):
-    // a new connection, both entries from the handshake's state.
-    const bool reopened = key.protocol == kProtoTcp && (tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn;
-    forward.state = reopened ? flow_state::transitory : live.state;
-    forward.second_address = live.second_address;
-    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, candidate);
-    w.flows.insert(forward, hash, w.now, w.timeouts);
-    if (reopened) {
-      const flow_entry reverse = reverse_of(forward, v4);
-      w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
-    }
-    w.egress_forward_restored.add(1);
-    return port_search::ours;
-  }
-  return port_search::none;
-}
-
-// A new flow's entries, NATed to `snat`:`port` (a port find_port found free).
-void lend_port(worker_state& w, const flow_key& key, uint64_t hash, bool v4, const uint8_t* snat, uint16_t port,
-               uint32_t service_slot, flow_entry& forward) {
   forward = flow_entry{};
   forward.key = key;
   std::memcpy(forward.rewrite_address, snat, 16);
-  forward.rewrite_port = port;
   forward.direction = flow_direction::forward;
   forward.flags = kFlowEgress;
   forward.protocol = key.protocol;
   forward.backend_slot = kNoCounterSlot;
   forward.second_address = service_slot;
-  store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, port);
-  const flow_entry reverse = reverse_of(forward, v4);
-  w.flows.insert(forward, hash, w.now, w.timeouts);
-  w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
-  w.egress_flows.add(1);
+  const uint32_t tries = std::min(per_worker, kEgressPortTries);
+  for (uint32_t i = 0; i < tries; ++i) {
+    const uint32_t offset = (w.egress_port_cursor + i) % per_worker;
+    const uint16_t candidate = static_cast<uint16_t>(first + offset);
+    const flow_key probe =
+        egress_key(key.destination, snat, echo ? candidate : key.destination_port, candidate, key.protocol);
+    flow_entry live;
+    if (w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) continue;
+    w.egress_port_cursor = (offset + 1) % per_worker;
+    forward.rewrite_port = candidate;
+    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, candidate);
+    const flow_entry reverse = reverse_of(forward, v4);
+    w.flows.insert(forward, hash, w.now, w.timeouts);
+    w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+    w.egress_flows.add(1);
+    return true;
+  }
+  return false;
+}
+
+// A flow whose forward entry was evicted while live (the flow table keeps the last ones
+// by key, flow_table::evicted_egress_forward): made again with its port, whatever the
+// protocol, when its reply entry still sends replies to the pod's address and port; when
+// the reply entry went too (evicted first: the forward entry went with it), when no
+// other flow holds that port for this destination now, both entries again. False: not
+// kept, made for another SNAT address or slice, or its port now another flow's.
+bool reclaim_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+                     const uint8_t* snat, uint8_t tcp_flags, flow_entry& forward) {
+  flow_entry kept;
+  if (!w.flows.evicted_egress_forward(key, hash, kept)) return false;
+  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+  if (std::memcmp(kept.rewrite_address, snat, 16) != 0 ||
+      egress_port_owner(t.egress, workers, kept.rewrite_port) != w.index)
+    return false;  // a publish since moved the SNAT address or the slices
+  // A SYN reusing the tuple: a new connection on the same port, from the handshake's state.
+  const bool reopened = key.protocol == kProtoTcp && (tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn;
+  const flow_key partner = egress_partner_key(kept);
+  flow_entry live;
+  const bool leased = w.flows.find_shared(partner, hash_flow_key(partner), w.now, w.timeouts, live);
+  if (leased && (live.direction != flow_direction::reverse || live.rewrite_port != key.source_port ||
+                 std::memcmp(live.rewrite_address, key.source, 16) != 0))
+    return false;
+  if (reopened) kept.state = flow_state::transitory;
+  else if (leased) kept.state = live.state;
+  w.flows.insert(kept, hash, w.now, w.timeouts);
+  if (!leased || reopened) {
+    const flow_entry reverse = reverse_of(kept, v4);
+    w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+  }
+  w.egress_forward_restored.add(1);
+  forward = kept;
+  return true;
+}
+
+// The forward entry of a TCP flow past its handshake that missed and was not kept aside
+// (reclaim_forward): made again from the live reply entry of this worker's slice that
+// sends replies to the pod's address and port (egress_snat.h, kEgressForwardSearchesHz).
+// False: none, or no search allowed now.
+bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+                     const uint8_t* snat, flow_entry& forward) {
+  if (w.egress_forward_searched && w.now - w.egress_forward_searched < rte_get_tsc_hz() / kEgressForwardSearchesHz)
+    return false;
+  w.egress_forward_searched = w.now;
+  const egress_forwarding& e = t.egress;
+  const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
+  const uint32_t per_worker = e.port_count / workers;
+  const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
+  for (uint32_t offset = 0; offset < per_worker; ++offset) {
+    const uint16_t port = static_cast<uint16_t>(first + offset);
+    const flow_key probe = egress_key(key.destination, snat, key.destination_port, port, key.protocol);
+    flow_entry reverse;
+    if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, reverse)) continue;
+    if (reverse.direction != flow_direction::reverse || reverse.rewrite_port != key.source_port ||
+        std::memcmp(reverse.rewrite_address, key.source, 16) != 0)
+      continue;
+    forward = flow_entry{};
+    forward.key = key;
+    std::memcpy(forward.rewrite_address, snat, 16);
+    forward.rewrite_port = port;
+    forward.direction = flow_direction::forward;
+    forward.flags = kFlowEgress;
+    forward.protocol = key.protocol;
+    forward.backend_slot = kNoCounterSlot;
+    forward.state = reverse.state;
+    forward.second_address = reverse.second_address;
+    store_deltas(forward, v4, key.source, forward.rewrite_address, key.source_port, port);
+    w.flows.insert(forward, hash, w.now, w.timeouts);
+    w.egress_forward_restored.add(1);
+    return true;
+  }
+  return false;
+}
+
+// Whether `destination` (16 bytes) is an external service's VIP (egress_forwarding).
+bool is_external_vip(const egress_forwarding& e, const uint8_t* destination) {
+  for (const auto& vip : e.external_vips)
+    if (std::memcmp(vip.data(), destination, 16) == 0) return true;
+  return false;
 }
 
 // The external service entry that lists the flow's destination, or null.
@@ -424,7 +466,8 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   if (in_port < kMaxPorts) {
     if (reason == drop_reason::egress_not_registered) w.egress_not_registered[in_port].add(1);
     else if (reason == drop_reason::snat_ports_exhausted) w.egress_ports_exhausted[in_port].add(1);
-    else w.egress_gateway_unavailable[in_port].add(1);
+    else if (reason == drop_reason::egress_gateway_unavailable) w.egress_gateway_unavailable[in_port].add(1);
+    // external_vip_untranslated: counted by reason only (meshlane_dataplane_drops_total).
   }
   if (policy_deny_event* e = w.deny_log.claim(w.now, w.tsc_hz)) {
     flow_key key;
@@ -488,24 +531,25 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     bool shared = false;
     for (size_t i = 0; !shared && i < w.peer_flows.size(); ++i)
       shared = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, found);
+    const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
+    // A flow whose forward entry was evicted keeps its port (reclaim_forward; TCP past
+    // its handshake also searches for its reply entry, restore_forward).
+    if (!shared) shared = reclaim_forward(w, t, key, hash, v4, snat.bytes.data(), p.tcp_flags, found);
+    if (!shared && p.l4_protocol == kProtoTcp && !(p.tcp_flags & kTcpSyn))
+      shared = restore_forward(w, t, key, hash, v4, snat.bytes.data(), found);
     if (!shared) {
-      // A flow whose forward entry was evicted finds its reply entry and keeps its port
-      // (any protocol: the outside host knows the flow by it); otherwise a new flow.
-      const ip_address snat =
-          source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
-      uint16_t port = 0;
-      const port_search search = find_port(w, t, key, hash, v4, snat.bytes.data(), p.tcp_flags, port, found);
-      if (search == port_search::none)
+      // An external service's VIP that the eBPF load balancer did not translate at
+      // connect time (a pod outside its cgroup): not an outside address (README, Egress).
+      if (!e.external_vips.empty() && is_external_vip(e, key.destination)) [[unlikely]]
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::external_vip_untranslated);
+      // A new flow: registry_only asks the external services first (new flows only; a
+      // flow made before a change of mode or registry keeps going until it ends).
+      const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
+      if (e.registry_only && !service)
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
+      if (!new_flow(w, t, key, hash, v4, snat.bytes.data(), service ? service->slot : 0, found))
         return egress_refuse(w, in_port, m, frame, p, drop_reason::snat_ports_exhausted);
-      if (search == port_search::free) {
-        // registry_only asks the external services first (new flows only; a flow made
-        // before a change of mode or registry keeps going until it ends).
-        const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
-        if (e.registry_only && !service)
-          return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
-        lend_port(w, key, hash, v4, snat.bytes.data(), port, service ? service->slot : 0, found);
-        if (found.second_address) (*w.external_service)[found.second_address].new_flows.add(1);
-      }
+      if (found.second_address) (*w.external_service)[found.second_address].new_flows.add(1);
     }
   }
   apply(frame, p, found);

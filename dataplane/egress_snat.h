@@ -15,20 +15,18 @@
 // Ports: the range is cut into one equal slice per worker; a worker lends only ports of
 // its own slice, and only a port that no live reverse (reply) entry of its own table
 // holds for the same remote address and port (a port may serve several destinations at
-// once, as Linux's masquerade does). The reply entry is the port's lease, so the flow
-// table never lets a flow's forward entry outlive it: evicting an egress reply entry
-// drops its forward entry too, and a reply entry expires one refresh period after its
-// forward entry would (flow_table.h). A port is thus never lent while any entry of its
-// flow lives.
-// How a port is chosen: a flow whose forward entry misses walks its own sequence of
-// candidates, from the slot its hash names, up to kEgressPortTries: a live reply entry
-// that sends replies to the pod's address and port is its own (the forward entry was
-// evicted: made again with that port, whatever the protocol, so the outside host keeps
-// seeing one peer), one of another flow is skipped, and the first candidate with none is
-// lent to it as a new flow; none free: drop, `snat_ports_exhausted`. The same flow
-// (5-tuple) thus finds the same port again while it is free. (A flow that took a later
-// candidate because an earlier one was taken, and misses after that earlier one came
-// free, gets the earlier one: a new port. Rare; no search over the whole slice.)
+// once, as Linux's masquerade does). A new flow tries up to kEgressPortTries ports of its
+// slice, from where the last search stopped; none free: drop, `snat_ports_exhausted`.
+// The reply entry is the port's lease, so the flow table never lets a flow's forward
+// entry outlive it: evicting an egress reply entry drops its forward entry too, and a
+// reply entry expires one refresh period after its forward entry would (flow_table.h).
+// A port is thus never lent while any entry of its flow lives.
+// Evictions (the table is LRU per 4-way bucket): a forward entry evicted while live is
+// kept aside by key (flow_table::evicted_egress_forward, the last 1,024); the flow's next
+// packet, whatever the protocol, takes its port again: with its live reply entry, or,
+// when that went too, if no other flow took the port meanwhile. Otherwise (overwritten
+// aside) a TCP segment past the handshake searches the slice for its reply entry
+// (kEgressForwardSearchesHz); the rest gets a new port (the outside sees a new peer).
 // Replies: a reply's destination port names the slice and so the worker that owns its
 // flow; a reply that reaches another worker (RSS hashes each direction on its own) reads
 // that worker's entry through the seqlock (flow_table::find_shared), never writes it.
@@ -39,6 +37,12 @@
 namespace meshlane::detail {
 
 inline constexpr uint32_t kEgressPortTries = 1024;
+// A TCP segment past the handshake whose forward entry is gone and not kept aside (see
+// Evictions above) while its reply entry lives: the worker searches its slice for the
+// reply entry that names the pod's address and port and makes the forward entry again
+// with that port. The search probes every port of the slice, so a worker makes at most
+// this many a second; a segment that may not search gets a new port.
+inline constexpr uint64_t kEgressForwardSearchesHz = 100;
 
 // flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
 inline constexpr uint8_t kEgressKeyMark = kFlowEgressKeyMark;
@@ -48,7 +52,8 @@ inline constexpr uint8_t kEgressKeyMark = kFlowEgressKeyMark;
 // router, or dropped with a reason (no_route: not TCP, UDP, an echo request or an ICMP
 // error about an egress flow, IPv6
 // without snat_ip6, a VIP on a port it does not serve; neighbour_unresolved: the router's
-// MAC is not known yet, asked for; snat_ports_exhausted).
+// MAC is not known yet, asked for; snat_ports_exhausted; external_vip_untranslated: an
+// external service's VIP, which only the eBPF connect-time load balancer translates).
 // egress_not_registered: registry_only and no external service has the destination,
 // counted for the pod's port `in_port` too.
 // `source`: the address to NAT to (16 bytes, IPv4-mapped for IPv4; a gateway's egress

@@ -44,6 +44,15 @@ flow_table::flow_table(uint32_t capacity) {
   const uint32_t size = std::bit_ceil(std::max(capacity, kWays));
   entries_.resize(size);
   bucket_mask_ = size / kWays - 1;
+  evicted_egress_.resize(kEvictedEgressSlots);
+}
+
+void flow_table::keep_evicted_egress_forward(const flow_entry& forward) {
+  // The high half of the hash: the low half is the bucket, which every entry evicted from
+  // one bucket shares.
+  flow_entry& kept = evicted_egress_[(hash_flow_key(forward.key) >> 32) & (kEvictedEgressSlots - 1)];
+  kept = forward;
+  kept.in_use = 1;
 }
 
 
@@ -63,12 +72,13 @@ flow_entry* flow_table::victim_for(const flow_key& key, uint64_t hash, uint64_t 
     // An egress flow's reply entry is the lease of its SNAT port (egress_snat.h): once it
     // is gone, a new flow to the same outside address and port may be lent that port.
     // Its forward entry must not outlive it, or the flow would go on leaving with a port
-    // that another flow now has (two flows, one outside 5-tuple). The flow's next packet
-    // from the pod then finds no forward entry and takes a port as a new flow would: the
-    // same one whenever it is still free (egress_snat.h, how a port is chosen).
-    if ((victim->flags & kFlowEgress) && victim->direction == flow_direction::reverse &&
-        victim->key.padding[0] == kFlowEgressKeyMark)
-      evict_egress_forward(*victim, now, timeouts);
+    // that another flow now has (two flows, one outside 5-tuple). Both are kept aside
+    // (the forward entry): the flow's next packet takes the same port again if no other
+    // flow has taken it meanwhile (egress_snat.h).
+    if ((victim->flags & kFlowEgress) && victim->key.padding[0] == kFlowEgressKeyMark) {
+      if (victim->direction == flow_direction::reverse) evict_egress_forward(*victim, now, timeouts);
+      else keep_evicted_egress_forward(*victim);
+    }
   }
   return victim;
 }
@@ -84,7 +94,9 @@ void flow_table::evict_egress_forward(const flow_entry& reverse, uint64_t now, c
     if (entry.rewrite_port != reverse.key.destination_port ||
         std::memcmp(entry.rewrite_address, reverse.key.destination, 16) != 0)
       continue;
-    if (!expired(entry, now, timeouts)) ++evictions_;
+    if (expired(entry, now, timeouts)) return;
+    ++evictions_;
+    keep_evicted_egress_forward(entry);
     flow_detail::begin_write(entry);
     entry.in_use = 0;
     flow_detail::end_write(entry);

@@ -217,6 +217,17 @@ class flow_table {
   // Inserts a whole entry (key, rewrite, direction, slots) in one seqlocked write; the
   // form the pipeline uses, so that other workers never see it half filled.
   void insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+  // The last egress forward entries evicted while live (alone, or with their reply entry),
+  // kept by key in a small direct-mapped array (kEvictedEgressSlots; a later eviction
+  // may overwrite one): the copy of the one for `key`, for the flow's next packet to make
+  // it again with its port (dataplane/egress_snat.h). The owner's only.
+  static constexpr uint32_t kEvictedEgressSlots = 1024;
+  bool evicted_egress_forward(const flow_key& key, uint64_t hash, flow_entry& out) const {
+    const flow_entry& kept = evicted_egress_[(hash >> 32) & (kEvictedEgressSlots - 1)];
+    if (!kept.in_use || !(kept.key == key)) return false;
+    out = kept;
+    return true;
+  }
   // For other workers: a consistent copy of the live entry for `key`; false on a miss.
   // Never writes (the owner keeps last_seen and the TCP state).
   bool find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
@@ -243,6 +254,9 @@ class flow_table {
   // The live forward entry of the egress flow whose reply entry `reverse` is being
   // evicted, if any, dropped as well (victim_for).
   void evict_egress_forward(const flow_entry& reverse, uint64_t now, const flow_timeouts& timeouts);
+  // Keeps a copy of an egress forward entry that leaves the table live (evicted_egress_forward).
+  void keep_evicted_egress_forward(const flow_entry& forward);
+  std::vector<flow_entry> evicted_egress_;
 
   std::vector<flow_entry> entries_;
   uint32_t bucket_mask_ = 0;

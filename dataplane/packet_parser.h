@@ -59,6 +59,9 @@ enum class drop_reason : uint8_t {
   snat_ports_exhausted,
   egress_not_registered,  // egress.mode registry_only: no external service has the destination
   egress_gateway_unavailable,  // an egress policy's gateway node is not in the document (fallback "drop")
+  // A pod's packet to an external service's VIP: only the eBPF connect-time load balancer
+  // translates those (a pod outside its cgroup sends the VIP itself); never sent outside.
+  external_vip_untranslated,
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

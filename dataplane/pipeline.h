@@ -398,12 +398,13 @@ struct worker_state {
   // the quoted packet, icmp_error_nat.h) are counted too.
   token_bucket<1000, 50> icmp_error_budget;
   counter icmp_rate_limited, icmp_errors_translated;
-  // Egress (egress_snat.h): flows made, packets out and replies in; when the router was
-  // last asked for its MAC (TSC).
+  // Egress (egress_snat.h): flows made, packets out and replies in; the next port of this
+  // worker's slice to try, and when the router was last asked for its MAC (TSC).
   counter egress_flows, egress_packets_out, egress_packets_in;
   // Forward entries made again from their live reply entry after an eviction (the flow
-  // keeps its port).
+  // keeps its port), and when this worker last searched its slice for one (TSC).
   counter egress_forward_restored;
+  uint64_t egress_forward_searched = 0;
   std::array<counter, kMaxPorts> egress_not_registered;  // by the pod's port
   // Refused outbound flows by the pod's port (egress_refuse): snat_ports_exhausted and
   // egress_gateway_unavailable (egress_not_registered has its own, above).
@@ -412,6 +413,7 @@ struct worker_state {
   // ways), by its slot (counter_slot_names::external_services; slot 0: none).
   std::unique_ptr<std::array<lb_counters, kMaxExternalServiceSlots>> external_service =
       std::make_unique<std::array<lb_counters, kMaxExternalServiceSlots>>();
+  uint32_t egress_port_cursor = 0;
   uint64_t egress_router_solicited = 0;
 
   // L4 authorization (policy_path.h): verdicts of flows into this node's pods and the

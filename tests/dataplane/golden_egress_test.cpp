@@ -569,6 +569,27 @@ TEST_F(golden_egress, UdpAndEchoFlowsWhoseForwardEntryWasEvictedKeepTheirPort) {
   EXPECT_EQ(pending_total(), 0u);
 }
 
+// An external service's VIP is translated by the eBPF connect-time load balancer only
+// (issue 18): a pod's packet that still has it (a pod outside the cgroup) is dropped as
+// external_vip_untranslated, on the deny log, never sent outside with a cluster address
+// as its destination; the service's own addresses are reached as usual.
+TEST_F(golden_egress, APacketToAnExternalServicesVipIsDroppedAsUntranslated) {
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["egress"] = {{"router", kRouter}};
+  doc["external_services"] = nlohmann::json::parse(R"([
+    {"name": "api", "vip": "198.19.128.80", "addresses": ["203.0.113.5", "203.0.113.6"], "ports": [443]}])");
+  publish(doc.dump().c_str(), 2);
+  router_answers();
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.80"), tcp(51000, 443)));
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.80"), udp(5000, 53)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::external_vip_untranslated), 2u);
+  EXPECT_EQ(refused_on_deny_log(),
+            (std::vector<std::string>{"198.18.1.10:51000 -> 198.19.128.80:443 external_vip_untranslated",
+                                      "198.18.1.10:5000 -> 198.19.128.80:53 external_vip_untranslated"}));
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 443))).empty());  // 203.0.113.5, one of its addresses
+}
+
 // The upgrade hand-over (issue 19) carries egress flows: a successor with the same SNAT
 // address and port range adopts both entries on the worker whose slice holds the port,
 // so the connection keeps its port and its replies reach the pod; one whose SNAT address
