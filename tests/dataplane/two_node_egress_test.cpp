@@ -471,15 +471,18 @@ class two_nodes_egress_vip : public two_nodes_egress {
   nlohmann::json pod_tool(const std::vector<std::string>& args) {
     std::vector<std::string> argv{std::getenv("POD_TOOL")};
     argv.insert(argv.end(), args.begin(), args.end());
-    const std::string out = work_dir_ + "/pod_tool.out";
+    const std::string out = work_dir_ + "/pod_tool-" + std::to_string(++runs_) + ".out";
     child_process tool(argv, nodes_[0].client.get(), &pods_, out);
     const int code = tool.wait(30000);
     const std::string text = read_text(out);
-    const auto line = text.rfind('{');
-    if (code != 0 || line == std::string::npos) return {{"error", "exit " + std::to_string(code) + ": " + text}};
-    return nlohmann::json::parse(text.substr(line), nullptr, false);
+    const auto line = text.rfind("\n{");  // its last line: one JSON object
+    const std::string last = line == std::string::npos ? text : text.substr(line + 1);
+    const nlohmann::json parsed = nlohmann::json::parse(last, nullptr, false);
+    if (code != 0 || parsed.is_discarded()) return {{"error", "exit " + std::to_string(code) + ": " + text}};
+    return parsed;
   }
   test_cgroup pods_{"pods"};
+  int runs_ = 0;
 };
 
 TEST_F(two_nodes_egress_vip, APodsConnectionsToAnExternalServicesVipReachBothAddressesThroughItsNodesAddress) {
