@@ -174,7 +174,8 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
 bool reclaim_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
                      const uint8_t* snat, uint8_t tcp_flags, flow_entry& forward) {
   flow_entry kept;
-  if (!w.flows.evicted_egress_forward(key, hash, kept)) return false;
+  // A copy whose flow would have expired since (idle past its timeout) names no flow.
+  if (!w.flows.evicted_egress_forward(key, hash, kept) || w.flows.expired(kept, w.now, w.timeouts)) return false;
   const uint32_t workers = static_cast<uint32_t>(w.peer_flows.size()) + 1;
   if (std::memcmp(kept.rewrite_address, snat, 16) != 0 ||
       egress_port_owner(t.egress, workers, kept.rewrite_port) != w.index)
