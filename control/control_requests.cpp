@@ -339,8 +339,16 @@ json control_module::get(const json& request) {
         json ports = json::array();
         for (uint16_t port : external.ports)
           ports.push_back(std::to_string(port) + (external.protocol == egress_protocol::tcp ? "/tcp" : "/udp"));
-        rows.push_back({{"name", external.name}, {"vip", destinations}, {"ports", ports}, {"backends", 0},
-                        {"session_affinity", false}, {"kind", "external"}});
+        // With a VIP: the VIP in the vip column, its addresses the backends the eBPF load
+        // balancer picks from; the destinations stay in their own column.
+        json row = {{"name", external.name},
+                    {"vip", external.vip ? external.vip->to_string() : destinations},
+                    {"ports", ports},
+                    {"backends", external.vip_backends().size()},
+                    {"session_affinity", false},
+                    {"kind", "external"}};
+        if (external.vip) row["destinations"] = destinations;
+        rows.push_back(std::move(row));
         continue;
       }
       const auto& svc = tables->services[s];

@@ -2,6 +2,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/connect_lb_limits.h"
 #include "control/desired_state.h"
 #include "control/document_reader.h"
 
@@ -11,6 +12,15 @@ using namespace document_reader;
 
 const char* to_string(egress_mode mode) { return mode == egress_mode::allow_any ? "allow_any" : "registry_only"; }
 const char* to_string(egress_fallback fallback) { return fallback == egress_fallback::drop ? "drop" : "local"; }
+
+std::vector<ip_address> external_service_spec::vip_backends() const {
+  std::vector<ip_address> out;
+  if (!vip) return out;
+  for (const ip_prefix& destination : destinations)
+    if (destination.length == destination.base.family_bits() && destination.base.is_v4() == vip->is_v4())
+      out.push_back(destination.base);
+  return out;
+}
 
 namespace egress_document {
 namespace {
@@ -60,6 +70,18 @@ void read_external_service(const json& value, const std::string& path, external_
     if (*v == "tcp") out.protocol = egress_protocol::tcp;
     else if (*v == "udp") out.protocol = egress_protocol::udp;
     else r.error(r.path_of("protocol"), "must be \"tcp\" or \"udp\", got " + shown(*v));
+  }
+  if (r.member("vip", false)) {
+    out.vip = r.address("vip", true);
+    if (out.vip) {
+      // The load balancer picks one address; a CIDR names no one host to pick.
+      if (!empty_array_member(r, "cidrs"))
+        r.error(r.path_of("vip"), "a VIP balances over \"addresses\" only: drop \"cidrs\" or the VIP");
+      else if (out.vip_backends().size() < 2)
+        r.error(r.path_of("vip"), "a VIP needs at least two \"addresses\" of its family (" +
+                                      std::string(out.vip->is_v4() ? "IPv4" : "IPv6") + ") to balance over, got " +
+                                      std::to_string(out.vip_backends().size()));
+    }
   }
 }
 
@@ -221,6 +243,9 @@ void check(const desired_state& s, error_list& errors) {
     for (size_t i = 0; i < s.services.size(); ++i)
       if (prefix.contains(s.services[i].vip))
         return "the VIP " + s.services[i].vip.to_string() + " of $.services[" + std::to_string(i) + "]";
+    for (size_t i = 0; i < s.external_services.size(); ++i)
+      if (s.external_services[i].vip && prefix.contains(*s.external_services[i].vip))
+        return "the VIP " + s.external_services[i].vip->to_string() + " of $.external_services[" + std::to_string(i) + "]";
     return "";
   };
 
@@ -254,6 +279,47 @@ void check(const desired_state& s, error_list& errors) {
     for (const ip_prefix& destination : service.destinations)
       if (std::string inside = cluster_overlap(destination); !inside.empty())
         add(path, destination.to_string() + " is inside the cluster: it overlaps " + inside);
+  }
+
+  // External services' VIPs: checked as internal VIPs are (check_service_alone), unique
+  // among every service's VIPs (the load balancer keys a VIP's ports by the VIP; an
+  // external destination over a VIP is refused above, cluster_overlap); then the eBPF
+  // load balancer's room (connect_lb_limits.h), counted over internal and external
+  // frontends.
+  std::map<ip_address, std::string> vips;
+  uint64_t lb_frontends = 0, lb_backends = 0, lb_slots = 0;
+  for (size_t i = 0; i < s.services.size(); ++i) {
+    const service_spec& svc = s.services[i];
+    vips.emplace(svc.vip, "$.services[" + std::to_string(i) + "].vip");
+    lb_frontends += svc.ports.size();
+    lb_backends += svc.ports.size() * svc.backends.size();
+    if (svc.session_affinity)
+      lb_slots += svc.ports.size() * connect_lb::chunk_aligned(connect_lb::affinity_slot_count(
+                                          static_cast<uint32_t>(svc.backends.size())));
+  }
+  bool lb_full = lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries ||
+                 lb_slots > connect_lb::kMaxSlots;  // reported at the internal service already
+  for (size_t i = 0; i < s.external_services.size(); ++i) {
+    const external_service_spec& service = s.external_services[i];
+    if (!service.vip) continue;
+    const ip_address& vip = *service.vip;
+    const std::string path = "$.external_services[" + std::to_string(i) + "].vip";
+    for (const node_ref& ref : nodes) {
+      if (ref.node->pod_cidr.contains(vip) || (ref.node->pod_cidr6 && ref.node->pod_cidr6->contains(vip)))
+        add(path, vip.to_string() + " lies inside the pod range of " + ref.path);
+      if (owns(*ref.node, vip)) add(path, vip.to_string() + " is an address of " + ref.path + " (underlay or egress)");
+    }
+    if (auto [it, fresh] = vips.emplace(vip, path); !fresh)
+      add(path, vip.to_string() + " is also the VIP at " + it->second);
+    lb_frontends += service.ports.size();
+    lb_backends += service.ports.size() * service.vip_backends().size();
+    if (!lb_full && (lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries)) {
+      lb_full = true;
+      add(path, "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
+                    " service ports and " + std::to_string(connect_lb::kMaxBackendEntries) +
+                    " backends summed over them; this document needs " + std::to_string(lb_frontends) + " ports and " +
+                    std::to_string(lb_backends) + " backends up to here");
+    }
   }
 
   const egress_spec& e = s.egress;

@@ -46,6 +46,15 @@ struct external_service_spec {
   std::vector<ip_prefix> destinations;  // `addresses` (as /32, /128) then `cidrs`
   std::vector<uint16_t> ports;          // at least one
   egress_protocol protocol = egress_protocol::tcp;
+  // A cluster address for the service (optional; with `addresses` only, at least two of
+  // its family, no `cidrs`): the eBPF connect-time load balancer rewrites a pod's
+  // connect (and UDP sendmsg) to vip:port into one of those addresses at that port, equal
+  // weights, as it does an internal service's VIP; the connection then leaves through
+  // egress SNAT like any other to that address. Checked as internal VIPs are (not in a
+  // pod range, not a node's address) and unique among all services' VIPs.
+  std::optional<ip_address> vip;
+  // The addresses the VIP balances over: `addresses` of the VIP's family.
+  std::vector<ip_address> vip_backends() const;
 };
 
 struct egress_gateway_spec {

@@ -54,8 +54,9 @@ struct byte_writer {
 };
 
 constexpr char kMagic[16] = "MESHLANE-TABLES";  // 15 characters and the terminator
-// 2: ebpf settings after the tunables; 3: policy tables; 4: egress and external services
-constexpr uint32_t kFormatVersion = 4;
+// 2: ebpf settings after the tunables; 3: policy tables; 4: egress and external services;
+// 5: external services' VIPs
+constexpr uint32_t kFormatVersion = 5;
 // Magic, format version, reserved word, generation: the part of the form the digest skips.
 constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 8;
 
@@ -247,6 +248,8 @@ std::vector<uint8_t> snapshot::serialize() const {
     for (const auto& d : e.destinations) w.prefix(d);
     w.ports(e.ports);
     w.u8(static_cast<uint8_t>(e.protocol));
+    w.u8(e.vip ? 1 : 0);
+    if (e.vip) w.prefix(ip_prefix{*e.vip, static_cast<uint8_t>(e.vip->family_bits())});
   }
   return std::move(w.out);
 }

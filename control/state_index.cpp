@@ -232,9 +232,12 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     const lb_totals c = contribution(*spec);
     totals.frontends += c.frontends, totals.backends += c.backends, totals.slots += c.slots;
     if (external_names.count(name)) errors.push_back({path + ".name", "duplicate service name '" + name + "' (also an external service)"});
-    for (const auto& x : state_->external_services)
+    for (const auto& x : state_->external_services) {
       if (in_prefix_list(x.destinations, spec->vip))
         errors.push_back({path + ".vip", spec->vip.to_string() + " is inside the destinations of external service '" + x.name + "'"});
+      if (x.vip && *x.vip == spec->vip)
+        errors.push_back({path + ".vip", spec->vip.to_string() + " is also the VIP of external service '" + x.name + "'"});
+    }
     for (size_t p = 0; p < spec->ports.size(); ++p) {
       const service_port& port = spec->ports[p];
       const frontend_key key{spec->vip, port.port, port.protocol};

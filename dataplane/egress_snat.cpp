@@ -41,15 +41,9 @@ flow_key egress_key(const uint8_t* source, const uint8_t* destination, uint16_t 
   return key;
 }
 
-// The flow's key in the other direction. Echoes carry their identifier as both "ports".
-flow_key partner_of(const flow_entry& e) {
-  const bool echo = is_icmp(e.key.protocol);
-  if (e.direction == flow_direction::forward)  // pod -> outside; partner: outside -> SNAT address
-    return egress_key(e.key.destination, e.rewrite_address, echo ? e.rewrite_port : e.key.destination_port,
-                      e.rewrite_port, e.key.protocol);
-  return egress_key(e.rewrite_address, e.key.source, e.rewrite_port, echo ? e.rewrite_port : e.key.source_port,
-                    e.key.protocol);
-}
+// The flow's key in the other direction (flow_table.h: the table evicts a forward entry
+// with its reply entry by the same rule).
+flow_key partner_of(const flow_entry& e) { return egress_partner_key(e); }
 
 // The checksum change of rewriting one address and one port (or echo identifier).
 // ICMPv4's checksum has no pseudo-header: the address change is the IPv4 header's only.
@@ -130,17 +124,16 @@ void keep_partner(worker_state& w, const flow_entry& hit, bool v4) {
 // A new flow's entries, with a port of this worker's slice that no live reply entry holds
 // for the same outside address and port. False: none free among those tried.
 bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-              const uint8_t* source, uint32_t service_slot, flow_entry& forward) {
+              const uint8_t* snat, uint32_t service_slot, flow_entry& forward) {
   const egress_forwarding& e = t.egress;
   const uint32_t workers = w.workers;
   const uint32_t per_worker = e.port_count / workers;
   if (per_worker == 0) return false;
   const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
-  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
   const bool echo = is_icmp(key.protocol);
   forward = flow_entry{};
   forward.key = key;
-  std::memcpy(forward.rewrite_address, snat.bytes.data(), 16);
+  std::memcpy(forward.rewrite_address, snat, 16);
   forward.direction = flow_direction::forward;
   forward.flags = kFlowEgress;
   forward.protocol = key.protocol;
@@ -151,7 +144,7 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
     const uint32_t offset = (w.egress_port_cursor + i) % per_worker;
     const uint16_t candidate = static_cast<uint16_t>(first + offset);
     const flow_key probe =
-        egress_key(key.destination, snat.bytes.data(), echo ? candidate : key.destination_port, candidate, key.protocol);
+        egress_key(key.destination, snat, echo ? candidate : key.destination_port, candidate, key.protocol);
     flow_entry live;
     if (w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) continue;
     w.egress_port_cursor = (offset + 1) % per_worker;
@@ -166,11 +159,47 @@ bool new_flow(worker_state& w, const forwarding_tables& t, const flow_key& key, 
   return false;
 }
 
-// The forward entry of a TCP flow past its handshake that missed: made again from the
-// live reply entry of this worker's slice that sends replies to the pod's address and
-// port (egress_snat.h, kEgressForwardSearchesHz). False: none, or no search allowed now.
+// A flow whose forward entry was evicted while live (the flow table keeps the last ones
+// by key, flow_table::evicted_egress_forward): made again with its port, whatever the
+// protocol, when its reply entry still sends replies to the pod's address and port; when
+// the reply entry went too (evicted first: the forward entry went with it), when no
+// other flow holds that port for this destination now, both entries again. False: not
+// kept, made for another SNAT address or slice, or its port now another flow's.
+bool reclaim_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
+                     const uint8_t* snat, uint8_t tcp_flags, flow_entry& forward) {
+  flow_entry kept;
+  // A copy whose flow would have expired since (idle past its timeout) names no flow.
+  if (!w.flows.evicted_egress_forward(key, hash, kept) || w.flows.expired(kept, w.now, w.timeouts)) return false;
+  const uint32_t workers = w.workers;
+  if (std::memcmp(kept.rewrite_address, snat, 16) != 0 ||
+      egress_port_owner(t.egress, workers, kept.rewrite_port) != w.index)
+    return false;  // a publish since moved the SNAT address or the slices
+  // A SYN reusing the tuple: a new connection on the same port, from the handshake's state.
+  const bool reopened = key.protocol == kProtoTcp && (tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn;
+  const flow_key partner = egress_partner_key(kept);
+  flow_entry live;
+  const bool leased = w.flows.find_shared(partner, hash_flow_key(partner), w.now, w.timeouts, live);
+  if (leased && (live.direction != flow_direction::reverse || live.rewrite_port != key.source_port ||
+                 std::memcmp(live.rewrite_address, key.source, 16) != 0))
+    return false;
+  if (reopened) kept.state = flow_state::transitory;
+  else if (leased) kept.state = live.state;
+  w.flows.insert(kept, hash, w.now, w.timeouts);
+  if (!leased || reopened) {
+    const flow_entry reverse = reverse_of(kept, v4);
+    w.flows.insert(reverse, hash_flow_key(reverse.key), w.now, w.timeouts);
+  }
+  w.egress_forward_restored.add(1);
+  forward = kept;
+  return true;
+}
+
+// The forward entry of a TCP flow past its handshake that missed and was not kept aside
+// (reclaim_forward): made again from the live reply entry of this worker's slice that
+// sends replies to the pod's address and port (egress_snat.h, kEgressForwardSearchesHz).
+// False: none, or no search allowed now.
 bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key& key, uint64_t hash, bool v4,
-                     const uint8_t* source, flow_entry& forward) {
+                     const uint8_t* snat, flow_entry& forward) {
   if (w.egress_forward_searched && w.now - w.egress_forward_searched < rte_get_tsc_hz() / kEgressForwardSearchesHz)
     return false;
   w.egress_forward_searched = w.now;
@@ -178,10 +207,9 @@ bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key
   const uint32_t workers = w.workers;
   const uint32_t per_worker = e.port_count / workers;
   const uint32_t first = e.port_first + uint32_t{w.index} * per_worker;
-  const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
   for (uint32_t offset = 0; offset < per_worker; ++offset) {
     const uint16_t port = static_cast<uint16_t>(first + offset);
-    const flow_key probe = egress_key(key.destination, snat.bytes.data(), key.destination_port, port, key.protocol);
+    const flow_key probe = egress_key(key.destination, snat, key.destination_port, port, key.protocol);
     flow_entry reverse;
     if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, reverse)) continue;
     if (reverse.direction != flow_direction::reverse || reverse.rewrite_port != key.source_port ||
@@ -189,7 +217,7 @@ bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key
       continue;
     forward = flow_entry{};
     forward.key = key;
-    std::memcpy(forward.rewrite_address, snat.bytes.data(), 16);
+    std::memcpy(forward.rewrite_address, snat, 16);
     forward.rewrite_port = port;
     forward.direction = flow_direction::forward;
     forward.flags = kFlowEgress;
@@ -202,6 +230,13 @@ bool restore_forward(worker_state& w, const forwarding_tables& t, const flow_key
     w.egress_forward_restored.add(1);
     return true;
   }
+  return false;
+}
+
+// Whether `destination` (16 bytes) is an external service's VIP (egress_forwarding).
+bool is_external_vip(const egress_forwarding& e, const uint8_t* destination) {
+  for (const auto& vip : e.external_vips)
+    if (std::memcmp(vip.data(), destination, 16) == 0) return true;
   return false;
 }
 
@@ -426,7 +461,8 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   if (in_port < kMaxPorts) {
     if (reason == drop_reason::egress_not_registered) w.egress_not_registered[in_port].add(1);
     else if (reason == drop_reason::snat_ports_exhausted) w.egress_ports_exhausted[in_port].add(1);
-    else w.egress_gateway_unavailable[in_port].add(1);
+    else if (reason == drop_reason::egress_gateway_unavailable) w.egress_gateway_unavailable[in_port].add(1);
+    // external_vip_untranslated: counted by reason only (meshlane_dataplane_drops_total).
   }
   if (policy_deny_event* e = w.deny_log.claim(w.now, w.tsc_hz)) {
     flow_key key;
@@ -489,17 +525,23 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   } else {
     // This worker owns the flow (worker_handoff.h): no other table has it.
     bool shared = false;
-    // A TCP segment past the handshake may belong to a flow whose forward entry was
-    // evicted: it keeps its port (restore_forward).
+    const ip_address snat = source ? address_v6(source) : v4 ? address_v4(e.snat_ip) : address_v6(e.snat_ip6.data());
+    // A flow whose forward entry was evicted keeps its port (reclaim_forward; TCP past
+    // its handshake also searches for its reply entry, restore_forward).
+    shared = reclaim_forward(w, t, key, hash, v4, snat.bytes.data(), p.tcp_flags, found);
     if (!shared && p.l4_protocol == kProtoTcp && !(p.tcp_flags & kTcpSyn))
-      shared = restore_forward(w, t, key, hash, v4, source, found);
+      shared = restore_forward(w, t, key, hash, v4, snat.bytes.data(), found);
     if (!shared) {
+      // An external service's VIP that the eBPF load balancer did not translate at
+      // connect time (a pod outside its cgroup): not an outside address (README, Egress).
+      if (!e.external_vips.empty() && is_external_vip(e, key.destination)) [[unlikely]]
+        return egress_refuse(w, in_port, m, frame, p, drop_reason::external_vip_untranslated);
       // A new flow: registry_only asks the external services first (new flows only; a
       // flow made before a change of mode or registry keeps going until it ends).
       const egress_registered* service = e.registry.empty() ? nullptr : registered(e, key);
       if (e.registry_only && !service)
         return egress_refuse(w, in_port, m, frame, p, drop_reason::egress_not_registered);
-      if (!new_flow(w, t, key, hash, v4, source, service ? service->slot : 0, found))
+      if (!new_flow(w, t, key, hash, v4, snat.bytes.data(), service ? service->slot : 0, found))
         return egress_refuse(w, in_port, m, frame, p, drop_reason::snat_ports_exhausted);
       if (found.second_address) (*w.external_service)[found.second_address].new_flows.add(1);
     }

@@ -13,10 +13,20 @@
 // source and in the quoted packet.
 //
 // Ports: the range is cut into one equal slice per worker; a worker lends only ports of
-// its own slice, and only a port that no live reverse entry of its own table holds for
-// the same remote address and port (a port may serve several destinations at once, as
-// Linux's masquerade does). A new flow tries up to kEgressPortTries ports of its slice,
-// from where the last search stopped; none free: drop, `snat_ports_exhausted`.
+// its own slice, and only a port that no live reverse (reply) entry of its own table
+// holds for the same remote address and port (a port may serve several destinations at
+// once, as Linux's masquerade does). A new flow tries up to kEgressPortTries ports of its
+// slice, from where the last search stopped; none free: drop, `snat_ports_exhausted`.
+// The reply entry is the port's lease, so the flow table never lets a flow's forward
+// entry outlive it: evicting an egress reply entry drops its forward entry too, and a
+// reply entry expires one refresh period after its forward entry would (flow_table.h).
+// A port is thus never lent while any entry of its flow lives.
+// Evictions (the table is LRU per 4-way bucket): a forward entry evicted while live is
+// kept aside by key (flow_table::evicted_egress_forward, the last 1,024); the flow's next
+// packet, whatever the protocol, takes its port again: with its live reply entry, or,
+// when that went too, if no other flow took the port meanwhile. Otherwise (overwritten
+// aside) a TCP segment past the handshake searches the slice for its reply entry
+// (kEgressForwardSearchesHz); the rest gets a new port (the outside sees a new peer).
 // Replies: a reply's destination port names the slice and so the worker that owns its
 // flow; a reply that reaches another worker is handed to the owner (worker_handoff.h).
 // Only ICMP errors about a flow read another worker's entry (find_shared, never a write).
@@ -27,23 +37,23 @@
 namespace meshlane::detail {
 
 inline constexpr uint32_t kEgressPortTries = 1024;
-// A TCP segment past the handshake whose forward entry is gone (evicted by a colliding
-// flow: the table is LRU per bucket) while its reply entry lives: the worker searches
-// its slice for the reply entry that names the pod's address and port and makes the
-// forward entry again with that port, so that the connection survives. The search
-// probes every port of the slice, so a worker makes at most this many a second; a
-// segment that may not search gets a new port (the connection breaks, as before).
+// A TCP segment past the handshake whose forward entry is gone and not kept aside (see
+// Evictions above) while its reply entry lives: the worker searches its slice for the
+// reply entry that names the pod's address and port and makes the forward entry again
+// with that port. The search probes every port of the slice, so a worker makes at most
+// this many a second; a segment that may not search gets a new port.
 inline constexpr uint64_t kEgressForwardSearchesHz = 100;
 
 // flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
-inline constexpr uint8_t kEgressKeyMark = 1;
+inline constexpr uint8_t kEgressKeyMark = kFlowEgressKeyMark;
 
 // A pod's packet to an outside address (not in any pod range), its TTL already
 // decremented and within the uplink's MTU: NATed and sent out of the uplink to the
 // router, or dropped with a reason (no_route: not TCP, UDP, an echo request or an ICMP
 // error about an egress flow, IPv6
 // without snat_ip6, a VIP on a port it does not serve; neighbour_unresolved: the router's
-// MAC is not known yet, asked for; snat_ports_exhausted).
+// MAC is not known yet, asked for; snat_ports_exhausted; external_vip_untranslated: an
+// external service's VIP, which only the eBPF connect-time load balancer translates).
 // egress_not_registered: registry_only and no external service has the destination,
 // counted for the pod's port `in_port` too.
 // `source`: the address to NAT to (16 bytes, IPv4-mapped for IPv4; a gateway's egress

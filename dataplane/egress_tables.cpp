@@ -76,6 +76,7 @@ egress_forwarding build_egress_forwarding(const snapshot& s, const std::vector<u
   out.port_count = e.snat_ports.count();
   out.registry_only = e.mode == egress_mode::registry_only;
   for (const external_service_spec& service : s.external_services) {
+    if (service.vip) out.external_vips.push_back(service.vip->bytes);
     for (const ip_prefix& destination : service.destinations) {
       egress_registered entry;
       entry.base = destination.base.bytes;

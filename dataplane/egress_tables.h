@@ -56,6 +56,10 @@ struct egress_forwarding {
   bool registry_only = false;
   std::vector<egress_registered> registry;
   std::vector<std::string> registry_service;  // by registry entry: the external service's name
+  // External services' VIPs (16 bytes, IPv4-mapped for IPv4): the eBPF connect-time load
+  // balancer translates them; a packet that still has one is dropped, never sent outside
+  // (external_vip_untranslated).
+  std::vector<std::array<uint8_t, 16>> external_vips;
   // Gateway policies: by pod port, the [begin, end) of its rules in `rules` (first match
   // wins, in document order); `hosted`: the rules of gateways on this node, for traffic
   // other nodes tunnel here; `addresses`: this node's gateway egress IPv4 addresses

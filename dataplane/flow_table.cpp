@@ -44,6 +44,15 @@ flow_table::flow_table(uint32_t capacity) {
   const uint32_t size = std::bit_ceil(std::max(capacity, kWays));
   entries_.resize(size);
   bucket_mask_ = size / kWays - 1;
+  evicted_egress_.resize(kEvictedEgressSlots);
+}
+
+void flow_table::keep_evicted_egress_forward(const flow_entry& forward) {
+  // The high half of the hash: the low half is the bucket, which every entry evicted from
+  // one bucket shares.
+  flow_entry& kept = evicted_egress_[(hash_flow_key(forward.key) >> 32) & (kEvictedEgressSlots - 1)];
+  kept = forward;
+  kept.in_use = 1;
 }
 
 
@@ -58,8 +67,41 @@ flow_entry* flow_table::victim_for(const flow_key& key, uint64_t hash, uint64_t 
     }
     if (!victim || entry.last_seen < victim->last_seen) victim = &entry;
   }
-  if (victim->in_use && !(victim->key == key) && !expired(*victim, now, timeouts)) ++evictions_;
+  if (victim->in_use && !(victim->key == key) && !expired(*victim, now, timeouts)) {
+    ++evictions_;
+    // An egress flow's reply entry is the lease of its SNAT port (egress_snat.h): once it
+    // is gone, a new flow to the same outside address and port may be lent that port.
+    // Its forward entry must not outlive it, or the flow would go on leaving with a port
+    // that another flow now has (two flows, one outside 5-tuple). Both are kept aside
+    // (the forward entry): the flow's next packet takes the same port again if no other
+    // flow has taken it meanwhile (egress_snat.h).
+    if ((victim->flags & kFlowEgress) && victim->key.padding[0] == kFlowEgressKeyMark) {
+      if (victim->direction == flow_direction::reverse) evict_egress_forward(*victim, now, timeouts);
+      else keep_evicted_egress_forward(*victim);
+    }
+  }
   return victim;
+}
+
+void flow_table::evict_egress_forward(const flow_entry& reverse, uint64_t now, const flow_timeouts& timeouts) {
+  const flow_key forward = egress_partner_key(reverse);
+  flow_entry* bucket = &entries_[(hash_flow_key(forward) & bucket_mask_) * kWays];
+  for (uint32_t way = 0; way < kWays; ++way) {
+    flow_entry& entry = bucket[way];
+    if (!entry.in_use || !(entry.key == forward) || entry.direction != flow_direction::forward) continue;
+    // Only the entry that names this lease: the pod's flow NATed to the reply entry's
+    // address and port.
+    if (entry.rewrite_port != reverse.key.destination_port ||
+        std::memcmp(entry.rewrite_address, reverse.key.destination, 16) != 0)
+      continue;
+    if (expired(entry, now, timeouts)) return;
+    ++evictions_;
+    keep_evicted_egress_forward(entry);
+    flow_detail::begin_write(entry);
+    entry.in_use = 0;
+    flow_detail::end_write(entry);
+    return;
+  }
 }
 
 void flow_table::insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) {

@@ -100,6 +100,8 @@ inline constexpr uint8_t kFlowIngress = 4;
 // An egress flow (dataplane/egress_snat.h): its forward entry rewrites the source (pod ->
 // this node's SNAT address and port), its reverse entry the destination (back to the pod).
 inline constexpr uint8_t kFlowEgress = 8;
+// flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
+inline constexpr uint8_t kFlowEgressKeyMark = 1;
 
 // What a hit tells the pipeline: forward entries name the backend to DNAT to; reverse
 // entries name the VIP and port to put back as the source.
@@ -159,6 +161,28 @@ struct flow_entry {
 };
 static_assert(sizeof(flow_entry) == 96, "perf/flow_memory_bench and perf/README quote 96 bytes per entry");
 
+// The key of the other direction of an egress flow (both entries of one flow sit in its
+// owner's table). Forward: pod -> outside, rewritten to the SNAT address and lent port;
+// its partner: outside -> SNAT address:port. Echoes carry their identifier as both "ports".
+inline flow_key egress_partner_key(const flow_entry& e) {
+  const bool echo = e.key.protocol == wire::kProtoIcmp || e.key.protocol == wire::kProtoIcmpv6;
+  flow_key key{};
+  key.protocol = e.key.protocol;
+  key.padding[0] = kFlowEgressKeyMark;
+  if (e.direction == flow_direction::forward) {
+    std::memcpy(key.source, e.key.destination, 16);
+    std::memcpy(key.destination, e.rewrite_address, 16);
+    key.source_port = echo ? e.rewrite_port : e.key.destination_port;
+    key.destination_port = e.rewrite_port;
+  } else {
+    std::memcpy(key.source, e.rewrite_address, 16);
+    std::memcpy(key.destination, e.key.source, 16);
+    key.source_port = e.rewrite_port;
+    key.destination_port = echo ? e.rewrite_port : e.key.source_port;
+  }
+  return key;
+}
+
 struct flow_timeouts {
   uint64_t tcp_established = 0;  // all in timer ticks
   uint64_t tcp_transitory = 0;
@@ -194,6 +218,17 @@ class flow_table {
   // Inserts a whole entry (key, rewrite, direction, slots) in one seqlocked write; the
   // form the pipeline uses, so that other workers never see it half filled.
   void insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+  // The last egress forward entries evicted while live (alone, or with their reply entry),
+  // kept by key in a small direct-mapped array (kEvictedEgressSlots; a later eviction
+  // may overwrite one): the copy of the one for `key`, for the flow's next packet to make
+  // it again with its port (dataplane/egress_snat.h). The owner's only.
+  static constexpr uint32_t kEvictedEgressSlots = 1024;
+  bool evicted_egress_forward(const flow_key& key, uint64_t hash, flow_entry& out) const {
+    const flow_entry& kept = evicted_egress_[(hash >> 32) & (kEvictedEgressSlots - 1)];
+    if (!kept.in_use || !(kept.key == key)) return false;
+    out = kept;
+    return true;
+  }
   // For other workers: a consistent copy of the live entry for `key`; false on a miss.
   // Never writes (the owner keeps last_seen and the TCP state).
   bool find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
@@ -217,6 +252,12 @@ class flow_table {
 
  private:
   flow_entry* victim_for(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+  // The live forward entry of the egress flow whose reply entry `reverse` is being
+  // evicted, if any, dropped as well (victim_for).
+  void evict_egress_forward(const flow_entry& reverse, uint64_t now, const flow_timeouts& timeouts);
+  // Keeps a copy of an egress forward entry that leaves the table live (evicted_egress_forward).
+  void keep_evicted_egress_forward(const flow_entry& forward);
+  std::vector<flow_entry> evicted_egress_;
 
   std::vector<flow_entry> entries_;
   uint32_t bucket_mask_ = 0;
@@ -228,6 +269,15 @@ inline bool flow_table::expired(const flow_entry& entry, uint64_t now, const flo
   uint64_t limit = timeouts.udp;
   if (entry.protocol == wire::kProtoTcp)
     limit = entry.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
+  // An egress flow's reply entry holds its SNAT port (a new flow may take a port only
+  // when no live reply entry for the same outside address and port holds it), but a
+  // forward hit refreshes it only on the first hit of each period of 2^kEpochShift ticks
+  // (keep_partner): it lives one period longer, so that it never expires before its
+  // forward entry (whose port would then be lent again while the flow goes on). Shifts,
+  // no branch: kFlowEgress is bit 3, a reverse direction is 1.
+  static_assert(kFlowEgress == 8 && static_cast<uint8_t>(flow_direction::reverse) == 1);
+  limit += uint64_t{static_cast<uint8_t>((entry.flags >> 3) & static_cast<uint8_t>(entry.direction) & 1)}
+           << kEpochShift;
   // Signed: a reader on another thread (find_shared, read) may hold a `now` older than
   // the owner's latest touch; that entry is fresh, not 2^64 ticks old.
   return static_cast<int64_t>(now - entry.last_seen) > static_cast<int64_t>(limit);

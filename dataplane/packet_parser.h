@@ -61,6 +61,9 @@ enum class drop_reason : uint8_t {
   egress_gateway_unavailable,  // an egress policy's gateway node is not in the document (fallback "drop")
   // Flow ownership (dataplane/worker_handoff.h): the owner worker's inbox was full.
   handoff_ring_full,
+  // A pod's packet to an external service's VIP: only the eBPF connect-time load balancer
+  // translates those (a pod outside its cgroup sends the VIP itself); never sent outside.
+  external_vip_untranslated,
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

@@ -518,6 +518,22 @@ frontend_tables tables_for(const snapshot& tables, const table_frontend& f) {
   return out;
 }
 
+// An external service's VIP on one of its ports (issue 18): its addresses of the VIP's
+// family at that port, equal weights, no affinity.
+frontend_tables external_tables_for(const std::vector<ip_address>& addresses, uint16_t port) {
+  frontend_tables out;
+  for (const ip_address& address : addresses) {
+    ml_backend entry{};
+    entry.ip = to_ml_addr(address);
+    entry.port = port;
+    out.total_weight += 1;
+    entry.cumulative_weight = out.total_weight;
+    out.backends.push_back(entry);
+  }
+  out.hash = fnv1a64(out.backends.data(), out.backends.size() * sizeof(ml_backend)) | 1;
+  return out;
+}
+
 }  // namespace
 
 std::string fast_path::sync(const snapshot& tables) {
@@ -573,6 +589,20 @@ std::string fast_path::sync(const snapshot& tables) {
     key.port = f.port;
     key.protocol = static_cast<uint8_t>(f.protocol);
     desired[key] = tables_for(tables, f);
+  }
+  // External services that declare a VIP: frontends like an internal service's, whose
+  // backends are the outside addresses (the connection then leaves through egress SNAT).
+  // Validation keeps their VIPs apart from every other service's.
+  for (const external_service_spec& external : tables.external_services) {
+    if (!external.vip) continue;
+    const std::vector<ip_address> addresses = external.vip_backends();
+    for (uint16_t port : external.ports) {
+      ml_service_key key{};
+      key.vip = to_ml_addr(*external.vip);
+      key.port = port;
+      key.protocol = static_cast<uint8_t>(external.protocol);
+      desired[key] = external_tables_for(addresses, port);
+    }
   }
 
   struct region {

@@ -229,6 +229,17 @@ TEST_F(ControlSocket, ExternalServicesFollowTheInternalOnesInGetServicesAndMetri
       for (const auto& sample : family["samples"])
         if (sample["labels"].value("table", "") == "external_services") entries = sample["value"].get<double>();
   EXPECT_EQ(entries, 1);
+
+  // With a VIP (issue 18): the VIP in the vip column, the addresses it balances over as
+  // its backends, the destinations beside.
+  document["external_services"] = json::parse(R"([{"name": "api", "vip": "198.19.128.80",
+                                                   "addresses": ["203.0.113.5", "203.0.113.6"], "ports": [8443]}])");
+  ASSERT_TRUE(apply_sample(document)["ok"]);
+  reply = ask({{"command", "get"}, {"what", "services"}});
+  ASSERT_EQ(reply["rows"].size(), 3u) << reply;
+  EXPECT_EQ(reply["rows"][2]["vip"], "198.19.128.80");
+  EXPECT_EQ(reply["rows"][2]["backends"], 2);
+  EXPECT_EQ(reply["rows"][2]["destinations"], "203.0.113.5/32,203.0.113.6/32");
 }
 
 TEST_F(ControlSocket, StatsShowRegisteredCountersMoving) {

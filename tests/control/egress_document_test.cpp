@@ -136,6 +136,72 @@ TEST(EgressDocumentErrors, CidrsOverlappingClusterRangesAreRefused) {
                           "the underlay address 198.19.0.1 of $.node"));
 }
 
+// An external service with a VIP (issue 18): the eBPF connect-time load balancer
+// rewrites vip:port to one of its addresses.
+json vip_document() {
+  json doc = egress_document();
+  doc["external_services"].push_back(json::parse(R"(
+    {"name": "api", "vip": "198.19.128.80", "addresses": ["203.0.113.20", "203.0.113.21", "2001:db8::20"],
+     "ports": [443, 8443]})"));
+  return doc;
+}
+
+TEST(EgressDocument, AnExternalServicesVipBalancesOverItsAddressesOfItsFamily) {
+  const auto result = parse_desired_state(vip_document().dump());
+  ASSERT_THAT(result.errors, IsEmpty()) << result.errors[0].to_string();
+  const external_service_spec& api = result.state->external_services[2];
+  ASSERT_TRUE(api.vip);
+  EXPECT_EQ(api.vip->to_string(), "198.19.128.80");
+  std::vector<std::string> backends;
+  for (const ip_address& a : api.vip_backends()) backends.push_back(a.to_string());
+  EXPECT_THAT(backends, ElementsAre("203.0.113.20", "203.0.113.21"));
+  EXPECT_FALSE(result.state->external_services[0].vip);
+  EXPECT_THAT(result.state->external_services[0].vip_backends(), IsEmpty());
+}
+
+TEST(EgressDocumentErrors, AVipNeedsSeveralAddressesAndNoCidrs) {
+  json doc = vip_document();
+  doc["external_services"][2]["cidrs"] = {"203.0.113.64/26"};
+  doc["external_services"][0]["vip"] = "198.19.128.81";  // mirror lists cidrs too
+  doc["external_services"][1]["vip"] = "not-an-address";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.external_services[0].vip: a VIP balances over \"addresses\" only: drop \"cidrs\" or the VIP",
+                          "$.external_services[1].vip: not an IPv4 or IPv6 address: 'not-an-address'",
+                          "$.external_services[2].vip: a VIP balances over \"addresses\" only: drop \"cidrs\" or the VIP"));
+  doc = vip_document();
+  doc["external_services"][2]["vip"] = "fd00:6d6c:ff::80";  // one IPv6 address only
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.external_services[2].vip: a VIP needs at least two \"addresses\" of its family (IPv6) to "
+                          "balance over, got 1"));
+}
+
+TEST(EgressDocumentErrors, AVipIsCheckedAsAServiceVipAndIsUnique) {
+  json doc = vip_document();
+  doc["external_services"][2]["vip"] = "198.19.128.10";  // the web service's VIP
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.external_services[2].vip: 198.19.128.10 is also the VIP at $.services[0].vip"));
+  doc = vip_document();
+  doc["external_services"][2]["vip"] = "198.18.1.200";  // a pod range
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.external_services[2].vip: 198.18.1.200 lies inside the pod range of $.node"));
+  doc = vip_document();
+  doc["external_services"][2]["vip"] = "198.19.0.2";  // node2's underlay address
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.external_services[2].vip: 198.19.0.2 is an address of $.nodes[0] (underlay or egress)"));
+  doc = vip_document();
+  doc["external_services"][2]["vip"] = "203.0.113.100";  // inside mirror's 203.0.113.64/26, and a policy's
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.external_services[0]: 203.0.113.64/26 is inside the cluster: it overlaps the VIP "
+                          "203.0.113.100 of $.external_services[2]",
+                          "$.egress.policies[0].destinations.cidrs[0]: 203.0.113.0/25 is inside the cluster: it "
+                          "overlaps the VIP 203.0.113.100 of $.external_services[2]"));
+  doc = vip_document();
+  doc["external_services"].push_back(doc["external_services"][2]);
+  doc["external_services"][3]["name"] = "api2";
+  EXPECT_THAT(errors_of(doc),
+              ElementsAre("$.external_services[3].vip: 198.19.128.80 is also the VIP at $.external_services[2].vip"));
+}
+
 TEST(EgressDocumentErrors, RouterOutsideTheCluster) {
   json doc = egress_document();
   doc["egress"]["router"] = "198.19.0.2";

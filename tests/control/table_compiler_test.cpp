@@ -142,7 +142,11 @@ TEST(TableCompiler, TheContentDigestCoversEgressAndExternalServices) {
       R"([{"name": "mirror", "addresses": ["203.0.113.10"], "ports": [80]}])")));
   digests.insert(digest_with("external_services", nlohmann::json::parse(
       R"([{"name": "mirror", "addresses": ["203.0.113.10"], "ports": [443]}])")));
-  EXPECT_EQ(digests.size(), 6u);
+  digests.insert(digest_with("external_services", nlohmann::json::parse(
+      R"([{"name": "mirror", "addresses": ["203.0.113.10", "203.0.113.11"], "ports": [443]}])")));
+  digests.insert(digest_with("external_services", nlohmann::json::parse(
+      R"([{"name": "mirror", "vip": "198.19.128.90", "addresses": ["203.0.113.10", "203.0.113.11"], "ports": [443]}])")));
+  EXPECT_EQ(digests.size(), 8u);
 }
 
 TEST(TableCompiler, FrontendsResolveByVipPortAndProtocol) {

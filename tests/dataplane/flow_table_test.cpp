@@ -185,6 +185,88 @@ TEST(flow_table, ClientsOfOneSubnetSpreadOverTheBuckets) {
   EXPECT_LT(table.evictions(), kFlows / 100);
 }
 
+// An egress flow's reply entry is the lease of its SNAT port (dataplane/egress_snat.h);
+// the forward entry, which every packet from the pod refreshes, must never outlive it.
+flow_entry egress_forward(uint16_t pod_port, uint16_t lent) {
+  flow_entry e{};
+  e.key = key_for(pod_port, wire::kProtoUdp);
+  e.key.padding[0] = kFlowEgressKeyMark;
+  e.rewrite_address[15] = 99;  // the SNAT address
+  e.rewrite_port = lent;
+  e.flags = kFlowEgress;
+  e.direction = flow_direction::forward;
+  return e;
+}
+flow_entry egress_reverse_of(const flow_entry& forward) {
+  flow_entry e{};
+  e.key = egress_partner_key(forward);
+  std::memcpy(e.rewrite_address, forward.key.source, 16);
+  e.rewrite_port = forward.key.source_port;
+  e.flags = kFlowEgress;
+  e.direction = flow_direction::reverse;
+  return e;
+}
+
+// The reply entry is refreshed by the forward entry's hits only once per 2^kEpochShift
+// ticks: it lives that much longer than its timeout, so it cannot expire while the
+// forward entry lives. (Before: a UDP timeout shorter than that period let the reply
+// entry expire under a flow that kept sending, and its port was lent again.)
+TEST(flow_table, AnEgressReplyEntryLivesOneRefreshPeriodLongerThanItsForwardEntry) {
+  flow_table table(1024);
+  const flow_entry forward = egress_forward(5300, 40000);
+  const flow_entry reverse = egress_reverse_of(forward);
+  EXPECT_EQ(egress_partner_key(reverse), forward.key);
+  table.insert(forward, hash_flow_key(forward.key), 0, kTimeouts);
+  table.insert(reverse, hash_flow_key(reverse.key), 0, kTimeouts);
+  const uint64_t period = uint64_t{1} << flow_table::kEpochShift;
+  flow_entry out;
+  EXPECT_FALSE(table.find_shared(forward.key, hash_flow_key(forward.key), kTimeouts.udp + 1, kTimeouts, out));
+  EXPECT_TRUE(table.find_shared(reverse.key, hash_flow_key(reverse.key), kTimeouts.udp + period, kTimeouts, out));
+  EXPECT_FALSE(table.find_shared(reverse.key, hash_flow_key(reverse.key), kTimeouts.udp + period + 1, kTimeouts, out));
+}
+
+// Evicting an egress reply entry drops its forward entry too (flow_table.cpp, victim_for):
+// with the lease gone the port may be lent again, and the flow must not go on with it.
+// A service flow's entries and an egress flow's forward entry evict alone.
+TEST(flow_table, EvictingAnEgressReplyEntryDropsItsForwardEntry) {
+  flow_table table(64);
+  const flow_entry forward = egress_forward(5300, 40000);
+  const flow_entry reverse = egress_reverse_of(forward);
+  table.insert(forward, hash_flow_key(forward.key), 0, kTimeouts);
+  table.insert(reverse, hash_flow_key(reverse.key), 0, kTimeouts);
+  // Four newer flows into the reply entry's bucket.
+  const uint64_t bucket = hash_flow_key(reverse.key) % (64 / flow_table::kWays);
+  int pushed = 0;
+  for (uint16_t port = 1; pushed < 4 && port < 60000; ++port) {
+    const flow_key key = key_for(port);
+    if (hash_flow_key(key) % (64 / flow_table::kWays) != bucket || key == forward.key) continue;
+    table.insert(key, hash_flow_key(key), 1, kTimeouts);
+    ++pushed;
+  }
+  ASSERT_EQ(pushed, 4);
+  flow_entry out;
+  EXPECT_FALSE(table.find_shared(reverse.key, hash_flow_key(reverse.key), 2, kTimeouts, out));
+  EXPECT_FALSE(table.find_shared(forward.key, hash_flow_key(forward.key), 2, kTimeouts, out));
+
+  // The other way round: the forward entry evicted, the reply entry (the lease) stays.
+  flow_table other(64);
+  other.insert(forward, hash_flow_key(forward.key), 0, kTimeouts);
+  other.insert(reverse, hash_flow_key(reverse.key), 0, kTimeouts);
+  const uint64_t forward_bucket = hash_flow_key(forward.key) % (64 / flow_table::kWays);
+  pushed = 0;
+  for (uint16_t port = 1; pushed < 4 && port < 60000; ++port) {
+    const flow_key key = key_for(port);
+    if (hash_flow_key(key) % (64 / flow_table::kWays) != forward_bucket || key == forward.key) continue;
+    other.insert(key, hash_flow_key(key), 1, kTimeouts);
+    ++pushed;
+  }
+  ASSERT_EQ(pushed, 4);
+  EXPECT_FALSE(other.find_shared(forward.key, hash_flow_key(forward.key), 2, kTimeouts, out));
+  if (hash_flow_key(reverse.key) % (64 / flow_table::kWays) != forward_bucket) {
+    EXPECT_TRUE(other.find_shared(reverse.key, hash_flow_key(reverse.key), 2, kTimeouts, out));
+  }
+}
+
 TEST(flow_table, CapacityIsRoundedToAPowerOfTwo) {
   EXPECT_EQ(flow_table(1000).capacity(), 1024u);
   EXPECT_EQ(flow_table(1).capacity(), flow_table::kWays);

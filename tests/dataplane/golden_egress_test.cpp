@@ -116,6 +116,39 @@ class golden_egress : public ring_pool_test {
   bytes outside4(const l4_spec& l4) { return ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutside), ip4("198.19.0.1"), l4); }
   bytes outside6(const l4_spec& l4) { return ipv6_frame(kRouterMac, kUplinkMac, ip6(kOutside6), ip6(kSnat6), l4); }
 
+  // An egress entry's key as the pipeline makes it (IPv4-mapped addresses, the egress mark).
+  static flow_key egress_key4(const char* source, const char* destination, uint16_t source_port,
+                              uint16_t destination_port, uint8_t protocol) {
+    flow_key key{};
+    key.source[10] = key.source[11] = key.destination[10] = key.destination[11] = 0xff;
+    const uint32_t from = ip4(source), to = ip4(destination);
+    std::memcpy(&key.source[12], &from, 4);
+    std::memcpy(&key.destination[12], &to, 4);
+    key.source_port = source_port;
+    key.destination_port = destination_port;
+    key.protocol = protocol;
+    key.padding[0] = detail::kEgressKeyMark;
+    return key;
+  }
+  static constexpr uint64_t kBuckets = 1024 / flow_table::kWays;  // kNode1Document's flow_table_size
+  static uint64_t bucket_of(const flow_key& key) { return hash_flow_key(key) % kBuckets; }
+
+  // Four new TCP flows of the client pod whose forward entries fall into `bucket` (each to
+  // its own outside port, so that none runs out of SNAT ports): the flow table is LRU per
+  // 4-way bucket, so they push every older entry of that bucket out.
+  void push_out(uint64_t bucket) {
+    for (int pushed = 0; pushed < 4; ++pushed) {
+      const uint16_t destination_port = next_pusher_port_++;
+      uint16_t source_port = 52000;
+      while (source_port < 65000 &&
+             bucket_of(egress_key4("198.18.1.10", kOutside, source_port, destination_port, kProtoTcp)) != bucket)
+        ++source_port;
+      ASSERT_LT(source_port, 65000);
+      ASSERT_FALSE(out_of_uplink(pod4(tcp(source_port, destination_port))).empty());
+    }
+  }
+  uint16_t next_pusher_port_ = 1000;
+
   // The refused outbound flows on the deny log (what `meshctl flows --follow` shows), as
   // "source:port -> destination:port reason" lines.
   std::vector<std::string> refused_on_deny_log() {
@@ -148,12 +181,13 @@ TEST_F(golden_egress, OutboundTcpIsSourceNatedToTheUnderlayAddressAndTheReplyGoe
   const bytes out = out_of_uplink(pod4(tcp(51000, 80)));
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
-  EXPECT_EQ(u16_at(out, kL4), kFirstPort);
+  const uint16_t lent = u16_at(out, kL4);
+  EXPECT_TRUE(lent >= kFirstPort && lent < kFirstPort + kPorts) << lent;
   EXPECT_EQ(net32_at(out, kIp4 + 16), ip4(kOutside));
   EXPECT_EQ(u16_at(out, kL4 + 2), 80);
   EXPECT_EQ(out[kIp4 + 8], 63);  // TTL
 
-  const bytes reply = outside4(tcp(80, kFirstPort, kTcpSyn | kTcpAck));
+  const bytes reply = outside4(tcp(80, lent, kTcpSyn | kTcpAck));
   send(uplink, reply);
   const bytes in = receive(client);
   ASSERT_EQ(in.size(), reply.size());
@@ -167,7 +201,7 @@ TEST_F(golden_egress, OutboundTcpIsSourceNatedToTheUnderlayAddressAndTheReplyGoe
   // The next segment of the same flow keeps its port.
   const bytes again = out_of_uplink(pod4(tcp(51000, 80, kTcpAck)));
   ASSERT_FALSE(again.empty());
-  EXPECT_EQ(u16_at(again, kL4), kFirstPort);
+  EXPECT_EQ(u16_at(again, kL4), lent);
   EXPECT_EQ(pending_total(), 0u);
 }
 
@@ -176,8 +210,9 @@ TEST_F(golden_egress, OutboundUdpIsSourceNatedInBothFamilies) {
   const bytes out = out_of_uplink(pod4(udp(5300, 53)));
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
-  EXPECT_EQ(u16_at(out, kL4), kFirstPort);
-  send(uplink, outside4(udp(53, kFirstPort)));
+  const uint16_t lent = u16_at(out, kL4);
+  EXPECT_TRUE(lent >= kFirstPort && lent < kFirstPort + kPorts) << lent;
+  send(uplink, outside4(udp(53, lent)));
   const bytes in = receive(client);
   ASSERT_FALSE(in.empty());
   EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.10"));
@@ -236,7 +271,7 @@ TEST_F(golden_egress, IcmpEchoLendsAnIdentifierInBothFamilies) {
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.0.1"));
   const uint16_t id = u16_at(out, kL4 + 4);
-  EXPECT_EQ(id, kFirstPort);
+  EXPECT_TRUE(id >= kFirstPort && id < kFirstPort + kPorts) << id;
   send(uplink, outside4(echo(kIcmpEchoReply, id)));
   const bytes in = receive(client);
   ASSERT_FALSE(in.empty());
@@ -392,10 +427,12 @@ TEST_F(golden_egress, ARepliesToAPortNoFlowLentIsDropped) {
 TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
   router_answers();
   std::set<uint16_t> lent;
+  uint16_t third = 0;  // the port of the third flow
   for (uint16_t i = 0; i < kPorts; ++i) {
     const bytes out = out_of_uplink(pod4(tcp(static_cast<uint16_t>(51000 + i), 80)));
     ASSERT_FALSE(out.empty());
     lent.insert(u16_at(out, kL4));
+    if (i == 2) third = u16_at(out, kL4);
   }
   EXPECT_EQ(lent.size(), kPorts);  // every flow its own port
   EXPECT_EQ(*lent.begin(), kFirstPort);
@@ -413,7 +450,7 @@ TEST_F(golden_egress, PortsForOneDestinationRunOutWithoutReusingALivePort) {
   // The live flows keep theirs.
   const bytes again = out_of_uplink(pod4(tcp(51002, 80, kTcpAck)));
   ASSERT_FALSE(again.empty());
-  EXPECT_EQ(u16_at(again, kL4), kFirstPort + 2);
+  EXPECT_EQ(u16_at(again, kL4), third);
   // Another destination port is another tuple: the ports serve it too.
   EXPECT_FALSE(out_of_uplink(pod4(tcp(51100, 443))).empty());
   EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
@@ -431,28 +468,7 @@ TEST_F(golden_egress, AFlowWhoseForwardEntryWasEvictedKeepsItsPort) {
   send(uplink, outside4(tcp(80, lent, kTcpSyn | kTcpAck)));
   ASSERT_FALSE(receive(client).empty());
 
-  // The forward key as the pipeline makes it (IPv4-mapped addresses, the egress mark).
-  const auto key_of = [](uint16_t source_port, uint16_t destination_port) {
-    flow_key key{};
-    key.source[10] = key.source[11] = key.destination[10] = key.destination[11] = 0xff;
-    const uint32_t source = ip4("198.18.1.10"), destination = ip4(kOutside);
-    std::memcpy(&key.source[12], &source, 4);
-    std::memcpy(&key.destination[12], &destination, 4);
-    key.source_port = source_port;
-    key.destination_port = destination_port;
-    key.protocol = kProtoTcp;
-    key.padding[0] = detail::kEgressKeyMark;
-    return key;
-  };
-  const uint64_t buckets = 1024 / flow_table::kWays;  // kNode1Document's flow_table_size
-  const uint64_t bucket = hash_flow_key(key_of(51000, 80)) % buckets;
-  int pushed = 0;
-  for (uint16_t port = 52000; pushed < 4 && port < 65000; ++port) {
-    if (hash_flow_key(key_of(port, 443)) % buckets != bucket) continue;
-    ASSERT_FALSE(out_of_uplink(pod4(tcp(port, 443))).empty());
-    ++pushed;
-  }
-  ASSERT_EQ(pushed, 4);
+  ASSERT_NO_FATAL_FAILURE(push_out(bucket_of(egress_key4("198.18.1.10", kOutside, 51000, 80, kProtoTcp))));
   auto metrics = metric_values(*pool_);
   ASSERT_EQ(metrics.at("meshlane_dataplane_flow_evictions_total,worker=0"), 1);  // the premise
 
@@ -468,6 +484,110 @@ TEST_F(golden_egress, AFlowWhoseForwardEntryWasEvictedKeepsItsPort) {
   ASSERT_FALSE(in.empty());
   EXPECT_EQ(u16_at(in, kL4 + 2), 51000);
   EXPECT_EQ(pending_total(), 0u);
+}
+
+// The reply entry of an egress flow is the lease of its port: once it is evicted, a new
+// flow to the same outside address and port may be lent that port. Four newer flows push
+// the reply entry of an established flow out of its bucket while its forward entry lives;
+// the three other ports are taken, so the next new flow to that destination gets exactly
+// the freed port. The old flow must then not leave with it too (two flows, one outside
+// 5-tuple, the replies to one of them delivered to the other): its forward entry went
+// with its reply entry, and with no port free it is refused, not given a live port.
+// (Before the fix the old flow kept leaving with the port lent to the new one.)
+TEST_F(golden_egress, AFlowWhoseReplyEntryWasEvictedNeverSharesItsPortWithANewFlow) {
+  router_answers();
+  const bytes first = out_of_uplink(pod4(tcp(51000, 80)));
+  ASSERT_FALSE(first.empty());
+  const uint16_t lent = u16_at(first, kL4);
+  send(uplink, outside4(tcp(80, lent, kTcpSyn | kTcpAck)));
+  ASSERT_FALSE(receive(client).empty());
+  for (uint16_t port = 51001; port < 51000 + kPorts; ++port) ASSERT_FALSE(out_of_uplink(pod4(tcp(port, 80))).empty());
+
+  // The reply entry: outside:80 -> SNAT address:lent.
+  ASSERT_NO_FATAL_FAILURE(push_out(bucket_of(egress_key4(kOutside, "198.19.0.1", 80, lent, kProtoTcp))));
+  // The premise: the reply entry is gone (a reply to the port reaches nobody).
+  send(uplink, outside4(tcp(80, lent, kTcpAck)));
+  ASSERT_TRUE(receive(client).empty());
+  ASSERT_EQ(drops(drop_reason::not_for_us), 1u);
+
+  // A new flow to the same destination gets the freed port, the only one free.
+  const bytes newer = out_of_uplink(pod4(tcp(51100, 80)));
+  ASSERT_FALSE(newer.empty());
+  EXPECT_EQ(u16_at(newer, kL4), lent);
+  // The old flow's next segment does not leave with it.
+  send(client, pod4(tcp(51000, 80, kTcpAck)));
+  const bytes old_flow = receive(uplink);
+  EXPECT_TRUE(old_flow.empty() || u16_at(old_flow, kL4) != lent) << "two flows leave as one";
+  EXPECT_EQ(drops(drop_reason::snat_ports_exhausted), 1u);
+  // The port's replies go to the flow that holds it.
+  send(uplink, outside4(tcp(80, lent, kTcpSyn | kTcpAck)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(u16_at(in, kL4 + 2), 51100);
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+// UDP and ICMP echo flows keep their port (identifier) when their forward entry is
+// evicted, as TCP's do: the outside host knows the flow by it, a new one would be a new
+// peer to it (a DNS client's answer to the old port lost, a ping's replies unmatched).
+// (Before the fix only a TCP segment past the handshake looked for its reply entry.)
+TEST_F(golden_egress, UdpAndEchoFlowsWhoseForwardEntryWasEvictedKeepTheirPort) {
+  router_answers();
+  // Another flow to each destination first, so that a new flow would not get the
+  // evicted flow's port by chance (the flow's own candidate is taken: the next one).
+  ASSERT_FALSE(out_of_uplink(pod4(udp(5301, 53))).empty());
+  ASSERT_FALSE(out_of_uplink(pod4(echo(kIcmpEchoRequest, 0x1235))).empty());
+  const struct {
+    const char* name;
+    l4_spec packet;
+    uint8_t protocol;
+    uint16_t source_port, destination_port;
+    size_t port_at;  // where the lent port (identifier) sits in the frame
+  } flows[] = {{"udp", udp(5300, 53), kProtoUdp, 5300, 53, kL4},
+               {"echo", echo(kIcmpEchoRequest, 0x1234), kProtoIcmp, 0x1234, 0x1234, kL4 + 4}};
+  int restored = 0;
+  for (const auto& flow : flows) {
+    SCOPED_TRACE(flow.name);
+    const bytes out = out_of_uplink(pod4(flow.packet));
+    ASSERT_FALSE(out.empty());
+    const uint16_t lent = u16_at(out, flow.port_at);
+    const double evictions_before = metric_values(*pool_).at("meshlane_dataplane_flow_evictions_total,worker=0");
+    ASSERT_NO_FATAL_FAILURE(push_out(bucket_of(
+        egress_key4("198.18.1.10", kOutside, flow.source_port, flow.destination_port, flow.protocol))));
+    ASSERT_GT(metric_values(*pool_).at("meshlane_dataplane_flow_evictions_total,worker=0"), evictions_before);
+
+    const bytes again = out_of_uplink(pod4(flow.packet));
+    ASSERT_FALSE(again.empty());
+    EXPECT_EQ(u16_at(again, flow.port_at), lent);
+    EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_egress_total,worker=0,kind=forward_restored"), ++restored);
+    // The replies still reach the pod.
+    send(uplink, outside4(flow.protocol == kProtoUdp ? udp(53, lent) : echo(kIcmpEchoReply, lent)));
+    const bytes in = receive(client);
+    ASSERT_FALSE(in.empty());
+    EXPECT_EQ(u16_at(in, flow.protocol == kProtoUdp ? kL4 + 2 : kL4 + 4), flow.source_port);
+  }
+  EXPECT_EQ(pending_total(), 0u);
+}
+
+// An external service's VIP is translated by the eBPF connect-time load balancer only
+// (issue 18): a pod's packet that still has it (a pod outside the cgroup) is dropped as
+// external_vip_untranslated, on the deny log, never sent outside with a cluster address
+// as its destination; the service's own addresses are reached as usual.
+TEST_F(golden_egress, APacketToAnExternalServicesVipIsDroppedAsUntranslated) {
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["egress"] = {{"router", kRouter}};
+  doc["external_services"] = nlohmann::json::parse(R"([
+    {"name": "api", "vip": "198.19.128.80", "addresses": ["203.0.113.5", "203.0.113.6"], "ports": [443]}])");
+  publish(doc.dump().c_str(), 2);
+  router_answers();
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.80"), tcp(51000, 443)));
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.80"), udp(5000, 53)));
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_EQ(drops(drop_reason::external_vip_untranslated), 2u);
+  EXPECT_EQ(refused_on_deny_log(),
+            (std::vector<std::string>{"198.18.1.10:51000 -> 198.19.128.80:443 external_vip_untranslated",
+                                      "198.18.1.10:5000 -> 198.19.128.80:53 external_vip_untranslated"}));
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 443))).empty());  // 203.0.113.5, one of its addresses
 }
 
 // The upgrade hand-over (issue 19) carries egress flows: a successor with the same SNAT

@@ -276,7 +276,9 @@ class two_nodes : public ::testing::Test {
       nodes_[0].uplink = u1.a;
       nodes_[1].uplink = u2.a;
       // Checksums finished in the host (af_packet would hand the agent partial ones).
+      // A second address (203.0.113.6) for services the outside host serves twice.
       outside_->exec_or_fail("ip link set " + o.a + " up && ip addr add 203.0.113.5/24 dev " + o.a +
+                             " && ip addr add 203.0.113.6/24 dev " + o.a +
                              " && ip route add 198.19.128.0/24 via 198.19.0.1 dev " + o.a +
                              " onlink && ip route add 198.19.0.0/24 dev " + o.a +  // the nodes' SNAT addresses (egress)
                              " && ethtool -K " + o.a + " tx off >/dev/null");
@@ -307,6 +309,12 @@ class two_nodes : public ::testing::Test {
       std::error_code ignored;
       std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(n), ignored);
     }
+    // The eBPF fast path node 1's agent loaded (node1_pod_cgroup_): left attached by
+    // design, removed here.
+    if (!node1_pod_cgroup_.empty()) {
+      const auto r = run_command(meshlaned_ + " --uninstall --bpf-pin-dir " + bpf_pin_dir());
+      EXPECT_EQ(r.exit_code, 0) << "uninstall: " << r.output;
+    }
     for (node& nd : nodes_) nd.client.reset(), nd.web.reset(), nd.ns.reset();
     outside_.reset();
     switch_.reset();
@@ -314,6 +322,7 @@ class two_nodes : public ::testing::Test {
     std::filesystem::remove_all(work_dir_, ignored);
   }
 
+  std::string bpf_pin_dir() const { return "/sys/fs/bpf/" + test_long_prefix(); }
   std::string handover_path(int n) const { return work_dir_ + "/handover" + std::to_string(n) + ".state"; }
   std::string file_prefix(int n) const { return test_long_prefix() + "-n" + std::to_string(n); }
   // Both nodes' ESP keys (the Secret both agents mount).
@@ -323,7 +332,8 @@ class two_nodes : public ::testing::Test {
     const node& nd = nodes_[n - 1];
     const std::string i = std::to_string(n), other = std::to_string(3 - n);
     return R"({
-      "node": {"name": "node)" + i + R"(", "underlay_ip": "198.19.0.)" + i + R"(", "pod_cidr": "198.18.)" + i + R"(.0/24"},
+      "node": {"name": "node)" + i + R"(", "underlay_ip": "198.19.0.)" + i + R"(", "pod_cidr": "198.18.)" + i + R"(.0/24")" +
+           (n == 1 && !node1_pod_cgroup_.empty() ? R"(, "pod_cgroup": ")" + node1_pod_cgroup_ + "\"" : std::string()) + R"(},
       "nodes": [{"name": "node)" + other + R"(", "underlay_ip": "198.19.0.)" + other + R"(", "pod_cidr": "198.18.)" + other + R"(.0/24"}],
       "pods": [
         {"name": "client", "ip": "198.18.)" + i + R"(.10", "interface": ")" + nd.client_port + R"("},
@@ -341,22 +351,27 @@ class two_nodes : public ::testing::Test {
                     "eal_args": ["--no-huge", "-m", "128", "--file-prefix=)" + file_prefix(n) + R"(",
                                  "--log-level=error", "--no-telemetry"]})" +
            (encryption_.empty() ? std::string() : ",\n      \"encryption\": " + encryption_) +
-           (egress_[n - 1].empty() ? std::string() : ",\n      \"egress\": " + egress_[n - 1]) + R"(
+           (egress_[n - 1].empty() ? std::string() : ",\n      \"egress\": " + egress_[n - 1]) +
+           (external_services_[n - 1].empty() ? std::string()
+                                              : ",\n      \"external_services\": " + external_services_[n - 1]) +
+           R"(
     })";
   }
 
   bool start_agent(int n) {
     node& nd = nodes_[n - 1];
     std::ofstream(nd.log_path, std::ios::trunc);
-    nd.agent = std::make_unique<child_process>(
-        std::vector<std::string>{meshlaned_, "--config", nd.config_path, "--stats-interval", "1", "--control-socket",
-                                 nd.config_path + ".sock", "--state-dir", work_dir_ + "/state" + std::to_string(n),
-                                 // The upgrade hand-over (issue 19) in the test's own directory: never the
-                                 // node default, which other tests' agents on this machine would share.
-                                 "--handover-state", handover_path(n)},
-        nd.ns.get(), nullptr,
-        nd.log_path);
-    for (auto deadline = std::chrono::steady_clock::now() + 15s; std::chrono::steady_clock::now() < deadline;) {
+    std::vector<std::string> argv{meshlaned_, "--config", nd.config_path, "--stats-interval", "1", "--control-socket",
+                                  nd.config_path + ".sock", "--state-dir", work_dir_ + "/state" + std::to_string(n),
+                                  // The upgrade hand-over (issue 19) in the test's own directory: never the
+                                  // node default, which other tests' agents on this machine would share.
+                                  "--handover-state", handover_path(n)};
+    // The eBPF fast path's pins in the test's own directory too.
+    if (n == 1 && !node1_pod_cgroup_.empty()) argv.insert(argv.end(), {"--bpf-pin-dir", bpf_pin_dir()});
+    nd.agent = std::make_unique<child_process>(argv, nd.ns.get(), nullptr, nd.log_path);
+    // Loading the eBPF fast path runs its kernel checks first: seconds more on a busy machine.
+    const auto allowed = n == 1 && !node1_pod_cgroup_.empty() ? 90s : 15s;
+    for (auto deadline = std::chrono::steady_clock::now() + allowed; std::chrono::steady_clock::now() < deadline;) {
       if (read_text(nd.log_path).find("dataplane running") != std::string::npos) return true;
       if (!nd.agent->running()) return false;
       std::this_thread::sleep_for(50ms);
@@ -373,8 +388,11 @@ class two_nodes : public ::testing::Test {
   uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)
   // The document's "encryption" object ("" for none) and the key file's text.
   std::string encryption_, key_lines_;
-  // Each node's "egress" object ("" for none; issue 18).
-  std::string egress_[2];
+  // Each node's "egress" object and "external_services" array ("" for none; issue 18).
+  std::string egress_[2], external_services_[2];
+  // Node 1's pod cgroup ("" for none): its agent then loads the eBPF fast path there
+  // (pinned under bpf_pin_dir(), removed at teardown).
+  std::string node1_pod_cgroup_;
   std::unique_ptr<netns> switch_, outside_;
 };
 
