@@ -658,6 +658,40 @@ TEST_F(golden_policy, APublishRefusesTheRemotesFlowsAndKeepsRepliesOfThePodsOwn)
   EXPECT_EQ(denied("foo/allow-nothing", "no_allow_match", policy_direction::remote), 2u);
 }
 
+// A pod's UDP flows from before its first policy (a pod without a policy records no
+// UDP): after the publish the first packet seen owns the flow. The pod's next query
+// makes it the pod's, and the replies pass; a reply that comes first makes it the
+// remote's and, denied, it stays refused (README, "Replies": the documented limit).
+TEST_F(golden_policy, AUdpFlowFromBeforeThePodsFirstPolicyBelongsToWhoeverSendsFirstAfterIt) {
+  publish_json(node1_with(json::array()));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
+  const uint32_t bar_sleep = identity_of("bar/sleep");
+  const auto query = [&](uint16_t port) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, port)));
+  };
+  const auto answer = [&](uint16_t port) {
+    from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(port, 53)), bar_sleep);
+  };
+  query(43300);
+  query(43301);
+  answer(43300);
+  answer(43301);
+  EXPECT_EQ(pending(client), 2u);
+  drain(client);
+  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  if (HasFatalFailure()) return;
+  query(43300);  // the pod first: its flow
+  answer(43300);
+  EXPECT_EQ(pending(client), 1u);
+  answer(43301);  // the reply first: the remote's flow, refused, also after the pod's next query
+  query(43301);
+  answer(43301);
+  EXPECT_EQ(pending(client), 1u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+}
+
 }  // namespace
 }  // namespace meshlane::testing
 
