@@ -231,8 +231,9 @@ struct forwarding_tables {
   // serves (table_pod::identity), which frames it sends carry in the Geneve option.
   std::array<uint32_t, kMaxPorts> port_identity{};
   // By port: whether any policy applies to its pod (its policy class is not 0). Only such
-  // pods' outbound flows are recorded (policy_path.h): replies into a pod without policy
-  // need no recognising.
+  // pods' outbound UDP flows are recorded, and their TCP packets keep their connection's
+  // SYN record alive (policy_path.h): replies into a pod without policy need no
+  // recognising (every pod's SYN is recorded, for when it gets one).
   std::array<uint8_t, kMaxPorts> port_has_policy{};
   // Whether any policy applies to any workload: when not, the pipeline neither evaluates
   // nor tracks flows for policy (one test per tunnelled packet).
