@@ -2,13 +2,32 @@
 
 #include <rte_hash_crc.h>
 
+#include <sys/mman.h>
+
 #include <bit>
 #include <cstring>
+#include <new>
 
 #include "control/stable_hash.h"
 #include "dataplane/packet_headers.h"
 
 namespace meshlane {
+
+void* allocate_huge_pages(size_t bytes) {
+  constexpr size_t kHuge = size_t{2} << 20;
+  if (bytes < kHuge) {
+    void* p = std::malloc(bytes);
+    if (!p) throw std::bad_alloc();
+    return p;
+  }
+  const size_t rounded = (bytes + kHuge - 1) & ~(kHuge - 1);
+  void* p = std::aligned_alloc(kHuge, rounded);
+  if (!p) throw std::bad_alloc();
+  // Advice only: without transparent huge pages (or with none free) the table is on
+  // 4 KiB pages, as before.
+  madvise(p, rounded, MADV_HUGEPAGE);
+  return p;
+}
 
 uint64_t hash_flow_key(const flow_key& key) {
   // IPv4 flows (both addresses IPv4-mapped, the common case) hash only the 13 bytes that

@@ -151,8 +151,9 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
   const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
   // Flows our pods start are recorded so that their replies are known (policy_path.h):
-  // every flow of a pod with a policy, and every pod's TCP SYN, so that a pod's connections
-  // still pass their replies after it gets its first policy (one record per connection).
+  // every pod's TCP SYN, so that a pod's connections still pass their replies after it
+  // gets its first policy (one record per connection), and the UDP flows of a pod with a
+  // policy (its TCP packets keep their connection's record alive).
   if (!lb.enforce && !lb.service_flow &&
       (t.port_has_policy[in_port] ||
        (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn)))

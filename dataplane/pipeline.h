@@ -232,8 +232,9 @@ struct forwarding_tables {
   // serves (table_pod::identity), which frames it sends carry in the Geneve option.
   std::array<uint32_t, kMaxPorts> port_identity{};
   // By port: whether any policy applies to its pod (its policy class is not 0). Only such
-  // pods' outbound flows are recorded (policy_path.h): replies into a pod without policy
-  // need no recognising.
+  // pods' outbound UDP flows are recorded, and their TCP packets keep their connection's
+  // SYN record alive (policy_path.h): replies into a pod without policy need no
+  // recognising (every pod's SYN is recorded, for when it gets one).
   std::array<uint8_t, kMaxPorts> port_has_policy{};
   // Whether any policy applies to any workload: when not, the pipeline neither evaluates
   // nor tracks flows for policy (one test per tunnelled packet).
@@ -369,6 +370,24 @@ struct policy_deny_log {
   void publish() { written.store(written.load(std::memory_order_relaxed) + 1, std::memory_order_release); }
 };
 
+// A worker's recent policy decisions (policy_path.h, policy_decide): direct-mapped, a
+// slot per (policy class, source identity, source address, destination port), valid
+// while its generation is the tables'. 2,048 slots of 40 bytes (80 KiB, in L2): the
+// (remote pod, port) pairs a node's pods are reached by; a collision costs one decision.
+struct policy_verdict_cache {
+  struct alignas(8) slot {
+    uint64_t source_low = 0, source_high = 0;  // the source address (IPv4-mapped for IPv4)
+    uint32_t identity = 0;
+    uint32_t generation = 0;
+    uint16_t policy_class = 0;  // 0: empty (class 0 allows without a look, it is never kept)
+    uint16_t port = 0;
+    policy_verdict verdict;
+  };
+  static_assert(sizeof(slot) == 40);
+  static constexpr uint32_t kSlots = 2048;
+  std::array<slot, kSlots> slots{};
+};
+
 // Everything one worker owns: its flow-table shard, counters and TX buffers.
 struct worker_state {
   explicit worker_state(uint32_t flow_capacity)
@@ -441,7 +460,11 @@ struct worker_state {
   flow_table policy_flows;
   std::unique_ptr<policy_deny_counter_block> policy_denied = std::make_unique<policy_deny_counter_block>();
   policy_deny_log deny_log;
-  counter policy_evaluations;  // new flows (and flows re-evaluated after a publish) decided
+  // The verdicts the compiled tables gave lately, by (policy class, source identity,
+  // source address, destination port), each under the tables' generation (policy_path.h):
+  // what an inbound TCP packet costs instead of a per-flow record.
+  policy_verdict_cache verdicts;
+  counter policy_evaluations;  // decisions by the compiled tables (misses of `verdicts`)
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 

@@ -1,6 +1,6 @@
-// L4 authorization beyond a cached verdict that allows (policy_path.h): deciding a new
-// flow (or one whose verdict is older than the tables), recognising replies of flows our
-// pods started, counting and sampling denials.
+// L4 authorization beyond a verdict that allows (policy_path.h): deciding what the
+// worker's verdict cache does not hold, a UDP flow's record, recognising replies of flows
+// our pods started, counting and sampling denials.
 #include "dataplane/policy_path.h"
 
 #include "control/policy_metrics.h"
@@ -79,11 +79,81 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
   w.deny_log.publish();
 }
 
+// Counts, samples and drops a denied packet.
+void refuse(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const flow_key& key, const table_pod& pod,
+            const lb_outcome& lb, const policy_verdict& verdict) {
+  const uint32_t slot = verdict.policy < t.policy_slot.size() ? t.policy_slot[verdict.policy] : 0;
+  const unsigned reason = verdict.reason == policy_reason::deny_rule ? 0 : 1;
+  const unsigned direction = lb.enforce == static_cast<uint8_t>(policy_direction::ingress) ? 1 : 0;
+  w.policy_denied->by[slot][reason][direction].add(1);
+  log_denial(w, key, pod, lb, verdict, slot);
+  drop(w, m, drop_reason::policy_denied);
+}
+
+// The source the tables decide on, as policy_decide takes it: the client's address of an
+// ingress flow another node source-NATed, else the packet's.
+void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& key, uint64_t& low, uint64_t& high) {
+  const uint8_t* source = lb.has_original_source ? w.original_source.bytes.data() : key.source;
+  std::memcpy(&low, source, 8);
+  std::memcpy(&high, source + 8, 8);
+}
+
 }  // namespace
+
+[[gnu::noinline]] policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t,
+                                                    policy_verdict_cache::slot& slot) {
+  ip_address source;
+  std::memcpy(source.bytes.data(), &slot.source_low, 8);
+  std::memcpy(source.bytes.data() + 8, &slot.source_high, 8);
+  slot.verdict = t.tables->policy.decide(slot.policy_class, slot.identity, source, slot.port);
+  slot.generation = t.policy_generation;
+  w.policy_evaluations.add(1);
+  return slot.verdict;
+}
+
+[[gnu::noinline]] bool policy_tcp_denied(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
+                                         const uint8_t* frame, const parsed_packet& p, const table_pod& pod,
+                                         const lb_outcome& lb, const policy_verdict& verdict) {
+  flow_key key;
+  const uint32_t crc = policy_flow_key(key, frame, p);
+  // A bare SYN starts a connection: never a reply, also on the tuple of a connection of
+  // ours that has closed.
+  if ((p.tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn) {
+    refuse(w, t, m, key, pod, lb, verdict);
+    return false;
+  }
+  flow_entry* e = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts);
+  if (e && e->direction == flow_direction::forward && (e->flags & kPolicyReply)) return true;
+  // A reply of a connection our pod started (its SYN is recorded; the other node's policy
+  // decided the connection): kept, so that the rest of it costs one probe.
+  if (lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
+      recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
+    flow_policy policy{};
+    policy.allowed = 1;
+    policy.reason = static_cast<uint8_t>(policy_reason::no_policy);
+    policy.rule = kNoRuleIndex;
+    policy.policy = kNoPolicyIndex;
+    policy.generation = t.policy_generation;
+    policy.source_identity = lb.source_identity;
+    if (e && e->direction == flow_direction::forward) {
+      update(*e, policy, kPolicyReply);
+    } else {
+      flow_entry entry{};
+      entry.key = key;
+      entry.policy = policy;
+      entry.direction = flow_direction::forward;
+      entry.flags = kPolicyReply;
+      w.policy_flows.insert(entry, crc, w.now, w.timeouts);
+    }
+    return true;
+  }
+  refuse(w, t, m, key, pod, lb, verdict);
+  return false;
+}
 
 [[gnu::noinline]] bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
                                          const table_pod& pod, const lb_outcome& lb,
-                                         const flow_key& key, uint32_t crc, uint8_t tcp_flags, flow_entry* cached) {
+                                         const flow_key& key, uint32_t crc, flow_entry* cached) {
   flow_policy policy{};
   policy.generation = t.policy_generation;
   policy.source_identity = lb.source_identity;
@@ -93,16 +163,17 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
       cached->policy.source_identity == lb.source_identity) {
     verdict = cached->policy.verdict();  // a denial decided under these tables
   } else {
-    // An ingress flow another node source-NATed is decided on its client's address.
-    ip_address source = w.original_source;
-    if (!lb.has_original_source) std::memcpy(source.bytes.data(), key.source, 16);
-    verdict = t.tables->policy.decide(pod.policy_class, lb.source_identity, source, key.destination_port);
-    w.policy_evaluations.add(1);
+    uint64_t low, high;
+    source_words(w, lb, key, low, high);
+    if (pod.policy_class) {
+      verdict = policy_decide(w, t, pod.policy_class, lb.source_identity, low, high, key.destination_port);
+    } else {
+      verdict = policy_verdict{};  // no policy applies to the pod (any more): allowed
+    }
     // Only a denial asks whether the flow is a reply of one our pod started (the other
     // node's policy decided it): the look at the recorded flows, which may be another
     // worker's, stays off the path of flows the tables allow.
     if (!verdict.allowed && lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
-        (tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn &&  // a TCP SYN starts a flow: never a reply
         recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
       flags = kPolicyReply;
       verdict = policy_verdict{};
@@ -123,24 +194,18 @@ void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, cons
     w.policy_flows.insert(entry, crc, w.now, w.timeouts);
   }
   if (verdict.allowed) return true;
-  const uint32_t slot = verdict.policy < t.policy_slot.size() ? t.policy_slot[verdict.policy] : 0;
-  const unsigned reason = verdict.reason == policy_reason::deny_rule ? 0 : 1;
-  const unsigned direction = lb.enforce == static_cast<uint8_t>(policy_direction::ingress) ? 1 : 0;
-  w.policy_denied->by[slot][reason][direction].add(1);
-  log_denial(w, key, pod, lb, verdict, slot);
-  drop(w, m, drop_reason::policy_denied);
+  refuse(w, t, m, key, pod, lb, verdict);
   return false;
 }
 
 [[gnu::noinline]] void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc,
                                                 uint8_t tcp_flags) {
-  // Our pod's packet on a flow another node's pod started (a SYN-ACK; its inbound entry is
-  // here, or at another worker) is a reply: recorded without kPolicyStartedHere, so that
-  // the flow's inbound packets are never taken for replies of ours. A SYN is ours.
+  // A TCP SYN (policy_note_outbound passes no other TCP packet) is ours. A UDP packet of
+  // our pod on a flow another node's pod started (its inbound entry is here, or at
+  // another worker) is an answer: recorded without kPolicyStartedHere, so that the flow's
+  // inbound packets are never taken for replies of ours.
   const uint8_t handshake = tcp_flags & (kTcpSyn | kTcpAck);
-  const bool reply = handshake != kTcpSyn &&
-                     (handshake == (kTcpSyn | kTcpAck) ||
-                      recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply));
+  const bool reply = key.protocol == kProtoUdp && recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply);
   flow_entry entry{};
   entry.key = key;
   entry.policy = flow_policy{};

@@ -2,24 +2,34 @@
 // ztunnel does. A flow into a pod of this node from another node (through the tunnel,
 // its source identity from meshlane's Geneve option, geneve.h) or from outside the
 // cluster (identity world: only ip_blocks can match it) is decided by the compiled tables
-// (control/policy_tables.h, the form the eBPF side reads too) once, and the verdict is
-// kept in the worker's policy_flows table with the generation of the tables that decided
-// it: a later packet of the flow costs one flow-table probe, and after a publish the flow
-// is decided again on its next packet (a policy change reaches established flows within
-// one publish; flows still allowed pass untouched, flows now denied lose their next
-// packet and every one after it).
+// (control/policy_tables.h, the form the eBPF side reads too) through the worker's hot
+// verdict cache (policy_decide: one slot per (policy class, source identity, source
+// address, destination port), valid for the tables' generation). So a publish reaches
+// every flow at its next packet: flows still allowed pass untouched, flows now denied
+// lose that packet and every one after it.
 //
-// Replies. A flow a pod of this node started towards another node is recorded when its
-// packets leave (policy_note_outbound); packets coming back on it are replies, allowed
-// when the tables would deny them (the other node's policy decided the flow). Replies of
-// service flows are recognised by their reverse-NAT entry instead. Both directions of a
-// flow are processed by its owner (worker_handoff.h), so the record is in the worker's
-// own table. Who started a flow: a TCP SYN without
-// ACK says it, and every pod's SYNs are recorded, with or without a policy, so that a
-// pod's open connections keep their replies when it gets its first policy (a TCP flow
-// seen first mid-stream, or a UDP flow, of a pod with a policy is ours unless the other
-// side's packets were seen first; a pod's UDP flows from before its first policy are not
-// known: their replies are decided as new flows into it).
+// What is kept per flow (the worker's policy_flows table) is only what the packets of a
+// flow cannot tell on their own: who started it.
+// - TCP: the SYN tells. A TCP packet the tables allow passes with nothing kept (a new
+//   connection costs what a packet of an established one does). Every pod's SYN to
+//   another node is recorded (kPolicyStartedHere, with or without a policy, so that a
+//   pod's open connections keep their replies when it gets its first policy); a packet
+//   the tables deny passes only as a reply of such a connection (never a bare SYN), and
+//   the reply is then kept (kPolicyReply) so that the rest of it costs one probe. Nothing
+//   else a pod sends makes a TCP flow its own: a remote pod's connection stays decided by
+//   the tables however the pod answers it. No record is kept for a denial: its next
+//   packet is decided (from the cache) and asked again whether it is a reply.
+// - UDP: nothing in a datagram tells who started the flow, so both directions are
+//   recorded for a pod with a policy, as a connection tracker does: the first packet
+//   seen, the remote's (allowed or denied, with its verdict and generation) or the
+//   pod's own (kPolicyStartedHere, unless the remote's was seen first), says whose flow
+//   it is; a reply of the pod's own flow passes when the tables deny it. A pod's UDP
+//   flows from before its first policy are not known (a pod without a policy records no
+//   UDP): if the reply comes before the pod's next packet it is decided as the remote's
+//   flow and, denied, keeps the flow the remote's until it goes idle.
+// Both directions of a flow are processed by its owner (worker_handoff.h), so the record
+// is in the worker's own table. Replies of service flows are recognised by their
+// reverse-NAT entry instead.
 //
 // TCP and UDP only: Istio's L4 policy is about ports; ICMP and other protocols pass.
 #pragma once
@@ -29,11 +39,61 @@
 
 namespace meshlane::detail {
 
-// Out of line (policy_path.cpp): everything but a valid cached verdict that allows.
+// Out of line (policy_path.cpp): a TCP packet the tables deny; a UDP packet beyond a
+// kept verdict that allows.
+bool policy_tcp_denied(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const uint8_t* frame,
+                       const parsed_packet& p, const table_pod& pod, const lb_outcome& lb,
+                       const policy_verdict& verdict);
 bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const table_pod& pod,
-                       const lb_outcome& lb, const flow_key& key, uint32_t crc, uint8_t tcp_flags,
-                       flow_entry* cached);
+                       const lb_outcome& lb, const flow_key& key, uint32_t crc, flow_entry* cached);
 void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc, uint8_t tcp_flags);
+policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t, policy_verdict_cache::slot& slot);
+
+// The tables' verdict for a packet from (identity, source) to port `port` of a pod of
+// policy class `policy_class` (not 0), from the worker's verdict cache when it holds one
+// decided under these tables, else decided and kept there. `source_low`/`source_high`:
+// the 16-byte address (IPv4-mapped) as two words.
+[[gnu::always_inline]] inline policy_verdict policy_decide(worker_state& w, const forwarding_tables& t,
+                                                           uint16_t policy_class, uint32_t identity,
+                                                           uint64_t source_low, uint64_t source_high, uint16_t port) {
+  const uint64_t rest = uint64_t{identity} << 32 | uint32_t{policy_class} << 16 | port;
+  const uint32_t hash = rte_hash_crc_8byte(
+      rest, rte_hash_crc_8byte(source_high, static_cast<uint32_t>(source_low ^ source_low >> 32) ^ kFlowHashSeed));
+  policy_verdict_cache::slot& slot = w.verdicts.slots[hash & (policy_verdict_cache::kSlots - 1)];
+  if (__builtin_expect(slot.policy_class == policy_class && slot.port == port && slot.identity == identity &&
+                           slot.generation == t.policy_generation && slot.source_low == source_low &&
+                           slot.source_high == source_high,
+                       1))
+    return slot.verdict;
+  slot.policy_class = policy_class;
+  slot.port = port;
+  slot.identity = identity;
+  slot.source_low = source_low;
+  slot.source_high = source_high;
+  return policy_decide_miss(w, t, slot);
+}
+
+// The same for the packet in hand: its source (or the client's address a source-NATed
+// ingress flow carries) and its destination port as the frame now is (after any DNAT).
+[[gnu::always_inline]] inline policy_verdict policy_decide_packet(worker_state& w, const forwarding_tables& t,
+                                                                  const uint8_t* frame, const parsed_packet& p,
+                                                                  const table_pod& pod, const lb_outcome& lb) {
+  uint64_t low, high;
+  if (lb.has_original_source) {
+    std::memcpy(&low, w.original_source.bytes.data(), 8);
+    std::memcpy(&high, w.original_source.bytes.data() + 8, 8);
+  } else if (p.l3 == l3_kind::ipv4) {
+    uint32_t source;
+    std::memcpy(&source, frame + p.l3_offset + offsetof(ipv4_header, source), 4);
+    low = 0;
+    high = uint64_t{source} << 32 | 0xffff0000u;  // bytes 8..15 of ::ffff:a.b.c.d, as loaded
+  } else {
+    std::memcpy(&low, frame + p.l3_offset + offsetof(ipv6_header, source), 8);
+    std::memcpy(&high, frame + p.l3_offset + offsetof(ipv6_header, source) + 8, 8);
+  }
+  return policy_decide(w, t, pod.policy_class, lb.source_identity, low, high,
+                       from_net16(load16(frame + p.l4_offset + 2)));
+}
 
 // The bucket hash of policy_flows: the same for both directions of a flow, so that the
 // miss path's look at the other direction (is this a reply? policy_path.cpp) reads the
@@ -82,7 +142,9 @@ uint32_t policy_hash(const flow_key& key);
   const uint8_t* ip = frame + at + 14;
   const uint8_t protocol = ip[9];
   const uint32_t l4 = (ip[0] & 0x0f) * 4u;
-  if ((protocol != kProtoTcp && protocol != kProtoUdp) || at + 14 + l4 + 4 > length) return;
+  // From the uplink only UDP looks at the table on its way (an inbound TCP packet does
+  // only when the tables deny it); from a pod, both (a SYN is recorded, the rest probe).
+  if ((protocol != kProtoUdp && (from_uplink || protocol != kProtoTcp)) || at + 14 + l4 + 4 > length) return;
   uint32_t source, destination;
   std::memcpy(&source, ip + 12, 4);
   std::memcpy(&destination, ip + 16, 4);
@@ -96,6 +158,14 @@ uint32_t policy_hash(const flow_key& key);
                                                  const uint8_t* frame, const parsed_packet& p, const table_pod& pod,
                                                  const lb_outcome& lb) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
+  if (p.l4_protocol == kProtoTcp) {
+    // No policy for the pod: allowed, nothing to look at (a later publish that gives it
+    // one is seen at the next packet).
+    if (pod.policy_class == 0) return true;
+    const policy_verdict verdict = policy_decide_packet(w, t, frame, p, pod, lb);
+    if (__builtin_expect(verdict.allowed, 1)) return true;
+    return policy_tcp_denied(w, t, m, frame, p, pod, lb, verdict);
+  }
   flow_key key;
   const uint32_t crc = policy_flow_key(key, frame, p);
   flow_entry* e = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts);
@@ -103,19 +173,20 @@ uint32_t policy_hash(const flow_key& key);
       ((e->flags & kPolicyReply) ||
        (e->policy.generation == t.policy_generation && e->policy.source_identity == lb.source_identity)))
     return true;
-  // No policy for the pod: nothing to keep (a later publish that gives it one is seen at
-  // the next packet, which then takes the miss path).
   if (pod.policy_class == 0 && !e) return true;
-  return policy_admit_miss(w, t, m, pod, lb, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0, e);
+  return policy_admit_miss(w, t, m, pod, lb, key, crc, e);
 }
 
-// A frame a pod of this node sends to another node, outside any service flow: its flow
-// is recorded, so that what comes back on it is known as a reply.
+// A frame a pod of this node sends to another node, outside any service flow: a TCP SYN
+// (every pod's) is recorded as the pod's connection, a UDP flow of a pod with a policy as
+// the pod's unless the remote's packets came first; a TCP packet of a pod with a policy
+// keeps its connection's record alive and records nothing else.
 [[gnu::always_inline]] inline void policy_note_outbound(worker_state& w, const uint8_t* frame, const parsed_packet& p) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return;
   flow_key key;
   const uint32_t crc = policy_flow_key(key, frame, p);
   if (w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts)) return;
+  if (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn) return;
   policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);
 }
 

@@ -816,12 +816,15 @@ BENCHMARK(BM_raw_ipsec_mb_seal)->Name("BM_esp_size_raw_ipsec_mb_seal")->ArgName(
 
 // Node 2's Geneve frame to node 1 (with the identity option, as every node sends it)
 // around a UDP frame of `size` bytes from a pod on node 2 to the web pod here.
-testing::bytes geneve_from_node2(size_t size, uint32_t identity = 0x12345678, uint16_t destination_port = 9) {
+testing::bytes geneve_from_node2(size_t size, uint32_t identity = 0x12345678, uint16_t destination_port = 9,
+                                 uint8_t tcp_flags = 0) {
+  // UDP, or TCP with `tcp_flags` when not 0.
   testing::l4_spec udp;
-  udp.protocol = kProtoUdp;
+  udp.protocol = tcp_flags ? kProtoTcp : kProtoUdp;
+  udp.tcp_flags = tcp_flags;
   udp.source_port = 50000;
   udp.destination_port = destination_port;
-  udp.payload = testing::bytes(size - 14 - 20 - 8, 0x5a);
+  udp.payload = testing::bytes(size - 14 - 20 - (tcp_flags ? 20 : 8), 0x5a);
   const testing::bytes inner =
       testing::ipv4_frame(mac(0xb1), mac(0xb2), ip4("198.18.2.20"), ip4("198.18.1.20"), udp);
   testing::bytes out(kGeneveOverhead);
@@ -912,11 +915,14 @@ BENCHMARK(BM_receive_sized<true>)->Name("BM_esp_size_receive_encrypted")->ArgNam
 // 0 means no policy at all: the pipeline does no policy work, the no-policy figure the
 // others are read against.
 //   receive: node 2's Geneve frames (identity option ns1/sa1) to the web pod here, where
-//            the flow is decided (new flow: decided and kept; established: one probe)
-//   send:    the client pod's frames to a pod on node 2 (new flow: recorded so that its
-//            replies are known; established: one probe)
-// "new flow" gives every packet its own source port (written outside the timed part);
-// "established" repeats one flow.
+//            the flow is decided (TCP: the worker's verdict cache, nothing kept; UDP:
+//            new flow: decided and recorded; established: one probe)
+//   send:    the client pod's frames to a pod on node 2 (UDP new flow: recorded so that
+//            its replies are known; TCP: every pod's SYN is recorded, also with no policy;
+//            established: one probe)
+// UDP, or TCP ("_tcp": a SYN per new flow, ACKs on an established one). "new flow" gives
+// every packet its own source port (written outside the timed part); "established"
+// repeats one flow.
 json policy_document(int policies) {
   json doc = json::parse(kDocument);
   for (int n = 0; n < 50; ++n) {
@@ -974,7 +980,7 @@ const forwarding_tables* policy_tables_for(int policies, std::string& error) {
   return &slot->tables;
 }
 
-template <bool kReceive, bool kNewFlows>
+template <bool kReceive, bool kNewFlows, bool kTcp = false>
 void BM_policy(benchmark::State& state) {
   std::string error;
   const forwarding_tables* tables = policy_tables_for(static_cast<int>(state.range(0)), error);
@@ -984,19 +990,24 @@ void BM_policy(benchmark::State& state) {
     return state.SkipWithError(e.c_str());
   testing::bytes frame;
   size_t udp_at;  // the inner UDP header, whose source port new flows vary
+  const uint8_t tcp_flags = kTcp ? (kNewFlows ? kTcpSyn : kTcpAck) : 0;
   if (kReceive) {
-    frame = geneve_from_node2(64, identity_number(spiffe_principal(kDefaultTrustDomain, "ns1", "sa1")), 8080);
+    frame = geneve_from_node2(64, identity_number(spiffe_principal(kDefaultTrustDomain, "ns1", "sa1")), 8080,
+                              tcp_flags);
     udp_at = kGeneveOverhead + 14 + 20;
   } else {
     testing::l4_spec udp;
-    udp.protocol = kProtoUdp;
+    udp.protocol = kTcp ? kProtoTcp : kProtoUdp;
+    udp.tcp_flags = tcp_flags;
     udp.source_port = 40000;
     udp.destination_port = 8080;
-    udp.payload = testing::bytes(64 - 14 - 20 - 8, 0);
+    udp.payload = testing::bytes(64 - 14 - 20 - (kTcp ? 20 : 8), 0);
     frame = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
     udp_at = 14 + 20;
   }
-  frame[udp_at + 6] = frame[udp_at + 7] = 0;  // no UDP checksum (IPv4 allows it): ports may change
+  // No UDP checksum (IPv4 allows it): ports may change. (The pipeline does not check a
+  // TCP checksum on a path without NAT, so a TCP frame's goes stale unread.)
+  if (!kTcp) frame[udp_at + 6] = frame[udp_at + 7] = 0;
   const uint16_t in_port = kReceive ? world->uplink : world->client;
   rte_mbuf* packets[kBurst];
   uint64_t cycles = 0, count = 0;
@@ -1032,6 +1043,10 @@ BENCHMARK(BM_policy<true, false>)->Name("BM_policy_receive_established")->ArgNam
 BENCHMARK(BM_policy<true, true>)->Name("BM_policy_receive_new_flow")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<false, false>)->Name("BM_policy_send_established")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<false, true>)->Name("BM_policy_send_new_flow")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<true, false, true>)->Name("BM_policy_receive_established_tcp")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<true, true, true>)->Name("BM_policy_receive_new_flow_tcp")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<false, false, true>)->Name("BM_policy_send_established_tcp")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<false, true, true>)->Name("BM_policy_send_new_flow_tcp")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 
 }  // namespace
 }  // namespace meshlane
