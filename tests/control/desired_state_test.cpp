@@ -316,14 +316,15 @@ TEST(DesiredStateErrors, RedirectModeAndLabelValuesAreChecked) {
 }
 
 TEST(DesiredStateErrors, MoreServicePortsThanTheEbpfLoadBalancerHoldsNamesTheFirstThatDoesNotFit) {
-  // 40,000 ports of 16 backends: 640,000 backends summed, past the 524,288 the eBPF
-  // arrays hold beside a full replacement; the port where it overflows is named.
+  // 14,000 services of 10 ports and 16 backends: 140,000 ports and 2,240,000 backends
+  // summed, past the 131,072 ports and 2,097,152 backends the eBPF maps hold beside a full
+  // replacement; the port where it overflows is named.
   auto doc = testing::sample_document();
   doc["tunables"]["maglev_table_size"] = 17;
   json backends = json::array();
   for (int b = 0; b < 16; ++b) backends.push_back({{"ip", "198.18.1." + std::to_string(100 + b)}, {"port", 80}, {"node", "node1"}});
   json services = json::array();
-  for (int i = 0; i < 4000; ++i) {
+  for (int i = 0; i < 14000; ++i) {
     json ports = json::array();
     for (int p = 0; p < 10; ++p) ports.push_back({{"port", 1000 + p}});
     services.push_back({{"name", "s" + std::to_string(i)}, {"vip", "198.19." + std::to_string(128 + i / 256) + "." + std::to_string(i % 256)},
@@ -332,13 +333,40 @@ TEST(DesiredStateErrors, MoreServicePortsThanTheEbpfLoadBalancerHoldsNamesTheFir
   doc["services"] = services;
   const auto errors = errors_of(doc);
   ASSERT_EQ(errors.size(), 1u);
-  // 524,288 / 16 = 32,768 ports fit: the 32,769th is services[3276].ports[8].
-  EXPECT_THAT(errors[0], HasSubstr("$.services[3276].ports[8]: the eBPF load balancer is full here"));
-  EXPECT_THAT(errors[0], HasSubstr("524288 backends summed"));
-  // 20,000 such ports fit.
-  services.erase(services.begin() + 2000, services.end());
+  // 2,097,152 / 16 = 131,072 ports fit: the 131,073rd is services[13107].ports[2].
+  EXPECT_THAT(errors[0], HasSubstr("$.services[13107].ports[2]: the eBPF load balancer is full here"));
+  EXPECT_THAT(errors[0], HasSubstr("131072 service ports, 2097152 backends summed"));
+  // 13,000 such services (130,000 ports) fit.
+  services.erase(services.begin() + 13000, services.end());
   doc["services"] = services;
   EXPECT_THAT(errors_of(doc), ElementsAre());
+}
+
+TEST(DesiredState, HundredThousandServicesOfSixteenBackendsAreAccepted) {
+  // Issue 14's scale: 100,000 services of one port and 16 backends each (1.6M backend
+  // entries) fit the eBPF connect-time load balancer (layout version 4); before, 65,536
+  // ports and 524,288 backends were all it held and this document was refused. The
+  // services are written as text: building 1.6M JSON objects would cost more than the test.
+  auto doc = testing::sample_document();
+  doc["tunables"]["maglev_table_size"] = 17;
+  doc["services"] = json::array();
+  std::string backends;
+  for (int b = 0; b < 16; ++b)
+    backends += std::string(b ? "," : "") + R"({"ip":"198.18.1.)" + std::to_string(100 + b) + R"(","port":80,"node":"node1"})";
+  std::string services;
+  for (int i = 0; i < 100000; ++i)
+    services += std::string(i ? "," : "") + R"({"name":"s)" + std::to_string(i) + R"(","vip":"10.)" +
+                std::to_string(64 + i / 65536) + "." + std::to_string(i / 256 % 256) + "." + std::to_string(i % 256) +
+                R"(","ports":[{"port":80}],"backends":[)" + backends + "]}";
+  std::string text = doc.dump();
+  const std::string empty = R"("services":[])";
+  const size_t at = text.find(empty);
+  ASSERT_NE(at, std::string::npos);
+  text.replace(at, empty.size(), R"("services":[)" + services + "]");
+  const auto result = parse_desired_state(text);
+  ASSERT_TRUE(result.state) << result.errors[0].to_string();
+  EXPECT_EQ(result.state->services.size(), 100000u);
+  EXPECT_EQ(result.state->services[99999].backends.size(), 16u);
 }
 
 TEST(DesiredState, EncryptionSectionIsRead) {
