@@ -2,6 +2,8 @@
 // the exact path and message a user would see.
 #include "control/desired_state.h"
 
+#include <random>
+
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
 
@@ -203,6 +205,74 @@ TEST(DesiredStateErrors, UnderlayInsidePodRange) {
   doc["nodes"][0]["underlay_ip"] = "198.18.1.77";
   EXPECT_THAT(errors_of(doc),
               ElementsAre("$.nodes[0].underlay_ip: 198.18.1.77 lies inside the pod range of $.node"));
+}
+
+TEST(DesiredStateErrors, NodeRulesMatchThePairwiseComparisonOnRandomClusters) {
+  // The node rules run through indexes (names, underlay addresses, pod ranges by prefix);
+  // this oracle is the pairwise loop they replaced, and the errors must be the same ones
+  // in the same order: duplicates of three and more, ranges inside and around earlier
+  // ones, IPv6 ranges, underlay addresses inside any node's range (its own too).
+  std::mt19937 random(14);
+  auto pick = [&](int n) { return static_cast<int>(random() % static_cast<unsigned>(n)); };
+  for (int round = 0; round < 200; ++round) {
+    json doc = testing::sample_document();
+    doc.erase("pods");
+    doc.erase("services");
+    struct node_text { std::string name, underlay, cidr, cidr6; };
+    std::vector<node_text> nodes;
+    const int count = 2 + pick(40);
+    for (int i = 0; i < count; ++i) {
+      node_text n;
+      n.name = "n" + std::to_string(pick(count + 10));
+      const int a = pick(16);
+      switch (pick(5)) {
+        case 0: n.cidr = "198.18." + std::to_string(a & ~1) + ".0/23"; break;
+        case 1: n.cidr = "198.18.0.0/20"; break;
+        case 2: n.cidr = "198.18." + std::to_string(a) + "." + std::to_string(64 * pick(4)) + "/26"; break;
+        default: n.cidr = "198.18." + std::to_string(a) + ".0/24"; break;
+      }
+      n.underlay = pick(8) == 0 ? "198.18." + std::to_string(pick(16)) + "." + std::to_string(1 + pick(250))
+                                : "10.200.0." + std::to_string(pick(count + 20));
+      if (pick(3) == 0) n.cidr6 = pick(4) == 0 ? "fd00:6d6c::/48" : "fd00:6d6c:" + std::to_string(pick(8)) + "::/64";
+      nodes.push_back(n);
+    }
+    auto entry = [](const node_text& n) {
+      json e = {{"name", n.name}, {"underlay_ip", n.underlay}, {"pod_cidr", n.cidr}};
+      if (!n.cidr6.empty()) e["pod_cidr6"] = n.cidr6;
+      return e;
+    };
+    json node = entry(nodes[0]);
+    node["pod_cgroup"] = doc["node"]["pod_cgroup"];
+    doc["node"] = node;
+    doc["nodes"] = json::array();
+    for (int i = 1; i < count; ++i) doc["nodes"].push_back(entry(nodes[i]));
+
+    std::vector<std::string> expected;
+    auto path = [](int i) { return i == 0 ? std::string("$.node") : "$.nodes[" + std::to_string(i - 1) + "]"; };
+    for (int i = 0; i < count; ++i) {
+      const auto& a = nodes[i];
+      const auto a4 = *ip_prefix::parse(a.cidr);
+      const auto a6 = a.cidr6.empty() ? std::nullopt : ip_prefix::parse(a.cidr6);
+      for (int j = 0; j < i; ++j) {
+        const auto& b = nodes[j];
+        const auto b6 = b.cidr6.empty() ? std::nullopt : ip_prefix::parse(b.cidr6);
+        if (a.name == b.name) expected.push_back(path(i) + ".name: duplicate node name '" + a.name + "' (also at " + path(j) + ")");
+        if (a.underlay == b.underlay)
+          expected.push_back(path(i) + ".underlay_ip: duplicate underlay address " + a.underlay + " (also at " + path(j) + ")");
+        if (a4.overlaps(*ip_prefix::parse(b.cidr)))
+          expected.push_back(path(i) + ".pod_cidr: " + a.cidr + " overlaps " + b.cidr + " of " + path(j));
+        if (a6 && b6 && a6->overlaps(*b6))
+          expected.push_back(path(i) + ".pod_cidr6: " + a6->to_string() + " overlaps " + b6->to_string() + " of " + path(j));
+      }
+      for (int j = 0; j < count; ++j)
+        if (ip_prefix::parse(nodes[j].cidr)->contains(*ip_address::parse(a.underlay)))
+          expected.push_back(path(i) + ".underlay_ip: " + a.underlay + " lies inside the pod range of " + path(j));
+    }
+    std::vector<std::string> got;
+    for (const auto& e : errors_of(doc))
+      if (e.rfind("$.node", 0) == 0) got.push_back(e);
+    ASSERT_EQ(got, expected) << "round " << round << ": " << doc.dump();
+  }
 }
 
 TEST(DesiredStateErrors, DuplicateUnderlayAddress) {
