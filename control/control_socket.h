@@ -40,7 +40,8 @@ struct control_socket_options {
 // the order they arrive: a 100,000-service apply takes seconds, and the poll thread keeps
 // answering every other client (`get`, `status`, `flows --follow`) meanwhile. A client
 // that sent one gets its reply when it is done, and its next request line is read only
-// then, so each client's replies stay in the order of its requests.
+// then, so each client's replies stay in the order of its requests. A request line of
+// 256 KiB or more (a document) is parsed there too, whatever its command.
 class control_socket_server {
  public:
   explicit control_socket_server(control_module& control) : control_(control) {}
@@ -68,6 +69,7 @@ class control_socket_server {
   struct publish_job {
     uint64_t client = 0;
     control_request request;
+    std::string line;  // a long request line not parsed yet (then `request` is empty)
   };
   struct publish_done {
     uint64_t client = 0;
