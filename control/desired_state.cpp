@@ -554,28 +554,83 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
   });
 }
 
-// The nodes of a document, looked up by name and range, for the checks of one service.
-struct node_lookup {
-  struct node_ref { const node_spec* node; std::string path; };
-  std::vector<node_ref> nodes;
-  std::map<std::string_view, const node_spec*> by_name;
-  explicit node_lookup(const desired_state& s) {
-    nodes.push_back({&s.node, "$.node"});
-    for (size_t i = 0; i < s.peers.size(); ++i) nodes.push_back({&s.peers[i], "$.nodes[" + std::to_string(i) + "]"});
-    for (const node_ref& ref : nodes) by_name.emplace(ref.node->name, ref.node);
+// Prefixes (pod ranges) by base and length: which contain an address, which overlap a
+// prefix, in a few lookups per distinct length instead of a pass over every node.
+struct prefix_index {
+  std::map<ip_prefix, std::vector<size_t>> nodes;  // ordered by base, then length
+  std::set<uint8_t> lengths;
+  void add(const ip_prefix& p, size_t i) {
+    nodes[p].push_back(i);
+    lengths.insert(p.length);
   }
+  // Nodes whose prefix contains `address` (any length present, same family).
+  void containing(const ip_address& address, std::vector<size_t>& out) const {
+    for (uint8_t length : lengths)
+      if (auto it = nodes.find(ip_prefix{masked(address, length), length}); it != nodes.end())
+        out.insert(out.end(), it->second.begin(), it->second.end());
+  }
+  // Nodes whose prefix overlaps `p`: those containing its base no longer than it, and
+  // those longer whose base lies inside it (contiguous in the order of bases).
+  void overlapping(const ip_prefix& p, std::vector<size_t>& out) const {
+    for (uint8_t length : lengths) {
+      if (length > p.length) break;
+      if (auto it = nodes.find(ip_prefix{masked(p.base, length), length}); it != nodes.end())
+        out.insert(out.end(), it->second.begin(), it->second.end());
+    }
+    for (auto it = nodes.upper_bound(ip_prefix{p.base, p.length}); it != nodes.end() && p.contains(it->first.base); ++it)
+      if (it->first.length > p.length) out.insert(out.end(), it->second.begin(), it->second.end());
+  }
+  static ip_address masked(const ip_address& address, unsigned length) {
+    ip_address out = address;
+    const unsigned keep = address.family_bit_offset() + std::min(length, address.family_bits());
+    for (unsigned bit = keep; bit < 128; ++bit) out.bytes[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
+    return out;
+  }
+};
+
+}  // namespace
+
+namespace document_sections {
+
+// The nodes of a document, looked up by name, underlay address and pod range, for the
+// checks of one service: each a lookup, so that checking 100,000 services against 5,000
+// nodes is not 500 million range tests. Points into the state it was built from.
+struct node_index {
+  std::vector<const node_spec*> nodes;  // the local node first, then the peers
+  std::unordered_map<std::string_view, const node_spec*> by_name;
+  std::multimap<ip_address, size_t> underlays;
+  prefix_index ranges;  // pod_cidr and pod_cidr6 of every node
+  explicit node_index(const desired_state& s) {
+    nodes.push_back(&s.node);
+    for (const node_spec& peer : s.peers) nodes.push_back(&peer);
+    for (size_t i = 0; i < nodes.size(); ++i) {
+      by_name.emplace(nodes[i]->name, nodes[i]);
+      underlays.emplace(nodes[i]->underlay_ip, i);
+      ranges.add(nodes[i]->pod_cidr, i);
+      if (nodes[i]->pod_cidr6) ranges.add(*nodes[i]->pod_cidr6, i);
+    }
+  }
+  static std::string path(size_t i) { return i == 0 ? std::string("$.node") : "$.nodes[" + std::to_string(i - 1) + "]"; }
   const node_spec* find(std::string_view name) const {
     auto it = by_name.find(name);
     return it == by_name.end() ? nullptr : it->second;
   }
-  const node_ref* inside_pod_ranges(const ip_address& address) const {
-    for (const node_ref& ref : nodes) {
-      if (ref.node->pod_cidr.contains(address) || (ref.node->pod_cidr6 && ref.node->pod_cidr6->contains(address)))
-        return &ref;
-    }
-    return nullptr;
+  // The first node (in document order) whose pod range holds `address`.
+  std::optional<size_t> inside_pod_ranges(const ip_address& address) const {
+    std::vector<size_t> found;
+    ranges.containing(address, found);
+    if (found.empty()) return std::nullopt;
+    return *std::min_element(found.begin(), found.end());
   }
 };
+
+std::shared_ptr<const node_index> index_nodes(const desired_state& state) { return std::make_shared<node_index>(state); }
+
+}  // namespace document_sections
+
+namespace {
+
+using node_lookup = document_sections::node_index;
 
 // The checks of one service that need the nodes and settings but no other service: its
 // VIP, its backends' nodes and ranges, its size, its encryption. (Names and frontends
@@ -583,15 +638,11 @@ struct node_lookup {
 void check_service_alone(const desired_state& s, const node_lookup& lookup, const service_spec& svc,
                          const std::string& path, error_list& errors) {
   auto add = [&](std::string at, std::string message) { errors.push_back({std::move(at), std::move(message)}); };
-  const auto& nodes = lookup.nodes;
   auto find_node = [&](std::string_view name) { return lookup.find(name); };
-  using node_ref = node_lookup::node_ref;
-  auto inside_pod_ranges = [&](const ip_address& address) { return lookup.inside_pod_ranges(address); };
-    if (const node_ref* owner = inside_pod_ranges(svc.vip))
-      add(path + ".vip", svc.vip.to_string() + " lies inside the pod range of " + owner->path);
-    for (const node_ref& ref : nodes)
-      if (ref.node->underlay_ip == svc.vip)
-        add(path + ".vip", svc.vip.to_string() + " is the underlay address of " + ref.path);
+    if (const auto owner = lookup.inside_pod_ranges(svc.vip))
+      add(path + ".vip", svc.vip.to_string() + " lies inside the pod range of " + node_lookup::path(*owner));
+    for (auto [it, end] = lookup.underlays.equal_range(svc.vip); it != end; ++it)  // in document order
+      add(path + ".vip", svc.vip.to_string() + " is the underlay address of " + node_lookup::path(it->second));
     if (svc.backends.size() > s.tuning.maglev_table_size)
       add(path + ".backends", std::to_string(svc.backends.size()) + " backends do not fit a Maglev table of " + std::to_string(s.tuning.maglev_table_size) + " slots");
     if (svc.backends.size() > 65535)
@@ -644,37 +695,6 @@ void check_consistency(const desired_state& s, error_list& errors) {
   // underlay address against every pod range, but through indexes: 5,000 nodes are 12.5
   // million pairs, which a pairwise loop took 2 s to compare. The errors come out as that
   // loop gave them: per node, by the earlier node it clashes with, then by rule.
-  struct prefix_index {
-    std::map<ip_prefix, std::vector<size_t>> nodes;  // ordered by base, then length
-    std::set<uint8_t> lengths;
-    void add(const ip_prefix& p, size_t i) {
-      nodes[p].push_back(i);
-      lengths.insert(p.length);
-    }
-    // Nodes whose prefix contains `address` (any length present, same family).
-    void containing(const ip_address& address, std::vector<size_t>& out) const {
-      for (uint8_t length : lengths)
-        if (auto it = nodes.find(ip_prefix{masked(address, length), length}); it != nodes.end())
-          out.insert(out.end(), it->second.begin(), it->second.end());
-    }
-    // Nodes whose prefix overlaps `p`: those containing its base no longer than it, and
-    // those longer whose base lies inside it (contiguous in the order of bases).
-    void overlapping(const ip_prefix& p, std::vector<size_t>& out) const {
-      for (uint8_t length : lengths) {
-        if (length > p.length) break;
-        if (auto it = nodes.find(ip_prefix{masked(p.base, length), length}); it != nodes.end())
-          out.insert(out.end(), it->second.begin(), it->second.end());
-      }
-      for (auto it = nodes.upper_bound(ip_prefix{p.base, p.length}); it != nodes.end() && p.contains(it->first.base); ++it)
-        if (it->first.length > p.length) out.insert(out.end(), it->second.begin(), it->second.end());
-    }
-    static ip_address masked(const ip_address& address, unsigned length) {
-      ip_address out = address;
-      const unsigned keep = address.family_bit_offset() + std::min(length, address.family_bits());
-      for (unsigned bit = keep; bit < 128; ++bit) out.bytes[bit / 8] &= static_cast<uint8_t>(~(0x80u >> (bit % 8)));
-      return out;
-    }
-  };
   prefix_index all_cidrs;  // v4 and v6 ranges of every node: for the underlay rule
   for (size_t i = 0; i < nodes.size(); ++i) {
     all_cidrs.add(nodes[i].node->pod_cidr, i);
@@ -904,8 +924,13 @@ void resolve_service_account(const desired_state& state, pod_spec& pod) {
 
 void check_services_alone(const desired_state& state, const std::vector<std::pair<const service_spec*, std::string>>& services,
                           std::vector<config_error>& errors) {
-  const node_lookup lookup(state);
-  for (const auto& [service, path] : services) meshlane::check_service_alone(state, lookup, *service, path, errors);
+  check_services_alone(state, node_index(state), services, errors);
+}
+
+void check_services_alone(const desired_state& state, const node_index& nodes,
+                          const std::vector<std::pair<const service_spec*, std::string>>& services,
+                          std::vector<config_error>& errors) {
+  for (const auto& [service, path] : services) meshlane::check_service_alone(state, nodes, *service, path, errors);
 }
 
 void check_document(desired_state& state, std::vector<config_error>& errors) {
