@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -159,6 +160,10 @@ bool control_socket_server::publishes(const control_request& request) {
 }
 
 void control_socket_server::publish_loop() {
+  // Below the poll threads (this server's, HTTP's) in the scheduler's eyes: on a node whose
+  // CPUs are busy, a seconds-long compile must not delay /healthz or a `get` by whole time
+  // slices. Linux nice values are per thread; failing to lower it only costs that.
+  [[maybe_unused]] int ignored = ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
   while (true) {
     publish_job job;
     {
