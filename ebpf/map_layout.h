@@ -30,8 +30,8 @@ typedef uint64_t ml_u64;
 #define ML_MAX_LOCAL_PODS 65536
 /* Service frontends (VIP, port, protocol); control/connect_lb_limits.h validates a
  * document against these, so a publish never finds a map full. A hash map without
- * preallocation: kernel memory grows with the frontends in use (about 120 bytes each,
- * 12 MiB at 100,000). Layout version 4 raised it from 65,536 for 100,000 services. */
+ * preallocation: kernel memory grows with the frontends in use (about 128 bytes each,
+ * 13 MiB at 100,000). Layout version 4 raised it from 65,536 for 100,000 services. */
 #define ML_MAX_SERVICES 131072
 /* Backend entries: every frontend's backends in one array, a region per frontend. A
  * changed frontend gets a fresh region before its entry flips to it, so the array holds
