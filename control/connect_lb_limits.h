@@ -1,15 +1,16 @@
 // What the eBPF connect-time load balancer holds (ebpf/map_layout.h sizes its maps at
 // twice these, so that a publish replacing every table still fits beside the live one).
 // A document is validated against them (desired_state.cpp), so a publish never finds a
-// map full half-way.
+// map full half-way. Sized for 100,000 services of 16 backends (Kubernetes' scale limits,
+// issue 14) with room for more ports: kernel memory, see ebpf/map_layout.h.
 #pragma once
 
 #include <cstdint>
 
 namespace meshlane::connect_lb {
 
-inline constexpr uint32_t kMaxFrontends = 65536;          // VIP:port/protocol entries
-inline constexpr uint32_t kMaxBackendEntries = 1u << 19;  // backends summed over frontends
+inline constexpr uint32_t kMaxFrontends = 1u << 17;       // VIP:port/protocol entries (131,072)
+inline constexpr uint32_t kMaxBackendEntries = 1u << 21;  // backends summed over frontends (2,097,152)
 inline constexpr uint32_t kMaxSlots = 1u << 21;           // Maglev slots of affinity frontends
 inline constexpr uint32_t kSlotsPerChunk = 32;            // a slot table starts on a chunk
 inline constexpr uint32_t kMaxAffinitySlots = 1021;       // per frontend, unless more backends

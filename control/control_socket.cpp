@@ -4,11 +4,13 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 #include <filesystem>
@@ -21,6 +23,9 @@ namespace meshlane {
 namespace {
 
 using clock_type = std::chrono::steady_clock;
+
+// Request lines of this size and more are parsed on the publish thread (see serve()).
+constexpr size_t kParseOnPublishThreadBytes = 256 << 10;
 
 int64_t now_ms() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(clock_type::now().time_since_epoch()).count();
@@ -35,8 +40,10 @@ bool fill_address(const std::string& path, sockaddr_un& address) {
 }
 
 struct client {
+  uint64_t id = 0;
   int fd = -1;
   std::string input;
+  size_t scanned = 0;       // input[0, scanned) holds no newline: a long line is searched once
   std::string output;
   size_t output_sent = 0;
   int64_t last_activity_ms = 0;
@@ -45,6 +52,7 @@ struct client {
   nlohmann::json follow_args;
   int64_t next_follow_ms = 0;
   uint64_t denials_after = 0;  // the last policy denial the stream has shown
+  bool waiting = false;     // a request of its runs on the publish thread; its next line waits
 };
 
 }  // namespace
@@ -105,6 +113,13 @@ std::string control_socket_server::start(const control_socket_options& options) 
   ::chmod(options_.path.c_str(), options_.allow_gid ? 0660 : 0600);
   loop_.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   loop_.stopping = false;
+  {
+    std::lock_guard lock(jobs_mutex_);
+    publisher_stopping_ = false;
+    jobs_.clear();
+    done_.clear();
+  }
+  publisher_thread_ = std::thread([this] { publish_loop(); });
   loop_.thread = std::thread([this] { serve(); });
   control_.log().write(log_level::info, "control socket listening on " + options_.path);
   return {};
@@ -125,8 +140,55 @@ static bool in_supplementary_groups(pid_t pid, gid_t gid) {
 }
 
 void control_socket_server::stop() {
+  // The publish thread first (it finishes the request it runs; queued ones are dropped with
+  // their clients), while the eventfd it wakes the poll thread with is still open.
+  if (publisher_thread_.joinable()) {
+    {
+      std::lock_guard lock(jobs_mutex_);
+      publisher_stopping_ = true;
+    }
+    jobs_ready_.notify_all();
+    publisher_thread_.join();
+  }
   if (!loop_.stop()) return;
   ::unlink(options_.path.c_str());
+}
+
+bool control_socket_server::publishes(const control_request& request) {
+  const std::string& c = request.command;
+  return c == "apply" || c == "pod" || (c == "tune" && request.body.contains("settings"));
+}
+
+void control_socket_server::publish_loop() {
+  // Below the poll threads (this server's, HTTP's) in the scheduler's eyes: on a node whose
+  // CPUs are busy, a seconds-long compile must not delay /healthz or a `get` by whole time
+  // slices. Linux nice values are per thread; failing to lower it only costs that.
+  [[maybe_unused]] int ignored = ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
+  while (true) {
+    publish_job job;
+    {
+      std::unique_lock lock(jobs_mutex_);
+      jobs_ready_.wait(lock, [this] { return publisher_stopping_ || !jobs_.empty(); });
+      if (publisher_stopping_) return;
+      job = std::move(jobs_.front());
+      jobs_.pop_front();
+    }
+    nlohmann::json reply;
+    if (!job.line.empty()) {
+      auto request = parse_control_request(job.line, reply);
+      job.line = std::string();
+      if (request) reply = control_.handle(*request);
+      else control_.count_request("(invalid)", reply);
+    } else {
+      reply = control_.handle(job.request);
+    }
+    {
+      std::lock_guard lock(jobs_mutex_);
+      done_.push_back({job.client, std::move(reply)});
+    }
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(loop_.wake_fd, &one, sizeof one);
+  }
 }
 
 void control_socket_server::serve() {
@@ -145,6 +207,83 @@ void control_socket_server::serve() {
     }
   };
 
+  uint64_t next_client_id = 1;
+  // Answers the complete lines in c.input, in order, until one goes to the publish thread.
+  auto process_lines = [&](client& c) {
+    size_t start = 0;
+    while (!c.closing && !c.waiting) {
+      const size_t eol = c.input.find('\n', std::max(start, c.scanned));
+      if (eol == std::string::npos) {
+        c.scanned = c.input.size();
+        break;
+      }
+      std::string_view line(c.input.data() + start, eol - start);
+      const size_t next = eol + 1;
+      if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+      if (line.find_first_not_of(" \t") == std::string_view::npos) {
+        start = next;
+        continue;
+      }
+      if (line.size() > options_.max_line_bytes) {
+        send_reply(c, error_reply(control_error::kLineTooLong, "request line longer than " + std::to_string(options_.max_line_bytes) + " bytes"));
+        c.closing = true;
+        start = next;
+        break;
+      }
+      if (line.size() >= kParseOnPublishThreadBytes) {
+        // A long line is a document to apply: even its JSON parse (a second for 100,000
+        // services) runs on the publish thread, which parses and handles it in turn.
+        c.waiting = true;
+        {
+          std::lock_guard lock(jobs_mutex_);
+          jobs_.push_back({c.id, {}, std::string(line)});
+        }
+        jobs_ready_.notify_one();
+        start = next;
+        break;
+      }
+      nlohmann::json parse_error;
+      auto request = parse_control_request(line, parse_error);
+      start = next;
+      if (!request) {
+        control_.count_request("(invalid)", parse_error);
+        send_reply(c, parse_error);
+        continue;
+      }
+      if (publishes(*request)) {
+        c.waiting = true;
+        {
+          std::lock_guard lock(jobs_mutex_);
+          jobs_.push_back({c.id, std::move(*request), {}});
+        }
+        jobs_ready_.notify_one();
+        break;
+      }
+      nlohmann::json reply = control_.handle(*request);
+      if (request->command == "flows" && reply["ok"] == true && request->body.contains("follow") &&
+          request->body["follow"] == true) {
+        c.following = true;
+        c.follow_args = request->body;
+        // Denials from now on (issue 16): each update carries the new ones.
+        const nlohmann::json denials = control_.policy_denials_after(UINT64_MAX);
+        c.denials_after = denials.is_object() ? denials.value("next", uint64_t{0}) : 0;
+        c.next_follow_ms = now_ms() + options_.follow_interval_ms;
+        reply["follow"] = true;
+      }
+      send_reply(c, reply);
+    }
+    c.input.erase(0, start);
+    c.scanned = c.scanned > start ? c.scanned - start : 0;
+    if (c.input.size() > options_.max_line_bytes && !c.closing) {
+      send_reply(c, error_reply(control_error::kLineTooLong,
+                                "request line longer than " + std::to_string(options_.max_line_bytes) +
+                                    " bytes; the connection is closed"));
+      c.closing = true;
+      c.input.clear();
+      c.scanned = 0;
+    }
+  };
+
   while (!loop_.stopping) {
     std::vector<pollfd> fds;
     fds.push_back({loop_.wake_fd, POLLIN, 0});
@@ -152,7 +291,8 @@ void control_socket_server::serve() {
     int64_t now = now_ms();
     int timeout = 1000;
     for (auto& c : clients) {
-      short events = c.closing ? 0 : POLLIN;
+      // A client waiting for a publish is not read (its next request waits for the reply).
+      short events = c.closing || c.waiting ? 0 : POLLIN;
       if (c.output.size() > c.output_sent) events |= POLLOUT;
       fds.push_back({c.fd, events, 0});
       if (c.following) timeout = static_cast<int>(std::max<int64_t>(0, std::min<int64_t>(timeout, c.next_follow_ms - now)));
@@ -160,6 +300,28 @@ void control_socket_server::serve() {
     if (::poll(fds.data(), fds.size(), timeout) < 0 && errno != EINTR) break;
     if (loop_.stopping) break;
     now = now_ms();
+
+    if (fds[0].revents & POLLIN) {
+      uint64_t count;
+      [[maybe_unused]] ssize_t n = ::read(loop_.wake_fd, &count, sizeof count);
+      std::vector<publish_done> done;
+      {
+        std::lock_guard lock(jobs_mutex_);
+        done.swap(done_);
+      }
+      for (auto& d : done) {
+        for (auto& c : clients) {
+          if (c.id != d.client) continue;
+          c.waiting = false;
+          c.last_activity_ms = now;
+          if (!c.closing) {
+            send_reply(c, d.reply);
+            process_lines(c);  // what it sent after the publishing request
+          }
+          break;
+        }
+      }
+    }
 
     if (fds[1].revents & POLLIN) {
       while (true) {
@@ -188,7 +350,11 @@ void control_socket_server::serve() {
           control_.log().write(log_level::warn, "control connection refused: " + refusal);
           continue;
         }
-        clients.push_back({fd, {}, {}, 0, now, false, false, nullptr, 0});
+        client fresh;
+        fresh.id = next_client_id++;
+        fresh.fd = fd;
+        fresh.last_activity_ms = now;
+        clients.push_back(std::move(fresh));
       }
     }
 
@@ -210,44 +376,7 @@ void control_socket_server::serve() {
           if (n > 0) {
             c.input.append(buffer, static_cast<size_t>(n));
             c.last_activity_ms = now;
-            size_t start = 0;
-            for (size_t eol; !c.closing && (eol = c.input.find('\n', start)) != std::string::npos; start = eol + 1) {
-              std::string_view line(c.input.data() + start, eol - start);
-              if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
-              if (line.find_first_not_of(" \t") == std::string_view::npos) continue;
-              if (line.size() > options_.max_line_bytes) {
-                send_reply(c, error_reply(control_error::kLineTooLong, "request line longer than " + std::to_string(options_.max_line_bytes) + " bytes"));
-                c.closing = true;
-                break;
-              }
-              nlohmann::json parse_error;
-              auto request = parse_control_request(line, parse_error);
-              if (!request) {
-                control_.count_request("(invalid)", parse_error);
-                send_reply(c, parse_error);
-                continue;
-              }
-              nlohmann::json reply = control_.handle(*request);
-              if (request->command == "flows" && reply["ok"] == true && request->body.contains("follow") &&
-                  request->body["follow"] == true) {
-                c.following = true;
-                c.follow_args = request->body;
-                // Denials from now on (issue 16): each update carries the new ones.
-                const nlohmann::json denials = control_.policy_denials_after(UINT64_MAX);
-                c.denials_after = denials.is_object() ? denials.value("next", uint64_t{0}) : 0;
-                c.next_follow_ms = now + options_.follow_interval_ms;
-                reply["follow"] = true;
-              }
-              send_reply(c, reply);
-            }
-            c.input.erase(0, start);
-            if (c.input.size() > options_.max_line_bytes && !c.closing) {
-              send_reply(c, error_reply(control_error::kLineTooLong,
-                                        "request line longer than " + std::to_string(options_.max_line_bytes) +
-                                            " bytes; the connection is closed"));
-              c.closing = true;
-              c.input.clear();
-            }
+            process_lines(c);
             if (c.closing) break;
           } else if (n == 0) {
             c.closing = true;  // the client is gone: answer nothing more
@@ -295,15 +424,18 @@ void control_socket_server::serve() {
         c.output.clear();
         c.output_sent = 0;
       }
-      // Followers are waiting for us, not idle; everyone else must say something.
-      if (!c.following && now - c.last_activity_ms > options_.idle_timeout_ms) {
+      // Followers and clients waiting for a publish are waiting for us, not idle; everyone
+      // else must say something.
+      if (!c.following && !c.waiting && now - c.last_activity_ms > options_.idle_timeout_ms) {
         c.closing = true;
         c.output.clear();
         c.output_sent = 0;
       }
     }
     for (auto it = clients.begin(); it != clients.end();) {
-      if (it->closing && it->output.empty()) {
+      // A client whose publish still runs stays (its reply is dropped) so that its id is
+      // not matched by another; its descriptor is closed with it.
+      if (it->closing && it->output.empty() && !it->waiting) {
         ::close(it->fd);
         it = clients.erase(it);
       } else {

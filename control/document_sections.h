@@ -3,6 +3,7 @@
 // exactly as the same entry in a full document. Implemented in desired_state.cpp.
 #pragma once
 
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -35,6 +36,14 @@ void resolve_service_account(const desired_state& state, pod_spec& pod);
 // frontends unique and the eBPF load balancer's totals (the caller's), this is what
 // check_document checks of services.
 void check_services_alone(const desired_state& state, const std::vector<std::pair<const service_spec*, std::string>>& services,
+                          std::vector<config_error>& errors);
+// The same with the nodes indexed once (by name, underlay address, pod range): a delta's
+// check reuses the index the publisher built at the last full apply, instead of indexing
+// 5,000 nodes per delta. It points into `state`'s nodes, which only a full apply changes.
+struct node_index;
+std::shared_ptr<const node_index> index_nodes(const desired_state& state);
+void check_services_alone(const desired_state& state, const node_index& nodes,
+                          const std::vector<std::pair<const service_spec*, std::string>>& services,
                           std::vector<config_error>& errors);
 
 // The cross-field checks of a document whose sections all read cleanly (nothing is checked

@@ -4,12 +4,14 @@ namespace meshlane {
 
 using nlohmann::json;
 
-void published_document::replace(json document) {
+json published_document::replace(json document) {
+  json previous = std::move(document_);
   document_ = std::move(document);
   services_.clear();
   pods_.clear();
   nodes_.clear();
   indexed_ = false;
+  return previous;
 }
 
 json& published_document::section(const char* key, name_index& index) {

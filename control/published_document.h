@@ -17,8 +17,9 @@ namespace meshlane {
 class published_document {
  public:
   bool empty() const { return document_.is_null(); }
-  // A full apply: the document as sent (an object).
-  void replace(nlohmann::json document);
+  // A full apply: the document as sent (an object). Returns the previous one, so that the
+  // caller can free a large document outside its lock.
+  nlohmann::json replace(nlohmann::json document);
   // A delta the publisher accepted; `delta` is its JSON form (the "changes" list), read by
   // parse_state_delta already, so every entry has the shape it needs.
   void patch(const nlohmann::json& delta);

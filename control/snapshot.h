@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "control/chunked_table.h"
 #include "control/desired_state.h"
 #include "control/net_address.h"
 #include "control/policy_tables.h"
@@ -122,7 +123,9 @@ struct snapshot {
   ebpf_spec ebpf;                 // the pod-local fast path's settings
   std::vector<table_node> nodes;  // nodes[kLocalNodeIndex] is this node
   std::vector<table_pod> pods;
-  std::vector<table_service> services;
+  // Sorted by name. Chunked and shared between generations (chunked_table.h): a delta
+  // copies only the chunks of the services it changes.
+  chunked_table<table_service> services;
   uint32_t backend_total = 0;  // backends summed over services
   std::vector<table_frontend> frontends;
   std::vector<table_route> routes;       // sorted by prefix length, longest first

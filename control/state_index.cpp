@@ -47,6 +47,7 @@ void state_index::remove_service_indexes(const service_spec& svc) {
 
 void state_index::reset(const desired_state& state) {
   state_ = std::make_unique<desired_state>(state);
+  nodes_ = document_sections::index_nodes(*state_);
   service_at_.clear();
   frontend_owner_.clear();
   totals_ = {};
@@ -204,7 +205,7 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
   for (const auto& [name, spec] : plan.services)
     if (spec) alone.emplace_back(&*spec, origins[name].service);
   std::vector<config_error> e;
-  document_sections::check_services_alone(*state_, alone, e);
+  document_sections::check_services_alone(*state_, *nodes_, alone, e);
   for (config_error& error : e) {
     // "<service path>.backends[k]..." -> the path of the change that put backend k there.
     for (const auto& [spec, path] : alone) {

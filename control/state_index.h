@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "control/desired_state.h"
+#include "control/document_sections.h"
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
 
@@ -53,6 +54,9 @@ class state_index {
   void remove_service_indexes(const service_spec& svc);
 
   std::unique_ptr<desired_state> state_;
+  // state_'s nodes indexed (document_sections.h): built by reset(), which is the only
+  // place nodes change (a delta that changes nodes is published whole).
+  std::shared_ptr<const document_sections::node_index> nodes_;
   std::unordered_map<std::string, size_t> service_at_;  // name -> index in state_->services
   std::map<frontend_key, std::string> frontend_owner_;  // -> service name
   lb_totals totals_;

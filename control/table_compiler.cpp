@@ -70,11 +70,14 @@ std::shared_ptr<const service_backends> compile_service_backends(const service_s
 }
 
 // Backends are numbered service by service, in service order.
-void number_backends(snapshot& tables) {
-  uint32_t next = 0;
-  for (table_service& svc : tables.services) {
-    svc.first_backend = next;
-    next += svc.backend_count;
+// Numbers backends service by service from service `from` on (the ones before keep
+// theirs); a row is written only when its number moves, so that the chunks of services a
+// delta does not renumber stay shared with the previous generation.
+void number_backends(snapshot& tables, size_t from = 0) {
+  uint32_t next = from == 0 ? 0 : tables.services[from - 1].first_backend + tables.services[from - 1].backend_count;
+  for (size_t i = from; i < tables.services.size(); ++i) {
+    if (tables.services[i].first_backend != next) tables.services.mutable_at(i).first_backend = next;
+    next += tables.services[i].backend_count;
   }
   tables.backend_total = next;
 }
@@ -103,16 +106,23 @@ void index_frontends(snapshot& tables) {
   // Each service's frontends, in port order, for the views.
   std::vector<uint32_t> counts(tables.services.size(), 0);
   for (const auto& f : tables.frontends) ++counts[f.service_index];
+  std::vector<uint32_t> first(tables.services.size(), 0);
   uint32_t running = 0;
   for (size_t s = 0; s < tables.services.size(); ++s) {
-    tables.services[s].first_frontend = running;
-    tables.services[s].frontend_count = 0;
+    first[s] = running;
     running += counts[s];
+    const table_service& svc = tables.services[s];
+    if (svc.first_frontend != first[s] || svc.frontend_count != counts[s]) {  // else its chunk stays shared
+      table_service& row = tables.services.mutable_at(s);
+      row.first_frontend = first[s];
+      row.frontend_count = counts[s];
+    }
   }
   tables.service_frontends.assign(tables.frontends.size(), 0);
+  std::vector<uint32_t> placed(tables.services.size(), 0);
   for (uint32_t i = 0; i < tables.frontends.size(); ++i) {
-    table_service& svc = tables.services[tables.frontends[i].service_index];
-    tables.service_frontends[svc.first_frontend + svc.frontend_count++] = i;
+    const uint32_t s = tables.frontends[i].service_index;
+    tables.service_frontends[first[s] + placed[s]++] = i;
   }
   tables.frontend_index = empty_index(tables.frontends.size());
   for (uint32_t i = 0; i < tables.frontends.size(); ++i) {
@@ -184,7 +194,6 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   std::sort(services.begin(), services.end(), [](auto* a, auto* b) { return a->name < b->name; });
 
   const node_names names(*tables);
-  tables->services.reserve(services.size());
   for (const service_spec* svc : services) {
     tables->services.push_back({svc->name, svc->vip, svc->session_affinity, 0,
                                 static_cast<uint32_t>(svc->backends.size()),
@@ -257,6 +266,7 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
                                [](const table_service& s, const std::string& n) { return s.name < n; });
     return it != tables->services.end() && it->name == name ? it : tables->services.end();
   };
+  // (The copy above shares every service chunk; rows are written through mutable_at.)
   // A change that keeps a service's name, VIP, ports and affinity leaves the frontend
   // tables as they are: only its block is compiled (the common case: endpoints moving).
   bool structural = false;
@@ -269,12 +279,18 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
     }
   }
   if (!structural) {
+    size_t renumber_from = SIZE_MAX;  // the first service whose backend count changed
     for (const service_change& c : changes) {
-      auto it = position(c.name);
-      it->compiled = compile_service_backends(*c.spec, names, table_size);
-      it->backend_count = static_cast<uint32_t>(c.spec->backends.size());
+      const size_t at = position(c.name).index();
+      table_service& row = tables->services.mutable_at(at);
+      row.compiled = compile_service_backends(*c.spec, names, table_size);
+      const auto count = static_cast<uint32_t>(c.spec->backends.size());
+      if (row.backend_count != count) renumber_from = std::min(renumber_from, at);
+      row.backend_count = count;
     }
-    number_backends(*tables);
+    // Backends are numbered in service order: a changed count moves the numbers of every
+    // later service (linear, as a service added or removed is); an unchanged one none.
+    if (renumber_from != SIZE_MAX) number_backends(*tables, renumber_from);
     return tables;
   }
 
@@ -304,7 +320,7 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
     merged.push_back(old);
   }
   while (next_changed != changed.end()) add_changed(*next_changed++->second);
-  tables->services = std::move(merged);
+  tables->services = std::move(merged);  // re-chunked: a structural change is linear anyway
   number_backends(*tables);
 
   std::vector<table_frontend> kept, added;

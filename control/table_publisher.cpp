@@ -14,7 +14,7 @@ double seconds_since(std::chrono::steady_clock::time_point start) {
 }  // namespace
 
 std::string table_publisher::add_sink(std::string name, table_sink sink) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(write_mutex_);
   if (current_) {
     if (std::string error = sink(current_); !error.empty()) return name + ": " + error;
   }
@@ -35,12 +35,12 @@ publish_result table_publisher::apply(std::string_view document_json) {
 }
 
 void table_publisher::set_key_source(esp_key_source source) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(write_mutex_);
   key_source_ = std::move(source);
 }
 
 publish_result table_publisher::apply(const desired_state& state) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(write_mutex_);
   return publish_locked(state);
 }
 
@@ -57,7 +57,7 @@ publish_result table_publisher::apply_delta(std::string_view delta_json) {
 }
 
 publish_result table_publisher::apply_delta(const state_delta& delta) {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(write_mutex_);
   auto start = std::chrono::steady_clock::now();
   publish_result result;
   if (index_.empty() || !current_) {
@@ -90,10 +90,18 @@ publish_result table_publisher::apply_delta(const state_delta& delta) {
   std::vector<service_change> committed;
   index_.commit(std::move(*plan), committed);
   last_generation_ = next->generation;
-  current_ = std::move(next);
+  make_current(std::move(next));
   current_state_.reset();
   result.generation = last_generation_;
   return result;
+}
+
+void table_publisher::make_current(std::shared_ptr<const snapshot> next) {
+  {
+    std::lock_guard lock(read_mutex_);
+    current_.swap(next);
+  }
+  // `next` now holds the previous generation: released here, outside the reader's lock.
 }
 
 bool table_publisher::install_locked(const std::shared_ptr<const snapshot>& next, publish_result& result) {
@@ -133,7 +141,7 @@ publish_result table_publisher::publish_locked(const desired_state& state) {
   result.compile_seconds = seconds_since(start);
   if (!install_locked(next, result)) return result;
   last_generation_ = next->generation;
-  current_ = std::move(next);
+  make_current(std::move(next));
   index_.reset(state);
   current_state_.reset();
   result.generation = last_generation_;
@@ -141,12 +149,12 @@ publish_result table_publisher::publish_locked(const desired_state& state) {
 }
 
 std::shared_ptr<const snapshot> table_publisher::current() const {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(read_mutex_);
   return current_;
 }
 
 std::shared_ptr<const desired_state> table_publisher::current_state() const {
-  std::lock_guard lock(mutex_);
+  std::lock_guard lock(write_mutex_);
   if (!current_state_ && !index_.empty()) current_state_ = std::make_shared<const desired_state>(index_.state());
   return current_state_;
 }

@@ -49,16 +49,27 @@ class table_publisher {
   publish_result apply_delta(std::string_view delta_json);
   publish_result apply_delta(const state_delta& delta);
 
+  // Never waits for a publish under way: a reader (a `get`, a metrics scrape) takes the
+  // snapshot that is current now, also while the next one is being validated and compiled.
   std::shared_ptr<const snapshot> current() const;
   // The state of the current tables. After a delta it is copied from the working state on
-  // first use (linear in the state's size, once per generation asked for).
+  // first use (linear in the state's size, once per generation asked for). Unlike
+  // current(), it waits for a publish under way (the working state is the writer's).
   std::shared_ptr<const desired_state> current_state() const;
 
  private:
-  mutable std::mutex mutex_;  // serialises writers; readers copy the shared_ptr under it
+  // Two locks, so that readers of current() never wait for a compile (a 100k-service
+  // apply holds the writer's lock for seconds): write_mutex_ serialises writers and guards
+  // the working state (index_, sinks_, key_source_, last_generation_); read_mutex_ guards
+  // only the current_ pointer and is held for a pointer copy. Order: write, then read.
+  mutable std::mutex write_mutex_;
+  mutable std::mutex read_mutex_;
   uint64_t last_generation_ = 0;
-  std::shared_ptr<const snapshot> current_;
-  mutable std::shared_ptr<const desired_state> current_state_;  // null: not copied yet
+  std::shared_ptr<const snapshot> current_;  // written under both locks, read under either
+  mutable std::shared_ptr<const desired_state> current_state_;  // null: not copied yet; write_mutex_
+  // Makes `next` current (both locks); the previous generation is released after the read
+  // lock is dropped, so a reader never waits for a large snapshot's destruction.
+  void make_current(std::shared_ptr<const snapshot> next);
   state_index index_;  // the working state, with what a delta is checked against
   std::vector<std::pair<std::string, table_sink>> sinks_;
   esp_key_source key_source_;

@@ -331,7 +331,8 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     out.service_slot.push_back(slot);
   }
   out.backend_slot.resize(s.backend_total);
-  for (const table_service& service : s.services) {
+  for (size_t service_index = 0; service_index < s.services.size(); ++service_index) {
+    const table_service& service = s.services[service_index];
     for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
       const table_backend& backend = service.compiled->backends[b - service.first_backend];
       const uint32_t slot = slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables,
@@ -340,7 +341,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
         return "more than " + std::to_string(kMaxBackendSlots) + " backends at once (published or with live flows)";
       out.backend_slot[b] = slot;
       slots.backend_service.resize(slots.backends.size());
-      slots.backend_service[slot] = out.service_slot[static_cast<size_t>(&service - s.services.data())];
+      slots.backend_service[slot] = out.service_slot[service_index];
     }
   }
   out.egress = build_egress_forwarding(s, out.pod_port);  // issue 18

@@ -25,18 +25,22 @@ typedef uint64_t ml_u64;
 
 /* Bump when a struct below changes shape: pins of another layout version are replaced
  * (fresh maps), never read with the wrong structs. */
-#define ML_LAYOUT_VERSION 3
+#define ML_LAYOUT_VERSION 4
 
 #define ML_MAX_LOCAL_PODS 65536
 /* Service frontends (VIP, port, protocol); control/connect_lb_limits.h validates a
- * document against these, so a publish never finds a map full. */
-#define ML_MAX_SERVICES 65536
+ * document against these, so a publish never finds a map full. A hash map without
+ * preallocation: kernel memory grows with the frontends in use (about 128 bytes each,
+ * 13 MiB at 100,000). Layout version 4 raised it from 65,536 for 100,000 services. */
+#define ML_MAX_SERVICES 131072
 /* Backend entries: every frontend's backends in one array, a region per frontend. A
  * changed frontend gets a fresh region before its entry flips to it, so the array holds
- * twice what the validator lets a document use. */
-#define ML_MAX_BACKENDS (1 << 20)
+ * twice what the validator lets a document use. An array map is allocated whole when
+ * created: 2^22 x 24 bytes = 96 MiB of kernel memory per node (was 24 MiB at 2^20, too
+ * few for 100,000 services x 16 backends = 1.6M entries). */
+#define ML_MAX_BACKENDS (1 << 22)
 /* Maglev slots of session-affinity frontends, ML_SLOTS_PER_CHUNK to an array element,
- * also twice what a document may use. */
+ * also twice what a document may use: 2^17 chunks x 64 bytes = 8 MiB, allocated whole. */
 #define ML_SLOTS_PER_CHUNK 32
 #define ML_MAX_SLOTS (1 << 22)
 #define ML_MAX_SLOT_CHUNKS (ML_MAX_SLOTS / ML_SLOTS_PER_CHUNK)

@@ -1,22 +1,43 @@
 // Control-plane cost at cluster scale: validate, compile and publish a desired-state
-// document of N services with 16 backends each (issue: 1k, 10k, 100k services), and beside
-// it, in the same run on the same cluster, deltas (state_delta.h): one backend replaced,
-// one service added and removed again. A delta's cost should not grow with N.
+// document of N services with 16 backends each on 5,000 nodes (issue 14: 1k, 10k, 100k
+// services), and beside it, in the same run on the same cluster, deltas (state_delta.h):
+// one backend replaced, one service added and removed again. A delta's cost should not
+// grow with N.
+//
+// Then the same full apply through the agent's real control surface, in process: the
+// control module, the control socket server and the HTTP server of meshlaned
+// (add_agent_routes), the document sent as one `apply` line on the socket as meshctl
+// sends it; while it runs, a prober asks `/healthz`, `/metrics` and `get services
+// --limit 100` (meshctl's request) in a loop, and their latencies are reported.
 //
 // Performance method (DESIGN.md): every figure is also given as a ratio to a baseline
 // measured in the same run on the same document: parsing its JSON text with nlohmann
 // (the floor any JSON-fed control plane pays). Output: one JSON object per line.
-//   build/perf/control_publish_bench [N ...]
+//   build/perf/control_publish_bench [--nodes NODES] [N ...]   (defaults: 5000; 1000 10000 100000)
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <optional>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "control/control_requests.h"
+#include "control/control_socket.h"
 #include "control/desired_state.h"
+#include "control/http_server.h"
+#include "control/status_page.h"
 #include "control/table_compiler.h"
 #include "control/table_publisher.h"
 
@@ -28,28 +49,34 @@ double seconds(clock_type::time_point since) {
   return std::chrono::duration<double>(clock_type::now() - since).count();
 }
 
-// A cluster of 64 nodes with /24 pod ranges, N services spread over the VIP range
-// 198.19.128.0/17 ... and ports, 16 backends each spread over the nodes.
-std::string make_document(int services, uint32_t maglev_size) {
+// A cluster of `nodes` nodes (node n: underlay 100.64.n/256.n%256, pods 10.n/256.n%256.0/24),
+// N services spread over the VIP range 198.19.128.0/17 and ports, 16 backends each spread
+// over the nodes.
+std::string node_octets(int n) { return std::to_string(n / 256) + "." + std::to_string(n % 256); }
+std::string backend_ip(int s, int b, int nodes) {
+  const int node = 1 + (s * 16 + b) % nodes;
+  const int host = 2 + (s * 16 + b) / nodes % 250;
+  return "10." + node_octets(node) + "." + std::to_string(host);
+}
+std::string backend_node(int s, int b, int nodes) { return "node" + std::to_string(1 + (s * 16 + b) % nodes); }
+
+std::string make_document(int services, int nodes, uint32_t maglev_size) {
   nlohmann::json doc;
-  doc["node"] = {{"name", "node1"}, {"underlay_ip", "198.19.0.1"}, {"pod_cidr", "10.1.0.0/24"}};
+  doc["node"] = {{"name", "node1"}, {"underlay_ip", "100.64." + node_octets(1)}, {"pod_cidr", "10." + node_octets(1) + ".0/24"}};
   doc["nodes"] = nlohmann::json::array();
-  for (int n = 2; n <= 64; ++n)
+  for (int n = 2; n <= nodes; ++n)
     doc["nodes"].push_back({{"name", "node" + std::to_string(n)},
-                            {"underlay_ip", "198.19.0." + std::to_string(n)},
-                            {"pod_cidr", "10." + std::to_string(n) + ".0.0/24"}});
+                            {"underlay_ip", "100.64." + node_octets(n)},
+                            {"pod_cidr", "10." + node_octets(n) + ".0/24"}});
   doc["tunables"] = {{"maglev_table_size", maglev_size}};
   auto& list = doc["services"] = nlohmann::json::array();
   for (int s = 0; s < services; ++s) {
     nlohmann::json backends = nlohmann::json::array();
-    for (int b = 0; b < 16; ++b) {
-      const int node = 1 + (s * 16 + b) % 64;
-      const int host = 2 + (s * 16 + b) / 64 % 250;
-      backends.push_back({{"ip", "10." + std::to_string(node) + ".0." + std::to_string(host)},
+    for (int b = 0; b < 16; ++b)
+      backends.push_back({{"ip", backend_ip(s, b, nodes)},
                           {"port", 8000 + b},
                           {"weight", 1 + b % 3},
-                          {"node", "node" + std::to_string(node)}});
-    }
+                          {"node", backend_node(s, b, nodes)}});
     list.push_back({{"name", "svc-" + std::to_string(s)},
                     {"vip", "198.19." + std::to_string(128 + s / 250 % 128) + "." + std::to_string(1 + s % 250)},
                     {"ports", {{{"port", 1 + s / 32000}, {"protocol", "tcp"}}}},
@@ -59,13 +86,11 @@ std::string make_document(int services, uint32_t maglev_size) {
 }
 
 // One backend of service `s` (make_document's) with a new weight: a delta's JSON text.
-std::string backend_delta(int s, int weight) {
+std::string backend_delta(int s, int nodes, int weight) {
   const int b = 3;
-  const int node = 1 + (s * 16 + b) % 64;
-  const int host = 2 + (s * 16 + b) / 64 % 250;
   nlohmann::json change = {{"op", "replace"}, {"kind", "backend"}, {"service", "svc-" + std::to_string(s)},
-                           {"value", {{"ip", "10." + std::to_string(node) + ".0." + std::to_string(host)},
-                                      {"port", 8000 + b}, {"weight", weight}, {"node", "node" + std::to_string(node)}}}};
+                           {"value", {{"ip", backend_ip(s, b, nodes)},
+                                      {"port", 8000 + b}, {"weight", weight}, {"node", backend_node(s, b, nodes)}}}};
   return nlohmann::json{{"changes", {change}}}.dump();
 }
 
@@ -74,7 +99,7 @@ std::string service_delta(bool add) {
   if (!add) return R"({"changes":[{"op":"remove","kind":"service","name":"zz-added"}]})";
   nlohmann::json backends = nlohmann::json::array();
   for (int b = 0; b < 16; ++b)
-    backends.push_back({{"ip", "10.2.0." + std::to_string(2 + b)}, {"port", 9000}, {"node", "node2"}});
+    backends.push_back({{"ip", "10.0.2." + std::to_string(2 + b)}, {"port", 9000}, {"node", "node2"}});
   nlohmann::json value = {{"name", "zz-added"}, {"vip", "198.18.250.1"}, {"ports", {{{"port", 9}}}}, {"backends", backends}};
   return nlohmann::json{{"changes", {{{"op", "add"}, {"kind", "service"}, {"value", value}}}}}.dump();
 }
@@ -83,29 +108,152 @@ struct spread {
   double p50 = 0, p90 = 0, max = 0;
 };
 spread spread_of(std::vector<double> v) {
+  if (v.empty()) return {};
   std::sort(v.begin(), v.end());
   return {v[v.size() / 2], v[v.size() * 9 / 10], v.back()};
+}
+
+double percentile(std::vector<double> v, double q) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  return v[std::min(v.size() - 1, static_cast<size_t>(q * static_cast<double>(v.size())))];
+}
+
+// One GET on a fresh loopback connection (the server closes each one); milliseconds, or
+// a negative number when the answer was not a 200.
+double http_get_ms(int port, const char* path) {
+  const auto start = clock_type::now();
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_port = htons(static_cast<uint16_t>(port));
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  std::string reply;
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&address), sizeof address) == 0) {
+    const std::string request = std::string("GET ") + path + " HTTP/1.1\r\nHost: bench\r\n\r\n";
+    if (::send(fd, request.data(), request.size(), MSG_NOSIGNAL) == static_cast<ssize_t>(request.size())) {
+      char buffer[65536];
+      for (ssize_t n; (n = ::recv(fd, buffer, sizeof buffer, 0)) > 0;) reply.append(buffer, static_cast<size_t>(n));
+    }
+  }
+  ::close(fd);
+  const double ms = seconds(start) * 1e3;
+  return reply.rfind("HTTP/1.1 200", 0) == 0 ? ms : -1;
+}
+
+struct probe_results {
+  std::vector<double> healthz, metrics, get_services;
+  int failures = 0;
+};
+
+// Asks /healthz, /metrics and `get services --limit 100` in turn until `stop`, a few
+// milliseconds apart (a scraper and an operator, not a flood).
+void probe(int http_port, const std::string& socket_path, const std::atomic<bool>& stop, probe_results& out) {
+  meshlane::control_client client;
+  if (!client.connect(socket_path).empty()) {
+    ++out.failures;
+    return;
+  }
+  const nlohmann::json get_services = {{"command", "get"}, {"what", "services"}, {"limit", 100}};
+  while (!stop) {
+    double ms = http_get_ms(http_port, "/healthz");
+    ms < 0 ? ++out.failures : (out.healthz.push_back(ms), 0);
+    ms = http_get_ms(http_port, "/metrics");
+    ms < 0 ? ++out.failures : (out.metrics.push_back(ms), 0);
+    const auto start = clock_type::now();
+    const nlohmann::json reply = client.request(get_services, 60000);
+    ms = seconds(start) * 1e3;
+    reply.value("ok", false) ? out.get_services.push_back(ms) : (void)++out.failures;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+nlohmann::json latency_json(const std::vector<double>& v) {
+  return {{"count", v.size()}, {"p50_ms", percentile(v, 0.5)}, {"p99_ms", percentile(v, 0.99)},
+          {"max_ms", v.empty() ? 0 : *std::max_element(v.begin(), v.end())}};
+}
+
+// The full apply of `text` through the control socket of an in-process control module,
+// with the prober running from before it is sent until its reply is read.
+nlohmann::json apply_through_control_surface(const std::string& text) {
+  meshlane::table_publisher publisher;
+  std::shared_ptr<const meshlane::snapshot> installed;
+  publisher.add_sink("reader", [&](const auto& t) { installed = t; return std::string(); });
+  meshlane::subsystem_registry registry;
+  meshlane::log_ring log(256, false);
+  meshlane::control_module control(publisher, registry, log);
+  meshlane::http_server http;
+  meshlane::add_agent_routes(http, control);
+  if (std::string e = http.start("127.0.0.1:0"); !e.empty()) return {{"error", e}};
+  meshlane::control_socket_server socket(control);
+  meshlane::control_socket_options options;
+  options.path = (std::filesystem::temp_directory_path() / ("meshlane-publish-bench-" + std::to_string(::getpid()) + ".sock")).string();
+  if (std::string e = socket.start(options); !e.empty()) return {{"error", e}};
+
+  nlohmann::json out;
+  std::atomic<bool> stop{false};
+  probe_results idle, busy;
+  // The same probes on the idle agent first (a small document published), as the baseline.
+  control.apply_document(make_document(10, 2, 1021), "bench");
+  std::thread idle_prober(probe, http.port(), options.path, std::cref(stop), std::ref(idle));
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  stop = true;
+  idle_prober.join();
+  stop = false;
+
+  std::thread prober(probe, http.port(), options.path, std::cref(stop), std::ref(busy));
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));
+  meshlane::control_client client;
+  std::string line;
+  const auto start = clock_type::now();
+  if (std::string e = client.connect(options.path); !e.empty()) {
+    out["error"] = e;
+  } else if (!client.send_line(R"({"command":"apply","document":)" + text + "}") || !client.read_line(line, 600000)) {
+    out["error"] = "no reply to the apply";
+  }
+  const double apply_s = seconds(start);
+  stop = true;
+  prober.join();
+  const nlohmann::json reply = nlohmann::json::parse(line, nullptr, false);
+  out["apply_ok"] = reply.is_object() && reply.value("ok", false);
+  out["apply_s"] = apply_s;  // socket read, request parse, validate, compile, install, keep the document
+  if (reply.is_object()) {
+    out["apply_compile_s"] = reply.value("compile_seconds", 0.0);
+    out["apply_publish_s"] = reply.value("publish_seconds", 0.0);
+  }
+  out["idle"] = {{"healthz", latency_json(idle.healthz)}, {"metrics", latency_json(idle.metrics)},
+                 {"get_services_limit_100", latency_json(idle.get_services)}};
+  out["during_apply"] = {{"healthz", latency_json(busy.healthz)}, {"metrics", latency_json(busy.metrics)},
+                         {"get_services_limit_100", latency_json(busy.get_services)}, {"failures", busy.failures}};
+  socket.stop();
+  http.stop();
+  return out;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   std::vector<int> sizes;
-  for (int i = 1; i < argc; ++i) sizes.push_back(std::atoi(argv[i]));
-  // 100,000 services exceed what the eBPF connect-time load balancer holds (65,536 service
-  // ports, 2^19 backend entries; connect_lb_limits.h) and are refused at validation; 30,000
-  // of 16 backends is the largest round size it takes.
-  if (sizes.empty()) sizes = {1000, 10000, 30000};
+  int nodes = 5000;  // Kubernetes' limit
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--nodes") == 0 && i + 1 < argc) {
+      nodes = std::max(2, std::atoi(argv[++i]));
+      continue;
+    }
+    sizes.push_back(std::atoi(argv[i]));
+  }
+  if (sizes.empty()) sizes = {1000, 10000, 100000};
   // 16 backends want M well above 100 x 16 (NSDI 2016, section 5.3); 1021 keeps 100k
   // services' tables at 200 MiB. The default 65537 suits clusters of fewer services.
   constexpr uint32_t kMaglevSize = 1021;
 
   for (int services : sizes) {
-    const std::string text = make_document(services, kMaglevSize);
+    const std::string text = make_document(services, nodes, kMaglevSize);
 
     auto start = clock_type::now();
-    const auto parsed_json = nlohmann::json::parse(text);
+    std::optional<nlohmann::json> parsed_json = nlohmann::json::parse(text);
     const double json_parse_s = seconds(start);
+    parsed_json.reset();  // 100k services: gigabytes of DOM, not kept for what follows
 
     start = clock_type::now();
     auto parsed = meshlane::parse_desired_state(text);
@@ -141,7 +289,7 @@ int main(int argc, char** argv) {
     std::vector<double> backend_ms, backend_compile_ms, service_ms;
     double first_delta_ms = 0;
     for (int r = 0; r < kRepeats; ++r) {
-      const std::string delta = backend_delta((services / 2 + r * 7919) % services, 1 + (r % 5));
+      const std::string delta = backend_delta((services / 2 + r * 7919) % services, nodes, 1 + (r % 5));
       start = clock_type::now();
       const auto d = publisher.apply_delta(delta);
       const double ms = seconds(start) * 1e3;
@@ -171,13 +319,16 @@ int main(int argc, char** argv) {
     const bool same_tables =
         meshlane::compile_tables(*publisher.current_state(), 1)->content_digest() == installed->content_digest();
 
+    const size_t table_bytes = tables->serialize().size();
+    const double full_apply_ratio = backend.p50 / 1e3 / full_apply_s;
     nlohmann::json line = {
         {"benchmark", "control_publish"},
         {"services", services},
+        {"nodes", nodes},
         {"backends_per_service", 16},
         {"maglev_table_size", kMaglevSize},
         {"document_bytes", text.size()},
-        {"table_bytes", tables->serialize().size()},
+        {"table_bytes", table_bytes},
         {"baseline_json_parse_s", json_parse_s},
         {"validate_s", validate_s},
         {"compile_s", compile_s},
@@ -194,12 +345,20 @@ int main(int argc, char** argv) {
         {"delta_backend_check_compile_p50_ms", backend_compile.p50},
         {"delta_service_add_remove_p50_ms", service.p50},
         {"delta_service_add_remove_p90_ms", service.p90},
-        {"delta_backend_over_full_apply", backend.p50 / 1e3 / full_apply_s},
+        {"delta_backend_over_full_apply", full_apply_ratio},
         {"delta_tables_equal_full_compile", same_tables},
     };
     std::printf("%s\n", line.dump().c_str());
     std::fflush(stdout);
-    (void)parsed_json;
+  }
+  // The full apply through the agent's control surface, with probes, per size.
+  for (int services : sizes) {
+    nlohmann::json line = apply_through_control_surface(make_document(services, nodes, kMaglevSize));
+    line["benchmark"] = "control_surface_during_apply";
+    line["services"] = services;
+    line["nodes"] = nodes;
+    std::printf("%s\n", line.dump().c_str());
+    std::fflush(stdout);
   }
   return 0;
 }

@@ -63,7 +63,7 @@ fi
 echo "== 2c. pipeline: cycles per packet per stage and whole, against the I/O floor (net_null)" >&2
 OUT=$work/pipeline.json bash perf/pipeline_bench.sh "${pipeline_args[@]}" >&2
 
-echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 backends each)" >&2
+echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 backends each, 5,000 nodes)" >&2
 "$build/perf/control_publish_bench" 1000 10000 100000 > "$work/control.jsonl"
 
 echo "== 4. memory: flow-table bytes per entry, resident memory at 1M flows" >&2
@@ -82,7 +82,9 @@ crossnode = json.load(open(crossnode_path))
 ovs = json.load(open(ovs_path)) if ovs_path.endswith(".json") else None
 crossnode_xdp = json.load(open(crossnode_xdp_path)) if crossnode_xdp_path.endswith(".json") else None
 pipeline_runs = json.load(open(pipeline_path))["benchmarks"]
-control = [json.loads(l) for l in open(control_path)]
+control_lines = [json.loads(l) for l in open(control_path)]
+control = [c for c in control_lines if c.get("benchmark") == "control_publish"]
+control_surface = [c for c in control_lines if c.get("benchmark") == "control_surface_during_apply"]
 memory = json.load(open(memory_path))
 
 median = {r["run_name"]: r for r in pipeline_runs if r.get("aggregate_name") == "median"}
@@ -94,7 +96,7 @@ pipeline = {name: {"cycles_per_packet": r["cycles_per_packet"], "x_floor": r["cy
             for name, r in median.items()}
 
 report = {"date": stamp, "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
-          "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "flow_memory": memory,
+          "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "control_surface": control_surface, "flow_memory": memory,
           **({"ovs_dpdk": ovs} if ovs else {"not_measured": {"ovs_dpdk": open(ovs_path).read().strip()}}),
           **({"crossnode_af_xdp": crossnode_xdp} if crossnode_xdp else
              {"not_measured_af_xdp": open(crossnode_xdp_path).read().strip()})}

@@ -10,6 +10,8 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <filesystem>
 #include <fstream>
 #include <set>
@@ -78,6 +80,60 @@ class ControlSocket : public ::testing::Test {
   std::atomic<uint64_t> packets_{0};
   std::atomic<int> burst_{32};
 };
+
+TEST_F(ControlSocket, OtherClientsAreAnsweredWhileAnApplyPublishes) {
+  // A sink that holds the publish until the test lets it go: a 100,000-service apply
+  // holds it for seconds. Meanwhile other clients' get, status and metrics are answered
+  // (the apply runs on the server's publish thread), and the applying client's own next
+  // request is answered after its apply, in order. Before the publish thread, the poll
+  // thread ran the apply and every other client waited for it.
+  start();
+  ASSERT_EQ(apply_sample()["ok"], true);
+  std::mutex m;
+  std::condition_variable cv;
+  bool entered = false, release = false;
+  publisher_.add_sink("held", [&](const std::shared_ptr<const snapshot>& next) {
+    if (next->generation < 2) return std::string();  // add_sink hands over the current one
+    std::unique_lock lock(m);
+    entered = true;
+    cv.notify_all();
+    cv.wait_for(lock, std::chrono::seconds(20), [&] { return release; });
+    return std::string();
+  });
+  control_client applier;
+  ASSERT_EQ(applier.connect(options_.path), "");
+  json changed = testing::sample_document();
+  changed["services"][0]["backends"][0]["weight"] = 7;
+  ASSERT_TRUE(applier.send_line(json{{"command", "apply"}, {"document", changed}}.dump() + "\n" +
+                                json{{"command", "status"}}.dump()));
+  {
+    std::unique_lock lock(m);
+    ASSERT_TRUE(cv.wait_for(lock, std::chrono::seconds(10), [&] { return entered; }));
+  }
+  const auto start_time = std::chrono::steady_clock::now();
+  control_client other;
+  ASSERT_EQ(other.connect(options_.path), "");
+  const json services = other.request({{"command", "get"}, {"what", "services"}, {"limit", 100}}, 3000);
+  EXPECT_EQ(services["ok"], true) << services.dump();
+  EXPECT_EQ(services["total"], 2);
+  const json status = other.request({{"command", "status"}}, 3000);
+  EXPECT_EQ(status["ok"], true) << status.dump();
+  EXPECT_EQ(status["generation"], 1);  // the running tables, not the one being published
+  EXPECT_LT(std::chrono::steady_clock::now() - start_time, std::chrono::seconds(2));
+  std::string line;
+  EXPECT_FALSE(applier.read_line(line, 200));  // the apply is still held
+  {
+    std::lock_guard lock(m);
+    release = true;
+  }
+  cv.notify_all();
+  ASSERT_TRUE(applier.read_line(line, 10000));
+  const json applied = json::parse(line);
+  EXPECT_EQ(applied["ok"], true) << line;
+  EXPECT_EQ(applied["generation"], 2);
+  ASSERT_TRUE(applier.read_line(line, 10000));  // the status it sent after, answered after
+  EXPECT_EQ(json::parse(line)["generation"], 2);
+}
 
 TEST_F(ControlSocket, SocketFileIsOwnerOnlyAndRemovedOnStop) {
   start();

@@ -4,6 +4,8 @@
 // apply of the same resulting document publishes.
 #include <gtest/gtest.h>
 
+#include <cstdio>
+
 #include <nlohmann/json.hpp>
 
 #include "control/published_document.h"
@@ -65,6 +67,50 @@ TEST_F(StateDelta, ReplacingOneBackendMovesItsTrafficAndMatchesAFullApply) {
   const table_frontend* f = t.find_frontend(*ip_address::parse("198.19.128.10"), 80, l4_protocol::tcp);
   ASSERT_NE(f, nullptr);
   EXPECT_EQ(t.backends_of(t.services[f->service_index])[1].weight, 7);
+}
+
+TEST_F(StateDelta, ABackendDeltaCopiesOnlyItsServicesChunkAndMatchesAFullApply) {
+  // 1,000 services: four chunks of the snapshot's services table (chunked_table.h). A
+  // backend's weight changed copies the one chunk holding its service and shares the
+  // others with the previous generation; a backend added (a count change: later services'
+  // backend numbers move) copies that chunk and those after it, never those before. Every
+  // generation equals a full compile, and no published one changes.
+  json backends = json::array();
+  for (int b = 0; b < 4; ++b) backends.push_back({{"ip", "198.18.2." + std::to_string(10 + b)}, {"port", 8080}, {"node", "node2"}});
+  document_["services"] = json::array();
+  document_["tunables"]["maglev_table_size"] = 251;  // small tables: 1,000 full compiles follow as oracles
+  for (int i = 0; i < 1000; ++i) {
+    char name[16];
+    std::snprintf(name, sizeof name, "s%04d", i);  // name order = index order
+    document_["services"].push_back({{"name", name}, {"vip", "198.19." + std::to_string(130 + i / 250) + "." + std::to_string(1 + i % 250)},
+                                     {"ports", {{{"port", 80}}}}, {"backends", backends}});
+  }
+  ASSERT_TRUE(publisher_.apply(document_.dump()).errors.empty());
+  published_.replace(document_);
+  constexpr size_t kChunks = 4;  // 1,000 rows of 256
+
+  auto before = publisher_.current();
+  apply_ok(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "s0600"},
+                     {"value", {{"ip", "198.18.2.11"}, {"port", 8080}, {"weight", 9}, {"node", "node2"}}}}}));
+  auto after = publisher_.current();
+  EXPECT_EQ(after->services.shared_chunks_with(before->services), kChunks - 1);
+  EXPECT_EQ(after->services[600].backend_count, 4u);
+  EXPECT_EQ(before->services[600].compiled->backends[1].weight, 1);  // the old generation kept its row
+
+  before = after;
+  apply_ok(changes({{{"op", "add"}, {"kind", "backend"}, {"service", "s0300"},
+                     {"value", {{"ip", "198.18.2.20"}, {"port", 8080}, {"node", "node2"}}}}}));
+  after = publisher_.current();
+  EXPECT_EQ(after->services.shared_chunks_with(before->services), 1u);  // rows 0-255 keep their numbers
+  EXPECT_EQ(after->services[301].first_backend, before->services[301].first_backend + 1);
+  EXPECT_EQ(after->backend_total, before->backend_total + 1);
+
+  before = after;
+  apply_ok(changes({{{"op", "remove"}, {"kind", "backend"}, {"service", "s0999"}, {"ip", "198.18.2.10"}, {"port", 8080}},
+                    {{"op", "replace"}, {"kind", "backend"}, {"service", "s0001"},
+                     {"value", {{"ip", "198.18.2.12"}, {"port", 8080}, {"weight", 2}, {"node", "node2"}}}}}));
+  after = publisher_.current();
+  EXPECT_EQ(after->services.shared_chunks_with(before->services), kChunks - 2);
 }
 
 TEST_F(StateDelta, AddingAndRemovingBackendsMatchesAFullApply) {

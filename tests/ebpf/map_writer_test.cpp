@@ -215,7 +215,7 @@ TEST_F(MapWriter, AffinityServicesGetAMaglevSlotTableInWholeChunks) {
 }
 
 TEST_F(MapWriter, ServicePortsUpToTheValidatorsLimitPublishAndAllChangeAtOnce) {
-  // 32,768 ports of 16 backends: the 524,288 backends connect_lb_limits.h allows.
+  // 131,072 ports of 16 backends: the 2,097,152 backends connect_lb_limits.h allows.
   std::string error;
   auto path = open_path(error);
   ASSERT_TRUE(path) << error;
