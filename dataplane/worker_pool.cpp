@@ -178,7 +178,25 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       // rings: that port then never received a frame, and nothing said so.
       port.rx_buffers_held = 2048;
     }
-    if (rte_dev_probe(devargs.c_str()) != 0) {
+    int probed = rte_dev_probe(devargs.c_str());
+    const uint32_t asked_frames = af_packet_ring_frames(ring_size, role);
+    const uint32_t plain_frames = af_packet_ring_frames(ring_size, port_role::pod);
+    if (probed != 0 && driver == "af_packet" && asked_frames > plain_frames) {
+      // The PMD maps its rings locked (MAP_LOCKED): under a small RLIMIT_MEMLOCK without
+      // CAP_IPC_LOCK (a container's default) the uplink's larger rings do not fit where
+      // the ring size's do. The port works with those; the log says what it costs.
+      name = vdev + std::to_string(serial++);
+      devargs = name + ",iface=" + interface + ",qpairs=" + std::to_string(queues) +
+                ",blocksz=4096,framesz=2048,framecnt=" + std::to_string(plain_frames);
+      probed = rte_dev_probe(devargs.c_str());
+      if (probed == 0)
+        std::fprintf(stderr,
+                     "meshlaned: warn: %s: af_packet rings of %u frames refused (locked memory: raise "
+                     "RLIMIT_MEMLOCK or grant CAP_IPC_LOCK); running with %u frames, which lose frames while "
+                     "the worker is off its CPU\n",
+                     interface.c_str(), asked_frames, plain_frames);
+    }
+    if (probed != 0) {
       std::string error = "cannot open " + interface + " with " + driver + " (" + devargs + "): does the interface "
                           "exist in this network namespace?";
       if (driver == "af_xdp" && queues > 1)
