@@ -5,6 +5,7 @@
 #   BPF pins                           /sys/fs/bpf/meshlane-{test-*,demo*,bench*}
 #   processes                          meshlaned started with one of those prefixes
 #   DPDK runtime files                 /var/run/dpdk/meshlane-test-*, meshlane-demo*, mlb-ovs-*
+#   test scratch directories           /tmp/meshlane-test-* a killed test process left
 #   libxdp's directory                 /sys/fs/bpf/xdp when empty (af_xdp ports make it; an
 #                                      agent that exits normally removes it itself)
 #   perf/ovs_bench.sh's Open vSwitch   its ovsdb-server and ovs-vswitchd-dpdk (private directories
@@ -99,6 +100,11 @@ done
 rmdir /sys/fs/bpf/xdp 2>/dev/null && echo "cleanup: removed the empty /sys/fs/bpf/xdp libxdp left"
 for run in /var/run/dpdk/meshlane-test-* /var/run/dpdk/meshlane-demo* /var/run/dpdk/mlb-ovs-*; do
   [ -e "$run" ] && rm -rf "$run"
+done
+# Scratch directories of test processes that were killed before their fixture's TearDown
+# (a timeout, a crash): named after the test's prefix; the podman ones went above.
+for dir in /tmp/meshlane-test-*; do
+  [ -d "$dir" ] && rm -rf "$dir" && echo "cleanup: removed $dir"
 done
 for dir in /tmp/meshlane-ovs.*; do
   [ -d "$dir" ] && rm -rf "$dir" && echo "cleanup: removed $dir"
