@@ -60,6 +60,22 @@ void update(flow_entry& entry, const flow_policy& policy, uint8_t flags) {
   flow_detail::end_write(entry);
 }
 
+// Keeps `policy` for the flow `key` in this worker's table: in `live`, the flow's forward
+// entry when the caller found one, else in a new forward entry.
+void keep_verdict(worker_state& w, flow_entry* live, const flow_key& key, uint32_t crc, const flow_policy& policy,
+                  uint8_t flags) {
+  if (live && live->direction == flow_direction::forward) {
+    update(*live, policy, flags);
+    return;
+  }
+  flow_entry entry{};
+  entry.key = key;
+  entry.policy = policy;
+  entry.direction = flow_direction::forward;
+  entry.flags = flags;
+  w.policy_flows.insert(entry, crc, w.now, w.timeouts);
+}
+
 void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, const lb_outcome& lb,
                 const policy_verdict& verdict, uint32_t slot) {
   policy_deny_event* slot_of_event = w.deny_log.claim(w.now, w.tsc_hz);
@@ -135,16 +151,7 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
     policy.policy = kNoPolicyIndex;
     policy.generation = t.policy_generation;
     policy.source_identity = lb.source_identity;
-    if (e && e->direction == flow_direction::forward) {
-      update(*e, policy, kPolicyReply);
-    } else {
-      flow_entry entry{};
-      entry.key = key;
-      entry.policy = policy;
-      entry.direction = flow_direction::forward;
-      entry.flags = kPolicyReply;
-      w.policy_flows.insert(entry, crc, w.now, w.timeouts);
-    }
+    keep_verdict(w, e, key, crc, policy, kPolicyReply);
     return true;
   }
   refuse(w, t, m, key, pod, lb, verdict);
@@ -171,8 +178,8 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
       verdict = policy_verdict{};  // no policy applies to the pod (any more): allowed
     }
     // Only a denial asks whether the flow is a reply of one our pod started (the other
-    // node's policy decided it): the look at the recorded flows, which may be another
-    // worker's, stays off the path of flows the tables allow.
+    // node's policy decided it): the look at this worker's recorded flows stays off the
+    // path of flows the tables allow.
     if (!verdict.allowed && lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
         recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
       flags = kPolicyReply;
@@ -183,16 +190,7 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
   policy.reason = static_cast<uint8_t>(verdict.reason);
   policy.rule = verdict.rule;
   policy.policy = verdict.policy;
-  if (cached && cached->direction == flow_direction::forward) {
-    update(*cached, policy, flags);
-  } else {
-    flow_entry entry{};
-    entry.key = key;
-    entry.policy = policy;
-    entry.direction = flow_direction::forward;
-    entry.flags = flags;
-    w.policy_flows.insert(entry, crc, w.now, w.timeouts);
-  }
+  keep_verdict(w, cached, key, crc, policy, flags);
   if (verdict.allowed) return true;
   refuse(w, t, m, key, pod, lb, verdict);
   return false;
@@ -201,8 +199,8 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
 [[gnu::noinline]] void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc,
                                                 uint8_t tcp_flags) {
   // A TCP SYN (policy_note_outbound passes no other TCP packet) is ours. A UDP packet of
-  // our pod on a flow another node's pod started (its inbound entry is here, or at
-  // another worker) is an answer: recorded without kPolicyStartedHere, so that the flow's
+  // our pod on a flow another node's pod started (its inbound entry is in this worker's
+  // table, as both directions of a flow reach one worker) is an answer: recorded without kPolicyStartedHere, so that the flow's
   // inbound packets are never taken for replies of ours.
   const uint8_t handshake = tcp_flags & (kTcpSyn | kTcpAck);
   const bool reply = key.protocol == kProtoUdp && recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply);
