@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "dataplane/icmp_quote.h"
 #include "dataplane/service_lb.h"
 
 namespace meshlane {
@@ -270,89 +271,32 @@ void solicit_router(worker_state& w, const forwarding_tables& t, port_table& por
 // (SNAT address:port -> outside): the outer destination and the quoted source put back
 // to the pod's (RFC 5508 section 4.2; RFC 5382 section 7.2 for TCP), the quoted
 // header's checksums adjusted, the ICMP checksum computed again. False: no such flow.
+// This worker owns the flow (worker_handoff.h reads the same quote).
 bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* frame, const parsed_packet& p) {
-  const bool v4 = p.l3 == l3_kind::ipv4;
-  const uint8_t type = icmp_type(frame, p);
-  const bool error = v4 ? (type == kIcmpDestinationUnreachable || type == kIcmpTimeExceeded)
-                        : (type == 1 || type == kIcmpv6PacketTooBig || type == kIcmpv6TimeExceeded);
-  if (!error) return false;
-  const uint32_t end = p.l3_offset + p.l3_length;
-  uint8_t* inner = frame + p.l4_offset + sizeof(icmp_header);
-  uint32_t inner_l4;
-  uint8_t protocol;
-  const uint8_t* inner_destination = nullptr;  // IPv6
-  if (v4) {
-    if (inner + sizeof(ipv4_header) > frame + end) return false;
-    const auto* ip = reinterpret_cast<const ipv4_header*>(inner);
-    inner_l4 = (ip->version_ihl & 0x0f) * 4u;
-    if (inner_l4 < sizeof(ipv4_header) || !is_egress_address(t, ip->source)) return false;
-    protocol = ip->protocol;
-  } else {
-    if (inner + sizeof(ipv6_header) > frame + end) return false;
-    const auto* ip = reinterpret_cast<const ipv6_header*>(inner);
-    if (!is_egress_address6(t, ip->source)) return false;
-    inner_l4 = sizeof(ipv6_header);
-    protocol = ip->next_header;
-    inner_destination = ip->destination;
-  }
-  // The quote must hold the ports (or the echo identifier): its first 8 bytes.
-  if (inner + inner_l4 + 8 > frame + end) return false;
-  uint8_t* l4 = inner + inner_l4;
-  const bool echo = protocol == (v4 ? kProtoIcmp : kProtoIcmpv6);
-  if (protocol != kProtoTcp && protocol != kProtoUdp && !echo) return false;
-  if (echo && l4[0] != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return false;
-  const uint16_t quoted_source_port = from_net16(load16(l4 + (echo ? 4 : 0)));
-  const uint16_t quoted_destination_port = echo ? quoted_source_port : from_net16(load16(l4 + 2));
-  const ip_address snat = v4 ? address_v4(reinterpret_cast<const ipv4_header*>(inner)->source)
-                             : address_v6(reinterpret_cast<const ipv6_header*>(inner)->source);
+  icmp_quote q;
+  if (!read_icmp_error_quote(frame, p, q)) return false;
+  if (q.echo && q.echo_type != (q.v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return false;
+  const uint8_t* quoted_source = frame + q.source_at();
+  if (q.v4 ? !is_egress_address(t, load32(quoted_source)) : !is_egress_address6(t, quoted_source)) return false;
+  const ip_address snat = q.v4 ? address_v4(load32(quoted_source)) : address_v6(quoted_source);
   const ip_address outside =
-      v4 ? address_v4(reinterpret_cast<const ipv4_header*>(inner)->destination) : address_v6(inner_destination);
+      q.v4 ? address_v4(load32(frame + q.destination_at())) : address_v6(frame + q.destination_at());
   // The flow's reply key: outside -> SNAT address.
-  const flow_key key =
-      egress_key(outside.bytes.data(), snat.bytes.data(), quoted_destination_port, quoted_source_port, protocol);
-  const uint64_t hash = hash_flow_key(key);
+  const flow_key key = egress_key(outside.bytes.data(), snat.bytes.data(), q.destination_port(frame),
+                                  q.source_port(frame), q.protocol);
   flow_entry reverse;
-  bool found = w.flows.find_shared(key, hash, w.now, w.timeouts, reverse);
-  for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
-    found = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, reverse);
-  if (!found || reverse.direction != flow_direction::reverse) return false;
-
-  // The quoted packet: source back to the pod's address and port (identifier).
-  if (v4) {
-    auto* ip = reinterpret_cast<ipv4_header*>(inner);
-    std::memcpy(&ip->source, reverse.rewrite_address + 12, 4);
-    ip->checksum = 0;
-    ip->checksum = checksum(ip, inner_l4);
-  } else {
-    std::memcpy(reinterpret_cast<ipv6_header*>(inner)->source, reverse.rewrite_address, 16);
-  }
-  store16(l4 + (echo ? 4 : 0), to_net16(reverse.rewrite_port));
-  // Its transport checksum, when quoted, changes as the reply entry's rewrite does (the
-  // same address and port, the same sum).
-  const size_t check_at = protocol == kProtoTcp ? offsetof(tcp_header, checksum)
-                          : protocol == kProtoUdp ? offsetof(udp_header, checksum)
-                                                  : offsetof(icmp_header, checksum);
-  if (l4 + check_at + 2 <= frame + end) {
-    const uint16_t before = load16(l4 + check_at);
-    if (!(protocol == kProtoUdp && v4 && before == 0)) store16(l4 + check_at, apply_delta(before, reverse.l4_checksum_delta));
-  }
-  // The outer destination: the pod.
-  uint8_t* outer = frame + p.l3_offset;
-  const uint32_t icmp_length = end - p.l4_offset;
-  auto* icmp = reinterpret_cast<icmp_header*>(frame + p.l4_offset);
-  icmp->checksum = 0;
-  if (v4) {
-    auto* ip = reinterpret_cast<ipv4_header*>(outer);
-    std::memcpy(&ip->destination, reverse.rewrite_address + 12, 4);
-    ip->checksum = 0;
-    ip->checksum = checksum(ip, p.l4_offset - p.l3_offset);
-    icmp->checksum = checksum(icmp, icmp_length);
-  } else {
-    auto* ip = reinterpret_cast<ipv6_header*>(outer);
-    std::memcpy(ip->destination, reverse.rewrite_address, 16);
-    icmp->checksum = checksum_fold(
-        checksum_partial(icmp, icmp_length, pseudo_header_sum_v6(ip->source, ip->destination, kProtoIcmpv6, icmp_length)));
-  }
+  if (!w.flows.find_shared(key, hash_flow_key(key), w.now, w.timeouts, reverse) ||
+      reverse.direction != flow_direction::reverse)
+    return false;
+  // The quoted packet: source back to the pod's address and port (identifier), its
+  // transport checksum as the reply entry's rewrite moves it (the same address and port,
+  // the same sum); the outer destination: the pod.
+  std::memcpy(frame + q.source_at(), reverse.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
+  store16(frame + q.source_port_at(), to_net16(reverse.rewrite_port));
+  adjust_quoted_checksum(frame, q, reverse.l4_checksum_delta);
+  std::memcpy(frame + p.l3_offset + (q.v4 ? offsetof(ipv4_header, destination) : offsetof(ipv6_header, destination)),
+              reverse.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
+  finish_icmp_error(frame, p, q);
   w.egress_packets_in.add(1);
   return true;
 }
@@ -361,86 +305,28 @@ bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* fr
 
 // RFC 5508 section 4.2 in the pod-to-outside direction (egress_snat.h).
 bool egress_icmp_error_outbound(worker_state& w, uint8_t* frame, const parsed_packet& p) {
-  const bool v4 = p.l3 == l3_kind::ipv4;
-  const uint8_t type = icmp_type(frame, p);
-  const bool error = v4 ? (type == kIcmpDestinationUnreachable || type == kIcmpTimeExceeded)
-                        : (type == 1 || type == kIcmpv6PacketTooBig || type == kIcmpv6TimeExceeded);
-  if (!error) return false;
-  const uint32_t end = p.l3_offset + p.l3_length;
-  uint8_t* inner = frame + p.l4_offset + sizeof(icmp_header);
-  uint32_t inner_l4;
-  uint8_t protocol;
-  ip_address outside, pod;
-  if (v4) {
-    if (inner + sizeof(ipv4_header) > frame + end) return false;
-    const auto* ip = reinterpret_cast<const ipv4_header*>(inner);
-    inner_l4 = (ip->version_ihl & 0x0f) * 4u;
-    if (inner_l4 < sizeof(ipv4_header)) return false;
-    protocol = ip->protocol;
-    outside = address_v4(ip->source);
-    pod = address_v4(ip->destination);
-  } else {
-    if (inner + sizeof(ipv6_header) > frame + end) return false;
-    const auto* ip = reinterpret_cast<const ipv6_header*>(inner);
-    inner_l4 = sizeof(ipv6_header);
-    protocol = ip->next_header;
-    outside = address_v6(ip->source);
-    pod = address_v6(ip->destination);
-  }
-  // The quote must hold the ports (or the echo reply's identifier): its first 8 bytes.
-  if (inner + inner_l4 + 8 > frame + end) return false;
-  uint8_t* l4 = inner + inner_l4;
-  const bool echo = protocol == (v4 ? kProtoIcmp : kProtoIcmpv6);
-  if (protocol != kProtoTcp && protocol != kProtoUdp && !echo) return false;
-  if (echo && l4[0] != (v4 ? kIcmpEchoReply : kIcmpv6EchoReply)) return false;
-  const uint16_t quoted_destination_port = from_net16(load16(l4 + (echo ? 4 : 2)));
-  const uint16_t quoted_source_port = echo ? quoted_destination_port : from_net16(load16(l4));
+  icmp_quote q;
+  if (!read_icmp_error_quote(frame, p, q)) return false;
+  if (q.echo && q.echo_type != (q.v4 ? kIcmpEchoReply : kIcmpv6EchoReply)) return false;
+  const ip_address outside = q.v4 ? address_v4(load32(frame + q.source_at())) : address_v6(frame + q.source_at());
+  const ip_address pod =
+      q.v4 ? address_v4(load32(frame + q.destination_at())) : address_v6(frame + q.destination_at());
   // The flow's forward key: pod -> outside.
-  const flow_key key =
-      egress_key(pod.bytes.data(), outside.bytes.data(), quoted_destination_port, quoted_source_port, protocol);
-  const uint64_t hash = hash_flow_key(key);
+  const flow_key key = egress_key(pod.bytes.data(), outside.bytes.data(), q.destination_port(frame),
+                                  q.source_port(frame), q.protocol);
   flow_entry forward;
-  bool found = w.flows.find_shared(key, hash, w.now, w.timeouts, forward);
-  for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
-    found = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, forward);
-  if (!found || forward.direction != flow_direction::forward) return false;
-
-  // The quoted packet: destination to the SNAT address and port (identifier).
-  if (v4) {
-    auto* ip = reinterpret_cast<ipv4_header*>(inner);
-    std::memcpy(&ip->destination, forward.rewrite_address + 12, 4);
-    ip->checksum = 0;
-    ip->checksum = checksum(ip, inner_l4);
-  } else {
-    std::memcpy(reinterpret_cast<ipv6_header*>(inner)->destination, forward.rewrite_address, 16);
-  }
-  store16(l4 + (echo ? 4 : 2), to_net16(forward.rewrite_port));
-  // Its transport checksum, when quoted, changes as the forward entry's rewrite does (the
-  // same address and port, the same sum, wherever in the header they sit).
-  const size_t check_at = protocol == kProtoTcp ? offsetof(tcp_header, checksum)
-                          : protocol == kProtoUdp ? offsetof(udp_header, checksum)
-                                                  : offsetof(icmp_header, checksum);
-  if (l4 + check_at + 2 <= frame + end) {
-    const uint16_t before = load16(l4 + check_at);
-    if (!(protocol == kProtoUdp && v4 && before == 0)) store16(l4 + check_at, apply_delta(before, forward.l4_checksum_delta));
-  }
-  // The outer source: the SNAT address.
-  uint8_t* outer = frame + p.l3_offset;
-  const uint32_t icmp_length = end - p.l4_offset;
-  auto* icmp = reinterpret_cast<icmp_header*>(frame + p.l4_offset);
-  icmp->checksum = 0;
-  if (v4) {
-    auto* ip = reinterpret_cast<ipv4_header*>(outer);
-    std::memcpy(&ip->source, forward.rewrite_address + 12, 4);
-    ip->checksum = 0;
-    ip->checksum = checksum(ip, p.l4_offset - p.l3_offset);
-    icmp->checksum = checksum(icmp, icmp_length);
-  } else {
-    auto* ip = reinterpret_cast<ipv6_header*>(outer);
-    std::memcpy(ip->source, forward.rewrite_address, 16);
-    icmp->checksum = checksum_fold(
-        checksum_partial(icmp, icmp_length, pseudo_header_sum_v6(ip->source, ip->destination, kProtoIcmpv6, icmp_length)));
-  }
+  if (!w.flows.find_shared(key, hash_flow_key(key), w.now, w.timeouts, forward) ||
+      forward.direction != flow_direction::forward)
+    return false;
+  // The quoted packet: destination to the SNAT address and port (identifier), its
+  // transport checksum as the forward entry's rewrite moves it; the outer source: the
+  // SNAT address.
+  std::memcpy(frame + q.destination_at(), forward.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
+  store16(frame + q.destination_port_at(), to_net16(forward.rewrite_port));
+  adjust_quoted_checksum(frame, q, forward.l4_checksum_delta);
+  std::memcpy(frame + p.l3_offset + (q.v4 ? offsetof(ipv4_header, source) : offsetof(ipv6_header, source)),
+              forward.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
+  finish_icmp_error(frame, p, q);
   return true;
 }
 

@@ -29,7 +29,7 @@
 // (kEgressForwardSearchesHz); the rest gets a new port (the outside sees a new peer).
 // Replies: a reply's destination port names the slice and so the worker that owns its
 // flow; a reply that reaches another worker is handed to the owner (worker_handoff.h).
-// Only ICMP errors about a flow read another worker's entry (find_shared, never a write).
+// An ICMP error about an egress flow reaches the flow's owner too (its quote names it).
 #pragma once
 
 #include "dataplane/pipeline_internal.h"

@@ -9,8 +9,7 @@
 //
 // With several workers every packet of a flow is processed by the worker that owns it
 // (dataplane/worker_handoff.h). Other threads still read entries through find_shared and
-// read (the control thread's status, flows query and hand-over export; a worker
-// translating an ICMP error about another worker's flow): every write by the owner is
+// read (the control thread's status, flows query and hand-over export): every write by the owner is
 // bracketed by a sequence counter (a seqlock), so a reader sees either a whole entry or
 // retries, never a torn one. Only the owner writes.
 #pragma once

@@ -1,6 +1,7 @@
 // Translation of ICMP errors about service flows (icmp_error_nat.h).
 #include "dataplane/icmp_error_nat.h"
 
+#include "dataplane/icmp_quote.h"
 #include "dataplane/nat.h"
 
 namespace meshlane::detail {
@@ -26,47 +27,22 @@ void write_address(bool v4, uint8_t* at, const uint8_t address[16]) {
 
 bool translate_icmp_error(worker_state& w, const forwarding_tables& t, uint8_t* frame, const parsed_packet& p,
                           lb_outcome& outcome) {
-  const bool v4 = p.l3 == l3_kind::ipv4;
-  if (!is_icmp_error(v4, frame[p.l4_offset])) return false;
-  const uint8_t* end = frame + p.l3_offset + p.l3_length;
-  uint8_t* quoted = frame + p.l4_offset + sizeof(icmp_header);
-  // The quoted header, whole, and its first 8 transport bytes (ports, UDP's checksum):
-  // what RFC 792 promises and every router sends.
-  uint32_t quoted_l3_length;
-  uint8_t protocol;
-  size_t source_at, destination_at;
-  if (v4) {
-    if (quoted + sizeof(ipv4_header) > end || (quoted[0] >> 4) != 4) return false;
-    quoted_l3_length = (quoted[0] & 0x0f) * 4u;
-    if (quoted_l3_length < sizeof(ipv4_header)) return false;
-    protocol = quoted[offsetof(ipv4_header, protocol)];
-    source_at = offsetof(ipv4_header, source);
-    destination_at = offsetof(ipv4_header, destination);
-  } else {
-    if (quoted + sizeof(ipv6_header) > end || (quoted[0] >> 4) != 6) return false;
-    quoted_l3_length = sizeof(ipv6_header);  // extension headers: not a flow of ours
-    protocol = quoted[offsetof(ipv6_header, next_header)];
-    source_at = offsetof(ipv6_header, source);
-    destination_at = offsetof(ipv6_header, destination);
-  }
-  if (protocol != kProtoTcp && protocol != kProtoUdp) return false;
-  uint8_t* quoted_l4 = quoted + quoted_l3_length;
-  if (quoted_l4 + 8 > end) return false;
+  icmp_quote q;
+  if (!read_icmp_error_quote(frame, p, q) || q.echo) return false;
+  const bool v4 = q.v4;
 
   // The quoted packet went one way; the error goes the other way, as that flow's packets
-  // in this direction do: their key is the quote's tuple turned around.
+  // in this direction do: their key is the quote's tuple turned around. This worker owns
+  // that flow (worker_handoff.h reads the same quote).
   flow_key key{};
-  read_address(v4, quoted + destination_at, key.source);
-  read_address(v4, quoted + source_at, key.destination);
-  key.source_port = from_net16(load16(quoted_l4 + 2));
-  key.destination_port = from_net16(load16(quoted_l4));
-  key.protocol = protocol;
+  read_address(v4, frame + q.destination_at(), key.source);
+  read_address(v4, frame + q.source_at(), key.destination);
+  key.source_port = q.destination_port(frame);
+  key.destination_port = q.source_port(frame);
+  key.protocol = q.protocol;
   const uint64_t hash = hash_flow_key(key);
   flow_entry e;
-  bool found = w.flows.find_shared(key, hash, w.now, w.timeouts, e);
-  for (size_t i = 0; !found && i < w.peer_flows.size(); ++i)
-    found = w.peer_flows[i]->find_shared(key, hash, w.now, w.timeouts, e);
-  if (!found || (e.flags & kFlowEgress)) return false;
+  if (!w.flows.find_shared(key, hash, w.now, w.timeouts, e) || (e.flags & kFlowEgress)) return false;
 
   // Where a packet of this direction ends up: a forward entry rewrites its destination
   // (DNAT to the backend), a reverse one its source (back to the VIP); with a second
@@ -91,25 +67,13 @@ bool translate_icmp_error(worker_state& w, const forwarding_tables& t, uint8_t* 
   deltas.address(key.source, new_source);
   deltas.port(key.destination_port, new_destination_port);
   deltas.port(key.source_port, new_source_port);
-  write_address(v4, quoted + source_at, new_destination);
-  write_address(v4, quoted + destination_at, new_source);
-  store16(quoted_l4, to_net16(new_destination_port));
-  store16(quoted_l4 + 2, to_net16(new_source_port));
-  if (v4) {
-    auto* header = reinterpret_cast<ipv4_header*>(quoted);
-    header->checksum = 0;
-    header->checksum = checksum(header, quoted_l3_length);
-  }
-  // The quoted transport checksum, when the quote holds it (UDP's always, TCP's when the
-  // sender quoted more than 8 bytes); an IPv4 UDP checksum of zero means none.
-  const size_t check_at = protocol == kProtoTcp ? offsetof(tcp_header, checksum) : offsetof(udp_header, checksum);
-  if (quoted_l4 + check_at + 2 <= end) {
-    flow_entry sums{};
-    deltas.store(sums);
-    const uint16_t before = load16(quoted_l4 + check_at);
-    if (!(v4 && protocol == kProtoUdp && before == 0))
-      store16(quoted_l4 + check_at, apply_delta(before, sums.l4_checksum_delta));
-  }
+  write_address(v4, frame + q.source_at(), new_destination);
+  write_address(v4, frame + q.destination_at(), new_source);
+  store16(frame + q.source_port_at(), to_net16(new_destination_port));
+  store16(frame + q.destination_port_at(), to_net16(new_source_port));
+  flow_entry sums{};
+  deltas.store(sums);
+  adjust_quoted_checksum(frame, q, sums.l4_checksum_delta);
 
   // The error itself: to this direction's new destination when it was sent to the
   // quoted packet's source (it always is, but for a forged one); from this direction's
@@ -123,19 +87,7 @@ bool translate_icmp_error(worker_state& w, const forwarding_tables& t, uint8_t* 
   if (std::memcmp(outer_address, key.destination, 16) == 0) write_address(v4, outer + outer_destination_at, new_destination);
   read_address(v4, outer + outer_source_at, outer_address);
   if (std::memcmp(outer_address, key.source, 16) == 0) write_address(v4, outer + outer_source_at, new_source);
-  const uint32_t icmp_length = p.l3_offset + p.l3_length - p.l4_offset;
-  auto* icmp = reinterpret_cast<icmp_header*>(frame + p.l4_offset);
-  icmp->checksum = 0;
-  if (v4) {
-    auto* header = reinterpret_cast<ipv4_header*>(outer);
-    header->checksum = 0;
-    header->checksum = checksum(header, p.l4_offset - p.l3_offset);
-    icmp->checksum = checksum(icmp, icmp_length);
-  } else {
-    const auto* header = reinterpret_cast<const ipv6_header*>(outer);
-    icmp->checksum = checksum_fold(checksum_partial(
-        icmp, icmp_length, pseudo_header_sum_v6(header->source, header->destination, kProtoIcmpv6, icmp_length)));
-  }
+  finish_icmp_error(frame, p, q);
 
   outcome.service_flow = true;
   outcome.key = key;

@@ -16,7 +16,7 @@
 namespace meshlane::detail {
 
 // When the ICMP packet `p` in `frame` is an error quoting a TCP or UDP packet of a
-// service flow known to this worker or read from another's shard, rewrites it (quoted
+// service flow this worker owns (worker_handoff.h hands errors to their flow's owner), rewrites it (quoted
 // addresses, ports and checksums, the error's destination and, when it came from the
 // quoted packet's destination, its source; IPv4 header and ICMP checksums) and fills
 // `outcome` as a hit on the flow would (service_flow, key, flow_hash, last_hop_mac).

@@ -397,11 +397,6 @@ struct worker_state {
   uint16_t tx_queue = 0;
   uint16_t workers = 1;  // in the pool
   flow_table flows;
-  // The other workers' shards, read (flow_table::find_shared, never written) only to
-  // translate an ICMP error about a flow another worker owns (icmp_error_nat.h,
-  // egress_snat.cpp): every other packet of a flow is processed by its owner
-  // (worker_handoff.h).
-  std::vector<const flow_table*> peer_flows;
   // Flow ownership (worker_handoff.h): this worker's inbox (many producers, one
   // consumer: this worker), every worker's inbox by index, and the packets staged for
   // each other worker in this poll (with the owners that have some, in staging order).

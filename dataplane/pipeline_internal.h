@@ -31,6 +31,12 @@ using namespace wire;
   return v;
 }
 [[gnu::always_inline]] inline void store16(uint8_t* p, uint16_t v) { std::memcpy(p, &v, 2); }
+// Four bytes as they are (an IPv4 address stays in network order).
+[[gnu::always_inline]] inline uint32_t load32(const uint8_t* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
 
 // RFC 1624 eqn. 3 with the sum of ~m + m' over the changed words precomputed (a flow's
 // rewrite, a TTL step): HC' = ~(~HC + delta).

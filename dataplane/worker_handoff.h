@@ -15,8 +15,10 @@
 // owner of its first packet (rule 1), which lends one of its own ports, so that its
 // replies (rule 2 or 3) come back to it. Policy records (policy_path.h) see no NAT and
 // take rule 4 or 5. ICMP echoes use their identifier as both ports (as the flow table
-// does); other ICMP (errors, translated by icmp_error_nat.h with a read of whichever
-// worker's table holds the quoted flow) and other protocols stay where they arrive.
+// does). An ICMP error goes to the owner of the flow it quotes (icmp_quote.h): the
+// quoted packet's tuple turned around, the way the error travels, is that flow's tuple in
+// the error's direction, so the translation (icmp_error_nat.h, egress_snat.cpp) reads the
+// owner's own table. Other ICMP and other protocols stay where they arrive.
 // UDP and echoes without policy or egress keep no state outside service flows (rules
 // 1-4): rule 5 leaves them where they arrive.
 //
@@ -39,6 +41,7 @@
 #include <algorithm>
 
 #include "dataplane/egress_snat.h"
+#include "dataplane/icmp_quote.h"
 #include "dataplane/pipeline_internal.h"
 #include "dataplane/service_lb.h"
 
@@ -182,6 +185,33 @@ inline uint32_t flow_owner(const forwarding_tables& t, const flow_key& key, uint
   return flow_owner(t, k, workers);
 }
 
+// The owner of the flow an ICMP error quotes (kAnyWorker: no error, or no quote of a TCP,
+// UDP or echo packet). Out of line: errors are rare.
+[[gnu::noinline]] inline uint32_t quote_owner(const forwarding_tables& t, const uint8_t* frame, const parsed_packet& p,
+                                              uint32_t workers) {
+  icmp_quote q;
+  if (!read_icmp_error_quote(frame, p, q)) return kAnyWorker;
+  owner_tuple k;
+  k.v4 = q.v4;
+  k.protocol = q.protocol;
+  k.source_port = q.destination_port(frame);
+  k.destination_port = q.source_port(frame);
+  const uint8_t* source = frame + q.destination_at();
+  const uint8_t* destination = frame + q.source_at();
+  if (q.v4) {
+    k.source4 = load32(source);
+    k.destination4 = load32(destination);
+  } else if (address_v6(source).is_v4()) {  // as packet_owner hashes an IPv4-mapped packet
+    k.v4 = true;
+    k.source4 = load32(source + 12);
+    k.destination4 = load32(destination + 12);
+  } else {
+    k.source6 = source;
+    k.destination6 = destination;
+  }
+  return flow_owner(t, k, workers);
+}
+
 // The owner of a parsed packet's flow (kAnyWorker: any worker may process it).
 [[gnu::always_inline]] inline uint32_t packet_owner(const forwarding_tables& t, const uint8_t* frame,
                                                     const parsed_packet& p, uint32_t workers) {
@@ -191,7 +221,7 @@ inline uint32_t flow_owner(const forwarding_tables& t, const flow_key& key, uint
     const uint8_t type = frame[p.l4_offset];
     const bool echo = p.l4_protocol == kProtoIcmp ? (type == kIcmpEchoRequest || type == kIcmpEchoReply)
                                                   : (type == kIcmpv6EchoRequest || type == kIcmpv6EchoReply);
-    if (!echo) return kAnyWorker;
+    if (!echo) return quote_owner(t, frame, p, workers);
   }
   owner_tuple k;
   k.protocol = p.l4_protocol;

@@ -286,9 +286,6 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     pool->workers_.push_back(std::move(state));
   }
   pool->esp_ = std::make_unique<esp_sa_registry>(workers);
-  for (auto& w : pool->workers_)
-    for (auto& other : pool->workers_)
-      if (other != w) w->peer_flows.push_back(&other->flows);
   // Flow ownership (worker_handoff.h): one inbox per worker, many producers and one
   // consumer, and the mbuf field that carries what the receiver knew.
   if (workers > 1) {

@@ -360,8 +360,6 @@ struct two_worker_world {
       w[i]->outbox_pending.reserve(2);
     }
     for (uint16_t i = 0; i < 2; ++i) w[i]->inboxes = {w[0]->inbox, w[1]->inbox};
-    w[0]->peer_flows = {&w[1]->flows};
-    w[1]->peer_flows = {&w[0]->flows};
     testing::l4_spec ack;
     ack.protocol = kProtoTcp;
     ack.destination_port = 80;

@@ -3,7 +3,8 @@
 // a frame. Replies forced onto the worker that does not own their flow come out NATed,
 // and keep their flow alive (they are the owner's packets: the owner's table sees them),
 // for service DNAT, ingress (local backend, and source NAT to another node's backend)
-// and egress SNAT; a full inbox drops and counts.
+// and egress SNAT; ICMP errors reach the owner of the flow they quote; a full inbox drops
+// and counts.
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -167,6 +168,36 @@ TEST_F(golden_two_workers, SourceNatedIngressRepliesOnTheOtherWorkerReachTheLend
   EXPECT_EQ(live(static_cast<uint16_t>(1 - lender)), 0u);
 }
 
+// An ICMP error goes to the owner of the flow it quotes (icmp_quote.h): the backend's
+// "port unreachable" about the client's segment, received by the worker that does not
+// own the flow, is translated by the owner from its own table (no worker reads another's).
+TEST_F(golden_two_workers, AnIcmpErrorOnTheOtherWorkerIsTranslatedByTheOwnerOfTheFlowItQuotes) {
+  learn_pod_macs();
+  // client -> local:80 (198.19.128.11, backend web-a 198.18.1.20:8080).
+  send_via(client, 0, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"),
+                                 tcp_to(80, 40005, kTcpSyn)));
+  ASSERT_FALSE(receive(web).empty());
+  const uint16_t o = owner();
+  const uint16_t other = static_cast<uint16_t>(1 - o);
+  const uint64_t handed_before = pool_->worker(other).handed_off.get();
+  // The backend's error quotes the segment as it saw it: client -> backend.
+  const bytes quoted = ip_packet_of(
+      ipv4_frame(kClientMac, kWebPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080, 40005, kTcpSyn)));
+  send_via(web, other, icmp_error_frame_v4(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
+                                           kIcmpDestinationUnreachable, 3, 0, quoted));
+  const bytes got = receive(client);
+  ASSERT_FALSE(got.empty());
+  constexpr size_t kQuote = kL4 + 8;
+  EXPECT_EQ(net32_at(got, kIp4 + 12), ip4("198.19.128.11"));  // from the VIP, as the client expects
+  EXPECT_EQ(net32_at(got, kQuote + 16), ip4("198.19.128.11"));
+  EXPECT_EQ(u16_at(got, kQuote + 22), 80);
+  EXPECT_EQ(verify_checksums(got), "");
+  EXPECT_EQ(pool_->worker(other).handed_off.get(), handed_before + 1);
+  EXPECT_EQ(pool_->worker(o).icmp_errors_translated.get(), 1u);
+  EXPECT_EQ(pool_->worker(other).icmp_errors_translated.get(), 0u);
+  EXPECT_EQ(live(other), 0u);
+}
+
 TEST_F(golden_two_workers, AFullInboxDropsWhatItCannotTakeAndCountsIt) {
   pool_.reset();
   TearDown();
@@ -238,6 +269,43 @@ TEST_F(golden_two_workers_egress, SnatRepliesOnTheOtherWorkerAreNatedBackByThePo
   const bytes again = receive(uplink);
   ASSERT_FALSE(again.empty());
   EXPECT_EQ(u16_at(again, kL4), port);
+}
+
+// ICMP errors about an egress flow in both directions, received by the worker that does
+// not own it: the router's "fragmentation needed" to the SNAT address reaches the pod,
+// the pod's "port unreachable" about a reply leaves from the SNAT address and port.
+TEST_F(golden_two_workers_egress, IcmpErrorsAboutASnatFlowOnTheOtherWorkerAreTranslatedByItsOwner) {
+  send_via(client, 0, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(kOutside), udp_to(443, 51000)));
+  const bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  const uint16_t port = u16_at(out, kL4);
+  const uint16_t o = owner();
+  const uint16_t other = static_cast<uint16_t>(1 - o);
+  constexpr size_t kQuote = kL4 + 8;
+  // Inbound: the router quotes the datagram as it left (SNAT address:port -> outside).
+  send_via(uplink, other,
+           icmp_error_frame_v4(kRouterMac, kUplinkMac, ip4("198.19.0.254"), ip4("198.19.0.1"),
+                               kIcmpDestinationUnreachable, kIcmpFragmentationNeeded, htonl(1400), ip_packet_of(out)));
+  const bytes in = receive(client);
+  ASSERT_FALSE(in.empty());
+  EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.10"));
+  EXPECT_EQ(net32_at(in, kQuote + 12), ip4("198.18.1.10"));
+  EXPECT_EQ(u16_at(in, kQuote + 20), 51000);
+  EXPECT_EQ(verify_checksums(in), "");
+  // Outbound: the pod quotes a reply as it reached it (outside -> pod).
+  const bytes reply_as_received =
+      ipv4_frame(kClientPortMac, kClientMac, ip4(kOutside), ip4("198.18.1.10"), udp_to(51000, 443));
+  send_via(client, other,
+           icmp_error_frame_v4(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(kOutside),
+                               kIcmpDestinationUnreachable, 3, 0, ip_packet_of(reply_as_received)));
+  const bytes error_out = receive(uplink);
+  ASSERT_FALSE(error_out.empty());
+  EXPECT_EQ(net32_at(error_out, kIp4 + 12), ip4("198.19.0.1"));
+  EXPECT_EQ(net32_at(error_out, kQuote + 16), ip4("198.19.0.1"));
+  EXPECT_EQ(u16_at(error_out, kQuote + 22), port);
+  EXPECT_EQ(verify_checksums(error_out), "");
+  EXPECT_GE(pool_->worker(other).handed_off.get(), 2u);
+  EXPECT_EQ(live(other), 0u);
 }
 
 }  // namespace
