@@ -54,8 +54,8 @@ handover_state worker_pool::export_handover() const {
       f.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>(left / (hz / 1000), UINT32_MAX));
       f.entry = e;
       f.entry.version = 0, f.entry.last_seen = 0, f.entry.backend_slot = 0;
-      if (e.backend_slot < slot_names_.backends.size())
-        f.backend = slot_names_.backends[e.backend_slot];
+      if (e.backend_slot < slot_names_.backends.size() && !slot_names_.backend_free(e.backend_slot))
+        f.backend = slot_names_.backend_name(e.backend_slot);
       if (e.flags & kFlowSecondRewrite) lent.insert(lent_port_of(e));
       out.flows.push_back(std::move(f));
     }

@@ -170,8 +170,9 @@ namespace {
 uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
 
 // The slot of `name`: its own, a freed one, or a new one at the end.
-uint32_t slot_for(std::vector<std::string>& names, std::unordered_map<std::string, uint32_t>& index,
-                  std::vector<uint32_t>& free_slots, std::vector<uint8_t>& in_tables, const std::string& name) {
+template <typename Name, typename Index>
+uint32_t slot_for(std::vector<Name>& names, Index& index, std::vector<uint32_t>& free_slots,
+                  std::vector<uint8_t>& in_tables, const Name& name) {
   uint32_t slot;
   if (auto it = index.find(name); it != index.end()) {
     slot = it->second;
@@ -331,17 +332,20 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     out.service_slot.push_back(slot);
   }
   out.backend_slot.resize(s.backend_total);
+  if (slots.backend_index.bucket_count() < s.backend_total) slots.backend_index.reserve(s.backend_total);
   for (size_t service_index = 0; service_index < s.services.size(); ++service_index) {
     const table_service& service = s.services[service_index];
+    backend_slot_key key;
+    key.service_slot = out.service_slot[service_index];
     for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
       const table_backend& backend = service.compiled->backends[b - service.first_backend];
-      const uint32_t slot = slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables,
-                                     service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port));
+      key.ip = backend.ip.bytes;
+      key.port = backend.port;
+      const uint32_t slot =
+          slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables, key);
       if (slot >= kMaxBackendSlots)
         return "more than " + std::to_string(kMaxBackendSlots) + " backends at once (published or with live flows)";
       out.backend_slot[b] = slot;
-      slots.backend_service.resize(slots.backends.size());
-      slots.backend_service[slot] = out.service_slot[service_index];
     }
   }
   out.egress = build_egress_forwarding(s, out.pod_port);  // issue 18
@@ -358,6 +362,12 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
 }
 
 // --- counter slots ---
+
+std::string counter_slot_names::backend_address(size_t slot) const {
+  ip_address ip;
+  ip.bytes = backends[slot].ip;
+  return ip.to_string() + ":" + std::to_string(backends[slot].port);
+}
 
 void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::unique_ptr<worker_state>>& workers,
                            uint64_t now, const flow_timeouts& timeouts) {
@@ -376,13 +386,13 @@ void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::uni
   }
   std::vector<uint8_t> service_used(slots.services.size(), 0);
   for (uint32_t b = 0; b < slots.backends.size(); ++b) {
-    if (slots.backends[b].empty()) continue;
+    if (slots.backend_free(b)) continue;
     if (b < slots.backend_in_tables.size() && slots.backend_in_tables[b]) {
-      service_used[slots.backend_service[b]] = 1;
+      service_used[slots.backends[b].service_slot] = 1;
       continue;
     }
     if (referenced[b]) {  // a flow to a backend that left drains on, counted
-      service_used[slots.backend_service[b]] = 1;
+      service_used[slots.backends[b].service_slot] = 1;
       continue;
     }
     for (const auto& w : workers) {  // no worker writes this slot any more
@@ -391,7 +401,7 @@ void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::uni
       w->backend[b].new_flows.value.store(0, std::memory_order_relaxed);
     }
     slots.backend_index.erase(slots.backends[b]);
-    slots.backends[b].clear();
+    slots.backends[b] = backend_slot_key{};
     slots.free_backends.push_back(b);
   }
   for (uint32_t s = 0; s < slots.services.size(); ++s) {
@@ -406,8 +416,9 @@ void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::uni
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
                                               const counter_slot_names& slots) {
   std::vector<lb_counters_sum> sums(slots.services.size());
-  for (size_t b = 0; b < slots.backend_service.size(); ++b) {
-    lb_counters_sum& sum = sums[slots.backend_service[b]];
+  for (size_t b = 0; b < slots.backends.size(); ++b) {
+    if (slots.backend_free(b)) continue;
+    lb_counters_sum& sum = sums[slots.backends[b].service_slot];
     for (const auto& w : workers) {
       sum.packets += w->backend[b].packets.get();
       sum.bytes += w->backend[b].bytes.get();

@@ -13,6 +13,7 @@
 
 #include <rte_mbuf.h>
 #include <rte_ring.h>
+#include <sys/mman.h>
 
 #include <algorithm>
 #include <array>
@@ -22,9 +23,11 @@
 #include <memory>
 #include <string>
 #include <tuple>
+#include <type_traits>
 #include <unordered_map>
 #include <vector>
 
+#include "control/connect_lb_limits.h"
 #include "control/snapshot.h"
 #include "dataplane/egress_tables.h"
 #include "dataplane/esp_routes.h"
@@ -39,10 +42,14 @@ namespace meshlane {
 inline constexpr uint16_t kMaxPorts = RTE_MAX_ETHPORTS;
 inline constexpr uint16_t kMaxBurst = 512;
 // Counter slots (see counter_slot_names): services at once, and backends summed over
-// services (a backend of two services has two). Each worker holds 24 bytes of counters
-// per backend slot (3 MiB); a service's counters are its backends' sums.
-inline constexpr uint32_t kMaxServiceSlots = 1u << 17;
-inline constexpr uint32_t kMaxBackendSlots = 1u << 17;
+// services (a backend of two services has two), published or with live flows: as many as
+// the eBPF load balancer and the validation accept (control/connect_lb_limits.h), so that
+// a document of Kubernetes' scale (100,000 services of 16 backends) that validates is
+// never refused by the workers. Each worker has 24 bytes of counters per backend slot
+// (48 MiB of address space, backend_counter_array), committed as slots are used; a
+// service's counters are its backends' sums.
+inline constexpr uint32_t kMaxServiceSlots = connect_lb::kMaxFrontends;
+inline constexpr uint32_t kMaxBackendSlots = connect_lb::kMaxBackendEntries;
 // VNI of the pod overlay. One overlay per cluster; RFC 8926 section 3.4 leaves the
 // meaning of the VNI to the operator.
 inline constexpr uint32_t kOverlayVni = 1;
@@ -66,6 +73,30 @@ struct lb_counters {
 };
 struct lb_counters_sum {
   uint64_t packets = 0, bytes = 0, new_flows = 0;
+};
+
+// One worker's counters of every backend slot, in anonymous memory that the kernel
+// commits a page (170 slots) at a time when a slot is first counted: a worker of a small
+// node holds a few pages, not 48 MiB. Its bytes start zero, which is what a zero counter
+// is (std::atomic<uint64_t> holds its value and nothing else, checked below).
+class backend_counter_array {
+ public:
+  static_assert(sizeof(lb_counters) == 3 * sizeof(uint64_t) && std::is_trivially_destructible_v<lb_counters>);
+  backend_counter_array() {
+    void* memory = mmap(nullptr, bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (memory == MAP_FAILED) throw std::bad_alloc();
+    slots_ = static_cast<lb_counters*>(memory);
+  }
+  ~backend_counter_array() { munmap(slots_, bytes()); }
+  backend_counter_array(const backend_counter_array&) = delete;
+  backend_counter_array& operator=(const backend_counter_array&) = delete;
+
+  [[gnu::always_inline]] lb_counters& operator[](size_t slot) { return slots_[slot]; }
+  [[gnu::always_inline]] const lb_counters& operator[](size_t slot) const { return slots_[slot]; }
+
+ private:
+  static constexpr size_t bytes() { return size_t{kMaxBackendSlots} * sizeof(lb_counters); }
+  lb_counters* slots_ = nullptr;
 };
 
 enum class port_role : uint8_t { unused = 0, uplink, pod };
@@ -420,7 +451,7 @@ struct worker_state {
 
   std::array<traffic_counters, kMaxPorts> port_rx, port_tx;
   std::array<counter, kDropReasonCount> drops;
-  std::array<lb_counters, kMaxBackendSlots> backend;  // services: see service_counters
+  backend_counter_array backend;  // services: see service_counters
   counter bursts, busy_polls, idle_polls;
   counter geneve_encapsulated, geneve_decapsulated, icmp_generated, neighbour_messages;
   counter esp_encapsulated, esp_decapsulated;
@@ -522,18 +553,44 @@ flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 // live flow refers to any more is freed for the next name (reclaim_counter_slots), so
 // pods and backends that come and go do not grow the counters without bound. Read by
 // the control thread under the worker pool's lock; written only at publish.
+// What a backend counter slot counts: one backend (address and port) of one service (its
+// slot). Fixed-size, so that giving 1.6 million backends their slots at a publish hashes
+// 24 bytes each and builds no string (names are made when a reader asks).
+struct backend_slot_key {
+  std::array<uint8_t, 16> ip{};
+  uint32_t service_slot = UINT32_MAX;  // UINT32_MAX: the slot is free
+  uint16_t port = 0;
+  bool operator==(const backend_slot_key&) const = default;
+};
+struct backend_slot_key_hash {
+  size_t operator()(const backend_slot_key& k) const {
+    uint64_t a, b;
+    std::memcpy(&a, k.ip.data(), 8);
+    std::memcpy(&b, k.ip.data() + 8, 8);
+    uint64_t h = (a ^ (uint64_t{k.service_slot} << 16 | k.port)) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ (h >> 29) ^ b) * 0xbf58476d1ce4e5b9ull;
+    return static_cast<size_t>(h ^ (h >> 32));
+  }
+};
+
 struct counter_slot_names {
   std::vector<std::string> services;  // slot -> "service name"; "" when free
-  std::vector<std::string> backends;  // slot -> "service/ip:port"; "" when free
-  std::vector<uint32_t> backend_service;  // backend slot -> its service's slot
+  std::vector<backend_slot_key> backends;  // slot -> what it counts (service_slot UINT32_MAX: free)
   // Whether the last tables built name the slot (build_forwarding_tables sets these).
   std::vector<uint8_t> service_in_tables, backend_in_tables;
   std::vector<uint32_t> free_services, free_backends;
-  std::unordered_map<std::string, uint32_t> service_index, backend_index;  // name -> slot
+  std::unordered_map<std::string, uint32_t> service_index;  // name -> slot
+  std::unordered_map<backend_slot_key, uint32_t, backend_slot_key_hash> backend_index;
   policy_slot_names policies;  // deny counters' slots (issue 16); never freed, at most kMaxPolicySlots
   policy_slot_names external_services;  // issue 18: new-flow counters' slots, never freed
   size_t live_backends() const { return backend_index.size(); }
   size_t live_services() const { return service_index.size(); }
+  bool backend_free(size_t slot) const { return backends[slot].service_slot == UINT32_MAX; }
+  // The service name of a live backend slot, and its "ip:port" (the metrics' labels);
+  // "service/ip:port" together (the hand-over's name of a flow's backend).
+  const std::string& backend_service_name(size_t slot) const { return services[backends[slot].service_slot]; }
+  std::string backend_address(size_t slot) const;
+  std::string backend_name(size_t slot) const { return backend_service_name(slot) + "/" + backend_address(slot); }
 };
 
 // Builds the forwarding view of a snapshot for the given ports, giving every service

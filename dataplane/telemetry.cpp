@@ -37,12 +37,6 @@ std::string mac_text(const wire::mac_address& mac) {
   return text;
 }
 
-std::string split_backend(const std::string& slot_name, std::string& service) {
-  const auto slash = slot_name.find('/');
-  service = slot_name.substr(0, slash);
-  return slash == std::string::npos ? "" : slot_name.substr(slash + 1);
-}
-
 const char* role_text(port_role role) { return role == port_role::uplink ? "uplink" : "pod"; }
 
 // What the port's driver saw lost, read on the control thread at scrape time:
@@ -251,16 +245,15 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto backend_bytes = family("meshlane_dataplane_backend_bytes_total", "Bytes per service backend.");
     auto backend_flows = family("meshlane_dataplane_backend_new_flows_total", "New flows per service backend.");
     for (size_t b = 0; b < slot_names_.backends.size(); ++b) {
-      if (slot_names_.backends[b].empty()) continue;  // a freed slot
+      if (slot_names_.backend_free(b)) continue;
       uint64_t sums[3] = {};
       for (const auto& w : workers_) {
         sums[0] += w->backend[b].packets.get();
         sums[1] += w->backend[b].bytes.get();
         sums[2] += w->backend[b].new_flows.get();
       }
-      std::string service;
-      const std::string backend = split_backend(slot_names_.backends[b], service);
-      const std::vector<std::pair<std::string, std::string>> labels{{"service", service}, {"backend", backend}};
+      const std::vector<std::pair<std::string, std::string>> labels{{"service", slot_names_.backend_service_name(b)},
+                                                                    {"backend", slot_names_.backend_address(b)}};
       backend_packets.samples.push_back({labels, double(sums[0])});
       backend_bytes.samples.push_back({labels, double(sums[1])});
       backend_flows.samples.push_back({labels, double(sums[2])});
@@ -374,9 +367,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
         flow_entry entry;
         if (!w->flows.read(i, entry) || !entry.in_use || w->flows.expired(entry, now, timeouts)) continue;
         if (index++ < offset || rows.size() >= limit) continue;
-        std::string service;
-        const std::string backend = entry.backend_slot < slot_names_.backends.size()
-                                        ? split_backend(slot_names_.backends[entry.backend_slot], service) : "";
+        const bool named = entry.backend_slot < slot_names_.backends.size() && !slot_names_.backend_free(entry.backend_slot);
+        const std::string service = named ? slot_names_.backend_service_name(entry.backend_slot) : "";
+        const std::string backend = named ? slot_names_.backend_address(entry.backend_slot) : "";
         rows.push_back({{"worker", w->index},
                         {"direction", entry.direction == flow_direction::forward ? "forward" : "reverse"},
                         {"protocol", entry.protocol == wire::kProtoTcp   ? "tcp"

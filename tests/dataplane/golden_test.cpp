@@ -1544,5 +1544,56 @@ TEST_F(golden, EveryNodeKeepsItsOwnUnderlayMacAcrossPublishesUntilItLeaves) {
   EXPECT_EQ(outer_mac_to("198.18.3.20"), kBroadcastMac);
 }
 
+// Kubernetes' scale (issue 14): 100,000 services of 16 backends on 5,000 nodes, the
+// size the eBPF load balancer and the validation accept, publish into the workers too
+// (their backend counter slots once held 131,072), twice (the second publish reuses
+// every slot), and the last service's backends are reached.
+TEST_F(golden, AHundredThousandServicesOfSixteenBackendsPublishIntoTheWorkers) {
+  auto parsed = parse_desired_state(kNode1Document);
+  ASSERT_TRUE(parsed.state);
+  desired_state state = *parsed.state;
+  constexpr int kNodes = 5000, kServices = 100000, kBackends = 16;
+  for (int n = 3; n <= kNodes; ++n) {
+    node_spec node;
+    node.name = "node" + std::to_string(n);
+    node.underlay_ip = ip_address::from_v4(0x64400000u + static_cast<uint32_t>(n));      // 100.64.x.y
+    node.pod_cidr = ip_prefix{ip_address::from_v4(0x0a000000u + (static_cast<uint32_t>(n) << 8)), 24};  // 10.x.y.0/24
+    state.peers.push_back(node);
+  }
+  for (int i = 0; i < kServices; ++i) {
+    service_spec service;
+    service.name = "svc" + std::to_string(i);
+    service.vip = ip_address::from_v4(0xc6138000u + static_cast<uint32_t>(i / 4));  // 198.19.128.0/17
+    service.ports.push_back(service_port{"", static_cast<uint16_t>(1000 + i % 4), l4_protocol::tcp, 0});
+    for (int b = 0; b < kBackends; ++b) {
+      const int node = 3 + (i * kBackends + b) % (kNodes - 2);
+      backend_spec backend;
+      backend.ip = ip_address::from_v4(0x0a000000u + (static_cast<uint32_t>(node) << 8) + 2 + b);
+      backend.port = 8080;
+      backend.node = "node" + std::to_string(node);
+      service.backends.push_back(backend);
+    }
+    state.services.push_back(std::move(service));
+  }
+  const auto started = std::chrono::steady_clock::now();
+  auto tables = compile_tables(state, 2);
+  const auto compiled = std::chrono::steady_clock::now();
+  ASSERT_EQ(pool_->install(tables), "");
+  const auto installed = std::chrono::steady_clock::now();
+  ASSERT_EQ(pool_->install(compile_tables(state, 3)), "");
+  const auto again = std::chrono::steady_clock::now();
+  auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
+  std::printf("compile %.0f ms, first install %.0f ms, second compile + install %.0f ms\n", ms(started, compiled),
+              ms(compiled, installed), ms(installed, again));
+  learn_pod_macs();
+  // The last service (svc99999: 198.19.225.167:1003): to a backend on another node.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.225.167"), tcp_to(1003)));
+  const bytes out = receive(uplink);
+  ASSERT_GT(out.size(), kGeneveOverhead);
+  const bytes inner(out.begin() + kGeneveOverhead, out.end());
+  EXPECT_EQ(inner[kIp4 + 16], 10);  // a backend in 10.0.0.0/8
+  EXPECT_EQ(u16_at(inner, kL4 + 2), 8080);
+}
+
 }  // namespace
 }  // namespace meshlane::testing
