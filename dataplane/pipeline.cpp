@@ -385,6 +385,7 @@ void flush_handoff(worker_state& w, uint32_t owner) {
   const unsigned sent =
       rte_ring_enqueue_burst(w.inboxes[owner], reinterpret_cast<void* const*>(stage.frames.data()), stage.count, nullptr);
   w.handed_off.add(sent);
+  if (sent && owner < w.wakeups.size() && w.wakeups[owner]->wake()) w.handoff_wakeups.add(1);
   for (unsigned i = sent; i < stage.count; ++i) {
     w.drops[static_cast<unsigned>(drop_reason::handoff_ring_full)].add(1);
     rte_pktmbuf_free(stage.frames[i]);

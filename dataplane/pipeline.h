@@ -32,6 +32,7 @@
 #include "dataplane/egress_tables.h"
 #include "dataplane/esp_routes.h"
 #include "dataplane/flow_table.h"
+#include "dataplane/idle_wakeup.h"
 #include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
 #include "dataplane/packet_parser.h"
@@ -442,6 +443,12 @@ struct worker_state {
   std::vector<handoff_stage> outbox;
   std::vector<uint16_t> outbox_pending;  // reserved for every worker: no allocation when staging
   counter handed_off, handoffs_received;  // packets given to their owners, taken from others
+  // This worker's idle sleep (idle_wakeup.h), and every worker's by index (empty: none
+  // is woken, as when workers are driven by poll_once): a flush to an owner that sleeps
+  // wakes it, counted in handoff_wakeups.
+  idle_wakeup idle;
+  std::vector<idle_wakeup*> wakeups;
+  counter handoff_wakeups;
   // Shared by the pool's workers; null: IPv6 ingress to a backend on another node is
   // refused (no_route), and the reverse entries of IPv4 ones are not rebuilt after an
   // eviction.

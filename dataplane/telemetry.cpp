@@ -265,18 +265,21 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto handoffs = family("meshlane_dataplane_handoffs_total",
                            "Packets a worker handed to the worker that owns their flow (sent), and took from "
                            "the others (received); a full inbox is meshlane_dataplane_drops_total{reason=\"handoff_ring_full\"}.");
+    auto wakeups = family("meshlane_dataplane_handoff_wakeups_total",
+                          "Hand-offs after which the sending worker woke the owner from its idle sleep.");
     for (const auto& w : workers_) {
       evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
       handoffs.samples.push_back({{{"worker", std::to_string(w->index)}, {"direction", "sent"}}, double(w->handed_off.get())});
       handoffs.samples.push_back(
           {{{"worker", std::to_string(w->index)}, {"direction", "received"}}, double(w->handoffs_received.get())});
+      wakeups.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->handoff_wakeups.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
                     &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
-                    &backend_flows, &evictions, &restored, &handoffs})
+                    &backend_flows, &evictions, &restored, &handoffs, &wakeups})
       out.push_back(std::move(*f));
     esp_->collect(out);
   });

@@ -310,7 +310,10 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     }
     for (auto& w : pool->workers_) {
       w->workers = workers;
-      for (auto& other : pool->workers_) w->inboxes.push_back(other->inbox);
+      for (auto& other : pool->workers_) {
+        w->inboxes.push_back(other->inbox);
+        w->wakeups.push_back(&other->idle);
+      }
       w->outbox.resize(workers);
       w->outbox_pending.reserve(workers);
     }
@@ -677,7 +680,9 @@ int worker_pool::worker_main(uint16_t index) {
     if (rte_rdtsc() - last_packet > quiet_after) most = std::max(most, kQuietSleepUs);
     sleep_us = std::min(sleep_us ? sleep_us * 2 : kFirstSleepUs, most);
     rte_rcu_qsbr_thread_offline(rcu_, index);
-    rte_delay_us_sleep(sleep_us);
+    // Cut short when another worker hands this one packets (idle_wakeup.h).
+    worker_state& w = *workers_[index];
+    w.idle.sleep(sleep_us, [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
     rte_rcu_qsbr_thread_online(rcu_, index);
   }
   rte_rcu_qsbr_thread_offline(rcu_, index);
