@@ -15,6 +15,7 @@
 #include <map>
 #include <set>
 #include <sstream>
+#include <unordered_map>
 #include <vector>
 
 #include "control/connect_lb_limits.h"
@@ -319,11 +320,34 @@ kernel_check_report check_kernel_with(const std::string& bytes, const std::strin
 
 }  // namespace
 
+struct bytes_hash {
+  template <typename T>
+  size_t operator()(const T& value) const { return static_cast<size_t>(fnv1a64(&value, sizeof value)); }
+};
+struct bytes_equal {
+  template <typename T>
+  bool operator()(const T& a, const T& b) const { return std::memcmp(&a, &b, sizeof a) == 0; }
+};
+
+// What a service frontend's entry was last written from: its service's compiled backends
+// (shared by every snapshot in which they stay the same, control/snapshot.h), its target
+// port and the service's affinity. A frontend whose inputs are the ones it was written
+// from is unchanged without building its tables (backends, Maglev slots, their hash):
+// a delta that changes one service of 100,000 builds one service's tables.
+struct frontend_source {
+  std::shared_ptr<const service_backends> compiled;
+  uint16_t target_port = 0;
+  bool affinity = false;
+};
+
 // The writer's mirror of ml_services and ml_local_pods, so that a sync compares with
 // memory instead of reading the maps back.
 struct fast_path_mirror {
   std::map<ml_service_key, ml_service_value, bytes_less> services;
   std::map<ml_addr, uint32_t, bytes_less> pods;  // address -> ML_POD_* flags
+  // Internal services' frontends in `services` by what they were written from; cleared
+  // when a sync fails half-way (the next sync then builds every frontend's tables).
+  std::unordered_map<ml_service_key, frontend_source, bytes_hash, bytes_equal> sources;
 };
 
 fast_path::fast_path()
@@ -581,18 +605,27 @@ std::string fast_path::sync(const snapshot& tables) {
     mirror.pods[pod] = flags;
   }
 
-  // --- Service frontends.
+  // --- Service frontends: the tables of those that are new or whose sources changed.
   std::map<ml_service_key, frontend_tables, bytes_less> desired;
+  std::vector<std::pair<ml_service_key, frontend_source>> new_sources;
   for (const table_frontend& f : tables.frontends) {
     ml_service_key key{};
     key.vip = to_ml_addr(f.vip);
     key.port = f.port;
     key.protocol = static_cast<uint8_t>(f.protocol);
+    const table_service& service = tables.services[f.service_index];
+    auto written = mirror.sources.find(key);
+    if (written != mirror.sources.end() && written->second.compiled == service.compiled &&
+        written->second.target_port == f.target_port && written->second.affinity == service.session_affinity &&
+        mirror.services.count(key))
+      continue;
     desired[key] = tables_for(tables, f);
+    new_sources.emplace_back(key, frontend_source{service.compiled, f.target_port, service.session_affinity});
   }
   // External services that declare a VIP: frontends like an internal service's, whose
   // backends are the outside addresses (the connection then leaves through egress SNAT).
-  // Validation keeps their VIPs apart from every other service's.
+  // Validation keeps their VIPs apart from every other service's. Few: built every time.
+  std::set<ml_service_key, bytes_less> external_keys;
   for (const external_service_spec& external : tables.external_services) {
     if (!external.vip) continue;
     const std::vector<ip_address> addresses = external.vip_backends();
@@ -602,8 +635,24 @@ std::string fast_path::sync(const snapshot& tables) {
       key.port = port;
       key.protocol = static_cast<uint8_t>(external.protocol);
       desired[key] = external_tables_for(addresses, port);
+      external_keys.insert(key);
     }
   }
+  // Whether a written frontend is still one of these tables'.
+  auto still_wanted = [&](const ml_service_key& key) {
+    if (external_keys.count(key)) return true;
+    ip_address vip;
+    std::memcpy(vip.bytes.data(), key.vip.words, 16);
+    return tables.find_frontend(vip, key.port, static_cast<l4_protocol>(key.protocol)) != nullptr;
+  };
+  // A sync that fails half-way leaves entries the sources no longer describe.
+  struct forget_sources_on_failure {
+    fast_path_mirror& mirror;
+    bool done = false;
+    ~forget_sources_on_failure() {
+      if (!done) mirror.sources.clear();
+    }
+  } sources_guard{mirror};
 
   struct region {
     uint32_t backend_base, backend_count, slot_base, slot_length;
@@ -618,7 +667,7 @@ std::string fast_path::sync(const snapshot& tables) {
   {
     std::vector<ml_service_key> gone;
     for (const auto& [key, value] : mirror.services)
-      if (!desired.count(key)) gone.push_back(key);
+      if (!still_wanted(key)) gone.push_back(key);
     if (!gone.empty()) {
       uint32_t count = static_cast<uint32_t>(gone.size());
       if (bpf_map_delete_batch(services_fd_, gone.data(), &count, nullptr) != 0 && errno != ENOENT)
@@ -626,6 +675,7 @@ std::string fast_path::sync(const snapshot& tables) {
       for (const auto& key : gone) {
         to_release.push_back(region_of(mirror.services[key]));
         mirror.services.erase(key);
+        mirror.sources.erase(key);
       }
     }
   }
@@ -743,6 +793,8 @@ std::string fast_path::sync(const snapshot& tables) {
     return e;
   }
   if (std::string e = release_all(); !e.empty()) return e;
+  for (auto& [key, source] : new_sources) mirror.sources[key] = std::move(source);
+  sources_guard.done = true;
 
   // Pods last on the way out: services no longer name them.
   for (auto it = mirror.pods.begin(); it != mirror.pods.end();) {

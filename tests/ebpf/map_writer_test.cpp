@@ -243,8 +243,40 @@ TEST_F(MapWriter, ServicePortsUpToTheValidatorsLimitPublishAndAllChangeAtOnce) {
   ASSERT_EQ(backends.size(), 16u);
   EXPECT_EQ(backends[15].port, 8081);
   EXPECT_EQ(backends[15].cumulative_weight, 16u);
+  // A delta that changes one backend of one service (compile_delta shares every other
+  // service's compiled block): that frontend is rewritten, the others are not even built.
+  ml_service_value untouched_before;
+  ASSERT_TRUE(service_entry("198.19.128.0", untouched_before));
+  state.services[10783].backends[15].port = 9090;
+  const auto third = compile_delta(*second, state, {{"svc10783", &state.services[10783]}}, false, 3);
+  start = std::chrono::steady_clock::now();
+  ASSERT_EQ(path->sync(*third), "");
+  const double delta_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(service_entry("198.19.170.31", value));
+  EXPECT_EQ(backends_of(value)[15].port, 9090);
+  EXPECT_EQ(backends_of(value)[14].port, 8081);
+  ml_service_value untouched_after;
+  ASSERT_TRUE(service_entry("198.19.128.0", untouched_after));
+  EXPECT_EQ(untouched_after.backend_base, untouched_before.backend_base);
+  EXPECT_EQ(path->map_stats().services, kPorts);
+  // A full compile of the same state (new compiled blocks everywhere) writes nothing new.
+  start = std::chrono::steady_clock::now();
+  ASSERT_EQ(path->sync(*compile_tables(state, 4)), "");
+  const double same_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  ASSERT_TRUE(service_entry("198.19.170.31", value));
+  EXPECT_EQ(backends_of(value)[15].port, 9090);
+  ASSERT_TRUE(service_entry("198.19.128.0", untouched_after));
+  EXPECT_EQ(untouched_after.backend_base, untouched_before.backend_base);
+  // A delta that removes that service: its frontend goes.
+  desired_state without = state;
+  without.services.erase(without.services.begin() + 10783);
+  ASSERT_EQ(path->sync(*compile_delta(*compile_tables(state, 5), without, {{"svc10783", nullptr}}, false, 6)), "");
+  EXPECT_FALSE(service_entry("198.19.170.31", value));
+  EXPECT_EQ(path->map_stats().services, kPorts - 1);
   // Timing is reported, not asserted (perf/ measures it); it is printed for the log.
-  std::printf("%u frontends x 16 backends: publish %.3f s, full re-publish %.3f s\n", kPorts, publish_s, republish_s);
+  std::printf("%u frontends x 16 backends: publish %.3f s, full re-publish %.3f s, one-backend delta %.4f s, "
+              "same tables fully compiled again %.3f s\n",
+              kPorts, publish_s, republish_s, delta_s, same_s);
 }
 
 TEST_F(MapWriter, PinsOfAnotherBuildAreReplacedInPlaceKeepingWhatStillFits) {
