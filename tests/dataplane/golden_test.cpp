@@ -1580,11 +1580,13 @@ TEST_F(golden, AHundredThousandServicesOfSixteenBackendsPublishIntoTheWorkers) {
   const auto compiled = std::chrono::steady_clock::now();
   ASSERT_EQ(pool_->install(tables), "");
   const auto installed = std::chrono::steady_clock::now();
-  ASSERT_EQ(pool_->install(compile_tables(state, 3)), "");
+  auto recompiled = compile_tables(state, 3);
+  const auto second = std::chrono::steady_clock::now();
+  ASSERT_EQ(pool_->install(recompiled), "");
   const auto again = std::chrono::steady_clock::now();
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  std::printf("compile %.0f ms, first install %.0f ms, second compile + install %.0f ms\n", ms(started, compiled),
-              ms(compiled, installed), ms(installed, again));
+  std::printf("compile %.0f ms, first install %.0f ms, second install %.0f ms\n", ms(started, compiled),
+              ms(compiled, installed), ms(second, again));
   learn_pod_macs();
   // The last service (svc99999: 198.19.225.167:1003): to a backend on another node.
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.225.167"), tcp_to(1003)));
