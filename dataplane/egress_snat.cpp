@@ -267,10 +267,35 @@ void solicit_router(worker_state& w, const forwarding_tables& t, port_table& por
   transmit(w, ports.uplink_port, request);
 }
 
+// The ICMP error `p` (quote `q`) about the egress flow whose entry in `direction` is `key`:
+// when this worker holds that entry, its rewrite goes into the quote (the address at
+// `quoted_address_at`, the port or identifier at `quoted_port_at`, the transport checksum
+// as the entry's rewrite moves it: the same address and port, the same sum) and into the
+// error's own source (`outer_source`) or destination, checksums computed again.
+bool rewrite_egress_error(worker_state& w, uint8_t* frame, const parsed_packet& p, const icmp_quote& q,
+                          const flow_key& key, flow_direction direction, uint32_t quoted_address_at,
+                          uint32_t quoted_port_at, bool outer_source) {
+  flow_entry e;
+  if (!w.flows.find_shared(key, hash_flow_key(key), w.now, w.timeouts, e) || e.direction != direction) return false;
+  const uint8_t* address = e.rewrite_address + (q.v4 ? 12 : 0);
+  const size_t length = q.v4 ? 4 : 16;
+  std::memcpy(frame + quoted_address_at, address, length);
+  store16(frame + quoted_port_at, to_net16(e.rewrite_port));
+  adjust_quoted_checksum(frame, q, e.l4_checksum_delta);
+  const size_t outer_at = q.v4 ? (outer_source ? offsetof(ipv4_header, source) : offsetof(ipv4_header, destination))
+                               : (outer_source ? offsetof(ipv6_header, source) : offsetof(ipv6_header, destination));
+  std::memcpy(frame + p.l3_offset + outer_at, address, length);
+  finish_icmp_error(frame, p, q);
+  return true;
+}
+
+ip_address quoted_address(const uint8_t* frame, const icmp_quote& q, uint32_t at) {
+  return q.v4 ? address_v4(load32(frame + at)) : address_v6(frame + at);
+}
+
 // An ICMP error to the SNAT address quoting a packet of an egress flow as it left
 // (SNAT address:port -> outside): the outer destination and the quoted source put back
-// to the pod's (RFC 5508 section 4.2; RFC 5382 section 7.2 for TCP), the quoted
-// header's checksums adjusted, the ICMP checksum computed again. False: no such flow.
+// to the pod's (RFC 5508 section 4.2; RFC 5382 section 7.2 for TCP). False: no such flow.
 // This worker owns the flow (worker_handoff.h reads the same quote).
 bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* frame, const parsed_packet& p) {
   icmp_quote q;
@@ -278,56 +303,33 @@ bool icmp_error_inbound(worker_state& w, const forwarding_tables& t, uint8_t* fr
   if (q.echo && q.echo_type != (q.v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest)) return false;
   const uint8_t* quoted_source = frame + q.source_at();
   if (q.v4 ? !is_egress_address(t, load32(quoted_source)) : !is_egress_address6(t, quoted_source)) return false;
-  const ip_address snat = q.v4 ? address_v4(load32(quoted_source)) : address_v6(quoted_source);
-  const ip_address outside =
-      q.v4 ? address_v4(load32(frame + q.destination_at())) : address_v6(frame + q.destination_at());
+  const ip_address snat = quoted_address(frame, q, q.source_at());
+  const ip_address outside = quoted_address(frame, q, q.destination_at());
   // The flow's reply key: outside -> SNAT address.
   const flow_key key = egress_key(outside.bytes.data(), snat.bytes.data(), q.destination_port(frame),
                                   q.source_port(frame), q.protocol);
-  flow_entry reverse;
-  if (!w.flows.find_shared(key, hash_flow_key(key), w.now, w.timeouts, reverse) ||
-      reverse.direction != flow_direction::reverse)
+  if (!rewrite_egress_error(w, frame, p, q, key, flow_direction::reverse, q.source_at(), q.source_port_at(),
+                            /*outer_source=*/false))
     return false;
-  // The quoted packet: source back to the pod's address and port (identifier), its
-  // transport checksum as the reply entry's rewrite moves it (the same address and port,
-  // the same sum); the outer destination: the pod.
-  std::memcpy(frame + q.source_at(), reverse.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
-  store16(frame + q.source_port_at(), to_net16(reverse.rewrite_port));
-  adjust_quoted_checksum(frame, q, reverse.l4_checksum_delta);
-  std::memcpy(frame + p.l3_offset + (q.v4 ? offsetof(ipv4_header, destination) : offsetof(ipv6_header, destination)),
-              reverse.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
-  finish_icmp_error(frame, p, q);
   w.egress_packets_in.add(1);
   return true;
 }
 
 }  // namespace
 
-// RFC 5508 section 4.2 in the pod-to-outside direction (egress_snat.h).
+// RFC 5508 section 4.2 in the pod-to-outside direction (egress_snat.h): the quoted
+// destination and the outer source become the SNAT address and port.
 bool egress_icmp_error_outbound(worker_state& w, uint8_t* frame, const parsed_packet& p) {
   icmp_quote q;
   if (!read_icmp_error_quote(frame, p, q)) return false;
   if (q.echo && q.echo_type != (q.v4 ? kIcmpEchoReply : kIcmpv6EchoReply)) return false;
-  const ip_address outside = q.v4 ? address_v4(load32(frame + q.source_at())) : address_v6(frame + q.source_at());
-  const ip_address pod =
-      q.v4 ? address_v4(load32(frame + q.destination_at())) : address_v6(frame + q.destination_at());
+  const ip_address outside = quoted_address(frame, q, q.source_at());
+  const ip_address pod = quoted_address(frame, q, q.destination_at());
   // The flow's forward key: pod -> outside.
   const flow_key key = egress_key(pod.bytes.data(), outside.bytes.data(), q.destination_port(frame),
                                   q.source_port(frame), q.protocol);
-  flow_entry forward;
-  if (!w.flows.find_shared(key, hash_flow_key(key), w.now, w.timeouts, forward) ||
-      forward.direction != flow_direction::forward)
-    return false;
-  // The quoted packet: destination to the SNAT address and port (identifier), its
-  // transport checksum as the forward entry's rewrite moves it; the outer source: the
-  // SNAT address.
-  std::memcpy(frame + q.destination_at(), forward.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
-  store16(frame + q.destination_port_at(), to_net16(forward.rewrite_port));
-  adjust_quoted_checksum(frame, q, forward.l4_checksum_delta);
-  std::memcpy(frame + p.l3_offset + (q.v4 ? offsetof(ipv4_header, source) : offsetof(ipv6_header, source)),
-              forward.rewrite_address + (q.v4 ? 12 : 0), q.v4 ? 4 : 16);
-  finish_icmp_error(frame, p, q);
-  return true;
+  return rewrite_egress_error(w, frame, p, q, key, flow_direction::forward, q.destination_at(),
+                              q.destination_port_at(), /*outer_source=*/true);
 }
 
 void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t sender_ip, const mac_address& mac) {
