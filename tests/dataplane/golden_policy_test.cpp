@@ -83,6 +83,12 @@ class golden_policy : public ring_pool_test {
     return document;
   }
 
+  // Every workload of namespace foo (both of node 1's pods) accepts nothing: an ALLOW
+  // policy without rules, Istio's allow-nothing.
+  void allow_nothing_in_foo() {
+    publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  }
+
   // A frame from node 2's pod `source` carrying `identity` (nullopt: no option).
   void from_node2(const bytes& inner, std::optional<uint32_t> identity, uint32_t underlay = ip4("198.19.0.2")) {
     send(uplink, geneve_from(underlay, inner, 0, kEtherTypeTransparentBridging,
@@ -308,7 +314,7 @@ TEST_F(golden_policy, APublishReEvaluatesEstablishedFlowsAndLeavesAllowedOnesFlo
 // reply and passes a policy that allows nothing into the pod; the same remote pod
 // starting its own flow is refused.
 TEST_F(golden_policy, RepliesOfAFlowOurPodStartedPassAndTheRemotesOwnFlowsAreDecided) {
-  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  allow_nothing_in_foo();
   if (HasFatalFailure()) return;
   learn_pod_macs();
   const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
@@ -337,7 +343,7 @@ TEST_F(golden_policy, RepliesOfAFlowOurPodStartedPassAndTheRemotesOwnFlowsAreDec
   EXPECT_EQ(pending(client), 3u);
   send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(44000, 7000)));
   EXPECT_EQ(pending(uplink), 1u);
-  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  allow_nothing_in_foo();
   if (HasFatalFailure()) return;
   from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44000)), bar_sleep);
   EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
@@ -512,7 +518,7 @@ TEST_F(golden_policy, OpenConnectionsKeepTheirRepliesWhenThePodGetsItsFirstPolic
   drain(client);
   EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 0u);
 
-  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  allow_nothing_in_foo();
   if (HasFatalFailure()) return;
   // The server's data on the client's connection arrives before the client sends again:
   // a reply, delivered; and stays one after the client's next packets.
@@ -561,7 +567,7 @@ TEST_F(golden_policy, AllowedTcpConnectionsKeepNothingAndAreDecidedOncePerSource
 // ACKs, a RST) do not turn the remote's packets into replies. A publish that allows it
 // lets its next packet in.
 TEST_F(golden_policy, ARefusedTcpConnectionIsNeverDeliveredWhateverThePodAnswers) {
-  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  allow_nothing_in_foo();
   if (HasFatalFailure()) return;
   learn_pod_macs();
   const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
@@ -594,7 +600,7 @@ TEST_F(golden_policy, ARefusedTcpConnectionIsNeverDeliveredWhateverThePodAnswers
 // The pod's own connection on a tuple the remote's refused packets used before: its SYN
 // makes it the pod's, and the replies pass (a refusal keeps nothing that would hide them).
 TEST_F(golden_policy, RepliesOfThePodsConnectionPassAfterRefusedPacketsOnTheSameTuple) {
-  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  allow_nothing_in_foo();
   if (HasFatalFailure()) return;
   learn_pod_macs();
   const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
@@ -645,7 +651,7 @@ TEST_F(golden_policy, APublishRefusesTheRemotesFlowsAndKeepsRepliesOfThePodsOwn)
   EXPECT_EQ(pending(client), 4u);
   EXPECT_EQ(pending(uplink), 4u);
   drain(client);
-  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  allow_nothing_in_foo();
   if (HasFatalFailure()) return;
   from_remote(tcp_to(43200, 8080, kTcpAck));
   from_remote(udp_to(43201, 53));
@@ -679,7 +685,7 @@ TEST_F(golden_policy, AUdpFlowFromBeforeThePodsFirstPolicyBelongsToWhoeverSendsF
   answer(43301);
   EXPECT_EQ(pending(client), 2u);
   drain(client);
-  publish_json(node1_with(json::parse(R"([{"name": "allow-nothing", "namespace": "foo", "action": "ALLOW"}])")));
+  allow_nothing_in_foo();
   if (HasFatalFailure()) return;
   query(43300);  // the pod first: its flow
   answer(43300);
