@@ -193,7 +193,8 @@ uint32_t slot_for(std::vector<Name>& names, Index& index, std::vector<uint32_t>&
 }  // namespace
 
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
-                                    counter_slot_names& slots, forwarding_tables& out, esp_sa_registry* esp) {
+                                    counter_slot_names& slots, forwarding_tables& out, esp_sa_registry* esp,
+                                    const forwarding_tables* installed) {
   out = forwarding_tables{};
   out.tables = tables;
   const snapshot& s = *tables;
@@ -333,8 +334,31 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   }
   out.backend_slot.resize(s.backend_total);
   if (slots.backend_index.bucket_count() < s.backend_total) slots.backend_index.reserve(s.backend_total);
+  // The installed tables' services by compiled block: a service whose block is the one a
+  // service of the same counter slot had there has the same backends in the same order,
+  // so it keeps their slots (named in those tables, so never reclaimed since). A delta
+  // shares every unchanged service's block: its services cost a copy, not a hash look-up
+  // per backend.
+  std::unordered_map<const service_backends*, uint32_t> installed_index;
+  if (installed && installed->tables && installed->backend_slot.size() == installed->tables->backend_total) {
+    const snapshot& before = *installed->tables;
+    installed_index.reserve(before.services.size());
+    for (uint32_t i = 0; i < before.services.size(); ++i) installed_index.emplace(before.services[i].compiled.get(), i);
+  }
   for (size_t service_index = 0; service_index < s.services.size(); ++service_index) {
     const table_service& service = s.services[service_index];
+    if (auto it = installed_index.find(service.compiled.get()); it != installed_index.end()) {
+      const table_service& before = installed->tables->services[it->second];
+      if (installed->service_slot[it->second] == out.service_slot[service_index] &&
+          before.backend_count == service.backend_count) {
+        for (uint32_t i = 0; i < service.backend_count; ++i) {
+          const uint32_t slot = installed->backend_slot[before.first_backend + i];
+          out.backend_slot[service.first_backend + i] = slot;
+          slots.backend_in_tables[slot] = 1;
+        }
+        continue;
+      }
+    }
     backend_slot_key key;
     key.service_slot = out.service_slot[service_index];
     for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {

@@ -611,10 +611,12 @@ struct counter_slot_names {
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
                                               const counter_slot_names& slots);
 // Gives every other node's underlay address its slot in `ports.neighbours`, and encrypted
-// routes their SAs from `esp` (which must then be given).
+// routes their SAs from `esp` (which must then be given). `installed`: the tables built
+// last with these `slots` (the live ones), whose services' backend slots are kept for the
+// services whose compiled block (snapshot.h) is still the same, without a look-up each.
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
                                     counter_slot_names& slots, forwarding_tables& out,
-                                    esp_sa_registry* esp = nullptr);
+                                    esp_sa_registry* esp = nullptr, const forwarding_tables* installed = nullptr);
 // Frees the neighbour slots of underlay addresses `installed` does not name (their MACs
 // forgotten). Call after `installed` is published and every worker has passed a
 // quiescent state, as reclaim_counter_slots.

@@ -569,7 +569,9 @@ std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& t
   auto next = std::make_unique<forwarding_tables>();
   {
     std::lock_guard lock(ports_mutex_);  // slot names are read by the metrics and the flows query
-    if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next, esp_.get()); !error.empty())
+    if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next, esp_.get(),
+                                                    current_.load(std::memory_order_acquire));
+        !error.empty())
       return error;
   }
   apply_tuning(tables->tuning);

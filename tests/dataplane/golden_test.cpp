@@ -1392,6 +1392,49 @@ TEST_F(golden, HundredThousandBackendsOverAThousandPublishesAreAllAcceptedAndCou
   EXPECT_EQ(series_of(*pool_, "meshlane_dataplane_backend_packets_total"), 100u + 5u);
 }
 
+// A delta shares every unchanged service's compiled block (compile_delta): the workers'
+// tables keep those services' backend counter slots without looking them up again, and
+// give the changed service's backends theirs; every counter goes on where it was.
+TEST_F(golden, ADeltaKeepsTheCounterSlotsOfUnchangedServicesAndCountsTheChangedOnesBackends) {
+  learn_pod_macs();
+  auto parsed = parse_desired_state(kNode1Document);
+  ASSERT_TRUE(parsed.state);
+  desired_state state = *parsed.state;
+  const auto first = compile_tables(state, 2);
+  ASSERT_EQ(pool_->install(first), "");
+  const std::string dns = "meshlane_dataplane_backend_packets_total,service=remote-dns,backend=198.18.2.30:5353";
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53)));
+  ASSERT_FALSE(receive(uplink).empty());
+  ASSERT_EQ(metric_values(*pool_).at(dns), 1);
+  const double slots_before = metric_values(*pool_).at("meshlane_dataplane_counter_slots,kind=backend");
+  // "local" (198.19.128.11:80) gains a backend on node 2; remote-dns is untouched.
+  service_spec* local = nullptr;
+  for (auto& service : state.services)
+    if (service.name == "local") local = &service;
+  ASSERT_TRUE(local);
+  local->backends.push_back({ip_address::from_v4(0xc6120228u), 8080, 1, "node2"});  // 198.18.2.40
+  ASSERT_EQ(pool_->install(compile_delta(*first, state, {{"local", local}}, false, 3)), "");
+  auto metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at(dns), 1) << "the unchanged service's counter did not go on";
+  EXPECT_EQ(metrics.at("meshlane_dataplane_counter_slots,kind=backend"), slots_before + 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_backend_packets_total,service=local,backend=198.18.2.40:8080"), 0);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53, 50001)));
+  ASSERT_FALSE(receive(uplink).empty());
+  // Flows to "local" land on both of its backends, each counted under its own name.
+  for (uint16_t port = 41000; port < 41064; ++port) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, port)));
+    drain(web);
+    drain(uplink);
+  }
+  metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at(dns), 2);
+  const double to_a = metrics.at("meshlane_dataplane_backend_packets_total,service=local,backend=198.18.1.20:8080");
+  const double to_b = metrics.at("meshlane_dataplane_backend_packets_total,service=local,backend=198.18.2.40:8080");
+  EXPECT_EQ(to_a + to_b, 64);
+  EXPECT_GT(to_a, 0);
+  EXPECT_GT(to_b, 0);
+}
+
 TEST_F(golden, ABackendThatLeavesKeepsItsCountersWhileItsFlowsLiveThenItsSeriesGo) {
   learn_pod_macs();
   // A UDP flow to remote-dns (backend 198.18.2.30:5353 on node 2).
@@ -1584,9 +1627,16 @@ TEST_F(golden, AHundredThousandServicesOfSixteenBackendsPublishIntoTheWorkers) {
   const auto second = std::chrono::steady_clock::now();
   ASSERT_EQ(pool_->install(recompiled), "");
   const auto again = std::chrono::steady_clock::now();
+  // A delta on one service (every other service's compiled block shared): the workers
+  // keep those services' slots without a look-up each.
+  state.services[500].backends[0].port = 9090;
+  auto delta = compile_delta(*recompiled, state, {{state.services[500].name, &state.services[500]}}, false, 4);
+  const auto delta_started = std::chrono::steady_clock::now();
+  ASSERT_EQ(pool_->install(delta), "");
+  const auto delta_done = std::chrono::steady_clock::now();
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  std::printf("compile %.0f ms, first install %.0f ms, second install %.0f ms\n", ms(started, compiled),
-              ms(compiled, installed), ms(second, again));
+  std::printf("compile %.0f ms, first install %.0f ms, second install %.0f ms, install of a one-service delta %.0f ms\n",
+              ms(started, compiled), ms(compiled, installed), ms(second, again), ms(delta_started, delta_done));
   learn_pod_macs();
   // The last service (svc99999: 198.19.225.167:1003): to a backend on another node.
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.225.167"), tcp_to(1003)));
