@@ -9,6 +9,13 @@
 
 namespace meshlane::testing::frames {
 
+// Offsets in a plain (untunnelled) frame: its IP header, and the L4 header behind a
+// 20-byte IPv4 or a 40-byte IPv6 header.
+inline constexpr size_t kEth = sizeof(wire::ethernet_header);
+inline constexpr size_t kIp4 = kEth;
+inline constexpr size_t kL4 = kEth + 20;
+inline constexpr size_t kL4v6 = kEth + 40;
+
 inline uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
 inline uint32_t net32_at(const bytes& f, size_t at) {
   uint32_t v;

@@ -21,11 +21,6 @@ namespace {
 using namespace wire;
 using namespace frames;
 
-constexpr size_t kEth = sizeof(ethernet_header);
-constexpr size_t kIp4 = kEth;
-constexpr size_t kL4 = kEth + 20;
-constexpr size_t kL4v6 = kEth + 40;
-
 const mac_address kRouterMac = mac(0x99);
 constexpr const char* kRouter = "198.19.0.254";
 constexpr const char* kOutside = "203.0.113.5";
@@ -33,7 +28,6 @@ constexpr const char* kOutside6 = "2001:db8::5";
 constexpr const char* kSnat6 = "fd00:6d6c:ff::1";
 constexpr uint16_t kFirstPort = 40000;
 constexpr uint16_t kPorts = 4;  // small, so that exhaustion takes four flows
-
 
 l4_spec tcp(uint16_t source_port, uint16_t destination_port, uint8_t flags = kTcpSyn) {
   l4_spec l4;
@@ -811,9 +805,3 @@ TEST_F(golden_egress, WithoutARouterNothingLeavesTheCluster) {
 
 }  // namespace
 }  // namespace meshlane::testing
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
-  return RUN_ALL_TESTS();
-}

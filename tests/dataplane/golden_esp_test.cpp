@@ -22,10 +22,6 @@ using namespace wire;
 using namespace frames;
 using namespace std::chrono_literals;
 
-constexpr size_t kEth = sizeof(ethernet_header);
-constexpr size_t kIp4 = kEth;
-constexpr size_t kL4 = kEth + 20;
-
 uint32_t host32_at(const bytes& f, size_t at) { return ntohl(net32_at(f, at)); }
 
 l4_spec udp_with(bytes payload, uint16_t port = 9) {
@@ -557,9 +553,3 @@ TEST_F(golden_esp, IdentityIsBelievedInClearRoutesAndOutOfEspButNotFromClearFram
 
 }  // namespace
 }  // namespace meshlane::testing
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
-  return RUN_ALL_TESTS();
-}

@@ -18,9 +18,6 @@ using namespace wire;
 using namespace frames;
 using namespace std::chrono_literals;
 
-constexpr size_t kIp4 = sizeof(ethernet_header);
-constexpr size_t kL4 = kIp4 + 20;
-constexpr size_t kL4v6 = kIp4 + 40;
 constexpr size_t kQuote = kL4 + 8;      // the quoted IPv4 packet in an ICMPv4 error
 constexpr size_t kQuoteV6 = kL4v6 + 8;  // the quoted IPv6 packet in an ICMPv6 error
 const mac_address kRouterMac = mac(0x99);
@@ -238,9 +235,3 @@ TEST_F(golden_icmp, ErrorsTheWorkerSendsAreRateLimitedAndCounted) {
 
 }  // namespace
 }  // namespace meshlane::testing
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
-  return RUN_ALL_TESTS();
-}

@@ -22,7 +22,6 @@ using namespace wire;
 using namespace frames;
 using json = nlohmann::json;
 
-
 uint32_t identity_of(const std::string& from) {
   if (from == "none") return kIdentityNone;
   if (from == "unknown") return identity_number(kUnknownPrincipal);
@@ -694,9 +693,3 @@ TEST_F(golden_policy, AUdpFlowFromBeforeThePodsFirstPolicyBelongsToWhoeverSendsF
 
 }  // namespace
 }  // namespace meshlane::testing
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
-  return RUN_ALL_TESTS();
-}

@@ -22,19 +22,12 @@ using namespace wire;
 using namespace frames;
 using namespace std::chrono_literals;
 
-constexpr size_t kEth = sizeof(ethernet_header);
-constexpr size_t kIp4 = kEth;          // IPv4 header offset in a plain frame
-constexpr size_t kL4 = kEth + 20;      // L4 offset behind a 20-byte IPv4 header
-constexpr size_t kL4v6 = kEth + 40;
-
-
 l4_spec echo_request() {
   l4_spec l4;
   l4.protocol = kProtoIcmp;
   l4.icmp_type = kIcmpEchoRequest;
   return l4;
 }
-
 
 class golden : public ring_pool_test {
  protected:
@@ -63,7 +56,6 @@ class golden : public ring_pool_test {
     return bytes(out.begin() + kHeaders, out.end());
   }
 };
-
 
 // The first `limit` records of the pool's flows query.
 nlohmann::json flow_records(worker_pool& pool, int limit = 10) {
@@ -1365,12 +1357,6 @@ TEST_F(golden, AFullTxQueueThatDrainsIsRetriedABoundedNumberOfTimesBeforeFramesA
 
 }  // namespace
 }  // namespace meshlane::testing
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
-  return RUN_ALL_TESTS();
-}
 
 namespace meshlane::testing {
 namespace {

@@ -21,10 +21,6 @@ namespace {
 using namespace wire;
 using namespace frames;
 
-constexpr size_t kEth = sizeof(ethernet_header);
-constexpr size_t kIp4 = kEth;
-constexpr size_t kL4 = kEth + 20;
-
 const mac_address kRouterMac = mac(0x99);
 constexpr const char* kOutside = "203.0.113.5";
 
@@ -246,9 +242,3 @@ TEST_F(golden_two_workers_egress, SnatRepliesOnTheOtherWorkerAreNatedBackByThePo
 
 }  // namespace
 }  // namespace meshlane::testing
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
-  return RUN_ALL_TESTS();
-}

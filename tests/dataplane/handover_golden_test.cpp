@@ -22,12 +22,8 @@ namespace {
 using namespace wire;
 using namespace frames;
 
-constexpr size_t kEth = sizeof(ethernet_header);
-constexpr size_t kIp4 = kEth;
-constexpr size_t kL4 = kEth + 20;
 const mac_address kRouterMac = mac(0x99);
 constexpr const char* kOutsideClient = "203.0.113.5";
-
 
 class handover_golden : public ring_pool_test {
  protected:
@@ -274,9 +270,3 @@ TEST_F(handover_golden, RepliesOfAFlowOurPodStartedStillPassAfterTheRestart) {
 
 }  // namespace
 }  // namespace meshlane::testing
-
-int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ::testing::AddGlobalTestEnvironment(new meshlane::testing::eal_environment);
-  return RUN_ALL_TESTS();
-}
