@@ -13,7 +13,9 @@
 // Performance method (DESIGN.md): every figure is also given as a ratio to a baseline
 // measured in the same run on the same document: parsing its JSON text with nlohmann
 // (the floor any JSON-fed control plane pays). Output: one JSON object per line.
-//   build/perf/control_publish_bench [--nodes NODES] [N ...]   (defaults: 5000; 1000 10000 100000)
+//   build/perf/control_publish_bench [--nodes NODES] [--stages-only] [N ...]
+//     (defaults: 5000; 1000 10000 100000). --stages-only: the stages and deltas, without the
+//     apply through the control surface (for profiling the stages alone).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -235,7 +237,12 @@ nlohmann::json apply_through_control_surface(const std::string& text) {
 int main(int argc, char** argv) {
   std::vector<int> sizes;
   int nodes = 5000;  // Kubernetes' limit
+  bool stages_only = false;
   for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--stages-only") == 0) {
+      stages_only = true;
+      continue;
+    }
     if (std::strcmp(argv[i], "--nodes") == 0 && i + 1 < argc) {
       nodes = std::max(2, std::atoi(argv[++i]));
       continue;
@@ -352,7 +359,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   // The full apply through the agent's control surface, with probes, per size.
-  for (int services : sizes) {
+  for (int services : stages_only ? std::vector<int>{} : sizes) {
     nlohmann::json line = apply_through_control_surface(make_document(services, nodes, kMaglevSize));
     line["benchmark"] = "control_surface_during_apply";
     line["services"] = services;
