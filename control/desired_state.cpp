@@ -1144,27 +1144,45 @@ void check_document(desired_state& state, std::vector<config_error>& errors) {
 
 }  // namespace document_sections
 
+namespace {
+
+// The document's sections read and checked: from `document`, and services[] from the tape
+// when `tape_services` is set (then `document` lacks that member).
+parse_result read_document(const json& document, std::optional<simdjson::dom::array> tape_services, error_list&& errors);
+
+}  // namespace
+
 parse_result parse_desired_state(std::string_view json_text) {
-  parse_result result;
-  error_list& errors = result.errors;
-  json document;
   // The tape when it reads this text as nlohmann would (document_tape.h): services[] is read
   // from it directly, every other member (small) converted for the section readers.
   const std::unique_ptr<document_tape::tape> tape = document_tape::parse(json_text, kMaxNesting);
+  if (!tape) return document_sections::parse_without_tape(json_text);
+  if (!tape->root.is_object()) return read_document(document_tape::to_json(tape->root), std::nullopt, {});
+  json document = json::object();
   std::optional<simdjson::dom::array> tape_services;
-  if (tape && tape->root.is_object()) {
-    document = json::object();
-    for (auto field : simdjson::dom::object(tape->root)) {
-      simdjson::dom::array list;
-      if (field.key == "services" && !field.value.get_array().get(list)) tape_services = list;
-      else document.emplace(std::string(field.key), document_tape::to_json(field.value));
-    }
-  } else if (tape) {
-    document = document_tape::to_json(tape->root);
-  } else if (!document_sections::read_checked_json(json_text, document, errors)) {
-    return result;
+  for (auto field : simdjson::dom::object(tape->root)) {
+    simdjson::dom::array list;
+    if (field.key == "services" && !field.value.get_array().get(list)) tape_services = list;
+    else document.emplace(std::string(field.key), document_tape::to_json(field.value));
   }
+  return read_document(document, tape_services, {});
+}
 
+namespace document_sections {
+parse_result parse_without_tape(std::string_view json_text) {
+  error_list errors;
+  json document;
+  if (!read_checked_json(json_text, document, errors)) return {std::nullopt, std::move(errors)};
+  return read_document(document, std::nullopt, std::move(errors));
+}
+}  // namespace document_sections
+
+namespace {
+
+parse_result read_document(const json& document, std::optional<simdjson::dom::array> tape_services, error_list&& errors_so_far) {
+  parse_result result;
+  result.errors = std::move(errors_so_far);  // duplicate keys (nlohmann path): reported, and reading goes on
+  error_list& errors = result.errors;
   desired_state state;
   {
     object_reader top(document, "$", errors);
@@ -1271,6 +1289,8 @@ parse_result parse_desired_state(std::string_view json_text) {
   if (errors.empty()) result.state = std::move(state);
   return result;
 }
+
+}  // namespace
 
 parse_result load_desired_state(const std::string& file_path) {
   std::ifstream file(file_path, std::ios::binary);

@@ -31,7 +31,8 @@ struct tape {
 std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth);
 
 // A tape value as the nlohmann value nlohmann's parser makes of the same text (numbers
-// typed as it types them: non-negative integers unsigned, negative ones signed).
+// typed as it types them: non-negative integers unsigned, negative ones signed; only -0,
+// whose sign the tape drops, becomes the unsigned 0, equal to nlohmann's signed one).
 nlohmann::json to_json(simdjson::dom::element value);
 
 }  // namespace meshlane::document_tape
