@@ -71,8 +71,8 @@ namespace {
 
 using namespace document_reader;
 
-constexpr size_t kMaxInterfaceName = 15;
-constexpr int kMaxNesting = 32;  // IFNAMSIZ - 1
+constexpr size_t kMaxInterfaceName = 15;  // IFNAMSIZ - 1
+constexpr size_t kMaxNesting = document_tape::kMaxDocumentNesting;
 
 bool valid_interface_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxInterfaceName || name == "." || name == "..") return false;

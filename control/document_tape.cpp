@@ -92,4 +92,10 @@ nlohmann::json to_json(element value) {
   return nullptr;
 }
 
+std::optional<nlohmann::json> parse_json(std::string_view json_text, size_t max_depth) {
+  const std::unique_ptr<tape> read = parse(json_text, max_depth);
+  if (!read) return std::nullopt;
+  return to_json(read->root);
+}
+
 }  // namespace meshlane::document_tape

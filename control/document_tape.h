@@ -13,12 +13,17 @@
 #pragma once
 
 #include <memory>
+#include <optional>
 #include <string_view>
 
 #include <nlohmann/json.hpp>
 #include <simdjson.h>
 
 namespace meshlane::document_tape {
+
+// How deep a desired-state document may nest (containers inside one another, the outermost
+// counted); deeper ones are refused with nlohmann's wording.
+inline constexpr size_t kMaxDocumentNesting = 32;
 
 // The parser owns the tape that root points into; keep it while root is read.
 struct tape {
@@ -34,5 +39,10 @@ std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth);
 // typed as it types them: non-negative integers unsigned, negative ones signed; only -0,
 // whose sign the tape drops, becomes the unsigned 0, equal to nlohmann's signed one).
 nlohmann::json to_json(simdjson::dom::element value);
+
+// The nlohmann value of a whole text, read through the tape and converted (allocation
+// bound, but without nlohmann's lexer: about twice as fast for a large document); nullopt
+// when the tape does not take the text, which nlohmann's parser then reads.
+std::optional<nlohmann::json> parse_json(std::string_view json_text, size_t max_depth);
 
 }  // namespace meshlane::document_tape
