@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <charconv>
 #include <iterator>
 #include <sstream>
 #include <system_error>
@@ -34,7 +35,11 @@ void index_insert(hash_index& index, uint64_t hash, uint32_t element) {
 }
 
 std::string backend_identity(const backend_spec& b) {
-  return b.ip.to_string() + ":" + std::to_string(b.port);
+  std::string identity = b.ip.to_string();
+  char port[8];
+  identity += ':';
+  identity.append(port, std::to_chars(port, port + sizeof port, b.port).ptr);
+  return identity;
 }
 
 // Node indices by name, for backends (a cluster has thousands of nodes).
