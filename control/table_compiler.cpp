@@ -7,6 +7,8 @@
 #include <atomic>
 #include <bit>
 #include <charconv>
+#include <exception>
+#include <functional>
 #include <iterator>
 #include <sstream>
 #include <system_error>
@@ -92,20 +94,30 @@ void compile_all_backends(const std::vector<const service_spec*>& services, cons
   out.resize(services.size());
   constexpr size_t kChunk = 256;
   std::atomic<size_t> next_chunk{0};
-  auto work = [&] {
-    for (size_t from; (from = next_chunk.fetch_add(kChunk)) < services.size();)
-      for (size_t i = from; i < std::min(from + kChunk, services.size()); ++i)
-        out[i] = compile_service_backends(*services[i], names, table_size);
+  // What either thread threw (bad_alloc), rethrown here once both are done, as one thread
+  // would have thrown it.
+  std::exception_ptr failed[2];
+  auto work = [&](std::exception_ptr& failure) {
+    try {
+      for (size_t from; (from = next_chunk.fetch_add(kChunk)) < services.size();)
+        for (size_t i = from; i < std::min(from + kChunk, services.size()); ++i)
+          out[i] = compile_service_backends(*services[i], names, table_size);
+    } catch (...) {
+      failure = std::current_exception();
+      next_chunk = services.size();  // the other thread stops at its next chunk
+    }
   };
   std::thread helper;
   if (services.size() >= 8 * kChunk && std::thread::hardware_concurrency() > 1) {
     try {
-      helper = std::thread(work);
+      helper = std::thread(work, std::ref(failed[1]));
     } catch (const std::system_error&) {  // no thread to be had: this one does it all
     }
   }
-  work();
+  work(failed[0]);
   if (helper.joinable()) helper.join();
+  for (const std::exception_ptr& failure : failed)
+    if (failure) std::rethrow_exception(failure);
 }
 
 // Backends are numbered service by service, in service order.
