@@ -472,13 +472,13 @@ void read_service(const json& value, const std::string& path, service_spec& serv
 // say about: it fills `service` exactly as read_service would, or returns false at the
 // first thing read_service would report (a missing or unknown field, a type, a range, an
 // address), and the caller reads that entry with read_service for its errors. A field
-// added to read_service must be added here too, or every entry that uses it takes the
-// slow way (and a test that compares the two, tests/control, fails).
+// added to read_service and not here sends every entry that uses it the slow way (right,
+// only slower); tests/control/document_tape_test.cpp compares the two readers.
 namespace quiet {
 using simdjson::dom::element;
-std::optional<std::string_view> text(element value, bool allow_empty = false) {
+std::optional<std::string_view> text(element value) {  // a non-empty string
   std::string_view out;
-  if (value.get_string().get(out) || (out.empty() && !allow_empty)) return std::nullopt;
+  if (value.get_string().get(out) || out.empty()) return std::nullopt;
   return out;
 }
 std::optional<uint16_t> number(element value, int64_t min) {
