@@ -1,5 +1,7 @@
 #include "control/control_requests.h"
 
+#include "control/document_tape.h"
+
 #include "control/policy_check.h"
 
 #include <algorithm>
@@ -89,6 +91,24 @@ std::optional<control_request> parse_control_request(std::string_view line, json
   return request;
 }
 
+std::optional<control_request> read_apply_line(std::string_view line) {
+  constexpr std::string_view kPrefix = R"({"command":"apply","document":)";
+  if (!line.starts_with(kPrefix)) return std::nullopt;
+  // The document's own nesting limit, one level down.
+  const auto tape = document_tape::parse(line, document_tape::kMaxDocumentNesting + 1);
+  if (!tape || !tape->root.is_object()) return std::nullopt;
+  const simdjson::dom::object root(tape->root);
+  if (root.size() != 2 || !root["document"].is_object()) return std::nullopt;
+  // Exactly "command" then "document" (the prefix), so after the document's value come only
+  // whitespace and the closing brace.
+  const size_t close = line.find_last_of('}');
+  control_request request;
+  request.command = "apply";
+  request.body = {{"command", "apply"}};
+  request.document_text = line.substr(kPrefix.size(), close - kPrefix.size());
+  return request;
+}
+
 control_module::control_module(table_publisher& publisher, subsystem_registry& registry, log_ring& log)
     : publisher_(publisher), registry_(registry), log_(log) {
   register_own();
@@ -130,7 +150,10 @@ void control_module::account(const publish_result& result, const std::string& so
   // A 100k-service document takes about a second to parse and to free: both happen outside
   // mutex_, which `/metrics`, `status` and `get config` take.
   json parsed, previous;
-  if (result.errors.empty() && full_document) parsed = json::parse(*full_document, nullptr, false);
+  if (result.errors.empty() && full_document) {
+    auto read = document_tape::parse_json(*full_document, document_tape::kMaxDocumentNesting);
+    parsed = read ? std::move(*read) : json::parse(*full_document, nullptr, false);
+  }
   {
     std::lock_guard lock(mutex_);
     if (result.errors.empty()) {
@@ -215,7 +238,7 @@ json control_module::dispatch(const control_request& request) {
   json reply;
   const std::string& c = request.command;
   if (c == "status") reply = status();
-  else if (c == "apply") reply = apply_request(request.body);
+  else if (c == "apply") reply = apply_request(request);
   else if (c == "get") reply = get(request.body);
   else if (c == "stats") reply = stats();
   else if (c == "tune") reply = tune(request.body);
@@ -265,7 +288,9 @@ json control_module::status() {
   return out;
 }
 
-json control_module::apply_request(const json& request) {
+json control_module::apply_request(const control_request& whole) {
+  if (!whole.document_text.empty()) return apply_reply(apply_document(whole.document_text, "control socket"));
+  const json& request = whole.body;
   auto it = request.find("document");
   auto delta = request.find("delta");
   if ((it == request.end()) == (delta == request.end()) || (it != request.end() && !it->is_object()) ||
@@ -273,8 +298,11 @@ json control_module::apply_request(const json& request) {
     return error_reply(control_error::kInvalidRequest,
                        "apply needs a member \"document\" holding the desired-state object, or \"delta\" holding "
                        "a delta of it ({\"changes\": [...]})");
-  const publish_result result =
-      it != request.end() ? apply_document(it->dump(), "control socket") : apply_delta(*delta, "control socket (delta)");
+  return apply_reply(it != request.end() ? apply_document(it->dump(), "control socket")
+                                         : apply_delta(*delta, "control socket (delta)"));
+}
+
+json control_module::apply_reply(const publish_result& result) {
   if (result.errors.empty()) {
     return {{"ok", true}, {"generation", result.generation}, {"compile_seconds", result.compile_seconds},
             {"publish_seconds", result.publish_seconds}};

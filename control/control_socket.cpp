@@ -175,10 +175,14 @@ void control_socket_server::publish_loop() {
     }
     nlohmann::json reply;
     if (!job.line.empty()) {
-      auto request = parse_control_request(job.line, reply);
-      job.line = std::string();
-      if (request) reply = control_.handle(*request);
-      else control_.count_request("(invalid)", reply);
+      if (auto apply = read_apply_line(job.line)) {  // meshctl's apply: no DOM of the line
+        reply = control_.handle(*apply);
+      } else {
+        auto request = parse_control_request(job.line, reply);
+        job.line = std::string();
+        if (request) reply = control_.handle(*request);
+        else control_.count_request("(invalid)", reply);
+      }
     } else {
       reply = control_.handle(job.request);
     }

@@ -12,9 +12,11 @@
 #include "control/connect_lb_limits.h"
 #include "control/document_reader.h"
 #include "control/document_sections.h"
+#include "control/document_tape.h"
 #include "control/egress_spec.h"
 #include "control/policy_compiler.h"
 #include "control/policy_limits.h"
+#include "control/stable_hash.h"
 #include "control/workload_identity.h"
 
 namespace meshlane {
@@ -69,8 +71,8 @@ namespace {
 
 using namespace document_reader;
 
-constexpr size_t kMaxInterfaceName = 15;
-constexpr int kMaxNesting = 32;  // IFNAMSIZ - 1
+constexpr size_t kMaxInterfaceName = 15;  // IFNAMSIZ - 1
+constexpr size_t kMaxNesting = document_tape::kMaxDocumentNesting;
 
 bool valid_interface_name(std::string_view name) {
   if (name.empty() || name.size() > kMaxInterfaceName || name == "." || name == "..") return false;
@@ -466,6 +468,128 @@ void read_service(const json& value, const std::string& path, service_spec& serv
   });
 }
 
+// read_service's twin on the tape (document_tape.h), for the entries it has nothing to
+// say about: it fills `service` exactly as read_service would, or returns false at the
+// first thing read_service would report (a missing or unknown field, a type, a range, an
+// address), and the caller reads that entry with read_service for its errors. A field
+// added to read_service and not here sends every entry that uses it the slow way (right,
+// only slower); tests/control/document_tape_test.cpp compares the two readers.
+namespace quiet {
+using simdjson::dom::element;
+std::optional<std::string_view> text(element value) {  // a non-empty string
+  std::string_view out;
+  if (value.get_string().get(out) || out.empty()) return std::nullopt;
+  return out;
+}
+std::optional<uint16_t> number(element value, int64_t min) {
+  int64_t n = 0;
+  // INT64 or UINT64 (an integer, as nlohmann's is_number_integer), within range.
+  if (value.type() == simdjson::dom::element_type::UINT64 || value.get_int64().get(n) || n < min || n > 65535)
+    return std::nullopt;
+  return static_cast<uint16_t>(n);
+}
+std::optional<ip_address> address(element value) {
+  auto text_value = text(value);
+  return text_value ? ip_address::parse(*text_value) : std::nullopt;
+}
+}  // namespace quiet
+
+bool read_backend_quietly(simdjson::dom::element value, backend_spec& backend) {
+  simdjson::dom::object object;
+  if (value.get_object().get(object)) return false;
+  bool ip = false, port = false, node = false;
+  for (auto field : object) {
+    if (field.key == "ip") {
+      auto v = quiet::address(field.value);
+      if (!v) return false;
+      backend.ip = *v, ip = true;
+    } else if (field.key == "port") {
+      auto v = quiet::number(field.value, 1);
+      if (!v) return false;
+      backend.port = *v, port = true;
+    } else if (field.key == "weight") {
+      auto v = quiet::number(field.value, 1);
+      if (!v) return false;
+      backend.weight = *v;
+    } else if (field.key == "node") {
+      auto v = quiet::text(field.value);
+      if (!v) return false;
+      backend.node = *v, node = true;
+    } else {
+      return false;
+    }
+  }
+  return ip && port && node;
+}
+
+bool read_service_quietly(simdjson::dom::element value, service_spec& service) {
+  simdjson::dom::object object;
+  if (value.get_object().get(object)) return false;
+  bool name = false, vip = false, ports = false;
+  for (auto field : object) {
+    if (field.key == "name") {
+      auto v = quiet::text(field.value);
+      if (!v) return false;
+      service.name = *v, name = true;
+    } else if (field.key == "vip") {
+      auto v = quiet::address(field.value);
+      if (!v) return false;
+      service.vip = *v, vip = true;
+    } else if (field.key == "session_affinity") {
+      if (field.value.get_bool().get(service.session_affinity)) return false;
+    } else if (field.key == "encrypt") {
+      if (quiet::text(field.value) != "required") return false;
+      service.encrypt = service_encryption::required;
+    } else if (field.key == "ports") {
+      simdjson::dom::array list;
+      if (field.value.get_array().get(list) || list.size() == 0) return false;
+      for (simdjson::dom::element element : list) {
+        simdjson::dom::object port_object;
+        if (element.get_object().get(port_object)) return false;
+        service_port port;
+        bool has_port = false;
+        for (auto port_field : port_object) {
+          if (port_field.key == "name") {
+            auto v = quiet::text(port_field.value);
+            if (!v) return false;
+            port.name = *v;
+          } else if (port_field.key == "port") {
+            auto v = quiet::number(port_field.value, 1);
+            if (!v) return false;
+            port.port = *v, has_port = true;
+          } else if (port_field.key == "protocol") {
+            auto v = quiet::text(port_field.value);
+            if (v == "tcp") port.protocol = l4_protocol::tcp;
+            else if (v == "udp") port.protocol = l4_protocol::udp;
+            else return false;
+          } else if (port_field.key == "target_port") {
+            auto v = quiet::number(port_field.value, 1);
+            if (!v) return false;
+            port.target_port = *v;
+          } else {
+            return false;
+          }
+        }
+        if (!has_port) return false;
+        service.ports.push_back(port);
+      }
+      ports = true;
+    } else if (field.key == "backends") {
+      simdjson::dom::array list;
+      if (field.value.get_array().get(list)) return false;
+      service.backends.reserve(list.size());
+      for (simdjson::dom::element element : list) {
+        backend_spec backend;
+        if (!read_backend_quietly(element, backend)) return false;
+        service.backends.push_back(std::move(backend));
+      }
+    } else {
+      return false;
+    }
+  }
+  return name && vip && ports;
+}
+
 void read_tunables(const json& value, const std::string& path, tunables& t, error_list& errors) {
   object_reader r(value, path, errors);
   if (!r.ok()) return;
@@ -670,11 +794,37 @@ namespace {
 
 using node_lookup = document_sections::node_index;
 
+// Whether the route to a backend's node carries a service that requires encryption.
+bool encrypted_route(const desired_state& s, const node_spec& node) {
+  return s.encryption.mode == encryption_mode::always ||
+         (s.encryption.mode == encryption_mode::per_route && node.encrypt.value_or(false));
+}
+
+// Whether check_service_alone would find nothing to report of `svc`: the same rules, as
+// lookups and comparisons only, without a path or message built (100,000 services are
+// 1.7 million of those strings). Only a service with something to report pays for them.
+bool service_alone_clean(const desired_state& s, const node_lookup& lookup, const service_spec& svc) {
+  if (lookup.inside_pod_ranges(svc.vip) || lookup.underlays.count(svc.vip)) return false;
+  if (svc.backends.size() > s.tuning.maglev_table_size || svc.backends.size() > 65535) return false;
+  for (const backend_spec& backend : svc.backends) {
+    const node_spec* node = lookup.find(backend.node);
+    if (!node || backend.ip.is_v4() != svc.vip.is_v4()) return false;
+    if (!node->pod_cidr.contains(backend.ip) && !(node->pod_cidr6 && node->pod_cidr6->contains(backend.ip))) return false;
+    if (svc.encrypt == service_encryption::required && node != &s.node && !encrypted_route(s, *node)) return false;
+  }
+  std::vector<std::pair<ip_address, uint16_t>> endpoints;
+  endpoints.reserve(svc.backends.size());
+  for (const backend_spec& backend : svc.backends) endpoints.emplace_back(backend.ip, backend.port);
+  std::sort(endpoints.begin(), endpoints.end());
+  return std::adjacent_find(endpoints.begin(), endpoints.end()) == endpoints.end();
+}
+
 // The checks of one service that need the nodes and settings but no other service: its
 // VIP, its backends' nodes and ranges, its size, its encryption. (Names and frontends
 // unique across services, and the eBPF load balancer's totals, are the caller's.)
 void check_service_alone(const desired_state& s, const node_lookup& lookup, const service_spec& svc,
                          const std::string& path, error_list& errors) {
+  if (service_alone_clean(s, lookup, svc)) return;
   auto add = [&](std::string at, std::string message) { errors.push_back({std::move(at), std::move(message)}); };
   auto find_node = [&](std::string_view name) { return lookup.find(name); };
     if (const auto owner = lookup.inside_pod_ranges(svc.vip))
@@ -690,9 +840,7 @@ void check_service_alone(const desired_state& s, const node_lookup& lookup, cons
       for (size_t b = 0; b < svc.backends.size(); ++b) {
         const node_spec* node = find_node(svc.backends[b].node);
         if (!node || node == &s.node) continue;  // pod-local traffic never leaves the node
-        const bool encrypted = s.encryption.mode == encryption_mode::always ||
-                               (s.encryption.mode == encryption_mode::per_route && node->encrypt.value_or(false));
-        if (!encrypted)
+        if (!encrypted_route(s, *node))
           add(path + ".backends[" + std::to_string(b) + "].node",
               "service '" + svc.name + "' requires encryption, but the route to node '" + node->name +
                   "' is direct (encryption.mode " + to_string(s.encryption.mode) +
@@ -808,8 +956,20 @@ void check_consistency(const desired_state& s, error_list& errors) {
   }
 
   const node_lookup lookup(s);
-  std::map<std::string, size_t> service_names;
-  std::map<std::tuple<ip_address, uint16_t, l4_protocol>, std::string> frontends;
+  // Hash maps of views and indices: paths and messages are built only for an error.
+  std::unordered_map<std::string_view, size_t> service_names;
+  service_names.reserve(s.services.size());
+  using frontend_key = std::tuple<ip_address, uint16_t, l4_protocol>;
+  struct frontend_hash {
+    size_t operator()(const frontend_key& key) const {
+      const auto& [vip, port, protocol] = key;
+      return mix64(fnv1a64(vip.bytes.data(), vip.bytes.size(), (uint64_t{port} << 8) | static_cast<uint8_t>(protocol)));
+    }
+  };
+  std::unordered_map<frontend_key, std::pair<size_t, size_t>, frontend_hash> frontends;  // service, port
+  frontends.reserve(s.services.size());
+  auto service_path = [](size_t i) { return "$.services[" + std::to_string(i) + "]"; };
+  auto port_path = [&](size_t i, size_t p) { return service_path(i) + ".ports[" + std::to_string(p) + "]"; };
   // What the eBPF connect-time load balancer must hold (connect_lb_limits.h): each
   // frontend has its own backend list and, with affinity, its own slot table. The first
   // frontend past a limit is named.
@@ -817,15 +977,14 @@ void check_consistency(const desired_state& s, error_list& errors) {
   bool lb_reported = false;
   for (size_t i = 0; i < s.services.size(); ++i) {
     const service_spec& svc = s.services[i];
-    const std::string path = "$.services[" + std::to_string(i) + "]";
     if (auto [it, fresh] = service_names.emplace(svc.name, i); !fresh)
-      add(path + ".name", "duplicate service name '" + svc.name + "' (also at $.services[" + std::to_string(it->second) + "])");
+      add(service_path(i) + ".name", "duplicate service name '" + svc.name + "' (also at $.services[" + std::to_string(it->second) + "])");
     for (size_t p = 0; p < svc.ports.size(); ++p) {
       const service_port& port = svc.ports[p];
-      const std::string port_path = path + ".ports[" + std::to_string(p) + "]";
       auto key = std::make_tuple(svc.vip, port.port, port.protocol);
-      if (auto [it, fresh] = frontends.emplace(key, port_path); !fresh)
-        add(port_path + ".port", "duplicate " + svc.vip.to_string() + ":" + std::to_string(port.port) + "/" + to_string(port.protocol) + " (also at " + it->second + ")");
+      if (auto [it, fresh] = frontends.emplace(key, std::make_pair(i, p)); !fresh)
+        add(port_path(i, p) + ".port", "duplicate " + svc.vip.to_string() + ":" + std::to_string(port.port) + "/" +
+                                         to_string(port.protocol) + " (also at " + port_path(it->second.first, it->second.second) + ")");
       lb_frontends += 1;
       lb_backends += svc.backends.size();
       if (svc.session_affinity)
@@ -833,7 +992,7 @@ void check_consistency(const desired_state& s, error_list& errors) {
       if (!lb_reported && (lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries ||
                            lb_slots > connect_lb::kMaxSlots)) {
         lb_reported = true;
-        add(port_path, "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
+        add(port_path(i, p), "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
                            " service ports, " + std::to_string(connect_lb::kMaxBackendEntries) +
                            " backends summed over them and " + std::to_string(connect_lb::kMaxSlots) +
                            " affinity slots; this document needs " + std::to_string(lb_frontends) + " ports, " +
@@ -841,7 +1000,7 @@ void check_consistency(const desired_state& s, error_list& errors) {
                            " slots up to here");
       }
     }
-    check_service_alone(s, lookup, svc, path, errors);
+    if (!service_alone_clean(s, lookup, svc)) check_service_alone(s, lookup, svc, service_path(i), errors);
   }
 }
 
@@ -985,12 +1144,45 @@ void check_document(desired_state& state, std::vector<config_error>& errors) {
 
 }  // namespace document_sections
 
-parse_result parse_desired_state(std::string_view json_text) {
-  parse_result result;
-  error_list& errors = result.errors;
-  json document;
-  if (!document_sections::read_checked_json(json_text, document, errors)) return result;
+namespace {
 
+// The document's sections read and checked: from `document`, and services[] from the tape
+// when `tape_services` is set (then `document` lacks that member).
+parse_result read_document(const json& document, std::optional<simdjson::dom::array> tape_services, error_list&& errors);
+
+}  // namespace
+
+parse_result parse_desired_state(std::string_view json_text) {
+  // The tape when it reads this text as nlohmann would (document_tape.h): services[] is read
+  // from it directly, every other member (small) converted for the section readers.
+  const std::unique_ptr<document_tape::tape> tape = document_tape::parse(json_text, kMaxNesting);
+  if (!tape) return document_sections::parse_without_tape(json_text);
+  if (!tape->root.is_object()) return read_document(document_tape::to_json(tape->root), std::nullopt, {});
+  json document = json::object();
+  std::optional<simdjson::dom::array> tape_services;
+  for (auto field : simdjson::dom::object(tape->root)) {
+    simdjson::dom::array list;
+    if (field.key == "services" && !field.value.get_array().get(list)) tape_services = list;
+    else document.emplace(std::string(field.key), document_tape::to_json(field.value));
+  }
+  return read_document(document, tape_services, {});
+}
+
+namespace document_sections {
+parse_result parse_without_tape(std::string_view json_text) {
+  error_list errors;
+  json document;
+  if (!read_checked_json(json_text, document, errors)) return {std::nullopt, std::move(errors)};
+  return read_document(document, std::nullopt, std::move(errors));
+}
+}  // namespace document_sections
+
+namespace {
+
+parse_result read_document(const json& document, std::optional<simdjson::dom::array> tape_services, error_list&& errors_so_far) {
+  parse_result result;
+  result.errors = std::move(errors_so_far);  // duplicate keys (nlohmann path): reported, and reading goes on
+  error_list& errors = result.errors;
   desired_state state;
   {
     object_reader top(document, "$", errors);
@@ -1009,11 +1201,26 @@ parse_result parse_desired_state(std::string_view json_text) {
       read_pod(element, path, pod, errors);
       state.pods.push_back(std::move(pod));
     });
-    top.array("services", false, [&](const json& element, const std::string& path) {
-      service_spec service;
-      read_service(element, path, service, errors);
-      state.services.push_back(std::move(service));
-    });
+    if (tape_services) {
+      top.member("services", false);  // consumed here, read from the tape
+      state.services.reserve(tape_services->size());
+      size_t i = 0;
+      for (simdjson::dom::element element : *tape_services) {
+        service_spec service;
+        if (!read_service_quietly(element, service)) {  // something to report: read_service words it
+          service = service_spec{};
+          read_service(document_tape::to_json(element), "$.services[" + std::to_string(i) + "]", service, errors);
+        }
+        state.services.push_back(std::move(service));
+        ++i;
+      }
+    } else {
+      top.array("services", false, [&](const json& element, const std::string& path) {
+        service_spec service;
+        read_service(element, path, service, errors);
+        state.services.push_back(std::move(service));
+      });
+    }
     if (const json* t = top.member("tunables", false)) read_tunables(*t, "$.tunables", state.tuning, errors);
     if (const json* e = top.member("ebpf", false)) {  // issue 12
       object_reader er(*e, "$.ebpf", errors);
@@ -1082,6 +1289,8 @@ parse_result parse_desired_state(std::string_view json_text) {
   if (errors.empty()) result.state = std::move(state);
   return result;
 }
+
+}  // namespace
 
 parse_result load_desired_state(const std::string& file_path) {
   std::ifstream file(file_path, std::ios::binary);

@@ -56,10 +56,16 @@ uint32_t ip_address::v4() const {
 std::string ip_address::to_string() const {
   char buffer[INET6_ADDRSTRLEN];
   if (is_v4()) {
-    inet_ntop(AF_INET, bytes.data() + 12, buffer, sizeof buffer);
-  } else {
-    inet_ntop(AF_INET6, bytes.data(), buffer, sizeof buffer);
+    // inet_ntop's dotted quad, written here: it formats through sprintf, and a compile
+    // names 1.6 million backends (their Maglev identities, issue 14).
+    char* out = buffer;
+    for (int i = 12; i < 16; ++i) {
+      out = std::to_chars(out, buffer + sizeof buffer, bytes[i]).ptr;
+      if (i < 15) *out++ = '.';
+    }
+    return std::string(buffer, out);
   }
+  inet_ntop(AF_INET6, bytes.data(), buffer, sizeof buffer);
   return buffer;
 }
 

@@ -45,8 +45,8 @@ void state_index::remove_service_indexes(const service_spec& svc) {
   totals_.frontends -= c.frontends, totals_.backends -= c.backends, totals_.slots -= c.slots;
 }
 
-void state_index::reset(const desired_state& state) {
-  state_ = std::make_unique<desired_state>(state);
+void state_index::reset(desired_state&& state) {
+  state_ = std::make_unique<desired_state>(std::move(state));
   nodes_ = document_sections::index_nodes(*state_);
   service_at_.clear();
   frontend_owner_.clear();
@@ -272,7 +272,7 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
 void state_index::commit(delta_plan&& plan, std::vector<service_change>& changes) {
   changes.clear();
   if (plan.whole) {
-    reset(*plan.whole);
+    reset(std::move(*plan.whole));
     return;
   }
   if (plan.pods) state_->pods = std::move(*plan.pods);

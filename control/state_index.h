@@ -31,8 +31,8 @@ struct delta_plan {
 
 class state_index {
  public:
-  // A full apply: index the (validated) state. Linear in its size.
-  void reset(const desired_state& state);
+  // A full apply: index the (validated) state, taken over. Linear in its size.
+  void reset(desired_state&& state);
   bool empty() const { return !state_; }
   const desired_state& state() const { return *state_; }
 

@@ -4,9 +4,15 @@
 #include <unordered_map>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
+#include <charconv>
+#include <exception>
+#include <functional>
 #include <iterator>
 #include <sstream>
+#include <system_error>
+#include <thread>
 
 #include "control/maglev.h"
 #include "control/policy_compiler.h"
@@ -31,7 +37,11 @@ void index_insert(hash_index& index, uint64_t hash, uint32_t element) {
 }
 
 std::string backend_identity(const backend_spec& b) {
-  return b.ip.to_string() + ":" + std::to_string(b.port);
+  std::string identity = b.ip.to_string();
+  char port[8];
+  identity += ':';
+  identity.append(port, std::to_chars(port, port + sizeof port, b.port).ptr);
+  return identity;
 }
 
 // Node indices by name, for backends (a cluster has thousands of nodes).
@@ -53,11 +63,14 @@ std::shared_ptr<const service_backends> compile_service_backends(const service_s
                                                                  uint32_t table_size) {
   auto out = std::make_shared<service_backends>();
   std::vector<const backend_spec*> backends;
+  backends.reserve(svc.backends.size());
   for (const auto& b : svc.backends) backends.push_back(&b);
   std::sort(backends.begin(), backends.end(), [](auto* a, auto* b) {
     return std::tie(a->ip, a->port) < std::tie(b->ip, b->port);
   });
   std::vector<maglev_backend> maglev_input;
+  maglev_input.reserve(backends.size());
+  out->backends.reserve(backends.size());
   for (const backend_spec* b : backends) {
     out->backends.push_back({b->ip, b->port, b->weight, names(b->node)});
     maglev_input.push_back({backend_identity(*b), b->weight});
@@ -67,6 +80,44 @@ std::shared_ptr<const service_backends> compile_service_backends(const service_s
     for (uint16_t slot : out->maglev) ++out->backends[slot].maglev_slots;
   }
   return out;
+}
+
+// Every service's block (compile_service_backends) into `out`, in `services`' order. The
+// Maglev tables are most of a full compile (100,000 services: 100,000 tables), and each
+// block is a pure function of its spec, so a second thread shares the work (in chunks
+// taken in turn, so that a thread the scheduler delays does not hold the other up): the
+// blocks are those one thread makes. The helper is started by the calling thread and so
+// has its nice value (the control socket publishes at nice 10, below the threads that
+// answer /healthz and `get`); one helper only, the control module's share of a node.
+void compile_all_backends(const std::vector<const service_spec*>& services, const node_names& names, uint32_t table_size,
+                          std::vector<std::shared_ptr<const service_backends>>& out) {
+  out.resize(services.size());
+  constexpr size_t kChunk = 256;
+  std::atomic<size_t> next_chunk{0};
+  // What either thread threw (bad_alloc), rethrown here once both are done, as one thread
+  // would have thrown it.
+  std::exception_ptr failed[2];
+  auto work = [&](std::exception_ptr& failure) {
+    try {
+      for (size_t from; (from = next_chunk.fetch_add(kChunk)) < services.size();)
+        for (size_t i = from; i < std::min(from + kChunk, services.size()); ++i)
+          out[i] = compile_service_backends(*services[i], names, table_size);
+    } catch (...) {
+      failure = std::current_exception();
+      next_chunk = services.size();  // the other thread stops at its next chunk
+    }
+  };
+  std::thread helper;
+  if (services.size() >= 8 * kChunk && std::thread::hardware_concurrency() > 1) {
+    try {
+      helper = std::thread(work, std::ref(failed[1]));
+    } catch (const std::system_error&) {  // no thread to be had: this one does it all
+    }
+  }
+  work(failed[0]);
+  if (helper.joinable()) helper.join();
+  for (const std::exception_ptr& failure : failed)
+    if (failure) std::rethrow_exception(failure);
 }
 
 // Backends are numbered service by service, in service order.
@@ -194,10 +245,12 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   std::sort(services.begin(), services.end(), [](auto* a, auto* b) { return a->name < b->name; });
 
   const node_names names(*tables);
-  for (const service_spec* svc : services) {
+  std::vector<std::shared_ptr<const service_backends>> blocks;
+  compile_all_backends(services, names, state.tuning.maglev_table_size, blocks);
+  for (size_t i = 0; i < services.size(); ++i) {
+    const service_spec* svc = services[i];
     tables->services.push_back({svc->name, svc->vip, svc->session_affinity, 0,
-                                static_cast<uint32_t>(svc->backends.size()),
-                                compile_service_backends(*svc, names, state.tuning.maglev_table_size)});
+                                static_cast<uint32_t>(svc->backends.size()), std::move(blocks[i])});
   }
   number_backends(*tables);
   build_frontends(*tables, [&](uint32_t i) -> const service_spec& { return *services[i]; });

@@ -31,7 +31,8 @@ publish_result table_publisher::apply(std::string_view document_json) {
     result.compile_seconds = seconds_since(start);
     return result;
   }
-  return apply(*parsed.state);
+  std::lock_guard lock(write_mutex_);
+  return publish_locked(std::move(*parsed.state));
 }
 
 void table_publisher::set_key_source(esp_key_source source) {
@@ -41,7 +42,7 @@ void table_publisher::set_key_source(esp_key_source source) {
 
 publish_result table_publisher::apply(const desired_state& state) {
   std::lock_guard lock(write_mutex_);
-  return publish_locked(state);
+  return publish_locked(desired_state(state));
 }
 
 publish_result table_publisher::apply_delta(std::string_view delta_json) {
@@ -69,7 +70,7 @@ publish_result table_publisher::apply_delta(const state_delta& delta) {
     result.compile_seconds = seconds_since(start);
     return result;
   }
-  if (plan->whole) return publish_locked(*plan->whole);  // nodes changed: checked whole, compiled whole
+  if (plan->whole) return publish_locked(std::move(*plan->whole));  // nodes changed: checked whole, compiled whole
 
   std::vector<service_change> changes;
   for (const auto& [name, spec] : plan->services) changes.push_back({name, spec ? &*spec : nullptr});
@@ -124,7 +125,7 @@ bool table_publisher::install_locked(const std::shared_ptr<const snapshot>& next
   return true;
 }
 
-publish_result table_publisher::publish_locked(const desired_state& state) {
+publish_result table_publisher::publish_locked(desired_state&& state) {
   publish_result result;
   auto start = std::chrono::steady_clock::now();
   std::optional<esp_key_set> keys;
@@ -142,7 +143,7 @@ publish_result table_publisher::publish_locked(const desired_state& state) {
   if (!install_locked(next, result)) return result;
   last_generation_ = next->generation;
   make_current(std::move(next));
-  index_.reset(state);
+  index_.reset(std::move(state));
   current_state_.reset();
   result.generation = last_generation_;
   return result;

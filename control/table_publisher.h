@@ -74,7 +74,9 @@ class table_publisher {
   std::vector<std::pair<std::string, table_sink>> sinks_;
   esp_key_source key_source_;
 
-  publish_result publish_locked(const desired_state& state);
+  // Publishes `state` and keeps it as the working state (taken over: a 100k-service
+  // state is too large to copy for nothing).
+  publish_result publish_locked(desired_state&& state);
   // Hands `next` to every sink (rolling back on a failure); false and an error if one refused.
   bool install_locked(const std::shared_ptr<const snapshot>& next, publish_result& result);
 };

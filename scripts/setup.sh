@@ -10,6 +10,7 @@ packages=(
   meson ninja-build pkg-config g++ clang llvm lld
   # libraries
   libdpdk-dev dpdk-dev libbpf-dev libelf-dev zlib1g-dev libssl-dev nlohmann-json3-dev libpcap-dev
+  libsimdjson-dev
   libnl-route-3-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   # BPF skeletons, fuzzing runtime, kernel tools used by tests and the demo

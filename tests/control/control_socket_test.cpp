@@ -135,6 +135,75 @@ TEST_F(ControlSocket, OtherClientsAreAnsweredWhileAnApplyPublishes) {
   EXPECT_EQ(json::parse(line)["generation"], 2);
 }
 
+// A document of `services` services, each with a backend: over 256 KiB from a few thousand
+// on, so that its apply line goes to the publish thread and read_apply_line.
+json sample_with_services(int services) {
+  json document = testing::sample_document();
+  document["tunables"]["maglev_table_size"] = 251;  // 4,000 tables of 65,537 slots take seconds to build and digest
+  for (int i = 0; i < services; ++i)
+    document["services"].push_back({{"name", "bulk-" + std::to_string(i)},
+                                    {"vip", "198.19." + std::to_string(129 + i / 250) + "." + std::to_string(1 + i % 250)},
+                                    {"ports", {{{"port", 80}}}},
+                                    {"backends", {{{"ip", "198.18.2.10"}, {"port", 8080}, {"node", "node2"}}}}});
+  return document;
+}
+
+TEST(ApplyLine, MeshctlsApplyOfADocumentIsReadAsTextAndNothingElseIs) {
+  const std::string document = R"({"node":{"name":"n"} , "services":[]})";
+  auto read = read_apply_line(R"({"command":"apply","document":)" + document + "}");
+  ASSERT_TRUE(read);
+  EXPECT_EQ(read->command, "apply");
+  EXPECT_EQ(read->document_text, document);
+  read = read_apply_line(R"({"command":"apply","document":)" + document + " }\n");
+  ASSERT_TRUE(read);
+  EXPECT_EQ(read->document_text, document + " ");
+  for (const char* other : {
+           R"({"document":{},"command":"apply"})",                     // another order
+           R"({"command":"apply","document":{},"x":1})",               // another member
+           R"({"command":"apply","document":[]})",                     // no object: apply_request refuses it
+           R"({"command":"apply","document":{"a":1,"a":2}})",          // a duplicate the DOM would drop
+           R"({"command":"apply","document":{"a":1})",                 // no JSON
+           R"({"command":"apply","delta":{"changes":[]}})",
+           R"( {"command":"apply","document":{}})",
+       })
+    EXPECT_FALSE(read_apply_line(other)) << other;
+}
+
+TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
+  start();
+  const json document = sample_with_services(4000);
+  const std::string line = json{{"command", "apply"}, {"document", document}}.dump();
+  ASSERT_GT(line.size(), 256u << 10);
+  ASSERT_TRUE(read_apply_line(line));
+  control_client client;
+  ASSERT_EQ(client.connect(options_.path), "");
+  const json reply = client.request(json::parse(line), 60000);
+  ASSERT_EQ(reply["ok"], true) << reply.dump().substr(0, 400);
+  EXPECT_EQ(ask({{"command", "status"}})["tables"]["services"], 4002);
+  const json config = ask({{"command", "get"}, {"what", "config"}});
+  ASSERT_EQ(config["ok"], true);
+  EXPECT_EQ(config["document"], document);
+
+  // Refused, with the validator's paths, as through the DOM.
+  json broken = document;
+  broken["services"][3000]["backends"][0]["port"] = 0;
+  const json refused = client.request({{"command", "apply"}, {"document", broken}}, 60000);
+  EXPECT_EQ(refused["ok"], false);
+  ASSERT_EQ(refused["errors"].size(), 1u) << refused.dump();
+  EXPECT_EQ(refused["errors"][0]["path"], "$.services[3000].backends[0].port");
+  EXPECT_EQ(refused["errors"][0]["message"], "must be 1..65535, got 0");
+
+  // A long line the DOM reads as before: a duplicate key in the document, which the
+  // request's DOM drops (the last one stays), so the apply goes through.
+  std::string duplicate = line;
+  duplicate.insert(duplicate.find(R"("name":"bulk-0")"), R"("name":"dropped",)");
+  ASSERT_FALSE(read_apply_line(duplicate));
+  ASSERT_TRUE(client.send_line(duplicate));
+  std::string answer;
+  ASSERT_TRUE(client.read_line(answer, 60000));
+  EXPECT_EQ(json::parse(answer)["ok"], true) << answer.substr(0, 400);
+}
+
 TEST_F(ControlSocket, SocketFileIsOwnerOnlyAndRemovedOnStop) {
   start();
   struct stat st;

@@ -1,6 +1,7 @@
 // Maglev table properties (NSDI 2016, section 3.4): every slot filled, shares that follow
 // weights, little disruption when a backend leaves, and determinism.
 #include "control/maglev.h"
+#include "control/stable_hash.h"
 
 #include <gtest/gtest.h>
 
@@ -67,6 +68,34 @@ TEST(Maglev, EmptyBackendListGivesEmptyTable) {
 TEST(Maglev, SameInputsGiveSameTable) {
   const auto backends = make_backends({1, 2, 3});
   EXPECT_EQ(build_maglev_table(backends, kTableSize), build_maglev_table(backends, kTableSize));
+}
+
+// The tables themselves, fingerprinted: every node and every agent release must build the
+// same table from the same backends (a flow's backend must not move with an upgrade). The
+// fingerprints were taken from the implementation before the look-ahead probe (issue 14);
+// a change of the algorithm's output fails here.
+TEST(Maglev, TablesAreTheSameAsEverBefore) {
+  struct fingerprint {
+    uint32_t backends, table_size, weight_modulus;
+    uint64_t fnv1a;
+  };
+  for (const fingerprint& f : std::initializer_list<fingerprint>{
+           {1, 13, 1, 0x17f8dd1ca2b90acdull},
+           {3, 13, 3, 0x957d0900fcf38aa7ull},
+           {16, 1021, 3, 0xce90a536456dfa19ull},
+           {16, 65537, 4, 0x131665baa8f0d02full},
+           {100, 1021, 7, 0x3431f645a1a25065ull},
+           {1000, 65537, 5, 0x640b521b2487636bull},
+           {13, 13, 2, 0x3b5b94b1729bf988ull},
+       }) {
+    std::vector<maglev_backend> input;
+    for (uint32_t b = 0; b < f.backends; ++b)
+      input.push_back({"10.1." + std::to_string(b / 250) + "." + std::to_string(b % 250) + ":" + std::to_string(8000 + b % 7),
+                       1 + b % f.weight_modulus});
+    const auto table = build_maglev_table(input, f.table_size);
+    ASSERT_EQ(table.size(), f.table_size);
+    EXPECT_EQ(fnv1a64(table.data(), table.size() * sizeof table[0]), f.fnv1a) << f.backends << " backends, M=" << f.table_size;
+  }
 }
 
 // Removing one of N backends must move its own 1/N of the slots and few others.

@@ -2,6 +2,11 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+
+#include <random>
+#include <vector>
+
 namespace meshlane {
 namespace {
 
@@ -12,6 +17,20 @@ TEST(IpAddress, ParsesIpv4AsMappedAndRoundTrips) {
   EXPECT_EQ(a->v4(), 0xc612010au);
   EXPECT_EQ(a->to_string(), "198.18.1.10");
   EXPECT_EQ(*a, ip_address::from_v4(0xc612010a));
+}
+
+// to_string writes IPv4 itself (a compile formats every backend): it must be inet_ntop's
+// text exactly, since Maglev permutations hash it.
+TEST(IpAddress, Ipv4TextIsInetNtopsText) {
+  std::mt19937 random(14);
+  std::vector<uint32_t> values = {0, 0xffffffffu, 0x0a000009u, 0x64000a00u, 0x01020304u};
+  for (int i = 0; i < 20000; ++i) values.push_back(random());
+  for (uint32_t value : values) {
+    const ip_address address = ip_address::from_v4(value);
+    char expected[INET_ADDRSTRLEN];
+    ASSERT_NE(inet_ntop(AF_INET, address.bytes.data() + 12, expected, sizeof expected), nullptr);
+    ASSERT_EQ(address.to_string(), expected);
+  }
 }
 
 TEST(IpAddress, ParsesIpv6AndRefusesGarbage) {

@@ -6,6 +6,7 @@
 #include <random>
 #include <set>
 
+#include "control/maglev.h"
 #include "control/table_publisher.h"
 #include "tests/control/sample_document.h"
 
@@ -221,6 +222,41 @@ TEST(TableCompiler, ManyServicesAllResolve) {
     ASSERT_NE(f, nullptr) << i;
     EXPECT_EQ(t->services[f->service_index].name, "svc" + std::to_string(i));
   }
+}
+
+// Enough services that the compile shares the Maglev tables with a helper thread (issue
+// 14): each service's table is still the one build_maglev_table gives for its backends
+// alone, in canonical order, whichever thread built it.
+TEST(TableCompiler, ManyServicesCompiledOnTwoThreadsGetTheirOwnMaglevTables) {
+  desired_state state = parse_or_die(testing::sample_document());
+  state.tuning.maglev_table_size = 13;
+  state.services.clear();
+  for (uint32_t i = 0; i < 5000; ++i) {
+    service_spec svc;
+    svc.name = "svc" + std::to_string(i);
+    svc.vip = ip_address::from_v4(0xc6138000u + i);
+    svc.ports.push_back({"", 80, l4_protocol::tcp, 0});
+    for (uint32_t b = 0; b < 1 + i % 5; ++b)  // listed out of order: the compiler sorts them
+      svc.backends.push_back({ip_address::from_v4(0xc6120200u + (i * 7 + b * 13) % 250), static_cast<uint16_t>(8000 + b),
+                              static_cast<uint16_t>(1 + (i + b) % 3), "node2"});
+    state.services.push_back(std::move(svc));
+  }
+  const auto tables = compile_tables(state, 1);
+  ASSERT_EQ(tables->services.size(), 5000u);
+  for (const service_spec& svc : state.services) {
+    std::vector<const backend_spec*> sorted;
+    for (const auto& b : svc.backends) sorted.push_back(&b);
+    std::sort(sorted.begin(), sorted.end(), [](auto* a, auto* b) { return std::tie(a->ip, a->port) < std::tie(b->ip, b->port); });
+    std::vector<maglev_backend> input;
+    for (const backend_spec* b : sorted) input.push_back({b->ip.to_string() + ":" + std::to_string(b->port), b->weight});
+    const auto it = std::lower_bound(tables->services.begin(), tables->services.end(), svc.name,
+                                     [](const table_service& row, const std::string& name) { return row.name < name; });
+    ASSERT_EQ(it->name, svc.name);
+    EXPECT_EQ(it->compiled->maglev, build_maglev_table(input, 13)) << svc.name;
+    ASSERT_EQ(it->compiled->backends.size(), sorted.size());
+    for (size_t b = 0; b < sorted.size(); ++b) EXPECT_EQ(it->compiled->backends[b].ip, sorted[b]->ip) << svc.name;
+  }
+  EXPECT_EQ(tables->content_digest(), compile_tables(state, 2)->content_digest());
 }
 
 TEST(TablePublisher, InvalidDocumentKeepsRunningTables) {

@@ -1,0 +1,101 @@
+#include "control/document_tape.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace meshlane::document_tape {
+
+namespace {
+
+using simdjson::dom::element;
+using simdjson::dom::element_type;
+
+// Whether `value` has no object with a key twice and nests at most `max_depth` deep
+// (`depth`: containers around it). Objects hold a handful of keys, compared pairwise;
+// a large one is sorted first, so a hostile document cannot make this quadratic.
+bool well_formed(element value, size_t depth, size_t max_depth, std::vector<std::string_view>& keys) {
+  switch (value.type()) {
+    case element_type::OBJECT: {
+      if (++depth > max_depth) return false;
+      const simdjson::dom::object object(value);  // of that type: the conversion cannot throw
+      const size_t first = keys.size();
+      for (auto field : object) {
+        for (size_t k = first; k < keys.size() && keys.size() - first <= 8; ++k)
+          if (keys[k] == field.key) return false;
+        keys.push_back(field.key);
+      }
+      if (keys.size() - first > 8) {
+        std::sort(keys.begin() + static_cast<std::ptrdiff_t>(first), keys.end());
+        if (std::adjacent_find(keys.begin() + static_cast<std::ptrdiff_t>(first), keys.end()) != keys.end()) return false;
+      }
+      keys.resize(first);
+      for (auto field : object)
+        if (!well_formed(field.value, depth, max_depth, keys)) return false;
+      return true;
+    }
+    case element_type::ARRAY: {
+      if (++depth > max_depth) return false;
+      const simdjson::dom::array array(value);
+      for (element item : array)
+        if (!well_formed(item, depth, max_depth, keys)) return false;
+      return true;
+    }
+    default:
+      return true;
+  }
+}
+
+}  // namespace
+
+std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth) {
+  auto out = std::make_unique<tape>();
+  // Copies the text into a padded buffer (simdjson reads past the end in 64-byte blocks).
+  if (out->parser.parse(json_text.data(), json_text.size()).get(out->root)) return nullptr;
+  std::vector<std::string_view> keys;
+  if (!well_formed(out->root, 0, max_depth, keys)) return nullptr;
+  return out;
+}
+
+nlohmann::json to_json(element value) {
+  switch (value.type()) {
+    case element_type::OBJECT: {
+      nlohmann::json out = nlohmann::json::object();
+      const simdjson::dom::object object(value);
+      for (auto field : object)
+        out.emplace(std::string(field.key), to_json(field.value));
+      return out;
+    }
+    case element_type::ARRAY: {
+      nlohmann::json out = nlohmann::json::array();
+      const simdjson::dom::array array(value);
+      for (element item : array) out.push_back(to_json(item));
+      return out;
+    }
+    case element_type::STRING: {
+      return std::string(std::string_view(value));
+    }
+    case element_type::INT64: {
+      const auto n = int64_t(value);
+      // nlohmann types an integer without a minus sign unsigned.
+      if (n >= 0) return static_cast<uint64_t>(n);
+      return n;
+    }
+    case element_type::UINT64:
+      return uint64_t(value);
+    case element_type::DOUBLE:
+      return double(value);
+    case element_type::BOOL:
+      return bool(value);
+    case element_type::NULL_VALUE:
+      return nullptr;
+  }
+  return nullptr;
+}
+
+std::optional<nlohmann::json> parse_json(std::string_view json_text, size_t max_depth) {
+  const std::unique_ptr<tape> read = parse(json_text, max_depth);
+  if (!read) return std::nullopt;
+  return to_json(read->root);
+}
+
+}  // namespace meshlane::document_tape

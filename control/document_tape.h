@@ -1,0 +1,49 @@
+// The desired-state document's JSON text read as a simdjson tape: the fast path of
+// parse_desired_state (issue 14). nlohmann's DOM costs a std::map and its strings per
+// object; for 100,000 services with 16 backends that was 3-4 s of parsing and freeing
+// before any field was read. simdjson parses the same text into one flat tape (a few
+// hundred milliseconds), from which the services are read directly and the rest of the
+// document (small) is handed to the section readers as nlohmann values.
+//
+// The tape is only taken for documents that nlohmann's path would read identically:
+// text simdjson accepts (in every case tried, tests/control/document_tape_test.cpp and the
+// desired_state fuzz corpus, it accepted nothing nlohmann refuses, and it refuses some
+// things nlohmann accepts: integers beyond 64 bits, a byte-order mark, a trailing NUL), no
+// duplicate key and no nesting beyond the document's limit. Anything else returns null,
+// and the nlohmann path reads it and words its errors exactly as before.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string_view>
+
+#include <nlohmann/json.hpp>
+#include <simdjson.h>
+
+namespace meshlane::document_tape {
+
+// How deep a desired-state document may nest (containers inside one another, the outermost
+// counted); deeper ones are refused with nlohmann's wording.
+inline constexpr size_t kMaxDocumentNesting = 32;
+
+// The parser owns the tape that root points into; keep it while root is read.
+struct tape {
+  simdjson::dom::parser parser;
+  simdjson::dom::element root;
+};
+
+// Null when the text is not for the tape (see above). `max_depth`: containers nested
+// inside one another, the outermost counted (nlohmann path's kMaxNesting).
+std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth);
+
+// A tape value as the nlohmann value nlohmann's parser makes of the same text (numbers
+// typed as it types them: non-negative integers unsigned, negative ones signed; only -0,
+// whose sign the tape drops, becomes the unsigned 0, equal to nlohmann's signed one).
+nlohmann::json to_json(simdjson::dom::element value);
+
+// The nlohmann value of a whole text, read through the tape and converted (allocation
+// bound, but without nlohmann's lexer: about twice as fast for a large document); nullopt
+// when the tape does not take the text, which nlohmann's parser then reads.
+std::optional<nlohmann::json> parse_json(std::string_view json_text, size_t max_depth);
+
+}  // namespace meshlane::document_tape

@@ -1,0 +1,201 @@
+// The desired-state document's two readers (issue 14): the simdjson tape, which
+// parse_desired_state takes when it can, and nlohmann's DOM (parse_without_tape), which
+// reads everything else. Whatever the text, the two must give the same errors, paths and
+// order included, and the same state: each test feeds both the same text and compares.
+#include "control/document_tape.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+
+#include "control/desired_state.h"
+#include "control/document_sections.h"
+#include "control/table_compiler.h"
+#include "tests/control/sample_document.h"
+
+namespace meshlane {
+namespace {
+
+using ::testing::ElementsAre;
+using json = nlohmann::json;
+
+std::vector<std::string> texts_of(const std::vector<config_error>& errors) {
+  std::vector<std::string> out;
+  for (const auto& e : errors) out.push_back(e.to_string());
+  return out;
+}
+
+// Every field of the services the two readers fill (the rest of the document goes through
+// the same section readers on both paths).
+std::string services_of(const desired_state& state) {
+  std::ostringstream out;
+  for (const service_spec& svc : state.services) {
+    out << svc.name << ' ' << svc.vip.to_string() << ' ' << svc.session_affinity << ' ' << int(svc.encrypt) << " [";
+    for (const auto& p : svc.ports) out << p.name << ':' << p.port << '/' << to_string(p.protocol) << "->" << p.target_port << ' ';
+    out << "] [";
+    for (const auto& b : svc.backends) out << b.ip.to_string() << ':' << b.port << " w" << b.weight << " @" << b.node << ' ';
+    out << "]\n";
+  }
+  return out.str();
+}
+
+// Both readers on `text`: the same errors, and when valid the same services and tables.
+void expect_same_reading(const std::string& text) {
+  const parse_result tape = parse_desired_state(text);
+  const parse_result dom = document_sections::parse_without_tape(text);
+  EXPECT_EQ(texts_of(tape.errors), texts_of(dom.errors)) << text.substr(0, 400);
+  ASSERT_EQ(tape.state.has_value(), dom.state.has_value()) << text.substr(0, 400);
+  if (!tape.state) return;
+  EXPECT_EQ(services_of(*tape.state), services_of(*dom.state));
+  EXPECT_EQ(compile_tables(*tape.state, 1)->content_digest(), compile_tables(*dom.state, 1)->content_digest());
+}
+
+std::string with_service(const std::string& service_text) {
+  std::string text = testing::sample_document().dump();
+  const std::string first = R"("services":[)";
+  const size_t at = text.find(first);
+  EXPECT_NE(at, std::string::npos);
+  return text.insert(at + first.size(), service_text + ",");
+}
+
+TEST(DocumentTape, ValidDocumentReadsAsTheDomReadsIt) {
+  const std::string text = testing::sample_document().dump();
+  ASSERT_TRUE(parse_desired_state(text).state);
+  expect_same_reading(text);
+}
+
+// Each entry breaks one rule read_service checks (or is unusual but valid): the tape's
+// reader must hand it to read_service, or read it exactly as read_service does.
+TEST(DocumentTape, ServiceEntriesReadAsTheDomReadsThem) {
+  const std::string backend = R"({"ip":"198.18.2.11","port":8080,"node":"node2"})";
+  const std::string ports = R"("ports":[{"port":81}])";
+  const std::vector<std::string> services = {
+      R"({"name":"ok","vip":"198.19.128.20",)" + ports + R"(,"backends":[)" + backend + "]}",
+      R"({"name":"ok2","vip":"198.19.128.21","session_affinity":false,"encrypt":"required",)"
+      R"("ports":[{"name":"p","port":81,"protocol":"udp","target_port":9}],"backends":[]})",
+      R"({"name":"noback","vip":"198.19.128.22",)" + ports + "}",
+      R"({"vip":"198.19.128.20",)" + ports + "}",
+      R"({"name":"","vip":"198.19.128.20",)" + ports + "}",
+      R"({"name":5,"vip":"198.19.128.20",)" + ports + "}",
+      R"({"name":"x","vip":"198.19.128.300",)" + ports + "}",
+      R"({"name":"x","vip":"",)" + ports + "}",
+      R"({"name":"x","vip":"198.19.128.20"})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":{}})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[5]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":0}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":-0}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":-1}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":65536}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":18446744073709551615}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":80.0}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":"80"}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":80,"protocol":"sctp"}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":80,"protocol":""}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":80,"name":""}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":80,"target_port":0}]})",
+      R"({"name":"x","vip":"198.19.128.20","ports":[{"port":80,"extra":1}]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"encrypt":"yes"})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"session_affinity":"true"})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"unknown":null})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":null})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[5]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[{"ip":"198.18.2.11","port":8080}]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[{"ip":"198.18.2.11","port":8080,"node":""}]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[{"ip":"198.18.2.11","port":8080,"node":"node9"}]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[{"ip":"198.18.2.11","port":8080,"node":"node2","weight":0}]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[{"ip":"198.18.2.11","port":8080,"node":"node2","weight":null}]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[{"ip":"fd00:6d6c:1::5","port":8080,"node":"node1"}]})",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[)" + backend + "," + backend + "]}",
+      R"({"name":"x","vip":"198.19.128.20",)" + ports + R"(,"backends":[{"ip":"198.18.2.11","port":8080,"node":"node2","x":1}]})",
+      R"({"name":"web","vip":"198.19.128.20",)" + ports + "}",         // a second "web"
+      R"({"name":"x","vip":"198.19.128.10","ports":[{"port":80}]})",  // web's frontend again
+      R"({"name":"x","vip":"198.18.1.7",)" + ports + "}",              // inside a pod range
+      R"({"name":"\u00e9\n","vip":"198.19.128.20",)" + ports + "}",
+      "5",
+      "null",
+  };
+  for (const std::string& service : services) expect_same_reading(with_service(service));
+}
+
+// Text the tape does not take: the DOM reads it, with its own wording.
+TEST(DocumentTape, TextTheTapeRefusesIsReadByTheDom) {
+  const std::string sample = testing::sample_document().dump();
+  EXPECT_FALSE(document_tape::parse("\xEF\xBB\xBF" + sample, 32));  // a byte-order mark
+  EXPECT_TRUE(parse_desired_state("\xEF\xBB\xBF" + sample).state);
+  expect_same_reading("\xEF\xBB\xBF" + sample);
+
+  std::string duplicate = sample;
+  duplicate.insert(duplicate.find(R"("name":"web")"), R"("name":"again",)");  // services[0] names itself twice
+  EXPECT_FALSE(document_tape::parse(duplicate, 32));
+  EXPECT_THAT(texts_of(parse_desired_state(duplicate).errors), ElementsAre("$: duplicate key 'name'"));
+  expect_same_reading(duplicate);
+
+  const std::string big = with_service(R"({"name":"x","vip":"198.19.128.20","ports":[{"port":100000000000000000000}]})");
+  EXPECT_FALSE(document_tape::parse(big, 32));  // beyond 64 bits: nlohmann makes it a float
+  EXPECT_THAT(texts_of(parse_desired_state(big).errors),
+              ElementsAre("$.services[0].ports[0].port: must be an integer, got a fractional number"));
+
+  std::string deep = sample;
+  deep.insert(deep.size() - 1, R"(,"x":)" + std::string(40, '[') + std::string(40, ']'));
+  EXPECT_FALSE(document_tape::parse(deep, 32));
+  EXPECT_TRUE(document_tape::parse(deep, 64));
+  EXPECT_THAT(texts_of(parse_desired_state(deep).errors), ElementsAre("$: invalid JSON: nested deeper than 32 levels"));
+
+  for (const std::string& broken : {std::string("{\n  \"node\": {,\n}"), std::string("{} x"), std::string(""),
+                                    std::string("{\"a\":\"\x01\"}")}) {
+    expect_same_reading(broken);
+    EXPECT_FALSE(parse_desired_state(broken).state);
+  }
+  const std::string trailing_nul = sample + std::string(1, '\0');  // the tape refuses it, nlohmann's parser ignores it
+  EXPECT_FALSE(document_tape::parse(trailing_nul, 32));
+  EXPECT_TRUE(parse_desired_state(trailing_nul).state);
+}
+
+TEST(DocumentTape, DuplicateKeysAreFoundInLargeObjectsToo) {
+  std::string object = "{";
+  for (int i = 0; i < 40; ++i) object += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
+  EXPECT_TRUE(document_tape::parse(object + "\"k40\":1}", 32));
+  EXPECT_FALSE(document_tape::parse(object + "\"k7\":1}", 32));
+  EXPECT_FALSE(document_tape::parse(R"({"a":{"b":1,"c":2,"b":3}})", 32));
+  EXPECT_TRUE(document_tape::parse(R"({"a":{"b":1},"c":{"b":1}})", 32));
+}
+
+// The members handed to the section readers are the values nlohmann's parser makes.
+TEST(DocumentTape, ValuesConvertAsNlohmannParsesThem) {
+  const std::string text =
+      R"({"s":"a\"\u00e9","i":-5,"z":-0,"u":7,"big":18446744073709551615,"f":1.5,"e":1e2,"t":true,"n":null,)"
+      R"("a":[1,[2,{}],[]],"o":{"b":{"c":"d"}}})";
+  const auto tape = document_tape::parse(text, 32);
+  ASSERT_TRUE(tape);
+  const json converted = document_tape::to_json(tape->root);
+  const json parsed = json::parse(text);
+  EXPECT_EQ(converted.dump(), parsed.dump());
+  for (const char* key : {"i", "u", "big", "f", "e"}) {
+    EXPECT_EQ(converted[key].type(), parsed[key].type()) << key;
+  }
+  // The tape keeps no sign of zero: -0 is the unsigned 0 (nlohmann: the signed 0), which
+  // no reader can tell apart (equal, dumped alike, in every range alike).
+  EXPECT_EQ(converted["z"], parsed["z"]);
+}
+
+// Every document of the fuzz corpus (valid ones and every kind of broken one the fuzzer
+// kept) reads the same on both paths.
+TEST(DocumentTape, FuzzCorpusReadsAsTheDomReadsIt) {
+  const std::filesystem::path corpus = MESHLANE_DESIRED_STATE_CORPUS;
+  size_t documents = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(corpus)) {
+    std::ifstream file(entry.path(), std::ios::binary);
+    std::ostringstream text;
+    text << file.rdbuf();
+    expect_same_reading(text.str());
+    ++documents;
+  }
+  EXPECT_GT(documents, 10u);
+}
+
+}  // namespace
+}  // namespace meshlane
