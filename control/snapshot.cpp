@@ -255,6 +255,12 @@ std::vector<uint8_t> snapshot::serialize() const {
 }
 
 std::string snapshot::content_digest() const {
+  std::lock_guard lock(digest_.mutex_);
+  if (digest_.value_.empty()) digest_.value_ = compute_content_digest();
+  return digest_.value_;
+}
+
+std::string snapshot::compute_content_digest() const {
   const std::vector<uint8_t> bytes = serialize();
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <span>
 #include <string>
@@ -168,8 +169,31 @@ struct snapshot {
   // the same document give the same bytes; the generation is in the 32-byte header only.
   std::vector<uint8_t> serialize() const;
   // SHA-256 of the serialized tables excluding the generation: the content identity that
-  // `status` reports, equal on every node fed the same document.
+  // `status` reports, equal on every node fed the same document. Computed at the first
+  // call and kept (a published snapshot never changes): `status`, `get tables` and the
+  // status page ask for it every second, and at 100,000 services serializing and hashing
+  // every table each time cost seconds of the thread that answers /healthz.
   std::string content_digest() const;
+  // The same, computed now (what content_digest keeps).
+  std::string compute_content_digest() const;
+
+  // The kept digest: not copied with the snapshot (a copy is edited before it is used).
+  class digest_cache {
+   public:
+    digest_cache() = default;
+    digest_cache(const digest_cache&) {}
+    digest_cache& operator=(const digest_cache&) {
+      std::lock_guard lock(mutex_);
+      value_.clear();
+      return *this;
+    }
+
+   private:
+    friend struct snapshot;
+    mutable std::mutex mutex_;
+    mutable std::string value_;  // empty: not computed yet
+  };
+  digest_cache digest_;
 };
 
 uint64_t hash_frontend_key(const ip_address& vip, uint16_t port, l4_protocol protocol);

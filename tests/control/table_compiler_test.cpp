@@ -122,6 +122,25 @@ TEST(TableCompiler, GenerationChangesHeaderButNotContentDigest) {
   EXPECT_NE(compile_tables(parse_or_die(other), 1)->content_digest(), a->content_digest());
 }
 
+// The digest is kept after its first computation (status asks for it every second), and
+// a copy of the snapshot, edited before it is used, never reports the original's.
+TEST(TableCompiler, TheKeptDigestIsTheComputedOneAndACopyComputesItsOwn) {
+  const auto state = parse_or_die(testing::sample_document());
+  const auto a = compile_tables(state, 1);
+  const std::string first = a->content_digest();
+  EXPECT_EQ(first, a->compute_content_digest());
+  EXPECT_EQ(a->content_digest(), first);
+  snapshot copy = *a;
+  copy.services.clear();
+  copy.frontends.clear();
+  copy.service_frontends.clear();
+  copy.backend_total = 0;
+  EXPECT_NE(copy.content_digest(), first);
+  EXPECT_EQ(copy.content_digest(), copy.compute_content_digest());
+  copy = *a;  // assigned back: the edited copy's digest is not kept either
+  EXPECT_EQ(copy.content_digest(), first);
+}
+
 // Issue 18: two nodes fed documents that differ only in egress must not report the same
 // content; each part of the egress sections changes the digest.
 TEST(TableCompiler, TheContentDigestCoversEgressAndExternalServices) {
