@@ -168,6 +168,13 @@ inline std::string tcp_echo_round_trip_of(const netns& ns, const std::string& ip
   return "";
 }
 
+// The port of a background traffic loop's n-th UDP round trip. Such loops run thousands
+// of round trips a second beside checks that bind fixed ports (9000-10099) in the same
+// server namespace: counting up from 9700 reached the churn test's 9900 + k on a slow
+// machine while pod k's own check had it bound, and the loop's bind failed (CI saw one
+// "lost" round trip). Loops take ports from 20000-29999 only, and wrap there.
+inline uint16_t background_udp_port(unsigned n) { return static_cast<uint16_t>(20000 + n % 10000); }
+
 // One UDP request/response: a server socket in `server_ns` answers one datagram.
 // `server_port`: where the server listens when it is not `port` (behind a VIP's target port).
 inline std::string udp_round_trip(const netns& client_ns, const netns& server_ns, const std::string& server_ip,
@@ -176,12 +183,21 @@ inline std::string udp_round_trip(const netns& client_ns, const netns& server_ns
   const sockaddr_in any = address_of("0.0.0.0", server_port ? server_port : port);
   if (bind(server.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
   set_timeout(server.fd, 3);
+  std::string server_saw = "nothing";
   std::thread responder([&] {
     char buffer[2048];
     sockaddr_in peer{};
     socklen_t length = sizeof peer;
     const ssize_t n = recvfrom(server.fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&peer), &length);
-    if (n > 0) sendto(server.fd, buffer, n, 0, reinterpret_cast<sockaddr*>(&peer), length);
+    if (n < 0) {
+      server_saw = std::string("recvfrom: ") + std::strerror(errno);
+      return;
+    }
+    const ssize_t sent = sendto(server.fd, buffer, n, 0, reinterpret_cast<sockaddr*>(&peer), length);
+    char from[INET_ADDRSTRLEN] = "?";
+    inet_ntop(AF_INET, &peer.sin_addr, from, sizeof from);
+    server_saw = "a datagram from " + std::string(from) + ":" + std::to_string(ntohs(peer.sin_port)) +
+                 (sent == n ? ", answered" : ", answer failed: " + std::string(std::strerror(errno)));
   });
   fd_guard client(socket_in(client_ns, SOCK_DGRAM));
   set_timeout(client.fd, 3);
@@ -190,7 +206,7 @@ inline std::string udp_round_trip(const netns& client_ns, const netns& server_ns
   char buffer[2048];
   const ssize_t n = recv_retrying(client.fd, buffer, sizeof buffer);
   responder.join();
-  if (n < 0) return std::string("no answer: ") + std::strerror(errno);
+  if (n < 0) return std::string("no answer: ") + std::strerror(errno) + "; the server saw " + server_saw;
   if (std::string(buffer, static_cast<size_t>(n)) != message) return "answer differs";
   return "";
 }
