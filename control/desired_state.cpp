@@ -17,6 +17,7 @@
 #include "control/policy_compiler.h"
 #include "control/policy_limits.h"
 #include "control/stable_hash.h"
+#include "control/two_thread_chunks.h"
 #include "control/workload_identity.h"
 
 namespace meshlane {
@@ -975,6 +976,11 @@ void check_consistency(const desired_state& s, error_list& errors) {
   // frontend past a limit is named.
   uint64_t lb_frontends = 0, lb_backends = 0, lb_slots = 0;
   bool lb_reported = false;
+  // Each service's own checks read only the nodes and settings: both threads take them
+  // (two_thread_chunks.h), and the loop below reports in document order.
+  std::vector<uint8_t> clean(s.services.size(), 0);
+  for_each_on_two_threads(s.services.size(), 1024, 8 * 1024,
+                          [&](size_t i) { clean[i] = service_alone_clean(s, lookup, s.services[i]) ? 1 : 0; });
   for (size_t i = 0; i < s.services.size(); ++i) {
     const service_spec& svc = s.services[i];
     if (auto [it, fresh] = service_names.emplace(svc.name, i); !fresh)
@@ -1000,7 +1006,7 @@ void check_consistency(const desired_state& s, error_list& errors) {
                            " slots up to here");
       }
     }
-    if (!service_alone_clean(s, lookup, svc)) check_service_alone(s, lookup, svc, service_path(i), errors);
+    if (!clean[i]) check_service_alone(s, lookup, svc, service_path(i), errors);
   }
 }
 
@@ -1179,6 +1185,27 @@ parse_result parse_without_tape(std::string_view json_text) {
 
 namespace {
 
+// services[] from the tape. The entries are independent and the tape is only read, so a
+// large list is read on two threads (two_thread_chunks.h; 100,000 services are most of a
+// document). An entry the quiet reader declines is read again by read_service afterwards,
+// on this thread and in list order: the errors, and their order, are one thread's.
+void read_tape_services(simdjson::dom::array list, std::vector<service_spec>& out, error_list& errors) {
+  std::vector<simdjson::dom::element> elements;
+  elements.reserve(list.size());
+  for (simdjson::dom::element element : list) elements.push_back(element);
+  out.resize(elements.size());
+  std::vector<uint8_t> declined(elements.size(), 0);  // not vector<bool>: written from two threads
+  constexpr size_t kChunk = 512;
+  for_each_on_two_threads(elements.size(), kChunk, 8 * kChunk, [&](size_t i) {
+    if (!read_service_quietly(elements[i], out[i])) declined[i] = 1;
+  });
+  for (size_t i = 0; i < elements.size(); ++i) {
+    if (!declined[i]) continue;  // something to report: read_service words it
+    out[i] = service_spec{};
+    read_service(document_tape::to_json(elements[i]), "$.services[" + std::to_string(i) + "]", out[i], errors);
+  }
+}
+
 parse_result read_document(const json& document, std::optional<simdjson::dom::array> tape_services, error_list&& errors_so_far) {
   parse_result result;
   result.errors = std::move(errors_so_far);  // duplicate keys (nlohmann path): reported, and reading goes on
@@ -1203,17 +1230,7 @@ parse_result read_document(const json& document, std::optional<simdjson::dom::ar
     });
     if (tape_services) {
       top.member("services", false);  // consumed here, read from the tape
-      state.services.reserve(tape_services->size());
-      size_t i = 0;
-      for (simdjson::dom::element element : *tape_services) {
-        service_spec service;
-        if (!read_service_quietly(element, service)) {  // something to report: read_service words it
-          service = service_spec{};
-          read_service(document_tape::to_json(element), "$.services[" + std::to_string(i) + "]", service, errors);
-        }
-        state.services.push_back(std::move(service));
-        ++i;
-      }
+      read_tape_services(*tape_services, state.services, errors);
     } else {
       top.array("services", false, [&](const json& element, const std::string& path) {
         service_spec service;

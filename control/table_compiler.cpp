@@ -4,19 +4,16 @@
 #include <unordered_map>
 
 #include <algorithm>
-#include <atomic>
 #include <bit>
 #include <charconv>
-#include <exception>
 #include <functional>
 #include <iterator>
 #include <sstream>
-#include <system_error>
-#include <thread>
 
 #include "control/maglev.h"
 #include "control/policy_compiler.h"
 #include "control/policy_notices.h"
+#include "control/two_thread_chunks.h"
 #include "control/workload_identity.h"
 
 namespace meshlane {
@@ -84,40 +81,14 @@ std::shared_ptr<const service_backends> compile_service_backends(const service_s
 
 // Every service's block (compile_service_backends) into `out`, in `services`' order. The
 // Maglev tables are most of a full compile (100,000 services: 100,000 tables), and each
-// block is a pure function of its spec, so a second thread shares the work (in chunks
-// taken in turn, so that a thread the scheduler delays does not hold the other up): the
-// blocks are those one thread makes. The helper is started by the calling thread and so
-// has its nice value (the control socket publishes at nice 10, below the threads that
-// answer /healthz and `get`); one helper only, the control module's share of a node.
+// block is a pure function of its spec, so a second thread shares the work
+// (two_thread_chunks.h): the blocks are those one thread makes.
 void compile_all_backends(const std::vector<const service_spec*>& services, const node_names& names, uint32_t table_size,
                           std::vector<std::shared_ptr<const service_backends>>& out) {
   out.resize(services.size());
   constexpr size_t kChunk = 256;
-  std::atomic<size_t> next_chunk{0};
-  // What either thread threw (bad_alloc), rethrown here once both are done, as one thread
-  // would have thrown it.
-  std::exception_ptr failed[2];
-  auto work = [&](std::exception_ptr& failure) {
-    try {
-      for (size_t from; (from = next_chunk.fetch_add(kChunk)) < services.size();)
-        for (size_t i = from; i < std::min(from + kChunk, services.size()); ++i)
-          out[i] = compile_service_backends(*services[i], names, table_size);
-    } catch (...) {
-      failure = std::current_exception();
-      next_chunk = services.size();  // the other thread stops at its next chunk
-    }
-  };
-  std::thread helper;
-  if (services.size() >= 8 * kChunk && std::thread::hardware_concurrency() > 1) {
-    try {
-      helper = std::thread(work, std::ref(failed[1]));
-    } catch (const std::system_error&) {  // no thread to be had: this one does it all
-    }
-  }
-  work(failed[0]);
-  if (helper.joinable()) helper.join();
-  for (const std::exception_ptr& failure : failed)
-    if (failure) std::rethrow_exception(failure);
+  for_each_on_two_threads(services.size(), kChunk, 8 * kChunk,
+                          [&](size_t i) { out[i] = compile_service_backends(*services[i], names, table_size); });
 }
 
 // Backends are numbered service by service, in service order.

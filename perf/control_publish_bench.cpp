@@ -13,9 +13,10 @@
 // Performance method (DESIGN.md): every figure is also given as a ratio to a baseline
 // measured in the same run on the same document: parsing its JSON text with nlohmann
 // (the floor any JSON-fed control plane pays). Output: one JSON object per line.
-//   build/perf/control_publish_bench [--nodes NODES] [--stages-only] [N ...]
+//   build/perf/control_publish_bench [--nodes NODES] [--stages-only | --full-apply-only R] [N ...]
 //     (defaults: 5000; 1000 10000 100000). --stages-only: the stages and deltas, without the
-//     apply through the control surface (for profiling the stages alone).
+//     apply through the control surface (for profiling the stages alone). --full-apply-only
+//     R: R cold full applies and nothing else (for profiling and A/B runs of the apply).
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -247,9 +248,14 @@ int main(int argc, char** argv) {
   std::vector<int> sizes;
   int nodes = 5000;  // Kubernetes' limit
   bool stages_only = false;
+  int full_apply_rounds = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--stages-only") == 0) {
       stages_only = true;
+      continue;
+    }
+    if (std::strcmp(argv[i], "--full-apply-only") == 0 && i + 1 < argc) {
+      full_apply_rounds = std::max(1, std::atoi(argv[++i]));
       continue;
     }
     if (std::strcmp(argv[i], "--nodes") == 0 && i + 1 < argc) {
@@ -265,6 +271,27 @@ int main(int argc, char** argv) {
 
   for (int services : sizes) {
     const std::string text = make_document(services, nodes, kMaglevSize);
+    if (full_apply_rounds > 0) {
+      // Nothing but cold full applies (a fresh publisher each), for profiling and A/B runs
+      // of the apply alone: its wall and CPU time per round.
+      for (int round = 0; round < full_apply_rounds; ++round) {
+        meshlane::table_publisher publisher;
+        publisher.add_sink("reader", [](const auto&) { return std::string(); });
+        const auto start = clock_type::now();
+        const double cpu_start = process_cpu_seconds();
+        const auto full = publisher.apply(text);
+        const double wall = seconds(start), cpu = process_cpu_seconds() - cpu_start;
+        if (!full.errors.empty()) {
+          std::fprintf(stderr, "full apply refused: %s\n", full.errors[0].to_string().c_str());
+          return 1;
+        }
+        std::printf("{\"benchmark\":\"control_full_apply\",\"services\":%d,\"nodes\":%d,\"round\":%d,"
+                    "\"full_apply_s\":%.3f,\"full_apply_cpu_s\":%.3f,\"compile_s\":%.3f}\n",
+                    services, nodes, round, wall, cpu, full.compile_seconds);
+        std::fflush(stdout);
+      }
+      continue;
+    }
 
     auto start = clock_type::now();
     std::optional<nlohmann::json> parsed_json = nlohmann::json::parse(text);
@@ -377,7 +404,7 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   // The full apply through the agent's control surface, with probes, per size.
-  for (int services : stages_only ? std::vector<int>{} : sizes) {
+  for (int services : stages_only || full_apply_rounds > 0 ? std::vector<int>{} : sizes) {
     nlohmann::json line = apply_through_control_surface(make_document(services, nodes, kMaglevSize));
     line["benchmark"] = "control_surface_during_apply";
     line["services"] = services;

@@ -5,6 +5,7 @@
 #include "control/document_tape.h"
 
 #include <filesystem>
+#include <set>
 #include <fstream>
 #include <sstream>
 
@@ -119,6 +120,35 @@ TEST(DocumentTape, ServiceEntriesReadAsTheDomReadsThem) {
       "null",
   };
   for (const std::string& service : services) expect_same_reading(with_service(service));
+}
+
+// A list long enough to be read on two threads (two_thread_chunks.h): entries the quiet
+// reader declines, spread over both threads' chunks, are reported as one thread reports
+// them, in list order; a valid long list reads as the DOM reads it.
+TEST(DocumentTape, LongServiceListsReadOnTwoThreadsAsTheDomReadsThem) {
+  constexpr int kServices = 12000;
+  auto document_with = [&](const std::set<int>& broken) {
+    json doc = testing::sample_document();
+    doc["tunables"]["maglev_table_size"] = 13;  // the comparison compiles twice: small tables
+    json& services = doc["services"];
+    for (int i = 0; i < kServices; ++i) {
+      const std::string vip = "198.19." + std::to_string(160 + i / 250) + "." + std::to_string(i % 250 + 1);
+      json svc = {{"name", "svc-" + std::to_string(i)}, {"vip", vip}, {"ports", {{{"port", 80}}}},
+                  {"backends", {{{"ip", "198.18.2.11"}, {"port", 8000 + i % 1000}, {"node", "node2"}}}}};
+      if (broken.count(i)) svc["ports"][0]["port"] = 70000 + i;  // out of range: read_service's error
+      services.push_back(svc);
+    }
+    return doc.dump();
+  };
+  const std::string valid = document_with({});
+  ASSERT_TRUE(parse_desired_state(valid).state);
+  expect_same_reading(valid);
+  const std::string invalid = document_with({3, 517, 4099, 6000, 11999});
+  const parse_result tape = parse_desired_state(invalid);
+  EXPECT_FALSE(tape.state);
+  ASSERT_EQ(tape.errors.size(), 5u) << ::testing::PrintToString(texts_of(tape.errors));
+  EXPECT_NE(tape.errors[0].path.find("$.services["), std::string::npos) << tape.errors[0].to_string();
+  expect_same_reading(invalid);
 }
 
 // Text the tape does not take: the DOM reads it, with its own wording.
