@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <system_error>
 
 #include "control/table_compiler.h"
 #include "control/version.h"
@@ -145,20 +146,52 @@ publish_result control_module::publish_locked(std::string_view document_json, co
   return result;
 }
 
+control_module::~control_module() { wait_for_kept_document(); }
+
+void control_module::build_kept_document(std::shared_ptr<const std::string> text) {
+  std::lock_guard builder_lock(builder_mutex_);
+  if (document_builder_.joinable()) document_builder_.join();  // an earlier apply's: done, or soon
+  auto build = [this, text] {
+    // A 100k-service document takes seconds to parse and to free: both happen outside
+    // mutex_, which `/metrics`, `status` and `get config` take. The thread has its
+    // creator's nice value (the control socket publishes at nice 10).
+    try {
+      auto read = document_tape::parse_json(*text, document_tape::kMaxDocumentNesting);
+      json built = read ? std::move(*read) : json::parse(*text, nullptr, false);
+      json previous;
+      {
+        std::lock_guard lock(mutex_);
+        previous = document_.adopt(std::move(built), text);
+      }
+    } catch (const std::exception&) {
+      // No memory for the DOM now: it stays pending, and whatever needs it builds it then.
+    }
+  };
+  try {
+    document_builder_ = std::thread(build);
+  } catch (const std::system_error&) {
+    build();  // no thread to be had: built here, as before
+  }
+}
+
+void control_module::wait_for_kept_document() {
+  std::lock_guard builder_lock(builder_mutex_);
+  if (document_builder_.joinable()) document_builder_.join();
+}
+
 void control_module::account(const publish_result& result, const std::string& source,
                              const std::string_view* full_document, const json* delta) {
-  // A 100k-service document takes about a second to parse and to free: both happen outside
-  // mutex_, which `/metrics`, `status` and `get config` take.
-  json parsed, previous;
-  if (result.errors.empty() && full_document) {
-    auto read = document_tape::parse_json(*full_document, document_tape::kMaxDocumentNesting);
-    parsed = read ? std::move(*read) : json::parse(*full_document, nullptr, false);
-  }
+  // A full apply keeps the text and builds its DOM on a thread of its own; a delta patches
+  // the DOM, so waits for that thread first.
+  std::shared_ptr<const std::string> text;
+  if (result.errors.empty() && full_document) text = std::make_shared<const std::string>(*full_document);
+  if (result.errors.empty() && !full_document) wait_for_kept_document();
+  json previous;
   {
     std::lock_guard lock(mutex_);
     if (result.errors.empty()) {
       ++applies_ok_;
-      if (full_document) previous = document_.replace(std::move(parsed));
+      if (full_document) previous = document_.replace_text(text);
       else document_.patch(*delta);
     } else {
       ++applies_refused_;
@@ -168,6 +201,7 @@ void control_module::account(const publish_result& result, const std::string& so
     last_compile_seconds_ = result.compile_seconds;
     last_publish_seconds_ = result.publish_seconds;
   }
+  if (text) build_kept_document(std::move(text));
   if (result.errors.empty()) {
     char timing[96];
     std::snprintf(timing, sizeof timing, " (compile %.3f ms, publish %.3f ms)", result.compile_seconds * 1e3,
@@ -327,6 +361,7 @@ json control_module::get(const json& request) {
   if (what == "flows") return flows(request);
   if (what == "sas") return provided_rows(request, "sas", "ESP security associations");
   if (what == "config") {
+    wait_for_kept_document();  // not under mutex_: the builder hands its DOM in under it
     std::lock_guard lock(mutex_);
     if (document_.empty()) return error_reply(control_error::kUnavailable, "no document has been published yet");
     return {{"ok", true}, {"document", document_.content()}};

@@ -28,6 +28,7 @@
 #include <cstdint>
 #include <map>
 #include <mutex>
+#include <thread>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -95,6 +96,9 @@ struct status_page_view {
 class control_module {
  public:
   control_module(table_publisher& publisher, subsystem_registry& registry, log_ring& log);
+  ~control_module();
+  control_module(const control_module&) = delete;
+  control_module& operator=(const control_module&) = delete;
 
   // Validates, compiles and publishes a document, with the live pods of the pod registry
   // (when there is one) added to its pods; logs and counts the result.
@@ -171,6 +175,16 @@ class control_module {
   // interleave with an apply (the merge reads the document the other replaces).
   std::mutex apply_mutex_;
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+
+  // The kept document's DOM is built on a thread of its own after a full apply
+  // (published_document::replace_text): the apply's reply does not wait for it. What
+  // needs the DOM (a delta's patch, `get config`) waits for that thread first, outside
+  // mutex_ (the builder takes mutex_ to hand the DOM in). builder_mutex_ guards the
+  // thread object only; it is taken before mutex_, never while mutex_ is held.
+  void build_kept_document(std::shared_ptr<const std::string> text);
+  void wait_for_kept_document();
+  std::mutex builder_mutex_;
+  std::thread document_builder_;
 
   mutable std::mutex mutex_;  // guards what follows
   published_document document_;  // the last published document, for `get config` and tunables

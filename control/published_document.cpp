@@ -1,5 +1,7 @@
 #include "control/published_document.h"
 
+#include "control/document_tape.h"
+
 namespace meshlane {
 
 using nlohmann::json;
@@ -7,11 +9,34 @@ using nlohmann::json;
 json published_document::replace(json document) {
   json previous = std::move(document_);
   document_ = std::move(document);
+  pending_.reset();
   services_.clear();
   pods_.clear();
   nodes_.clear();
   indexed_ = false;
   return previous;
+}
+
+json published_document::replace_text(std::shared_ptr<const std::string> text) {
+  json previous = replace(json());
+  pending_ = std::move(text);
+  return previous;
+}
+
+json published_document::adopt(json built, const std::shared_ptr<const std::string>& from) {
+  if (!pending_ || pending_ != from) return built;  // replaced meanwhile: not this document's
+  return replace(std::move(built));
+}
+
+void published_document::build_pending() {
+  if (!pending_) return;
+  auto read = document_tape::parse_json(*pending_, document_tape::kMaxDocumentNesting);
+  replace(read ? std::move(*read) : json::parse(*pending_, nullptr, false));
+}
+
+const json& published_document::content() {
+  build_pending();
+  return document_;
 }
 
 json& published_document::section(const char* key, name_index& index) {
@@ -59,6 +84,7 @@ void published_document::erase(const char* key, name_index& index, const std::st
 }
 
 void published_document::patch(const json& delta) {
+  build_pending();
   if (document_.is_null()) return;
   for (const json& change : delta.at("changes")) {
     const std::string op = change.at("op").get<std::string>();

@@ -184,6 +184,24 @@ TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
   ASSERT_EQ(config["ok"], true);
   EXPECT_EQ(config["document"], document);
 
+  // The kept document's DOM is built after the reply (control_requests.h): a second
+  // apply, then a delta sent at once after it, land in the document `get config` shows.
+  json second = document;
+  second["services"][1000]["backends"][0]["weight"] = 5;
+  ASSERT_EQ(client.request({{"command", "apply"}, {"document", second}}, 60000)["ok"], true);
+  const json& changed = second["services"][2000];
+  json backend = changed["backends"][0];
+  backend["weight"] = 9;
+  const json delta = client.request(
+      {{"command", "apply"},
+       {"delta", {{"changes", {{{"op", "replace"}, {"kind", "backend"}, {"service", changed["name"]}, {"value", backend}}}}}}},
+      60000);
+  ASSERT_EQ(delta["ok"], true) << delta.dump();
+  second["services"][2000]["backends"][0] = backend;
+  const json after = ask({{"command", "get"}, {"what", "config"}});
+  ASSERT_EQ(after["ok"], true);
+  EXPECT_EQ(after["document"], second);
+
   // Refused, with the validator's paths, as through the DOM.
   json broken = document;
   broken["services"][3000]["backends"][0]["port"] = 0;

@@ -267,5 +267,38 @@ TEST_F(StateDelta, ADeltaNeedsAPublishedDocument) {
   EXPECT_NE(result.errors[0].message.find("no document"), std::string::npos);
 }
 
+// The kept document of a full apply is its text until the control module's builder
+// thread hands in the DOM (control_requests.h): the text serves re-publishes as it is, a
+// DOM built from a text since replaced is refused, and a delta on a text whose DOM is not
+// in yet builds it first, so no delta is lost.
+TEST(PublishedDocument, AFullApplysTextIsKeptUntilItsDomIsHandedIn) {
+  published_document kept;
+  EXPECT_TRUE(kept.empty());
+  const json document = testing::sample_document();
+  auto text = std::make_shared<const std::string>(document.dump());
+  kept.replace_text(text);
+  EXPECT_FALSE(kept.empty());
+  EXPECT_EQ(kept.pending(), text);
+  EXPECT_EQ(kept.text(), *text);
+
+  const auto newer = std::make_shared<const std::string>(document.dump(1));
+  kept.replace_text(newer);
+  kept.adopt(json::parse(*text), text);  // built from the text replaced meanwhile
+  EXPECT_EQ(kept.pending(), newer);
+  kept.adopt(json::parse(*newer), newer);
+  EXPECT_EQ(kept.pending(), nullptr);
+  EXPECT_EQ(kept.content(), document);
+
+  kept.replace_text(text);
+  kept.patch(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                       {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 7}, {"node", "node2"}}}}}));
+  EXPECT_EQ(kept.pending(), nullptr);
+  bool patched = false;
+  for (const json& svc : kept.content()["services"])
+    if (svc["name"] == "web")
+      for (const json& b : svc["backends"]) patched |= b["ip"] == "198.18.2.10" && b["weight"] == 7;
+  EXPECT_TRUE(patched) << kept.content().dump();
+}
+
 }  // namespace
 }  // namespace meshlane
