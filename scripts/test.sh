@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 build=${MESHLANE_BUILD:-build}
 fuzz_build=${MESHLANE_FUZZ_BUILD:-build-fuzz}
-fuzz_seconds=${FUZZ_SECONDS:-20}
+fuzz_seconds=${FUZZ_SECONDS:-10}
 
 bash scripts/setup.sh
 bash scripts/cleanup.sh >/dev/null  # leftovers of an interrupted earlier run, by prefix only
