@@ -207,7 +207,7 @@ class worker_pool {
   std::unique_ptr<lent_port_clients> lent_clients_ = std::make_unique<lent_port_clients>();
   // The SAs of encrypted routes, kept across publishes (esp_routes.h).
   std::unique_ptr<esp_sa_registry> esp_;
-  std::array<uint8_t, 16> gateway_ip6_{};  // of the installed tables, for the flows query
+  std::array<uint8_t, 16> gateway_ip6_{};  // of the installed tables, for the flows query; ports_mutex_
   std::vector<unsigned> lcores_;                  // per worker when launched
   rte_mempool* mbufs_ = nullptr;
   rte_rcu_qsbr* rcu_ = nullptr;

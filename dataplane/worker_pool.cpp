@@ -573,9 +573,9 @@ std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& t
                                                     current_.load(std::memory_order_acquire));
         !error.empty())
       return error;
+    gateway_ip6_ = next->gateway_ip6;  // the flows query reads it under this lock too
   }
   apply_tuning(tables->tuning);
-  gateway_ip6_ = next->gateway_ip6;
   const forwarding_tables* installed = next.get();
   forwarding_tables* previous = current_.exchange(next.release(), std::memory_order_acq_rel);
   // Every worker that might still hold `previous` reports a quiescent state after its
