@@ -156,8 +156,7 @@ void control_module::build_kept_document(std::shared_ptr<const std::string> text
     // mutex_, which `/metrics`, `status` and `get config` take. The thread has its
     // creator's nice value (the control socket publishes at nice 10).
     try {
-      auto read = document_tape::parse_json(*text, document_tape::kMaxDocumentNesting);
-      json built = read ? std::move(*read) : json::parse(*text, nullptr, false);
+      json built = published_document::dom_of(*text);
       json previous;
       {
         std::lock_guard lock(mutex_);

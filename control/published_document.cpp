@@ -28,10 +28,13 @@ json published_document::adopt(json built, const std::shared_ptr<const std::stri
   return replace(std::move(built));
 }
 
+json published_document::dom_of(const std::string& text) {
+  auto read = document_tape::parse_json(text, document_tape::kMaxDocumentNesting);
+  return read ? std::move(*read) : json::parse(text, nullptr, false);
+}
+
 void published_document::build_pending() {
-  if (!pending_) return;
-  auto read = document_tape::parse_json(*pending_, document_tape::kMaxDocumentNesting);
-  replace(read ? std::move(*read) : json::parse(*pending_, nullptr, false));
+  if (pending_) replace(dom_of(*pending_));
 }
 
 const json& published_document::content() {

@@ -25,6 +25,9 @@ class published_document {
   // handed in with adopt(). At 100,000 services building it took 2.5 s of CPU, which the
   // reply to `apply` used to wait for; a re-publish (a pod, a tunable) needs the text only.
   nlohmann::json replace_text(std::shared_ptr<const std::string> text);
+  // The DOM of a document's text, as build_pending and the control module's builder
+  // thread make it: the tape's reader when it takes the text, nlohmann's otherwise.
+  static nlohmann::json dom_of(const std::string& text);
   // The text whose DOM is not built yet, or null.
   std::shared_ptr<const std::string> pending() const { return pending_; }
   // The DOM built from `from`, taken if `from` is still the pending text (a later apply

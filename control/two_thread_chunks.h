@@ -1,6 +1,6 @@
 // Runs fn(i) for every i in [0, count) on the calling thread and, when the work is large
-// enough to pay for a thread, one helper: the control module's two heavy stages of a
-// 100,000-service apply (reading services[] from the tape, and their Maglev tables) are
+// enough to pay for a thread, one helper: the heavy stages of a 100,000-service apply
+// (reading services[] from the tape, each service's own checks, their Maglev tables) are
 // independent per entry. Indices are taken in chunks, in turn, so that a thread the
 // scheduler delays does not hold the other up; each index runs exactly once.
 //
