@@ -4,8 +4,6 @@
 // ARP and echo, Geneve between nodes, a service VIP whose backend is on the other node,
 // node 1 forwarding on while node 2's agent restarts, and ingress from a host outside
 // the cluster on the underlay to VIPs with backends on either node.
-#include <mutex>
-
 #include "tests/dataplane/two_nodes_fixture.h"
 
 namespace meshlane::testing {
@@ -238,8 +236,7 @@ TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing)
       std::this_thread::sleep_for(5ms);
     }
   });
-  std::mutex failure_mutex;
-  std::string first_udp_failure;
+  std::string first_udp_failure;  // written by udp_traffic only, read after its join
   std::thread udp_traffic([&] {
     for (unsigned n = 0; churning.load(); ++n) {
       const uint16_t port = background_udp_port(n);
@@ -249,12 +246,10 @@ TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing)
         ++udp_answered;
         continue;
       }
-      if (udp_failed++ == 0) {
-        std::lock_guard lock(failure_mutex);
+      if (udp_failed++ == 0)
         first_udp_failure = "port " + std::to_string(port) + ": " + failure + " after " +
                             std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
                                                std::chrono::steady_clock::now() - started).count()) + " ms";
-      }
     }
   });
   struct stop_on_exit {

@@ -188,7 +188,10 @@ inline std::string udp_round_trip(const netns& client_ns, const netns& server_ns
     char buffer[2048];
     sockaddr_in peer{};
     socklen_t length = sizeof peer;
-    const ssize_t n = recvfrom(server.fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&peer), &length);
+    ssize_t n;
+    while ((n = recvfrom(server.fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&peer), &length)) < 0 &&
+           errno == EINTR) {  // as recv_retrying: a timed-out blocking call is not restarted
+    }
     if (n < 0) {
       server_saw = std::string("recvfrom: ") + std::strerror(errno);
       return;
