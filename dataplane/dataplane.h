@@ -134,6 +134,12 @@ class worker_pool {
   void register_with(subsystem_registry& registry);
   // One line of per-port and per-service counters (meshlaned --stats-interval).
   std::string stats_line() const;
+  // The names the last install gave out (pipeline.h, published_names), which every
+  // scrape and query reads: a reference to a copy no install changes, replaced at each.
+  std::shared_ptr<const published_names> names() const {
+    std::lock_guard lock(names_mutex_);
+    return names_;
+  }
 
   // L4 authorization (issue 16, policy_telemetry.cpp): denials by policy name, reason
   // and direction since the pool started (a source of meshlane_policy_denied_total), and
@@ -207,12 +213,13 @@ class worker_pool {
   std::unique_ptr<lent_port_clients> lent_clients_ = std::make_unique<lent_port_clients>();
   // The SAs of encrypted routes, kept across publishes (esp_routes.h).
   std::unique_ptr<esp_sa_registry> esp_;
-  std::array<uint8_t, 16> gateway_ip6_{};  // of the installed tables, for the flows query; ports_mutex_
   std::vector<unsigned> lcores_;                  // per worker when launched
   rte_mempool* mbufs_ = nullptr;
   rte_rcu_qsbr* rcu_ = nullptr;
   std::atomic<forwarding_tables*> current_{nullptr};
-  counter_slot_names slot_names_;
+  counter_slot_names slot_names_;  // the install's own (install_mutex_, ports_mutex_); readers use names()
+  mutable std::mutex names_mutex_;  // held for a pointer copy only
+  std::shared_ptr<const published_names> names_ = std::make_shared<const published_names>();
   std::mutex deny_feed_mutex_;  // the feed below and the cursors into the workers' logs
   std::deque<nlohmann::json> deny_feed_;
   uint64_t deny_feed_next_ = 0;  // number of the newest event (0: none yet)

@@ -39,7 +39,8 @@ handover_state worker_pool::export_handover() const {
   // The tables' digest: no install runs now (the caller's precondition), so they stay.
   if (const forwarding_tables* t = current_.load(std::memory_order_acquire))
     out.document_digest = t->tables->content_digest();
-  std::lock_guard lock(ports_mutex_);  // slot names and neighbour slots change at install
+  const std::shared_ptr<const published_names> names = this->names();  // backend names
+  std::lock_guard lock(ports_mutex_);  // neighbour slots change at install
   std::set<uint16_t> lent;
   for (uint16_t w = 0; w < workers_.size(); ++w) {
     const flow_table& table = workers_[w]->flows;
@@ -54,8 +55,7 @@ handover_state worker_pool::export_handover() const {
       f.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>(left / (hz / 1000), UINT32_MAX));
       f.entry = e;
       f.entry.version = 0, f.entry.last_seen = 0, f.entry.backend_slot = 0;
-      if (e.backend_slot < slot_names_.backends.size() && !slot_names_.backend_free(e.backend_slot))
-        f.backend = slot_names_.backend_name(e.backend_slot);
+      if (!names->backend_free(e.backend_slot)) f.backend = names->backend_name(e.backend_slot);
       if (e.flags & kFlowSecondRewrite) lent.insert(lent_port_of(e));
       out.flows.push_back(std::move(f));
     }

@@ -387,10 +387,26 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
 
 // --- counter slots ---
 
-std::string counter_slot_names::backend_address(size_t slot) const {
+namespace {
+std::string address_of(const backend_slot_key& key) {
   ip_address ip;
-  ip.bytes = backends[slot].ip;
-  return ip.to_string() + ":" + std::to_string(backends[slot].port);
+  ip.bytes = key.ip;
+  return ip.to_string() + ":" + std::to_string(key.port);
+}
+}  // namespace
+
+std::string counter_slot_names::backend_address(size_t slot) const { return address_of(backends[slot]); }
+std::string published_names::backend_address(size_t slot) const { return address_of(backends[slot]); }
+
+published_names names_of(const counter_slot_names& slots) {
+  published_names view;
+  view.services = slots.services;
+  view.backends = slots.backends;
+  view.policies = slots.policies.names;
+  view.external_services = slots.external_services.names;
+  view.live_services = slots.live_services();
+  view.live_backends = slots.live_backends();
+  return view;
 }
 
 void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::unique_ptr<worker_state>>& workers,
@@ -438,7 +454,7 @@ void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::uni
 }
 
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
-                                              const counter_slot_names& slots) {
+                                              const published_names& slots) {
   std::vector<lb_counters_sum> sums(slots.services.size());
   for (size_t b = 0; b < slots.backends.size(); ++b) {
     if (slots.backend_free(b)) continue;

@@ -603,13 +603,34 @@ struct counter_slot_names {
   std::string backend_name(size_t slot) const { return backend_service_name(slot) + "/" + backend_address(slot); }
 };
 
+// What scrapes and queries read of the names an install gave out, the counter slots'
+// and the gateway's (issue 14: a name a reader sees is never in a vector the publisher
+// changes): a copy taken at the end of each install, after its reclaim, published by
+// shared_ptr and never changed. A reader takes a reference for one scrape or query and
+// needs no lock the install holds. A slot freed at one install is given out again at a
+// later one at the earliest, so a reader whose reference spans two installs can at worst
+// label one sample of a reused slot with its previous name.
+struct published_names {
+  std::vector<std::string> services;       // slot -> service name; "" when free
+  std::vector<backend_slot_key> backends;  // slot -> what it counts (service_slot UINT32_MAX: free)
+  std::vector<std::string> policies{""};   // deny counter slot -> "namespace/name" (issue 16)
+  std::vector<std::string> external_services{""};  // issue 18's slots -> name
+  size_t live_services = 0, live_backends = 0;
+  std::array<uint8_t, 16> gateway_ip6{};  // this node's IPv6 gateway (forwarding_tables::gateway_ip6)
+  bool backend_free(size_t slot) const { return slot >= backends.size() || backends[slot].service_slot == UINT32_MAX; }
+  const std::string& backend_service_name(size_t slot) const { return services[backends[slot].service_slot]; }
+  std::string backend_address(size_t slot) const;
+  std::string backend_name(size_t slot) const { return backend_service_name(slot) + "/" + backend_address(slot); }
+};
+published_names names_of(const counter_slot_names& slots);
+
 // Builds the forwarding view of a snapshot for the given ports, giving every service
 // and backend its counter slot (see counter_slot_names); an error names what did not fit.
 // A service's counters are the sums of its backends' (every packet and flow of a service
 // goes to exactly one backend): the workers count backends only, readers add them up.
 // One pass over the backend slots; the result is indexed by service slot.
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,
-                                              const counter_slot_names& slots);
+                                              const published_names& slots);
 // Gives every other node's underlay address its slot in `ports.neighbours`, and encrypted
 // routes their SAs from `esp` (which must then be given). `installed`: the tables built
 // last with these `slots` (the live ones), whose services' backend slots are kept for the

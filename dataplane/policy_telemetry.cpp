@@ -20,8 +20,8 @@ std::string identity_text(uint32_t identity) {
 }  // namespace
 
 void worker_pool::policy_denials(std::vector<policy_deny_count>& out) const {
-  std::lock_guard lock(ports_mutex_);  // slot names change at install
-  const std::vector<std::string>& names = slot_names_.policies.names;
+  const std::shared_ptr<const published_names> published = this->names();  // the last install's
+  const std::vector<std::string>& names = published->policies;
   for (uint32_t slot = 0; slot < names.size(); ++slot) {
     for (unsigned reason = 0; reason < 2; ++reason) {
       for (unsigned direction = 0; direction < 2; ++direction) {
@@ -38,11 +38,8 @@ void worker_pool::policy_denials(std::vector<policy_deny_count>& out) const {
 std::vector<nlohmann::json> worker_pool::take_deny_events(std::vector<uint64_t>& cursor, uint64_t& lost) const {
   std::vector<std::pair<uint64_t, nlohmann::json>> events;  // by TSC
   cursor.resize(workers_.size(), 0);
-  std::vector<std::string> names;
-  {
-    std::lock_guard lock(ports_mutex_);
-    names = slot_names_.policies.names;
-  }
+  const std::shared_ptr<const published_names> published = this->names();  // the last install's
+  const std::vector<std::string>& names = published->policies;
   const uint64_t hz = rte_get_tsc_hz();
   const uint64_t now = rte_rdtsc();
   const auto wall_ms = std::chrono::duration_cast<std::chrono::milliseconds>(

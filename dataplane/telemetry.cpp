@@ -216,44 +216,47 @@ void worker_pool::register_with(subsystem_registry& registry) {
                                    "Packets of external services' flows, both ways (issue 18).");
     auto external_bytes = family("meshlane_dataplane_external_service_bytes_total",
                                  "Frame bytes of external services' flows, both ways (issue 18).");
-    for (size_t slot = 1; slot < slot_names_.external_services.names.size(); ++slot) {
+    // Names from the view of the last install (published_names): a reference, no lock
+    // the install holds.
+    const std::shared_ptr<const published_names> names = this->names();
+    for (size_t slot = 1; slot < names->external_services.size(); ++slot) {
       lb_counters_sum sum;
       for (const auto& w : workers_) {
         const lb_counters& c = (*w->external_service)[slot];
         sum.new_flows += c.new_flows.get(), sum.packets += c.packets.get(), sum.bytes += c.bytes.get();
       }
       const std::vector<std::pair<std::string, std::string>> labels{
-          {"service", slot_names_.external_services.names[slot]}};
+          {"service", names->external_services[slot]}};
       external_flows.samples.push_back({labels, double(sum.new_flows)});
       external_packets.samples.push_back({labels, double(sum.packets)});
       external_bytes.samples.push_back({labels, double(sum.bytes)});
     }
-    const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
-    for (size_t s = 0; s < slot_names_.services.size(); ++s) {
-      if (slot_names_.services[s].empty()) continue;  // a freed slot
+    const std::vector<lb_counters_sum> service_sums = service_counters(workers_, *names);
+    for (size_t s = 0; s < names->services.size(); ++s) {
+      if (names->services[s].empty()) continue;  // a freed slot
       const lb_counters_sum& sum = service_sums[s];
-      const std::vector<std::pair<std::string, std::string>> labels{{"service", slot_names_.services[s]}};
+      const std::vector<std::pair<std::string, std::string>> labels{{"service", names->services[s]}};
       service_packets.samples.push_back({labels, double(sum.packets)});
       service_bytes.samples.push_back({labels, double(sum.bytes)});
       service_flows.samples.push_back({labels, double(sum.new_flows)});
     }
     out.push_back({"meshlane_dataplane_counter_slots", "Counter slots in use, by kind (a backend's lives while a table names it or a flow uses it).",
                    metric_kind::gauge,
-                   {{{{"kind", "service"}}, double(slot_names_.live_services())},
-                    {{{"kind", "backend"}}, double(slot_names_.live_backends())}}});
+                   {{{{"kind", "service"}}, double(names->live_services)},
+                    {{{"kind", "backend"}}, double(names->live_backends)}}});
     auto backend_packets = family("meshlane_dataplane_backend_packets_total", "Packets per service backend.");
     auto backend_bytes = family("meshlane_dataplane_backend_bytes_total", "Bytes per service backend.");
     auto backend_flows = family("meshlane_dataplane_backend_new_flows_total", "New flows per service backend.");
-    for (size_t b = 0; b < slot_names_.backends.size(); ++b) {
-      if (slot_names_.backend_free(b)) continue;
+    for (size_t b = 0; b < names->backends.size(); ++b) {
+      if (names->backend_free(b)) continue;
       uint64_t sums[3] = {};
       for (const auto& w : workers_) {
         sums[0] += w->backend[b].packets.get();
         sums[1] += w->backend[b].bytes.get();
         sums[2] += w->backend[b].new_flows.get();
       }
-      const std::vector<std::pair<std::string, std::string>> labels{{"service", slot_names_.backend_service_name(b)},
-                                                                    {"backend", slot_names_.backend_address(b)}};
+      const std::vector<std::pair<std::string, std::string>> labels{{"service", names->backend_service_name(b)},
+                                                                    {"backend", names->backend_address(b)}};
       backend_packets.samples.push_back({labels, double(sums[0])});
       backend_bytes.samples.push_back({labels, double(sums[1])});
       backend_flows.samples.push_back({labels, double(sums[2])});
@@ -363,16 +366,17 @@ void worker_pool::register_with(subsystem_registry& registry) {
     const flow_timeouts timeouts = settings_.timeouts();
     nlohmann::json rows = nlohmann::json::array();
     uint64_t index = 0;
-    std::lock_guard names_lock(ports_mutex_);  // backend names live in slot_names_
+    // Backend names from the view of the last install (published_names): a reference.
+    const std::shared_ptr<const published_names> names = this->names();
     for (const auto& w : workers_) {
       for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
         // A consistent copy (the worker keeps writing its shard); skipped if it is busy.
         flow_entry entry;
         if (!w->flows.read(i, entry) || !entry.in_use || w->flows.expired(entry, now, timeouts)) continue;
         if (index++ < offset || rows.size() >= limit) continue;
-        const bool named = entry.backend_slot < slot_names_.backends.size() && !slot_names_.backend_free(entry.backend_slot);
-        const std::string service = named ? slot_names_.backend_service_name(entry.backend_slot) : "";
-        const std::string backend = named ? slot_names_.backend_address(entry.backend_slot) : "";
+        const bool named = !names->backend_free(entry.backend_slot);
+        const std::string service = named ? names->backend_service_name(entry.backend_slot) : "";
+        const std::string backend = named ? names->backend_address(entry.backend_slot) : "";
         rows.push_back({{"worker", w->index},
                         {"direction", entry.direction == flow_direction::forward ? "forward" : "reverse"},
                         {"protocol", entry.protocol == wire::kProtoTcp   ? "tcp"
@@ -391,7 +395,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
         if (entry.flags & kFlowSecondRewrite) {
           // Ingress towards another node: the other end's rewrite (the lent gateway port
           // on the way in, the client on the way back).
-          const ip_address second = second_rewrite_address(entry, gateway_ip6_.data(), lent_clients_.get());
+          const ip_address second = second_rewrite_address(entry, names->gateway_ip6.data(), lent_clients_.get());
           row[entry.direction == flow_direction::forward ? "source_rewrite" : "destination_rewrite"] =
               address_text(second.bytes.data()) + ":" + std::to_string(entry.second_port);
         }

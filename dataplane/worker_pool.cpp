@@ -573,7 +573,6 @@ std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& t
                                                     current_.load(std::memory_order_acquire));
         !error.empty())
       return error;
-    gateway_ip6_ = next->gateway_ip6;  // the flows query reads it under this lock too
   }
   apply_tuning(tables->tuning);
   const forwarding_tables* installed = next.get();
@@ -591,6 +590,14 @@ std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& t
     std::lock_guard lock(ports_mutex_);
     reclaim_counter_slots(slot_names_, workers_, rte_rdtsc(), settings_.timeouts());
     reclaim_neighbour_slots(*ports_, *installed);
+  }
+  // The names readers see from now on: a copy, built outside every lock a reader takes.
+  auto fresh = names_of(slot_names_);
+  fresh.gateway_ip6 = installed->gateway_ip6;
+  auto view = std::make_shared<const published_names>(std::move(fresh));
+  {
+    std::lock_guard lock(names_mutex_);
+    names_.swap(view);
   }
   return {};
 }
@@ -754,11 +761,12 @@ std::string worker_pool::stats_line() const {
     for (const auto& w : workers_) rx += w->port_rx[p].packets.get(), tx += w->port_tx[p].packets.get();
     out << " | " << info.interface << " rx " << rx << " tx " << tx;
   }
-  const std::vector<lb_counters_sum> service_sums = service_counters(workers_, slot_names_);
-  for (size_t s = 0; s < slot_names_.services.size(); ++s) {
-    if (slot_names_.services[s].empty()) continue;
+  const std::shared_ptr<const published_names> names = this->names();
+  const std::vector<lb_counters_sum> service_sums = service_counters(workers_, *names);
+  for (size_t s = 0; s < names->services.size(); ++s) {
+    if (names->services[s].empty()) continue;
     const lb_counters_sum& sum = service_sums[s];
-    out << " | svc " << slot_names_.services[s] << " pkts " << sum.packets << " flows " << sum.new_flows;
+    out << " | svc " << names->services[s] << " pkts " << sum.packets << " flows " << sum.new_flows;
   }
   uint64_t dropped = 0;
   std::string reasons;

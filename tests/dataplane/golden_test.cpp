@@ -1392,6 +1392,37 @@ TEST_F(golden, HundredThousandBackendsOverAThousandPublishesAreAllAcceptedAndCou
   EXPECT_EQ(series_of(*pool_, "meshlane_dataplane_backend_packets_total"), 100u + 5u);
 }
 
+// Scrapes and queries read the names an install gave out from a copy published at its
+// end (published_names): a reference a reader holds keeps every name it had while later
+// installs free the slots and give them to other backends, and the next reader sees those.
+TEST_F(golden, NamesAReaderHoldsStayWhileInstallsFreeAndReuseTheirSlots) {
+  ASSERT_EQ(pool_->install(compile_tables(*parse_desired_state(churn_document(0, 100)).state, 2)), "");
+  const std::shared_ptr<const published_names> held = pool_->names();
+  ASSERT_EQ(held->live_backends, 100u + 5u);
+  std::map<size_t, std::string> held_names;
+  for (size_t slot = 0; slot < held->backends.size(); ++slot)
+    if (!held->backend_free(slot)) held_names[slot] = held->backend_name(slot);
+  ASSERT_EQ(held_names.size(), 105u);
+  EXPECT_EQ(held->gateway_ip6, (std::array<uint8_t, 16>{0xfd, 0x00, 0x6d, 0x6c, 0x00, 0x01, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1}));
+  // Two publishes later the first 100 backends are gone: the first publish frees their
+  // slots, the second gives them to its new backends.
+  for (uint32_t k = 1; k <= 2; ++k)
+    ASSERT_EQ(pool_->install(compile_tables(*parse_desired_state(churn_document(k * 100, 100)).state, k + 2)), "");
+  for (const auto& [slot, name] : held_names) EXPECT_EQ(held->backend_name(slot), name);
+  const std::shared_ptr<const published_names> now = pool_->names();
+  ASSERT_NE(now, held);
+  EXPECT_EQ(now->live_backends, 100u + 5u);
+  size_t reused = 0;
+  for (const auto& [slot, name] : held_names) {
+    if (now->backend_free(slot) || now->backend_name(slot) == name) continue;
+    ++reused;
+    EXPECT_EQ(now->backend_service_name(slot), "churn") << now->backend_name(slot);
+  }
+  EXPECT_EQ(reused, 100u) << "the freed slots were not given to the new backends";
+  // The metrics read the same copy.
+  EXPECT_EQ(series_of(*pool_, "meshlane_dataplane_backend_packets_total"), now->live_backends);
+}
+
 // A delta shares every unchanged service's compiled block (compile_delta): the workers'
 // tables keep those services' backend counter slots without looking them up again, and
 // give the changed service's backends theirs; every counter goes on where it was.
