@@ -391,7 +391,13 @@ class two_nodes : public ::testing::Test {
     // Loading the eBPF fast path runs its kernel checks first: seconds more on a busy machine.
     const auto allowed = n == 1 && !node1_pod_cgroup_.empty() ? 90s : 15s;
     for (auto deadline = std::chrono::steady_clock::now() + allowed; std::chrono::steady_clock::now() < deadline;) {
-      if (read_text(nd.log_path).find("dataplane running") != std::string::npos) return true;
+      // The agent logs "dataplane running" before it opens its control socket: a test
+      // that talks to the socket right after this returns needs both (a restart once
+      // found no socket file between the two lines).
+      const std::string log = read_text(nd.log_path);
+      if (log.find("dataplane running") != std::string::npos &&
+          log.find("control socket listening") != std::string::npos)
+        return true;
       if (!nd.agent->running()) return false;
       std::this_thread::sleep_for(50ms);
     }
