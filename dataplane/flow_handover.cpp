@@ -31,16 +31,20 @@ uint16_t lent_port_of(const flow_entry& e) {
 
 handover_state worker_pool::export_handover() const {
   handover_state out;
+  // No install while the state is read: the tables, the counter slots' names and the
+  // neighbour slots stay. The agent stops every publisher first; the lock makes that a
+  // rule rather than an assumption.
+  std::lock_guard install_lock(install_mutex_);
   const uint64_t now = rte_rdtsc();
   const uint64_t hz = rte_get_tsc_hz();
   const flow_timeouts timeouts = settings_.timeouts();
   out.written_unix_ms = unix_ms_now();
   out.workers = worker_count();
-  // The tables' digest: no install runs now (the caller's precondition), so they stay.
+  // The tables' digest (no install runs: install_mutex_).
   if (const forwarding_tables* t = current_.load(std::memory_order_acquire))
     out.document_digest = t->tables->content_digest();
   const std::shared_ptr<const published_names> names = this->names();  // backend names
-  std::lock_guard lock(ports_mutex_);  // neighbour slots change at install
+  std::lock_guard lock(ports_mutex_);  // port records (hot-plug)
   std::set<uint16_t> lent;
   for (uint16_t w = 0; w < workers_.size(); ++w) {
     const flow_table& table = workers_[w]->flows;
@@ -104,6 +108,7 @@ handover_state worker_pool::export_handover() const {
 
 handover_report worker_pool::adopt_handover(const handover_state& state) {
   handover_report report;
+  std::lock_guard install_lock(install_mutex_);  // the tables and neighbour slots stay
   const forwarding_tables* t = current_.load(std::memory_order_acquire);
   if (!t || launched_) {
     // Workers own their tables once they run; nothing to validate against before tables.

@@ -567,13 +567,13 @@ std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& t
     }
   }
   auto next = std::make_unique<forwarding_tables>();
-  {
-    std::lock_guard lock(ports_mutex_);  // slot names are read by the metrics and the flows query
-    if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next, esp_.get(),
-                                                    current_.load(std::memory_order_acquire));
-        !error.empty())
-      return error;
-  }
+  // Under install_mutex_ alone (the caller's): the build reads port records only hot-plug
+  // changes, which runs on this thread, and writes the counter slots and neighbour slots,
+  // which nothing reads outside install_mutex_. Readers of names use the copy below.
+  if (std::string error = build_forwarding_tables(tables, *ports_, slot_names_, *next, esp_.get(),
+                                                  current_.load(std::memory_order_acquire));
+      !error.empty())
+    return error;
   apply_tuning(tables->tuning);
   const forwarding_tables* installed = next.get();
   forwarding_tables* previous = current_.exchange(next.release(), std::memory_order_acq_rel);
@@ -586,11 +586,8 @@ std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& t
   // Ports whose pods left: no published table names them any more.
   for (uint16_t port_id : leaving) unplug_port(port_id);
   free_retired_pools();
-  {
-    std::lock_guard lock(ports_mutex_);
-    reclaim_counter_slots(slot_names_, workers_, rte_rdtsc(), settings_.timeouts());
-    reclaim_neighbour_slots(*ports_, *installed);
-  }
+  reclaim_counter_slots(slot_names_, workers_, rte_rdtsc(), settings_.timeouts());
+  reclaim_neighbour_slots(*ports_, *installed);
   // The names readers see from now on: a copy, built outside every lock a reader takes.
   auto fresh = names_of(slot_names_);
   fresh.gateway_ip6 = installed->gateway_ip6;
