@@ -541,7 +541,7 @@ BENCHMARK(BM_pipeline_egress_snat_new_flow);
 // validator: 100,000 services have more service ports than the eBPF load balancer holds
 // (65,536, control/connect_lb_limits.h), which the validator refuses; the data plane's
 // tables have no such limit.
-desired_state scale_state(uint32_t nodes, uint32_t services) {
+desired_state scale_state(uint32_t nodes, uint32_t services, uint32_t backends_per_service = 1) {
   desired_state state;
   state.node.name = "node-00000";
   state.node.underlay_ip = *ip_address::parse("198.19.0.1");
@@ -577,6 +577,10 @@ desired_state scale_state(uint32_t nodes, uint32_t services) {
     service.ports = {{"", 80, l4_protocol::tcp, 8080}};
     const uint32_t k = 1 + i % nodes;
     service.backends = {{pod_address(k, 10 + (i / nodes) % 240), 8080, 1, node_name(k)}};
+    for (uint32_t b = 1; b < backends_per_service; ++b) {
+      const uint32_t other = 1 + (i + b) % nodes;
+      service.backends.push_back({pod_address(other, 10 + (i / nodes + b) % 240), uint16_t(8080 + b), 1, node_name(other)});
+    }
     state.services.push_back(service);
   }
   state.tuning.maglev_table_size = 251;
@@ -624,6 +628,75 @@ void BM_pipeline_scale(benchmark::State& state) {
 BENCHMARK(BM_pipeline_scale)
     ->ArgsProduct({{1, 100, 1000, 5000}, {100, 10000, 100000}})
     ->ArgNames({"nodes", "services"});
+
+// The workers' forwarding view of a cluster of 100,000 services of 16 backends on 5,000
+// nodes, which every install builds on the publisher's thread (build_forwarding_tables),
+// and the copy of the counter slots' names that each install publishes for scrapes and
+// queries (names_of): after a full compile, and after a one-service delta (the changed
+// service gains or loses one backend, in turn), whose unchanged services keep their
+// slots by a copy from the installed view. Milliseconds per build; the delta's ratio to
+// the full build is the figure to compare across machines.
+struct view_world {
+  desired_state state, changed;
+  std::shared_ptr<const snapshot> full, with_backend, without_backend;
+  counter_slot_names slots;
+  std::unique_ptr<forwarding_tables> installed;
+};
+std::unique_ptr<view_world> current_view;
+
+std::string prepare_view() {
+  if (current_view) return {};
+  auto v = std::make_unique<view_world>();
+  current_scale.reset();  // one large cluster in memory at a time
+  v->state = scale_state(5000, 100000, 16);
+  v->full = compile_tables(v->state, 1);
+  v->changed = v->state;
+  service_spec& service = v->changed.services[500];
+  service.backends.push_back({ip_address::from_v4(0x0a800000u + (7u << 8) + 250), 9090, 1, "node-00007"});
+  v->with_backend = compile_delta(*v->full, v->changed, {{service.name, &service}}, false, 2);
+  v->without_backend =
+      compile_delta(*v->with_backend, v->state, {{service.name, &v->state.services[500]}}, false, 3);
+  v->installed = std::make_unique<forwarding_tables>();
+  if (std::string e = build_forwarding_tables(v->full, *world->ports, v->slots, *v->installed); !e.empty()) return e;
+  current_view = std::move(v);
+  return {};
+}
+
+void BM_forwarding_view(benchmark::State& state, int kind) {
+  if (std::string e = prepare_view(); !e.empty()) return state.SkipWithError(e.c_str());
+  view_world& v = *current_view;
+  uint64_t turn = 0;
+  for (auto _ : state) {
+    if (kind == 2) {
+      benchmark::DoNotOptimize(names_of(v.slots));
+      continue;
+    }
+    auto next = std::make_unique<forwarding_tables>();
+    const std::shared_ptr<const snapshot>& tables =
+        kind == 0 ? v.full : (turn++ % 2 == 0 ? v.with_backend : v.without_backend);
+    if (std::string e = build_forwarding_tables(tables, *world->ports, v.slots, *next, nullptr,
+                                                kind == 0 ? nullptr : v.installed.get());
+        !e.empty())
+      return state.SkipWithError(e.c_str());
+    state.PauseTiming();
+    if (kind != 0) v.installed = std::move(next);  // the next delta's installed view
+    next.reset();
+    state.ResumeTiming();
+  }
+  state.counters["backends"] = double(v.full->backend_total);
+}
+BENCHMARK_CAPTURE(BM_forwarding_view, full, 0)
+    ->Name("BM_forwarding_view_full_100k_services_16_backends")
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(4);
+BENCHMARK_CAPTURE(BM_forwarding_view, delta, 1)
+    ->Name("BM_forwarding_view_one_service_delta_100k_services_16_backends")
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(6);
+BENCHMARK_CAPTURE(BM_forwarding_view, names, 2)
+    ->Name("BM_forwarding_view_names_copy_100k_services_16_backends")
+    ->Unit(benchmark::kMillisecond)
+    ->Iterations(6);
 
 void BM_stage_parse(benchmark::State& state) {
   testing::bytes frame = world->to_service;
