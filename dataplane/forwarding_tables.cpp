@@ -5,7 +5,9 @@
 
 #include <algorithm>
 #include <bit>
+#include <iterator>
 #include <map>
+#include <optional>
 #include <unordered_set>
 
 #include "dataplane/pipeline_internal.h"
@@ -192,6 +194,151 @@ uint32_t slot_for(std::vector<Name>& names, Index& index, std::vector<uint32_t>&
 }
 }  // namespace
 
+namespace {
+// --- the IPv4 gates and the frontends-by-backend index ---
+
+uint16_t backend_target_port(const table_frontend& f, const table_backend& b) {
+  return f.target_port ? f.target_port : b.port;
+}
+uint64_t v4_backend_key(const table_frontend& f, const table_backend& b) {
+  return uint64_t{b.ip.v4()} << 16 | backend_target_port(f, b);
+}
+
+// A gate of `keys` (duplicates allowed), at most half full.
+template <typename Key>
+uint32_t fill_gate(std::vector<Key>& slots, uint32_t& mask, const std::vector<Key>& keys) {
+  const size_t size = table_size(keys.size());
+  slots.assign(size, 0);
+  mask = static_cast<uint32_t>(size - 1);
+  uint32_t distinct = 0;
+  for (Key key : keys) distinct += gate_insert(slots, mask, key);
+  return distinct;
+}
+
+void build_gates(const snapshot& s, forwarding_tables& out) {
+  std::vector<uint32_t> vips;
+  std::vector<uint64_t> backends;
+  out.has_v6_services = false;
+  for (const table_frontend& f : s.frontends) {
+    if (!f.vip.is_v4()) {
+      out.has_v6_services = true;
+      continue;
+    }
+    vips.push_back(f.vip.v4());
+    for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
+      backends.push_back(v4_backend_key(f, backend));
+  }
+  fill_gate(out.v4_vips, out.v4_vip_mask, vips);
+  out.v4_backend_keys = fill_gate(out.v4_backends, out.v4_backend_mask, backends);
+}
+
+// The whole build: every frontend's backends, sorted by backend then frontend index.
+void build_service_index(const snapshot& s, forwarding_tables& out) {
+  build_gates(s, out);
+  out.frontends_by_backend.clear();
+  out.frontends_by_backend.reserve(s.backend_total);
+  for (uint32_t i = 0; i < s.frontends.size(); ++i) {
+    const table_frontend& f = s.frontends[i];
+    for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
+      out.frontends_by_backend.push_back(
+          {backend.ip.bytes, backend_target_port(f, backend), static_cast<uint8_t>(f.protocol), i});
+  }
+  std::stable_sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());  // frontends in index order
+}
+
+// When `s` differs from the installed view's snapshot in services' backends only (a
+// delta of endpoints; compile_delta shares every other service's compiled block): the
+// frontends whose service has another block now. Nothing when frontends or services
+// differ otherwise, or when so many changed that a whole build costs about as much.
+std::optional<std::vector<uint32_t>> frontends_with_changed_backends(const snapshot& s,
+                                                                     const forwarding_tables* installed) {
+  if (!installed || !installed->tables) return std::nullopt;
+  const snapshot& before = *installed->tables;
+  if (before.frontends.size() != s.frontends.size() || before.services.size() != s.services.size())
+    return std::nullopt;
+  std::vector<uint32_t> changed;
+  for (uint32_t i = 0; i < s.frontends.size(); ++i) {
+    const table_frontend& now = s.frontends[i];
+    const table_frontend& then = before.frontends[i];
+    if (now.vip != then.vip || now.port != then.port || now.protocol != then.protocol ||
+        now.target_port != then.target_port || now.service_index != then.service_index)
+      return std::nullopt;
+    if (s.services[now.service_index].compiled != before.services[now.service_index].compiled) changed.push_back(i);
+  }
+  if (changed.size() > s.frontends.size() / 8) return std::nullopt;
+  return changed;
+}
+
+// Whether any frontend of the index DNATs to the IPv4 backend `key` (address and port,
+// any protocol: entries differing only in protocol are adjacent).
+bool index_names_v4_backend(const std::vector<forwarding_tables::backend_frontend>& index, uint64_t key) {
+  forwarding_tables::backend_frontend probe;
+  probe.ip = ip_address::from_v4(static_cast<uint32_t>(key >> 16)).bytes;
+  probe.port = static_cast<uint16_t>(key);
+  auto it = std::lower_bound(index.begin(), index.end(), probe);
+  return it != index.end() && it->ip == probe.ip && it->port == probe.port;
+}
+
+// The installed view's gates and index with the changed frontends' backends taken out
+// and their backends now put in: the same contents a whole build gives (the index entry
+// for entry; the gates as sets), at the cost of a copy and the change.
+void patch_service_index(const snapshot& s, const forwarding_tables& installed, const std::vector<uint32_t>& changed,
+                         forwarding_tables& out) {
+  using entry = forwarding_tables::backend_frontend;
+  const snapshot& before = *installed.tables;
+  out.service_index_patched = true;
+  std::vector<uint8_t> is_changed(s.frontends.size(), 0);
+  std::vector<entry> fresh;
+  std::vector<uint64_t> keys_then, keys_now;
+  for (uint32_t i : changed) {
+    is_changed[i] = 1;
+    const table_frontend& f = s.frontends[i];
+    for (const table_backend& b : snapshot::backends_of(s.services[f.service_index])) {
+      fresh.push_back({b.ip.bytes, backend_target_port(f, b), static_cast<uint8_t>(f.protocol), i});
+      if (f.vip.is_v4()) keys_now.push_back(v4_backend_key(f, b));
+    }
+    if (f.vip.is_v4())
+      for (const table_backend& b : snapshot::backends_of(before.services[f.service_index]))
+        keys_then.push_back(v4_backend_key(f, b));
+  }
+  std::sort(fresh.begin(), fresh.end(), entry::before);
+  std::vector<entry>& index = out.frontends_by_backend;
+  index.clear();
+  index.reserve(installed.frontends_by_backend.size() + fresh.size());
+  auto next_fresh = fresh.begin();
+  for (const entry& e : installed.frontends_by_backend) {
+    if (is_changed[e.frontend]) continue;
+    while (next_fresh != fresh.end() && entry::before(*next_fresh, e)) index.push_back(*next_fresh++);
+    index.push_back(e);
+  }
+  index.insert(index.end(), next_fresh, fresh.end());
+
+  out.v4_vips = installed.v4_vips, out.v4_vip_mask = installed.v4_vip_mask;
+  out.has_v6_services = installed.has_v6_services;
+  out.v4_backends = installed.v4_backends, out.v4_backend_mask = installed.v4_backend_mask;
+  out.v4_backend_keys = installed.v4_backend_keys;
+  std::sort(keys_then.begin(), keys_then.end());
+  keys_then.erase(std::unique(keys_then.begin(), keys_then.end()), keys_then.end());
+  std::sort(keys_now.begin(), keys_now.end());
+  keys_now.erase(std::unique(keys_now.begin(), keys_now.end()), keys_now.end());
+  std::vector<uint64_t> added, gone;
+  std::set_difference(keys_now.begin(), keys_now.end(), keys_then.begin(), keys_then.end(), std::back_inserter(added));
+  std::set_difference(keys_then.begin(), keys_then.end(), keys_now.begin(), keys_now.end(), std::back_inserter(gone));
+  // A backend another frontend still names stays in the gate.
+  for (uint64_t key : gone)
+    if (!index_names_v4_backend(index, key))
+      out.v4_backend_keys -= gate_erase(out.v4_backends, out.v4_backend_mask, key);
+  for (uint64_t key : added) {
+    if (2 * (size_t{out.v4_backend_keys} + 1) > out.v4_backends.size()) {
+      build_gates(s, out);  // it would be more than half full: a bigger one, whole
+      return;
+    }
+    out.v4_backend_keys += gate_insert(out.v4_backends, out.v4_backend_mask, key);
+  }
+}
+
+}  // namespace
+
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
                                     counter_slot_names& slots, forwarding_tables& out, esp_sa_registry* esp,
                                     const forwarding_tables* installed) {
@@ -247,43 +394,12 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     while (out.v4_pods[slot].pod_plus_one) slot = (slot + 1) & out.v4_pod_mask;
     out.v4_pods[slot] = {ip, i + 1};
   }
-  {
-    std::vector<uint32_t> vips;
-    std::vector<uint64_t> backends;
-    for (const table_frontend& f : s.frontends) {
-      if (!f.vip.is_v4()) {
-        out.has_v6_services = true;
-        continue;
-      }
-      vips.push_back(f.vip.v4());
-      const table_service& service = s.services[f.service_index];
-      for (const table_backend& backend : snapshot::backends_of(service)) {
-        const uint16_t port = f.target_port ? f.target_port : backend.port;
-        backends.push_back(uint64_t{backend.ip.v4()} << 16 | port);
-      }
-    }
-    auto fill = [](auto& slots, uint32_t& mask, const auto& keys) {
-      const size_t size = table_size(keys.size());
-      slots.assign(size, 0);
-      mask = static_cast<uint32_t>(size - 1);
-      for (auto key : keys) {
-        uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;
-        while (slots[slot] && slots[slot] != key) slot = (slot + 1) & mask;
-        slots[slot] = key;
-      }
-    };
-    fill(out.v4_vips, out.v4_vip_mask, vips);
-    fill(out.v4_backends, out.v4_backend_mask, backends);
-  }
-  for (uint32_t i = 0; i < s.frontends.size(); ++i) {
-    const table_frontend& f = s.frontends[i];
-    const table_service& service = s.services[f.service_index];
-    for (const table_backend& backend : snapshot::backends_of(service)) {
-      const uint16_t port = f.target_port ? f.target_port : backend.port;
-      out.frontends_by_backend.push_back({backend.ip.bytes, port, static_cast<uint8_t>(f.protocol), i});
-    }
-  }
-  std::stable_sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());  // frontends in index order
+  // The IPv4 gates and the frontends-by-backend index: patched from the installed view
+  // when only services' backends changed (a delta of endpoints), built whole otherwise.
+  if (std::optional<std::vector<uint32_t>> changed = frontends_with_changed_backends(s, installed))
+    patch_service_index(s, *installed, *changed, out);
+  else
+    build_service_index(s, out);
   {
     std::vector<pod_ranges_v4::range> v4;
     std::vector<pod_ranges_v6::range> v6;
@@ -325,7 +441,20 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   }
   std::fill(slots.service_in_tables.begin(), slots.service_in_tables.end(), 0);
   std::fill(slots.backend_in_tables.begin(), slots.backend_in_tables.end(), 0);
-  for (const table_service& service : s.services) {
+  // A service at the index where the installed view had one of the same name keeps that
+  // one's slot (named in those tables, so never reclaimed since) without a look-up.
+  const bool same_services = installed && installed->tables &&
+                             installed->tables->services.size() == s.services.size() &&
+                             installed->service_slot.size() == s.services.size();
+  out.service_slot.reserve(s.services.size());
+  for (uint32_t i = 0; i < s.services.size(); ++i) {
+    const table_service& service = s.services[i];
+    if (same_services && installed->tables->services[i].name == service.name) {
+      const uint32_t slot = installed->service_slot[i];
+      slots.service_in_tables[slot] = 1;
+      out.service_slot.push_back(slot);
+      continue;
+    }
     const uint32_t slot =
         slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, service.name);
     if (slot >= kMaxServiceSlots)

@@ -241,6 +241,7 @@ struct forwarding_tables {
   std::vector<uint32_t> v4_vips;       // host-order VIP addresses
   std::vector<uint64_t> v4_backends;   // (host-order address << 16) | port
   uint32_t v4_vip_mask = 0, v4_backend_mask = 0;
+  uint32_t v4_backend_keys = 0;  // distinct keys in v4_backends (kept at most half full)
   bool has_v6_services = false;
   // The other nodes by underlay address: Geneve is accepted only from them, with inner
   // sources of their pod ranges, and only their MACs are learned.
@@ -256,8 +257,16 @@ struct forwarding_tables {
     bool operator<(const backend_frontend& other) const {
       return std::tie(ip, port, protocol) < std::tie(other.ip, other.port, other.protocol);
     }
+    // The index's whole order: by backend, then frontend index (what a stable sort of
+    // entries made in frontend order gives).
+    static bool before(const backend_frontend& a, const backend_frontend& b) {
+      return std::tie(a.ip, a.port, a.protocol, a.frontend) < std::tie(b.ip, b.port, b.protocol, b.frontend);
+    }
   };
   std::vector<backend_frontend> frontends_by_backend;
+  // Whether the gates and the index above were patched from the installed view's (a delta
+  // that changed services' backends only) rather than built whole: same contents.
+  bool service_index_patched = false;
   // Encrypted routes by snapshot node index (esp_routes.h); empty when no route is
   // encrypted, so that direct-only tables cost one test per tunnelled packet. `esp_keep`
   // holds the SAs they point to for as long as these tables live.

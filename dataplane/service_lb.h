@@ -22,6 +22,39 @@ template <typename Key>
   }
 }
 
+// Puts `key` into a gate; whether it was not there yet.
+template <typename Key>
+bool gate_insert(std::vector<Key>& slots, uint32_t mask, Key key) {
+  uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;
+  while (slots[slot] && slots[slot] != key) slot = (slot + 1) & mask;
+  if (slots[slot] == key) return false;
+  slots[slot] = key;
+  return true;
+}
+
+// Takes `key` out of a gate. Linear probing has no tombstones here (a reader stops at
+// the first empty slot), so the entries after the hole that could no longer be found move
+// back into it (backward-shift deletion).
+template <typename Key>
+bool gate_erase(std::vector<Key>& slots, uint32_t mask, Key key) {
+  uint32_t hole = static_cast<uint32_t>(gate_hash(key)) & mask;
+  while (slots[hole] != key) {
+    if (!slots[hole]) return false;
+    hole = (hole + 1) & mask;
+  }
+  for (uint32_t next = (hole + 1) & mask; slots[next]; next = (next + 1) & mask) {
+    // The entry at `next` stays when its home slot lies cyclically in (hole, next]: the
+    // probe from its home reaches it without crossing the hole.
+    const uint32_t home = static_cast<uint32_t>(gate_hash(slots[next])) & mask;
+    const bool stays = hole <= next ? (hole < home && home <= next) : (hole < home || home <= next);
+    if (stays) continue;
+    slots[hole] = slots[next];
+    hole = next;
+  }
+  slots[hole] = 0;
+  return true;
+}
+
 // The flow key of a parsed IPv4/IPv6 packet, written into `key` (make_flow_key, inline
 // for the packet path).
 [[gnu::always_inline]] inline void flow_key_into(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
