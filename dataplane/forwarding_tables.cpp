@@ -524,13 +524,11 @@ std::string address_of(const backend_slot_key& key) {
 }
 }  // namespace
 
-std::string counter_slot_names::backend_address(size_t slot) const { return address_of(backends[slot]); }
-std::string published_names::backend_address(size_t slot) const { return address_of(backends[slot]); }
+std::string slot_labels::backend_address(size_t slot) const { return address_of(backends[slot]); }
 
 published_names names_of(const counter_slot_names& slots) {
   published_names view;
-  view.services = slots.services;
-  view.backends = slots.backends;
+  static_cast<slot_labels&>(view) = slots;
   view.policies = slots.policies.names;
   view.external_services = slots.external_services.names;
   view.live_services = slots.live_services();

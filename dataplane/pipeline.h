@@ -592,9 +592,21 @@ struct backend_slot_key_hash {
   }
 };
 
-struct counter_slot_names {
-  std::vector<std::string> services;  // slot -> "service name"; "" when free
+// The service and backend slots' names, and the labels a reader makes of a backend slot:
+// what the publisher's record (counter_slot_names) and the readers' copy of it
+// (published_names) share.
+struct slot_labels {
+  std::vector<std::string> services;       // slot -> service name; "" when free
   std::vector<backend_slot_key> backends;  // slot -> what it counts (service_slot UINT32_MAX: free)
+  bool backend_free(size_t slot) const { return slot >= backends.size() || backends[slot].service_slot == UINT32_MAX; }
+  // The service name of a live backend slot, and its "ip:port" (the metrics' labels);
+  // "service/ip:port" together (the hand-over's name of a flow's backend).
+  const std::string& backend_service_name(size_t slot) const { return services[backends[slot].service_slot]; }
+  std::string backend_address(size_t slot) const;
+  std::string backend_name(size_t slot) const { return backend_service_name(slot) + "/" + backend_address(slot); }
+};
+
+struct counter_slot_names : slot_labels {
   // Whether the last tables built name the slot (build_forwarding_tables sets these).
   std::vector<uint8_t> service_in_tables, backend_in_tables;
   std::vector<uint32_t> free_services, free_backends;
@@ -604,12 +616,6 @@ struct counter_slot_names {
   policy_slot_names external_services;  // issue 18: new-flow counters' slots, never freed
   size_t live_backends() const { return backend_index.size(); }
   size_t live_services() const { return service_index.size(); }
-  bool backend_free(size_t slot) const { return backends[slot].service_slot == UINT32_MAX; }
-  // The service name of a live backend slot, and its "ip:port" (the metrics' labels);
-  // "service/ip:port" together (the hand-over's name of a flow's backend).
-  const std::string& backend_service_name(size_t slot) const { return services[backends[slot].service_slot]; }
-  std::string backend_address(size_t slot) const;
-  std::string backend_name(size_t slot) const { return backend_service_name(slot) + "/" + backend_address(slot); }
 };
 
 // What scrapes and queries read of the names an install gave out, the counter slots'
@@ -619,17 +625,11 @@ struct counter_slot_names {
 // needs no lock the install holds. A slot freed at one install is given out again at a
 // later one at the earliest, so a reader whose reference spans two installs can at worst
 // label one sample of a reused slot with its previous name.
-struct published_names {
-  std::vector<std::string> services;       // slot -> service name; "" when free
-  std::vector<backend_slot_key> backends;  // slot -> what it counts (service_slot UINT32_MAX: free)
+struct published_names : slot_labels {
   std::vector<std::string> policies{""};   // deny counter slot -> "namespace/name" (issue 16)
   std::vector<std::string> external_services{""};  // issue 18's slots -> name
   size_t live_services = 0, live_backends = 0;
   std::array<uint8_t, 16> gateway_ip6{};  // this node's IPv6 gateway (forwarding_tables::gateway_ip6)
-  bool backend_free(size_t slot) const { return slot >= backends.size() || backends[slot].service_slot == UINT32_MAX; }
-  const std::string& backend_service_name(size_t slot) const { return services[backends[slot].service_slot]; }
-  std::string backend_address(size_t slot) const;
-  std::string backend_name(size_t slot) const { return backend_service_name(slot) + "/" + backend_address(slot); }
 };
 published_names names_of(const counter_slot_names& slots);
 
