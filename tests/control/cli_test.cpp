@@ -85,8 +85,14 @@ TEST_F(Cli, MeshctlValidateAndCompileSpeakJson) {
 
 TEST_F(Cli, AgentPublishesAndStopsOnSigterm) {
   const std::string log = dir_ + "/cli_agent.log";
-  const auto r = run("(" + meshlaned_ + " --no-ebpf --control-socket " + dir_ + "/cli.sock --metrics-listen 127.0.0.1:0 --config " + good_ + " > " + log + " 2>&1 & pid=$!; "
-                     "sleep 0.3; kill -HUP $pid; sleep 0.3; kill -TERM $pid; wait $pid); cat " + log);
+  // Each signal once the agent has said it is ready for it (up to 10 s each): a fixed
+  // sleep sent SIGHUP to a sanitized agent still loading its libraries, whose default
+  // action ended it before it blocked the signal.
+  const std::string wait_for = "for i in $(seq 100); do grep -q \"$1\" " + log + " && break; sleep 0.1; done";
+  const auto r = run("(wait_for() { " + wait_for + "; }; " + meshlaned_ + " --no-ebpf --control-socket " + dir_ +
+                     "/cli.sock --metrics-listen 127.0.0.1:0 --config " + good_ + " > " + log + " 2>&1 & pid=$!; "
+                     "wait_for 'published generation 1'; kill -HUP $pid; wait_for 'published generation 2'; "
+                     "kill -TERM $pid; wait $pid); cat " + log);
   EXPECT_EQ(r.exit_code, 0) << r.output;
   EXPECT_NE(r.output.find("published generation 1"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("published generation 2"), std::string::npos) << r.output;

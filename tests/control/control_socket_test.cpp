@@ -150,11 +150,14 @@ json sample_with_services(int services) {
 
 TEST(ApplyLine, MeshctlsApplyOfADocumentIsReadAsTextAndNothingElseIs) {
   const std::string document = R"({"node":{"name":"n"} , "services":[]})";
-  auto read = read_apply_line(R"({"command":"apply","document":)" + document + "}");
+  // The request's text outlives what is read from it: document_text is a view into it.
+  const std::string line = R"({"command":"apply","document":)" + document + "}";
+  auto read = read_apply_line(line);
   ASSERT_TRUE(read);
   EXPECT_EQ(read->command, "apply");
   EXPECT_EQ(read->document_text, document);
-  read = read_apply_line(R"({"command":"apply","document":)" + document + " }\n");
+  const std::string spaced_line = R"({"command":"apply","document":)" + document + " }\n";
+  read = read_apply_line(spaced_line);
   ASSERT_TRUE(read);
   EXPECT_EQ(read->document_text, document + " ");
   for (const char* other : {

@@ -419,7 +419,18 @@ TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAs
   EXPECT_EQ(metric_series(client), series_start);
   EXPECT_EQ(metric_value(client, "meshlane_dataplane_counter_slots", "kind", "backend"), backend_slots_start);
   const long rss_end = resident_kib(nodes_[0].agent->pid());
-  EXPECT_LE(rss_end, rss_start * 105 / 100) << "the agent's memory grew from " << rss_start << " KiB to " << rss_end;
+#if defined(__SANITIZE_ADDRESS__)
+  // In the sanitizer pass freed memory waits in AddressSanitizer's quarantine (256 MiB)
+  // before it is reused, so the resident size grows with what churn frees (274 -> 559 MiB
+  // measured) and says nothing; there LeakSanitizer checks the agent when the fixture stops
+  // it (exit status 0 expected), and the counter slots and series above are exact.
+  constexpr bool kResidentSizeMeaningful = false;
+#else
+  constexpr bool kResidentSizeMeaningful = true;
+#endif
+  if (kResidentSizeMeaningful) {
+    EXPECT_LE(rss_end, rss_start * 105 / 100) << "the agent's memory grew from " << rss_start << " KiB to " << rss_end;
+  }
   RecordProperty("rss_start_kib", static_cast<int>(rss_start));
   RecordProperty("rss_end_kib", static_cast<int>(rss_end));
   std::printf("churn: %d pods, %d TCP exchanges, %llu/%llu datagrams, RSS %ld -> %ld KiB\n", kPods, exchanges.load(),

@@ -337,8 +337,28 @@ def check_contents(image, files, links):
     print(f"contents: {len(files)} files, each needed; {len(pmd_files)} DPDK drivers", flush=True)
 
 
+def sanitizer_args():
+    """In the sanitizer pass (scripts/sanitize.sh) the image holds the instrumented binaries.
+    podman passes no environment through, so the containers get the pass's options here,
+    and LeakSanitizer's suppressions file (third-party leaks, e.g. libxdp's xsk_umem in an
+    af_xdp agent) mounted where their LSAN_OPTIONS names it. Nothing outside that pass."""
+    args = []
+    for name in ("ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        if os.environ.get(name):
+            args += ["-e", f"{name}={os.environ[name]}"]
+    lsan = os.environ.get("LSAN_OPTIONS")
+    if lsan:
+        m = re.search(r"suppressions=([^:]+)", lsan)
+        if m:
+            args += ["-v", f"{m.group(1)}:/etc/meshlane-lsan.supp:ro"]
+            lsan = lsan.replace(m.group(0), "suppressions=/etc/meshlane-lsan.supp")
+        args += ["-e", f"LSAN_OPTIONS={lsan}"]
+    return args
+
+
 def check_commands(image, version, agent):
-    base = ["run", "--rm", "--network", "host", "--cgroup-parent", CGROUP_PARENT] + security_args(agent)
+    base = ["run", "--rm", "--network", "host", "--cgroup-parent", CGROUP_PARENT] + security_args(agent) + \
+        sanitizer_args()
     for command, expected in ((["meshlaned", "--version"], f"meshlaned {version}"),
                               (["meshctl", "version"], f"meshctl {version}")):
         result = podman(*base, image, *command)
@@ -386,7 +406,7 @@ def check_install_cni(image, ds, version):
     command = init["command"]
     for attempt in (1, 2):  # a second run (an agent pod restarted) changes nothing
         result = podman("run", "--rm", "--network", "none", "--cgroup-parent", CGROUP_PARENT,
-                        *security_args(init), *mounts, *env_args, "--entrypoint", command[0],
+                        *security_args(init), *mounts, *env_args, *sanitizer_args(), "--entrypoint", command[0],
                         image, *command[1:])
         if result.returncode != 0:
             fail("install-cni", f"run {attempt}: exit {result.returncode}: {result.stderr.strip()}")
@@ -454,7 +474,7 @@ def run_agent(image, ds, profile, document, expect_dataplane):
     containers.append(name)
     result = podman("run", "-d", "--name", name, "--network", f"ns:/run/netns/{NETNS}",
                     "--cgroup-parent", CGROUP_PARENT, *security_args(agent),
-                    *agent_mount_args(ds, agent, config, notes.append), *env,
+                    *agent_mount_args(ds, agent, config, notes.append), *env, *sanitizer_args(),
                     "--entrypoint", agent["command"][0], image, *args)
     for note in notes:
         print(f"{profile} agent: {note}")
@@ -492,7 +512,7 @@ def run_agent(image, ds, profile, document, expect_dataplane):
     print(f"{profile} agent: ready with {','.join(caps)}; eBPF attached, kernel check run"
           f"{', DPDK workers running on ' + ports if expect_dataplane else ''}; stopped by SIGTERM", flush=True)
     uninstall = podman("run", "--rm", "--network", "none", "--cgroup-parent", CGROUP_PARENT,
-                       *security_args(agent), "-v", "/sys/fs/bpf:/sys/fs/bpf:rslave",
+                       *security_args(agent), *sanitizer_args(), "-v", "/sys/fs/bpf:/sys/fs/bpf:rslave",
                        "-v", "/sys/fs/cgroup:/sys/fs/cgroup:rslave", image,
                        "meshlaned", "--uninstall", "--bpf-pin-dir", PIN_DIR)
     if uninstall.returncode != 0 or os.path.exists(PIN_DIR):
