@@ -32,15 +32,18 @@ else
   meson setup "$build" >/dev/null
 fi
 phase "set-up"
-ninja -C "$build"
+# What the tests need first (everything but perf/'s benchmarks), then the rest of this
+# build and the fuzz build in the background, in the idle scheduling class: the tests run
+# one at a time and leave about one of CI's two cores idle, which is all those builds get
+# (a test's process always takes the CPU before them). They are waited for after the tests.
+ninja -C "$build" meson-test-prereq
 phase "build"
-
-status=0
-meson test -C "$build" --print-errorlogs --num-processes "${MESHLANE_TEST_JOBS:-2}" \
-  --timeout-multiplier "${MESHLANE_TIMEOUT_MULTIPLIER:-1}" || status=$?
-phase "tests"
-
-# libFuzzer: a short run of each target from its seed corpus, in a clang build of its own.
+background_build() {  # log, then the command
+  local log=$1; shift
+  chrt --idle 0 nice -n 19 "$@" > "$log" 2>&1
+}
+background_build "$build/meson-logs/background-build.log" ninja -j "$(nproc)" -C "$build" &
+rest_of_build=$!
 fuzz_failed=0
 if [ "$fuzz_seconds" -gt 0 ]; then
   if [ -f "$fuzz_build/build.ninja" ]; then
@@ -49,8 +52,28 @@ if [ "$fuzz_seconds" -gt 0 ]; then
     CC=clang CXX=clang++ meson setup "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled >/dev/null
   fi
   fuzz_targets=$(cd "$fuzz_build" && ninja -t targets all | awk -F: '$1 ~ /(^|\/)fuzz_[a-z0-9_]+$/ {print $1}')
-  [ -z "$fuzz_targets" ] || ninja -C "$fuzz_build" $fuzz_targets
-  phase "fuzz build"
+  background_build "$fuzz_build/background-build.log" ninja -j "$(nproc)" -C "$fuzz_build" $fuzz_targets &
+  fuzz_build_job=$!
+fi
+
+status=0
+meson test -C "$build" --no-rebuild --print-errorlogs --num-processes "${MESHLANE_TEST_JOBS:-2}" \
+  --timeout-multiplier "${MESHLANE_TIMEOUT_MULTIPLIER:-1}" || status=$?
+phase "tests"
+
+if ! wait "$rest_of_build"; then
+  echo "build: perf/'s benchmarks failed to build:"; tail -30 "$build/meson-logs/background-build.log"
+  status=1
+fi
+phase "rest of the build (after the tests)"
+
+# libFuzzer: a short run of each target from its seed corpus, in a clang build of its own.
+if [ "$fuzz_seconds" -gt 0 ]; then
+  if ! wait "$fuzz_build_job"; then
+    echo "fuzz: the fuzz build failed:"; tail -30 "$fuzz_build/background-build.log"
+    status=1
+  fi
+  phase "fuzz build (after the tests)"
   # Two targets at a time (CI has 2 cores; each libFuzzer run is one process), each
   # writing its verdict to a file of its own; the loop below reads them in target order.
   fuzz_results=$(mktemp -d)
