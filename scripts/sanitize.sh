@@ -15,18 +15,12 @@ root=$(pwd)
 asan_build=${MESHLANE_ASAN_BUILD:-build-asan}
 
 started=$(date +%s)
-bash scripts/setup.sh
-bash scripts/cleanup.sh >/dev/null  # leftovers of an interrupted earlier run, by prefix only
-trap 'bash "$root/scripts/cleanup.sh" >/dev/null' EXIT
-
-if [ -f "$asan_build/build.ninja" ]; then
-  meson setup --reconfigure "$asan_build" >/dev/null
-else
-  # -O1 and line tables only (-g1, no -g): a sanitized -O2 -g compile of the control
-  # library's largest files takes 2.4 times as long, and reports need only lines.
-  meson setup "$asan_build" -Db_sanitize=address,undefined -Dtests=enabled -Dperf=disabled \
-    -Doptimization=1 -Ddebug=false -Dc_args=-g1 -Dcpp_args=-g1 >/dev/null
-fi
+source scripts/lib/test_prep.sh
+prepare_test_machine
+# -O1 and line tables only (-g1, no -g): a sanitized -O2 -g compile of the control
+# library's largest files takes 2.4 times as long, and reports need only lines.
+configure_build "$asan_build" -Db_sanitize=address,undefined -Dtests=enabled -Dperf=disabled \
+  -Doptimization=1 -Ddebug=false -Dc_args=-g1 -Dcpp_args=-g1
 ninja -C "$asan_build"
 built=$(date +%s)
 

@@ -22,15 +22,9 @@ phase() {
   phase_started=$now
 }
 
-bash scripts/setup.sh
-bash scripts/cleanup.sh >/dev/null  # leftovers of an interrupted earlier run, by prefix only
-trap 'bash "$root/scripts/cleanup.sh" >/dev/null' EXIT
-
-if [ -f "$build/build.ninja" ]; then
-  meson setup --reconfigure "$build" >/dev/null
-else
-  meson setup "$build" >/dev/null
-fi
+source scripts/lib/test_prep.sh
+prepare_test_machine
+configure_build "$build"
 phase "set-up"
 # What the tests need first (everything but perf/'s benchmarks), then the rest of this
 # build and the fuzz build in the background, in the idle scheduling class: the tests run
@@ -46,11 +40,7 @@ background_build "$build/meson-logs/background-build.log" ninja -j "$(nproc)" -C
 rest_of_build=$!
 fuzz_failed=0
 if [ "$fuzz_seconds" -gt 0 ]; then
-  if [ -f "$fuzz_build/build.ninja" ]; then
-    meson setup --reconfigure "$fuzz_build" >/dev/null
-  else
-    CC=clang CXX=clang++ meson setup "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled >/dev/null
-  fi
+  CC=clang CXX=clang++ configure_build "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled
   fuzz_targets=$(cd "$fuzz_build" && ninja -t targets all | awk -F: '$1 ~ /(^|\/)fuzz_[a-z0-9_]+$/ {print $1}')
   background_build "$fuzz_build/background-build.log" ninja -j "$(nproc)" -C "$fuzz_build" $fuzz_targets &
   fuzz_build_job=$!
