@@ -433,13 +433,13 @@ json control_module::get(const json& request) {
       rows.push_back({{"service", svc.name}, {"table_size", tables->tuning.maglev_table_size}, {"backends", shares}});
     }
   } else if (what == "backends") {
-    // Backends are stored service by service: the page starts at index `offset`.
+    // Backends are listed service by service: the page starts at index `offset`.
     total = tables->backend_total;
-    size_t service = 0;
+    size_t service = 0, first = 0;  // the service of backend `b`, and its first backend's index
     for (size_t b = offset; b < total && rows.size() < limit; ++b) {
-      while (tables->services[service].first_backend + tables->services[service].backend_count <= b) ++service;
+      while (first + tables->services[service].backend_count <= b) first += tables->services[service++].backend_count;
       const auto& svc = tables->services[service];
-      const auto& be = svc.compiled->backends[b - svc.first_backend];
+      const auto& be = svc.compiled->backends[b - first];
       rows.push_back({{"service", svc.name}, {"ip", be.ip.to_string()}, {"port", be.port},
                       {"weight", be.weight}, {"node", tables->nodes.at(be.node_index).name},
                       {"maglev_share", be.maglev_slots / m}});

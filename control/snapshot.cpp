@@ -146,12 +146,14 @@ std::vector<uint8_t> snapshot::serialize() const {
     w.u16(p.policy_class);
   }
   w.u32(static_cast<uint32_t>(services.size()));
+  uint32_t first_backend = 0;  // backends numbered service by service (the form's layout)
   for (const auto& s : services) {
     w.text(s.name);
     w.address(s.vip);
     w.u8(s.session_affinity);
-    w.u32(s.first_backend);
+    w.u32(first_backend);
     w.u32(s.backend_count);
+    first_backend += s.backend_count;
     // Where the service's Maglev table would start were the tables laid end to end (the
     // form's layout before tables were shared per service; digests stay comparable).
     w.u64(s.backend_count ? maglev_offset : 0);

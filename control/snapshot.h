@@ -70,10 +70,9 @@ struct table_service {
   std::string name;
   ip_address vip;
   bool session_affinity = false;
-  // The snapshot numbers backends service by service, in service order: this service's are
-  // [first_backend, first_backend + backend_count); per-backend arrays of the readers (the
-  // data plane's counter slots) are indexed by that number.
-  uint32_t first_backend = 0;
+  // Backends carry no snapshot-wide number: one would move with every backend added to or
+  // removed from an earlier service, and a delta would then rewrite every later row (the
+  // data plane's counter slots are kept per service instead: forwarding_tables).
   uint32_t backend_count = 0;
   std::shared_ptr<const service_backends> compiled;  // never null in a compiled snapshot
   // Its frontends: frontends[service_frontends[first_frontend, + frontend_count)].
@@ -148,6 +147,17 @@ struct snapshot {
   // underlay address unless the document names another), and the external services.
   egress_spec egress;
   std::vector<external_service_spec> external_services;
+  // Set by compile_delta when the delta changed services' backends only (no service added,
+  // removed, renamed or given other frontends, VIP or affinity): the services (indices,
+  // ascending) whose compiled block is new since generation `base_generation`. A sink that
+  // holds its view of that generation may patch it, at a cost that follows the change,
+  // instead of building one whole (dataplane/forwarding_tables.cpp). Null otherwise. Not
+  // part of the tables' content.
+  struct backends_delta {
+    uint64_t base_generation = 0;
+    std::vector<uint32_t> services;
+  };
+  std::shared_ptr<const backends_delta> backends_changed;
 
   const table_frontend* find_frontend(const ip_address& vip, uint16_t port,
                                       l4_protocol protocol) const;
@@ -160,9 +170,9 @@ struct snapshot {
   static std::span<const table_backend> backends_of(const table_service& service) {
     return service.compiled ? std::span<const table_backend>(service.compiled->backends) : std::span<const table_backend>();
   }
-  // The snapshot-wide number (table_service::first_backend) of one of a service's backends.
-  static uint32_t backend_number(const table_service& service, const table_backend* backend) {
-    return service.first_backend + static_cast<uint32_t>(backend - service.compiled->backends.data());
+  // The position of one of a service's backends among the service's.
+  static uint32_t backend_offset(const table_service& service, const table_backend* backend) {
+    return static_cast<uint32_t>(backend - service.compiled->backends.data());
   }
 
   // Canonical byte form of every table (fixed field order, little-endian). Two compiles of

@@ -91,17 +91,11 @@ void compile_all_backends(const std::vector<const service_spec*>& services, cons
                           [&](size_t i) { out[i] = compile_service_backends(*services[i], names, table_size); });
 }
 
-// Backends are numbered service by service, in service order.
-// Numbers backends service by service from service `from` on (the ones before keep
-// theirs); a row is written only when its number moves, so that the chunks of services a
-// delta does not renumber stay shared with the previous generation.
-void number_backends(snapshot& tables, size_t from = 0) {
-  uint32_t next = from == 0 ? 0 : tables.services[from - 1].first_backend + tables.services[from - 1].backend_count;
-  for (size_t i = from; i < tables.services.size(); ++i) {
-    if (tables.services[i].first_backend != next) tables.services.mutable_at(i).first_backend = next;
-    next += tables.services[i].backend_count;
-  }
-  tables.backend_total = next;
+// The backends of every service, summed.
+void count_backends(snapshot& tables) {
+  uint32_t total = 0;
+  for (const table_service& service : tables.services) total += service.backend_count;
+  tables.backend_total = total;
 }
 
 bool frontend_order(const table_frontend& a, const table_frontend& b) {
@@ -220,10 +214,10 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
   compile_all_backends(services, names, state.tuning.maglev_table_size, blocks);
   for (size_t i = 0; i < services.size(); ++i) {
     const service_spec* svc = services[i];
-    tables->services.push_back({svc->name, svc->vip, svc->session_affinity, 0,
+    tables->services.push_back({svc->name, svc->vip, svc->session_affinity,
                                 static_cast<uint32_t>(svc->backends.size()), std::move(blocks[i])});
   }
-  number_backends(*tables);
+  count_backends(*tables);
   build_frontends(*tables, [&](uint32_t i) -> const service_spec& { return *services[i]; });
 
   // Encryption: per other node, whether its route is encrypted and the keys this node
@@ -281,6 +275,7 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
   // unchanged service's compiled block by pointer, the flat tables by value.
   auto tables = std::make_shared<snapshot>(previous);
   tables->generation = generation;
+  tables->backends_changed.reset();  // the previous one's record describes another step
   if (pods_changed) compile_pods(*tables, state);
 
   const uint32_t table_size = tables->tuning.maglev_table_size;
@@ -303,18 +298,20 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
     }
   }
   if (!structural) {
-    size_t renumber_from = SIZE_MAX;  // the first service whose backend count changed
+    auto record = std::make_shared<snapshot::backends_delta>();
+    record->base_generation = previous.generation;
     for (const service_change& c : changes) {
       const size_t at = position(c.name).index();
+      record->services.push_back(static_cast<uint32_t>(at));
       table_service& row = tables->services.mutable_at(at);
       row.compiled = compile_service_backends(*c.spec, names, table_size);
       const auto count = static_cast<uint32_t>(c.spec->backends.size());
-      if (row.backend_count != count) renumber_from = std::min(renumber_from, at);
+      tables->backend_total = tables->backend_total - row.backend_count + count;
       row.backend_count = count;
     }
-    // Backends are numbered in service order: a changed count moves the numbers of every
-    // later service (linear, as a service added or removed is); an unchanged one none.
-    if (renumber_from != SIZE_MAX) number_backends(*tables, renumber_from);
+    std::sort(record->services.begin(), record->services.end());
+    record->services.erase(std::unique(record->services.begin(), record->services.end()), record->services.end());
+    tables->backends_changed = std::move(record);
     return tables;
   }
 
@@ -330,7 +327,7 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
   auto add_changed = [&](const service_change& c) {
     if (!c.spec) return;
     fresh.emplace_back(static_cast<uint32_t>(merged.size()), c.spec);
-    merged.push_back({c.spec->name, c.spec->vip, c.spec->session_affinity, 0,
+    merged.push_back({c.spec->name, c.spec->vip, c.spec->session_affinity,
                       static_cast<uint32_t>(c.spec->backends.size()), compile_service_backends(*c.spec, names, table_size)});
   };
   for (uint32_t i = 0; i < previous.services.size(); ++i) {
@@ -345,7 +342,7 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
   }
   while (next_changed != changed.end()) add_changed(*next_changed++->second);
   tables->services = std::move(merged);  // re-chunked: a structural change is linear anyway
-  number_backends(*tables);
+  count_backends(*tables);
 
   std::vector<table_frontend> kept, added;
   kept.reserve(previous.frontends.size());

@@ -187,10 +187,9 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       continue;
     }
     const table_service& service = s.services[frontend->service_index];
-    int64_t backend_index = -1;
-    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count;
-         ++b) {
-      const table_backend& backend = service.compiled->backends[b - service.first_backend];
+    int64_t backend_index = -1;  // among the service's
+    for (uint32_t b = 0; b < service.backend_count; ++b) {
+      const table_backend& backend = service.compiled->backends[b];
       if (backend.ip == backend_ip &&
           (frontend->target_port ? frontend->target_port : backend.port) == backend_port &&
           service.name + "/" + backend.ip.to_string() + ":" + std::to_string(backend.port) ==
@@ -201,7 +200,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       ++report.dropped["no_backend"];
       continue;
     }
-    e.backend_slot = t->backend_slot[static_cast<size_t>(backend_index)];
+    e.backend_slot = t->backend_slot_of(frontend->service_index, static_cast<uint32_t>(backend_index));
     // Source NAT to this node's gateway: the gateway address must be the same, and the
     // flow goes to the worker that lends its port (each worker lends its own share).
     uint16_t owner;

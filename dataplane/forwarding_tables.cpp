@@ -173,7 +173,7 @@ uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
 
 // The slot of `name`: its own, a freed one, or a new one at the end.
 template <typename Name, typename Index>
-uint32_t slot_for(std::vector<Name>& names, Index& index, std::vector<uint32_t>& free_slots,
+uint32_t slot_for(paged_array<Name>& names, Index& index, std::vector<uint32_t>& free_slots,
                   std::vector<uint8_t>& in_tables, const Name& name) {
   uint32_t slot;
   if (auto it = index.find(name); it != index.end()) {
@@ -181,11 +181,12 @@ uint32_t slot_for(std::vector<Name>& names, Index& index, std::vector<uint32_t>&
   } else if (!free_slots.empty()) {
     slot = free_slots.back();
     free_slots.pop_back();
-    names[slot] = name;
+    names.mutable_at(slot) = name;
     index.emplace(name, slot);
   } else {
     slot = static_cast<uint32_t>(names.size());
-    names.push_back(name);
+    names.resize(slot + 1);
+    names.mutable_at(slot) = name;
     index.emplace(name, slot);
   }
   if (in_tables.size() < names.size()) in_tables.resize(names.size(), 0);
@@ -197,16 +198,21 @@ uint32_t slot_for(std::vector<Name>& names, Index& index, std::vector<uint32_t>&
 namespace {
 // --- the IPv4 gates and the frontends-by-backend index ---
 
+using index_entry = forwarding_tables::backend_frontend;
+
 uint16_t backend_target_port(const table_frontend& f, const table_backend& b) {
   return f.target_port ? f.target_port : b.port;
 }
 uint64_t v4_backend_key(const table_frontend& f, const table_backend& b) {
   return uint64_t{b.ip.v4()} << 16 | backend_target_port(f, b);
 }
+index_entry entry_of(const table_frontend& f, const table_backend& b, uint32_t frontend) {
+  return {b.ip.bytes, backend_target_port(f, b), static_cast<uint8_t>(f.protocol), frontend};
+}
 
 // A gate of `keys` (duplicates allowed), at most half full.
-template <typename Key>
-uint32_t fill_gate(std::vector<Key>& slots, uint32_t& mask, const std::vector<Key>& keys) {
+template <typename Slots, typename Key>
+uint32_t fill_gate(Slots& slots, uint32_t& mask, const std::vector<Key>& keys) {
   const size_t size = table_size(keys.size());
   slots.assign(size, 0);
   mask = static_cast<uint32_t>(size - 1);
@@ -235,83 +241,108 @@ void build_gates(const snapshot& s, forwarding_tables& out) {
 // The whole build: every frontend's backends, sorted by backend then frontend index.
 void build_service_index(const snapshot& s, forwarding_tables& out) {
   build_gates(s, out);
-  out.frontends_by_backend.clear();
-  out.frontends_by_backend.reserve(s.backend_total);
+  std::vector<index_entry> index;
+  index.reserve(s.backend_total);
   for (uint32_t i = 0; i < s.frontends.size(); ++i) {
     const table_frontend& f = s.frontends[i];
     for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
-      out.frontends_by_backend.push_back(
-          {backend.ip.bytes, backend_target_port(f, backend), static_cast<uint8_t>(f.protocol), i});
+      index.push_back(entry_of(f, backend, i));
   }
-  std::stable_sort(out.frontends_by_backend.begin(), out.frontends_by_backend.end());  // frontends in index order
+  std::stable_sort(index.begin(), index.end());  // frontends in index order
+  out.frontends_by_backend.assign_sorted(std::move(index));
 }
 
 // When `s` differs from the installed view's snapshot in services' backends only (a
 // delta of endpoints; compile_delta shares every other service's compiled block): the
-// frontends whose service has another block now. Nothing when frontends or services
-// differ otherwise, or when so many changed that a whole build costs about as much.
-std::optional<std::vector<uint32_t>> frontends_with_changed_backends(const snapshot& s,
-                                                                     const forwarding_tables* installed) {
-  if (!installed || !installed->tables) return std::nullopt;
+// services (ascending) whose block is another now. compile_delta records them; otherwise
+// (a whole compile, or going back to an older snapshot) they are found by comparing.
+// Nothing when services or frontends differ otherwise, when so many changed that a whole
+// build costs about as much, or when the slots' in-table marks are not the installed
+// view's (a build failed since it was installed).
+std::optional<std::vector<uint32_t>> services_with_changed_backends(const snapshot& s,
+                                                                    const forwarding_tables* installed,
+                                                                    const counter_slot_names& slots) {
+  if (!installed || !installed->tables || slots.in_tables_of.lock() != installed->tables) return std::nullopt;
   const snapshot& before = *installed->tables;
-  if (before.frontends.size() != s.frontends.size() || before.services.size() != s.services.size())
+  if (before.frontends.size() != s.frontends.size() || before.services.size() != s.services.size() ||
+      installed->service_slot.size() != before.services.size() ||
+      installed->service_backend_base.size() != before.services.size())
     return std::nullopt;
-  std::vector<uint32_t> changed;
+  // A pool more than half unused is compacted by a whole build (amortized over the deltas
+  // that grew it).
+  if (installed->backend_slot_unused > installed->backend_slot.size() / 2) return std::nullopt;
+  if (s.backends_changed && s.backends_changed->base_generation == before.generation &&
+      s.backends_changed->services.size() <= s.services.size() / 8)
+    return s.backends_changed->services;
   for (uint32_t i = 0; i < s.frontends.size(); ++i) {
     const table_frontend& now = s.frontends[i];
     const table_frontend& then = before.frontends[i];
     if (now.vip != then.vip || now.port != then.port || now.protocol != then.protocol ||
         now.target_port != then.target_port || now.service_index != then.service_index)
       return std::nullopt;
-    if (s.services[now.service_index].compiled != before.services[now.service_index].compiled) changed.push_back(i);
   }
-  if (changed.size() > s.frontends.size() / 8) return std::nullopt;
+  std::vector<uint32_t> changed;
+  for (uint32_t i = 0; i < s.services.size(); ++i) {
+    const table_service& now = s.services[i];
+    const table_service& then = before.services[i];
+    if (now.compiled == then.compiled) continue;  // a shared block: the same service, unchanged
+    if (now.name != then.name || now.first_frontend != then.first_frontend || now.frontend_count != then.frontend_count)
+      return std::nullopt;
+    changed.push_back(i);
+  }
+  if (changed.size() > s.services.size() / 8) return std::nullopt;
   return changed;
 }
 
 // Whether any frontend of the index DNATs to the IPv4 backend `key` (address and port,
 // any protocol: entries differing only in protocol are adjacent).
-bool index_names_v4_backend(const std::vector<forwarding_tables::backend_frontend>& index, uint64_t key) {
-  forwarding_tables::backend_frontend probe;
+bool index_names_v4_backend(const forwarding_tables& t, uint64_t key) {
+  index_entry probe;
   probe.ip = ip_address::from_v4(static_cast<uint32_t>(key >> 16)).bytes;
   probe.port = static_cast<uint16_t>(key);
-  auto it = std::lower_bound(index.begin(), index.end(), probe);
-  return it != index.end() && it->ip == probe.ip && it->port == probe.port;
+  const auto same_address_and_port = [](const index_entry& a, const index_entry& b) {
+    return std::tie(a.ip, a.port) < std::tie(b.ip, b.port);
+  };
+  return t.frontends_by_backend.contains(probe, same_address_and_port);
 }
 
-// The installed view's gates and index with the changed frontends' backends taken out
-// and their backends now put in: the same contents a whole build gives (the index entry
-// for entry; the gates as sets), at the cost of a copy and the change.
+// `a` without the entries of `b` (both sorted by `before`, multisets).
+std::vector<index_entry> entries_without(const std::vector<index_entry>& a, const std::vector<index_entry>& b) {
+  std::vector<index_entry> out;
+  std::set_difference(a.begin(), a.end(), b.begin(), b.end(), std::back_inserter(out), index_entry::before);
+  return out;
+}
+
+// The installed view's gates and index with the changed services' frontends' backends
+// taken out and their backends now put in: the same contents a whole build gives (the
+// index entry for entry; the gates as sets). Both share every page the change does not
+// touch with the installed view (shared_pages.h).
 void patch_service_index(const snapshot& s, const forwarding_tables& installed, const std::vector<uint32_t>& changed,
                          forwarding_tables& out) {
-  using entry = forwarding_tables::backend_frontend;
   const snapshot& before = *installed.tables;
   out.service_index_patched = true;
-  std::vector<uint8_t> is_changed(s.frontends.size(), 0);
-  std::vector<entry> fresh;
+  std::vector<index_entry> fresh, stale;
   std::vector<uint64_t> keys_then, keys_now;
-  for (uint32_t i : changed) {
-    is_changed[i] = 1;
-    const table_frontend& f = s.frontends[i];
-    for (const table_backend& b : snapshot::backends_of(s.services[f.service_index])) {
-      fresh.push_back({b.ip.bytes, backend_target_port(f, b), static_cast<uint8_t>(f.protocol), i});
-      if (f.vip.is_v4()) keys_now.push_back(v4_backend_key(f, b));
+  for (uint32_t service : changed) {
+    const table_service& now = s.services[service];
+    for (uint32_t k = now.first_frontend; k < now.first_frontend + now.frontend_count; ++k) {
+      const uint32_t i = s.service_frontends[k];
+      const table_frontend& f = s.frontends[i];
+      for (const table_backend& b : snapshot::backends_of(now)) {
+        fresh.push_back(entry_of(f, b, i));
+        if (f.vip.is_v4()) keys_now.push_back(v4_backend_key(f, b));
+      }
+      for (const table_backend& b : snapshot::backends_of(before.services[service])) {
+        stale.push_back(entry_of(f, b, i));
+        if (f.vip.is_v4()) keys_then.push_back(v4_backend_key(f, b));
+      }
     }
-    if (f.vip.is_v4())
-      for (const table_backend& b : snapshot::backends_of(before.services[f.service_index]))
-        keys_then.push_back(v4_backend_key(f, b));
   }
-  std::sort(fresh.begin(), fresh.end(), entry::before);
-  std::vector<entry>& index = out.frontends_by_backend;
-  index.clear();
-  index.reserve(installed.frontends_by_backend.size() + fresh.size());
-  auto next_fresh = fresh.begin();
-  for (const entry& e : installed.frontends_by_backend) {
-    if (is_changed[e.frontend]) continue;
-    while (next_fresh != fresh.end() && entry::before(*next_fresh, e)) index.push_back(*next_fresh++);
-    index.push_back(e);
-  }
-  index.insert(index.end(), next_fresh, fresh.end());
+  std::sort(fresh.begin(), fresh.end(), index_entry::before);
+  std::sort(stale.begin(), stale.end(), index_entry::before);
+  // Entries in both (a backend that stayed, with another weight) stay where they are.
+  out.frontends_by_backend = installed.frontends_by_backend;
+  out.frontends_by_backend.patch(entries_without(stale, fresh), entries_without(fresh, stale));
 
   out.v4_vips = installed.v4_vips, out.v4_vip_mask = installed.v4_vip_mask;
   out.has_v6_services = installed.has_v6_services;
@@ -326,7 +357,7 @@ void patch_service_index(const snapshot& s, const forwarding_tables& installed, 
   std::set_difference(keys_then.begin(), keys_then.end(), keys_now.begin(), keys_now.end(), std::back_inserter(gone));
   // A backend another frontend still names stays in the gate.
   for (uint64_t key : gone)
-    if (!index_names_v4_backend(index, key))
+    if (!index_names_v4_backend(out, key))
       out.v4_backend_keys -= gate_erase(out.v4_backends, out.v4_backend_mask, key);
   for (uint64_t key : added) {
     if (2 * (size_t{out.v4_backend_keys} + 1) > out.v4_backends.size()) {
@@ -335,6 +366,143 @@ void patch_service_index(const snapshot& s, const forwarding_tables& installed, 
     }
     out.v4_backend_keys += gate_insert(out.v4_backends, out.v4_backend_mask, key);
   }
+}
+
+// --- counter slots of services and backends ---
+
+// The slots of one service's backends, each its own or a new one (slot_for), into its
+// range of the pool (forwarding_tables::backend_slot), which starts at `base`.
+std::string name_backend_slots(const table_service& service, uint32_t service_slot, uint32_t base,
+                               counter_slot_names& slots, forwarding_tables& out) {
+  backend_slot_key key;
+  key.service_slot = service_slot;
+  for (uint32_t b = 0; b < service.backend_count; ++b) {
+    const table_backend& backend = service.compiled->backends[b];
+    key.ip = backend.ip.bytes;
+    key.port = backend.port;
+    const uint32_t slot =
+        slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables, key);
+    if (slot >= kMaxBackendSlots)
+      return "more than " + std::to_string(kMaxBackendSlots) + " backends at once (published or with live flows)";
+    out.backend_slot.mutable_at(base + b) = slot;
+  }
+  return {};
+}
+
+// Every service and backend of `s` its slot: the installed view's where it has the same
+// service (by index and name) or the same compiled block, a look-up otherwise. Linear in
+// the cluster; lays the backends' ranges end to end, and makes every slot no longer
+// named a reclaim candidate.
+std::string name_all_slots(const snapshot& s, const forwarding_tables* installed, counter_slot_names& slots,
+                           forwarding_tables& out) {
+  std::fill(slots.service_in_tables.begin(), slots.service_in_tables.end(), 0);
+  std::fill(slots.backend_in_tables.begin(), slots.backend_in_tables.end(), 0);
+  // A service at the index where the installed view had one of the same name keeps that
+  // one's slot (named in those tables, so never reclaimed since) without a look-up.
+  const bool same_services = installed && installed->tables &&
+                             installed->tables->services.size() == s.services.size() &&
+                             installed->service_slot.size() == s.services.size();
+  out.service_slot.assign(s.services.size(), 0);
+  out.service_backend_base.assign(s.services.size(), 0);
+  for (uint32_t i = 0; i < s.services.size(); ++i) {
+    const table_service& service = s.services[i];
+    if (same_services && installed->tables->services[i].name == service.name) {
+      const uint32_t slot = installed->service_slot[i];
+      slots.service_in_tables[slot] = 1;
+      out.service_slot.mutable_at(i) = slot;
+      continue;
+    }
+    const uint32_t slot =
+        slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, service.name);
+    if (slot >= kMaxServiceSlots)
+      return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
+    out.service_slot.mutable_at(i) = slot;
+  }
+  out.backend_slot.assign(s.backend_total, 0);
+  out.backend_slot_unused = 0;
+  if (slots.backend_index.bucket_count() < s.backend_total) slots.backend_index.reserve(s.backend_total);
+  // The installed tables' services by compiled block: a service whose block is the one a
+  // service of the same counter slot had there has the same backends in the same order,
+  // so it keeps their slots (named in those tables, so never reclaimed since). A delta that
+  // adds or removes services shares every other service's block: those cost a hash
+  // look-up per service here, not one per backend.
+  std::unordered_map<const service_backends*, uint32_t> installed_index;
+  if (installed && installed->tables && installed->service_backend_base.size() == installed->tables->services.size()) {
+    const snapshot& before = *installed->tables;
+    installed_index.reserve(before.services.size());
+    for (uint32_t i = 0; i < before.services.size(); ++i) installed_index.emplace(before.services[i].compiled.get(), i);
+  }
+  uint32_t base = 0;
+  for (uint32_t service_index = 0; service_index < s.services.size(); ++service_index) {
+    const table_service& service = s.services[service_index];
+    out.service_backend_base.mutable_at(service_index) = base;
+    if (auto it = installed_index.find(service.compiled.get()); it != installed_index.end()) {
+      const table_service& before = installed->tables->services[it->second];
+      if (installed->service_slot[it->second] == out.service_slot[service_index] &&
+          before.backend_count == service.backend_count) {
+        for (uint32_t i = 0; i < service.backend_count; ++i) {
+          const uint32_t slot = installed->backend_slot_of(it->second, i);
+          out.backend_slot.mutable_at(base + i) = slot;
+          slots.backend_in_tables[slot] = 1;
+        }
+        base += service.backend_count;
+        continue;
+      }
+    }
+    if (std::string error = name_backend_slots(service, out.service_slot[service_index], base, slots, out);
+        !error.empty())
+      return error;
+    base += service.backend_count;
+  }
+  slots.unnamed_services.clear();
+  slots.unnamed_backends.clear();
+  for (uint32_t slot = 0; slot < slots.services.size(); ++slot)
+    if (!slots.services[slot].empty() && !slots.service_in_tables[slot]) slots.unnamed_services.push_back(slot);
+  for (uint32_t slot = 0; slot < slots.backends.size(); ++slot)
+    if (!slots.backend_free(slot) && !slots.backend_in_tables[slot]) slots.unnamed_backends.push_back(slot);
+  return {};
+}
+
+// A delta of endpoints (services_with_changed_backends): every service keeps its slot and
+// every unchanged service its backends' range; a changed service's backends are looked up
+// into its old range, or a new one at the pool's end when they no longer fit. The
+// installed view's marks stay but for the changed services' old backends.
+std::string name_changed_slots(const snapshot& s, const forwarding_tables& installed,
+                               const std::vector<uint32_t>& changed, counter_slot_names& slots,
+                               forwarding_tables& out) {
+  const snapshot& before = *installed.tables;
+  out.service_slot = installed.service_slot;  // every one shares every page
+  out.service_backend_base = installed.service_backend_base;
+  out.backend_slot = installed.backend_slot;
+  out.backend_slot_unused = installed.backend_slot_unused;
+  std::vector<uint32_t> unnamed;
+  for (uint32_t service : changed) {
+    const uint32_t count_then = before.services[service].backend_count;
+    for (uint32_t b = 0; b < count_then; ++b) {
+      const uint32_t slot = installed.backend_slot_of(service, b);
+      slots.backend_in_tables[slot] = 0;
+      unnamed.push_back(slot);
+    }
+  }
+  for (uint32_t service : changed) {
+    const uint32_t count_then = before.services[service].backend_count;
+    const uint32_t count_now = s.services[service].backend_count;
+    uint32_t base = installed.service_backend_base[service];
+    if (count_now > count_then) {  // the range moves to the pool's end
+      base = static_cast<uint32_t>(out.backend_slot.size());
+      out.backend_slot.resize(base + count_now);
+      out.service_backend_base.mutable_at(service) = base;
+      out.backend_slot_unused += count_then;
+    } else {
+      out.backend_slot_unused += count_then - count_now;
+    }
+    if (std::string error = name_backend_slots(s.services[service], out.service_slot[service], base, slots, out);
+        !error.empty())
+      return error;
+  }
+  for (uint32_t slot : unnamed)  // a backend that stayed was named again
+    if (!slots.backend_in_tables[slot]) slots.unnamed_backends.push_back(slot);
+  return {};
 }
 
 }  // namespace
@@ -394,9 +562,11 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     while (out.v4_pods[slot].pod_plus_one) slot = (slot + 1) & out.v4_pod_mask;
     out.v4_pods[slot] = {ip, i + 1};
   }
-  // The IPv4 gates and the frontends-by-backend index: patched from the installed view
-  // when only services' backends changed (a delta of endpoints), built whole otherwise.
-  if (std::optional<std::vector<uint32_t>> changed = frontends_with_changed_backends(s, installed))
+  // The IPv4 gates, the frontends-by-backend index and the counter slots: patched from the
+  // installed view when only services' backends changed (a delta of endpoints), at a cost
+  // that follows the change; built whole otherwise.
+  const std::optional<std::vector<uint32_t>> changed = services_with_changed_backends(s, installed, slots);
+  if (changed)
     patch_service_index(s, *installed, *changed, out);
   else
     build_service_index(s, out);
@@ -439,68 +609,12 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       return "encrypted routes need the worker pool's ESP SAs (esp_sa_registry)";
     }
   }
-  std::fill(slots.service_in_tables.begin(), slots.service_in_tables.end(), 0);
-  std::fill(slots.backend_in_tables.begin(), slots.backend_in_tables.end(), 0);
-  // A service at the index where the installed view had one of the same name keeps that
-  // one's slot (named in those tables, so never reclaimed since) without a look-up.
-  const bool same_services = installed && installed->tables &&
-                             installed->tables->services.size() == s.services.size() &&
-                             installed->service_slot.size() == s.services.size();
-  out.service_slot.reserve(s.services.size());
-  for (uint32_t i = 0; i < s.services.size(); ++i) {
-    const table_service& service = s.services[i];
-    if (same_services && installed->tables->services[i].name == service.name) {
-      const uint32_t slot = installed->service_slot[i];
-      slots.service_in_tables[slot] = 1;
-      out.service_slot.push_back(slot);
-      continue;
-    }
-    const uint32_t slot =
-        slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, service.name);
-    if (slot >= kMaxServiceSlots)
-      return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
-    out.service_slot.push_back(slot);
-  }
-  out.backend_slot.resize(s.backend_total);
-  if (slots.backend_index.bucket_count() < s.backend_total) slots.backend_index.reserve(s.backend_total);
-  // The installed tables' services by compiled block: a service whose block is the one a
-  // service of the same counter slot had there has the same backends in the same order,
-  // so it keeps their slots (named in those tables, so never reclaimed since). A delta
-  // shares every unchanged service's block: its services cost a copy, not a hash look-up
-  // per backend.
-  std::unordered_map<const service_backends*, uint32_t> installed_index;
-  if (installed && installed->tables && installed->backend_slot.size() == installed->tables->backend_total) {
-    const snapshot& before = *installed->tables;
-    installed_index.reserve(before.services.size());
-    for (uint32_t i = 0; i < before.services.size(); ++i) installed_index.emplace(before.services[i].compiled.get(), i);
-  }
-  for (size_t service_index = 0; service_index < s.services.size(); ++service_index) {
-    const table_service& service = s.services[service_index];
-    if (auto it = installed_index.find(service.compiled.get()); it != installed_index.end()) {
-      const table_service& before = installed->tables->services[it->second];
-      if (installed->service_slot[it->second] == out.service_slot[service_index] &&
-          before.backend_count == service.backend_count) {
-        for (uint32_t i = 0; i < service.backend_count; ++i) {
-          const uint32_t slot = installed->backend_slot[before.first_backend + i];
-          out.backend_slot[service.first_backend + i] = slot;
-          slots.backend_in_tables[slot] = 1;
-        }
-        continue;
-      }
-    }
-    backend_slot_key key;
-    key.service_slot = out.service_slot[service_index];
-    for (uint32_t b = service.first_backend; b < service.first_backend + service.backend_count; ++b) {
-      const table_backend& backend = service.compiled->backends[b - service.first_backend];
-      key.ip = backend.ip.bytes;
-      key.port = backend.port;
-      const uint32_t slot =
-          slot_for(slots.backends, slots.backend_index, slots.free_backends, slots.backend_in_tables, key);
-      if (slot >= kMaxBackendSlots)
-        return "more than " + std::to_string(kMaxBackendSlots) + " backends at once (published or with live flows)";
-      out.backend_slot[b] = slot;
-    }
-  }
+  slots.in_tables_of.reset();  // until this build has named every slot
+  if (std::string error = changed ? name_changed_slots(s, *installed, *changed, slots, out)
+                                    : name_all_slots(s, installed, slots, out);
+      !error.empty())
+    return error;
+  slots.in_tables_of = tables;
   out.egress = build_egress_forwarding(s, out.pod_port);  // issue 18
   for (size_t i = 0; i < out.egress.registry.size(); ++i) {
     const std::string& name = out.egress.registry_service[i];
@@ -538,28 +652,45 @@ published_names names_of(const counter_slot_names& slots) {
 
 void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::unique_ptr<worker_state>>& workers,
                            uint64_t now, const flow_timeouts& timeouts) {
-  std::vector<uint8_t> referenced(slots.backends.size(), 0);
-  for (const auto& w : workers) {
-    for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
-      flow_entry entry;
-      // An entry the owner kept rewriting while we looked counts as live: keep its slot.
-      if (!w->flows.read(i, entry)) {
-        std::fill(referenced.begin(), referenced.end(), 1);
-        return;
+  // Only slots the last tables do not name can go (counter_slot_names::unnamed_*); those
+  // named again since, or freed, are no candidates any more. When none is left, nothing
+  // is scanned: a delta that changed weights only costs no pass over the flow tables.
+  const auto in_tables = [](const std::vector<uint8_t>& marks, uint32_t slot) {
+    return slot < marks.size() && marks[slot];
+  };
+  auto& backends = slots.unnamed_backends;
+  std::sort(backends.begin(), backends.end());
+  backends.erase(std::unique(backends.begin(), backends.end()), backends.end());
+  std::erase_if(backends, [&](uint32_t b) { return slots.backend_free(b) || in_tables(slots.backend_in_tables, b); });
+  auto& services = slots.unnamed_services;
+  std::sort(services.begin(), services.end());
+  services.erase(std::unique(services.begin(), services.end()), services.end());
+  std::erase_if(services, [&](uint32_t s) {
+    return s >= slots.services.size() || slots.services[s].empty() || in_tables(slots.service_in_tables, s);
+  });
+  if (backends.empty() && services.empty()) return;
+
+  std::unordered_set<uint32_t> referenced;  // candidates a live flow still counts in
+  if (!backends.empty()) {
+    const std::unordered_set<uint32_t> candidates(backends.begin(), backends.end());
+    for (const auto& w : workers) {
+      for (uint32_t i = 0; i < w->flows.capacity(); ++i) {
+        flow_entry entry;
+        // An entry the owner kept rewriting while we looked counts as live: keep every slot.
+        if (!w->flows.read(i, entry)) return;
+        if (entry.in_use && candidates.count(entry.backend_slot) && !w->flows.expired(entry, now, timeouts))
+          referenced.insert(entry.backend_slot);
       }
-      if (entry.in_use && !w->flows.expired(entry, now, timeouts) && entry.backend_slot < referenced.size())
-        referenced[entry.backend_slot] = 1;
     }
   }
-  std::vector<uint8_t> service_used(slots.services.size(), 0);
-  for (uint32_t b = 0; b < slots.backends.size(); ++b) {
-    if (slots.backend_free(b)) continue;
-    if (b < slots.backend_in_tables.size() && slots.backend_in_tables[b]) {
-      service_used[slots.backends[b].service_slot] = 1;
-      continue;
-    }
-    if (referenced[b]) {  // a flow to a backend that left drains on, counted
-      service_used[slots.backends[b].service_slot] = 1;
+  // A service whose name the tables dropped stays while a flow to one of its backends
+  // drains on (its backends are all unnamed with it, so candidates here).
+  std::unordered_set<uint32_t> service_used;
+  std::vector<uint32_t> kept;
+  for (uint32_t b : backends) {
+    if (referenced.count(b)) {  // a flow to a backend that left drains on, counted
+      service_used.insert(slots.backends[b].service_slot);
+      kept.push_back(b);
       continue;
     }
     for (const auto& w : workers) {  // no worker writes this slot any more
@@ -568,16 +699,17 @@ void reclaim_counter_slots(counter_slot_names& slots, const std::vector<std::uni
       w->backend[b].new_flows.value.store(0, std::memory_order_relaxed);
     }
     slots.backend_index.erase(slots.backends[b]);
-    slots.backends[b] = backend_slot_key{};
+    slots.backends.mutable_at(b) = backend_slot_key{};
     slots.free_backends.push_back(b);
   }
-  for (uint32_t s = 0; s < slots.services.size(); ++s) {
-    if (slots.services[s].empty() || service_used[s] || (s < slots.service_in_tables.size() && slots.service_in_tables[s]))
-      continue;
+  backends = std::move(kept);
+  std::erase_if(services, [&](uint32_t s) {
+    if (service_used.count(s)) return false;
     slots.service_index.erase(slots.services[s]);
-    slots.services[s].clear();
+    slots.services.mutable_at(s).clear();
     slots.free_services.push_back(s);
-  }
+    return true;
+  });
 }
 
 std::vector<lb_counters_sum> service_counters(const std::vector<std::unique_ptr<worker_state>>& workers,

@@ -36,6 +36,7 @@
 #include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
 #include "dataplane/packet_parser.h"
+#include "dataplane/shared_pages.h"
 #include "dataplane/token_bucket.h"
 
 namespace meshlane {
@@ -205,8 +206,19 @@ struct forwarding_tables {
   };
   static_assert(sizeof(node_tunnel) == 64);
   std::vector<node_tunnel> node_tunnels;
-  std::vector<uint32_t> service_slot;      // by snapshot service index -> counter slot
-  std::vector<uint32_t> backend_slot;      // by snapshot backend index -> counter slot
+  // Counter slots. Service i counts in service_slot[i]; its k-th backend (in the order of
+  // its compiled block) in backend_slot[service_backend_base[i] + k]. backend_slot is a
+  // pool of ranges: a whole build lays them end to end; a delta of endpoints writes a
+  // changed service's range in place when it has no more backends than before and at the
+  // pool's end otherwise, so that no other service's range moves. All three share their
+  // pages with the installed view (shared_pages.h): a delta copies the pages it changes.
+  paged_array<uint32_t> service_slot;
+  paged_array<uint32_t> service_backend_base;
+  paged_array<uint32_t> backend_slot;
+  size_t backend_slot_unused = 0;  // pool entries no service's range covers (a whole build compacts)
+  uint32_t backend_slot_of(uint32_t service_index, uint32_t offset) const {
+    return backend_slot[service_backend_base[service_index] + offset];
+  }
   // IPv4 fast path of the snapshot's pod lookup (the snapshot's own is family-generic):
   // pod address -> pod index (open addressing, at most half full).
   struct v4_pod_slot {
@@ -239,7 +251,7 @@ struct forwarding_tables {
   // from a backend's (address, port). Everything else skips it. Open addressing; 0 is
   // the empty slot (neither 0.0.0.0 nor port 0 can be configured).
   std::vector<uint32_t> v4_vips;       // host-order VIP addresses
-  std::vector<uint64_t> v4_backends;   // (host-order address << 16) | port
+  paged_array<uint64_t> v4_backends;   // (host-order address << 16) | port; pages shared as backend_slot's
   uint32_t v4_vip_mask = 0, v4_backend_mask = 0;
   uint32_t v4_backend_keys = 0;  // distinct keys in v4_backends (kept at most half full)
   bool has_v6_services = false;
@@ -262,8 +274,13 @@ struct forwarding_tables {
     static bool before(const backend_frontend& a, const backend_frontend& b) {
       return std::tie(a.ip, a.port, a.protocol, a.frontend) < std::tie(b.ip, b.port, b.protocol, b.frontend);
     }
+    struct order {
+      bool operator()(const backend_frontend& a, const backend_frontend& b) const { return before(a, b); }
+    };
   };
-  std::vector<backend_frontend> frontends_by_backend;
+  // In pages shared with the installed view (shared_pages.h): a delta of endpoints copies
+  // the pages its backends fall in. Look-ups: for_each_equal / contains with operator<.
+  paged_sorted<backend_frontend, backend_frontend::order> frontends_by_backend;
   // Whether the gates and the index above were patched from the installed view's (a delta
   // that changed services' backends only) rather than built whole: same contents.
   bool service_index_patched = false;
@@ -595,9 +612,11 @@ struct backend_slot_key_hash {
 // The service and backend slots' names, and the labels a reader makes of a backend slot:
 // what the publisher's record (counter_slot_names) and the readers' copy of it
 // (published_names) share.
+// In pages (shared_pages.h): the readers' copy taken at every install shares every page
+// the install did not change, instead of copying 1.6 million keys and 100,000 names.
 struct slot_labels {
-  std::vector<std::string> services;       // slot -> service name; "" when free
-  std::vector<backend_slot_key> backends;  // slot -> what it counts (service_slot UINT32_MAX: free)
+  paged_array<std::string> services;       // slot -> service name; "" when free
+  paged_array<backend_slot_key> backends;  // slot -> what it counts (service_slot UINT32_MAX: free)
   bool backend_free(size_t slot) const { return slot >= backends.size() || backends[slot].service_slot == UINT32_MAX; }
   // The service name of a live backend slot, and its "ip:port" (the metrics' labels);
   // "service/ip:port" together (the hand-over's name of a flow's backend).
@@ -607,8 +626,15 @@ struct slot_labels {
 };
 
 struct counter_slot_names : slot_labels {
-  // Whether the last tables built name the slot (build_forwarding_tables sets these).
+  // Whether the last tables built name the slot (build_forwarding_tables sets these), and
+  // the snapshot of those tables (expired or another: the marks may be partial, from a
+  // build that failed, and the next build is a whole one).
   std::vector<uint8_t> service_in_tables, backend_in_tables;
+  std::weak_ptr<const snapshot> in_tables_of;
+  // Live slots the last tables do not name: all that reclaim_counter_slots may free (so
+  // that it looks at the slots a delta stopped naming, not at every slot). Unsorted,
+  // duplicates allowed; slots named again since are skipped.
+  std::vector<uint32_t> unnamed_services, unnamed_backends;
   std::vector<uint32_t> free_services, free_backends;
   std::unordered_map<std::string, uint32_t> service_index;  // name -> slot
   std::unordered_map<backend_slot_key, uint32_t, backend_slot_key_hash> backend_index;

@@ -53,9 +53,7 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
   std::memcpy(probe.ip.data(), key.source, 16);
   probe.port = key.source_port;
   probe.protocol = key.protocol;
-  const auto [first, last] =
-      std::equal_range(t.frontends_by_backend.begin(), t.frontends_by_backend.end(), probe);
-  if (first == last) return false;
+  if (!t.frontends_by_backend.contains(probe, std::less<>{})) return false;
   // The client: where the reply goes, or the one the gateway's port was lent for.
   const bool v4 = p.l3 == l3_kind::ipv4;
   const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
@@ -67,8 +65,10 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
     return false;
   const snapshot& s = *t.tables;
   int tried = 0;
-  for (auto it = first; it != last && tried < kRestoreCandidates; ++it, ++tried) {
-    const table_frontend& frontend = s.frontends[it->frontend];
+  bool restored = false;
+  t.frontends_by_backend.for_each_equal(probe, std::less<>{}, [&](const forwarding_tables::backend_frontend& e) {
+    if (tried++ == kRestoreCandidates) return false;
+    const table_frontend& frontend = s.frontends[e.frontend];
     flow_key forward_key{};
     std::memcpy(forward_key.source, client, 16);
     forward_key.source_port = client_port;
@@ -84,15 +84,16 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
     if (!found || forward.direction != flow_direction::forward || lent != to_lent_port ||
         (lent && forward.second_port != key.destination_port) ||
         std::memcmp(forward.rewrite_address, key.source, 16) != 0 || forward.rewrite_port != key.source_port)
-      continue;
+      return true;  // not this frontend's: the next
     flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());
     reverse.state = forward.state;
     w.flows.insert(reverse, hash, w.now, w.timeouts);
     w.reverse_entries_restored.add(1);
     count_and_rewrite(w, t, m, frame, p, outcome, reverse);
-    return true;
-  }
-  return false;
+    restored = true;
+    return false;
+  });
+  return restored;
 }
 
 }  // namespace
@@ -130,8 +131,7 @@ namespace detail {
     drop(w, m, drop_reason::no_backend);
     return false;
   }
-  const uint32_t backend_index = snapshot::backend_number(service, backend);
-  const uint32_t backend_slot = t.backend_slot[backend_index];
+  const uint32_t backend_slot = t.backend_slot_of(frontend->service_index, snapshot::backend_offset(service, backend));
   const uint16_t backend_port = frontend->target_port ? frontend->target_port : backend->port;
   const bool v4 = p.l3 == l3_kind::ipv4;
 

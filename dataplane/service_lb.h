@@ -12,31 +12,40 @@
 
 namespace meshlane::detail {
 
-// forwarding_tables::v4_vips and v4_backends: open addressing, 0 is the empty slot.
+// forwarding_tables::v4_vips (a vector) and v4_backends (pages shared between views,
+// shared_pages.h): open addressing, 0 is the empty slot.
 inline uint64_t gate_hash(uint64_t key) { return (key * 0x9e3779b97f4a7c15ull) >> 29; }
-template <typename Key>
-[[gnu::always_inline]] inline bool gate_contains(const std::vector<Key>& slots, uint32_t mask, Key key) {
+template <typename Slots, typename Key>
+[[gnu::always_inline]] inline bool gate_contains(const Slots& slots, uint32_t mask, Key key) {
   for (uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;; slot = (slot + 1) & mask) {
     if (slots[slot] == key) return true;
     if (!slots[slot]) return false;
   }
 }
+template <typename Key>
+void gate_set(std::vector<Key>& slots, uint32_t slot, Key key) {
+  slots[slot] = key;
+}
+template <typename Key, unsigned kShift>
+void gate_set(paged_array<Key, kShift>& slots, uint32_t slot, Key key) {
+  slots.mutable_at(slot) = key;  // copies the page first when the installed view shares it
+}
 
 // Puts `key` into a gate; whether it was not there yet.
-template <typename Key>
-bool gate_insert(std::vector<Key>& slots, uint32_t mask, Key key) {
+template <typename Slots, typename Key>
+bool gate_insert(Slots& slots, uint32_t mask, Key key) {
   uint32_t slot = static_cast<uint32_t>(gate_hash(key)) & mask;
   while (slots[slot] && slots[slot] != key) slot = (slot + 1) & mask;
   if (slots[slot] == key) return false;
-  slots[slot] = key;
+  gate_set(slots, slot, key);
   return true;
 }
 
 // Takes `key` out of a gate. Linear probing has no tombstones here (a reader stops at
 // the first empty slot), so the entries after the hole that could no longer be found move
 // back into it (backward-shift deletion).
-template <typename Key>
-bool gate_erase(std::vector<Key>& slots, uint32_t mask, Key key) {
+template <typename Slots, typename Key>
+bool gate_erase(Slots& slots, uint32_t mask, Key key) {
   uint32_t hole = static_cast<uint32_t>(gate_hash(key)) & mask;
   while (slots[hole] != key) {
     if (!slots[hole]) return false;
@@ -48,10 +57,10 @@ bool gate_erase(std::vector<Key>& slots, uint32_t mask, Key key) {
     const uint32_t home = static_cast<uint32_t>(gate_hash(slots[next])) & mask;
     const bool stays = hole <= next ? (hole < home && home <= next) : (hole < home || home <= next);
     if (stays) continue;
-    slots[hole] = slots[next];
+    gate_set(slots, hole, Key{slots[next]});
     hole = next;
   }
-  slots[hole] = 0;
+  gate_set(slots, hole, Key{0});
   return true;
 }
 

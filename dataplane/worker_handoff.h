@@ -103,7 +103,7 @@ inline bool is_backend_v6(const forwarding_tables& t, const uint8_t* address, ui
   std::memcpy(probe.ip.data(), address, 16);
   probe.port = port;
   probe.protocol = protocol;
-  return std::binary_search(t.frontends_by_backend.begin(), t.frontends_by_backend.end(), probe);
+  return t.frontends_by_backend.contains(probe, std::less<>{});
 }
 
 // The owner (0..workers-1) of the flow of a packet with these endpoints, or kAnyWorker.

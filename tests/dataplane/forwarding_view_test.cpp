@@ -1,10 +1,11 @@
 // The workers' forwarding view after a delta (forwarding_tables.cpp): when only services'
-// backends changed, the IPv4 gates and the frontends-by-backend index are patched from the
-// installed view's instead of built whole, and services keep their counter slots by a
-// copy. Checked here against a whole build of the same snapshot, over hundreds of random
-// deltas on a cluster whose services share backends (so a backend one service drops may
-// stay in the gate for another), with IPv6 services and target ports; and the gate's
-// deletion (backward shift) against a std::set.
+// backends changed, the IPv4 gates, the frontends-by-backend index and the counter slots
+// are patched from the installed view's instead of built whole, sharing every page the
+// delta does not change (shared_pages.h). Checked here against a whole build of the same
+// snapshot, over hundreds of random deltas on a cluster whose services share backends (so
+// a backend one service drops may stay in the gate for another), with IPv6 services and
+// target ports; the gate's deletion (backward shift) against a std::set; the paged
+// containers against flat ones; and what a one-backend delta shares at 20,000 services.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -16,6 +17,7 @@
 #include "control/table_compiler.h"
 #include "dataplane/pipeline.h"
 #include "dataplane/service_lb.h"
+#include "dataplane/shared_pages.h"
 
 namespace meshlane {
 namespace {
@@ -64,11 +66,11 @@ desired_state cluster(std::mt19937& random) {
   return state;
 }
 
-template <typename Key>
-std::vector<Key> gate_keys(const std::vector<Key>& slots) {
-  std::vector<Key> keys;
-  for (Key k : slots)
-    if (k) keys.push_back(k);
+template <typename Slots>
+auto gate_keys(const Slots& slots) {
+  std::vector<std::decay_t<decltype(slots[0])>> keys;
+  for (size_t i = 0; i < slots.size(); ++i)
+    if (slots[i]) keys.push_back(slots[i]);
   std::sort(keys.begin(), keys.end());
   return keys;
 }
@@ -77,9 +79,12 @@ std::vector<Key> gate_keys(const std::vector<Key>& slots) {
 // as sets (their layouts may differ after deletions), each key found by the readers' probe.
 void expect_same_view(const forwarding_tables& patched, const forwarding_tables& whole) {
   ASSERT_EQ(patched.frontends_by_backend.size(), whole.frontends_by_backend.size());
-  for (size_t i = 0; i < whole.frontends_by_backend.size(); ++i) {
-    const auto& a = patched.frontends_by_backend[i];
-    const auto& b = whole.frontends_by_backend[i];
+  const auto patched_index = patched.frontends_by_backend.flatten();
+  const auto whole_index = whole.frontends_by_backend.flatten();
+  ASSERT_EQ(patched_index.size(), whole_index.size());
+  for (size_t i = 0; i < whole_index.size(); ++i) {
+    const auto& a = patched_index[i];
+    const auto& b = whole_index[i];
     ASSERT_TRUE(a.ip == b.ip && a.port == b.port && a.protocol == b.protocol && a.frontend == b.frontend)
         << "index entry " << i << ": frontend " << a.frontend << " port " << a.port << ", a whole build has frontend "
         << b.frontend << " port " << b.port;
@@ -103,7 +108,7 @@ void expect_slots_named(const forwarding_tables& view, const counter_slot_names&
     const table_service& service = s.services[i];
     ASSERT_EQ(slots.services[view.service_slot[i]], service.name);
     for (uint32_t b = 0; b < service.backend_count; ++b) {
-      const backend_slot_key& key = slots.backends[view.backend_slot[service.first_backend + b]];
+      const backend_slot_key& key = slots.backends[view.backend_slot_of(i, b)];
       const table_backend& backend = service.compiled->backends[b];
       ASSERT_EQ(key.service_slot, view.service_slot[i]) << service.name;
       ASSERT_TRUE(key.ip == backend.ip.bytes && key.port == backend.port) << service.name;
@@ -120,7 +125,7 @@ TEST(forwarding_view, DeltasOfBackendsArePatchedIntoTheSameViewAWholeBuildGives)
   std::shared_ptr<const snapshot> tables = compile_tables(state, 1);
   ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *installed), "");
   EXPECT_FALSE(installed->service_index_patched);
-  int patched = 0, whole = 0;
+  int patched = 0, whole = 0, compacted = 0;
   for (uint64_t step = 0; step < 400; ++step) {
     SCOPED_TRACE("delta " + std::to_string(step));
     // One service changed, or two; every 25th delta also changes a service's target port
@@ -162,7 +167,14 @@ TEST(forwarding_view, DeltasOfBackendsArePatchedIntoTheSameViewAWholeBuildGives)
     forwarding_tables reference;
     ASSERT_EQ(build_forwarding_tables(tables, *fresh_ports, fresh_slots, reference), "");
     ASSERT_FALSE(reference.service_index_patched);
-    EXPECT_EQ(next->service_index_patched, !frontend_change);
+    // Ranges of backend slots that grew moved to the pool's end; past half of it unused, a
+    // whole build lays them end to end again.
+    const bool compacting = installed->backend_slot_unused > installed->backend_slot.size() / 2;
+    compacted += compacting && !frontend_change;
+    EXPECT_EQ(next->service_index_patched, !frontend_change && !compacting);
+    if (!next->service_index_patched) {
+      EXPECT_EQ(next->backend_slot_unused, 0u);
+    }
     (next->service_index_patched ? patched : whole)++;
     expect_same_view(*next, reference);
     expect_slots_named(*next, slots);
@@ -170,8 +182,190 @@ TEST(forwarding_view, DeltasOfBackendsArePatchedIntoTheSameViewAWholeBuildGives)
     reclaim_counter_slots(slots, {}, 0, flow_timeouts{});
     installed = std::move(next);
   }
-  EXPECT_EQ(patched, 384);
-  EXPECT_EQ(whole, 16);
+  EXPECT_EQ(patched + compacted, 384);
+  EXPECT_EQ(whole, 16 + compacted);
+}
+
+// A service that keeps gaining backends moves its range of backend slots to the pool's
+// end at each delta; once more than half of the pool is unused, the next delta's view is
+// built whole, ranges end to end again, and counts in the same slots.
+TEST(forwarding_view, APoolOfBackendSlotsMoreThanHalfUnusedIsCompactedByAWholeBuild) {
+  std::mt19937 random(5);
+  desired_state state = cluster(random);
+  state.services.resize(40);
+  auto ports = std::make_unique<port_table>();
+  counter_slot_names slots;
+  auto installed = std::make_unique<forwarding_tables>();
+  std::shared_ptr<const snapshot> tables = compile_tables(state, 1);
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *installed), "");
+  bool compacted = false;
+  for (uint32_t step = 0; step < 30 && !compacted; ++step) {
+    service_spec& grower = state.services[1];
+    backend_spec b = grower.backends[0];
+    b.ip = ip_address::from_v4(0x0a810000u + step + 1);
+    grower.backends.push_back(b);
+    tables = compile_delta(*tables, state, {{grower.name, &grower}}, false, step + 2);
+    auto next = std::make_unique<forwarding_tables>();
+    ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *next, nullptr, installed.get()), "");
+    const bool was_over_half = installed->backend_slot_unused > installed->backend_slot.size() / 2;
+    EXPECT_EQ(next->service_index_patched, !was_over_half) << "step " << step;
+    if (was_over_half) {
+      compacted = true;
+      EXPECT_EQ(next->backend_slot_unused, 0u);
+      EXPECT_EQ(next->backend_slot.size(), tables->backend_total);
+    } else {
+      EXPECT_EQ(next->service_backend_base[1] + grower.backends.size(), next->backend_slot.size()) << "step " << step;
+    }
+    expect_slots_named(*next, slots);
+    if (HasFatalFailure()) return;
+    reclaim_counter_slots(slots, {}, 0, flow_timeouts{});
+    installed = std::move(next);
+  }
+  EXPECT_TRUE(compacted);
+}
+
+// A one-backend delta (one backend added to one service, then a weight changed) at 20,000
+// services of 8 backends: the view shares all but a few pages with the installed one, and
+// the readers' copy of the slot names shares every page but the ones the new backend's name
+// went into.
+TEST(forwarding_view, AOneBackendDeltaSharesAllButAFewPagesWithTheInstalledView) {
+  desired_state state;
+  state.node.name = "node-0";
+  state.node.underlay_ip = *ip_address::parse("198.19.0.1");
+  state.node.pod_cidr = *ip_prefix::parse("198.18.1.0/24");
+  node_spec peer;
+  peer.name = node_name(1);
+  peer.underlay_ip = *ip_address::parse("198.19.0.2");
+  peer.pod_cidr = *ip_prefix::parse("10.128.0.0/16");
+  state.peers.push_back(peer);
+  for (uint32_t i = 0; i < 20000; ++i) {
+    service_spec service;
+    char name[16];
+    std::snprintf(name, sizeof name, "s%05u", i);
+    service.name = name;
+    service.vip = ip_address::from_v4(0xac100000u + i + 1);
+    service.ports = {{"", 80, l4_protocol::tcp, 0}};
+    for (uint32_t b = 0; b < 8; ++b) {
+      backend_spec backend;
+      backend.ip = ip_address::from_v4(0x0a800000u + ((i * 8 + b) % 65000) + 1);
+      backend.port = static_cast<uint16_t>(8080 + (i * 8 + b) / 65000);
+      backend.node = node_name(1);
+      service.backends.push_back(backend);
+    }
+    state.services.push_back(service);
+  }
+  state.tuning.maglev_table_size = 251;
+  auto ports = std::make_unique<port_table>();
+  counter_slot_names slots;
+  auto installed = std::make_unique<forwarding_tables>();
+  std::shared_ptr<const snapshot> tables = compile_tables(state, 1);
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *installed), "");
+  const published_names names_before = names_of(slots);
+
+  service_spec& changed = state.services[12345];
+  backend_spec added = changed.backends[0];
+  added.ip = *ip_address::parse("10.129.0.1");
+  changed.backends.push_back(added);
+  tables = compile_delta(*tables, state, {{changed.name, &changed}}, false, 2);
+  ASSERT_TRUE(tables->backends_changed);
+  EXPECT_EQ(tables->backends_changed->services, std::vector<uint32_t>{12345});
+  auto next = std::make_unique<forwarding_tables>();
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *next, nullptr, installed.get()), "");
+  ASSERT_TRUE(next->service_index_patched);
+  const auto shares_all_but = [](const auto& a, const auto& b, size_t at_most) {
+    return a.page_count() - a.pages_shared_with(b) <= at_most;
+  };
+  EXPECT_TRUE(shares_all_but(next->service_slot, installed->service_slot, 0));
+  EXPECT_TRUE(shares_all_but(next->service_backend_base, installed->service_backend_base, 1));
+  // The grown service's range moved to the pool's end: the last page, and one more.
+  EXPECT_TRUE(shares_all_but(next->backend_slot, installed->backend_slot, 2));
+  EXPECT_EQ(next->backend_slot_unused, 8u);
+  EXPECT_TRUE(shares_all_but(next->frontends_by_backend, installed->frontends_by_backend, 1));
+  EXPECT_TRUE(shares_all_but(next->v4_backends, installed->v4_backends, 1));
+  EXPECT_TRUE(gate_keys(next->v4_backends) != gate_keys(installed->v4_backends));
+  expect_slots_named(*next, slots);
+  const published_names names_after = names_of(slots);
+  EXPECT_TRUE(shares_all_but(names_after.backends, names_before.backends, 1));
+  EXPECT_TRUE(shares_all_but(names_after.services, names_before.services, 0));
+  installed = std::move(next);
+
+  // A weight changed: no entry of the index or the gates moves, the range is rewritten in place.
+  changed.backends[3].weight = 7;
+  tables = compile_delta(*tables, state, {{changed.name, &changed}}, false, 3);
+  next = std::make_unique<forwarding_tables>();
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *next, nullptr, installed.get()), "");
+  ASSERT_TRUE(next->service_index_patched);
+  EXPECT_TRUE(shares_all_but(next->frontends_by_backend, installed->frontends_by_backend, 0));
+  EXPECT_TRUE(shares_all_but(next->v4_backends, installed->v4_backends, 0));
+  EXPECT_TRUE(shares_all_but(next->backend_slot, installed->backend_slot, 1));
+  EXPECT_EQ(next->backend_slot_unused, 8u);
+  expect_slots_named(*next, slots);
+}
+
+// paged_array: a copy shares every page; writing through one copies that page for it
+// alone; growing and shrinking keep what was there.
+TEST(shared_pages, PagedArrayCopiesAPageOnlyWhenItIsWrittenWhileShared) {
+  paged_array<uint32_t, 4> a;  // pages of 16
+  a.assign(40, 7);
+  for (uint32_t i = 0; i < 40; ++i) a.mutable_at(i) = i;
+  paged_array<uint32_t, 4> b = a;
+  EXPECT_EQ(b.pages_shared_with(a), 3u);
+  b.mutable_at(20) = 1000;
+  EXPECT_EQ(b.pages_shared_with(a), 2u);
+  EXPECT_EQ(a[20], 20u);
+  EXPECT_EQ(b[20], 1000u);
+  b.resize(50, 9);
+  EXPECT_EQ(b.size(), 50u);
+  EXPECT_EQ(a.size(), 40u);
+  EXPECT_EQ(b[39], 39u);
+  EXPECT_EQ(b[40], 9u);
+  EXPECT_EQ(b[49], 9u);
+  EXPECT_EQ(b.pages_shared_with(a), 1u) << "the tail page of a was written for b";
+  b.resize(10);
+  b.resize(20, 5);
+  EXPECT_EQ(b[9], 9u);
+  EXPECT_EQ(b[10], 5u);
+  for (uint32_t i = 0; i < 40; ++i) EXPECT_EQ(a[i], i);
+}
+
+// paged_sorted: random patches (pages of at most 8) against a std::multiset, elements
+// equal under the coarse order spread over several pages.
+TEST(shared_pages, PagedSortedPatchesLikeAMultisetAndFindsEveryEqualRun) {
+  struct less_whole {
+    bool operator()(const std::pair<int, int>& a, const std::pair<int, int>& b) const { return a < b; }
+  };
+  const auto less_first = [](const std::pair<int, int>& a, const std::pair<int, int>& b) { return a.first < b.first; };
+  std::mt19937 random(3);
+  std::multiset<std::pair<int, int>> reference;
+  paged_sorted<std::pair<int, int>, less_whole, 4> index;
+  std::vector<std::pair<int, int>> start;
+  for (int i = 0; i < 60; ++i) start.push_back({static_cast<int>(random() % 12), static_cast<int>(random() % 5)});
+  std::sort(start.begin(), start.end());
+  reference.insert(start.begin(), start.end());
+  index.assign_sorted(std::vector<std::pair<int, int>>(start));
+  for (int step = 0; step < 2000; ++step) {
+    std::vector<std::pair<int, int>> gone, added;
+    for (const auto& e : reference)
+      if (random() % 10 == 0) gone.push_back(e);
+    for (int i = random() % 6; i > 0; --i) added.push_back({static_cast<int>(random() % 12), static_cast<int>(random() % 5)});
+    std::sort(added.begin(), added.end());
+    const auto before = index;
+    index.patch(gone, added);
+    for (const auto& e : gone) reference.erase(reference.find(e));
+    reference.insert(added.begin(), added.end());
+    const std::vector<std::pair<int, int>> flat(reference.begin(), reference.end());
+    ASSERT_EQ(index.flatten(), flat) << "step " << step;
+    ASSERT_EQ(index.size(), reference.size());
+    ASSERT_EQ(before.size() - gone.size() + added.size(), index.size());
+    for (int key = -1; key <= 12; ++key) {
+      std::vector<std::pair<int, int>> run, expected;
+      index.for_each_equal({key, 0}, less_first, [&](const auto& e) { return run.push_back(e), true; });
+      for (const auto& e : reference)
+        if (e.first == key) expected.push_back(e);
+      ASSERT_EQ(run, expected) << "key " << key << " at step " << step;
+      ASSERT_EQ(index.contains({key, 0}, less_first), !expected.empty());
+    }
+  }
 }
 
 // Deletion from a gate moves back the entries that would otherwise be lost behind the
