@@ -348,6 +348,11 @@ struct fast_path_mirror {
   // Internal services' frontends in `services` by what they were written from; cleared
   // when a sync fails half-way (the next sync then builds every frontend's tables).
   std::unordered_map<ml_service_key, frontend_source, bytes_hash, bytes_equal> sources;
+  // The generation whose frontends the maps hold, when the last sync wrote them all: a
+  // snapshot that changed services' backends only since (snapshot::backends_changed)
+  // needs its changed services' frontends looked at, not every frontend.
+  uint64_t synced_generation = 0;
+  bool synced = false;
 };
 
 fast_path::fast_path()
@@ -508,6 +513,18 @@ std::string fast_path::grace_period() {
   return "";
 }
 
+std::string fast_path::release_retired() {
+  if (retired_.empty()) return "";
+  if (std::string e = grace_period(); !e.empty()) return e;
+  for (const retired_region& r : retired_) {
+    backend_regions_.release(r.backend_base, r.backend_count);
+    slot_regions_.release(r.slot_base, r.slot_length);
+  }
+  retired_.clear();
+  retired_backends_ = retired_slots_ = 0;
+  return "";
+}
+
 namespace {
 
 // One frontend's tables as the maps should hold them.
@@ -606,9 +623,14 @@ std::string fast_path::sync(const snapshot& tables) {
   }
 
   // --- Service frontends: the tables of those that are new or whose sources changed.
+  // After a delta that changed services' backends only, from the generation the maps
+  // hold, only those services' frontends can have changed, and none went away.
+  const bool backends_only = tables.backends_changed && mirror.synced &&
+                             tables.backends_changed->base_generation == mirror.synced_generation;
+  mirror.synced = false;  // until this sync has written every frontend
   std::map<ml_service_key, frontend_tables, bytes_less> desired;
   std::vector<std::pair<ml_service_key, frontend_source>> new_sources;
-  for (const table_frontend& f : tables.frontends) {
+  auto consider = [&](const table_frontend& f) {
     ml_service_key key{};
     key.vip = to_ml_addr(f.vip);
     key.port = f.port;
@@ -618,9 +640,18 @@ std::string fast_path::sync(const snapshot& tables) {
     if (written != mirror.sources.end() && written->second.compiled == service.compiled &&
         written->second.target_port == f.target_port && written->second.affinity == service.session_affinity &&
         mirror.services.count(key))
-      continue;
+      return;
     desired[key] = tables_for(tables, f);
     new_sources.emplace_back(key, frontend_source{service.compiled, f.target_port, service.session_affinity});
+  };
+  if (backends_only) {
+    for (uint32_t index : tables.backends_changed->services) {
+      const table_service& service = tables.services[index];
+      for (uint32_t k = service.first_frontend; k < service.first_frontend + service.frontend_count; ++k)
+        consider(tables.frontends[tables.service_frontends[k]]);
+    }
+  } else {
+    for (const table_frontend& f : tables.frontends) consider(f);
   }
   // External services that declare a VIP: frontends like an internal service's, whose
   // backends are the outside addresses (the connection then leaves through egress SNAT).
@@ -654,17 +685,17 @@ std::string fast_path::sync(const snapshot& tables) {
     }
   } sources_guard{mirror};
 
-  struct region {
-    uint32_t backend_base, backend_count, slot_base, slot_length;
-  };
-  std::vector<region> to_release;  // after the grace period
-  auto region_of = [](const ml_service_value& v) {
-    return region{v.backend_base, v.backend_count, v.slot_base, connect_lb::chunk_aligned(v.slot_count)};
+  using region = retired_region;
+  auto retire = [this](const ml_service_value& v) {
+    const retired_region r{v.backend_base, v.backend_count, v.slot_base, connect_lb::chunk_aligned(v.slot_count)};
+    retired_.push_back(r);
+    retired_backends_ += r.backend_count;
+    retired_slots_ += r.slot_length;
   };
 
-  // Removed frontends: the entries go first (in one batch), their regions after the
-  // grace period.
-  {
+  // Removed frontends: the entries go first (in one batch), their regions after a grace
+  // period (retired_). A delta of backends only removes none.
+  if (!backends_only) {
     std::vector<ml_service_key> gone;
     for (const auto& [key, value] : mirror.services)
       if (!still_wanted(key)) gone.push_back(key);
@@ -673,7 +704,7 @@ std::string fast_path::sync(const snapshot& tables) {
       if (bpf_map_delete_batch(services_fd_, gone.data(), &count, nullptr) != 0 && errno != ENOENT)
         return kernel_error("deleting from", "ml_services");
       for (const auto& key : gone) {
-        to_release.push_back(region_of(mirror.services[key]));
+        retire(mirror.services[key]);
         mirror.services.erase(key);
         mirror.sources.erase(key);
       }
@@ -708,23 +739,14 @@ std::string fast_path::sync(const snapshot& tables) {
     }
     for (size_t i = 0; i < service_keys.size(); ++i) {
       auto old = mirror.services.find(service_keys[i]);
-      if (old != mirror.services.end()) to_release.push_back(region_of(old->second));
+      if (old != mirror.services.end()) retire(old->second);
       mirror.services[service_keys[i]] = service_values[i];
     }
     backend_keys.clear(), backend_values.clear(), chunk_keys.clear(), chunk_values.clear();
     service_keys.clear(), service_values.clear(), staged.clear();
     return "";
   };
-  auto release_all = [&]() -> std::string {
-    if (to_release.empty()) return "";
-    if (std::string e = grace_period(); !e.empty()) return e;
-    for (const region& r : to_release) {
-      backend_regions_.release(r.backend_base, r.backend_count);
-      slot_regions_.release(r.slot_base, r.slot_length);
-    }
-    to_release.clear();
-    return "";
-  };
+  auto release_all = [&]() -> std::string { return release_retired(); };
   auto unstage = [&] {  // a refused write: the staged regions were never pointed at
     for (const region& r : staged) {
       backend_regions_.release(r.backend_base, r.backend_count);
@@ -792,9 +814,13 @@ std::string fast_path::sync(const snapshot& tables) {
     unstage();
     return e;
   }
-  if (std::string e = release_all(); !e.empty()) return e;
+  // Retired regions wait for a later sync's grace period unless they hold much of an array.
+  if (retired_backends_ > ML_MAX_BACKENDS / 8 || retired_slots_ > ML_MAX_SLOTS / 8)
+    if (std::string e = release_all(); !e.empty()) return e;
   for (auto& [key, source] : new_sources) mirror.sources[key] = std::move(source);
   sources_guard.done = true;
+  mirror.synced = true;
+  mirror.synced_generation = tables.generation;
 
   // Pods last on the way out: services no longer name them.
   for (auto it = mirror.pods.begin(); it != mirror.pods.end();) {
@@ -867,8 +893,8 @@ fast_path_map_stats fast_path::map_stats() const {
     const fast_path_mirror& mirror = *mirror_;
     stats.local_pods = mirror.pods.size();
     stats.services = mirror.services.size();
-    stats.backends = backend_regions_.used();
-    stats.slots = slot_regions_.used();
+    stats.backends = backend_regions_.used() - retired_backends_;  // retired regions are not in use
+    stats.slots = slot_regions_.used() - retired_slots_;
     stats.redirected_pods = redirected_pods_;
   }
   for_each_key<ml_sock_key>(sock_hash_fd_, [&](const ml_sock_key&) { ++stats.sockets; });

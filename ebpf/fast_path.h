@@ -128,6 +128,8 @@ class fast_path {
   fast_path();
   std::string adopt_regions();
   std::string grace_period();
+  // Waits for a grace period, then gives every retired region back to its allocator.
+  std::string release_retired();
   // The L4 authorization tables and pods' identities into the inactive set, then the flip
   // (fast_path_policy.cpp). Called by sync() with state_mutex_ held.
   std::string sync_policy(const snapshot& tables);
@@ -145,6 +147,15 @@ class fast_path {
   std::unique_ptr<fast_path_mirror> mirror_;
   region_allocator backend_regions_;
   region_allocator slot_regions_;
+  // Regions no entry points to any more, which a program that read the old entry may still
+  // be reading: given back after a grace period. That wait (an RCU grace period, tens of
+  // milliseconds) is paid when an allocation needs the space or when they hold more than
+  // an eighth of an array, not by every sync: a delta of one backend does not wait.
+  struct retired_region {
+    uint32_t backend_base, backend_count, slot_base, slot_length;
+  };
+  std::vector<retired_region> retired_;
+  size_t retired_backends_ = 0, retired_slots_ = 0;
   redirect_state redirect_;
   size_t redirected_pods_ = 0;
   // Policy maps (map_layout.h), indexed as kPolicyMaps in fast_path_policy.cpp.

@@ -259,6 +259,8 @@ TEST_F(MapWriter, ServicePortsUpToTheValidatorsLimitPublishAndAllChangeAtOnce) {
   ASSERT_TRUE(service_entry("198.19.128.0", untouched_after));
   EXPECT_EQ(untouched_after.backend_base, untouched_before.backend_base);
   EXPECT_EQ(path->map_stats().services, kPorts);
+  // The delta's old region waits for a later grace period; it is not counted as in use.
+  EXPECT_EQ(path->map_stats().backends, connect_lb::kMaxBackendEntries);
   // A full compile of the same state (new compiled blocks everywhere) writes nothing new.
   start = std::chrono::steady_clock::now();
   ASSERT_EQ(path->sync(*compile_tables(state, 4)), "");
@@ -273,6 +275,13 @@ TEST_F(MapWriter, ServicePortsUpToTheValidatorsLimitPublishAndAllChangeAtOnce) {
   ASSERT_EQ(path->sync(*compile_delta(*compile_tables(state, 5), without, {{"svc10783", nullptr}}, false, 6)), "");
   EXPECT_FALSE(service_entry("198.19.170.31", value));
   EXPECT_EQ(path->map_stats().services, kPorts - 1);
+  EXPECT_EQ(path->map_stats().backends, connect_lb::kMaxBackendEntries - 16);
+  // The arrays were full: the service put back needs the retired regions, which the sync
+  // gives back after a grace period.
+  ASSERT_EQ(path->sync(*compile_tables(state, 7)), "");
+  ASSERT_TRUE(service_entry("198.19.170.31", value));
+  EXPECT_EQ(backends_of(value)[15].port, 9090);
+  EXPECT_EQ(path->map_stats().backends, connect_lb::kMaxBackendEntries);
   // Timing is reported, not asserted (perf/ measures it); it is printed for the log.
   std::printf("%u frontends x 16 backends: publish %.3f s, full re-publish %.3f s, one-backend delta %.4f s, "
               "same tables fully compiled again %.3f s\n",
