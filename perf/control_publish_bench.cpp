@@ -106,6 +106,17 @@ std::string backend_delta(int s, int nodes, int weight) {
   return nlohmann::json{{"changes", {change}}}.dump();
 }
 
+// A 17th backend added to service `s`, or removed again: the service's backend count
+// changes (which, while backends were numbered snapshot-wide, rewrote every later row).
+std::string backend_count_delta(int s, bool add) {
+  const std::string service = "svc-" + std::to_string(s);
+  if (!add)
+    return nlohmann::json{{"changes", {{{"op", "remove"}, {"kind", "backend"}, {"service", service},
+                                        {"ip", "10.0.2.250"}, {"port", 9000}}}}}.dump();
+  nlohmann::json value = {{"ip", "10.0.2.250"}, {"port", 9000}, {"node", "node2"}};
+  return nlohmann::json{{"changes", {{{"op", "add"}, {"kind", "backend"}, {"service", service}, {"value", value}}}}}.dump();
+}
+
 // A service of 16 backends added (a new name, VIP and port), or removed again.
 std::string service_delta(bool add) {
   if (!add) return R"({"changes":[{"op":"remove","kind":"service","name":"zz-added"}]})";
@@ -335,7 +346,7 @@ int main(int argc, char** argv) {
     // (read, check, compile, install), repeated; the first one pays building the indexes'
     // lookups it shares with later ones, so it is reported apart.
     constexpr int kRepeats = 41;
-    std::vector<double> backend_ms, backend_compile_ms, service_ms;
+    std::vector<double> backend_ms, backend_compile_ms, service_ms, count_ms;
     double first_delta_ms = 0;
     for (int r = 0; r < kRepeats; ++r) {
       const std::string delta = backend_delta((services / 2 + r * 7919) % services, nodes, 1 + (r % 5));
@@ -362,7 +373,16 @@ int main(int argc, char** argv) {
         return 1;
       }
     }
-    const spread backend = spread_of(backend_ms), service = spread_of(service_ms);
+    for (int r = 0; r < kRepeats - 1; ++r) {
+      start = clock_type::now();
+      const auto d = publisher.apply_delta(backend_count_delta(services / 3, r % 2 == 0));
+      count_ms.push_back(seconds(start) * 1e3);
+      if (!d.errors.empty()) {
+        std::fprintf(stderr, "delta refused: %s\n", d.errors[0].to_string().c_str());
+        return 1;
+      }
+    }
+    const spread backend = spread_of(backend_ms), service = spread_of(service_ms), count = spread_of(count_ms);
     const spread backend_compile = spread_of(backend_compile_ms);
     // The tables a delta published equal a full compile of the state it leaves.
     const bool same_tables =
@@ -395,6 +415,8 @@ int main(int argc, char** argv) {
         {"delta_backend_p90_ms", backend.p90},
         {"delta_backend_max_ms", backend.max},
         {"delta_backend_check_compile_p50_ms", backend_compile.p50},
+        {"delta_backend_add_remove_p50_ms", count.p50},
+        {"delta_backend_add_remove_p90_ms", count.p90},
         {"delta_service_add_remove_p50_ms", service.p50},
         {"delta_service_add_remove_p90_ms", service.p90},
         {"delta_backend_over_full_apply", full_apply_ratio},
