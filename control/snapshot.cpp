@@ -100,15 +100,46 @@ const table_backend* snapshot::pick_backend(const table_service& service, uint64
   return &compiled.backends[compiled.maglev[slot]];
 }
 
+namespace {
+void write_block(byte_writer& w, const service_backends& block, bool backends, bool maglev) {
+  if (backends)
+    for (const auto& b : block.backends) {
+      w.address(b.ip);
+      w.u16(b.port);
+      w.u16(b.weight);
+      w.u32(b.node_index);
+    }
+  if (maglev)
+    for (uint16_t slot : block.maglev) w.u16(slot);
+}
+}  // namespace
+
+std::array<uint8_t, 32> block_digest(const service_backends& block) {
+  byte_writer w;
+  w.out.reserve(block.backends.size() * 24 + block.maglev.size() * 2);
+  write_block(w, block, true, true);
+  std::array<uint8_t, 32> digest{};
+  unsigned int length = 0;
+  EVP_Digest(w.out.data(), w.out.size(), digest.data(), &length, EVP_sha256(), nullptr);
+  return digest;
+}
+
 std::vector<uint8_t> snapshot::serialize() const {
   byte_writer w;
-  uint64_t maglev_offset = 0;
-  w.out.insert(w.out.end(), kMagic, kMagic + sizeof kMagic);
+  w.out.reserve(1 << 16);
+  for (uint8_t byte : kMagic) w.u8(byte);
   w.u32(kFormatVersion);
   w.u32(0);  // reserved
   w.u64(generation);
   static_assert(kHeaderBytes == 32);
+  write_tables(w.out, false);
+  return std::move(w.out);
+}
 
+void snapshot::write_tables(std::vector<uint8_t>& out, bool digest_form) const {
+  byte_writer w;
+  w.out.swap(out);
+  uint64_t maglev_offset = 0;
   w.u16(tuning.burst_size);
   w.u16(tuning.rx_ring_size);
   w.u16(tuning.tx_ring_size);
@@ -161,11 +192,11 @@ std::vector<uint8_t> snapshot::serialize() const {
   }
   w.u32(backend_total);
   for (const auto& s : services) {
-    for (const auto& b : backends_of(s)) {
-      w.address(b.ip);
-      w.u16(b.port);
-      w.u16(b.weight);
-      w.u32(b.node_index);
+    if (!s.compiled) continue;
+    if (digest_form) {
+      if (s.backend_count) w.out.insert(w.out.end(), s.compiled->digest.begin(), s.compiled->digest.end());
+    } else {
+      write_block(w, *s.compiled, true, false);
     }
   }
   w.u32(static_cast<uint32_t>(frontends.size()));
@@ -182,9 +213,9 @@ std::vector<uint8_t> snapshot::serialize() const {
     w.u32(r.node_index);
   }
   w.u64(maglev_offset);
-  for (const auto& s : services)
-    if (s.backend_count)
-      for (uint16_t slot : s.compiled->maglev) w.u16(slot);
+  if (!digest_form)  // the digest form has them in the blocks' digests
+    for (const auto& s : services)
+      if (s.backend_count) write_block(w, *s.compiled, false, true);
   // Encryption: which routes are encrypted and under which key ids; never key material
   // (the content digest is shown to anyone who asks for status). A key changes with its id.
   w.u8(static_cast<uint8_t>(encryption));
@@ -253,7 +284,7 @@ std::vector<uint8_t> snapshot::serialize() const {
     w.u8(e.vip ? 1 : 0);
     if (e.vip) w.prefix(ip_prefix{*e.vip, static_cast<uint8_t>(e.vip->family_bits())});
   }
-  return std::move(w.out);
+  w.out.swap(out);
 }
 
 std::string snapshot::content_digest() const {
@@ -263,11 +294,11 @@ std::string snapshot::content_digest() const {
 }
 
 std::string snapshot::compute_content_digest() const {
-  const std::vector<uint8_t> bytes = serialize();
+  std::vector<uint8_t> bytes;
+  write_tables(bytes, true);
   unsigned char digest[EVP_MAX_MD_SIZE];
   unsigned int length = 0;
-  EVP_Digest(bytes.data() + kHeaderBytes, bytes.size() - kHeaderBytes, digest, &length,
-             EVP_sha256(), nullptr);
+  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
   for (unsigned i = 0; i < length; ++i) {

@@ -76,6 +76,7 @@ std::shared_ptr<const service_backends> compile_service_backends(const service_s
     out->maglev = build_maglev_table(maglev_input, table_size);
     for (uint16_t slot : out->maglev) ++out->backends[slot].maglev_slots;
   }
+  out->digest = block_digest(*out);
   return out;
 }
 
