@@ -281,8 +281,9 @@ struct forwarding_tables {
   // In pages shared with the installed view (shared_pages.h): a delta of endpoints copies
   // the pages its backends fall in. Look-ups: for_each_equal / contains with operator<.
   paged_sorted<backend_frontend, backend_frontend::order> frontends_by_backend;
-  // Whether the gates and the index above were patched from the installed view's (a delta
-  // that changed services' backends only) rather than built whole: same contents.
+  // Whether the gates, the index and the counter slots above were patched from the
+  // installed view's (a delta that changed services' backends only) rather than built
+  // whole: the same contents.
   bool service_index_patched = false;
   // Encrypted routes by snapshot node index (esp_routes.h); empty when no route is
   // encrypted, so that direct-only tables cost one test per tunnelled packet. `esp_keep`
@@ -611,9 +612,9 @@ struct backend_slot_key_hash {
 
 // The service and backend slots' names, and the labels a reader makes of a backend slot:
 // what the publisher's record (counter_slot_names) and the readers' copy of it
-// (published_names) share.
-// In pages (shared_pages.h): the readers' copy taken at every install shares every page
-// the install did not change, instead of copying 1.6 million keys and 100,000 names.
+// (published_names) share. In pages (shared_pages.h): the readers' copy taken at every
+// install shares every page the install did not change, instead of copying 1.6 million
+// keys and 100,000 names.
 struct slot_labels {
   paged_array<std::string> services;       // slot -> service name; "" when free
   paged_array<backend_slot_key> backends;  // slot -> what it counts (service_slot UINT32_MAX: free)
