@@ -746,7 +746,6 @@ std::string fast_path::sync(const snapshot& tables) {
     service_keys.clear(), service_values.clear(), staged.clear();
     return "";
   };
-  auto release_all = [&]() -> std::string { return release_retired(); };
   auto unstage = [&] {  // a refused write: the staged regions were never pointed at
     for (const region& r : staged) {
       backend_regions_.release(r.backend_base, r.backend_count);
@@ -779,7 +778,7 @@ std::string fast_path::sync(const snapshot& tables) {
       }
       if (attempt == 0) {
         std::string e = flush();
-        if (e.empty()) e = release_all();
+        if (e.empty()) e = release_retired();
         if (!e.empty()) {
           unstage();
           return e;
@@ -816,7 +815,7 @@ std::string fast_path::sync(const snapshot& tables) {
   }
   // Retired regions wait for a later sync's grace period unless they hold much of an array.
   if (retired_backends_ > ML_MAX_BACKENDS / 8 || retired_slots_ > ML_MAX_SLOTS / 8)
-    if (std::string e = release_all(); !e.empty()) return e;
+    if (std::string e = release_retired(); !e.empty()) return e;
   for (auto& [key, source] : new_sources) mirror.sources[key] = std::move(source);
   sources_guard.done = true;
   mirror.synced = true;
