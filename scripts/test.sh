@@ -24,7 +24,12 @@ phase() {
 
 source scripts/lib/test_prep.sh
 prepare_test_machine
-configure_build "$build"
+# Line tables only (-g1, no full -g) for a new build directory: GCC's -g never changes
+# the generated code, so the tests test the same binaries, and the larger files of the
+# control library compile in 30% less time (control_requests.cpp 20 s -> 14 s). Stack
+# traces keep their file and line; `meson configure build -Dc_args= -Dcpp_args=
+# -Ddebug=true` restores full debug information for a debugger session.
+configure_build "$build" -Ddebug=false -Dc_args=-g1 -Dcpp_args=-g1
 phase "set-up"
 # What the tests need first (everything but perf/'s benchmarks), then the rest of this
 # build and the fuzz build in the background, in the idle scheduling class: the tests run
@@ -40,7 +45,8 @@ background_build "$build/meson-logs/background-build.log" ninja -j "$(nproc)" -C
 rest_of_build=$!
 fuzz_failed=0
 if [ "$fuzz_seconds" -gt 0 ]; then
-  CC=clang CXX=clang++ configure_build "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled
+  CC=clang CXX=clang++ configure_build "$fuzz_build" -Dfuzz=true -Dtests=enabled -Dperf=disabled \
+    -Ddebug=false -Dc_args=-gline-tables-only -Dcpp_args=-gline-tables-only
   fuzz_targets=$(cd "$fuzz_build" && ninja -t targets all | awk -F: '$1 ~ /(^|\/)fuzz_[a-z0-9_]+$/ {print $1}')
   background_build "$fuzz_build/background-build.log" ninja -j "$(nproc)" -C "$fuzz_build" $fuzz_targets &
   fuzz_build_job=$!
