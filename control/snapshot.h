@@ -134,7 +134,7 @@ struct snapshot {
   // copies only the chunks of the services it changes.
   chunked_table<table_service> services;
   uint32_t backend_total = 0;  // backends summed over services
-  std::vector<table_frontend> frontends;
+  std::vector<table_frontend> frontends;  // sorted by (vip, port, protocol)
   std::vector<table_route> routes;       // sorted by prefix length, longest first
   std::vector<uint32_t> service_frontends;  // frontend indices grouped by service (table_service)
   encryption_mode encryption = encryption_mode::off;
@@ -165,6 +165,22 @@ struct snapshot {
     std::vector<uint32_t> services;
   };
   std::shared_ptr<const backends_delta> backends_changed;
+  // Set by compile_delta when the delta added or removed services, or gave one other
+  // frontends, VIP or affinity (it counts as removed and added again), since generation
+  // `base_generation`: that generation's services that are gone (`removed`, its indices)
+  // and this snapshot's that are new (`added`, its indices), both ascending. Every other
+  // service is the same row (its compiled block shared) at its old index minus the removed
+  // before it plus the added before it. A sink holding its view of that generation may
+  // patch it at a cost that follows the change (dataplane/forwarding_tables.cpp). Null
+  // otherwise. Not part of the tables' content.
+  struct services_delta {
+    uint64_t base_generation = 0;
+    std::vector<uint32_t> removed, added;
+    // The removed services' frontends as that generation had them (for sinks that keep
+    // no copy of it: the eBPF map writer).
+    std::vector<table_frontend> removed_frontends;
+  };
+  std::shared_ptr<const services_delta> services_changed;
 
   const table_frontend* find_frontend(const ip_address& vip, uint16_t port,
                                       l4_protocol protocol) const;

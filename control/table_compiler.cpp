@@ -276,7 +276,8 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
   // unchanged service's compiled block by pointer, the flat tables by value.
   auto tables = std::make_shared<snapshot>(previous);
   tables->generation = generation;
-  tables->backends_changed.reset();  // the previous one's record describes another step
+  tables->backends_changed.reset();  // the previous one's records describe another step
+  tables->services_changed.reset();
   if (pods_changed) compile_pods(*tables, state);
 
   const uint32_t table_size = tables->tuning.maglev_table_size;
@@ -342,6 +343,17 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
     merged.push_back(old);
   }
   while (next_changed != changed.end()) add_changed(*next_changed++->second);
+  auto record = std::make_shared<snapshot::services_delta>();
+  record->base_generation = previous.generation;
+  for (uint32_t i = 0; i < previous.services.size(); ++i) {
+    if (renumbered[i] != UINT32_MAX) continue;
+    record->removed.push_back(i);
+    const table_service& gone = previous.services[i];
+    for (uint32_t k = gone.first_frontend; k < gone.first_frontend + gone.frontend_count; ++k)
+      record->removed_frontends.push_back(previous.frontends[previous.service_frontends[k]]);
+  }
+  for (const auto& [index, spec] : fresh) record->added.push_back(index);
+  tables->services_changed = std::move(record);
   tables->services = std::move(merged);  // re-chunked: a structural change is linear anyway
   count_backends(*tables);
 

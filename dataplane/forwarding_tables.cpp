@@ -206,8 +206,8 @@ uint16_t backend_target_port(const table_frontend& f, const table_backend& b) {
 uint64_t v4_backend_key(const table_frontend& f, const table_backend& b) {
   return uint64_t{b.ip.v4()} << 16 | backend_target_port(f, b);
 }
-index_entry entry_of(const table_frontend& f, const table_backend& b, uint32_t frontend) {
-  return {b.ip.bytes, backend_target_port(f, b), static_cast<uint8_t>(f.protocol), frontend};
+index_entry entry_of(const table_frontend& f, const table_backend& b) {
+  return {b.ip.bytes, backend_target_port(f, b), static_cast<uint8_t>(f.protocol), f.port, f.vip.bytes};
 }
 
 // A gate of `keys` (duplicates allowed), at most half full.
@@ -234,21 +234,19 @@ void build_gates(const snapshot& s, forwarding_tables& out) {
     for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
       backends.push_back(v4_backend_key(f, backend));
   }
-  fill_gate(out.v4_vips, out.v4_vip_mask, vips);
+  out.v4_vip_keys = fill_gate(out.v4_vips, out.v4_vip_mask, vips);
   out.v4_backend_keys = fill_gate(out.v4_backends, out.v4_backend_mask, backends);
 }
 
-// The whole build: every frontend's backends, sorted by backend then frontend index.
+// The whole build: every frontend's backends, sorted by backend then frontend.
 void build_service_index(const snapshot& s, forwarding_tables& out) {
   build_gates(s, out);
   std::vector<index_entry> index;
   index.reserve(s.backend_total);
-  for (uint32_t i = 0; i < s.frontends.size(); ++i) {
-    const table_frontend& f = s.frontends[i];
+  for (const table_frontend& f : s.frontends)
     for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
-      index.push_back(entry_of(f, backend, i));
-  }
-  std::stable_sort(index.begin(), index.end());  // frontends in index order
+      index.push_back(entry_of(f, backend));
+  std::sort(index.begin(), index.end(), index_entry::before);  // no two entries are equal
   out.frontends_by_backend.assign_sorted(std::move(index));
 }
 
@@ -274,6 +272,7 @@ std::optional<std::vector<uint32_t>> services_with_changed_backends(const snapsh
   if (s.backends_changed && s.backends_changed->base_generation == before.generation &&
       s.backends_changed->services.size() <= s.services.size() / 8)
     return s.backends_changed->services;
+  if (s.services_changed) return std::nullopt;  // services added or removed
   for (uint32_t i = 0; i < s.frontends.size(); ++i) {
     const table_frontend& now = s.frontends[i];
     const table_frontend& then = before.frontends[i];
@@ -313,41 +312,27 @@ std::vector<index_entry> entries_without(const std::vector<index_entry>& a, cons
   return out;
 }
 
-// The installed view's gates and index with the changed services' frontends' backends
-// taken out and their backends now put in: the same contents a whole build gives (the
-// index entry for entry; the gates as sets). Both share every page the change does not
-// touch with the installed view (shared_pages.h).
-void patch_service_index(const snapshot& s, const forwarding_tables& installed, const std::vector<uint32_t>& changed,
-                         forwarding_tables& out) {
-  const snapshot& before = *installed.tables;
-  out.service_index_patched = true;
-  std::vector<index_entry> fresh, stale;
-  std::vector<uint64_t> keys_then, keys_now;
-  for (uint32_t service : changed) {
-    const table_service& now = s.services[service];
-    for (uint32_t k = now.first_frontend; k < now.first_frontend + now.frontend_count; ++k) {
-      const uint32_t i = s.service_frontends[k];
-      const table_frontend& f = s.frontends[i];
-      for (const table_backend& b : snapshot::backends_of(now)) {
-        fresh.push_back(entry_of(f, b, i));
-        if (f.vip.is_v4()) keys_now.push_back(v4_backend_key(f, b));
-      }
-      for (const table_backend& b : snapshot::backends_of(before.services[service])) {
-        stale.push_back(entry_of(f, b, i));
-        if (f.vip.is_v4()) keys_then.push_back(v4_backend_key(f, b));
-      }
-    }
-  }
+// The installed view's gates, to be patched.
+void copy_gates(const forwarding_tables& installed, forwarding_tables& out) {
+  out.v4_vips = installed.v4_vips, out.v4_vip_mask = installed.v4_vip_mask;
+  out.v4_vip_keys = installed.v4_vip_keys;
+  out.has_v6_services = installed.has_v6_services;
+  out.v4_backends = installed.v4_backends, out.v4_backend_mask = installed.v4_backend_mask;
+  out.v4_backend_keys = installed.v4_backend_keys;
+}
+
+// The installed index with the `stale` entries taken out and the `fresh` ones put in, and
+// the backend gate (copied by copy_gates) with the keys only `keys_then` has taken out
+// (unless another frontend still names them) and those only `keys_now` has put in. A
+// gate that would be more than half full is built whole and bigger.
+void patch_index_and_backend_gate(const snapshot& s, const forwarding_tables& installed, std::vector<index_entry>& fresh,
+                                  std::vector<index_entry>& stale, std::vector<uint64_t>& keys_now,
+                                  std::vector<uint64_t>& keys_then, forwarding_tables& out) {
   std::sort(fresh.begin(), fresh.end(), index_entry::before);
   std::sort(stale.begin(), stale.end(), index_entry::before);
   // Entries in both (a backend that stayed, with another weight) stay where they are.
   out.frontends_by_backend = installed.frontends_by_backend;
   out.frontends_by_backend.patch(entries_without(stale, fresh), entries_without(fresh, stale));
-
-  out.v4_vips = installed.v4_vips, out.v4_vip_mask = installed.v4_vip_mask;
-  out.has_v6_services = installed.has_v6_services;
-  out.v4_backends = installed.v4_backends, out.v4_backend_mask = installed.v4_backend_mask;
-  out.v4_backend_keys = installed.v4_backend_keys;
   std::sort(keys_then.begin(), keys_then.end());
   keys_then.erase(std::unique(keys_then.begin(), keys_then.end()), keys_then.end());
   std::sort(keys_now.begin(), keys_now.end());
@@ -366,6 +351,100 @@ void patch_service_index(const snapshot& s, const forwarding_tables& installed, 
     }
     out.v4_backend_keys += gate_insert(out.v4_backends, out.v4_backend_mask, key);
   }
+}
+
+
+// The installed view's gates and index with the changed services' frontends' backends
+// taken out and their backends now put in: the same contents a whole build gives (the
+// index entry for entry; the gates as sets). Both share every page the change does not
+// touch with the installed view (shared_pages.h).
+void patch_service_index(const snapshot& s, const forwarding_tables& installed, const std::vector<uint32_t>& changed,
+                         forwarding_tables& out) {
+  const snapshot& before = *installed.tables;
+  out.service_index_patched = true;
+  std::vector<index_entry> fresh, stale;
+  std::vector<uint64_t> keys_then, keys_now;
+  for (uint32_t service : changed) {
+    const table_service& now = s.services[service];
+    for (uint32_t k = now.first_frontend; k < now.first_frontend + now.frontend_count; ++k) {
+      const table_frontend& f = s.frontends[s.service_frontends[k]];
+      for (const table_backend& b : snapshot::backends_of(now)) {
+        fresh.push_back(entry_of(f, b));
+        if (f.vip.is_v4()) keys_now.push_back(v4_backend_key(f, b));
+      }
+      for (const table_backend& b : snapshot::backends_of(before.services[service])) {
+        stale.push_back(entry_of(f, b));
+        if (f.vip.is_v4()) keys_then.push_back(v4_backend_key(f, b));
+      }
+    }
+  }
+  copy_gates(installed, out);
+  patch_index_and_backend_gate(s, installed, fresh, stale, keys_now, keys_then, out);
+}
+
+// The frontend entries and IPv4 backend keys of service `service` of `t` into `entries`
+// and `keys`, and its IPv4 VIP into `vips`.
+void entries_of_service(const snapshot& t, uint32_t service, std::vector<index_entry>& entries,
+                        std::vector<uint64_t>& keys, std::vector<uint32_t>& vips, bool& any_v6) {
+  const table_service& row = t.services[service];
+  for (uint32_t k = row.first_frontend; k < row.first_frontend + row.frontend_count; ++k) {
+    const table_frontend& f = t.frontends[t.service_frontends[k]];
+    if (f.vip.is_v4()) vips.push_back(f.vip.v4());
+    else any_v6 = true;
+    for (const table_backend& b : snapshot::backends_of(row)) {
+      entries.push_back(entry_of(f, b));
+      if (f.vip.is_v4()) keys.push_back(v4_backend_key(f, b));
+    }
+  }
+}
+
+// Whether any frontend of `s` has the IPv4 VIP `vip` (its frontends are sorted by address).
+bool has_frontend_at(const snapshot& s, uint32_t vip) {
+  const ip_address address = ip_address::from_v4(vip);
+  const auto it = std::lower_bound(s.frontends.begin(), s.frontends.end(), address,
+                                   [](const table_frontend& f, const ip_address& a) { return f.vip < a; });
+  return it != s.frontends.end() && it->vip == address;
+}
+
+// A delta that added or removed services (snapshot::services_changed): the installed
+// view's gates and index with the removed services' frontends taken out and the added
+// ones' put in, as patch_service_index does for changed backends; the same contents a
+// whole build gives.
+void patch_services_added_and_removed(const snapshot& s, const forwarding_tables& installed,
+                                      const snapshot::services_delta& delta, forwarding_tables& out) {
+  const snapshot& before = *installed.tables;
+  out.service_index_patched = true;
+  std::vector<index_entry> fresh, stale;
+  std::vector<uint64_t> keys_then, keys_now;
+  std::vector<uint32_t> vips_then, vips_now;
+  bool v6_added = false, v6_removed = false;
+  for (uint32_t service : delta.removed) entries_of_service(before, service, stale, keys_then, vips_then, v6_removed);
+  for (uint32_t service : delta.added) entries_of_service(s, service, fresh, keys_now, vips_now, v6_added);
+  copy_gates(installed, out);
+  if (v6_added) {
+    out.has_v6_services = true;
+  } else if (v6_removed) {
+    out.has_v6_services = std::any_of(s.frontends.begin(), s.frontends.end(),
+                                      [](const table_frontend& f) { return !f.vip.is_v4(); });
+  }
+  // VIPs: a removed service's goes unless another frontend still has it (services may
+  // share an address on other ports).
+  std::sort(vips_then.begin(), vips_then.end());
+  vips_then.erase(std::unique(vips_then.begin(), vips_then.end()), vips_then.end());
+  std::sort(vips_now.begin(), vips_now.end());
+  vips_now.erase(std::unique(vips_now.begin(), vips_now.end()), vips_now.end());
+  for (uint32_t vip : vips_then)
+    if (!has_frontend_at(s, vip)) out.v4_vip_keys -= gate_erase(out.v4_vips, out.v4_vip_mask, vip);
+  for (uint32_t vip : vips_now) {
+    if (2 * (size_t{out.v4_vip_keys} + 1) > out.v4_vips.size()) {
+      // It would be more than half full: both gates whole, bigger (the backend gate's
+      // patch below then finds nothing to change).
+      build_gates(s, out);
+      break;
+    }
+    out.v4_vip_keys += gate_insert(out.v4_vips, out.v4_vip_mask, vip);
+  }
+  patch_index_and_backend_gate(s, installed, fresh, stale, keys_now, keys_then, out);
 }
 
 // --- counter slots of services and backends ---
@@ -505,6 +584,86 @@ std::string name_changed_slots(const snapshot& s, const forwarding_tables& insta
   return {};
 }
 
+// A delta that added or removed services (patch_services_added_and_removed): every kept
+// service keeps its slot and its backends' range, renumbered to its new index (the pages
+// before the first change stay shared); an added one gets its slot by name (its own again
+// when it was removed and added back) and a range at the pool's end; a removed one's slot
+// and backends' slots are no longer named, unless an added one names them again.
+std::string name_services_added_and_removed(const snapshot& s, const forwarding_tables& installed,
+                                            const snapshot::services_delta& delta, counter_slot_names& slots,
+                                            forwarding_tables& out) {
+  const snapshot& before = *installed.tables;
+  out.backend_slot = installed.backend_slot;
+  out.backend_slot_unused = installed.backend_slot_unused;
+  std::vector<uint32_t> unnamed_services, unnamed_backends;
+  for (uint32_t service : delta.removed) {
+    const uint32_t slot = installed.service_slot[service];
+    slots.service_in_tables[slot] = 0;
+    unnamed_services.push_back(slot);
+    const uint32_t count = before.services[service].backend_count;
+    for (uint32_t b = 0; b < count; ++b) {
+      const uint32_t backend = installed.backend_slot_of(service, b);
+      slots.backend_in_tables[backend] = 0;
+      unnamed_backends.push_back(backend);
+    }
+    out.backend_slot_unused += count;
+  }
+  // The kept services, from the first index a change moved on.
+  const uint32_t first_moved = std::min(delta.removed.empty() ? UINT32_MAX : delta.removed.front(),
+                                        delta.added.empty() ? UINT32_MAX : delta.added.front());
+  out.service_slot = installed.service_slot;
+  out.service_backend_base = installed.service_backend_base;
+  out.service_slot.resize(s.services.size());
+  out.service_backend_base.resize(s.services.size());
+  auto removed = delta.removed.begin();
+  auto added = delta.added.begin();
+  uint32_t now = first_moved;
+  for (uint32_t then = first_moved; then < before.services.size(); ++then) {
+    if (removed != delta.removed.end() && *removed == then) {
+      ++removed;
+      continue;
+    }
+    while (added != delta.added.end() && *added == now) ++added, ++now;
+    out.service_slot.mutable_at(now) = installed.service_slot[then];
+    out.service_backend_base.mutable_at(now) = installed.service_backend_base[then];
+    ++now;
+  }
+  for (uint32_t service : delta.added) {
+    const table_service& row = s.services[service];
+    const uint32_t slot = slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, row.name);
+    if (slot >= kMaxServiceSlots)
+      return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
+    out.service_slot.mutable_at(service) = slot;
+    const auto base = static_cast<uint32_t>(out.backend_slot.size());
+    out.backend_slot.resize(base + row.backend_count);
+    out.service_backend_base.mutable_at(service) = base;
+    if (std::string error = name_backend_slots(row, slot, base, slots, out); !error.empty()) return error;
+  }
+  for (uint32_t slot : unnamed_services)  // a service removed and added back was named again
+    if (!slots.service_in_tables[slot]) slots.unnamed_services.push_back(slot);
+  for (uint32_t slot : unnamed_backends)
+    if (!slots.backend_in_tables[slot]) slots.unnamed_backends.push_back(slot);
+  return {};
+}
+
+// When `s` added or removed services since the installed view's snapshot (and its record
+// says so, from that generation): the record, unless so many changed that a whole build
+// costs about as much, the slots' marks are not the installed view's, or the pool of
+// backend slots is due for compaction.
+const snapshot::services_delta* services_added_and_removed(const snapshot& s, const forwarding_tables* installed,
+                                                           const counter_slot_names& slots) {
+  if (!s.services_changed || !installed || !installed->tables || slots.in_tables_of.lock() != installed->tables)
+    return nullptr;
+  const snapshot& before = *installed->tables;
+  const snapshot::services_delta& delta = *s.services_changed;
+  if (delta.base_generation != before.generation || installed->service_slot.size() != before.services.size() ||
+      installed->service_backend_base.size() != before.services.size() ||
+      installed->backend_slot_unused > installed->backend_slot.size() / 2 ||
+      delta.removed.size() + delta.added.size() > s.services.size() / 8)
+    return nullptr;
+  return &delta;
+}
+
 }  // namespace
 
 std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& tables, port_table& ports,
@@ -566,8 +725,11 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   // installed view when only services' backends changed (a delta of endpoints), at a cost
   // that follows the change; built whole otherwise.
   const std::optional<std::vector<uint32_t>> changed = services_with_changed_backends(s, installed, slots);
+  const snapshot::services_delta* added_and_removed = changed ? nullptr : services_added_and_removed(s, installed, slots);
   if (changed)
     patch_service_index(s, *installed, *changed, out);
+  else if (added_and_removed)
+    patch_services_added_and_removed(s, *installed, *added_and_removed, out);
   else
     build_service_index(s, out);
   {
@@ -610,10 +772,14 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     }
   }
   slots.in_tables_of.reset();  // until this build has named every slot
-  if (std::string error = changed ? name_changed_slots(s, *installed, *changed, slots, out)
-                                    : name_all_slots(s, installed, slots, out);
-      !error.empty())
-    return error;
+  std::string error;
+  if (changed)
+    error = name_changed_slots(s, *installed, *changed, slots, out);
+  else if (added_and_removed)
+    error = name_services_added_and_removed(s, *installed, *added_and_removed, slots, out);
+  else
+    error = name_all_slots(s, installed, slots, out);
+  if (!error.empty()) return error;
   slots.in_tables_of = tables;
   out.egress = build_egress_forwarding(s, out.pod_port);  // issue 18
   for (size_t i = 0; i < out.egress.registry.size(); ++i) {

@@ -253,6 +253,7 @@ struct forwarding_tables {
   std::vector<uint32_t> v4_vips;       // host-order VIP addresses
   paged_array<uint64_t> v4_backends;   // (host-order address << 16) | port; pages shared as backend_slot's
   uint32_t v4_vip_mask = 0, v4_backend_mask = 0;
+  uint32_t v4_vip_keys = 0;      // distinct addresses in v4_vips (kept at most half full)
   uint32_t v4_backend_keys = 0;  // distinct keys in v4_backends (kept at most half full)
   bool has_v6_services = false;
   // The other nodes by underlay address: Geneve is accepted only from them, with inner
@@ -260,19 +261,23 @@ struct forwarding_tables {
   underlay_peer_table underlay_peers;
   // The frontends that DNAT to a backend (its address, the port flows reach it on, and
   // the protocol), sorted: what a backend's reply without a reverse entry may belong to
-  // (see restore_reverse_entry in service_lb.cpp).
+  // (see restore_reverse_entry in service_lb.cpp). An entry names its frontend by address
+  // and port, not by its index in the snapshot: a service added or removed renumbers every
+  // later frontend, and the index then only changes where that service's entries are.
   struct backend_frontend {
     std::array<uint8_t, 16> ip{};
     uint16_t port = 0;
     uint8_t protocol = 0;
-    uint32_t frontend = 0;  // snapshot frontend index
+    uint16_t frontend_port = 0;
+    std::array<uint8_t, 16> frontend_vip{};
     bool operator<(const backend_frontend& other) const {
       return std::tie(ip, port, protocol) < std::tie(other.ip, other.port, other.protocol);
     }
-    // The index's whole order: by backend, then frontend index (what a stable sort of
-    // entries made in frontend order gives).
+    // The index's whole order: by backend, then frontend (the order of the snapshot's
+    // frontends: address, port).
     static bool before(const backend_frontend& a, const backend_frontend& b) {
-      return std::tie(a.ip, a.port, a.protocol, a.frontend) < std::tie(b.ip, b.port, b.protocol, b.frontend);
+      return std::tie(a.ip, a.port, a.protocol, a.frontend_vip, a.frontend_port) <
+             std::tie(b.ip, b.port, b.protocol, b.frontend_vip, b.frontend_port);
     }
     struct order {
       bool operator()(const backend_frontend& a, const backend_frontend& b) const { return before(a, b); }
@@ -282,8 +287,8 @@ struct forwarding_tables {
   // the pages its backends fall in. Look-ups: for_each_equal / contains with operator<.
   paged_sorted<backend_frontend, backend_frontend::order> frontends_by_backend;
   // Whether the gates, the index and the counter slots above were patched from the
-  // installed view's (a delta that changed services' backends only) rather than built
-  // whole: the same contents.
+  // installed view's (a delta that changed services' backends, or added or removed
+  // services) rather than built whole: the same contents.
   bool service_index_patched = false;
   // Encrypted routes by snapshot node index (esp_routes.h); empty when no route is
   // encrypted, so that direct-only tables cost one test per tunnelled packet. `esp_keep`

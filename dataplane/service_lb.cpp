@@ -31,8 +31,8 @@ bool is_reverse_of_client(const flow_entry& live, const flow_key& key, const len
 }
 
 // Frontends tried for one reply without an entry: of a backend behind more frontends
-// than this, only the first this many (by frontend index) are tried; the bound keeps a
-// backend's stray packets cheap.
+// than this, only the first this many (by frontend address and port) are tried; the
+// bound keeps a backend's stray packets cheap.
 inline constexpr int kRestoreCandidates = 8;
 
 // A backend's packet that no reverse entry matches, to a client whose flow's forward
@@ -63,17 +63,15 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
   std::memcpy(client, key.destination, 16);
   if (to_lent_port && (!w.lent_clients || !w.lent_clients->client_of(key.destination_port, client, client_port)))
     return false;
-  const snapshot& s = *t.tables;
   int tried = 0;
   bool restored = false;
   t.frontends_by_backend.for_each_equal(probe, std::less<>{}, [&](const forwarding_tables::backend_frontend& e) {
     if (tried++ == kRestoreCandidates) return false;
-    const table_frontend& frontend = s.frontends[e.frontend];
     flow_key forward_key{};
     std::memcpy(forward_key.source, client, 16);
     forward_key.source_port = client_port;
-    std::memcpy(forward_key.destination, frontend.vip.bytes.data(), 16);
-    forward_key.destination_port = frontend.port;
+    std::memcpy(forward_key.destination, e.frontend_vip.data(), 16);
+    forward_key.destination_port = e.frontend_port;
     forward_key.protocol = key.protocol;
     const uint64_t forward_hash = hash_flow_key(forward_key);
     flow_entry forward;

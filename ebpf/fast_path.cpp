@@ -349,8 +349,9 @@ struct fast_path_mirror {
   // when a sync fails half-way (the next sync then builds every frontend's tables).
   std::unordered_map<ml_service_key, frontend_source, bytes_hash, bytes_equal> sources;
   // The generation whose frontends the maps hold, when the last sync wrote them all: a
-  // snapshot that changed services' backends only since (snapshot::backends_changed)
-  // needs its changed services' frontends looked at, not every frontend.
+  // snapshot that changed services' backends only since (snapshot::backends_changed), or
+  // added and removed services (snapshot::services_changed), needs only those services'
+  // frontends looked at, not every frontend.
   uint64_t synced_generation = 0;
   bool synced = false;
 };
@@ -624,9 +625,15 @@ std::string fast_path::sync(const snapshot& tables) {
 
   // --- Service frontends: the tables of those that are new or whose sources changed.
   // After a delta that changed services' backends only, from the generation the maps
-  // hold, only those services' frontends can have changed, and none went away.
+  // hold, only those services' frontends can have changed, and none went away; after one
+  // that added and removed services, only the added ones' can be new or changed, and only
+  // the removed ones' can have gone.
   const bool backends_only = tables.backends_changed && mirror.synced &&
                              tables.backends_changed->base_generation == mirror.synced_generation;
+  const snapshot::services_delta* added_and_removed =
+      tables.services_changed && mirror.synced && tables.services_changed->base_generation == mirror.synced_generation
+          ? tables.services_changed.get()
+          : nullptr;
   mirror.synced = false;  // until this sync has written every frontend
   std::map<ml_service_key, frontend_tables, bytes_less> desired;
   std::vector<std::pair<ml_service_key, frontend_source>> new_sources;
@@ -644,8 +651,8 @@ std::string fast_path::sync(const snapshot& tables) {
     desired[key] = tables_for(tables, f);
     new_sources.emplace_back(key, frontend_source{service.compiled, f.target_port, service.session_affinity});
   };
-  if (backends_only) {
-    for (uint32_t index : tables.backends_changed->services) {
+  if (backends_only || added_and_removed) {
+    for (uint32_t index : backends_only ? tables.backends_changed->services : added_and_removed->added) {
       const table_service& service = tables.services[index];
       for (uint32_t k = service.first_frontend; k < service.first_frontend + service.frontend_count; ++k)
         consider(tables.frontends[tables.service_frontends[k]]);
@@ -694,11 +701,22 @@ std::string fast_path::sync(const snapshot& tables) {
   };
 
   // Removed frontends: the entries go first (in one batch), their regions after a grace
-  // period (retired_). A delta of backends only removes none.
+  // period (retired_). A delta of backends only removes none; one of services added and
+  // removed, only the removed services' (unless a service added has the same frontend).
   if (!backends_only) {
     std::vector<ml_service_key> gone;
-    for (const auto& [key, value] : mirror.services)
-      if (!still_wanted(key)) gone.push_back(key);
+    if (added_and_removed) {
+      for (const table_frontend& f : added_and_removed->removed_frontends) {
+        ml_service_key key{};
+        key.vip = to_ml_addr(f.vip);
+        key.port = f.port;
+        key.protocol = static_cast<uint8_t>(f.protocol);
+        if (mirror.services.count(key) && !still_wanted(key)) gone.push_back(key);
+      }
+    } else {
+      for (const auto& [key, value] : mirror.services)
+        if (!still_wanted(key)) gone.push_back(key);
+    }
     if (!gone.empty()) {
       uint32_t count = static_cast<uint32_t>(gone.size());
       if (bpf_map_delete_batch(services_fd_, gone.data(), &count, nullptr) != 0 && errno != ENOENT)

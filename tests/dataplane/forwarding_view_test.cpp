@@ -85,9 +85,10 @@ void expect_same_view(const forwarding_tables& patched, const forwarding_tables&
   for (size_t i = 0; i < whole_index.size(); ++i) {
     const auto& a = patched_index[i];
     const auto& b = whole_index[i];
-    ASSERT_TRUE(a.ip == b.ip && a.port == b.port && a.protocol == b.protocol && a.frontend == b.frontend)
-        << "index entry " << i << ": frontend " << a.frontend << " port " << a.port << ", a whole build has frontend "
-        << b.frontend << " port " << b.port;
+    ASSERT_TRUE(a.ip == b.ip && a.port == b.port && a.protocol == b.protocol && a.frontend_vip == b.frontend_vip &&
+                a.frontend_port == b.frontend_port)
+        << "index entry " << i << ": frontend port " << a.frontend_port << " backend port " << a.port
+        << ", a whole build has frontend port " << b.frontend_port << " backend port " << b.port;
   }
   ASSERT_EQ(gate_keys(patched.v4_backends), gate_keys(whole.v4_backends));
   for (uint64_t key : gate_keys(whole.v4_backends))
@@ -97,6 +98,8 @@ void expect_same_view(const forwarding_tables& patched, const forwarding_tables&
   ASSERT_EQ(gate_keys(patched.v4_vips), gate_keys(whole.v4_vips));
   for (uint32_t vip : gate_keys(whole.v4_vips))
     ASSERT_TRUE(detail::gate_contains(patched.v4_vips, patched.v4_vip_mask, vip)) << vip;
+  EXPECT_EQ(patched.v4_vip_keys, whole.v4_vip_keys);
+  EXPECT_EQ(patched.v4_vip_keys, gate_keys(whole.v4_vips).size());
   EXPECT_EQ(patched.has_v6_services, whole.has_v6_services);
 }
 
@@ -129,7 +132,7 @@ TEST(forwarding_view, DeltasOfBackendsArePatchedIntoTheSameViewAWholeBuildGives)
   for (uint64_t step = 0; step < 400; ++step) {
     SCOPED_TRACE("delta " + std::to_string(step));
     // One service changed, or two; every 25th delta also changes a service's target port
-    // (its frontends change: a whole build).
+    // (its frontends change: it counts as removed and added again, also patched).
     std::vector<service_change> changes;
     const bool frontend_change = step % 25 == 24;
     const int services = 1 + (step % 3 == 0);
@@ -170,8 +173,9 @@ TEST(forwarding_view, DeltasOfBackendsArePatchedIntoTheSameViewAWholeBuildGives)
     // Ranges of backend slots that grew moved to the pool's end; past half of it unused, a
     // whole build lays them end to end again.
     const bool compacting = installed->backend_slot_unused > installed->backend_slot.size() / 2;
-    compacted += compacting && !frontend_change;
-    EXPECT_EQ(next->service_index_patched, !frontend_change && !compacting);
+    compacted += compacting;
+    EXPECT_EQ(next->service_index_patched, !compacting);
+    EXPECT_EQ(static_cast<bool>(tables->services_changed), frontend_change);
     if (!next->service_index_patched) {
       EXPECT_EQ(next->backend_slot_unused, 0u);
     }
@@ -182,8 +186,133 @@ TEST(forwarding_view, DeltasOfBackendsArePatchedIntoTheSameViewAWholeBuildGives)
     reclaim_counter_slots(slots, {}, 0, flow_timeouts{});
     installed = std::move(next);
   }
-  EXPECT_EQ(patched + compacted, 384);
-  EXPECT_EQ(whole, 16 + compacted);
+  EXPECT_EQ(patched + compacted, 400);
+  EXPECT_EQ(whole, compacted);
+}
+
+// Services added (at any place in name order, some on another port of an existing
+// service's VIP, some IPv6), removed (once every IPv6 one, 8 at a time), and given
+// other ports or another VIP (removed and added again), mixed with changed backends:
+// patched, and the same view as a whole build of the same snapshot.
+TEST(forwarding_view, ServicesAddedAndRemovedArePatchedIntoTheSameViewAWholeBuildGives) {
+  std::mt19937 random(16);
+  desired_state state = cluster(random);
+  auto ports = std::make_unique<port_table>();
+  counter_slot_names slots;
+  auto installed = std::make_unique<forwarding_tables>();
+  std::shared_ptr<const snapshot> tables = compile_tables(state, 1);
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *installed), "");
+  uint32_t serial = 0;
+  auto backend_for = [&](bool v6) {
+    const uint32_t pick = random() % 60, k = 1 + pick % 4;
+    backend_spec b;
+    b.ip = v6 ? *ip_address::parse("fd00:6d6c:" + std::to_string(k) + "::" + std::to_string(10 + pick))
+              : ip_address::from_v4(0x0a800000u + (k << 8) + 10 + pick % 20);
+    b.port = static_cast<uint16_t>(8080 + pick / 20);
+    b.node = node_name(k);
+    return b;
+  };
+  auto pick_other = [&](const std::vector<std::string>& taken) -> service_spec* {
+    for (int tries = 0; tries < 20; ++tries) {
+      service_spec& candidate = state.services[random() % state.services.size()];
+      if (std::find(taken.begin(), taken.end(), candidate.name) == taken.end()) return &candidate;
+    }
+    return nullptr;
+  };
+  int patched = 0, compacted = 0, shared_vips = 0, v6_removed = 0;
+  bool v6_all_gone = false;
+  for (uint64_t step = 0; step < 300; ++step) {
+    SCOPED_TRACE("delta " + std::to_string(step));
+    std::vector<std::string> names;  // changed (added, removed or changed) services
+    const uint32_t kind = step % 5;
+    if (step >= 150 && step < 155) {  // the IPv6 services, 8 at a time, the last one too
+      for (const service_spec& service : state.services)
+        if (!service.vip.is_v4() && names.size() < 8) names.push_back(service.name);
+      std::erase_if(state.services, [&](const service_spec& service) {
+        return std::find(names.begin(), names.end(), service.name) != names.end();
+      });
+      v6_removed += static_cast<int>(names.size());
+      if (names.empty()) {
+        v6_all_gone = true;
+        EXPECT_FALSE(installed->has_v6_services);
+      }
+    } else if (kind == 0 || kind == 3) {  // a new service, somewhere in name order
+      service_spec service;
+      service.name = "svc-" + std::to_string(random() % 150) + "-new-" + std::to_string(serial++);
+      const bool v6 = random() % 6 == 0;
+      const service_spec* sharing = nullptr;
+      if (!v6 && random() % 3 == 0) {
+        const service_spec& other = state.services[random() % state.services.size()];
+        if (other.vip.is_v4()) sharing = &other;
+      }
+      service.vip = v6 ? *ip_address::parse("fd00:6d6c:fffe::" + std::to_string(serial))
+                : sharing ? sharing->vip
+                          : ip_address::from_v4(0xac110000u + serial);
+      shared_vips += sharing != nullptr;
+      service.ports = {{"", static_cast<uint16_t>(sharing ? 1000 + serial : 80), l4_protocol::tcp,
+                        static_cast<uint16_t>(serial % 2 ? 8080 : 0)}};
+      for (uint32_t count = 1 + random() % 3; service.backends.size() < count;) {
+        const backend_spec b = backend_for(v6);
+        if (std::none_of(service.backends.begin(), service.backends.end(),
+                         [&](const backend_spec& x) { return x.ip == b.ip && x.port == b.port; }))
+          service.backends.push_back(b);
+      }
+      names.push_back(service.name);
+      state.services.push_back(service);
+    }
+    const bool v6_step = step >= 150 && step < 155;
+    if ((kind == 1 || kind == 3) && !v6_step && state.services.size() > 100) {  // one removed
+      if (service_spec* gone = pick_other(names)) {
+        names.push_back(gone->name);
+        const std::string name = gone->name;
+        std::erase_if(state.services, [&](const service_spec& service) { return service.name == name; });
+      }
+    }
+    if (kind == 2 && !v6_step) {  // other ports, or another VIP
+      if (service_spec* service = pick_other(names)) {
+        if (random() % 2 && service->vip.is_v4()) service->vip = ip_address::from_v4(0xac120000u + serial++);
+        else service->ports.push_back({"extra", static_cast<uint16_t>(2000 + serial++), l4_protocol::udp, 0});
+        names.push_back(service->name);
+      }
+    }
+    if ((kind == 3 || kind == 4) && !v6_step) {  // and a changed backend
+      if (service_spec* service = pick_other(names)) {
+        const backend_spec b = backend_for(!service->vip.is_v4());
+        if (std::none_of(service->backends.begin(), service->backends.end(),
+                         [&](const backend_spec& x) { return x.ip == b.ip && x.port == b.port; }))
+          service->backends.push_back(b);
+        names.push_back(service->name);
+      }
+    }
+    std::vector<service_change> changes;
+    for (const std::string& name : names) {
+      auto it = std::find_if(state.services.begin(), state.services.end(),
+                             [&](const service_spec& service) { return service.name == name; });
+      changes.push_back({name, it == state.services.end() ? nullptr : &*it});
+    }
+    tables = compile_delta(*tables, state, changes, false, step + 2);
+    auto next = std::make_unique<forwarding_tables>();
+    ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *next, nullptr, installed.get()), "");
+    auto fresh_ports = std::make_unique<port_table>();
+    counter_slot_names fresh_slots;
+    forwarding_tables reference;
+    ASSERT_EQ(build_forwarding_tables(tables, *fresh_ports, fresh_slots, reference), "");
+    const bool compacting = installed->backend_slot_unused > installed->backend_slot.size() / 2;
+    compacted += compacting;
+    EXPECT_EQ(next->service_index_patched, !compacting);
+    patched += next->service_index_patched;
+    expect_same_view(*next, reference);
+    expect_slots_named(*next, slots);
+    if (HasFatalFailure()) return;
+    reclaim_counter_slots(slots, {}, 0, flow_timeouts{});
+    // What the reclaim freed is named by no service of the view.
+    for (uint32_t slot : slots.free_services) ASSERT_TRUE(slots.services[slot].empty());
+    installed = std::move(next);
+  }
+  EXPECT_EQ(patched + compacted, 300);
+  EXPECT_GT(shared_vips, 5) << "no service added on another port of an existing VIP";
+  EXPECT_GT(v6_removed, 10);
+  EXPECT_TRUE(v6_all_gone) << "IPv6 services were left after 5 steps of 8";
 }
 
 // A service that keeps gaining backends moves its range of backend slots to the pool's
@@ -228,7 +357,8 @@ TEST(forwarding_view, APoolOfBackendSlotsMoreThanHalfUnusedIsCompactedByAWholeBu
 // services of 8 backends: the view shares all but a few pages with the installed one, and
 // the readers' copy of the slot names shares every page but the ones the new backend's name
 // went into.
-TEST(forwarding_view, AOneBackendDeltaSharesAllButAFewPagesWithTheInstalledView) {
+// 20,000 services of 8 IPv4 backends each, one frontend each, named s00000...
+desired_state twenty_thousand_services() {
   desired_state state;
   state.node.name = "node-0";
   state.node.underlay_ip = *ip_address::parse("198.19.0.1");
@@ -255,6 +385,11 @@ TEST(forwarding_view, AOneBackendDeltaSharesAllButAFewPagesWithTheInstalledView)
     state.services.push_back(service);
   }
   state.tuning.maglev_table_size = 251;
+  return state;
+}
+
+TEST(forwarding_view, AOneBackendDeltaSharesAllButAFewPagesWithTheInstalledView) {
+  desired_state state = twenty_thousand_services();
   auto ports = std::make_unique<port_table>();
   counter_slot_names slots;
   auto installed = std::make_unique<forwarding_tables>();
@@ -300,6 +435,65 @@ TEST(forwarding_view, AOneBackendDeltaSharesAllButAFewPagesWithTheInstalledView)
   EXPECT_TRUE(shares_all_but(next->backend_slot, installed->backend_slot, 1));
   EXPECT_EQ(next->backend_slot_unused, 8u);
   expect_slots_named(*next, slots);
+}
+
+// A service added in the middle of 20,000 (name order), then removed again: every later
+// service's index moves, but the view shares with the installed one the slot pages before
+// the change and all but a few pages of the index, the gates' backend pages and the pool.
+TEST(forwarding_view, AServiceAddedOrRemovedSharesAllButTheMovedPagesWithTheInstalledView) {
+  desired_state state = twenty_thousand_services();
+  auto ports = std::make_unique<port_table>();
+  counter_slot_names slots;
+  auto installed = std::make_unique<forwarding_tables>();
+  std::shared_ptr<const snapshot> tables = compile_tables(state, 1);
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *installed), "");
+  service_spec added = state.services[12345];
+  added.name += "b";  // s12345b: index 12346
+  added.vip = *ip_address::parse("172.31.0.1");
+  for (backend_spec& b : added.backends) b.ip = ip_address::from_v4(b.ip.v4() + 0x10000);
+  tables = compile_delta(*tables, state, {{added.name, &added}}, false, 2);
+  ASSERT_TRUE(tables->services_changed);
+  EXPECT_EQ(tables->services_changed->added, std::vector<uint32_t>{12346});
+  EXPECT_TRUE(tables->services_changed->removed.empty());
+  auto next = std::make_unique<forwarding_tables>();
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *next, nullptr, installed.get()), "");
+  ASSERT_TRUE(next->service_index_patched);
+  const auto shares_all_but = [](const auto& a, const auto& b, size_t at_most) {
+    return a.page_count() - a.pages_shared_with(b) <= at_most;
+  };
+  // Pages of 4,096 slots: 12,346 falls in the fourth of five.
+  EXPECT_EQ(next->service_slot.pages_shared_with(installed->service_slot), 3u);
+  EXPECT_EQ(next->service_backend_base.pages_shared_with(installed->service_backend_base), 3u);
+  EXPECT_EQ(next->service_backend_base[12346], 20000u * 8) << "the new range is at the pool's end";
+  EXPECT_TRUE(shares_all_but(next->backend_slot, installed->backend_slot, 2));
+  EXPECT_TRUE(shares_all_but(next->frontends_by_backend, installed->frontends_by_backend, 8));
+  EXPECT_TRUE(shares_all_but(next->v4_backends, installed->v4_backends, 8));
+  EXPECT_EQ(next->v4_vip_keys, installed->v4_vip_keys + 1);
+  expect_slots_named(*next, slots);
+  {
+    auto fresh_ports = std::make_unique<port_table>();
+    counter_slot_names fresh_slots;
+    forwarding_tables reference;
+    ASSERT_EQ(build_forwarding_tables(tables, *fresh_ports, fresh_slots, reference), "");
+    expect_same_view(*next, reference);
+  }
+  installed = std::move(next);
+
+  // Removed again: its slots are no longer named, the service's and backends' reclaimed.
+  tables = compile_delta(*tables, state, {{added.name, nullptr}}, false, 3);
+  ASSERT_TRUE(tables->services_changed);
+  EXPECT_EQ(tables->services_changed->removed, std::vector<uint32_t>{12346});
+  next = std::make_unique<forwarding_tables>();
+  ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *next, nullptr, installed.get()), "");
+  ASSERT_TRUE(next->service_index_patched);
+  EXPECT_EQ(next->backend_slot_unused, 8u);
+  EXPECT_EQ(next->v4_vip_keys, installed->v4_vip_keys - 1);
+  expect_slots_named(*next, slots);
+  EXPECT_EQ(slots.unnamed_services.size(), 1u);
+  EXPECT_EQ(slots.unnamed_backends.size(), 8u);
+  reclaim_counter_slots(slots, {}, 0, flow_timeouts{});
+  EXPECT_EQ(slots.live_services(), 20000u);
+  EXPECT_EQ(slots.live_backends(), 20000u * 8);
 }
 
 // paged_array: a copy shares every page; writing through one copies that page for it

@@ -1665,9 +1665,20 @@ TEST_F(golden, AHundredThousandServicesOfSixteenBackendsPublishIntoTheWorkers) {
   const auto delta_started = std::chrono::steady_clock::now();
   ASSERT_EQ(pool_->install(delta), "");
   const auto delta_done = std::chrono::steady_clock::now();
+  // A service added by a delta in the middle of the name order (every later service's
+  // index moves): the workers' view is patched from the installed one, not built whole.
+  service_spec added = state.services[50000];
+  added.name += "b";
+  added.vip = *ip_address::parse("198.19.240.1");
+  auto with_service = compile_delta(*delta, state, {{added.name, &added}}, false, 5);
+  const auto add_started = std::chrono::steady_clock::now();
+  ASSERT_EQ(pool_->install(with_service), "");
+  const auto add_done = std::chrono::steady_clock::now();
   auto ms = [](auto a, auto b) { return std::chrono::duration<double, std::milli>(b - a).count(); };
-  std::printf("compile %.0f ms, first install %.0f ms, second install %.0f ms, install of a one-service delta %.0f ms\n",
-              ms(started, compiled), ms(compiled, installed), ms(second, again), ms(delta_started, delta_done));
+  std::printf("compile %.0f ms, first install %.0f ms, second install %.0f ms, install of a one-service delta %.1f ms, "
+              "of a service added %.1f ms\n",
+              ms(started, compiled), ms(compiled, installed), ms(second, again), ms(delta_started, delta_done),
+              ms(add_started, add_done));
   learn_pod_macs();
   // The last service (svc99999: 198.19.225.167:1003): to a backend on another node.
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.225.167"), tcp_to(1003)));
@@ -1676,6 +1687,22 @@ TEST_F(golden, AHundredThousandServicesOfSixteenBackendsPublishIntoTheWorkers) {
   const bytes inner(out.begin() + kGeneveOverhead, out.end());
   EXPECT_EQ(inner[kIp4 + 16], 10);  // a backend in 10.0.0.0/8
   EXPECT_EQ(u16_at(inner, kL4 + 2), 8080);
+  // The added service: to one of its backends.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.240.1"),
+                          tcp_to(added.ports[0].port)));
+  const bytes to_added = receive(uplink);
+  ASSERT_GT(to_added.size(), kGeneveOverhead);
+  const bytes added_inner(to_added.begin() + kGeneveOverhead, to_added.end());
+  bool one_of_its_backends = false;
+  for (const backend_spec& b : added.backends)
+    one_of_its_backends |= std::memcmp(&added_inner[kIp4 + 16], b.ip.bytes.data() + 12, 4) == 0;
+  EXPECT_TRUE(one_of_its_backends);
+  EXPECT_EQ(u16_at(added_inner, kL4 + 2), 8080);
+  // Removed again: patched too.
+  auto without_service = compile_delta(*with_service, state, {{added.name, nullptr}}, false, 6);
+  const auto remove_started = std::chrono::steady_clock::now();
+  ASSERT_EQ(pool_->install(without_service), "");
+  std::printf("install of that service removed %.1f ms\n", ms(remove_started, std::chrono::steady_clock::now()));
 }
 
 }  // namespace
