@@ -3,6 +3,7 @@
 // service web-remote (VIP 198.19.128.10:80) starts with its one backend on node 2; a delta
 // moves it to node 1's web pod, and real TCP through the VIP must follow. A refused delta
 // changes nothing, and a later full re-publish (a tunable changed) keeps what the delta did.
+// A service added by a delta is reached, and one removed by a delta is not.
 #include "tests/dataplane/two_nodes_fixture.h"
 
 namespace meshlane::testing {
@@ -70,6 +71,41 @@ TEST_F(two_nodes_delta, TrafficThroughAVipFollowsABackendMovedByADelta) {
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(round_trip_served_by(*nodes_[1].web, 64 << 10), "");
   EXPECT_NE(round_trip_served_by(*nodes_[0].web, 1024), "") << "node 1's pod still answers for the VIP";
+}
+
+TEST_F(two_nodes_delta, AServiceAddedByADeltaIsReachedAndOneRemovedIsGone) {
+  // A service added and removed by deltas (snapshot::services_changed): the DPDK workers'
+  // view and the eBPF maps are patched, not rebuilt, and real TCP must follow both ways.
+  // One echo server per connection (tcp_echo_server serves one), in node 2's web pod.
+  auto round_trip = [&](const std::string& vip, uint16_t port, size_t bytes) -> std::string {
+    tcp_echo_server echo(*nodes_[1].web, 8080);
+    if (!echo.ok()) return "cannot listen on 8080";
+    return tcp_echo_round_trip(*nodes_[0].client, vip, port, bytes);
+  };
+  const nlohmann::json service = {{"name", "api"}, {"vip", "198.19.128.77"},
+                                  {"ports", {{{"port", 81}, {"protocol", "tcp"}, {"target_port", 8080}}}},
+                                  {"backends", {{{"ip", "198.18.2.20"}, {"port", 8080}, {"node", "node2"}}}}};
+  command_result r = apply_delta({{"changes", {{{"op", "add"}, {"kind", "service"}, {"value", service}}}}});
+  ASSERT_EQ(r.exit_code, 0) << r.output << "\n" << read_text(nodes_[0].log_path);
+  EXPECT_EQ(round_trip("198.19.128.77", 81, 256 << 10), "");
+  EXPECT_EQ(round_trip("198.19.128.10", 80, 1024), "") << "the service that was there before";
+
+  r = apply_delta({{"changes", {{{"op", "remove"}, {"kind", "service"}, {"name", "api"}}}}});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  {  // nobody answers for the removed VIP, although its backend listens: no connection
+    tcp_echo_server echo(*nodes_[1].web, 8080);
+    ASSERT_TRUE(echo.ok());
+    fd_guard fd(socket_in(*nodes_[0].client, SOCK_STREAM));
+    set_timeout(fd.fd, 2);
+    const sockaddr_in to = address_of("198.19.128.77", 81);
+    EXPECT_NE(connect(fd.fd, reinterpret_cast<const sockaddr*>(&to), sizeof to), 0)
+        << "the removed service's VIP still led somewhere";
+  }
+  EXPECT_EQ(round_trip("198.19.128.10", 80, 1024), "") << "the service that was there before";
+
+  r = apply_delta({{"changes", {{{"op", "add"}, {"kind", "service"}, {"value", service}}}}});
+  ASSERT_EQ(r.exit_code, 0) << r.output;
+  EXPECT_EQ(round_trip("198.19.128.77", 81, 64 << 10), "");
 }
 
 }  // namespace
