@@ -246,7 +246,10 @@ void build_service_index(const snapshot& s, forwarding_tables& out) {
   for (const table_frontend& f : s.frontends)
     for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
       index.push_back(entry_of(f, backend));
-  std::sort(index.begin(), index.end(), index_entry::before);  // no two entries are equal
+  // Made in the frontends' order (address, port, protocol), sorted stably by backend: the
+  // index's whole order (index_entry::before; within one backend's run the protocol is
+  // one), at half the cost of sorting by it (a 16-byte address compared in most ties).
+  std::stable_sort(index.begin(), index.end());
   out.frontends_by_backend.assign_sorted(std::move(index));
 }
 
