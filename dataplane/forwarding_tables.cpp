@@ -248,7 +248,8 @@ void build_service_index(const snapshot& s, forwarding_tables& out) {
       index.push_back(entry_of(f, backend));
   // Made in the frontends' order (address, port, protocol), sorted stably by backend: the
   // index's whole order (index_entry::before; within one backend's run the protocol is
-  // one), at half the cost of sorting by it (a 16-byte address compared in most ties).
+  // one), cheaper than sorting by it (0.85-0.89 s against 1.1 s at 100k x 16: a 16-byte
+  // address compared in most ties).
   std::stable_sort(index.begin(), index.end());
   out.frontends_by_backend.assign_sorted(std::move(index));
 }
@@ -355,7 +356,6 @@ void patch_index_and_backend_gate(const snapshot& s, const forwarding_tables& in
     out.v4_backend_keys += gate_insert(out.v4_backends, out.v4_backend_mask, key);
   }
 }
-
 
 // The installed view's gates and index with the changed services' frontends' backends
 // taken out and their backends now put in: the same contents a whole build gives (the

@@ -24,6 +24,18 @@ namespace {
 
 std::string node_name(uint32_t k) { return "node-" + std::to_string(k); }
 
+// Backend `pick` (0-59) of the pool the services draw from: on node 1 + pick % 4, IPv6
+// for IPv6 services (as validation requires).
+backend_spec pool_backend(uint32_t pick, bool v6) {
+  const uint32_t k = 1 + pick % 4;
+  backend_spec b;
+  b.ip = v6 ? *ip_address::parse("fd00:6d6c:" + std::to_string(k) + "::" + std::to_string(10 + pick))
+            : ip_address::from_v4(0x0a800000u + (k << 8) + 10 + pick % 20);
+  b.port = static_cast<uint16_t>(8080 + pick / 20);
+  b.node = node_name(k);
+  return b;
+}
+
 // 4 other nodes; 150 services, every tenth on IPv6, some with a second (UDP) port and a
 // target port; backends drawn from a pool of 60 (address, port) pairs, so that services
 // share them.
@@ -51,16 +63,7 @@ desired_state cluster(std::mt19937& random) {
     std::set<uint32_t> picked;
     while (picked.size() < count) picked.insert(random() % 60);
     state.services.push_back(service);
-    for (uint32_t pick : picked) {
-      // v6 backends only for v6 services, as validation requires.
-      backend_spec b;
-      const uint32_t k = 1 + pick % 4;
-      b.ip = v6 ? *ip_address::parse("fd00:6d6c:" + std::to_string(k) + "::" + std::to_string(10 + pick))
-                : ip_address::from_v4(0x0a800000u + (k << 8) + 10 + pick % 20);
-      b.port = static_cast<uint16_t>(8080 + pick / 20);
-      b.node = node_name(k);
-      state.services.back().backends.push_back(b);
-    }
+    for (uint32_t pick : picked) state.services.back().backends.push_back(pool_backend(pick, v6));
   }
   state.tuning.maglev_table_size = 251;
   return state;
@@ -140,13 +143,7 @@ TEST(forwarding_view, DeltasOfBackendsArePatchedIntoTheSameViewAWholeBuildGives)
       service_spec& service = state.services[random() % state.services.size()];
       if (std::any_of(changes.begin(), changes.end(), [&](auto& change) { return change.name == service.name; }))
         continue;
-      const bool v6 = !service.vip.is_v4();
-      const uint32_t pick = random() % 60, k = 1 + pick % 4;
-      backend_spec b;
-      b.ip = v6 ? *ip_address::parse("fd00:6d6c:" + std::to_string(k) + "::" + std::to_string(10 + pick))
-                : ip_address::from_v4(0x0a800000u + (k << 8) + 10 + pick % 20);
-      b.port = static_cast<uint16_t>(8080 + pick / 20);
-      b.node = node_name(k);
+      const backend_spec b = pool_backend(random() % 60, !service.vip.is_v4());
       const bool present = std::any_of(service.backends.begin(), service.backends.end(),
                                        [&](const backend_spec& x) { return x.ip == b.ip && x.port == b.port; });
       switch (random() % 3) {
@@ -203,15 +200,7 @@ TEST(forwarding_view, ServicesAddedAndRemovedArePatchedIntoTheSameViewAWholeBuil
   std::shared_ptr<const snapshot> tables = compile_tables(state, 1);
   ASSERT_EQ(build_forwarding_tables(tables, *ports, slots, *installed), "");
   uint32_t serial = 0;
-  auto backend_for = [&](bool v6) {
-    const uint32_t pick = random() % 60, k = 1 + pick % 4;
-    backend_spec b;
-    b.ip = v6 ? *ip_address::parse("fd00:6d6c:" + std::to_string(k) + "::" + std::to_string(10 + pick))
-              : ip_address::from_v4(0x0a800000u + (k << 8) + 10 + pick % 20);
-    b.port = static_cast<uint16_t>(8080 + pick / 20);
-    b.node = node_name(k);
-    return b;
-  };
+  auto backend_for = [&](bool v6) { return pool_backend(random() % 60, v6); };
   auto pick_other = [&](const std::vector<std::string>& taken) -> service_spec* {
     for (int tries = 0; tries < 20; ++tries) {
       service_spec& candidate = state.services[random() % state.services.size()];
