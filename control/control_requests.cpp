@@ -17,10 +17,6 @@ using nlohmann::json;
 
 namespace {
 
-double seconds_since_epoch() {
-  return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
 // Document tunables that are safe to change while running: each re-publishes the
 // current document with the one value changed, so it is validated exactly like an apply.
 // Ring sizes, worker count and flow-table size need a restart and are not listed.
@@ -58,14 +54,13 @@ json read_paging(const json& request, size_t& offset, size_t& limit) {
   return nullptr;
 }
 
+}  // namespace
 
 std::string frontend_text(const table_frontend& f) {
   std::string text = std::to_string(f.port) + "/" + to_string(f.protocol);
   if (f.target_port) text += "->" + std::to_string(f.target_port);
   return text;
 }
-
-}  // namespace
 
 json error_reply(const char* code, std::string message) {
   return {{"ok", false}, {"error", code}, {"message", std::move(message)}};
@@ -664,112 +659,5 @@ void control_module::register_own() {
   }
 }
 
-json control_module::status_page_model(const status_page_view& view) {
-  json model = {{"version", kVersion}, {"uptime_seconds", uptime_seconds()}, {"time", seconds_since_epoch()}};
-  const auto tables = publisher_.current();
-  model["generation"] = tables ? tables->generation : 0;
-  const auto waiting = registry_.not_ready();
-  model["ready"] = tables != nullptr && waiting.empty();
-  model["not_ready"] = waiting;
-
-  // Every counter and gauge, one row per sample; and per-backend traffic when a subsystem
-  // reports it (meshlane_<subsystem>_backend_packets_total{service,backend="ip:port"}).
-  json counters = json::array();
-  std::map<std::string, double> backend_packets;
-  for (const auto& family : registry_.collect()) {
-    // Any subsystem's per-backend packet family counts, e.g. the DPDK workers'
-    // meshlane_dataplane_backend_packets_total{service,backend="ip:port"}.
-    const std::string_view suffix = "_backend_packets_total";
-    const bool is_backend_packets = family.name.size() > suffix.size() &&
-                                    family.name.compare(family.name.size() - suffix.size(), suffix.size(), suffix) == 0;
-    for (const auto& sample : family.samples) {
-      std::string labels;
-      std::string service, backend;
-      for (const auto& [k, v] : sample.labels) {
-        labels += (labels.empty() ? "" : ",") + k + "=" + v;
-        if (k == "service") service = v;
-        if (k == "backend") backend = v;
-      }
-      counters.push_back({{"name", family.name}, {"labels", labels},
-                          {"kind", family.kind == metric_kind::counter ? "counter" : "gauge"},
-                          {"value", std::isfinite(sample.value) ? json(sample.value) : json(nullptr)}});
-      if (is_backend_packets && !service.empty() && !backend.empty())
-        backend_packets[service + "|" + backend] += sample.value;
-    }
-  }
-  model["counters"] = counters;
-  // The fast path's redirect mode and what the kernel check found, when it runs.
-  const json subsystems = registry_.status();
-  if (subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
-  // Encrypted routes (issue 15): the mode, engine and SAs, never a key.
-  if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("encryption")) {
-    model["encryption"] = subsystems["dataplane"]["encryption"];
-    const auto names = registry_.query_names();
-    if (std::find(names.begin(), names.end(), "sas") != names.end()) {
-      const json sas = registry_.query("sas", {{"offset", 0}, {"limit", 64}});
-      if (sas.is_object() && sas.contains("rows")) model["encryption"]["sas"] = sas["rows"];
-    }
-  }
-  // The pipeline's sampled policy denials (issue 16), newest last.
-  if (const json denials = policy_denials_after(0); denials.is_object()) {
-    json rows = denials.value("rows", json::array());
-    if (rows.size() > 20) rows.erase(rows.begin(), rows.end() - 20);
-    model["policy_denials"] = {{"rows", rows}, {"not_logged", denials.value("suppressed", 0)}};
-  }
-  // The DPDK ports with what their drivers lost (RX ring overruns, errors, no mbuf).
-  if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("ports"))
-    model["dataplane"] = {{"ports", subsystems["dataplane"]["ports"]}};
-
-  // Services a page at a time (the page refreshes every second; a 100k-service node
-  // must not send them all), optionally those whose name or VIP contains `search`.
-  json services = json::array();
-  size_t matching = 0;
-  if (tables) {
-    const double m = tables->tuning.maglev_table_size;
-    for (size_t s = 0; s < tables->services.size(); ++s) {
-      const auto& svc = tables->services[s];
-      const std::string vip = svc.vip.to_string();
-      if (!view.search.empty() && svc.name.find(view.search) == std::string::npos && vip.find(view.search) == std::string::npos)
-        continue;
-      if (matching++ < view.offset || services.size() >= view.limit) continue;
-      double service_packets = 0;
-      for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = svc.compiled->backends[b];
-        auto it = backend_packets.find(svc.name + "|" + be.ip.to_string() + ":" + std::to_string(be.port));
-        if (it != backend_packets.end()) service_packets += it->second;
-      }
-      json backends = json::array();
-      for (uint32_t b = 0; b < svc.backend_count; ++b) {
-        const auto& be = svc.compiled->backends[b];
-        const std::string address = be.ip.to_string() + ":" + std::to_string(be.port);
-        auto it = backend_packets.find(svc.name + "|" + address);
-        const double packets = it == backend_packets.end() ? 0 : it->second;
-        backends.push_back({{"address", address}, {"node", tables->nodes.at(be.node_index).name},
-                            {"weight", be.weight}, {"maglev_share", be.maglev_slots / m},
-                            {"packets", packets},
-                            {"traffic_share", service_packets > 0 ? json(packets / service_packets) : json(nullptr)}});
-      }
-      json ports = json::array();
-      for (uint32_t i = 0; i < svc.frontend_count; ++i)
-        ports.push_back(frontend_text(tables->frontends[tables->service_frontends[svc.first_frontend + i]]));
-      services.push_back({{"name", svc.name}, {"vip", vip}, {"ports", ports},
-                          {"packets", service_packets}, {"backends", backends}});
-    }
-  }
-  model["services_total"] = tables ? tables->services.size() : 0;
-  model["services_matching"] = matching;
-  model["services_offset"] = view.offset;
-  model["services_limit"] = view.limit;
-  model["services"] = services;
-
-  json lines = json::array(), errors = json::array();
-  for (const auto& line : log_.recent(50))
-    lines.push_back({{"time", line.unix_seconds}, {"level", to_string(line.level)}, {"message", line.message}});
-  for (const auto& line : log_.recent(20, log_level::warn))
-    errors.push_back({{"time", line.unix_seconds}, {"level", to_string(line.level)}, {"message", line.message}});
-  model["log"] = lines;
-  model["errors"] = errors;
-  return model;
-}
 
 }  // namespace meshlane

@@ -85,11 +85,8 @@ std::optional<control_request> read_apply_line(std::string_view line);
 
 nlohmann::json error_reply(const char* code, std::string message);
 
-// Which services the status page shows: a page of them, optionally filtered.
-struct status_page_view {
-  size_t offset = 0, limit = 50;
-  std::string search;  // a substring of the name or the VIP
-};
+// A frontend as the views show it: "80/tcp", "80/tcp->8080".
+std::string frontend_text(const table_frontend& f);
 
 // The control module: owns the apply path (counting applies and their durations), the
 // log ring, and registers its own metrics, status, tunables and readiness.
@@ -123,11 +120,6 @@ class control_module {
   // "policy_denials"; null when no data plane provides it): {"rows", "next", ...}.
   nlohmann::json policy_denials_after(uint64_t after);
   nlohmann::json provided_rows(const nlohmann::json& request, const std::string& query, const std::string& what);
-
-  // For the status page: counters, a page of services and backends with their shares
-  // (those whose name or VIP contains `search`), log lines.
-  nlohmann::json status_page_model(const status_page_view& view);
-  nlohmann::json status_page_model() { return status_page_model(status_page_view{}); }
 
   // Counted by the servers: requests per command, errors per code, connected clients.
   void count_request(const std::string& command, const nlohmann::json& reply);

@@ -62,6 +62,8 @@ constexpr int64_t kHeaderTimeoutMs = 2000;
 // At most this many connections from one address; a peer past it loses its oldest
 // connection that has not sent a whole request yet.
 constexpr size_t kMaxConnectionsPerPeer = 16;
+// At most this many requests wait for the handler thread (one more is being answered).
+constexpr size_t kMaxQueuedAnswers = 8;
 
 std::string peer_of(const sockaddr_storage& address) {
   char text[INET6_ADDRSTRLEN] = "?";
@@ -147,7 +149,9 @@ bool is_loopback_listen(const std::string& listen) {
 // so a client that stalls mid-handshake cannot hold a slot longer than one that stalls
 // mid-request).
 struct http_server::connection {
-  enum class phase { sniff, handshake, request, response };
+  // `handler`: the request waits for the handler thread's answer (nothing to poll for).
+  enum class phase { sniff, handshake, request, handler, response };
+  uint64_t serial = 0;  // names the connection to the handler thread
   int fd = -1;
   std::unique_ptr<tls_session> tls;
   phase at = phase::request;
@@ -156,9 +160,13 @@ struct http_server::connection {
   int64_t deadline_ms = 0;
   std::string peer;  // the client's address, for the per-peer limit
   int64_t accepted_ms = 0;
+  // The handler thread's answer has just come: send it now, without waiting for poll() (a
+  // TLS session still wants what its last read wanted, POLLIN, which never comes).
+  bool answer_arrived = false;
 
-  bool has_request() const { return at == phase::response; }
+  bool has_request() const { return at == phase::handler || at == phase::response; }
   short events() const {
+    if (at == phase::handler) return 0;
     if (tls && at != phase::sniff) return tls->wants();
     return at == phase::response ? POLLOUT : POLLIN;
   }
@@ -205,17 +213,87 @@ std::string http_server::start(const std::string& listen, size_t max_connections
                                             : reinterpret_cast<sockaddr_in*>(&bound)->sin_port);
   loop_.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   loop_.stopping = false;
+  handlers_stopping_ = false;
+  handler_thread_ = std::thread([this] { run_handlers(); });
   loop_.thread = std::thread([this] { serve(); });
   return {};
 }
 
-void http_server::stop() { loop_.stop(); }
+void http_server::stop() {
+  // The handler thread first: it wakes the polling thread through wake_fd, which
+  // loop_.stop() closes. A handler under way is waited for; queued requests are dropped,
+  // and their connections closed with the others when the polling thread ends.
+  if (handler_thread_.joinable()) {
+    {
+      std::lock_guard lock(handler_mutex_);
+      handlers_stopping_ = true;
+    }
+    handler_wakeup_.notify_all();
+    handler_thread_.join();
+  }
+  loop_.stop();
+  jobs_.clear();
+  answers_.clear();
+}
 
-std::string http_server::respond(const std::string& input) {
+namespace {
+
+// A handler's answer; what it throws (a subsystem's callback failing) is a 500, not a
+// dead server.
+std::string run_handler(const http_handler& handler, const http_request& request, bool head) {
+  try {
+    return serialize(handler(request), head);
+  } catch (const std::exception& e) {
+    return serialize({500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n"}, head);
+  }
+}
+
+}  // namespace
+
+void http_server::run_handlers() {
+  std::unique_lock lock(handler_mutex_);
+  while (true) {
+    handler_wakeup_.wait(lock, [this] { return handlers_stopping_ || !jobs_.empty(); });
+    if (handlers_stopping_) return;
+    handler_job job = std::move(jobs_.front());
+    jobs_.pop_front();
+    lock.unlock();
+    std::string output = run_handler(*job.handler, job.request, job.head);
+    lock.lock();
+    answers_.push_back({job.connection, std::move(output)});
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(loop_.wake_fd, &one, sizeof one);
+  }
+}
+
+void http_server::take_answers(std::list<connection>& connections, int64_t now) {
+  std::vector<handler_answer> answers;
+  {
+    std::lock_guard lock(handler_mutex_);
+    answers.swap(answers_);
+  }
+  for (auto& answer : answers) {
+    for (auto& c : connections) {
+      if (c.fd < 0 || c.serial != answer.connection || c.at != connection::phase::handler) continue;
+      c.output = std::move(answer.output);
+      c.at = connection::phase::response;
+      c.answer_arrived = true;
+      // The client's time runs again from here: computing the answer was ours.
+      c.deadline_ms = now + timeout_ms_;
+      break;
+    }
+  }
+}
+
+void http_server::respond(connection& c) {
+  const std::string& input = c.input;
+  c.at = connection::phase::response;
   const std::string first = input.substr(0, input.find_first_of("\r\n"));
   const size_t sp1 = first.find(' '), sp2 = first.find(' ', sp1 == std::string::npos ? 0 : sp1 + 1);
-  if (sp1 == std::string::npos || sp2 == std::string::npos || first.compare(sp2 + 1, 5, "HTTP/") != 0)
-    return serialize({400, "text/plain; charset=utf-8", "malformed request line\n"}, false);
+  if (sp1 == std::string::npos || sp2 == std::string::npos || first.compare(sp2 + 1, 5, "HTTP/") != 0) {
+    c.output = serialize({400, "text/plain; charset=utf-8", "malformed request line\n"}, false);
+    return;
+  }
   http_request request;
   request.method = first.substr(0, sp1);
   const std::string target = first.substr(sp1 + 1, sp2 - sp1 - 1);
@@ -223,26 +301,41 @@ std::string http_server::respond(const std::string& input) {
   request.path = target.substr(0, q);
   if (q != std::string::npos) request.query = target.substr(q + 1);
   const bool head = request.method == "HEAD";
-  if (request.method != "GET" && !head)
-    return serialize({405, "text/plain; charset=utf-8", "only GET and HEAD\n"}, false);
+  if (request.method != "GET" && !head) {
+    c.output = serialize({405, "text/plain; charset=utf-8", "only GET and HEAD\n"}, false);
+    return;
+  }
   // Before the route lookup: someone without credentials learns nothing, not even which
   // paths exist.
   if (credentials_ && !open_paths_.contains(request.path) &&
       !credentials_->admits(header_value(input, "authorization"))) {
     ++unauthorized_;
     std::vector<std::string> challenges;
-    for (const auto& c : credentials_->challenges()) challenges.push_back("WWW-Authenticate: " + c);
-    return serialize({401, "text/plain; charset=utf-8", "authentication required\n"}, head, challenges);
+    for (const auto& line : credentials_->challenges()) challenges.push_back("WWW-Authenticate: " + line);
+    c.output = serialize({401, "text/plain; charset=utf-8", "authentication required\n"}, head, challenges);
+    return;
   }
   auto route = routes_.find(request.path);
-  if (route == routes_.end())
-    return serialize({404, "text/plain; charset=utf-8", "not found: " + request.path + "\n"}, head);
-  // A handler runs subsystem callbacks; what they throw is a 500, not a dead server.
-  try {
-    return serialize(route->second(request), head);
-  } catch (const std::exception& e) {
-    return serialize({500, "text/plain; charset=utf-8", std::string("internal error: ") + e.what() + "\n"}, head);
+  if (route == routes_.end()) {
+    c.output = serialize({404, "text/plain; charset=utf-8", "not found: " + request.path + "\n"}, head);
+    return;
   }
+  if (route->second.kind == http_route_kind::inline_answer) {
+    c.output = run_handler(route->second.handler, request, head);
+    return;
+  }
+  {
+    std::lock_guard lock(handler_mutex_);
+    // Waiting connections cannot be evicted for newcomers: a bounded queue keeps most of
+    // the connection slots for the probes when scrapes pile up.
+    if (jobs_.size() >= kMaxQueuedAnswers) {
+      c.output = serialize({503, "text/plain; charset=utf-8", "busy: too many answers being computed\n"}, head);
+      return;
+    }
+    jobs_.push_back({c.serial, &route->second.handler, std::move(request), head});
+  }
+  c.at = connection::phase::handler;
+  handler_wakeup_.notify_one();
 }
 
 bool http_server::advance(connection& c, short revents) {
@@ -294,10 +387,15 @@ bool http_server::advance(connection& c, short revents) {
     }
     const bool whole = c.input.find("\r\n\r\n") != std::string::npos || c.input.find("\n\n") != std::string::npos;
     if (!whole && c.input.size() <= kMaxHeaderBytes) return true;
-    c.output = whole ? respond(c.input)
-                     : serialize({431, "text/plain; charset=utf-8", "request headers too large\n"}, false);
-    c.at = phase::response;
+    if (whole) {
+      respond(c);
+      if (c.at == phase::handler) return true;
+    } else {
+      c.output = serialize({431, "text/plain; charset=utf-8", "request headers too large\n"}, false);
+      c.at = phase::response;
+    }
   }
+  if (c.at == phase::handler) return true;  // polled for nothing until take_answers()
   if (c.tls) {
     const auto r = c.tls->write(c.output, c.sent);
     if (r == tls_session::result::again) return true;
@@ -322,10 +420,17 @@ void http_server::serve() {
   std::list<connection> connections;
   while (!loop_.stopping) {
     std::vector<pollfd> fds{{loop_.wake_fd, POLLIN, 0}, {loop_.listen_fd, POLLIN, 0}};
-    for (auto& c : connections) fds.push_back({c.fd, c.events(), 0});
+    // A connection waiting for the handler thread is not polled (fd -1): a client that hung
+    // up meanwhile would report POLLHUP at every poll, and the loop would spin.
+    for (auto& c : connections) fds.push_back({c.at == connection::phase::handler ? -1 : c.fd, c.events(), 0});
     if (::poll(fds.data(), fds.size(), 500) < 0 && errno != EINTR) break;
     if (loop_.stopping) break;
     const int64_t now = now_ms();
+    if (fds[0].revents & POLLIN) {  // the handler thread has answers
+      uint64_t count = 0;
+      [[maybe_unused]] ssize_t n = ::read(loop_.wake_fd, &count, sizeof count);
+      take_answers(connections, now);
+    }
     if (fds[1].revents & POLLIN) {
       // Probes must keep answering while the port is abused (a liveness probe that fails
       // restarts the agent): a new connection takes the place of one that has not sent a
@@ -378,6 +483,7 @@ void http_server::serve() {
           continue;
         }
         connection& c = connections.emplace_back();
+        c.serial = ++next_connection_;
         c.fd = fd;
         c.deadline_ms = now + timeout_ms_;
         c.peer = peer;
@@ -396,11 +502,16 @@ void http_server::serve() {
         ++index;
         continue;
       }
-      const short revents = fds.size() > index && fds[index].fd == c.fd ? fds[index].revents : 0;
+      short revents = fds.size() > index && fds[index].fd == c.fd ? fds[index].revents : 0;
       ++index;
+      if (c.answer_arrived) {
+        revents |= POLLOUT;
+        c.answer_arrived = false;
+      }
       const bool alive = advance(c, revents);
       const bool headers_late = !c.has_request() && now - c.accepted_ms > kHeaderTimeoutMs;
-      if (!alive || now > c.deadline_ms || headers_late) c.close();
+      const bool late = c.at != connection::phase::handler && now > c.deadline_ms;
+      if (!alive || late || headers_late) c.close();
     }
     connections.remove_if([](const connection& c) { return c.fd < 0; });
   }

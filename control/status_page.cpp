@@ -1,10 +1,15 @@
 #include "control/status_page.h"
 
 #include "control/prometheus_text.h"
+#include "control/version.h"
 
 #include <algorithm>
 #include <cctype>
+#include <chrono>
+#include <cmath>
 #include <cstdlib>
+#include <map>
+#include <set>
 
 namespace meshlane {
 
@@ -49,6 +54,7 @@ replay window <b id="esp-window">?</b></p>
 <table id="denial-rows"><thead><tr><th>time</th><th>direction</th><th>source</th><th>source identity</th>
 <th>destination</th><th>destination identity</th><th>policy</th><th>rule</th><th>reason</th></tr></thead><tbody></tbody></table></div>
 <h2>Live counters</h2>
+<p>rows of services on other pages of the services table, not listed: <b id="counters-elsewhere">0</b></p>
 <table id="counters"><thead><tr><th>metric</th><th>labels</th><th>value</th><th>per second</th></tr></thead><tbody></tbody></table>
 <script>
 "use strict";
@@ -150,6 +156,7 @@ async function refresh() {
     const dt = previous ? m.time - previous.time : 0;
     const before = new Map();
     if (previous) for (const c of previous.counters) before.set(c.name + "{" + c.labels + "}", c.value);
+    document.getElementById("counters-elsewhere").textContent = fmt(m.counters_of_other_pages || 0);
     fill("counters", m.counters, (row, c) => {
       cell(row, c.name); cell(row, c.labels); cell(row, fmt(c.value), "n value");
       const old = before.get(c.name + "{" + c.labels + "}");
@@ -192,6 +199,154 @@ std::string url_decoded(std::string_view text) {
 
 }  // namespace
 
+nlohmann::json status_page_model(control_module& control, const status_page_view& view) {
+  using nlohmann::json;
+  const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+  json model = {{"version", kVersion}, {"uptime_seconds", control.uptime_seconds()}, {"time", now}};
+  const auto tables = control.publisher().current();
+  model["generation"] = tables ? tables->generation : 0;
+  const auto waiting = control.registry().not_ready();
+  model["ready"] = tables != nullptr && waiting.empty();
+  model["not_ready"] = waiting;
+
+  // Services a page at a time (the page refreshes every second; a 100k-service node
+  // must not send them all), optionally those whose name or VIP contains `search`.
+  std::vector<size_t> page;  // indices into tables->services
+  collect_scope::service_set on_page;
+  size_t matching = 0;
+  for (size_t s = 0; tables && s < tables->services.size(); ++s) {
+    const auto& svc = tables->services[s];
+    if (!view.search.empty() && svc.name.find(view.search) == std::string::npos &&
+        svc.vip.to_string().find(view.search) == std::string::npos)
+      continue;
+    if (matching++ < view.offset || page.size() >= view.limit) continue;
+    page.push_back(s);
+    on_page.insert(svc.name);
+  }
+
+  // Every counter and gauge, one row per sample; and per-backend traffic when a subsystem
+  // reports it (meshlane_<subsystem>_backend_packets_total{service,backend="ip:port"}).
+  // Rows labelled with a service of the tables are kept for the services on this page
+  // only, and the collectors that keep series per service do not make the others
+  // (collect_scope): at 100,000 services of 16 backends those are millions.
+  const collect_scope scope(&on_page);
+  const std::vector<metric_family> families = control.registry().collect(scope);
+  std::map<std::string, double> backend_packets;
+  for (const auto& family : families) {
+    // Any subsystem's per-backend packet family counts, e.g. the DPDK workers'
+    // meshlane_dataplane_backend_packets_total{service,backend="ip:port"}.
+    const std::string_view suffix = "_backend_packets_total";
+    const bool is_backend_packets = family.name.size() > suffix.size() &&
+                                    family.name.compare(family.name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    if (!is_backend_packets) continue;
+    for (const auto& sample : family.samples) {
+      std::string service, backend;
+      for (const auto& [k, v] : sample.labels) {
+        if (k == "service") service = v;
+        if (k == "backend") backend = v;
+      }
+      if (!backend.empty() && on_page.contains(service)) backend_packets[service + "|" + backend] += sample.value;
+    }
+  }
+  // The fast path's redirect mode and what the kernel check found, when it runs.
+  const json subsystems = control.registry().status();
+  if (subsystems.contains("ebpf")) model["ebpf"] = subsystems["ebpf"];
+  // Encrypted routes (issue 15): the mode, engine and SAs, never a key.
+  if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("encryption")) {
+    model["encryption"] = subsystems["dataplane"]["encryption"];
+    const auto names = control.registry().query_names();
+    if (std::find(names.begin(), names.end(), "sas") != names.end()) {
+      const json sas = control.registry().query("sas", {{"offset", 0}, {"limit", 64}});
+      if (sas.is_object() && sas.contains("rows")) model["encryption"]["sas"] = sas["rows"];
+    }
+  }
+  // The pipeline's sampled policy denials (issue 16), newest last.
+  if (const json denials = control.policy_denials_after(0); denials.is_object()) {
+    json rows = denials.value("rows", json::array());
+    if (rows.size() > 20) rows.erase(rows.begin(), rows.end() - 20);
+    model["policy_denials"] = {{"rows", rows}, {"not_logged", denials.value("suppressed", 0)}};
+  }
+  // The DPDK ports with what their drivers lost (RX ring overruns, errors, no mbuf).
+  if (subsystems.contains("dataplane") && subsystems["dataplane"].contains("ports"))
+    model["dataplane"] = {{"ports", subsystems["dataplane"]["ports"]}};
+
+  json services = json::array();
+  if (tables) {
+    const double m = tables->tuning.maglev_table_size;
+    for (const size_t s : page) {
+      const auto& svc = tables->services[s];
+      double service_packets = 0;
+      for (uint32_t b = 0; b < svc.backend_count; ++b) {
+        const auto& be = svc.compiled->backends[b];
+        auto it = backend_packets.find(svc.name + "|" + be.ip.to_string() + ":" + std::to_string(be.port));
+        if (it != backend_packets.end()) service_packets += it->second;
+      }
+      json backends = json::array();
+      for (uint32_t b = 0; b < svc.backend_count; ++b) {
+        const auto& be = svc.compiled->backends[b];
+        const std::string address = be.ip.to_string() + ":" + std::to_string(be.port);
+        auto it = backend_packets.find(svc.name + "|" + address);
+        const double packets = it == backend_packets.end() ? 0 : it->second;
+        backends.push_back({{"address", address}, {"node", tables->nodes.at(be.node_index).name},
+                            {"weight", be.weight}, {"maglev_share", be.maglev_slots / m},
+                            {"packets", packets},
+                            {"traffic_share", service_packets > 0 ? json(packets / service_packets) : json(nullptr)}});
+      }
+      json ports = json::array();
+      for (uint32_t i = 0; i < svc.frontend_count; ++i)
+        ports.push_back(frontend_text(tables->frontends[tables->service_frontends[svc.first_frontend + i]]));
+      services.push_back({{"name", svc.name}, {"vip", svc.vip.to_string()}, {"ports", ports},
+                          {"packets", service_packets}, {"backends", backends}});
+    }
+  }
+  // Whether `name` is a service of the tables (sorted by name) not on this page.
+  auto on_another_page = [&](const std::string& name) {
+    if (!tables || on_page.contains(name)) return false;
+    size_t low = 0, high = tables->services.size();
+    while (low < high) {
+      const size_t mid = (low + high) / 2;
+      if (tables->services[mid].name < name) low = mid + 1;
+      else high = mid;
+    }
+    return low < tables->services.size() && tables->services[low].name == name;
+  };
+  json counters = json::array();
+  size_t counters_on_other_pages = 0;
+  for (const auto& family : families) {
+    for (const auto& sample : family.samples) {
+      std::string labels;
+      bool elsewhere = false;
+      for (const auto& [k, v] : sample.labels) {
+        labels += (labels.empty() ? "" : ",") + k + "=" + v;
+        if (k == "service" && on_another_page(v)) elsewhere = true;
+      }
+      if (elsewhere) {
+        ++counters_on_other_pages;
+        continue;
+      }
+      counters.push_back({{"name", family.name}, {"labels", labels},
+                          {"kind", family.kind == metric_kind::counter ? "counter" : "gauge"},
+                          {"value", std::isfinite(sample.value) ? json(sample.value) : json(nullptr)}});
+    }
+  }
+  model["counters"] = counters;
+  model["counters_of_other_pages"] = counters_on_other_pages + scope.samples_left_out();
+  model["services_total"] = tables ? tables->services.size() : 0;
+  model["services_matching"] = matching;
+  model["services_offset"] = view.offset;
+  model["services_limit"] = view.limit;
+  model["services"] = services;
+
+  json lines = json::array(), errors = json::array();
+  for (const auto& line : control.log().recent(50))
+    lines.push_back({{"time", line.unix_seconds}, {"level", to_string(line.level)}, {"message", line.message}});
+  for (const auto& line : control.log().recent(20, log_level::warn))
+    errors.push_back({{"time", line.unix_seconds}, {"level", to_string(line.level)}, {"message", line.message}});
+  model["log"] = lines;
+  model["errors"] = errors;
+  return model;
+}
+
 // offset=N&limit=N&search=TEXT; what does not parse keeps its default, limit is 1..500.
 status_page_view status_view_from_query(std::string_view query) {
   status_page_view view;
@@ -213,7 +368,9 @@ status_page_view status_view_from_query(std::string_view query) {
   return view;
 }
 
-void add_agent_routes(http_server& server, control_module& control) {
+void add_agent_routes(http_server& server, control_module& control, http_route_kind heavy) {
+  // /metrics and /status.json grow with the cluster (millions of samples at 100,000
+  // services of 16 backends): computed off the thread that answers the probes.
   server.route("/metrics", [&control](const http_request&) {
     ++control.http_requests;
     std::vector<std::string> problems;
@@ -221,7 +378,7 @@ void add_agent_routes(http_server& server, control_module& control) {
                            format_prometheus_text(control.registry().collect(), &problems)};
     for (const auto& p : problems) control.log().write(log_level::error, "metrics: " + p);
     return response;
-  });
+  }, heavy);
   server.route("/healthz", [&control](const http_request&) {
     ++control.http_requests;
     return http_response{200, "text/plain; charset=utf-8", "ok\n"};
@@ -237,9 +394,9 @@ void add_agent_routes(http_server& server, control_module& control) {
   server.route("/status.json", [&control](const http_request& request) {
     ++control.http_requests;
     return http_response{200, "application/json",
-                         control.status_page_model(status_view_from_query(request.query))
+                         status_page_model(control, status_view_from_query(request.query))
                              .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)};
-  });
+  }, heavy);
   server.route("/", [&control](const http_request&) {
     ++control.http_requests;
     return http_response{200, "text/html; charset=utf-8", status_page_html()};

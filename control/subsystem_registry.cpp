@@ -3,6 +3,11 @@
 namespace meshlane {
 
 void subsystem_registry::add_collector(std::string subsystem, collector fn) {
+  add_scoped_collector(std::move(subsystem),
+                       [fn = std::move(fn)](std::vector<metric_family>& out, const collect_scope&) { fn(out); });
+}
+
+void subsystem_registry::add_scoped_collector(std::string subsystem, scoped_collector fn) {
   std::lock_guard lock(mutex_);
   collectors_.emplace_back(std::move(subsystem), std::move(fn));
 }
@@ -22,17 +27,28 @@ void subsystem_registry::add_query(std::string name, table_query fn) {
   queries_[std::move(name)] = std::move(fn);
 }
 
-std::vector<metric_family> subsystem_registry::collect() const {
-  std::lock_guard lock(mutex_);
+// The callbacks are copied out and run without the lock (as query() does): a scrape of a
+// 100,000-service node collects for seconds, and /readyz, answered on another thread,
+// must not wait for it.
+std::vector<metric_family> subsystem_registry::collect(const collect_scope& scope) const {
+  std::vector<std::pair<std::string, scoped_collector>> collectors;
+  {
+    std::lock_guard lock(mutex_);
+    collectors = collectors_;
+  }
   std::vector<metric_family> out;
-  for (const auto& [name, fn] : collectors_) fn(out);
+  for (const auto& [name, fn] : collectors) fn(out, scope);
   return out;
 }
 
 nlohmann::json subsystem_registry::status() const {
-  std::lock_guard lock(mutex_);
+  std::vector<std::pair<std::string, status_provider>> statuses;
+  {
+    std::lock_guard lock(mutex_);
+    statuses = statuses_;
+  }
   nlohmann::json out = nlohmann::json::object();
-  for (const auto& [name, fn] : statuses_) out[name] = fn();
+  for (const auto& [name, fn] : statuses) out[name] = fn();
   return out;
 }
 
@@ -73,9 +89,13 @@ void subsystem_registry::add_readiness(std::string subsystem, readiness_check fn
 }
 
 std::vector<std::string> subsystem_registry::not_ready() const {
-  std::lock_guard lock(mutex_);
+  std::vector<std::pair<std::string, readiness_check>> readiness;
+  {
+    std::lock_guard lock(mutex_);
+    readiness = readiness_;
+  }
   std::vector<std::string> waiting;
-  for (const auto& [name, fn] : readiness_)
+  for (const auto& [name, fn] : readiness)
     if (std::string reason = fn(); !reason.empty()) waiting.push_back(name + ": " + reason);
   return waiting;
 }

@@ -11,7 +11,9 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <string>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -35,6 +37,26 @@ struct metric_family {
   std::vector<metric_sample> samples;
 };
 
+// What a collection is for. A scrape wants every sample (the default); the status page
+// wants the per-service and per-backend samples of the services on its page only: at
+// 100,000 services of 16 backends those are millions, made and thrown away every second.
+// A collector that keeps series per service asks wants_service() before making them and
+// says how many it left out.
+class collect_scope {
+ public:
+  using service_set = std::set<std::string, std::less<>>;
+  collect_scope() = default;
+  explicit collect_scope(const service_set* services) : services_(services) {}
+  bool wants_service(std::string_view service) const { return !services_ || services_->contains(service); }
+  // Collectors run one after another on the collecting thread.
+  void left_out(size_t samples) const { left_out_ += samples; }
+  size_t samples_left_out() const { return left_out_; }
+
+ private:
+  const service_set* services_ = nullptr;  // null: every service
+  mutable size_t left_out_ = 0;
+};
+
 // A live tunable: validated and applied without restart. `apply` returns an empty string
 // on success or a message saying why the value was refused (then nothing changed).
 struct tunable {
@@ -46,12 +68,14 @@ struct tunable {
 class subsystem_registry {
  public:
   using collector = std::function<void(std::vector<metric_family>& out)>;
+  using scoped_collector = std::function<void(std::vector<metric_family>& out, const collect_scope& scope)>;
   using status_provider = std::function<nlohmann::json()>;
   // A table query takes the request's arguments (e.g. {"offset":0,"limit":100}) and
   // returns JSON rows; used for `get flows` and the like.
   using table_query = std::function<nlohmann::json(const nlohmann::json& args)>;
 
   void add_collector(std::string subsystem, collector fn);
+  void add_scoped_collector(std::string subsystem, scoped_collector fn);
   void add_status(std::string subsystem, status_provider fn);
   // Tunable names are dotted, "<subsystem>.<name>", e.g. "tables.burst_size".
   void add_tunable(std::string name, tunable t);
@@ -63,7 +87,7 @@ class subsystem_registry {
   // "<subsystem>: <reason>" for every subsystem not ready yet; empty when all are.
   std::vector<std::string> not_ready() const;
 
-  std::vector<metric_family> collect() const;
+  std::vector<metric_family> collect(const collect_scope& scope = collect_scope()) const;
   nlohmann::json status() const;  // {"<subsystem>": {...}, ...}
   std::vector<std::string> tunable_names() const;
   // nullptr when no such tunable.
@@ -74,7 +98,7 @@ class subsystem_registry {
 
  private:
   mutable std::mutex mutex_;  // registration may race with control-thread reads at start-up
-  std::vector<std::pair<std::string, collector>> collectors_;
+  std::vector<std::pair<std::string, scoped_collector>> collectors_;
   std::vector<std::pair<std::string, status_provider>> statuses_;
   std::map<std::string, tunable> tunables_;
   std::map<std::string, table_query> queries_;

@@ -111,7 +111,7 @@ port_loss read_port_loss(uint16_t port, bool with_xstats, uint64_t& af_packet_dr
 }  // namespace
 
 void worker_pool::register_with(subsystem_registry& registry) {
-  registry.add_collector("dataplane", [this](std::vector<metric_family>& out) {
+  registry.add_scoped_collector("dataplane", [this](std::vector<metric_family>& out, const collect_scope& scope) {
     auto rx_packets = family("meshlane_dataplane_port_rx_packets_total", "Packets received per port.");
     auto rx_bytes = family("meshlane_dataplane_port_rx_bytes_total", "Bytes received per port.");
     auto tx_packets = family("meshlane_dataplane_port_tx_packets_total", "Packets sent per port.");
@@ -234,6 +234,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
     const std::vector<lb_counters_sum> service_sums = service_counters(workers_, *names);
     for (size_t s = 0; s < names->services.size(); ++s) {
       if (names->services[s].empty()) continue;  // a freed slot
+      if (!scope.wants_service(names->services[s])) {
+        scope.left_out(3);
+        continue;
+      }
       const lb_counters_sum& sum = service_sums[s];
       const std::vector<std::pair<std::string, std::string>> labels{{"service", names->services[s]}};
       service_packets.samples.push_back({labels, double(sum.packets)});
@@ -249,6 +253,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto backend_flows = family("meshlane_dataplane_backend_new_flows_total", "New flows per service backend.");
     for (size_t b = 0; b < names->backends.size(); ++b) {
       if (names->backend_free(b)) continue;
+      if (!scope.wants_service(names->backend_service_name(b))) {
+        scope.left_out(3);
+        continue;
+      }
       uint64_t sums[3] = {};
       for (const auto& w : workers_) {
         sums[0] += w->backend[b].packets.get();

@@ -17,6 +17,10 @@
 //     (defaults: 5000; 1000 10000 100000). --stages-only: the stages and deltas, without the
 //     apply through the control surface (for profiling the stages alone). --full-apply-only
 //     R: R cold full applies and nothing else (for profiling and A/B runs of the apply).
+//   build/perf/control_publish_bench --probes-under-scrapes SECONDS [N ...]: /healthz latency
+//     while /metrics and /status.json are scraped back to back on a node whose data plane
+//     counts every service and backend (probes_under_scrapes), with those routes off the
+//     probes' thread and inline, in the same run.
 #include <arpa/inet.h>
 #include <openssl/evp.h>
 #include <netinet/in.h>
@@ -42,6 +46,7 @@
 #include "control/control_socket.h"
 #include "control/desired_state.h"
 #include "control/http_server.h"
+#include "control/prometheus_text.h"
 #include "control/status_page.h"
 #include "control/table_compiler.h"
 #include "control/table_publisher.h"
@@ -254,6 +259,89 @@ nlohmann::json apply_through_control_surface(const std::string& text) {
   return out;
 }
 
+// What the HTTP surface serves on a node whose data plane counts every service and
+// backend: a collector of the shape the DPDK worker pool registers (dataplane/telemetry.cpp:
+// packets, bytes and new flows per service, and per backend labelled service and
+// backend "ip:port"), for every service and backend of the published tables, that leaves
+// out what the status page's scope does not want, as the pool's does. Its values are
+// zeros: the cost measured is that of making, formatting and sending the series.
+void add_dataplane_shaped_collector(meshlane::subsystem_registry& registry, const meshlane::table_publisher& publisher) {
+  using meshlane::metric_family;
+  registry.add_scoped_collector("dataplane", [&publisher](std::vector<metric_family>& out,
+                                                           const meshlane::collect_scope& scope) {
+    const auto tables = publisher.current();
+    if (!tables) return;
+    auto family = [](const char* name) { return metric_family{name, "Per service or backend.", meshlane::metric_kind::counter, {}}; };
+    metric_family per_service[3] = {family("meshlane_dataplane_service_packets_total"),
+                                    family("meshlane_dataplane_service_bytes_total"),
+                                    family("meshlane_dataplane_service_new_flows_total")};
+    metric_family per_backend[3] = {family("meshlane_dataplane_backend_packets_total"),
+                                    family("meshlane_dataplane_backend_bytes_total"),
+                                    family("meshlane_dataplane_backend_new_flows_total")};
+    for (size_t s = 0; s < tables->services.size(); ++s) {
+      const auto& svc = tables->services[s];
+      if (!scope.wants_service(svc.name)) {
+        scope.left_out(3 + 3 * svc.backend_count);
+        continue;
+      }
+      for (auto& f : per_service) f.samples.push_back({{{"service", svc.name}}, 0});
+      for (const auto& be : meshlane::snapshot::backends_of(svc)) {
+        const std::string address = be.ip.to_string() + ":" + std::to_string(be.port);
+        for (auto& f : per_backend) f.samples.push_back({{{"service", svc.name}, {"backend", address}}, 0});
+      }
+    }
+    for (auto& f : per_service) out.push_back(std::move(f));
+    for (auto& f : per_backend) out.push_back(std::move(f));
+  });
+}
+
+// The probes' latency while scrapers ask `/metrics` and `/status.json` back to back (two
+// clients) for `duration_s`, on an agent holding the document `text` and the collector
+// above; `heavy` says where those two routes are computed (meshlaned: off_thread; before:
+// inline, on the thread that answers the probes).
+nlohmann::json probes_under_scrapes(const std::string& text, meshlane::http_route_kind heavy, double duration_s) {
+  meshlane::table_publisher publisher;
+  publisher.add_sink("reader", [](const auto&) { return std::string(); });
+  meshlane::subsystem_registry registry;
+  meshlane::log_ring log(256, false);
+  meshlane::control_module control(publisher, registry, log);
+  add_dataplane_shaped_collector(registry, publisher);
+  const auto applied = control.apply_document(text, "bench");
+  if (!applied.errors.empty()) return {{"error", applied.errors[0].to_string()}};
+  meshlane::http_server http;
+  meshlane::add_agent_routes(http, control, heavy);
+  if (std::string e = http.start("127.0.0.1:0", 64, 600000); !e.empty()) return {{"error", e}};
+  std::atomic<bool> stop{false};
+  std::vector<double> healthz, metrics, status;
+  int failures = 0;
+  std::atomic<int> scrape_failures{0};
+  auto scraper = [&](const char* path, std::vector<double>& into) {
+    while (!stop) {
+      const double ms = http_get_ms(http.port(), path);
+      ms < 0 ? (void)++scrape_failures : into.push_back(ms);
+    }
+  };
+  std::thread metrics_scraper(scraper, "/metrics", std::ref(metrics));
+  std::thread status_scraper(scraper, "/status.json", std::ref(status));
+  const auto start = clock_type::now();
+  while (seconds(start) < duration_s) {
+    const double ms = http_get_ms(http.port(), "/healthz");
+    ms < 0 ? (void)++failures : healthz.push_back(ms);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  stop = true;
+  metrics_scraper.join();
+  status_scraper.join();
+  http.stop();
+  return {{"routes", heavy == meshlane::http_route_kind::off_thread ? "off_thread" : "inline"},
+          {"seconds", duration_s},
+          {"metrics_bytes", meshlane::format_prometheus_text(registry.collect()).size()},
+          {"healthz", latency_json(healthz)},
+          {"metrics", latency_json(metrics)},
+          {"status_json", latency_json(status)},
+          {"failures", failures + scrape_failures.load()}};
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -261,6 +349,7 @@ int main(int argc, char** argv) {
   int nodes = 5000;  // Kubernetes' limit
   bool stages_only = false;
   int full_apply_rounds = 0;
+  double scrapes_seconds = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--stages-only") == 0) {
       stages_only = true;
@@ -268,6 +357,10 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--full-apply-only") == 0 && i + 1 < argc) {
       full_apply_rounds = std::max(1, std::atoi(argv[++i]));
+      continue;
+    }
+    if (std::strcmp(argv[i], "--probes-under-scrapes") == 0 && i + 1 < argc) {
+      scrapes_seconds = std::max(1.0, std::atof(argv[++i]));
       continue;
     }
     if (std::strcmp(argv[i], "--nodes") == 0 && i + 1 < argc) {
@@ -281,6 +374,21 @@ int main(int argc, char** argv) {
   // services' tables at 200 MiB. The default 65537 suits clusters of fewer services.
   constexpr uint32_t kMaglevSize = 1021;
 
+  if (scrapes_seconds > 0) {
+    // Only the probes under scrapes: routes off the probes' thread, then inline, per size.
+    for (int services : sizes) {
+      const std::string text = make_document(services, nodes, kMaglevSize);
+      for (auto heavy : {meshlane::http_route_kind::off_thread, meshlane::http_route_kind::inline_answer}) {
+        nlohmann::json line = probes_under_scrapes(text, heavy, scrapes_seconds);
+        line["benchmark"] = "probes_under_scrapes";
+        line["services"] = services;
+        line["nodes"] = nodes;
+        std::printf("%s\n", line.dump().c_str());
+        std::fflush(stdout);
+      }
+    }
+    return 0;
+  }
   for (int services : sizes) {
     const std::string text = make_document(services, nodes, kMaglevSize);
     if (full_apply_rounds > 0) {

@@ -11,7 +11,10 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <condition_variable>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "control/prometheus_text.h"
 #include "control/status_page.h"
@@ -215,6 +218,34 @@ TEST_F(HttpSurface, StatusJsonSendsAPageOfServicesAndSearchesThem) {
   EXPECT_EQ(model["services_matching"], 0);
 }
 
+TEST_F(HttpSurface, StatusJsonListsTheCountersOfThePagesServicesOnly) {
+  // Per-service and per-backend rows are millions at 100,000 services of 16 backends: the
+  // status page lists those of the services it shows, and every row of anything else.
+  json doc = testing::sample_document();
+  for (int i = 0; i < 300; ++i)
+    doc["services"].push_back({{"name", "svc-" + std::to_string(i)}, {"vip", "198.19.129." + std::to_string(i % 250)},
+                               {"ports", {{{"port", 1000 + i}}}}});
+  ASSERT_TRUE(control_.apply_document(doc.dump(), "test").errors.empty());
+  registry_.add_collector("per-service", [](std::vector<metric_family>& out) {
+    out.push_back({"meshlane_test_service_packets_total", "Per service.", metric_kind::counter,
+                   {{{{"service", "svc-295"}}, 7}, {{{"service", "not-a-table-service"}}, 9}}});
+  });
+  auto rows_of = [](const json& model, const std::string& labels) {
+    size_t n = 0;
+    for (const auto& row : model["counters"])
+      n += row["name"] == "meshlane_test_service_packets_total" && row["labels"] == labels;
+    return n;
+  };
+  json model = json::parse(body_of(get(port_, "/status.json")));
+  EXPECT_EQ(rows_of(model, "service=svc-295"), 0u) << "a row of a service on another page";
+  EXPECT_EQ(rows_of(model, "service=not-a-table-service"), 1u);
+  EXPECT_GE(model["counters_of_other_pages"].get<size_t>(), 1u);
+  model = json::parse(body_of(get(port_, "/status.json?search=svc-295")));
+  ASSERT_EQ(model["services"].size(), 1u);
+  EXPECT_EQ(rows_of(model, "service=svc-295"), 1u);
+  EXPECT_EQ(rows_of(model, "service=not-a-table-service"), 1u);
+}
+
 TEST_F(HttpSurface, ProbesAnswerWhileHundredsOfConnectionsHoldPartialRequests) {
   // A slow-client flood (each connection sends half a request and waits): on a node where
   // the admin port is reachable, anyone could otherwise fail the liveness probe and have
@@ -238,6 +269,105 @@ TEST_F(HttpSurface, ProbesAnswerWhileHundredsOfConnectionsHoldPartialRequests) {
   }
   EXPECT_GT(server_.evicted(), 200u) << "the flood was not what made room";
   for (int fd : held) ::close(fd);
+}
+
+// A collector the test holds inside a scrape until it lets go (bounded, so that a broken
+// server fails the test instead of hanging it).
+struct held_collector {
+  std::mutex mutex;
+  std::condition_variable changed;
+  bool entered = false, released = false;
+  void run() {
+    std::unique_lock lock(mutex);
+    entered = true;
+    changed.notify_all();
+    changed.wait_for(lock, std::chrono::seconds(10), [&] { return released; });
+  }
+  bool wait_entered() {
+    std::unique_lock lock(mutex);
+    return changed.wait_for(lock, std::chrono::seconds(10), [&] { return entered; });
+  }
+  void release() {
+    std::lock_guard lock(mutex);
+    released = true;
+    changed.notify_all();
+  }
+};
+
+TEST_F(HttpSurface, ProbesAnswerWhileAScrapeIsStillBeingCollected) {
+  // At 100,000 services of 16 backends a scrape collects millions of samples and takes
+  // seconds; a liveness probe queued behind it would fail and restart the agent. Here the
+  // scrape is held inside its collector while the probes ask.
+  held_collector held;
+  registry_.add_collector("slow", [&](std::vector<metric_family>&) { held.run(); });
+  std::string scraped;
+  std::thread scraper([&] { scraped = get(port_, "/metrics"); });
+  ASSERT_TRUE(held.wait_entered());
+  const std::string health = get(port_, "/healthz");
+  const std::string ready = get(port_, "/readyz");
+  const std::string page = get(port_, "/");
+  {
+    std::lock_guard lock(held.mutex);
+    EXPECT_FALSE(held.released);
+  }
+  held.release();
+  scraper.join();
+  EXPECT_NE(health.find("HTTP/1.1 200"), std::string::npos) << health;
+  EXPECT_NE(ready.find("HTTP/1.1 503"), std::string::npos) << ready;  // nothing published yet
+  EXPECT_NE(page.find("HTTP/1.1 200"), std::string::npos);
+  EXPECT_NE(scraped.find("HTTP/1.1 200"), std::string::npos) << scraped;
+  EXPECT_NE(scraped.find("meshlane_backend_packets_total"), std::string::npos);
+}
+
+TEST(HttpServer, AnAnswerThatTakesLongerThanTheConnectionTimeoutIsStillSent) {
+  // The connection timeout bounds what a client may hold, not how long an off-thread
+  // answer may take to compute: the answer is sent when it is ready.
+  http_server server;
+  held_collector held;
+  server.route("/slow", [&](const http_request&) {
+    held.run();
+    return http_response{200, "text/plain", "late\n"};
+  }, http_route_kind::off_thread);
+  ASSERT_EQ(server.start("127.0.0.1:0", 64, 300), "");
+  std::string response;
+  std::thread client([&] { response = get(server.port(), "/slow"); });
+  ASSERT_TRUE(held.wait_entered());
+  std::this_thread::sleep_for(std::chrono::milliseconds(900));  // three timeouts
+  held.release();
+  client.join();
+  EXPECT_NE(response.find("HTTP/1.1 200"), std::string::npos) << response;
+  EXPECT_EQ(body_of(response), "late\n");
+}
+
+TEST(HttpServer, StopWaitsForAnAnswerUnderWay) {
+  // The handler thread runs the owner's callbacks: stop() must not return while one runs
+  // (the owner may destroy what it reads right after), and must not hang.
+  http_server server;
+  held_collector held;
+  std::atomic<bool> handler_returned{false};
+  server.route("/slow", [&](const http_request&) {
+    held.run();
+    handler_returned = true;
+    return http_response{200, "text/plain", "slow\n"};
+  }, http_route_kind::off_thread);
+  ASSERT_EQ(server.start("127.0.0.1:0"), "");
+  std::string response = "not answered";
+  std::thread client([&] { response = get(server.port(), "/slow"); });
+  ASSERT_TRUE(held.wait_entered());
+  std::atomic<bool> stopped{false}, stopped_before_handler{false};
+  std::thread stopper([&] {
+    server.stop();
+    stopped_before_handler = !handler_returned;
+    stopped = true;
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(stopped) << "stop() returned while a handler was running";
+  held.release();
+  stopper.join();
+  client.join();
+  EXPECT_FALSE(stopped_before_handler);
+  // Either answered before the stop took the connection down, or closed without an answer.
+  EXPECT_TRUE(response.empty() || response.find("HTTP/1.1 200") != std::string::npos) << response;
 }
 
 TEST_F(HttpSurface, ACollectorThatThrowsIsA500AndTheServerLives) {

@@ -1392,6 +1392,45 @@ TEST_F(golden, HundredThousandBackendsOverAThousandPublishesAreAllAcceptedAndCou
   EXPECT_EQ(series_of(*pool_, "meshlane_dataplane_backend_packets_total"), 100u + 5u);
 }
 
+// The status page collects the per-service and per-backend series of its page's services
+// only (collect_scope): at 100,000 services of 16 backends the others are millions.
+TEST_F(golden, AScopedCollectionMakesTheSeriesOfItsServicesOnlyAndCountsTheRest) {
+  ASSERT_EQ(pool_->install(compile_tables(*parse_desired_state(churn_document(0, 100)).state, 2)), "");
+  subsystem_registry registry;
+  pool_->register_with(registry);
+  auto series = [](const std::vector<metric_family>& families, const std::string& family, const std::string& service) {
+    size_t n = 0;
+    for (const auto& f : families)
+      if (f.name == family)
+        for (const auto& sample : f.samples)
+          for (const auto& [k, v] : sample.labels) n += k == "service" && (service.empty() || v == service);
+    return n;
+  };
+  const auto all = registry.collect();
+  const size_t backends = series(all, "meshlane_dataplane_backend_packets_total", "");
+  const size_t web_backends = series(all, "meshlane_dataplane_backend_packets_total", "web");
+  const size_t services = series(all, "meshlane_dataplane_service_packets_total", "");
+  ASSERT_GE(backends, 105u);
+  ASSERT_GE(web_backends, 1u);
+  ASSERT_GE(services, 2u);
+  const collect_scope::service_set page{"web"};
+  const collect_scope scope(&page);
+  const auto scoped = registry.collect(scope);
+  for (const char* family : {"meshlane_dataplane_backend_packets_total", "meshlane_dataplane_backend_bytes_total",
+                             "meshlane_dataplane_backend_new_flows_total"}) {
+    EXPECT_EQ(series(scoped, family, ""), web_backends) << family;
+    EXPECT_EQ(series(scoped, family, "web"), web_backends) << family;
+  }
+  EXPECT_EQ(series(scoped, "meshlane_dataplane_service_packets_total", ""), 1u);
+  EXPECT_EQ(scope.samples_left_out(), 3 * (backends - web_backends) + 3 * (services - 1));
+  // What is not per service is all there.
+  size_t other_families = 0, other_scoped = 0;
+  for (const auto& f : all) other_families += f.name.find("service") == std::string::npos ? f.samples.size() : 0;
+  for (const auto& f : scoped) other_scoped += f.name.find("service") == std::string::npos ? f.samples.size() : 0;
+  EXPECT_GT(other_families, 0u);
+  EXPECT_EQ(other_scoped, other_families - 3 * (backends - web_backends));
+}
+
 // Scrapes and queries read the names an install gave out from a copy published at its
 // end (published_names): a reference a reader holds keeps every name it had while later
 // installs free the slots and give them to other backends, and the next reader sees those.
