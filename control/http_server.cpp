@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -62,7 +63,7 @@ constexpr int64_t kHeaderTimeoutMs = 2000;
 // At most this many connections from one address; a peer past it loses its oldest
 // connection that has not sent a whole request yet.
 constexpr size_t kMaxConnectionsPerPeer = 16;
-// At most this many requests wait for the handler thread (one more is being answered).
+// At most this many requests wait for a route's handler thread (one more is being answered).
 constexpr size_t kMaxQueuedAnswers = 8;
 
 std::string peer_of(const sockaddr_storage& address) {
@@ -214,25 +215,30 @@ std::string http_server::start(const std::string& listen, size_t max_connections
   loop_.wake_fd = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
   loop_.stopping = false;
   handlers_stopping_ = false;
-  handler_thread_ = std::thread([this] { run_handlers(); });
+  for (auto& [path, route] : routes_) {
+    if (route.kind != http_route_kind::off_thread) continue;
+    route.lane = lanes_.size();
+    handler_lane& lane = *lanes_.emplace_back(std::make_unique<handler_lane>());
+    lane.thread = std::thread([this, &lane] { run_handlers(lane); });
+  }
   loop_.thread = std::thread([this] { serve(); });
   return {};
 }
 
 void http_server::stop() {
-  // The handler thread first: it wakes the polling thread through wake_fd, which
+  // The handler threads first: they wake the polling thread through wake_fd, which
   // loop_.stop() closes. A handler under way is waited for; queued requests are dropped,
   // and their connections closed with the others when the polling thread ends.
-  if (handler_thread_.joinable()) {
-    {
-      std::lock_guard lock(handler_mutex_);
-      handlers_stopping_ = true;
-    }
-    handler_wakeup_.notify_all();
-    handler_thread_.join();
+  {
+    std::lock_guard lock(handler_mutex_);
+    handlers_stopping_ = true;
+  }
+  for (auto& lane : lanes_) {
+    lane->wakeup.notify_all();
+    lane->thread.join();
   }
   loop_.stop();
-  jobs_.clear();
+  lanes_.clear();
   answers_.clear();
 }
 
@@ -250,13 +256,17 @@ std::string run_handler(const http_handler& handler, const http_request& request
 
 }  // namespace
 
-void http_server::run_handlers() {
+void http_server::run_handlers(handler_lane& lane) {
+  // Below the polling thread in the scheduler's eyes, as the control socket's publisher
+  // is: on a node whose CPUs are busy a scrape must not delay the probes by whole time
+  // slices. Linux nice values are per thread; failing to lower it only costs that.
+  [[maybe_unused]] int ignored = ::setpriority(PRIO_PROCESS, static_cast<id_t>(::gettid()), 10);
   std::unique_lock lock(handler_mutex_);
   while (true) {
-    handler_wakeup_.wait(lock, [this] { return handlers_stopping_ || !jobs_.empty(); });
+    lane.wakeup.wait(lock, [&] { return handlers_stopping_ || !lane.jobs.empty(); });
     if (handlers_stopping_) return;
-    handler_job job = std::move(jobs_.front());
-    jobs_.pop_front();
+    handler_job job = std::move(lane.jobs.front());
+    lane.jobs.pop_front();
     lock.unlock();
     std::string output = run_handler(*job.handler, job.request, job.head);
     lock.lock();
@@ -324,18 +334,19 @@ void http_server::respond(connection& c) {
     c.output = run_handler(route->second.handler, request, head);
     return;
   }
+  handler_lane& lane = *lanes_[route->second.lane];
   {
     std::lock_guard lock(handler_mutex_);
-    // Waiting connections cannot be evicted for newcomers: a bounded queue keeps most of
-    // the connection slots for the probes when scrapes pile up.
-    if (jobs_.size() >= kMaxQueuedAnswers) {
+    // Waiting connections cannot be evicted for newcomers: a bounded queue per route keeps
+    // most of the connection slots for the probes when scrapes pile up.
+    if (lane.jobs.size() >= kMaxQueuedAnswers) {
       c.output = serialize({503, "text/plain; charset=utf-8", "busy: too many answers being computed\n"}, head);
       return;
     }
-    jobs_.push_back({c.serial, &route->second.handler, std::move(request), head});
+    lane.jobs.push_back({c.serial, &route->second.handler, std::move(request), head});
   }
   c.at = connection::phase::handler;
-  handler_wakeup_.notify_one();
+  lane.wakeup.notify_one();
 }
 
 bool http_server::advance(connection& c, short revents) {

@@ -2,7 +2,7 @@
 // one request per connection (Connection: close), one thread multiplexing clients with
 // poll(). Everything a client can hold is bounded: header bytes, connections, time.
 // Routes whose answer grows with the cluster (a scrape, the status model) are computed on
-// a second thread, so the polling thread keeps answering the probes meanwhile.
+// threads of their own, so the polling thread keeps answering the probes meanwhile.
 // Written here rather than pulled in because it serves four fixed, read-only routes.
 //
 // Bound to loopback (127.0.0.0/8, ::1) it may speak plain HTTP to anyone on the node, as
@@ -46,9 +46,10 @@ struct http_response {
 using http_handler = std::function<http_response(const http_request&)>;
 
 // Where a route's handler runs. `inline_answer`: on the polling thread, for answers that
-// cost microseconds and must never wait (the probes, fixed pages). `off_thread`: on the
-// server's handler thread, one request at a time, for answers whose cost grows with the
-// cluster: a scrape of 100,000 services of 16 backends collects millions of samples in
+// cost microseconds and must never wait (the probes, fixed pages). `off_thread`: on a
+// handler thread of the route's own (requests for one route one at a time, so a long
+// scrape delays the next scrape, not the status page), for answers whose cost grows with
+// the cluster: a scrape of 100,000 services of 16 backends collects millions of samples in
 // seconds, and a liveness probe queued behind it would fail and restart the agent.
 enum class http_route_kind { inline_answer, off_thread };
 
@@ -93,6 +94,7 @@ class http_server {
   struct route_entry {
     http_handler handler;
     http_route_kind kind = http_route_kind::inline_answer;
+    size_t lane = 0;  // an off_thread route's, in lanes_ (set by start())
   };
   // A request handed to the handler thread, and its serialized answer coming back, named
   // by the connection's serial number (the connection may be gone by then).
@@ -112,7 +114,8 @@ class http_server {
   // Answers a whole request in c.input: sets c.output, or hands the request to the
   // handler thread (c waits for its answer).
   void respond(connection& c);
-  void run_handlers();
+  struct handler_lane;
+  void run_handlers(handler_lane& lane);
   // Gives each connection waiting for the handler thread its answer, if it has come.
   void take_answers(std::list<connection>& connections, int64_t now);
 
@@ -123,10 +126,14 @@ class http_server {
   size_t max_connections_ = 64;
   int timeout_ms_ = 5000;
   poll_thread loop_;
-  std::thread handler_thread_;
-  std::mutex handler_mutex_;  // guards the three below
-  std::condition_variable handler_wakeup_;
-  std::deque<handler_job> jobs_;
+  // An off_thread route's thread and the requests waiting for it.
+  struct handler_lane {
+    std::thread thread;
+    std::condition_variable wakeup;
+    std::deque<handler_job> jobs;  // handler_mutex_
+  };
+  std::vector<std::unique_ptr<handler_lane>> lanes_;
+  std::mutex handler_mutex_;  // guards the lanes' jobs, answers_ and handlers_stopping_
   std::vector<handler_answer> answers_;
   bool handlers_stopping_ = false;
   uint64_t next_connection_ = 0;  // the polling thread's

@@ -299,13 +299,18 @@ TEST_F(HttpSurface, ProbesAnswerWhileAScrapeIsStillBeingCollected) {
   // seconds; a liveness probe queued behind it would fail and restart the agent. Here the
   // scrape is held inside its collector while the probes ask.
   held_collector held;
-  registry_.add_collector("slow", [&](std::vector<metric_family>&) { held.run(); });
+  // Held in a whole scrape only: the status page's collection (scoped to its page's
+  // services) passes, so it shows that each heavy route has a thread of its own.
+  registry_.add_scoped_collector("slow", [&](std::vector<metric_family>&, const collect_scope& scope) {
+    if (scope.wants_service("any service at all")) held.run();
+  });
   std::string scraped;
   std::thread scraper([&] { scraped = get(port_, "/metrics"); });
   ASSERT_TRUE(held.wait_entered());
   const std::string health = get(port_, "/healthz");
   const std::string ready = get(port_, "/readyz");
   const std::string page = get(port_, "/");
+  const std::string status = get(port_, "/status.json");
   {
     std::lock_guard lock(held.mutex);
     EXPECT_FALSE(held.released);
@@ -315,6 +320,7 @@ TEST_F(HttpSurface, ProbesAnswerWhileAScrapeIsStillBeingCollected) {
   EXPECT_NE(health.find("HTTP/1.1 200"), std::string::npos) << health;
   EXPECT_NE(ready.find("HTTP/1.1 503"), std::string::npos) << ready;  // nothing published yet
   EXPECT_NE(page.find("HTTP/1.1 200"), std::string::npos);
+  EXPECT_NE(status.find("HTTP/1.1 200"), std::string::npos) << status;
   EXPECT_NE(scraped.find("HTTP/1.1 200"), std::string::npos) << scraped;
   EXPECT_NE(scraped.find("meshlane_backend_packets_total"), std::string::npos);
 }

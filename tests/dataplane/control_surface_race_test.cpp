@@ -1,5 +1,5 @@
 // The control surface of a real agent with a data plane, hammered from every side at
-// once for 30 s: /metrics and /status.json scraped, the `flows` query asked, and new
+// once for 30 s in the sanitizer pass (10 s in the plain one): /metrics and /status.json scraped, the `flows` query asked, and new
 // documents published, each in a tight loop of its own, while pods send traffic that
 // makes flows and binds them to backends that come and go.
 //
@@ -52,7 +52,15 @@ nlohmann::json with_churn(nlohmann::json document, int generation) {
   return document;
 }
 
-TEST_F(two_nodes, ScrapesFlowQueriesAndPublishesInTightLoopsTogetherFor30Seconds) {
+// 30 s where the test exists for (issue 14: "for 30 s under ASan"); the plain build's run
+// checks the answers, which 10 s of the same loops do as well.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr auto kRaceDuration = std::chrono::seconds(30);
+#else
+constexpr auto kRaceDuration = std::chrono::seconds(10);
+#endif
+
+TEST_F(two_nodes, ScrapesFlowQueriesAndPublishesInTightLoopsTogether) {
   const netns& node1 = *nodes_[0].ns;
   const std::string socket_path = nodes_[0].config_path + ".sock";
   const nlohmann::json base = nlohmann::json::parse(document(1));
@@ -115,7 +123,7 @@ TEST_F(two_nodes, ScrapesFlowQueriesAndPublishesInTightLoopsTogetherFor30Seconds
     }
   });
 
-  const auto end = std::chrono::steady_clock::now() + 30s;
+  const auto end = std::chrono::steady_clock::now() + kRaceDuration;
   while (std::chrono::steady_clock::now() < end && nodes_[0].agent->running()) std::this_thread::sleep_for(100ms);
   const bool alive = nodes_[0].agent->running();
   running.store(false);
@@ -136,8 +144,9 @@ TEST_F(two_nodes, ScrapesFlowQueriesAndPublishesInTightLoopsTogetherFor30Seconds
   RecordProperty("publishes", published.load());
   RecordProperty("scrapes", scrapes.load());
   RecordProperty("flow_queries", flow_queries.load());
-  std::printf("in 30 s: %d publishes, %d scrapes, %d flow queries, %d datagrams\n", published.load(), scrapes.load(),
-              flow_queries.load(), datagrams.load());
+  std::printf("in %lld s: %d publishes, %d scrapes, %d flow queries, %d datagrams\n",
+              static_cast<long long>(kRaceDuration.count()), published.load(), scrapes.load(), flow_queries.load(),
+              datagrams.load());
 
   // A clean stop, and (in the sanitizer build) no leak report at exit.
   EXPECT_EQ(nodes_[0].agent->stop(SIGTERM, 30000), 0) << read_text(nodes_[0].log_path);
