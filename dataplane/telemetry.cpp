@@ -239,10 +239,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
         continue;
       }
       const lb_counters_sum& sum = service_sums[s];
-      const std::vector<std::pair<std::string, std::string>> labels{{"service", names->services[s]}};
+      std::vector<std::pair<std::string, std::string>> labels{{"service", names->services[s]}};
       service_packets.samples.push_back({labels, double(sum.packets)});
       service_bytes.samples.push_back({labels, double(sum.bytes)});
-      service_flows.samples.push_back({labels, double(sum.new_flows)});
+      service_flows.samples.push_back({std::move(labels), double(sum.new_flows)});
     }
     out.push_back({"meshlane_dataplane_counter_slots", "Counter slots in use, by kind (a backend's lives while a table names it or a flow uses it).",
                    metric_kind::gauge,
@@ -263,11 +263,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
         sums[1] += w->backend[b].bytes.get();
         sums[2] += w->backend[b].new_flows.get();
       }
-      const std::vector<std::pair<std::string, std::string>> labels{{"service", names->backend_service_name(b)},
-                                                                    {"backend", names->backend_address(b)}};
+      std::vector<std::pair<std::string, std::string>> labels{{"service", names->backend_service_name(b)},
+                                                              {"backend", names->backend_address(b)}};
       backend_packets.samples.push_back({labels, double(sums[0])});
       backend_bytes.samples.push_back({labels, double(sums[1])});
-      backend_flows.samples.push_back({labels, double(sums[2])});
+      backend_flows.samples.push_back({std::move(labels), double(sums[2])});
     }
     auto evictions = family("meshlane_dataplane_flow_evictions_total",
                             "Live flows evicted from a full flow-table bucket, per worker.");
