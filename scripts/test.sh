@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 build=${MESHLANE_BUILD:-build}
 fuzz_build=${MESHLANE_FUZZ_BUILD:-build-fuzz}
-fuzz_seconds=${FUZZ_SECONDS:-10}
+fuzz_seconds=${FUZZ_SECONDS:-6}
 
 # Each phase's wall time, for keeping the whole script under CI's budget (README, "Tests").
 phase_started=$(date +%s)
