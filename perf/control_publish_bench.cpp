@@ -342,6 +342,15 @@ nlohmann::json probes_under_scrapes(const std::string& text, meshlane::http_rout
           {"failures", failures + scrape_failures.load()}};
 }
 
+// Prints one result line, named and sized.
+void print_line(nlohmann::json line, const char* benchmark, int services, int nodes) {
+  line["benchmark"] = benchmark;
+  line["services"] = services;
+  line["nodes"] = nodes;
+  std::printf("%s\n", line.dump().c_str());
+  std::fflush(stdout);
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -378,14 +387,8 @@ int main(int argc, char** argv) {
     // Only the probes under scrapes: routes off the probes' thread, then inline, per size.
     for (int services : sizes) {
       const std::string text = make_document(services, nodes, kMaglevSize);
-      for (auto heavy : {meshlane::http_route_kind::off_thread, meshlane::http_route_kind::inline_answer}) {
-        nlohmann::json line = probes_under_scrapes(text, heavy, scrapes_seconds);
-        line["benchmark"] = "probes_under_scrapes";
-        line["services"] = services;
-        line["nodes"] = nodes;
-        std::printf("%s\n", line.dump().c_str());
-        std::fflush(stdout);
-      }
+      for (auto heavy : {meshlane::http_route_kind::off_thread, meshlane::http_route_kind::inline_answer})
+        print_line(probes_under_scrapes(text, heavy, scrapes_seconds), "probes_under_scrapes", services, nodes);
     }
     return 0;
   }
@@ -549,13 +552,8 @@ int main(int argc, char** argv) {
     std::fflush(stdout);
   }
   // The full apply through the agent's control surface, with probes, per size.
-  for (int services : stages_only || full_apply_rounds > 0 ? std::vector<int>{} : sizes) {
-    nlohmann::json line = apply_through_control_surface(make_document(services, nodes, kMaglevSize));
-    line["benchmark"] = "control_surface_during_apply";
-    line["services"] = services;
-    line["nodes"] = nodes;
-    std::printf("%s\n", line.dump().c_str());
-    std::fflush(stdout);
-  }
+  for (int services : stages_only || full_apply_rounds > 0 ? std::vector<int>{} : sizes)
+    print_line(apply_through_control_surface(make_document(services, nodes, kMaglevSize)),
+               "control_surface_during_apply", services, nodes);
   return 0;
 }

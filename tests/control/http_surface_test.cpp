@@ -15,6 +15,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "control/prometheus_text.h"
 #include "control/status_page.h"
@@ -130,6 +131,15 @@ class HttpSurface : public ::testing::Test {
     port_ = server_.port();
   }
 
+  // The sample document plus svc-0..svc-299 (302 services), published.
+  bool publish_sample_with_300_services() {
+    json doc = testing::sample_document();
+    for (int i = 0; i < 300; ++i)
+      doc["services"].push_back({{"name", "svc-" + std::to_string(i)}, {"vip", "198.19.129." + std::to_string(i % 250)},
+                                 {"ports", {{{"port", 1000 + i}}}}});
+    return control_.apply_document(doc.dump(), "test").errors.empty();
+  }
+
   table_publisher publisher_;
   subsystem_registry registry_;
   log_ring log_{64, false};
@@ -200,11 +210,7 @@ TEST_F(HttpSurface, StatusJsonHasServicesSharesAndLog) {
 }
 
 TEST_F(HttpSurface, StatusJsonSendsAPageOfServicesAndSearchesThem) {
-  json doc = testing::sample_document();
-  for (int i = 0; i < 300; ++i)
-    doc["services"].push_back({{"name", "svc-" + std::to_string(i)}, {"vip", "198.19.129." + std::to_string(i % 250)},
-                               {"ports", {{{"port", 1000 + i}}}}});
-  ASSERT_TRUE(control_.apply_document(doc.dump(), "test").errors.empty());
+  ASSERT_TRUE(publish_sample_with_300_services());
   json model = json::parse(body_of(get(port_, "/status.json")));
   EXPECT_EQ(model["services_total"], 302);
   EXPECT_EQ(model["services"].size(), 50u) << "the page sent every service";
@@ -221,11 +227,7 @@ TEST_F(HttpSurface, StatusJsonSendsAPageOfServicesAndSearchesThem) {
 TEST_F(HttpSurface, StatusJsonListsTheCountersOfThePagesServicesOnly) {
   // Per-service and per-backend rows are millions at 100,000 services of 16 backends: the
   // status page lists those of the services it shows, and every row of anything else.
-  json doc = testing::sample_document();
-  for (int i = 0; i < 300; ++i)
-    doc["services"].push_back({{"name", "svc-" + std::to_string(i)}, {"vip", "198.19.129." + std::to_string(i % 250)},
-                               {"ports", {{{"port", 1000 + i}}}}});
-  ASSERT_TRUE(control_.apply_document(doc.dump(), "test").errors.empty());
+  ASSERT_TRUE(publish_sample_with_300_services());
   registry_.add_collector("per-service", [](std::vector<metric_family>& out) {
     out.push_back({"meshlane_test_service_packets_total", "Per service.", metric_kind::counter,
                    {{{{"service", "svc-295"}}, 7}, {{{"service", "not-a-table-service"}}, 9}}});
@@ -343,6 +345,46 @@ TEST(HttpServer, AnAnswerThatTakesLongerThanTheConnectionTimeoutIsStillSent) {
   client.join();
   EXPECT_NE(response.find("HTTP/1.1 200"), std::string::npos) << response;
   EXPECT_EQ(body_of(response), "late\n");
+}
+
+TEST(HttpServer, RequestsPastARoutesQueueAreTold503AndTheQueuedOnesAnswered) {
+  // While /slow's handler is held, its queue can only grow: of 12 more requests, 8 wait
+  // and 4 are refused at once; /healthz still answers.
+  http_server server;
+  held_collector held;
+  std::atomic<int> handled{0};
+  server.route("/slow", [&](const http_request&) {
+    if (handled++ == 0) held.run();
+    return http_response{200, "text/plain", "slow\n"};
+  }, http_route_kind::off_thread);
+  server.route("/healthz", [](const http_request&) { return http_response{200, "text/plain", "ok\n"}; });
+  ASSERT_EQ(server.start("127.0.0.1:0"), "");
+  std::string first;
+  std::thread holder([&] { first = get(server.port(), "/slow"); });
+  ASSERT_TRUE(held.wait_entered());
+  std::vector<std::string> answers(12);
+  std::atomic<int> returned{0};
+  std::vector<std::thread> clients;
+  for (auto& answer : answers)
+    clients.emplace_back([&] {
+      answer = get(server.port(), "/slow");
+      ++returned;
+    });
+  for (int i = 0; i < 200 && returned < 4; ++i) std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_EQ(returned.load(), 4);
+  EXPECT_NE(get(server.port(), "/healthz").find("HTTP/1.1 200"), std::string::npos);
+  held.release();
+  holder.join();
+  for (auto& t : clients) t.join();
+  size_t busy = 0, ok = 0;
+  for (const auto& a : answers) {
+    busy += a.rfind("HTTP/1.1 503", 0) == 0 && a.find("busy") != std::string::npos;
+    ok += a.rfind("HTTP/1.1 200", 0) == 0;
+  }
+  EXPECT_EQ(busy, 4u);
+  EXPECT_EQ(ok, 8u);
+  EXPECT_NE(first.find("HTTP/1.1 200"), std::string::npos);
+  EXPECT_EQ(handled.load(), 9);
 }
 
 TEST(HttpServer, StopWaitsForAnAnswerUnderWay) {
