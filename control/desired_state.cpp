@@ -32,6 +32,15 @@ const char* to_string(idle_policy policy) {
   return policy == idle_policy::busy_poll ? "busy_poll" : "adaptive";
 }
 
+const char* to_string(backend_series mode) {
+  switch (mode) {
+    case backend_series::used: return "used";
+    case backend_series::all: return "all";
+    case backend_series::off: return "off";
+  }
+  return "used";
+}
+
 const char* to_string(redirect_mode mode) {
   switch (mode) {
     case redirect_mode::automatic: return "auto";
@@ -626,6 +635,12 @@ void read_tunables(const json& value, const std::string& path, tunables& t, erro
   if (auto v = r.integer("tcp_transitory_timeout_s", false, 1, 3600))
     t.tcp_transitory_timeout_s = static_cast<uint32_t>(*v);
   if (auto v = r.integer("udp_timeout_s", false, 1, 86400)) t.udp_timeout_s = static_cast<uint32_t>(*v);
+  if (auto v = r.string("backend_series", false)) {
+    if (*v == "used") t.backend_metrics = backend_series::used;
+    else if (*v == "all") t.backend_metrics = backend_series::all;
+    else if (*v == "off") t.backend_metrics = backend_series::off;
+    else r.error(r.path_of("backend_series"), "must be \"used\", \"all\" or \"off\", got " + shown(*v));
+  }
 }
 
 // --- dataplane section (issue 4) ---

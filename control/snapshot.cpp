@@ -151,6 +151,7 @@ void snapshot::write_tables(std::vector<uint8_t>& out, bool digest_form) const {
   w.u32(tuning.tcp_transitory_timeout_s);
   w.u32(tuning.udp_timeout_s);
   w.u32(tuning.idle_sleep_max_us);
+  w.u8(static_cast<uint8_t>(tuning.backend_metrics));
   w.u8(static_cast<uint8_t>(ebpf.redirect));
 
   w.u32(static_cast<uint32_t>(nodes.size()));

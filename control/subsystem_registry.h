@@ -48,6 +48,8 @@ class collect_scope {
   collect_scope() = default;
   explicit collect_scope(const service_set* services) : services_(services) {}
   bool wants_service(std::string_view service) const { return !services_ || services_->contains(service); }
+  // A scrape of everything (/metrics), not a page's services (the status page).
+  bool every_service() const { return !services_; }
   // Collectors run one after another on the collecting thread.
   void left_out(size_t samples) const { left_out_ += samples; }
   size_t samples_left_out() const { return left_out_; }

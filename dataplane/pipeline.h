@@ -316,6 +316,7 @@ struct live_settings {
   std::atomic<uint16_t> burst_size{32};
   std::atomic<uint8_t> busy_poll{0};
   std::atomic<uint32_t> idle_sleep_max_us{50};
+  std::atomic<uint8_t> backend_series{0};  // a meshlane::backend_series: which backends /metrics lists
   std::atomic<uint64_t> tcp_established_ticks{0};
   std::atomic<uint64_t> tcp_transitory_ticks{0};
   std::atomic<uint64_t> udp_ticks{0};

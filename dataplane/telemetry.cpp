@@ -251,8 +251,18 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto backend_packets = family("meshlane_dataplane_backend_packets_total", "Packets per service backend.");
     auto backend_bytes = family("meshlane_dataplane_backend_bytes_total", "Bytes per service backend.");
     auto backend_flows = family("meshlane_dataplane_backend_new_flows_total", "New flows per service backend.");
+    // A scrape of everything lists the backends tunables.backend_series names (the
+    // default: those this node has counted something for; a cluster's every backend is
+    // millions of zero series). A page's scope lists every backend of its services.
+    const auto series_mode = static_cast<backend_series>(settings_.backend_series.load(std::memory_order_relaxed));
+    const bool every_backend = !scope.every_service() || series_mode == backend_series::all;
+    size_t backends_unlisted = 0;
     for (size_t b = 0; b < names->backends.size(); ++b) {
       if (names->backend_free(b)) continue;
+      if (series_mode == backend_series::off && scope.every_service()) {
+        ++backends_unlisted;
+        continue;
+      }
       if (!scope.wants_service(names->backend_service_name(b))) {
         scope.left_out(3);
         continue;
@@ -263,12 +273,21 @@ void worker_pool::register_with(subsystem_registry& registry) {
         sums[1] += w->backend[b].bytes.get();
         sums[2] += w->backend[b].new_flows.get();
       }
+      if (!every_backend && (sums[0] | sums[2]) == 0) {
+        ++backends_unlisted;
+        continue;
+      }
       std::vector<std::pair<std::string, std::string>> labels{{"service", names->backend_service_name(b)},
                                                               {"backend", names->backend_address(b)}};
       backend_packets.samples.push_back({labels, double(sums[0])});
       backend_bytes.samples.push_back({labels, double(sums[1])});
       backend_flows.samples.push_back({std::move(labels), double(sums[2])});
     }
+    out.push_back({"meshlane_dataplane_backend_series_unlisted",
+                   "Live backends this scrape wrote no per-backend series for (tunables.backend_series: "
+                   "\"used\" lists a backend once this node counted a packet for it, \"off\" none).",
+                   metric_kind::gauge,
+                   {{{{"mode", to_string(series_mode)}}, double(backends_unlisted)}}});
     auto evictions = family("meshlane_dataplane_flow_evictions_total",
                             "Live flows evicted from a full flow-table bucket, per worker.");
     auto restored = family("meshlane_dataplane_flow_entries_restored_total",

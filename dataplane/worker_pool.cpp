@@ -516,6 +516,7 @@ void worker_pool::apply_tuning(const tunables& tuning) {
   settings_.burst_size.store(std::min<uint16_t>(tuning.burst_size, kMaxBurst));
   settings_.busy_poll.store(tuning.idle == idle_policy::busy_poll);
   settings_.idle_sleep_max_us.store(tuning.idle_sleep_max_us);
+  settings_.backend_series.store(static_cast<uint8_t>(tuning.backend_metrics));
   settings_.tcp_established_ticks.store(uint64_t{tuning.tcp_established_timeout_s} * hz);
   settings_.tcp_transitory_ticks.store(uint64_t{tuning.tcp_transitory_timeout_s} * hz);
   settings_.udp_ticks.store(uint64_t{tuning.udp_timeout_s} * hz);

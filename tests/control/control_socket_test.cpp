@@ -421,6 +421,13 @@ TEST_F(ControlSocket, TuneListsAppliesValidatesAndRollsBack) {
   ASSERT_TRUE(reply["ok"]) << reply;
   EXPECT_EQ(publisher_.current()->tuning.idle, idle_policy::busy_poll);
   EXPECT_EQ(publisher_.current()->generation, 2u);
+  reply = ask({{"command", "tune"}, {"settings", {{"tables.backend_series", "all"}}}});
+  ASSERT_TRUE(reply["ok"]) << reply;
+  EXPECT_EQ(publisher_.current()->tuning.backend_metrics, backend_series::all);
+  EXPECT_EQ(publisher_.current()->generation, 3u);
+  reply = ask({{"command", "tune"}, {"settings", {{"tables.backend_series", "every"}}}});
+  EXPECT_EQ(reply["error"], "invalid_value") << reply;
+  EXPECT_EQ(publisher_.current()->generation, 3u);
 
   // One refused value: nothing changes, the earlier ones are put back.
   reply = ask({{"command", "tune"}, {"settings", {{"control.log_level", "warn"}, {"test.burst", 1000}}}});
@@ -433,7 +440,7 @@ TEST_F(ControlSocket, TuneListsAppliesValidatesAndRollsBack) {
   EXPECT_EQ(reply["error"], "invalid_value");
   EXPECT_NE(reply["message"].get<std::string>().find("$.tunables.maglev_table_size: must be a prime"), std::string::npos)
       << reply;
-  EXPECT_EQ(publisher_.current()->generation, 2u);
+  EXPECT_EQ(publisher_.current()->generation, 3u);
 
   reply = ask({{"command", "tune"}, {"settings", {{"no.such", 1}, {"test.burst", 8}}}});
   EXPECT_EQ(reply["error"], "unknown_tunable");

@@ -41,6 +41,7 @@ TEST(DesiredState, SampleDocumentIsValidAndReadWhole) {
   EXPECT_TRUE(s.services[1].session_affinity);
   EXPECT_EQ(s.services[1].backends[0].weight, 1);  // default
   EXPECT_EQ(s.tuning.idle, idle_policy::adaptive);
+  EXPECT_EQ(s.tuning.backend_metrics, backend_series::used);  // default
 }
 
 TEST(DesiredState, MinimalDocumentTakesDefaults) {
@@ -150,9 +151,23 @@ TEST(DesiredStateErrors, UnknownEnumValue) {
   auto doc = testing::sample_document();
   doc["services"][0]["ports"][0]["protocol"] = "sctp";
   doc["tunables"]["idle_policy"] = "sleepy";
+  doc["tunables"]["backend_series"] = "some";
   EXPECT_THAT(errors_of(doc),
               ElementsAre("$.services[0].ports[0].protocol: must be \"tcp\" or \"udp\", got 'sctp'",
-                          "$.tunables.idle_policy: must be \"busy_poll\" or \"adaptive\", got 'sleepy'"));
+                          "$.tunables.idle_policy: must be \"busy_poll\" or \"adaptive\", got 'sleepy'",
+                          "$.tunables.backend_series: must be \"used\", \"all\" or \"off\", got 'some'"));
+}
+
+TEST(DesiredState, BackendSeriesModesAreRead) {
+  for (const auto& [text, mode] : {std::pair{"used", backend_series::used}, std::pair{"all", backend_series::all},
+                                   std::pair{"off", backend_series::off}}) {
+    auto doc = testing::sample_document();
+    doc["tunables"]["backend_series"] = text;
+    const auto result = parse_desired_state(doc.dump());
+    ASSERT_TRUE(result.state) << text;
+    EXPECT_EQ(result.state->tuning.backend_metrics, mode);
+    EXPECT_STREQ(to_string(mode), text);
+  }
 }
 
 TEST(DesiredStateErrors, RingSizeMustBePowerOfTwo) {

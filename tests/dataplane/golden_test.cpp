@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/prometheus_text.h"
 #include "dataplane/geneve_identity.h"
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/frame_readers.h"
@@ -1363,8 +1364,11 @@ namespace {
 
 // A document of node 1 whose service "churn" has the `count` backends starting at
 // `first` (each a distinct address and port on node 2).
+// Every live backend has its per-backend series here (tunables.backend_series "all"):
+// the tests that use this document count series against live backends.
 std::string churn_document(uint32_t first, uint32_t count) {
   nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["tunables"]["backend_series"] = "all";
   nlohmann::json backends = nlohmann::json::array();
   for (uint32_t i = first; i < first + count; ++i)
     backends.push_back({{"ip", "198.18.2." + std::to_string(2 + i % 250)}, {"port", 1000 + i / 250}, {"node", "node2"}});
@@ -1487,7 +1491,8 @@ TEST_F(golden, ADeltaKeepsTheCounterSlotsOfUnchangedServicesAndCountsTheChangedO
   auto metrics = metric_values(*pool_);
   EXPECT_EQ(metrics.at(dns), 1) << "the unchanged service's counter did not go on";
   EXPECT_EQ(metrics.at("meshlane_dataplane_counter_slots,kind=backend"), slots_before + 1);
-  EXPECT_EQ(metrics.at("meshlane_dataplane_backend_packets_total,service=local,backend=198.18.2.40:8080"), 0);
+  // No series for the new backend until this node counts something for it (backend_series "used").
+  EXPECT_EQ(metrics.count("meshlane_dataplane_backend_packets_total,service=local,backend=198.18.2.40:8080"), 0u);
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53, 50001)));
   ASSERT_FALSE(receive(uplink).empty());
   // Flows to "local" land on both of its backends, each counted under its own name.
@@ -1522,9 +1527,64 @@ TEST_F(golden, ABackendThatLeavesKeepsItsCountersWhileItsFlowsLiveThenItsSeriesG
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   publish(doc.dump().c_str(), 3);
   EXPECT_EQ(metric_values(*pool_).count(series), 0u) << "the series of a backend without flows stayed";
-  // And the backend coming back starts from zero.
+  // And the backend coming back starts from zero: no series until it counts again (the
+  // default backend_series "used"), then from one.
   publish(kNode1Document, 4);
-  EXPECT_EQ(metric_values(*pool_).at(series), 0);
+  EXPECT_EQ(metric_values(*pool_).count(series), 0u);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), udp_to(53, 50002)));
+  ASSERT_FALSE(receive(uplink).empty());
+  EXPECT_EQ(metric_values(*pool_).at(series), 1);
+}
+
+// A scrape of everything lists per-backend series as tunables.backend_series says: by
+// default only the backends this node counted something for (at 100,000 services of 16
+// backends the rest are ~5 million zero series); "all" every live backend; "off" none. The
+// status page's scope lists every backend of its services whatever the mode; the gauge
+// meshlane_dataplane_backend_series_unlisted says how many a scrape left out.
+TEST_F(golden, AScrapeListsTheBackendsThisNodeCountedUnlessTunedOtherwise) {
+  learn_pod_macs();
+  subsystem_registry registry;
+  pool_->register_with(registry);
+  const size_t live = pool_->names()->live_backends;
+  ASSERT_GE(live, 5u);
+  auto backend_series = [&](const collect_scope& scope) {
+    std::map<std::string, double> rows;
+    for (const auto& f : registry.collect(scope))
+      if (f.name == "meshlane_dataplane_backend_new_flows_total")
+        for (const auto& sample : f.samples) rows[sample.labels[0].second + "/" + sample.labels[1].second] = sample.value;
+    return rows;
+  };
+  const collect_scope everything;
+  auto unlisted = [&](const char* mode) {
+    return metric_values(*pool_).at(std::string("meshlane_dataplane_backend_series_unlisted,mode=") + mode);
+  };
+  // Nothing counted yet: no backend series, every service's series.
+  EXPECT_TRUE(backend_series(everything).empty());
+  EXPECT_EQ(unlisted("used"), double(live));
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_service_new_flows_total,service=web"), 0);
+  // One flow to "local" (its one backend 198.18.1.20:8080): that backend's series appear.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80)));
+  drain(web);
+  EXPECT_EQ(backend_series(everything), (std::map<std::string, double>{{"local/198.18.1.20:8080", 1}}));
+  EXPECT_EQ(unlisted("used"), double(live - 1));
+  // The page of "web" lists both of web's backends, counted or not.
+  const collect_scope::service_set page{"web"};
+  EXPECT_EQ(backend_series(collect_scope(&page)),
+            (std::map<std::string, double>{{"web/198.18.1.20:8080", 0}, {"web/198.18.2.20:8080", 0}}));
+  // "all": every live backend.
+  nlohmann::json doc = nlohmann::json::parse(kNode1Document);
+  doc["tunables"]["backend_series"] = "all";
+  publish(doc.dump().c_str(), 2);
+  EXPECT_EQ(backend_series(everything).size(), live);
+  EXPECT_EQ(backend_series(everything).at("local/198.18.1.20:8080"), 1);
+  EXPECT_EQ(unlisted("all"), 0);
+  // "off": none, and the page still lists its services' backends.
+  doc["tunables"]["backend_series"] = "off";
+  publish(doc.dump().c_str(), 3);
+  EXPECT_TRUE(backend_series(everything).empty());
+  EXPECT_EQ(unlisted("off"), double(live));
+  EXPECT_EQ(backend_series(collect_scope(&page)).size(), 2u);
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_service_new_flows_total,service=local"), 1);
 }
 
 }  // namespace
@@ -1737,6 +1797,30 @@ TEST_F(golden, AHundredThousandServicesOfSixteenBackendsPublishIntoTheWorkers) {
     one_of_its_backends |= std::memcmp(&added_inner[kIp4 + 16], b.ip.bytes.data() + 12, 4) == 0;
   EXPECT_TRUE(one_of_its_backends);
   EXPECT_EQ(u16_at(added_inner, kL4 + 2), 8080);
+  // A scrape of 1.6 million backends: per-backend series for the two this node sent to
+  // (backend_series "used"), per-service series for every service.
+  {
+    subsystem_registry registry;
+    pool_->register_with(registry);
+    const auto scrape_started = std::chrono::steady_clock::now();
+    const std::string text = format_prometheus_text(registry.collect());
+    const auto scrape_done = std::chrono::steady_clock::now();
+    auto lines_of = [&](std::string_view family) {
+      size_t n = 0;
+      for (size_t at = text.find(family); at != std::string::npos; at = text.find(family, at + 1))
+        n += at > 0 && text[at - 1] == '\n' && text[at + family.size()] == '{';
+      return n;
+    };
+    EXPECT_EQ(lines_of("meshlane_dataplane_backend_new_flows_total"), 2u);
+    const auto names = pool_->names();
+    EXPECT_GE(names->live_services, size_t(kServices) + 1);  // and "added", and the document's own
+    EXPECT_EQ(lines_of("meshlane_dataplane_service_new_flows_total"), names->live_services);
+    EXPECT_NE(text.find("meshlane_dataplane_backend_series_unlisted{mode=\"used\"} " +
+                        std::to_string(names->live_backends - 2) + "\n"),
+              std::string::npos);
+    std::printf("a /metrics scrape of %zu bytes (%zu services, %zu backends) collected and written in %.0f ms\n",
+                text.size(), size_t(names->live_services), size_t(names->live_backends), ms(scrape_started, scrape_done));
+  }
   // Removed again: patched too.
   auto without_service = compile_delta(*with_service, state, {{added.name, nullptr}}, false, 6);
   const auto remove_started = std::chrono::steady_clock::now();
