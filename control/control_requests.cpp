@@ -180,14 +180,14 @@ void control_module::account(const publish_result& result, const std::string& so
   // the DOM, so waits for that thread first.
   std::shared_ptr<const std::string> text;
   if (result.errors.empty() && full_document) text = std::make_shared<const std::string>(*full_document);
-  if (result.errors.empty() && !full_document) wait_for_kept_document();
+  if (result.errors.empty() && !full_document && delta) wait_for_kept_document();
   json previous;
   {
     std::lock_guard lock(mutex_);
     if (result.errors.empty()) {
       ++applies_ok_;
       if (full_document) previous = document_.replace_text(text);
-      else document_.patch(*delta);
+      else if (delta) document_.patch(*delta);
     } else {
       ++applies_refused_;
     }
@@ -204,7 +204,7 @@ void control_module::account(const publish_result& result, const std::string& so
     log_.write(log_level::info, "published generation " + std::to_string(result.generation) + " from " + source + timing);
   } else {
     std::string first = result.errors.front().to_string();
-    log_.write(log_level::error, (delta ? "delta from " : "document from ") + source + " refused (" + std::to_string(result.errors.size()) +
+    log_.write(log_level::error, (full_document ? "document from " : "delta from ") + source + " refused (" + std::to_string(result.errors.size()) +
                                      " error(s), first: " + first + "); the running tables stay");
   }
 }

@@ -145,11 +145,15 @@ class control_module {
   nlohmann::json policy_request(const nlohmann::json& request);     // policy_check.h
   nlohmann::json pod_add(const nlohmann::json& request);
   nlohmann::json pod_delete(const std::string& container_id);
-  nlohmann::json pod_json(const live_pod& pod);
+  nlohmann::json pod_json(const live_pod& pod, const std::optional<table_publisher::pod_context>& context);
+  // Publishes one live pod added or removed as a delta of the working state (its cost is
+  // the pod's, not the cluster's); the kept document, which holds no live pods, stays as
+  // it is. apply_mutex_ must be held.
+  publish_result publish_pod_change(const live_pod& pod, bool added);
   // Publishes `document_json` plus the live pods; apply_mutex_ must be held.
   publish_result publish_locked(std::string_view document_json, const std::string& source);
   // Counts and logs a publish's outcome; keeps the document (a full one, or patched by a
-  // delta) when it was published.
+  // delta) when it was published. With neither (a live pod's delta) it only counts and logs.
   void account(const publish_result& result, const std::string& source, const std::string_view* full_document,
                const nlohmann::json* delta);
   void register_own();

@@ -881,8 +881,10 @@ void check_service_alone(const desired_state& s, const node_lookup& lookup, cons
 }
 
 // Cross-field rules: names unique, address ranges disjoint, every backend on a known node
-// and inside that node's pod range.
-void check_consistency(const desired_state& s, error_list& errors) {
+// and inside that node's pod range. `nodes_checked`: the nodes are those of a state that
+// passed these checks (a delta of pods alone), so the node-pair rules are not run again:
+// at 5,000 nodes they cost ~9 ms, which every pod a CNI plugin adds would pay.
+void check_consistency(const desired_state& s, error_list& errors, bool nodes_checked) {
   auto add = [&](std::string path, std::string message) {
     errors.push_back({std::move(path), std::move(message)});
   };
@@ -898,6 +900,7 @@ void check_consistency(const desired_state& s, error_list& errors) {
   // million pairs, which a pairwise loop took 2 s to compare. The errors come out as that
   // loop gave them: per node, by the earlier node it clashes with, then by rule.
   prefix_index all_cidrs;  // v4 and v6 ranges of every node: for the underlay rule
+  if (nodes_checked) nodes.resize(1);  // nothing to compare: the loops below see this node alone
   for (size_t i = 0; i < nodes.size(); ++i) {
     all_cidrs.add(nodes[i].node->pod_cidr, i);
     if (nodes[i].node->pod_cidr6) all_cidrs.add(*nodes[i].node->pod_cidr6, i);
@@ -971,7 +974,8 @@ void check_consistency(const desired_state& s, error_list& errors) {
         add("$.dataplane.uplink.interface", "'" + s.pods[i].interface + "' is also $.pods[" + std::to_string(i) + "].interface");
   }
 
-  const node_lookup lookup(s);
+  // Indexes every node: built only when there are services to check against it.
+  const std::optional<node_lookup> lookup = s.services.empty() ? std::nullopt : std::optional<node_lookup>(std::in_place, s);
   // Hash maps of views and indices: paths and messages are built only for an error.
   std::unordered_map<std::string_view, size_t> service_names;
   service_names.reserve(s.services.size());
@@ -995,7 +999,7 @@ void check_consistency(const desired_state& s, error_list& errors) {
   // (two_thread_chunks.h), and the loop below reports in document order.
   std::vector<uint8_t> clean(s.services.size(), 0);
   for_each_on_two_threads(s.services.size(), 1024, 8 * 1024,
-                          [&](size_t i) { clean[i] = service_alone_clean(s, lookup, s.services[i]) ? 1 : 0; });
+                          [&](size_t i) { clean[i] = service_alone_clean(s, *lookup, s.services[i]) ? 1 : 0; });
   for (size_t i = 0; i < s.services.size(); ++i) {
     const service_spec& svc = s.services[i];
     if (auto [it, fresh] = service_names.emplace(svc.name, i); !fresh)
@@ -1021,7 +1025,7 @@ void check_consistency(const desired_state& s, error_list& errors) {
                            " slots up to here");
       }
     }
-    if (!clean[i]) check_service_alone(s, lookup, svc, service_path(i), errors);
+    if (!clean[i]) check_service_alone(s, *lookup, svc, service_path(i), errors);
   }
 }
 
@@ -1151,10 +1155,10 @@ void check_services_alone(const desired_state& state, const node_index& nodes,
   for (const auto& [service, path] : services) meshlane::check_service_alone(state, nodes, *service, path, errors);
 }
 
-void check_document(desired_state& state, std::vector<config_error>& errors) {
+void check_document(desired_state& state, std::vector<config_error>& errors, bool nodes_checked) {
   // Cross-field checks only make sense on a document whose fields all read cleanly;
   // otherwise they would report follow-on noise about defaulted values.
-  if (errors.empty()) check_consistency(state, errors);
+  if (errors.empty()) check_consistency(state, errors, nodes_checked);
   if (errors.empty()) egress_document::check(state, errors);  // issue 18
   if (errors.empty()) {  // issue 16
     // Pods the CNI plugin announces carry no service account: the namespace entry names it.

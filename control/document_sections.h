@@ -52,7 +52,9 @@ void check_services_alone(const desired_state& state, const node_index& nodes,
 
 // The cross-field checks of a document whose sections all read cleanly (nothing is checked
 // when `errors` is not empty): names unique, ranges disjoint, backends on known nodes,
-// egress, identities and policies. Resolves pods' service accounts.
-void check_document(desired_state& state, std::vector<config_error>& errors);
+// egress, identities and policies. Resolves pods' service accounts. `nodes_checked`: the
+// node and peers are those of a state that passed these checks (a delta of pods alone),
+// so the rules between nodes are not run again.
+void check_document(desired_state& state, std::vector<config_error>& errors, bool nodes_checked = false);
 
 }  // namespace meshlane::document_sections

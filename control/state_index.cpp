@@ -180,7 +180,8 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     pods_only.external_services = state_->external_services;
     pods_only.egress = state_->egress;
     std::vector<config_error> e;
-    document_sections::check_document(pods_only, e);
+    // The nodes are the checked state's (a node change takes the whole path above).
+    document_sections::check_document(pods_only, e, /*nodes_checked=*/true);
     // Name the change that brought each pod in when the error is about it.
     for (config_error& error : e) {
       if (error.path.rfind("$.pods[", 0) == 0) {

@@ -160,4 +160,19 @@ std::shared_ptr<const desired_state> table_publisher::current_state() const {
   return current_state_;
 }
 
+std::optional<table_publisher::pod_context> table_publisher::current_pod_context() const {
+  std::lock_guard lock(write_mutex_);
+  if (index_.empty()) return std::nullopt;
+  const desired_state& s = index_.state();
+  pod_context out;
+  out.node = s.node;
+  for (const pod_spec& pod : s.pods) {
+    out.taken.insert(pod.ip);
+    if (pod.ip6) out.taken.insert(*pod.ip6);
+  }
+  out.encryption = s.encryption.mode;
+  if (s.dataplane) out.uplink_mtu = s.dataplane->uplink.mtu;
+  return out;
+}
+
 }  // namespace meshlane

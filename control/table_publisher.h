@@ -7,6 +7,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -56,6 +58,17 @@ class table_publisher {
   // first use (linear in the state's size, once per generation asked for). Unlike
   // current(), it waits for a publish under way (the working state is the writer's).
   std::shared_ptr<const desired_state> current_state() const;
+
+  // What a live pod's add needs of the working state, without current_state()'s copy of
+  // every service (at 100,000 services that copy costs more than the pod's whole delta).
+  struct pod_context {
+    local_node_spec node;
+    std::set<ip_address> taken;  // every pod address in the state
+    encryption_mode encryption = encryption_mode::off;
+    uint16_t uplink_mtu = 1500;  // the data plane's, or 1500 without one
+  };
+  // Null until something is published. Waits for a publish under way, as current_state().
+  std::optional<pod_context> current_pod_context() const;
 
  private:
   // Two locks, so that readers of current() never wait for a compile (a 100k-service

@@ -17,6 +17,10 @@
 //     (defaults: 5000; 1000 10000 100000). --stages-only: the stages and deltas, without the
 //     apply through the control surface (for profiling the stages alone). --full-apply-only
 //     R: R cold full applies and nothing else (for profiling and A/B runs of the apply).
+//   build/perf/control_publish_bench --live-pods R [N ...]: R live pods added and deleted
+//     (the CNI plugin's `pod` requests, through the control module with a pod registry) on
+//     a node holding N services; beside them, in the same run, the whole-document
+//     re-publish each pod cost before pods were deltas (control_module::republish).
 //   build/perf/control_publish_bench --probes-under-scrapes SECONDS [N ...]: /healthz latency
 //     while /metrics and /status.json are scraped back to back on a node whose data plane
 //     counts every service and backend (probes_under_scrapes), with those routes off the
@@ -343,6 +347,60 @@ nlohmann::json probes_under_scrapes(const std::string& text, meshlane::http_rout
 }
 
 // Prints one result line, named and sized.
+// `rounds` live pods added and deleted on a node holding the document `text`, each timed
+// from request line to reply (registry file written, delta checked, compiled, published
+// to a pointer sink); then `rounds / 4 + 1` whole-document re-publishes with one live pod
+// (what each pod add and delete cost before), for the ratio in the same run.
+nlohmann::json live_pods(const std::string& text, int rounds) {
+  meshlane::table_publisher publisher;
+  std::shared_ptr<const meshlane::snapshot> installed;
+  publisher.add_sink("reader", [&](const auto& t) { installed = t; return std::string(); });
+  meshlane::subsystem_registry registry;
+  meshlane::log_ring log(256, false);
+  meshlane::control_module control(publisher, registry, log);
+  const auto dir = std::filesystem::temp_directory_path() / ("meshlane-publish-bench-pods-" + std::to_string(::getpid()));
+  std::string error;
+  auto pods = meshlane::pod_registry::open(dir.string(), error);
+  if (!pods) return {{"error", error}};
+  control.set_pod_registry(pods.get());
+  nlohmann::json out;
+  if (auto r = control.apply_document(text, "bench"); !r.errors.empty()) {
+    std::filesystem::remove_all(dir);
+    return {{"error", r.errors[0].to_string()}};
+  }
+  std::vector<double> add_ms, delete_ms, whole_ms;
+  int failures = 0;
+  for (int k = 0; k < rounds; ++k) {
+    const std::string id = "bench-" + std::to_string(k);
+    const nlohmann::json add = {{"command", "pod"}, {"action", "add"},
+                                {"pod", {{"container_id", id}, {"name", "p" + std::to_string(k)}, {"namespace", "bench"},
+                                         {"host_interface", "vb" + std::to_string(k)}}}};
+    auto start = clock_type::now();
+    failures += !control.handle_line(add.dump()).value("ok", false);
+    add_ms.push_back(seconds(start) * 1e3);
+    if (k == 0) {  // one live pod held while the whole-document publishes are timed
+      for (int w = 0; w < rounds / 4 + 1; ++w) {
+        start = clock_type::now();
+        failures += !control.republish("bench").empty();
+        whole_ms.push_back(seconds(start) * 1e3);
+      }
+      continue;
+    }
+    start = clock_type::now();
+    failures += !control.handle_line(nlohmann::json{{"command", "pod"}, {"action", "delete"}, {"container_id", id}}.dump())
+                     .value("deleted", false);
+    delete_ms.push_back(seconds(start) * 1e3);
+  }
+  const double add_p50 = percentile(add_ms, 0.5), whole_p50 = percentile(whole_ms, 0.5);
+  out["pod_add_ms"] = latency_json(add_ms);
+  out["pod_delete_ms"] = latency_json(delete_ms);
+  out["whole_document_publish_ms"] = latency_json(whole_ms);
+  out["pod_add_vs_whole_p50"] = whole_p50 > 0 ? add_p50 / whole_p50 : 0;
+  out["failures"] = failures;
+  std::filesystem::remove_all(dir);
+  return out;
+}
+
 void print_line(nlohmann::json line, const char* benchmark, int services, int nodes) {
   line["benchmark"] = benchmark;
   line["services"] = services;
@@ -359,6 +417,7 @@ int main(int argc, char** argv) {
   bool stages_only = false;
   int full_apply_rounds = 0;
   double scrapes_seconds = 0;
+  int live_pod_rounds = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--stages-only") == 0) {
       stages_only = true;
@@ -366,6 +425,10 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--full-apply-only") == 0 && i + 1 < argc) {
       full_apply_rounds = std::max(1, std::atoi(argv[++i]));
+      continue;
+    }
+    if (std::strcmp(argv[i], "--live-pods") == 0 && i + 1 < argc) {
+      live_pod_rounds = std::max(1, std::atoi(argv[++i]));
       continue;
     }
     if (std::strcmp(argv[i], "--probes-under-scrapes") == 0 && i + 1 < argc) {
@@ -383,6 +446,11 @@ int main(int argc, char** argv) {
   // services' tables at 200 MiB. The default 65537 suits clusters of fewer services.
   constexpr uint32_t kMaglevSize = 1021;
 
+  if (live_pod_rounds > 0) {
+    for (int services : sizes)
+      print_line(live_pods(make_document(services, nodes, kMaglevSize), live_pod_rounds), "live_pods", services, nodes);
+    return 0;
+  }
   if (scrapes_seconds > 0) {
     // Only the probes under scrapes: routes off the probes' thread, then inline, per size.
     for (int services : sizes) {

@@ -450,6 +450,67 @@ TEST_F(ControlSocket, TuneListsAppliesValidatesAndRollsBack) {
   EXPECT_EQ(ask({{"command", "tune"}, {"settings", {{"control.log_level", 3}}}})["error"], "invalid_value");
 }
 
+// A live pod (the CNI plugin's ADD and DEL) is published as a delta of the working state:
+// every service's compiled tables are shared with the generation before (a whole publish
+// compiled them all again: seconds at 100,000 services), the kept document stays the
+// user's own, and the pod stays across the user's later deltas and full applies.
+TEST_F(ControlSocket, LivePodsArePublishedAsDeltasThatShareEveryServicesTables) {
+  std::string error;
+  auto pods = pod_registry::open((dir_ / "pods").string(), error);
+  ASSERT_TRUE(pods) << error;
+  control_.set_pod_registry(pods.get());
+  start();
+  ASSERT_EQ(apply_sample()["ok"], true);
+  auto has_pod = [&](const std::string& name) {
+    for (const table_pod& pod : publisher_.current()->pods)
+      if (pod.name == name) return true;
+    return false;
+  };
+  const auto before = publisher_.current();
+  json reply = ask({{"command", "pod"}, {"action", "add"},
+                    {"pod", {{"container_id", "c1"}, {"name", "live"}, {"namespace", "churn"}, {"host_interface", "vethlive"}}}});
+  ASSERT_TRUE(reply.value("ok", false)) << reply;
+  EXPECT_EQ(reply["pod"]["gateway"], "198.18.1.1");
+  const auto added = publisher_.current();
+  EXPECT_EQ(added->generation, before->generation + 1);
+  EXPECT_TRUE(has_pod("churn/live"));
+  // A delta's snapshot: it records its base, changes no service, and shares every block.
+  ASSERT_TRUE(added->backends_changed) << "the pod was published whole, not as a delta";
+  EXPECT_EQ(added->backends_changed->base_generation, before->generation);
+  EXPECT_TRUE(added->backends_changed->services.empty());
+  ASSERT_EQ(added->services.size(), before->services.size());
+  for (size_t i = 0; i < added->services.size(); ++i)
+    EXPECT_EQ(added->services[i].compiled.get(), before->services[i].compiled.get()) << added->services[i].name;
+  // The kept document is the user's: no live pod in `get config`.
+  reply = ask({{"command", "get"}, {"what", "config"}});
+  for (const json& pod : reply["document"]["pods"]) EXPECT_NE(pod["name"], "churn/live");
+  // The user's delta and full apply keep it.
+  json change = {{"op", "add"}, {"kind", "service"},
+                 {"value", {{"name", "late"}, {"vip", "198.19.128.77"}, {"ports", {{{"port", 80}}}},
+                            {"backends", {{{"ip", "198.18.1.10"}, {"port", 8080}, {"node", "node1"}}}}}}};
+  reply = ask({{"command", "apply"}, {"delta", {{"changes", {change}}}}});
+  ASSERT_TRUE(reply.value("ok", false)) << reply;
+  EXPECT_TRUE(has_pod("churn/live"));
+  ASSERT_EQ(apply_sample()["ok"], true);
+  EXPECT_TRUE(has_pod("churn/live"));
+  // A second pod takes another address; `list` shows both with their gateway.
+  reply = ask({{"command", "pod"}, {"action", "add"},
+               {"pod", {{"container_id", "c2"}, {"name", "other"}, {"namespace", "churn"}, {"host_interface", "vethother"}}}});
+  ASSERT_TRUE(reply.value("ok", false)) << reply;
+  reply = ask({{"command", "pod"}, {"action", "list"}});
+  ASSERT_EQ(reply["pods"].size(), 2u);
+  EXPECT_NE(reply["pods"][0]["ip"], reply["pods"][1]["ip"]);
+  EXPECT_EQ(reply["pods"][1]["gateway"], "198.18.1.1");
+  // Delete: a delta too, and the pod is gone from the tables.
+  const auto full = publisher_.current();
+  reply = ask({{"command", "pod"}, {"action", "delete"}, {"container_id", "c1"}});
+  ASSERT_TRUE(reply.value("deleted", false)) << reply;
+  EXPECT_FALSE(has_pod("churn/live"));
+  EXPECT_TRUE(has_pod("churn/other"));
+  ASSERT_TRUE(publisher_.current()->backends_changed);
+  EXPECT_EQ(publisher_.current()->backends_changed->base_generation, full->generation);
+}
+
 TEST_F(ControlSocket, FlowsPageAndFollowStream) {
   start();
   json reply = ask({{"command", "flows"}, {"limit", 5}});
