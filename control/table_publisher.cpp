@@ -1,6 +1,8 @@
 #include "control/table_publisher.h"
 
 #include <chrono>
+#include <system_error>
+#include <thread>
 
 #include "control/document_sections.h"
 #include "control/table_compiler.h"
@@ -107,19 +109,46 @@ void table_publisher::make_current(std::shared_ptr<const snapshot> next) {
 
 bool table_publisher::install_locked(const std::shared_ptr<const snapshot>& next, publish_result& result) {
   const auto start = std::chrono::steady_clock::now();
-  for (size_t i = 0; i < sinks_.size(); ++i) {
-    if (std::string error = sinks_[i].second(next); !error.empty()) {
-      // Put the sinks that took the new tables back on the old ones, so that every reader
-      // agrees on one generation. A failure there too is reported; it cannot be undone.
-      std::string message = sinks_[i].first + ": " + error;
-      for (size_t j = 0; j < i && current_; ++j) {
-        if (std::string undo = sinks_[j].second(current_); !undo.empty())
-          message += "; rolling back " + sinks_[j].first + " failed too: " + undo;
+  std::vector<std::string> errors(sinks_.size());
+  // A whole compile's install is the sinks' longest work (at 100,000 services of 16
+  // backends the DPDK workers' view builds in ~0.9 s and the eBPF maps' sync takes ~1 s):
+  // the sinks are independent readers of one immutable snapshot, so each but the first
+  // takes it on a thread of its own while this thread feeds the first. A delta's installs
+  // take milliseconds: they run one after the other, as starting threads would cost more.
+  const bool whole = !next->backends_changed && !next->services_changed;
+  std::vector<std::thread> helpers;
+  if (whole && sinks_.size() > 1) {
+    for (size_t i = 1; i < sinks_.size(); ++i) {
+      try {
+        helpers.emplace_back([&, i] { errors[i] = sinks_[i].second(next); });
+      } catch (const std::system_error&) {
+        break;  // no thread to be had: the rest run here, below
       }
-      result.errors.push_back({"$", message});
-      result.publish_seconds = seconds_since(start);
-      return false;
     }
+  }
+  for (size_t i = 0; i < sinks_.size(); ++i) {
+    if (i > 0 && i <= helpers.size()) continue;  // a helper's
+    errors[i] = sinks_[i].second(next);
+    if (!errors[i].empty() && helpers.empty()) {
+      errors.resize(i + 1);  // one after the other: the later sinks never saw the new tables
+      break;
+    }
+  }
+  for (std::thread& helper : helpers) helper.join();
+  std::string message;
+  for (size_t i = 0; i < errors.size(); ++i)
+    if (!errors[i].empty()) message += (message.empty() ? "" : "; ") + sinks_[i].first + ": " + errors[i];
+  if (!message.empty()) {
+    // Put the sinks that took the new tables back on the old ones, so that every reader
+    // agrees on one generation. A failure there too is reported; it cannot be undone.
+    for (size_t j = 0; j < errors.size() && current_; ++j) {
+      if (!errors[j].empty()) continue;
+      if (std::string undo = sinks_[j].second(current_); !undo.empty())
+        message += "; rolling back " + sinks_[j].first + " failed too: " + undo;
+    }
+    result.errors.push_back({"$", message});
+    result.publish_seconds = seconds_since(start);
+    return false;
   }
   result.publish_seconds = seconds_since(start);
   return true;

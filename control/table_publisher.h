@@ -21,7 +21,10 @@
 namespace meshlane {
 
 // A sink installs a snapshot in the readers it owns. It returns an empty string on success
-// or a message saying why it could not (then the publish stops and reports it).
+// or a message saying why it could not (then the publish stops and reports it). The sinks
+// of a whole compile's publish run at once, each but the first on a thread of the
+// publisher's (install_locked): a sink is never called twice at a time, but may be called
+// beside the others and off the publishing thread.
 using table_sink = std::function<std::string(const std::shared_ptr<const snapshot>&)>;
 
 struct publish_result {

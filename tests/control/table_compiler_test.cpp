@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <mutex>
 #include <random>
 #include <set>
 
@@ -310,6 +313,57 @@ TEST(TablePublisher, SinkFailureRollsBackEarlierSinks) {
   ASSERT_EQ(result.errors.size(), 1u);
   EXPECT_EQ(result.errors[0].to_string(), "$: second: map write refused");
   EXPECT_EQ(first_sink_saw, (std::vector<uint64_t>{1, 2, 1}));  // took 2, then back to 1
+  EXPECT_EQ(publisher.current()->generation, 1u);
+}
+
+// A whole compile's sinks take the snapshot at once (at 100,000 services the DPDK view
+// and the eBPF maps take about a second each); a delta's one after the other. Each sink
+// here waits for the other to have started: they meet only when they run at once.
+TEST(TablePublisher, AWholeCompilesSinksRunAtOnceAndADeltasOneAfterTheOther) {
+  table_publisher publisher;
+  std::mutex m;
+  std::condition_variable cv;
+  int inside = 0;
+  std::vector<bool> met;
+  auto meeting_sink = [&](const auto&) {
+    std::unique_lock lock(m);
+    ++inside;
+    cv.notify_all();
+    met.push_back(cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return inside == 2; }));
+    cv.wait_for(lock, std::chrono::milliseconds(500), [&] { return met.size() == 2; });
+    cv.notify_all();
+    --inside;
+    return std::string();
+  };
+  ASSERT_EQ(publisher.add_sink("ebpf-like", meeting_sink), "");  // nothing published: not called
+  ASSERT_EQ(publisher.add_sink("dataplane-like", meeting_sink), "");
+  ASSERT_EQ(publisher.apply(testing::sample_document().dump()).generation, 1u);
+  EXPECT_EQ(met, (std::vector<bool>{true, true}));
+  met.clear();
+  const auto delta = publisher.apply_delta(
+      R"({"changes":[{"op":"replace","kind":"backend","service":"web","value":{"ip":"198.18.1.10","port":8080,"weight":4,"node":"node1"}}]})");
+  ASSERT_TRUE(delta.errors.empty()) << delta.errors[0].to_string();
+  EXPECT_EQ(met, (std::vector<bool>{false, false}));
+}
+
+// When sinks ran at once, every sink that took the new tables is put back, whichever failed.
+TEST(TablePublisher, AFailingFirstSinkRollsBackTheOthersThatRanBesideIt) {
+  table_publisher publisher;
+  std::vector<uint64_t> second_saw;
+  std::mutex m;
+  bool fail = false;
+  ASSERT_EQ(publisher.add_sink("first", [&](const auto&) { return fail ? std::string("refused") : std::string(); }), "");
+  ASSERT_EQ(publisher.add_sink("second", [&](const auto& t) {
+    std::lock_guard lock(m);
+    second_saw.push_back(t->generation);
+    return std::string();
+  }), "");
+  ASSERT_EQ(publisher.apply(testing::sample_document().dump()).generation, 1u);
+  fail = true;
+  const auto result = publisher.apply(testing::sample_document().dump());
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].to_string(), "$: first: refused");
+  EXPECT_EQ(second_saw, (std::vector<uint64_t>{1, 2, 1}));
   EXPECT_EQ(publisher.current()->generation, 1u);
 }
 
