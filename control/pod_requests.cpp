@@ -127,10 +127,10 @@ json control_module::pod_delete(const std::string& container_id) {
   if (!pods_->remove(container_id, error)) return error_reply(control_error::kInternal, error);
   if (!publisher_.current()) return {{"ok", true}, {"deleted", true}};
   publish_result result = publish_pod_change(*pod, false);
-  if (!result.errors.empty()) {
+  if (!result.errors.empty() && !result.refused_by_sink) {
     // The working state did not hold the pod as the registry did (or its removal broke a
     // cross-check): publish the kept document with the remaining live pods, whole, as
-    // every publish did before pods were deltas.
+    // every publish did before pods were deltas. (A sink's refusal would only repeat.)
     std::string document;
     {
       std::lock_guard lock(mutex_);

@@ -162,6 +162,8 @@ void compile_pods(snapshot& t, const desired_state& state) {
                             policy_class == policy.class_of_pod.end() ? uint16_t{0} : policy_class->second, pod.netns});
   }
   tables->policy = std::move(policy.tables);
+  // Made again from this state: a delta starts from the previous generation's copy.
+  tables->policy_notices.clear();
   for (const auto& notice : policy_notices(state, identity_catalog::of(state))) tables->policy_notices.push_back(notice.to_string());
   std::sort(tables->pods.begin(), tables->pods.end(),
             [](const auto& a, const auto& b) { return a.name < b.name; });

@@ -1,7 +1,7 @@
 #include "control/table_publisher.h"
 
 #include <chrono>
-#include <system_error>
+#include <exception>
 #include <thread>
 
 #include "control/document_sections.h"
@@ -107,6 +107,20 @@ void table_publisher::make_current(std::shared_ptr<const snapshot> next) {
   // `next` now holds the previous generation: released here, outside the reader's lock.
 }
 
+namespace {
+
+// A sink's answer, with an exception it throws (no memory for a 100k-service view) made
+// an error: on a helper thread an escaping exception would end the agent.
+std::string call_sink(const table_sink& sink, const std::shared_ptr<const snapshot>& tables) {
+  try {
+    return sink(tables);
+  } catch (const std::exception& e) {
+    return std::string("failed: ") + e.what();
+  }
+}
+
+}  // namespace
+
 bool table_publisher::install_locked(const std::shared_ptr<const snapshot>& next, publish_result& result) {
   const auto start = std::chrono::steady_clock::now();
   std::vector<std::string> errors(sinks_.size());
@@ -115,20 +129,22 @@ bool table_publisher::install_locked(const std::shared_ptr<const snapshot>& next
   // the sinks are independent readers of one immutable snapshot, so each but the first
   // takes it on a thread of its own while this thread feeds the first. A delta's installs
   // take milliseconds: they run one after the other, as starting threads would cost more.
+  // The price: when one sink refuses, the others may have installed the tables already
+  // and are put back (below), where in turn the later ones never saw them.
   const bool whole = !next->backends_changed && !next->services_changed;
   std::vector<std::thread> helpers;
   if (whole && sinks_.size() > 1) {
-    for (size_t i = 1; i < sinks_.size(); ++i) {
-      try {
-        helpers.emplace_back([&, i] { errors[i] = sinks_[i].second(next); });
-      } catch (const std::system_error&) {
-        break;  // no thread to be had: the rest run here, below
-      }
+    try {
+      helpers.reserve(sinks_.size() - 1);
+      for (size_t i = 1; i < sinks_.size(); ++i)
+        helpers.emplace_back([&, i] { errors[i] = call_sink(sinks_[i].second, next); });
+    } catch (const std::exception&) {
+      // No thread (or no memory for the list) to be had: the sinks without one run here, below.
     }
   }
   for (size_t i = 0; i < sinks_.size(); ++i) {
     if (i > 0 && i <= helpers.size()) continue;  // a helper's
-    errors[i] = sinks_[i].second(next);
+    errors[i] = call_sink(sinks_[i].second, next);
     if (!errors[i].empty() && helpers.empty()) {
       errors.resize(i + 1);  // one after the other: the later sinks never saw the new tables
       break;
@@ -143,10 +159,11 @@ bool table_publisher::install_locked(const std::shared_ptr<const snapshot>& next
     // agrees on one generation. A failure there too is reported; it cannot be undone.
     for (size_t j = 0; j < errors.size() && current_; ++j) {
       if (!errors[j].empty()) continue;
-      if (std::string undo = sinks_[j].second(current_); !undo.empty())
+      if (std::string undo = call_sink(sinks_[j].second, current_); !undo.empty())
         message += "; rolling back " + sinks_[j].first + " failed too: " + undo;
     }
     result.errors.push_back({"$", message});
+    result.refused_by_sink = true;
     result.publish_seconds = seconds_since(start);
     return false;
   }

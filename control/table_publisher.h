@@ -24,12 +24,15 @@ namespace meshlane {
 // or a message saying why it could not (then the publish stops and reports it). The sinks
 // of a whole compile's publish run at once, each but the first on a thread of the
 // publisher's (install_locked): a sink is never called twice at a time, but may be called
-// beside the others and off the publishing thread.
+// beside the others and off the publishing thread, and may be handed the previous
+// snapshot again right after it took the new one (another sink refused it). An exception
+// a sink throws is taken as its refusal.
 using table_sink = std::function<std::string(const std::shared_ptr<const snapshot>&)>;
 
 struct publish_result {
   uint64_t generation = 0;             // of the published snapshot; 0 when nothing changed
   std::vector<config_error> errors;    // validation errors, or one sink error at "$"
+  bool refused_by_sink = false;        // the errors are a sink's: the tables were valid
   double compile_seconds = 0;
   double publish_seconds = 0;
 };

@@ -221,6 +221,9 @@ class worker_pool {
   rte_mempool* mbufs_ = nullptr;
   rte_rcu_qsbr* rcu_ = nullptr;
   std::atomic<forwarding_tables*> current_{nullptr};
+  // The installed tables' generation, for readers off the install's thread (a scrape, the
+  // stats line): current_'s tables may be freed under them by the next install.
+  std::atomic<uint64_t> installed_generation_{0};
   counter_slot_names slot_names_;  // the install's own (install_mutex_); readers use names()
   mutable std::mutex names_mutex_;  // held for a pointer copy only
   std::shared_ptr<const published_names> names_ = std::make_shared<const published_names>();

@@ -578,6 +578,7 @@ std::string worker_pool::install_locked(const std::shared_ptr<const snapshot>& t
   apply_tuning(tables->tuning);
   const forwarding_tables* installed = next.get();
   forwarding_tables* previous = current_.exchange(next.release(), std::memory_order_acq_rel);
+  installed_generation_.store(installed->tables->generation, std::memory_order_release);
   // Every worker that might still hold `previous` reports a quiescent state after its
   // current burst (or is offline while idle); only then is it safe to free.
   rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
@@ -743,9 +744,8 @@ uint64_t worker_pool::drops(drop_reason reason) const {
 }
 
 uint64_t worker_pool::generation() const {
-  // Read on the control thread only, which is also the only writer of current_.
-  const forwarding_tables* t = current_.load(std::memory_order_acquire);
-  return t ? t->tables->generation : 0;
+  // Not through current_: a scrape or the stats line runs beside the install that frees it.
+  return installed_generation_.load(std::memory_order_acquire);
 }
 
 std::string worker_pool::stats_line() const {

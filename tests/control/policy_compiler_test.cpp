@@ -109,6 +109,27 @@ TEST(PolicyCompiler, PodsCarryTheirIdentityAndClass) {
             0u);
 }
 
+// A delta of pods (every live pod the CNI plugin adds or deletes) makes the notices again
+// from its state: they neither pile up nor outlive what they were about.
+TEST(PolicyCompiler, APodDeltaMakesThePolicyNoticesAgain) {
+  json document = testing::policy_base_document();
+  document["policies"] = json::parse(R"([{"name": "b", "namespace": "later"}])");
+  desired_state state = parse(document);
+  auto tables = compile_tables(state, 1);
+  ASSERT_EQ(tables->policy_notices.size(), 1u);
+  pod_spec pod = state.pods[0];
+  pod.name = "foo-other", pod.ip = *ip_address::parse("198.18.1.20"), pod.interface = "mlp-other";
+  state.pods.push_back(pod);
+  tables = compile_delta(*tables, state, {}, true, 2);
+  state.pods.pop_back();
+  tables = compile_delta(*tables, state, {}, true, 3);
+  EXPECT_EQ(tables->policy_notices.size(), 1u) << "the notices piled up across pod deltas";
+  pod.name = "later-first", pod.pod_namespace = "later";
+  state.pods.push_back(pod);
+  tables = compile_delta(*tables, state, {}, true, 4);
+  EXPECT_TRUE(tables->policy_notices.empty()) << tables->policy_notices[0];
+}
+
 TEST(PolicyCompiler, ATooLargeCompiledTableIsRefusedAtValidation) {
   // 2000 ports x 600 principals: 1.2 million verdicts for one class.
   json document = testing::policy_base_document();
