@@ -543,11 +543,6 @@ int main(int argc, char** argv) {
     log.write(meshlane::log_level::info, "dataplane running: " + std::to_string(ports.size()) + " ports, " +
                                              std::to_string(dataplane->worker_count()) + " workers");
   }
-  meshlane::control_socket_server control_socket(control);
-  if (std::string error = control_socket.start(socket_options); !error.empty()) {
-    log.write(meshlane::log_level::error, "control socket: " + error);
-    return 1;
-  }
   meshlane::http_server http;
   if (metrics_listen != "off") {
     meshlane::add_agent_routes(http, control);
@@ -597,6 +592,14 @@ int main(int argc, char** argv) {
                                                  : " (credentials required)";
     log.write(meshlane::log_level::info, std::string("metrics and status page on ") +
                                              (http.tls() ? "https://" : "http://") + bound + "/" + access);
+  }
+  // The control socket opens last: a client that finds it (a test, an operator's meshctl
+  // right after start) sees every subsystem in `status`, the HTTP server's address
+  // among them. Opened before it, a `status` could come back without "http".
+  meshlane::control_socket_server control_socket(control);
+  if (std::string error = control_socket.start(socket_options); !error.empty()) {
+    log.write(meshlane::log_level::error, "control socket: " + error);
+    return 1;
   }
   // --- end control surface ---
 
