@@ -590,6 +590,25 @@ void two_nodes_and_outside::outside_host_reaches_vips_with_backends_on_either_no
   // this also needs path MTU discovery through both NATs to work.
   EXPECT_EQ(tcp_echo_round_trip(*outside_, "198.19.128.10", 80, 1 << 20), "") << "backend on node 2";
   EXPECT_EQ(udp_round_trip(*outside_, *nodes_[0].web, "198.19.128.11", 53, "ingress udp", 9053), "");
+  if (HasFailure()) {
+    // Once in a fresh-clone CI (2026-12-01, two workers on node 1) every ingress exchange
+    // stopped mid-test with both agents alive; not reproduced in 10 reruns. What the
+    // agents counted says where packets went: every nonzero port, drop and hand-off series.
+    for (int n = 0; n < 2; ++n) {
+      control_client client;
+      if (!client.connect(nodes_[n].config_path + ".sock").empty()) continue;
+      std::string counted;
+      for (const auto& family : client.request({{"command", "stats"}}).value("metrics", nlohmann::json::array())) {
+        const std::string name = family.value("name", "");
+        if (name.find("port_") == std::string::npos && name.find("drops") == std::string::npos &&
+            name.find("handoff") == std::string::npos && name.find("polls") == std::string::npos)
+          continue;
+        for (const auto& sample : family.value("samples", nlohmann::json::array()))
+          if (sample.value("value", 0.0) != 0) counted += name + sample["labels"].dump() + " " + sample["value"].dump() + "\n";
+      }
+      ADD_FAILURE() << "node " << n + 1 << " counted:\n" << counted;
+    }
+  }
 }
 
 namespace {
