@@ -256,13 +256,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
     // millions of zero series). A page's scope lists every backend of its services.
     const auto series_mode = static_cast<backend_series>(settings_.backend_series.load(std::memory_order_relaxed));
     const bool every_backend = !scope.every_service() || series_mode == backend_series::all;
-    size_t backends_unlisted = 0;
-    for (size_t b = 0; b < names->backends.size(); ++b) {
+    const bool none = series_mode == backend_series::off && scope.every_service();
+    size_t backends_unlisted = none ? names->live_backends : 0;
+    for (size_t b = 0; b < names->backends.size() && !none; ++b) {
       if (names->backend_free(b)) continue;
-      if (series_mode == backend_series::off && scope.every_service()) {
-        ++backends_unlisted;
-        continue;
-      }
       if (!scope.wants_service(names->backend_service_name(b))) {
         scope.left_out(3);
         continue;

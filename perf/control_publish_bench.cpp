@@ -206,19 +206,27 @@ nlohmann::json latency_json(const std::vector<double>& v) {
           {"max_ms", v.empty() ? 0 : *std::max_element(v.begin(), v.end())}};
 }
 
+// The control module as meshlaned composes it, in process: a publisher whose sink keeps
+// the installed snapshot (a pointer: the data plane's installs are not measured here).
+struct bench_control {
+  meshlane::table_publisher publisher;
+  std::shared_ptr<const meshlane::snapshot> installed;
+  meshlane::subsystem_registry registry;
+  meshlane::log_ring log{256, false};
+  meshlane::control_module control{publisher, registry, log};
+  bench_control() {
+    publisher.add_sink("reader", [this](const auto& t) { installed = t; return std::string(); });
+  }
+};
+
 // The full apply of `text` through the control socket of an in-process control module,
 // with the prober running from before it is sent until its reply is read.
 nlohmann::json apply_through_control_surface(const std::string& text) {
-  meshlane::table_publisher publisher;
-  std::shared_ptr<const meshlane::snapshot> installed;
-  publisher.add_sink("reader", [&](const auto& t) { installed = t; return std::string(); });
-  meshlane::subsystem_registry registry;
-  meshlane::log_ring log(256, false);
-  meshlane::control_module control(publisher, registry, log);
+  bench_control agent;
   meshlane::http_server http;
-  meshlane::add_agent_routes(http, control);
+  meshlane::add_agent_routes(http, agent.control);
   if (std::string e = http.start("127.0.0.1:0"); !e.empty()) return {{"error", e}};
-  meshlane::control_socket_server socket(control);
+  meshlane::control_socket_server socket(agent.control);
   meshlane::control_socket_options options;
   options.path = (std::filesystem::temp_directory_path() / ("meshlane-publish-bench-" + std::to_string(::getpid()) + ".sock")).string();
   if (std::string e = socket.start(options); !e.empty()) return {{"error", e}};
@@ -227,7 +235,7 @@ nlohmann::json apply_through_control_surface(const std::string& text) {
   std::atomic<bool> stop{false};
   probe_results idle, busy;
   // The same probes on the idle agent first (a small document published), as the baseline.
-  control.apply_document(make_document(10, 2, 1021), "bench");
+  agent.control.apply_document(make_document(10, 2, 1021), "bench");
   std::thread idle_prober(probe, http.port(), options.path, std::cref(stop), std::ref(idle));
   std::this_thread::sleep_for(std::chrono::seconds(2));
   stop = true;
@@ -304,16 +312,12 @@ void add_dataplane_shaped_collector(meshlane::subsystem_registry& registry, cons
 // above; `heavy` says where those two routes are computed (meshlaned: off_thread; before:
 // inline, on the thread that answers the probes).
 nlohmann::json probes_under_scrapes(const std::string& text, meshlane::http_route_kind heavy, double duration_s) {
-  meshlane::table_publisher publisher;
-  publisher.add_sink("reader", [](const auto&) { return std::string(); });
-  meshlane::subsystem_registry registry;
-  meshlane::log_ring log(256, false);
-  meshlane::control_module control(publisher, registry, log);
-  add_dataplane_shaped_collector(registry, publisher);
-  const auto applied = control.apply_document(text, "bench");
+  bench_control agent;
+  add_dataplane_shaped_collector(agent.registry, agent.publisher);
+  const auto applied = agent.control.apply_document(text, "bench");
   if (!applied.errors.empty()) return {{"error", applied.errors[0].to_string()}};
   meshlane::http_server http;
-  meshlane::add_agent_routes(http, control, heavy);
+  meshlane::add_agent_routes(http, agent.control, heavy);
   if (std::string e = http.start("127.0.0.1:0", 64, 600000); !e.empty()) return {{"error", e}};
   std::atomic<bool> stop{false};
   std::vector<double> healthz, metrics, status;
@@ -339,7 +343,7 @@ nlohmann::json probes_under_scrapes(const std::string& text, meshlane::http_rout
   http.stop();
   return {{"routes", heavy == meshlane::http_route_kind::off_thread ? "off_thread" : "inline"},
           {"seconds", duration_s},
-          {"metrics_bytes", meshlane::format_prometheus_text(registry.collect()).size()},
+          {"metrics_bytes", meshlane::format_prometheus_text(agent.registry.collect()).size()},
           {"healthz", latency_json(healthz)},
           {"metrics", latency_json(metrics)},
           {"status_json", latency_json(status)},
@@ -352,19 +356,14 @@ nlohmann::json probes_under_scrapes(const std::string& text, meshlane::http_rout
 // to a pointer sink); then `rounds / 4 + 1` whole-document re-publishes with one live pod
 // (what each pod add and delete cost before), for the ratio in the same run.
 nlohmann::json live_pods(const std::string& text, int rounds) {
-  meshlane::table_publisher publisher;
-  std::shared_ptr<const meshlane::snapshot> installed;
-  publisher.add_sink("reader", [&](const auto& t) { installed = t; return std::string(); });
-  meshlane::subsystem_registry registry;
-  meshlane::log_ring log(256, false);
-  meshlane::control_module control(publisher, registry, log);
+  bench_control agent;
   const auto dir = std::filesystem::temp_directory_path() / ("meshlane-publish-bench-pods-" + std::to_string(::getpid()));
   std::string error;
   auto pods = meshlane::pod_registry::open(dir.string(), error);
   if (!pods) return {{"error", error}};
-  control.set_pod_registry(pods.get());
+  agent.control.set_pod_registry(pods.get());
   nlohmann::json out;
-  if (auto r = control.apply_document(text, "bench"); !r.errors.empty()) {
+  if (auto r = agent.control.apply_document(text, "bench"); !r.errors.empty()) {
     std::filesystem::remove_all(dir);
     return {{"error", r.errors[0].to_string()}};
   }
@@ -376,18 +375,18 @@ nlohmann::json live_pods(const std::string& text, int rounds) {
                                 {"pod", {{"container_id", id}, {"name", "p" + std::to_string(k)}, {"namespace", "bench"},
                                          {"host_interface", "vb" + std::to_string(k)}}}};
     auto start = clock_type::now();
-    failures += !control.handle_line(add.dump()).value("ok", false);
+    failures += !agent.control.handle_line(add.dump()).value("ok", false);
     add_ms.push_back(seconds(start) * 1e3);
     if (k == 0) {  // one live pod held while the whole-document publishes are timed
       for (int w = 0; w < rounds / 4 + 1; ++w) {
         start = clock_type::now();
-        failures += !control.republish("bench").empty();
+        failures += !agent.control.republish("bench").empty();
         whole_ms.push_back(seconds(start) * 1e3);
       }
       continue;
     }
     start = clock_type::now();
-    failures += !control.handle_line(nlohmann::json{{"command", "pod"}, {"action", "delete"}, {"container_id", id}}.dump())
+    failures += !agent.control.handle_line(nlohmann::json{{"command", "pod"}, {"action", "delete"}, {"container_id", id}}.dump())
                      .value("deleted", false);
     delete_ms.push_back(seconds(start) * 1e3);
   }

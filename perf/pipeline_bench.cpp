@@ -273,61 +273,80 @@ void BM_pipeline(benchmark::State& state) {
 BENCHMARK(BM_pipeline<true>)->Name("BM_pipeline_service_flow_hit_geneve");
 // The same with a zero outer UDP checksum (tunable dataplane.geneve_udp_checksum=false).
 BENCHMARK(BM_pipeline<true, false>)->Name("BM_pipeline_service_flow_hit_geneve_no_udp_checksum");
+// 64-byte TCP ACKs from the client pod, flow i from source port 20000 + i to
+// destination(i) port 80, cycled through received bursts: every flow made once before
+// timing (make_all), then bursts timed (time_bursts) with the writing of the frames left out.
+struct flow_cycle {
+  std::vector<testing::bytes> frames;
+  uint32_t next = 0;
+  rte_mbuf* packets[kBurst];
+
+  template <typename Destination>
+  flow_cycle(uint32_t flows, Destination destination) {
+    testing::l4_spec ack;
+    ack.protocol = kProtoTcp;
+    ack.destination_port = 80;
+    ack.tcp_flags = kTcpAck;
+    ack.payload = testing::bytes(64 - 14 - 20 - 20, 0);
+    for (uint32_t i = 0; i < flows; ++i) {
+      ack.source_port = static_cast<uint16_t>(20000 + i);
+      frames.push_back(testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), destination(i), ack));
+    }
+  }
+  // Receives a burst and writes the next frames into it; returns the cycles that took.
+  uint64_t receive(uint16_t& n) {
+    n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
+    uint64_t untimed = 0;
+    for (uint16_t i = 0; i < n; ++i) {
+      untimed += fill(packets + i, 1, frames[next]);
+      next = static_cast<uint32_t>((next + 1) % frames.size());
+    }
+    return untimed;
+  }
+  void make_all(worker_state& w, const forwarding_tables& tables) {
+    w.now = rte_rdtsc();
+    for (size_t done = 0; done < frames.size();) {
+      uint16_t n;
+      receive(n);
+      process_burst(w, tables, *world->ports, world->client, packets, n);
+      flush_tx(w);
+      done += n;
+    }
+  }
+  // Returns the packets timed.
+  uint64_t time_bursts(benchmark::State& state, worker_state& w, const forwarding_tables& tables) {
+    uint64_t cycles = 0, count = 0;
+    for (auto _ : state) {
+      const uint64_t start = rte_rdtsc();
+      w.now = start;
+      uint16_t n;
+      const uint64_t untimed = receive(n);
+      process_burst(w, tables, *world->ports, world->client, packets, n);
+      flush_tx(w);
+      cycles += rte_rdtsc() - start - untimed;
+      count += n;
+    }
+    report(state, cycles, count);
+    return count;
+  }
+};
+
 // Whole pipeline over many live flows: 64-byte TCP to the VIP from kManyFlows client
 // ports in turn, every flow already in the table (16k entries with their reverse ones,
 // 1.5 MB: beyond L2, so flow-table reads come from L3 as they would under real load).
 constexpr uint32_t kManyFlows = 8192;
 void BM_pipeline_many_flows(benchmark::State& state) {
   world->ports->geneve_udp_checksum.store(true);
-  std::vector<testing::bytes> frames;
-  testing::l4_spec ack;
-  ack.protocol = kProtoTcp;
-  ack.destination_port = 80;
-  ack.tcp_flags = kTcpAck;
-  ack.payload = testing::bytes(64 - 14 - 20 - 20, 0);
-  for (uint32_t i = 0; i < kManyFlows; ++i) {
-    ack.source_port = static_cast<uint16_t>(20000 + i);
-    frames.push_back(testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.19.128.10"), ack));
-  }
-  rte_mbuf* packets[kBurst];
+  flow_cycle cycle(kManyFlows, [](uint32_t) { return ip4("198.19.128.10"); });
   worker_state& w = *world->worker;
-  uint32_t next = 0;
-  const auto receive_and_fill = [&](uint16_t& n) {
-    n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
-    uint64_t untimed = 0;
-    for (uint16_t i = 0; i < n; ++i) {
-      untimed += fill(packets + i, 1, frames[next]);
-      next = (next + 1) % kManyFlows;
-    }
-    return untimed;
-  };
-  // Every flow once before timing: the loop measures hits, not flow creation.
-  w.now = rte_rdtsc();
-  for (uint32_t done = 0; done < kManyFlows;) {
-    uint16_t n;
-    receive_and_fill(n);
-    process_burst(w, world->tables, *world->ports, world->client, packets, n);
-    flush_tx(w);
-    done += n;
-  }
+  cycle.make_all(w, world->tables);  // the loop measures hits, not flow creation
   const auto new_flows = [&w] {
     uint64_t n = 0;
     for (size_t b = 0; b < world->slots.backends.size(); ++b) n += w.backend[b].new_flows.get();
     return n;
   };
   const uint64_t created = new_flows();
-  uint64_t cycles = 0, count = 0;
-  for (auto _ : state) {
-    const uint64_t start = rte_rdtsc();
-    w.now = start;
-    uint16_t n;
-    const uint64_t untimed = receive_and_fill(n);
-    process_burst(w, world->tables, *world->ports, world->client, packets, n);
-    flush_tx(w);
-    cycles += rte_rdtsc() - start - untimed;
-    count += n;
-  }
-  report(state, cycles, count);
+  cycle.time_bursts(state, w, world->tables);
   state.counters["new_flows_while_timed"] = double(new_flows() - created);
 }
 BENCHMARK(BM_pipeline_many_flows)->Name("BM_pipeline_service_8k_flows_geneve");
@@ -647,48 +666,10 @@ void BM_pipeline_scale_spread(benchmark::State& state) {
       return state.SkipWithError(e.c_str());
   world->ports->geneve_udp_checksum.store(true);
   const uint32_t flows = std::min<uint32_t>(kManyFlows, services - 1);
-  std::vector<testing::bytes> frames;
-  testing::l4_spec ack;
-  ack.protocol = kProtoTcp;
-  ack.destination_port = 80;
-  ack.tcp_flags = kTcpAck;
-  ack.payload = testing::bytes(64 - 14 - 20 - 20, 0);
-  for (uint32_t i = 1; i <= flows; ++i) {
-    ack.source_port = static_cast<uint16_t>(20000 + i);
-    frames.push_back(testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), to_net32(0xac100000u + i), ack));
-  }
-  rte_mbuf* packets[kBurst];
-  uint32_t next = 0;
-  const auto receive_and_fill = [&](uint16_t& n) {
-    n = rte_eth_rx_burst(world->client, 0, packets, kBurst);
-    uint64_t untimed = 0;
-    for (uint16_t i = 0; i < n; ++i) {
-      untimed += fill(packets + i, 1, frames[next]);
-      next = (next + 1) % flows;
-    }
-    return untimed;
-  };
-  w.now = rte_rdtsc();
-  for (uint32_t done = 0; done < flows;) {  // every flow once: the timed loop measures hits
-    uint16_t n;
-    receive_and_fill(n);
-    process_burst(w, tables, *world->ports, world->client, packets, n);
-    flush_tx(w);
-    done += n;
-  }
+  flow_cycle cycle(flows, [](uint32_t i) { return to_net32(0xac100000u + 1 + i); });  // svc-000001 ...
+  cycle.make_all(w, tables);  // the timed loop measures hits
   const uint64_t encapsulated_before = w.geneve_encapsulated.get();
-  uint64_t cycles = 0, count = 0;
-  for (auto _ : state) {
-    const uint64_t start = rte_rdtsc();
-    w.now = start;
-    uint16_t n;
-    const uint64_t untimed = receive_and_fill(n);
-    process_burst(w, tables, *world->ports, world->client, packets, n);
-    flush_tx(w);
-    cycles += rte_rdtsc() - start - untimed;
-    count += n;
-  }
-  report(state, cycles, count);
+  const uint64_t count = cycle.time_bursts(state, w, tables);
   state.counters["flows"] = flows;
   uint64_t drops = 0;
   for (const auto& d : w.drops) drops += d.get();
