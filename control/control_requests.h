@@ -173,12 +173,15 @@ class control_module {
   const std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 
   // The kept document's DOM is built on a thread of its own after a full apply
-  // (published_document::replace_text): the apply's reply does not wait for it. What
-  // needs the DOM (a delta's patch, `get config`) waits for that thread first, outside
-  // mutex_ (the builder takes mutex_ to hand the DOM in). builder_mutex_ guards the
+  // (published_document::replace_text): the apply's reply does not wait for it, nor does
+  // a delta's (its patch waits beside the text and is applied when the DOM is handed in).
+  // What reads the DOM (`get config`, a re-publish after a delta) waits for that thread
+  // first, outside mutex_ (the builder takes mutex_ to hand the DOM in). builder_mutex_ guards the
   // thread object only; it is taken before mutex_, never while mutex_ is held.
   void build_kept_document(std::shared_ptr<const std::string> text);
   void wait_for_kept_document();
+  // The kept document's text with every delta since applied; apply_mutex_ held, not mutex_.
+  std::string kept_document_text();
   std::mutex builder_mutex_;
   std::thread document_builder_;
 

@@ -643,6 +643,17 @@ void read_tunables(const json& value, const std::string& path, tunables& t, erro
   }
 }
 
+// Fields absent from `value` keep what `e` holds (a delta's "ebpf" change names only
+// what it changes).
+void read_ebpf(const json& value, const std::string& path, ebpf_spec& e, error_list& errors) {
+  object_reader r(value, path, errors);
+  if (!r.ok()) return;
+  if (auto v = r.string("redirect", false)) {
+    if (auto mode = parse_redirect_mode(*v)) e.redirect = *mode;
+    else r.error(r.path_of("redirect"), "must be \"auto\", \"all\", \"opt_in\" or \"off\", got " + shown(*v));
+  }
+}
+
 // --- dataplane section (issue 4) ---
 bool valid_cpu_list(std::string_view text) {
   if (text.empty()) return false;
@@ -1060,6 +1071,12 @@ void read_peer(const json& value, const std::string& path, node_spec& node, std:
 void read_backend(const json& value, const std::string& path, backend_spec& backend, std::vector<config_error>& errors) {
   meshlane::read_backend(value, path, backend, errors);
 }
+void read_tunables(const json& value, const std::string& path, tunables& tuning, std::vector<config_error>& errors) {
+  meshlane::read_tunables(value, path, tuning, errors);
+}
+void read_ebpf(const json& value, const std::string& path, ebpf_spec& ebpf, std::vector<config_error>& errors) {
+  meshlane::read_ebpf(value, path, ebpf, errors);
+}
 
 bool read_checked_json(std::string_view json_text, nlohmann::json& document, std::vector<config_error>& errors) {
   // First pass: a SAX walk that finds what the DOM parser would hide (duplicate keys, legal
@@ -1257,15 +1274,7 @@ parse_result read_document(const json& document, std::optional<simdjson::dom::ar
       });
     }
     if (const json* t = top.member("tunables", false)) read_tunables(*t, "$.tunables", state.tuning, errors);
-    if (const json* e = top.member("ebpf", false)) {  // issue 12
-      object_reader er(*e, "$.ebpf", errors);
-      if (er.ok()) {
-        if (auto v = er.string("redirect", false)) {
-          if (auto mode = parse_redirect_mode(*v)) state.ebpf.redirect = *mode;
-          else er.error(er.path_of("redirect"), "must be \"auto\", \"all\", \"opt_in\" or \"off\", got " + shown(*v));
-        }
-      }
-    }
+    if (const json* e = top.member("ebpf", false)) read_ebpf(*e, "$.ebpf", state.ebpf, errors);  // issue 12
     if (const json* e = top.member("encryption", false)) {  // issue 15
       object_reader er(*e, "$.encryption", errors);
       if (er.ok()) {

@@ -22,6 +22,11 @@ void read_peer(const nlohmann::json& value, const std::string& path, node_spec& 
                std::vector<config_error>& errors);
 void read_backend(const nlohmann::json& value, const std::string& path, backend_spec& backend,
                   std::vector<config_error>& errors);
+// The tunables and ebpf sections: each field present replaces what `tuning` or `ebpf`
+// holds, the others stay (a delta's settings change names only what it changes).
+void read_tunables(const nlohmann::json& value, const std::string& path, tunables& tuning,
+                   std::vector<config_error>& errors);
+void read_ebpf(const nlohmann::json& value, const std::string& path, ebpf_spec& ebpf, std::vector<config_error>& errors);
 
 // Parses JSON text with the document's limits (nesting depth, duplicate keys reported);
 // false when there is nothing to read (a syntax error, too deep).

@@ -131,11 +131,7 @@ json control_module::pod_delete(const std::string& container_id) {
     // The working state did not hold the pod as the registry did (or its removal broke a
     // cross-check): publish the kept document with the remaining live pods, whole, as
     // every publish did before pods were deltas. (A sink's refusal would only repeat.)
-    std::string document;
-    {
-      std::lock_guard lock(mutex_);
-      document = document_.text();
-    }
+    const std::string document = kept_document_text();
     if (!document.empty()) result = publish_locked(document, "pod delete " + pod->name + " (whole document)");
   }
   if (!result.errors.empty()) {

@@ -10,10 +10,18 @@ json published_document::replace(json document) {
   json previous = std::move(document_);
   document_ = std::move(document);
   pending_.reset();
+  deferred_.clear();  // a whole document supersedes them
   services_.clear();
   pods_.clear();
   nodes_.clear();
   indexed_ = false;
+  return previous;
+}
+
+json published_document::take_built(json built) {
+  std::vector<json> deferred = std::move(deferred_);
+  json previous = replace(std::move(built));
+  for (const json& delta : deferred) apply(delta);
   return previous;
 }
 
@@ -25,7 +33,7 @@ json published_document::replace_text(std::shared_ptr<const std::string> text) {
 
 json published_document::adopt(json built, const std::shared_ptr<const std::string>& from) {
   if (!pending_ || pending_ != from) return built;  // replaced meanwhile: not this document's
-  return replace(std::move(built));
+  return take_built(std::move(built));
 }
 
 json published_document::dom_of(const std::string& text) {
@@ -34,7 +42,7 @@ json published_document::dom_of(const std::string& text) {
 }
 
 void published_document::build_pending() {
-  if (pending_) replace(dom_of(*pending_));
+  if (pending_) take_built(dom_of(*pending_));
 }
 
 const json& published_document::content() {
@@ -87,11 +95,25 @@ void published_document::erase(const char* key, name_index& index, const std::st
 }
 
 void published_document::patch(const json& delta) {
-  build_pending();
+  if (pending_) {
+    deferred_.push_back(delta);
+    return;
+  }
+  apply(delta);
+}
+
+void published_document::apply(const json& delta) {
   if (document_.is_null()) return;
   for (const json& change : delta.at("changes")) {
     const std::string op = change.at("op").get<std::string>();
     const std::string kind = change.at("kind").get<std::string>();
+    if (kind == "tunables" || kind == "ebpf") {
+      // A section: the fields the change names replace the document's, the others stay.
+      json& section = document_[kind];
+      if (!section.is_object()) section = json::object();
+      for (const auto& [key, value] : change.at("value").items()) section[key] = value;
+      continue;
+    }
     if (kind == "backend") {
       json& services = section("services", services_);
       auto it = services_.find(change.at("service").get<std::string>());

@@ -27,6 +27,8 @@ const char* to_string(delta_kind kind) {
     case delta_kind::backend: return "backend";
     case delta_kind::pod: return "pod";
     case delta_kind::node: return "node";
+    case delta_kind::tunables: return "tunables";
+    case delta_kind::ebpf: return "ebpf";
   }
   return "?";
 }
@@ -48,7 +50,30 @@ void read_change(const json& value, const std::string& path, delta_change& chang
   else if (*kind == "backend") change.kind = delta_kind::backend;
   else if (*kind == "pod") change.kind = delta_kind::pod;
   else if (*kind == "node") change.kind = delta_kind::node;
-  else return r.error(r.path_of("kind"), "must be \"service\", \"backend\", \"pod\" or \"node\", got " + shown(*kind));
+  else if (*kind == "tunables") change.kind = delta_kind::tunables;
+  else if (*kind == "ebpf") change.kind = delta_kind::ebpf;
+  else
+    return r.error(r.path_of("kind"), "must be \"service\", \"backend\", \"pod\", \"node\", \"tunables\" or \"ebpf\", got " +
+                                          shown(*kind));
+
+  if (change.kind == delta_kind::tunables || change.kind == delta_kind::ebpf) {
+    change.name = *kind;
+    const json* v = r.member("value", change.op == delta_op::replace);
+    if (change.op != delta_op::replace)
+      return r.error(r.path_of("op"), "the " + *kind + " section is always there: use \"replace\" with the fields to change");
+    if (!v) return;
+    // Checked on their own here (range, type, unknown fields), so that a bad value is
+    // refused whatever the state; read over the state's section when applied.
+    if (change.kind == delta_kind::tunables) {
+      tunables scratch;
+      document_sections::read_tunables(*v, r.path_of("value"), scratch, errors);
+    } else {
+      ebpf_spec scratch;
+      document_sections::read_ebpf(*v, r.path_of("value"), scratch, errors);
+    }
+    change.settings = *v;
+    return;
+  }
 
   if (change.kind == delta_kind::backend) {
     if (auto v = r.string("service", true)) change.name = *v;
@@ -80,7 +105,9 @@ void read_change(const json& value, const std::string& path, delta_change& chang
       document_sections::read_peer(*v, value_path, change.node, errors);
       change.name = change.node.name;
       break;
-    case delta_kind::backend: break;
+    case delta_kind::backend:
+    case delta_kind::tunables:
+    case delta_kind::ebpf: break;
   }
 }
 
@@ -138,6 +165,12 @@ std::vector<config_error> apply_state_delta(desired_state& state, const state_de
           break;
         }
         apply_named(state.peers, change, change.node, errors);
+        break;
+      case delta_kind::tunables:
+        document_sections::read_tunables(change.settings, change.path + ".value", state.tuning, errors);
+        break;
+      case delta_kind::ebpf:
+        document_sections::read_ebpf(change.settings, change.path + ".value", state.ebpf, errors);
         break;
       case delta_kind::backend: {
         auto service = find_named(state.services, change.name);

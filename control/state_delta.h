@@ -11,9 +11,14 @@
 //     {"op": "replace", "kind": "backend", "service": "web", "value": {...}},  keyed by ip and port
 //     {"op": "remove",  "kind": "backend", "service": "web", "ip": "198.18.2.10", "port": 8080},
 //     {"op": "add" | "replace" | "remove", "kind": "pod" | "node", ...}          as services
+//     {"op": "replace", "kind": "tunables", "value": {"burst_size": 64}}       fields named only
+//     {"op": "replace", "kind": "ebpf", "value": {"redirect": "opt_in"}}
 //   ]}
 // "add" refuses a name that exists, "replace" and "remove" one that does not; "node" is a
-// peer (nodes[]): this node itself changes only by a full apply. A delta is all or nothing:
+// peer (nodes[]): this node itself changes only by a full apply. "tunables" and "ebpf"
+// are the document's sections of those names: only "replace", and only the fields the
+// value names change (what `meshctl tune` sends; a tunable's change costs a tunable's,
+// not a 100,000-service document's). A delta is all or nothing:
 // the state after every change must pass the same validation as a full document, and an
 // error names the change's JSON path ($.changes[3].value.backends[0].ip).
 #pragma once
@@ -24,12 +29,14 @@
 #include <string_view>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
 #include "control/desired_state.h"
 
 namespace meshlane {
 
 enum class delta_op : uint8_t { add, replace, remove };
-enum class delta_kind : uint8_t { service, backend, pod, node };
+enum class delta_kind : uint8_t { service, backend, pod, node, tunables, ebpf };
 
 struct delta_change {
   delta_op op = delta_op::add;
@@ -42,6 +49,9 @@ struct delta_change {
   backend_spec backend;
   pod_spec pod;
   node_spec node;
+  // tunables, ebpf: the fields to change, read again over the state's section when the
+  // change is applied (checked on their own when the delta is read).
+  nlohmann::json settings;
 };
 
 struct state_delta {

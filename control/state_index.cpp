@@ -15,6 +15,13 @@ auto find_named(List& list, const std::string& name) {
   return std::find_if(list.begin(), list.end(), [&](const auto& entry) { return entry.name == name; });
 }
 
+// Whether two tunables compile to the same tables and the same worker set-up: equal in
+// everything but the settings that are read live (live_settings in the data plane).
+bool same_compiled_tuning(const tunables& a, const tunables& b) {
+  return a.maglev_table_size == b.maglev_table_size && a.rx_ring_size == b.rx_ring_size &&
+         a.tx_ring_size == b.tx_ring_size && a.workers == b.workers && a.flow_table_size == b.flow_table_size;
+}
+
 bool in_prefix_list(const std::vector<ip_prefix>& prefixes, const ip_address& address) {
   return std::any_of(prefixes.begin(), prefixes.end(), [&](const ip_prefix& p) { return p.contains(address); });
 }
@@ -146,13 +153,28 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
       case delta_kind::node:
         nodes_changed = true;
         break;
+      case delta_kind::tunables: {
+        tunables next = plan.tuning ? *plan.tuning : state_->tuning;
+        document_sections::read_tunables(change.settings, change.path + ".value", next, errors);
+        // A new Maglev table size recompiles every service: the whole path, as for nodes.
+        if (!same_compiled_tuning(next, state_->tuning)) nodes_changed = true;
+        plan.tuning = next;
+        break;
+      }
+      case delta_kind::ebpf: {
+        ebpf_spec next = plan.ebpf ? *plan.ebpf : state_->ebpf;
+        document_sections::read_ebpf(change.settings, change.path + ".value", next, errors);
+        plan.ebpf = next;
+        break;
+      }
     }
   }
   if (errors.size() != errors_before) return std::nullopt;
 
   if (nodes_changed) {
-    // Nodes change what every backend and VIP is checked against: the whole state is
-    // checked (and compiled) again, as for a full apply.
+    // Nodes change what every backend and VIP is checked against (and a Maglev table size
+    // what every service compiles to): the whole state is checked (and compiled) again, as
+    // for a full apply.
     desired_state whole = *state_;
     auto e = apply_state_delta(whole, delta);
     if (e.empty()) document_sections::check_document(whole, e);
@@ -170,9 +192,9 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     pods_only.node = state_->node;
     pods_only.peers = state_->peers;
     pods_only.pods = *plan.pods;
-    pods_only.tuning = state_->tuning;
+    pods_only.tuning = plan.tuning ? *plan.tuning : state_->tuning;
     pods_only.dataplane = state_->dataplane;
-    pods_only.ebpf = state_->ebpf;
+    pods_only.ebpf = plan.ebpf ? *plan.ebpf : state_->ebpf;
     pods_only.encryption = state_->encryption;
     pods_only.trust_domain = state_->trust_domain;
     pods_only.namespaces = state_->namespaces;
@@ -277,6 +299,8 @@ void state_index::commit(delta_plan&& plan, std::vector<service_change>& changes
     return;
   }
   if (plan.pods) state_->pods = std::move(*plan.pods);
+  if (plan.tuning) state_->tuning = *plan.tuning;
+  if (plan.ebpf) state_->ebpf = *plan.ebpf;
   auto& services = state_->services;
   for (auto& [name, spec] : plan.services) {
     auto at = service_at_.find(name);

@@ -25,6 +25,12 @@ struct delta_plan {
   // Services touched, by name: the spec after the delta, or nullopt when removed.
   std::map<std::string, std::optional<service_spec>> services;
   std::optional<std::vector<pod_spec>> pods;  // the pod list after the delta, when it changed
+  // The tunables and ebpf sections after the delta, when it changed them. Only settings
+  // the tables read as they are (burst size, idle policy, timeouts, backend series, the
+  // redirect mode): a change of the Maglev table size, rings, workers or flow-table size
+  // takes the whole path below, as a full apply would.
+  std::optional<tunables> tuning;
+  std::optional<ebpf_spec> ebpf;
   // Nodes changed: the whole state after the delta (checked whole; compile_tables).
   std::optional<desired_state> whole;
 };

@@ -4,6 +4,7 @@
 #include <unordered_map>
 
 #include <algorithm>
+#include <stdexcept>
 #include <bit>
 #include <charconv>
 #include <functional>
@@ -273,13 +274,17 @@ std::vector<std::tuple<uint16_t, l4_protocol, uint16_t>> ports_of(const service_
 
 std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const desired_state& state,
                                               const std::vector<service_change>& changes, bool pods_changed,
-                                              uint64_t generation) {
+                                              uint64_t generation, const delta_settings& settings) {
+  if (settings.tuning && settings.tuning->maglev_table_size != previous.tuning.maglev_table_size)
+    throw std::invalid_argument("compile_delta: a new Maglev table size needs compile_tables");
   // Everything not named here is shared or copied from the previous generation: each
   // unchanged service's compiled block by pointer, the flat tables by value.
   auto tables = std::make_shared<snapshot>(previous);
   tables->generation = generation;
   tables->backends_changed.reset();  // the previous one's records describe another step
   tables->services_changed.reset();
+  if (settings.tuning) tables->tuning = *settings.tuning;
+  if (settings.ebpf) tables->ebpf = *settings.ebpf;
   if (pods_changed) compile_pods(*tables, state);
 
   const uint32_t table_size = tables->tuning.maglev_table_size;

@@ -25,6 +25,14 @@ struct service_change {
   const service_spec* spec = nullptr;
 };
 
+// A delta's new settings sections (null: unchanged). The tunables must compile to the same
+// tables as the previous generation's (same Maglev table size): only the settings read
+// live change this way.
+struct delta_settings {
+  const tunables* tuning = nullptr;
+  const ebpf_spec* ebpf = nullptr;
+};
+
 // The next generation after a delta (state_delta.h), at a cost proportional to the delta:
 // the changed services' backends and Maglev tables are compiled, every other service's
 // block is shared with `previous`; frontends are rebuilt only when a service is added or
@@ -33,7 +41,7 @@ struct service_change {
 // changes need compile_tables. Gives the tables compile_tables gives for the same state.
 std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const desired_state& state,
                                               const std::vector<service_change>& services, bool pods_changed,
-                                              uint64_t generation);
+                                              uint64_t generation, const delta_settings& settings = {});
 
 // Human-readable dump of a snapshot's tables (for `meshlaned --print-tables` and the demo).
 std::string describe_tables(const snapshot& tables);

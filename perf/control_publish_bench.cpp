@@ -21,6 +21,9 @@
 //     (the CNI plugin's `pod` requests, through the control module with a pod registry) on
 //     a node holding N services; beside them, in the same run, the whole-document
 //     re-publish each pod cost before pods were deltas (control_module::republish).
+//   build/perf/control_publish_bench --tunes R [N ...]: R tunes of tables.burst_size and of
+//     ebpf.redirect (deltas of their sections) on a node holding N services; beside them,
+//     the whole-document re-publish each tune cost before (control_module::republish).
 //   build/perf/control_publish_bench --probes-under-scrapes SECONDS [N ...]: /healthz latency
 //     while /metrics and /status.json are scraped back to back on a node whose data plane
 //     counts every service and backend (probes_under_scrapes), with those routes off the
@@ -400,6 +403,41 @@ nlohmann::json live_pods(const std::string& text, int rounds) {
   return out;
 }
 
+// `rounds` tunes of a document tunable (tables.burst_size, alternating) and of
+// ebpf.redirect through the control module, each timed from request line to reply (a
+// delta of the section: checked, compiled, published to a pointer sink); beside them, in
+// the same run, `rounds / 4 + 1` re-publishes of the whole document, what each tune cost
+// before tunables were deltas.
+nlohmann::json tunes(const std::string& text, int rounds) {
+  bench_control agent;
+  if (auto r = agent.control.apply_document(text, "bench"); !r.errors.empty()) return {{"error", r.errors[0].to_string()}};
+  std::vector<double> tune_ms, redirect_ms, whole_ms;
+  int failures = 0;
+  for (int k = 0; k < rounds; ++k) {
+    auto start = clock_type::now();
+    failures += !agent.control.handle_line(nlohmann::json{{"command", "tune"}, {"settings", {{"tables.burst_size", k % 2 ? 32 : 64}}}}.dump())
+                     .value("ok", false);
+    tune_ms.push_back(seconds(start) * 1e3);
+    start = clock_type::now();
+    failures += !agent.control.handle_line(nlohmann::json{{"command", "tune"}, {"settings", {{"ebpf.redirect", k % 2 ? "auto" : "opt_in"}}}}.dump())
+                     .value("ok", false);
+    redirect_ms.push_back(seconds(start) * 1e3);
+  }
+  for (int w = 0; w < rounds / 4 + 1; ++w) {
+    const auto start = clock_type::now();
+    failures += !agent.control.republish("bench").empty();
+    whole_ms.push_back(seconds(start) * 1e3);
+  }
+  nlohmann::json out;
+  out["tune_burst_size_ms"] = latency_json(tune_ms);
+  out["tune_redirect_ms"] = latency_json(redirect_ms);
+  out["whole_document_publish_ms"] = latency_json(whole_ms);
+  const double whole_p50 = percentile(whole_ms, 0.5);
+  out["tune_vs_whole_p50"] = whole_p50 > 0 ? percentile(tune_ms, 0.5) / whole_p50 : 0;
+  out["failures"] = failures;
+  return out;
+}
+
 void print_line(nlohmann::json line, const char* benchmark, int services, int nodes) {
   line["benchmark"] = benchmark;
   line["services"] = services;
@@ -417,6 +455,7 @@ int main(int argc, char** argv) {
   int full_apply_rounds = 0;
   double scrapes_seconds = 0;
   int live_pod_rounds = 0;
+  int tune_rounds = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--stages-only") == 0) {
       stages_only = true;
@@ -428,6 +467,10 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--live-pods") == 0 && i + 1 < argc) {
       live_pod_rounds = std::max(1, std::atoi(argv[++i]));
+      continue;
+    }
+    if (std::strcmp(argv[i], "--tunes") == 0 && i + 1 < argc) {
+      tune_rounds = std::max(1, std::atoi(argv[++i]));
       continue;
     }
     if (std::strcmp(argv[i], "--probes-under-scrapes") == 0 && i + 1 < argc) {
@@ -448,6 +491,11 @@ int main(int argc, char** argv) {
   if (live_pod_rounds > 0) {
     for (int services : sizes)
       print_line(live_pods(make_document(services, nodes, kMaglevSize), live_pod_rounds), "live_pods", services, nodes);
+    return 0;
+  }
+  if (tune_rounds > 0) {
+    for (int services : sizes)
+      print_line(tunes(make_document(services, nodes, kMaglevSize), tune_rounds), "tunes", services, nodes);
     return 0;
   }
   if (scrapes_seconds > 0) {

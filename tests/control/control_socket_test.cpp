@@ -416,11 +416,20 @@ TEST_F(ControlSocket, TuneListsAppliesValidatesAndRollsBack) {
   EXPECT_EQ(burst_, 16);
   EXPECT_EQ(log_.threshold(), log_level::debug);
 
-  // The document tunables re-publish the tables, validated like an apply.
+  // The document tunables publish a delta of the tunables section, validated like an
+  // apply: every service's compiled tables are shared with the generation before (a
+  // re-publish of the whole document compiled them all again: seconds at 100,000
+  // services), and the kept document says what was tuned.
+  const auto untuned = publisher_.current();
   reply = ask({{"command", "tune"}, {"settings", {{"tables.idle_policy", "busy_poll"}}}});
   ASSERT_TRUE(reply["ok"]) << reply;
   EXPECT_EQ(publisher_.current()->tuning.idle, idle_policy::busy_poll);
   EXPECT_EQ(publisher_.current()->generation, 2u);
+  ASSERT_TRUE(publisher_.current()->backends_changed);
+  EXPECT_TRUE(publisher_.current()->backends_changed->services.empty());
+  for (size_t i = 0; i < untuned->services.size(); ++i)
+    EXPECT_EQ(publisher_.current()->services[i].compiled, untuned->services[i].compiled) << untuned->services[i].name;
+  EXPECT_EQ(ask({{"command", "get"}, {"what", "config"}})["document"]["tunables"]["idle_policy"], "busy_poll");
   reply = ask({{"command", "tune"}, {"settings", {{"tables.backend_series", "all"}}}});
   ASSERT_TRUE(reply["ok"]) << reply;
   EXPECT_EQ(publisher_.current()->tuning.backend_metrics, backend_series::all);
@@ -441,6 +450,16 @@ TEST_F(ControlSocket, TuneListsAppliesValidatesAndRollsBack) {
   EXPECT_NE(reply["message"].get<std::string>().find("$.tunables.maglev_table_size: must be a prime"), std::string::npos)
       << reply;
   EXPECT_EQ(publisher_.current()->generation, 3u);
+  // A Maglev table size recompiles every service; ebpf.redirect is a delta of its section.
+  reply = ask({{"command", "tune"}, {"settings", {{"tables.maglev_table_size", 251}, {"ebpf.redirect", "off"}}}});
+  ASSERT_TRUE(reply["ok"]) << reply;
+  EXPECT_EQ(publisher_.current()->tuning.maglev_table_size, 251u);
+  EXPECT_EQ(publisher_.current()->tuning.idle, idle_policy::busy_poll);  // earlier tunes stay
+  EXPECT_EQ(publisher_.current()->ebpf.redirect, redirect_mode::off);
+  EXPECT_EQ(publisher_.current()->generation, 5u);
+  const json config = ask({{"command", "get"}, {"what", "config"}})["document"];
+  EXPECT_EQ(config["tunables"]["maglev_table_size"], 251);
+  EXPECT_EQ(config["ebpf"]["redirect"], "off");
 
   reply = ask({{"command", "tune"}, {"settings", {{"no.such", 1}, {"test.burst", 8}}}});
   EXPECT_EQ(reply["error"], "unknown_tunable");

@@ -260,6 +260,71 @@ TEST_F(StateDelta, TheStateAfterADeltaIsWhatAFullApplyOfItWouldPublish) {
   EXPECT_EQ(state->pods.size(), 3u);
 }
 
+// The tunables and ebpf sections change by "replace" of the fields named (what `meshctl
+// tune` sends): settings read live share every service's tables and the frontend tables
+// with the generation before, and the sinks may patch their views (an empty backends
+// record); a new Maglev table size recompiles every service, as a full apply would. Each
+// generation equals a full apply of the patched document.
+TEST_F(StateDelta, TunablesAndEbpfChangeOnlyTheFieldsNamedAndShareEveryServicesTables) {
+  const auto before = publisher_.current();
+  apply_ok(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"burst_size", 64}, {"idle_policy", "busy_poll"}}}},
+                    {{"op", "replace"}, {"kind", "tunables"}, {"value", {{"udp_timeout_s", 5}}}},
+                    {{"op", "replace"}, {"kind", "ebpf"}, {"value", {{"redirect", "opt_in"}}}}}));
+  const auto after = publisher_.current();
+  EXPECT_EQ(after->tuning.burst_size, 64);
+  EXPECT_EQ(after->tuning.idle, idle_policy::busy_poll);
+  EXPECT_EQ(after->tuning.udp_timeout_s, 5u);
+  EXPECT_EQ(after->tuning.tcp_established_timeout_s, before->tuning.tcp_established_timeout_s);  // not named: kept
+  EXPECT_EQ(after->ebpf.redirect, redirect_mode::opt_in);
+  ASSERT_FALSE(after->services.size() == 0);
+  EXPECT_EQ(after->services.shared_chunks_with(before->services), (after->services.size() + 255) / 256);
+  ASSERT_TRUE(after->backends_changed);
+  EXPECT_EQ(after->backends_changed->base_generation, before->generation);
+  EXPECT_TRUE(after->backends_changed->services.empty());
+  EXPECT_EQ(publisher_.current_state()->tuning.burst_size, 64);
+  EXPECT_EQ(published_.content()["tunables"]["burst_size"], 64);
+
+  // A Maglev table size recompiles every service (no record: the sinks build whole views).
+  apply_ok(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"maglev_table_size", 251}}}}}));
+  const auto resized = publisher_.current();
+  EXPECT_EQ(resized->tuning.maglev_table_size, 251u);
+  EXPECT_EQ(resized->tuning.burst_size, 64);
+  EXPECT_FALSE(resized->backends_changed);
+  for (const table_service& svc : resized->services)
+    if (svc.backend_count) {
+      EXPECT_EQ(svc.compiled->maglev.size(), 251u) << svc.name;
+    }
+}
+
+TEST_F(StateDelta, ASettingsChangeIsCheckedLikeItsSectionAndOnlyReplaces) {
+  auto errors = apply_refused(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"burst_size", 0}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.burst_size");
+  errors = apply_refused(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"maglev_table_size", 1000}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].message.find("prime"), std::string::npos) << errors[0].to_string();
+  errors = apply_refused(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"no_such", 1}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].to_string(), "$.changes[0].value.no_such: unknown field");
+  errors = apply_refused(changes({{{"op", "replace"}, {"kind", "ebpf"}, {"value", {{"redirect", "sometimes"}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "$.changes[0].value.redirect");
+  errors = apply_refused(changes({{{"op", "add"}, {"kind", "tunables"}, {"value", {{"burst_size", 8}}}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "$.changes[0].op");
+  errors = apply_refused(changes({{{"op", "remove"}, {"kind", "ebpf"}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_EQ(errors[0].path, "$.changes[0].op");
+  // A Maglev table too small for a service's backends: refused like the document would be.
+  json backends = json::array();
+  for (int b = 0; b < 14; ++b) backends.push_back({{"ip", "198.18.2." + std::to_string(100 + b)}, {"port", 80}, {"node", "node2"}});
+  apply_ok(changes({{{"op", "add"}, {"kind", "service"},
+                     {"value", {{"name", "wide"}, {"vip", "198.19.128.40"}, {"ports", {{{"port", 80}}}}, {"backends", backends}}}}}));
+  errors = apply_refused(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"maglev_table_size", 13}}}}}));
+  ASSERT_FALSE(errors.empty());
+  EXPECT_NE(errors[0].message.find("do not fit a Maglev table of 13"), std::string::npos) << errors[0].to_string();
+}
+
 TEST_F(StateDelta, ADeltaNeedsAPublishedDocument) {
   table_publisher empty;
   const auto result = empty.apply_delta(changes(json::array()).dump());
@@ -270,7 +335,8 @@ TEST_F(StateDelta, ADeltaNeedsAPublishedDocument) {
 // The kept document of a full apply is its text until the control module's builder
 // thread hands in the DOM (control_requests.h): the text serves re-publishes as it is, a
 // DOM built from a text since replaced is refused, and a delta on a text whose DOM is not
-// in yet builds it first, so no delta is lost.
+// in yet waits beside it and is applied when the DOM is handed in (or built for a
+// reader), so no delta is lost and none waits for a 100,000-service DOM.
 TEST(PublishedDocument, AFullApplysTextIsKeptUntilItsDomIsHandedIn) {
   published_document kept;
   EXPECT_TRUE(kept.empty());
@@ -289,15 +355,37 @@ TEST(PublishedDocument, AFullApplysTextIsKeptUntilItsDomIsHandedIn) {
   EXPECT_EQ(kept.pending(), nullptr);
   EXPECT_EQ(kept.content(), document);
 
+  const json weight = changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                                {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 7}, {"node", "node2"}}}}});
+  const json tune = changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"burst_size", 64}}}}});
+  auto patched = [](const json& content) {
+    bool found = false;
+    for (const json& svc : content["services"])
+      if (svc["name"] == "web")
+        for (const json& b : svc["backends"]) found |= b["ip"] == "198.18.2.10" && b["weight"] == 7;
+    return found && content["tunables"]["burst_size"] == 64 && content["tunables"]["workers"] == 1;
+  };
+  // Handed in by the builder: the deltas that waited are applied in order.
   kept.replace_text(text);
-  kept.patch(changes({{{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
-                       {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 7}, {"node", "node2"}}}}}));
+  kept.patch(weight);
+  kept.patch(tune);
+  EXPECT_EQ(kept.pending(), text) << "a delta built the DOM on the caller's thread";
+  EXPECT_EQ(kept.deferred_deltas(), 2u);
+  kept.adopt(json::parse(*text), text);
+  EXPECT_EQ(kept.deferred_deltas(), 0u);
+  EXPECT_TRUE(patched(kept.content())) << kept.content().dump();
+
+  // Built for a reader (text() with deltas waiting), and dropped by a later full apply.
+  kept.replace_text(text);
+  kept.patch(weight);
+  kept.patch(tune);
+  EXPECT_TRUE(patched(json::parse(kept.text())));
   EXPECT_EQ(kept.pending(), nullptr);
-  bool patched = false;
-  for (const json& svc : kept.content()["services"])
-    if (svc["name"] == "web")
-      for (const json& b : svc["backends"]) patched |= b["ip"] == "198.18.2.10" && b["weight"] == 7;
-  EXPECT_TRUE(patched) << kept.content().dump();
+  kept.replace_text(text);
+  kept.patch(tune);
+  kept.replace_text(newer);
+  EXPECT_EQ(kept.deferred_deltas(), 0u);
+  EXPECT_EQ(kept.content(), document);
 }
 
 }  // namespace
