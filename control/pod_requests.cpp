@@ -45,22 +45,15 @@ json control_module::pod_json(const live_pod& pod, const std::optional<table_pub
   return out;
 }
 
-publish_result control_module::publish_pod_change(const live_pod& pod, bool added) {
-  json change = added ? json{{"op", "add"}, {"kind", "pod"}, {"value", pod.document_entry()}}
-                      : json{{"op", "remove"}, {"kind", "pod"}, {"name", pod.name}};
-  const publish_result result = publisher_.apply_delta(json{{"changes", json::array({change})}}.dump());
-  account(result, (added ? "pod add " : "pod delete ") + pod.name, nullptr, nullptr);
-  return result;
-}
-
 json control_module::pod_request_reply(const json& request) {
-  if (!pods_) return error_reply(control_error::kUnavailable, "this agent keeps no live pods (it runs without --state-dir)");
+  pod_registry* pods = apply_.pods();
+  if (!pods) return error_reply(control_error::kUnavailable, "this agent keeps no live pods (it runs without --state-dir)");
   const std::string action = request.value("action", "");
   if (action == "add") return pod_add(request);
   if (action == "list") {
     json rows = json::array();
     const auto context = publisher_.current_pod_context();
-    for (const live_pod& pod : pods_->pods()) rows.push_back(pod_json(pod, context));
+    for (const live_pod& pod : pods->pods()) rows.push_back(pod_json(pod, context));
     return {{"ok", true}, {"pods", rows}};
   }
   if (action != "delete" && action != "get")
@@ -69,7 +62,7 @@ json control_module::pod_request_reply(const json& request) {
   if (!container_id || container_id->empty())
     return error_reply(control_error::kInvalidRequest, "pod " + action + " needs a string \"container_id\"");
   if (action == "delete") return pod_delete(*container_id);
-  const auto pod = pods_->find(*container_id);
+  const auto pod = pods->find(*container_id);
   if (!pod) return error_reply("not_found", "no live pod has container id " + *container_id);
   return {{"ok", true}, {"pod", pod_json(*pod, publisher_.current_pod_context())}};
 }
@@ -97,17 +90,18 @@ json control_module::pod_add(const json& request) {
   if (std::string problem = validate_pod_request(wanted); !problem.empty())
     return error_reply(control_error::kInvalidRequest, problem);
 
-  std::lock_guard apply_lock(apply_mutex_);
+  pod_registry* pods = apply_.pods();
+  auto apply_lock = apply_.hold();
   const auto context = publisher_.current_pod_context();
-  if (auto existing = pods_->find(wanted.container_id)) return {{"ok", true}, {"pod", pod_json(*existing, context)}};
+  if (auto existing = pods->find(wanted.container_id)) return {{"ok", true}, {"pod", pod_json(*existing, context)}};
   if (!context) return error_reply(control_error::kUnavailable, "no document has been published yet");
   std::string error;
-  const auto pod = pods_->add(wanted, context->node, context->taken, error);
+  const auto pod = pods->add(wanted, context->node, context->taken, error);
   if (!pod) return error_reply(control_error::kUnavailable, error);
-  const publish_result result = publish_pod_change(*pod, true);
+  const publish_result result = apply_.publish_pod_change_locked(*pod, true);
   if (!result.errors.empty()) {
     std::string undo_error;
-    pods_->remove(pod->container_id, undo_error);
+    pods->remove(pod->container_id, undo_error);
     std::string message = "pod " + pod->name + " was not added: " + result.errors.front().to_string();
     if (!undo_error.empty()) message += "; and taking it back out failed: " + undo_error;
     json reply = error_reply(control_error::kPublishFailed, message);
@@ -120,19 +114,20 @@ json control_module::pod_add(const json& request) {
 }
 
 json control_module::pod_delete(const std::string& container_id) {
-  std::lock_guard apply_lock(apply_mutex_);
-  const auto pod = pods_->find(container_id);
+  pod_registry* pods = apply_.pods();
+  auto apply_lock = apply_.hold();
+  const auto pod = pods->find(container_id);
   if (!pod) return {{"ok", true}, {"deleted", false}};  // a DEL for what never was, or again
   std::string error;
-  if (!pods_->remove(container_id, error)) return error_reply(control_error::kInternal, error);
+  if (!pods->remove(container_id, error)) return error_reply(control_error::kInternal, error);
   if (!publisher_.current()) return {{"ok", true}, {"deleted", true}};
-  publish_result result = publish_pod_change(*pod, false);
+  publish_result result = apply_.publish_pod_change_locked(*pod, false);
   if (!result.errors.empty() && !result.refused_by_sink) {
     // The working state did not hold the pod as the registry did (or its removal broke a
     // cross-check): publish the kept document with the remaining live pods, whole, as
     // every publish did before pods were deltas. (A sink's refusal would only repeat.)
-    const std::string document = kept_document_text();
-    if (!document.empty()) result = publish_locked(document, "pod delete " + pod->name + " (whole document)");
+    const std::string document = apply_.kept_document_text_locked();
+    if (!document.empty()) result = apply_.publish_document_locked(document, "pod delete " + pod->name + " (whole document)");
   }
   if (!result.errors.empty()) {
     // The pod is gone from the registry (its address is free again); the running tables

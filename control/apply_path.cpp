@@ -1,0 +1,162 @@
+#include "control/apply_path.h"
+
+#include <cstdio>
+#include <system_error>
+
+namespace meshlane {
+
+using nlohmann::json;
+
+apply_path::~apply_path() { wait_for_kept_document(); }
+
+publish_result apply_path::apply_document(std::string_view document_json, const std::string& source) {
+  auto lock = hold();
+  return publish_document_locked(document_json, source);
+}
+
+publish_result apply_path::publish_document_locked(std::string_view document_json, const std::string& source) {
+  publish_result result;
+  if (pods_ && pods_->size() > 0) {
+    // The live pods join the document's own; a document that is no JSON object is left
+    // for the publisher to refuse with its usual message.
+    json merged = json::parse(document_json, nullptr, false);
+    if (merged.is_object()) {
+      json& list = merged["pods"];
+      if (list.is_null()) list = json::array();
+      if (list.is_array())
+        for (const live_pod& pod : pods_->pods()) list.push_back(pod.document_entry());
+      result = publisher_.apply(merged.dump());
+    } else {
+      result = publisher_.apply(document_json);
+    }
+  } else {
+    result = publisher_.apply(document_json);
+  }
+  account(result, source, &document_json, nullptr);
+  return result;
+}
+
+publish_result apply_path::apply_delta(const json& delta, const std::string& source) {
+  auto lock = hold();
+  const publish_result result = publisher_.apply_delta(delta.dump());
+  account(result, source, nullptr, &delta);
+  return result;
+}
+
+publish_result apply_path::publish_pod_change_locked(const live_pod& pod, bool added) {
+  json change = added ? json{{"op", "add"}, {"kind", "pod"}, {"value", pod.document_entry()}}
+                      : json{{"op", "remove"}, {"kind", "pod"}, {"name", pod.name}};
+  const publish_result result = publisher_.apply_delta(json{{"changes", json::array({change})}}.dump());
+  account(result, (added ? "pod add " : "pod delete ") + pod.name, nullptr, nullptr);
+  return result;
+}
+
+std::string apply_path::republish(const std::string& source) {
+  auto lock = hold();
+  const std::string document = kept_document_text_locked();
+  if (document.empty()) return "no document has been published yet";
+  const publish_result result = publish_document_locked(document, source);
+  return result.errors.empty() ? "" : result.errors.front().to_string();
+}
+
+std::string apply_path::set_section_field(const std::string& section, const std::string& key, const json& value) {
+  // A delta of the one section (state_delta.h): validated like an apply, at the cost of a
+  // tunable rather than of the whole document (at 100,000 services a re-publish of the
+  // document took seconds); the kept document is patched by it, as by any delta.
+  const json delta = {{"changes", json::array({{{"op", "replace"}, {"kind", section}, {"value", {{key, value}}}}})}};
+  const publish_result result = apply_delta(delta, "tune " + section + "." + key);
+  if (result.errors.empty()) return {};
+  // Named as the document names the field: "$.tunables.burst_size", not the delta's path.
+  const std::string delta_path = "$.changes[0].value";
+  std::string message;
+  for (config_error e : result.errors) {
+    if (e.path.rfind(delta_path, 0) == 0) e.path = "$." + section + e.path.substr(delta_path.size());
+    message += (message.empty() ? "" : "; ") + e.to_string();
+  }
+  return message;
+}
+
+std::string apply_path::kept_document_text_locked() {
+  wait_for_kept_document();  // deltas waiting for the DOM need it: built off mutex_
+  std::lock_guard lock(mutex_);
+  return document_.text();
+}
+
+std::optional<json> apply_path::kept_document() {
+  wait_for_kept_document();  // not under mutex_: the builder hands its DOM in under it
+  std::lock_guard lock(mutex_);
+  if (document_.empty()) return std::nullopt;
+  return document_.content();
+}
+
+apply_path::counts apply_path::applies() const {
+  std::lock_guard lock(mutex_);
+  return counts_;
+}
+
+void apply_path::build_kept_document(std::shared_ptr<const std::string> text) {
+  std::lock_guard builder_lock(builder_mutex_);
+  if (document_builder_.joinable()) document_builder_.join();  // an earlier apply's: done, or soon
+  auto build = [this, text] {
+    // A 100k-service document takes seconds to parse and to free: both happen outside
+    // mutex_, which `/metrics`, `status` and `get config` take. The thread has its
+    // creator's nice value (the control socket publishes at nice 10).
+    try {
+      json built = published_document::dom_of(*text);
+      json previous;
+      {
+        std::lock_guard lock(mutex_);
+        previous = document_.adopt(std::move(built), text);
+      }
+    } catch (const std::exception&) {
+      // No memory for the DOM now: it stays pending, and whatever needs it builds it then.
+    }
+  };
+  try {
+    document_builder_ = std::thread(build);
+  } catch (const std::system_error&) {
+    build();  // no thread to be had: built here, as before
+  }
+}
+
+void apply_path::wait_for_kept_document() {
+  std::lock_guard builder_lock(builder_mutex_);
+  if (document_builder_.joinable()) document_builder_.join();
+}
+
+void apply_path::account(const publish_result& result, const std::string& source, const std::string_view* full_document,
+                         const json* delta) {
+  // A full apply keeps the text and builds its DOM on a thread of its own; a delta patches
+  // the DOM, or waits beside the text for it (published_document::patch).
+  std::shared_ptr<const std::string> text;
+  if (result.errors.empty() && full_document) text = std::make_shared<const std::string>(*full_document);
+  json previous;
+  {
+    std::lock_guard lock(mutex_);
+    if (result.errors.empty()) {
+      ++counts_.published;
+      if (full_document) previous = document_.replace_text(text);
+      else if (delta) document_.patch(*delta);
+    } else {
+      ++counts_.refused;
+    }
+    counts_.compile_seconds_total += result.compile_seconds;
+    counts_.publish_seconds_total += result.publish_seconds;
+    counts_.last_compile_seconds = result.compile_seconds;
+    counts_.last_publish_seconds = result.publish_seconds;
+  }
+  if (text) build_kept_document(std::move(text));
+  if (result.errors.empty()) {
+    char timing[96];
+    std::snprintf(timing, sizeof timing, " (compile %.3f ms, publish %.3f ms)", result.compile_seconds * 1e3,
+                  result.publish_seconds * 1e3);
+    log_.write(log_level::info, "published generation " + std::to_string(result.generation) + " from " + source + timing);
+  } else {
+    std::string first = result.errors.front().to_string();
+    log_.write(log_level::error, (full_document ? "document from " : "delta from ") + source + " refused (" +
+                                     std::to_string(result.errors.size()) + " error(s), first: " + first +
+                                     "); the running tables stay");
+  }
+}
+
+}  // namespace meshlane

@@ -1,0 +1,98 @@
+// The control module's apply path: every publish it makes (a full document, a delta, a
+// live pod, a tune, a re-publish for new keys) goes through here, one at a time, with
+// the document kept for `get config` and re-publishes, and the counts and timings of what
+// was published or refused. The request handling (control_requests.h) decides what to
+// publish; this decides nothing but keeps the publishes and the kept document consistent.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <thread>
+
+#include <nlohmann/json.hpp>
+
+#include "control/log_ring.h"
+#include "control/pod_registry.h"
+#include "control/published_document.h"
+#include "control/table_publisher.h"
+
+namespace meshlane {
+
+class apply_path {
+ public:
+  apply_path(table_publisher& publisher, log_ring& log) : publisher_(publisher), log_(log) {}
+  ~apply_path();
+  apply_path(const apply_path&) = delete;
+  apply_path& operator=(const apply_path&) = delete;
+
+  // Validates, compiles and publishes a document, with the live pods of the pod registry
+  // (when there is one) added to its pods; logs and counts the result.
+  publish_result apply_document(std::string_view document_json, const std::string& source);
+  // Validates and publishes a delta of the current state (state_delta.h), all or nothing.
+  publish_result apply_delta(const nlohmann::json& delta, const std::string& source);
+  // Publishes the current document again (new keys, a rotation step); "" or why not.
+  std::string republish(const std::string& source);
+  // Publishes document[section][key] = value as a delta of that section ("tunables",
+  // "ebpf"); "" or every error, named by the document's path ($.tunables.burst_size).
+  std::string set_section_field(const std::string& section, const std::string& key, const nlohmann::json& value);
+
+  // Live pods (pod_requests.cpp): the registry outlives the path.
+  void set_pod_registry(pod_registry* registry) { pods_ = registry; }
+  pod_registry* pods() const { return pods_; }
+
+  // A caller that reads the state and then publishes from what it read (a pod add
+  // allocates addresses, then publishes the pod) holds this across both; the *_locked
+  // calls below need it held.
+  std::unique_lock<std::mutex> hold() { return std::unique_lock(apply_mutex_); }
+  // Publishes one live pod added or removed as a delta of the working state (its cost is
+  // the pod's, not the cluster's); the kept document, which holds no live pods, stays.
+  publish_result publish_pod_change_locked(const live_pod& pod, bool added);
+  // Publishes `document_json` plus the live pods.
+  publish_result publish_document_locked(std::string_view document_json, const std::string& source);
+  // The kept document's text with every delta since applied ("" before the first apply).
+  std::string kept_document_text_locked();
+
+  // The kept document (`get config`), or nullopt before the first apply.
+  std::optional<nlohmann::json> kept_document();
+
+  struct counts {
+    uint64_t published = 0, refused = 0;
+    double compile_seconds_total = 0, publish_seconds_total = 0;
+    double last_compile_seconds = 0, last_publish_seconds = 0;
+  };
+  counts applies() const;
+
+ private:
+  // Counts and logs a publish's outcome; keeps the document (a full one, or patched by a
+  // delta) when it was published. With neither (a live pod's delta) it only counts and logs.
+  void account(const publish_result& result, const std::string& source, const std::string_view* full_document,
+               const nlohmann::json* delta);
+
+  // The kept document's DOM is built on a thread of its own after a full apply
+  // (published_document::replace_text): the apply's reply does not wait for it, nor does
+  // a delta's (its patch waits beside the text and is applied when the DOM is handed in).
+  // What reads the DOM (`get config`, a re-publish after a delta) waits for that thread
+  // first, outside mutex_ (the builder takes mutex_ to hand the DOM in). builder_mutex_
+  // guards the thread object only; it is taken before mutex_, never while mutex_ is held.
+  void build_kept_document(std::shared_ptr<const std::string> text);
+  void wait_for_kept_document();
+
+  table_publisher& publisher_;
+  log_ring& log_;
+  pod_registry* pods_ = nullptr;
+  // Serialises publishes: a pod add publishes from the state it read and must not
+  // interleave with an apply that replaces it.
+  std::mutex apply_mutex_;
+  std::mutex builder_mutex_;
+  std::thread document_builder_;
+
+  mutable std::mutex mutex_;  // guards what follows
+  published_document document_;  // the last published document, patched by every delta since
+  counts counts_;
+};
+
+}  // namespace meshlane
