@@ -12,13 +12,24 @@
 #include <cstddef>
 #include <iterator>
 #include <memory>
+#include <mutex>
+#include <span>
+#include <string>
 #include <vector>
 
 namespace meshlane {
 
 template <typename T, size_t kChunkRows = 256>
 class chunked_table {
-  using chunk = std::vector<T>;
+  struct chunk {
+    std::vector<T> rows;
+    // A value computed once from the rows (chunk_memo), kept with them: the generations
+    // that share the chunk share it. Not copied: a copy is made to be written.
+    mutable std::mutex memo_mutex;
+    mutable std::string memo;
+    chunk() = default;
+    chunk(const chunk& other) : rows(other.rows) {}
+  };
 
  public:
   using value_type = T;
@@ -68,7 +79,7 @@ class chunked_table {
 
   size_t size() const { return size_; }
   bool empty() const { return size_ == 0; }
-  const T& operator[](size_t i) const { return (*chunks_[i / kChunkRows])[i % kChunkRows]; }
+  const T& operator[](size_t i) const { return chunks_[i / kChunkRows]->rows[i % kChunkRows]; }
   const T& front() const { return (*this)[0]; }
   const T& back() const { return (*this)[size_ - 1]; }
   const_iterator begin() const { return {this, 0}; }
@@ -76,20 +87,32 @@ class chunked_table {
 
   // Row i for writing, while this table is being built (before its snapshot is
   // published): its chunk is copied first when another table shares it.
-  T& mutable_at(size_t i) { return (*own(i / kChunkRows))[i % kChunkRows]; }
+  T& mutable_at(size_t i) { return own(i / kChunkRows)->rows[i % kChunkRows]; }
   void push_back(T row) {
     if (size_ % kChunkRows == 0) {
       chunks_.push_back(std::make_shared<chunk>());
-      chunks_.back()->reserve(kChunkRows);
+      chunks_.back()->rows.reserve(kChunkRows);
     }
-    own(chunks_.size() - 1)->push_back(std::move(row));
+    own(chunks_.size() - 1)->rows.push_back(std::move(row));
     ++size_;
   }
   void clear() {
     chunks_.clear();
     size_ = 0;
   }
-  // How many rows this table shares with `other` chunk for chunk (tests).
+  // The chunks: rows [c * kChunkRows, (c + 1) * kChunkRows) are chunk c, whatever way
+  // the table was built, so two tables of the same rows are chunked alike.
+  size_t chunk_count() const { return chunks_.size(); }
+  // compute(rows of chunk c) -> std::string, computed at the first ask and kept with the
+  // chunk (a published table's rows never change; a chunk written is a new chunk).
+  template <typename F>
+  std::string chunk_memo(size_t c, F&& compute) const {
+    const chunk& k = *chunks_[c];
+    std::lock_guard lock(k.memo_mutex);
+    if (k.memo.empty()) k.memo = compute(std::span<const T>(k.rows));
+    return k.memo;
+  }
+  // How many chunks this table shares with `other`, chunk for chunk (tests).
   size_t shared_chunks_with(const chunked_table& other) const {
     size_t n = 0;
     for (size_t c = 0; c < chunks_.size() && c < other.chunks_.size(); ++c) n += chunks_[c] == other.chunks_[c];
@@ -107,6 +130,7 @@ class chunked_table {
   // one only loses holders, so a count of 1 means no one else can see the chunk.
   const std::shared_ptr<chunk>& own(size_t c) {
     if (chunks_[c].use_count() > 1) chunks_[c] = std::make_shared<chunk>(*chunks_[c]);
+    chunks_[c]->memo.clear();  // to be written: what was computed from the rows goes
     return chunks_[c];
   }
 

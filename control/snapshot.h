@@ -208,7 +208,10 @@ struct snapshot {
   // `get tables` and the status page ask for it every second. At 100,000 services the
   // serialized tables are 250 MB, nearly all of it Maglev tables: hashing them took most of
   // a second per generation on the thread that answers /healthz; the blocks' digests,
-  // computed once when a block is compiled, leave about 12 MB to hash.
+  // computed once when a block is compiled, left about 12 MB, and the services' rows are
+  // now hashed per chunk, each chunk's digest kept with the chunk (chunked_table::
+  // chunk_memo) and shared by the generations that share it: a delta's generation hashes
+  // the chunks it wrote and the flat tables (5 ms at 100,000 services).
   std::string content_digest() const;
   // The same, computed now (what content_digest keeps).
   std::string compute_content_digest() const;

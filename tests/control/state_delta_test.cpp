@@ -8,6 +8,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/chunked_table.h"
 #include "control/published_document.h"
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
@@ -111,6 +112,41 @@ TEST_F(StateDelta, ABackendDeltaCopiesOnlyItsServicesChunkAndMatchesAFullApply) 
                      {"value", {{"ip", "198.18.2.12"}, {"port", 8080}, {"weight", 2}, {"node", "node2"}}}}}));
   after = publisher_.current();
   EXPECT_EQ(after->services.shared_chunks_with(before->services), kChunks - 2);
+}
+
+// The content digest hashes the services chunk by chunk, each chunk's digest computed once
+// and kept with the chunk (chunked_table::chunk_memo): a generation that shares a chunk
+// shares its digest, a chunk written (a copy) computes its own, and the digest still
+// equals a full compile's of the same document (apply_ok checks that for every delta).
+TEST(ChunkedTable, AChunksMemoIsComputedOnceSharedByCopiesAndDroppedWhenWritten) {
+  chunked_table<int, 4> first;
+  for (int i = 0; i < 10; ++i) first.push_back(i);
+  ASSERT_EQ(first.chunk_count(), 3u);
+  int computed = 0;
+  auto sum = [&](std::span<const int> rows) {
+    ++computed;
+    int total = 0;
+    for (int v : rows) total += v;
+    return std::to_string(total);
+  };
+  EXPECT_EQ(first.chunk_memo(0, sum), "6");
+  EXPECT_EQ(first.chunk_memo(2, sum), "17");
+  EXPECT_EQ(first.chunk_memo(0, sum), "6");
+  EXPECT_EQ(computed, 2);
+  chunked_table<int, 4> second = first;  // shares every chunk, and their memos
+  second.mutable_at(5) = 50;              // chunk 1 copied for writing
+  EXPECT_EQ(second.chunk_memo(0, sum), "6");
+  EXPECT_EQ(computed, 2);
+  EXPECT_EQ(second.chunk_memo(1, sum), "67");
+  EXPECT_EQ(first.chunk_memo(1, sum), "22");
+  EXPECT_EQ(computed, 4);
+  // A chunk this table alone holds is written in place: its memo goes with the write.
+  second.mutable_at(6) = 60;
+  EXPECT_EQ(second.chunk_memo(1, sum), "121");
+  EXPECT_EQ(first.chunk_memo(1, sum), "22");
+  second.push_back(11);  // into chunk 2, shared until now
+  EXPECT_EQ(second.chunk_memo(2, sum), "28");
+  EXPECT_EQ(first.chunk_memo(2, sum), "17");
 }
 
 TEST_F(StateDelta, AddingAndRemovingBackendsMatchesAFullApply) {
