@@ -63,6 +63,7 @@ std::string apply_path::set_section_field(const std::string& section, const std:
   // A delta of the one section (state_delta.h): validated like an apply, at the cost of a
   // tunable rather than of the whole document (at 100,000 services a re-publish of the
   // document took seconds); the kept document is patched by it, as by any delta.
+  if (!publisher_.current()) return "no document has been published yet";
   const json delta = {{"changes", json::array({{{"op", "replace"}, {"kind", section}, {"value", {{key, value}}}}})}};
   const publish_result result = apply_delta(delta, "tune " + section + "." + key);
   if (result.errors.empty()) return {};
@@ -77,7 +78,13 @@ std::string apply_path::set_section_field(const std::string& section, const std:
 }
 
 std::string apply_path::kept_document_text_locked() {
-  wait_for_kept_document();  // deltas waiting for the DOM need it: built off mutex_
+  {
+    // The applied text serves as it is while no delta waits for its DOM: a re-publish
+    // right after a 100,000-service apply does not wait seconds for the builder.
+    std::lock_guard lock(mutex_);
+    if (!document_.text_needs_dom()) return document_.text();
+  }
+  wait_for_kept_document();  // deltas wait for the DOM: built off mutex_
   std::lock_guard lock(mutex_);
   return document_.text();
 }

@@ -20,8 +20,18 @@ json published_document::replace(json document) {
 
 json published_document::take_built(json built) {
   std::vector<json> deferred = std::move(deferred_);
+  std::shared_ptr<const std::string> text = pending_;
   json previous = replace(std::move(built));
-  for (const json& delta : deferred) apply(delta);
+  try {
+    for (const json& delta : deferred) apply(delta);
+  } catch (...) {
+    // No memory to apply them now: back to the text with every delta still waiting, so
+    // that none is lost; whatever needs the DOM next builds it again.
+    replace(json());
+    pending_ = std::move(text);
+    deferred_ = std::move(deferred);
+    throw;
+  }
   return previous;
 }
 

@@ -1,5 +1,5 @@
-// The last published document as JSON, for `get config` and for re-publishes (a tunable
-// changed, a live pod added, a key rotated), patched in place by each delta so that those
+// The last published document as JSON, for `get config` and for re-publishes (a key
+// rotated, a pod delete's fallback), patched in place by each delta so that those
 // see every delta applied since the last full apply. Entries are found through name
 // indexes built on first use, so that a delta's patch costs what it changes.
 #pragma once
@@ -50,6 +50,8 @@ class published_document {
     build_pending();
     return document_.is_null() ? std::string() : document_.dump();
   }
+  // Whether text() has to build the DOM first (deltas wait for it).
+  bool text_needs_dom() const { return pending_ && !deferred_.empty(); }
   // Deltas waiting for the pending DOM (tests).
   size_t deferred_deltas() const { return deferred_.size(); }
 

@@ -72,7 +72,7 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     std::vector<std::string> backends;  // per backend of the spec after the delta
   };
   std::map<std::string, origin> origins;
-  bool nodes_changed = false;
+  bool check_whole = false;
 
   auto current_service = [&](const std::string& name) -> const service_spec* {
     if (auto it = plan.services.find(name); it != plan.services.end()) return it->second ? &*it->second : nullptr;
@@ -151,13 +151,13 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
         break;
       }
       case delta_kind::node:
-        nodes_changed = true;
+        check_whole = true;
         break;
       case delta_kind::tunables: {
         tunables next = plan.tuning ? *plan.tuning : state_->tuning;
         document_sections::read_tunables(change.settings, change.path + ".value", next, errors);
         // A new Maglev table size recompiles every service: the whole path, as for nodes.
-        if (!same_compiled_tuning(next, state_->tuning)) nodes_changed = true;
+        if (!same_compiled_tuning(next, state_->tuning)) check_whole = true;
         plan.tuning = next;
         break;
       }
@@ -171,13 +171,25 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
   }
   if (errors.size() != errors_before) return std::nullopt;
 
-  if (nodes_changed) {
+  if (check_whole) {
     // Nodes change what every backend and VIP is checked against (and a Maglev table size
     // what every service compiles to): the whole state is checked (and compiled) again, as
     // for a full apply.
     desired_state whole = *state_;
     auto e = apply_state_delta(whole, delta);
-    if (e.empty()) document_sections::check_document(whole, e);
+    if (e.empty()) {
+      document_sections::check_document(whole, e);
+      // "$.services[i]" and "$.pods[i]" are positions in the working state, which are not
+      // the user's document's (a delta moves entries): the message names the entry.
+      for (config_error& error : e) {
+        for (const auto& [prefix, kind] : {std::pair<std::string, std::string>{"$.services[", "service"}, {"$.pods[", "pod"}}) {
+          if (error.path.rfind(prefix, 0) != 0) continue;
+          const size_t index = std::stoul(error.path.substr(prefix.size()));
+          const std::string& name = kind == "service" ? whole.services.at(index).name : whole.pods.at(index).name;
+          error.message = kind + " '" + name + "': " + error.message;
+        }
+      }
+    }
     if (!e.empty()) {
       errors.insert(errors.end(), e.begin(), e.end());
       return std::nullopt;

@@ -4,12 +4,12 @@
 #include <unordered_map>
 
 #include <algorithm>
-#include <stdexcept>
 #include <bit>
 #include <charconv>
 #include <functional>
 #include <iterator>
 #include <sstream>
+#include <stdexcept>
 
 #include "control/maglev.h"
 #include "control/policy_compiler.h"

@@ -320,6 +320,20 @@ TEST_F(StateDelta, TunablesAndEbpfChangeOnlyTheFieldsNamedAndShareEveryServicesT
   EXPECT_EQ(publisher_.current_state()->tuning.burst_size, 64);
   EXPECT_EQ(published_.content()["tunables"]["burst_size"], 64);
 
+  // Mixed with a backend and a pod: the cheap path still, each part as on its own.
+  const auto mixed_before = publisher_.current();
+  apply_ok(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"tcp_transitory_timeout_s", 9}}}},
+                    {{"op", "replace"}, {"kind", "backend"}, {"service", "web"},
+                     {"value", {{"ip", "198.18.2.10"}, {"port", 8080}, {"weight", 5}, {"node", "node2"}}}},
+                    {{"op", "add"}, {"kind", "pod"}, {"value", {{"name", "db"}, {"ip", "198.18.1.30"}, {"interface", "mlp-db"}}}},
+                    {{"op", "replace"}, {"kind", "ebpf"}, {"value", {{"redirect", "all"}}}}}));
+  EXPECT_EQ(publisher_.current()->tuning.tcp_transitory_timeout_s, 9u);
+  EXPECT_EQ(publisher_.current()->tuning.burst_size, 64);
+  EXPECT_EQ(publisher_.current()->ebpf.redirect, redirect_mode::all);
+  EXPECT_EQ(publisher_.current()->pods.size(), mixed_before->pods.size() + 1);
+  ASSERT_TRUE(publisher_.current()->backends_changed);
+  EXPECT_EQ(publisher_.current()->backends_changed->services.size(), 1u);
+
   // A Maglev table size recompiles every service (no record: the sinks build whole views).
   apply_ok(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"maglev_table_size", 251}}}}}));
   const auto resized = publisher_.current();
@@ -359,6 +373,9 @@ TEST_F(StateDelta, ASettingsChangeIsCheckedLikeItsSectionAndOnlyReplaces) {
   errors = apply_refused(changes({{{"op", "replace"}, {"kind", "tunables"}, {"value", {{"maglev_table_size", 13}}}}}));
   ASSERT_FALSE(errors.empty());
   EXPECT_NE(errors[0].message.find("do not fit a Maglev table of 13"), std::string::npos) << errors[0].to_string();
+  // Checked whole: the path is a position in the working state, not in the user's
+  // document, so the message names the service.
+  EXPECT_EQ(errors[0].message.rfind("service 'wide': ", 0), 0u) << errors[0].to_string();
 }
 
 TEST_F(StateDelta, ADeltaNeedsAPublishedDocument) {
