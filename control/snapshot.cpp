@@ -114,14 +114,20 @@ void write_block(byte_writer& w, const service_backends& block, bool backends, b
 }
 }  // namespace
 
+namespace {
+std::array<uint8_t, 32> sha256_of(const std::vector<uint8_t>& bytes) {
+  std::array<uint8_t, 32> digest{};
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest.data(), &length, EVP_sha256(), nullptr);
+  return digest;
+}
+}  // namespace
+
 std::array<uint8_t, 32> block_digest(const service_backends& block) {
   byte_writer w;
   w.out.reserve(block.backends.size() * 24 + block.maglev.size() * 2);
   write_block(w, block, true, true);
-  std::array<uint8_t, 32> digest{};
-  unsigned int length = 0;
-  EVP_Digest(w.out.data(), w.out.size(), digest.data(), &length, EVP_sha256(), nullptr);
-  return digest;
+  return sha256_of(w.out);
 }
 
 std::vector<uint8_t> snapshot::serialize() const {
@@ -198,11 +204,8 @@ void snapshot::write_tables(std::vector<uint8_t>& out, bool digest_form) const {
           rw.u8(block);
           if (block) rw.out.insert(rw.out.end(), s.compiled->digest.begin(), s.compiled->digest.end());
         }
-        std::string digest(32, '\0');
-        unsigned int length = 0;
-        EVP_Digest(rw.out.data(), rw.out.size(), reinterpret_cast<unsigned char*>(digest.data()), &length, EVP_sha256(),
-                   nullptr);
-        return digest;
+        const std::array<uint8_t, 32> digest = sha256_of(rw.out);
+        return std::string(digest.begin(), digest.end());
       });
       w.out.insert(w.out.end(), chunk_digest.begin(), chunk_digest.end());
     }
@@ -322,14 +325,11 @@ std::string snapshot::content_digest() const {
 std::string snapshot::compute_content_digest() const {
   std::vector<uint8_t> bytes;
   write_tables(bytes, true);
-  unsigned char digest[EVP_MAX_MD_SIZE];
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest, &length, EVP_sha256(), nullptr);
   static constexpr char kHex[] = "0123456789abcdef";
   std::string hex;
-  for (unsigned i = 0; i < length; ++i) {
-    hex += kHex[digest[i] >> 4];
-    hex += kHex[digest[i] & 15];
+  for (uint8_t byte : sha256_of(bytes)) {
+    hex += kHex[byte >> 4];
+    hex += kHex[byte & 15];
   }
   return hex;
 }

@@ -57,7 +57,6 @@ void read_change(const json& value, const std::string& path, delta_change& chang
                                           shown(*kind));
 
   if (change.kind == delta_kind::tunables || change.kind == delta_kind::ebpf) {
-    change.name = *kind;
     const json* v = r.member("value", change.op == delta_op::replace);
     if (change.op != delta_op::replace)
       return r.error(r.path_of("op"), "the " + *kind + " section is always there: use \"replace\" with the fields to change");
