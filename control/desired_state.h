@@ -15,13 +15,13 @@
 #include <string_view>
 #include <vector>
 
+#include "control/dataplane_config.h"
 #include "control/egress_spec.h"
 #include "control/net_address.h"
+#include "control/table_settings.h"
 
 namespace meshlane {
 
-enum class l4_protocol : uint8_t { tcp = 6, udp = 17 };
-const char* to_string(l4_protocol protocol);
 
 struct node_spec {
   std::string name;
@@ -85,56 +85,11 @@ struct service_spec {
   service_encryption encrypt = service_encryption::unspecified;
 };
 
-enum class idle_policy : uint8_t { busy_poll, adaptive };
-const char* to_string(idle_policy policy);
-
-// Which backends get per-backend series in a /metrics scrape (issue 14). A cluster of
-// 100,000 services of 16 backends has 1.6 million backends on every node: three series
-// each make a scrape of ~5 million series (22 s to write, past Prometheus' 10 s timeout),
-// almost all of them zeros for backends this node never sent to. `used` (the default)
-// writes a backend's series once this node has counted a packet or flow for it (the way
-// a client library makes a labelled series at its first increment); `all` writes every
-// live backend; `off` none. Per-service series are always written; the status page
-// shows every backend of its page either way.
-enum class backend_series : uint8_t { used, all, off };
-const char* to_string(backend_series mode);
-
-struct tunables {
-  uint16_t burst_size = 32;
-  uint16_t rx_ring_size = 1024;
-  uint16_t tx_ring_size = 1024;
-  uint16_t workers = 1;
-  idle_policy idle = idle_policy::adaptive;
-  // Adaptive idle: the longest a worker sleeps between polls while traffic is recent.
-  // Longer saves CPU; shorter answers a lone packet sooner. (A worker 20 ms without a
-  // packet sleeps up to 1 ms, or this if longer.) 10..10000.
-  uint32_t idle_sleep_max_us = 50;
-  // Maglev lookup table size per service; must be prime (NSDI 2016, section 3.4).
-  uint32_t maglev_table_size = 65537;
-  uint32_t flow_table_size = 65536;       // entries per worker
-  uint32_t tcp_established_timeout_s = 3600;
-  uint32_t tcp_transitory_timeout_s = 30; // SYN/FIN/RST states
-  uint32_t udp_timeout_s = 60;
-  backend_series backend_metrics = backend_series::used;  // document field "backend_series"
-};
 
 // --- dataplane section (issue 4): how the DPDK workers reach the network. ---
-// Optional; without it the agent runs no DPDK workers.
-// The largest uplink MTU the workers carry: a frame (MTU + the 14-byte Ethernet header)
-// must fit the data room of one packet buffer, DPDK's default 2048 bytes
-// (RTE_MBUF_DEFAULT_DATAROOM; dataplane/worker_pool.cpp asserts the two agree). A larger
-// frame would arrive in several segments or cut short, and be dropped as
-// truncated_ethernet, so validation refuses such an MTU; jumbo frames are not carried.
-inline constexpr uint16_t kMaxUplinkMtu = 2048 - 14;
-// A memif port (DPDK's net_memif: shared-memory packet rings with another DPDK process,
-// met over a Unix socket file). The benchmark over memif (perf/nic_bench.sh) plugs a
-// traffic generator into the agent's uplink and pod ports this way, as a cable would.
-struct memif_spec {
-  // The uplink: the socket file. Pods: the directory holding <pods[].interface>.sock.
-  // Absolute; a socket file's path is at most 107 bytes (sun_path).
-  std::string socket;
-  bool server = false;  // role "server" (makes the socket file) or "client" (connects to it)
-};
+// Optional; without it the agent runs no DPDK workers. The data plane is started with
+// the config derived from it (dataplane_config.h), which also holds memif_spec and
+// kMaxUplinkMtu.
 struct dataplane_port_spec {
   // Kernel interface name for af_packet / af_xdp / pcap; a PCI address for "pci"; for
   // "memif" a name for the port (metrics, status page).
@@ -151,32 +106,9 @@ struct dataplane_spec {
   std::vector<std::string> eal_args;     // extra EAL arguments, e.g. ["--no-huge", "-m", "128"]
 };
 
-// --- ebpf section (issue 12): the pod-local fast path. ---
-// Which pod pairs have their TCP connections moved socket to socket. A redirected
-// connection reads through the kernel's psock queue, and some kernels make that visible
-// to applications (splice(), FIONREAD, blocking recv()); the agent checks its kernel at
-// start (ebpf/kernel_check.h).
-//   auto    every pod pair when the kernel passed every check, else only pods that opt in
-//   all     every pod pair, except pods labelled meshlane.io/redirect: "false"
-//   opt_in  only pairs of pods labelled meshlane.io/redirect: "true"
-//   off     none (connect-time service load balancing still runs for every pod)
-enum class redirect_mode : uint8_t { automatic, all, opt_in, off };
-const char* to_string(redirect_mode mode);
-std::optional<redirect_mode> parse_redirect_mode(std::string_view text);
-// The pod label that opts a pod in ("true") or out ("false").
-inline constexpr const char* kRedirectLabel = "meshlane.io/redirect";
+// The ebpf section (issue 12): ebpf_spec, in table_settings.h.
 
-struct ebpf_spec {
-  redirect_mode redirect = redirect_mode::automatic;
-};
-
-// --- encryption section (issue 15): ESP between nodes. ---
-//   off        every route direct (default)
-//   always     every route to another node encrypted
-//   per_route  nodes say "encrypt": true|false (default false)
-enum class encryption_mode : uint8_t { off, always, per_route };
-const char* to_string(encryption_mode mode);
-
+// --- encryption section (issue 15): ESP between nodes (encryption_mode: table_settings.h). ---
 struct encryption_spec {
   encryption_mode mode = encryption_mode::off;
   // The operator's keys (a Kubernetes Secret mount), Cilium's line format (see

@@ -1,6 +1,7 @@
 #include "control/policy_check.h"
 
 #include "control/control_requests.h"
+#include "control/policy_evaluator.h"
 #include "control/workload_identity.h"
 
 namespace meshlane {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <set>
 
+#include "control/policy_evaluator.h"
 #include "control/policy_limits.h"
 #include "control/workload_identity.h"
 

@@ -5,22 +5,6 @@
 
 namespace meshlane {
 
-const char* to_string(policy_reason reason) {
-  switch (reason) {
-    case policy_reason::no_policy:
-      return "no_policy";
-    case policy_reason::not_denied:
-      return "not_denied";
-    case policy_reason::allow_rule:
-      return "allow_rule";
-    case policy_reason::deny_rule:
-      return "deny_rule";
-    case policy_reason::no_allow_match:
-      return "no_allow_match";
-  }
-  return "?";
-}
-
 policy_source_view source_of(const identity_catalog& catalog, uint32_t identity,
                              const ip_address& ip) {
   return {identity, is_reserved_identity(identity) ? nullptr : catalog.find(identity), ip};

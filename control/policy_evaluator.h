@@ -30,22 +30,10 @@
 #include <vector>
 
 #include "control/desired_state.h"
+#include "control/policy_reason.h"
 #include "control/workload_identity.h"
 
 namespace meshlane {
-
-// Why a flow got its verdict. Stable numbers: the eBPF maps and counters carry them.
-enum class policy_reason : uint8_t {
-  no_policy = 0,       // allowed: no policy applies to the destination
-  not_denied = 1,      // allowed: only DENY policies apply, and none matched
-  allow_rule = 2,      // allowed by an ALLOW rule
-  deny_rule = 3,       // denied by a DENY rule
-  no_allow_match = 4,  // denied: ALLOW policies apply and none matched
-};
-const char* to_string(policy_reason reason);  // "no_policy", ..., "no_allow_match"
-inline bool allows(policy_reason reason) {
-  return reason <= policy_reason::allow_rule;
-}
 
 // The source of a flow as the destination's node knows it.
 struct policy_source_view {

@@ -29,7 +29,7 @@
 #include <vector>
 
 #include "control/net_address.h"
-#include "control/policy_evaluator.h"
+#include "control/policy_reason.h"
 
 namespace meshlane {
 

@@ -18,9 +18,10 @@
 #include <vector>
 
 #include "control/chunked_table.h"
-#include "control/desired_state.h"
+#include "control/egress_spec.h"
 #include "control/net_address.h"
 #include "control/policy_tables.h"
+#include "control/table_settings.h"
 
 namespace meshlane {
 

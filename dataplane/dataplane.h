@@ -21,7 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "control/desired_state.h"
+#include "control/dataplane_config.h"
 #include "control/policy_metrics.h"
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
@@ -36,9 +36,9 @@ namespace meshlane {
 // --- EAL ---
 
 // The EAL command line for an agent: program name, lcores (a control lcore and one per
-// worker, all allowed on `spec.cpus` so that two agents can share a small machine),
-// then the document's own eal_args.
-std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunables& tuning);
+// worker, all allowed on `config.cpus` so that two agents can share a small machine),
+// then the config's own eal_args.
+std::vector<std::string> eal_arguments(const dataplane_config& config);
 // Initialises EAL once per process; the error says what EAL refused.
 std::string init_eal(const std::vector<std::string>& arguments);
 void cleanup_eal();
@@ -55,12 +55,11 @@ struct pool_port {
   uint32_t rx_buffers_held = 0;
 };
 
-// Creates (hot-plugs) the uplink and each pod's interface as DPDK ports with the
-// configured driver and `queues` queue pairs each; `ring_size` (the larger of
-// tunables.rx_ring_size and tx_ring_size) sizes af_packet's rings, which that driver fixes
-// at probe time.
-std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>& pods, uint16_t queues,
-                        uint32_t ring_size, std::vector<pool_port>& out);
+// Creates (hot-plugs) the uplink and each pod's port of `config` as DPDK ports with their
+// drivers and a queue pair per worker each; the larger of the RX and TX ring sizes sizes
+// af_packet's rings, which that driver fixes at probe time. An error names the port's
+// source (dataplane_port::source).
+std::string probe_ports(const dataplane_config& config, std::vector<pool_port>& out);
 
 // --- the worker pool ---
 
@@ -84,7 +83,7 @@ struct worker_pool_options {
   std::optional<memif_spec> pod_memif;  // with pod_driver "memif": where pods' sockets are
   tunables initial;  // burst size, idle policy, flow timeouts until a snapshot says otherwise
 };
-worker_pool_options options_from(const desired_state& state);
+worker_pool_options options_from(const dataplane_config& config);
 
 // What a successor made of its predecessor's hand-over state (flow_handover.cpp).
 struct handover_report {

@@ -3,6 +3,7 @@
 // known nodes, inline here: every packet that arrives through the tunnel takes it.
 #pragma once
 
+#include "control/workload_identity.h"
 #include "dataplane/geneve_identity.h"
 #include "dataplane/pipeline_internal.h"
 

@@ -6,6 +6,7 @@
 #include <rte_ethdev.h>
 #include <rte_prefetch.h>
 
+#include "control/workload_identity.h"
 #include "dataplane/egress_snat.h"
 #include "dataplane/esp_path.h"
 #include "dataplane/gateway.h"

@@ -29,12 +29,12 @@
 namespace meshlane {
 
 // Validation refuses an uplink MTU whose frames would not fit one buffer of the pools below.
-static_assert(RTE_MBUF_DEFAULT_DATAROOM >= kMaxUplinkMtu + 14, "control/desired_state.h: kMaxUplinkMtu");
+static_assert(RTE_MBUF_DEFAULT_DATAROOM >= kMaxUplinkMtu + 14, "control/dataplane_config.h: kMaxUplinkMtu");
 
 // --- EAL ---
 
-std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunables& tuning) {
-  std::string cpus = spec.cpus;
+std::vector<std::string> eal_arguments(const dataplane_config& config) {
+  std::string cpus = config.cpus;
   if (cpus.empty()) {
     const long online = std::max(1L, sysconf(_SC_NPROCESSORS_ONLN));
     cpus = online == 1 ? "0" : "0-" + std::to_string(online - 1);
@@ -43,16 +43,16 @@ std::vector<std::string> eal_arguments(const dataplane_spec& spec, const tunable
   // may float over `cpus`, so that several agents share a machine instead of pinning
   // each other's busy pollers onto the same core.
   std::string lcores;
-  for (unsigned i = 0; i <= tuning.workers; ++i) {
+  for (unsigned i = 0; i <= config.tuning.workers; ++i) {
     if (i) lcores += ",";
     lcores += std::to_string(i) + "@(" + cpus + ")";
   }
   // The agent is always its node's primary process: no auto-detection that would turn
   // it into a secondary of a stale process with the same file prefix.
   std::vector<std::string> args{"meshlaned", "--lcores=" + lcores, "--proc-type=primary"};
-  const bool has_pci_uplink = spec.uplink.driver == "pci";
+  const bool has_pci_uplink = config.uplink.driver == "pci";
   if (!has_pci_uplink) args.push_back("--no-pci");
-  args.insert(args.end(), spec.eal_args.begin(), spec.eal_args.end());
+  args.insert(args.end(), config.eal_args.begin(), config.eal_args.end());
   return args;
 }
 
@@ -213,37 +213,31 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
 
 }  // namespace
 
-std::string probe_ports(const dataplane_spec& spec, const std::vector<pod_spec>& pods, uint16_t queues,
-                        uint32_t ring_size, std::vector<pool_port>& out) {
-  pool_port uplink;
-  if (std::string error =
-          probe_port(spec.uplink.driver, spec.uplink.memif, spec.uplink.interface, port_role::uplink, queues,
-                     ring_size, uplink);
-      !error.empty())
-    return "$.dataplane.uplink: " + error;
-  out.push_back(uplink);
-  for (size_t i = 0; i < pods.size(); ++i) {
-    pool_port pod;
-    if (std::string error = probe_port(spec.pod_driver, spec.pod_memif, pods[i].interface, port_role::pod, queues, ring_size, pod);
+std::string probe_ports(const dataplane_config& config, std::vector<pool_port>& out) {
+  const uint16_t queues = std::max<uint16_t>(1, config.tuning.workers);
+  const uint32_t ring_size = std::max(config.tuning.rx_ring_size, config.tuning.tx_ring_size);
+  for (size_t i = 0; i <= config.pods.size(); ++i) {
+    const dataplane_port& spec = i == 0 ? config.uplink : config.pods[i - 1];
+    pool_port port;
+    if (std::string error = probe_port(spec.driver, spec.memif, spec.interface, i == 0 ? port_role::uplink : port_role::pod,
+                                       queues, ring_size, port);
         !error.empty())
-      return "$.pods[" + std::to_string(i) + "].interface: " + error;
-    out.push_back(pod);
+      return spec.source + ": " + error;
+    out.push_back(port);
   }
   return {};
 }
 
-worker_pool_options options_from(const desired_state& state) {
+worker_pool_options options_from(const dataplane_config& config) {
   worker_pool_options options;
-  options.workers = state.tuning.workers;
-  options.rx_ring_size = state.tuning.rx_ring_size;
-  options.tx_ring_size = state.tuning.tx_ring_size;
-  options.flow_table_size = state.tuning.flow_table_size;
-  if (state.dataplane) {
-    options.uplink_mtu = state.dataplane->uplink.mtu;
-    options.pod_driver = state.dataplane->pod_driver;
-    options.pod_memif = state.dataplane->pod_memif;
-  }
-  options.initial = state.tuning;
+  options.workers = config.tuning.workers;
+  options.rx_ring_size = config.tuning.rx_ring_size;
+  options.tx_ring_size = config.tuning.tx_ring_size;
+  options.flow_table_size = config.tuning.flow_table_size;
+  options.uplink_mtu = config.uplink_mtu;
+  options.pod_driver = config.pod_driver;
+  options.pod_memif = config.pod_memif;
+  options.initial = config.tuning;
   return options;
 }
 

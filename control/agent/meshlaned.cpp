@@ -33,6 +33,7 @@
 #include "control/control_requests.h"
 #include "control/config_watch.h"
 #include "control/control_socket.h"
+#include "control/dataplane_config.h"
 #include "control/desired_state.h"
 #include "control/http_auth.h"
 #include "control/http_server.h"
@@ -498,16 +499,20 @@ int main(int argc, char** argv) {
       if (thread.joinable()) thread.join();
     }
   } stop_esp_epochs{esp_epochs_running, esp_epochs}, stop_rotation{rotating, rotation};
-  if (const auto state = publisher.current_state(); state && state->dataplane) {
-    const auto& spec = *state->dataplane;
-    if (std::string error = meshlane::init_eal(meshlane::eal_arguments(spec, state->tuning)); !error.empty()) {
+  // The data plane starts from the config the first document gives it (the state itself
+  // is not kept here: it would pin a copy of every later generation's predecessor).
+  const auto dataplane_start = [&]() -> std::optional<meshlane::dataplane_config> {
+    const auto state = publisher.current_state();
+    return state ? meshlane::dataplane_config_of(*state) : std::nullopt;
+  }();
+  if (dataplane_start) {
+    if (std::string error = meshlane::init_eal(meshlane::eal_arguments(*dataplane_start)); !error.empty()) {
       log.write(meshlane::log_level::error, "dataplane: " + error);
       return 1;
     }
     std::vector<meshlane::pool_port> ports;
-    std::string error = meshlane::probe_ports(spec, state->pods, state->tuning.workers,
-                                              std::max(state->tuning.rx_ring_size, state->tuning.tx_ring_size), ports);
-    meshlane::worker_pool_options pool_options = meshlane::options_from(*state);
+    std::string error = meshlane::probe_ports(*dataplane_start, ports);
+    meshlane::worker_pool_options pool_options = meshlane::options_from(*dataplane_start);
     pool_options.hotplug = true;  // pods that come and go get their ports plugged and unplugged
     if (error.empty()) dataplane = meshlane::worker_pool::create(ports, pool_options, error);
     if (error.empty()) error = publisher.add_sink("dataplane", [&](const auto& tables) { return dataplane->install(tables); });

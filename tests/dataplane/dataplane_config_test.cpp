@@ -1,9 +1,11 @@
 // The "dataplane" section of the desired-state document: reader, validation with JSON
-// paths, and the EAL command line built from it.
+// paths, the data plane's config derived from it (control/dataplane_config.h), and the
+// EAL command line built from that.
 #include <gtest/gtest.h>
 
 #include <string>
 
+#include "control/dataplane_config.h"
 #include "control/desired_state.h"
 #include "dataplane/dataplane.h"
 
@@ -35,6 +37,62 @@ TEST(dataplane_config, FullSectionIsRead) {
   EXPECT_EQ(spec.pod_driver, "af_packet");
   EXPECT_EQ(spec.cpus, "0-1");
   EXPECT_EQ(spec.eal_args, (std::vector<std::string>{"--no-huge", "-m", "128"}));
+}
+
+// What the data plane starts with is derived from the document by the control module:
+// every port with its driver, memif socket and the document path that named it (the
+// probe's errors name it), the uplink MTU, EAL's settings and the tunables; a document
+// without the section gives no config (no DPDK workers).
+TEST(dataplane_config, TheDataPlanesConfigIsDerivedFromTheDocument) {
+  const auto result = parse_desired_state(R"({
+      "node": {"name": "node1", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24"},
+      "pods": [{"name": "a", "ip": "198.18.1.10", "interface": "veth-a"},
+               {"name": "b", "ip": "198.18.1.11", "interface": "veth-b"}],
+      "tunables": {"workers": 2, "rx_ring_size": 2048, "tx_ring_size": 512, "flow_table_size": 4096,
+                   "burst_size": 16, "idle_policy": "busy_poll"},
+      "dataplane": {"uplink": {"interface": "up0", "driver": "memif", "mtu": 1800,
+                               "memif": {"socket": "/run/nic/uplink.sock", "role": "server"}},
+                    "pod_driver": "memif", "pod_memif": {"socket_dir": "/run/nic"},
+                    "cpus": "0-1", "eal_args": ["--no-huge"]}})");
+  ASSERT_TRUE(result.state) << errors_of(result);
+  const auto config = dataplane_config_of(*result.state);
+  ASSERT_TRUE(config);
+  EXPECT_EQ(config->uplink.interface, "up0");
+  EXPECT_EQ(config->uplink.driver, "memif");
+  ASSERT_TRUE(config->uplink.memif);
+  EXPECT_EQ(config->uplink.memif->socket, "/run/nic/uplink.sock");
+  EXPECT_TRUE(config->uplink.memif->server);
+  EXPECT_EQ(config->uplink.source, "$.dataplane.uplink");
+  EXPECT_EQ(config->uplink_mtu, 1800);
+  ASSERT_EQ(config->pods.size(), 2u);
+  EXPECT_EQ(config->pods[1].interface, "veth-b");
+  EXPECT_EQ(config->pods[1].driver, "memif");
+  ASSERT_TRUE(config->pods[1].memif);
+  EXPECT_EQ(config->pods[1].memif->socket, "/run/nic");
+  EXPECT_FALSE(config->pods[1].memif->server);
+  EXPECT_EQ(config->pods[1].source, "$.pods[1].interface");
+  EXPECT_EQ(config->pod_driver, "memif");
+  EXPECT_EQ(config->cpus, "0-1");
+  EXPECT_EQ(config->eal_args, (std::vector<std::string>{"--no-huge"}));
+  EXPECT_EQ(config->tuning.workers, 2);
+  EXPECT_EQ(config->tuning.burst_size, 16);
+  EXPECT_EQ(config->tuning.idle, idle_policy::busy_poll);
+
+  const worker_pool_options options = options_from(*config);
+  EXPECT_EQ(options.workers, 2);
+  EXPECT_EQ(options.rx_ring_size, 2048);
+  EXPECT_EQ(options.tx_ring_size, 512);
+  EXPECT_EQ(options.flow_table_size, 4096u);
+  EXPECT_EQ(options.uplink_mtu, 1800);
+  EXPECT_EQ(options.pod_driver, "memif");
+  ASSERT_TRUE(options.pod_memif);
+  EXPECT_EQ(options.pod_memif->socket, "/run/nic");
+  EXPECT_EQ(options.initial.burst_size, 16);
+
+  const auto without = parse_desired_state(
+      R"({"node": {"name": "n", "underlay_ip": "198.19.0.1", "pod_cidr": "198.18.1.0/24"}})");
+  ASSERT_TRUE(without.state) << errors_of(without);
+  EXPECT_FALSE(dataplane_config_of(*without.state));
 }
 
 TEST(dataplane_config, DefaultsApplyAndTheSectionIsOptional) {
@@ -97,8 +155,9 @@ TEST(dataplane_config, UplinkMayNotBeAPodInterface) {
 TEST(dataplane_config, PciUplinkTakesAPciAddress) {
   const auto result = parse_desired_state(document_with(R"({"uplink": {"interface": "0000:3b:00.0", "driver": "pci"}})"));
   ASSERT_TRUE(result.state) << errors_of(result);
-  tunables tuning;
-  const auto args = eal_arguments(*result.state->dataplane, tuning);
+  const auto config = dataplane_config_of(*result.state);
+  ASSERT_TRUE(config);
+  const auto args = eal_arguments(*config);
   EXPECT_EQ(std::find(args.begin(), args.end(), "--no-pci"), args.end());
 }
 
@@ -175,12 +234,11 @@ TEST(dataplane_config, MemifMistakesAreNamedByTheirPaths) {
 }
 
 TEST(dataplane_config, EalArgumentsFloatEveryLcoreOverTheAllowedCpus) {
-  dataplane_spec spec;
-  spec.cpus = "0-1";
-  spec.eal_args = {"--no-huge"};
-  tunables tuning;
-  tuning.workers = 2;
-  const auto args = eal_arguments(spec, tuning);
+  dataplane_config config;
+  config.cpus = "0-1";
+  config.eal_args = {"--no-huge"};
+  config.tuning.workers = 2;
+  const auto args = eal_arguments(config);
   EXPECT_EQ(args, (std::vector<std::string>{"meshlaned", "--lcores=0@(0-1),1@(0-1),2@(0-1)", "--proc-type=primary", "--no-pci",
                                       "--no-huge"}));
 }

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/prometheus_text.h"
+#include "control/workload_identity.h"
 #include "dataplane/geneve_identity.h"
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/frame_readers.h"

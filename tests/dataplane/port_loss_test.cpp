@@ -159,13 +159,9 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   const veth_pair veth = make_veth("rd", &ns, "rp", &ns);
   ASSERT_TRUE(ns.exec_or_fail("ip link set " + veth.a + " up && ip link set " + veth.b + " up"));
   netns_scope inside(ns);
-  dataplane_spec spec;
-  spec.uplink.interface = veth.a;
-  spec.uplink.driver = "af_packet";
-  spec.pod_driver = "af_packet";
-  pod_spec pod;
-  pod.name = "p";
-  pod.interface = veth.b;
+  dataplane_config config;
+  config.uplink = {veth.a, "af_packet", std::nullopt, "$.dataplane.uplink"};
+  const dataplane_port pod{veth.b, "af_packet", std::nullopt, "$.pods[0].interface"};
   struct expectation {
     uint32_t ring_size;
     bool with_pod;
@@ -175,7 +171,10 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
                                expectation{1000, false, 4096, 0}, expectation{256, true, 4096, 512},
                                expectation{1000, true, 4096, 1000}, expectation{6000, true, 6000, 6000}}) {
     std::vector<pool_port> ports;
-    ASSERT_EQ(probe_ports(spec, e.with_pod ? std::vector<pod_spec>{pod} : std::vector<pod_spec>{}, 1, e.ring_size, ports), "");
+    config.pods = e.with_pod ? std::vector<dataplane_port>{pod} : std::vector<dataplane_port>{};
+    config.tuning.rx_ring_size = static_cast<uint16_t>(e.ring_size);
+    config.tuning.tx_ring_size = 256;
+    ASSERT_EQ(probe_ports(config, ports), "");
     ASSERT_EQ(ports.size(), e.with_pod ? 2u : 1u);
     EXPECT_EQ(packet_ring_bytes(), 2 * (e.uplink_frames + e.pod_frames) * 2048)
         << "rings for ring size " << e.ring_size << (e.with_pod ? " with a pod" : "");
@@ -203,16 +202,14 @@ TEST(port_loss, MemifPortsOpenTheSocketsOfTheDocumentAndCarryFrames) {
       std::filesystem::remove_all(dir, ignored);
     }
   } dir_guard{dir};
-  dataplane_spec spec;
-  spec.uplink.driver = "memif";
-  spec.uplink.interface = "uplink";
-  spec.uplink.memif = memif_spec{(dir / "uplink.sock").string(), true};
-  spec.pod_driver = "memif";
-  spec.pod_memif = memif_spec{(dir / "pods").string(), true};
-  std::vector<pod_spec> pods(1);
-  pods[0].interface = "client";
+  dataplane_config config;
+  config.uplink = {"uplink", "memif", memif_spec{(dir / "uplink.sock").string(), true}, "$.dataplane.uplink"};
+  config.pod_driver = "memif";
+  config.pod_memif = memif_spec{(dir / "pods").string(), true};
+  config.pods = {{"client", "memif", config.pod_memif, "$.pods[0].interface"}};
+  config.tuning.rx_ring_size = config.tuning.tx_ring_size = 512;
   std::vector<pool_port> ports;
-  ASSERT_EQ(probe_ports(spec, pods, 1, 512, ports), "");
+  ASSERT_EQ(probe_ports(config, ports), "");
   ASSERT_EQ(ports.size(), 2u);
   EXPECT_TRUE(std::filesystem::is_socket(dir / "uplink.sock"));
   EXPECT_TRUE(std::filesystem::is_socket(dir / "pods" / "client.sock"));
