@@ -9,12 +9,14 @@ using nlohmann::json;
 
 apply_path::~apply_path() { wait_for_kept_document(); }
 
-publish_result apply_path::apply_document(std::string_view document_json, const std::string& source) {
+publish_result apply_path::apply_document(std::string_view document_json, const std::string& source,
+                                          const document_tape::tape* parsed) {
   auto lock = hold();
-  return publish_document_locked(document_json, source);
+  return publish_document_locked(document_json, source, parsed);
 }
 
-publish_result apply_path::publish_document_locked(std::string_view document_json, const std::string& source) {
+publish_result apply_path::publish_document_locked(std::string_view document_json, const std::string& source,
+                                                   const document_tape::tape* parsed) {
   publish_result result;
   if (pods_ && pods_->size() > 0) {
     // The live pods join the document's own; a document that is no JSON object is left
@@ -30,7 +32,7 @@ publish_result apply_path::publish_document_locked(std::string_view document_jso
       result = publisher_.apply(document_json);
     }
   } else {
-    result = publisher_.apply(document_json);
+    result = publisher_.apply(document_json, parsed);
   }
   account(result, source, &document_json, nullptr);
   return result;

@@ -31,7 +31,9 @@ class apply_path {
 
   // Validates, compiles and publishes a document, with the live pods of the pod registry
   // (when there is one) added to its pods; logs and counts the result.
-  publish_result apply_document(std::string_view document_json, const std::string& source);
+  // `parsed`: the text's tape when the caller has read it (read_apply_line), else null.
+  publish_result apply_document(std::string_view document_json, const std::string& source,
+                                const document_tape::tape* parsed = nullptr);
   // Validates and publishes a delta of the current state (state_delta.h), all or nothing.
   publish_result apply_delta(const nlohmann::json& delta, const std::string& source);
   // Publishes the current document again (new keys, a rotation step); "" or why not.
@@ -52,7 +54,8 @@ class apply_path {
   // the pod's, not the cluster's); the kept document, which holds no live pods, stays.
   publish_result publish_pod_change_locked(const live_pod& pod, bool added);
   // Publishes `document_json` plus the live pods.
-  publish_result publish_document_locked(std::string_view document_json, const std::string& source);
+  publish_result publish_document_locked(std::string_view document_json, const std::string& source,
+                                         const document_tape::tape* parsed = nullptr);
   // The kept document's text with every delta since applied ("" before the first apply).
   std::string kept_document_text_locked();
 

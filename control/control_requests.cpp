@@ -33,21 +33,23 @@ std::optional<control_request> parse_control_request(std::string_view line, json
   return request;
 }
 
-std::optional<control_request> read_apply_line(std::string_view line) {
+std::optional<control_request> read_apply_line(std::string_view line, size_t readable_after) {
   constexpr std::string_view kPrefix = R"({"command":"apply","document":)";
   if (!line.starts_with(kPrefix)) return std::nullopt;
-  // The document's own nesting limit, one level down.
-  const auto tape = document_tape::parse(line, document_tape::kMaxDocumentNesting + 1);
-  if (!tape || !tape->root.is_object()) return std::nullopt;
-  const simdjson::dom::object root(tape->root);
-  if (root.size() != 2 || !root["document"].is_object()) return std::nullopt;
-  // Exactly "command" then "document" (the prefix), so after the document's value come only
-  // whitespace and the closing brace.
-  const size_t close = line.find_last_of('}');
+  // The line's closing brace: the last character but whitespace.
+  const size_t close = line.find_last_not_of(" \t\r\n");
+  if (close == std::string_view::npos || close < kPrefix.size() || line[close] != '}') return std::nullopt;
+  const std::string_view document = line.substr(kPrefix.size(), close - kPrefix.size());
+  // One JSON object with nothing after it but whitespace (simdjson refuses trailing
+  // content), within the document's own nesting limit.
+  std::shared_ptr<const document_tape::tape> parsed = document_tape::parse(
+      document, document_tape::kMaxDocumentNesting, line.size() - (kPrefix.size() + document.size()) + readable_after);
+  if (!parsed || !parsed->root.is_object()) return std::nullopt;
   control_request request;
   request.command = "apply";
   request.body = {{"command", "apply"}};
-  request.document_text = line.substr(kPrefix.size(), close - kPrefix.size());
+  request.document_text = document;
+  request.document_parsed = std::move(parsed);
   return request;
 }
 
@@ -144,7 +146,8 @@ json control_module::status() {
 }
 
 json control_module::apply_request(const control_request& whole) {
-  if (!whole.document_text.empty()) return apply_reply(apply_document(whole.document_text, "control socket"));
+  if (!whole.document_text.empty())
+    return apply_reply(apply_.apply_document(whole.document_text, "control socket", whole.document_parsed.get()));
   const json& request = whole.body;
   auto it = request.find("document");
   auto delta = request.find("delta");

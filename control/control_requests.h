@@ -38,6 +38,7 @@
 #include "control/apply_path.h"
 #include "control/control_errors.h"
 #include "control/control_metrics.h"
+#include "control/document_tape.h"
 #include "control/log_ring.h"
 #include "control/policy_metrics.h"
 #include "control/pod_registry.h"
@@ -51,8 +52,10 @@ struct control_request {
   std::string command;
   nlohmann::json body;  // the whole request object
   // An "apply" read by read_apply_line: the document's JSON text, a view into the request
-  // line (which outlives the request), and not in `body`.
+  // line (which outlives the request), and not in `body`; and that text's tape, so that
+  // the validator reads it without parsing it again.
   std::string_view document_text;
+  std::shared_ptr<const document_tape::tape> document_parsed;
 };
 
 // Parses one request line. On failure returns nullopt and fills `error_reply`.
@@ -61,11 +64,16 @@ std::optional<control_request> parse_control_request(std::string_view line, nloh
 // meshctl's apply of a document, {"command":"apply","document":{...}}, read without a DOM
 // of the line (issue 14: at 100,000 services parsing the line, dumping the document for
 // the validator and freeing both took seconds): the request with document_text pointing
-// into `line`. Only when the line is that and nothing else, in that order, with no
-// duplicate key anywhere and nothing the document reader's tape refuses (so that the text
-// validates exactly as the dump of its DOM would); otherwise nullopt, and
-// parse_control_request reads the line.
-std::optional<control_request> read_apply_line(std::string_view line);
+// into `line` and its tape. Only when the line is that and nothing else, in that order,
+// with no duplicate key anywhere and nothing the document reader's tape refuses (so that
+// the text validates exactly as the dump of its DOM would); otherwise nullopt, and
+// parse_control_request reads the line. Only the document's text is parsed (once, into
+// the tape the validator reads): the line around it is the fixed prefix, then the
+// document, then whitespace, '}' and whitespace, which with a document that is one JSON
+// object is one JSON object of those two members.
+// `readable_after`: bytes of the line's buffer that may be read after its end; with
+// document_tape::kPadding or more the document is parsed in place, without a copy.
+std::optional<control_request> read_apply_line(std::string_view line, size_t readable_after = 0);
 
 // The control module: one JSON request in, one JSON reply out. It dispatches each
 // command to the part that does that job and composes the parts: the apply path

@@ -175,7 +175,9 @@ void control_socket_server::publish_loop() {
     }
     nlohmann::json reply;
     if (!job.line.empty()) {
-      if (auto apply = read_apply_line(job.line)) {  // meshctl's apply: no DOM of the line
+      // meshctl's apply: no DOM of the line, and the document parsed in place when the
+      // line's buffer has room after it.
+      if (auto apply = read_apply_line(job.line, job.line.capacity() - job.line.size())) {
         reply = control_.handle(*apply);
       } else {
         auto request = parse_control_request(job.line, reply);
@@ -238,12 +240,26 @@ void control_socket_server::serve() {
         // A long line is a document to apply: even its JSON parse (a second for 100,000
         // services) runs on the publish thread, which parses and handles it in turn.
         c.waiting = true;
+        std::string taken;
+        if (start == 0) {
+          // The line starts the buffer (a client sends a request and waits for its reply):
+          // the buffer itself goes to the publish thread, not a copy of 100 MB, and its
+          // spare capacity lets the JSON parser read the text in place (read_apply_line).
+          const size_t length = line.size();
+          std::string rest(c.input, next);
+          taken = std::move(c.input);
+          taken.resize(length);
+          c.input = std::move(rest);
+          c.scanned = 0;
+        } else {
+          taken = std::string(line);
+          start = next;
+        }
         {
           std::lock_guard lock(jobs_mutex_);
-          jobs_.push_back({c.id, {}, std::string(line)});
+          jobs_.push_back({c.id, {}, std::move(taken)});
         }
         jobs_ready_.notify_one();
-        start = next;
         break;
       }
       nlohmann::json parse_error;

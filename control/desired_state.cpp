@@ -1151,10 +1151,14 @@ parse_result read_document(const json& document, std::optional<simdjson::dom::ar
 
 }  // namespace
 
-parse_result parse_desired_state(std::string_view json_text) {
+parse_result parse_desired_state(std::string_view json_text) { return parse_desired_state(json_text, nullptr); }
+
+parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed) {
   // The tape when it reads this text as nlohmann would (document_tape.h): services[] is read
   // from it directly, every other member (small) converted for the section readers.
-  const std::unique_ptr<document_tape::tape> tape = document_tape::parse(json_text, kMaxNesting);
+  std::unique_ptr<document_tape::tape> own;
+  if (!parsed) own = document_tape::parse(json_text, kMaxNesting);
+  const document_tape::tape* tape = parsed ? parsed : own.get();
   if (!tape) return document_sections::parse_without_tape(json_text);
   if (!tape->root.is_object()) return read_document(document_tape::to_json(tape->root), std::nullopt, {});
   json document = json::object();

@@ -22,6 +22,10 @@
 
 namespace meshlane {
 
+namespace document_tape {
+struct tape;
+}
+
 
 struct node_spec {
   std::string name;
@@ -198,6 +202,9 @@ struct parse_result {
 // Parses and validates a whole document. Never throws; every problem found is reported,
 // not only the first.
 parse_result parse_desired_state(std::string_view json_text);
+// The same for a text already read into a tape (document_tape::parse of json_text, as
+// meshctl's apply line is read: the text is not parsed twice); null: parsed here.
+parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed);
 
 // Reads a file and parses it; an unreadable file is one error at path "$".
 parse_result load_desired_state(const std::string& file_path);

@@ -47,10 +47,11 @@ bool well_formed(element value, size_t depth, size_t max_depth, std::vector<std:
 
 }  // namespace
 
-std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth) {
+std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth, size_t readable_after) {
   auto out = std::make_unique<tape>();
-  // Copies the text into a padded buffer (simdjson reads past the end in 64-byte blocks).
-  if (out->parser.parse(json_text.data(), json_text.size()).get(out->root)) return nullptr;
+  // Copies the text into a padded buffer unless the caller's buffer has the padding.
+  const bool in_place = readable_after >= kPadding;
+  if (out->parser.parse(json_text.data(), json_text.size(), !in_place).get(out->root)) return nullptr;
   std::vector<std::string_view> keys;
   if (!well_formed(out->root, 0, max_depth, keys)) return nullptr;
   return out;

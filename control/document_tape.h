@@ -32,9 +32,15 @@ struct tape {
   simdjson::dom::element root;
 };
 
+// The bytes simdjson reads past a text's end (in 64-byte blocks).
+inline constexpr size_t kPadding = simdjson::SIMDJSON_PADDING;
+
 // Null when the text is not for the tape (see above). `max_depth`: containers nested
 // inside one another, the outermost counted (nlohmann path's kMaxNesting).
-std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth);
+// `readable_after`: bytes after the text's end that belong to its buffer (their values do
+// not matter); with kPadding or more the text is read in place, else copied into a padded
+// buffer first (for 100 MB, the copy and its page faults cost about as much as the parse).
+std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth, size_t readable_after = 0);
 
 // A tape value as the nlohmann value nlohmann's parser makes of the same text (numbers
 // typed as it types them: non-negative integers unsigned, negative ones signed; only -0,

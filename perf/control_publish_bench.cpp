@@ -17,6 +17,8 @@
 //     (defaults: 5000; 1000 10000 100000). --stages-only: the stages and deltas, without the
 //     apply through the control surface (for profiling the stages alone). --full-apply-only
 //     R: R cold full applies and nothing else (for profiling and A/B runs of the apply).
+//   build/perf/control_publish_bench --surface-apply-only R [N ...]: R full applies through
+//     the control surface with the probes (below) and nothing else.
 //   build/perf/control_publish_bench --live-pods R [N ...]: R live pods added and deleted
 //     (the CNI plugin's `pod` requests, through the control module with a pod registry) on
 //     a node holding N services; beside them, in the same run, the whole-document
@@ -252,8 +254,11 @@ nlohmann::json apply_through_control_surface(const std::string& text) {
   const auto start = clock_type::now();
   if (std::string e = client.connect(options.path); !e.empty()) {
     out["error"] = e;
-  } else if (!client.send_line(R"({"command":"apply","document":)" + text + "}") || !client.read_line(line, 600000)) {
-    out["error"] = "no reply to the apply";
+  } else if (!client.send_line(R"({"command":"apply","document":)" + text + "}")) {
+    out["error"] = "the apply could not be sent";
+  } else {
+    out["apply_sent_s"] = seconds(start);  // the server has read the line's last byte
+    if (!client.read_line(line, 600000)) out["error"] = "no reply to the apply";
   }
   const double apply_s = seconds(start);
   stop = true;
@@ -456,6 +461,7 @@ int main(int argc, char** argv) {
   double scrapes_seconds = 0;
   int live_pod_rounds = 0;
   int tune_rounds = 0;
+  int surface_apply_rounds = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--stages-only") == 0) {
       stages_only = true;
@@ -463,6 +469,10 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--full-apply-only") == 0 && i + 1 < argc) {
       full_apply_rounds = std::max(1, std::atoi(argv[++i]));
+      continue;
+    }
+    if (std::strcmp(argv[i], "--surface-apply-only") == 0 && i + 1 < argc) {
+      surface_apply_rounds = std::max(1, std::atoi(argv[++i]));
       continue;
     }
     if (std::strcmp(argv[i], "--live-pods") == 0 && i + 1 < argc) {
@@ -488,6 +498,14 @@ int main(int argc, char** argv) {
   // services' tables at 200 MiB. The default 65537 suits clusters of fewer services.
   constexpr uint32_t kMaglevSize = 1021;
 
+  if (surface_apply_rounds > 0) {
+    for (int services : sizes) {
+      const std::string text = make_document(services, nodes, kMaglevSize);
+      for (int round = 0; round < surface_apply_rounds; ++round)
+        print_line(apply_through_control_surface(text), "control_surface_during_apply", services, nodes);
+    }
+    return 0;
+  }
   if (live_pod_rounds > 0) {
     for (int services : sizes)
       print_line(live_pods(make_document(services, nodes, kMaglevSize), live_pod_rounds), "live_pods", services, nodes);

@@ -170,6 +170,24 @@ TEST(ApplyLine, MeshctlsApplyOfADocumentIsReadAsTextAndNothingElseIs) {
            R"( {"command":"apply","document":{}})",
        })
     EXPECT_FALSE(read_apply_line(other)) << other;
+
+  // Read in place from a buffer with room after the line (as the socket hands its buffer
+  // over), the same requests are taken and refused, and the tape is the document's.
+  for (const std::string& text : {line, spaced_line, std::string(R"({"command":"apply","document":{},"x":1})"),
+                                 std::string(R"({"command":"apply","document":{"a":1})"),
+                                 std::string(R"({"command":"apply","document":{"a":1,"a":2}})")}) {
+    std::string buffer = text;
+    buffer.reserve(text.size() + 2 * document_tape::kPadding);
+    buffer.append(document_tape::kPadding, '}');  // what lies after the line does not matter
+    buffer.resize(text.size());
+    const auto in_place = read_apply_line(buffer, buffer.capacity() - buffer.size());
+    const auto copied = read_apply_line(text);
+    ASSERT_EQ(bool(in_place), bool(copied)) << text;
+    if (!in_place) continue;
+    EXPECT_EQ(in_place->document_text, copied->document_text);
+    ASSERT_TRUE(in_place->document_parsed);
+    EXPECT_EQ(document_tape::to_json(in_place->document_parsed->root), json::parse(document)) << text;
+  }
 }
 
 TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
