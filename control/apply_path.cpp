@@ -10,15 +10,16 @@ using nlohmann::json;
 apply_path::~apply_path() { wait_for_kept_document(); }
 
 publish_result apply_path::apply_document(std::string_view document_json, const std::string& source,
-                                          const document_tape::tape* parsed) {
+                                          std::shared_ptr<const document_tape::tape> parsed) {
   auto lock = hold();
-  return publish_document_locked(document_json, source, parsed);
+  return publish_document_locked(document_json, source, std::move(parsed));
 }
 
 publish_result apply_path::publish_document_locked(std::string_view document_json, const std::string& source,
-                                                   const document_tape::tape* parsed) {
+                                                   std::shared_ptr<const document_tape::tape> parsed) {
   publish_result result;
   if (pods_ && pods_->size() > 0) {
+    parsed.reset();  // the merged document below is another text
     // The live pods join the document's own; a document that is no JSON object is left
     // for the publisher to refuse with its usual message.
     json merged = json::parse(document_json, nullptr, false);
@@ -32,7 +33,7 @@ publish_result apply_path::publish_document_locked(std::string_view document_jso
       result = publisher_.apply(document_json);
     }
   } else {
-    result = publisher_.apply(document_json, parsed);
+    result = publisher_.apply(document_json, std::move(parsed));
   }
   account(result, source, &document_json, nullptr);
   return result;

@@ -22,6 +22,10 @@
 
 namespace meshlane {
 
+namespace document_tape {
+struct tape;  // control/document_tape.h
+}
+
 class apply_path {
  public:
   apply_path(table_publisher& publisher, log_ring& log) : publisher_(publisher), log_(log) {}
@@ -31,9 +35,10 @@ class apply_path {
 
   // Validates, compiles and publishes a document, with the live pods of the pod registry
   // (when there is one) added to its pods; logs and counts the result.
-  // `parsed`: the text's tape when the caller has read it (read_apply_line), else null.
+  // `parsed`: the text's tape when the caller has read it (read_apply_line), else null;
+  // freed as soon as the document is read.
   publish_result apply_document(std::string_view document_json, const std::string& source,
-                                const document_tape::tape* parsed = nullptr);
+                                std::shared_ptr<const document_tape::tape> parsed = nullptr);
   // Validates and publishes a delta of the current state (state_delta.h), all or nothing.
   publish_result apply_delta(const nlohmann::json& delta, const std::string& source);
   // Publishes the current document again (new keys, a rotation step); "" or why not.
@@ -55,7 +60,7 @@ class apply_path {
   publish_result publish_pod_change_locked(const live_pod& pod, bool added);
   // Publishes `document_json` plus the live pods.
   publish_result publish_document_locked(std::string_view document_json, const std::string& source,
-                                         const document_tape::tape* parsed = nullptr);
+                                         std::shared_ptr<const document_tape::tape> parsed = nullptr);
   // The kept document's text with every delta since applied ("" before the first apply).
   std::string kept_document_text_locked();
 

@@ -40,6 +40,9 @@ std::optional<control_request> read_apply_line(std::string_view line, size_t rea
   const size_t close = line.find_last_not_of(" \t\r\n");
   if (close == std::string_view::npos || close < kPrefix.size() || line[close] != '}') return std::nullopt;
   const std::string_view document = line.substr(kPrefix.size(), close - kPrefix.size());
+  // An object, its brace first: no whitespace or byte-order mark before it that a parse of
+  // the document alone might skip where the line's parse would refuse it.
+  if (document.empty() || document.front() != '{') return std::nullopt;
   // One JSON object with nothing after it but whitespace (simdjson refuses trailing
   // content), within the document's own nesting limit.
   std::shared_ptr<const document_tape::tape> parsed = document_tape::parse(
@@ -147,7 +150,7 @@ json control_module::status() {
 
 json control_module::apply_request(const control_request& whole) {
   if (!whole.document_text.empty())
-    return apply_reply(apply_.apply_document(whole.document_text, "control socket", whole.document_parsed.get()));
+    return apply_reply(apply_.apply_document(whole.document_text, "control socket", std::move(whole.document_parsed)));
   const json& request = whole.body;
   auto it = request.find("document");
   auto delta = request.find("delta");

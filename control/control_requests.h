@@ -27,6 +27,7 @@
 #include <chrono>
 #include <cstdint>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <optional>
@@ -38,7 +39,6 @@
 #include "control/apply_path.h"
 #include "control/control_errors.h"
 #include "control/control_metrics.h"
-#include "control/document_tape.h"
 #include "control/log_ring.h"
 #include "control/policy_metrics.h"
 #include "control/pod_registry.h"
@@ -48,6 +48,10 @@
 
 namespace meshlane {
 
+namespace document_tape {
+struct tape;  // control/document_tape.h
+}
+
 struct control_request {
   std::string command;
   nlohmann::json body;  // the whole request object
@@ -55,7 +59,10 @@ struct control_request {
   // line (which outlives the request), and not in `body`; and that text's tape, so that
   // the validator reads it without parsing it again.
   std::string_view document_text;
-  std::shared_ptr<const document_tape::tape> document_parsed;
+  // Mutable: the apply that reads it takes it (moves it out of the request it is handed
+  // as const), so that the tape, several times the text's size, is freed once the
+  // document is read rather than held through the compile and the sinks' installs.
+  mutable std::shared_ptr<const document_tape::tape> document_parsed;
 };
 
 // Parses one request line. On failure returns nullopt and fills `error_reply`.

@@ -23,9 +23,8 @@
 namespace meshlane {
 
 namespace document_tape {
-struct tape;
+struct tape;  // control/document_tape.h
 }
-
 
 struct node_spec {
   std::string name;
@@ -88,7 +87,6 @@ struct service_spec {
   bool session_affinity = false;  // same client IP -> same backend, for every port
   service_encryption encrypt = service_encryption::unspecified;
 };
-
 
 // --- dataplane section (issue 4): how the DPDK workers reach the network. ---
 // Optional; without it the agent runs no DPDK workers. The data plane is started with

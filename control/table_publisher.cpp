@@ -26,9 +26,10 @@ std::string table_publisher::add_sink(std::string name, table_sink sink) {
 
 publish_result table_publisher::apply(std::string_view document_json) { return apply(document_json, nullptr); }
 
-publish_result table_publisher::apply(std::string_view document_json, const document_tape::tape* tape) {
+publish_result table_publisher::apply(std::string_view document_json, std::shared_ptr<const document_tape::tape> tape) {
   const auto start = std::chrono::steady_clock::now();
-  parse_result parsed = parse_desired_state(document_json, tape);
+  parse_result parsed = parse_desired_state(document_json, tape.get());
+  tape.reset();
   if (!parsed.state) {
     publish_result result;
     result.errors = std::move(parsed.errors);

@@ -49,8 +49,9 @@ class table_publisher {
   std::string add_sink(std::string name, table_sink sink);
 
   publish_result apply(std::string_view document_json);
-  // The same for a text already read into a tape (parse_desired_state's second form).
-  publish_result apply(std::string_view document_json, const document_tape::tape* parsed);
+  // The same for a text already read into a tape (parse_desired_state's second form); the
+  // tape is released once the document is read, before the compile.
+  publish_result apply(std::string_view document_json, std::shared_ptr<const document_tape::tape> parsed);
   publish_result apply(const desired_state& state);
   // A delta of the current state (state_delta.h): all or nothing, as apply is, at a cost
   // proportional to the delta (state_index.h checks it, compile_delta compiles it; a delta

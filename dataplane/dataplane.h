@@ -1,9 +1,10 @@
 // The DPDK half of meshlane: EAL and ports from the configuration, a pool of
 // run-to-completion workers, and the tables they read through an RCU-protected pointer.
 //
-//   init_eal(eal_arguments(spec, state))        once per process
-//   probe_ports(spec, state.pods, ports)        uplink and pod interfaces as DPDK ports
-//   auto pool = worker_pool::create(ports, options_from(state), error)
+//   config = dataplane_config_of(state)         the control module's (control/dataplane_config.h)
+//   init_eal(eal_arguments(config))             once per process
+//   probe_ports(config, ports)                  uplink and pod interfaces as DPDK ports
+//   auto pool = worker_pool::create(ports, options_from(config), error)
 //   publisher.add_sink("dataplane", [&](auto s) { return pool->install(s); })
 //   pool->start(); ... pool->stop(); cleanup_eal();
 //

@@ -499,8 +499,8 @@ int main(int argc, char** argv) {
       if (thread.joinable()) thread.join();
     }
   } stop_esp_epochs{esp_epochs_running, esp_epochs}, stop_rotation{rotating, rotation};
-  // The data plane starts from the config the first document gives it (the state itself
-  // is not kept here: it would pin a copy of every later generation's predecessor).
+  // The data plane starts from the config the control module derives from the first
+  // document (control/dataplane_config.h); the state it came from is released at once.
   const auto dataplane_start = [&]() -> std::optional<meshlane::dataplane_config> {
     const auto state = publisher.current_state();
     return state ? meshlane::dataplane_config_of(*state) : std::nullopt;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "control/control_socket.h"
+#include "control/document_tape.h"
 #include "tests/control/sample_document.h"
 #include "tests/harness/netns.h"
 
@@ -168,6 +169,8 @@ TEST(ApplyLine, MeshctlsApplyOfADocumentIsReadAsTextAndNothingElseIs) {
            R"({"command":"apply","document":{"a":1})",                 // no JSON
            R"({"command":"apply","delta":{"changes":[]}})",
            R"( {"command":"apply","document":{}})",
+           R"({"command":"apply","document": {}})",                    // space before it: the DOM path reads it
+           "{\"command\":\"apply\",\"document\":\xEF\xBB\xBF{}}",  // a byte-order mark the line's parse refuses
        })
     EXPECT_FALSE(read_apply_line(other)) << other;
 
@@ -182,7 +185,10 @@ TEST(ApplyLine, MeshctlsApplyOfADocumentIsReadAsTextAndNothingElseIs) {
     buffer.resize(text.size());
     const auto in_place = read_apply_line(buffer, buffer.capacity() - buffer.size());
     const auto copied = read_apply_line(text);
+    // One byte short of simdjson's padding: copied, with the same outcome.
+    const auto short_of_padding = read_apply_line(buffer, document_tape::kPadding - 1);
     ASSERT_EQ(bool(in_place), bool(copied)) << text;
+    ASSERT_EQ(bool(short_of_padding), bool(copied)) << text;
     if (!in_place) continue;
     EXPECT_EQ(in_place->document_text, copied->document_text);
     ASSERT_TRUE(in_place->document_parsed);
@@ -241,6 +247,21 @@ TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
   std::string answer;
   ASSERT_TRUE(client.read_line(answer, 60000));
   EXPECT_EQ(json::parse(answer)["ok"], true) << answer.substr(0, 400);
+
+  // A long apply line ended by "\r\n" and a status request behind it in the same send: the
+  // socket hands the apply's buffer to the publish thread and keeps what follows, so both
+  // are answered, in order, and the status sees the applied document.
+  json fewer = document;
+  fewer["services"].erase(fewer["services"].size() - 1);
+  const std::string pipelined =
+      json{{"command", "apply"}, {"document", fewer}}.dump() + "\r\n" + json{{"command", "status"}}.dump();
+  ASSERT_TRUE(client.send_line(pipelined));
+  ASSERT_TRUE(client.read_line(answer, 60000));
+  EXPECT_EQ(json::parse(answer)["ok"], true) << answer.substr(0, 400);
+  ASSERT_TRUE(client.read_line(answer, 60000));
+  const json status = json::parse(answer);
+  ASSERT_EQ(status["ok"], true) << answer.substr(0, 400);
+  EXPECT_EQ(status["tables"]["services"], 4001);
 }
 
 TEST_F(ControlSocket, SocketFileIsOwnerOnlyAndRemovedOnStop) {

@@ -162,22 +162,24 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   dataplane_config config;
   config.uplink = {veth.a, "af_packet", std::nullopt, "$.dataplane.uplink"};
   const dataplane_port pod{veth.b, "af_packet", std::nullopt, "$.pods[0].interface"};
+  // The larger of the RX and TX ring sizes sizes both rings.
   struct expectation {
-    uint32_t ring_size;
+    uint16_t rx_ring_size, tx_ring_size;
     bool with_pod;
     uint64_t uplink_frames, pod_frames;
   };
-  for (const expectation& e : {expectation{8192, false, 8192, 0}, expectation{256, false, 4096, 0},
-                               expectation{1000, false, 4096, 0}, expectation{256, true, 4096, 512},
-                               expectation{1000, true, 4096, 1000}, expectation{6000, true, 6000, 6000}}) {
+  for (const expectation& e : {expectation{8192, 256, false, 8192, 0}, expectation{256, 256, false, 4096, 0},
+                               expectation{1000, 256, false, 4096, 0}, expectation{256, 256, true, 4096, 512},
+                               expectation{1000, 256, true, 4096, 1000}, expectation{6000, 256, true, 6000, 6000},
+                               expectation{256, 6000, true, 6000, 6000}}) {
     std::vector<pool_port> ports;
     config.pods = e.with_pod ? std::vector<dataplane_port>{pod} : std::vector<dataplane_port>{};
-    config.tuning.rx_ring_size = static_cast<uint16_t>(e.ring_size);
-    config.tuning.tx_ring_size = 256;
+    config.tuning.rx_ring_size = e.rx_ring_size;
+    config.tuning.tx_ring_size = e.tx_ring_size;
     ASSERT_EQ(probe_ports(config, ports), "");
     ASSERT_EQ(ports.size(), e.with_pod ? 2u : 1u);
     EXPECT_EQ(packet_ring_bytes(), 2 * (e.uplink_frames + e.pod_frames) * 2048)
-        << "rings for ring size " << e.ring_size << (e.with_pod ? " with a pod" : "");
+        << "rings for RX/TX ring sizes " << e.rx_ring_size << "/" << e.tx_ring_size << (e.with_pod ? " with a pod" : "");
     for (const pool_port& port : ports) {
       rte_eth_dev_info info{};
       ASSERT_EQ(rte_eth_dev_info_get(port.port_id, &info), 0);
