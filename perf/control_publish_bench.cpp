@@ -257,7 +257,9 @@ nlohmann::json apply_through_control_surface(const std::string& text) {
   } else if (!client.send_line(R"({"command":"apply","document":)" + text + "}")) {
     out["error"] = "the apply could not be sent";
   } else {
-    out["apply_sent_s"] = seconds(start);  // the server has read the line's last byte
+    // The kernel has taken the line's last byte: the server has read all but at most a
+    // socket buffer of it.
+    out["apply_sent_s"] = seconds(start);
     if (!client.read_line(line, 600000)) out["error"] = "no reply to the apply";
   }
   const double apply_s = seconds(start);
