@@ -13,7 +13,7 @@
 #include "control/document_reader.h"
 #include "control/document_sections.h"
 #include "control/document_tape.h"
-#include "control/egress_spec.h"
+#include "control/egress_document.h"
 #include "control/policy_compiler.h"
 #include "control/policy_limits.h"
 #include "control/stable_hash.h"

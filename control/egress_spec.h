@@ -1,6 +1,6 @@
 // Egress (issue 18): how pods reach addresses outside the cluster. The document's
-// `external_services` (the L4 part of Istio's ServiceEntry) and `egress` sections, read
-// and validated here; desired_state.cpp calls in.
+// `external_services` (the L4 part of Istio's ServiceEntry) and `egress` sections as value
+// types, which the compiled tables carry; egress_document.h reads and checks them.
 //
 //   "external_services": [{"name": "mirror", "addresses": ["203.0.113.10"],
 //                          "cidrs": ["203.0.113.64/26"], "ports": [80, 443], "protocol": "tcp"}],
@@ -25,14 +25,10 @@
 #include <optional>
 #include <string>
 #include <vector>
-#include <nlohmann/json_fwd.hpp>
 
 #include "control/net_address.h"
 
 namespace meshlane {
-
-struct desired_state;
-struct config_error;
 
 // Istio's outboundTrafficPolicy: allow_any lets pods reach every outside address;
 // registry_only only the external services' (the rest is dropped, egress_not_registered).
@@ -98,20 +94,5 @@ struct egress_spec {
   std::vector<egress_gateway_spec> gateways;
   std::vector<egress_policy_spec> policies;
 };
-
-namespace egress_document {
-
-// Readers of the two sections; errors carry JSON paths ($.egress..., $.external_services[i]...).
-void read_external_services(const nlohmann::json& value, const std::string& path,
-                            std::vector<external_service_spec>& out, std::vector<config_error>& errors);
-void read_egress(const nlohmann::json& value, const std::string& path, egress_spec& out,
-                 std::vector<config_error>& errors);
-// Cross-section rules, on a document whose fields all read cleanly: names unique,
-// destinations outside every cluster range (pod ranges, service VIPs, node underlay
-// addresses), gateways on known nodes with one of the node's addresses, policies naming
-// known gateways, source addresses this node's own.
-void check(const desired_state& state, std::vector<config_error>& errors);
-
-}  // namespace egress_document
 
 }  // namespace meshlane
