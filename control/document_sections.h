@@ -12,6 +12,10 @@
 
 #include "control/desired_state.h"
 
+namespace meshlane {
+struct compiled_policy;  // policy_compiler.h
+}
+
 namespace meshlane::document_sections {
 
 // One entry of services[], pods[], nodes[] or a service's backends[], with errors at `path`.
@@ -57,9 +61,14 @@ void check_services_alone(const desired_state& state, const node_index& nodes,
 
 // The cross-field checks of a document whose sections all read cleanly (nothing is checked
 // when `errors` is not empty): names unique, ranges disjoint, backends on known nodes,
-// egress, identities and policies. Resolves pods' service accounts. `nodes_checked`: the
-// node and peers are those of a state that passed these checks (a delta of pods alone),
-// so the rules between nodes are not run again.
-void check_document(desired_state& state, std::vector<config_error>& errors, bool nodes_checked = false);
+// egress, identities and policies. Resolves pods' service accounts. `pods_changed_only`:
+// the state differs from one that passed these checks in its pods alone (a pod delta), so
+// the rules that read no pod are not run again: those between nodes, and the egress
+// sections' (nodes, services, external services, egress), which a caller may leave out.
+// `policy_out`: when given and the document passes, receives the policy tables compiled
+// for the check (their sizes are known only by compiling them), so that a caller about to
+// compile the same state need not compile them again.
+void check_document(desired_state& state, std::vector<config_error>& errors, bool pods_changed_only = false,
+                    compiled_policy* policy_out = nullptr);
 
 }  // namespace meshlane::document_sections

@@ -215,7 +215,8 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     pods_only.egress = state_->egress;
     std::vector<config_error> e;
     // The nodes are the checked state's (a node change takes the whole path above).
-    document_sections::check_document(pods_only, e, /*nodes_checked=*/true);
+    auto policy = std::make_shared<compiled_policy>();
+    document_sections::check_document(pods_only, e, /*pods_changed_only=*/true, policy.get());
     // Name the change that brought each pod in when the error is about it.
     for (config_error& error : e) {
       if (error.path.rfind("$.pods[", 0) == 0) {
@@ -233,6 +234,7 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     }
     if (!e.empty()) return std::nullopt;
     plan.pods = std::move(pods_only.pods);  // with their service accounts resolved
+    plan.policy = std::move(policy);
   }
 
   // Each touched service on its own, then what spans services, through the indexes.

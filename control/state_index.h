@@ -15,6 +15,7 @@
 
 #include "control/desired_state.h"
 #include "control/document_sections.h"
+#include "control/policy_compiler.h"
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
 
@@ -33,6 +34,8 @@ struct delta_plan {
   std::optional<ebpf_spec> ebpf;
   // Nodes changed: the whole state after the delta (checked whole; compile_tables).
   std::optional<desired_state> whole;
+  // With `pods`: the policy tables the check compiled for them (compile_delta's, moved in).
+  std::shared_ptr<compiled_policy> policy;
 };
 
 class state_index {

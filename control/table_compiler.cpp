@@ -151,10 +151,13 @@ void index_frontends(snapshot& tables) {
 
 // Pods, their identities and policy classes, and the policy tables (from pods, namespaces
 // and policies only: a delta of services leaves them as they are).
-void compile_pods(snapshot& t, const desired_state& state) {
+// `precompiled`: the check's policy tables for this state (moved from), if it kept them.
+void compile_pods(snapshot& t, const desired_state& state, compiled_policy* precompiled = nullptr) {
   auto* tables = &t;
   tables->pods.clear();
-  compiled_policy policy = compile_policy_tables(state);  // a validated document fits its limits
+  compiled_policy own;
+  if (!precompiled) own = compile_policy_tables(state);  // a validated document fits its limits
+  compiled_policy& policy = precompiled ? *precompiled : own;
   for (const auto& pod : state.pods) {
     auto policy_class = policy.class_of_pod.find(pod.name);
     tables->pods.push_back({pod.name, pod.ip, pod.ip6, pod.interface, pod.cgroup, pod.labels, pod.pod_namespace,
@@ -285,7 +288,16 @@ std::shared_ptr<const snapshot> compile_delta(const snapshot& previous, const de
   tables->services_changed.reset();
   if (settings.tuning) tables->tuning = *settings.tuning;
   if (settings.ebpf) tables->ebpf = *settings.ebpf;
-  if (pods_changed) compile_pods(*tables, state);
+  if (pods_changed) compile_pods(*tables, state, settings.policy);
+  if (changes.empty()) {
+    // Pods or settings alone: no service to compile, and no node index to build (at 5,000
+    // nodes that was most of a pod delta's compile). The empty record still tells readers
+    // that this generation is the last one plus a step (no whole reinstall).
+    auto record = std::make_shared<snapshot::backends_delta>();
+    record->base_generation = previous.generation;
+    tables->backends_changed = std::move(record);
+    return tables;
+  }
 
   const uint32_t table_size = tables->tuning.maglev_table_size;
   const node_names names(*tables);

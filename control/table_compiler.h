@@ -13,6 +13,8 @@
 
 namespace meshlane {
 
+struct compiled_policy;  // policy_compiler.h
+
 // `keys`: the ESP master keys of this publish (encryption on); each node pair's keys are
 // derived from them (esp_keys.h). Without keys every route is direct.
 std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint64_t generation,
@@ -31,6 +33,9 @@ struct service_change {
 struct delta_settings {
   const tunables* tuning = nullptr;
   const ebpf_spec* ebpf = nullptr;
+  // With pods_changed: the policy tables the check compiled from the same state (moved
+  // from); null: compiled here.
+  compiled_policy* policy = nullptr;
 };
 
 // The next generation after a delta (state_delta.h), at a cost proportional to the delta:

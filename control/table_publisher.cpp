@@ -90,7 +90,8 @@ publish_result table_publisher::apply_delta(const state_delta& delta) {
     pods_state.external_services = s.external_services;
     pods_state.egress = s.egress;
   }
-  const delta_settings settings{plan->tuning ? &*plan->tuning : nullptr, plan->ebpf ? &*plan->ebpf : nullptr};
+  const delta_settings settings{plan->tuning ? &*plan->tuning : nullptr, plan->ebpf ? &*plan->ebpf : nullptr,
+                                plan->policy.get()};
   auto next = compile_delta(*current_, pods_state, changes, plan->pods.has_value(), last_generation_ + 1, settings);
   result.compile_seconds = seconds_since(start);
   if (!install_locked(next, result)) return result;

@@ -13,6 +13,7 @@
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
 #include "control/table_publisher.h"
+#include "control/workload_identity.h"
 #include "tests/control/sample_document.h"
 
 namespace meshlane {
@@ -188,6 +189,37 @@ TEST_F(StateDelta, PodsAndNodesAreAddedAndRemovedByName) {
   EXPECT_EQ(t.find_pod(*ip_address::parse("198.18.1.20")), nullptr);
   ASSERT_NE(t.route(*ip_address::parse("198.18.3.9")), nullptr);
   EXPECT_EQ(t.route(*ip_address::parse("198.18.3.9"))->name, "node3");
+}
+
+// A pod delta takes the policy tables its check compiled (not compiled again): a pod that
+// a policy selects gets that policy's class, a pod it no longer selects loses it, and the
+// tables equal a full apply's, policy tables included (the content digest covers them).
+// The egress rules, which read no pod, are not run for it: an egress section the document
+// passed with still passes.
+TEST_F(StateDelta, APodDeltaGetsThePolicyClassAFullApplyGives) {
+  document_["policies"] = json::parse(R"([{"name": "db-from-web", "namespace": "default",
+      "selector": {"match_labels": {"app": "db"}}, "action": "ALLOW",
+      "rules": [{"from": [{"source": {"namespaces": ["default"]}}], "to": [{"operation": {"ports": ["5432"]}}]}]}])");
+  document_["external_services"] = json::parse(R"([{"name": "mirror", "addresses": ["203.0.113.10"], "ports": [443]}])");
+  document_["egress"] = json::parse(R"({"mode": "registry_only", "router": "198.19.0.254"})");
+  const auto full = publisher_.apply(document_.dump());
+  ASSERT_TRUE(full.errors.empty()) << full.errors[0].to_string();
+  published_.replace(document_);
+  const auto db_class = [&]() -> int {
+    const table_pod* pod = publisher_.current()->find_pod(*ip_address::parse("198.18.1.30"));
+    return pod ? pod->policy_class : -1;
+  };
+  apply_ok(changes({{{"op", "add"}, {"kind", "pod"},
+                     {"value", {{"name", "db"}, {"ip", "198.18.1.30"}, {"interface", "mlp-db"}, {"labels", {{"app", "db"}}}}}}}));
+  ASSERT_NE(db_class(), -1);
+  EXPECT_NE(db_class(), 0) << "the policy selects the new pod";
+  const table_pod* db = publisher_.current()->find_pod(*ip_address::parse("198.18.1.30"));
+  EXPECT_FALSE(publisher_.current()->policy.decide(db->policy_class, kIdentityNone, *ip_address::parse("203.0.113.7"), 5432).allowed);
+  apply_ok(changes({{{"op", "replace"}, {"kind", "pod"},
+                     {"value", {{"name", "db"}, {"ip", "198.18.1.30"}, {"interface", "mlp-db"}, {"labels", {{"app", "cache"}}}}}}}));
+  EXPECT_EQ(db_class(), 0) << "no policy selects it any more";
+  apply_ok(changes({{{"op", "remove"}, {"kind", "pod"}, {"name", "db"}}}));
+  EXPECT_EQ(db_class(), -1);
 }
 
 TEST_F(StateDelta, ChangesApplyInOrder) {
