@@ -99,6 +99,28 @@ std::optional<json> apply_path::kept_document() {
   return document_.content();
 }
 
+std::optional<json> apply_path::kept_document_section(const std::string& section, size_t offset, size_t limit,
+                                                     size_t& total, std::vector<std::string>& present) {
+  wait_for_kept_document();
+  std::lock_guard lock(mutex_);
+  if (document_.empty()) return std::nullopt;
+  const json& document = document_.content();
+  total = 0;
+  auto it = document.find(section);
+  if (it == document.end()) {
+    for (const auto& [key, value] : document.items()) present.push_back(key);
+    return json();
+  }
+  if (!it->is_array()) {
+    total = 1;
+    return *it;
+  }
+  total = it->size();
+  json rows = json::array();
+  for (size_t i = offset; i < total && i - offset < limit; ++i) rows.push_back((*it)[i]);
+  return rows;
+}
+
 apply_path::counts apply_path::applies() const {
   std::lock_guard lock(mutex_);
   return counts_;

@@ -187,11 +187,7 @@ json control_module::get(const json& request) {
   const std::string what = it->get<std::string>();
   if (what == "flows") return flows(request);
   if (what == "sas") return provided_rows(request, "sas", "ESP security associations");
-  if (what == "config") {
-    auto document = apply_.kept_document();
-    if (!document) return error_reply(control_error::kUnavailable, "no document has been published yet");
-    return {{"ok", true}, {"document", std::move(*document)}};
-  }
+  if (what == "config") return config_section(request);
   const auto tables = publisher_.current();
   if (what != "tables" && what != "services" && what != "backends" && what != "routes" && what != "maglev")
     return error_reply(control_error::kUnknownTable, "unknown table '" + what +
@@ -201,6 +197,38 @@ json control_module::get(const json& request) {
   size_t offset, limit;
   if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
   return table_page(*tables, what, offset, limit);
+}
+
+// `get config`: the whole kept document, or with "section" one top-level section of it, an
+// array section paged like a table (at 100,000 services the whole document is about 100 MB
+// of reply; a page of it is what a person or a script walking it needs).
+json control_module::config_section(const json& request) {
+  auto section = request.find("section");
+  if (section == request.end()) {
+    if (request.contains("offset") || request.contains("limit"))
+      return error_reply(control_error::kInvalidRequest,
+                         "paging the config needs a \"section\" (services, pods, nodes, ...) to page");
+    auto document = apply_.kept_document();
+    if (!document) return error_reply(control_error::kUnavailable, "no document has been published yet");
+    return {{"ok", true}, {"document", std::move(*document)}};
+  }
+  if (!section->is_string() || section->get_ref<const std::string&>().empty())
+    return error_reply(control_error::kInvalidRequest, "section must be the name of a top-level section of the document");
+  size_t offset, limit;
+  if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
+  const std::string name = section->get<std::string>();
+  size_t total = 0;
+  std::vector<std::string> present;
+  auto value = apply_.kept_document_section(name, offset, limit, total, present);
+  if (!value) return error_reply(control_error::kUnavailable, "no document has been published yet");
+  if (value->is_null()) {
+    std::string names;
+    for (const auto& p : present) names += (names.empty() ? "" : ", ") + p;
+    return error_reply(control_error::kInvalidRequest, "the document has no section '" + name + "'; it has: " + names);
+  }
+  // (kept_document_section gives an array section's rows as an array, any other whole.)
+  if (!value->is_array()) return {{"ok", true}, {"section", name}, {"value", std::move(*value)}};
+  return {{"ok", true}, {"section", name}, {"rows", std::move(*value)}, {"total", total}, {"offset", offset}, {"limit", limit}};
 }
 
 json control_module::policy_denials_after(uint64_t after) {

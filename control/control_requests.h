@@ -133,6 +133,7 @@ class control_module {
   nlohmann::json dispatch(const control_request& request);
   nlohmann::json status();
   nlohmann::json get(const nlohmann::json& request);
+  nlohmann::json config_section(const nlohmann::json& request);
   nlohmann::json stats();
   nlohmann::json apply_request(const control_request& request);
   nlohmann::json apply_reply(const publish_result& result);

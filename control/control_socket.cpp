@@ -154,9 +154,14 @@ void control_socket_server::stop() {
   ::unlink(options_.path.c_str());
 }
 
-bool control_socket_server::publishes(const control_request& request) {
+bool control_socket_server::runs_on_publish_thread(const control_request& request) {
   const std::string& c = request.command;
-  return c == "apply" || c == "pod" || (c == "tune" && request.body.contains("settings"));
+  // The whole kept document (`get config` without a section) is a long request too: at
+  // 100,000 services, seconds of copying and about 100 MB of reply, which this poll thread
+  // would otherwise spend while other clients' `status` and `get services` wait.
+  const auto what = request.body.find("what");
+  const bool whole_config = c == "get" && what != request.body.end() && *what == "config" && !request.body.contains("section");
+  return c == "apply" || c == "pod" || (c == "tune" && request.body.contains("settings")) || whole_config;
 }
 
 void control_socket_server::publish_loop() {
@@ -270,7 +275,7 @@ void control_socket_server::serve() {
         send_reply(c, parse_error);
         continue;
       }
-      if (publishes(*request)) {
+      if (runs_on_publish_thread(*request)) {
         c.waiting = true;
         {
           std::lock_guard lock(jobs_mutex_);

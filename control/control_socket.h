@@ -59,8 +59,8 @@ class control_socket_server {
  private:
   void serve();
   void publish_loop();
-  // Whether a request goes to the publish thread.
-  static bool publishes(const control_request& request);
+  // Whether a request goes to the publish thread: what publishes, and the long reads.
+  static bool runs_on_publish_thread(const control_request& request);
 
   control_module& control_;
   control_socket_options options_;

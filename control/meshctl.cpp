@@ -40,6 +40,8 @@ void print_usage(FILE* out) {
                "  get TABLE                 TABLE: services, backends, routes, maglev, flows,\n"
                "                            sas (ESP SAs of encrypted routes), tables (summary)\n"
                "                            or config; --offset N --limit N\n"
+               "  get config --section NAME one section of the kept document (services, pods,\n"
+               "                            nodes, ...); an array section is paged\n"
                "  stats                     every metric the agent exports\n"
                "  tune                      list live tunables and their values\n"
                "  tune KEY=VALUE...         change tunables live (all or none)\n"
@@ -234,7 +236,7 @@ int run_online(const std::string& command, int argc, char** argv) {
       std::exit(0);
     } else if (arg == "--socket" || arg == "-f" || arg == "--file" || arg == "--delta" || arg == "-o" || arg == "--output" ||
                arg == "--offset" || arg == "--limit" || arg == "--from" || arg == "--to" || arg == "--port" ||
-               arg == "--proto") {
+               arg == "--proto" || arg == "--section") {
       const char* v = value();
       if (!v) {
         std::fprintf(stderr, "meshctl: %s needs a value\n", arg.c_str());
@@ -253,6 +255,8 @@ int run_online(const std::string& command, int argc, char** argv) {
         }
       } else if (arg == "--from" || arg == "--to" || arg == "--proto") {
         opts.flow[arg.substr(2)] = v;
+      } else if (arg == "--section") {
+        opts.paging["section"] = v;
       } else {
         char* end = nullptr;
         const unsigned long n = std::strtoul(v, &end, 10);
@@ -403,6 +407,8 @@ int run_online(const std::string& command, int argc, char** argv) {
       print_policy_check(r);
     } else if (command == "get" && r.contains("document")) {
       std::printf("%s\n", r["document"].dump(2).c_str());
+    } else if (command == "get" && r.contains("section") && r.contains("value")) {
+      std::printf("%s\n", r["value"].dump(2).c_str());
     } else {
       print_object(r);
     }
