@@ -1,5 +1,6 @@
 #include "control/control_socket.h"
 
+
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -42,7 +43,7 @@ bool fill_address(const std::string& path, sockaddr_un& address) {
 struct client {
   uint64_t id = 0;
   int fd = -1;
-  std::string input;
+  line_buffer input;        // received, not yet answered (line_buffer.h: read into in place)
   size_t scanned = 0;       // input[0, scanned) holds no newline: a long line is searched once
   std::string output;
   size_t output_sent = 0;
@@ -182,11 +183,11 @@ void control_socket_server::publish_loop() {
     if (!job.line.empty()) {
       // meshctl's apply: no DOM of the line, and the document parsed in place when the
       // line's buffer has room after it.
-      if (auto apply = read_apply_line(job.line, job.line.capacity() - job.line.size())) {
+      if (auto apply = read_apply_line(job.line.view(), job.line.readable_after())) {
         reply = control_.handle(*apply);
       } else {
-        auto request = parse_control_request(job.line, reply);
-        job.line = std::string();
+        auto request = parse_control_request(job.line.view(), reply);
+        job.line = line_buffer();
         if (request) reply = control_.handle(*request);
         else control_.count_request("(invalid)", reply);
       }
@@ -245,19 +246,19 @@ void control_socket_server::serve() {
         // A long line is a document to apply: even its JSON parse (a second for 100,000
         // services) runs on the publish thread, which parses and handles it in turn.
         c.waiting = true;
-        std::string taken;
+        line_buffer taken;
         if (start == 0) {
           // The line starts the buffer (a client sends a request and waits for its reply):
           // the buffer itself goes to the publish thread, not a copy of 100 MB, and its
           // spare capacity lets the JSON parser read the text in place (read_apply_line).
           const size_t length = line.size();
-          std::string rest(c.input, next);
+          line_buffer rest = c.input.split_off(next);
           taken = std::move(c.input);
-          taken.resize(length);
+          taken.truncate(length);
           c.input = std::move(rest);
           c.scanned = 0;
         } else {
-          taken = std::string(line);
+          taken = line_buffer(line.data(), line.size());
           start = next;
         }
         {
@@ -297,7 +298,7 @@ void control_socket_server::serve() {
       }
       send_reply(c, reply);
     }
-    c.input.erase(0, start);
+    c.input.erase_front(start);
     c.scanned = c.scanned > start ? c.scanned - start : 0;
     if (c.input.size() > options_.max_line_bytes && !c.closing) {
       send_reply(c, error_reply(control_error::kLineTooLong,
@@ -394,12 +395,13 @@ void control_socket_server::serve() {
         continue;
       }
       if ((revents & (POLLIN | POLLHUP)) && !c.closing) {
-        char buffer[65536];
         // Bounded per wake-up so one fast writer cannot starve the others.
         for (int rounds = 0; rounds < 16; ++rounds) {
-          const ssize_t n = ::recv(c.fd, buffer, sizeof buffer, 0);
+          // Straight into the buffer's spare room; a long line (a large apply) in larger reads.
+          const size_t room = c.input.size() < (1u << 20) ? 65536 : (1u << 20);
+          const ssize_t n = ::recv(c.fd, c.input.reserve_tail(room), room, 0);
           if (n > 0) {
-            c.input.append(buffer, static_cast<size_t>(n));
+            c.input.commit(static_cast<size_t>(n));
             c.last_activity_ms = now;
             process_lines(c);
             if (c.closing) break;

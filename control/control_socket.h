@@ -19,6 +19,7 @@
 
 #include "control/poll_thread.h"
 #include "control/control_requests.h"
+#include "control/line_buffer.h"
 
 namespace meshlane {
 
@@ -69,7 +70,7 @@ class control_socket_server {
   struct publish_job {
     uint64_t client = 0;
     control_request request;
-    std::string line;  // a long request line not parsed yet (then `request` is empty)
+    line_buffer line;  // a long request line not parsed yet (then `request` is empty)
   };
   struct publish_done {
     uint64_t client = 0;
