@@ -56,6 +56,19 @@ std::optional<control_request> read_apply_line(std::string_view line, size_t rea
   return request;
 }
 
+std::string apply_line_of_text(std::string_view document_text) {
+  if (document_text.empty() || document_text.front() != '{') return {};
+  const auto tape = document_tape::parse(document_text, document_tape::kMaxDocumentNesting);
+  if (!tape || !tape->root.is_object()) return {};
+  std::string line = R"({"command":"apply","document":)";
+  const size_t prefix = line.size();
+  line.resize(prefix + document_text.size() + 1);
+  char* out = line.data() + prefix;
+  for (const char c : document_text) *out++ = c == '\n' || c == '\r' ? ' ' : c;
+  *out = '}';
+  return line;
+}
+
 control_module::control_module(table_publisher& publisher, subsystem_registry& registry, log_ring& log)
     : publisher_(publisher), registry_(registry), log_(log), apply_(publisher, log) {
   register_control_metrics(*this);

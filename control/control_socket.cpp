@@ -502,18 +502,22 @@ std::string control_client::connect(const std::string& socket_path, int timeout_
 }
 
 bool control_client::send_line(const std::string& line) {
-  std::string data = line;
-  if (data.empty() || data.back() != '\n') data += '\n';
-  size_t sent = 0;
-  while (sent < data.size()) {
-    const ssize_t n = ::send(fd_, data.data() + sent, data.size() - sent, MSG_NOSIGNAL);
-    if (n <= 0) {
-      if (n < 0 && errno == EINTR) continue;
-      return false;
+  // The line as it is, then its end if it lacks one (not a copy of a 100 MB line to append
+  // one byte).
+  const auto send_all = [this](const char* data, size_t size) {
+    size_t sent = 0;
+    while (sent < size) {
+      const ssize_t n = ::send(fd_, data + sent, size - sent, MSG_NOSIGNAL);
+      if (n <= 0) {
+        if (n < 0 && errno == EINTR) continue;
+        return false;
+      }
+      sent += static_cast<size_t>(n);
     }
-    sent += static_cast<size_t>(n);
-  }
-  return true;
+    return true;
+  };
+  if (!send_all(line.data(), line.size())) return false;
+  return (!line.empty() && line.back() == '\n') || send_all("\n", 1);
 }
 
 bool control_client::read_line(std::string& line, int timeout_ms, std::string* error) {
@@ -546,7 +550,11 @@ bool control_client::read_line(std::string& line, int timeout_ms, std::string* e
 }
 
 nlohmann::json control_client::request(const nlohmann::json& body, int timeout_ms) {
-  const bool sent = send_line(body.dump());
+  return request_line(body.dump(), timeout_ms);
+}
+
+nlohmann::json control_client::request_line(const std::string& request, int timeout_ms) {
+  const bool sent = send_line(request);
   const int send_errno = errno;
   // Even when the send failed, the agent may have said why it closed (a refusal line).
   std::string line, error;

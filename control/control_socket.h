@@ -96,6 +96,8 @@ class control_client {
   bool read_line(std::string& line, int timeout_ms, std::string* error = nullptr);
   // send + read + parse; on failure a reply {"ok":false,"error":"transport",...}.
   nlohmann::json request(const nlohmann::json& body, int timeout_ms = 30000);
+  // The same for a request line already made (meshctl's apply of a file sent as it is).
+  nlohmann::json request_line(const std::string& line, int timeout_ms = 30000);
   int fd() const { return fd_; }
   void close();
 

@@ -17,6 +17,7 @@
 
 #include "control/control_socket.h"
 #include "control/desired_state.h"
+#include "control/control_requests.h"
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
 #include "control/version.h"
@@ -228,6 +229,7 @@ nlohmann::json parse_value(const std::string& text) {
 
 int run_online(const std::string& command, int argc, char** argv) {
   online_options opts;
+  std::string raw_apply_line;  // `apply -f`: the file's text as it is, when the agent's tape reads it
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -296,7 +298,11 @@ int run_online(const std::string& command, int argc, char** argv) {
     char chunk[65536];
     while (size_t n = std::fread(chunk, 1, sizeof chunk, file)) text.append(chunk, n);
     std::fclose(file);
-    nlohmann::json document = nlohmann::json::parse(text, nullptr, false);
+    if (!opts.delta) {
+      raw_apply_line = meshlane::apply_line_of_text(text);  // the file as it is (control_requests.h)
+      if (!raw_apply_line.empty()) text = std::string();  // sent as it is: no DOM of it here
+    }
+    nlohmann::json document = raw_apply_line.empty() ? nlohmann::json::parse(text, nullptr, false) : nlohmann::json::object();
     if (document.is_discarded() || !document.is_object()) {
       // Let the agent's validator explain; it names the position of a syntax error.
       const auto parsed = opts.delta ? meshlane::parse_result{std::nullopt, meshlane::parse_state_delta(text).errors}
@@ -307,7 +313,7 @@ int run_online(const std::string& command, int argc, char** argv) {
       for (const auto& e : parsed.errors) reply["errors"].push_back({{"path", e.path}, {"message", e.message}});
       return report_refusal(opts, reply);
     }
-    request[opts.delta ? "delta" : "document"] = document;
+    if (raw_apply_line.empty()) request[opts.delta ? "delta" : "document"] = document;
   } else if (command == "get") {
     if (opts.positional.size() != 1) {
       std::fprintf(stderr, "meshctl: get needs one TABLE: services, backends, routes, maglev, flows, sas, tables, config\n");
@@ -368,7 +374,7 @@ int run_online(const std::string& command, int argc, char** argv) {
   meshlane::control_client client;
   if (std::string error = client.connect(opts.socket); !error.empty())
     return report_refusal(opts, {{"ok", false}, {"error", "transport"}, {"message", error}});
-  nlohmann::json reply = client.request(request);
+  nlohmann::json reply = raw_apply_line.empty() ? client.request(request) : client.request_line(raw_apply_line);
   if (!reply.value("ok", false)) return report_refusal(opts, reply);
 
   auto show = [&](const nlohmann::json& r) {

@@ -170,6 +170,55 @@ TEST_F(Agent, MeshctlEverySubcommandWithExitCodes) {
   EXPECT_EQ(run(meshctl_ + " status --socket " + (dir_ / "absent.sock").string() + " 2>&1").exit_code, 3);
 }
 
+// meshctl sends a document file as it is written (no parse and re-dump of a 100 MB text):
+// pretty-printed with LF or CRLF line ends, small or past the size the agent parses on its
+// publish thread, the agent keeps exactly that document. A file the fast check does not
+// take (a byte-order mark, leading space) goes the old way and is applied too; a syntax
+// error is refused with its position and nothing changes.
+TEST_F(Agent, MeshctlAppliesAFileAsItIsWritten) {
+  auto write = [&](const std::string& name, const std::string& text) {
+    std::ofstream(dir_ / name, std::ios::binary) << text;
+    return (dir_ / name).string();
+  };
+  auto kept = [&] { return json::parse(meshctl("get config -o json").out)["document"]; };
+  auto generation = [&] { return json::parse(meshctl("status -o json").out)["generation"].get<int>(); };
+
+  json small = testing::sample_document();
+  small["services"][0]["backends"][0]["weight"] = 4;
+  run_result r = meshctl("apply -f " + write("small.json", small.dump(2)));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(kept(), small);
+
+  json large = testing::sample_document();
+  large["tunables"]["maglev_table_size"] = 251;
+  for (int i = 0; i < 3000; ++i)
+    large["services"].push_back({{"name", "bulk-" + std::to_string(i)},
+                                 {"vip", "198.19." + std::to_string(129 + i / 250) + "." + std::to_string(1 + i % 250)},
+                                 {"ports", {{{"port", 80}}}},
+                                 {"backends", {{{"ip", "198.18.2.10"}, {"port", 8080}, {"node", "node2"}}}}});
+  std::string crlf;
+  for (const char c : large.dump(2)) {
+    if (c == '\n') crlf += '\r';
+    crlf += c;
+  }
+  ASSERT_GT(crlf.size(), 256u << 10);  // the agent reads it on its publish thread, from the line's tape
+  const int before = generation();
+  r = meshctl("apply -f " + write("large.json", crlf));
+  ASSERT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(generation(), before + 1);
+  EXPECT_EQ(kept(), large);
+
+  r = meshctl("apply -f " + write("bom.json", "\xEF\xBB\xBF  " + small.dump()));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(generation(), before + 2);
+  EXPECT_EQ(kept(), small);
+
+  r = meshctl("apply -f " + write("broken.json", small.dump(2).substr(0, 200)) + " -o json");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_EQ(json::parse(r.out)["error"], "invalid_document") << r.out;
+  EXPECT_EQ(generation(), before + 2);
+}
+
 TEST_F(Agent, MetricsFromTheRealAgentParseAndMove) {
   const std::string listen = ask({{"command", "status"}})["subsystems"]["http"]["listen"];
   auto scrape = [&] {

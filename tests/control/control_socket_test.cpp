@@ -196,6 +196,34 @@ TEST(ApplyLine, MeshctlsApplyOfADocumentIsReadAsTextAndNothingElseIs) {
   }
 }
 
+// meshctl's side: a document file's text made into the apply line as it is, line breaks
+// (LF, CRLF) turned to spaces; read_apply_line takes it and reads the same document. Texts
+// the tape does not take are left to the DOM path (""), as are a leading space or mark.
+TEST(ApplyLine, AFilesTextIsSentAsItIsAndReadBackTheSame) {
+  const json document = testing::sample_document();
+  for (const std::string& text : {document.dump(), document.dump(2), document.dump(2) + "\n"}) {
+    std::string crlf;
+    for (const char c : text) crlf += c == '\n' ? std::string("\r\n") : std::string(1, c);
+    for (const std::string& file : {text, crlf}) {
+      const std::string line = apply_line_of_text(file);
+      ASSERT_FALSE(line.empty()) << file;
+      EXPECT_EQ(line.find('\n'), std::string::npos);
+      EXPECT_EQ(line.find('\r'), std::string::npos);
+      const auto read = read_apply_line(line);
+      ASSERT_TRUE(read) << line;
+      EXPECT_EQ(json::parse(read->document_text), document);
+      json error;
+      const auto as_any_request = parse_control_request(line, error);  // a short line's path
+      ASSERT_TRUE(as_any_request) << error.dump();
+      EXPECT_EQ(as_any_request->body["document"], document);
+    }
+  }
+  for (const std::string& other : {std::string(" ") + document.dump(), "\xEF\xBB\xBF" + document.dump(),
+                                   document.dump().substr(0, 100), std::string(R"({"a":1,"a":2})"),
+                                   std::string("[]"), std::string()})
+    EXPECT_EQ(apply_line_of_text(other), "") << other;
+}
+
 TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
   start();
   const json document = sample_with_services(4000);
