@@ -10,13 +10,15 @@ using nlohmann::json;
 apply_path::~apply_path() { wait_for_kept_document(); }
 
 publish_result apply_path::apply_document(std::string_view document_json, const std::string& source,
-                                          std::shared_ptr<const document_tape::tape> parsed) {
+                                          std::shared_ptr<const document_tape::tape> parsed,
+                                          std::shared_ptr<const void> text_owner) {
   auto lock = hold();
-  return publish_document_locked(document_json, source, std::move(parsed));
+  return publish_document_locked(document_json, source, std::move(parsed), std::move(text_owner));
 }
 
 publish_result apply_path::publish_document_locked(std::string_view document_json, const std::string& source,
-                                                   std::shared_ptr<const document_tape::tape> parsed) {
+                                                   std::shared_ptr<const document_tape::tape> parsed,
+                                                   std::shared_ptr<const void> text_owner) {
   publish_result result;
   if (pods_ && pods_->size() > 0) {
     parsed.reset();  // the merged document below is another text
@@ -35,7 +37,7 @@ publish_result apply_path::publish_document_locked(std::string_view document_jso
   } else {
     result = publisher_.apply(document_json, std::move(parsed));
   }
-  account(result, source, &document_json, nullptr);
+  account(result, source, &document_json, nullptr, std::move(text_owner));
   return result;
 }
 
@@ -126,7 +128,7 @@ apply_path::counts apply_path::applies() const {
   return counts_;
 }
 
-void apply_path::build_kept_document(std::shared_ptr<const std::string> text) {
+void apply_path::build_kept_document(shared_text text) {
   std::lock_guard builder_lock(builder_mutex_);
   if (document_builder_.joinable()) document_builder_.join();  // an earlier apply's: done, or soon
   auto build = [this, text] {
@@ -157,11 +159,13 @@ void apply_path::wait_for_kept_document() {
 }
 
 void apply_path::account(const publish_result& result, const std::string& source, const std::string_view* full_document,
-                         const json* delta) {
-  // A full apply keeps the text and builds its DOM on a thread of its own; a delta patches
-  // the DOM, or waits beside the text for it (published_document::patch).
-  std::shared_ptr<const std::string> text;
-  if (result.errors.empty() && full_document) text = std::make_shared<const std::string>(*full_document);
+                         const json* delta, std::shared_ptr<const void> text_owner) {
+  // A full apply keeps the text (in the buffer it came in, when the caller hands that over)
+  // and builds its DOM on a thread of its own; a delta patches the DOM, or waits beside the
+  // text for it (published_document::patch).
+  shared_text text;
+  if (result.errors.empty() && full_document)
+    text = text_owner ? share_text(std::move(text_owner), *full_document) : share_text(std::string(*full_document));
   json previous;
   {
     std::lock_guard lock(mutex_);

@@ -36,9 +36,12 @@ class apply_path {
   // Validates, compiles and publishes a document, with the live pods of the pod registry
   // (when there is one) added to its pods; logs and counts the result.
   // `parsed`: the text's tape when the caller has read it (read_apply_line), else null;
-  // freed as soon as the document is read.
+  // freed as soon as the document is read. `text_owner`: what keeps the text's bytes
+  // alive (the control socket's read buffer), kept as the document's text instead of a
+  // copy; null: the text is copied.
   publish_result apply_document(std::string_view document_json, const std::string& source,
-                                std::shared_ptr<const document_tape::tape> parsed = nullptr);
+                                std::shared_ptr<const document_tape::tape> parsed = nullptr,
+                                std::shared_ptr<const void> text_owner = nullptr);
   // Validates and publishes a delta of the current state (state_delta.h), all or nothing.
   publish_result apply_delta(const nlohmann::json& delta, const std::string& source);
   // Publishes the current document again (new keys, a rotation step); "" or why not.
@@ -60,7 +63,8 @@ class apply_path {
   publish_result publish_pod_change_locked(const live_pod& pod, bool added);
   // Publishes `document_json` plus the live pods.
   publish_result publish_document_locked(std::string_view document_json, const std::string& source,
-                                         std::shared_ptr<const document_tape::tape> parsed = nullptr);
+                                         std::shared_ptr<const document_tape::tape> parsed = nullptr,
+                                         std::shared_ptr<const void> text_owner = nullptr);
   // The kept document's text with every delta since applied ("" before the first apply).
   std::string kept_document_text_locked();
 
@@ -84,7 +88,7 @@ class apply_path {
   // Counts and logs a publish's outcome; keeps the document (a full one, or patched by a
   // delta) when it was published. With neither (a live pod's delta) it only counts and logs.
   void account(const publish_result& result, const std::string& source, const std::string_view* full_document,
-               const nlohmann::json* delta);
+               const nlohmann::json* delta, std::shared_ptr<const void> text_owner = nullptr);
 
   // The kept document's DOM is built on a thread of its own after a full apply
   // (published_document::replace_text): the apply's reply does not wait for it, nor does
@@ -92,7 +96,7 @@ class apply_path {
   // What reads the DOM (`get config`, a re-publish after a delta) waits for that thread
   // first, outside mutex_ (the builder takes mutex_ to hand the DOM in). builder_mutex_
   // guards the thread object only; it is taken before mutex_, never while mutex_ is held.
-  void build_kept_document(std::shared_ptr<const std::string> text);
+  void build_kept_document(shared_text text);
   void wait_for_kept_document();
 
   table_publisher& publisher_;

@@ -163,7 +163,8 @@ json control_module::status() {
 
 json control_module::apply_request(const control_request& whole) {
   if (!whole.document_text.empty())
-    return apply_reply(apply_.apply_document(whole.document_text, "control socket", std::move(whole.document_parsed)));
+    return apply_reply(
+        apply_.apply_document(whole.document_text, "control socket", std::move(whole.document_parsed), whole.document_owner));
   const json& request = whole.body;
   auto it = request.find("document");
   auto delta = request.find("delta");

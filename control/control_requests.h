@@ -63,6 +63,9 @@ struct control_request {
   // as const), so that the tape, several times the text's size, is freed once the
   // document is read rather than held through the compile and the sinks' installs.
   mutable std::shared_ptr<const document_tape::tape> document_parsed;
+  // What keeps document_text's bytes alive, when the caller hands that over (the control
+  // socket's read buffer): the apply keeps the text there instead of copying it.
+  std::shared_ptr<const void> document_owner;
 };
 
 // Parses one request line. On failure returns nullopt and fills `error_reply`.

@@ -183,11 +183,14 @@ void control_socket_server::publish_loop() {
     if (!job.line.empty()) {
       // meshctl's apply: no DOM of the line, and the document parsed in place when the
       // line's buffer has room after it.
-      if (auto apply = read_apply_line(job.line.view(), job.line.readable_after())) {
+      // The buffer is shared with the apply, which keeps the document's text in it.
+      auto line = std::make_shared<const line_buffer>(std::move(job.line));
+      if (auto apply = read_apply_line(line->view(), line->readable_after())) {
+        apply->document_owner = line;
         reply = control_.handle(*apply);
       } else {
-        auto request = parse_control_request(job.line.view(), reply);
-        job.line = line_buffer();
+        auto request = parse_control_request(line->view(), reply);
+        line.reset();
         if (request) reply = control_.handle(*request);
         else control_.count_request("(invalid)", reply);
       }

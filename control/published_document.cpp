@@ -6,6 +6,26 @@ namespace meshlane {
 
 using nlohmann::json;
 
+shared_text share_text(std::string text) {
+  struct holder {
+    std::string bytes;
+    std::string_view text;
+  };
+  auto held = std::make_shared<holder>();
+  held->bytes = std::move(text);
+  held->text = held->bytes;
+  return shared_text(held, &held->text);
+}
+
+shared_text share_text(std::shared_ptr<const void> owner, std::string_view text) {
+  struct holder {
+    std::shared_ptr<const void> owner;
+    std::string_view text;
+  };
+  auto held = std::make_shared<holder>(holder{std::move(owner), text});
+  return shared_text(held, &held->text);
+}
+
 json published_document::replace(json document) {
   json previous = std::move(document_);
   document_ = std::move(document);
@@ -20,7 +40,7 @@ json published_document::replace(json document) {
 
 json published_document::take_built(json built) {
   std::vector<json> deferred = std::move(deferred_);
-  std::shared_ptr<const std::string> text = pending_;
+  shared_text text = pending_;
   json previous = replace(std::move(built));
   try {
     for (const json& delta : deferred) apply(delta);
@@ -35,18 +55,18 @@ json published_document::take_built(json built) {
   return previous;
 }
 
-json published_document::replace_text(std::shared_ptr<const std::string> text) {
+json published_document::replace_text(shared_text text) {
   json previous = replace(json());
   pending_ = std::move(text);
   return previous;
 }
 
-json published_document::adopt(json built, const std::shared_ptr<const std::string>& from) {
+json published_document::adopt(json built, const shared_text& from) {
   if (!pending_ || pending_ != from) return built;  // replaced meanwhile: not this document's
   return take_built(std::move(built));
 }
 
-json published_document::dom_of(const std::string& text) {
+json published_document::dom_of(std::string_view text) {
   auto read = document_tape::parse_json(text, document_tape::kMaxDocumentNesting);
   return read ? std::move(*read) : json::parse(text, nullptr, false);
 }

@@ -426,16 +426,20 @@ TEST(PublishedDocument, AFullApplysTextIsKeptUntilItsDomIsHandedIn) {
   published_document kept;
   EXPECT_TRUE(kept.empty());
   const json document = testing::sample_document();
-  auto text = std::make_shared<const std::string>(document.dump());
+  const auto text = share_text(document.dump());
   kept.replace_text(text);
   EXPECT_FALSE(kept.empty());
   EXPECT_EQ(kept.pending(), text);
-  EXPECT_EQ(kept.text(), *text);
+  EXPECT_EQ(kept.text(), std::string(*text));
 
-  const auto newer = std::make_shared<const std::string>(document.dump(1));
+  // Kept in a buffer of the caller's (as the control socket hands its read buffer over).
+  auto buffer = std::make_shared<const std::string>("xx" + document.dump(1) + "yy");
+  const auto newer = share_text(buffer, std::string_view(*buffer).substr(2, buffer->size() - 4));
+  buffer.reset();  // the text keeps it
   kept.replace_text(newer);
   kept.adopt(json::parse(*text), text);  // built from the text replaced meanwhile
   EXPECT_EQ(kept.pending(), newer);
+  EXPECT_EQ(kept.text(), document.dump(1));
   kept.adopt(json::parse(*newer), newer);
   EXPECT_EQ(kept.pending(), nullptr);
   EXPECT_EQ(kept.content(), document);
