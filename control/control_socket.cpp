@@ -1,6 +1,5 @@
 #include "control/control_socket.h"
 
-
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>

@@ -51,6 +51,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/huge_page_malloc.h"
 #include "control/control_requests.h"
 #include "control/control_socket.h"
 #include "control/desired_state.h"
@@ -456,6 +457,9 @@ void print_line(nlohmann::json line, const char* benchmark, int services, int no
 }  // namespace
 
 int main(int argc, char** argv) {
+  // As the agent runs (control/huge_page_malloc.h), unless GLIBC_TUNABLES names the
+  // tunable (glibc.malloc.hugetlb=0 measures 4 KiB pages).
+  meshlane::reexec_with_huge_page_malloc(argv);
   std::vector<int> sizes;
   int nodes = 5000;  // Kubernetes' limit
   bool stages_only = false;

@@ -30,6 +30,7 @@
 #include <string>
 #include <thread>
 
+#include "control/huge_page_malloc.h"
 #include "control/control_requests.h"
 #include "control/config_watch.h"
 #include "control/control_socket.h"
@@ -223,6 +224,7 @@ std::optional<uint64_t> adopt_handover(meshlane::worker_pool& pool, const std::s
 }  // namespace
 
 int main(int argc, char** argv) {
+  meshlane::reexec_with_huge_page_malloc(argv);  // first: glibc reads its tunables at start
   enum {
     kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
     kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir, kNoWatch,

@@ -23,6 +23,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "control/control_socket.h"
@@ -217,6 +218,29 @@ TEST_F(Agent, MeshctlAppliesAFileAsItIsWritten) {
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_EQ(json::parse(r.out)["error"], "invalid_document") << r.out;
   EXPECT_EQ(generation(), before + 2);
+}
+
+// The agent re-executes itself once with glibc's huge-page tunable (huge_page_malloc.h),
+// keeping its pid, its name (pgrep meshlaned) and its arguments.
+TEST_F(Agent, RunsWithHugePageMallocUnderItsOwnNameAndArguments) {
+  const std::string proc = "/proc/" + std::to_string(agent_->pid());
+  std::ifstream environ_file(proc + "/environ", std::ios::binary);
+  const std::string environ((std::istreambuf_iterator<char>(environ_file)), std::istreambuf_iterator<char>());
+  std::string tunables;
+  for (size_t at = 0; at < environ.size();) {
+    const size_t end = environ.find('\0', at);
+    const std::string entry = environ.substr(at, end == std::string::npos ? std::string::npos : end - at);
+    if (entry.rfind("GLIBC_TUNABLES=", 0) == 0) tunables = entry.substr(15);
+    at = end == std::string::npos ? environ.size() : end + 1;
+  }
+  EXPECT_NE(tunables.find("glibc.malloc.hugetlb=1"), std::string::npos) << "GLIBC_TUNABLES=" << tunables;
+  std::string comm;
+  std::getline(std::ifstream(proc + "/comm"), comm);
+  EXPECT_EQ(comm, "meshlaned");
+  std::ifstream cmdline_file(proc + "/cmdline", std::ios::binary);
+  const std::string cmdline((std::istreambuf_iterator<char>(cmdline_file)), std::istreambuf_iterator<char>());
+  EXPECT_NE(cmdline.find(std::string("--control-socket") + '\0' + socket_), std::string::npos);
+  EXPECT_EQ(ask({{"command", "status"}})["ok"], true);
 }
 
 TEST_F(Agent, MetricsFromTheRealAgentParseAndMove) {
