@@ -18,6 +18,7 @@
 #include "control/control_socket.h"
 #include "control/desired_state.h"
 #include "control/control_requests.h"
+#include "control/huge_page_malloc.h"
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
 #include "control/version.h"
@@ -438,6 +439,9 @@ int run_online(const std::string& command, int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // `apply -f` of a large file checks it with a fresh simdjson parser: its buffers on
+  // 2 MiB pages (huge_page_malloc.h).
+  if (argc >= 2 && std::strcmp(argv[1], "apply") == 0) meshlane::reexec_with_huge_page_malloc(argv);
   if (argc < 2) {
     print_usage(stderr);
     return 2;
