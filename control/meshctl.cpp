@@ -296,6 +296,12 @@ int run_online(const std::string& command, int argc, char** argv) {
       return kExitRefused;
     }
     std::string text;
+    // Sized once (a 100 MB document grown by doubling was copied and faulted in twice over).
+    if (std::fseek(file, 0, SEEK_END) == 0) {
+      const long size = std::ftell(file);
+      if (size > 0) text.reserve(static_cast<size_t>(size));
+      std::rewind(file);
+    }
     char chunk[65536];
     while (size_t n = std::fread(chunk, 1, sizeof chunk, file)) text.append(chunk, n);
     std::fclose(file);
