@@ -102,14 +102,15 @@ std::optional<json> apply_path::kept_document() {
 }
 
 std::optional<json> apply_path::kept_document_section(const std::string& section, size_t offset, size_t limit,
-                                                     size_t& total, std::vector<std::string>& present) {
+                                                     size_t& total, bool& found, std::vector<std::string>& present) {
   wait_for_kept_document();
   std::lock_guard lock(mutex_);
   if (document_.empty()) return std::nullopt;
   const json& document = document_.content();
   total = 0;
   auto it = document.find(section);
-  if (it == document.end()) {
+  found = it != document.end();
+  if (!found) {
     for (const auto& [key, value] : document.items()) present.push_back(key);
     return json();
   }

@@ -72,10 +72,10 @@ class apply_path {
   std::optional<nlohmann::json> kept_document();
   // One top-level section of the kept document (`get config --section`), without copying
   // the rest: of an array section the elements [offset, offset + limit) and its length in
-  // `total`; any other section whole (`total` 1). nullopt before the first apply; a null
-  // value when the document has no such section (`present` then lists those it has).
+  // `total`; any other section whole (`total` 1). nullopt before the first apply. When the
+  // document has no such section, `found` is false and `present` lists those it has.
   std::optional<nlohmann::json> kept_document_section(const std::string& section, size_t offset, size_t limit,
-                                                      size_t& total, std::vector<std::string>& present);
+                                                      size_t& total, bool& found, std::vector<std::string>& present);
 
   struct counts {
     uint64_t published = 0, refused = 0;

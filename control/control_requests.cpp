@@ -63,9 +63,11 @@ std::string apply_line_of_text(std::string_view document_text) {
   std::string line = R"({"command":"apply","document":)";
   const size_t prefix = line.size();
   line.resize(prefix + document_text.size() + 1);
-  char* out = line.data() + prefix;
-  for (const char c : document_text) *out++ = c == '\n' || c == '\r' ? ' ' : c;
-  *out = '}';
+  size_t written = 0;
+  if (simdjson::minify(document_text.data(), document_text.size(), line.data() + prefix, written) != simdjson::SUCCESS)
+    return {};
+  line.resize(prefix + written);
+  line.push_back('}');
   return line;
 }
 
@@ -232,10 +234,11 @@ json control_module::config_section(const json& request) {
   if (json bad = read_paging(request, offset, limit); !bad.is_null()) return bad;
   const std::string name = section->get<std::string>();
   size_t total = 0;
+  bool found = false;
   std::vector<std::string> present;
-  auto value = apply_.kept_document_section(name, offset, limit, total, present);
+  auto value = apply_.kept_document_section(name, offset, limit, total, found, present);
   if (!value) return error_reply(control_error::kUnavailable, "no document has been published yet");
-  if (value->is_null()) {
+  if (!found) {
     std::string names;
     for (const auto& p : present) names += (names.empty() ? "" : ", ") + p;
     return error_reply(control_error::kInvalidRequest, "the document has no section '" + name + "'; it has: " + names);

@@ -156,12 +156,13 @@ void control_socket_server::stop() {
 
 bool control_socket_server::runs_on_publish_thread(const control_request& request) {
   const std::string& c = request.command;
-  // The whole kept document (`get config` without a section) is a long request too: at
-  // 100,000 services, seconds of copying and about 100 MB of reply, which this poll thread
-  // would otherwise spend while other clients' `status` and `get services` wait.
+  // `get config` reads the kept document, which may wait seconds for its DOM after a large
+  // apply (apply_path.h), and the whole document at 100,000 services is seconds of copying
+  // and about 100 MB of reply: this poll thread would spend them while other clients'
+  // `status` and `get services` wait. It runs after the applies sent before it.
   const auto what = request.body.find("what");
-  const bool whole_config = c == "get" && what != request.body.end() && *what == "config" && !request.body.contains("section");
-  return c == "apply" || c == "pod" || (c == "tune" && request.body.contains("settings")) || whole_config;
+  const bool config = c == "get" && what != request.body.end() && *what == "config";
+  return c == "apply" || c == "pod" || (c == "tune" && request.body.contains("settings")) || config;
 }
 
 void control_socket_server::publish_loop() {
@@ -198,20 +199,29 @@ void control_socket_server::publish_loop() {
     }
     {
       std::lock_guard lock(jobs_mutex_);
-      done_.push_back({job.client, std::move(reply)});
+      done_.push_back({job.client, reply_line(reply)});
     }
     const uint64_t one = 1;
     [[maybe_unused]] ssize_t n = ::write(loop_.wake_fd, &one, sizeof one);
   }
 }
 
+// One reply as the line sent. Invalid UTF-8 from a client may be echoed in a message;
+// replaced, never thrown.
+std::string control_socket_server::reply_line(const nlohmann::json& reply) {
+  std::string line = reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  line += '\n';
+  return line;
+}
+
 void control_socket_server::serve() {
   std::list<client> clients;
-  auto send_reply = [&](client& c, const nlohmann::json& reply) {
-    // Invalid UTF-8 from a client may be echoed in a message; replace, never throw.
-    c.output += reply.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-    c.output += '\n';
-    if (c.output.size() - c.output_sent > options_.max_queued_reply_bytes) {
+  auto send_line = [&](client& c, const std::string& line) {
+    // A client is dropped when replies it has not read pile up, not for one large reply
+    // (a whole `get config` at 100,000 services is about 100 MB).
+    const size_t unread_before = c.output.size() - c.output_sent;
+    c.output += line;
+    if (unread_before > options_.max_queued_reply_bytes) {
       control_.log().write(log_level::warn, "control client dropped: it does not read its replies");
       c.closing = true;
       c.output.clear();
@@ -220,6 +230,7 @@ void control_socket_server::serve() {
       ::shutdown(c.fd, SHUT_RDWR);
     }
   };
+  auto send_reply = [&](client& c, const nlohmann::json& reply) { send_line(c, reply_line(reply)); };
 
   uint64_t next_client_id = 1;
   // Answers the complete lines in c.input, in order, until one goes to the publish thread.
@@ -343,7 +354,7 @@ void control_socket_server::serve() {
           c.waiting = false;
           c.last_activity_ms = now;
           if (!c.closing) {
-            send_reply(c, d.reply);
+            send_line(c, d.reply);
             process_lines(c);  // what it sent after the publishing request
           }
           break;

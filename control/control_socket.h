@@ -32,14 +32,17 @@ struct control_socket_options {
   // A whole desired-state document fits: 100,000 services of 16 backends on 5,000 nodes
   // are about 110 MB of JSON. Only root or the configured uid/gid may connect.
   size_t max_line_bytes = size_t{192} << 20;
-  size_t max_queued_reply_bytes = 16 << 20;  // a client not reading its replies is dropped
+  // A client not reading its replies is dropped when this much is unread before the next
+  // reply (one reply may be larger: a whole `get config`).
+  size_t max_queued_reply_bytes = 16 << 20;
   int idle_timeout_ms = 60'000;           // a client that sends nothing is dropped
   int follow_interval_ms = 1000;          // how often a `flows --follow` stream sends
 };
 
-// Requests that publish (apply, pod, tune) run on a publish thread of the server's own, in
-// the order they arrive: a 100,000-service apply takes seconds, and the poll thread keeps
-// answering every other client (`get`, `status`, `flows --follow`) meanwhile. A client
+// Requests that publish (apply, pod, tune) and `get config` (which reads the kept document)
+// run on a publish thread of the server's own, in the order they arrive, their replies
+// serialised there: a 100,000-service apply takes seconds, and the poll thread keeps
+// answering every other client (`get` of the tables, `status`, `flows --follow`) meanwhile. A client
 // that sent one gets its reply when it is done, and its next request line is read only
 // then, so each client's replies stay in the order of its requests. A request line of
 // 256 KiB or more (a document) is parsed there too, whatever its command.
@@ -62,6 +65,7 @@ class control_socket_server {
   void publish_loop();
   // Whether a request goes to the publish thread: what publishes, and the long reads.
   static bool runs_on_publish_thread(const control_request& request);
+  static std::string reply_line(const nlohmann::json& reply);
 
   control_module& control_;
   control_socket_options options_;
@@ -74,7 +78,7 @@ class control_socket_server {
   };
   struct publish_done {
     uint64_t client = 0;
-    nlohmann::json reply;
+    std::string reply;  // serialised on the publish thread (a whole `get config`: 100 MB)
   };
   std::thread publisher_thread_;
   std::mutex jobs_mutex_;  // guards what follows

@@ -327,7 +327,7 @@ void read_policy(const json& value, const std::string& path, policy_spec& policy
 
 // Names unique, identities distinct (workload_identity.h), and the compiled policy tables
 // within what the enforcement points' maps hold (policy_limits.h).
-void check_policies(const desired_state& s, error_list& errors, compiled_policy* policy_out) {
+void check_policies(const desired_state& s, error_list& errors, std::optional<compiled_policy>* policy_out) {
   std::map<std::string, size_t> namespaces;
   for (size_t i = 0; i < s.namespaces.size(); ++i)
     if (auto [it, fresh] = namespaces.emplace(s.namespaces[i].name, i); !fresh)
@@ -348,7 +348,7 @@ void check_policies(const desired_state& s, error_list& errors, compiled_policy*
   // The compiled tables' sizes are known only by compiling them.
   compiled_policy compiled = compile_policy_tables(s);
   for (config_error& e : compiled.errors) errors.push_back(std::move(e));
-  if (policy_out && errors.empty()) *policy_out = std::move(compiled);
+  if (policy_out && errors.empty()) policy_out->emplace(std::move(compiled));
 }
 
 void read_pod(const json& value, const std::string& path, pod_spec& pod, error_list& errors) {
@@ -1132,7 +1132,7 @@ void check_services_alone(const desired_state& state, const node_index& nodes,
 }
 
 void check_document(desired_state& state, std::vector<config_error>& errors, bool pods_changed_only,
-                    compiled_policy* policy_out) {
+                    std::optional<compiled_policy>* policy_out) {
   // Cross-field checks only make sense on a document whose fields all read cleanly;
   // otherwise they would report follow-on noise about defaulted values.
   if (errors.empty()) check_consistency(state, errors, /*nodes_checked=*/pods_changed_only);

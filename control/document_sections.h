@@ -65,10 +65,11 @@ void check_services_alone(const desired_state& state, const node_index& nodes,
 // the state differs from one that passed these checks in its pods alone (a pod delta), so
 // the rules that read no pod are not run again: those between nodes, and the egress
 // sections' (nodes, services, external services, egress), which a caller may leave out.
-// `policy_out`: when given and the document passes, receives the policy tables compiled
-// for the check (their sizes are known only by compiling them), so that a caller about to
-// compile the same state need not compile them again.
+// `policy_out`: when given, receives the policy tables compiled for the check (their sizes
+// are known only by compiling them) when they were compiled without error, so that a
+// caller about to compile the same state need not compile them again; left empty
+// otherwise.
 void check_document(desired_state& state, std::vector<config_error>& errors, bool pods_changed_only = false,
-                    compiled_policy* policy_out = nullptr);
+                    std::optional<compiled_policy>* policy_out = nullptr);
 
 }  // namespace meshlane::document_sections

@@ -1,5 +1,6 @@
 #include "control/huge_page_malloc.h"
 
+#include <sys/auxv.h>
 #include <unistd.h>
 
 #include <cstdlib>
@@ -7,7 +8,17 @@
 
 namespace meshlane {
 
+namespace {
+// Set before the exec: the re-executed program never tries again, whatever became of
+// GLIBC_TUNABLES (glibc drops it for a privileged start: setuid, file capabilities).
+constexpr const char* kReexecuted = "MESHLANE_HUGE_PAGE_REEXEC";
+}  // namespace
+
 void reexec_with_huge_page_malloc(char** argv) {
+  if (std::getenv(kReexecuted)) return;
+  // A privileged start (setuid, file capabilities, a security domain change): glibc
+  // ignores or removes tunables from the environment there, so nothing is to be won.
+  if (::getauxval(AT_SECURE) != 0) return;
   const char* set = std::getenv("GLIBC_TUNABLES");
   std::string tunables = set ? set : "";
   if (tunables.find("glibc.malloc.hugetlb") != std::string::npos) return;
@@ -15,13 +26,12 @@ void reexec_with_huge_page_malloc(char** argv) {
   // The program's own path, not /proc/self/exe itself: the kernel names the process after
   // the file executed, and `pgrep meshlaned` must still find it.
   char path[4096];
-  const ssize_t length = ::readlink("/proc/self/exe", path, sizeof path - 1);
-  if (length <= 0) return;
+  const ssize_t length = ::readlink("/proc/self/exe", path, sizeof path);
+  if (length <= 0 || static_cast<size_t>(length) >= sizeof path) return;  // none, or cut short
   path[length] = '\0';
-  if (::setenv("GLIBC_TUNABLES", tunables.c_str(), 1) != 0) return;
+  if (::setenv(kReexecuted, "1", 1) != 0 || ::setenv("GLIBC_TUNABLES", tunables.c_str(), 1) != 0) return;
   ::execv(path, argv);
-  // No exec (no /proc, say): go on with 4 KiB pages. The variable stays set, so that a
-  // child this process starts does not try again.
+  // No exec: go on with 4 KiB pages (the variables stay set; harmless).
 }
 
 }  // namespace meshlane

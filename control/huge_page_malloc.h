@@ -14,9 +14,10 @@ namespace meshlane {
 
 // Re-executes the running program (its path from /proc/self/exe, the same argv) with
 // GLIBC_TUNABLES=...:glibc.malloc.hugetlb=1 unless the environment already names that
-// tunable (set to 0 it opts out). Call first thing in main, before threads or state.
-// Returns only when there was nothing to do or the exec failed (then the process goes on
-// as it is).
+// tunable (set to 0 it opts out), this process is a re-execution already
+// (MESHLANE_HUGE_PAGE_REEXEC), or it started privileged (AT_SECURE: glibc ignores tunables
+// then). Call first thing in main, before threads or state. Returns only when there was
+// nothing to do or the exec failed (then the process goes on as it is).
 void reexec_with_huge_page_malloc(char** argv);
 
 }  // namespace meshlane

@@ -41,7 +41,8 @@ void print_usage(FILE* out) {
                "                            by name ({\"changes\": [...]}, see README), all or nothing\n"
                "  get TABLE                 TABLE: services, backends, routes, maglev, flows,\n"
                "                            sas (ESP SAs of encrypted routes), tables (summary)\n"
-               "                            or config; --offset N --limit N\n"
+               "                            or config; --offset N --limit N (not for the whole\n"
+               "                            config: page one of its sections, below)\n"
                "  get config --section NAME one section of the kept document (services, pods,\n"
                "                            nodes, ...); an array section is paged\n"
                "  stats                     every metric the agent exports\n"
@@ -129,6 +130,7 @@ struct online_options {
   bool follow = false;
   bool delta = false;  // apply --delta FILE
   nlohmann::json paging = nlohmann::json::object();
+  std::string section;  // get config --section
   nlohmann::json flow = nlohmann::json::object();  // policy check: from, to, port, proto
   std::vector<std::string> positional;
 };
@@ -259,7 +261,7 @@ int run_online(const std::string& command, int argc, char** argv) {
       } else if (arg == "--from" || arg == "--to" || arg == "--proto") {
         opts.flow[arg.substr(2)] = v;
       } else if (arg == "--section") {
-        opts.paging["section"] = v;
+        opts.section = v;
       } else {
         char* end = nullptr;
         const unsigned long n = std::strtoul(v, &end, 10);
@@ -328,6 +330,13 @@ int run_online(const std::string& command, int argc, char** argv) {
     }
     request["what"] = opts.positional[0];
     request.update(opts.paging);
+    if (!opts.section.empty()) {
+      if (opts.positional[0] != "config") {
+        std::fprintf(stderr, "meshctl: --section is for get config\n");
+        return kExitUsage;
+      }
+      request["section"] = opts.section;
+    }
   } else if (command == "tune") {
     nlohmann::json settings = nlohmann::json::object();
     for (const auto& kv : opts.positional) {

@@ -215,8 +215,8 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     pods_only.egress = state_->egress;
     std::vector<config_error> e;
     // The nodes are the checked state's (a node change takes the whole path above).
-    auto policy = std::make_shared<compiled_policy>();
-    document_sections::check_document(pods_only, e, /*pods_changed_only=*/true, policy.get());
+    std::optional<compiled_policy> policy;
+    document_sections::check_document(pods_only, e, /*pods_changed_only=*/true, &policy);
     // Name the change that brought each pod in when the error is about it.
     for (config_error& error : e) {
       if (error.path.rfind("$.pods[", 0) == 0) {
@@ -234,7 +234,8 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
     }
     if (!e.empty()) return std::nullopt;
     plan.pods = std::move(pods_only.pods);  // with their service accounts resolved
-    plan.policy = std::move(policy);
+    // Only tables the check did compile; otherwise compile_delta compiles them.
+    if (policy) plan.policy = std::make_shared<compiled_policy>(std::move(*policy));
   }
 
   // Each touched service on its own, then what spans services, through the indexes.

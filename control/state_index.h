@@ -34,7 +34,8 @@ struct delta_plan {
   std::optional<ebpf_spec> ebpf;
   // Nodes changed: the whole state after the delta (checked whole; compile_tables).
   std::optional<desired_state> whole;
-  // With `pods`: the policy tables the check compiled for them (compile_delta's, moved in).
+  // With `pods`: the policy tables the check compiled for them (compile_delta's, moved in),
+  // or null when it did not (compile_delta then compiles them).
   std::shared_ptr<compiled_policy> policy;
 };
 

@@ -226,14 +226,16 @@ TEST_F(Agent, RunsWithHugePageMallocUnderItsOwnNameAndArguments) {
   const std::string proc = "/proc/" + std::to_string(agent_->pid());
   std::ifstream environ_file(proc + "/environ", std::ios::binary);
   const std::string environ((std::istreambuf_iterator<char>(environ_file)), std::istreambuf_iterator<char>());
-  std::string tunables;
+  std::string tunables, marker;
   for (size_t at = 0; at < environ.size();) {
     const size_t end = environ.find('\0', at);
     const std::string entry = environ.substr(at, end == std::string::npos ? std::string::npos : end - at);
     if (entry.rfind("GLIBC_TUNABLES=", 0) == 0) tunables = entry.substr(15);
+    if (entry.rfind("MESHLANE_HUGE_PAGE_REEXEC=", 0) == 0) marker = entry.substr(26);
     at = end == std::string::npos ? environ.size() : end + 1;
   }
   EXPECT_NE(tunables.find("glibc.malloc.hugetlb=1"), std::string::npos) << "GLIBC_TUNABLES=" << tunables;
+  EXPECT_EQ(marker, "1") << "the agent did not re-execute itself (this test's own environment must not set the tunable)";
   std::string comm;
   std::getline(std::ifstream(proc + "/comm"), comm);
   EXPECT_EQ(comm, "meshlaned");

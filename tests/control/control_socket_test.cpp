@@ -207,6 +207,8 @@ TEST(ApplyLine, AFilesTextIsSentAsItIsAndReadBackTheSame) {
     for (const std::string& file : {text, crlf}) {
       const std::string line = apply_line_of_text(file);
       ASSERT_FALSE(line.empty()) << file;
+      // Minified: indentation and line breaks dropped, whatever the file's layout.
+      EXPECT_EQ(line, R"({"command":"apply","document":)" + document.dump() + "}");
       EXPECT_EQ(line.find('\n'), std::string::npos);
       EXPECT_EQ(line.find('\r'), std::string::npos);
       const auto read = read_apply_line(line);
@@ -419,9 +421,9 @@ TEST_F(ControlSocket, GetConfigAndEveryTableWithPaging) {
 
 // `get config --section`: one top-level section of the kept document, an array section
 // paged like a table, the others whole; clear errors for a section the document lacks and
-// for paging without a section. The whole document (100 MB at 100,000 services) is a long
-// request: it runs on the publish thread, in order after an apply, while other clients'
-// section pages and status are answered.
+// for paging without a section. `get config` reads the kept document (100 MB at 100,000
+// services, its DOM built seconds after a large apply): it runs on the publish thread, in
+// order after an apply, while other clients' status and table pages are answered.
 TEST_F(ControlSocket, GetConfigSectionsArePagedAndTheWholeDocumentRunsOffThePollThread) {
   const char* meshctl = std::getenv("MESHCTL");
   ASSERT_NE(meshctl, nullptr);
@@ -442,9 +444,9 @@ TEST_F(ControlSocket, GetConfigSectionsArePagedAndTheWholeDocumentRunsOffThePoll
   EXPECT_EQ(reply["value"], document["node"]);
   EXPECT_FALSE(reply.contains("rows"));
 
-  reply = ask({{"command", "get"}, {"what", "config"}, {"section", "policies"}});
+  reply = ask({{"command", "get"}, {"what", "config"}, {"section", "no_such_section"}});
   EXPECT_EQ(reply["error"], "invalid_request");
-  EXPECT_NE(reply["message"].get<std::string>().find("no section 'policies'; it has: "), std::string::npos) << reply.dump();
+  EXPECT_NE(reply["message"].get<std::string>().find("no section 'no_such_section'; it has: "), std::string::npos) << reply.dump();
   EXPECT_NE(reply["message"].get<std::string>().find("services"), std::string::npos) << reply.dump();
   EXPECT_EQ(ask({{"command", "get"}, {"what", "config"}, {"limit", 10}})["error"], "invalid_request");
   EXPECT_EQ(ask({{"command", "get"}, {"what", "config"}, {"section", 5}})["error"], "invalid_request");
@@ -462,8 +464,8 @@ TEST_F(ControlSocket, GetConfigSectionsArePagedAndTheWholeDocumentRunsOffThePoll
   ASSERT_TRUE(printed.is_object()) << out;
   EXPECT_EQ(printed["rows"], json::array({document["services"][0]}));
 
-  // An apply held in its sink: the whole document waits behind it (and then shows it); a
-  // section page and status from another client are answered meanwhile.
+  // An apply held in its sink: the whole document and a section page wait behind it (and
+  // then show it); a table page and status from another client are answered meanwhile.
   std::mutex m;
   std::condition_variable cv;
   bool entered = false, release = false;
@@ -486,13 +488,16 @@ TEST_F(ControlSocket, GetConfigSectionsArePagedAndTheWholeDocumentRunsOffThePoll
   }
   ASSERT_EQ(whole.connect(options_.path), "");
   ASSERT_TRUE(whole.send_line(json{{"command", "get"}, {"what", "config"}}.dump()));
-  control_client other;
+  control_client other, section;
   ASSERT_EQ(other.connect(options_.path), "");
-  const json page = other.request({{"command", "get"}, {"what", "config"}, {"section", "services"}, {"limit", 1}}, 3000);
+  ASSERT_EQ(section.connect(options_.path), "");
+  ASSERT_TRUE(section.send_line(json{{"command", "get"}, {"what", "config"}, {"section", "services"}, {"limit", 1}}.dump()));
+  const json page = other.request({{"command", "get"}, {"what", "services"}, {"limit", 1}}, 3000);
   EXPECT_EQ(page["ok"], true) << page.dump();
   EXPECT_EQ(other.request({{"command", "status"}}, 3000)["ok"], true);
   std::string line;
   EXPECT_FALSE(whole.read_line(line, 200)) << "the whole document was served beside a running publish: " << line;
+  EXPECT_FALSE(section.read_line(line, 50)) << "a section was served beside a running publish: " << line;
   {
     std::lock_guard lock(m);
     release = true;
@@ -504,6 +509,8 @@ TEST_F(ControlSocket, GetConfigSectionsArePagedAndTheWholeDocumentRunsOffThePoll
   const json kept = json::parse(line);
   ASSERT_EQ(kept["ok"], true) << line;
   EXPECT_EQ(kept["document"], changed);
+  ASSERT_TRUE(section.read_line(line, 10000));
+  EXPECT_EQ(json::parse(line)["rows"], json::array({changed["services"][0]}));
 }
 
 TEST_F(ControlSocket, ExternalServicesFollowTheInternalOnesInGetServicesAndMetrics) {
@@ -834,6 +841,18 @@ TEST_F(ControlSocket, AClientThatDoesNotReadIsDropped) {
     dropped = control_.connected_clients.load() == 0;
   }
   EXPECT_TRUE(dropped) << "the non-reading client is still connected";
+}
+
+// The unread-replies limit drops a client whose replies pile up, not one whose single
+// reply is large (a whole `get config` at 100,000 services is about 100 MB).
+TEST_F(ControlSocket, OneReplyLargerThanTheUnreadLimitIsDelivered) {
+  options_.max_queued_reply_bytes = 256;
+  start();
+  ASSERT_TRUE(apply_sample()["ok"]);
+  const json reply = ask({{"command", "get"}, {"what", "config"}});
+  ASSERT_EQ(reply["ok"], true) << reply.dump();
+  EXPECT_GT(reply.dump().size(), 256u);
+  EXPECT_EQ(reply["document"], testing::sample_document());
 }
 
 TEST_F(ControlSocket, IdleClientsAreDisconnected) {
