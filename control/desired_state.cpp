@@ -293,23 +293,7 @@ void read_policy(const json& value, const std::string& path, policy_spec& policy
     if (r.member(l7.field, false)) r.error(r.path_of(l7.field), needs_waypoint(l7.why));
   if (const json* selector = r.member("selector", false)) {
     object_reader sr(*selector, r.path_of("selector"), errors);
-    if (sr.ok()) {
-      if (const json* labels = sr.member("match_labels", false)) {
-        object_reader lr(*labels, sr.path_of("match_labels"), errors);
-        if (lr.ok()) {
-          for (const auto& [key, label] : labels->items()) {
-            auto text = lr.string(key, true, /*allow_empty=*/true);
-            if (!text) continue;
-            if (std::string problem = label_key_problem(key); !problem.empty())
-              lr.error(lr.path_of(key), "invalid label key " + shown(key) + ": " + problem);
-            else if (!text->empty() && !valid_label_name(*text))
-              lr.error(lr.path_of(key), "invalid label value " + shown(*text) +
-                                            ": 0..63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit");
-            policy.selector[key] = *text;
-          }
-        }
-      }
-    }
+    if (sr.ok()) read_match_labels(sr, policy.selector);
   }
   if (auto v = r.string("action", false)) {
     if (*v == "ALLOW") policy.action = policy_action::allow;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <algorithm>
+#include <map>
 #include <cstdint>
 #include <optional>
 #include <set>
@@ -186,6 +187,25 @@ inline std::string label_key_problem(std::string_view key) {
   if (!valid_label_name(key))
     return "a label name is 1..63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit";
   return "";
+}
+
+// A selector's `match_labels` (Kubernetes label syntax, values may be empty), when present:
+// the policy and egress selectors read it alike.
+inline void read_match_labels(object_reader& selector, std::map<std::string, std::string>& out) {
+  const json* labels = selector.member("match_labels", false);
+  if (!labels) return;
+  object_reader r(*labels, selector.path_of("match_labels"), selector.errors());
+  if (!r.ok()) return;
+  for (const auto& [key, label] : labels->items()) {
+    auto text = r.string(key, true, /*allow_empty=*/true);
+    if (!text) continue;
+    if (std::string problem = label_key_problem(key); !problem.empty())
+      r.error(r.path_of(key), "invalid label key " + shown(key) + ": " + problem);
+    else if (!text->empty() && !valid_label_name(*text))
+      r.error(r.path_of(key), "invalid label value " + shown(*text) +
+                                  ": 0..63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit");
+    out[key] = *text;
+  }
 }
 
 inline void read_prefix_list(object_reader& r, std::string_view key, std::vector<ip_prefix>& out) {

@@ -101,20 +101,7 @@ void read_policy(const json& value, const std::string& path, egress_policy_spec&
           sr.error(sr.path_of("namespace"), "must be a namespace name (1..63 lowercase letters, digits or '-'), got " + shown(*v));
         out.pod_namespace = *v;
       }
-      if (const json* labels = sr.member("match_labels", false)) {
-        object_reader lr(*labels, sr.path_of("match_labels"), errors);
-        if (lr.ok()) {
-          for (const auto& [key, label] : labels->items()) {
-            auto text = lr.string(key, true, /*allow_empty=*/true);
-            if (!text) continue;
-            if (std::string problem = label_key_problem(key); !problem.empty())
-              lr.error(lr.path_of(key), "invalid label key " + shown(key) + ": " + problem);
-            else if (!text->empty() && !valid_label_name(*text))
-              lr.error(lr.path_of(key), "invalid label value " + shown(*text));
-            out.match_labels[key] = *text;
-          }
-        }
-      }
+      read_match_labels(sr, out.match_labels);
       if (out.pod_namespace.empty() && out.match_labels.empty() && errors.size() == errors_before)
         sr.error(r.path_of("selector"), "selects no pods: give a \"namespace\", \"match_labels\" or both");
     }

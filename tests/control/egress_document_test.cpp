@@ -9,7 +9,9 @@
 namespace meshlane {
 namespace {
 
+using ::testing::Contains;
 using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 using ::testing::IsEmpty;
 using json = nlohmann::json;
 
@@ -250,6 +252,15 @@ TEST(EgressDocumentErrors, PolicyWithoutSelectorIsRefused) {
   doc["egress"]["policies"][1]["selector"] = {{"match_labels", json::object()}};
   EXPECT_THAT(errors_of(doc)[1],
               "$.egress.policies[1].selector: selects no pods: give a \"namespace\", \"match_labels\" or both");
+}
+
+// The selector's labels are read as the authorization policies' are (read_match_labels).
+TEST(EgressDocumentErrors, SelectorLabelsAreCheckedAsPolicySelectorsAre) {
+  json doc = egress_document();
+  doc["egress"]["policies"][0]["selector"]["match_labels"] = {{"-bad", "x"}, {"app", "not valid!"}};
+  const auto errors = errors_of(doc);
+  EXPECT_THAT(errors, Contains(HasSubstr("$.egress.policies[0].selector.match_labels.-bad: invalid label key '-bad'")));
+  EXPECT_THAT(errors, Contains(HasSubstr("$.egress.policies[0].selector.match_labels.app: invalid label value 'not valid!'")));
 }
 
 TEST(EgressDocumentErrors, PolicyNeedsDestinations) {
