@@ -1140,15 +1140,41 @@ parse_result read_document(const json& document, std::optional<simdjson::dom::ar
 
 }  // namespace
 
-parse_result parse_desired_state(std::string_view json_text) { return parse_desired_state(json_text, nullptr); }
+parse_result parse_desired_state(std::string_view json_text) { return parse_desired_state(json_text, nullptr, {}); }
 
 parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed) {
+  return parse_desired_state(json_text, parsed, {});
+}
+
+namespace {
+
+// The live pods appended to the document's pods[], as the agent merged them into its DOM
+// before: a missing or null pods[] becomes theirs, a pods that is no array is left for its
+// reader to refuse. The list is the agent's own JSON; text that is no array is reported.
+void add_live_pods(json& document, std::string_view live_pods_json, error_list& errors) {
+  if (live_pods_json.empty() || !document.is_object()) return;
+  json live = json::parse(live_pods_json, nullptr, false);
+  if (!live.is_array()) {
+    errors.push_back({"$.pods", "the agent's live pods are not a JSON array"});
+    return;
+  }
+  if (live.empty()) return;
+  json& list = document["pods"];
+  if (list.is_null()) list = json::array();
+  if (!list.is_array()) return;
+  for (json& pod : live) list.push_back(std::move(pod));
+}
+
+}  // namespace
+
+parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed,
+                                 std::string_view live_pods_json) {
   // The tape when it reads this text as nlohmann would (document_tape.h): services[] is read
   // from it directly, every other member (small) converted for the section readers.
   std::unique_ptr<document_tape::tape> own;
   if (!parsed) own = document_tape::parse(json_text, kMaxNesting);
   const document_tape::tape* tape = parsed ? parsed : own.get();
-  if (!tape) return document_sections::parse_without_tape(json_text);
+  if (!tape) return document_sections::parse_without_tape(json_text, live_pods_json);
   if (!tape->root.is_object()) return read_document(document_tape::to_json(tape->root), std::nullopt, {});
   json document = json::object();
   std::optional<simdjson::dom::array> tape_services;
@@ -1157,14 +1183,17 @@ parse_result parse_desired_state(std::string_view json_text, const document_tape
     if (field.key == "services" && !field.value.get_array().get(list)) tape_services = list;
     else document.emplace(std::string(field.key), document_tape::to_json(field.value));
   }
-  return read_document(document, tape_services, {});
+  error_list errors;
+  add_live_pods(document, live_pods_json, errors);
+  return read_document(document, tape_services, std::move(errors));
 }
 
 namespace document_sections {
-parse_result parse_without_tape(std::string_view json_text) {
+parse_result parse_without_tape(std::string_view json_text, std::string_view live_pods_json) {
   error_list errors;
   json document;
   if (!read_checked_json(json_text, document, errors)) return {std::nullopt, std::move(errors)};
+  add_live_pods(document, live_pods_json, errors);
   return read_document(document, std::nullopt, std::move(errors));
 }
 }  // namespace document_sections

@@ -38,7 +38,7 @@ bool read_checked_json(std::string_view json_text, nlohmann::json& document, std
 
 // The document read through nlohmann's DOM alone: what parse_desired_state does with text
 // the tape does not take (document_tape.h). Tests compare the two paths on the same text.
-parse_result parse_without_tape(std::string_view json_text);
+parse_result parse_without_tape(std::string_view json_text, std::string_view live_pods_json = {});
 
 // A pod without a service account gets the one its namespace entry names for it.
 void resolve_service_account(const desired_state& state, pod_spec& pod);

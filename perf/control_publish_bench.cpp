@@ -17,8 +17,10 @@
 //     (defaults: 5000; 1000 10000 100000). --stages-only: the stages and deltas, without the
 //     apply through the control surface (for profiling the stages alone). --full-apply-only
 //     R: R cold full applies and nothing else (for profiling and A/B runs of the apply).
-//   build/perf/control_publish_bench --surface-apply-only R [N ...]: R full applies through
-//     the control surface with the probes (below) and nothing else.
+//   build/perf/control_publish_bench --surface-apply-only R [--held-pods K] [N ...]: R full
+//     applies through the control surface with the probes (below) and nothing else; with
+//     --held-pods, on an agent holding K live pods (the CNI plugin's, in a pod registry),
+//     which every full apply merges into the document, as on any node that runs pods.
 //   build/perf/control_publish_bench --live-pods R [N ...]: R live pods added and deleted
 //     (the CNI plugin's `pod` requests, through the control module with a pod registry) on
 //     a node holding N services; beside them, in the same run, the whole-document
@@ -44,6 +46,7 @@
 #include <cstring>
 #include <ctime>
 #include <filesystem>
+#include <memory>
 #include <optional>
 #include <string>
 #include <thread>
@@ -56,6 +59,7 @@
 #include "control/control_socket.h"
 #include "control/desired_state.h"
 #include "control/http_server.h"
+#include "control/pod_registry.h"
 #include "control/prometheus_text.h"
 #include "control/status_page.h"
 #include "control/table_compiler.h"
@@ -226,9 +230,22 @@ struct bench_control {
 };
 
 // The full apply of `text` through the control socket of an in-process control module,
-// with the prober running from before it is sent until its reply is read.
-nlohmann::json apply_through_control_surface(const std::string& text) {
+// with the prober running from before it is sent until its reply is read; with
+// `held_pods` live pods added (the CNI plugin's requests) before it.
+nlohmann::json apply_through_control_surface(const std::string& text, int held_pods = 0) {
   bench_control agent;
+  const auto pod_dir = std::filesystem::temp_directory_path() / ("meshlane-publish-bench-held-" + std::to_string(::getpid()));
+  std::unique_ptr<meshlane::pod_registry> pods;
+  struct remove_dir {
+    std::filesystem::path path;
+    ~remove_dir() { std::filesystem::remove_all(path); }
+  } pod_dir_cleanup{held_pods > 0 ? pod_dir : std::filesystem::path()};
+  if (held_pods > 0) {
+    std::string error;
+    pods = meshlane::pod_registry::open(pod_dir.string(), error);
+    if (!pods) return {{"error", error}};
+    agent.control.set_pod_registry(pods.get());
+  }
   meshlane::http_server http;
   meshlane::add_agent_routes(http, agent.control);
   if (std::string e = http.start("127.0.0.1:0"); !e.empty()) return {{"error", e}};
@@ -242,6 +259,12 @@ nlohmann::json apply_through_control_surface(const std::string& text) {
   probe_results idle, busy;
   // The same probes on the idle agent first (a small document published), as the baseline.
   agent.control.apply_document(make_document(10, 2, 1021), "bench");
+  for (int k = 0; k < held_pods; ++k) {
+    const nlohmann::json add = {{"command", "pod"}, {"action", "add"},
+                                {"pod", {{"container_id", "held-" + std::to_string(k)}, {"name", "held" + std::to_string(k)},
+                                         {"namespace", "bench"}, {"host_interface", "vh" + std::to_string(k)}}}};
+    if (!agent.control.handle_line(add.dump()).value("ok", false)) return {{"error", "a held pod was refused"}};
+  }
   std::thread idle_prober(probe, http.port(), options.path, std::cref(stop), std::ref(idle));
   std::this_thread::sleep_for(std::chrono::seconds(2));
   stop = true;
@@ -268,6 +291,7 @@ nlohmann::json apply_through_control_surface(const std::string& text) {
   prober.join();
   const nlohmann::json reply = nlohmann::json::parse(line, nullptr, false);
   out["apply_ok"] = reply.is_object() && reply.value("ok", false);
+  out["held_pods"] = held_pods;
   out["apply_s"] = apply_s;  // socket read, request parse, validate, compile, install, keep the document
   if (reply.is_object()) {
     out["apply_compile_s"] = reply.value("compile_seconds", 0.0);
@@ -468,6 +492,7 @@ int main(int argc, char** argv) {
   int live_pod_rounds = 0;
   int tune_rounds = 0;
   int surface_apply_rounds = 0;
+  int held_pods = 0;
   for (int i = 1; i < argc; ++i) {
     if (std::strcmp(argv[i], "--stages-only") == 0) {
       stages_only = true;
@@ -479,6 +504,10 @@ int main(int argc, char** argv) {
     }
     if (std::strcmp(argv[i], "--surface-apply-only") == 0 && i + 1 < argc) {
       surface_apply_rounds = std::max(1, std::atoi(argv[++i]));
+      continue;
+    }
+    if (std::strcmp(argv[i], "--held-pods") == 0 && i + 1 < argc) {
+      held_pods = std::max(0, std::atoi(argv[++i]));
       continue;
     }
     if (std::strcmp(argv[i], "--live-pods") == 0 && i + 1 < argc) {
@@ -508,7 +537,7 @@ int main(int argc, char** argv) {
     for (int services : sizes) {
       const std::string text = make_document(services, nodes, kMaglevSize);
       for (int round = 0; round < surface_apply_rounds; ++round)
-        print_line(apply_through_control_surface(text), "control_surface_during_apply", services, nodes);
+        print_line(apply_through_control_surface(text, held_pods), "control_surface_during_apply", services, nodes);
     }
     return 0;
   }

@@ -185,6 +185,64 @@ TEST(DocumentTape, TextTheTapeRefusesIsReadByTheDom) {
   EXPECT_TRUE(parse_desired_state(trailing_nul).state);
 }
 
+// The agent's live pods (the CNI plugin's, from its pod registry) are read as if the
+// document's pods[] ended with them, on both readers: the same state, errors and paths
+// as the document written out with them (what the agent published before it stopped
+// parsing a whole document into a DOM and dumping it to add them).
+TEST(DocumentTape, LivePodsReadAsIfTheDocumentsPodsEndedWithThem) {
+  const json live = json::parse(R"([
+      {"name": "cni-a", "ip": "198.18.1.30", "interface": "vetha", "labels": {"app": "web"}},
+      {"name": "cni-b", "ip": "198.18.1.31", "ip6": "fd00:6d6c:1::31", "interface": "vethb", "labels": {},
+       "cgroup": "/sys/fs/cgroup/pod-b"}])");
+  const auto pods_of = [](const desired_state& state) {
+    std::string out;
+    for (const pod_spec& pod : state.pods) out += pod.name + "@" + pod.ip.to_string() + " ";
+    return out;
+  };
+  // With its own pods, with none, with a null list: the live pods land after the document's.
+  json without = testing::sample_document();
+  without.erase("pods");
+  json null_list = testing::sample_document();
+  null_list["pods"] = nullptr;
+  for (const json& document : {testing::sample_document(), without, null_list}) {
+    json merged = document;
+    if (merged["pods"].is_null()) merged["pods"] = json::array();
+    for (const json& pod : live) merged["pods"].push_back(pod);
+    const parse_result want = parse_desired_state(merged.dump());
+    ASSERT_TRUE(want.state) << texts_of(want.errors)[0];
+    const std::string text = document.dump();
+    const auto tape = document_tape::parse(text, 32);
+    ASSERT_TRUE(tape);
+    for (const parse_result& got : {parse_desired_state(text, tape.get(), live.dump()),
+                                    parse_desired_state(text, nullptr, live.dump()),
+                                    document_sections::parse_without_tape(text, live.dump())}) {
+      ASSERT_TRUE(got.state) << texts_of(got.errors)[0];
+      EXPECT_EQ(pods_of(*got.state), pods_of(*want.state));
+      EXPECT_EQ(compile_tables(*got.state, 1)->content_digest(), compile_tables(*want.state, 1)->content_digest());
+    }
+  }
+  // A live pod the document's rules refuse is refused at its place in the list.
+  json clash = live;
+  clash[1]["ip"] = "198.18.1.10";  // web-1's address
+  json merged = testing::sample_document();
+  for (const json& pod : clash) merged["pods"].push_back(pod);
+  const parse_result want = parse_desired_state(merged.dump());
+  ASSERT_FALSE(want.errors.empty());
+  const std::string text = testing::sample_document().dump();
+  EXPECT_EQ(texts_of(parse_desired_state(text, nullptr, clash.dump()).errors), texts_of(want.errors));
+  EXPECT_EQ(texts_of(document_sections::parse_without_tape(text, clash.dump()).errors), texts_of(want.errors));
+  // A pods member that is no array is its reader's to refuse, as before; live text that is
+  // no array is the agent's fault, and named.
+  json not_a_list = testing::sample_document();
+  not_a_list["pods"] = "none";
+  EXPECT_EQ(texts_of(parse_desired_state(not_a_list.dump(), nullptr, live.dump()).errors),
+            texts_of(parse_desired_state(not_a_list.dump()).errors));
+  EXPECT_THAT(texts_of(parse_desired_state(text, nullptr, "{}").errors),
+              ElementsAre("$.pods: the agent's live pods are not a JSON array"));
+  // No live pods: the document alone.
+  EXPECT_EQ(pods_of(*parse_desired_state(text, nullptr, "[]").state), pods_of(*parse_desired_state(text).state));
+}
+
 TEST(DocumentTape, DuplicateKeysAreFoundInLargeObjectsToo) {
   std::string object = "{";
   for (int i = 0; i < 40; ++i) object += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
