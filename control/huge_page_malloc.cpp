@@ -1,5 +1,6 @@
 #include "control/huge_page_malloc.h"
 
+#include <malloc.h>
 #include <sys/auxv.h>
 #include <unistd.h>
 
@@ -14,7 +15,22 @@ namespace {
 constexpr const char* kReexecuted = "MESHLANE_HUGE_PAGE_REEXEC";
 }  // namespace
 
-void reexec_with_huge_page_malloc(char** argv) {
+bool limit_malloc_arenas() {
+  const char* tunables = std::getenv("GLIBC_TUNABLES");
+  const char* arena_max = std::getenv("MALLOC_ARENA_MAX");
+  if (arena_max && *arena_max) return false;
+  if (tunables) {  // "glibc.malloc.arena_max=" at the start or after a ':'
+    const std::string set = tunables;
+    for (size_t at = set.find("glibc.malloc.arena_max="); at != std::string::npos;
+         at = set.find("glibc.malloc.arena_max=", at + 1))
+      if (at == 0 || set[at - 1] == ':') return false;
+  }
+  return ::mallopt(M_ARENA_MAX, 2) == 1;
+}
+
+namespace {
+
+void reexec_if_wanted(char** argv) {
   if (std::getenv(kReexecuted)) return;
   // A privileged start (setuid, file capabilities, a security domain change): glibc
   // ignores or removes tunables from the environment there, so nothing is to be won.
@@ -32,6 +48,13 @@ void reexec_with_huge_page_malloc(char** argv) {
   if (::setenv(kReexecuted, "1", 1) != 0 || ::setenv("GLIBC_TUNABLES", tunables.c_str(), 1) != 0) return;
   ::execv(path, argv);
   // No exec: go on with 4 KiB pages (the variables stay set; harmless).
+}
+
+}  // namespace
+
+void reexec_with_huge_page_malloc(char** argv) {
+  reexec_if_wanted(argv);
+  limit_malloc_arenas();  // the process goes on as it is
 }
 
 }  // namespace meshlane

@@ -482,7 +482,8 @@ void print_line(nlohmann::json line, const char* benchmark, int services, int no
 
 int main(int argc, char** argv) {
   // As the agent runs (control/huge_page_malloc.h), unless GLIBC_TUNABLES names the
-  // tunable (glibc.malloc.hugetlb=0 measures 4 KiB pages).
+  // tunables (glibc.malloc.hugetlb=0 measures 4 KiB pages, glibc.malloc.arena_max=16
+  // glibc's default arena count on 2 CPUs).
   meshlane::reexec_with_huge_page_malloc(argv);
   std::vector<int> sizes;
   int nodes = 5000;  // Kubernetes' limit

@@ -1,0 +1,94 @@
+// The agent's malloc arenas (huge_page_malloc.h): limit_malloc_arenas leaves a process two
+// arenas however many threads allocate, unless the environment names a count. Each case
+// runs in a child process of its own: arenas, once made, stay for the process's life.
+#include "control/huge_page_malloc.h"
+
+#include <malloc.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace meshlane {
+namespace {
+
+// In a child: sets the environment, calls limit_malloc_arenas when `limit`, lets six
+// threads allocate, and reports "<limited> <arenas>" (malloc_info's <heap> entries).
+std::string arenas_in_child(bool limit, const char* tunables, const char* arena_max_env) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "no pipe";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    if (tunables) ::setenv("GLIBC_TUNABLES", tunables, 1); else ::unsetenv("GLIBC_TUNABLES");
+    if (arena_max_env) ::setenv("MALLOC_ARENA_MAX", arena_max_env, 1); else ::unsetenv("MALLOC_ARENA_MAX");
+    const bool limited = limit && limit_malloc_arenas();
+    std::vector<std::thread> threads;
+    for (int t = 0; t < 6; ++t)
+      threads.emplace_back([] {
+        std::vector<void*> blocks;
+        for (int i = 0; i < 1000; ++i) blocks.push_back(std::malloc(100 + i));
+        for (void* b : blocks) std::free(b);
+      });
+    for (auto& t : threads) t.join();
+    char* text = nullptr;
+    size_t size = 0;
+    FILE* out = ::open_memstream(&text, &size);
+    ::malloc_info(0, out);
+    std::fclose(out);
+    int heaps = 0;
+    for (const char* at = text; (at = std::strstr(at, "<heap nr=")); ++at) ++heaps;
+    const std::string report = std::to_string(limited) + " " + std::to_string(heaps);
+    (void)!::write(fds[1], report.data(), report.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  char buffer[64] = {};
+  const ssize_t n = ::read(fds[0], buffer, sizeof buffer - 1);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "no report";
+}
+
+// Under AddressSanitizer its own allocator serves malloc and its mallopt sets nothing
+// (returns 0): glibc's arenas (what malloc_info reports) are not the process's, and every
+// case must say the limit was not set.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool kGlibcServesMalloc = false;
+#else
+constexpr bool kGlibcServesMalloc = true;
+#endif
+
+void expect_report(const std::string& report, const std::string& want) {
+  if (kGlibcServesMalloc) EXPECT_EQ(report, want);
+  else EXPECT_EQ(report.substr(0, 2), "0 ") << report;
+}
+
+TEST(MallocArenas, TwoHoweverManyThreadsAllocate) {
+  expect_report(arenas_in_child(true, nullptr, nullptr), "1 2");
+  expect_report(arenas_in_child(true, "glibc.malloc.hugetlb=1", nullptr), "1 2");
+  // Without the limit each thread gets an arena of its own (glibc allows 8 per CPU): the
+  // cases above would show that many if the limit did nothing.
+  const std::string unlimited = arenas_in_child(false, nullptr, nullptr);
+  if (kGlibcServesMalloc) EXPECT_GT(std::atoi(unlimited.substr(2).c_str()), 2) << unlimited;
+  else EXPECT_EQ(unlimited.substr(0, 2), "0 ") << unlimited;
+}
+
+TEST(MallocArenas, ACountTheEnvironmentNamesIsTheOperatorsChoice) {
+  EXPECT_EQ(arenas_in_child(true, nullptr, "3").substr(0, 2), "0 ");
+  EXPECT_EQ(arenas_in_child(true, "glibc.malloc.hugetlb=1:glibc.malloc.arena_max=4", nullptr).substr(0, 2), "0 ");
+  // Only the whole name counts: a longer one that ends like it is not a count.
+  expect_report(arenas_in_child(true, "x.glibc.malloc.arena_max=4", nullptr), "1 2");
+  expect_report(arenas_in_child(true, nullptr, ""), "1 2");
+}
+
+}  // namespace
+}  // namespace meshlane
