@@ -124,9 +124,15 @@ std::array<uint8_t, 32> sha256_of(const std::vector<uint8_t>& bytes) {
 }  // namespace
 
 std::array<uint8_t, 32> block_digest(const service_backends& block) {
+  // The Maglev table is a pure function of the backends (identity and weight, in this
+  // canonical order) and of its size, the same in every release (tests/control/
+  // maglev_test.cpp, TablesAreTheSameAsEverBefore): hashing those names the block as
+  // hashing its slots did, with a tenth of the bytes or less (16 backends of 24 bytes
+  // against 1,021 to 65,537 slots of 2; at 100,000 services about 40 MB against 240 MB).
   byte_writer w;
-  w.out.reserve(block.backends.size() * 24 + block.maglev.size() * 2);
-  write_block(w, block, true, true);
+  w.out.reserve(block.backends.size() * 24 + 4);
+  write_block(w, block, true, false);
+  w.u32(static_cast<uint32_t>(block.maglev.size()));
   return sha256_of(w.out);
 }
 

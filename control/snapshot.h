@@ -65,13 +65,13 @@ struct table_backend {
 struct service_backends {
   std::vector<table_backend> backends;  // in (ip, port) order
   std::vector<uint16_t> maglev;         // tuning.maglev_table_size entries, each an index into backends; empty without backends
-  // SHA-256 of the block's bytes in the serialized form (block_digest), set when it is
-  // compiled: what the snapshot's content digest hashes in its place, so that the digest of
-  // a delta's snapshot hashes the blocks it changed, not every block again.
+  // SHA-256 of what the block is built from (block_digest), set when it is compiled: what
+  // the snapshot's content digest hashes in its place, so that the digest of a delta's
+  // snapshot hashes the blocks it changed, not every block again.
   std::array<uint8_t, 32> digest{};
 };
-// The digest service_backends::digest holds: its backends and Maglev slots as serialize()
-// writes them.
+// The digest service_backends::digest holds: its backends as serialize() writes them and
+// its Maglev table's size (the table is a function of those two; maglev.h).
 std::array<uint8_t, 32> block_digest(const service_backends& block);
 
 struct table_service {

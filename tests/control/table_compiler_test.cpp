@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <random>
 #include <set>
@@ -143,6 +144,28 @@ TEST(TableCompiler, TheKeptDigestIsTheComputedOneAndACopyComputesItsOwn) {
   EXPECT_EQ(copy.content_digest(), copy.compute_content_digest());
   copy = *a;  // assigned back: the edited copy's digest is not kept either
   EXPECT_EQ(copy.content_digest(), first);
+}
+
+// Each service's block is hashed by what its Maglev table is built from (its backends'
+// addresses, ports and weights, and the table's size; block_digest): a change of any of
+// them changes the content digest, the same backends listed in another order do not.
+TEST(TableCompiler, TheContentDigestCoversEveryInputOfAMaglevTable) {
+  const auto doc = testing::sample_document();
+  const std::string reference = compile_tables(parse_or_die(doc), 1)->content_digest();
+  const auto digest_after = [&](const std::function<void(nlohmann::json&)>& edit) {
+    auto changed = doc;
+    edit(changed);
+    return compile_tables(parse_or_die(changed), 1)->content_digest();
+  };
+  const auto web_backends = [](nlohmann::json& d) -> nlohmann::json& { return d["services"][0]["backends"]; };
+  EXPECT_EQ(digest_after([&](auto& d) { std::swap(web_backends(d)[0], web_backends(d)[1]); }), reference);
+  std::set<std::string> digests{reference};
+  digests.insert(digest_after([&](auto& d) { web_backends(d)[1]["weight"] = 2; }));
+  digests.insert(digest_after([&](auto& d) { web_backends(d)[0]["port"] = 8081; }));
+  digests.insert(digest_after([&](auto& d) { web_backends(d)[0]["ip"] = "198.18.1.11"; }));
+  digests.insert(digest_after([&](auto& d) { web_backends(d).erase(0); }));
+  digests.insert(digest_after([&](auto& d) { d["tunables"]["maglev_table_size"] = 251; }));
+  EXPECT_EQ(digests.size(), 6u);
 }
 
 // Issue 18: two nodes fed documents that differ only in egress must not report the same
