@@ -15,16 +15,23 @@ namespace {
 constexpr const char* kReexecuted = "MESHLANE_HUGE_PAGE_REEXEC";
 }  // namespace
 
-bool limit_malloc_arenas() {
+namespace {
+
+// Whether GLIBC_TUNABLES sets `name`: "name=" at its start or after a ':' (glibc's syntax).
+bool tunable_is_set(const std::string& name) {
   const char* tunables = std::getenv("GLIBC_TUNABLES");
+  if (!tunables) return false;
+  const std::string set = tunables, assignment = name + "=";
+  for (size_t at = set.find(assignment); at != std::string::npos; at = set.find(assignment, at + 1))
+    if (at == 0 || set[at - 1] == ':') return true;
+  return false;
+}
+
+}  // namespace
+
+bool limit_malloc_arenas() {
   const char* arena_max = std::getenv("MALLOC_ARENA_MAX");
-  if (arena_max && *arena_max) return false;
-  if (tunables) {  // "glibc.malloc.arena_max=" at the start or after a ':'
-    const std::string set = tunables;
-    for (size_t at = set.find("glibc.malloc.arena_max="); at != std::string::npos;
-         at = set.find("glibc.malloc.arena_max=", at + 1))
-      if (at == 0 || set[at - 1] == ':') return false;
-  }
+  if ((arena_max && *arena_max) || tunable_is_set("glibc.malloc.arena_max")) return false;
   return ::mallopt(M_ARENA_MAX, 2) == 1;
 }
 
@@ -35,10 +42,9 @@ void reexec_if_wanted(char** argv) {
   // A privileged start (setuid, file capabilities, a security domain change): glibc
   // ignores or removes tunables from the environment there, so nothing is to be won.
   if (::getauxval(AT_SECURE) != 0) return;
+  if (tunable_is_set("glibc.malloc.hugetlb")) return;
   const char* set = std::getenv("GLIBC_TUNABLES");
-  std::string tunables = set ? set : "";
-  if (tunables.find("glibc.malloc.hugetlb") != std::string::npos) return;
-  tunables += std::string(tunables.empty() ? "" : ":") + "glibc.malloc.hugetlb=1";
+  const std::string tunables = (set && *set ? std::string(set) + ":" : std::string()) + "glibc.malloc.hugetlb=1";
   // The program's own path, not /proc/self/exe itself: the kernel names the process after
   // the file executed, and `pgrep meshlaned` must still find it.
   char path[4096];

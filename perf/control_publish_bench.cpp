@@ -49,6 +49,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -238,7 +239,10 @@ nlohmann::json apply_through_control_surface(const std::string& text, int held_p
   std::unique_ptr<meshlane::pod_registry> pods;
   struct remove_dir {
     std::filesystem::path path;
-    ~remove_dir() { std::filesystem::remove_all(path); }
+    ~remove_dir() {
+      std::error_code ignored;  // nothing made, or already gone
+      if (!path.empty()) std::filesystem::remove_all(path, ignored);
+    }
   } pod_dir_cleanup{held_pods > 0 ? pod_dir : std::filesystem::path()};
   if (held_pods > 0) {
     std::string error;
