@@ -7,7 +7,7 @@ namespace meshlane {
 
 using nlohmann::json;
 
-apply_path::~apply_path() { wait_for_kept_document(); }
+apply_path::~apply_path() { join_kept_document_builder(); }
 
 publish_result apply_path::apply_document(std::string_view document_json, const std::string& source,
                                           std::shared_ptr<const document_tape::tape> parsed,
@@ -122,9 +122,17 @@ apply_path::counts apply_path::applies() const {
   return counts_;
 }
 
-void apply_path::build_kept_document(shared_text text) {
+void apply_path::start_kept_document_build() {
+  shared_text text;
+  {
+    std::lock_guard lock(mutex_);
+    text = document_.pending();
+  }
+  if (!text) return;
   std::lock_guard builder_lock(builder_mutex_);
-  if (document_builder_.joinable()) document_builder_.join();  // an earlier apply's: done, or soon
+  if (building_.lock() == text) return;  // under way (or tried: a failed build is retried inline)
+  if (document_builder_.joinable()) document_builder_.join();  // an earlier text's: done, or soon
+  building_ = text;
   auto build = [this, text] {
     // A 100k-service document takes seconds to parse and to free: both happen outside
     // mutex_, which `/metrics`, `status` and `get config` take. The thread has its
@@ -143,30 +151,45 @@ void apply_path::build_kept_document(shared_text text) {
   try {
     document_builder_ = std::thread(build);
   } catch (const std::system_error&) {
-    build();  // no thread to be had: built here, as before
+    build();  // no thread to be had: built here
   }
 }
 
-void apply_path::wait_for_kept_document() {
+void apply_path::join_kept_document_builder() {
   std::lock_guard builder_lock(builder_mutex_);
   if (document_builder_.joinable()) document_builder_.join();
 }
 
+void apply_path::wait_for_kept_document() {
+  start_kept_document_build();
+  join_kept_document_builder();
+}
+
+bool apply_path::kept_document_built() const {
+  std::lock_guard lock(mutex_);
+  return !document_.pending();
+}
+
 void apply_path::account(const publish_result& result, const std::string& source, const std::string_view* full_document,
                          const json* delta, std::shared_ptr<const void> text_owner) {
-  // A full apply keeps the text (in the buffer it came in, when the caller hands that over)
-  // and builds its DOM on a thread of its own; a delta patches the DOM, or waits beside the
-  // text for it (published_document::patch).
+  // A full apply keeps the text (in the buffer it came in, when the caller hands that over);
+  // its DOM is built when something needs it (apply_path.h). A delta patches the DOM, or
+  // waits beside the text for it (published_document::patch) while the DOM is built.
   shared_text text;
   if (result.errors.empty() && full_document)
     text = text_owner ? share_text(std::move(text_owner), *full_document) : share_text(std::string(*full_document));
   json previous;
+  bool delta_waits = false;
   {
     std::lock_guard lock(mutex_);
     if (result.errors.empty()) {
       ++counts_.published;
-      if (full_document) previous = document_.replace_text(text);
-      else if (delta) document_.patch(*delta);
+      if (full_document) {
+        previous = document_.replace_text(text);
+      } else if (delta) {
+        document_.patch(*delta);
+        delta_waits = document_.deferred_deltas() > 0;
+      }
     } else {
       ++counts_.refused;
     }
@@ -175,7 +198,9 @@ void apply_path::account(const publish_result& result, const std::string& source
     counts_.last_compile_seconds = result.compile_seconds;
     counts_.last_publish_seconds = result.publish_seconds;
   }
-  if (text) build_kept_document(std::move(text));
+  // Deltas keep coming once one has: the DOM they patch is built now, off this thread, so
+  // that they do not pile up beside the text.
+  if (delta_waits) start_kept_document_build();
   if (result.errors.empty()) {
     char timing[96];
     std::snprintf(timing, sizeof timing, " (compile %.3f ms, publish %.3f ms)", result.compile_seconds * 1e3,

@@ -77,6 +77,9 @@ class apply_path {
   std::optional<nlohmann::json> kept_document_section(const std::string& section, size_t offset, size_t limit,
                                                       size_t& total, bool& found, std::vector<std::string>& present);
 
+  // Whether the kept document's DOM is built (false while only its text is kept; tests).
+  bool kept_document_built() const;
+
   struct counts {
     uint64_t published = 0, refused = 0;
     double compile_seconds_total = 0, publish_seconds_total = 0;
@@ -90,15 +93,17 @@ class apply_path {
   void account(const publish_result& result, const std::string& source, const std::string_view* full_document,
                const nlohmann::json* delta, std::shared_ptr<const void> text_owner = nullptr);
 
-  // The kept document's DOM is built on a thread of its own after a full apply
-  // (published_document::replace_text): the apply's reply does not wait for it, nor does
-  // a delta's (its patch waits beside the text and is applied when the DOM is handed in).
-  // What reads the DOM (`get config`, a re-publish after a delta) waits for that thread
-  // first, outside mutex_ (the builder takes mutex_ to hand the DOM in). builder_mutex_
-  // guards the thread object only; it is taken before mutex_, never while mutex_ is held.
-  void build_kept_document(shared_text text);
-  void wait_for_kept_document();
-
+  // The kept document's DOM is built when something first needs it: `get config`, a
+  // re-publish with deltas waiting, or the first delta after a full apply (which starts it
+  // and goes on; the deltas wait beside the text, published_document::patch). A node fed
+  // whole documents (a ConfigMap, `meshctl apply`) never builds it: at 100,000 services
+  // the DOM was 1-2 s of CPU after every apply and about a GB held, and freeing the last
+  // one was in the next apply's reply. It is built on a thread of its own, outside
+  // mutex_ (the builder takes mutex_ to hand the DOM in); builder_mutex_ guards the thread
+  // object and building_, is taken before mutex_, never while mutex_ is held.
+  void start_kept_document_build();  // for the pending text, unless under way already
+  void join_kept_document_builder();
+  void wait_for_kept_document();  // starts the build if needed, then waits for it
   table_publisher& publisher_;
   log_ring& log_;
   pod_registry* pods_ = nullptr;
@@ -107,6 +112,7 @@ class apply_path {
   std::mutex apply_mutex_;
   std::mutex builder_mutex_;
   std::thread document_builder_;
+  std::weak_ptr<const std::string_view> building_;  // the text the builder was started for
 
   mutable std::mutex mutex_;  // guards what follows
   published_document document_;  // the last published document, patched by every delta since

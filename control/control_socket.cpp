@@ -18,6 +18,8 @@
 #include <sstream>
 #include <list>
 
+#include "control/document_tape.h"
+
 namespace meshlane {
 
 namespace {
@@ -174,7 +176,13 @@ void control_socket_server::publish_loop() {
     publish_job job;
     {
       std::unique_lock lock(jobs_mutex_);
-      jobs_ready_.wait(lock, [this] { return publisher_stopping_ || !jobs_.empty(); });
+      // Without work for a while, the kept JSON parser's buffers go back (options_.parser_idle_ms).
+      const std::chrono::milliseconds parser_idle(options_.parser_idle_ms);
+      while (!jobs_ready_.wait_for(lock, parser_idle, [this] { return publisher_stopping_ || !jobs_.empty(); })) {
+        lock.unlock();
+        document_tape::release_idle_parser(parser_idle);
+        lock.lock();
+      }
       if (publisher_stopping_) return;
       job = std::move(jobs_.front());
       jobs_.pop_front();

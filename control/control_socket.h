@@ -37,6 +37,10 @@ struct control_socket_options {
   size_t max_queued_reply_bytes = 16 << 20;
   int idle_timeout_ms = 60'000;           // a client that sends nothing is dropped
   int follow_interval_ms = 1000;          // how often a `flows --follow` stream sends
+  // The publish thread frees the kept JSON parser's buffers (document_tape.h: hundreds of
+  // MB after a large document) when no parse has used them for this long: applies of a
+  // large document come minutes apart or in runs, and a run keeps them.
+  int parser_idle_ms = 60'000;
 };
 
 // Requests that publish (apply, pod, tune) and `get config` (which reads the kept document)

@@ -1,6 +1,8 @@
 #include "control/document_tape.h"
 
 #include <algorithm>
+#include <mutex>
+#include <utility>
 #include <vector>
 
 namespace meshlane::document_tape {
@@ -45,13 +47,49 @@ bool well_formed(element value, size_t depth, size_t max_depth, std::vector<std:
   }
 }
 
+// The kept parser (tape's comment in the header) and when a tape last took or returned it.
+std::mutex kept_mutex;
+std::unique_ptr<simdjson::dom::parser> kept_parser;  // guarded by kept_mutex
+std::chrono::steady_clock::time_point kept_used;    // guarded by kept_mutex
+
 }  // namespace
+
+tape::tape() {
+  {
+    std::lock_guard lock(kept_mutex);
+    parser = std::move(kept_parser);
+    kept_used = std::chrono::steady_clock::now();
+  }
+  if (!parser) parser = std::make_unique<simdjson::dom::parser>();
+}
+
+tape::~tape() {
+  std::unique_ptr<simdjson::dom::parser> smaller;  // freed outside the lock
+  std::lock_guard lock(kept_mutex);
+  kept_used = std::chrono::steady_clock::now();
+  if (!kept_parser || kept_parser->capacity() < parser->capacity()) smaller = std::exchange(kept_parser, std::move(parser));
+}
+
+bool release_idle_parser(std::chrono::steady_clock::duration idle) {
+  std::unique_ptr<simdjson::dom::parser> released;  // freed outside the lock
+  {
+    std::lock_guard lock(kept_mutex);
+    if (!kept_parser || std::chrono::steady_clock::now() - kept_used < idle) return false;
+    released = std::move(kept_parser);
+  }
+  return true;
+}
+
+size_t kept_parser_capacity() {
+  std::lock_guard lock(kept_mutex);
+  return kept_parser ? kept_parser->capacity() : 0;
+}
 
 std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth, size_t readable_after) {
   auto out = std::make_unique<tape>();
   // Copies the text into a padded buffer unless the caller's buffer has the padding.
   const bool in_place = readable_after >= kPadding;
-  if (out->parser.parse(json_text.data(), json_text.size(), !in_place).get(out->root)) return nullptr;
+  if (out->parser->parse(json_text.data(), json_text.size(), !in_place).get(out->root)) return nullptr;
   std::vector<std::string_view> keys;
   if (!well_formed(out->root, 0, max_depth, keys)) return nullptr;
   return out;

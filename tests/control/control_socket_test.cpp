@@ -748,6 +748,70 @@ TEST_F(ControlSocket, MeshctlFlowsFollowStreamsUntilInterrupted) {
   EXPECT_LT(lines.front()["rows"][0]["packets"].get<double>(), lines.back()["rows"][0]["packets"].get<double>());
 }
 
+TEST_F(ControlSocket, TheKeptDocumentsDomIsBuiltOnlyWhenSomethingNeedsIt) {
+  start();
+  const json document = sample_with_services(300);
+  ASSERT_EQ(apply_sample(document)["ok"], true);
+  ASSERT_EQ(apply_sample(document)["ok"], true);
+  // Whole documents only: their text is kept, no DOM is built (apply_path.h).
+  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  EXPECT_FALSE(control_.publishes().kept_document_built());
+  // `get config` builds it, and shows the document applied.
+  const json config = ask({{"command", "get"}, {"what", "config"}});
+  ASSERT_EQ(config["ok"], true);
+  EXPECT_EQ(config["document"], document);
+  EXPECT_TRUE(control_.publishes().kept_document_built());
+
+  // A full apply sets it aside again; the first delta after it starts the build (and is
+  // answered without waiting for it), and every delta lands in the document.
+  json second = document;
+  second["services"][10]["backends"][0]["weight"] = 3;
+  ASSERT_EQ(apply_sample(second)["ok"], true);
+  EXPECT_FALSE(control_.publishes().kept_document_built());
+  for (int n : {20, 30}) {
+    json backend = second["services"][n]["backends"][0];
+    backend["weight"] = 7;
+    const json delta = ask({{"command", "apply"},
+                            {"delta", {{"changes", {{{"op", "replace"}, {"kind", "backend"},
+                                                     {"service", second["services"][n]["name"]}, {"value", backend}}}}}}});
+    ASSERT_EQ(delta["ok"], true) << delta.dump();
+    second["services"][n]["backends"][0] = backend;
+  }
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (!control_.publishes().kept_document_built() && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  EXPECT_TRUE(control_.publishes().kept_document_built());
+  const json after = ask({{"command", "get"}, {"what", "config"}});
+  ASSERT_EQ(after["ok"], true);
+  EXPECT_EQ(after["document"], second);
+}
+
+TEST_F(ControlSocket, TheKeptJsonParserIsFreedAfterTheApplyLinesStop) {
+  // document_tape.h: a parser's buffers stay for the next document, and the publish thread
+  // frees them once no parse has used them for options_.parser_idle_ms.
+  options_.parser_idle_ms = 2000;
+  start();
+  document_tape::release_idle_parser(std::chrono::seconds(0));
+  const json document = sample_with_services(2500);
+  const std::string line = json{{"command", "apply"}, {"document", document}}.dump();
+  ASSERT_GT(line.size(), 256u << 10);  // read on the publish thread (read_apply_line)
+  control_client client;
+  ASSERT_EQ(client.connect(options_.path), "");
+  ASSERT_EQ(client.request(json::parse(line), 60000)["ok"], true);
+  // Applies that follow each other keep it; `get config` waits for the kept document's
+  // DOM, whose parse (after the reply) returns the parser too.
+  ASSERT_EQ(client.request(json::parse(line), 60000)["ok"], true);
+  ASSERT_EQ(ask({{"command", "get"}, {"what", "config"}})["ok"], true);
+  EXPECT_GE(document_tape::kept_parser_capacity(), line.size() - 100);
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(20);
+  while (document_tape::kept_parser_capacity() != 0 && std::chrono::steady_clock::now() < deadline)
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  EXPECT_EQ(document_tape::kept_parser_capacity(), 0u);
+  // And the next apply parses with a new one, which it keeps again.
+  ASSERT_EQ(client.request(json::parse(line), 60000)["ok"], true);
+  EXPECT_EQ(ask({{"command", "status"}})["tables"]["services"], 2502);
+}
+
 TEST_F(ControlSocket, FlowsWithoutAProviderIsUnavailable) {
   subsystem_registry empty_registry;
   control_module control(publisher_, empty_registry, log_);

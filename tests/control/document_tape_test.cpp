@@ -8,6 +8,7 @@
 #include <set>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -241,6 +242,52 @@ TEST(DocumentTape, LivePodsReadAsIfTheDocumentsPodsEndedWithThem) {
               ElementsAre("$.pods: the agent's live pods are not a JSON array"));
   // No live pods: the document alone.
   EXPECT_EQ(pods_of(*parse_desired_state(text, nullptr, "[]").state), pods_of(*parse_desired_state(text).state));
+}
+
+TEST(DocumentTape, AParsersBuffersAreKeptForTheNextDocumentUntilIdle) {
+  document_tape::release_idle_parser(std::chrono::seconds(0));  // other tests parse too
+  ASSERT_EQ(document_tape::kept_parser_capacity(), 0u);
+  std::string big = "[";
+  for (int i = 0; i < 20000; ++i) big += std::string(i ? "," : "") + R"({"ip":"10.1.2.3","port":8080})";
+  big += "]";
+  const simdjson::dom::parser* first = nullptr;
+  {
+    const auto read = document_tape::parse(big, 32);
+    ASSERT_TRUE(read);
+    first = read->parser.get();
+    EXPECT_EQ(document_tape::kept_parser_capacity(), 0u);  // none before, and this one in use
+  }
+  EXPECT_GE(document_tape::kept_parser_capacity(), big.size());
+  {
+    // The next text is read into the kept buffers, and reads as itself; a tape made while
+    // that one lives gets a parser of its own.
+    const auto next = document_tape::parse(R"({"a":[1,2]})", 32);
+    ASSERT_TRUE(next);
+    EXPECT_EQ(next->parser.get(), first);
+    EXPECT_EQ(document_tape::kept_parser_capacity(), 0u);
+    const auto beside = document_tape::parse(R"({"b":"x"})", 32);
+    ASSERT_TRUE(beside);
+    EXPECT_NE(beside->parser.get(), first);
+    EXPECT_EQ(document_tape::to_json(next->root), json::parse(R"({"a":[1,2]})"));
+    EXPECT_EQ(document_tape::to_json(beside->root), json::parse(R"({"b":"x"})"));
+  }
+  // Of the two handed back, the larger is kept; a text the tape refuses hands it back too.
+  EXPECT_GE(document_tape::kept_parser_capacity(), big.size());
+  EXPECT_FALSE(document_tape::parse(R"({"a":1,"a":2})", 32));
+  EXPECT_GE(document_tape::kept_parser_capacity(), big.size());
+  {
+    const auto again = document_tape::parse(big, 32);
+    ASSERT_TRUE(again);
+    EXPECT_EQ(again->parser.get(), first);
+    EXPECT_EQ(document_tape::to_json(again->root), json::parse(big));
+  }
+  // Used just now: kept until it has been idle for as long as asked.
+  EXPECT_FALSE(document_tape::release_idle_parser(std::chrono::hours(1)));
+  EXPECT_GE(document_tape::kept_parser_capacity(), big.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  EXPECT_TRUE(document_tape::release_idle_parser(std::chrono::milliseconds(20)));
+  EXPECT_EQ(document_tape::kept_parser_capacity(), 0u);
+  EXPECT_FALSE(document_tape::release_idle_parser(std::chrono::seconds(0)));
 }
 
 TEST(DocumentTape, DuplicateKeysAreFoundInLargeObjectsToo) {
