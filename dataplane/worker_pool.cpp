@@ -11,6 +11,7 @@
 #include <rte_rcu_qsbr.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
+#include <sched.h>
 #include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -24,6 +25,7 @@
 #include <thread>
 
 #include "dataplane/dataplane.h"
+#include "dataplane/idle_backoff.h"
 #include "dataplane/worker_handoff.h"
 
 namespace meshlane {
@@ -655,36 +657,34 @@ int worker_pool::worker_main(uint16_t index) {
   // four of them across two nodes. 1 us keeps the sleeps what they are asked to be.
   prctl(PR_SET_TIMERSLACK, 1000UL, 0, 0, 0);
   rte_rcu_qsbr_thread_online(rcu_, index);
-  unsigned empty_polls = 0;
-  unsigned sleep_us = 0;
-  // Adaptive idle: after a run of empty polls, sleep with exponential back-off (offline
-  // for RCU, so a publish never waits for a sleeping worker); any packet resets it.
-  // While traffic is recent the sleeps stay short (idle_sleep_max_us: a request/response
-  // flow leaves gaps of a few hundred microseconds, and every sleep delays its next
-  // packet); after kQuietAfterUs without a packet they grow to kQuietSleepUs (or the
-  // tunable, if longer), so that an idle node costs about 1% of a core, not a quarter.
-  constexpr unsigned kEmptyPollsBeforeSleep = 256;
-  constexpr unsigned kFirstSleepUs = 10;
-  constexpr uint64_t kQuietAfterUs = 20000;
-  constexpr unsigned kQuietSleepUs = 1000;
-  const uint64_t quiet_after = rte_get_tsc_hz() / 1000000 * kQuietAfterUs;
-  uint64_t last_packet = rte_rdtsc();
+  // Adaptive idle (idle_backoff.h): spin on after the last packet for a few times what a
+  // wake-up costs, then sleep with exponential back-off, offline for RCU so that a publish never
+  // waits for a sleeping worker; another worker handing this one packets cuts its sleep
+  // short (idle_wakeup.h).
+  const uint64_t tsc_per_us = rte_get_tsc_hz() / 1000000;
+  idle_backoff backoff(tsc_per_us, rte_rdtsc());
+  worker_state& w = *workers_[index];
   while (running_.load(std::memory_order_relaxed)) {
     const uint32_t received = poll_once(index);
-    if (received || settings_.busy_poll.load(std::memory_order_relaxed)) {
-      empty_polls = 0;
-      sleep_us = 0;
-      if (received) last_packet = rte_rdtsc();
+    if (received) {
+      backoff.packets(rte_rdtsc());
       continue;
     }
-    if (++empty_polls < kEmptyPollsBeforeSleep) continue;
-    unsigned most = settings_.idle_sleep_max_us.load(std::memory_order_relaxed);
-    if (rte_rdtsc() - last_packet > quiet_after) most = std::max(most, kQuietSleepUs);
-    sleep_us = std::min(sleep_us ? sleep_us * 2 : kFirstSleepUs, most);
+    if (settings_.busy_poll.load(std::memory_order_relaxed)) {
+      backoff.reset();
+      continue;
+    }
+    if (backoff.poll_again()) continue;
+    const uint64_t began = rte_rdtsc();
+    const unsigned sleep_us = backoff.sleep_for(began, settings_.idle_sleep_max_us.load(std::memory_order_relaxed));
+    if (sleep_us == 0) {
+      // Spinning: on a CPU shared with pods, let a runnable one go first (a no-op otherwise).
+      sched_yield();
+      continue;
+    }
     rte_rcu_qsbr_thread_offline(rcu_, index);
-    // Cut short when another worker hands this one packets (idle_wakeup.h).
-    worker_state& w = *workers_[index];
-    w.idle.sleep(sleep_us, [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
+    const bool woken = w.idle.sleep(sleep_us, [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
+    backoff.slept(sleep_us, began, rte_rdtsc(), woken);
     rte_rcu_qsbr_thread_online(rcu_, index);
   }
   rte_rcu_qsbr_thread_offline(rcu_, index);
