@@ -97,7 +97,7 @@ class apply_path {
   // re-publish with deltas waiting, or the first delta after a full apply (which starts it
   // and goes on; the deltas wait beside the text, published_document::patch). A node fed
   // whole documents (a ConfigMap, `meshctl apply`) never builds it: at 100,000 services
-  // the DOM was 1-2 s of CPU after every apply and about a GB held, and freeing the last
+  // the DOM was 1-2 s of CPU after every apply and about 2 GB held, and freeing the last
   // one was in the next apply's reply. It is built on a thread of its own, outside
   // mutex_ (the builder takes mutex_ to hand the DOM in); builder_mutex_ guards the thread
   // object and building_, is taken before mutex_, never while mutex_ is held.

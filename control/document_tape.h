@@ -33,7 +33,7 @@ inline constexpr size_t kMaxDocumentNesting = 32;
 // A parser's buffers (tape, strings, structural index) are kept for the next document:
 // a fresh parser's pages are faulted in and zeroed by the parse itself, which for a
 // 100,000-service apply on the 2-vCPU VM was 0.9-1.2 s of a 1.2-1.4 s parse; into kept
-// buffers the same text parses in 0.1-0.3 s (perf/README.md, "A kept parser"). A tape
+// buffers the same text parses in 0.1-0.3 s (perf/README.md, "A kept JSON parser"). A tape
 // takes the kept parser when there is one and hands its own back when it is destroyed
 // (the larger of two is kept); release_idle_parser() gives the memory back.
 struct tape {
