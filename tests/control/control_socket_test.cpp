@@ -810,6 +810,7 @@ TEST_F(ControlSocket, TheKeptJsonParserIsFreedAfterTheApplyLinesStop) {
   // And the next apply parses with a new one, which it keeps again.
   ASSERT_EQ(client.request(json::parse(line), 60000)["ok"], true);
   EXPECT_EQ(ask({{"command", "status"}})["tables"]["services"], 2502);
+  EXPECT_GE(document_tape::kept_parser_capacity(), line.size() - 100);
 }
 
 TEST_F(ControlSocket, FlowsWithoutAProviderIsUnavailable) {
