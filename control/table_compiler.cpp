@@ -55,10 +55,29 @@ struct node_names {
   }
 };
 
+// Whether `block` is what compile_service_backends makes of `backends` (in canonical
+// order, node indices of the new tables) at `table_size`: the Maglev table is a function
+// of the backends' identities and weights and the table's size (maglev.h), and the rest
+// of the block is the backends themselves.
+bool block_made_of(const service_backends& block, const std::vector<table_backend>& backends, uint32_t table_size) {
+  if (block.backends.size() != backends.size() || (!backends.empty() && block.maglev.size() != table_size))
+    return false;
+  for (size_t i = 0; i < backends.size(); ++i) {
+    const table_backend& a = block.backends[i];
+    const table_backend& b = backends[i];
+    if (a.ip != b.ip || a.port != b.port || a.weight != b.weight || a.node_index != b.node_index) return false;
+  }
+  return true;
+}
+
 // One service's backends in canonical order and its Maglev table: the unit that is
-// compiled again when, and only when, that service changes.
-std::shared_ptr<const service_backends> compile_service_backends(const service_spec& svc, const node_names& names,
-                                                                 uint32_t table_size) {
+// compiled again when, and only when, that service changes. `earlier`: the block the
+// service had in the previous generation, if any, returned (shared) when it is what this
+// compile would make, so that a full apply that leaves a service as it was builds no
+// Maglev table for it.
+std::shared_ptr<const service_backends> compile_service_backends(
+    const service_spec& svc, const node_names& names, uint32_t table_size,
+    const std::shared_ptr<const service_backends>* earlier = nullptr) {
   auto out = std::make_shared<service_backends>();
   std::vector<const backend_spec*> backends;
   backends.reserve(svc.backends.size());
@@ -69,10 +88,9 @@ std::shared_ptr<const service_backends> compile_service_backends(const service_s
   std::vector<maglev_backend> maglev_input;
   maglev_input.reserve(backends.size());
   out->backends.reserve(backends.size());
-  for (const backend_spec* b : backends) {
-    out->backends.push_back({b->ip, b->port, b->weight, names(b->node)});
-    maglev_input.push_back({backend_identity(*b), b->weight});
-  }
+  for (const backend_spec* b : backends) out->backends.push_back({b->ip, b->port, b->weight, names(b->node)});
+  if (earlier && *earlier && block_made_of(**earlier, out->backends, table_size)) return *earlier;
+  for (const backend_spec* b : backends) maglev_input.push_back({backend_identity(*b), b->weight});
   if (!backends.empty()) {
     out->maglev = build_maglev_table(maglev_input, table_size);
     for (uint16_t slot : out->maglev) ++out->backends[slot].maglev_slots;
@@ -84,13 +102,29 @@ std::shared_ptr<const service_backends> compile_service_backends(const service_s
 // Every service's block (compile_service_backends) into `out`, in `services`' order. The
 // Maglev tables are most of a full compile (100,000 services: 100,000 tables), and each
 // block is a pure function of its spec, so a second thread shares the work
-// (two_thread_chunks.h): the blocks are those one thread makes.
+// (two_thread_chunks.h): the blocks are those one thread makes. `previous`: the
+// generation before, whose block of a service of the same name is shared when the
+// service's backends and the table size are the same (a full apply of a document that
+// changed a few services, as a ConfigMap update is, then builds a few Maglev tables).
 void compile_all_backends(const std::vector<const service_spec*>& services, const node_names& names, uint32_t table_size,
-                          std::vector<std::shared_ptr<const service_backends>>& out) {
+                          const snapshot* previous, std::vector<std::shared_ptr<const service_backends>>& out) {
   out.resize(services.size());
+  // The earlier block by name: both lists are in name order (compile_tables and
+  // compile_delta keep it), so one merge finds them; a name out of order only misses a
+  // block to share, never shares a wrong one (block_made_of decides).
+  std::vector<const std::shared_ptr<const service_backends>*> earlier(services.size(), nullptr);
+  if (previous && previous->tuning.maglev_table_size == table_size) {
+    const auto& old = previous->services;
+    size_t j = 0;
+    for (size_t i = 0; i < services.size() && j < old.size(); ++i) {
+      while (j < old.size() && old[j].name < services[i]->name) ++j;
+      if (j < old.size() && old[j].name == services[i]->name) earlier[i] = &old[j].compiled;
+    }
+  }
   constexpr size_t kChunk = 256;
-  for_each_on_two_threads(services.size(), kChunk, 8 * kChunk,
-                          [&](size_t i) { out[i] = compile_service_backends(*services[i], names, table_size); });
+  for_each_on_two_threads(services.size(), kChunk, 8 * kChunk, [&](size_t i) {
+    out[i] = compile_service_backends(*services[i], names, table_size, earlier[i]);
+  });
 }
 
 // The backends of every service, summed.
@@ -183,7 +217,7 @@ void compile_pods(snapshot& t, const desired_state& state, compiled_policy* prec
 }  // namespace
 
 std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint64_t generation,
-                                               const esp_key_set* keys) {
+                                               const esp_key_set* keys, const snapshot* previous) {
   auto tables = std::make_shared<snapshot>();
   tables->generation = generation;
   tables->tuning = state.tuning;
@@ -218,7 +252,7 @@ std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint6
 
   const node_names names(*tables);
   std::vector<std::shared_ptr<const service_backends>> blocks;
-  compile_all_backends(services, names, state.tuning.maglev_table_size, blocks);
+  compile_all_backends(services, names, state.tuning.maglev_table_size, previous, blocks);
   for (size_t i = 0; i < services.size(); ++i) {
     const service_spec* svc = services[i];
     tables->services.push_back({svc->name, svc->vip, svc->session_affinity,

@@ -16,9 +16,12 @@ namespace meshlane {
 struct compiled_policy;  // policy_compiler.h
 
 // `keys`: the ESP master keys of this publish (encryption on); each node pair's keys are
-// derived from them (esp_keys.h). Without keys every route is direct.
+// derived from them (esp_keys.h). Without keys every route is direct. `previous`: the
+// generation this one replaces, if any: a service whose backends (and the Maglev table
+// size) are the same there shares its compiled block (backends and Maglev table) instead
+// of building it again; the tables are the same either way.
 std::shared_ptr<const snapshot> compile_tables(const desired_state& state, uint64_t generation,
-                                               const esp_key_set* keys = nullptr);
+                                               const esp_key_set* keys = nullptr, const snapshot* previous = nullptr);
 
 // What a delta changed in the services: each named service compiled again from its spec
 // after the delta, or removed (spec null).

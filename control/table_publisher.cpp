@@ -194,7 +194,8 @@ publish_result table_publisher::publish_locked(desired_state&& state) {
       return result;
     }
   }
-  auto next = compile_tables(state, last_generation_ + 1, keys ? &*keys : nullptr);
+  // The current generation's blocks are shared where the document left a service as it was.
+  auto next = compile_tables(state, last_generation_ + 1, keys ? &*keys : nullptr, current_.get());
   result.compile_seconds = seconds_since(start);
   if (!install_locked(next, result)) return result;
   last_generation_ = next->generation;

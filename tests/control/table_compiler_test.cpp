@@ -305,6 +305,113 @@ TEST(TableCompiler, ManyServicesCompiledOnTwoThreadsGetTheirOwnMaglevTables) {
   EXPECT_EQ(tables->content_digest(), compile_tables(state, 2)->content_digest());
 }
 
+// A full compile given the generation before shares the compiled block (backends and
+// Maglev table) of every service it leaves as it was, and builds the others; the tables
+// are those a compile without it gives. Enough services for the helper thread too.
+desired_state many_services_state(uint32_t count) {
+  desired_state state = parse_or_die(testing::sample_document());
+  state.tuning.maglev_table_size = 13;
+  state.services.clear();
+  for (uint32_t i = 0; i < count; ++i) {
+    service_spec svc;
+    svc.name = "svc" + std::to_string(i);
+    svc.vip = ip_address::from_v4(0xc6138000u + i);
+    svc.ports.push_back({"", 80, l4_protocol::tcp, 0});
+    for (uint32_t b = 0; b < 1 + i % 5; ++b)
+      svc.backends.push_back({ip_address::from_v4(0xc6120200u + (i * 7 + b * 13) % 250), static_cast<uint16_t>(8000 + b),
+                              static_cast<uint16_t>(1 + (i + b) % 3), b % 2 ? "node1" : "node2"});
+    state.services.push_back(std::move(svc));
+  }
+  return state;
+}
+const table_service& service_named(const snapshot& t, const std::string& name) {
+  const auto it = std::lower_bound(t.services.begin(), t.services.end(), name,
+                                   [](const table_service& row, const std::string& n) { return row.name < n; });
+  if (it == t.services.end() || it->name != name) throw std::runtime_error("no service " + name);
+  return *it;
+}
+
+TEST(TableCompiler, AFullCompileSharesTheBlocksOfTheServicesItLeavesAsTheyWere) {
+  desired_state state = many_services_state(3000);
+  const auto first = compile_tables(state, 1);
+  // The same state again: every block shared, the same tables.
+  const auto again = compile_tables(state, 2, nullptr, first.get());
+  for (uint32_t i = 0; i < again->services.size(); ++i)
+    ASSERT_EQ(again->services[i].compiled, first->services[i].compiled) << again->services[i].name;
+  EXPECT_EQ(again->serialize(), compile_tables(state, 2)->serialize());
+
+  // A weight, a backend added, a backend's port, a backend moved to another node, a
+  // service removed and one added; the rest stays and is shared.
+  state.services[5].backends[0].weight = 7;
+  state.services[7].backends.push_back({ip_address::from_v4(0xc6120263u), 9000, 1, "node2"});
+  state.services[11].backends[0].port = 9001;
+  state.services[13].backends[0].node = state.services[13].backends[0].node == "node1" ? "node2" : "node1";
+  state.services.erase(state.services.begin() + 17);
+  service_spec added = state.services[20];
+  added.name = "svc20a";
+  added.vip = ip_address::from_v4(0xc6139000u);
+  state.services.push_back(added);
+  const auto changed = compile_tables(state, 3, nullptr, again.get());
+  EXPECT_EQ(changed->serialize(), compile_tables(state, 3)->serialize());
+  EXPECT_EQ(changed->content_digest(), compile_tables(state, 3)->content_digest());
+  const std::set<std::string> rebuilt = {"svc5", "svc7", "svc11", "svc13", "svc20a"};
+  uint32_t shared = 0;
+  for (const table_service& row : changed->services) {
+    if (row.name == "svc20a") continue;  // no block of that name before (svc20's is alike, not shared by name)
+    const bool same = row.compiled == service_named(*first, row.name).compiled;
+    EXPECT_EQ(same, !rebuilt.count(row.name)) << row.name;
+    shared += same;
+  }
+  EXPECT_EQ(shared, 3000u - 1 - 4);
+  EXPECT_NE(service_named(*changed, "svc20a").compiled, service_named(*changed, "svc20").compiled);
+
+  // A node whose name sorts first moves every other node's index: no block names the
+  // nodes it did, so none is shared, and the tables are still the fresh compile's.
+  node_spec early = state.peers.at(0);
+  early.name = "node0";
+  early.underlay_ip = ip_address::from_v4(0xc6130009u);
+  early.pod_cidr = *ip_prefix::parse("198.18.9.0/24");
+  state.peers.push_back(early);
+  const auto renumbered = compile_tables(state, 4, nullptr, changed.get());
+  EXPECT_EQ(renumbered->serialize(), compile_tables(state, 4)->serialize());
+  for (const table_service& row : renumbered->services)
+    EXPECT_NE(row.compiled, service_named(*changed, row.name).compiled) << row.name;
+
+  // Another Maglev table size: every table is built again.
+  state.tuning.maglev_table_size = 17;
+  const auto resized = compile_tables(state, 5, nullptr, renumbered.get());
+  EXPECT_EQ(resized->serialize(), compile_tables(state, 5)->serialize());
+  for (const table_service& row : resized->services) {
+    EXPECT_NE(row.compiled, service_named(*renumbered, row.name).compiled) << row.name;
+    if (!row.compiled->backends.empty()) {
+      EXPECT_EQ(row.compiled->maglev.size(), 17u) << row.name;
+    }
+  }
+}
+
+// Through the publisher: a full apply of the document that is running shares every block
+// of the tables it replaces, and one that changes a service builds that service's only.
+TEST(TablePublisher, AFullApplySharesTheRunningTablesBlocksOfUnchangedServices) {
+  table_publisher publisher;
+  auto doc = testing::sample_document();
+  ASSERT_TRUE(publisher.apply(doc.dump()).errors.empty());
+  const auto first = publisher.current();
+  ASSERT_TRUE(publisher.apply(doc.dump()).errors.empty());
+  const auto second = publisher.current();
+  ASSERT_NE(first, second);
+  ASSERT_EQ(second->services.size(), first->services.size());
+  for (uint32_t i = 0; i < second->services.size(); ++i)
+    EXPECT_EQ(second->services[i].compiled, first->services[i].compiled) << second->services[i].name;
+  doc["services"][0]["backends"][0]["weight"] = 5;
+  const std::string changed_name = doc["services"][0]["name"];
+  ASSERT_TRUE(publisher.apply(doc.dump()).errors.empty());
+  const auto third = publisher.current();
+  for (uint32_t i = 0; i < third->services.size(); ++i)
+    EXPECT_EQ(third->services[i].compiled == second->services[i].compiled, third->services[i].name != changed_name)
+        << third->services[i].name;
+  EXPECT_EQ(third->content_digest(), compile_tables(*parse_desired_state(doc.dump()).state, 1)->content_digest());
+}
+
 TEST(TablePublisher, InvalidDocumentKeepsRunningTables) {
   table_publisher publisher;
   auto good = publisher.apply(testing::sample_document().dump());
