@@ -7,7 +7,21 @@ namespace meshlane {
 
 using nlohmann::json;
 
-apply_path::~apply_path() { join_kept_document_builder(); }
+apply_path::~apply_path() {
+  join_kept_document_builder();
+  std::lock_guard builder_lock(builder_mutex_);
+  if (document_freer_.joinable()) document_freer_.join();
+}
+
+void apply_path::free_off_this_thread(json&& dom) {
+  std::lock_guard builder_lock(builder_mutex_);
+  if (document_freer_.joinable()) document_freer_.join();  // the last one's: long done
+  try {
+    document_freer_ = std::thread([gone = std::move(dom)]() mutable { json().swap(gone); });
+  } catch (const std::system_error&) {
+    // No thread to be had: the lambda, and the DOM with it, is freed here.
+  }
+}
 
 publish_result apply_path::apply_document(std::string_view document_json, const std::string& source,
                                           std::shared_ptr<const document_tape::tape> parsed,
@@ -198,6 +212,9 @@ void apply_path::account(const publish_result& result, const std::string& source
     counts_.last_compile_seconds = result.compile_seconds;
     counts_.last_publish_seconds = result.publish_seconds;
   }
+  // A full apply that replaced a built DOM (a node that takes deltas too): at 100,000
+  // services about 2 GB, whose freeing is not the reply's to wait for.
+  if (!previous.is_null()) free_off_this_thread(std::move(previous));
   // Deltas keep coming once one has: the DOM they patch is built now, off this thread, so
   // that they do not pile up beside the text.
   if (delta_waits) start_kept_document_build();

@@ -104,6 +104,8 @@ class apply_path {
   void start_kept_document_build();  // for the pending text, unless under way already
   void join_kept_document_builder();
   void wait_for_kept_document();  // starts the build if needed, then waits for it
+  // Frees a replaced DOM on a thread of its own (document_freer_, under builder_mutex_).
+  void free_off_this_thread(nlohmann::json&& dom);
   table_publisher& publisher_;
   log_ring& log_;
   pod_registry* pods_ = nullptr;
@@ -112,6 +114,7 @@ class apply_path {
   std::mutex apply_mutex_;
   std::mutex builder_mutex_;
   std::thread document_builder_;
+  std::thread document_freer_;
   std::weak_ptr<const std::string_view> building_;  // the text the builder was started for
 
   mutable std::mutex mutex_;  // guards what follows
