@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -20,6 +21,7 @@
 #include <chrono>
 #include <cerrno>
 #include <cstring>
+#include <fstream>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <random>
@@ -265,16 +267,44 @@ bool check_blocking_recv_start(const check_context& ctx, std::string& detail) {
   return false;
 }
 
+// Packets the kernel dropped at a CPU's input backlog (netdev_max_backlog full), summed
+// over CPUs (/proc/net/softnet_stat's second column; the count is the host's, every
+// namespace's): loopback and veth traffic passes that queue.
+uint64_t backlog_drops() {
+  std::ifstream in("/proc/net/softnet_stat");
+  uint64_t total = 0;
+  std::string processed, dropped;
+  while (in >> processed >> dropped) {
+    total += std::stoull(dropped, nullptr, 16);
+    in.ignore(1 << 12, '\n');
+  }
+  return total;
+}
+
+// What TCP says about one end of a stalled connection, for the check's detail.
+std::string tcp_state_of(int fd, const char* end) {
+  tcp_info info{};
+  socklen_t length = sizeof info;
+  if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &info, &length) != 0) return std::string(end) + ": no TCP_INFO";
+  return std::string(end) + ": " + std::to_string(info.tcpi_total_retrans) + " retransmitted, backoff " +
+         std::to_string(info.tcpi_backoff) + ", rto " + std::to_string(info.tcpi_rto / 1000) + " ms, " +
+         std::to_string(info.tcpi_unacked) + " unacked";
+}
+
 // A blocking reader shares its socket with a writer thread (whose write-space wake-ups
 // reach the reader's wait queue); every recv() returns bytes until the sender's end.
 // `stalled`: the reader timed out with nothing readable on the socket, so no byte had
 // arrived for the whole timeout (a machine too busy to run the peer, or TCP backing off
 // under memory pressure: seen once in CI with the redirect off), which says nothing about
-// a missed wake-up: with bytes waiting, the reader should have had them.
+// a missed wake-up: with bytes waiting, the reader should have had them. A stall's
+// `detail` says what TCP and the input backlog saw (one suspect: the writer's flood
+// filling the backlog, so that the peer's segments and their retransmissions are dropped
+// there and the retransmission timer backs off to seconds; not confirmed).
 bool blocking_recv_writer_once(const check_context& ctx, std::string& detail, bool& stalled) {
   stalled = false;
   socket_pair pair;
   if (!connect_pair(ctx, pair, detail)) return false;
+  const uint64_t drops_before = backlog_drops();
   set_timeout(pair.server, SO_RCVTIMEO, 3000);
   std::atomic<bool> done{false};
   std::thread peer([&] {  // sends slowly, drains what the server writes
@@ -305,6 +335,11 @@ bool blocking_recv_writer_once(const check_context& ctx, std::string& detail, bo
     int queued = 0;
     stalled = !wait_readable(pair.server, 0) && ioctl(pair.server, FIONREAD, &queued) == 0 && queued == 0;
   }
+  std::string stall_state;
+  if (stalled)
+    stall_state = "; no byte for 3 s (" + tcp_state_of(pair.client, "sender") + "; " +
+                  tcp_state_of(pair.server, "reader") + "; " + std::to_string(backlog_drops() - drops_before) +
+                  " packets dropped at input backlogs meanwhile)";
   done = true;
   writer.join();
   peer.join();
@@ -313,18 +348,21 @@ bool blocking_recv_writer_once(const check_context& ctx, std::string& detail, bo
     return true;
   }
   detail = "a blocking reader beside a writer thread got " + std::to_string(total) + " of 20000 bytes, then " +
-           (n < 0 ? "-1 (" + errno_text(err) + ")" : std::string("end of file"));
+           (n < 0 ? "-1 (" + errno_text(err) + ")" : std::string("end of file")) + stall_state;
   return false;
 }
 
 // The check, run again (up to three times) when a run stalled rather than failed.
 bool check_blocking_recv_writer(const check_context& ctx, std::string& detail) {
+  std::string first_stall;
   for (int attempt = 1;; ++attempt) {
     bool stalled = false;
     const bool passed = blocking_recv_writer_once(ctx, detail, stalled);
+    if (stalled && first_stall.empty()) first_stall = detail;
     if (passed || !stalled || attempt == 3) {
       if (attempt > 1)
-        detail += " (run " + std::to_string(attempt) + ": the earlier ones saw no byte arrive for 3 s)";
+        detail += " (run " + std::to_string(attempt) + ": the earlier ones saw no byte arrive for 3 s; the first: " +
+                  first_stall + ")";
       return passed;
     }
   }
