@@ -784,6 +784,15 @@ TEST_F(ControlSocket, TheKeptDocumentsDomIsBuiltOnlyWhenSomethingNeedsIt) {
   const json after = ask({{"command", "get"}, {"what", "config"}});
   ASSERT_EQ(after["ok"], true);
   EXPECT_EQ(after["document"], second);
+  // A full apply replacing the built DOM (freed off the reply's thread, apply_path.cpp),
+  // twice in a row: the document shown is the one applied.
+  for (const json* whole : std::vector<const json*>{&document, &second}) {
+    ASSERT_EQ(apply_sample(*whole)["ok"], true);
+    EXPECT_FALSE(control_.publishes().kept_document_built());
+    const json shown = ask({{"command", "get"}, {"what", "config"}});
+    ASSERT_EQ(shown["ok"], true);
+    EXPECT_EQ(shown["document"], *whole);
+  }
 }
 
 TEST_F(ControlSocket, TheKeptJsonParserIsFreedAfterTheApplyLinesStop) {
