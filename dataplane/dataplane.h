@@ -27,6 +27,7 @@
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
 #include "dataplane/handover_state.h"
+#include "dataplane/kernel_ingress.h"
 #include "dataplane/pipeline.h"
 
 struct rte_mempool;
@@ -54,6 +55,9 @@ struct pool_port {
   std::optional<wire::mac_address> mac;
   // Buffers the driver keeps per RX queue beyond its RX ring (af_xdp: its fill queue).
   uint32_t rx_buffers_held = 0;
+  // af_packet: the drop that keeps the kernel's stack off the port's frames
+  // (kernel_ingress.h); null where the kernel keeps them.
+  std::shared_ptr<const kernel_ingress_drop> kernel_drop;
 };
 
 // Creates (hot-plugs) the uplink and each pod's port of `config` as DPDK ports with their
@@ -186,6 +190,7 @@ class worker_pool {
     std::string interface;
     bool hotplugged = false;          // removed with rte_dev_remove when its pod leaves
     rte_mempool* own_mbufs = nullptr;  // a hot-plugged port's buffers
+    std::shared_ptr<const kernel_ingress_drop> kernel_drop;  // pool_port's, detached with the record
   };
 
   std::string setup_port(const pool_port& p, rte_mempool* mbufs, rx_plan& plan);

@@ -210,6 +210,20 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
   }
   if (rte_eth_dev_get_port_by_name(name.c_str(), &port.port_id) != 0)
     return "no DPDK port for " + interface + " (" + name + ")";
+  // The kernel's stack off the port's frames (kernel_ingress.h): a pod's veth is the
+  // workers' alone; the uplink only when the kernel holds no address on it.
+  if (driver == "af_packet") {
+    if (role == port_role::uplink && kernel_has_address_on(interface)) {
+      std::fprintf(stderr, "meshlaned: info: %s: the kernel has an address there, so it keeps receiving the "
+                   "uplink's frames beside the workers\n", interface.c_str());
+    } else {
+      std::string why;
+      port.kernel_drop = drop_kernel_ingress(interface, why);
+      if (!port.kernel_drop)
+        std::fprintf(stderr, "meshlaned: warn: %s: the kernel's stack also processes every frame the workers "
+                     "receive (%s)\n", interface.c_str(), why.c_str());
+    }
+  }
   return {};
 }
 
@@ -385,7 +399,7 @@ std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_p
     // this) sees the rest.
     info_out.role = p.role;
     if (p.role == port_role::uplink) ports_->uplink_port = p.port_id;
-    port_records_.push_back({p.port_id, p.role, p.interface, false, nullptr});
+    port_records_.push_back({p.port_id, p.role, p.interface, false, nullptr, p.kernel_drop});
   }
   for (uint16_t q = 0; q < rx_queues; ++q) plan.per_worker[q % workers].push_back({p.port_id, q});
   return {};

@@ -87,7 +87,7 @@ TEST(port_loss, AnOverrunAfPacketRxRingShowsEveryLostFrameAsMissedInMetricsAndSt
   options.flow_table_size = 1024;
   std::string error;
   ASSERT_GE(sender, 0);
-  pool = worker_pool::create({{port, port_role::uplink, veth.a, std::nullopt}}, options, error);
+  pool = worker_pool::create({{port, port_role::uplink, veth.a, std::nullopt, 0, nullptr}}, options, error);
   ASSERT_TRUE(pool) << error;
 
   sockaddr_ll to{};
