@@ -43,7 +43,12 @@ namespace meshlane {
 std::vector<std::string> eal_arguments(const dataplane_config& config);
 // Initialises EAL once per process; the error says what EAL refused.
 std::string init_eal(const std::vector<std::string>& arguments);
+// Releases EAL at exit, after parking DPDK's interrupt thread (worker_pool.cpp says why).
 void cleanup_eal();
+// Returns once DPDK's interrupt thread has finished the callback it was running, if any
+// (it runs ours next): e.g. memif's handling of a peer's disconnect, which a close of the
+// same port must not overlap. False when the thread did not answer within a second.
+bool wait_for_interrupt_thread();
 
 // --- ports ---
 

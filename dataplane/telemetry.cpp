@@ -3,14 +3,17 @@
 // per-worker counters without locks (each has one writer).
 #include <dirent.h>
 #include <linux/if_packet.h>
+#include <net/if.h>
 #include <rte_cycles.h>
 #include <rte_ethdev.h>
 #include <sys/socket.h>
 
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 
 #include "dataplane/dataplane.h"
+#include "dataplane/kernel_interface_drops.h"
 
 namespace meshlane {
 
@@ -47,6 +50,9 @@ const char* role_text(port_role role) { return role == port_role::uplink ? "upli
 // Zeros (and no xstats) when the driver does not answer.
 struct port_loss {
   uint64_t rx_missed = 0, rx_errors = 0, tx_errors = 0, rx_nombuf = 0;
+  // The kernel interface under an af_packet, af_xdp or pcap port (kernel_interface_drops.h);
+  // none for ports without one.
+  std::optional<kernel_interface_drops> kernel;
   std::vector<std::pair<std::string, uint64_t>> xstats;
 };
 
@@ -81,9 +87,15 @@ uint64_t af_packet_ring_drops(int ifindex) {
 port_loss read_port_loss(uint16_t port, bool with_xstats, uint64_t& af_packet_drops) {
   port_loss loss;
   rte_eth_dev_info info{};
-  if (rte_eth_dev_info_get(port, &info) == 0 && info.driver_name &&
-      std::strcmp(info.driver_name, "net_af_packet") == 0 && info.if_index > 0)
-    af_packet_drops += af_packet_ring_drops(int(info.if_index));
+  if (rte_eth_dev_info_get(port, &info) == 0 && info.driver_name && info.if_index > 0) {
+    const bool af_packet = std::strcmp(info.driver_name, "net_af_packet") == 0;
+    if (af_packet) af_packet_drops += af_packet_ring_drops(int(info.if_index));
+    char name[IF_NAMESIZE];
+    if ((af_packet || std::strcmp(info.driver_name, "net_af_xdp") == 0 ||
+         std::strcmp(info.driver_name, "net_pcap") == 0) &&
+        if_indextoname(info.if_index, name))
+      loss.kernel = read_kernel_interface_drops(name);
+  }
   loss.rx_missed = af_packet_drops;
   rte_eth_stats stats{};
   if (rte_eth_stats_get(port, &stats) == 0) {
@@ -124,6 +136,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
                             "Packets the port's driver failed to send (rte_eth_stats oerrors).");
     auto rx_nombuf = family("meshlane_dataplane_port_rx_nombuf_total",
                             "Receives that found no free mbuf (rte_eth_stats rx_nombuf).");
+    auto kernel_dropped = family(
+        "meshlane_dataplane_port_kernel_dropped_total",
+        "Frames the kernel interface under an af_packet, af_xdp or pcap port dropped, as `ip -s link` counts "
+        "them since the interface was made (rx: rx_dropped + rx_missed_errors; tx: tx_dropped, e.g. a veth "
+        "whose peer's XDP ring was full); the port driver's own counters do not see these.");
     auto xstats = family("meshlane_dataplane_port_xstats_total",
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
     auto not_registered = family("meshlane_dataplane_egress_not_registered_total",
@@ -167,6 +184,13 @@ void worker_pool::register_with(subsystem_registry& registry) {
       rx_errors.samples.push_back({labels, double(loss.rx_errors)});
       tx_errors.samples.push_back({labels, double(loss.tx_errors)});
       rx_nombuf.samples.push_back({labels, double(loss.rx_nombuf)});
+      if (loss.kernel) {
+        auto rx = labels, tx = labels;
+        rx.emplace_back("direction", "rx");
+        tx.emplace_back("direction", "tx");
+        kernel_dropped.samples.push_back({std::move(rx), double(loss.kernel->rx)});
+        kernel_dropped.samples.push_back({std::move(tx), double(loss.kernel->tx)});
+      }
       for (const auto& [name, value] : loss.xstats) {
         auto with_name = labels;
         with_name.emplace_back("name", name);
@@ -303,7 +327,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       wakeups.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->handoff_wakeups.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
-                    &rx_nombuf, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
+                    &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored, &handoffs, &wakeups})
@@ -337,7 +361,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
                        {"rx_missed", loss.rx_missed},
                        {"rx_errors", loss.rx_errors},
                        {"tx_errors", loss.tx_errors},
-                       {"rx_nombuf", loss.rx_nombuf}});
+                       {"rx_nombuf", loss.rx_nombuf},
+                       {"kernel_rx_dropped", loss.kernel ? nlohmann::json(loss.kernel->rx) : nlohmann::json()},
+                       {"kernel_tx_dropped", loss.kernel ? nlohmann::json(loss.kernel->tx) : nlohmann::json()}});
     }
     nlohmann::json workers = nlohmann::json::array();
     const uint64_t now = rte_rdtsc();

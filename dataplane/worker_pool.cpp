@@ -1,3 +1,8 @@
+// rte_intr_instance_alloc and its setters are DPDK 22.11's experimental API (the way to
+// make an interrupt handle since 21.11 made the struct opaque); see park_interrupt_thread.
+#define ALLOW_EXPERIMENTAL_API 1
+#include <rte_interrupts.h>
+#undef ALLOW_EXPERIMENTAL_API
 #include <rte_cycles.h>
 #include <rte_dev.h>
 #include <rte_eal.h>
@@ -10,6 +15,7 @@
 #include <rte_mbuf_dyn.h>
 #include <rte_rcu_qsbr.h>
 #include <net/if.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sched.h>
 #include <sys/prctl.h>
@@ -18,6 +24,8 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <functional>
+#include <atomic>
 #include <set>
 #include <cstdio>
 #include <cstring>
@@ -67,6 +75,10 @@ constexpr const char* kLibxdpDirectory = "/sys/fs/bpf/xdp";
 bool libxdp_directory_existed = false;
 }  // namespace
 
+namespace {
+void register_parking_source();
+}  // namespace
+
 std::string init_eal(const std::vector<std::string>& arguments) {
   struct stat info{};
   libxdp_directory_existed = stat(kLibxdpDirectory, &info) == 0;
@@ -80,10 +92,81 @@ std::string init_eal(const std::vector<std::string>& arguments) {
     for (const auto& a : arguments) line += " " + a;
     return std::string("EAL initialisation failed: ") + rte_strerror(rte_errno) + " (arguments:" + line + ")";
   }
+  register_parking_source();
   return {};
 }
 
+namespace {
+
+// DPDK's interrupt thread (eal-intr-thread) runs devices' callbacks and alarms, and keeps
+// running through rte_eal_cleanup, which unmaps DPDK's memory (22.11 neither stops nor
+// joins the thread). Whatever that thread touches there afterwards crashes the process on
+// its way out, and memif leaves it something to touch: removing a memif server device
+// frees its listener socket's interrupt handle (in DPDK memory) without unregistering
+// the callback (net/memif memif_socket_remove_device, DPDK 22.11), so the thread's next
+// rebuild of its wait list, which any callback registered or unregistered starts, reads
+// the freed handle and may call memif's handler on the freed socket. Seen: SIGSEGV on
+// the interrupt thread in rte_intr_fd_get and under memif's handlers while the main
+// thread ran the exit handlers after rte_eal_cleanup, in 5-8 of 60 runs of port_loss's
+// memif test beside two CPU hogs.
+//
+// So before the cleanup the thread is parked: a callback of ours, on an eventfd of ours,
+// that never returns. The thread runs callbacks one after another, so it parks outside
+// any other, touches nothing afterwards and ends with the process. The eventfd's source
+// is registered at init (register_parking_source): registering it at exit would start
+// the very rebuild that reads freed handles. Not an alarm: rte_eal_cleanup unregisters
+// the alarm timer's source and waits for its callback to return (a deadlock, tried). The
+// handle is a private one (malloc'd, outside the memory the cleanup unmaps) and is never
+// freed: the parked thread holds it.
+int parking_fd = -1;
+std::atomic<bool> park_requested{false}, interrupt_thread_parked{false};
+std::atomic<uint64_t> barrier_passes{0};
+
+void register_parking_source() {
+  parking_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+  rte_intr_handle* handle = parking_fd < 0 ? nullptr : rte_intr_instance_alloc(RTE_INTR_INSTANCE_F_PRIVATE);
+  const auto run = [](void*) {
+    uint64_t count;
+    if (read(parking_fd, &count, sizeof count) < 0) {}  // level-triggered: empty it
+    if (park_requested.load()) {
+      interrupt_thread_parked.store(true);
+      for (;;) pause();
+    }
+    barrier_passes.fetch_add(1);
+  };
+  if (handle && rte_intr_fd_set(handle, parking_fd) == 0 && rte_intr_type_set(handle, RTE_INTR_HANDLE_EXT) == 0 &&
+      rte_intr_callback_register(handle, run, nullptr) == 0)
+    return;
+  if (handle) rte_intr_instance_free(handle);
+  if (parking_fd >= 0) close(parking_fd);
+  parking_fd = -1;  // no parking: the cleanup runs as DPDK alone would
+}
+
+// Wakes the thread through the eventfd and waits up to a second for `done`.
+bool run_on_interrupt_thread(const std::function<bool()>& done) {
+  const uint64_t one = 1;
+  if (parking_fd < 0 || write(parking_fd, &one, sizeof one) != sizeof one) return false;
+  for (int waited_ms = 0; waited_ms < 1000; ++waited_ms) {
+    if (done()) return true;
+    usleep(1000);
+  }
+  return done();
+}
+
+void park_interrupt_thread() {
+  park_requested.store(true);
+  run_on_interrupt_thread([] { return interrupt_thread_parked.load(); });
+}
+
+}  // namespace
+
+bool wait_for_interrupt_thread() {
+  const uint64_t before = barrier_passes.load();
+  return run_on_interrupt_thread([before] { return barrier_passes.load() > before; });
+}
+
 void cleanup_eal() {
+  park_interrupt_thread();
   rte_eal_cleanup();
   if (!libxdp_directory_existed) rmdir(kLibxdpDirectory);
 }

@@ -1320,6 +1320,7 @@ TEST_F(golden, FramesAFullTxQueueStillRefusesAfterTheRetriesAreCountedAsTxFull) 
   EXPECT_EQ(after["meshlane_dataplane_port_xstats_total,port=ring-weba,role=pod,name=tx_good_packets"], 3)
       << "the ARP reply and the two frames the ring took";
   EXPECT_EQ(after.count("meshlane_dataplane_port_xstats_total,port=ring-weba,role=pod,name=rx_missed_errors"), 1u);
+  EXPECT_EQ(after.count("meshlane_dataplane_port_kernel_dropped_total,port=ring-weba,role=pod,direction=rx"), 0u);
   subsystem_registry registry;
   pool_->register_with(registry);
   const auto status = registry.status();
@@ -1329,6 +1330,9 @@ TEST_F(golden, FramesAFullTxQueueStillRefusesAfterTheRetriesAreCountedAsTxFull) 
     found = true;
     EXPECT_EQ(port["tx_packets"], 3);
     for (const char* loss : {"rx_missed", "rx_errors", "tx_errors", "rx_nombuf"}) EXPECT_EQ(port[loss], 0) << loss;
+    // A ring port has no kernel interface under it: no kernel drops to report.
+    EXPECT_TRUE(port["kernel_rx_dropped"].is_null());
+    EXPECT_TRUE(port["kernel_tx_dropped"].is_null());
   }
   EXPECT_TRUE(found);
 }
