@@ -15,6 +15,8 @@
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet.
+# HUGEPAGES=1 gives the agents' DPDK memory (mbufs) 2 MiB hugepages, as a production node
+# has them, instead of --no-huge (4 KiB pages); it reserves what is missing for the run.
 #   perf/crossnode_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
 # Writes perf/results/crossnode-<date>.json and prints ratios. Root; cleans up.
 set -euo pipefail
@@ -29,6 +31,7 @@ idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty
 driver=${DRIVER:-af_packet}  # the workers' ports: af_packet or af_xdp
 esp=${ESP:-1}  # 1: measure the encrypted way too
 ring_size=${RING_SIZE:-1024}  # the workers' RX and TX ring descriptors (af_packet: frames); the agent's default
+hugepages=${HUGEPAGES:-0}  # 1: the agents' EAL on 2 MiB hugepages
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
 ninja -C "$build" meshlaned meshctl perf/podlocal_load >/dev/null
@@ -40,6 +43,8 @@ finish() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   bench_delete_namespaces mlb-client mlb-server mlb-node1 mlb-node2
   rm -rf "$work" /var/run/dpdk/meshlane-bench-node1 /var/run/dpdk/meshlane-bench-node2
+  rm -f /dev/hugepages/meshlane-bench-node*
+  bench_hugepages_restore
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
@@ -55,7 +60,10 @@ results=$work/results.jsonl
 # one stream, its throughput and TCP retransmissions; on meshlane's way also the frames
 # each node's uplink sent and the other received, and what the agents counted as lost
 # (the receiver's rx_missed, which includes af_packet ring drops, and rx_errors, the
-# sender's tx_errors), so that the run shows whether any frame went missing uncounted.
+# sender's tx_errors, and what the kernel interfaces under the two uplinks dropped, which
+# the agents export as meshlane_dataplane_port_kernel_dropped_total: on af_xdp a veth
+# whose peer's XDP ring is full drops there), so that the run shows whether any frame went
+# missing uncounted.
 (ip netns exec mlb-server iperf3 -s -p 5201 > /dev/null 2>&1) & pids+=($!)
 uplink_counters() {  # the agents' uplink metrics as one JSON object, {} without agents
   if [ ! -S "$work/node1.sock" ]; then echo '{}'; return; fi
@@ -66,9 +74,11 @@ out = {}
 for n, line in enumerate(l for l in sys.stdin if l.strip()):
     for family in json.loads(line)["metrics"]:
         key = family["name"].replace("meshlane_dataplane_port_", "").replace("_total", "")
-        if key not in ("rx_packets", "tx_packets", "rx_missed", "rx_errors", "tx_errors"): continue
+        if key not in ("rx_packets", "tx_packets", "rx_missed", "rx_errors", "tx_errors", "kernel_dropped"): continue
         for sample in family["samples"]:
             role = sample["labels"].get("role")
+            if key == "kernel_dropped":  # the kernel interface under the port, per direction
+                key = "kernel_" + sample["labels"]["direction"] + "_dropped"
             name = f"node{n + 1}_{key}" if role == "uplink" else f"node{n + 1}_pod_{key}"
             out[name] = out.get(name, 0) + int(sample["value"] or 0)
 print(json.dumps(out))'
@@ -103,10 +113,12 @@ if d:  # per direction: sent by one uplink, received by the other, counted lost
     row["uplink_loss"] = {
         f"node{a}_to_node{b}": {
             "sent": d[f"node{a}_tx_packets"], "received": d[f"node{b}_rx_packets"],
-            "counted_lost": d[f"node{b}_rx_missed"] + d[f"node{b}_rx_errors"] + d[f"node{a}_tx_errors"],
+            "counted_lost": d[f"node{b}_rx_missed"] + d[f"node{b}_rx_errors"] + d[f"node{a}_tx_errors"]
+                            + d.get(f"node{a}_kernel_tx_dropped", 0) + d.get(f"node{b}_kernel_rx_dropped", 0),
             "kernel_dropped": kd[f"node{a}_tx_dropped"] + kd[f"node{b}_rx_dropped"],
             "uncounted": d[f"node{a}_tx_packets"] - d[f"node{b}_rx_packets"]
-                         - d[f"node{b}_rx_missed"] - d[f"node{b}_rx_errors"]}
+                         - d[f"node{b}_rx_missed"] - d[f"node{b}_rx_errors"]
+                         - d.get(f"node{a}_kernel_tx_dropped", 0) - d.get(f"node{b}_kernel_rx_dropped", 0)}
         for a, b in ((1, 2), (2, 1))}
 if d:  # frames the pod ports' rings lost (the client's stream into node 1, the server's into node 2)
     row["pod_ports_lost"] = {f"node{n}": d[f"node{n}_pod_rx_missed"] + d[f"node{n}_pod_rx_errors"] + d[f"node{n}_pod_tx_errors"]
@@ -154,12 +166,15 @@ bench_bare_nodes mlb
 echo "1+ rfc4106(gcm(aes)) 5c9b6a4a9e0f3d1d2c7b8a695847362514131211100f0e0d0c0b0a0908070605deadbeef 128" > "$work/esp-keys"
 chmod 600 "$work/esp-keys"
 agent_pids=()
+# Two agents at -m 128: 128 pages, and a few for DPDK's own allocations.
+[ "$hugepages" = 1 ] && { bench_hugepages_reserve 160 || exit 1; }
 start_agents() {  # ENCRYPT(0|1)
   for n in 1 2; do
-    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" > "$work/node$n.json" <<'PY'
+    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" > "$work/node$n.json" <<'PY'
 import json, sys
 n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
 ring = int(sys.argv[7])
+memory = ["--huge-unlink"] if sys.argv[8] == "1" else ["--no-huge"]
 encrypt = sys.argv[5] == "1"
 pods = {1: [{"name": "client", "ip": "198.18.1.10", "interface": "mlb1-client"}],
         2: [{"name": "server", "ip": "198.18.2.20", "interface": "mlb2-server"}]}
@@ -174,7 +189,7 @@ print(json.dumps({
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
   "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": 1500}, "pod_driver": driver,
-                "eal_args": ["--no-huge", "-m", "128", f"--file-prefix=meshlane-bench-node{n}",
+                "eal_args": memory + ["-m", "128", f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
 PY
     (ip netns exec mlb-node$n "$root/$build/meshlaned" --config "$work/node$n.json" --no-ebpf \
@@ -269,7 +284,7 @@ def iperf3_of(w):
             "uncounted_frames": sum(v["uncounted"] for v in losses)}
 iperf3 = {w: iperf3_of(w) for w in ways}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"),
+json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),

@@ -24,6 +24,9 @@
 #   perf/ovs_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
 #   OVS_PMD_MAXSLEEP="0 50"   the settings to measure (µs, 0..10000)
 #   OVS_TUNNEL=geneve|vxlan
+#   HUGEPAGES=1               OVS's DPDK memory from 2 MiB hugepages (reserved for the run
+#                             when missing) instead of --no-huge; compare with a
+#                             crossnode run made with HUGEPAGES=1 too
 # Writes perf/results/ovs-<date>.json (figures in crossnode_bench.sh's shape, one way per
 # setting) and prints them, with ratios against CROSSNODE_JSON (default: the newest
 # perf/results/crossnode-*.json, which may be from an earlier run; scripts/bench.sh passes
@@ -32,12 +35,14 @@
 # namespaces, daemons, DPDK runtime directories and temporary directory) also on failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/bench_nodes.sh
 root=$(pwd)
 build=${MESHLANE_BUILD:-build}
 seconds=${1:-4}
 reps=${2:-2}
 sleeps=${OVS_PMD_MAXSLEEP:-0 50}
 tunnel=${OVS_TUNNEL:-geneve}
+hugepages=${HUGEPAGES:-0}
 vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 made_policy=0
 pids=()
@@ -59,6 +64,7 @@ finish() {
   done
   rm -rf /var/run/dpdk/mlb-ovs-node1 /var/run/dpdk/mlb-ovs-node2
   [ -n "$work" ] && rm -rf "$work"
+  bench_hugepages_restore
   [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
   exit "$rc"
 }
@@ -119,7 +125,11 @@ pods_bench_topology "$load"
 # EAL without hugepages: OVS adds --in-memory unless --legacy-mem is given, and --no-huge
 # (which implies legacy memory) refuses --in-memory; --no-pci keeps DPDK off the machine's
 # own NIC; -m 1024 holds OVS's shared mbuf pool.
-eal_extra() { echo "--no-huge --legacy-mem -m 1024 --no-pci --file-prefix=mlb-ovs-node$1 --no-telemetry"; }
+# With HUGEPAGES=1 the same 1024 MiB from hugepages, in OVS's default --in-memory mode
+# (no files in /dev/hugepages).
+eal_memory="--no-huge --legacy-mem"
+if [ "$hugepages" = 1 ]; then eal_memory=""; bench_hugepages_reserve 1100; fi
+eal_extra() { echo "${eal_memory:+$eal_memory }-m 1024 --no-pci --file-prefix=mlb-ovs-node$1 --no-telemetry"; }
 vsctl() { local n=$1; shift; ovs-vsctl --db="unix:$work/node$n/run/db.sock" --timeout=60 "$@"; }
 appctl() { local n=$1; shift; ovs-appctl -t "$work/node$n/run/ovs-vswitchd.ctl" "$@"; }
 wait_for() {  # FILE WHAT
@@ -258,6 +268,7 @@ report = {"benchmark": "ovs_dpdk", "machine": {"cpu": cpu, "cores": os.cpu_count
           "setup": {"ovs": ovs_version, "dpdk": dpdk_version, "datapath": "netdev (userspace), DPDK net_af_packet ports",
                     "tunnel": tunnel, "vip": "OpenFlow ct(commit,nat(dst=...)) on node 1, ct(nat) on replies",
                     "pmd_cpu_mask": {"node1": "0x1", "node2": "0x2"},
+                    "eal_memory": "4kib_pages" if "--no-huge" in eal else "hugepages_2mib",
                     "pmd_maxsleep_us": {w: next(r["pmd_maxsleep_us"] for r in rows if r["way"] == w) for w in ways},
                     "dpdk_extra": eal.replace("nodeN", "node<n>")},
           "pmd_stats_last_round": {w: {n: read(f"{work}/pmd-stats-{w}-{n}.txt") for n in ("node1", "node2")} for w in ways},

@@ -35,6 +35,7 @@
 
 #include <cstdio>
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -75,6 +76,30 @@ const char* kDocument = R"({
   "tunables": {"maglev_table_size": 65537}
 })";
 
+// Where the mbufs live: 2 MiB hugepages, as the agent runs in production (deploy/'s
+// default profile reserves them), when this machine has 160 free and a hugetlbfs mount;
+// otherwise 4 KiB pages (--no-huge, as the integration tests run). PIPELINE_BENCH_MEMORY=
+// huge or 4k forces one. The two differ most where TLB misses are dear (a VM with nested or
+// shadow paging: the I/O floor 15 against 34 cycles on the AMD EPYC PVM guest), so the
+// run prints which it used (perf/README, "Pipeline on hugepages").
+bool eal_on_hugepages() {
+  const char* forced = std::getenv("PIPELINE_BENCH_MEMORY");
+  if (forced && std::string(forced) == "4k") return false;
+  if (forced && std::string(forced) == "huge") return true;
+  unsigned long free_pages = 0;
+  if (FILE* f = std::fopen("/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages", "r")) {
+    if (std::fscanf(f, "%lu", &free_pages) != 1) free_pages = 0;
+    std::fclose(f);
+  }
+  bool mounted = false;
+  if (FILE* f = std::fopen("/proc/mounts", "r")) {
+    char line[512];
+    while (!mounted && std::fgets(line, sizeof line, f)) mounted = std::strstr(line, " hugetlbfs ") != nullptr;
+    std::fclose(f);
+  }
+  return mounted && free_pages >= 160;
+}
+
 struct bench_world {
   rte_mempool* pool = nullptr;
   uint16_t uplink = 0, client = 0, web = 0;
@@ -94,10 +119,11 @@ struct bench_world {
 
   std::string start() {
     prefix = "meshlane-bench-" + std::to_string(getpid());
-    std::string file_prefix = "--file-prefix=" + prefix;
-    const char* argv[] = {"bench", "--no-huge", "-m", "256", "--no-pci", "--lcores=0", "--log-level=error",
-                          "--no-telemetry", "--proc-type=primary", file_prefix.c_str(), nullptr};
-    if (std::string e = init_eal(std::vector<std::string>(argv, argv + 10)); !e.empty()) return e;
+    std::vector<std::string> argv = {"bench", "-m", "256", "--no-pci", "--lcores=0", "--log-level=error",
+                                     "--no-telemetry", "--proc-type=primary", "--file-prefix=" + prefix};
+    // --in-memory: hugepages without files in /dev/hugepages (nothing left behind).
+    argv.push_back(eal_on_hugepages() ? "--in-memory" : "--no-huge");
+    if (std::string e = init_eal(argv); !e.empty()) return e;
     pool = rte_pktmbuf_pool_create("bench", 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, 0);
     if (!pool) return "mempool";
     const char* names[] = {"net_null0", "net_null1", "net_null2"};
@@ -1232,6 +1258,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   std::printf("tsc_hz %llu\n", static_cast<unsigned long long>(rte_get_tsc_hz()));
+  std::printf("eal_memory %s\n", rte_eal_has_hugepages() ? "hugepages_2mib" : "4kib_pages");
+  benchmark::AddCustomContext("eal_memory", rte_eal_has_hugepages() ? "hugepages_2mib" : "4kib_pages");
   std::printf("esp_engine %s\n", world.esp->engine());
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();

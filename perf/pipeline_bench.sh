@@ -6,7 +6,9 @@
 # one other node and 100 services, measured in the same run (issue 14: the goal is
 # 5,000 nodes and 100,000 services within 10% of it); then two workers beside one (a
 # packet of the receiver's own flow, one handed to its owner, half of each). Writes the
-# raw Google Benchmark JSON to $OUT (default build/perf/pipeline_bench.json).
+# raw Google Benchmark JSON to $OUT (default build/perf/pipeline_bench.json). The mbufs are
+# on 2 MiB hugepages when the machine has 160 free (as a production node runs DPDK),
+# otherwise on 4 KiB pages; PIPELINE_BENCH_MEMORY=huge|4k forces one (perf/README).
 #   perf/pipeline_bench.sh [extra benchmark flags]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +23,16 @@ runs = json.load(open(sys.argv[1]))["benchmarks"]
 median = {r["run_name"]: r for r in runs if r.get("aggregate_name") == "median"}
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
 print(f"CPU: {cpu}")
+memory = json.load(open(sys.argv[1]))["context"].get("eal_memory", "?")
+print(f"mbufs on: {memory} (PIPELINE_BENCH_MEMORY=huge|4k chooses; the floor differs most where TLB misses are dear)")
 floor = median["BM_io_floor"]["cycles_per_packet"]
 print(f"{'benchmark':58} {'cycles/pkt':>10} {'x floor':>8} {'Mpps/core':>10}")
 scale = {}
+timed = []  # the forwarding view's builds: milliseconds per build, not cycles per packet
 for name, r in median.items():
+    if "cycles_per_packet" not in r:
+        timed.append((name, r))
+        continue
     cycles = r["cycles_per_packet"]
     m = re.match(r"BM_pipeline_scale/nodes:(\d+)/services:(\d+)$", name)
     if m:
@@ -40,6 +48,11 @@ if scale:
         cycles = r["cycles_per_packet"]
         against = f"{cycles / base['cycles_per_packet']:9.3f}" if base else f"{'-':>9}"
         print(f"{nodes:6} {services:9} {cycles:10.1f} {against} {cycles / floor:8.2f} {r['packets_per_second'] / 1e6:10.2f}")
+if timed:
+    print()
+    print("forwarding view builds (100,000 services x 16 backends), milliseconds per build")
+    for name, r in timed:
+        print(f"{name:86} {r['real_time']:9.2f} {r['time_unit']}")
 alone = median.get("BM_pipeline_two_workers_one_worker_alone")
 if alone:
     print()

@@ -52,3 +52,33 @@ bench_delete_namespaces() {  # NS...
     ip netns delete "$ns" 2>/dev/null || true
   done
 }
+
+# HUGEPAGES=1 in the benchmarks: DPDK's memory from 2 MiB hugepages, as a production node
+# runs it (deploy/'s default profile reserves them), instead of --no-huge. Makes sure PAGES
+# are free and hugetlbfs is mounted at /dev/hugepages, reserving more for the run only;
+# bench_hugepages_restore gives back what was reserved (call it from the EXIT trap).
+bench_hugepages_original=""
+bench_hugepages_mounted=0
+bench_hugepages_reserve() {  # PAGES
+  local want=$1 nr=/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+  local free=/sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages
+  if ! grep -q ' /dev/hugepages hugetlbfs ' /proc/mounts; then
+    mkdir -p /dev/hugepages && mount -t hugetlbfs -o pagesize=2M nodev /dev/hugepages && bench_hugepages_mounted=1
+  fi
+  if [ "$(cat "$free")" -lt "$want" ]; then
+    bench_hugepages_original=$(cat "$nr")
+    echo $(( $(cat "$nr") + want - $(cat "$free") )) > "$nr"
+  fi
+  if [ "$(cat "$free")" -lt "$want" ]; then
+    echo "bench: only $(cat "$free") of $want hugepages free (memory too fragmented?)" >&2
+    return 1
+  fi
+}
+bench_hugepages_restore() {
+  if [ -n "$bench_hugepages_original" ]; then
+    echo "$bench_hugepages_original" > /sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages
+    bench_hugepages_original=""
+  fi
+  if [ "$bench_hugepages_mounted" = 1 ]; then umount /dev/hugepages 2>/dev/null; bench_hugepages_mounted=0; fi
+  return 0
+}
