@@ -34,12 +34,16 @@ std::optional<kernel_interface_drops> parse_proc_net_dev(std::string_view table,
   return std::nullopt;
 }
 
-std::optional<kernel_interface_drops> read_kernel_interface_drops(const std::string& interface) {
+std::string read_proc_net_dev() {
   std::ifstream file("/proc/thread-self/net/dev");
-  if (!file) return std::nullopt;
+  if (!file) return {};
   std::ostringstream text;
   text << file.rdbuf();
-  return parse_proc_net_dev(text.str(), interface);
+  return text.str();
+}
+
+std::optional<kernel_interface_drops> read_kernel_interface_drops(const std::string& interface) {
+  return parse_proc_net_dev(read_proc_net_dev(), interface);
 }
 
 }  // namespace meshlane

@@ -31,7 +31,10 @@ struct kernel_interface_drops {
 // such interface or its line is not in the kernel's format.
 std::optional<kernel_interface_drops> parse_proc_net_dev(std::string_view table, std::string_view interface);
 
-// The same from this thread's network namespace; nullopt when it has no such interface.
+// This thread's network namespace's /proc/net/dev (empty when unreadable): read once and
+// parsed per interface when many are wanted (a scrape reads every port's).
+std::string read_proc_net_dev();
+// The drops of `interface` in this thread's network namespace; nullopt when it has none.
 std::optional<kernel_interface_drops> read_kernel_interface_drops(const std::string& interface);
 
 }  // namespace meshlane

@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <optional>
+#include <string_view>
 
 #include "dataplane/dataplane.h"
 #include "dataplane/kernel_interface_drops.h"
@@ -84,7 +85,7 @@ uint64_t af_packet_ring_drops(int ifindex) {
   return drops;
 }
 
-port_loss read_port_loss(uint16_t port, bool with_xstats, uint64_t& af_packet_drops) {
+port_loss read_port_loss(uint16_t port, bool with_xstats, uint64_t& af_packet_drops, std::string_view net_dev) {
   port_loss loss;
   rte_eth_dev_info info{};
   if (rte_eth_dev_info_get(port, &info) == 0 && info.driver_name && info.if_index > 0) {
@@ -94,7 +95,7 @@ port_loss read_port_loss(uint16_t port, bool with_xstats, uint64_t& af_packet_dr
     if ((af_packet || std::strcmp(info.driver_name, "net_af_xdp") == 0 ||
          std::strcmp(info.driver_name, "net_pcap") == 0) &&
         if_indextoname(info.if_index, name))
-      loss.kernel = read_kernel_interface_drops(name);
+      loss.kernel = parse_proc_net_dev(net_dev, name);
   }
   loss.rx_missed = af_packet_drops;
   rte_eth_stats stats{};
@@ -147,6 +148,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                                  "New outbound flows refused under egress.mode registry_only, by pod port.");
     auto refused_flows = family("meshlane_dataplane_egress_refused_total",
                                 "New outbound flows refused, by pod port and reason (the drop reason).");
+    const std::string net_dev = read_proc_net_dev();  // the kernel interfaces' drops, read once
     std::unique_lock ports_lock(ports_mutex_);  // hot-plug renames and retires ports
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
@@ -179,7 +181,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       rx_bytes.samples.push_back({labels, double(sums[1])});
       tx_packets.samples.push_back({labels, double(sums[2])});
       tx_bytes.samples.push_back({labels, double(sums[3])});
-      const port_loss loss = read_port_loss(p, true, af_packet_ring_drops_[p]);
+      const port_loss loss = read_port_loss(p, true, af_packet_ring_drops_[p], net_dev);
       rx_missed.samples.push_back({labels, double(loss.rx_missed)});
       rx_errors.samples.push_back({labels, double(loss.rx_errors)});
       tx_errors.samples.push_back({labels, double(loss.tx_errors)});
@@ -336,6 +338,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
   });
 
   registry.add_status("dataplane", [this]() {
+    const std::string net_dev = read_proc_net_dev();
     std::lock_guard ports_lock(ports_mutex_);  // hot-plug renames and retires ports and queues
     nlohmann::json ports = nlohmann::json::array();
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
@@ -349,7 +352,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
         rx += w->port_rx[p].packets.get();
         tx += w->port_tx[p].packets.get();
       }
-      const port_loss loss = read_port_loss(p, false, af_packet_ring_drops_[p]);
+      const port_loss loss = read_port_loss(p, false, af_packet_ring_drops_[p], net_dev);
       ports.push_back({{"port_id", p},
                        {"interface", info.interface},
                        {"role", role_text(info.role)},
