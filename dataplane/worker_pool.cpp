@@ -119,6 +119,7 @@ namespace {
 // handle is a private one (malloc'd, outside the memory the cleanup unmaps) and is never
 // freed: the parked thread holds it.
 int parking_fd = -1;
+rte_intr_handle* parking_handle = nullptr;  // held for the process (reachable, not a leak)
 std::atomic<bool> park_requested{false}, interrupt_thread_parked{false};
 std::atomic<uint64_t> barrier_passes{0};
 
@@ -135,8 +136,10 @@ void register_parking_source() {
     barrier_passes.fetch_add(1);
   };
   if (handle && rte_intr_fd_set(handle, parking_fd) == 0 && rte_intr_type_set(handle, RTE_INTR_HANDLE_EXT) == 0 &&
-      rte_intr_callback_register(handle, run, nullptr) == 0)
+      rte_intr_callback_register(handle, run, nullptr) == 0) {
+    parking_handle = handle;
     return;
+  }
   if (handle) rte_intr_instance_free(handle);
   if (parking_fd >= 0) close(parking_fd);
   parking_fd = -1;  // no parking: the cleanup runs as DPDK alone would
