@@ -58,11 +58,19 @@ struct pool_port {
   std::string interface;
   // Overrides the port's own MAC (net_ring ports in tests have none of their own).
   std::optional<wire::mac_address> mac;
-  // Buffers the driver keeps per RX queue beyond its RX ring (af_xdp: its fill queue).
+  // Buffers the driver keeps posted per RX queue for receiving, whatever its RX ring holds
+  // (af_xdp: its fill queue, which the RX ring's frames are taken from).
   uint32_t rx_buffers_held = 0;
   // af_packet: the drop that keeps the kernel's stack off the port's frames
   // (kernel_ingress.h); null where the kernel keeps them.
   std::shared_ptr<const kernel_ingress_drop> kernel_drop;
+  // Descriptors each RX and each TX ring of the port holds at least, whatever the
+  // ring-size tunables say (af_xdp ports: worker_pool.cpp, probe_port); 0: the tunables'.
+  uint16_t rx_ring_floor = 0;
+  uint16_t tx_ring_floor = 0;
+  // Frames of each ring where the driver fixes them at probe time (af_packet's framecnt,
+  // memif's rsize) and ignores the queue set-up's count; 0 for the others.
+  uint32_t driver_ring_frames = 0;
 };
 
 // Creates (hot-plugs) the uplink and each pod's port of `config` as DPDK ports with their

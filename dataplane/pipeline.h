@@ -112,6 +112,7 @@ struct port_info {
   port_role role = port_role::unused;
   std::string interface;  // kernel interface (or PCI address) the port drives
   wire::mac_address mac{};
+  uint32_t rx_ring = 0, tx_ring = 0;  // descriptors (frames) of each RX and TX ring, for status
   // Pod ports: the pod's MAC, learned from what the pod sends (0: not yet known, frames
   // wait in the workers' holds until then).
   std::atomic<uint64_t> neighbour_mac{0};

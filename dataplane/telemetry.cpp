@@ -141,7 +141,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
         "meshlane_dataplane_port_kernel_dropped_total",
         "Frames the kernel interface under an af_packet, af_xdp or pcap port dropped, as `ip -s link` counts "
         "them since the interface was made (rx: rx_dropped + rx_missed_errors; tx: tx_dropped, e.g. a veth "
-        "whose peer's XDP ring was full); the port driver's own counters do not see these.");
+        "whose peer's XDP ring was full); the port driver's own counters do not see these, except that on an "
+        "af_xdp port over a veth rx includes the frames its XDP socket dropped, which rx_missed counts too.");
     auto xstats = family("meshlane_dataplane_port_xstats_total",
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
     auto not_registered = family("meshlane_dataplane_egress_not_registered_total",
@@ -357,6 +358,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                        {"interface", info.interface},
                        {"role", role_text(info.role)},
                        {"mac", mac_text(info.mac)},
+                       {"rx_ring", info.rx_ring},
+                       {"tx_ring", info.tx_ring},
                        {"link_up", link.link_status == RTE_ETH_LINK_UP},
                        {"neighbour_mac", neighbour ? mac_text(wire::mac_address::from_u64(neighbour)) : ""},
                        {"rx_packets", rx},

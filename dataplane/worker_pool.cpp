@@ -203,18 +203,23 @@ std::string bring_interface_up(const std::string& interface) {
 // had no effect on af_packet ports; they size its rings now, never below the PMD's 512
 // (two 2048-byte frames per 4096-byte block: an even count).
 //
-// An uplink's rings hold at least 4,096 frames (8 MiB each way per queue): the uplink
-// carries every pod's cross-node traffic, and its RX ring is all that holds frames while
-// the worker is off its CPU (the adaptive idle policy's sleep, or a 2-vCPU node's pods
-// taking the core for a scheduler slice of a few ms). With 512 frames an iperf3 stream
-// between two nodes on this machine class lost 5-8% of its frames on node 2's uplink
-// ring (counted as rx_missed) and paid 8,000-15,000 TCP retransmissions in 3 s, where
-// the kernel's VXLAN path paid 7-73 (perf/crossnode_bench.sh, issue 17); with 4,096 the
-// uplinks lost none in the same runs (perf/README.md). Pod ports carry one pod's traffic each and keep the ring size's
-// frames: a node has many of them, and the kernel memory is pinned per ring.
-constexpr uint32_t kUplinkAfPacketFrames = 4096;
+// An uplink on a kernel interface (af_packet, af_xdp) has rings of at least 4,096 frames
+// (8 MiB each way per queue): the uplink carries every pod's cross-node traffic, and its
+// RX ring is all that holds frames while the worker is off its CPU (the adaptive idle
+// policy's sleep, or a 2-vCPU node's pods taking the core for a scheduler slice of a few
+// ms). With 512 af_packet frames an iperf3 stream between two nodes on this machine class
+// lost 5-8% of its frames on node 2's uplink ring (counted as rx_missed) and paid
+// 8,000-15,000 TCP retransmissions in 3 s, where the kernel's VXLAN path paid 7-73
+// (perf/crossnode_bench.sh, issue 17); with 4,096 the uplinks lost none in the same runs
+// (perf/README.md). af_xdp the same: with the ring size's 1,024 descriptors 1-2.5% of
+// the stream was lost between the uplinks and iperf3 paid 20,000-33,000 retransmissions
+// in 3 s; with 4,096 (perf/README.md, "af_xdp rings"). Pod ports carry one pod's traffic
+// each and keep the ring size's frames: a node has many of them, and the kernel memory
+// is pinned per ring.
+constexpr uint16_t kUplinkRingFloor = 4096;
+constexpr uint16_t kAfXdpFillBuffers = 2048;  // DPDK 22.11's ETH_AF_XDP_DFLT_NUM_DESCS
 uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
-  const uint32_t floor = role == port_role::uplink ? kUplinkAfPacketFrames : 512;
+  const uint32_t floor = role == port_role::uplink ? kUplinkRingFloor : 512;
   return std::max<uint32_t>(floor, (ring_size + 1) & ~1u);
 }
 
@@ -251,6 +256,7 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     const std::string socket = memif_socket(*memif, role, interface);
     const std::string devargs = name + ",id=0,role=" + (memif->server ? "server" : "client") + ",socket=" + socket +
                                 ",socket-abstract=no,rsize=" + std::to_string(memif_ring_log2(ring_size));
+    port.driver_ring_frames = 1u << memif_ring_log2(ring_size);
     if (rte_dev_probe(devargs.c_str()) != 0)
       return "cannot open memif port " + interface + " (" + devargs + "): is the socket's directory there, and " +
              (memif->server ? "no other server on it?" : "a server listening on it?");
@@ -267,11 +273,19 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       // (ETH_AF_XDP_DFLT_NUM_DESCS) at setup, whatever the RX ring size. A pool sized
       // by the rings alone ran dry on the third such port of a node with 256-entry
       // rings: that port then never received a frame, and nothing said so.
-      port.rx_buffers_held = 2048;
+      port.rx_buffers_held = kAfXdpFillBuffers;
+      // Those buffers are what holds received frames until the worker takes them, but an
+      // RX ring smaller than them lets fewer wait: the XDP program drops what does not fit
+      // in the ring (rx_dropped of the kernel interface and of the socket) while the
+      // worker is off its CPU. So the RX ring holds at least the fill queue's buffers, at
+      // no cost in buffers; the uplink's rings at least kUplinkRingFloor.
+      port.rx_ring_floor = role == port_role::uplink ? kUplinkRingFloor : kAfXdpFillBuffers;
+      port.tx_ring_floor = role == port_role::uplink ? kUplinkRingFloor : 0;
     }
     int probed = rte_dev_probe(devargs.c_str());
     const uint32_t asked_frames = af_packet_ring_frames(ring_size, role);
     const uint32_t plain_frames = af_packet_ring_frames(ring_size, port_role::pod);
+    if (driver == "af_packet") port.driver_ring_frames = asked_frames;
     if (probed != 0 && driver == "af_packet" && asked_frames > plain_frames) {
       // The PMD maps its rings locked (MAP_LOCKED): under a small RLIMIT_MEMLOCK without
       // CAP_IPC_LOCK (a container's default) the uplink's larger rings do not fit where
@@ -280,6 +294,7 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       devargs = name + ",iface=" + interface + ",qpairs=" + std::to_string(queues) +
                 ",blocksz=4096,framesz=2048,framecnt=" + std::to_string(plain_frames);
       probed = rte_dev_probe(devargs.c_str());
+      port.driver_ring_frames = plain_frames;
       if (probed == 0)
         std::fprintf(stderr,
                      "meshlaned: warn: %s: af_packet rings of %u frames refused (locked memory: raise "
@@ -314,6 +329,15 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     }
   }
   return {};
+}
+
+// The buffers one queue pair of `port` can hold: its RX ring's, or what the driver keeps
+// posted for receiving if that is more (af_xdp's fill queue: received frames wait in the
+// RX ring in buffers taken from it, so the two are not added), its TX ring's, and a
+// worker's bursts.
+uint32_t port_buffers(const worker_pool_options& options, const pool_port& port) {
+  const uint32_t rx_ring = std::max(options.rx_ring_size, port.rx_ring_floor);
+  return std::max(rx_ring, port.rx_buffers_held) + std::max(options.tx_ring_size, port.tx_ring_floor) + 2u * kMaxBurst;
 }
 
 }  // namespace
@@ -365,7 +389,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   // and each worker's TX buffers.
   uint32_t mbuf_count = 2048u;
   for (const pool_port& p : ports)
-    mbuf_count += (uint32_t{options.rx_ring_size} + options.tx_ring_size + p.rx_buffers_held + 2u * kMaxBurst) * workers;
+    mbuf_count += port_buffers(options, p) * workers;
   if (workers > 1) mbuf_count += options.handoff_ring_size * workers;  // full inboxes
   static std::atomic<unsigned> pool_serial{0};
   const std::string pool_name = "meshlane_mbufs" + std::to_string(pool_serial++);
@@ -460,7 +484,8 @@ std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_p
   if (int rc = rte_eth_dev_configure(p.port_id, rx_queues, workers, &conf); rc != 0)
     return p.interface + ": cannot configure " + std::to_string(rx_queues) + " RX and " + std::to_string(workers) +
            " TX queues: " + rte_strerror(-rc);
-  uint16_t rx_ring = options_.rx_ring_size, tx_ring = options_.tx_ring_size;
+  uint16_t rx_ring = std::max(options_.rx_ring_size, p.rx_ring_floor),
+           tx_ring = std::max(options_.tx_ring_size, p.tx_ring_floor);
   rte_eth_dev_adjust_nb_rx_tx_desc(p.port_id, &rx_ring, &tx_ring);
   const int socket = rte_eth_dev_socket_id(p.port_id);
   const unsigned socket_id = socket < 0 ? 0 : static_cast<unsigned>(socket);
@@ -479,6 +504,8 @@ std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_p
     std::lock_guard lock(ports_mutex_);
     port_info& info_out = ports_->ports[p.port_id];
     info_out.interface = p.interface;
+    info_out.rx_ring = p.driver_ring_frames ? p.driver_ring_frames : rx_ring;
+    info_out.tx_ring = p.driver_ring_frames ? p.driver_ring_frames : tx_ring;
     rte_ether_addr mac{};
     rte_eth_macaddr_get(p.port_id, &mac);
     std::memcpy(info_out.mac.bytes, mac.addr_bytes, 6);
@@ -519,8 +546,7 @@ std::string worker_pool::plug_pod_port(const std::string& interface) {
   // pool can be let go once every buffer it lent is back.
   static std::atomic<unsigned> pool_serial{0};
   const std::string pool_name = "meshlane_pod" + std::to_string(pool_serial++);
-  const uint32_t count = (uint32_t{options_.rx_ring_size} + options_.tx_ring_size + port.rx_buffers_held + 2u * kMaxBurst) *
-                             workers + 512u;
+  const uint32_t count = port_buffers(options_, port) * workers + 512u;
   rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), count, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
                                                static_cast<int>(rte_socket_id()));
   auto remove_device = [&] {

@@ -62,8 +62,10 @@ results=$work/results.jsonl
 # (the receiver's rx_missed, which includes af_packet ring drops, and rx_errors, the
 # sender's tx_errors, and what the kernel interfaces under the two uplinks dropped, which
 # the agents export as meshlane_dataplane_port_kernel_dropped_total: on af_xdp a veth
-# whose peer's XDP ring is full drops there), so that the run shows whether any frame went
-# missing uncounted.
+# whose peer's XDP ring is full drops there, and a receiving veth's rx drops include its
+# socket's, rx_missed, counted once), so that the run shows whether any frame went missing
+# uncounted; the same for the pod ports, and what the pods' own eth0s and the kernel's
+# input backlogs dropped.
 (ip netns exec mlb-server iperf3 -s -p 5201 > /dev/null 2>&1) & pids+=($!)
 uplink_counters() {  # the agents' uplink metrics as one JSON object, {} without agents
   if [ ! -S "$work/node1.sock" ]; then echo '{}'; return; fi
@@ -83,14 +85,19 @@ for n, line in enumerate(l for l in sys.stdin if l.strip()):
             out[name] = out.get(name, 0) + int(sample["value"] or 0)
 print(json.dumps(out))'
 }
-kernel_uplink_drops() {  # what the uplink interfaces' own kernel counters dropped
-  for n in 1 2; do ip -n mlb-node$n -s -j link show mlb$n-uplink; echo; done |
+kernel_uplink_drops() {  # what the uplink interfaces' and the pods' eth0s' own kernel counters dropped, and the input backlogs
+  { for n in 1 2; do ip -n mlb-node$n -s -j link show mlb$n-uplink; echo; done
+    for pod in client server; do ip -n mlb-$pod -s -j link show eth0; echo; done; } |
     /usr/bin/python3 -c '
 import json, sys
 out = {}
-for n, line in enumerate(l for l in sys.stdin if l.strip()):
+names = ["node1", "node2", "client_eth0", "server_eth0"]
+for name, line in zip(names, (l for l in sys.stdin if l.strip())):
     s = json.loads(line)[0]["stats64"]
-    out[f"node{n + 1}_rx_dropped"], out[f"node{n + 1}_tx_dropped"] = s["rx"]["dropped"], s["tx"]["dropped"]
+    out[f"{name}_rx_dropped"], out[f"{name}_tx_dropped"] = s["rx"]["dropped"], s["tx"]["dropped"]
+# Frames the kernel dropped at the per-CPU input backlog (netdev_max_backlog): a veth
+# whose peer has no XDP program hands frames there; counted on no interface.
+out["backlog_dropped"] = sum(int(l.split()[1], 16) for l in open("/proc/net/softnet_stat"))
 print(json.dumps(out))'
 }
 iperf3_run() {  # WAY
@@ -100,10 +107,17 @@ iperf3_run() {  # WAY
   ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -t "$seconds" -J > "$work/iperf3.json"
   after=$(uplink_counters); kernel_after=$(kernel_uplink_drops)
   /usr/bin/python3 - "$1" "$work/iperf3.json" "$before" "$after" "$kernel_before" "$kernel_after" >> "$results" <<'PY'
-import json, sys
+import json, os, sys
 run = json.load(open(sys.argv[2]))["end"]
 before, after = json.loads(sys.argv[3]), json.loads(sys.argv[4])
 d = {k: after[k] - before.get(k, 0) for k in after}
+# On af_xdp over a veth the receiving interface's rx drops include every frame its XDP
+# program could not hand to the socket, so the socket's own drops (rx_missed) are in both:
+# count them once.
+xdp = os.environ.get("DRIVER", "af_packet") == "af_xdp"
+def receive_lost(prefix):  # what a receiving port lost: its ring and its kernel interface
+    kernel = d.get(f"{prefix}_kernel_rx_dropped", 0)
+    return (max(d[f"{prefix}_rx_missed"], kernel) if xdp else d[f"{prefix}_rx_missed"] + kernel) + d[f"{prefix}_rx_errors"]
 kb, ka = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 kd = {k: ka[k] - kb[k] for k in ka}
 row = {"way": sys.argv[1], "target": "iperf3",
@@ -113,16 +127,22 @@ if d:  # per direction: sent by one uplink, received by the other, counted lost
     row["uplink_loss"] = {
         f"node{a}_to_node{b}": {
             "sent": d[f"node{a}_tx_packets"], "received": d[f"node{b}_rx_packets"],
-            "counted_lost": d[f"node{b}_rx_missed"] + d[f"node{b}_rx_errors"] + d[f"node{a}_tx_errors"]
-                            + d.get(f"node{a}_kernel_tx_dropped", 0) + d.get(f"node{b}_kernel_rx_dropped", 0),
+            "counted_lost": receive_lost(f"node{b}") + d[f"node{a}_tx_errors"] + d.get(f"node{a}_kernel_tx_dropped", 0),
             "kernel_dropped": kd[f"node{a}_tx_dropped"] + kd[f"node{b}_rx_dropped"],
-            "uncounted": d[f"node{a}_tx_packets"] - d[f"node{b}_rx_packets"]
-                         - d[f"node{b}_rx_missed"] - d[f"node{b}_rx_errors"]
-                         - d.get(f"node{a}_kernel_tx_dropped", 0) - d.get(f"node{b}_kernel_rx_dropped", 0)}
+            "uncounted": d[f"node{a}_tx_packets"] - d[f"node{b}_rx_packets"] - receive_lost(f"node{b}")
+                         - d[f"node{a}_tx_errors"] - d.get(f"node{a}_kernel_tx_dropped", 0)}
         for a, b in ((1, 2), (2, 1))}
-if d:  # frames the pod ports' rings lost (the client's stream into node 1, the server's into node 2)
-    row["pod_ports_lost"] = {f"node{n}": d[f"node{n}_pod_rx_missed"] + d[f"node{n}_pod_rx_errors"] + d[f"node{n}_pod_tx_errors"]
+if d:  # frames the pod ports lost (the client's stream into node 1, the server's into node 2): their rings,
+      # and the kernel interfaces under them
+    row["pod_ports_lost"] = {f"node{n}": receive_lost(f"node{n}_pod") + d[f"node{n}_pod_tx_errors"]
+                                         + d.get(f"node{n}_pod_kernel_tx_dropped", 0)
                              for n in (1, 2)}
+# What the pods' own interfaces dropped (a pod's eth0 sending into a port whose XDP ring
+# is full drops there, on no agent counter) and the input backlogs.
+row["pods_eth0_dropped"] = {p: kd[f"{p}_eth0_tx_dropped"] + kd[f"{p}_eth0_rx_dropped"] for p in ("client", "server")}
+row["backlog_dropped"] = kd["backlog_dropped"]
+if d:  # each non-zero loss counter of the agents, by name
+    row["agent_loss_counters"] = {k: v for k, v in d.items() if v and not k.endswith("_packets")}
 print(json.dumps(row))
 PY
 }
@@ -281,7 +301,10 @@ def iperf3_of(w):
             "retransmits": statistics.median(r["iperf3"]["retransmits"] for r in runs),
             "retransmits_range": [min(r["iperf3"]["retransmits"] for r in runs), max(r["iperf3"]["retransmits"] for r in runs)],
             "counted_lost_frames": sum(v["counted_lost"] for v in losses),
-            "uncounted_frames": sum(v["uncounted"] for v in losses)}
+            "uncounted_frames": sum(v["uncounted"] for v in losses),
+            "pod_ports_lost_frames": sum(sum(r.get("pod_ports_lost", {}).values()) for r in runs),
+            "pods_eth0_dropped_frames": sum(sum(r["pods_eth0_dropped"].values()) for r in runs),
+            "backlog_dropped_frames": sum(r["backlog_dropped"] for r in runs)}
 iperf3 = {w: iperf3_of(w) for w in ways}
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
@@ -297,7 +320,10 @@ for w in fig:
         f = fig[w][t]
         print(f"{w:12} {t:6} {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f} {f['bulk_gbit_per_s']:7.2f}")
 for w, f in iperf3.items():
-    lost = "" if w == "kernel" else f"; frames lost between the uplinks: {f['counted_lost_frames']} counted, {f['uncounted_frames']} uncounted"
+    lost = f"; dropped by the pods' eth0s {f['pods_eth0_dropped_frames']}, at input backlogs {f['backlog_dropped_frames']}"
+    if w != "kernel":
+        lost += (f"; lost between the uplinks {f['counted_lost_frames']} counted, {f['uncounted_frames']} uncounted"
+                 f"; by the pod ports {f['pod_ports_lost_frames']}")
     print(f"iperf3 {w:12} {f['gbit_per_s']:6.2f} Gbit/s, {f['retransmits']:.0f} retransmissions "
           f"(runs {f['retransmits_range'][0]}-{f['retransmits_range'][1]}){lost}")
 for k, v in ratios.items():

@@ -14,6 +14,32 @@
 namespace meshlane::testing {
 namespace {
 
+// Each port's RX and TX ring as the agent behind `socket` reports them in its status, by
+// interface.
+std::map<std::string, std::pair<uint32_t, uint32_t>> port_rings(const std::string& socket) {
+  control_client client;
+  std::map<std::string, std::pair<uint32_t, uint32_t>> rings;
+  if (const std::string error = client.connect(socket); !error.empty()) {
+    ADD_FAILURE() << socket << ": " << error;
+    return rings;
+  }
+  const nlohmann::json status = client.request({{"command", "status"}});
+  if (!status["subsystems"]["dataplane"]["ports"].is_array()) ADD_FAILURE() << status.dump().substr(0, 2000);
+  for (const auto& port : status["subsystems"]["dataplane"]["ports"])
+    rings[port["interface"].get<std::string>()] = {port["rx_ring"].get<uint32_t>(), port["tx_ring"].get<uint32_t>()};
+  return rings;
+}
+
+// af_packet fixes its rings at probe time: the uplink's hold 4,096 frames whatever the
+// tunables say (256 here), a pod port's the tunables' but never fewer than the PMD's 512.
+TEST_F(two_nodes, StatusShowsEachPortsRingsWithTheUplinksFloor) {
+  const auto rings = port_rings(nodes_[0].config_path + ".sock");
+  ASSERT_EQ(rings.size(), 3u);
+  EXPECT_EQ(rings.at(nodes_[0].uplink), std::make_pair(4096u, 4096u));
+  EXPECT_EQ(rings.at(nodes_[0].client_port), std::make_pair(512u, 512u));
+  EXPECT_EQ(rings.at(nodes_[0].web_port), std::make_pair(512u, 512u));
+}
+
 TEST_F(two_nodes, PodsReachTheirGatewayLocalPodsAndPodsOnTheOtherNode) {
   EXPECT_TRUE(icmp_echo(*nodes_[0].client, "198.18.1.1")) << "gateway echo on node 1";
   EXPECT_TRUE(icmp_echo(*nodes_[1].client, "198.18.2.1")) << "gateway echo on node 2";
@@ -670,6 +696,13 @@ class two_nodes_af_xdp : public two_nodes_and_outside {
 };
 
 TEST_F(two_nodes_af_xdp, PodsServicesAndTheOutsideHostAllCrossTheNodes) {
+  // The uplink's rings hold 4,096 descriptors, a pod port's RX ring the 2,048 buffers of
+  // its fill queue, its TX ring the tunables' 256.
+  const auto rings = port_rings(nodes_[0].config_path + ".sock");
+  ASSERT_EQ(rings.size(), 3u);
+  EXPECT_EQ(rings.at(nodes_[0].uplink), std::make_pair(4096u, 4096u));
+  EXPECT_EQ(rings.at(nodes_[0].client_port), std::make_pair(2048u, 256u));
+  EXPECT_EQ(rings.at(nodes_[0].web_port), std::make_pair(2048u, 256u));
   EXPECT_TRUE(icmp_echo(*nodes_[0].client, "198.18.1.1")) << "gateway echo on node 1";
   EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[0].web, "198.18.1.20", 9000, "local"), "");
   EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9001, "cross-node udp"), "");
