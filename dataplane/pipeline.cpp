@@ -150,7 +150,19 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0) -
                              (with_client ? kGeneveOriginalSourceOptionSize : 0);
   if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
-  const uint64_t flow_hash = lb.flow_hash ? lb.flow_hash : hash_flow_key(make_flow_key(frame, p));
+  // The outer UDP source port's entropy (geneve_encapsulate takes the hash's low half): a
+  // flow lookup's, or for an IPv4 flow no lookup saw the same low half straight from the
+  // frame's values (flow_crc_v4: two crc32 instructions), not the whole hash of a flow key
+  // written for it (two calls, the key's 40 bytes and the high half's multiplies).
+  uint64_t flow_hash = lb.flow_hash;
+  if (!flow_hash) {
+    if (p.l3 == l3_kind::ipv4) {
+      const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+      flow_hash = flow_crc_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
+    } else {
+      flow_hash = hash_flow_key(make_flow_key(frame, p));
+    }
+  }
   // Flows our pods start are recorded so that their replies are known (policy_path.h):
   // every pod's TCP SYN, so that a pod's connections still pass their replies after it
   // gets its first policy (one record per connection), and the UDP flows of a pod with a
