@@ -1140,12 +1140,6 @@ parse_result read_document(const json& document, std::optional<simdjson::dom::ar
 
 }  // namespace
 
-parse_result parse_desired_state(std::string_view json_text) { return parse_desired_state(json_text, nullptr, {}); }
-
-parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed) {
-  return parse_desired_state(json_text, parsed, {});
-}
-
 namespace {
 
 // The live pods appended to the document's pods[], as the agent merged them into its DOM

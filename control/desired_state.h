@@ -198,17 +198,14 @@ struct parse_result {
 };
 
 // Parses and validates a whole document. Never throws; every problem found is reported,
-// not only the first.
-parse_result parse_desired_state(std::string_view json_text);
-// The same for a text already read into a tape (document_tape::parse of json_text, as
-// meshctl's apply line is read: the text is not parsed twice); null: parsed here.
-parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed);
-// The same with `live_pods_json`, a JSON array of pods[] entries (those the CNI plugin
-// announced, from the agent's pod registry), read as if the document's pods[] ended with
-// them: the agent no longer parses a 100,000-service document into a DOM and writes it out
-// again to add its pods. A missing or null pods[] becomes theirs; empty text: none.
-parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed,
-                                 std::string_view live_pods_json);
+// not only the first. `parsed`: the text already read into a tape (document_tape::parse of
+// json_text, as meshctl's apply line is read: the text is not parsed twice); null: parsed
+// here. `live_pods_json`: a JSON array of pods[] entries (those the CNI plugin announced,
+// from the agent's pod registry), read as if the document's pods[] ended with them: the
+// agent does not parse a 100,000-service document into a DOM and write it out again to
+// add its pods. A missing or null pods[] becomes theirs; empty text: none.
+parse_result parse_desired_state(std::string_view json_text, const document_tape::tape* parsed = nullptr,
+                                 std::string_view live_pods_json = {});
 
 // Reads a file and parses it; an unreadable file is one error at path "$".
 parse_result load_desired_state(const std::string& file_path);

@@ -24,12 +24,6 @@ std::string table_publisher::add_sink(std::string name, table_sink sink) {
   return {};
 }
 
-publish_result table_publisher::apply(std::string_view document_json) { return apply(document_json, nullptr); }
-
-publish_result table_publisher::apply(std::string_view document_json, std::shared_ptr<const document_tape::tape> tape) {
-  return apply(document_json, std::move(tape), {});
-}
-
 publish_result table_publisher::apply(std::string_view document_json, std::shared_ptr<const document_tape::tape> tape,
                                       std::string_view live_pods_json) {
   const auto start = std::chrono::steady_clock::now();

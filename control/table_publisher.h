@@ -48,14 +48,12 @@ class table_publisher {
   // A sink added after a snapshot exists is handed the current one at once.
   std::string add_sink(std::string name, table_sink sink);
 
-  publish_result apply(std::string_view document_json);
-  // The same for a text already read into a tape (parse_desired_state's second form); the
-  // tape is released once the document is read, before the compile.
-  publish_result apply(std::string_view document_json, std::shared_ptr<const document_tape::tape> parsed);
-  // The same with the agent's live pods (parse_desired_state's third form): a JSON array of
-  // pods[] entries read as if the document's pods[] ended with them.
-  publish_result apply(std::string_view document_json, std::shared_ptr<const document_tape::tape> parsed,
-                       std::string_view live_pods_json);
+  // A whole document, as parse_desired_state reads it: `parsed`, the text already read into
+  // a tape (released once the document is read, before the compile); `live_pods_json`, the
+  // agent's live pods, a JSON array of pods[] entries read as if the document's pods[]
+  // ended with them.
+  publish_result apply(std::string_view document_json, std::shared_ptr<const document_tape::tape> parsed = nullptr,
+                       std::string_view live_pods_json = {});
   publish_result apply(const desired_state& state);
   // A delta of the current state (state_delta.h): all or nothing, as apply is, at a cost
   // proportional to the delta (state_index.h checks it, compile_delta compiles it; a delta

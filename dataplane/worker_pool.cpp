@@ -211,11 +211,13 @@ std::string bring_interface_up(const std::string& interface) {
 // lost 5-8% of its frames on node 2's uplink ring (counted as rx_missed) and paid
 // 8,000-15,000 TCP retransmissions in 3 s, where the kernel's VXLAN path paid 7-73
 // (perf/crossnode_bench.sh, issue 17); with 4,096 the uplinks lost none in the same runs
-// (perf/README.md). af_xdp the same: with the ring size's 1,024 descriptors 1-2.5% of
-// the stream was lost between the uplinks and iperf3 paid 20,000-33,000 retransmissions
-// in 3 s; with 4,096 (perf/README.md, "af_xdp rings"). Pod ports carry one pod's traffic
-// each and keep the ring size's frames: a node has many of them, and the kernel memory
-// is pinned per ring.
+// (perf/README.md). af_xdp the same: with the ring size's 1,024 descriptors 0.7-1.9% of
+// the stream was lost between the uplinks, as much again at the client's pod port, and
+// iperf3 paid 20,000-30,000 retransmissions in 3 s; with 4,096 on the uplink and 2,048
+// on the pods' RX rings (below) 114-3,673, the kernel way's level (perf/README.md,
+// "af_xdp rings"). Pod ports carry one pod's traffic each and keep the ring size's
+// frames (an af_xdp pod port's RX ring excepted: its buffers are there anyway): a node
+// has many of them, and af_packet's kernel memory is pinned per ring.
 constexpr uint16_t kUplinkRingFloor = 4096;
 constexpr uint16_t kAfXdpFillBuffers = 2048;  // DPDK 22.11's ETH_AF_XDP_DFLT_NUM_DESCS
 uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
