@@ -6,14 +6,34 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace meshlane::connect_lb {
 
+// The largest capacity an agent can be given (--ebpf-lb-ports, --ebpf-lb-backends), and
+// its default.
 inline constexpr uint32_t kMaxFrontends = 1u << 17;       // VIP:port/protocol entries (131,072)
 inline constexpr uint32_t kMaxBackendEntries = 1u << 21;  // backends summed over frontends (2,097,152)
 inline constexpr uint32_t kMaxSlots = 1u << 21;           // Maglev slots of affinity frontends
 inline constexpr uint32_t kSlotsPerChunk = 32;            // a slot table starts on a chunk
 inline constexpr uint32_t kMaxAffinitySlots = 1021;       // per frontend, unless more backends
+
+// What a document may use of the load balancer: frontends, backends summed over them,
+// and affinity slots (as many as backends: a frontend has at least as many slots as
+// backends, at most 16 per backend up to 1,021). The eBPF maps are sized at twice each.
+struct capacity {
+  uint32_t frontends = kMaxFrontends;
+  uint32_t backend_entries = kMaxBackendEntries;
+  uint32_t slots = kMaxSlots;
+};
+
+// The capacity documents are validated against (desired_state.cpp, egress_document.cpp,
+// state_index.cpp): the agent sets its eBPF maps' once, before its first document; a
+// process that sets none (meshctl, tests) validates against the largest.
+capacity current_capacity();
+// Checks and sets it: frontends 1..kMaxFrontends, backend entries 1..kMaxBackendEntries
+// (slots follow them, a multiple of kSlotsPerChunk). "" or what is wrong.
+std::string set_capacity(uint32_t frontends, uint32_t backend_entries);
 
 // Maglev slots of a session-affinity frontend with `backends` backends: the smallest
 // prime of at least 16 per backend (each backend's share within about 1/16 of its due),

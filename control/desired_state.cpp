@@ -949,6 +949,7 @@ void check_consistency(const desired_state& s, error_list& errors, bool nodes_ch
   // frontend past a limit is named.
   uint64_t lb_frontends = 0, lb_backends = 0, lb_slots = 0;
   bool lb_reported = false;
+  const connect_lb::capacity lb_capacity = connect_lb::current_capacity();
   // Each service's own checks read only the nodes and settings: both threads take them
   // (two_thread_chunks.h), and the loop below reports in document order.
   std::vector<uint8_t> clean(s.services.size(), 0);
@@ -968,12 +969,12 @@ void check_consistency(const desired_state& s, error_list& errors, bool nodes_ch
       lb_backends += svc.backends.size();
       if (svc.session_affinity)
         lb_slots += connect_lb::chunk_aligned(connect_lb::affinity_slot_count(static_cast<uint32_t>(svc.backends.size())));
-      if (!lb_reported && (lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries ||
-                           lb_slots > connect_lb::kMaxSlots)) {
+      if (!lb_reported && (lb_frontends > lb_capacity.frontends || lb_backends > lb_capacity.backend_entries ||
+                           lb_slots > lb_capacity.slots)) {
         lb_reported = true;
-        add(port_path(i, p), "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
-                           " service ports, " + std::to_string(connect_lb::kMaxBackendEntries) +
-                           " backends summed over them and " + std::to_string(connect_lb::kMaxSlots) +
+        add(port_path(i, p), "the eBPF load balancer is full here: it holds " + std::to_string(lb_capacity.frontends) +
+                           " service ports, " + std::to_string(lb_capacity.backend_entries) +
+                           " backends summed over them and " + std::to_string(lb_capacity.slots) +
                            " affinity slots; this document needs " + std::to_string(lb_frontends) + " ports, " +
                            std::to_string(lb_backends) + " backends and " + std::to_string(lb_slots) +
                            " slots up to here");

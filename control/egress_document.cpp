@@ -273,8 +273,9 @@ void check(const desired_state& s, error_list& errors) {
       lb_slots += svc.ports.size() * connect_lb::chunk_aligned(connect_lb::affinity_slot_count(
                                           static_cast<uint32_t>(svc.backends.size())));
   }
-  bool lb_full = lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries ||
-                 lb_slots > connect_lb::kMaxSlots;  // reported at the internal service already
+  const connect_lb::capacity lb_capacity = connect_lb::current_capacity();
+  bool lb_full = lb_frontends > lb_capacity.frontends || lb_backends > lb_capacity.backend_entries ||
+                 lb_slots > lb_capacity.slots;  // reported at the internal service already
   for (size_t i = 0; i < s.external_services.size(); ++i) {
     const external_service_spec& service = s.external_services[i];
     if (!service.vip) continue;
@@ -289,10 +290,10 @@ void check(const desired_state& s, error_list& errors) {
       add(path, vip.to_string() + " is also the VIP at " + it->second);
     lb_frontends += service.ports.size();
     lb_backends += service.ports.size() * service.vip_backends().size();
-    if (!lb_full && (lb_frontends > connect_lb::kMaxFrontends || lb_backends > connect_lb::kMaxBackendEntries)) {
+    if (!lb_full && (lb_frontends > lb_capacity.frontends || lb_backends > lb_capacity.backend_entries)) {
       lb_full = true;
-      add(path, "the eBPF load balancer is full here: it holds " + std::to_string(connect_lb::kMaxFrontends) +
-                    " service ports and " + std::to_string(connect_lb::kMaxBackendEntries) +
+      add(path, "the eBPF load balancer is full here: it holds " + std::to_string(lb_capacity.frontends) +
+                    " service ports and " + std::to_string(lb_capacity.backend_entries) +
                     " backends summed over them; this document needs " + std::to_string(lb_frontends) + " ports and " +
                     std::to_string(lb_backends) + " backends up to here");
     }

@@ -293,12 +293,13 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
   }
   // A frontend freed by one touched service and taken by another is fine; one kept by an
   // untouched service was caught above.
-  if (totals.frontends > connect_lb::kMaxFrontends || totals.backends > connect_lb::kMaxBackendEntries ||
-      totals.slots > connect_lb::kMaxSlots) {
+  if (const connect_lb::capacity lb_capacity = connect_lb::current_capacity();
+      totals.frontends > lb_capacity.frontends || totals.backends > lb_capacity.backend_entries ||
+      totals.slots > lb_capacity.slots) {
     errors.push_back({delta.changes.empty() ? "$" : delta.changes.back().path,
-                      "the eBPF load balancer is full: it holds " + std::to_string(connect_lb::kMaxFrontends) +
-                          " service ports, " + std::to_string(connect_lb::kMaxBackendEntries) +
-                          " backends summed over them and " + std::to_string(connect_lb::kMaxSlots) +
+                      "the eBPF load balancer is full: it holds " + std::to_string(lb_capacity.frontends) +
+                          " service ports, " + std::to_string(lb_capacity.backend_entries) +
+                          " backends summed over them and " + std::to_string(lb_capacity.slots) +
                           " affinity slots; after this delta the state needs " + std::to_string(totals.frontends) +
                           " ports, " + std::to_string(totals.backends) + " backends and " +
                           std::to_string(totals.slots) + " slots"});

@@ -10,6 +10,7 @@
 
 #include <cerrno>
 #include <climits>
+#include <algorithm>
 #include <cstring>
 #include <fstream>
 #include <map>
@@ -27,6 +28,8 @@
 namespace meshlane {
 
 // The validator's limits leave room for a publish that replaces every table.
+// The object's own sizes are the largest capacity's; the agent sizes the three maps to its
+// capacity before loading (open_object).
 static_assert(ML_MAX_SERVICES >= connect_lb::kMaxFrontends);
 static_assert(ML_MAX_BACKENDS >= 2 * connect_lb::kMaxBackendEntries);
 static_assert(ML_MAX_SLOTS >= 2 * connect_lb::kMaxSlots);
@@ -182,11 +185,37 @@ std::string hex(const uint8_t* data, size_t size) {
   return out;
 }
 
-// Opens (does not load) the object. `bytes` must outlive it.
-bpf_object* open_object(const std::string& bytes, std::string& error) {
+// The entries of the load balancer's three maps for a capacity: a frontend's entry is
+// replaced in place, its backends and slots get fresh regions before the old ones are
+// freed (twice what a document may use).
+struct lb_map_sizes {
+  uint32_t services, backends, slot_chunks;
+};
+lb_map_sizes lb_sizes_of(const connect_lb::capacity& c) {
+  return {c.frontends, 2 * c.backend_entries, 2 * c.slots / ML_SLOTS_PER_CHUNK};
+}
+// The kernel check's private instance serves no service: the smallest maps.
+constexpr lb_map_sizes kKernelCheckLbSizes{16, 16, 1};
+constexpr const char* kLbMaps[] = {"ml_services", "ml_backends", "ml_slots"};
+
+// Opens (does not load) the object with its load balancer's maps of `sizes`. `bytes`
+// must outlive it.
+bpf_object* open_object(const std::string& bytes, const lb_map_sizes& sizes, std::string& error) {
   LIBBPF_OPTS(bpf_object_open_opts, opts, .object_name = "meshlane_fast_path");
   bpf_object* object = bpf_object__open_mem(bytes.data(), bytes.size(), &opts);
-  if (!object) error = "opening the BPF object: " + errno_text(errno);
+  if (!object) {
+    error = "opening the BPF object: " + errno_text(errno);
+    return nullptr;
+  }
+  const uint32_t entries[] = {sizes.services, sizes.backends, sizes.slot_chunks};
+  for (size_t i = 0; i < 3; ++i) {
+    bpf_map* map = bpf_object__find_map_by_name(object, kLbMaps[i]);
+    if (int err = map ? bpf_map__set_max_entries(map, entries[i]) : -ENOENT; err != 0) {
+      error = std::string("sizing ") + kLbMaps[i] + ": " + errno_text(err);
+      bpf_object__close(object);
+      return nullptr;
+    }
+  }
   return object;
 }
 
@@ -210,10 +239,25 @@ bool same_shape(int fd, const bpf_map* map) {
 // and counters carry over) and pins what is new: maps in their place, programs replacing
 // the old pins. Returns "" or what failed.
 std::string load_and_pin(bpf_object* object, const std::string& pins) {
+  // The load balancer's three maps are reused together or replaced together: ml_services
+  // entries name regions of ml_backends and ml_slots, so a fresh (empty) backends array
+  // under reused services would hand connect() zeros, and reused backends under fresh
+  // services would leak their regions.
+  bool lb_reusable = true;
+  for (const char* name : kLbMaps) {
+    const std::string pin = pins + "/maps/" + name;
+    fd_guard pinned(exists(pin) ? bpf_obj_get(pin.c_str()) : -1);
+    const bpf_map* map = bpf_object__find_map_by_name(object, name);
+    lb_reusable = lb_reusable && pinned.fd >= 0 && map && same_shape(pinned.fd, map);
+  }
   std::set<std::string> reused;
   bpf_map* map;
   bpf_object__for_each_map(map, object) {
     if (bpf_map__is_internal(map)) continue;  // .rodata and the like belong to their programs
+    if (!lb_reusable && std::find_if(std::begin(kLbMaps), std::end(kLbMaps), [&](const char* name) {
+                          return std::strcmp(name, bpf_map__name(map)) == 0;
+                        }) != std::end(kLbMaps))
+      continue;
     const std::string pin = pins + "/maps/" + bpf_map__name(map);
     fd_guard pinned(exists(pin) ? bpf_obj_get(pin.c_str()) : -1);
     if (pinned.fd >= 0 && same_shape(pinned.fd, map)) {
@@ -306,7 +350,7 @@ struct bytes_less {
 kernel_check_report check_kernel_with(const std::string& bytes, const std::string& cgroup, bool redirected) {
   kernel_check_report report;
   std::string error;
-  object_guard instance{open_object(bytes, error)};
+  object_guard instance{open_object(bytes, kKernelCheckLbSizes, error)};
   if (!instance.object) {
     report.error = error;
     return report;
@@ -356,8 +400,10 @@ struct fast_path_mirror {
   bool synced = false;
 };
 
-fast_path::fast_path()
-    : mirror_(std::make_unique<fast_path_mirror>()), backend_regions_(ML_MAX_BACKENDS), slot_regions_(ML_MAX_SLOTS) {}
+fast_path::fast_path(const connect_lb::capacity& lb)
+    : mirror_(std::make_unique<fast_path_mirror>()),
+      backend_regions_(2 * lb.backend_entries),
+      slot_regions_(2 * lb.slots) {}
 
 std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std::string& error) {
   std::string cgroup;
@@ -368,7 +414,7 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
   sha256(bytes, meta.object_sha256);
   meta.layout_version = ML_LAYOUT_VERSION;
 
-  std::unique_ptr<fast_path> path(new fast_path());
+  std::unique_ptr<fast_path> path(new fast_path(options.lb_capacity));
   path->options_ = options;
   path->object_digest_ = hex(meta.object_sha256, sizeof meta.object_sha256);
   const std::string& pins = options.pin_dir;
@@ -380,6 +426,17 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
     const uint32_t zero = 0;
     same_object = meta_fd.fd >= 0 && bpf_map_lookup_elem(meta_fd.fd, &zero, &pinned_meta) == 0 &&
                   std::memcmp(&pinned_meta, &meta, sizeof meta) == 0;
+    // The same programs over load balancer maps of another capacity: loaded again, with
+    // maps of this one (load_and_pin replaces the three together).
+    const lb_map_sizes sizes = lb_sizes_of(options.lb_capacity);
+    const uint32_t entries[] = {sizes.services, sizes.backends, sizes.slot_chunks};
+    for (size_t i = 0; i < 3 && same_object; ++i) {
+      fd_guard map_fd(bpf_obj_get((pins + "/maps/" + kLbMaps[i]).c_str()));
+      bpf_map_info info{};
+      uint32_t length = sizeof info;
+      same_object = map_fd.fd >= 0 && bpf_obj_get_info_by_fd(map_fd.fd, &info, &length) == 0 &&
+                    info.max_entries == entries[i];
+    }
   }
   path->origin_ = !pinned ? fast_path_origin::loaded : same_object ? fast_path_origin::adopted : fast_path_origin::upgraded;
 
@@ -394,7 +451,7 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
   if (path->origin_ != fast_path_origin::adopted) {
     if (error = make_dirs(pins); !error.empty()) return nullptr;
     libbpf_set_print(nullptr);  // the verifier log is reported through the error below
-    object_guard object{open_object(bytes, error)};
+    object_guard object{open_object(bytes, lb_sizes_of(options.lb_capacity), error)};
     if (!object.object) return nullptr;
     if (error = load_and_pin(object.object, pins); !error.empty()) {
       if (path->origin_ == fast_path_origin::loaded) uninstall(pins);
@@ -832,7 +889,7 @@ std::string fast_path::sync(const snapshot& tables) {
     return e;
   }
   // Retired regions wait for a later sync's grace period unless they hold much of an array.
-  if (retired_backends_ > ML_MAX_BACKENDS / 8 || retired_slots_ > ML_MAX_SLOTS / 8)
+  if (retired_backends_ > backend_regions_.capacity() / 8 || retired_slots_ > slot_regions_.capacity() / 8)
     if (std::string e = release_retired(); !e.empty()) return e;
   for (auto& [key, source] : new_sources) mirror.sources[key] = std::move(source);
   sources_guard.done = true;
@@ -1053,6 +1110,9 @@ void register_fast_path_telemetry(subsystem_registry& registry, const fast_path&
                           {"local_pods", stats.local_pods},
                           {"services", stats.services},
                           {"backends", stats.backends},
+                          {"lb_capacity", {{"service_ports", path.options().lb_capacity.frontends},
+                                           {"backends", path.options().lb_capacity.backend_entries},
+                                           {"slots", path.options().lb_capacity.slots}}},
                           {"sockets", stats.sockets},
                           {"redirected_messages", c.redirected_messages},
                           {"redirected_bytes", c.redirected_bytes},

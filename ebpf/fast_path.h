@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "control/connect_lb_limits.h"
 #include "control/policy_metrics.h"
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
@@ -33,6 +34,9 @@ struct fast_path_options {
   std::string object_file;
   // Check the kernel's redirected-socket behaviour before attaching (kernel_check.h).
   bool kernel_check = true;
+  // What the connect-time load balancer's maps hold (connect_lb_limits.h; they are sized
+  // at twice it). Pinned maps of another size are replaced, all three together, at load.
+  connect_lb::capacity lb_capacity;
 };
 
 struct fast_path_counters {
@@ -125,7 +129,7 @@ class fast_path {
   static std::string uninstall(const std::string& pin_dir);
 
  private:
-  fast_path();
+  explicit fast_path(const connect_lb::capacity& lb);
   std::string adopt_regions();
   std::string grace_period();
   // Waits for a grace period, then gives every retired region back to its allocator.

@@ -18,6 +18,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
+#include <cstdint>
 #include <chrono>
 #include <optional>
 #include <cstdio>
@@ -33,6 +35,7 @@
 #include "control/huge_page_malloc.h"
 #include "control/control_requests.h"
 #include "control/config_watch.h"
+#include "control/connect_lb_limits.h"
 #include "control/control_socket.h"
 #include "control/dataplane_config.h"
 #include "control/desired_state.h"
@@ -80,6 +83,13 @@ void print_usage(FILE* out) {
                "      --bpf-object FILE  run the BPF programs of FILE instead of the built-in ones\n"
                "                           (pinned programs of another build are replaced in place)\n"
                "      --no-ebpf        do not load or attach the eBPF fast path\n"
+               "      --ebpf-lb-ports N     service ports (VIP, port, protocol) a document may hold\n"
+               "                           (default and most 131072)\n"
+               "      --ebpf-lb-backends N  backends summed over the service ports, and affinity\n"
+               "                           slots, a document may hold (default and most 2097152).\n"
+               "                           The eBPF load balancer's maps are sized at twice these\n"
+               "                           (24 bytes a backend entry: 96 MiB at the default); pinned\n"
+               "                           maps of another size are replaced at start\n"
                "      --uninstall      detach the eBPF fast path and remove its pins, then exit\n"
                "      --ebpf-counters  print the pinned fast path's counters as JSON, then exit\n"
                "      --stats-interval S  print dataplane counters to stderr every S seconds\n"
@@ -228,7 +238,8 @@ int main(int argc, char** argv) {
   enum {
     kCheck = 1000, kPrintTables, kControlSocket, kControlUid, kControlGid, kMetricsListen,
     kBpfPinDir, kNoEbpf, kUninstall, kEbpfCounters, kStatsInterval, kBpfObject, kStateDir, kNoWatch,
-    kHttpTlsCert, kHttpTlsKey, kHttpPasswordFile, kHttpTokenFile, kHttpOpenProbes, kHandoverState
+    kHttpTlsCert, kHttpTlsKey, kHttpPasswordFile, kHttpTokenFile, kHttpOpenProbes, kHandoverState,
+    kEbpfLbPorts, kEbpfLbBackends
   };
   static const option options[] = {
       {"config", required_argument, nullptr, 'c'}, {"check", no_argument, nullptr, kCheck},
@@ -250,6 +261,8 @@ int main(int argc, char** argv) {
       {"ebpf-counters", no_argument, nullptr, kEbpfCounters},
       {"stats-interval", required_argument, nullptr, kStatsInterval},
       {"handover-state", required_argument, nullptr, kHandoverState},
+      {"ebpf-lb-ports", required_argument, nullptr, kEbpfLbPorts},
+      {"ebpf-lb-backends", required_argument, nullptr, kEbpfLbBackends},
       {"help", no_argument, nullptr, 'h'}, {nullptr, 0, nullptr, 0}};
   std::string config_path;
   bool check_only = false, print_tables = false;
@@ -266,6 +279,7 @@ int main(int argc, char** argv) {
   bool no_ebpf = false, uninstall = false, ebpf_counters = false;
   unsigned stats_interval_s = 0;  // dataplane counters on stderr
   std::string handover_path = meshlane::kHandoverDefaultPath;  // "off": no hand-over
+  meshlane::connect_lb::capacity lb_capacity;  // the largest unless the flags say less
   for (int opt; (opt = getopt_long(argc, argv, "c:Vh", options, nullptr)) != -1;) {
     switch (opt) {
       case 'c': config_path = optarg; break;
@@ -298,11 +312,32 @@ int main(int argc, char** argv) {
       case kEbpfCounters: ebpf_counters = true; break;
       case kHandoverState: handover_path = optarg; break;
       case kStatsInterval: stats_interval_s = static_cast<unsigned>(std::strtoul(optarg, nullptr, 10)); break;
+      case kEbpfLbPorts:
+      case kEbpfLbBackends: {
+        char* end = nullptr;
+        errno = 0;
+        const unsigned long value = std::strtoul(optarg, &end, 10);
+        if (errno != 0 || end == optarg || *end != '\0' || value > UINT32_MAX || optarg[0] == '-') {
+          std::fprintf(stderr, "meshlaned: --%s: '%s' is not a count\n",
+                       opt == kEbpfLbPorts ? "ebpf-lb-ports" : "ebpf-lb-backends", optarg);
+          return 2;
+        }
+        (opt == kEbpfLbPorts ? lb_capacity.frontends : lb_capacity.backend_entries) = static_cast<uint32_t>(value);
+        break;
+      }
       case 'V': std::printf("meshlaned %s\n", meshlane::kVersion); return 0;
       case 'h': print_usage(stdout); return 0;
       default: print_usage(stderr); return 2;
     }
   }
+  // Every document this process validates (--check too) is held to the load balancer's
+  // capacity, set before the first.
+  if (std::string error = meshlane::connect_lb::set_capacity(lb_capacity.frontends, lb_capacity.backend_entries);
+      !error.empty()) {
+    std::fprintf(stderr, "meshlaned: --ebpf-lb-ports/--ebpf-lb-backends: %s\n", error.c_str());
+    return 2;
+  }
+  lb_capacity = meshlane::connect_lb::current_capacity();
   if (uninstall) {
     const std::string problems = meshlane::fast_path::uninstall(bpf_pin_dir);
     if (!problems.empty()) std::fprintf(stderr, "meshlaned: uninstall: %s\n", problems.c_str());
@@ -421,6 +456,7 @@ int main(int argc, char** argv) {
       fast_path_options.pin_dir = bpf_pin_dir;
       fast_path_options.cgroup_path = parsed.state->node.pod_cgroup;
       fast_path_options.object_file = bpf_object;
+      fast_path_options.lb_capacity = lb_capacity;
       ebpf = meshlane::fast_path::open(fast_path_options, error);
       if (!ebpf) {
         log.write(meshlane::log_level::error, "eBPF fast path: " + error);

@@ -57,6 +57,22 @@ TEST_F(Cli, CheckRefusesInvalidDocumentWithPathOnStderr) {
       << r.output;
 }
 
+// --ebpf-lb-ports/--ebpf-lb-backends: a count out of range is bad usage; a document past
+// the capacity they give is invalid, with the port where it overflows named.
+TEST_F(Cli, CheckHoldsTheDocumentToTheLoadBalancerCapacityGiven) {
+  for (const char* flags : {"--ebpf-lb-ports 0", "--ebpf-lb-ports 131073", "--ebpf-lb-backends 2097153",
+                            "--ebpf-lb-backends -1", "--ebpf-lb-ports many"}) {
+    const auto r = run(meshlaned_ + " --config " + good_ + " --check " + flags);
+    EXPECT_EQ(r.exit_code, 2) << flags << ": " << r.output;
+    EXPECT_NE(r.output.find("ebpf-lb-"), std::string::npos) << flags << ": " << r.output;
+  }
+  const auto r = run(meshlaned_ + " --config " + good_ + " --check --ebpf-lb-ports 1 2>&1 >/dev/null");
+  EXPECT_EQ(r.exit_code, 1) << r.output;
+  EXPECT_NE(r.output.find(".ports[0]: the eBPF load balancer is full here: it holds 1 service ports"), std::string::npos)
+      << r.output;
+  EXPECT_EQ(run(meshlaned_ + " --config " + good_ + " --check --ebpf-lb-ports 64 --ebpf-lb-backends 4096").exit_code, 0);
+}
+
 TEST_F(Cli, BadUsageExitsTwo) {
   EXPECT_EQ(run(meshlaned_ + " --check").exit_code, 2);
   EXPECT_EQ(run(meshlaned_ + " --bogus").exit_code, 2);

@@ -1,6 +1,7 @@
 // Validation of the desired-state document: one test per kind of error, each checking
 // the exact path and message a user would see.
 #include "control/desired_state.h"
+#include "control/connect_lb_limits.h"
 
 #include <random>
 
@@ -425,6 +426,42 @@ TEST(DesiredStateErrors, MoreServicePortsThanTheEbpfLoadBalancerHoldsNamesTheFir
   services.erase(services.begin() + 13000, services.end());
   doc["services"] = services;
   EXPECT_THAT(errors_of(doc), ElementsAre());
+}
+
+// An agent given a smaller load balancer (--ebpf-lb-ports, --ebpf-lb-backends) holds
+// documents to it: the first port past either limit is named with the capacity, and a
+// delta is held to it as well.
+TEST(DesiredStateErrors, ASmallerLoadBalancerCapacityIsWhatDocumentsAreHeldTo) {
+  struct restore_capacity {
+    ~restore_capacity() { connect_lb::set_capacity(connect_lb::kMaxFrontends, connect_lb::kMaxBackendEntries); }
+  } restore;
+  EXPECT_NE(connect_lb::set_capacity(0, 16), "");
+  EXPECT_NE(connect_lb::set_capacity(connect_lb::kMaxFrontends + 1, 16), "");
+  EXPECT_NE(connect_lb::set_capacity(16, connect_lb::kMaxBackendEntries + 1), "");
+  ASSERT_EQ(connect_lb::set_capacity(4, 6), "");
+  EXPECT_EQ(connect_lb::current_capacity().slots, 32u);  // backends, in whole chunks
+  auto doc = testing::sample_document();
+  json services = json::array();
+  for (int i = 0; i < 3; ++i)  // 2 backends each: 6, all the capacity holds
+    services.push_back({{"name", "s" + std::to_string(i)}, {"vip", "198.19.128." + std::to_string(10 + i)},
+                        {"ports", {{{"port", 80}}}},
+                        {"backends", {{{"ip", "198.18.1.10"}, {"port", 80}, {"node", "node1"}},
+                                      {{"ip", "198.18.1.11"}, {"port", 80}, {"node", "node1"}}}}});
+  doc["services"] = services;
+  EXPECT_THAT(errors_of(doc), ElementsAre());  // 3 ports, 6 backends
+  services[2]["backends"].push_back({{"ip", "198.18.1.12"}, {"port", 80}, {"node", "node1"}});
+  doc["services"] = services;
+  auto errors = errors_of(doc);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("$.services[2].ports[0]: the eBPF load balancer is full here: it holds 4 service "
+                                   "ports, 6 backends summed over them and 32 affinity slots"));
+  services[2]["backends"].erase(2);
+  services.push_back({{"name", "s3"}, {"vip", "198.19.128.20"}, {"ports", {{{"port", 80}}, {{"port", 81}}}},
+                      {"backends", json::array()}});
+  doc["services"] = services;
+  errors = errors_of(doc);
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_THAT(errors[0], HasSubstr("$.services[3].ports[1]: the eBPF load balancer is full here"));
 }
 
 TEST(DesiredState, HundredThousandServicesOfSixteenBackendsAreAccepted) {

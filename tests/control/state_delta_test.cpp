@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/chunked_table.h"
+#include "control/connect_lb_limits.h"
 #include "control/published_document.h"
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
@@ -174,6 +175,28 @@ TEST_F(StateDelta, ServicesAreAddedReplacedAndRemovedByName) {
   apply_ok(changes({{{"op", "remove"}, {"kind", "service"}, {"name", "dns"}}}));
   EXPECT_EQ(publisher_.current()->find_frontend(*ip_address::parse("198.19.128.53"), 53, l4_protocol::udp), nullptr);
   EXPECT_EQ(publisher_.current()->services.size(), 2u);
+}
+
+// A delta is held to the load balancer's capacity as a full apply is (an agent's
+// --ebpf-lb-ports): with room for exactly the document's service ports, a service added
+// is refused with the capacity named, and one that replaces another fits.
+TEST_F(StateDelta, AServiceAddedBeyondTheLoadBalancersCapacityIsRefused) {
+  struct restore_capacity {
+    ~restore_capacity() { connect_lb::set_capacity(connect_lb::kMaxFrontends, connect_lb::kMaxBackendEntries); }
+  } restore;
+  uint32_t ports = 0;
+  for (const auto& service : document_["services"]) ports += static_cast<uint32_t>(service["ports"].size());
+  ASSERT_EQ(connect_lb::set_capacity(ports, 4096), "");
+  const json api = {{"name", "api"}, {"vip", "198.19.128.20"}, {"ports", {{{"port", 443}}}},
+                    {"backends", {{{"ip", "198.18.2.20"}, {"port", 8443}, {"node", "node2"}}}}};
+  const auto errors = apply_refused(changes({{{"op", "add"}, {"kind", "service"}, {"value", api}}}));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].message.find("the eBPF load balancer is full: it holds " + std::to_string(ports) + " service ports"),
+            std::string::npos)
+      << errors[0].to_string();
+  json web = document_["services"][0];
+  web["ports"] = json::array({{{"port", 80}}});
+  apply_ok(changes({{{"op", "replace"}, {"kind", "service"}, {"value", web}}}));
 }
 
 TEST_F(StateDelta, PodsAndNodesAreAddedAndRemovedByName) {

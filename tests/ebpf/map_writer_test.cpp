@@ -2,6 +2,9 @@
 // what it leaves alone, what it removes, and that adoption picks up where it left off.
 #include <bpf/bpf.h>
 #include <gtest/gtest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -113,12 +116,22 @@ class MapWriter : public ::testing::Test {
     close(fd);
     return info.id;
   }
-  std::unique_ptr<fast_path> open_path(std::string& error, bool kernel_check = false) {
+  std::unique_ptr<fast_path> open_path(std::string& error, bool kernel_check = false,
+                                       connect_lb::capacity lb_capacity = {}) {
     fast_path_options options;
     options.pin_dir = pins_;
     options.cgroup_path = cgroup_->path();
     options.kernel_check = kernel_check;
+    options.lb_capacity = lb_capacity;
     return fast_path::open(options, error);
+  }
+  uint32_t max_entries(const char* name) {
+    const int fd = bpf_obj_get((pins_ + "/maps/" + name).c_str());
+    bpf_map_info info{};
+    uint32_t length = sizeof info;
+    bpf_obj_get_info_by_fd(fd, &info, &length);
+    close(fd);
+    return info.max_entries;
   }
   std::unique_ptr<test_cgroup> cgroup_;
   std::string pins_;
@@ -367,6 +380,81 @@ TEST_F(MapWriter, PinsOfAnotherBuildAreReplacedInPlaceKeepingWhatStillFits) {
   path = open_path(error);
   ASSERT_TRUE(path) << error;
   EXPECT_EQ(path->origin(), fast_path_origin::adopted);
+}
+
+// A connect() to `vip`:80 from a process in the test's cgroup, as the attached programs
+// rewrite it; "" when it reached the listener on loopback port `port`, else what happened.
+std::string connect_through_vip(const test_cgroup& cgroup, const char* vip, int listener, uint16_t port) {
+  child_process client({"/usr/bin/python3", "-c",
+                        std::string("import socket,sys\ns=socket.create_connection(('") + vip +
+                            "', 80), 3)\nsys.exit(0 if s.getpeername() == ('" + vip + "', 80) else 3)"},
+                       nullptr, &cgroup);
+  const int status = client.wait(10000);
+  pollfd ready{listener, POLLIN, 0};
+  const bool arrived = poll(&ready, 1, 0) == 1;
+  if (arrived) close(accept(listener, nullptr, nullptr));
+  if (status != 0) return "the client exited with " + std::to_string(status) + " (3: getpeername did not show the VIP)";
+  if (!arrived) return "nothing arrived at 127.0.0.1:" + std::to_string(port);
+  return "";
+}
+
+// The load balancer's maps take the capacity they are given (twice it for backends and
+// slots), and an agent with another capacity replaces the three together: its programs
+// run over the new maps (a real connect through a VIP reaches its backend), and no stale
+// entry of the old services points into the new arrays.
+TEST_F(MapWriter, TheLoadBalancersMapsAreSizedByTheCapacityAndReplacedTogetherWhenItChanges) {
+  const int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  ASSERT_GE(listener, 0);
+  sockaddr_in address{};
+  address.sin_family = AF_INET;
+  address.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ASSERT_EQ(bind(listener, reinterpret_cast<sockaddr*>(&address), sizeof address), 0);
+  ASSERT_EQ(listen(listener, 8), 0);
+  socklen_t length = sizeof address;
+  getsockname(listener, reinterpret_cast<sockaddr*>(&address), &length);
+  const uint16_t port = ntohs(address.sin_port);
+  desired_state state = document(cgroup_->path(), 1);
+  state.services[0].backends = {{*ip_address::parse("127.0.0.1"), port, 1, "node1"}};
+
+  std::string error;
+  auto path = open_path(error, false, {64, 256, 256});
+  ASSERT_TRUE(path) << error;
+  EXPECT_EQ(max_entries("ml_services"), 64u);
+  EXPECT_EQ(max_entries("ml_backends"), 512u);
+  EXPECT_EQ(max_entries("ml_slots"), 2u * 256 / ML_SLOTS_PER_CHUNK);
+  ASSERT_EQ(path->sync(*compile_tables(state, 1)), "");
+  EXPECT_EQ(connect_through_vip(*cgroup_, "198.19.128.1", listener, port), "") << "capacity 64/256";
+  const uint32_t old_backends_id = map_id("ml_backends");
+
+  // The same capacity again: the pins are adopted as they are.
+  path.reset();
+  path = open_path(error, false, {64, 256, 256});
+  ASSERT_TRUE(path) << error;
+  EXPECT_EQ(path->origin(), fast_path_origin::adopted);
+  EXPECT_EQ(map_id("ml_backends"), old_backends_id);
+
+  // Another capacity, the same service ports but more backends: the programs are loaded
+  // again over three fresh maps (ml_services too, although its size did not change: its
+  // entries name regions of the old arrays), empty until the first sync, which writes
+  // every service into them.
+  const uint32_t old_services_id = map_id("ml_services");
+  path.reset();
+  path = open_path(error, false, {64, 1024, 1024});
+  ASSERT_TRUE(path) << error;
+  EXPECT_EQ(path->origin(), fast_path_origin::upgraded);
+  EXPECT_EQ(max_entries("ml_services"), 64u);
+  EXPECT_NE(map_id("ml_services"), old_services_id);
+  EXPECT_EQ(max_entries("ml_backends"), 2048u);
+  EXPECT_EQ(max_entries("ml_slots"), 2u * 1024 / ML_SLOTS_PER_CHUNK);
+  EXPECT_NE(map_id("ml_backends"), old_backends_id);
+  EXPECT_EQ(path->map_stats().services, 0u) << "services of the old maps were carried into the new ones";
+  ASSERT_EQ(path->sync(*compile_tables(state, 2)), "");
+  ml_service_value entry;
+  ASSERT_TRUE(service_entry("198.19.128.1", entry));
+  ASSERT_EQ(backends_of(entry).size(), 1u);
+  EXPECT_EQ(backends_of(entry)[0].port, port);
+  EXPECT_EQ(connect_through_vip(*cgroup_, "198.19.128.1", listener, port), "") << "capacity 64/1024";
+  close(listener);
 }
 
 TEST_F(MapWriter, RedirectFlagsFollowTheModeAndThePodsLabels) {
