@@ -232,6 +232,39 @@ TEST_F(Redirect, AUdpSocketTalkingToTwoVipsSeesEachReplyFromItsOwnVip) {
   }
 }
 
+// The agent's load balancer capacity (--ebpf-lb-ports, --ebpf-lb-backends): its status
+// shows it, its VIPs resolve, and an agent restarted with another capacity replaces the
+// pinned maps (programs loaded again) and serves the same VIPs from the new ones.
+TEST_F(Redirect, AnAgentRestartedWithAnotherLoadBalancerCapacityServesItsVipsFromTheNewMaps) {
+  two_pods("all", json::array({{{"name", "dns-a"}, {"vip", "198.19.128.53"}, {"ports", {{{"port", 53}, {"protocol", "udp"}}}},
+                                {"backends", {{{"ip", "198.18.1.20"}, {"port", 7201}, {"node", "node1"}}}}},
+                               {{"name", "dns-b"}, {"vip", "198.19.128.54"}, {"ports", {{{"port", 53}, {"protocol", "udp"}}}},
+                                {"backends", {{{"ip", "198.18.1.20"}, {"port", 7202}, {"node", "node1"}}}}}}));
+  node_->serve(*pb_, {"udp-echo-server", "7201"});
+  node_->serve(*pb_, {"udp-echo-server", "7202"});
+  struct run {
+    const char *ports, *backends, *origin;
+  };
+  for (const run& r : {run{"8", "64", "loaded"}, run{"16", "256", "upgraded"}}) {
+    ASSERT_TRUE(node_->start_agent({"--ebpf-lb-ports", r.ports, "--ebpf-lb-backends", r.backends}));
+    const json ebpf = node_->meshctl("status")["subsystems"]["ebpf"];
+    EXPECT_EQ(ebpf.value("origin", ""), r.origin) << ebpf.dump();
+    EXPECT_EQ(ebpf["lb_capacity"], json({{"service_ports", std::stoi(r.ports)}, {"backends", std::stoi(r.backends)},
+                                         {"slots", std::stoi(r.backends)}}))
+        << ebpf.dump();
+    const int fd = bpf_obj_get((node_->pin_dir + "/maps/ml_backends").c_str());
+    bpf_map_info info{};
+    uint32_t length = sizeof info;
+    EXPECT_EQ(bpf_obj_get_info_by_fd(fd, &info, &length), 0);
+    close(fd);
+    EXPECT_EQ(info.max_entries, 2u * std::stoi(r.backends));
+    usleep(300000);
+    const json reply = node_->run_pod(*pa_, true, {"udp-two-vips", "198.19.128.53", "53", "198.19.128.54", "53"});
+    EXPECT_TRUE(reply.value("ok", false)) << r.ports << "/" << r.backends << ": " << reply.dump();
+    EXPECT_EQ(node_->agent->stop(), 0);
+  }
+}
+
 TEST_F(Redirect, TwoPodsUsingTheSameLoopbackFourTupleStayApartAndOutOfTheMap) {
   two_pods("all");
   ASSERT_TRUE(node_->start_agent());
