@@ -238,7 +238,7 @@ bool same_shape(int fd, const bpf_map* map) {
 // Loads `object` with every pinned map of the same shape reused (so live sockets, services
 // and counters carry over) and pins what is new: maps in their place, programs replacing
 // the old pins. Returns "" or what failed.
-std::string load_and_pin(bpf_object* object, const std::string& pins) {
+std::string load_and_pin(bpf_object* object, const std::string& pins, bool& lb_replaced) {
   // The load balancer's three maps are reused together or replaced together: ml_services
   // entries name regions of ml_backends and ml_slots, so a fresh (empty) backends array
   // under reused services would hand connect() zeros, and reused backends under fresh
@@ -249,7 +249,9 @@ std::string load_and_pin(bpf_object* object, const std::string& pins) {
     fd_guard pinned(exists(pin) ? bpf_obj_get(pin.c_str()) : -1);
     const bpf_map* map = bpf_object__find_map_by_name(object, name);
     lb_reusable = lb_reusable && pinned.fd >= 0 && map && same_shape(pinned.fd, map);
+    lb_replaced = lb_replaced || pinned.fd >= 0;
   }
+  lb_replaced = lb_replaced && !lb_reusable;
   std::set<std::string> reused;
   bpf_map* map;
   bpf_object__for_each_map(map, object) {
@@ -413,6 +415,7 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
   ml_meta meta{};
   sha256(bytes, meta.object_sha256);
   meta.layout_version = ML_LAYOUT_VERSION;
+  meta.links_current = 1;
 
   std::unique_ptr<fast_path> path(new fast_path(options.lb_capacity));
   path->options_ = options;
@@ -453,7 +456,7 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
     libbpf_set_print(nullptr);  // the verifier log is reported through the error below
     object_guard object{open_object(bytes, lb_sizes_of(options.lb_capacity), error)};
     if (!object.object) return nullptr;
-    if (error = load_and_pin(object.object, pins); !error.empty()) {
+    if (error = load_and_pin(object.object, pins, path->links_pending_); !error.empty()) {
       if (path->origin_ == fast_path_origin::loaded) uninstall(pins);
       return nullptr;
     }
@@ -488,10 +491,19 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
       return nullptr;
     }
   }
+  // Fresh load balancer maps under programs already attached (an upgrade or another
+  // capacity): the running programs keep serving from the old maps until the first sync
+  // has filled the new ones, which then swaps the new programs in (attach_pending); until
+  // then the meta says the links are not current, so an agent that stops before that
+  // swaps them in itself.
+  path->links_pending_ = path->links_pending_ && path->origin_ == fast_path_origin::upgraded;
+  path->meta_ = meta;
   if (path->origin_ != fast_path_origin::adopted) {
+    ml_meta written = meta;
+    written.links_current = path->links_pending_ ? 0 : 1;
     fd_guard meta_fd(bpf_obj_get((pins + "/maps/ml_meta").c_str()));
     const uint32_t zero = 0;
-    if (meta_fd.fd < 0 || bpf_map_update_elem(meta_fd.fd, &zero, &meta, BPF_ANY) != 0) {
+    if (meta_fd.fd < 0 || bpf_map_update_elem(meta_fd.fd, &zero, &written, BPF_ANY) != 0) {
       error = "writing ml_meta: " + errno_text(errno);
       return nullptr;
     }
@@ -503,7 +515,9 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
     error = "opening cgroup " + cgroup + ": " + errno_text(errno);
     return nullptr;
   }
+  path->cgroup_dir_ = cgroup;
   for (const auto& attachment : kCgroupAttachments) {
+    if (path->links_pending_) break;  // swapped at the first sync
     // On cgroup v2 a directory's inode number is the cgroup id the kernel reports.
     if (error = attach_to_cgroup(pins, attachment, cgroup_fd.fd, st.st_ino,
                                  path->origin_ == fast_path_origin::upgraded);
@@ -909,7 +923,25 @@ std::string fast_path::sync(const snapshot& tables) {
   redirect_ = redirect;
   redirected_pods_ = redirected;
   // Policy after pods and services: its tables name pod addresses, never services.
-  return sync_policy(tables);
+  if (std::string e = sync_policy(tables); !e.empty()) return e;
+  return links_pending_ ? attach_pending() : "";
+}
+
+// The new programs onto the pinned links (bpf_link_update: atomic, nothing detached in
+// between) once the fresh load balancer maps hold every service, then the meta says so.
+std::string fast_path::attach_pending() {
+  fd_guard cgroup_fd(::open(cgroup_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  struct stat st;
+  if (cgroup_fd.fd < 0 || fstat(cgroup_fd.fd, &st) != 0) return "opening cgroup " + cgroup_dir_ + ": " + errno_text(errno);
+  for (const auto& attachment : kCgroupAttachments)
+    if (std::string e = attach_to_cgroup(options_.pin_dir, attachment, cgroup_fd.fd, st.st_ino, true); !e.empty())
+      return e;
+  fd_guard meta_fd(bpf_obj_get((options_.pin_dir + "/maps/ml_meta").c_str()));
+  const uint32_t zero = 0;
+  if (meta_fd.fd < 0 || bpf_map_update_elem(meta_fd.fd, &zero, &meta_, BPF_ANY) != 0)
+    return "writing ml_meta: " + errno_text(errno);
+  links_pending_ = false;
+  return "";
 }
 
 fast_path::redirect_state fast_path::redirect() const {

@@ -21,6 +21,7 @@
 #include "control/snapshot.h"
 #include "control/subsystem_registry.h"
 #include "ebpf/kernel_check.h"
+#include "ebpf/map_layout.h"
 #include "ebpf/policy_reaper.h"
 #include "ebpf/region_allocator.h"
 
@@ -142,6 +143,12 @@ class fast_path {
 
   fast_path_options options_;
   fast_path_origin origin_ = fast_path_origin::loaded;
+  // The load balancer's maps were replaced under attached programs: the new programs go
+  // onto the links at the first sync (attach_pending), with meta_ written after them.
+  bool links_pending_ = false;
+  ml_meta meta_{};
+  std::string cgroup_dir_;
+  std::string attach_pending();
   std::string object_digest_;
   kernel_check_report kernel_check_;
   int local_pods_fd_ = -1, sock_hash_fd_ = -1, services_fd_ = -1, backends_fd_ = -1, slots_fd_ = -1,

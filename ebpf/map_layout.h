@@ -148,7 +148,9 @@ struct ml_connect_record {
 struct ml_meta {
   ml_u8 object_sha256[32];
   ml_u32 layout_version;
-  ml_u32 pad;
+  ml_u32 links_current; /* 1: the cgroup links run this object's programs (0 while an
+                           agent that replaced the load balancer's maps has not yet filled
+                           them and swapped the programs in) */
 };
 
 /* ---- L4 authorization of pod-local traffic (issue 16) ------------------------------

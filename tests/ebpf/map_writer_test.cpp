@@ -399,9 +399,10 @@ std::string connect_through_vip(const test_cgroup& cgroup, const char* vip, int 
 }
 
 // The load balancer's maps take the capacity they are given (twice it for backends and
-// slots), and an agent with another capacity replaces the three together: its programs
-// run over the new maps (a real connect through a VIP reaches its backend), and no stale
-// entry of the old services points into the new arrays.
+// slots), and an agent with another capacity replaces the three together: the old
+// programs serve from the old maps until the first sync has filled the new ones, then its
+// programs run over the new maps (a real connect through a VIP reaches its backend
+// throughout), and no stale entry of the old services points into the new arrays.
 TEST_F(MapWriter, TheLoadBalancersMapsAreSizedByTheCapacityAndReplacedTogetherWhenItChanges) {
   const int listener = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   ASSERT_GE(listener, 0);
@@ -448,6 +449,9 @@ TEST_F(MapWriter, TheLoadBalancersMapsAreSizedByTheCapacityAndReplacedTogetherWh
   EXPECT_EQ(max_entries("ml_slots"), 2u * 1024 / ML_SLOTS_PER_CHUNK);
   EXPECT_NE(map_id("ml_backends"), old_backends_id);
   EXPECT_EQ(path->map_stats().services, 0u) << "services of the old maps were carried into the new ones";
+  // Until the first sync fills them, the programs on the links are the old ones, over
+  // the old maps: a VIP still resolves.
+  EXPECT_EQ(connect_through_vip(*cgroup_, "198.19.128.1", listener, port), "") << "before the first sync";
   ASSERT_EQ(path->sync(*compile_tables(state, 2)), "");
   ml_service_value entry;
   ASSERT_TRUE(service_entry("198.19.128.1", entry));
