@@ -25,7 +25,6 @@ capacity current_capacity() {
   capacity c;
   c.frontends = frontends_limit.load(std::memory_order_relaxed);
   c.backend_entries = backends_limit.load(std::memory_order_relaxed);
-  c.slots = chunk_aligned(c.backend_entries);
   return c;
 }
 

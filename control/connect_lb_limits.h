@@ -19,13 +19,15 @@ inline constexpr uint32_t kSlotsPerChunk = 32;            // a slot table starts
 inline constexpr uint32_t kMaxAffinitySlots = 1021;       // per frontend, unless more backends
 
 // What a document may use of the load balancer: frontends, backends summed over them,
-// and affinity slots (as many as backends: a frontend has at least as many slots as
-// backends, at most 16 per backend up to 1,021). The eBPF maps are sized at twice each.
+// and affinity slots (as many as backends, in whole chunks: a frontend has at least as
+// many slots as backends, at most 16 per backend up to 1,021). The eBPF maps are sized at
+// twice each.
 struct capacity {
   uint32_t frontends = kMaxFrontends;
   uint32_t backend_entries = kMaxBackendEntries;
-  uint32_t slots = kMaxSlots;
+  constexpr uint32_t slots() const { return (backend_entries + kSlotsPerChunk - 1) / kSlotsPerChunk * kSlotsPerChunk; }
 };
+static_assert(capacity{}.slots() == kMaxSlots);
 
 // The capacity documents are validated against (desired_state.cpp, egress_document.cpp,
 // state_index.cpp): the agent sets its eBPF maps' once, before its first document; a

@@ -970,11 +970,11 @@ void check_consistency(const desired_state& s, error_list& errors, bool nodes_ch
       if (svc.session_affinity)
         lb_slots += connect_lb::chunk_aligned(connect_lb::affinity_slot_count(static_cast<uint32_t>(svc.backends.size())));
       if (!lb_reported && (lb_frontends > lb_capacity.frontends || lb_backends > lb_capacity.backend_entries ||
-                           lb_slots > lb_capacity.slots)) {
+                           lb_slots > lb_capacity.slots())) {
         lb_reported = true;
         add(port_path(i, p), "the eBPF load balancer is full here: it holds " + std::to_string(lb_capacity.frontends) +
                            " service ports, " + std::to_string(lb_capacity.backend_entries) +
-                           " backends summed over them and " + std::to_string(lb_capacity.slots) +
+                           " backends summed over them and " + std::to_string(lb_capacity.slots()) +
                            " affinity slots; this document needs " + std::to_string(lb_frontends) + " ports, " +
                            std::to_string(lb_backends) + " backends and " + std::to_string(lb_slots) +
                            " slots up to here");

@@ -275,7 +275,7 @@ void check(const desired_state& s, error_list& errors) {
   }
   const connect_lb::capacity lb_capacity = connect_lb::current_capacity();
   bool lb_full = lb_frontends > lb_capacity.frontends || lb_backends > lb_capacity.backend_entries ||
-                 lb_slots > lb_capacity.slots;  // reported at the internal service already
+                 lb_slots > lb_capacity.slots();  // reported at the internal service already
   for (size_t i = 0; i < s.external_services.size(); ++i) {
     const external_service_spec& service = s.external_services[i];
     if (!service.vip) continue;

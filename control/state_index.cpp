@@ -295,11 +295,11 @@ std::optional<delta_plan> state_index::check(const state_delta& delta, std::vect
   // untouched service was caught above.
   if (const connect_lb::capacity lb_capacity = connect_lb::current_capacity();
       totals.frontends > lb_capacity.frontends || totals.backends > lb_capacity.backend_entries ||
-      totals.slots > lb_capacity.slots) {
+      totals.slots > lb_capacity.slots()) {
     errors.push_back({delta.changes.empty() ? "$" : delta.changes.back().path,
                       "the eBPF load balancer is full: it holds " + std::to_string(lb_capacity.frontends) +
                           " service ports, " + std::to_string(lb_capacity.backend_entries) +
-                          " backends summed over them and " + std::to_string(lb_capacity.slots) +
+                          " backends summed over them and " + std::to_string(lb_capacity.slots()) +
                           " affinity slots; after this delta the state needs " + std::to_string(totals.frontends) +
                           " ports, " + std::to_string(totals.backends) + " backends and " +
                           std::to_string(totals.slots) + " slots"});

@@ -155,14 +155,7 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   // frame's values (flow_crc_v4: two crc32 instructions), not the whole hash of a flow key
   // written for it (two calls, the key's 40 bytes and the high half's multiplies).
   uint64_t flow_hash = lb.flow_hash;
-  if (!flow_hash) {
-    if (p.l3 == l3_kind::ipv4) {
-      const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-      flow_hash = flow_crc_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
-    } else {
-      flow_hash = hash_flow_key(make_flow_key(frame, p));
-    }
-  }
+  if (!flow_hash) flow_hash = p.l3 == l3_kind::ipv4 ? flow_crc_of_v4(frame, p) : hash_flow_key(make_flow_key(frame, p));
   // Flows our pods start are recorded so that their replies are known (policy_path.h):
   // every pod's TCP SYN, so that a pod's connections still pass their replies after it
   // gets its first policy (one record per connection), and the UDP flows of a pod with a

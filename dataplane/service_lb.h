@@ -87,6 +87,13 @@ bool gate_erase(Slots& slots, uint32_t mask, Key key) {
   put(4, uint64_t{p.source_port} | uint64_t{p.destination_port} << 16 | uint64_t{p.l4_protocol} << 32);
 }
 
+// The low half of an IPv4 packet's flow hash (flow_crc_v4) from the frame's own values, as
+// `p` parsed them (the ports as they arrived).
+[[gnu::always_inline]] inline uint32_t flow_crc_of_v4(const uint8_t* frame, const parsed_packet& p) {
+  const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+  return flow_crc_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
+}
+
 // A service flow's packet: counted for its backend and rewritten by its entry.
 [[gnu::always_inline]] inline void count_and_rewrite(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
                                                      uint8_t* frame, const parsed_packet& p, lb_outcome& outcome,
@@ -140,13 +147,7 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
   flow_key& key = outcome.key;
   flow_key_into(key, frame, p);
   // The hash's low half: all that a hit needs (the bucket); a miss completes it.
-  uint32_t crc;
-  if (p.l3 == l3_kind::ipv4) {
-    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-    crc = flow_crc_v4(ip->source, ip->destination, p.source_port, p.destination_port, p.l4_protocol);
-  } else {
-    crc = static_cast<uint32_t>(hash_flow_key(key));
-  }
+  const uint32_t crc = p.l3 == l3_kind::ipv4 ? flow_crc_of_v4(frame, p) : static_cast<uint32_t>(hash_flow_key(key));
   // The client-side tuple's hash also picks the Geneve source port: stable per flow.
   outcome.flow_hash = crc;
   bool new_epoch = false;

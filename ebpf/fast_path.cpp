@@ -192,11 +192,14 @@ struct lb_map_sizes {
   uint32_t services, backends, slot_chunks;
 };
 lb_map_sizes lb_sizes_of(const connect_lb::capacity& c) {
-  return {c.frontends, 2 * c.backend_entries, 2 * c.slots / ML_SLOTS_PER_CHUNK};
+  return {c.frontends, 2 * c.backend_entries, 2 * c.slots() / ML_SLOTS_PER_CHUNK};
 }
 // The kernel check's private instance serves no service: the smallest maps.
 constexpr lb_map_sizes kKernelCheckLbSizes{16, 16, 1};
 constexpr const char* kLbMaps[] = {"ml_services", "ml_backends", "ml_slots"};
+bool is_lb_map(const char* name) {
+  return std::any_of(std::begin(kLbMaps), std::end(kLbMaps), [&](const char* lb) { return std::strcmp(lb, name) == 0; });
+}
 
 // Opens (does not load) the object with its load balancer's maps of `sizes`. `bytes`
 // must outlive it.
@@ -256,10 +259,7 @@ std::string load_and_pin(bpf_object* object, const std::string& pins, bool& lb_r
   bpf_map* map;
   bpf_object__for_each_map(map, object) {
     if (bpf_map__is_internal(map)) continue;  // .rodata and the like belong to their programs
-    if (!lb_reusable && std::find_if(std::begin(kLbMaps), std::end(kLbMaps), [&](const char* name) {
-                          return std::strcmp(name, bpf_map__name(map)) == 0;
-                        }) != std::end(kLbMaps))
-      continue;
+    if (!lb_reusable && is_lb_map(bpf_map__name(map))) continue;
     const std::string pin = pins + "/maps/" + bpf_map__name(map);
     fd_guard pinned(exists(pin) ? bpf_obj_get(pin.c_str()) : -1);
     if (pinned.fd >= 0 && same_shape(pinned.fd, map)) {
@@ -405,7 +405,7 @@ struct fast_path_mirror {
 fast_path::fast_path(const connect_lb::capacity& lb)
     : mirror_(std::make_unique<fast_path_mirror>()),
       backend_regions_(2 * lb.backend_entries),
-      slot_regions_(2 * lb.slots) {}
+      slot_regions_(2 * lb.slots()) {}
 
 std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std::string& error) {
   std::string cgroup;
@@ -1144,7 +1144,7 @@ void register_fast_path_telemetry(subsystem_registry& registry, const fast_path&
                           {"backends", stats.backends},
                           {"lb_capacity", {{"service_ports", path.options().lb_capacity.frontends},
                                            {"backends", path.options().lb_capacity.backend_entries},
-                                           {"slots", path.options().lb_capacity.slots}}},
+                                           {"slots", path.options().lb_capacity.slots()}}},
                           {"sockets", stats.sockets},
                           {"redirected_messages", c.redirected_messages},
                           {"redirected_bytes", c.redirected_bytes},

@@ -439,7 +439,7 @@ TEST(DesiredStateErrors, ASmallerLoadBalancerCapacityIsWhatDocumentsAreHeldTo) {
   EXPECT_NE(connect_lb::set_capacity(connect_lb::kMaxFrontends + 1, 16), "");
   EXPECT_NE(connect_lb::set_capacity(16, connect_lb::kMaxBackendEntries + 1), "");
   ASSERT_EQ(connect_lb::set_capacity(4, 6), "");
-  EXPECT_EQ(connect_lb::current_capacity().slots, 32u);  // backends, in whole chunks
+  EXPECT_EQ(connect_lb::current_capacity().slots(), 32u);  // backends, in whole chunks
   auto doc = testing::sample_document();
   json services = json::array();
   for (int i = 0; i < 3; ++i)  // 2 backends each: 6, all the capacity holds

@@ -30,14 +30,21 @@ std::map<std::string, std::pair<uint32_t, uint32_t>> port_rings(const std::strin
   return rings;
 }
 
+// Node 1's status shows `uplink` rings on its uplink and `pod` rings on both pod ports.
+void expect_rings(const std::string& socket, const std::string& uplink_port, const std::string& client_port,
+                  const std::string& web_port, std::pair<uint32_t, uint32_t> uplink, std::pair<uint32_t, uint32_t> pod) {
+  const auto rings = port_rings(socket);
+  ASSERT_EQ(rings.size(), 3u);
+  EXPECT_EQ(rings.at(uplink_port), uplink);
+  EXPECT_EQ(rings.at(client_port), pod);
+  EXPECT_EQ(rings.at(web_port), pod);
+}
+
 // af_packet fixes its rings at probe time: the uplink's hold 4,096 frames whatever the
 // tunables say (256 here), a pod port's the tunables' but never fewer than the PMD's 512.
 TEST_F(two_nodes, StatusShowsEachPortsRingsWithTheUplinksFloor) {
-  const auto rings = port_rings(nodes_[0].config_path + ".sock");
-  ASSERT_EQ(rings.size(), 3u);
-  EXPECT_EQ(rings.at(nodes_[0].uplink), std::make_pair(4096u, 4096u));
-  EXPECT_EQ(rings.at(nodes_[0].client_port), std::make_pair(512u, 512u));
-  EXPECT_EQ(rings.at(nodes_[0].web_port), std::make_pair(512u, 512u));
+  expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
+               {4096u, 4096u}, {512u, 512u});
 }
 
 TEST_F(two_nodes, PodsReachTheirGatewayLocalPodsAndPodsOnTheOtherNode) {
@@ -698,11 +705,9 @@ class two_nodes_af_xdp : public two_nodes_and_outside {
 TEST_F(two_nodes_af_xdp, PodsServicesAndTheOutsideHostAllCrossTheNodes) {
   // The uplink's rings hold 4,096 descriptors, a pod port's RX ring the 2,048 buffers of
   // its fill queue, its TX ring the tunables' 256.
-  const auto rings = port_rings(nodes_[0].config_path + ".sock");
-  ASSERT_EQ(rings.size(), 3u);
-  EXPECT_EQ(rings.at(nodes_[0].uplink), std::make_pair(4096u, 4096u));
-  EXPECT_EQ(rings.at(nodes_[0].client_port), std::make_pair(2048u, 256u));
-  EXPECT_EQ(rings.at(nodes_[0].web_port), std::make_pair(2048u, 256u));
+  expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
+               {4096u, 4096u}, {2048u, 256u});
+  if (HasFatalFailure()) return;
   EXPECT_TRUE(icmp_echo(*nodes_[0].client, "198.18.1.1")) << "gateway echo on node 1";
   EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[0].web, "198.18.1.20", 9000, "local"), "");
   EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9001, "cross-node udp"), "");

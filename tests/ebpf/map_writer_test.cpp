@@ -108,14 +108,16 @@ class MapWriter : public ::testing::Test {
     close(fd);
     return out;
   }
-  uint32_t map_id(const char* name) {
+  // The kernel's description of a pinned map (id, max_entries, ...).
+  bpf_map_info map_info(const char* name) {
     const int fd = bpf_obj_get((pins_ + "/maps/" + name).c_str());
     bpf_map_info info{};
     uint32_t length = sizeof info;
     bpf_obj_get_info_by_fd(fd, &info, &length);
     close(fd);
-    return info.id;
+    return info;
   }
+  uint32_t map_id(const char* name) { return map_info(name).id; }
   std::unique_ptr<fast_path> open_path(std::string& error, bool kernel_check = false,
                                        connect_lb::capacity lb_capacity = {}) {
     fast_path_options options;
@@ -125,14 +127,7 @@ class MapWriter : public ::testing::Test {
     options.lb_capacity = lb_capacity;
     return fast_path::open(options, error);
   }
-  uint32_t max_entries(const char* name) {
-    const int fd = bpf_obj_get((pins_ + "/maps/" + name).c_str());
-    bpf_map_info info{};
-    uint32_t length = sizeof info;
-    bpf_obj_get_info_by_fd(fd, &info, &length);
-    close(fd);
-    return info.max_entries;
-  }
+  uint32_t max_entries(const char* name) { return map_info(name).max_entries; }
   std::unique_ptr<test_cgroup> cgroup_;
   std::string pins_;
 };
@@ -418,7 +413,7 @@ TEST_F(MapWriter, TheLoadBalancersMapsAreSizedByTheCapacityAndReplacedTogetherWh
   state.services[0].backends = {{*ip_address::parse("127.0.0.1"), port, 1, "node1"}};
 
   std::string error;
-  auto path = open_path(error, false, {64, 256, 256});
+  auto path = open_path(error, false, {64, 256});
   ASSERT_TRUE(path) << error;
   EXPECT_EQ(max_entries("ml_services"), 64u);
   EXPECT_EQ(max_entries("ml_backends"), 512u);
@@ -429,7 +424,7 @@ TEST_F(MapWriter, TheLoadBalancersMapsAreSizedByTheCapacityAndReplacedTogetherWh
 
   // The same capacity again: the pins are adopted as they are.
   path.reset();
-  path = open_path(error, false, {64, 256, 256});
+  path = open_path(error, false, {64, 256});
   ASSERT_TRUE(path) << error;
   EXPECT_EQ(path->origin(), fast_path_origin::adopted);
   EXPECT_EQ(map_id("ml_backends"), old_backends_id);
@@ -440,7 +435,7 @@ TEST_F(MapWriter, TheLoadBalancersMapsAreSizedByTheCapacityAndReplacedTogetherWh
   // every service into them.
   const uint32_t old_services_id = map_id("ml_services");
   path.reset();
-  path = open_path(error, false, {64, 1024, 1024});
+  path = open_path(error, false, {64, 1024});
   ASSERT_TRUE(path) << error;
   EXPECT_EQ(path->origin(), fast_path_origin::upgraded);
   EXPECT_EQ(max_entries("ml_services"), 64u);
