@@ -496,6 +496,13 @@ def run_agent(image, ds, profile, document, expect_dataplane):
         fail(name, f"status: ready {status.get('ready')}, eBPF attached {ebpf.get('attached')}")
     if ebpf.get("kernel_check", {}).get("ran") is not True:
         fail(name, f"the eBPF kernel check did not run: {ebpf.get('kernel_check', {}).get('error')}")
+    # The load balancer's capacity is the one the profile's args give (the largest without).
+    flags = dict(zip(agent["args"], agent["args"][1:]))
+    expected_capacity = {"service_ports": int(flags.get("--ebpf-lb-ports", 131072)),
+                         "backends": int(flags.get("--ebpf-lb-backends", 2097152))}
+    capacity = {k: ebpf.get("lb_capacity", {}).get(k) for k in expected_capacity}
+    if capacity != expected_capacity:
+        fail(name, f"eBPF load balancer capacity {capacity}, the profile's args say {expected_capacity}")
     if expect_dataplane and dataplane.get("running") is not True:
         fail(name, f"the DPDK workers are not running: {dataplane}")
     if not expect_dataplane and dataplane.get("running"):
@@ -509,7 +516,8 @@ def run_agent(image, ds, profile, document, expect_dataplane):
     containers.remove(name)
     ports = ", ".join(f"{p.get('interface')} ({document['dataplane']['uplink']['driver']})"
                       for p in (dataplane.get("ports") or []))
-    print(f"{profile} agent: ready with {','.join(caps)}; eBPF attached, kernel check run"
+    print(f"{profile} agent: ready with {','.join(caps)}; eBPF attached, kernel check run, load balancer "
+          f"{capacity['service_ports']} service ports / {capacity['backends']} backends"
           f"{', DPDK workers running on ' + ports if expect_dataplane else ''}; stopped by SIGTERM", flush=True)
     uninstall = podman("run", "--rm", "--network", "none", "--cgroup-parent", CGROUP_PARENT,
                        *security_args(agent), *sanitizer_args(), "-v", "/sys/fs/bpf:/sys/fs/bpf:rslave",

@@ -51,6 +51,13 @@ CAPS = {
 AGENT_ARGS = ["--config", "/etc/meshlane/$(NODE_NAME).json", "--state-dir", "/var/lib/meshlane",
               "--control-socket", CONTROL_SOCKET, "--metrics-listen", METRICS,
               "--handover-state", "/run/meshlane/handover.state"]
+# The eBPF load balancer's capacity per profile (the overlays' lb-capacity-patch.yaml): the
+# default keeps the largest (no flags); the others size their maps to what they serve.
+LB_CAPACITY_ARGS = {
+    "default": [],
+    "demo": ["--ebpf-lb-ports", "1024", "--ebpf-lb-backends", "16384"],
+    "minimal": ["--ebpf-lb-ports", "16384", "--ebpf-lb-backends", "262144"],
+}
 # mountPath -> (volume kind, source) for the agent, per profile on top of these.
 AGENT_MOUNTS = {
     "/etc/meshlane": ("configMap", CONFIGMAP),
@@ -223,7 +230,7 @@ def source_cap_comments(profile):
     return path, comments
 
 
-def check_documents(profile, configmap):
+def check_documents(profile, configmap, lb_args):
     data = configmap.get("data") or {}
     if not data:
         fail(profile, "the ConfigMap holds no desired-state document")
@@ -245,7 +252,8 @@ def check_documents(profile, configmap):
             path = os.path.join(work, key)
             with open(path, "w") as f:
                 f.write(text)
-            check = subprocess.run([MESHLANED, "--config", path, "--check"], capture_output=True, text=True)
+            # Held to the capacity the profile's agent runs with.
+            check = subprocess.run([MESHLANED, "--config", path, "--check", *lb_args], capture_output=True, text=True)
             if check.returncode != 0:
                 fail(where, f"meshlaned --check refused it: {check.stderr.strip()}")
     return documents
@@ -326,8 +334,9 @@ def check_profile(profile, objects, expected_image):
         fail(where, "the agent needs AppArmor unconfined (the default profile denies pinning in /sys/fs/bpf)")
 
     # Arguments, environment, ports, probes.
-    if agent.get("command") != ["/usr/bin/meshlaned"] or agent.get("args") != AGENT_ARGS:
-        fail(where, f"agent command/args {agent.get('command')} {agent.get('args')}, expected {AGENT_ARGS}")
+    expected_args = AGENT_ARGS + LB_CAPACITY_ARGS[profile]
+    if agent.get("command") != ["/usr/bin/meshlaned"] or agent.get("args") != expected_args:
+        fail(where, f"agent command/args {agent.get('command')} {agent.get('args')}, expected {expected_args}")
     env = {e["name"]: e for e in agent.get("env", [])}
     if env.get("NODE_NAME", {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") != "spec.nodeName":
         fail(where, "NODE_NAME does not come from the downward API (spec.nodeName)")
@@ -427,7 +436,7 @@ def check_profile(profile, objects, expected_image):
     if not configmaps:
         fail(profile, f"no ConfigMap {CONFIGMAP}")
         return
-    documents = check_documents(profile, configmaps[0])
+    documents = check_documents(profile, configmaps[0], LB_CAPACITY_ARGS[profile])
     for key, document in documents.items():
         dw = f"{profile}: {key}"
         dataplane = document.get("dataplane")
