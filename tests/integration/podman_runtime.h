@@ -40,7 +40,6 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
-#include <ranges>
 #include <set>
 #include <sstream>
 #include <string>
@@ -250,7 +249,9 @@ class podman_runtime {
               [](const auto& a, const auto& b) { return a.size() > b.size(); });
     for (const auto& point : mounts) ::umount2(point.c_str(), MNT_DETACH);
     fs::remove_all(dir_, ignored);
-    for (const auto& network : networks_ | std::views::keys)
+    // Not `networks_ | std::views::keys`: clang (the fuzz build's compiler) cannot use
+    // libstdc++ 12's views::keys.
+    for (const auto& [network, unused] : networks_)
       run_command("rm -f /var/lib/cni/results/" + network + "-*");
     if (!var_lib_cni_existed_) {
       ::rmdir("/var/lib/cni/results");
