@@ -92,7 +92,10 @@ kernel_uplink_drops() {  # what the uplink interfaces' and the pods' eth0s' own 
 import json, sys
 out = {}
 names = ["node1", "node2", "client_eth0", "server_eth0"]
-for name, line in zip(names, (l for l in sys.stdin if l.strip())):
+# Every line read before any is used: stopping after the fourth left the last echo of the
+# writers going into a closed pipe now and then (SIGPIPE, and pipefail ended the run).
+lines = [l for l in sys.stdin if l.strip()]
+for name, line in zip(names, lines):
     s = json.loads(line)[0]["stats64"]
     out[f"{name}_rx_dropped"], out[f"{name}_tx_dropped"] = s["rx"]["dropped"], s["tx"]["dropped"]
 # Frames the kernel dropped at the per-CPU input backlog (netdev_max_backlog): a veth
