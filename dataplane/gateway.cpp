@@ -62,6 +62,10 @@ bool answer_neighbour_solicitation(worker_state& w, uint16_t port, rte_mbuf* m, 
   auto* ip = reinterpret_cast<ipv6_header*>(frame + p.l3_offset);
   const uint32_t icmp_length = p.l3_length - sizeof(ipv6_header);
   if (icmp_length < 24) return false;  // ICMPv6 header + reserved + target
+  // RFC 4861 section 7.1.1: a solicitation with a hop limit below 255 was forwarded by a
+  // router, so it comes from off the link and may be spoofed; one with a code other than
+  // 0 is malformed. Both are discarded, never answered.
+  if (ip->hop_limit != 255 || frame[p.l4_offset + 1] != 0) return false;
   const uint8_t* target = frame + p.l4_offset + 8;
   if (std::memcmp(target, address, 16) != 0) return false;
   static const uint8_t kUnspecified[16] = {};

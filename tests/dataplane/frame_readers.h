@@ -4,6 +4,7 @@
 
 #include <array>
 #include <cstring>
+#include <utility>
 
 #include "tests/dataplane/packet_builder.h"
 
@@ -87,22 +88,7 @@ inline bytes icmp_error_frame_v6(const wire::mac_address& src_mac, const wire::m
   icmp[0] = type;
   std::memcpy(&icmp[4], &rest_net, 4);
   icmp.insert(icmp.end(), quoted.begin(), quoted.end());
-  const uint16_t check = checksum_fold(checksum_partial(
-      icmp.data(), icmp.size(), pseudo_header_sum_v6(source.data(), destination.data(), kProtoIcmpv6, icmp.size())));
-  std::memcpy(&icmp[2], &check, 2);
-  bytes out;
-  ethernet_header eth{dst_mac, src_mac, htons(kEtherTypeIpv6)};
-  append(out, &eth, sizeof eth);
-  ipv6_header ip{};
-  ip.version_class_flow = htonl(6u << 28);
-  ip.payload_length = htons(static_cast<uint16_t>(icmp.size()));
-  ip.next_header = kProtoIcmpv6;
-  ip.hop_limit = 64;
-  std::memcpy(ip.source, source.data(), 16);
-  std::memcpy(ip.destination, destination.data(), 16);
-  append(out, &ip, sizeof ip);
-  out.insert(out.end(), icmp.begin(), icmp.end());
-  return out;
+  return icmpv6_frame(src_mac, dst_mac, source, destination, 64, std::move(icmp));
 }
 
 }  // namespace meshlane::testing::frames

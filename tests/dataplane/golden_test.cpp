@@ -991,6 +991,21 @@ TEST_F(golden, Ipv6NeighbourSolicitationForGatewayGetsAdvertisement) {
   EXPECT_EQ(verify_checksums(out), "");
 }
 
+// RFC 4861 section 7.1.1: a solicitation that a router forwarded (hop limit below 255)
+// or with a code other than 0 is discarded, not answered.
+TEST_F(golden, Ipv6NeighbourSolicitationsFromOffLinkOrMalformedAreNotAnswered) {
+  send(client, neighbour_solicitation(kClientMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::1"), 64));
+  EXPECT_EQ(pending_total(), 0u) << "a solicitation with hop limit 64 answered";
+  send(client, neighbour_solicitation(kClientMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::1"), 255, 1));
+  EXPECT_EQ(pending_total(), 0u) << "a solicitation with code 1 answered";
+  EXPECT_EQ(drops(drop_reason::not_for_us), 2u);
+  // The same solicitation, valid, is answered.
+  send(client, neighbour_solicitation(kClientMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::1")));
+  const bytes out = receive(client);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(out[kL4v6], kIcmpv6NeighborAdvertisement);
+}
+
 TEST_F(golden, Ipv6EchoToGatewayGetsEchoReply) {
   send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:1::1"),
                           [] { l4_spec l4 = echo_request(); l4.icmp_type = kIcmpv6EchoRequest; return l4; }()));

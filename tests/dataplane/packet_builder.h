@@ -5,9 +5,11 @@
 
 #include <arpa/inet.h>
 
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "dataplane/packet_headers.h"
@@ -147,20 +149,12 @@ inline bytes arp_reply(const wire::mac_address& sender_mac, uint32_t sender_ip, 
   return out;
 }
 
-// Neighbour solicitation (RFC 4861 section 4.3) for `target` from `src`.
-inline bytes neighbour_solicitation(const wire::mac_address& src_mac, const std::array<uint8_t, 16>& src,
-                                    const std::array<uint8_t, 16>& target) {
+// An ICMPv6 message (`icmp`, its checksum field zero) from `src` to `dst` in IPv6 and
+// Ethernet, its checksum set over the pseudo-header.
+inline bytes icmpv6_frame(const wire::mac_address& src_mac, const wire::mac_address& dst_mac,
+                          const std::array<uint8_t, 16>& src, const std::array<uint8_t, 16>& dst, uint8_t hop_limit,
+                          bytes icmp) {
   using namespace wire;
-  // Solicited-node multicast address ff02::1:ffXX:XXXX and its MAC 33:33:ff:XX:XX:XX.
-  std::array<uint8_t, 16> dst = ip6("ff02::1:ff00:0");
-  dst[13] = target[13], dst[14] = target[14], dst[15] = target[15];
-  const mac_address dst_mac{{0x33, 0x33, 0xff, target[13], target[14], target[15]}};
-  bytes icmp(8 + 16 + 8, 0);
-  icmp[0] = kIcmpv6NeighborSolicitation;
-  std::memcpy(&icmp[8], target.data(), 16);
-  icmp[24] = 1;  // source link-layer address option
-  icmp[25] = 1;
-  std::memcpy(&icmp[26], src_mac.bytes, 6);
   const uint16_t check = checksum_fold(
       checksum_partial(icmp.data(), icmp.size(), pseudo_header_sum_v6(src.data(), dst.data(), kProtoIcmpv6, icmp.size())));
   std::memcpy(&icmp[2], &check, 2);
@@ -171,12 +165,31 @@ inline bytes neighbour_solicitation(const wire::mac_address& src_mac, const std:
   ip.version_class_flow = htonl(6u << 28);
   ip.payload_length = htons(static_cast<uint16_t>(icmp.size()));
   ip.next_header = kProtoIcmpv6;
-  ip.hop_limit = 255;
+  ip.hop_limit = hop_limit;
   std::memcpy(ip.source, src.data(), 16);
   std::memcpy(ip.destination, dst.data(), 16);
   append(out, &ip, sizeof ip);
   out.insert(out.end(), icmp.begin(), icmp.end());
   return out;
+}
+
+// Neighbour solicitation (RFC 4861 section 4.3) for `target` from `src`; a valid one has
+// hop limit 255 and code 0 (section 7.1.1), others are for tests that it is refused.
+inline bytes neighbour_solicitation(const wire::mac_address& src_mac, const std::array<uint8_t, 16>& src,
+                                    const std::array<uint8_t, 16>& target, uint8_t hop_limit = 255, uint8_t code = 0) {
+  using namespace wire;
+  // Solicited-node multicast address ff02::1:ffXX:XXXX and its MAC 33:33:ff:XX:XX:XX.
+  std::array<uint8_t, 16> dst = ip6("ff02::1:ff00:0");
+  dst[13] = target[13], dst[14] = target[14], dst[15] = target[15];
+  const mac_address dst_mac{{0x33, 0x33, 0xff, target[13], target[14], target[15]}};
+  bytes icmp(8 + 16 + 8, 0);
+  icmp[0] = kIcmpv6NeighborSolicitation;
+  icmp[1] = code;
+  std::memcpy(&icmp[8], target.data(), 16);
+  icmp[24] = 1;  // source link-layer address option
+  icmp[25] = 1;
+  std::memcpy(&icmp[26], src_mac.bytes, 6);
+  return icmpv6_frame(src_mac, dst_mac, src, dst, hop_limit, std::move(icmp));
 }
 
 // Recomputes the IPv4 header checksum and the TCP/UDP/ICMP checksum of the IP packet at
