@@ -14,6 +14,80 @@
 namespace meshlane::testing {
 namespace {
 
+// 64-byte echo exchanges on a connected TCP socket, `pause` apart, until stop(): each
+// message's bytes must come back in order; the first that does not ends the loop as a
+// failure. The background traffic of the tests that change a node under it.
+class tcp_echo_loop {
+ public:
+  tcp_echo_loop(int fd, std::chrono::milliseconds pause) : thread_([this, fd, pause] { run(fd, pause); }) {}
+  ~tcp_echo_loop() { stop(); }
+  void stop() {
+    running_.store(false);
+    if (thread_.joinable()) thread_.join();
+  }
+  int exchanges() const { return exchanges_.load(); }
+  int failures() const { return failures_.load(); }
+
+ private:
+  void run(int fd, std::chrono::milliseconds pause) {
+    char message[64], reply[64];
+    while (running_.load()) {
+      for (size_t i = 0; i < sizeof message; ++i) message[i] = static_cast<char>('a' + (exchanges_.load() + i) % 26);
+      size_t got = 0;
+      if (send_retrying(fd, message, sizeof message) == static_cast<ssize_t>(sizeof message)) {
+        for (ssize_t n; got < sizeof reply && (n = recv_retrying(fd, reply + got, sizeof reply - got)) > 0;)
+          got += static_cast<size_t>(n);
+      }
+      if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
+        ++failures_;
+        return;
+      }
+      ++exchanges_;
+      std::this_thread::sleep_for(pause);
+    }
+  }
+  std::atomic<bool> running_{true};
+  std::atomic<int> exchanges_{0}, failures_{0};
+  std::thread thread_;  // last: it starts once the counters exist
+};
+
+// UDP round trips from `client` to `server` at `address`, one after the other on the
+// background ports, until stop(); counts answers and failures and keeps the first
+// failure's text and how long it waited.
+class udp_round_trip_loop {
+ public:
+  udp_round_trip_loop(netns& client, netns& server, std::string address, std::string label)
+      : thread_([this, &client, &server, address = std::move(address), label = std::move(label)] {
+          for (unsigned n = 0; running_.load(); ++n) {
+            const uint16_t port = background_udp_port(n);
+            const auto started = std::chrono::steady_clock::now();
+            const std::string failure = udp_round_trip(client, server, address, port, label);
+            if (failure.empty()) {
+              ++answered_;
+              continue;
+            }
+            if (failed_++ == 0)
+              first_failure_ = "port " + std::to_string(port) + ": " + failure + " after " +
+                               std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                  std::chrono::steady_clock::now() - started).count()) + " ms";
+          }
+        }) {}
+  ~udp_round_trip_loop() { stop(); }
+  void stop() {
+    running_.store(false);
+    if (thread_.joinable()) thread_.join();
+  }
+  int answered() const { return answered_.load(); }
+  int failed() const { return failed_.load(); }
+  const std::string& first_failure() const { return first_failure_; }  // after stop()
+
+ private:
+  std::atomic<bool> running_{true};
+  std::atomic<int> answered_{0}, failed_{0};
+  std::string first_failure_;  // written by the thread only
+  std::thread thread_;         // last: it starts once the rest exists
+};
+
 // Each port's RX and TX ring as the agent behind `socket` reports them in its status, by
 // interface.
 std::map<std::string, std::pair<uint32_t, uint32_t>> port_rings(const std::string& socket) {
@@ -194,38 +268,8 @@ TEST_F(two_nodes, HundredAppliesUnderCrossNodeTrafficLoseNoPacketsAndNoFlows) {
   const sockaddr_in vip = address_of("198.19.128.10", 80);
   ASSERT_EQ(connect(connection.fd, reinterpret_cast<const sockaddr*>(&vip), sizeof vip), 0) << std::strerror(errno);
 
-  std::atomic<bool> applying{true};
-  std::atomic<int> exchanges{0}, tcp_failures{0}, udp_answered{0}, udp_failed{0};
-  std::thread tcp_traffic([&] {
-    char message[64], reply[64];
-    while (applying.load()) {
-      std::memset(message, 'a' + exchanges.load() % 26, sizeof message);
-      size_t got = 0;
-      if (send_retrying(connection.fd, message, sizeof message) == static_cast<ssize_t>(sizeof message)) {
-        for (ssize_t n; got < sizeof reply && (n = recv_retrying(connection.fd, reply + got, sizeof reply - got)) > 0;)
-          got += static_cast<size_t>(n);
-      }
-      if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
-        ++tcp_failures;
-        return;
-      }
-      ++exchanges;
-    }
-  });
-  std::thread udp_traffic([&] {
-    for (unsigned n = 0; applying.load(); ++n)
-      (udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", background_udp_port(n), "under apply") == "" ? udp_answered
-                                                                                                     : udp_failed)++;
-  });
-  struct stop_on_exit {
-    std::atomic<bool>& flag;
-    std::thread &a, &b;
-    ~stop_on_exit() {
-      flag.store(false);
-      if (a.joinable()) a.join();
-      if (b.joinable()) b.join();
-    }
-  } stopper{applying, tcp_traffic, udp_traffic};
+  tcp_echo_loop tcp(connection.fd, 0ms);
+  udp_round_trip_loop udp(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", "under apply");
 
   // Document B gives the service a second backend, so its Maglev table changes with every
   // apply; the established connection must keep the backend its flow chose.
@@ -235,24 +279,23 @@ TEST_F(two_nodes, HundredAppliesUnderCrossNodeTrafficLoseNoPacketsAndNoFlows) {
   control_client client;
   ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
   std::this_thread::sleep_for(200ms);
-  const int exchanges_before = exchanges.load();
+  const int exchanges_before = tcp.exchanges();
   int published = 0;
   for (int i = 0; i < 100; ++i) {
     const nlohmann::json reply = client.request({{"command", "apply"}, {"document", i % 2 ? a : b}});
     if (reply.value("ok", false)) ++published;
     else ADD_FAILURE() << "apply " << i << ": " << reply.dump();
   }
-  const int exchanges_during = exchanges.load() - exchanges_before;
+  const int exchanges_during = tcp.exchanges() - exchanges_before;
   std::this_thread::sleep_for(200ms);
-  applying.store(false);
-  tcp_traffic.join();
-  udp_traffic.join();
+  tcp.stop();
+  udp.stop();
 
   EXPECT_EQ(published, 100);
-  EXPECT_EQ(tcp_failures.load(), 0) << "the established connection broke during the applies";
+  EXPECT_EQ(tcp.failures(), 0) << "the established connection broke during the applies";
   EXPECT_GT(exchanges_during, 0) << "no TCP exchange completed while the applies ran";
-  EXPECT_EQ(udp_failed.load(), 0) << "UDP round trips were lost during the applies";
-  EXPECT_GT(udp_answered.load(), 5);
+  EXPECT_EQ(udp.failed(), 0) << "UDP round trips were lost during the applies; the first: " << udp.first_failure();
+  EXPECT_GT(udp.answered(), 5);
   RecordProperty("tcp_exchanges_during_applies", exchanges_during);
 }
 
@@ -284,50 +327,8 @@ TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing)
   const std::map<std::string, size_t> series_before = metric_series(client);
   const size_t ports_before = client.request({{"command", "status"}})["subsystems"]["dataplane"]["ports"].size();
 
-  std::atomic<bool> churning{true};
-  std::atomic<int> exchanges{0}, tcp_failures{0}, udp_answered{0}, udp_failed{0};
-  std::thread tcp_traffic([&] {
-    char message[64], reply[64];
-    while (churning.load()) {
-      std::memset(message, 'a' + exchanges.load() % 26, sizeof message);
-      size_t got = 0;
-      if (send_retrying(connection.fd, message, sizeof message) == static_cast<ssize_t>(sizeof message)) {
-        for (ssize_t n; got < sizeof reply && (n = recv_retrying(connection.fd, reply + got, sizeof reply - got)) > 0;)
-          got += static_cast<size_t>(n);
-      }
-      if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
-        ++tcp_failures;
-        return;
-      }
-      ++exchanges;
-      std::this_thread::sleep_for(5ms);
-    }
-  });
-  std::string first_udp_failure;  // written by udp_traffic only, read after its join
-  std::thread udp_traffic([&] {
-    for (unsigned n = 0; churning.load(); ++n) {
-      const uint16_t port = background_udp_port(n);
-      const auto started = std::chrono::steady_clock::now();
-      const std::string failure = udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", port, "during churn");
-      if (failure.empty()) {
-        ++udp_answered;
-        continue;
-      }
-      if (udp_failed++ == 0)
-        first_udp_failure = "port " + std::to_string(port) + ": " + failure + " after " +
-                            std::to_string(std::chrono::duration_cast<std::chrono::milliseconds>(
-                                               std::chrono::steady_clock::now() - started).count()) + " ms";
-    }
-  });
-  struct stop_on_exit {
-    std::atomic<bool>& flag;
-    std::thread &a, &b;
-    ~stop_on_exit() {
-      flag.store(false);
-      if (a.joinable()) a.join();
-      if (b.joinable()) b.join();
-    }
-  } stopper{churning, tcp_traffic, udp_traffic};
+  tcp_echo_loop tcp(connection.fd, 5ms);
+  udp_round_trip_loop udp(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", "during churn");
 
   constexpr int kPods = 12;
   std::set<std::string> addresses;
@@ -359,15 +360,14 @@ TEST_F(two_nodes, PodsAddedAndDeletedLiveGetTheirPortsWhileOtherPodsLoseNothing)
     EXPECT_TRUE(reply.value("ok", false) && !reply.value("deleted", true)) << "a second delete: " << reply.dump();
   }
   std::this_thread::sleep_for(200ms);
-  churning.store(false);
-  tcp_traffic.join();
-  udp_traffic.join();
-  EXPECT_EQ(tcp_failures.load(), 0) << "the long-lived connection broke while pods came and went";
-  EXPECT_GT(exchanges.load(), 10);
-  EXPECT_EQ(udp_failed.load(), 0) << "UDP round trips were lost while pods came and went; the first: "
-                                   << first_udp_failure;
-  EXPECT_GT(udp_answered.load(), 5);
-  RecordProperty("udp_round_trips_during_churn", udp_answered.load());
+  tcp.stop();
+  udp.stop();
+  EXPECT_EQ(tcp.failures(), 0) << "the long-lived connection broke while pods came and went";
+  EXPECT_GT(tcp.exchanges(), 10);
+  EXPECT_EQ(udp.failed(), 0) << "UDP round trips were lost while pods came and went; the first: "
+                             << udp.first_failure();
+  EXPECT_GT(udp.answered(), 5);
+  RecordProperty("udp_round_trips_during_churn", udp.answered());
   // Addresses are reused (the lowest free one), ports and series are gone again.
   EXPECT_LE(addresses.size(), 2u) << "addresses were not handed out again after their pods left";
   const nlohmann::json status = client.request({{"command", "status"}});
@@ -436,33 +436,7 @@ TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAs
   control_client client;
   ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
 
-  std::atomic<bool> churning{true};
-  std::atomic<int> exchanges{0}, tcp_failures{0};
-  std::thread tcp_traffic([&] {
-    char message[64], reply[64];
-    while (churning.load()) {
-      for (size_t i = 0; i < sizeof message; ++i) message[i] = static_cast<char>('a' + (exchanges.load() + i) % 26);
-      size_t got = 0;
-      if (send_retrying(connection.fd, message, sizeof message) == static_cast<ssize_t>(sizeof message)) {
-        for (ssize_t n; got < sizeof reply && (n = recv_retrying(connection.fd, reply + got, sizeof reply - got)) > 0;)
-          got += static_cast<size_t>(n);
-      }
-      if (got != sizeof reply || std::memcmp(message, reply, sizeof reply) != 0) {
-        ++tcp_failures;
-        return;
-      }
-      ++exchanges;
-      std::this_thread::sleep_for(10ms);
-    }
-  });
-  struct stop_on_exit {
-    std::atomic<bool>& flag;
-    std::thread& thread;
-    ~stop_on_exit() {
-      flag.store(false);
-      if (thread.joinable()) thread.join();
-    }
-  } stopper{churning, tcp_traffic};
+  tcp_echo_loop tcp(connection.fd, 10ms);
   paced_udp_stream stream(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9800, 200);
 
   constexpr int kPods = 500, kWarmUp = 10;
@@ -507,12 +481,11 @@ TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAs
     ASSERT_EQ(interfaces_in(pod), std::vector<std::string>{"lo"}) << "DEL of pod " << k << " left its interface behind";
   }
   std::this_thread::sleep_for(300ms);
-  churning.store(false);
-  tcp_traffic.join();
+  tcp.stop();
   const auto [sent, received] = stream.finish();
 
-  EXPECT_EQ(tcp_failures.load(), 0) << "the long-lived connection broke while pods came and went";
-  EXPECT_GT(exchanges.load(), 100);
+  EXPECT_EQ(tcp.failures(), 0) << "the long-lived connection broke while pods came and went";
+  EXPECT_GT(tcp.exchanges(), 100);
   EXPECT_GT(sent, 1000u);
   EXPECT_EQ(received, sent) << "datagrams of the paced stream were lost during the churn";
   EXPECT_EQ(reached, kPods / 50);
@@ -537,7 +510,7 @@ TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAs
   }
   RecordProperty("rss_start_kib", static_cast<int>(rss_start));
   RecordProperty("rss_end_kib", static_cast<int>(rss_end));
-  std::printf("churn: %d pods, %d TCP exchanges, %llu/%llu datagrams, RSS %ld -> %ld KiB\n", kPods, exchanges.load(),
+  std::printf("churn: %d pods, %d TCP exchanges, %llu/%llu datagrams, RSS %ld -> %ld KiB\n", kPods, tcp.exchanges(),
               static_cast<unsigned long long>(received), static_cast<unsigned long long>(sent), rss_start, rss_end);
 }
 
