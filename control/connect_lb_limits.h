@@ -18,6 +18,11 @@ inline constexpr uint32_t kMaxSlots = 1u << 21;           // Maglev slots of aff
 inline constexpr uint32_t kSlotsPerChunk = 32;            // a slot table starts on a chunk
 inline constexpr uint32_t kMaxAffinitySlots = 1021;       // per frontend, unless more backends
 
+// What a slot table takes in the slot array: whole chunks.
+constexpr uint32_t chunk_aligned(uint32_t slots) {
+  return (slots + kSlotsPerChunk - 1) / kSlotsPerChunk * kSlotsPerChunk;
+}
+
 // What a document may use of the load balancer: frontends, backends summed over them,
 // and affinity slots (as many as backends, in whole chunks: a frontend has at least as
 // many slots as backends, at most 16 per backend up to 1,021). The eBPF maps are sized at
@@ -25,7 +30,7 @@ inline constexpr uint32_t kMaxAffinitySlots = 1021;       // per frontend, unles
 struct capacity {
   uint32_t frontends = kMaxFrontends;
   uint32_t backend_entries = kMaxBackendEntries;
-  constexpr uint32_t slots() const { return (backend_entries + kSlotsPerChunk - 1) / kSlotsPerChunk * kSlotsPerChunk; }
+  constexpr uint32_t slots() const { return chunk_aligned(backend_entries); }
 };
 static_assert(capacity{}.slots() == kMaxSlots);
 
@@ -43,9 +48,5 @@ std::string set_capacity(uint32_t frontends, uint32_t backend_entries);
 // backend).
 uint32_t affinity_slot_count(uint32_t backends);
 
-// What a slot table takes in the slot array: whole chunks.
-inline uint32_t chunk_aligned(uint32_t slots) {
-  return (slots + kSlotsPerChunk - 1) / kSlotsPerChunk * kSlotsPerChunk;
-}
 
 }  // namespace meshlane::connect_lb

@@ -331,6 +331,27 @@ std::string attach_to_cgroup(const std::string& pin_dir, const cgroup_attachment
   return "";
 }
 
+// Every program of kCgroupAttachments onto the cgroup at `cgroup_dir` (attach_to_cgroup).
+std::string attach_all(const std::string& pin_dir, const std::string& cgroup_dir, bool replace) {
+  fd_guard cgroup_fd(::open(cgroup_dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
+  struct stat st;
+  if (cgroup_fd.fd < 0 || fstat(cgroup_fd.fd, &st) != 0) return "opening cgroup " + cgroup_dir + ": " + errno_text(errno);
+  for (const auto& attachment : kCgroupAttachments)
+    // On cgroup v2 a directory's inode number is the cgroup id the kernel reports.
+    if (std::string error = attach_to_cgroup(pin_dir, attachment, cgroup_fd.fd, st.st_ino, replace); !error.empty())
+      return error;
+  return "";
+}
+
+// The pinned ml_meta's one entry.
+std::string write_meta(const std::string& pin_dir, const ml_meta& meta) {
+  fd_guard meta_fd(bpf_obj_get((pin_dir + "/maps/ml_meta").c_str()));
+  const uint32_t zero = 0;
+  if (meta_fd.fd < 0 || bpf_map_update_elem(meta_fd.fd, &zero, &meta, BPF_ANY) != 0)
+    return "writing ml_meta: " + errno_text(errno);
+  return "";
+}
+
 template <typename Key, typename Fn>
 void for_each_key(int map_fd, Fn fn) {
   Key key{}, next{};
@@ -501,27 +522,13 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
   if (path->origin_ != fast_path_origin::adopted) {
     ml_meta written = meta;
     written.links_current = path->links_pending_ ? 0 : 1;
-    fd_guard meta_fd(bpf_obj_get((pins + "/maps/ml_meta").c_str()));
-    const uint32_t zero = 0;
-    if (meta_fd.fd < 0 || bpf_map_update_elem(meta_fd.fd, &zero, &written, BPF_ANY) != 0) {
-      error = "writing ml_meta: " + errno_text(errno);
-      return nullptr;
-    }
+    if (error = write_meta(pins, written); !error.empty()) return nullptr;
   }
 
-  fd_guard cgroup_fd(::open(cgroup.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  struct stat st;
-  if (cgroup_fd.fd < 0 || fstat(cgroup_fd.fd, &st) != 0) {
-    error = "opening cgroup " + cgroup + ": " + errno_text(errno);
-    return nullptr;
-  }
   path->cgroup_dir_ = cgroup;
-  for (const auto& attachment : kCgroupAttachments) {
-    if (path->links_pending_) break;  // swapped at the first sync
-    // On cgroup v2 a directory's inode number is the cgroup id the kernel reports.
-    if (error = attach_to_cgroup(pins, attachment, cgroup_fd.fd, st.st_ino,
-                                 path->origin_ == fast_path_origin::upgraded);
-        !error.empty()) {
+  // With links pending the programs go onto the links at the first sync (attach_pending).
+  if (!path->links_pending_) {
+    if (error = attach_all(pins, cgroup, path->origin_ == fast_path_origin::upgraded); !error.empty()) {
       if (path->origin_ == fast_path_origin::loaded) uninstall(pins);
       return nullptr;
     }
@@ -930,16 +937,8 @@ std::string fast_path::sync(const snapshot& tables) {
 // The new programs onto the pinned links (bpf_link_update: atomic, nothing detached in
 // between) once the fresh load balancer maps hold every service, then the meta says so.
 std::string fast_path::attach_pending() {
-  fd_guard cgroup_fd(::open(cgroup_dir_.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
-  struct stat st;
-  if (cgroup_fd.fd < 0 || fstat(cgroup_fd.fd, &st) != 0) return "opening cgroup " + cgroup_dir_ + ": " + errno_text(errno);
-  for (const auto& attachment : kCgroupAttachments)
-    if (std::string e = attach_to_cgroup(options_.pin_dir, attachment, cgroup_fd.fd, st.st_ino, true); !e.empty())
-      return e;
-  fd_guard meta_fd(bpf_obj_get((options_.pin_dir + "/maps/ml_meta").c_str()));
-  const uint32_t zero = 0;
-  if (meta_fd.fd < 0 || bpf_map_update_elem(meta_fd.fd, &zero, &meta_, BPF_ANY) != 0)
-    return "writing ml_meta: " + errno_text(errno);
+  if (std::string error = attach_all(options_.pin_dir, cgroup_dir_, true); !error.empty()) return error;
+  if (std::string error = write_meta(options_.pin_dir, meta_); !error.empty()) return error;
   links_pending_ = false;
   return "";
 }
