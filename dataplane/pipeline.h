@@ -29,6 +29,7 @@
 
 #include "control/connect_lb_limits.h"
 #include "control/snapshot.h"
+#include "dataplane/backend_slot_index.h"
 #include "dataplane/egress_tables.h"
 #include "dataplane/esp_routes.h"
 #include "dataplane/flow_table.h"
@@ -597,25 +598,7 @@ flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 // live flow refers to any more is freed for the next name (reclaim_counter_slots), so
 // pods and backends that come and go do not grow the counters without bound. Read by
 // the control thread under the worker pool's lock; written only at publish.
-// What a backend counter slot counts: one backend (address and port) of one service (its
-// slot). Fixed-size, so that giving 1.6 million backends their slots at a publish hashes
-// 24 bytes each and builds no string (names are made when a reader asks).
-struct backend_slot_key {
-  std::array<uint8_t, 16> ip{};
-  uint32_t service_slot = UINT32_MAX;  // UINT32_MAX: the slot is free
-  uint16_t port = 0;
-  bool operator==(const backend_slot_key&) const = default;
-};
-struct backend_slot_key_hash {
-  size_t operator()(const backend_slot_key& k) const {
-    uint64_t a, b;
-    std::memcpy(&a, k.ip.data(), 8);
-    std::memcpy(&b, k.ip.data() + 8, 8);
-    uint64_t h = (a ^ (uint64_t{k.service_slot} << 16 | k.port)) * 0x9e3779b97f4a7c15ull;
-    h = (h ^ (h >> 29) ^ b) * 0xbf58476d1ce4e5b9ull;
-    return static_cast<size_t>(h ^ (h >> 32));
-  }
-};
+// What a backend counter slot counts, and the index of those: backend_slot_index.h.
 
 // The service and backend slots' names, and the labels a reader makes of a backend slot:
 // what the publisher's record (counter_slot_names) and the readers' copy of it
@@ -645,7 +628,7 @@ struct counter_slot_names : slot_labels {
   std::vector<uint32_t> unnamed_services, unnamed_backends;
   std::vector<uint32_t> free_services, free_backends;
   std::unordered_map<std::string, uint32_t> service_index;  // name -> slot
-  std::unordered_map<backend_slot_key, uint32_t, backend_slot_key_hash> backend_index;
+  backend_slot_index backend_index;  // key -> slot; the keys are `backends` (slot_labels)
   policy_slot_names policies;  // deny counters' slots (issue 16); never freed, at most kMaxPolicySlots
   policy_slot_names external_services;  // issue 18: new-flow counters' slots, never freed
   size_t live_backends() const { return backend_index.size(); }

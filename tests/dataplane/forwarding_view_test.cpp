@@ -85,6 +85,8 @@ void expect_same_view(const forwarding_tables& patched, const forwarding_tables&
   const auto patched_index = patched.frontends_by_backend.flatten();
   const auto whole_index = whole.frontends_by_backend.flatten();
   ASSERT_EQ(patched_index.size(), whole_index.size());
+  // The whole build's index is in the index's whole order (by backend, then frontend).
+  ASSERT_TRUE(std::is_sorted(whole_index.begin(), whole_index.end(), forwarding_tables::backend_frontend::order{}));
   for (size_t i = 0; i < whole_index.size(); ++i) {
     const auto& a = patched_index[i];
     const auto& b = whole_index[i];
