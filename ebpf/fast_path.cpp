@@ -5,17 +5,20 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <climits>
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <fstream>
 #include <map>
 #include <set>
 #include <sstream>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -545,8 +548,36 @@ std::unique_ptr<fast_path> fast_path::open(const fast_path_options& options, std
     error = "creating the grace-period map: " + errno_text(errno);
     return nullptr;
   }
+  if (error = path->map_arrays(); !error.empty()) return nullptr;
   if (error = path->adopt_regions(); !error.empty()) return nullptr;
   return path;
+}
+
+// The regions' arrays are written through mappings: element i of an mmapable array is at
+// i x its value size rounded up to 8 (both values are multiples of 8 already).
+static_assert(sizeof(ml_backend) % 8 == 0 && sizeof(ml_slot_chunk) % 8 == 0);
+
+std::string fast_path::map_arrays() {
+  for (auto [fd, mapped, name] : {std::tuple{backends_fd_, &backends_mapped_, "ml_backends"},
+                                   std::tuple{slots_fd_, &slots_mapped_, "ml_slots"}}) {
+    bpf_map_info info{};
+    uint32_t length = sizeof info;
+    if (bpf_obj_get_info_by_fd(fd, &info, &length) != 0) return std::string("reading ") + name + ": " + errno_text(errno);
+    if (!(info.map_flags & BPF_F_MMAPABLE))
+      return std::string("the pinned map ") + name + " at " + options_.pin_dir +
+             " cannot be mapped (an older agent's); remove the pins with meshlaned --uninstall --bpf-pin-dir " +
+             options_.pin_dir;
+    const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+    const size_t bytes = (size_t{info.value_size} * info.max_entries + page - 1) / page * page;
+    void* at = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (at == MAP_FAILED) return std::string("mapping ") + name + ": " + errno_text(errno);
+    *mapped = {at, bytes, info.max_entries};
+  }
+  // Every region the allocators can hand out lies inside its array.
+  if (backend_regions_.capacity() > backends_mapped_.entries ||
+      slot_regions_.capacity() > uint64_t{slots_mapped_.entries} * ML_SLOTS_PER_CHUNK)
+    return "the pinned load balancer arrays at " + options_.pin_dir + " are smaller than this agent's capacity";
+  return "";
 }
 
 kernel_check_report fast_path::check_kernel(const fast_path_options& options, bool redirected) {
@@ -578,6 +609,8 @@ std::string fast_path::adopt_regions() {
 }
 
 fast_path::~fast_path() {
+  for (const mapped_array* m : {&backends_mapped_, &slots_mapped_})
+    if (m->at) munmap(m->at, m->length);
   for (int fd : {local_pods_fd_, sock_hash_fd_, services_fd_, backends_fd_, slots_fd_, counters_fd_, grace_fd_,
                  grace_inner_fd_})
     if (fd >= 0) close(fd);
@@ -807,27 +840,20 @@ std::string fast_path::sync(const snapshot& tables) {
     }
   }
 
-  // Changed and new frontends: fresh regions written whole, then the entries flipped, in
-  // batches. A full array (fragmentation) flushes what is staged and reuses the regions
-  // it frees before going on.
-  std::vector<uint32_t> backend_keys, chunk_keys;
-  std::vector<ml_backend> backend_values;
-  std::vector<ml_slot_chunk> chunk_values;
+  // Changed and new frontends: fresh regions written whole (through the arrays' mappings:
+  // no entry points into a fresh region, so no program reads it while it is written), then
+  // the entries flipped, in batches. A full array (fragmentation) flushes what is staged
+  // and reuses the regions it frees before going on.
+  auto* const backend_array = static_cast<ml_backend*>(backends_mapped_.at);
+  auto* const chunk_array = static_cast<ml_slot_chunk*>(slots_mapped_.at);
   std::vector<ml_service_key> service_keys;
   std::vector<ml_service_value> service_values;
   std::vector<region> staged;  // allocated for the staged entries, not yet flipped
 
   auto flush = [&]() -> std::string {
-    if (!backend_keys.empty()) {
-      uint32_t count = static_cast<uint32_t>(backend_keys.size());
-      if (bpf_map_update_batch(backends_fd_, backend_keys.data(), backend_values.data(), &count, nullptr) != 0)
-        return kernel_error("writing", "ml_backends");
-    }
-    if (!chunk_keys.empty()) {
-      uint32_t count = static_cast<uint32_t>(chunk_keys.size());
-      if (bpf_map_update_batch(slots_fd_, chunk_keys.data(), chunk_values.data(), &count, nullptr) != 0)
-        return kernel_error("writing", "ml_slots");
-    }
+    // The regions' stores before the entries that point to them (the system call orders
+    // them on x86 already; the fence says so for the compiler and other machines).
+    std::atomic_thread_fence(std::memory_order_release);
     if (!service_keys.empty()) {
       uint32_t count = static_cast<uint32_t>(service_keys.size());
       if (bpf_map_update_batch(services_fd_, service_keys.data(), service_values.data(), &count, nullptr) != 0)
@@ -838,7 +864,6 @@ std::string fast_path::sync(const snapshot& tables) {
       if (old != mirror.services.end()) retire(old->second);
       mirror.services[service_keys[i]] = service_values[i];
     }
-    backend_keys.clear(), backend_values.clear(), chunk_keys.clear(), chunk_values.clear();
     service_keys.clear(), service_values.clear(), staged.clear();
     return "";
   };
@@ -889,18 +914,14 @@ std::string fast_path::sync(const snapshot& tables) {
     value.backend_base = backend_base;
     value.slot_base = slot_base;
     staged.push_back({value.backend_base, value.backend_count, value.slot_base, slot_length});
-    for (uint32_t i = 0; i < value.backend_count; ++i) {
-      backend_keys.push_back(value.backend_base + i);
-      backend_values.push_back(want.backends[i]);
-    }
+    // The allocators hand out regions inside the arrays (sized from the same maps).
+    std::copy(want.backends.begin(), want.backends.end(), backend_array + value.backend_base);
     for (uint32_t chunk = 0; chunk < slot_length / ML_SLOTS_PER_CHUNK; ++chunk) {
-      ml_slot_chunk values{};
+      ml_slot_chunk& values = chunk_array[value.slot_base / ML_SLOTS_PER_CHUNK + chunk];
       for (uint32_t lane = 0; lane < ML_SLOTS_PER_CHUNK; ++lane) {
         const uint32_t slot = chunk * ML_SLOTS_PER_CHUNK + lane;
         values.backend[lane] = slot < want.slots.size() ? want.slots[slot] : 0;
       }
-      chunk_keys.push_back(value.slot_base / ML_SLOTS_PER_CHUNK + chunk);
-      chunk_values.push_back(values);
     }
     service_keys.push_back(key);
     service_values.push_back(value);

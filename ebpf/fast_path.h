@@ -153,6 +153,15 @@ class fast_path {
   kernel_check_report kernel_check_;
   int local_pods_fd_ = -1, sock_hash_fd_ = -1, services_fd_ = -1, backends_fd_ = -1, slots_fd_ = -1,
       counters_fd_ = -1, grace_fd_ = -1, grace_inner_fd_ = -1;
+  // ml_backends and ml_slots mapped into this process (BPF_F_MMAPABLE arrays): sync()
+  // writes fresh regions through these, element i at i * the value size.
+  struct mapped_array {
+    void* at = nullptr;
+    size_t length = 0;
+    uint32_t entries = 0;
+  };
+  mapped_array backends_mapped_, slots_mapped_;
+  std::string map_arrays();
   // sync() writes these; status readers take the lock for a consistent copy.
   mutable std::mutex state_mutex_;
   std::unique_ptr<fast_path_mirror> mirror_;

@@ -37,9 +37,13 @@ struct {
   __type(value, struct ml_service_value);
 } ml_services SEC(".maps");
 
+/* The regions ml_services entries point to. Mappable: the writer fills a fresh region
+ * through its own mapping of the array (plain stores, no system call per element), then
+ * points an ml_services entry at it (ebpf/fast_path.cpp, sync). */
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);
   __uint(max_entries, ML_MAX_BACKENDS);
+  __uint(map_flags, BPF_F_MMAPABLE);
   __type(key, __u32);
   __type(value, struct ml_backend);
 } ml_backends SEC(".maps");
@@ -47,6 +51,7 @@ struct {
 struct {
   __uint(type, BPF_MAP_TYPE_ARRAY);
   __uint(max_entries, ML_MAX_SLOT_CHUNKS);
+  __uint(map_flags, BPF_F_MMAPABLE);
   __type(key, __u32);
   __type(value, struct ml_slot_chunk);
 } ml_slots SEC(".maps");
