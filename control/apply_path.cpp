@@ -207,8 +207,10 @@ void apply_path::account(const publish_result& result, const std::string& source
     } else {
       ++counts_.refused;
     }
+    counts_.validate_seconds_total += result.validate_seconds;
     counts_.compile_seconds_total += result.compile_seconds;
     counts_.publish_seconds_total += result.publish_seconds;
+    counts_.last_validate_seconds = result.validate_seconds;
     counts_.last_compile_seconds = result.compile_seconds;
     counts_.last_publish_seconds = result.publish_seconds;
   }
@@ -219,9 +221,9 @@ void apply_path::account(const publish_result& result, const std::string& source
   // that they do not pile up beside the text.
   if (delta_waits) start_kept_document_build();
   if (result.errors.empty()) {
-    char timing[96];
-    std::snprintf(timing, sizeof timing, " (compile %.3f ms, publish %.3f ms)", result.compile_seconds * 1e3,
-                  result.publish_seconds * 1e3);
+    char timing[128];
+    std::snprintf(timing, sizeof timing, " (validate %.3f ms, compile %.3f ms, publish %.3f ms)",
+                  result.validate_seconds * 1e3, result.compile_seconds * 1e3, result.publish_seconds * 1e3);
     log_.write(log_level::info, "published generation " + std::to_string(result.generation) + " from " + source + timing);
   } else {
     std::string first = result.errors.front().to_string();

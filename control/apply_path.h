@@ -82,8 +82,8 @@ class apply_path {
 
   struct counts {
     uint64_t published = 0, refused = 0;
-    double compile_seconds_total = 0, publish_seconds_total = 0;
-    double last_compile_seconds = 0, last_publish_seconds = 0;
+    double validate_seconds_total = 0, compile_seconds_total = 0, publish_seconds_total = 0;
+    double last_validate_seconds = 0, last_compile_seconds = 0, last_publish_seconds = 0;
   };
   counts applies() const;
 

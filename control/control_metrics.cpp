@@ -34,11 +34,17 @@ void register_control_metrics(control_module& module) {
                    {{{{"result", "published"}}, static_cast<double>(applies.published)},
                     {{{"result", "refused"}}, static_cast<double>(applies.refused)}}});
     out.push_back({"meshlane_control_apply_duration_seconds_total",
-                   "Time spent applying documents, by phase (compile includes validation).", metric_kind::counter,
-                   {{{{"phase", "compile"}}, applies.compile_seconds_total}, {{{"phase", "publish"}}, applies.publish_seconds_total}}});
+                   "Time spent applying documents, by phase (validate: a whole document read and checked; a "
+                   "delta's check is in its compile).",
+                   metric_kind::counter,
+                   {{{{"phase", "validate"}}, applies.validate_seconds_total},
+                    {{{"phase", "compile"}}, applies.compile_seconds_total},
+                    {{{"phase", "publish"}}, applies.publish_seconds_total}}});
     out.push_back({"meshlane_control_last_apply_duration_seconds", "Duration of the last apply, by phase.",
                    metric_kind::gauge,
-                   {{{{"phase", "compile"}}, applies.last_compile_seconds}, {{{"phase", "publish"}}, applies.last_publish_seconds}}});
+                   {{{{"phase", "validate"}}, applies.last_validate_seconds},
+                    {{{"phase", "compile"}}, applies.last_compile_seconds},
+                    {{{"phase", "publish"}}, applies.last_publish_seconds}}});
     out.push_back({"meshlane_control_uptime_seconds", "Seconds since the agent started.", metric_kind::gauge,
                    {{{}, module.uptime_seconds()}}});
     metric_family lines{"meshlane_control_log_lines_total", "Log lines written, by level.", metric_kind::counter, {}};
@@ -75,7 +81,10 @@ void register_control_metrics(control_module& module) {
     const apply_path::counts applies = module.publishes().applies();
     return json{{"generation", tables ? tables->generation : 0},
                 {"applies", {{"published", applies.published}, {"refused", applies.refused}}},
-                {"last_apply_seconds", {{"compile", applies.last_compile_seconds}, {"publish", applies.last_publish_seconds}}},
+                {"last_apply_seconds",
+                 {{"validate", applies.last_validate_seconds},
+                  {"compile", applies.last_compile_seconds},
+                  {"publish", applies.last_publish_seconds}}},
                 {"log_level", to_string(module.log().threshold())},
                 {"clients", module.connected_clients.load()}};
   });

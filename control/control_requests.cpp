@@ -1,6 +1,7 @@
 #include "control/control_requests.h"
 
 #include <algorithm>
+#include <chrono>
 #include <cmath>
 
 #include "control/document_tape.h"
@@ -45,10 +46,12 @@ std::optional<control_request> read_apply_line(std::string_view line, size_t rea
   if (document.empty() || document.front() != '{') return std::nullopt;
   // One JSON object with nothing after it but whitespace (simdjson refuses trailing
   // content), within the document's own nesting limit.
+  const auto start = std::chrono::steady_clock::now();
   std::shared_ptr<const document_tape::tape> parsed = document_tape::parse(
       document, document_tape::kMaxDocumentNesting, line.size() - (kPrefix.size() + document.size()) + readable_after);
   if (!parsed || !parsed->root.is_object()) return std::nullopt;
   control_request request;
+  request.document_parse_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   request.command = "apply";
   request.body = {{"command", "apply"}};
   request.document_text = document;
@@ -164,9 +167,12 @@ json control_module::status() {
 }
 
 json control_module::apply_request(const control_request& whole) {
-  if (!whole.document_text.empty())
-    return apply_reply(
+  if (!whole.document_text.empty()) {
+    json reply = apply_reply(
         apply_.apply_document(whole.document_text, "control socket", std::move(whole.document_parsed), whole.document_owner));
+    if (reply.value("ok", false)) reply["parse_seconds"] = whole.document_parse_seconds;
+    return reply;
+  }
   const json& request = whole.body;
   auto it = request.find("document");
   auto delta = request.find("delta");
@@ -181,7 +187,10 @@ json control_module::apply_request(const control_request& whole) {
 
 json control_module::apply_reply(const publish_result& result) {
   if (result.errors.empty()) {
-    return {{"ok", true}, {"generation", result.generation}, {"compile_seconds", result.compile_seconds},
+    return {{"ok", true},
+            {"generation", result.generation},
+            {"validate_seconds", result.validate_seconds},
+            {"compile_seconds", result.compile_seconds},
             {"publish_seconds", result.publish_seconds}};
   }
   // Only a sink failure gets as far as publishing; validation failures stop before it.

@@ -66,6 +66,7 @@ struct control_request {
   // What keeps document_text's bytes alive, when the caller hands that over (the control
   // socket's read buffer): the apply keeps the text there instead of copying it.
   std::shared_ptr<const void> document_owner;
+  double document_parse_seconds = 0;  // read_apply_line's parse of document_text (its tape)
 };
 
 // Parses one request line. On failure returns nullopt and fills `error_reply`.

@@ -29,14 +29,17 @@ publish_result table_publisher::apply(std::string_view document_json, std::share
   const auto start = std::chrono::steady_clock::now();
   parse_result parsed = parse_desired_state(document_json, tape.get(), live_pods_json);
   tape.reset();
+  const double validate_seconds = seconds_since(start);
   if (!parsed.state) {
     publish_result result;
     result.errors = std::move(parsed.errors);
-    result.compile_seconds = seconds_since(start);
+    result.validate_seconds = validate_seconds;
     return result;
   }
   std::lock_guard lock(write_mutex_);
-  return publish_locked(std::move(*parsed.state));
+  publish_result result = publish_locked(std::move(*parsed.state));
+  result.validate_seconds = validate_seconds;
+  return result;
 }
 
 void table_publisher::set_key_source(esp_key_source source) {

@@ -204,9 +204,13 @@ TEST_F(Agent, MeshctlAppliesAFileAsItIsWritten) {
   }
   ASSERT_GT(crlf.size(), 256u << 10);  // the agent reads it on its publish thread, from the line's tape
   const int before = generation();
-  r = meshctl("apply -f " + write("large.json", crlf));
+  r = meshctl("apply -f " + write("large.json", crlf) + " -o json");
   ASSERT_EQ(r.exit_code, 0) << r.out;
   EXPECT_EQ(generation(), before + 1);
+  // Read from the line's own tape: the reply has that parse's time beside the phases'.
+  const json reply = json::parse(r.out);
+  for (const char* phase : {"parse_seconds", "validate_seconds", "compile_seconds", "publish_seconds"})
+    EXPECT_GT(reply.value(phase, 0.0), 0.0) << phase << ": " << r.out;
   EXPECT_EQ(kept(), large);
 
   r = meshctl("apply -f " + write("bom.json", "\xEF\xBB\xBF  " + small.dump()));
@@ -262,13 +266,20 @@ TEST_F(Agent, MetricsFromTheRealAgentParseAndMove) {
   EXPECT_EQ(value(before, "meshlane_control_snapshot_generation", json::object()), 1);
   EXPECT_EQ(value(before, "meshlane_control_applies_total", {{"result", "published"}}), 1);
   EXPECT_EQ(value(before, "meshlane_control_table_entries", {{"table", "services"}}), 2);
-  for (int i = 0; i < 3; ++i) ASSERT_TRUE(ask({{"command", "apply"}, {"document", document_b()}})["ok"]);
+  for (int i = 0; i < 3; ++i) {
+    const json reply = ask({{"command", "apply"}, {"document", document_b()}});
+    ASSERT_TRUE(reply["ok"]) << reply.dump();
+    // The reply says where the apply's time went, phase by phase.
+    EXPECT_GT(reply.value("validate_seconds", 0.0), 0.0) << reply.dump();
+  }
   const json after = scrape();
   EXPECT_EQ(value(after, "meshlane_control_snapshot_generation", json::object()), 4);
   EXPECT_EQ(value(after, "meshlane_control_applies_total", {{"result", "published"}}), 4);
   EXPECT_EQ(value(after, "meshlane_control_table_entries", {{"table", "services"}}), 3);
-  EXPECT_GT(value(after, "meshlane_control_apply_duration_seconds_total", {{"phase", "compile"}}),
-            value(before, "meshlane_control_apply_duration_seconds_total", {{"phase", "compile"}}));
+  for (const char* phase : {"validate", "compile", "publish"})
+    EXPECT_GT(value(after, "meshlane_control_apply_duration_seconds_total", {{"phase", phase}}),
+              value(before, "meshlane_control_apply_duration_seconds_total", {{"phase", phase}}))
+        << phase;
   EXPECT_GT(value(after, "meshlane_control_uptime_seconds", json::object()),
             value(before, "meshlane_control_uptime_seconds", json::object()));
   EXPECT_NE(run("curl -s -o /dev/null -w '%{http_code}' http://" + listen + "/readyz").out, "000");
