@@ -20,10 +20,10 @@ for b in meshlaned meshctl; do
   [ -x "$build/$b" ] || { echo "agent_apply_bench: $build/$b is missing (ninja -C $build)" >&2; exit 1; }
 done
 
-ns=mlaa-node
-pins=/sys/fs/bpf/meshlane-apply-bench
-cgroup=/sys/fs/cgroup/unified/meshlane-apply-bench
-work=$(mktemp -d /tmp/meshlane-apply-bench.XXXXXX)
+ns=mlb-apply-node  # the prefixes scripts/cleanup.sh knows: mlb*, meshlane-bench*
+pins=/sys/fs/bpf/meshlane-bench-apply
+cgroup=$(awk '$3 == "cgroup2" {print $2; exit}' /proc/mounts)/meshlane-bench-apply
+work=$(mktemp -d /tmp/meshlane-bench-apply.XXXXXX)
 agent_pid=""
 cleanup() {
   [ -n "$agent_pid" ] && kill "$agent_pid" 2>/dev/null && wait "$agent_pid" 2>/dev/null || true
@@ -33,14 +33,14 @@ cleanup() {
   rm -rf "$pins"
   rmdir "$cgroup" 2>/dev/null || true
   rm -rf "$work"
-  rm -rf /var/run/dpdk/meshlane-apply-bench
+  rm -rf /var/run/dpdk/meshlane-bench-apply
 }
 trap cleanup EXIT
 
 ip netns add "$ns"
-ip -n "$ns" link add mlaa-uplink type veth peer name mlaa-peer
-ip -n "$ns" link set mlaa-uplink up
-ip -n "$ns" link set mlaa-peer up
+ip -n "$ns" link add mlbaa-uplink type veth peer name mlbaa-peer
+ip -n "$ns" link set mlbaa-uplink up
+ip -n "$ns" link set mlbaa-peer up
 mkdir -p "$cgroup"
 
 # The documents: the agent's node and cgroup, its data plane, SERVICES services.
@@ -55,8 +55,8 @@ base = {
     "nodes": [{"name": f"node{n}", "underlay_ip": "100.64." + octets(n), "pod_cidr": "10." + octets(n) + ".0/24"}
               for n in range(2, nodes + 1)],
     "tunables": {"maglev_table_size": 1021, "workers": 1, "idle_policy": "adaptive"},
-    "dataplane": {"uplink": {"interface": "mlaa-uplink", "driver": "af_packet", "mtu": 1500},
-                  "eal_args": ["--no-huge", "-m", "1024", "--file-prefix=meshlane-apply-bench", "--log-level=error",
+    "dataplane": {"uplink": {"interface": "mlbaa-uplink", "driver": "af_packet", "mtu": 1500},
+                  "eal_args": ["--no-huge", "-m", "1024", "--file-prefix=meshlane-bench-apply", "--log-level=error",
                                "--no-telemetry"]},
 }
 def backend(s, b, changed):

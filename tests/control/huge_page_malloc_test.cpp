@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <latch>
 #include <string>
 #include <thread>
 #include <vector>
@@ -20,7 +21,10 @@ namespace meshlane {
 namespace {
 
 // In a child: sets the environment, calls limit_malloc_arenas when `limit`, lets six
-// threads allocate, and reports "<limited> <arenas>" (malloc_info's <heap> entries).
+// threads allocate, and reports "<limited> <arenas>" (malloc_info's <heap> entries). The
+// threads hold what they allocated until all six have: a thread that exits gives its
+// arena back for the next one to reuse, so threads that happened not to overlap (a busy
+// machine) showed two arenas without any limit.
 std::string arenas_in_child(bool limit, const char* tunables, const char* arena_max_env) {
   int fds[2];
   if (::pipe(fds) != 0) return "no pipe";
@@ -31,10 +35,12 @@ std::string arenas_in_child(bool limit, const char* tunables, const char* arena_
     if (arena_max_env) ::setenv("MALLOC_ARENA_MAX", arena_max_env, 1); else ::unsetenv("MALLOC_ARENA_MAX");
     const bool limited = limit && limit_malloc_arenas();
     std::vector<std::thread> threads;
+    std::latch all_allocated(6);
     for (int t = 0; t < 6; ++t)
-      threads.emplace_back([] {
+      threads.emplace_back([&all_allocated] {
         std::vector<void*> blocks;
         for (int i = 0; i < 1000; ++i) blocks.push_back(std::malloc(100 + i));
+        all_allocated.arrive_and_wait();
         for (void* b : blocks) std::free(b);
       });
     for (auto& t : threads) t.join();
