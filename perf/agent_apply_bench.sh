@@ -10,7 +10,8 @@
 # ConfigMap update sends it.
 #
 # usage: perf/agent_apply_bench.sh [SERVICES=100000] [ROUNDS=3]   (root; an agent per round)
-# Prints one line per apply and a JSON summary (perf/results/agent-apply-<time>.json).
+# Prints one line per apply and a JSON summary (perf/results/agent-apply-<time>.json, or
+# $OUT).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${MESHLANE_BUILD:-build}
@@ -115,7 +116,7 @@ PY
 done
 
 mkdir -p perf/results
-out=perf/results/agent-apply-$(date -u +%Y-%m-%dT%H%M%SZ).json
+out=${OUT:-perf/results/agent-apply-$(date -u +%Y-%m-%dT%H%M%SZ).json}
 cpu=$(grep -m1 "model name" /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')
 printf '{"services": %d, "backends_per_service": 16, "nodes": 5000, "cpu": "%s", "applies": [%s]}\n' \
   "$services" "$cpu" "$(IFS=,; echo "${results[*]}")" > "$out"

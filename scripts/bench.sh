@@ -66,16 +66,19 @@ OUT=$work/pipeline.json bash perf/pipeline_bench.sh "${pipeline_args[@]}" >&2
 echo "== 3. control: validate, compile, publish 1k / 10k / 100k services (16 backends each, 5,000 nodes)" >&2
 "$build/perf/control_publish_bench" 1000 10000 100000 > "$work/control.jsonl"
 
+echo "== 3a. control: a full apply of 100k services through a whole agent (eBPF fast path, DPDK workers), end to end" >&2
+OUT=$work/agent_apply.json bash perf/agent_apply_bench.sh 100000 2 >&2
+
 echo "== 4. memory: flow-table bytes per entry, resident memory at 1M flows" >&2
 "$build/perf/flow_memory_bench" > "$work/flow_memory.json"
 
-/usr/bin/python3 - "$stamp" "$podlocal_json" "$crossnode_json" "$ovs_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" "$crossnode_xdp_json" <<'PY'
+/usr/bin/python3 - "$stamp" "$podlocal_json" "$crossnode_json" "$ovs_json" "$work/pipeline.json" "$work/control.jsonl" "$work/flow_memory.json" "$crossnode_xdp_json" "$work/agent_apply.json" <<'PY'
 import json, os, platform, sys
 import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-stamp, podlocal_path, crossnode_path, ovs_path, pipeline_path, control_path, memory_path, crossnode_xdp_path = sys.argv[1:]
+stamp, podlocal_path, crossnode_path, ovs_path, pipeline_path, control_path, memory_path, crossnode_xdp_path, agent_apply_path = sys.argv[1:]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 podlocal = json.load(open(podlocal_path))
 crossnode = json.load(open(crossnode_path))
@@ -86,6 +89,7 @@ control_lines = [json.loads(l) for l in open(control_path)]
 control = [c for c in control_lines if c.get("benchmark") == "control_publish"]
 control_surface = [c for c in control_lines if c.get("benchmark") == "control_surface_during_apply"]
 memory = json.load(open(memory_path))
+agent_apply = json.load(open(agent_apply_path))
 
 median = {r["run_name"]: r for r in pipeline_runs if r.get("aggregate_name") == "median"}
 floor = median["BM_io_floor"]["cycles_per_packet"]
@@ -96,7 +100,7 @@ pipeline = {name: {"cycles_per_packet": r["cycles_per_packet"], "x_floor": r["cy
             for name, r in median.items()}
 
 report = {"date": stamp, "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
-          "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "control_surface": control_surface, "flow_memory": memory,
+          "podlocal": podlocal, "crossnode": crossnode, "pipeline": pipeline, "control": control, "control_surface": control_surface, "agent_apply": agent_apply, "flow_memory": memory,
           **({"ovs_dpdk": ovs} if ovs else {"not_measured": {"ovs_dpdk": open(ovs_path).read().strip()}}),
           **({"crossnode_af_xdp": crossnode_xdp} if crossnode_xdp else
              {"not_measured_af_xdp": open(crossnode_xdp_path).read().strip()})}
@@ -192,6 +196,9 @@ for n in names:
     print(f"  pipeline    {n.replace('BM_', ''):50} {p['cycles_per_packet']:7.1f} cycles  {p['x_floor']:5.2f}x floor  {p['mpps_per_core']:6.1f} Mpps/core")
 for c in control:
     print(f"  control     {c['services']:>7} services: validate {c['validate_s']*1e3:8.1f} ms ({c['validate_over_json_parse']:.1f}x JSON parse), compile {c['compile_s']*1e3:8.1f} ms ({c['compile_over_json_parse']:.1f}x)")
+for a in agent_apply["applies"]:
+    print(f"  agent apply {agent_apply['services']:>7} services, round {a['round']}, {a['apply']:8} {a['seconds']:6.2f} s end to end "
+          f"(parse {a['parse_s']:.2f}, validate {a['validate_s']:.2f}, compile {a['compile_s']:.2f}, publish {a['publish_s']:.2f})")
 print(f"  memory      flow entry {memory['entry_bytes']} B; {memory['rss_bytes_per_live_flow']:.0f} B resident per live flow at 1M flows")
 print(f"  written     {out} and {stamp}-{{podlocal,crossnode,pipeline,control}}.png")
 PY
