@@ -209,8 +209,9 @@ TEST_F(Agent, MeshctlAppliesAFileAsItIsWritten) {
   EXPECT_EQ(generation(), before + 1);
   // Read from the line's own tape: the reply has that parse's time beside the phases'.
   const json reply = json::parse(r.out);
-  for (const char* phase : {"parse_seconds", "validate_seconds", "compile_seconds", "publish_seconds"})
+  for (const char* phase : {"parse_seconds", "validate_seconds", "compile_seconds"})
     EXPECT_GT(reply.value(phase, 0.0), 0.0) << phase << ": " << r.out;
+  EXPECT_TRUE(reply.contains("publish_seconds")) << r.out;  // no sink here: it may round to nothing
   EXPECT_EQ(kept(), large);
 
   r = meshctl("apply -f " + write("bom.json", "\xEF\xBB\xBF  " + small.dump()));
