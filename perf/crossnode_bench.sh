@@ -108,6 +108,11 @@ iperf3_run() {  # WAY
   local kernel_before kernel_after
   before=$(uplink_counters); kernel_before=$(kernel_uplink_drops)
   ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -t "$seconds" -J > "$work/iperf3.json"
+  # The last frames of the stream (and of its closing) may still sit in a receiving ring
+  # when iperf3 returns, sent by one agent and not yet polled by the other: read the
+  # counters once they are delivered, or they show as lost uncounted (up to ~1,000 frames
+  # one way and a negative count the other, 2026-12-03).
+  sleep 1
   after=$(uplink_counters); kernel_after=$(kernel_uplink_drops)
   /usr/bin/python3 - "$1" "$work/iperf3.json" "$before" "$after" "$kernel_before" "$kernel_after" >> "$results" <<'PY'
 import json, os, sys
