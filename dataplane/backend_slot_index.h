@@ -30,23 +30,21 @@ struct backend_slot_key {
   uint16_t port = 0;
   bool operator==(const backend_slot_key&) const = default;
 };
-struct backend_slot_key_hash {
-  size_t operator()(const backend_slot_key& k) const {
-    uint64_t a, b;
-    std::memcpy(&a, k.ip.data(), 8);
-    std::memcpy(&b, k.ip.data() + 8, 8);
-    uint64_t h = (a ^ (uint64_t{k.service_slot} << 16 | k.port)) * 0x9e3779b97f4a7c15ull;
-    h = (h ^ (h >> 29) ^ b) * 0xbf58476d1ce4e5b9ull;
-    return static_cast<size_t>(h ^ (h >> 32));
-  }
-};
 
 class backend_slot_index {
  public:
   using names_type = paged_array<backend_slot_key>;
   static constexpr uint32_t kNone = UINT32_MAX;
 
-  static uint32_t hash(const backend_slot_key& key) { return static_cast<uint32_t>(backend_slot_key_hash{}(key)); }
+  // 24 bytes mixed into 32 bits; the low bits pick the home bucket.
+  static uint32_t hash(const backend_slot_key& k) {
+    uint64_t a, b;
+    std::memcpy(&a, k.ip.data(), 8);
+    std::memcpy(&b, k.ip.data() + 8, 8);
+    uint64_t h = (a ^ (uint64_t{k.service_slot} << 16 | k.port)) * 0x9e3779b97f4a7c15ull;
+    h = (h ^ (h >> 29) ^ b) * 0xbf58476d1ce4e5b9ull;
+    return static_cast<uint32_t>(h ^ (h >> 32));
+  }
 
   size_t size() const { return size_; }
   size_t capacity() const { return buckets_.size(); }
@@ -63,12 +61,8 @@ class backend_slot_index {
 
   // The slot of `key` (hash `h`), or kNone. `names`: the slots' names (slot -> key).
   uint32_t find(const backend_slot_key& key, uint32_t h, const names_type& names) const {
-    if (buckets_.empty()) return kNone;
-    for (size_t at = h & mask_;; at = (at + 1) & mask_) {
-      const bucket b = buckets_[at];
-      if (b.slot_plus_one == 0) return kNone;
-      if (b.hash == h && names[b.slot_plus_one - 1] == key) return b.slot_plus_one - 1;
-    }
+    const size_t at = locate(key, h, names);
+    return at == kAbsent ? kNone : buckets_[at].slot_plus_one - 1;
   }
 
   // Adds `slot`, whose name (hash `h`) is not in the index yet.
@@ -83,14 +77,8 @@ class backend_slot_index {
   void erase(const backend_slot_key& key, const names_type& names) { erase(key, names, hash(key)); }
   // The same for a key that was inserted with hash `h` (tests give keys other hashes).
   void erase(const backend_slot_key& key, const names_type& names, uint32_t h) {
-    if (buckets_.empty()) return;
-    size_t at = h & mask_;
-    for (;; at = (at + 1) & mask_) {
-      const bucket b = buckets_[at];
-      if (b.slot_plus_one == 0) return;
-      if (b.hash == h && names[b.slot_plus_one - 1] == key) break;
-    }
-    size_t hole = at;
+    size_t hole = locate(key, h, names);
+    if (hole == kAbsent) return;
     for (size_t next = (hole + 1) & mask_;; next = (next + 1) & mask_) {
       const bucket b = buckets_[next];
       if (b.slot_plus_one == 0) break;
@@ -110,6 +98,18 @@ class backend_slot_index {
     uint32_t slot_plus_one = 0;  // 0: empty
     uint32_t hash = 0;           // the key's hash (its low bits are the home bucket)
   };
+
+  static constexpr size_t kAbsent = SIZE_MAX;
+
+  // The bucket holding `key` (hash `h`), or kAbsent.
+  size_t locate(const backend_slot_key& key, uint32_t h, const names_type& names) const {
+    if (buckets_.empty()) return kAbsent;
+    for (size_t at = h & mask_;; at = (at + 1) & mask_) {
+      const bucket b = buckets_[at];
+      if (b.slot_plus_one == 0) return kAbsent;
+      if (b.hash == h && names[b.slot_plus_one - 1] == key) return at;
+    }
+  }
 
   void place(bucket b) {
     size_t at = b.hash & mask_;

@@ -171,46 +171,42 @@ void reclaim_neighbour_slots(port_table& ports, const forwarding_tables& install
 namespace {
 uint32_t v4_net(const ip_address& ip) { return to_net32(ip.v4()); }
 
-// The slot of `name`: its own, a freed one, or a new one at the end.
-template <typename Name, typename Index>
-uint32_t slot_for(paged_array<Name>& names, Index& index, std::vector<uint32_t>& free_slots,
-                  std::vector<uint8_t>& in_tables, const Name& name) {
-  uint32_t slot;
-  if (auto it = index.find(name); it != index.end()) {
-    slot = it->second;
-  } else if (!free_slots.empty()) {
-    slot = free_slots.back();
-    free_slots.pop_back();
+// The slot of `name`: `found` (its own, from the caller's index) unless that is kNoSlot,
+// else a freed one or a new one at the end, which `add_to_index(slot)` puts in the
+// caller's index. Either way marked as named by the tables being built.
+constexpr uint32_t kNoSlot = backend_slot_index::kNone;
+template <typename Name, typename AddToIndex>
+uint32_t slot_for(paged_array<Name>& names, std::vector<uint32_t>& free_slots, std::vector<uint8_t>& in_tables,
+                  const Name& name, uint32_t found, AddToIndex add_to_index) {
+  uint32_t slot = found;
+  if (slot == kNoSlot) {
+    if (!free_slots.empty()) {
+      slot = free_slots.back();
+      free_slots.pop_back();
+    } else {
+      slot = static_cast<uint32_t>(names.size());
+      names.resize(slot + 1);
+    }
     names.mutable_at(slot) = name;
-    index.emplace(name, slot);
-  } else {
-    slot = static_cast<uint32_t>(names.size());
-    names.resize(slot + 1);
-    names.mutable_at(slot) = name;
-    index.emplace(name, slot);
+    add_to_index(slot);
   }
   if (in_tables.size() < names.size()) in_tables.resize(names.size(), 0);
   in_tables[slot] = 1;
   return slot;
 }
 
-// The same for a backend, whose key hashes to `h` (backend_slot_index.h).
+uint32_t service_slot_for(counter_slot_names& slots, const std::string& name) {
+  const auto it = slots.service_index.find(name);
+  return slot_for(slots.services, slots.free_services, slots.service_in_tables, name,
+                  it == slots.service_index.end() ? kNoSlot : it->second,
+                  [&](uint32_t slot) { slots.service_index.emplace(name, slot); });
+}
+
+// A backend's, whose key hashes to `h` (backend_slot_index.h).
 uint32_t backend_slot_for(counter_slot_names& slots, const backend_slot_key& key, uint32_t h) {
-  uint32_t slot = slots.backend_index.find(key, h, slots.backends);
-  if (slot == backend_slot_index::kNone) {
-    if (!slots.free_backends.empty()) {
-      slot = slots.free_backends.back();
-      slots.free_backends.pop_back();
-    } else {
-      slot = static_cast<uint32_t>(slots.backends.size());
-      slots.backends.resize(slot + 1);
-    }
-    slots.backends.mutable_at(slot) = key;
-    slots.backend_index.insert(h, slot);
-  }
-  if (slots.backend_in_tables.size() < slots.backends.size()) slots.backend_in_tables.resize(slots.backends.size(), 0);
-  slots.backend_in_tables[slot] = 1;
-  return slot;
+  return slot_for(slots.backends, slots.free_backends, slots.backend_in_tables, key,
+                  slots.backend_index.find(key, h, slots.backends),
+                  [&](uint32_t slot) { slots.backend_index.insert(h, slot); });
 }
 }  // namespace
 
@@ -530,8 +526,7 @@ std::string name_all_slots(const snapshot& s, const forwarding_tables* installed
       out.service_slot.mutable_at(i) = slot;
       continue;
     }
-    const uint32_t slot =
-        slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, service.name);
+    const uint32_t slot = service_slot_for(slots, service.name);
     if (slot >= kMaxServiceSlots)
       return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
     out.service_slot.mutable_at(i) = slot;
@@ -669,7 +664,7 @@ std::string name_services_added_and_removed(const snapshot& s, const forwarding_
   }
   for (uint32_t service : delta.added) {
     const table_service& row = s.services[service];
-    const uint32_t slot = slot_for(slots.services, slots.service_index, slots.free_services, slots.service_in_tables, row.name);
+    const uint32_t slot = service_slot_for(slots, row.name);
     if (slot >= kMaxServiceSlots)
       return "more than " + std::to_string(kMaxServiceSlots) + " services at once (published or with live flows)";
     out.service_slot.mutable_at(service) = slot;
