@@ -4,6 +4,7 @@
 #include <chrono>
 #include <cmath>
 
+#include "control/apply_line.h"
 #include "control/document_tape.h"
 #include "control/policy_check.h"
 #include "control/tuning.h"
@@ -35,7 +36,7 @@ std::optional<control_request> parse_control_request(std::string_view line, json
 }
 
 std::optional<control_request> read_apply_line(std::string_view line, size_t readable_after) {
-  constexpr std::string_view kPrefix = R"({"command":"apply","document":)";
+  constexpr std::string_view kPrefix = apply_line_writer::kPrefix;
   if (!line.starts_with(kPrefix)) return std::nullopt;
   // The line's closing brace: the last character but whitespace.
   const size_t close = line.find_last_not_of(" \t\r\n");
@@ -57,21 +58,6 @@ std::optional<control_request> read_apply_line(std::string_view line, size_t rea
   request.document_text = document;
   request.document_parsed = std::move(parsed);
   return request;
-}
-
-std::string apply_line_of_text(std::string_view document_text) {
-  if (document_text.empty() || document_text.front() != '{') return {};
-  const auto tape = document_tape::parse(document_text, document_tape::kMaxDocumentNesting);
-  if (!tape || !tape->root.is_object()) return {};
-  std::string line = R"({"command":"apply","document":)";
-  const size_t prefix = line.size();
-  line.resize(prefix + document_text.size() + 1);
-  size_t written = 0;
-  if (simdjson::minify(document_text.data(), document_text.size(), line.data() + prefix, written) != simdjson::SUCCESS)
-    return {};
-  line.resize(prefix + written);
-  line.push_back('}');
-  return line;
 }
 
 control_module::control_module(table_publisher& publisher, subsystem_registry& registry, log_ring& log)

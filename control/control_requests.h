@@ -86,15 +86,7 @@ std::optional<control_request> parse_control_request(std::string_view line, nloh
 // document_tape::kPadding or more the document is parsed in place, without a copy.
 std::optional<control_request> read_apply_line(std::string_view line, size_t readable_after = 0);
 
-// The writer's side (meshctl's `apply -f`): the apply line of a document file's text sent
-// as it is, which read_apply_line takes; or "" when the text is not one JSON object the
-// tape reads (leading space or a byte-order mark, duplicate keys, syntax errors), which
-// then goes through a DOM as before. At 100,000 services nlohmann's parse and dump of the
-// 109 MB text took seconds of meshctl's own time before anything was sent. The text is
-// minified (simdjson): whitespace between tokens, line breaks and indentation included, is
-// dropped, so the request is one line no longer than the compact dump meshctl sent before
-// (an indented file may be twice that, past the agent's line limit).
-std::string apply_line_of_text(std::string_view document_text);
+// The writer's side (meshctl's `apply -f` of a file as it is) is apply_line.h.
 
 // The control module: one JSON request in, one JSON reply out. It dispatches each
 // command to the part that does that job and composes the parts: the apply path

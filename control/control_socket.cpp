@@ -522,23 +522,24 @@ std::string control_client::connect(const std::string& socket_path, int timeout_
   return {};
 }
 
+bool control_client::send_part(std::string_view part) {
+  size_t sent = 0;
+  while (sent < part.size()) {
+    const ssize_t n = ::send(fd_, part.data() + sent, part.size() - sent, MSG_NOSIGNAL);
+    if (n <= 0) {
+      if (n < 0 && errno == EINTR) continue;
+      return false;
+    }
+    sent += static_cast<size_t>(n);
+  }
+  return true;
+}
+
 bool control_client::send_line(const std::string& line) {
   // The line as it is, then its end if it lacks one (not a copy of a 100 MB line to append
   // one byte).
-  const auto send_all = [this](const char* data, size_t size) {
-    size_t sent = 0;
-    while (sent < size) {
-      const ssize_t n = ::send(fd_, data + sent, size - sent, MSG_NOSIGNAL);
-      if (n <= 0) {
-        if (n < 0 && errno == EINTR) continue;
-        return false;
-      }
-      sent += static_cast<size_t>(n);
-    }
-    return true;
-  };
-  if (!send_all(line.data(), line.size())) return false;
-  return (!line.empty() && line.back() == '\n') || send_all("\n", 1);
+  if (!send_part(line)) return false;
+  return (!line.empty() && line.back() == '\n') || send_part("\n");
 }
 
 bool control_client::read_line(std::string& line, int timeout_ms, std::string* error) {
@@ -576,7 +577,10 @@ nlohmann::json control_client::request(const nlohmann::json& body, int timeout_m
 
 nlohmann::json control_client::request_line(const std::string& request, int timeout_ms) {
   const bool sent = send_line(request);
-  const int send_errno = errno;
+  return read_reply(sent, errno, timeout_ms);
+}
+
+nlohmann::json control_client::read_reply(bool sent, int send_errno, int timeout_ms) {
   // Even when the send failed, the agent may have said why it closed (a refusal line).
   std::string line, error;
   if (!read_line(line, sent ? timeout_ms : 1000, &error))

@@ -14,6 +14,7 @@
 #include <deque>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -104,8 +105,14 @@ class control_client {
   bool read_line(std::string& line, int timeout_ms, std::string* error = nullptr);
   // send + read + parse; on failure a reply {"ok":false,"error":"transport",...}.
   nlohmann::json request(const nlohmann::json& body, int timeout_ms = 30000);
-  // The same for a request line already made (meshctl's apply of a file sent as it is).
+  // The same for a request line already made.
   nlohmann::json request_line(const std::string& line, int timeout_ms = 30000);
+  // A request line sent in parts (meshctl streams a file's apply line, apply_line.h): the
+  // bytes as they are, no line end added; false when the agent is gone (errno says why).
+  bool send_part(std::string_view part);
+  // The reply to a request sent (in parts or whole): read and parsed as request_line does;
+  // `sent` false when sending failed with `send_errno` (a refusal line may still be there).
+  nlohmann::json read_reply(bool sent, int send_errno, int timeout_ms = 30000);
   int fd() const { return fd_; }
   void close();
 

@@ -10,15 +10,17 @@
 #include <csignal>
 #include <cstdio>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include <nlohmann/json.hpp>
 
+#include "control/apply_line.h"
+#include "control/control_errors.h"
 #include "control/control_socket.h"
 #include "control/desired_state.h"
 #include "control/control_requests.h"
-#include "control/huge_page_malloc.h"
 #include "control/state_delta.h"
 #include "control/table_compiler.h"
 #include "control/version.h"
@@ -230,9 +232,114 @@ nlohmann::json parse_value(const std::string& text) {
   return value.is_discarded() ? nlohmann::json(text) : value;
 }
 
+struct file_closer {
+  void operator()(std::FILE* f) const { std::fclose(f); }
+};
+using file_handle = std::unique_ptr<std::FILE, file_closer>;
+
+// The whole file's text, read from its start; false (errno set) when reading failed.
+bool read_whole_file(std::FILE* file, std::string& text) {
+  text.clear();
+  if (std::fseek(file, 0, SEEK_END) == 0) {
+    // Sized once (a 100 MB document grown by doubling was copied and faulted in twice over).
+    const long size = std::ftell(file);
+    if (size > 0) text.reserve(static_cast<size_t>(size));
+  }
+  std::rewind(file);
+  char chunk[65536];
+  while (size_t n = std::fread(chunk, 1, sizeof chunk, file)) text.append(chunk, n);
+  return !std::ferror(file);
+}
+
+// `apply` the DOM way: the file's text parsed here and the request built from it (a delta;
+// a document the apply line's writer refuses, or one the agent found not to be JSON). A
+// text that is not one JSON object is refused here, with the reasons and positions the
+// agent's validator would give: returns the exit code then, 0 with `request` filled.
+int build_dom_apply_request(const online_options& opts, std::FILE* file, nlohmann::json& request) {
+  std::string text;
+  if (!read_whole_file(file, text)) {
+    std::fprintf(stderr, "meshctl: cannot read %s: %s\n", opts.file.c_str(), std::strerror(errno));
+    return kExitRefused;
+  }
+  nlohmann::json document = nlohmann::json::parse(text, nullptr, false);
+  if (document.is_discarded() || !document.is_object()) {
+    const auto parsed = opts.delta ? meshlane::parse_result{std::nullopt, meshlane::parse_state_delta(text).errors}
+                                   : meshlane::parse_desired_state(text);
+    nlohmann::json reply = {{"ok", false}, {"error", "invalid_document"},
+                            {"message", opts.file + " is not a JSON object; nothing was applied"}};
+    reply["errors"] = nlohmann::json::array();
+    for (const auto& e : parsed.errors) reply["errors"].push_back({{"path", e.path}, {"message", e.message}});
+    return report_refusal(opts, reply);
+  }
+  request[opts.delta ? "delta" : "document"] = std::move(document);
+  return 0;
+}
+
+// `apply -f`: the file streamed into the socket as the apply line (apply_line.h), a
+// megabyte at a time, each part sent once the next has been read and taken, so that a
+// file the writer refuses within its first megabyte sends nothing (a 100 MB file goes
+// through two megabytes of buffers: no copy of the text, no parse of it here).
+struct apply_stream {
+  bool writer_refused = false;  // not a text the line carries as it is: the DOM way
+  bool part_sent = false;       // ... after part of the line went out
+  bool read_failed = false;
+  int read_errno = 0;
+  bool sent = true;             // false: the agent went away while the line went out
+  int send_errno = 0;
+};
+
+apply_stream stream_apply_file(std::FILE* file, meshlane::control_client& client) {
+  constexpr size_t kPart = size_t{1} << 20;
+  // Room for a part's line: the prefix before the first, a space held over, the end.
+  constexpr size_t kRoom = kPart + meshlane::apply_line_writer::kPrefix.size() + 3;
+  apply_stream result;
+  meshlane::apply_line_writer writer;
+  std::vector<char> input(kPart), held(kRoom), next(kRoom);
+  size_t held_size = 0;
+  std::rewind(file);
+  while (true) {
+    const size_t n = std::fread(input.data(), 1, kPart, file);
+    if (n == 0) {
+      if (std::ferror(file)) {
+        result.read_failed = true;
+        result.read_errno = errno;
+        return result;
+      }
+      break;
+    }
+    const size_t written = writer.write({input.data(), n}, next.data());
+    if (writer.failed()) {
+      result.writer_refused = true;
+      return result;
+    }
+    if (held_size > 0) {
+      if (!client.send_part({held.data(), held_size})) {
+        result.sent = false;
+        result.send_errno = errno;
+        return result;
+      }
+      result.part_sent = true;
+    }
+    std::swap(held, next);
+    held_size = written;
+  }
+  size_t end = 0;
+  if (!writer.finish(held.data() + held_size, &end)) {
+    result.writer_refused = true;
+    return result;
+  }
+  held_size += end;
+  held[held_size++] = '\n';
+  if (!client.send_part({held.data(), held_size})) {
+    result.sent = false;
+    result.send_errno = errno;
+  }
+  return result;
+}
+
 int run_online(const std::string& command, int argc, char** argv) {
   online_options opts;
-  std::string raw_apply_line;  // `apply -f`: the file's text as it is, when the agent's tape reads it
+  file_handle apply_file;  // apply's -f or --delta FILE
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
     auto value = [&]() -> const char* { return i + 1 < argc ? argv[++i] : nullptr; };
@@ -292,37 +399,17 @@ int run_online(const std::string& command, int argc, char** argv) {
       std::fprintf(stderr, "meshctl: apply needs -f FILE (a desired-state document) or --delta FILE (a delta of it)\n");
       return kExitUsage;
     }
-    std::FILE* file = std::fopen(opts.file.c_str(), "rb");
-    if (!file) {
+    apply_file.reset(std::fopen(opts.file.c_str(), "rb"));
+    if (!apply_file) {
       std::fprintf(stderr, "meshctl: cannot read %s: %s\n", opts.file.c_str(), std::strerror(errno));
       return kExitRefused;
     }
-    std::string text;
-    // Sized once (a 100 MB document grown by doubling was copied and faulted in twice over).
-    if (std::fseek(file, 0, SEEK_END) == 0) {
-      const long size = std::ftell(file);
-      if (size > 0) text.reserve(static_cast<size_t>(size));
-      std::rewind(file);
+    // A document goes into the socket as the file has it, minified a part at a time after
+    // connecting (apply_line.h); a delta, and a document the line's writer refuses, go as a
+    // request built from a DOM of the text.
+    if (opts.delta) {
+      if (const int refused = build_dom_apply_request(opts, apply_file.get(), request)) return refused;
     }
-    char chunk[65536];
-    while (size_t n = std::fread(chunk, 1, sizeof chunk, file)) text.append(chunk, n);
-    std::fclose(file);
-    if (!opts.delta) {
-      raw_apply_line = meshlane::apply_line_of_text(text);  // the file as it is (control_requests.h)
-      if (!raw_apply_line.empty()) text = std::string();  // sent as it is: no DOM of it here
-    }
-    nlohmann::json document = raw_apply_line.empty() ? nlohmann::json::parse(text, nullptr, false) : nlohmann::json::object();
-    if (document.is_discarded() || !document.is_object()) {
-      // Let the agent's validator explain; it names the position of a syntax error.
-      const auto parsed = opts.delta ? meshlane::parse_result{std::nullopt, meshlane::parse_state_delta(text).errors}
-                                     : meshlane::parse_desired_state(text);
-      nlohmann::json reply = {{"ok", false}, {"error", "invalid_document"},
-                              {"message", opts.file + " is not a JSON object; nothing was sent"}};
-      reply["errors"] = nlohmann::json::array();
-      for (const auto& e : parsed.errors) reply["errors"].push_back({{"path", e.path}, {"message", e.message}});
-      return report_refusal(opts, reply);
-    }
-    if (raw_apply_line.empty()) request[opts.delta ? "delta" : "document"] = document;
   } else if (command == "get") {
     if (opts.positional.size() != 1) {
       std::fprintf(stderr, "meshctl: get needs one TABLE: services, backends, routes, maglev, flows, sas, tables, config\n");
@@ -390,7 +477,33 @@ int run_online(const std::string& command, int argc, char** argv) {
   meshlane::control_client client;
   if (std::string error = client.connect(opts.socket); !error.empty())
     return report_refusal(opts, {{"ok", false}, {"error", "transport"}, {"message", error}});
-  nlohmann::json reply = raw_apply_line.empty() ? client.request(request) : client.request_line(raw_apply_line);
+  nlohmann::json reply;
+  if (command == "apply" && !opts.delta) {
+    const apply_stream streamed = stream_apply_file(apply_file.get(), client);
+    if (streamed.read_failed) {
+      std::fprintf(stderr, "meshctl: cannot read %s: %s\n", opts.file.c_str(), std::strerror(streamed.read_errno));
+      return kExitRefused;
+    }
+    if (!streamed.writer_refused) {
+      reply = client.read_reply(streamed.sent, streamed.send_errno);
+      // The agent could not read the line as JSON: the file is not JSON. Say where, in the
+      // file's own positions (the line's are the minified text's).
+      if (reply.value("error", "") == meshlane::control_error::kInvalidJson) {
+        if (const int refused = build_dom_apply_request(opts, apply_file.get(), request)) return refused;
+      }
+    } else {
+      // Not a text the line carries as it is: the DOM way, on a fresh connection when part
+      // of the line went out (the agent drops a line the connection's end cut short).
+      if (const int refused = build_dom_apply_request(opts, apply_file.get(), request)) return refused;
+      if (streamed.part_sent) {
+        if (std::string error = client.connect(opts.socket); !error.empty())
+          return report_refusal(opts, {{"ok", false}, {"error", "transport"}, {"message", error}});
+      }
+      reply = client.request(request);
+    }
+  } else {
+    reply = client.request(request);
+  }
   if (!reply.value("ok", false)) return report_refusal(opts, reply);
 
   auto show = [&](const nlohmann::json& r) {
@@ -454,9 +567,6 @@ int run_online(const std::string& command, int argc, char** argv) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  // `apply -f` of a large file checks it with a fresh simdjson parser: its buffers on
-  // 2 MiB pages (huge_page_malloc.h).
-  if (argc >= 2 && std::strcmp(argv[1], "apply") == 0) meshlane::reexec_with_huge_page_malloc(argv);
   if (argc < 2) {
     print_usage(stderr);
     return 2;

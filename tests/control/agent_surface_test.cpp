@@ -26,6 +26,7 @@
 #include <iterator>
 #include <thread>
 
+#include "control/apply_line.h"
 #include "control/control_socket.h"
 #include "tests/control/policy_semantics_table.h"
 #include "tests/control/sample_document.h"
@@ -223,6 +224,49 @@ TEST_F(Agent, MeshctlAppliesAFileAsItIsWritten) {
   EXPECT_EQ(r.exit_code, 1) << r.out;
   EXPECT_EQ(json::parse(r.out)["error"], "invalid_document") << r.out;
   EXPECT_EQ(generation(), before + 2);
+
+  // meshctl streams the file a megabyte at a time: a text found wrong after megabytes of it
+  // went out (content after the object) is cut off there, the agent drops the unfinished
+  // line, and meshctl refuses the file itself.
+  const std::string padding(3u << 20, ' ');
+  r = meshctl("apply -f " + write("trailing.json", small.dump() + padding + "x") + " -o json");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  EXPECT_EQ(json::parse(r.out)["error"], "invalid_document") << r.out;
+  // A syntax error the line carries (two numbers side by side, far into the file): the
+  // agent refuses the line as not JSON, and meshctl says where in the file.
+  std::string bare = small.dump();
+  bare.insert(bare.find("\"weight\":4") + 10, padding + " 5");
+  r = meshctl("apply -f " + write("bare.json", bare) + " -o json");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  const json refusal = json::parse(r.out);
+  EXPECT_EQ(refusal["error"], "invalid_document") << r.out;
+  ASSERT_FALSE(refusal["errors"].empty()) << r.out;
+  // The file's column (past the padding), not the minified line's.
+  const std::string message = refusal["errors"][0]["message"];
+  ASSERT_NE(message.find("column "), std::string::npos) << message;
+  EXPECT_GT(std::stoul(message.substr(message.find("column ") + 7)), padding.size()) << message;
+  EXPECT_EQ(generation(), before + 2);
+  EXPECT_EQ(kept(), small);
+  // Valid JSON the writer does not carry (nested past its limit), found after megabytes
+  // went out: sent again the DOM way on a fresh connection, and the agent answers for it
+  // (its nesting limit; on the cut connection the reply would be lost or garbled).
+  std::string deep = small.dump();
+  const size_t name_at = deep.find("\"name\":", deep.find("\"services\"")) + 7;
+  const size_t name_end = deep.find(',', name_at);
+  const size_t levels = apply_line_writer::kMaxDepth + 8;
+  deep.replace(name_at, name_end - name_at, std::string(levels, '[') + std::string(levels, ']'));
+  deep.insert(1, padding);
+  r = meshctl("apply -f " + write("deep.json", deep) + " -o json");
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  const json deep_refusal = json::parse(r.out);
+  EXPECT_EQ(deep_refusal["error"], "invalid_document") << r.out;
+  ASSERT_FALSE(deep_refusal["errors"].empty()) << r.out;
+  EXPECT_NE(deep_refusal["errors"][0]["message"].get<std::string>().find("nested deeper"), std::string::npos) << r.out;
+  EXPECT_NE(deep_refusal["message"].get<std::string>().find("nothing was changed"), std::string::npos) << r.out;
+  // The agent took none of these, and takes the next.
+  r = meshctl("apply -f " + write("padded.json", "{" + padding + small.dump().substr(1) + padding));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(generation(), before + 3);
 }
 
 // The agent re-executes itself once with glibc's huge-page tunable (huge_page_malloc.h),

@@ -18,6 +18,7 @@
 #include <thread>
 #include <vector>
 
+#include "control/apply_line.h"
 #include "control/control_socket.h"
 #include "control/document_tape.h"
 #include "tests/control/sample_document.h"
@@ -221,9 +222,15 @@ TEST(ApplyLine, AFilesTextIsSentAsItIsAndReadBackTheSame) {
     }
   }
   for (const std::string& other : {std::string(" ") + document.dump(), "\xEF\xBB\xBF" + document.dump(),
-                                   document.dump().substr(0, 100), std::string(R"({"a":1,"a":2})"),
-                                   std::string("[]"), std::string()})
+                                   document.dump().substr(0, 100), std::string("[]"), std::string()})
     EXPECT_EQ(apply_line_of_text(other), "") << other;
+  // Duplicate keys are the agent's to judge: the line carries them, its tape refuses them,
+  // and the line then goes the way of any other client's (a DOM of the whole request).
+  const std::string duplicates = apply_line_of_text(R"({"a":1,"a":2})");
+  ASSERT_FALSE(duplicates.empty());
+  EXPECT_FALSE(read_apply_line(duplicates));
+  json error;
+  EXPECT_TRUE(parse_control_request(duplicates, error)) << error.dump();
 }
 
 TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {

@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <map>
+#include <random>
 
 namespace meshlane {
 namespace {
@@ -99,6 +101,55 @@ TEST(Maglev, TablesAreTheSameAsEverBefore) {
 }
 
 // Removing one of N backends must move its own 1/N of the slots and few others.
+// The algorithm as the paper writes it, one probe at a time: each backend's next
+// preference is (offset + j * skip) mod M for j = 0, 1, ..., taken when free.
+std::vector<uint16_t> one_probe_at_a_time(const std::vector<maglev_backend>& backends, uint32_t m) {
+  constexpr uint64_t kOffsetSeed = 0x6d61676c65763031ull, kSkipSeed = 0x736b697070657231ull;  // maglev.cpp's
+  const size_t n = backends.size();
+  std::vector<uint64_t> offset(n), skip(n), next(n, 0), credit(n, 0);
+  uint32_t max_weight = 0;
+  for (size_t i = 0; i < n; ++i) {
+    offset[i] = mix64(fnv1a64(backends[i].identity, kOffsetSeed)) % m;
+    skip[i] = mix64(fnv1a64(backends[i].identity, kSkipSeed)) % (m - 1) + 1;
+    max_weight = std::max(max_weight, backends[i].weight);
+  }
+  std::vector<uint16_t> table(m, 0xffff);
+  uint32_t filled = 0;
+  while (true) {
+    for (size_t i = 0; i < n; ++i) {
+      credit[i] += backends[i].weight;
+      if (credit[i] < max_weight) continue;
+      credit[i] -= max_weight;
+      uint64_t slot = 0;
+      do slot = (offset[i] + next[i]++ * skip[i]) % m;
+      while (table[slot] != 0xffff);
+      table[slot] = static_cast<uint16_t>(i);
+      if (++filled == m) return table;
+    }
+  }
+}
+
+// The look-ahead walk (maglev.cpp) is a shortcut: the table must be the one the plain
+// algorithm builds, for tables from 2 slots up, backends up to the table's size, any
+// weights.
+TEST(Maglev, TablesAreThePlainAlgorithms) {
+  std::mt19937 random(14);
+  size_t cases = 0;
+  for (const uint32_t m : {2u, 3u, 7u, 13u, 31u, 67u, 251u, 1021u, 4093u, 65537u}) {
+    for (int round = 0; round < (m > 5000 ? 3 : 40); ++round) {
+      const size_t n = 1 + random() % std::min<size_t>(m, round % 4 == 0 ? m : 40);
+      std::vector<uint32_t> weights(n, 1);
+      const int shape = round % 3;
+      for (auto& w : weights) w = shape == 0 ? 1 : shape == 1 ? 1 + random() % 5 : 1 + random() % 65535;
+      const auto backends = make_backends(weights);
+      ASSERT_EQ(build_maglev_table(backends, m), one_probe_at_a_time(backends, m))
+          << "table " << m << ", " << n << " backends, weights shape " << shape;
+      ++cases;
+    }
+  }
+  EXPECT_GT(cases, 300u);
+}
+
 double moved_fraction_after_removal(size_t n, size_t removed) {
   auto before = make_backends(std::vector<uint32_t>(n, 1));
   auto after = before;
