@@ -28,7 +28,14 @@ struct backend_slot_key {
   std::array<uint8_t, 16> ip{};
   uint32_t service_slot = UINT32_MAX;  // UINT32_MAX: the slot is free
   uint16_t port = 0;
-  bool operator==(const backend_slot_key&) const = default;
+  // Word compares: the defaulted form called memcmp for the address, 3% of a 100,000 x
+  // 16 install in the index's key confirmation alone.
+  bool operator==(const backend_slot_key& other) const {
+    uint64_t a[2], b[2];
+    std::memcpy(a, ip.data(), 16);
+    std::memcpy(b, other.ip.data(), 16);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1])) == 0 && service_slot == other.service_slot && port == other.port;
+  }
 };
 
 class backend_slot_index {

@@ -19,6 +19,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <bit>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -272,14 +273,29 @@ struct forwarding_tables {
     uint8_t protocol = 0;
     uint16_t frontend_port = 0;
     std::array<uint8_t, 16> frontend_vip{};
+    // An address as one number in its byte order: the sort of 1.6 million entries
+    // (build_service_index) compared addresses through memcmp calls, 8% of a 100,000 x
+    // 16 install; two byte-swapped words compare the same way without a call.
+    static unsigned __int128 address_order(const std::array<uint8_t, 16>& address) {
+      static_assert(std::endian::native == std::endian::little, "address_order byte-swaps to big-endian");
+      uint64_t high, low;
+      std::memcpy(&high, address.data(), 8);
+      std::memcpy(&low, address.data() + 8, 8);
+      return static_cast<unsigned __int128>(__builtin_bswap64(high)) << 64 | __builtin_bswap64(low);
+    }
     bool operator<(const backend_frontend& other) const {
-      return std::tie(ip, port, protocol) < std::tie(other.ip, other.port, other.protocol);
+      const unsigned __int128 a = address_order(ip), b = address_order(other.ip);
+      if (a != b) return a < b;
+      return std::tie(port, protocol) < std::tie(other.port, other.protocol);
     }
     // The index's whole order: by backend, then frontend (the order of the snapshot's
     // frontends: address, port).
     static bool before(const backend_frontend& a, const backend_frontend& b) {
-      return std::tie(a.ip, a.port, a.protocol, a.frontend_vip, a.frontend_port) <
-             std::tie(b.ip, b.port, b.protocol, b.frontend_vip, b.frontend_port);
+      if (a < b) return true;
+      if (b < a) return false;
+      const unsigned __int128 x = address_order(a.frontend_vip), y = address_order(b.frontend_vip);
+      if (x != y) return x < y;
+      return a.frontend_port < b.frontend_port;
     }
     struct order {
       bool operator()(const backend_frontend& a, const backend_frontend& b) const { return before(a, b); }
