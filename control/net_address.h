@@ -6,8 +6,10 @@
 #pragma once
 
 #include <array>
+#include <bit>
 #include <compare>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -32,7 +34,26 @@ struct ip_address {
   }
   std::string to_string() const;
 
-  auto operator<=>(const ip_address&) const = default;
+  // The address as one number, its bytes in order (network order is big-endian): orders
+  // and compares as the bytes do, in two words instead of a memcmp call (sorts and maps
+  // keyed by address were 5-12% of an apply's CPU in memcmp).
+  unsigned __int128 order_key() const {
+    static_assert(std::endian::native == std::endian::little, "order_key byte-swaps to big-endian");
+    uint64_t high, low;
+    std::memcpy(&high, bytes.data(), 8);
+    std::memcpy(&low, bytes.data() + 8, 8);
+    return static_cast<unsigned __int128>(__builtin_bswap64(high)) << 64 | __builtin_bswap64(low);
+  }
+  std::strong_ordering operator<=>(const ip_address& other) const {
+    const unsigned __int128 a = order_key(), b = other.order_key();
+    return a < b ? std::strong_ordering::less : a > b ? std::strong_ordering::greater : std::strong_ordering::equal;
+  }
+  bool operator==(const ip_address& other) const {
+    uint64_t a[2], b[2];
+    std::memcpy(a, bytes.data(), 16);
+    std::memcpy(b, other.bytes.data(), 16);
+    return ((a[0] ^ b[0]) | (a[1] ^ b[1])) == 0;
+  }
 };
 
 struct ip_prefix {

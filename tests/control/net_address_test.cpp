@@ -73,5 +73,38 @@ TEST(IpPrefix, ContainsAndOverlapsRespectFamilies) {
   EXPECT_FALSE(all_v4.contains(*ip_address::parse("fd00::1")));
 }
 
+// Addresses order and compare as their bytes do (network order, byte by byte): the
+// tables' canonical orders and every map keyed by address rely on it, and the comparison
+// is two byte-swapped words rather than the bytes themselves.
+TEST(IpAddress, OrdersAndComparesAsItsBytes) {
+  std::mt19937_64 random(14);
+  std::vector<ip_address> addresses;
+  for (int i = 0; i < 400; ++i) {
+    ip_address a;
+    for (auto& b : a.bytes) b = static_cast<uint8_t>(random());
+    if (i % 4 == 0) a = ip_address::from_v4(static_cast<uint32_t>(random()));
+    addresses.push_back(a);
+    // Neighbours that differ in one byte only, at either end and in the middle.
+    for (const size_t at : {size_t{0}, size_t{7}, size_t{8}, size_t{15}}) {
+      ip_address b = a;
+      b.bytes[at] = static_cast<uint8_t>(b.bytes[at] + 1 + random() % 255);
+      addresses.push_back(b);
+    }
+  }
+  for (const ip_address& a : addresses) {
+    for (size_t j = 0; j < 64; ++j) {
+      const ip_address& b = addresses[random() % addresses.size()];
+      EXPECT_EQ(a <=> b, a.bytes <=> b.bytes);
+      EXPECT_EQ(a == b, a.bytes == b.bytes);
+      EXPECT_EQ(a < b, a.bytes < b.bytes);
+    }
+    EXPECT_EQ(a <=> a, std::strong_ordering::equal);
+  }
+  EXPECT_LT(*ip_address::parse("9.255.255.255"), *ip_address::parse("10.0.0.0"));
+  EXPECT_LT(*ip_address::parse("10.0.0.255"), *ip_address::parse("10.0.1.0"));
+  EXPECT_LT(*ip_address::parse("::1"), *ip_address::parse("::ffff:0.0.0.0"));
+  EXPECT_LT(*ip_address::parse("::ffff:255.255.255.255"), *ip_address::parse("fd00::"));
+}
+
 }  // namespace
 }  // namespace meshlane
