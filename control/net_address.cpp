@@ -95,11 +95,12 @@ std::optional<ip_prefix> ip_prefix::parse(std::string_view text, std::string* wh
 
 bool ip_prefix::contains(const ip_address& address) const {
   if (address.is_v4() != is_v4()) return false;
-  const unsigned first = base.family_bit_offset();
-  for (unsigned bit = first; bit < first + length; ++bit) {
-    if (address.bit(bit) != base.bit(bit)) return false;
-  }
-  return true;
+  // The prefix's bits of the 128-bit form (an IPv4 prefix's start at bit 96), compared at
+  // once under a mask (a bit at a time, this was 3% of validating a 100,000-service
+  // document: every backend's address against its node's pod range).
+  const unsigned bits = base.family_bit_offset() + length;
+  const unsigned __int128 mask = bits == 0 ? 0 : ~static_cast<unsigned __int128>(0) << (128 - bits);
+  return ((address.order_key() ^ base.order_key()) & mask) == 0;
 }
 
 bool ip_prefix::overlaps(const ip_prefix& other) const {

@@ -73,6 +73,35 @@ TEST(IpPrefix, ContainsAndOverlapsRespectFamilies) {
   EXPECT_FALSE(all_v4.contains(*ip_address::parse("fd00::1")));
 }
 
+// contains() against the definition, a bit at a time, for random prefixes of both
+// families and addresses inside, just outside and far from them.
+TEST(IpPrefix, ContainsIsTheBitwiseDefinition) {
+  std::mt19937_64 random(16);
+  auto by_bits = [](const ip_prefix& p, const ip_address& a) {
+    if (a.is_v4() != p.is_v4()) return false;
+    const unsigned first = p.base.family_bit_offset();
+    for (unsigned bit = first; bit < first + p.length; ++bit)
+      if (a.bit(bit) != p.base.bit(bit)) return false;
+    return true;
+  };
+  size_t inside = 0;
+  for (int i = 0; i < 20000; ++i) {
+    const bool v4 = i % 2 == 0;
+    ip_prefix p;
+    if (v4) p.base = ip_address::from_v4(static_cast<uint32_t>(random()));
+    else for (auto& b : p.base.bytes) b = static_cast<uint8_t>(random());
+    p.length = static_cast<uint8_t>(random() % (v4 ? 33 : 129));
+    ip_address a = p.base;
+    const unsigned flip = a.family_bit_offset() + static_cast<unsigned>(random() % a.family_bits());
+    if (i % 3 != 0) a.bytes[flip / 8] ^= static_cast<uint8_t>(0x80u >> (flip % 8));  // one bit off
+    if (i % 7 == 0) a = ip_address::from_v4(static_cast<uint32_t>(random()));
+    EXPECT_EQ(p.contains(a), by_bits(p, a)) << p.to_string() << " " << a.to_string();
+    inside += p.contains(a);
+  }
+  EXPECT_GT(inside, 5000u);
+  EXPECT_LT(inside, 15000u);
+}
+
 // Addresses order and compare as their bytes do (network order, byte by byte): the
 // tables' canonical orders and every map keyed by address rely on it, and the comparison
 // is two byte-swapped words rather than the bytes themselves.
