@@ -7,6 +7,8 @@
 // Online subcommands talk to a running agent over its control socket (--socket PATH):
 //   status, apply -f FILE, get TABLE, stats, tune KEY=VALUE..., flows [--follow],
 //   policy check --from POD --to POD|VIP --port N [--proto tcp|udp]
+#include <sys/stat.h>
+
 #include <csignal>
 #include <cstdio>
 #include <cstring>
@@ -339,6 +341,7 @@ apply_stream stream_apply_file(std::FILE* file, meshlane::control_client& client
 
 int run_online(const std::string& command, int argc, char** argv) {
   online_options opts;
+  std::string piped_text;  // apply's FILE when it is a pipe (below); before apply_file, which reads it
   file_handle apply_file;  // apply's -f or --delta FILE
   for (int i = 2; i < argc; ++i) {
     const std::string arg = argv[i];
@@ -403,6 +406,23 @@ int run_online(const std::string& command, int argc, char** argv) {
     if (!apply_file) {
       std::fprintf(stderr, "meshctl: cannot read %s: %s\n", opts.file.c_str(), std::strerror(errno));
       return kExitRefused;
+    }
+    // A pipe (`-f <(kubectl ...)`, `-f /dev/stdin`) can be read only once: its text is held
+    // and read from memory, so that the ways below that read the file again (a refusal
+    // explained with its line and column) see it too. (An empty text is held as a space:
+    // fmemopen wants a buffer; either is no JSON object.)
+    struct stat file_status {};
+    if (::fstat(::fileno(apply_file.get()), &file_status) == 0 && !S_ISREG(file_status.st_mode)) {
+      if (!read_whole_file(apply_file.get(), piped_text)) {
+        std::fprintf(stderr, "meshctl: cannot read %s: %s\n", opts.file.c_str(), std::strerror(errno));
+        return kExitRefused;
+      }
+      if (piped_text.empty()) piped_text = " ";
+      apply_file.reset(::fmemopen(piped_text.data(), piped_text.size(), "rb"));
+      if (!apply_file) {
+        std::fprintf(stderr, "meshctl: cannot hold %s: %s\n", opts.file.c_str(), std::strerror(errno));
+        return kExitRefused;
+      }
     }
     // A document goes into the socket as the file has it, minified a part at a time after
     // connecting (apply_line.h); a delta, and a document the line's writer refuses, go as a

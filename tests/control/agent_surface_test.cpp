@@ -263,10 +263,32 @@ TEST_F(Agent, MeshctlAppliesAFileAsItIsWritten) {
   ASSERT_FALSE(deep_refusal["errors"].empty()) << r.out;
   EXPECT_NE(deep_refusal["errors"][0]["message"].get<std::string>().find("nested deeper"), std::string::npos) << r.out;
   EXPECT_NE(deep_refusal["message"].get<std::string>().find("nothing was changed"), std::string::npos) << r.out;
+  // A pipe (`-f <(...)`, `-f /dev/stdin`) is read once and held: applied when valid, and a
+  // syntax error in it is explained from the held text, with its line and column.
+  auto piped = [&](const std::string& file) {
+    return run("cat " + file + " | " + meshctl_ + " apply -f /dev/stdin -o json --socket " + socket_ + " 2>&1");
+  };
+  const json before_pipe = kept();
+  r = piped(write("broken-piped.json", small.dump(2).substr(0, 200)));
+  EXPECT_EQ(r.exit_code, 1) << r.out;
+  const json piped_refusal = json::parse(r.out);
+  EXPECT_EQ(piped_refusal["error"], "invalid_document") << r.out;
+  ASSERT_FALSE(piped_refusal["errors"].empty()) << r.out;
+  // Where the text ends, lines into it (an empty re-read would say line 1).
+  const std::string piped_message = piped_refusal["errors"][0]["message"];
+  ASSERT_NE(piped_message.find("line "), std::string::npos) << piped_message;
+  EXPECT_GT(std::stoul(piped_message.substr(piped_message.find("line ") + 5)), 1u) << piped_message;
+  EXPECT_EQ(kept(), before_pipe);
   // The agent took none of these, and takes the next.
   r = meshctl("apply -f " + write("padded.json", "{" + padding + small.dump().substr(1) + padding));
   EXPECT_EQ(r.exit_code, 0) << r.out;
   EXPECT_EQ(generation(), before + 3);
+  json through_pipe = small;
+  through_pipe["services"][0]["backends"][0]["weight"] = 6;
+  r = piped(write("piped.json", through_pipe.dump(2)));
+  EXPECT_EQ(r.exit_code, 0) << r.out;
+  EXPECT_EQ(generation(), before + 4);
+  EXPECT_EQ(kept(), through_pipe);
 }
 
 // The agent re-executes itself once with glibc's huge-page tunable (huge_page_malloc.h),
