@@ -60,7 +60,7 @@ handover_state worker_pool::export_handover() const {
       f.entry = e;
       f.entry.version = 0, f.entry.last_seen = 0, f.entry.backend_slot = 0;
       if (!names->backend_free(e.backend_slot)) f.backend = names->backend_name(e.backend_slot);
-      if (e.flags & kFlowSecondRewrite) lent.insert(lent_port_of(e));
+      if ((e.flags & kFlowSecondRewrite) && !(e.flags & kFlowClientPort)) lent.insert(lent_port_of(e));
       out.flows.push_back(std::move(f));
     }
   }
@@ -204,7 +204,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     // Source NAT to this node's gateway: the gateway address must be the same, and the
     // flow goes to the worker that lends its port (each worker lends its own share).
     uint16_t owner;
-    if (e.flags & kFlowSecondRewrite) {
+    if ((e.flags & kFlowSecondRewrite) && !(e.flags & kFlowClientPort)) {
       const bool v4 = backend_ip.is_v4();
       const ip_address gateway = v4 ? address_v4(t->gateway_ip) : address_v6(t->gateway_ip6.data());
       const uint16_t port = lent_port_of(e);

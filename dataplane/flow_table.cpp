@@ -63,14 +63,14 @@ flow_table::flow_table(uint32_t capacity) {
   const uint32_t size = std::bit_ceil(std::max(capacity, kWays));
   entries_.resize(size);
   bucket_mask_ = size / kWays - 1;
-  evicted_egress_.resize(kEvictedEgressSlots);
+  evicted_.resize(kEvictedEgressSlots);
 }
 
-void flow_table::keep_evicted_egress_forward(const flow_entry& forward) {
+void flow_table::keep_evicted(const flow_entry& entry) {
   // The high half of the hash: the low half is the bucket, which every entry evicted from
   // one bucket shares.
-  flow_entry& kept = evicted_egress_[(hash_flow_key(forward.key) >> 32) & (kEvictedEgressSlots - 1)];
-  kept = forward;
+  flow_entry& kept = evicted_[(hash_flow_key(entry.key) >> 32) & (kEvictedEgressSlots - 1)];
+  kept = entry;
   kept.in_use = 1;
 }
 
@@ -96,7 +96,9 @@ flow_entry* flow_table::victim_for(const flow_key& key, uint64_t hash, uint64_t 
     // flow has taken it meanwhile (egress_snat.h).
     if ((victim->flags & kFlowEgress) && victim->key.padding[0] == kFlowEgressKeyMark) {
       if (victim->direction == flow_direction::reverse) evict_egress_forward(*victim, now, timeouts);
-      else keep_evicted_egress_forward(*victim);
+      else keep_evicted(*victim);
+    } else if ((victim->flags & kFlowClientPort) && victim->direction == flow_direction::reverse) {
+      keep_evicted(*victim);  // restore_client_port_reverse (service_lb.cpp) may need it
     }
   }
   return victim;
@@ -115,7 +117,7 @@ void flow_table::evict_egress_forward(const flow_entry& reverse, uint64_t now, c
       continue;
     if (expired(entry, now, timeouts)) return;
     ++evictions_;
-    keep_evicted_egress_forward(entry);
+    keep_evicted(entry);
     flow_detail::begin_write(entry);
     entry.in_use = 0;
     flow_detail::end_write(entry);

@@ -114,7 +114,7 @@ enum class flow_direction : uint8_t { forward = 0, reverse = 1 };
 enum class flow_state : uint8_t { transitory = 0, established = 1, closing = 2 };
 
 // Bits of flow_entry::flags.
-inline constexpr uint8_t kFlowSecondRewrite = 1;  // also rewrite the other end (IPv4 only)
+inline constexpr uint8_t kFlowSecondRewrite = 1;  // also rewrite the other end (see second_rewrite_address)
 inline constexpr uint8_t kFlowToLastHop = 2;      // send out of the uplink to last_hop_mac
 // A forward entry of a flow from outside the cluster: last_hop_mac holds the neighbour
 // its first packet came from, for rebuilding an evicted reverse entry (which needs it).
@@ -124,6 +124,14 @@ inline constexpr uint8_t kFlowIngress = 4;
 inline constexpr uint8_t kFlowEgress = 8;
 // flow_key::padding[0] of egress entries: no service flow's key (padding zero) equals one.
 inline constexpr uint8_t kFlowEgressKeyMark = 1;
+// A service flow of a client on this node (or arriving through the overlay), with the
+// client's port replaced by one of this node's client ports (kClientPortFirst, pipeline.h)
+// and put back on the replies; set with kFlowSecondRewrite, whose other end is then the
+// client itself: second_address (IPv4) is the client's own, second_port the new port
+// (forward) or the client's own (reverse). Why: after DNAT a pod's connection through a
+// VIP and its direct connection to the same backend may be one 5-tuple, the client's
+// kernel chose both ports without seeing the NAT (service_lb.cpp, load_balance_miss).
+inline constexpr uint8_t kFlowClientPort = 16;
 
 // What a hit tells the pipeline: forward entries name the backend to DNAT to; reverse
 // entries name the VIP and port to put back as the source.
@@ -246,7 +254,14 @@ class flow_table {
   // it again with its port (dataplane/egress_snat.h). The owner's only.
   static constexpr uint32_t kEvictedEgressSlots = 1024;
   bool evicted_egress_forward(const flow_key& key, uint64_t hash, flow_entry& out) const {
-    const flow_entry& kept = evicted_egress_[(hash >> 32) & (kEvictedEgressSlots - 1)];
+    return evicted_copy(key, hash, out);
+  }
+  // The same array also keeps the reverse entries of kFlowClientPort flows evicted while
+  // live: their replies name the port this node chose, from which the forward entry (to
+  // rebuild the reverse one from) cannot be found (restore_client_port_reverse in
+  // service_lb.cpp). Any kept entry by its key; `hash`: hash_flow_key(key).
+  bool evicted_copy(const flow_key& key, uint64_t hash, flow_entry& out) const {
+    const flow_entry& kept = evicted_[(hash >> 32) & (kEvictedEgressSlots - 1)];
     if (!kept.in_use || !(kept.key == key)) return false;
     out = kept;
     return true;
@@ -277,9 +292,9 @@ class flow_table {
   // The live forward entry of the egress flow whose reply entry `reverse` is being
   // evicted, if any, dropped as well (victim_for).
   void evict_egress_forward(const flow_entry& reverse, uint64_t now, const flow_timeouts& timeouts);
-  // Keeps a copy of an egress forward entry that leaves the table live (evicted_egress_forward).
-  void keep_evicted_egress_forward(const flow_entry& forward);
-  std::vector<flow_entry> evicted_egress_;
+  // Keeps a copy of an entry that leaves the table live (evicted_copy).
+  void keep_evicted(const flow_entry& entry);
+  std::vector<flow_entry> evicted_;
 
   std::vector<flow_entry, huge_page_allocator<flow_entry>> entries_;
   uint32_t bucket_mask_ = 0;

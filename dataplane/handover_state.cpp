@@ -245,7 +245,7 @@ bool parse_handover_state(const uint8_t* data, size_t size, handover_state& out,
     if (f.worker >= out.workers || direction > 1 || state > 2 ||
         (e.key.protocol != wire::kProtoTcp && e.key.protocol != wire::kProtoUdp &&
          !(echo && (e.flags & kFlowEgress))) ||
-        (e.flags & ~(kFlowSecondRewrite | kFlowToLastHop | kFlowIngress | kFlowEgress))) {
+        (e.flags & ~(kFlowSecondRewrite | kFlowToLastHop | kFlowIngress | kFlowEgress | kFlowClientPort))) {
       error = "flow record " + std::to_string(&f - out.flows.data()) +
               " is malformed (worker, direction, state, protocol or flags out of range)";
       return false;

@@ -58,12 +58,15 @@ flow_entry reverse_entry_for(const flow_entry& forward, bool v4, const uint8_t* 
   }
   checksum_deltas deltas{v4};
   if (forward.flags & kFlowSecondRewrite) {
-    std::memcpy(reverse.key.destination, gateway, 16);
+    // The other end: the lent gateway port back to the client, or (kFlowClientPort) the
+    // client's node-chosen port back to its own.
+    const uint8_t* other = forward.flags & kFlowClientPort ? forward.key.source : gateway;
+    std::memcpy(reverse.key.destination, other, 16);
     reverse.key.destination_port = forward.second_port;
-    reverse.flags |= kFlowSecondRewrite;
+    reverse.flags |= kFlowSecondRewrite | (forward.flags & kFlowClientPort);
     if (v4) std::memcpy(&reverse.second_address, forward.key.source + 12, 4);
     reverse.second_port = forward.key.source_port;
-    deltas.address(gateway, forward.key.source);
+    deltas.address(other, forward.key.source);
     deltas.port(forward.second_port, forward.key.source_port);
   }
   deltas.address(reverse.key.source, reverse.rewrite_address);
@@ -96,6 +99,7 @@ flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const work
 
 ip_address second_rewrite_address(const flow_entry& e, const uint8_t* gateway6, const lent_port_clients* clients) {
   if (address_v6(e.key.source).is_v4()) return address_v4(e.second_address);
+  if (e.flags & kFlowClientPort) return address_v6(e.direction == flow_direction::forward ? e.key.source : e.key.destination);
   if (e.direction == flow_direction::forward) return address_v6(gateway6);
   // A reverse entry's key ends at the lent port: (backend -> gateway:port).
   ip_address client{};

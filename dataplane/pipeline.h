@@ -349,6 +349,16 @@ struct live_settings {
 // never collide.
 inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672;  // 32768-61439
 
+// The client ports of service flows (kFlowClientPort): a client's connection through a
+// VIP leaves this node from one of these, never from the port the client chose. Linux
+// picks a connection's source port from net.ipv4.ip_local_port_range, 32768-60999 unless
+// changed, so a client's direct connections never use these: its direct connection to a
+// backend and its connection to that backend through a VIP can no longer be one 5-tuple
+// after DNAT. Unique per client address and backend endpoint (the reply's key), so 4,096
+// concurrent flows of one client to one backend endpoint; beyond that a flow keeps the
+// client's own port when that is free.
+inline constexpr uint16_t kClientPortFirst = 61440, kClientPortCount = 4096;  // 61440-65535
+
 // The clients of such flows, by lent port: address (IPv4-mapped for IPv4) and port. A
 // reverse entry's second rewrite (back to the client) needs the client's address, and an
 // IPv6 one does not fit in flow_entry (IPv4 ones do: flow_entry::second_address); a
@@ -604,7 +614,8 @@ bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t oute
 bool geneve_add_original_source(rte_mbuf* m, const uint8_t* address);
 // The other end's new address of an entry with kFlowSecondRewrite, 16 bytes (IPv4-mapped
 // for IPv4): forward entries rewrite the source to this node's gateway (`gateway6` for
-// IPv6), reverse entries the destination back to the client (in `clients` for IPv6).
+// IPv6), reverse entries the destination back to the client (in `clients` for IPv6); with
+// kFlowClientPort the client's own address, in the key (only its port changes).
 ip_address second_rewrite_address(const flow_entry& entry, const uint8_t* gateway6, const lent_port_clients* clients);
 // Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);

@@ -4,6 +4,8 @@
 
 #include <algorithm>
 
+#include "dataplane/worker_handoff.h"
+
 namespace meshlane {
 
 using namespace wire;
@@ -24,16 +26,99 @@ bool is_reverse_of_client(const flow_entry& live, const flow_key& key, const len
       std::memcmp(live.rewrite_address, key.destination, 16) != 0)
     return false;
   if (address_v6(key.source).is_v4()) return std::memcmp(&live.second_address, key.source + 12, 4) == 0;
+  if (live.flags & kFlowClientPort) return std::memcmp(live.key.destination, key.source, 16) == 0;
   uint8_t client[16];
   uint16_t client_port;
   return clients && clients->client_of(live.key.destination_port, client, client_port) &&
          std::memcmp(client, key.source, 16) == 0 && client_port == key.source_port;
 }
 
+// Client ports tried for a new flow (kClientPortFirst...), whichever worker owns them;
+// only those of this worker are probed.
+inline constexpr int kClientPortCandidates = 64;
+
+// The port the client of a new service flow (`forward`, DNATed already) leaves this node
+// from (kFlowClientPort), or 0: keep its own (no free port among the candidates).
+//
+// Why: a pod's kernel picks a connection's source port so that the connection's own
+// 4-tuple is unique, but it cannot know that the VIP connection it is making will be
+// DNATed onto the backend its other, direct connection from the same port already talks
+// to (Linux shares an ephemeral port between connections to different destinations). Both
+// would then be one connection to the backend: the SYN meets an established socket, the
+// replies of the direct connection match the VIP flow's reverse entry and go back to the
+// client rewritten to the VIP, and the direct connection hangs (a CI run saw two of fifty
+// connections stall so; Linux's conntrack remaps the source port on such a clash, Cilium
+// lists it as a known issue). The same holds for two VIPs with one backend. A port from
+// kClientPortFirst..., which the kernel's ephemeral range leaves alone, whose reply key
+// (backend -> client:port) no live flow holds, ends both.
+//
+// The port must also be this worker's (worker_handoff.h): the client's packets to the VIP
+// reach the owner of the client's endpoint, the backend's replies the owner of the
+// client's address with the new port; both must be this worker, where the entries live.
+// A flow whose forward entry was evicted while its reverse entry lives gets the same
+// port again (is_reverse_of_client), as long as no earlier candidate became free meanwhile.
+uint16_t client_port_for(const worker_state& w, const flow_entry& forward, uint64_t hash) {
+  const flow_key& key = forward.key;
+  const bool v4 = address_v6(key.source).is_v4();
+  uint32_t client4;
+  std::memcpy(&client4, key.source + 12, 4);
+  flow_key probe{};  // the reverse entry's key with a candidate port: (backend -> client:candidate)
+  std::memcpy(probe.source, forward.rewrite_address, 16);
+  probe.source_port = forward.rewrite_port;
+  std::memcpy(probe.destination, key.source, 16);
+  probe.protocol = key.protocol;
+  const uint32_t first = static_cast<uint32_t>(hash >> 20);
+  for (int attempt = 0; attempt < kClientPortCandidates; ++attempt) {
+    const uint16_t candidate = static_cast<uint16_t>(kClientPortFirst + (first + attempt) % kClientPortCount);
+    if (w.workers > 1) {
+      const uint32_t crc = v4 ? endpoint_crc4(client4, candidate, key.protocol, kFlowHashSeed)
+                              : endpoint_crc6(key.source, candidate, key.protocol, kFlowHashSeed);
+      if (pick_worker(crc, w.workers) != w.index) continue;
+    }
+    probe.destination_port = candidate;
+    flow_entry live;
+    if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live) ||
+        is_reverse_of_client(live, key, w.lent_clients))
+      return candidate;
+  }
+  return 0;
+}
+
 // Frontends tried for one reply without an entry: of a backend behind more frontends
 // than this, only the first this many (by frontend address and port) are tried; the
 // bound keeps a backend's stray packets cheap.
 inline constexpr int kRestoreCandidates = 8;
+
+// restore_reverse_entry for a reply to one of the client ports (kFlowClientPort): the
+// reply names the port this node chose, not the client's own, so the forward entry cannot
+// be found from it; the evicted reverse entry itself was kept aside (flow_table::
+// victim_for), and is put back when its flow's forward entry still lives and still names
+// this port and backend.
+bool restore_client_port_reverse(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
+                                 const parsed_packet& p, lb_outcome& outcome, uint64_t hash) {
+  const flow_key& key = outcome.key;  // backend -> client:port
+  flow_entry kept;
+  if (!w.flows.evicted_copy(key, hash_flow_key(key), kept) || kept.direction != flow_direction::reverse ||
+      !(kept.flags & kFlowClientPort))
+    return false;
+  flow_key forward_key{};
+  std::memcpy(forward_key.source, key.destination, 16);
+  forward_key.source_port = kept.second_port;
+  std::memcpy(forward_key.destination, kept.rewrite_address, 16);
+  forward_key.destination_port = kept.rewrite_port;
+  forward_key.protocol = key.protocol;
+  flow_entry forward;
+  if (!w.flows.find_shared(forward_key, hash_flow_key(forward_key), w.now, w.timeouts, forward) ||
+      forward.direction != flow_direction::forward || !(forward.flags & kFlowClientPort) ||
+      forward.second_port != key.destination_port || forward.rewrite_port != key.source_port ||
+      std::memcmp(forward.rewrite_address, key.source, 16) != 0)
+    return false;
+  kept.state = forward.state;
+  w.flows.insert(kept, hash, w.now, w.timeouts);
+  w.reverse_entries_restored.add(1);
+  count_and_rewrite(w, t, m, frame, p, outcome, kept);
+  return true;
+}
 
 // A backend's packet that no reverse entry matches, to a client whose flow's forward
 // entry (client -> frontend, DNATed to this backend) still lives in this worker's table
@@ -63,6 +148,11 @@ bool restore_reverse_entry(worker_state& w, const forwarding_tables& t, rte_mbuf
   std::memcpy(client, key.destination, 16);
   if (to_lent_port && (!w.lent_clients || !w.lent_clients->client_of(key.destination_port, client, client_port)))
     return false;
+  // A reply to one of this node's client ports; an outside client's own high port (ingress
+  // keeps it) goes on to the search below.
+  if (!to_lent_port && key.destination_port >= kClientPortFirst &&
+      restore_client_port_reverse(w, t, m, frame, p, outcome, hash))
+    return true;
   int tried = 0;
   bool restored = false;
   t.frontends_by_backend.for_each_equal(probe, std::less<>{}, [&](const forwarding_tables::backend_frontend& e) {
@@ -185,6 +275,11 @@ namespace detail {
       forward_deltas.port(key.source_port, port);
       if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
     }
+  } else if (const uint16_t port = client_port_for(w, forward, hash)) {
+    forward.flags |= kFlowSecondRewrite | kFlowClientPort;
+    if (v4) std::memcpy(&forward.second_address, key.source + 12, 4);
+    forward.second_port = port;
+    forward_deltas.port(key.source_port, port);
   }
   forward_deltas.store(forward);
   const flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());
@@ -195,7 +290,8 @@ namespace detail {
   w.backend[backend_slot].new_flows.add(1);
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
-  rewrite_flow(frame, p, forward, v4 ? nullptr : t.gateway_ip6.data());
+  // IPv6's other end: the gateway of a source NAT, or the client itself (kFlowClientPort).
+  rewrite_flow(frame, p, forward, v4 ? nullptr : forward.flags & kFlowClientPort ? key.source : t.gateway_ip6.data());
   outcome.service_flow = true;
   return true;
 }

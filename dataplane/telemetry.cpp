@@ -449,8 +449,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
                         {"idle_seconds", double(now - entry.last_seen) / double(hz)}});
         nlohmann::json& row = rows.back();
         if (entry.flags & kFlowSecondRewrite) {
-          // Ingress towards another node: the other end's rewrite (the lent gateway port
-          // on the way in, the client on the way back).
+          // The other end's rewrite: ingress towards another node (the lent gateway port
+          // on the way in, the client on the way back), or the client port this node chose
+          // (kFlowClientPort: the client's address with that port, and back).
           const ip_address second = second_rewrite_address(entry, names->gateway_ip6.data(), lent_clients_.get());
           row[entry.direction == flow_direction::forward ? "source_rewrite" : "destination_rewrite"] =
               address_text(second.bytes.data()) + ":" + std::to_string(entry.second_port);

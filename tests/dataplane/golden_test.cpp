@@ -399,7 +399,9 @@ TEST_F(golden, ServiceVipIsDnatedToLocalBackend) {
   EXPECT_EQ(mac_at(out, 0), kWebMac);
   EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.18.1.10"));
   EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.20"));  // DNAT to the backend
-  EXPECT_EQ(u16_at(out, kL4), 40000);
+  // The client's port is one of the node's client ports (kFlowClientPort), which no
+  // direct connection of the client uses.
+  EXPECT_GE(u16_at(out, kL4), kClientPortFirst);
   EXPECT_EQ(u16_at(out, kL4 + 2), 8080);                    // target_port
   EXPECT_EQ(verify_checksums(out), "");                     // incremental updates are right
 }
@@ -407,9 +409,9 @@ TEST_F(golden, ServiceVipIsDnatedToLocalBackend) {
 TEST_F(golden, ReplyFromBackendIsReverseNatedToTheVip) {
   learn_pod_macs();
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80)));
-  drain(web);
+  const uint16_t client_port = u16_at(receive(web), kL4);  // the node's, see ServiceVipIsDnatedToLocalBackend
   const bytes reply = ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
-                                 tcp_to(40000, 8080, kTcpSyn | kTcpAck));
+                                 tcp_to(client_port, 8080, kTcpSyn | kTcpAck));
   send(web, reply);
   const bytes out = receive(client);
   ASSERT_EQ(out.size(), reply.size());
@@ -419,6 +421,75 @@ TEST_F(golden, ReplyFromBackendIsReverseNatedToTheVip) {
   EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.10"));
   EXPECT_EQ(u16_at(out, kL4 + 2), 40000);
   EXPECT_EQ(verify_checksums(out), "");
+}
+
+// A pod may reach a backend directly and through a VIP from one source port (Linux
+// shares an ephemeral port between connections to different destinations). After DNAT
+// both would be one 5-tuple: the backend would see one connection, and the direct
+// connection's replies would match the VIP flow's reverse entry and reach the client
+// rewritten to the VIP (a CI run saw two of fifty connections hang so). The VIP flow
+// leaves from one of the node's client ports instead; each reply finds its own flow.
+TEST_F(golden, APodsDirectAndVipConnectionsFromOnePortStayTwoConnections) {
+  learn_pod_macs();
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"),
+                          tcp_to(8080, 40000, kTcpSyn)));
+  const bytes direct = receive(web);
+  ASSERT_GT(direct.size(), kL4 + 2u);
+  EXPECT_EQ(u16_at(direct, kL4), 40000);  // routed as it is
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"),
+                          tcp_to(80, 40000, kTcpSyn)));
+  const bytes via_vip = receive(web);
+  ASSERT_GT(via_vip.size(), kL4 + 2u);
+  EXPECT_EQ(net32_at(via_vip, kIp4 + 16), ip4("198.18.1.20"));
+  const uint16_t vip_port = u16_at(via_vip, kL4);
+  EXPECT_GE(vip_port, kClientPortFirst);
+  EXPECT_NE(vip_port, 40000);
+  // The direct connection's reply: untouched, from the backend's own address.
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
+                       tcp_to(40000, 8080, kTcpSyn | kTcpAck)));
+  const bytes direct_reply = receive(client);
+  ASSERT_GT(direct_reply.size(), kL4 + 2u);
+  EXPECT_EQ(net32_at(direct_reply, kIp4 + 12), ip4("198.18.1.20"));
+  EXPECT_EQ(u16_at(direct_reply, kL4), 8080);
+  EXPECT_EQ(u16_at(direct_reply, kL4 + 2), 40000);
+  // The VIP connection's reply: back to the VIP and the client's own port.
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
+                       tcp_to(vip_port, 8080, kTcpSyn | kTcpAck)));
+  const bytes vip_reply = receive(client);
+  ASSERT_GT(vip_reply.size(), kL4 + 2u);
+  EXPECT_EQ(net32_at(vip_reply, kIp4 + 12), ip4("198.19.128.11"));
+  EXPECT_EQ(u16_at(vip_reply, kL4), 80);
+  EXPECT_EQ(u16_at(vip_reply, kL4 + 2), 40000);
+  EXPECT_EQ(verify_checksums(vip_reply), "");
+}
+
+// Two VIPs with the same backend, reached from one client port: two connections to the
+// backend, not one (the second flow's reply key is taken, so it gets another port).
+TEST_F(golden, TwoVipsOfOneBackendFromOneClientPortReachItFromTwoPorts) {
+  learn_pod_macs();
+  // "web" (198.19.128.10) has web-a among its backends; find a client port Maglev sends
+  // there, then reach "local" (198.19.128.11, web-a only) from the same port.
+  for (uint16_t port = 40000; port < 40100; ++port) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.10"), tcp_to(80, port)));
+    const bytes first = receive(web);
+    drain(uplink);
+    if (first.empty()) continue;
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, port)));
+    const bytes second = receive(web);
+    ASSERT_GT(second.size(), kL4 + 2u);
+    EXPECT_NE(u16_at(first, kL4), u16_at(second, kL4));
+    for (const auto& [reply_port, vip] : {std::pair{u16_at(first, kL4), "198.19.128.10"},
+                                          std::pair{u16_at(second, kL4), "198.19.128.11"}}) {
+      send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
+                           tcp_to(reply_port, 8080, kTcpAck)));
+      const bytes back = receive(client);
+      ASSERT_GT(back.size(), kL4 + 2u);
+      EXPECT_EQ(net32_at(back, kIp4 + 12), ip4(vip));
+      EXPECT_EQ(u16_at(back, kL4 + 2), port);
+    }
+    return;
+  }
+  FAIL() << "no client port in 100 that web's Maglev table sends to web-a";
 }
 
 TEST_F(golden, ReplyFromRemoteBackendArrivingByGeneveIsReverseNated) {
@@ -431,13 +502,16 @@ TEST_F(golden, ReplyFromRemoteBackendArrivingByGeneveIsReverseNated) {
   EXPECT_EQ(net32_at(inner, kIp4 + 16), ip4("198.18.2.30"));
   EXPECT_EQ(u16_at(inner, kL4 + 2), 5353);
   EXPECT_EQ(verify_checksums(inner), "");
+  const uint16_t client_port = u16_at(inner, kL4);
+  EXPECT_GE(client_port, kClientPortFirst);
   // The backend's reply comes back through node 2 un-NATed; node 1 owns the flow.
-  const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.10"), udp_to(50000, 5353));
+  const bytes reply = ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.10"), udp_to(client_port, 5353));
   send(uplink, geneve_from(ip4("198.19.0.2"), reply));
   const bytes delivered = receive(client);
   ASSERT_FALSE(delivered.empty());
   EXPECT_EQ(net32_at(delivered, kIp4 + 12), ip4("198.19.128.12"));
   EXPECT_EQ(u16_at(delivered, kL4), 53);
+  EXPECT_EQ(u16_at(delivered, kL4 + 2), 50000);  // the client's own port again
   EXPECT_EQ(verify_checksums(delivered), "");
 }
 
@@ -448,15 +522,15 @@ TEST_F(golden, ReplyEntryOfALiveFlowDoesNotExpireWhileTheClientKeepsSending) {
   learn_pod_macs();
   pool_->settings().tcp_transitory_ticks.store(rte_get_tsc_hz());  // 1 s
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, 40000, kTcpSyn)));
-  drain(web);
-  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(40000, 8080, kTcpSyn | kTcpAck)));
+  const uint16_t client_port = u16_at(receive(web), kL4);
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(client_port, 8080, kTcpSyn | kTcpAck)));
   drain(client);
   for (int i = 0; i < 7; ++i) {  // 2.8 s of client ACKs, the backend silent
     send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, 40000, kTcpAck)));
     ASSERT_FALSE(receive(web).empty());
     std::this_thread::sleep_for(400ms);
   }
-  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(40000, 8080, kTcpAck)));
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(client_port, 8080, kTcpAck)));
   const bytes out = receive(client);
   ASSERT_FALSE(out.empty());
   EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));  // still reverse-NATed to the VIP
@@ -684,18 +758,25 @@ class golden_eviction : public golden {
 
   // Starts a TCP flow from `client_ip` to the local service, then pushes its reverse
   // entry (web-a:8080 -> client) out of the flow table while its forward entry, in
-  // another bucket, lives on. Returns the flow's client port.
-  uint16_t start_flow_and_evict_its_reverse_entry(port_name in_port, const mac_address& from_mac,
-                                                  const mac_address& to_mac, const char* client_ip) {
-    uint16_t client_port = 40000;
-    while (bucket_of(v4_key(client_ip, client_port, "198.19.128.11", 80)) ==
-           bucket_of(v4_key("198.18.1.20", 8080, client_ip, client_port)))
-      ++client_port;
-    send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.11"), tcp_to(80, client_port)));
-    drain(web);
-    fill_bucket(bucket_of(v4_key("198.18.1.20", 8080, client_ip, client_port)), in_port, from_mac, to_mac,
-                client_ip, "198.19.128.11", 80, kProtoTcp, client_port);
-    return client_port;
+  // another bucket, lives on. Returns the flow's client port and the port the backend
+  // sees (a pod's: one of the node's client ports, kFlowClientPort; an outside client's:
+  // its own).
+  std::pair<uint16_t, uint16_t> start_flow_and_evict_its_reverse_entry(port_name in_port, const mac_address& from_mac,
+                                                                      const mac_address& to_mac, const char* client_ip,
+                                                                      uint16_t first_port = 40000) {
+    for (uint16_t client_port = first_port;; ++client_port) {
+      send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.11"), tcp_to(80, client_port)));
+      const bytes out = receive(web);
+      if (out.empty()) {
+        ADD_FAILURE() << "the flow from port " << client_port << " was not forwarded";
+        return {0, 0};
+      }
+      const uint16_t seen_port = u16_at(out, kL4);
+      const uint64_t reverse_bucket = bucket_of(v4_key("198.18.1.20", 8080, client_ip, seen_port));
+      if (bucket_of(v4_key(client_ip, client_port, "198.19.128.11", 80)) == reverse_bucket) continue;
+      fill_bucket(reverse_bucket, in_port, from_mac, to_mac, client_ip, "198.19.128.11", 80, kProtoTcp, client_port);
+      return {client_port, seen_port};
+    }
   }
 
   // remote-dns (UDP 53 -> 198.18.2.30:5353 on node 2) from the outside client's
@@ -725,15 +806,18 @@ class golden_eviction : public golden {
 
 TEST_F(golden_eviction, ReplyWhoseReverseEntryWasEvictedIsStillReverseNatedToTheVip) {
   learn_pod_macs();
-  const uint16_t client_port = start_flow_and_evict_its_reverse_entry(client, kClientMac, kClientPortMac, "198.18.1.10");
+  const auto [client_port, seen_port] =
+      start_flow_and_evict_its_reverse_entry(client, kClientMac, kClientPortMac, "198.18.1.10");
+  ASSERT_GE(seen_port, kClientPortFirst);
   auto metrics = metric_values(*pool_);
   EXPECT_EQ(metrics.at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 0);
 
   // The backend answers: without its entry this would leave as 198.18.1.20:8080, which
-  // the client's TCP does not know, and the connection would hang.
+  // the client's TCP does not know, and the connection would hang. The reply names the
+  // node's port, not the client's: the evicted entry itself was kept aside for this.
   for (int reply = 0; reply < 2; ++reply) {
     send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
-                         tcp_to(client_port, 8080, kTcpAck)));
+                         tcp_to(seen_port, 8080, kTcpAck)));
     const bytes out = receive(client);
     ASSERT_FALSE(out.empty());
     EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));
@@ -749,7 +833,9 @@ TEST_F(golden_eviction, ReplyWhoseReverseEntryWasEvictedIsStillReverseNatedToThe
 
 TEST_F(golden_eviction, IngressReplyWhoseReverseEntryWasEvictedStillLeavesByTheUplinkToTheLastHop) {
   learn_pod_macs();
-  const uint16_t client_port = start_flow_and_evict_its_reverse_entry(uplink, kRouterMac, kUplinkMac, kOutsideClient);
+  const auto [client_port, seen_port] =
+      start_flow_and_evict_its_reverse_entry(uplink, kRouterMac, kUplinkMac, kOutsideClient);
+  EXPECT_EQ(seen_port, client_port);  // an outside client keeps its port to a backend here
   send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4(kOutsideClient),
                        tcp_to(client_port, 8080, kTcpAck)));
   const bytes out = receive(uplink);
@@ -759,6 +845,23 @@ TEST_F(golden_eviction, IngressReplyWhoseReverseEntryWasEvictedStillLeavesByTheU
   EXPECT_EQ(u16_at(out, kL4), 80);
   EXPECT_EQ(net32_at(out, kIp4 + 16), ip4(kOutsideClient));
   EXPECT_EQ(verify_checksums(out), "");
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 1);
+}
+
+// An outside client's own port may lie in the range of this node's client ports (BSD's
+// and Windows' ephemeral ranges end at 65535): its reply without an entry is still mended
+// from the forward entry.
+TEST_F(golden_eviction, IngressReplyToAHighClientPortWhoseReverseEntryWasEvictedIsStillRestored) {
+  learn_pod_macs();
+  const auto [client_port, seen_port] =
+      start_flow_and_evict_its_reverse_entry(uplink, kRouterMac, kUplinkMac, kOutsideClient, 62000);
+  ASSERT_EQ(seen_port, client_port);
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4(kOutsideClient),
+                       tcp_to(client_port, 8080, kTcpAck)));
+  const bytes out = receive(uplink);
+  ASSERT_FALSE(out.empty());
+  EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11"));
+  EXPECT_EQ(u16_at(out, kL4 + 2), client_port);
   EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_flow_entries_restored_total,worker=0"), 1);
 }
 
@@ -794,6 +897,25 @@ TEST_F(golden_eviction, SourceNatedIngressFlowWhoseForwardEntryWasEvictedKeepsIt
   fill_bucket(bucket_of(dns_forward_key(client_port)), uplink, kRouterMac, kUplinkMac, kOutsideClient,
               "198.19.128.12", 53, kProtoUdp, client_port);
   EXPECT_EQ(dns_lent_port(client_port), lent_port);
+}
+
+// The other half for a pod's flow: its forward entry is evicted while its reverse entry
+// lives. The flow's next packet leaves from the same client port: another would be a new
+// connection to the backend.
+TEST_F(golden_eviction, PodFlowWhoseForwardEntryWasEvictedKeepsItsClientPort) {
+  learn_pod_macs();
+  const auto [client_port, seen_port] =
+      start_flow_and_evict_its_reverse_entry(client, kClientMac, kClientPortMac, "198.18.1.10");
+  ASSERT_GE(seen_port, kClientPortFirst);
+  // Its reverse entry back (the backend's reply restores it), then its forward entry out.
+  send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"), tcp_to(seen_port, 8080, kTcpAck)));
+  ASSERT_FALSE(receive(client).empty());
+  fill_bucket(bucket_of(v4_key("198.18.1.10", client_port, "198.19.128.11", 80)), client, kClientMac, kClientPortMac,
+              "198.18.1.10", "198.19.128.11", 80, kProtoTcp, client_port);
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, client_port)));
+  const bytes again = receive(web);
+  ASSERT_GT(again.size(), kL4 + 2u);
+  EXPECT_EQ(u16_at(again, kL4), seen_port);
 }
 
 // A backend's packet to a client it has no flow with is not rewritten (nothing to
@@ -1098,15 +1220,20 @@ TEST_F(golden, Ipv6ServiceVipIsDnatedAndTheReplyReverseNated) {
   ASSERT_EQ(out.size(), in.size());
   EXPECT_EQ(ip6_at(out, kEth + 24), ip6("fd00:6d6c:1::20"));
   EXPECT_EQ(u16_at(out, kL4v6 + 2), 8080);
+  EXPECT_EQ(ip6_at(out, kEth + 8), ip6("fd00:6d6c:1::10"));  // the client's address, the node's port
+  const uint16_t client_port = u16_at(out, kL4v6);
+  EXPECT_GE(client_port, kClientPortFirst);
   EXPECT_EQ(out[kEth + 7], 63);
   EXPECT_EQ(verify_checksums(out), "");
   const bytes reply = ipv6_frame(kWebMac, kWebPortMac, ip6("fd00:6d6c:1::20"), ip6("fd00:6d6c:1::10"),
-                                 tcp_to(40000, 8080, kTcpSyn | kTcpAck));
+                                 tcp_to(client_port, 8080, kTcpSyn | kTcpAck));
   send(web, reply);
   const bytes back = receive(client);
   ASSERT_EQ(back.size(), reply.size());
   EXPECT_EQ(ip6_at(back, kEth + 8), ip6("fd00:6d6c:ffff::10"));
   EXPECT_EQ(u16_at(back, kL4v6), 80);
+  EXPECT_EQ(ip6_at(back, kEth + 24), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(u16_at(back, kL4v6 + 2), 40000);
   EXPECT_EQ(verify_checksums(back), "");
 }
 

@@ -82,13 +82,15 @@ TEST_F(golden_two_workers, ServiceRepliesOnTheOtherWorkerAreReverseNatedByTheOwn
   EXPECT_EQ(net32_at(in, kIp4 + 16), ip4("198.18.1.20"));
   const uint16_t o = owner();
   EXPECT_EQ(live(o), 2u);
-  // The backend's replies, all received by the worker that does not own the flow.
+  // The backend's replies, all received by the worker that does not own the flow, to
+  // the client port the owner chose (one of its own: worker_handoff.h, rule 4).
   const bytes reply = ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
-                                 tcp_to(40000, 8080, kTcpAck));
+                                 tcp_to(u16_at(in, kL4), 8080, kTcpAck));
   replies_for_a_while(web, static_cast<uint16_t>(1 - o), reply, client, [](const bytes& out, int n) {
     EXPECT_EQ(net32_at(out, kIp4 + 12), ip4("198.19.128.11")) << "reply " << n;
     EXPECT_EQ(u16_at(out, kL4), 80) << "reply " << n;
     EXPECT_EQ(net32_at(out, kIp4 + 16), ip4("198.18.1.10")) << "reply " << n;
+    EXPECT_EQ(u16_at(out, kL4 + 2), 40000) << "reply " << n;
     EXPECT_EQ(verify_checksums(out), "") << "reply " << n;
   });
   EXPECT_EQ(live(static_cast<uint16_t>(1 - o)), 0u);  // the other worker never made an entry
@@ -108,12 +110,13 @@ TEST_F(golden_two_workers, Ipv6ServiceRepliesOnTheOtherWorkerAreReverseNatedByTh
   ASSERT_FALSE(in.empty());
   const uint16_t o = owner();
   const bytes reply = ipv6_frame(kWebMac, kWebPortMac, ip6("fd00:6d6c:1::20"), ip6("fd00:6d6c:1::10"),
-                                 tcp_to(40002, 8080, kTcpAck));
+                                 tcp_to(u16_at(in, kEth + 40), 8080, kTcpAck));
   const auto vip = ip6("fd00:6d6c:ffff::10");
   replies_for_a_while(web, static_cast<uint16_t>(1 - o), reply, client, [&](const bytes& out, int n) {
     ASSERT_GT(out.size(), kEth + 40u + 4) << "reply " << n;
     EXPECT_EQ(std::memcmp(&out[kEth + 8], vip.data(), 16), 0) << "reply " << n;  // reverse NAT to the VIP
     EXPECT_EQ(u16_at(out, kEth + 40), 80) << "reply " << n;
+    EXPECT_EQ(u16_at(out, kEth + 42), 40002) << "reply " << n;
     EXPECT_EQ(verify_checksums(out), "") << "reply " << n;
   });
   EXPECT_EQ(live(static_cast<uint16_t>(1 - o)), 0u);
@@ -176,13 +179,15 @@ TEST_F(golden_two_workers, AnIcmpErrorOnTheOtherWorkerIsTranslatedByTheOwnerOfTh
   // client -> local:80 (198.19.128.11, backend web-a 198.18.1.20:8080).
   send_via(client, 0, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"),
                                  tcp_to(80, 40005, kTcpSyn)));
-  ASSERT_FALSE(receive(web).empty());
+  const bytes in = receive(web);
+  ASSERT_FALSE(in.empty());
+  const uint16_t seen_port = u16_at(in, kL4);  // the node's client port
   const uint16_t o = owner();
   const uint16_t other = static_cast<uint16_t>(1 - o);
   const uint64_t handed_before = pool_->worker(other).handed_off.get();
   // The backend's error quotes the segment as it saw it: client -> backend.
   const bytes quoted = ip_packet_of(
-      ipv4_frame(kClientMac, kWebPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080, 40005, kTcpSyn)));
+      ipv4_frame(kClientMac, kWebPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), tcp_to(8080, seen_port, kTcpSyn)));
   send_via(web, other, icmp_error_frame_v4(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
                                            kIcmpDestinationUnreachable, 3, 0, quoted));
   const bytes got = receive(client);
@@ -191,6 +196,7 @@ TEST_F(golden_two_workers, AnIcmpErrorOnTheOtherWorkerIsTranslatedByTheOwnerOfTh
   EXPECT_EQ(net32_at(got, kIp4 + 12), ip4("198.19.128.11"));  // from the VIP, as the client expects
   EXPECT_EQ(net32_at(got, kQuote + 16), ip4("198.19.128.11"));
   EXPECT_EQ(u16_at(got, kQuote + 22), 80);
+  EXPECT_EQ(u16_at(got, kQuote + 20), 40005);  // and the client's own port
   EXPECT_EQ(verify_checksums(got), "");
   EXPECT_EQ(pool_->worker(other).handed_off.get(), handed_before + 1);
   EXPECT_EQ(pool_->worker(o).icmp_errors_translated.get(), 1u);

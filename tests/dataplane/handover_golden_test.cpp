@@ -53,9 +53,13 @@ class handover_golden : public ring_pool_test {
     if (inner.size() <= kL4 + 2) return 0;
     send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"),
                             tcp_to(80, 40000, kTcpSyn)));
-    EXPECT_FALSE(receive(web).empty());
+    const bytes to_web = receive(web);
+    EXPECT_GT(to_web.size(), kL4 + 2);
+    pod_client_port_ = to_web.size() > kL4 + 2 ? u16_at(to_web, kL4) : 0;
     return u16_at(inner, kL4);
   }
+  // The port the pod's flow reaches web-a from (the node's client port: kFlowClientPort).
+  uint16_t pod_client_port_ = 0;
 
   // The state as the successor reads it: through the file format.
   handover_state exported() {
@@ -99,7 +103,7 @@ TEST_F(handover_golden, AdoptedFlowsAndNeighboursForwardAsBeforeTheRestart) {
   // entry), straight to the client's adopted MAC (were it unknown, the frame would wait
   // and an ARP request would leave instead).
   send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
-                       tcp_to(40000, 8080, kTcpSyn | kTcpAck)));
+                       tcp_to(pod_client_port_, 8080, kTcpSyn | kTcpAck)));
   const bytes to_client = receive(client);
   ASSERT_GT(to_client.size(), kL4 + 4);
   EXPECT_EQ(mac_at(to_client, 0), kClientMac);
@@ -167,7 +171,7 @@ TEST_F(handover_golden, ASuccessorWithMoreWorkersKeepsEachFlowsEntriesTogether) 
   EXPECT_EQ(net32_at(back, kIp4 + 16), ip4(kOutsideClient));
   EXPECT_EQ(u16_at(back, kL4 + 2), 50000);
   send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
-                       tcp_to(40000, 8080, kTcpSyn | kTcpAck)));
+                       tcp_to(pod_client_port_, 8080, kTcpSyn | kTcpAck)));
   const bytes to_client = receive(client);
   ASSERT_GT(to_client.size(), kL4 + 4);
   EXPECT_EQ(net32_at(to_client, kIp4 + 12), ip4("198.19.128.11"));

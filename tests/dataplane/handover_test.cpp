@@ -12,59 +12,12 @@
 // and the datagrams lost, and the successor's own account of the hand-over.
 #include <sys/epoll.h>
 
-#include <mutex>
 #include <regex>
 
 #include "tests/dataplane/two_nodes_fixture.h"
 
 namespace meshlane::testing {
 namespace {
-
-// An echo server for many connections on `port` in `ns`: a thread per connection.
-class echo_listener {
- public:
-  echo_listener(const netns& ns, uint16_t port) : listener_(socket_in(ns, SOCK_STREAM)) {
-    const int on = 1;
-    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    const sockaddr_in any = address_of("0.0.0.0", port);
-    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 &&
-          listen(listener_.fd, 128) == 0;
-    accepting_ = std::thread([this] {
-      while (true) {
-        const int fd = accept(listener_.fd, nullptr, nullptr);
-        if (fd < 0) return;  // shut down
-        std::lock_guard lock(mutex_);
-        connections_.push_back(fd);
-        serving_.emplace_back([fd] {
-          char buffer[16384];
-          for (ssize_t n; (n = recv_retrying(fd, buffer, sizeof buffer)) > 0;)
-            for (ssize_t sent = 0; sent < n;) {
-              const ssize_t m = send_retrying(fd, buffer + sent, n - sent);
-              if (m <= 0) return;
-              sent += m;
-            }
-        });
-      }
-    });
-  }
-  ~echo_listener() {
-    shutdown(listener_.fd, SHUT_RDWR);
-    if (accepting_.joinable()) accepting_.join();
-    std::lock_guard lock(mutex_);
-    for (int fd : connections_) shutdown(fd, SHUT_RDWR);
-    for (auto& t : serving_) t.join();
-    for (int fd : connections_) close(fd);
-  }
-  bool ok() const { return ok_; }
-
- private:
-  fd_guard listener_;
-  bool ok_ = false;
-  std::mutex mutex_;
-  std::vector<int> connections_;
-  std::vector<std::thread> serving_;
-  std::thread accepting_;
-};
 
 // One long-lived connection: 512 bytes of its own pseudo-random stream out, the same 512
 // back, compared byte for byte, every 20 ms until stopped. Any error ends it, recorded.
