@@ -84,6 +84,28 @@ uint16_t client_port_for(const worker_state& w, const flow_entry& forward, uint6
   return 0;
 }
 
+// Whether the reply tuple of a new ingress flow to a backend on this node (backend ->
+// the outside client's own address and port) is held by another live flow: the same
+// client reaching the same backend through another VIP from the same port (two VIPs, or
+// a LoadBalancer and a NodePort address, of one backend; Calico's eBPF data plane met it
+// as "source port collision"). Its own reverse entry, live after its forward entry was
+// evicted, names the same frontend and does not count.
+bool ingress_reply_tuple_taken(const worker_state& w, const flow_entry& forward) {
+  const flow_key& key = forward.key;
+  flow_key probe{};
+  std::memcpy(probe.source, forward.rewrite_address, 16);
+  probe.source_port = forward.rewrite_port;
+  std::memcpy(probe.destination, key.source, 16);
+  probe.destination_port = key.source_port;
+  probe.protocol = key.protocol;
+  flow_entry live;
+  if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) return false;
+  const bool own = live.direction == flow_direction::reverse && !(live.flags & kFlowSecondRewrite) &&
+                   live.rewrite_port == key.destination_port &&
+                   std::memcmp(live.rewrite_address, key.destination, 16) == 0;
+  return !own;
+}
+
 // Frontends tried for one reply without an entry: of a backend behind more frontends
 // than this, only the first this many (by frontend address and port) are tried; the
 // bound keeps a backend's stray packets cheap.
@@ -233,6 +255,13 @@ namespace detail {
 
   const ip_address gateway = v4 ? address_v4(t.gateway_ip) : address_v6(t.gateway_ip6.data());
   checksum_deltas forward_deltas{v4};
+  // The client leaves from `port`, one of this node's client ports (client_port_for).
+  const auto leave_from_client_port = [&](uint16_t port) {
+    forward.flags |= kFlowSecondRewrite | kFlowClientPort;
+    if (v4) std::memcpy(&forward.second_address, key.source + 12, 4);
+    forward.second_port = port;
+    forward_deltas.port(key.source_port, port);
+  };
   forward_deltas.address(key.destination, forward.rewrite_address);
   forward_deltas.port(key.destination_port, forward.rewrite_port);
   if (ingress) {
@@ -274,12 +303,16 @@ namespace detail {
       forward_deltas.address(key.source, gateway.bytes.data());
       forward_deltas.port(key.source_port, port);
       if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
+    } else if (ingress_reply_tuple_taken(w, forward)) {
+      // An outside client keeps its port unless another of its flows already reaches this
+      // backend from it: then it takes a client port as a pod's flow does (the client's own
+      // ports may lie anywhere, so only on such a clash; and only when one is free).
+      // (A flow that took one and later loses its forward entry to eviction starts over
+      // with its own port: nothing tells its next packet that it had another.)
+      if (const uint16_t port = client_port_for(w, forward, hash)) leave_from_client_port(port);
     }
   } else if (const uint16_t port = client_port_for(w, forward, hash)) {
-    forward.flags |= kFlowSecondRewrite | kFlowClientPort;
-    if (v4) std::memcpy(&forward.second_address, key.source + 12, 4);
-    forward.second_port = port;
-    forward_deltas.port(key.source_port, port);
+    leave_from_client_port(port);
   }
   forward_deltas.store(forward);
   const flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());

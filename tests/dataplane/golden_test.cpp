@@ -57,6 +57,9 @@ class golden : public ring_pool_test {
     EXPECT_EQ(std::memcmp(client, expected, 16), 0);
     return bytes(out.begin() + kHeaders, out.end());
   }
+  std::pair<uint16_t, uint16_t> two_vips_of_one_backend_from_one_port(port_name in_port, const mac_address& from_mac,
+                                                                      const mac_address& to_mac, const char* client_ip,
+                                                                      port_name reply_port_name);
 };
 
 // The first `limit` records of the pool's flows query.
@@ -465,31 +468,48 @@ TEST_F(golden, APodsDirectAndVipConnectionsFromOnePortStayTwoConnections) {
 
 // Two VIPs with the same backend, reached from one client port: two connections to the
 // backend, not one (the second flow's reply key is taken, so it gets another port).
-TEST_F(golden, TwoVipsOfOneBackendFromOneClientPortReachItFromTwoPorts) {
-  learn_pod_macs();
-  // "web" (198.19.128.10) has web-a among its backends; find a client port Maglev sends
-  // there, then reach "local" (198.19.128.11, web-a only) from the same port.
+// "web" (198.19.128.10) has web-a among its backends: finds a client port Maglev sends
+// there, then reaches "local" (198.19.128.11, web-a only) from the same port; each reply
+// must go back through its own VIP to the client's port. Returns the two ports web-a saw.
+std::pair<uint16_t, uint16_t> golden::two_vips_of_one_backend_from_one_port(port_name in_port, const mac_address& from_mac,
+                                                                           const mac_address& to_mac, const char* client_ip,
+                                                                           port_name reply_port_name) {
   for (uint16_t port = 40000; port < 40100; ++port) {
-    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.10"), tcp_to(80, port)));
+    send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.10"), tcp_to(80, port)));
     const bytes first = receive(web);
     drain(uplink);
     if (first.empty()) continue;
-    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, port)));
+    send(in_port, ipv4_frame(from_mac, to_mac, ip4(client_ip), ip4("198.19.128.11"), tcp_to(80, port)));
     const bytes second = receive(web);
-    ASSERT_GT(second.size(), kL4 + 2u);
+    if (second.size() <= kL4 + 2u) {
+      ADD_FAILURE() << "the second flow did not reach web-a";
+      return {0, 0};
+    }
     EXPECT_NE(u16_at(first, kL4), u16_at(second, kL4));
     for (const auto& [reply_port, vip] : {std::pair{u16_at(first, kL4), "198.19.128.10"},
                                           std::pair{u16_at(second, kL4), "198.19.128.11"}}) {
-      send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.1.10"),
-                           tcp_to(reply_port, 8080, kTcpAck)));
-      const bytes back = receive(client);
-      ASSERT_GT(back.size(), kL4 + 2u);
+      send(web, ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4(client_ip), tcp_to(reply_port, 8080, kTcpAck)));
+      const bytes back = receive(reply_port_name);
+      if (back.size() <= kL4 + 2u) {
+        ADD_FAILURE() << "no reply through " << vip;
+        continue;
+      }
       EXPECT_EQ(net32_at(back, kIp4 + 12), ip4(vip));
       EXPECT_EQ(u16_at(back, kL4 + 2), port);
+      EXPECT_EQ(verify_checksums(back), "");
     }
-    return;
+    return {u16_at(first, kL4), u16_at(second, kL4)};
   }
-  FAIL() << "no client port in 100 that web's Maglev table sends to web-a";
+  ADD_FAILURE() << "no client port in 100 that web's Maglev table sends to web-a";
+  return {0, 0};
+}
+
+TEST_F(golden, TwoVipsOfOneBackendFromOneClientPortReachItFromTwoPorts) {
+  learn_pod_macs();
+  const auto [first, second] =
+      two_vips_of_one_backend_from_one_port(client, kClientMac, kClientPortMac, "198.18.1.10", client);
+  EXPECT_GE(first, kClientPortFirst);  // a pod's flows always leave from the node's ports
+  EXPECT_GE(second, kClientPortFirst);
 }
 
 TEST_F(golden, ReplyFromRemoteBackendArrivingByGeneveIsReverseNated) {
@@ -590,6 +610,16 @@ TEST_F(golden, IngressToVipWithLocalBackendIsDnatedAndItsReplyLeavesByTheUplinkT
   EXPECT_EQ(out[kIp4 + 8], 63);
   EXPECT_EQ(verify_checksums(out), "");
   EXPECT_EQ(pending_total(), 0u);
+}
+
+// The same from outside the cluster: the outside client keeps its port (its own ports
+// may lie anywhere) until a second flow would be the first one's 5-tuple at the backend.
+TEST_F(golden, AnOutsideClientReachingOneBackendThroughTwoVipsFromOnePortGetsTwoConnections) {
+  learn_pod_macs();
+  const auto [first, second] =
+      two_vips_of_one_backend_from_one_port(uplink, kRouterMac, kUplinkMac, kOutsideClient, uplink);
+  EXPECT_LT(first, kClientPortFirst);  // its own
+  EXPECT_GE(second, kClientPortFirst);
 }
 
 TEST_F(golden, IngressRepliesFollowTheLastHopWhenTheRequestsMoveToAnotherRouter) {
