@@ -64,6 +64,10 @@ enum class drop_reason : uint8_t {
   // A pod's packet to an external service's VIP: only the eBPF connect-time load balancer
   // translates those (a pod outside its cgroup sends the VIP itself); never sent outside.
   external_vip_untranslated,
+  // A service flow this node DNATs found no free client port (kFlowClientPort) among its
+  // candidates, and the client's own port would make it another live flow's 5-tuple at
+  // the backend (dataplane/service_lb.cpp).
+  client_ports_exhausted,
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);

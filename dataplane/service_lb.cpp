@@ -84,13 +84,13 @@ uint16_t client_port_for(const worker_state& w, const flow_entry& forward, uint6
   return 0;
 }
 
-// Whether the reply tuple of a new ingress flow to a backend on this node (backend ->
-// the outside client's own address and port) is held by another live flow: the same
-// client reaching the same backend through another VIP from the same port (two VIPs, or
-// a LoadBalancer and a NodePort address, of one backend; Calico's eBPF data plane met it
-// as "source port collision"). Its own reverse entry, live after its forward entry was
+// Whether the reply tuple of a new flow that would keep the client's own port (backend ->
+// client address and port) is held by another live flow: the same client reaching the
+// same backend through another VIP from the same port (two VIPs, or a LoadBalancer and a
+// NodePort address, of one backend; Calico's eBPF data plane met it from outside as
+// "source port collision"). Its own reverse entry, live after its forward entry was
 // evicted, names the same frontend and does not count.
-bool ingress_reply_tuple_taken(const worker_state& w, const flow_entry& forward) {
+bool reply_tuple_taken(const worker_state& w, const flow_entry& forward) {
   const flow_key& key = forward.key;
   flow_key probe{};
   std::memcpy(probe.source, forward.rewrite_address, 16);
@@ -303,7 +303,7 @@ namespace detail {
       forward_deltas.address(key.source, gateway.bytes.data());
       forward_deltas.port(key.source_port, port);
       if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
-    } else if (ingress_reply_tuple_taken(w, forward)) {
+    } else if (reply_tuple_taken(w, forward)) {
       // An outside client keeps its port unless another of its flows already reaches this
       // backend from it: then it takes a client port as a pod's flow does (the client's own
       // ports may lie anywhere, so only on such a clash; and only when one is free).
@@ -313,6 +313,11 @@ namespace detail {
     }
   } else if (const uint16_t port = client_port_for(w, forward, hash)) {
     leave_from_client_port(port);
+  } else if (reply_tuple_taken(w, forward)) {
+    // No client port free, and the client's own would merge this flow into another at
+    // the backend (and take that flow's replies): refused, counted; the client retries.
+    drop(w, m, drop_reason::client_ports_exhausted);
+    return false;
   }
   forward_deltas.store(forward);
   const flow_entry reverse = reverse_entry_for(forward, v4, gateway.bytes.data());

@@ -139,7 +139,7 @@ class ring_pool_test : public ::testing::Test {
     options.workers = workers_;
     options.rx_ring_size = 64;
     options.tx_ring_size = 64;
-    options.flow_table_size = 1024;
+    options.flow_table_size = flow_table_size_;
     options.handoff_ring_size = handoff_ring_size_;
     options.uplink_mtu = 1500;
     options.launch_lcores = false;
@@ -236,6 +236,7 @@ class ring_pool_test : public ::testing::Test {
   static constexpr uint16_t kMaxTestWorkers = 2;
   uint16_t workers_ = 1;
   uint32_t handoff_ring_size_ = 4096;  // worker_pool_options::handoff_ring_size
+  uint32_t flow_table_size_ = 1024;     // worker_pool_options::flow_table_size
   std::unique_ptr<worker_pool> pool_;
   rte_ring* rx_queue_[3][kMaxTestWorkers] = {};
   rte_ring* rx_[3] = {};  // queue 0's

@@ -512,6 +512,42 @@ TEST_F(golden, TwoVipsOfOneBackendFromOneClientPortReachItFromTwoPorts) {
   EXPECT_GE(second, kClientPortFirst);
 }
 
+// The client ports run out (4,096 per client address and backend endpoint): a new flow
+// then keeps the client's own port when that is free, and is refused (counted) when its
+// own port is one another flow already reaches the backend from.
+class golden_client_ports : public golden {
+ protected:
+  golden_client_ports() { flow_table_size_ = 65536; }  // room for every port's flow
+};
+
+TEST_F(golden_client_ports, WhenTheyRunOutAFlowKeepsItsOwnPortOrIsRefusedOnAClash) {
+  learn_pod_macs();
+  // New flows from the client's ports 1024 on until every client port is taken.
+  std::set<uint16_t> taken;
+  for (uint16_t port = 1024; port < 1024 + 4 * kClientPortCount && taken.size() < kClientPortCount; ++port) {
+    send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, port)));
+    const bytes out = receive(web);
+    ASSERT_GT(out.size(), kL4 + 2u) << "flow from port " << port;
+    const uint16_t seen = u16_at(out, kL4);
+    if (seen == port) continue;  // none of its candidates was free: its own port
+    ASSERT_GE(seen, kClientPortFirst);
+    ASSERT_TRUE(taken.insert(seen).second) << "client port " << seen << " given twice";
+  }
+  ASSERT_EQ(taken.size(), kClientPortCount);
+  // The next flow keeps its own port, which no flow reaches web-a from.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp_to(80, 50000)));
+  const bytes own = receive(web);
+  ASSERT_GT(own.size(), kL4 + 2u);
+  EXPECT_EQ(u16_at(own, kL4), 50000);
+  EXPECT_EQ(drops(drop_reason::client_ports_exhausted), 0u);
+  // A flow from a port that is itself one of the taken client ports: keeping it would
+  // make it that flow's 5-tuple at web-a.
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"),
+                          tcp_to(80, kClientPortFirst)));
+  EXPECT_EQ(pending(web), 0u);
+  EXPECT_EQ(drops(drop_reason::client_ports_exhausted), 1u);
+}
+
 TEST_F(golden, ReplyFromRemoteBackendArrivingByGeneveIsReverseNated) {
   learn_pod_macs();
   // A UDP flow to a service whose only backend is on node 2: DNAT, then encapsulation.
