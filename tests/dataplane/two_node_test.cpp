@@ -190,6 +190,19 @@ TEST_F(two_nodes, ServiceVipReachesItsBackendOnTheOtherNode) {
 // second SYN for the first connection's, and node 1 rewrites the direct connection's
 // replies to the VIP. Both must carry their bytes, each its own.
 TEST_F(two_nodes, APodReachesABackendDirectlyAndThroughItsVipFromOneSourcePort) {
+  direct_and_vip_connections_from_one_source_port();
+}
+
+// The same with two workers on node 1: the VIP flow's client port must be one whose
+// replies reach the worker that owns the flow (worker_handoff.h), whichever worker the
+// af_packet fanout hands them to.
+TEST_F(two_nodes_two_workers, APodReachesABackendDirectlyAndThroughItsVipFromOneSourcePort) {
+  direct_and_vip_connections_from_one_source_port();
+}
+
+}  // namespace
+
+void two_nodes::direct_and_vip_connections_from_one_source_port() {
   echo_listener server(*nodes_[1].web, 8080);
   ASSERT_TRUE(server.ok());
   constexpr uint16_t kSourcePort = 45123;
@@ -228,6 +241,8 @@ TEST_F(two_nodes, APodReachesABackendDirectlyAndThroughItsVipFromOneSourcePort) 
     }
   }
 }
+
+namespace {
 
 // `meshctl get flows` against the real agent and its real data plane (issue 19: it once
 // answered `unavailable` because the data plane and the control module disagreed on the

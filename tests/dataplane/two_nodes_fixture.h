@@ -285,6 +285,10 @@ inline bool icmp_echo(const netns& ns, const std::string& ip) {
 
 class two_nodes : public ::testing::Test {
  protected:
+  // Node 1's client reaches node 2's web pod directly and through the web-remote VIP from
+  // one source port; both connections must carry their own bytes (two_node_test.cpp).
+  void direct_and_vip_connections_from_one_source_port();
+
   struct node {
     std::unique_ptr<netns> ns;
     std::unique_ptr<netns> client, web;
