@@ -134,6 +134,29 @@ TEST(handover_state, EgressFlowsIncludingEchoesRoundTripAndOtherIcmpIsRefused) {
   EXPECT_NE(error.find("flow record 1 is malformed"), std::string::npos) << error;
 }
 
+// A VIP flow this node gave a client port (kFlowClientPort, service_lb.cpp) is a record
+// like any other; a flag bit this agent does not know is refused.
+TEST(handover_state, ClientPortFlowsRoundTripAndAnUnknownFlagIsRefused) {
+  handover_state s = sample_state();
+  for (handover_flow& f : s.flows) {
+    f.entry.flags = kFlowSecondRewrite | kFlowClientPort;
+    f.entry.second_port = 61500;
+  }
+  std::vector<uint8_t> bytes = serialize_handover_state(s);
+  handover_state back;
+  std::string error;
+  ASSERT_TRUE(parse_handover_state(bytes.data(), bytes.size(), back, error)) << error;
+  ASSERT_EQ(back.flows.size(), 2u);
+  for (const handover_flow& f : back.flows) {
+    EXPECT_EQ(f.entry.flags, kFlowSecondRewrite | kFlowClientPort);
+    EXPECT_EQ(f.entry.second_port, 61500);
+  }
+  s.flows[0].entry.flags |= 32;
+  bytes = serialize_handover_state(s);
+  EXPECT_FALSE(parse_handover_state(bytes.data(), bytes.size(), back, error));
+  EXPECT_NE(error.find("flow record 0 is malformed"), std::string::npos) << error;
+}
+
 TEST(handover_state, AnotherFormatVersionIsRefusedByName) {
   std::vector<uint8_t> bytes = serialize_handover_state(sample_state());
   bytes[8] = 2;  // the u32 after the magic
