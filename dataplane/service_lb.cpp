@@ -57,16 +57,13 @@ inline constexpr int kClientPortCandidates = 64;
 // client's address with the new port; both must be this worker, where the entries live.
 // A flow whose forward entry was evicted while its reverse entry lives gets the same
 // port again (is_reverse_of_client), as long as no earlier candidate became free meanwhile.
-uint16_t client_port_for(const worker_state& w, const flow_entry& forward, uint64_t hash) {
+uint16_t client_port_for(const worker_state& w, const forwarding_tables& t, const flow_entry& forward,
+                         uint64_t hash) {
   const flow_key& key = forward.key;
   const bool v4 = address_v6(key.source).is_v4();
   uint32_t client4;
   std::memcpy(&client4, key.source + 12, 4);
-  flow_key probe{};  // the reverse entry's key with a candidate port: (backend -> client:candidate)
-  std::memcpy(probe.source, forward.rewrite_address, 16);
-  probe.source_port = forward.rewrite_port;
-  std::memcpy(probe.destination, key.source, 16);
-  probe.protocol = key.protocol;
+  flow_key probe = partner_key(forward, t, w);  // (backend -> client:port), with each candidate port
   const uint32_t first = static_cast<uint32_t>(hash >> 20);
   for (int attempt = 0; attempt < kClientPortCandidates; ++attempt) {
     const uint16_t candidate = static_cast<uint16_t>(kClientPortFirst + (first + attempt) % kClientPortCount);
@@ -90,14 +87,9 @@ uint16_t client_port_for(const worker_state& w, const flow_entry& forward, uint6
 // NodePort address, of one backend; Calico's eBPF data plane met it from outside as
 // "source port collision"). Its own reverse entry, live after its forward entry was
 // evicted, names the same frontend and does not count.
-bool reply_tuple_taken(const worker_state& w, const flow_entry& forward) {
+bool reply_tuple_taken(const worker_state& w, const forwarding_tables& t, const flow_entry& forward) {
   const flow_key& key = forward.key;
-  flow_key probe{};
-  std::memcpy(probe.source, forward.rewrite_address, 16);
-  probe.source_port = forward.rewrite_port;
-  std::memcpy(probe.destination, key.source, 16);
-  probe.destination_port = key.source_port;
-  probe.protocol = key.protocol;
+  const flow_key probe = partner_key(forward, t, w);  // no second rewrite yet: (backend -> client:port)
   flow_entry live;
   if (!w.flows.find_shared(probe, hash_flow_key(probe), w.now, w.timeouts, live)) return false;
   const bool own = live.direction == flow_direction::reverse && !(live.flags & kFlowSecondRewrite) &&
@@ -123,12 +115,7 @@ bool restore_client_port_reverse(worker_state& w, const forwarding_tables& t, rt
   if (!w.flows.evicted_copy(key, hash_flow_key(key), kept) || kept.direction != flow_direction::reverse ||
       !(kept.flags & kFlowClientPort))
     return false;
-  flow_key forward_key{};
-  std::memcpy(forward_key.source, key.destination, 16);
-  forward_key.source_port = kept.second_port;
-  std::memcpy(forward_key.destination, kept.rewrite_address, 16);
-  forward_key.destination_port = kept.rewrite_port;
-  forward_key.protocol = key.protocol;
+  const flow_key forward_key = partner_key(kept, t, w);  // client:own port -> frontend
   flow_entry forward;
   if (!w.flows.find_shared(forward_key, hash_flow_key(forward_key), w.now, w.timeouts, forward) ||
       forward.direction != flow_direction::forward || !(forward.flags & kFlowClientPort) ||
@@ -303,17 +290,17 @@ namespace detail {
       forward_deltas.address(key.source, gateway.bytes.data());
       forward_deltas.port(key.source_port, port);
       if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
-    } else if (reply_tuple_taken(w, forward)) {
+    } else if (reply_tuple_taken(w, t, forward)) {
       // An outside client keeps its port unless another of its flows already reaches this
       // backend from it: then it takes a client port as a pod's flow does (the client's own
       // ports may lie anywhere, so only on such a clash; and only when one is free).
       // (A flow that took one and later loses its forward entry to eviction starts over
       // with its own port: nothing tells its next packet that it had another.)
-      if (const uint16_t port = client_port_for(w, forward, hash)) leave_from_client_port(port);
+      if (const uint16_t port = client_port_for(w, t, forward, hash)) leave_from_client_port(port);
     }
-  } else if (const uint16_t port = client_port_for(w, forward, hash)) {
+  } else if (const uint16_t port = client_port_for(w, t, forward, hash)) {
     leave_from_client_port(port);
-  } else if (reply_tuple_taken(w, forward)) {
+  } else if (reply_tuple_taken(w, t, forward)) {
     // No client port free, and the client's own would merge this flow into another at
     // the backend (and take that flow's replies): refused, counted; the client retries.
     drop(w, m, drop_reason::client_ports_exhausted);
@@ -328,8 +315,12 @@ namespace detail {
   w.backend[backend_slot].new_flows.add(1);
   w.backend[backend_slot].packets.add(1);
   w.backend[backend_slot].bytes.add(bytes);
-  // IPv6's other end: the gateway of a source NAT, or the client itself (kFlowClientPort).
-  rewrite_flow(frame, p, forward, v4 ? nullptr : forward.flags & kFlowClientPort ? key.source : t.gateway_ip6.data());
+  // IPv6's other end, as a hit finds it (count_and_rewrite): the gateway of a source NAT,
+  // or the client itself (kFlowClientPort).
+  const ip_address second = !v4 && (forward.flags & kFlowSecondRewrite)
+                                ? second_rewrite_address(forward, t.gateway_ip6.data(), w.lent_clients)
+                                : ip_address{};
+  rewrite_flow(frame, p, forward, v4 ? nullptr : second.bytes.data());
   outcome.service_flow = true;
   return true;
 }
