@@ -28,6 +28,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "control/client_ports.h"
 #include "control/connect_lb_limits.h"
 #include "control/snapshot.h"
 #include "dataplane/backend_slot_index.h"
@@ -356,8 +357,8 @@ inline constexpr uint16_t kIngressPortFirst = 32768, kIngressPortCount = 28672; 
 // backend and its connection to that backend through a VIP can no longer be one 5-tuple
 // after DNAT. Unique per client address and backend endpoint (the reply's key), so 4,096
 // concurrent flows of one client to one backend endpoint; beyond that a flow keeps the
-// client's own port when that is free.
-inline constexpr uint16_t kClientPortFirst = 61440, kClientPortCount = 4096;  // 61440-65535
+// client's own port when that is free. kClientPortFirst and kClientPortCount
+// (61440-65535) are in control/client_ports.h: the CNI plugin reserves them in every pod.
 
 // The clients of such flows, by lent port: address (IPv4-mapped for IPv4) and port. A
 // reverse entry's second rewrite (back to the client) needs the client's address, and an

@@ -8,6 +8,8 @@
 #include "control/cni/cni_result.h"
 #include "control/cni/pod_link.h"
 #include "control/cni/pod_netns.h"
+#include "control/cni/pod_sysctl.h"
+#include "control/client_ports.h"
 
 namespace meshlane::cni {
 
@@ -92,7 +94,9 @@ cni_outcome<json> add_pod(const cni_invocation& invocation) {
     auto end = configure_container_end(invocation.ifname, pod, invocation.netns_path);
     if (!end.ok()) return end.error;
     container_end = std::move(*end.value);
-    return std::nullopt;
+    // The node's client ports (control/client_ports.h) out of the pod's automatic source
+    // ports, also when the pod widens its ip_local_port_range.
+    return reserve_local_ports(kClientPortFirst, kClientPortCount);
   });
   if (configured) return undo(*configured, true);
   if (auto error = bring_up(invocation.host_ifname, pod.mtu)) return undo(*error, true);
@@ -171,6 +175,13 @@ cni_outcome<json> check_pod(const cni_invocation& invocation) {
     if (link.tx_checksum_offload)
       return check_failed(invocation.ifname + " has TX checksum offload on",
                           "the data plane's af_packet ports need finished checksums");
+    auto reserved = reserved_local_ports();
+    if (!reserved.ok()) return reserved.error;
+    if (with_reserved_range(*reserved.value, kClientPortFirst, kClientPortCount) != *reserved.value)
+      return check_failed("the node's client ports " + std::to_string(kClientPortFirst) + "-65535 are not reserved in " +
+                              invocation.netns_path,
+                          "net.ipv4.ip_local_reserved_ports is \"" + *reserved.value +
+                              "\": a pod connection could leave from a port the data plane gives VIP connections");
     return std::nullopt;
   });
   if (problem) return *problem;

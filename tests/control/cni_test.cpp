@@ -26,6 +26,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -38,6 +39,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "control/client_ports.h"
+#include "control/cni/pod_sysctl.h"
 #include "control/control_socket.h"
 #include "tests/harness/netns.h"
 
@@ -434,6 +437,78 @@ bool udp_round_trip(const testing::netns& node, const testing::netns& pod, int f
   return answered;
 }
 
+// The source ports the kernel picks for `count` sockets of `family` bound to port 0,
+// opened inside `pod`. Empty when a socket or bind failed.
+std::vector<uint16_t> automatic_ports(const testing::netns& pod, int family, int type, int count) {
+  std::vector<int> sockets;
+  std::vector<uint16_t> ports;
+  {
+    testing::netns_scope in_pod(pod);
+    for (int i = 0; i < count; ++i) {
+      const int fd = socket(family, type | SOCK_CLOEXEC, 0);
+      if (fd < 0) break;
+      sockets.push_back(fd);
+      sockaddr_storage address{};
+      address.ss_family = static_cast<sa_family_t>(family);
+      const socklen_t size = family == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6);
+      socklen_t got = sizeof address;
+      if (bind(fd, reinterpret_cast<sockaddr*>(&address), size) != 0 ||
+          getsockname(fd, reinterpret_cast<sockaddr*>(&address), &got) != 0)
+        break;
+      ports.push_back(ntohs(family == AF_INET ? reinterpret_cast<sockaddr_in*>(&address)->sin_port
+                                              : reinterpret_cast<sockaddr_in6*>(&address)->sin6_port));
+    }
+  }
+  for (int fd : sockets) close(fd);
+  if (ports.size() != static_cast<size_t>(count)) ports.clear();
+  return ports;
+}
+
+// ADD keeps the node's client ports (what the data plane rewrites a pod's VIP connections
+// to) out of the pod's automatic source ports, keeping what the pod reserved itself, also
+// when the pod has widened its ephemeral range over them (Kubernetes allows a pod to set
+// net.ipv4.ip_local_port_range). Without it a pod's direct connection to a backend could
+// leave from the port its VIP connection is rewritten to: one 5-tuple at the backend.
+TEST_F(CniTest, AddReservesTheNodesClientPortsInThePodWhateverItsEphemeralRange) {
+  ASSERT_TRUE(pod_->exec_or_fail("sysctl -qw net.ipv4.ip_local_reserved_ports=5000 "
+                                 "net.ipv4.ip_local_port_range=\"61000 65535\""));
+  const std::string id = container("ports");
+  add_ok(id);
+  const auto reserved = pod_->exec("cat /proc/sys/net/ipv4/ip_local_reserved_ports");
+  EXPECT_EQ(reserved.output, "5000,61440-65535\n");
+  // 440 ports (61000-61439) left to pick from: every automatic port is one of them, for
+  // TCP and UDP, IPv4 and IPv6 (one sysctl serves both families). Before the ADD most
+  // picks fell in 61440-65535.
+  for (const int family : {AF_INET, AF_INET6}) {
+    for (const int type : {SOCK_STREAM, SOCK_DGRAM}) {
+      SCOPED_TRACE(std::string(family == AF_INET ? "IPv4 " : "IPv6 ") + (type == SOCK_STREAM ? "TCP" : "UDP"));
+      const std::vector<uint16_t> ports = automatic_ports(*pod_, family, type, 200);
+      ASSERT_EQ(ports.size(), 200u);
+      const auto outside = std::count_if(ports.begin(), ports.end(),
+                                         [](uint16_t port) { return port < 61000 || port >= kClientPortFirst; });
+      EXPECT_EQ(outside, 0) << "of 200 automatic ports, e.g. " << *std::max_element(ports.begin(), ports.end());
+    }
+  }
+  // The host's own namespace is untouched.
+  EXPECT_NE(testing::run_command("cat /proc/sys/net/ipv4/ip_local_reserved_ports").output,
+            reserved.output);
+  EXPECT_EQ(run(env("DEL", id), config()).exit_code, 0);
+  expect_nothing_left(id);
+}
+
+TEST(CniReservedPorts, TheRangeIsAddedOnceBesideWhatWasHeld) {
+  EXPECT_EQ(cni::with_reserved_range("", kClientPortFirst, kClientPortCount), "61440-65535");
+  EXPECT_EQ(cni::with_reserved_range("\n", kClientPortFirst, kClientPortCount), "61440-65535");
+  EXPECT_EQ(cni::with_reserved_range("5000,8000-8010\n", kClientPortFirst, kClientPortCount),
+            "5000,8000-8010,61440-65535");
+  // Already covered (the kernel prints merged ranges): unchanged.
+  EXPECT_EQ(cni::with_reserved_range("5000,61440-65535", kClientPortFirst, kClientPortCount), "5000,61440-65535");
+  EXPECT_EQ(cni::with_reserved_range("60000-65535", kClientPortFirst, kClientPortCount), "60000-65535");
+  // Partly covered: added (the kernel merges the two).
+  EXPECT_EQ(cni::with_reserved_range("61440-62000", kClientPortFirst, kClientPortCount), "61440-62000,61440-65535");
+  EXPECT_EQ(cni::with_reserved_range("", 7, 1), "7");
+}
+
 // Connectivity: the test plays the data plane's part and answers as the gateway on the
 // host end (what the DPDK worker does in production).
 TEST_F(CniTest, PodReachesItsGatewayOnTheHostEnd) {
@@ -648,6 +723,14 @@ TEST_F(CniTest, CheckSaysWhatDiffers) {
   json no_prev = config();
   expect_error(run(env("CHECK", id), no_prev), 7, "prevResult");
   expect_error(run(env("CHECK", id), with_prev_result(config("0.3.1"), result)), 1, "CHECK");
+
+  // The node's client ports no longer reserved in the pod (something rewrote the sysctl);
+  // a wider reservation that covers them is fine.
+  ASSERT_TRUE(pod_->exec_or_fail("sysctl -qw net.ipv4.ip_local_reserved_ports=5000"));
+  expect_error(run(env("CHECK", id), with_prev_result(config(), result)), 103, "not reserved");
+  ASSERT_TRUE(pod_->exec_or_fail("sysctl -qw net.ipv4.ip_local_reserved_ports=5000,61000-65535"));
+  const plugin_run covered = run(env("CHECK", id), with_prev_result(config(), result));
+  EXPECT_EQ(covered.exit_code, 0) << describe(covered);
 
   const std::string address = result["ips"][0]["address"];
   ASSERT_TRUE(pod_->exec_or_fail("ip addr del " + address + " dev eth0"));
