@@ -1301,6 +1301,17 @@ TEST_F(golden, Ipv6ServiceVipIsDnatedAndTheReplyReverseNated) {
   EXPECT_EQ(ip6_at(back, kEth + 24), ip6("fd00:6d6c:1::10"));
   EXPECT_EQ(u16_at(back, kL4v6 + 2), 40000);
   EXPECT_EQ(verify_checksums(back), "");
+  // The flow's next packet, a hit on its forward entry: the same rewrite (the client's
+  // address kept, its port replaced), from the entry alone (count_and_rewrite).
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:ffff::10"),
+                          tcp_to(80, 40000, kTcpAck)));
+  const bytes again = receive(web);
+  ASSERT_EQ(again.size(), in.size());
+  EXPECT_EQ(ip6_at(again, kEth + 8), ip6("fd00:6d6c:1::10"));
+  EXPECT_EQ(u16_at(again, kL4v6), client_port);
+  EXPECT_EQ(ip6_at(again, kEth + 24), ip6("fd00:6d6c:1::20"));
+  EXPECT_EQ(u16_at(again, kL4v6 + 2), 8080);
+  EXPECT_EQ(verify_checksums(again), "");
 }
 
 TEST_F(golden, Ipv6ExtensionHeaderIsDroppedWithReason) {
