@@ -31,12 +31,8 @@ std::string text_of(const sockaddr_in& a) {
 // peer's address and port as it saw them. Connections stay open until it stops.
 class recording_tcp_server {
  public:
-  recording_tcp_server(const netns& ns, uint16_t port) : listener_(socket_in(ns, SOCK_STREAM)) {
-    const int on = 1;
-    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    const sockaddr_in any = address_of("0.0.0.0", port);
-    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 &&
-          listen(listener_.fd, 4096) == 0;
+  recording_tcp_server(const netns& ns, uint16_t port) : listener_(tcp_listener_in(ns, port, 4096)) {
+    ok_ = listener_.fd >= 0;
     // Non-blocking: each wake accepts every connection queued, not one.
     fcntl(listener_.fd, F_SETFL, fcntl(listener_.fd, F_GETFL) | O_NONBLOCK);
     thread_ = std::thread([this] { serve(); });

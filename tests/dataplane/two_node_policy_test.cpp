@@ -68,48 +68,6 @@ class echo_connection {
   bool connected_ = false;
 };
 
-// An echo server that serves any number of connections until destroyed.
-class multi_echo_server {
- public:
-  multi_echo_server(const netns& ns, uint16_t port) : listener_(socket_in(ns, SOCK_STREAM)) {
-    const int on = 1;
-    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    const sockaddr_in any = address_of("0.0.0.0", port);
-    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 && listen(listener_.fd, 16) == 0;
-    thread_ = std::thread([this] {
-      while (!stop_.load()) {
-        pollfd p{listener_.fd, POLLIN, 0};
-        if (poll(&p, 1, 100) != 1) continue;
-        const int fd = accept(listener_.fd, nullptr, nullptr);
-        if (fd < 0) continue;
-        connections_.emplace_back([fd, this] {
-          fd_guard connection(fd);
-          set_timeout(fd, 1);
-          char buffer[4096];
-          while (!stop_.load()) {
-            const ssize_t n = recv(fd, buffer, sizeof buffer, 0);
-            if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) return;
-            if (n > 0 && send_retrying(fd, buffer, static_cast<size_t>(n)) != n) return;
-          }
-        });
-      }
-    });
-  }
-  ~multi_echo_server() {
-    stop_.store(true);
-    if (thread_.joinable()) thread_.join();
-    for (auto& t : connections_) t.join();
-  }
-  bool ok() const { return ok_; }
-
- private:
-  fd_guard listener_;
-  bool ok_ = false;
-  std::atomic<bool> stop_{false};
-  std::thread thread_;
-  std::vector<std::thread> connections_;
-};
-
 // IPv6 from `ns` (the fixture's helpers are IPv4).
 sockaddr_in6 address6_of(const std::string& ip, uint16_t port) {
   sockaddr_in6 a{};
@@ -395,7 +353,7 @@ TEST_F(two_nodes_policy, CrossNodeTcpAndUdpToPodAndVipAreAllowedAndRefusedAsTheP
   apply(2, kWebAllow);
   if (HasFatalFailure()) return;
   const netns &sleep = *nodes_[0].client, &bar_web = *nodes_[0].web, &web = *nodes_[1].web;
-  multi_echo_server server(web, 8080);
+  echo_listener server(web, 8080);
   ASSERT_TRUE(server.ok());
   // TCP to the pod address and through the VIP (198.19.128.10:80 -> node 2's web:8080).
   EXPECT_EQ(tcp_connect_within(sleep, "198.18.2.20", 8080, 5), "");
@@ -523,7 +481,7 @@ TEST_F(two_nodes_policy, APolicyChangeUnderTrafficTakesEffectWithinOnePublishAnd
   apply(2, kWebAllow);
   if (HasFatalFailure()) return;
   const netns &sleep = *nodes_[0].client, &bar_web = *nodes_[0].web, &web = *nodes_[1].web;
-  multi_echo_server server(web, 8080);
+  echo_listener server(web, 8080);
   ASSERT_TRUE(server.ok());
   echo_connection to_pod(sleep, "198.18.2.20", 8080), to_vip(sleep, "198.19.128.10", 80);
   ASSERT_TRUE(to_pod.connected() && to_vip.connected());
@@ -582,7 +540,7 @@ TEST_F(two_nodes_and_outside_policy, IngressToABackendOnAnotherNodeIsDecidedOnTh
   apply(1, kPartners);
   apply(2, kPartners);
   if (HasFatalFailure()) return;
-  multi_echo_server server(*nodes_[1].web, 8080);
+  echo_listener server(*nodes_[1].web, 8080);
   ASSERT_TRUE(server.ok());
   EXPECT_EQ(tcp_echo_round_trip(*outside_, "198.19.128.10", 80, 20000), "");
   // The same host outside the block: refused at node 2.
@@ -631,7 +589,7 @@ TEST_F(two_nodes_encrypted_policy, AForgedIdentityOptionWithoutEspIsRefusedWhenE
   const netns &sleep = *nodes_[0].client, &bar_web = *nodes_[0].web, &web = *nodes_[1].web;
   EXPECT_EQ(udp_round_trip(sleep, web, "198.18.2.20", 9100, "through esp"), "");
   EXPECT_NE(udp_round_trip(bar_web, web, "198.18.2.20", 9100, "refused through esp"), "");
-  multi_echo_server server(web, 8080);
+  echo_listener server(web, 8080);
   ASSERT_TRUE(server.ok());
   EXPECT_EQ(tcp_echo_round_trip(sleep, "198.19.128.10", 80, 50000), "");
   EXPECT_EQ(tcp_connect_within(bar_web, "198.19.128.10", 80, 2), "no answer");

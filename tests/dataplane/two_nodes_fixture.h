@@ -92,14 +92,26 @@ inline int socket_in(const netns& ns, int type, int protocol = 0) {
   return socket(AF_INET, type, protocol);
 }
 
+// A TCP socket in `ns` listening on 0.0.0.0:`port` (SO_REUSEADDR: an earlier test may
+// have left the port in TIME_WAIT); -1 when the socket, bind or listen failed.
+inline int tcp_listener_in(const netns& ns, uint16_t port, int backlog) {
+  fd_guard listener(socket_in(ns, SOCK_STREAM));
+  if (listener.fd < 0) return -1;
+  const int on = 1;
+  setsockopt(listener.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
+  const sockaddr_in any = address_of("0.0.0.0", port);
+  if (bind(listener.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0 || listen(listener.fd, backlog) != 0)
+    return -1;
+  const int fd = listener.fd;
+  listener.fd = -1;
+  return fd;
+}
+
 // TCP echo server on `port` in `ns`, serving one connection on its own thread.
 class tcp_echo_server {
  public:
-  tcp_echo_server(const netns& ns, uint16_t port) : listener_(socket_in(ns, SOCK_STREAM)) {
-    const int on = 1;
-    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    const sockaddr_in any = address_of("0.0.0.0", port);
-    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 && listen(listener_.fd, 4) == 0;
+  tcp_echo_server(const netns& ns, uint16_t port) : listener_(tcp_listener_in(ns, port, 4)) {
+    ok_ = listener_.fd >= 0;
     thread_ = std::thread([this] {
       pollfd p{listener_.fd, POLLIN, 0};
       if (poll(&p, 1, 20000) != 1) return;
@@ -127,15 +139,12 @@ class tcp_echo_server {
   std::thread thread_;
 };
 
-// An echo server for many connections on `port` in `ns`: a thread per connection.
+// An echo server for many connections on `port` in `ns`: a thread per connection, every
+// connection shut down when it is destroyed.
 class echo_listener {
  public:
-  echo_listener(const netns& ns, uint16_t port) : listener_(socket_in(ns, SOCK_STREAM)) {
-    const int on = 1;
-    setsockopt(listener_.fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
-    const sockaddr_in any = address_of("0.0.0.0", port);
-    ok_ = bind(listener_.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) == 0 &&
-          listen(listener_.fd, 128) == 0;
+  echo_listener(const netns& ns, uint16_t port) : listener_(tcp_listener_in(ns, port, 128)) {
+    ok_ = listener_.fd >= 0;
     accepting_ = std::thread([this] {
       while (true) {
         const int fd = accept(listener_.fd, nullptr, nullptr);
