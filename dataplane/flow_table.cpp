@@ -97,8 +97,13 @@ flow_entry* flow_table::victim_for(const flow_key& key, uint64_t hash, uint64_t 
     if ((victim->flags & kFlowEgress) && victim->key.padding[0] == kFlowEgressKeyMark) {
       if (victim->direction == flow_direction::reverse) evict_egress_forward(*victim, now, timeouts);
       else keep_evicted(*victim);
-    } else if ((victim->flags & kFlowClientPort) && victim->direction == flow_direction::reverse) {
-      keep_evicted(*victim);  // restore_client_port_reverse (service_lb.cpp) may need it
+    } else if ((victim->flags & kFlowClientPort) &&
+               (victim->direction == flow_direction::reverse || (victim->flags & kFlowIngress))) {
+      // restore_client_port_reverse (service_lb.cpp) may need a reverse one; an ingress
+      // forward one names the port its flow took on a clash (kept_client_port), which
+      // nothing else tells its next packet. (A pod's forward one is not kept: its port
+      // comes back from the candidates' order, client_port_for.)
+      keep_evicted(*victim);
     }
   }
   return victim;

@@ -259,7 +259,9 @@ class flow_table {
   // The same array also keeps the reverse entries of kFlowClientPort flows evicted while
   // live: their replies name the port this node chose, from which the forward entry (to
   // rebuild the reverse one from) cannot be found (restore_client_port_reverse in
-  // service_lb.cpp). Any kept entry by its key; `hash`: hash_flow_key(key).
+  // service_lb.cpp); and the forward entries of ingress flows that took a client port on a
+  // clash, whose next packet cannot tell it had one (kept_client_port, service_lb.cpp).
+  // Any kept entry by its key; `hash`: hash_flow_key(key).
   bool evicted_copy(const flow_key& key, uint64_t hash, flow_entry& out) const {
     const flow_entry& kept = evicted_[(hash >> 32) & (kEvictedEgressSlots - 1)];
     if (!kept.in_use || !(kept.key == key)) return false;

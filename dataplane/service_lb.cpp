@@ -98,6 +98,25 @@ bool reply_tuple_taken(const worker_state& w, const forwarding_tables& t, const 
   return !own;
 }
 
+// The client port an ingress flow took on a clash (kFlowClientPort) and still holds,
+// when its forward entry was evicted: the copy kept at eviction names the port, and the
+// flow's reply entry at that port still lives and still names this client and frontend.
+// 0 otherwise. Without it the flow's next packet, finding the clash over (the other flow
+// gone), would leave from the client's own port: another connection to the backend.
+uint16_t kept_client_port(const worker_state& w, const forwarding_tables& t, const flow_entry& forward) {
+  flow_entry kept;
+  if (!w.flows.evicted_copy(forward.key, hash_flow_key(forward.key), kept) ||
+      kept.direction != flow_direction::forward || !(kept.flags & kFlowClientPort))
+    return 0;
+  flow_key reply = partner_key(forward, t, w);  // (backend -> client:own port)
+  reply.destination_port = kept.second_port;
+  flow_entry live;
+  if (!w.flows.find_shared(reply, hash_flow_key(reply), w.now, w.timeouts, live) ||
+      !is_reverse_of_client(live, forward.key, w.lent_clients))
+    return 0;
+  return kept.second_port;
+}
+
 // Frontends tried for one reply without an entry: of a backend behind more frontends
 // than this, only the first this many (by frontend address and port) are tried; the
 // bound keeps a backend's stray packets cheap.
@@ -290,12 +309,12 @@ namespace detail {
       forward_deltas.address(key.source, gateway.bytes.data());
       forward_deltas.port(key.source_port, port);
       if (w.lent_clients) w.lent_clients->lend(port, key.source, key.source_port);  // before the inserts
+    } else if (const uint16_t kept = kept_client_port(w, t, forward)) {
+      leave_from_client_port(kept);  // a flow that took one before its forward entry was evicted
     } else if (reply_tuple_taken(w, t, forward)) {
       // An outside client keeps its port unless another of its flows already reaches this
       // backend from it: then it takes a client port as a pod's flow does (the client's own
       // ports may lie anywhere, so only on such a clash; and only when one is free).
-      // (A flow that took one and later loses its forward entry to eviction starts over
-      // with its own port: nothing tells its next packet that it had another.)
       if (const uint16_t port = client_port_for(w, t, forward, hash)) leave_from_client_port(port);
     }
   } else if (const uint16_t port = client_port_for(w, t, forward, hash)) {

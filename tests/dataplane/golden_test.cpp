@@ -984,6 +984,32 @@ TEST_F(golden_eviction, PodFlowWhoseForwardEntryWasEvictedKeepsItsClientPort) {
   EXPECT_EQ(u16_at(again, kL4), seen_port);
 }
 
+// An outside client reaches web-a through two VIPs from one port: the second flow took a
+// client port (the clash). Then the first flow's reply entry goes (the clash is over) and
+// the second flow's forward entry is evicted while its reply entry lives: the second
+// flow's next packet must leave from the same client port again, not from the client's
+// own (now free): another port would be a new connection to the backend, which would
+// answer the client's next segment with a reset.
+TEST_F(golden_eviction, IngressFlowThatTookAClientPortKeepsItWhenItsForwardEntryIsEvicted) {
+  learn_pod_macs();
+  const auto [own, taken] = two_vips_of_one_backend_from_one_port(uplink, kRouterMac, kUplinkMac, kOutsideClient, uplink);
+  ASSERT_LT(own, kClientPortFirst);
+  ASSERT_GE(taken, kClientPortFirst);
+  const uint64_t first_reply = bucket_of(v4_key("198.18.1.20", 8080, kOutsideClient, own));
+  const uint64_t second_forward = bucket_of(v4_key(kOutsideClient, own, "198.19.128.11", 80));
+  const uint64_t second_reply = bucket_of(v4_key("198.18.1.20", 8080, kOutsideClient, taken));
+  // The second flow's reply entry must outlive both fills (it names the port).
+  ASSERT_NE(second_reply, first_reply);
+  ASSERT_NE(second_reply, second_forward);
+  fill_bucket(first_reply, uplink, kRouterMac, kUplinkMac, kOutsideClient, "198.19.128.11", 80, kProtoTcp, own);
+  fill_bucket(second_forward, uplink, kRouterMac, kUplinkMac, kOutsideClient, "198.19.128.11", 80, kProtoTcp, own);
+  send(uplink, ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutsideClient), ip4("198.19.128.11"), tcp_to(80, own, kTcpAck)));
+  const bytes again = receive(web);
+  ASSERT_GT(again.size(), kL4 + 2u);
+  EXPECT_EQ(u16_at(again, kL4), taken);
+  EXPECT_EQ(verify_checksums(again), "");
+}
+
 // A backend's packet to a client it has no flow with is not rewritten (nothing to
 // restore it from).
 TEST_F(golden, BackendPacketWithoutAnyFlowIsNotRewritten) {
