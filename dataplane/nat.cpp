@@ -97,15 +97,11 @@ flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const work
 
 }  // namespace detail
 
-ip_address second_rewrite_address(const flow_entry& e, const uint8_t* gateway6, const lent_port_clients* clients) {
-  if (address_v6(e.key.source).is_v4()) return address_v4(e.second_address);
-  if (e.flags & kFlowClientPort) return address_v6(e.direction == flow_direction::forward ? e.key.source : e.key.destination);
-  if (e.direction == flow_direction::forward) return address_v6(gateway6);
-  // A reverse entry's key ends at the lent port: (backend -> gateway:port).
-  ip_address client{};
+[[gnu::noinline]] const uint8_t* lent_port_client(const flow_entry& e, const lent_port_clients* clients,
+                                                 ip_address& scratch) {
   uint16_t port;
-  if (!clients || !clients->client_of(e.key.destination_port, client.bytes.data(), port)) return ip_address{};
-  return client;
+  if (clients && !clients->client_of(e.key.destination_port, scratch.bytes.data(), port)) scratch = ip_address{};
+  return scratch.bytes.data();
 }
 
 }  // namespace meshlane

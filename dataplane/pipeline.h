@@ -613,11 +613,39 @@ bool geneve_encapsulate(rte_mbuf* m, const geneve_template& outer, uint64_t oute
 // checksum becomes 0 (RFC 8926 section 3.3 allows it over IPv4). False when the mbuf has
 // no room in front. Out of line: only ingress flows source-NATed to another node take it.
 bool geneve_add_original_source(rte_mbuf* m, const uint8_t* address);
+// The client a reverse entry's lent port was lent to (its key ends at the port: backend
+// -> gateway:port), into `scratch`: second_rewrite_address's out-of-line part.
+const uint8_t* lent_port_client(const flow_entry& e, const lent_port_clients* clients, ip_address& scratch);
 // The other end's new address of an entry with kFlowSecondRewrite, 16 bytes (IPv4-mapped
 // for IPv4): forward entries rewrite the source to this node's gateway (`gateway6` for
 // IPv6), reverse entries the destination back to the client (in `clients` for IPv6); with
-// kFlowClientPort the client's own address, in the key (only its port changes).
-ip_address second_rewrite_address(const flow_entry& entry, const uint8_t* gateway6, const lent_port_clients* clients);
+// kFlowClientPort the client's own address, in the key (only its port changes). Returns
+// where the address is: in the entry's key, at `gateway6`, or written into `scratch`
+// (IPv4, a lent port's client; all zero when `clients` does not know the port). Inline and
+// without a copy: every packet of an IPv6 VIP flow asks (each has a client port); always
+// inline, as GCC otherwise leaves it a call in the long packet loop.
+[[gnu::always_inline]] inline const uint8_t* second_rewrite_address(const flow_entry& e, const uint8_t* gateway6,
+                                                                    const lent_port_clients* clients,
+                                                                    ip_address& scratch) {
+  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
+  const bool forward = e.direction == flow_direction::forward;
+  if (e.flags & kFlowClientPort) return forward ? e.key.source : e.key.destination;  // either family
+  scratch = ip_address{};
+  if (std::memcmp(e.key.source, kMapped, 12) == 0) {  // IPv4: the address is in the entry
+    std::memcpy(scratch.bytes.data(), kMapped, 12);
+    std::memcpy(scratch.bytes.data() + 12, &e.second_address, 4);
+    return scratch.bytes.data();
+  }
+  if (forward) return gateway6;
+  return lent_port_client(e, clients, scratch);
+}
+// The same as a value.
+inline ip_address second_rewrite_address(const flow_entry& e, const uint8_t* gateway6,
+                                         const lent_port_clients* clients) {
+  ip_address scratch, out;
+  std::memcpy(out.bytes.data(), second_rewrite_address(e, gateway6, clients, scratch), 16);
+  return out;
+}
 // Flow key of a parsed IPv4/IPv6 packet (IPv4 addresses in IPv4-mapped form).
 flow_key make_flow_key(const uint8_t* frame, const parsed_packet& parsed);
 

@@ -101,18 +101,8 @@ bool gate_erase(Slots& slots, uint32_t mask, Key key) {
   w.backend[e.backend_slot].packets.add(1);
   w.backend[e.backend_slot].bytes.add(rte_pktmbuf_pkt_len(m));
   if (p.l3 == l3_kind::ipv6 && (e.flags & kFlowSecondRewrite)) [[unlikely]] {
-    // An IPv6 entry has no room for the other end's address. A client port's is the
-    // client's own, in the key (every VIP flow of a pod here has one: kept inline); a
-    // source NAT's, the gateway's or the lent port's client (out of line).
-    ip_address second;
-    const uint8_t* other_end;
-    if (e.flags & kFlowClientPort) {
-      other_end = e.direction == flow_direction::forward ? e.key.source : e.key.destination;
-    } else {
-      second = second_rewrite_address(e, t.gateway_ip6.data(), w.lent_clients);
-      other_end = second.bytes.data();
-    }
-    rewrite_flow(frame, p, e, other_end);
+    ip_address scratch;
+    rewrite_flow(frame, p, e, second_rewrite_address(e, t.gateway_ip6.data(), w.lent_clients, scratch));
   } else {
     rewrite_flow(frame, p, e);
   }
