@@ -17,6 +17,7 @@
 #include <rte_hash_crc.h>
 #include <rte_prefetch.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -213,10 +214,37 @@ inline flow_key egress_partner_key(const flow_entry& e) {
   return key;
 }
 
+// The flow lifetimes, in timer ticks, and the refresh period of a flow's pair of
+// entries derived from them.
 struct flow_timeouts {
-  uint64_t tcp_established = 0;  // all in timer ticks
+  uint64_t tcp_established = 0;
   uint64_t tcp_transitory = 0;
   uint64_t udp = 0;
+  // A hit refreshes the flow's other entry (touch) only on its first hit in each period
+  // of 2^epoch_shift ticks (flow_table::find). The other entry then goes up to one
+  // period plus the gap between two packets unrefreshed, so the period must be short
+  // against the shortest lifetime: at most a quarter of it (a flow that sends at least
+  // every three quarters of its timeout keeps both entries), and at most 2^31 ticks
+  // (about 0.8 s at 2.6 GHz) for long ones. A fixed 2^31 was longer than a 1 s timeout
+  // on a TSC below 2.15 GHz: a backend's SYN|ACK-only reply entry expired under a flow
+  // whose client kept sending.
+  uint8_t epoch_shift = 0;
+
+  static constexpr unsigned kMaxEpochShift = 31;
+  static constexpr uint8_t epoch_shift_for(uint64_t shortest) {
+    const uint64_t quarter = shortest / 4;
+    if (quarter == 0) return 0;
+    const unsigned floor_log2 = 63u - static_cast<unsigned>(__builtin_clzll(quarter));
+    return static_cast<uint8_t>(floor_log2 < kMaxEpochShift ? floor_log2 : kMaxEpochShift);
+  }
+
+  constexpr flow_timeouts() = default;
+  constexpr flow_timeouts(uint64_t established, uint64_t transitory, uint64_t udp_ticks)
+      : tcp_established(established),
+        tcp_transitory(transitory),
+        udp(udp_ticks),
+        epoch_shift(epoch_shift_for(std::min({established, transitory, udp_ticks}))) {}
+  constexpr uint64_t epoch_period() const { return uint64_t{1} << epoch_shift; }
 };
 
 class flow_table {
@@ -229,12 +257,11 @@ class flow_table {
   // The live entry for `key`, touched (last_seen, TCP state) and returned; nullptr on a
   // miss or when the entry has expired.
   // `new_epoch` (optional) is set when this hit is the entry's first in a new period of
-  // 2^kEpochShift ticks (about 0.8 s at 2.6 GHz): the caller then refreshes the flow's
-  // entry for the other direction (touch), so the pair ages together at the cost of one
-  // compare per hit.
+  // timeouts.epoch_period() ticks: the caller then refreshes the flow's entry for the
+  // other direction (touch), so the pair ages together at the cost of one compare per
+  // hit.
   flow_entry* find(const flow_key& key, uint64_t hash, uint64_t now, uint8_t tcp_flags,
                    const flow_timeouts& timeouts, bool* new_epoch = nullptr);
-  static constexpr unsigned kEpochShift = 31;
   // Keeps the live entry for `key` alive at `now` and merges its partner's TCP state
   // `state` into its own (closing wins, then established); false when there is none.
   // `last_hop_mac` (nonzero, with kFlowToLastHop set on the entry): the neighbour the
@@ -310,13 +337,13 @@ inline bool flow_table::expired(const flow_entry& entry, uint64_t now, const flo
     limit = entry.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
   // An egress flow's reply entry holds its SNAT port (a new flow may take a port only
   // when no live reply entry for the same outside address and port holds it), but a
-  // forward hit refreshes it only on the first hit of each period of 2^kEpochShift ticks
+  // forward hit refreshes it only on the first hit of each period of 2^epoch_shift ticks
   // (keep_partner): it lives one period longer, so that it never expires before its
   // forward entry (whose port would then be lent again while the flow goes on). Shifts,
   // no branch: kFlowEgress is bit 3, a reverse direction is 1.
   static_assert(kFlowEgress == 8 && static_cast<uint8_t>(flow_direction::reverse) == 1);
   limit += uint64_t{static_cast<uint8_t>((entry.flags >> 3) & static_cast<uint8_t>(entry.direction) & 1)}
-           << kEpochShift;
+           << timeouts.epoch_shift;
   // Signed: a reader on another thread (find_shared, read) may hold a `now` older than
   // the owner's latest touch; that entry is fresh, not 2^64 ticks old.
   return static_cast<int64_t>(now - entry.last_seen) > static_cast<int64_t>(limit);
@@ -353,7 +380,7 @@ inline flow_entry* flow_table::find(const flow_key& key, uint64_t hash, uint64_t
       flow_detail::end_write(entry);
       return nullptr;
     }
-    if (new_epoch) *new_epoch = ((now ^ entry.last_seen) >> kEpochShift) != 0;
+    if (new_epoch) *new_epoch = ((now ^ entry.last_seen) >> timeouts.epoch_shift) != 0;
     entry.last_seen = now;
     flow_detail::track_tcp_state(entry, tcp_flags);
     flow_detail::end_write(entry);

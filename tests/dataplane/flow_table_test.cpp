@@ -76,14 +76,14 @@ TEST(flow_table, TouchKeepsAPartnerAliveAndSharesItsState) {
   flow_table table(1024);
   const flow_key forward = key_for(5), reverse = key_for(6);
   {
-    // Hits report the first of each 2^31-tick period (long timeouts to get there).
+    // Hits report the first of each 2^31-tick period (the longest: long timeouts).
     flow_table epochs(1024);
     const flow_timeouts long_timeouts{uint64_t{1} << 40, uint64_t{1} << 40, uint64_t{1} << 40};
     epochs.insert(forward, hash_flow_key(forward), 0, long_timeouts);
     bool new_epoch = true;
     ASSERT_NE(epochs.find(forward, hash_flow_key(forward), 1, wire::kTcpAck, long_timeouts, &new_epoch), nullptr);
     EXPECT_FALSE(new_epoch);
-    ASSERT_NE(epochs.find(forward, hash_flow_key(forward), uint64_t{1} << flow_table::kEpochShift, wire::kTcpAck,
+    ASSERT_NE(epochs.find(forward, hash_flow_key(forward), long_timeouts.epoch_period(), wire::kTcpAck,
                           long_timeouts, &new_epoch),
               nullptr);
     EXPECT_TRUE(new_epoch);
@@ -207,8 +207,8 @@ flow_entry egress_reverse_of(const flow_entry& forward) {
   return e;
 }
 
-// The reply entry is refreshed by the forward entry's hits only once per 2^kEpochShift
-// ticks: it lives that much longer than its timeout, so it cannot expire while the
+// The reply entry is refreshed by the forward entry's hits only once per period
+// (flow_timeouts::epoch_shift): it lives that much longer than its timeout, so it cannot expire while the
 // forward entry lives. (Before: a UDP timeout shorter than that period let the reply
 // entry expire under a flow that kept sending, and its port was lent again.)
 TEST(flow_table, AnEgressReplyEntryLivesOneRefreshPeriodLongerThanItsForwardEntry) {
@@ -218,11 +218,49 @@ TEST(flow_table, AnEgressReplyEntryLivesOneRefreshPeriodLongerThanItsForwardEntr
   EXPECT_EQ(egress_partner_key(reverse), forward.key);
   table.insert(forward, hash_flow_key(forward.key), 0, kTimeouts);
   table.insert(reverse, hash_flow_key(reverse.key), 0, kTimeouts);
-  const uint64_t period = uint64_t{1} << flow_table::kEpochShift;
+  const uint64_t period = kTimeouts.epoch_period();
   flow_entry out;
   EXPECT_FALSE(table.find_shared(forward.key, hash_flow_key(forward.key), kTimeouts.udp + 1, kTimeouts, out));
   EXPECT_TRUE(table.find_shared(reverse.key, hash_flow_key(reverse.key), kTimeouts.udp + period, kTimeouts, out));
   EXPECT_FALSE(table.find_shared(reverse.key, hash_flow_key(reverse.key), kTimeouts.udp + period + 1, kTimeouts, out));
+}
+
+// The refresh period is short against the shortest timeout, on any timer rate: at
+// most a quarter of it, and 2^31 ticks for long ones.
+TEST(flow_table, TheRefreshPeriodIsAtMostAQuarterOfTheShortestTimeout) {
+  EXPECT_EQ(kTimeouts.epoch_period(), 2u);  // a quarter of 10: 2.5, down to a power of two
+  const uint64_t hz = 2'000'000'000;        // a 2 GHz TSC: 2^31 ticks would be 1.07 s
+  const flow_timeouts one_second{3600 * hz, 1 * hz, 30 * hz};
+  EXPECT_LE(one_second.epoch_period() * 4, hz);
+  EXPECT_GT(one_second.epoch_period() * 8, hz);
+  EXPECT_EQ(flow_timeouts(uint64_t{1} << 40, uint64_t{1} << 40, uint64_t{1} << 40).epoch_shift, 31);
+  EXPECT_EQ(flow_timeouts(3, 3, 3).epoch_shift, 0);
+  EXPECT_EQ(flow_timeouts{}.epoch_shift, 0);
+}
+
+// The pipeline's pair refresh (service_lb.h): each forward hit that starts a new period
+// touches the reply entry. A backend that answered only the handshake (its entry
+// transitory) stays reverse-NATable while the client keeps sending at less than its
+// timeout. Before the period followed the timeouts, a transitory timeout shorter than
+// 2^31 ticks (1 s on a 2 GHz TSC) let it expire: the golden test of this flaked in CI.
+TEST(flow_table, AReplyEntryRefreshedByItsForwardHitsOutlivesAShortTimeout) {
+  const uint64_t hz = 2'000'000'000;
+  const flow_timeouts timeouts{3600 * hz, 1 * hz, 30 * hz};
+  for (const uint64_t start : {uint64_t{0}, hz / 3, uint64_t{1} << 31, (uint64_t{1} << 31) - 1}) {
+    flow_table table(1024);
+    const flow_key forward = key_for(7), reverse = key_for(8);
+    table.insert(forward, hash_flow_key(forward), start, timeouts);  // the SYN
+    table.insert(reverse, hash_flow_key(reverse), start, timeouts);  // the SYN|ACK: transitory
+    for (uint64_t now = start + hz / 10; now < start + 10 * hz; now += hz * 4 / 10) {  // an ACK every 0.4 s
+      bool new_epoch = false;
+      const flow_entry* hit = table.find(forward, hash_flow_key(forward), now, wire::kTcpAck, timeouts, &new_epoch);
+      ASSERT_NE(hit, nullptr) << "start " << start << ", at " << now - start;
+      if (new_epoch) table.touch(reverse, hash_flow_key(reverse), now, hit->state, timeouts);
+    }
+    flow_entry out;
+    EXPECT_TRUE(table.find_shared(reverse, hash_flow_key(reverse), start + 10 * hz, timeouts, out))
+        << "the reply entry expired under a live flow (start " << start << ")";
+  }
 }
 
 // Evicting an egress reply entry drops its forward entry too (flow_table.cpp, victim_for):

@@ -673,9 +673,9 @@ TEST_F(golden, IngressRepliesFollowTheLastHopWhenTheRequestsMoveToAnotherRouter)
   drain(web);
   send(web, reply);
   EXPECT_EQ(mac_at(receive(uplink), 0), kRouterMac);
-  // Past one period of 2^kEpochShift TSC ticks, so that the next request starts a new one.
+  // Past one refresh period, so that the next request starts a new one.
   std::this_thread::sleep_for(std::chrono::duration<double>(
-      1.2 * double(uint64_t{1} << flow_table::kEpochShift) / double(rte_get_tsc_hz())));
+      1.2 * double(pool_->settings().timeouts().epoch_period()) / double(rte_get_tsc_hz())));
   send(uplink, request(kSecondRouterMac, kTcpAck));
   ASSERT_FALSE(receive(web).empty());
   send(web, reply);
