@@ -81,7 +81,8 @@ class Agent : public ::testing::Test {
         std::vector<std::string>{meshlaned_, "--no-ebpf", "--config", doc_a_, "--control-socket", socket_, "--metrics-listen",
                                  "127.0.0.1:0"},
         nullptr, nullptr, (dir_ / "agent.log").string());
-    for (int i = 0; i < 100; ++i) {
+    // Up to 30 s: an instrumented agent (the sanitizer pass) beside other tests starts slowly.
+    for (int i = 0; i < 600 && agent_->running(); ++i) {
       control_client probe;
       if (probe.connect(socket_).empty()) {
         connected_ = true;
@@ -412,7 +413,7 @@ TEST_F(Agent, AConfigMapUpdateIsAppliedAndABadOneIsRefusedCountedAndKeepsTheTabl
     return client.connect(socket).empty() ? client.request(request) : json::object();
   };
   auto wait_for = [&](auto predicate) {
-    for (auto deadline = std::chrono::steady_clock::now() + 5s; std::chrono::steady_clock::now() < deadline;) {
+    for (auto deadline = std::chrono::steady_clock::now() + 30s; std::chrono::steady_clock::now() < deadline;) {
       if (predicate()) return true;
       std::this_thread::sleep_for(50ms);
     }

@@ -752,8 +752,13 @@ TEST_F(CniTest, ProcessNetnsSendsThePodsCgroup) {
   const testing::test_cgroup cgroup("cni");
   ASSERT_FALSE(cgroup.path().empty());
   testing::child_process sleeper({"sleep", "60"}, pod_.get(), &cgroup);
-  std::this_thread::sleep_for(100ms);
+  // Until the child has exec'd (its cgroup and namespace are set before the exec): a fixed
+  // wait assumed a fast machine.
+  const std::string comm = "/proc/" + std::to_string(sleeper.pid()) + "/comm";
+  for (int i = 0; i < 1000 && sleeper.running() && testing::read_text_file(comm) != "sleep\n"; ++i)
+    std::this_thread::sleep_for(10ms);
   ASSERT_TRUE(sleeper.running());
+  ASSERT_EQ(testing::read_text_file(comm), "sleep\n");
   const std::string id = container("cgrp");
   environment e = env("ADD", id);
   e["CNI_NETNS"] = "/proc/" + std::to_string(sleeper.pid()) + "/ns/net";

@@ -27,8 +27,10 @@ constexpr const char* kOutside = "203.0.113.5";
 
 // Flows time out after this long without a packet of their owner's (both TCP timeouts
 // and UDP's); replies keep arriving for kReplyFor, every kReplyEvery.
-constexpr auto kTimeout = std::chrono::milliseconds(300);
-constexpr auto kReplyFor = std::chrono::milliseconds(1000);
+// (A stall of the test thread longer than the timeout less a reply interval and the pair's
+// refresh period would expire the flow: 600 ms leaves about 0.45 s for one.)
+constexpr auto kTimeout = std::chrono::milliseconds(600);
+constexpr auto kReplyFor = std::chrono::milliseconds(1800);
 constexpr auto kReplyEvery = std::chrono::milliseconds(25);
 
 class golden_two_workers : public ring_pool_test {

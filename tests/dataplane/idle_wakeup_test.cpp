@@ -23,13 +23,15 @@ TEST(idle_wakeup, AProducerWakesASleeperLongBeforeItsSleepEnds) {
   const auto started = clock_type::now();
   std::thread sleeper([&] { woken = idle.sleep(kLongSleepUs, [&] { return work.load(); }); });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // well into its sleep
-  work.store(true);
   bool woke = false;
   // The sleeper may not have reached its wait yet on a loaded machine: wake until it has.
+  // (No work is published before: a sleeper that had not yet looked would find it and not
+  // sleep at all, and there would be nobody to wake.)
   while (!woke && clock_type::now() - started < std::chrono::seconds(4)) {
     woke = idle.wake();
     if (!woke) std::this_thread::sleep_for(std::chrono::milliseconds(1));
   }
+  work.store(true);
   sleeper.join();
   EXPECT_TRUE(woke);
   EXPECT_TRUE(woken);

@@ -257,15 +257,20 @@ TEST_F(two_nodes_egress, ManyConnectionsOfOnePodToOneDestinationThenThePortRange
   // and shown on `meshctl flows --follow` and in the agent's log.
   const char* meshctl = std::getenv("MESHCTL");
   ASSERT_NE(meshctl, nullptr) << "MESHCTL must name the meshctl binary";
+  // The stream shows drops from its subscription on: refused connections until it ends,
+  // so that a slow start of meshctl (the sanitizer pass) still sees some.
   command_result printed;
+  std::atomic<bool> watched{false};
   std::thread watch([&] {
-    printed = nodes_[0].ns->exec(std::string("timeout 4 ") + meshctl + " flows --follow --socket " +
+    printed = nodes_[0].ns->exec(std::string("timeout 6 ") + meshctl + " flows --follow --socket " +
                                  nodes_[0].config_path + ".sock");
+    watched = true;
   });
   std::this_thread::sleep_for(500ms);
   const double before = drops(1, "snat_ports_exhausted");
   EXPECT_LT(connect_within(*nodes_[0].client, kOutside, 8443, 1500ms), 0);
   EXPECT_GT(drops(1, "snat_ports_exhausted"), before);
+  while (!watched) EXPECT_LT(connect_within(*nodes_[0].client, kOutside, 8443, 500ms), 0);
   watch.join();
   EXPECT_NE(printed.output.find("snat_ports_exhausted"), std::string::npos) << printed.output.substr(0, 2000);
   EXPECT_NE(printed.output.find("egress"), std::string::npos);

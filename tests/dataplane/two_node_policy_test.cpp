@@ -442,13 +442,19 @@ TEST_F(two_nodes_policy, DenialsStreamOnFlowsFollowAndReachTheLog) {
   // `meshctl flows --follow` prints them under the flow rows.
   const char* meshctl = std::getenv("MESHCTL");
   ASSERT_NE(meshctl, nullptr) << "MESHCTL must name the meshctl binary";
+  // The stream shows denials from its subscription on: refused datagrams until it ends,
+  // so that a slow start of meshctl (the sanitizer pass) still sees some.
   command_result printed;
+  std::atomic<bool> watched{false};
   std::thread watch([&] {
-    printed = nodes_[1].ns->exec(std::string("timeout 5 ") + meshctl + " flows --follow --socket " +
+    printed = nodes_[1].ns->exec(std::string("timeout 8 ") + meshctl + " flows --follow --socket " +
                                  nodes_[1].config_path + ".sock");
+    watched = true;
   });
   std::this_thread::sleep_for(1500ms);
-  EXPECT_NE(udp_round_trip(*nodes_[0].web, *nodes_[1].web, "198.18.2.20", 9100, "refused again"), "");
+  do {
+    EXPECT_NE(udp_round_trip(*nodes_[0].web, *nodes_[1].web, "198.18.2.20", 9100, "refused again"), "");
+  } while (!watched);
   watch.join();
   EXPECT_NE(printed.output.find("policy denials:"), std::string::npos) << printed.output;
   EXPECT_NE(printed.output.find("foo/web-allow"), std::string::npos) << printed.output;

@@ -600,8 +600,14 @@ TEST_F(two_nodes, IdleAgentsSleepInsteadOfSpinning) {
   std::this_thread::sleep_for(3s);
   const double used = cpu_seconds(pid) - before;
   // A quiet worker sleeps up to 1 ms between polls (about 0.06 s here); one that kept
-  // its short traffic-time sleeps would use about 0.7 s, a busy poller 3.
-  EXPECT_LT(used, 0.3) << "an idle agent used " << used << " CPU seconds in 3 s (a busy poller uses 3)";
+  // its short traffic-time sleeps would use about 0.7 s, a busy poller 3. An instrumented
+  // agent (the sanitizer pass) pays several times as much for each wake-up.
+#if defined(__SANITIZE_ADDRESS__)
+  constexpr double kIdleBudget = 0.9;
+#else
+  constexpr double kIdleBudget = 0.3;
+#endif
+  EXPECT_LT(used, kIdleBudget) << "an idle agent used " << used << " CPU seconds in 3 s (a busy poller uses 3)";
 }
 
 // af_xdp with more workers than the interface has queues (a veth counts as one): the

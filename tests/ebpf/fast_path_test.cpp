@@ -130,7 +130,10 @@ class FastPath : public ::testing::Test {
           std::vector<std::string>{env_value("MESHLANED"), "--config", config, "--bpf-pin-dir", pin_dir,
                                    "--control-socket", dir + "/control.sock"},
           &node, nullptr, log);
-      for (int i = 0; i < 200; ++i) {
+      // Up to 90 s (the start runs the kernel self-test first, which retries a stalled
+      // check, several times slower under the sanitizers); it ends at the line, or when
+      // the agent exits.
+      for (int i = 0; i < 4500; ++i) {
         if (read_text_file(log).find("published generation 1") != std::string::npos) return true;
         if (!agent->running()) break;
         usleep(20000);

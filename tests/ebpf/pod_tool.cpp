@@ -121,9 +121,23 @@ int listen_on(int port, int type = SOCK_STREAM) {
   return fd;
 }
 
+// A refused connection is tried again for up to 10 s: the tests start their servers
+// (fork, cgroup, namespace, exec: slow under the sanitizers on a busy machine) right
+// before their clients. (`probe` reports refusals instead: it connects on its own.)
+int connect_once(const sockaddr_storage& address, socklen_t length);
+
 int connect_to(const char* ip, int port) {
   socklen_t length;
   const sockaddr_storage address = make_address(ip, port, length);
+  for (int attempt = 0;; ++attempt) {
+    const int fd = connect_once(address, length);
+    if (fd >= 0) return fd;
+    if (errno != ECONNREFUSED || attempt == 500) die("connect");
+    usleep(20000);
+  }
+}
+
+int connect_once(const sockaddr_storage& address, socklen_t length) {
   const int fd = socket(address.ss_family, SOCK_STREAM, 0);
   if (fd < 0) die("socket");
   if (const char* bind_to = std::getenv("POD_TOOL_BIND")) {
@@ -135,7 +149,12 @@ int connect_to(const char* ip, int port) {
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on);
     if (bind(fd, reinterpret_cast<const sockaddr*>(&local), local_length) != 0) die("bind");
   }
-  if (connect(fd, reinterpret_cast<const sockaddr*>(&address), length) != 0) die("connect");
+  if (connect(fd, reinterpret_cast<const sockaddr*>(&address), length) != 0) {
+    const int error = errno;
+    close(fd);
+    errno = error;
+    return -1;
+  }
   return fd;
 }
 
@@ -325,11 +344,16 @@ int udp_client(const char* ip, int port) {
   timeval timeout{2, 0};
   setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
   const char message[] = "meshlane-udp";
-  sendto(fd, message, sizeof message, 0, reinterpret_cast<const sockaddr*>(&to), length);
   char buffer[64];
   sockaddr_storage from{};
   socklen_t from_length = sizeof from;
-  const ssize_t n = recvfrom(fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&from), &from_length);
+  ssize_t n = -1;
+  // Three tries of 2 s: the server may still be starting (connect_to says why).
+  for (int attempt = 0; attempt < 3 && n < 0; ++attempt) {
+    sendto(fd, message, sizeof message, 0, reinterpret_cast<const sockaddr*>(&to), length);
+    from_length = sizeof from;
+    n = recvfrom(fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&from), &from_length);
+  }
   const bool ok = n == static_cast<ssize_t>(sizeof message) && std::memcmp(buffer, message, sizeof message) == 0;
   std::printf("{\"ok\":%s,\"from\":\"%s\"}\n", ok ? "true" : "false", ok ? to_text(from).c_str() : "");
   return ok ? 0 : 1;

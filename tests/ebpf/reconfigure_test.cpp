@@ -25,7 +25,10 @@ namespace {
 
 using json = nlohmann::json;
 
-bool wait_for(const std::string& path, const std::string& needle, int timeout_ms = 5000) {
+// Generous: an agent's start runs the kernel self-test first (it retries a stalled check),
+// and the sanitizer pass runs it several times slower on a shared 2-vCPU machine; the
+// wait ends as soon as the line is there.
+bool wait_for(const std::string& path, const std::string& needle, int timeout_ms = 90000) {
   for (int waited = 0; waited < timeout_ms; waited += 20) {
     if (read_text_file(path).find(needle) != std::string::npos) return true;
     usleep(20000);
