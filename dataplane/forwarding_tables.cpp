@@ -116,12 +116,10 @@ void underlay_peer_table::build(const std::vector<underlay_peer>& peers) {
 
 // --- underlay neighbours ---
 
-void underlay_neighbours::learn(uint32_t slot, uint32_t ip_net, const mac_address& mac) {
-  if (mac.is_multicast()) return;
+void underlay_neighbours::learn_changed(uint32_t slot, uint32_t ip_net, const mac_address& mac) {
+  if (mac.is_multicast()) return;  // never learned, so never the known MAC learn() compares
   struct slot& s = slots[slot];
   const uint64_t tag = (uint64_t{ip_net} << 1) | 1;
-  if (s.ip_and_valid.load(std::memory_order_relaxed) == tag && s.mac.load(std::memory_order_relaxed) == mac.as_u64())
-    return;
   // Readers may see the new tag with the old MAC for an instant: the frame then goes to a
   // stale MAC once; invalidate first so that they see "unknown" (broadcast) instead.
   s.ip_and_valid.store(0, std::memory_order_release);

@@ -261,7 +261,11 @@ inline uint64_t checksum_partial(const void* data, size_t length, uint64_t sum =
   return (x + ((x >> 16) | (x << 16))) >> 16;
 }
 
-inline uint16_t checksum_fold(uint64_t sum) { return static_cast<uint16_t>(~ones_complement_fold(sum)); }
+// Always inline: GCC otherwise kept it a call in the packet loop (about 10 instructions a
+// packet for 5).
+[[gnu::always_inline]] inline uint16_t checksum_fold(uint64_t sum) {
+  return static_cast<uint16_t>(~ones_complement_fold(sum));
+}
 
 inline uint16_t checksum(const void* data, size_t length) {
   return checksum_fold(checksum_partial(data, length));

@@ -138,7 +138,17 @@ struct underlay_neighbours {
     std::atomic<uint64_t> mac{0};
   };
   std::array<slot, kSlots> slots;
-  void learn(uint32_t slot, uint32_t ip_net, const wire::mac_address& mac);
+  // Records `mac` for the neighbour at `ip_net` in `slot`. Inline: every Geneve frame
+  // from another node tells its sender's MAC again, nearly always the one known (a
+  // compare of two words, where the call cost about 20 instructions a frame).
+  [[gnu::always_inline]] void learn(uint32_t slot, uint32_t ip_net, const wire::mac_address& mac) {
+    const struct slot& s = slots[slot];
+    if (s.ip_and_valid.load(std::memory_order_relaxed) == ((uint64_t{ip_net} << 1) | 1) &&
+        s.mac.load(std::memory_order_relaxed) == mac.as_u64())
+      return;
+    learn_changed(slot, ip_net, mac);
+  }
+  void learn_changed(uint32_t slot, uint32_t ip_net, const wire::mac_address& mac);
   // The MAC of the neighbour in `slot` with address `ip_net`, as mac_address::as_u64
   // gives it; broadcast when unknown. Inline: every encapsulated packet asks.
   uint64_t lookup_u64(uint32_t slot, uint32_t ip_net) const {

@@ -94,6 +94,9 @@ using namespace wire;
 
 // What load balancing decided about a packet, for routing it.
 struct lb_outcome {
+  // Inline (the member initialisers below are its work): one is made per packet, and GCC
+  // left the implicit constructor a call.
+  [[gnu::always_inline]] lb_outcome() {}
   // The low half of the hash of the packet's tuple (flow_hash_from_crc) when a flow
   // lookup computed it, for the Geneve source port; 0: not computed.
   uint64_t flow_hash = 0;
