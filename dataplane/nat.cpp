@@ -100,7 +100,7 @@ flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const work
 [[gnu::noinline]] const uint8_t* lent_port_client(const flow_entry& e, const lent_port_clients* clients,
                                                  ip_address& scratch) {
   uint16_t port;
-  if (clients && !clients->client_of(e.key.destination_port, scratch.bytes.data(), port)) scratch = ip_address{};
+  if (!clients || !clients->client_of(e.key.destination_port, scratch.bytes.data(), port)) scratch = ip_address{};
   return scratch.bytes.data();
 }
 

@@ -640,7 +640,6 @@ const uint8_t* lent_port_client(const flow_entry& e, const lent_port_clients* cl
   static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
   const bool forward = e.direction == flow_direction::forward;
   if (e.flags & kFlowClientPort) return forward ? e.key.source : e.key.destination;  // either family
-  scratch = ip_address{};
   if (std::memcmp(e.key.source, kMapped, 12) == 0) {  // IPv4: the address is in the entry
     std::memcpy(scratch.bytes.data(), kMapped, 12);
     std::memcpy(scratch.bytes.data() + 12, &e.second_address, 4);

@@ -525,7 +525,8 @@ std::string start_egress(egress_world& e) {
     return error;
   e.established = world->new_worker();
   e.fresh = world->new_worker();
-  e.fresh->timeouts.udp = 0;
+  const flow_timeouts kept = e.fresh->timeouts;  // the refresh period follows the timeouts
+  e.fresh->timeouts = flow_timeouts(kept.tcp_established, kept.tcp_transitory, 0);
   // The router's MAC, learned as a worker learns it: from its ARP reply on the uplink.
   const testing::bytes reply = testing::arp_reply(mac(0x99), ip4("198.19.0.254"), mac(1), ip4("198.19.0.1"));
   rte_mbuf* m = rte_pktmbuf_alloc(world->pool);

@@ -121,22 +121,7 @@ int listen_on(int port, int type = SOCK_STREAM) {
   return fd;
 }
 
-// A refused connection is tried again for up to 10 s: the tests start their servers
-// (fork, cgroup, namespace, exec: slow under the sanitizers on a busy machine) right
-// before their clients. (`probe` reports refusals instead: it connects on its own.)
-int connect_once(const sockaddr_storage& address, socklen_t length);
-
-int connect_to(const char* ip, int port) {
-  socklen_t length;
-  const sockaddr_storage address = make_address(ip, port, length);
-  for (int attempt = 0;; ++attempt) {
-    const int fd = connect_once(address, length);
-    if (fd >= 0) return fd;
-    if (errno != ECONNREFUSED || attempt == 500) die("connect");
-    usleep(20000);
-  }
-}
-
+// One connect; -1 with errno when it fails (the socket closed).
 int connect_once(const sockaddr_storage& address, socklen_t length) {
   const int fd = socket(address.ss_family, SOCK_STREAM, 0);
   if (fd < 0) die("socket");
@@ -156,6 +141,20 @@ int connect_once(const sockaddr_storage& address, socklen_t length) {
     return -1;
   }
   return fd;
+}
+
+// A refused connection is tried again for up to 10 s: the tests start their servers
+// (fork, cgroup, namespace, exec: slow under the sanitizers on a busy machine) right
+// before their clients. (`probe` reports refusals instead: it connects on its own.)
+int connect_to(const char* ip, int port) {
+  socklen_t length;
+  const sockaddr_storage address = make_address(ip, port, length);
+  for (int attempt = 0;; ++attempt) {
+    const int fd = connect_once(address, length);
+    if (fd >= 0) return fd;
+    if (errno != ECONNREFUSED || attempt == 500) die("connect");
+    usleep(20000);
+  }
 }
 
 std::string peer_of(int fd) {
