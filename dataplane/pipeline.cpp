@@ -341,8 +341,14 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
   for (uint16_t i = 0; i < count && i < kPrefetchAhead; ++i) rte_prefetch0(rte_pktmbuf_mtod(packets[i], void*));
   // With policies, the policy flow-table bucket of the packet kPolicyAhead on: its frame
   // was prefetched kPrefetchAhead - kPolicyAhead packets ago (detail::policy_prefetch).
+  // Only on a port whose previous burst looked at that table: the guess parses each frame
+  // a second time, which an inbound TCP stream (the verdict cache decides it) or flows
+  // the refresh filters pass (policy_path.h) would pay for nothing. A burst that looks
+  // turns it back on for the port's next one.
   constexpr uint16_t kPolicyAhead = 2;
-  const bool policy_prefetch = t.policy_active && (in_port == ports.uplink_port || t.port_has_policy[in_port]);
+  const bool policy_prefetch = t.policy_active && !w.policy_probes_idle[in_port] &&
+                               (in_port == ports.uplink_port || t.port_has_policy[in_port]);
+  w.policy_probes = 0;
   if (policy_prefetch)
     for (uint16_t i = 0; i < count && i < kPolicyAhead; ++i)
       detail::policy_prefetch(w, rte_pktmbuf_mtod(packets[i], const uint8_t*), rte_pktmbuf_data_len(packets[i]),
@@ -354,6 +360,7 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
                               rte_pktmbuf_data_len(packets[i + kPolicyAhead]), in_port == ports.uplink_port);
     process_one(w, t, ports, in_port, packets[i]);
   }
+  w.policy_probes_idle[in_port] = w.policy_probes == 0;
 }
 
 void flush_handoffs(worker_state& w) {

@@ -482,13 +482,21 @@ struct policy_deny_log {
 // while its generation is the tables'. 2,048 slots of 40 bytes (80 KiB, in L2): the
 // (remote pod, port) pairs a node's pods are reached by; a collision costs one decision.
 struct policy_verdict_cache {
+  // The key's parts as policy_decide compares them: three words and the generation, so
+  // that a hit is one branch (XORs ORed together).
+  static constexpr uint64_t rest_of(uint32_t identity, uint16_t policy_class, uint16_t port) {
+    return uint64_t{identity} << 32 | uint32_t{policy_class} << 16 | port;
+  }
   struct alignas(8) slot {
     uint64_t source_low = 0, source_high = 0;  // the source address (IPv4-mapped for IPv4)
-    uint32_t identity = 0;
+    // rest_of(identity, policy class, destination port); policy class 0: empty (class 0
+    // allows without a look, it is never kept).
+    uint64_t rest = 0;
     uint32_t generation = 0;
-    uint16_t policy_class = 0;  // 0: empty (class 0 allows without a look, it is never kept)
-    uint16_t port = 0;
     policy_verdict verdict;
+    uint32_t identity() const { return static_cast<uint32_t>(rest >> 32); }
+    uint16_t policy_class() const { return static_cast<uint16_t>(rest >> 16); }
+    uint16_t port() const { return static_cast<uint16_t>(rest); }
   };
   static_assert(sizeof(slot) == 40);
   static constexpr uint32_t kSlots = 2048;
@@ -573,6 +581,23 @@ struct worker_state {
   // what an inbound TCP packet costs instead of a per-flow record.
   policy_verdict_cache verdicts;
   counter policy_evaluations;  // decisions by the compiled tables (misses of `verdicts`)
+  // Probes of policy_flows in the burst in hand, and by port whether the port's last burst
+  // had any (process_burst): the policy_flows bucket prefetch, which parses each frame a
+  // second time, runs only for a port whose traffic probes the table (UDP, a pod's TCP),
+  // not for inbound TCP, which the verdict cache decides (a port's first burst prefetches).
+  uint32_t policy_probes = 0;
+  std::array<uint8_t, kMaxPorts> policy_probes_idle{};
+  // policy_note_outbound's filter of flows whose record was looked at in the current
+  // refresh period: (policy_flows hash << 32 | period + 1) by the hash's low bits.
+  static constexpr uint32_t kPolicyRefreshSlots = 4096;
+  std::array<uint64_t, kPolicyRefreshSlots> policy_refreshed{};
+  // policy_admits' filter of inbound UDP flows found allowed in the current refresh
+  // period: `period` as above, `decided` (tables' generation << 32 | source identity) what
+  // the verdict held for.
+  struct policy_admitted_slot {
+    uint64_t period = 0, decided = 0;
+  };
+  std::array<policy_admitted_slot, kPolicyRefreshSlots> policy_admitted{};
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 

@@ -121,7 +121,7 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
   ip_address source;
   std::memcpy(source.bytes.data(), &slot.source_low, 8);
   std::memcpy(source.bytes.data() + 8, &slot.source_high, 8);
-  slot.verdict = t.tables->policy.decide(slot.policy_class, slot.identity, source, slot.port);
+  slot.verdict = t.tables->policy.decide(slot.policy_class(), slot.identity(), source, slot.port());
   slot.generation = t.policy_generation;
   w.policy_evaluations.add(1);
   return slot.verdict;

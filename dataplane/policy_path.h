@@ -30,6 +30,10 @@
 // Both directions of a flow are processed by its owner (worker_handoff.h), so the record
 // is in the worker's own table. Replies of service flows are recognised by their
 // reverse-NAT entry instead.
+// A record needs one look per refresh period to stay alive, not one per packet: an IPv4
+// packet whose flow was looked at in this period (with, inbound, the same verdict under
+// the same tables and identity) passes on a compare with the worker's filters
+// (policy_note_outbound, policy_admits).
 //
 // TCP and UDP only: Istio's L4 policy is about ports; ICMP and other protocols pass.
 #pragma once
@@ -56,18 +60,15 @@ policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t, p
 [[gnu::always_inline]] inline policy_verdict policy_decide(worker_state& w, const forwarding_tables& t,
                                                            uint16_t policy_class, uint32_t identity,
                                                            uint64_t source_low, uint64_t source_high, uint16_t port) {
-  const uint64_t rest = uint64_t{identity} << 32 | uint32_t{policy_class} << 16 | port;
+  const uint64_t rest = policy_verdict_cache::rest_of(identity, policy_class, port);
   const uint32_t hash = rte_hash_crc_8byte(
       rest, rte_hash_crc_8byte(source_high, static_cast<uint32_t>(source_low ^ source_low >> 32) ^ kFlowHashSeed));
   policy_verdict_cache::slot& slot = w.verdicts.slots[hash & (policy_verdict_cache::kSlots - 1)];
-  if (__builtin_expect(slot.policy_class == policy_class && slot.port == port && slot.identity == identity &&
-                           slot.generation == t.policy_generation && slot.source_low == source_low &&
-                           slot.source_high == source_high,
+  if (__builtin_expect(((slot.rest ^ rest) | (slot.source_low ^ source_low) | (slot.source_high ^ source_high) |
+                        (slot.generation ^ t.policy_generation)) == 0,
                        1))
     return slot.verdict;
-  slot.policy_class = policy_class;
-  slot.port = port;
-  slot.identity = identity;
+  slot.rest = rest;
   slot.source_low = source_low;
   slot.source_high = source_high;
   return policy_decide_miss(w, t, slot);
@@ -108,18 +109,26 @@ policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t, p
 }
 uint32_t policy_hash(const flow_key& key);
 
-// The packet's flow key into `key` as the frame now is (after any NAT: a service flow's
-// DNAT leaves `p`'s ports as they arrived), and its policy_flows hash.
-[[gnu::always_inline]] inline uint32_t policy_flow_key(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
+// The policy_flows hash of an IPv4 packet as the frame now is (after any NAT: a service
+// flow's DNAT leaves `p`'s ports as they arrived).
+[[gnu::always_inline]] inline uint32_t policy_hash_of_v4_frame(const uint8_t* frame, const parsed_packet& p) {
+  const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+  return policy_hash_v4(ip->source, ip->destination, from_net16(load16(frame + p.l4_offset)),
+                        from_net16(load16(frame + p.l4_offset + 2)), p.l4_protocol);
+}
+
+// The packet's flow key into `key` as the frame now is.
+[[gnu::always_inline]] inline void policy_key_of_frame(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
   parsed_packet now = p;
   now.source_port = from_net16(load16(frame + p.l4_offset));
   now.destination_port = from_net16(load16(frame + p.l4_offset + 2));
   flow_key_into(key, frame, now);
-  if (p.l3 == l3_kind::ipv4) {
-    const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-    return policy_hash_v4(ip->source, ip->destination, now.source_port, now.destination_port, p.l4_protocol);
-  }
-  return policy_hash(key);
+}
+
+// Both: the key into `key`, and its policy_flows hash.
+[[gnu::always_inline]] inline uint32_t policy_flow_key(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
+  policy_key_of_frame(key, frame, p);
+  return p.l3 == l3_kind::ipv4 ? policy_hash_of_v4_frame(frame, p) : policy_hash(key);
 }
 
 // The policy_flows bucket of the flow in `frame` (a received frame, not yet parsed),
@@ -166,14 +175,35 @@ uint32_t policy_hash(const flow_key& key);
     if (__builtin_expect(verdict.allowed, 1)) return true;
     return policy_tcp_denied(w, t, m, frame, p, pod, lb, verdict);
   }
+  // UDP. An IPv4 flow found allowed in this refresh period, for this source identity under
+  // these tables, is allowed without a look (the worker's policy_admitted filter; the
+  // first packet of each period looks, which keeps the record alive): the look would
+  // find what it found then, or, for a flow whose record went meanwhile (evicted, or
+  // rewritten by a packet with another identity), decide the same from the same tables.
+  // A publish (another generation) and another identity never pass the filter.
   flow_key key;
-  const uint32_t crc = policy_flow_key(key, frame, p);
+  uint32_t crc;
+  worker_state::policy_admitted_slot* admitted = nullptr;
+  uint64_t period = 0;
+  const uint64_t decided = uint64_t{t.policy_generation} << 32 | lb.source_identity;
+  if (p.l3 == l3_kind::ipv4) {
+    crc = policy_hash_of_v4_frame(frame, p);
+    period = uint64_t{crc} << 32 | static_cast<uint32_t>((w.now >> w.timeouts.epoch_shift) + 1);
+    admitted = &w.policy_admitted[crc & (worker_state::kPolicyRefreshSlots - 1)];
+    if (((admitted->period ^ period) | (admitted->decided ^ decided)) == 0) return true;
+    policy_key_of_frame(key, frame, p);
+  } else {
+    crc = policy_flow_key(key, frame, p);
+  }
+  ++w.policy_probes;
   flow_entry* e = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts);
-  if (e && e->direction == flow_direction::forward && e->policy.allowed &&
-      ((e->flags & kPolicyReply) ||
-       (e->policy.generation == t.policy_generation && e->policy.source_identity == lb.source_identity)))
+  if ((e && e->direction == flow_direction::forward && e->policy.allowed &&
+       ((e->flags & kPolicyReply) ||
+        (e->policy.generation == t.policy_generation && e->policy.source_identity == lb.source_identity))) ||
+      (pod.policy_class == 0 && !e)) {
+    if (admitted) *admitted = {period, decided};
     return true;
-  if (pod.policy_class == 0 && !e) return true;
+  }
   return policy_admit_miss(w, t, m, pod, lb, key, crc, e);
 }
 
@@ -181,11 +211,35 @@ uint32_t policy_hash(const flow_key& key);
 // (every pod's) is recorded as the pod's connection, a UDP flow of a pod with a policy as
 // the pod's unless the remote's packets came first; a TCP packet of a pod with a policy
 // keeps its connection's record alive and records nothing else.
+//
+// Keeping a record alive needs one refresh per period of timeouts.epoch_period() (at most
+// a quarter of the shortest timeout), not one per packet: an IPv4 packet whose flow was
+// looked at in this period already (the worker's policy_refreshed filter: the flow's hash
+// and the period, in a slot the hash picks) costs a compare instead of a key, a probe and
+// the bucket's prefetch (process_burst prefetches only for ports whose last burst probed).
+// TCP packets with SYN, FIN or RST always look: they start a record or move its state. A
+// flow that shares the slot pushes the other out (the next packet looks again); two flows
+// with one 32-bit hash in one slot and period would share a look, which delays a refresh
+// by one period, well inside the timeout (four periods at least).
 [[gnu::always_inline]] inline void policy_note_outbound(worker_state& w, const uint8_t* frame, const parsed_packet& p) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return;
   flow_key key;
-  const uint32_t crc = policy_flow_key(key, frame, p);
-  if (w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts)) return;
+  uint32_t crc;
+  uint64_t* refreshed = nullptr;
+  uint64_t period = 0;
+  if (p.l3 == l3_kind::ipv4 && !(p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)))) {
+    crc = policy_hash_of_v4_frame(frame, p);
+    period = uint64_t{crc} << 32 | static_cast<uint32_t>((w.now >> w.timeouts.epoch_shift) + 1);
+    refreshed = &w.policy_refreshed[crc & (worker_state::kPolicyRefreshSlots - 1)];
+    if (*refreshed == period) return;
+    policy_key_of_frame(key, frame, p);
+  } else {
+    crc = policy_flow_key(key, frame, p);
+  }
+  ++w.policy_probes;
+  const bool found = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts) != nullptr;
+  if (refreshed) *refreshed = period;
+  if (found) return;
   if (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn) return;
   policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);
 }

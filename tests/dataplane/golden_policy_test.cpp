@@ -5,7 +5,9 @@
 // the same expected verdicts as for the compiler and the eBPF hooks.
 #include <gtest/gtest.h>
 
+#include <chrono>
 #include <optional>
+#include <thread>
 
 #include <nlohmann/json.hpp>
 
@@ -119,8 +121,9 @@ class golden_policy : public ring_pool_test {
     for (const table_pod& pod : tables_->pods)
       if (std::memcmp(pod.ip.bytes.data() + 12, &destination, 4) == 0) policy_class = pod.policy_class;
     for (const auto& slot : pool_->worker(0).verdicts.slots)
-      if (slot.policy_class && slot.policy_class == policy_class && slot.generation == static_cast<uint32_t>(generation_) && slot.source_low == 0 &&
-          slot.source_high == high && slot.identity == identity && slot.port == port)
+      if (slot.policy_class() && slot.policy_class() == policy_class &&
+          slot.generation == static_cast<uint32_t>(generation_) && slot.source_low == 0 && slot.source_high == high &&
+          slot.identity() == identity && slot.port() == port)
         return slot.verdict;
     return std::nullopt;
   }
@@ -348,6 +351,67 @@ TEST_F(golden_policy, RepliesOfAFlowOurPodStartedPassAndTheRemotesOwnFlowsAreDec
   from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44000)), bar_sleep);
   EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
   EXPECT_EQ(pending(client), 3u);
+}
+
+// A pod's own UDP flow is known by its record for as long as the pod keeps sending: the
+// record is refreshed once per refresh period (policy_note_outbound's filter skips the
+// look for the rest of a period), so with a 1 s timeout and the pod sending every 400 ms
+// for 2.8 s the remote's answer still passes where the tables (allow-nothing) refuse the
+// remote's own flows; and once the pod has been silent for longer than the timeout, the
+// same answer is the remote's own flow, refused.
+TEST_F(golden_policy, ThePodsOwnUdpFlowKeepsItsRecordWhileThePodKeepsSending) {
+  using namespace std::chrono_literals;
+  allow_nothing_in_foo();
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  pool_->settings().udp_ticks.store(rte_get_tsc_hz());  // 1 s
+  const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
+  const uint32_t bar_sleep = identity_of("bar/sleep");
+  for (int i = 0; i < 7; ++i) {
+    // Several packets a period: the filter takes all but the first.
+    for (int j = 0; j < 4; ++j) send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, 43301)));
+    ASSERT_EQ(pending(uplink), 4u);
+    drain(uplink);
+    std::this_thread::sleep_for(400ms);
+  }
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
+  EXPECT_EQ(pending(client), 1u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
+  drain(client);
+  std::this_thread::sleep_for(1500ms);  // the pod silent for longer than the timeout
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+}
+
+// An inbound UDP flow the tables allow passes the rest of a refresh period on the
+// worker's filter once a look has found its record allowed; the filter holds the
+// identity and the tables' generation it was found for, so the same flow with another
+// identity, or after a publish that refuses it, is decided again at once, in the same
+// period.
+TEST_F(golden_policy, AnAllowedUdpFlowIsDecidedAgainForAnotherIdentityAndAfterAPublish) {
+  publish_json(node1_with(json::parse(R"([{"name": "allow-bar-7000", "namespace": "foo", "action": "ALLOW",
+    "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"ports": ["7000"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
+  const uint32_t bar_sleep = identity_of("bar/sleep"), foo_sleep = identity_of("foo/sleep");
+  for (int i = 0; i < 4; ++i) from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), bar_sleep);
+  EXPECT_EQ(pending(client), 4u);
+  drain(client);
+  // Another identity on the same 5-tuple: namespace foo is not allowed.
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), foo_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  for (int i = 0; i < 3; ++i) from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), bar_sleep);
+  EXPECT_EQ(pending(client), 3u);
+  drain(client);
+  // A publish that refuses the flow: its next packet is refused.
+  allow_nothing_in_foo();
+  if (HasFatalFailure()) return;
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
 }
 
 // From outside the cluster only address fields can match (identity world): an ALLOW on
