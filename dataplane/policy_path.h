@@ -180,7 +180,10 @@ uint32_t policy_hash(const flow_key& key);
   // first packet of each period looks, which keeps the record alive): the look would
   // find what it found then, or, for a flow whose record went meanwhile (evicted, or
   // rewritten by a packet with another identity), decide the same from the same tables.
-  // A publish (another generation) and another identity never pass the filter.
+  // A publish (another generation) and another identity never pass the filter. The
+  // filter's key, the policy hash, is the same for a flow's two directions; only one of
+  // them comes here (lb.enforce: from the tunnel or from outside; its other direction
+  // leaves through policy_note_outbound or the reply paths, never through this filter).
   flow_key key;
   uint32_t crc;
   worker_state::policy_admitted_slot* admitted = nullptr;
