@@ -588,14 +588,14 @@ struct worker_state {
   uint32_t policy_probes = 0;
   std::array<uint8_t, kMaxPorts> policy_probes_idle{};
   // policy_note_outbound's filter of flows whose record was looked at in the current
-  // refresh period: (policy_flows hash << 32 | period + 1) by the hash's low bits.
+  // refresh period: their marks (policy_refresh_mark, policy_path.h).
   static constexpr uint32_t kPolicyRefreshSlots = 4096;
   std::array<uint64_t, kPolicyRefreshSlots> policy_refreshed{};
   // policy_admits' filter of inbound UDP flows found allowed in the current refresh
-  // period: `period` as above, `decided` (tables' generation << 32 | source identity) what
-  // the verdict held for.
+  // period: the mark, and `decided` (tables' generation << 32 | source identity) what the
+  // verdict held for.
   struct policy_admitted_slot {
-    uint64_t period = 0, decided = 0;
+    uint64_t mark = 0, decided = 0;
   };
   std::array<policy_admitted_slot, kPolicyRefreshSlots> policy_admitted{};
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source

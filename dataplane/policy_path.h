@@ -131,6 +131,16 @@ uint32_t policy_hash(const flow_key& key);
   return p.l3 == l3_kind::ipv4 ? policy_hash_of_v4_frame(frame, p) : policy_hash(key);
 }
 
+// A flow's mark in the worker's refresh filters (policy_note_outbound, policy_admits):
+// its policy hash and the refresh period it is in now, plus one so that an empty slot
+// never matches. The filter slot is the hash's low bits.
+[[gnu::always_inline]] inline uint64_t policy_refresh_mark(const worker_state& w, uint32_t crc) {
+  return uint64_t{crc} << 32 | static_cast<uint32_t>((w.now >> w.timeouts.epoch_shift) + 1);
+}
+[[gnu::always_inline]] inline uint32_t policy_refresh_slot(uint32_t crc) {
+  return crc & (worker_state::kPolicyRefreshSlots - 1);
+}
+
 // The policy_flows bucket of the flow in `frame` (a received frame, not yet parsed),
 // fetched a few packets ahead of its probe (process_burst), as l3fwd prefetches: a new
 // flow's bucket is a random one, and its cache miss was most of what deciding and
@@ -187,13 +197,13 @@ uint32_t policy_hash(const flow_key& key);
   flow_key key;
   uint32_t crc;
   worker_state::policy_admitted_slot* admitted = nullptr;
-  uint64_t period = 0;
+  uint64_t mark = 0;
   const uint64_t decided = uint64_t{t.policy_generation} << 32 | lb.source_identity;
   if (p.l3 == l3_kind::ipv4) {
     crc = policy_hash_of_v4_frame(frame, p);
-    period = uint64_t{crc} << 32 | static_cast<uint32_t>((w.now >> w.timeouts.epoch_shift) + 1);
-    admitted = &w.policy_admitted[crc & (worker_state::kPolicyRefreshSlots - 1)];
-    if (((admitted->period ^ period) | (admitted->decided ^ decided)) == 0) return true;
+    mark = policy_refresh_mark(w, crc);
+    admitted = &w.policy_admitted[policy_refresh_slot(crc)];
+    if (((admitted->mark ^ mark) | (admitted->decided ^ decided)) == 0) return true;
     policy_key_of_frame(key, frame, p);
   } else {
     crc = policy_flow_key(key, frame, p);
@@ -204,7 +214,7 @@ uint32_t policy_hash(const flow_key& key);
        ((e->flags & kPolicyReply) ||
         (e->policy.generation == t.policy_generation && e->policy.source_identity == lb.source_identity))) ||
       (pod.policy_class == 0 && !e)) {
-    if (admitted) *admitted = {period, decided};
+    if (admitted) *admitted = {mark, decided};
     return true;
   }
   return policy_admit_miss(w, t, m, pod, lb, key, crc, e);
@@ -229,19 +239,19 @@ uint32_t policy_hash(const flow_key& key);
   flow_key key;
   uint32_t crc;
   uint64_t* refreshed = nullptr;
-  uint64_t period = 0;
+  uint64_t mark = 0;
   if (p.l3 == l3_kind::ipv4 && !(p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)))) {
     crc = policy_hash_of_v4_frame(frame, p);
-    period = uint64_t{crc} << 32 | static_cast<uint32_t>((w.now >> w.timeouts.epoch_shift) + 1);
-    refreshed = &w.policy_refreshed[crc & (worker_state::kPolicyRefreshSlots - 1)];
-    if (*refreshed == period) return;
+    mark = policy_refresh_mark(w, crc);
+    refreshed = &w.policy_refreshed[policy_refresh_slot(crc)];
+    if (*refreshed == mark) return;
     policy_key_of_frame(key, frame, p);
   } else {
     crc = policy_flow_key(key, frame, p);
   }
   ++w.policy_probes;
   const bool found = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts) != nullptr;
-  if (refreshed) *refreshed = period;
+  if (refreshed) *refreshed = mark;
   if (found) return;
   if (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn) return;
   policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);
