@@ -132,14 +132,13 @@ void flow_table::evict_egress_forward(const flow_entry& reverse, uint64_t now, c
 
 void flow_table::insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) {
   flow_entry* victim = victim_for(value.key, hash, now, timeouts);
-  const uint32_t writing = victim->version + 1;
   flow_detail::begin_write(*victim);
-  flow_entry copy = value;
-  copy.in_use = 1;
-  copy.protocol = value.key.protocol;
-  copy.last_seen = now;
-  copy.version = writing;  // the counter stays odd throughout the copy
-  *victim = copy;
+  // Straight into the slot, everything before the seqlock counter (which stays odd
+  // throughout), then the fields the table owns: no temporary copy of the entry.
+  std::memcpy(static_cast<void*>(victim), &value, offsetof(flow_entry, version));
+  victim->in_use = 1;
+  victim->protocol = value.key.protocol;
+  victim->last_seen = now;
   flow_detail::end_write(*victim);
 }
 

@@ -18,6 +18,7 @@
 #include <rte_prefetch.h>
 
 #include <algorithm>
+#include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -275,6 +276,11 @@ class flow_table {
   // Inserts a whole entry (key, rewrite, direction, slots) in one seqlocked write; the
   // form the pipeline uses, so that other workers never see it half filled.
   void insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
+  // The same for an entry built in place: the slot's fields before the seqlock counter
+  // zeroed, `key` set, then `fill(entry)` writes the rest, all inside one seqlocked write
+  // (no temporary entry to build and copy; policy_path.cpp's records).
+  template <typename Fill>
+  void insert_with(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts, Fill&& fill);
   // The last egress forward entries evicted while live (alone, or with their reply entry),
   // kept by key in a small direct-mapped array (kEvictedEgressSlots; a later eviction
   // may overwrite one): the copy of the one for `key`, for the flow's next packet to make
@@ -294,6 +300,17 @@ class flow_table {
     if (!kept.in_use || !(kept.key == key)) return false;
     out = kept;
     return true;
+  }
+  // For the owner only: its live entry for `key`, read in place (no seqlock: only the
+  // owner writes), neither touched nor copied; nullptr on a miss. For a look at a flow's
+  // other direction that must not keep it alive (policy_path.cpp).
+  const flow_entry* peek(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) const {
+    const flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
+    for (uint32_t way = 0; way < kWays; ++way) {
+      const flow_entry& entry = bucket[way];
+      if (entry.in_use && entry.key == key) return expired(entry, now, timeouts) ? nullptr : &entry;
+    }
+    return nullptr;
   }
   // For other workers: a consistent copy of the live entry for `key`; false on a miss.
   // Never writes (the owner keeps last_seen and the TCP state).
@@ -367,6 +384,22 @@ inline void track_tcp_state(flow_entry& entry, uint8_t tcp_flags) {
     entry.state = flow_state::established;
 }
 }  // namespace flow_detail
+
+template <typename Fill>
+void flow_table::insert_with(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
+                             Fill&& fill) {
+  flow_entry* victim = victim_for(key, hash, now, timeouts);
+  flow_detail::begin_write(*victim);
+  static_assert(offsetof(flow_entry, version) + sizeof(uint32_t) == offsetof(flow_entry, last_seen) &&
+                offsetof(flow_entry, last_seen) + sizeof(uint64_t) == sizeof(flow_entry));
+  std::memset(static_cast<void*>(victim), 0, offsetof(flow_entry, version));  // the counter stays odd
+  victim->key = key;
+  fill(*victim);
+  victim->in_use = 1;
+  victim->protocol = key.protocol;
+  victim->last_seen = now;
+  flow_detail::end_write(*victim);
+}
 
 inline flow_entry* flow_table::find(const flow_key& key, uint64_t hash, uint64_t now, uint8_t tcp_flags,
                                     const flow_timeouts& timeouts, bool* new_epoch) {

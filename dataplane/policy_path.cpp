@@ -42,14 +42,15 @@ flow_key reversed(const flow_key& key) {
   return out;
 }
 
-// Whether a live entry for `key` in this worker's table has `flags` set in `direction`.
-// Read-only. Both directions of a flow reach the same worker (worker_handoff.h), so the
-// other direction's record is in this table if anywhere.
-bool recorded(const worker_state& w, const flow_key& key, flow_direction direction, uint8_t flags, uint8_t absent) {
-  const uint64_t hash = policy_hash(key);
-  flow_entry entry;
-  return w.policy_flows.find_shared(key, hash, w.now, w.timeouts, entry) && entry.direction == direction &&
-         (entry.flags & flags) == flags && !(entry.flags & absent);
+// Whether a live entry for the other direction of the flow `key` in this worker's table
+// has `flags` set in `direction`. Read-only. Both directions of a flow reach the same
+// worker (worker_handoff.h), so the other direction's record is in this table if
+// anywhere, and in the same bucket: `crc`, the flow's policy hash, is the same for both
+// directions (policy_hash_v4).
+bool recorded_other_way(const worker_state& w, const flow_key& key, uint32_t crc, flow_direction direction,
+                        uint8_t flags, uint8_t absent) {
+  const flow_entry* entry = w.policy_flows.peek(reversed(key), crc, w.now, w.timeouts);
+  return entry && entry->direction == direction && (entry->flags & flags) == flags && !(entry->flags & absent);
 }
 
 // Writes the policy part of `entry` (live, owned by this worker) under its seqlock.
@@ -68,12 +69,11 @@ void keep_verdict(worker_state& w, flow_entry* live, const flow_key& key, uint32
     update(*live, policy, flags);
     return;
   }
-  flow_entry entry{};
-  entry.key = key;
-  entry.policy = policy;
-  entry.direction = flow_direction::forward;
-  entry.flags = flags;
-  w.policy_flows.insert(entry, crc, w.now, w.timeouts);
+  w.policy_flows.insert_with(key, crc, w.now, w.timeouts, [&](flow_entry& entry) {
+    entry.policy = policy;
+    entry.direction = flow_direction::forward;
+    entry.flags = flags;
+  });
 }
 
 void log_denial(worker_state& w, const flow_key& key, const table_pod& pod, const lb_outcome& lb,
@@ -143,7 +143,7 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
   // A reply of a connection our pod started (its SYN is recorded; the other node's policy
   // decided the connection): kept, so that the rest of it costs one probe.
   if (lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
-      recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
+      recorded_other_way(w, key, crc, flow_direction::reverse, kPolicyStartedHere, 0)) {
     flow_policy policy{};
     policy.allowed = 1;
     policy.reason = static_cast<uint8_t>(policy_reason::no_policy);
@@ -181,7 +181,7 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
     // node's policy decided it): the look at this worker's recorded flows stays off the
     // path of flows the tables allow.
     if (!verdict.allowed && lb.enforce == static_cast<uint8_t>(policy_direction::remote) &&
-        recorded(w, reversed(key), flow_direction::reverse, kPolicyStartedHere, 0)) {
+        recorded_other_way(w, key, crc, flow_direction::reverse, kPolicyStartedHere, 0)) {
       flags = kPolicyReply;
       verdict = policy_verdict{};
     }
@@ -203,16 +203,14 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
   // table, as both directions of a flow reach one worker) is an answer: recorded without kPolicyStartedHere, so that the flow's
   // inbound packets are never taken for replies of ours.
   const uint8_t handshake = tcp_flags & (kTcpSyn | kTcpAck);
-  const bool reply = key.protocol == kProtoUdp && recorded(w, reversed(key), flow_direction::forward, 0, kPolicyReply);
-  flow_entry entry{};
-  entry.key = key;
-  entry.policy = flow_policy{};
-  entry.direction = flow_direction::reverse;
-  entry.flags = reply ? 0 : kPolicyStartedHere;
-  // A SYN's record lives as long as an established connection's: for a pod without a
-  // policy it is the only packet of the connection the table sees (nothing refreshes it).
-  if (handshake == kTcpSyn) entry.state = flow_state::established;
-  w.policy_flows.insert(entry, crc, w.now, w.timeouts);
+  const bool reply = key.protocol == kProtoUdp && recorded_other_way(w, key, crc, flow_direction::forward, 0, kPolicyReply);
+  w.policy_flows.insert_with(key, crc, w.now, w.timeouts, [&](flow_entry& entry) {
+    entry.direction = flow_direction::reverse;
+    entry.flags = reply ? 0 : kPolicyStartedHere;
+    // A SYN's record lives as long as an established connection's: for a pod without a
+    // policy it is the only packet of the connection the table sees (nothing refreshes it).
+    if (handshake == kTcpSyn) entry.state = flow_state::established;
+  });
 }
 
 }  // namespace detail

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <rte_hash_crc.h>
 
+#include <array>
 #include <cstring>
 
 #include "dataplane/packet_headers.h"
@@ -152,6 +153,64 @@ TEST(flow_table, FullBucketEvictsItsLeastRecentlyUsedFlow) {
   EXPECT_EQ(table.find(evicted, hash_flow_key(evicted), 9, wire::kTcpSyn, kTimeouts), nullptr);
   EXPECT_NE(table.find(newcomer, hash_flow_key(newcomer), 9, wire::kTcpSyn, kTimeouts), nullptr);
   EXPECT_EQ(table.live_count(9, kTimeouts), flow_table::kWays);
+}
+
+// An entry built in place takes a slot another flow had (here by eviction, one bucket)
+// and keeps nothing of it: everything but what the filler writes is zero, and the seqlock
+// counter is even again (a reader on another thread sees it whole).
+TEST(flow_table, AnEntryBuiltInPlaceKeepsNothingOfTheSlotsFormerFlow) {
+  flow_table table(flow_table::kWays);  // one bucket
+  for (uint16_t i = 0; i < flow_table::kWays; ++i) {
+    flow_entry value{};
+    value.key = key_for(100 + i, wire::kProtoUdp);
+    std::memset(value.rewrite_address, 0xab, sizeof value.rewrite_address);
+    value.rewrite_port = 8080;
+    value.second_address = 0x01020304;
+    value.flags = kFlowSecondRewrite | kFlowToLastHop;
+    value.backend_slot = 7;
+    value.direction = flow_direction::reverse;
+    table.insert(value, hash_flow_key(value.key), i, kTimeouts);
+  }
+  const flow_key key = key_for(999, wire::kProtoUdp);
+  table.insert_with(key, hash_flow_key(key), 10, kTimeouts, [](flow_entry& entry) {
+    entry.policy.allowed = 1;
+    entry.policy.generation = 42;
+    entry.flags = kPolicyStartedHere;
+  });
+  EXPECT_EQ(table.evictions(), 1u);
+  flow_entry out;
+  ASSERT_TRUE(table.find_shared(key, hash_flow_key(key), 10, kTimeouts, out));
+  EXPECT_EQ(out.version % 2, 0u);
+  EXPECT_EQ(out.protocol, wire::kProtoUdp);
+  EXPECT_EQ(out.last_seen, 10u);
+  EXPECT_EQ(out.policy.allowed, 1);
+  EXPECT_EQ(out.policy.generation, 42u);
+  EXPECT_EQ(out.policy.source_identity, 0u);
+  EXPECT_EQ(out.flags, kPolicyStartedHere);
+  EXPECT_EQ(out.direction, flow_direction::forward);
+  EXPECT_EQ(out.state, flow_state::transitory);
+  EXPECT_EQ(out.rewrite_port, 0);
+  EXPECT_EQ(out.second_address, 0u);
+  EXPECT_EQ(out.backend_slot, 0u);
+  EXPECT_EQ(std::memcmp(out.rewrite_address + sizeof(flow_policy), std::array<uint8_t, 16>{}.data(),
+                        sizeof out.rewrite_address - sizeof(flow_policy)),
+            0);
+}
+
+// The owner's look at an entry it must not keep alive: found in place while live, with
+// its last_seen and TCP state untouched; gone once expired.
+TEST(flow_table, PeekFindsALiveEntryWithoutTouchingIt) {
+  flow_table table(1024);
+  const flow_key key = key_for(5);
+  const uint64_t hash = hash_flow_key(key);
+  table.insert(key, hash, 0, kTimeouts);  // transitory: 10 ticks
+  const flow_entry* seen = table.peek(key, hash, 8, kTimeouts);
+  ASSERT_NE(seen, nullptr);
+  EXPECT_EQ(seen->last_seen, 0u);
+  EXPECT_EQ(seen->state, flow_state::transitory);
+  EXPECT_EQ(table.peek(key_for(6), hash_flow_key(key_for(6)), 8, kTimeouts), nullptr);
+  EXPECT_EQ(table.peek(key, hash, 11, kTimeouts), nullptr);  // 11 ticks idle: a peek did not refresh it
+  EXPECT_EQ(table.find(key, hash, 11, wire::kTcpAck, kTimeouts), nullptr);
 }
 
 TEST(flow_table, ExpiredEntriesAreReusedWithoutCountingEvictions) {
