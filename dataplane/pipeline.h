@@ -39,6 +39,7 @@
 #include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
 #include "dataplane/packet_parser.h"
+#include "dataplane/refresh_filter.h"
 #include "dataplane/shared_pages.h"
 #include "dataplane/token_bucket.h"
 
@@ -588,16 +589,12 @@ struct worker_state {
   uint32_t policy_probes = 0;
   std::array<uint8_t, kMaxPorts> policy_probes_idle{};
   // policy_note_outbound's filter of flows whose record was looked at in the current
-  // refresh period: their marks (policy_refresh_mark, policy_path.h).
-  static constexpr uint32_t kPolicyRefreshSlots = 4096;
-  std::array<uint64_t, kPolicyRefreshSlots> policy_refreshed{};
+  // refresh period (refresh_filter.h; keys: policy_refresh_key_v4, policy_path.h).
+  refresh_filter<false> policy_refreshed;
   // policy_admits' filter of inbound UDP flows found allowed in the current refresh
   // period: the mark, and `decided` (tables' generation << 32 | source identity) what the
   // verdict held for.
-  struct policy_admitted_slot {
-    uint64_t mark = 0, decided = 0;
-  };
-  std::array<policy_admitted_slot, kPolicyRefreshSlots> policy_admitted{};
+  refresh_filter<true> policy_admitted;
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 

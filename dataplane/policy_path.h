@@ -131,14 +131,15 @@ uint32_t policy_hash(const flow_key& key);
   return p.l3 == l3_kind::ipv4 ? policy_hash_of_v4_frame(frame, p) : policy_hash(key);
 }
 
-// A flow's mark in the worker's refresh filters (policy_note_outbound, policy_admits):
-// its policy hash and the refresh period it is in now, plus one so that an empty slot
-// never matches. The filter slot is the hash's low bits.
-[[gnu::always_inline]] inline uint64_t policy_refresh_mark(const worker_state& w, uint32_t crc) {
-  return uint64_t{crc} << 32 | static_cast<uint32_t>((w.now >> w.timeouts.epoch_shift) + 1);
-}
-[[gnu::always_inline]] inline uint32_t policy_refresh_slot(uint32_t crc) {
-  return crc & (worker_state::kPolicyRefreshSlots - 1);
+// An IPv4 frame's key in the worker's refresh filters (policy_note_outbound,
+// policy_admits; refresh_filter.h): its 5-tuple as the frame now is and the refresh
+// period it is in now.
+[[gnu::always_inline]] inline refresh_key policy_refresh_key_v4(const worker_state& w, const uint8_t* frame,
+                                                                const parsed_packet& p) {
+  const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+  uint32_t ports;
+  std::memcpy(&ports, frame + p.l4_offset, 4);
+  return make_refresh_key(ip->source, ip->destination, ports, p.l4_protocol, w.now >> w.timeouts.epoch_shift);
 }
 
 // The policy_flows bucket of the flow in `frame` (a received frame, not yet parsed),
@@ -167,14 +168,16 @@ uint32_t policy_hash(const flow_key& key);
   uint32_t source, destination;
   std::memcpy(&source, ip + 12, 4);
   std::memcpy(&destination, ip + 16, 4);
-  const uint32_t crc = policy_hash_v4(source, destination, from_net16(load16(ip + l4)),
-                                      from_net16(load16(ip + l4 + 2)), protocol);
-  w.policy_flows.prefetch(crc);
-  // And the flow's slot in the refresh filter its direction checks first (64 and 32 KiB,
-  // more than L1 holds: a new flow's slot is a random line, perf's hottest load of
+  w.policy_flows.prefetch(policy_hash_v4(source, destination, from_net16(load16(ip + l4)),
+                                         from_net16(load16(ip + l4 + 2)), protocol));
+  // And the flow's set in the refresh filter its direction checks first (512 KiB and 1
+  // MiB, more than L1 holds: a new flow's set is a random line, perf's hottest load of
   // policy_admits).
-  rte_prefetch0(from_uplink ? static_cast<const void*>(&w.policy_admitted[policy_refresh_slot(crc)])
-                            : static_cast<const void*>(&w.policy_refreshed[policy_refresh_slot(crc)]));
+  uint32_t ports;
+  std::memcpy(&ports, ip + l4, 4);
+  const refresh_key key = make_refresh_key(source, destination, ports, protocol, 0);
+  rte_prefetch0(from_uplink ? static_cast<const void*>(w.policy_admitted.set_of(key))
+                            : static_cast<const void*>(w.policy_refreshed.set_of(key)));
 }
 
 // A frame for `pod` (a pod of this node) that `lb.enforce` says policy decides: true when
@@ -196,20 +199,18 @@ uint32_t policy_hash(const flow_key& key);
   // first packet of each period looks, which keeps the record alive): the look would
   // find what it found then, or, for a flow whose record went meanwhile (evicted, or
   // rewritten by a packet with another identity), decide the same from the same tables.
-  // A publish (another generation) and another identity never pass the filter. The
-  // filter's key, the policy hash, is the same for a flow's two directions; only one of
-  // them comes here (lb.enforce: from the tunnel or from outside; its other direction
-  // leaves through policy_note_outbound or the reply paths, never through this filter).
+  // A publish (another generation), another identity and any other 5-tuple never pass
+  // the filter (refresh_filter.h: it holds the tuple itself, not a hash). Only one
+  // direction of a flow comes here (lb.enforce: from the tunnel or from outside; its other
+  // direction leaves through policy_note_outbound or the reply paths).
   flow_key key;
   uint32_t crc;
-  worker_state::policy_admitted_slot* admitted = nullptr;
-  uint64_t mark = 0;
+  refresh_key refresh;  // IPv4 only: IPv6 looks every time
   const uint64_t decided = uint64_t{t.policy_generation} << 32 | lb.source_identity;
   if (p.l3 == l3_kind::ipv4) {
+    refresh = policy_refresh_key_v4(w, frame, p);
+    if (w.policy_admitted.holds(refresh, decided)) return true;
     crc = policy_hash_of_v4_frame(frame, p);
-    mark = policy_refresh_mark(w, crc);
-    admitted = &w.policy_admitted[policy_refresh_slot(crc)];
-    if (((admitted->mark ^ mark) | (admitted->decided ^ decided)) == 0) return true;
     policy_key_of_frame(key, frame, p);
   } else {
     crc = policy_flow_key(key, frame, p);
@@ -220,7 +221,7 @@ uint32_t policy_hash(const flow_key& key);
        ((e->flags & kPolicyReply) ||
         (e->policy.generation == t.policy_generation && e->policy.source_identity == lb.source_identity))) ||
       (pod.policy_class == 0 && !e)) {
-    if (admitted) *admitted = {mark, decided};
+    if (p.l3 == l3_kind::ipv4) w.policy_admitted.remember(refresh, decided);
     return true;
   }
   return policy_admit_miss(w, t, m, pod, lb, key, crc, e);
@@ -233,31 +234,30 @@ uint32_t policy_hash(const flow_key& key);
 //
 // Keeping a record alive needs one refresh per period of timeouts.epoch_period() (at most
 // a quarter of the shortest timeout), not one per packet: an IPv4 packet whose flow was
-// looked at in this period already (the worker's policy_refreshed filter: the flow's hash
-// and the period, in a slot the hash picks) costs a compare instead of a key, a probe and
-// the bucket's prefetch (process_burst prefetches only for ports whose last burst probed).
-// TCP packets with SYN, FIN or RST always look: they start a record or move its state. A
-// flow that shares the slot pushes the other out (the next packet looks again); two flows
-// with one 32-bit hash in one slot and period would share a look, which delays a refresh
-// by one period, well inside the timeout (four periods at least).
+// looked at in this period already (the worker's policy_refreshed filter: the flow's
+// 5-tuple and the period, in any way of a set its hash picks, refresh_filter.h) costs
+// a compare within one cache line instead of a key, a probe and the bucket's prefetch
+// (process_burst prefetches only for ports whose last burst probed). TCP packets with SYN,
+// FIN or RST always look: they start a record or move its state. A flow pushed out of its
+// set by others looks again at its next packet.
 [[gnu::always_inline]] inline void policy_note_outbound(worker_state& w, const uint8_t* frame, const parsed_packet& p) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return;
   flow_key key;
   uint32_t crc;
-  uint64_t* refreshed = nullptr;
-  uint64_t mark = 0;
-  if (p.l3 == l3_kind::ipv4 && !(p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)))) {
+  refresh_key refresh;  // only where the filter applies
+  const bool filtered =
+      p.l3 == l3_kind::ipv4 && !(p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)));
+  if (filtered) {
+    refresh = policy_refresh_key_v4(w, frame, p);
+    if (w.policy_refreshed.holds(refresh)) return;
     crc = policy_hash_of_v4_frame(frame, p);
-    mark = policy_refresh_mark(w, crc);
-    refreshed = &w.policy_refreshed[policy_refresh_slot(crc)];
-    if (*refreshed == mark) return;
     policy_key_of_frame(key, frame, p);
   } else {
     crc = policy_flow_key(key, frame, p);
   }
   ++w.policy_probes;
   const bool found = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts) != nullptr;
-  if (refreshed) *refreshed = mark;
+  if (filtered) w.policy_refreshed.remember(refresh);
   if (found) return;
   if (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn) return;
   policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # What L4 authorization costs the pipeline (issue 16): runs perf/pipeline_bench.cpp's
-# BM_policy_* (receive and send, UDP and TCP, established flow and a new flow every
-# packet, with 0, 100 and 10,000 policies; 0 is no policy at all, the no-policy figure)
+# BM_policy_* (receive and send, UDP and TCP, one established flow, 8,192 established
+# flows in turn, and a new flow every packet, with 0, 100 and 10,000 policies; 0 is no policy at all, the no-policy figure)
 # beside the I/O floor in one process, repetitions interleaved, and prints for each path
 # the cycles per packet (min / median / max over the repetitions) and each policy
 # count's median and minimum as ratios to the no-policy median and minimum of the same
@@ -37,12 +37,12 @@ for name, values in cycles.items():
 # The ratio of the medians, and of the minimums: on a loaded machine a repetition's time
 # is its own cost plus what other processes took from it, and the minimum is the
 # repetition that lost least.
-print(f"{'path':24} {'policies':>8} {'min/median/max':>18} {'x no-policy (median)':>21} {'(min)':>6}")
+print(f"{'path':34} {'policies':>8} {'min/median/max':>18} {'x no-policy (median)':>21} {'(min)':>6}")
 for path, by_count in sorted(paths.items()):
     zero = by_count.get(0, [float("nan")])
     base, base_min = statistics.median(zero), min(zero)
     for count in sorted(by_count):
         v = by_count[count]
         med = statistics.median(v)
-        print(f"{path:24} {count:>8} {min(v):>6.0f}/{med:>5.0f}/{max(v):>5.0f} {med / base:>21.2f} {min(v) / base_min:>6.2f}")
+        print(f"{path:34} {count:>8} {min(v):>6.0f}/{med:>5.0f}/{max(v):>5.0f} {med / base:>21.2f} {min(v) / base_min:>6.2f}")
 PY

@@ -5,14 +5,18 @@
 // the same expected verdicts as for the compiler and the eBPF hooks.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <optional>
 #include <thread>
+#include <utility>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 
 #include "control/workload_identity.h"
 #include "dataplane/geneve_identity.h"
+#include "dataplane/policy_path.h"
 #include "tests/control/policy_semantics_table.h"
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/frame_readers.h"
@@ -412,6 +416,63 @@ TEST_F(golden_policy, AnAllowedUdpFlowIsDecidedAgainForAnotherIdentityAndAfterAP
   from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), bar_sleep);
   EXPECT_EQ(pending(client), 0u);
   EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+}
+
+// The refresh filter that lets an allowed UDP flow's later packets pass without a look
+// holds the flow's 5-tuple, not its 32-bit policy hash: a flow from the same identity
+// whose hash equals an allowed flow's (CRC32-C is linear: such tuples can be built on
+// purpose; here found by search) is still decided, and the tables deny it. When the
+// filter held the hash, the colliding flow's packets were delivered to a port the
+// tables deny.
+TEST_F(golden_policy, AFlowWhosePolicyHashEqualsAnAllowedFlowsIsStillDecided) {
+  publish_json(node1_with(json::parse(R"([{"name": "allow-bar-but-9000", "namespace": "foo", "action": "ALLOW",
+    "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"not_ports": ["9000"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
+  // An allowed flow (to any port but 9000) and a denied one (to 9000) with one policy
+  // hash. CRC32-C maps differences narrower than its 32 bits one to one, so the search
+  // spans more: the allowed flow's destination port, the denied flow's source port and
+  // its source, another pod of the same identity on node 2.
+  constexpr uint16_t kAllowedSourcePort = 40000;
+  std::vector<std::pair<uint32_t, uint32_t>> allowed;  // (hash, destination port << 16 | source port)
+  for (uint32_t port = 1; port < 65536; ++port)
+    if (port != 9000)
+      allowed.emplace_back(detail::policy_hash_v4(remote, client_ip,  // ip4(): as stored
+                                                  kAllowedSourcePort, static_cast<uint16_t>(port), kProtoUdp),
+                           port << 16 | kAllowedSourcePort);
+  std::sort(allowed.begin(), allowed.end());
+  uint32_t allowed_flow = 0, denied_source_port = 0, denied_source = 0;
+  for (uint32_t host = 21; host < 250 && !allowed_flow; ++host) {
+    const uint32_t source = to_net32(to_net32(ip4("198.18.2.0")) + host);
+    for (uint32_t source_port = 1024; source_port < 65536 && !allowed_flow; ++source_port) {
+      const uint32_t hash = detail::policy_hash_v4(source, client_ip,
+                                                   static_cast<uint16_t>(source_port), 9000, kProtoUdp);
+      const auto at = std::lower_bound(allowed.begin(), allowed.end(), std::make_pair(hash, uint32_t{0}));
+      if (at != allowed.end() && at->first == hash)
+        allowed_flow = at->second, denied_source_port = source_port, denied_source = source;
+    }
+  }
+  ASSERT_NE(allowed_flow, 0u) << "no two such flows: widen the search";
+  const uint16_t allowed_port = static_cast<uint16_t>(allowed_flow >> 16);
+  const uint16_t allowed_source_port = static_cast<uint16_t>(allowed_flow);
+  const uint32_t bar_sleep = identity_of("bar/sleep");
+  for (int i = 0; i < 2; ++i)
+    from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(allowed_port, allowed_source_port)),
+               bar_sleep);
+  EXPECT_EQ(pending(client), 2u);
+  drain(client);
+  for (int i = 0; i < 3; ++i)
+    from_node2(ipv4_frame(mac(0x77), mac(0x78), denied_source, client_ip,
+                          udp_to(9000, static_cast<uint16_t>(denied_source_port))),
+               bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+  EXPECT_EQ(denied("foo/allow-bar-but-9000", "no_allow_match", policy_direction::remote), 3u);
+  // The allowed flow still passes.
+  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(allowed_port, allowed_source_port)),
+             bar_sleep);
+  EXPECT_EQ(pending(client), 1u);
 }
 
 // From outside the cluster only address fields can match (identity world): an ALLOW on
