@@ -74,8 +74,9 @@ class refresh_filter {
   // Every way compared, no branch between them: a flow sits in any.
   bool holds(const refresh_key& key, uint64_t decided = 0) const {
     const set& s = sets_[set_index(key)];
-    return (differs(s.ways[0], key, decided) == 0) | (differs(s.ways[1], key, decided) == 0) |
-           (differs(s.ways[2], key, decided) == 0) | (differs(s.ways[3], key, decided) == 0);
+    static_assert(kWays == 4);
+    const auto same = [&](uint32_t way) { return static_cast<int>(differs(s.ways[way], key, decided) == 0); };
+    return (same(0) | same(1) | same(2) | same(3)) != 0;
   }
 
   // Remembers the flow in its set (see above for the way it takes).
