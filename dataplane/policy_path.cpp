@@ -166,9 +166,11 @@ void source_words(const worker_state& w, const lb_outcome& lb, const flow_key& k
   policy.source_identity = lb.source_identity;
   policy_verdict verdict;
   uint8_t flags = 0;
+  // A denial decided under these tables for this identity stands, but for a flow whose
+  // tuple does not say who it is from (source-NATed ingress: policy_admits).
   if (cached && cached->direction == flow_direction::forward && cached->policy.generation == t.policy_generation &&
-      cached->policy.source_identity == lb.source_identity) {
-    verdict = cached->policy.verdict();  // a denial decided under these tables
+      cached->policy.source_identity == lb.source_identity && !lb.has_original_source) {
+    verdict = cached->policy.verdict();
   } else {
     uint64_t low, high;
     source_words(w, lb, key, low, high);

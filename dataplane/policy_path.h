@@ -203,11 +203,17 @@ uint32_t policy_hash(const flow_key& key);
   // the filter (refresh_filter.h: it holds the tuple itself, not a hash). Only one
   // direction of a flow comes here (lb.enforce: from the tunnel or from outside; its other
   // direction leaves through policy_note_outbound or the reply paths).
+  // An ingress flow another node source-NATed is decided on its client's address, which
+  // its 5-tuple does not hold: the tuple (that node's gateway address and a port of its
+  // own) may carry another client's flow once that node lends the port again. Neither the
+  // filter nor the record's kept verdict stands for such a flow: every packet is decided
+  // (through the verdict cache, keyed by the client's address).
+  const bool tuple_says_who = !lb.has_original_source;
   flow_key key;
   uint32_t crc;
   refresh_key refresh;  // IPv4 only: IPv6 looks every time
   const uint64_t decided = uint64_t{t.policy_generation} << 32 | lb.source_identity;
-  if (p.l3 == l3_kind::ipv4) {
+  if (p.l3 == l3_kind::ipv4 && tuple_says_who) {
     refresh = policy_refresh_key_v4(w, frame, p);
     if (w.policy_admitted.holds(refresh, decided)) return true;
     crc = policy_hash_of_v4_frame(frame, p);
@@ -218,10 +224,10 @@ uint32_t policy_hash(const flow_key& key);
   ++w.policy_probes;
   flow_entry* e = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts);
   if ((e && e->direction == flow_direction::forward && e->policy.allowed &&
-       ((e->flags & kPolicyReply) ||
-        (e->policy.generation == t.policy_generation && e->policy.source_identity == lb.source_identity))) ||
+       ((e->flags & kPolicyReply) || (tuple_says_who && e->policy.generation == t.policy_generation &&
+                                      e->policy.source_identity == lb.source_identity))) ||
       (pod.policy_class == 0 && !e)) {
-    if (p.l3 == l3_kind::ipv4) w.policy_admitted.remember(refresh, decided);
+    if (p.l3 == l3_kind::ipv4 && tuple_says_who) w.policy_admitted.remember(refresh, decided);
     return true;
   }
   return policy_admit_miss(w, t, m, pod, lb, key, crc, e);

@@ -537,6 +537,7 @@ TEST_F(golden_policy, ASourceNatedIngressFlowIsDecidedOnItsClientsAddress) {
   publish_json(node1_with(json::parse(R"([{"name": "partners", "namespace": "foo", "action": "ALLOW",
     "rules": [{"from": [{"source": {"ip_blocks": ["203.0.113.0/28"]}}]}]}])")));
   if (HasFatalFailure()) return;
+  learn_pod_macs();
   const auto from_ingress_of_node2 = [&](const char* client, uint16_t port) {
     bytes options = identity_option(kIdentityWorld);
     const bytes original = {0x03, 0x02, 0x01, 0x04};  // another option, walked over
@@ -560,6 +561,17 @@ TEST_F(golden_policy, ASourceNatedIngressFlowIsDecidedOnItsClientsAddress) {
   ASSERT_EQ(events.size(), 1u);
   EXPECT_EQ(events[0]["source"], "203.0.113.99");
   EXPECT_EQ(events[0]["source_identity"], "world");
+  // Node 2 lends port 33000 to another client while this node still keeps the first
+  // client's allowed flow (record and refresh filter): same 5-tuple, same identity
+  // (world), another client, decided on its own address. And back: the first client's
+  // next packet passes again.
+  from_ingress_of_node2("203.0.113.5", 33000);
+  from_ingress_of_node2("203.0.113.99", 33000);
+  from_ingress_of_node2("203.0.113.99", 33000);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+  from_ingress_of_node2("203.0.113.5", 33000);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+  EXPECT_EQ(pending(client), 3u);  // the first client's three
 }
 
 // Every denial is counted; the deny log takes at most its bucket's worth (10 a second)
