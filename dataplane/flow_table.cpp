@@ -143,13 +143,7 @@ void flow_table::insert(const flow_entry& value, uint64_t hash, uint64_t now, co
 }
 
 flow_entry* flow_table::insert(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) {
-  flow_entry value{};
-  value.key = key;
-  insert(value, hash, now, timeouts);
-  flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
-  for (uint32_t way = 0; way < kWays; ++way)
-    if (bucket[way].in_use && bucket[way].key == key) return &bucket[way];
-  return nullptr;  // unreachable: the entry was just written
+  return insert_with(key, hash, now, timeouts, [](flow_entry&) {});
 }
 
 bool flow_table::touch(const flow_key& key, uint64_t hash, uint64_t now, flow_state state,

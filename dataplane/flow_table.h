@@ -278,9 +278,10 @@ class flow_table {
   void insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
   // The same for an entry built in place: the slot's fields before the seqlock counter
   // zeroed, `key` set, then `fill(entry)` writes the rest, all inside one seqlocked write
-  // (no temporary entry to build and copy; policy_path.cpp's records).
+  // (no temporary entry to build and copy; policy_path.cpp's records). Returns the entry.
   template <typename Fill>
-  void insert_with(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts, Fill&& fill);
+  flow_entry* insert_with(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
+                          Fill&& fill);
   // The last egress forward entries evicted while live (alone, or with their reply entry),
   // kept by key in a small direct-mapped array (kEvictedEgressSlots; a later eviction
   // may overwrite one): the copy of the one for `key`, for the flow's next packet to make
@@ -386,8 +387,8 @@ inline void track_tcp_state(flow_entry& entry, uint8_t tcp_flags) {
 }  // namespace flow_detail
 
 template <typename Fill>
-void flow_table::insert_with(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
-                             Fill&& fill) {
+flow_entry* flow_table::insert_with(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
+                                    Fill&& fill) {
   flow_entry* victim = victim_for(key, hash, now, timeouts);
   flow_detail::begin_write(*victim);
   static_assert(offsetof(flow_entry, version) + sizeof(uint32_t) == offsetof(flow_entry, last_seen) &&
@@ -399,6 +400,7 @@ void flow_table::insert_with(const flow_key& key, uint64_t hash, uint64_t now, c
   victim->protocol = key.protocol;
   victim->last_seen = now;
   flow_detail::end_write(*victim);
+  return victim;
 }
 
 inline flow_entry* flow_table::find(const flow_key& key, uint64_t hash, uint64_t now, uint8_t tcp_flags,

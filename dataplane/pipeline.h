@@ -592,8 +592,8 @@ struct worker_state {
   // refresh period (refresh_filter.h; keys: policy_refresh_key_v4, policy_path.h).
   refresh_filter<false> policy_refreshed;
   // policy_admits' filter of inbound UDP flows found allowed in the current refresh
-  // period: the mark, and `decided` (tables' generation << 32 | source identity) what the
-  // verdict held for.
+  // period: the flow's key, and `decided` (tables' generation << 32 | source identity)
+  // what the verdict held for.
   refresh_filter<true> policy_admitted;
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket

@@ -209,11 +209,12 @@ uint32_t policy_hash(const flow_key& key);
   // filter nor the record's kept verdict stands for such a flow: every packet is decided
   // (through the verdict cache, keyed by the client's address).
   const bool tuple_says_who = !lb.has_original_source;
+  const bool filtered = p.l3 == l3_kind::ipv4 && tuple_says_who;  // IPv6 looks every time
   flow_key key;
   uint32_t crc;
-  refresh_key refresh;  // IPv4 only: IPv6 looks every time
+  refresh_key refresh;
   const uint64_t decided = uint64_t{t.policy_generation} << 32 | lb.source_identity;
-  if (p.l3 == l3_kind::ipv4 && tuple_says_who) {
+  if (filtered) {
     refresh = policy_refresh_key_v4(w, frame, p);
     if (w.policy_admitted.holds(refresh, decided)) return true;
     crc = policy_hash_of_v4_frame(frame, p);
@@ -227,7 +228,7 @@ uint32_t policy_hash(const flow_key& key);
        ((e->flags & kPolicyReply) || (tuple_says_who && e->policy.generation == t.policy_generation &&
                                       e->policy.source_identity == lb.source_identity))) ||
       (pod.policy_class == 0 && !e)) {
-    if (p.l3 == l3_kind::ipv4 && tuple_says_who) w.policy_admitted.remember(refresh, decided);
+    if (filtered) w.policy_admitted.remember(refresh, decided);
     return true;
   }
   return policy_admit_miss(w, t, m, pod, lb, key, crc, e);

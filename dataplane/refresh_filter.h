@@ -52,10 +52,10 @@ class refresh_filter {
  public:
   static constexpr uint32_t kWays = 4;
   static constexpr uint32_t kSets = 8192;
-  struct alignas(16) plain_entry {
+  struct plain_entry {
     refresh_key key;
   };
-  struct alignas(16) decided_entry {
+  struct decided_entry {
     refresh_key key;
     uint64_t decided, padding;  // 32 bytes: a set is two whole cache lines
   };

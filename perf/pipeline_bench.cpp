@@ -1128,8 +1128,8 @@ BENCHMARK(BM_receive_sized<true>)->Name("BM_esp_size_receive_encrypted")->ArgNam
 // every packet its own source port (written outside the timed part); "established"
 // repeats one flow; "established_8k_flows" cycles over 8,192 established flows (source
 // ports), each packet another flow's, all of them seen twice before the timed part: the
-// case a busy node lives in, with more live flows than the worker's refresh filters
-// have slots (worker_state::kPolicyRefreshSlots) and records beyond L2.
+// case a busy node lives in, with records beyond L2 and more live flows than a small
+// refresh filter keeps (dataplane/refresh_filter.h; `probed_share` says how many looked).
 json policy_document(int policies) {
   json doc = json::parse(kDocument);
   for (int n = 0; n < 50; ++n) {

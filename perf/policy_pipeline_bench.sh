@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What L4 authorization costs the pipeline (issue 16): runs perf/pipeline_bench.cpp's
 # BM_policy_* (receive and send, UDP and TCP, one established flow, 8,192 established
-# flows in turn, and a new flow every packet, with 0, 100 and 10,000 policies; 0 is no policy at all, the no-policy figure)
+# flows in turn, and a new flow every packet, with 0, 100 and 10,000 policies; 0 is no
+# policy at all, the no-policy figure)
 # beside the I/O floor in one process, repetitions interleaved, and prints for each path
 # the cycles per packet (min / median / max over the repetitions) and each policy
 # count's median and minimum as ratios to the no-policy median and minimum of the same
