@@ -50,6 +50,13 @@ std::vector<uint16_t> build_maglev_table(std::span<const maglev_backend> backend
 
   constexpr uint16_t kFree = 0xffff;  // backends.size() <= 65535, so never a real index
   std::vector<uint16_t> table(table_size, kFree);
+  // Whether each slot is free, twice over: is_free[s] and is_free[s + M] both say it of
+  // slot s, so that position + k * skip (each below M, their sum below 2M) indexes it
+  // without being wrapped first: a look-ahead group's eight probes are an add, a byte load,
+  // a shift and an or each (bench_control BM_MaglevBuildClusterShape*/1021, three
+  // alternated sittings: 10.0-11.4 us a table against 11.3-15.3 with the wrapped probes of
+  // the table itself; 37% fewer instructions).
+  std::vector<uint8_t> is_free(2 * size_t{table_size}, 1);
   auto wrap = [table_size](uint32_t slot) { return slot >= table_size ? slot - table_size : slot; };
   uint32_t filled = 0;
   const uint32_t single_probes_until = table_size / 2;
@@ -69,24 +76,22 @@ std::vector<uint16_t> build_maglev_table(std::span<const maglev_backend> backend
         // three alternated runs: 10.9-13.7 us a table against 12.8-13.2 with groups from
         // the first slot; weights 1-3: 11.7-13.2 against 13.1-14.4).
         slot = base;
-        while (table[slot] != kFree) slot = wrap(slot + w.step[1]);
+        while (!is_free[slot]) slot = wrap(slot + w.step[1]);
       } else {
         while (true) {
-          uint32_t ahead[kLookAhead];
           unsigned free_mask = 0;
 #pragma GCC unroll 8
-          for (uint32_t k = 0; k < kLookAhead; ++k) {
-            ahead[k] = wrap(base + w.step[k]);
-            free_mask |= unsigned{table[ahead[k]] == kFree} << k;
-          }
+          for (uint32_t k = 0; k < kLookAhead; ++k) free_mask |= unsigned{is_free[base + w.step[k]]} << k;
           if (free_mask != 0) {
-            slot = ahead[std::countr_zero(free_mask)];
+            slot = wrap(base + w.step[std::countr_zero(free_mask)]);
             break;
           }
           base = wrap(base + w.step[kLookAhead]);
         }
       }
       table[slot] = static_cast<uint16_t>(i);
+      is_free[slot] = 0;
+      is_free[slot + table_size] = 0;
       w.position = wrap(slot + w.step[1]);
       if (++filled == table_size) return table;
     }
