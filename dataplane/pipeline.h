@@ -312,6 +312,9 @@ struct forwarding_tables {
     struct order {
       bool operator()(const backend_frontend& a, const backend_frontend& b) const { return before(a, b); }
     };
+    // Sorts `entries` by operator< (backend address, port, protocol), keeping the order of
+    // equal ones: std::stable_sort's result, by radix (forwarding_tables.cpp).
+    static void sort_stably(std::vector<backend_frontend>& entries);
   };
   // In pages shared with the installed view (shared_pages.h): a delta of endpoints copies
   // the pages its backends fall in. Look-ups: for_each_equal / contains with operator<.

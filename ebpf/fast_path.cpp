@@ -413,7 +413,10 @@ struct frontend_source {
 // The writer's mirror of ml_services and ml_local_pods, so that a sync compares with
 // memory instead of reading the maps back.
 struct fast_path_mirror {
-  std::map<ml_service_key, ml_service_value, bytes_less> services;
+  // By hash: a full sync of 100,000 frontends looks every one up, where a tree compared
+  // keys with memcmp some 17 times a look-up (with this and `desired` a list, that sync
+  // took 0.26-0.32 s against 0.39-0.56 s with trees; agent_apply_bench.sh, 2026-12-04).
+  std::unordered_map<ml_service_key, ml_service_value, bytes_hash, bytes_equal> services;
   std::map<ml_addr, uint32_t, bytes_less> pods;  // address -> ML_POD_* flags
   // Internal services' frontends in `services` by what they were written from; cleared
   // when a sync fails half-way (the next sync then builds every frontend's tables).
@@ -652,6 +655,7 @@ frontend_tables tables_for(const snapshot& tables, const table_frontend& f) {
   frontend_tables out;
   const table_service& svc = tables.services[f.service_index];
   out.flags = svc.session_affinity ? ML_SERVICE_AFFINITY : 0;
+  out.backends.reserve(svc.backend_count);
   std::vector<maglev_backend> identities;
   for (uint32_t b = 0; b < svc.backend_count; ++b) {
     const table_backend& backend = svc.compiled->backends[b];
@@ -746,7 +750,9 @@ std::string fast_path::sync(const snapshot& tables) {
           ? tables.services_changed.get()
           : nullptr;
   mirror.synced = false;  // until this sync has written every frontend
-  std::map<ml_service_key, frontend_tables, bytes_less> desired;
+  // The frontends to write, each once (validation keeps frontends' keys, external ones
+  // included, apart); a list, as the write below takes them in any order.
+  std::vector<std::pair<ml_service_key, frontend_tables>> desired;
   std::vector<std::pair<ml_service_key, frontend_source>> new_sources;
   auto consider = [&](const table_frontend& f) {
     ml_service_key key{};
@@ -759,7 +765,7 @@ std::string fast_path::sync(const snapshot& tables) {
         written->second.target_port == f.target_port && written->second.affinity == service.session_affinity &&
         mirror.services.count(key))
       return;
-    desired[key] = tables_for(tables, f);
+    desired.emplace_back(key, tables_for(tables, f));
     new_sources.emplace_back(key, frontend_source{service.compiled, f.target_port, service.session_affinity});
   };
   if (backends_only || added_and_removed) {
@@ -769,6 +775,10 @@ std::string fast_path::sync(const snapshot& tables) {
         consider(tables.frontends[tables.service_frontends[k]]);
     }
   } else {
+    desired.reserve(tables.frontends.size());
+    new_sources.reserve(tables.frontends.size());
+    mirror.sources.reserve(tables.frontends.size());
+    mirror.services.reserve(tables.frontends.size());
     for (const table_frontend& f : tables.frontends) consider(f);
   }
   // External services that declare a VIP: frontends like an internal service's, whose
@@ -783,7 +793,7 @@ std::string fast_path::sync(const snapshot& tables) {
       key.vip = to_ml_addr(*external.vip);
       key.port = port;
       key.protocol = static_cast<uint8_t>(external.protocol);
-      desired[key] = external_tables_for(addresses, port);
+      desired.emplace_back(key, external_tables_for(addresses, port));
       external_keys.insert(key);
     }
   }

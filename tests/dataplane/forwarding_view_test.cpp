@@ -572,5 +572,51 @@ TEST(forwarding_view, GateDeletionKeepsEveryOtherKeyFindable) {
   }
 }
 
+
+// The index's sort (backend_frontend::sort_stably, a radix sort above a few thousand
+// entries) is std::stable_sort's: the same order, equal backends left in their frontends'
+// order. Entries drawn so that every key byte varies somewhere (IPv4 and IPv6 addresses,
+// ports across both bytes, TCP and UDP) and keys repeat (ties whose order shows), and a
+// run where only some bytes vary (the passes skipped), at sizes on both sides of the
+// radix threshold.
+TEST(forwarding_view, TheIndexSortIsAStableSortByBackend) {
+  using entry = forwarding_tables::backend_frontend;
+  std::mt19937 random(17);
+  auto draw = [&](bool varied) {
+    entry e;
+    if (!varied || random() % 2) {
+      e.ip = ip_address::from_v4(0x0a000000u + random() % 64).bytes;  // v4-mapped: 12 bytes shared
+    } else {
+      for (auto& byte : e.ip) byte = static_cast<uint8_t>(random() % 3 == 0 ? random() : 0xfd);
+    }
+    e.port = static_cast<uint16_t>(varied ? random() % 3 * 4096 + random() % 4 : 8080);
+    e.protocol = static_cast<uint8_t>(varied && random() % 2 ? 17 : 6);
+    e.frontend_port = static_cast<uint16_t>(random());  // where an entry came from: shows a tie's order
+    e.frontend_vip = ip_address::from_v4(static_cast<uint32_t>(random())).bytes;
+    return e;
+  };
+  auto same = [](const entry& a, const entry& b) {
+    return a.ip == b.ip && a.port == b.port && a.protocol == b.protocol && a.frontend_port == b.frontend_port &&
+           a.frontend_vip == b.frontend_vip;
+  };
+  for (const bool varied : {true, false}) {
+    for (const size_t n : {size_t{1}, size_t{100}, size_t{4095}, size_t{4096}, size_t{50000}}) {
+      std::vector<entry> entries;
+      for (size_t i = 0; i < n; ++i) entries.push_back(draw(varied));
+      std::vector<entry> expected = entries;
+      std::stable_sort(expected.begin(), expected.end());
+      entry::sort_stably(entries);
+      ASSERT_EQ(entries.size(), expected.size());
+      for (size_t i = 0; i < n; ++i)
+        ASSERT_TRUE(same(entries[i], expected[i])) << "entry " << i << " of " << n << (varied ? " (varied)" : "");
+    }
+  }
+  // Every key the same: nothing moves.
+  std::vector<entry> equal(5000, draw(false));
+  for (size_t i = 0; i < equal.size(); ++i) equal[i].frontend_port = static_cast<uint16_t>(i);
+  entry::sort_stably(equal);
+  for (size_t i = 0; i < equal.size(); ++i) ASSERT_EQ(equal[i].frontend_port, i);
+}
+
 }  // namespace
 }  // namespace meshlane
