@@ -12,15 +12,25 @@ namespace {
 
 // FNV-1a folded through a 64-bit finaliser: fixed on every platform and release, which
 // keeps tables byte-identical across agent versions and nodes.
-uint64_t identity_hash(const std::string& text, uint64_t seed) { return mix64(fnv1a64(text, seed)); }
+uint64_t identity_hash(std::string_view text, uint64_t seed) { return mix64(fnv1a64(text, seed)); }
 
 constexpr uint64_t kOffsetSeed = 0x6d61676c65763031ull;  // "maglev01"
 constexpr uint64_t kSkipSeed = 0x736b697070657231ull;    // "skipper1"
 
 }  // namespace
 
-std::vector<uint16_t> build_maglev_table(std::span<const maglev_backend> backends,
-                                         uint32_t table_size) {
+maglev_point maglev_point_of(std::string_view identity, uint32_t weight) {
+  return {identity_hash(identity, kOffsetSeed), identity_hash(identity, kSkipSeed), weight};
+}
+
+std::vector<uint16_t> build_maglev_table(std::span<const maglev_backend> backends, uint32_t table_size) {
+  std::vector<maglev_point> points;
+  points.reserve(backends.size());
+  for (const maglev_backend& b : backends) points.push_back(maglev_point_of(b.identity, b.weight));
+  return build_maglev_table(points, table_size);
+}
+
+std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends, uint32_t table_size) {
   if (backends.empty()) return {};
   assert(table_size >= backends.size() && backends.size() <= 65535);
 
@@ -41,8 +51,8 @@ std::vector<uint16_t> build_maglev_table(std::span<const maglev_backend> backend
   uint32_t max_weight = 0;
   for (size_t i = 0; i < n; ++i) {
     walker& w = walkers[i];
-    w.position = static_cast<uint32_t>(identity_hash(backends[i].identity, kOffsetSeed) % table_size);
-    const auto skip = static_cast<uint32_t>(identity_hash(backends[i].identity, kSkipSeed) % (table_size - 1)) + 1;
+    w.position = static_cast<uint32_t>(backends[i].offset_hash % table_size);
+    const auto skip = static_cast<uint32_t>(backends[i].skip_hash % (table_size - 1)) + 1;
     for (uint32_t k = 0; k <= kLookAhead; ++k) w.step[k] = static_cast<uint32_t>(uint64_t{skip} * k % table_size);
     w.weight = backends[i].weight;
     max_weight = std::max(max_weight, backends[i].weight);

@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace meshlane {
@@ -25,5 +26,17 @@ struct maglev_backend {
 // depends only on the inputs (same inputs, byte-identical table).
 std::vector<uint16_t> build_maglev_table(std::span<const maglev_backend> backends,
                                          uint32_t table_size);
+
+// A backend as the table sees it: its identity's two hashes, and its weight. The same
+// table from these as from the identities themselves, for a caller that has an identity
+// in a buffer of its own (the table compiler names 1.6 million backends at 100,000
+// services: a string each was a heap allocation).
+struct maglev_point {
+  uint64_t offset_hash = 0;
+  uint64_t skip_hash = 0;
+  uint32_t weight = 1;  // > 0
+};
+maglev_point maglev_point_of(std::string_view identity, uint32_t weight);
+std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends, uint32_t table_size);
 
 }  // namespace meshlane

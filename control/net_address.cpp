@@ -54,19 +54,27 @@ uint32_t ip_address::v4() const {
 }
 
 std::string ip_address::to_string() const {
-  char buffer[INET6_ADDRSTRLEN];
+  char buffer[kMaxText];
+  return std::string(buffer, write_text(buffer));
+}
+
+size_t ip_address::write_text(char* out) const {
+  static_assert(kMaxText >= INET6_ADDRSTRLEN);
   if (is_v4()) {
     // inet_ntop's dotted quad, written here: it formats through sprintf, and a compile
     // names 1.6 million backends (their Maglev identities, issue 14).
-    char* out = buffer;
+    char* at = out;
     for (int i = 12; i < 16; ++i) {
-      out = std::to_chars(out, buffer + sizeof buffer, bytes[i]).ptr;
-      if (i < 15) *out++ = '.';
+      at = std::to_chars(at, out + kMaxText, bytes[i]).ptr;
+      if (i < 15) *at++ = '.';
     }
-    return std::string(buffer, out);
+    return static_cast<size_t>(at - out);
   }
+  char buffer[INET6_ADDRSTRLEN];
   inet_ntop(AF_INET6, bytes.data(), buffer, sizeof buffer);
-  return buffer;
+  const size_t length = std::strlen(buffer);
+  std::memcpy(out, buffer, length);
+  return length;
 }
 
 std::optional<ip_prefix> ip_prefix::parse(std::string_view text, std::string* why) {

@@ -33,6 +33,10 @@ struct ip_address {
     return (bytes[index_in_128 / 8] >> (7 - index_in_128 % 8)) & 1;
   }
   std::string to_string() const;
+  // The same text written to `out` (room for kMaxText characters, no terminator); returns
+  // its length. For hot loops that would otherwise allocate a string an address.
+  static constexpr size_t kMaxText = 46;  // INET6_ADDRSTRLEN
+  size_t write_text(char* out) const;
 
   // The address as one number, its bytes in order (network order is big-endian): orders
   // and compares as the bytes do, in two words instead of a memcmp call (sorts and maps

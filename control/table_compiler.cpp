@@ -34,12 +34,14 @@ void index_insert(hash_index& index, uint64_t hash, uint32_t element) {
   index.slots[slot] = element + 1;
 }
 
-std::string backend_identity(const backend_spec& b) {
-  std::string identity = b.ip.to_string();
-  char port[8];
-  identity += ':';
-  identity.append(port, std::to_chars(port, port + sizeof port, b.port).ptr);
-  return identity;
+// A backend's Maglev identity, "address:port" (the text every release has hashed: the
+// tables must not move), hashed from a buffer on the stack.
+maglev_point backend_point(const backend_spec& b) {
+  char text[ip_address::kMaxText + 8];
+  char* end = text + b.ip.write_text(text);
+  *end++ = ':';
+  end = std::to_chars(end, text + sizeof text, b.port).ptr;
+  return maglev_point_of(std::string_view(text, static_cast<size_t>(end - text)), b.weight);
 }
 
 // Node indices by name, for backends (a cluster has thousands of nodes).
@@ -85,12 +87,12 @@ std::shared_ptr<const service_backends> compile_service_backends(
   std::sort(backends.begin(), backends.end(), [](auto* a, auto* b) {
     return std::tie(a->ip, a->port) < std::tie(b->ip, b->port);
   });
-  std::vector<maglev_backend> maglev_input;
+  std::vector<maglev_point> maglev_input;
   maglev_input.reserve(backends.size());
   out->backends.reserve(backends.size());
   for (const backend_spec* b : backends) out->backends.push_back({b->ip, b->port, b->weight, names(b->node)});
   if (earlier && *earlier && block_made_of(**earlier, out->backends, table_size)) return *earlier;
-  for (const backend_spec* b : backends) maglev_input.push_back({backend_identity(*b), b->weight});
+  for (const backend_spec* b : backends) maglev_input.push_back(backend_point(*b));
   if (!backends.empty()) {
     out->maglev = build_maglev_table(maglev_input, table_size);
     for (uint16_t slot : out->maglev) ++out->backends[slot].maglev_slots;

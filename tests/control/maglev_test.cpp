@@ -64,7 +64,8 @@ TEST(Maglev, ExtremeWeightRatioStillFillsEverySlot) {
 }
 
 TEST(Maglev, EmptyBackendListGivesEmptyTable) {
-  EXPECT_TRUE(build_maglev_table({}, kTableSize).empty());
+  EXPECT_TRUE(build_maglev_table(std::vector<maglev_backend>{}, kTableSize).empty());
+  EXPECT_TRUE(build_maglev_table(std::vector<maglev_point>{}, kTableSize).empty());
 }
 
 TEST(Maglev, SameInputsGiveSameTable) {
