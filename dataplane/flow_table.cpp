@@ -7,6 +7,7 @@
 #include <bit>
 #include <cstring>
 #include <new>
+#include <thread>
 
 #include "control/stable_hash.h"
 #include "dataplane/packet_headers.h"
@@ -175,6 +176,16 @@ bool flow_table::read(uint32_t index, flow_entry& out) const {
     __atomic_thread_fence(__ATOMIC_ACQUIRE);
     if (__atomic_load_n(&entry.version, __ATOMIC_RELAXED) == before) return true;
   }
+  return false;
+}
+
+bool flow_table::read_settled(uint32_t index, flow_entry& out, std::chrono::microseconds patience) const {
+  if (read(index, out)) return true;
+  const auto deadline = std::chrono::steady_clock::now() + patience;
+  do {
+    std::this_thread::yield();  // the owner, if it shares this CPU, finishes its write
+    if (read(index, out)) return true;
+  } while (std::chrono::steady_clock::now() < deadline);
   return false;
 }
 

@@ -18,6 +18,7 @@
 #include <rte_prefetch.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -332,6 +333,12 @@ class flow_table {
   // A consistent copy of slot `index` for readers on other threads (seqlock); false
   // when the owner kept rewriting it.
   bool read(uint32_t index, flow_entry& out) const;
+  // read(), for a reader that must not lose a live entry (the upgrade's hand-over): the
+  // owner rewrites an entry at every packet of its flow, and an owner the scheduler takes
+  // off the CPU mid-write holds the counter odd for as long as it is off, where read()'s
+  // few tries in a row all fail. Tries again, yielding the CPU between tries, until a
+  // consistent copy or `patience` has passed.
+  bool read_settled(uint32_t index, flow_entry& out, std::chrono::microseconds patience) const;
   bool expired(const flow_entry& entry, uint64_t now, const flow_timeouts& timeouts) const;
 
  private:

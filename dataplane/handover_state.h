@@ -87,6 +87,9 @@ struct handover_state {
   std::vector<handover_underlay_neighbour> underlay_neighbours;
   std::vector<handover_pod_neighbour> pod_neighbours;
   std::vector<handover_policy_record> policy_records;
+  // The writer's account, not in the file: slots whose owner kept rewriting them for the
+  // whole wait (worker_pool::export_handover), so that what they held is not handed over.
+  uint32_t entries_not_read = 0;
 };
 
 std::vector<uint8_t> serialize_handover_state(const handover_state& state);

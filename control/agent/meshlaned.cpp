@@ -170,6 +170,10 @@ void write_handover(const meshlane::worker_pool& pool, const std::string& path, 
     log.write(meshlane::log_level::error, "handover: state not written: " + error);
     return;
   }
+  if (state.entries_not_read > 0)
+    log.write(meshlane::log_level::warn, "handover: " + std::to_string(state.entries_not_read) +
+                                                " flow table slots not read (their worker kept rewriting them): "
+                                                "what they held is not handed over");
   log.write(meshlane::log_level::info,
             "handover: " + std::to_string(state.flows.size()) + " flow entries, " +
                 std::to_string(state.lent_ports.size()) + " lent ports, " +
