@@ -598,6 +598,9 @@ struct worker_state {
   // period: the flow's key, and `decided` (tables' generation << 32 | source identity)
   // what the verdict held for.
   refresh_filter<true> policy_admitted;
+  // The same two for IPv6 flows (keys: policy_refresh_key_v6).
+  refresh_filter6<false> policy_refreshed6;
+  refresh_filter6<true> policy_admitted6;
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 

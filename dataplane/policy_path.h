@@ -142,6 +142,15 @@ uint32_t policy_hash(const flow_key& key);
   return make_refresh_key(ip->source, ip->destination, ports, p.l4_protocol, w.now >> w.timeouts.epoch_shift);
 }
 
+// The same for an IPv6 frame (refresh_filter6).
+[[gnu::always_inline]] inline refresh_key6 policy_refresh_key_v6(const worker_state& w, const uint8_t* frame,
+                                                                 const parsed_packet& p) {
+  const auto* ip = reinterpret_cast<const ipv6_header*>(frame + p.l3_offset);
+  uint32_t ports;
+  std::memcpy(&ports, frame + p.l4_offset, 4);
+  return make_refresh_key6(ip->source, ip->destination, ports, p.l4_protocol, w.now >> w.timeouts.epoch_shift);
+}
+
 // The policy_flows bucket of the flow in `frame` (a received frame, not yet parsed),
 // fetched a few packets ahead of its probe (process_burst), as l3fwd prefetches: a new
 // flow's bucket is a random one, and its cache miss was most of what deciding and
@@ -194,8 +203,9 @@ uint32_t policy_hash(const flow_key& key);
     if (__builtin_expect(verdict.allowed, 1)) return true;
     return policy_tcp_denied(w, t, m, frame, p, pod, lb, verdict);
   }
-  // UDP. An IPv4 flow found allowed in this refresh period, for this source identity under
-  // these tables, is allowed without a look (the worker's policy_admitted filter; the
+  // UDP. A flow found allowed in this refresh period, for this source identity under
+  // these tables, is allowed without a look (the worker's policy_admitted filter, or
+  // policy_admitted6 for IPv6; the
   // first packet of each period looks, which keeps the record alive): the look would
   // find what it found then, or, for a flow whose record went meanwhile (evicted, or
   // rewritten by a packet with another identity), decide the same from the same tables.
@@ -209,10 +219,12 @@ uint32_t policy_hash(const flow_key& key);
   // filter nor the record's kept verdict stands for such a flow: every packet is decided
   // (through the verdict cache, keyed by the client's address).
   const bool tuple_says_who = !lb.has_original_source;
-  const bool filtered = p.l3 == l3_kind::ipv4 && tuple_says_who;  // IPv6 looks every time
+  const bool filtered = p.l3 == l3_kind::ipv4 && tuple_says_who;
+  const bool filtered6 = p.l3 == l3_kind::ipv6 && tuple_says_who;
   flow_key key;
   uint32_t crc;
   refresh_key refresh;
+  refresh_key6 refresh6;
   const uint64_t decided = uint64_t{t.policy_generation} << 32 | lb.source_identity;
   if (filtered) {
     refresh = policy_refresh_key_v4(w, frame, p);
@@ -220,6 +232,10 @@ uint32_t policy_hash(const flow_key& key);
     crc = policy_hash_of_v4_frame(frame, p);
     policy_key_of_frame(key, frame, p);
   } else {
+    if (filtered6) {
+      refresh6 = policy_refresh_key_v6(w, frame, p);
+      if (w.policy_admitted6.holds(refresh6, decided)) return true;
+    }
     crc = policy_flow_key(key, frame, p);
   }
   ++w.policy_probes;
@@ -229,6 +245,7 @@ uint32_t policy_hash(const flow_key& key);
                                       e->policy.source_identity == lb.source_identity))) ||
       (pod.policy_class == 0 && !e)) {
     if (filtered) w.policy_admitted.remember(refresh, decided);
+    if (filtered6) w.policy_admitted6.remember(refresh6, decided);
     return true;
   }
   return policy_admit_miss(w, t, m, pod, lb, key, crc, e);
@@ -241,8 +258,9 @@ uint32_t policy_hash(const flow_key& key);
 //
 // Keeping a record alive needs one refresh per period of timeouts.epoch_period() (at most
 // a quarter of the shortest timeout), not one per packet: an IPv4 packet whose flow was
-// looked at in this period already (the worker's policy_refreshed filter: the flow's
-// 5-tuple and the period, in any way of a set its hash picks, refresh_filter.h) costs
+// looked at in this period already (the worker's policy_refreshed filter, or
+// policy_refreshed6 for IPv6: the flow's 5-tuple and the period, in any way of a set its
+// hash picks, refresh_filter.h) costs
 // a compare within one cache line instead of a key, a probe and the bucket's prefetch
 // (process_burst prefetches only for ports whose last burst probed). TCP packets with SYN,
 // FIN or RST always look: they start a record or move its state. A flow pushed out of its
@@ -251,20 +269,27 @@ uint32_t policy_hash(const flow_key& key);
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return;
   flow_key key;
   uint32_t crc;
-  refresh_key refresh;  // only where the filter applies
-  const bool filtered =
-      p.l3 == l3_kind::ipv4 && !(p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)));
+  refresh_key refresh;    // only where the filter applies
+  refresh_key6 refresh6;  // the same, IPv6
+  const bool any_filter = !(p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)));
+  const bool filtered = p.l3 == l3_kind::ipv4 && any_filter;
+  const bool filtered6 = p.l3 == l3_kind::ipv6 && any_filter;
   if (filtered) {
     refresh = policy_refresh_key_v4(w, frame, p);
     if (w.policy_refreshed.holds(refresh)) return;
     crc = policy_hash_of_v4_frame(frame, p);
     policy_key_of_frame(key, frame, p);
   } else {
+    if (filtered6) {
+      refresh6 = policy_refresh_key_v6(w, frame, p);
+      if (w.policy_refreshed6.holds(refresh6)) return;
+    }
     crc = policy_flow_key(key, frame, p);
   }
   ++w.policy_probes;
   const bool found = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts) != nullptr;
   if (filtered) w.policy_refreshed.remember(refresh);
+  if (filtered6) w.policy_refreshed6.remember(refresh6);
   if (found) return;
   if (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn) return;
   policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);

@@ -1021,8 +1021,9 @@ BENCHMARK(BM_raw_ipsec_mb_seal)->Name("BM_esp_size_raw_ipsec_mb_seal")->ArgName(
 // Node 2's Geneve frame to node 1 (with the identity option, as every node sends it)
 // around a UDP frame of `size` bytes from a pod on node 2 to the web pod here.
 testing::bytes geneve_from_node2(size_t size, uint32_t identity = 0x12345678, uint16_t destination_port = 9,
-                                 uint8_t tcp_flags = 0) {
-  // UDP, or TCP with `tcp_flags` when not 0.
+                                 uint8_t tcp_flags = 0, bool ipv6 = false) {
+  // UDP, or TCP with `tcp_flags` when not 0; IPv6 (to the client pod, the one with an IPv6
+  // address): `size` is then 20 bytes more.
   testing::l4_spec udp;
   udp.protocol = tcp_flags ? kProtoTcp : kProtoUdp;
   udp.tcp_flags = tcp_flags;
@@ -1030,7 +1031,8 @@ testing::bytes geneve_from_node2(size_t size, uint32_t identity = 0x12345678, ui
   udp.destination_port = destination_port;
   udp.payload = testing::bytes(size - 14 - 20 - (tcp_flags ? 20 : 8), 0x5a);
   const testing::bytes inner =
-      testing::ipv4_frame(mac(0xb1), mac(0xb2), ip4("198.18.2.20"), ip4("198.18.1.20"), udp);
+      ipv6 ? testing::ipv6_frame(mac(0xb1), mac(0xb2), testing::ip6("fd00:6d6c:2::20"), testing::ip6("fd00:6d6c:1::10"), udp)
+           : testing::ipv4_frame(mac(0xb1), mac(0xb2), ip4("198.18.2.20"), ip4("198.18.1.20"), udp);
   testing::bytes out(kGeneveOverhead);
   ethernet_header eth{mac(1), mac(2), to_net16(kEtherTypeIpv4)};
   const uint16_t udp_length = static_cast<uint16_t>(8 + 8 + kGeneveIdentityOptionSize + inner.size());
@@ -1187,7 +1189,7 @@ const forwarding_tables* policy_tables_for(int policies, std::string& error) {
   return &slot->tables;
 }
 
-template <bool kReceive, bool kNewFlows, bool kTcp = false, uint32_t kLiveFlows = 1>
+template <bool kReceive, bool kNewFlows, bool kTcp = false, uint32_t kLiveFlows = 1, bool kIpv6 = false>
 void BM_policy(benchmark::State& state) {
   static_assert(!(kNewFlows && kLiveFlows > 1));
   std::string error;
@@ -1201,8 +1203,17 @@ void BM_policy(benchmark::State& state) {
   const uint8_t tcp_flags = kTcp ? (kNewFlows ? kTcpSyn : kTcpAck) : 0;
   if (kReceive) {
     frame = geneve_from_node2(64, identity_number(spiffe_principal(kDefaultTrustDomain, "ns1", "sa1")), 8080,
-                              tcp_flags);
-    udp_at = kGeneveOverhead + 14 + 20;
+                              tcp_flags, kIpv6);
+    udp_at = kGeneveOverhead + 14 + (kIpv6 ? 40 : 20);
+  } else if (kIpv6) {
+    testing::l4_spec udp;
+    udp.protocol = kTcp ? kProtoTcp : kProtoUdp;
+    udp.tcp_flags = tcp_flags;
+    udp.source_port = 40000;
+    udp.destination_port = 8080;
+    udp.payload = testing::bytes(64 - 14 - 20 - (kTcp ? 20 : 8), 0);
+    frame = testing::ipv6_frame(mac(0xa1), mac(0x11), testing::ip6("fd00:6d6c:1::10"), testing::ip6("fd00:6d6c:2::20"), udp);
+    udp_at = 14 + 40;
   } else {
     testing::l4_spec udp;
     udp.protocol = kTcp ? kProtoTcp : kProtoUdp;
@@ -1214,8 +1225,9 @@ void BM_policy(benchmark::State& state) {
     udp_at = 14 + 20;
   }
   // No UDP checksum (IPv4 allows it): ports may change. (The pipeline does not check a
-  // TCP checksum on a path without NAT, so a TCP frame's goes stale unread.)
-  if (!kTcp) frame[udp_at + 6] = frame[udp_at + 7] = 0;
+  // TCP checksum on a path without NAT, so a TCP frame's goes stale unread; nor an IPv6
+  // UDP checksum, which stays as built for the first flow.)
+  if (!kTcp && !kIpv6) frame[udp_at + 6] = frame[udp_at + 7] = 0;
   const uint16_t in_port = kReceive ? world->uplink : world->client;
   rte_mbuf* packets[kBurst];
   uint64_t cycles = 0, count = 0, probes = 0;
@@ -1286,6 +1298,11 @@ BENCHMARK(BM_policy<true, false, false, 8192>)->Name("BM_policy_receive_establis
 BENCHMARK(BM_policy<false, false, false, 8192>)->Name("BM_policy_send_established_8k_flows")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<true, false, true, 8192>)->Name("BM_policy_receive_established_tcp_8k_flows")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<false, false, true, 8192>)->Name("BM_policy_send_established_tcp_8k_flows")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+// IPv6 UDP (its own refresh filters, refresh_filter6): 84-byte frames, the same flows.
+BENCHMARK(BM_policy<true, false, false, 1, true>)->Name("BM_policy_receive_established_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<false, false, false, 1, true>)->Name("BM_policy_send_established_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<true, false, false, 8192, true>)->Name("BM_policy_receive_established_8k_flows_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<false, false, false, 8192, true>)->Name("BM_policy_send_established_8k_flows_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 
 }  // namespace
 }  // namespace meshlane

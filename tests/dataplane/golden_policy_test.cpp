@@ -418,6 +418,64 @@ TEST_F(golden_policy, AnAllowedUdpFlowIsDecidedAgainForAnotherIdentityAndAfterAP
   EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
 }
 
+// The same over IPv6, whose flows have filters of their own (refresh_filter6): an allowed
+// flow's later packets pass on the filter, and it holds the identity and generation too.
+TEST_F(golden_policy, AnAllowedIpv6UdpFlowIsDecidedAgainForAnotherIdentityAndAfterAPublish) {
+  publish_json(node1_with(json::parse(R"([{"name": "allow-bar-7000", "namespace": "foo", "action": "ALLOW",
+    "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"ports": ["7000"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const auto remote = ip6("fd00:6d6c:2::20"), client_ip = ip6("fd00:6d6c:1::10");
+  const uint32_t bar_sleep = identity_of("bar/sleep"), foo_sleep = identity_of("foo/sleep");
+  const auto flow = [&] { return ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)); };
+  for (int i = 0; i < 4; ++i) from_node2(flow(), bar_sleep);
+  EXPECT_EQ(pending(client), 4u);
+  drain(client);
+  from_node2(flow(), foo_sleep);  // another identity on the same 5-tuple: foo is not allowed
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  for (int i = 0; i < 3; ++i) from_node2(flow(), bar_sleep);
+  EXPECT_EQ(pending(client), 3u);
+  drain(client);
+  // Another port of the same two pods: decided (the tables allow only 7000).
+  from_node2(ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7001, 44100)), bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+  allow_nothing_in_foo();  // a publish that refuses the flow: its next packet is refused
+  if (HasFatalFailure()) return;
+  from_node2(flow(), bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+}
+
+// An IPv6 UDP flow the pod started keeps its record (and the remote's replies pass) while
+// the pod keeps sending, with most of its packets passing on the outbound IPv6 filter; when
+// the pod goes silent past the timeout, the record goes and the remote's packets are
+// decided (allow-nothing: refused).
+TEST_F(golden_policy, ThePodsOwnIpv6UdpFlowKeepsItsRecordWhileThePodKeepsSending) {
+  using namespace std::chrono_literals;
+  allow_nothing_in_foo();
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  pool_->settings().udp_ticks.store(rte_get_tsc_hz());  // 1 s
+  const auto remote = ip6("fd00:6d6c:2::20"), client_ip = ip6("fd00:6d6c:1::10");
+  const uint32_t bar_sleep = identity_of("bar/sleep");
+  for (int i = 0; i < 7; ++i) {
+    for (int j = 0; j < 4; ++j) send(client, ipv6_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, 43301)));
+    ASSERT_EQ(pending(uplink), 4u);
+    drain(uplink);
+    std::this_thread::sleep_for(400ms);
+  }
+  from_node2(ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
+  EXPECT_EQ(pending(client), 1u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
+  drain(client);
+  std::this_thread::sleep_for(1500ms);  // the pod silent for longer than the timeout
+  from_node2(ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+}
+
 // The refresh filter that lets an allowed UDP flow's later packets pass without a look
 // holds the flow's 5-tuple, not its 32-bit policy hash: a flow from the same identity
 // whose hash equals an allowed flow's (CRC32-C is linear: such tuples can be built on

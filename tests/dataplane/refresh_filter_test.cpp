@@ -5,7 +5,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <memory>
+#include <set>
 #include <vector>
 
 namespace meshlane {
@@ -89,6 +91,80 @@ TEST(refresh_filter, AnEmptyFilterHoldsNothing) {
   auto filter = std::make_unique<refresh_filter<true>>();
   EXPECT_FALSE(filter->holds(key_of(0, 0, 0, 0, 0), 0));
   EXPECT_FALSE(filter->holds(key_of(0, 0, 0, 7, 0), 0));
+}
+
+// IPv6 (refresh_filter6): the same exactness over 40 bytes of tuple. Every one of the 32
+// address bytes is compared (a byte of the source or destination flipped is another
+// flow), as are the ports, the protocol, the period and the decision.
+TEST(refresh_filter, AnIpv6FlowPassesOnlyForItsOwnTuplePeriodAndDecision) {
+  auto filter = std::make_unique<refresh_filter6<true>>();
+  uint8_t source[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7};
+  uint8_t destination[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20};
+  const uint32_t ports = uint32_t{7000} << 16 | 40000;
+  const refresh_key6 flow = make_refresh_key6(source, destination, ports, 17, 5);
+  EXPECT_FALSE(filter->holds(flow, 77));
+  filter->remember(flow, 77);
+  EXPECT_TRUE(filter->holds(flow, 77));
+  EXPECT_FALSE(filter->holds(flow, 78));                                                   // decided for something else
+  EXPECT_FALSE(filter->holds(make_refresh_key6(source, destination, ports, 17, 6), 77));  // the next period
+  EXPECT_FALSE(filter->holds(make_refresh_key6(source, destination, ports + 1, 17, 5), 77));
+  EXPECT_FALSE(filter->holds(make_refresh_key6(source, destination, ports ^ (1u << 16), 17, 5), 77));
+  EXPECT_FALSE(filter->holds(make_refresh_key6(source, destination, ports, 6, 5), 77));  // another protocol
+  EXPECT_FALSE(filter->holds(make_refresh_key6(destination, source, ports, 17, 5), 77));  // the ends swapped
+  for (int byte = 0; byte < 16; ++byte) {
+    uint8_t other[16];
+    std::memcpy(other, source, 16);
+    other[byte] ^= 0x01;
+    EXPECT_FALSE(filter->holds(make_refresh_key6(other, destination, ports, 17, 5), 77)) << "source byte " << byte;
+    std::memcpy(other, destination, 16);
+    other[byte] ^= 0x80;
+    EXPECT_FALSE(filter->holds(make_refresh_key6(source, other, ports, 17, 5), 77)) << "destination byte " << byte;
+  }
+  // Flows in the same set as `flow` that differ from it in one address word only (found by
+  // search): the compare itself tells them apart, not the set they fall in.
+  for (int word = 0; word < 4; ++word) {
+    bool found = false;
+    for (uint32_t change = 1; change < 65536 && !found; ++change) {
+      uint8_t s[16], d[16];
+      std::memcpy(s, source, 16);
+      std::memcpy(d, destination, 16);
+      uint8_t* bytes = (word < 2 ? s : d) + (word % 2) * 8;
+      bytes[6] ^= static_cast<uint8_t>(change >> 8), bytes[7] ^= static_cast<uint8_t>(change);
+      const refresh_key6 other = make_refresh_key6(s, d, ports, 17, 5);
+      if (filter->set_of(other) != filter->set_of(flow)) continue;
+      found = true;
+      EXPECT_FALSE(filter->holds(other, 77)) << "address word " << word;
+    }
+    EXPECT_TRUE(found) << "address word " << word;
+  }
+  EXPECT_TRUE(filter->holds(flow, 77));
+  // The plain filter (outbound) the same, without a decision; an empty one holds nothing.
+  auto plain = std::make_unique<refresh_filter6<false>>();
+  const uint8_t zero[16] = {};
+  EXPECT_FALSE(plain->holds(make_refresh_key6(zero, zero, 0, 0, 0)));
+  plain->remember(flow);
+  EXPECT_TRUE(plain->holds(flow));
+  EXPECT_FALSE(plain->holds(make_refresh_key6(source, destination, ports, 17, 6)));
+}
+
+// Four IPv6 flows a set too; the sets spread flows that differ only in their interface
+// identifiers' last bytes (pods of one node talking to one peer).
+TEST(refresh_filter, Ipv6FlowsOfOneSubnetSpreadOverTheSetsAndFourShareOne) {
+  auto filter = std::make_unique<refresh_filter6<false>>();
+  uint8_t source[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  const uint8_t destination[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20};
+  std::set<const void*> sets;
+  std::vector<refresh_key6> flows;
+  for (int host = 1; host <= 256; ++host) {
+    source[14] = static_cast<uint8_t>(host >> 8), source[15] = static_cast<uint8_t>(host);
+    flows.push_back(make_refresh_key6(source, destination, uint32_t{53} << 16 | 40000, 17, 3));
+    sets.insert(filter->set_of(flows.back()));
+  }
+  EXPECT_GT(sets.size(), 200u);  // 256 flows into 2,048 sets: few share one
+  for (const refresh_key6& k : flows) filter->remember(k);
+  size_t held = 0;
+  for (const refresh_key6& k : flows) held += filter->holds(k);
+  EXPECT_EQ(held, flows.size());  // no set got a fifth
 }
 
 }  // namespace
