@@ -257,10 +257,10 @@ uint32_t policy_hash(const flow_key& key);
 // keeps its connection's record alive and records nothing else.
 //
 // Keeping a record alive needs one refresh per period of timeouts.epoch_period() (at most
-// a quarter of the shortest timeout), not one per packet: an IPv4 packet whose flow was
-// looked at in this period already (the worker's policy_refreshed filter, or
-// policy_refreshed6 for IPv6: the flow's 5-tuple and the period, in any way of a set its
-// hash picks, refresh_filter.h) costs
+// a quarter of the shortest timeout), not one per packet: a packet whose flow was looked
+// at in this period already (the worker's policy_refreshed filter, policy_refreshed6 for
+// IPv6: the flow's 5-tuple and the period, in any way of a set its hash picks,
+// refresh_filter.h) costs
 // a compare within one cache line instead of a key, a probe and the bucket's prefetch
 // (process_burst prefetches only for ports whose last burst probed). TCP packets with SYN,
 // FIN or RST always look: they start a record or move its state. A flow pushed out of its
