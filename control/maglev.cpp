@@ -63,9 +63,10 @@ std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends,
   // Whether each slot is free, twice over: is_free[s] and is_free[s + M] both say it of
   // slot s, so that position + k * skip (each below M, their sum below 2M) indexes it
   // without being wrapped first: a look-ahead group's eight probes are an add, a byte load,
-  // a shift and an or each (bench_control BM_MaglevBuildClusterShape*/1021, three
-  // alternated sittings: 10.0-11.4 us a table against 11.3-15.3 with the wrapped probes of
-  // the table itself; 37% fewer instructions).
+  // a shift and an or each (bench_control BM_MaglevBuildClusterShape*/1021, medians of
+  // three, old and new alternated in three sittings: 10.0-13.8 us a table against
+  // 10.8-15.3 with the wrapped probes of the table itself, 10.0-11.4 against 11.3-15.3 in
+  // the last; 37% fewer instructions).
   std::vector<uint8_t> is_free(2 * size_t{table_size}, 1);
   auto wrap = [table_size](uint32_t slot) { return slot >= table_size ? slot - table_size : slot; };
   uint32_t filled = 0;
