@@ -70,11 +70,8 @@ size_t ip_address::write_text(char* out) const {
     }
     return static_cast<size_t>(at - out);
   }
-  char buffer[INET6_ADDRSTRLEN];
-  inet_ntop(AF_INET6, bytes.data(), buffer, sizeof buffer);
-  const size_t length = std::strlen(buffer);
-  std::memcpy(out, buffer, length);
-  return length;
+  inet_ntop(AF_INET6, bytes.data(), out, kMaxText);  // its terminator fits: kMaxText is INET6_ADDRSTRLEN
+  return std::strlen(out);
 }
 
 std::optional<ip_prefix> ip_prefix::parse(std::string_view text, std::string* why) {

@@ -281,34 +281,25 @@ void forwarding_tables::backend_frontend::sort_stably(std::vector<backend_fronte
     if (b < 3) return static_cast<uint8_t>(e.port >> (8 * (b - 1)));
     return e.ip[18 - b];
   };
-  // Which bytes differ between any entry and the first: an or of differences, word-wise.
-  uint64_t ip_high = 0, ip_low = 0;
-  unsigned port = 0, protocol = 0;
+  // Which key bytes differ between any entry and the first: the or of the differences,
+  // gathered word-wise and then read through byte_of like a key.
+  backend_frontend differences{};
   {
-    uint64_t first_high, first_low;
-    std::memcpy(&first_high, entries[0].ip.data(), 8);
-    std::memcpy(&first_low, entries[0].ip.data() + 8, 8);
+    const backend_frontend& first = entries[0];
+    uint64_t first_words[2], words[2], differing[2] = {0, 0};
+    std::memcpy(first_words, first.ip.data(), 16);
     for (const backend_frontend& e : entries) {
-      uint64_t high, low;
-      std::memcpy(&high, e.ip.data(), 8);
-      std::memcpy(&low, e.ip.data() + 8, 8);
-      ip_high |= high ^ first_high;
-      ip_low |= low ^ first_low;
-      port |= e.port ^ entries[0].port;
-      protocol |= e.protocol ^ entries[0].protocol;
+      std::memcpy(words, e.ip.data(), 16);
+      differing[0] |= words[0] ^ first_words[0];
+      differing[1] |= words[1] ^ first_words[1];
+      differences.port |= e.port ^ first.port;
+      differences.protocol |= e.protocol ^ first.protocol;
     }
+    std::memcpy(differences.ip.data(), differing, 16);
   }
   std::vector<unsigned> passes;
-  for (unsigned b = 0; b < kKeyBytes; ++b) {
-    bool differs;
-    if (b == 0) differs = protocol != 0;
-    else if (b < 3) differs = (port >> (8 * (b - 1)) & 0xff) != 0;
-    else {
-      const unsigned at = 18 - b;  // the byte's index in the address, as memcpy laid it out
-      differs = ((at < 8 ? ip_high >> (8 * at) : ip_low >> (8 * (at - 8))) & 0xff) != 0;
-    }
-    if (differs) passes.push_back(b);
-  }
+  for (unsigned b = 0; b < kKeyBytes; ++b)
+    if (byte_of(differences, b) != 0) passes.push_back(b);
   if (passes.empty()) return;  // every key the same: stable means as they are
   std::vector<backend_frontend> buffer(n);
   backend_frontend* from = entries.data();

@@ -1205,15 +1205,6 @@ void BM_policy(benchmark::State& state) {
     frame = geneve_from_node2(64, identity_number(spiffe_principal(kDefaultTrustDomain, "ns1", "sa1")), 8080,
                               tcp_flags, kIpv6);
     udp_at = kGeneveOverhead + 14 + (kIpv6 ? 40 : 20);
-  } else if (kIpv6) {
-    testing::l4_spec udp;
-    udp.protocol = kTcp ? kProtoTcp : kProtoUdp;
-    udp.tcp_flags = tcp_flags;
-    udp.source_port = 40000;
-    udp.destination_port = 8080;
-    udp.payload = testing::bytes(64 - 14 - 20 - (kTcp ? 20 : 8), 0);
-    frame = testing::ipv6_frame(mac(0xa1), mac(0x11), testing::ip6("fd00:6d6c:1::10"), testing::ip6("fd00:6d6c:2::20"), udp);
-    udp_at = 14 + 40;
   } else {
     testing::l4_spec udp;
     udp.protocol = kTcp ? kProtoTcp : kProtoUdp;
@@ -1221,8 +1212,10 @@ void BM_policy(benchmark::State& state) {
     udp.source_port = 40000;
     udp.destination_port = 8080;
     udp.payload = testing::bytes(64 - 14 - 20 - (kTcp ? 20 : 8), 0);
-    frame = testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
-    udp_at = 14 + 20;
+    frame = kIpv6 ? testing::ipv6_frame(mac(0xa1), mac(0x11), testing::ip6("fd00:6d6c:1::10"),
+                                        testing::ip6("fd00:6d6c:2::20"), udp)
+                  : testing::ipv4_frame(mac(0xa1), mac(0x11), ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
+    udp_at = 14 + (kIpv6 ? 40 : 20);
   }
   // No UDP checksum (IPv4 allows it): ports may change. (The pipeline does not check a
   // TCP checksum on a path without NAT, so a TCP frame's goes stale unread; nor an IPv6

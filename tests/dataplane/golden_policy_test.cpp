@@ -147,6 +147,33 @@ class golden_policy : public ring_pool_test {
     return out;
   }
 
+  // ThePodsOwn*UdpFlowKeepsItsRecordWhileThePodKeepsSending, for either family: the pod's
+  // datagram `from_pod` (client -> remote) and the remote's answer `answer`, from bar/sleep,
+  // under allow-nothing in foo.
+  void pods_own_udp_flow_keeps_its_record(const bytes& from_pod, const bytes& answer) {
+    using namespace std::chrono_literals;
+    allow_nothing_in_foo();
+    if (HasFatalFailure()) return;
+    learn_pod_macs();
+    pool_->settings().udp_ticks.store(rte_get_tsc_hz());  // 1 s
+    const uint32_t bar_sleep = identity_of("bar/sleep");
+    for (int i = 0; i < 7; ++i) {
+      // Several packets a period: the filter takes all but the first.
+      for (int j = 0; j < 4; ++j) send(client, from_pod);
+      ASSERT_EQ(pending(uplink), 4u);
+      drain(uplink);
+      std::this_thread::sleep_for(400ms);
+    }
+    from_node2(answer, bar_sleep);
+    EXPECT_EQ(pending(client), 1u);
+    EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
+    drain(client);
+    std::this_thread::sleep_for(1500ms);  // the pod silent for longer than the timeout
+    from_node2(answer, bar_sleep);
+    EXPECT_EQ(pending(client), 0u);
+    EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  }
+
   uint64_t denied(const std::string& policy, const std::string& reason, policy_direction direction) const {
     std::vector<policy_deny_count> counts;
     pool_->policy_denials(counts);
@@ -364,28 +391,10 @@ TEST_F(golden_policy, RepliesOfAFlowOurPodStartedPassAndTheRemotesOwnFlowsAreDec
 // remote's own flows; and once the pod has been silent for longer than the timeout, the
 // same answer is the remote's own flow, refused.
 TEST_F(golden_policy, ThePodsOwnUdpFlowKeepsItsRecordWhileThePodKeepsSending) {
-  using namespace std::chrono_literals;
-  allow_nothing_in_foo();
-  if (HasFatalFailure()) return;
-  learn_pod_macs();
-  pool_->settings().udp_ticks.store(rte_get_tsc_hz());  // 1 s
   const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
-  const uint32_t bar_sleep = identity_of("bar/sleep");
-  for (int i = 0; i < 7; ++i) {
-    // Several packets a period: the filter takes all but the first.
-    for (int j = 0; j < 4; ++j) send(client, ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, 43301)));
-    ASSERT_EQ(pending(uplink), 4u);
-    drain(uplink);
-    std::this_thread::sleep_for(400ms);
-  }
-  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
-  EXPECT_EQ(pending(client), 1u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
-  drain(client);
-  std::this_thread::sleep_for(1500ms);  // the pod silent for longer than the timeout
-  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
-  EXPECT_EQ(pending(client), 0u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  pods_own_udp_flow_keeps_its_record(
+      ipv4_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, 43301)),
+      ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)));
 }
 
 // An inbound UDP flow the tables allow passes the rest of a refresh period on the
@@ -453,27 +462,10 @@ TEST_F(golden_policy, AnAllowedIpv6UdpFlowIsDecidedAgainForAnotherIdentityAndAft
 // the pod goes silent past the timeout, the record goes and the remote's packets are
 // decided (allow-nothing: refused).
 TEST_F(golden_policy, ThePodsOwnIpv6UdpFlowKeepsItsRecordWhileThePodKeepsSending) {
-  using namespace std::chrono_literals;
-  allow_nothing_in_foo();
-  if (HasFatalFailure()) return;
-  learn_pod_macs();
-  pool_->settings().udp_ticks.store(rte_get_tsc_hz());  // 1 s
   const auto remote = ip6("fd00:6d6c:2::20"), client_ip = ip6("fd00:6d6c:1::10");
-  const uint32_t bar_sleep = identity_of("bar/sleep");
-  for (int i = 0; i < 7; ++i) {
-    for (int j = 0; j < 4; ++j) send(client, ipv6_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, 43301)));
-    ASSERT_EQ(pending(uplink), 4u);
-    drain(uplink);
-    std::this_thread::sleep_for(400ms);
-  }
-  from_node2(ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
-  EXPECT_EQ(pending(client), 1u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
-  drain(client);
-  std::this_thread::sleep_for(1500ms);  // the pod silent for longer than the timeout
-  from_node2(ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)), bar_sleep);
-  EXPECT_EQ(pending(client), 0u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+  pods_own_udp_flow_keeps_its_record(
+      ipv6_frame(kClientMac, kClientPortMac, client_ip, remote, udp_to(53, 43301)),
+      ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)));
 }
 
 // The refresh filter that lets an allowed UDP flow's later packets pass without a look
