@@ -211,9 +211,10 @@ uint32_t backend_slot_for(counter_slot_names& slots, const backend_slot_key& key
 }  // namespace
 
 namespace {
-// --- the IPv4 gates and the frontends-by-backend index ---
+// --- the gates and the frontends-by-backend index ---
 
 using index_entry = forwarding_tables::backend_frontend;
+using folded_gate = forwarding_tables::folded_gate_v6;
 
 uint16_t backend_target_port(const table_frontend& f, const table_backend& b) {
   return f.target_port ? f.target_port : b.port;
@@ -223,6 +224,21 @@ uint64_t v4_backend_key(const table_frontend& f, const table_backend& b) {
 }
 index_entry entry_of(const table_frontend& f, const table_backend& b) {
   return {b.ip.bytes, backend_target_port(f, b), static_cast<uint8_t>(f.protocol), f.port, f.vip.bytes};
+}
+// An IPv6 backend as its gate keys it, by the address and the port flows reach it on.
+struct v6_backend_key {
+  std::array<uint8_t, 16> ip;
+  uint16_t port;
+  auto operator<=>(const v6_backend_key&) const = default;
+};
+v6_backend_key v6_key_of(const table_frontend& f, const table_backend& b) { return {b.ip.bytes, backend_target_port(f, b)}; }
+uint64_t fold_of(const v6_backend_key& key) { return fold_v6(key.ip.data(), key.port); }
+uint64_t fold_of(const ip_address& vip) { return fold_v6(vip.bytes.data(), 0); }
+
+template <typename T>
+void sort_unique(std::vector<T>& keys) {
+  std::sort(keys.begin(), keys.end());
+  keys.erase(std::unique(keys.begin(), keys.end()), keys.end());
 }
 
 // A gate of `keys` (duplicates allowed), at most half full.
@@ -243,21 +259,44 @@ uint32_t fill_gate(Slots& slots, uint32_t& mask, const std::vector<Key>& keys) {
   return distinct;
 }
 
+// A folded gate of the folds of distinct keys.
+void fill_folded_gate(folded_gate& gate, const std::vector<uint64_t>& folds) {
+  const size_t size = table_size(folds.size());
+  gate.slots.assign(size, 0);
+  gate.mask = static_cast<uint32_t>(size - 1);
+  gate.keys = 0;
+  gate.shared.clear();
+  for (uint64_t fold : folds) folded_gate_add(gate, fold);  // sized for them all: always room
+}
+
 void build_gates(const snapshot& s, forwarding_tables& out) {
   std::vector<uint32_t> vips;
   std::vector<uint64_t> backends;
-  out.has_v6_services = false;
+  std::vector<uint64_t> v6_vip_folds;
+  std::vector<v6_backend_key> v6_backends;
+  const table_frontend* previous_v6 = nullptr;
   for (const table_frontend& f : s.frontends) {
-    if (!f.vip.is_v4()) {
-      out.has_v6_services = true;
+    if (f.vip.is_v4()) {
+      vips.push_back(f.vip.v4());
+      for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
+        backends.push_back(v4_backend_key(f, backend));
       continue;
     }
-    vips.push_back(f.vip.v4());
+    // Distinct keys only (a folded gate counts the keys that share a fold): the
+    // frontends are sorted by address, so one VIP's are adjacent.
+    if (!previous_v6 || previous_v6->vip != f.vip) v6_vip_folds.push_back(fold_of(f.vip));
+    previous_v6 = &f;
     for (const table_backend& backend : snapshot::backends_of(s.services[f.service_index]))
-      backends.push_back(v4_backend_key(f, backend));
+      v6_backends.push_back(v6_key_of(f, backend));
   }
   out.v4_vip_keys = fill_gate(out.v4_vips, out.v4_vip_mask, vips);
   out.v4_backend_keys = fill_gate(out.v4_backends, out.v4_backend_mask, backends);
+  sort_unique(v6_backends);
+  std::vector<uint64_t> v6_backend_folds;
+  v6_backend_folds.reserve(v6_backends.size());
+  for (const v6_backend_key& key : v6_backends) v6_backend_folds.push_back(fold_of(key));
+  fill_folded_gate(out.v6_vips, v6_vip_folds);
+  fill_folded_gate(out.v6_backends, v6_backend_folds);
 }
 
 }  // namespace
@@ -378,16 +417,19 @@ std::optional<std::vector<uint32_t>> services_with_changed_backends(const snapsh
   return changed;
 }
 
-// Whether any frontend of the index DNATs to the IPv4 backend `key` (address and port,
-// any protocol: entries differing only in protocol are adjacent).
-bool index_names_v4_backend(const forwarding_tables& t, uint64_t key) {
+// Whether any frontend of the index DNATs to the backend at `ip` and `port` (any
+// protocol: entries differing only in protocol are adjacent).
+bool index_names_backend(const forwarding_tables& t, const std::array<uint8_t, 16>& ip, uint16_t port) {
   index_entry probe;
-  probe.ip = ip_address::from_v4(static_cast<uint32_t>(key >> 16)).bytes;
-  probe.port = static_cast<uint16_t>(key);
+  probe.ip = ip;
+  probe.port = port;
   const auto same_address_and_port = [](const index_entry& a, const index_entry& b) {
     return std::tie(a.ip, a.port) < std::tie(b.ip, b.port);
   };
   return t.frontends_by_backend.contains(probe, same_address_and_port);
+}
+bool index_names_v4_backend(const forwarding_tables& t, uint64_t key) {
+  return index_names_backend(t, ip_address::from_v4(static_cast<uint32_t>(key >> 16)).bytes, static_cast<uint16_t>(key));
 }
 
 // `a` without the entries of `b` (both sorted by `before`, multisets).
@@ -401,27 +443,74 @@ std::vector<index_entry> entries_without(const std::vector<index_entry>& a, cons
 void copy_gates(const forwarding_tables& installed, forwarding_tables& out) {
   out.v4_vips = installed.v4_vips, out.v4_vip_mask = installed.v4_vip_mask;
   out.v4_vip_keys = installed.v4_vip_keys;
-  out.has_v6_services = installed.has_v6_services;
   out.v4_backends = installed.v4_backends, out.v4_backend_mask = installed.v4_backend_mask;
   out.v4_backend_keys = installed.v4_backend_keys;
+  out.v6_vips = installed.v6_vips;
+  out.v6_backends = installed.v6_backends;
+}
+
+// The gate keys of the frontends a delta changes: as they were, or as they are.
+struct gate_keys {
+  std::vector<uint32_t> v4_vips;
+  std::vector<uint64_t> v4_backends;
+  std::vector<ip_address> v6_vips;
+  std::vector<v6_backend_key> v6_backends;
+};
+
+// Frontend `f`'s index entries for the backends of `service` into `entries`, its gate
+// keys into `keys`.
+void add_frontend(const table_frontend& f, const table_service& service, std::vector<index_entry>& entries,
+                  gate_keys& keys) {
+  const bool v4 = f.vip.is_v4();
+  if (v4) keys.v4_vips.push_back(f.vip.v4());
+  else keys.v6_vips.push_back(f.vip);
+  for (const table_backend& b : snapshot::backends_of(service)) {
+    entries.push_back(entry_of(f, b));
+    if (v4) keys.v4_backends.push_back(v4_backend_key(f, b));
+    else keys.v6_backends.push_back(v6_key_of(f, b));
+  }
+}
+
+// The IPv6 backend gate (copied by copy_gates) for a patched index: each key of `keys`
+// the installed index named and `out`'s does not leaves it, each it did not name and
+// `out`'s does comes in (exact, by the index: a folded gate counts distinct keys). False
+// when the gate would be more than half full.
+bool patch_v6_backend_gate(const forwarding_tables& installed, std::vector<v6_backend_key>& keys,
+                           forwarding_tables& out) {
+  sort_unique(keys);
+  for (const v6_backend_key& key : keys) {
+    const bool then = index_names_backend(installed, key.ip, key.port);
+    const bool now = index_names_backend(out, key.ip, key.port);
+    if (then && !now) folded_gate_remove(out.v6_backends, fold_of(key));
+    else if (!then && now && !folded_gate_add(out.v6_backends, fold_of(key))) return false;
+  }
+  return true;
 }
 
 // The installed index with the `stale` entries taken out and the `fresh` ones put in, and
-// the backend gate (copied by copy_gates) with the keys only `keys_then` has taken out
-// (unless another frontend still names them) and those only `keys_now` has put in. A
-// gate that would be more than half full is built whole and bigger.
-void patch_index_and_backend_gate(const snapshot& s, const forwarding_tables& installed, std::vector<index_entry>& fresh,
-                                  std::vector<index_entry>& stale, std::vector<uint64_t>& keys_now,
-                                  std::vector<uint64_t>& keys_then, forwarding_tables& out) {
+// the backend gates (copied by copy_gates, unless `gates_built` says they were built whole
+// already) with the keys only `then` has taken out (unless another frontend still names
+// them) and those only `now` has put in. A gate that would be more than half full is
+// built whole and bigger.
+void patch_index_and_backend_gates(const snapshot& s, const forwarding_tables& installed,
+                                   std::vector<index_entry>& fresh, std::vector<index_entry>& stale, gate_keys& now,
+                                   gate_keys& then, bool gates_built, forwarding_tables& out) {
   std::sort(fresh.begin(), fresh.end(), index_entry::before);
   std::sort(stale.begin(), stale.end(), index_entry::before);
   // Entries in both (a backend that stayed, with another weight) stay where they are.
   out.frontends_by_backend = installed.frontends_by_backend;
   out.frontends_by_backend.patch(entries_without(stale, fresh), entries_without(fresh, stale));
-  std::sort(keys_then.begin(), keys_then.end());
-  keys_then.erase(std::unique(keys_then.begin(), keys_then.end()), keys_then.end());
-  std::sort(keys_now.begin(), keys_now.end());
-  keys_now.erase(std::unique(keys_now.begin(), keys_now.end()), keys_now.end());
+  if (gates_built) return;
+  std::vector<v6_backend_key> v6_keys = std::move(now.v6_backends);
+  v6_keys.insert(v6_keys.end(), then.v6_backends.begin(), then.v6_backends.end());
+  if (!patch_v6_backend_gate(installed, v6_keys, out)) {
+    build_gates(s, out);  // it would be more than half full: bigger ones, whole
+    return;
+  }
+  std::vector<uint64_t>& keys_then = then.v4_backends;
+  std::vector<uint64_t>& keys_now = now.v4_backends;
+  sort_unique(keys_then);
+  sort_unique(keys_now);
   std::vector<uint64_t> added, gone;
   std::set_difference(keys_now.begin(), keys_now.end(), keys_then.begin(), keys_then.end(), std::back_inserter(added));
   std::set_difference(keys_then.begin(), keys_then.end(), keys_now.begin(), keys_now.end(), std::back_inserter(gone));
@@ -447,47 +536,58 @@ void patch_service_index(const snapshot& s, const forwarding_tables& installed, 
   const snapshot& before = *installed.tables;
   out.service_index_patched = true;
   std::vector<index_entry> fresh, stale;
-  std::vector<uint64_t> keys_then, keys_now;
+  gate_keys now, then;  // their VIPs unused: a delta of backends keeps the frontends
   for (uint32_t service : changed) {
-    const table_service& now = s.services[service];
-    for (uint32_t k = now.first_frontend; k < now.first_frontend + now.frontend_count; ++k) {
+    const table_service& row = s.services[service];
+    for (uint32_t k = row.first_frontend; k < row.first_frontend + row.frontend_count; ++k) {
       const table_frontend& f = s.frontends[s.service_frontends[k]];
-      for (const table_backend& b : snapshot::backends_of(now)) {
-        fresh.push_back(entry_of(f, b));
-        if (f.vip.is_v4()) keys_now.push_back(v4_backend_key(f, b));
-      }
-      for (const table_backend& b : snapshot::backends_of(before.services[service])) {
-        stale.push_back(entry_of(f, b));
-        if (f.vip.is_v4()) keys_then.push_back(v4_backend_key(f, b));
-      }
+      add_frontend(f, row, fresh, now);
+      add_frontend(f, before.services[service], stale, then);
     }
   }
   copy_gates(installed, out);
-  patch_index_and_backend_gate(s, installed, fresh, stale, keys_now, keys_then, out);
+  patch_index_and_backend_gates(s, installed, fresh, stale, now, then, false, out);
 }
 
-// The frontend entries and IPv4 backend keys of service `service` of `t` into `entries`
-// and `keys`, and its IPv4 VIP into `vips`.
-void entries_of_service(const snapshot& t, uint32_t service, std::vector<index_entry>& entries,
-                        std::vector<uint64_t>& keys, std::vector<uint32_t>& vips, bool& any_v6) {
+// Service `service` of `t`'s frontends (index entries and gate keys), as add_frontend.
+void add_service(const snapshot& t, uint32_t service, std::vector<index_entry>& entries, gate_keys& keys) {
   const table_service& row = t.services[service];
-  for (uint32_t k = row.first_frontend; k < row.first_frontend + row.frontend_count; ++k) {
-    const table_frontend& f = t.frontends[t.service_frontends[k]];
-    if (f.vip.is_v4()) vips.push_back(f.vip.v4());
-    else any_v6 = true;
-    for (const table_backend& b : snapshot::backends_of(row)) {
-      entries.push_back(entry_of(f, b));
-      if (f.vip.is_v4()) keys.push_back(v4_backend_key(f, b));
-    }
-  }
+  for (uint32_t k = row.first_frontend; k < row.first_frontend + row.frontend_count; ++k)
+    add_frontend(t.frontends[t.service_frontends[k]], row, entries, keys);
 }
 
-// Whether any frontend of `s` has the IPv4 VIP `vip` (its frontends are sorted by address).
-bool has_frontend_at(const snapshot& s, uint32_t vip) {
-  const ip_address address = ip_address::from_v4(vip);
-  const auto it = std::lower_bound(s.frontends.begin(), s.frontends.end(), address,
+// Whether any frontend of `s` has the VIP `vip` (its frontends are sorted by address).
+bool has_frontend_at(const snapshot& s, const ip_address& vip) {
+  const auto it = std::lower_bound(s.frontends.begin(), s.frontends.end(), vip,
                                    [](const table_frontend& f, const ip_address& a) { return f.vip < a; });
-  return it != s.frontends.end() && it->vip == address;
+  return it != s.frontends.end() && it->vip == vip;
+}
+
+// A delta that added or removed services (snapshot::services_delta): the VIP gates with
+// the addresses whose last frontend went taken out and those with a first frontend put
+// in; false when one would be more than half full.
+bool patch_vip_gates(const snapshot& s, const snapshot& before, gate_keys& now, gate_keys& then,
+                     forwarding_tables& out) {
+  // IPv4: a removed service's VIP goes unless another frontend still has it (services
+  // may share an address on other ports); the gate's inserts are idempotent.
+  sort_unique(then.v4_vips);
+  sort_unique(now.v4_vips);
+  for (uint32_t vip : then.v4_vips)
+    if (!has_frontend_at(s, ip_address::from_v4(vip))) out.v4_vip_keys -= gate_erase(out.v4_vips, out.v4_vip_mask, vip);
+  for (uint32_t vip : now.v4_vips) {
+    if (2 * (size_t{out.v4_vip_keys} + 1) > out.v4_vips.size()) return false;
+    out.v4_vip_keys += gate_insert(out.v4_vips, out.v4_vip_mask, vip);
+  }
+  // IPv6: by whether the address had and has a frontend (a folded gate counts distinct keys).
+  std::vector<ip_address>& v6 = now.v6_vips;
+  v6.insert(v6.end(), then.v6_vips.begin(), then.v6_vips.end());
+  sort_unique(v6);
+  for (const ip_address& vip : v6) {
+    const bool had = has_frontend_at(before, vip), has = has_frontend_at(s, vip);
+    if (had && !has) folded_gate_remove(out.v6_vips, fold_of(vip));
+    else if (!had && has && !folded_gate_add(out.v6_vips, fold_of(vip))) return false;
+  }
+  return true;
 }
 
 // A delta that added or removed services (snapshot::services_changed): the installed
@@ -499,36 +599,15 @@ void patch_services_added_and_removed(const snapshot& s, const forwarding_tables
   const snapshot& before = *installed.tables;
   out.service_index_patched = true;
   std::vector<index_entry> fresh, stale;
-  std::vector<uint64_t> keys_then, keys_now;
-  std::vector<uint32_t> vips_then, vips_now;
-  bool v6_added = false, v6_removed = false;
-  for (uint32_t service : delta.removed) entries_of_service(before, service, stale, keys_then, vips_then, v6_removed);
-  for (uint32_t service : delta.added) entries_of_service(s, service, fresh, keys_now, vips_now, v6_added);
+  gate_keys now, then;
+  for (uint32_t service : delta.removed) add_service(before, service, stale, then);
+  for (uint32_t service : delta.added) add_service(s, service, fresh, now);
   copy_gates(installed, out);
-  if (v6_added) {
-    out.has_v6_services = true;
-  } else if (v6_removed) {
-    out.has_v6_services = std::any_of(s.frontends.begin(), s.frontends.end(),
-                                      [](const table_frontend& f) { return !f.vip.is_v4(); });
-  }
-  // VIPs: a removed service's goes unless another frontend still has it (services may
-  // share an address on other ports).
-  std::sort(vips_then.begin(), vips_then.end());
-  vips_then.erase(std::unique(vips_then.begin(), vips_then.end()), vips_then.end());
-  std::sort(vips_now.begin(), vips_now.end());
-  vips_now.erase(std::unique(vips_now.begin(), vips_now.end()), vips_now.end());
-  for (uint32_t vip : vips_then)
-    if (!has_frontend_at(s, vip)) out.v4_vip_keys -= gate_erase(out.v4_vips, out.v4_vip_mask, vip);
-  for (uint32_t vip : vips_now) {
-    if (2 * (size_t{out.v4_vip_keys} + 1) > out.v4_vips.size()) {
-      // It would be more than half full: both gates whole, bigger (the backend gate's
-      // patch below then finds nothing to change).
-      build_gates(s, out);
-      break;
-    }
-    out.v4_vip_keys += gate_insert(out.v4_vips, out.v4_vip_mask, vip);
-  }
-  patch_index_and_backend_gate(s, installed, fresh, stale, keys_now, keys_then, out);
+  const bool gates_built = !patch_vip_gates(s, before, now, then, out);
+  // A gate that would be more than half full: all of them whole, bigger (the backend
+  // gates' patch then has nothing to do).
+  if (gates_built) build_gates(s, out);
+  patch_index_and_backend_gates(s, installed, fresh, stale, now, then, gates_built, out);
 }
 
 // --- counter slots of services and backends ---

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <bit>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <string>
 #include <tuple>
@@ -270,7 +271,21 @@ struct forwarding_tables {
   uint32_t v4_vip_mask = 0, v4_backend_mask = 0;
   uint32_t v4_vip_keys = 0;      // distinct addresses in v4_vips (kept at most half full)
   uint32_t v4_backend_keys = 0;  // distinct keys in v4_backends (kept at most half full)
-  bool has_v6_services = false;
+  // The same two gates for IPv6, over 64-bit folds of the keys (detail::fold_v6: a VIP's
+  // address; a backend's address and port): a packet whose fold is in neither skips the
+  // flow table as an IPv4 packet does; one whose fold is in takes the exact lookups,
+  // which decide (two keys can share a fold; folded_gate keeps a fold while any has it).
+  // Before these an IPv6 packet of a cluster with any IPv6 service built a flow key,
+  // missed the flow table and looked for a frontend and a lost reverse entry each time.
+  struct folded_gate_v6 {
+    paged_array<uint64_t> slots;  // pages shared between views, as v4_backends'
+    uint32_t mask = 0;
+    uint32_t keys = 0;  // distinct folds in slots (kept at most half full)
+    // Folds that more than one distinct key has: how many beyond the first. Read and
+    // written only when a view is built or patched; almost always empty.
+    std::map<uint64_t, uint32_t> shared;
+  };
+  folded_gate_v6 v6_vips, v6_backends;
   // The other nodes by underlay address: Geneve is accepted only from them, with inner
   // sources of their pod ranges, and only their MACs are learned.
   underlay_peer_table underlay_peers;

@@ -4,6 +4,8 @@
 // line: the hit once paid the creation path's 568-byte stack frame on every packet.
 #pragma once
 
+#include <bit>
+#include <cstring>
 #include <vector>
 
 #include "dataplane/icmp_error_nat.h"
@@ -62,6 +64,40 @@ bool gate_erase(Slots& slots, uint32_t mask, Key key) {
   }
   gate_set(slots, hole, Key{0});
   return true;
+}
+
+// The 64-bit fold of an IPv6 address and a port (0 for a VIP's address) that
+// forwarding_tables::v6_vips and v6_backends hold: every bit of the 144 moves the fold
+// (a multiply, a rotation, two xor-shift-multiply rounds), and it is never 0, the empty slot.
+[[gnu::always_inline]] inline uint64_t fold_v6(const uint8_t* address, uint16_t port) {
+  uint64_t high, low;
+  std::memcpy(&high, address, 8);
+  std::memcpy(&low, address + 8, 8);
+  uint64_t h = high * 0x9e3779b97f4a7c15ull ^ std::rotl(low, 32) ^ uint64_t{port} * 0xff51afd7ed558ccdull;
+  h = (h ^ h >> 31) * 0xc4ceb9fe1a85ec53ull;
+  return (h ^ h >> 29) | 1;
+}
+
+// A distinct key's fold into a folded gate: in a slot of its own, or counted as shared
+// when another key has the fold already. False, with nothing changed, when a new slot
+// would make the gate more than half full (the caller builds it whole and bigger).
+inline bool folded_gate_add(forwarding_tables::folded_gate_v6& gate, uint64_t fold) {
+  if (gate_contains(gate.slots, gate.mask, fold)) {
+    ++gate.shared[fold];
+    return true;
+  }
+  if (2 * (size_t{gate.keys} + 1) > gate.slots.size()) return false;
+  gate.keys += gate_insert(gate.slots, gate.mask, fold);
+  return true;
+}
+
+// A key that is gone: its fold leaves the gate unless another key still has it.
+inline void folded_gate_remove(forwarding_tables::folded_gate_v6& gate, uint64_t fold) {
+  if (const auto shared = gate.shared.find(fold); shared != gate.shared.end()) {
+    if (--shared->second == 0) gate.shared.erase(shared);
+    return;
+  }
+  gate.keys -= gate_erase(gate.slots, gate.mask, fold);
 }
 
 // The flow key of a parsed IPv4/IPv6 packet, written into `key` (make_flow_key, inline
@@ -141,8 +177,11 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
         !gate_contains(t.v4_backends, t.v4_backend_mask,
                        uint64_t{from_net32(ip->source)} << 16 | p.source_port))
       return true;  // neither to a VIP nor from a backend: no flow state involved
-  } else if (!t.has_v6_services) {
-    return true;
+  } else {
+    const auto* ip = reinterpret_cast<const ipv6_header*>(frame + p.l3_offset);
+    if (!gate_contains(t.v6_vips.slots, t.v6_vips.mask, fold_v6(ip->destination, 0)) &&
+        !gate_contains(t.v6_backends.slots, t.v6_backends.mask, fold_v6(ip->source, p.source_port)))
+      return true;  // the same, by fold: a fold found takes the exact lookups below
   }
   flow_key& key = outcome.key;
   flow_key_into(key, frame, p);

@@ -98,7 +98,9 @@ inline uint32_t endpoint_crc6(const uint8_t* address, uint16_t port, uint8_t pro
   return static_cast<uint32_t>((uint64_t{crc} * workers) >> 32);
 }
 
+// Exactly, past the gate (whose fold may be another key's).
 inline bool is_backend_v6(const forwarding_tables& t, const uint8_t* address, uint16_t port, uint8_t protocol) {
+  if (!gate_contains(t.v6_backends.slots, t.v6_backends.mask, fold_v6(address, port))) return false;
   forwarding_tables::backend_frontend probe;
   std::memcpy(probe.ip.data(), address, 16);
   probe.port = port;
@@ -124,8 +126,9 @@ inline bool is_backend_v6(const forwarding_tables& t, const uint8_t* address, ui
   if (ports) {
     // 1. To a VIP.
     if (k.v4 ? gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(k.destination4))
-             : t.has_v6_services && t.tables->find_frontend(address_v6(k.destination6), k.destination_port,
-                                                           static_cast<l4_protocol>(protocol)))
+             : gate_contains(t.v6_vips.slots, t.v6_vips.mask, fold_v6(k.destination6, 0)) &&
+                   t.tables->find_frontend(address_v6(k.destination6), k.destination_port,
+                                           static_cast<l4_protocol>(protocol)))
       return by_source();
     // 2. To a port the gateway lent.
     const bool to_gateway = k.v4 ? k.destination4 == t.gateway_ip
@@ -143,12 +146,12 @@ inline bool is_backend_v6(const forwarding_tables& t, const uint8_t* address, ui
     // 4. From or to a backend.
     const bool from_backend =
         k.v4 ? gate_contains(t.v4_backends, t.v4_backend_mask, uint64_t{from_net32(k.source4)} << 16 | k.source_port)
-             : t.has_v6_services && is_backend_v6(t, k.source6, k.source_port, protocol);
+             : is_backend_v6(t, k.source6, k.source_port, protocol);
     if (from_backend) return by_destination();
     const bool to_backend =
         k.v4 ? gate_contains(t.v4_backends, t.v4_backend_mask,
                              uint64_t{from_net32(k.destination4)} << 16 | k.destination_port)
-             : t.has_v6_services && is_backend_v6(t, k.destination6, k.destination_port, protocol);
+             : is_backend_v6(t, k.destination6, k.destination_port, protocol);
     if (to_backend) return by_source();
   }
   // 5. Both endpoints, sorted; stateless traffic stays where it is.

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <map>
 #include <memory>
 #include <random>
 #include <set>
@@ -18,6 +19,7 @@
 #include "dataplane/pipeline.h"
 #include "dataplane/service_lb.h"
 #include "dataplane/shared_pages.h"
+#include "dataplane/worker_handoff.h"
 
 namespace meshlane {
 namespace {
@@ -105,7 +107,16 @@ void expect_same_view(const forwarding_tables& patched, const forwarding_tables&
     ASSERT_TRUE(detail::gate_contains(patched.v4_vips, patched.v4_vip_mask, vip)) << vip;
   EXPECT_EQ(patched.v4_vip_keys, whole.v4_vip_keys);
   EXPECT_EQ(patched.v4_vip_keys, gate_keys(whole.v4_vips).size());
-  EXPECT_EQ(patched.has_v6_services, whole.has_v6_services);
+  using folded_gate = forwarding_tables::folded_gate_v6;
+  for (folded_gate forwarding_tables::*gates : {&forwarding_tables::v6_vips, &forwarding_tables::v6_backends}) {
+    const folded_gate& a = patched.*gates;
+    const folded_gate& b = whole.*gates;
+    ASSERT_EQ(gate_keys(a.slots), gate_keys(b.slots));
+    for (uint64_t fold : gate_keys(b.slots)) ASSERT_TRUE(detail::gate_contains(a.slots, a.mask, fold)) << fold;
+    EXPECT_EQ(a.keys, b.keys);
+    EXPECT_EQ(a.keys, gate_keys(b.slots).size());
+    EXPECT_EQ(a.shared, b.shared);
+  }
 }
 
 // Every service and backend of the view is counted in a slot of its own name.
@@ -210,7 +221,7 @@ TEST(forwarding_view, ServicesAddedAndRemovedArePatchedIntoTheSameViewAWholeBuil
     }
     return nullptr;
   };
-  int patched = 0, compacted = 0, shared_vips = 0, v6_removed = 0;
+  int patched = 0, compacted = 0, shared_vips = 0, shared_v6_vips = 0, v6_removed = 0;
   bool v6_all_gone = false;
   for (uint64_t step = 0; step < 300; ++step) {
     SCOPED_TRACE("delta " + std::to_string(step));
@@ -225,21 +236,24 @@ TEST(forwarding_view, ServicesAddedAndRemovedArePatchedIntoTheSameViewAWholeBuil
       v6_removed += static_cast<int>(names.size());
       if (names.empty()) {
         v6_all_gone = true;
-        EXPECT_FALSE(installed->has_v6_services);
+        EXPECT_EQ(installed->v6_vips.keys, 0u);
+        EXPECT_EQ(installed->v6_backends.keys, 0u);
       }
     } else if (kind == 0 || kind == 3) {  // a new service, somewhere in name order
       service_spec service;
       service.name = "svc-" + std::to_string(random() % 150) + "-new-" + std::to_string(serial++);
       const bool v6 = random() % 6 == 0;
       const service_spec* sharing = nullptr;
-      if (!v6 && random() % 3 == 0) {
-        const service_spec& other = state.services[random() % state.services.size()];
-        if (other.vip.is_v4()) sharing = &other;
+      if (random() % 3 == 0) {  // on another port of a VIP of its family
+        for (int tries = 0; tries < 40 && !sharing; ++tries) {
+          const service_spec& other = state.services[random() % state.services.size()];
+          if (other.vip.is_v4() != v6) sharing = &other;
+        }
       }
-      service.vip = v6 ? *ip_address::parse("fd00:6d6c:fffe::" + std::to_string(serial))
-                : sharing ? sharing->vip
-                          : ip_address::from_v4(0xac110000u + serial);
-      shared_vips += sharing != nullptr;
+      service.vip = sharing ? sharing->vip
+                    : v6    ? *ip_address::parse("fd00:6d6c:fffe::" + std::to_string(serial))
+                            : ip_address::from_v4(0xac110000u + serial);
+      (v6 ? shared_v6_vips : shared_vips) += sharing != nullptr;
       service.ports = {{"", static_cast<uint16_t>(sharing ? 1000 + serial : 80), l4_protocol::tcp,
                         static_cast<uint16_t>(serial % 2 ? 8080 : 0)}};
       for (uint32_t count = 1 + random() % 3; service.backends.size() < count;) {
@@ -261,7 +275,9 @@ TEST(forwarding_view, ServicesAddedAndRemovedArePatchedIntoTheSameViewAWholeBuil
     }
     if (kind == 2 && !v6_step) {  // other ports, or another VIP
       if (service_spec* service = pick_other(names)) {
-        if (random() % 2 && service->vip.is_v4()) service->vip = ip_address::from_v4(0xac120000u + serial++);
+        if (random() % 2)
+          service->vip = service->vip.is_v4() ? ip_address::from_v4(0xac120000u + serial++)
+                                              : *ip_address::parse("fd00:6d6c:fffd::" + std::to_string(serial++));
         else service->ports.push_back({"extra", static_cast<uint16_t>(2000 + serial++), l4_protocol::udp, 0});
         names.push_back(service->name);
       }
@@ -302,6 +318,7 @@ TEST(forwarding_view, ServicesAddedAndRemovedArePatchedIntoTheSameViewAWholeBuil
   }
   EXPECT_EQ(patched + compacted, 300);
   EXPECT_GT(shared_vips, 5) << "no service added on another port of an existing VIP";
+  EXPECT_GT(shared_v6_vips, 1) << "no service added on another port of an existing IPv6 VIP";
   EXPECT_GT(v6_removed, 10);
   EXPECT_TRUE(v6_all_gone) << "IPv6 services were left after 5 steps of 8";
 }
@@ -570,6 +587,129 @@ TEST(forwarding_view, GateDeletionKeepsEveryOtherKeyFindable) {
     for (uint64_t k = 1; k <= 400; ++k)
       ASSERT_EQ(detail::gate_contains(slots, mask, k), reference.count(k) == 1) << "key " << k << " after op " << op;
   }
+}
+
+
+// The workers' owner rules (worker_handoff.h) through the gates, both families: a packet
+// to any VIP belongs to its client's worker (rule 1), a packet from any backend's
+// (address, target port) to its destination's (rule 4); a pair of pods that is neither
+// has one owner for both directions (rule 5). With four workers, each expectation differs
+// from what the next rule would give for most of the 48 client ports.
+TEST(forwarding_view, TheOwnerRulesFindEveryVipAndBackendOfBothFamilies) {
+  std::mt19937 random(21);
+  const desired_state state = cluster(random);
+  auto ports = std::make_unique<port_table>();
+  counter_slot_names slots;
+  forwarding_tables view;
+  ASSERT_EQ(build_forwarding_tables(compile_tables(state, 1), *ports, slots, view), "");
+  constexpr uint32_t kWorkers = 4;
+  const ip_address client4 = *ip_address::parse("198.18.1.77"), client6 = *ip_address::parse("fd00:6d6c:99::77");
+  const auto key_of = [](const ip_address& from, uint16_t from_port, const ip_address& to, uint16_t to_port) {
+    flow_key k{};
+    std::memcpy(k.source, from.bytes.data(), 16);
+    std::memcpy(k.destination, to.bytes.data(), 16);
+    k.source_port = from_port;
+    k.destination_port = to_port;
+    k.protocol = wire::kProtoTcp;
+    return k;
+  };
+  const auto owner_of_endpoint = [&](const ip_address& address, uint16_t port) {
+    const uint32_t crc = address.is_v4()
+                             ? detail::endpoint_crc4(std::bit_cast<uint32_t>(std::array<uint8_t, 4>{
+                                                         address.bytes[12], address.bytes[13], address.bytes[14],
+                                                         address.bytes[15]}),
+                                                     port, wire::kProtoTcp, kFlowHashSeed)
+                             : detail::endpoint_crc6(address.bytes.data(), port, wire::kProtoTcp, kFlowHashSeed);
+    return detail::pick_worker(crc, kWorkers);
+  };
+  const snapshot& s = *view.tables;
+  int checked[2] = {0, 0};
+  for (const table_frontend& f : s.frontends) {
+    if (f.protocol != l4_protocol::tcp) continue;
+    const ip_address& client = f.vip.is_v4() ? client4 : client6;
+    const table_service& service = s.services[f.service_index];
+    for (uint16_t port = 40000; port < 40048; ++port) {
+      ASSERT_EQ(detail::flow_owner(view, key_of(client, port, f.vip, f.port), kWorkers), owner_of_endpoint(client, port))
+          << "to " << f.vip.to_string() << ":" << f.port;
+      for (const table_backend& b : snapshot::backends_of(service)) {
+        const uint16_t target = f.target_port ? f.target_port : b.port;
+        ASSERT_EQ(detail::flow_owner(view, key_of(b.ip, target, client, port), kWorkers),
+                  owner_of_endpoint(client, port))
+            << "from " << b.ip.to_string() << ":" << target;
+      }
+      ++checked[f.vip.is_v4() ? 0 : 1];
+    }
+  }
+  EXPECT_GT(checked[0], 1000);
+  EXPECT_GT(checked[1], 100);
+  // Neither a VIP nor a backend's port: one owner both ways.
+  const ip_address pod6 = *ip_address::parse("fd00:6d6c:98::5"), pod4 = *ip_address::parse("198.18.1.78");
+  for (uint16_t port = 40000; port < 40048; ++port) {
+    EXPECT_EQ(detail::flow_owner(view, key_of(client6, port, pod6, 7), kWorkers),
+              detail::flow_owner(view, key_of(pod6, 7, client6, port), kWorkers));
+    EXPECT_EQ(detail::flow_owner(view, key_of(client4, port, pod4, 7), kWorkers),
+              detail::flow_owner(view, key_of(pod4, 7, client4, port), kWorkers));
+  }
+}
+
+// A folded gate holds a fold while any of the distinct keys with it is there: keys are
+// drawn from a few folds (as if distinct keys collided), added and removed at random, and
+// the gate must find exactly the folds some present key has, with `keys` its distinct
+// folds and `shared` the keys beyond the first.
+TEST(forwarding_view, AFoldedGateKeepsAFoldWhileAnyKeyWithItIsThere) {
+  std::mt19937 random(11);
+  forwarding_tables::folded_gate_v6 gate;
+  gate.slots.assign(128, 0);
+  gate.mask = 127;
+  std::map<uint64_t, int> present;  // fold -> keys with it in the gate
+  int full_refusals = 0;
+  for (int op = 0; op < 20000; ++op) {
+    const uint64_t fold = 2 * (1 + random() % 40) + 1;  // odd, as fold_v6's
+    if (random() % 2) {
+      if (detail::folded_gate_add(gate, fold)) {
+        ++present[fold];
+      } else {
+        ++full_refusals;
+        ASSERT_EQ(present.count(fold), 0u) << "refused a fold it holds";
+      }
+    } else if (present.count(fold)) {
+      detail::folded_gate_remove(gate, fold);
+      if (--present[fold] == 0) present.erase(fold);
+    }
+    std::map<uint64_t, uint32_t> expected_shared;
+    for (const auto& [f, n] : present)
+      if (n > 1) expected_shared[f] = n - 1;
+    ASSERT_EQ(gate.shared, expected_shared) << "after op " << op;
+    ASSERT_EQ(gate.keys, present.size());
+    for (uint64_t f = 3; f <= 81; f += 2)
+      ASSERT_EQ(detail::gate_contains(gate.slots, gate.mask, f), present.count(f) == 1) << f << " after op " << op;
+  }
+  EXPECT_EQ(full_refusals, 0) << "40 folds never fill 128 slots past half";
+  // A new fold that would fill a gate past half is refused, a fold it holds is not.
+  forwarding_tables::folded_gate_v6 small;
+  small.slots.assign(16, 0);
+  small.mask = 15;
+  for (uint64_t fold = 3; fold < 3 + 2 * 8; fold += 2) ASSERT_TRUE(detail::folded_gate_add(small, fold));
+  EXPECT_FALSE(detail::folded_gate_add(small, uint64_t{101}));
+  EXPECT_FALSE(detail::gate_contains(small.slots, small.mask, uint64_t{101}));
+  EXPECT_TRUE(detail::folded_gate_add(small, uint64_t{3}));
+  EXPECT_EQ(small.keys, 8u);
+  EXPECT_EQ(small.shared, (std::map<uint64_t, uint32_t>{{3, 1}}));
+}
+
+// fold_v6 moves with every byte of the address and of the port, and is never 0.
+TEST(forwarding_view, TheIpv6FoldMovesWithEveryByteOfTheKey) {
+  uint8_t address[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x0a};
+  const uint64_t base = detail::fold_v6(address, 8080);
+  EXPECT_NE(base & 1, 0u);
+  for (int byte = 0; byte < 16; ++byte)
+    for (int bit = 0; bit < 8; ++bit) {
+      address[byte] ^= static_cast<uint8_t>(1u << bit);
+      EXPECT_NE(detail::fold_v6(address, 8080), base) << "byte " << byte << " bit " << bit;
+      address[byte] ^= static_cast<uint8_t>(1u << bit);
+    }
+  for (int bit = 0; bit < 16; ++bit)
+    EXPECT_NE(detail::fold_v6(address, static_cast<uint16_t>(8080 ^ 1u << bit)), base) << "port bit " << bit;
 }
 
 

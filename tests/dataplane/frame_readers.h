@@ -2,6 +2,8 @@
 // and ICMP errors as routers and hosts send them: what the golden tests check frames with.
 #pragma once
 
+#include <gtest/gtest.h>
+
 #include <array>
 #include <cstring>
 #include <utility>
@@ -17,20 +19,29 @@ inline constexpr size_t kIp4 = kEth;
 inline constexpr size_t kL4 = kEth + 20;
 inline constexpr size_t kL4v6 = kEth + 40;
 
-inline uint16_t u16_at(const bytes& f, size_t at) { return static_cast<uint16_t>((f[at] << 8) | f[at + 1]); }
+// A field past a frame's end is a test failure with the frame's length (a frame that did
+// not come, or came shorter), read as zeros: never a read past the end.
+inline bool has_bytes(const bytes& f, size_t at, size_t length) {
+  if (at + length <= f.size()) return true;
+  ADD_FAILURE() << "reading " << length << " bytes at " << at << " of a " << f.size() << "-byte frame";
+  return false;
+}
+inline uint16_t u16_at(const bytes& f, size_t at) {
+  return has_bytes(f, at, 2) ? static_cast<uint16_t>((f[at] << 8) | f[at + 1]) : 0;
+}
 inline uint32_t net32_at(const bytes& f, size_t at) {
-  uint32_t v;
-  std::memcpy(&v, &f[at], 4);
+  uint32_t v = 0;
+  if (has_bytes(f, at, 4)) std::memcpy(&v, &f[at], 4);
   return v;
 }
 inline wire::mac_address mac_at(const bytes& f, size_t at) {
-  wire::mac_address m;
-  std::memcpy(m.bytes, &f[at], 6);
+  wire::mac_address m{};
+  if (has_bytes(f, at, 6)) std::memcpy(m.bytes, &f[at], 6);
   return m;
 }
 inline std::array<uint8_t, 16> ip6_at(const bytes& f, size_t at) {
-  std::array<uint8_t, 16> a;
-  std::memcpy(a.data(), &f[at], 16);
+  std::array<uint8_t, 16> a{};
+  if (has_bytes(f, at, 16)) std::memcpy(a.data(), &f[at], 16);
   return a;
 }
 
@@ -53,6 +64,7 @@ inline l4_spec udp_to(uint16_t port, uint16_t source_port = 50000) {
 
 // The IP packet of a frame (from its first IP header byte): what an ICMP error quotes.
 inline bytes ip_packet_of(const bytes& frame) {
+  if (!has_bytes(frame, 0, sizeof(wire::ethernet_header))) return {};
   return bytes(frame.begin() + sizeof(wire::ethernet_header), frame.end());
 }
 
