@@ -1,5 +1,6 @@
 #include "control/snapshot.h"
 
+#include <algorithm>
 #include <openssl/evp.h>
 
 #include <cstring>
@@ -75,6 +76,12 @@ const table_frontend* snapshot::find_frontend(const ip_address& vip, uint16_t po
     return f.port == port && f.protocol == protocol && f.vip == vip;
   });
   return entry ? &frontends[entry - 1] : nullptr;
+}
+
+bool snapshot::has_frontend_at(const ip_address& vip) const {
+  const auto it = std::lower_bound(frontends.begin(), frontends.end(), vip,
+                                   [](const table_frontend& f, const ip_address& a) { return f.vip < a; });
+  return it != frontends.end() && it->vip == vip;
 }
 
 const table_pod* snapshot::find_pod(const ip_address& ip) const {

@@ -185,6 +185,8 @@ struct snapshot {
 
   const table_frontend* find_frontend(const ip_address& vip, uint16_t port,
                                       l4_protocol protocol) const;
+  // Whether any frontend has the address `vip`, on any port (frontends are sorted by address).
+  bool has_frontend_at(const ip_address& vip) const;
   const table_pod* find_pod(const ip_address& ip) const;
   // The node whose pod range holds `ip`, or nullptr when it is no pod address.
   const table_node* route(const ip_address& ip) const;

@@ -379,9 +379,12 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   const bool icmp_other = is_icmp(p.l4_protocol) && icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest);
   if (!is_icmp(p.l4_protocol) && p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)
     return drop(w, m, drop_reason::no_route);
-  // A VIP on a port it does not serve is no outside address.
-  if (v4 && gate_contains(t.v4_vips, t.v4_vip_mask,
-                          from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination)))
+  // A VIP on a port it does not serve is no outside address (IPv6: a fold in the gate
+  // may be another key's; the snapshot decides).
+  const uint8_t* l3 = frame + p.l3_offset;
+  if (v4 ? gate_contains(t.v4_vips, t.v4_vip_mask, from_net32(reinterpret_cast<const ipv4_header*>(l3)->destination))
+         : gate_contains(t.v6_vips.slots, t.v6_vips.mask, fold_v6(reinterpret_cast<const ipv6_header*>(l3)->destination, 0)) &&
+               t.tables->has_frontend_at(destination_of(frame, p)))
     return drop(w, m, drop_reason::no_route);
   const underlay_neighbours::slot& router = ports.egress_router;
   if (router.ip_and_valid.load(std::memory_order_acquire) != ((uint64_t{e.router_ip} << 1) | 1)) {

@@ -556,13 +556,6 @@ void add_service(const snapshot& t, uint32_t service, std::vector<index_entry>& 
     add_frontend(t.frontends[t.service_frontends[k]], row, entries, keys);
 }
 
-// Whether any frontend of `s` has the VIP `vip` (its frontends are sorted by address).
-bool has_frontend_at(const snapshot& s, const ip_address& vip) {
-  const auto it = std::lower_bound(s.frontends.begin(), s.frontends.end(), vip,
-                                   [](const table_frontend& f, const ip_address& a) { return f.vip < a; });
-  return it != s.frontends.end() && it->vip == vip;
-}
-
 // A delta that added or removed services (snapshot::services_delta): the VIP gates with
 // the addresses whose last frontend went taken out and those with a first frontend put
 // in; false when one would be more than half full.
@@ -573,7 +566,7 @@ bool patch_vip_gates(const snapshot& s, const snapshot& before, gate_keys& now, 
   sort_unique(then.v4_vips);
   sort_unique(now.v4_vips);
   for (uint32_t vip : then.v4_vips)
-    if (!has_frontend_at(s, ip_address::from_v4(vip))) out.v4_vip_keys -= gate_erase(out.v4_vips, out.v4_vip_mask, vip);
+    if (!s.has_frontend_at(ip_address::from_v4(vip))) out.v4_vip_keys -= gate_erase(out.v4_vips, out.v4_vip_mask, vip);
   for (uint32_t vip : now.v4_vips) {
     if (2 * (size_t{out.v4_vip_keys} + 1) > out.v4_vips.size()) return false;
     out.v4_vip_keys += gate_insert(out.v4_vips, out.v4_vip_mask, vip);
@@ -583,7 +576,7 @@ bool patch_vip_gates(const snapshot& s, const snapshot& before, gate_keys& now, 
   v6.insert(v6.end(), then.v6_vips.begin(), then.v6_vips.end());
   sort_unique(v6);
   for (const ip_address& vip : v6) {
-    const bool had = has_frontend_at(before, vip), has = has_frontend_at(s, vip);
+    const bool had = before.has_frontend_at(vip), has = s.has_frontend_at(vip);
     if (had && !has) folded_gate_remove(out.v6_vips, fold_of(vip));
     else if (!had && has && !folded_gate_add(out.v6_vips, fold_of(vip))) return false;
   }

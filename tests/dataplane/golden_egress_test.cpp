@@ -584,6 +584,23 @@ TEST_F(golden_egress, APacketToAnExternalServicesVipIsDroppedAsUntranslated) {
   EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 443))).empty());  // 203.0.113.5, one of its addresses
 }
 
+// A service VIP on a port it does not serve is no outside address: with egress on, a
+// pod's packet to it is dropped (no_route) in both families, never NATed to the router
+// (for IPv6 past the VIP gate's fold, by the snapshot's frontends); the same pod's
+// packets to the outside still leave.
+TEST_F(golden_egress, AVipOnAPortItDoesNotServeIsNoOutsideAddressInBothFamilies) {
+  router_answers();
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.11"), tcp(51000, 9999)));
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:ffff::10"),
+                          tcp(51000, 9999)));
+  send(client, ipv6_frame(kClientMac, kClientPortMac, ip6("fd00:6d6c:1::10"), ip6("fd00:6d6c:ffff::10"),
+                          udp(51000, 53)));
+  EXPECT_EQ(drops(drop_reason::no_route), 3u);
+  EXPECT_EQ(pending_total(), 0u);
+  EXPECT_FALSE(out_of_uplink(pod4(tcp(51000, 443))).empty());
+  EXPECT_FALSE(out_of_uplink(pod6(tcp(51000, 443))).empty());
+}
+
 // The upgrade hand-over (issue 19) carries egress flows: a successor with the same SNAT
 // address and port range adopts both entries on the worker whose slice holds the port,
 // so the connection keeps its port and its replies reach the pod; one whose SNAT address
