@@ -850,6 +850,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   out.local_v4_base = local.pod_cidr.base.v4() & out.local_v4_mask;
   out.gateway_ip = to_net32(local.pod_cidr.base.v4() + 1);
   if (local.pod_cidr6) {
+    out.local_v6 = v6_range_words::of(local.pod_cidr6->base.bytes, local.pod_cidr6->length);
     out.gateway_ip6 = local.pod_cidr6->base.bytes;
     out.gateway_ip6[15] |= 1;
     out.has_gateway_ip6 = true;
@@ -891,6 +892,18 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     while (out.v4_pods[slot].pod_plus_one) slot = (slot + 1) & out.v4_pod_mask;
     out.v4_pods[slot] = {ip, i + 1};
   }
+  const size_t v6_slots = table_size(s.pods.size());
+  out.v6_pods.assign(v6_slots, {});
+  out.v6_pod_mask = static_cast<uint32_t>(v6_slots - 1);
+  for (uint32_t i = 0; i < s.pods.size(); ++i) {
+    if (!s.pods[i].ip6) continue;
+    uint64_t high, low;
+    std::memcpy(&high, s.pods[i].ip6->bytes.data(), 8);
+    std::memcpy(&low, s.pods[i].ip6->bytes.data() + 8, 8);
+    uint32_t slot = v6_pod_hash(high, low) & out.v6_pod_mask;
+    while (out.v6_pods[slot].pod_plus_one) slot = (slot + 1) & out.v6_pod_mask;
+    out.v6_pods[slot] = {high, low, i + 1};
+  }
   // The IPv4 gates, the frontends-by-backend index and the counter slots: patched from the
   // installed view when only services' backends changed (a delta of endpoints), at a cost
   // that follows the change; built whole otherwise.
@@ -927,7 +940,10 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       return "more than " + std::to_string(underlay_neighbours::kSlots) +
              " node underlay addresses at once (published, or left with the tables before)";
     const uint32_t mask = v4_mask(node.pod_cidr.length);
-    peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask, hosts_egress_gateway(s, i)});
+    peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask,
+                     node.pod_cidr6 ? v6_range_words::of(node.pod_cidr6->base.bytes, node.pod_cidr6->length)
+                                    : v6_range_words{},
+                     hosts_egress_gateway(s, i)});
   }
   out.underlay_peers.build(peers);
   {

@@ -23,6 +23,7 @@
 // path. These take 256 KiB (IPv4) and a few bytes per node.
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -116,6 +117,41 @@ class pod_ranges_v6 {
   std::vector<slot> slots_ = std::vector<slot>(2);
 };
 
+// An IPv6 range as two masked words in memory order (the bytes as a packet holds them):
+// containment in a few instructions, where ip_prefix::contains orders the bytes first.
+// The default contains nothing. An IPv4-mapped address (::ffff:a.b.c.d) is never
+// contained, as ip_prefix::contains has it; only a range that could hold one pays that
+// check.
+struct v6_range_words {
+  uint64_t base[2] = {1, 0};  // 1 under a zero mask: nothing matches
+  uint64_t mask[2] = {0, 0};
+  bool may_hold_v4_mapped = false;
+
+  static v6_range_words of(const std::array<uint8_t, 16>& base, unsigned length) {
+    std::array<uint8_t, 16> mask_bytes{};
+    for (unsigned i = 0; i < 16; ++i) {
+      const unsigned bits = length > 8 * i ? std::min(8u, length - 8 * i) : 0;
+      mask_bytes[i] = static_cast<uint8_t>(0xff00u >> bits);
+    }
+    v6_range_words r;
+    std::memcpy(r.mask, mask_bytes.data(), 16);
+    std::memcpy(r.base, base.data(), 16);
+    r.base[0] &= r.mask[0];
+    r.base[1] &= r.mask[1];
+    // ::ffff:0:0 is in the range when the range's prefix bits agree with it.
+    r.may_hold_v4_mapped = r.base[0] == 0 && (r.base[1] & r.mask[1] & 0xffffffffu) == (0xffff0000u & r.mask[1]);
+    return r;
+  }
+  [[gnu::always_inline]] bool contains(const uint8_t* ip) const {
+    uint64_t high, low;
+    std::memcpy(&high, ip, 8);
+    std::memcpy(&low, ip + 8, 8);
+    const bool in = (((high & mask[0]) ^ base[0]) | ((low & mask[1]) ^ base[1])) == 0;
+    if (__builtin_expect(may_hold_v4_mapped, 0) && in) return !(high == 0 && static_cast<uint32_t>(low) == 0xffff0000u);
+    return in;
+  }
+};
+
 // One other node as the underlay sees it.
 struct underlay_peer {
   uint32_t ip = 0;         // underlay address, network order; 0: an empty slot
@@ -123,6 +159,8 @@ struct underlay_peer {
   uint32_t neighbour = 0;  // its slot in port_table::neighbours
   // Its IPv4 pod range (host order): the only inner sources it may tunnel.
   uint32_t v4_base = 0, v4_mask = 0;
+  // Its IPv6 pod range, the same (none: contains nothing).
+  v6_range_words v6;
   // It hosts an egress gateway (issue 18): it may also tunnel outside sources, the replies
   // of flows it source-NATs for this node's pods.
   bool egress_gateway = false;

@@ -74,20 +74,12 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   uint32_t node_index = kNoNode;
   if (p.l3 == l3_kind::ipv4) {
     const uint32_t ip = from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination);
-    if ((ip & t.local_v4_mask) == t.local_v4_base) {
-      for (uint32_t slot = v4_pod_hash(ip) & t.v4_pod_mask;; slot = (slot + 1) & t.v4_pod_mask) {
-        const forwarding_tables::v4_pod_slot& entry = t.v4_pods[slot];
-        if (!entry.pod_plus_one) break;
-        if (entry.ip == ip) {
-          pod = &s.pods[entry.pod_plus_one - 1];
-          break;
-        }
-      }
-    }
+    pod = local_pod_v4(t, ip);
     if (!pod) node_index = t.routes_v4.find(ip);
   } else {
-    pod = s.find_pod(destination_of(frame, p));
-    if (!pod) node_index = t.node_of_v6(frame + p.l3_offset + offsetof(ipv6_header, destination));
+    const uint8_t* ip = frame + p.l3_offset + offsetof(ipv6_header, destination);
+    pod = local_pod_v6(t, ip);
+    if (!pod) node_index = t.node_of_v6(ip);
   }
 
   if (pod) {
@@ -191,8 +183,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
   const auto* eth = reinterpret_cast<const ethernet_header*>(frame);
   if (!load_balance(w, t, m, frame, p, lb, /*ingress=*/true, eth->source.as_u64())) return;
   if (lb.service_flow) return route<false>(w, t, ports, in_port, m, p, lb);
-  const table_pod* pod = t.tables->find_pod(destination_of(frame, p));
-  if (!pod) return drop(w, m, drop_reason::not_for_us);
+  if (!local_pod_of(t, frame, p)) return drop(w, m, drop_reason::not_for_us);
   return route<true>(w, t, ports, in_port, m, p, lb);
 }
 

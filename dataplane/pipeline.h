@@ -243,6 +243,17 @@ struct forwarding_tables {
   };
   std::vector<v4_pod_slot> v4_pods;
   uint32_t v4_pod_mask = 0;
+  // The same for IPv6 (the address as its two words in memory order), and this node's
+  // IPv6 pod range, which holds every pod's ip6 (the document is refused otherwise): only
+  // addresses in it need the table. The snapshot's find_pod hashed and compared
+  // ip_address values out of line, 70 instructions of an IPv6 packet's delivery.
+  struct v6_pod_slot {
+    uint64_t high = 0, low = 0;
+    uint32_t pod_plus_one = 0;
+  };
+  std::vector<v6_pod_slot> v6_pods;
+  uint32_t v6_pod_mask = 0;
+  v6_range_words local_v6;
   // Every node's pod ranges (this node's too) -> node index, longest match (node_lookup.h).
   pod_ranges_v4 routes_v4;
   pod_ranges_v6 routes_v6;

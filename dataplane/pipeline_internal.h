@@ -91,6 +91,40 @@ using namespace wire;
 
 // forwarding_tables::v4_pods: pod address (host order) -> slot.
 [[gnu::always_inline]] inline uint32_t v4_pod_hash(uint32_t ip_host) { return (ip_host * 0x9e3779b1u) >> 7; }
+// forwarding_tables::v6_pods: the address's two words -> slot (pods of a range differ in
+// the low word's high bytes, the address's last).
+[[gnu::always_inline]] inline uint32_t v6_pod_hash(uint64_t high, uint64_t low) {
+  return static_cast<uint32_t>(((low * 0x9e3779b97f4a7c15ull) ^ high) * 0xc2b2ae3d27d4eb4full >> 32);
+}
+
+// The pod of this node at the IPv4 address `ip` (host order), or nullptr.
+[[gnu::always_inline]] inline const table_pod* local_pod_v4(const forwarding_tables& t, uint32_t ip) {
+  if ((ip & t.local_v4_mask) != t.local_v4_base) return nullptr;
+  for (uint32_t slot = v4_pod_hash(ip) & t.v4_pod_mask;; slot = (slot + 1) & t.v4_pod_mask) {
+    const forwarding_tables::v4_pod_slot& entry = t.v4_pods[slot];
+    if (!entry.pod_plus_one) return nullptr;
+    if (entry.ip == ip) return &t.tables->pods[entry.pod_plus_one - 1];
+  }
+}
+// The pod of this node at the IPv6 address at `ip` (16 bytes), or nullptr.
+[[gnu::always_inline]] inline const table_pod* local_pod_v6(const forwarding_tables& t, const uint8_t* ip) {
+  if (!t.local_v6.contains(ip)) return nullptr;
+  uint64_t high, low;
+  std::memcpy(&high, ip, 8);
+  std::memcpy(&low, ip + 8, 8);
+  for (uint32_t slot = v6_pod_hash(high, low) & t.v6_pod_mask;; slot = (slot + 1) & t.v6_pod_mask) {
+    const forwarding_tables::v6_pod_slot& entry = t.v6_pods[slot];
+    if (!entry.pod_plus_one) return nullptr;
+    if (((entry.high ^ high) | (entry.low ^ low)) == 0) return &t.tables->pods[entry.pod_plus_one - 1];
+  }
+}
+// The pod of this node a parsed packet is addressed to, or nullptr.
+[[gnu::always_inline]] inline const table_pod* local_pod_of(const forwarding_tables& t, const uint8_t* frame,
+                                                             const parsed_packet& p) {
+  if (p.l3 == l3_kind::ipv4)
+    return local_pod_v4(t, from_net32(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->destination));
+  return local_pod_v6(t, frame + p.l3_offset + offsetof(ipv6_header, destination));
+}
 
 // What load balancing decided about a packet, for routing it.
 struct lb_outcome {

@@ -3,6 +3,8 @@
 // of every length and the addresses at their edges.
 #include "dataplane/node_lookup.h"
 
+#include "control/net_address.h"
+
 #include <gtest/gtest.h>
 
 #include <random>
@@ -103,9 +105,54 @@ TEST(node_lookup, Ipv6LongestMatchAgreesWithAScanOverNestedRangesOfEveryLength) 
   }
 }
 
+// v6_range_words (the Geneve source check and the local pod range) answers as
+// ip_prefix::contains does: ranges of every length around random centres, around
+// ::ffff:0:0 (IPv4-mapped addresses are in no IPv6 range) and :: itself, probed at their
+// edges, just outside them and at random.
+TEST(node_lookup, Ipv6RangeWordsContainWhatTheIpv6PrefixContains) {
+  std::mt19937 engine(9);
+  auto random = [&engine] { return static_cast<uint32_t>(engine()); };
+  auto random_v6 = [&] {
+    v6 ip;
+    for (auto& b : ip) b = static_cast<uint8_t>(random());
+    return ip;
+  };
+  v6 mapped{};
+  mapped[10] = mapped[11] = 0xff;
+  int inside = 0, mapped_probes = 0;
+  for (int round = 0; round < 4000; ++round) {
+    const uint32_t length = random() % 129;
+    const v6 centres[] = {random_v6(), mapped, v6{}, masked_v6(random_v6(), 64)};
+    v6 centre = centres[round % 4];
+    if (random() % 2) centre[15 - random() % 16] ^= static_cast<uint8_t>(random());
+    const v6 base = masked_v6(centre, length);
+    const ip_prefix prefix{ip_address{base}, static_cast<uint8_t>(length)};
+    if (prefix.base.is_v4()) continue;  // an IPv4 prefix, which no pod_cidr6 can be
+    const v6_range_words words = v6_range_words::of(base, length);
+    v6 last = base;
+    for (uint32_t bit = length; bit < 128; ++bit) last[bit / 8] |= static_cast<uint8_t>(1u << (7 - bit % 8));
+    v6 mapped_probe = mapped;
+    for (int b = 12; b < 16; ++b) mapped_probe[b] = static_cast<uint8_t>(random());
+    std::vector<v6> probes = {base, last, random_v6(), mapped_probe, centre};
+    for (v6 edge : {base, last}) {
+      edge[random() % 16] ^= static_cast<uint8_t>(1u << random() % 8);
+      probes.push_back(edge);
+    }
+    for (const v6& ip : probes) {
+      const bool expected = prefix.contains(ip_address{ip});
+      ASSERT_EQ(words.contains(ip.data()), expected) << prefix.to_string() << " " << ip_address{ip}.to_string();
+      inside += expected;
+      mapped_probes += ip_address{ip}.is_v4();
+    }
+  }
+  EXPECT_GT(inside, 4000);
+  EXPECT_GT(mapped_probes, 1000);
+  EXPECT_FALSE(v6_range_words{}.contains(v6{}.data()));
+}
+
 TEST(node_lookup, UnderlayPeersAreFoundByAddressAndNothingElseIs) {
   std::vector<underlay_peer> peers;
-  for (uint32_t n = 1; n <= 5000; ++n) peers.push_back({__builtin_bswap32(0x0a000000u + n), n, n + 7, 0, 0});
+  for (uint32_t n = 1; n <= 5000; ++n) peers.push_back({__builtin_bswap32(0x0a000000u + n), n, n + 7, 0, 0, {}, false});
   underlay_peer_table table;
   table.build(peers);
   for (const underlay_peer& peer : peers) {
