@@ -28,9 +28,14 @@
 
 #include <array>
 #include <bit>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
+
+#if defined(__SSE4_1__)
+#include <smmintrin.h>
+#endif
 
 namespace meshlane {
 
@@ -116,6 +121,9 @@ class refresh_filter_of {
   // Every way compared, no branch between them: a flow sits in any.
   bool holds(const Key& key, uint64_t decided = 0) const {
     const set& s = sets_[set_index(key)];
+#if defined(__SSE4_1__)
+    if constexpr (std::is_same_v<Key, refresh_key6>) return holds_v6(s, key, decided);
+#endif
     static_assert(kWays == 4);
     const auto same = [&](uint32_t way) { return static_cast<int>(differs(s.ways[way], key, decided) == 0); };
     return (same(0) | same(1) | same(2) | same(3)) != 0;
@@ -139,6 +147,29 @@ class refresh_filter_of {
   }
 
  private:
+#if defined(__SSE4_1__)
+  // An IPv6 entry's five words (six with `decided`) as three 128-bit lanes: the four ways
+  // in about 35 instructions, where word by word they took about 90.
+  static bool holds_v6(const set& s, const refresh_key6& key, uint64_t decided) {
+    static_assert(offsetof(refresh_key6, rest) == 32 && (!kDecided || offsetof(decided_entry, decided) == 40));
+    const __m128i k0 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(&key.addresses[0]));
+    const __m128i k1 = _mm_loadu_si128(reinterpret_cast<const __m128i*>(&key.addresses[2]));
+    const __m128i k2 = _mm_set_epi64x(static_cast<long long>(kDecided ? decided : 0), static_cast<long long>(key.rest));
+    const auto same = [&](uint32_t way) {
+      const auto* e = reinterpret_cast<const __m128i*>(&s.ways[way]);
+      // Without `decided` the third lane is `rest` alone (an entry is 40 bytes).
+      __m128i e2;
+      if constexpr (kDecided) e2 = _mm_loadu_si128(e + 2);
+      else e2 = _mm_loadl_epi64(e + 2);
+      const __m128i d = _mm_or_si128(_mm_or_si128(_mm_xor_si128(_mm_loadu_si128(e), k0),
+                                                  _mm_xor_si128(_mm_loadu_si128(e + 1), k1)),
+                                     _mm_xor_si128(e2, k2));
+      return _mm_testz_si128(d, d);
+    };
+    static_assert(kWays == 4);  // unrolled: GCC kept a loop
+    return (same(0) | same(1) | same(2) | same(3)) != 0;
+  }
+#endif
   static uint32_t set_index(const Key& key) {
     static_assert((kSets & (kSets - 1)) == 0);
     constexpr unsigned kSetBits = std::countr_zero(kSets);

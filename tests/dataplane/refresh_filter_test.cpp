@@ -147,6 +147,36 @@ TEST(refresh_filter, AnIpv6FlowPassesOnlyForItsOwnTuplePeriodAndDecision) {
   EXPECT_FALSE(plain->holds(make_refresh_key6(source, destination, ports, 17, 6)));
 }
 
+// An IPv6 set keeps four flows in each of its ways, in both filters (the inbound one for
+// the decision it was remembered with only), and a fifth pushes one out.
+template <bool kDecided>
+void ipv6_set_keeps_four_flows() {
+  auto filter = std::make_unique<refresh_filter6<kDecided>>();
+  const uint8_t source[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 7};
+  const uint8_t destination[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20};
+  std::vector<refresh_key6> flows;
+  const auto key = [&](uint32_t port) { return make_refresh_key6(source, destination, 53u << 16 | port, 17, 4); };
+  for (uint32_t port = 1; flows.size() < 5 && port < 65536; ++port)
+    if (filter->set_of(key(port)) == filter->set_of(key(0))) flows.push_back(key(port));
+  ASSERT_EQ(flows.size(), 5u);
+  for (size_t i = 0; i < 4; ++i) filter->remember(flows[i], 100 + i);
+  for (size_t i = 0; i < 4; ++i) {
+    EXPECT_TRUE(filter->holds(flows[i], 100 + i)) << "way " << i;
+    if constexpr (kDecided) {
+      EXPECT_FALSE(filter->holds(flows[i], 200 + i)) << "way " << i;
+    }
+  }
+  filter->remember(flows[4], 104);
+  EXPECT_TRUE(filter->holds(flows[4], 104));
+  size_t held = 0;
+  for (size_t i = 0; i < 4; ++i) held += filter->holds(flows[i], 100 + i);
+  EXPECT_EQ(held, 3u);
+}
+TEST(refresh_filter, AnIpv6SetKeepsFourFlowsInBothFiltersAndAFifthPushesOneOut) {
+  ipv6_set_keeps_four_flows<true>();
+  ipv6_set_keeps_four_flows<false>();
+}
+
 // Four IPv6 flows a set too; the sets spread flows that differ only in their interface
 // identifiers' last bytes (pods of one node talking to one peer).
 TEST(refresh_filter, Ipv6FlowsOfOneSubnetSpreadOverTheSetsAndFourShareOne) {
