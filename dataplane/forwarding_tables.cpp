@@ -928,6 +928,9 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   const mac_address uplink_mac = ports.uplink_port == UINT16_MAX ? mac_address{} : ports.ports[ports.uplink_port].mac;
   std::vector<underlay_peer> peers;
   out.node_tunnels.resize(s.nodes.size());
+  out.node_v6_ranges.assign(s.nodes.size(), v6_range_words{});
+  for (uint32_t i = 0; i < s.nodes.size(); ++i)
+    if (s.nodes[i].pod_cidr6) out.node_v6_ranges[i] = v6_range_words::of(s.nodes[i].pod_cidr6->base.bytes, s.nodes[i].pod_cidr6->length);
   for (uint32_t i = 0; i < s.nodes.size(); ++i) {
     const table_node& node = s.nodes[i];
     const uint32_t ip = node.underlay_ip.is_v4() ? v4_net(node.underlay_ip) : 0;
@@ -940,10 +943,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
       return "more than " + std::to_string(underlay_neighbours::kSlots) +
              " node underlay addresses at once (published, or left with the tables before)";
     const uint32_t mask = v4_mask(node.pod_cidr.length);
-    peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask,
-                     node.pod_cidr6 ? v6_range_words::of(node.pod_cidr6->base.bytes, node.pod_cidr6->length)
-                                    : v6_range_words{},
-                     hosts_egress_gateway(s, i)});
+    peers.push_back({ip, i, tunnel.neighbour, node.pod_cidr.base.v4() & mask, mask, hosts_egress_gateway(s, i)});
   }
   out.underlay_peers.build(peers);
   {

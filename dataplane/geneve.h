@@ -83,7 +83,7 @@ template <bool kDecrypted = false>
     const uint32_t source = from_net32(reinterpret_cast<const ipv4_header*>(inner_frame + p.l3_offset)->source);
     allowed = (source & sender->v4_mask) == sender->v4_base;
   } else {
-    allowed = sender->v6.contains(inner_frame + p.l3_offset + offsetof(ipv6_header, source));
+    allowed = t.node_v6_ranges[sender->node].contains(inner_frame + p.l3_offset + offsetof(ipv6_header, source));
   }
   if (__builtin_expect(!allowed, 0) && sender->egress_gateway) {
     // An egress gateway node's replies come from outside the cluster (never from a pod

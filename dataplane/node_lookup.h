@@ -159,8 +159,8 @@ struct underlay_peer {
   uint32_t neighbour = 0;  // its slot in port_table::neighbours
   // Its IPv4 pod range (host order): the only inner sources it may tunnel.
   uint32_t v4_base = 0, v4_mask = 0;
-  // Its IPv6 pod range, the same (none: contains nothing).
-  v6_range_words v6;
+  // (Its IPv6 pod range is forwarding_tables::node_v6_ranges[node]: read by IPv6 packets
+  // only, it would triple this entry, which every Geneve packet probes.)
   // It hosts an egress gateway (issue 18): it may also tunnel outside sources, the replies
   // of flows it source-NATs for this node's pods.
   bool egress_gateway = false;

@@ -254,6 +254,9 @@ struct forwarding_tables {
   std::vector<v6_pod_slot> v6_pods;
   uint32_t v6_pod_mask = 0;
   v6_range_words local_v6;
+  // Every node's IPv6 pod range by node index (none: contains nothing): the inner sources
+  // an IPv6 packet tunnelled by that node may have.
+  std::vector<v6_range_words> node_v6_ranges;
   // Every node's pod ranges (this node's too) -> node index, longest match (node_lookup.h).
   pod_ranges_v4 routes_v4;
   pod_ranges_v6 routes_v6;

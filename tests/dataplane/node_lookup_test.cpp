@@ -152,7 +152,7 @@ TEST(node_lookup, Ipv6RangeWordsContainWhatTheIpv6PrefixContains) {
 
 TEST(node_lookup, UnderlayPeersAreFoundByAddressAndNothingElseIs) {
   std::vector<underlay_peer> peers;
-  for (uint32_t n = 1; n <= 5000; ++n) peers.push_back({__builtin_bswap32(0x0a000000u + n), n, n + 7, 0, 0, {}, false});
+  for (uint32_t n = 1; n <= 5000; ++n) peers.push_back({__builtin_bswap32(0x0a000000u + n), n, n + 7, 0, 0, false});
   underlay_peer_table table;
   table.build(peers);
   for (const underlay_peer& peer : peers) {
