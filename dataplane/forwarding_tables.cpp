@@ -904,7 +904,7 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
     while (out.v6_pods[slot].pod_plus_one) slot = (slot + 1) & out.v6_pod_mask;
     out.v6_pods[slot] = {high, low, i + 1};
   }
-  // The IPv4 gates, the frontends-by-backend index and the counter slots: patched from the
+  // The gates, the frontends-by-backend index and the counter slots: patched from the
   // installed view when only services' backends changed (a delta of endpoints), at a cost
   // that follows the change; built whole otherwise.
   const std::optional<std::vector<uint32_t>> changed = services_with_changed_backends(s, installed, slots);
@@ -930,7 +930,8 @@ std::string build_forwarding_tables(const std::shared_ptr<const snapshot>& table
   out.node_tunnels.resize(s.nodes.size());
   out.node_v6_ranges.assign(s.nodes.size(), v6_range_words{});
   for (uint32_t i = 0; i < s.nodes.size(); ++i)
-    if (s.nodes[i].pod_cidr6) out.node_v6_ranges[i] = v6_range_words::of(s.nodes[i].pod_cidr6->base.bytes, s.nodes[i].pod_cidr6->length);
+    if (const std::optional<ip_prefix>& range = s.nodes[i].pod_cidr6)
+      out.node_v6_ranges[i] = v6_range_words::of(range->base.bytes, range->length);
   for (uint32_t i = 0; i < s.nodes.size(); ++i) {
     const table_node& node = s.nodes[i];
     const uint32_t ip = node.underlay_ip.is_v4() ? v4_net(node.underlay_ip) : 0;
