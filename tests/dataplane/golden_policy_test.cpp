@@ -147,6 +147,36 @@ class golden_policy : public ring_pool_test {
     return out;
   }
 
+  // AnAllowed*UdpFlowIsDecidedAgainForAnotherIdentityAndAfterAPublish, for either family:
+  // `flow_to(port)` is the remote pod's datagram to the client pod's `port`, sent from
+  // node 2 under a policy that lets namespace bar reach port 7000 of foo only.
+  template <typename Flow>
+  void allowed_udp_flow_is_decided_again(Flow flow_to) {
+    publish_json(node1_with(json::parse(R"([{"name": "allow-bar-7000", "namespace": "foo", "action": "ALLOW",
+      "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"ports": ["7000"]}}]}]}])")));
+    if (HasFatalFailure()) return;
+    learn_pod_macs();
+    const uint32_t bar_sleep = identity_of("bar/sleep"), foo_sleep = identity_of("foo/sleep");
+    for (int i = 0; i < 4; ++i) from_node2(flow_to(7000), bar_sleep);
+    EXPECT_EQ(pending(client), 4u);
+    drain(client);
+    from_node2(flow_to(7000), foo_sleep);  // another identity on the same 5-tuple: foo is not allowed
+    EXPECT_EQ(pending(client), 0u);
+    EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
+    for (int i = 0; i < 3; ++i) from_node2(flow_to(7000), bar_sleep);
+    EXPECT_EQ(pending(client), 3u);
+    drain(client);
+    // Another port of the same two pods: decided (the tables allow only 7000).
+    from_node2(flow_to(7001), bar_sleep);
+    EXPECT_EQ(pending(client), 0u);
+    EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+    allow_nothing_in_foo();  // a publish that refuses the flow: its next packet is refused
+    if (HasFatalFailure()) return;
+    from_node2(flow_to(7000), bar_sleep);
+    EXPECT_EQ(pending(client), 0u);
+    EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+  }
+
   // ThePodsOwn*UdpFlowKeepsItsRecordWhileThePodKeepsSending, for either family: the pod's
   // datagram `from_pod` (client -> remote) and the remote's answer `answer`, from bar/sleep,
   // under allow-nothing in foo.
@@ -403,58 +433,16 @@ TEST_F(golden_policy, ThePodsOwnUdpFlowKeepsItsRecordWhileThePodKeepsSending) {
 // identity, or after a publish that refuses it, is decided again at once, in the same
 // period.
 TEST_F(golden_policy, AnAllowedUdpFlowIsDecidedAgainForAnotherIdentityAndAfterAPublish) {
-  publish_json(node1_with(json::parse(R"([{"name": "allow-bar-7000", "namespace": "foo", "action": "ALLOW",
-    "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"ports": ["7000"]}}]}]}])")));
-  if (HasFatalFailure()) return;
-  learn_pod_macs();
   const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
-  const uint32_t bar_sleep = identity_of("bar/sleep"), foo_sleep = identity_of("foo/sleep");
-  for (int i = 0; i < 4; ++i) from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), bar_sleep);
-  EXPECT_EQ(pending(client), 4u);
-  drain(client);
-  // Another identity on the same 5-tuple: namespace foo is not allowed.
-  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), foo_sleep);
-  EXPECT_EQ(pending(client), 0u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
-  for (int i = 0; i < 3; ++i) from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), bar_sleep);
-  EXPECT_EQ(pending(client), 3u);
-  drain(client);
-  // A publish that refuses the flow: its next packet is refused.
-  allow_nothing_in_foo();
-  if (HasFatalFailure()) return;
-  from_node2(ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)), bar_sleep);
-  EXPECT_EQ(pending(client), 0u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
+  allowed_udp_flow_is_decided_again(
+      [&](uint16_t port) { return ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(port, 44100)); });
 }
 
-// The same over IPv6, whose flows have filters of their own (refresh_filter6): an allowed
-// flow's later packets pass on the filter, and it holds the identity and generation too.
+// The same over IPv6, whose flows have filters of their own (refresh_filter6).
 TEST_F(golden_policy, AnAllowedIpv6UdpFlowIsDecidedAgainForAnotherIdentityAndAfterAPublish) {
-  publish_json(node1_with(json::parse(R"([{"name": "allow-bar-7000", "namespace": "foo", "action": "ALLOW",
-    "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"ports": ["7000"]}}]}]}])")));
-  if (HasFatalFailure()) return;
-  learn_pod_macs();
   const auto remote = ip6("fd00:6d6c:2::20"), client_ip = ip6("fd00:6d6c:1::10");
-  const uint32_t bar_sleep = identity_of("bar/sleep"), foo_sleep = identity_of("foo/sleep");
-  const auto flow = [&] { return ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7000, 44100)); };
-  for (int i = 0; i < 4; ++i) from_node2(flow(), bar_sleep);
-  EXPECT_EQ(pending(client), 4u);
-  drain(client);
-  from_node2(flow(), foo_sleep);  // another identity on the same 5-tuple: foo is not allowed
-  EXPECT_EQ(pending(client), 0u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 1u);
-  for (int i = 0; i < 3; ++i) from_node2(flow(), bar_sleep);
-  EXPECT_EQ(pending(client), 3u);
-  drain(client);
-  // Another port of the same two pods: decided (the tables allow only 7000).
-  from_node2(ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(7001, 44100)), bar_sleep);
-  EXPECT_EQ(pending(client), 0u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
-  allow_nothing_in_foo();  // a publish that refuses the flow: its next packet is refused
-  if (HasFatalFailure()) return;
-  from_node2(flow(), bar_sleep);
-  EXPECT_EQ(pending(client), 0u);
-  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+  allowed_udp_flow_is_decided_again(
+      [&](uint16_t port) { return ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(port, 44100)); });
 }
 
 // An IPv6 UDP flow the pod started keeps its record (and the remote's replies pass) while

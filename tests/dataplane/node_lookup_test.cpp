@@ -67,18 +67,28 @@ v6 masked_v6(v6 ip, uint32_t length) {
   for (uint32_t bit = length; bit < 128; ++bit) ip[bit / 8] &= static_cast<uint8_t>(~(1u << (7 - bit % 8)));
   return ip;
 }
+// The range's last address: its host bits all set.
+v6 last_v6(v6 ip, uint32_t length) {
+  for (uint32_t bit = length; bit < 128; ++bit) ip[bit / 8] |= static_cast<uint8_t>(1u << (7 - bit % 8));
+  return ip;
+}
+// 32-bit draws and random IPv6 addresses from one seeded engine.
+struct random_source {
+  explicit random_source(uint32_t seed) : engine(seed) {}
+  uint32_t operator()() { return static_cast<uint32_t>(engine()); }
+  v6 address() {
+    v6 ip;
+    for (auto& b : ip) b = static_cast<uint8_t>(engine());
+    return ip;
+  }
+  std::mt19937 engine;
+};
 
 TEST(node_lookup, Ipv6LongestMatchAgreesWithAScanOverNestedRangesOfEveryLength) {
-  std::mt19937 engine(6);
-  auto random = [&engine] { return static_cast<uint32_t>(engine()); };
-  auto random_v6 = [&] {
-    v6 ip;
-    for (auto& b : ip) b = static_cast<uint8_t>(random());
-    return ip;
-  };
+  random_source random(6);
   for (int round = 0; round < 10; ++round) {
     std::vector<pod_ranges_v6::range> ranges;
-    const v6 centres[] = {random_v6(), random_v6(), v6{}, masked_v6(random_v6(), 64)};
+    const v6 centres[] = {random.address(), random.address(), v6{}, masked_v6(random.address(), 64)};
     for (uint32_t i = 0; i < 300; ++i) {
       const uint32_t length = random() % 129;
       v6 near = centres[random() % 4];
@@ -90,11 +100,9 @@ TEST(node_lookup, Ipv6LongestMatchAgreesWithAScanOverNestedRangesOfEveryLength) 
     std::vector<v6> probes;
     for (const auto& r : ranges) {
       probes.push_back(r.base);
-      v6 last = r.base;
-      for (uint32_t bit = r.length; bit < 128; ++bit) last[bit / 8] |= static_cast<uint8_t>(1u << (7 - bit % 8));
-      probes.push_back(last);
+      probes.push_back(last_v6(r.base, r.length));
     }
-    for (int i = 0; i < 1000; ++i) probes.push_back(random_v6());
+    for (int i = 0; i < 1000; ++i) probes.push_back(random.address());
     for (const v6& ip : probes) {
       uint32_t best = kNoNode;
       int best_length = -1;
@@ -110,30 +118,23 @@ TEST(node_lookup, Ipv6LongestMatchAgreesWithAScanOverNestedRangesOfEveryLength) 
 // ::ffff:0:0 (IPv4-mapped addresses are in no IPv6 range) and :: itself, probed at their
 // edges, just outside them and at random.
 TEST(node_lookup, Ipv6RangeWordsContainWhatTheIpv6PrefixContains) {
-  std::mt19937 engine(9);
-  auto random = [&engine] { return static_cast<uint32_t>(engine()); };
-  auto random_v6 = [&] {
-    v6 ip;
-    for (auto& b : ip) b = static_cast<uint8_t>(random());
-    return ip;
-  };
+  random_source random(9);
   v6 mapped{};
   mapped[10] = mapped[11] = 0xff;
   int inside = 0, mapped_probes = 0;
   for (int round = 0; round < 4000; ++round) {
     const uint32_t length = random() % 129;
-    const v6 centres[] = {random_v6(), mapped, v6{}, masked_v6(random_v6(), 64)};
+    const v6 centres[] = {random.address(), mapped, v6{}, masked_v6(random.address(), 64)};
     v6 centre = centres[round % 4];
     if (random() % 2) centre[15 - random() % 16] ^= static_cast<uint8_t>(random());
     const v6 base = masked_v6(centre, length);
     const ip_prefix prefix{ip_address{base}, static_cast<uint8_t>(length)};
     if (prefix.base.is_v4()) continue;  // an IPv4 prefix, which no pod_cidr6 can be
     const v6_range_words words = v6_range_words::of(base, length);
-    v6 last = base;
-    for (uint32_t bit = length; bit < 128; ++bit) last[bit / 8] |= static_cast<uint8_t>(1u << (7 - bit % 8));
+    const v6 last = last_v6(base, length);
     v6 mapped_probe = mapped;
     for (int b = 12; b < 16; ++b) mapped_probe[b] = static_cast<uint8_t>(random());
-    std::vector<v6> probes = {base, last, random_v6(), mapped_probe, centre};
+    std::vector<v6> probes = {base, last, random.address(), mapped_probe, centre};
     for (v6 edge : {base, last}) {
       edge[random() % 16] ^= static_cast<uint8_t>(1u << random() % 8);
       probes.push_back(edge);
