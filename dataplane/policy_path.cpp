@@ -11,26 +11,6 @@ using namespace wire;
 
 namespace detail {
 
-uint32_t policy_hash(const flow_key& key) {
-  static constexpr uint8_t kMapped[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff};
-  if (std::memcmp(key.source, kMapped, 12) == 0 && std::memcmp(key.destination, kMapped, 12) == 0) {
-    uint32_t source, destination;
-    std::memcpy(&source, key.source + 12, 4);
-    std::memcpy(&destination, key.destination + 12, 4);
-    return policy_hash_v4(source, destination, key.source_port, key.destination_port, key.protocol);
-  }
-  // IPv6: the key with its ends in a canonical order, hashed whole.
-  flow_key ordered = key;
-  const int order = std::memcmp(key.source, key.destination, 16);
-  if (order > 0 || (order == 0 && key.source_port > key.destination_port)) {
-    std::memcpy(ordered.source, key.destination, 16);
-    std::memcpy(ordered.destination, key.source, 16);
-    ordered.source_port = key.destination_port;
-    ordered.destination_port = key.source_port;
-  }
-  return static_cast<uint32_t>(hash_flow_key(ordered));
-}
-
 namespace {
 
 flow_key reversed(const flow_key& key) {

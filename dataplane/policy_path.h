@@ -99,15 +99,46 @@ policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t, p
 // The bucket hash of policy_flows: the same for both directions of a flow, so that the
 // miss path's look at the other direction (is this a reply? policy_path.cpp) reads the
 // bucket it has just read, not a second random one. IPv4 from the values as stored
-// (addresses network order, ports host order); IPv6 (and the key form of IPv4, which
-// gives the same) in policy_path.cpp.
+// (addresses network order, ports host order); IPv6, and the key form of IPv4 (which
+// gives the same), from a flow_key (policy_hash).
 [[gnu::always_inline]] inline uint32_t policy_hash_v4(uint32_t source, uint32_t destination, uint16_t source_port,
                                                       uint16_t destination_port, uint8_t protocol) {
   const uint64_t a = uint64_t{source} << 16 | source_port, b = uint64_t{destination} << 16 | destination_port;
   const uint64_t low = a < b ? a : b, high = (a < b ? b : a) | uint64_t{protocol} << 56;
   return rte_hash_crc_8byte(high, rte_hash_crc_8byte(low, kFlowHashSeed));
 }
-uint32_t policy_hash(const flow_key& key);
+// A key's: policy_hash_v4 for an IPv4-mapped key; for IPv6 the CRC of the two ends
+// (address, port) in a canonical order, the same from either direction. The order is the
+// address's interface half, then its prefix half, as loaded, then the port: any order
+// serves as long as both directions agree, and this one is a few compares of words (it
+// was a memcmp of the addresses, a copy of the key in that order and the hash of the
+// whole key: about 120 instructions, twice for each new IPv6 flow: its probe and the
+// bucket's prefetch ahead). Nothing outside the worker keeps these values (a handover
+// computes them anew).
+[[gnu::always_inline]] inline uint32_t policy_hash(const flow_key& key) {
+  uint64_t source_low, source_high, destination_low, destination_high;
+  std::memcpy(&source_low, key.source, 8);
+  std::memcpy(&source_high, key.source + 8, 8);
+  std::memcpy(&destination_low, key.destination, 8);
+  std::memcpy(&destination_high, key.destination + 8, 8);
+  constexpr uint32_t kMapped = 0xffff0000u;  // bytes 8..11 of ::ffff:a.b.c.d, little-endian load
+  if ((source_low | destination_low) == 0 && static_cast<uint32_t>(source_high) == kMapped &&
+      static_cast<uint32_t>(destination_high) == kMapped)
+    return policy_hash_v4(static_cast<uint32_t>(source_high >> 32), static_cast<uint32_t>(destination_high >> 32),
+                          key.source_port, key.destination_port, key.protocol);
+  const bool swap = source_high != destination_high ? source_high > destination_high
+                    : source_low != destination_low ? source_low > destination_low
+                                                    : key.source_port > key.destination_port;
+  const uint64_t first_low = swap ? destination_low : source_low, first_high = swap ? destination_high : source_high;
+  const uint64_t second_low = swap ? source_low : destination_low, second_high = swap ? source_high : destination_high;
+  const uint64_t ports = swap ? uint64_t{key.destination_port} | uint64_t{key.source_port} << 16
+                              : uint64_t{key.source_port} | uint64_t{key.destination_port} << 16;
+  uint32_t crc = rte_hash_crc_8byte(first_low, kFlowHashSeed);
+  crc = rte_hash_crc_8byte(first_high, crc);
+  crc = rte_hash_crc_8byte(second_low, crc);
+  crc = rte_hash_crc_8byte(second_high, crc);
+  return rte_hash_crc_8byte(ports | uint64_t{key.protocol} << 32, crc);
+}
 
 // The policy_flows hash of an IPv4 packet as the frame now is (after any NAT: a service
 // flow's DNAT leaves `p`'s ports as they arrived).
@@ -154,9 +185,9 @@ uint32_t policy_hash(const flow_key& key);
 // The policy_flows bucket of the flow in `frame` (a received frame, not yet parsed),
 // fetched a few packets ahead of its probe (process_burst), as l3fwd prefetches: a new
 // flow's bucket is a random one, and its cache miss was most of what deciding and
-// keeping a new flow cost. A guess from the raw bytes: IPv4 over Ethernet as a pod sends
-// it, or inside Geneve from the uplink (no ESP, no VLAN); anything else, or a wrong
-// guess, costs one useless prefetch at most.
+// keeping a new flow cost. A guess from the raw bytes: IPv4 or IPv6 (no extension
+// headers) over Ethernet as a pod sends it, or inside Geneve from the uplink (no ESP, no
+// VLAN); anything else, or a wrong guess, costs one useless prefetch at most.
 [[gnu::always_inline]] inline void policy_prefetch(const worker_state& w, const uint8_t* frame, uint32_t length,
                                                    bool from_uplink) {
   uint32_t at = 0;
@@ -167,23 +198,39 @@ uint32_t policy_hash(const flow_key& key);
     if (frame[14 + 9] != kProtoUdp || load16(frame + udp + 2) != to_net16(kGenevePort)) return;
     at = udp + 8 + 8 + (frame[udp + 8] & 0x3f) * 4u;
   }
-  if (at + 14 + 20 + 4 > length || load16(frame + at + 12) != to_net16(kEtherTypeIpv4)) return;
+  if (at + 14 + 20 + 4 > length) return;
+  const uint16_t ether_type = load16(frame + at + 12);
+  const bool v6 = ether_type == to_net16(kEtherTypeIpv6);
+  if (!v6 && ether_type != to_net16(kEtherTypeIpv4)) return;
   const uint8_t* ip = frame + at + 14;
-  const uint8_t protocol = ip[9];
-  const uint32_t l4 = (ip[0] & 0x0f) * 4u;
+  const uint8_t protocol = v6 ? ip[6] : ip[9];
+  const uint32_t l4 = v6 ? 40u : (ip[0] & 0x0f) * 4u;
   // From the uplink only UDP looks at the table on its way (an inbound TCP packet does
   // only when the tables deny it); from a pod, both (a SYN is recorded, the rest probe).
   if ((protocol != kProtoUdp && (from_uplink || protocol != kProtoTcp)) || at + 14 + l4 + 4 > length) return;
+  uint32_t ports;
+  std::memcpy(&ports, ip + l4, 4);
+  const uint16_t source_port = from_net16(load16(ip + l4)), destination_port = from_net16(load16(ip + l4 + 2));
+  if (v6) {
+    flow_key key;
+    std::memcpy(key.source, ip + 8, 16);
+    std::memcpy(key.destination, ip + 24, 16);
+    key.source_port = source_port;
+    key.destination_port = destination_port;
+    key.protocol = protocol;
+    w.policy_flows.prefetch(policy_hash(key));
+    const refresh_key6 refresh = make_refresh_key6(ip + 8, ip + 24, ports, protocol, 0);
+    rte_prefetch0(from_uplink ? static_cast<const void*>(w.policy_admitted6.set_of(refresh))
+                              : static_cast<const void*>(w.policy_refreshed6.set_of(refresh)));
+    return;
+  }
   uint32_t source, destination;
   std::memcpy(&source, ip + 12, 4);
   std::memcpy(&destination, ip + 16, 4);
-  w.policy_flows.prefetch(policy_hash_v4(source, destination, from_net16(load16(ip + l4)),
-                                         from_net16(load16(ip + l4 + 2)), protocol));
+  w.policy_flows.prefetch(policy_hash_v4(source, destination, source_port, destination_port, protocol));
   // And the flow's set in the refresh filter its direction checks first (512 KiB and 1
   // MiB, more than L1 holds: a new flow's set is a random line, perf's hottest load of
   // policy_admits).
-  uint32_t ports;
-  std::memcpy(&ports, ip + l4, 4);
   const refresh_key key = make_refresh_key(source, destination, ports, protocol, 0);
   rte_prefetch0(from_uplink ? static_cast<const void*>(w.policy_admitted.set_of(key))
                             : static_cast<const void*>(w.policy_refreshed.set_of(key)));

@@ -1294,6 +1294,8 @@ BENCHMARK(BM_policy<false, false, true, 8192>)->Name("BM_policy_send_established
 // IPv6 UDP (its own refresh filters, refresh_filter6): 84-byte frames, the same flows.
 BENCHMARK(BM_policy<true, false, false, 1, true>)->Name("BM_policy_receive_established_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<false, false, false, 1, true>)->Name("BM_policy_send_established_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<true, true, false, 1, true>)->Name("BM_policy_receive_new_flow_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
+BENCHMARK(BM_policy<false, true, false, 1, true>)->Name("BM_policy_send_new_flow_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<true, false, false, 8192, true>)->Name("BM_policy_receive_established_8k_flows_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<false, false, false, 8192, true>)->Name("BM_policy_send_established_8k_flows_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 
