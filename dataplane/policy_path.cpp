@@ -13,15 +13,6 @@ namespace detail {
 
 namespace {
 
-flow_key reversed(const flow_key& key) {
-  flow_key out = key;
-  std::memcpy(out.source, key.destination, 16);
-  std::memcpy(out.destination, key.source, 16);
-  out.source_port = key.destination_port;
-  out.destination_port = key.source_port;
-  return out;
-}
-
 // Whether a live entry for the other direction of the flow `key` in this worker's table
 // has `flags` set in `direction`. Read-only. Both directions of a flow reach the same
 // worker (worker_handoff.h), so the other direction's record is in this table if

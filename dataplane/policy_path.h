@@ -107,6 +107,16 @@ policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t, p
   const uint64_t low = a < b ? a : b, high = (a < b ? b : a) | uint64_t{protocol} << 56;
   return rte_hash_crc_8byte(high, rte_hash_crc_8byte(low, kFlowHashSeed));
 }
+// The other direction of the flow `key`.
+inline flow_key reversed(const flow_key& key) {
+  flow_key out = key;
+  std::memcpy(out.source, key.destination, 16);
+  std::memcpy(out.destination, key.source, 16);
+  out.source_port = key.destination_port;
+  out.destination_port = key.source_port;
+  return out;
+}
+
 // A key's: policy_hash_v4 for an IPv4-mapped key; for IPv6 the CRC of the two ends
 // (address, port) in a canonical order, the same from either direction. The order is the
 // address's interface half, then its prefix half, as loaded, then the port: any order

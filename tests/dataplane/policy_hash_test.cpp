@@ -16,15 +16,7 @@ namespace {
 
 using detail::policy_hash;
 using detail::policy_hash_v4;
-
-flow_key reversed(const flow_key& key) {
-  flow_key out = key;
-  std::memcpy(out.source, key.destination, 16);
-  std::memcpy(out.destination, key.source, 16);
-  out.source_port = key.destination_port;
-  out.destination_port = key.source_port;
-  return out;
-}
+using detail::reversed;
 
 flow_key random_v6_key(std::mt19937_64& random) {
   flow_key key;
