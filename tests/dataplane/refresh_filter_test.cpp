@@ -177,6 +177,47 @@ TEST(refresh_filter, AnIpv6SetKeepsFourFlowsInBothFiltersAndAFifthPushesOneOut) 
   ipv6_set_keeps_four_flows<false>();
 }
 
+// The same with four flows whose ports, protocol and period are all alike (one server
+// port reached from one client port of four addresses): every way's `rest` word is the
+// key's, so each look must still find its own flow by its addresses, a fifth address in
+// the set must not pass for any of them, and remembering a flow again must take its own
+// way, not the first way alike but for the addresses.
+template <bool kDecided>
+void ipv6_set_keeps_four_flows_alike_but_for_their_addresses() {
+  auto filter = std::make_unique<refresh_filter6<kDecided>>();
+  uint8_t source[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  const uint8_t destination[16] = {0xfd, 0x00, 0x6d, 0x6c, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x20};
+  const auto key = [&](uint32_t host) {
+    source[12] = static_cast<uint8_t>(host >> 24), source[13] = static_cast<uint8_t>(host >> 16);
+    source[14] = static_cast<uint8_t>(host >> 8), source[15] = static_cast<uint8_t>(host);
+    return make_refresh_key6(source, destination, 53u << 16 | 40000, 17, 4);
+  };
+  std::vector<refresh_key6> flows;
+  for (uint32_t host = 1; flows.size() < 6 && host < (1u << 24); ++host)
+    if (filter->set_of(key(host)) == filter->set_of(key(0))) flows.push_back(key(host));
+  ASSERT_EQ(flows.size(), 6u);
+  for (size_t i = 0; i < 4; ++i) filter->remember(flows[i], 7);
+  for (size_t i = 0; i < 4; ++i) EXPECT_TRUE(filter->holds(flows[i], 7)) << "way " << i;
+  EXPECT_FALSE(filter->holds(flows[4], 7));
+  EXPECT_FALSE(filter->holds(flows[5], 7));
+  if constexpr (kDecided) {
+    for (size_t i = 0; i < 4; ++i) EXPECT_FALSE(filter->holds(flows[i], 8)) << "way " << i;
+  }
+  // Remembered again (a refresh in the same period): its own way, the others kept.
+  filter->remember(flows[2], 7);
+  for (size_t i = 0; i < 4; ++i) EXPECT_TRUE(filter->holds(flows[i], 7)) << "way " << i;
+  filter->remember(flows[4], 7);
+  EXPECT_TRUE(filter->holds(flows[4], 7));
+  size_t held = 0;
+  for (size_t i = 0; i < 4; ++i) held += filter->holds(flows[i], 7);
+  EXPECT_EQ(held, 3u);
+  EXPECT_FALSE(filter->holds(flows[5], 7));
+}
+TEST(refresh_filter, AnIpv6SetTellsApartFourFlowsAlikeButForTheirAddresses) {
+  ipv6_set_keeps_four_flows_alike_but_for_their_addresses<true>();
+  ipv6_set_keeps_four_flows_alike_but_for_their_addresses<false>();
+}
+
 // Four IPv6 flows a set too; the sets spread flows that differ only in their interface
 // identifiers' last bytes (pods of one node talking to one peer).
 TEST(refresh_filter, Ipv6FlowsOfOneSubnetSpreadOverTheSetsAndFourShareOne) {
