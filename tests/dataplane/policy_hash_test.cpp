@@ -10,6 +10,7 @@
 #include <cstring>
 #include <random>
 #include <unordered_set>
+#include <vector>
 
 namespace meshlane {
 namespace {
