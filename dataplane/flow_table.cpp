@@ -33,19 +33,8 @@ void* allocate_huge_pages(size_t bytes) {
 uint64_t hash_flow_key(const flow_key& key) {
   // IPv4 flows (both addresses IPv4-mapped, the common case) hash only the 13 bytes that
   // vary, exactly as hash_flow_v4 does from the packet.
-  uint64_t source_high, destination_high;
-  std::memcpy(&source_high, key.source, 8);
-  std::memcpy(&destination_high, key.destination, 8);
-  uint32_t source_mid, destination_mid;
-  std::memcpy(&source_mid, key.source + 8, 4);
-  std::memcpy(&destination_mid, key.destination + 8, 4);
-  constexpr uint32_t kMapped = 0xffff0000u;  // bytes 8..11 of ::ffff:a.b.c.d, little-endian load
-  if ((source_high | destination_high) == 0 && source_mid == kMapped && destination_mid == kMapped) {
-    uint32_t source_v4, destination_v4;
-    std::memcpy(&source_v4, key.source + 12, 4);
-    std::memcpy(&destination_v4, key.destination + 12, 4);
+  if (uint32_t source_v4, destination_v4; ipv4_flow_addresses(key, source_v4, destination_v4))
     return hash_flow_v4(source_v4, destination_v4, key.source_port, key.destination_port, key.protocol);
-  }
   // The same value as rte_hash_crc(&key, sizeof key, seed), word by word through memcpy:
   // a flow_key is 2-byte aligned, and rte_hash_crc reads it with 8-byte loads through a
   // cast, which UBSan reports as misaligned.

@@ -75,6 +75,23 @@ struct flow_key {
 };
 static_assert(sizeof(flow_key) == 40);
 
+// Whether `key` is an IPv4 flow (both addresses IPv4-mapped, ::ffff:a.b.c.d): if so, its
+// two IPv4 addresses as stored (network order) in `source` and `destination`. Word loads,
+// no memcmp: the flow and policy hashes ask it of every key they hash.
+inline bool ipv4_flow_addresses(const flow_key& key, uint32_t& source, uint32_t& destination) {
+  uint64_t source_high, destination_high;
+  std::memcpy(&source_high, key.source, 8);
+  std::memcpy(&destination_high, key.destination, 8);
+  uint32_t source_mid, destination_mid;
+  std::memcpy(&source_mid, key.source + 8, 4);
+  std::memcpy(&destination_mid, key.destination + 8, 4);
+  constexpr uint32_t kMapped = 0xffff0000u;  // bytes 8..11 of ::ffff:a.b.c.d, little-endian load
+  if ((source_high | destination_high) != 0 || source_mid != kMapped || destination_mid != kMapped) return false;
+  std::memcpy(&source, key.source + 12, 4);
+  std::memcpy(&destination, key.destination + 12, 4);
+  return true;
+}
+
 uint64_t hash_flow_key(const flow_key& key);
 inline constexpr uint32_t kFlowHashSeed = 0x6d6c616e;
 

@@ -126,16 +126,13 @@ inline flow_key reversed(const flow_key& key) {
 // bucket's prefetch ahead). Nothing outside the worker keeps these values (a handover
 // computes them anew).
 [[gnu::always_inline]] inline uint32_t policy_hash(const flow_key& key) {
+  if (uint32_t source, destination; ipv4_flow_addresses(key, source, destination))
+    return policy_hash_v4(source, destination, key.source_port, key.destination_port, key.protocol);
   uint64_t source_low, source_high, destination_low, destination_high;
   std::memcpy(&source_low, key.source, 8);
   std::memcpy(&source_high, key.source + 8, 8);
   std::memcpy(&destination_low, key.destination, 8);
   std::memcpy(&destination_high, key.destination + 8, 8);
-  constexpr uint32_t kMapped = 0xffff0000u;  // bytes 8..11 of ::ffff:a.b.c.d, little-endian load
-  if ((source_low | destination_low) == 0 && static_cast<uint32_t>(source_high) == kMapped &&
-      static_cast<uint32_t>(destination_high) == kMapped)
-    return policy_hash_v4(static_cast<uint32_t>(source_high >> 32), static_cast<uint32_t>(destination_high >> 32),
-                          key.source_port, key.destination_port, key.protocol);
   const bool swap = source_high != destination_high ? source_high > destination_high
                     : source_low != destination_low ? source_low > destination_low
                                                     : key.source_port > key.destination_port;
