@@ -69,7 +69,8 @@ void hold_for_pod(worker_state& w, const forwarding_tables& t, port_table& ports
     return true;
   }
   if (is_gateway(frame, p, t)) {
-    if (p.l4_offset && p.l4_protocol == (p.l3 == l3_kind::ipv4 ? kProtoIcmp : kProtoIcmpv6)) {
+    // A fragment of an echo is not answered (nothing here reassembles it): dropped below.
+    if (p.l4_offset && p.fragment == kNotFragment && p.l4_protocol == (p.l3 == l3_kind::ipv4 ? kProtoIcmp : kProtoIcmpv6)) {
       const auto* icmp = reinterpret_cast<const icmp_header*>(frame + p.l4_offset);
       // The echo request of the packet's own family: ICMPv4 type 128 or ICMPv6 type 8 is
       // no echo (both unassigned) and must not be answered as one.
@@ -84,7 +85,7 @@ void hold_for_pod(worker_state& w, const forwarding_tables& t, port_table& ports
     drop(w, m, drop_reason::not_for_us);
     return true;
   }
-  if (p.l3 == l3_kind::ipv6 && p.l4_protocol == kProtoIcmpv6 && p.l4_offset) {
+  if (p.l3 == l3_kind::ipv6 && p.l4_protocol == kProtoIcmpv6 && p.l4_offset && p.fragment == kNotFragment) {
     // Solicited-node multicast NS for the gateway arrive with a multicast destination.
     const auto* icmp = reinterpret_cast<const icmp_header*>(frame + p.l4_offset);
     if (icmp->type == kIcmpv6NeighborSolicitation) {

@@ -19,8 +19,10 @@ namespace {
 // The outer checksum is then exactly as right as the inner ones: a pod's packet with a
 // wrong TCP checksum gets a wrong outer UDP checksum too, and a receiver that verifies
 // it drops the packet one hop before its destination would have.
+//
+// A fragment's transport checksum covers the whole datagram, not the fragment: summed too.
 inline bool inner_frame_sum(const uint8_t* frame, const parsed_packet& p, uint32_t& sum) {
-  if (!p.l4_offset) return false;
+  if (!p.l4_offset || p.fragment != kNotFragment) return false;
   const uint8_t* l4 = frame + p.l4_offset;
   uint64_t total = checksum_partial(frame, sizeof(ethernet_header));
   const uint32_t l4_length = p.l3_offset + p.l3_length - p.l4_offset;

@@ -33,11 +33,33 @@ flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const work
 // deltas. The packet's old values are the key's, which the lookup matched.
 // `second6`: with kFlowSecondRewrite on IPv6, the other end's new address (see
 // second_rewrite_address).
+// A later fragment of the flow (fragment_path.h): the addresses only, and IPv4's header
+// checksum. Its first fragment carried the ports and the transport checksum, which covers
+// the whole datagram; e.l3_checksum_delta is the addresses' change alone.
+inline void rewrite_fragment_addresses(uint8_t* ip, const parsed_packet& p, const flow_entry& e, bool destination,
+                                       const uint8_t* second6) {
+  if (p.l3 == l3_kind::ipv4) {
+    std::memcpy(ip + (destination ? offsetof(ipv4_header, destination) : offsetof(ipv4_header, source)),
+                e.rewrite_address + 12, 4);
+    if (e.flags & kFlowSecondRewrite)
+      std::memcpy(ip + (destination ? offsetof(ipv4_header, source) : offsetof(ipv4_header, destination)),
+                  &e.second_address, 4);
+    uint8_t* ip_check = ip + offsetof(ipv4_header, checksum);
+    store16(ip_check, apply_delta(load16(ip_check), e.l3_checksum_delta));
+    return;
+  }
+  std::memcpy(ip + (destination ? offsetof(ipv6_header, destination) : offsetof(ipv6_header, source)),
+              e.rewrite_address, 16);
+  if (e.flags & kFlowSecondRewrite)
+    std::memcpy(ip + (destination ? offsetof(ipv6_header, source) : offsetof(ipv6_header, destination)), second6, 16);
+}
+
 [[gnu::always_inline]] inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e,
                                                 const uint8_t* second6 = nullptr) {
   // Egress flows rewrite the other end (source NAT, see kFlowEgress).
   const bool destination = (e.direction == flow_direction::forward) != ((e.flags & kFlowEgress) != 0);
   uint8_t* ip = frame + p.l3_offset;
+  if (!p.l4_offset) [[unlikely]] return rewrite_fragment_addresses(ip, p, e, destination, second6);
   uint8_t* l4 = frame + p.l4_offset;
   const bool tcp = p.l4_protocol == kProtoTcp;
   uint8_t* l4_check = l4 + (tcp ? offsetof(tcp_header, checksum) : offsetof(udp_header, checksum));

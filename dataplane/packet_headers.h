@@ -30,6 +30,7 @@ inline constexpr uint8_t kProtoIcmp = 1;
 inline constexpr uint8_t kProtoTcp = 6;
 inline constexpr uint8_t kProtoUdp = 17;
 inline constexpr uint8_t kProtoIcmpv6 = 58;
+inline constexpr uint8_t kProtoIpv6Fragment = 44;  // RFC 8200 section 4.5
 
 inline constexpr uint16_t bswap16(uint16_t v) { return static_cast<uint16_t>((v << 8) | (v >> 8)); }
 inline constexpr uint32_t bswap32(uint32_t v) { return __builtin_bswap32(v); }
@@ -112,6 +113,17 @@ struct __attribute__((packed)) ipv6_header {
   uint8_t destination[16];
 };
 static_assert(sizeof(ipv6_header) == 40);
+
+// IPv6 Fragment extension header (RFC 8200 section 4.5).
+struct __attribute__((packed)) ipv6_fragment_header {
+  uint8_t next_header;
+  uint8_t reserved;
+  uint16_t offset_flags;  // network order; offset in 8-byte units << 3, M flag = bit 0
+  uint32_t identification;
+};
+static_assert(sizeof(ipv6_fragment_header) == 8);
+inline constexpr uint16_t kIpv6MoreFragments = 0x0001;
+inline constexpr uint16_t kIpv6FragmentOffsetMask = 0xfff8;
 
 struct __attribute__((packed)) tcp_header {
   uint16_t source_port;

@@ -50,6 +50,7 @@ const char* to_string(drop_reason reason) {
     case drop_reason::handoff_ring_full: return "handoff_ring_full";
     case drop_reason::external_vip_untranslated: return "external_vip_untranslated";
     case drop_reason::client_ports_exhausted: return "client_ports_exhausted";
+    case drop_reason::ipv6_fragment: return "ipv6_fragment";
     case drop_reason::count_: break;
   }
   return "unknown";

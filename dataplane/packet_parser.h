@@ -31,7 +31,7 @@ enum class drop_reason : uint8_t {
   bad_ipv6_payload_length,
   bad_tcp_header_length,
   bad_udp_length,
-  ipv4_fragment,
+  ipv4_fragment,  // a later IPv4 fragment without its first's record (fragment_path.h)
   ipv6_extension_header,
   bad_geneve,
   geneve_unknown_peer,
@@ -68,12 +68,21 @@ enum class drop_reason : uint8_t {
   // candidates, and the client's own port would make it another live flow's 5-tuple at
   // the backend (dataplane/service_lb.cpp).
   client_ports_exhausted,
+  // A later fragment of an IPv6 datagram whose first fragment this worker has not seen
+  // (or refused, or saw too long ago); ipv4_fragment is the same for IPv4.
+  ipv6_fragment,
   count_,
 };
 inline constexpr unsigned kDropReasonCount = static_cast<unsigned>(drop_reason::count_);
 const char* to_string(drop_reason reason);
 
 enum class l3_kind : uint8_t { none, arp, ipv4, ipv6 };
+
+// Fragments of a datagram (RFC 791; RFC 8200 section 4.5, a Fragment header right after
+// the IPv6 header): the first holds the transport header and is parsed as a packet is
+// (its UDP length and its checksum are the whole datagram's); a later one holds none
+// (l4_offset 0, ports 0 until fragment_path.h gives it its first's).
+enum fragment_kind : uint8_t { kNotFragment = 0, kFirstFragment = 1, kLaterFragment = 2 };
 
 // Offsets are from the start of the frame; zero means "absent" for the optional ones.
 struct alignas(8) parsed_packet {
@@ -85,9 +94,11 @@ struct alignas(8) parsed_packet {
   uint16_t source_port = 0;    // host order; ICMP echo identifier for flows of echoes
   uint16_t destination_port = 0;
   uint8_t tcp_flags = 0;
+  uint8_t fragment = kNotFragment;  // fragment_kind
 };
 static_assert(sizeof(parsed_packet) == 16 && offsetof(parsed_packet, l3_length) == 6 &&
-                  offsetof(parsed_packet, source_port) == 8 && offsetof(parsed_packet, tcp_flags) == 12,
+                  offsetof(parsed_packet, source_port) == 8 && offsetof(parsed_packet, tcp_flags) == 12 &&
+                  offsetof(parsed_packet, fragment) == 13,
               "parse_packet stores the fields as two 8-byte words (parser_detail::store)");
 
 // Parses a frame of `length` bytes. Returns drop_reason::none and fills `out` when the
@@ -107,7 +118,8 @@ namespace parser_detail {
 [[gnu::always_inline]] inline void store(const parsed_packet& r, parsed_packet& out) {
   const uint64_t first = uint64_t{static_cast<uint8_t>(r.l3)} | uint64_t{r.l4_protocol} << 8 |
                          uint64_t{r.l3_offset} << 16 | uint64_t{r.l4_offset} << 32 | uint64_t{r.l3_length} << 48;
-  const uint64_t second = uint64_t{r.source_port} | uint64_t{r.destination_port} << 16 | uint64_t{r.tcp_flags} << 32;
+  const uint64_t second = uint64_t{r.source_port} | uint64_t{r.destination_port} << 16 | uint64_t{r.tcp_flags} << 32 |
+                          uint64_t{r.fragment} << 40;
   std::memcpy(reinterpret_cast<uint8_t*>(&out), &first, 8);
   std::memcpy(reinterpret_cast<uint8_t*>(&out) + 8, &second, 8);
 }
@@ -124,6 +136,8 @@ namespace parser_detail {
   return wire::checksum_fold((w0 & 0xffffffff) + (w0 >> 32) + (w1 & 0xffffffff) + (w1 >> 32) + w2);
 }
 
+// kFirst: the first fragment of a datagram, whose UDP length is the whole datagram's.
+template <bool kFirst = false>
 [[gnu::always_inline]] inline drop_reason parse_l4(const uint8_t* frame, uint32_t l4_offset, uint32_t l3_end, uint8_t protocol,
                      parsed_packet& out) {
   using namespace wire;
@@ -144,7 +158,7 @@ namespace parser_detail {
       if (available < sizeof(udp_header)) return drop_reason::truncated_l4;
       const auto* udp = reinterpret_cast<const udp_header*>(frame + l4_offset);
       const uint32_t udp_length = from_net16(udp->length);
-      if (udp_length < sizeof(udp_header) || udp_length > available) return drop_reason::bad_udp_length;
+      if (udp_length < sizeof(udp_header) || (!kFirst && udp_length > available)) return drop_reason::bad_udp_length;
       out.source_port = from_net16(udp->source_port);
       out.destination_port = from_net16(udp->destination_port);
       break;
@@ -170,6 +184,60 @@ namespace parser_detail {
   out.l4_protocol = protocol;
   out.l4_offset = static_cast<uint16_t>(l4_offset);
   return drop_reason::none;
+}
+
+// A fragment that is not the first: no transport header. RFC 1858: a TCP fragment at
+// offset 1 (8 bytes) could rewrite the flags of the header its first carried; refused,
+// as the stacks refuse it.
+inline drop_reason later_fragment(uint8_t protocol, uint32_t offset_units, drop_reason refused, parsed_packet& out,
+                                  parsed_packet& result) {
+  if (offset_units == 1 && protocol == wire::kProtoTcp) return refused;
+  out.fragment = kLaterFragment;
+  out.l4_protocol = protocol;
+  out.l4_offset = 0;
+  store(out, result);
+  return drop_reason::none;
+}
+
+// An IPv4 fragment (MF set or an offset): see fragment_kind. Out of the packet path's way.
+[[gnu::noinline]] inline drop_reason parse_ipv4_fragment(const uint8_t* frame, uint32_t l4, uint32_t l3_end,
+                                                         uint8_t protocol, uint16_t flags_fragment,
+                                                         parsed_packet out, parsed_packet& result) {
+  const uint32_t offset_units = flags_fragment & wire::kIpv4FragmentOffsetMask;
+  if (offset_units) return later_fragment(protocol, offset_units, drop_reason::ipv4_fragment, out, result);
+  out.fragment = kFirstFragment;
+  // A first fragment too short for its TCP header is refused (truncated_l4: RFC 1858's
+  // tiny fragment).
+  const drop_reason reason = parse_l4<true>(frame, l4, l3_end, protocol, out);
+  if (reason == drop_reason::none) store(out, result);
+  return reason;
+}
+
+// An IPv6 packet whose next header is a Fragment header. Only TCP, UDP and ICMPv6 may
+// follow it (other extension headers are not walked, as without a Fragment header).
+// Offset 0 without M is an atomic fragment (RFC 6946): a whole datagram.
+[[gnu::noinline]] inline drop_reason parse_ipv6_fragment(const uint8_t* frame, uint32_t l3, uint32_t payload_length,
+                                                         parsed_packet out, parsed_packet& result) {
+  using namespace wire;
+  if (payload_length < sizeof(ipv6_fragment_header)) return drop_reason::truncated_ipv6;
+  const auto* fragment = reinterpret_cast<const ipv6_fragment_header*>(frame + l3 + sizeof(ipv6_header));
+  const uint8_t protocol = fragment->next_header;
+  if (protocol != kProtoTcp && protocol != kProtoUdp && protocol != kProtoIcmpv6)
+    return drop_reason::ipv6_extension_header;
+  const uint16_t offset_flags = from_net16(fragment->offset_flags);
+  const uint32_t offset_units = (offset_flags & kIpv6FragmentOffsetMask) >> 3;
+  if (offset_units) return later_fragment(protocol, offset_units, drop_reason::ipv6_fragment, out, result);
+  const uint32_t l4 = l3 + sizeof(ipv6_header) + sizeof(ipv6_fragment_header);
+  const uint32_t end = l3 + sizeof(ipv6_header) + payload_length;
+  drop_reason reason;
+  if (offset_flags & kIpv6MoreFragments) {
+    out.fragment = kFirstFragment;
+    reason = parse_l4<true>(frame, l4, end, protocol, out);
+  } else {
+    reason = parse_l4(frame, l4, end, protocol, out);
+  }
+  if (reason == drop_reason::none) store(out, result);
+  return reason;
 }
 
 }  // namespace parser_detail
@@ -210,9 +278,9 @@ namespace parser_detail {
     const uint16_t fragment = from_net16(ip->flags_fragment);
     out.l3 = l3_kind::ipv4;
     out.l3_length = static_cast<uint16_t>(total_length);
-    // Fragments carry no (or a partial) L4 header: forwarding them needs reassembly or a
-    // fragment-aware flow key, neither of which the pipeline has, so they are counted.
-    if (fragment & (kIpv4MoreFragments | kIpv4FragmentOffsetMask)) return drop_reason::ipv4_fragment;
+    if (fragment & (kIpv4MoreFragments | kIpv4FragmentOffsetMask)) [[unlikely]]
+      return parser_detail::parse_ipv4_fragment(frame, l3 + header_length, l3 + total_length, ip->protocol, fragment,
+                                                out, result);
     const drop_reason reason = parser_detail::parse_l4(frame, l3 + header_length, l3 + total_length, ip->protocol, out);
     if (reason == drop_reason::none) parser_detail::store(out, result);
     return reason;
@@ -235,9 +303,11 @@ namespace parser_detail {
         if (reason == drop_reason::none) parser_detail::store(out, result);
         return reason;
       }
+      case kProtoIpv6Fragment:
+        return parser_detail::parse_ipv6_fragment(frame, l3, payload_length, out, result);
       default:
-        // Extension headers (RFC 8200 section 4) would need a chain walk to find the
-        // transport header; pods do not send them on the paths we serve.
+        // Other extension headers (RFC 8200 section 4) would need a chain walk to find
+        // the transport header; pods do not send them on the paths we serve.
         return drop_reason::ipv6_extension_header;
     }
   }

@@ -9,6 +9,7 @@
 #include "control/workload_identity.h"
 #include "dataplane/egress_snat.h"
 #include "dataplane/esp_path.h"
+#include "dataplane/fragment_path.h"
 #include "dataplane/gateway.h"
 #include "dataplane/geneve.h"
 #include "dataplane/pipeline_internal.h"
@@ -88,6 +89,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     if (lb.enforce && t.policy_active && !(lb.service_flow && lb.enforce == kEnforceRemote) &&
         !policy_admits(w, t, m, frame, p, *pod, lb))
       return;
+    // A first fragment delivered: the later ones of its datagram pass policy too.
+    if (__builtin_expect(p.fragment == kFirstFragment, 0)) fragment_delivered(w, frame, p);
     const uint16_t out = t.pod_port[static_cast<size_t>(pod - s.pods.data())];
     if (out == UINT16_MAX) return drop(w, m, drop_reason::no_port);
     if (!decrement_ttl(frame, p)) {
@@ -124,6 +127,8 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       }
       if (p.l3_length > ports.uplink_mtu)
         return refuse_too_big(w, t, in_port, m, p, reply_mac(), kFromOverlay, ports.uplink_mtu, lb);
+      // Source NAT to an outside address rewrites ports a later fragment does not hold.
+      if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, fragment_drop_reason(p));
       return egress_outbound(w, t, ports, in_port, m, frame, p, source);
     }
   }
@@ -213,6 +218,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     } else if (std::memcmp(frame + p.l3_offset + 8, t.port_source_v6[in_port].data(), 16) != 0) {
       return drop(w, m, drop_reason::spoofed_source);
     }
+    if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
     lb_outcome lb;
     lb.source_identity = t.port_identity[in_port];
     if (hand_off(w, t, m, frame, p, handoff_entry::pod, in_port, lb)) return;
@@ -225,11 +231,14 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     if (p.l3 == l3_kind::ipv4) {
       const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
       if (ip->destination == t.underlay_ip) {
+        // Fragments to the node itself (Geneve and ESP leave with DF set) are not reassembled.
+        if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, drop_reason::ipv4_fragment);
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
           lb_outcome lb;
           lb.enforce = kEnforceRemote;
           if (!geneve_decapsulate(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
+          if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
           if (hand_off(w, t, m, frame, p, handoff_entry::overlay, in_port, lb)) return;
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
@@ -239,6 +248,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
           lb.enforce = kEnforceRemote;
           if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
+          if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
           if (hand_off(w, t, m, frame, p, handoff_entry::overlay, in_port, lb)) return;
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
@@ -248,6 +258,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
           return answer_echo(w, in_port, m, p, port.mac);
       }
       if (is_egress_address(t, ip->destination)) {  // replies of egress flows (issue 18)
+        if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, drop_reason::ipv4_fragment);
         if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
         if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
         // To the pod here, or through the tunnel to its node when this node is its gateway.
@@ -256,7 +267,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
       if (ip->destination == t.underlay_ip) return drop(w, m, drop_reason::not_for_us);
     }
     // The router's neighbour solicitation for an IPv6 egress address (issue 18).
-    if (p.l3 == l3_kind::ipv6 && p.l4_offset && p.l4_protocol == kProtoIcmpv6 &&
+    if (p.l3 == l3_kind::ipv6 && p.l4_offset && p.l4_protocol == kProtoIcmpv6 && p.fragment == kNotFragment &&
         reinterpret_cast<const icmp_header*>(frame + p.l4_offset)->type == kIcmpv6NeighborSolicitation &&
         p.l3_length >= sizeof(ipv6_header) + 24 && is_egress_address6(t, frame + p.l4_offset + 8)) {
       uint8_t target[16];
@@ -268,6 +279,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     if (p.l3 == l3_kind::ipv6 && is_egress_address6(t, frame + p.l3_offset + offsetof(ipv6_header, destination))) {
+      if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, drop_reason::ipv6_fragment);
       if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
       if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
       return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
@@ -282,6 +294,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     lb_outcome lb;
     lb.source_identity = kIdentityWorld;  // policy matches it on ip_blocks only
     lb.enforce = kEnforceIngress;
+    if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
     if (hand_off(w, t, m, frame, p, handoff_entry::ingress, in_port, lb)) return;
     return ingress_flow(w, t, ports, in_port, m, frame, p, lb);
   }
@@ -297,6 +310,10 @@ void process_handed(worker_state& w, const forwarding_tables& t, port_table& por
   // The receiver parsed these very bytes (after any decapsulation): this cannot fail.
   if (const drop_reason reason = parse_packet(frame, rte_pktmbuf_data_len(m), p); reason != drop_reason::none)
     return drop(w, m, reason);
+  if (p.fragment == kLaterFragment) {  // the ports its first gave it where it arrived
+    p.source_port = c.source_port;
+    p.destination_port = c.destination_port;
+  }
   const uint16_t in_port = c.in_port;
   lb_outcome lb;
   lb.source_identity = c.source_identity;

@@ -36,6 +36,7 @@
 #include "dataplane/egress_tables.h"
 #include "dataplane/esp_routes.h"
 #include "dataplane/flow_table.h"
+#include "dataplane/fragment_table.h"
 #include "dataplane/idle_wakeup.h"
 #include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
@@ -630,6 +631,12 @@ struct worker_state {
   // The same two for IPv6 flows (keys: policy_refresh_key_v6).
   refresh_filter6<false> policy_refreshed6;
   refresh_filter6<true> policy_admitted6;
+  // Fragmented datagrams (fragment_path.h): the ports of datagrams whose first fragment
+  // entered here, by the datagram's id as it arrived, and the datagrams whose first
+  // fragment was delivered to a pod of this node, by their id as delivered; fragments
+  // that entered as first ones, and later ones given their first's ports.
+  fragment_table fragment_ports, fragments_delivered;
+  counter fragments_first, fragments_later;
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 

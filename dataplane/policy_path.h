@@ -38,6 +38,7 @@
 // TCP and UDP only: Istio's L4 policy is about ports; ICMP and other protocols pass.
 #pragma once
 
+#include "dataplane/fragment_path.h"
 #include "dataplane/pipeline_internal.h"
 #include "dataplane/service_lb.h"
 
@@ -248,7 +249,11 @@ inline flow_key reversed(const flow_key& key) {
 [[gnu::always_inline]] inline bool policy_admits(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
                                                  const uint8_t* frame, const parsed_packet& p, const table_pod& pod,
                                                  const lb_outcome& lb) {
-  if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
+  if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) [[unlikely]] {
+    // A later fragment of TCP or UDP passes when its first did (fragment_path.h).
+    if (p.fragment != kLaterFragment || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
+    return fragment_admitted(w, m, frame, p);
+  }
   if (p.l4_protocol == kProtoTcp) {
     // No policy for the pod: allowed, nothing to look at (a later publish that gives it
     // one is seen at the next packet).

@@ -169,7 +169,8 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
     // An ICMP error about a service flow follows the flow (icmp_error_nat.h).
     if (p.l4_offset && (p.l4_protocol == kProtoIcmp || p.l4_protocol == kProtoIcmpv6))
       translate_icmp_error(w, t, frame, p, outcome);
-    return true;
+    // A later fragment of TCP or UDP has its first's ports (fragment_path.h): its flow's.
+    if (p.fragment != kLaterFragment || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
   }
   if (p.l3 == l3_kind::ipv4) {
     const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
@@ -202,6 +203,11 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
     }
     count_and_rewrite(w, t, m, frame, p, outcome, *entry);
     return true;
+  }
+  // A later fragment whose flow has no entry here: its first made none it could follow.
+  if (!p.l4_offset) [[unlikely]] {
+    drop(w, m, p.l3 == l3_kind::ipv4 ? drop_reason::ipv4_fragment : drop_reason::ipv6_fragment);
+    return false;
   }
   return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, flow_hash_from_crc(crc));
 }

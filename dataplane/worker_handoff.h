@@ -62,8 +62,10 @@ struct handoff_context {
   uint16_t unused2;
   uint32_t source_identity;
   uint8_t original_source[16];
+  // A later fragment's ports, which its first gave it where it arrived (fragment_path.h).
+  uint16_t source_port, destination_port;
 };
-static_assert(sizeof(handoff_context) == 28);
+static_assert(sizeof(handoff_context) == 32);
 // The dynamic field's offset (worker_pool::create registers it; -1: not yet).
 inline int handoff_context_offset = -1;
 inline handoff_context& context_of(rte_mbuf* m) {
@@ -218,8 +220,12 @@ inline uint32_t flow_owner(const forwarding_tables& t, const flow_key& key, uint
 // The owner of a parsed packet's flow (kAnyWorker: any worker may process it).
 [[gnu::always_inline]] inline uint32_t packet_owner(const forwarding_tables& t, const uint8_t* frame,
                                                     const parsed_packet& p, uint32_t workers) {
-  if (!p.l4_offset) return kAnyWorker;
-  if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) [[unlikely]] {
+  if (!p.l4_offset) {
+    // A later fragment follows its first, whose ports it was given (fragment_path.h).
+    if (p.fragment != kLaterFragment || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp &&
+                                         p.l4_protocol != kProtoIcmp && p.l4_protocol != kProtoIcmpv6))
+      return kAnyWorker;
+  } else if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) [[unlikely]] {
     if (p.l4_protocol != kProtoIcmp && p.l4_protocol != kProtoIcmpv6) return kAnyWorker;
     const uint8_t type = frame[p.l4_offset];
     const bool echo = p.l4_protocol == kProtoIcmp ? (type == kIcmpEchoRequest || type == kIcmpEchoReply)
@@ -277,6 +283,8 @@ void flush_handoff(worker_state& w, uint32_t owner);
   c.in_port = in_port;
   c.source_identity = lb.source_identity;
   if (lb.has_original_source) std::memcpy(c.original_source, w.original_source.bytes.data(), 16);
+  c.source_port = p.source_port;
+  c.destination_port = p.destination_port;
   stage_handoff(w, owner, m);
   return true;
 }

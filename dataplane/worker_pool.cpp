@@ -443,7 +443,13 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
       w->outbox_pending.reserve(workers);
     }
   }
-  for (auto& w : pool->workers_) w->tsc_hz = rte_get_tsc_hz();
+  for (auto& w : pool->workers_) {
+    w->tsc_hz = rte_get_tsc_hz();
+    // A datagram's fragments travel together (microseconds apart); a second outlives any
+    // sender's burst and is 1/30 of Linux's own reassembly timeout (ipfrag_time).
+    w->fragment_ports.set_lifetime(w->tsc_hz);
+    w->fragments_delivered.set_lifetime(w->tsc_hz);
+  }
   auto plan = std::make_unique<rx_plan>();
   plan->per_worker.resize(workers);
   for (const pool_port& p : ports) {
