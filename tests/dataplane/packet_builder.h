@@ -5,6 +5,7 @@
 
 #include <arpa/inet.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <cstring>
@@ -190,6 +191,96 @@ inline bytes neighbour_solicitation(const wire::mac_address& src_mac, const std:
   icmp[25] = 1;
   std::memcpy(&icmp[26], src_mac.bytes, 6);
   return icmpv6_frame(src_mac, dst_mac, src, dst, hop_limit, std::move(icmp));
+}
+
+// The IPv4 packet of `frame` (Ethernet, a 20-byte header) split into fragments as a
+// sender's stack splits it (RFC 791 section 3.2): each fragment's payload at most `chunk`
+// bytes (a multiple of 8), identification `id`, each in a frame of its own with the
+// frame's Ethernet header and its own header checksum.
+inline std::vector<bytes> fragments_v4(const bytes& frame, size_t chunk, uint16_t id = 0x4242) {
+  using namespace wire;
+  constexpr size_t l3 = sizeof(ethernet_header);
+  const size_t total = (size_t(frame[l3 + 2]) << 8) | frame[l3 + 3];
+  const size_t payload = total - 20;
+  std::vector<bytes> out;
+  for (size_t offset = 0; offset < payload; offset += chunk) {
+    const size_t length = std::min(chunk, payload - offset);
+    bytes f(frame.begin(), frame.begin() + l3 + 20);
+    f.insert(f.end(), frame.begin() + l3 + 20 + offset, frame.begin() + l3 + 20 + offset + length);
+    auto* ip = reinterpret_cast<ipv4_header*>(&f[l3]);
+    ip->total_length = htons(static_cast<uint16_t>(20 + length));
+    ip->identification = htons(id);
+    const bool more = offset + length < payload;
+    ip->flags_fragment = htons(static_cast<uint16_t>((more ? kIpv4MoreFragments : 0) | (offset / 8)));
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, 20);
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+// The same for the IPv6 packet of `frame` (no extension headers): each fragment a
+// Fragment header (RFC 8200 section 4.5) after the IPv6 header.
+inline std::vector<bytes> fragments_v6(const bytes& frame, size_t chunk, uint32_t id = 0x42424242) {
+  using namespace wire;
+  constexpr size_t l3 = sizeof(ethernet_header);
+  const size_t payload = (size_t(frame[l3 + 4]) << 8) | frame[l3 + 5];
+  const uint8_t next = frame[l3 + 6];
+  std::vector<bytes> out;
+  for (size_t offset = 0; offset < payload; offset += chunk) {
+    const size_t length = std::min(chunk, payload - offset);
+    bytes f(frame.begin(), frame.begin() + l3 + 40);
+    auto* ip = reinterpret_cast<ipv6_header*>(&f[l3]);
+    ip->payload_length = htons(static_cast<uint16_t>(8 + length));
+    ip->next_header = kProtoIpv6Fragment;
+    const bool more = offset + length < payload;
+    ipv6_fragment_header header{next, 0, htons(static_cast<uint16_t>(offset | (more ? kIpv6MoreFragments : 0))),
+                                htonl(id)};
+    append(f, &header, sizeof header);
+    f.insert(f.end(), frame.begin() + l3 + 40 + offset, frame.begin() + l3 + 40 + offset + length);
+    out.push_back(std::move(f));
+  }
+  return out;
+}
+
+// The IP packet that fragments (frames as fragments_v4/_v6 make them, in any order, all
+// present) reassemble into, in a frame with the first fragment's Ethernet header, or an
+// empty vector when they do not fit together (a gap, an overlap, a missing last).
+inline bytes reassembled(std::vector<bytes> fragments) {
+  using namespace wire;
+  constexpr size_t l3 = sizeof(ethernet_header);
+  if (fragments.empty() || fragments[0].size() < l3 + 20) return {};
+  const bool v4 = (fragments[0][l3] >> 4) == 4;
+  const size_t header = v4 ? 20 : 48;
+  const auto offset_of = [&](const bytes& f) -> size_t {
+    return v4 ? size_t(((f[l3 + 6] << 8) | f[l3 + 7]) & kIpv4FragmentOffsetMask) * 8
+              : size_t(((f[l3 + 42] << 8) | f[l3 + 43]) & kIpv6FragmentOffsetMask);
+  };
+  const auto more = [&](const bytes& f) -> bool {
+    return v4 ? ((f[l3 + 6] << 8) & kIpv4MoreFragments) != 0 : (f[l3 + 43] & kIpv6MoreFragments) != 0;
+  };
+  std::sort(fragments.begin(), fragments.end(),
+            [&](const bytes& a, const bytes& b) { return offset_of(a) < offset_of(b); });
+  bytes data;
+  for (const bytes& f : fragments) {
+    if (f.size() < l3 + header || offset_of(f) != data.size()) return {};
+    data.insert(data.end(), f.begin() + l3 + header, f.end());
+  }
+  if (more(fragments.back())) return {};
+  bytes out(fragments[0].begin(), fragments[0].begin() + l3 + (v4 ? 20 : 40));
+  if (v4) {
+    auto* ip = reinterpret_cast<ipv4_header*>(&out[l3]);
+    ip->total_length = htons(static_cast<uint16_t>(20 + data.size()));
+    ip->flags_fragment = 0;
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, 20);
+  } else {
+    auto* ip = reinterpret_cast<ipv6_header*>(&out[l3]);
+    ip->payload_length = htons(static_cast<uint16_t>(data.size()));
+    ip->next_header = fragments[0][l3 + 40];
+  }
+  out.insert(out.end(), data.begin(), data.end());
+  return out;
 }
 
 // Recomputes the IPv4 header checksum and the TCP/UDP/ICMP checksum of the IP packet at
