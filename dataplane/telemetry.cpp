@@ -321,7 +321,14 @@ void worker_pool::register_with(subsystem_registry& registry) {
                            "the others (received); a full inbox is meshlane_dataplane_drops_total{reason=\"handoff_ring_full\"}.");
     auto wakeups = family("meshlane_dataplane_handoff_wakeups_total",
                           "Hand-offs after which the sending worker woke the owner from its idle sleep.");
+    auto fragments = family("meshlane_dataplane_fragments_total",
+                            "Fragments of datagrams that entered a worker and were forwarded one by one: "
+                            "first fragments (their ports remembered) and later ones given their first's; a "
+                            "later fragment without its first is meshlane_dataplane_drops_total{reason="
+                            "\"ipv4_fragment\"|\"ipv6_fragment\"}.");
     for (const auto& w : workers_) {
+      fragments.samples.push_back({{{"worker", std::to_string(w->index)}, {"kind", "first"}}, double(w->fragments_first.get())});
+      fragments.samples.push_back({{{"worker", std::to_string(w->index)}, {"kind", "later"}}, double(w->fragments_later.get())});
       evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
       handoffs.samples.push_back({{{"worker", std::to_string(w->index)}, {"direction", "sent"}}, double(w->handed_off.get())});
@@ -333,7 +340,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                     &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
-                    &backend_flows, &evictions, &restored, &handoffs, &wakeups})
+                    &backend_flows, &evictions, &restored, &handoffs, &wakeups, &fragments})
       out.push_back(std::move(*f));
     esp_->collect(out);
   });

@@ -9,6 +9,7 @@
 
 #include "tests/dataplane/dataplane_fixture.h"
 #include "tests/dataplane/frame_readers.h"
+#include "tests/dataplane/pool_metrics.h"
 
 namespace meshlane::testing {
 namespace {
@@ -131,6 +132,10 @@ TEST_F(golden_fragments, LaterFragmentsWhoseFirstWasNotSeenAreDroppedAndCounted)
   send(client, fragments_v4(datagram, kChunk, 0x4444)[1]);
   EXPECT_EQ(pending(uplink), 0u);
   EXPECT_EQ(drops(drop_reason::ipv4_fragment), 3u);
+  const auto metrics = metric_values(*pool_);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_fragments_total,worker=0,kind=first"), 1);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_fragments_total,worker=0,kind=later"), 2);
+  EXPECT_EQ(metrics.at("meshlane_dataplane_drops_total,worker=0,reason=ipv4_fragment"), 3);
 }
 
 TEST_F(golden_fragments, AnEchoInFragmentsCrossesToNode2AndOneToTheGatewayIsNotAnswered) {

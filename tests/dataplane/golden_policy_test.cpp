@@ -872,5 +872,41 @@ TEST_F(golden_policy, AUdpFlowFromBeforeThePodsFirstPolicyBelongsToWhoeverSendsF
   EXPECT_EQ(drops(drop_reason::policy_denied), 2u);
 }
 
+// Fragmented datagrams (dataplane/fragment_path.h): policy decides a datagram's first
+// fragment, which holds the ports; its later fragments follow that verdict, allowed or
+// refused, whatever their own identity option says.
+TEST_F(golden_policy, LaterFragmentsFollowTheVerdictOfTheirFirst) {
+  publish_json(node1_with(json::parse(R"([{"name": "allow-bar-7000", "namespace": "foo", "action": "ALLOW",
+    "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"ports": ["7000"]}}]}]}])")));
+  if (HasFatalFailure()) return;
+  learn_pod_macs();
+  const uint32_t bar_sleep = identity_of("bar/sleep"), foo_sleep = identity_of("foo/sleep");
+  const auto fragments = [](uint16_t port, uint16_t id) {
+    l4_spec l4 = udp_to(port, 40000);
+    l4.payload.assign(3000, 0x42);
+    return fragments_v4(ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.30"), ip4("198.18.1.10"), l4, 64, false),
+                        1200, id);
+  };
+  for (const bytes& f : fragments(7000, 1)) from_node2(f, bar_sleep);
+  EXPECT_EQ(pending(client), 3u);
+  drain(client);
+  // Another port: the first refused, and its later fragments with it.
+  for (const bytes& f : fragments(7001, 2)) from_node2(f, bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 3u);
+  // The allowed port from an identity the policy does not allow: the same.
+  for (const bytes& f : fragments(7000, 3)) from_node2(f, foo_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 6u);
+  // A refused first, then later fragments under the allowed identity: still refused (the
+  // datagram's verdict is its first's).
+  const std::vector<bytes> mixed = fragments(7000, 4);
+  from_node2(mixed[0], foo_sleep);
+  from_node2(mixed[1], bar_sleep);
+  from_node2(mixed[2], bar_sleep);
+  EXPECT_EQ(pending(client), 0u);
+  EXPECT_EQ(drops(drop_reason::policy_denied), 9u);
+}
+
 }  // namespace
 }  // namespace meshlane::testing
