@@ -316,5 +316,36 @@ TEST_F(golden_two_workers_egress, IcmpErrorsAboutASnatFlowOnTheOtherWorkerAreTra
   EXPECT_EQ(live(other), 0u);
 }
 
+// Fragmented datagrams (dataplane/fragment_path.h): a datagram's fragments arrive at one
+// worker (RSS and af_packet's fanout hash fragments by their addresses), which gives its
+// later fragments their first's ports, so all of them reach the flow's owner. Two
+// datagrams of one service flow, one received by each worker: both leave whole, DNATed
+// alike, and one of them was handed over fragment by fragment.
+TEST_F(golden_two_workers, FragmentsOfAServiceFlowFollowTheirFirstToTheFlowsOwner) {
+  learn_pod_macs();
+  uint16_t client_port = 0;
+  for (uint16_t receiver = 0; receiver < 2; ++receiver) {
+    SCOPED_TRACE(receiver);
+    l4_spec l4 = udp_to(53, 50000);
+    l4.payload.assign(2500, static_cast<uint8_t>(0x21 + receiver));
+    const bytes datagram =
+        ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"), l4, 64, false);
+    for (const bytes& f : fragments_v4(datagram, 1200, static_cast<uint16_t>(0x100 + receiver)))
+      send_via(client, receiver, f);
+    std::vector<bytes> out;
+    for (bytes f = receive(uplink); !f.empty(); f = receive(uplink)) out.emplace_back(f.begin() + kGeneveOverhead, f.end());
+    ASSERT_EQ(out.size(), 3u);
+    const bytes whole = reassembled(out);
+    ASSERT_FALSE(whole.empty());
+    EXPECT_EQ(net32_at(whole, kIp4 + 16), ip4("198.18.2.30"));
+    EXPECT_EQ(u16_at(whole, kL4 + 2), 5353);
+    EXPECT_EQ(verify_checksums(whole), "");
+    if (receiver == 0) client_port = u16_at(whole, kL4);
+    EXPECT_EQ(u16_at(whole, kL4), client_port);  // one flow, one client port
+  }
+  owner();  // the flow's entries on one worker only
+  EXPECT_EQ(pool_->worker(0).handed_off.get() + pool_->worker(1).handed_off.get(), 3u);
+}
+
 }  // namespace
 }  // namespace meshlane::testing
