@@ -43,6 +43,84 @@ inline bool decrement_ttl(uint8_t* frame, const parsed_packet& p) {
   return true;
 }
 
+// The tunnel's last steps for a frame `route` sends to another node: Ethernet padding
+// off, Geneve (with the client's option for an ingress flow source-NATed to a backend
+// there), ESP on an encrypted route, out of the uplink.
+[[gnu::always_inline]] inline void tunnel_send(worker_state& w, port_table& ports,
+                                               const forwarding_tables::node_tunnel& tunnel, uint32_t remote,
+                                               esp_tx_sa* esp, rte_mbuf* m, const parsed_packet& p,
+                                               const lb_outcome& lb, uint64_t flow_hash, bool with_client) {
+  // Ethernet padding of a short frame is not carried through the tunnel.
+  const uint32_t frame_length = p.l3_offset + p.l3_length;
+  if (rte_pktmbuf_pkt_len(m) > frame_length)
+    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
+  // Inside ESP the Geneve UDP checksum is left zero (RFC 8926 section 3.3 allows it over
+  // IPv4): the ICV covers every byte it would.
+  if (!geneve_encapsulate(m, tunnel.outer, ports.neighbours.lookup_u64(tunnel.neighbour, remote), flow_hash,
+                          lb.source_identity, !esp && ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
+    return drop(w, m, drop_reason::no_headroom);
+  if (__builtin_expect(with_client, 0) && !geneve_add_original_source(m, lb.key.source))
+    return drop(w, m, drop_reason::no_headroom);
+  w.geneve_encapsulated.add(1);
+  if (esp) {
+    if (__builtin_expect(esp->encapsulate(w.index, m) != esp_encap_result::ok, 0))
+      return drop(w, m, drop_reason::esp_encap_failed);
+    w.esp_encapsulated.add(1);
+  }
+  transmit(w, ports.uplink_port, m);
+}
+
+// Whether a router may fragment the packet (RFC 791 section 2.3): IPv4 without DF. One
+// with options is refused instead (each option says whether fragments copy it; not worth
+// the code for what pods send).
+inline bool can_fragment(const uint8_t* frame, const parsed_packet& p) {
+  if (p.l3 != l3_kind::ipv4) return false;
+  const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
+  return !(from_net16(ip->flags_fragment) & kIpv4DontFragment) && ip->version_ihl == 0x45;
+}
+
+// An IPv4 packet without DF too big for the tunnel, cut into fragments of at most
+// `inner_mtu` bytes (RFC 791 section 3.2; a fragment cut again keeps its place and its
+// MF), each a new mbuf from the packet's pool, tunnelled on the packet's flow hash (one
+// outer source port for the datagram). Out of the packet path's way.
+[[gnu::noinline]] void tunnel_fragments(worker_state& w, port_table& ports, const forwarding_tables::node_tunnel& tunnel,
+                                        uint32_t remote, esp_tx_sa* esp, rte_mbuf* m, const parsed_packet& p,
+                                        const lb_outcome& lb, uint64_t flow_hash, bool with_client,
+                                        uint32_t inner_mtu) {
+  const uint8_t* frame = frame_of(m);
+  const uint32_t header_end = p.l3_offset + sizeof(ipv4_header);
+  const uint32_t payload = p.l3_length - sizeof(ipv4_header);
+  const uint32_t chunk = (inner_mtu - sizeof(ipv4_header)) & ~7u;
+  const uint16_t flags = from_net16(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->flags_fragment);
+  const uint32_t base = flags & kIpv4FragmentOffsetMask;  // in 8-byte units
+  for (uint32_t at = 0; at < payload; at += chunk) {
+    const uint32_t length = std::min(chunk, payload - at);
+    rte_mbuf* f = rte_pktmbuf_alloc(m->pool);
+    char* data = f ? rte_pktmbuf_append(f, static_cast<uint16_t>(header_end + length)) : nullptr;
+    if (!data) {  // no mbuf: the datagram is lost, as a full queue loses it
+      if (f) rte_pktmbuf_free(f);
+      w.drops[static_cast<unsigned>(drop_reason::too_big)].add(1);
+      break;
+    }
+    std::memcpy(data, frame, header_end);
+    std::memcpy(data + header_end, frame + header_end + at, length);
+    auto* ip = reinterpret_cast<ipv4_header*>(data + p.l3_offset);
+    ip->total_length = to_net16(static_cast<uint16_t>(sizeof(ipv4_header) + length));
+    const bool more = at + length < payload || (flags & kIpv4MoreFragments);
+    ip->flags_fragment = to_net16(static_cast<uint16_t>((more ? kIpv4MoreFragments : 0) | (base + at / 8)));
+    ip->checksum = 0;
+    ip->checksum = checksum(ip, sizeof(ipv4_header));
+    parsed_packet fp;
+    if (parse_packet(reinterpret_cast<uint8_t*>(data), header_end + length, fp) != drop_reason::none) {
+      drop(w, f, drop_reason::truncated_l4);  // a first fragment shorter than its TCP header
+      continue;
+    }
+    w.fragments_made.add(1);
+    tunnel_send(w, ports, tunnel, remote, esp, f, fp, lb, flow_hash, with_client);
+  }
+  rte_pktmbuf_free(m);
+}
+
 // Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
 // destination's pod range. `kFromOverlay`: it arrived by Geneve, so it may only be
 // delivered locally (never sent back into the overlay). A template parameter: every
@@ -146,7 +224,12 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   const bool with_client = lb.enforce == kEnforceIngress && lb.service_flow;
   const uint32_t inner_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (esp ? kEspMaxOverhead : 0) -
                              (with_client ? kGeneveOriginalSourceOptionSize : 0);
-  if (p.l3_length > inner_mtu) return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
+  // Too big: refused with ICMP, or fragmented here when the sender allows it (IPv4
+  // without DF: a datagram the node's kernel put together on an af_packet port, or a
+  // sender that turned path MTU discovery off).
+  const bool too_big = p.l3_length > inner_mtu;
+  if (too_big && !can_fragment(frame, p)) [[unlikely]]
+    return refuse_too_big(w, t, in_port, m, p, reply_mac(), false, inner_mtu, lb);
   // The outer UDP source port's entropy (geneve_encapsulate takes the hash's low half): a
   // flow lookup's, or for an IPv4 flow no lookup saw the same low half straight from the
   // frame's values (flow_crc_v4: two crc32 instructions), not the whole hash of a flow key
@@ -161,24 +244,9 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       (t.port_has_policy[in_port] ||
        (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn)))
     policy_note_outbound(w, frame, p);
-  // Ethernet padding of a short frame is not carried through the tunnel.
-  const uint32_t frame_length = p.l3_offset + p.l3_length;
-  if (rte_pktmbuf_pkt_len(m) > frame_length)
-    rte_pktmbuf_trim(m, static_cast<uint16_t>(rte_pktmbuf_pkt_len(m) - frame_length));
-  // Inside ESP the Geneve UDP checksum is left zero (RFC 8926 section 3.3 allows it over
-  // IPv4): the ICV covers every byte it would.
-  if (!geneve_encapsulate(m, tunnel.outer, ports.neighbours.lookup_u64(tunnel.neighbour, remote), flow_hash,
-                          lb.source_identity, !esp && ports.geneve_udp_checksum.load(std::memory_order_relaxed), &p))
-    return drop(w, m, drop_reason::no_headroom);
-  if (__builtin_expect(with_client, 0) && !geneve_add_original_source(m, lb.key.source))
-    return drop(w, m, drop_reason::no_headroom);
-  w.geneve_encapsulated.add(1);
-  if (esp) {
-    if (__builtin_expect(esp->encapsulate(w.index, m) != esp_encap_result::ok, 0))
-      return drop(w, m, drop_reason::esp_encap_failed);
-    w.esp_encapsulated.add(1);
-  }
-  transmit(w, ports.uplink_port, m);
+  if (too_big) [[unlikely]]
+    return tunnel_fragments(w, ports, tunnel, remote, esp, m, p, lb, flow_hash, with_client, inner_mtu);
+  tunnel_send(w, ports, tunnel, remote, esp, m, p, lb, flow_hash, with_client);
 }
 
 // From outside the cluster through the uplink, not for this node itself: to a service VIP

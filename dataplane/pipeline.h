@@ -637,6 +637,7 @@ struct worker_state {
   // that entered as first ones, and later ones given their first's ports.
   fragment_table fragment_ports, fragments_delivered;
   counter fragments_first, fragments_later;
+  counter fragments_made;  // by this worker, of IPv4 packets without DF too big for the tunnel
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 

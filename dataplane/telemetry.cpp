@@ -323,12 +323,14 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           "Hand-offs after which the sending worker woke the owner from its idle sleep.");
     auto fragments = family("meshlane_dataplane_fragments_total",
                             "Fragments of datagrams that entered a worker and were forwarded one by one: "
-                            "first fragments (their ports remembered) and later ones given their first's; a "
+                            "first fragments (their ports remembered) and later ones given their first's; and "
+                            "fragments made (kind=\"made\") of IPv4 packets without DF too big for the tunnel; a "
                             "later fragment without its first is meshlane_dataplane_drops_total{reason="
                             "\"ipv4_fragment\"|\"ipv6_fragment\"}.");
     for (const auto& w : workers_) {
       fragments.samples.push_back({{{"worker", std::to_string(w->index)}, {"kind", "first"}}, double(w->fragments_first.get())});
       fragments.samples.push_back({{{"worker", std::to_string(w->index)}, {"kind", "later"}}, double(w->fragments_later.get())});
+      fragments.samples.push_back({{{"worker", std::to_string(w->index)}, {"kind", "made"}}, double(w->fragments_made.get())});
       evictions.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->flows.evictions())});
       restored.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->reverse_entries_restored.get())});
       handoffs.samples.push_back({{{"worker", std::to_string(w->index)}, {"direction", "sent"}}, double(w->handed_off.get())});

@@ -221,5 +221,66 @@ TEST_F(golden_fragments, AFirstFragmentTooShortForItsTcpHeaderAndAnOverlapOfItAr
   EXPECT_EQ(pending(uplink), 0u);
 }
 
+// A router may fragment an IPv4 packet without DF (RFC 791): what an af_packet pod port
+// hands the worker after the node's kernel put a pod's fragments together again
+// (DPDK's af_packet PMD asks for that, PACKET_FANOUT_FLAG_DEFRAG), or what a sender that
+// turned path MTU discovery off sends. Too big for the tunnel, it leaves in fragments,
+// also after a service's DNAT, and a fragment too big is cut again in its place.
+TEST_F(golden_fragments, AnIpv4PacketWithoutDfTooBigForTheTunnelLeavesInFragments) {
+  const bytes datagram =
+      ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), udp_datagram(7000, 1800), 64, false);
+  send(client, datagram);
+  std::vector<bytes> out;
+  std::vector<uint16_t> outer_ports;
+  for (bytes f = receive(uplink); !f.empty(); f = receive(uplink)) {
+    EXPECT_EQ(verify_checksums(f), "");
+    EXPECT_LE(f.size(), 14u + 1500u);
+    outer_ports.push_back(u16_at(f, kL4));
+    out.emplace_back(f.begin() + kGeneveOverhead, f.end());
+  }
+  ASSERT_EQ(out.size(), 2u);
+  EXPECT_EQ(outer_ports[0], outer_ports[1]);
+  bytes whole = reassembled(out);
+  ASSERT_FALSE(whole.empty());
+  EXPECT_EQ(whole[kIp4 + 8], 63);
+  EXPECT_EQ(verify_checksums(whole), "");
+  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), datagram.begin() + kL4, datagram.end()));
+  EXPECT_EQ(metric_values(*pool_).at("meshlane_dataplane_fragments_total,worker=0,kind=made"), 2);
+
+  // Through a service VIP: DNATed, then cut.
+  learn_pod_macs();
+  const bytes query = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.19.128.12"),
+                                 udp_datagram(53, 1800), 64, false);
+  out = through(client, {query}, uplink);
+  ASSERT_EQ(out.size(), 2u);
+  whole = reassembled(out);
+  ASSERT_FALSE(whole.empty());
+  EXPECT_EQ(net32_at(whole, kIp4 + 16), ip4("198.18.2.30"));
+  EXPECT_EQ(u16_at(whole, kL4 + 2), 5353);
+  EXPECT_EQ(verify_checksums(whole), "");
+
+  // A first fragment too big for the tunnel: cut in two, both with MF; the datagram's
+  // last fragment passes as it is.
+  const bytes larger = ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"),
+                                  udp_datagram(7000, 2900), 64, false);
+  const std::vector<bytes> halves = fragments_v4(larger, 1800, 0x2222);
+  ASSERT_EQ(halves.size(), 2u);
+  out = through(client, halves, uplink);
+  ASSERT_EQ(out.size(), 3u);
+  whole = reassembled(out);
+  ASSERT_FALSE(whole.empty());
+  EXPECT_EQ(verify_checksums(whole), "");
+  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), larger.begin() + kL4, larger.end()));
+
+  // With DF the same packet is refused with "fragmentation needed" (as before).
+  send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"),
+                          udp_datagram(7000, 1800), 64, true));
+  EXPECT_EQ(pending(uplink), 0u);
+  const bytes refused = receive(client);
+  ASSERT_GT(refused.size(), kL4 + 2);
+  EXPECT_EQ(refused[kL4], kIcmpDestinationUnreachable);
+  EXPECT_EQ(refused[kL4 + 1], kIcmpFragmentationNeeded);
+}
+
 }  // namespace
 }  // namespace meshlane::testing

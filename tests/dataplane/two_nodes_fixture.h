@@ -241,18 +241,18 @@ inline std::string udp_round_trip(const netns& client_ns, const netns& server_ns
   set_timeout(server.fd, 3);
   std::string server_saw = "nothing";
   std::thread responder([&] {
-    char buffer[2048];
+    std::vector<char> buffer(65536);  // a datagram of any size (its fragments put together)
     sockaddr_in peer{};
     socklen_t length = sizeof peer;
     ssize_t n;
-    while ((n = recvfrom(server.fd, buffer, sizeof buffer, 0, reinterpret_cast<sockaddr*>(&peer), &length)) < 0 &&
+    while ((n = recvfrom(server.fd, buffer.data(), buffer.size(), 0, reinterpret_cast<sockaddr*>(&peer), &length)) < 0 &&
            errno == EINTR) {  // as recv_retrying: a timed-out blocking call is not restarted
     }
     if (n < 0) {
       server_saw = std::string("recvfrom: ") + std::strerror(errno);
       return;
     }
-    const ssize_t sent = sendto(server.fd, buffer, n, 0, reinterpret_cast<sockaddr*>(&peer), length);
+    const ssize_t sent = sendto(server.fd, buffer.data(), n, 0, reinterpret_cast<sockaddr*>(&peer), length);
     char from[INET_ADDRSTRLEN] = "?";
     inet_ntop(AF_INET, &peer.sin_addr, from, sizeof from);
     server_saw = "a datagram from " + std::string(from) + ":" + std::to_string(ntohs(peer.sin_port)) +
@@ -262,32 +262,37 @@ inline std::string udp_round_trip(const netns& client_ns, const netns& server_ns
   set_timeout(client.fd, 3);
   const sockaddr_in to = address_of(server_ip, port);
   sendto(client.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
-  char buffer[2048];
-  const ssize_t n = recv_retrying(client.fd, buffer, sizeof buffer);
+  std::vector<char> buffer(65536);
+  const ssize_t n = recv_retrying(client.fd, buffer.data(), buffer.size());
   responder.join();
   if (n < 0) return std::string("no answer: ") + std::strerror(errno) + "; the server saw " + server_saw;
-  if (std::string(buffer, static_cast<size_t>(n)) != message) return "answer differs";
+  if (std::string(buffer.data(), static_cast<size_t>(n)) != message) return "answer differs";
   return "";
 }
 
-// ICMP echo from `ns` to `ip` over a raw socket (root); true when the reply came.
-inline bool icmp_echo(const netns& ns, const std::string& ip) {
+// ICMP echo from `ns` to `ip` over a raw socket (root) with `data` bytes after the echo
+// header (`ping -s`); true when the reply came with the same data.
+inline bool icmp_echo(const netns& ns, const std::string& ip, size_t data = 8) {
   fd_guard fd(socket_in(ns, SOCK_RAW, IPPROTO_ICMP));
   set_timeout(fd.fd, 2);
-  uint8_t packet[16] = {ICMP_ECHO, 0, 0, 0, 0x12, 0x34, 0, 1, 'm', 'e', 's', 'h', 'l', 'a', 'n', 'e'};
+  std::vector<uint8_t> packet = {ICMP_ECHO, 0, 0, 0, 0x12, 0x34, 0, 1};
+  for (size_t i = 0; i < data; ++i) packet.push_back(static_cast<uint8_t>("meshlane"[i % 8] + i / 8));
   uint32_t sum = 0;
-  for (int i = 0; i < 16; i += 2) sum += (packet[i] << 8) | packet[i + 1];
+  for (size_t i = 0; i < packet.size(); i += 2)
+    sum += (packet[i] << 8) | (i + 1 < packet.size() ? packet[i + 1] : 0);
   while (sum >> 16) sum = (sum & 0xffff) + (sum >> 16);
   const uint16_t check = htons(static_cast<uint16_t>(~sum));
-  std::memcpy(packet + 2, &check, 2);
+  std::memcpy(packet.data() + 2, &check, 2);
   const sockaddr_in to = address_of(ip, 0);
-  sendto(fd.fd, packet, sizeof packet, 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
-  uint8_t reply[256];
+  sendto(fd.fd, packet.data(), packet.size(), 0, reinterpret_cast<const sockaddr*>(&to), sizeof to);
+  std::vector<uint8_t> reply(65536);
   for (int attempt = 0; attempt < 4; ++attempt) {
-    const ssize_t n = recv_retrying(fd.fd, reply, sizeof reply);
+    const ssize_t n = recv_retrying(fd.fd, reply.data(), reply.size());
     if (n < 28) return false;
     const size_t header = (reply[0] & 0xf) * 4u;
-    if (reply[header] == ICMP_ECHOREPLY && reply[header + 4] == 0x12 && reply[header + 5] == 0x34) return true;
+    if (reply[header] == ICMP_ECHOREPLY && reply[header + 4] == 0x12 && reply[header + 5] == 0x34)
+      return static_cast<size_t>(n) == header + packet.size() &&
+             std::equal(packet.begin() + 8, packet.end(), reply.begin() + header + 8);
   }
   return false;
 }
