@@ -204,11 +204,10 @@ bool load_balance_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
     count_and_rewrite(w, t, m, frame, p, outcome, *entry);
     return true;
   }
-  // A later fragment whose flow has no entry here: its first made none it could follow.
-  if (!p.l4_offset) [[unlikely]] {
-    drop(w, m, p.l3 == l3_kind::ipv4 ? drop_reason::ipv4_fragment : drop_reason::ipv6_fragment);
-    return false;
-  }
+  // A later fragment whose flow has no entry here: its first found none and made none
+  // (a backend's packet to a client another node translates, say), so it went on as it
+  // was, and so does this one.
+  if (!p.l4_offset) [[unlikely]] return true;
   return load_balance_miss(w, t, m, frame, p, outcome, ingress, ingress_mac, flow_hash_from_crc(crc));
 }
 

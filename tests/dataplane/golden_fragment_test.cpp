@@ -282,5 +282,22 @@ TEST_F(golden_fragments, AnIpv4PacketWithoutDfTooBigForTheTunnelLeavesInFragment
   EXPECT_EQ(refused[kL4 + 1], kIcmpFragmentationNeeded);
 }
 
+// A backend's datagram to a client whose flow another node translated: no entry here,
+// so its first fragment goes on unchanged, and so do the later ones (they find no entry
+// either).
+TEST_F(golden_fragments, ABackendsFragmentsToAClientAnotherNodeTranslatesGoOnUnchanged) {
+  learn_pod_macs();
+  const bytes answer = ipv4_frame(kWebMac, kWebPortMac, ip4("198.18.1.20"), ip4("198.18.2.10"),
+                                  udp_datagram(61500, 3000, 8080), 64, false);
+  const std::vector<bytes> fragments = fragments_v4(answer, kChunk);
+  const std::vector<bytes> out = through(web, fragments, uplink);
+  ASSERT_EQ(out.size(), 3u);
+  const bytes whole = reassembled(out);
+  ASSERT_FALSE(whole.empty());
+  EXPECT_EQ(verify_checksums(whole), "");
+  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), answer.begin() + kL4, answer.end()));
+  EXPECT_EQ(drops(drop_reason::ipv4_fragment), 0u);
+}
+
 }  // namespace
 }  // namespace meshlane::testing

@@ -302,6 +302,8 @@ class two_nodes : public ::testing::Test {
   // Node 1's client reaches node 2's web pod directly and through the web-remote VIP from
   // one source port; both connections must carry their own bytes (two_node_test.cpp).
   void direct_and_vip_connections_from_one_source_port();
+  // Datagrams larger than the pods' MTU across the nodes (two_node_test.cpp).
+  void datagrams_in_fragments_cross(size_t udp_bytes, size_t ping_bytes);
 
   struct node {
     std::unique_ptr<netns> ns;
