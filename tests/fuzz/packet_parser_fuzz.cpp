@@ -20,6 +20,15 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (reason == meshlane::drop_reason::none) {
     if (parsed.l3_offset + parsed.l3_length > size) std::abort();
     if (parsed.l4_offset && parsed.l4_offset >= parsed.l3_offset + parsed.l3_length) std::abort();
+    // Fragments (fragment_path.h): a later one holds no transport header and no ports yet;
+    // only IP packets are fragments.
+    if (parsed.fragment == meshlane::kLaterFragment &&
+        (parsed.l4_offset || parsed.source_port || parsed.destination_port))
+      std::abort();
+    if (parsed.fragment > meshlane::kLaterFragment) std::abort();
+    if (parsed.fragment != meshlane::kNotFragment && parsed.l3 != meshlane::l3_kind::ipv4 &&
+        parsed.l3 != meshlane::l3_kind::ipv6)
+      std::abort();
     if (parsed.l4_offset && parsed.l4_protocol == meshlane::wire::kProtoUdp &&
         parsed.destination_port == meshlane::kEspUdpPort) {
       meshlane::esp_frame esp{frame.data(), static_cast<uint32_t>(frame.size()), 0, 0};
