@@ -79,18 +79,16 @@ inline bool can_fragment(const uint8_t* frame, const parsed_packet& p) {
   return !(from_net16(ip->flags_fragment) & kIpv4DontFragment) && ip->version_ihl == 0x45;
 }
 
-// An IPv4 packet without DF too big for the tunnel, cut into fragments of at most
-// `inner_mtu` bytes (RFC 791 section 3.2; a fragment cut again keeps its place and its
-// MF), each a new mbuf from the packet's pool, tunnelled on the packet's flow hash (one
-// outer source port for the datagram). Out of the packet path's way.
-[[gnu::noinline]] void tunnel_fragments(worker_state& w, port_table& ports, const forwarding_tables::node_tunnel& tunnel,
-                                        uint32_t remote, esp_tx_sa* esp, rte_mbuf* m, const parsed_packet& p,
-                                        const lb_outcome& lb, uint64_t flow_hash, bool with_client,
-                                        uint32_t inner_mtu) {
+// An IPv4 packet without DF (can_fragment) too big for its next hop, cut into fragments
+// of at most `mtu` bytes (RFC 791 section 3.2; a fragment cut again keeps its place and
+// its MF), each a new mbuf from the packet's pool with the packet's Ethernet header, handed
+// to `send` with its parse; the packet itself is freed. Out of the packet path's way.
+template <typename Send>
+[[gnu::noinline]] void send_fragments(worker_state& w, rte_mbuf* m, const parsed_packet& p, uint32_t mtu, Send&& send) {
   const uint8_t* frame = frame_of(m);
   const uint32_t header_end = p.l3_offset + sizeof(ipv4_header);
   const uint32_t payload = p.l3_length - sizeof(ipv4_header);
-  const uint32_t chunk = (inner_mtu - sizeof(ipv4_header)) & ~7u;
+  const uint32_t chunk = (mtu - sizeof(ipv4_header)) & ~7u;
   const uint16_t flags = from_net16(reinterpret_cast<const ipv4_header*>(frame + p.l3_offset)->flags_fragment);
   const uint32_t base = flags & kIpv4FragmentOffsetMask;  // in 8-byte units
   for (uint32_t at = 0; at < payload; at += chunk) {
@@ -116,7 +114,7 @@ inline bool can_fragment(const uint8_t* frame, const parsed_packet& p) {
       continue;
     }
     w.fragments_made.add(1);
-    tunnel_send(w, ports, tunnel, remote, esp, f, fp, lb, flow_hash, with_client);
+    send(f, fp);
   }
   rte_pktmbuf_free(m);
 }
@@ -178,6 +176,16 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     const uint64_t learned = ports.ports[out].neighbour_mac.load(std::memory_order_relaxed);
     eth->source = ports.ports[out].mac;
+    // A pod's MTU leaves room for the tunnel (pod_requests.cpp): an IPv4 datagram without
+    // DF bigger than that (one the kernel put together on an af_packet port) is fragmented
+    // for the pod, whose veth would drop it whole.
+    const uint32_t pod_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (t.esp_routes.empty() ? 0 : kEspMaxOverhead);
+    if (__builtin_expect(p.l3_length > pod_mtu, 0) && can_fragment(frame, p))
+      return send_fragments(w, m, p, pod_mtu, [&](rte_mbuf* f, const parsed_packet&) {
+        if (!learned) return hold_for_pod(w, t, ports, out, f, *pod);
+        reinterpret_cast<ethernet_header*>(frame_of(f))->destination = mac_address::from_u64(learned);
+        transmit(w, out, f);
+      });
     if (__builtin_expect(!learned, 0)) return hold_for_pod(w, t, ports, out, m, *pod);
     eth->destination = mac_address::from_u64(learned);
     return transmit(w, out, m);
@@ -245,7 +253,9 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
        (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn)))
     policy_note_outbound(w, frame, p);
   if (too_big) [[unlikely]]
-    return tunnel_fragments(w, ports, tunnel, remote, esp, m, p, lb, flow_hash, with_client, inner_mtu);
+    return send_fragments(w, m, p, inner_mtu, [&](rte_mbuf* f, const parsed_packet& fp) {
+      tunnel_send(w, ports, tunnel, remote, esp, f, fp, lb, flow_hash, with_client);
+    });
   tunnel_send(w, ports, tunnel, remote, esp, m, p, lb, flow_hash, with_client);
 }
 

@@ -299,5 +299,39 @@ TEST_F(golden_fragments, ABackendsFragmentsToAClientAnotherNodeTranslatesGoOnUnc
   EXPECT_EQ(drops(drop_reason::ipv4_fragment), 0u);
 }
 
+// The same for a pod of this node: a pod's MTU leaves the tunnel's room (1,442 here), so
+// an IPv4 datagram without DF bigger than that (what af_packet hands over after the
+// kernel put a pod's fragments together) reaches it in fragments its veth lets through.
+TEST_F(golden_fragments, AnIpv4PacketWithoutDfTooBigForAPodHereReachesItInFragments) {
+  // The pod has said nothing yet: the fragments wait for its MAC (the gateway asks).
+  const bytes first =
+      ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_datagram(7000, 1800), 64, false);
+  send(client, first);
+  EXPECT_EQ(pending(web), 1u);  // the gateway's ARP request
+  drain(web);
+  send(web, arp_reply(kWebMac, ip4("198.18.1.20"), kWebPortMac, ip4("198.18.1.1")));
+  const std::vector<bytes> held = through(web, {}, web);
+  ASSERT_EQ(held.size(), 2u);
+  EXPECT_EQ(mac_at(held[0], 0), kWebMac);
+  EXPECT_FALSE(reassembled(held).empty());
+  learn_pod_macs();
+  const bytes datagram =
+      ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_datagram(7000, 1800), 64, false);
+  const std::vector<bytes> out = through(client, {datagram}, web);
+  ASSERT_EQ(out.size(), 2u);
+  for (const bytes& f : out) {
+    EXPECT_LE(f.size() - kEth, 1500u - kGeneveMtuOverhead);
+    EXPECT_EQ(mac_at(f, 0), kWebMac);
+  }
+  const bytes whole = reassembled(out);
+  ASSERT_FALSE(whole.empty());
+  EXPECT_EQ(verify_checksums(whole), "");
+  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), datagram.begin() + kL4, datagram.end()));
+  // With DF it is left whole, as before (the pod's own stack answers for its MTU).
+  const bytes whole_df =
+      ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_datagram(7000, 1800), 64, true);
+  ASSERT_EQ(through(client, {whole_df}, web).size(), 1u);
+}
+
 }  // namespace
 }  // namespace meshlane::testing
