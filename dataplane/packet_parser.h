@@ -199,16 +199,22 @@ inline drop_reason later_fragment(uint8_t protocol, uint32_t offset_units, drop_
   return drop_reason::none;
 }
 
-// An IPv4 fragment (MF set or an offset): see fragment_kind. Out of the packet path's way.
-[[gnu::noinline]] inline drop_reason parse_ipv4_fragment(const uint8_t* frame, uint32_t l4, uint32_t l3_end,
-                                                         uint8_t protocol, uint16_t flags_fragment,
-                                                         parsed_packet out, parsed_packet& result) {
-  const uint32_t offset_units = flags_fragment & wire::kIpv4FragmentOffsetMask;
-  if (offset_units) return later_fragment(protocol, offset_units, drop_reason::ipv4_fragment, out, result);
+// An IPv4 fragment (MF set or an offset; its header checked by parse_packet): see
+// fragment_kind. Out of the packet path's way, and given only what it cannot read again
+// cheaply, so that the inlined parser keeps its result in registers.
+[[gnu::noinline]] inline drop_reason parse_ipv4_fragment(const uint8_t* frame, uint32_t l3, parsed_packet& result) {
+  const auto* ip = reinterpret_cast<const wire::ipv4_header*>(frame + l3);
+  parsed_packet out;
+  out.l3 = l3_kind::ipv4;
+  out.l3_offset = static_cast<uint16_t>(l3);
+  const uint32_t total_length = wire::from_net16(ip->total_length);
+  out.l3_length = static_cast<uint16_t>(total_length);
+  const uint32_t offset_units = wire::from_net16(ip->flags_fragment) & wire::kIpv4FragmentOffsetMask;
+  if (offset_units) return later_fragment(ip->protocol, offset_units, drop_reason::ipv4_fragment, out, result);
   out.fragment = kFirstFragment;
   // A first fragment too short for its TCP header is refused (truncated_l4: RFC 1858's
   // tiny fragment).
-  const drop_reason reason = parse_l4<true>(frame, l4, l3_end, protocol, out);
+  const drop_reason reason = parse_l4<true>(frame, l3 + (ip->version_ihl & 0xf) * 4u, l3 + total_length, ip->protocol, out);
   if (reason == drop_reason::none) store(out, result);
   return reason;
 }
@@ -216,9 +222,14 @@ inline drop_reason later_fragment(uint8_t protocol, uint32_t offset_units, drop_
 // An IPv6 packet whose next header is a Fragment header. Only TCP, UDP and ICMPv6 may
 // follow it (other extension headers are not walked, as without a Fragment header).
 // Offset 0 without M is an atomic fragment (RFC 6946): a whole datagram.
-[[gnu::noinline]] inline drop_reason parse_ipv6_fragment(const uint8_t* frame, uint32_t l3, uint32_t payload_length,
-                                                         parsed_packet out, parsed_packet& result) {
+[[gnu::noinline]] inline drop_reason parse_ipv6_fragment(const uint8_t* frame, uint32_t l3, parsed_packet& result) {
   using namespace wire;
+  const auto* ip = reinterpret_cast<const ipv6_header*>(frame + l3);
+  const uint32_t payload_length = from_net16(ip->payload_length);
+  parsed_packet out;
+  out.l3 = l3_kind::ipv6;
+  out.l3_offset = static_cast<uint16_t>(l3);
+  out.l3_length = static_cast<uint16_t>(sizeof(ipv6_header) + payload_length);
   if (payload_length < sizeof(ipv6_fragment_header)) return drop_reason::truncated_ipv6;
   const auto* fragment = reinterpret_cast<const ipv6_fragment_header*>(frame + l3 + sizeof(ipv6_header));
   const uint8_t protocol = fragment->next_header;
@@ -279,8 +290,7 @@ inline drop_reason later_fragment(uint8_t protocol, uint32_t offset_units, drop_
     out.l3 = l3_kind::ipv4;
     out.l3_length = static_cast<uint16_t>(total_length);
     if (fragment & (kIpv4MoreFragments | kIpv4FragmentOffsetMask)) [[unlikely]]
-      return parser_detail::parse_ipv4_fragment(frame, l3 + header_length, l3 + total_length, ip->protocol, fragment,
-                                                out, result);
+      return parser_detail::parse_ipv4_fragment(frame, l3, result);
     const drop_reason reason = parser_detail::parse_l4(frame, l3 + header_length, l3 + total_length, ip->protocol, out);
     if (reason == drop_reason::none) parser_detail::store(out, result);
     return reason;
@@ -304,7 +314,7 @@ inline drop_reason later_fragment(uint8_t protocol, uint32_t offset_units, drop_
         return reason;
       }
       case kProtoIpv6Fragment:
-        return parser_detail::parse_ipv6_fragment(frame, l3, payload_length, out, result);
+        return parser_detail::parse_ipv6_fragment(frame, l3, result);
       default:
         // Other extension headers (RFC 8200 section 4) would need a chain walk to find
         // the transport header; pods do not send them on the paths we serve.

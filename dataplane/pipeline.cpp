@@ -119,6 +119,23 @@ template <typename Send>
   rte_pktmbuf_free(m);
 }
 
+// A packet for a local pod's port `out`: a pod's MTU leaves room for the tunnel
+// (pod_requests.cpp), so an IPv4 datagram without DF bigger than that (one the node's
+// kernel put together on an af_packet port) is fragmented for the pod, whose veth would
+// drop it whole; each fragment waits for the pod's MAC when it is not known yet. False
+// when the packet fits (or may not be fragmented): the caller sends it.
+[[gnu::noinline]] bool deliver_fragmented(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t out,
+                                          rte_mbuf* m, const parsed_packet& p, const table_pod& pod, uint64_t learned) {
+  const uint32_t pod_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (t.esp_routes.empty() ? 0 : kEspMaxOverhead);
+  if (p.l3_length <= pod_mtu || !can_fragment(frame_of(m), p)) return false;
+  send_fragments(w, m, p, pod_mtu, [&](rte_mbuf* f, const parsed_packet&) {
+    if (!learned) return hold_for_pod(w, t, ports, out, f, pod);
+    reinterpret_cast<ethernet_header*>(frame_of(f))->destination = mac_address::from_u64(learned);
+    transmit(w, out, f);
+  });
+  return true;
+}
+
 // Routes an IP packet (after LB): to a local pod's port, or Geneve to the node owning the
 // destination's pod range. `kFromOverlay`: it arrived by Geneve, so it may only be
 // delivered locally (never sent back into the overlay). A template parameter: every
@@ -162,11 +179,11 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
   if (pod) {
     // L4 authorization at the destination's node (policy_path.h); a reply of a service
     // flow from another node (reverse-NATed above) belongs to a flow our pod started.
-    if (lb.enforce && t.policy_active && !(lb.service_flow && lb.enforce == kEnforceRemote) &&
-        !policy_admits(w, t, m, frame, p, *pod, lb))
-      return;
-    // A first fragment delivered: the later ones of its datagram pass policy too.
-    if (__builtin_expect(p.fragment == kFirstFragment, 0)) fragment_delivered(w, frame, p);
+    if (lb.enforce && t.policy_active && !(lb.service_flow && lb.enforce == kEnforceRemote)) {
+      if (!policy_admits(w, t, m, frame, p, *pod, lb)) return;
+      // A first fragment let in: the later ones of its datagram pass too.
+      if (__builtin_expect(p.fragment == kFirstFragment, 0)) fragment_delivered(w, frame, p);
+    }
     const uint16_t out = t.pod_port[static_cast<size_t>(pod - s.pods.data())];
     if (out == UINT16_MAX) return drop(w, m, drop_reason::no_port);
     if (!decrement_ttl(frame, p)) {
@@ -176,16 +193,11 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
     auto* eth = reinterpret_cast<ethernet_header*>(frame);
     const uint64_t learned = ports.ports[out].neighbour_mac.load(std::memory_order_relaxed);
     eth->source = ports.ports[out].mac;
-    // A pod's MTU leaves room for the tunnel (pod_requests.cpp): an IPv4 datagram without
-    // DF bigger than that (one the kernel put together on an af_packet port) is fragmented
-    // for the pod, whose veth would drop it whole.
-    const uint32_t pod_mtu = ports.uplink_mtu - kGeneveMtuOverhead - (t.esp_routes.empty() ? 0 : kEspMaxOverhead);
-    if (__builtin_expect(p.l3_length > pod_mtu, 0) && can_fragment(frame, p))
-      return send_fragments(w, m, p, pod_mtu, [&](rte_mbuf* f, const parsed_packet&) {
-        if (!learned) return hold_for_pod(w, t, ports, out, f, *pod);
-        reinterpret_cast<ethernet_header*>(frame_of(f))->destination = mac_address::from_u64(learned);
-        transmit(w, out, f);
-      });
+    // Bigger than the smallest MTU a pod may have: deliver_fragmented looks closer. Not
+    // from the tunnel, whose inner MTU is a pod's.
+    if (!kFromOverlay && __builtin_expect(p.l3_length > ports.pod_mtu_floor, 0) &&
+        deliver_fragmented(w, t, ports, out, m, p, *pod, learned))
+      return;
     if (__builtin_expect(!learned, 0)) return hold_for_pod(w, t, ports, out, m, *pod);
     eth->destination = mac_address::from_u64(learned);
     return transmit(w, out, m);

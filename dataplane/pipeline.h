@@ -194,6 +194,10 @@ struct port_table {
   std::array<port_info, kMaxPorts> ports;
   uint16_t uplink_port = UINT16_MAX;
   uint16_t uplink_mtu = 1500;  // IP MTU of the underlay
+  // The smallest MTU a pod of this node may have (the tunnel's and ESP's room off the
+  // uplink's, pod_requests.cpp): a packet for a pod above it is looked at closer
+  // (deliver_fragmented, pipeline.cpp). Set with uplink_mtu.
+  uint16_t pod_mtu_floor = 1500 - wire::kGeneveMtuOverhead - kEspMaxOverhead;
   // Outer UDP checksum of Geneve frames: computed (default), or zero, which RFC 768 and
   // RFC 8926 section 3.3 allow over IPv4 and which saves a pass over the packet.
   std::atomic<uint8_t> geneve_udp_checksum{1};

@@ -380,6 +380,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   pool->options_ = options;
   pool->ports_ = std::make_unique<port_table>();
   pool->ports_->uplink_mtu = options.uplink_mtu;
+  pool->ports_->pod_mtu_floor = static_cast<uint16_t>(options.uplink_mtu - wire::kGeneveMtuOverhead - kEspMaxOverhead);
   pool->apply_tuning(options.initial);
   const uint16_t workers = std::max<uint16_t>(1, options.workers);
   if (ports.size() > 64) {
