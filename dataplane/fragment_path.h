@@ -12,9 +12,11 @@
 //   UDP source port of the Geneve frames that carry them is the first's flow hash;
 // - a service flow's rewrite changes a later fragment's addresses only (its first took
 //   the port and the transport checksum, which covers the whole datagram);
-// - L4 policy decides the first fragment; the later ones of a datagram whose first was
-//   delivered to the pod pass (fragment_delivered, fragment_admitted), the others are
-//   dropped as policy_denied.
+// - L4 policy decides the first fragment; the later ones of a datagram whose first it
+//   let in pass (fragment_delivered, fragment_admitted), the others are dropped as
+//   policy_denied;
+// - an IPv4 packet without DF too big for the tunnel or a pod's MTU is fragmented here
+//   (pipeline.cpp, send_fragments), as a router does.
 // Not forwarded: fragments of egress flows (source NAT to an outside address) and
 // fragments to the node's own addresses (counted as ipv4_fragment / ipv6_fragment).
 #pragma once
@@ -33,7 +35,7 @@ inline drop_reason fragment_drop_reason(const parsed_packet& p) {
 // was dropped.
 [[gnu::noinline]] bool fragment_arrived(worker_state& w, rte_mbuf* m, const uint8_t* frame, parsed_packet& p);
 
-// A first fragment on its way to a pod of this node, past any policy, as its frame now is.
+// A first fragment L4 policy let in to a pod of this node, as its frame now is.
 [[gnu::noinline]] void fragment_delivered(worker_state& w, const uint8_t* frame, const parsed_packet& p);
 
 // L4 policy for a later fragment of TCP or UDP to a pod of this node: true when its

@@ -27,12 +27,6 @@ flow_entry reverse_entry_for(const flow_entry& forward, bool v4, const uint8_t* 
 // The key of the entry for the other direction of `e`'s flow (see flow_entry).
 flow_key partner_key(const flow_entry& e, const forwarding_tables& t, const worker_state& w);
 
-// Applies a flow's rewrite to a TCP/UDP packet of it: the destination (forward: VIP ->
-// backend) or the source (reverse: backend -> VIP), address and port, and with
-// kFlowSecondRewrite the other end too, with the checksums updated by the entry's
-// deltas. The packet's old values are the key's, which the lookup matched.
-// `second6`: with kFlowSecondRewrite on IPv6, the other end's new address (see
-// second_rewrite_address).
 // A later fragment of the flow (fragment_path.h): the addresses only, and IPv4's header
 // checksum. Its first fragment carried the ports and the transport checksum, which covers
 // the whole datagram; e.l3_checksum_delta is the addresses' change alone.
@@ -54,6 +48,12 @@ inline void rewrite_fragment_addresses(uint8_t* ip, const parsed_packet& p, cons
     std::memcpy(ip + (destination ? offsetof(ipv6_header, source) : offsetof(ipv6_header, destination)), second6, 16);
 }
 
+// Applies a flow's rewrite to a TCP/UDP packet of it: the destination (forward: VIP ->
+// backend) or the source (reverse: backend -> VIP), address and port, and with
+// kFlowSecondRewrite the other end too, with the checksums updated by the entry's
+// deltas. The packet's old values are the key's, which the lookup matched.
+// `second6`: with kFlowSecondRewrite on IPv6, the other end's new address (see
+// second_rewrite_address).
 [[gnu::always_inline]] inline void rewrite_flow(uint8_t* frame, const parsed_packet& p, const flow_entry& e,
                                                 const uint8_t* second6 = nullptr) {
   // Egress flows rewrite the other end (source NAT, see kFlowEgress).

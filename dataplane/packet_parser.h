@@ -31,7 +31,10 @@ enum class drop_reason : uint8_t {
   bad_ipv6_payload_length,
   bad_tcp_header_length,
   bad_udp_length,
-  ipv4_fragment,  // a later IPv4 fragment without its first's record (fragment_path.h)
+  // An IPv4 fragment the pipeline does not forward (fragment_path.h): a later one without
+  // its first's record, one at offset 1 over its first's TCP header (RFC 1858), one for
+  // the node's own address or of an egress flow.
+  ipv4_fragment,
   ipv6_extension_header,
   bad_geneve,
   geneve_unknown_peer,
@@ -68,8 +71,7 @@ enum class drop_reason : uint8_t {
   // candidates, and the client's own port would make it another live flow's 5-tuple at
   // the backend (dataplane/service_lb.cpp).
   client_ports_exhausted,
-  // A later fragment of an IPv6 datagram whose first fragment this worker has not seen
-  // (or refused, or saw too long ago); ipv4_fragment is the same for IPv4.
+  // The same as ipv4_fragment for IPv6 (a Fragment header right after the IPv6 header).
   ipv6_fragment,
   count_,
 };
