@@ -96,8 +96,10 @@ void rewrite_echo(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
   store16(check, apply_delta(load16(check), e.l4_checksum_delta));
 }
 
+// A later fragment (no transport header, fragment_path.h) gets the addresses only, which
+// rewrite_flow gives it whatever its protocol.
 void apply(uint8_t* frame, const parsed_packet& p, const flow_entry& e) {
-  if (is_icmp(p.l4_protocol)) rewrite_echo(frame, p, e);
+  if (is_icmp(p.l4_protocol) && p.l4_offset) rewrite_echo(frame, p, e);
   else rewrite_flow(frame, p, e);
 }
 
@@ -373,10 +375,13 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   const bool v4 = p.l3 == l3_kind::ipv4;
   if (!e.enabled() || ports.uplink_port == UINT16_MAX || (!v4 && !e.has_snat_ip6 && !source))
     return drop(w, m, drop_reason::no_route);
-  if (!p.l4_offset) return drop(w, m, drop_reason::no_route);
+  // A later fragment (fragment_path.h) follows its first's flow, which it has the ports of.
+  const bool later_fragment = p.fragment == kLaterFragment;
+  if (!p.l4_offset && !later_fragment) return drop(w, m, drop_reason::no_route);
   // Echo requests start flows; other ICMP from a pod to the outside must be an error
   // about an egress flow (egress_icmp_error_outbound), or it has no flow to belong to.
-  const bool icmp_other = is_icmp(p.l4_protocol) && icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest);
+  const bool icmp_other = !later_fragment && is_icmp(p.l4_protocol) &&
+                          icmp_type(frame, p) != (v4 ? kIcmpEchoRequest : kIcmpv6EchoRequest);
   if (!is_icmp(p.l4_protocol) && p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)
     return drop(w, m, drop_reason::no_route);
   // A VIP on a port it does not serve is no outside address (IPv6: a fold in the gate
@@ -413,6 +418,8 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
   if (const flow_entry* hit = w.flows.find(key, hash, w.now, p.tcp_flags, w.timeouts, &new_epoch)) {
     found = *hit;
     if (new_epoch) [[unlikely]] keep_partner(w, found, v4);
+  } else if (later_fragment) {
+    return drop(w, m, v4 ? drop_reason::ipv4_fragment : drop_reason::ipv6_fragment);  // its first made no flow
   } else {
     // This worker owns the flow (worker_handoff.h): no other table has it.
     bool shared = false;
@@ -463,9 +470,11 @@ const egress_gateway_rule* egress_hosted_rule(const forwarding_tables& t, const 
 
 [[gnu::noinline]] bool egress_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m, uint8_t* frame,
                                       const parsed_packet& p) {
-  if (!p.l4_offset) return false;
   const bool v4 = p.l3 == l3_kind::ipv4;
-  if (is_icmp(p.l4_protocol)) {
+  if (!p.l4_offset) {
+    // A later fragment of a reply follows its first (fragment_path.h): its flow's ports.
+    if (p.fragment != kLaterFragment) return false;
+  } else if (is_icmp(p.l4_protocol)) {
     if (icmp_type(frame, p) != (v4 ? kIcmpEchoReply : kIcmpv6EchoReply)) return icmp_error_inbound(w, t, frame, p);
   } else if (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp) {
     return false;

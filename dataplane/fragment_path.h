@@ -17,8 +17,9 @@
 //   policy_denied;
 // - an IPv4 packet without DF too big for the tunnel or a pod's MTU is fragmented here
 //   (pipeline.cpp, send_fragments), as a router does.
-// Not forwarded: fragments of egress flows (source NAT to an outside address) and
-// fragments to the node's own addresses (counted as ipv4_fragment / ipv6_fragment).
+// Egress flows' fragments go the same way (egress_snat.cpp: a later one rewritten by its
+// flow's entry, addresses only), both out and back. Not forwarded: fragments for the node
+// itself (counted as ipv4_fragment).
 #pragma once
 
 #include "dataplane/pipeline_internal.h"

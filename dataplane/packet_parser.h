@@ -32,8 +32,8 @@ enum class drop_reason : uint8_t {
   bad_tcp_header_length,
   bad_udp_length,
   // An IPv4 fragment the pipeline does not forward (fragment_path.h): a later one without
-  // its first's record, one at offset 1 over its first's TCP header (RFC 1858), one for
-  // the node's own address or of an egress flow.
+  // its first's record or flow, one at offset 1 over its first's TCP header (RFC 1858),
+  // one for the node itself.
   ipv4_fragment,
   ipv6_extension_header,
   bad_geneve,

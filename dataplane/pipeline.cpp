@@ -225,8 +225,6 @@ void route(worker_state& w, const forwarding_tables& t, port_table& ports, uint1
       }
       if (p.l3_length > ports.uplink_mtu)
         return refuse_too_big(w, t, in_port, m, p, reply_mac(), kFromOverlay, ports.uplink_mtu, lb);
-      // Source NAT to an outside address rewrites ports a later fragment does not hold.
-      if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, fragment_drop_reason(p));
       return egress_outbound(w, t, ports, in_port, m, frame, p, source);
     }
   }
@@ -320,9 +318,9 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     if (p.l3 == l3_kind::arp) return underlay_arp(w, t, ports, port, in_port, m, frame, p);
     if (p.l3 == l3_kind::ipv4) {
       const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-      if (ip->destination == t.underlay_ip) {
-        // Fragments to the node itself (Geneve and ESP leave with DF set) are not reassembled.
-        if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, drop_reason::ipv4_fragment);
+      // Fragments for the node itself (Geneve and ESP leave with DF set) are not put
+      // together here; those of an egress flow's reply are forwarded below.
+      if (ip->destination == t.underlay_ip && __builtin_expect(p.fragment == kNotFragment, 1)) {
         if (p.l4_offset && p.l4_protocol == kProtoUdp && p.destination_port == kGenevePort) {
           lb_outcome lb;
           lb.enforce = kEnforceRemote;
@@ -348,13 +346,14 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
           return answer_echo(w, in_port, m, p, port.mac);
       }
       if (is_egress_address(t, ip->destination)) {  // replies of egress flows (issue 18)
-        if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, drop_reason::ipv4_fragment);
+        if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
         if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
         if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
         // To the pod here, or through the tunnel to its node when this node is its gateway.
         return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
       }
-      if (ip->destination == t.underlay_ip) return drop(w, m, drop_reason::not_for_us);
+      if (ip->destination == t.underlay_ip)
+        return drop(w, m, p.fragment == kNotFragment ? drop_reason::not_for_us : drop_reason::ipv4_fragment);
     }
     // The router's neighbour solicitation for an IPv6 egress address (issue 18).
     if (p.l3 == l3_kind::ipv6 && p.l4_offset && p.l4_protocol == kProtoIcmpv6 && p.fragment == kNotFragment &&
@@ -369,7 +368,7 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     if (p.l3 == l3_kind::ipv6 && is_egress_address6(t, frame + p.l3_offset + offsetof(ipv6_header, destination))) {
-      if (__builtin_expect(p.fragment != kNotFragment, 0)) return drop(w, m, drop_reason::ipv6_fragment);
+      if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
       if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
       if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
       return route<false>(w, t, ports, in_port, m, p, lb_outcome{});

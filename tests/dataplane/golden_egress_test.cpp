@@ -229,6 +229,74 @@ TEST_F(golden_egress, OutboundUdpIsSourceNatedInBothFamilies) {
   EXPECT_EQ(verify_checksums(in6), "");
 }
 
+// Fragmented datagrams (dataplane/fragment_path.h): a pod's UDP datagram larger than its
+// MTU leaves in fragments, each source-NATed as its flow's (the first takes the lent port
+// and the checksum over the whole datagram, the later ones the address), and the outside
+// host's answer in fragments comes back to the pod the same way, in both families; an
+// echo of 3,000 bytes (ping -s) too.
+TEST_F(golden_egress, DatagramsInFragmentsAreSourceNatedBothWaysInBothFamilies) {
+  router_answers();
+  l4_spec query = udp(5301, 53);
+  query.payload.assign(3000, 0x42);
+  const auto out_of_uplink_all = [&](const std::vector<bytes>& frames, int in) {
+    for (const bytes& f : frames) send(in, f);
+    std::vector<bytes> out;
+    for (bytes f = receive(in == client ? uplink : client); !f.empty(); f = receive(in == client ? uplink : client))
+      out.push_back(std::move(f));
+    return out;
+  };
+  for (const bool v6 : {false, true}) {
+    SCOPED_TRACE(v6 ? "IPv6" : "IPv4");
+    const size_t l4 = v6 ? kL4v6 : kL4;
+    const bytes datagram = v6 ? pod6(query) : ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(kOutside),
+                                                           query, 64, false);
+    const std::vector<bytes> out =
+        out_of_uplink_all(v6 ? fragments_v6(datagram, 1200, 0x1111) : fragments_v4(datagram, 1200, 0x1111), client);
+    ASSERT_EQ(out.size(), 3u);
+    for (const bytes& f : out) {
+      EXPECT_EQ(mac_at(f, 0), kRouterMac);
+      if (v6) EXPECT_EQ(ip6_at(f, kEth + 8), ip6(kSnat6));
+      else EXPECT_EQ(net32_at(f, kIp4 + 12), ip4("198.19.0.1"));
+    }
+    const bytes whole = reassembled(out);
+    ASSERT_FALSE(whole.empty());
+    EXPECT_EQ(verify_checksums(whole), "");
+    const uint16_t lent = u16_at(whole, l4);
+    EXPECT_GE(lent, kFirstPort);
+    EXPECT_LT(lent, kFirstPort + kPorts);
+    l4_spec answer = udp(53, lent);
+    answer.payload.assign(2500, 0x24);
+    const bytes reply = v6 ? outside6(answer) : ipv4_frame(kRouterMac, kUplinkMac, ip4(kOutside), ip4("198.19.0.1"),
+                                                           answer, 64, false);
+    const std::vector<bytes> in =
+        out_of_uplink_all(v6 ? fragments_v6(reply, 1200, 0x2222) : fragments_v4(reply, 1200, 0x2222), uplink);
+    ASSERT_EQ(in.size(), 3u);
+    const bytes back = reassembled(in);
+    ASSERT_FALSE(back.empty());
+    EXPECT_EQ(u16_at(back, l4 + 2), 5301);
+    if (v6) EXPECT_EQ(ip6_at(back, kEth + 24), ip6("fd00:6d6c:1::10"));
+    else EXPECT_EQ(net32_at(back, kIp4 + 16), ip4("198.18.1.10"));
+    EXPECT_EQ(verify_checksums(back), "");
+  }
+  l4_spec ping;
+  ping.protocol = kProtoIcmp;
+  ping.icmp_type = kIcmpEchoRequest;
+  ping.payload.assign(3000, 0x61);
+  const std::vector<bytes> echo = out_of_uplink_all(
+      fragments_v4(ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(kOutside), ping, 64, false), 1200),
+      client);
+  ASSERT_EQ(echo.size(), 3u);
+  const bytes whole = reassembled(echo);
+  ASSERT_FALSE(whole.empty());
+  EXPECT_EQ(net32_at(whole, kIp4 + 12), ip4("198.19.0.1"));
+  EXPECT_EQ(verify_checksums(whole), "");
+  // A later fragment whose first made no flow: dropped and counted.
+  send(client, fragments_v4(ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4(kOutside), query, 64, false),
+                            1200, 0x3333)[1]);
+  EXPECT_EQ(pending(uplink), 0u);
+  EXPECT_EQ(drops(drop_reason::ipv4_fragment), 1u);
+}
+
 TEST_F(golden_egress, OutboundTcpOverIpv6IsSourceNatedToSnatIp6) {
   router_answers();
   const bytes out = out_of_uplink(pod6(tcp(51000, 443)));
