@@ -44,6 +44,14 @@ class golden_fragments : public ring_pool_test {
     }
     return frames;
   }
+  // `fragments` put together: right checksums, and from byte `from` on (past what the
+  // path rewrote) the bytes of `original`.
+  static void expect_reassembled(const std::vector<bytes>& fragments, const bytes& original, size_t from) {
+    const bytes whole = reassembled(fragments);
+    ASSERT_FALSE(whole.empty());
+    EXPECT_EQ(verify_checksums(whole), "");
+    EXPECT_TRUE(std::equal(whole.begin() + from, whole.end(), original.begin() + from, original.end()));
+  }
   // The outer UDP source ports of the Geneve frames the uplink sends for `fragments`.
   std::vector<uint16_t> outer_ports(const std::vector<bytes>& fragments) {
     for (const bytes& f : fragments) send(client, f);
@@ -65,10 +73,7 @@ TEST_F(golden_fragments, AUdpDatagramInThreeFragmentsReachesAPodOnNode2WholeAndO
     EXPECT_EQ(out[i][kIp4 + 8], 63);  // each fragment's TTL, and its header checksum
     EXPECT_EQ(checksum(&out[i][kIp4], 20), 0);
   }
-  const bytes whole = reassembled(out);
-  ASSERT_FALSE(whole.empty());
-  EXPECT_EQ(verify_checksums(whole), "");
-  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), datagram.begin() + kL4, datagram.end()));
+  expect_reassembled(out, datagram, kL4);
   // The fragments of one datagram leave on one outer source port (one flow to the
   // underlay's ECMP and to node 2's RSS), the first's.
   drain(uplink);
@@ -164,10 +169,7 @@ TEST_F(golden_fragments, FragmentsArrivingByGeneveReachThePodHere) {
   for (const bytes& f : fragments_v4(datagram, kChunk)) tunnelled.push_back(geneve_from(ip4("198.19.0.2"), f));
   const std::vector<bytes> delivered = through(uplink, tunnelled, web);
   ASSERT_EQ(delivered.size(), 4u);
-  const bytes whole = reassembled(delivered);
-  ASSERT_FALSE(whole.empty());
-  EXPECT_EQ(verify_checksums(whole), "");
-  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), datagram.begin() + kL4, datagram.end()));
+  expect_reassembled(delivered, datagram, kL4);
 }
 
 TEST_F(golden_fragments, Ipv6UdpFragmentsReachAPodOnNode2Whole) {
@@ -178,10 +180,7 @@ TEST_F(golden_fragments, Ipv6UdpFragmentsReachAPodOnNode2Whole) {
   const std::vector<bytes> out = through(client, fragments, uplink);
   ASSERT_EQ(out.size(), 3u);
   for (const bytes& f : out) EXPECT_EQ(f[kEth + 7], 63);  // hop limit
-  const bytes whole = reassembled(out);
-  ASSERT_FALSE(whole.empty());
-  EXPECT_EQ(verify_checksums(whole), "");
-  EXPECT_TRUE(std::equal(whole.begin() + kL4v6, whole.end(), datagram.begin() + kL4v6, datagram.end()));
+  expect_reassembled(out, datagram, kL4v6);
   // A later fragment without its first: dropped and counted.
   send(client, fragments_v6(datagram, kChunk, 0x7777)[2]);
   EXPECT_EQ(pending(uplink), 0u);
@@ -292,10 +291,7 @@ TEST_F(golden_fragments, ABackendsFragmentsToAClientAnotherNodeTranslatesGoOnUnc
   const std::vector<bytes> fragments = fragments_v4(answer, kChunk);
   const std::vector<bytes> out = through(web, fragments, uplink);
   ASSERT_EQ(out.size(), 3u);
-  const bytes whole = reassembled(out);
-  ASSERT_FALSE(whole.empty());
-  EXPECT_EQ(verify_checksums(whole), "");
-  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), answer.begin() + kL4, answer.end()));
+  expect_reassembled(out, answer, kL4);
   EXPECT_EQ(drops(drop_reason::ipv4_fragment), 0u);
 }
 
@@ -323,10 +319,7 @@ TEST_F(golden_fragments, AnIpv4PacketWithoutDfTooBigForAPodHereReachesItInFragme
     EXPECT_LE(f.size() - kEth, 1500u - kGeneveMtuOverhead);
     EXPECT_EQ(mac_at(f, 0), kWebMac);
   }
-  const bytes whole = reassembled(out);
-  ASSERT_FALSE(whole.empty());
-  EXPECT_EQ(verify_checksums(whole), "");
-  EXPECT_TRUE(std::equal(whole.begin() + kL4, whole.end(), datagram.begin() + kL4, datagram.end()));
+  expect_reassembled(out, datagram, kL4);
   // With DF it is left whole, as before (the pod's own stack answers for its MTU).
   const bytes whole_df =
       ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_datagram(7000, 1800), 64, true);
