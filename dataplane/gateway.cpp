@@ -113,6 +113,9 @@ void answer_icmp_error(worker_state& w, uint16_t port, rte_mbuf* m, const parsed
   const bool about_an_error = p.l4_offset && (p.l4_protocol == kProtoIcmp || p.l4_protocol == kProtoIcmpv6) &&
                               is_icmp_error(p.l3 == l3_kind::ipv4, frame_of(m)[p.l4_offset]);
   if (about_an_error) return rte_pktmbuf_free(m);
+  // Nor about an IPv4 fragment other than the first (RFC 1122 section 3.2.2, as Linux's
+  // icmp_send): its quote names no transport tuple.
+  if (p.fragment == kLaterFragment && p.l3 == l3_kind::ipv4) return rte_pktmbuf_free(m);
   if (!w.icmp_error_budget.take(w.now, w.tsc_hz)) {
     w.icmp_rate_limited.add(1);
     return rte_pktmbuf_free(m);

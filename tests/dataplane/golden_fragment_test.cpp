@@ -326,5 +326,20 @@ TEST_F(golden_fragments, AnIpv4PacketWithoutDfTooBigForAPodHereReachesItInFragme
   ASSERT_EQ(through(client, {whole_df}, web).size(), 1u);
 }
 
+// ICMP errors (RFC 1122 section 3.2.2): a first fragment whose TTL runs out is answered
+// with "time exceeded", a later one is not (its quote would name no transport tuple).
+TEST_F(golden_fragments, OnlyAFirstFragmentIsAnsweredWithTimeExceeded) {
+  const bytes datagram =
+      ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), udp_datagram(7000, 3000), 1, false);
+  const std::vector<bytes> fragments = fragments_v4(datagram, kChunk);
+  for (const bytes& f : fragments) send(client, f);
+  EXPECT_EQ(pending(uplink), 0u);
+  const bytes answer = receive(client);
+  ASSERT_GT(answer.size(), kL4 + 1);
+  EXPECT_EQ(answer[kL4], kIcmpTimeExceeded);
+  EXPECT_EQ(pending(client), 0u);  // none for the two later fragments
+  EXPECT_EQ(drops(drop_reason::ttl_expired), 3u);
+}
+
 }  // namespace
 }  // namespace meshlane::testing
