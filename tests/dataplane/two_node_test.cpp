@@ -725,6 +725,10 @@ TEST_F(two_nodes_two_workers, TwoWorkersForwardTcpAndUdpAcrossNodes) {
     EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9400 + round, "two workers"), "");
 }
 
+// The same fragments with two workers on node 1: whole datagrams from af_packet's
+// reassembly and the fragments that come back through the tunnel, on either worker.
+TEST_F(two_nodes_two_workers, DatagramsInFragmentsCrossTheNodesAndAServiceVip) { datagrams_in_fragments_cross(1800, 1800); }
+
 // Service flows with two workers: a connection's requests (from the pod port) and its
 // replies (Geneve on the uplink) are spread over the queues independently, so replies
 // often reach the worker that does not own the flow; reverse NAT must work anyway.
