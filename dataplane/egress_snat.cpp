@@ -7,6 +7,7 @@
 
 #include <algorithm>
 
+#include "dataplane/fragment_path.h"
 #include "dataplane/icmp_quote.h"
 #include "dataplane/service_lb.h"
 
@@ -419,7 +420,7 @@ void learn_egress_router(const forwarding_tables& t, port_table& ports, uint32_t
     found = *hit;
     if (new_epoch) [[unlikely]] keep_partner(w, found, v4);
   } else if (later_fragment) {
-    return drop(w, m, v4 ? drop_reason::ipv4_fragment : drop_reason::ipv6_fragment);  // its first made no flow
+    return drop(w, m, fragment_drop_reason(p));  // its first made no flow
   } else {
     // This worker owns the flow (worker_handoff.h): no other table has it.
     bool shared = false;

@@ -31,7 +31,8 @@ inline drop_reason fragment_drop_reason(const parsed_packet& p) {
   return p.l3 == l3_kind::ipv4 ? drop_reason::ipv4_fragment : drop_reason::ipv6_fragment;
 }
 
-// A fragment (p.fragment != kNotFragment) where it enters the pipeline: true to go on
+// A fragment (p.fragment != kNotFragment) where it enters the pipeline (hand_off,
+// worker_handoff.h, before the owner is chosen): true to go on
 // (a later fragment of TCP, UDP or ICMP now has its first's ports in `p`); false when it
 // was dropped.
 [[gnu::noinline]] bool fragment_arrived(worker_state& w, rte_mbuf* m, const uint8_t* frame, parsed_packet& p);

@@ -306,7 +306,6 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     } else if (std::memcmp(frame + p.l3_offset + 8, t.port_source_v6[in_port].data(), 16) != 0) {
       return drop(w, m, drop_reason::spoofed_source);
     }
-    if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
     lb_outcome lb;
     lb.source_identity = t.port_identity[in_port];
     if (hand_off(w, t, m, frame, p, handoff_entry::pod, in_port, lb)) return;
@@ -326,7 +325,6 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
           lb.enforce = kEnforceRemote;
           if (!geneve_decapsulate(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
-          if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
           if (hand_off(w, t, m, frame, p, handoff_entry::overlay, in_port, lb)) return;
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
@@ -336,7 +334,6 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
           lb.enforce = kEnforceRemote;
           if (!esp_receive(w, t, m, p) || !geneve_decapsulate<true>(w, t, ports, m, p, lb)) return;
           frame = frame_of(m);
-          if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
           if (hand_off(w, t, m, frame, p, handoff_entry::overlay, in_port, lb)) return;
           if (!load_balance(w, t, m, frame, p, lb)) return;
           return route<true>(w, t, ports, in_port, m, p, lb);
@@ -346,7 +343,6 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
           return answer_echo(w, in_port, m, p, port.mac);
       }
       if (is_egress_address(t, ip->destination)) {  // replies of egress flows (issue 18)
-        if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
         if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
         if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
         // To the pod here, or through the tunnel to its node when this node is its gateway.
@@ -368,7 +364,6 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     // another node), or straight to a pod of this node. Nothing else enters the overlay.
     if (eth->destination.as_u64() != port.mac.as_u64()) return drop(w, m, drop_reason::not_for_us);
     if (p.l3 == l3_kind::ipv6 && is_egress_address6(t, frame + p.l3_offset + offsetof(ipv6_header, destination))) {
-      if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
       if (hand_off(w, t, m, frame, p, handoff_entry::egress_inbound, in_port, lb_outcome{})) return;
       if (!egress_inbound(w, t, m, frame, p)) return drop(w, m, drop_reason::not_for_us);
       return route<false>(w, t, ports, in_port, m, p, lb_outcome{});
@@ -383,7 +378,6 @@ inline void ingress_flow(worker_state& w, const forwarding_tables& t, port_table
     lb_outcome lb;
     lb.source_identity = kIdentityWorld;  // policy matches it on ip_blocks only
     lb.enforce = kEnforceIngress;
-    if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return;
     if (hand_off(w, t, m, frame, p, handoff_entry::ingress, in_port, lb)) return;
     return ingress_flow(w, t, ports, in_port, m, frame, p, lb);
   }

@@ -41,6 +41,7 @@
 #include <algorithm>
 
 #include "dataplane/egress_snat.h"
+#include "dataplane/fragment_path.h"
 #include "dataplane/icmp_quote.h"
 #include "dataplane/pipeline_internal.h"
 #include "dataplane/service_lb.h"
@@ -267,12 +268,15 @@ void flush_handoff(worker_state& w, uint32_t owner);
   if (stage.count == worker_state::kHandoffBurst) flush_handoff(w, owner);
 }
 
-// Before the flow lookup: true when the packet belongs to another worker's flow and went
-// to it (or was dropped, handoff_ring_full, at the flush). One predictable branch with
-// one worker.
+// Where a packet enters (a pod's port, the tunnel, the uplink), before the flow lookup:
+// true when the packet belongs to another worker's flow and went to it (or was dropped,
+// handoff_ring_full, at the flush), or was a fragment dropped here. A fragment first gets
+// what its flow tuple lacks (fragment_path.h: a later one its first's ports), which the
+// owner and the lookup need. One predictable branch each for whole packets and one worker.
 [[gnu::always_inline]] inline bool hand_off(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
-                                            const uint8_t* frame, const parsed_packet& p, handoff_entry entry,
+                                            const uint8_t* frame, parsed_packet& p, handoff_entry entry,
                                             uint16_t in_port, const lb_outcome& lb) {
+  if (__builtin_expect(p.fragment != kNotFragment, 0) && !fragment_arrived(w, m, frame, p)) return true;
   if (__builtin_expect(w.workers == 1, 1)) return false;
   const uint32_t owner = packet_owner(t, frame, p, w.workers);
   if (owner == kAnyWorker || owner == w.index) return false;
