@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <bit>
 #include <cassert>
+#include <limits>
 
 namespace meshlane {
 
@@ -30,9 +31,15 @@ std::vector<uint16_t> build_maglev_table(std::span<const maglev_backend> backend
   return build_maglev_table(points, table_size);
 }
 
-std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends, uint32_t table_size) {
+namespace {
+
+// Slot: uint16_t, or uint8_t for at most 256 backends. The walk is the same for both; only
+// the table's entries are narrower.
+template <typename Slot>
+std::vector<Slot> build_table(std::span<const maglev_point> backends, uint32_t table_size) {
   if (backends.empty()) return {};
-  assert(table_size >= backends.size() && backends.size() <= 65535);
+  assert(table_size >= backends.size() && backends.size() <= size_t{std::numeric_limits<Slot>::max()} + 1 &&
+         backends.size() <= 65535);
 
   // Once the table is half full, the next kLookAhead slots of a backend's permutation are
   // tested together, without a branch between them, and the first free one taken: the
@@ -58,8 +65,9 @@ std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends,
     max_weight = std::max(max_weight, backends[i].weight);
   }
 
-  constexpr uint16_t kFree = 0xffff;  // backends.size() <= 65535, so never a real index
-  std::vector<uint16_t> table(table_size, kFree);
+  // Every slot is written before the walk ends (filled reaches table_size); is_free, not
+  // the table, says which are taken.
+  std::vector<Slot> table(table_size);
   // Whether each slot is free, twice over: is_free[s] and is_free[s + M] both say it of
   // slot s, so that position + k * skip (each below M, their sum below 2M) indexes it
   // without being wrapped first: a look-ahead group's eight probes are an add, a byte load,
@@ -100,13 +108,24 @@ std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends,
           base = wrap(base + w.step[kLookAhead]);
         }
       }
-      table[slot] = static_cast<uint16_t>(i);
+      table[slot] = static_cast<Slot>(i);
       is_free[slot] = 0;
       is_free[slot + table_size] = 0;
       w.position = wrap(slot + w.step[1]);
       if (++filled == table_size) return table;
     }
   }
+}
+
+}  // namespace
+
+std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends, uint32_t table_size) {
+  return build_table<uint16_t>(backends, table_size);
+}
+
+std::vector<uint8_t> build_maglev_table_narrow(std::span<const maglev_point> backends, uint32_t table_size) {
+  assert(backends.size() <= kMaglevNarrowBackends);
+  return build_table<uint8_t>(backends, table_size);
 }
 
 }  // namespace meshlane

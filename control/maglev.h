@@ -38,5 +38,9 @@ struct maglev_point {
 };
 maglev_point maglev_point_of(std::string_view identity, uint32_t weight);
 std::vector<uint16_t> build_maglev_table(std::span<const maglev_point> backends, uint32_t table_size);
+// The same table, one byte a slot: for at most 256 backends (nearly every service), half
+// the memory of the two-byte form (snapshot.h, maglev_slots).
+inline constexpr size_t kMaglevNarrowBackends = 256;
+std::vector<uint8_t> build_maglev_table_narrow(std::span<const maglev_point> backends, uint32_t table_size);
 
 }  // namespace meshlane

@@ -117,7 +117,7 @@ void write_block(byte_writer& w, const service_backends& block, bool backends, b
       w.u32(b.node_index);
     }
   if (maglev)
-    for (uint16_t slot : block.maglev) w.u16(slot);
+    for (size_t slot = 0; slot < block.maglev.size(); ++slot) w.u16(block.maglev[slot]);
 }
 }  // namespace
 

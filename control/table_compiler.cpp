@@ -93,9 +93,14 @@ std::shared_ptr<const service_backends> compile_service_backends(
   for (const backend_spec* b : backends) out->backends.push_back({b->ip, b->port, b->weight, names(b->node)});
   if (earlier && *earlier && block_made_of(**earlier, out->backends, table_size)) return *earlier;
   for (const backend_spec* b : backends) maglev_input.push_back(backend_point(*b));
-  if (!backends.empty()) {
-    out->maglev = build_maglev_table(maglev_input, table_size);
-    for (uint16_t slot : out->maglev) ++out->backends[slot].maglev_slots;
+  if (backends.size() > kMaglevNarrowBackends) {
+    const std::vector<uint16_t> table = build_maglev_table(maglev_input, table_size);
+    for (uint16_t slot : table) ++out->backends[slot].maglev_slots;
+    out->maglev = maglev_slots(table);
+  } else if (!backends.empty()) {
+    std::vector<uint8_t> table = build_maglev_table_narrow(maglev_input, table_size);
+    for (uint8_t slot : table) ++out->backends[slot].maglev_slots;
+    out->maglev = maglev_slots(std::move(table));
   }
   out->digest = block_digest(*out);
   return out;
@@ -469,7 +474,7 @@ std::string describe_tables(const snapshot& t) {
     out << "\n";
     std::vector<uint32_t> share(svc.backend_count, 0);
     if (svc.backend_count) {
-      for (uint16_t slot : svc.compiled->maglev) ++share[slot];
+      for (size_t slot = 0; slot < svc.compiled->maglev.size(); ++slot) ++share[svc.compiled->maglev[slot]];
     } else {
       out << "    (no backends: connections are refused)\n";
     }

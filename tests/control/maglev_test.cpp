@@ -101,6 +101,28 @@ TEST(Maglev, TablesAreTheSameAsEverBefore) {
   }
 }
 
+// The one-byte form (up to 256 backends) is the same table, slot for slot, as the
+// two-byte one: same walk, narrower entries. Table sizes from 2 to 65,537 slots,
+// backends from 1 to 256 (every index a byte holds), weights 1 to 5.
+TEST(Maglev, OneByteTablesAreTheTwoByteTables) {
+  for (const auto& [count, size] : std::initializer_list<std::pair<uint32_t, uint32_t>>{
+           {1, 2}, {2, 13}, {16, 1021}, {100, 1021}, {255, 1021}, {256, 1021}, {256, 257}, {256, 65537}}) {
+    std::vector<maglev_point> input;
+    for (uint32_t b = 0; b < count; ++b)
+      input.push_back(maglev_point_of("10.2." + std::to_string(b / 250) + "." + std::to_string(b % 250) + ":" +
+                                          std::to_string(9000 + b % 11),
+                                      1 + b % 5));
+    const std::vector<uint16_t> wide = build_maglev_table(input, size);
+    const std::vector<uint8_t> narrow = build_maglev_table_narrow(input, size);
+    ASSERT_EQ(narrow.size(), wide.size()) << count << " backends, M=" << size;
+    EXPECT_TRUE(std::equal(narrow.begin(), narrow.end(), wide.begin())) << count << " backends, M=" << size;
+    if (count == 256 && size >= 1021) {  // the last backend's index, 255, a byte's largest
+      // (in 257 slots a backend of the smallest weight may get none)
+      EXPECT_NE(std::find(narrow.begin(), narrow.end(), 255), narrow.end()) << size;
+    }
+  }
+}
+
 // Removing one of N backends must move its own 1/N of the slots and few others.
 // The algorithm as the paper writes it, one probe at a time: each backend's next
 // preference is (offset + j * skip) mod M for j = 0, 1, ..., taken when free.

@@ -18,6 +18,13 @@
 namespace meshlane {
 namespace {
 
+// A compiled Maglev table's slots as build_maglev_table returns them.
+std::vector<uint16_t> slots_of(const maglev_slots& table) {
+  std::vector<uint16_t> out(table.size());
+  for (size_t i = 0; i < table.size(); ++i) out[i] = table[i];
+  return out;
+}
+
 using json = nlohmann::json;
 
 desired_state parse_or_die(const json& document) {
@@ -298,11 +305,47 @@ TEST(TableCompiler, ManyServicesCompiledOnTwoThreadsGetTheirOwnMaglevTables) {
     const auto it = std::lower_bound(tables->services.begin(), tables->services.end(), svc.name,
                                      [](const table_service& row, const std::string& name) { return row.name < name; });
     ASSERT_EQ(it->name, svc.name);
-    EXPECT_EQ(it->compiled->maglev, build_maglev_table(input, 13)) << svc.name;
+    EXPECT_EQ(slots_of(it->compiled->maglev), build_maglev_table(input, 13)) << svc.name;
+    EXPECT_FALSE(it->compiled->maglev.wide()) << svc.name;  // at most 256 backends: a byte a slot
     ASSERT_EQ(it->compiled->backends.size(), sorted.size());
     for (size_t b = 0; b < sorted.size(); ++b) EXPECT_EQ(it->compiled->backends[b].ip, sorted[b]->ip) << svc.name;
   }
   EXPECT_EQ(tables->content_digest(), compile_tables(state, 2)->content_digest());
+}
+
+// A service of more than 256 backends keeps two bytes a slot; up to 256, one. Either way
+// the table is build_maglev_table's for its backends, each backend's slot count is what
+// the table gives it, and pick_backend reads the slot a flow hash names.
+TEST(TableCompiler, MaglevTablesTakeOneByteASlotUpTo256BackendsAndTwoBeyond) {
+  desired_state state = parse_or_die(testing::sample_document());
+  state.tuning.maglev_table_size = 1021;
+  state.services.clear();
+  for (const uint32_t count : {1u, 255u, 256u, 257u, 600u}) {
+    service_spec svc;
+    svc.name = "svc" + std::to_string(count);
+    svc.vip = ip_address::from_v4(0xc6138000u + count);
+    svc.ports.push_back({"", 80, l4_protocol::tcp, 0});
+    for (uint32_t b = 0; b < count; ++b)
+      svc.backends.push_back({ip_address::from_v4(0xc6120200u + b % 200 + 1), static_cast<uint16_t>(8000 + b / 200),
+                              static_cast<uint16_t>(1 + b % 3), "node2"});
+    state.services.push_back(std::move(svc));
+  }
+  const auto tables = compile_tables(state, 1);
+  ASSERT_EQ(tables->services.size(), 5u);
+  for (const table_service& row : tables->services) {
+    const service_backends& block = *row.compiled;
+    std::vector<maglev_backend> input;
+    for (const table_backend& b : block.backends)
+      input.push_back({b.ip.to_string() + ":" + std::to_string(b.port), b.weight});
+    const std::vector<uint16_t> expected = build_maglev_table(input, 1021);
+    EXPECT_EQ(slots_of(block.maglev), expected) << row.name;
+    EXPECT_EQ(block.maglev.wide(), block.backends.size() > 256) << row.name;
+    std::vector<uint32_t> counted(block.backends.size(), 0);
+    for (uint16_t slot : expected) ++counted[slot];
+    for (size_t b = 0; b < block.backends.size(); ++b) EXPECT_EQ(block.backends[b].maglev_slots, counted[b]) << row.name;
+    for (uint64_t hash : {0ull, 1ull, 1020ull, 1021ull, 0x9e3779b97f4a7c15ull, ~0ull})
+      EXPECT_EQ(tables->pick_backend(row, hash), &block.backends[expected[hash % 1021]]) << row.name << " " << hash;
+  }
 }
 
 // A full compile given the generation before shares the compiled block (backends and
