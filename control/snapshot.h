@@ -72,7 +72,7 @@ class maglev_slots {
   maglev_slots() = default;
   explicit maglev_slots(std::vector<uint8_t> narrow) : bytes_(std::move(narrow)) {}
   explicit maglev_slots(const std::vector<uint16_t>& wide) : bytes_(wide.size() * 2), wide_(true) {
-    std::memcpy(bytes_.data(), wide.data(), bytes_.size());
+    if (!wide.empty()) std::memcpy(bytes_.data(), wide.data(), bytes_.size());
   }
   size_t size() const { return wide_ ? bytes_.size() / 2 : bytes_.size(); }
   bool empty() const { return bytes_.empty(); }
