@@ -472,18 +472,15 @@ std::string describe_tables(const snapshot& t) {
     }
     if (svc.session_affinity) out << "  session-affinity";
     out << "\n";
-    std::vector<uint32_t> share(svc.backend_count, 0);
-    if (svc.backend_count) {
-      for (size_t slot = 0; slot < svc.compiled->maglev.size(); ++slot) ++share[svc.compiled->maglev[slot]];
-    } else {
-      out << "    (no backends: connections are refused)\n";
-    }
+    if (!svc.backend_count) out << "    (no backends: connections are refused)\n";
     for (uint32_t b = 0; b < svc.backend_count; ++b) {
       const auto& backend = svc.compiled->backends[b];
+      // Each backend's slots, counted once when its block was compiled.
+      const uint32_t share = backend.maglev_slots;
       char percent[16];
-      std::snprintf(percent, sizeof percent, "%5.1f%%", 100.0 * share[b] / t.tuning.maglev_table_size);
+      std::snprintf(percent, sizeof percent, "%5.1f%%", 100.0 * share / t.tuning.maglev_table_size);
       out << "    " << backend.ip.to_string() << ":" << backend.port << "  weight " << backend.weight
-          << "  node " << t.nodes[backend.node_index].name << "  maglev slots " << share[b] << " ("
+          << "  node " << t.nodes[backend.node_index].name << "  maglev slots " << share << " ("
           << percent << ")\n";
     }
   }

@@ -570,6 +570,19 @@ TEST(TableCompiler, DescribeNamesEveryService) {
   EXPECT_NE(text.find("snapshot generation 3"), std::string::npos);
   EXPECT_NE(text.find("web  198.19.128.10  ports 80/tcp->8080"), std::string::npos);
   EXPECT_NE(text.find("geneve to 198.19.0.2 (node2)"), std::string::npos);
+  // Each backend's line gives the slots its service's table gives it.
+  for (const table_service& svc : t->services) {
+    const service_backends& block = *svc.compiled;
+    std::vector<uint32_t> counted(block.backends.size(), 0);
+    for (size_t slot = 0; slot < block.maglev.size(); ++slot) ++counted[block.maglev[slot]];
+    for (size_t b = 0; b < block.backends.size(); ++b) {
+      const table_backend& backend = block.backends[b];
+      const std::string line = backend.ip.to_string() + ":" + std::to_string(backend.port) + "  weight " +
+                               std::to_string(backend.weight) + "  node " + t->nodes[backend.node_index].name +
+                               "  maglev slots " + std::to_string(counted[b]) + " (";
+      EXPECT_NE(text.find(line), std::string::npos) << line << "\n" << text;
+    }
+  }
 }
 
 }  // namespace
