@@ -93,15 +93,14 @@ std::shared_ptr<const service_backends> compile_service_backends(
   for (const backend_spec* b : backends) out->backends.push_back({b->ip, b->port, b->weight, names(b->node)});
   if (earlier && *earlier && block_made_of(**earlier, out->backends, table_size)) return *earlier;
   for (const backend_spec* b : backends) maglev_input.push_back(backend_point(*b));
-  if (backends.size() > kMaglevNarrowBackends) {
-    const std::vector<uint16_t> table = build_maglev_table(maglev_input, table_size);
-    for (uint16_t slot : table) ++out->backends[slot].maglev_slots;
-    out->maglev = maglev_slots(table);
-  } else if (!backends.empty()) {
-    std::vector<uint8_t> table = build_maglev_table_narrow(maglev_input, table_size);
-    for (uint8_t slot : table) ++out->backends[slot].maglev_slots;
+  // Each backend's share counted once here, for the views; then the table kept in the
+  // width its backend count allows (maglev_slots).
+  const auto keep = [&](auto table) {
+    for (const auto slot : table) ++out->backends[slot].maglev_slots;
     out->maglev = maglev_slots(std::move(table));
-  }
+  };
+  if (backends.size() > kMaglevNarrowBackends) keep(build_maglev_table(maglev_input, table_size));
+  else if (!backends.empty()) keep(build_maglev_table_narrow(maglev_input, table_size));
   out->digest = block_digest(*out);
   return out;
 }
