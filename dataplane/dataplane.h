@@ -28,6 +28,7 @@
 #include "control/subsystem_registry.h"
 #include "dataplane/handover_state.h"
 #include "dataplane/kernel_ingress.h"
+#include "dataplane/packet_ring_port.h"
 #include "dataplane/pipeline.h"
 
 struct rte_mempool;
@@ -71,12 +72,16 @@ struct pool_port {
   // Frames of each ring where the driver fixes them at probe time (af_packet's framecnt,
   // memif's rsize) and ignores the queue set-up's count; 0 for the others.
   uint32_t driver_ring_frames = 0;
+  // A pod's af_packet port: meshlane's own (packet_ring_port.h), not a DPDK port;
+  // port_id is then given out by the pool (from kEthdevPorts up).
+  std::shared_ptr<packet_ring_port> ring;
 };
 
 // Creates (hot-plugs) the uplink and each pod's port of `config` as DPDK ports with their
-// drivers and a queue pair per worker each; the larger of the RX and TX ring sizes sizes
-// af_packet's rings, which that driver fixes at probe time. An error names the port's
-// source (dataplane_port::source).
+// drivers and a queue pair per worker each, pods on af_packet as meshlane's own ports
+// (packet_ring_port.h); the larger of the RX and TX ring sizes sizes af_packet's rings,
+// which that driver fixes at probe time. An error names the port's source
+// (dataplane_port::source).
 std::string probe_ports(const dataplane_config& config, std::vector<pool_port>& out);
 
 // --- the worker pool ---
@@ -191,6 +196,7 @@ class worker_pool {
   struct rx_queue {
     uint16_t port = 0;
     uint16_t queue = 0;
+    packet_ring_port* ring = nullptr;  // meshlane's own port; null: an ethdev port's queue
   };
   // Which queues each worker polls; replaced whole (RCU) when ports come and go.
   struct rx_plan {
@@ -204,9 +210,11 @@ class worker_pool {
     bool hotplugged = false;          // removed with rte_dev_remove when its pod leaves
     rte_mempool* own_mbufs = nullptr;  // a hot-plugged port's buffers
     std::shared_ptr<const kernel_ingress_drop> kernel_drop;  // pool_port's, detached with the record
+    std::shared_ptr<packet_ring_port> ring;  // pool_port's: closed with the record's last copy
   };
 
   std::string setup_port(const pool_port& p, rte_mempool* mbufs, rx_plan& plan);
+  std::string setup_ring_port(const pool_port& p, rx_plan& plan);
   std::string plug_pod_port(const std::string& interface);
   void unplug_port(uint16_t port_id);
   void swap_rx_plan(std::unique_ptr<rx_plan> next);

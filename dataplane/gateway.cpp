@@ -223,7 +223,7 @@ void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& po
     if (pod.ip.is_v4()) solicit_pod_mac(w, t, ports, out, m->pool, pod.ip);
   }
   hold.frames[hold.count++] = m;
-  w.held_ports |= uint64_t{1} << out;
+  w.held_ports[out / 64] |= uint64_t{1} << (out % 64);
 }
 
 void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_port, rte_mbuf* m, const parsed_packet& p,
@@ -246,26 +246,27 @@ void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_por
 }  // namespace detail
 
 void release_held(worker_state& w, port_table& ports, uint64_t now, uint64_t tsc_hz) {
-  uint64_t pending = w.held_ports;
-  while (pending) {
-    const uint16_t port = static_cast<uint16_t>(__builtin_ctzll(pending));
-    pending &= pending - 1;
-    worker_state::neighbour_hold& hold = w.held[port];
-    const port_info& info = ports.ports[port];
-    const uint64_t learned = info.neighbour_mac.load(std::memory_order_relaxed);
-    const bool same_pod = info.incarnation.load(std::memory_order_relaxed) == hold.incarnation;
-    if (learned && same_pod) {
-      for (uint32_t i = 0; i < hold.count; ++i) {
-        reinterpret_cast<ethernet_header*>(frame_of(hold.frames[i]))->destination = mac_address::from_u64(learned);
-        transmit(w, port, hold.frames[i]);
+  for (uint16_t word = 0; word < w.held_ports.size(); ++word) {
+    for (uint64_t pending = w.held_ports[word]; pending;) {
+      const uint16_t port = static_cast<uint16_t>(word * 64 + __builtin_ctzll(pending));
+      pending &= pending - 1;
+      worker_state::neighbour_hold& hold = w.held[port];
+      const port_info& info = ports.ports[port];
+      const uint64_t learned = info.neighbour_mac.load(std::memory_order_relaxed);
+      const bool same_pod = info.incarnation.load(std::memory_order_relaxed) == hold.incarnation;
+      if (learned && same_pod) {
+        for (uint32_t i = 0; i < hold.count; ++i) {
+          reinterpret_cast<ethernet_header*>(frame_of(hold.frames[i]))->destination = mac_address::from_u64(learned);
+          transmit(w, port, hold.frames[i]);
+        }
+      } else if (!same_pod || now - hold.since > tsc_hz) {
+        for (uint32_t i = 0; i < hold.count; ++i) drop(w, hold.frames[i], drop_reason::neighbour_unresolved);
+      } else {
+        continue;  // still waiting
       }
-    } else if (!same_pod || now - hold.since > tsc_hz) {
-      for (uint32_t i = 0; i < hold.count; ++i) drop(w, hold.frames[i], drop_reason::neighbour_unresolved);
-    } else {
-      continue;  // still waiting
+      hold.count = 0;
+      w.held_ports[word] &= ~(uint64_t{1} << (port % 64));
     }
-    hold.count = 0;
-    w.held_ports &= ~(uint64_t{1} << port);
   }
 }
 

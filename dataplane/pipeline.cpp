@@ -12,6 +12,7 @@
 #include "dataplane/fragment_path.h"
 #include "dataplane/gateway.h"
 #include "dataplane/geneve.h"
+#include "dataplane/packet_ring_port.h"
 #include "dataplane/pipeline_internal.h"
 #include "dataplane/policy_path.h"
 #include "dataplane/service_lb.h"
@@ -499,21 +500,25 @@ void flush_handoff(worker_state& w, uint32_t owner) {
 }  // namespace detail
 
 void flush_tx(worker_state& w) {
-  uint64_t pending = w.tx_pending_ports;
-  while (pending) {
-    const uint16_t port = static_cast<uint16_t>(__builtin_ctzll(pending));
-    pending &= pending - 1;
+  for (uint16_t k = 0; k < w.tx_pending_count; ++k) {
+    const uint16_t port = w.tx_pending[k];
     const uint16_t n = w.tx_count[port];
     rte_mbuf** buffer = w.tx_buffer[port].data();
     uint64_t bytes = 0;
     for (uint16_t i = 0; i < n; ++i) bytes += rte_pktmbuf_pkt_len(buffer[i]);
-    uint16_t sent = rte_eth_tx_burst(port, w.tx_queue, buffer, n);
+    packet_ring_port* ring =
+        port >= kEthdevPorts && w.rings ? (*w.rings)[port].load(std::memory_order_acquire) : nullptr;
+    auto send = [&](rte_mbuf** from, uint16_t count) -> uint16_t {
+      if (port < kEthdevPorts) return rte_eth_tx_burst(port, w.tx_queue, from, count);
+      return ring ? ring->tx_burst(w.tx_queue, from, count) : 0;  // a port gone: counted below
+    };
+    uint16_t sent = send(buffer, n);
     if (sent < n) [[unlikely]] {
       // A full queue may drain between calls (af_packet's kick hands frames to the kernel,
       // a NIC completes descriptors); a bounded number of retries keeps the burst's time
       // budget, and what still does not fit is counted, never dropped silently.
-      for (unsigned retry = 0; retry < kTxRetries && sent < n; ++retry)
-        sent += rte_eth_tx_burst(port, w.tx_queue, buffer + sent, static_cast<uint16_t>(n - sent));
+      for (unsigned retry = 0; retry < kTxRetries && sent < n && (ring || port < kEthdevPorts); ++retry)
+        sent += send(buffer + sent, static_cast<uint16_t>(n - sent));
       for (uint16_t i = sent; i < n; ++i) {
         bytes -= rte_pktmbuf_pkt_len(buffer[i]);
         w.drops[static_cast<unsigned>(drop_reason::tx_full)].add(1);
@@ -524,7 +529,7 @@ void flush_tx(worker_state& w) {
     w.port_tx[port].bytes.add(bytes);
     w.tx_count[port] = 0;
   }
-  w.tx_pending_ports = 0;
+  w.tx_pending_count = 0;
 }
 
 }  // namespace meshlane

@@ -47,7 +47,15 @@
 
 namespace meshlane {
 
-inline constexpr uint16_t kMaxPorts = RTE_MAX_ETHPORTS;
+class packet_ring_port;  // packet_ring_port.h
+
+// Ports a node has at once. DPDK's ethdev ports (the uplink, PCI, af_xdp and memif pods)
+// take the ids below kEthdevPorts, which Debian's DPDK fixes at 32 (RTE_MAX_ETHPORTS);
+// pods on meshlane's own af_packet ports (packet_ring_port.h) take ids from kEthdevPorts
+// up, so that a node runs Kubernetes' default of 110 pods and more.
+inline constexpr uint16_t kEthdevPorts = RTE_MAX_ETHPORTS;
+inline constexpr uint16_t kMaxPorts = 256;
+static_assert(kEthdevPorts < kMaxPorts);
 inline constexpr uint16_t kMaxBurst = 512;
 // Counter slots (see counter_slot_names): services at once, and backends summed over
 // services (a backend of two services has two), published or with live flows: as many as
@@ -192,6 +200,9 @@ geneve_template make_geneve_template(const wire::mac_address& outer_source, uint
 
 struct port_table {
   std::array<port_info, kMaxPorts> ports;
+  // meshlane's own ports by id (packet_ring_port.h), set before a port's role and cleared
+  // after no worker can send to it any more (worker_pool.cpp, unplug_port).
+  std::array<std::atomic<packet_ring_port*>, kMaxPorts> rings{};
   uint16_t uplink_port = UINT16_MAX;
   uint16_t uplink_mtu = 1500;  // IP MTU of the underlay
   // The smallest MTU a pod of this node may have (the tunnel's and ESP's room off the
@@ -656,11 +667,23 @@ struct worker_state {
     uint64_t since = 0;        // TSC of the first frame
   };
   std::array<neighbour_hold, kMaxPorts> held{};
-  uint64_t held_ports = 0;  // bit per port with frames held
+  std::array<uint64_t, kMaxPorts / 64> held_ports{};  // bit per port with frames held
+  bool holding() const {
+    uint64_t any = 0;
+    for (uint64_t word : held_ports) any |= word;
+    return any != 0;
+  }
 
   std::array<std::array<rte_mbuf*, kMaxBurst>, kMaxPorts> tx_buffer{};
   std::array<uint16_t, kMaxPorts> tx_count{};
-  uint64_t tx_pending_ports = 0;  // bit per port with something buffered
+  // The ports with something buffered, in the order they got their first frame this
+  // burst (tx_count[port] != 0 says a port is listed).
+  std::array<uint16_t, kMaxPorts> tx_pending{};
+  uint16_t tx_pending_count = 0;
+  // meshlane's own ports (ids from kEthdevPorts up) by id: where flush_tx sends; null
+  // for ethdev ports and ids not in use. The pool's (port_table::rings); null in tests
+  // that drive ethdev ports only.
+  const std::array<std::atomic<packet_ring_port*>, kMaxPorts>* rings = nullptr;
 };
 
 // The whole pipeline over a burst received on `in_port`. Each mbuf ends up in a TX buffer

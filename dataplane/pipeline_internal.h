@@ -57,8 +57,8 @@ using namespace wire;
     drop(w, m, drop_reason::tx_full);
     return;
   }
+  if (n == 0) w.tx_pending[w.tx_pending_count++] = port;
   w.tx_buffer[port][n++] = m;
-  w.tx_pending_ports |= uint64_t{1} << port;
 }
 
 [[gnu::always_inline]] inline ip_address address_v4(uint32_t ip_net) {

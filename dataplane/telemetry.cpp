@@ -85,8 +85,18 @@ uint64_t af_packet_ring_drops(int ifindex) {
   return drops;
 }
 
-port_loss read_port_loss(uint16_t port, bool with_xstats, uint64_t& af_packet_drops, std::string_view net_dev) {
+port_loss read_port_loss(uint16_t port, packet_ring_port* ring, bool with_xstats, uint64_t& af_packet_drops,
+                         std::string_view net_dev) {
   port_loss loss;
+  if (ring) {  // meshlane's own port (packet_ring_port.h): its counters, no xstats
+    const packet_ring_port::loss own = ring->read_loss();
+    loss.rx_missed = own.rx_missed;
+    loss.rx_errors = own.rx_errors;
+    loss.tx_errors = own.tx_errors;
+    loss.rx_nombuf = own.rx_nombuf;
+    loss.kernel = parse_proc_net_dev(net_dev, ring->interface());
+    return loss;
+  }
   rte_eth_dev_info info{};
   if (rte_eth_dev_info_get(port, &info) == 0 && info.driver_name && info.if_index > 0) {
     const bool af_packet = std::strcmp(info.driver_name, "net_af_packet") == 0;
@@ -182,7 +192,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       rx_bytes.samples.push_back({labels, double(sums[1])});
       tx_packets.samples.push_back({labels, double(sums[2])});
       tx_bytes.samples.push_back({labels, double(sums[3])});
-      const port_loss loss = read_port_loss(p, true, af_packet_ring_drops_[p], net_dev);
+      const port_loss loss = read_port_loss(p, ports_->rings[p].load(), true, af_packet_ring_drops_[p], net_dev);
       rx_missed.samples.push_back({labels, double(loss.rx_missed)});
       rx_errors.samples.push_back({labels, double(loss.rx_errors)});
       tx_errors.samples.push_back({labels, double(loss.tx_errors)});
@@ -354,15 +364,17 @@ void worker_pool::register_with(subsystem_registry& registry) {
     for (uint16_t p = 0; p < kMaxPorts; ++p) {
       const port_info& info = ports_->ports[p];
       if (info.role == port_role::unused) continue;
+      packet_ring_port* ring = ports_->rings[p].load();
       rte_eth_link link{};
-      rte_eth_link_get_nowait(p, &link);
+      if (ring) link.link_status = ring->link_up() ? RTE_ETH_LINK_UP : RTE_ETH_LINK_DOWN;
+      else rte_eth_link_get_nowait(p, &link);
       const uint64_t neighbour = info.neighbour_mac.load(std::memory_order_relaxed);
       uint64_t rx = 0, tx = 0;
       for (const auto& w : workers_) {
         rx += w->port_rx[p].packets.get();
         tx += w->port_tx[p].packets.get();
       }
-      const port_loss loss = read_port_loss(p, false, af_packet_ring_drops_[p], net_dev);
+      const port_loss loss = read_port_loss(p, ring, false, af_packet_ring_drops_[p], net_dev);
       ports.push_back({{"port_id", p},
                        {"interface", info.interface},
                        {"role", role_text(info.role)},

@@ -219,6 +219,7 @@ std::string bring_interface_up(const std::string& interface) {
 // frames (an af_xdp pod port's RX ring excepted: its buffers are there anyway): a node
 // has many of them, and af_packet's kernel memory is pinned per ring.
 constexpr uint16_t kUplinkRingFloor = 4096;
+constexpr uint32_t kRingPortBuffers = 8192;  // see worker_pool::create
 constexpr uint16_t kAfXdpFillBuffers = 2048;  // DPDK 22.11's ETH_AF_XDP_DFLT_NUM_DESCS
 uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
   const uint32_t floor = role == port_role::uplink ? kUplinkRingFloor : 512;
@@ -262,6 +263,14 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     if (rte_dev_probe(devargs.c_str()) != 0)
       return "cannot open memif port " + interface + " (" + devargs + "): is the socket's directory there, and " +
              (memif->server ? "no other server on it?" : "a server listening on it?");
+  } else if (driver == "af_packet" && role == port_role::pod) {
+    // meshlane's own port (packet_ring_port.h): no ethdev id, so not bounded by
+    // RTE_MAX_ETHPORTS; the pool gives it an id and its mbufs.
+    const uint32_t frames = af_packet_ring_frames(ring_size, role);
+    std::string error;
+    port.ring = packet_ring_port::open(interface, frames, frames, queues, nullptr, error);
+    if (!port.ring) return "cannot open " + interface + " with af_packet: " + error;
+    port.driver_ring_frames = port.ring->rx_frames();
   } else {
     const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
     name = vdev + std::to_string(serial++);
@@ -314,7 +323,7 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       return error;
     }
   }
-  if (rte_eth_dev_get_port_by_name(name.c_str(), &port.port_id) != 0)
+  if (!port.ring && rte_eth_dev_get_port_by_name(name.c_str(), &port.port_id) != 0)
     return "no DPDK port for " + interface + " (" + name + ")";
   // The kernel's stack off the port's frames (kernel_ingress.h): a pod's veth is the
   // workers' alone; the uplink only when the kernel holds no address on it.
@@ -338,6 +347,8 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
 // RX ring in buffers taken from it, so the two are not added), its TX ring's, and a
 // worker's bursts.
 uint32_t port_buffers(const worker_pool_options& options, const pool_port& port) {
+  // meshlane's own ports copy frames out of and into kernel rings: they hold no buffers.
+  if (port.ring) return 0;
   const uint32_t rx_ring = std::max(options.rx_ring_size, port.rx_ring_floor);
   return std::max(rx_ring, port.rx_buffers_held) + std::max(options.tx_ring_size, port.tx_ring_floor) + 2u * kMaxBurst;
 }
@@ -383,14 +394,21 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   pool->ports_->pod_mtu_floor = static_cast<uint16_t>(options.uplink_mtu - wire::kGeneveMtuOverhead - kEspMaxOverhead);
   pool->apply_tuning(options.initial);
   const uint16_t workers = std::max<uint16_t>(1, options.workers);
-  if (ports.size() > 64) {
-    error = "at most 64 ports";
+  if (ports.size() > kMaxPorts) {
+    error = "at most " + std::to_string(kMaxPorts) + " ports";
     return nullptr;
   }
 
   // Enough mbufs for every RX and TX descriptor, what drivers hold beyond their rings,
-  // and each worker's TX buffers.
+  // and each worker's TX buffers; and for meshlane's own ports, which take buffers only
+  // for what a worker has in hand (a burst received, its TX buffers until the burst's
+  // end, a pod's held frames), kRingPortBuffers per worker for all of them, pods that
+  // come later included. Should that run out, their frames wait in the kernel's ring
+  // (counted as rx_nombuf) until buffers come back.
   uint32_t mbuf_count = 2048u;
+  const bool ring_ports = std::any_of(ports.begin(), ports.end(), [](const pool_port& p) { return p.ring != nullptr; }) ||
+                          (options.hotplug && options.pod_driver == "af_packet");
+  if (ring_ports) mbuf_count += kRingPortBuffers * workers;
   for (const pool_port& p : ports)
     mbuf_count += port_buffers(options, p) * workers;
   if (workers > 1) mbuf_count += options.handoff_ring_size * workers;  // full inboxes
@@ -409,6 +427,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     state->index = w;
     state->tx_queue = w;
     state->lent_clients = pool->lent_clients_.get();
+    state->rings = &pool->ports_->rings;
     pool->workers_.push_back(std::move(state));
   }
   pool->esp_ = std::make_unique<esp_sa_registry>(workers);
@@ -474,10 +493,10 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
 // Configures and starts one port (RSS where the port has it, one RX queue per worker up
 // to what the port offers, one TX queue per worker) and adds its RX queues to `plan`.
 std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_plan& plan) {
+  if (p.ring) return setup_ring_port(p, plan);
   const uint16_t workers = static_cast<uint16_t>(workers_.size());
-  if (p.port_id >= kMaxPorts || p.port_id >= 64 || !rte_eth_dev_is_valid_port(p.port_id))
-    return p.interface + ": not a valid DPDK port (at most 64 ports, and this DPDK build has " +
-           std::to_string(kMaxPorts) + ")";
+  if (p.port_id >= kEthdevPorts || !rte_eth_dev_is_valid_port(p.port_id))
+    return p.interface + ": not a valid DPDK port (this DPDK build has " + std::to_string(kEthdevPorts) + ")";
   rte_eth_dev_info info{};
   if (int rc = rte_eth_dev_info_get(p.port_id, &info); rc != 0)
     return p.interface + ": cannot read device info: " + rte_strerror(-rc);
@@ -524,9 +543,40 @@ std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_p
     // this) sees the rest.
     info_out.role = p.role;
     if (p.role == port_role::uplink) ports_->uplink_port = p.port_id;
-    port_records_.push_back({p.port_id, p.role, p.interface, false, nullptr, p.kernel_drop});
+    port_records_.push_back({p.port_id, p.role, p.interface, false, nullptr, p.kernel_drop, nullptr});
   }
-  for (uint16_t q = 0; q < rx_queues; ++q) plan.per_worker[q % workers].push_back({p.port_id, q});
+  for (uint16_t q = 0; q < rx_queues; ++q) plan.per_worker[q % workers].push_back({p.port_id, q, nullptr});
+  return {};
+}
+
+// meshlane's own port (packet_ring_port.h): the lowest id from kEthdevPorts up that no
+// port holds, the pool's buffers, one RX queue (its worker: the one with the fewest
+// queues) and a TX ring per worker.
+std::string worker_pool::setup_ring_port(const pool_port& p, rx_plan& plan) {
+  uint16_t id = kEthdevPorts;
+  {
+    std::lock_guard lock(ports_mutex_);
+    while (id < kMaxPorts && ports_->ports[id].role != port_role::unused) ++id;
+    if (id == kMaxPorts)
+      return p.interface + ": no port left: a node has at most " + std::to_string(kMaxPorts - kEthdevPorts) +
+             " pods on af_packet ports (kMaxPorts)";
+    p.ring->set_mbufs(mbufs_);
+    port_info& info = ports_->ports[id];
+    info.interface = p.interface;
+    info.rx_ring = p.ring->rx_frames();
+    info.tx_ring = p.ring->tx_frames();
+    info.mac = p.mac ? *p.mac : p.ring->mac();
+    info.neighbour_mac.store(0, std::memory_order_relaxed);
+    ports_->rings[id].store(p.ring.get(), std::memory_order_release);
+    // The role last: a worker that sees it (through a plan or tables published after
+    // this) sees the rest.
+    info.role = p.role;
+    port_records_.push_back({id, p.role, p.interface, false, nullptr, p.kernel_drop, p.ring});
+  }
+  size_t least = 0;
+  for (size_t w = 1; w < plan.per_worker.size(); ++w)
+    if (plan.per_worker[w].size() < plan.per_worker[least].size()) least = w;
+  plan.per_worker[least].push_back({id, 0, p.ring.get()});
   return {};
 }
 
@@ -551,6 +601,12 @@ std::string worker_pool::plug_pod_port(const std::string& interface) {
                                      std::max(options_.rx_ring_size, options_.tx_ring_size), port);
       !error.empty())
     return error;
+  if (port.ring) {  // meshlane's own port: the pool's buffers (worker_pool::create)
+    auto next = std::make_unique<rx_plan>(*rx_plan_.load(std::memory_order_acquire));
+    if (std::string error = setup_ring_port(port, *next); !error.empty()) return error;
+    swap_rx_plan(std::move(next));
+    return {};
+  }
   // Its own buffers: the shared pool was sized for the ports of the start, and a port's
   // pool can be let go once every buffer it lent is back.
   static std::atomic<unsigned> pool_serial{0};
@@ -606,11 +662,21 @@ void worker_pool::unplug_port(uint16_t port_id) {
     info.neighbour_mac.store(0, std::memory_order_relaxed);
     info.incarnation.fetch_add(1, std::memory_order_relaxed);
     af_packet_ring_drops_[port_id] = 0;
+    ports_->rings[port_id].store(nullptr, std::memory_order_release);
   }
-  rte_eth_dev_stop(port_id);
-  rte_eth_dev_info info{};
-  if (record.hotplugged && rte_eth_dev_info_get(port_id, &info) == 0 && info.device) rte_dev_remove(info.device);
-  else rte_eth_dev_close(port_id);
+  if (record.ring) {
+    // A worker releasing frames held for this pod may have read the ring before the store
+    // above (release_held checks the incarnation first, flush_tx reads the ring after):
+    // once every worker has passed a quiescent state none holds it, and the record's
+    // reference, the last, closes its sockets.
+    rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
+    record.ring.reset();
+  } else {
+    rte_eth_dev_stop(port_id);
+    rte_eth_dev_info info{};
+    if (record.hotplugged && rte_eth_dev_info_get(port_id, &info) == 0 && info.device) rte_dev_remove(info.device);
+    else rte_eth_dev_close(port_id);
+  }
   // A port id is reused by the next port: its counters start again from zero (no worker
   // writes them now).
   for (auto& w : workers_) {
@@ -747,7 +813,7 @@ uint32_t worker_pool::poll_once(uint16_t index) {
   uint32_t received = 0;
   const rx_plan* plan = rx_plan_.load(std::memory_order_acquire);
   for (const rx_queue& q : plan->per_worker[index]) {
-    const uint16_t n = rte_eth_rx_burst(q.port, q.queue, packets, burst);
+    const uint16_t n = q.ring ? q.ring->rx_burst(packets, burst, q.port) : rte_eth_rx_burst(q.port, q.queue, packets, burst);
     if (!n) continue;
     received += n;
     if (tables) {
@@ -772,7 +838,7 @@ uint32_t worker_pool::poll_once(uint16_t index) {
       received += n;
     }
   }
-  if (__builtin_expect(w.held_ports != 0, 0)) release_held(w, *ports_, rte_rdtsc(), rte_get_tsc_hz());
+  if (__builtin_expect(w.holding(), 0)) release_held(w, *ports_, rte_rdtsc(), rte_get_tsc_hz());
   flush_tx(w);
   w.bursts.add(1);
   (received ? w.busy_polls : w.idle_polls).add(1);
@@ -860,11 +926,17 @@ void worker_pool::stop() {
   // of it while the successor (which cannot start before this process is gone) waited;
   // together their waits overlap. Each thread stops one port only.
   std::vector<std::thread> stopping;
-  for (const port_record& r : port_records_)
-    stopping.emplace_back([id = r.port_id] {
+  for (auto& ring : ports_->rings) ring.store(nullptr, std::memory_order_relaxed);  // the workers have stopped
+  for (port_record& r : port_records_) {
+    stopping.emplace_back([id = r.port_id, ring = std::move(r.ring)]() mutable {
+      if (ring) {
+        ring.reset();  // closes its sockets (each waits for the kernel's grace period)
+        return;
+      }
       rte_eth_dev_stop(id);
       rte_eth_dev_close(id);
     });
+  }
   for (std::thread& t : stopping) t.join();
   port_records_.clear();
 }

@@ -132,7 +132,7 @@ class ring_pool_test : public ::testing::Test {
                                           workers_, 0);
       ASSERT_GE(port, 0);
       port_id_[i] = static_cast<uint16_t>(port);
-      ports.push_back({port_id_[i], i == 0 ? port_role::uplink : port_role::pod, interfaces[i], macs[i], 0, nullptr});
+      ports.push_back({port_id_[i], i == 0 ? port_role::uplink : port_role::pod, interfaces[i], macs[i], 0, nullptr, 0, 0, 0, nullptr});
     }
     ++serial;
     worker_pool_options options;

@@ -108,7 +108,7 @@ TEST(port_loss, AnOverrunAfPacketRxRingShowsEveryLostFrameAsMissedInMetricsAndSt
   options.launch_lcores = false;
   options.flow_table_size = 1024;
   std::string error;
-  pool = worker_pool::create({{port, port_role::uplink, veth.a, std::nullopt, 0, nullptr}}, options, error);
+  pool = worker_pool::create({{port, port_role::uplink, veth.a, std::nullopt, 0, nullptr, 0, 0, 0, nullptr}}, options, error);
   ASSERT_TRUE(pool) << error;
 
   constexpr unsigned kFrames = 400;
@@ -170,7 +170,8 @@ uint64_t packet_ring_bytes() {
 // device argument and ignores the queue set-up's count): the agent's probe now passes it,
 // never below the PMD's 512 frames for a pod's port and never below 4,096 for the uplink
 // (worker_pool.cpp: the uplink's ring is all that holds frames while its worker is off
-// the CPU). Each port has an RX and a TX ring of that many 2,048-byte frames.
+// the CPU). Each port has an RX and a TX ring of that many 2,048-byte frames; a pod's is
+// meshlane's own port (packet_ring_port.h), sized the same way.
 TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, af_packet)";
   netns ns("ring");
@@ -200,6 +201,13 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
     EXPECT_EQ(packet_ring_bytes(), 2 * (e.uplink_frames + e.pod_frames) * 2048)
         << "rings for RX/TX ring sizes " << e.rx_ring_size << "/" << e.tx_ring_size << (e.with_pod ? " with a pod" : "");
     for (const pool_port& port : ports) {
+      // A pod's af_packet port is meshlane's own (packet_ring_port.h), closed with `ports`.
+      EXPECT_EQ(port.ring != nullptr, port.role == port_role::pod);
+      if (port.ring) {
+        EXPECT_EQ(port.ring->rx_frames(), e.pod_frames);
+        EXPECT_EQ(port.ring->tx_frames(), e.pod_frames);
+        continue;
+      }
       rte_eth_dev_info info{};
       ASSERT_EQ(rte_eth_dev_info_get(port.port_id, &info), 0);
       rte_eth_dev_close(port.port_id);

@@ -1,0 +1,229 @@
+#include "dataplane/packet_ring_port.h"
+
+#include <rte_mbuf.h>
+#include <rte_memcpy.h>
+#include <rte_mempool.h>
+
+#include <arpa/inet.h>
+#include <linux/if_ether.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace meshlane {
+namespace {
+
+// Two 2 KiB frames a 4 KiB block, as DPDK's PMD lays out its rings: a block is the unit
+// the kernel allocates, and a page holds it without waste.
+constexpr uint32_t kBlockSize = 4096;
+constexpr uint32_t kFramesPerBlock = kBlockSize / packet_ring_port::kFrameSize;
+// Where a TX frame's packet starts without PACKET_TX_HAS_OFF (packet(7)).
+constexpr uint32_t kTxDataOffset = TPACKET2_HDRLEN - sizeof(sockaddr_ll);
+constexpr uint32_t kTxDataRoom = packet_ring_port::kFrameSize - kTxDataOffset;
+
+std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
+
+[[gnu::always_inline]] inline tpacket2_hdr* frame_at(uint8_t* map, uint32_t index) {
+  return reinterpret_cast<tpacket2_hdr*>(map + size_t{index} * packet_ring_port::kFrameSize);
+}
+
+[[gnu::always_inline]] inline uint32_t status_of(const tpacket2_hdr* h) {
+  return __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
+}
+
+[[gnu::always_inline]] inline void set_status(tpacket2_hdr* h, uint32_t status) {
+  __atomic_store_n(&h->tp_status, status, __ATOMIC_RELEASE);
+}
+
+}  // namespace
+
+std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint32_t frames) {
+  frames = (std::max<uint32_t>(frames, kFramesPerBlock) + kFramesPerBlock - 1) / kFramesPerBlock * kFramesPerBlock;
+  // Protocol 0 until bound: a packet socket made with a protocol receives from every
+  // interface until bind() narrows it. A TX socket stays at 0 and so receives nothing.
+  r.fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (r.fd < 0) return errno_text("socket(AF_PACKET)");
+  const int version = TPACKET_V2;
+  if (::setsockopt(r.fd, SOL_PACKET, PACKET_VERSION, &version, sizeof version) != 0)
+    return errno_text("PACKET_VERSION TPACKET_V2");
+  const int on = 1;
+  if (receive) {
+    // What the TX sockets send on this interface is not received again (Linux 4.20).
+    if (::setsockopt(r.fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &on, sizeof on) != 0)
+      return errno_text("PACKET_IGNORE_OUTGOING");
+  } else {
+    // Straight to the driver (a veth's xmit), as the PMD does; and a frame the kernel
+    // refuses (larger than the interface's MTU) is skipped instead of stopping the ring.
+    if (::setsockopt(r.fd, SOL_PACKET, PACKET_QDISC_BYPASS, &on, sizeof on) != 0)
+      return errno_text("PACKET_QDISC_BYPASS");
+    if (::setsockopt(r.fd, SOL_PACKET, PACKET_LOSS, &on, sizeof on) != 0) return errno_text("PACKET_LOSS");
+  }
+  tpacket_req request{};
+  request.tp_block_size = kBlockSize;
+  request.tp_block_nr = frames / kFramesPerBlock;
+  request.tp_frame_size = kFrameSize;
+  request.tp_frame_nr = frames;
+  if (::setsockopt(r.fd, SOL_PACKET, receive ? PACKET_RX_RING : PACKET_TX_RING, &request, sizeof request) != 0)
+    return errno_text(receive ? "PACKET_RX_RING" : "PACKET_TX_RING");
+  r.map_size = size_t{kBlockSize} * request.tp_block_nr;
+  void* map = ::mmap(nullptr, r.map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r.fd, 0);
+  if (map == MAP_FAILED) {
+    r.map_size = 0;
+    return errno_text("mmap of the ring");
+  }
+  r.map = static_cast<uint8_t*>(map);
+  r.frames = frames;
+  sockaddr_ll address{};
+  address.sll_family = AF_PACKET;
+  address.sll_protocol = receive ? htons(ETH_P_ALL) : 0;
+  address.sll_ifindex = ifindex;
+  if (::bind(r.fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) return errno_text("bind");
+  return {};
+}
+
+void packet_ring_port::close_ring(ring& r) {
+  if (r.map) ::munmap(r.map, r.map_size);
+  if (r.fd >= 0) ::close(r.fd);
+  r = ring{};
+}
+
+std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& interface, uint32_t rx_frames,
+                                                         uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
+                                                         std::string& error) {
+  std::unique_ptr<packet_ring_port> port(new packet_ring_port());
+  port->interface_ = interface;
+  port->mbufs_ = mbufs;
+  if (interface.empty() || interface.size() >= IF_NAMESIZE) {
+    error = "'" + interface + "' is not an interface name";
+    return nullptr;
+  }
+  port->ifindex_ = static_cast<int>(::if_nametoindex(interface.c_str()));
+  if (port->ifindex_ == 0) {
+    error = "no interface " + interface + " in this network namespace";
+    return nullptr;
+  }
+  if (std::string why = open_ring(port->rx_, port->ifindex_, true, rx_frames); !why.empty()) {
+    error = interface + ": RX ring of " + std::to_string(rx_frames) + " frames: " + why;
+    return nullptr;
+  }
+  ifreq request{};
+  std::memcpy(request.ifr_name, interface.c_str(), interface.size());
+  if (::ioctl(port->rx_.fd, SIOCGIFHWADDR, &request) != 0) {
+    error = interface + ": " + errno_text("SIOCGIFHWADDR");
+    return nullptr;
+  }
+  std::memcpy(port->mac_.bytes, request.ifr_hwaddr.sa_data, 6);
+  port->tx_.resize(std::max<uint16_t>(1, tx_queues));
+  for (size_t q = 0; q < port->tx_.size(); ++q) {
+    if (std::string why = open_ring(port->tx_[q], port->ifindex_, false, tx_frames); !why.empty()) {
+      error = interface + ": TX ring " + std::to_string(q) + " of " + std::to_string(tx_frames) + " frames: " + why;
+      return nullptr;
+    }
+  }
+  return port;
+}
+
+packet_ring_port::~packet_ring_port() {
+  close_ring(rx_);
+  for (ring& r : tx_) close_ring(r);
+}
+
+uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t port) {
+  ring& r = rx_;
+  // How many frames wait, up to `count`: an idle poll reads one status word and takes no
+  // mbuf.
+  uint16_t ready = 0;
+  for (uint32_t i = r.next; ready < count; i = i + 1 == r.frames ? 0 : i + 1) {
+    if (!(status_of(frame_at(r.map, i)) & TP_STATUS_USER)) break;
+    ++ready;
+  }
+  if (!ready) return 0;
+  if (rte_pktmbuf_alloc_bulk(mbufs_, out, ready) != 0) {
+    rx_nombuf_.fetch_add(1, std::memory_order_relaxed);  // the frames wait in the ring
+    return 0;
+  }
+  uint16_t taken = 0;
+  for (uint16_t k = 0; k < ready; ++k) {
+    tpacket2_hdr* h = frame_at(r.map, r.next);
+    r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
+    rte_mbuf* m = out[taken];
+    const uint32_t length = h->tp_snaplen;
+    // Cut short by the frame (a pod sending above its MTU, or a GSO frame from a pod
+    // whose veth offloads segmentation), larger than the mbuf, or carrying a VLAN tag the
+    // kernel took off: nothing the pipeline forwards.
+    if (h->tp_snaplen != h->tp_len || length > rte_pktmbuf_tailroom(m) || (h->tp_status & TP_STATUS_VLAN_VALID))
+        [[unlikely]] {
+      rx_errors_.fetch_add(1, std::memory_order_relaxed);
+      set_status(h, TP_STATUS_KERNEL);
+      continue;
+    }
+    rte_memcpy(rte_pktmbuf_mtod(m, void*), reinterpret_cast<const uint8_t*>(h) + h->tp_mac, length);
+    set_status(h, TP_STATUS_KERNEL);
+    m->data_len = static_cast<uint16_t>(length);
+    m->pkt_len = length;
+    m->port = port;
+    ++taken;
+  }
+  if (taken < ready) rte_pktmbuf_free_bulk(out + taken, ready - taken);
+  return taken;
+}
+
+uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count) {
+  ring& r = tx_[queue];
+  uint16_t taken = 0, placed = 0;
+  for (; taken < count; ++taken) {
+    rte_mbuf* m = packets[taken];
+    tpacket2_hdr* h = frame_at(r.map, r.next);
+    // A frame is free once the kernel has sent it and let its buffer go (it sends from
+    // the ring's pages); TP_STATUS_WRONG_FORMAT marks one it refused, free again too.
+    if (status_of(h) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING)) break;
+    const uint32_t length = rte_pktmbuf_pkt_len(m);
+    if (length > kTxDataRoom) [[unlikely]] {
+      tx_errors_.fetch_add(1, std::memory_order_relaxed);
+      rte_pktmbuf_free(m);
+      continue;
+    }
+    uint8_t* data = reinterpret_cast<uint8_t*>(h) + kTxDataOffset;
+    for (const rte_mbuf* segment = m; segment; segment = segment->next) {
+      rte_memcpy(data, rte_pktmbuf_mtod(segment, const void*), segment->data_len);
+      data += segment->data_len;
+    }
+    h->tp_len = length;
+    set_status(h, TP_STATUS_SEND_REQUEST);
+    r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
+    rte_pktmbuf_free(m);
+    ++placed;
+  }
+  if (placed && ::sendto(r.fd, nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0) [[unlikely]] {
+    // EAGAIN/ENOBUFS: the device is busy; the frames stay requested and go with the next
+    // kick. Anything else (the interface went away with its pod) is counted.
+    if (errno != EAGAIN && errno != ENOBUFS && errno != EINTR) tx_errors_.fetch_add(1, std::memory_order_relaxed);
+  }
+  return taken;
+}
+
+packet_ring_port::loss packet_ring_port::read_loss() {
+  tpacket_stats stats{};
+  socklen_t length = sizeof stats;
+  if (::getsockopt(rx_.fd, SOL_PACKET, PACKET_STATISTICS, &stats, &length) == 0) rx_missed_ += stats.tp_drops;
+  loss out;
+  out.rx_missed = rx_missed_;
+  out.rx_errors = rx_errors_.load(std::memory_order_relaxed);
+  out.tx_errors = tx_errors_.load(std::memory_order_relaxed);
+  out.rx_nombuf = rx_nombuf_.load(std::memory_order_relaxed);
+  return out;
+}
+
+bool packet_ring_port::link_up() const {
+  ifreq request{};
+  std::memcpy(request.ifr_name, interface_.c_str(), interface_.size());
+  return ::ioctl(rx_.fd, SIOCGIFFLAGS, &request) == 0 && (request.ifr_flags & IFF_RUNNING);
+}
+
+}  // namespace meshlane

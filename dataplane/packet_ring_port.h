@@ -1,0 +1,102 @@
+// meshlane's own port on a pod's veth: AF_PACKET sockets with TPACKET_V2 rings, outside
+// DPDK's port table.
+//
+// Why not DPDK's af_packet PMD, which pod ports used before: Debian's DPDK is built with
+// RTE_MAX_ETHPORTS 32, and every pod on a PMD port takes one of those, so a node ran at
+// most 31 pods (Kubernetes' default is 110 a node). These ports take numbers from
+// kEthdevPorts up (pipeline.h, kMaxPorts), so a node runs up to kMaxPorts - kEthdevPorts
+// pods on them beside the ethdev ports. They also leave out what the PMD does for
+// several RX queues and pods do not need: its sockets join a fanout group with
+// PACKET_FANOUT_FLAG_DEFRAG, which has the kernel put IPv4 fragments together before
+// the worker sees them, and a datagram larger than the ring's frames was then lost
+// whole; here fragments arrive as the pod sent them (fragment_path.h forwards them).
+//
+// One RX socket (bound to every protocol, PACKET_IGNORE_OUTGOING so that it does not see
+// what the TX sockets send) with an RX ring, polled by one worker; one TX socket per
+// worker (protocol 0: it receives nothing) with a TX ring and PACKET_QDISC_BYPASS, so
+// that workers never share a ring. Frames are copied between ring and mbuf, as the PMD
+// does. The ring memory is the kernel's (not locked user memory), so RLIMIT_MEMLOCK
+// does not bound it.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "dataplane/packet_headers.h"
+
+struct rte_mbuf;
+struct rte_mempool;
+
+namespace meshlane {
+
+class packet_ring_port {
+ public:
+  // Opens `interface` (in the calling thread's network namespace) with an RX ring of
+  // `rx_frames` and `tx_queues` TX rings of `tx_frames` frames each (2 KiB frames; even
+  // counts, rounded up). Received frames go into mbufs of `mbufs`. Null and `error` when
+  // the kernel refused something, with what and why.
+  static std::unique_ptr<packet_ring_port> open(const std::string& interface, uint32_t rx_frames,
+                                                uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
+                                                std::string& error);
+  ~packet_ring_port();
+  packet_ring_port(const packet_ring_port&) = delete;
+  packet_ring_port& operator=(const packet_ring_port&) = delete;
+
+  // Up to `count` received frames as mbufs with `port` as their port; the caller owns
+  // them. One worker at a time.
+  uint16_t rx_burst(rte_mbuf** out, uint16_t count, uint16_t port);
+  // Copies up to `count` frames into TX ring `queue` and has the kernel send them (one
+  // sendto). Returns how many it took (sent or, when larger than a frame, dropped and
+  // counted as tx_errors); those mbufs are freed. One worker per queue.
+  uint16_t tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count);
+
+  // The mempool received frames go into (the port's own once hot-plugged).
+  void set_mbufs(rte_mempool* mbufs) { mbufs_ = mbufs; }
+
+  struct loss {
+    uint64_t rx_missed = 0;  // the kernel dropped: RX ring full (PACKET_STATISTICS tp_drops)
+    uint64_t rx_errors = 0;  // frames cut short by the ring's frame size, or VLAN-tagged
+    uint64_t tx_errors = 0;  // frames larger than a TX frame; sendto errors other than "busy"
+    uint64_t rx_nombuf = 0;  // frames left in the ring for want of an mbuf (taken later)
+  };
+  // Since the port was opened. Reads (and so clears) the kernel's count, adding it to
+  // this object's: one reader at a time (the agent's, under its ports mutex).
+  loss read_loss();
+
+  const std::string& interface() const { return interface_; }
+  int ifindex() const { return ifindex_; }
+  wire::mac_address mac() const { return mac_; }
+  uint32_t rx_frames() const { return rx_.frames; }
+  uint32_t tx_frames() const { return tx_.empty() ? 0 : tx_[0].frames; }
+  bool link_up() const;  // the interface's IFF_RUNNING
+
+  // The largest frame a TX frame holds (what the kernel's tpacket_snd takes).
+  static constexpr uint32_t kFrameSize = 2048;
+
+ private:
+  struct alignas(64) ring {
+    int fd = -1;
+    uint8_t* map = nullptr;
+    size_t map_size = 0;
+    uint32_t frames = 0;
+    uint32_t next = 0;  // the next frame to look at
+  };
+  packet_ring_port() = default;
+  static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames);
+  static void close_ring(ring& r);
+
+  std::string interface_;
+  int ifindex_ = 0;
+  wire::mac_address mac_{};
+  rte_mempool* mbufs_ = nullptr;
+  ring rx_;
+  std::vector<ring> tx_;
+  // Written by the workers, read by the agent's thread.
+  std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
+  uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts
+};
+
+}  // namespace meshlane
