@@ -13,6 +13,7 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -136,10 +137,11 @@ packet_ring_port::~packet_ring_port() {
 
 uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t port) {
   ring& r = rx_;
-  // How many frames wait, up to `count`: an idle poll reads one status word and takes no
-  // mbuf.
+  // How many frames wait, up to `count` and the ring's size (a full ring must not be
+  // counted twice round): an idle poll reads one status word and takes no mbuf.
   uint16_t ready = 0;
-  for (uint32_t i = r.next; ready < count; i = i + 1 == r.frames ? 0 : i + 1) {
+  const uint32_t most = std::min<uint32_t>(count, r.frames);
+  for (uint32_t i = r.next; ready < most; i = i + 1 == r.frames ? 0 : i + 1) {
     if (!(status_of(frame_at(r.map, i)) & TP_STATUS_USER)) break;
     ++ready;
   }
