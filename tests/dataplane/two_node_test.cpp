@@ -501,8 +501,9 @@ TEST_F(two_nodes, AHundredAndTenPodsAtOnceEachReachTheirGatewayAndTheOtherNode) 
   // Kubernetes' default of 110 pods a node, all live at once on node 1 beside its two: more
   // than DPDK's 32 ethdev ports (RTE_MAX_ETHPORTS in Debian's build), which bounded a node
   // to 31 pods while pod ports were DPDK's af_packet PMD. Every pod answers from its
-  // gateway and reaches node 2's web pod over UDP; then all go, and the node's ports and
-  // metric series are what they were.
+  // gateway and reaches node 2's web pod over UDP, and again after node 1's agent restarts
+  // with all of them live; then all go, and the node's ports and metric series are what
+  // they were.
   control_client client;
   ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
   const std::map<std::string, size_t> series_before = metric_series(client);
@@ -550,6 +551,25 @@ TEST_F(two_nodes, AHundredAndTenPodsAtOnceEachReachTheirGatewayAndTheOtherNode) 
   // A pod on a port beyond the ethdev range reaches one on another: both directions on
   // meshlane's own ports, through the worker.
   EXPECT_TRUE(icmp_echo(*pods[kPods - 1], ips[0])) << "pod to pod on one node";
+  // An upgrade's restart with every pod live: the successor plugs all 110 ports in its
+  // first install (the pods are in its state directory) and every pod answers again.
+  client.close();
+  ASSERT_EQ(nodes_[0].agent->stop(SIGTERM, 5000), 0) << read_text(nodes_[0].log_path);
+  nodes_[0].agent.reset();
+  std::error_code ignored;
+  std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(1), ignored);
+  const auto restart_began = std::chrono::steady_clock::now();
+  ASSERT_TRUE(start_agent(1)) << read_text(nodes_[0].log_path);
+  const double restart_ms =
+      std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - restart_began).count();
+  ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+  EXPECT_EQ(client.request({{"command", "status"}})["subsystems"]["dataplane"]["ports"].size(), ports_before + kPods)
+      << "the restarted agent plugged every live pod's port";
+  int answered_again = 0;
+  for (int k = 0; k < kPods; ++k) answered_again += icmp_echo(*pods[k], "198.18.1.1");
+  EXPECT_EQ(answered_again, kPods) << "pods answered by their gateway after the restart";
+  RecordProperty("restart_with_pods_ms", static_cast<int>(restart_ms));
+  std::printf("restart of node 1's agent with %d live pods: %.0f ms to running\n", kPods, restart_ms);
   for (int k = 0; k < kPods; ++k) {
     const nlohmann::json reply = client.request({{"command", "pod"}, {"action", "delete"}, {"container_id", "many-" + std::to_string(k)}});
     EXPECT_TRUE(reply.value("ok", false) && reply.value("deleted", false)) << reply.dump();
