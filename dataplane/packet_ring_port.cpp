@@ -164,7 +164,9 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
   }
   if (!ready) return 0;
   if (rte_pktmbuf_alloc_bulk(mbufs_, out, ready) != 0) {
-    rx_nombuf_.fetch_add(1, std::memory_order_relaxed);  // the frames wait in the ring
+    // Counted as DPDK's PMDs count rx_nombuf, per buffer not had; the frames wait in the
+    // ring for the next poll (or, should it fill, the kernel drops and counts).
+    rx_nombuf_.fetch_add(ready, std::memory_order_relaxed);
     return 0;
   }
   uint16_t taken = 0;

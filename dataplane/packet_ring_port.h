@@ -60,7 +60,7 @@ class packet_ring_port {
     uint64_t rx_missed = 0;  // the kernel dropped: RX ring full (PACKET_STATISTICS tp_drops)
     uint64_t rx_errors = 0;  // frames cut short by the ring's frame size, or VLAN-tagged
     uint64_t tx_errors = 0;  // frames larger than a TX frame; sendto errors other than "busy"
-    uint64_t rx_nombuf = 0;  // frames left in the ring for want of an mbuf (taken later)
+    uint64_t rx_nombuf = 0;  // mbufs a receive could not have (its frames wait in the ring)
   };
   // Since the port was opened. Reads (and so clears) the kernel's count, adding it to
   // this object's: one reader at a time (the agent's, under its ports mutex).
