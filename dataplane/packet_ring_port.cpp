@@ -163,11 +163,16 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
     ++ready;
   }
   if (!ready) return 0;
-  if (rte_pktmbuf_alloc_bulk(mbufs_, out, ready) != 0) {
-    // Counted as DPDK's PMDs count rx_nombuf, per buffer not had; the frames wait in the
-    // ring for the next poll (or, should it fill, the kernel drops and counts).
-    rx_nombuf_.fetch_add(ready, std::memory_order_relaxed);
-    return 0;
+  if (rte_pktmbuf_alloc_bulk(mbufs_, out, ready) != 0) [[unlikely]] {
+    // The pool has fewer free buffers than frames wait (the bulk call takes all or none):
+    // as many as it has, one by one. The rest is counted as DPDK's PMDs count rx_nombuf,
+    // per buffer not had, and waits in the ring for the next poll (should the ring fill,
+    // the kernel drops and counts).
+    uint16_t had = 0;
+    while (had < ready && (out[had] = rte_pktmbuf_alloc(mbufs_)) != nullptr) ++had;
+    rx_nombuf_.fetch_add(ready - had, std::memory_order_relaxed);
+    ready = had;
+    if (!ready) return 0;
   }
   uint16_t taken = 0;
   for (uint16_t k = 0; k < ready; ++k) {

@@ -222,7 +222,8 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
 // arrive byte for byte and in order, frames the port sends reach the peer byte for byte
 // (and its RX socket does not see them again), an RX ring overrun while nobody polls is
 // counted frame for frame as rx_missed, a frame cut short by the 2 KiB frames as
-// rx_errors, one too large for a TX frame as tx_errors.
+// rx_errors, one too large for a TX frame as tx_errors, buffers a receive could not have
+// as rx_nombuf.
 TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
   netns ns("ring");
@@ -353,6 +354,30 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
     std::memcpy(&b, got[k].data() + 14, 4);
     EXPECT_LT(a, b);
   }
+  // Fewer free buffers than waiting frames: the port takes what the pool has, counts the
+  // rest as rx_nombuf, and the frames it left wait in the ring for the next poll.
+  const std::string small_name = "ring_small_" + test_prefix();
+  rte_mempool* small = rte_pktmbuf_pool_create(small_name.c_str(), 6, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
+  ASSERT_NE(small, nullptr);
+  std::unique_ptr<rte_mempool, void (*)(rte_mempool*)> small_guard(small, &rte_mempool_free);
+  port->set_mbufs(small);
+  for (uint32_t k = 0; k < 10; ++k) ASSERT_TRUE(send_peer(frame_of(500 + k, 100)));
+  std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  rte_mbuf* burst[32];
+  const uint64_t nombuf_before = port->read_loss().rx_nombuf;
+  ASSERT_EQ(port->rx_burst(burst, 32, 1), 6) << "as many frames as the pool has buffers";
+  EXPECT_EQ(port->read_loss().rx_nombuf - nombuf_before, 4u);
+  uint32_t first = 0, last = 0;
+  std::memcpy(&first, rte_pktmbuf_mtod(burst[0], const uint8_t*) + 14, 4);
+  rte_pktmbuf_free_bulk(burst, 6);
+  ASSERT_EQ(port->rx_burst(burst, 32, 1), 4) << "the frames left in the ring";
+  std::memcpy(&last, rte_pktmbuf_mtod(burst[3], const uint8_t*) + 14, 4);
+  rte_pktmbuf_free_bulk(burst, 4);
+  EXPECT_EQ(first, 500u);
+  EXPECT_EQ(last, 509u);
+  EXPECT_EQ(port->read_loss().rx_missed, loss.rx_missed) << "nothing lost meanwhile";
+  port->set_mbufs(mbufs);
+
   EXPECT_TRUE(port->link_up());
   port.reset();  // closes its sockets inside the namespace
 }
