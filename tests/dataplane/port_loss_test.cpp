@@ -382,6 +382,64 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   port.reset();  // closes its sockets inside the namespace
 }
 
+// Pods on af_packet take port ids from 32 up, past DPDK's 32 ethdev ports, and a node
+// holds kMaxPorts - kEthdevPorts (224) of them beside the uplink: a pool started with 225
+// pods' ports refuses the last with the reason, and with 224 starts, the highest id 255.
+TEST(port_loss, AfPacketPodPortsGoPastDpdksPortsUpToTheirLimit) {
+  if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pairs and AF_PACKET sockets";
+  netns ns("many");
+  ASSERT_GE(ns.fd(), 0);
+  ns.exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+  constexpr int kPods = kMaxPorts - kEthdevPorts + 1;
+  const std::string batch = "/tmp/" + test_prefix() + "-veths";
+  {
+    std::ofstream out(batch);
+    out << "link add up0 type veth peer name up1\nlink set up0 up\nlink set up1 up\n";
+    for (int k = 0; k < kPods; ++k)
+      out << "link add pa" << k << " type veth peer name pb" << k << "\nlink set pa" << k << " up\nlink set pb" << k
+          << " up\n";
+  }
+  const bool made = ns.exec_or_fail("ip -batch " + batch);
+  std::filesystem::remove(batch);
+  ASSERT_TRUE(made);
+  netns_scope inside(ns);
+  dataplane_config config;
+  config.uplink = {"up0", "af_packet", std::nullopt, "$.dataplane.uplink"};
+  config.tuning.rx_ring_size = config.tuning.tx_ring_size = 256;  // 512-frame rings, 1 MiB each
+  for (int k = 0; k < kPods; ++k)
+    config.pods.push_back({"pa" + std::to_string(k), "af_packet", std::nullopt, "$.pods[" + std::to_string(k) + "]"});
+  worker_pool_options options = options_from(config);
+  options.launch_lcores = false;
+  options.flow_table_size = 1024;
+  for (const bool one_too_many : {true, false}) {
+    SCOPED_TRACE(one_too_many ? "225 pods" : "224 pods");
+    std::vector<pool_port> ports;
+    ASSERT_EQ(probe_ports(config, ports), "");
+    rte_eth_dev_info uplink{};
+    ASSERT_EQ(rte_eth_dev_info_get(ports[0].port_id, &uplink), 0);
+    if (!one_too_many) ports.pop_back();
+    std::string error;
+    auto pool = worker_pool::create(ports, options, error);
+    if (one_too_many) {
+      EXPECT_FALSE(pool);
+      EXPECT_NE(error.find("pa224: no port left: a node has at most 224 pods on af_packet ports"), std::string::npos)
+          << error;
+    } else {
+      ASSERT_TRUE(pool) << error;
+      uint16_t highest = 0, pods = 0;
+      for (uint16_t p = 0; p < kMaxPorts; ++p)
+        if (pool->ports().ports[p].role == port_role::pod) highest = p, ++pods;
+      EXPECT_EQ(pods, kPods - 1);
+      EXPECT_EQ(highest, kMaxPorts - 1);
+      EXPECT_EQ(pool->ports().ports[kMaxPorts - 1].interface, "pa223");
+    }
+    // The pool closes the ports it started (the uplink's DPDK port; the pods' own ports
+    // close with `ports`), also when it was refused; the uplink's device goes here.
+    pool.reset();
+    rte_dev_remove(uplink.device);
+  }
+}
+
 // The memif driver (perf/nic_bench.sh): the probe opens the uplink's socket and each
 // pod's <socket_dir>/<interface>.sock as the document says, and the ports carry frames to
 // a peer process's ports; here the peers are client ports in this process.
