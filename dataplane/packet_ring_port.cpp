@@ -16,7 +16,6 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <thread>
 
 namespace meshlane {
 namespace {
@@ -110,27 +109,14 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
     error = "no interface " + interface + " in this network namespace";
     return nullptr;
   }
-  port->tx_.resize(std::max<uint16_t>(1, tx_queues));
-  // Each ring's set-up waits for an RCU grace period (packet_set_ring calls
-  // synchronize_net), 10-20 ms on a small VM, and a pod's start waits for all of them:
-  // the TX rings are set up on threads of their own (in this thread's network namespace,
-  // which a new thread shares) beside the RX ring, so the waits overlap.
-  std::vector<std::string> tx_why(port->tx_.size());
-  std::string rx_why;
-  {
-    std::vector<std::thread> openers;
-    for (size_t q = 0; q < port->tx_.size(); ++q)
-      openers.emplace_back([&, q] { tx_why[q] = open_ring(port->tx_[q], port->ifindex_, false, tx_frames); });
-    rx_why = open_ring(port->rx_, port->ifindex_, true, rx_frames);
-    for (std::thread& t : openers) t.join();
-  }
-  if (!rx_why.empty()) {
-    error = interface + ": RX ring of " + std::to_string(rx_frames) + " frames: " + rx_why;
+  if (std::string why = open_ring(port->rx_, port->ifindex_, true, rx_frames); !why.empty()) {
+    error = interface + ": RX ring of " + std::to_string(rx_frames) + " frames: " + why;
     return nullptr;
   }
-  for (size_t q = 0; q < tx_why.size(); ++q) {
-    if (!tx_why[q].empty()) {
-      error = interface + ": TX ring " + std::to_string(q) + " of " + std::to_string(tx_frames) + " frames: " + tx_why[q];
+  port->tx_.resize(std::max<uint16_t>(1, tx_queues));
+  for (size_t q = 0; q < port->tx_.size(); ++q) {
+    if (std::string why = open_ring(port->tx_[q], port->ifindex_, false, tx_frames); !why.empty()) {
+      error = interface + ": TX ring " + std::to_string(q) + " of " + std::to_string(tx_frames) + " frames: " + why;
       return nullptr;
     }
   }
@@ -145,11 +131,8 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
 }
 
 packet_ring_port::~packet_ring_port() {
-  // Each close waits for a grace period too (packet_release): side by side.
-  std::vector<std::thread> closers;
-  for (ring& r : tx_) closers.emplace_back([&r] { close_ring(r); });
   close_ring(rx_);
-  for (std::thread& t : closers) t.join();
+  for (ring& r : tx_) close_ring(r);
 }
 
 uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t port) {
