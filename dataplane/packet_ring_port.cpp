@@ -194,8 +194,7 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
     if (status_of(h) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING)) break;
     const uint32_t length = rte_pktmbuf_pkt_len(m);
     if (length > kTxDataRoom) [[unlikely]] {
-      tx_errors_.fetch_add(1, std::memory_order_relaxed);
-      rte_pktmbuf_free(m);
+      tx_errors_.fetch_add(1, std::memory_order_relaxed);  // taken, freed below with the rest
       continue;
     }
     uint8_t* data = reinterpret_cast<uint8_t*>(h) + kTxDataOffset;
@@ -206,9 +205,10 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
     h->tp_len = length;
     set_status(h, TP_STATUS_SEND_REQUEST);
     r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
-    rte_pktmbuf_free(m);
     ++placed;
   }
+  // Every frame taken was copied (or counted as too large): its buffers go back at once.
+  if (taken) rte_pktmbuf_free_bulk(packets, taken);
   if (placed && ::sendto(r.fd, nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0) [[unlikely]] {
     // EAGAIN/ENOBUFS: the device is busy; the frames stay requested and go with the next
     // kick. Anything else (the interface went away with its pod) is counted.

@@ -270,7 +270,6 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     std::string error;
     port.ring = packet_ring_port::open(interface, frames, frames, queues, nullptr, error);
     if (!port.ring) return "cannot open " + interface + " with af_packet: " + error;
-    port.driver_ring_frames = port.ring->rx_frames();
   } else {
     const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
     name = vdev + std::to_string(serial++);

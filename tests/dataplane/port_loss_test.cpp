@@ -48,16 +48,24 @@ class eal_environment : public ::testing::Environment {
   }
 };
 
+// A veth pair in the test's namespace `ns`, both ends up (with `link_options`, e.g.
+// "mtu 9000"), and no IPv6 in the namespace (router solicitations, DAD): the only frames
+// on the wire are the test's. Empty names when `ip` failed.
+veth_pair quiet_veth(const netns& ns, const std::string& a_suffix, const std::string& b_suffix,
+                     const std::string& link_options = "") {
+  ns.exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
+  veth_pair veth = make_veth(a_suffix, &ns, b_suffix, &ns);
+  const std::string up = link_options.empty() ? " up" : " " + link_options + " up";
+  if (!ns.exec_or_fail("ip link set " + veth.a + up + " && ip link set " + veth.b + up)) return {};
+  return veth;
+}
 
 TEST(port_loss, AnOverrunAfPacketRxRingShowsEveryLostFrameAsMissedInMetricsAndStatus) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
   netns ns("loss");
   ASSERT_GE(ns.fd(), 0);
-  // No IPv6 (router solicitations, DAD) or anything else of the kernel's own on the wire:
-  // the only frames are the test's.
-  ns.exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
-  const veth_pair veth = make_veth("ld", &ns, "lp", &ns);
-  ASSERT_TRUE(ns.exec_or_fail("ip link set " + veth.a + " up && ip link set " + veth.b + " up"));
+  const veth_pair veth = quiet_veth(ns, "ld", "lp");
+  ASSERT_FALSE(veth.a.empty());
 
   const std::string vdev = "net_af_packet_" + test_prefix();
   // The PMD opens its socket at probe and names its interface in ioctls at start and stop,
@@ -228,18 +236,15 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
   netns ns("ring");
   ASSERT_GE(ns.fd(), 0);
-  ns.exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1");
-  const veth_pair veth = make_veth("od", &ns, "op", &ns);
   // A large MTU on both ends: the peer can send a frame larger than the port's 2 KiB frames.
-  ASSERT_TRUE(ns.exec_or_fail("ip link set " + veth.a + " mtu 9000 up && ip link set " + veth.b + " mtu 9000 up"));
+  const veth_pair veth = quiet_veth(ns, "od", "op", "mtu 9000");
+  ASSERT_FALSE(veth.a.empty());
   netns_scope inside(ns);
+  using pool_holder = std::unique_ptr<rte_mempool, void (*)(rte_mempool*)>;
   const std::string pool_name = "ring_test_" + test_prefix();
   rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), 1024, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
   ASSERT_NE(mbufs, nullptr);
-  struct pool_guard {
-    rte_mempool* pool;
-    ~pool_guard() { rte_mempool_free(pool); }
-  } pool_guard{mbufs};
+  pool_holder pool_guard(mbufs, &rte_mempool_free);
   std::string error;
   constexpr uint32_t kRxFrames = 16;
   auto port = packet_ring_port::open(veth.a, kRxFrames, 64, 2, mbufs, error);
@@ -359,7 +364,7 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   const std::string small_name = "ring_small_" + test_prefix();
   rte_mempool* small = rte_pktmbuf_pool_create(small_name.c_str(), 6, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
   ASSERT_NE(small, nullptr);
-  std::unique_ptr<rte_mempool, void (*)(rte_mempool*)> small_guard(small, &rte_mempool_free);
+  pool_holder small_guard(small, &rte_mempool_free);
   port->set_mbufs(small);
   for (uint32_t k = 0; k < 10; ++k) ASSERT_TRUE(send_peer(frame_of(500 + k, 100)));
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
