@@ -215,10 +215,19 @@ std::string bring_interface_up(const std::string& interface) {
 // the stream was lost between the uplinks, as much again at the client's pod port, and
 // iperf3 paid 20,000-30,000 retransmissions in 3 s; with 4,096 on the uplink and 2,048
 // on the pods' RX rings (below) 114-3,673, the kernel way's level (perf/README.md,
-// "af_xdp rings"). Pod ports carry one pod's traffic each and keep the ring size's
-// frames (an af_xdp pod port's RX ring excepted: its buffers are there anyway): a node
-// has many of them, and af_packet's kernel memory is pinned per ring.
+// "af_xdp rings"). Pod ports carry one pod's traffic each and their TX rings keep the
+// ring size's frames: a node has many of them, and af_packet's kernel memory is pinned
+// per ring. Their RX rings hold at least kPodRxRingFloor frames: a pod's RX ring is all
+// that holds what the pod sends while its worker is off the CPU, like the uplink's. With
+// 1,024 frames the iperf3 client's pod port on node 1 missed 926-2,796 frames per 4-s
+// stream (rx_missed: every one of them a TCP retransmission, as many as the kernel
+// path's or more); with 2,048 it missed none and the stream paid 0-3 retransmissions
+// against the kernel path's 1,600-2,500 in the same run (perf/README.md, "Pod RX
+// rings"). That costs 2 MiB more kernel memory a pod (4 MiB RX, 2 MiB TX per worker at
+// the default ring size). An af_xdp pod port's RX ring holds its fill queue's 2,048
+// buffers, the same floor at no cost in buffers.
 constexpr uint16_t kUplinkRingFloor = 4096;
+constexpr uint32_t kPodRxRingFloor = 2048;
 constexpr uint32_t kRingPortBuffers = 8192;  // see worker_pool::create
 constexpr uint16_t kAfXdpFillBuffers = 2048;  // DPDK 22.11's ETH_AF_XDP_DFLT_NUM_DESCS
 uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
@@ -268,7 +277,7 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     // RTE_MAX_ETHPORTS; the pool gives it an id and its mbufs.
     const uint32_t frames = af_packet_ring_frames(ring_size, role);
     std::string error;
-    port.ring = packet_ring_port::open(interface, frames, frames, queues, nullptr, error);
+    port.ring = packet_ring_port::open(interface, std::max(frames, kPodRxRingFloor), frames, queues, nullptr, error);
     if (!port.ring) return "cannot open " + interface + " with af_packet: " + error;
   } else {
     const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";

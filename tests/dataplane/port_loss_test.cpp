@@ -181,7 +181,9 @@ uint64_t packet_ring_bytes() {
 // never below the PMD's 512 frames for a pod's port and never below 4,096 for the uplink
 // (worker_pool.cpp: the uplink's ring is all that holds frames while its worker is off
 // the CPU). Each port has an RX and a TX ring of that many 2,048-byte frames; a pod's is
-// meshlane's own port (packet_ring_port.h), sized the same way.
+// meshlane's own port (packet_ring_port.h), sized the same way except that its RX ring
+// has at least 2,048 frames (kPodRxRingFloor: it holds what the pod sends while the worker
+// is off the CPU).
 TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, af_packet)";
   netns ns("ring");
@@ -196,26 +198,27 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   struct expectation {
     uint16_t rx_ring_size, tx_ring_size;
     bool with_pod;
-    uint64_t uplink_frames, pod_frames;
+    uint64_t uplink_frames, pod_rx_frames, pod_tx_frames;
   };
-  for (const expectation& e : {expectation{8192, 256, false, 8192, 0}, expectation{256, 256, false, 4096, 0},
-                               expectation{1000, 256, false, 4096, 0}, expectation{256, 256, true, 4096, 512},
-                               expectation{1000, 256, true, 4096, 1000}, expectation{6000, 256, true, 6000, 6000},
-                               expectation{256, 6000, true, 6000, 6000}}) {
+  for (const expectation& e :
+       {expectation{8192, 256, false, 8192, 0, 0}, expectation{256, 256, false, 4096, 0, 0},
+        expectation{1000, 256, false, 4096, 0, 0}, expectation{256, 256, true, 4096, 2048, 512},
+        expectation{1000, 256, true, 4096, 2048, 1000}, expectation{2100, 256, true, 4096, 2100, 2100},
+        expectation{6000, 256, true, 6000, 6000, 6000}, expectation{256, 6000, true, 6000, 6000, 6000}}) {
     std::vector<pool_port> ports;
     config.pods = e.with_pod ? std::vector<dataplane_port>{pod} : std::vector<dataplane_port>{};
     config.tuning.rx_ring_size = e.rx_ring_size;
     config.tuning.tx_ring_size = e.tx_ring_size;
     ASSERT_EQ(probe_ports(config, ports), "");
     ASSERT_EQ(ports.size(), e.with_pod ? 2u : 1u);
-    EXPECT_EQ(packet_ring_bytes(), 2 * (e.uplink_frames + e.pod_frames) * 2048)
+    EXPECT_EQ(packet_ring_bytes(), (2 * e.uplink_frames + e.pod_rx_frames + e.pod_tx_frames) * 2048)
         << "rings for RX/TX ring sizes " << e.rx_ring_size << "/" << e.tx_ring_size << (e.with_pod ? " with a pod" : "");
     for (const pool_port& port : ports) {
       // A pod's af_packet port is meshlane's own (packet_ring_port.h), closed with `ports`.
       EXPECT_EQ(port.ring != nullptr, port.role == port_role::pod);
       if (port.ring) {
-        EXPECT_EQ(port.ring->rx_frames(), e.pod_frames);
-        EXPECT_EQ(port.ring->tx_frames(), e.pod_frames);
+        EXPECT_EQ(port.ring->rx_frames(), e.pod_rx_frames);
+        EXPECT_EQ(port.ring->tx_frames(), e.pod_tx_frames);
         continue;
       }
       rte_eth_dev_info info{};
