@@ -248,7 +248,9 @@ done
 
 mkdir -p perf/results
 out=perf/results/ovs-$(date -u +%Y-%m-%dT%H%M%SZ).json
-crossnode=${CROSSNODE_JSON:-$(ls -t perf/results/crossnode-*.json 2>/dev/null | head -1)}
+# `sed -n 1p`, not `head -1`: head exits after one line and ls, its list longer than a
+# pipe buffer, then dies of SIGPIPE, which pipefail turns into this script's failure.
+crossnode=${CROSSNODE_JSON:-$(ls -t perf/results/crossnode-*.json 2>/dev/null | sed -n 1p)}
 /usr/bin/python3 - "$results" "$out" "$seconds" "$reps" "$tunnel" "$ovs_version" "$dpdk_version" \
   "$(eal_extra N)" "$work" "${crossnode:-}" <<'PY'
 import json, os, platform, statistics, sys

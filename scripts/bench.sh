@@ -30,18 +30,21 @@ if [ "$quick" = 1 ]; then podlocal_args=(2 2); ovs_args=(2 1); pipeline_args=(--
 echo "== 1. pod-local: eBPF redirect vs kernel veth vs two HAProxy hops" >&2
 bash perf/podlocal_bench.sh "${podlocal_args[@]}" > "$work/podlocal.txt"
 cat "$work/podlocal.txt" >&2
-podlocal_json=$(ls -t perf/results/podlocal-*.json | head -1)
+# The newest result: `sed -n 1p` reads all of ls's output, where `head -1` would exit
+# after one line and, once the list passes a pipe buffer (4 KiB), fail the script with
+# SIGPIPE under pipefail.
+podlocal_json=$(ls -t perf/results/podlocal-*.json | sed -n 1p)
 
 echo "== 2. cross-node: meshlane's DPDK workers vs kernel VXLAN + nftables DNAT" >&2
 bash perf/crossnode_bench.sh "${podlocal_args[@]}" > "$work/crossnode.txt"
 cat "$work/crossnode.txt" >&2
-crossnode_json=$(ls -t perf/results/crossnode-*.json | head -1)
+crossnode_json=$(ls -t perf/results/crossnode-*.json | sed -n 1p)
 
 echo "== 2a. cross-node through Open vSwitch with DPDK: the same pods and ports, OpenFlow doing the same work" >&2
 # Not fatal: the rest of the suite stands without it, and the report says why it is missing.
 if CROSSNODE_JSON=$crossnode_json bash perf/ovs_bench.sh "${ovs_args[@]}" > "$work/ovs.txt" 2> "$work/ovs.err"; then
   cat "$work/ovs.txt" >&2
-  ovs_json=$(ls -t perf/results/ovs-*.json | head -1)
+  ovs_json=$(ls -t perf/results/ovs-*.json | sed -n 1p)
 else
   ovs_rc=$?
   tail -20 "$work/ovs.err" >&2
@@ -53,7 +56,7 @@ echo "== 2b. cross-node again with the workers' ports on af_xdp (XDP sockets) in
 # Not fatal either: the af_packet run above is the one OVS is compared with.
 if ESP=0 DRIVER=af_xdp bash perf/crossnode_bench.sh "${podlocal_args[@]}" > "$work/crossnode_xdp.txt" 2> "$work/crossnode_xdp.err"; then
   cat "$work/crossnode_xdp.txt" >&2
-  crossnode_xdp_json=$(ls -t perf/results/crossnode-*.json | head -1)
+  crossnode_xdp_json=$(ls -t perf/results/crossnode-*.json | sed -n 1p)
 else
   tail -20 "$work/crossnode_xdp.err" >&2
   echo "perf/crossnode_bench.sh with DRIVER=af_xdp failed: $(tail -1 "$work/crossnode_xdp.err")" > "$work/crossnode_xdp.failed"

@@ -1,0 +1,135 @@
+// meshlane's own af_packet pod port (dataplane/packet_ring_port.h), TX side alone: the
+// CPU a worker spends per frame it sends into a pod's veth, kernel included (the sendto
+// runs the veth's transmit and the peer's receive in the worker's own context).
+//
+// A veth pair in a network namespace of this process's own (unshare(CLONE_NEWNET): it
+// goes away with the process, nothing to clean up), the port on one end; frames go to a
+// MAC address that is not the peer's, so the peer's stack drops them as soon as it has
+// looked at the Ethernet header (PACKET_OTHERHOST): what is measured is the port, the
+// kernel's packet socket and the veth, not a receiving application. DPDK's runtime
+// directory (/var/run/dpdk/meshlane-ppb-<pid>) is removed on the way out.
+//
+//   build/perf/pod_port_bench [FRAMES=2000000] [SIZES=64,1514]
+// Prints one line per frame size: frames sent, CPU time (user + system) and TSC cycles per
+// frame, and what the port counted as lost. Root.
+#include <rte_cycles.h>
+#include <rte_eal.h>
+#include <rte_mbuf.h>
+#include <rte_mempool.h>
+
+#include <sched.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "dataplane/dataplane.h"
+#include "dataplane/packet_ring_port.h"
+
+namespace {
+
+using meshlane::packet_ring_port;
+
+double cpu_seconds() {
+  rusage usage{};
+  getrusage(RUSAGE_THREAD, &usage);
+  return static_cast<double>(usage.ru_utime.tv_sec + usage.ru_stime.tv_sec) +
+         static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
+}
+
+// An Ethernet + IPv4 + UDP frame of `size` bytes to 02:00:00:00:00:99 (nobody's).
+std::vector<uint8_t> make_frame(uint32_t size) {
+  std::vector<uint8_t> frame(size, 0xa5);
+  const uint8_t header[] = {0x02, 0, 0, 0, 0, 0x99, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00,  // Ethernet
+                            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 10, 198, 18, 2, 20,
+                            0x30, 0x39, 0x1f, 0x90, 0, 0, 0, 0};
+  std::memcpy(frame.data(), header, std::min<size_t>(sizeof header, size));
+  const uint16_t ip_length = static_cast<uint16_t>(size - 14), udp_length = static_cast<uint16_t>(size - 34);
+  frame[16] = ip_length >> 8;
+  frame[17] = ip_length & 0xff;
+  frame[38] = udp_length >> 8;
+  frame[39] = udp_length & 0xff;
+  return frame;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const uint64_t frames = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 2000000;
+  std::vector<uint32_t> sizes;
+  {
+    std::stringstream list(argc > 2 ? argv[2] : "64,1514");
+    for (std::string item; std::getline(list, item, ',');) sizes.push_back(static_cast<uint32_t>(std::stoul(item)));
+  }
+  if (geteuid() != 0) {
+    std::fprintf(stderr, "pod_port_bench: needs root (a network namespace, af_packet)\n");
+    return 2;
+  }
+  if (unshare(CLONE_NEWNET) != 0) {
+    std::perror("pod_port_bench: unshare(CLONE_NEWNET)");
+    return 2;
+  }
+  if (std::system("ip link add ppa type veth peer name ppb && ip link set ppa up && ip link set ppb up && "
+                  "sysctl -qw net.ipv6.conf.all.disable_ipv6=1") != 0) {
+    std::fprintf(stderr, "pod_port_bench: cannot make the veth pair\n");
+    return 2;
+  }
+  const std::string prefix = "meshlane-ppb-" + std::to_string(getpid());
+  if (const std::string error = meshlane::init_eal({"pod_port_bench", "--no-huge", "-m", "256", "--no-shconf",
+                                                    "--file-prefix=" + prefix, "--no-pci", "--lcores=0",
+                                                    "--log-level=error", "--no-telemetry"});
+      !error.empty()) {
+    std::fprintf(stderr, "pod_port_bench: %s\n", error.c_str());
+    return 2;
+  }
+  rte_mempool* pool = rte_pktmbuf_pool_create("ppb", 8191, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
+  std::string error;
+  std::unique_ptr<packet_ring_port> port = packet_ring_port::open("ppa", 2048, 1024, 1, pool, error);
+  if (!pool || !port) {
+    std::fprintf(stderr, "pod_port_bench: %s\n", pool ? error.c_str() : "no mempool");
+    return 2;
+  }
+  constexpr uint16_t kBurst = 32;
+  std::printf("%-6s %10s %12s %14s %10s\n", "bytes", "frames", "cpu ns/frame", "cycles/frame", "tx_errors");
+  for (const uint32_t size : sizes) {
+    const std::vector<uint8_t> frame = make_frame(size);
+    const packet_ring_port::loss before = port->read_loss();
+    uint64_t sent = 0;
+    const double cpu_start = cpu_seconds();
+    const uint64_t tsc_start = rte_rdtsc();
+    while (sent < frames) {
+      rte_mbuf* burst[kBurst];
+      if (rte_pktmbuf_alloc_bulk(pool, burst, kBurst) != 0) {
+        std::fprintf(stderr, "pod_port_bench: mempool empty\n");
+        return 1;
+      }
+      for (rte_mbuf* m : burst) {
+        std::memcpy(rte_pktmbuf_mtod(m, void*), frame.data(), size);
+        m->data_len = static_cast<uint16_t>(size);
+        m->pkt_len = size;
+      }
+      uint16_t taken = 0;
+      while (taken < kBurst) taken += port->tx_burst(0, burst + taken, kBurst - taken);
+      sent += kBurst;
+    }
+    const uint64_t cycles = rte_rdtsc() - tsc_start;
+    const double cpu = cpu_seconds() - cpu_start;
+    const packet_ring_port::loss after = port->read_loss();
+    std::printf("%-6u %10lu %12.1f %14.1f %10lu\n", size, static_cast<unsigned long>(sent), cpu * 1e9 / sent,
+                static_cast<double>(cycles) / sent, static_cast<unsigned long>(after.tx_errors - before.tx_errors));
+  }
+  port.reset();
+  rte_mempool_free(pool);
+  rte_eal_cleanup();
+  std::error_code ignored;
+  std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
+  if (std::filesystem::is_empty("/var/run/dpdk", ignored)) std::filesystem::remove("/var/run/dpdk", ignored);
+  return 0;
+}
