@@ -82,6 +82,15 @@ int main(int argc, char** argv) {
     return 2;
   }
   const std::string prefix = "meshlane-ppb-" + std::to_string(getpid());
+  // DPDK's runtime directory goes on every way out, a failed EAL start's included.
+  struct runtime_directory {
+    std::string path;
+    ~runtime_directory() {
+      std::error_code ignored;
+      std::filesystem::remove_all(path, ignored);
+      if (std::filesystem::is_empty("/var/run/dpdk", ignored)) std::filesystem::remove("/var/run/dpdk", ignored);
+    }
+  } runtime{"/var/run/dpdk/" + prefix};
   if (const std::string error = meshlane::init_eal({"pod_port_bench", "--no-huge", "-m", "256", "--no-shconf",
                                                     "--file-prefix=" + prefix, "--no-pci", "--lcores=0",
                                                     "--log-level=error", "--no-telemetry"});
@@ -128,8 +137,5 @@ int main(int argc, char** argv) {
   port.reset();
   rte_mempool_free(pool);
   rte_eal_cleanup();
-  std::error_code ignored;
-  std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
-  if (std::filesystem::is_empty("/var/run/dpdk", ignored)) std::filesystem::remove("/var/run/dpdk", ignored);
   return 0;
 }

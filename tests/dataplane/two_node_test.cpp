@@ -115,10 +115,12 @@ void expect_rings(const std::string& socket, const std::string& uplink_port, con
 }
 
 // af_packet fixes its rings at probe time: the uplink's hold 4,096 frames whatever the
-// tunables say (256 here), a pod port's the tunables' but never fewer than the PMD's 512.
+// tunables say (256 here); a pod port's RX ring at least 2,048 (kPodRxRingFloor: what the
+// pod sends while its worker is off the CPU), its TX ring the tunables' but never fewer
+// than 512.
 TEST_F(two_nodes, StatusShowsEachPortsRingsWithTheUplinksFloor) {
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
-               {4096u, 4096u}, {512u, 512u});
+               {4096u, 4096u}, {2048u, 512u});
 }
 
 }  // namespace
