@@ -9,7 +9,7 @@
 // kernel's packet socket and the veth, not a receiving application. DPDK's runtime
 // directory (/var/run/dpdk/meshlane-ppb-<pid>) is removed on the way out.
 //
-//   build/perf/pod_port_bench [FRAMES=2000000] [SIZES=64,1514]
+//   build/perf/pod_port_bench [FRAMES=2000000] [SIZES=64,1514]   (sizes 60..1600 bytes)
 // Prints one line per frame size: frames sent, CPU time (user + system) and TSC cycles per
 // frame, and what the port counted as lost. Root.
 #include <rte_cycles.h>
@@ -66,7 +66,15 @@ int main(int argc, char** argv) {
   std::vector<uint32_t> sizes;
   {
     std::stringstream list(argc > 2 ? argv[2] : "64,1514");
-    for (std::string item; std::getline(list, item, ',');) sizes.push_back(static_cast<uint32_t>(std::stoul(item)));
+    for (std::string item; std::getline(list, item, ',');) {
+      // An Ethernet + IPv4 + UDP frame that fits a TX frame (packet_ring_port::kFrameSize).
+      const unsigned long size = std::strtoul(item.c_str(), nullptr, 10);
+      if (size < 60 || size > 1600) {
+        std::fprintf(stderr, "pod_port_bench: frame size '%s' is not 60..1600 bytes\n", item.c_str());
+        return 2;
+      }
+      sizes.push_back(static_cast<uint32_t>(size));
+    }
   }
   if (geteuid() != 0) {
     std::fprintf(stderr, "pod_port_bench: needs root (a network namespace, af_packet)\n");
