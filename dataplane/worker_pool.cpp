@@ -222,7 +222,7 @@ std::string bring_interface_up(const std::string& interface) {
 // 1,024 frames the iperf3 client's pod port on node 1 missed 926-2,796 frames per 4-s
 // stream (rx_missed: every one of them a TCP retransmission, as many as the kernel
 // path's or more); with 2,048 it missed none and the stream paid 0-11 retransmissions
-// (0-2 with busy polling) against the kernel path's 764-2,613 in the same runs
+// (0-8 with busy polling) against the kernel path's 748-2,639 in the same runs
 // (perf/README.md, "Pod RX rings"). That costs 2 MiB more kernel memory a pod (4 MiB RX, 2 MiB TX per worker at
 // the default ring size). An af_xdp pod port's RX ring holds its fill queue's 2,048
 // buffers, the same floor at no cost in buffers.
