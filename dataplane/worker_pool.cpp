@@ -223,9 +223,9 @@ std::string bring_interface_up(const std::string& interface) {
 // stream (rx_missed: every one of them a TCP retransmission, as many as the kernel
 // path's or more); with 2,048 it missed none and the stream paid 0-11 retransmissions
 // (0-8 with busy polling) against the kernel path's 748-2,639 in the same runs
-// (perf/README.md, "Pod RX rings"). That costs 2 MiB more kernel memory a pod (4 MiB RX, 2 MiB TX per worker at
-// the default ring size). An af_xdp pod port's RX ring holds its fill queue's 2,048
-// buffers, the same floor at no cost in buffers.
+// (perf/README.md, "Pod RX rings"). That costs 2 MiB more kernel memory a pod (4 MiB
+// RX, 2 MiB TX per worker at the default ring size). An af_xdp pod port's RX ring holds
+// its fill queue's 2,048 buffers, the same floor at no cost in buffers.
 constexpr uint16_t kUplinkRingFloor = 4096;
 constexpr uint32_t kPodRxRingFloor = 2048;
 constexpr uint32_t kRingPortBuffers = 8192;  // see worker_pool::create

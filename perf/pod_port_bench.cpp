@@ -32,6 +32,7 @@
 
 #include "dataplane/dataplane.h"
 #include "dataplane/packet_ring_port.h"
+#include "tests/dataplane/packet_builder.h"
 
 namespace {
 
@@ -44,19 +45,14 @@ double cpu_seconds() {
          static_cast<double>(usage.ru_utime.tv_usec + usage.ru_stime.tv_usec) / 1e6;
 }
 
-// An Ethernet + IPv4 + UDP frame of `size` bytes to 02:00:00:00:00:99 (nobody's).
+// An Ethernet + IPv4 + UDP frame of `size` bytes (at least 42) to 02:00:00:00:00:99,
+// nobody's MAC.
 std::vector<uint8_t> make_frame(uint32_t size) {
-  std::vector<uint8_t> frame(size, 0xa5);
-  const uint8_t header[] = {0x02, 0, 0, 0, 0, 0x99, 0x02, 0, 0, 0, 0, 0x01, 0x08, 0x00,  // Ethernet
-                            0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 17, 0, 0, 198, 18, 1, 10, 198, 18, 2, 20,
-                            0x30, 0x39, 0x1f, 0x90, 0, 0, 0, 0};
-  std::memcpy(frame.data(), header, std::min<size_t>(sizeof header, size));
-  const uint16_t ip_length = static_cast<uint16_t>(size - 14), udp_length = static_cast<uint16_t>(size - 34);
-  frame[16] = ip_length >> 8;
-  frame[17] = ip_length & 0xff;
-  frame[38] = udp_length >> 8;
-  frame[39] = udp_length & 0xff;
-  return frame;
+  using namespace meshlane::testing;
+  l4_spec udp;
+  udp.protocol = meshlane::wire::kProtoUdp;
+  udp.payload = bytes(size - 42, 0xa5);
+  return ipv4_frame(mac(0x01), mac(0x99), ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
 }
 
 }  // namespace
