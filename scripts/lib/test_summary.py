@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
-"""One line for a test run: passed, failed and skipped, from meson's JUnit log.
+"""One line for a test run: passed, failed and skipped, from meson's JUnit logs.
 
-  test_summary.py JUNIT_XML [--extra-failures N] [--ci CI]
+  test_summary.py JUNIT_XML... [--extra-failures N] [--ci CI]
+
+scripts/test.sh runs the integration suite and the others in two `meson test` runs,
+each with a log of its own; the line counts them all, and a missing log is a failure.
 
 Exit 1 when a test failed, or when under CI (CI not '', '0' or 'false') a test was
 skipped: CI runs as root and must run everything. --extra-failures counts failures the
@@ -22,16 +25,19 @@ def count(path):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument('junit')
+    parser.add_argument('junit', nargs='+')
     parser.add_argument('--extra-failures', type=int, default=0)
     parser.add_argument('--ci', default='')
     parser.add_argument('--label', default='tests')
     args = parser.parse_args()
-    try:
-        tests, failed, skipped = count(args.junit)
-    except (OSError, ET.ParseError) as error:
-        print(f"{args.label}: no test log ({error}): the tests did not run")
-        return 1
+    tests = failed = skipped = 0
+    for path in args.junit:
+        try:
+            counts = count(path)
+        except (OSError, ET.ParseError) as error:
+            print(f"{args.label}: no test log ({error}): the tests did not run")
+            return 1
+        tests, failed, skipped = (a + b for a, b in zip((tests, failed, skipped), counts))
     passed = tests - failed - skipped
     failed += args.extra_failures
     print(f"{args.label}: {passed} passed, {failed} failed, {skipped} skipped")
