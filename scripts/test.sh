@@ -44,7 +44,10 @@ integration_targets=$(python3 scripts/lib/test_targets.py "$build" integration)
 ninja -C "$build" $integration_targets
 phase "build (the integration suite's binaries)"
 rm -f "$build"/meson-logs/testlog*.junit.xml
-other_suites_built=$(mktemp)  # the exit status of their build, once it has one
+# The exit status of their build, once it has one (in the build directory: nothing is
+# left in /tmp when the run stops early).
+other_suites_built=$build/meson-logs/other-suites-built
+rm -f "$other_suites_built"
 (
   built=0
   background_build "$build/meson-logs/background-build.log" ninja -j "$(nproc)" -C "$build" \
@@ -67,7 +70,7 @@ phase "integration tests"
 # counts as a failed build.
 while [ ! -s "$other_suites_built" ] && kill -0 "$rest_of_build" 2>/dev/null; do sleep 1; done
 phase "the other suites' build (after the integration tests)"
-if [ "$(cat "$other_suites_built")" = 0 ]; then  # an empty file is not 0
+if [ "$(cat "$other_suites_built" 2>/dev/null)" = 0 ]; then  # none, or empty: not 0
   run_suites testlog-other --no-suite integration
 else
   echo "build: the unit, golden and fuzz-replay tests failed to build:"
