@@ -11,7 +11,8 @@ cd "$(dirname "$0")/.."
 root=$(pwd)
 build=${MESHLANE_BUILD:-build}
 
-# Each phase's wall time, for keeping the whole script under CI's budget (README, "Tests").
+# Each phase's wall time, for keeping the whole script under CI's budget (README, "Two
+# commands").
 phase_started=$(date +%s)
 phase() {
   local now; now=$(date +%s)
@@ -31,14 +32,10 @@ phase "set-up"
 # The integration suite's binaries first (the agent, its tools and their tests: about 60%
 # of what the tests need), then that suite, the longest part of the run: it runs its tests
 # one at a time (a few two at a time) and leaves part of CI's two cores idle. There, in
-# the idle scheduling class (a test's process always takes the CPU before them), the other
+# the idle scheduling class (background_build, test_prep.sh), the other
 # suites' binaries build behind it, then the rest of this build (perf/'s benchmarks). The
 # unit, golden and fuzz-replay suites run when the integration suite is done and their
 # binaries are. With the build in place every build step below finds nothing to do.
-background_build() {  # log, then the command
-  local log=$1; shift
-  chrt --idle 0 nice -n 19 "$@" > "$log" 2>&1
-}
 integration_targets=$(python3 scripts/lib/test_targets.py "$build" integration)
 # shellcheck disable=SC2086  # one target a word
 ninja -C "$build" $integration_targets

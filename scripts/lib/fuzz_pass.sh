@@ -19,9 +19,23 @@ fuzz_build_start() {
     -Ddebug=false -Dc_args=-gline-tables-only -Dcpp_args=-gline-tables-only
   fuzz_targets=$(cd "$fuzz_build" && ninja -t targets all | awk -F: '$1 ~ /(^|\/)fuzz_[a-z0-9_]+$/ {print $1}')
   # shellcheck disable=SC2086  # one target a word
-  chrt --idle 0 nice -n 19 ninja -j "$(nproc)" -C "$fuzz_build" $fuzz_targets \
-    > "$fuzz_build/background-build.log" 2>&1 &
+  background_build "$fuzz_build/background-build.log" ninja -j "$(nproc)" -C "$fuzz_build" $fuzz_targets &
   fuzz_build_job=$!
+}
+
+# One target's run from a copy of its seed corpus; its verdict (ok, failed) in RESULTS/NAME.
+fuzz_one() {  # target, results directory
+  local target=$1 results=$2 name corpus
+  name=$(basename "$target"); name=${name#fuzz_}
+  corpus=$(mktemp -d)
+  cp -r tests/fuzz/corpus/"$name"/. "$corpus"/
+  if "$target" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 \
+       -artifact_prefix="$fuzz_build/crash-$name-" "$corpus" > "$fuzz_build/fuzz-$name.log" 2>&1; then
+    echo ok > "$results/$name"
+  else
+    echo failed > "$results/$name"
+  fi
+  rm -rf "$corpus"
 }
 
 fuzz_run_all() {
@@ -35,25 +49,12 @@ fuzz_run_all() {
   # writing its verdict to a file of its own; the loop below reads them in target order.
   local fuzz_results running=0 target name
   fuzz_results=$(mktemp -d)
-  fuzz_one() {
-    local target=$1 name corpus
-    name=$(basename "$target"); name=${name#fuzz_}
-    corpus=$(mktemp -d)
-    cp -r tests/fuzz/corpus/"$name"/. "$corpus"/
-    if "$target" -max_total_time="$fuzz_seconds" -timeout=10 -rss_limit_mb=2048 \
-         -artifact_prefix="$fuzz_build/crash-$name-" "$corpus" > "$fuzz_build/fuzz-$name.log" 2>&1; then
-      echo ok > "$fuzz_results/$name"
-    else
-      echo failed > "$fuzz_results/$name"
-    fi
-    rm -rf "$corpus"
-  }
   # shellcheck disable=SC2086  # one target a word
   for target in $(printf "$fuzz_build/%s\n" $fuzz_targets); do
     [ -x "$target" ] || continue
     if [ "$running" -ge "${MESHLANE_FUZZ_JOBS:-2}" ]; then wait -n || true; running=$((running - 1)); fi
     echo "fuzz: $(basename "$target") for ${fuzz_seconds}s"
-    fuzz_one "$target" &
+    fuzz_one "$target" "$fuzz_results" &
     running=$((running + 1))
   done
   wait || true

@@ -9,6 +9,13 @@ prepare_test_machine() {
   trap 'bash "$root/scripts/cleanup.sh" >/dev/null' EXIT
 }
 
+# background_build LOG COMMAND...: the command in the idle scheduling class (any other
+# process takes the CPU before it), its output in LOG: the builds that run beside tests.
+background_build() {
+  local log=$1; shift
+  chrt --idle 0 nice -n 19 "$@" > "$log" 2>&1
+}
+
 # configure_build DIR [MESON_OPTION...]: a new build directory with the options, or an
 # existing one reconfigured as it was set up (CC/CXX from the caller's environment).
 configure_build() {

@@ -37,7 +37,7 @@ def main():
         except (OSError, ET.ParseError) as error:
             print(f"{args.label}: no test log ({error}): the tests did not run")
             return 1
-        tests, failed, skipped = (a + b for a, b in zip((tests, failed, skipped), counts))
+        tests, failed, skipped = tests + counts[0], failed + counts[1], skipped + counts[2]
     passed = tests - failed - skipped
     failed += args.extra_failures
     print(f"{args.label}: {passed} passed, {failed} failed, {skipped} skipped")
