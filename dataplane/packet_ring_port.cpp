@@ -11,11 +11,15 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <bit>
 #include <cerrno>
 #include <cstring>
+
+#include "dataplane/tcp_coalesce.h"
 
 namespace meshlane {
 namespace {
@@ -88,9 +92,30 @@ std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint
   return {};
 }
 
+// The socket merged TCP segments leave through (tcp_coalesce.h): each sendmsg starts
+// with a struct virtio_net_hdr saying where the TCP header is and the segments' size, and
+// the kernel builds one GSO skb of it, which the veth passes to the pod whole.
+std::string packet_ring_port::open_gso_socket(ring& r, int ifindex) {
+  static_assert(std::endian::native == std::endian::little,
+                "virtio_net_hdr's fields are written in host order, which packet(7) reads as little-endian here");
+  r.gso_fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+  if (r.gso_fd < 0) return errno_text("socket(AF_PACKET)");
+  const int on = 1;
+  if (::setsockopt(r.gso_fd, SOL_PACKET, PACKET_VNET_HDR, &on, sizeof on) != 0) return errno_text("PACKET_VNET_HDR");
+  if (::setsockopt(r.gso_fd, SOL_PACKET, PACKET_QDISC_BYPASS, &on, sizeof on) != 0)
+    return errno_text("PACKET_QDISC_BYPASS");
+  sockaddr_ll address{};
+  address.sll_family = AF_PACKET;
+  address.sll_protocol = 0;  // receives nothing
+  address.sll_ifindex = ifindex;
+  if (::bind(r.gso_fd, reinterpret_cast<const sockaddr*>(&address), sizeof address) != 0) return errno_text("bind");
+  return {};
+}
+
 void packet_ring_port::close_ring(ring& r) {
   if (r.map) ::munmap(r.map, r.map_size);
   if (r.fd >= 0) ::close(r.fd);
+  if (r.gso_fd >= 0) ::close(r.gso_fd);
   r = ring{};
 }
 
@@ -118,6 +143,17 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
     if (std::string why = open_ring(port->tx_[q], port->ifindex_, false, tx_frames); !why.empty()) {
       error = interface + ": TX ring " + std::to_string(q) + " of " + std::to_string(tx_frames) + " frames: " + why;
       return nullptr;
+    }
+  }
+  // Merging is an optimisation: a kernel without PACKET_VNET_HDR on packet sockets (it
+  // has been there since Linux 3.13) leaves every queue without it, never half of them.
+  for (size_t q = 0; q < port->tx_.size(); ++q) {
+    if (!open_gso_socket(port->tx_[q], port->ifindex_).empty()) {
+      for (ring& r : port->tx_) {
+        if (r.gso_fd >= 0) ::close(r.gso_fd);
+        r.gso_fd = -1;
+      }
+      break;
     }
   }
   ifreq request{};
@@ -183,15 +219,75 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
   return taken;
 }
 
-uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count) {
+void packet_ring_port::kick(ring& r) {
+  if (::sendto(r.fd, nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0) [[unlikely]] {
+    // EAGAIN/ENOBUFS: the device is busy; the frames stay requested and go with the next
+    // kick. Anything else (the interface went away with its pod) is counted.
+    if (errno != EAGAIN && errno != ENOBUFS && errno != EINTR) tx_errors_.fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
+uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count, bool merge_tcp) {
+  using tcp_coalesce::frame_ref;
+  using tcp_coalesce::kMaxSegments;
   ring& r = tx_[queue];
   uint16_t taken = 0, placed = 0;
-  for (; taken < count; ++taken) {
+  // Frames as tcp_coalesce sees them, a window of the burst at a time: refs[i] is
+  // packets[window + i], up to window_end. A run is at most what the window holds from
+  // its first frame, so the window moves on before fewer than half of kMaxSegments remain.
+  frame_ref refs[kMaxSegments];
+  uint16_t window = 0, window_end = 0;
+  // Frames before this one go through the ring one by one: a run the kernel refused.
+  uint16_t single_until = 0;
+  tcp_coalesce::merged_packet merged;
+  const bool coalesce = merge_tcp && r.gso_fd >= 0 && count >= 2;
+  while (taken < count) {
+    if (coalesce && taken >= single_until && count - taken >= 2) {
+      if (window_end - taken < kMaxSegments / 2 && window_end < count) {
+        window = taken;
+        window_end = static_cast<uint16_t>(std::min<uint32_t>(count, taken + kMaxSegments));
+        for (uint16_t i = window; i < window_end; ++i) {
+          const rte_mbuf* m = packets[i];
+          // Only a frame in one buffer is looked at (length 0 is no segment).
+          refs[i - window] = {rte_pktmbuf_mtod(m, const uint8_t*), m->nb_segs == 1 ? m->data_len : 0u};
+        }
+      }
+      const uint16_t run = tcp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged);
+      if (run >= 2) {
+        // What the ring holds goes first, then the merged packet: the pod sees the order
+        // the workers sent.
+        if (placed) {
+          kick(r);
+          placed = 0;
+        }
+        iovec iov[2 + kMaxSegments];
+        iov[0] = {&merged.vnet, sizeof merged.vnet};
+        iov[1] = {merged.header, merged.header_length};
+        for (uint16_t i = 0; i < run; ++i) {
+          const frame_ref& f = refs[taken - window + i];
+          iov[2 + i] = {const_cast<uint8_t*>(f.data) + merged.header_length, f.length - merged.header_length};
+        }
+        msghdr message{};
+        message.msg_iov = iov;
+        message.msg_iovlen = 2u + run;
+        if (::sendmsg(r.gso_fd, &message, MSG_DONTWAIT) >= 0) [[likely]] {
+          tx_merged_packets_.fetch_add(1, std::memory_order_relaxed);
+          tx_merged_frames_.fetch_add(run, std::memory_order_relaxed);
+          taken = static_cast<uint16_t>(taken + run);
+          continue;
+        }
+        // Refused (the veth's peer queue full, or a kernel that takes no GSO packet from
+        // a packet socket): the run's frames go through the ring, where a full peer
+        // queue is met as it always is.
+        single_until = static_cast<uint16_t>(taken + run);
+      }
+    }
     rte_mbuf* m = packets[taken];
     tpacket2_hdr* h = frame_at(r.map, r.next);
     // A frame is free once the kernel has sent it and let its buffer go (it sends from
     // the ring's pages); TP_STATUS_WRONG_FORMAT marks one it refused, free again too.
     if (status_of(h) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING)) break;
+    ++taken;
     const uint32_t length = rte_pktmbuf_pkt_len(m);
     if (length > kTxDataRoom) [[unlikely]] {
       tx_errors_.fetch_add(1, std::memory_order_relaxed);  // taken, freed below with the rest
@@ -207,13 +303,10 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
     r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
     ++placed;
   }
-  // Every frame taken was copied (or counted as too large): its buffers go back at once.
+  // Every frame taken was copied, sent merged or counted as too large: its buffers go
+  // back at once.
   if (taken) rte_pktmbuf_free_bulk(packets, taken);
-  if (placed && ::sendto(r.fd, nullptr, 0, MSG_DONTWAIT, nullptr, 0) < 0) [[unlikely]] {
-    // EAGAIN/ENOBUFS: the device is busy; the frames stay requested and go with the next
-    // kick. Anything else (the interface went away with its pod) is counted.
-    if (errno != EAGAIN && errno != ENOBUFS && errno != EINTR) tx_errors_.fetch_add(1, std::memory_order_relaxed);
-  }
+  if (placed) kick(r);
   return taken;
 }
 

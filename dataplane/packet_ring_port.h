@@ -17,6 +17,14 @@
 // that workers never share a ring. Frames are copied between ring and mbuf, as the PMD
 // does. The ring memory is the kernel's (not locked user memory), so RLIMIT_MEMLOCK
 // does not bound it.
+//
+// TCP segments into the pod: each TX queue also has a socket with
+// PACKET_VNET_HDR (protocol 0, PACKET_QDISC_BYPASS, no ring), and a run of segments of
+// one stream in a burst (tcp_coalesce.h) goes through it as one GSO packet, copied once
+// from the mbufs by sendmsg; the rest of the burst goes through the ring as before, the
+// ring kicked before each merged packet so that the pod sees the frames in the order the
+// workers sent them (both sockets transmit synchronously into the same veth from the
+// worker's thread).
 #pragma once
 
 #include <atomic>
@@ -38,6 +46,7 @@ class packet_ring_port {
   // `rx_frames` and `tx_queues` TX rings of `tx_frames` frames each (2 KiB frames; even
   // counts, rounded up). Received frames go into mbufs of `mbufs`. Null and `error` when
   // the kernel refused something, with what and why.
+  // A kernel that refuses PACKET_VNET_HDR leaves the port without merging (coalesces_tcp).
   static std::unique_ptr<packet_ring_port> open(const std::string& interface, uint32_t rx_frames,
                                                 uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
                                                 std::string& error);
@@ -49,9 +58,11 @@ class packet_ring_port {
   // them. One worker at a time.
   uint16_t rx_burst(rte_mbuf** out, uint16_t count, uint16_t port);
   // Copies up to `count` frames into TX ring `queue` and has the kernel send them (one
-  // sendto). Returns how many it took (sent or, when larger than a frame, dropped and
-  // counted as tx_errors); those mbufs are freed. One worker per queue.
-  uint16_t tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count);
+  // sendto); with `merge_tcp` (the dataplane.pod_gro tunable), runs of TCP segments go
+  // as one packet each (sendmsg) instead. Returns how many it took (sent or, when larger
+  // than a frame, dropped and counted as tx_errors); those mbufs are freed. One worker
+  // per queue.
+  uint16_t tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count, bool merge_tcp = true);
 
   // The mempool received frames go into (the port's own once hot-plugged).
   void set_mbufs(rte_mempool* mbufs) { mbufs_ = mbufs; }
@@ -65,6 +76,16 @@ class packet_ring_port {
   // Since the port was opened. Reads (and so clears) the kernel's count, adding it to
   // this object's: one reader at a time (the agent's, under its ports mutex).
   loss read_loss();
+
+  // TCP segments sent merged (tcp_coalesce.h): packets made and the frames in them.
+  struct coalesced {
+    uint64_t packets = 0;
+    uint64_t frames = 0;
+  };
+  coalesced read_coalesced() const {
+    return {tx_merged_packets_.load(std::memory_order_relaxed), tx_merged_frames_.load(std::memory_order_relaxed)};
+  }
+  bool coalesces_tcp() const { return !tx_.empty() && tx_[0].gso_fd >= 0; }
 
   const std::string& interface() const { return interface_; }
   int ifindex() const { return ifindex_; }
@@ -83,10 +104,13 @@ class packet_ring_port {
     size_t map_size = 0;
     uint32_t frames = 0;
     uint32_t next = 0;  // the next frame to look at
+    int gso_fd = -1;    // TX: the PACKET_VNET_HDR socket merged TCP segments go through
   };
   packet_ring_port() = default;
   static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames);
   static void close_ring(ring& r);
+  static std::string open_gso_socket(ring& r, int ifindex);
+  void kick(ring& r);
 
   std::string interface_;
   int ifindex_ = 0;
@@ -96,6 +120,7 @@ class packet_ring_port {
   std::vector<ring> tx_;
   // Written by the workers, read by the agent's thread.
   std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
+  std::atomic<uint64_t> tx_merged_packets_{0}, tx_merged_frames_{0};
   uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts
 };
 

@@ -500,6 +500,7 @@ void flush_handoff(worker_state& w, uint32_t owner) {
 }  // namespace detail
 
 void flush_tx(worker_state& w) {
+  const bool pod_gro = w.pod_gro && w.pod_gro->load(std::memory_order_relaxed);
   for (uint16_t k = 0; k < w.tx_pending_count; ++k) {
     const uint16_t port = w.tx_pending[k];
     const uint16_t n = w.tx_count[port];
@@ -510,7 +511,7 @@ void flush_tx(worker_state& w) {
         port >= kEthdevPorts && w.rings ? (*w.rings)[port].load(std::memory_order_acquire) : nullptr;
     auto send = [&](rte_mbuf** from, uint16_t count) -> uint16_t {
       if (port < kEthdevPorts) return rte_eth_tx_burst(port, w.tx_queue, from, count);
-      return ring ? ring->tx_burst(w.tx_queue, from, count) : 0;  // a port gone: counted below
+      return ring ? ring->tx_burst(w.tx_queue, from, count, pod_gro) : 0;  // a port gone: counted below
     };
     uint16_t sent = send(buffer, n);
     if (sent < n) [[unlikely]] {

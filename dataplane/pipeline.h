@@ -212,6 +212,9 @@ struct port_table {
   // Outer UDP checksum of Geneve frames: computed (default), or zero, which RFC 768 and
   // RFC 8926 section 3.3 allow over IPv4 and which saves a pass over the packet.
   std::atomic<uint8_t> geneve_udp_checksum{1};
+  // Runs of TCP segments into a pod on meshlane's own af_packet port go as one GSO packet
+  // each (tcp_coalesce.h, packet_ring_port.h): on (default), or every frame alone.
+  std::atomic<uint8_t> pod_gro{1};
   underlay_neighbours neighbours;
   // Egress (issue 18): the underlay router's MAC, learned from its ARP frames.
   underlay_neighbours::slot egress_router;
@@ -684,6 +687,8 @@ struct worker_state {
   // for ethdev ports and ids not in use. The pool's (port_table::rings); null in tests
   // that drive ethdev ports only.
   const std::array<std::atomic<packet_ring_port*>, kMaxPorts>* rings = nullptr;
+  // The pool's port_table::pod_gro; null (off) where rings is.
+  const std::atomic<uint8_t>* pod_gro = nullptr;
 };
 
 // The whole pipeline over a burst received on `in_port`. Each mbuf ends up in a TX buffer

@@ -153,6 +153,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
         "them since the interface was made (rx: rx_dropped + rx_missed_errors; tx: tx_dropped, e.g. a veth "
         "whose peer's XDP ring was full); the port driver's own counters do not see these, except that on an "
         "af_xdp port over a veth rx includes the frames its XDP socket dropped, which rx_missed counts too.");
+    auto merged_packets = family("meshlane_dataplane_port_tx_merged_packets_total",
+                                 "GSO packets a pod port sent, each a run of TCP segments of one stream merged "
+                                 "(dataplane/tcp_coalesce.h); tx_packets counts their segments.");
+    auto merged_frames = family("meshlane_dataplane_port_tx_merged_segments_total",
+                                "TCP segments a pod port sent inside merged GSO packets.");
     auto xstats = family("meshlane_dataplane_port_xstats_total",
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
     auto not_registered = family("meshlane_dataplane_egress_not_registered_total",
@@ -192,7 +197,13 @@ void worker_pool::register_with(subsystem_registry& registry) {
       rx_bytes.samples.push_back({labels, double(sums[1])});
       tx_packets.samples.push_back({labels, double(sums[2])});
       tx_bytes.samples.push_back({labels, double(sums[3])});
-      const port_loss loss = read_port_loss(p, ports_->rings[p].load(), true, af_packet_ring_drops_[p], net_dev);
+      packet_ring_port* ring = ports_->rings[p].load();
+      const port_loss loss = read_port_loss(p, ring, true, af_packet_ring_drops_[p], net_dev);
+      if (ring && ring->coalesces_tcp()) {
+        const packet_ring_port::coalesced merged = ring->read_coalesced();
+        merged_packets.samples.push_back({labels, double(merged.packets)});
+        merged_frames.samples.push_back({labels, double(merged.frames)});
+      }
       rx_missed.samples.push_back({labels, double(loss.rx_missed)});
       rx_errors.samples.push_back({labels, double(loss.rx_errors)});
       tx_errors.samples.push_back({labels, double(loss.tx_errors)});
@@ -348,8 +359,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
           {{{"worker", std::to_string(w->index)}, {"direction", "received"}}, double(w->handoffs_received.get())});
       wakeups.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->handoff_wakeups.get())});
     }
-    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &rx_missed, &rx_errors, &tx_errors,
-                    &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
+    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_frames, &rx_missed,
+                    &rx_errors, &tx_errors, &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
                     &backend_flows, &evictions, &restored, &handoffs, &wakeups, &fragments})
@@ -375,6 +386,14 @@ void worker_pool::register_with(subsystem_registry& registry) {
         tx += w->port_tx[p].packets.get();
       }
       const port_loss loss = read_port_loss(p, ring, false, af_packet_ring_drops_[p], net_dev);
+      // A pod port that merges TCP segments (tcp_coalesce.h): how many GSO packets and
+      // the segments in them; null where the port does not.
+      nlohmann::json merged_packets = nullptr, merged_segments = nullptr;
+      if (ring && ring->coalesces_tcp()) {
+        const packet_ring_port::coalesced merged = ring->read_coalesced();
+        merged_packets = merged.packets;
+        merged_segments = merged.frames;
+      }
       ports.push_back({{"port_id", p},
                        {"interface", info.interface},
                        {"role", role_text(info.role)},
@@ -385,6 +404,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                        {"neighbour_mac", neighbour ? mac_text(wire::mac_address::from_u64(neighbour)) : ""},
                        {"rx_packets", rx},
                        {"tx_packets", tx},
+                       {"tx_merged_packets", merged_packets},
+                       {"tx_merged_segments", merged_segments},
                        {"rx_missed", loss.rx_missed},
                        {"rx_errors", loss.rx_errors},
                        {"tx_errors", loss.tx_errors},
@@ -413,6 +434,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"idle_policy", settings_.busy_poll.load() ? "busy_poll" : "adaptive"},
                           {"burst_size", settings_.burst_size.load()},
                           {"idle_sleep_max_us", settings_.idle_sleep_max_us.load()},
+                          {"pod_gro", ports_->pod_gro.load() != 0},
                           {"ports", ports},
                           {"workers", workers},
                           {"encryption", esp_->status()}};
@@ -428,6 +450,16 @@ void worker_pool::register_with(subsystem_registry& registry) {
                         [this](const nlohmann::json& v) -> std::string {
                           if (!v.is_boolean()) return "must be true or false, got " + v.dump();
                           ports_->geneve_udp_checksum.store(v.get<bool>() ? 1 : 0);
+                          return {};
+                        }});
+
+  registry.add_tunable("dataplane.pod_gro",
+                       {"true: runs of TCP segments into a pod on an af_packet port go as one GSO packet each, "
+                        "as GRO would make them; false: every segment alone",
+                        [this] { return nlohmann::json(ports_->pod_gro.load() != 0); },
+                        [this](const nlohmann::json& v) -> std::string {
+                          if (!v.is_boolean()) return "must be true or false, got " + v.dump();
+                          ports_->pod_gro.store(v.get<bool>() ? 1 : 0);
                           return {};
                         }});
 

@@ -436,6 +436,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
     state->tx_queue = w;
     state->lent_clients = pool->lent_clients_.get();
     state->rings = &pool->ports_->rings;
+    state->pod_gro = &pool->ports_->pod_gro;
     pool->workers_.push_back(std::move(state));
   }
   pool->esp_ = std::make_unique<esp_sa_registry>(workers);

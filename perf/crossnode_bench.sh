@@ -11,7 +11,9 @@
 # For each: 64-byte request/response (p50, p99) and bulk throughput on one connection,
 # pod to pod and through the service VIP. REPS rounds of each, medians reported. Then
 # datagrams lost while node 1 publishes 100 snapshots, against the same stream alone.
-# ESP=0 leaves the encrypted way out.
+# ESP=0 leaves the encrypted way out. GRO_AB=1 adds meshlane_nogro: the same agents with
+# dataplane.pod_gro off (every TCP segment into a pod alone, dataplane/tcp_coalesce.h),
+# its rounds alternated with meshlane's, and prints merged over unmerged.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet.
@@ -76,7 +78,8 @@ out = {}
 for n, line in enumerate(l for l in sys.stdin if l.strip()):
     for family in json.loads(line)["metrics"]:
         key = family["name"].replace("meshlane_dataplane_port_", "").replace("_total", "")
-        if key not in ("rx_packets", "tx_packets", "rx_missed", "rx_errors", "tx_errors", "kernel_dropped"): continue
+        if key not in ("rx_packets", "tx_packets", "rx_missed", "rx_errors", "tx_errors", "kernel_dropped",
+                       "tx_merged_packets", "tx_merged_segments"): continue
         for sample in family["samples"]:
             role = sample["labels"].get("role")
             if key == "kernel_dropped":  # the kernel interface under the port, per direction
@@ -149,6 +152,10 @@ if d:  # frames the pod ports lost (the client's stream into node 1, the server'
 # is full drops there, on no agent counter) and the input backlogs.
 row["pods_eth0_dropped"] = {p: kd[f"{p}_eth0_tx_dropped"] + kd[f"{p}_eth0_rx_dropped"] for p in ("client", "server")}
 row["backlog_dropped"] = kd["backlog_dropped"]
+if d:  # TCP segments the pod ports sent merged into GSO packets (dataplane/tcp_coalesce.h), per node
+    row["pod_tx_merged"] = {f"node{n}": {"packets": d.get(f"node{n}_pod_tx_merged_packets", 0),
+                                         "segments": d.get(f"node{n}_pod_tx_merged_segments", 0),
+                                         "frames_sent": d[f"node{n}_pod_tx_packets"]} for n in (1, 2)}
 if d:  # each non-zero loss counter of the agents, by name
     row["agent_loss_counters"] = {k: v for k, v in d.items() if v and not k.endswith("_packets")}
 print(json.dumps(row))
@@ -164,7 +171,7 @@ measure() {  # WAY
       bulk=$(ip netns exec mlb-client "$load" bulk-client "$ip" "$bulk_port" "$seconds")
       echo "{\"way\":\"$WAY\",\"target\":\"$kind\",\"rr\":$rr,\"bulk\":$bulk}" >> "$results"
     done
-    echo "  $WAY round $rep done" >&2
+    echo "  $WAY round ${ROUND:-$rep} done" >&2
   done
 }
 
@@ -231,7 +238,23 @@ stop_agents() {
   agent_pids=()
 }
 start_agents 0
-WAY=meshlane measure
+gro_ab=${GRO_AB:-0}
+tune_pod_gro() {  # true|false, both agents
+  for n in 1 2; do "$root/$build/meshctl" tune "dataplane.pod_gro=$1" --socket "$work/node$n.sock" >/dev/null; done
+}
+if [ "$gro_ab" = 1 ]; then
+  # Alternated round by round, so that the machine's drift falls on both alike.
+  all_reps=$reps; reps=1
+  for r in $(seq "$all_reps"); do
+    ROUND=$r WAY=meshlane measure
+    tune_pod_gro false
+    ROUND=$r WAY=meshlane_nogro measure
+    tune_pod_gro true
+  done
+  reps=$all_reps
+else
+  WAY=meshlane measure
+fi
 
 # Publishing under load (issue: packets lost while 100 snapshots are published, expected
 # zero): a paced UDP stream from the client pod to the server pod across the nodes, once
@@ -270,6 +293,7 @@ publish_phase publishing 1
 
 # --- meshlane's way, encrypted: the same agents restarted with encryption always --------
 ways=kernel,meshlane
+[ "$gro_ab" = 1 ] && ways=$ways,meshlane_nogro
 if [ "$esp" = 1 ]; then
   stop_agents
   ip -n mlb-client link set eth0 mtu 1397
@@ -279,7 +303,7 @@ if [ "$esp" = 1 ]; then
   # Node 1's SAs after the encrypted rounds (packets and bytes each way: the proof that
   # the way measured was encrypted), into the results.
   "$root/$build/meshctl" get sas --socket "$work/node1.sock" > "$work/sas.txt" || true
-  ways=kernel,meshlane,meshlane_esp
+  ways=$ways,meshlane_esp
   stop_agents
 fi
 
@@ -298,6 +322,11 @@ fig = {w: {t: {"rr_p50_us": med(w, t, "rr", "p50_us"), "rr_p99_us": med(w, t, "r
        for w in ways}
 ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
           for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+# Runs of TCP segments merged into GSO packets for the pods over every segment alone
+# (dataplane.pod_gro; GRO_AB=1), same agents, rounds alternated.
+gro_ratios = ({f"{t}_{k}": fig["meshlane"][t][k] / fig["meshlane_nogro"][t][k]
+               for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+              if "meshlane_nogro" in fig else None)
 # Encrypted over direct, same agents and pods, same run (issue 15).
 esp_ratios = ({f"{t}_{k}": fig["meshlane_esp"][t][k] / fig["meshlane"][t][k]
                for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
@@ -312,13 +341,17 @@ def iperf3_of(w):
             "uncounted_frames": sum(v["uncounted"] for v in losses),
             "pod_ports_lost_frames": sum(sum(r.get("pod_ports_lost", {}).values()) for r in runs),
             "pods_eth0_dropped_frames": sum(sum(r["pods_eth0_dropped"].values()) for r in runs),
-            "backlog_dropped_frames": sum(r["backlog_dropped"] for r in runs)}
+            "backlog_dropped_frames": sum(r["backlog_dropped"] for r in runs),
+            "pod_tx_merged": {k: sum(r["pod_tx_merged"]["node2"][k] for r in runs if "pod_tx_merged" in r)
+                              for k in ("packets", "segments", "frames_sent")}}
 iperf3 = {w: iperf3_of(w) for w in ways}
+if gro_ratios:
+    gro_ratios["iperf3_gbit_per_s"] = iperf3["meshlane"]["gbit_per_s"] / iperf3["meshlane_nogro"]["gbit_per_s"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
-           "meshlane_over_kernel": ratios, **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
+           "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
            **({"esp_sas_node1": sas} if sas else {}),
            "publish_under_load": publish, "runs": rows},
           open(sys.argv[2], "w"), indent=1)
@@ -331,11 +364,15 @@ for w, f in iperf3.items():
     lost = f"; dropped by the pods' eth0s {f['pods_eth0_dropped_frames']}, at input backlogs {f['backlog_dropped_frames']}"
     if w != "kernel":
         lost += (f"; lost between the uplinks {f['counted_lost_frames']} counted, {f['uncounted_frames']} uncounted"
-                 f"; by the pod ports {f['pod_ports_lost_frames']}")
+                 f"; by the pod ports {f['pod_ports_lost_frames']}"
+                 f"; into the server pod {f['pod_tx_merged']['segments']} of {f['pod_tx_merged']['frames_sent']}"
+                 f" segments merged into {f['pod_tx_merged']['packets']} packets")
     print(f"iperf3 {w:12} {f['gbit_per_s']:6.2f} Gbit/s, {f['retransmits']:.0f} retransmissions "
           f"(runs {f['retransmits_range'][0]}-{f['retransmits_range'][1]}){lost}")
 for k, v in ratios.items():
     print(f"meshlane / kernel  {k:22} {v:6.2f}x")
+for k, v in (gro_ratios or {}).items():
+    print(f"merged / unmerged  {k:22} {v:6.2f}x")
 for k, v in (esp_ratios or {}).items():
     print(f"encrypted / direct {k:22} {v:6.2f}x")
 if sas:

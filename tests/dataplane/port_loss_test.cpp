@@ -26,6 +26,7 @@
 #include "dataplane/kernel_interface_drops.h"
 #include "dataplane/packet_ring_port.h"
 #include "tests/dataplane/pool_metrics.h"
+#include "tests/dataplane/tcp_segments.h"
 #include "tests/harness/netns.h"
 
 namespace meshlane::testing {
@@ -387,6 +388,125 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   port->set_mbufs(mbufs);
 
   EXPECT_TRUE(port->link_up());
+  port.reset();  // closes its sockets inside the namespace
+}
+
+// A pod port merges runs of TCP segments (dataplane/tcp_coalesce.h) into GSO packets
+// sent through its PACKET_VNET_HDR socket, in the order of the burst: the peer on the
+// veth receives, for a burst of a marker, five segments of a stream (the last with PSH),
+// a second marker, one more segment, and two of another stream: the marker, one packet
+// of the five (their payloads in order, the IP length of the whole, a TCP checksum the
+// kernel has left partial and which completes right), the marker, the lone segment as it
+// was, and one packet of the two. With merging off (the dataplane.pod_gro tunable), the
+// same burst arrives as its ten frames.
+TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
+  if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
+  netns ns("gro");
+  ASSERT_GE(ns.fd(), 0);
+  const veth_pair veth = quiet_veth(ns, "gd", "gp");
+  ASSERT_FALSE(veth.a.empty());
+  netns_scope inside(ns);
+  using pool_holder = std::unique_ptr<rte_mempool, void (*)(rte_mempool*)>;
+  const std::string pool_name = "gro_test_" + test_prefix();
+  rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), 256, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
+  ASSERT_NE(mbufs, nullptr);
+  pool_holder pool_guard(mbufs, &rte_mempool_free);
+  std::string error;
+  auto port = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);
+  ASSERT_TRUE(port) << error;
+  ASSERT_TRUE(port->coalesces_tcp()) << "this kernel refused PACKET_VNET_HDR";
+
+  const int peer = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
+  ASSERT_GE(peer, 0);
+  struct fd_guard_t {
+    int fd;
+    ~fd_guard_t() { close(fd); }
+  } peer_guard{peer};
+  sockaddr_ll at{};
+  at.sll_family = AF_PACKET;
+  at.sll_protocol = htons(ETH_P_ALL);
+  at.sll_ifindex = static_cast<int>(if_nametoindex(veth.b.c_str()));
+  ASSERT_EQ(bind(peer, reinterpret_cast<sockaddr*>(&at), sizeof at), 0) << std::strerror(errno);
+  const timeval wait{0, 200'000};
+  setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  // What the peer receives from the port (its source MAC), until nothing more comes.
+  auto receive = [&] {
+    std::vector<bytes> got;
+    std::vector<uint8_t> buffer(70'000);
+    for (;;) {
+      const ssize_t n = recv(peer, buffer.data(), buffer.size(), 0);
+      if (n <= 0) break;
+      if (n >= 14 && buffer[11] == 0x01 && buffer[10] == 0) got.emplace_back(buffer.begin(), buffer.begin() + n);
+    }
+    return got;
+  };
+  auto marker = [](uint8_t number) {
+    bytes f(60, number);
+    const wire::mac_address to = mac(0x20), from = mac(0x01);
+    std::memcpy(f.data(), to.bytes, 6);
+    std::memcpy(f.data() + 6, from.bytes, 6);
+    f[12] = 0x88, f[13] = 0xb5;
+    return f;
+  };
+  segment_spec a;
+  std::vector<bytes> stream_a = stream(a, 6, 0, [](size_t i, segment_spec& s) {
+    if (i == 4) s.flags |= kPsh;
+  });
+  segment_spec b;
+  b.sequence = 5'000;
+  b.acknowledgement = 9;
+  std::vector<bytes> stream_b = stream(b, 2);
+  const std::vector<bytes> burst = {marker(1),   stream_a[0], stream_a[1], stream_a[2], stream_a[3], stream_a[4],
+                                    marker(2),   stream_a[5], stream_b[0], stream_b[1]};
+  auto send_burst = [&](bool merge) {
+    std::vector<rte_mbuf*> mbuf_burst;
+    for (const bytes& f : burst) {
+      rte_mbuf* m = rte_pktmbuf_alloc(mbufs);
+      EXPECT_NE(m, nullptr);
+      std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(f.size())), f.data(), f.size());
+      mbuf_burst.push_back(m);
+    }
+    return port->tx_burst(0, mbuf_burst.data(), static_cast<uint16_t>(mbuf_burst.size()), merge);
+  };
+  // The merged packet of `segments` as the peer should see it, its checksum field aside.
+  auto merged_of = [](const std::vector<bytes>& segments) {
+    bytes out = segments.front();
+    const size_t header = 14 + 20 + 32;
+    for (size_t i = 1; i < segments.size(); ++i) out.insert(out.end(), segments[i].begin() + header, segments[i].end());
+    put16(&out[16], static_cast<uint16_t>(out.size() - 14));
+    out[14 + 20 + 13] = segments.back()[14 + 20 + 13];
+    finish_checksums(out);
+    return out;
+  };
+
+  ASSERT_EQ(send_burst(true), burst.size());
+  std::vector<bytes> got = receive();
+  ASSERT_EQ(got.size(), 5u);
+  EXPECT_EQ(got[0], marker(1));
+  EXPECT_EQ(got[2], marker(2));
+  EXPECT_EQ(got[3], stream_a[5]);
+  const bytes expected_a = merged_of({stream_a.begin(), stream_a.begin() + 5});
+  const bytes expected_b = merged_of(stream_b);
+  for (auto [received, expected] : {std::pair{&got[1], &expected_a}, std::pair{&got[4], &expected_b}}) {
+    ASSERT_EQ(received->size(), expected->size());
+    // The kernel passed the packet on CHECKSUM_PARTIAL: its TCP checksum field holds the
+    // pseudo-header's sum, which completes over the segment into the right checksum.
+    bytes completed = *received;
+    const uint16_t full = wire::checksum_fold(wire::checksum_partial(&completed[34], completed.size() - 34, 0));
+    std::memcpy(&completed[34 + 16], &full, 2);
+    EXPECT_EQ(verify_checksums(completed), "");
+    EXPECT_EQ(completed, *expected);
+  }
+  packet_ring_port::coalesced merged = port->read_coalesced();
+  EXPECT_EQ(merged.packets, 2u);
+  EXPECT_EQ(merged.frames, 7u);
+
+  ASSERT_EQ(send_burst(false), burst.size());
+  got = receive();
+  EXPECT_EQ(got, burst) << "merging off: the frames as they were, in order";
+  merged = port->read_coalesced();
+  EXPECT_EQ(merged.packets, 2u);
+  EXPECT_EQ(port->read_loss().tx_errors, 0u);
   port.reset();  // closes its sockets inside the namespace
 }
 
