@@ -255,30 +255,38 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
       const uint16_t run = tcp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged);
       if (run >= 2) {
         // What the ring holds goes first, then the merged packet: the pod sees the order
-        // the workers sent.
-        if (placed) {
+        // the workers sent. Frames a kick left waiting (the socket's send buffer full:
+        // they go with the next kick), in this burst or an earlier one, would be passed
+        // by the merged packet, so the run then follows them through the ring. The last
+        // frame placed says: the kernel sends the ring's frames in order.
+        const tpacket2_hdr* last = frame_at(r.map, r.next == 0 ? r.frames - 1 : r.next - 1);
+        bool ring_sent = true;
+        if (placed || (status_of(last) & TP_STATUS_SEND_REQUEST)) {
           kick(r);
           placed = 0;
+          ring_sent = !(status_of(last) & TP_STATUS_SEND_REQUEST);
         }
-        iovec iov[2 + kMaxSegments];
-        iov[0] = {&merged.vnet, sizeof merged.vnet};
-        iov[1] = {merged.header, merged.header_length};
-        for (uint16_t i = 0; i < run; ++i) {
-          const frame_ref& f = refs[taken - window + i];
-          iov[2 + i] = {const_cast<uint8_t*>(f.data) + merged.header_length, f.length - merged.header_length};
-        }
-        msghdr message{};
-        message.msg_iov = iov;
-        message.msg_iovlen = 2u + run;
-        if (::sendmsg(r.gso_fd, &message, MSG_DONTWAIT) >= 0) [[likely]] {
-          tx_merged_packets_.fetch_add(1, std::memory_order_relaxed);
-          tx_merged_frames_.fetch_add(run, std::memory_order_relaxed);
-          taken = static_cast<uint16_t>(taken + run);
-          continue;
+        if (ring_sent) {
+          iovec iov[2 + kMaxSegments];
+          iov[0] = {&merged.vnet, sizeof merged.vnet};
+          iov[1] = {merged.header, merged.header_length};
+          for (uint16_t i = 0; i < run; ++i) {
+            const frame_ref& f = refs[taken - window + i];
+            iov[2 + i] = {const_cast<uint8_t*>(f.data) + merged.header_length, f.length - merged.header_length};
+          }
+          msghdr message{};
+          message.msg_iov = iov;
+          message.msg_iovlen = 2u + run;
+          if (::sendmsg(r.gso_fd, &message, MSG_DONTWAIT) >= 0) [[likely]] {
+            tx_merged_packets_.fetch_add(1, std::memory_order_relaxed);
+            tx_merged_frames_.fetch_add(run, std::memory_order_relaxed);
+            taken = static_cast<uint16_t>(taken + run);
+            continue;
+          }
         }
         // Refused (the veth's peer queue full, or a kernel that takes no GSO packet from
-        // a packet socket): the run's frames go through the ring, where a full peer
-        // queue is met as it always is.
+        // a packet socket), or behind ring frames still waiting: the run's frames go
+        // through the ring, where a full peer queue is met as it always is.
         single_until = static_cast<uint16_t>(taken + run);
       }
     }
