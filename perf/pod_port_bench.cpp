@@ -9,9 +9,12 @@
 // kernel's packet socket and the veth, not a receiving application. DPDK's runtime
 // directory (/var/run/dpdk/meshlane-ppb-<pid>) is removed on the way out.
 //
-//   build/perf/pod_port_bench [FRAMES=2000000] [SIZES=64,1514]   (sizes 60..1600 bytes)
+//   build/perf/pod_port_bench [FRAMES=2000000] [SIZES=64,1514,tcp]   (sizes 60..1600 bytes)
 // Prints one line per frame size: frames sent, CPU time (user + system) and TSC cycles per
-// frame, and what the port counted as lost. Root.
+// frame, and what the port counted as lost. `tcp`: bursts of 32 segments of one TCP
+// stream (1,514-byte frames, sequence numbers following on), sent merged into GSO packets
+// as the pod ports do (dataplane/tcp_coalesce.h; row `tcp`) and frame by frame (row
+// `tcp-1`, dataplane.pod_gro off), per segment. Root.
 #include <rte_cycles.h>
 #include <rte_eal.h>
 #include <rte_mbuf.h>
@@ -33,6 +36,7 @@
 #include "dataplane/dataplane.h"
 #include "dataplane/packet_ring_port.h"
 #include "tests/dataplane/packet_builder.h"
+#include "tests/dataplane/tcp_segments.h"
 
 namespace {
 
@@ -60,9 +64,14 @@ std::vector<uint8_t> make_frame(uint32_t size) {
 int main(int argc, char** argv) {
   const uint64_t frames = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 2000000;
   std::vector<uint32_t> sizes;
+  bool tcp = false;
   {
-    std::stringstream list(argc > 2 ? argv[2] : "64,1514");
+    std::stringstream list(argc > 2 ? argv[2] : "64,1514,tcp");
     for (std::string item; std::getline(list, item, ',');) {
+      if (item == "tcp") {
+        tcp = true;
+        continue;
+      }
       // An Ethernet + IPv4 + UDP frame that fits a TX frame (packet_ring_port::kFrameSize).
       const unsigned long size = std::strtoul(item.c_str(), nullptr, 10);
       if (size < 60 || size > 1600) {
@@ -137,6 +146,56 @@ int main(int argc, char** argv) {
     const packet_ring_port::loss after = port->read_loss();
     std::printf("%-6u %10lu %12.1f %14.1f %10lu\n", size, static_cast<unsigned long>(sent), cpu * 1e9 / sent,
                 static_cast<double>(cycles) / sent, static_cast<unsigned long>(after.tx_errors - before.tx_errors));
+  }
+  if (tcp) {
+    // One burst's worth of a stream's segments; each burst continues the stream.
+    meshlane::testing::segment_spec first;
+    std::vector<meshlane::testing::bytes> segments = meshlane::testing::stream(first, kBurst);
+    for (const bool merge : {true, false}) {
+      const packet_ring_port::loss before = port->read_loss();
+      const packet_ring_port::coalesced merged_before = port->read_coalesced();
+      uint64_t sent = 0;
+      uint32_t sequence = first.sequence;
+      const double cpu_start = cpu_seconds();
+      const uint64_t tsc_start = rte_rdtsc();
+      while (sent < frames) {
+        rte_mbuf* burst[kBurst];
+        if (rte_pktmbuf_alloc_bulk(pool, burst, kBurst) != 0) {
+          std::fprintf(stderr, "pod_port_bench: mempool empty\n");
+          return 1;
+        }
+        for (uint16_t i = 0; i < kBurst; ++i) {
+          meshlane::testing::bytes& f = segments[i];
+          // The next burst's sequence numbers, and the checksum moved with them (RFC 1624).
+          const uint32_t new_sequence = sequence + i * static_cast<uint32_t>(first.payload);
+          uint16_t check;
+          std::memcpy(&check, &f[50], 2);
+          uint16_t old_words[2], new_words[2];
+          std::memcpy(old_words, &f[38], 4);
+          meshlane::testing::put32(&f[38], new_sequence);
+          std::memcpy(new_words, &f[38], 4);
+          check = meshlane::wire::checksum_update16(check, old_words[0], new_words[0]);
+          check = meshlane::wire::checksum_update16(check, old_words[1], new_words[1]);
+          std::memcpy(&f[50], &check, 2);
+          std::memcpy(rte_pktmbuf_mtod(burst[i], void*), f.data(), f.size());
+          burst[i]->data_len = static_cast<uint16_t>(f.size());
+          burst[i]->pkt_len = static_cast<uint32_t>(f.size());
+        }
+        sequence += kBurst * static_cast<uint32_t>(first.payload);
+        uint16_t taken = 0;
+        while (taken < kBurst) taken += port->tx_burst(0, burst + taken, kBurst - taken, merge);
+        sent += kBurst;
+      }
+      const uint64_t cycles = rte_rdtsc() - tsc_start;
+      const double cpu = cpu_seconds() - cpu_start;
+      const packet_ring_port::loss after = port->read_loss();
+      const packet_ring_port::coalesced merged_after = port->read_coalesced();
+      std::printf("%-6s %10lu %12.1f %14.1f %10lu   (%lu segments merged into %lu packets)\n", merge ? "tcp" : "tcp-1",
+                  static_cast<unsigned long>(sent), cpu * 1e9 / sent, static_cast<double>(cycles) / sent,
+                  static_cast<unsigned long>(after.tx_errors - before.tx_errors),
+                  static_cast<unsigned long>(merged_after.frames - merged_before.frames),
+                  static_cast<unsigned long>(merged_after.packets - merged_before.packets));
+    }
   }
   port.reset();
   rte_mempool_free(pool);
