@@ -279,7 +279,7 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
           message.msg_iovlen = 2u + run;
           if (::sendmsg(r.gso_fd, &message, MSG_DONTWAIT) >= 0) [[likely]] {
             tx_merged_packets_.fetch_add(1, std::memory_order_relaxed);
-            tx_merged_frames_.fetch_add(run, std::memory_order_relaxed);
+            tx_merged_segments_.fetch_add(run, std::memory_order_relaxed);
             taken = static_cast<uint16_t>(taken + run);
             continue;
           }

@@ -77,13 +77,13 @@ class packet_ring_port {
   // this object's: one reader at a time (the agent's, under its ports mutex).
   loss read_loss();
 
-  // TCP segments sent merged (tcp_coalesce.h): packets made and the frames in them.
+  // TCP segments sent merged (tcp_coalesce.h): packets made and the segments in them.
   struct coalesced {
     uint64_t packets = 0;
-    uint64_t frames = 0;
+    uint64_t segments = 0;
   };
   coalesced read_coalesced() const {
-    return {tx_merged_packets_.load(std::memory_order_relaxed), tx_merged_frames_.load(std::memory_order_relaxed)};
+    return {tx_merged_packets_.load(std::memory_order_relaxed), tx_merged_segments_.load(std::memory_order_relaxed)};
   }
   bool coalesces_tcp() const { return !tx_.empty() && tx_[0].gso_fd >= 0; }
 
@@ -120,7 +120,7 @@ class packet_ring_port {
   std::vector<ring> tx_;
   // Written by the workers, read by the agent's thread.
   std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
-  std::atomic<uint64_t> tx_merged_packets_{0}, tx_merged_frames_{0};
+  std::atomic<uint64_t> tx_merged_packets_{0}, tx_merged_segments_{0};
   uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts
 };
 

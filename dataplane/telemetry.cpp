@@ -156,7 +156,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
     auto merged_packets = family("meshlane_dataplane_port_tx_merged_packets_total",
                                  "GSO packets a pod port sent, each a run of TCP segments of one stream merged "
                                  "(dataplane/tcp_coalesce.h); tx_packets counts their segments.");
-    auto merged_frames = family("meshlane_dataplane_port_tx_merged_segments_total",
+    auto merged_segments = family("meshlane_dataplane_port_tx_merged_segments_total",
                                 "TCP segments a pod port sent inside merged GSO packets.");
     auto xstats = family("meshlane_dataplane_port_xstats_total",
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
@@ -202,7 +202,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       if (ring && ring->coalesces_tcp()) {
         const packet_ring_port::coalesced merged = ring->read_coalesced();
         merged_packets.samples.push_back({labels, double(merged.packets)});
-        merged_frames.samples.push_back({labels, double(merged.frames)});
+        merged_segments.samples.push_back({labels, double(merged.segments)});
       }
       rx_missed.samples.push_back({labels, double(loss.rx_missed)});
       rx_errors.samples.push_back({labels, double(loss.rx_errors)});
@@ -359,7 +359,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
           {{{"worker", std::to_string(w->index)}, {"direction", "received"}}, double(w->handoffs_received.get())});
       wakeups.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->handoff_wakeups.get())});
     }
-    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_frames, &rx_missed,
+    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_segments, &rx_missed,
                     &rx_errors, &tx_errors, &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
@@ -392,7 +392,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       if (ring && ring->coalesces_tcp()) {
         const packet_ring_port::coalesced merged = ring->read_coalesced();
         merged_packets = merged.packets;
-        merged_segments = merged.frames;
+        merged_segments = merged.segments;
       }
       ports.push_back({{"port_id", p},
                        {"interface", info.interface},

@@ -193,7 +193,7 @@ int main(int argc, char** argv) {
       std::printf("%-6s %10lu %12.1f %14.1f %10lu   (%lu segments merged into %lu packets)\n", merge ? "tcp" : "tcp-1",
                   static_cast<unsigned long>(sent), cpu * 1e9 / sent, static_cast<double>(cycles) / sent,
                   static_cast<unsigned long>(after.tx_errors - before.tx_errors),
-                  static_cast<unsigned long>(merged_after.frames - merged_before.frames),
+                  static_cast<unsigned long>(merged_after.segments - merged_before.segments),
                   static_cast<unsigned long>(merged_after.packets - merged_before.packets));
     }
   }

@@ -499,7 +499,7 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   }
   packet_ring_port::coalesced merged = port->read_coalesced();
   EXPECT_EQ(merged.packets, 2u);
-  EXPECT_EQ(merged.frames, 7u);
+  EXPECT_EQ(merged.segments, 7u);
 
   ASSERT_EQ(send_burst(false), burst.size());
   got = receive();
