@@ -365,8 +365,8 @@ for w, f in iperf3.items():
     if w != "kernel":
         lost += (f"; lost between the uplinks {f['counted_lost_frames']} counted, {f['uncounted_frames']} uncounted"
                  f"; by the pod ports {f['pod_ports_lost_frames']}"
-                 f"; into the server pod {f['pod_tx_merged']['segments']} of {f['pod_tx_merged']['frames_sent']}"
-                 f" segments merged into {f['pod_tx_merged']['packets']} packets")
+                 f"; into the server pod {f['pod_tx_merged']['segments']} of {f['pod_tx_merged']['frames_sent']} frames"
+                 f" went as segments of {f['pod_tx_merged']['packets']} merged packets")
     print(f"iperf3 {w:12} {f['gbit_per_s']:6.2f} Gbit/s, {f['retransmits']:.0f} retransmissions "
           f"(runs {f['retransmits_range'][0]}-{f['retransmits_range'][1]}){lost}")
 for k, v in ratios.items():
