@@ -212,6 +212,14 @@ TEST_F(two_nodes, OneMebibyteOfTcpCrossesNodesByteIdentical) {
        read_text(nodes_[0].log_path).find("rx ") == std::string::npos && std::chrono::steady_clock::now() < deadline;)
     std::this_thread::sleep_for(100ms);
   EXPECT_NE(read_text(nodes_[0].log_path).find("rx "), std::string::npos);
+  // And one of the two agents' lines names the merged segments of its pod port.
+  const auto merged_in_a_log = [&] {
+    return read_text(nodes_[0].log_path).find(" merged into ") != std::string::npos ||
+           read_text(nodes_[1].log_path).find(" merged into ") != std::string::npos;
+  };
+  for (auto deadline = std::chrono::steady_clock::now() + 3s; !merged_in_a_log() && std::chrono::steady_clock::now() < deadline;)
+    std::this_thread::sleep_for(100ms);
+  EXPECT_TRUE(merged_in_a_log()) << "no stats line shows merged segments";
 }
 
 // IPv4 packets the kernel's own stack received in a namespace (/proc/net/snmp's
