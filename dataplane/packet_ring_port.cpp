@@ -15,7 +15,6 @@
 #include <unistd.h>
 
 #include <algorithm>
-#include <bit>
 #include <cerrno>
 #include <cstring>
 
@@ -96,8 +95,6 @@ std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint
 // with a struct virtio_net_hdr saying where the TCP header is and the segments' size, and
 // the kernel builds one GSO skb of it, which the veth passes to the pod whole.
 std::string packet_ring_port::open_gso_socket(ring& r, int ifindex) {
-  static_assert(std::endian::native == std::endian::little,
-                "virtio_net_hdr's fields are written in host order, which packet(7) reads as little-endian here");
   r.gso_fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
   if (r.gso_fd < 0) return errno_text("socket(AF_PACKET)");
   const int on = 1;
@@ -269,17 +266,17 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
         if (ring_sent) {
           iovec iov[2 + kMaxSegments];
           iov[0] = {&merged.vnet, sizeof merged.vnet};
-          iov[1] = {merged.header, merged.header_length};
+          iov[1] = {merged.header, merged.header_length()};
           for (uint16_t i = 0; i < run; ++i) {
             const frame_ref& f = refs[taken - window + i];
-            iov[2 + i] = {const_cast<uint8_t*>(f.data) + merged.header_length, f.length - merged.header_length};
+            iov[2 + i] = {const_cast<uint8_t*>(f.data) + merged.header_length(), f.length - merged.header_length()};
           }
           msghdr message{};
           message.msg_iov = iov;
           message.msg_iovlen = 2u + run;
           if (::sendmsg(r.gso_fd, &message, MSG_DONTWAIT) >= 0) [[likely]] {
-            tx_merged_packets_.fetch_add(1, std::memory_order_relaxed);
-            tx_merged_segments_.fetch_add(run, std::memory_order_relaxed);
+            __atomic_store_n(&r.merged_packets, r.merged_packets + 1, __ATOMIC_RELAXED);
+            __atomic_store_n(&r.merged_segments, r.merged_segments + run, __ATOMIC_RELAXED);
             taken = static_cast<uint16_t>(taken + run);
             continue;
           }
@@ -316,6 +313,15 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
   if (taken) rte_pktmbuf_free_bulk(packets, taken);
   if (placed) kick(r);
   return taken;
+}
+
+packet_ring_port::coalesced packet_ring_port::read_coalesced() const {
+  coalesced sum;
+  for (const ring& r : tx_) {
+    sum.packets += __atomic_load_n(&r.merged_packets, __ATOMIC_RELAXED);
+    sum.segments += __atomic_load_n(&r.merged_segments, __ATOMIC_RELAXED);
+  }
+  return sum;
 }
 
 packet_ring_port::loss packet_ring_port::read_loss() {

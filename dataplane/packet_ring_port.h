@@ -82,9 +82,7 @@ class packet_ring_port {
     uint64_t packets = 0;
     uint64_t segments = 0;
   };
-  coalesced read_coalesced() const {
-    return {tx_merged_packets_.load(std::memory_order_relaxed), tx_merged_segments_.load(std::memory_order_relaxed)};
-  }
+  coalesced read_coalesced() const;
   bool coalesces_tcp() const { return !tx_.empty() && tx_[0].gso_fd >= 0; }
 
   const std::string& interface() const { return interface_; }
@@ -105,6 +103,9 @@ class packet_ring_port {
     uint32_t frames = 0;
     uint32_t next = 0;  // the next frame to look at
     int gso_fd = -1;    // TX: the PACKET_VNET_HDR socket merged TCP segments go through
+    // TX: merged packets and their segments, written by the queue's one worker (relaxed
+    // stores, no read-modify-write on a line other workers write), summed by readers.
+    uint64_t merged_packets = 0, merged_segments = 0;
   };
   packet_ring_port() = default;
   static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames);
@@ -120,7 +121,6 @@ class packet_ring_port {
   std::vector<ring> tx_;
   // Written by the workers, read by the agent's thread.
   std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
-  std::atomic<uint64_t> tx_merged_packets_{0}, tx_merged_segments_{0};
   uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts
 };
 

@@ -180,11 +180,10 @@ uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
   const uint16_t partial = static_cast<uint16_t>(~checksum_fold(pseudo));
   std::memcpy(tcp + 16, &partial, 2);
 
-  out.header_length = header_length;
   out.segments = n;
   out.vnet.flags = kNeedsChecksum;
   out.vnet.gso_type = first.ipv6 ? kGsoTcpV6 : kGsoTcpV4;
-  out.vnet.header_length = header_length;
+  out.vnet.hdr_len = header_length;
   out.vnet.gso_size = static_cast<uint16_t>(first.payload);
   out.vnet.csum_start = first.l4_offset;
   out.vnet.csum_offset = 16;  // offsetof(tcphdr, check)

@@ -20,6 +20,7 @@
 // again; a segment that fails stays alone, for the pod's kernel to drop as it would).
 #pragma once
 
+#include <bit>
 #include <cstddef>
 #include <cstdint>
 
@@ -31,20 +32,22 @@ struct frame_ref {
   uint32_t length = 0;
 };
 
-// struct virtio_net_hdr (linux/virtio_net.h), little-endian as packet(7) takes it on a
-// little-endian host.
+// struct virtio_net_hdr of linux/virtio_net.h, whose field names it keeps: that header
+// does not compile as C++ (a member named `class`). Written in host order, which
+// packet(7) reads as the legacy little-endian header on a little-endian host.
+static_assert(std::endian::native == std::endian::little);
 struct __attribute__((packed)) vnet_header {
   uint8_t flags = 0;     // VIRTIO_NET_HDR_F_NEEDS_CSUM
   uint8_t gso_type = 0;  // VIRTIO_NET_HDR_GSO_TCPV4 / TCPV6
-  uint16_t header_length = 0;
+  uint16_t hdr_len = 0;  // Ethernet + IP + TCP
   uint16_t gso_size = 0;
   uint16_t csum_start = 0;
   uint16_t csum_offset = 0;
 };
 static_assert(sizeof(vnet_header) == 10);
-inline constexpr uint8_t kNeedsChecksum = 1;
-inline constexpr uint8_t kGsoTcpV4 = 1;
-inline constexpr uint8_t kGsoTcpV6 = 4;
+inline constexpr uint8_t kNeedsChecksum = 1;  // VIRTIO_NET_HDR_F_NEEDS_CSUM
+inline constexpr uint8_t kGsoTcpV4 = 1;       // VIRTIO_NET_HDR_GSO_TCPV4
+inline constexpr uint8_t kGsoTcpV6 = 4;       // VIRTIO_NET_HDR_GSO_TCPV6
 
 // Ethernet (14) + IPv6 (40) + TCP with the most options (60).
 inline constexpr uint16_t kMaxHeader = 114;
@@ -56,12 +59,13 @@ inline constexpr uint32_t kMaxIpLength = 65535;
 struct merged_packet {
   vnet_header vnet;
   uint8_t header[kMaxHeader];  // the first segment's headers with the merged lengths
-  uint16_t header_length = 0;  // of header[], the same in every segment of the run
+  // Of header[], the same in every segment of the run: the virtio header's hdr_len.
+  uint16_t header_length() const { return vnet.hdr_len; }
   uint16_t segments = 0;
 };
 
 // How many frames from frames[0] merge into one packet: 2..min(count, kMaxSegments),
-// with `out` filled (each segment's payload is its frame from out.header_length on); or
+// with `out` filled (each segment's payload is its frame from out.header_length() on); or
 // 1 when frames[0] does not start a run of two.
 uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out);
 

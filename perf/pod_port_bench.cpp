@@ -119,10 +119,11 @@ int main(int argc, char** argv) {
     return 2;
   }
   constexpr uint16_t kBurst = 32;
-  std::printf("%-6s %10s %12s %14s %10s\n", "bytes", "frames", "cpu ns/frame", "cycles/frame", "tx_errors");
-  for (const uint32_t size : sizes) {
-    const std::vector<uint8_t> frame = make_frame(size);
+  // FRAMES frames in bursts of kBurst, each burst written by `fill`, sent with merging on
+  // or off; one line of CPU and TSC per frame, the port's tx_errors and merged segments.
+  const auto measure = [&](const std::string& label, auto&& fill, bool merge) {
     const packet_ring_port::loss before = port->read_loss();
+    const packet_ring_port::coalesced merged_before = port->read_coalesced();
     uint64_t sent = 0;
     const double cpu_start = cpu_seconds();
     const uint64_t tsc_start = rte_rdtsc();
@@ -130,72 +131,60 @@ int main(int argc, char** argv) {
       rte_mbuf* burst[kBurst];
       if (rte_pktmbuf_alloc_bulk(pool, burst, kBurst) != 0) {
         std::fprintf(stderr, "pod_port_bench: mempool empty\n");
-        return 1;
+        return false;
       }
-      for (rte_mbuf* m : burst) {
-        std::memcpy(rte_pktmbuf_mtod(m, void*), frame.data(), size);
-        m->data_len = static_cast<uint16_t>(size);
-        m->pkt_len = size;
-      }
+      fill(burst);
       uint16_t taken = 0;
-      while (taken < kBurst) taken += port->tx_burst(0, burst + taken, kBurst - taken);
+      while (taken < kBurst) taken += port->tx_burst(0, burst + taken, kBurst - taken, merge);
       sent += kBurst;
     }
     const uint64_t cycles = rte_rdtsc() - tsc_start;
     const double cpu = cpu_seconds() - cpu_start;
     const packet_ring_port::loss after = port->read_loss();
-    std::printf("%-6u %10lu %12.1f %14.1f %10lu\n", size, static_cast<unsigned long>(sent), cpu * 1e9 / sent,
+    const packet_ring_port::coalesced merged_after = port->read_coalesced();
+    std::printf("%-6s %10lu %12.1f %14.1f %10lu", label.c_str(), static_cast<unsigned long>(sent), cpu * 1e9 / sent,
                 static_cast<double>(cycles) / sent, static_cast<unsigned long>(after.tx_errors - before.tx_errors));
+    if (merged_after.segments != merged_before.segments)
+      std::printf("   (%lu segments merged into %lu packets)",
+                  static_cast<unsigned long>(merged_after.segments - merged_before.segments),
+                  static_cast<unsigned long>(merged_after.packets - merged_before.packets));
+    std::printf("\n");
+    return true;
+  };
+  const auto put = [](rte_mbuf* m, const uint8_t* data, size_t size) {
+    std::memcpy(rte_pktmbuf_mtod(m, void*), data, size);
+    m->data_len = static_cast<uint16_t>(size);
+    m->pkt_len = static_cast<uint32_t>(size);
+  };
+  std::printf("%-6s %10s %12s %14s %10s\n", "bytes", "frames", "cpu ns/frame", "cycles/frame", "tx_errors");
+  for (const uint32_t size : sizes) {
+    const std::vector<uint8_t> frame = make_frame(size);
+    const auto fill = [&](rte_mbuf** burst) {
+      for (uint16_t i = 0; i < kBurst; ++i) put(burst[i], frame.data(), size);
+    };
+    if (!measure(std::to_string(size), fill, true)) return 1;
   }
   if (tcp) {
     // One burst's worth of a stream's segments; each burst continues the stream.
     meshlane::testing::segment_spec first;
     std::vector<meshlane::testing::bytes> segments = meshlane::testing::stream(first, kBurst);
-    for (const bool merge : {true, false}) {
-      const packet_ring_port::loss before = port->read_loss();
-      const packet_ring_port::coalesced merged_before = port->read_coalesced();
-      uint64_t sent = 0;
-      uint32_t sequence = first.sequence;
-      const double cpu_start = cpu_seconds();
-      const uint64_t tsc_start = rte_rdtsc();
-      while (sent < frames) {
-        rte_mbuf* burst[kBurst];
-        if (rte_pktmbuf_alloc_bulk(pool, burst, kBurst) != 0) {
-          std::fprintf(stderr, "pod_port_bench: mempool empty\n");
-          return 1;
-        }
-        for (uint16_t i = 0; i < kBurst; ++i) {
-          meshlane::testing::bytes& f = segments[i];
-          // The next burst's sequence numbers, and the checksum moved with them (RFC 1624).
-          const uint32_t new_sequence = sequence + i * static_cast<uint32_t>(first.payload);
-          uint16_t check;
-          std::memcpy(&check, &f[50], 2);
-          uint16_t old_words[2], new_words[2];
-          std::memcpy(old_words, &f[38], 4);
-          meshlane::testing::put32(&f[38], new_sequence);
-          std::memcpy(new_words, &f[38], 4);
-          check = meshlane::wire::checksum_update16(check, old_words[0], new_words[0]);
-          check = meshlane::wire::checksum_update16(check, old_words[1], new_words[1]);
-          std::memcpy(&f[50], &check, 2);
-          std::memcpy(rte_pktmbuf_mtod(burst[i], void*), f.data(), f.size());
-          burst[i]->data_len = static_cast<uint16_t>(f.size());
-          burst[i]->pkt_len = static_cast<uint32_t>(f.size());
-        }
-        sequence += kBurst * static_cast<uint32_t>(first.payload);
-        uint16_t taken = 0;
-        while (taken < kBurst) taken += port->tx_burst(0, burst + taken, kBurst - taken, merge);
-        sent += kBurst;
+    const uint32_t burst_bytes = kBurst * static_cast<uint32_t>(first.payload);
+    const auto fill = [&](rte_mbuf** burst) {
+      for (uint16_t i = 0; i < kBurst; ++i) {
+        meshlane::testing::bytes& f = segments[i];
+        // The next burst's sequence number, and the checksum moved with it (RFC 1624).
+        uint16_t check, old_words[2], new_words[2];
+        std::memcpy(&check, &f[50], 2);
+        std::memcpy(old_words, &f[38], 4);
+        meshlane::testing::put32(&f[38], meshlane::testing::be32(&f[38]) + burst_bytes);
+        std::memcpy(new_words, &f[38], 4);
+        check = meshlane::wire::checksum_update16(check, old_words[0], new_words[0]);
+        check = meshlane::wire::checksum_update16(check, old_words[1], new_words[1]);
+        std::memcpy(&f[50], &check, 2);
+        put(burst[i], f.data(), f.size());
       }
-      const uint64_t cycles = rte_rdtsc() - tsc_start;
-      const double cpu = cpu_seconds() - cpu_start;
-      const packet_ring_port::loss after = port->read_loss();
-      const packet_ring_port::coalesced merged_after = port->read_coalesced();
-      std::printf("%-6s %10lu %12.1f %14.1f %10lu   (%lu segments merged into %lu packets)\n", merge ? "tcp" : "tcp-1",
-                  static_cast<unsigned long>(sent), cpu * 1e9 / sent, static_cast<double>(cycles) / sent,
-                  static_cast<unsigned long>(after.tx_errors - before.tx_errors),
-                  static_cast<unsigned long>(merged_after.segments - merged_before.segments),
-                  static_cast<unsigned long>(merged_after.packets - merged_before.packets));
-    }
+    };
+    if (!measure("tcp", fill, true) || !measure("tcp-1", fill, false)) return 1;
   }
   port.reset();
   rte_mempool_free(pool);

@@ -61,6 +61,41 @@ veth_pair quiet_veth(const netns& ns, const std::string& a_suffix, const std::st
   return veth;
 }
 
+// An mbuf pool of `count` 2 KiB buffers under `name` (made unique per test run), freed
+// with its holder; null when DPDK refused.
+using pool_holder = std::unique_ptr<rte_mempool, void (*)(rte_mempool*)>;
+pool_holder mbuf_pool(const std::string& name, unsigned count) {
+  const std::string unique = name + "_" + test_prefix();
+  return pool_holder(rte_pktmbuf_pool_create(unique.c_str(), count, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY),
+                     &rte_mempool_free);
+}
+
+// A packet socket bound to `interface` for `protocol` (host order), receives timing out
+// after `timeout`: the peer a port test sends and receives frames through. Closed with
+// its holder; -1 inside when the kernel refused (errno says why).
+struct bound_packet_socket {
+  int fd = -1;
+  bound_packet_socket(const std::string& interface, uint16_t protocol, timeval timeout) {
+    fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(protocol));
+    if (fd < 0) return;
+    sockaddr_ll at{};
+    at.sll_family = AF_PACKET;
+    at.sll_protocol = htons(protocol);
+    at.sll_ifindex = static_cast<int>(if_nametoindex(interface.c_str()));
+    if (bind(fd, reinterpret_cast<sockaddr*>(&at), sizeof at) != 0) {
+      close(fd);
+      fd = -1;
+      return;
+    }
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout);
+  }
+  ~bound_packet_socket() {
+    if (fd >= 0) close(fd);
+  }
+  bound_packet_socket(const bound_packet_socket&) = delete;
+  bound_packet_socket& operator=(const bound_packet_socket&) = delete;
+};
+
 TEST(port_loss, AnOverrunAfPacketRxRingShowsEveryLostFrameAsMissedInMetricsAndStatus) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
   netns ns("loss");
@@ -244,11 +279,9 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   const veth_pair veth = quiet_veth(ns, "od", "op", "mtu 9000");
   ASSERT_FALSE(veth.a.empty());
   netns_scope inside(ns);
-  using pool_holder = std::unique_ptr<rte_mempool, void (*)(rte_mempool*)>;
-  const std::string pool_name = "ring_test_" + test_prefix();
-  rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), 1024, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
+  const pool_holder pool_guard = mbuf_pool("ring_test", 1024);
+  rte_mempool* mbufs = pool_guard.get();
   ASSERT_NE(mbufs, nullptr);
-  pool_holder pool_guard(mbufs, &rte_mempool_free);
   std::string error;
   constexpr uint32_t kRxFrames = 16;
   auto port = packet_ring_port::open(veth.a, kRxFrames, 64, 2, mbufs, error);
@@ -259,19 +292,9 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   EXPECT_NE(error.find("no interface no-such-if"), std::string::npos) << error;
 
   // The peer: a packet socket on veth.b that sends and receives the test's ethertype.
-  const int peer = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(0x88b5));
-  ASSERT_GE(peer, 0);
-  struct fd_guard_t {
-    int fd;
-    ~fd_guard_t() { close(fd); }
-  } peer_guard{peer};
-  sockaddr_ll at{};
-  at.sll_family = AF_PACKET;
-  at.sll_protocol = htons(0x88b5);
-  at.sll_ifindex = static_cast<int>(if_nametoindex(veth.b.c_str()));
-  ASSERT_EQ(bind(peer, reinterpret_cast<sockaddr*>(&at), sizeof at), 0) << std::strerror(errno);
-  const timeval wait{1, 0};
-  setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  const bound_packet_socket peer_socket(veth.b, 0x88b5, timeval{1, 0});
+  const int peer = peer_socket.fd;
+  ASSERT_GE(peer, 0) << std::strerror(errno);
   auto frame_of = [](uint32_t number, size_t size) {
     std::vector<uint8_t> f(size);
     std::memset(f.data(), 0xff, 6);
@@ -365,10 +388,9 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
   }
   // Fewer free buffers than waiting frames: the port takes what the pool has, counts the
   // rest as rx_nombuf, and the frames it left wait in the ring for the next poll.
-  const std::string small_name = "ring_small_" + test_prefix();
-  rte_mempool* small = rte_pktmbuf_pool_create(small_name.c_str(), 6, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
+  const pool_holder small_guard = mbuf_pool("ring_small", 6);
+  rte_mempool* small = small_guard.get();
   ASSERT_NE(small, nullptr);
-  pool_holder small_guard(small, &rte_mempool_free);
   port->set_mbufs(small);
   for (uint32_t k = 0; k < 10; ++k) ASSERT_TRUE(send_peer(frame_of(500 + k, 100)));
   std::this_thread::sleep_for(std::chrono::milliseconds(20));
@@ -406,29 +428,17 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   const veth_pair veth = quiet_veth(ns, "gd", "gp");
   ASSERT_FALSE(veth.a.empty());
   netns_scope inside(ns);
-  using pool_holder = std::unique_ptr<rte_mempool, void (*)(rte_mempool*)>;
-  const std::string pool_name = "gro_test_" + test_prefix();
-  rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), 256, 0, 0, RTE_MBUF_DEFAULT_BUF_SIZE, SOCKET_ID_ANY);
+  const pool_holder pool_guard = mbuf_pool("gro_test", 256);
+  rte_mempool* mbufs = pool_guard.get();
   ASSERT_NE(mbufs, nullptr);
-  pool_holder pool_guard(mbufs, &rte_mempool_free);
   std::string error;
   auto port = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);
   ASSERT_TRUE(port) << error;
   ASSERT_TRUE(port->coalesces_tcp()) << "this kernel refused PACKET_VNET_HDR";
 
-  const int peer = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, htons(ETH_P_ALL));
-  ASSERT_GE(peer, 0);
-  struct fd_guard_t {
-    int fd;
-    ~fd_guard_t() { close(fd); }
-  } peer_guard{peer};
-  sockaddr_ll at{};
-  at.sll_family = AF_PACKET;
-  at.sll_protocol = htons(ETH_P_ALL);
-  at.sll_ifindex = static_cast<int>(if_nametoindex(veth.b.c_str()));
-  ASSERT_EQ(bind(peer, reinterpret_cast<sockaddr*>(&at), sizeof at), 0) << std::strerror(errno);
-  const timeval wait{0, 200'000};
-  setsockopt(peer, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof wait);
+  const bound_packet_socket peer_socket(veth.b, ETH_P_ALL, timeval{0, 200'000});
+  const int peer = peer_socket.fd;
+  ASSERT_GE(peer, 0) << std::strerror(errno);
   // What the peer receives from the port (its source MAC), until nothing more comes.
   auto receive = [&] {
     std::vector<bytes> got;

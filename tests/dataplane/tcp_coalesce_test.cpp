@@ -33,8 +33,8 @@ uint16_t plan(const std::vector<bytes>& frames, tc::merged_packet& out) {
 
 // The merged packet's bytes: its header, then each segment's payload.
 bytes merged_bytes(const tc::merged_packet& m, const std::vector<bytes>& frames) {
-  bytes out(m.header, m.header + m.header_length);
-  for (uint16_t i = 0; i < m.segments; ++i) out.insert(out.end(), frames[i].begin() + m.header_length, frames[i].end());
+  bytes out(m.header, m.header + m.header_length());
+  for (uint16_t i = 0; i < m.segments; ++i) out.insert(out.end(), frames[i].begin() + m.header_length(), frames[i].end());
   return out;
 }
 
@@ -43,7 +43,7 @@ bytes merged_bytes(const tc::merged_packet& m, const std::vector<bytes>& frames)
 // IPv4 IDs counting up from the first, lengths and checksums written.
 std::vector<bytes> resegment(const bytes& merged, const tc::vnet_header& v) {
   std::vector<bytes> out;
-  const size_t header = v.header_length, payload = merged.size() - header;
+  const size_t header = v.hdr_len, payload = merged.size() - header;
   const uint8_t* tcp = &merged[v.csum_start];
   for (size_t offset = 0, i = 0; offset < payload; offset += v.gso_size, ++i) {
     const size_t size = std::min<size_t>(v.gso_size, payload - offset);
@@ -67,10 +67,10 @@ std::vector<bytes> resegment(const bytes& merged, const tc::vnet_header& v) {
 void expect_merged_right(const std::vector<bytes>& in, uint16_t run, const tc::merged_packet& m, bool ipv6) {
   ASSERT_EQ(m.segments, run);
   const size_t header = ipv6 ? 14 + 40 + 32 : 14 + 20 + 32;
-  EXPECT_EQ(m.header_length, header);
+  EXPECT_EQ(m.header_length(), header);
   EXPECT_EQ(m.vnet.flags, tc::kNeedsChecksum);
   EXPECT_EQ(m.vnet.gso_type, ipv6 ? tc::kGsoTcpV6 : tc::kGsoTcpV4);
-  EXPECT_EQ(m.vnet.header_length, header);
+  EXPECT_EQ(m.vnet.hdr_len, header);
   EXPECT_EQ(m.vnet.gso_size, in[0].size() - header);
   EXPECT_EQ(m.vnet.csum_start, ipv6 ? 54 : 34);
   EXPECT_EQ(m.vnet.csum_offset, 16);

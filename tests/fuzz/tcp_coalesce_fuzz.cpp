@@ -31,18 +31,18 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     const uint16_t run = tc::plan_run(refs.data() + at, static_cast<uint16_t>(refs.size() - at), m);
     if (run == 0 || at + run > refs.size() || run > tc::kMaxSegments) std::abort();
     if (run >= 2) {
-      if (m.segments != run || m.header_length != m.vnet.header_length || m.header_length > tc::kMaxHeader ||
-          m.vnet.csum_start + 20 > m.header_length || m.vnet.csum_offset != 16 || m.vnet.gso_size == 0)
+      if (m.segments != run || m.header_length() > tc::kMaxHeader ||
+          m.vnet.csum_start + 20 > m.header_length() || m.vnet.csum_offset != 16 || m.vnet.gso_size == 0)
         std::abort();
       size_t payload = 0;
       for (uint16_t i = 0; i < run; ++i) {
         const tc::frame_ref& f = refs[at + i];
-        if (f.length <= m.header_length) std::abort();
-        const size_t own = f.length - m.header_length;
+        if (f.length <= m.header_length()) std::abort();
+        const size_t own = f.length - m.header_length();
         if (own > m.vnet.gso_size || (i + 1 < run && own != m.vnet.gso_size)) std::abort();
         payload += own;
       }
-      const size_t ip_length = m.header_length - 14 + payload;
+      const size_t ip_length = m.header_length() - 14 + payload;
       if (ip_length > tc::kMaxIpLength) std::abort();
       const size_t said = m.vnet.gso_type == tc::kGsoTcpV4
                               ? (size_t{m.header[16]} << 8 | m.header[17])
