@@ -35,6 +35,12 @@ bool limit_malloc_arenas() {
   return ::mallopt(M_ARENA_MAX, 2) == 1;
 }
 
+bool pad_malloc_heaps() {
+  const char* top_pad = std::getenv("MALLOC_TOP_PAD_");
+  if ((top_pad && *top_pad) || tunable_is_set("glibc.malloc.top_pad")) return false;
+  return ::mallopt(M_TOP_PAD, static_cast<int>(kMallocTopPad)) == 1;
+}
+
 namespace {
 
 void reexec_if_wanted(char** argv) {
@@ -61,6 +67,7 @@ void reexec_if_wanted(char** argv) {
 void reexec_with_huge_page_malloc(char** argv) {
   reexec_if_wanted(argv);
   limit_malloc_arenas();  // the process goes on as it is
+  pad_malloc_heaps();
 }
 
 }  // namespace meshlane

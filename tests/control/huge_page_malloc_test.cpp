@@ -1,5 +1,6 @@
 // The agent's malloc arenas (huge_page_malloc.h): limit_malloc_arenas leaves a process two
-// arenas however many threads allocate, unless the environment names a count. Each case
+// arenas however many threads allocate, unless the environment names a count;
+// pad_malloc_heaps has a thread arena's heap made writable whole at once. Each case
 // runs in a child process of its own: arenas, once made, stay for the process's life.
 #include "control/huge_page_malloc.h"
 
@@ -94,6 +95,73 @@ TEST(MallocArenas, ACountTheEnvironmentNamesIsTheOperatorsChoice) {
   // Only the whole name counts: a longer one that ends like it is not a count.
   expect_report(arenas_in_child(true, "x.glibc.malloc.arena_max=4", nullptr), "1 2");
   expect_report(arenas_in_child(true, nullptr, ""), "1 2");
+}
+
+// In a child: sets the environment, calls pad_malloc_heaps when `pad`, lets one thread
+// allocate 1,000 blocks of 1 KiB (a thread arena of its own: the main thread allocates
+// nothing meanwhile) and reports "<padded> <bytes>": the bytes malloc_info says the
+// thread arena's heaps hold writable (its heap nr="1", <aspace type="mprotect">).
+std::string thread_heap_in_child(bool pad, const char* tunables, const char* top_pad_env) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "no pipe";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    if (tunables) ::setenv("GLIBC_TUNABLES", tunables, 1); else ::unsetenv("GLIBC_TUNABLES");
+    if (top_pad_env) ::setenv("MALLOC_TOP_PAD_", top_pad_env, 1); else ::unsetenv("MALLOC_TOP_PAD_");
+    const bool padded = pad && pad_malloc_heaps();
+    std::string report;
+    std::thread([&] {
+      std::vector<void*> blocks;
+      for (int i = 0; i < 1000; ++i) blocks.push_back(std::malloc(1024));
+      char* text = nullptr;
+      size_t size = 0;
+      FILE* out = ::open_memstream(&text, &size);
+      ::malloc_info(0, out);
+      std::fclose(out);
+      const char* heap = std::strstr(text, "<heap nr=\"1\">");
+      const char* field = heap ? std::strstr(heap, "<aspace type=\"mprotect\" size=\"") : nullptr;
+      report = std::to_string(padded) + " " + (field ? std::to_string(std::atoll(field + 30)) : "none");
+      for (void* b : blocks) std::free(b);
+    }).join();
+    (void)!::write(fds[1], report.data(), report.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  char buffer[64] = {};
+  const ssize_t n = ::read(fds[0], buffer, sizeof buffer - 1);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "no report";
+}
+
+long long writable_bytes(const std::string& report) { return std::atoll(report.substr(2).c_str()); }
+
+TEST(MallocHeapPad, AThreadHeapIsWritableWholeAtOnce) {
+  const std::string padded = thread_heap_in_child(true, nullptr, nullptr);
+  const std::string padded_huge = thread_heap_in_child(true, "glibc.malloc.hugetlb=1", nullptr);
+  const std::string unpadded = thread_heap_in_child(false, nullptr, nullptr);
+  if (!kGlibcServesMalloc) {
+    for (const std::string& r : {padded, padded_huge, unpadded}) EXPECT_EQ(r.substr(0, 2), "0 ") << r;
+    return;
+  }
+  // 1,000 KiB asked for: without a pad the heap is writable as far as they reach (plus
+  // glibc's first 132 KiB); with one, the whole 64 MiB heap at once.
+  EXPECT_EQ(padded.substr(0, 2), "1 ") << padded;
+  EXPECT_EQ(padded_huge.substr(0, 2), "1 ") << padded_huge;
+  EXPECT_GE(writable_bytes(padded), 60ll << 20) << padded;
+  EXPECT_GE(writable_bytes(padded_huge), 60ll << 20) << padded_huge;
+  EXPECT_GT(writable_bytes(unpadded), 1000ll << 10) << unpadded;
+  EXPECT_LT(writable_bytes(unpadded), 4ll << 20) << unpadded;
+}
+
+TEST(MallocHeapPad, APadTheEnvironmentNamesIsTheOperatorsChoice) {
+  EXPECT_EQ(thread_heap_in_child(true, nullptr, "1048576").substr(0, 2), "0 ");
+  EXPECT_EQ(thread_heap_in_child(true, "glibc.malloc.hugetlb=1:glibc.malloc.top_pad=0", nullptr).substr(0, 2), "0 ");
+  // Only the whole name counts.
+  EXPECT_EQ(thread_heap_in_child(true, "x.glibc.malloc.top_pad=4", nullptr).substr(0, 2),
+            kGlibcServesMalloc ? "1 " : "0 ");
 }
 
 }  // namespace
