@@ -24,11 +24,7 @@ class region_allocator {
       const uint32_t start = (it->first + align - 1) & ~(align - 1);
       const uint64_t end = uint64_t{it->first} + it->second;
       if (uint64_t{start} + length > end) continue;
-      const uint32_t range_start = it->first;
-      free_.erase(it);
-      if (start > range_start) free_[range_start] = start - range_start;
-      if (uint64_t{start} + length < end) free_[start + length] = static_cast<uint32_t>(end - start - length);
-      used_ += length;
+      take(it, start, length, end);
       return start;
     }
     return std::nullopt;
@@ -43,11 +39,7 @@ class region_allocator {
     --it;
     const uint64_t end = uint64_t{it->first} + it->second;
     if (uint64_t{start} + length > end) return false;
-    const uint32_t range_start = it->first;
-    free_.erase(it);
-    if (start > range_start) free_[range_start] = start - range_start;
-    if (uint64_t{start} + length < end) free_[start + length] = static_cast<uint32_t>(end - start - length);
-    used_ += length;
+    take(it, start, length, end);
     return true;
   }
 
@@ -75,6 +67,27 @@ class region_allocator {
   size_t free_ranges() const { return free_.size(); }
 
  private:
+  // Takes [start, start + length) out of the free range at `it` (which ends at `end`). The
+  // range's node is reused for what is left of it (a full sync of 100,000 frontends
+  // allocates 100,000 regions: a node freed and another allocated for each was most of
+  // this allocator's time); a second node only when the region splits the range in two.
+  void take(std::map<uint32_t, uint32_t>::iterator it, uint32_t start, uint32_t length, uint64_t end) {
+    const uint32_t range_start = it->first;
+    const bool before = start > range_start, after = uint64_t{start} + length < end;
+    const auto hint = std::next(it);
+    auto node = free_.extract(it);
+    if (before) {
+      node.mapped() = start - range_start;
+      free_.insert(hint, std::move(node));
+      if (after) free_.emplace_hint(hint, start + length, static_cast<uint32_t>(end - start - length));
+    } else if (after) {
+      node.key() = start + length;
+      node.mapped() = static_cast<uint32_t>(end - start - length);
+      free_.insert(hint, std::move(node));
+    }
+    used_ += length;
+  }
+
   uint32_t capacity_;
   uint32_t used_ = 0;
   std::map<uint32_t, uint32_t> free_;  // start -> length
