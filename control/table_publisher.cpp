@@ -194,33 +194,10 @@ publish_result table_publisher::publish_locked(desired_state&& state) {
   // The current generation's blocks are shared where the document left a service as it was.
   auto next = compile_tables(state, last_generation_ + 1, keys ? &*keys : nullptr, current_.get());
   result.compile_seconds = seconds_since(start);
-  // The delta index of the new state (what the next delta is checked against) is built
-  // while the sinks install the tables: it needs the state only, which the snapshot no
-  // longer reads, and at 100,000 services it took 0.03-0.1 s that the reply waited for
-  // after the sinks (agent_apply_bench.sh), where one sink's thread was idle already. It
-  // becomes the index only if every sink took the tables.
-  state_index fresh;
-  std::exception_ptr index_failure;
-  auto build_index = [&] {
-    try {
-      fresh.reset(std::move(state));
-    } catch (...) {
-      index_failure = std::current_exception();
-    }
-  };
-  std::thread indexer;
-  try {
-    indexer = std::thread(build_index);
-  } catch (const std::exception&) {
-    build_index();  // no thread to be had: here, before the install
-  }
-  const bool installed = install_locked(next, result);
-  if (indexer.joinable()) indexer.join();
-  if (!installed) return result;
+  if (!install_locked(next, result)) return result;
   last_generation_ = next->generation;
   make_current(std::move(next));
-  if (index_failure) std::rethrow_exception(index_failure);  // as before: the tables current, not the index
-  index_ = std::move(fresh);
+  index_.reset(std::move(state));
   current_state_.reset();
   result.generation = last_generation_;
   return result;
