@@ -69,8 +69,8 @@ class region_allocator {
  private:
   // Takes [start, start + length) out of the free range at `it` (which ends at `end`). The
   // range's node is reused for what is left of it (a full sync of 100,000 frontends
-  // allocates 100,000 regions: a node freed and another allocated for each was most of
-  // this allocator's time); a second node only when the region splits the range in two.
+  // allocates 100,000 regions, and each freed a node and allocated another); a second
+  // node only when the region splits the range in two.
   void take(std::map<uint32_t, uint32_t>::iterator it, uint32_t start, uint32_t length, uint64_t end) {
     const uint32_t range_start = it->first;
     const bool before = start > range_start, after = uint64_t{start} + length < end;
