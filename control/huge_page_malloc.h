@@ -47,13 +47,15 @@ inline constexpr size_t kMallocTopPad = size_t{64} << 20;
 
 // Sets kMallocTopPad (mallopt M_TOP_PAD) unless the environment names a pad
 // (glibc.malloc.top_pad in GLIBC_TUNABLES, or MALLOC_TOP_PAD_): true when set. Before any
-// thread is started. Without a pad, glibc grows a thread arena's heap by just what each
-// allocation needs, an mprotect of the next pages a time: a cold 100,000-service apply made
-// about 31,000 mprotect calls on its helper threads (the Maglev and reading helpers, the
-// sinks), each a change of the process's mappings, and faulted every page in alone. With a
+// thread is started. With its default pad (128 KiB, given a heap only when it is made),
+// glibc grows a thread arena's heap by just what each allocation needs, an mprotect of the
+// next pages a time: one round of the agent benchmark
+// (a cold, an unchanged and a 1%-changed apply of 100,000 services) made about 31,000
+// mprotect calls on the helper threads (the Maglev and reading helpers, the sinks), each a
+// change of the process's mappings, and faulted every page in alone. With a
 // 64 MiB pad a new thread heap is writable whole at once (one mprotect) and only faults
 // remain. The cost: a heap keeps up to the pad of freed memory at its top instead of
-// returning it, and setting a pad fixes glibc's mmap threshold at its 128 KiB start (it no
+// returning it (7-18 MB more resident in the agents measured), and setting a pad fixes glibc's mmap threshold at its 128 KiB start (it no
 // longer rises after large frees), so blocks from 128 KiB up are their own mappings, which
 // glibc.malloc.hugetlb=1 backs with huge pages from 2 MiB up. Cold full applies of 100,000
 // services through a whole agent took 1.66-1.88 s against 2.27-2.89 s without it
