@@ -101,6 +101,7 @@ rmdir /sys/fs/bpf/xdp 2>/dev/null && echo "cleanup: removed the empty /sys/fs/bp
 for run in /var/run/dpdk/meshlane-test-* /var/run/dpdk/meshlane-demo* /var/run/dpdk/mlb-ovs-*; do
   [ -e "$run" ] && rm -rf "$run"
 done
+rmdir /var/run/dpdk 2>/dev/null && echo "cleanup: removed the empty /var/run/dpdk EAL left"
 # Scratch directories of test processes that were killed before their fixture's TearDown
 # (a timeout, a crash): named after the test's prefix; the podman ones went above.
 for dir in /tmp/meshlane-test-*; do

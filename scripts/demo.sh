@@ -140,6 +140,7 @@ dataplane_cleanup() {
     ip netns delete "$ns" 2>/dev/null || true
   done
   rm -rf "$demo_dir" /var/run/dpdk/meshlane-demo-node1 /var/run/dpdk/meshlane-demo-node2
+  rmdir /var/run/dpdk 2>/dev/null || true  # EAL made it; gone again when nothing else is in it
   cleanup
 }
 trap dataplane_cleanup EXIT
