@@ -35,6 +35,7 @@ cleanup() {
   rmdir "$cgroup" 2>/dev/null || true
   rm -rf "$work"
   rm -rf /var/run/dpdk/meshlane-bench-apply
+  rmdir /var/run/dpdk 2>/dev/null || true  # EAL made it; gone again when nothing else is in it
 }
 trap cleanup EXIT
 

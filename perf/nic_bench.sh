@@ -118,6 +118,7 @@ finish() {
   ip netns pids "$ovs_ns" 2>/dev/null | xargs -r kill -9 2>/dev/null
   ip netns delete "$ovs_ns" 2>/dev/null
   rm -rf /var/run/dpdk/"$prefix"-*
+  rmdir /var/run/dpdk 2>/dev/null || true
   if [ -n "$work" ] && [ "${KEEP_WORK:-0}" = 1 ]; then
     find "$work" -type s -delete; echo "nic_bench: logs kept in $work" >&2
   elif [ -n "$work" ]; then

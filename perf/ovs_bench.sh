@@ -63,6 +63,7 @@ finish() {
     ip netns delete "$ns" 2>/dev/null
   done
   rm -rf /var/run/dpdk/mlb-ovs-node1 /var/run/dpdk/mlb-ovs-node2
+  rmdir /var/run/dpdk 2>/dev/null || true
   [ -n "$work" ] && rm -rf "$work"
   bench_hugepages_restore
   [ "$made_policy" = 1 ] && rm -f /usr/sbin/policy-rc.d
