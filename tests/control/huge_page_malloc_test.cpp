@@ -11,8 +11,10 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <latch>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -21,19 +23,53 @@
 namespace meshlane {
 namespace {
 
+// Runs `body` in a forked child and returns the report it makes ("no report" when the
+// child gave none): arenas and malloc's settings, once made, stay for a process's life.
+std::string report_from_child(const std::function<std::string()>& body) {
+  int fds[2];
+  if (::pipe(fds) != 0) return "no pipe";
+  const pid_t pid = ::fork();
+  if (pid == 0) {
+    ::close(fds[0]);
+    const std::string report = body();
+    (void)!::write(fds[1], report.data(), report.size());
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  char buffer[64] = {};
+  const ssize_t n = ::read(fds[0], buffer, sizeof buffer - 1);
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "no report";
+}
+
+void set_environment(const char* name, const char* value) {
+  if (value) ::setenv(name, value, 1);
+  else ::unsetenv(name);
+}
+
+// What malloc_info says of the process's arenas, as text.
+std::string malloc_info_text() {
+  char* text = nullptr;
+  size_t size = 0;
+  FILE* out = ::open_memstream(&text, &size);
+  ::malloc_info(0, out);
+  std::fclose(out);
+  std::string info(text, size);
+  std::free(text);
+  return info;
+}
+
 // In a child: sets the environment, calls limit_malloc_arenas when `limit`, lets six
 // threads allocate, and reports "<limited> <arenas>" (malloc_info's <heap> entries). The
 // threads hold what they allocated until all six have: a thread that exits gives its
 // arena back for the next one to reuse, so threads that happened not to overlap (a busy
 // machine) showed two arenas without any limit.
 std::string arenas_in_child(bool limit, const char* tunables, const char* arena_max_env) {
-  int fds[2];
-  if (::pipe(fds) != 0) return "no pipe";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    if (tunables) ::setenv("GLIBC_TUNABLES", tunables, 1); else ::unsetenv("GLIBC_TUNABLES");
-    if (arena_max_env) ::setenv("MALLOC_ARENA_MAX", arena_max_env, 1); else ::unsetenv("MALLOC_ARENA_MAX");
+  return report_from_child([&] {
+    set_environment("GLIBC_TUNABLES", tunables);
+    set_environment("MALLOC_ARENA_MAX", arena_max_env);
     const bool limited = limit && limit_malloc_arenas();
     std::vector<std::thread> threads;
     std::latch all_allocated(6);
@@ -45,24 +81,11 @@ std::string arenas_in_child(bool limit, const char* tunables, const char* arena_
         for (void* b : blocks) std::free(b);
       });
     for (auto& t : threads) t.join();
-    char* text = nullptr;
-    size_t size = 0;
-    FILE* out = ::open_memstream(&text, &size);
-    ::malloc_info(0, out);
-    std::fclose(out);
+    const std::string info = malloc_info_text();
     int heaps = 0;
-    for (const char* at = text; (at = std::strstr(at, "<heap nr=")); ++at) ++heaps;
-    const std::string report = std::to_string(limited) + " " + std::to_string(heaps);
-    (void)!::write(fds[1], report.data(), report.size());
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  char buffer[64] = {};
-  const ssize_t n = ::read(fds[0], buffer, sizeof buffer - 1);
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "no report";
+    for (size_t at = info.find("<heap nr="); at != std::string::npos; at = info.find("<heap nr=", at + 1)) ++heaps;
+    return std::to_string(limited) + " " + std::to_string(heaps);
+  });
 }
 
 // Under AddressSanitizer its own allocator serves malloc and its mallopt sets nothing
@@ -102,38 +125,24 @@ TEST(MallocArenas, ACountTheEnvironmentNamesIsTheOperatorsChoice) {
 // nothing meanwhile) and reports "<padded> <bytes>": the bytes malloc_info says the
 // thread arena's heaps hold writable (its heap nr="1", <aspace type="mprotect">).
 std::string thread_heap_in_child(bool pad, const char* tunables, const char* top_pad_env) {
-  int fds[2];
-  if (::pipe(fds) != 0) return "no pipe";
-  const pid_t pid = ::fork();
-  if (pid == 0) {
-    ::close(fds[0]);
-    if (tunables) ::setenv("GLIBC_TUNABLES", tunables, 1); else ::unsetenv("GLIBC_TUNABLES");
-    if (top_pad_env) ::setenv("MALLOC_TOP_PAD_", top_pad_env, 1); else ::unsetenv("MALLOC_TOP_PAD_");
+  return report_from_child([&] {
+    set_environment("GLIBC_TUNABLES", tunables);
+    set_environment("MALLOC_TOP_PAD_", top_pad_env);
     const bool padded = pad && pad_malloc_heaps();
     std::string report;
     std::thread([&] {
       std::vector<void*> blocks;
       for (int i = 0; i < 1000; ++i) blocks.push_back(std::malloc(1024));
-      char* text = nullptr;
-      size_t size = 0;
-      FILE* out = ::open_memstream(&text, &size);
-      ::malloc_info(0, out);
-      std::fclose(out);
-      const char* heap = std::strstr(text, "<heap nr=\"1\">");
-      const char* field = heap ? std::strstr(heap, "<aspace type=\"mprotect\" size=\"") : nullptr;
-      report = std::to_string(padded) + " " + (field ? std::to_string(std::atoll(field + 30)) : "none");
+      const std::string info = malloc_info_text();
+      constexpr std::string_view kField = "<aspace type=\"mprotect\" size=\"";
+      const size_t heap = info.find("<heap nr=\"1\">");
+      const size_t field = heap == std::string::npos ? heap : info.find(kField, heap);
+      report = std::to_string(padded) + " " +
+               (field == std::string::npos ? "none" : std::to_string(std::atoll(info.c_str() + field + kField.size())));
       for (void* b : blocks) std::free(b);
     }).join();
-    (void)!::write(fds[1], report.data(), report.size());
-    ::_exit(0);
-  }
-  ::close(fds[1]);
-  char buffer[64] = {};
-  const ssize_t n = ::read(fds[0], buffer, sizeof buffer - 1);
-  ::close(fds[0]);
-  int status = 0;
-  ::waitpid(pid, &status, 0);
-  return n > 0 ? std::string(buffer, static_cast<size_t>(n)) : "no report";
+    return report;
+  });
 }
 
 long long writable_bytes(const std::string& report) { return std::atoll(report.substr(2).c_str()); }
