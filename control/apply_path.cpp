@@ -44,6 +44,9 @@ publish_result apply_path::publish_document_locked(std::string_view document_jso
     live_pods = list.dump();
   }
   const publish_result result = publisher_.apply(document_json, std::move(parsed), live_pods);
+  // The caller's tape did not read the text: not an apply yet, but the caller's to make
+  // another way (control_module::apply_request), then counted and logged as any.
+  if (result.tape_refused) return result;
   account(result, source, &document_json, nullptr, std::move(text_owner));
   return result;
 }

@@ -36,7 +36,9 @@ class apply_path {
   // Validates, compiles and publishes a document, with the live pods of the pod registry
   // (when there is one) added to its pods; logs and counts the result.
   // `parsed`: the text's tape when the caller has read it (read_apply_line), else null;
-  // freed as soon as the document is read. `text_owner`: what keeps the text's bytes
+  // freed as soon as the document is read. A result with tape_refused set (that tape did
+  // not read the text) is neither logged nor counted: the caller applies the text its
+  // own way. `text_owner`: what keeps the text's bytes
   // alive (the control socket's read buffer), kept as the document's text instead of a
   // copy; null: the text is copied.
   publish_result apply_document(std::string_view document_json, const std::string& source,

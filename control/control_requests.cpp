@@ -14,10 +14,14 @@ namespace meshlane {
 
 using nlohmann::json;
 
+namespace {
+constexpr const char* kNotJsonMessage = "the request is not valid JSON; send one JSON object per line";
+}  // namespace
+
 std::optional<control_request> parse_control_request(std::string_view line, json& error_out) {
   json body = json::parse(line.begin(), line.end(), nullptr, /*allow_exceptions=*/false);
   if (body.is_discarded()) {
-    error_out = error_reply(control_error::kInvalidJson, "the request is not valid JSON; send one JSON object per line");
+    error_out = error_reply(control_error::kInvalidJson, kNotJsonMessage);
     return std::nullopt;
   }
   if (!body.is_object()) {
@@ -48,7 +52,7 @@ std::optional<control_request> read_apply_line(std::string_view line, size_t rea
   // One JSON object with nothing after it but whitespace (simdjson refuses trailing
   // content), within the document's own nesting limit.
   const auto start = std::chrono::steady_clock::now();
-  std::shared_ptr<const document_tape::tape> parsed = document_tape::parse(
+  std::shared_ptr<const document_tape::tape> parsed = document_tape::parse_document(
       document, document_tape::kMaxDocumentNesting, line.size() - (kPrefix.size() + document.size()) + readable_after);
   if (!parsed || !parsed->root.is_object()) return std::nullopt;
   control_request request;
@@ -154,8 +158,19 @@ json control_module::status() {
 
 json control_module::apply_request(const control_request& whole) {
   if (!whole.document_text.empty()) {
-    json reply = apply_reply(
-        apply_.apply_document(whole.document_text, "control socket", std::move(whole.document_parsed), whole.document_owner));
+    const publish_result result =
+        apply_.apply_document(whole.document_text, "control socket", std::move(whole.document_parsed), whole.document_owner);
+    // An entry of services[] the tape does not read (the line's document is parsed in
+    // slices, an entry when it is read, document_tape.h): the line is what it would have
+    // been had read_apply_line refused it, a request read through nlohmann's DOM (a key
+    // given twice: the last one; no JSON: answered as such, so that meshctl says where in
+    // its file).
+    if (result.tape_refused) {
+      json document = json::parse(whole.document_text, nullptr, /*allow_exceptions=*/false);
+      if (document.is_discarded()) return error_reply(control_error::kInvalidJson, kNotJsonMessage);
+      return apply_reply(apply_document(document.dump(), "control socket"));
+    }
+    json reply = apply_reply(result);
     if (reply.value("ok", false)) reply["parse_seconds"] = whole.document_parse_seconds;
     return reply;
   }

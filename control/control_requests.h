@@ -78,8 +78,11 @@ std::optional<control_request> parse_control_request(std::string_view line, nloh
 // into `line` and its tape. Only when the line is that and nothing else, in that order,
 // with no duplicate key anywhere and nothing the document reader's tape refuses (so that
 // the text validates exactly as the dump of its DOM would); otherwise nullopt, and
-// parse_control_request reads the line. Only the document's text is parsed (once, into
-// the tape the validator reads): the line around it is the fixed prefix, then the
+// parse_control_request reads the line. services[]'s entries are checked when the
+// validator reads them (document_tape::parse_document): one the tape refuses makes the
+// validator read the text the DOM's way, and one that is not JSON makes the apply's
+// reply the one a line that is not JSON gets. Only the document's text is parsed (once,
+// into the tape the validator reads): the line around it is the fixed prefix, then the
 // document, then whitespace, '}' and whitespace, which with a document that is one JSON
 // object is one JSON object of those two members.
 // `readable_after`: bytes of the line's buffer that may be read after its end; with

@@ -1135,9 +1135,21 @@ void check_document(desired_state& state, std::vector<config_error>& errors, boo
 
 namespace {
 
+// Where services[] is read from when not from `document`: the whole tape's array, or the
+// slices of a tape parse_document cut (document_tape.h).
+struct tape_services {
+  std::optional<simdjson::dom::array> list;
+  const document_tape::tape* sliced = nullptr;
+  bool any() const { return list || sliced; }
+};
+
+// Thrown by the slices' reader: an entry is not text for the tape, so neither is the
+// document, which parse_desired_state then reads the DOM's way.
+struct slice_not_for_the_tape {};
+
 // The document's sections read and checked: from `document`, and services[] from the tape
-// when `tape_services` is set (then `document` lacks that member).
-parse_result read_document(const json& document, std::optional<simdjson::dom::array> tape_services, error_list&& errors);
+// when `services` has it (then `document` lacks that member).
+parse_result read_document(const json& document, const tape_services& services, error_list&& errors);
 
 }  // namespace
 
@@ -1167,20 +1179,31 @@ parse_result parse_desired_state(std::string_view json_text, const document_tape
   // The tape when it reads this text as nlohmann would (document_tape.h): services[] is read
   // from it directly, every other member (small) converted for the section readers.
   std::unique_ptr<document_tape::tape> own;
-  if (!parsed) own = document_tape::parse(json_text, kMaxNesting);
+  if (!parsed) own = document_tape::parse_document(json_text, kMaxNesting);
   const document_tape::tape* tape = parsed ? parsed : own.get();
   if (!tape) return document_sections::parse_without_tape(json_text, live_pods_json);
-  if (!tape->root.is_object()) return read_document(document_tape::to_json(tape->root), std::nullopt, {});
+  if (!tape->root.is_object()) return read_document(document_tape::to_json(tape->root), {}, {});
   json document = json::object();
-  std::optional<simdjson::dom::array> tape_services;
+  tape_services services;
   for (auto field : simdjson::dom::object(tape->root)) {
     simdjson::dom::array list;
-    if (field.key == "services" && !field.value.get_array().get(list)) tape_services = list;
+    if (field.key == "services" && tape->sliced) services.sliced = tape;  // its `[]` stands for the slices
+    else if (field.key == "services" && !field.value.get_array().get(list)) services.list = list;
     else document.emplace(std::string(field.key), document_tape::to_json(field.value));
   }
   error_list errors;
   add_live_pods(document, live_pods_json, errors);
-  return read_document(document, tape_services, std::move(errors));
+  try {
+    return read_document(document, services, std::move(errors));
+  } catch (const slice_not_for_the_tape&) {
+    // A tape of its own: read the DOM's way, as a text the whole tape refuses. The
+    // caller's: the caller's to read another way (parse_result::tape_refused).
+    if (own) return document_sections::parse_without_tape(json_text, live_pods_json);
+    parse_result refused;
+    refused.errors.push_back({"$", "an entry of services[] is not text the tape reads; read the document another way"});
+    refused.tape_refused = true;
+    return refused;
+  }
 }
 
 namespace document_sections {
@@ -1189,7 +1212,7 @@ parse_result parse_without_tape(std::string_view json_text, std::string_view liv
   json document;
   if (!read_checked_json(json_text, document, errors)) return {std::nullopt, std::move(errors)};
   add_live_pods(document, live_pods_json, errors);
-  return read_document(document, std::nullopt, std::move(errors));
+  return read_document(document, {}, std::move(errors));
 }
 }  // namespace document_sections
 
@@ -1216,7 +1239,36 @@ void read_tape_services(simdjson::dom::array list, std::vector<service_spec>& ou
   }
 }
 
-parse_result read_document(const json& document, std::optional<simdjson::dom::array> tape_services, error_list&& errors_so_far) {
+// services[] from the slices of a cut tape (document_tape::parse_document): each entry
+// parsed and read on one of the two threads, into a parser of that thread's own, and
+// parsed again on this one when it has something to report. An entry that is not text
+// for the tape throws slice_not_for_the_tape (after both threads stop).
+void read_sliced_services(const document_tape::tape& tape, std::vector<service_spec>& out, error_list& errors) {
+  const std::vector<std::string_view>& slices = tape.services;
+  out.resize(slices.size());
+  std::vector<uint8_t> declined(slices.size(), 0);  // not vector<bool>: written from two threads
+  auto read = [&](size_t i, simdjson::dom::element& element) {
+    // A thread's parser grows to its largest entry and goes with the thread (the helper's
+    // at the end of this read; the publish thread's, a few kilobytes, stays).
+    thread_local simdjson::dom::parser parser;
+    if (!document_tape::read_slice(parser, slices[i], tape.max_depth, element)) throw slice_not_for_the_tape{};
+  };
+  constexpr size_t kChunk = 512;
+  for_each_on_two_threads(slices.size(), kChunk, 8 * kChunk, [&](size_t i) {
+    simdjson::dom::element element;
+    read(i, element);
+    if (!read_service_quietly(element, out[i])) declined[i] = 1;
+  });
+  for (size_t i = 0; i < slices.size(); ++i) {
+    if (!declined[i]) continue;
+    simdjson::dom::element element;
+    read(i, element);
+    out[i] = service_spec{};
+    read_service(document_tape::to_json(element), "$.services[" + std::to_string(i) + "]", out[i], errors);
+  }
+}
+
+parse_result read_document(const json& document, const tape_services& services, error_list&& errors_so_far) {
   parse_result result;
   result.errors = std::move(errors_so_far);  // duplicate keys (nlohmann path): reported, and reading goes on
   error_list& errors = result.errors;
@@ -1238,9 +1290,10 @@ parse_result read_document(const json& document, std::optional<simdjson::dom::ar
       read_pod(element, path, pod, errors);
       state.pods.push_back(std::move(pod));
     });
-    if (tape_services) {
+    if (services.any()) {
       top.member("services", false);  // consumed here, read from the tape
-      read_tape_services(*tape_services, state.services, errors);
+      if (services.sliced) read_sliced_services(*services.sliced, state.services, errors);
+      else read_tape_services(*services.list, state.services, errors);
     } else {
       top.array("services", false, [&](const json& element, const std::string& path) {
         service_spec service;

@@ -195,6 +195,12 @@ struct config_error {
 struct parse_result {
   std::optional<desired_state> state;  // set exactly when errors is empty
   std::vector<config_error> errors;
+  // Only with a tape the caller handed in: one of its services[] entries is not text the
+  // tape reads (document_tape::parse_document checks them as they are read), so the
+  // document was not read; the caller reads the text its own way (the control socket: as
+  // an apply line the tape refuses). `errors` says so. A tape parse_desired_state makes
+  // itself is never refused: it reads such a text through nlohmann's DOM.
+  bool tape_refused = false;
 };
 
 // Parses and validates a whole document. Never throws; every problem found is reported,

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -47,10 +48,83 @@ bool well_formed(element value, size_t depth, size_t max_depth, std::vector<std:
   }
 }
 
-// The kept parser (tape's comment in the header) and when a tape last took or returned it.
+// The kept parsers (tape's comment in the header) and when one was last taken or returned.
 std::mutex kept_mutex;
-std::unique_ptr<simdjson::dom::parser> kept_parser;  // guarded by kept_mutex
-std::chrono::steady_clock::time_point kept_used;    // guarded by kept_mutex
+std::unique_ptr<simdjson::dom::parser> kept_parser;               // guarded by kept_mutex
+std::unique_ptr<simdjson::ondemand::parser> kept_skeleton_parser;  // guarded by kept_mutex
+std::chrono::steady_clock::time_point kept_used;                  // guarded by kept_mutex
+
+// parse_document's On Demand parser, taken from the kept one and handed back (the larger
+// of two kept), as tape does with its DOM parser.
+class skeleton_parser {
+ public:
+  skeleton_parser() {
+    {
+      std::lock_guard lock(kept_mutex);
+      parser_ = std::move(kept_skeleton_parser);
+      kept_used = std::chrono::steady_clock::now();
+    }
+    if (!parser_) parser_ = std::make_unique<simdjson::ondemand::parser>();
+  }
+  ~skeleton_parser() {
+    std::unique_ptr<simdjson::ondemand::parser> smaller;  // freed outside the lock
+    std::lock_guard lock(kept_mutex);
+    kept_used = std::chrono::steady_clock::now();
+    if (!kept_skeleton_parser || kept_skeleton_parser->capacity() < parser_->capacity())
+      smaller = std::exchange(kept_skeleton_parser, std::move(parser_));
+  }
+  skeleton_parser(const skeleton_parser&) = delete;
+  skeleton_parser& operator=(const skeleton_parser&) = delete;
+  simdjson::ondemand::parser& operator*() { return *parser_; }
+
+ private:
+  std::unique_ptr<simdjson::ondemand::parser> parser_;
+};
+
+// Where a document's services[] lies: the offsets of its `[` and `]`, and each entry's text.
+struct services_cut {
+  size_t open = 0, close = 0;
+  std::vector<std::string_view> entries;
+};
+
+// services[] of `text` (which has kPadding readable bytes after it), when the document is
+// an object whose first member named services (after unescaping, as the DOM names it)
+// holds a non-empty array of objects; else nullopt, and anything On Demand finds amiss on
+// the way too (the whole parse then decides). Each entry is skipped by its brackets, not
+// checked: read_slice checks it. The members before services[] are skipped alike and
+// those after it not visited: the parse of the rest checks them.
+std::optional<services_cut> cut_services(std::string_view text) {
+  namespace od = simdjson::ondemand;
+  skeleton_parser parser;
+  od::document document;
+  if ((*parser).iterate(text.data(), text.size(), text.size() + kPadding).get(document)) return std::nullopt;
+  od::object root;
+  if (document.get_object().get(root)) return std::nullopt;
+  for (auto member : root) {
+    std::string_view key;
+    if (member.unescaped_key().get(key)) return std::nullopt;
+    if (key != "services") continue;  // its value is skipped as the loop moves on
+    od::value value;
+    if (member.value().get(value)) return std::nullopt;
+    const std::string_view token = value.raw_json_token();
+    od::array list;
+    if (token.empty() || token.front() != '[' || value.get_array().get(list)) return std::nullopt;
+    services_cut cut;
+    cut.open = static_cast<size_t>(token.data() - text.data());
+    const char* after_last = nullptr;
+    for (auto item : list) {
+      od::object object;
+      std::string_view raw;
+      if (item.get_object().get(object) || object.raw_json().get(raw)) return std::nullopt;
+      cut.entries.push_back(raw);  // up to the next structural character: `,` or `]`
+      after_last = raw.data() + raw.size();
+    }
+    if (after_last == nullptr || after_last >= text.data() + text.size() || *after_last != ']') return std::nullopt;
+    cut.close = static_cast<size_t>(after_last - text.data());
+    return cut;
+  }
+  return std::nullopt;
+}
 
 }  // namespace
 
@@ -72,17 +146,19 @@ tape::~tape() {
 
 bool release_idle_parser(std::chrono::steady_clock::duration idle) {
   std::unique_ptr<simdjson::dom::parser> released;  // freed outside the lock
+  std::unique_ptr<simdjson::ondemand::parser> released_skeleton;
   {
     std::lock_guard lock(kept_mutex);
-    if (!kept_parser || std::chrono::steady_clock::now() - kept_used < idle) return false;
+    if ((!kept_parser && !kept_skeleton_parser) || std::chrono::steady_clock::now() - kept_used < idle) return false;
     released = std::move(kept_parser);
+    released_skeleton = std::move(kept_skeleton_parser);
   }
   return true;
 }
 
 size_t kept_parser_capacity() {
   std::lock_guard lock(kept_mutex);
-  return kept_parser ? kept_parser->capacity() : 0;
+  return std::max(kept_parser ? kept_parser->capacity() : 0, kept_skeleton_parser ? kept_skeleton_parser->capacity() : 0);
 }
 
 std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth, size_t readable_after) {
@@ -93,6 +169,41 @@ std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth, size_t
   std::vector<std::string_view> keys;
   if (!well_formed(out->root, 0, max_depth, keys)) return nullptr;
   return out;
+}
+
+std::unique_ptr<tape> parse_document(std::string_view json_text, size_t max_depth, size_t readable_after) {
+  simdjson::padded_string own_text;
+  std::string_view text = json_text;
+  if (readable_after < kPadding) {  // On Demand reads the text where it lies: a padded copy
+    own_text = simdjson::padded_string(json_text);
+    text = std::string_view(own_text.data(), own_text.size());
+  }
+  std::optional<services_cut> cut = cut_services(text);
+  if (!cut) return parse(json_text, max_depth, readable_after);
+  auto out = std::make_unique<tape>();
+  out->own_text = std::move(own_text);  // the entries point into its buffer, which moves along
+  // The rest: the document with `[]` where services[] was, which every byte outside the
+  // array checks (members, keys unique, nesting, nothing after the root) as the whole
+  // document's parse would.
+  std::string rest;
+  rest.reserve(cut->open + 2 + (text.size() - cut->close - 1));
+  rest.append(text.substr(0, cut->open)).append("[]").append(text.substr(cut->close + 1));
+  if (out->parser->parse(rest).get(out->root)) return nullptr;
+  std::vector<std::string_view> keys;
+  if (!well_formed(out->root, 0, max_depth, keys)) return nullptr;
+  out->sliced = true;
+  out->services = std::move(cut->entries);
+  out->max_depth = max_depth;
+  return out;
+}
+
+bool read_slice(simdjson::dom::parser& parser, std::string_view slice, size_t max_depth, element& out) {
+  // In place: the document's buffer goes on after the slice (the rest of the document,
+  // then its padding).
+  if (parser.parse(slice.data(), slice.size(), false).get(out)) return false;
+  std::vector<std::string_view> keys;
+  // Two containers around an entry in the document: the root object and services[].
+  return well_formed(out, 2, max_depth, keys);
 }
 
 nlohmann::json to_json(element value) {

@@ -18,6 +18,7 @@
 #include <memory>
 #include <optional>
 #include <string_view>
+#include <vector>
 
 #include <nlohmann/json.hpp>
 #include <simdjson.h>
@@ -43,12 +44,44 @@ struct tape {
   tape& operator=(const tape&) = delete;
   std::unique_ptr<simdjson::dom::parser> parser;
   simdjson::dom::element root;
+
+  // Set when parse_document read the document in slices: `root` is then the document with
+  // its services[] array empty, and `services` holds that array's entries, each the text
+  // of one object (and the whitespace after it), read by read_slice. They point into the
+  // document's text (or `own_text`, its padded copy), which must outlive the tape.
+  bool sliced = false;
+  std::vector<std::string_view> services;
+  size_t max_depth = 0;  // the document's nesting limit, which the slices' reads keep
+  simdjson::padded_string own_text;
 };
+
+// The desired-state document as parse_desired_state reads it. Its services[] (nearly all of
+// a large document: 100,000 services of 16 backends are 109 MB) is not put on one tape:
+// the whole text's tape, strings and structural index were 400 MB of fresh memory for
+// that document, most of the first apply's parse in page faults, kept for the next one.
+// Instead a pass of simdjson's On Demand parser (its structural index only, 130 MB)
+// finds services[] and each entry's text, the rest of the document is parsed as the
+// document with that array empty, and each entry is parsed on its own when it is read
+// (read_slice: small tapes, on both of the reader's threads). A document without a
+// services[] of objects is parsed whole, as parse() does.
+//
+// The slices are checked when they are read, not here: a tape from this function may
+// hold an entry that is not JSON (or not JSON the tape takes); read_slice then says so,
+// and the document is read the DOM's way (parse_desired_state). Null: the rest of the
+// document is not text for the tape (as parse()).
+std::unique_ptr<tape> parse_document(std::string_view json_text, size_t max_depth, size_t readable_after = 0);
+
+// One of tape::services parsed on its own into `parser` (which holds it while `out` is
+// read): false when it is not text for the tape (not JSON, a key twice, or nested beyond
+// the document's limit counted from the document's root). The text must be one of the
+// tape's: what follows it in the document's buffer is read as the parser's padding.
+bool read_slice(simdjson::dom::parser& parser, std::string_view slice, size_t max_depth, simdjson::dom::element& out);
 
 // Frees the kept parser's buffers if no tape has taken or returned it for `idle`; true
 // when it did. The control socket's publish thread calls it when it has had no work.
 bool release_idle_parser(std::chrono::steady_clock::duration idle);
-// The kept parser's capacity in bytes of text (0: none kept).
+// The kept parsers' capacity in bytes of text, the larger of the two (the whole-tape
+// parser's and parse_document's On Demand one; 0: none kept).
 size_t kept_parser_capacity();
 
 // The bytes simdjson reads past a text's end (in 64-byte blocks).

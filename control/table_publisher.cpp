@@ -33,6 +33,7 @@ publish_result table_publisher::apply(std::string_view document_json, std::share
   if (!parsed.state) {
     publish_result result;
     result.errors = std::move(parsed.errors);
+    result.tape_refused = parsed.tape_refused;
     result.validate_seconds = validate_seconds;
     return result;
   }

@@ -33,6 +33,7 @@ struct publish_result {
   uint64_t generation = 0;             // of the published snapshot; 0 when nothing changed
   std::vector<config_error> errors;    // validation errors, or one sink error at "$"
   bool refused_by_sink = false;        // the errors are a sink's: the tables were valid
+  bool tape_refused = false;           // the caller's tape did not read (parse_result::tape_refused)
   // Phases: the document read and checked (a full apply; a delta's check is in its
   // compile), compiled into tables, handed to every sink.
   double validate_seconds = 0;

@@ -277,14 +277,32 @@ TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
   EXPECT_EQ(refused["errors"][0]["message"], "must be 1..65535, got 0");
 
   // A long line the DOM reads as before: a duplicate key in the document, which the
-  // request's DOM drops (the last one stays), so the apply goes through.
+  // request's DOM drops (the last one stays), so the apply goes through. In a service
+  // entry, the line is taken (its entries are parsed as they are read) and that entry
+  // sends it the DOM's way then; elsewhere, the line is not taken at all.
   std::string duplicate = line;
   duplicate.insert(duplicate.find(R"("name":"bulk-0")"), R"("name":"dropped",)");
-  ASSERT_FALSE(read_apply_line(duplicate));
-  ASSERT_TRUE(client.send_line(duplicate));
+  ASSERT_TRUE(read_apply_line(duplicate));
+  std::string duplicate_outside = line;
+  // (first: the DOM keeps the last of two)
+  duplicate_outside.insert(duplicate_outside.find(R"("document":{)") + 12, R"("nodes":[],)");
+  ASSERT_FALSE(read_apply_line(duplicate_outside));
   std::string answer;
+  for (const std::string* text : {&duplicate, &duplicate_outside}) {
+    ASSERT_TRUE(client.send_line(*text));
+    ASSERT_TRUE(client.read_line(answer, 60000));
+    EXPECT_EQ(json::parse(answer)["ok"], true) << answer.substr(0, 400);
+  }
+  // A service entry that is not JSON: answered as any line that is not JSON (meshctl then
+  // says where in its file), the tables as they were.
+  const uint64_t generation = ask({{"command", "status"}})["generation"];
+  std::string broken_entry = line;
+  broken_entry.insert(broken_entry.find(R"("name":"bulk-7")"), R"("port":,)");
+  ASSERT_TRUE(read_apply_line(broken_entry));
+  ASSERT_TRUE(client.send_line(broken_entry));
   ASSERT_TRUE(client.read_line(answer, 60000));
-  EXPECT_EQ(json::parse(answer)["ok"], true) << answer.substr(0, 400);
+  EXPECT_EQ(json::parse(answer)["error"], control_error::kInvalidJson) << answer.substr(0, 400);
+  EXPECT_EQ(ask({{"command", "status"}})["generation"], generation);
 
   // A long apply line ended by "\r\n" and a status request behind it in the same send: the
   // socket hands the apply's buffer to the publish thread and keeps what follows, so both

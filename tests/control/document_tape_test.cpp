@@ -290,6 +290,128 @@ TEST(DocumentTape, AParsersBuffersAreKeptForTheNextDocumentUntilIdle) {
   EXPECT_FALSE(document_tape::release_idle_parser(std::chrono::seconds(0)));
 }
 
+// parse_document cuts services[] into one slice per entry and parses the rest of the
+// document as if that array were empty; each slice, read on its own, is the entry the
+// whole tape holds.
+TEST(DocumentTape, ADocumentsServicesAreSlicesEachReadAsTheWholeTapeReadsIt) {
+  json document = testing::sample_document();
+  ASSERT_GE(document["services"].size(), 2u);
+  for (const std::string& text : {document.dump(), document.dump(2), document.dump(1, '\t')}) {
+    const auto cut = document_tape::parse_document(text, 32);
+    const auto whole = document_tape::parse(text, 32);
+    ASSERT_TRUE(cut);
+    ASSERT_TRUE(whole);
+    ASSERT_TRUE(cut->sliced);
+    EXPECT_FALSE(whole->sliced);
+    json rest = document;
+    rest["services"] = json::array();
+    EXPECT_EQ(document_tape::to_json(cut->root), rest);
+    ASSERT_EQ(cut->services.size(), document["services"].size());
+    simdjson::dom::parser parser;
+    for (size_t i = 0; i < cut->services.size(); ++i) {
+      EXPECT_EQ(cut->services[i].front(), '{');
+      simdjson::dom::element entry;
+      ASSERT_TRUE(document_tape::read_slice(parser, cut->services[i], cut->max_depth, entry)) << cut->services[i];
+      EXPECT_EQ(document_tape::to_json(entry), document["services"][i]);
+    }
+  }
+  // The text without padding after it (a file's): read from a padded copy the tape keeps.
+  const std::string text = document.dump();
+  const auto copied = document_tape::parse_document(std::string_view(text), 32, 0);
+  ASSERT_TRUE(copied && copied->sliced);
+  EXPECT_TRUE(copied->services.front().data() >= copied->own_text.data() &&
+              copied->services.back().data() < copied->own_text.data() + copied->own_text.size());
+}
+
+// Documents parse_document does not cut: parsed whole, as parse() parses them.
+TEST(DocumentTape, ADocumentWithoutServiceObjectsIsParsedWhole) {
+  for (const std::string& text :
+       {std::string(R"({"node":{"name":"a"}})"), std::string(R"({"services":[]})"), std::string(R"({"services":{}})"),
+        std::string(R"({"services":[{"name":"a"},1]})"), std::string(R"({"services":"x"})"), std::string("[1,2]"),
+        std::string(R"({"services":[{"name":"a"}]} )")}) {
+    const auto read = document_tape::parse_document(text, 32);
+    ASSERT_TRUE(read) << text;
+    EXPECT_EQ(read->sliced, text == R"({"services":[{"name":"a"}]} )") << text;
+    if (!read->sliced) {
+      EXPECT_EQ(document_tape::to_json(read->root), json::parse(text)) << text;
+    }
+  }
+  // Refused where the rest of the document is no text for the tape, wherever the array lies.
+  for (const std::string& text :
+       {std::string(R"({"a":1,"services":[{"name":"a"}],"a":2})"), std::string(R"({"services":[{"name":"a"}],"services":[]})"),
+        std::string(R"({"services":[{"name":"a"}]} x)"), std::string(R"({"services":[{"name":"a"}],"n":1e999})"),
+        std::string(R"({"x":[)") + std::string(40, '[') + std::string(40, ']') + R"(],"services":[{"name":"a"}]})"})
+    EXPECT_FALSE(document_tape::parse_document(text, 32)) << text;
+  // services named with an escape is the same member, cut as well.
+  const auto escaped = document_tape::parse_document(R"({"serv\u0069ces":[{"name":"a"}],"nodes":[]})", 32);
+  ASSERT_TRUE(escaped);
+  EXPECT_TRUE(escaped->sliced);
+  EXPECT_EQ(document_tape::to_json(escaped->root), json::parse(R"({"services":[],"nodes":[]})"));
+}
+
+// A slice is checked when it is read: JSON, keys once, nesting counted from the
+// document's root (the root object and services[] around it).
+TEST(DocumentTape, ASliceIsCheckedWhenItIsRead) {
+  const auto depth_of = [](int levels) {  // an entry whose deepest value is `levels` below the root
+    return R"({"services":[{"x":)" + std::string(levels - 3, '[') + std::string(levels - 3, ']') + "}]}";
+  };
+  simdjson::dom::parser parser;
+  simdjson::dom::element entry;
+  for (const auto& [text, readable] :
+       std::vector<std::pair<std::string, bool>>{{depth_of(32), true}, {depth_of(33), false},
+                                                 {R"({"services":[{"a":1,"a":2}]})", false},
+                                                 {R"({"services":[{"a":tru}]})", false},
+                                                 {R"({"services":[{"a":100000000000000000000}]})", false},
+                                                 {R"({"services":[{"a":"é"} , {"b":[1,2]} ]})", true}}) {
+    const auto cut = document_tape::parse_document(text, 32);
+    ASSERT_TRUE(cut && cut->sliced) << text;
+    EXPECT_EQ(document_tape::read_slice(parser, cut->services.front(), cut->max_depth, entry), readable) << text;
+    EXPECT_EQ(static_cast<bool>(document_tape::parse(text, 32)), readable) << text;  // as the whole tape decides
+  }
+  // A slip the cutting pass sees itself (a member without a value): not cut, then refused whole.
+  EXPECT_FALSE(document_tape::parse_document(R"({"services":[{"a":}]})", 32));
+}
+
+// What parse_desired_state makes of an entry the tape refuses: with a tape of its own,
+// the DOM's reading; with the caller's (an apply line's), a refusal that says so, for
+// the caller to read the text another way.
+TEST(DocumentTape, AnEntryTheTapeRefusesIsReadTheDomsWayOrHandedBack) {
+  std::string duplicate = testing::sample_document().dump();
+  duplicate.insert(duplicate.find(R"("name":"web")"), R"("name":"again",)");
+  const parse_result own = parse_desired_state(duplicate);
+  EXPECT_FALSE(own.tape_refused);
+  EXPECT_THAT(texts_of(own.errors), ElementsAre("$: duplicate key 'name'"));
+  const auto tape = document_tape::parse_document(duplicate, 32);
+  ASSERT_TRUE(tape && tape->sliced);
+  const parse_result handed = parse_desired_state(duplicate, tape.get());
+  EXPECT_TRUE(handed.tape_refused);
+  EXPECT_FALSE(handed.state);
+  EXPECT_EQ(handed.errors.size(), 1u);
+  const std::string valid = testing::sample_document().dump();
+  const auto good = document_tape::parse_document(valid, 32);
+  const parse_result read = parse_desired_state(valid, good.get());
+  EXPECT_FALSE(read.tape_refused);
+  EXPECT_TRUE(read.state);
+}
+
+// The kept On Demand parser, as the whole tape's: kept after a cut, given back when idle.
+TEST(DocumentTape, TheCuttingParserIsKeptUntilIdleToo) {
+  document_tape::release_idle_parser(std::chrono::seconds(0));
+  ASSERT_EQ(document_tape::kept_parser_capacity(), 0u);
+  std::string big = R"({"services":[)";
+  for (int i = 0; i < 20000; ++i) big += std::string(i ? "," : "") + R"({"ip":"10.1.2.3","port":8080})";
+  big += "]}";
+  {
+    const auto read = document_tape::parse_document(big, 32);
+    ASSERT_TRUE(read && read->sliced);
+    EXPECT_EQ(read->services.size(), 20000u);
+  }
+  EXPECT_GE(document_tape::kept_parser_capacity(), big.size());
+  std::this_thread::sleep_for(std::chrono::milliseconds(30));
+  EXPECT_TRUE(document_tape::release_idle_parser(std::chrono::milliseconds(10)));
+  EXPECT_EQ(document_tape::kept_parser_capacity(), 0u);
+}
+
 TEST(DocumentTape, DuplicateKeysAreFoundInLargeObjectsToo) {
   std::string object = "{";
   for (int i = 0; i < 40; ++i) object += "\"k" + std::to_string(i) + "\":" + std::to_string(i) + ",";
