@@ -1,9 +1,10 @@
 // The desired-state document's JSON text read as a simdjson tape: the fast path of
 // parse_desired_state (issue 14). nlohmann's DOM costs a std::map and its strings per
 // object; for 100,000 services with 16 backends that was 3-4 s of parsing and freeing
-// before any field was read. simdjson parses the same text into one flat tape (a few
+// before any field was read. simdjson parses the same text into flat tapes (a few
 // hundred milliseconds), from which the services are read directly and the rest of the
-// document (small) is handed to the section readers as nlohmann values.
+// document (small) is handed to the section readers as nlohmann values; services[] is
+// cut into one small tape per entry (parse_document, below).
 //
 // The tape is only taken for documents that nlohmann's path would read identically:
 // text simdjson accepts (in every case tried, tests/control/document_tape_test.cpp and the
