@@ -1,13 +1,15 @@
 // libFuzzer target: the desired-state parser and validator, and the compiler behind it.
 // Properties checked besides "no crash, no sanitizer report": a result has a state
-// exactly when it has no errors, every error names a path, and a valid document compiles
-// to tables whose lookups return what the document said.
+// exactly when it has no errors, every error names a path, a valid document compiles
+// to tables whose lookups return what the document said, and the document read in
+// slices (document_tape::parse_document) is taken exactly when the whole tape takes it.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
 #include <string_view>
 
 #include "control/desired_state.h"
+#include "control/document_tape.h"
 #include "control/table_compiler.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
@@ -15,6 +17,20 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const std::string_view text(reinterpret_cast<const char*>(data), size);
   const parse_result result = parse_desired_state(text);
   if (result.state.has_value() == !result.errors.empty()) std::abort();
+  // The document in slices (services[] an entry at a time) takes exactly the texts the
+  // whole tape takes: its rest and every entry read, or neither.
+  {
+    const auto whole = document_tape::parse(text, document_tape::kMaxDocumentNesting);
+    const auto cut = document_tape::parse_document(text, document_tape::kMaxDocumentNesting);
+    bool cut_reads = cut != nullptr;
+    if (cut && cut->sliced) {
+      simdjson::dom::parser parser;
+      simdjson::dom::element entry;
+      for (std::string_view slice : cut->services)
+        cut_reads = cut_reads && document_tape::read_slice(parser, slice, cut->max_depth, entry);
+    }
+    if (cut_reads != (whole != nullptr)) std::abort();
+  }
   for (const auto& e : result.errors)
     if (e.path.empty() || e.path[0] != '$' || e.message.empty()) std::abort();
   if (!result.state) return 0;
