@@ -1253,11 +1253,22 @@ void read_sliced_services(const document_tape::tape& tape, std::vector<service_s
     thread_local simdjson::dom::parser parser;
     if (!document_tape::read_slice(parser, slices[i], tape.max_depth, element)) throw slice_not_for_the_tape{};
   };
-  constexpr size_t kChunk = 512;
-  for_each_on_two_threads(slices.size(), kChunk, 8 * kChunk, [&](size_t i) {
-    simdjson::dom::element element;
-    read(i, element);
-    if (!read_service_quietly(element, out[i])) declined[i] = 1;
+  // Runs of entries parsed together (document_tape::read_slices): one parse per run
+  // instead of one per entry (100,000 parses cost 0.06-0.14 s more than the whole tape's
+  // one); a run's tape is a few hundred kilobytes, reused.
+  constexpr size_t kRun = 256;
+  const size_t runs = (slices.size() + kRun - 1) / kRun;
+  for_each_on_two_threads(runs, 1, 8, [&](size_t run) {
+    thread_local simdjson::dom::parser parser;
+    thread_local std::string buffer;
+    const size_t first = run * kRun, count = std::min(kRun, slices.size() - first);
+    simdjson::dom::array entries;
+    if (!document_tape::read_slices(parser, buffer, tape, first, count, entries)) throw slice_not_for_the_tape{};
+    size_t i = first;
+    for (simdjson::dom::element element : entries) {
+      if (!read_service_quietly(element, out[i])) declined[i] = 1;
+      ++i;
+    }
   });
   for (size_t i = 0; i < slices.size(); ++i) {
     if (!declined[i]) continue;

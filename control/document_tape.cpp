@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -204,6 +205,25 @@ bool read_slice(simdjson::dom::parser& parser, std::string_view slice, size_t ma
   std::vector<std::string_view> keys;
   // Two containers around an entry in the document: the root object and services[].
   return well_formed(out, 2, max_depth, keys);
+}
+
+bool read_slices(simdjson::dom::parser& parser, std::string& buffer, const tape& cut, size_t first, size_t count,
+                 simdjson::dom::array& out) {
+  if (count == 0 || first + count > cut.services.size()) return false;
+  const char* begin = cut.services[first].data();
+  const std::string_view last = cut.services[first + count - 1];
+  const auto length = static_cast<size_t>(last.data() + last.size() - begin);
+  buffer.clear();
+  buffer.reserve(length + 2 + kPadding);
+  buffer.push_back('[');
+  buffer.append(begin, length);
+  buffer.push_back(']');
+  element run;
+  if (parser.parse(buffer.data(), buffer.size(), buffer.capacity() - buffer.size() < kPadding).get(run)) return false;
+  if (run.get_array().get(out) || out.size() != count) return false;
+  std::vector<std::string_view> keys;
+  // The run stands where services[] is: one container (the root object) around it.
+  return well_formed(run, 1, cut.max_depth, keys);
 }
 
 nlohmann::json to_json(element value) {

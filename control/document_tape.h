@@ -18,6 +18,7 @@
 #include <cstddef>
 #include <memory>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -77,6 +78,13 @@ std::unique_ptr<tape> parse_document(std::string_view json_text, size_t max_dept
 // the document's limit counted from the document's root). The text must be one of the
 // tape's: what follows it in the document's buffer is read as the parser's padding.
 bool read_slice(simdjson::dom::parser& parser, std::string_view slice, size_t max_depth, simdjson::dom::element& out);
+
+// tape::services [first, first + count) parsed together as one array (copied into
+// `buffer` between brackets, with the separators the document has between them): one
+// parse for a run of entries instead of one each. False exactly when read_slice would
+// refuse one of them (the separators are the ones On Demand already walked).
+bool read_slices(simdjson::dom::parser& parser, std::string& buffer, const tape& cut, size_t first, size_t count,
+                 simdjson::dom::array& out);
 
 // Frees the kept parser's buffers if no tape has taken or returned it for `idle`; true
 // when it did. The control socket's publish thread calls it when it has had no work.
