@@ -4,6 +4,7 @@
 // order included, and the same state: each test feeds both the same text and compares.
 #include "control/document_tape.h"
 
+#include <algorithm>
 #include <filesystem>
 #include <set>
 #include <fstream>
@@ -314,6 +315,21 @@ TEST(DocumentTape, ADocumentsServicesAreSlicesEachReadAsTheWholeTapeReadsIt) {
       ASSERT_TRUE(document_tape::read_slice(parser, cut->services[i], cut->max_depth, entry)) << cut->services[i];
       EXPECT_EQ(document_tape::to_json(entry), document["services"][i]);
     }
+    // In runs (as the validator reads them): the same entries, runs of one to all.
+    std::string buffer;
+    for (size_t run = 1; run <= cut->services.size(); ++run) {
+      for (size_t first = 0; first < cut->services.size(); first += run) {
+        const size_t count = std::min(run, cut->services.size() - first);
+        simdjson::dom::array entries;
+        ASSERT_TRUE(document_tape::read_slices(parser, buffer, *cut, first, count, entries));
+        size_t i = first;
+        for (simdjson::dom::element entry : entries) EXPECT_EQ(document_tape::to_json(entry), document["services"][i++]);
+        EXPECT_EQ(i, first + count);
+      }
+    }
+    simdjson::dom::array none;
+    EXPECT_FALSE(document_tape::read_slices(parser, buffer, *cut, 0, 0, none));
+    EXPECT_FALSE(document_tape::read_slices(parser, buffer, *cut, 1, cut->services.size(), none));
   }
   // The text without padding after it (a file's): read from a padded copy the tape keeps.
   const std::string text = document.dump();
@@ -366,6 +382,9 @@ TEST(DocumentTape, ASliceIsCheckedWhenItIsRead) {
     const auto cut = document_tape::parse_document(text, 32);
     ASSERT_TRUE(cut && cut->sliced) << text;
     EXPECT_EQ(document_tape::read_slice(parser, cut->services.front(), cut->max_depth, entry), readable) << text;
+    std::string buffer;
+    simdjson::dom::array run;
+    EXPECT_EQ(document_tape::read_slices(parser, buffer, *cut, 0, cut->services.size(), run), readable) << text;
     EXPECT_EQ(static_cast<bool>(document_tape::parse(text, 32)), readable) << text;  // as the whole tape decides
   }
   // A slip the cutting pass sees itself (a member without a value): not cut, then refused whole.
