@@ -1239,17 +1239,18 @@ void read_tape_services(simdjson::dom::array list, std::vector<service_spec>& ou
   }
 }
 
-// services[] from the slices of a cut tape (document_tape::parse_document): each entry
-// parsed and read on one of the two threads, into a parser of that thread's own, and
-// parsed again on this one when it has something to report. An entry that is not text
-// for the tape throws slice_not_for_the_tape (after both threads stop).
+// services[] from the slices of a cut tape (document_tape::parse_document): runs of
+// entries parsed and read on the two threads, into a parser of each thread's own, and an
+// entry parsed again on this one when it has something to report. An entry that is not
+// text for the tape throws slice_not_for_the_tape (after both threads stop).
 void read_sliced_services(const document_tape::tape& tape, std::vector<service_spec>& out, error_list& errors) {
   const std::vector<std::string_view>& slices = tape.services;
   out.resize(slices.size());
   std::vector<uint8_t> declined(slices.size(), 0);  // not vector<bool>: written from two threads
-  auto read = [&](size_t i, simdjson::dom::element& element) {
-    // A thread's parser grows to its largest entry and goes with the thread (the helper's
-    // at the end of this read; the publish thread's, a few kilobytes, stays).
+  auto read = [&](size_t i, simdjson::dom::element& element) {  // one entry, on this thread
+    // A thread's parsers (this one's and the runs') grow to their largest text and go with
+    // the thread (the helper's at the end of this read; the publish thread's stay: a few
+    // kilobytes here, a run's few hundred in the runs' parser and buffer).
     thread_local simdjson::dom::parser parser;
     if (!document_tape::read_slice(parser, slices[i], tape.max_depth, element)) throw slice_not_for_the_tape{};
   };
