@@ -180,7 +180,9 @@ std::unique_ptr<tape> parse_document(std::string_view json_text, size_t max_dept
     text = std::string_view(own_text.data(), own_text.size());
   }
   std::optional<services_cut> cut = cut_services(text);
-  if (!cut) return parse(json_text, max_depth, readable_after);
+  // Not cut: parsed whole, from the padded copy when there is one (the tape keeps no
+  // pointer into the text, so the copy need not outlive the parse) rather than a second.
+  if (!cut) return parse(text, max_depth, own_text.size() > 0 ? kPadding : readable_after);
   auto out = std::make_unique<tape>();
   out->own_text = std::move(own_text);  // the entries point into its buffer, which moves along
   // The rest: the document with `[]` where services[] was, which every byte outside the
