@@ -98,7 +98,12 @@ json control_module::handle(const control_request& request) {
   }
   const bool known = c == "status" || c == "apply" || c == "get" || c == "stats" || c == "tune" || c == "flows" ||
                      c == "pod" || c == "policy";
-  count_request(known ? c : "(unknown)", reply);
+  // An apply line whose document is not JSON after all (an entry of services[], which the
+  // tape reads only when the validator does: apply_request) is counted as any line that
+  // is not JSON, not as an apply.
+  const bool line_not_json = c == "apply" && !request.document_text.empty() &&
+                             reply.value("error", std::string()) == control_error::kInvalidJson;
+  count_request(line_not_json ? "(invalid)" : known ? c : "(unknown)", reply);
   return reply;
 }
 

@@ -294,7 +294,16 @@ TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
     EXPECT_EQ(json::parse(answer)["ok"], true) << answer.substr(0, 400);
   }
   // A service entry that is not JSON: answered as any line that is not JSON (meshctl then
-  // says where in its file), the tables as they were.
+  // says where in its file), and counted as one; the tables as they were.
+  auto requests_of = [&](const std::string& command) {
+    double count = 0;
+    const json stats = ask({{"command", "stats"}});  // kept: the loop reads into it
+    for (const auto& family : stats["metrics"])
+      for (const auto& s : family["samples"])
+        if (family["name"] == "meshlane_control_requests_total" && s["labels"]["command"] == command) count = s["value"];
+    return count;
+  };
+  const double applies_before = requests_of("apply"), invalid_before = requests_of("(invalid)");
   const uint64_t generation = ask({{"command", "status"}})["generation"];
   std::string broken_entry = line;
   broken_entry.insert(broken_entry.find(R"("name":"bulk-7")"), R"("port":,)");
@@ -303,6 +312,8 @@ TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
   ASSERT_TRUE(client.read_line(answer, 60000));
   EXPECT_EQ(json::parse(answer)["error"], control_error::kInvalidJson) << answer.substr(0, 400);
   EXPECT_EQ(ask({{"command", "status"}})["generation"], generation);
+  EXPECT_EQ(requests_of("apply"), applies_before);
+  EXPECT_EQ(requests_of("(invalid)"), invalid_before + 1);
 
   // A long apply line ended by "\r\n" and a status request behind it in the same send: the
   // socket hands the apply's buffer to the publish thread and keeps what follows, so both
