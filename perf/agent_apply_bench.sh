@@ -132,7 +132,8 @@ for step in ("full", "same", "changed"):
     later = sorted(a["seconds"] for a in applies if a["apply"] == step and a["round"] > 1)
     text = f"{step:8s} round 1 {first[0]:.3f} s" if first else f"{step:8s}"
     if later:
-        text += (f"; rounds 2-{len(later) + 1}: min {later[0]:.3f}, median {statistics.median(later):.3f}, "
+        text += (f"; {'round 2' if len(later) == 1 else f'rounds 2-{len(later) + 1}'}: "
+                 f"min {later[0]:.3f}, median {statistics.median(later):.3f}, "
                  f"max {later[-1]:.3f} s, under 2 s in {sum(t < 2 for t in later)} of {len(later)}")
     print(text)
 PY
