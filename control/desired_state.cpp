@@ -1247,16 +1247,11 @@ void read_sliced_services(const document_tape::tape& tape, std::vector<service_s
   const std::vector<std::string_view>& slices = tape.services;
   out.resize(slices.size());
   std::vector<uint8_t> declined(slices.size(), 0);  // not vector<bool>: written from two threads
-  auto read = [&](size_t i, simdjson::dom::element& element) {  // one entry, on this thread
-    // A thread's parsers (this one's and the runs') grow to their largest text and go with
-    // the thread (the helper's at the end of this read; the publish thread's stay: a few
-    // kilobytes here, a run's few hundred in the runs' parser and buffer).
-    thread_local simdjson::dom::parser parser;
-    if (!document_tape::read_slice(parser, slices[i], tape.max_depth, element)) throw slice_not_for_the_tape{};
-  };
   // Runs of entries parsed together (document_tape::read_slices): one parse per run
   // instead of one per entry (100,000 parses cost 0.06-0.14 s more than the whole tape's
-  // one); a run's tape is a few hundred kilobytes, reused.
+  // one); a run's tape is a few hundred kilobytes, reused. A thread's parser and buffer
+  // grow to its largest run and go with the thread (the helper's at the end of this read;
+  // the publish thread's stay).
   constexpr size_t kRun = 256;
   const size_t runs = (slices.size() + kRun - 1) / kRun;
   for_each_on_two_threads(runs, 1, 8, [&](size_t run) {
@@ -1271,10 +1266,13 @@ void read_sliced_services(const document_tape::tape& tape, std::vector<service_s
       ++i;
     }
   });
+  // The declined entries (each has an error to report) parsed alone, as read_slices took
+  // them in their run, so that their DOM outlives the runs' reused tapes.
+  simdjson::dom::parser parser;  // allocates at its first parse: none without a declined entry
   for (size_t i = 0; i < slices.size(); ++i) {
     if (!declined[i]) continue;
     simdjson::dom::element element;
-    read(i, element);
+    if (!document_tape::read_slice(parser, slices[i], tape.max_depth, element)) throw slice_not_for_the_tape{};
     out[i] = service_spec{};
     read_service(document_tape::to_json(element), "$.services[" + std::to_string(i) + "]", out[i], errors);
   }

@@ -71,6 +71,14 @@ class ControlSocket : public ::testing::Test {
   json apply_sample(json document = testing::sample_document()) {
     return ask({{"command", "apply"}, {"document", document}});
   }
+  // A sample of `family` in the stats reply whose label `label` is `value` (0 when none).
+  double stat(const std::string& family, const std::string& label, const std::string& value) {
+    const json stats = ask({{"command", "stats"}});  // kept: the loops read into it
+    for (const auto& f : stats["metrics"])
+      for (const auto& s : f["samples"])
+        if (f["name"] == family && s["labels"].value(label, "") == value) return s["value"];
+    return 0;
+  }
 
   std::filesystem::path dir_;
   table_publisher publisher_;
@@ -295,14 +303,7 @@ TEST_F(ControlSocket, ALongApplyLineIsPublishedAndItsDocumentKept) {
   }
   // A service entry that is not JSON: answered as any line that is not JSON (meshctl then
   // says where in its file), and counted as one; the tables as they were.
-  auto requests_of = [&](const std::string& command) {
-    double count = 0;
-    const json stats = ask({{"command", "stats"}});  // kept: the loop reads into it
-    for (const auto& family : stats["metrics"])
-      for (const auto& s : family["samples"])
-        if (family["name"] == "meshlane_control_requests_total" && s["labels"]["command"] == command) count = s["value"];
-    return count;
-  };
+  auto requests_of = [&](const std::string& command) { return stat("meshlane_control_requests_total", "command", command); };
   const double applies_before = requests_of("apply"), invalid_before = requests_of("(invalid)");
   const uint64_t generation = ask({{"command", "status"}})["generation"];
   std::string broken_entry = line;
@@ -1124,18 +1125,8 @@ TEST_F(ControlSocket, RequestsAndErrorsAreCounted) {
   start();
   ask({{"command", "status"}});
   ask({{"command", "reboot"}});
-  double status_requests = 0, unknown_errors = 0;
-  const json stats = ask({{"command", "stats"}});
-  for (const auto& family : stats["metrics"]) {
-    for (const auto& s : family["samples"]) {
-      if (family["name"] == "meshlane_control_requests_total" && s["labels"]["command"] == "status")
-        status_requests = s["value"];
-      if (family["name"] == "meshlane_control_request_errors_total" && s["labels"]["error"] == "unknown_command")
-        unknown_errors = s["value"];
-    }
-  }
-  EXPECT_EQ(status_requests, 1);
-  EXPECT_EQ(unknown_errors, 1);
+  EXPECT_EQ(stat("meshlane_control_requests_total", "command", "status"), 1);
+  EXPECT_EQ(stat("meshlane_control_request_errors_total", "error", "unknown_command"), 1);
 }
 
 }  // namespace
