@@ -16,7 +16,10 @@
 # its rounds alternated with meshlane's, and prints merged over unmerged.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
-# DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet.
+# DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet; POD_DRIVER
+# (default: DRIVER) sets the pod ports' alone, e.g. DRIVER=af_xdp POD_DRIVER=af_packet: the
+# uplink on an XDP socket, the pods on meshlane's own af_packet port (which merges TCP
+# segments into a pod, dataplane/tcp_coalesce.h).
 # HUGEPAGES=1 gives the agents' DPDK memory (mbufs) 2 MiB hugepages, as a production node
 # has them, instead of --no-huge (4 KiB pages); it reserves what is missing for the run.
 #   perf/crossnode_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
@@ -31,6 +34,9 @@ reps=${2:-2}
 idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
 idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty: the agent's default
 driver=${DRIVER:-af_packet}  # the workers' ports: af_packet or af_xdp
+pod_driver=${POD_DRIVER:-$driver}  # the pod ports' alone
+case "$driver/$pod_driver" in af_packet/af_packet|af_packet/af_xdp|af_xdp/af_packet|af_xdp/af_xdp) ;;
+  *) echo "crossnode_bench: DRIVER and POD_DRIVER take af_packet or af_xdp" >&2; exit 2 ;; esac
 esp=${ESP:-1}  # 1: measure the encrypted way too
 ring_size=${RING_SIZE:-1024}  # the workers' RX and TX ring descriptors (af_packet: frames); the agent's default
 hugepages=${HUGEPAGES:-0}  # 1: the agents' EAL on 2 MiB hugepages
@@ -125,9 +131,11 @@ d = {k: after[k] - before.get(k, 0) for k in after}
 # On af_xdp over a veth the receiving interface's rx drops include every frame its XDP
 # program could not hand to the socket, so the socket's own drops (rx_missed) are in both:
 # count them once.
-xdp = os.environ.get("DRIVER", "af_packet") == "af_xdp"
+uplink_driver = os.environ.get("DRIVER", "af_packet")
+pod_driver = os.environ.get("POD_DRIVER", uplink_driver)
 def receive_lost(prefix):  # what a receiving port lost: its ring and its kernel interface
     kernel = d.get(f"{prefix}_kernel_rx_dropped", 0)
+    xdp = (pod_driver if prefix.endswith("_pod") else uplink_driver) == "af_xdp"
     return (max(d[f"{prefix}_rx_missed"], kernel) if xdp else d[f"{prefix}_rx_missed"] + kernel) + d[f"{prefix}_rx_errors"]
 kb, ka = json.loads(sys.argv[5]), json.loads(sys.argv[6])
 kd = {k: ka[k] - kb[k] for k in ka}
@@ -205,9 +213,10 @@ agent_pids=()
 [ "$hugepages" = 1 ] && { bench_hugepages_reserve 160 || exit 1; }
 start_agents() {  # ENCRYPT(0|1)
   for n in 1 2; do
-    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" > "$work/node$n.json" <<'PY'
+    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" "$pod_driver" > "$work/node$n.json" <<'PY'
 import json, sys
 n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
+pod_driver = sys.argv[9]
 ring = int(sys.argv[7])
 memory = ["--huge-unlink"] if sys.argv[8] == "1" else ["--no-huge"]
 encrypt = sys.argv[5] == "1"
@@ -223,7 +232,7 @@ print(json.dumps({
   "tunables": {"rx_ring_size": ring, "tx_ring_size": ring, "flow_table_size": 16384, "idle_policy": idle,
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
-  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": 1500}, "pod_driver": driver,
+  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": 1500}, "pod_driver": pod_driver,
                 "eal_args": memory + ["-m", "128", f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
 PY
@@ -348,7 +357,7 @@ iperf3 = {w: iperf3_of(w) for w in ways}
 if gro_ratios:
     gro_ratios["iperf3_gbit_per_s"] = iperf3["meshlane"]["gbit_per_s"] / iperf3["meshlane_nogro"]["gbit_per_s"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "idle_policy": os.environ.get("IDLE", "adaptive"), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
+json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
