@@ -1,11 +1,16 @@
 #include "control/document_tape.h"
 
 #include <algorithm>
+#include <bit>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <utility>
 #include <vector>
+
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 namespace meshlane::document_tape {
 
@@ -49,38 +54,10 @@ bool well_formed(element value, size_t depth, size_t max_depth, std::vector<std:
   }
 }
 
-// The kept parsers (tape's comment in the header) and when one was last taken or returned.
+// The kept parser (tape's comment in the header) and when it was last taken or returned.
 std::mutex kept_mutex;
-std::unique_ptr<simdjson::dom::parser> kept_parser;               // guarded by kept_mutex
-std::unique_ptr<simdjson::ondemand::parser> kept_skeleton_parser;  // guarded by kept_mutex
-std::chrono::steady_clock::time_point kept_used;                  // guarded by kept_mutex
-
-// parse_document's On Demand parser, taken from the kept one and handed back (the larger
-// of two kept), as tape does with its DOM parser.
-class skeleton_parser {
- public:
-  skeleton_parser() {
-    {
-      std::lock_guard lock(kept_mutex);
-      parser_ = std::move(kept_skeleton_parser);
-      kept_used = std::chrono::steady_clock::now();
-    }
-    if (!parser_) parser_ = std::make_unique<simdjson::ondemand::parser>();
-  }
-  ~skeleton_parser() {
-    std::unique_ptr<simdjson::ondemand::parser> smaller;  // freed outside the lock
-    std::lock_guard lock(kept_mutex);
-    kept_used = std::chrono::steady_clock::now();
-    if (!kept_skeleton_parser || kept_skeleton_parser->capacity() < parser_->capacity())
-      smaller = std::exchange(kept_skeleton_parser, std::move(parser_));
-  }
-  skeleton_parser(const skeleton_parser&) = delete;
-  skeleton_parser& operator=(const skeleton_parser&) = delete;
-  simdjson::ondemand::parser& operator*() { return *parser_; }
-
- private:
-  std::unique_ptr<simdjson::ondemand::parser> parser_;
-};
+std::unique_ptr<simdjson::dom::parser> kept_parser;  // guarded by kept_mutex
+std::chrono::steady_clock::time_point kept_used;     // guarded by kept_mutex
 
 // Where a document's services[] lies: the offsets of its `[` and `]`, and each entry's text.
 struct services_cut {
@@ -88,43 +65,176 @@ struct services_cut {
   std::vector<std::string_view> entries;
 };
 
+const char* skip_whitespace(const char* at, const char* end) {
+  while (at < end && (*at == ' ' || *at == '\n' || *at == '\r' || *at == '\t')) ++at;
+  return at;
+}
+
+// Just past the string that opens at `at` (a quote), or null when the text ends first. A
+// backslash escapes the byte after it, as JSON reads escapes (what they mean is the
+// parser's to check).
+const char* string_end(const char* at, const char* end) {
+  for (++at; at < end; ++at) {
+    if (*at == '\\') {
+      ++at;
+    } else if (*at == '"') {
+      return at + 1;
+    }
+  }
+  return nullptr;
+}
+
+// One byte of a container's text, outside the vector loop below: the string and depth
+// state moved on by it. Returns true when it closes the container (`depth` back to 0).
+struct container_scan {
+  size_t depth = 0;
+  bool in_string = false;
+  bool escaped = false;  // in a string, after a backslash
+  bool step(char c) {
+    if (in_string) {
+      if (escaped) {
+        escaped = false;
+      } else if (c == '\\') {
+        escaped = true;
+      } else if (c == '"') {
+        in_string = false;
+      }
+      return false;
+    }
+    if (c == '"') {
+      in_string = true;
+    } else if (c == '{' || c == '[') {
+      ++depth;
+    } else if (c == '}' || c == ']') {
+      return --depth == 0;
+    }
+    return false;
+  }
+};
+
+// Just past the close of the container that opens at `at` (`{` or `[`), or null when the
+// text ends first. Brackets are counted, not matched ({ against ] passes here): the parse
+// of the container's text checks them. `end` must have 15 readable bytes after it.
+//
+// Sixteen bytes at a time: which are quotes and brackets, which lie inside strings (a
+// running xor of the quotes: a byte after an odd number of them is in one), and only the
+// brackets outside strings are looked at one by one, about one in forty bytes of a
+// service entry. A block with a backslash (an escape, rare in these documents) goes byte
+// by byte. This replaced a pass of simdjson's On Demand parser over the whole document,
+// whose structural index was 4 bytes a byte of text (436 MB reserved, about 125 MB
+// written, for 100,000 services; perf/README.md, "services[] cut without a parser").
+const char* container_end(const char* at, const char* end) {
+  container_scan scan;
+#if defined(__SSE2__)
+  const auto bytes_equal = [](__m128i v, char c) {
+    return static_cast<unsigned>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c))));
+  };
+  for (const char* block = at; block < end; block += 16) {
+    const auto left = static_cast<size_t>(end - block);
+    const unsigned valid = left >= 16 ? 0xffffu : (1u << left) - 1;
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(block));
+    const unsigned backslash = bytes_equal(v, '\\') & valid;
+    if (backslash != 0 || scan.escaped) {
+      const size_t n = left >= 16 ? 16 : left;
+      for (size_t i = 0; i < n; ++i)
+        if (scan.step(block[i])) return block + i + 1;
+      continue;
+    }
+    const unsigned quote = bytes_equal(v, '"') & valid;
+    unsigned inside = quote;  // bit i: an odd number of quotes at or before byte i
+    inside ^= inside << 1;
+    inside ^= inside << 2;
+    inside ^= inside << 4;
+    inside ^= inside << 8;
+    if (scan.in_string) inside = ~inside;
+    inside &= 0xffffu;
+    const unsigned open = (bytes_equal(v, '{') | bytes_equal(v, '['));
+    const unsigned close = (bytes_equal(v, '}') | bytes_equal(v, ']'));
+    for (unsigned brackets = (open | close) & valid & ~inside; brackets != 0;
+         brackets &= brackets - 1) {
+      const unsigned i = static_cast<unsigned>(std::countr_zero(brackets));
+      if (open >> i & 1) {
+        ++scan.depth;
+      } else if (--scan.depth == 0) {
+        return block + i + 1;
+      }
+    }
+    scan.in_string = left >= 16 ? (inside >> 15 & 1) != 0 : scan.in_string;
+  }
+  return nullptr;
+#else
+  for (; at < end; ++at)
+    if (scan.step(*at)) return at + 1;
+  return nullptr;
+#endif
+}
+
+// The value that starts at `at` (a container, a string, a number or literal) skipped:
+// just past it, or null when the text ends first.
+const char* value_end(const char* at, const char* end) {
+  if (at >= end) return nullptr;
+  if (*at == '{' || *at == '[') return container_end(at, end);
+  if (*at == '"') return string_end(at, end);
+  while (at < end && *at != ',' && *at != '}' && *at != ']' && *at != ' ' && *at != '\n' &&
+         *at != '\r' && *at != '\t')
+    ++at;
+  return at;
+}
+
 // services[] of `text` (which has kPadding readable bytes after it), when the document is
 // an object whose first member named services (after unescaping, as the DOM names it)
-// holds a non-empty array of objects; else nullopt, and anything On Demand finds amiss on
-// the way too (the whole parse then decides). Each entry is skipped by its brackets, not
-// checked: read_slice checks it. The members before services[] are skipped alike and
-// those after it not visited: the parse of the rest checks them.
+// holds a non-empty array of objects separated by commas; else nullopt (the whole parse
+// then decides). Nothing is checked here beyond that shape: each entry is the text from
+// its `{` to the comma or `]` after its matching `}` (whitespace included), which
+// read_slice checks, and the members before services[] are skipped by their brackets and
+// quotes, which the parse of the rest checks along with the members after it.
 std::optional<services_cut> cut_services(std::string_view text) {
-  namespace od = simdjson::ondemand;
-  skeleton_parser parser;
-  od::document document;
-  if ((*parser).iterate(text.data(), text.size(), text.size() + kPadding).get(document)) return std::nullopt;
-  od::object root;
-  if (document.get_object().get(root)) return std::nullopt;
-  for (auto member : root) {
-    std::string_view key;
-    if (member.unescaped_key().get(key)) return std::nullopt;
-    if (key != "services") continue;  // its value is skipped as the loop moves on
-    od::value value;
-    if (member.value().get(value)) return std::nullopt;
-    const std::string_view token = value.raw_json_token();
-    od::array list;
-    if (token.empty() || token.front() != '[' || value.get_array().get(list)) return std::nullopt;
-    services_cut cut;
-    cut.open = static_cast<size_t>(token.data() - text.data());
-    const char* after_last = nullptr;
-    for (auto item : list) {
-      od::object object;
-      std::string_view raw;
-      if (item.get_object().get(object) || object.raw_json().get(raw)) return std::nullopt;
-      cut.entries.push_back(raw);  // up to the next structural character: `,` or `]`
-      after_last = raw.data() + raw.size();
+  const char* const begin = text.data();
+  const char* const end = begin + text.size();
+  const char* at = skip_whitespace(begin, end);
+  if (at >= end || *at != '{') return std::nullopt;
+  ++at;
+  while (true) {
+    at = skip_whitespace(at, end);
+    if (at >= end || *at != '"') return std::nullopt;
+    const char* key_end = string_end(at, end);
+    if (!key_end) return std::nullopt;
+    std::string_view key(at + 1, static_cast<size_t>(key_end - at - 2));
+    // The key unescaped, as the DOM reads it (its parser allocates only when it parses).
+    simdjson::dom::parser key_parser;
+    if (key.find('\\') != std::string_view::npos) {
+      simdjson::dom::element unescaped;
+      if (key_parser.parse(at, static_cast<size_t>(key_end - at), true).get(unescaped) ||
+          unescaped.get_string().get(key))
+        return std::nullopt;
     }
-    if (after_last == nullptr || after_last >= text.data() + text.size() || *after_last != ']') return std::nullopt;
-    cut.close = static_cast<size_t>(after_last - text.data());
-    return cut;
+    at = skip_whitespace(key_end, end);
+    if (at >= end || *at != ':') return std::nullopt;
+    at = skip_whitespace(at + 1, end);
+    if (key == "services") break;
+    if (!(at = value_end(at, end))) return std::nullopt;
+    at = skip_whitespace(at, end);
+    if (at >= end || *at != ',') return std::nullopt;  // the object ends without services
+    ++at;
   }
-  return std::nullopt;
+  if (at >= end || *at != '[') return std::nullopt;
+  services_cut cut;
+  cut.open = static_cast<size_t>(at - begin);
+  ++at;
+  while (true) {
+    at = skip_whitespace(at, end);
+    if (at >= end || *at != '{') return std::nullopt;
+    const char* after = container_end(at, end);
+    if (!after) return std::nullopt;
+    const char* separator = skip_whitespace(after, end);
+    if (separator >= end || (*separator != ',' && *separator != ']')) return std::nullopt;
+    cut.entries.emplace_back(at, static_cast<size_t>(separator - at));
+    if (*separator == ']') {
+      cut.close = static_cast<size_t>(separator - begin);
+      return cut;
+    }
+    at = separator + 1;
+  }
 }
 
 }  // namespace
@@ -147,19 +257,17 @@ tape::~tape() {
 
 bool release_idle_parser(std::chrono::steady_clock::duration idle) {
   std::unique_ptr<simdjson::dom::parser> released;  // freed outside the lock
-  std::unique_ptr<simdjson::ondemand::parser> released_skeleton;
   {
     std::lock_guard lock(kept_mutex);
-    if ((!kept_parser && !kept_skeleton_parser) || std::chrono::steady_clock::now() - kept_used < idle) return false;
+    if (!kept_parser || std::chrono::steady_clock::now() - kept_used < idle) return false;
     released = std::move(kept_parser);
-    released_skeleton = std::move(kept_skeleton_parser);
   }
   return true;
 }
 
 size_t kept_parser_capacity() {
   std::lock_guard lock(kept_mutex);
-  return std::max(kept_parser ? kept_parser->capacity() : 0, kept_skeleton_parser ? kept_skeleton_parser->capacity() : 0);
+  return kept_parser ? kept_parser->capacity() : 0;
 }
 
 std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth, size_t readable_after) {
@@ -175,7 +283,9 @@ std::unique_ptr<tape> parse(std::string_view json_text, size_t max_depth, size_t
 std::unique_ptr<tape> parse_document(std::string_view json_text, size_t max_depth, size_t readable_after) {
   simdjson::padded_string own_text;
   std::string_view text = json_text;
-  if (readable_after < kPadding) {  // On Demand reads the text where it lies: a padded copy
+  // The cut and the slices read past an entry's end: a padded copy when the text has no
+  // padding of its own.
+  if (readable_after < kPadding) {
     own_text = simdjson::padded_string(json_text);
     text = std::string_view(own_text.data(), own_text.size());
   }

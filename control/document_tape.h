@@ -61,11 +61,12 @@ struct tape {
 // a large document: 100,000 services of 16 backends are 109 MB) is not put on one tape:
 // the whole text's tape, strings and structural index were 400 MB of fresh memory for
 // that document, most of the first apply's parse in page faults, kept for the next one.
-// Instead a pass of simdjson's On Demand parser (its structural index only, 130 MB)
-// finds services[] and each entry's text, the rest of the document is parsed as the
-// document with that array empty, and each entry is parsed on its own when it is read
-// (read_slice: small tapes, on both of the reader's threads). A document without a
-// services[] of objects is parsed whole, as parse() does.
+// Instead a scan of the text's quotes and brackets (no allocation; it replaced a pass of
+// simdjson's On Demand parser whose structural index alone was 125 MB) finds services[]
+// and each entry's text, the rest of the document is parsed as the document with that
+// array empty, and each entry is parsed on its own when it is read (read_slice: small
+// tapes, on both of the reader's threads). A document without a services[] of objects
+// is parsed whole, as parse() does.
 //
 // The slices are checked when they are read, not here: a tape from this function may
 // hold an entry that is not JSON (or not JSON the tape takes); read_slice then says so,
@@ -82,15 +83,14 @@ bool read_slice(simdjson::dom::parser& parser, std::string_view slice, size_t ma
 // tape::services [first, first + count) parsed together as one array (copied into
 // `buffer` between brackets, with the separators the document has between them): one
 // parse for a run of entries instead of one each. False exactly when read_slice would
-// refuse one of them (the separators are the ones On Demand already walked).
+// refuse one of them (the separators are the ones the cut found between them).
 bool read_slices(simdjson::dom::parser& parser, std::string& buffer, const tape& cut, size_t first, size_t count,
                  simdjson::dom::array& out);
 
 // Frees the kept parser's buffers if no tape has taken or returned it for `idle`; true
 // when it did. The control socket's publish thread calls it when it has had no work.
 bool release_idle_parser(std::chrono::steady_clock::duration idle);
-// The kept parsers' capacity in bytes of text, the larger of the two (the whole-tape
-// parser's and parse_document's On Demand one; 0: none kept).
+// The kept parser's capacity in bytes of text (0: none kept).
 size_t kept_parser_capacity();
 
 // The bytes simdjson reads past a text's end (in 64-byte blocks).
