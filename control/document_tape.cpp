@@ -191,12 +191,15 @@ const char* value_end(const char* at, const char* end) {
 std::optional<services_cut> cut_services(std::string_view text) {
   const char* const begin = text.data();
   const char* const end = begin + text.size();
-  const char* at = skip_whitespace(begin, end);
-  if (at >= end || *at != '{') return std::nullopt;
-  ++at;
-  while (true) {
+  // The next byte after whitespace when it is `c`, else null.
+  const auto next_is = [end](const char* at, char c) -> const char* {
     at = skip_whitespace(at, end);
-    if (at >= end || *at != '"') return std::nullopt;
+    return at < end && *at == c ? at : nullptr;
+  };
+  const char* at = next_is(begin, '{');
+  if (!at) return std::nullopt;
+  while (true) {
+    if (!(at = next_is(at + 1, '"'))) return std::nullopt;
     const char* key_end = string_end(at, end);
     if (!key_end) return std::nullopt;
     std::string_view key(at + 1, static_cast<size_t>(key_end - at - 2));
@@ -208,22 +211,17 @@ std::optional<services_cut> cut_services(std::string_view text) {
           unescaped.get_string().get(key))
         return std::nullopt;
     }
-    at = skip_whitespace(key_end, end);
-    if (at >= end || *at != ':') return std::nullopt;
+    if (!(at = next_is(key_end, ':'))) return std::nullopt;
     at = skip_whitespace(at + 1, end);
     if (key == "services") break;
-    if (!(at = value_end(at, end))) return std::nullopt;
-    at = skip_whitespace(at, end);
-    if (at >= end || *at != ',') return std::nullopt;  // the object ends without services
-    ++at;
+    // The next member, or (`}`) the object's end without services.
+    if (!(at = value_end(at, end)) || !(at = next_is(at, ','))) return std::nullopt;
   }
   if (at >= end || *at != '[') return std::nullopt;
   services_cut cut;
   cut.open = static_cast<size_t>(at - begin);
-  ++at;
   while (true) {
-    at = skip_whitespace(at, end);
-    if (at >= end || *at != '{') return std::nullopt;
+    if (!(at = next_is(at + 1, '{'))) return std::nullopt;
     const char* after = container_end(at, end);
     if (!after) return std::nullopt;
     const char* separator = skip_whitespace(after, end);
@@ -233,7 +231,7 @@ std::optional<services_cut> cut_services(std::string_view text) {
       cut.close = static_cast<size_t>(separator - begin);
       return cut;
     }
-    at = separator + 1;
+    at = separator;
   }
 }
 
