@@ -148,8 +148,8 @@ const char* container_end(const char* at, const char* end) {
     inside ^= inside << 8;
     if (scan.in_string) inside = ~inside;
     inside &= 0xffffu;
-    const unsigned open = (bytes_equal(v, '{') | bytes_equal(v, '['));
-    const unsigned close = (bytes_equal(v, '}') | bytes_equal(v, ']'));
+    const unsigned open = bytes_equal(v, '{') | bytes_equal(v, '[');
+    const unsigned close = bytes_equal(v, '}') | bytes_equal(v, ']');
     for (unsigned brackets = (open | close) & valid & ~inside; brackets != 0;
          brackets &= brackets - 1) {
       const unsigned i = static_cast<unsigned>(std::countr_zero(brackets));
@@ -159,7 +159,7 @@ const char* container_end(const char* at, const char* end) {
         return block + i + 1;
       }
     }
-    scan.in_string = left >= 16 ? (inside >> 15 & 1) != 0 : scan.in_string;
+    scan.in_string = (inside >> 15 & 1) != 0;  // a short block is the last: its carry is unused
   }
   return nullptr;
 #else
