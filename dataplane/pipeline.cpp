@@ -438,19 +438,28 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
   // the refresh filters pass (policy_path.h) would pay for nothing. A burst that looks
   // turns it back on for the port's next one.
   constexpr uint16_t kPolicyAhead = 2;
+  const bool from_uplink = in_port == ports.uplink_port;
   const bool policy_prefetch = t.policy_active && !w.policy_probes_idle[in_port] &&
-                               (in_port == ports.uplink_port || t.port_has_policy[in_port]);
+                               (from_uplink || t.port_has_policy[in_port]);
   w.policy_probes = 0;
-  if (policy_prefetch)
-    for (uint16_t i = 0; i < count && i < kPolicyAhead; ++i)
-      detail::policy_prefetch(w, rte_pktmbuf_mtod(packets[i], const uint8_t*), rte_pktmbuf_data_len(packets[i]),
-                              in_port == ports.uplink_port);
-  for (uint16_t i = 0; i < count; ++i) {
-    if (i + kPrefetchAhead < count) rte_prefetch0(rte_pktmbuf_mtod(packets[i + kPrefetchAhead], void*));
-    if (policy_prefetch && i + kPolicyAhead < count)
-      detail::policy_prefetch(w, rte_pktmbuf_mtod(packets[i + kPolicyAhead], const uint8_t*),
-                              rte_pktmbuf_data_len(packets[i + kPolicyAhead]), in_port == ports.uplink_port);
-    process_one(w, t, ports, in_port, packets[i]);
+  if (policy_prefetch) {
+    const auto prefetch_policy = [&](rte_mbuf* m) __attribute__((always_inline)) {
+      detail::tuple_guess g;
+      if (detail::guess_tuple(rte_pktmbuf_mtod(m, const uint8_t*), rte_pktmbuf_data_len(m), from_uplink, g))
+        detail::policy_prefetch(w, g, from_uplink);
+    };
+    for (uint16_t i = 0; i < count && i < kPolicyAhead; ++i) prefetch_policy(packets[i]);
+    for (uint16_t i = 0; i < count; ++i) {
+      if (i + kPrefetchAhead < count) rte_prefetch0(rte_pktmbuf_mtod(packets[i + kPrefetchAhead], void*));
+      if (i + kPolicyAhead < count) prefetch_policy(packets[i + kPolicyAhead]);
+      process_one(w, t, ports, in_port, packets[i]);
+    }
+  } else {
+    // The same loop without the policy guesses: no test for them per packet.
+    for (uint16_t i = 0; i < count; ++i) {
+      if (i + kPrefetchAhead < count) rte_prefetch0(rte_pktmbuf_mtod(packets[i + kPrefetchAhead], void*));
+      process_one(w, t, ports, in_port, packets[i]);
+    }
   }
   w.policy_probes_idle[in_port] = w.policy_probes == 0;
 }

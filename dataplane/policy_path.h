@@ -41,6 +41,7 @@
 #include "dataplane/fragment_path.h"
 #include "dataplane/pipeline_internal.h"
 #include "dataplane/service_lb.h"
+#include "dataplane/tuple_guess.h"
 
 namespace meshlane::detail {
 
@@ -190,56 +191,36 @@ inline flow_key reversed(const flow_key& key) {
   return make_refresh_key6(ip->source, ip->destination, ports, p.l4_protocol, w.now >> w.timeouts.epoch_shift);
 }
 
-// The policy_flows bucket of the flow in `frame` (a received frame, not yet parsed),
-// fetched a few packets ahead of its probe (process_burst), as l3fwd prefetches: a new
-// flow's bucket is a random one, and its cache miss was most of what deciding and
-// keeping a new flow cost. A guess from the raw bytes: IPv4 or IPv6 (no extension
-// headers) over Ethernet as a pod sends it, or inside Geneve from the uplink (no ESP, no
-// VLAN); anything else, or a wrong guess, costs one useless prefetch at most.
-[[gnu::always_inline]] inline void policy_prefetch(const worker_state& w, const uint8_t* frame, uint32_t length,
-                                                   bool from_uplink) {
-  uint32_t at = 0;
-  if (from_uplink) {
-    // Outer Ethernet, IPv4 (its header length), UDP to 6081, Geneve with its options.
-    if (length < 14 + 20 + 8 + 8 + 14 + 20 + 4 || load16(frame + 12) != to_net16(kEtherTypeIpv4)) return;
-    const uint32_t udp = 14 + (frame[14] & 0x0f) * 4u;
-    if (frame[14 + 9] != kProtoUdp || load16(frame + udp + 2) != to_net16(kGenevePort)) return;
-    at = udp + 8 + 8 + (frame[udp + 8] & 0x3f) * 4u;
-  }
-  if (at + 14 + 20 + 4 > length) return;
-  const uint16_t ether_type = load16(frame + at + 12);
-  const bool v6 = ether_type == to_net16(kEtherTypeIpv6);
-  if (!v6 && ether_type != to_net16(kEtherTypeIpv4)) return;
-  const uint8_t* ip = frame + at + 14;
-  const uint8_t protocol = v6 ? ip[6] : ip[9];
-  const uint32_t l4 = v6 ? 40u : (ip[0] & 0x0f) * 4u;
+// The policy_flows bucket of the flow `g` guessed from a received frame (tuple_guess.h),
+// fetched a few packets ahead of its probe (process_burst): a new flow's bucket is a
+// random one, and its cache miss was most of what deciding and keeping a new flow cost.
+[[gnu::always_inline]] inline void policy_prefetch(const worker_state& w, const tuple_guess& g, bool from_uplink) {
   // From the uplink only UDP looks at the table on its way (an inbound TCP packet does
   // only when the tables deny it); from a pod, both (a SYN is recorded, the rest probe).
-  if ((protocol != kProtoUdp && (from_uplink || protocol != kProtoTcp)) || at + 14 + l4 + 4 > length) return;
+  if (g.protocol != kProtoUdp && (from_uplink || g.protocol != kProtoTcp)) return;
   uint32_t ports;
-  std::memcpy(&ports, ip + l4, 4);
-  const uint16_t source_port = from_net16(load16(ip + l4)), destination_port = from_net16(load16(ip + l4 + 2));
-  if (v6) {
+  std::memcpy(&ports, g.ip + g.l4, 4);
+  if (g.v6) {
     flow_key key;
-    std::memcpy(key.source, ip + 8, 16);
-    std::memcpy(key.destination, ip + 24, 16);
-    key.source_port = source_port;
-    key.destination_port = destination_port;
-    key.protocol = protocol;
+    std::memcpy(key.source, g.ip + 8, 16);
+    std::memcpy(key.destination, g.ip + 24, 16);
+    key.source_port = g.source_port;
+    key.destination_port = g.destination_port;
+    key.protocol = g.protocol;
     w.policy_flows.prefetch(policy_hash(key));
-    const refresh_key6 refresh = make_refresh_key6(ip + 8, ip + 24, ports, protocol, 0);
+    const refresh_key6 refresh = make_refresh_key6(g.ip + 8, g.ip + 24, ports, g.protocol, 0);
     rte_prefetch0(from_uplink ? static_cast<const void*>(w.policy_admitted6.set_of(refresh))
                               : static_cast<const void*>(w.policy_refreshed6.set_of(refresh)));
     return;
   }
   uint32_t source, destination;
-  std::memcpy(&source, ip + 12, 4);
-  std::memcpy(&destination, ip + 16, 4);
-  w.policy_flows.prefetch(policy_hash_v4(source, destination, source_port, destination_port, protocol));
+  std::memcpy(&source, g.ip + 12, 4);
+  std::memcpy(&destination, g.ip + 16, 4);
+  w.policy_flows.prefetch(policy_hash_v4(source, destination, g.source_port, g.destination_port, g.protocol));
   // And the flow's set in the refresh filter its direction checks first (512 KiB and 1
   // MiB, more than L1 holds: a new flow's set is a random line, perf's hottest load of
   // policy_admits).
-  const refresh_key key = make_refresh_key(source, destination, ports, protocol, 0);
+  const refresh_key key = make_refresh_key(source, destination, ports, g.protocol, 0);
   rte_prefetch0(from_uplink ? static_cast<const void*>(w.policy_admitted.set_of(key))
                             : static_cast<const void*>(w.policy_refreshed.set_of(key)));
 }

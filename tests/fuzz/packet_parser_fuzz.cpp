@@ -2,7 +2,10 @@
 // (ASan catches that), and what it accepts must have consistent offsets. Frames to UDP
 // 4500 then go where the pipeline sends them first: the ESP header read that finds their
 // SA (esp_spi_of); decapsulation itself is the esp_decap target's. Geneve frames (UDP
-// 6081) have their options walked for meshlane's identity option.
+// 6081) have their options walked for meshlane's identity option. The tuple guess that
+// prefetches table buckets (tuple_guess.h) reads the same frames unparsed: it must never
+// read past the end either, and on a plain TCP or UDP frame it must find what the parser
+// finds.
 #include <cstddef>
 #include <cstdint>
 #include <cstdlib>
@@ -11,12 +14,26 @@
 #include "dataplane/esp/esp.h"
 #include "dataplane/geneve_identity.h"
 #include "dataplane/packet_parser.h"
+#include "dataplane/tuple_guess.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   // An exact-size heap copy, so that any over-read is outside the allocation.
   std::vector<uint8_t> frame(data, data + size);
   meshlane::parsed_packet parsed;
   const auto reason = meshlane::parse_packet(frame.data(), static_cast<uint32_t>(frame.size()), parsed);
+  meshlane::detail::tuple_guess guess, tunnelled;
+  const bool guessed = meshlane::detail::guess_tuple(frame.data(), static_cast<uint32_t>(frame.size()), false, guess);
+  meshlane::detail::guess_tuple(frame.data(), static_cast<uint32_t>(frame.size()), true, tunnelled);
+  if (reason == meshlane::drop_reason::none && parsed.l3_offset == 14 && parsed.l4_offset &&
+      parsed.fragment == meshlane::kNotFragment &&
+      (parsed.l4_protocol == meshlane::wire::kProtoTcp || parsed.l4_protocol == meshlane::wire::kProtoUdp) &&
+      (parsed.l3 == meshlane::l3_kind::ipv4 ||
+       (parsed.l3 == meshlane::l3_kind::ipv6 && parsed.l4_offset == 14 + 40))) {
+    if (!guessed || guess.ip != frame.data() + 14 || guess.ip + guess.l4 != frame.data() + parsed.l4_offset ||
+        guess.protocol != parsed.l4_protocol || guess.v6 != (parsed.l3 == meshlane::l3_kind::ipv6) ||
+        guess.source_port != parsed.source_port || guess.destination_port != parsed.destination_port)
+      std::abort();
+  }
   if (reason == meshlane::drop_reason::none) {
     if (parsed.l3_offset + parsed.l3_length > size) std::abort();
     if (parsed.l4_offset && parsed.l4_offset >= parsed.l3_offset + parsed.l3_length) std::abort();
