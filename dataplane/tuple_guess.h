@@ -1,10 +1,15 @@
 // A received frame's L3/L4 tuple read from its raw bytes before the frame is parsed, for
 // prefetching a table bucket a few packets ahead of the probe (process_burst), as l3fwd
-// prefetches: the flow table's and the policy table's buckets are random lines in
-// megabytes of table, and their cache misses are most of what a packet of one of many
-// flows costs. A guess: IPv4 or IPv6 (no extension headers) over Ethernet as a pod sends
-// it, or inside Geneve from the uplink (no ESP, no VLAN). Anything else is no guess, and a
-// wrong guess costs one useless prefetch at most; the frame's real parse decides.
+// prefetches: a new flow's buckets in the policy tables (policy_path.h, policy_prefetch)
+// are random lines in megabytes of table, and their cache misses were most of what
+// deciding a new flow cost. A guess: IPv4 or IPv6 (no extension headers) over Ethernet as
+// a pod sends it, or inside Geneve from the uplink (no ESP, no VLAN). Anything else is no
+// guess, and a wrong guess costs one useless prefetch at most; the frame's real parse
+// decides. (The flow table's bucket was tried too and did not pay on the VM class the
+// project is measured on: perf/pipeline_results.md, forty-third session.)
+//
+// Header-only on packet_headers.h alone, without DPDK's headers, so that the packet
+// parser's fuzz target checks it against the parse (hence its own 16-bit load).
 #pragma once
 
 #include <cstdint>
