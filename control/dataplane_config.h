@@ -17,12 +17,31 @@ namespace meshlane {
 
 struct desired_state;
 
-// The largest uplink MTU the workers carry: a frame (MTU + the 14-byte Ethernet header)
-// must fit the data room of one packet buffer, DPDK's default 2048 bytes
-// (RTE_MBUF_DEFAULT_DATAROOM; dataplane/worker_pool.cpp asserts the two agree). A larger
-// frame would arrive in several segments or cut short, and be dropped as
-// truncated_ethernet, so validation refuses such an MTU; jumbo frames are not carried.
-inline constexpr uint16_t kMaxUplinkMtu = 2048 - 14;
+// The largest uplink MTU the workers carry: jumbo frames up to 9,216 bytes on ports
+// whose buffers the agent sizes (af_packet, meshlane's own pod ports, pcap, pci): their
+// packet buffers and af_packet ring frames hold a whole frame (packet_buffer_room).
+inline constexpr uint16_t kMaxUplinkMtu = 9216;
+// The largest with af_xdp or memif ports (uplink or pods): DPDK 22.11's PMDs there carry
+// a frame in one 2 KiB buffer (af_xdp's UMEM frames, memif's default buffer size) and
+// this build does not use their multi-buffer modes, so a larger frame would be cut
+// short and dropped; validation refuses such an MTU with those drivers.
+inline constexpr uint16_t kMaxSmallBufferMtu = 2048 - 14;
+
+// The bytes one packet buffer (an mbuf's data room, past its headroom) and one af_packet
+// ring frame hold for an uplink MTU: DPDK's default 2,048 while a received frame fits
+// there beside af_packet's per-frame header (tpacket2_hdr and sockaddr_ll put the frame
+// at offset 66 of a ring frame: MTU + 14 + 66 bytes), else that size rounded up to 1 KiB
+// (9,216 for MTU 9,000). Both are sized alike because DPDK's af_packet PMD copies a
+// received frame into one mbuf without checking its room: a buffer at least a ring
+// frame's size is what keeps that copy inside the buffer. A pod's frame is at most the
+// uplink MTU's less the tunnel (pods get the smaller MTU), and the tunnel's headers go
+// into the headroom, so this covers every frame a worker holds.
+inline constexpr uint32_t kAfPacketFrameOverhead = 14 + 66;
+inline constexpr uint32_t packet_buffer_room(uint16_t mtu) {
+  const uint32_t needed = uint32_t{mtu} + kAfPacketFrameOverhead;
+  return needed <= 2048 ? 2048 : (needed + 1023) / 1024 * 1024;
+}
+
 // A memif port (DPDK's net_memif: shared-memory packet rings with another DPDK process,
 // met over a Unix socket file). The benchmark over memif (perf/nic_bench.sh) plugs a
 // traffic generator into the agent's uplink and pod ports this way, as a cable would.

@@ -652,6 +652,7 @@ void read_memif(object_reader& r, std::string_view key, const std::string& drive
 void read_dataplane(const json& value, const std::string& path, dataplane_spec& spec, error_list& errors) {
   object_reader r(value, path, errors);
   if (!r.ok()) return;
+  bool mtu_given = false;  // a valid uplink MTU read, to check against the drivers
   if (const json* uplink = r.member("uplink", true)) {
     object_reader ur(*uplink, r.path_of("uplink"), errors);
     if (ur.ok()) {
@@ -664,14 +665,25 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
       if (auto v = ur.integer("mtu", false, 1280, 65535)) {
         if (*v > kMaxUplinkMtu)
           ur.error(ur.path_of("mtu"), "must be at most " + std::to_string(kMaxUplinkMtu) +
-                                          ": a frame of MTU + 14 bytes must fit one packet buffer (2048 bytes); "
-                                          "jumbo frames are not carried, got " + std::to_string(*v));
+                                          " (jumbo frames up to 9216 bytes), got " + std::to_string(*v));
+        else mtu_given = true;
         spec.uplink.mtu = static_cast<uint16_t>(*v);
       }
       read_memif(ur, "memif", spec.uplink.driver, "$.dataplane.uplink.driver", "socket", 107, spec.uplink.memif);
     }
   }
   read_dataplane_driver(r, "pod_driver", spec.pod_driver);
+  // Jumbo frames need ports whose buffers the agent sizes (control/dataplane_config.h).
+  for (const std::string* driver : {&spec.uplink.driver, &spec.pod_driver}) {
+    if (!mtu_given || spec.uplink.mtu <= kMaxSmallBufferMtu || (*driver != "af_xdp" && *driver != "memif")) continue;
+    const bool uplink = driver == &spec.uplink.driver;
+    errors.push_back({path + ".uplink.mtu",
+                      "must be at most " + std::to_string(kMaxSmallBufferMtu) + " with " +
+                          (uplink ? "the uplink's" : "the pods'") + " driver " + *driver + " (DPDK's " + *driver +
+                          " carries a frame in one 2048-byte buffer), got " + std::to_string(spec.uplink.mtu) +
+                          ": jumbo frames need af_packet, pcap or pci"});
+    break;
+  }
   if (spec.pod_driver == "pci") r.error(r.path_of("pod_driver"), "pods are veth interfaces; \"pci\" is for the uplink only");
   read_memif(r, "pod_memif", spec.pod_driver, "$.dataplane.pod_driver", "socket_dir", 107 - 1 - 15 - 5, spec.pod_memif);
   if (auto v = r.string("cpus", false)) {

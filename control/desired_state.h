@@ -91,7 +91,7 @@ struct service_spec {
 // --- dataplane section (issue 4): how the DPDK workers reach the network. ---
 // Optional; without it the agent runs no DPDK workers. The data plane is started with
 // the config derived from it (dataplane_config.h), which also holds memif_spec and
-// kMaxUplinkMtu.
+// the MTU limits (kMaxUplinkMtu, kMaxSmallBufferMtu).
 struct dataplane_port_spec {
   // Kernel interface name for af_packet / af_xdp / pcap; a PCI address for "pci"; for
   // "memif" a name for the port (metrics, status page).

@@ -17,25 +17,17 @@
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <numeric>
 
 #include "dataplane/tcp_coalesce.h"
 
 namespace meshlane {
 namespace {
 
-// Two 2 KiB frames a 4 KiB block, as DPDK's PMD lays out its rings: a block is the unit
-// the kernel allocates, and a page holds it without waste.
-constexpr uint32_t kBlockSize = 4096;
-constexpr uint32_t kFramesPerBlock = kBlockSize / packet_ring_port::kFrameSize;
 // Where a TX frame's packet starts without PACKET_TX_HAS_OFF (packet(7)).
 constexpr uint32_t kTxDataOffset = TPACKET2_HDRLEN - sizeof(sockaddr_ll);
-constexpr uint32_t kTxDataRoom = packet_ring_port::kFrameSize - kTxDataOffset;
 
 std::string errno_text(const char* what) { return std::string(what) + ": " + std::strerror(errno); }
-
-[[gnu::always_inline]] inline tpacket2_hdr* frame_at(uint8_t* map, uint32_t index) {
-  return reinterpret_cast<tpacket2_hdr*>(map + size_t{index} * packet_ring_port::kFrameSize);
-}
 
 [[gnu::always_inline]] inline uint32_t status_of(const tpacket2_hdr* h) {
   return __atomic_load_n(&h->tp_status, __ATOMIC_ACQUIRE);
@@ -47,8 +39,13 @@ std::string errno_text(const char* what) { return std::string(what) + ": " + std
 
 }  // namespace
 
-std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint32_t frames) {
-  frames = (std::max<uint32_t>(frames, kFramesPerBlock) + kFramesPerBlock - 1) / kFramesPerBlock * kFramesPerBlock;
+std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size) {
+  // A block is the unit the kernel allocates: the smallest whole number of pages that
+  // holds whole frames (two 2 KiB frames in 4 KiB, as DPDK's PMD lays out its rings; four
+  // 9 KiB frames in 36 KiB), so that no page holds waste.
+  const uint32_t block_size = std::lcm(frame_size, 4096u);
+  const uint32_t per_block = block_size / frame_size;
+  frames = (std::max(frames, per_block) + per_block - 1) / per_block * per_block;
   // Protocol 0 until bound: a packet socket made with a protocol receives from every
   // interface until bind() narrows it. A TX socket stays at 0 and so receives nothing.
   r.fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -69,13 +66,13 @@ std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint
     if (::setsockopt(r.fd, SOL_PACKET, PACKET_LOSS, &on, sizeof on) != 0) return errno_text("PACKET_LOSS");
   }
   tpacket_req request{};
-  request.tp_block_size = kBlockSize;
-  request.tp_block_nr = frames / kFramesPerBlock;
-  request.tp_frame_size = kFrameSize;
+  request.tp_block_size = block_size;
+  request.tp_block_nr = frames / per_block;
+  request.tp_frame_size = frame_size;
   request.tp_frame_nr = frames;
   if (::setsockopt(r.fd, SOL_PACKET, receive ? PACKET_RX_RING : PACKET_TX_RING, &request, sizeof request) != 0)
     return errno_text(receive ? "PACKET_RX_RING" : "PACKET_TX_RING");
-  r.map_size = size_t{kBlockSize} * request.tp_block_nr;
+  r.map_size = size_t{block_size} * request.tp_block_nr;
   void* map = ::mmap(nullptr, r.map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r.fd, 0);
   if (map == MAP_FAILED) {
     r.map_size = 0;
@@ -83,6 +80,7 @@ std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint
   }
   r.map = static_cast<uint8_t*>(map);
   r.frames = frames;
+  r.frame_size = frame_size;
   sockaddr_ll address{};
   address.sll_family = AF_PACKET;
   address.sll_protocol = receive ? htons(ETH_P_ALL) : 0;
@@ -118,7 +116,7 @@ void packet_ring_port::close_ring(ring& r) {
 
 std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& interface, uint32_t rx_frames,
                                                          uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
-                                                         std::string& error) {
+                                                         std::string& error, uint32_t frame_size) {
   std::unique_ptr<packet_ring_port> port(new packet_ring_port());
   port->interface_ = interface;
   port->mbufs_ = mbufs;
@@ -131,13 +129,18 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
     error = "no interface " + interface + " in this network namespace";
     return nullptr;
   }
-  if (std::string why = open_ring(port->rx_, port->ifindex_, true, rx_frames); !why.empty()) {
+  if (frame_size < kDefaultFrameSize || frame_size % 1024 != 0) {
+    error = interface + ": a ring frame of " + std::to_string(frame_size) + " bytes (must be a multiple of 1024, at least " +
+            std::to_string(kDefaultFrameSize) + ")";
+    return nullptr;
+  }
+  if (std::string why = open_ring(port->rx_, port->ifindex_, true, rx_frames, frame_size); !why.empty()) {
     error = interface + ": RX ring of " + std::to_string(rx_frames) + " frames: " + why;
     return nullptr;
   }
   port->tx_.resize(std::max<uint16_t>(1, tx_queues));
   for (size_t q = 0; q < port->tx_.size(); ++q) {
-    if (std::string why = open_ring(port->tx_[q], port->ifindex_, false, tx_frames); !why.empty()) {
+    if (std::string why = open_ring(port->tx_[q], port->ifindex_, false, tx_frames, frame_size); !why.empty()) {
       error = interface + ": TX ring " + std::to_string(q) + " of " + std::to_string(tx_frames) + " frames: " + why;
       return nullptr;
     }
@@ -175,7 +178,7 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
   uint16_t ready = 0;
   const uint32_t most = std::min<uint32_t>(count, r.frames);
   for (uint32_t i = r.next; ready < most; i = i + 1 == r.frames ? 0 : i + 1) {
-    if (!(status_of(frame_at(r.map, i)) & TP_STATUS_USER)) break;
+    if (!(status_of(frame_at(r, i)) & TP_STATUS_USER)) break;
     ++ready;
   }
   if (!ready) return 0;
@@ -192,7 +195,7 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
   }
   uint16_t taken = 0;
   for (uint16_t k = 0; k < ready; ++k) {
-    tpacket2_hdr* h = frame_at(r.map, r.next);
+    tpacket2_hdr* h = frame_at(r, r.next);
     r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
     rte_mbuf* m = out[taken];
     const uint32_t length = h->tp_snaplen;
@@ -256,7 +259,7 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
         // they go with the next kick), in this burst or an earlier one, would be passed
         // by the merged packet, so the run then follows them through the ring. The last
         // frame placed says: the kernel sends the ring's frames in order.
-        const tpacket2_hdr* last = frame_at(r.map, r.next == 0 ? r.frames - 1 : r.next - 1);
+        const tpacket2_hdr* last = frame_at(r, r.next == 0 ? r.frames - 1 : r.next - 1);
         bool ring_sent = true;
         if (placed || (status_of(last) & TP_STATUS_SEND_REQUEST)) {
           kick(r);
@@ -288,13 +291,13 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
       }
     }
     rte_mbuf* m = packets[taken];
-    tpacket2_hdr* h = frame_at(r.map, r.next);
+    tpacket2_hdr* h = frame_at(r, r.next);
     // A frame is free once the kernel has sent it and let its buffer go (it sends from
     // the ring's pages); TP_STATUS_WRONG_FORMAT marks one it refused, free again too.
     if (status_of(h) & (TP_STATUS_SEND_REQUEST | TP_STATUS_SENDING)) break;
     ++taken;
     const uint32_t length = rte_pktmbuf_pkt_len(m);
-    if (length > kTxDataRoom) [[unlikely]] {
+    if (length > r.frame_size - kTxDataOffset) [[unlikely]] {
       tx_errors_.fetch_add(1, std::memory_order_relaxed);  // taken, freed below with the rest
       continue;
     }

@@ -37,19 +37,28 @@
 
 struct rte_mbuf;
 struct rte_mempool;
+struct tpacket2_hdr;  // <linux/if_packet.h>
 
 namespace meshlane {
 
 class packet_ring_port {
  public:
+  // A ring frame's bytes unless open() is given more (control/dataplane_config.h,
+  // packet_buffer_room: larger for jumbo frames). A TX frame holds a packet of its size
+  // less 32 bytes (what the kernel's tpacket_snd takes), an RX frame one of its size less
+  // 66 (tpacket_rcv puts the frame behind its headers) and cuts a longer one short.
+  static constexpr uint32_t kDefaultFrameSize = 2048;
+
   // Opens `interface` (in the calling thread's network namespace) with an RX ring of
-  // `rx_frames` and `tx_queues` TX rings of `tx_frames` frames each (2 KiB frames; even
-  // counts, rounded up). Received frames go into mbufs of `mbufs`. Null and `error` when
-  // the kernel refused something, with what and why.
+  // `rx_frames` and `tx_queues` TX rings of `tx_frames` frames each, frames of
+  // `frame_size` bytes (a multiple of 1 KiB, at least kDefaultFrameSize; counts rounded
+  // up to whole blocks). Received frames go into mbufs of `mbufs`, whose data room must
+  // hold a frame of that size. Null and `error` when the kernel refused something, or the
+  // frame size is not one of those, with what and why.
   // A kernel that refuses PACKET_VNET_HDR leaves the port without merging (coalesces_tcp).
   static std::unique_ptr<packet_ring_port> open(const std::string& interface, uint32_t rx_frames,
                                                 uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
-                                                std::string& error);
+                                                std::string& error, uint32_t frame_size = kDefaultFrameSize);
   ~packet_ring_port();
   packet_ring_port(const packet_ring_port&) = delete;
   packet_ring_port& operator=(const packet_ring_port&) = delete;
@@ -92,8 +101,7 @@ class packet_ring_port {
   uint32_t tx_frames() const { return tx_.empty() ? 0 : tx_[0].frames; }
   bool link_up() const;  // the interface's IFF_RUNNING
 
-  // The largest frame a TX frame holds (what the kernel's tpacket_snd takes).
-  static constexpr uint32_t kFrameSize = 2048;
+  uint32_t frame_size() const { return rx_.frame_size; }
 
  private:
   struct alignas(64) ring {
@@ -101,6 +109,7 @@ class packet_ring_port {
     uint8_t* map = nullptr;
     size_t map_size = 0;
     uint32_t frames = 0;
+    uint32_t frame_size = 0;
     uint32_t next = 0;  // the next frame to look at
     int gso_fd = -1;    // TX: the PACKET_VNET_HDR socket merged TCP segments go through
     // TX: merged packets and their segments, written by the queue's one worker (relaxed
@@ -108,7 +117,10 @@ class packet_ring_port {
     uint64_t merged_packets = 0, merged_segments = 0;
   };
   packet_ring_port() = default;
-  static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames);
+  static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size);
+  [[gnu::always_inline]] static tpacket2_hdr* frame_at(const ring& r, uint32_t index) {
+    return reinterpret_cast<tpacket2_hdr*>(r.map + size_t{index} * r.frame_size);
+  }
   static void close_ring(ring& r);
   static std::string open_gso_socket(ring& r, int ifindex);
   void kick(ring& r);

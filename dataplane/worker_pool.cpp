@@ -29,6 +29,7 @@
 #include <set>
 #include <cstdio>
 #include <cstring>
+#include <numeric>
 #include <sstream>
 #include <thread>
 
@@ -38,8 +39,10 @@
 
 namespace meshlane {
 
-// Validation refuses an uplink MTU whose frames would not fit one buffer of the pools below.
-static_assert(RTE_MBUF_DEFAULT_DATAROOM >= kMaxUplinkMtu + 14, "control/dataplane_config.h: kMaxUplinkMtu");
+// The pools' buffers and af_packet's ring frames are sized by packet_buffer_room (control/
+// dataplane_config.h): DPDK's default up to MTU 1,968, larger for jumbo frames.
+static_assert(packet_buffer_room(1500) == RTE_MBUF_DEFAULT_DATAROOM);
+static_assert(packet_buffer_room(kMaxUplinkMtu) <= UINT16_MAX - RTE_PKTMBUF_HEADROOM);
 
 // --- EAL ---
 
@@ -235,6 +238,25 @@ uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
   return std::max<uint32_t>(floor, (ring_size + 1) & ~1u);
 }
 
+// DPDK's af_packet PMD's ring arguments for frames of `room` bytes (packet_buffer_room):
+// a block is the smallest whole number of pages that holds whole frames (4,096 bytes, two
+// 2,048-byte frames, by default; 36,864, four 9,216-byte frames, for MTU 9,000), and the
+// frame count a multiple of the frames a block holds, as the PMD requires.
+std::string af_packet_ring_arguments(uint32_t frames, uint32_t room) {
+  const uint32_t block = std::lcm(room, 4096u);
+  const uint32_t per_block = block / room;
+  frames = (frames + per_block - 1) / per_block * per_block;
+  return ",blocksz=" + std::to_string(block) + ",framesz=" + std::to_string(room) + ",framecnt=" + std::to_string(frames);
+}
+
+// A pod port's ring frames at `room` bytes a frame: the frames asked at 2,048 bytes, in
+// as many bytes (at least 64 frames). A node has a port a pod, and the kernel's ring
+// memory is per port: with jumbo frames a pod's rings keep their 6 MiB instead of
+// growing 4.5 times, holding as many bytes in fewer, larger frames.
+uint32_t pod_ring_frames(uint32_t frames, uint32_t room) {
+  return std::max<uint32_t>(64, static_cast<uint32_t>(uint64_t{frames} * 2048 / room));
+}
+
 // The socket file of a memif port: the uplink's own, a pod's <socket_dir>/<interface>.sock.
 std::string memif_socket(const memif_spec& memif, port_role role, const std::string& interface) {
   return role == port_role::uplink ? memif.socket : memif.socket + "/" + interface + ".sock";
@@ -249,10 +271,11 @@ unsigned memif_ring_log2(uint32_t ring_size) {
 }
 
 // Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs
-// and rings of `ring_size` descriptors where the driver takes that at probe time.
+// and rings of `ring_size` descriptors where the driver takes that at probe time; an
+// af_packet ring's frames hold `room` bytes (packet_buffer_room).
 std::string probe_port(const std::string& driver, const std::optional<memif_spec>& memif,
                        const std::string& interface, port_role role, uint16_t queues, uint32_t ring_size,
-                       pool_port& port) {
+                       uint32_t room, pool_port& port) {
   static std::atomic<unsigned> serial{0};
   port.role = role;
   port.interface = interface;
@@ -277,15 +300,15 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     // RTE_MAX_ETHPORTS; the pool gives it an id and its mbufs.
     const uint32_t frames = af_packet_ring_frames(ring_size, role);
     std::string error;
-    port.ring = packet_ring_port::open(interface, std::max(frames, kPodRxRingFloor), frames, queues, nullptr, error);
+    port.ring = packet_ring_port::open(interface, pod_ring_frames(std::max(frames, kPodRxRingFloor), room),
+                                       pod_ring_frames(frames, room), queues, nullptr, error, room);
     if (!port.ring) return "cannot open " + interface + " with af_packet: " + error;
   } else {
     const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
     name = vdev + std::to_string(serial++);
     std::string devargs = name + ",iface=" + interface;
     if (driver == "af_packet")
-      devargs += ",qpairs=" + std::to_string(queues) + ",blocksz=4096,framesz=2048,framecnt=" +
-                 std::to_string(af_packet_ring_frames(ring_size, role));
+      devargs += ",qpairs=" + std::to_string(queues) + af_packet_ring_arguments(af_packet_ring_frames(ring_size, role), room);
     if (driver == "af_xdp") {
       devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
       // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers
@@ -311,7 +334,7 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       // the ring size's do. The port works with those; the log says what it costs.
       name = vdev + std::to_string(serial++);
       devargs = name + ",iface=" + interface + ",qpairs=" + std::to_string(queues) +
-                ",blocksz=4096,framesz=2048,framecnt=" + std::to_string(plain_frames);
+                af_packet_ring_arguments(plain_frames, room);
       probed = rte_dev_probe(devargs.c_str());
       port.driver_ring_frames = plain_frames;
       if (probed == 0)
@@ -350,6 +373,9 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
   return {};
 }
 
+// An mbuf's data room (headroom included) for the uplink MTU `mtu`.
+uint16_t buffer_size(uint16_t mtu) { return static_cast<uint16_t>(RTE_PKTMBUF_HEADROOM + packet_buffer_room(mtu)); }
+
 // The buffers one queue pair of `port` can hold: its RX ring's, or what the driver keeps
 // posted for receiving if that is more (af_xdp's fill queue: received frames wait in the
 // RX ring in buffers taken from it, so the two are not added), its TX ring's, and a
@@ -370,7 +396,7 @@ std::string probe_ports(const dataplane_config& config, std::vector<pool_port>& 
     const dataplane_port& spec = i == 0 ? config.uplink : config.pods[i - 1];
     pool_port port;
     if (std::string error = probe_port(spec.driver, spec.memif, spec.interface, i == 0 ? port_role::uplink : port_role::pod,
-                                       queues, ring_size, port);
+                                       queues, ring_size, packet_buffer_room(config.uplink_mtu), port);
         !error.empty())
       return spec.source + ": " + error;
     out.push_back(port);
@@ -422,7 +448,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
   if (workers > 1) mbuf_count += options.handoff_ring_size * workers;  // full inboxes
   static std::atomic<unsigned> pool_serial{0};
   const std::string pool_name = "meshlane_mbufs" + std::to_string(pool_serial++);
-  pool->mbufs_ = rte_pktmbuf_pool_create(pool_name.c_str(), mbuf_count, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+  pool->mbufs_ = rte_pktmbuf_pool_create(pool_name.c_str(), mbuf_count, 256, 0, buffer_size(options.uplink_mtu),
                                          static_cast<int>(rte_socket_id()));
   if (!pool->mbufs_) {
     error = "cannot allocate " + std::to_string(mbuf_count) + " packet buffers: " + rte_strerror(rte_errno) +
@@ -607,7 +633,8 @@ std::string worker_pool::plug_pod_port(const std::string& interface) {
     if (std::string error = bring_interface_up(interface); !error.empty()) return error;
   pool_port port;
   if (std::string error = probe_port(options_.pod_driver, options_.pod_memif, interface, port_role::pod, workers,
-                                     std::max(options_.rx_ring_size, options_.tx_ring_size), port);
+                                     std::max(options_.rx_ring_size, options_.tx_ring_size),
+                                     packet_buffer_room(options_.uplink_mtu), port);
       !error.empty())
     return error;
   if (port.ring) {  // meshlane's own port: the pool's buffers (worker_pool::create)
@@ -621,7 +648,7 @@ std::string worker_pool::plug_pod_port(const std::string& interface) {
   static std::atomic<unsigned> pool_serial{0};
   const std::string pool_name = "meshlane_pod" + std::to_string(pool_serial++);
   const uint32_t count = port_buffers(options_, port) * workers + 512u;
-  rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), count, 256, 0, RTE_MBUF_DEFAULT_BUF_SIZE,
+  rte_mempool* mbufs = rte_pktmbuf_pool_create(pool_name.c_str(), count, 256, 0, buffer_size(options_.uplink_mtu),
                                                static_cast<int>(rte_socket_id()));
   auto remove_device = [&] {
     rte_eth_dev_info info{};

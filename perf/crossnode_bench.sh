@@ -7,7 +7,7 @@
 #   meshlane  one meshlaned per node, DPDK workers owning the pod veths and the uplink
 #             through af_packet, Geneve between the nodes, Maglev + flow table for the VIP
 #   meshlane_esp  the same agents restarted with encryption always (ESP, AES-256-GCM from
-#             a Cilium key line; issue 15) and the pods' MTU at 1397 (1442 less ESP's 45)
+#             a Cilium key line; issue 15) and the pods' MTU 45 bytes lower (ESP; 1397 at MTU 1500)
 # For each: 64-byte request/response (p50, p99) and bulk throughput on one connection,
 # pod to pod and through the service VIP. REPS rounds of each, medians reported. Then
 # datagrams lost while node 1 publishes 100 snapshots, against the same stream alone.
@@ -20,6 +20,9 @@
 # (default: DRIVER) sets the pod ports' alone, e.g. DRIVER=af_xdp POD_DRIVER=af_packet: the
 # uplink on an XDP socket, the pods on meshlane's own af_packet port (which merges TCP
 # segments into a pod, dataplane/tcp_coalesce.h).
+# MTU=9000 runs both ways over a jumbo-frame underlay (every underlay veth at MTU, the
+# pods at MTU - 58, the kernel's VXLAN device at MTU - 50 as it sets itself; the agents'
+# packet buffers and af_packet frames grow to 9 KiB: af_packet ports only).
 # HUGEPAGES=1 gives the agents' DPDK memory (mbufs) 2 MiB hugepages, as a production node
 # has them, instead of --no-huge (4 KiB pages); it reserves what is missing for the run.
 #   perf/crossnode_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
@@ -40,6 +43,16 @@ case "$driver/$pod_driver" in af_packet/af_packet|af_packet/af_xdp|af_xdp/af_pac
 esp=${ESP:-1}  # 1: measure the encrypted way too
 ring_size=${RING_SIZE:-1024}  # the workers' RX and TX ring descriptors (af_packet: frames); the agent's default
 hugepages=${HUGEPAGES:-0}  # 1: the agents' EAL on 2 MiB hugepages
+mtu=${MTU:-1500}  # the underlay's IP MTU; the pods get 58 bytes less (Geneve)
+case "$mtu" in ''|*[!0-9]*) echo "crossnode_bench: MTU takes a number, 1280..9216" >&2; exit 2 ;; esac
+if [ "$mtu" -lt 1280 ] || [ "$mtu" -gt 9216 ]; then echo "crossnode_bench: MTU takes 1280..9216" >&2; exit 2; fi
+if [ "$mtu" -gt 2034 ] && [ "$driver/$pod_driver" != af_packet/af_packet ]; then
+  echo "crossnode_bench: MTU above 2034 needs DRIVER=af_packet (af_xdp carries a frame in one 2 KiB buffer)" >&2; exit 2
+fi
+pod_mtu=$((mtu - 58))
+# EAL memory per agent: 128 MiB holds its packet buffers of 2 KiB; 9 KiB ones (MTU above
+# 1,968) about 175 MiB.
+eal_mb=128; [ "$mtu" -gt 1968 ] && eal_mb=256
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
 ninja -C "$build" meshlaned meshctl perf/podlocal_load >/dev/null
@@ -62,6 +75,13 @@ trap 'exit 130' INT TERM
 # the gateway and routes below.
 . scripts/lib/pods.sh
 pods_bench_topology "$load"
+if [ "$mtu" != 1500 ]; then
+  for n in 1 2; do ip -n mlb-node$n link set mlb$n-uplink mtu "$mtu"; done
+  ip -n mlb-client link set eth0 mtu "$pod_mtu"
+  ip -n mlb-server link set eth0 mtu "$pod_mtu"
+  # A veth drops a frame larger than its receiving end's MTU: the nodes' ends take the pods'.
+  [ "$pod_mtu" -gt 1500 ] && ip -n mlb-node1 link set mlb1-client mtu "$pod_mtu" && ip -n mlb-node2 link set mlb2-server mtu "$pod_mtu"
+fi
 
 results=$work/results.jsonl
 # A real TCP client beside ours: iperf3 (Debian's) from the client pod to the server pod,
@@ -209,11 +229,11 @@ bench_bare_nodes mlb
 echo "1+ rfc4106(gcm(aes)) 5c9b6a4a9e0f3d1d2c7b8a695847362514131211100f0e0d0c0b0a0908070605deadbeef 128" > "$work/esp-keys"
 chmod 600 "$work/esp-keys"
 agent_pids=()
-# Two agents at -m 128: 128 pages, and a few for DPDK's own allocations.
-[ "$hugepages" = 1 ] && { bench_hugepages_reserve 160 || exit 1; }
+# Two agents at -m 128: 128 pages, and a few for DPDK's own allocations (at -m 256, 256).
+[ "$hugepages" = 1 ] && { bench_hugepages_reserve $((eal_mb + 32)) || exit 1; }
 start_agents() {  # ENCRYPT(0|1)
   for n in 1 2; do
-    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" "$pod_driver" > "$work/node$n.json" <<'PY'
+    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" "$pod_driver" "$mtu" "$eal_mb" > "$work/node$n.json" <<'PY'
 import json, sys
 n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
 pod_driver = sys.argv[9]
@@ -232,8 +252,8 @@ print(json.dumps({
   "tunables": {"rx_ring_size": ring, "tx_ring_size": ring, "flow_table_size": 16384, "idle_policy": idle,
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
-  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": 1500}, "pod_driver": pod_driver,
-                "eal_args": memory + ["-m", "128", f"--file-prefix=meshlane-bench-node{n}",
+  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": int(sys.argv[10])}, "pod_driver": pod_driver,
+                "eal_args": memory + ["-m", sys.argv[11], f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
 PY
     (ip netns exec mlb-node$n "$root/$build/meshlaned" --config "$work/node$n.json" --no-ebpf \
@@ -305,8 +325,8 @@ ways=kernel,meshlane
 [ "$gro_ab" = 1 ] && ways=$ways,meshlane_nogro
 if [ "$esp" = 1 ]; then
   stop_agents
-  ip -n mlb-client link set eth0 mtu 1397
-  ip -n mlb-server link set eth0 mtu 1397
+  ip -n mlb-client link set eth0 mtu $((pod_mtu - 45))
+  ip -n mlb-server link set eth0 mtu $((pod_mtu - 45))
   start_agents 1
   WAY=meshlane_esp measure
   # Node 1's SAs after the encrypted rounds (packets and bytes each way: the proof that
@@ -357,7 +377,7 @@ iperf3 = {w: iperf3_of(w) for w in ways}
 if gro_ratios:
     gro_ratios["iperf3_gbit_per_s"] = iperf3["meshlane"]["gbit_per_s"] / iperf3["meshlane_nogro"]["gbit_per_s"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
+json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),

@@ -72,7 +72,7 @@ int main(int argc, char** argv) {
         tcp = true;
         continue;
       }
-      // An Ethernet + IPv4 + UDP frame that fits a TX frame (packet_ring_port::kFrameSize).
+      // An Ethernet + IPv4 + UDP frame that fits a TX frame (packet_ring_port::kDefaultFrameSize).
       const unsigned long size = std::strtoul(item.c_str(), nullptr, 10);
       if (size < 60 || size > 1600) {
         std::fprintf(stderr, "pod_port_bench: frame size '%s' is not 60..1600 bytes\n", item.c_str());

@@ -123,20 +123,67 @@ TEST(dataplane_config, EveryErrorNamesItsPath) {
   EXPECT_NE(errors.find("$.dataplane.extra: unknown field"), std::string::npos) << errors;
 }
 
-// An MTU whose frames a packet buffer cannot hold is refused where it is written, not
-// found later as every large frame dropped as truncated_ethernet.
-TEST(dataplane_config, AnMtuThePacketBuffersCannotCarryIsRefusedWithItsPath) {
-  const auto jumbo = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9000}})"));
-  ASSERT_FALSE(jumbo.state);
-  const std::string errors = errors_of(jumbo);
-  EXPECT_NE(errors.find("$.dataplane.uplink.mtu: must be at most 2034: a frame of MTU + 14 bytes must fit one "
-                        "packet buffer (2048 bytes); jumbo frames are not carried, got 9000"),
-            std::string::npos)
-      << errors;
-  EXPECT_FALSE(parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 2035}})")).state);
-  const auto largest = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 2034}})"));
+// Jumbo frames (up to 9,216 bytes) on drivers whose buffers the agent sizes; an MTU
+// larger than that, or a jumbo MTU with a driver that carries a frame in one 2 KiB
+// buffer (af_xdp, memif: uplink or pods), is refused where it is written, not found later
+// as every large frame dropped.
+TEST(dataplane_config, JumboMtusAreTakenWhereTheBuffersFollowAndRefusedWithTheirPathElsewhere) {
+  for (const char* driver : {"af_packet", "pcap"}) {
+    const auto jumbo = parse_desired_state(document_with(std::string(R"({"uplink": {"interface": "eth0", "driver": ")") +
+                                                         driver + R"(", "mtu": 9000}})"));
+    ASSERT_TRUE(jumbo.state) << driver << ": " << errors_of(jumbo);
+    EXPECT_EQ(jumbo.state->dataplane->uplink.mtu, 9000);
+  }
+  const auto largest = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9216}})"));
   ASSERT_TRUE(largest.state) << errors_of(largest);
-  EXPECT_EQ(largest.state->dataplane->uplink.mtu, 2034);
+  const auto too_large = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9217}})"));
+  ASSERT_FALSE(too_large.state);
+  EXPECT_NE(errors_of(too_large).find("$.dataplane.uplink.mtu: must be at most 9216 (jumbo frames up to 9216 bytes), "
+                                      "got 9217"),
+            std::string::npos)
+      << errors_of(too_large);
+
+  const auto xdp_uplink =
+      parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "driver": "af_xdp", "mtu": 2035}})"));
+  ASSERT_FALSE(xdp_uplink.state);
+  EXPECT_NE(errors_of(xdp_uplink).find("$.dataplane.uplink.mtu: must be at most 2034 with the uplink's driver af_xdp "
+                                       "(DPDK's af_xdp carries a frame in one 2048-byte buffer), got 2035: jumbo "
+                                       "frames need af_packet, pcap or pci"),
+            std::string::npos)
+      << errors_of(xdp_uplink);
+  const auto xdp_pods =
+      parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9000}, "pod_driver": "af_xdp"})"));
+  ASSERT_FALSE(xdp_pods.state);
+  EXPECT_NE(errors_of(xdp_pods).find("$.dataplane.uplink.mtu: must be at most 2034 with the pods' driver af_xdp"),
+            std::string::npos)
+      << errors_of(xdp_pods);
+  const auto memif_pods = parse_desired_state(document_with(
+      R"({"uplink": {"interface": "eth0", "mtu": 4000}, "pod_driver": "memif", "pod_memif": {"socket_dir": "/run/m"}})"));
+  ASSERT_FALSE(memif_pods.state);
+  EXPECT_NE(errors_of(memif_pods).find("$.dataplane.uplink.mtu: must be at most 2034 with the pods' driver memif"),
+            std::string::npos)
+      << errors_of(memif_pods);
+  const auto xdp_largest =
+      parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "driver": "af_xdp", "mtu": 2034}})"));
+  ASSERT_TRUE(xdp_largest.state) << errors_of(xdp_largest);
+}
+
+// The bytes a packet buffer and an af_packet ring frame hold (control/dataplane_config.h):
+// DPDK's default 2,048 while MTU + 14 + af_packet's 66-byte frame header fit, else that
+// rounded up to 1 KiB.
+TEST(dataplane_config, PacketBuffersHoldAFrameOfTheUplinkMtuBehindAfPacketsHeader) {
+  EXPECT_EQ(packet_buffer_room(1500), 2048u);
+  EXPECT_EQ(packet_buffer_room(1968), 2048u);  // 1968 + 14 + 66 = 2048
+  EXPECT_EQ(packet_buffer_room(1969), 3072u);
+  EXPECT_EQ(packet_buffer_room(2034), 3072u);
+  EXPECT_EQ(packet_buffer_room(9000), 9216u);
+  EXPECT_EQ(packet_buffer_room(9216), 10240u);
+  for (uint32_t mtu = 1280; mtu <= kMaxUplinkMtu; ++mtu) {
+    const uint32_t room = packet_buffer_room(static_cast<uint16_t>(mtu));
+    ASSERT_GE(room, mtu + kAfPacketFrameOverhead) << mtu;
+    ASSERT_EQ(room % 1024, 0u) << mtu;
+    ASSERT_LT(room - (mtu + kAfPacketFrameOverhead), 1024u) << mtu;
+  }
 }
 
 TEST(dataplane_config, MissingUplinkIsAnError) {

@@ -334,7 +334,9 @@ class two_nodes : public ::testing::Test {
       for (auto [pod, last, suffix] : {std::tuple{nd.client.get(), "10", "c"}, std::tuple{nd.web.get(), "20", "w"}}) {
         const veth_pair pair = make_veth(i + suffix, nd.ns.get(), i + suffix + "p", pod);
         (std::string(suffix) == "c" ? nd.client_port : nd.web_port) = pair.a;
-        nd.ns->exec_or_fail("ip link set " + pair.a + " up");
+        // The agent's end takes the pod's MTU where it exceeds a veth's default 1,500 (a
+        // veth drops a frame larger than its receiving end's MTU), as meshlane-cni sets both.
+        nd.ns->exec_or_fail("ip link set " + pair.a + (pod_mtu_ > 1500 ? " mtu " + std::to_string(pod_mtu_) : "") + " up");
         const std::string ip = "198.18." + i + "." + last;
         // The pod's whole world is its gateway (a /32 plus an on-link route), as CNIs do;
         // an MTU that leaves room for Geneve; checksums computed in the pod because
@@ -358,12 +360,13 @@ class two_nodes : public ::testing::Test {
       const veth_pair u1 = make_veth("u1", nodes_[0].ns.get(), "u1s", switch_.get());
       const veth_pair u2 = make_veth("u2", nodes_[1].ns.get(), "u2s", switch_.get());
       const veth_pair o = make_veth("o", outside_.get(), "os", switch_.get());
-      for (const std::string& port : {u1.b, u2.b, o.b}) switch_->exec_or_fail("ip link set " + port + " master br0 up");
+      for (const std::string& port : {u1.b, u2.b, o.b})
+        switch_->exec_or_fail("ip link set " + port + " master br0 mtu " + std::to_string(uplink_mtu_) + " up");
       nodes_[0].uplink = u1.a;
       nodes_[1].uplink = u2.a;
       // Checksums finished in the host (af_packet would hand the agent partial ones).
       // A second address (203.0.113.6) for services the outside host serves twice.
-      outside_->exec_or_fail("ip link set " + o.a + " up && ip addr add 203.0.113.5/24 dev " + o.a +
+      outside_->exec_or_fail("ip link set " + o.a + " mtu " + std::to_string(uplink_mtu_) + " up && ip addr add 203.0.113.5/24 dev " + o.a +
                              " && ip addr add 203.0.113.6/24 dev " + o.a +
                              " && ip route add 198.19.128.0/24 via 198.19.0.1 dev " + o.a +
                              " onlink && ip route add 198.19.0.0/24 dev " + o.a +  // the nodes' SNAT addresses (egress)
@@ -375,7 +378,7 @@ class two_nodes : public ::testing::Test {
     }
     for (int n = 1; n <= 2; ++n) {
       node& nd = nodes_[n - 1];
-      nd.ns->exec_or_fail("ip link set " + nd.uplink + " up");
+      nd.ns->exec_or_fail("ip link set " + nd.uplink + " mtu " + std::to_string(uplink_mtu_) + " up");
       nd.config_path = work_dir_ + "/node" + std::to_string(n) + ".json";
       nd.log_path = work_dir_ + "/node" + std::to_string(n) + ".log";
       if (!encryption_.empty()) std::ofstream(key_file()) << key_lines_;
@@ -432,9 +435,9 @@ class two_nodes : public ::testing::Test {
         "backends": [{"ip": "198.18.1.20", "port": 8080, "node": "node1"}]}],
       "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": )" + std::to_string(n == 1 ? node1_flow_table_size_ : 4096) + R"(, "maglev_table_size": 251,
                    "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
-      "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": 1500},
+      "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": )" + std::to_string(uplink_mtu_) + R"(},
                     "pod_driver": ")" + driver_ + R"(",
-                    "eal_args": ["--no-huge", "-m", "128", "--file-prefix=)" + file_prefix(n) + R"(",
+                    "eal_args": ["--no-huge", "-m", ")" + std::to_string(eal_memory_mb_) + R"(", "--file-prefix=)" + file_prefix(n) + R"(",
                                  "--log-level=error", "--no-telemetry"]})" +
            (encryption_.empty() ? std::string() : ",\n      \"encryption\": " + encryption_) +
            (egress_[n - 1].empty() ? std::string() : ",\n      \"egress\": " + egress_[n - 1]) +
@@ -477,7 +480,9 @@ class two_nodes : public ::testing::Test {
   uint32_t node1_flow_table_size_ = 4096;  // entries per worker (tunables.flow_table_size)
   bool with_outside_ = false;
   std::string driver_ = "af_packet";  // of every port
+  uint16_t uplink_mtu_ = 1500;        // the underlay's, on every veth of it and in the documents
   uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)
+  unsigned eal_memory_mb_ = 128;      // EAL's -m (the packet buffers grow with a jumbo MTU)
   // The document's "encryption" object ("" for none) and the key file's text.
   std::string encryption_, key_lines_;
   // Each node's "egress" object and "external_services" array ("" for none; issue 18).
