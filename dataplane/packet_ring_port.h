@@ -101,8 +101,6 @@ class packet_ring_port {
   uint32_t tx_frames() const { return tx_.empty() ? 0 : tx_[0].frames; }
   bool link_up() const;  // the interface's IFF_RUNNING
 
-  uint32_t frame_size() const { return rx_.frame_size; }
-
  private:
   struct alignas(64) ring {
     int fd = -1;
