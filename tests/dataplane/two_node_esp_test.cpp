@@ -436,5 +436,47 @@ TEST_F(two_nodes_rekeying, SasUsedUpMoveToNewKeyEpochsUnderTrafficAndLoseNothing
   }
 }
 
+// Jumbo frames under ESP (an underlay of MTU 9,000, the pods at 9,000 - 58 - 45): the
+// workers encrypt and decrypt 9 KiB frames in buffers sized for them (packet_buffer_room,
+// control/dataplane_config.h), the ESP trailer in their tailroom, never a fragment.
+class two_nodes_encrypted_jumbo : public two_nodes_encrypted {
+ protected:
+  two_nodes_encrypted_jumbo() {
+    uplink_mtu_ = 9000;
+    pod_mtu_ = 9000 - 58 - 45;
+    eal_memory_mb_ = 512;
+  }
+};
+
+TEST_F(two_nodes_encrypted_jumbo, JumboFramesCrossEncryptedWholeAndByteIdentical) {
+  underlay_capture at_node1(*nodes_[0].ns, nodes_[0].uplink), at_node2(*nodes_[1].ns, nodes_[1].uplink);
+  ASSERT_TRUE(at_node1.ok() && at_node2.ok());
+  const std::vector<uint8_t> data = marked_bytes(1 << 20);
+  for (const auto& [ip, port] : {std::pair{"198.18.2.20", 8080}, std::pair{"198.19.128.10", 80}}) {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_TRUE(server.ok());
+    EXPECT_EQ(tcp_echo_round_trip_of(*nodes_[0].client, ip, static_cast<uint16_t>(port), data), "") << ip;
+  }
+  std::string big;
+  while (big.size() < 8000) big += kMarker;
+  big.resize(8000);
+  EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9001, big), "");
+  EXPECT_TRUE(icmp_echo(*nodes_[1].client, "198.18.1.20", 8000));
+  std::this_thread::sleep_for(300ms);
+  at_node1.stop();
+  at_node2.stop();
+  // 2 MiB each way in ESP frames of up to 9 KiB: fewer than at 1,500, none in clear.
+  EXPECT_GT(at_node1.esp + at_node2.esp, 2u * 2 * (1 << 20) / 9000);
+  EXPECT_LT(at_node1.esp + at_node2.esp, 2u * 2 * (1 << 20) / 1500);
+  EXPECT_EQ(at_node1.in_clear + at_node2.in_clear, 0u);
+  EXPECT_EQ(at_node1.geneve + at_node2.geneve, 0u);
+  for (int n : {1, 2}) {
+    SCOPED_TRACE("node " + std::to_string(n));
+    for (const char* reason : {"too_big", "esp_encap_failed", "esp_auth_failed", "esp_malformed", "no_headroom", "truncated_ethernet"})
+      EXPECT_EQ(drops(n, reason), 0) << reason;
+    EXPECT_EQ(metric_value(control(n), "meshlane_dataplane_fragments_total", "kind", "first"), 0);
+  }
+}
+
 }  // namespace
 }  // namespace meshlane::testing
