@@ -136,33 +136,22 @@ TEST(dataplane_config, JumboMtusAreTakenWhereTheBuffersFollowAndRefusedWithTheir
   }
   const auto largest = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9216}})"));
   ASSERT_TRUE(largest.state) << errors_of(largest);
-  const auto too_large = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9217}})"));
-  ASSERT_FALSE(too_large.state);
-  EXPECT_NE(errors_of(too_large).find("$.dataplane.uplink.mtu: must be at most 9216 (jumbo frames up to 9216 bytes), "
-                                      "got 9217"),
-            std::string::npos)
-      << errors_of(too_large);
-
-  const auto xdp_uplink =
-      parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "driver": "af_xdp", "mtu": 2035}})"));
-  ASSERT_FALSE(xdp_uplink.state);
-  EXPECT_NE(errors_of(xdp_uplink).find("$.dataplane.uplink.mtu: must be at most 2034 with the uplink's driver af_xdp "
-                                       "(DPDK's af_xdp carries a frame in one 2048-byte buffer), got 2035: jumbo "
-                                       "frames need af_packet, pcap or pci"),
-            std::string::npos)
-      << errors_of(xdp_uplink);
-  const auto xdp_pods =
-      parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "mtu": 9000}, "pod_driver": "af_xdp"})"));
-  ASSERT_FALSE(xdp_pods.state);
-  EXPECT_NE(errors_of(xdp_pods).find("$.dataplane.uplink.mtu: must be at most 2034 with the pods' driver af_xdp"),
-            std::string::npos)
-      << errors_of(xdp_pods);
-  const auto memif_pods = parse_desired_state(document_with(
-      R"({"uplink": {"interface": "eth0", "mtu": 4000}, "pod_driver": "memif", "pod_memif": {"socket_dir": "/run/m"}})"));
-  ASSERT_FALSE(memif_pods.state);
-  EXPECT_NE(errors_of(memif_pods).find("$.dataplane.uplink.mtu: must be at most 2034 with the pods' driver memif"),
-            std::string::npos)
-      << errors_of(memif_pods);
+  // `dataplane` is refused with `message` among its errors.
+  const auto expect_refused = [](const std::string& dataplane, const std::string& message) {
+    const auto result = parse_desired_state(document_with(dataplane));
+    ASSERT_FALSE(result.state) << dataplane;
+    EXPECT_NE(errors_of(result).find(message), std::string::npos) << errors_of(result);
+  };
+  expect_refused(R"({"uplink": {"interface": "eth0", "mtu": 9217}})",
+                 "$.dataplane.uplink.mtu: must be at most 9216 (jumbo frames up to 9216 bytes), got 9217");
+  expect_refused(R"({"uplink": {"interface": "eth0", "driver": "af_xdp", "mtu": 2035}})",
+                 "$.dataplane.uplink.mtu: must be at most 2034 with the uplink's driver af_xdp (DPDK's af_xdp carries a "
+                 "frame in one 2048-byte buffer), got 2035: jumbo frames need af_packet, pcap or pci");
+  expect_refused(R"({"uplink": {"interface": "eth0", "mtu": 9000}, "pod_driver": "af_xdp"})",
+                 "$.dataplane.uplink.mtu: must be at most 2034 with the pods' driver af_xdp");
+  expect_refused(
+      R"({"uplink": {"interface": "eth0", "mtu": 4000}, "pod_driver": "memif", "pod_memif": {"socket_dir": "/run/m"}})",
+      "$.dataplane.uplink.mtu: must be at most 2034 with the pods' driver memif");
   const auto xdp_largest =
       parse_desired_state(document_with(R"({"uplink": {"interface": "eth0", "driver": "af_xdp", "mtu": 2034}})"));
   ASSERT_TRUE(xdp_largest.state) << errors_of(xdp_largest);
