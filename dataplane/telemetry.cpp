@@ -435,6 +435,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"burst_size", settings_.burst_size.load()},
                           {"idle_sleep_max_us", settings_.idle_sleep_max_us.load()},
                           {"pod_gro", ports_->pod_gro.load() != 0},
+                          {"uplink_mtu", ports_->uplink_mtu},
+                          // What one packet buffer and one af_packet ring frame hold
+                          // (control/dataplane_config.h; 9,216 with jumbo frames).
+                          {"packet_buffer_bytes", packet_buffer_room(ports_->uplink_mtu)},
                           {"ports", ports},
                           {"workers", workers},
                           {"encryption", esp_->status()}};

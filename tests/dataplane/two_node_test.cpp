@@ -918,6 +918,13 @@ TEST_F(two_nodes_jumbo, JumboFramesCrossTheNodesWholeAndTcpIsByteIdentical) {
   // ring's 512 likewise 116. The uplink keeps its 4,096 (a node has one).
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
                {4096u, 4096u}, {456u, 116u});
+  {
+    control_client client;
+    ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+    const nlohmann::json dataplane = client.request({{"command", "status"}})["subsystems"]["dataplane"];
+    EXPECT_EQ(dataplane["uplink_mtu"], 9000) << dataplane.dump();
+    EXPECT_EQ(dataplane["packet_buffer_bytes"], 9216) << dataplane.dump();
+  }
   EXPECT_TRUE(icmp_echo(*nodes_[0].client, "198.18.2.20", 8000)) << "8,000-byte echo across nodes";
   std::string big(8000, '\0');
   for (size_t i = 0; i < big.size(); ++i) big[i] = static_cast<char>('a' + i % 23);
