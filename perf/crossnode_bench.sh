@@ -50,8 +50,8 @@ if [ "$mtu" -gt 2034 ] && [ "$driver/$pod_driver" != af_packet/af_packet ]; then
   echo "crossnode_bench: MTU above 2034 needs DRIVER=af_packet (af_xdp carries a frame in one 2 KiB buffer)" >&2; exit 2
 fi
 pod_mtu=$((mtu - 58))
-# EAL memory per agent: 128 MiB holds its packet buffers of 2 KiB; 9 KiB ones (MTU above
-# 1,968) about 175 MiB.
+# EAL memory per agent: 128 MiB holds its packet buffers of 2 KiB; the larger ones of an
+# MTU above 1,968 (9 KiB at 9,000) take up to about 175 MiB.
 eal_mb=128; [ "$mtu" -gt 1968 ] && eal_mb=256
 
 [ -f "$build/build.ninja" ] || meson setup "$build" >/dev/null
