@@ -674,15 +674,15 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
   }
   read_dataplane_driver(r, "pod_driver", spec.pod_driver);
   // Jumbo frames need ports whose buffers the agent sizes (control/dataplane_config.h).
-  for (const std::string* driver : {&spec.uplink.driver, &spec.pod_driver}) {
-    if (!mtu_given || spec.uplink.mtu <= kMaxSmallBufferMtu || (*driver != "af_xdp" && *driver != "memif")) continue;
-    const bool uplink = driver == &spec.uplink.driver;
-    errors.push_back({path + ".uplink.mtu",
-                      "must be at most " + std::to_string(kMaxSmallBufferMtu) + " with " +
-                          (uplink ? "the uplink's" : "the pods'") + " driver " + *driver + " (DPDK's " + *driver +
-                          " carries a frame in one 2048-byte buffer), got " + std::to_string(spec.uplink.mtu) +
-                          ": jumbo frames need af_packet, pcap or pci"});
-    break;
+  const auto small_buffers = [](const std::string& driver) { return driver == "af_xdp" || driver == "memif"; };
+  if (mtu_given && spec.uplink.mtu > kMaxSmallBufferMtu &&
+      (small_buffers(spec.uplink.driver) || small_buffers(spec.pod_driver))) {
+    const bool uplink = small_buffers(spec.uplink.driver);
+    const std::string& driver = uplink ? spec.uplink.driver : spec.pod_driver;
+    r.error(r.path_of("uplink") + ".mtu", "must be at most " + std::to_string(kMaxSmallBufferMtu) + " with " +
+                                              (uplink ? "the uplink's" : "the pods'") + " driver " + driver +
+                                              " (DPDK's " + driver + " carries a frame in one 2048-byte buffer), got " +
+                                              std::to_string(spec.uplink.mtu) + ": jumbo frames need af_packet, pcap or pci");
   }
   if (spec.pod_driver == "pci") r.error(r.path_of("pod_driver"), "pods are veth interfaces; \"pci\" is for the uplink only");
   read_memif(r, "pod_memif", spec.pod_driver, "$.dataplane.pod_driver", "socket_dir", 107 - 1 - 15 - 5, spec.pod_memif);

@@ -39,13 +39,15 @@ std::string errno_text(const char* what) { return std::string(what) + ": " + std
 
 }  // namespace
 
-std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size) {
-  // A block is the unit the kernel allocates: the smallest whole number of pages that
-  // holds whole frames (two 2 KiB frames in 4 KiB, as DPDK's PMD lays out its rings; four
-  // 9 KiB frames in 36 KiB), so that no page holds waste.
+packet_ring_port::ring_geometry packet_ring_port::geometry(uint32_t frames, uint32_t frame_size) {
   const uint32_t block_size = std::lcm(frame_size, 4096u);
   const uint32_t per_block = block_size / frame_size;
-  frames = (std::max(frames, per_block) + per_block - 1) / per_block * per_block;
+  return {block_size, per_block, (std::max(frames, per_block) + per_block - 1) / per_block * per_block};
+}
+
+std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size) {
+  const ring_geometry layout = geometry(frames, frame_size);
+  frames = layout.frames;
   // Protocol 0 until bound: a packet socket made with a protocol receives from every
   // interface until bind() narrows it. A TX socket stays at 0 and so receives nothing.
   r.fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
@@ -66,13 +68,13 @@ std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint
     if (::setsockopt(r.fd, SOL_PACKET, PACKET_LOSS, &on, sizeof on) != 0) return errno_text("PACKET_LOSS");
   }
   tpacket_req request{};
-  request.tp_block_size = block_size;
-  request.tp_block_nr = frames / per_block;
+  request.tp_block_size = layout.block_size;
+  request.tp_block_nr = frames / layout.frames_per_block;
   request.tp_frame_size = frame_size;
   request.tp_frame_nr = frames;
   if (::setsockopt(r.fd, SOL_PACKET, receive ? PACKET_RX_RING : PACKET_TX_RING, &request, sizeof request) != 0)
     return errno_text(receive ? "PACKET_RX_RING" : "PACKET_TX_RING");
-  r.map_size = size_t{block_size} * request.tp_block_nr;
+  r.map_size = size_t{layout.block_size} * request.tp_block_nr;
   void* map = ::mmap(nullptr, r.map_size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, r.fd, 0);
   if (map == MAP_FAILED) {
     r.map_size = 0;

@@ -49,6 +49,16 @@ class packet_ring_port {
   // 66 (tpacket_rcv puts the frame behind its headers) and cuts a longer one short.
   static constexpr uint32_t kDefaultFrameSize = 2048;
 
+  // An af_packet ring of frames of `frame_size` bytes (a multiple of 1 KiB), as the
+  // kernel takes it (and DPDK's af_packet PMD, whose arguments worker_pool.cpp derives
+  // from it): blocks of the smallest whole number of pages that holds whole frames (two
+  // 2 KiB frames in 4 KiB; four 9 KiB frames in 36 KiB), so that no page holds waste, and
+  // at least `frames` frames, rounded up to whole blocks.
+  struct ring_geometry {
+    uint32_t block_size, frames_per_block, frames;
+  };
+  static ring_geometry geometry(uint32_t frames, uint32_t frame_size);
+
   // Opens `interface` (in the calling thread's network namespace) with an RX ring of
   // `rx_frames` and `tx_queues` TX rings of `tx_frames` frames each, frames of
   // `frame_size` bytes (a multiple of 1 KiB, at least kDefaultFrameSize; counts rounded

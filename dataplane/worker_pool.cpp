@@ -29,7 +29,6 @@
 #include <set>
 #include <cstdio>
 #include <cstring>
-#include <numeric>
 #include <sstream>
 #include <thread>
 
@@ -238,15 +237,13 @@ uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
   return std::max<uint32_t>(floor, (ring_size + 1) & ~1u);
 }
 
-// DPDK's af_packet PMD's ring arguments for frames of `room` bytes (packet_buffer_room):
-// a block is the smallest whole number of pages that holds whole frames (4,096 bytes, two
-// 2,048-byte frames, by default; 36,864, four 9,216-byte frames, for MTU 9,000), and the
-// frame count a multiple of the frames a block holds, as the PMD requires.
+// DPDK's af_packet PMD's ring arguments for frames of `room` bytes (packet_buffer_room),
+// laid out as meshlane's own ports lay out theirs (packet_ring_port::geometry: whole
+// frames in whole pages, a frame count of whole blocks, as the PMD requires too).
 std::string af_packet_ring_arguments(uint32_t frames, uint32_t room) {
-  const uint32_t block = std::lcm(room, 4096u);
-  const uint32_t per_block = block / room;
-  frames = (frames + per_block - 1) / per_block * per_block;
-  return ",blocksz=" + std::to_string(block) + ",framesz=" + std::to_string(room) + ",framecnt=" + std::to_string(frames);
+  const packet_ring_port::ring_geometry layout = packet_ring_port::geometry(frames, room);
+  return ",blocksz=" + std::to_string(layout.block_size) + ",framesz=" + std::to_string(room) +
+         ",framecnt=" + std::to_string(layout.frames);
 }
 
 // A pod port's ring frames at `room` bytes a frame: the frames asked at 2,048 bytes, in
@@ -254,7 +251,7 @@ std::string af_packet_ring_arguments(uint32_t frames, uint32_t room) {
 // memory is per port: with jumbo frames a pod's rings keep their 6 MiB instead of
 // growing 4.5 times, holding as many bytes in fewer, larger frames.
 uint32_t pod_ring_frames(uint32_t frames, uint32_t room) {
-  return std::max<uint32_t>(64, static_cast<uint32_t>(uint64_t{frames} * 2048 / room));
+  return std::max<uint32_t>(64, static_cast<uint32_t>(uint64_t{frames} * packet_ring_port::kDefaultFrameSize / room));
 }
 
 // The socket file of a memif port: the uplink's own, a pod's <socket_dir>/<interface>.sock.
