@@ -42,6 +42,17 @@ inline constexpr uint32_t packet_buffer_room(uint16_t mtu) {
   return needed <= 2048 ? 2048 : (needed + 1023) / 1024 * 1024;
 }
 
+// A pod on an af_packet port (meshlane's own, dataplane/packet_ring_port.h) keeps its
+// veth's TX offloads on: its kernel hands the veth GSO packets of up to kPodGsoMaxSize
+// bytes (the veth's gso_max_size, which meshlane-cni sets) and leaves checksums to the
+// device, and the port's worker segments and finishes them (dataplane/gso_split.h). The
+// port's RX ring frames hold kPodRxFrameBytes: such a packet behind af_packet's headers
+// and the virtio header (76 bytes), with room to spare (TCP keeps its GSO packets
+// MAX_TCP_HEADER, about 320 bytes, below gso_max_size).
+inline constexpr uint32_t kPodRxFrameBytes = 16384;
+inline constexpr uint32_t kPodGsoMaxSize = 16000;
+static_assert(kPodGsoMaxSize + 76 <= kPodRxFrameBytes);
+
 // A memif port (DPDK's net_memif: shared-memory packet rings with another DPDK process,
 // met over a Unix socket file). The benchmark over memif (perf/nic_bench.sh) plugs a
 // traffic generator into the agent's uplink and pod ports this way, as a cable would.

@@ -7,6 +7,7 @@
 // the whole document per pod, as before, cost a full apply: seconds at 100,000 services,
 // on a node whose pods start and stop many times a minute.
 #include "control/control_requests.h"
+#include "control/dataplane_config.h"
 
 namespace meshlane {
 
@@ -41,6 +42,12 @@ json control_module::pod_json(const live_pod& pod, const std::optional<table_pub
     // cannot depend on which node it talks to.
     const uint32_t esp = context->encryption != encryption_mode::off ? 45 : 0;
     out["mtu"] = context->uplink_mtu - 58 - esp;
+    // What the pod's veth offloads (meshlane-cni sets it): on an af_packet port, TX
+    // checksums and segmentation, GSO packets up to gso_max_size bytes, which the port's
+    // RX ring frames hold; on af_xdp and memif ports nothing (they forward frames as the
+    // veth gives them, so the pod finishes its own checksums).
+    out["offloads"] = context->pod_offloads ? json{{"tx", true}, {"gso_max_size", kPodGsoMaxSize}}
+                                            : json{{"tx", false}};
   }
   return out;
 }

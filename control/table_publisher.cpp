@@ -226,7 +226,10 @@ std::optional<table_publisher::pod_context> table_publisher::current_pod_context
     if (pod.ip6) out.taken.insert(*pod.ip6);
   }
   out.encryption = s.encryption.mode;
-  if (s.dataplane) out.uplink_mtu = s.dataplane->uplink.mtu;
+  if (s.dataplane) {
+    out.uplink_mtu = s.dataplane->uplink.mtu;
+    out.pod_offloads = s.dataplane->pod_driver == "af_packet";
+  }
   return out;
 }
 

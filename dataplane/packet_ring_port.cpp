@@ -19,6 +19,7 @@
 #include <cstring>
 #include <numeric>
 
+#include "dataplane/gso_split.h"
 #include "dataplane/tcp_coalesce.h"
 
 namespace meshlane {
@@ -45,7 +46,8 @@ packet_ring_port::ring_geometry packet_ring_port::geometry(uint32_t frames, uint
   return {block_size, per_block, (std::max(frames, per_block) + per_block - 1) / per_block * per_block};
 }
 
-std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size) {
+std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size,
+                                        bool* vnet) {
   const ring_geometry layout = geometry(frames, frame_size);
   frames = layout.frames;
   // Protocol 0 until bound: a packet socket made with a protocol receives from every
@@ -60,6 +62,10 @@ std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint
     // What the TX sockets send on this interface is not received again (Linux 4.20).
     if (::setsockopt(r.fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &on, sizeof on) != 0)
       return errno_text("PACKET_IGNORE_OUTGOING");
+    // Each frame with its struct virtio_net_hdr in front (before the ring exists: the
+    // kernel refuses it after): a pod's GSO packets and CHECKSUM_PARTIAL frames say what
+    // is left to do (gso_split.h). Optional: without it the port reads frames as before.
+    if (vnet) *vnet = ::setsockopt(r.fd, SOL_PACKET, PACKET_VNET_HDR, &on, sizeof on) == 0;
   } else {
     // Straight to the driver (a veth's xmit), as the PMD does; and a frame the kernel
     // refuses (larger than the interface's MTU) is skipped instead of stopping the ring.
@@ -118,7 +124,8 @@ void packet_ring_port::close_ring(ring& r) {
 
 std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& interface, uint32_t rx_frames,
                                                          uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
-                                                         std::string& error, uint32_t frame_size) {
+                                                         std::string& error, uint32_t frame_size,
+                                                         uint32_t rx_frame_size) {
   std::unique_ptr<packet_ring_port> port(new packet_ring_port());
   port->interface_ = interface;
   port->mbufs_ = mbufs;
@@ -131,12 +138,16 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
     error = "no interface " + interface + " in this network namespace";
     return nullptr;
   }
-  if (frame_size < kDefaultFrameSize || frame_size % 1024 != 0) {
-    error = interface + ": a ring frame of " + std::to_string(frame_size) + " bytes (must be a multiple of 1024, at least " +
-            std::to_string(kDefaultFrameSize) + ")";
-    return nullptr;
+  if (rx_frame_size == 0) rx_frame_size = frame_size;
+  for (const uint32_t size : {frame_size, rx_frame_size}) {
+    if (size < kDefaultFrameSize || size % 1024 != 0) {
+      error = interface + ": a ring frame of " + std::to_string(size) + " bytes (must be a multiple of 1024, at least " +
+              std::to_string(kDefaultFrameSize) + ")";
+      return nullptr;
+    }
   }
-  if (std::string why = open_ring(port->rx_, port->ifindex_, true, rx_frames, frame_size); !why.empty()) {
+  if (std::string why = open_ring(port->rx_, port->ifindex_, true, rx_frames, rx_frame_size, &port->rx_vnet_);
+      !why.empty()) {
     error = interface + ": RX ring of " + std::to_string(rx_frames) + " frames: " + why;
     return nullptr;
   }
@@ -175,50 +186,104 @@ packet_ring_port::~packet_ring_port() {
 
 uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t port) {
   ring& r = rx_;
-  // How many frames wait, up to `count` and the ring's size (a full ring must not be
-  // counted twice round): an idle poll reads one status word and takes no mbuf.
-  uint16_t ready = 0;
-  const uint32_t most = std::min<uint32_t>(count, r.frames);
-  for (uint32_t i = r.next; ready < most; i = i + 1 == r.frames ? 0 : i + 1) {
-    if (!(status_of(frame_at(r, i)) & TP_STATUS_USER)) break;
-    ++ready;
-  }
-  if (!ready) return 0;
-  if (rte_pktmbuf_alloc_bulk(mbufs_, out, ready) != 0) [[unlikely]] {
-    // The pool has fewer free buffers than frames wait (the bulk call takes all or none):
-    // as many as it has, one by one. The rest is counted as DPDK's PMDs count rx_nombuf,
-    // per buffer not had, and waits in the ring for the next poll (should the ring fill,
-    // the kernel drops and counts).
-    uint16_t had = 0;
-    while (had < ready && (out[had] = rte_pktmbuf_alloc(mbufs_)) != nullptr) ++had;
-    rx_nombuf_.fetch_add(ready - had, std::memory_order_relaxed);
-    ready = had;
-    if (!ready) return 0;
-  }
-  uint16_t taken = 0;
-  for (uint16_t k = 0; k < ready; ++k) {
-    tpacket2_hdr* h = frame_at(r, r.next);
-    r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
-    rte_mbuf* m = out[taken];
+  // First pass: the frames that wait, up to the buffers `count` allows and the ring's
+  // size (a full ring must not be counted twice round), what each becomes
+  // (gso_split.h) and which of its segments go out now. A frame larger than what is left
+  // of the burst gives what fits and the rest next time (rx_partial_ segments of the
+  // frame at r.next are out already). An idle poll reads one status word and takes no
+  // mbuf.
+  struct waiting {
+    tpacket2_hdr* h;
+    gso_split::plan plan;
+    uint16_t first, last;  // its segments [first, last) go out in this burst
+    bool refused;
+  };
+  waiting frames[kMaxRxBurst];
+  count = std::min<uint16_t>(count, kMaxRxBurst);
+  const uint32_t buffer_room = rte_pktmbuf_data_room_size(mbufs_) - RTE_PKTMBUF_HEADROOM;
+  uint16_t needed = 0, listed = 0;
+  for (uint32_t i = r.next; needed < count && listed < count && listed < r.frames;
+       i = i + 1 == r.frames ? 0 : i + 1) {
+    tpacket2_hdr* h = frame_at(r, i);
+    if (!(status_of(h) & TP_STATUS_USER)) break;
+    waiting& w = frames[listed++];
+    w.h = h;
+    const uint8_t* data = reinterpret_cast<const uint8_t*>(h) + h->tp_mac;
     const uint32_t length = h->tp_snaplen;
-    // Cut short by the frame (a pod sending above its MTU, or a GSO frame from a pod
-    // whose veth offloads segmentation), larger than the mbuf, or carrying a VLAN tag the
-    // kernel took off: nothing the pipeline forwards.
-    if (h->tp_snaplen != h->tp_len || length > rte_pktmbuf_tailroom(m) || (h->tp_status & TP_STATUS_VLAN_VALID))
-        [[unlikely]] {
-      rx_errors_.fetch_add(1, std::memory_order_relaxed);
-      set_status(h, TP_STATUS_KERNEL);
+    // Cut short by the frame (a pod sending above its MTU, or a GSO packet larger than
+    // its veth's gso_max_size allows), carrying a VLAN tag the kernel took off, a virtio
+    // header gso_split refuses, or a segment larger than a buffer: nothing the pipeline
+    // forwards.
+    bool taken = h->tp_snaplen == h->tp_len && !(h->tp_status & TP_STATUS_VLAN_VALID);
+    if (taken && rx_vnet_) {
+      gso_split::vnet_header vnet;
+      std::memcpy(&vnet, data - sizeof vnet, sizeof vnet);
+      taken = gso_split::make_plan(vnet, data, length, w.plan);
+    } else {
+      w.plan = gso_split::plan{};
+    }
+    taken = taken && (w.plan.segments == 1 ? length : w.plan.segment_length(0)) <= buffer_room;
+    w.refused = !taken;
+    if (!taken) [[unlikely]] {
+      w.first = w.last = 0;
       continue;
     }
-    rte_memcpy(rte_pktmbuf_mtod(m, void*), reinterpret_cast<const uint8_t*>(h) + h->tp_mac, length);
-    set_status(h, TP_STATUS_KERNEL);
-    m->data_len = static_cast<uint16_t>(length);
-    m->pkt_len = length;
-    m->port = port;
-    ++taken;
+    w.first = i == r.next ? rx_partial_ : 0;
+    w.last = static_cast<uint16_t>(w.first + std::min<uint32_t>(w.plan.segments - w.first, count - needed));
+    needed = static_cast<uint16_t>(needed + (w.last - w.first));
+    if (w.last < w.plan.segments) break;  // the rest of it next time
   }
-  if (taken < ready) rte_pktmbuf_free_bulk(out + taken, ready - taken);
-  return taken;
+  if (!listed) return 0;
+  uint16_t had = needed;
+  if (needed && rte_pktmbuf_alloc_bulk(mbufs_, out, needed) != 0) [[unlikely]] {
+    // The pool has fewer free buffers than the frames need (the bulk call takes all or
+    // none): as many as it has, one by one. The rest is counted as DPDK's PMDs count
+    // rx_nombuf, per buffer not had, and waits in the ring for the next poll (should the
+    // ring fill, the kernel drops and counts).
+    had = 0;
+    while (had < needed && (out[had] = rte_pktmbuf_alloc(mbufs_)) != nullptr) ++had;
+    rx_nombuf_.fetch_add(needed - had, std::memory_order_relaxed);
+  }
+  // Second pass, in ring order: each frame's segments into buffers, its ring frame back
+  // to the kernel once all of them are out; stops where the buffers end.
+  uint16_t made = 0;
+  for (uint16_t k = 0; k < listed; ++k) {
+    waiting& w = frames[k];
+    if (w.refused) [[unlikely]] {
+      rx_errors_.fetch_add(1, std::memory_order_relaxed);
+    } else {
+      const uint8_t* data = reinterpret_cast<const uint8_t*>(w.h) + w.h->tp_mac;
+      const uint32_t length = w.h->tp_snaplen;
+      uint16_t s = w.first;
+      for (; s < w.last && made < had; ++s) {
+        rte_mbuf* m = out[made++];
+        uint8_t* into = rte_pktmbuf_mtod(m, uint8_t*);
+        uint32_t written;
+        if (w.plan.segments == 1) {
+          rte_memcpy(into, data, length);
+          if (w.plan.finish_checksum) gso_split::finish_checksum(w.plan, into, length);
+          written = length;
+        } else {
+          written = gso_split::write_segment(w.plan, data, s, into);
+        }
+        m->data_len = static_cast<uint16_t>(written);
+        m->pkt_len = written;
+        m->port = port;
+      }
+      if (w.plan.segments > 1 && s > w.first) {
+        rx_segments_.fetch_add(s - w.first, std::memory_order_relaxed);
+        if (w.first == 0) rx_split_.fetch_add(1, std::memory_order_relaxed);
+      }
+      if (s < w.plan.segments) {
+        rx_partial_ = s;  // buffers ran out, or the burst is full: the frame stays
+        return made;
+      }
+    }
+    rx_partial_ = 0;
+    set_status(w.h, TP_STATUS_KERNEL);
+    r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
+  }
+  return made;
 }
 
 void packet_ring_port::kick(ring& r) {

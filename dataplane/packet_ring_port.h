@@ -46,7 +46,8 @@ class packet_ring_port {
   // A ring frame's bytes unless open() is given more (control/dataplane_config.h,
   // packet_buffer_room: larger for jumbo frames). A TX frame holds a packet of its size
   // less 32 bytes (what the kernel's tpacket_snd takes), an RX frame one of its size less
-  // 66 (tpacket_rcv puts the frame behind its headers) and cuts a longer one short.
+  // 76 (tpacket_rcv puts the frame behind its headers and the virtio header; 66 without
+  // it) and cuts a longer one short.
   static constexpr uint32_t kDefaultFrameSize = 2048;
 
   // An af_packet ring of frames of `frame_size` bytes (a multiple of 1 KiB), as the
@@ -66,15 +67,21 @@ class packet_ring_port {
   // hold a frame of that size. Null and `error` when the kernel refused something, or the
   // frame size is not one of those, with what and why.
   // A kernel that refuses PACKET_VNET_HDR leaves the port without merging (coalesces_tcp).
+  // `rx_frame_size` (0: `frame_size`) sizes the RX ring's frames apart: large enough
+  // for the GSO packets of a pod whose veth offloads segmentation (gso_split.h).
   static std::unique_ptr<packet_ring_port> open(const std::string& interface, uint32_t rx_frames,
                                                 uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
-                                                std::string& error, uint32_t frame_size = kDefaultFrameSize);
+                                                std::string& error, uint32_t frame_size = kDefaultFrameSize,
+                                                uint32_t rx_frame_size = 0);
   ~packet_ring_port();
   packet_ring_port(const packet_ring_port&) = delete;
   packet_ring_port& operator=(const packet_ring_port&) = delete;
 
-  // Up to `count` received frames as mbufs with `port` as their port; the caller owns
-  // them. One worker at a time.
+  // Up to `count` (at most kMaxRxBurst) received frames as mbufs with `port` as their
+  // port; the caller owns them. A GSO packet from the pod comes out as its segments,
+  // a frame whose checksum the pod left to the device with it finished (gso_split.h).
+  // One worker at a time.
+  static constexpr uint16_t kMaxRxBurst = 64;
   uint16_t rx_burst(rte_mbuf** out, uint16_t count, uint16_t port);
   // Copies up to `count` frames into TX ring `queue` and has the kernel send them (one
   // sendto); with `merge_tcp` (the dataplane.pod_gro tunable), runs of TCP segments go
@@ -102,6 +109,19 @@ class packet_ring_port {
     uint64_t segments = 0;
   };
   coalesced read_coalesced() const;
+  // GSO packets received from the pod and split (gso_split.h), and the segments made.
+  struct split {
+    uint64_t packets = 0;
+    uint64_t segments = 0;
+  };
+  split read_split() const {
+    return {rx_split_.load(std::memory_order_relaxed), rx_segments_.load(std::memory_order_relaxed)};
+  }
+  // Whether received frames carry their virtio header (PACKET_VNET_HDR on the RX
+  // socket): without it (a kernel that refuses it) a pod's GSO packets and unfinished
+  // checksums cannot be read, and its veth must keep TX offloads off.
+  bool receives_offloads() const { return rx_vnet_; }
+  uint32_t rx_frame_size() const { return rx_.frame_size; }
   bool coalesces_tcp() const { return !tx_.empty() && tx_[0].gso_fd >= 0; }
 
   const std::string& interface() const { return interface_; }
@@ -125,7 +145,8 @@ class packet_ring_port {
     uint64_t merged_packets = 0, merged_segments = 0;
   };
   packet_ring_port() = default;
-  static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size);
+  static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size,
+                               bool* vnet = nullptr);
   [[gnu::always_inline]] static tpacket2_hdr* frame_at(const ring& r, uint32_t index) {
     return reinterpret_cast<tpacket2_hdr*>(r.map + size_t{index} * r.frame_size);
   }
@@ -140,7 +161,9 @@ class packet_ring_port {
   ring rx_;
   std::vector<ring> tx_;
   // Written by the workers, read by the agent's thread.
-  std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
+  std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0}, rx_split_{0}, rx_segments_{0};
+  bool rx_vnet_ = false;     // received frames have a virtio header in front
+  uint16_t rx_partial_ = 0;  // segments of the frame at rx_.next given out already
   uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts
 };
 

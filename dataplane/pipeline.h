@@ -659,11 +659,14 @@ struct worker_state {
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 
-  // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen does) until
-  // the pod answers the gateway's ARP request or says anything, then sent; dropped as
-  // neighbour_unresolved after a second or when the hold is full.
+  // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen_bytes does)
+  // until the pod answers the gateway's ARP request or says anything, then sent; dropped
+  // as neighbour_unresolved after a second or when the hold is full. 16: a pod's first
+  // send may be one GSO packet that its port splits into many frames (gso_split.h; a
+  // UDP_SEGMENT send of 4,500 bytes in 1,000-byte datagrams lost its fifth with 4); Linux
+  // holds up to 212,992 bytes. At most kMaxBurst, which release_held's transmit takes.
   struct neighbour_hold {
-    static constexpr uint32_t kFrames = 4;
+    static constexpr uint32_t kFrames = 16;
     std::array<rte_mbuf*, kFrames> frames{};
     uint32_t count = 0;
     uint32_t incarnation = 0;  // of the port when the first frame was held

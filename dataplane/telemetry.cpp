@@ -158,6 +158,12 @@ void worker_pool::register_with(subsystem_registry& registry) {
                                  "(dataplane/tcp_coalesce.h); tx_packets counts their segments.");
     auto merged_segments = family("meshlane_dataplane_port_tx_merged_segments_total",
                                 "TCP segments a pod port sent inside merged GSO packets.");
+    auto split_packets = family("meshlane_dataplane_port_rx_split_packets_total",
+                                "GSO packets a pod port received from its pod (TX segmentation offload on the "
+                                "pod's veth) and split into segments (dataplane/gso_split.h); rx_packets counts "
+                                "the segments.");
+    auto split_segments = family("meshlane_dataplane_port_rx_split_segments_total",
+                                 "Segments a pod port made of the GSO packets it received.");
     auto xstats = family("meshlane_dataplane_port_xstats_total",
                          "The port driver's extended statistics (rte_eth_xstats), by the driver's own names.");
     auto not_registered = family("meshlane_dataplane_egress_not_registered_total",
@@ -203,6 +209,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
         const packet_ring_port::coalesced merged = ring->read_coalesced();
         merged_packets.samples.push_back({labels, double(merged.packets)});
         merged_segments.samples.push_back({labels, double(merged.segments)});
+      }
+      if (ring && ring->receives_offloads()) {
+        const packet_ring_port::split split = ring->read_split();
+        split_packets.samples.push_back({labels, double(split.packets)});
+        split_segments.samples.push_back({labels, double(split.segments)});
       }
       rx_missed.samples.push_back({labels, double(loss.rx_missed)});
       rx_errors.samples.push_back({labels, double(loss.rx_errors)});
@@ -359,7 +370,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
           {{{"worker", std::to_string(w->index)}, {"direction", "received"}}, double(w->handoffs_received.get())});
       wakeups.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->handoff_wakeups.get())});
     }
-    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_segments, &rx_missed,
+    for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_segments, &split_packets, &split_segments, &rx_missed,
                     &rx_errors, &tx_errors, &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
@@ -394,6 +405,14 @@ void worker_pool::register_with(subsystem_registry& registry) {
         merged_packets = merged.packets;
         merged_segments = merged.segments;
       }
+      // A pod port that reads its pod's GSO packets (gso_split.h): how many, and the
+      // segments made of them; null where the port does not.
+      nlohmann::json split_packets = nullptr, split_segments = nullptr;
+      if (ring && ring->receives_offloads()) {
+        const packet_ring_port::split split = ring->read_split();
+        split_packets = split.packets;
+        split_segments = split.segments;
+      }
       ports.push_back({{"port_id", p},
                        {"interface", info.interface},
                        {"role", role_text(info.role)},
@@ -406,6 +425,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                        {"tx_packets", tx},
                        {"tx_merged_packets", merged_packets},
                        {"tx_merged_segments", merged_segments},
+                       {"rx_split_packets", split_packets},
+                       {"rx_split_segments", split_segments},
                        {"rx_missed", loss.rx_missed},
                        {"rx_errors", loss.rx_errors},
                        {"tx_errors", loss.tx_errors},

@@ -230,6 +230,10 @@ std::string bring_interface_up(const std::string& interface) {
 // its fill queue's 2,048 buffers, the same floor at no cost in buffers.
 constexpr uint16_t kUplinkRingFloor = 4096;
 constexpr uint32_t kPodRxRingFloor = 2048;
+// A pod port's RX frames hold a GSO packet of the pod's (gso_split.h: a pod whose veth
+// offloads segmentation hands it one packet of up to kPodGsoMaxSize instead of ten
+// segments), in the same bytes as kPodRxRingFloor 2 KiB frames: 256 frames of 16 KiB.
+constexpr uint32_t kPodRxFrameSize = kPodRxFrameBytes;
 constexpr uint32_t kRingPortBuffers = 8192;  // see worker_pool::create
 constexpr uint16_t kAfXdpFillBuffers = 2048;  // DPDK 22.11's ETH_AF_XDP_DFLT_NUM_DESCS
 uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
@@ -296,9 +300,10 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     // meshlane's own port (packet_ring_port.h): no ethdev id, so not bounded by
     // RTE_MAX_ETHPORTS; the pool gives it an id and its mbufs.
     const uint32_t frames = af_packet_ring_frames(ring_size, role);
+    const uint32_t rx_room = std::max(room, kPodRxFrameSize);
     std::string error;
-    port.ring = packet_ring_port::open(interface, pod_ring_frames(std::max(frames, kPodRxRingFloor), room),
-                                       pod_ring_frames(frames, room), queues, nullptr, error, room);
+    port.ring = packet_ring_port::open(interface, pod_ring_frames(std::max(frames, kPodRxRingFloor), rx_room),
+                                       pod_ring_frames(frames, room), queues, nullptr, error, room, rx_room);
     if (!port.ring) return "cannot open " + interface + " with af_packet: " + error;
   } else {
     const std::string vdev = driver == "af_packet" ? "net_af_packet" : driver == "af_xdp" ? "net_af_xdp" : "net_pcap";
@@ -999,6 +1004,8 @@ std::string worker_pool::stats_line() const {
     if (const packet_ring_port* ring = ports_->rings[p].load(std::memory_order_acquire)) {
       const packet_ring_port::coalesced merged = ring->read_coalesced();
       if (merged.packets) out << " (" << merged.segments << " merged into " << merged.packets << ")";
+      const packet_ring_port::split split = ring->read_split();
+      if (split.packets) out << " (" << split.segments << " split from " << split.packets << ")";
     }
   }
   const std::shared_ptr<const published_names> names = this->names();

@@ -168,6 +168,19 @@ cni_outcome<pod_network> pod_network_from_reply(const json& pod) {
       mtu->get<int64_t>() > 65535)
     return bad("no \"mtu\" from 68 to 65535");
   network.mtu = mtu->get<unsigned>();
+  // Absent from an agent older than offloads: the pod finishes its own checksums.
+  if (const auto offloads = pod.find("offloads"); offloads != pod.end()) {
+    if (!offloads->is_object() || !offloads->contains("tx") || !(*offloads)["tx"].is_boolean())
+      return bad("an \"offloads\" object without a boolean \"tx\"");
+    network.tx_offload = (*offloads)["tx"].get<bool>();
+    if (network.tx_offload) {
+      const auto size = offloads->find("gso_max_size");
+      if (size == offloads->end() || !size->is_number_integer() || size->get<int64_t>() < 1500 ||
+          size->get<int64_t>() > 65536)
+        return bad("TX offloads without a \"gso_max_size\" from 1500 to 65536");
+      network.gso_max_size = size->get<unsigned>();
+    }
+  }
   return network;
 }
 

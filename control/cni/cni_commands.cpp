@@ -172,9 +172,14 @@ cni_outcome<json> check_pod(const cni_invocation& invocation) {
       return check_failed(
           invocation.ifname + " lacks the address(es) " + joined(missing),
           "it has: " + joined(std::set<std::string>(link.addresses.begin(), link.addresses.end())));
-    if (link.tx_checksum_offload)
-      return check_failed(invocation.ifname + " has TX checksum offload on",
-                          "the data plane's af_packet ports need finished checksums");
+    if (link.tx_checksum_offload != pod.tx_offload)
+      return check_failed(invocation.ifname + " has TX checksum offload " + (link.tx_checksum_offload ? "on" : "off"),
+                          pod.tx_offload ? "the agent's port takes the pod's offloads: they should be on"
+                                         : "the data plane's port forwards frames as they are: the pod must finish its checksums");
+    if (pod.tx_offload && link.gso_max_size > pod.gso_max_size)
+      return check_failed(invocation.ifname + " has gso_max_size " + std::to_string(link.gso_max_size) +
+                              ", above the agent's " + std::to_string(pod.gso_max_size),
+                          "the data plane port's ring frames hold GSO packets up to that size");
     auto reserved = reserved_local_ports();
     if (!reserved.ok()) return reserved.error;
     if (with_reserved_range(*reserved.value, kClientPortFirst, kClientPortCount) != *reserved.value)

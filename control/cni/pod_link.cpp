@@ -181,6 +181,23 @@ cni_outcome<bool> ethtool_tx_checksum(const std::string& name, std::optional<boo
   return set_to ? *set_to : value.data != 0;
 }
 
+// IFLA_GSO_MAX_SIZE of an existing link (RTM_SETLINK; libnl-route 3.7 reads it but has
+// no setter): the largest GSO packet the pod's stack hands the veth.
+std::optional<cni_error> set_gso_max_size(nl_sock* sock, int ifindex, const std::string& name, uint32_t size) {
+  nl_msg* message = nlmsg_alloc_simple(RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK);
+  if (!message) return make_error(cni_code::kLinkSetupFailed, "out of memory for a netlink message");
+  ifinfomsg link{};
+  link.ifi_family = AF_UNSPEC;
+  link.ifi_index = ifindex;
+  int error = nlmsg_append(message, &link, sizeof link, NLMSG_ALIGNTO);
+  if (error >= 0) error = nla_put_u32(message, IFLA_GSO_MAX_SIZE, size);
+  if (error >= 0) error = nl_send_auto(sock, message);
+  nlmsg_free(message);
+  if (error >= 0) error = nl_wait_for_ack(sock);
+  if (error < 0) return netlink_error("cannot set gso_max_size " + std::to_string(size) + " on " + name, error);
+  return std::nullopt;
+}
+
 std::string prefix_text(nl_addr* address) {
   char text[INET6_ADDRSTRLEN];
   if (!inet_ntop(nl_addr_get_family(address), nl_addr_get_binary_addr(address), text, sizeof text))
@@ -288,10 +305,17 @@ cni_outcome<result_interface> configure_container_end(const std::string& name,
     if (auto error = add_route(s, ifindex, AF_INET6, network.gateway6 + "/128", "")) return *error;
     if (auto error = add_route(s, ifindex, AF_INET6, "::/0", network.gateway6)) return *error;
   }
-  // A veth hands frames over with CHECKSUM_PARTIAL when TX offload is on; the workers
-  // read the host end through af_packet and forward the frames as they are, so the pod
-  // must finish its checksums itself.
-  if (auto off = ethtool_tx_checksum(name, false); !off.ok()) return off.error;
+  // A veth hands frames over with CHECKSUM_PARTIAL, and TCP in GSO packets, when TX
+  // offload is on. An af_packet port reads them with their virtio header and finishes
+  // and splits them (dataplane/gso_split.h), in frames of the agent's gso_max_size at
+  // most; other ports forward frames as the veth gives them, so the pod must finish its
+  // checksums and segment itself there.
+  if (network.tx_offload) {
+    if (auto on = ethtool_tx_checksum(name, true); !on.ok()) return on.error;
+    if (auto error = set_gso_max_size(s, ifindex, name, network.gso_max_size)) return *error;
+  } else if (auto off = ethtool_tx_checksum(name, false); !off.ok()) {
+    return off.error;
+  }
   return result_interface{name, mac_of(link.value->get()), sandbox};
 }
 
@@ -321,6 +345,7 @@ cni_outcome<std::optional<link_state>> inspect_link(const std::string& name) {
   auto checksum = ethtool_tx_checksum(name, std::nullopt);
   if (!checksum.ok()) return checksum.error;
   state.tx_checksum_offload = *checksum.value;
+  rtnl_link_get_gso_max_size(link.value->get(), &state.gso_max_size);
   return std::optional<link_state>(std::move(state));
 }
 

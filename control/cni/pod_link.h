@@ -35,7 +35,8 @@ cni_outcome<bool> delete_link(const std::string& name, bool only_veth = false);
 
 // Step 3 of ADD: MTU, the interface and lo up, the /32 (and /128, without DAD: the address
 // is ours alone) addresses, a scope-link route to each gateway and a default route via it,
-// TX checksum offload off. Returns the interface's name, MAC and `sandbox`.
+// TX checksum offload as the agent says (network.tx_offload: on, with segmentation and
+// gso_max_size; else off). Returns the interface's name, MAC and `sandbox`.
 cni_outcome<result_interface> configure_container_end(const std::string& name,
                                                       const pod_network& network,
                                                       const std::string& sandbox);
@@ -47,6 +48,7 @@ struct link_state {
   std::string kind;                    // "veth", ...
   std::vector<std::string> addresses;  // "198.18.1.7/32", "fd00:6d6c:1::7/128" (canonical text)
   bool tx_checksum_offload = true;
+  uint32_t gso_max_size = 0;
 };
 // nullopt (without error) when there is no link of that name.
 cni_outcome<std::optional<link_state>> inspect_link(const std::string& name);

@@ -14,6 +14,11 @@ struct pod_network {
   std::string ip6;       // IPv6 address as /128; "" when the node has no IPv6 pod range
   std::string gateway6;  // "" exactly when ip6 is
   unsigned mtu = 0;      // the agent's, or the config's "mtu" when it overrides
+  // The agent's "offloads": whether the pod's eth0 keeps TX checksum and segmentation
+  // offload on (its data plane port finishes checksums and splits GSO packets), and the
+  // largest GSO packet it takes (the veth's gso_max_size; 0 when tx_offload is off).
+  bool tx_offload = false;
+  unsigned gso_max_size = 0;
   bool has_ipv6() const { return !ip6.empty(); }
 };
 

@@ -168,14 +168,14 @@ TEST_F(golden, TheFirstFrameToAPodThatHasNotSpokenWaitsForItsMacAndIsDelivered) 
   EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 0u);
 }
 
-TEST_F(golden, FramesForAPodThatNeverAnswersAreHeldFourAtATimeThenDropped) {
-  for (int i = 0; i < 6; ++i)
+TEST_F(golden, FramesForAPodThatNeverAnswersAreHeldSixteenAtATimeThenDropped) {
+  for (int i = 0; i < 18; ++i)
     send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.1.20"), udp_to(9)));
   drain(web);  // the ARP request
-  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 2u) << "the hold keeps four frames";
+  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 2u) << "the hold keeps sixteen frames";
   std::this_thread::sleep_for(std::chrono::milliseconds(1100));
   pool_->poll_once(0);
-  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 6u) << "held frames outlived their second";
+  EXPECT_EQ(drops(drop_reason::neighbour_unresolved), 18u) << "held frames outlived their second";
   EXPECT_EQ(pending_total(), 0u);
 }
 

@@ -12,6 +12,7 @@
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -24,7 +25,9 @@
 #include "control/subsystem_registry.h"
 #include "dataplane/dataplane.h"
 #include "dataplane/kernel_interface_drops.h"
+#include "control/dataplane_config.h"
 #include "dataplane/packet_ring_port.h"
+#include "dataplane/tcp_coalesce.h"
 #include "tests/dataplane/pool_metrics.h"
 #include "tests/dataplane/tcp_segments.h"
 #include "tests/harness/netns.h"
@@ -218,8 +221,9 @@ uint64_t packet_ring_bytes() {
 // (worker_pool.cpp: the uplink's ring is all that holds frames while its worker is off
 // the CPU). Each port has an RX and a TX ring of that many 2,048-byte frames; a pod's is
 // meshlane's own port (packet_ring_port.h), sized the same way except that its RX ring
-// has at least 2,048 frames (kPodRxRingFloor: it holds what the pod sends while the worker
-// is off the CPU).
+// holds at least 2,048 such frames' bytes (kPodRxRingFloor: what the pod sends while the
+// worker is off the CPU) in frames of 16 KiB (kPodRxFrameBytes: a GSO packet of the
+// pod's), an eighth as many.
 TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, af_packet)";
   netns ns("ring");
@@ -241,19 +245,22 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
         expectation{1000, 256, false, 4096, 0, 0}, expectation{256, 256, true, 4096, 2048, 512},
         expectation{1000, 256, true, 4096, 2048, 1000}, expectation{2100, 256, true, 4096, 2100, 2100},
         expectation{6000, 256, true, 6000, 6000, 6000}, expectation{256, 6000, true, 6000, 6000, 6000}}) {
+    const uint64_t pod_rx_16k = e.pod_rx_frames * 2048 / kPodRxFrameBytes;
     std::vector<pool_port> ports;
     config.pods = e.with_pod ? std::vector<dataplane_port>{pod} : std::vector<dataplane_port>{};
     config.tuning.rx_ring_size = e.rx_ring_size;
     config.tuning.tx_ring_size = e.tx_ring_size;
     ASSERT_EQ(probe_ports(config, ports), "");
     ASSERT_EQ(ports.size(), e.with_pod ? 2u : 1u);
-    EXPECT_EQ(packet_ring_bytes(), (2 * e.uplink_frames + e.pod_rx_frames + e.pod_tx_frames) * 2048)
+    EXPECT_EQ(packet_ring_bytes(), (2 * e.uplink_frames + e.pod_tx_frames) * 2048 + pod_rx_16k * kPodRxFrameBytes)
         << "rings for RX/TX ring sizes " << e.rx_ring_size << "/" << e.tx_ring_size << (e.with_pod ? " with a pod" : "");
     for (const pool_port& port : ports) {
       // A pod's af_packet port is meshlane's own (packet_ring_port.h), closed with `ports`.
       EXPECT_EQ(port.ring != nullptr, port.role == port_role::pod);
       if (port.ring) {
-        EXPECT_EQ(port.ring->rx_frames(), e.pod_rx_frames);
+        EXPECT_EQ(port.ring->rx_frames(), pod_rx_16k);
+        EXPECT_EQ(port.ring->rx_frame_size(), kPodRxFrameBytes);
+        EXPECT_TRUE(port.ring->receives_offloads());
         EXPECT_EQ(port.ring->tx_frames(), e.pod_tx_frames);
         continue;
       }
@@ -518,6 +525,114 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   EXPECT_EQ(merged.packets, 2u);
   EXPECT_EQ(port->read_loss().tx_errors, 0u);
   port.reset();  // closes its sockets inside the namespace
+}
+
+// A pod with its veth's TX offloads on (meshlane-cni leaves them on): what it hands the
+// veth as one GSO packet, or with its checksum left partial, reaches the port with its
+// virtio header, and rx_burst gives the frames the pod's kernel would have sent without
+// offloads. Here the other end is a second own port, whose tx_burst merges a run of TCP
+// segments into one GSO packet as for a pod, and a packet socket with PACKET_VNET_HDR
+// sends a UDP datagram whose checksum is left to the device. Bursts of four: a GSO
+// packet of ten segments comes out over three of them, every frame byte for byte and in
+// order.
+TEST(port_loss, OwnAfPacketPortSplitsThePodsGsoPacketsAndFinishesItsChecksumsAcrossBursts) {
+  if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
+  netns ns("gso");
+  ASSERT_GE(ns.fd(), 0);
+  const veth_pair veth = quiet_veth(ns, "sd", "sp");
+  ASSERT_FALSE(veth.a.empty());
+  netns_scope inside(ns);
+  const pool_holder pool_guard = mbuf_pool("gso_test", 256);
+  rte_mempool* mbufs = pool_guard.get();
+  ASSERT_NE(mbufs, nullptr);
+  std::string error;
+  auto pod = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);  // what the pod sends with
+  ASSERT_TRUE(pod) << error;
+  ASSERT_TRUE(pod->coalesces_tcp()) << "this kernel refused PACKET_VNET_HDR";
+  auto port = packet_ring_port::open(veth.b, 64, 64, 1, mbufs, error, packet_ring_port::kDefaultFrameSize,
+                                     kPodRxFrameBytes);
+  ASSERT_TRUE(port) << error;
+  ASSERT_TRUE(port->receives_offloads());
+  EXPECT_EQ(port->rx_frame_size(), kPodRxFrameBytes);
+
+  auto marker = [](uint8_t number) {
+    bytes f(60, number);
+    const wire::mac_address to = mac(0x20), from = mac(0x01);
+    std::memcpy(f.data(), to.bytes, 6);
+    std::memcpy(f.data() + 6, from.bytes, 6);
+    f[12] = 0x88, f[13] = 0xb5;
+    return f;
+  };
+  const std::vector<bytes> segments = stream(segment_spec{}, 10, 0, [](size_t i, segment_spec& s) {
+    if (i == 9) s.flags |= kPsh;
+  });
+  std::vector<bytes> sent = {marker(1)};
+  sent.insert(sent.end(), segments.begin(), segments.end());
+  sent.push_back(marker(2));
+  std::vector<rte_mbuf*> burst;
+  for (const bytes& f : sent) {
+    rte_mbuf* m = rte_pktmbuf_alloc(mbufs);
+    ASSERT_NE(m, nullptr);
+    std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(f.size())), f.data(), f.size());
+    burst.push_back(m);
+  }
+  ASSERT_EQ(pod->tx_burst(0, burst.data(), static_cast<uint16_t>(burst.size()), true), burst.size());
+  ASSERT_EQ(pod->read_coalesced().packets, 1u) << "the ten segments did not leave as one GSO packet";
+
+  // A UDP datagram with CHECKSUM_PARTIAL: the field holds the pseudo-header's sum.
+  l4_spec udp;
+  udp.protocol = wire::kProtoUdp;
+  udp.payload = bytes(300, 0x3c);
+  const bytes datagram = ipv4_frame(mac(0x01), mac(0x20), ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
+  bytes partial = datagram;
+  const uint16_t seed = uint16_t(~wire::checksum_fold(wire::pseudo_header_sum_v4(
+      ip4("198.18.1.10"), ip4("198.18.2.20"), wire::kProtoUdp, uint16_t(datagram.size() - 34))));
+  std::memcpy(&partial[34 + 6], &seed, 2);
+  {
+    const int fd = socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    const int on = 1;
+    ASSERT_EQ(setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &on, sizeof on), 0);
+    sockaddr_ll at{};
+    at.sll_family = AF_PACKET;
+    at.sll_ifindex = static_cast<int>(if_nametoindex(veth.a.c_str()));
+    ASSERT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&at), sizeof at), 0);
+    tcp_coalesce::vnet_header vnet;
+    vnet.flags = tcp_coalesce::kNeedsChecksum;
+    vnet.csum_start = 34;
+    vnet.csum_offset = 6;
+    iovec parts[2] = {{&vnet, sizeof vnet}, {partial.data(), partial.size()}};
+    msghdr message{};
+    message.msg_iov = parts;
+    message.msg_iovlen = 2;
+    EXPECT_EQ(sendmsg(fd, &message, 0), static_cast<ssize_t>(sizeof vnet + partial.size())) << std::strerror(errno);
+    close(fd);
+  }
+  sent.push_back(datagram);
+
+  std::vector<bytes> got;
+  for (int poll = 0; poll < 200 && got.size() < sent.size(); ++poll) {
+    rte_mbuf* out[4];
+    const uint16_t n = port->rx_burst(out, 4, 7);
+    for (uint16_t i = 0; i < n; ++i) {
+      EXPECT_EQ(out[i]->port, 7);
+      EXPECT_EQ(out[i]->nb_segs, 1);
+      const uint8_t* data = rte_pktmbuf_mtod(out[i], const uint8_t*);
+      got.emplace_back(data, data + out[i]->data_len);
+      rte_pktmbuf_free(out[i]);
+    }
+    if (!n) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  ASSERT_EQ(got.size(), sent.size());
+  for (size_t i = 0; i < sent.size(); ++i) EXPECT_EQ(got[i], sent[i]) << "frame " << i;
+  EXPECT_EQ(verify_checksums(got.back()), "");
+  const packet_ring_port::split split = port->read_split();
+  EXPECT_EQ(split.packets, 1u);
+  EXPECT_EQ(split.segments, 10u);
+  EXPECT_EQ(port->read_loss().rx_errors, 0u);
+  EXPECT_EQ(port->read_loss().rx_missed, 0u);
+  port.reset();  // closes its sockets inside the namespace
+  pod.reset();
 }
 
 // Pods on af_packet take port ids from 32 up, past DPDK's 32 ethdev ports, and a node

@@ -115,12 +115,13 @@ void expect_rings(const std::string& socket, const std::string& uplink_port, con
 }
 
 // af_packet fixes its rings at probe time: the uplink's hold 4,096 frames whatever the
-// tunables say (256 here); a pod port's RX ring at least 2,048 (kPodRxRingFloor: what the
-// pod sends while its worker is off the CPU), its TX ring the tunables' but never fewer
-// than 512.
+// tunables say (256 here); a pod port's RX ring the bytes of 2,048 two-KiB frames
+// (kPodRxRingFloor: what the pod sends while its worker is off the CPU) in 16 KiB frames
+// that hold the pod's GSO packets (kPodRxFrameBytes): 256; its TX ring the tunables' but
+// never fewer than 512.
 TEST_F(two_nodes, StatusShowsEachPortsRingsWithTheUplinksFloor) {
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
-               {4096u, 4096u}, {2048u, 512u});
+               {4096u, 4096u}, {256u, 512u});
 }
 
 }  // namespace
@@ -220,6 +221,74 @@ TEST_F(two_nodes, OneMebibyteOfTcpCrossesNodesByteIdentical) {
   for (auto deadline = std::chrono::steady_clock::now() + 3s; !merged_in_a_log() && std::chrono::steady_clock::now() < deadline;)
     std::this_thread::sleep_for(100ms);
   EXPECT_TRUE(merged_in_a_log()) << "no stats line shows merged segments";
+}
+
+// Pods keep their veths' TX offloads on (as meshlane-cni leaves them on af_packet ports):
+// their TCP hands the veth GSO packets of up to kPodGsoMaxSize bytes with the checksum
+// left partial, and a UDP socket with UDP_SEGMENT one buffer for many datagrams. The pod
+// ports split them (dataplane/gso_split.h): a mebibyte each way to a pod and through a
+// VIP comes back byte-identical, a UDP_SEGMENT send arrives as its datagrams, each whole
+// and in order, across the nodes and through a VIP, and the ports count what they split
+// with no frame refused.
+TEST_F(two_nodes, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitWhatTheySend) {
+  const std::string offloads = nodes_[0].client->exec("ethtool -k $(ls /sys/class/net | grep -vx lo)").output;
+  EXPECT_NE(offloads.find("tcp-segmentation-offload: on"), std::string::npos) << offloads;
+  EXPECT_NE(offloads.find("tx-checksumming: on"), std::string::npos) << offloads;
+  const auto split_of = [&](int node, const std::string& port, const char* what) {
+    control_client client;
+    if (!client.connect(nodes_[node].config_path + ".sock").empty()) return -1.0;
+    return metric_value(client, std::string("meshlane_dataplane_port_rx_split_") + what + "_total", "port", port);
+  };
+  for (const auto& [ip, port] : {std::pair{"198.18.2.20", 8080}, std::pair{"198.19.128.10", 80}}) {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_TRUE(server.ok());
+    EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, ip, static_cast<uint16_t>(port), 1 << 20), "") << ip;
+  }
+  // The client's stream into node 1 and the echo into node 2 came as GSO packets: more
+  // than one segment each on average (at most ten of 1,390 bytes under 16,000).
+  for (const auto& [node, port] : {std::pair{0, nodes_[0].client_port}, std::pair{1, nodes_[1].web_port}}) {
+    const double packets = split_of(node, port, "packets"), segments = split_of(node, port, "segments");
+    EXPECT_GT(packets, 0) << port;
+    EXPECT_GT(segments, 1.5 * packets) << port;
+    EXPECT_LE(segments, 12 * packets) << port;
+  }
+
+  // UDP_SEGMENT (Linux 4.18): 4,500 bytes in one send, datagrams of 1,000.
+  const auto udp_segments = [&](const netns& to_ns, uint16_t listen, const std::string& ip, uint16_t port) -> std::string {
+    fd_guard server(socket_in(to_ns, SOCK_DGRAM));
+    const sockaddr_in any = address_of("0.0.0.0", listen);
+    if (bind(server.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
+    set_timeout(server.fd, 3);
+    fd_guard client(socket_in(*nodes_[0].client, SOCK_DGRAM));
+    const int segment = 1000;
+    if (setsockopt(client.fd, IPPROTO_UDP, 103 /* UDP_SEGMENT, linux/udp.h */, &segment, sizeof segment) != 0)
+      return std::string("UDP_SEGMENT: ") + std::strerror(errno);
+    std::string message(4500, '\0');
+    for (size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(i * 13 + i / 251);
+    const sockaddr_in destination = address_of(ip, port);
+    if (sendto(client.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&destination),
+               sizeof destination) != static_cast<ssize_t>(message.size()))
+      return std::string("sendto: ") + std::strerror(errno);
+    for (size_t at = 0; at < message.size(); at += 1000) {
+      char buffer[2000];
+      const ssize_t n = recv_retrying(server.fd, buffer, sizeof buffer);
+      const size_t expected = std::min<size_t>(1000, message.size() - at);
+      if (n < 0) return "datagram at " + std::to_string(at) + " lost: " + std::strerror(errno);
+      if (static_cast<size_t>(n) != expected || std::memcmp(buffer, message.data() + at, expected) != 0)
+        return "datagram at " + std::to_string(at) + " differs (" + std::to_string(n) + " bytes)";
+    }
+    return "";
+  };
+  double before = split_of(0, nodes_[0].client_port, "packets");
+  EXPECT_EQ(udp_segments(*nodes_[1].web, 9200, "198.18.2.20", 9200), "") << "across the nodes";
+  EXPECT_EQ(udp_segments(*nodes_[0].web, 9053, "198.19.128.11", 53), "") << "through a VIP";
+  EXPECT_EQ(split_of(0, nodes_[0].client_port, "packets"), before + 2) << "each send one GSO packet, split";
+  for (int n = 0; n < 2; ++n) {
+    control_client client;
+    ASSERT_EQ(client.connect(nodes_[n].config_path + ".sock"), "");
+    for (const std::string& port : {nodes_[n].client_port, nodes_[n].web_port})
+      EXPECT_EQ(metric_value(client, "meshlane_dataplane_port_rx_errors_total", "port", port), 0) << port;
+  }
 }
 
 // IPv4 packets the kernel's own stack received in a namespace (/proc/net/snmp's
@@ -703,6 +772,12 @@ TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAs
           << "pod " << k;
       ++reached;
     }
+    if (k == 0) {  // the plugin left the veth's TX offloads on, as the agent's af_packet port asked
+      const std::string link = pod.exec("ip -d link show eth0; ethtool -k eth0").output;
+      EXPECT_NE(link.find("gso_max_size " + std::to_string(kPodGsoMaxSize) + " "), std::string::npos) << link;
+      EXPECT_NE(link.find("tx-checksumming: on"), std::string::npos) << link;
+      EXPECT_NE(link.find("tcp-segmentation-offload: on"), std::string::npos) << link;
+    }
     const auto deleted = cni("DEL", id, pod);
     ASSERT_EQ(deleted.exit_code, 0) << "DEL of pod " << k << ": " << deleted.output;
     ASSERT_EQ(interfaces_in(pod), std::vector<std::string>{"lo"}) << "DEL of pod " << k << " left its interface behind";
@@ -914,10 +989,11 @@ class two_nodes_jumbo : public two_nodes {
 // each way at the pods' 8,902-byte MSS, to a pod and through a VIP, comes back
 // byte-identical.
 TEST_F(two_nodes_jumbo, JumboFramesCrossTheNodesWholeAndTcpIsByteIdentical) {
-  // 2,048 RX frames of 2 KiB in 9 KiB frames: 456 (whole 36 KiB blocks of four); the TX
-  // ring's 512 likewise 116. The uplink keeps its 4,096 (a node has one).
+  // The RX ring's 16 KiB frames already hold a jumbo frame: 256 as at 1,500; the TX
+  // ring's 512 two-KiB frames in 9 KiB frames: 116 (whole 36 KiB blocks of four). The
+  // uplink keeps its 4,096 (a node has one).
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
-               {4096u, 4096u}, {456u, 116u});
+               {4096u, 4096u}, {256u, 116u});
   {
     control_client client;
     ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");

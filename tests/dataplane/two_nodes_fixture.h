@@ -32,6 +32,7 @@
 #include <nlohmann/json.hpp>
 
 #include "control/control_socket.h"
+#include "control/dataplane_config.h"
 #include "tests/harness/netns.h"
 
 namespace meshlane::testing {
@@ -339,11 +340,16 @@ class two_nodes : public ::testing::Test {
         nd.ns->exec_or_fail("ip link set " + pair.a + (pod_mtu_ > 1500 ? " mtu " + std::to_string(pod_mtu_) : "") + " up");
         const std::string ip = "198.18." + i + "." + last;
         // The pod's whole world is its gateway (a /32 plus an on-link route), as CNIs do;
-        // an MTU that leaves room for Geneve; checksums computed in the pod because
-        // af_packet hands the agent what the veth carries, partial checksums included.
+        // an MTU that leaves room for Geneve; TX offloads as meshlane-cni leaves them
+        // (pod_offloads()): on, with GSO packets up to the agent's gso_max_size, where
+        // the agent's port finishes and splits them (af_packet), else off, the pod
+        // finishing its checksums because the port hands on what the veth carries.
         pod->exec_or_fail("ip link set " + pair.b + " mtu " + std::to_string(pod_mtu_) + " up && ip addr add " + ip + "/32 dev " + pair.b +
                           " && ip route add 198.18." + i + ".1 dev " + pair.b + " && ip route add default via 198.18." +
-                          i + ".1 dev " + pair.b + " && ethtool -K " + pair.b + " tx off >/dev/null");
+                          i + ".1 dev " + pair.b + " && ethtool -K " + pair.b +
+                          (pod_offloads() ? " tx on tso on >/dev/null && ip link set " + pair.b + " gso_max_size " +
+                                                std::to_string(kPodGsoMaxSize)
+                                          : std::string(" tx off >/dev/null")));
       }
     }
     if (with_outside_) {
@@ -474,12 +480,17 @@ class two_nodes : public ::testing::Test {
     return false;
   }
 
+  // Whether the pods' veths keep TX offloads on, as meshlane-cni leaves them where the
+  // pod port is af_packet (the agent's pod reply says so: control/pod_requests.cpp).
+  bool pod_offloads() const { return driver_ == "af_packet" && !pods_finish_checksums_; }
+
   std::string meshlaned_, work_dir_;
   node nodes_[2];
   uint16_t node1_workers_ = 1;
   uint32_t node1_flow_table_size_ = 4096;  // entries per worker (tunables.flow_table_size)
   bool with_outside_ = false;
   std::string driver_ = "af_packet";  // of every port
+  bool pods_finish_checksums_ = false;  // TX offloads off on af_packet too (pod_offloads())
   uint16_t uplink_mtu_ = 1500;        // the underlay's, on every veth of it and in the documents
   uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)
   unsigned eal_memory_mb_ = 128;      // EAL's -m (the packet buffers grow with a jumbo MTU)
