@@ -17,6 +17,7 @@ std::optional<dataplane_config> dataplane_config_of(const desired_state& state) 
     config.pods.push_back({state.pods[i].interface, spec.pod_driver, spec.pod_memif,
                            "$.pods[" + std::to_string(i) + "].interface"});
   config.pod_driver = spec.pod_driver;
+  config.pod_offloads = spec.pod_offloads;
   config.pod_memif = spec.pod_memif;
   config.tuning = state.tuning;
   return config;

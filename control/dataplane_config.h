@@ -48,9 +48,13 @@ inline constexpr uint32_t packet_buffer_room(uint16_t mtu) {
 // device, and the port's worker segments and finishes them (dataplane/gso_split.h). The
 // port's RX ring frames hold kPodRxFrameBytes: such a packet behind af_packet's headers
 // and the virtio header (76 bytes), with room to spare (TCP keeps its GSO packets
-// MAX_TCP_HEADER, about 320 bytes, below gso_max_size).
-inline constexpr uint32_t kPodRxFrameBytes = 16384;
-inline constexpr uint32_t kPodGsoMaxSize = 16000;
+// MAX_TCP_HEADER, about 320 bytes, below gso_max_size): five 1,448-byte segments at
+// most. 8 KiB and not 16: the ring keeps its bytes (kPodRxRingFloor's), so larger frames
+// are fewer, and a packet that is not a GSO packet takes a whole frame (a 3-second iperf3
+// stream from a pod with offloads off lost 105,000-121,000 frames to 256 frames of 16 KiB,
+// 71,000 to 512 of 8 KiB, 0-427 to 2,048 of 2 KiB; perf/README, "What a pod sends").
+inline constexpr uint32_t kPodRxFrameBytes = 8192;
+inline constexpr uint32_t kPodGsoMaxSize = 8000;
 static_assert(kPodGsoMaxSize + 76 <= kPodRxFrameBytes);
 
 // A memif port (DPDK's net_memif: shared-memory packet rings with another DPDK process,
@@ -83,6 +87,7 @@ struct dataplane_config {
   // hot-plugged with the same driver (pod_driver, pod_memif).
   std::vector<dataplane_port> pods;
   std::string pod_driver = "af_packet";
+  bool pod_offloads = false;  // RX rings of kPodRxFrameBytes frames for pods with TX offloads on
   std::optional<memif_spec> pod_memif;
   // Worker count, ring and flow-table sizes (fixed for the pool's life), and the live
   // settings the workers start with.

@@ -685,6 +685,12 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
                                               std::to_string(spec.uplink.mtu) + ": jumbo frames need af_packet, pcap or pci");
   }
   if (spec.pod_driver == "pci") r.error(r.path_of("pod_driver"), "pods are veth interfaces; \"pci\" is for the uplink only");
+  if (auto v = r.boolean("pod_offloads", false)) {
+    spec.pod_offloads = *v;
+    if (*v && spec.pod_driver != "af_packet")
+      r.error(r.path_of("pod_offloads"), "needs pod_driver af_packet (meshlane's own port splits and finishes what a pod "
+                                         "sends with offloads on; DPDK's " + spec.pod_driver + " forwards frames as they are)");
+  }
   read_memif(r, "pod_memif", spec.pod_driver, "$.dataplane.pod_driver", "socket_dir", 107 - 1 - 15 - 5, spec.pod_memif);
   if (auto v = r.string("cpus", false)) {
     if (!valid_cpu_list(*v)) r.error(r.path_of("cpus"), "must be a CPU list such as \"0-1\" or \"0,2\", got " + shown(*v));

@@ -104,6 +104,10 @@ struct dataplane_spec {
   dataplane_port_spec uplink;
   std::string pod_driver = "af_packet";  // driver for every pods[].interface
   std::optional<memif_spec> pod_memif;   // set exactly when pod_driver is "memif"
+  // Pods keep their veths' TX offloads on (af_packet pod ports only; dataplane/gso_split.h):
+  // meshlane-cni leaves them on with gso_max_size kPodGsoMaxSize, the ports' RX rings take
+  // kPodRxFrameBytes frames. Off by default: see README, "What a pod sends".
+  bool pod_offloads = false;
   std::string cpus;                      // CPUs the lcores may run on ("0-1"); empty: all
   std::vector<std::string> eal_args;     // extra EAL arguments, e.g. ["--no-huge", "-m", "128"]
 };

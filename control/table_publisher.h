@@ -81,8 +81,8 @@ class table_publisher {
     std::set<ip_address> taken;  // every pod address in the state
     encryption_mode encryption = encryption_mode::off;
     uint16_t uplink_mtu = 1500;  // the data plane's, or 1500 without one
-    // Pods on af_packet ports, which take their GSO packets and unfinished checksums
-    // (dataplane/gso_split.h): the pod's veth keeps TX offloads on.
+    // dataplane.pod_offloads (af_packet pod ports, which take GSO packets and unfinished
+    // checksums, dataplane/gso_split.h): the pod's veth keeps TX offloads on.
     bool pod_offloads = false;
   };
   // Null until something is published. Waits for a publish under way, as current_state().

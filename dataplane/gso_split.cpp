@@ -45,7 +45,7 @@ bool plan_checksum(const vnet_header& vnet, uint32_t length, plan& out) {
 }  // namespace
 
 bool make_plan(const vnet_header& vnet, const uint8_t* frame, uint32_t length, plan& out) {
-  out = plan{};
+  out = plan::single();
   const uint8_t type = vnet.gso_type & static_cast<uint8_t>(~kGsoEcn);
   if (type == kGsoNone) {
     if (!(vnet.flags & tcp_coalesce::kNeedsChecksum)) return true;

@@ -220,7 +220,7 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
       std::memcpy(&vnet, data - sizeof vnet, sizeof vnet);
       taken = gso_split::make_plan(vnet, data, length, w.plan);
     } else {
-      w.plan = gso_split::plan{};
+      w.plan = gso_split::plan::single();
     }
     taken = taken && (w.plan.segments == 1 ? length : w.plan.segment_length(0)) <= buffer_room;
     w.refused = !taken;

@@ -230,9 +230,10 @@ std::string bring_interface_up(const std::string& interface) {
 // its fill queue's 2,048 buffers, the same floor at no cost in buffers.
 constexpr uint16_t kUplinkRingFloor = 4096;
 constexpr uint32_t kPodRxRingFloor = 2048;
-// A pod port's RX frames hold a GSO packet of the pod's (gso_split.h: a pod whose veth
-// offloads segmentation hands it one packet of up to kPodGsoMaxSize instead of ten
-// segments), in the same bytes as kPodRxRingFloor 2 KiB frames: 256 frames of 16 KiB.
+// With dataplane.pod_offloads, a pod port's RX frames hold a GSO packet of the pod's
+// (gso_split.h: a pod whose veth offloads segmentation hands it one packet of up to
+// kPodGsoMaxSize instead of five segments), in the same bytes as kPodRxRingFloor 2 KiB
+// frames: 512 frames of 8 KiB.
 constexpr uint32_t kPodRxFrameSize = kPodRxFrameBytes;
 constexpr uint32_t kRingPortBuffers = 8192;  // see worker_pool::create
 constexpr uint16_t kAfXdpFillBuffers = 2048;  // DPDK 22.11's ETH_AF_XDP_DFLT_NUM_DESCS
@@ -273,10 +274,11 @@ unsigned memif_ring_log2(uint32_t ring_size) {
 
 // Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs
 // and rings of `ring_size` descriptors where the driver takes that at probe time; an
-// af_packet ring's frames hold `room` bytes (packet_buffer_room).
+// af_packet ring's frames hold `room` bytes (packet_buffer_room), a pod's RX frames at
+// least kPodRxFrameBytes with `pod_offloads` (its GSO packets).
 std::string probe_port(const std::string& driver, const std::optional<memif_spec>& memif,
                        const std::string& interface, port_role role, uint16_t queues, uint32_t ring_size,
-                       uint32_t room, pool_port& port) {
+                       uint32_t room, bool pod_offloads, pool_port& port) {
   static std::atomic<unsigned> serial{0};
   port.role = role;
   port.interface = interface;
@@ -300,7 +302,7 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     // meshlane's own port (packet_ring_port.h): no ethdev id, so not bounded by
     // RTE_MAX_ETHPORTS; the pool gives it an id and its mbufs.
     const uint32_t frames = af_packet_ring_frames(ring_size, role);
-    const uint32_t rx_room = std::max(room, kPodRxFrameSize);
+    const uint32_t rx_room = pod_offloads ? std::max(room, kPodRxFrameSize) : room;
     std::string error;
     port.ring = packet_ring_port::open(interface, pod_ring_frames(std::max(frames, kPodRxRingFloor), rx_room),
                                        pod_ring_frames(frames, room), queues, nullptr, error, room, rx_room);
@@ -398,7 +400,7 @@ std::string probe_ports(const dataplane_config& config, std::vector<pool_port>& 
     const dataplane_port& spec = i == 0 ? config.uplink : config.pods[i - 1];
     pool_port port;
     if (std::string error = probe_port(spec.driver, spec.memif, spec.interface, i == 0 ? port_role::uplink : port_role::pod,
-                                       queues, ring_size, packet_buffer_room(config.uplink_mtu), port);
+                                       queues, ring_size, packet_buffer_room(config.uplink_mtu), config.pod_offloads, port);
         !error.empty())
       return spec.source + ": " + error;
     out.push_back(port);
@@ -415,6 +417,7 @@ worker_pool_options options_from(const dataplane_config& config) {
   options.uplink_mtu = config.uplink_mtu;
   options.pod_driver = config.pod_driver;
   options.pod_memif = config.pod_memif;
+  options.pod_offloads = config.pod_offloads;
   options.initial = config.tuning;
   return options;
 }
@@ -636,7 +639,7 @@ std::string worker_pool::plug_pod_port(const std::string& interface) {
   pool_port port;
   if (std::string error = probe_port(options_.pod_driver, options_.pod_memif, interface, port_role::pod, workers,
                                      std::max(options_.rx_ring_size, options_.tx_ring_size),
-                                     packet_buffer_room(options_.uplink_mtu), port);
+                                     packet_buffer_room(options_.uplink_mtu), options_.pod_offloads, port);
       !error.empty())
     return error;
   if (port.ring) {  // meshlane's own port: the pool's buffers (worker_pool::create)

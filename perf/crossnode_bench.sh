@@ -23,6 +23,12 @@
 # MTU=9000 runs both ways over a jumbo-frame underlay (every underlay veth at MTU, the
 # pods at MTU - 58, the kernel's VXLAN device at MTU - 50 as it sets itself; the agents'
 # packet buffers and af_packet frames grow to 9 KiB: af_packet ports only).
+# POD_OFFLOADS=1: the pods' eth0s keep their TX offloads on (checksums and TSO), as a
+# kernel CNI leaves them, and meshlane's agents take them (dataplane.pod_offloads: its own
+# af_packet pod port segments and finishes what they send, dataplane/gso_split.h): the
+# kernel's way with the kernel's GSO size (64 KiB), meshlane's with the agent's 8,000
+# bytes; on an af_xdp pod port they go off for meshlane's way. Default 0: off for both
+# ways, the pods segmenting and summing themselves, as meshlane-cni leaves them by default.
 # HUGEPAGES=1 gives the agents' DPDK memory (mbufs) 2 MiB hugepages, as a production node
 # has them, instead of --no-huge (4 KiB pages); it reserves what is missing for the run.
 #   perf/crossnode_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
@@ -44,6 +50,7 @@ esp=${ESP:-1}  # 1: measure the encrypted way too
 ring_size=${RING_SIZE:-1024}  # the workers' RX and TX ring descriptors (af_packet: frames); the agent's default
 hugepages=${HUGEPAGES:-0}  # 1: the agents' EAL on 2 MiB hugepages
 mtu=${MTU:-1500}  # the underlay's IP MTU; the pods get 58 bytes less (Geneve)
+pod_offloads=${POD_OFFLOADS:-0}  # 1: the pods' TX offloads on (see above)
 case "$mtu" in ''|*[!0-9]*) echo "crossnode_bench: MTU takes a number, 1280..9216" >&2; exit 2 ;; esac
 if [ "$mtu" -lt 1280 ] || [ "$mtu" -gt 9216 ]; then echo "crossnode_bench: MTU takes 1280..9216" >&2; exit 2; fi
 if [ "$mtu" -gt 2034 ] && [ "$driver/$pod_driver" != af_packet/af_packet ]; then
@@ -74,7 +81,7 @@ trap 'exit 130' INT TERM
 # with the request/response and sink servers, the same for both ways; the kernel way adds
 # the gateway and routes below.
 . scripts/lib/pods.sh
-pods_bench_topology "$load"
+pods_bench_topology "$load" "$([ "$pod_offloads" = 1 ] && echo kernel || echo off)"
 if [ "$mtu" != 1500 ]; then
   for n in 1 2; do ip -n mlb-node$n link set mlb$n-uplink mtu "$mtu"; done
   ip -n mlb-client link set eth0 mtu "$pod_mtu"
@@ -225,6 +232,11 @@ ip netns exec mlb-node1 nft delete table ip meshlane_bench
 bench_bare_nodes mlb
 
 # --- meshlane's way --------------------------------------------------------------------
+if [ "$pod_offloads" = 1 ]; then
+  # What meshlane-cni sets: GSO packets no larger than the own port's RX frames hold; an
+  # af_xdp pod port takes no offloads.
+  for pod in mlb-client mlb-server; do pods_offloads "$pod" "$([ "$pod_driver" = af_packet ] && echo on || echo off)"; done
+fi
 # The key file of the encrypted way (Cilium's line format; a bench-only key).
 echo "1+ rfc4106(gcm(aes)) 5c9b6a4a9e0f3d1d2c7b8a695847362514131211100f0e0d0c0b0a0908070605deadbeef 128" > "$work/esp-keys"
 chmod 600 "$work/esp-keys"
@@ -234,7 +246,7 @@ agent_pids=()
 start_agents() {  # ENCRYPT(0|1)
   for n in 1 2; do
     /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" "$pod_driver" "$mtu" "$eal_mb" > "$work/node$n.json" <<'PY'
-import json, sys
+import json, os, sys
 n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
 pod_driver = sys.argv[9]
 ring = int(sys.argv[7])
@@ -253,6 +265,7 @@ print(json.dumps({
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
   "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": int(sys.argv[10])}, "pod_driver": pod_driver,
+                **({"pod_offloads": True} if os.environ.get("POD_OFFLOADS", "0") == "1" and pod_driver == "af_packet" else {}),
                 "eal_args": memory + ["-m", sys.argv[11], f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
 PY
@@ -377,7 +390,7 @@ iperf3 = {w: iperf3_of(w) for w in ways}
 if gro_ratios:
     gro_ratios["iperf3_gbit_per_s"] = iperf3["meshlane"]["gbit_per_s"] / iperf3["meshlane_nogro"]["gbit_per_s"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
+json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "pod_offloads": os.environ.get("POD_OFFLOADS", "0") == "1", "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),

@@ -14,10 +14,14 @@
 #   pods_outside SWITCH_NS NS IP VIA PREFIX   a host outside the cluster (DESIGN.md:
 #                                             203.0.113.0/24) on that switch, reaching PREFIX
 #                                             through the node address VIA
-#   pods_add_dpdk NODE_NS POD_NS IP GATEWAY HOST_IF
+#   pods_add_dpdk NODE_NS POD_NS IP GATEWAY HOST_IF [OFFLOADS]
 #                                             a pod whose host end the node's agent owns through
 #                                             af_packet: no address on the host end, MTU for the
-#                                             overlay, checksums finished in the pod
+#                                             overlay, checksums finished in the pod; OFFLOADS
+#                                             "on": TX offloads left on with GSO packets up to
+#                                             8,000 bytes, as meshlane-cni leaves them under
+#                                             dataplane.pod_offloads (dataplane/gso_split.h);
+#                                             "kernel": on with the kernel's GSO size
 #   pods_bench_topology LOAD                  the cross-node benchmarks' topology (perf/crossnode_bench.sh,
 #                                             perf/ovs_bench.sh): nodes mlb-node1/2 on an underlay veth,
 #                                             a client pod on node 1, a server pod on node 2 running the
@@ -90,7 +94,7 @@ pods_outside() {
 }
 
 pods_add_dpdk() {
-  local node=$1 pod=$2 ip=$3 gateway=$4 ifname=$5
+  local node=$1 pod=$2 ip=$3 gateway=$4 ifname=$5 offloads=${6:-off}
   pods_dpdk_node "$pod"
   ip link add "$ifname" netns "$node" type veth peer name eth0 netns "$pod"
   ip -n "$node" link set "$ifname" up
@@ -100,8 +104,18 @@ pods_add_dpdk() {
   ip -n "$pod" addr add "$ip/32" dev eth0
   ip -n "$pod" route add "$gateway" dev eth0
   ip -n "$pod" route add default via "$gateway" dev eth0
-  # A veth leaves checksums to offload, which af_packet would carry across unfinished.
-  ip netns exec "$pod" ethtool -K eth0 tx off >/dev/null
+  # A veth leaves checksums and segmentation to offload; the agent's own af_packet port
+  # finishes and splits them (gso_split.h) in RX frames that hold 8,000 bytes (the
+  # agent's kPodGsoMaxSize); other ports (af_xdp, OVS's) would carry them unfinished.
+  pods_offloads "$pod" "$offloads"
+}
+
+pods_offloads() {  # POD_NS on|off|kernel: TX offloads of the pod's eth0 (kernel: on, the kernel's GSO size)
+  case "$2" in
+    on) ip netns exec "$1" ethtool -K eth0 tx on tso on >/dev/null; ip -n "$1" link set eth0 gso_max_size 8000 ;;
+    kernel) ip netns exec "$1" ethtool -K eth0 tx on tso on >/dev/null; ip -n "$1" link set eth0 gso_max_size 65536 ;;
+    *) ip netns exec "$1" ethtool -K eth0 tx off >/dev/null ;;
+  esac
 }
 
 pods_cgroup() {
@@ -120,14 +134,14 @@ pods_run_in() {
   fi
 }
 
-pods_bench_topology() {
-  local load=$1 n
+pods_bench_topology() {  # LOAD [OFFLOADS]
+  local load=$1 offloads=${2:-off} n
   for n in 1 2; do pods_dpdk_node mlb-node$n; done
   pods_underlay mlb-node1 mlb1-uplink mlb-node2 mlb2-uplink
-  # Both ways of each benchmark use these pods with their checksums finished in the pod
-  # (pods_add_dpdk), so they pay the same.
-  pods_add_dpdk mlb-node1 mlb-client 198.18.1.10 198.18.1.1 mlb1-client
-  pods_add_dpdk mlb-node2 mlb-server 198.18.2.20 198.18.2.1 mlb2-server
+  # Both ways of each benchmark use these pods, with their checksums finished in the pod
+  # (OFFLOADS off) or TX offloads on (a way that cannot take them turns them off).
+  pods_add_dpdk mlb-node1 mlb-client 198.18.1.10 198.18.1.1 mlb1-client "$offloads"
+  pods_add_dpdk mlb-node2 mlb-server 198.18.2.20 198.18.2.1 mlb2-server "$offloads"
   (ip netns exec mlb-server "$load" rr-server 8080) & pids+=($!)
   (ip netns exec mlb-server "$load" sink-server 8081) & pids+=($!)
 }

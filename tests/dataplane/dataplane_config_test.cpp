@@ -157,6 +157,31 @@ TEST(dataplane_config, JumboMtusAreTakenWhereTheBuffersFollowAndRefusedWithTheir
   ASSERT_TRUE(xdp_largest.state) << errors_of(xdp_largest);
 }
 
+// dataplane.pod_offloads (pods keep TX offloads on; README "What a pod sends"): off by
+// default, taken with af_packet pods and carried into the data plane's config, refused
+// with its path on pod drivers that forward frames as the veth gives them.
+TEST(dataplane_config, PodOffloadsNeedAfPacketPodsAndReachTheDataPlanesConfig) {
+  const auto plain = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0"}})"));
+  ASSERT_TRUE(plain.state) << errors_of(plain);
+  EXPECT_FALSE(plain.state->dataplane->pod_offloads);
+  EXPECT_FALSE(dataplane_config_of(*plain.state)->pod_offloads);
+  const auto on = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0"}, "pod_offloads": true})"));
+  ASSERT_TRUE(on.state) << errors_of(on);
+  EXPECT_TRUE(on.state->dataplane->pod_offloads);
+  EXPECT_TRUE(dataplane_config_of(*on.state)->pod_offloads);
+  for (const char* driver : {"af_xdp", "memif"}) {
+    const std::string memif = std::string(driver) == "memif" ? R"(, "pod_memif": {"socket_dir": "/run/m"})" : "";
+    const auto refused = parse_desired_state(document_with(std::string(R"({"uplink": {"interface": "eth0"}, "pod_driver": ")") +
+                                                           driver + "\"" + memif + R"(, "pod_offloads": true})"));
+    ASSERT_FALSE(refused.state) << driver;
+    EXPECT_NE(errors_of(refused).find("$.dataplane.pod_offloads: needs pod_driver af_packet"), std::string::npos)
+        << errors_of(refused);
+  }
+  const auto not_bool = parse_desired_state(document_with(R"({"uplink": {"interface": "eth0"}, "pod_offloads": "yes"})"));
+  ASSERT_FALSE(not_bool.state);
+  EXPECT_NE(errors_of(not_bool).find("$.dataplane.pod_offloads"), std::string::npos) << errors_of(not_bool);
+}
+
 // The bytes a packet buffer and an af_packet ring frame hold (control/dataplane_config.h):
 // DPDK's default 2,048 while MTU + 14 + af_packet's 66-byte frame header fit, else that
 // rounded up to 1 KiB.

@@ -221,9 +221,9 @@ uint64_t packet_ring_bytes() {
 // (worker_pool.cpp: the uplink's ring is all that holds frames while its worker is off
 // the CPU). Each port has an RX and a TX ring of that many 2,048-byte frames; a pod's is
 // meshlane's own port (packet_ring_port.h), sized the same way except that its RX ring
-// holds at least 2,048 such frames' bytes (kPodRxRingFloor: what the pod sends while the
-// worker is off the CPU) in frames of 16 KiB (kPodRxFrameBytes: a GSO packet of the
-// pod's), an eighth as many.
+// has at least 2,048 frames (kPodRxRingFloor: it holds what the pod sends while the worker
+// is off the CPU); with dataplane.pod_offloads it keeps those bytes in frames of 8 KiB
+// (kPodRxFrameBytes: a GSO packet of the pod's), a quarter as many.
 TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   if (geteuid() != 0) GTEST_SKIP() << "needs root (network namespaces, af_packet)";
   netns ns("ring");
@@ -238,28 +238,32 @@ TEST(port_loss, AfPacketRingsTakeTheirSizeFromTheRingTunables) {
   struct expectation {
     uint16_t rx_ring_size, tx_ring_size;
     bool with_pod;
-    uint64_t uplink_frames, pod_rx_frames, pod_tx_frames;
+    uint64_t uplink_frames, pod_rx_frames, pod_tx_frames;  // pod_rx_frames: in 2 KiB frames' bytes
+    bool pod_offloads = false;
   };
   for (const expectation& e :
        {expectation{8192, 256, false, 8192, 0, 0}, expectation{256, 256, false, 4096, 0, 0},
         expectation{1000, 256, false, 4096, 0, 0}, expectation{256, 256, true, 4096, 2048, 512},
         expectation{1000, 256, true, 4096, 2048, 1000}, expectation{2100, 256, true, 4096, 2100, 2100},
-        expectation{6000, 256, true, 6000, 6000, 6000}, expectation{256, 6000, true, 6000, 6000, 6000}}) {
-    const uint64_t pod_rx_16k = e.pod_rx_frames * 2048 / kPodRxFrameBytes;
+        expectation{6000, 256, true, 6000, 6000, 6000}, expectation{256, 6000, true, 6000, 6000, 6000},
+        expectation{256, 256, true, 4096, 2048, 512, true}, expectation{2100, 256, true, 4096, 2100, 2100, true}}) {
+    config.pod_offloads = e.pod_offloads;
+    const uint32_t rx_frame = e.pod_offloads ? kPodRxFrameBytes : 2048;
+    const uint64_t pod_rx = e.pod_rx_frames * 2048 / rx_frame;
     std::vector<pool_port> ports;
     config.pods = e.with_pod ? std::vector<dataplane_port>{pod} : std::vector<dataplane_port>{};
     config.tuning.rx_ring_size = e.rx_ring_size;
     config.tuning.tx_ring_size = e.tx_ring_size;
     ASSERT_EQ(probe_ports(config, ports), "");
     ASSERT_EQ(ports.size(), e.with_pod ? 2u : 1u);
-    EXPECT_EQ(packet_ring_bytes(), (2 * e.uplink_frames + e.pod_tx_frames) * 2048 + pod_rx_16k * kPodRxFrameBytes)
+    EXPECT_EQ(packet_ring_bytes(), (2 * e.uplink_frames + e.pod_tx_frames) * 2048 + pod_rx * rx_frame)
         << "rings for RX/TX ring sizes " << e.rx_ring_size << "/" << e.tx_ring_size << (e.with_pod ? " with a pod" : "");
     for (const pool_port& port : ports) {
       // A pod's af_packet port is meshlane's own (packet_ring_port.h), closed with `ports`.
       EXPECT_EQ(port.ring != nullptr, port.role == port_role::pod);
       if (port.ring) {
-        EXPECT_EQ(port.ring->rx_frames(), pod_rx_16k);
-        EXPECT_EQ(port.ring->rx_frame_size(), kPodRxFrameBytes);
+        EXPECT_EQ(port.ring->rx_frames(), pod_rx);
+        EXPECT_EQ(port.ring->rx_frame_size(), rx_frame);
         EXPECT_TRUE(port.ring->receives_offloads());
         EXPECT_EQ(port.ring->tx_frames(), e.pod_tx_frames);
         continue;
@@ -533,7 +537,7 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
 // offloads. Here the other end is a second own port, whose tx_burst merges a run of TCP
 // segments into one GSO packet as for a pod, and a packet socket with PACKET_VNET_HDR
 // sends a UDP datagram whose checksum is left to the device. Bursts of four: a GSO
-// packet of ten segments comes out over three of them, every frame byte for byte and in
+// packet of five segments comes out over two of them, every frame byte for byte and in
 // order.
 TEST(port_loss, OwnAfPacketPortSplitsThePodsGsoPacketsAndFinishesItsChecksumsAcrossBursts) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
@@ -563,8 +567,8 @@ TEST(port_loss, OwnAfPacketPortSplitsThePodsGsoPacketsAndFinishesItsChecksumsAcr
     f[12] = 0x88, f[13] = 0xb5;
     return f;
   };
-  const std::vector<bytes> segments = stream(segment_spec{}, 10, 0, [](size_t i, segment_spec& s) {
-    if (i == 9) s.flags |= kPsh;
+  const std::vector<bytes> segments = stream(segment_spec{}, 5, 0, [](size_t i, segment_spec& s) {
+    if (i == 4) s.flags |= kPsh;
   });
   std::vector<bytes> sent = {marker(1)};
   sent.insert(sent.end(), segments.begin(), segments.end());
@@ -577,7 +581,7 @@ TEST(port_loss, OwnAfPacketPortSplitsThePodsGsoPacketsAndFinishesItsChecksumsAcr
     burst.push_back(m);
   }
   ASSERT_EQ(pod->tx_burst(0, burst.data(), static_cast<uint16_t>(burst.size()), true), burst.size());
-  ASSERT_EQ(pod->read_coalesced().packets, 1u) << "the ten segments did not leave as one GSO packet";
+  ASSERT_EQ(pod->read_coalesced().packets, 1u) << "the five segments did not leave as one GSO packet";
 
   // A UDP datagram with CHECKSUM_PARTIAL: the field holds the pseudo-header's sum.
   l4_spec udp;
@@ -628,7 +632,7 @@ TEST(port_loss, OwnAfPacketPortSplitsThePodsGsoPacketsAndFinishesItsChecksumsAcr
   EXPECT_EQ(verify_checksums(got.back()), "");
   const packet_ring_port::split split = port->read_split();
   EXPECT_EQ(split.packets, 1u);
-  EXPECT_EQ(split.segments, 10u);
+  EXPECT_EQ(split.segments, 5u);
   EXPECT_EQ(port->read_loss().rx_errors, 0u);
   EXPECT_EQ(port->read_loss().rx_missed, 0u);
   port.reset();  // closes its sockets inside the namespace

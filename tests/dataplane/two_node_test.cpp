@@ -115,13 +115,12 @@ void expect_rings(const std::string& socket, const std::string& uplink_port, con
 }
 
 // af_packet fixes its rings at probe time: the uplink's hold 4,096 frames whatever the
-// tunables say (256 here); a pod port's RX ring the bytes of 2,048 two-KiB frames
-// (kPodRxRingFloor: what the pod sends while its worker is off the CPU) in 16 KiB frames
-// that hold the pod's GSO packets (kPodRxFrameBytes): 256; its TX ring the tunables' but
-// never fewer than 512.
+// tunables say (256 here); a pod port's RX ring at least 2,048 (kPodRxRingFloor: what the
+// pod sends while its worker is off the CPU), its TX ring the tunables' but never fewer
+// than 512.
 TEST_F(two_nodes, StatusShowsEachPortsRingsWithTheUplinksFloor) {
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
-               {4096u, 4096u}, {256u, 512u});
+               {4096u, 4096u}, {2048u, 512u});
 }
 
 }  // namespace
@@ -223,14 +222,24 @@ TEST_F(two_nodes, OneMebibyteOfTcpCrossesNodesByteIdentical) {
   EXPECT_TRUE(merged_in_a_log()) << "no stats line shows merged segments";
 }
 
-// Pods keep their veths' TX offloads on (as meshlane-cni leaves them on af_packet ports):
+// dataplane.pod_offloads: pods keep their veths' TX offloads on (as meshlane-cni then
+// leaves them, checked here on a pod it adds):
 // their TCP hands the veth GSO packets of up to kPodGsoMaxSize bytes with the checksum
 // left partial, and a UDP socket with UDP_SEGMENT one buffer for many datagrams. The pod
 // ports split them (dataplane/gso_split.h): a mebibyte each way to a pod and through a
 // VIP comes back byte-identical, a UDP_SEGMENT send arrives as its datagrams, each whole
 // and in order, across the nodes and through a VIP, and the ports count what they split
 // with no frame refused.
-TEST_F(two_nodes, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitWhatTheySend) {
+class two_nodes_pod_offloads : public two_nodes {
+ protected:
+  two_nodes_pod_offloads() { pod_offloads_ = true; }
+};
+
+TEST_F(two_nodes_pod_offloads, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitWhatTheySend) {
+  // dataplane.pod_offloads: the pod ports' RX rings hold the bytes of 2,048 two-KiB frames
+  // in 8 KiB frames that take a GSO packet (kPodRxFrameBytes): 512.
+  expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
+               {4096u, 4096u}, {512u, 512u});
   const std::string offloads = nodes_[0].client->exec("ethtool -k $(ls /sys/class/net | grep -vx lo)").output;
   EXPECT_NE(offloads.find("tcp-segmentation-offload: on"), std::string::npos) << offloads;
   EXPECT_NE(offloads.find("tx-checksumming: on"), std::string::npos) << offloads;
@@ -245,12 +254,12 @@ TEST_F(two_nodes, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitWhatTheySend) 
     EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, ip, static_cast<uint16_t>(port), 1 << 20), "") << ip;
   }
   // The client's stream into node 1 and the echo into node 2 came as GSO packets: more
-  // than one segment each on average (at most ten of 1,390 bytes under 16,000).
+  // than one segment each on average (at most five of 1,390 bytes under 8,000).
   for (const auto& [node, port] : {std::pair{0, nodes_[0].client_port}, std::pair{1, nodes_[1].web_port}}) {
     const double packets = split_of(node, port, "packets"), segments = split_of(node, port, "segments");
     EXPECT_GT(packets, 0) << port;
     EXPECT_GT(segments, 1.5 * packets) << port;
-    EXPECT_LE(segments, 12 * packets) << port;
+    EXPECT_LE(segments, 5 * packets) << port;
   }
 
   // UDP_SEGMENT (Linux 4.18): 4,500 bytes in one send, datagrams of 1,000.
@@ -289,6 +298,35 @@ TEST_F(two_nodes, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitWhatTheySend) 
     for (const std::string& port : {nodes_[n].client_port, nodes_[n].web_port})
       EXPECT_EQ(metric_value(client, "meshlane_dataplane_port_rx_errors_total", "port", port), 0) << port;
   }
+
+  // A pod meshlane-cni adds to node 1 gets its veth's offloads on with the agent's
+  // gso_max_size, CHECK agrees, and it reaches the other node.
+  const std::string plugin = env_value("MESHLANE_CNI");
+  ASSERT_FALSE(plugin.empty());
+  netns sandbox("cni");
+  const std::string conf = work_dir_ + "/offloads.conf", check_conf = work_dir_ + "/offloads-check.conf";
+  const nlohmann::json network{{"cniVersion", "1.0.0"}, {"name", "offloads"}, {"type", "meshlane-cni"},
+                               {"agentSocket", nodes_[0].config_path + ".sock"}};
+  std::ofstream(conf) << network.dump();
+  const auto plugin_run = [&](const std::string& command, const std::string& config) {
+    return nodes_[0].ns->exec("env CNI_COMMAND=" + command + " CNI_CONTAINERID=offloads-1 CNI_NETNS=/run/netns/" +
+                              sandbox.name() + " CNI_IFNAME=eth0 CNI_PATH=/opt/cni/bin " + plugin + " < " + config);
+  };
+  const command_result added = plugin_run("ADD", conf);
+  ASSERT_EQ(added.exit_code, 0) << added.output;
+  const std::string link = sandbox.exec("ip -d link show eth0; ethtool -k eth0").output;
+  EXPECT_NE(link.find("gso_max_size " + std::to_string(kPodGsoMaxSize) + " "), std::string::npos) << link;
+  EXPECT_NE(link.find("tx-checksumming: on"), std::string::npos) << link;
+  EXPECT_NE(link.find("tcp-segmentation-offload: on"), std::string::npos) << link;
+  nlohmann::json with_result = network;
+  with_result["prevResult"] = nlohmann::json::parse(added.output, nullptr, false);
+  std::ofstream(check_conf) << with_result.dump();
+  const command_result checked = plugin_run("CHECK", check_conf);
+  EXPECT_EQ(checked.exit_code, 0) << checked.output;
+  sandbox.exec_or_fail("sysctl -qw net.ipv6.conf.all.disable_ipv6=1");
+  EXPECT_EQ(udp_round_trip(sandbox, *nodes_[1].web, "198.18.2.20", 9300, "a CNI pod with offloads"), "");
+  const command_result deleted = plugin_run("DEL", conf);
+  EXPECT_EQ(deleted.exit_code, 0) << deleted.output;
 }
 
 // IPv4 packets the kernel's own stack received in a namespace (/proc/net/snmp's
@@ -772,11 +810,9 @@ TEST_F(two_nodes, FiveHundredPodsThroughTheCniPluginLeaveTrafficStateAndMemoryAs
           << "pod " << k;
       ++reached;
     }
-    if (k == 0) {  // the plugin left the veth's TX offloads on, as the agent's af_packet port asked
-      const std::string link = pod.exec("ip -d link show eth0; ethtool -k eth0").output;
-      EXPECT_NE(link.find("gso_max_size " + std::to_string(kPodGsoMaxSize) + " "), std::string::npos) << link;
-      EXPECT_NE(link.find("tx-checksumming: on"), std::string::npos) << link;
-      EXPECT_NE(link.find("tcp-segmentation-offload: on"), std::string::npos) << link;
+    if (k == 0) {  // without dataplane.pod_offloads the plugin turned TX checksum offload off
+      const std::string link = pod.exec("ethtool -k eth0").output;
+      EXPECT_NE(link.find("tx-checksumming: off"), std::string::npos) << link;
     }
     const auto deleted = cni("DEL", id, pod);
     ASSERT_EQ(deleted.exit_code, 0) << "DEL of pod " << k << ": " << deleted.output;
@@ -989,11 +1025,10 @@ class two_nodes_jumbo : public two_nodes {
 // each way at the pods' 8,902-byte MSS, to a pod and through a VIP, comes back
 // byte-identical.
 TEST_F(two_nodes_jumbo, JumboFramesCrossTheNodesWholeAndTcpIsByteIdentical) {
-  // The RX ring's 16 KiB frames already hold a jumbo frame: 256 as at 1,500; the TX
-  // ring's 512 two-KiB frames in 9 KiB frames: 116 (whole 36 KiB blocks of four). The
-  // uplink keeps its 4,096 (a node has one).
+  // 2,048 RX frames of 2 KiB in 9 KiB frames: 456 (whole 36 KiB blocks of four); the TX
+  // ring's 512 likewise 116. The uplink keeps its 4,096 (a node has one).
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
-               {4096u, 4096u}, {256u, 116u});
+               {4096u, 4096u}, {456u, 116u});
   {
     control_client client;
     ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");

@@ -341,9 +341,9 @@ class two_nodes : public ::testing::Test {
         const std::string ip = "198.18." + i + "." + last;
         // The pod's whole world is its gateway (a /32 plus an on-link route), as CNIs do;
         // an MTU that leaves room for Geneve; TX offloads as meshlane-cni leaves them
-        // (pod_offloads()): on, with GSO packets up to the agent's gso_max_size, where
-        // the agent's port finishes and splits them (af_packet), else off, the pod
-        // finishing its checksums because the port hands on what the veth carries.
+        // (pod_offloads(), dataplane.pod_offloads): on, with GSO packets up to the
+        // agent's gso_max_size, which the agent's port finishes and splits, else off, the
+        // pod finishing its checksums because the port hands on what the veth carries.
         pod->exec_or_fail("ip link set " + pair.b + " mtu " + std::to_string(pod_mtu_) + " up && ip addr add " + ip + "/32 dev " + pair.b +
                           " && ip route add 198.18." + i + ".1 dev " + pair.b + " && ip route add default via 198.18." +
                           i + ".1 dev " + pair.b + " && ethtool -K " + pair.b +
@@ -442,7 +442,7 @@ class two_nodes : public ::testing::Test {
       "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": )" + std::to_string(n == 1 ? node1_flow_table_size_ : 4096) + R"(, "maglev_table_size": 251,
                    "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
       "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": )" + std::to_string(uplink_mtu_) + R"(},
-                    "pod_driver": ")" + driver_ + R"(",
+                    "pod_driver": ")" + driver_ + R"(",)" + (pod_offloads() ? R"( "pod_offloads": true,)" : "") + R"(
                     "eal_args": ["--no-huge", "-m", ")" + std::to_string(eal_memory_mb_) + R"(", "--file-prefix=)" + file_prefix(n) + R"(",
                                  "--log-level=error", "--no-telemetry"]})" +
            (encryption_.empty() ? std::string() : ",\n      \"encryption\": " + encryption_) +
@@ -480,9 +480,9 @@ class two_nodes : public ::testing::Test {
     return false;
   }
 
-  // Whether the pods' veths keep TX offloads on, as meshlane-cni leaves them where the
-  // pod port is af_packet (the agent's pod reply says so: control/pod_requests.cpp).
-  bool pod_offloads() const { return driver_ == "af_packet" && !pods_finish_checksums_; }
+  // Whether the pods' veths keep TX offloads on, as meshlane-cni leaves them with
+  // dataplane.pod_offloads (the agent's pod reply says so: control/pod_requests.cpp).
+  bool pod_offloads() const { return driver_ == "af_packet" && pod_offloads_; }
 
   std::string meshlaned_, work_dir_;
   node nodes_[2];
@@ -490,7 +490,7 @@ class two_nodes : public ::testing::Test {
   uint32_t node1_flow_table_size_ = 4096;  // entries per worker (tunables.flow_table_size)
   bool with_outside_ = false;
   std::string driver_ = "af_packet";  // of every port
-  bool pods_finish_checksums_ = false;  // TX offloads off on af_packet too (pod_offloads())
+  bool pod_offloads_ = false;  // the documents' dataplane.pod_offloads (pod_offloads())
   uint16_t uplink_mtu_ = 1500;        // the underlay's, on every veth of it and in the documents
   uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)
   unsigned eal_memory_mb_ = 128;      // EAL's -m (the packet buffers grow with a jumbo MTU)
