@@ -77,11 +77,11 @@ class packet_ring_port {
   packet_ring_port(const packet_ring_port&) = delete;
   packet_ring_port& operator=(const packet_ring_port&) = delete;
 
-  // Up to `count` (at most kMaxRxBurst) received frames as mbufs with `port` as their
-  // port; the caller owns them. A GSO packet from the pod comes out as its segments,
-  // a frame whose checksum the pod left to the device with it finished (gso_split.h).
-  // One worker at a time.
-  static constexpr uint16_t kMaxRxBurst = 64;
+  // Up to `count` (at most kMaxRxBurst, tunables.burst_size's limit) received frames as
+  // mbufs with `port` as their port; the caller owns them. A GSO packet from the pod
+  // comes out as its segments, a frame whose checksum the pod left to the device with it
+  // finished (gso_split.h). One worker at a time.
+  static constexpr uint16_t kMaxRxBurst = 512;
   uint16_t rx_burst(rte_mbuf** out, uint16_t count, uint16_t port);
   // Copies up to `count` frames into TX ring `queue` and has the kernel send them (one
   // sendto); with `merge_tcp` (the dataplane.pod_gro tunable), runs of TCP segments go

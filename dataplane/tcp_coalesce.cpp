@@ -26,36 +26,25 @@ struct segment {
   uint8_t flags = 0;
 };
 
-uint16_t load16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return from_net16(v);
-}
-uint32_t load32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return from_net32(v);
-}
-
 // A data segment that may be merged: false for anything else (other protocols, IP
 // options, fragments, lengths that disagree with the frame, flags above, no payload).
 bool parse(const frame_ref& f, segment& s) {
   const uint8_t* p = f.data;
   if (f.length < kEthernetLength + sizeof(ipv4_header) + sizeof(tcp_header)) return false;
-  const uint16_t ether_type = load16(p + 12);
+  const uint16_t ether_type = read_be16(p + 12);
   uint32_t l3_length;
   if (ether_type == kEtherIpv4) {
     const uint8_t* ip = p + kEthernetLength;
     // Version 4 with no options, TCP, DF and nothing else of fragmentation.
-    if (ip[0] != 0x45 || ip[9] != kProtoTcp || load16(ip + 6) != kIpv4DontFragment) return false;
-    l3_length = load16(ip + 2);
+    if (ip[0] != 0x45 || ip[9] != kProtoTcp || read_be16(ip + 6) != kIpv4DontFragment) return false;
+    l3_length = read_be16(ip + 2);
     s.ipv6 = false;
     s.l4_offset = kEthernetLength + sizeof(ipv4_header);
   } else if (ether_type == kEtherIpv6) {
     if (f.length < kEthernetLength + sizeof(ipv6_header) + sizeof(tcp_header)) return false;
     const uint8_t* ip = p + kEthernetLength;
     if ((ip[0] >> 4) != 6 || ip[6] != kProtoTcp) return false;
-    l3_length = sizeof(ipv6_header) + uint32_t{load16(ip + 4)};
+    l3_length = sizeof(ipv6_header) + uint32_t{read_be16(ip + 4)};
     s.ipv6 = true;
     s.l4_offset = kEthernetLength + sizeof(ipv6_header);
   } else {
@@ -71,7 +60,7 @@ bool parse(const frame_ref& f, segment& s) {
   if ((s.flags & kTcpNotMerged) || !(s.flags & kTcpAck)) return false;
   s.header_length = static_cast<uint16_t>(s.l4_offset + tcp_length);
   s.payload = f.length - s.header_length;
-  s.sequence = load32(tcp + 4);
+  s.sequence = read_be32(tcp + 4);
   return true;
 }
 

@@ -73,6 +73,18 @@ pool_holder mbuf_pool(const std::string& name, unsigned count) {
                      &rte_mempool_free);
 }
 
+// A 60-byte frame of `number`s from 02:..:01 to 02:..:20 with a local experimental
+// EtherType (0x88b5): a marker between the frames a port test sends, whose place in what
+// arrives shows the order.
+bytes marker_frame(uint8_t number) {
+  bytes f(60, number);
+  const wire::mac_address to = mac(0x20), from = mac(0x01);
+  std::memcpy(f.data(), to.bytes, 6);
+  std::memcpy(f.data() + 6, from.bytes, 6);
+  f[12] = 0x88, f[13] = 0xb5;
+  return f;
+}
+
 // A packet socket bound to `interface` for `protocol` (host order), receives timing out
 // after `timeout`: the peer a port test sends and receives frames through. Closed with
 // its holder; -1 inside when the kernel refused (errno says why).
@@ -461,14 +473,6 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
     }
     return got;
   };
-  auto marker = [](uint8_t number) {
-    bytes f(60, number);
-    const wire::mac_address to = mac(0x20), from = mac(0x01);
-    std::memcpy(f.data(), to.bytes, 6);
-    std::memcpy(f.data() + 6, from.bytes, 6);
-    f[12] = 0x88, f[13] = 0xb5;
-    return f;
-  };
   segment_spec a;
   std::vector<bytes> stream_a = stream(a, 6, 0, [](size_t i, segment_spec& s) {
     if (i == 4) s.flags |= kPsh;
@@ -477,8 +481,8 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   b.sequence = 5'000;
   b.acknowledgement = 9;
   std::vector<bytes> stream_b = stream(b, 2);
-  const std::vector<bytes> burst = {marker(1),   stream_a[0], stream_a[1], stream_a[2], stream_a[3], stream_a[4],
-                                    marker(2),   stream_a[5], stream_b[0], stream_b[1]};
+  const std::vector<bytes> burst = {marker_frame(1),   stream_a[0], stream_a[1], stream_a[2], stream_a[3], stream_a[4],
+                                    marker_frame(2),   stream_a[5], stream_b[0], stream_b[1]};
   auto send_burst = [&](bool merge) {
     std::vector<rte_mbuf*> mbuf_burst;
     for (const bytes& f : burst) {
@@ -503,8 +507,8 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   ASSERT_EQ(send_burst(true), burst.size());
   std::vector<bytes> got = receive();
   ASSERT_EQ(got.size(), 5u);
-  EXPECT_EQ(got[0], marker(1));
-  EXPECT_EQ(got[2], marker(2));
+  EXPECT_EQ(got[0], marker_frame(1));
+  EXPECT_EQ(got[2], marker_frame(2));
   EXPECT_EQ(got[3], stream_a[5]);
   const bytes expected_a = merged_of({stream_a.begin(), stream_a.begin() + 5});
   const bytes expected_b = merged_of(stream_b);
@@ -559,20 +563,12 @@ TEST(port_loss, OwnAfPacketPortSplitsThePodsGsoPacketsAndFinishesItsChecksumsAcr
   ASSERT_TRUE(port->receives_offloads());
   EXPECT_EQ(port->rx_frame_size(), kPodRxFrameBytes);
 
-  auto marker = [](uint8_t number) {
-    bytes f(60, number);
-    const wire::mac_address to = mac(0x20), from = mac(0x01);
-    std::memcpy(f.data(), to.bytes, 6);
-    std::memcpy(f.data() + 6, from.bytes, 6);
-    f[12] = 0x88, f[13] = 0xb5;
-    return f;
-  };
   const std::vector<bytes> segments = stream(segment_spec{}, 5, 0, [](size_t i, segment_spec& s) {
     if (i == 4) s.flags |= kPsh;
   });
-  std::vector<bytes> sent = {marker(1)};
+  std::vector<bytes> sent = {marker_frame(1)};
   sent.insert(sent.end(), segments.begin(), segments.end());
-  sent.push_back(marker(2));
+  sent.push_back(marker_frame(2));
   std::vector<rte_mbuf*> burst;
   for (const bytes& f : sent) {
     rte_mbuf* m = rte_pktmbuf_alloc(mbufs);
