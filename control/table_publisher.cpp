@@ -228,7 +228,7 @@ std::optional<table_publisher::pod_context> table_publisher::current_pod_context
   out.encryption = s.encryption.mode;
   if (s.dataplane) {
     out.uplink_mtu = s.dataplane->uplink.mtu;
-    out.pod_offloads = s.dataplane->pod_driver == "af_packet" && s.dataplane->pod_offloads;
+    out.pod_offloads = s.dataplane->pod_offloads;  // validation took it with af_packet pods only
   }
   return out;
 }

@@ -37,21 +37,21 @@ bool make_plan(const vnet_header& vnet, const uint8_t* frame, uint32_t length, p
   if (type != tcp_coalesce::kGsoTcpV4 && type != tcp_coalesce::kGsoTcpV6 && type != kGsoUdpL4) return false;
   if (length < kEthernetLength + sizeof(ipv4_header)) return false;
   const uint8_t* ip = frame + kEthernetLength;
-  const uint16_t ether_type = read_be16(frame + 12);
+  const uint16_t ether_type = load_be16(frame + 12);
   uint8_t protocol;
   if (ether_type == kEtherTypeIpv4) {
     if (type == tcp_coalesce::kGsoTcpV6 || (ip[0] >> 4) != 4) return false;
     const uint16_t ip_header = static_cast<uint16_t>((ip[0] & 0x0f) * 4);
     // A fragment is not segmented (nor made by Linux's GSO); the total length is the
     // frame's, as ip_queue_xmit writes it for the whole GSO packet.
-    if (ip_header < sizeof(ipv4_header) || (read_be16(ip + 6) & (kIpv4MoreFragments | kIpv4OffsetMask)) != 0 ||
-        read_be16(ip + 2) != length - kEthernetLength)
+    if (ip_header < sizeof(ipv4_header) || (load_be16(ip + 6) & (kIpv4MoreFragments | kIpv4OffsetMask)) != 0 ||
+        load_be16(ip + 2) != length - kEthernetLength)
       return false;
     protocol = ip[9];
     out.l4_offset = static_cast<uint16_t>(kEthernetLength + ip_header);
   } else if (ether_type == kEtherTypeIpv6) {
     if (type == tcp_coalesce::kGsoTcpV4 || length < kEthernetLength + sizeof(ipv6_header) || (ip[0] >> 4) != 6 ||
-        uint32_t{read_be16(ip + 4)} + sizeof(ipv6_header) + kEthernetLength != length)
+        uint32_t{load_be16(ip + 4)} + sizeof(ipv6_header) + kEthernetLength != length)
       return false;
     protocol = ip[6];  // an extension header in between is refused: the L4 header follows
     out.ipv6 = true;
@@ -90,8 +90,8 @@ uint32_t write_segment(const plan& p, const uint8_t* frame, uint32_t index, uint
   if (!p.ipv6) {
     // The ID counts up a segment, as inet_gso_segment does for a GSO packet without
     // SKB_GSO_TCP_FIXEDID (which the virtio header cannot say).
-    write_be16(ip + 2, static_cast<uint16_t>(length - kEthernetLength));
-    write_be16(ip + 4, static_cast<uint16_t>(read_be16(ip + 4) + index));
+    store_be16(ip + 2, static_cast<uint16_t>(length - kEthernetLength));
+    store_be16(ip + 4, static_cast<uint16_t>(load_be16(ip + 4) + index));
     std::memset(ip + 10, 0, 2);
     const uint16_t ip_checksum = checksum(ip, p.l4_offset - kEthernetLength);
     std::memcpy(ip + 10, &ip_checksum, 2);
@@ -100,11 +100,11 @@ uint32_t write_segment(const plan& p, const uint8_t* frame, uint32_t index, uint
     std::memcpy(&destination, ip + 16, 4);
     sum = pseudo_header_sum_v4(source, destination, p.tcp ? kProtoTcp : kProtoUdp, static_cast<uint16_t>(l4_length));
   } else {
-    write_be16(ip + 4, static_cast<uint16_t>(length - kEthernetLength - sizeof(ipv6_header)));
+    store_be16(ip + 4, static_cast<uint16_t>(length - kEthernetLength - sizeof(ipv6_header)));
     sum = pseudo_header_sum_v6(ip + 8, ip + 24, p.tcp ? kProtoTcp : kProtoUdp, l4_length);
   }
   if (p.tcp) {
-    write_be32(l4 + 4, read_be32(l4 + 4) + index * uint32_t{p.segment_size});
+    store_be32(l4 + 4, load_be32(l4 + 4) + index * uint32_t{p.segment_size});
     // FIN and PSH end the data: the last segment's; CWR answers one ECE: the first's.
     if (index + 1u != p.segments) l4[13] = static_cast<uint8_t>(l4[13] & ~(kTcpFin | kTcpPsh));
     if (index != 0) l4[13] = static_cast<uint8_t>(l4[13] & ~kTcpCwr);
@@ -112,7 +112,7 @@ uint32_t write_segment(const plan& p, const uint8_t* frame, uint32_t index, uint
     const uint16_t check = checksum_fold(checksum_partial(l4, l4_length, sum));
     std::memcpy(l4 + 16, &check, 2);
   } else {
-    write_be16(l4 + 4, static_cast<uint16_t>(l4_length));
+    store_be16(l4 + 4, static_cast<uint16_t>(l4_length));
     std::memset(l4 + 6, 0, 2);
     uint16_t check = checksum_fold(checksum_partial(l4, l4_length, sum));
     if (check == 0) check = 0xffff;  // zero is "no checksum" in UDP

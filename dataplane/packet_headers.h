@@ -39,25 +39,30 @@ inline constexpr uint16_t from_net16(uint16_t v) { return bswap16(v); }
 inline constexpr uint32_t to_net32(uint32_t v) { return bswap32(v); }
 inline constexpr uint32_t from_net32(uint32_t v) { return bswap32(v); }
 
-// A field in network order at any alignment, read or written in host order (the off-path
-// code that parses and builds headers field by field: tcp_coalesce, gso_split).
-inline uint16_t read_be16(const uint8_t* p) {
+// A field in network order at any alignment, read or written in host order (the code
+// that parses and builds headers field by field off the pipeline's hot loop: the ESP
+// codec, tcp_coalesce, gso_split).
+inline uint16_t load_be16(const uint8_t* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
   return from_net16(v);
 }
-inline uint32_t read_be32(const uint8_t* p) {
+inline uint32_t load_be32(const uint8_t* p) {
   uint32_t v;
   std::memcpy(&v, p, 4);
   return from_net32(v);
 }
-inline void write_be16(uint8_t* p, uint16_t host) {
+inline void store_be16(uint8_t* p, uint16_t host) {
   const uint16_t v = to_net16(host);
   std::memcpy(p, &v, 2);
 }
-inline void write_be32(uint8_t* p, uint32_t host) {
+inline void store_be32(uint8_t* p, uint32_t host) {
   const uint32_t v = to_net32(host);
   std::memcpy(p, &v, 4);
+}
+inline void store_be64(uint8_t* p, uint64_t host) {
+  const uint64_t v = __builtin_bswap64(host);
+  std::memcpy(p, &v, 8);
 }
 
 struct mac_address {

@@ -271,8 +271,10 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
         m->port = port;
       }
       if (w.plan.segments > 1 && s > w.first) {
-        rx_segments_.fetch_add(s - w.first, std::memory_order_relaxed);
-        if (w.first == 0) rx_split_.fetch_add(1, std::memory_order_relaxed);
+        // The port's one polling worker writes these: relaxed stores, no locked
+        // read-modify-write per GSO packet; readers sum them.
+        rx_segments_.store(rx_segments_.load(std::memory_order_relaxed) + (s - w.first), std::memory_order_relaxed);
+        if (w.first == 0) rx_split_.store(rx_split_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
       }
       if (s < w.plan.segments) {
         rx_partial_ = s;  // buffers ran out, or the burst is full: the frame stays

@@ -161,7 +161,8 @@ class packet_ring_port {
   ring rx_;
   std::vector<ring> tx_;
   // Written by the workers, read by the agent's thread.
-  std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0}, rx_split_{0}, rx_segments_{0};
+  std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
+  std::atomic<uint64_t> rx_split_{0}, rx_segments_{0};  // written by the RX worker alone
   bool rx_vnet_ = false;     // received frames have a virtio header in front
   uint16_t rx_partial_ = 0;  // segments of the frame at rx_.next given out already
   uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts

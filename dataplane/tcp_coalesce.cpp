@@ -31,20 +31,20 @@ struct segment {
 bool parse(const frame_ref& f, segment& s) {
   const uint8_t* p = f.data;
   if (f.length < kEthernetLength + sizeof(ipv4_header) + sizeof(tcp_header)) return false;
-  const uint16_t ether_type = read_be16(p + 12);
+  const uint16_t ether_type = load_be16(p + 12);
   uint32_t l3_length;
   if (ether_type == kEtherIpv4) {
     const uint8_t* ip = p + kEthernetLength;
     // Version 4 with no options, TCP, DF and nothing else of fragmentation.
-    if (ip[0] != 0x45 || ip[9] != kProtoTcp || read_be16(ip + 6) != kIpv4DontFragment) return false;
-    l3_length = read_be16(ip + 2);
+    if (ip[0] != 0x45 || ip[9] != kProtoTcp || load_be16(ip + 6) != kIpv4DontFragment) return false;
+    l3_length = load_be16(ip + 2);
     s.ipv6 = false;
     s.l4_offset = kEthernetLength + sizeof(ipv4_header);
   } else if (ether_type == kEtherIpv6) {
     if (f.length < kEthernetLength + sizeof(ipv6_header) + sizeof(tcp_header)) return false;
     const uint8_t* ip = p + kEthernetLength;
     if ((ip[0] >> 4) != 6 || ip[6] != kProtoTcp) return false;
-    l3_length = sizeof(ipv6_header) + uint32_t{read_be16(ip + 4)};
+    l3_length = sizeof(ipv6_header) + uint32_t{load_be16(ip + 4)};
     s.ipv6 = true;
     s.l4_offset = kEthernetLength + sizeof(ipv6_header);
   } else {
@@ -60,7 +60,7 @@ bool parse(const frame_ref& f, segment& s) {
   if ((s.flags & kTcpNotMerged) || !(s.flags & kTcpAck)) return false;
   s.header_length = static_cast<uint16_t>(s.l4_offset + tcp_length);
   s.payload = f.length - s.header_length;
-  s.sequence = read_be32(tcp + 4);
+  s.sequence = load_be32(tcp + 4);
   return true;
 }
 

@@ -230,11 +230,6 @@ std::string bring_interface_up(const std::string& interface) {
 // its fill queue's 2,048 buffers, the same floor at no cost in buffers.
 constexpr uint16_t kUplinkRingFloor = 4096;
 constexpr uint32_t kPodRxRingFloor = 2048;
-// With dataplane.pod_offloads, a pod port's RX frames hold a GSO packet of the pod's
-// (gso_split.h: a pod whose veth offloads segmentation hands it one packet of up to
-// kPodGsoMaxSize instead of five segments), in the same bytes as kPodRxRingFloor 2 KiB
-// frames: 512 frames of 8 KiB.
-constexpr uint32_t kPodRxFrameSize = kPodRxFrameBytes;
 constexpr uint32_t kRingPortBuffers = 8192;  // see worker_pool::create
 constexpr uint16_t kAfXdpFillBuffers = 2048;  // DPDK 22.11's ETH_AF_XDP_DFLT_NUM_DESCS
 uint32_t af_packet_ring_frames(uint32_t ring_size, port_role role) {
@@ -302,7 +297,7 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     // meshlane's own port (packet_ring_port.h): no ethdev id, so not bounded by
     // RTE_MAX_ETHPORTS; the pool gives it an id and its mbufs.
     const uint32_t frames = af_packet_ring_frames(ring_size, role);
-    const uint32_t rx_room = pod_offloads ? std::max(room, kPodRxFrameSize) : room;
+    const uint32_t rx_room = pod_offloads ? std::max(room, kPodRxFrameBytes) : room;
     std::string error;
     port.ring = packet_ring_port::open(interface, pod_ring_frames(std::max(frames, kPodRxRingFloor), rx_room),
                                        pod_ring_frames(frames, room), queues, nullptr, error, room, rx_room);

@@ -17,25 +17,6 @@ using namespace wire;
 
 namespace {
 
-inline uint16_t load_be16(const uint8_t* p) {
-  uint16_t v;
-  std::memcpy(&v, p, 2);
-  return from_net16(v);
-}
-inline uint32_t load_be32(const uint8_t* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return from_net32(v);
-}
-inline void store_be32(uint8_t* p, uint32_t v) {
-  v = to_net32(v);
-  std::memcpy(p, &v, 4);
-}
-inline void store_be64(uint8_t* p, uint64_t v) {
-  v = __builtin_bswap64(v);
-  std::memcpy(p, &v, 8);
-}
-
 // RFC 4106 section 5, with extended sequence numbers: SPI | high 32 bits | low 32 bits.
 constexpr uint32_t kAadSize = 12;
 inline void make_aad(uint8_t* aad, uint32_t spi, uint64_t sequence) {
