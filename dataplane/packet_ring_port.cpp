@@ -21,6 +21,7 @@
 
 #include "dataplane/gso_split.h"
 #include "dataplane/tcp_coalesce.h"
+#include "dataplane/udp_coalesce.h"
 
 namespace meshlane {
 namespace {
@@ -296,7 +297,7 @@ void packet_ring_port::kick(ring& r) {
   }
 }
 
-uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count, bool merge_tcp) {
+uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count, bool merge) {
   using tcp_coalesce::frame_ref;
   using tcp_coalesce::kMaxSegments;
   ring& r = tx_[queue];
@@ -309,7 +310,7 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
   // Frames before this one go through the ring one by one: a run the kernel refused.
   uint16_t single_until = 0;
   tcp_coalesce::merged_packet merged;
-  const bool coalesce = merge_tcp && r.gso_fd >= 0 && count >= 2;
+  const bool coalesce = merge && r.gso_fd >= 0 && count >= 2;
   while (taken < count) {
     if (coalesce && taken >= single_until && count - taken >= 2) {
       if (window_end - taken < kMaxSegments / 2 && window_end < count) {
@@ -321,7 +322,8 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
           refs[i - window] = {rte_pktmbuf_mtod(m, const uint8_t*), m->nb_segs == 1 ? m->data_len : 0u};
         }
       }
-      const uint16_t run = tcp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged);
+      uint16_t run = tcp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged);
+      if (run < 2) run = udp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged);
       if (run >= 2) {
         // What the ring holds goes first, then the merged packet: the pod sees the order
         // the workers sent. Frames a kick left waiting (the socket's send buffer full:

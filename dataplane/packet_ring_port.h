@@ -18,9 +18,10 @@
 // does. The ring memory is the kernel's (not locked user memory), so RLIMIT_MEMLOCK
 // does not bound it.
 //
-// TCP segments into the pod: each TX queue also has a socket with
+// TCP segments and UDP datagrams into the pod: each TX queue also has a socket with
 // PACKET_VNET_HDR (protocol 0, PACKET_QDISC_BYPASS, no ring), and a run of segments of
-// one stream in a burst (tcp_coalesce.h) goes through it as one GSO packet, copied once
+// one stream in a burst (tcp_coalesce.h), or of datagrams of one flow (udp_coalesce.h),
+// goes through it as one GSO packet, copied once
 // from the mbufs by sendmsg; the rest of the burst goes through the ring as before, the
 // ring kicked before each merged packet so that the pod sees the frames in the order the
 // workers sent them (both sockets transmit synchronously into the same veth from the
@@ -66,7 +67,7 @@ class packet_ring_port {
   // up to whole blocks). Received frames go into mbufs of `mbufs`, whose data room must
   // hold a frame of that size. Null and `error` when the kernel refused something, or the
   // frame size is not one of those, with what and why.
-  // A kernel that refuses PACKET_VNET_HDR leaves the port without merging (coalesces_tcp).
+  // A kernel that refuses PACKET_VNET_HDR leaves the port without merging (coalesces).
   // `rx_frame_size` (0: `frame_size`) sizes the RX ring's frames apart: large enough
   // for the GSO packets of a pod whose veth offloads segmentation (gso_split.h).
   static std::unique_ptr<packet_ring_port> open(const std::string& interface, uint32_t rx_frames,
@@ -84,11 +85,11 @@ class packet_ring_port {
   static constexpr uint16_t kMaxRxBurst = 512;
   uint16_t rx_burst(rte_mbuf** out, uint16_t count, uint16_t port);
   // Copies up to `count` frames into TX ring `queue` and has the kernel send them (one
-  // sendto); with `merge_tcp` (the dataplane.pod_gro tunable), runs of TCP segments go
-  // as one packet each (sendmsg) instead. Returns how many it took (sent or, when larger
-  // than a frame, dropped and counted as tx_errors); those mbufs are freed. One worker
-  // per queue.
-  uint16_t tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count, bool merge_tcp = true);
+  // sendto); with `merge` (the dataplane.pod_gro tunable), runs of TCP segments of one
+  // stream and of UDP datagrams of one flow go as one packet each (sendmsg) instead.
+  // Returns how many it took (sent or, when larger than a frame, dropped and counted as
+  // tx_errors); those mbufs are freed. One worker per queue.
+  uint16_t tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t count, bool merge = true);
 
   // The mempool received frames go into (the port's own once hot-plugged).
   void set_mbufs(rte_mempool* mbufs) { mbufs_ = mbufs; }
@@ -122,7 +123,7 @@ class packet_ring_port {
   // checksums cannot be read, and its veth must keep TX offloads off.
   bool receives_offloads() const { return rx_vnet_; }
   uint32_t rx_frame_size() const { return rx_.frame_size; }
-  bool coalesces_tcp() const { return !tx_.empty() && tx_[0].gso_fd >= 0; }
+  bool coalesces() const { return !tx_.empty() && tx_[0].gso_fd >= 0; }
 
   const std::string& interface() const { return interface_; }
   int ifindex() const { return ifindex_; }

@@ -37,6 +37,9 @@ bool parse(const frame_ref& f, segment& s) {
     const uint8_t* ip = p + kEthernetLength;
     // Version 4 with no options, TCP, DF and nothing else of fragmentation.
     if (ip[0] != 0x45 || ip[9] != kProtoTcp || load_be16(ip + 6) != kIpv4DontFragment) return false;
+    // A header checksum that is wrong stays wrong: the kernel's segmentation would write
+    // it right (the worker's parser drops such frames before they get here).
+    if (checksum(ip, sizeof(ipv4_header)) != 0) return false;
     l3_length = load_be16(ip + 2);
     s.ipv6 = false;
     s.l4_offset = kEthernetLength + sizeof(ipv4_header);

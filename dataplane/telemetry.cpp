@@ -154,10 +154,11 @@ void worker_pool::register_with(subsystem_registry& registry) {
         "whose peer's XDP ring was full); the port driver's own counters do not see these, except that on an "
         "af_xdp port over a veth rx includes the frames its XDP socket dropped, which rx_missed counts too.");
     auto merged_packets = family("meshlane_dataplane_port_tx_merged_packets_total",
-                                 "GSO packets a pod port sent, each a run of TCP segments of one stream merged "
-                                 "(dataplane/tcp_coalesce.h); tx_packets counts their segments.");
+                                 "GSO packets a pod port sent, each a run of TCP segments of one stream or of UDP "
+                                 "datagrams of one flow merged (dataplane/tcp_coalesce.h, udp_coalesce.h); "
+                                 "tx_packets counts their segments.");
     auto merged_segments = family("meshlane_dataplane_port_tx_merged_segments_total",
-                                "TCP segments a pod port sent inside merged GSO packets.");
+                                "TCP segments and UDP datagrams a pod port sent inside merged GSO packets.");
     auto split_packets = family("meshlane_dataplane_port_rx_split_packets_total",
                                 "GSO packets a pod port received from its pod (TX segmentation offload on the "
                                 "pod's veth) and split into segments (dataplane/gso_split.h); rx_packets counts "
@@ -205,7 +206,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       tx_bytes.samples.push_back({labels, double(sums[3])});
       packet_ring_port* ring = ports_->rings[p].load();
       const port_loss loss = read_port_loss(p, ring, true, af_packet_ring_drops_[p], net_dev);
-      if (ring && ring->coalesces_tcp()) {
+      if (ring && ring->coalesces()) {
         const packet_ring_port::coalesced merged = ring->read_coalesced();
         merged_packets.samples.push_back({labels, double(merged.packets)});
         merged_segments.samples.push_back({labels, double(merged.segments)});
@@ -400,7 +401,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       // A pod port that merges TCP segments (tcp_coalesce.h): how many GSO packets and
       // the segments in them; null where the port does not.
       nlohmann::json merged_packets = nullptr, merged_segments = nullptr;
-      if (ring && ring->coalesces_tcp()) {
+      if (ring && ring->coalesces()) {
         const packet_ring_port::coalesced merged = ring->read_coalesced();
         merged_packets = merged.packets;
         merged_segments = merged.segments;

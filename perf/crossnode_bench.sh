@@ -12,8 +12,9 @@
 # pod to pod and through the service VIP. REPS rounds of each, medians reported. Then
 # datagrams lost while node 1 publishes 100 snapshots, against the same stream alone.
 # ESP=0 leaves the encrypted way out. GRO_AB=1 adds meshlane_nogro: the same agents with
-# dataplane.pod_gro off (every TCP segment into a pod alone, dataplane/tcp_coalesce.h),
-# its rounds alternated with meshlane's, and prints merged over unmerged.
+# dataplane.pod_gro off (every TCP segment and UDP datagram into a pod alone,
+# dataplane/tcp_coalesce.h, udp_coalesce.h), its rounds alternated with meshlane's, and
+# prints merged over unmerged. UDP=1 adds a UDP stream to every round (iperf3 -u).
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet; POD_DRIVER
@@ -196,9 +197,37 @@ if d:  # each non-zero loss counter of the agents, by name
 print(json.dumps(row))
 PY
 }
+# UDP=1: also a UDP stream per round, iperf3 -u at no rate limit with 1,400-byte
+# datagrams from the client pod to the server pod: the rate the server received and the
+# datagrams lost; on meshlane's way also what node 2's worker sent into the server pod
+# merged (runs of datagrams of one flow as UDP GSO packets, dataplane/udp_coalesce.h).
+iperf3_udp_run() {  # WAY
+  local before after
+  before=$(uplink_counters)
+  ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -u -b 0 -l 1400 -t "$seconds" -J > "$work/iperf3-udp.json"
+  sleep 1
+  after=$(uplink_counters)
+  /usr/bin/python3 - "$1" "$work/iperf3-udp.json" "$before" "$after" >> "$results" <<'PY'
+import json, sys
+end = json.load(open(sys.argv[2]))["end"]
+before, after = json.loads(sys.argv[3]), json.loads(sys.argv[4])
+d = {k: after[k] - before.get(k, 0) for k in after}
+row = {"way": sys.argv[1], "target": "iperf3_udp",
+       "udp": {"gbit_per_s": end["sum_received"]["bits_per_second"] / 1e9,
+               "sent_gbit_per_s": end["sum_sent"]["bits_per_second"] / 1e9,
+               "lost_percent": end["sum_received"]["lost_percent"]}}
+if d:
+    row["pod_tx_merged"] = {"packets": d.get("node2_pod_tx_merged_packets", 0),
+                            "segments": d.get("node2_pod_tx_merged_segments", 0),
+                            "frames_sent": d.get("node2_pod_tx_packets", 0)}
+print(json.dumps(row))
+PY
+}
+udp=${UDP:-0}
 measure() {  # WAY
   for rep in $(seq "$reps"); do
     iperf3_run "$WAY"
+    [ "$udp" = 1 ] && iperf3_udp_run "$WAY"
     for target in "pod 198.18.2.20 8080 8081" "vip 198.19.128.10 80 81"; do
       set -- $target
       local kind=$1 ip=$2 rr_port=$3 bulk_port=$4
@@ -389,8 +418,20 @@ def iperf3_of(w):
 iperf3 = {w: iperf3_of(w) for w in ways}
 if gro_ratios:
     gro_ratios["iperf3_gbit_per_s"] = iperf3["meshlane"]["gbit_per_s"] / iperf3["meshlane_nogro"]["gbit_per_s"]
+def udp_of(w):  # UDP=1's runs
+    runs = [r for r in rows if r["way"] == w and r["target"] == "iperf3_udp"]
+    if not runs:
+        return None
+    return {"gbit_per_s": statistics.median(r["udp"]["gbit_per_s"] for r in runs),
+            "gbit_per_s_range": [min(r["udp"]["gbit_per_s"] for r in runs), max(r["udp"]["gbit_per_s"] for r in runs)],
+            "lost_percent": statistics.median(r["udp"]["lost_percent"] for r in runs),
+            "pod_tx_merged": {k: sum(r["pod_tx_merged"][k] for r in runs if "pod_tx_merged" in r)
+                              for k in ("packets", "segments", "frames_sent")}}
+udp = {w: u for w in ways if (u := udp_of(w))}
+if udp and gro_ratios and "meshlane_nogro" in udp:
+    gro_ratios["iperf3_udp_gbit_per_s"] = udp["meshlane"]["gbit_per_s"] / udp["meshlane_nogro"]["gbit_per_s"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "pod_offloads": os.environ.get("POD_OFFLOADS", "0") == "1", "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
+json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, **({"iperf3_udp": udp} if udp else {}), "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "pod_offloads": os.environ.get("POD_OFFLOADS", "0") == "1", "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
            "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
@@ -411,6 +452,11 @@ for w, f in iperf3.items():
                  f" went as segments of {f['pod_tx_merged']['packets']} merged packets")
     print(f"iperf3 {w:12} {f['gbit_per_s']:6.2f} Gbit/s, {f['retransmits']:.0f} retransmissions "
           f"(runs {f['retransmits_range'][0]}-{f['retransmits_range'][1]}){lost}")
+for w, f in udp.items():
+    merged = (f"; into the server pod {f['pod_tx_merged']['segments']} of {f['pod_tx_merged']['frames_sent']} frames"
+              f" went as datagrams of {f['pod_tx_merged']['packets']} merged packets") if w != "kernel" else ""
+    print(f"iperf3 UDP {w:12} {f['gbit_per_s']:6.2f} Gbit/s received (runs {f['gbit_per_s_range'][0]:.2f}-"
+          f"{f['gbit_per_s_range'][1]:.2f}), {f['lost_percent']:.1f}% lost{merged}")
 for k, v in ratios.items():
     print(f"meshlane / kernel  {k:22} {v:6.2f}x")
 for k, v in (gro_ratios or {}).items():

@@ -12,7 +12,9 @@
 #include <rte_ethdev.h>
 #include <rte_mbuf.h>
 #include <sys/socket.h>
+#include <sys/ioctl.h>
 #include <sys/uio.h>
+#include <netinet/udp.h>
 #include <unistd.h>
 
 #include <chrono>
@@ -457,7 +459,7 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   std::string error;
   auto port = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);
   ASSERT_TRUE(port) << error;
-  ASSERT_TRUE(port->coalesces_tcp()) << "this kernel refused PACKET_VNET_HDR";
+  ASSERT_TRUE(port->coalesces()) << "this kernel refused PACKET_VNET_HDR";
 
   const bound_packet_socket peer_socket(veth.b, ETH_P_ALL, timeval{0, 200'000});
   const int peer = peer_socket.fd;
@@ -535,6 +537,139 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   port.reset();  // closes its sockets inside the namespace
 }
 
+// A pod port merges runs of UDP datagrams of one flow (dataplane/udp_coalesce.h) into
+// UDP GSO packets, and the kernel on the other side of the veth hands them to its sockets
+// as a NIC with UDP GRO would: a plain UDP socket reads the five datagrams of its flow one
+// by one, byte for byte and in order (its kernel cut the packet at the socket), and a
+// socket with UDP_GRO reads the three of its flow as one read with their size in a
+// control message. With merging off (the dataplane.pod_gro tunable) the same burst leaves
+// as eight frames and the GRO socket reads three datagrams.
+TEST(port_loss, OwnAfPacketPortSendsRunsOfUdpDatagramsAsGsoPacketsThatTheKernelsSocketsTake) {
+  if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
+  netns ns("udpgro");
+  ASSERT_GE(ns.fd(), 0);
+  const veth_pair veth = quiet_veth(ns, "ud", "up");
+  ASSERT_FALSE(veth.a.empty());
+  ASSERT_TRUE(ns.exec_or_fail("ip addr add 198.18.2.20/24 dev " + veth.b + " && sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf." +
+                              veth.b + ".rp_filter=0"));
+  netns_scope inside(ns);
+  const pool_holder pool_guard = mbuf_pool("udp_gro_test", 256);
+  rte_mempool* mbufs = pool_guard.get();
+  ASSERT_NE(mbufs, nullptr);
+  std::string error;
+  auto port = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);
+  ASSERT_TRUE(port) << error;
+  ASSERT_TRUE(port->coalesces()) << "this kernel refused PACKET_VNET_HDR";
+
+  // The receiving end's MAC, for the frames' destination.
+  wire::mac_address peer_mac{};
+  {
+    const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ASSERT_GE(fd, 0);
+    ifreq request{};
+    std::strncpy(request.ifr_name, veth.b.c_str(), IFNAMSIZ - 1);
+    ASSERT_EQ(ioctl(fd, SIOCGIFHWADDR, &request), 0) << std::strerror(errno);
+    std::memcpy(peer_mac.bytes, request.ifr_hwaddr.sa_data, 6);
+    close(fd);
+  }
+  // UDP sockets on the receiving end: port 443 plain, port 444 with UDP_GRO.
+  auto udp_socket = [](uint16_t port, bool gro) {
+    const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_port = htons(port);
+    at.sin_addr.s_addr = ip4("198.18.2.20");
+    const timeval timeout{0, 200'000};
+    const int on = 1;
+    if (fd < 0 || bind(fd, reinterpret_cast<sockaddr*>(&at), sizeof at) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0 ||
+        (gro && setsockopt(fd, SOL_UDP, UDP_GRO, &on, sizeof on) != 0))
+      ADD_FAILURE() << "UDP socket on " << port << ": " << std::strerror(errno);
+    return fd;
+  };
+  const int plain = udp_socket(443, false), gro = udp_socket(444, true);
+  // Each read: its bytes and the segment size a UDP_GRO read reports (0: none).
+  auto reads = [](int fd) {
+    std::vector<std::pair<bytes, int>> got;
+    std::vector<uint8_t> buffer(70'000);
+    for (;;) {
+      iovec iov{buffer.data(), buffer.size()};
+      alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+      msghdr message{};
+      message.msg_iov = &iov;
+      message.msg_iovlen = 1;
+      message.msg_control = control;
+      message.msg_controllen = sizeof control;
+      const ssize_t n = recvmsg(fd, &message, 0);
+      if (n <= 0) break;
+      int segment = 0;
+      for (cmsghdr* c = CMSG_FIRSTHDR(&message); c; c = CMSG_NXTHDR(&message, c))
+        if (c->cmsg_level == SOL_UDP && c->cmsg_type == UDP_GRO) std::memcpy(&segment, CMSG_DATA(c), sizeof segment);
+      got.emplace_back(bytes(buffer.begin(), buffer.begin() + n), segment);
+    }
+    return got;
+  };
+  // `count` datagrams of 1,200 bytes to `port`, IPv4 IDs counting up, each payload byte
+  // its datagram's index (as a pod's socket sends them).
+  auto flow = [&](size_t count, uint16_t port) {
+    std::vector<bytes> out;
+    for (size_t i = 0; i < count; ++i) {
+      l4_spec udp;
+      udp.protocol = wire::kProtoUdp;
+      udp.source_port = 5000;
+      udp.destination_port = port;
+      udp.payload = bytes(1200, static_cast<uint8_t>(i));
+      bytes f = ipv4_frame(mac(0x01), peer_mac, ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
+      put16(&f[18], static_cast<uint16_t>(100 + i));
+      f[24] = f[25] = 0;
+      const uint16_t sum = wire::checksum(&f[14], 20);
+      std::memcpy(&f[24], &sum, 2);
+      out.push_back(f);
+    }
+    return out;
+  };
+  std::vector<bytes> burst = flow(5, 443);
+  for (const bytes& f : flow(3, 444)) burst.push_back(f);
+  auto send_burst = [&](bool merge) {
+    std::vector<rte_mbuf*> mbuf_burst;
+    for (const bytes& f : burst) {
+      rte_mbuf* m = rte_pktmbuf_alloc(mbufs);
+      EXPECT_NE(m, nullptr);
+      std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(f.size())), f.data(), f.size());
+      mbuf_burst.push_back(m);
+    }
+    return port->tx_burst(0, mbuf_burst.data(), static_cast<uint16_t>(mbuf_burst.size()), merge);
+  };
+
+  ASSERT_EQ(send_burst(true), burst.size());
+  auto got = reads(plain);
+  ASSERT_EQ(got.size(), 5u);
+  for (size_t i = 0; i < got.size(); ++i) {
+    EXPECT_EQ(got[i].first, bytes(1200, static_cast<uint8_t>(i))) << "datagram " << i;
+    EXPECT_EQ(got[i].second, 0);
+  }
+  got = reads(gro);
+  ASSERT_EQ(got.size(), 1u) << "the three datagrams of port 444 in one read";
+  bytes whole;
+  for (uint8_t i = 0; i < 3; ++i) whole.insert(whole.end(), 1200, i);
+  EXPECT_EQ(got[0].first, whole);
+  EXPECT_EQ(got[0].second, 1200);
+  packet_ring_port::coalesced merged = port->read_coalesced();
+  EXPECT_EQ(merged.packets, 2u);
+  EXPECT_EQ(merged.segments, 8u);
+
+  ASSERT_EQ(send_burst(false), burst.size());
+  EXPECT_EQ(reads(plain).size(), 5u);
+  got = reads(gro);
+  ASSERT_EQ(got.size(), 3u) << "merging off: three datagrams";
+  for (size_t i = 0; i < got.size(); ++i) EXPECT_EQ(got[i].first, bytes(1200, static_cast<uint8_t>(i)));
+  EXPECT_EQ(port->read_coalesced().packets, 2u);
+  EXPECT_EQ(port->read_loss().tx_errors, 0u);
+  close(plain);
+  close(gro);
+  port.reset();  // closes its sockets inside the namespace
+}
+
 // A pod with its veth's TX offloads on (meshlane-cni leaves them on): what it hands the
 // veth as one GSO packet, or with its checksum left partial, reaches the port with its
 // virtio header, and rx_burst gives the frames the pod's kernel would have sent without
@@ -556,7 +691,7 @@ TEST(port_loss, OwnAfPacketPortSplitsThePodsGsoPacketsAndFinishesItsChecksumsAcr
   std::string error;
   auto pod = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);  // what the pod sends with
   ASSERT_TRUE(pod) << error;
-  ASSERT_TRUE(pod->coalesces_tcp()) << "this kernel refused PACKET_VNET_HDR";
+  ASSERT_TRUE(pod->coalesces()) << "this kernel refused PACKET_VNET_HDR";
   auto port = packet_ring_port::open(veth.b, 64, 64, 1, mbufs, error, packet_ring_port::kDefaultFrameSize,
                                      kPodRxFrameBytes);
   ASSERT_TRUE(port) << error;

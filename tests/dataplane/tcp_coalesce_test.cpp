@@ -207,6 +207,11 @@ TEST(TcpCoalesce, ASegmentWithABadChecksumIsNeverMerged) {
   auto third = stream(first, 4);
   third[2][100] ^= 0x40;
   EXPECT_EQ(plan(third, m), 2);
+  // The third's IPv4 header checksum wrong (which the kernel's segmentation would write
+  // right): the same.
+  auto third_header = stream(first, 4);
+  third_header[2][14 + 10] ^= 0x01;
+  EXPECT_EQ(plan(third_header, m), 2);
   // The first corrupted: nothing merges.
   auto first_bad = stream(first, 4);
   first_bad[0].back() ^= 0x01;
