@@ -197,14 +197,14 @@ if d:  # each non-zero loss counter of the agents, by name
 print(json.dumps(row))
 PY
 }
-# UDP=1: also a UDP stream per round, iperf3 -u at no rate limit with 1,400-byte
-# datagrams from the client pod to the server pod: the rate the server received and the
+# UDP=1: also a UDP stream per round, iperf3 -u at UDP_RATE (iperf3's -b; default 0, no
+# limit) with 1,400-byte datagrams from the client pod to the server pod: the rate the server received and the
 # datagrams lost; on meshlane's way also what node 2's worker sent into the server pod
 # merged (runs of datagrams of one flow as UDP GSO packets, dataplane/udp_coalesce.h).
 iperf3_udp_run() {  # WAY
   local before after
   before=$(uplink_counters)
-  ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -u -b 0 -l 1400 -t "$seconds" -J > "$work/iperf3-udp.json"
+  ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -u -b "${UDP_RATE:-0}" -l 1400 -t "$seconds" -J > "$work/iperf3-udp.json"
   sleep 1
   after=$(uplink_counters)
   /usr/bin/python3 - "$1" "$work/iperf3-udp.json" "$before" "$after" >> "$results" <<'PY'

@@ -14,15 +14,27 @@
 // frame, and what the port counted as lost. `tcp`: bursts of 32 segments of one TCP
 // stream (1,514-byte frames, sequence numbers following on), sent merged into GSO packets
 // as the pod ports do (dataplane/tcp_coalesce.h; row `tcp`) and frame by frame (row
-// `tcp-1`, dataplane.pod_gro off), per segment. Root.
+// `tcp-1`, dataplane.pod_gro off), per segment. `udp`: bursts of 32 datagrams of one flow
+// (1,442-byte frames, IPv4 IDs counting up) to the peer's own address, where a UDP socket
+// on a thread of its own reads them: the receiving stack is in the figure too; merged into
+// UDP GSO packets (dataplane/udp_coalesce.h; row `udp`) and one by one (row `udp-1`), per
+// datagram, with the datagrams the socket read. Root.
 #include <rte_cycles.h>
 #include <rte_eal.h>
 #include <rte_mbuf.h>
 #include <rte_mempool.h>
 
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <netinet/in.h>
 #include <sched.h>
+#include <sys/ioctl.h>
 #include <sys/resource.h>
+#include <sys/socket.h>
 #include <unistd.h>
+
+#include <atomic>
+#include <thread>
 
 #include <cstdio>
 #include <cstdlib>
@@ -64,12 +76,12 @@ std::vector<uint8_t> make_frame(uint32_t size) {
 int main(int argc, char** argv) {
   const uint64_t frames = argc > 1 ? std::strtoull(argv[1], nullptr, 10) : 2000000;
   std::vector<uint32_t> sizes;
-  bool tcp = false;
+  bool tcp = false, udp = false;
   {
-    std::stringstream list(argc > 2 ? argv[2] : "64,1514,tcp");
+    std::stringstream list(argc > 2 ? argv[2] : "64,1514,tcp,udp");
     for (std::string item; std::getline(list, item, ',');) {
-      if (item == "tcp") {
-        tcp = true;
+      if (item == "tcp" || item == "udp") {
+        (item == "tcp" ? tcp : udp) = true;
         continue;
       }
       // An Ethernet + IPv4 + UDP frame that fits a TX frame (packet_ring_port::kDefaultFrameSize).
@@ -90,7 +102,8 @@ int main(int argc, char** argv) {
     return 2;
   }
   if (std::system("ip link add ppa type veth peer name ppb && ip link set ppa up && ip link set ppb up && "
-                  "sysctl -qw net.ipv6.conf.all.disable_ipv6=1") != 0) {
+                  "sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv4.conf.all.rp_filter=0 "
+                  "net.ipv4.conf.ppb.rp_filter=0 && ip addr add 198.18.2.20/24 dev ppb") != 0) {
     std::fprintf(stderr, "pod_port_bench: cannot make the veth pair\n");
     return 2;
   }
@@ -185,6 +198,66 @@ int main(int argc, char** argv) {
       }
     };
     if (!measure("tcp", fill, true) || !measure("tcp-1", fill, false)) return 1;
+  }
+  if (udp) {
+    // The datagrams go to the peer's address and MAC, where a socket reads them.
+    meshlane::wire::mac_address peer{};
+    const int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    ifreq request{};
+    std::strncpy(request.ifr_name, "ppb", IFNAMSIZ - 1);
+    sockaddr_in at{};
+    at.sin_family = AF_INET;
+    at.sin_port = htons(9);
+    at.sin_addr.s_addr = meshlane::testing::ip4("198.18.2.20");
+    const int buffer = 8 << 20;
+    const timeval timeout{0, 100'000};
+    if (fd < 0 || ioctl(fd, SIOCGIFHWADDR, &request) != 0 || bind(fd, reinterpret_cast<sockaddr*>(&at), sizeof at) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer, sizeof buffer) != 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof timeout) != 0) {
+      std::perror("pod_port_bench: the receiving UDP socket");
+      return 1;
+    }
+    std::memcpy(peer.bytes, request.ifr_hwaddr.sa_data, 6);
+    std::atomic<uint64_t> received{0};
+    std::atomic<bool> stop{false};
+    std::thread reader([&] {
+      char data[2048];
+      while (!stop.load(std::memory_order_relaxed))
+        if (recv(fd, data, sizeof data, 0) > 0) received.fetch_add(1, std::memory_order_relaxed);
+    });
+    std::vector<meshlane::testing::bytes> datagrams;
+    for (uint16_t i = 0; i < kBurst; ++i) {
+      meshlane::testing::l4_spec spec;
+      spec.protocol = meshlane::wire::kProtoUdp;
+      spec.destination_port = 9;
+      spec.payload = meshlane::testing::bytes(1442 - 42, static_cast<uint8_t>(i));
+      meshlane::testing::bytes f =
+          meshlane::testing::ipv4_frame(meshlane::testing::mac(0x01), peer, meshlane::testing::ip4("198.18.1.10"),
+                                        meshlane::testing::ip4("198.18.2.20"), spec);
+      datagrams.push_back(f);
+    }
+    uint16_t id = 0;
+    const auto fill = [&](rte_mbuf** burst) {
+      for (uint16_t i = 0; i < kBurst; ++i) {
+        meshlane::testing::bytes& f = datagrams[i];
+        meshlane::testing::put16(&f[18], id++);  // the IPv4 ID counts up, as a socket's does
+        f[24] = f[25] = 0;
+        const uint16_t sum = meshlane::wire::checksum(&f[14], 20);
+        std::memcpy(&f[24], &sum, 2);
+        put(burst[i], f.data(), f.size());
+      }
+    };
+    for (const bool merge : {true, false}) {
+      // What the socket read of the row: counted once the reader has caught up.
+      const uint64_t before = received.load();
+      if (!measure(merge ? "udp" : "udp-1", fill, merge)) return 1;
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      std::printf("       %lu of %lu datagrams read by the socket\n",
+                  static_cast<unsigned long>(received.load() - before), static_cast<unsigned long>(frames));
+    }
+    stop = true;
+    reader.join();
+    close(fd);
   }
   port.reset();
   rte_mempool_free(pool);
