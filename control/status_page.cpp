@@ -39,7 +39,7 @@ const std::string& status_page_html() {
 </div>
 <div id="dataplane" hidden><h2>Ports</h2>
 <table id="ports"><thead><tr><th>port</th><th>role</th><th>link</th><th>rings RX / TX</th><th>received</th><th>sent</th>
-<th>TCP segments sent merged / GSO packets</th><th>segments received split / GSO packets</th>
+<th>TCP segments and UDP datagrams sent merged / GSO packets</th><th>segments received split / GSO packets</th>
 <th>RX missed (ring full)</th><th>RX errors</th><th>TX errors</th><th>RX no mbuf</th><th>kernel interface RX / TX dropped</th></tr></thead><tbody></tbody></table>
 <p>frames a full TX queue did not take (dropped, counted as tx_full): <b id="tx-full">?</b></p></div>
 <div id="ebpf" hidden><h2>eBPF fast path</h2>
@@ -112,7 +112,7 @@ async function refresh() {
         cell(row, p.interface); cell(row, p.role); cell(row, p.link_up ? "up" : "down", p.link_up ? "ok" : "bad");
         cell(row, fmt(p.rx_ring) + " / " + fmt(p.tx_ring), "n");
         cell(row, fmt(p.rx_packets), "n"); cell(row, fmt(p.tx_packets), "n");
-        // A pod port that merges TCP segments into GSO packets (dataplane.pod_gro).
+        // A pod port that merges TCP segments and UDP datagrams into GSO packets (dataplane.pod_gro).
         if (p.tx_merged_segments === null || p.tx_merged_segments === undefined) cell(row, "-", "n");
         else cell(row, fmt(p.tx_merged_segments) + " / " + fmt(p.tx_merged_packets), "n");
         // A pod port that takes its pod's GSO packets and splits them (gso_split.h).

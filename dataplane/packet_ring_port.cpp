@@ -98,8 +98,9 @@ std::string packet_ring_port::open_ring(ring& r, int ifindex, bool receive, uint
   return {};
 }
 
-// The socket merged TCP segments leave through (tcp_coalesce.h): each sendmsg starts
-// with a struct virtio_net_hdr saying where the TCP header is and the segments' size, and
+// The socket merged TCP segments and UDP datagrams leave through (tcp_coalesce.h,
+// udp_coalesce.h): each sendmsg starts with a struct virtio_net_hdr saying where the TCP
+// or UDP header is and the segments' size, and
 // the kernel builds one GSO skb of it, which the veth passes to the pod whole.
 std::string packet_ring_port::open_gso_socket(ring& r, int ifindex) {
   r.gso_fd = ::socket(AF_PACKET, SOCK_RAW | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);

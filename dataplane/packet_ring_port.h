@@ -104,7 +104,8 @@ class packet_ring_port {
   // this object's: one reader at a time (the agent's, under its ports mutex).
   loss read_loss();
 
-  // TCP segments sent merged (tcp_coalesce.h): packets made and the segments in them.
+  // TCP segments and UDP datagrams sent merged (tcp_coalesce.h, udp_coalesce.h): packets
+  // made and the segments in them.
   struct coalesced {
     uint64_t packets = 0;
     uint64_t segments = 0;

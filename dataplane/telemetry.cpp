@@ -398,8 +398,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
         tx += w->port_tx[p].packets.get();
       }
       const port_loss loss = read_port_loss(p, ring, false, af_packet_ring_drops_[p], net_dev);
-      // A pod port that merges TCP segments (tcp_coalesce.h): how many GSO packets and
-      // the segments in them; null where the port does not.
+      // A pod port that merges TCP segments and UDP datagrams (tcp_coalesce.h,
+      // udp_coalesce.h): how many GSO packets and the segments in them; null where the
+      // port does not.
       nlohmann::json merged_packets = nullptr, merged_segments = nullptr;
       if (ring && ring->coalesces()) {
         const packet_ring_port::coalesced merged = ring->read_coalesced();
@@ -480,8 +481,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                         }});
 
   registry.add_tunable("dataplane.pod_gro",
-                       {"true: runs of TCP segments into a pod on an af_packet port go as one GSO packet each, "
-                        "as GRO would make them; false: every segment alone",
+                       {"true: runs of TCP segments of one stream, and of UDP datagrams of one flow, into a pod on an "
+                        "af_packet port go as one GSO packet each, as GRO would make them; false: every frame alone",
                         [this] { return nlohmann::json(ports_->pod_gro.load() != 0); },
                         [this](const nlohmann::json& v) -> std::string {
                           if (!v.is_boolean()) return "must be true or false, got " + v.dump();

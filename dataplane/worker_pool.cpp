@@ -998,7 +998,8 @@ std::string worker_pool::stats_line() const {
     uint64_t rx = 0, tx = 0;
     for (const auto& w : workers_) rx += w->port_rx[p].packets.get(), tx += w->port_tx[p].packets.get();
     out << " | " << info.interface << " rx " << rx << " tx " << tx;
-    // A pod port's TCP segments sent merged into GSO packets (tcp_coalesce.h), once any were.
+    // A pod port's segments sent merged into GSO packets (tcp_coalesce.h, udp_coalesce.h),
+    // once any were.
     if (const packet_ring_port* ring = ports_->rings[p].load(std::memory_order_acquire)) {
       const packet_ring_port::coalesced merged = ring->read_coalesced();
       if (merged.packets) out << " (" << merged.segments << " merged into " << merged.packets << ")";

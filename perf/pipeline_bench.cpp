@@ -228,6 +228,7 @@ struct bench_world {
     cleanup_eal();
     std::error_code ignored;
     std::filesystem::remove_all("/var/run/dpdk/" + prefix, ignored);
+    if (std::filesystem::is_empty("/var/run/dpdk", ignored)) std::filesystem::remove("/var/run/dpdk", ignored);
   }
 };
 
