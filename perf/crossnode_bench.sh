@@ -198,16 +198,27 @@ print(json.dumps(row))
 PY
 }
 # UDP=1: also a UDP stream per round, iperf3 -u at UDP_RATE (iperf3's -b; default 0, no
-# limit) with 1,400-byte datagrams from the client pod to the server pod: the rate the server received and the
-# datagrams lost; on meshlane's way also what node 2's worker sent into the server pod
-# merged (runs of datagrams of one flow as UDP GSO packets, dataplane/udp_coalesce.h).
+# limit) with 1,400-byte datagrams from the client pod to the server pod: the rate the
+# server received, the datagrams lost and the CPU time of the receiving and the sending
+# iperf3; on meshlane's way also what node 2's worker sent into the server pod merged
+# (runs of datagrams of one flow as UDP GSO packets, dataplane/udp_coalesce.h).
+#
+# The CPU seconds (user + system) a process has used so far.
+process_cpu_seconds() {  # PID
+  awk -v hz="$(getconf CLK_TCK)" '{print ($14 + $15) / hz}' "/proc/$1/stat" 2>/dev/null || echo 0
+}
 iperf3_udp_run() {  # WAY
-  local before after
+  local before after server server_before server_after client_cpu
   before=$(uplink_counters)
-  ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -u -b "${UDP_RATE:-0}" -l 1400 -t "$seconds" -J > "$work/iperf3-udp.json"
+  # Where the two vCPUs went: the receiving iperf3's CPU time and the sending one's.
+  server=$(pgrep -f "iperf3 -s -p 5201" | head -1)
+  server_before=$(process_cpu_seconds "$server")
+  client_cpu=$( { TIMEFORMAT='%U %S'; time ip netns exec mlb-client iperf3 -c 198.18.2.20 -p 5201 -u -b "${UDP_RATE:-0}" \
+                  -l 1400 -t "$seconds" -J > "$work/iperf3-udp.json" 2> "$work/iperf3-udp.err"; } 2>&1 )
+  server_after=$(process_cpu_seconds "$server")
   sleep 1
   after=$(uplink_counters)
-  /usr/bin/python3 - "$1" "$work/iperf3-udp.json" "$before" "$after" >> "$results" <<'PY'
+  /usr/bin/python3 - "$1" "$work/iperf3-udp.json" "$before" "$after" "$server_before" "$server_after" "$client_cpu" >> "$results" <<'PY'
 import json, sys
 end = json.load(open(sys.argv[2]))["end"]
 before, after = json.loads(sys.argv[3]), json.loads(sys.argv[4])
@@ -215,7 +226,9 @@ d = {k: after[k] - before.get(k, 0) for k in after}
 row = {"way": sys.argv[1], "target": "iperf3_udp",
        "udp": {"gbit_per_s": end["sum_received"]["bits_per_second"] / 1e9,
                "sent_gbit_per_s": end["sum_sent"]["bits_per_second"] / 1e9,
-               "lost_percent": end["sum_received"]["lost_percent"]}}
+               "lost_percent": end["sum_received"]["lost_percent"],
+               "server_cpu_s": float(sys.argv[6]) - float(sys.argv[5]),
+               "client_cpu_s": sum(float(x) for x in sys.argv[7].split())}}
 if d:
     row["pod_tx_merged"] = {"packets": d.get("node2_pod_tx_merged_packets", 0),
                             "segments": d.get("node2_pod_tx_merged_segments", 0),
@@ -425,6 +438,8 @@ def udp_of(w):  # UDP=1's runs
     return {"gbit_per_s": statistics.median(r["udp"]["gbit_per_s"] for r in runs),
             "gbit_per_s_range": [min(r["udp"]["gbit_per_s"] for r in runs), max(r["udp"]["gbit_per_s"] for r in runs)],
             "lost_percent": statistics.median(r["udp"]["lost_percent"] for r in runs),
+            "server_cpu_s": statistics.median(r["udp"]["server_cpu_s"] for r in runs),
+            "client_cpu_s": statistics.median(r["udp"]["client_cpu_s"] for r in runs),
             "pod_tx_merged": {k: sum(r["pod_tx_merged"][k] for r in runs if "pod_tx_merged" in r)
                               for k in ("packets", "segments", "frames_sent")}}
 udp = {w: u for w in ways if (u := udp_of(w))}
@@ -456,7 +471,8 @@ for w, f in udp.items():
     merged = (f"; into the server pod {f['pod_tx_merged']['segments']} of {f['pod_tx_merged']['frames_sent']} frames"
               f" went as datagrams of {f['pod_tx_merged']['packets']} merged packets") if w != "kernel" else ""
     print(f"iperf3 UDP {w:12} {f['gbit_per_s']:6.2f} Gbit/s received (runs {f['gbit_per_s_range'][0]:.2f}-"
-          f"{f['gbit_per_s_range'][1]:.2f}), {f['lost_percent']:.1f}% lost{merged}")
+          f"{f['gbit_per_s_range'][1]:.2f}), {f['lost_percent']:.1f}% lost; CPU s receiving {f['server_cpu_s']:.2f}, "
+          f"sending {f['client_cpu_s']:.2f}{merged}")
 for k, v in ratios.items():
     print(f"meshlane / kernel  {k:22} {v:6.2f}x")
 for k, v in (gro_ratios or {}).items():
