@@ -18,9 +18,10 @@ constexpr uint16_t kUdpHeader = sizeof(udp_header);
 // What plan_run needs of one datagram, read from its frame.
 struct datagram {
   bool ipv6 = false;
-  uint16_t l4_offset = 0;  // from the frame's start
-  uint16_t id = 0;         // IPv4 ID, host order
-  uint32_t payload = 0;    // UDP payload bytes
+  bool dont_fragment = false;  // IPv4 DF
+  uint16_t l4_offset = 0;      // from the frame's start
+  uint16_t id = 0;             // IPv4 ID, host order
+  uint32_t payload = 0;        // UDP payload bytes
 };
 
 // A datagram that may be merged: false for anything else (other protocols, IP options,
@@ -39,6 +40,7 @@ bool parse(const frame_ref& f, datagram& d) {
     if (checksum(ip, sizeof(ipv4_header)) != 0) return false;
     l3_length = load_be16(ip + 2);
     d.ipv6 = false;
+    d.dont_fragment = load_be16(ip + 6) == kIpv4DontFragment;
     d.id = load_be16(ip + 4);
     d.l4_offset = kEthernetLength + sizeof(ipv4_header);
   } else if (ether_type == kEtherIpv6) {
@@ -105,11 +107,16 @@ uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
   uint32_t payload = first.payload;
   uint16_t n = 1;
   const uint16_t most = count < kMaxSegments ? count : kMaxSegments;
+  // IPv4 IDs: counting up (a connected socket's), or with DF one ID for all (an
+  // unconnected socket's: Linux writes 0), which the second datagram decides.
+  bool fixed_id = false;
   while (n < most) {
     const frame_ref& f = frames[n];
+    if (!parse(f, next)) break;
+    if (n == 1 && !first.ipv6) fixed_id = first.dont_fragment && next.id == first.id;
     // The last datagram was the first's size (else the run ended there); this one is of
     // the flow, no larger, next in IPv4 ID, and keeps the packet within 64 KiB.
-    if (!parse(f, next) || next.payload > first.payload || (!first.ipv6 && next.id != uint16_t(first.id + n)) ||
+    if (next.payload > first.payload || (!first.ipv6 && next.id != uint16_t(first.id + (fixed_id ? 0 : n))) ||
         ip_header_length + kUdpHeader + payload + next.payload > kMaxIpLength ||
         !same_flow(frames[0], first, f, next) || !checksum_ok(f, next))
       break;

@@ -10,13 +10,16 @@
 //
 // The rules are Linux's UDP GRO rules for a run of one flow (udp_gro_receive_segment,
 // inet_gro_receive / ipv6_gro_receive), so that the datagrams the pod's kernel cuts out
-// are byte for byte the ones that went in: the same Ethernet header, IP header fields
-// other than length, ID and checksum (version, TOS/class with ECN, TTL/hop limit, DF,
-// flow label, addresses), the same ports; every datagram but the last of the first's
-// payload size and the last no larger (a smaller one ends the run); IPv4 without options
-// and not a fragment, its header checksum right and its IDs counting up by one (which
-// the kernel's segmentation writes again, inet_gso_segment); IPv6 with UDP as the next
-// header. Every datagram's UDP
+// are the ones that went in: the same Ethernet header, IP header fields other than
+// length, ID and checksum (version, TOS/class with ECN, TTL/hop limit, DF, flow label,
+// addresses), the same ports; every datagram but the last of the first's payload size and
+// the last no larger (a smaller one ends the run); IPv4 without options and not a
+// fragment, its header checksum right, and its IDs counting up by one (a connected
+// socket's: the kernel's segmentation, inet_gso_segment, writes the same IDs again, so
+// the datagrams come out byte for byte) or, with DF, one ID for all (an unconnected
+// socket's: Linux writes 0), which come out counting up from it, as the kernel's own
+// UDP GRO and segmentation make them (RFC 6864: an atomic datagram's ID means nothing);
+// IPv6 with UDP as the next header. Every datagram's UDP
 // length must be its IP payload's, and its checksum present and right (the merged packet
 // goes as CHECKSUM_PARTIAL, which the pod's kernel does not check again; a datagram that
 // fails, or that carries no checksum, stays alone). No DPDK; fuzzed with tcp_coalesce.

@@ -541,8 +541,8 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
 // UDP GSO packets, and the kernel on the other side of the veth hands them to its sockets
 // as a NIC with UDP GRO would: a plain UDP socket reads the five datagrams of its flow one
 // by one, byte for byte and in order (its kernel cut the packet at the socket), and a
-// socket with UDP_GRO reads the three of its flow as one read with their size in a
-// control message. With merging off (the dataplane.pod_gro tunable) the same burst leaves
+// socket with UDP_GRO reads the three of its flow (DF and IPv4 ID 0, as an unconnected
+// socket sends) as one read with their size in a control message. With merging off (the dataplane.pod_gro tunable) the same burst leaves
 // as eight frames and the GRO socket reads three datagrams.
 TEST(port_loss, OwnAfPacketPortSendsRunsOfUdpDatagramsAsGsoPacketsThatTheKernelsSocketsTake) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
@@ -609,9 +609,10 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfUdpDatagramsAsGsoPacketsThatTheKernels
     }
     return got;
   };
-  // `count` datagrams of 1,200 bytes to `port`, IPv4 IDs counting up, each payload byte
-  // its datagram's index (as a pod's socket sends them).
-  auto flow = [&](size_t count, uint16_t port) {
+  // `count` datagrams of 1,200 bytes to `port`, IPv4 IDs counting up (a connected
+  // socket's) or all 0 (`fixed_id`: an unconnected one's, with DF), each payload byte its
+  // datagram's index.
+  auto flow = [&](size_t count, uint16_t port, bool fixed_id = false) {
     std::vector<bytes> out;
     for (size_t i = 0; i < count; ++i) {
       l4_spec udp;
@@ -620,7 +621,7 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfUdpDatagramsAsGsoPacketsThatTheKernels
       udp.destination_port = port;
       udp.payload = bytes(1200, static_cast<uint8_t>(i));
       bytes f = ipv4_frame(mac(0x01), peer_mac, ip4("198.18.1.10"), ip4("198.18.2.20"), udp);
-      put16(&f[18], static_cast<uint16_t>(100 + i));
+      put16(&f[18], fixed_id ? 0 : static_cast<uint16_t>(100 + i));
       f[24] = f[25] = 0;
       const uint16_t sum = wire::checksum(&f[14], 20);
       std::memcpy(&f[24], &sum, 2);
@@ -629,7 +630,7 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfUdpDatagramsAsGsoPacketsThatTheKernels
     return out;
   };
   std::vector<bytes> burst = flow(5, 443);
-  for (const bytes& f : flow(3, 444)) burst.push_back(f);
+  for (const bytes& f : flow(3, 444, true)) burst.push_back(f);
   auto send_burst = [&](bool merge) {
     std::vector<rte_mbuf*> mbuf_burst;
     for (const bytes& f : burst) {

@@ -167,6 +167,32 @@ TEST(udp_coalesce, EachRuleKeepsADatagramOutOfTheRun) {
   EXPECT_EQ(plan({segment, segment}, m), 1);
 }
 
+// An unconnected socket's datagrams carry DF and one ID (Linux writes 0): they merge, and
+// come out of the kernel's segmentation with IDs counting up from it (and their header
+// checksums with them), everything else as they went in. Without DF one ID for all is
+// not merged (it would be what marks fragments of one datagram), nor is a run that
+// starts with one ID twice and then counts on.
+TEST(udp_coalesce, DatagramsWithDfAndOneIdMergeAndComeOutWithIdsCountingUp) {
+  std::vector<bytes> frames = flow(5, 700);
+  for (bytes& f : frames) put16(&f[18], 0), fix_ipv4_checksum(f);
+  tc::merged_packet m;
+  ASSERT_EQ(plan(frames, m), 5);
+  const std::vector<bytes> out = resegment(m, merged_bytes(m, frames));
+  ASSERT_EQ(out.size(), frames.size());
+  for (size_t i = 0; i < out.size(); ++i) {
+    bytes expected = frames[i];
+    put16(&expected[18], static_cast<uint16_t>(i));
+    fix_ipv4_checksum(expected);
+    EXPECT_EQ(out[i], expected) << "datagram " << i;
+  }
+  std::vector<bytes> no_df = flow(3, 700);
+  for (bytes& f : no_df) put16(&f[18], 0), put16(&f[20], 0), fix_ipv4_checksum(f);
+  EXPECT_EQ(plan(no_df, m), 1);
+  std::vector<bytes> mixed = flow(3, 700);
+  put16(&mixed[1][18], 100), fix_ipv4_checksum(mixed[1]);  // 100, 100, 102
+  EXPECT_EQ(plan(mixed, m), 2);
+}
+
 TEST(udp_coalesce, ARunStopsAtItsSegmentAndSizeLimits) {
   tc::merged_packet m;
   EXPECT_EQ(plan(flow(70, 100), m), tc::kMaxSegments);
