@@ -29,33 +29,13 @@ struct segment {
 // A data segment that may be merged: false for anything else (other protocols, IP
 // options, fragments, lengths that disagree with the frame, flags above, no payload).
 bool parse(const frame_ref& f, segment& s) {
-  const uint8_t* p = f.data;
-  if (f.length < kEthernetLength + sizeof(ipv4_header) + sizeof(tcp_header)) return false;
-  const uint16_t ether_type = load_be16(p + 12);
-  uint32_t l3_length;
-  if (ether_type == kEtherIpv4) {
-    const uint8_t* ip = p + kEthernetLength;
-    // Version 4 with no options, TCP, DF and nothing else of fragmentation.
-    if (ip[0] != 0x45 || ip[9] != kProtoTcp || load_be16(ip + 6) != kIpv4DontFragment) return false;
-    // A header checksum that is wrong stays wrong: the kernel's segmentation would write
-    // it right (the worker's parser drops such frames before they get here).
-    if (checksum(ip, sizeof(ipv4_header)) != 0) return false;
-    l3_length = load_be16(ip + 2);
-    s.ipv6 = false;
-    s.l4_offset = kEthernetLength + sizeof(ipv4_header);
-  } else if (ether_type == kEtherIpv6) {
-    if (f.length < kEthernetLength + sizeof(ipv6_header) + sizeof(tcp_header)) return false;
-    const uint8_t* ip = p + kEthernetLength;
-    if ((ip[0] >> 4) != 6 || ip[6] != kProtoTcp) return false;
-    l3_length = sizeof(ipv6_header) + uint32_t{load_be16(ip + 4)};
-    s.ipv6 = true;
-    s.l4_offset = kEthernetLength + sizeof(ipv6_header);
-  } else {
+  ip_layer ip;
+  // Linux's TCP sends with DF: a segment without it is left alone.
+  if (!parse_ip_layer(f, kProtoTcp, sizeof(tcp_header), ip) || (!ip.ipv6 && ip.flags_fragment != kIpv4DontFragment))
     return false;
-  }
-  // The frame is the IP packet exactly (no Ethernet padding: a padded frame is short and
-  // has no payload to merge anyway).
-  if (kEthernetLength + l3_length != f.length) return false;
+  s.ipv6 = ip.ipv6;
+  s.l4_offset = ip.l4_offset;
+  const uint8_t* p = f.data;
   const uint8_t* tcp = p + s.l4_offset;
   const uint16_t tcp_length = static_cast<uint16_t>((tcp[12] >> 4) * 4);
   if (tcp_length < sizeof(tcp_header) || s.l4_offset + tcp_length >= f.length) return false;
@@ -68,20 +48,7 @@ bool parse(const frame_ref& f, segment& s) {
 }
 
 // Whether the segment's TCP checksum is right.
-bool checksum_ok(const frame_ref& f, const segment& s) {
-  const uint8_t* ip = f.data + kEthernetLength;
-  const uint32_t l4_length = f.length - s.l4_offset;
-  uint64_t sum;
-  if (!s.ipv6) {
-    uint32_t source, destination;
-    std::memcpy(&source, ip + 12, 4);
-    std::memcpy(&destination, ip + 16, 4);
-    sum = pseudo_header_sum_v4(source, destination, kProtoTcp, static_cast<uint16_t>(l4_length));
-  } else {
-    sum = pseudo_header_sum_v6(ip + 8, ip + 24, kProtoTcp, l4_length);
-  }
-  return checksum_fold(checksum_partial(f.data + s.l4_offset, l4_length, sum)) == 0;
-}
+bool checksum_ok(const frame_ref& f, const segment& s) { return l4_checksum_ok(f, s.l4_offset, s.ipv6, kProtoTcp); }
 
 // Whether `next` continues the run whose first segment is `first` (frame a) and whose
 // last is `last`: every header byte equal but the IP length, ID and checksum, the TCP
@@ -89,23 +56,9 @@ bool checksum_ok(const frame_ref& f, const segment& s) {
 // inet_gro_receive / ipv6_gro_receive).
 bool same_stream(const frame_ref& a, const segment& first, const frame_ref& b, const segment& next) {
   if (next.ipv6 != first.ipv6 || next.header_length != first.header_length) return false;
-  const uint8_t* x = a.data;
-  const uint8_t* y = b.data;
-  // Ethernet header.
-  if (std::memcmp(x, y, kEthernetLength) != 0) return false;
-  const uint8_t* xi = x + kEthernetLength;
-  const uint8_t* yi = y + kEthernetLength;
-  if (!first.ipv6) {
-    // Version/IHL and TOS; flags/fragment (DF, checked by parse), TTL and protocol;
-    // addresses. Not bytes 2-5 (length, ID) nor 10-11 (checksum).
-    if (std::memcmp(xi, yi, 2) != 0 || std::memcmp(xi + 6, yi + 6, 4) != 0 || std::memcmp(xi + 12, yi + 12, 8) != 0)
-      return false;
-  } else {
-    // Version, class, flow label; next header, hop limit, addresses. Not the payload length.
-    if (std::memcmp(xi, yi, 4) != 0 || std::memcmp(xi + 6, yi + 6, 34) != 0) return false;
-  }
-  const uint8_t* xt = x + first.l4_offset;
-  const uint8_t* yt = y + next.l4_offset;
+  if (!same_link_and_ip(a.data, b.data, first.ipv6)) return false;
+  const uint8_t* xt = a.data + first.l4_offset;
+  const uint8_t* yt = b.data + next.l4_offset;
   // Ports; acknowledgement, data offset, flags but PSH, window; options.
   if (std::memcmp(xt, yt, 4) != 0 || std::memcmp(xt + 8, yt + 8, 5) != 0 || ((xt[13] ^ yt[13]) & ~kTcpPsh) != 0 ||
       std::memcmp(xt + 14, yt + 14, 2) != 0 || std::memcmp(xt + 18, yt + 18, first.header_length - first.l4_offset - 18) != 0)
@@ -114,6 +67,79 @@ bool same_stream(const frame_ref& a, const segment& first, const frame_ref& b, c
 }
 
 }  // namespace
+
+bool parse_ip_layer(const frame_ref& f, uint8_t protocol, uint16_t l4_header, ip_layer& out) {
+  const uint8_t* p = f.data;
+  if (f.length < kEthernetLength + sizeof(ipv4_header) + l4_header) return false;
+  const uint16_t ether_type = load_be16(p + 12);
+  const uint8_t* ip = p + kEthernetLength;
+  uint32_t l3_length;
+  if (ether_type == kEtherIpv4) {
+    if (ip[0] != 0x45 || ip[9] != protocol || (load_be16(ip + 6) & ~kIpv4DontFragment) != 0) return false;
+    if (checksum(ip, sizeof(ipv4_header)) != 0) return false;
+    l3_length = load_be16(ip + 2);
+    out.ipv6 = false;
+    out.id = load_be16(ip + 4);
+    out.flags_fragment = load_be16(ip + 6);
+    out.l4_offset = kEthernetLength + sizeof(ipv4_header);
+  } else if (ether_type == kEtherIpv6) {
+    if (f.length < kEthernetLength + sizeof(ipv6_header) + l4_header) return false;
+    if ((ip[0] >> 4) != 6 || ip[6] != protocol) return false;
+    l3_length = sizeof(ipv6_header) + uint32_t{load_be16(ip + 4)};
+    out.ipv6 = true;
+    out.l4_offset = kEthernetLength + sizeof(ipv6_header);
+  } else {
+    return false;
+  }
+  return kEthernetLength + l3_length == f.length;
+}
+
+uint16_t set_merged_length(uint8_t* header, bool ipv6, uint8_t protocol, uint32_t l4_length) {
+  uint8_t* ip = header + kEthernetLength;
+  uint64_t pseudo;
+  if (!ipv6) {
+    store_be16(ip + 2, static_cast<uint16_t>(sizeof(ipv4_header) + l4_length));
+    std::memset(ip + 10, 0, 2);
+    const uint16_t ip_checksum = checksum(ip, sizeof(ipv4_header));
+    std::memcpy(ip + 10, &ip_checksum, 2);
+    uint32_t source, destination;
+    std::memcpy(&source, ip + 12, 4);
+    std::memcpy(&destination, ip + 16, 4);
+    pseudo = pseudo_header_sum_v4(source, destination, protocol, static_cast<uint16_t>(l4_length));
+  } else {
+    store_be16(ip + 4, static_cast<uint16_t>(l4_length));
+    pseudo = pseudo_header_sum_v6(ip + 8, ip + 24, protocol, l4_length);
+  }
+  return static_cast<uint16_t>(~checksum_fold(pseudo));
+}
+
+bool l4_checksum_ok(const frame_ref& f, uint16_t l4_offset, bool ipv6, uint8_t protocol) {
+  const uint8_t* ip = f.data + kEthernetLength;
+  const uint32_t l4_length = f.length - l4_offset;
+  uint64_t sum;
+  if (!ipv6) {
+    uint32_t source, destination;
+    std::memcpy(&source, ip + 12, 4);
+    std::memcpy(&destination, ip + 16, 4);
+    sum = pseudo_header_sum_v4(source, destination, protocol, static_cast<uint16_t>(l4_length));
+  } else {
+    sum = pseudo_header_sum_v6(ip + 8, ip + 24, protocol, l4_length);
+  }
+  return checksum_fold(checksum_partial(f.data + l4_offset, l4_length, sum)) == 0;
+}
+
+bool same_link_and_ip(const uint8_t* a, const uint8_t* b, bool ipv6) {
+  if (std::memcmp(a, b, kEthernetLength) != 0) return false;
+  const uint8_t* x = a + kEthernetLength;
+  const uint8_t* y = b + kEthernetLength;
+  if (!ipv6) {
+    // Version/IHL and TOS; flags/fragment, TTL and protocol; addresses. Not bytes 2-5
+    // (length, ID) nor 10-11 (checksum).
+    return std::memcmp(x, y, 2) == 0 && std::memcmp(x + 6, y + 6, 4) == 0 && std::memcmp(x + 12, y + 12, 8) == 0;
+  }
+  // Version, class, flow label; next header, hop limit, addresses. Not the payload length.
+  return std::memcmp(x, y, 4) == 0 && std::memcmp(x + 6, y + 6, 34) == 0;
+}
 
 uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
   if (count < 2) return 1;
@@ -149,27 +175,10 @@ uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
   // sum, not inverted; the kernel completes it should the packet ever be segmented).
   const uint16_t header_length = first.header_length;
   std::memcpy(out.header, frames[0].data, header_length);
-  uint8_t* ip = out.header + kEthernetLength;
   uint8_t* tcp = out.header + first.l4_offset;
   const uint32_t l4_length = (header_length - first.l4_offset) + payload;
-  uint64_t pseudo;
-  if (!first.ipv6) {
-    const uint16_t total = to_net16(static_cast<uint16_t>(ip_header_length + l4_length));
-    std::memcpy(ip + 2, &total, 2);
-    std::memset(ip + 10, 0, 2);
-    const uint16_t ip_checksum = checksum(ip, sizeof(ipv4_header));
-    std::memcpy(ip + 10, &ip_checksum, 2);
-    uint32_t source, destination;
-    std::memcpy(&source, ip + 12, 4);
-    std::memcpy(&destination, ip + 16, 4);
-    pseudo = pseudo_header_sum_v4(source, destination, kProtoTcp, static_cast<uint16_t>(l4_length));
-  } else {
-    const uint16_t length = to_net16(static_cast<uint16_t>(l4_length));
-    std::memcpy(ip + 4, &length, 2);
-    pseudo = pseudo_header_sum_v6(ip + 8, ip + 24, kProtoTcp, l4_length);
-  }
+  const uint16_t partial = set_merged_length(out.header, first.ipv6, kProtoTcp, l4_length);
   tcp[13] = static_cast<uint8_t>(first.flags | (last.flags & kTcpPsh));
-  const uint16_t partial = static_cast<uint16_t>(~checksum_fold(pseudo));
   std::memcpy(tcp + 16, &partial, 2);
 
   out.segments = n;

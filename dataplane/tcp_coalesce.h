@@ -69,4 +69,30 @@ struct merged_packet {
 // 1 when frames[0] does not start a run of two.
 uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out);
 
+// What the TCP and the UDP merger (udp_coalesce.h) both ask of a frame (Ethernet, then
+// IPv4 without options or IPv6, then the L4 header at `l4_offset`).
+// The IP layer: IPv4 without options, its header checksum right (a wrong one stays
+// wrong: the kernel's segmentation would write it right; the worker's parser drops such
+// frames before they get here) and not a fragment (DF or not: `flags_fragment` says), or
+// IPv6 with `protocol` as the next header; the frame exactly the IP packet (no Ethernet
+// padding) with room for `l4_header` bytes of L4 header. False for anything else.
+struct ip_layer {
+  bool ipv6 = false;
+  uint16_t l4_offset = 0;       // from the frame's start
+  uint16_t id = 0;              // IPv4 ID, host order
+  uint16_t flags_fragment = 0;  // IPv4, host order: DF or 0
+};
+bool parse_ip_layer(const frame_ref& f, uint8_t protocol, uint16_t l4_header, ip_layer& out);
+// Whether its TCP or UDP checksum (`protocol`) is right, over the rest of the frame.
+bool l4_checksum_ok(const frame_ref& f, uint16_t l4_offset, bool ipv6, uint8_t protocol);
+// Whether two frames are of one flow as GRO sees it up to the L4 header: the same
+// Ethernet header and IP header but for the length, the IPv4 ID and header checksum.
+bool same_link_and_ip(const uint8_t* a, const uint8_t* b, bool ipv6);
+// Writes the merged packet's IP length for `l4_length` bytes of TCP or UDP (`protocol`)
+// into `header` (the first frame's headers), the IPv4 header checksum with it, and
+// returns the L4 checksum field CHECKSUM_PARTIAL wants: the pseudo-header's sum over that
+// length, folded, not inverted (the kernel completes it, or moves it to each segment's
+// length when it segments).
+uint16_t set_merged_length(uint8_t* header, bool ipv6, uint8_t protocol, uint32_t l4_length);
+
 }  // namespace meshlane::tcp_coalesce

@@ -12,7 +12,6 @@ using tcp_coalesce::kMaxIpLength;
 using tcp_coalesce::kMaxSegments;
 
 constexpr uint16_t kEthernetLength = sizeof(ethernet_header);
-constexpr uint16_t kEtherIpv4 = 0x0800, kEtherIpv6 = 0x86dd;
 constexpr uint16_t kUdpHeader = sizeof(udp_header);
 
 // What plan_run needs of one datagram, read from its frame.
@@ -27,34 +26,14 @@ struct datagram {
 // A datagram that may be merged: false for anything else (other protocols, IP options,
 // fragments, lengths that disagree with the frame or each other, no checksum, no payload).
 bool parse(const frame_ref& f, datagram& d) {
+  tcp_coalesce::ip_layer ip;
+  if (!tcp_coalesce::parse_ip_layer(f, kProtoUdp, kUdpHeader, ip)) return false;
+  d.ipv6 = ip.ipv6;
+  d.dont_fragment = ip.flags_fragment == kIpv4DontFragment;
+  d.id = ip.id;
+  d.l4_offset = ip.l4_offset;
+  // The UDP length the IP payload's.
   const uint8_t* p = f.data;
-  if (f.length < kEthernetLength + sizeof(ipv4_header) + kUdpHeader) return false;
-  const uint16_t ether_type = load_be16(p + 12);
-  uint32_t l3_length;
-  if (ether_type == kEtherIpv4) {
-    const uint8_t* ip = p + kEthernetLength;
-    // Version 4 with no options, UDP, not a fragment (DF or not).
-    if (ip[0] != 0x45 || ip[9] != kProtoUdp || (load_be16(ip + 6) & ~kIpv4DontFragment) != 0) return false;
-    // A header checksum that is wrong stays wrong: the kernel's segmentation would write
-    // it right (the worker's parser drops such frames before they get here).
-    if (checksum(ip, sizeof(ipv4_header)) != 0) return false;
-    l3_length = load_be16(ip + 2);
-    d.ipv6 = false;
-    d.dont_fragment = load_be16(ip + 6) == kIpv4DontFragment;
-    d.id = load_be16(ip + 4);
-    d.l4_offset = kEthernetLength + sizeof(ipv4_header);
-  } else if (ether_type == kEtherIpv6) {
-    if (f.length < kEthernetLength + sizeof(ipv6_header) + kUdpHeader) return false;
-    const uint8_t* ip = p + kEthernetLength;
-    if ((ip[0] >> 4) != 6 || ip[6] != kProtoUdp) return false;
-    l3_length = sizeof(ipv6_header) + uint32_t{load_be16(ip + 4)};
-    d.ipv6 = true;
-    d.l4_offset = kEthernetLength + sizeof(ipv6_header);
-  } else {
-    return false;
-  }
-  // The frame is the IP packet exactly, and the UDP length its payload's.
-  if (kEthernetLength + l3_length != f.length) return false;
   const uint8_t* udp = p + d.l4_offset;
   if (load_be16(udp + 4) != f.length - d.l4_offset || load_be16(udp + 6) == 0) return false;
   d.payload = f.length - d.l4_offset - kUdpHeader;
@@ -63,38 +42,14 @@ bool parse(const frame_ref& f, datagram& d) {
 
 // Whether the datagram's UDP checksum is right.
 bool checksum_ok(const frame_ref& f, const datagram& d) {
-  const uint8_t* ip = f.data + kEthernetLength;
-  const uint32_t l4_length = f.length - d.l4_offset;
-  uint64_t sum;
-  if (!d.ipv6) {
-    uint32_t source, destination;
-    std::memcpy(&source, ip + 12, 4);
-    std::memcpy(&destination, ip + 16, 4);
-    sum = pseudo_header_sum_v4(source, destination, kProtoUdp, static_cast<uint16_t>(l4_length));
-  } else {
-    sum = pseudo_header_sum_v6(ip + 8, ip + 24, kProtoUdp, l4_length);
-  }
-  return checksum_fold(checksum_partial(f.data + d.l4_offset, l4_length, sum)) == 0;
+  return tcp_coalesce::l4_checksum_ok(f, d.l4_offset, d.ipv6, kProtoUdp);
 }
 
 // Whether `b` is of the flow of `a`: every header byte equal but the IP length, ID and
 // checksum and the UDP length and checksum.
 bool same_flow(const frame_ref& a, const datagram& first, const frame_ref& b, const datagram& next) {
-  if (next.ipv6 != first.ipv6) return false;
-  const uint8_t* x = a.data;
-  const uint8_t* y = b.data;
-  if (std::memcmp(x, y, kEthernetLength) != 0) return false;
-  const uint8_t* xi = x + kEthernetLength;
-  const uint8_t* yi = y + kEthernetLength;
-  if (!first.ipv6) {
-    // Version/IHL and TOS; flags/fragment, TTL and protocol; addresses.
-    if (std::memcmp(xi, yi, 2) != 0 || std::memcmp(xi + 6, yi + 6, 4) != 0 || std::memcmp(xi + 12, yi + 12, 8) != 0)
-      return false;
-  } else {
-    // Version, class, flow label; next header, hop limit, addresses.
-    if (std::memcmp(xi, yi, 4) != 0 || std::memcmp(xi + 6, yi + 6, 34) != 0) return false;
-  }
-  return std::memcmp(x + first.l4_offset, y + next.l4_offset, 4) == 0;  // the ports
+  return next.ipv6 == first.ipv6 && tcp_coalesce::same_link_and_ip(a.data, b.data, first.ipv6) &&
+         std::memcmp(a.data + first.l4_offset, b.data + next.l4_offset, 4) == 0;  // the ports
 }
 
 }  // namespace
@@ -134,25 +89,10 @@ uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
   // length, not inverted: __udp_gso_segment moves it to each datagram's length).
   const uint16_t header_length = first.l4_offset + kUdpHeader;
   std::memcpy(out.header, frames[0].data, header_length);
-  uint8_t* ip = out.header + kEthernetLength;
   uint8_t* udp = out.header + first.l4_offset;
   const uint32_t l4_length = kUdpHeader + payload;
-  uint64_t pseudo;
-  if (!first.ipv6) {
-    store_be16(ip + 2, static_cast<uint16_t>(ip_header_length + l4_length));
-    std::memset(ip + 10, 0, 2);
-    const uint16_t ip_checksum = checksum(ip, sizeof(ipv4_header));
-    std::memcpy(ip + 10, &ip_checksum, 2);
-    uint32_t source, destination;
-    std::memcpy(&source, ip + 12, 4);
-    std::memcpy(&destination, ip + 16, 4);
-    pseudo = pseudo_header_sum_v4(source, destination, kProtoUdp, static_cast<uint16_t>(l4_length));
-  } else {
-    store_be16(ip + 4, static_cast<uint16_t>(l4_length));
-    pseudo = pseudo_header_sum_v6(ip + 8, ip + 24, kProtoUdp, l4_length);
-  }
+  const uint16_t partial = tcp_coalesce::set_merged_length(out.header, first.ipv6, kProtoUdp, l4_length);
   store_be16(udp + 4, static_cast<uint16_t>(l4_length));
-  const uint16_t partial = static_cast<uint16_t>(~checksum_fold(pseudo));
   std::memcpy(udp + 6, &partial, 2);
 
   out.segments = n;

@@ -87,6 +87,19 @@ bytes marker_frame(uint8_t number) {
   return f;
 }
 
+// Sends `frames` as one burst through TX queue 0 of `port` (merging runs as the
+// dataplane.pod_gro tunable says), each copied into an mbuf of `mbufs`; what tx_burst took.
+uint16_t send_frames(packet_ring_port& port, rte_mempool* mbufs, const std::vector<bytes>& frames, bool merge) {
+  std::vector<rte_mbuf*> burst;
+  for (const bytes& f : frames) {
+    rte_mbuf* m = rte_pktmbuf_alloc(mbufs);
+    EXPECT_NE(m, nullptr);
+    std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(f.size())), f.data(), f.size());
+    burst.push_back(m);
+  }
+  return port.tx_burst(0, burst.data(), static_cast<uint16_t>(burst.size()), merge);
+}
+
 // A packet socket bound to `interface` for `protocol` (host order), receives timing out
 // after `timeout`: the peer a port test sends and receives frames through. Closed with
 // its holder; -1 inside when the kernel refused (errno says why).
@@ -485,16 +498,7 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   std::vector<bytes> stream_b = stream(b, 2);
   const std::vector<bytes> burst = {marker_frame(1),   stream_a[0], stream_a[1], stream_a[2], stream_a[3], stream_a[4],
                                     marker_frame(2),   stream_a[5], stream_b[0], stream_b[1]};
-  auto send_burst = [&](bool merge) {
-    std::vector<rte_mbuf*> mbuf_burst;
-    for (const bytes& f : burst) {
-      rte_mbuf* m = rte_pktmbuf_alloc(mbufs);
-      EXPECT_NE(m, nullptr);
-      std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(f.size())), f.data(), f.size());
-      mbuf_burst.push_back(m);
-    }
-    return port->tx_burst(0, mbuf_burst.data(), static_cast<uint16_t>(mbuf_burst.size()), merge);
-  };
+  auto send_burst = [&](bool merge) { return send_frames(*port, mbufs, burst, merge); };
   // The merged packet of `segments` as the peer should see it, its checksum field aside.
   auto merged_of = [](const std::vector<bytes>& segments) {
     bytes out = segments.front();
@@ -631,16 +635,7 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfUdpDatagramsAsGsoPacketsThatTheKernels
   };
   std::vector<bytes> burst = flow(5, 443);
   for (const bytes& f : flow(3, 444, true)) burst.push_back(f);
-  auto send_burst = [&](bool merge) {
-    std::vector<rte_mbuf*> mbuf_burst;
-    for (const bytes& f : burst) {
-      rte_mbuf* m = rte_pktmbuf_alloc(mbufs);
-      EXPECT_NE(m, nullptr);
-      std::memcpy(rte_pktmbuf_append(m, static_cast<uint16_t>(f.size())), f.data(), f.size());
-      mbuf_burst.push_back(m);
-    }
-    return port->tx_burst(0, mbuf_burst.data(), static_cast<uint16_t>(mbuf_burst.size()), merge);
-  };
+  auto send_burst = [&](bool merge) { return send_frames(*port, mbufs, burst, merge); };
 
   ASSERT_EQ(send_burst(true), burst.size());
   auto got = reads(plain);

@@ -11,18 +11,12 @@
 #include <vector>
 
 #include "dataplane/tcp_coalesce.h"
+#include "tests/fuzz/frame_burst.h"
 
 namespace tc = meshlane::tcp_coalesce;
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
-  std::vector<std::vector<uint8_t>> frames;
-  while (size >= 2 && frames.size() < 80) {
-    const size_t length = data[0] | size_t{data[1]} << 8;
-    data += 2, size -= 2;
-    const size_t take = length < size ? length : size;
-    frames.emplace_back(data, data + take);
-    data += take, size -= take;
-  }
+  const std::vector<std::vector<uint8_t>> frames = meshlane::fuzz::frames_of(data, size);
   std::vector<tc::frame_ref> refs;
   for (const auto& f : frames) refs.push_back({f.data(), static_cast<uint32_t>(f.size())});
   size_t at = 0;

@@ -19,6 +19,7 @@
 #include "dataplane/gso_split.h"
 #include "dataplane/packet_headers.h"
 #include "dataplane/udp_coalesce.h"
+#include "tests/fuzz/frame_burst.h"
 
 namespace tc = meshlane::tcp_coalesce;
 namespace uc = meshlane::udp_coalesce;
@@ -60,15 +61,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const bool fix = data[0] & 1;
   ++data, --size;
-  std::vector<std::vector<uint8_t>> frames;
-  while (size >= 2 && frames.size() < 80) {
-    const size_t length = data[0] | size_t{data[1]} << 8;
-    data += 2, size -= 2;
-    const size_t take = length < size ? length : size;
-    frames.emplace_back(data, data + take);
-    if (fix) fix_checksums(frames.back());
-    data += take, size -= take;
-  }
+  std::vector<std::vector<uint8_t>> frames = meshlane::fuzz::frames_of(data, size);
+  if (fix)
+    for (auto& f : frames) fix_checksums(f);
   std::vector<tc::frame_ref> refs;
   for (const auto& f : frames) refs.push_back({f.data(), static_cast<uint32_t>(f.size())});
   size_t at = 0;
