@@ -9,7 +9,7 @@
 // kernel's packet socket and the veth, not a receiving application. DPDK's runtime
 // directory (/var/run/dpdk/meshlane-ppb-<pid>) is removed on the way out.
 //
-//   build/perf/pod_port_bench [FRAMES=2000000] [SIZES=64,1514,tcp]   (sizes 60..1600 bytes)
+//   build/perf/pod_port_bench [FRAMES=2000000] [SIZES=64,1514,tcp,udp]   (sizes 60..1600 bytes)
 // Prints one line per frame size: frames sent, CPU time (user + system) and TSC cycles per
 // frame, and what the port counted as lost. `tcp`: bursts of 32 segments of one TCP
 // stream (1,514-byte frames, sequence numbers following on), sent merged into GSO packets
