@@ -87,6 +87,39 @@ bytes marker_frame(uint8_t number) {
   return f;
 }
 
+// What the merging tests (TCP, UDP) start from: a namespace of the test's own with a quiet
+// veth pair, the test's thread inside it, 256 mbufs and meshlane's own port on end a (64
+// frames each way, one TX queue) that merges. `error` is empty when all of it worked.
+// Members go in reverse order: the port's sockets close inside the namespace.
+struct merging_port_on_veth {
+  netns ns;
+  veth_pair veth;
+  std::string error;
+  std::unique_ptr<netns_scope> inside;
+  pool_holder pool{nullptr, &rte_mempool_free};
+  std::unique_ptr<packet_ring_port> port;
+  merging_port_on_veth(const std::string& suffix, const std::string& a_suffix, const std::string& b_suffix)
+      : ns(suffix) {
+    if (ns.fd() < 0) {
+      error = "no namespace";
+      return;
+    }
+    veth = quiet_veth(ns, a_suffix, b_suffix);
+    if (veth.a.empty()) {
+      error = "no veth pair";
+      return;
+    }
+    inside = std::make_unique<netns_scope>(ns);
+    pool = mbuf_pool(suffix + "_test", 256);
+    if (!pool) {
+      error = "no mbuf pool";
+      return;
+    }
+    port = packet_ring_port::open(veth.a, 64, 64, 1, pool.get(), error);
+    if (port && !port->coalesces()) error = "this kernel refused PACKET_VNET_HDR";
+  }
+};
+
 // Sends `frames` as one burst through TX queue 0 of `port` (merging runs as the
 // dataplane.pod_gro tunable says), each copied into an mbuf of `mbufs`; what tx_burst took.
 uint16_t send_frames(packet_ring_port& port, rte_mempool* mbufs, const std::vector<bytes>& frames, bool merge) {
@@ -461,18 +494,11 @@ TEST(port_loss, OwnAfPacketPortCarriesFramesInOrderAndCountsWhatItLoses) {
 // same burst arrives as its ten frames.
 TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
-  netns ns("gro");
-  ASSERT_GE(ns.fd(), 0);
-  const veth_pair veth = quiet_veth(ns, "gd", "gp");
-  ASSERT_FALSE(veth.a.empty());
-  netns_scope inside(ns);
-  const pool_holder pool_guard = mbuf_pool("gro_test", 256);
-  rte_mempool* mbufs = pool_guard.get();
-  ASSERT_NE(mbufs, nullptr);
-  std::string error;
-  auto port = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);
-  ASSERT_TRUE(port) << error;
-  ASSERT_TRUE(port->coalesces()) << "this kernel refused PACKET_VNET_HDR";
+  merging_port_on_veth world("gro", "gd", "gp");
+  ASSERT_EQ(world.error, "");
+  const veth_pair& veth = world.veth;
+  rte_mempool* mbufs = world.pool.get();
+  std::unique_ptr<packet_ring_port>& port = world.port;
 
   const bound_packet_socket peer_socket(veth.b, ETH_P_ALL, timeval{0, 200'000});
   const int peer = peer_socket.fd;
@@ -550,20 +576,14 @@ TEST(port_loss, OwnAfPacketPortSendsRunsOfTcpSegmentsAsGsoPacketsInOrder) {
 // as eight frames and the GRO socket reads three datagrams.
 TEST(port_loss, OwnAfPacketPortSendsRunsOfUdpDatagramsAsGsoPacketsThatTheKernelsSocketsTake) {
   if (!running_as_root()) GTEST_SKIP() << "needs root: network namespace, veth pair and AF_PACKET sockets";
-  netns ns("udpgro");
-  ASSERT_GE(ns.fd(), 0);
-  const veth_pair veth = quiet_veth(ns, "ud", "up");
-  ASSERT_FALSE(veth.a.empty());
-  ASSERT_TRUE(ns.exec_or_fail("ip addr add 198.18.2.20/24 dev " + veth.b + " && sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf." +
-                              veth.b + ".rp_filter=0"));
-  netns_scope inside(ns);
-  const pool_holder pool_guard = mbuf_pool("udp_gro_test", 256);
-  rte_mempool* mbufs = pool_guard.get();
-  ASSERT_NE(mbufs, nullptr);
-  std::string error;
-  auto port = packet_ring_port::open(veth.a, 64, 64, 1, mbufs, error);
-  ASSERT_TRUE(port) << error;
-  ASSERT_TRUE(port->coalesces()) << "this kernel refused PACKET_VNET_HDR";
+  merging_port_on_veth world("udpgro", "ud", "up");
+  ASSERT_EQ(world.error, "");
+  const veth_pair& veth = world.veth;
+  rte_mempool* mbufs = world.pool.get();
+  std::unique_ptr<packet_ring_port>& port = world.port;
+  // The receiving end takes the datagrams for its own address.
+  ASSERT_TRUE(world.ns.exec_or_fail("ip addr add 198.18.2.20/24 dev " + veth.b +
+                                    " && sysctl -qw net.ipv4.conf.all.rp_filter=0 net.ipv4.conf." + veth.b + ".rp_filter=0"));
 
   // The receiving end's MAC, for the frames' destination.
   wire::mac_address peer_mac{};

@@ -222,6 +222,40 @@ TEST_F(two_nodes, OneMebibyteOfTcpCrossesNodesByteIdentical) {
   EXPECT_TRUE(merged_in_a_log()) << "no stats line shows merged segments";
 }
 
+// A UDP socket in `ns` bound to 0.0.0.0:`port`, receives timing out after 3 s; -1 when
+// the bind failed.
+int udp_server_in(const netns& ns, uint16_t port) {
+  const int fd = socket_in(ns, SOCK_DGRAM);
+  const sockaddr_in any = address_of("0.0.0.0", port);
+  if (fd < 0 || bind(fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  set_timeout(fd, 3);
+  return fd;
+}
+
+// UDP_SEGMENT (Linux 4.18): `message` in one send from `client` to `destination`, which
+// the sender's kernel cuts into datagrams of `segment` bytes; each must reach `server`
+// whole and in order. Empty, or what went wrong.
+std::string send_segmented(int client, int server, const sockaddr_in& destination, const std::string& message,
+                           int segment) {
+  if (setsockopt(client, IPPROTO_UDP, 103 /* UDP_SEGMENT, linux/udp.h */, &segment, sizeof segment) != 0)
+    return std::string("UDP_SEGMENT: ") + std::strerror(errno);
+  if (sendto(client, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&destination),
+             sizeof destination) != static_cast<ssize_t>(message.size()))
+    return std::string("sendto: ") + std::strerror(errno);
+  for (size_t at = 0; at < message.size(); at += static_cast<size_t>(segment)) {
+    char buffer[65536];
+    const ssize_t n = recv_retrying(server, buffer, sizeof buffer);
+    const size_t expected = std::min<size_t>(static_cast<size_t>(segment), message.size() - at);
+    if (n < 0) return "datagram at " + std::to_string(at) + " lost: " + std::strerror(errno);
+    if (static_cast<size_t>(n) != expected || std::memcmp(buffer, message.data() + at, expected) != 0)
+      return "datagram at " + std::to_string(at) + " differs (" + std::to_string(n) + " bytes)";
+  }
+  return "";
+}
+
 // UDP datagrams of one flow reach a pod merged into UDP GSO packets (dataplane/
 // udp_coalesce.h, with dataplane.pod_gro): the client sends bursts of twenty 1,000-byte
 // datagrams (UDP_SEGMENT: its kernel cuts them, IPv4 IDs counting up) across the nodes
@@ -237,14 +271,9 @@ TEST_F(two_nodes, UdpDatagramsOfOneFlowReachAPodMergedAndWhole) {
   };
   const auto bursts = [&](const netns& to_ns, uint16_t listen, const std::string& ip, uint16_t port, int node,
                           const std::string& pod_port) -> std::string {
-    fd_guard server(socket_in(to_ns, SOCK_DGRAM));
-    const sockaddr_in any = address_of("0.0.0.0", listen);
-    if (bind(server.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
-    set_timeout(server.fd, 3);
+    fd_guard server(udp_server_in(to_ns, listen));
+    if (server.fd < 0) return "bind failed";
     fd_guard client(socket_in(*nodes_[0].client, SOCK_DGRAM));
-    const int segment = 1000;
-    if (setsockopt(client.fd, IPPROTO_UDP, 103 /* UDP_SEGMENT, linux/udp.h */, &segment, sizeof segment) != 0)
-      return std::string("UDP_SEGMENT: ") + std::strerror(errno);
     const sockaddr_in destination = address_of(ip, port);
     // One datagram first, so that the receiving pod's MAC is known: a burst to a pod not
     // yet resolved waits in the worker's hold, which keeps 16 frames (pipeline.h,
@@ -260,16 +289,8 @@ TEST_F(two_nodes, UdpDatagramsOfOneFlowReachAPodMergedAndWhole) {
     for (int burst = 0; burst < 20; ++burst) {
       std::string message(20 * 1000, '\0');
       for (size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(burst * 7 + i * 13 + i / 251);
-      if (sendto(client.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&destination),
-                 sizeof destination) != static_cast<ssize_t>(message.size()))
-        return std::string("sendto: ") + std::strerror(errno);
-      for (size_t at = 0; at < message.size(); at += 1000) {
-        char buffer[2000];
-        const ssize_t n = recv_retrying(server.fd, buffer, sizeof buffer);
-        if (n < 0) return "burst " + std::to_string(burst) + ": datagram at " + std::to_string(at) + " lost";
-        if (n != 1000 || std::memcmp(buffer, message.data() + at, 1000) != 0)
-          return "burst " + std::to_string(burst) + ": datagram at " + std::to_string(at) + " differs";
-      }
+      if (std::string e = send_segmented(client.fd, server.fd, destination, message, 1000); !e.empty())
+        return "burst " + std::to_string(burst) + ": " + e;
       if (burst >= 2 && merged_at(node, pod_port) > before) return "";
     }
     return "twenty bursts and no datagram sent into " + pod_port + " merged";
@@ -320,29 +341,12 @@ TEST_F(two_nodes_pod_offloads, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitW
 
   // UDP_SEGMENT (Linux 4.18): 4,500 bytes in one send, datagrams of 1,000.
   const auto udp_segments = [&](const netns& to_ns, uint16_t listen, const std::string& ip, uint16_t port) -> std::string {
-    fd_guard server(socket_in(to_ns, SOCK_DGRAM));
-    const sockaddr_in any = address_of("0.0.0.0", listen);
-    if (bind(server.fd, reinterpret_cast<const sockaddr*>(&any), sizeof any) != 0) return "bind failed";
-    set_timeout(server.fd, 3);
+    fd_guard server(udp_server_in(to_ns, listen));
+    if (server.fd < 0) return "bind failed";
     fd_guard client(socket_in(*nodes_[0].client, SOCK_DGRAM));
-    const int segment = 1000;
-    if (setsockopt(client.fd, IPPROTO_UDP, 103 /* UDP_SEGMENT, linux/udp.h */, &segment, sizeof segment) != 0)
-      return std::string("UDP_SEGMENT: ") + std::strerror(errno);
     std::string message(4500, '\0');
     for (size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(i * 13 + i / 251);
-    const sockaddr_in destination = address_of(ip, port);
-    if (sendto(client.fd, message.data(), message.size(), 0, reinterpret_cast<const sockaddr*>(&destination),
-               sizeof destination) != static_cast<ssize_t>(message.size()))
-      return std::string("sendto: ") + std::strerror(errno);
-    for (size_t at = 0; at < message.size(); at += 1000) {
-      char buffer[2000];
-      const ssize_t n = recv_retrying(server.fd, buffer, sizeof buffer);
-      const size_t expected = std::min<size_t>(1000, message.size() - at);
-      if (n < 0) return "datagram at " + std::to_string(at) + " lost: " + std::strerror(errno);
-      if (static_cast<size_t>(n) != expected || std::memcmp(buffer, message.data() + at, expected) != 0)
-        return "datagram at " + std::to_string(at) + " differs (" + std::to_string(n) + " bytes)";
-    }
-    return "";
+    return send_segmented(client.fd, server.fd, address_of(ip, port), message, 1000);
   };
   double before = split_of(0, nodes_[0].client_port, "packets");
   EXPECT_EQ(udp_segments(*nodes_[1].web, 9200, "198.18.2.20", 9200), "") << "across the nodes";
