@@ -216,14 +216,17 @@ void solicit_pod_mac(worker_state& w, const forwarding_tables& t, port_table& po
 [[gnu::noinline]] void hold_for_pod(worker_state& w, const forwarding_tables& t, port_table& ports, uint16_t out,
                                     rte_mbuf* m, const table_pod& pod) {
   worker_state::neighbour_hold& hold = w.held[out];
-  if (hold.count == worker_state::neighbour_hold::kFrames) return drop(w, m, drop_reason::neighbour_unresolved);
-  if (hold.count == 0) {
+  const uint32_t length = rte_pktmbuf_pkt_len(m);
+  if (w.held_count == worker_state::kHeldFrames || hold.bytes + length > worker_state::kHeldBytesPerPod)
+    return drop(w, m, drop_reason::neighbour_unresolved);
+  if (hold.bytes == 0) {
     hold.since = w.now;
     hold.incarnation = ports.ports[out].incarnation.load(std::memory_order_relaxed);
     if (pod.ip.is_v4()) solicit_pod_mac(w, t, ports, out, m->pool, pod.ip);
   }
-  hold.frames[hold.count++] = m;
-  w.held_ports[out / 64] |= uint64_t{1} << (out % 64);
+  hold.bytes += length;
+  w.held_frames[w.held_count] = m;
+  w.held_frame_port[w.held_count++] = out;
 }
 
 void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_port, rte_mbuf* m, const parsed_packet& p,
@@ -246,28 +249,61 @@ void refuse_too_big(worker_state& w, const forwarding_tables& t, uint16_t in_por
 }  // namespace detail
 
 void release_held(worker_state& w, port_table& ports, uint64_t now, uint64_t tsc_hz) {
-  for (uint16_t word = 0; word < w.held_ports.size(); ++word) {
-    for (uint64_t pending = w.held_ports[word]; pending;) {
-      const uint16_t port = static_cast<uint16_t>(word * 64 + __builtin_ctzll(pending));
-      pending &= pending - 1;
-      worker_state::neighbour_hold& hold = w.held[port];
+  enum : uint8_t { kWait, kSend, kDrop };
+  // One decision per port for the whole release: another worker may learn a pod's MAC
+  // while this one walks its frames, and a pod's frames must not go partly now, partly
+  // later.
+  const uint32_t release = ++w.releases;
+  for (uint32_t i = 0; i < w.held_count; ++i) {
+    const uint16_t port = w.held_frame_port[i];
+    worker_state::neighbour_hold& hold = w.held[port];
+    if (hold.decided_at != release) {
       const port_info& info = ports.ports[port];
       const uint64_t learned = info.neighbour_mac.load(std::memory_order_relaxed);
       const bool same_pod = info.incarnation.load(std::memory_order_relaxed) == hold.incarnation;
-      if (learned && same_pod) {
-        for (uint32_t i = 0; i < hold.count; ++i) {
-          reinterpret_cast<ethernet_header*>(frame_of(hold.frames[i]))->destination = mac_address::from_u64(learned);
-          transmit(w, port, hold.frames[i]);
-        }
-      } else if (!same_pod || now - hold.since > tsc_hz) {
-        for (uint32_t i = 0; i < hold.count; ++i) drop(w, hold.frames[i], drop_reason::neighbour_unresolved);
-      } else {
-        continue;  // still waiting
-      }
-      hold.count = 0;
-      w.held_ports[word] &= ~(uint64_t{1} << (port % 64));
+      hold.decided_at = release;
+      hold.verdict = learned && same_pod ? kSend : !same_pod || now - hold.since > tsc_hz ? kDrop : kWait;
+      hold.mac = learned;
+      hold.room_made = false;
+      hold.to_send = hold.placed = 0;
     }
+    hold.to_send += hold.verdict == kSend;
   }
+  // A pod whose MAC became known during this burst may have frames in its TX buffer
+  // already (they came after the held ones): the held ones go in front of them. What no
+  // longer fits behind them is dropped as the buffer's overflow always is.
+  for (uint32_t i = 0; i < w.held_count; ++i) {
+    const uint16_t port = w.held_frame_port[i];
+    worker_state::neighbour_hold& hold = w.held[port];
+    if (hold.verdict != kSend || hold.room_made) continue;
+    uint16_t& queued = w.tx_count[port];
+    rte_mbuf** buffer = w.tx_buffer[port].data();
+    const uint16_t keep = std::min<uint16_t>(queued, static_cast<uint16_t>(kMaxBurst - hold.to_send));
+    for (uint16_t k = keep; k < queued; ++k) drop(w, buffer[k], drop_reason::tx_full);
+    if (queued == 0) w.tx_pending[w.tx_pending_count++] = port;
+    std::memmove(buffer + hold.to_send, buffer, keep * sizeof(rte_mbuf*));
+    queued = static_cast<uint16_t>(hold.to_send + keep);
+    hold.room_made = true;
+  }
+  uint32_t kept = 0;
+  for (uint32_t i = 0; i < w.held_count; ++i) {
+    rte_mbuf* m = w.held_frames[i];
+    const uint16_t port = w.held_frame_port[i];
+    worker_state::neighbour_hold& hold = w.held[port];
+    if (hold.verdict == kWait) {
+      w.held_frames[kept] = m;
+      w.held_frame_port[kept++] = port;
+      continue;
+    }
+    hold.bytes = 0;
+    if (hold.verdict == kDrop) {
+      drop(w, m, drop_reason::neighbour_unresolved);
+      continue;
+    }
+    reinterpret_cast<ethernet_header*>(frame_of(m))->destination = mac_address::from_u64(hold.mac);
+    w.tx_buffer[port][hold.placed++] = m;
+  }
+  w.held_count = kept;
 }
 
 }  // namespace meshlane

@@ -659,26 +659,35 @@ struct worker_state {
   ip_address original_source;  // of the packet in hand, with lb_outcome::has_original_source
   uint64_t tsc_hz = 0;         // for the deny log's bucket
 
-  // Frames for a pod whose MAC is not known yet, held (as Linux's unres_qlen_bytes does)
-  // until the pod answers the gateway's ARP request or says anything, then sent; dropped
-  // as neighbour_unresolved after a second or when the hold is full. 16: a pod's first
-  // send may be one GSO packet that its port splits into many frames (gso_split.h; a
-  // UDP_SEGMENT send of 4,500 bytes in 1,000-byte datagrams lost its fifth with 4); Linux
-  // holds up to 212,992 bytes. At most kMaxBurst, which release_held's transmit takes.
+  // Frames for a pod whose MAC is not known yet, held (as Linux's neighbour queue does)
+  // until the pod answers the gateway's ARP request or says anything, then sent in the
+  // order they came; dropped as neighbour_unresolved after a second, or when taking one
+  // more would pass either budget: a pod's, Linux's unres_qlen_bytes (212,992 bytes of
+  // frames: a pod's first send may be a 64 KiB GSO packet its port cuts into 45-65
+  // frames, gso_split.h), or the worker's, kHeldFrames frames for all its pods together
+  // (they come out of the shared mbuf pool, which has room for them beside its 2,048
+  // spare). One FIFO for all pods: the frames are few and rare, and keeping them in
+  // arrival order is what release_held needs to send each pod's in order.
+  static constexpr uint32_t kHeldFrames = 256;
+  static constexpr uint32_t kHeldBytesPerPod = 212'992;
+  static_assert(kHeldFrames <= kMaxBurst, "release_held puts a pod's held frames into its TX buffer at once");
+  std::array<rte_mbuf*, kHeldFrames> held_frames{};
+  std::array<uint16_t, kHeldFrames> held_frame_port{};
+  uint32_t held_count = 0;
   struct neighbour_hold {
-    static constexpr uint32_t kFrames = 16;
-    std::array<rte_mbuf*, kFrames> frames{};
-    uint32_t count = 0;
+    uint32_t bytes = 0;        // of the frames held for the port; 0: none
     uint32_t incarnation = 0;  // of the port when the first frame was held
     uint64_t since = 0;        // TSC of the first frame
+    // release_held's decision for the port, made once a release (`decided_at`).
+    uint32_t decided_at = 0;
+    uint8_t verdict = 0;
+    bool room_made = false;  // in its TX buffer, for to_send frames in front
+    uint16_t to_send = 0, placed = 0;
+    uint64_t mac = 0;  // the pod's, when the verdict is to send
   };
   std::array<neighbour_hold, kMaxPorts> held{};
-  std::array<uint64_t, kMaxPorts / 64> held_ports{};  // bit per port with frames held
-  bool holding() const {
-    uint64_t any = 0;
-    for (uint64_t word : held_ports) any |= word;
-    return any != 0;
-  }
+  uint32_t releases = 0;
+  bool holding() const { return held_count != 0; }
 
   std::array<std::array<rte_mbuf*, kMaxBurst>, kMaxPorts> tx_buffer{};
   std::array<uint16_t, kMaxPorts> tx_count{};
