@@ -18,6 +18,7 @@ std::optional<dataplane_config> dataplane_config_of(const desired_state& state) 
                            "$.pods[" + std::to_string(i) + "].interface"});
   config.pod_driver = spec.pod_driver;
   config.pod_offloads = spec.pod_offloads;
+  config.uplink_offloads = spec.uplink.offloads;
   config.pod_memif = spec.pod_memif;
   config.tuning = state.tuning;
   return config;

@@ -57,6 +57,17 @@ inline constexpr uint32_t kPodRxFrameBytes = 8192;
 inline constexpr uint32_t kPodGsoMaxSize = 8000;
 static_assert(kPodGsoMaxSize + 76 <= kPodRxFrameBytes);
 
+// dataplane.uplink.offloads: the uplink as meshlane's own af_packet port, which sends a
+// run of one flow's frames (Geneve frames of one inner flow: UDP) as one GSO packet of at
+// most kUplinkGsoMaxSize bytes (Ethernet header included) and receives the other nodes'
+// whole in RX frames of kUplinkRxFrameBytes, which it cuts back (gso_split.h): a kernel
+// packet, skb and veth pass for five 1,514-byte frames instead of one each. The RX ring
+// keeps its frame count (kUplinkRingFloor): small frames (ACKs) take a whole frame each,
+// and a ring of fewer frames lost them (kPodRxFrameBytes above).
+inline constexpr uint32_t kUplinkRxFrameBytes = 8192;
+inline constexpr uint32_t kUplinkGsoMaxSize = 8000;
+static_assert(kUplinkGsoMaxSize + 76 <= kUplinkRxFrameBytes);
+
 // A memif port (DPDK's net_memif: shared-memory packet rings with another DPDK process,
 // met over a Unix socket file). The benchmark over memif (perf/nic_bench.sh) plugs a
 // traffic generator into the agent's uplink and pod ports this way, as a cable would.
@@ -88,6 +99,7 @@ struct dataplane_config {
   std::vector<dataplane_port> pods;
   std::string pod_driver = "af_packet";
   bool pod_offloads = false;  // RX rings of kPodRxFrameBytes frames for pods with TX offloads on
+  bool uplink_offloads = false;  // dataplane.uplink.offloads (kUplinkRxFrameBytes)
   std::optional<memif_spec> pod_memif;
   // Worker count, ring and flow-table sizes (fixed for the pool's life), and the live
   // settings the workers start with.

@@ -670,6 +670,12 @@ void read_dataplane(const json& value, const std::string& path, dataplane_spec& 
         spec.uplink.mtu = static_cast<uint16_t>(*v);
       }
       read_memif(ur, "memif", spec.uplink.driver, "$.dataplane.uplink.driver", "socket", 107, spec.uplink.memif);
+      if (auto v = ur.boolean("offloads", false)) {
+        spec.uplink.offloads = *v;
+        if (*v && spec.uplink.driver != "af_packet")
+          ur.error(ur.path_of("offloads"), "needs driver af_packet (meshlane's own port sends and takes GSO packets; "
+                                           "DPDK's " + spec.uplink.driver + " forwards frames as they are)");
+      }
     }
   }
   read_dataplane_driver(r, "pod_driver", spec.pod_driver);
@@ -1383,6 +1389,10 @@ parse_result read_document(const json& document, const tape_services& services, 
     if (const json* d = top.member("dataplane", false)) {  // issue 4
       state.dataplane.emplace();
       read_dataplane(*d, "$.dataplane", *state.dataplane, errors);
+      // meshlane's own uplink port has one RX ring, which one worker reads.
+      if (state.dataplane->uplink.offloads && state.tuning.workers > 1)
+        errors.push_back({"$.dataplane.uplink.offloads", "needs tunables.workers 1 (meshlane's own uplink port has "
+                                                          "one RX ring), got " + std::to_string(state.tuning.workers)});
     }
   }
   document_sections::check_document(state, errors);

@@ -99,6 +99,12 @@ struct dataplane_port_spec {
   std::string driver = "af_packet";  // af_packet | af_xdp | pcap | pci | memif
   uint16_t mtu = 1500;               // IP MTU of the underlay
   std::optional<memif_spec> memif;   // set exactly when driver is "memif"
+  // The uplink as meshlane's own af_packet port (packet_ring_port.h) that sends runs of
+  // one flow's frames as GSO packets (Geneve as UDP GSO) of up to kUplinkGsoMaxSize bytes
+  // and takes the same from the other nodes (RX frames of kUplinkRxFrameBytes): every
+  // node of the cluster sets it alike. af_packet and one worker only. See README,
+  // "The uplink's offloads".
+  bool offloads = false;
 };
 struct dataplane_spec {
   dataplane_port_spec uplink;

@@ -105,6 +105,7 @@ struct worker_pool_options {
   std::string pod_driver = "af_packet";
   std::optional<memif_spec> pod_memif;  // with pod_driver "memif": where pods' sockets are
   bool pod_offloads = false;  // dataplane.pod_offloads: pod RX rings of kPodRxFrameBytes frames
+  bool uplink_offloads = false;  // dataplane.uplink.offloads: the uplink meshlane's own port
   tunables initial;  // burst size, idle policy, flow timeouts until a snapshot says otherwise
 };
 worker_pool_options options_from(const dataplane_config& config);

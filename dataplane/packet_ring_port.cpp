@@ -311,7 +311,7 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
   // Frames before this one go through the ring one by one: a run the kernel refused.
   uint16_t single_until = 0;
   tcp_coalesce::merged_packet merged;
-  const bool coalesce = merge && r.gso_fd >= 0 && count >= 2;
+  const bool coalesce = (merge || merge_always_) && r.gso_fd >= 0 && count >= 2;
   while (taken < count) {
     if (coalesce && taken >= single_until && count - taken >= 2) {
       if (window_end - taken < kMaxSegments / 2 && window_end < count) {
@@ -323,8 +323,8 @@ uint16_t packet_ring_port::tx_burst(uint16_t queue, rte_mbuf** packets, uint16_t
           refs[i - window] = {rte_pktmbuf_mtod(m, const uint8_t*), m->nb_segs == 1 ? m->data_len : 0u};
         }
       }
-      uint16_t run = tcp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged);
-      if (run < 2) run = udp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged);
+      uint16_t run = tcp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged, merge_ip_limit_);
+      if (run < 2) run = udp_coalesce::plan_run(refs + (taken - window), window_end - taken, merged, merge_ip_limit_);
       if (run >= 2) {
         // What the ring holds goes first, then the merged packet: the pod sees the order
         // the workers sent. Frames a kick left waiting (the socket's send buffer full:

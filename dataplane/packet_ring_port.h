@@ -35,6 +35,7 @@
 #include <vector>
 
 #include "dataplane/packet_headers.h"
+#include "dataplane/tcp_coalesce.h"
 
 struct rte_mbuf;
 struct rte_mempool;
@@ -93,6 +94,13 @@ class packet_ring_port {
 
   // The mempool received frames go into (the port's own once hot-plugged).
   void set_mbufs(rte_mempool* mbufs) { mbufs_ = mbufs; }
+  // The uplink's own port (dataplane.uplink.offloads): tx_burst merges whatever its
+  // `merge` says, into packets of at most `max_ip_length` bytes of IP, which the other
+  // nodes' uplink ports' RX frames take whole. Before the port carries traffic.
+  void merge_always(uint32_t max_ip_length) {
+    merge_always_ = true;
+    merge_ip_limit_ = max_ip_length;
+  }
 
   struct loss {
     uint64_t rx_missed = 0;  // the kernel dropped: RX ring full (PACKET_STATISTICS tp_drops)
@@ -166,6 +174,8 @@ class packet_ring_port {
   std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
   std::atomic<uint64_t> rx_split_{0}, rx_segments_{0};  // written by the RX worker alone
   bool rx_vnet_ = false;     // received frames have a virtio header in front
+  bool merge_always_ = false;  // merge_always
+  uint32_t merge_ip_limit_ = tcp_coalesce::kMaxIpLength;
   uint16_t rx_partial_ = 0;  // segments of the frame at rx_.next given out already
   uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts
 };

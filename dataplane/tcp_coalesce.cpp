@@ -141,7 +141,7 @@ bool same_link_and_ip(const uint8_t* a, const uint8_t* b, bool ipv6) {
   return std::memcmp(x, y, 4) == 0 && std::memcmp(x + 6, y + 6, 34) == 0;
 }
 
-uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
+uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out, uint32_t max_ip_length) {
   if (count < 2) return 1;
   segment first, last, next;
   if (!parse(frames[0], first) || (first.flags & kTcpPsh)) return 1;
@@ -154,9 +154,9 @@ uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
   while (n < most) {
     const frame_ref& f = frames[n];
     // The last segment was the first's size and had no PSH (else the run ended there);
-    // this one continues the stream, is no larger, and keeps the packet within 64 KiB.
+    // this one continues the stream, is no larger, and keeps the packet within the limit.
     if (!parse(f, next) || next.sequence != expected || next.payload > first.payload ||
-        ip_header_length + (first.header_length - first.l4_offset) + payload + next.payload > kMaxIpLength ||
+        ip_header_length + (first.header_length - first.l4_offset) + payload + next.payload > max_ip_length ||
         !same_stream(frames[0], first, f, next) || !checksum_ok(f, next))
       break;
     // The first is verified once a second joins it: a lone segment goes unmerged, and

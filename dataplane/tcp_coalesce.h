@@ -66,8 +66,9 @@ struct merged_packet {
 
 // How many frames from frames[0] merge into one packet: 2..min(count, kMaxSegments),
 // with `out` filled (each segment's payload is its frame from out.header_length() on); or
-// 1 when frames[0] does not start a run of two.
-uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out);
+// 1 when frames[0] does not start a run of two. The merged packet's IP length is at most
+// `max_ip_length` (at most kMaxIpLength): what the receiver's frames take.
+uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out, uint32_t max_ip_length = kMaxIpLength);
 
 // What the TCP and the UDP merger (udp_coalesce.h) both ask of a frame (Ethernet, then
 // IPv4 without options or IPv6, then the L4 header at `l4_offset`).

@@ -8,7 +8,6 @@ namespace meshlane::udp_coalesce {
 namespace {
 
 using namespace wire;
-using tcp_coalesce::kMaxIpLength;
 using tcp_coalesce::kMaxSegments;
 
 constexpr uint16_t kEthernetLength = sizeof(ethernet_header);
@@ -54,7 +53,7 @@ bool same_flow(const frame_ref& a, const datagram& first, const frame_ref& b, co
 
 }  // namespace
 
-uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
+uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out, uint32_t max_ip_length) {
   if (count < 2) return 1;
   datagram first, next;
   if (!parse(frames[0], first)) return 1;
@@ -70,9 +69,9 @@ uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out) {
     if (!parse(f, next)) break;
     if (n == 1 && !first.ipv6) fixed_id = first.dont_fragment && next.id == first.id;
     // The last datagram was the first's size (else the run ended there); this one is of
-    // the flow, no larger, next in IPv4 ID, and keeps the packet within 64 KiB.
+    // the flow, no larger, next in IPv4 ID, and keeps the packet within the limit.
     if (next.payload > first.payload || (!first.ipv6 && next.id != uint16_t(first.id + (fixed_id ? 0 : n))) ||
-        ip_header_length + kUdpHeader + payload + next.payload > kMaxIpLength ||
+        ip_header_length + kUdpHeader + payload + next.payload > max_ip_length ||
         !same_flow(frames[0], first, f, next) || !checksum_ok(f, next))
       break;
     // The first is verified once a second joins it: a lone datagram goes unmerged, and

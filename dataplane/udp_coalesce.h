@@ -38,7 +38,9 @@ inline constexpr uint8_t kGsoUdpL4 = 5;  // VIRTIO_NET_HDR_GSO_UDP_L4
 // How many frames from frames[0] merge into one packet: 2..min(count,
 // tcp_coalesce::kMaxSegments), with `out` filled as tcp_coalesce::plan_run fills it
 // (each datagram's payload is its frame from out.header_length() on); or 1 when frames[0]
-// does not start a run of two.
-uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out);
+// does not start a run of two. The merged packet's IP length is at most `max_ip_length`
+// (at most tcp_coalesce::kMaxIpLength).
+uint16_t plan_run(const frame_ref* frames, uint16_t count, merged_packet& out,
+                  uint32_t max_ip_length = tcp_coalesce::kMaxIpLength);
 
 }  // namespace meshlane::udp_coalesce

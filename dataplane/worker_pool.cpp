@@ -270,10 +270,12 @@ unsigned memif_ring_log2(uint32_t ring_size) {
 // Creates one vdev port (or finds a PCI one) for `interface` with `queues` queue pairs
 // and rings of `ring_size` descriptors where the driver takes that at probe time; an
 // af_packet ring's frames hold `room` bytes (packet_buffer_room), a pod's RX frames at
-// least kPodRxFrameBytes with `pod_offloads` (its GSO packets).
+// least kPodRxFrameBytes with `offloads` (its GSO packets). The uplink with `offloads`
+// (dataplane.uplink.offloads, one queue) is meshlane's own port too, its RX frames of at
+// least kUplinkRxFrameBytes.
 std::string probe_port(const std::string& driver, const std::optional<memif_spec>& memif,
                        const std::string& interface, port_role role, uint16_t queues, uint32_t ring_size,
-                       uint32_t room, bool pod_offloads, pool_port& port) {
+                       uint32_t room, bool offloads, pool_port& port) {
   static std::atomic<unsigned> serial{0};
   port.role = role;
   port.interface = interface;
@@ -293,11 +295,24 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
     if (rte_dev_probe(devargs.c_str()) != 0)
       return "cannot open memif port " + interface + " (" + devargs + "): is the socket's directory there, and " +
              (memif->server ? "no other server on it?" : "a server listening on it?");
+  } else if (driver == "af_packet" && role == port_role::uplink && offloads) {
+    // One RX ring, so one worker (validation refuses more). The RX ring keeps the frame
+    // count the PMD's would have, in frames that take another node's GSO packets; runs
+    // go out merged up to what those frames take (kUplinkGsoMaxSize).
+    if (queues != 1) return "dataplane.uplink.offloads needs one worker, not " + std::to_string(queues);
+    const uint32_t frames = af_packet_ring_frames(ring_size, role);
+    const uint32_t rx_room = std::max(room, kUplinkRxFrameBytes);
+    std::string error;
+    port.ring = packet_ring_port::open(interface, frames, frames, queues, nullptr, error, room, rx_room);
+    if (!port.ring) return "cannot open " + interface + " with af_packet: " + error;
+    if (!port.ring->receives_offloads() || !port.ring->coalesces())
+      return "cannot open " + interface + " with offloads: this kernel's packet sockets refuse PACKET_VNET_HDR";
+    port.ring->merge_always(kUplinkGsoMaxSize - static_cast<uint32_t>(sizeof(wire::ethernet_header)));
   } else if (driver == "af_packet" && role == port_role::pod) {
     // meshlane's own port (packet_ring_port.h): no ethdev id, so not bounded by
     // RTE_MAX_ETHPORTS; the pool gives it an id and its mbufs.
     const uint32_t frames = af_packet_ring_frames(ring_size, role);
-    const uint32_t rx_room = pod_offloads ? std::max(room, kPodRxFrameBytes) : room;
+    const uint32_t rx_room = offloads ? std::max(room, kPodRxFrameBytes) : room;
     std::string error;
     port.ring = packet_ring_port::open(interface, pod_ring_frames(std::max(frames, kPodRxRingFloor), rx_room),
                                        pod_ring_frames(frames, room), queues, nullptr, error, room, rx_room);
@@ -395,7 +410,8 @@ std::string probe_ports(const dataplane_config& config, std::vector<pool_port>& 
     const dataplane_port& spec = i == 0 ? config.uplink : config.pods[i - 1];
     pool_port port;
     if (std::string error = probe_port(spec.driver, spec.memif, spec.interface, i == 0 ? port_role::uplink : port_role::pod,
-                                       queues, ring_size, packet_buffer_room(config.uplink_mtu), config.pod_offloads, port);
+                                       queues, ring_size, packet_buffer_room(config.uplink_mtu),
+                                       i == 0 ? config.uplink_offloads : config.pod_offloads, port);
         !error.empty())
       return spec.source + ": " + error;
     out.push_back(port);
@@ -413,6 +429,7 @@ worker_pool_options options_from(const dataplane_config& config) {
   options.pod_driver = config.pod_driver;
   options.pod_memif = config.pod_memif;
   options.pod_offloads = config.pod_offloads;
+  options.uplink_offloads = config.uplink_offloads;
   options.initial = config.tuning;
   return options;
 }
@@ -606,6 +623,7 @@ std::string worker_pool::setup_ring_port(const pool_port& p, rx_plan& plan) {
     // The role last: a worker that sees it (through a plan or tables published after
     // this) sees the rest.
     info.role = p.role;
+    if (p.role == port_role::uplink) ports_->uplink_port = id;
     port_records_.push_back({id, p.role, p.interface, false, nullptr, p.kernel_drop, p.ring});
   }
   size_t least = 0;

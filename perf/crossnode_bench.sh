@@ -15,6 +15,10 @@
 # dataplane.pod_gro off (every TCP segment and UDP datagram into a pod alone,
 # dataplane/tcp_coalesce.h, udp_coalesce.h), its rounds alternated with meshlane's, and
 # prints merged over unmerged. UDP=1 adds a UDP stream to every round (iperf3 -u).
+# UPLINK_OFFLOADS=1 runs meshlane's agents with dataplane.uplink.offloads (the uplink
+# meshlane's own af_packet port, sending runs of Geneve frames as UDP GSO packets and
+# taking the other node's; af_packet only); UPLINK_AB=1 adds meshlane_uplink_gso, agents
+# with it restarted round by round beside meshlane's without, and prints the ratios.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet; POD_DRIVER
@@ -306,7 +310,9 @@ print(json.dumps({
   "tunables": {"rx_ring_size": ring, "tx_ring_size": ring, "flow_table_size": 16384, "idle_policy": idle,
                **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
-  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": int(sys.argv[10])}, "pod_driver": pod_driver,
+  "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": int(sys.argv[10]),
+                           **({"offloads": True} if os.environ.get("UPLINK_OFFLOADS", "0") == "1" and driver == "af_packet" else {})},
+                "pod_driver": pod_driver,
                 **({"pod_offloads": True} if os.environ.get("POD_OFFLOADS", "0") == "1" and pod_driver == "af_packet" else {}),
                 "eal_args": memory + ["-m", sys.argv[11], f"--file-prefix=meshlane-bench-node{n}",
                              "--log-level=error", "--no-telemetry"]}}))
@@ -326,6 +332,7 @@ gro_ab=${GRO_AB:-0}
 tune_pod_gro() {  # true|false, both agents
   for n in 1 2; do "$root/$build/meshctl" tune "dataplane.pod_gro=$1" --socket "$work/node$n.sock" >/dev/null; done
 }
+uplink_ab=${UPLINK_AB:-0}
 if [ "$gro_ab" = 1 ]; then
   # Alternated round by round, so that the machine's drift falls on both alike.
   all_reps=$reps; reps=1
@@ -334,6 +341,19 @@ if [ "$gro_ab" = 1 ]; then
     tune_pod_gro false
     ROUND=$r WAY=meshlane_nogro measure
     tune_pod_gro true
+  done
+  reps=$all_reps
+elif [ "$uplink_ab" = 1 ]; then
+  # dataplane.uplink.offloads is fixed at start: the agents restart between the ways,
+  # alternated round by round.
+  all_reps=$reps; reps=1
+  for r in $(seq "$all_reps"); do
+    ROUND=$r WAY=meshlane measure
+    stop_agents
+    UPLINK_OFFLOADS=1 start_agents 0
+    ROUND=$r WAY=meshlane_uplink_gso measure
+    stop_agents
+    start_agents 0
   done
   reps=$all_reps
 else
@@ -378,6 +398,7 @@ publish_phase publishing 1
 # --- meshlane's way, encrypted: the same agents restarted with encryption always --------
 ways=kernel,meshlane
 [ "$gro_ab" = 1 ] && ways=$ways,meshlane_nogro
+[ "$uplink_ab" = 1 ] && ways=$ways,meshlane_uplink_gso
 if [ "$esp" = 1 ]; then
   stop_agents
   ip -n mlb-client link set eth0 mtu $((pod_mtu - 45))
@@ -411,6 +432,11 @@ ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
 gro_ratios = ({f"{t}_{k}": fig["meshlane"][t][k] / fig["meshlane_nogro"][t][k]
                for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
               if "meshlane_nogro" in fig else None)
+# The uplink as meshlane's own port sending and taking GSO packets over the PMD's
+# (dataplane.uplink.offloads; UPLINK_AB=1), rounds alternated.
+uplink_ratios = ({f"{t}_{k}": fig["meshlane_uplink_gso"][t][k] / fig["meshlane"][t][k]
+                  for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+                 if "meshlane_uplink_gso" in fig else None)
 # Encrypted over direct, same agents and pods, same run (issue 15).
 esp_ratios = ({f"{t}_{k}": fig["meshlane_esp"][t][k] / fig["meshlane"][t][k]
                for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
@@ -443,13 +469,15 @@ def udp_of(w):  # UDP=1's runs
             "pod_tx_merged": {k: sum(r["pod_tx_merged"][k] for r in runs if "pod_tx_merged" in r)
                               for k in ("packets", "segments", "frames_sent")}}
 udp = {w: u for w in ways if (u := udp_of(w))}
+if uplink_ratios:
+    uplink_ratios["iperf3_gbit_per_s"] = iperf3["meshlane_uplink_gso"]["gbit_per_s"] / iperf3["meshlane"]["gbit_per_s"]
 if udp and gro_ratios and "meshlane_nogro" in udp:
     gro_ratios["iperf3_udp_gbit_per_s"] = udp["meshlane"]["gbit_per_s"] / udp["meshlane_nogro"]["gbit_per_s"]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, **({"iperf3_udp": udp} if udp else {}), "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "pod_offloads": os.environ.get("POD_OFFLOADS", "0") == "1", "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
-           "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
+           "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"uplink_gso_over_pmd": uplink_ratios} if uplink_ratios else {}), "uplink_offloads": os.environ.get("UPLINK_OFFLOADS", "0") == "1", **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
            **({"esp_sas_node1": sas} if sas else {}),
            "publish_under_load": publish, "runs": rows},
           open(sys.argv[2], "w"), indent=1)
@@ -477,6 +505,8 @@ for k, v in ratios.items():
     print(f"meshlane / kernel  {k:22} {v:6.2f}x")
 for k, v in (gro_ratios or {}).items():
     print(f"merged / unmerged  {k:22} {v:6.2f}x")
+for k, v in (uplink_ratios or {}).items():
+    print(f"uplink GSO / PMD   {k:22} {v:6.2f}x")
 for k, v in (esp_ratios or {}).items():
     print(f"encrypted / direct {k:22} {v:6.2f}x")
 if sas:

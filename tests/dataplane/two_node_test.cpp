@@ -380,6 +380,64 @@ TEST_F(two_nodes_pod_offloads, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitW
   EXPECT_EQ(deleted.exit_code, 0) << deleted.output;
 }
 
+// dataplane.uplink.offloads: each node's uplink is meshlane's own af_packet port, which
+// sends a run of Geneve frames of one inner flow as one UDP GSO packet (at most
+// kUplinkGsoMaxSize bytes) through the underlay veth and cuts the other node's back into
+// frames. A mebibyte each way to a pod of the other node and through a VIP whose backend
+// is there comes back byte-identical, bursts of UDP datagrams arrive whole and in order,
+// node 1's uplink counts frames sent merged and node 2's GSO packets split, and neither
+// refuses a frame.
+class two_nodes_uplink_offloads : public two_nodes {
+ protected:
+  two_nodes_uplink_offloads() { uplink_offloads_ = true; }
+};
+
+TEST_F(two_nodes_uplink_offloads, RunsOfGeneveFramesCrossTheUnderlayAsGsoPacketsAndArriveWhole) {
+  // The uplink's RX ring keeps its 4,096 frames, in frames of kUplinkRxFrameBytes.
+  expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
+               {4096u, 4096u}, {2048u, 512u});
+  const auto metric = [&](int node, const std::string& name, const std::string& port) {
+    control_client client;
+    if (!client.connect(nodes_[node].config_path + ".sock").empty()) return -1.0;
+    return metric_value(client, "meshlane_dataplane_port_" + name + "_total", "port", port);
+  };
+  for (const auto& [ip, port] : {std::pair{"198.18.2.20", 8080}, std::pair{"198.19.128.10", 80}}) {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_TRUE(server.ok());
+    EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, ip, static_cast<uint16_t>(port), 1 << 20), "") << ip;
+  }
+  // Each way, the stream left its node's uplink merged and came in split: at most five
+  // frames of 1,514 bytes in 8,000.
+  for (int from : {0, 1}) {
+    const int to = 1 - from;
+    const double merged_packets = metric(from, "tx_merged_packets", nodes_[from].uplink);
+    const double merged_segments = metric(from, "tx_merged_segments", nodes_[from].uplink);
+    const double split_packets = metric(to, "rx_split_packets", nodes_[to].uplink);
+    const double split_segments = metric(to, "rx_split_segments", nodes_[to].uplink);
+    EXPECT_GT(merged_packets, 0) << "node " << from + 1;
+    EXPECT_LE(merged_segments, 5 * merged_packets) << "node " << from + 1;
+    EXPECT_GT(split_packets, 0) << "node " << to + 1;
+    EXPECT_LE(split_segments, 5 * split_packets) << "node " << to + 1;
+  }
+  // Datagrams of one flow, twenty in a send: merged on node 1's uplink as Geneve frames
+  // of one source port, split on node 2's, each delivered whole and in order.
+  {
+    fd_guard server(udp_server_in(*nodes_[1].web, 9400));
+    ASSERT_GE(server.fd, 0);
+    fd_guard client(socket_in(*nodes_[0].client, SOCK_DGRAM));
+    for (int burst = 0; burst < 5; ++burst) {
+      std::string message(20 * 1000, '\0');
+      for (size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(burst * 7 + i * 13 + i / 251);
+      EXPECT_EQ(send_segmented(client.fd, server.fd, address_of("198.18.2.20", 9400), message, 1000), "")
+          << "burst " << burst;
+    }
+  }
+  for (int n = 0; n < 2; ++n) {
+    EXPECT_EQ(metric(n, "rx_errors", nodes_[n].uplink), 0) << "node " << n + 1;
+    EXPECT_EQ(metric(n, "tx_errors", nodes_[n].uplink), 0) << "node " << n + 1;
+  }
+}
+
 // IPv4 packets the kernel's own stack received in a namespace (/proc/net/snmp's
 // Ip InReceives, read from inside it).
 uint64_t kernel_ip_receives(const netns& ns) {

@@ -441,7 +441,8 @@ class two_nodes : public ::testing::Test {
         "backends": [{"ip": "198.18.1.20", "port": 8080, "node": "node1"}]}],
       "tunables": {"rx_ring_size": 256, "tx_ring_size": 256, "flow_table_size": )" + std::to_string(n == 1 ? node1_flow_table_size_ : 4096) + R"(, "maglev_table_size": 251,
                    "idle_policy": "adaptive", "workers": )" + std::to_string(n == 1 ? node1_workers_ : 1) + R"(},
-      "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": )" + std::to_string(uplink_mtu_) + R"(},
+      "dataplane": {"uplink": {"interface": ")" + nd.uplink + R"(", "driver": ")" + driver_ + R"(", "mtu": )" + std::to_string(uplink_mtu_) +
+                                   (uplink_offloads_ ? R"(, "offloads": true)" : "") + R"(},
                     "pod_driver": ")" + driver_ + R"(",)" + (pod_offloads() ? R"( "pod_offloads": true,)" : "") + R"(
                     "eal_args": ["--no-huge", "-m", ")" + std::to_string(eal_memory_mb_) + R"(", "--file-prefix=)" + file_prefix(n) + R"(",
                                  "--log-level=error", "--no-telemetry"]})" +
@@ -491,6 +492,7 @@ class two_nodes : public ::testing::Test {
   bool with_outside_ = false;
   std::string driver_ = "af_packet";  // of every port
   bool pod_offloads_ = false;  // the documents' dataplane.pod_offloads (pod_offloads())
+  bool uplink_offloads_ = false;  // the documents' dataplane.uplink.offloads
   uint16_t uplink_mtu_ = 1500;        // the underlay's, on every veth of it and in the documents
   uint16_t pod_mtu_ = 1442;           // the underlay's 1500 less Geneve's 58 (with the identity option)
   unsigned eal_memory_mb_ = 128;      // EAL's -m (the packet buffers grow with a jumbo MTU)

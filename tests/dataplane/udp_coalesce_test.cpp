@@ -51,10 +51,10 @@ std::vector<bytes> flow(size_t count, size_t size, size_t last = 0, bool ipv6 = 
   return out;
 }
 
-uint16_t plan(const std::vector<bytes>& frames, tc::merged_packet& out) {
+uint16_t plan(const std::vector<bytes>& frames, tc::merged_packet& out, uint32_t max_ip_length = tc::kMaxIpLength) {
   std::vector<tc::frame_ref> refs;
   for (const bytes& f : frames) refs.push_back({f.data(), uint32_t(f.size())});
-  return uc::plan_run(refs.data(), uint16_t(refs.size()), out);
+  return uc::plan_run(refs.data(), uint16_t(refs.size()), out, max_ip_length);
 }
 
 // The merged packet's bytes: its header, then each datagram's payload.
@@ -200,6 +200,13 @@ TEST(udp_coalesce, ARunStopsAtItsSegmentAndSizeLimits) {
   const std::vector<bytes> large = flow(50, 1400);
   EXPECT_EQ(plan(large, m), (65535 - 20 - 8) / 1400);
   EXPECT_EQ(resegment(m, merged_bytes(m, large)), std::vector<bytes>(large.begin(), large.begin() + m.segments));
+  // A receiver's limit (the uplink's: 8,000 bytes of frame, 7,986 of IP): five Geneve-
+  // sized datagrams of 1,472 bytes fit, six do not; a limit below two stops every run.
+  const std::vector<bytes> geneve_sized = flow(10, 1472);
+  EXPECT_EQ(plan(geneve_sized, m, 7986), 5);
+  EXPECT_EQ(resegment(m, merged_bytes(m, geneve_sized)),
+            std::vector<bytes>(geneve_sized.begin(), geneve_sized.begin() + 5));
+  EXPECT_EQ(plan(geneve_sized, m, 2 * 1472 + 28 - 1), 1);
 }
 
 }  // namespace
