@@ -4,8 +4,10 @@
 // exact-size heap buffer so that an over-read is outside its allocation (ASan). With
 // option bit 0 the harness first writes every IPv4 header checksum and UDP checksum of
 // the burst right, so that mutations of the other header fields reach the merging rules
-// instead of stopping at a checksum. Whatever plan_run merges must be a packet the kernel
-// takes (lengths within 64 KiB and as the headers say, every datagram but the last exactly
+// instead of stopping at a checksum. With bit 1 the merged packet's IP length is limited
+// to 1,000 + 128 x (the byte's upper six bits) bytes (the uplink's limit is one such),
+// else to 64 KiB. Whatever plan_run merges must be a packet the kernel
+// takes (lengths within the limit and as the headers say, every datagram but the last exactly
 // gso_size) and one that the kernel's UDP segmentation, as gso_split.h does it, cuts back
 // into exactly the frames that went in (for a run of IPv4 datagrams with DF and one ID,
 // but for the IDs, which come out counting up from it, and the header checksums, which
@@ -60,6 +62,7 @@ void fix_checksums(std::vector<uint8_t>& f) {
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 1) return 0;
   const bool fix = data[0] & 1;
+  const uint32_t limit = (data[0] & 2) ? 1000u + 128u * (data[0] >> 2) : tc::kMaxIpLength;
   ++data, --size;
   std::vector<std::vector<uint8_t>> frames = meshlane::fuzz::frames_of(data, size);
   if (fix)
@@ -69,7 +72,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   size_t at = 0;
   while (at < refs.size()) {
     tc::merged_packet m;
-    const uint16_t run = uc::plan_run(refs.data() + at, static_cast<uint16_t>(refs.size() - at), m);
+    const uint16_t run = uc::plan_run(refs.data() + at, static_cast<uint16_t>(refs.size() - at), m, limit);
     if (run == 0 || at + run > refs.size() || run > tc::kMaxSegments) std::abort();
     if (run >= 2) {
       if (m.segments != run || m.vnet.gso_type != uc::kGsoUdpL4 || m.vnet.csum_offset != 6 ||
@@ -83,7 +86,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
         if (own > m.vnet.gso_size || (i + 1 < run && own != m.vnet.gso_size)) std::abort();
         merged.insert(merged.end(), f.data + m.header_length(), f.data + f.length);
       }
-      if (merged.size() - 14 > tc::kMaxIpLength) std::abort();
+      if (merged.size() - 14 > limit) std::abort();
       // The kernel's segmentation of the merged packet gives back the run's frames.
       gs::plan p;
       if (!gs::make_plan(m.vnet, merged.data(), static_cast<uint32_t>(merged.size()), p) || p.segments != run)
