@@ -63,7 +63,8 @@ static_assert(kPodGsoMaxSize + 76 <= kPodRxFrameBytes);
 // whole in RX frames of kUplinkRxFrameBytes, which it cuts back (gso_split.h): a kernel
 // packet, skb and veth pass for five 1,514-byte frames instead of one each. The RX ring
 // keeps its frame count (kUplinkRingFloor): small frames (ACKs) take a whole frame each,
-// and a ring of fewer frames lost them (kPodRxFrameBytes above).
+// and a ring of fewer frames lost them (kPodRxFrameBytes above). An RX ring per worker
+// (packet_ring_port.h: one fanout group).
 inline constexpr uint32_t kUplinkRxFrameBytes = 8192;
 inline constexpr uint32_t kUplinkGsoMaxSize = 8000;
 static_assert(kUplinkGsoMaxSize + 76 <= kUplinkRxFrameBytes);

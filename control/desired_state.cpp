@@ -1389,10 +1389,6 @@ parse_result read_document(const json& document, const tape_services& services, 
     if (const json* d = top.member("dataplane", false)) {  // issue 4
       state.dataplane.emplace();
       read_dataplane(*d, "$.dataplane", *state.dataplane, errors);
-      // meshlane's own uplink port has one RX ring, which one worker reads.
-      if (state.dataplane->uplink.offloads && state.tuning.workers > 1)
-        errors.push_back({"$.dataplane.uplink.offloads", "needs tunables.workers 1 (meshlane's own uplink port has "
-                                                          "one RX ring), got " + std::to_string(state.tuning.workers)});
     }
   }
   document_sections::check_document(state, errors);

@@ -102,7 +102,7 @@ struct dataplane_port_spec {
   // The uplink as meshlane's own af_packet port (packet_ring_port.h) that sends runs of
   // one flow's frames as GSO packets (Geneve as UDP GSO) of up to kUplinkGsoMaxSize bytes
   // and takes the same from the other nodes (RX frames of kUplinkRxFrameBytes): every
-  // node of the cluster sets it alike. af_packet and one worker only. See README,
+  // node of the cluster sets it alike. af_packet only. See README,
   // "The uplink's offloads".
   bool offloads = false;
 };

@@ -127,7 +127,7 @@ void packet_ring_port::close_ring(ring& r) {
 std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& interface, uint32_t rx_frames,
                                                          uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
                                                          std::string& error, uint32_t frame_size,
-                                                         uint32_t rx_frame_size) {
+                                                         uint32_t rx_frame_size, uint16_t rx_queues) {
   std::unique_ptr<packet_ring_port> port(new packet_ring_port());
   port->interface_ = interface;
   port->mbufs_ = mbufs;
@@ -148,10 +148,23 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
       return nullptr;
     }
   }
-  if (std::string why = open_ring(port->rx_, port->ifindex_, true, rx_frames, rx_frame_size, &port->rx_vnet_);
-      !why.empty()) {
-    error = interface + ": RX ring of " + std::to_string(rx_frames) + " frames: " + why;
-    return nullptr;
+  port->rx_.resize(std::max<uint16_t>(1, rx_queues));
+  for (size_t q = 0; q < port->rx_.size(); ++q) {
+    bool vnet = false;
+    if (std::string why = open_ring(port->rx_[q], port->ifindex_, true, rx_frames, rx_frame_size, &vnet);
+        !why.empty()) {
+      error = interface + ": RX ring " + std::to_string(q) + " of " + std::to_string(rx_frames) + " frames: " + why;
+      return nullptr;
+    }
+    port->rx_vnet_ = q == 0 ? vnet : port->rx_vnet_ && vnet;
+    if (port->rx_.size() > 1) {
+      // One group per interface (ids are per network namespace); no DEFRAG (above).
+      const int fanout = (port->ifindex_ & 0xffff) | (PACKET_FANOUT_HASH << 16);
+      if (::setsockopt(port->rx_[q].fd, SOL_PACKET, PACKET_FANOUT, &fanout, sizeof fanout) != 0) {
+        error = interface + ": RX ring " + std::to_string(q) + ": " + errno_text("PACKET_FANOUT");
+        return nullptr;
+      }
+    }
   }
   port->tx_.resize(std::max<uint16_t>(1, tx_queues));
   for (size_t q = 0; q < port->tx_.size(); ++q) {
@@ -173,7 +186,7 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
   }
   ifreq request{};
   std::memcpy(request.ifr_name, interface.c_str(), interface.size());
-  if (::ioctl(port->rx_.fd, SIOCGIFHWADDR, &request) != 0) {
+  if (::ioctl(port->rx_[0].fd, SIOCGIFHWADDR, &request) != 0) {
     error = interface + ": " + errno_text("SIOCGIFHWADDR");
     return nullptr;
   }
@@ -182,16 +195,16 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
 }
 
 packet_ring_port::~packet_ring_port() {
-  close_ring(rx_);
+  for (ring& r : rx_) close_ring(r);
   for (ring& r : tx_) close_ring(r);
 }
 
-uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t port) {
-  ring& r = rx_;
+uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t port, uint16_t queue) {
+  ring& r = rx_[queue];
   // First pass: the frames that wait, up to the buffers `count` allows and the ring's
   // size (a full ring must not be counted twice round), what each becomes
   // (gso_split.h) and which of its segments go out now. A frame larger than what is left
-  // of the burst gives what fits and the rest next time (rx_partial_ segments of the
+  // of the burst gives what fits and the rest next time (r.partial segments of the
   // frame at r.next are out already). An idle poll reads one status word and takes no
   // mbuf.
   struct waiting {
@@ -230,7 +243,7 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
       w.first = w.last = 0;
       continue;
     }
-    w.first = i == r.next ? rx_partial_ : 0;
+    w.first = i == r.next ? r.partial : 0;
     w.last = static_cast<uint16_t>(w.first + std::min<uint32_t>(w.plan.segments - w.first, count - needed));
     needed = static_cast<uint16_t>(needed + (w.last - w.first));
     if (w.last < w.plan.segments) break;  // the rest of it next time
@@ -275,15 +288,15 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
       if (w.plan.segments > 1 && s > w.first) {
         // The port's one polling worker writes these: relaxed stores, no locked
         // read-modify-write per GSO packet; readers sum them.
-        rx_segments_.store(rx_segments_.load(std::memory_order_relaxed) + (s - w.first), std::memory_order_relaxed);
-        if (w.first == 0) rx_split_.store(rx_split_.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        __atomic_store_n(&r.split_segments, r.split_segments + (s - w.first), __ATOMIC_RELAXED);
+        if (w.first == 0) __atomic_store_n(&r.split_packets, r.split_packets + 1, __ATOMIC_RELAXED);
       }
       if (s < w.plan.segments) {
-        rx_partial_ = s;  // buffers ran out, or the burst is full: the frame stays
+        r.partial = s;  // buffers ran out, or the burst is full: the frame stays
         return made;
       }
     }
-    rx_partial_ = 0;
+    r.partial = 0;
     set_status(w.h, TP_STATUS_KERNEL);
     r.next = r.next + 1 == r.frames ? 0 : r.next + 1;
   }
@@ -399,10 +412,22 @@ packet_ring_port::coalesced packet_ring_port::read_coalesced() const {
   return sum;
 }
 
+packet_ring_port::split packet_ring_port::read_split() const {
+  split sum;
+  for (const ring& r : rx_) {
+    sum.packets += __atomic_load_n(&r.split_packets, __ATOMIC_RELAXED);
+    sum.segments += __atomic_load_n(&r.split_segments, __ATOMIC_RELAXED);
+  }
+  return sum;
+}
+
 packet_ring_port::loss packet_ring_port::read_loss() {
   tpacket_stats stats{};
   socklen_t length = sizeof stats;
-  if (::getsockopt(rx_.fd, SOL_PACKET, PACKET_STATISTICS, &stats, &length) == 0) rx_missed_ += stats.tp_drops;
+  for (const ring& r : rx_) {
+    length = sizeof stats;
+    if (::getsockopt(r.fd, SOL_PACKET, PACKET_STATISTICS, &stats, &length) == 0) rx_missed_ += stats.tp_drops;
+  }
   loss out;
   out.rx_missed = rx_missed_;
   out.rx_errors = rx_errors_.load(std::memory_order_relaxed);
@@ -414,7 +439,7 @@ packet_ring_port::loss packet_ring_port::read_loss() {
 bool packet_ring_port::link_up() const {
   ifreq request{};
   std::memcpy(request.ifr_name, interface_.c_str(), interface_.size());
-  return ::ioctl(rx_.fd, SIOCGIFFLAGS, &request) == 0 && (request.ifr_flags & IFF_RUNNING);
+  return ::ioctl(rx_[0].fd, SIOCGIFFLAGS, &request) == 0 && (request.ifr_flags & IFF_RUNNING);
 }
 
 }  // namespace meshlane

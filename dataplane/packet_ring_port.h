@@ -12,7 +12,9 @@
 // whole; here fragments arrive as the pod sent them (fragment_path.h forwards them).
 //
 // One RX socket (bound to every protocol, PACKET_IGNORE_OUTGOING so that it does not see
-// what the TX sockets send) with an RX ring, polled by one worker; one TX socket per
+// what the TX sockets send) with an RX ring, polled by one worker (the uplink's own port,
+// dataplane.uplink.offloads, has one per worker, joined in a PACKET_FANOUT_HASH group
+// without DEFRAG, so that each flow's frames reach one worker in order); one TX socket per
 // worker (protocol 0: it receives nothing) with a TX ring and PACKET_QDISC_BYPASS, so
 // that workers never share a ring. Frames are copied between ring and mbuf, as the PMD
 // does. The ring memory is the kernel's (not locked user memory), so RLIMIT_MEMLOCK
@@ -71,10 +73,11 @@ class packet_ring_port {
   // A kernel that refuses PACKET_VNET_HDR leaves the port without merging (coalesces).
   // `rx_frame_size` (0: `frame_size`) sizes the RX ring's frames apart: large enough
   // for the GSO packets of a pod whose veth offloads segmentation (gso_split.h).
+  // `rx_queues` RX rings of `rx_frames` each, in one fanout group (above), when more than 1.
   static std::unique_ptr<packet_ring_port> open(const std::string& interface, uint32_t rx_frames,
                                                 uint32_t tx_frames, uint16_t tx_queues, rte_mempool* mbufs,
                                                 std::string& error, uint32_t frame_size = kDefaultFrameSize,
-                                                uint32_t rx_frame_size = 0);
+                                                uint32_t rx_frame_size = 0, uint16_t rx_queues = 1);
   ~packet_ring_port();
   packet_ring_port(const packet_ring_port&) = delete;
   packet_ring_port& operator=(const packet_ring_port&) = delete;
@@ -82,9 +85,9 @@ class packet_ring_port {
   // Up to `count` (at most kMaxRxBurst, tunables.burst_size's limit) received frames as
   // mbufs with `port` as their port; the caller owns them. A GSO packet from the pod
   // comes out as its segments, a frame whose checksum the pod left to the device with it
-  // finished (gso_split.h). One worker at a time.
+  // finished (gso_split.h). One worker at a time per RX queue.
   static constexpr uint16_t kMaxRxBurst = 512;
-  uint16_t rx_burst(rte_mbuf** out, uint16_t count, uint16_t port);
+  uint16_t rx_burst(rte_mbuf** out, uint16_t count, uint16_t port, uint16_t queue = 0);
   // Copies up to `count` frames into TX ring `queue` and has the kernel send them (one
   // sendto); with `merge` (the dataplane.pod_gro tunable), runs of TCP segments of one
   // stream and of UDP datagrams of one flow go as one packet each (sendmsg) instead.
@@ -124,20 +127,19 @@ class packet_ring_port {
     uint64_t packets = 0;
     uint64_t segments = 0;
   };
-  split read_split() const {
-    return {rx_split_.load(std::memory_order_relaxed), rx_segments_.load(std::memory_order_relaxed)};
-  }
+  split read_split() const;
   // Whether received frames carry their virtio header (PACKET_VNET_HDR on the RX
   // socket): without it (a kernel that refuses it) a pod's GSO packets and unfinished
   // checksums cannot be read, and its veth must keep TX offloads off.
   bool receives_offloads() const { return rx_vnet_; }
-  uint32_t rx_frame_size() const { return rx_.frame_size; }
+  uint32_t rx_frame_size() const { return rx_[0].frame_size; }
   bool coalesces() const { return !tx_.empty() && tx_[0].gso_fd >= 0; }
 
   const std::string& interface() const { return interface_; }
   int ifindex() const { return ifindex_; }
   wire::mac_address mac() const { return mac_; }
-  uint32_t rx_frames() const { return rx_.frames; }
+  uint32_t rx_frames() const { return rx_[0].frames; }  // each RX queue's
+  uint16_t rx_queues() const { return static_cast<uint16_t>(rx_.size()); }
   uint32_t tx_frames() const { return tx_.empty() ? 0 : tx_[0].frames; }
   bool link_up() const;  // the interface's IFF_RUNNING
 
@@ -153,6 +155,10 @@ class packet_ring_port {
     // TX: merged packets and their segments, written by the queue's one worker (relaxed
     // stores, no read-modify-write on a line other workers write), summed by readers.
     uint64_t merged_packets = 0, merged_segments = 0;
+    // RX: the segments of the frame at `next` given out already; GSO packets split and
+    // the segments made, written by the ring's one worker like merged_* above.
+    uint16_t partial = 0;
+    uint64_t split_packets = 0, split_segments = 0;
   };
   packet_ring_port() = default;
   static std::string open_ring(ring& r, int ifindex, bool receive, uint32_t frames, uint32_t frame_size,
@@ -168,15 +174,13 @@ class packet_ring_port {
   int ifindex_ = 0;
   wire::mac_address mac_{};
   rte_mempool* mbufs_ = nullptr;
-  ring rx_;
+  std::vector<ring> rx_;
   std::vector<ring> tx_;
   // Written by the workers, read by the agent's thread.
   std::atomic<uint64_t> rx_errors_{0}, tx_errors_{0}, rx_nombuf_{0};
-  std::atomic<uint64_t> rx_split_{0}, rx_segments_{0};  // written by the RX worker alone
   bool rx_vnet_ = false;     // received frames have a virtio header in front
   bool merge_always_ = false;  // merge_always
   uint32_t merge_ip_limit_ = tcp_coalesce::kMaxIpLength;
-  uint16_t rx_partial_ = 0;  // segments of the frame at rx_.next given out already
   uint64_t rx_missed_ = 0;  // read_loss's sum of the kernel's counts
 };
 

@@ -296,14 +296,13 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       return "cannot open memif port " + interface + " (" + devargs + "): is the socket's directory there, and " +
              (memif->server ? "no other server on it?" : "a server listening on it?");
   } else if (driver == "af_packet" && role == port_role::uplink && offloads) {
-    // One RX ring, so one worker (validation refuses more). The RX ring keeps the frame
-    // count the PMD's would have, in frames that take another node's GSO packets; runs
-    // go out merged up to what those frames take (kUplinkGsoMaxSize).
-    if (queues != 1) return "dataplane.uplink.offloads needs one worker, not " + std::to_string(queues);
+    // An RX ring per worker (a fanout group), each keeping the frame count a PMD queue's
+    // would have, in frames that take another node's GSO packets; runs go out merged up
+    // to what those frames take (kUplinkGsoMaxSize).
     const uint32_t frames = af_packet_ring_frames(ring_size, role);
     const uint32_t rx_room = std::max(room, kUplinkRxFrameBytes);
     std::string error;
-    port.ring = packet_ring_port::open(interface, frames, frames, queues, nullptr, error, room, rx_room);
+    port.ring = packet_ring_port::open(interface, frames, frames, queues, nullptr, error, room, rx_room, queues);
     if (!port.ring) return "cannot open " + interface + " with af_packet: " + error;
     if (!port.ring->receives_offloads() || !port.ring->coalesces())
       return "cannot open " + interface + " with offloads: this kernel's packet sockets refuse PACKET_VNET_HDR";
@@ -626,6 +625,11 @@ std::string worker_pool::setup_ring_port(const pool_port& p, rx_plan& plan) {
     if (p.role == port_role::uplink) ports_->uplink_port = id;
     port_records_.push_back({id, p.role, p.interface, false, nullptr, p.kernel_drop, p.ring});
   }
+  if (p.ring->rx_queues() > 1) {  // the uplink's: a queue per worker
+    for (uint16_t q = 0; q < p.ring->rx_queues() && q < plan.per_worker.size(); ++q)
+      plan.per_worker[q].push_back({id, q, p.ring.get()});
+    return {};
+  }
   size_t least = 0;
   for (size_t w = 1; w < plan.per_worker.size(); ++w)
     if (plan.per_worker[w].size() < plan.per_worker[least].size()) least = w;
@@ -867,7 +871,8 @@ uint32_t worker_pool::poll_once(uint16_t index) {
   uint32_t received = 0;
   const rx_plan* plan = rx_plan_.load(std::memory_order_acquire);
   for (const rx_queue& q : plan->per_worker[index]) {
-    const uint16_t n = q.ring ? q.ring->rx_burst(packets, burst, q.port) : rte_eth_rx_burst(q.port, q.queue, packets, burst);
+    const uint16_t n =
+        q.ring ? q.ring->rx_burst(packets, burst, q.port, q.queue) : rte_eth_rx_burst(q.port, q.queue, packets, burst);
     if (!n) continue;
     received += n;
     if (tables) {

@@ -390,9 +390,24 @@ TEST_F(two_nodes_pod_offloads, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitW
 class two_nodes_uplink_offloads : public two_nodes {
  protected:
   two_nodes_uplink_offloads() { uplink_offloads_ = true; }
+  void expect_runs_cross_whole();
 };
 
 TEST_F(two_nodes_uplink_offloads, RunsOfGeneveFramesCrossTheUnderlayAsGsoPacketsAndArriveWhole) {
+  expect_runs_cross_whole();
+}
+
+// The same with two workers on node 1: its uplink port has an RX ring per worker in one
+// fanout group, and flows whose frames reach the worker that does not own them are
+// handed over as from a PMD's RSS queues.
+class two_nodes_two_workers_uplink_offloads : public two_nodes_uplink_offloads {
+ protected:
+  two_nodes_two_workers_uplink_offloads() { node1_workers_ = 2; }
+};
+
+TEST_F(two_nodes_two_workers_uplink_offloads, RunsCrossWholeWithAnRxRingPerWorker) { expect_runs_cross_whole(); }
+
+void two_nodes_uplink_offloads::expect_runs_cross_whole() {
   // The uplink's RX ring keeps its 4,096 frames, in frames of kUplinkRxFrameBytes.
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
                {4096u, 4096u}, {2048u, 512u});
