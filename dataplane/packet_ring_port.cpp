@@ -286,7 +286,7 @@ uint16_t packet_ring_port::rx_burst(rte_mbuf** out, uint16_t count, uint16_t por
         m->port = port;
       }
       if (w.plan.segments > 1 && s > w.first) {
-        // The port's one polling worker writes these: relaxed stores, no locked
+        // The ring's one polling worker writes these: relaxed stores, no locked
         // read-modify-write per GSO packet; readers sum them.
         __atomic_store_n(&r.split_segments, r.split_segments + (s - w.first), __ATOMIC_RELAXED);
         if (w.first == 0) __atomic_store_n(&r.split_packets, r.split_packets + 1, __ATOMIC_RELAXED);

@@ -271,8 +271,8 @@ unsigned memif_ring_log2(uint32_t ring_size) {
 // and rings of `ring_size` descriptors where the driver takes that at probe time; an
 // af_packet ring's frames hold `room` bytes (packet_buffer_room), a pod's RX frames at
 // least kPodRxFrameBytes with `offloads` (its GSO packets). The uplink with `offloads`
-// (dataplane.uplink.offloads, one queue) is meshlane's own port too, its RX frames of at
-// least kUplinkRxFrameBytes.
+// (dataplane.uplink.offloads) is meshlane's own port too, an RX ring per queue, its RX
+// frames of at least kUplinkRxFrameBytes.
 std::string probe_port(const std::string& driver, const std::optional<memif_spec>& memif,
                        const std::string& interface, port_role role, uint16_t queues, uint32_t ring_size,
                        uint32_t room, bool offloads, pool_port& port) {
