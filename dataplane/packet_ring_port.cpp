@@ -158,8 +158,11 @@ std::unique_ptr<packet_ring_port> packet_ring_port::open(const std::string& inte
     }
     port->rx_vnet_ = q == 0 ? vnet : port->rx_vnet_ && vnet;
     if (port->rx_.size() > 1) {
-      // One group per interface (ids are per network namespace); no DEFRAG (above).
-      const int fanout = (port->ifindex_ & 0xffff) | (PACKET_FANOUT_HASH << 16);
+      // One group per interface and process (ids are per network namespace; during an
+      // upgrade's hand-over the successor's sockets must not join its predecessor's
+      // group, each process seeing every frame as with one socket, as DPDK's PMD does
+      // it); no DEFRAG (above).
+      const int fanout = ((port->ifindex_ ^ ::getpid()) & 0xffff) | (PACKET_FANOUT_HASH << 16);
       if (::setsockopt(port->rx_[q].fd, SOL_PACKET, PACKET_FANOUT, &fanout, sizeof fanout) != 0) {
         error = interface + ": RX ring " + std::to_string(q) + ": " + errno_text("PACKET_FANOUT");
         return nullptr;
