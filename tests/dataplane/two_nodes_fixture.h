@@ -404,6 +404,10 @@ class two_nodes : public ::testing::Test {
       std::error_code ignored;
       std::filesystem::remove_all("/var/run/dpdk/" + file_prefix(n), ignored);
     }
+    {  // EAL made it; gone again when nothing else is in it (a run outside scripts/test.sh)
+      std::error_code ignored;
+      if (std::filesystem::is_empty("/var/run/dpdk", ignored)) std::filesystem::remove("/var/run/dpdk", ignored);
+    }
     // The eBPF fast path node 1's agent loaded (node1_pod_cgroup_): left attached by
     // design, removed here.
     if (!node1_pod_cgroup_.empty()) {
