@@ -333,29 +333,26 @@ tune_pod_gro() {  # true|false, both agents
   for n in 1 2; do "$root/$build/meshctl" tune "dataplane.pod_gro=$1" --socket "$work/node$n.sock" >/dev/null; done
 }
 uplink_ab=${UPLINK_AB:-0}
+# meshlane's way and OTHER_WAY, alternated round by round so that the machine's drift
+# falls on both alike; TO_OTHER and BACK (commands) switch the agents between them.
+alternate_rounds() {  # OTHER_WAY TO_OTHER BACK
+  local all_reps=$reps r
+  reps=1
+  for r in $(seq "$all_reps"); do
+    ROUND=$r WAY=meshlane measure
+    $2
+    ROUND=$r WAY=$1 measure
+    $3
+  done
+  reps=$all_reps
+}
+# dataplane.uplink.offloads is fixed at start: the agents restart between the ways.
+restart_agents_with_uplink_offloads() { stop_agents; UPLINK_OFFLOADS=1 start_agents 0; }
+restart_agents_without() { stop_agents; start_agents 0; }
 if [ "$gro_ab" = 1 ]; then
-  # Alternated round by round, so that the machine's drift falls on both alike.
-  all_reps=$reps; reps=1
-  for r in $(seq "$all_reps"); do
-    ROUND=$r WAY=meshlane measure
-    tune_pod_gro false
-    ROUND=$r WAY=meshlane_nogro measure
-    tune_pod_gro true
-  done
-  reps=$all_reps
+  alternate_rounds meshlane_nogro "tune_pod_gro false" "tune_pod_gro true"
 elif [ "$uplink_ab" = 1 ]; then
-  # dataplane.uplink.offloads is fixed at start: the agents restart between the ways,
-  # alternated round by round.
-  all_reps=$reps; reps=1
-  for r in $(seq "$all_reps"); do
-    ROUND=$r WAY=meshlane measure
-    stop_agents
-    UPLINK_OFFLOADS=1 start_agents 0
-    ROUND=$r WAY=meshlane_uplink_gso measure
-    stop_agents
-    start_agents 0
-  done
-  reps=$all_reps
+  alternate_rounds meshlane_uplink_gso restart_agents_with_uplink_offloads restart_agents_without
 else
   WAY=meshlane measure
 fi

@@ -222,6 +222,21 @@ TEST_F(two_nodes, OneMebibyteOfTcpCrossesNodesByteIdentical) {
   EXPECT_TRUE(merged_in_a_log()) << "no stats line shows merged segments";
 }
 
+// The agent's counter meshlane_dataplane_port_<name>_total for `port`, through its
+// control socket `socket`; -1 when the agent does not answer or has no such sample.
+double port_metric(const std::string& socket, const std::string& name, const std::string& port) {
+  control_client client;
+  if (!client.connect(socket).empty()) return -1.0;
+  return metric_value(client, "meshlane_dataplane_port_" + name + "_total", "port", port);
+}
+
+// Twenty 1,000-byte datagrams' worth of bytes for burst number `burst`, each burst's its own.
+std::string burst_message(int burst) {
+  std::string message(20 * 1000, '\0');
+  for (size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(burst * 7 + i * 13 + i / 251);
+  return message;
+}
+
 // A UDP socket in `ns` bound to 0.0.0.0:`port`, receives timing out after 3 s; -1 when
 // the bind failed.
 int udp_server_in(const netns& ns, uint16_t port) {
@@ -266,9 +281,7 @@ std::string send_segmented(int client, int server, const sockaddr_in& destinatio
 // whose MAC the node has not learned yet: the worker holds all twenty until it answers.
 TEST_F(two_nodes, UdpDatagramsOfOneFlowReachAPodMergedAndWhole) {
   const auto merged_at = [&](int node, const std::string& port) {
-    control_client client;
-    if (!client.connect(nodes_[node].config_path + ".sock").empty()) return -1.0;
-    return metric_value(client, "meshlane_dataplane_port_tx_merged_segments_total", "port", port);
+    return port_metric(nodes_[node].config_path + ".sock", "tx_merged_segments", port);
   };
   const auto bursts = [&](const netns& to_ns, uint16_t listen, const std::string& ip, uint16_t port, int node,
                           const std::string& pod_port) -> std::string {
@@ -278,9 +291,7 @@ TEST_F(two_nodes, UdpDatagramsOfOneFlowReachAPodMergedAndWhole) {
     const sockaddr_in destination = address_of(ip, port);
     const double before = merged_at(node, pod_port);
     for (int burst = 0; burst < 20; ++burst) {
-      std::string message(20 * 1000, '\0');
-      for (size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(burst * 7 + i * 13 + i / 251);
-      if (std::string e = send_segmented(client.fd, server.fd, destination, message, 1000); !e.empty())
+      if (std::string e = send_segmented(client.fd, server.fd, destination, burst_message(burst), 1000); !e.empty())
         return "burst " + std::to_string(burst) + ": " + e;
       if (burst >= 2 && merged_at(node, pod_port) > before) return "";
     }
@@ -312,9 +323,7 @@ TEST_F(two_nodes_pod_offloads, PodsSendWithTheirVethsOffloadsOnAndThePortsSplitW
   EXPECT_NE(offloads.find("tcp-segmentation-offload: on"), std::string::npos) << offloads;
   EXPECT_NE(offloads.find("tx-checksumming: on"), std::string::npos) << offloads;
   const auto split_of = [&](int node, const std::string& port, const char* what) {
-    control_client client;
-    if (!client.connect(nodes_[node].config_path + ".sock").empty()) return -1.0;
-    return metric_value(client, std::string("meshlane_dataplane_port_rx_split_") + what + "_total", "port", port);
+    return port_metric(nodes_[node].config_path + ".sock", std::string("rx_split_") + what, port);
   };
   for (const auto& [ip, port] : {std::pair{"198.18.2.20", 8080}, std::pair{"198.19.128.10", 80}}) {
     tcp_echo_server server(*nodes_[1].web, 8080);
@@ -412,9 +421,7 @@ void two_nodes_uplink_offloads::expect_runs_cross_whole() {
   expect_rings(nodes_[0].config_path + ".sock", nodes_[0].uplink, nodes_[0].client_port, nodes_[0].web_port,
                {4096u, 4096u}, {2048u, 512u});
   const auto metric = [&](int node, const std::string& name, const std::string& port) {
-    control_client client;
-    if (!client.connect(nodes_[node].config_path + ".sock").empty()) return -1.0;
-    return metric_value(client, "meshlane_dataplane_port_" + name + "_total", "port", port);
+    return port_metric(nodes_[node].config_path + ".sock", name, port);
   };
   for (const auto& [ip, port] : {std::pair{"198.18.2.20", 8080}, std::pair{"198.19.128.10", 80}}) {
     tcp_echo_server server(*nodes_[1].web, 8080);
@@ -441,9 +448,7 @@ void two_nodes_uplink_offloads::expect_runs_cross_whole() {
     ASSERT_GE(server.fd, 0);
     fd_guard client(socket_in(*nodes_[0].client, SOCK_DGRAM));
     for (int burst = 0; burst < 5; ++burst) {
-      std::string message(20 * 1000, '\0');
-      for (size_t i = 0; i < message.size(); ++i) message[i] = static_cast<char>(burst * 7 + i * 13 + i / 251);
-      EXPECT_EQ(send_segmented(client.fd, server.fd, address_of("198.18.2.20", 9400), message, 1000), "")
+      EXPECT_EQ(send_segmented(client.fd, server.fd, address_of("198.18.2.20", 9400), burst_message(burst), 1000), "")
           << "burst " << burst;
     }
   }
