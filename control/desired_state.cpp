@@ -564,6 +564,7 @@ void read_tunables(const json& value, const std::string& path, tunables& t, erro
     else r.error(r.path_of("idle_policy"), "must be \"busy_poll\" or \"adaptive\", got " + shown(*v));
   }
   if (auto v = r.integer("idle_sleep_max_us", false, 10, 10000)) t.idle_sleep_max_us = static_cast<uint32_t>(*v);
+  if (auto v = r.integer("worker_nice", false, -20, 19)) t.worker_nice = static_cast<int8_t>(*v);
   if (auto v = r.integer("maglev_table_size", false, 13, 1048573)) {
     if (!is_prime(static_cast<uint32_t>(*v)))
       r.error(r.path_of("maglev_table_size"), "must be a prime number, got " + std::to_string(*v));

@@ -57,7 +57,7 @@ struct byte_writer {
 constexpr char kMagic[16] = "MESHLANE-TABLES";  // 15 characters and the terminator
 // 2: ebpf settings after the tunables; 3: policy tables; 4: egress and external services;
 // 5: external services' VIPs
-constexpr uint32_t kFormatVersion = 5;
+constexpr uint32_t kFormatVersion = 6;
 // Magic, format version, reserved word, generation: the part of the form the digest skips.
 constexpr size_t kHeaderBytes = sizeof kMagic + 4 + 4 + 8;
 
@@ -191,6 +191,7 @@ void snapshot::write_tables(std::vector<uint8_t>& out, bool digest_form) const {
   w.u32(tuning.tcp_transitory_timeout_s);
   w.u32(tuning.udp_timeout_s);
   w.u32(tuning.idle_sleep_max_us);
+  w.u8(static_cast<uint8_t>(tuning.worker_nice));
   w.u8(static_cast<uint8_t>(tuning.backend_metrics));
   w.u8(static_cast<uint8_t>(ebpf.redirect));
 

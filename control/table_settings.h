@@ -38,6 +38,19 @@ struct tunables {
   // Longer saves CPU; shorter answers a lone packet sooner. (A worker 20 ms without a
   // packet sleeps up to 1 ms, or this if longer.) 10..10000.
   uint32_t idle_sleep_max_us = 50;
+  // The workers' nice value under the adaptive idle policy, -20..19 (setpriority on each
+  // worker thread). On a node whose cores the workers share with its pods, a pod's
+  // frames wait in the port's RX ring while its worker is off the CPU, and a ring that
+  // fills drops them: the kernel's own packet path runs in softirq, ahead of every task,
+  // and never waits for a scheduler slice. At nice 0 a worker that the tick took off its
+  // CPU waits out the other tasks' slices (4 ms each at HZ=250): an iperf3 stream's
+  // client pod port lost 274-1,040 frames in some 3-s rounds (each a TCP retransmission);
+  // at -10 none in the same runs, and the worker's wake-up from its idle sleep preempts a
+  // running pod sooner (p50 lower). It takes no more CPU than it has work for: an
+  // adaptive worker sleeps when idle. A busy-polling worker runs at nice 0 whatever this
+  // says: it is always runnable, so above the pods' weight it would starve them on a
+  // shared core, and on a dedicated one nice does nothing.
+  int8_t worker_nice = -10;
   // Maglev lookup table size per service; must be prime (NSDI 2016, section 3.4).
   uint32_t maglev_table_size = 65537;
   uint32_t flow_table_size = 65536;       // entries per worker

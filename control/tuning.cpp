@@ -17,7 +17,7 @@ namespace {
 // sizes, worker count and flow-table size need a restart and are not listed.
 constexpr const char* kLiveDocumentTunables[] = {
     "burst_size", "idle_policy", "maglev_table_size", "tcp_established_timeout_s",
-    "tcp_transitory_timeout_s", "udp_timeout_s", "idle_sleep_max_us", "backend_series"};
+    "tcp_transitory_timeout_s", "udp_timeout_s", "idle_sleep_max_us", "worker_nice", "backend_series"};
 
 json tuning_value(const tunables& t, const std::string& key) {
   if (key == "burst_size") return t.burst_size;
@@ -27,6 +27,7 @@ json tuning_value(const tunables& t, const std::string& key) {
   if (key == "tcp_transitory_timeout_s") return t.tcp_transitory_timeout_s;
   if (key == "udp_timeout_s") return t.udp_timeout_s;
   if (key == "idle_sleep_max_us") return t.idle_sleep_max_us;
+  if (key == "worker_nice") return t.worker_nice;
   if (key == "backend_series") return to_string(t.backend_metrics);
   return nullptr;
 }

@@ -397,6 +397,7 @@ struct live_settings {
   std::atomic<uint16_t> burst_size{32};
   std::atomic<uint8_t> busy_poll{0};
   std::atomic<uint32_t> idle_sleep_max_us{50};
+  std::atomic<int8_t> worker_nice{0};  // under the adaptive idle policy (tunables::worker_nice)
   std::atomic<uint8_t> backend_series{0};  // a meshlane::backend_series: which backends /metrics lists
   std::atomic<uint64_t> tcp_established_ticks{0};
   std::atomic<uint64_t> tcp_transitory_ticks{0};
@@ -584,6 +585,11 @@ struct worker_state {
   idle_wakeup idle;
   std::vector<idle_wakeup*> wakeups;
   counter handoff_wakeups;
+  // The nice value this worker's thread runs at (getpriority after each change; the
+  // tunable's, or 0 when busy polling) and the errno of the last refused change (0: none;
+  // EACCES without CAP_SYS_NICE): what the status and metrics show.
+  std::atomic<int> nice{0};
+  std::atomic<int> nice_error{0};
   // Shared by the pool's workers; null: IPv6 ingress to a backend on another node is
   // refused (no_route), and the reverse entries of IPv4 ones are not rebuilt after an
   // eviction.

@@ -345,6 +345,27 @@ void worker_pool::register_with(subsystem_registry& registry) {
                    "\"used\" lists a backend once this node counted a packet for it, \"off\" none).",
                    metric_kind::gauge,
                    {{{{"mode", to_string(series_mode)}}, double(backends_unlisted)}}});
+    {
+      // tunables.worker_nice as each worker thread runs it (0 while busy polling), and
+      // whether the kernel refused the last change (EACCES: the agent lacks CAP_SYS_NICE).
+      metric_family nice{"meshlane_dataplane_worker_nice",
+                         "The nice value each worker thread runs at: tunables.worker_nice under the adaptive "
+                         "idle policy, 0 while busy polling.",
+                         metric_kind::gauge,
+                         {}};
+      metric_family refused{"meshlane_dataplane_worker_nice_refused",
+                            "1 when the kernel refused a worker thread's last nice change (the agent lacks "
+                            "CAP_SYS_NICE); the worker keeps the value it had.",
+                            metric_kind::gauge,
+                            {}};
+      for (const auto& w : workers_) {
+        nice.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->nice.load(std::memory_order_relaxed))});
+        refused.samples.push_back(
+            {{{"worker", std::to_string(w->index)}}, w->nice_error.load(std::memory_order_relaxed) ? 1.0 : 0.0});
+      }
+      out.push_back(std::move(nice));
+      out.push_back(std::move(refused));
+    }
     auto evictions = family("meshlane_dataplane_flow_evictions_total",
                             "Live flows evicted from a full flow-table bucket, per worker.");
     auto restored = family("meshlane_dataplane_flow_entries_restored_total",
@@ -450,6 +471,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
                          {"rx_queues", queues},
                          {"busy_poll_fraction", busy + idle > 0 ? busy / (busy + idle) : 0.0},
                          {"flows_live", w.flows.live_count(now, timeouts)},
+                         {"nice", w.nice.load(std::memory_order_relaxed)},
+                         {"nice_refused", w.nice_error.load(std::memory_order_relaxed)
+                                              ? std::string(std::strerror(w.nice_error.load(std::memory_order_relaxed)))
+                                              : std::string()},
                          {"flow_capacity", w.flows.capacity()}});
     }
     return nlohmann::json{{"generation", generation()},
@@ -457,6 +482,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"idle_policy", settings_.busy_poll.load() ? "busy_poll" : "adaptive"},
                           {"burst_size", settings_.burst_size.load()},
                           {"idle_sleep_max_us", settings_.idle_sleep_max_us.load()},
+                          {"worker_nice", settings_.worker_nice.load()},
                           {"pod_gro", ports_->pod_gro.load() != 0},
                           {"uplink_mtu", ports_->uplink_mtu},
                           // What one packet buffer and one af_packet ring frame hold

@@ -19,6 +19,7 @@
 #include <sys/ioctl.h>
 #include <sched.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -26,6 +27,8 @@
 #include <algorithm>
 #include <functional>
 #include <atomic>
+#include <cerrno>
+#include <climits>
 #include <set>
 #include <cstdio>
 #include <cstring>
@@ -774,6 +777,7 @@ void worker_pool::apply_tuning(const tunables& tuning) {
   settings_.burst_size.store(std::min<uint16_t>(tuning.burst_size, kMaxBurst));
   settings_.busy_poll.store(tuning.idle == idle_policy::busy_poll);
   settings_.idle_sleep_max_us.store(tuning.idle_sleep_max_us);
+  settings_.worker_nice.store(tuning.worker_nice);
   settings_.backend_series.store(static_cast<uint8_t>(tuning.backend_metrics));
   settings_.tcp_established_ticks.store(uint64_t{tuning.tcp_established_timeout_s} * hz);
   settings_.tcp_transitory_ticks.store(uint64_t{tuning.tcp_transitory_timeout_s} * hz);
@@ -906,6 +910,19 @@ uint32_t worker_pool::poll_once(uint16_t index) {
   return received;
 }
 
+namespace {
+// Sets the calling worker thread's nice value (Linux: setpriority on thread id 0 is the
+// calling thread alone) and records what it runs at and why a change was refused.
+void set_worker_nice(worker_state& w, int nice) {
+  errno = 0;
+  const int refused = ::setpriority(PRIO_PROCESS, 0, nice) == 0 ? 0 : errno;
+  w.nice_error.store(refused, std::memory_order_relaxed);
+  errno = 0;
+  const int now = ::getpriority(PRIO_PROCESS, 0);
+  if (errno == 0) w.nice.store(now, std::memory_order_relaxed);
+}
+}  // namespace
+
 int worker_pool::launch_trampoline(void* arg) {
   auto* pool = static_cast<worker_pool*>(arg);
   const unsigned lcore = rte_lcore_id();
@@ -927,7 +944,16 @@ int worker_pool::worker_main(uint16_t index) {
   const uint64_t tsc_per_us = rte_get_tsc_hz() / 1000000;
   idle_backoff backoff(tsc_per_us, rte_rdtsc());
   worker_state& w = *workers_[index];
+  int nice_asked = INT_MIN;  // none yet: the first loop sets it
   while (running_.load(std::memory_order_relaxed)) {
+    // tunables::worker_nice, 0 while busy polling; a change takes effect at the next loop.
+    const int nice = settings_.busy_poll.load(std::memory_order_relaxed)
+                         ? 0
+                         : settings_.worker_nice.load(std::memory_order_relaxed);
+    if (nice != nice_asked) [[unlikely]] {
+      nice_asked = nice;
+      set_worker_nice(w, nice);
+    }
     const uint32_t received = poll_once(index);
     if (received) {
       backoff.packets(rte_rdtsc());

@@ -21,6 +21,9 @@
 # with it restarted round by round beside meshlane's without, and prints the ratios.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
+# WORKER_NICE=N sets the agents' tunables.worker_nice (default: the agent's, -10; the
+# workers' nice under the adaptive policy); NICE_AB=1 adds meshlane_nice0: the same agents
+# tuned live to worker_nice 0, its rounds alternated with meshlane's, and prints the ratios.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet; POD_DRIVER
 # (default: DRIVER) sets the pod ports' alone, e.g. DRIVER=af_xdp POD_DRIVER=af_packet: the
 # uplink on an XDP socket, the pods on meshlane's own af_packet port (which merges TCP
@@ -47,6 +50,8 @@ seconds=${1:-4}
 reps=${2:-2}
 idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
 idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty: the agent's default
+worker_nice=${WORKER_NICE:--10}  # tunables.worker_nice (the agent's default -10)
+case "$worker_nice" in -[0-9]|-1[0-9]|-20|[0-9]|1[0-9]) ;; *) echo "crossnode_bench: WORKER_NICE takes -20..19" >&2; exit 2 ;; esac
 driver=${DRIVER:-af_packet}  # the workers' ports: af_packet or af_xdp
 pod_driver=${POD_DRIVER:-$driver}  # the pod ports' alone
 case "$driver/$pod_driver" in af_packet/af_packet|af_packet/af_xdp|af_xdp/af_packet|af_xdp/af_xdp) ;;
@@ -291,7 +296,7 @@ agent_pids=()
 [ "$hugepages" = 1 ] && { bench_hugepages_reserve $((eal_mb + 32)) || exit 1; }
 start_agents() {  # ENCRYPT(0|1)
   for n in 1 2; do
-    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" "$pod_driver" "$mtu" "$eal_mb" > "$work/node$n.json" <<'PY'
+    /usr/bin/python3 - "$n" "$idle" "$idle_sleep_max_us" "$driver" "$1" "$work/esp-keys" "$ring_size" "$hugepages" "$pod_driver" "$mtu" "$eal_mb" "$worker_nice" > "$work/node$n.json" <<'PY'
 import json, os, sys
 n = int(sys.argv[1]); peer = 3 - n; idle = sys.argv[2]; sleep_max = sys.argv[3]; driver = sys.argv[4]
 pod_driver = sys.argv[9]
@@ -308,7 +313,7 @@ print(json.dumps({
                 "ports": [{"port": 80, "target_port": 8080}, {"name": "bulk", "port": 81, "target_port": 8081}],
                 "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
   "tunables": {"rx_ring_size": ring, "tx_ring_size": ring, "flow_table_size": 16384, "idle_policy": idle,
-               **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
+               "worker_nice": int(sys.argv[12]), **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
   "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": int(sys.argv[10]),
                            **({"offloads": True} if os.environ.get("UPLINK_OFFLOADS", "0") == "1" and driver == "af_packet" else {})},
@@ -349,8 +354,14 @@ alternate_rounds() {  # OTHER_WAY TO_OTHER BACK
 # dataplane.uplink.offloads is fixed at start: the agents restart between the ways.
 restart_agents_with_uplink_offloads() { stop_agents; UPLINK_OFFLOADS=1 start_agents 0; }
 restart_agents_without() { stop_agents; start_agents 0; }
+nice_ab=${NICE_AB:-0}
+tune_worker_nice() {  # NICE, both agents (tables.worker_nice, live)
+  for n in 1 2; do "$root/$build/meshctl" tune "tables.worker_nice=$1" --socket "$work/node$n.sock" >/dev/null; done
+}
 if [ "$gro_ab" = 1 ]; then
   alternate_rounds meshlane_nogro "tune_pod_gro false" "tune_pod_gro true"
+elif [ "$nice_ab" = 1 ]; then
+  alternate_rounds meshlane_nice0 "tune_worker_nice 0" "tune_worker_nice $worker_nice"
 elif [ "$uplink_ab" = 1 ]; then
   alternate_rounds meshlane_uplink_gso restart_agents_with_uplink_offloads restart_agents_without
 else
@@ -396,6 +407,7 @@ publish_phase publishing 1
 ways=kernel,meshlane
 [ "$gro_ab" = 1 ] && ways=$ways,meshlane_nogro
 [ "$uplink_ab" = 1 ] && ways=$ways,meshlane_uplink_gso
+[ "$nice_ab" = 1 ] && ways=$ways,meshlane_nice0
 if [ "$esp" = 1 ]; then
   stop_agents
   ip -n mlb-client link set eth0 mtu $((pod_mtu - 45))
@@ -434,6 +446,10 @@ gro_ratios = ({f"{t}_{k}": fig["meshlane"][t][k] / fig["meshlane_nogro"][t][k]
 uplink_ratios = ({f"{t}_{k}": fig["meshlane_uplink_gso"][t][k] / fig["meshlane"][t][k]
                   for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
                  if "meshlane_uplink_gso" in fig else None)
+# The workers at tunables.worker_nice over the same agents at nice 0 (NICE_AB=1), rounds alternated.
+nice_ratios = ({f"{t}_{k}": fig["meshlane"][t][k] / fig["meshlane_nice0"][t][k]
+                for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+               if "meshlane_nice0" in fig else None)
 # Encrypted over direct, same agents and pods, same run (issue 15).
 esp_ratios = ({f"{t}_{k}": fig["meshlane_esp"][t][k] / fig["meshlane"][t][k]
                for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
@@ -466,6 +482,8 @@ def udp_of(w):  # UDP=1's runs
             "pod_tx_merged": {k: sum(r["pod_tx_merged"][k] for r in runs if "pod_tx_merged" in r)
                               for k in ("packets", "segments", "frames_sent")}}
 udp = {w: u for w in ways if (u := udp_of(w))}
+if nice_ratios:
+    nice_ratios["iperf3_gbit_per_s"] = iperf3["meshlane"]["gbit_per_s"] / iperf3["meshlane_nice0"]["gbit_per_s"]
 if uplink_ratios:
     uplink_ratios["iperf3_gbit_per_s"] = iperf3["meshlane_uplink_gso"]["gbit_per_s"] / iperf3["meshlane"]["gbit_per_s"]
 if udp and gro_ratios and "meshlane_nogro" in udp:
@@ -474,7 +492,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, **({"iperf3_udp": udp} if udp else {}), "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "pod_offloads": os.environ.get("POD_OFFLOADS", "0") == "1", "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
-           "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"uplink_gso_over_pmd": uplink_ratios} if uplink_ratios else {}), "uplink_offloads": os.environ.get("UPLINK_OFFLOADS", "0") == "1", **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
+           "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"uplink_gso_over_pmd": uplink_ratios} if uplink_ratios else {}), "worker_nice": int(os.environ.get("WORKER_NICE", "-10")), **({"nice_over_nice0": nice_ratios} if nice_ratios else {}), "uplink_offloads": os.environ.get("UPLINK_OFFLOADS", "0") == "1", **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
            **({"esp_sas_node1": sas} if sas else {}),
            "publish_under_load": publish, "runs": rows},
           open(sys.argv[2], "w"), indent=1)
@@ -504,6 +522,8 @@ for k, v in (gro_ratios or {}).items():
     print(f"merged / unmerged  {k:22} {v:6.2f}x")
 for k, v in (uplink_ratios or {}).items():
     print(f"uplink GSO / PMD   {k:22} {v:6.2f}x")
+for k, v in (nice_ratios or {}).items():
+    print(f"nice / nice 0      {k:22} {v:6.2f}x")
 for k, v in (esp_ratios or {}).items():
     print(f"encrypted / direct {k:22} {v:6.2f}x")
 if sas:

@@ -24,6 +24,9 @@
 #   perf/ovs_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
 #   OVS_PMD_MAXSLEEP="0 50"   the settings to measure (µs, 0..10000)
 #   OVS_TUNNEL=geneve|vxlan
+#   OVS_PMD_NICE=N            the PMD threads' nice value (default 0, OVS's own), e.g. -10 to
+#                             compare at the priority meshlane's workers run at
+#                             (tunables.worker_nice)
 #   HUGEPAGES=1               OVS's DPDK memory from 2 MiB hugepages (reserved for the run
 #                             when missing) instead of --no-huge; compare with a
 #                             crossnode run made with HUGEPAGES=1 too
@@ -43,6 +46,8 @@ reps=${2:-2}
 sleeps=${OVS_PMD_MAXSLEEP:-0 50}
 tunnel=${OVS_TUNNEL:-geneve}
 hugepages=${HUGEPAGES:-0}
+pmd_nice=${OVS_PMD_NICE:-0}
+case "$pmd_nice" in -[0-9]|-1[0-9]|-20|[0-9]|1[0-9]) ;; *) echo "ovs_bench: OVS_PMD_NICE takes -20..19" >&2; exit 2 ;; esac
 vswitchd=/usr/lib/openvswitch-switch-dpdk/ovs-vswitchd-dpdk
 made_policy=0
 pids=()
@@ -232,6 +237,14 @@ for rep in $(seq "$reps"); do
     way=ovs_dpdk; [ "$sleep_us" != 0 ] && way=ovs_dpdk_maxsleep$sleep_us
     for n in 1 2; do vsctl $n set Open_vSwitch . other_config:pmd-maxsleep="$sleep_us"; done
     for n in 1 2; do appctl $n dpif-netdev/pmd-stats-clear >/dev/null; done
+    # OVS_PMD_NICE: every PMD thread (OVS names them pmd-c<core>/id:<n>) of both daemons.
+    if [ "$pmd_nice" != 0 ]; then
+      for pid in $(pgrep -f "$vswitchd unix:$work/node"); do
+        for task in /proc/$pid/task/*; do
+          case "$(cat "$task/comm")" in pmd*) renice -n "$pmd_nice" -p "${task##*/}" >/dev/null ;; esac
+        done
+      done
+    fi
     for target in "pod 198.18.2.20 8080 8081" "vip 198.19.128.10 80 81"; do
       set -- $target
       kind=$1 ip=$2 rr_port=$3 bulk_port=$4
@@ -270,7 +283,7 @@ report = {"benchmark": "ovs_dpdk", "machine": {"cpu": cpu, "cores": os.cpu_count
           "seconds_per_run": int(seconds), "rounds": int(reps), "figures": fig,
           "setup": {"ovs": ovs_version, "dpdk": dpdk_version, "datapath": "netdev (userspace), DPDK net_af_packet ports",
                     "tunnel": tunnel, "vip": "OpenFlow ct(commit,nat(dst=...)) on node 1, ct(nat) on replies",
-                    "pmd_cpu_mask": {"node1": "0x1", "node2": "0x2"},
+                    "pmd_cpu_mask": {"node1": "0x1", "node2": "0x2"}, "pmd_nice": int(os.environ.get("OVS_PMD_NICE", "0")),
                     "eal_memory": "4kib_pages" if "--no-huge" in eal else "hugepages_2mib",
                     "pmd_maxsleep_us": {w: next(r["pmd_maxsleep_us"] for r in rows if r["way"] == w) for w in ways},
                     "dpdk_extra": eal.replace("nodeN", "node<n>")},

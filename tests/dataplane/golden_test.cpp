@@ -1590,11 +1590,13 @@ TEST_F(golden, CountersCountPortsServicesAndDrops) {
     EXPECT_EQ(registry.find_tunable(name), nullptr) << name;
   ASSERT_NE(registry.find_tunable("dataplane.geneve_udp_checksum"), nullptr);  // not a document field
   nlohmann::json tuned = nlohmann::json::parse(kNode1Document);
-  tuned["tunables"].update({{"burst_size", 8}, {"idle_policy", "busy_poll"}, {"udp_timeout_s", 5}, {"idle_sleep_max_us", 70}});
+  tuned["tunables"].update({{"burst_size", 8}, {"idle_policy", "busy_poll"}, {"udp_timeout_s", 5}, {"idle_sleep_max_us", 70},
+                            {"worker_nice", 3}});
   publish(tuned.dump().c_str(), 2);
   EXPECT_EQ(pool_->settings().burst_size.load(), 8);
   EXPECT_EQ(pool_->settings().busy_poll.load(), 1);
   EXPECT_EQ(pool_->settings().idle_sleep_max_us.load(), 70u);
+  EXPECT_EQ(pool_->settings().worker_nice.load(), 3);
   EXPECT_EQ(pool_->settings().udp_ticks.load() / rte_get_tsc_hz(), 5u);
 }
 

@@ -3,8 +3,13 @@
 // service web-remote (VIP 198.19.128.10:80) starts with its one backend on node 2; a delta
 // moves it to node 1's web pod, and real TCP through the VIP must follow. A refused delta
 // changes nothing, and a later full re-publish (a tunable changed) keeps what the delta did.
-// A service added by a delta is reached, and one removed by a delta is not.
+// A service added by a delta is reached, and one removed by a delta is not. The workers'
+// threads run at the nice value tables.worker_nice says, tuned live, and at 0 while busy
+// polling.
 #include "tests/dataplane/two_nodes_fixture.h"
+
+#include <map>
+#include <string>
 
 namespace meshlane::testing {
 namespace {
@@ -106,6 +111,73 @@ TEST_F(two_nodes_delta, AServiceAddedByADeltaIsReachedAndOneRemovedIsGone) {
   r = apply_delta({{"changes", {{{"op", "add"}, {"kind", "service"}, {"value", service}}}}});
   ASSERT_EQ(r.exit_code, 0) << r.output;
   EXPECT_EQ(round_trip("198.19.128.77", 81, 64 << 10), "");
+}
+
+// The nice value of each DPDK worker thread of process `pid` (EAL names them rte-worker-N),
+// read from /proc/<pid>/task/<tid>/stat (field 19), by thread name.
+std::map<std::string, int> worker_nice_values(pid_t pid) {
+  std::map<std::string, int> out;
+  std::error_code error;
+  for (const auto& task : std::filesystem::directory_iterator("/proc/" + std::to_string(pid) + "/task", error)) {
+    std::string comm = read_text(task.path() / "comm");
+    if (!comm.empty() && comm.back() == '\n') comm.pop_back();
+    if (comm.rfind("rte-worker-", 0) != 0) continue;
+    const std::string stat = read_text(task.path() / "stat");
+    if (stat.rfind(')') == std::string::npos) continue;  // the thread ended
+    // After the name's closing parenthesis: field 3 (state) onwards; nice is field 19.
+    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
+    std::string field;
+    for (int f = 3; f <= 19 && (fields >> field); ++f) {
+    }
+    out[comm] = std::stoi(field);
+  }
+  return out;
+}
+
+TEST_F(two_nodes_delta, WorkersRunAtTheTunedNiceValueAndAtZeroWhileBusyPolling) {
+  const pid_t agent = nodes_[0].agent->pid();
+  const std::string socket = nodes_[0].config_path + ".sock";
+  control_client client;
+  ASSERT_EQ(client.connect(socket), "");
+  // Every worker thread at `want` within 5 s (a worker applies a change at its next loop);
+  // the threads' values otherwise.
+  auto settle = [&](int want) {
+    std::map<std::string, int> values;
+    for (int i = 0; i < 100; ++i) {
+      values = worker_nice_values(agent);
+      bool all = !values.empty();
+      for (const auto& [name, nice] : values) all = all && nice == want;
+      if (all) return std::string();
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+    std::string shown;
+    for (const auto& [name, nice] : values) shown += name + "=" + std::to_string(nice) + " ";
+    return "wanted " + std::to_string(want) + ", threads: " + (shown.empty() ? "no worker threads" : shown);
+  };
+  auto tune = [&](const nlohmann::json& settings) { return client.request({{"command", "tune"}, {"settings", settings}}); };
+  // The document leaves worker_nice out: the default, -10, under the default adaptive policy.
+  EXPECT_EQ(settle(-10), "");
+  nlohmann::json reply = tune({{"tables.worker_nice", 5}});
+  ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
+  EXPECT_EQ(settle(5), "");
+  // What the status and the metrics say the threads run at.
+  EXPECT_EQ(metric_value(client, "meshlane_dataplane_worker_nice", "worker", "0"), 5);
+  EXPECT_EQ(metric_value(client, "meshlane_dataplane_worker_nice_refused", "worker", "0"), 0);
+  const nlohmann::json status = client.request({{"command", "status"}});
+  EXPECT_EQ(status["subsystems"]["dataplane"]["worker_nice"], 5) << status.dump();
+  EXPECT_EQ(status["subsystems"]["dataplane"]["workers"][0]["nice"], 5) << status.dump();
+  // A busy-polling worker never gives its CPU up: at 0, whatever the tunable says, and back.
+  reply = tune({{"tables.idle_policy", "busy_poll"}});
+  ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
+  EXPECT_EQ(settle(0), "");
+  reply = tune({{"tables.worker_nice", -4}, {"tables.idle_policy", "adaptive"}});
+  ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
+  EXPECT_EQ(settle(-4), "");
+  // Outside -20..19: refused with the field's path, nothing changed.
+  reply = tune({{"tables.worker_nice", 20}});
+  EXPECT_FALSE(reply.value("ok", true)) << reply.dump();
+  EXPECT_NE(reply.dump().find("$.tunables.worker_nice"), std::string::npos) << reply.dump();
+  EXPECT_EQ(settle(-4), "");
 }
 
 }  // namespace

@@ -44,8 +44,8 @@ INSTALL_CNI = ["/usr/libexec/meshlane/busybox", "sh", "/usr/libexec/meshlane/ins
 
 EBPF_CAPS = {"BPF", "PERFMON", "NET_ADMIN", "SYS_ADMIN", "NET_BIND_SERVICE"}
 CAPS = {
-    "default": EBPF_CAPS | {"NET_RAW", "IPC_LOCK"},  # af_packet pods, af_xdp uplink
-    "demo": EBPF_CAPS | {"NET_RAW"},                 # af_packet only
+    "default": EBPF_CAPS | {"NET_RAW", "IPC_LOCK", "SYS_NICE"},  # af_packet pods, af_xdp uplink, worker_nice
+    "demo": EBPF_CAPS | {"NET_RAW", "SYS_NICE"},                 # af_packet only
     "minimal": EBPF_CAPS,
 }
 AGENT_ARGS = ["--config", "/etc/meshlane/$(NODE_NAME).json", "--state-dir", "/var/lib/meshlane",
