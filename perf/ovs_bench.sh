@@ -24,9 +24,10 @@
 #   perf/ovs_bench.sh [SECONDS_PER_RUN=4] [REPS=2]
 #   OVS_PMD_MAXSLEEP="0 50"   the settings to measure (µs, 0..10000)
 #   OVS_TUNNEL=geneve|vxlan
-#   OVS_PMD_NICE=N            the PMD threads' nice value (default 0, OVS's own), e.g. -10 to
-#                             compare at the priority meshlane's workers run at
-#                             (tunables.worker_nice)
+#   OVS_PMD_NICE=N            the PMD threads' nice value in the sleeping settings (default 0,
+#                             OVS's own), e.g. -10: the priority meshlane's adaptive workers
+#                             run at (tunables.worker_nice); busy-polling PMDs stay at 0, as
+#                             meshlane's busy-polling workers do
 #   HUGEPAGES=1               OVS's DPDK memory from 2 MiB hugepages (reserved for the run
 #                             when missing) instead of --no-huge; compare with a
 #                             crossnode run made with HUGEPAGES=1 too
@@ -237,13 +238,19 @@ for rep in $(seq "$reps"); do
     way=ovs_dpdk; [ "$sleep_us" != 0 ] && way=ovs_dpdk_maxsleep$sleep_us
     for n in 1 2; do vsctl $n set Open_vSwitch . other_config:pmd-maxsleep="$sleep_us"; done
     for n in 1 2; do appctl $n dpif-netdev/pmd-stats-clear >/dev/null; done
-    # OVS_PMD_NICE: every PMD thread (OVS names them pmd-c<core>/id:<n>) of both daemons.
+    # OVS_PMD_NICE: every PMD thread (OVS names them pmd-c<core>/id:<n>) of both daemons,
+    # while they sleep when idle; 0 while they busy poll.
     if [ "$pmd_nice" != 0 ]; then
+      nice_now=$pmd_nice; [ "$sleep_us" = 0 ] && nice_now=0
       for pid in $(pgrep -f "$vswitchd unix:$work/node"); do
         for task in /proc/$pid/task/*; do
-          case "$(cat "$task/comm")" in pmd*) renice -n "$pmd_nice" -p "${task##*/}" >/dev/null ;; esac
+          case "$(cat "$task/comm")" in pmd*) renice -n "$nice_now" -p "${task##*/}" >/dev/null ;; esac
         done
       done
+      # What the PMD threads run at now (the thread's stat, field 19), for the log.
+      echo "  $way: PMD threads at nice $(for pid in $(pgrep -f "$vswitchd unix:$work/node"); do
+        for task in /proc/$pid/task/*; do case "$(cat "$task/comm")" in pmd*) cut -d' ' -f19 "$task/stat" ;; esac; done
+      done | sort -u | tr '\n' ' ')" >&2
     fi
     for target in "pod 198.18.2.20 8080 8081" "vip 198.19.128.10 80 81"; do
       set -- $target
