@@ -564,7 +564,12 @@ void read_tunables(const json& value, const std::string& path, tunables& t, erro
     else r.error(r.path_of("idle_policy"), "must be \"busy_poll\" or \"adaptive\", got " + shown(*v));
   }
   if (auto v = r.integer("idle_sleep_max_us", false, 10, 10000)) t.idle_sleep_max_us = static_cast<uint32_t>(*v);
-  if (auto v = r.integer("worker_nice", false, -20, 19)) t.worker_nice = static_cast<int8_t>(*v);
+  if (const json* v = r.member("worker_nice", false); v && v->is_string()) {
+    if (*v == "auto") t.worker_nice = kWorkerNiceAuto;
+    else r.error(r.path_of("worker_nice"), "must be \"auto\" or an integer -20..19, got " + shown(v->get<std::string>()));
+  } else if (auto n = r.integer("worker_nice", false, -20, 19)) {
+    t.worker_nice = static_cast<int8_t>(*n);
+  }
   if (auto v = r.integer("maglev_table_size", false, 13, 1048573)) {
     if (!is_prime(static_cast<uint32_t>(*v)))
       r.error(r.path_of("maglev_table_size"), "must be a prime number, got " + std::to_string(*v));

@@ -28,6 +28,8 @@ const char* to_string(idle_policy policy);
 enum class backend_series : uint8_t { used, all, off };
 const char* to_string(backend_series mode);
 
+inline constexpr int8_t kWorkerNiceAuto = INT8_MIN;  // tunables::worker_nice "auto"
+
 struct tunables {
   uint16_t burst_size = 32;
   uint16_t rx_ring_size = 1024;
@@ -39,18 +41,21 @@ struct tunables {
   // packet sleeps up to 1 ms, or this if longer.) 10..10000.
   uint32_t idle_sleep_max_us = 50;
   // The workers' nice value under the adaptive idle policy, -20..19 (setpriority on each
-  // worker thread). On a node whose cores the workers share with its pods, a pod's
-  // frames wait in the port's RX ring while its worker is off the CPU, and a ring that
-  // fills drops them: the kernel's own packet path runs in softirq, ahead of every task,
-  // and never waits for a scheduler slice. At nice 0 a worker that the tick took off its
-  // CPU waits out the other tasks' slices (4 ms each at HZ=250): an iperf3 stream's
-  // client pod port lost 274-1,040 frames in some 3-s rounds (each a TCP retransmission);
-  // at -10 none in the same runs, and the worker's wake-up from its idle sleep preempts a
+  // worker thread), or kWorkerNiceAuto (the document's "auto", the default). On a node
+  // whose cores the workers share with its pods, a pod's frames wait in its port's RX
+  // ring while the worker is off the CPU, and a full ring drops them: the kernel's own
+  // packet path runs in softirq and never waits for a scheduler slice. At nice 0 a worker
+  // the tick took off waits out the pods' slices (4 ms each at HZ=250): an iperf3
+  // client's pod port lost hundreds of frames in some 3-s rounds (each a retransmission);
+  // at -10 most rounds lost none, and a worker waking from its idle sleep preempts a
   // running pod sooner (p50 lower). It takes no more CPU than it has work for: an
-  // adaptive worker sleeps when idle. A busy-polling worker runs at nice 0 whatever this
-  // says: it is always runnable, so above the pods' weight it would starve them on a
-  // shared core, and on a dedicated one nice does nothing.
-  int8_t worker_nice = -10;
+  // adaptive worker sleeps when idle. "auto" is -10, except 0 on a node with af_xdp
+  // ports: measured there, -10 made iperf3 0.68x and the p99 twice as long (an XDP
+  // socket over a veth is fed by the kernel's softirq work, the veth's NAPI or ksoftirqd,
+  // likely delayed by a worker above it). A busy-polling worker runs at 0 whatever this
+  // says: always runnable, above the pods' weight it would starve them on a shared core,
+  // and on its own core nice does nothing.
+  int8_t worker_nice = kWorkerNiceAuto;
   // Maglev lookup table size per service; must be prime (NSDI 2016, section 3.4).
   uint32_t maglev_table_size = 65537;
   uint32_t flow_table_size = 65536;       // entries per worker

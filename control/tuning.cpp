@@ -27,7 +27,7 @@ json tuning_value(const tunables& t, const std::string& key) {
   if (key == "tcp_transitory_timeout_s") return t.tcp_transitory_timeout_s;
   if (key == "udp_timeout_s") return t.udp_timeout_s;
   if (key == "idle_sleep_max_us") return t.idle_sleep_max_us;
-  if (key == "worker_nice") return t.worker_nice;
+  if (key == "worker_nice") return t.worker_nice == kWorkerNiceAuto ? json("auto") : json(int{t.worker_nice});
   if (key == "backend_series") return to_string(t.backend_metrics);
   return nullptr;
 }

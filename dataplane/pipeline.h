@@ -397,7 +397,7 @@ struct live_settings {
   std::atomic<uint16_t> burst_size{32};
   std::atomic<uint8_t> busy_poll{0};
   std::atomic<uint32_t> idle_sleep_max_us{50};
-  std::atomic<int8_t> worker_nice{0};  // under the adaptive idle policy (tunables::worker_nice)
+  std::atomic<int8_t> worker_nice{0};  // under the adaptive idle policy (tunables::worker_nice, kWorkerNiceAuto)
   std::atomic<uint8_t> backend_series{0};  // a meshlane::backend_series: which backends /metrics lists
   std::atomic<uint64_t> tcp_established_ticks{0};
   std::atomic<uint64_t> tcp_transitory_ticks{0};

@@ -350,7 +350,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       // whether the kernel refused the last change (EACCES: the agent lacks CAP_SYS_NICE).
       metric_family nice{"meshlane_dataplane_worker_nice",
                          "The nice value each worker thread runs at: tunables.worker_nice under the adaptive "
-                         "idle policy, 0 while busy polling.",
+                         "idle policy (auto: -10, 0 on a node with af_xdp ports), 0 while busy polling.",
                          metric_kind::gauge,
                          {}};
       metric_family refused{"meshlane_dataplane_worker_nice_refused",
@@ -482,7 +482,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"idle_policy", settings_.busy_poll.load() ? "busy_poll" : "adaptive"},
                           {"burst_size", settings_.burst_size.load()},
                           {"idle_sleep_max_us", settings_.idle_sleep_max_us.load()},
-                          {"worker_nice", settings_.worker_nice.load()},
+                          {"worker_nice", settings_.worker_nice.load() == kWorkerNiceAuto
+                                              ? nlohmann::json("auto")
+                                              : nlohmann::json(int{settings_.worker_nice.load()})},
+                          {"worker_nice_auto", int{options_.worker_nice_auto}},
                           {"pod_gro", ports_->pod_gro.load() != 0},
                           {"uplink_mtu", ports_->uplink_mtu},
                           // What one packet buffer and one af_packet ring frame hold

@@ -433,6 +433,7 @@ worker_pool_options options_from(const dataplane_config& config) {
   options.pod_offloads = config.pod_offloads;
   options.uplink_offloads = config.uplink_offloads;
   options.initial = config.tuning;
+  options.worker_nice_auto = config.uplink.driver == "af_xdp" || config.pod_driver == "af_xdp" ? 0 : -10;
   return options;
 }
 
@@ -946,10 +947,12 @@ int worker_pool::worker_main(uint16_t index) {
   worker_state& w = *workers_[index];
   int nice_asked = INT_MIN;  // none yet: the first loop sets it
   while (running_.load(std::memory_order_relaxed)) {
-    // tunables::worker_nice, 0 while busy polling; a change takes effect at the next loop.
-    const int nice = settings_.busy_poll.load(std::memory_order_relaxed)
-                         ? 0
-                         : settings_.worker_nice.load(std::memory_order_relaxed);
+    // tunables::worker_nice ("auto": this node's, options_), 0 while busy polling; a
+    // change takes effect at the next loop.
+    const int8_t tuned = settings_.worker_nice.load(std::memory_order_relaxed);
+    const int nice = settings_.busy_poll.load(std::memory_order_relaxed) ? 0
+                     : tuned == kWorkerNiceAuto                           ? options_.worker_nice_auto
+                                                                          : tuned;
     if (nice != nice_asked) [[unlikely]] {
       nice_asked = nice;
       set_worker_nice(w, nice);

@@ -21,8 +21,9 @@
 # with it restarted round by round beside meshlane's without, and prints the ratios.
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
-# WORKER_NICE=N sets the agents' tunables.worker_nice (default: the agent's, -10; the
-# workers' nice under the adaptive policy); NICE_AB=1 adds meshlane_nice0: the same agents
+# WORKER_NICE=N|auto sets the agents' tunables.worker_nice (default: the agent's, auto:
+# -10 on af_packet ports, 0 with af_xdp ones; the workers' nice under the adaptive
+# policy); NICE_AB=1 adds meshlane_nice0: the same agents
 # tuned live to worker_nice 0, its rounds alternated with meshlane's, and prints the ratios.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet; POD_DRIVER
 # (default: DRIVER) sets the pod ports' alone, e.g. DRIVER=af_xdp POD_DRIVER=af_packet: the
@@ -50,8 +51,8 @@ seconds=${1:-4}
 reps=${2:-2}
 idle=${IDLE:-adaptive}  # the workers' idle policy; IDLE=busy_poll on dedicated cores
 idle_sleep_max_us=${IDLE_SLEEP_MAX_US:-}  # adaptive idle's longest sleep; empty: the agent's default
-worker_nice=${WORKER_NICE:--10}  # tunables.worker_nice (the agent's default -10)
-case "$worker_nice" in -[0-9]|-1[0-9]|-20|[0-9]|1[0-9]) ;; *) echo "crossnode_bench: WORKER_NICE takes -20..19" >&2; exit 2 ;; esac
+worker_nice=${WORKER_NICE:-auto}  # tunables.worker_nice (the agent's default, auto)
+case "$worker_nice" in auto|-[0-9]|-1[0-9]|-20|[0-9]|1[0-9]) ;; *) echo "crossnode_bench: WORKER_NICE takes -20..19 or auto" >&2; exit 2 ;; esac
 driver=${DRIVER:-af_packet}  # the workers' ports: af_packet or af_xdp
 pod_driver=${POD_DRIVER:-$driver}  # the pod ports' alone
 case "$driver/$pod_driver" in af_packet/af_packet|af_packet/af_xdp|af_xdp/af_packet|af_xdp/af_xdp) ;;
@@ -313,7 +314,7 @@ print(json.dumps({
                 "ports": [{"port": 80, "target_port": 8080}, {"name": "bulk", "port": 81, "target_port": 8081}],
                 "backends": [{"ip": "198.18.2.20", "port": 8080, "node": "node2"}]}],
   "tunables": {"rx_ring_size": ring, "tx_ring_size": ring, "flow_table_size": 16384, "idle_policy": idle,
-               "worker_nice": int(sys.argv[12]), **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
+               "worker_nice": sys.argv[12] if sys.argv[12] == "auto" else int(sys.argv[12]), **({"idle_sleep_max_us": int(sleep_max)} if sleep_max else {})},
   **({"encryption": {"mode": "always", "key_file": sys.argv[6]}} if encrypt else {}),
   "dataplane": {"uplink": {"interface": f"mlb{n}-uplink", "driver": driver, "mtu": int(sys.argv[10]),
                            **({"offloads": True} if os.environ.get("UPLINK_OFFLOADS", "0") == "1" and driver == "af_packet" else {})},
@@ -492,7 +493,7 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, **({"iperf3_udp": udp} if udp else {}), "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "pod_offloads": os.environ.get("POD_OFFLOADS", "0") == "1", "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
            "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
-           "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"uplink_gso_over_pmd": uplink_ratios} if uplink_ratios else {}), "worker_nice": int(os.environ.get("WORKER_NICE", "-10")), **({"nice_over_nice0": nice_ratios} if nice_ratios else {}), "uplink_offloads": os.environ.get("UPLINK_OFFLOADS", "0") == "1", **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
+           "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"uplink_gso_over_pmd": uplink_ratios} if uplink_ratios else {}), "worker_nice": os.environ.get("WORKER_NICE", "auto"), **({"nice_over_nice0": nice_ratios} if nice_ratios else {}), "uplink_offloads": os.environ.get("UPLINK_OFFLOADS", "0") == "1", **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
            **({"esp_sas_node1": sas} if sas else {}),
            "publish_under_load": publish, "runs": rows},
           open(sys.argv[2], "w"), indent=1)

@@ -51,10 +51,17 @@ TEST(DesiredState, MinimalDocumentTakesDefaults) {
   ASSERT_TRUE(result.state);
   EXPECT_EQ(result.state->tuning.maglev_table_size, 65537u);
   EXPECT_EQ(result.state->tuning.burst_size, 32);
-  EXPECT_EQ(result.state->tuning.worker_nice, -10);
+  EXPECT_EQ(result.state->tuning.worker_nice, kWorkerNiceAuto);  // "auto"
 }
 
-TEST(DesiredState, WorkerNiceIsReadWithinTheNiceRange) {
+TEST(DesiredState, WorkerNiceIsReadWithinTheNiceRangeOrAuto) {
+  {
+    auto doc = testing::sample_document();
+    doc["tunables"]["worker_nice"] = "auto";
+    const auto result = parse_desired_state(doc.dump());
+    ASSERT_TRUE(result.state);
+    EXPECT_EQ(result.state->tuning.worker_nice, kWorkerNiceAuto);
+  }
   for (int nice : {-20, 0, 19}) {
     auto doc = testing::sample_document();
     doc["tunables"]["worker_nice"] = nice;
@@ -62,12 +69,12 @@ TEST(DesiredState, WorkerNiceIsReadWithinTheNiceRange) {
     ASSERT_TRUE(result.state) << nice;
     EXPECT_EQ(result.state->tuning.worker_nice, nice);
   }
-  for (const nlohmann::json& bad : {nlohmann::json(-21), nlohmann::json(20), nlohmann::json("high")}) {
+  for (const nlohmann::json& bad : {nlohmann::json(-21), nlohmann::json(20), nlohmann::json("high"), nlohmann::json(1.5)}) {
     auto doc = testing::sample_document();
     doc["tunables"]["worker_nice"] = bad;
     const auto errors = errors_of(doc);
     ASSERT_EQ(errors.size(), 1u) << bad;
-    EXPECT_THAT(errors[0], HasSubstr("$.tunables.worker_nice: ")) << bad;
+    EXPECT_THAT(errors[0], HasSubstr("$.tunables.worker_nice: must be ")) << bad;
   }
 }
 

@@ -155,15 +155,19 @@ TEST_F(two_nodes_delta, WorkersRunAtTheTunedNiceValueAndAtZeroWhileBusyPolling) 
     return "wanted " + std::to_string(want) + ", threads: " + (shown.empty() ? "no worker threads" : shown);
   };
   auto tune = [&](const nlohmann::json& settings) { return client.request({{"command", "tune"}, {"settings", settings}}); };
-  // The document leaves worker_nice out: the default, -10, under the default adaptive policy.
+  // The document leaves worker_nice out: "auto", -10 on these af_packet ports, under the
+  // default adaptive policy.
   EXPECT_EQ(settle(-10), "");
+  nlohmann::json status = client.request({{"command", "status"}});
+  EXPECT_EQ(status["subsystems"]["dataplane"]["worker_nice"], "auto") << status.dump();
+  EXPECT_EQ(status["subsystems"]["dataplane"]["worker_nice_auto"], -10) << status.dump();
   nlohmann::json reply = tune({{"tables.worker_nice", 5}});
   ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
   EXPECT_EQ(settle(5), "");
   // What the status and the metrics say the threads run at.
   EXPECT_EQ(metric_value(client, "meshlane_dataplane_worker_nice", "worker", "0"), 5);
   EXPECT_EQ(metric_value(client, "meshlane_dataplane_worker_nice_refused", "worker", "0"), 0);
-  const nlohmann::json status = client.request({{"command", "status"}});
+  status = client.request({{"command", "status"}});
   EXPECT_EQ(status["subsystems"]["dataplane"]["worker_nice"], 5) << status.dump();
   EXPECT_EQ(status["subsystems"]["dataplane"]["workers"][0]["nice"], 5) << status.dump();
   // A busy-polling worker never gives its CPU up: at 0, whatever the tunable says, and back.
@@ -178,6 +182,10 @@ TEST_F(two_nodes_delta, WorkersRunAtTheTunedNiceValueAndAtZeroWhileBusyPolling) 
   EXPECT_FALSE(reply.value("ok", true)) << reply.dump();
   EXPECT_NE(reply.dump().find("$.tunables.worker_nice"), std::string::npos) << reply.dump();
   EXPECT_EQ(settle(-4), "");
+  // And back to "auto".
+  reply = tune({{"tables.worker_nice", "auto"}});
+  ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
+  EXPECT_EQ(settle(-10), "");
 }
 
 }  // namespace
