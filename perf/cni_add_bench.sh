@@ -21,6 +21,7 @@ finish() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   for ns in $(ip netns list | awk '/^mlb-(node|floor|p|f)/{print $1}'); do ip netns delete "$ns" 2>/dev/null || true; done
   rm -rf "$work" /var/run/dpdk/meshlane-bench-cni
+  rmdir /var/run/dpdk 2>/dev/null || true  # EAL made it; gone again when nothing else is in it
 }
 trap finish EXIT
 trap 'exit 130' INT TERM

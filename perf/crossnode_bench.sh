@@ -82,6 +82,7 @@ finish() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   bench_delete_namespaces mlb-client mlb-server mlb-node1 mlb-node2
   rm -rf "$work" /var/run/dpdk/meshlane-bench-node1 /var/run/dpdk/meshlane-bench-node2
+  rmdir /var/run/dpdk 2>/dev/null || true  # EAL made it; gone again when nothing else is in it
   rm -f /dev/hugepages/meshlane-bench-node*
   bench_hugepages_restore
 }

@@ -38,6 +38,7 @@ finish() {
   for pid in "${agent_pids[@]}" "${pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
   bench_delete_namespaces $namespaces
   rm -rf "$work" /var/run/dpdk/meshlane-egress-bench-node1 /var/run/dpdk/meshlane-egress-bench-node2
+  rmdir /var/run/dpdk 2>/dev/null || true  # EAL made it; gone again when nothing else is in it
 }
 trap finish EXIT
 trap 'exit 130' INT TERM
