@@ -20,6 +20,17 @@ namespace meshlane {
 
 namespace {
 
+// tunables.worker_nice as the document says it: "auto" or the number.
+nlohmann::json worker_nice_shown(int8_t tuned) {
+  return tuned == kWorkerNiceAuto ? nlohmann::json("auto") : nlohmann::json(int{tuned});
+}
+
+// Why the kernel refused the worker's last nice change ("" when it did not).
+std::string nice_refused(const worker_state& w) {
+  const int error = w.nice_error.load(std::memory_order_relaxed);
+  return error ? std::strerror(error) : "";
+}
+
 metric_family family(std::string name, std::string help, metric_kind kind = metric_kind::counter) {
   metric_family f;
   f.name = std::move(name);
@@ -348,16 +359,14 @@ void worker_pool::register_with(subsystem_registry& registry) {
     {
       // tunables.worker_nice as each worker thread runs it (0 while busy polling), and
       // whether the kernel refused the last change (EACCES: the agent lacks CAP_SYS_NICE).
-      metric_family nice{"meshlane_dataplane_worker_nice",
+      auto nice = family("meshlane_dataplane_worker_nice",
                          "The nice value each worker thread runs at: tunables.worker_nice under the adaptive "
                          "idle policy (auto: -10, 0 on a node with af_xdp ports), 0 while busy polling.",
-                         metric_kind::gauge,
-                         {}};
-      metric_family refused{"meshlane_dataplane_worker_nice_refused",
+                         metric_kind::gauge);
+      auto refused = family("meshlane_dataplane_worker_nice_refused",
                             "1 when the kernel refused a worker thread's last nice change (the agent lacks "
                             "CAP_SYS_NICE); the worker keeps the value it had.",
-                            metric_kind::gauge,
-                            {}};
+                            metric_kind::gauge);
       for (const auto& w : workers_) {
         nice.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->nice.load(std::memory_order_relaxed))});
         refused.samples.push_back(
@@ -472,9 +481,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                          {"busy_poll_fraction", busy + idle > 0 ? busy / (busy + idle) : 0.0},
                          {"flows_live", w.flows.live_count(now, timeouts)},
                          {"nice", w.nice.load(std::memory_order_relaxed)},
-                         {"nice_refused", w.nice_error.load(std::memory_order_relaxed)
-                                              ? std::string(std::strerror(w.nice_error.load(std::memory_order_relaxed)))
-                                              : std::string()},
+                         {"nice_refused", nice_refused(w)},
                          {"flow_capacity", w.flows.capacity()}});
     }
     return nlohmann::json{{"generation", generation()},
@@ -482,9 +489,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"idle_policy", settings_.busy_poll.load() ? "busy_poll" : "adaptive"},
                           {"burst_size", settings_.burst_size.load()},
                           {"idle_sleep_max_us", settings_.idle_sleep_max_us.load()},
-                          {"worker_nice", settings_.worker_nice.load() == kWorkerNiceAuto
-                                              ? nlohmann::json("auto")
-                                              : nlohmann::json(int{settings_.worker_nice.load()})},
+                          {"worker_nice", worker_nice_shown(settings_.worker_nice.load())},
                           {"worker_nice_auto", int{options_.worker_nice_auto}},
                           {"pod_gro", ports_->pod_gro.load() != 0},
                           {"uplink_mtu", ports_->uplink_mtu},

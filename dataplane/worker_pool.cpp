@@ -915,10 +915,8 @@ namespace {
 // Sets the calling worker thread's nice value (Linux: setpriority on thread id 0 is the
 // calling thread alone) and records what it runs at and why a change was refused.
 void set_worker_nice(worker_state& w, int nice) {
-  errno = 0;
-  const int refused = ::setpriority(PRIO_PROCESS, 0, nice) == 0 ? 0 : errno;
-  w.nice_error.store(refused, std::memory_order_relaxed);
-  errno = 0;
+  w.nice_error.store(::setpriority(PRIO_PROCESS, 0, nice) == 0 ? 0 : errno, std::memory_order_relaxed);
+  errno = 0;  // getpriority may return -1 as a nice value: only errno tells an error
   const int now = ::getpriority(PRIO_PROCESS, 0);
   if (errno == 0) w.nice.store(now, std::memory_order_relaxed);
 }
@@ -949,10 +947,9 @@ int worker_pool::worker_main(uint16_t index) {
   while (running_.load(std::memory_order_relaxed)) {
     // tunables::worker_nice ("auto": this node's, options_), 0 while busy polling; a
     // change takes effect at the next loop.
+    const bool busy_poll = settings_.busy_poll.load(std::memory_order_relaxed);
     const int8_t tuned = settings_.worker_nice.load(std::memory_order_relaxed);
-    const int nice = settings_.busy_poll.load(std::memory_order_relaxed) ? 0
-                     : tuned == kWorkerNiceAuto                           ? options_.worker_nice_auto
-                                                                          : tuned;
+    const int nice = busy_poll ? 0 : tuned == kWorkerNiceAuto ? options_.worker_nice_auto : tuned;
     if (nice != nice_asked) [[unlikely]] {
       nice_asked = nice;
       set_worker_nice(w, nice);
@@ -962,7 +959,7 @@ int worker_pool::worker_main(uint16_t index) {
       backoff.packets(rte_rdtsc());
       continue;
     }
-    if (settings_.busy_poll.load(std::memory_order_relaxed)) {
+    if (busy_poll) {
       backoff.reset();
       continue;
     }

@@ -233,6 +233,14 @@ for target in "198.18.2.20 8080" "198.19.128.10 80"; do
 done
 
 results=$work/results.jsonl
+pmd_threads() {  # the thread ids of both daemons' PMD threads (OVS names them pmd-c<core>/id:<n>)
+  local pid task
+  for pid in $(pgrep -f "$vswitchd unix:$work/node"); do
+    for task in /proc/$pid/task/*; do
+      case "$(cat "$task/comm")" in pmd*) echo "${task##*/}" ;; esac
+    done
+  done
+}
 for rep in $(seq "$reps"); do
   for sleep_us in $sleeps; do
     way=ovs_dpdk; [ "$sleep_us" != 0 ] && way=ovs_dpdk_maxsleep$sleep_us
@@ -242,15 +250,10 @@ for rep in $(seq "$reps"); do
     # while they sleep when idle; 0 while they busy poll.
     if [ "$pmd_nice" != 0 ]; then
       nice_now=$pmd_nice; [ "$sleep_us" = 0 ] && nice_now=0
-      for pid in $(pgrep -f "$vswitchd unix:$work/node"); do
-        for task in /proc/$pid/task/*; do
-          case "$(cat "$task/comm")" in pmd*) renice -n "$nice_now" -p "${task##*/}" >/dev/null ;; esac
-        done
-      done
-      # What the PMD threads run at now (the thread's stat, field 19), for the log.
-      echo "  $way: PMD threads at nice $(for pid in $(pgrep -f "$vswitchd unix:$work/node"); do
-        for task in /proc/$pid/task/*; do case "$(cat "$task/comm")" in pmd*) cut -d' ' -f19 "$task/stat" ;; esac; done
-      done | sort -u | tr '\n' ' ')" >&2
+      for tid in $(pmd_threads); do renice -n "$nice_now" -p "$tid" >/dev/null; done
+      # What the PMD threads run at now (field 19 of the thread's stat; their names hold no
+      # space), for the log.
+      echo "  $way: PMD threads at nice $(for tid in $(pmd_threads); do cut -d' ' -f19 "/proc/$tid/stat"; done | sort -u | tr '\n' ' ')" >&2
     fi
     for target in "pod 198.18.2.20 8080 8081" "vip 198.19.128.10 80 81"; do
       set -- $target

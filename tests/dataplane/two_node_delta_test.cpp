@@ -8,6 +8,9 @@
 // polling.
 #include "tests/dataplane/two_nodes_fixture.h"
 
+#include <sys/resource.h>
+
+#include <cerrno>
 #include <map>
 #include <string>
 
@@ -114,7 +117,7 @@ TEST_F(two_nodes_delta, AServiceAddedByADeltaIsReachedAndOneRemovedIsGone) {
 }
 
 // The nice value of each DPDK worker thread of process `pid` (EAL names them rte-worker-N),
-// read from /proc/<pid>/task/<tid>/stat (field 19), by thread name.
+// by thread name, as the kernel tells it for the thread's id (getpriority).
 std::map<std::string, int> worker_nice_values(pid_t pid) {
   std::map<std::string, int> out;
   std::error_code error;
@@ -122,14 +125,9 @@ std::map<std::string, int> worker_nice_values(pid_t pid) {
     std::string comm = read_text(task.path() / "comm");
     if (!comm.empty() && comm.back() == '\n') comm.pop_back();
     if (comm.rfind("rte-worker-", 0) != 0) continue;
-    const std::string stat = read_text(task.path() / "stat");
-    if (stat.rfind(')') == std::string::npos) continue;  // the thread ended
-    // After the name's closing parenthesis: field 3 (state) onwards; nice is field 19.
-    std::istringstream fields(stat.substr(stat.rfind(')') + 2));
-    std::string field;
-    for (int f = 3; f <= 19 && (fields >> field); ++f) {
-    }
-    out[comm] = std::stoi(field);
+    errno = 0;
+    const int nice = getpriority(PRIO_PROCESS, static_cast<id_t>(std::stoul(task.path().filename().string())));
+    if (errno == 0) out[comm] = nice;  // else the thread ended
   }
   return out;
 }
