@@ -202,11 +202,17 @@ class worker_pool {
     uint16_t port = 0;
     uint16_t queue = 0;
     packet_ring_port* ring = nullptr;  // meshlane's own port; null: an ethdev port's queue
+    // The socket whose readiness says the queue has frames (idle_wakeup.h); -1: none the
+    // kernel can watch (memif, pcap, PCI, af_xdp).
+    int wake_fd = -1;
   };
-  // Which queues each worker polls; replaced whole (RCU) when ports come and go.
+  // Which queues each worker polls; replaced whole (RCU) when ports come and go. The
+  // serial (one per plan made) tells a worker that its sleep's watched sockets are stale.
   struct rx_plan {
     std::vector<std::vector<rx_queue>> per_worker;
+    uint64_t serial = 0;
   };
+  std::atomic<uint64_t> rx_plan_serial_{0};
   // A port the pool started.
   struct port_record {
     uint16_t port_id = 0;

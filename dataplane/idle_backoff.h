@@ -64,9 +64,9 @@ class idle_backoff {
     sleep_us_ = std::max(1u, std::min(sleep_us_ ? sleep_us_ * 2 : kFirstSleepUs, most));
     return sleep_us_;
   }
-  // A sleep of `asked_us` that began at `began` and ended at `now`; `woken`: a producer
-  // cut it short (idle_wakeup::sleep's result). A sleep cut short, or that never began
-  // (work was waiting), says nothing about what a wake-up costs.
+  // A sleep of `asked_us` that began at `began` and ended at `now`; `woken`: something
+  // cut it short, a frame on a watched queue or a hand-off (idle_wakeup::sleep), or it
+  // never began (work was waiting): such a sleep says nothing about what a wake-up costs.
   void slept(unsigned asked_us, uint64_t began, uint64_t now, bool woken) {
     const uint64_t lasted = now - began, asked = asked_us * tsc_per_us_;
     if (woken || lasted <= asked) return;

@@ -1,41 +1,115 @@
-// The adaptive idle policy's sleep, which another worker can cut short. A worker that
-// hands packets to their flow's owner (worker_handoff.h) while the owner sleeps wakes it:
-// the packets then wait for the owner's wake-up (microseconds), not for the rest of its
-// sleep (up to idle_sleep_max_us, or 1 ms on a quiet node), at every hop of a request.
+// The adaptive idle policy's sleep, which ends early when there is work for the worker:
+// - a frame arrives on one of its RX queues whose socket the kernel can watch (watch():
+//   meshlane's own af_packet ports, DPDK's af_packet PMD ports): the worker wakes as an
+//   application blocked in recv() does, instead of after the rest of its sleep (up to
+//   idle_sleep_max_us, or 1 ms on a quiet node), at every hop of a request;
+// - another worker hands it packets (worker_handoff.h) while it sleeps: the producer
+//   wakes it through an eventfd.
+// Queues the kernel cannot watch (memif, pcap, PCI, af_xdp sockets DPDK keeps to
+// itself) are looked at when the sleep's timeout ends, as before.
 //
-// No wake-up is lost (Dekker's pattern): the sleeper publishes `asleep_`, then looks for
-// work; a producer publishes work (the inbox's enqueue), then looks at `asleep_`; with a
-// sequentially consistent fence between each pair, at least one of them sees the other's
-// store. The sleep itself is a futex wait on `asleep_` with the sleep as its timeout.
+// No hand-off wake-up is lost (Dekker's pattern): the sleeper publishes `asleep_`, then
+// looks for work; a producer publishes work (the inbox's enqueue), then looks at
+// `asleep_`; with a sequentially consistent fence between each pair, at least one of them
+// sees the other's store. A producer that clears `asleep_` writes the eventfd, which
+// stays readable until the sleeper reads it, so a write that lands before the sleeper
+// waits ends the wait at once. Frames need no such protocol: the sockets are watched
+// level-triggered, so a frame that arrived before the wait ends it at once too.
+//
+// Without an epoll instance or eventfd (the process out of descriptors) the sleep is a
+// futex wait on `asleep_` with the sleep as its timeout, woken by producers only.
 #pragma once
 
 #include <linux/futex.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <ctime>
+#include <vector>
 
 namespace meshlane {
 
 class idle_wakeup {
  public:
+  // How a sleep ended.
+  enum class ended : uint8_t { not_slept, timeout, frame, handoff };
+
+  idle_wakeup() {
+    event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    epoll_fd_ = ::epoll_create1(EPOLL_CLOEXEC);
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.fd = event_fd_;
+    if (event_fd_ < 0 || epoll_fd_ < 0 || ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &e) != 0) {
+      if (event_fd_ >= 0) ::close(event_fd_);
+      if (epoll_fd_ >= 0) ::close(epoll_fd_);
+      event_fd_ = epoll_fd_ = -1;
+    }
+  }
+  ~idle_wakeup() {
+    if (event_fd_ >= 0) ::close(event_fd_);
+    if (epoll_fd_ >= 0) ::close(epoll_fd_);
+  }
+  idle_wakeup(const idle_wakeup&) = delete;
+  idle_wakeup& operator=(const idle_wakeup&) = delete;
+
+  // The sockets whose frames end a sleep (negative entries: queues that cannot be
+  // watched), replacing the previous set; by the sleeping worker, between sleeps.
+  // Everything watched before is removed first and then the new set added, so that a
+  // descriptor number that was closed and reused for another socket meanwhile (a pod
+  // port that left, another that came) ends up watched as what it is now. Returns how
+  // many are watched.
+  unsigned watch(const std::vector<int>& fds) {
+    if (epoll_fd_ < 0) return 0;
+    for (const int fd : watched_) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // closed ones: gone already
+    watched_.clear();
+    for (const int fd : fds) {
+      if (fd < 0) continue;
+      epoll_event e{};
+      e.events = EPOLLIN;
+      e.data.fd = fd;
+      if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &e) == 0) watched_.push_back(fd);
+    }
+    return static_cast<unsigned>(watched_.size());
+  }
+  unsigned watched() const { return static_cast<unsigned>(watched_.size()); }
+
   // Sleeps for up to `microseconds` unless `has_work()`, asked after this sleeper is
-  // published, says there is work already. True when a producer's wake() ended the sleep.
+  // published, says there is work already.
   template <typename HasWork>
-  bool sleep(unsigned microseconds, HasWork has_work) {
+  ended sleep(unsigned microseconds, HasWork has_work) {
     asleep_.store(1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (has_work()) {
       asleep_.store(0, std::memory_order_relaxed);
-      return false;
+      return ended::not_slept;
     }
     timespec timeout{static_cast<time_t>(microseconds / 1000000), static_cast<long>(microseconds % 1000000) * 1000};
-    // Returns at once (EAGAIN) when a producer cleared the word first; EINTR and the
-    // timeout end the sleep too: every case is "look for work again".
-    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&asleep_), FUTEX_WAIT_PRIVATE, 1u, &timeout, nullptr, 0);
-    return asleep_.exchange(0, std::memory_order_relaxed) == 0;
+    bool frame = false, handed = false;
+    if (epoll_fd_ >= 0) {
+      epoll_event events[8];
+      const int n = ::epoll_pwait2(epoll_fd_, events, 8, &timeout, nullptr);
+      for (int i = 0; i < n; ++i) {
+        if (events[i].data.fd == event_fd_) {
+          uint64_t count;
+          [[maybe_unused]] const ssize_t r = ::read(event_fd_, &count, sizeof count);
+          handed = true;  // also a producer's write that came after an earlier sleep ended
+        } else {
+          frame = true;
+        }
+      }
+    } else {
+      // Returns at once (EAGAIN) when a producer cleared the word first; EINTR and the
+      // timeout end the sleep too: every case is "look for work again".
+      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&asleep_), FUTEX_WAIT_PRIVATE, 1u, &timeout, nullptr, 0);
+    }
+    if (asleep_.exchange(0, std::memory_order_relaxed) == 0 || handed) return ended::handoff;
+    return frame ? ended::frame : ended::timeout;
   }
 
   // Call after publishing work for this sleeper: wakes it if it sleeps (one producer of
@@ -44,12 +118,20 @@ class idle_wakeup {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (asleep_.load(std::memory_order_relaxed) == 0) return false;  // the common case: awake
     if (asleep_.exchange(0, std::memory_order_relaxed) != 1) return false;
-    syscall(SYS_futex, reinterpret_cast<uint32_t*>(&asleep_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    if (event_fd_ >= 0) {
+      const uint64_t one = 1;
+      [[maybe_unused]] const ssize_t r = ::write(event_fd_, &one, sizeof one);
+    } else {
+      syscall(SYS_futex, reinterpret_cast<uint32_t*>(&asleep_), FUTEX_WAKE_PRIVATE, 1, nullptr, nullptr, 0);
+    }
     return true;
   }
 
  private:
   static_assert(sizeof(std::atomic<uint32_t>) == sizeof(uint32_t) && std::atomic<uint32_t>::is_always_lock_free);
+  int event_fd_ = -1;  // producers write it (read-only after construction)
+  int epoll_fd_ = -1;  // the sleeper's alone
+  std::vector<int> watched_;  // the sleeper's alone
   // On a line of its own: producers read it at every hand-off flush, the sleeper writes
   // it around each sleep.
   alignas(64) std::atomic<uint32_t> asleep_{0};

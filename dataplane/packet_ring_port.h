@@ -140,6 +140,9 @@ class packet_ring_port {
   wire::mac_address mac() const { return mac_; }
   uint32_t rx_frames() const { return rx_[0].frames; }  // each RX queue's
   uint16_t rx_queues() const { return static_cast<uint16_t>(rx_.size()); }
+  // RX queue `queue`'s socket, readable while its ring holds a frame not yet taken (for
+  // a sleeping worker to wait on; idle_wakeup.h). -1 for no such queue.
+  int rx_fd(uint16_t queue) const { return queue < rx_.size() ? rx_[queue].fd : -1; }
   uint32_t tx_frames() const { return tx_.empty() ? 0 : tx_[0].frames; }
   bool link_up() const;  // the interface's IFF_RUNNING
 

@@ -1,7 +1,6 @@
 // The dataplane's entries in the subsystem registry: metric families, status, live
 // tunables and the `flows` query. Everything here runs on the control thread and reads
 // per-worker counters without locks (each has one writer).
-#include <dirent.h>
 #include <linux/if_packet.h>
 #include <net/if.h>
 #include <rte_cycles.h>
@@ -15,6 +14,7 @@
 
 #include "dataplane/dataplane.h"
 #include "dataplane/kernel_interface_drops.h"
+#include "dataplane/pmd_sockets.h"
 
 namespace meshlane {
 
@@ -71,28 +71,14 @@ struct port_loss {
 // Frames the kernel dropped because the RX ring of an AF_PACKET socket of this process
 // bound to `ifindex` was full (PACKET_STATISTICS tp_drops; reading clears them).
 // DPDK 22.11's af_packet PMD opens such a socket per queue pair but does not report
-// these drops (its imissed stays 0; later releases add them), and it does not give its
-// sockets away: they are found among the process's descriptors by family and the
-// interface they are bound to.
+// these drops (its imissed stays 0; later releases add them) (pmd_sockets.h).
 uint64_t af_packet_ring_drops(int ifindex) {
   uint64_t drops = 0;
-  DIR* fds = opendir("/proc/self/fd");
-  if (!fds) return 0;
-  while (const dirent* entry = readdir(fds)) {
-    char* end = nullptr;
-    const long fd = std::strtol(entry->d_name, &end, 10);
-    if (end == entry->d_name || *end != '\0' || fd == dirfd(fds)) continue;
-    int domain = 0;
-    socklen_t length = sizeof domain;
-    if (getsockopt(int(fd), SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0 || domain != AF_PACKET) continue;
-    sockaddr_ll bound{};
-    length = sizeof bound;
-    if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&bound), &length) != 0 || bound.sll_ifindex != ifindex) continue;
+  for (const int fd : af_packet_pmd_sockets(ifindex)) {
     tpacket_stats_v3 stats{};
-    length = sizeof stats;
-    if (getsockopt(int(fd), SOL_PACKET, PACKET_STATISTICS, &stats, &length) == 0) drops += stats.tp_drops;
+    socklen_t length = sizeof stats;
+    if (getsockopt(fd, SOL_PACKET, PACKET_STATISTICS, &stats, &length) == 0) drops += stats.tp_drops;
   }
-  closedir(fds);
   return drops;
 }
 
@@ -384,6 +370,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
                            "the others (received); a full inbox is meshlane_dataplane_drops_total{reason=\"handoff_ring_full\"}.");
     auto wakeups = family("meshlane_dataplane_handoff_wakeups_total",
                           "Hand-offs after which the sending worker woke the owner from its idle sleep.");
+    auto sleeps = family("meshlane_dataplane_idle_sleeps_total",
+                         "The adaptive idle policy's sleeps by how they ended: at their timeout, woken by a frame on "
+                         "one of the worker's watched RX queues (meshlane's own af_packet ports and DPDK's af_packet "
+                         "ports; status: dataplane.workers[].watched_queues), or by another worker's hand-off.");
     auto fragments = family("meshlane_dataplane_fragments_total",
                             "Fragments of datagrams that entered a worker and were forwarded one by one: "
                             "first fragments (their ports remembered) and later ones given their first's; and "
@@ -400,12 +390,15 @@ void worker_pool::register_with(subsystem_registry& registry) {
       handoffs.samples.push_back(
           {{{"worker", std::to_string(w->index)}, {"direction", "received"}}, double(w->handoffs_received.get())});
       wakeups.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->handoff_wakeups.get())});
+      static constexpr const char* kSleepEnds[] = {"timeout", "frame", "handoff"};
+      for (unsigned e = 0; e < w->idle_sleeps.size(); ++e)
+        sleeps.samples.push_back({{{"worker", std::to_string(w->index)}, {"ended", kSleepEnds[e]}}, double(w->idle_sleeps[e].get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_segments, &split_packets, &split_segments, &rx_missed,
                     &rx_errors, &tx_errors, &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
-                    &backend_flows, &evictions, &restored, &handoffs, &wakeups, &fragments})
+                    &backend_flows, &evictions, &restored, &handoffs, &wakeups, &sleeps, &fragments})
       out.push_back(std::move(*f));
     esp_->collect(out);
   });
@@ -474,7 +467,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       const double busy = double(w.busy_polls.get()), idle = double(w.idle_polls.get());
       nlohmann::json queues = nlohmann::json::array();
       for (const rx_queue& q : rx_plan_.load(std::memory_order_acquire)->per_worker[i])
-        queues.push_back({{"port", ports_->ports[q.port].interface}, {"queue", q.queue}});
+        queues.push_back({{"port", ports_->ports[q.port].interface}, {"queue", q.queue}, {"watchable", q.wake_fd >= 0}});
       workers.push_back({{"worker", w.index},
                          {"lcore", i < lcores_.size() ? int(lcores_[i]) : -1},
                          {"rx_queues", queues},
@@ -482,6 +475,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                          {"flows_live", w.flows.live_count(now, timeouts)},
                          {"nice", w.nice.load(std::memory_order_relaxed)},
                          {"nice_refused", nice_refused(w)},
+                         // Of the queues above, those its last idle sleep watched (idle_wakeup.h).
+                         {"watched_queues", w.watched_queues.load(std::memory_order_relaxed)},
                          {"flow_capacity", w.flows.capacity()}});
     }
     return nlohmann::json{{"generation", generation()},

@@ -37,6 +37,7 @@
 
 #include "dataplane/dataplane.h"
 #include "dataplane/idle_backoff.h"
+#include "dataplane/pmd_sockets.h"
 #include "dataplane/worker_handoff.h"
 
 namespace meshlane {
@@ -533,6 +534,7 @@ std::unique_ptr<worker_pool> worker_pool::create(const std::vector<pool_port>& p
       return nullptr;
     }
   }
+  plan->serial = ++pool->rx_plan_serial_;
   pool->rx_plan_.store(plan.release(), std::memory_order_release);
 
   const size_t rcu_size = rte_rcu_qsbr_get_memsize(workers);
@@ -600,7 +602,13 @@ std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_p
     if (p.role == port_role::uplink) ports_->uplink_port = p.port_id;
     port_records_.push_back({p.port_id, p.role, p.interface, false, nullptr, p.kernel_drop, nullptr});
   }
-  for (uint16_t q = 0; q < rx_queues; ++q) plan.per_worker[q % workers].push_back({p.port_id, q, nullptr});
+  // DPDK's af_packet PMD has no RX interrupts; its sockets (one per queue pair) can still
+  // be watched (pmd_sockets.h). Watched only when there is one per queue.
+  std::vector<int> sockets;
+  if (std::strcmp(info.driver_name, "net_af_packet") == 0 && info.if_index > 0)
+    sockets = af_packet_pmd_sockets(int(info.if_index));
+  for (uint16_t q = 0; q < rx_queues; ++q)
+    plan.per_worker[q % workers].push_back({p.port_id, q, nullptr, sockets.size() == rx_queues ? sockets[q] : -1});
   return {};
 }
 
@@ -631,19 +639,20 @@ std::string worker_pool::setup_ring_port(const pool_port& p, rx_plan& plan) {
   }
   if (p.ring->rx_queues() > 1) {  // the uplink's: a queue per worker
     for (uint16_t q = 0; q < p.ring->rx_queues() && q < plan.per_worker.size(); ++q)
-      plan.per_worker[q].push_back({id, q, p.ring.get()});
+      plan.per_worker[q].push_back({id, q, p.ring.get(), p.ring->rx_fd(q)});
     return {};
   }
   size_t least = 0;
   for (size_t w = 1; w < plan.per_worker.size(); ++w)
     if (plan.per_worker[w].size() < plan.per_worker[least].size()) least = w;
-  plan.per_worker[least].push_back({id, 0, p.ring.get()});
+  plan.per_worker[least].push_back({id, 0, p.ring.get(), p.ring->rx_fd(0)});
   return {};
 }
 
 void worker_pool::swap_rx_plan(std::unique_ptr<rx_plan> next) {
   // Workers read the plan under RCU; the status page reads it under ports_mutex_.
   std::lock_guard lock(ports_mutex_);
+  next->serial = ++rx_plan_serial_;
   rx_plan* previous = rx_plan_.exchange(next.release(), std::memory_order_acq_rel);
   rte_rcu_qsbr_synchronize(rcu_, RTE_QSBR_THRID_INVALID);
   delete previous;
@@ -944,6 +953,7 @@ int worker_pool::worker_main(uint16_t index) {
   idle_backoff backoff(tsc_per_us, rte_rdtsc());
   worker_state& w = *workers_[index];
   int nice_asked = INT_MIN;  // none yet: the first loop sets it
+  uint64_t watched_plan = 0;  // the serial of the plan whose sockets the sleep watches (0: none yet)
   while (running_.load(std::memory_order_relaxed)) {
     // tunables::worker_nice ("auto": this node's, options_), 0 while busy polling; a
     // change takes effect at the next loop.
@@ -971,9 +981,18 @@ int worker_pool::worker_main(uint16_t index) {
       sched_yield();
       continue;
     }
+    // The sockets of this worker's queues, watched while it sleeps, again whenever the
+    // plan changed (read while still online for RCU).
+    if (const rx_plan* plan = rx_plan_.load(std::memory_order_acquire); plan->serial != watched_plan) [[unlikely]] {
+      watched_plan = plan->serial;
+      std::vector<int> fds;
+      for (const rx_queue& q : plan->per_worker[index]) fds.push_back(q.wake_fd);
+      w.watched_queues.store(static_cast<uint16_t>(w.idle.watch(fds)), std::memory_order_relaxed);
+    }
     rte_rcu_qsbr_thread_offline(rcu_, index);
-    const bool woken = w.idle.sleep(sleep_us, [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
-    backoff.slept(sleep_us, began, rte_rdtsc(), woken);
+    const idle_wakeup::ended end = w.idle.sleep(sleep_us, [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
+    if (end != idle_wakeup::ended::not_slept) w.idle_sleeps[static_cast<unsigned>(end) - 1].add(1);
+    backoff.slept(sleep_us, began, rte_rdtsc(), end != idle_wakeup::ended::timeout);
     rte_rcu_qsbr_thread_online(rcu_, index);
   }
   rte_rcu_qsbr_thread_offline(rcu_, index);

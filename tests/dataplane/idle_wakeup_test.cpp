@@ -1,10 +1,13 @@
-// The idle sleep another worker cuts short (dataplane/idle_wakeup.h): a sleeper is woken
-// by a producer, is not put to sleep when work is already there, and no wake-up is lost
-// when producer and sleeper race (thousands of rounds, each of which would sit out a
-// whole second's sleep if its wake-up were lost).
+// The idle sleep that work cuts short (dataplane/idle_wakeup.h): a sleeper is woken by a
+// producer, is not put to sleep when work is already there, and no wake-up is lost when
+// producer and sleeper race (thousands of rounds, each of which would sit out a whole
+// second's sleep if its wake-up were lost); a watched socket that becomes readable ends
+// the sleep, one that was readable before keeps it from lasting, and only the sockets of
+// the last watch() count.
 #include "dataplane/idle_wakeup.h"
 
 #include <gtest/gtest.h>
+#include <sys/socket.h>
 
 #include <atomic>
 #include <chrono>
@@ -21,7 +24,7 @@ TEST(idle_wakeup, AProducerWakesASleeperLongBeforeItsSleepEnds) {
   std::atomic<bool> work{false};
   bool woken = false;
   const auto started = clock_type::now();
-  std::thread sleeper([&] { woken = idle.sleep(kLongSleepUs, [&] { return work.load(); }); });
+  std::thread sleeper([&] { woken = idle.sleep(kLongSleepUs, [&] { return work.load(); }) == idle_wakeup::ended::handoff; });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // well into its sleep
   bool woke = false;
   // The sleeper may not have reached its wait yet on a loaded machine: wake until it has.
@@ -43,7 +46,7 @@ TEST(idle_wakeup, WorkAlreadyThereMeansNoSleepAndAnAwakeWorkerIsNotWoken) {
   idle_wakeup idle;
   EXPECT_FALSE(idle.wake());  // nobody sleeps: no system call, nothing to count
   const auto started = clock_type::now();
-  EXPECT_FALSE(idle.sleep(kLongSleepUs, [] { return true; }));
+  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return true; }), idle_wakeup::ended::not_slept);
   EXPECT_LT(clock_type::now() - started, std::chrono::seconds(4));
   EXPECT_FALSE(idle.wake());
 }
@@ -51,7 +54,7 @@ TEST(idle_wakeup, WorkAlreadyThereMeansNoSleepAndAnAwakeWorkerIsNotWoken) {
 TEST(idle_wakeup, ASleepWithoutWorkOrWakeUpLastsItsTime) {
   idle_wakeup idle;
   const auto started = clock_type::now();
-  EXPECT_FALSE(idle.sleep(20'000, [] { return false; }));
+  EXPECT_EQ(idle.sleep(20'000, [] { return false; }), idle_wakeup::ended::timeout);
   EXPECT_GE(clock_type::now() - started, std::chrono::milliseconds(20));
 }
 
@@ -81,6 +84,69 @@ TEST(idle_wakeup, NoWakeUpIsLostWhenProducerAndSleeperRace) {
   }
   sleeper.join();
   EXPECT_EQ(slow_rounds, 0) << "rounds that waited out their sleep: lost wake-ups";
+}
+
+// A datagram socket pair stands in for an RX queue's socket: readable while it holds
+// something unread, as an af_packet ring with a frame not yet taken is.
+struct socket_pair {
+  int ends[2] = {-1, -1};
+  socket_pair() { EXPECT_EQ(socketpair(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0, ends), 0); }
+  ~socket_pair() {
+    for (int fd : ends)
+      if (fd >= 0) close(fd);
+  }
+  void send_one() const { EXPECT_EQ(send(ends[1], "f", 1, 0), 1); }
+  void take_one() const {
+    char byte;
+    EXPECT_EQ(recv(ends[0], &byte, 1, 0), 1);
+  }
+};
+
+TEST(idle_wakeup, AFrameOnAWatchedSocketEndsTheSleep) {
+  idle_wakeup idle;
+  socket_pair queue;
+  ASSERT_EQ(idle.watch({-1, queue.ends[0]}), 1u) << "-1: a queue that cannot be watched";
+  EXPECT_EQ(idle.watched(), 1u);
+  const auto started = clock_type::now();
+  std::thread sender([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    queue.send_one();
+  });
+  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
+  sender.join();
+  EXPECT_LT(clock_type::now() - started, std::chrono::seconds(4));
+  // A frame that is there before the sleep begins ends it at once (level-triggered: it
+  // arrived between the worker's last poll and its sleep); taken, the sleep lasts.
+  const auto again = clock_type::now();
+  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
+  EXPECT_LT(clock_type::now() - again, std::chrono::seconds(4));
+  queue.take_one();
+  EXPECT_EQ(idle.sleep(20'000, [] { return false; }), idle_wakeup::ended::timeout);
+}
+
+TEST(idle_wakeup, OnlyTheSocketsOfTheLastWatchEndASleep) {
+  idle_wakeup idle;
+  socket_pair gone, kept;
+  ASSERT_EQ(idle.watch({gone.ends[0], kept.ends[0]}), 2u);
+  ASSERT_EQ(idle.watch({kept.ends[0]}), 1u);  // a port left the worker's plan
+  gone.send_one();
+  const auto started = clock_type::now();
+  EXPECT_EQ(idle.sleep(50'000, [] { return false; }), idle_wakeup::ended::timeout);
+  EXPECT_GE(clock_type::now() - started, std::chrono::milliseconds(50));
+  kept.send_one();
+  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
+  // A descriptor closed while watched is gone from the set; its number, reused by a new
+  // socket of the next plan, is watched as the new socket.
+  const int number = kept.ends[0];
+  close(kept.ends[0]);
+  kept.ends[0] = -1;
+  socket_pair reused;  // takes the lowest free numbers: `number` among them
+  const int fresh = reused.ends[0] == number ? reused.ends[0] : reused.ends[1] == number ? reused.ends[1] : -1;
+  ASSERT_NE(fresh, -1) << "the closed descriptor's number was not reused";
+  ASSERT_EQ(idle.watch({fresh}), 1u);
+  const int other = fresh == reused.ends[0] ? reused.ends[1] : reused.ends[0];
+  EXPECT_EQ(send(other, "f", 1, 0), 1);
+  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
 }
 
 }  // namespace

@@ -1015,6 +1015,52 @@ TEST_F(two_nodes, IdleAgentsSleepInsteadOfSpinning) {
   EXPECT_LT(used, kIdleBudget) << "an idle agent used " << used << " CPU seconds in 3 s (a busy poller uses 3)";
 }
 
+// The adaptive idle policy's sleep ends when a frame arrives on one of the worker's RX
+// queues (dataplane/idle_wakeup.h): on af_packet every queue is watched, the pods' ports
+// (meshlane's own) and the uplink (DPDK's PMD, its sockets found by interface). With the
+// sleeps at their longest (idle_sleep_max_us 10 ms) and a ping across the nodes every
+// 60 ms, the workers are deep in 10-ms sleeps when each request comes; woken only by
+// their timeouts, a request and its reply would wait out half a sleep at each sleeping
+// hop on average (about 10 ms a ping); woken by the frames, a ping costs what the
+// wake-ups do.
+TEST_F(two_nodes, ASleepingWorkerWakesWhenAFrameArrivesOnItsQueues) {
+  control_client clients[2];
+  for (int n = 0; n < 2; ++n) {
+    ASSERT_EQ(clients[n].connect(nodes_[n].config_path + ".sock"), "");
+    const nlohmann::json reply =
+        clients[n].request({{"command", "tune"}, {"settings", {{"tables.idle_sleep_max_us", 10000}}}});
+    ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
+  }
+  ASSERT_TRUE(icmp_echo(*nodes_[0].client, "198.18.2.20")) << "no path across the nodes";
+  auto frame_wakeups = [](control_client& client) {
+    double sum = 0;
+    for (const auto& family : client.request({{"command", "stats"}}).value("metrics", nlohmann::json::array()))
+      if (family.value("name", "") == "meshlane_dataplane_idle_sleeps_total")
+        for (const auto& sample : family["samples"])
+          if (sample["labels"].value("ended", "") == "frame") sum += sample["value"].get<double>();
+    return sum;
+  };
+  const double woken_before[2] = {frame_wakeups(clients[0]), frame_wakeups(clients[1])};
+  std::vector<double> rtt_ms;
+  for (int i = 0; i < 25; ++i) {
+    std::this_thread::sleep_for(60ms);
+    const auto sent = std::chrono::steady_clock::now();
+    ASSERT_TRUE(icmp_echo(*nodes_[0].client, "198.18.2.20")) << "ping " << i;
+    rtt_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count());
+  }
+  std::sort(rtt_ms.begin(), rtt_ms.end());
+  EXPECT_LT(rtt_ms[rtt_ms.size() / 2], 4.0) << "median ping " << rtt_ms[rtt_ms.size() / 2]
+                                            << " ms: the workers waited out their 10-ms sleeps";
+  for (int n = 0; n < 2; ++n) {
+    EXPECT_GT(frame_wakeups(clients[n]) - woken_before[n], 10) << "node " << n + 1 << ": no sleep ended by a frame";
+    // Every queue of the worker (uplink, client and web pod ports) watched.
+    const nlohmann::json worker = clients[n].request({{"command", "status"}})["subsystems"]["dataplane"]["workers"][0];
+    ASSERT_EQ(worker["rx_queues"].size(), 3u) << worker.dump();
+    for (const auto& queue : worker["rx_queues"]) EXPECT_TRUE(queue.value("watchable", false)) << worker.dump();
+    EXPECT_EQ(worker.value("watched_queues", 0), 3) << worker.dump();
+  }
+}
+
 // af_xdp with more workers than the interface has queues (a veth counts as one): the
 // agent says why instead of starting with workers that would never receive.
 TEST(dataplane_agent, AfXdpWithMoreWorkersThanQueuesIsRefusedWithTheReason) {

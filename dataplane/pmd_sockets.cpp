@@ -1,0 +1,33 @@
+#include "dataplane/pmd_sockets.h"
+
+#include <dirent.h>
+#include <linux/if_packet.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstdlib>
+
+namespace meshlane {
+
+std::vector<int> af_packet_pmd_sockets(int ifindex) {
+  std::vector<int> found;
+  DIR* fds = opendir("/proc/self/fd");
+  if (!fds) return found;
+  while (const dirent* entry = readdir(fds)) {
+    char* end = nullptr;
+    const long fd = std::strtol(entry->d_name, &end, 10);
+    if (end == entry->d_name || *end != '\0' || fd == dirfd(fds)) continue;
+    int domain = 0;
+    socklen_t length = sizeof domain;
+    if (getsockopt(int(fd), SOL_SOCKET, SO_DOMAIN, &domain, &length) != 0 || domain != AF_PACKET) continue;
+    sockaddr_ll bound{};
+    length = sizeof bound;
+    if (getsockname(int(fd), reinterpret_cast<sockaddr*>(&bound), &length) != 0 || bound.sll_ifindex != ifindex) continue;
+    found.push_back(int(fd));
+  }
+  closedir(fds);
+  std::sort(found.begin(), found.end());
+  return found;
+}
+
+}  // namespace meshlane
