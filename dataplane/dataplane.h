@@ -203,7 +203,7 @@ class worker_pool {
     uint16_t queue = 0;
     packet_ring_port* ring = nullptr;  // meshlane's own port; null: an ethdev port's queue
     // The socket whose readiness says the queue has frames (idle_wakeup.h); -1: none the
-    // kernel can watch (memif, pcap, PCI, af_xdp).
+    // kernel can watch (memif, pcap, PCI).
     int wake_fd = -1;
   };
   // Which queues each worker polls; replaced whole (RCU) when ports come and go. The

@@ -1,12 +1,12 @@
 // The adaptive idle policy's sleep, which ends early when there is work for the worker:
 // - a frame arrives on one of its RX queues whose socket the kernel can watch (watch():
-//   meshlane's own af_packet ports, DPDK's af_packet PMD ports): the worker wakes as an
-//   application blocked in recv() does, instead of after the rest of its sleep (up to
-//   idle_sleep_max_us, or 1 ms on a quiet node), at every hop of a request;
+//   meshlane's own af_packet ports, DPDK's af_packet and af_xdp PMD ports): the worker
+//   wakes as an application blocked in recv() does, instead of after the rest of its
+//   sleep (up to idle_sleep_max_us, or 1 ms on a quiet node), at every hop of a request;
 // - another worker hands it packets (worker_handoff.h) while it sleeps: the producer
 //   wakes it through an eventfd.
-// Queues the kernel cannot watch (memif, pcap, PCI, af_xdp sockets DPDK keeps to
-// itself) are looked at when the sleep's timeout ends, as before.
+// Queues without such a socket (memif, pcap, PCI) are looked at when the sleep's
+// timeout ends.
 //
 // No hand-off wake-up is lost (Dekker's pattern): the sleeper publishes `asleep_`, then
 // looks for work; a producer publishes work (the inbox's enqueue), then looks at
@@ -16,8 +16,9 @@
 // waits ends the wait at once. Frames need no such protocol: the sockets are watched
 // level-triggered, so a frame that arrived before the wait ends it at once too.
 //
-// Without an epoll instance or eventfd (the process out of descriptors) the sleep is a
-// futex wait on `asleep_` with the sleep as its timeout, woken by producers only.
+// Without an epoll instance or eventfd (the process out of descriptors, a kernel before
+// 5.11 without epoll_pwait2) the sleep is a futex wait on `asleep_` with the sleep as its
+// timeout, woken by producers only.
 #pragma once
 
 #include <linux/futex.h>
@@ -45,7 +46,11 @@ class idle_wakeup {
     epoll_event e{};
     e.events = EPOLLIN;
     e.data.fd = event_fd_;
-    if (event_fd_ < 0 || epoll_fd_ < 0 || ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &e) != 0) {
+    // epoll_pwait2 (microsecond timeouts) came with Linux 5.11; without it, the futex.
+    epoll_event none[1];
+    const timespec now{0, 0};
+    if (event_fd_ < 0 || epoll_fd_ < 0 || ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, event_fd_, &e) != 0 ||
+        ::epoll_pwait2(epoll_fd_, none, 1, &now, nullptr) < 0) {
       if (event_fd_ >= 0) ::close(event_fd_);
       if (epoll_fd_ >= 0) ::close(epoll_fd_);
       event_fd_ = epoll_fd_ = -1;

@@ -71,7 +71,7 @@ struct port_loss {
 // Frames the kernel dropped because the RX ring of an AF_PACKET socket of this process
 // bound to `ifindex` was full (PACKET_STATISTICS tp_drops; reading clears them).
 // DPDK 22.11's af_packet PMD opens such a socket per queue pair but does not report
-// these drops (its imissed stays 0; later releases add them) (pmd_sockets.h).
+// these drops (its imissed stays 0; later releases add them); pmd_sockets.h finds them.
 uint64_t af_packet_ring_drops(int ifindex) {
   uint64_t drops = 0;
   for (const int fd : af_packet_pmd_sockets(ifindex)) {
@@ -372,7 +372,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           "Hand-offs after which the sending worker woke the owner from its idle sleep.");
     auto sleeps = family("meshlane_dataplane_idle_sleeps_total",
                          "The adaptive idle policy's sleeps by how they ended: at their timeout, woken by a frame on "
-                         "one of the worker's watched RX queues (meshlane's own af_packet ports and DPDK's af_packet "
+                         "one of the worker's watched RX queues (meshlane's own af_packet ports, DPDK's af_packet and af_xdp "
                          "ports; status: dataplane.workers[].watched_queues), or by another worker's hand-off.");
     auto fragments = family("meshlane_dataplane_fragments_total",
                             "Fragments of datagrams that entered a worker and were forwarded one by one: "

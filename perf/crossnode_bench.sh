@@ -9,7 +9,9 @@
 #   meshlane_esp  the same agents restarted with encryption always (ESP, AES-256-GCM from
 #             a Cilium key line; issue 15) and the pods' MTU 45 bytes lower (ESP; 1397 at MTU 1500)
 # For each: 64-byte request/response (p50, p99) and bulk throughput on one connection,
-# pod to pod and through the service VIP. REPS rounds of each, medians reported. Then
+# pod to pod and through the service VIP, and sparse request/response to the pod (one
+# exchange every 50 ms: what a request pays on a path idle since the last). REPS rounds
+# of each, medians reported. Then
 # datagrams lost while node 1 publishes 100 snapshots, against the same stream alone.
 # ESP=0 leaves the encrypted way out. GRO_AB=1 adds meshlane_nogro: the same agents with
 # dataplane.pod_gro off (every TCP segment and UDP datagram into a pod alone,
@@ -259,6 +261,11 @@ measure() {  # WAY
       bulk=$(ip netns exec mlb-client "$load" bulk-client "$ip" "$bulk_port" "$seconds")
       echo "{\"way\":\"$WAY\",\"target\":\"$kind\",\"rr\":$rr,\"bulk\":$bulk}" >> "$results"
     done
+    # Sparse requests to the pod: one exchange every 50 ms, the path idle between them
+    # (an adaptive worker asleep: its sleeps reach 1 ms after 20 ms without a packet).
+    rr=$(ip netns exec mlb-client "$load" rr-paced 198.18.2.20 8080 20 "$seconds")
+    echo "{\"way\":\"$WAY\",\"target\":\"sparse\",\"rr\":$rr}" >> "$results"
+
     echo "  $WAY round ${ROUND:-$rep} done" >&2
   done
 }
@@ -438,6 +445,10 @@ fig = {w: {t: {"rr_p50_us": med(w, t, "rr", "p50_us"), "rr_p99_us": med(w, t, "r
        for w in ways}
 ratios = {f"{t}_{k}": fig["meshlane"][t][k] / fig["kernel"][t][k]
           for t in ("pod", "vip") for k in ("rr_p50_us", "rr_p99_us", "bulk_gbit_per_s")}
+# Sparse request/response (one exchange every 50 ms, to the pod): medians of the rounds.
+sparse = {w: {"rr_p50_us": med(w, "sparse", "rr", "p50_us"), "rr_p99_us": med(w, "sparse", "rr", "p99_us")}
+          for w in ways}
+ratios.update({f"sparse_{k}": sparse["meshlane"][k] / sparse["kernel"][k] for k in ("rr_p50_us", "rr_p99_us")})
 # Runs of TCP segments merged into GSO packets for the pods over every segment alone
 # (dataplane.pod_gro; GRO_AB=1), same agents, rounds alternated.
 gro_ratios = ({f"{t}_{k}": fig["meshlane"][t][k] / fig["meshlane_nogro"][t][k]
@@ -493,7 +504,7 @@ if udp and gro_ratios and "meshlane_nogro" in udp:
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
 json.dump({"benchmark": "crossnode", "ring_size": int(os.environ.get("RING_SIZE", "1024")), "iperf3": iperf3, **({"iperf3_udp": udp} if udp else {}), "driver": os.environ.get("DRIVER", "af_packet"), "pod_driver": os.environ.get("POD_DRIVER", os.environ.get("DRIVER", "af_packet")), "idle_policy": os.environ.get("IDLE", "adaptive"), "mtu": int(os.environ.get("MTU", "1500")), "pod_offloads": os.environ.get("POD_OFFLOADS", "0") == "1", "eal_memory": "hugepages_2mib" if os.environ.get("HUGEPAGES", "0") == "1" else "4kib_pages",
            "idle_sleep_max_us": os.environ.get("IDLE_SLEEP_MAX_US") or "default", "machine": {"cpu": cpu, "cores": os.cpu_count(), "kernel": platform.release()},
-           "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig,
+           "seconds_per_run": int(sys.argv[3]), "rounds": int(sys.argv[4]), "figures": fig, "sparse_rr": sparse,
            "meshlane_over_kernel": ratios, **({"merged_over_unmerged": gro_ratios} if gro_ratios else {}), **({"uplink_gso_over_pmd": uplink_ratios} if uplink_ratios else {}), "worker_nice": os.environ.get("WORKER_NICE", "auto"), **({"nice_over_nice0": nice_ratios} if nice_ratios else {}), "uplink_offloads": os.environ.get("UPLINK_OFFLOADS", "0") == "1", **({"encrypted_over_direct": esp_ratios} if esp_ratios else {}),
            **({"esp_sas_node1": sas} if sas else {}),
            "publish_under_load": publish, "runs": rows},
@@ -503,6 +514,8 @@ for w in fig:
     for t in fig[w]:
         f = fig[w][t]
         print(f"{w:12} {t:6} {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f} {f['bulk_gbit_per_s']:7.2f}")
+for w, f in sparse.items():
+    print(f"{w:12} sparse {f['rr_p50_us']:8.1f} {f['rr_p99_us']:8.1f}       -   (one request every 50 ms, to the pod)")
 for w, f in iperf3.items():
     lost = f"; dropped by the pods' eth0s {f['pods_eth0_dropped_frames']}, at input backlogs {f['backlog_dropped_frames']}"
     if w != "kernel":

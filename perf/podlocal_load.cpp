@@ -5,6 +5,9 @@
 //   podlocal_load sink-server PORT          read and discard
 //   podlocal_load rr-client IP PORT SECONDS one connection, back-to-back 64-byte
 //                                           request/response; prints JSON with p50/p99 in µs
+//   podlocal_load rr-paced IP PORT RATE SECONDS  one connection, a 64-byte exchange every
+//                                           1/RATE s (sparse requests: the path idle between
+//                                           them); prints JSON with p50/p99 in µs
 //   podlocal_load bulk-client IP PORT SECONDS  one connection, 64 KiB writes; prints Gbit/s
 //   podlocal_load connect-client IP PORT SECONDS  new connections back to back, each one
 //                                           64-byte exchange with an rr-server, then closed;
@@ -132,6 +135,33 @@ int rr_client(const char* ip, int port, int seconds) {
   return 0;
 }
 
+// Requests at a steady rate, each sent at its slot (not back to back): what an RPC pays
+// on a path that was idle since the last one, e.g. the data plane's workers asleep.
+int rr_paced(const char* ip, int port, int rate, int seconds) {
+  if (rate <= 0) die("rate");
+  const int fd = dial(ip, port);
+  char message[64] = {};
+  std::vector<double> samples;
+  for (int i = 0; i < 10; ++i)  // warm-up: the connection and the path's state
+    if (!write_exact(fd, message, 64) || !read_exact(fd, message, 64)) die("warm-up");
+  const auto gap = std::chrono::microseconds(1000000 / rate);
+  auto slot = steady::now();
+  const auto end = slot + std::chrono::seconds(seconds);
+  while (slot < end) {
+    slot += gap;
+    std::this_thread::sleep_until(slot);
+    const auto start = steady::now();
+    if (!write_exact(fd, message, 64) || !read_exact(fd, message, 64)) die("exchange");
+    samples.push_back(std::chrono::duration<double, std::micro>(steady::now() - start).count());
+  }
+  close(fd);
+  std::sort(samples.begin(), samples.end());
+  auto pct = [&](double p) { return samples[static_cast<size_t>(p * (samples.size() - 1))]; };
+  std::printf("{\"exchanges\":%zu,\"rate_per_s\":%d,\"p50_us\":%.2f,\"p99_us\":%.2f}\n", samples.size(), rate,
+              pct(0.50), pct(0.99));
+  return 0;
+}
+
 int connect_client(const char* ip, int port, int seconds) {
   char message[64] = {};
   uint64_t connections = 0;
@@ -221,6 +251,8 @@ int main(int argc, char** argv) {
   if (mode == "rr-server" && argc == 3) serve(std::atoi(argv[2]), true);
   if (mode == "sink-server" && argc == 3) serve(std::atoi(argv[2]), false);
   if (mode == "rr-client" && argc == 5) return rr_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
+  if (mode == "rr-paced" && argc == 6)
+    return rr_paced(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
   if (mode == "connect-client" && argc == 5)
     return connect_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
   if (mode == "bulk-client" && argc == 5) return bulk_client(argv[2], std::atoi(argv[3]), std::atoi(argv[4]));
@@ -229,6 +261,7 @@ int main(int argc, char** argv) {
     return udp_paced(argv[2], std::atoi(argv[3]), std::atoi(argv[4]), std::atoi(argv[5]));
   std::fprintf(stderr,
                "usage: podlocal_load rr-server|sink-server PORT | rr-client|bulk-client IP PORT SECONDS\n"
+               "       podlocal_load rr-paced IP PORT RATE SECONDS\n"
                "       podlocal_load udp-sink PORT SECONDS | udp-paced IP PORT PPS SECONDS\n");
   return 2;
 }

@@ -1015,15 +1015,18 @@ TEST_F(two_nodes, IdleAgentsSleepInsteadOfSpinning) {
   EXPECT_LT(used, kIdleBudget) << "an idle agent used " << used << " CPU seconds in 3 s (a busy poller uses 3)";
 }
 
+}  // namespace
+
 // The adaptive idle policy's sleep ends when a frame arrives on one of the worker's RX
 // queues (dataplane/idle_wakeup.h): on af_packet every queue is watched, the pods' ports
-// (meshlane's own) and the uplink (DPDK's PMD, its sockets found by interface). With the
+// (meshlane's own) and the uplink (DPDK's PMD, its sockets found by interface); on
+// af_xdp (two_nodes_af_xdp below) the PMD's XDP sockets. With the
 // sleeps at their longest (idle_sleep_max_us 10 ms) and a ping across the nodes every
 // 60 ms, the workers are deep in 10-ms sleeps when each request comes; woken only by
 // their timeouts, a request and its reply would wait out half a sleep at each sleeping
 // hop on average (about 10 ms a ping); woken by the frames, a ping costs what the
 // wake-ups do.
-TEST_F(two_nodes, ASleepingWorkerWakesWhenAFrameArrivesOnItsQueues) {
+void two_nodes::sleeping_workers_wake_on_frames() {
   control_client clients[2];
   for (int n = 0; n < 2; ++n) {
     ASSERT_EQ(clients[n].connect(nodes_[n].config_path + ".sock"), "");
@@ -1060,6 +1063,10 @@ TEST_F(two_nodes, ASleepingWorkerWakesWhenAFrameArrivesOnItsQueues) {
     EXPECT_EQ(worker.value("watched_queues", 0), 3) << worker.dump();
   }
 }
+
+namespace {
+
+TEST_F(two_nodes, ASleepingWorkerWakesWhenAFrameArrivesOnItsQueues) { sleeping_workers_wake_on_frames(); }
 
 // af_xdp with more workers than the interface has queues (a veth counts as one): the
 // agent says why instead of starting with workers that would never receive.
@@ -1296,6 +1303,8 @@ TEST_F(two_nodes_af_xdp, PodsServicesAndTheOutsideHostAllCrossTheNodes) {
 }
 
 // af_xdp ports see a pod's fragments as it sent them: any size crosses, fragment by fragment.
+TEST_F(two_nodes_af_xdp, ASleepingWorkerWakesWhenAFrameArrivesOnItsQueues) { sleeping_workers_wake_on_frames(); }
+
 TEST_F(two_nodes_af_xdp, DatagramsInFragmentsCrossTheNodesAndAServiceVip) { datagrams_in_fragments_cross(4000, 3000); }
 
 }  // namespace

@@ -305,6 +305,9 @@ class two_nodes : public ::testing::Test {
   void direct_and_vip_connections_from_one_source_port();
   // Datagrams larger than the pods' MTU across the nodes (two_node_test.cpp).
   void datagrams_in_fragments_cross(size_t udp_bytes, size_t ping_bytes);
+  // Pings across the nodes while the workers sleep 10 ms at a time: each sleep ends when
+  // the frame arrives (two_node_test.cpp).
+  void sleeping_workers_wake_on_frames();
 
   struct node {
     std::unique_ptr<netns> ns;
