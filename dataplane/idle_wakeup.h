@@ -2,7 +2,8 @@
 // - a frame arrives on one of its RX queues whose socket the kernel can watch (watch():
 //   meshlane's own af_packet ports, DPDK's af_packet and af_xdp PMD ports): the worker
 //   wakes as an application blocked in recv() does, instead of after the rest of its
-//   sleep (up to idle_sleep_max_us, or 1 ms on a quiet node), at every hop of a request;
+//   sleep (1 ms on a quiet node), at every hop of a request; only for the sleeps the
+//   caller says (the long ones: idle_backoff::frames_end_sleep);
 // - another worker hands it packets (worker_handoff.h) while it sleeps: the producer
 //   wakes it through an eventfd.
 // Queues without such a socket (memif, pcap, PCI) are looked at when the sleep's
@@ -22,6 +23,7 @@
 #pragma once
 
 #include <linux/futex.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/syscall.h>
@@ -85,9 +87,11 @@ class idle_wakeup {
   unsigned watched() const { return static_cast<unsigned>(watched_.size()); }
 
   // Sleeps for up to `microseconds` unless `has_work()`, asked after this sleeper is
-  // published, says there is work already.
+  // published, says there is work already. `frames`: whether a frame on a watched socket
+  // ends this sleep (the caller's choice, idle_backoff::frames_end_sleep); a hand-off
+  // always does.
   template <typename HasWork>
-  ended sleep(unsigned microseconds, HasWork has_work) {
+  ended sleep(unsigned microseconds, bool frames, HasWork has_work) {
     asleep_.store(1, std::memory_order_relaxed);
     std::atomic_thread_fence(std::memory_order_seq_cst);
     if (has_work()) {
@@ -96,22 +100,21 @@ class idle_wakeup {
     }
     timespec timeout{static_cast<time_t>(microseconds / 1000000), static_cast<long>(microseconds % 1000000) * 1000};
     bool frame = false, handed = false;
-    if (epoll_fd_ >= 0) {
+    if (epoll_fd_ >= 0 && frames && !watched_.empty()) {
       epoll_event events[8];
       const int n = ::epoll_pwait2(epoll_fd_, events, 8, &timeout, nullptr);
-      for (int i = 0; i < n; ++i) {
-        if (events[i].data.fd == event_fd_) {
-          uint64_t count;
-          [[maybe_unused]] const ssize_t r = ::read(event_fd_, &count, sizeof count);
-          handed = true;  // also a producer's write that came after an earlier sleep ended
-        } else {
-          frame = true;
-        }
-      }
+      for (int i = 0; i < n; ++i) (events[i].data.fd == event_fd_ ? handed : frame) = true;
+    } else if (event_fd_ >= 0) {
+      pollfd producer{event_fd_, POLLIN, 0};
+      handed = ::ppoll(&producer, 1, &timeout, nullptr) == 1;
     } else {
       // Returns at once (EAGAIN) when a producer cleared the word first; EINTR and the
       // timeout end the sleep too: every case is "look for work again".
       syscall(SYS_futex, reinterpret_cast<uint32_t*>(&asleep_), FUTEX_WAIT_PRIVATE, 1u, &timeout, nullptr, 0);
+    }
+    if (handed) {  // also a producer's write that came after an earlier sleep ended
+      uint64_t count;
+      [[maybe_unused]] const ssize_t r = ::read(event_fd_, &count, sizeof count);
     }
     if (asleep_.exchange(0, std::memory_order_relaxed) == 0 || handed) return ended::handoff;
     return frame ? ended::frame : ended::timeout;

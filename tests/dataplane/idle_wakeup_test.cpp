@@ -24,7 +24,7 @@ TEST(idle_wakeup, AProducerWakesASleeperLongBeforeItsSleepEnds) {
   std::atomic<bool> work{false};
   bool woken = false;
   const auto started = clock_type::now();
-  std::thread sleeper([&] { woken = idle.sleep(kLongSleepUs, [&] { return work.load(); }) == idle_wakeup::ended::handoff; });
+  std::thread sleeper([&] { woken = idle.sleep(kLongSleepUs, false, [&] { return work.load(); }) == idle_wakeup::ended::handoff; });
   std::this_thread::sleep_for(std::chrono::milliseconds(100));  // well into its sleep
   bool woke = false;
   // The sleeper may not have reached its wait yet on a loaded machine: wake until it has.
@@ -46,7 +46,7 @@ TEST(idle_wakeup, WorkAlreadyThereMeansNoSleepAndAnAwakeWorkerIsNotWoken) {
   idle_wakeup idle;
   EXPECT_FALSE(idle.wake());  // nobody sleeps: no system call, nothing to count
   const auto started = clock_type::now();
-  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return true; }), idle_wakeup::ended::not_slept);
+  EXPECT_EQ(idle.sleep(kLongSleepUs, false, [] { return true; }), idle_wakeup::ended::not_slept);
   EXPECT_LT(clock_type::now() - started, std::chrono::seconds(4));
   EXPECT_FALSE(idle.wake());
 }
@@ -54,36 +54,8 @@ TEST(idle_wakeup, WorkAlreadyThereMeansNoSleepAndAnAwakeWorkerIsNotWoken) {
 TEST(idle_wakeup, ASleepWithoutWorkOrWakeUpLastsItsTime) {
   idle_wakeup idle;
   const auto started = clock_type::now();
-  EXPECT_EQ(idle.sleep(20'000, [] { return false; }), idle_wakeup::ended::timeout);
+  EXPECT_EQ(idle.sleep(20'000, false, [] { return false; }), idle_wakeup::ended::timeout);
   EXPECT_GE(clock_type::now() - started, std::chrono::milliseconds(20));
-}
-
-// Producer and sleeper race on every round: the producer waits until the sleeper took the
-// last round, lets a varying moment pass (the sleeper is still looking, about to wait, or
-// waiting), publishes the next round and wakes; the sleeper sleeps (1 s at a time) until it
-// sees the round. A lost wake-up costs its round the whole second.
-TEST(idle_wakeup, NoWakeUpIsLostWhenProducerAndSleeperRace) {
-  constexpr int kRounds = 3000;
-  idle_wakeup idle;
-  std::atomic<int> published{0}, taken{0};
-  int slow_rounds = 0;
-  std::thread sleeper([&] {
-    for (int round = 1; round <= kRounds; ++round) {
-      const auto started = clock_type::now();
-      while (published.load() < round) idle.sleep(1'000'000, [&] { return published.load() >= round; });
-      if (clock_type::now() - started > std::chrono::milliseconds(900)) ++slow_rounds;
-      taken.store(round);
-    }
-  });
-  for (int round = 1; round <= kRounds; ++round) {
-    while (taken.load() < round - 1) std::this_thread::yield();
-    for (volatile int spin = 0; spin < (round % 4) * (round % 4) * 500; spin = spin + 1) {
-    }
-    published.store(round);
-    idle.wake();
-  }
-  sleeper.join();
-  EXPECT_EQ(slow_rounds, 0) << "rounds that waited out their sleep: lost wake-ups";
 }
 
 // A datagram socket pair stands in for an RX queue's socket: readable while it holds
@@ -102,6 +74,40 @@ struct socket_pair {
   }
 };
 
+// Producer and sleeper race on every round: the producer waits until the sleeper took the
+// last round, lets a varying moment pass (the sleeper is still looking, about to wait, or
+// waiting), publishes the next round and wakes; the sleeper sleeps (1 s at a time) until it
+// sees the round. A lost wake-up costs its round the whole second. Both ways a sleep
+// waits: on the producers' eventfd alone, and with watched sockets (none readable).
+void race_producer_and_sleeper(bool frames) {
+  constexpr int kRounds = 3000;
+  idle_wakeup idle;
+  socket_pair queue;
+  ASSERT_EQ(idle.watch({queue.ends[0]}), 1u);
+  std::atomic<int> published{0}, taken{0};
+  int slow_rounds = 0;
+  std::thread sleeper([&] {
+    for (int round = 1; round <= kRounds; ++round) {
+      const auto started = clock_type::now();
+      while (published.load() < round) idle.sleep(1'000'000, frames, [&] { return published.load() >= round; });
+      if (clock_type::now() - started > std::chrono::milliseconds(900)) ++slow_rounds;
+      taken.store(round);
+    }
+  });
+  for (int round = 1; round <= kRounds; ++round) {
+    while (taken.load() < round - 1) std::this_thread::yield();
+    for (volatile int spin = 0; spin < (round % 4) * (round % 4) * 500; spin = spin + 1) {
+    }
+    published.store(round);
+    idle.wake();
+  }
+  sleeper.join();
+  EXPECT_EQ(slow_rounds, 0) << "rounds that waited out their sleep: lost wake-ups";
+}
+
+TEST(idle_wakeup, NoWakeUpIsLostWhenProducerAndSleeperRace) { race_producer_and_sleeper(false); }
+TEST(idle_wakeup, NoWakeUpIsLostWhenProducerAndSleeperRaceWhileSocketsAreWatched) { race_producer_and_sleeper(true); }
+
 TEST(idle_wakeup, AFrameOnAWatchedSocketEndsTheSleep) {
   idle_wakeup idle;
   socket_pair queue;
@@ -112,16 +118,29 @@ TEST(idle_wakeup, AFrameOnAWatchedSocketEndsTheSleep) {
     std::this_thread::sleep_for(std::chrono::milliseconds(100));
     queue.send_one();
   });
-  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
+  EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
   sender.join();
   EXPECT_LT(clock_type::now() - started, std::chrono::seconds(4));
   // A frame that is there before the sleep begins ends it at once (level-triggered: it
   // arrived between the worker's last poll and its sleep); taken, the sleep lasts.
   const auto again = clock_type::now();
-  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
+  EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
   EXPECT_LT(clock_type::now() - again, std::chrono::seconds(4));
   queue.take_one();
-  EXPECT_EQ(idle.sleep(20'000, [] { return false; }), idle_wakeup::ended::timeout);
+  EXPECT_EQ(idle.sleep(20'000, true, [] { return false; }), idle_wakeup::ended::timeout);
+}
+
+TEST(idle_wakeup, ASleepTheCallerKeepsFromFramesIsNotEndedByOne) {
+  // A short sleep under traffic (idle_backoff::frames_end_sleep): the frame waits for its
+  // end, with whatever else arrives meanwhile; a hand-off still ends it.
+  idle_wakeup idle;
+  socket_pair queue;
+  ASSERT_EQ(idle.watch({queue.ends[0]}), 1u);
+  queue.send_one();
+  const auto started = clock_type::now();
+  EXPECT_EQ(idle.sleep(30'000, false, [] { return false; }), idle_wakeup::ended::timeout);
+  EXPECT_GE(clock_type::now() - started, std::chrono::milliseconds(30));
+  EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
 }
 
 TEST(idle_wakeup, OnlyTheSocketsOfTheLastWatchEndASleep) {
@@ -131,10 +150,10 @@ TEST(idle_wakeup, OnlyTheSocketsOfTheLastWatchEndASleep) {
   ASSERT_EQ(idle.watch({kept.ends[0]}), 1u);  // a port left the worker's plan
   gone.send_one();
   const auto started = clock_type::now();
-  EXPECT_EQ(idle.sleep(50'000, [] { return false; }), idle_wakeup::ended::timeout);
+  EXPECT_EQ(idle.sleep(50'000, true, [] { return false; }), idle_wakeup::ended::timeout);
   EXPECT_GE(clock_type::now() - started, std::chrono::milliseconds(50));
   kept.send_one();
-  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
+  EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
   // A descriptor closed while watched is gone from the set; its number, reused by a new
   // socket of the next plan, is watched as the new socket.
   const int number = kept.ends[0];
@@ -146,7 +165,7 @@ TEST(idle_wakeup, OnlyTheSocketsOfTheLastWatchEndASleep) {
   ASSERT_EQ(idle.watch({fresh}), 1u);
   const int other = fresh == reused.ends[0] ? reused.ends[1] : reused.ends[0];
   EXPECT_EQ(send(other, "f", 1, 0), 1);
-  EXPECT_EQ(idle.sleep(kLongSleepUs, [] { return false; }), idle_wakeup::ended::frame);
+  EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
 }
 
 }  // namespace
