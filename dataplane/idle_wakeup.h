@@ -30,7 +30,6 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <cstdint>
 #include <ctime>
 #include <vector>

@@ -576,7 +576,7 @@ std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_p
   const unsigned socket_id = socket < 0 ? 0 : static_cast<unsigned>(socket);
   // An af_xdp port's XDP sockets: those that appear while its queues are set up and it
   // starts (pmd_sockets.h), one per RX queue, opened in queue order.
-  const bool af_xdp = std::strcmp(info.driver_name, "net_af_xdp") == 0;
+  const bool af_xdp = info.driver_name && std::strcmp(info.driver_name, "net_af_xdp") == 0;
   const std::vector<int> xdp_sockets_before = af_xdp ? process_sockets(AF_XDP) : std::vector<int>{};
   for (uint16_t q = 0; q < rx_queues; ++q) {
     if (int rc = rte_eth_rx_queue_setup(p.port_id, q, rx_ring, socket_id, nullptr, mbufs); rc != 0)
@@ -609,7 +609,7 @@ std::string worker_pool::setup_port(const pool_port& p, rte_mempool* mbufs, rx_p
   // DPDK's af_packet and af_xdp PMDs have no RX interrupts; their sockets (one per
   // queue) can still be watched (pmd_sockets.h). Watched only when there is one per queue.
   std::vector<int> sockets;
-  if (std::strcmp(info.driver_name, "net_af_packet") == 0 && info.if_index > 0)
+  if (info.driver_name && std::strcmp(info.driver_name, "net_af_packet") == 0 && info.if_index > 0)
     sockets = af_packet_pmd_sockets(int(info.if_index));
   else if (af_xdp)
     sockets = opened_between(xdp_sockets_before, process_sockets(AF_XDP));

@@ -110,6 +110,22 @@ void serve(int port, bool answer) {
   }
 }
 
+// One 64-byte request and its answer on `fd`, in microseconds.
+double timed_exchange(int fd, char* message) {
+  const auto start = steady::now();
+  if (!write_exact(fd, message, 64) || !read_exact(fd, message, 64)) die("exchange");
+  return std::chrono::duration<double, std::micro>(steady::now() - start).count();
+}
+
+// The exchanges' count, rate and percentiles as the JSON the benchmarks read.
+int print_exchanges(std::vector<double>& samples, double rate_per_s) {
+  std::sort(samples.begin(), samples.end());
+  auto pct = [&](double p) { return samples[static_cast<size_t>(p * (samples.size() - 1))]; };
+  std::printf("{\"exchanges\":%zu,\"rate_per_s\":%.0f,\"p50_us\":%.2f,\"p99_us\":%.2f}\n", samples.size(), rate_per_s,
+              pct(0.50), pct(0.99));
+  return 0;
+}
+
 int rr_client(const char* ip, int port, int seconds) {
   const int fd = dial(ip, port);
   char message[64] = {};
@@ -122,17 +138,9 @@ int rr_client(const char* ip, int port, int seconds) {
   for (int i = 0; i < 1000 && steady::now() < warm_end; ++i)
     if (!write_exact(fd, message, 64) || !read_exact(fd, message, 64)) die("warm-up");
   const auto end = steady::now() + std::chrono::seconds(seconds);
-  while (steady::now() < end || samples.empty()) {
-    const auto start = steady::now();
-    if (!write_exact(fd, message, 64) || !read_exact(fd, message, 64)) die("exchange");
-    samples.push_back(std::chrono::duration<double, std::micro>(steady::now() - start).count());
-  }
+  while (steady::now() < end || samples.empty()) samples.push_back(timed_exchange(fd, message));
   close(fd);
-  std::sort(samples.begin(), samples.end());
-  auto pct = [&](double p) { return samples[static_cast<size_t>(p * (samples.size() - 1))]; };
-  std::printf("{\"exchanges\":%zu,\"rate_per_s\":%.0f,\"p50_us\":%.2f,\"p99_us\":%.2f}\n", samples.size(),
-              samples.size() / double(seconds), pct(0.50), pct(0.99));
-  return 0;
+  return print_exchanges(samples, samples.size() / double(seconds));
 }
 
 // Requests at a steady rate, each sent at its slot (not back to back): what an RPC pays
@@ -147,19 +155,13 @@ int rr_paced(const char* ip, int port, int rate, int seconds) {
   const auto gap = std::chrono::microseconds(1000000 / rate);
   auto slot = steady::now();
   const auto end = slot + std::chrono::seconds(seconds);
-  while (slot < end) {
+  while (slot < end || samples.empty()) {
     slot += gap;
     std::this_thread::sleep_until(slot);
-    const auto start = steady::now();
-    if (!write_exact(fd, message, 64) || !read_exact(fd, message, 64)) die("exchange");
-    samples.push_back(std::chrono::duration<double, std::micro>(steady::now() - start).count());
+    samples.push_back(timed_exchange(fd, message));
   }
   close(fd);
-  std::sort(samples.begin(), samples.end());
-  auto pct = [&](double p) { return samples[static_cast<size_t>(p * (samples.size() - 1))]; };
-  std::printf("{\"exchanges\":%zu,\"rate_per_s\":%d,\"p50_us\":%.2f,\"p99_us\":%.2f}\n", samples.size(), rate,
-              pct(0.50), pct(0.99));
-  return 0;
+  return print_exchanges(samples, rate);
 }
 
 int connect_client(const char* ip, int port, int seconds) {
