@@ -1124,6 +1124,21 @@ TEST_F(two_nodes_two_workers, TwoWorkersForwardTcpAndUdpAcrossNodes) {
   EXPECT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 1 << 20), "");
   for (int round = 0; round < 8; ++round)
     EXPECT_EQ(udp_round_trip(*nodes_[0].client, *nodes_[1].web, "198.18.2.20", 9400 + round, "two workers"), "");
+  // The uplink's two queue pairs (DPDK's af_packet PMD, a socket each) are split over the
+  // workers, and each worker's sleep watches every queue it polls (idle_wakeup.h).
+  control_client client;
+  ASSERT_EQ(client.connect(nodes_[0].config_path + ".sock"), "");
+  const nlohmann::json workers = client.request({{"command", "status"}})["subsystems"]["dataplane"]["workers"];
+  ASSERT_EQ(workers.size(), 2u) << workers.dump();
+  size_t uplink_queues = 0;
+  for (const auto& worker : workers) {
+    for (const auto& queue : worker["rx_queues"]) {
+      EXPECT_TRUE(queue.value("watchable", false)) << worker.dump();
+      uplink_queues += queue.value("port", "") == nodes_[0].uplink;
+    }
+    EXPECT_EQ(worker.value("watched_queues", 0), int(worker["rx_queues"].size())) << worker.dump();
+  }
+  EXPECT_EQ(uplink_queues, 2u) << workers.dump();
 }
 
 // The same fragments with two workers on node 1: whole datagrams from af_packet's
