@@ -212,7 +212,7 @@ class worker_pool {
     std::vector<std::vector<rx_queue>> per_worker;
     uint64_t serial = 0;
   };
-  std::atomic<uint64_t> rx_plan_serial_{0};
+  uint64_t rx_plan_serial_ = 0;  // the last plan's serial; under ports_mutex_ (create: alone)
   // A port the pool started.
   struct port_record {
     uint16_t port_id = 0;

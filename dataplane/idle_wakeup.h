@@ -38,8 +38,11 @@ namespace meshlane {
 
 class idle_wakeup {
  public:
-  // How a sleep ended.
+  // How a sleep ended; the ones after not_slept are counted (worker_state::idle_sleeps,
+  // indexed by slept_index) under their name (the metric's `ended` label).
   enum class ended : uint8_t { not_slept, timeout, frame, handoff };
+  static constexpr const char* kSleptNames[] = {"timeout", "frame", "handoff"};
+  static constexpr unsigned slept_index(ended e) { return static_cast<unsigned>(e) - 1; }
 
   idle_wakeup() {
     event_fd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);

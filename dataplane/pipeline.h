@@ -585,10 +585,10 @@ struct worker_state {
   idle_wakeup idle;
   std::vector<idle_wakeup*> wakeups;
   counter handoff_wakeups;
-  // The adaptive idle policy's sleeps by how they ended (idle_wakeup::ended less one: the
+  // The adaptive idle policy's sleeps by how they ended (idle_wakeup::slept_index: the
   // timeout, a frame on a watched RX queue, a hand-off), and how many of this worker's RX
   // queues its sleep watches (the rest wait for the sleep's timeout).
-  std::array<counter, 3> idle_sleeps;
+  std::array<counter, std::size(idle_wakeup::kSleptNames)> idle_sleeps;
   std::atomic<uint16_t> watched_queues{0};
   // The nice value this worker's thread runs at (getpriority after each change; the
   // tunable's, or 0 when busy polling) and the errno of the last refused change (0: none;

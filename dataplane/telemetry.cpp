@@ -390,9 +390,9 @@ void worker_pool::register_with(subsystem_registry& registry) {
       handoffs.samples.push_back(
           {{{"worker", std::to_string(w->index)}, {"direction", "received"}}, double(w->handoffs_received.get())});
       wakeups.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->handoff_wakeups.get())});
-      static constexpr const char* kSleepEnds[] = {"timeout", "frame", "handoff"};
       for (unsigned e = 0; e < w->idle_sleeps.size(); ++e)
-        sleeps.samples.push_back({{{"worker", std::to_string(w->index)}, {"ended", kSleepEnds[e]}}, double(w->idle_sleeps[e].get())});
+        sleeps.samples.push_back({{{"worker", std::to_string(w->index)}, {"ended", idle_wakeup::kSleptNames[e]}},
+                                  double(w->idle_sleeps[e].get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_segments, &split_packets, &split_segments, &rx_missed,
                     &rx_errors, &tx_errors, &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,

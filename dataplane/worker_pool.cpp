@@ -998,7 +998,7 @@ int worker_pool::worker_main(uint16_t index) {
     rte_rcu_qsbr_thread_offline(rcu_, index);
     const idle_wakeup::ended end = w.idle.sleep(sleep_us, idle_backoff::frames_end_sleep(sleep_us),
                                                 [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
-    if (end != idle_wakeup::ended::not_slept) w.idle_sleeps[static_cast<unsigned>(end) - 1].add(1);
+    if (end != idle_wakeup::ended::not_slept) w.idle_sleeps[idle_wakeup::slept_index(end)].add(1);
     backoff.slept(sleep_us, began, rte_rdtsc(), end != idle_wakeup::ended::timeout);
     rte_rcu_qsbr_thread_online(rcu_, index);
   }

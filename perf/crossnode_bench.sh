@@ -265,7 +265,6 @@ measure() {  # WAY
     # (an adaptive worker asleep: its sleeps reach 1 ms after 20 ms without a packet).
     rr=$(ip netns exec mlb-client "$load" rr-paced 198.18.2.20 8080 20 "$seconds")
     echo "{\"way\":\"$WAY\",\"target\":\"sparse\",\"rr\":$rr}" >> "$results"
-
     echo "  $WAY round ${ROUND:-$rep} done" >&2
   done
 }

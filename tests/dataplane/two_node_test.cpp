@@ -1317,9 +1317,9 @@ TEST_F(two_nodes_af_xdp, PodsServicesAndTheOutsideHostAllCrossTheNodes) {
   outside_host_reaches_vips_with_backends_on_either_node();
 }
 
-// af_xdp ports see a pod's fragments as it sent them: any size crosses, fragment by fragment.
 TEST_F(two_nodes_af_xdp, ASleepingWorkerWakesWhenAFrameArrivesOnItsQueues) { sleeping_workers_wake_on_frames(); }
 
+// af_xdp ports see a pod's fragments as it sent them: any size crosses, fragment by fragment.
 TEST_F(two_nodes_af_xdp, DatagramsInFragmentsCrossTheNodesAndAServiceVip) { datagrams_in_fragments_cross(4000, 3000); }
 
 }  // namespace
