@@ -52,6 +52,13 @@ class idle_backoff {
   // would otherwise wait out at every hop.
   static constexpr unsigned kFramesEndSleepsFromUs = 100;
   static bool frames_end_sleep(unsigned sleep_us) { return sleep_us >= kFramesEndSleepsFromUs; }
+  // Traffic flows once a worker has taken this many packets since its last sleep that
+  // frames end: its RX sockets leave the epoll set then (idle_wakeup::disarm; each frame a
+  // watched socket receives costs a call into epoll) and come back before its next such
+  // sleep. Sparse requests (a few packets between long sleeps) keep them in; a stream
+  // takes them out after its first few bursts, and a flap costs two system calls a
+  // socket, at most once per quiet spell.
+  static constexpr uint32_t kUnwatchAfterPackets = 1024;
 
   // A poll found packets at `now`.
   void packets(uint64_t now) {

@@ -9,6 +9,15 @@
 // Queues without such a socket (memif, pcap, PCI) are looked at when the sleep's
 // timeout ends.
 //
+// The sockets sit in the epoll set only while the worker is idle (armed): a socket that
+// an epoll instance watches calls into it (ep_poll_callback: a lock, the ready list) for
+// every frame it receives, whether anyone waits or not: 54 ns more per frame for a
+// packet socket on a veth on this project's 2-vCPU AMD VM (969 -> 1,023 ns a frame sent
+// and received, higher in 8 of 8 alternated rounds, perf/epoll_watch_cost.sh). Under
+// traffic nothing waits on them (the back-off's short sleeps are not ended by frames),
+// so the worker takes them out (disarm) once traffic flows and puts them back (arm)
+// before its next sleep that frames end.
+//
 // No hand-off wake-up is lost (Dekker's pattern): the sleeper publishes `asleep_`, then
 // looks for work; a producer publishes work (the inbox's enqueue), then looks at
 // `asleep_`; with a sequentially consistent fence between each pair, at least one of them
@@ -68,30 +77,43 @@ class idle_wakeup {
   idle_wakeup& operator=(const idle_wakeup&) = delete;
 
   // The sockets whose frames end a sleep (negative entries: queues that cannot be
-  // watched), replacing the previous set; by the sleeping worker, between sleeps.
-  // Everything watched before is removed first and then the new set added, so that a
-  // descriptor number that was closed and reused for another socket meanwhile (a pod
-  // port that left, another that came) ends up watched as what it is now. Returns how
-  // many are watched.
+  // watched), replacing the previous set; by the sleeping worker, between sleeps. The new
+  // set is registered at once (armed): everything registered before is removed first and
+  // then the new set added, so that a descriptor number that was closed and reused for
+  // another socket meanwhile (a pod port that left, another that came) ends up watched as
+  // what it is now; sockets epoll refuses are left out. Returns how many are watched.
   unsigned watch(const std::vector<int>& fds) {
     if (epoll_fd_ < 0) return 0;
-    for (const int fd : watched_) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // closed ones: gone already
+    disarm();
     watched_.clear();
-    for (const int fd : fds) {
-      if (fd < 0) continue;
-      epoll_event e{};
-      e.events = EPOLLIN;
-      e.data.fd = fd;
-      if (::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &e) == 0) watched_.push_back(fd);
-    }
+    for (const int fd : fds)
+      if (fd >= 0 && add(fd)) watched_.push_back(fd);
+    armed_ = true;
     return static_cast<unsigned>(watched_.size());
   }
   unsigned watched() const { return static_cast<unsigned>(watched_.size()); }
+  // Whether the watched sockets are in the epoll set now (a sleep that frames end needs
+  // them there: arm() first).
+  bool armed() const { return armed_; }
+  // Takes the watched sockets out of the epoll set (traffic flows: see above); they stay
+  // the set that arm() puts back.
+  void disarm() {
+    if (!armed_) return;
+    for (const int fd : watched_) ::epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);  // closed ones: gone already
+    armed_ = false;
+  }
+  // Puts them back, as they were at the last watch() (a socket closed since is left out
+  // until the next watch(), which the worker makes whenever its plan changed).
+  void arm() {
+    if (armed_ || epoll_fd_ < 0) return;
+    for (const int fd : watched_) add(fd);
+    armed_ = true;
+  }
 
   // Sleeps for up to `microseconds` unless `has_work()`, asked after this sleeper is
   // published, says there is work already. `frames`: whether a frame on a watched socket
-  // ends this sleep (the caller's choice, idle_backoff::frames_end_sleep); a hand-off
-  // always does.
+  // ends this sleep (the caller's choice, idle_backoff::frames_end_sleep; only while
+  // armed); a hand-off always does.
   template <typename HasWork>
   ended sleep(unsigned microseconds, bool frames, HasWork has_work) {
     asleep_.store(1, std::memory_order_relaxed);
@@ -102,7 +124,7 @@ class idle_wakeup {
     }
     timespec timeout{static_cast<time_t>(microseconds / 1000000), static_cast<long>(microseconds % 1000000) * 1000};
     bool frame = false, handed = false;
-    if (epoll_fd_ >= 0 && frames && !watched_.empty()) {
+    if (epoll_fd_ >= 0 && frames && armed_ && !watched_.empty()) {
       epoll_event events[8];
       const int n = ::epoll_pwait2(epoll_fd_, events, 8, &timeout, nullptr);
       for (int i = 0; i < n; ++i) (events[i].data.fd == event_fd_ ? handed : frame) = true;
@@ -142,6 +164,13 @@ class idle_wakeup {
   int event_fd_ = -1;  // producers write it (read-only after construction)
   int epoll_fd_ = -1;  // the sleeper's alone
   std::vector<int> watched_;  // the sleeper's alone
+  bool armed_ = false;        // watched_ is in the epoll set (the sleeper's alone)
+  bool add(int fd) {
+    epoll_event e{};
+    e.events = EPOLLIN;
+    e.data.fd = fd;
+    return ::epoll_ctl(epoll_fd_, EPOLL_CTL_ADD, fd, &e) == 0;
+  }
   // On a line of its own: producers read it at every hand-off flush, the sleeper writes
   // it around each sleep.
   alignas(64) std::atomic<uint32_t> asleep_{0};

@@ -590,6 +590,9 @@ struct worker_state {
   // queues its sleep watches (the rest wait for the sleep's timeout).
   std::array<counter, std::size(idle_wakeup::kSleptNames)> idle_sleeps;
   std::atomic<uint16_t> watched_queues{0};
+  // Times traffic took those sockets out of the epoll set (idle_wakeup::disarm; they go
+  // back before the next sleep that frames end).
+  counter watch_disarms;
   // The nice value this worker's thread runs at (getpriority after each change; the
   // tunable's, or 0 when busy polling) and the errno of the last refused change (0: none;
   // EACCES without CAP_SYS_NICE): what the status and metrics show.

@@ -374,6 +374,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
                          "The adaptive idle policy's sleeps by how they ended: at their timeout, woken by a frame on "
                          "one of the worker's watched RX queues (meshlane's own af_packet ports, DPDK's af_packet and af_xdp "
                          "ports; status: dataplane.workers[].watched_queues), or by another worker's hand-off.");
+    auto disarms = family("meshlane_dataplane_idle_watch_disarms_total",
+                          "Times a worker took its RX queues' sockets out of its sleep's epoll set because traffic "
+                          "flowed (a watched socket calls into epoll for every frame it receives); they go back before "
+                          "its next sleep that a frame may end.");
     auto fragments = family("meshlane_dataplane_fragments_total",
                             "Fragments of datagrams that entered a worker and were forwarded one by one: "
                             "first fragments (their ports remembered) and later ones given their first's; and "
@@ -393,12 +397,13 @@ void worker_pool::register_with(subsystem_registry& registry) {
       for (unsigned e = 0; e < w->idle_sleeps.size(); ++e)
         sleeps.samples.push_back({{{"worker", std::to_string(w->index)}, {"ended", idle_wakeup::kSleptNames[e]}},
                                   double(w->idle_sleeps[e].get())});
+      disarms.samples.push_back({{{"worker", std::to_string(w->index)}}, double(w->watch_disarms.get())});
     }
     for (auto* f : {&rx_packets, &rx_bytes, &tx_packets, &tx_bytes, &merged_packets, &merged_segments, &split_packets, &split_segments, &rx_missed,
                     &rx_errors, &tx_errors, &rx_nombuf, &kernel_dropped, &xstats, &drops, &polls, &encap, &esp, &generated, &icmp_errors, &egress,
                     &not_registered, &refused_flows, &external_flows, &external_packets, &external_bytes,
                     &service_packets, &service_bytes, &service_flows, &backend_packets, &backend_bytes,
-                    &backend_flows, &evictions, &restored, &handoffs, &wakeups, &sleeps, &fragments})
+                    &backend_flows, &evictions, &restored, &handoffs, &wakeups, &sleeps, &disarms, &fragments})
       out.push_back(std::move(*f));
     esp_->collect(out);
   });
@@ -475,8 +480,10 @@ void worker_pool::register_with(subsystem_registry& registry) {
                          {"flows_live", w.flows.live_count(now, timeouts)},
                          {"nice", w.nice.load(std::memory_order_relaxed)},
                          {"nice_refused", nice_refused(w)},
-                         // Of the queues above, those its last idle sleep watched (idle_wakeup.h).
+                         // Of the queues above, those whose frames end its sleeps of 100 µs or
+                         // more (idle_wakeup.h), and how often traffic took them out meanwhile.
                          {"watched_queues", w.watched_queues.load(std::memory_order_relaxed)},
+                         {"watch_disarms", w.watch_disarms.get()},
                          {"flow_capacity", w.flows.capacity()}});
     }
     return nlohmann::json{{"generation", generation()},

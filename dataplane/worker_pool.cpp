@@ -960,6 +960,7 @@ int worker_pool::worker_main(uint16_t index) {
   worker_state& w = *workers_[index];
   int nice_asked = INT_MIN;  // none yet: the first loop sets it
   uint64_t watched_plan = 0;  // the serial of the plan whose sockets the sleep watches (0: none yet)
+  uint32_t packets_since_frames_sleep = 0;  // while armed: idle_backoff::kUnwatchAfterPackets
   while (running_.load(std::memory_order_relaxed)) {
     // tunables::worker_nice ("auto": this node's, options_), 0 while busy polling; a
     // change takes effect at the next loop.
@@ -973,6 +974,11 @@ int worker_pool::worker_main(uint16_t index) {
     const uint32_t received = poll_once(index);
     if (received) {
       backoff.packets(rte_rdtsc());
+      if (w.idle.armed() && (packets_since_frames_sleep += received) > idle_backoff::kUnwatchAfterPackets)
+          [[unlikely]] {
+        w.idle.disarm();
+        w.watch_disarms.add(1);
+      }
       continue;
     }
     if (busy_poll) {
@@ -995,9 +1001,16 @@ int worker_pool::worker_main(uint16_t index) {
       for (const rx_queue& q : plan->per_worker[index]) fds.push_back(q.wake_fd);
       w.watched_queues.store(static_cast<uint16_t>(w.idle.watch(fds)), std::memory_order_relaxed);
     }
+    // A sleep that frames end: its sockets back in the epoll set (still online for RCU, as
+    // watch(): a port's socket is closed only after the plan without it is swapped in).
+    const bool frames_end = idle_backoff::frames_end_sleep(sleep_us);
+    if (frames_end) {
+      packets_since_frames_sleep = 0;
+      w.idle.arm();
+    }
     rte_rcu_qsbr_thread_offline(rcu_, index);
-    const idle_wakeup::ended end = w.idle.sleep(sleep_us, idle_backoff::frames_end_sleep(sleep_us),
-                                                [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
+    const idle_wakeup::ended end =
+        w.idle.sleep(sleep_us, frames_end, [&w] { return w.inbox && rte_ring_count(w.inbox) != 0; });
     if (end != idle_wakeup::ended::not_slept) w.idle_sleeps[idle_wakeup::slept_index(end)].add(1);
     backoff.slept(sleep_us, began, rte_rdtsc(), end != idle_wakeup::ended::timeout);
     rte_rcu_qsbr_thread_online(rcu_, index);

@@ -2,8 +2,8 @@
 // producer, is not put to sleep when work is already there, and no wake-up is lost when
 // producer and sleeper race (thousands of rounds, each of which would sit out a whole
 // second's sleep if its wake-up were lost); a watched socket that becomes readable ends
-// the sleep, one that was readable before keeps it from lasting, and only the sockets of
-// the last watch() count.
+// the sleep, one that was readable before keeps it from lasting, only the sockets of
+// the last watch() count, and disarmed sockets end no sleep until armed again.
 #include "dataplane/idle_wakeup.h"
 
 #include <gtest/gtest.h>
@@ -140,6 +140,37 @@ TEST(idle_wakeup, ASleepTheCallerKeepsFromFramesIsNotEndedByOne) {
   const auto started = clock_type::now();
   EXPECT_EQ(idle.sleep(30'000, false, [] { return false; }), idle_wakeup::ended::timeout);
   EXPECT_GE(clock_type::now() - started, std::chrono::milliseconds(30));
+  EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
+}
+
+TEST(idle_wakeup, DisarmedSocketsEndNoSleepUntilArmedAgain) {
+  // Under traffic the worker takes its sockets out of the epoll set (disarm: a watched
+  // socket calls into epoll for every frame); a frame then does not end a sleep, though
+  // the set is kept and arm() puts it back. A watch() (a new plan) registers at once.
+  idle_wakeup idle;
+  socket_pair queue;
+  ASSERT_EQ(idle.watch({queue.ends[0]}), 1u);
+  EXPECT_TRUE(idle.armed());
+  idle.disarm();
+  EXPECT_FALSE(idle.armed());
+  EXPECT_EQ(idle.watched(), 1u);
+  queue.send_one();
+  const auto started = clock_type::now();
+  EXPECT_EQ(idle.sleep(30'000, true, [] { return false; }), idle_wakeup::ended::timeout);
+  EXPECT_GE(clock_type::now() - started, std::chrono::milliseconds(30));
+  idle.arm();
+  EXPECT_TRUE(idle.armed());
+  const auto again = clock_type::now();
+  EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
+  EXPECT_LT(clock_type::now() - again, std::chrono::seconds(4));
+  idle.arm();  // armed already: no second registration (epoll would refuse it, EEXIST)
+  queue.take_one();
+  EXPECT_EQ(idle.sleep(20'000, true, [] { return false; }), idle_wakeup::ended::timeout);
+  idle.disarm();
+  socket_pair next;
+  ASSERT_EQ(idle.watch({next.ends[0]}), 1u);  // the old set was not registered: nothing to take out
+  EXPECT_TRUE(idle.armed());
+  next.send_one();
   EXPECT_EQ(idle.sleep(kLongSleepUs, true, [] { return false; }), idle_wakeup::ended::frame);
 }
 

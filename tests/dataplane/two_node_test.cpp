@@ -1026,14 +1026,23 @@ TEST_F(two_nodes, IdleAgentsSleepInsteadOfSpinning) {
 // their timeouts, a request and its reply would wait out half a sleep at each sleeping
 // hop on average (about 10 ms a ping); woken by the frames, a ping costs what the
 // wake-ups do.
+//
+// Under traffic the sockets leave the sleep's epoll set (each frame a watched socket
+// receives calls into epoll) and come back before the next long sleep: after a 4 MiB
+// echo across the nodes (the back-off's short sleeps at the default 50 µs, so the
+// transfer's thousands of frames fall between two long sleeps) both workers counted a
+// disarm, and the pings after it wake them as the pings before did.
 void two_nodes::sleeping_workers_wake_on_frames() {
   control_client clients[2];
-  for (int n = 0; n < 2; ++n) {
-    ASSERT_EQ(clients[n].connect(nodes_[n].config_path + ".sock"), "");
-    const nlohmann::json reply =
-        clients[n].request({{"command", "tune"}, {"settings", {{"tables.idle_sleep_max_us", 10000}}}});
-    ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
-  }
+  auto tune_sleep_max = [&](int microseconds) {
+    for (int n = 0; n < 2; ++n) {
+      const nlohmann::json reply =
+          clients[n].request({{"command", "tune"}, {"settings", {{"tables.idle_sleep_max_us", microseconds}}}});
+      ASSERT_TRUE(reply.value("ok", false)) << reply.dump();
+    }
+  };
+  for (int n = 0; n < 2; ++n) ASSERT_EQ(clients[n].connect(nodes_[n].config_path + ".sock"), "");
+  tune_sleep_max(10000);
   ASSERT_TRUE(icmp_echo(*nodes_[0].client, "198.18.2.20")) << "no path across the nodes";
   auto frame_wakeups = [](control_client& client) {
     double sum = 0;
@@ -1043,19 +1052,39 @@ void two_nodes::sleeping_workers_wake_on_frames() {
           if (sample["labels"].value("ended", "") == "frame") sum += sample["value"].get<double>();
     return sum;
   };
-  const double woken_before[2] = {frame_wakeups(clients[0]), frame_wakeups(clients[1])};
-  std::vector<double> rtt_ms;
-  for (int i = 0; i < 25; ++i) {
-    std::this_thread::sleep_for(60ms);
-    const auto sent = std::chrono::steady_clock::now();
-    ASSERT_TRUE(icmp_echo(*nodes_[0].client, "198.18.2.20")) << "ping " << i;
-    rtt_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count());
+  // Median round trip of 25 pings 60 ms apart, and whether each node counted frame
+  // wake-ups meanwhile.
+  auto sparse_pings = [&](const char* phase) {
+    const double woken_before[2] = {frame_wakeups(clients[0]), frame_wakeups(clients[1])};
+    std::vector<double> rtt_ms;
+    for (int i = 0; i < 25; ++i) {
+      std::this_thread::sleep_for(60ms);
+      const auto sent = std::chrono::steady_clock::now();
+      ASSERT_TRUE(icmp_echo(*nodes_[0].client, "198.18.2.20")) << phase << ": ping " << i;
+      rtt_ms.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - sent).count());
+    }
+    std::sort(rtt_ms.begin(), rtt_ms.end());
+    EXPECT_LT(rtt_ms[rtt_ms.size() / 2], 4.0) << phase << ": median ping " << rtt_ms[rtt_ms.size() / 2]
+                                              << " ms: the workers waited out their 10-ms sleeps";
+    for (int n = 0; n < 2; ++n)
+      EXPECT_GT(frame_wakeups(clients[n]) - woken_before[n], 10)
+          << phase << ": node " << n + 1 << ": no sleep ended by a frame";
+  };
+  sparse_pings("before traffic");
+  const double disarms_before[2] = {
+      metric_value(clients[0], "meshlane_dataplane_idle_watch_disarms_total", "worker", "0"),
+      metric_value(clients[1], "meshlane_dataplane_idle_watch_disarms_total", "worker", "0")};
+  tune_sleep_max(50);
+  {
+    tcp_echo_server server(*nodes_[1].web, 8080);
+    ASSERT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 4 << 20), "");
   }
-  std::sort(rtt_ms.begin(), rtt_ms.end());
-  EXPECT_LT(rtt_ms[rtt_ms.size() / 2], 4.0) << "median ping " << rtt_ms[rtt_ms.size() / 2]
-                                            << " ms: the workers waited out their 10-ms sleeps";
+  for (int n = 0; n < 2; ++n)
+    EXPECT_GT(metric_value(clients[n], "meshlane_dataplane_idle_watch_disarms_total", "worker", "0"), disarms_before[n])
+        << "node " << n + 1 << ": the transfer's frames did not take the sockets out of the epoll set";
+  tune_sleep_max(10000);
+  sparse_pings("after traffic");
   for (int n = 0; n < 2; ++n) {
-    EXPECT_GT(frame_wakeups(clients[n]) - woken_before[n], 10) << "node " << n + 1 << ": no sleep ended by a frame";
     // Every queue of the worker (uplink, client and web pod ports) watched.
     const nlohmann::json worker = clients[n].request({{"command", "status"}})["subsystems"]["dataplane"]["workers"][0];
     ASSERT_EQ(worker["rx_queues"].size(), 3u) << worker.dump();
