@@ -33,6 +33,13 @@ namespace meshlane {
 class idle_backoff {
  public:
   static constexpr unsigned kEmptyPollsBeforeSleep = 256;
+  // The run of empty polls also ends after this long: it neither yields nor sleeps, so a
+  // port whose empty poll is a system call (DPDK's af_xdp PMD with preferred busy
+  // polling: a recvfrom() each, an empty poll of 1.5-1.7 µs on the AMD VM; pcap) would
+  // otherwise hold its CPU for about 400 µs after every packet while a thread runnable
+  // there waits (perf/README.md, "Empty polls that are system calls"). Polls of rings in
+  // memory (20-28 ns an empty poll of three queues there) still make the 256.
+  static constexpr uint64_t kEmptyRunMostUs = 20;
   static constexpr unsigned kFirstSleepUs = 10;
   static constexpr uint64_t kQuietAfterUs = 20000;
   static constexpr unsigned kQuietSleepUs = 1000;
@@ -70,9 +77,13 @@ class idle_backoff {
     empty_polls_ = 0;
     sleep_us_ = 0;
   }
-  // A poll found nothing: whether to poll again at once without looking at the clock
-  // (the run of empty polls before any sleep is not over).
-  bool poll_again() { return ++empty_polls_ < kEmptyPollsBeforeSleep; }
+  // A poll found nothing at `now`: whether to poll again at once (the run of empty polls
+  // before any sleep or yield is not over: fewer than kEmptyPollsBeforeSleep, for less
+  // than kEmptyRunMostUs).
+  bool poll_again(uint64_t now) {
+    if (empty_polls_++ == 0) empty_since_ = now;
+    return empty_polls_ < kEmptyPollsBeforeSleep && now - empty_since_ < kEmptyRunMostUs * tsc_per_us_;
+  }
   // After poll_again() said no: microseconds to sleep now, or 0 to poll on (within the
   // spin after the last packet).
   unsigned sleep_for(uint64_t now, unsigned sleep_max_us) {
@@ -104,6 +115,7 @@ class idle_backoff {
 
   uint64_t wake_cost_ = 0;  // TSC cycles, a running average (7/8 of the old, 1/8 of the new)
   unsigned empty_polls_ = 0;
+  uint64_t empty_since_ = 0;  // the first empty poll of the run
   unsigned sleep_us_ = 0;
 };
 

@@ -44,4 +44,13 @@ std::vector<int> opened_between(const std::vector<int>& before, const std::vecto
   return opened;
 }
 
+bool socket_busy_polls(int fd) {
+  int value = 0;
+  socklen_t length = sizeof value;
+  if (getsockopt(fd, SOL_SOCKET, SO_BUSY_POLL, &value, &length) == 0 && value > 0) return true;
+  value = 0;
+  length = sizeof value;
+  return getsockopt(fd, SOL_SOCKET, SO_PREFER_BUSY_POLL, &value, &length) == 0 && value != 0;
+}
+
 }  // namespace meshlane

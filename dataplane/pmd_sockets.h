@@ -26,4 +26,10 @@ std::vector<int> af_packet_pmd_sockets(int ifindex);
 // so an af_xdp port's are told by what appeared while its queues were set up.
 std::vector<int> opened_between(const std::vector<int>& before, const std::vector<int>& after);
 
+// Whether the socket `fd` asks the kernel for busy polling (SO_BUSY_POLL or
+// SO_PREFER_BUSY_POLL set), which the status shows per RX queue: DPDK's af_xdp PMD sets
+// both unless its port is opened with busy_budget=0, as the agent does (worker_pool.cpp
+// says why).
+bool socket_busy_polls(int fd);
+
 }  // namespace meshlane

@@ -472,7 +472,12 @@ void worker_pool::register_with(subsystem_registry& registry) {
       const double busy = double(w.busy_polls.get()), idle = double(w.idle_polls.get());
       nlohmann::json queues = nlohmann::json::array();
       for (const rx_queue& q : rx_plan_.load(std::memory_order_acquire)->per_worker[i])
-        queues.push_back({{"port", ports_->ports[q.port].interface}, {"queue", q.queue}, {"watchable", q.wake_fd >= 0}});
+        queues.push_back({{"port", ports_->ports[q.port].interface},
+                          {"queue", q.queue},
+                          {"watchable", q.wake_fd >= 0},
+                          // Whether the queue's kernel socket busy-polls (pmd_sockets.h): never
+                          // on the agent's own ports, and DPDK's af_xdp ones are opened without.
+                          {"kernel_busy_poll", q.wake_fd >= 0 ? nlohmann::json(socket_busy_polls(q.wake_fd)) : nlohmann::json()}});
       workers.push_back({{"worker", w.index},
                          {"lcore", i < lcores_.size() ? int(lcores_[i]) : -1},
                          {"rx_queues", queues},

@@ -14,6 +14,8 @@
 #include <rte_mempool.h>
 #include <rte_mbuf_dyn.h>
 #include <rte_rcu_qsbr.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
 #include <net/if.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -77,6 +79,20 @@ std::vector<std::string> eal_arguments(const dataplane_config& config) {
 // removes it on the way out if it was not there before: it leaves the machine as it
 // found it. rmdir refuses a directory something else still uses.
 namespace {
+// The kernel driver of `interface` as ethtool names it ("veth", "ixgbe"), empty when the
+// interface does not say.
+std::string interface_driver(const std::string& interface) {
+  const int fd = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return {};
+  ethtool_drvinfo info{};
+  info.cmd = ETHTOOL_GDRVINFO;
+  ifreq request{};
+  std::snprintf(request.ifr_name, sizeof request.ifr_name, "%s", interface.c_str());
+  request.ifr_data = reinterpret_cast<char*>(&info);
+  const bool known = ::ioctl(fd, SIOCETHTOOL, &request) == 0;
+  ::close(fd);
+  return known ? std::string(info.driver, strnlen(info.driver, sizeof info.driver)) : std::string();
+}
 constexpr const char* kLibxdpDirectory = "/sys/fs/bpf/xdp";
 bool libxdp_directory_existed = false;
 }  // namespace
@@ -328,6 +344,21 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       devargs += ",qpairs=" + std::to_string(queues) + af_packet_ring_arguments(af_packet_ring_frames(ring_size, role), room);
     if (driver == "af_xdp") {
       devargs += ",start_queue=0,queue_count=" + std::to_string(queues);
+      // On a veth, no preferred busy polling. By default the PMD sets SO_PREFER_BUSY_POLL,
+      // SO_BUSY_POLL and a budget of 64 on its XDP sockets, and every RX poll that finds
+      // nothing then makes a recvfrom() that busy-polls the device's NAPI: a system call
+      // per empty poll and queue (an empty poll of an af_xdp uplink and two af_packet pod
+      // ports: 1.5-1.7 µs, against 20-28 ns with busy_budget=0, AMD VM). After a packet the
+      // adaptive worker's run of 256 empty polls held its CPU for about 400 µs that way (a
+      // sched trace) while a thread runnable there waited: the other node's worker in the
+      // benchmark, a pod on a node (idle_backoff.h now bounds the run in time too). Preferred busy polling pays where
+      // the application owns the core and the NIC's interrupts are deferred to it
+      // (napi_defer_hard_irqs, gro_flush_timeout). Only on veths: with busy_budget=0 the
+      // PMD's empty poll looks at the rings alone, unless the fill ring asks for a wake-up,
+      // when it blocks in poll() for up to a second; a zero-copy NIC driver sets that flag
+      // whenever it runs out of fill buffers, but an XDP socket on a veth is always in
+      // copy mode, where the kernel never sets it. Status rx_queues[].kernel_busy_poll.
+      if (interface_driver(interface) == "veth") devargs += ",busy_budget=0";
       // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers
       // (ETH_AF_XDP_DFLT_NUM_DESCS) at setup, whatever the RX ring size. A pool sized
       // by the rings alone ran dry on the third such port of a node with 256-entry
@@ -985,8 +1016,8 @@ int worker_pool::worker_main(uint16_t index) {
       backoff.reset();
       continue;
     }
-    if (backoff.poll_again()) continue;
     const uint64_t began = rte_rdtsc();
+    if (backoff.poll_again(began)) continue;
     const unsigned sleep_us = backoff.sleep_for(began, settings_.idle_sleep_max_us.load(std::memory_order_relaxed));
     if (sleep_us == 0) {
       // Spinning: on a CPU shared with pods, let a runnable one go first (a no-op otherwise).

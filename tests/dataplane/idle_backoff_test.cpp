@@ -13,10 +13,11 @@ namespace {
 constexpr uint64_t kTscPerUs = 1000;  // a 1 GHz counter
 constexpr uint64_t us(uint64_t n) { return n * kTscPerUs; }
 
-// Empty polls until the policy stops saying "poll again" (the run before any sleep).
-unsigned empty_polls_before_clock(idle_backoff& backoff) {
+// Empty polls until the policy stops saying "poll again" (the run before any sleep),
+// each `poll_ns` after the one before, the first at `now`.
+unsigned empty_polls_before_clock(idle_backoff& backoff, uint64_t now = 0, uint64_t poll_ns = 50) {
   unsigned polls = 1;
-  while (backoff.poll_again()) ++polls;
+  while (backoff.poll_again(now + (polls - 1) * poll_ns * kTscPerUs / 1000)) ++polls;
   return polls;
 }
 
@@ -47,7 +48,7 @@ TEST(IdleBackoff, SleepsBackOffFromTenMicrosecondsToTheTunableAndStartOverAtAPac
     sleeps.push_back(s);
     backoff.slept(s, now, now + us(s), false);  // exactly as long as asked: wake-ups free
     now += us(s);
-    EXPECT_FALSE(backoff.poll_again());  // the run of empty polls is over until a packet
+    EXPECT_FALSE(backoff.poll_again(now));  // the run of empty polls is over until a packet
   }
   EXPECT_EQ(sleeps, (std::vector<unsigned>{10, 20, 40, 50, 50}));
   EXPECT_EQ(backoff.wake_cost_us(), 0u);
@@ -58,6 +59,20 @@ TEST(IdleBackoff, SleepsBackOffFromTenMicrosecondsToTheTunableAndStartOverAtAPac
   backoff.reset();
   EXPECT_EQ(empty_polls_before_clock(backoff), idle_backoff::kEmptyPollsBeforeSleep);
   EXPECT_EQ(backoff.sleep_for(now, 50), 10u);
+}
+
+TEST(IdleBackoff, TheRunOfEmptyPollsEndsAfterTwentyMicrosecondsOfSlowPolls) {
+  // Polls of rings in memory: the run is its 256 polls. Polls that are system calls
+  // (1.5 µs each, an af_xdp socket with busy polling): the run ends at 20 µs, 15 polls,
+  // and the worker yields or sleeps from there.
+  idle_backoff backoff(kTscPerUs, 0);
+  backoff.packets(us(5));
+  EXPECT_EQ(empty_polls_before_clock(backoff, us(5), 50), idle_backoff::kEmptyPollsBeforeSleep);
+  backoff.packets(us(100));
+  EXPECT_EQ(empty_polls_before_clock(backoff, us(100), 1500), 15u);  // the 15th at 21 µs
+  EXPECT_EQ(backoff.sleep_for(us(121), 50), 10u);
+  backoff.packets(us(200));  // a packet starts a new run
+  EXPECT_EQ(empty_polls_before_clock(backoff, us(200), 1500), 15u);
 }
 
 TEST(IdleBackoff, AQuietNodeSleepsAMillisecondOrTheTunableIfLonger) {

@@ -1088,7 +1088,12 @@ void two_nodes::sleeping_workers_wake_on_frames() {
     // Every queue of the worker (uplink, client and web pod ports) watched.
     const nlohmann::json worker = clients[n].request({{"command", "status"}})["subsystems"]["dataplane"]["workers"][0];
     ASSERT_EQ(worker["rx_queues"].size(), 3u) << worker.dump();
-    for (const auto& queue : worker["rx_queues"]) EXPECT_TRUE(queue.value("watchable", false)) << worker.dump();
+    for (const auto& queue : worker["rx_queues"]) {
+      EXPECT_TRUE(queue.value("watchable", false)) << worker.dump();
+      // No queue's socket busy-polls in the kernel: on af_xdp DPDK's PMD would make every
+      // empty poll a system call (worker_pool.cpp).
+      EXPECT_EQ(queue["kernel_busy_poll"], false) << worker.dump();
+    }
     EXPECT_EQ(worker.value("watched_queues", 0), 3) << worker.dump();
   }
 }
