@@ -477,7 +477,8 @@ void worker_pool::register_with(subsystem_registry& registry) {
                           {"watchable", q.wake_fd >= 0},
                           // Whether the queue's kernel socket busy-polls (pmd_sockets.h): never
                           // on the agent's own ports, and DPDK's af_xdp ones are opened without.
-                          {"kernel_busy_poll", q.wake_fd >= 0 ? nlohmann::json(socket_busy_polls(q.wake_fd)) : nlohmann::json()}});
+                          {"kernel_busy_poll",
+                           q.wake_fd >= 0 ? nlohmann::json(socket_busy_polls(q.wake_fd)) : nlohmann::json()}});
       workers.push_back({{"worker", w.index},
                          {"lcore", i < lcores_.size() ? int(lcores_[i]) : -1},
                          {"rx_queues", queues},

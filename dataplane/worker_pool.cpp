@@ -351,13 +351,14 @@ std::string probe_port(const std::string& driver, const std::optional<memif_spec
       // ports: 1.5-1.7 µs, against 20-28 ns with busy_budget=0, AMD VM). After a packet the
       // adaptive worker's run of 256 empty polls held its CPU for about 400 µs that way (a
       // sched trace) while a thread runnable there waited: the other node's worker in the
-      // benchmark, a pod on a node (idle_backoff.h now bounds the run in time too). Preferred busy polling pays where
-      // the application owns the core and the NIC's interrupts are deferred to it
-      // (napi_defer_hard_irqs, gro_flush_timeout). Only on veths: with busy_budget=0 the
-      // PMD's empty poll looks at the rings alone, unless the fill ring asks for a wake-up,
-      // when it blocks in poll() for up to a second; a zero-copy NIC driver sets that flag
-      // whenever it runs out of fill buffers, but an XDP socket on a veth is always in
-      // copy mode, where the kernel never sets it. Status rx_queues[].kernel_busy_poll.
+      // benchmark, a pod on a node (idle_backoff.h now bounds the run in time too).
+      // Preferred busy polling pays where the application owns the core and the NIC's
+      // interrupts are deferred to it (napi_defer_hard_irqs, gro_flush_timeout). Only on
+      // veths: with busy_budget=0 the PMD's empty poll looks at the rings alone, unless the
+      // fill ring asks for a wake-up, when it blocks in poll() for up to a second; a
+      // zero-copy NIC driver sets that flag whenever it runs out of fill buffers, but an XDP
+      // socket on a veth is always in copy mode, where the kernel never sets it. Status
+      // rx_queues[].kernel_busy_poll.
       if (interface_driver(interface) == "veth") devargs += ",busy_budget=0";
       // DPDK's af_xdp PMD fills each queue's UMEM fill ring with 2048 buffers
       // (ETH_AF_XDP_DFLT_NUM_DESCS) at setup, whatever the RX ring size. A pool sized
@@ -991,7 +992,9 @@ int worker_pool::worker_main(uint16_t index) {
   worker_state& w = *workers_[index];
   int nice_asked = INT_MIN;  // none yet: the first loop sets it
   uint64_t watched_plan = 0;  // the serial of the plan whose sockets the sleep watches (0: none yet)
-  uint32_t packets_since_frames_sleep = 0;  // while armed: idle_backoff::kUnwatchAfterPackets
+  // Packets taken since the last sleep that frames end, counted while its sockets are armed
+  // (idle_backoff::kUnwatchAfterPackets).
+  uint32_t packets_since_frames_sleep = 0;
   while (running_.load(std::memory_order_relaxed)) {
     // tunables::worker_nice ("auto": this node's, options_), 0 while busy polling; a
     // change takes effect at the next loop.
