@@ -49,10 +49,11 @@ struct tunables {
   // client's pod port lost hundreds of frames in some 3-s rounds (each a retransmission);
   // at -10 most rounds lost none, and a worker waking from its idle sleep preempts a
   // running pod sooner (p50 lower). It takes no more CPU than it has work for: an
-  // adaptive worker sleeps when idle. "auto" is -10, except 0 on a node with af_xdp
-  // ports: measured there, -10 made iperf3 0.68x and the p99 twice as long (an XDP
+  // adaptive worker sleeps when idle. "auto" is -10, except 0 on a node whose pods are
+  // on af_xdp: measured there, -10 made iperf3 0.68x and the p99 twice as long (an XDP
   // socket over a veth is fed by the kernel's softirq work, the veth's NAPI or ksoftirqd,
-  // likely delayed by a worker above it). A busy-polling worker runs at 0 whatever this
+  // likely delayed by a worker above it; measured before af_xdp veths ran without busy
+  // polling, not since). A busy-polling worker runs at 0 whatever this
   // says: always runnable, above the pods' weight it would starve them on a shared core,
   // and on its own core nice does nothing.
   int8_t worker_nice = kWorkerNiceAuto;

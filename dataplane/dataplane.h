@@ -107,8 +107,8 @@ struct worker_pool_options {
   bool pod_offloads = false;  // dataplane.pod_offloads: pod RX rings of kPodRxFrameBytes frames
   bool uplink_offloads = false;  // dataplane.uplink.offloads: the uplink meshlane's own port
   tunables initial;  // burst size, idle policy, flow timeouts until a snapshot says otherwise
-  // What tunables.worker_nice "auto" means on this node: 0 with af_xdp ports (the
-  // uplink's or the pods'), else -10 (control/table_settings.h).
+  // What tunables.worker_nice "auto" means on this node: 0 with the pods on af_xdp, else
+  // -10 (control/table_settings.h).
   int8_t worker_nice_auto = -10;
 };
 worker_pool_options options_from(const dataplane_config& config);

@@ -347,7 +347,7 @@ void worker_pool::register_with(subsystem_registry& registry) {
       // whether the kernel refused the last change (EACCES: the agent lacks CAP_SYS_NICE).
       auto nice = family("meshlane_dataplane_worker_nice",
                          "The nice value each worker thread runs at: tunables.worker_nice under the adaptive "
-                         "idle policy (auto: -10, 0 on a node with af_xdp ports), 0 while busy polling.",
+                         "idle policy (auto: -10, 0 on a node whose pods are on af_xdp), 0 while busy polling.",
                          metric_kind::gauge);
       auto refused = family("meshlane_dataplane_worker_nice_refused",
                             "1 when the kernel refused a worker thread's last nice change (the agent lacks "

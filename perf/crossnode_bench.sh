@@ -24,7 +24,7 @@
 # Two agents share this machine's cores with the load, so the workers use the adaptive
 # idle policy by default (they sleep when idle); IDLE=busy_poll measures busy polling.
 # WORKER_NICE=N|auto sets the agents' tunables.worker_nice (default: the agent's, auto:
-# -10 on af_packet ports, 0 with af_xdp ones; the workers' nice under the adaptive
+# -10, 0 with the pods on af_xdp; the workers' nice under the adaptive
 # policy); NICE_AB=1 adds meshlane_nice0: the same agents
 # tuned live to worker_nice 0, its rounds alternated with meshlane's, and prints the ratios.
 # DRIVER=af_xdp puts the workers' ports on XDP sockets instead of af_packet; POD_DRIVER

@@ -505,12 +505,11 @@ def run_agent(image, ds, profile, document, expect_dataplane):
         fail(name, f"eBPF load balancer capacity {capacity}, the profile's args say {expected_capacity}")
     if expect_dataplane and dataplane.get("running") is not True:
         fail(name, f"the DPDK workers are not running: {dataplane}")
-    # The profile's capabilities let the workers run at tunables.worker_nice: "auto", -10
-    # on af_packet ports, 0 on a node with af_xdp ports.
+    # The profile's capabilities let the workers run at tunables.worker_nice: "auto", -10,
+    # 0 on a node whose pods are on af_xdp.
     if expect_dataplane and not dataplane.get("workers"):
         fail(name, f"the status lists no DPDK workers: {dataplane}")
-    wanted_nice = 0 if expect_dataplane and "af_xdp" in (document["dataplane"]["uplink"]["driver"],
-                                                         document["dataplane"].get("pod_driver")) else -10
+    wanted_nice = 0 if expect_dataplane and document["dataplane"].get("pod_driver") == "af_xdp" else -10
     for worker in dataplane.get("workers") or [] if expect_dataplane else []:
         if worker.get("nice") != wanted_nice or worker.get("nice_refused"):
             fail(name, f"worker {worker.get('worker')} runs at nice {worker.get('nice')} (wanted {wanted_nice}): "
