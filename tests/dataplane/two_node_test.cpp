@@ -1044,13 +1044,12 @@ void two_nodes::sleeping_workers_wake_on_frames() {
   for (int n = 0; n < 2; ++n) ASSERT_EQ(clients[n].connect(nodes_[n].config_path + ".sock"), "");
   tune_sleep_max(10000);
   ASSERT_TRUE(icmp_echo(*nodes_[0].client, "198.18.2.20")) << "no path across the nodes";
+  // The nodes' single worker's counters.
   auto frame_wakeups = [](control_client& client) {
-    double sum = 0;
-    for (const auto& family : client.request({{"command", "stats"}}).value("metrics", nlohmann::json::array()))
-      if (family.value("name", "") == "meshlane_dataplane_idle_sleeps_total")
-        for (const auto& sample : family["samples"])
-          if (sample["labels"].value("ended", "") == "frame") sum += sample["value"].get<double>();
-    return sum;
+    return metric_value(client, "meshlane_dataplane_idle_sleeps_total", "ended", "frame");
+  };
+  auto disarms = [&](int n) {
+    return metric_value(clients[n], "meshlane_dataplane_idle_watch_disarms_total", "worker", "0");
   };
   // Median round trip of 25 pings 60 ms apart, and whether each node counted frame
   // wake-ups meanwhile.
@@ -1071,22 +1070,23 @@ void two_nodes::sleeping_workers_wake_on_frames() {
           << phase << ": node " << n + 1 << ": no sleep ended by a frame";
   };
   sparse_pings("before traffic");
-  const double disarms_before[2] = {
-      metric_value(clients[0], "meshlane_dataplane_idle_watch_disarms_total", "worker", "0"),
-      metric_value(clients[1], "meshlane_dataplane_idle_watch_disarms_total", "worker", "0")};
+  const double disarms_before[2] = {disarms(0), disarms(1)};
   tune_sleep_max(50);
   {
     tcp_echo_server server(*nodes_[1].web, 8080);
     ASSERT_EQ(tcp_echo_round_trip(*nodes_[0].client, "198.18.2.20", 8080, 4 << 20), "");
   }
   for (int n = 0; n < 2; ++n)
-    EXPECT_GT(metric_value(clients[n], "meshlane_dataplane_idle_watch_disarms_total", "worker", "0"), disarms_before[n])
+    EXPECT_GT(disarms(n), disarms_before[n])
         << "node " << n + 1 << ": the transfer's frames did not take the sockets out of the epoll set";
   tune_sleep_max(10000);
   sparse_pings("after traffic");
   for (int n = 0; n < 2; ++n) {
+    const nlohmann::json dataplane = clients[n].request({{"command", "status"}})["subsystems"]["dataplane"];
+    // tunables.worker_nice "auto": 0 with the pods on af_xdp, else -10 (worker_pool.cpp).
+    EXPECT_EQ(dataplane["worker_nice_auto"], driver_ == "af_xdp" ? 0 : -10) << dataplane.dump();
     // Every queue of the worker (uplink, client and web pod ports) watched.
-    const nlohmann::json worker = clients[n].request({{"command", "status"}})["subsystems"]["dataplane"]["workers"][0];
+    const nlohmann::json worker = dataplane["workers"][0];
     ASSERT_EQ(worker["rx_queues"].size(), 3u) << worker.dump();
     for (const auto& queue : worker["rx_queues"]) {
       EXPECT_TRUE(queue.value("watchable", false)) << worker.dump();
