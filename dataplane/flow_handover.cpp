@@ -74,26 +74,28 @@ handover_state worker_pool::export_handover() const {
       out.flows.push_back(std::move(f));
     }
   }
-  for (uint16_t w = 0; w < workers_.size(); ++w) {
-    const flow_table& table = workers_[w]->policy_flows;
-    flow_entry e;
+  // The records of flows our pods started (policy_records.h), IPv4 and IPv6.
+  const auto export_records = [&](uint16_t w, const auto& table) {
+    typename std::remove_cvref_t<decltype(table)>::record r;
     for (uint32_t i = 0; i < table.capacity(); ++i) {
-      if (!table.read_settled(i, e, kPatience)) {
+      if (!table.read_settled(i, r, kPatience)) {
         ++out.entries_not_read;
         continue;
       }
-      if (!e.in_use || table.expired(e, now, timeouts) || e.direction != flow_direction::reverse ||
-          !(e.flags & kPolicyStartedHere))
-        continue;
+      if (r.key.rest == 0 || table.expired(r, now, timeouts) || r.starter != flow_starter::ours) continue;
       handover_policy_record p;
       p.worker = w;
-      const uint64_t age = e.last_seen > now ? 0 : now - e.last_seen;
-      p.remaining_ms = static_cast<uint32_t>(
-          std::min<uint64_t>((lifetime_of(e, timeouts) - age) / (hz / 1000), UINT32_MAX));
-      p.key = e.key;
-      p.state = e.state;
+      const uint64_t age = r.last_seen > now ? 0 : now - r.last_seen;
+      p.remaining_ms =
+          static_cast<uint32_t>(std::min<uint64_t>((table.lifetime(r, timeouts) - age) / (hz / 1000), UINT32_MAX));
+      p.key = outbound_flow_key(r.key);
+      p.state = r.state;
       out.policy_records.push_back(p);
     }
+  };
+  for (uint16_t w = 0; w < workers_.size(); ++w) {
+    export_records(w, workers_[w]->policy_records);
+    export_records(w, workers_[w]->policy_records6);
   }
   for (uint16_t port : lent) {
     handover_lent_port l;
@@ -258,15 +260,20 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       ++report.dropped["expired"];
       continue;
     }
-    flow_entry e{};
-    e.key = p.key;
-    e.direction = flow_direction::reverse;
-    e.flags = kPolicyStartedHere;
-    e.state = p.state;
-    const uint64_t lifetime = lifetime_of(e, timeouts);
-    const uint64_t left = std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000));
-    workers_[owner_of(e.key, p.worker < workers ? p.worker : 0)]->policy_flows.insert(
-        e, policy_hash(e.key), now - (lifetime - left), timeouts);
+    worker_state& owner = *workers_[owner_of(p.key, p.worker < workers ? p.worker : 0)];
+    const auto adopt = [&](auto& table, const auto& key) {
+      // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
+      typename std::remove_cvref_t<decltype(table)>::record shape;
+      shape.key = key;
+      shape.state = p.state;
+      const uint64_t lifetime = table.lifetime(shape, timeouts);
+      const uint64_t left = std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000));
+      table.insert(key, table.hash(key), now - (lifetime - left), timeouts, flow_starter::ours, p.state);
+    };
+    tuple_key v4;
+    tuple_key6 v6;
+    if (record_key_of_outbound(p.key, v4, v6)) adopt(owner.policy_records, v4);
+    else adopt(owner.policy_records6, v6);
   }
 
   for (const handover_lent_port& l : state.lent_ports) {

@@ -17,7 +17,9 @@ namespace meshlane {
 void* allocate_huge_pages(size_t bytes) {
   constexpr size_t kHuge = size_t{2} << 20;
   if (bytes < kHuge) {
-    void* p = std::malloc(bytes);
+    // Cache-line aligned: the policy record tables' records are 32- and 64-byte aligned
+    // types (policy_records.h), beyond what malloc promises.
+    void* p = std::aligned_alloc(64, std::max<size_t>(64, (bytes + 63) & ~size_t{63}));
     if (!p) throw std::bad_alloc();
     return p;
   }

@@ -162,32 +162,9 @@ inline constexpr uint8_t kFlowClientPort = 16;
 // destination too (back to the client), and sends the reply out of the uplink to the
 // neighbour the request came from ("last hop"), as the reverse entry of every ingress
 // flow does.
-// What an entry of a worker's policy_flows table holds (policy_path.h) in place of the
-// rewrite address: the same table code (ways, ageing, TCP state, seqlock) serves both.
-// Trivial (no member initializers), as a union member must be.
-struct flow_policy {
-  // Forward entries: the verdict for the flow into our pod (policy_verdict's fields).
-  uint8_t allowed;
-  uint8_t reason;  // policy_reason
-  uint16_t rule;
-  uint32_t policy;
-  uint32_t generation;       // forwarding_tables::policy_generation it was decided under
-  uint32_t source_identity;  // the identity it was decided for
-  policy_verdict verdict() const {
-    return {allowed, static_cast<policy_reason>(reason), rule, policy};
-  }
-};
-static_assert(sizeof(flow_policy) == 16);
-// Bits of flow_entry::flags in policy_flows.
-inline constexpr uint8_t kPolicyStartedHere = 1;  // reverse: a flow this node's pod started
-inline constexpr uint8_t kPolicyReply = 2;        // forward: a reply of one (allowed, not evaluated)
-
 struct flow_entry {
   flow_key key;
-  union {
-    uint8_t rewrite_address[16];  // forward: new destination; reverse: new source
-    flow_policy policy;           // in policy_flows (policy_path.h)
-  };
+  uint8_t rewrite_address[16];  // forward: new destination; reverse: new source
   uint16_t rewrite_port = 0;
   uint16_t second_port = 0;     // with kFlowSecondRewrite: forward: new source port; reverse: new destination port
   uint32_t second_address = 0;  // with kFlowSecondRewrite: the other end's new IPv4 address, as stored;

@@ -431,12 +431,12 @@ void process_burst(worker_state& w, const forwarding_tables& t, port_table& port
   rx.bytes.add(bytes);
   constexpr uint16_t kPrefetchAhead = 4;
   for (uint16_t i = 0; i < count && i < kPrefetchAhead; ++i) rte_prefetch0(rte_pktmbuf_mtod(packets[i], void*));
-  // With policies, the policy flow-table bucket of the packet kPolicyAhead on: its frame
-  // was prefetched kPrefetchAhead - kPolicyAhead packets ago (detail::policy_prefetch).
-  // Only on a port whose previous burst looked at that table: the guess parses each frame
-  // a second time, which an inbound TCP stream (the verdict cache decides it) or flows
-  // the refresh filters pass (policy_path.h) would pay for nothing. A burst that looks
-  // turns it back on for the port's next one.
+  // With policies, the policy record bucket of the packet kPolicyAhead on: its frame was
+  // prefetched kPrefetchAhead - kPolicyAhead packets ago (detail::policy_prefetch). Only
+  // on a port whose previous burst looked at more than one flow's records: the guess
+  // parses each frame a second time, which an inbound TCP stream (the verdict cache
+  // decides it) or one flow (its bucket stays in L1) would pay for nothing
+  // (detail::note_probe). A burst that looks turns it back on for the port's next one.
   constexpr uint16_t kPolicyAhead = 2;
   const bool from_uplink = in_port == ports.uplink_port;
   const bool policy_prefetch = t.policy_active && !w.policy_probes_idle[in_port] &&

@@ -41,7 +41,7 @@
 #include "dataplane/node_lookup.h"
 #include "dataplane/packet_headers.h"
 #include "dataplane/packet_parser.h"
-#include "dataplane/refresh_filter.h"
+#include "dataplane/policy_records.h"
 #include "dataplane/shared_pages.h"
 #include "dataplane/token_bucket.h"
 
@@ -559,7 +559,9 @@ struct policy_verdict_cache {
 // Everything one worker owns: its flow-table shard, counters and TX buffers.
 struct worker_state {
   explicit worker_state(uint32_t flow_capacity)
-      : flows(flow_capacity), policy_flows(std::max<uint32_t>(flow_capacity / 2, 1024)) {}
+      : flows(flow_capacity),
+        policy_records(std::max<uint32_t>(flow_capacity / 2, 1024)),
+        policy_records6(std::max<uint32_t>(flow_capacity / 2, 1024)) {}
 
   uint16_t index = 0;
   uint16_t tx_queue = 0;
@@ -636,10 +638,12 @@ struct worker_state {
   uint32_t egress_port_cursor = 0;
   uint64_t egress_router_solicited = 0;
 
-  // L4 authorization (policy_path.h): verdicts of flows into this node's pods and the
-  // flows its pods started (both directions of a flow reach its owner, worker_handoff.h);
-  // deny counters and the sampled deny log.
-  flow_table policy_flows;
+  // L4 authorization (policy_path.h): who started each flow of a pod of this node with a
+  // policy, and every pod's TCP connections to other nodes (policy_records.h; IPv4 and
+  // IPv6; both directions of a flow reach its owner, worker_handoff.h); deny counters and
+  // the sampled deny log.
+  policy_record_table4 policy_records;
+  policy_record_table6 policy_records6;
   std::unique_ptr<policy_deny_counter_block> policy_denied = std::make_unique<policy_deny_counter_block>();
   policy_deny_log deny_log;
   // The verdicts the compiled tables gave lately, by (policy class, source identity,
@@ -647,22 +651,15 @@ struct worker_state {
   // what an inbound TCP packet costs instead of a per-flow record.
   policy_verdict_cache verdicts;
   counter policy_evaluations;  // decisions by the compiled tables (misses of `verdicts`)
-  // Probes of policy_flows in the burst in hand, and by port whether the port's last burst
-  // had any (process_burst): the policy_flows bucket prefetch, which parses each frame a
-  // second time, runs only for a port whose traffic probes the table (UDP, a pod's TCP),
-  // not for inbound TCP, which the verdict cache decides (a port's first burst prefetches).
+  // Looks at the policy records in the burst in hand that went to another flow's bucket
+  // than the look before (note_probe), and by port whether the port's last burst had any
+  // (process_burst): the record bucket prefetch, which parses each frame a second time,
+  // runs only for a port whose traffic looks at many flows' records (UDP, a pod's TCP),
+  // not for one flow's, whose bucket stays in L1, nor for inbound TCP, which the verdict
+  // cache decides (a port's first burst prefetches).
   uint32_t policy_probes = 0;
+  uint32_t policy_last_probe = 0;  // the bucket hash of the last look (policy_path.h, note_probe)
   std::array<uint8_t, kMaxPorts> policy_probes_idle{};
-  // policy_note_outbound's filter of flows whose record was looked at in the current
-  // refresh period (refresh_filter.h; keys: policy_refresh_key_v4, policy_path.h).
-  refresh_filter<false> policy_refreshed;
-  // policy_admits' filter of inbound UDP flows found allowed in the current refresh
-  // period: the flow's key, and `decided` (tables' generation << 32 | source identity)
-  // what the verdict held for.
-  refresh_filter<true> policy_admitted;
-  // The same two for IPv6 flows (keys: policy_refresh_key_v6).
-  refresh_filter6<false> policy_refreshed6;
-  refresh_filter6<true> policy_admitted6;
   // Fragmented datagrams (fragment_path.h): the ports of datagrams whose first fragment
   // entered here, by the datagram's id as it arrived, and the datagrams whose first
   // fragment was delivered to a pod of this node, by their id as delivered; fragments

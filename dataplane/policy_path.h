@@ -8,32 +8,30 @@
 // every flow at its next packet: flows still allowed pass untouched, flows now denied
 // lose that packet and every one after it.
 //
-// What is kept per flow (the worker's policy_flows table) is only what the packets of a
-// flow cannot tell on their own: who started it.
+// What is kept per flow (the worker's policy record tables, policy_records.h: one record
+// per flow, both directions) is only what the packets of a flow cannot tell on their
+// own: who started it (flow_starter). A packet the tables deny passes only when the
+// flow's record says our pod started it (a reply; only from the tunnel: the other node's
+// policy decided the flow).
 // - TCP: the SYN tells. A TCP packet the tables allow passes with nothing kept (a new
 //   connection costs what a packet of an established one does). Every pod's SYN to
-//   another node is recorded (kPolicyStartedHere, with or without a policy, so that a
-//   pod's open connections keep their replies when it gets its first policy); a packet
-//   the tables deny passes only as a reply of such a connection (never a bare SYN), and
-//   the reply is then kept (kPolicyReply) so that the rest of it costs one probe. Nothing
-//   else a pod sends makes a TCP flow its own: a remote pod's connection stays decided by
-//   the tables however the pod answers it. No record is kept for a denial: its next
-//   packet is decided (from the cache) and asked again whether it is a reply.
-// - UDP: nothing in a datagram tells who started the flow, so both directions are
-//   recorded for a pod with a policy, as a connection tracker does: the first packet
-//   seen, the remote's (allowed or denied, with its verdict and generation) or the
-//   pod's own (kPolicyStartedHere, unless the remote's was seen first), says whose flow
-//   it is; a reply of the pod's own flow passes when the tables deny it. A pod's UDP
-//   flows from before its first policy are not known (a pod without a policy records no
-//   UDP): if the reply comes before the pod's next packet it is decided as the remote's
-//   flow and, denied, keeps the flow the remote's until it goes idle.
+//   another node is recorded as ours (with or without a policy, so that a pod's open
+//   connections keep their replies when it gets its first policy); a packet the tables
+//   deny passes only as a reply of such a connection (never a bare SYN). Nothing else a
+//   pod sends makes a TCP flow its own: a remote pod's connection stays decided by the
+//   tables however the pod answers it.
+// - UDP: nothing in a datagram tells who started the flow, so the first datagram seen
+//   of a flow of a pod with a policy is recorded, as a connection tracker does: the
+//   remote's (allowed or denied) or the pod's own. A pod's UDP flows from before its
+//   first policy are not known (a pod without a policy records no UDP): if the remote's
+//   datagram comes before the pod's next one it is decided as the remote's flow and,
+//   denied, keeps the flow the remote's until it goes idle, so that the pod's answers
+//   never turn a flow the tables now deny into replies.
 // Both directions of a flow are processed by its owner (worker_handoff.h), so the record
 // is in the worker's own table. Replies of service flows are recognised by their
 // reverse-NAT entry instead.
-// A record needs one look per refresh period to stay alive, not one per packet: an IPv4
-// packet whose flow was looked at in this period (with, inbound, the same verdict under
-// the same tables and identity) passes on a compare with the worker's filters
-// (policy_note_outbound, policy_admits).
+// A look at an established flow's record reads it: the record is written once per
+// refresh period (policy_records.h, find), which keeps it alive.
 //
 // TCP and UDP only: Istio's L4 policy is about ports; ICMP and other protocols pass.
 #pragma once
@@ -45,14 +43,13 @@
 
 namespace meshlane::detail {
 
-// Out of line (policy_path.cpp): a TCP packet the tables deny; a UDP packet beyond a
-// kept verdict that allows.
+// Out of line (policy_path.cpp): a TCP packet the tables deny; counting, sampling and
+// dropping a denied UDP packet.
 bool policy_tcp_denied(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const uint8_t* frame,
                        const parsed_packet& p, const table_pod& pod, const lb_outcome& lb,
                        const policy_verdict& verdict);
-bool policy_admit_miss(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const table_pod& pod,
-                       const lb_outcome& lb, const flow_key& key, uint32_t crc, flow_entry* cached);
-void policy_note_outbound_miss(worker_state& w, const flow_key& key, uint32_t crc, uint8_t tcp_flags);
+bool policy_refuse(worker_state& w, const forwarding_tables& t, rte_mbuf* m, const uint8_t* frame,
+                   const parsed_packet& p, const table_pod& pod, const lb_outcome& lb, const policy_verdict& verdict);
 policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t, policy_verdict_cache::slot& slot);
 
 // The tables' verdict for a packet from (identity, source) to port `port` of a pod of
@@ -98,102 +95,27 @@ policy_verdict policy_decide_miss(worker_state& w, const forwarding_tables& t, p
                        from_net16(load16(frame + p.l4_offset + 2)));
 }
 
-// The bucket hash of policy_flows: the same for both directions of a flow, so that the
-// miss path's look at the other direction (is this a reply? policy_path.cpp) reads the
-// bucket it has just read, not a second random one. IPv4 from the values as stored
-// (addresses network order, ports host order); IPv6, and the key form of IPv4 (which
-// gives the same), from a flow_key (policy_hash).
-[[gnu::always_inline]] inline uint32_t policy_hash_v4(uint32_t source, uint32_t destination, uint16_t source_port,
-                                                      uint16_t destination_port, uint8_t protocol) {
-  const uint64_t a = uint64_t{source} << 16 | source_port, b = uint64_t{destination} << 16 | destination_port;
-  const uint64_t low = a < b ? a : b, high = (a < b ? b : a) | uint64_t{protocol} << 56;
-  return rte_hash_crc_8byte(high, rte_hash_crc_8byte(low, kFlowHashSeed));
-}
-// The other direction of the flow `key`.
-inline flow_key reversed(const flow_key& key) {
-  flow_key out = key;
-  std::memcpy(out.source, key.destination, 16);
-  std::memcpy(out.destination, key.source, 16);
-  out.source_port = key.destination_port;
-  out.destination_port = key.source_port;
-  return out;
-}
-
-// A key's: policy_hash_v4 for an IPv4-mapped key; for IPv6 the CRC of the two ends
-// (address, port) in a canonical order, the same from either direction. The order is the
-// address's interface half, then its prefix half, as loaded, then the port: any order
-// serves as long as both directions agree, and this one is a few compares of words (it
-// was a memcmp of the addresses, a copy of the key in that order and the hash of the
-// whole key: about 120 instructions, twice for each new IPv6 flow: its probe and the
-// bucket's prefetch ahead). Nothing outside the worker keeps these values (a handover
-// computes them anew).
-[[gnu::always_inline]] inline uint32_t policy_hash(const flow_key& key) {
-  if (uint32_t source, destination; ipv4_flow_addresses(key, source, destination))
-    return policy_hash_v4(source, destination, key.source_port, key.destination_port, key.protocol);
-  uint64_t source_low, source_high, destination_low, destination_high;
-  std::memcpy(&source_low, key.source, 8);
-  std::memcpy(&source_high, key.source + 8, 8);
-  std::memcpy(&destination_low, key.destination, 8);
-  std::memcpy(&destination_high, key.destination + 8, 8);
-  const bool swap = source_high != destination_high ? source_high > destination_high
-                    : source_low != destination_low ? source_low > destination_low
-                                                    : key.source_port > key.destination_port;
-  const uint64_t first_low = swap ? destination_low : source_low, first_high = swap ? destination_high : source_high;
-  const uint64_t second_low = swap ? source_low : destination_low, second_high = swap ? source_high : destination_high;
-  const uint64_t ports = swap ? uint64_t{key.destination_port} | uint64_t{key.source_port} << 16
-                              : uint64_t{key.source_port} | uint64_t{key.destination_port} << 16;
-  uint32_t crc = rte_hash_crc_8byte(first_low, kFlowHashSeed);
-  crc = rte_hash_crc_8byte(first_high, crc);
-  crc = rte_hash_crc_8byte(second_low, crc);
-  crc = rte_hash_crc_8byte(second_high, crc);
-  return rte_hash_crc_8byte(ports | uint64_t{key.protocol} << 32, crc);
-}
-
-// The policy_flows hash of an IPv4 packet as the frame now is (after any NAT: a service
-// flow's DNAT leaves `p`'s ports as they arrived).
-[[gnu::always_inline]] inline uint32_t policy_hash_of_v4_frame(const uint8_t* frame, const parsed_packet& p) {
-  const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
-  return policy_hash_v4(ip->source, ip->destination, from_net16(load16(frame + p.l4_offset)),
-                        from_net16(load16(frame + p.l4_offset + 2)), p.l4_protocol);
-}
-
-// The packet's flow key into `key` as the frame now is.
-[[gnu::always_inline]] inline void policy_key_of_frame(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
-  parsed_packet now = p;
-  now.source_port = from_net16(load16(frame + p.l4_offset));
-  now.destination_port = from_net16(load16(frame + p.l4_offset + 2));
-  flow_key_into(key, frame, now);
-}
-
-// Both: the key into `key`, and its policy_flows hash.
-[[gnu::always_inline]] inline uint32_t policy_flow_key(flow_key& key, const uint8_t* frame, const parsed_packet& p) {
-  policy_key_of_frame(key, frame, p);
-  return p.l3 == l3_kind::ipv4 ? policy_hash_of_v4_frame(frame, p) : policy_hash(key);
-}
-
-// An IPv4 frame's key in the worker's refresh filters (policy_note_outbound,
-// policy_admits; refresh_filter.h): its 5-tuple as the frame now is and the refresh
-// period it is in now.
-[[gnu::always_inline]] inline refresh_key policy_refresh_key_v4(const worker_state& w, const uint8_t* frame,
-                                                                const parsed_packet& p) {
+// An IPv4 frame's 5-tuple as the frame now is (after any NAT): the record key of a flow
+// into a pod, turned around (turned_around) for a frame our pod sends.
+[[gnu::always_inline]] inline tuple_key policy_tuple_v4(const uint8_t* frame, const parsed_packet& p) {
   const auto* ip = reinterpret_cast<const ipv4_header*>(frame + p.l3_offset);
   uint32_t ports;
   std::memcpy(&ports, frame + p.l4_offset, 4);
-  return make_refresh_key(ip->source, ip->destination, ports, p.l4_protocol, w.now >> w.timeouts.epoch_shift);
+  return make_tuple_key(ip->source, ip->destination, ports, p.l4_protocol);
 }
 
-// The same for an IPv6 frame (refresh_filter6).
-[[gnu::always_inline]] inline refresh_key6 policy_refresh_key_v6(const worker_state& w, const uint8_t* frame,
-                                                                 const parsed_packet& p) {
+// The same for an IPv6 frame (policy_records6).
+[[gnu::always_inline]] inline tuple_key6 policy_tuple_v6(const uint8_t* frame, const parsed_packet& p) {
   const auto* ip = reinterpret_cast<const ipv6_header*>(frame + p.l3_offset);
   uint32_t ports;
   std::memcpy(&ports, frame + p.l4_offset, 4);
-  return make_refresh_key6(ip->source, ip->destination, ports, p.l4_protocol, w.now >> w.timeouts.epoch_shift);
+  return make_tuple_key6(ip->source, ip->destination, ports, p.l4_protocol);
 }
 
-// The policy_flows bucket of the flow `g` guessed from a received frame (tuple_guess.h),
-// fetched a few packets ahead of its probe (process_burst): a new flow's bucket is a
-// random one, and its cache miss was most of what deciding and keeping a new flow cost.
+// The record bucket of the flow `g` guessed from a received frame (tuple_guess.h),
+// fetched a few packets ahead of the probe (process_burst): a new flow's bucket is a
+// random line pair in megabytes, and its cache miss was most of what deciding and
+// keeping a new flow cost.
 [[gnu::always_inline]] inline void policy_prefetch(const worker_state& w, const tuple_guess& g, bool from_uplink) {
   // From the uplink only UDP looks at the table on its way (an inbound TCP packet does
   // only when the tables deny it); from a pod, both (a SYN is recorded, the rest probe).
@@ -201,28 +123,50 @@ inline flow_key reversed(const flow_key& key) {
   uint32_t ports;
   std::memcpy(&ports, g.ip + g.l4, 4);
   if (g.v6) {
-    flow_key key;
-    std::memcpy(key.source, g.ip + 8, 16);
-    std::memcpy(key.destination, g.ip + 24, 16);
-    key.source_port = g.source_port;
-    key.destination_port = g.destination_port;
-    key.protocol = g.protocol;
-    w.policy_flows.prefetch(policy_hash(key));
-    const refresh_key6 refresh = make_refresh_key6(g.ip + 8, g.ip + 24, ports, g.protocol, 0);
-    rte_prefetch0(from_uplink ? static_cast<const void*>(w.policy_admitted6.set_of(refresh))
-                              : static_cast<const void*>(w.policy_refreshed6.set_of(refresh)));
+    const tuple_key6 tuple = make_tuple_key6(g.ip + 8, g.ip + 24, ports, g.protocol);
+    const tuple_key6 key = from_uplink ? tuple : turned_around(tuple);
+    w.policy_records6.prefetch(policy_record_table6::hash(key));
     return;
   }
   uint32_t source, destination;
   std::memcpy(&source, g.ip + 12, 4);
   std::memcpy(&destination, g.ip + 16, 4);
-  w.policy_flows.prefetch(policy_hash_v4(source, destination, g.source_port, g.destination_port, g.protocol));
-  // And the flow's set in the refresh filter its direction checks first (512 KiB and 1
-  // MiB, more than L1 holds: a new flow's set is a random line, perf's hottest load of
-  // policy_admits).
-  const refresh_key key = make_refresh_key(source, destination, ports, g.protocol, 0);
-  rte_prefetch0(from_uplink ? static_cast<const void*>(w.policy_admitted.set_of(key))
-                            : static_cast<const void*>(w.policy_refreshed.set_of(key)));
+  const tuple_key tuple = make_tuple_key(source, destination, ports, g.protocol);
+  const tuple_key key = from_uplink ? tuple : turned_around(tuple);
+  w.policy_records.prefetch(policy_record_table4::hash(key));
+}
+
+// A look at the record bucket `hash`, counted for the bucket prefetch (process_burst)
+// only when it is another flow's than the look before: a port whose packets are one
+// flow finds its bucket in L1 and would pay for the prefetch's second parse of every
+// frame for nothing; new flows and many flows keep it on.
+[[gnu::always_inline]] inline void note_probe(worker_state& w, uint32_t hash) {
+  w.policy_probes += hash != w.policy_last_probe;
+  w.policy_last_probe = hash;
+}
+
+// An inbound UDP datagram for a pod with a policy: true when it may pass, else it was
+// dropped and counted. `key`: the flow's record key.
+template <typename Table>
+[[gnu::always_inline]] inline bool policy_udp_inbound(worker_state& w, const forwarding_tables& t, rte_mbuf* m,
+                                                      const uint8_t* frame, const parsed_packet& p,
+                                                      const table_pod& pod, const lb_outcome& lb, Table& records,
+                                                      const typename Table::key_type& key) {
+  const policy_verdict verdict = policy_decide_packet(w, t, frame, p, pod, lb);
+  const uint32_t hash = Table::hash(key);
+  note_probe(w, hash);
+  const auto* r = records.find(key, hash, w.now, 0, w.timeouts);
+  // Allowed, or a reply of a flow our pod started (the other node's policy decided the
+  // flow).
+  if (__builtin_expect(verdict.allowed, 1) ||
+      (r && r->starter == flow_starter::ours && lb.enforce == kEnforceRemote)) {
+    if (!r) records.insert(key, hash, w.now, w.timeouts, flow_starter::remote, flow_state::transitory);
+    return true;
+  }
+  // Denied, and the remote's flow from now on: the pod's answers on it (a flow from
+  // before the pod's first policy, or whose record went) never make its datagrams replies.
+  if (!r) records.insert(key, hash, w.now, w.timeouts, flow_starter::remote, flow_state::transitory);
+  return policy_refuse(w, t, m, frame, p, pod, lb, verdict);
 }
 
 // A frame for `pod` (a pod of this node) that `lb.enforce` says policy decides: true when
@@ -235,104 +179,59 @@ inline flow_key reversed(const flow_key& key) {
     if (p.fragment != kLaterFragment || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return true;
     return fragment_admitted(w, m, frame, p);
   }
+  // No policy for the pod: allowed, nothing to look at or keep (a later publish that
+  // gives it one is seen at the next packet).
+  if (pod.policy_class == 0) return true;
   if (p.l4_protocol == kProtoTcp) {
-    // No policy for the pod: allowed, nothing to look at (a later publish that gives it
-    // one is seen at the next packet).
-    if (pod.policy_class == 0) return true;
     const policy_verdict verdict = policy_decide_packet(w, t, frame, p, pod, lb);
     if (__builtin_expect(verdict.allowed, 1)) return true;
     return policy_tcp_denied(w, t, m, frame, p, pod, lb, verdict);
   }
-  // UDP. A flow found allowed in this refresh period, for this source identity under
-  // these tables, is allowed without a look (the worker's policy_admitted filter, or
-  // policy_admitted6 for IPv6; the
-  // first packet of each period looks, which keeps the record alive): the look would
-  // find what it found then, or, for a flow whose record went meanwhile (evicted, or
-  // rewritten by a packet with another identity), decide the same from the same tables.
-  // A publish (another generation), another identity and any other 5-tuple never pass
-  // the filter (refresh_filter.h: it holds the tuple itself, not a hash). Only one
-  // direction of a flow comes here (lb.enforce: from the tunnel or from outside; its other
-  // direction leaves through policy_note_outbound or the reply paths).
-  // An ingress flow another node source-NATed is decided on its client's address, which
-  // its 5-tuple does not hold: the tuple (that node's gateway address and a port of its
-  // own) may carry another client's flow once that node lends the port again. Neither the
-  // filter nor the record's kept verdict stands for such a flow: every packet is decided
-  // (through the verdict cache, keyed by the client's address).
-  const bool tuple_says_who = !lb.has_original_source;
-  const bool filtered = p.l3 == l3_kind::ipv4 && tuple_says_who;
-  const bool filtered6 = p.l3 == l3_kind::ipv6 && tuple_says_who;
-  flow_key key;
-  uint32_t crc;
-  refresh_key refresh;
-  refresh_key6 refresh6;
-  const uint64_t decided = uint64_t{t.policy_generation} << 32 | lb.source_identity;
-  if (filtered) {
-    refresh = policy_refresh_key_v4(w, frame, p);
-    if (w.policy_admitted.holds(refresh, decided)) return true;
-    crc = policy_hash_of_v4_frame(frame, p);
-    policy_key_of_frame(key, frame, p);
-  } else {
-    if (filtered6) {
-      refresh6 = policy_refresh_key_v6(w, frame, p);
-      if (w.policy_admitted6.holds(refresh6, decided)) return true;
-    }
-    crc = policy_flow_key(key, frame, p);
+  // UDP: decided through the verdict cache, as TCP is (so a publish, another identity or
+  // another source reaches every datagram), and its flow's record looked at: who started
+  // it (a denied datagram passes as a reply of ours), written for a new flow.
+  if (p.l3 == l3_kind::ipv4)
+    return policy_udp_inbound(w, t, m, frame, p, pod, lb, w.policy_records, policy_tuple_v4(frame, p));
+  return policy_udp_inbound(w, t, m, frame, p, pod, lb, w.policy_records6, policy_tuple_v6(frame, p));
+}
+
+// The record side of policy_note_outbound: the flow's record (its key turned around from
+// the frame's) touched, or, missing, written as ours (a UDP datagram; a TCP SYN).
+template <typename Table>
+[[gnu::always_inline]] inline void policy_note_outbound_record(worker_state& w, Table& records,
+                                                               const typename Table::key_type& key,
+                                                               const parsed_packet& p) {
+  const uint8_t tcp_flags = p.l4_protocol == kProtoTcp ? p.tcp_flags : 0;
+  const bool syn = (tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn;
+  const uint32_t hash = Table::hash(key);
+  note_probe(w, hash);
+  if (auto* r = records.find(key, hash, w.now, tcp_flags, w.timeouts)) {
+    // A SYN on the tuple of a connection that closed (its record closing, on the short
+    // timeout): a new connection of ours, which lives as long as an established one.
+    if (syn && r->state == flow_state::closing) [[unlikely]]
+      Table::set_state(*r, flow_state::established);
+    return;
   }
-  ++w.policy_probes;
-  flow_entry* e = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts);
-  if ((e && e->direction == flow_direction::forward && e->policy.allowed &&
-       ((e->flags & kPolicyReply) || (tuple_says_who && e->policy.generation == t.policy_generation &&
-                                      e->policy.source_identity == lb.source_identity))) ||
-      (pod.policy_class == 0 && !e)) {
-    if (filtered) w.policy_admitted.remember(refresh, decided);
-    if (filtered6) w.policy_admitted6.remember(refresh6, decided);
-    return true;
-  }
-  return policy_admit_miss(w, t, m, pod, lb, key, crc, e);
+  if (p.l4_protocol == kProtoTcp && !syn) return;
+  // A SYN's record lives as long as an established connection's: for a pod without a
+  // policy it is the only packet of the connection the table sees (nothing refreshes it).
+  records.insert(key, hash, w.now, w.timeouts, flow_starter::ours,
+                 syn ? flow_state::established : flow_state::transitory);
 }
 
 // A frame a pod of this node sends to another node, outside any service flow: a TCP SYN
 // (every pod's) is recorded as the pod's connection, a UDP flow of a pod with a policy as
-// the pod's unless the remote's packets came first; a TCP packet of a pod with a policy
+// the pod's unless the remote's datagrams came first; a TCP packet of a pod with a policy
 // keeps its connection's record alive and records nothing else.
 //
-// Keeping a record alive needs one refresh per period of timeouts.epoch_period() (at most
-// a quarter of the shortest timeout), not one per packet: a packet whose flow was looked
-// at in this period already (the worker's policy_refreshed filter, policy_refreshed6 for
-// IPv6: the flow's 5-tuple and the period, in any way of a set its hash picks,
-// refresh_filter.h) costs
-// a compare within one cache line instead of a key, a probe and the bucket's prefetch
-// (process_burst prefetches only for ports whose last burst probed). TCP packets with SYN,
-// FIN or RST always look: they start a record or move its state. A flow pushed out of its
-// set by others looks again at its next packet.
+// Every such packet of a pod with a policy looks at its flow's record (a read, but once
+// per refresh period: policy_records.h, find), which keeps it alive.
 [[gnu::always_inline]] inline void policy_note_outbound(worker_state& w, const uint8_t* frame, const parsed_packet& p) {
   if (!p.l4_offset || (p.l4_protocol != kProtoTcp && p.l4_protocol != kProtoUdp)) return;
-  flow_key key;
-  uint32_t crc;
-  refresh_key refresh;    // only where the filter applies
-  refresh_key6 refresh6;  // the same, IPv6
-  const bool any_filter = !(p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpFin | kTcpRst)));
-  const bool filtered = p.l3 == l3_kind::ipv4 && any_filter;
-  const bool filtered6 = p.l3 == l3_kind::ipv6 && any_filter;
-  if (filtered) {
-    refresh = policy_refresh_key_v4(w, frame, p);
-    if (w.policy_refreshed.holds(refresh)) return;
-    crc = policy_hash_of_v4_frame(frame, p);
-    policy_key_of_frame(key, frame, p);
-  } else {
-    if (filtered6) {
-      refresh6 = policy_refresh_key_v6(w, frame, p);
-      if (w.policy_refreshed6.holds(refresh6)) return;
-    }
-    crc = policy_flow_key(key, frame, p);
-  }
-  ++w.policy_probes;
-  const bool found = w.policy_flows.find(key, crc, w.now, p.tcp_flags, w.timeouts) != nullptr;
-  if (filtered) w.policy_refreshed.remember(refresh);
-  if (filtered6) w.policy_refreshed6.remember(refresh6);
-  if (found) return;
-  if (p.l4_protocol == kProtoTcp && (p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn) return;
-  policy_note_outbound_miss(w, key, crc, p.l4_protocol == kProtoTcp ? p.tcp_flags : 0);
+  if (p.l3 == l3_kind::ipv4)
+    policy_note_outbound_record(w, w.policy_records, turned_around(policy_tuple_v4(frame, p)), p);
+  else
+    policy_note_outbound_record(w, w.policy_records6, turned_around(policy_tuple_v6(frame, p)), p);
 }
 
 }  // namespace meshlane::detail

@@ -1194,8 +1194,9 @@ BENCHMARK(BM_receive_sized<true>)->Name("BM_esp_size_receive_encrypted")->ArgNam
 // every packet its own source port (written outside the timed part); "established"
 // repeats one flow; "established_8k_flows" cycles over 8,192 established flows (source
 // ports), each packet another flow's, all of them seen twice before the timed part: the
-// case a busy node lives in, with records beyond L2 and more live flows than a small
-// refresh filter keeps (dataplane/refresh_filter.h; `probed_share` says how many looked).
+// case a busy node lives in, with records beyond L2 (`probed_share`: the share of packets
+// that looked at another flow's record bucket than the packet before, which turns the
+// bucket prefetch on: dataplane/policy_path.h, note_probe).
 json policy_document(int policies) {
   json doc = json::parse(kDocument);
   for (int n = 0; n < 50; ++n) {
@@ -1335,7 +1336,7 @@ void BM_policy(benchmark::State& state) {
   }
   report(state, cycles, count);
   state.counters["evaluations"] = double(w->policy_evaluations.get());
-  // Packets that probed the record table (the refresh filters passed the others).
+  // Packets that looked at another flow's record bucket than the packet before.
   state.counters["probed_share"] = count ? double(probes) / double(count) : 0.0;
   uint64_t drops = 0;
   for (const auto& d : w->drops) drops += d.get();
@@ -1355,7 +1356,7 @@ BENCHMARK(BM_policy<true, false, false, 8192>)->Name("BM_policy_receive_establis
 BENCHMARK(BM_policy<false, false, false, 8192>)->Name("BM_policy_send_established_8k_flows")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<true, false, true, 8192>)->Name("BM_policy_receive_established_tcp_8k_flows")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<false, false, true, 8192>)->Name("BM_policy_send_established_tcp_8k_flows")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
-// IPv6 UDP (its own refresh filters, refresh_filter6): 84-byte frames, the same flows.
+// IPv6 UDP (its own record table, policy_record_table6): 84-byte frames, the same flows.
 BENCHMARK(BM_policy<true, false, false, 1, true>)->Name("BM_policy_receive_established_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<false, false, false, 1, true>)->Name("BM_policy_send_established_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);
 BENCHMARK(BM_policy<true, true, false, 1, true>)->Name("BM_policy_receive_new_flow_v6")->ArgName("policies")->Arg(0)->Arg(100)->Arg(10000);

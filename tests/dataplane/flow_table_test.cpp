@@ -202,9 +202,8 @@ TEST(flow_table, AnEntryBuiltInPlaceKeepsNothingOfTheSlotsFormerFlow) {
   }
   const flow_key key = key_for(999, wire::kProtoUdp);
   table.insert_with(key, hash_flow_key(key), 10, kTimeouts, [](flow_entry& entry) {
-    entry.policy.allowed = 1;
-    entry.policy.generation = 42;
-    entry.flags = kPolicyStartedHere;
+    entry.rewrite_address[0] = 0x0a;
+    entry.rewrite_port = 53;
   });
   EXPECT_EQ(table.evictions(), 1u);
   flow_entry out;
@@ -212,18 +211,14 @@ TEST(flow_table, AnEntryBuiltInPlaceKeepsNothingOfTheSlotsFormerFlow) {
   EXPECT_EQ(out.version % 2, 0u);
   EXPECT_EQ(out.protocol, wire::kProtoUdp);
   EXPECT_EQ(out.last_seen, 10u);
-  EXPECT_EQ(out.policy.allowed, 1);
-  EXPECT_EQ(out.policy.generation, 42u);
-  EXPECT_EQ(out.policy.source_identity, 0u);
-  EXPECT_EQ(out.flags, kPolicyStartedHere);
+  EXPECT_EQ(out.rewrite_address[0], 0x0a);
+  EXPECT_EQ(out.rewrite_port, 53);
+  EXPECT_EQ(out.flags, 0);
   EXPECT_EQ(out.direction, flow_direction::forward);
   EXPECT_EQ(out.state, flow_state::transitory);
-  EXPECT_EQ(out.rewrite_port, 0);
   EXPECT_EQ(out.second_address, 0u);
   EXPECT_EQ(out.backend_slot, 0u);
-  EXPECT_EQ(std::memcmp(out.rewrite_address + sizeof(flow_policy), std::array<uint8_t, 16>{}.data(),
-                        sizeof out.rewrite_address - sizeof(flow_policy)),
-            0);
+  EXPECT_EQ(std::memcmp(out.rewrite_address + 1, std::array<uint8_t, 15>{}.data(), sizeof out.rewrite_address - 1), 0);
 }
 
 // The owner's look at an entry it must not keep alive: found in place while live, with

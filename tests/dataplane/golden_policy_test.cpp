@@ -28,6 +28,14 @@ using namespace wire;
 using namespace frames;
 using json = nlohmann::json;
 
+// The record table's bucket hash of the IPv4 flow (source, port) -> (destination, port)
+// as it arrives (policy_records.h); addresses as stored, ports in host order.
+uint32_t record_hash_v4(uint32_t source, uint32_t destination, uint16_t source_port, uint16_t destination_port,
+                        uint8_t protocol) {
+  return policy_record_table4::hash(make_tuple_key(
+      source, destination, uint32_t{to_net16(source_port)} | uint32_t{to_net16(destination_port)} << 16, protocol));
+}
+
 uint32_t identity_of(const std::string& from) {
   if (from == "none") return kIdentityNone;
   if (from == "unknown") return identity_number(kUnknownPrincipal);
@@ -101,19 +109,27 @@ class golden_policy : public ring_pool_test {
                              identity ? identity_option(*identity) : bytes{}));
   }
 
-  // The verdict the worker keeps for the flow (source, port) -> (destination, port).
-  std::optional<policy_verdict> kept(uint32_t source, uint16_t source_port, uint32_t destination,
-                                     uint16_t destination_port, uint8_t protocol) const {
-    const flow_table& table = pool_->worker(0).policy_flows;
-    for (uint32_t i = 0; i < table.capacity(); ++i) {
-      flow_entry e;
-      if (!table.read(i, e) || !e.in_use || e.direction != flow_direction::forward) continue;
-      if (std::memcmp(e.key.source + 12, &source, 4) != 0 || std::memcmp(e.key.destination + 12, &destination, 4) != 0 ||
-          e.key.source_port != source_port || e.key.destination_port != destination_port || e.key.protocol != protocol)
+  // Who worker 0's record says started the IPv4 flow (source, port) -> (destination,
+  // port), as it arrives from the remote end (policy_records.h); nullopt: no live record.
+  std::optional<flow_starter> recorded(uint32_t source, uint16_t source_port, uint32_t destination,
+                                       uint16_t destination_port, uint8_t protocol) const {
+    const worker_state& w = pool_->worker(0);
+    const tuple_key key = make_tuple_key(
+        source, destination, uint32_t{to_net16(source_port)} | uint32_t{to_net16(destination_port)} << 16, protocol);
+    const uint64_t now = rte_rdtsc();
+    for (uint32_t i = 0; i < w.policy_records.capacity(); ++i) {
+      policy_record_table4::record r;
+      if (!w.policy_records.read(i, r) || key_difference(r.key, key) != 0 || w.policy_records.expired(r, now, w.timeouts))
         continue;
-      return e.policy.verdict();
+      return r.starter;
     }
     return std::nullopt;
+  }
+
+  // Worker 0's live policy records, IPv4 and IPv6.
+  uint32_t records_live() const {
+    const worker_state& w = pool_->worker(0);
+    return w.policy_records.live_count(rte_rdtsc(), w.timeouts) + w.policy_records6.live_count(rte_rdtsc(), w.timeouts);
   }
 
   // The verdict worker 0's verdict cache holds, under the tables now installed, for
@@ -134,15 +150,16 @@ class golden_policy : public ring_pool_test {
 
   std::string dump_kept() const {
     std::string out;
-    const flow_table& table = pool_->worker(0).policy_flows;
-    for (uint32_t i = 0; i < table.capacity(); ++i) {
-      flow_entry e;
-      if (!table.read(i, e) || !e.in_use) continue;
+    const worker_state& w = pool_->worker(0);
+    for (uint32_t i = 0; i < w.policy_records.capacity(); ++i) {
+      policy_record_table4::record r;
+      if (!w.policy_records.read(i, r) || r.key.rest == 0) continue;
+      const flow_key k = outbound_flow_key(r.key);  // our pod's side first
       uint32_t s, d;
-      std::memcpy(&s, e.key.source + 12, 4);
-      std::memcpy(&d, e.key.destination + 12, 4);
-      out += ip4_text(s) + ":" + std::to_string(e.key.source_port) + " -> " + ip4_text(d) + ":" +
-             std::to_string(e.key.destination_port) + " dir " + std::to_string(int(e.direction)) + "\n";
+      std::memcpy(&s, k.source + 12, 4);
+      std::memcpy(&d, k.destination + 12, 4);
+      out += ip4_text(s) + ":" + std::to_string(k.source_port) + " <-> " + ip4_text(d) + ":" +
+             std::to_string(k.destination_port) + " starter " + std::to_string(int(r.starter)) + "\n";
     }
     return out;
   }
@@ -188,7 +205,7 @@ class golden_policy : public ring_pool_test {
     pool_->settings().udp_ticks.store(rte_get_tsc_hz());  // 1 s
     const uint32_t bar_sleep = identity_of("bar/sleep");
     for (int i = 0; i < 7; ++i) {
-      // Several packets a period: the filter takes all but the first.
+      // Several packets a period: all but the first only read the record.
       for (int j = 0; j < 4; ++j) send(client, from_pod);
       ASSERT_EQ(pending(uplink), 4u);
       drain(uplink);
@@ -268,13 +285,14 @@ TEST_F(golden_policy, VerdictsAreTheSemanticsTablesForTcpAndUdp) {
         const bool allowed = allows(flow.reason);
         EXPECT_EQ(drops(drop_reason::policy_denied) - before, allowed ? 0u : 1u);
         denials += allowed ? 0 : 1;
-        // TCP: the verdict is the worker's cached decision and nothing is kept for the
-        // flow; UDP: the flow's record holds it.
-        const std::optional<policy_verdict> record = kept(source, source_port, destination, flow.port, protocol);
+        // The verdict is the worker's cached decision; nothing is kept for a TCP flow, a
+        // UDP flow into a pod with a policy is recorded as the remote's, allowed or not.
+        const std::optional<flow_starter> record = recorded(source, source_port, destination, flow.port, protocol);
         const std::optional<policy_verdict> v =
-            protocol == kProtoUdp ? record
-                                  : cached(source, outside ? kIdentityWorld : identity_of(flow.from), destination, flow.port);
-        if (protocol == kProtoTcp) {
+            cached(source, outside ? kIdentityWorld : identity_of(flow.from), destination, flow.port);
+        if (protocol == kProtoUdp && flow.reason != policy_reason::no_policy) {
+          EXPECT_EQ(record, std::optional<flow_starter>(flow_starter::remote));
+        } else {
           EXPECT_FALSE(record.has_value());
         }
         if (flow.reason == policy_reason::no_policy) {
@@ -415,8 +433,8 @@ TEST_F(golden_policy, RepliesOfAFlowOurPodStartedPassAndTheRemotesOwnFlowsAreDec
 }
 
 // A pod's own UDP flow is known by its record for as long as the pod keeps sending: the
-// record is refreshed once per refresh period (policy_note_outbound's filter skips the
-// look for the rest of a period), so with a 1 s timeout and the pod sending every 400 ms
+// record is written once per refresh period (the pod's other datagrams only read it:
+// policy_records.h, find), so with a 1 s timeout and the pod sending every 400 ms
 // for 2.8 s the remote's answer still passes where the tables (allow-nothing) refuse the
 // remote's own flows; and once the pod has been silent for longer than the timeout, the
 // same answer is the remote's own flow, refused.
@@ -427,18 +445,17 @@ TEST_F(golden_policy, ThePodsOwnUdpFlowKeepsItsRecordWhileThePodKeepsSending) {
       ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)));
 }
 
-// An inbound UDP flow the tables allow passes the rest of a refresh period on the
-// worker's filter once a look has found its record allowed; the filter holds the
-// identity and the tables' generation it was found for, so the same flow with another
-// identity, or after a publish that refuses it, is decided again at once, in the same
-// period.
+// An inbound UDP flow the tables allow keeps passing with one decision (the verdict
+// cache); the same flow with another identity, or after a publish that refuses it, is
+// decided again at once, at its next datagram (when the refresh filters let a flow's
+// datagrams pass for the rest of a period, this is what they had to hold too).
 TEST_F(golden_policy, AnAllowedUdpFlowIsDecidedAgainForAnotherIdentityAndAfterAPublish) {
   const uint32_t remote = ip4("198.18.2.20"), client_ip = ip4("198.18.1.10");
   allowed_udp_flow_is_decided_again(
       [&](uint16_t port) { return ipv4_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(port, 44100)); });
 }
 
-// The same over IPv6, whose flows have filters of their own (refresh_filter6).
+// The same over IPv6, whose flows have a record table of their own (policy_record_table6).
 TEST_F(golden_policy, AnAllowedIpv6UdpFlowIsDecidedAgainForAnotherIdentityAndAfterAPublish) {
   const auto remote = ip6("fd00:6d6c:2::20"), client_ip = ip6("fd00:6d6c:1::10");
   allowed_udp_flow_is_decided_again(
@@ -446,7 +463,7 @@ TEST_F(golden_policy, AnAllowedIpv6UdpFlowIsDecidedAgainForAnotherIdentityAndAft
 }
 
 // An IPv6 UDP flow the pod started keeps its record (and the remote's replies pass) while
-// the pod keeps sending, with most of its packets passing on the outbound IPv6 filter; when
+// the pod keeps sending, most of its packets only reading the IPv6 record; when
 // the pod goes silent past the timeout, the record goes and the remote's packets are
 // decided (allow-nothing: refused).
 TEST_F(golden_policy, ThePodsOwnIpv6UdpFlowKeepsItsRecordWhileThePodKeepsSending) {
@@ -456,12 +473,11 @@ TEST_F(golden_policy, ThePodsOwnIpv6UdpFlowKeepsItsRecordWhileThePodKeepsSending
       ipv6_frame(mac(0x77), mac(0x78), remote, client_ip, udp_to(43301, 53)));
 }
 
-// The refresh filter that lets an allowed UDP flow's later packets pass without a look
-// holds the flow's 5-tuple, not its 32-bit policy hash: a flow from the same identity
-// whose hash equals an allowed flow's (CRC32-C is linear: such tuples can be built on
-// purpose; here found by search) is still decided, and the tables deny it. When the
-// filter held the hash, the colliding flow's packets were delivered to a port the
-// tables deny.
+// A flow whose record hash equals an allowed flow's (CRC32-C is linear: such tuples can
+// be built on purpose; here found by search), from the same identity, is still decided,
+// and the tables deny it: nothing that lets a flow pass is keyed by a hash alone. (When
+// the refresh filter that once let an allowed flow's later packets pass held the hash,
+// the colliding flow's packets were delivered to a port the tables deny.)
 TEST_F(golden_policy, AFlowWhosePolicyHashEqualsAnAllowedFlowsIsStillDecided) {
   publish_json(node1_with(json::parse(R"([{"name": "allow-bar-but-9000", "namespace": "foo", "action": "ALLOW",
     "rules": [{"from": [{"source": {"namespaces": ["bar"]}}], "to": [{"operation": {"not_ports": ["9000"]}}]}]}])")));
@@ -476,16 +492,15 @@ TEST_F(golden_policy, AFlowWhosePolicyHashEqualsAnAllowedFlowsIsStillDecided) {
   std::vector<std::pair<uint32_t, uint32_t>> allowed;  // (hash, destination port << 16 | source port)
   for (uint32_t port = 1; port < 65536; ++port)
     if (port != 9000)
-      allowed.emplace_back(detail::policy_hash_v4(remote, client_ip,  // ip4(): as stored
-                                                  kAllowedSourcePort, static_cast<uint16_t>(port), kProtoUdp),
+      allowed.emplace_back(record_hash_v4(remote, client_ip,  // ip4(): as stored
+                                          kAllowedSourcePort, static_cast<uint16_t>(port), kProtoUdp),
                            port << 16 | kAllowedSourcePort);
   std::sort(allowed.begin(), allowed.end());
   uint32_t allowed_flow = 0, denied_source_port = 0, denied_source = 0;
   for (uint32_t host = 21; host < 250 && !allowed_flow; ++host) {
     const uint32_t source = to_net32(to_net32(ip4("198.18.2.0")) + host);
     for (uint32_t source_port = 1024; source_port < 65536 && !allowed_flow; ++source_port) {
-      const uint32_t hash = detail::policy_hash_v4(source, client_ip,
-                                                   static_cast<uint16_t>(source_port), 9000, kProtoUdp);
+      const uint32_t hash = record_hash_v4(source, client_ip, static_cast<uint16_t>(source_port), 9000, kProtoUdp);
       const auto at = std::lower_bound(allowed.begin(), allowed.end(), std::make_pair(hash, uint32_t{0}));
       if (at != allowed.end() && at->first == hash)
         allowed_flow = at->second, denied_source_port = source_port, denied_source = source;
@@ -534,7 +549,7 @@ TEST_F(golden_policy, IngressIsMatchedOnIpBlocksOnly) {
   EXPECT_EQ(denied("foo/web-from-partners", "no_allow_match", policy_direction::ingress), 2u);
   // Decided on the backend's port, the verdict cached for the client's address; nothing
   // kept for the TCP flow itself.
-  EXPECT_FALSE(kept(ip4("203.0.113.5"), 45001, web_a, 8080, kProtoTcp).has_value()) << dump_kept();
+  EXPECT_FALSE(recorded(ip4("203.0.113.5"), 45001, web_a, 8080, kProtoTcp).has_value()) << dump_kept();
   const std::optional<policy_verdict> v = cached(ip4("203.0.113.5"), kIdentityWorld, web_a, 8080);
   ASSERT_TRUE(v.has_value());
   EXPECT_EQ(v->reason, policy_reason::allow_rule);
@@ -600,7 +615,7 @@ TEST_F(golden_policy, ASourceNatedIngressFlowIsDecidedOnItsClientsAddress) {
   EXPECT_EQ(events[0]["source"], "203.0.113.99");
   EXPECT_EQ(events[0]["source_identity"], "world");
   // Node 2 lends port 33000 to another client while this node still keeps the first
-  // client's allowed flow (record and refresh filter): same 5-tuple, same identity
+  // client's allowed flow (its record and cached verdict): same 5-tuple, same identity
   // (world), another client, decided on its own address. And back: the first client's
   // next packet passes again.
   from_ingress_of_node2("203.0.113.5", 33000);
@@ -657,13 +672,13 @@ TEST_F(golden_policy, WithoutPoliciesNothingIsEvaluatedOrKept) {
   EXPECT_EQ(pending(client), 1u);
   EXPECT_EQ(pending(uplink), 1u);
   EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 0u);
-  EXPECT_EQ(pool_->worker(0).policy_flows.live_count(rte_rdtsc(), pool_->worker(0).timeouts), 0u);
+  EXPECT_EQ(records_live(), 0u);
   // Only a SYN our pod sends is recorded (one record per connection), so that the
   // connection keeps its replies if the pod gets a policy later (next test).
   send(client, ipv4_frame(kClientMac, kClientPortMac, ip4("198.18.1.10"), ip4("198.18.2.20"), tcp_to(8080, 47002)));
   EXPECT_EQ(pending(uplink), 2u);
   EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 0u);
-  EXPECT_EQ(pool_->worker(0).policy_flows.live_count(rte_rdtsc(), pool_->worker(0).timeouts), 1u);
+  EXPECT_EQ(records_live(), 1u);
 }
 
 // A pod's connections to another node opened while no policy existed keep their replies
@@ -729,7 +744,7 @@ TEST_F(golden_policy, AllowedTcpConnectionsKeepNothingAndAreDecidedOncePerSource
   EXPECT_EQ(pending(web), 60u);
   EXPECT_EQ(drops(drop_reason::policy_denied), 0u);
   EXPECT_EQ(pool_->worker(0).policy_evaluations.get(), 1u);
-  EXPECT_EQ(pool_->worker(0).policy_flows.live_count(rte_rdtsc(), pool_->worker(0).timeouts), 0u) << dump_kept();
+  EXPECT_EQ(records_live(), 0u) << dump_kept();
   // Another port is another decision (and refused), another source pod too.
   from_node2(ipv4_frame(mac(0x77), mac(0x78), ip4("198.18.2.7"), ip4("198.18.1.20"), tcp_to(8081, 48100)),
              identity_of("bar/sleep"));
