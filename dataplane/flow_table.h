@@ -297,17 +297,6 @@ class flow_table {
     out = kept;
     return true;
   }
-  // For the owner only: its live entry for `key`, read in place (no seqlock: only the
-  // owner writes), neither touched nor copied; nullptr on a miss. For a look at a flow's
-  // other direction that must not keep it alive (policy_path.cpp).
-  const flow_entry* peek(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts) const {
-    const flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
-    for (uint32_t way = 0; way < kWays; ++way) {
-      const flow_entry& entry = bucket[way];
-      if (entry.in_use && entry.key == key) return expired(entry, now, timeouts) ? nullptr : &entry;
-    }
-    return nullptr;
-  }
   // For other workers: a consistent copy of the live entry for `key`; false on a miss.
   // Never writes (the owner keeps last_seen and the TCP state).
   bool find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,

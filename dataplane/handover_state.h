@@ -67,10 +67,11 @@ struct handover_pod_neighbour {
   std::array<uint8_t, 6> mac{};
 };
 
-// A flow a pod of this node started towards another node (the policy flow table's record,
-// dataplane/policy_path.h), so that the successor still passes its replies when the
-// pod's policy would deny them; inbound verdicts are not carried (decided again at the
-// next packet: the same tables give the same verdict, at one decision per flow).
+// A flow a pod of this node started towards another node (its policy record,
+// dataplane/policy_records.h; `key` as the pod sends it), so that the successor still
+// passes its replies when the pod's policy would deny them; records of flows the remote
+// started are not carried, nor verdicts (decided again at the next packet: the same
+// tables give the same verdict, at one decision per flow).
 struct handover_policy_record {
   uint16_t worker = 0;
   uint32_t remaining_ms = 0;

@@ -221,22 +221,6 @@ TEST(flow_table, AnEntryBuiltInPlaceKeepsNothingOfTheSlotsFormerFlow) {
   EXPECT_EQ(std::memcmp(out.rewrite_address + 1, std::array<uint8_t, 15>{}.data(), sizeof out.rewrite_address - 1), 0);
 }
 
-// The owner's look at an entry it must not keep alive: found in place while live, with
-// its last_seen and TCP state untouched; gone once expired.
-TEST(flow_table, PeekFindsALiveEntryWithoutTouchingIt) {
-  flow_table table(1024);
-  const flow_key key = key_for(5);
-  const uint64_t hash = hash_flow_key(key);
-  table.insert(key, hash, 0, kTimeouts);  // transitory: 10 ticks
-  const flow_entry* seen = table.peek(key, hash, 8, kTimeouts);
-  ASSERT_NE(seen, nullptr);
-  EXPECT_EQ(seen->last_seen, 0u);
-  EXPECT_EQ(seen->state, flow_state::transitory);
-  EXPECT_EQ(table.peek(key_for(6), hash_flow_key(key_for(6)), 8, kTimeouts), nullptr);
-  EXPECT_EQ(table.peek(key, hash, 11, kTimeouts), nullptr);  // 11 ticks idle: a peek did not refresh it
-  EXPECT_EQ(table.find(key, hash, 11, wire::kTcpAck, kTimeouts), nullptr);
-}
-
 TEST(flow_table, ExpiredEntriesAreReusedWithoutCountingEvictions) {
   flow_table table(flow_table::kWays);
   for (uint16_t i = 0; i < flow_table::kWays; ++i) {
