@@ -7,7 +7,6 @@
 #include <bit>
 #include <cstring>
 #include <new>
-#include <thread>
 
 #include "control/stable_hash.h"
 #include "dataplane/packet_headers.h"
@@ -158,42 +157,18 @@ bool flow_table::touch(const flow_key& key, uint64_t hash, uint64_t now, flow_st
   return false;
 }
 
-bool flow_table::read(uint32_t index, flow_entry& out) const {
-  const flow_entry& entry = entries_[index];
-  for (int attempt = 0; attempt < 8; ++attempt) {
-    const uint32_t before = __atomic_load_n(&entry.version, __ATOMIC_ACQUIRE);
-    if (before & 1) continue;
-    std::memcpy(static_cast<void*>(&out), &entry, sizeof out);
-    __atomic_thread_fence(__ATOMIC_ACQUIRE);
-    if (__atomic_load_n(&entry.version, __ATOMIC_RELAXED) == before) return true;
-  }
-  return false;
-}
+bool flow_table::read(uint32_t index, flow_entry& out) const { return seqlock::read(entries_[index], out); }
 
 bool flow_table::read_settled(uint32_t index, flow_entry& out, std::chrono::microseconds patience) const {
-  if (read(index, out)) return true;
-  const auto deadline = std::chrono::steady_clock::now() + patience;
-  do {
-    std::this_thread::yield();  // the owner, if it shares this CPU, finishes its write
-    if (read(index, out)) return true;
-  } while (std::chrono::steady_clock::now() < deadline);
-  return false;
+  return seqlock::read_settled(entries_[index], out, patience);
 }
 
 bool flow_table::find_shared(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
                              flow_entry& out) const {
   const flow_entry* bucket = &entries_[(hash & bucket_mask_) * kWays];
   for (uint32_t way = 0; way < kWays; ++way) {
-    const flow_entry& entry = bucket[way];
-    for (int attempt = 0; attempt < 8; ++attempt) {
-      const uint32_t before = __atomic_load_n(&entry.version, __ATOMIC_ACQUIRE);
-      if (before & 1) continue;  // the owner is writing it right now
-      std::memcpy(static_cast<void*>(&out), &entry, sizeof out);
-      __atomic_thread_fence(__ATOMIC_ACQUIRE);
-      if (__atomic_load_n(&entry.version, __ATOMIC_RELAXED) != before) continue;
-      if (out.in_use && out.key == key && !expired(out, now, timeouts)) return true;
-      break;
-    }
+    // A way its owner kept rewriting through every try is passed over.
+    if (seqlock::read(bucket[way], out) && out.in_use && out.key == key && !expired(out, now, timeouts)) return true;
   }
   return false;
 }

@@ -25,9 +25,9 @@
 #include <cstring>
 #include <vector>
 
-#include "control/policy_tables.h"
 #include "control/stable_hash.h"
 #include "dataplane/packet_headers.h"
+#include "dataplane/seqlock_slot.h"
 
 // DPDK's CRC32-C of one word (the SSE4.2 instruction, or a software fallback chosen
 // once at start) is a static inline function, which GCC stops inlining into the packet
@@ -273,7 +273,7 @@ class flow_table {
   void insert(const flow_entry& value, uint64_t hash, uint64_t now, const flow_timeouts& timeouts);
   // The same for an entry built in place: the slot's fields before the seqlock counter
   // zeroed, `key` set, then `fill(entry)` writes the rest, all inside one seqlocked write
-  // (no temporary entry to build and copy; policy_path.cpp's records). Returns the entry.
+  // (no temporary entry to build and copy). Returns the entry.
   template <typename Fill>
   flow_entry* insert_with(const flow_key& key, uint64_t hash, uint64_t now, const flow_timeouts& timeouts,
                           Fill&& fill);
@@ -358,13 +358,9 @@ inline bool flow_table::expired(const flow_entry& entry, uint64_t now, const flo
 }
 
 namespace flow_detail {
-// Seqlock writer side: odd while writing. On x86 the release fence is a compiler
-// barrier; the counter itself is one store.
-inline void begin_write(flow_entry& entry) {
-  __atomic_store_n(&entry.version, entry.version + 1, __ATOMIC_RELAXED);
-  __atomic_thread_fence(__ATOMIC_RELEASE);
-}
-inline void end_write(flow_entry& entry) { __atomic_store_n(&entry.version, entry.version + 1, __ATOMIC_RELEASE); }
+// Seqlock writer side (seqlock_slot.h).
+inline void begin_write(flow_entry& entry) { seqlock::begin_write(entry); }
+inline void end_write(flow_entry& entry) { seqlock::end_write(entry); }
 
 inline void track_tcp_state(flow_entry& entry, uint8_t tcp_flags) {
   if (entry.protocol != wire::kProtoTcp) return;

@@ -33,11 +33,11 @@
 #include <chrono>
 #include <cstdint>
 #include <cstring>
-#include <thread>
 #include <type_traits>
 #include <vector>
 
 #include "dataplane/flow_table.h"
+#include "dataplane/seqlock_slot.h"
 
 namespace meshlane {
 
@@ -257,28 +257,11 @@ class policy_record_table {
   uint64_t evictions() const { return evictions_; }
 
   // A consistent copy of slot `index` for readers on other threads; false when the owner
-  // kept rewriting it.
-  bool read(uint32_t index, record& out) const {
-    const record& r = records_[index];
-    for (int attempt = 0; attempt < 8; ++attempt) {
-      const uint32_t before = __atomic_load_n(&r.version, __ATOMIC_ACQUIRE);
-      if (before & 1) continue;
-      std::memcpy(static_cast<void*>(&out), &r, sizeof out);
-      __atomic_thread_fence(__ATOMIC_ACQUIRE);
-      if (__atomic_load_n(&r.version, __ATOMIC_RELAXED) == before) return true;
-    }
-    return false;
-  }
-  // read(), yielding between tries until a consistent copy or `patience` has passed (an
-  // owner taken off the CPU mid-write holds the counter odd: flow_table::read_settled).
+  // kept rewriting it (seqlock_slot.h), and the same waiting out an owner taken off the
+  // CPU mid-write.
+  bool read(uint32_t index, record& out) const { return seqlock::read(records_[index], out); }
   bool read_settled(uint32_t index, record& out, std::chrono::microseconds patience) const {
-    if (read(index, out)) return true;
-    const auto deadline = std::chrono::steady_clock::now() + patience;
-    do {
-      std::this_thread::yield();
-      if (read(index, out)) return true;
-    } while (std::chrono::steady_clock::now() < deadline);
-    return false;
+    return seqlock::read_settled(records_[index], out, patience);
   }
   // Records in use and not expired; a full scan, for status and tests.
   uint32_t live_count(uint64_t now, const flow_timeouts& timeouts) const {
@@ -289,11 +272,8 @@ class policy_record_table {
   }
 
  private:
-  static void begin_write(record& r) {
-    __atomic_store_n(&r.version, r.version + 1, __ATOMIC_RELAXED);
-    __atomic_thread_fence(__ATOMIC_RELEASE);
-  }
-  static void end_write(record& r) { __atomic_store_n(&r.version, r.version + 1, __ATOMIC_RELEASE); }
+  static void begin_write(record& r) { seqlock::begin_write(r); }
+  static void end_write(record& r) { seqlock::end_write(r); }
   // As flow_table's: a FIN or RST starts the close (short timeout), a plain ACK after
   // the handshake establishes.
   static flow_state next_tcp_state(flow_state state, uint8_t tcp_flags) {
