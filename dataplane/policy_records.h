@@ -215,17 +215,18 @@ class policy_record_table {
   record* insert(const Key& key, uint32_t hash, uint64_t now, const flow_timeouts& timeouts, flow_starter starter,
                  flow_state state) {
     record* bucket = &records_[(hash & bucket_mask_) * kWays];
-    record* victim = nullptr;
+    record* victim = bucket;
+    uint32_t evicted = 1;  // unless a free, expired or same-key way turns up
     for (uint32_t way = 0; way < kWays; ++way) {
       record& r = bucket[way];
       if (r.key.rest == 0 || expired(r, now, timeouts) || key_difference(r.key, key) == 0) {
         victim = &r;
+        evicted = 0;
         break;
       }
-      if (!victim || r.last_seen < victim->last_seen) victim = &r;
+      if (r.last_seen < victim->last_seen) victim = &r;
     }
-    if (victim->key.rest != 0 && key_difference(victim->key, key) != 0 && !expired(*victim, now, timeouts))
-      ++evictions_;
+    evictions_ += evicted;
     begin_write(*victim);
     victim->key = key;
     victim->starter = starter;
