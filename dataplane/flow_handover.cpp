@@ -18,10 +18,6 @@ using namespace detail;
 
 namespace {
 
-uint64_t lifetime_of(const flow_entry& e, const flow_timeouts& timeouts) {
-  if (e.key.protocol != wire::kProtoTcp) return timeouts.udp;
-  return e.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
-}
 
 // The gateway port an ingress flow source-NATed to this node borrowed.
 uint16_t lent_port_of(const flow_entry& e) {
@@ -65,7 +61,7 @@ handover_state worker_pool::export_handover() const {
       f.worker = w;
       // A worker may have touched it after `now` was read: then it is fresh.
       const uint64_t age = e.last_seen > now ? 0 : now - e.last_seen;
-      const uint64_t left = lifetime_of(e, timeouts) - age;
+      const uint64_t left = timeouts.lifetime(e.key.protocol, e.state) - age;
       f.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>(left / (hz / 1000), UINT32_MAX));
       f.entry = e;
       f.entry.version = 0, f.entry.last_seen = 0, f.entry.backend_slot = 0;
@@ -183,7 +179,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
           e.second_address = entry.slot;
           break;
         }
-      const uint64_t lifetime = lifetime_of(e, timeouts);
+      const uint64_t lifetime = timeouts.lifetime(e.key.protocol, e.state);
       const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
       workers_[owner_of(e.key, port_owner)]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
       ++report.flows_adopted;
@@ -243,7 +239,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     // own the forward one, the lent port the reverse): both still NAT their direction.
     owner = static_cast<uint16_t>(owner_of(e.key, owner));
     // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
-    const uint64_t lifetime = lifetime_of(e, timeouts);
+    const uint64_t lifetime = timeouts.lifetime(e.key.protocol, e.state);
     const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
     workers_[owner]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
     ++report.flows_adopted;
@@ -261,14 +257,11 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       continue;
     }
     worker_state& owner = *workers_[owner_of(p.key, p.worker < workers ? p.worker : 0)];
+    // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
+    const uint64_t lifetime = timeouts.lifetime(p.key.protocol, p.state);
+    const uint64_t seen = now - (lifetime - std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000)));
     const auto adopt = [&](auto& table, const auto& key) {
-      // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
-      typename std::remove_cvref_t<decltype(table)>::record shape;
-      shape.key = key;
-      shape.state = p.state;
-      const uint64_t lifetime = table.lifetime(shape, timeouts);
-      const uint64_t left = std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000));
-      table.insert(key, table.hash(key), now - (lifetime - left), timeouts, flow_starter::ours, p.state);
+      table.insert(key, table.hash(key), seen, timeouts, flow_starter::ours, p.state);
     };
     tuple_key v4;
     tuple_key6 v6;

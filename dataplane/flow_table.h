@@ -241,6 +241,11 @@ struct flow_timeouts {
         udp(udp_ticks),
         epoch_shift(epoch_shift_for(std::min({established, transitory, udp_ticks}))) {}
   constexpr uint64_t epoch_period() const { return uint64_t{1} << epoch_shift; }
+  // How long a flow of `protocol` in TCP state `state` lives without a packet.
+  constexpr uint64_t lifetime(uint8_t protocol, flow_state state) const {
+    if (protocol != wire::kProtoTcp) return udp;
+    return state == flow_state::established ? tcp_established : tcp_transitory;
+  }
 };
 
 class flow_table {
@@ -340,9 +345,7 @@ class flow_table {
 
 // The hit path, inline: it runs for every packet of a service flow.
 inline bool flow_table::expired(const flow_entry& entry, uint64_t now, const flow_timeouts& timeouts) const {
-  uint64_t limit = timeouts.udp;
-  if (entry.protocol == wire::kProtoTcp)
-    limit = entry.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
+  uint64_t limit = timeouts.lifetime(entry.protocol, entry.state);
   // An egress flow's reply entry holds its SNAT port (a new flow may take a port only
   // when no live reply entry for the same outside address and port holds it), but a
   // forward hit refreshes it only on the first hit of each period of 2^epoch_shift ticks

@@ -81,22 +81,16 @@ flow_key key_of_frame(const uint8_t* frame, const parsed_packet& p) {
   // ours that has closed. Else a reply of a connection our pod started (its SYN is
   // recorded; the other node's policy decided the connection) passes, and keeps the
   // record alive and its state current.
-  if ((p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn && lb.enforce == static_cast<uint8_t>(policy_direction::remote)) {
-    bool ours;
-    if (p.l3 == l3_kind::ipv4) {
-      const tuple_key key = policy_tuple_v4(frame, p);
-      const uint32_t hash = policy_record_table4::hash(key);
+  if ((p.tcp_flags & (kTcpSyn | kTcpAck)) != kTcpSyn && lb.enforce == kEnforceRemote) {
+    const auto ours = [&](auto& records, const auto& key) {
+      const uint32_t hash = records.hash(key);
       note_probe(w, hash);
-      const auto* r = w.policy_records.find(key, hash, w.now, p.tcp_flags, w.timeouts);
-      ours = r && r->starter == flow_starter::ours;
-    } else {
-      const tuple_key6 key = policy_tuple_v6(frame, p);
-      const uint32_t hash = policy_record_table6::hash(key);
-      note_probe(w, hash);
-      const auto* r = w.policy_records6.find(key, hash, w.now, p.tcp_flags, w.timeouts);
-      ours = r && r->starter == flow_starter::ours;
-    }
-    if (ours) return true;
+      const auto* r = records.find(key, hash, w.now, p.tcp_flags, w.timeouts);
+      return r && r->starter == flow_starter::ours;
+    };
+    if (p.l3 == l3_kind::ipv4 ? ours(w.policy_records, policy_tuple_v4(frame, p))
+                              : ours(w.policy_records6, policy_tuple_v6(frame, p)))
+      return true;
   }
   return policy_refuse(w, t, m, frame, p, pod, lb, verdict);
 }

@@ -156,16 +156,13 @@ template <typename Table>
   const uint32_t hash = Table::hash(key);
   note_probe(w, hash);
   const auto* r = records.find(key, hash, w.now, 0, w.timeouts);
-  // Allowed, or a reply of a flow our pod started (the other node's policy decided the
-  // flow).
-  if (__builtin_expect(verdict.allowed, 1) ||
-      (r && r->starter == flow_starter::ours && lb.enforce == kEnforceRemote)) {
-    if (!r) records.insert(key, hash, w.now, w.timeouts, flow_starter::remote, flow_state::transitory);
-    return true;
-  }
-  // Denied, and the remote's flow from now on: the pod's answers on it (a flow from
-  // before the pod's first policy, or whose record went) never make its datagrams replies.
+  // A reply of a flow our pod started (the other node's policy decided the flow).
+  const bool reply = r && r->starter == flow_starter::ours && lb.enforce == kEnforceRemote;
+  // A flow seen first from the remote is the remote's, allowed or denied: the pod's
+  // answers on a denied one (a flow from before the pod's first policy, or whose record
+  // went) never make its datagrams replies.
   if (!r) records.insert(key, hash, w.now, w.timeouts, flow_starter::remote, flow_state::transitory);
+  if (__builtin_expect(verdict.allowed, 1) || reply) return true;
   return policy_refuse(w, t, m, frame, p, pod, lb, verdict);
 }
 

@@ -245,11 +245,10 @@ class policy_record_table {
     end_write(r);
   }
 
-  uint64_t lifetime(const record& r, const flow_timeouts& timeouts) const {
-    if (record_protocol(r.key.rest) != wire::kProtoTcp) return timeouts.udp;
-    return r.state == flow_state::established ? timeouts.tcp_established : timeouts.tcp_transitory;
+  static uint64_t lifetime(const record& r, const flow_timeouts& timeouts) {
+    return timeouts.lifetime(record_protocol(r.key.rest), r.state);
   }
-  bool expired(const record& r, uint64_t now, const flow_timeouts& timeouts) const {
+  static bool expired(const record& r, uint64_t now, const flow_timeouts& timeouts) {
     // Signed: a reader on another thread may hold a `now` older than the owner's latest
     // touch.
     return static_cast<int64_t>(now - r.last_seen) > static_cast<int64_t>(lifetime(r, timeouts));
