@@ -155,13 +155,13 @@ template <typename Table>
   const policy_verdict verdict = policy_decide_packet(w, t, frame, p, pod, lb);
   const uint32_t hash = Table::hash(key);
   note_probe(w, hash);
-  const auto* r = records.find(key, hash, w.now, 0, w.timeouts);
+  const auto found = records.probe(key, hash, w.now, 0, w.timeouts);
   // A reply of a flow our pod started (the other node's policy decided the flow).
-  const bool reply = r && r->starter == flow_starter::ours && lb.enforce == kEnforceRemote;
+  const bool reply = found.live && found.live->starter == flow_starter::ours && lb.enforce == kEnforceRemote;
   // A flow seen first from the remote is the remote's, allowed or denied: the pod's
   // answers on a denied one (a flow from before the pod's first policy, or whose record
   // went) never make its datagrams replies.
-  if (!r) records.insert(key, hash, w.now, w.timeouts, flow_starter::remote, flow_state::transitory);
+  if (!found.live) records.claim(found, key, w.now, flow_starter::remote, flow_state::transitory);
   if (__builtin_expect(verdict.allowed, 1) || reply) return true;
   return policy_refuse(w, t, m, frame, p, pod, lb, verdict);
 }
@@ -202,18 +202,18 @@ template <typename Table>
   const bool syn = (tcp_flags & (kTcpSyn | kTcpAck)) == kTcpSyn;
   const uint32_t hash = Table::hash(key);
   note_probe(w, hash);
-  if (auto* r = records.find(key, hash, w.now, tcp_flags, w.timeouts)) {
+  const auto found = records.probe(key, hash, w.now, tcp_flags, w.timeouts);
+  if (found.live) {
     // A SYN on the tuple of a connection that closed (its record closing, on the short
     // timeout): a new connection of ours, which lives as long as an established one.
-    if (syn && r->state == flow_state::closing) [[unlikely]]
-      Table::set_state(*r, flow_state::established);
+    if (syn && found.live->state == flow_state::closing) [[unlikely]]
+      Table::set_state(*found.live, flow_state::established);
     return;
   }
   if (p.l4_protocol == kProtoTcp && !syn) return;
   // A SYN's record lives as long as an established connection's: for a pod without a
   // policy it is the only packet of the connection the table sees (nothing refreshes it).
-  records.insert(key, hash, w.now, w.timeouts, flow_starter::ours,
-                 syn ? flow_state::established : flow_state::transitory);
+  records.claim(found, key, w.now, flow_starter::ours, syn ? flow_state::established : flow_state::transitory);
 }
 
 // A frame a pod of this node sends to another node, outside any service flow: a TCP SYN

@@ -19,8 +19,9 @@
 // record (find): a probe costs what the filter's look did, so the filters are gone, and a
 // new flow costs a probe and a write instead of a filter look, a probe and a write.
 //
-// Fixed size, allocated once; a new record takes a free or expired way of its bucket,
-// else the least recently seen one (counted in evictions()). Owned by one worker, which
+// Fixed size, allocated once; a new record takes its flow's own expired way, else a free
+// or expired way of its bucket, else the least recently seen one (counted in
+// evictions()), chosen in the same pass over the bucket that missed (probe). Owned by one worker, which
 // alone writes; other threads (the upgrade's hand-over, tests) read records under the
 // same seqlock scheme as flow_table.
 #pragma once
@@ -186,18 +187,35 @@ class policy_record_table {
     for (size_t line = 0; line < kWays * sizeof(record); line += 64) rte_prefetch0(bucket + line);
   }
 
-  // The live record of `key`, touched and returned; nullptr when there is none or it has
-  // expired. A touch writes only on the record's first look in a period of
-  // timeouts.epoch_period() ticks (at most a quarter of the shortest timeout), or when
-  // `tcp_flags` move its TCP state: the packets of an established flow read their record
-  // and leave its lines clean. Its last_seen then lags by at most a period, so a record
-  // may expire up to a period early, never late.
-  record* find(const Key& key, uint32_t hash, uint64_t now, uint8_t tcp_flags, const flow_timeouts& timeouts) {
+  // What a look at a key's bucket found (probe): the key's live record, touched; else
+  // the way a new record of the key takes (claim): the key's own expired record, a free
+  // or expired way, else the least recently seen one (`evicts`: another flow's live
+  // record, counted when claimed). A key has at most one way: every write goes through
+  // a probe of its bucket.
+  struct look {
+    record* live = nullptr;
+    record* vacancy = nullptr;
+    bool evicts = false;
+  };
+
+  // One pass over the bucket's keys (a new flow's look used to compare them twice, once
+  // to miss and once to choose the way), stopping at the key's way. A touch
+  // writes only on the record's first look in a period of timeouts.epoch_period() ticks
+  // (at most a quarter of the shortest timeout), or when `tcp_flags` move its TCP state:
+  // the packets of an established flow read their record and leave its lines clean. Its
+  // last_seen then lags by at most a period, so a record may expire up to a period
+  // early, never late.
+  [[gnu::always_inline]] look probe(const Key& key, uint32_t hash, uint64_t now, uint8_t tcp_flags,
+                                    const flow_timeouts& timeouts) {
     record* bucket = &records_[(hash & bucket_mask_) * kWays];
-    for (uint32_t way = 0; way < kWays; ++way) {
-      record& r = bucket[way];
-      if (key_difference(r.key, key) != 0) continue;
-      if (expired(r, now, timeouts)) return nullptr;
+    // Way 0 first (a lightly loaded table keeps most flows there), then the other three
+    // without a branch each.
+    uint32_t match = key_difference(bucket[0].key, key) == 0;
+    if (!match) match = matching_ways(bucket, key);
+    if (match) {
+      record& r = bucket[std::countr_zero(match)];
+      if (expired(r, now, timeouts)) [[unlikely]]
+        return {nullptr, &r, false};
       const flow_state state =
           record_protocol(r.key.rest) == wire::kProtoTcp ? next_tcp_state(r.state, tcp_flags) : r.state;
       if (((now ^ r.last_seen) >> timeouts.epoch_shift) != 0 || state != r.state) {
@@ -206,35 +224,42 @@ class policy_record_table {
         r.state = state;
         end_write(r);
       }
-      return &r;
+      return {&r, nullptr, false};
     }
-    return nullptr;
-  }
-
-  // Writes a new record for `key` (no live one: the caller's find missed) into a free
-  // or expired way of its bucket, else over the least recently seen one.
-  record* insert(const Key& key, uint32_t hash, uint64_t now, const flow_timeouts& timeouts, flow_starter starter,
-                 flow_state state) {
-    record* bucket = &records_[(hash & bucket_mask_) * kWays];
     record* victim = bucket;
-    uint32_t evicted = 1;  // unless a free, expired or same-key way turns up
     for (uint32_t way = 0; way < kWays; ++way) {
       record& r = bucket[way];
-      if (r.key.rest == 0 || expired(r, now, timeouts) || key_difference(r.key, key) == 0) {
-        victim = &r;
-        evicted = 0;
-        break;
-      }
+      if (r.key.rest == 0 || expired(r, now, timeouts)) return {nullptr, &r, false};
       if (r.last_seen < victim->last_seen) victim = &r;
     }
-    evictions_ += evicted;
-    begin_write(*victim);
-    victim->key = key;
-    victim->starter = starter;
-    victim->state = state;
-    victim->last_seen = now;
-    end_write(*victim);
-    return victim;
+    return {nullptr, victim, true};
+  }
+
+  // Writes a new record for `key` into the vacancy of a look that found none.
+  record* claim(const look& found, const Key& key, uint64_t now, flow_starter starter, flow_state state) {
+    record& r = *found.vacancy;
+    evictions_ += found.evicts;
+    begin_write(r);
+    r.key = key;
+    r.starter = starter;
+    r.state = state;
+    r.last_seen = now;
+    end_write(r);
+    return &r;
+  }
+
+  // The live record of `key`, touched and returned (probe); nullptr when there is none or
+  // it has expired.
+  record* find(const Key& key, uint32_t hash, uint64_t now, uint8_t tcp_flags, const flow_timeouts& timeouts) {
+    return probe(key, hash, now, tcp_flags, timeouts).live;
+  }
+
+  // Writes `key`'s record: over its live one if it has one, else as claim.
+  record* insert(const Key& key, uint32_t hash, uint64_t now, const flow_timeouts& timeouts, flow_starter starter,
+                 flow_state state) {
+    look found = probe(key, hash, now, 0, timeouts);
+    if (found.live) found.vacancy = found.live;
+    return claim(found, key, now, starter, state);
   }
 
   // Moves a live record's TCP state back to `state` (a new connection on the tuple of one
@@ -273,6 +298,13 @@ class policy_record_table {
   }
 
  private:
+  // Bit w set when way w (1 to kWays - 1) holds `key` (at most one does).
+  [[gnu::always_inline]] static uint32_t matching_ways(const record* bucket, const Key& key) {
+    uint32_t match = 0;
+#pragma GCC unroll 4
+    for (uint32_t way = 1; way < kWays; ++way) match |= uint32_t{key_difference(bucket[way].key, key) == 0} << way;
+    return match;
+  }
   static void begin_write(record& r) { seqlock::begin_write(r); }
   static void end_write(record& r) { seqlock::end_write(r); }
   // As flow_table's: a FIN or RST starts the close (short timeout), a plain ACK after

@@ -179,6 +179,32 @@ TEST(policy_records, ANewRecordTakesAnExpiredWayElseTheLeastRecentlySeenOne) {
   EXPECT_EQ(table.live_count(400, kTimeouts), 1u);
 }
 
+// A flow whose record expired takes its own way back, not the first free one: a key has
+// at most one way, so a look can stop at the first way that holds it.
+TEST(policy_records, AnExpiredFlowTakesItsOwnWayBack) {
+  policy_record_table4 table(policy_record_table4::kWays);  // one bucket
+  const tuple_key first = inbound_v4(1, 2, 100, 53, wire::kProtoUdp);
+  const tuple_key second = inbound_v4(1, 2, 101, 53, wire::kProtoUdp);
+  table.insert(first, policy_record_table4::hash(first), 10, kTimeouts, flow_starter::remote, flow_state::transitory);
+  table.insert(second, policy_record_table4::hash(second), 10, kTimeouts, flow_starter::ours, flow_state::transitory);
+  // Both expired; the second flow's next packet, as the receive path handles it.
+  auto found = table.probe(second, policy_record_table4::hash(second), 400, 0, kTimeouts);
+  ASSERT_EQ(found.live, nullptr);
+  EXPECT_FALSE(found.evicts);
+  table.claim(found, second, 400, flow_starter::remote, flow_state::transitory);
+  int copies = 0;
+  for (uint32_t i = 0; i < table.capacity(); ++i) {
+    policy_record_table4::record r;
+    ASSERT_TRUE(table.read(i, r));
+    copies += key_difference(r.key, second) == 0;
+  }
+  EXPECT_EQ(copies, 1);
+  const auto* r = table.find(second, policy_record_table4::hash(second), 401, 0, kTimeouts);
+  ASSERT_NE(r, nullptr);
+  EXPECT_EQ(r->starter, flow_starter::remote);  // written anew: the expired record said nothing
+  EXPECT_EQ(table.live_count(401, kTimeouts), 1u);
+}
+
 TEST(policy_records, AReaderCopiesAWholeRecordWithAnEvenCounter) {
   policy_record_table6 table(64);
   uint8_t remote[16] = {0xfd, 1}, pod[16] = {0xfd, 2};
