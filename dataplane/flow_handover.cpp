@@ -78,12 +78,10 @@ handover_state worker_pool::export_handover() const {
         ++out.entries_not_read;
         continue;
       }
-      if (r.key.rest == 0 || table.expired(r, now, timeouts) || r.starter != flow_starter::ours) continue;
+      if (r.key.rest == 0 || table.expired(r, now) || r.starter != flow_starter::ours) continue;
       handover_policy_record p;
       p.worker = w;
-      const uint64_t age = r.last_seen > now ? 0 : now - r.last_seen;
-      p.remaining_ms =
-          static_cast<uint32_t>(std::min<uint64_t>((table.lifetime(r, timeouts) - age) / (hz / 1000), UINT32_MAX));
+      p.remaining_ms = static_cast<uint32_t>(std::min<uint64_t>((r.expires - now) / (hz / 1000), UINT32_MAX));
       p.key = outbound_flow_key(r.key);
       p.state = r.state;
       out.policy_records.push_back(p);

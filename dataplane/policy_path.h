@@ -161,7 +161,7 @@ template <typename Table>
   // A flow seen first from the remote is the remote's, allowed or denied: the pod's
   // answers on a denied one (a flow from before the pod's first policy, or whose record
   // went) never make its datagrams replies.
-  if (!found.live) records.claim(found, key, w.now, flow_starter::remote, flow_state::transitory);
+  if (!found.live) records.claim(found, key, w.now, w.timeouts, flow_starter::remote, flow_state::transitory);
   if (__builtin_expect(verdict.allowed, 1) || reply) return true;
   return policy_refuse(w, t, m, frame, p, pod, lb, verdict);
 }
@@ -207,13 +207,13 @@ template <typename Table>
     // A SYN on the tuple of a connection that closed (its record closing, on the short
     // timeout): a new connection of ours, which lives as long as an established one.
     if (syn && found.live->state == flow_state::closing) [[unlikely]]
-      Table::set_state(*found.live, flow_state::established);
+      Table::set_state(*found.live, flow_state::established, w.now, w.timeouts);
     return;
   }
   if (p.l4_protocol == kProtoTcp && !syn) return;
   // A SYN's record lives as long as an established connection's: for a pod without a
   // policy it is the only packet of the connection the table sees (nothing refreshes it).
-  records.claim(found, key, w.now, flow_starter::ours, syn ? flow_state::established : flow_state::transitory);
+  records.claim(found, key, w.now, w.timeouts, flow_starter::ours, syn ? flow_state::established : flow_state::transitory);
 }
 
 // A frame a pod of this node sends to another node, outside any service flow: a TCP SYN

@@ -3,9 +3,10 @@
 // remote end as source, our pod as destination), whichever direction's packet wrote it.
 // A record holds only what no packet can tell on its own: whether the remote's packet
 // or our pod's came first (flow_starter), the TCP state that sets its lifetime, and when
-// it was last seen. The verdict itself is never kept here: every packet is decided
-// through the worker's verdict cache, which is valid for one generation of the tables,
-// so a publish reaches every flow at its next packet.
+// it expires (its last write plus its lifetime: a way's expiry is one compare, and a new
+// flow's look at a full bucket compares four). The verdict itself is never kept here:
+// every packet is decided through the worker's verdict cache, which is valid for one
+// generation of the tables, so a publish reaches every flow at its next packet.
 //
 // Why a table of its own and not the service flow table (flow_table.h), which it was:
 // a flow_table entry is 96 bytes with a 40-byte key compared byte for byte, and a new
@@ -19,11 +20,14 @@
 // record (find): a probe costs what the filter's look did, so the filters are gone, and a
 // new flow costs a probe and a write instead of a filter look, a probe and a write.
 //
-// Fixed size, allocated once; a new record takes its flow's own expired way, else a free
-// or expired way of its bucket, else the least recently seen one (counted in
-// evictions()), chosen in the same pass over the bucket that missed (probe). Owned by one worker, which
-// alone writes; other threads (the upgrade's hand-over, tests) read records under the
-// same seqlock scheme as flow_table.
+// Fixed size, allocated once; a new record takes its flow's own expired way, else the
+// way nearest its end: a free or expired one when there is one, else a live record's
+// (counted in evictions()), chosen in the same look at the bucket that missed (probe).
+// A record's expiry is set by the timeouts of its last write: a live change of the
+// timeouts reaches it at its next write (a refresh period at most for a flow with
+// traffic), an idle record keeps the expiry it had. Owned by one worker, which alone
+// writes; other threads (the upgrade's hand-over, tests) read records under the same
+// seqlock scheme as flow_table.
 #pragma once
 
 #include <rte_hash_crc.h>
@@ -147,8 +151,8 @@ struct alignas(sizeof(Key) == 16 ? 32 : 64) policy_record {
   flow_starter starter = flow_starter::remote;
   flow_state state = flow_state::transitory;
   uint8_t spare[2] = {0, 0};
-  uint32_t version = 0;    // seqlock: odd while the owner writes the record
-  uint64_t last_seen = 0;  // in timer ticks
+  uint32_t version = 0;  // seqlock: odd while the owner writes the record
+  uint64_t expires = 0;  // in timer ticks: the last write plus the lifetime then; 0: never used
 };
 static_assert(sizeof(policy_record<tuple_key>) == 32 && sizeof(policy_record<tuple_key6>) == 64);
 
@@ -199,12 +203,11 @@ class policy_record_table {
   };
 
   // One pass over the bucket's keys (a new flow's look used to compare them twice, once
-  // to miss and once to choose the way), stopping at the key's way. A touch
-  // writes only on the record's first look in a period of timeouts.epoch_period() ticks
-  // (at most a quarter of the shortest timeout), or when `tcp_flags` move its TCP state:
-  // the packets of an established flow read their record and leave its lines clean. Its
-  // last_seen then lags by at most a period, so a record may expire up to a period
-  // early, never late.
+  // to miss and once to choose the way). A touch writes the record only when its last
+  // write is timeouts.epoch_period() ticks old (at most a quarter of the shortest
+  // timeout), or when `tcp_flags` move its TCP state: the packets of an established flow
+  // read their record and leave its lines clean. Its expiry then lags by at most a
+  // period, so a record may expire up to a period early, never late.
   [[gnu::always_inline]] look probe(const Key& key, uint32_t hash, uint64_t now, uint8_t tcp_flags,
                                     const flow_timeouts& timeouts) {
     record* bucket = &records_[(hash & bucket_mask_) * kWays];
@@ -214,36 +217,37 @@ class policy_record_table {
     if (!match) match = matching_ways(bucket, key);
     if (match) {
       record& r = bucket[std::countr_zero(match)];
-      if (expired(r, now, timeouts)) [[unlikely]]
+      if (expired(r, now)) [[unlikely]]
         return {nullptr, &r, false};
-      const flow_state state =
-          record_protocol(r.key.rest) == wire::kProtoTcp ? next_tcp_state(r.state, tcp_flags) : r.state;
-      if (((now ^ r.last_seen) >> timeouts.epoch_shift) != 0 || state != r.state) {
+      const uint8_t protocol = record_protocol(r.key.rest);
+      const flow_state state = protocol == wire::kProtoTcp ? next_tcp_state(r.state, tcp_flags) : r.state;
+      // The ticks since the last write (under the current timeouts).
+      const int64_t since_write = static_cast<int64_t>(now + lifetime(r, timeouts) - r.expires);
+      if (since_write >= static_cast<int64_t>(timeouts.epoch_period()) || state != r.state) {
         begin_write(r);
-        r.last_seen = now;
+        r.expires = now + timeouts.lifetime(protocol, state);
         r.state = state;
         end_write(r);
       }
       return {&r, nullptr, false};
     }
+    // The way nearest its end: free (expires 0) or expired when any is.
     record* victim = bucket;
-    for (uint32_t way = 0; way < kWays; ++way) {
-      record& r = bucket[way];
-      if (r.key.rest == 0 || expired(r, now, timeouts)) return {nullptr, &r, false};
-      if (r.last_seen < victim->last_seen) victim = &r;
-    }
-    return {nullptr, victim, true};
+#pragma GCC unroll 4
+    for (uint32_t way = 1; way < kWays; ++way) victim = bucket[way].expires < victim->expires ? &bucket[way] : victim;
+    return {nullptr, victim, victim->key.rest != 0 && !expired(*victim, now)};
   }
 
   // Writes a new record for `key` into the vacancy of a look that found none.
-  record* claim(const look& found, const Key& key, uint64_t now, flow_starter starter, flow_state state) {
+  record* claim(const look& found, const Key& key, uint64_t now, const flow_timeouts& timeouts, flow_starter starter,
+               flow_state state) {
     record& r = *found.vacancy;
     evictions_ += found.evicts;
     begin_write(r);
     r.key = key;
     r.starter = starter;
     r.state = state;
-    r.last_seen = now;
+    r.expires = now + timeouts.lifetime(record_protocol(key.rest), state);
     end_write(r);
     return &r;
   }
@@ -259,24 +263,25 @@ class policy_record_table {
                  flow_state state) {
     look found = probe(key, hash, now, 0, timeouts);
     if (found.live) found.vacancy = found.live;
-    return claim(found, key, now, starter, state);
+    return claim(found, key, now, timeouts, starter, state);
   }
 
   // Moves a live record's TCP state back to `state` (a new connection on the tuple of one
-  // that closed).
-  static void set_state(record& r, flow_state state) {
+  // that closed), with that state's lifetime from `now`.
+  static void set_state(record& r, flow_state state, uint64_t now, const flow_timeouts& timeouts) {
     begin_write(r);
     r.state = state;
+    r.expires = now + timeouts.lifetime(record_protocol(r.key.rest), state);
     end_write(r);
   }
 
   static uint64_t lifetime(const record& r, const flow_timeouts& timeouts) {
     return timeouts.lifetime(record_protocol(r.key.rest), r.state);
   }
-  static bool expired(const record& r, uint64_t now, const flow_timeouts& timeouts) {
+  static bool expired(const record& r, uint64_t now) {
     // Signed: a reader on another thread may hold a `now` older than the owner's latest
     // touch.
-    return static_cast<int64_t>(now - r.last_seen) > static_cast<int64_t>(lifetime(r, timeouts));
+    return static_cast<int64_t>(now - r.expires) > 0;
   }
 
   uint32_t capacity() const { return static_cast<uint32_t>(records_.size()); }
@@ -290,10 +295,10 @@ class policy_record_table {
     return seqlock::read_settled(records_[index], out, patience);
   }
   // Records in use and not expired; a full scan, for status and tests.
-  uint32_t live_count(uint64_t now, const flow_timeouts& timeouts) const {
+  uint32_t live_count(uint64_t now) const {
     uint32_t live = 0;
     record r;
-    for (uint32_t i = 0; i < records_.size(); ++i) live += read(i, r) && r.key.rest != 0 && !expired(r, now, timeouts);
+    for (uint32_t i = 0; i < records_.size(); ++i) live += read(i, r) && r.key.rest != 0 && !expired(r, now);
     return live;
   }
 

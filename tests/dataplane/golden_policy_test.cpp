@@ -119,7 +119,7 @@ class golden_policy : public ring_pool_test {
     const uint64_t now = rte_rdtsc();
     for (uint32_t i = 0; i < w.policy_records.capacity(); ++i) {
       policy_record_table4::record r;
-      if (!w.policy_records.read(i, r) || key_difference(r.key, key) != 0 || w.policy_records.expired(r, now, w.timeouts))
+      if (!w.policy_records.read(i, r) || key_difference(r.key, key) != 0 || w.policy_records.expired(r, now))
         continue;
       return r.starter;
     }
@@ -129,7 +129,7 @@ class golden_policy : public ring_pool_test {
   // Worker 0's live policy records, IPv4 and IPv6.
   uint32_t records_live() const {
     const worker_state& w = pool_->worker(0);
-    return w.policy_records.live_count(rte_rdtsc(), w.timeouts) + w.policy_records6.live_count(rte_rdtsc(), w.timeouts);
+    return w.policy_records.live_count(rte_rdtsc()) + w.policy_records6.live_count(rte_rdtsc());
   }
 
   // The verdict worker 0's verdict cache holds, under the tables now installed, for

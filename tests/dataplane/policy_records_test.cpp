@@ -92,9 +92,9 @@ TEST(policy_records, ARecordLivesWhileTouchedAndExpiresAfterItsProtocolsTimeout)
   const auto* r = table.find(udp, hash, 600, 0, kTimeouts);       // 300 ticks later: still (not beyond 300)
   ASSERT_NE(r, nullptr);
   EXPECT_EQ(r->starter, flow_starter::remote);
-  EXPECT_EQ(r->last_seen, 600u);
+  EXPECT_EQ(r->expires, 900u);  // written at 600: its timeout from then
   EXPECT_EQ(table.find(udp, hash, 901, 0, kTimeouts), nullptr);  // 301 ticks idle: gone
-  EXPECT_EQ(table.live_count(901, kTimeouts), 0u);
+  EXPECT_EQ(table.live_count(901), 0u);
 
   // TCP: a SYN's record lives as an established connection's, a FIN moves it to the
   // short timeout.
@@ -112,9 +112,9 @@ TEST(policy_records, ARecordLivesWhileTouchedAndExpiresAfterItsProtocolsTimeout)
   EXPECT_EQ(table.find(same_ports_udp, policy_record_table4::hash(same_ports_udp), 1000, 0, kTimeouts), nullptr);
 }
 
-// A look writes the record once per refresh period (timeouts.epoch_period(): 16 ticks
-// here, a quarter of the shortest timeout rounded down to a power of two) or when it moves
-// the TCP state; the other looks only read it.
+// A look writes the record when its last write is a refresh period old
+// (timeouts.epoch_period(): 16 ticks here, a quarter of the shortest timeout rounded down
+// to a power of two) or when it moves the TCP state; the other looks only read it.
 TEST(policy_records, ALookWritesTheRecordOncePerRefreshPeriodOrOnATcpStateChange) {
   ASSERT_EQ(kTimeouts.epoch_period(), 16u);
   policy_record_table4 table(1024);
@@ -124,19 +124,20 @@ TEST(policy_records, ALookWritesTheRecordOncePerRefreshPeriodOrOnATcpStateChange
   const auto version_of = [&](const tuple_key& key) {
     for (uint32_t i = 0; i < table.capacity(); ++i) {
       policy_record_table4::record r;
-      if (table.read(i, r) && key_difference(r.key, key) == 0) return std::make_pair(r.version, r.last_seen);
+      if (table.read(i, r) && key_difference(r.key, key) == 0) return std::make_pair(r.version, r.expires);
     }
     return std::make_pair(uint32_t{0}, uint64_t{0});
   };
   const auto written = version_of(udp);
+  EXPECT_EQ(written.second, 332u);  // written at 32, the UDP timeout 300
   for (uint64_t now = 33; now < 48; ++now) ASSERT_NE(table.find(udp, hash, now, 0, kTimeouts), nullptr);
-  EXPECT_EQ(version_of(udp), written);  // the same period: read only
+  EXPECT_EQ(version_of(udp), written);  // within a period of the write: read only
   ASSERT_NE(table.find(udp, hash, 48, 0, kTimeouts), nullptr);
-  EXPECT_EQ(version_of(udp).second, 48u);
+  EXPECT_EQ(version_of(udp).second, 348u);
   EXPECT_EQ(version_of(udp).first, written.first + 2);
-  // So a record seen at the start of a period lives until its timeout from then, at
-  // most a period less than from its last packet.
-  EXPECT_EQ(table.find(udp, hash, 63, 0, kTimeouts)->last_seen, 48u);
+  // So a record lives until its timeout from its last write, at most a period less than
+  // from its last packet.
+  EXPECT_EQ(table.find(udp, hash, 63, 0, kTimeouts)->expires, 348u);
   EXPECT_NE(table.find(udp, hash, 348, 0, kTimeouts), nullptr);
 
   const tuple_key tcp = inbound_v4(1, 2, 8080, 4001, wire::kProtoTcp);
@@ -145,38 +146,61 @@ TEST(policy_records, ALookWritesTheRecordOncePerRefreshPeriodOrOnATcpStateChange
   auto* r = table.find(tcp, tcp_hash, 65, wire::kTcpAck, kTimeouts);  // the handshake's ACK: written
   ASSERT_NE(r, nullptr);
   EXPECT_EQ(r->state, flow_state::established);
-  EXPECT_EQ(r->last_seen, 65u);
+  EXPECT_EQ(r->expires, 65u + 1000);
   r = table.find(tcp, tcp_hash, 66, wire::kTcpAck | wire::kTcpFin, kTimeouts);
   ASSERT_NE(r, nullptr);
   EXPECT_EQ(r->state, flow_state::closing);
-  EXPECT_EQ(r->last_seen, 66u);
+  EXPECT_EQ(r->expires, 66u + 100);
 }
 
-TEST(policy_records, ANewRecordTakesAnExpiredWayElseTheLeastRecentlySeenOne) {
+// A new record in a full bucket takes the way nearest its end: an expired one when there
+// is one (no eviction), else the live record that would expire first (an eviction),
+// whatever the protocols' lifetimes.
+TEST(policy_records, ANewRecordTakesTheWayNearestItsEnd) {
   policy_record_table4 table(policy_record_table4::kWays);  // one bucket
-  std::vector<tuple_key> keys;
-  for (uint16_t i = 0; i < policy_record_table4::kWays; ++i) {
-    keys.push_back(inbound_v4(1, 2, static_cast<uint16_t>(100 + i), 53, wire::kProtoUdp));
-    table.insert(keys.back(), policy_record_table4::hash(keys.back()), 10 + i, kTimeouts, flow_starter::remote,
-                 flow_state::transitory);
-  }
-  EXPECT_EQ(table.live_count(20, kTimeouts), policy_record_table4::kWays);
-  // Way 0 (seen at 10) is the oldest: a newcomer takes it, counted as an eviction.
-  const tuple_key newcomer = inbound_v4(1, 2, 999, 53, wire::kProtoUdp);
-  table.insert(newcomer, policy_record_table4::hash(newcomer), 20, kTimeouts, flow_starter::ours,
-               flow_state::transitory);
+  const auto key = [](uint16_t port, uint8_t protocol) { return inbound_v4(1, 2, port, 53, protocol); };
+  const auto insert = [&](const tuple_key& k, uint64_t now, flow_state state) {
+    table.insert(k, policy_record_table4::hash(k), now, kTimeouts, flow_starter::remote, state);
+  };
+  // Read, not looked at: a look would refresh the record.
+  const auto live = [&](const tuple_key& k, uint64_t now) {
+    for (uint32_t i = 0; i < table.capacity(); ++i) {
+      policy_record_table4::record r;
+      if (table.read(i, r) && key_difference(r.key, k) == 0 && !table.expired(r, now)) return true;
+    }
+    return false;
+  };
+  const tuple_key established = key(100, wire::kProtoTcp), udp_early = key(101, wire::kProtoUdp),
+                  udp_late = key(102, wire::kProtoUdp), handshake = key(103, wire::kProtoTcp);
+  insert(established, 0, flow_state::established);  // expires 1000: seen first, ends last
+  insert(udp_early, 10, flow_state::transitory);     // 310
+  insert(udp_late, 20, flow_state::transitory);      // 320
+  insert(handshake, 30, flow_state::transitory);     // 130
+  EXPECT_EQ(table.live_count(100), policy_record_table4::kWays);
+  // All live: the handshake's record ends first and goes, counted as an eviction.
+  const tuple_key first = key(900, wire::kProtoUdp);
+  insert(first, 100, flow_state::transitory);
   EXPECT_EQ(table.evictions(), 1u);
-  EXPECT_EQ(table.find(keys[0], policy_record_table4::hash(keys[0]), 21, 0, kTimeouts), nullptr);
-  for (size_t i = 1; i < keys.size(); ++i)
-    EXPECT_NE(table.find(keys[i], policy_record_table4::hash(keys[i]), 21, 0, kTimeouts), nullptr) << i;
-  const auto* r = table.find(newcomer, policy_record_table4::hash(newcomer), 21, 0, kTimeouts);
+  EXPECT_FALSE(live(handshake, 101));
+  EXPECT_TRUE(live(established, 101));
+  EXPECT_TRUE(live(udp_early, 101));
+  EXPECT_TRUE(live(udp_late, 101));
+  EXPECT_TRUE(live(first, 101));
+  // At 315 the early UDP record has expired: the next newcomer takes it, no eviction.
+  const tuple_key second = key(901, wire::kProtoUdp);
+  insert(second, 315, flow_state::transitory);
+  EXPECT_EQ(table.evictions(), 1u);
+  EXPECT_FALSE(live(udp_early, 316));
+  EXPECT_TRUE(live(udp_late, 316));
+  EXPECT_TRUE(live(second, 316));
+  const auto* r = table.find(second, policy_record_table4::hash(second), 316, 0, kTimeouts);
   ASSERT_NE(r, nullptr);
-  EXPECT_EQ(r->starter, flow_starter::ours);
+  EXPECT_EQ(r->starter, flow_starter::remote);
   // Once all have expired, a new record takes a way without an eviction.
-  const tuple_key late = inbound_v4(1, 2, 1000, 53, wire::kProtoUdp);
-  table.insert(late, policy_record_table4::hash(late), 400, kTimeouts, flow_starter::remote, flow_state::transitory);
+  const tuple_key late = key(1000, wire::kProtoUdp);
+  insert(late, 5000, flow_state::transitory);
   EXPECT_EQ(table.evictions(), 1u);
-  EXPECT_EQ(table.live_count(400, kTimeouts), 1u);
+  EXPECT_EQ(table.live_count(5000), 1u);
 }
 
 // A flow whose record expired takes its own way back, not the first free one: a key has
@@ -191,7 +215,7 @@ TEST(policy_records, AnExpiredFlowTakesItsOwnWayBack) {
   auto found = table.probe(second, policy_record_table4::hash(second), 400, 0, kTimeouts);
   ASSERT_EQ(found.live, nullptr);
   EXPECT_FALSE(found.evicts);
-  table.claim(found, second, 400, flow_starter::remote, flow_state::transitory);
+  table.claim(found, second, 400, kTimeouts, flow_starter::remote, flow_state::transitory);
   int copies = 0;
   for (uint32_t i = 0; i < table.capacity(); ++i) {
     policy_record_table4::record r;
@@ -202,7 +226,7 @@ TEST(policy_records, AnExpiredFlowTakesItsOwnWayBack) {
   const auto* r = table.find(second, policy_record_table4::hash(second), 401, 0, kTimeouts);
   ASSERT_NE(r, nullptr);
   EXPECT_EQ(r->starter, flow_starter::remote);  // written anew: the expired record said nothing
-  EXPECT_EQ(table.live_count(401, kTimeouts), 1u);
+  EXPECT_EQ(table.live_count(401), 1u);
 }
 
 TEST(policy_records, AReaderCopiesAWholeRecordWithAnEvenCounter) {
@@ -221,7 +245,7 @@ TEST(policy_records, AReaderCopiesAWholeRecordWithAnEvenCounter) {
     ++found;
     EXPECT_EQ(key_difference(r.key, key), 0u);
     EXPECT_EQ(r.starter, flow_starter::ours);
-    EXPECT_EQ(r.last_seen, 40u);
+    EXPECT_EQ(r.expires, 340u);
   }
   EXPECT_EQ(found, 1);
 }
