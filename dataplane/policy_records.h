@@ -213,7 +213,7 @@ class policy_record_table {
     record* bucket = &records_[(hash & bucket_mask_) * kWays];
     // Way 0 first (a lightly loaded table keeps most flows there), then the other three
     // without a branch each.
-    uint32_t match = key_difference(bucket[0].key, key) == 0;
+    uint32_t match = same_key(bucket[0], key);
     if (!match) match = matching_ways(bucket, key);
     if (match) {
       record& r = bucket[std::countr_zero(match)];
@@ -303,11 +303,27 @@ class policy_record_table {
   }
 
  private:
+  [[gnu::always_inline]] static bool same_key(const record& r, const Key& key) {
+    if constexpr (std::is_same_v<Key, tuple_key>) return key_difference(r.key, key) == 0;
+    else return r.key.rest == key.rest && key_difference(r.key, key) == 0;  // as matching_ways
+  }
   // Bit w set when way w (1 to kWays - 1) holds `key` (at most one does).
   [[gnu::always_inline]] static uint32_t matching_ways(const record* bucket, const Key& key) {
     uint32_t match = 0;
+    if constexpr (std::is_same_v<Key, tuple_key>) {
 #pragma GCC unroll 4
-    for (uint32_t way = 1; way < kWays; ++way) match |= uint32_t{key_difference(bucket[way].key, key) == 0} << way;
+      for (uint32_t way = 1; way < kWays; ++way) match |= uint32_t{key_difference(bucket[way].key, key) == 0} << way;
+    } else {
+      // IPv6: the ports and protocol word first (flows that share a bucket seldom share
+      // both ports), the five-word compare only where it is equal.
+      uint32_t candidates = 0;
+#pragma GCC unroll 4
+      for (uint32_t way = 1; way < kWays; ++way) candidates |= uint32_t{bucket[way].key.rest == key.rest} << way;
+      for (; candidates; candidates &= candidates - 1) {
+        const uint32_t way = static_cast<uint32_t>(std::countr_zero(candidates));
+        if (key_difference(bucket[way].key, key) == 0) return 1u << way;
+      }
+    }
     return match;
   }
   static void begin_write(record& r) { seqlock::begin_write(r); }

@@ -229,6 +229,36 @@ TEST(policy_records, AnExpiredFlowTakesItsOwnWayBack) {
   EXPECT_EQ(table.live_count(401), 1u);
 }
 
+// IPv6 ways are compared by their ports word first: flows that share ports but not
+// addresses (several in one bucket) are each found as themselves, and a stranger with
+// the same ports is not found.
+TEST(policy_records, Ipv6FlowsThatShareTheirPortsAreToldApartByTheirAddresses) {
+  policy_record_table6 table(policy_record_table6::kWays);  // one bucket
+  const auto key = [](uint8_t remote_last, uint16_t remote_port) {
+    uint8_t remote[16] = {0xfd, 1}, pod[16] = {0xfd, 2};
+    remote[15] = remote_last;
+    return make_tuple_key6(remote, pod, ports_as_loaded(remote_port, 8080), wire::kProtoUdp);
+  };
+  // Four remotes from the same port; the last one's starter tells it apart.
+  std::vector<tuple_key6> keys;
+  for (uint8_t i = 0; i < policy_record_table6::kWays; ++i) {
+    keys.push_back(key(static_cast<uint8_t>(10 + i), 5353));
+    table.insert(keys.back(), policy_record_table6::hash(keys.back()), 10, kTimeouts,
+                 i == 3 ? flow_starter::ours : flow_starter::remote, flow_state::transitory);
+  }
+  EXPECT_EQ(table.live_count(20), policy_record_table6::kWays);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const auto* r = table.find(keys[i], policy_record_table6::hash(keys[i]), 20, 0, kTimeouts);
+    ASSERT_NE(r, nullptr) << i;
+    EXPECT_EQ(key_difference(r->key, keys[i]), 0u) << i;
+    EXPECT_EQ(r->starter, i == 3 ? flow_starter::ours : flow_starter::remote) << i;
+  }
+  const tuple_key6 stranger = key(99, 5353), other_port = key(13, 5354);
+  EXPECT_EQ(table.find(stranger, policy_record_table6::hash(stranger), 20, 0, kTimeouts), nullptr);
+  EXPECT_EQ(table.find(other_port, policy_record_table6::hash(other_port), 20, 0, kTimeouts), nullptr);
+  EXPECT_EQ(table.evictions(), 0u);
+}
+
 TEST(policy_records, AReaderCopiesAWholeRecordWithAnEvenCounter) {
   policy_record_table6 table(64);
   uint8_t remote[16] = {0xfd, 1}, pod[16] = {0xfd, 2};
