@@ -192,8 +192,8 @@ class policy_record_table {
   }
 
   // What a look at a key's bucket found (probe): the key's live record, touched; else
-  // the way a new record of the key takes (claim): the key's own expired record, a free
-  // or expired way, else the least recently seen one (`evicts`: another flow's live
+  // the way a new record of the key takes (claim): the key's own expired record, else
+  // the way nearest its end, free or expired when one is (`evicts`: another flow's live
   // record, counted when claimed). A key has at most one way: every write goes through
   // a probe of its bucket.
   struct look {
@@ -212,7 +212,7 @@ class policy_record_table {
                                     const flow_timeouts& timeouts) {
     record* bucket = &records_[(hash & bucket_mask_) * kWays];
     // Way 0 first (a lightly loaded table keeps most flows there), then the other three
-    // without a branch each.
+    // (matching_ways).
     uint32_t match = same_key(bucket[0], key);
     if (!match) match = matching_ways(bucket, key);
     if (match) {
