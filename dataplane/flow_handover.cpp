@@ -18,7 +18,6 @@ using namespace detail;
 
 namespace {
 
-
 // The gateway port an ingress flow source-NATed to this node borrowed.
 uint16_t lent_port_of(const flow_entry& e) {
   return e.direction == flow_direction::forward ? e.second_port : e.key.destination_port;
@@ -132,6 +131,13 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
   const uint64_t now = rte_rdtsc();
   const uint64_t hz = rte_get_tsc_hz();
   const flow_timeouts timeouts = settings_.timeouts();
+  // The lifetime a flow had left when the file was written, less the hand-over's own
+  // time, as a last_seen in this process's TSC under this agent's timeouts (at most its
+  // whole lifetime here).
+  const auto seen_for = [&](uint8_t protocol, flow_state state, uint32_t remaining_ms) {
+    const uint64_t lifetime = timeouts.lifetime(protocol, state);
+    return now - (lifetime - std::min(lifetime, (remaining_ms - report.handover_ms) * (hz / 1000)));
+  };
   const uint16_t workers = worker_count();
   std::lock_guard lock(ports_mutex_);
   uint64_t evictions_before = 0;
@@ -177,9 +183,8 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
           e.second_address = entry.slot;
           break;
         }
-      const uint64_t lifetime = timeouts.lifetime(e.key.protocol, e.state);
-      const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
-      workers_[owner_of(e.key, port_owner)]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
+      workers_[owner_of(e.key, port_owner)]->flows.insert(e, hash_flow_key(e.key),
+                                                          seen_for(e.key.protocol, e.state, f.remaining_ms), timeouts);
       ++report.flows_adopted;
       continue;
     }
@@ -236,10 +241,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
     // With another count, a source-NATed flow's two entries may part (the client's packets
     // own the forward one, the lent port the reverse): both still NAT their direction.
     owner = static_cast<uint16_t>(owner_of(e.key, owner));
-    // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
-    const uint64_t lifetime = timeouts.lifetime(e.key.protocol, e.state);
-    const uint64_t left = std::min(lifetime, (f.remaining_ms - report.handover_ms) * (hz / 1000));
-    workers_[owner]->flows.insert(e, hash_flow_key(e.key), now - (lifetime - left), timeouts);
+    workers_[owner]->flows.insert(e, hash_flow_key(e.key), seen_for(e.key.protocol, e.state, f.remaining_ms), timeouts);
     ++report.flows_adopted;
   }
   uint64_t evictions_after = 0;
@@ -255,9 +257,7 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
       continue;
     }
     worker_state& owner = *workers_[owner_of(p.key, p.worker < workers ? p.worker : 0)];
-    // The lifetime left, under this agent's timeouts, as a last_seen in this process's TSC.
-    const uint64_t lifetime = timeouts.lifetime(p.key.protocol, p.state);
-    const uint64_t seen = now - (lifetime - std::min(lifetime, (p.remaining_ms - report.handover_ms) * (hz / 1000)));
+    const uint64_t seen = seen_for(p.key.protocol, p.state, p.remaining_ms);
     const auto adopt = [&](auto& table, const auto& key) {
       table.insert(key, table.hash(key), seen, timeouts, flow_starter::ours, p.state);
     };

@@ -309,10 +309,11 @@ class policy_record_table {
   }
   // Bit w set when way w (1 to kWays - 1) holds `key` (at most one does).
   [[gnu::always_inline]] static uint32_t matching_ways(const record* bucket, const Key& key) {
-    uint32_t match = 0;
     if constexpr (std::is_same_v<Key, tuple_key>) {
+      uint32_t match = 0;
 #pragma GCC unroll 4
       for (uint32_t way = 1; way < kWays; ++way) match |= uint32_t{key_difference(bucket[way].key, key) == 0} << way;
+      return match;
     } else {
       // IPv6: the ports and protocol word first (flows that share a bucket seldom share
       // both ports), the five-word compare only where it is equal.
@@ -323,8 +324,8 @@ class policy_record_table {
         const uint32_t way = static_cast<uint32_t>(std::countr_zero(candidates));
         if (key_difference(bucket[way].key, key) == 0) return 1u << way;
       }
+      return 0;
     }
-    return match;
   }
   static void begin_write(record& r) { seqlock::begin_write(r); }
   static void end_write(record& r) { seqlock::end_write(r); }
