@@ -132,6 +132,15 @@ enum class flow_direction : uint8_t { forward = 0, reverse = 1 };
 // FIN or RST on (for good: the ACKs that end a close do not re-establish it). Transitory
 // and closing entries expire after the short timeout.
 enum class flow_state : uint8_t { transitory = 0, established = 1, closing = 2 };
+// A TCP flow's state after a packet with `tcp_flags`: a FIN or RST starts the close (the
+// short timeout reclaims it soon after the last packet), a plain ACK (no SYN) after the
+// handshake establishes. The flow table's entries and the policy records follow it.
+inline flow_state next_tcp_state(flow_state state, uint8_t tcp_flags) {
+  if (tcp_flags & (wire::kTcpFin | wire::kTcpRst)) return flow_state::closing;
+  if ((tcp_flags & wire::kTcpAck) && !(tcp_flags & wire::kTcpSyn) && state == flow_state::transitory)
+    return flow_state::established;
+  return state;
+}
 
 // Bits of flow_entry::flags.
 inline constexpr uint8_t kFlowSecondRewrite = 1;  // also rewrite the other end (see second_rewrite_address)
@@ -366,12 +375,7 @@ inline void begin_write(flow_entry& entry) { seqlock::begin_write(entry); }
 inline void end_write(flow_entry& entry) { seqlock::end_write(entry); }
 
 inline void track_tcp_state(flow_entry& entry, uint8_t tcp_flags) {
-  if (entry.protocol != wire::kProtoTcp) return;
-  // A FIN or RST starts the close: the short timeout reclaims the entry soon after the
-  // last packet. A plain ACK (no SYN) means the handshake finished.
-  if (tcp_flags & (wire::kTcpFin | wire::kTcpRst)) entry.state = flow_state::closing;
-  else if ((tcp_flags & wire::kTcpAck) && !(tcp_flags & wire::kTcpSyn) && entry.state == flow_state::transitory)
-    entry.state = flow_state::established;
+  if (entry.protocol == wire::kProtoTcp) entry.state = next_tcp_state(entry.state, tcp_flags);
 }
 }  // namespace flow_detail
 

@@ -329,14 +329,6 @@ class policy_record_table {
   }
   static void begin_write(record& r) { seqlock::begin_write(r); }
   static void end_write(record& r) { seqlock::end_write(r); }
-  // As flow_table's: a FIN or RST starts the close (short timeout), a plain ACK after
-  // the handshake establishes.
-  static flow_state next_tcp_state(flow_state state, uint8_t tcp_flags) {
-    if (tcp_flags & (wire::kTcpFin | wire::kTcpRst)) return flow_state::closing;
-    if ((tcp_flags & wire::kTcpAck) && !(tcp_flags & wire::kTcpSyn) && state == flow_state::transitory)
-      return flow_state::established;
-    return state;
-  }
 
   std::vector<record, huge_page_allocator<record>> records_;
   uint32_t bucket_mask_ = 0;
