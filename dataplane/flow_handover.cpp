@@ -133,10 +133,12 @@ handover_report worker_pool::adopt_handover(const handover_state& state) {
   const flow_timeouts timeouts = settings_.timeouts();
   // The lifetime a flow had left when the file was written, less the hand-over's own
   // time, as a last_seen in this process's TSC under this agent's timeouts (at most its
-  // whole lifetime here).
+  // whole lifetime here; none left when the hand-over took longer: the callers drop such
+  // flows as expired first, and an unsigned underflow here would give a full lifetime).
   const auto seen_for = [&](uint8_t protocol, flow_state state, uint32_t remaining_ms) {
     const uint64_t lifetime = timeouts.lifetime(protocol, state);
-    return now - (lifetime - std::min(lifetime, (remaining_ms - report.handover_ms) * (hz / 1000)));
+    const uint64_t left_ms = remaining_ms > report.handover_ms ? remaining_ms - report.handover_ms : 0;
+    return now - (lifetime - std::min(lifetime, left_ms * (hz / 1000)));
   };
   const uint16_t workers = worker_count();
   std::lock_guard lock(ports_mutex_);
